@@ -1,0 +1,152 @@
+"""Enums and record layouts shared by the engine, the reference model and callers.
+
+The numpy dtypes here mirror the C structs in ``_engine.pxd`` byte for byte; the
+extension checks that at import time, so a drift is an ImportError, not a silent
+misread. docs/engine.md says what every field means for every command and event.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "Op", "Side", "Tif", "Stp", "Flags", "EventType", "Reason",
+    "COMMAND_DTYPE", "EVENT_DTYPE", "ORDER_DTYPE", "LEVEL_DTYPE",
+    "MAX_BAND_LEVELS", "INT64_MAX", "RestingOrder",
+]
+
+INT64_MAX = 2**63 - 1
+MAX_BAND_LEVELS = 2**26
+"""Widest band a book accepts, in ticks (high - low + 1)."""
+
+
+class Op(IntEnum):
+    """What a command asks the book to do."""
+
+    LIMIT = 1
+    MARKET = 2
+    CANCEL = 3
+    AMEND = 4
+    OPEN = 5
+    CLOSE = 6
+    REBAND = 7
+
+
+class Side(IntEnum):
+    BUY = 1
+    SELL = 2
+
+
+class Tif(IntEnum):
+    """Time in force: GTC and DAY rest, IOC and FOK never do."""
+
+    GTC = 1
+    DAY = 2
+    IOC = 3
+    FOK = 4
+
+
+class Stp(IntEnum):
+    """Self-trade prevention: what happens when a taker meets its own account's order."""
+
+    DEFAULT = 0
+    NONE = 1
+    CANCEL_NEWEST = 2
+    CANCEL_OLDEST = 3
+    CANCEL_BOTH = 4
+    DECREMENT = 5
+
+
+class Flags(IntFlag):
+    POST_ONLY = 1
+
+
+class EventType(IntEnum):
+    ACCEPTED = 1
+    REJECTED = 2
+    TRADE = 3
+    CANCELLED = 4
+    EXPIRED = 5
+    AMENDED = 6
+    OPENED = 7
+    CLOSED = 8
+    REBANDED = 9
+
+
+class Reason(IntEnum):
+    """Why a command was rejected or an order cancelled or amended by the engine."""
+
+    NONE = 0
+    UNKNOWN_OP = 1
+    INVALID_ORDER_ID = 2
+    DUPLICATE_ORDER_ID = 3
+    UNKNOWN_ORDER = 4
+    NOT_OWNER = 5
+    INVALID_SIDE = 6
+    INVALID_TIF = 7
+    INVALID_STP = 8
+    INVALID_FLAGS = 9
+    INVALID_QUANTITY = 10
+    QUANTITY_TOO_LARGE = 11
+    PRICE_OUT_OF_BAND = 12
+    MARKET_CLOSED = 13
+    SESSION_STATE = 14
+    INVALID_BAND = 15
+    NO_LIQUIDITY = 16
+    FOK_NOT_FILLABLE = 17
+    POST_ONLY_WOULD_TAKE = 18
+    USER_CANCEL = 19
+    IOC_REMAINDER = 20
+    SELF_TRADE = 21
+
+
+def _struct(fields: list[tuple[str, str]], itemsize: int) -> np.dtype:
+    """A dtype with C struct alignment and an explicit total size (trailing padding)."""
+    aligned = np.dtype(fields, align=True)
+    return np.dtype({
+        "names": list(aligned.names),
+        "formats": [aligned.fields[n][0] for n in aligned.names],
+        "offsets": [aligned.fields[n][1] for n in aligned.names],
+        "itemsize": itemsize,
+    })
+
+
+COMMAND_DTYPE = _struct([
+    ("symbol", "<u4"), ("op", "u1"), ("side", "u1"), ("tif", "u1"), ("stp", "u1"),
+    ("flags", "u1"), ("ts", "<i8"), ("order_id", "<i8"), ("account", "<i8"),
+    ("price", "<i8"), ("qty", "<i8"),
+], 56)
+"""One command to a book (56 bytes). For REBAND, price is the new low and qty the new high."""
+
+EVENT_DTYPE = _struct([
+    ("symbol", "<u4"), ("type", "u1"), ("reason", "u1"), ("op", "u1"), ("side", "u1"),
+    ("seq", "<i8"), ("ts", "<i8"), ("order_id", "<i8"), ("account", "<i8"),
+    ("price", "<i8"), ("qty", "<i8"), ("remaining", "<i8"),
+    ("other_id", "<i8"), ("other_account", "<i8"), ("other_remaining", "<i8"),
+], 88)
+"""One event out of a book (88 bytes). For TRADE, other_* describe the maker."""
+
+ORDER_DTYPE = _struct([
+    ("order_id", "<i8"), ("account", "<i8"), ("price", "<i8"), ("qty", "<i8"),
+    ("side", "u1"), ("tif", "u1"), ("stp", "u1"), ("flags", "u1"),
+], 40)
+"""A resting order as the L3 views return it; qty is the open quantity."""
+
+LEVEL_DTYPE = np.dtype([("price", "<i8"), ("qty", "<i8"), ("orders", "<i8")])
+"""One aggregated price level of an L2 depth view."""
+
+
+class RestingOrder(NamedTuple):
+    """A live order looked up by id."""
+
+    order_id: int
+    account: int
+    side: Side
+    price: int
+    qty: int
+    tif: Tif
+    stp: Stp
+    post_only: bool
