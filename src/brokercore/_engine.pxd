@@ -1,0 +1,183 @@
+# The C layer of the order book: record structs, book state and the nogil entry points.
+# docs/engine.md is the behaviour; records.py holds the numpy dtypes these structs mirror.
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+
+cdef enum:
+    OP_LIMIT = 1
+    OP_MARKET = 2
+    OP_CANCEL = 3
+    OP_AMEND = 4
+    OP_OPEN = 5
+    OP_CLOSE = 6
+    OP_REBAND = 7
+
+    SIDE_BUY = 1
+    SIDE_SELL = 2
+
+    TIF_GTC = 1
+    TIF_DAY = 2
+    TIF_IOC = 3
+    TIF_FOK = 4
+
+    STP_DEFAULT = 0
+    STP_NONE = 1
+    STP_CANCEL_NEWEST = 2
+    STP_CANCEL_OLDEST = 3
+    STP_CANCEL_BOTH = 4
+    STP_DECREMENT = 5
+
+    FLAG_POST_ONLY = 1
+
+    EV_ACCEPTED = 1
+    EV_REJECTED = 2
+    EV_TRADE = 3
+    EV_CANCELLED = 4
+    EV_EXPIRED = 5
+    EV_AMENDED = 6
+    EV_OPENED = 7
+    EV_CLOSED = 8
+    EV_REBANDED = 9
+
+    R_NONE = 0
+    R_UNKNOWN_OP = 1
+    R_INVALID_ORDER_ID = 2
+    R_DUPLICATE_ORDER_ID = 3
+    R_UNKNOWN_ORDER = 4
+    R_NOT_OWNER = 5
+    R_INVALID_SIDE = 6
+    R_INVALID_TIF = 7
+    R_INVALID_STP = 8
+    R_INVALID_FLAGS = 9
+    R_INVALID_QUANTITY = 10
+    R_QUANTITY_TOO_LARGE = 11
+    R_PRICE_OUT_OF_BAND = 12
+    R_MARKET_CLOSED = 13
+    R_SESSION_STATE = 14
+    R_INVALID_BAND = 15
+    R_NO_LIQUIDITY = 16
+    R_FOK_NOT_FILLABLE = 17
+    R_POST_ONLY_WOULD_TAKE = 18
+    R_USER_CANCEL = 19
+    R_IOC_REMAINDER = 20
+    R_SELF_TRADE = 21
+
+    PAGE_SHIFT = 8                      # 256 price levels per ladder page
+    PAGE_LEVELS = 256
+    PAGE_WORDS = 4                      # bitmap words per page
+    MAX_LEVELS = 67108864               # widest band, 2**26 ticks (records.MAX_BAND_LEVELS)
+
+
+# --- records exchanged with Python (layouts checked against records.py at import) ---
+
+ctypedef struct Command:
+    uint32_t symbol
+    uint8_t op
+    uint8_t side
+    uint8_t tif
+    uint8_t stp
+    uint8_t flags
+    int64_t ts
+    int64_t order_id
+    int64_t account
+    int64_t price
+    int64_t qty
+
+ctypedef struct Event:
+    uint32_t symbol
+    uint8_t type
+    uint8_t reason
+    uint8_t op
+    uint8_t side
+    int64_t seq
+    int64_t ts
+    int64_t order_id
+    int64_t account
+    int64_t price
+    int64_t qty
+    int64_t remaining
+    int64_t other_id
+    int64_t other_account
+    int64_t other_remaining
+
+ctypedef struct OrderRecord:
+    int64_t order_id
+    int64_t account
+    int64_t price
+    int64_t qty
+    uint8_t side
+    uint8_t tif
+    uint8_t stp
+    uint8_t flags
+
+
+# --- book internals ---
+
+ctypedef struct Order:                  # a pool slot; prev/next link the FIFO of its level
+    int64_t order_id
+    int64_t account
+    int64_t price
+    int64_t qty                         # open quantity
+    int32_t prev
+    int32_t next
+    uint8_t side
+    uint8_t tif
+    uint8_t stp
+    uint8_t flags
+
+ctypedef struct Level:                  # FIFO of one price; -1 = none
+    int32_t head
+    int32_t tail
+
+ctypedef struct Page:                   # allocated on first use of one of its levels
+    uint64_t bits[PAGE_WORDS]           # bit set = level not empty
+    Level levels[PAGE_LEVELS]
+
+ctypedef struct Ladder:                 # levels indexed by price - low, one side per level
+    int64_t low
+    int64_t nlevels
+    Page** pages
+    int64_t npages
+    int64_t npages_used
+    uint64_t* page_bits                 # bit set = page has a non-empty level
+    int64_t n_page_words
+    uint64_t* word_bits                 # bit set = page_bits word not zero
+    int64_t n_word_words
+    int64_t best_bid                    # level index, -1 = no bids
+    int64_t best_ask                    # level index, -1 = no asks
+
+ctypedef struct IdEntry:                # order id -> pool slot; slot -1 = id spent
+    int64_t order_id                    # 0 = empty entry
+    int64_t slot
+
+ctypedef struct IdMap:                  # open addressing, linear probing, load <= 1/2
+    IdEntry* entries
+    int64_t capacity                    # power of two
+    int64_t count
+
+ctypedef struct Book:
+    Ladder ladder
+    Order* pool
+    int32_t pool_capacity
+    int32_t free_head
+    int64_t live
+    IdMap ids
+    int64_t lot_size
+    int64_t max_qty
+    int64_t seq
+    uint32_t symbol
+    uint8_t default_stp
+    bint is_open
+
+ctypedef struct EventBuffer:            # growable array of events written by book_apply
+    Event* data
+    int64_t count
+    int64_t capacity
+
+
+cdef int book_init(Book* book, int64_t low, int64_t high, int64_t lot_size,
+                   uint32_t symbol, uint8_t default_stp) noexcept nogil
+cdef void book_free(Book* book) noexcept nogil
+cdef int book_apply(Book* book, const Command* cmd, EventBuffer* out) noexcept nogil
+cdef int64_t book_apply_many(Book* book, const Command* cmds, int64_t n,
+                             EventBuffer* out) noexcept nogil
