@@ -11,7 +11,6 @@ source: the same commands give the same events, bit for bit. docs/engine.md is t
 behaviour this code implements.
 """
 
-from cpython.buffer cimport PyBUF_WRITABLE
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
@@ -973,47 +972,6 @@ def _check_layouts():
 _check_layouts()
 
 
-cdef class _EventBlock:
-    """Owns a malloc'ed event array and lends it to numpy without a copy."""
-
-    cdef Event* data
-    cdef Py_ssize_t nbytes
-    cdef Py_ssize_t shape[1]
-
-    def __getbuffer__(self, Py_buffer* view, int flags):
-        self.shape[0] = self.nbytes
-        view.buf = self.data
-        view.obj = self
-        view.len = self.nbytes
-        view.readonly = 0
-        view.itemsize = 1
-        view.format = "B"
-        view.ndim = 1
-        view.shape = self.shape
-        view.strides = NULL
-        view.suboffsets = NULL
-        view.internal = NULL
-
-    def __dealloc__(self):
-        free(self.data)
-
-
-cdef object _events_to_array(EventBuffer* buf):
-    """Hand the buffer's events to a new numpy array (zero copy); buf is emptied."""
-    cdef _EventBlock block
-    cdef Event* shrunk
-    if buf.count == 0:
-        free(buf.data)
-        buf.data = NULL
-        return np.empty(0, dtype=EVENT_DTYPE)
-    shrunk = <Event*>realloc(buf.data, buf.count * sizeof(Event))
-    block = _EventBlock.__new__(_EventBlock)
-    block.data = shrunk if shrunk != NULL else buf.data
-    block.nbytes = buf.count * sizeof(Event)
-    buf.data = NULL
-    return np.frombuffer(block, dtype=EVENT_DTYPE)
-
-
 cdef enum BookState:
     UNINITIALISED = 0
     READY = 1
@@ -1178,7 +1136,6 @@ cdef class OrderBook:
         each bad command becomes a REJECTED event. Raises TypeError/ValueError only
         for an array of the wrong dtype or shape, before anything is applied.
         """
-        cdef EventBuffer buf
         cdef int64_t n, applied
         cdef const Command* cmds
         if commands.dtype is not COMMAND_DTYPE and commands.dtype != COMMAND_DTYPE:
@@ -1189,19 +1146,16 @@ cdef class OrderBook:
         self._enter()
         n = commands.shape[0]
         cmds = <const Command*>cnp.PyArray_DATA(commands)
-        memset(&buf, 0, sizeof(EventBuffer))
-        if events_reserve(&buf, 2 * n + MIN_EVENTS) < 0:
-            raise MemoryError("cannot allocate the event array")
+        self._events.count = 0
         self._state = BUSY
         with nogil:
-            applied = book_apply_many(&self._book, cmds, n, &buf)
+            applied = book_apply_many(&self._book, cmds, n, &self._events)
         self._state = READY
         if applied < n:
-            free(buf.data)
             raise MemoryError(f"out of memory at command {applied}: the commands before it "
                               f"were applied and their events are lost; the book is "
                               f"consistent")
-        return _events_to_array(&buf)
+        return self.last_events()
 
     # --- views ---------------------------------------------------------------------
 

@@ -1,0 +1,32 @@
+# brokercore developer entry points. Everything installs into .venv (created on demand).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HYPOTHESIS_PROFILE ?= ci
+export HYPOTHESIS_PROFILE
+
+.PHONY: demo test build bench clean
+
+demo: build  ## build, then run the engine benchmark on its default workload
+	$(PY) benchmarks/bench_engine.py
+
+test: build  ## install what the tests need, build, run every test
+	$(PY) -m pytest
+
+bench: build  ## the full benchmark profile (longer runs, more repetitions)
+	$(PY) benchmarks/bench_engine.py --profile all --ops 2000000 --runs 7
+
+build: $(VENV)/.deps
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps --editable .
+
+# Build requirements come from pyproject.toml's [build-system], test ones from its
+# [project.optional-dependencies]; the stamp is remade when pyproject.toml changes.
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
+	$(PY) -m pip install --quiet --no-build-isolation --editable '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build .hypothesis .pytest_cache
