@@ -852,8 +852,18 @@ cdef int on_reband(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
 cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     """Allocate everything the command could need, so that it never fails half-way."""
     cdef int64_t worst_events = 1, capacity
+    cdef bint may_trade
     if c.op == OP_LIMIT or c.op == OP_MARKET or c.op == OP_AMEND:
-        worst_events = 3 + 2 * b.live   # accepted/amended, two per maker, a final cancel
+        # Accepted/amended, two per maker met, a final cancel; an order that cannot
+        # cross meets no maker (an amend's side is not looked up: try both sides).
+        if c.op == OP_AMEND:
+            may_trade = crosses(b, SIDE_BUY, c.price) or crosses(b, SIDE_SELL, c.price)
+        else:
+            may_trade = c.op == OP_MARKET or crosses(b, c.side, c.price)
+        if may_trade:
+            worst_events = 3 + 2 * b.live
+        else:
+            worst_events = 2
         if c.op != OP_AMEND and (pool_reserve_one(b) < 0 or ids_reserve_one(&b.ids) < 0):
             return -1
         if c.op != OP_MARKET and in_band(b, c.price):
