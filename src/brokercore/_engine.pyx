@@ -1047,6 +1047,11 @@ cdef enum BookState:
     BUSY = 2                            # a batch runs without the GIL
 
 
+# Enum members by value, for views (a tuple index is far cheaper than Enum(value)).
+_SIDES = (None, Side.BUY, Side.SELL)
+_TIFS = (None, *Tif)
+_STPS = tuple(Stp)
+
 _SNAPSHOT_MAGIC = b"BCOB"
 _SNAPSHOT_VERSION = 1
 _SNAPSHOT_HEADER = struct.Struct("<4sHHqqqIBB2xqqq")
@@ -1345,8 +1350,8 @@ cdef class OrderBook:
         if slot < 0:
             return None
         cdef Order* o = &self._book.pool[slot]
-        return RestingOrder(o.order_id, o.account, Side(o.side), o.price, o.qty, Tif(o.tif),
-                            Stp(o.stp), bool(o.flags & FLAG_POST_ONLY))
+        return RestingOrder(o.order_id, o.account, _SIDES[o.side], o.price, o.qty,
+                            _TIFS[o.tif], _STPS[o.stp], bool(o.flags & FLAG_POST_ONLY))
 
     @property
     def open_orders(self):
