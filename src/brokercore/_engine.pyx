@@ -32,8 +32,9 @@ from brokercore.records import (
 cnp.import_array()
 
 cdef extern from "numpy/arrayobject.h":
+    ctypedef struct PyArray_Descr
     PyTypeObject PyArray_Type
-    object PyArray_NewFromDescr(PyTypeObject* subtype, PyObject* descr, int nd,
+    object PyArray_NewFromDescr(PyTypeObject* subtype, PyArray_Descr* descr, int nd,
                                 cnp.npy_intp* dims, cnp.npy_intp* strides, void* data,
                                 int flags, PyObject* obj)
 
@@ -1019,14 +1020,14 @@ cdef object _event_array(Event* data, int64_t count, bint adopt):
     dims[0] = count
     Py_INCREF(EVENT_DTYPE)                          # NewFromDescr steals a reference
     if not adopt:
-        out = PyArray_NewFromDescr(&PyArray_Type, <PyObject*>EVENT_DTYPE, 1, dims, NULL,
+        out = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*><PyObject*>EVENT_DTYPE, 1, dims, NULL,
                                    NULL, cnp.NPY_ARRAY_CARRAY, NULL)
         if count:
             memcpy(cnp.PyArray_DATA(out), data, count * sizeof(Event))
         return out
     owner = _Allocation.__new__(_Allocation)
     owner.data = data
-    out = PyArray_NewFromDescr(&PyArray_Type, <PyObject*>EVENT_DTYPE, 1, dims, NULL, data,
+    out = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*><PyObject*>EVENT_DTYPE, 1, dims, NULL, data,
                                cnp.NPY_ARRAY_CARRAY, NULL)
     cnp.set_array_base(out, owner)
     return out
@@ -1516,7 +1517,7 @@ def _validate_snapshot_orders(live, spent, OrderBook book):
          "order ids not positive and unique"),
         (np.any((live["tif"] != TIF_GTC) & (live["tif"] != TIF_DAY)), "invalid time in force"),
         (np.any(live["stp"] > STP_DECREMENT), "invalid stp"),
-        (np.any(live["flags"] & ~FLAG_POST_ONLY), "invalid flags"),
+        (np.any(live["flags"] > FLAG_POST_ONLY), "invalid flags"),
         (np.any((live["price"] < book.low) | (live["price"] > book.high)), "price out of band"),
         (np.any((live["qty"] <= 0) | (live["qty"] % book.lot_size != 0)
                 | (live["qty"] > book.max_qty)), "invalid quantity"),
