@@ -1196,7 +1196,8 @@ cdef class OrderBook:
         return self._run(&c)
 
     def last_events(self):
-        """The events of the last per-order call, as a new EVENT_DTYPE array."""
+        """The events of the last per-order call, as a new EVENT_DTYPE array (empty
+        after process(), which returns its events itself)."""
         return _event_array(self._events.data, self._events.count, False)
 
     # --- batch API -----------------------------------------------------------------
@@ -1231,13 +1232,15 @@ cdef class OrderBook:
                               f"were applied and their events are lost; the book is "
                               f"consistent")
         if self._events.count <= KEEP_EVENTS:
-            return self.last_events()
-        # A large buffer becomes the result (no copy) instead of being kept.
-        shrunk = <Event*>realloc(self._events.data, self._events.count * sizeof(Event) + 1)
-        events = _event_array(shrunk if shrunk != NULL else self._events.data,
-                              self._events.count, True)
-        self._events.data = NULL
-        self._events.capacity = 0
+            events = _event_array(self._events.data, self._events.count, False)
+        else:
+            # A large buffer becomes the result (no copy) instead of being kept.
+            shrunk = <Event*>realloc(self._events.data, self._events.count * sizeof(Event) + 1)
+            events = _event_array(shrunk if shrunk != NULL else self._events.data,
+                                  self._events.count, True)
+            self._events.data = NULL
+            self._events.capacity = 0
+        self._events.count = 0          # last_events() is about per-order calls only
         return events
 
     # --- views ---------------------------------------------------------------------

@@ -1,0 +1,200 @@
+"""Engine snapshots: a restored book carries on exactly like the original, and bad bytes
+are refused with ValueError (never a crash, never a silently wrong book).
+
+The reference model has no snapshots, so these tests use the engine only. The tests
+that forge snapshots with a valid checksum use the engine's own header layout
+(``brokercore._engine._SNAPSHOT_HEADER``, then the orders, the spent ids and a CRC-32
+trailer), so they test the validation behind the checksum, not just the checksum.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from brokercore.records import INT64_MAX, ORDER_DTYPE, Reason, Side, Stp, Tif
+from strategies import scenario
+from support import (
+    OPENED, A, B, C, accepted, book_ids, book_state, call, commands, engine_class,
+    event_tuples, rejected,
+)
+
+
+def round_trip(book):
+    return type(book).restore(book.snapshot())
+
+
+@given(scenario(), st.data())
+def test_restored_book_gives_the_same_future_events(case, data):
+    params, cmds = case
+    split = data.draw(st.integers(0, len(cmds)), label="split")
+    original = engine_class()(**params)
+    original.process(commands(*cmds[:split]))
+    restored = round_trip(original)
+    assert book_state(restored) == book_state(original)
+    later = commands(*cmds[split:])
+    assert event_tuples(restored.process(later)) == event_tuples(original.process(later))
+    assert book_state(restored) == book_state(original)
+
+
+def busy_book():
+    """A closed book: bids 2 (post-only) and 1, ask 3; ids 4 (expired), 5, 6 spent."""
+    book = engine_class()(100, 200, lot_size=5, symbol=9, stp=Stp.DECREMENT)
+    call(book, "limit", 1, Side.BUY, 110, 10, account=A, tif=Tif.GTC, stp=Stp.NONE)
+    call(book, "limit", 2, Side.BUY, 120, 15, account=B, post_only=True)
+    call(book, "limit", 3, Side.SELL, 130, 20, account=C)
+    call(book, "limit", 4, Side.SELL, 130, 5, account=A, tif=Tif.DAY)
+    call(book, "market", 5, Side.SELL, 5, account=C)  # spent: filled against 2
+    call(book, "limit", 6, Side.SELL, 0, 5, account=C)  # spent: rejected
+    call(book, "close")
+    return book
+
+
+def test_round_trip_keeps_session_state_and_spent_ids():
+    book = round_trip(busy_book())
+    assert not book.is_open and book.stp == Stp.DECREMENT and book.symbol == 9
+    assert book_ids(book) == [2, 1, 3]
+    assert call(book, "limit", 5, Side.BUY, 101, 5, account=A) == [
+        rejected(Reason.DUPLICATE_ORDER_ID, 5, Side.BUY, 101, 5, A)]
+    assert call(book, "limit", 7, Side.BUY, 101, 5, account=A) == [
+        rejected(Reason.MARKET_CLOSED, 7, Side.BUY, 101, 5, A)]
+    assert call(book, "open") == [OPENED]
+    assert call(book, "limit", 1, Side.BUY, 101, 5, account=A) == [
+        rejected(Reason.DUPLICATE_ORDER_ID, 1, Side.BUY, 101, 5, A)]
+    for order_id in (4, 5, 6):
+        assert call(book, "limit", order_id, Side.BUY, 101, 5, account=A) == [
+            accepted(order_id, Side.BUY, 101, 5, A)]
+
+
+def test_snapshot_is_bytes_and_restores_from_bytearray_and_memoryview():
+    snap = busy_book().snapshot()
+    assert isinstance(snap, bytes)
+    for data in (bytearray(snap), memoryview(snap)):
+        assert book_state(engine_class().restore(data)) == book_state(busy_book())
+
+
+# ------------------------------------------------------------------- bad bytes
+
+
+@given(st.binary(max_size=400))
+def test_restore_refuses_random_bytes(data):
+    with pytest.raises(ValueError):
+        engine_class().restore(data)
+
+
+def test_restore_refuses_every_truncation():
+    snap = busy_book().snapshot()
+    for n in range(len(snap)):
+        with pytest.raises(ValueError):
+            engine_class().restore(snap[:n])
+
+
+def test_restore_refuses_trailing_bytes():
+    with pytest.raises(ValueError):
+        engine_class().restore(busy_book().snapshot() + b"\0")
+
+
+@given(st.data())
+def test_restore_of_a_corrupted_byte_raises_value_error_or_gives_a_sound_book(data):
+    snap = bytearray(busy_book().snapshot())
+    pos = data.draw(st.integers(0, len(snap) - 1), label="pos")
+    snap[pos] ^= data.draw(st.integers(1, 255), label="xor")
+    try:
+        book = engine_class().restore(bytes(snap))
+    except ValueError:
+        return
+    orders = book.orders()  # a restored book must be usable and consistent
+    assert np.all((orders["price"] >= book.low) & (orders["price"] <= book.high))
+    assert np.all(orders["qty"] > 0)
+    bid, ask = book.best_bid(), book.best_ask()
+    assert bid is None or ask is None or bid[0] < ask[0]
+
+
+def split_snapshot(snap: bytes):
+    """(header fields, orders, spent ids) of a snapshot, in the engine's layout."""
+    from brokercore._engine import _SNAPSHOT_HEADER
+
+    header = list(_SNAPSHOT_HEADER.unpack_from(snap))
+    n_orders, n_spent = header[-2], header[-1]
+    start = _SNAPSHOT_HEADER.size
+    orders = np.frombuffer(snap, ORDER_DTYPE, n_orders, start).copy()
+    spent = np.frombuffer(snap, "<i8", n_spent, start + n_orders * ORDER_DTYPE.itemsize).copy()
+    return header, orders, spent
+
+
+def seal(header, orders, spent) -> bytes:
+    """Pack the parts back into a snapshot with a correct checksum."""
+    from brokercore._engine import _SNAPSHOT_HEADER
+
+    body = _SNAPSHOT_HEADER.pack(*header) + orders.tobytes() + spent.tobytes()
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+# Header fields: magic, version, flags, low, high, lot, symbol, stp, is_open, seq, n, n_spent
+def set_header(index, value):
+    def forge(header, orders, spent):
+        header[index] = value
+    return forge
+
+
+def set_order(row, field, value):
+    def forge(header, orders, spent):
+        orders[row][field] = value
+    return forge
+
+
+def swap_orders(i, j):
+    def forge(header, orders, spent):
+        orders[[i, j]] = orders[[j, i]]
+    return forge
+
+
+def spend_a_live_id(header, orders, spent):
+    spent[0] = orders[0]["order_id"]
+
+
+def cross_the_book(header, orders, spent):
+    orders[0]["price"] = orders[-1]["price"]  # best bid at the ask's price
+
+
+FORGERIES = {
+    "magic": set_header(0, b"XXXX"),
+    "version": set_header(1, 99),
+    "low zero": set_header(3, 0),
+    "high below low": set_header(4, 50),
+    "lot zero": set_header(5, 0),
+    "book stp default": set_header(7, Stp.DEFAULT),
+    "book stp unknown": set_header(7, 6),
+    "is_open 2": set_header(8, 2),
+    "negative seq": set_header(9, -1),
+    "order count too big": set_header(10, 5),
+    "spent count too big": set_header(11, 9),
+    "order tif ioc": set_order(0, "tif", Tif.IOC),
+    "order tif zero": set_order(0, "tif", 0),
+    "order stp 6": set_order(0, "stp", 6),
+    "order flags 2": set_order(0, "flags", 2),
+    "order side 3": set_order(0, "side", 3),
+    "order id zero": set_order(0, "order_id", 0),
+    "order id duplicate": set_order(1, "order_id", 2),
+    "order price below band": set_order(0, "price", 99),
+    "order qty zero": set_order(0, "qty", 0),
+    "order qty off lot": set_order(0, "qty", 7),
+    "order qty too large": set_order(0, "qty", (INT64_MAX // 200 // 5 + 1) * 5),
+    "bids out of order": swap_orders(0, 1),
+    "crossed": cross_the_book,
+    "spent id is live": spend_a_live_id,
+}
+
+
+@pytest.mark.parametrize("forge", FORGERIES.values(), ids=list(FORGERIES))
+def test_restore_refuses_a_forged_snapshot(forge):
+    header, orders, spent = split_snapshot(busy_book().snapshot())
+    assert seal(header, orders, spent) == busy_book().snapshot()  # the layout is understood
+    forge(header, orders, spent)
+    with pytest.raises(ValueError):
+        engine_class().restore(seal(header, orders, spent))
