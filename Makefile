@@ -14,7 +14,7 @@ test: build  ## install what the tests need, build, run every test
 	$(PY) -m pytest
 
 bench: build  ## the full benchmark profile (longer runs, more repetitions)
-	$(PY) benchmarks/bench_engine.py --profile all --ops 2000000 --runs 7
+	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000
 
 build: $(VENV)/.deps
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps --editable .
