@@ -881,13 +881,27 @@ PACKED_COMMAND = np.dtype([(name, COMMAND_DTYPE.fields[name][0]) for name in COM
 @pytest.mark.parametrize("array", [
     np.zeros(3, dtype=np.float64),
     np.zeros(3, dtype=EVENT_DTYPE),
-    np.zeros(3, dtype=PACKED_COMMAND),
-    np.zeros(6, dtype=COMMAND_DTYPE)[::2],
-], ids=["float64", "event dtype", "packed command", "non-contiguous"])
+    np.zeros((2, 3), dtype=COMMAND_DTYPE),
+    [(0, 1)],
+], ids=["float64", "event dtype", "two-dimensional", "list"])
 def test_batch_with_a_wrong_array_raises(book, array):
     with pytest.raises((TypeError, ValueError)):
         book.process(array)
     assert book.seq == 0
+
+
+def test_batch_takes_the_command_fields_in_any_layout(book_cls):
+    """numpy drops the padding when it concatenates structured arrays; strides happen."""
+    rows = [(Op.LIMIT, 1, 1, BUY, Tif.GTC, 110, 5), (Op.LIMIT, 2, 2, SELL, Tif.GTC, 110, 3)]
+    canonical = np.zeros(2, dtype=COMMAND_DTYPE)
+    canonical[["op", "order_id", "account", "side", "tif", "price", "qty"]] = rows
+    packed = canonical.astype(PACKED_COMMAND)
+    strided = np.repeat(canonical, 2)[::2]
+    expected = event_tuples(book_cls(100, 200).process(canonical))
+    assert event_tuples(book_cls(100, 200).process(packed)) == expected
+    assert event_tuples(book_cls(100, 200).process(strided)) == expected
+    assert [event[1] for event in expected] == [EventType.ACCEPTED, EventType.ACCEPTED,
+                                                EventType.TRADE]
 
 
 # ----------------------------------------------------------------- construction

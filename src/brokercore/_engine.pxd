@@ -3,6 +3,8 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
+cimport numpy as cnp
+
 cdef enum:
     OP_LIMIT = 1
     OP_MARKET = 2
@@ -61,6 +63,7 @@ cdef enum:
     R_USER_CANCEL = 19
     R_IOC_REMAINDER = 20
     R_SELF_TRADE = 21
+    R_UNKNOWN_SYMBOL = 22               # used by a shard: no book for the command's symbol
 
     PAGE_SHIFT = 8                      # 256 price levels per ladder page
     PAGE_LEVELS = 256
@@ -178,6 +181,29 @@ ctypedef struct EventBuffer:            # growable array of events written by bo
 cdef int book_init(Book* book, int64_t low, int64_t high, int64_t lot_size,
                    uint32_t symbol, uint8_t default_stp) noexcept nogil
 cdef void book_free(Book* book) noexcept nogil
+cdef int events_reserve(EventBuffer* out, int64_t extra) noexcept nogil
+cdef void write_reject(Event* e, const Command* c, uint32_t symbol, int64_t seq,
+                       uint8_t reason) noexcept nogil
 cdef int book_apply(Book* book, const Command* cmd, EventBuffer* out) noexcept nogil
 cdef int64_t book_apply_many(Book* book, const Command* cmds, int64_t n,
                              EventBuffer* out) noexcept nogil
+
+
+cdef enum BookState:
+    UNINITIALISED = 0
+    READY = 1
+    BUSY = 2                            # a batch or a shard's matcher owns the book
+
+
+cdef class OrderBook:
+    cdef Book _book
+    cdef EventBuffer _events            # events of the last per-order call
+    cdef BookState _state
+    cdef int _enter(self) except -1
+    cdef Py_ssize_t _run(self, Command* c) except -1
+    cdef Py_ssize_t _session_command(self, uint8_t op, int64_t price, int64_t qty,
+                                     int64_t ts) except -1
+    cdef object _level_total(self, int64_t idx)
+    cdef object _records(self, int32_t* slots, int64_t n)
+    cdef object _slots_to_records(self, list slots)
+    cdef _load(self, cnp.ndarray live, cnp.ndarray spent)

@@ -453,13 +453,30 @@ cdef inline Event* emit(Book* b, EventBuffer* out, const Command* c, uint8_t ety
     return e
 
 
-cdef inline void emit_reject(Book* b, EventBuffer* out, const Command* c, uint8_t reason) noexcept nogil:
-    cdef Event* e = emit(b, out, c, EV_REJECTED, reason)
+cdef void write_reject(Event* e, const Command* c, uint32_t symbol, int64_t seq,
+                       uint8_t reason) noexcept nogil:
+    """A REJECTED event that echoes the command's raw fields."""
+    e.symbol = symbol
+    e.type = EV_REJECTED
+    e.reason = reason
+    e.op = c.op
     e.side = c.side
+    e.seq = seq
+    e.ts = c.ts
     e.order_id = c.order_id
     e.account = c.account
     e.price = c.price
     e.qty = c.qty
+    e.remaining = 0
+    e.other_id = 0
+    e.other_account = 0
+    e.other_remaining = 0
+
+
+cdef inline void emit_reject(Book* b, EventBuffer* out, const Command* c, uint8_t reason) noexcept nogil:
+    b.seq += 1
+    out.count += 1
+    write_reject(&out.data[out.count - 1], c, b.symbol, b.seq, reason)
 
 
 cdef inline void emit_order(Book* b, EventBuffer* out, const Command* c, uint8_t etype,
@@ -999,7 +1016,7 @@ def _check_layouts():
         records.Flags: (FLAG_POST_ONLY,),
         records.EventType: (EV_ACCEPTED, EV_REJECTED, EV_TRADE, EV_CANCELLED, EV_EXPIRED,
                             EV_AMENDED, EV_OPENED, EV_CLOSED, EV_REBANDED),
-        records.Reason: tuple(range(R_NONE, R_SELF_TRADE + 1)),
+        records.Reason: tuple(range(R_NONE, R_UNKNOWN_SYMBOL + 1)),
     }
     for enum, values in c_values.items():
         if tuple(int(member) for member in enum) != values:
@@ -1042,12 +1059,6 @@ cdef class _Allocation:
         free(self.data)
 
 
-cdef enum BookState:
-    UNINITIALISED = 0
-    READY = 1
-    BUSY = 2                            # a batch runs without the GIL
-
-
 # Enum members by value, for views (a tuple index is far cheaper than Enum(value)).
 _SIDES = (None, Side.BUY, Side.SELL)
 _TIFS = (None, *Tif)
@@ -1081,10 +1092,6 @@ cdef class OrderBook:
     A book is not thread-safe; a second thread touching it during ``process`` gets a
     RuntimeError.
     """
-
-    cdef Book _book
-    cdef EventBuffer _events
-    cdef BookState _state
 
     def __init__(self, int64_t low, int64_t high, int64_t lot_size=1, uint32_t symbol=0,
                  int stp=STP_CANCEL_NEWEST):
@@ -1202,24 +1209,24 @@ cdef class OrderBook:
 
     # --- batch API -----------------------------------------------------------------
 
-    def process(self, cnp.ndarray commands not None):
+    def process(self, commands):
         """Apply an array of COMMAND_DTYPE records in order, without the GIL.
 
         Returns the events as an EVENT_DTYPE array. Field values are never trusted:
         each bad command becomes a REJECTED event. Raises TypeError/ValueError only
-        for an array of the wrong dtype or shape, before anything is applied.
+        for an array without COMMAND_DTYPE's fields or not one-dimensional, before
+        anything is applied (see records.as_commands).
         """
         cdef int64_t n, applied
         cdef const Command* cmds
         cdef Event* shrunk
-        if commands.dtype is not COMMAND_DTYPE and commands.dtype != COMMAND_DTYPE:
-            raise TypeError(f"commands must have dtype brokercore.COMMAND_DTYPE, "
-                            f"not {commands.dtype}")
-        if commands.ndim != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(commands):
-            raise ValueError("commands must be a one-dimensional contiguous array")
+        cdef cnp.ndarray array = commands if isinstance(commands, cnp.ndarray) else None
+        if (array is None or array.dtype is not COMMAND_DTYPE or array.ndim != 1
+                or not cnp.PyArray_IS_C_CONTIGUOUS(array)):
+            array = records.as_commands(commands)
         self._enter()
-        n = commands.shape[0]
-        cmds = <const Command*>cnp.PyArray_DATA(commands)
+        n = array.shape[0]
+        cmds = <const Command*>cnp.PyArray_DATA(array)
         self._events.count = 0
         if events_reserve(&self._events, 2 * n + MIN_EVENTS) < 0:
             raise MemoryError("cannot allocate the event buffer")

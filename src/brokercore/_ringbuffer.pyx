@@ -13,7 +13,7 @@ sleep/wake handshake of the blocking strategy uses sequentially consistent fence
 no wake-up is lost.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -256,9 +256,27 @@ cdef void ring_publish(Ring* ring, int64_t lo, int64_t hi) noexcept nogil:
     wake(ring, &ring.data_waiters.value, &ring.data_ready)
 
 
-cdef inline int64_t highest_available(Ring* ring, int64_t seq) noexcept nogil:
-    """The highest sequence such that seq..it are all published (seq - 1 if none)."""
+cdef int64_t seq_get(Sequence* seq) noexcept nogil:
+    """Read a sequence or counter written by another thread (acquire)."""
+    return rb_load_acquire(&seq.value)
+
+
+cdef void seq_set(Sequence* seq, int64_t value) noexcept nogil:
+    """Write a sequence or counter read by other threads (release)."""
+    rb_store_release(&seq.value, value)
+
+
+cdef int64_t ring_highest_available(Ring* ring, int64_t seq) noexcept nogil:
+    return highest_available(ring, seq)
+
+
+cdef inline int64_t highest_available(Ring* ring, int64_t seq,
+                                      int64_t limit=INT64_MAX) noexcept nogil:
+    """The highest sequence, at most limit, such that seq..it are all published
+    (seq - 1 if none)."""
     cdef int64_t hi = rb_load_acquire(&ring.cursor.value)
+    if hi > limit:
+        hi = limit
     if not ring.multi_producer or hi < seq:
         return hi
     while seq <= hi:
@@ -268,17 +286,19 @@ cdef inline int64_t highest_available(Ring* ring, int64_t seq) noexcept nogil:
     return hi
 
 
-cdef int64_t ring_wait_for(Ring* ring, int consumer, int64_t seq, int64_t timeout_ns) noexcept nogil:
+cdef int64_t ring_wait_for(Ring* ring, int consumer, int64_t seq, int64_t max_n,
+                           int64_t timeout_ns) noexcept nogil:
     """Wait until seq is available to the consumer; returns the highest available
-    sequence (>= seq), or less than seq on timeout (timeout_ns < 0: none) or once the
-    ring is closed and drained."""
-    cdef int64_t available = highest_available(ring, seq)
+    sequence (>= seq, < seq + max_n), or less than seq on timeout (timeout_ns < 0: none)
+    or once the ring is closed and drained."""
+    cdef int64_t limit = seq + max_n - 1
+    cdef int64_t available = highest_available(ring, seq, limit)
     cdef int64_t deadline = rb_now_ns() + timeout_ns if timeout_ns >= 0 else -1
     cdef int spins = 0
     cdef WaitKind kind = ring.waits[consumer]
     while available < seq:
         if rb_load_acquire(&ring.closed.value):
-            return highest_available(ring, seq)
+            return highest_available(ring, seq, limit)
         if deadline >= 0 and rb_now_ns() >= deadline:
             return available
         if kind == WAIT_BUSY_SPIN or spins < SPINS_BEFORE_BACKING_OFF:
@@ -290,12 +310,12 @@ cdef int64_t ring_wait_for(Ring* ring, int consumer, int64_t seq, int64_t timeou
             pthread_mutex_lock(&ring.lock)
             rb_add(&ring.data_waiters.value, 1)
             rb_fence()                  # pairs with the fence in wake()
-            if (highest_available(ring, seq) < seq
+            if (highest_available(ring, seq, seq) < seq
                     and not rb_load_acquire(&ring.closed.value)):
                 rb_nap(&ring.data_ready, &ring.lock)
             rb_add(&ring.data_waiters.value, -1)
             pthread_mutex_unlock(&ring.lock)
-        available = highest_available(ring, seq)
+        available = highest_available(ring, seq, limit)
     return available
 
 
@@ -426,8 +446,8 @@ cdef class RingBuffer:
             raise ValueError("max_records must be >= 1")
         first = self.ring.consumers[consumer].value + 1
         with nogil:
-            available = ring_wait_for(self.ring, consumer, first, timeout_ns)
-        n = min(available - first + 1, max_records)
+            available = ring_wait_for(self.ring, consumer, first, max_records, timeout_ns)
+        n = available - first + 1
         if n <= 0:
             return np.empty(0, dtype=self.dtype)
         out = np.empty(n, dtype=self.dtype)
@@ -459,6 +479,12 @@ cdef class RingBuffer:
         return rb_load_acquire(&self.ring.consumers[consumer].value)
 
     @property
+    def claimed(self):
+        """The highest sequence claimed by a producer (published or about to be)."""
+        return self.ring.sp_claimed.value if not self.ring.multi_producer else rb_load_acquire(
+            &self.ring.cursor.value)
+
+    @property
     def fill(self):
-        """Records published but not yet released by the slowest consumer."""
-        return self.cursor - ring_min_consumer(self.ring)
+        """Records claimed by producers and not yet released by the slowest consumer."""
+        return self.claimed - ring_min_consumer(self.ring)

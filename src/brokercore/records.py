@@ -15,7 +15,7 @@ import numpy as np
 __all__ = [
     "Op", "Side", "Tif", "Stp", "Flags", "EventType", "Reason",
     "COMMAND_DTYPE", "EVENT_DTYPE", "ORDER_DTYPE", "LEVEL_DTYPE",
-    "MAX_BAND_LEVELS", "INT64_MAX", "RestingOrder",
+    "MAX_BAND_LEVELS", "INT64_MAX", "RestingOrder", "as_commands",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -101,6 +101,7 @@ class Reason(IntEnum):
     USER_CANCEL = 19
     IOC_REMAINDER = 20
     SELF_TRADE = 21
+    UNKNOWN_SYMBOL = 22
 
 
 def _struct(fields: list[tuple[str, str]], itemsize: int) -> np.dtype:
@@ -150,3 +151,22 @@ class RestingOrder(NamedTuple):
     tif: Tif
     stp: Stp
     post_only: bool
+
+
+def as_commands(commands) -> np.ndarray:
+    """A one-dimensional contiguous COMMAND_DTYPE array of the given commands.
+
+    Arrays with the same fields in another layout (numpy drops the padding when it
+    concatenates or promotes structured arrays) or with strides are copied into the
+    canonical layout; anything else is a TypeError or ValueError.
+    """
+    if not isinstance(commands, np.ndarray):
+        raise TypeError("commands must be a numpy array of COMMAND_DTYPE records")
+    dtype = commands.dtype
+    if dtype != COMMAND_DTYPE and (dtype.names != COMMAND_DTYPE.names or any(
+            dtype.fields[name][0] != COMMAND_DTYPE.fields[name][0] for name in dtype.names)):
+        raise TypeError(f"commands must have the fields of brokercore.COMMAND_DTYPE, "
+                        f"not {dtype}")
+    if commands.ndim != 1:
+        raise ValueError("commands must be a one-dimensional array")
+    return np.ascontiguousarray(commands, dtype=COMMAND_DTYPE)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .records import (
     COMMAND_DTYPE, EVENT_DTYPE, INT64_MAX, LEVEL_DTYPE, MAX_BAND_LEVELS, ORDER_DTYPE,
-    EventType, Flags, Op, Reason, RestingOrder, Side, Stp, Tif,
+    EventType, Flags, Op, Reason, RestingOrder, Side, Stp, Tif, as_commands,
 )
 
 __all__ = ["ReferenceBook"]
@@ -187,14 +187,8 @@ class ReferenceBook:
 
     def process(self, commands) -> np.ndarray:
         """Apply a COMMAND_DTYPE batch in order; bad field values are REJECTED, not raised."""
-        if not isinstance(commands, np.ndarray):
-            raise TypeError("commands must be a numpy array of COMMAND_DTYPE")
-        if commands.dtype != COMMAND_DTYPE:
-            raise TypeError(f"commands must have COMMAND_DTYPE, got {commands.dtype}")
-        if commands.ndim != 1 or not commands.flags.c_contiguous:
-            raise ValueError("commands must be a one-dimensional contiguous array")
         events: list[tuple] = []
-        for record in commands:
+        for record in as_commands(commands):
             events.extend(self._apply(_Command.from_record(record)))
         self._last = []
         return np.array(events, dtype=EVENT_DTYPE)
