@@ -165,6 +165,7 @@ ctypedef struct Book:
     int32_t free_head
     int64_t live
     IdMap ids
+    int64_t ids_floor                   # the id map never shrinks below this capacity
     int64_t lot_size
     int64_t max_qty
     int64_t seq
@@ -179,7 +180,7 @@ ctypedef struct EventBuffer:            # growable array of events written by bo
 
 
 cdef int book_init(Book* book, int64_t low, int64_t high, int64_t lot_size,
-                   uint32_t symbol, uint8_t default_stp) noexcept nogil
+                   uint32_t symbol, uint8_t default_stp, int64_t session_orders) noexcept nogil
 cdef void book_free(Book* book) noexcept nogil
 cdef int events_reserve(EventBuffer* out, int64_t extra) noexcept nogil
 cdef void write_reject(Event* e, const Command* c, uint32_t symbol, int64_t seq,

@@ -509,8 +509,16 @@ cdef inline void emit_trade(Book* b, EventBuffer* out, const Command* c, const O
 # Book life cycle
 # ---------------------------------------------------------------------------------
 
+cdef inline int64_t ids_capacity_for(int64_t ids) noexcept nogil:
+    """The id map capacity that holds ids entries without growing (load <= 1/2)."""
+    cdef int64_t capacity = MIN_IDS
+    while capacity < 2 * ids + 2:
+        capacity *= 2
+    return capacity
+
+
 cdef int book_init(Book* b, int64_t low, int64_t high, int64_t lot_size, uint32_t symbol,
-                   uint8_t default_stp) noexcept nogil:
+                   uint8_t default_stp, int64_t session_orders) noexcept nogil:
     """Set up an empty, open book; the caller has validated the arguments."""
     memset(b, 0, sizeof(Book))
     b.free_head = -1
@@ -519,8 +527,10 @@ cdef int book_init(Book* b, int64_t low, int64_t high, int64_t lot_size, uint32_
     b.symbol = symbol
     b.default_stp = default_stp
     b.is_open = True
-    b.ids.entries = <IdEntry*>calloc(MIN_IDS, sizeof(IdEntry))
-    b.ids.capacity = MIN_IDS
+    b.ids_floor = ids_capacity_for(session_orders)
+    b.ids.entries = <IdEntry*>calloc(b.ids_floor, sizeof(IdEntry))
+    b.ids.capacity = b.ids_floor
+    bc_advise_huge(b.ids.entries, b.ids_floor * sizeof(IdEntry))
     if b.ids.entries == NULL or ladder_init(&b.ladder, low, high - low + 1) < 0:
         book_free(b)
         return -1
@@ -919,10 +929,8 @@ cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil
         worst_events = 1 + b.live
     elif c.op == OP_OPEN and not b.is_open:
         # Forget the spent ids now: a fresh table sized for the live orders.
-        capacity = MIN_IDS
-        while capacity < 4 * b.live:
-            capacity *= 2
-        if ids_rebuild(&b.ids, capacity, False) < 0:
+        capacity = ids_capacity_for(2 * b.live)
+        if ids_rebuild(&b.ids, capacity if capacity > b.ids_floor else b.ids_floor, False) < 0:
             return -1
     return events_reserve(out, worst_events)
 
@@ -1090,15 +1098,20 @@ cdef class OrderBook:
     ``reband``) return the number of events, readable with ``last_events()``;
     ``process`` runs a whole array of commands without the GIL.
     A book is not thread-safe; a second thread touching it during ``process`` gets a
-    RuntimeError.
+    RuntimeError. ``session_orders`` sizes the order-id map for that many orders per
+    session up front: the map then never grows (a pause of milliseconds when it is
+    large) in the middle of a session.
     """
 
     def __init__(self, int64_t low, int64_t high, int64_t lot_size=1, uint32_t symbol=0,
-                 int stp=STP_CANCEL_NEWEST):
+                 int stp=STP_CANCEL_NEWEST, int64_t session_orders=0):
         if self._state != UNINITIALISED:
             raise RuntimeError("OrderBook is already initialised")
         _validate_book_args(low, high, lot_size, stp)
-        if book_init(&self._book, low, high, lot_size, symbol, <uint8_t>stp) < 0:
+        if not 0 <= session_orders <= (<int64_t>1 << 32):
+            raise ValueError(f"session_orders must be in 0..2**32, got {session_orders}")
+        if book_init(&self._book, low, high, lot_size, symbol, <uint8_t>stp,
+                     session_orders) < 0:
             raise MemoryError("cannot allocate the order book")
         self._state = READY
 

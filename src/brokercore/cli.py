@@ -47,7 +47,8 @@ def _instruments(args) -> list[Instrument]:
     if args.instruments:
         return load_instruments(args.instruments)
     names = [name.strip() for name in args.symbols.split(",") if name.strip()]
-    return [Instrument(name, n, MID - HALF_BAND, MID + HALF_BAND)
+    per_book = args.orders // max(len(names), 1) + 1    # id maps sized for the whole run
+    return [Instrument(name, n, MID - HALF_BAND, MID + HALF_BAND, session_orders=per_book)
             for n, name in enumerate(names, 1)]
 
 
@@ -66,8 +67,9 @@ def run_shard(args) -> int:
           f"{args.orders:,} commands, batch {args.batch}"
           + (f", {args.rate:,.0f} commands/s" if args.rate else ", as fast as possible"),
           file=sys.stderr)
+    # Generated up front, so that making the flow never stalls the measured pipeline.
+    flow = list(order_flow([i.symbol_id for i in instruments], args.orders, args.seed))
     shard.start()
-    flow = order_flow([i.symbol_id for i in instruments], args.orders, args.seed)
     report = drive(shard, flow, batch=args.batch, rate=args.rate, progress=print_progress)
     for line in report.summary_lines():
         print(line)

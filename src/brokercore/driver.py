@@ -68,7 +68,8 @@ def drive(shard: Shard, flow: Iterable[np.ndarray], *, batch: int = 256,
           rate: float | None = None, progress: Callable[[str], None] | None = None,
           progress_every: float = 1.0) -> RunReport:
     """Submit the flow to the started shard (at ``rate`` commands/s, or as fast as it
-    takes them), read every event, stop the shard and report."""
+    takes them), read every event, stop the shard and report. A flow generated on the
+    fly stalls the driver while it makes each chunk: pass a list to measure latency."""
     report = RunReport()
     latencies, type_counts = [], np.zeros(256, np.int64)
     clock = time.perf_counter_ns

@@ -45,14 +45,16 @@ class Instrument:
     high: int
     lot_size: int = 1
     stp: Stp = Stp.CANCEL_NEWEST
+    session_orders: int = 0             # orders a session is sized for (OrderBook)
 
     def new_book(self) -> OrderBook:
-        return OrderBook(self.low, self.high, self.lot_size, self.symbol_id, self.stp)
+        return OrderBook(self.low, self.high, self.lot_size, self.symbol_id, self.stp,
+                         self.session_orders)
 
 
 def load_instruments(path: str | os.PathLike) -> list[Instrument]:
     """Instruments from a TOML file of ``[[instrument]]`` tables with the keys
-    symbol, id, low, high and optionally lot_size and stp (a Stp name)."""
+    symbol, id, low, high and optionally lot_size, stp (a Stp name) and session_orders."""
     with open(path, "rb") as f:
         tables = tomllib.load(f).get("instrument", [])
     instruments = []
@@ -61,7 +63,8 @@ def load_instruments(path: str | os.PathLike) -> list[Instrument]:
             instruments.append(Instrument(
                 symbol=str(table["symbol"]), symbol_id=int(table["id"]), low=int(table["low"]),
                 high=int(table["high"]), lot_size=int(table.get("lot_size", 1)),
-                stp=Stp[table.get("stp", "CANCEL_NEWEST")]))
+                stp=Stp[table.get("stp", "CANCEL_NEWEST")],
+                session_orders=int(table.get("session_orders", 0))))
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"{path}: instrument #{n} is invalid: {e!r}") from None
     return instruments
