@@ -74,6 +74,7 @@ from brokercore.records import EVENT_DTYPE, EventType, Op, Reason, Stp, Tif
 from brokercore.reference import ReferenceBook
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model  # noqa: E402
 from workloads import PROFILES, Workload, generate, memory_book_commands  # noqa: E402
 
 MIB = 1024 * 1024
@@ -116,15 +117,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def brokercore_version() -> str:

@@ -29,6 +29,8 @@ from dataclasses import replace
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # numpy's BLAS threads would spin here
 
 from brokercore._ringbuffer import WaitStrategy  # noqa: E402
+from machine import cpu_model  # noqa: E402
+
 from brokercore.driver import drive  # noqa: E402
 from brokercore.loadgen import HALF_BAND, MID, order_flow  # noqa: E402
 from brokercore.shard import Instrument, Shard  # noqa: E402
@@ -39,15 +41,6 @@ SYMBOLS = [Instrument(name, n, MID - HALF_BAND, MID + HALF_BAND)
            for n, name in enumerate(("AAA", "BBB", "CCC", "DDD"), 1)]
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def one_run(wait: WaitStrategy, orders: int, rate: float | None, batch: int, seed: int):

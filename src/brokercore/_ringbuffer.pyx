@@ -220,8 +220,8 @@ cdef int64_t claim(Ring* ring, int64_t n, bint wait) noexcept nogil:
     while True:
         if rb_load_acquire(&ring.closed.value):
             return -1
-        current = (ring.sp_claimed.value if not ring.multi_producer
-                   else rb_load_acquire(&ring.cursor.value))
+        current = rb_load_acquire(&ring.sp_claimed.value if not ring.multi_producer
+                                  else &ring.cursor.value)
         after = current + n
         if not has_room(ring, after - ring.capacity):
             if not wait:
@@ -229,7 +229,7 @@ cdef int64_t claim(Ring* ring, int64_t n, bint wait) noexcept nogil:
             wait_for_room(ring, after - ring.capacity)
             continue
         if not ring.multi_producer:
-            ring.sp_claimed.value = after
+            rb_store_release(&ring.sp_claimed.value, after)
             return current + 1
         if rb_cas(&ring.cursor.value, current, after):
             return current + 1
@@ -357,10 +357,18 @@ cdef void ring_read(Ring* ring, int64_t seq, char* dst, int64_t n) noexcept nogi
 # ---------------------------------------------------------------------------------
 
 cdef cnp.ndarray _as_records(records, dtype):
-    cdef cnp.ndarray array = np.ascontiguousarray(records, dtype=dtype)
+    """A one-dimensional contiguous array of the ring's records, or a TypeError: values
+    of another type are never cast silently (a float into an int64 ring, say)."""
+    array = records if isinstance(records, np.ndarray) else np.asarray(records)
+    if array.size == 0:
+        return np.empty(0, dtype=dtype)
+    same_fields = (dtype.names is not None and array.dtype.names == dtype.names and all(
+        array.dtype.fields[name][0] == dtype.fields[name][0] for name in dtype.names))
+    if array.dtype != dtype and not same_fields:
+        raise TypeError(f"records must be of the ring's dtype {dtype}, not {array.dtype}")
     if array.ndim != 1:
         raise ValueError("records must be one-dimensional")
-    return array
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 cdef class RingBuffer:
@@ -401,16 +409,19 @@ cdef class RingBuffer:
         """
         cdef cnp.ndarray array = _as_records(records, self.dtype)
         cdef const char* src = <const char*>cnp.PyArray_DATA(array)
-        cdef int64_t n = array.shape[0], done = 0, chunk, first = -1
+        cdef int64_t n = array.shape[0], done = 0, chunk = 0, first = -1
+        if self.closed:
+            raise RuntimeError("ring closed")
         while done < n:
             chunk = min(n - done, self.ring.capacity)
-            with nogil:
-                first = ring_claim(self.ring, chunk)
-                if first >= 0:
-                    ring_write(self.ring, first, src + done * self.ring.record_size, chunk)
-                    ring_publish(self.ring, first, first + chunk - 1)
+            first = ring_try_claim(self.ring, chunk)     # room now: keep the GIL
+            if first < 0:
+                with nogil:                             # wait for room without it
+                    first = ring_claim(self.ring, chunk)
             if first < 0:
                 raise RuntimeError(f"ring closed after {done} of {n} records were published")
+            ring_write(self.ring, first, src + done * self.ring.record_size, chunk)
+            ring_publish(self.ring, first, first + chunk - 1)
             done += chunk
         return first + chunk - 1 if n else self.cursor
 
@@ -419,6 +430,8 @@ cdef class RingBuffer:
         published) if the ring is too full or closed."""
         cdef cnp.ndarray array = _as_records(records, self.dtype)
         cdef int64_t n = array.shape[0], first
+        if self.closed:
+            return False
         if n == 0:
             return True
         if n > self.ring.capacity:
@@ -434,19 +447,27 @@ cdef class RingBuffer:
         """Everything available to the consumer, up to max_records, as a new array.
 
         Waits (with the consumer's strategy) until at least one record is available,
-        for at most ``timeout`` seconds (None: no limit). Returns an empty array on
-        timeout, or when the ring is closed and the consumer has read everything.
+        for at most ``timeout`` seconds (None or inf: no limit). Returns an empty array
+        on timeout, or when the ring is closed and the consumer has read everything
+        (close a ring only once its producers are done, or a record claimed before the
+        close may come after a consumer took the empty poll as the end).
         """
-        cdef int64_t first, available, n
-        cdef int64_t timeout_ns = -1 if timeout is None else int(timeout * 1e9)
+        cdef int64_t first, available, n, timeout_ns = -1
         cdef cnp.ndarray out
         if not 0 <= consumer < self.ring.n_consumers:
             raise ValueError(f"no consumer {consumer}")
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
+        if timeout is not None and timeout != float("inf"):
+            if timeout < 0:
+                raise ValueError("timeout must be >= 0 or None")
+            timeout_ns = int(timeout * 1e9)
+        max_records = min(max_records, self.ring.capacity)
         first = self.ring.consumers[consumer].value + 1
-        with nogil:
-            available = ring_wait_for(self.ring, consumer, first, max_records, timeout_ns)
+        available = highest_available(self.ring, first, first + max_records - 1)
+        if available < first:                           # wait without the GIL
+            with nogil:
+                available = ring_wait_for(self.ring, consumer, first, max_records, timeout_ns)
         n = available - first + 1
         if n <= 0:
             return np.empty(0, dtype=self.dtype)
@@ -469,7 +490,7 @@ cdef class RingBuffer:
 
     @property
     def cursor(self):
-        """The highest sequence published so far (-1 before the first)."""
+        """The highest sequence up to which everything is published (-1 before the first)."""
         return highest_available(self.ring, ring_min_consumer(self.ring) + 1)
 
     def consumer_sequence(self, int consumer=0):
@@ -481,8 +502,8 @@ cdef class RingBuffer:
     @property
     def claimed(self):
         """The highest sequence claimed by a producer (published or about to be)."""
-        return self.ring.sp_claimed.value if not self.ring.multi_producer else rb_load_acquire(
-            &self.ring.cursor.value)
+        return rb_load_acquire(&self.ring.sp_claimed.value if not self.ring.multi_producer
+                               else &self.ring.cursor.value)
 
     @property
     def fill(self):
