@@ -13,8 +13,10 @@ demo: build  ## build, then run the engine benchmark on its default workload
 test: build  ## install what the tests need, build, run every test
 	$(PY) -m pytest
 
-bench: build  ## the full benchmark profile (longer runs, more repetitions)
+bench: build  ## every benchmark, engine with a longer profile (more runs, more commands)
 	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000
+	$(PY) benchmarks/bench_ring.py
+	$(PY) benchmarks/bench_shard.py
 
 build: $(VENV)/.deps
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps --editable .
