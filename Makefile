@@ -5,13 +5,16 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test build bench clean
+.PHONY: demo test build bench kafka clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
 
-test: build  ## install what the tests need, build, run every test
+test: build kafka  ## install what the tests need, build, start Kafka, run every test
 	$(PY) -m pytest
+
+kafka:  ## a single-node Apache Kafka on 127.0.0.1:19092 (jars from Maven Central)
+	scripts/kafka/kafka.sh start
 
 bench: build  ## every benchmark, engine with a longer profile (more runs, more commands)
 	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000
@@ -31,4 +34,5 @@ $(VENV)/.deps: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) build .hypothesis .pytest_cache
+	scripts/kafka/kafka.sh stop
+	rm -rf $(VENV) build .hypothesis .pytest_cache .kafka
