@@ -8,7 +8,13 @@ import os
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 BOOTSTRAP = os.environ.get("BROKERCORE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
@@ -28,7 +34,8 @@ def read_committed(topic: str) -> tuple[list[bytes], int]:
     consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uuid.uuid4().hex,
                          "auto.offset.reset": "earliest", "isolation.level": "read_committed",
                          "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, 0)])
+    # From the first offset: no consumer group (and so no group coordinator) involved.
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     values, empty_polls = [], 0
     try:
         while empty_polls < 3:
