@@ -206,5 +206,4 @@ cdef class OrderBook:
                                      int64_t ts) except -1
     cdef object _level_total(self, int64_t idx)
     cdef object _records(self, int32_t* slots, int64_t n)
-    cdef object _slots_to_records(self, list slots)
     cdef _load(self, cnp.ndarray live, cnp.ndarray spent)

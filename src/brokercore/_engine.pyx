@@ -1331,28 +1331,23 @@ cdef class OrderBook:
         """L3 view of one price: its orders (ORDER_DTYPE) in FIFO order."""
         self._enter()
         cdef Ladder* lad = &self._book.ladder
-        cdef int64_t idx = price - lad.low
+        cdef int64_t idx = price - lad.low, n = 0
         cdef int32_t slot
+        cdef int32_t* slots
         if not in_band(&self._book, price) or lad.pages[idx >> PAGE_SHIFT] == NULL:
             return np.zeros(0, dtype=ORDER_DTYPE)
-        slots = []
-        slot = level_at(lad, idx).head
-        while slot >= 0:
-            slots.append(slot)
-            slot = self._book.pool[slot].next
-        return self._slots_to_records(slots)
-
-    cdef object _slots_to_records(self, list slots):
-        cdef int64_t n = len(slots), i
-        cdef int32_t* buf = <int32_t*>malloc((n + 1) * sizeof(int32_t))
-        if buf == NULL:
+        slots = <int32_t*>malloc((self._book.live + 1) * sizeof(int32_t))
+        if slots == NULL:
             raise MemoryError()
         try:
-            for i in range(n):
-                buf[i] = slots[i]
-            return self._records(buf, n)
+            slot = level_at(lad, idx).head
+            while slot >= 0:
+                slots[n] = slot
+                n += 1
+                slot = self._book.pool[slot].next
+            return self._records(slots, n)
         finally:
-            free(buf)
+            free(slots)
 
     def orders(self):
         """L3 view of the whole book (ORDER_DTYPE): bids best first, then asks; FIFO per level."""
