@@ -49,6 +49,8 @@ log.dirs=$state/data
 num.partitions=1
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
+# Engine standbys take over when the active daemon's lease (a group session) lapses.
+group.min.session.timeout.ms=500
 # One node: the internal topics must not ask for more replicas, or transactions
 # and consumer groups never initialise.
 offsets.topic.replication.factor=1

@@ -6,6 +6,11 @@ limit, applies each to the book of its symbol (an unknown symbol yields a REJECT
 UNKNOWN_SYMBOL event), publishes the batch's events to the output ring, and only then
 releases the commands. It returns when the input ring is closed and drained, or when a
 pause is requested (so that the books can be snapshotted between batches).
+
+With a mark ring, every batch also publishes a Mark after its events: the counts of
+commands applied and events published so far. A reader of the events can then tell
+exactly which commands they cover, which is what committing input offsets together
+with output events needs.
 """
 
 from libc.stdint cimport int32_t, int64_t
@@ -20,9 +25,11 @@ from brokercore._ringbuffer cimport (
     seq_get, seq_set,
 )
 
-from brokercore.records import COMMAND_DTYPE, EVENT_DTYPE
+from brokercore.records import COMMAND_DTYPE, EVENT_DTYPE, MARK_DTYPE, MarkKind
 
 cdef enum:
+    MARK_BATCH = 1
+    MARK_SNAPSHOT = 2
     RUN_DRAINED = 0                     # input closed and every command applied
     RUN_PAUSED = 1                      # a pause was requested
     ERR_NONE = 0
@@ -30,6 +37,8 @@ cdef enum:
     ERR_OUTPUT_CLOSED = 2
     MAX_SYMBOL_ID = 1 << 24
 
+assert sizeof(Mark) == MARK_DTYPE.itemsize
+assert MARK_BATCH == MarkKind.BATCH and MARK_SNAPSHOT == MarkKind.SNAPSHOT
 DRAINED = RUN_DRAINED
 PAUSED = RUN_PAUSED
 
@@ -59,6 +68,19 @@ cdef int publish_events(Ring* ring, const Event* events, int64_t n) noexcept nog
     return 0
 
 
+cdef int publish_mark(MatcherState* m) noexcept nogil:
+    cdef Mark mark
+    cdef int64_t s = ring_claim(m.marks, 1)
+    if s < 0:
+        return -1
+    mark.kind = MARK_BATCH
+    mark.commands = seq_get(&m.commands_applied)
+    mark.events = seq_get(&m.events_published)
+    ring_write(m.marks, s, <const char*>&mark, 1)
+    ring_publish(m.marks, s, s)
+    return 0
+
+
 cdef int matcher_loop(MatcherState* m) noexcept nogil:
     cdef int64_t next_seq = seq_get(&m.next_seq), last, s
     while True:
@@ -81,9 +103,12 @@ cdef int matcher_loop(MatcherState* m) noexcept nogil:
         if publish_events(m.events, m.scratch.data, m.scratch.count) < 0:
             m.error = ERR_OUTPUT_CLOSED
             return RUN_DRAINED
-        ring_release(m.commands, 0, last)
         seq_set(&m.commands_applied, seq_get(&m.commands_applied) + last - next_seq + 1)
         seq_set(&m.events_published, seq_get(&m.events_published) + m.scratch.count)
+        if m.marks != NULL and publish_mark(m) < 0:
+            m.error = ERR_OUTPUT_CLOSED
+            return RUN_DRAINED
+        ring_release(m.commands, 0, last)
         seq_set(&m.batches, seq_get(&m.batches) + 1)
         next_seq = last + 1
 
@@ -97,11 +122,14 @@ cdef class Matcher:
     """
 
     def __init__(self, RingBuffer command_ring not None, RingBuffer event_ring not None,
-                 dict books not None, int64_t max_batch=1024, double idle_wait=0.005):
+                 dict books not None, int64_t max_batch=1024, double idle_wait=0.005,
+                 RingBuffer mark_ring=None):
         cdef int64_t i
         cdef OrderBook book
         if command_ring.dtype != COMMAND_DTYPE or event_ring.dtype != EVENT_DTYPE:
             raise TypeError("the rings must carry COMMAND_DTYPE and EVENT_DTYPE records")
+        if mark_ring is not None and mark_ring.dtype != MARK_DTYPE:
+            raise TypeError("the mark ring must carry MARK_DTYPE records")
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         for symbol, book in books.items():
@@ -112,6 +140,8 @@ cdef class Matcher:
         self.books = dict(books)
         self.state.commands = command_ring.ring
         self.state.events = event_ring.ring
+        self.mark_ring = mark_ring
+        self.state.marks = (<RingBuffer>mark_ring).ring if mark_ring is not None else NULL
         self.state.max_batch = max_batch
         self.state.idle_wait_ns = <int64_t>(idle_wait * 1e9)
         self.state.symbol_slots = max(books, default=-1) + 1

@@ -1,12 +1,15 @@
-"""The ``brokercore`` command line: ``brokercore shard`` runs a shard on a built-in load."""
+"""The ``brokercore`` command line: ``brokercore shard`` runs a shard on a built-in load;
+``brokercore engine`` runs the Kafka-fed engine daemon of one shard."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from brokercore import __version__
+from brokercore.config import EngineOptions, KafkaSettings
 from brokercore.driver import drive, print_progress
 from brokercore.loadgen import HALF_BAND, MID, order_flow
 from brokercore.shard import Instrument, Shard, load_instruments
@@ -40,6 +43,37 @@ def _parser() -> argparse.ArgumentParser:
                        help="wait strategy of the rings (default: %(default)s)")
     shard.add_argument("--ring-capacity", type=int, default=1 << 16)
     shard.add_argument("--seed", type=int, default=1)
+
+    engine = commands.add_parser(
+        "engine", help="run the engine daemon of one shard, fed from Kafka",
+        description="Consume partition SHARD of `orders` (read_committed), match, and "
+                    "publish events, dead letters and snapshots with the input offsets in "
+                    "Kafka transactions. A second daemon for the same shard is a hot "
+                    "standby. SIGTERM stops gracefully (commit, snapshot, exit 0). "
+                    "Defaults come from BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX "
+                    "and BROKERCORE_SHARDS.")
+    settings = KafkaSettings.from_env()
+    engine.add_argument("--shard", type=int, required=True, help="the shard (partition) to run")
+    engine.add_argument("--shards", type=int, default=settings.shards,
+                        help="partitions of orders/events/snapshots (default: %(default)s)")
+    engine.add_argument("--bootstrap", default=settings.bootstrap,
+                        help="Kafka bootstrap servers (default: %(default)s)")
+    engine.add_argument("--topic-prefix", default=settings.topic_prefix,
+                        help="prefix of every topic and group name (default: none)")
+    engine.add_argument("--instruments", default="config/instruments.toml",
+                        help="TOML file of [[instrument]] tables (default: %(default)s)")
+    engine.add_argument("--core", type=int, help="CPU core for the matcher thread")
+    engine.add_argument("--linger-ms", type=float, default=0.0,
+                        help="how long the publisher gathers batches before a commit "
+                             "(default: %(default)s)")
+    engine.add_argument("--snapshot-every", type=int, default=EngineOptions.snapshot_every,
+                        help="commands between snapshots (default: %(default)s)")
+    engine.add_argument("--snapshot-interval", type=float,
+                        default=EngineOptions.snapshot_interval,
+                        help="seconds between snapshots (default: %(default)s)")
+    engine.add_argument("--no-transactions", action="store_true",
+                        help="publish without transactions (NOT exactly-once; only to "
+                             "measure what transactions cost)")
     return parser
 
 
@@ -79,10 +113,29 @@ def run_shard(args) -> int:
     return 0
 
 
+def run_engine(args) -> int:
+    try:
+        from brokercore.daemon import EngineDaemon
+    except ImportError as e:
+        print(f"brokercore engine needs the Kafka client: pip install 'brokercore[kafka]' "
+              f"({e})", file=sys.stderr)
+        return 2
+    settings = KafkaSettings(args.bootstrap, args.topic_prefix, args.shards)
+    settings.validate()
+    options = EngineOptions(core=args.core, linger=args.linger_ms / 1000,
+                            snapshot_every=args.snapshot_every,
+                            snapshot_interval=args.snapshot_interval,
+                            transactions=not args.no_transactions)
+    daemon = EngineDaemon(settings, args.shard, load_instruments(args.instruments), options)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    return daemon.run()
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return run_shard(args)
+        return run_engine(args) if args.command == "engine" else run_shard(args)
     except (ValueError, OSError) as e:
         print(f"brokercore {args.command}: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = [
     "Op", "Side", "Tif", "Stp", "Flags", "EventType", "Reason",
     "COMMAND_DTYPE", "EVENT_DTYPE", "ORDER_DTYPE", "LEVEL_DTYPE",
-    "MAX_BAND_LEVELS", "INT64_MAX", "RestingOrder", "as_commands",
+    "MARK_DTYPE", "MarkKind", "MAX_BAND_LEVELS", "INT64_MAX", "RestingOrder", "as_commands",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -135,6 +135,15 @@ ORDER_DTYPE = _struct([
     ("side", "u1"), ("tif", "u1"), ("stp", "u1"), ("flags", "u1"),
 ], 40)
 """A resting order as the L3 views return it; qty is the open quantity."""
+
+class MarkKind(IntEnum):
+    BATCH = 1               # the matcher finished a batch
+    SNAPSHOT = 2            # the shard took a snapshot at this point
+
+
+MARK_DTYPE = np.dtype([("kind", "<i8"), ("commands", "<i8"), ("events", "<i8")])
+"""A progress mark of a shard's matcher: commands applied and events published so far
+(counted from the start of this run), after a batch or at a snapshot."""
 
 LEVEL_DTYPE = np.dtype([("price", "<i8"), ("qty", "<i8"), ("orders", "<i8")])
 """One aggregated price level of an L2 depth view."""

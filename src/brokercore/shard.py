@@ -8,6 +8,12 @@ event, and ``poll_events`` drains it (returning empty at the end). ``snapshot()`
 captures every book together with the number of commands they reflect;
 ``Shard.restore`` plus a replay of the commands after that number reproduces the
 uninterrupted run exactly.
+
+With ``marks=True`` the matcher also publishes a progress mark after every batch (see
+``poll_marks``), and ``request_snapshot()`` asks for a snapshot without waiting: it
+arrives as a SNAPSHOT mark at the exact point of the event stream it reflects, and
+``take_snapshot()`` hands over its bytes. That is what a publisher that commits input
+offsets with output events (the Kafka engine daemon) builds on.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import struct
 import threading
 import tomllib
 import zlib
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -25,9 +32,9 @@ import numpy as np
 from brokercore._engine import OrderBook
 from brokercore._matcher import PAUSED, Matcher
 from brokercore._ringbuffer import RingBuffer, WaitStrategy
-from brokercore.records import COMMAND_DTYPE, EVENT_DTYPE, Stp
+from brokercore.records import COMMAND_DTYPE, EVENT_DTYPE, MARK_DTYPE, MarkKind, Stp
 
-__all__ = ["Instrument", "Shard", "load_instruments"]
+__all__ = ["Instrument", "Shard", "load_instruments", "read_snapshot"]
 
 _SNAPSHOT = struct.Struct("<4sHqI")
 _SNAPSHOT_MAGIC = b"BCSH"
@@ -79,7 +86,7 @@ class Shard:
 
     def __init__(self, books: Mapping[int, OrderBook], *, core: int | None = None,
                  ring_capacity: int = 1 << 16, wait: WaitStrategy = WaitStrategy.BLOCKING,
-                 max_batch: int = 1024, commands_applied: int = 0):
+                 max_batch: int = 1024, commands_applied: int = 0, marks: bool = False):
         if core is not None and core not in os.sched_getaffinity(0):
             raise ValueError(f"core {core} is not available to this process")
         self.core = core
@@ -88,11 +95,16 @@ class Shard:
         self._commands = RingBuffer(ring_capacity, COMMAND_DTYPE, consumers=(self.wait,),
                                     multi_producer=True)
         self._events = RingBuffer(ring_capacity, EVENT_DTYPE, consumers=(self.wait,))
-        self._matcher = Matcher(self._commands, self._events, dict(books), max_batch)
+        self._marks = (RingBuffer(ring_capacity, MARK_DTYPE, consumers=(self.wait,))
+                       if marks else None)
+        self._matcher = Matcher(self._commands, self._events, dict(books), max_batch,
+                                mark_ring=self._marks)
         self._thread: threading.Thread | None = None
         self._snapshot_lock = threading.Lock()
         self._snapshot_ready = threading.Event()
         self._snapshot: bytes | None = None
+        self._snapshot_wanted = False               # by request_snapshot()
+        self._snapshots: deque[bytes] = deque()     # taken for SNAPSHOT marks
         self.last_error: BaseException | None = None
 
     @classmethod
@@ -123,7 +135,12 @@ class Shard:
         Returns at once: the matcher may need the events read to make room for the rest."""
         self._commands.close()
         if self._thread is None:
-            self._events.close()
+            self._close_outputs()
+
+    def _close_outputs(self) -> None:
+        self._events.close()
+        if self._marks is not None:
+            self._marks.close()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the matcher thread to finish (after stop() and enough reading)."""
@@ -142,13 +159,19 @@ class Shard:
         try:
             while self._matcher.run() == PAUSED:
                 self._snapshot = self._snapshot_now()
+                if self._snapshot_wanted:
+                    self._snapshot_wanted = False
+                    self._snapshots.append(self._snapshot)
+                    self._marks.publish(np.array([(
+                        MarkKind.SNAPSHOT, self._matcher.commands_applied,
+                        self._matcher.events_published)], MARK_DTYPE))
                 self._matcher.request_pause(False)
                 self._snapshot_ready.set()
         except BaseException as e:                  # reported by health(), never lost
             self.last_error = e
             self._commands.close()
         finally:
-            self._events.close()
+            self._close_outputs()
             self._snapshot_ready.set()
 
     # --- feeder and publisher sides ------------------------------------------------
@@ -166,7 +189,27 @@ class Shard:
         shard is stopped and every event was read."""
         return self._events.poll(0, max_events, timeout)
 
+    def poll_marks(self, max_marks: int = 4096, timeout: float | None = None) -> np.ndarray:
+        """Progress marks (MARK_DTYPE) available now; the reader of the marks must also be
+        the reader of the events. Each mark says: the events published so far (counted
+        from this run's start) are exactly those of the commands applied so far."""
+        if self._marks is None:
+            raise RuntimeError("this shard was made without marks=True")
+        return self._marks.poll(0, max_marks, timeout)
+
     # --- snapshots -----------------------------------------------------------------
+
+    def request_snapshot(self) -> None:
+        """Ask for a snapshot between two batches without waiting for it; it arrives as
+        a SNAPSHOT mark, in order with the batch marks, and take_snapshot() returns it."""
+        if self._marks is None:
+            raise RuntimeError("this shard was made without marks=True")
+        self._snapshot_wanted = True
+        self._matcher.request_pause(True)
+
+    def take_snapshot(self) -> bytes:
+        """The bytes of the oldest SNAPSHOT mark not taken yet."""
+        return self._snapshots.popleft()
 
     def snapshot(self) -> bytes:
         """Every book plus the count of commands they reflect (versioned, CRC-checked).
@@ -197,21 +240,7 @@ class Shard:
     def restore(cls, data: bytes, **options) -> Shard:
         """A shard whose books equal the snapshot's; replay the commands after
         ``shard.base`` (= the snapshot's commands_applied) to catch up."""
-        data = bytes(data)
-        if len(data) < _SNAPSHOT.size + 4 or zlib.crc32(data[:-4]) != struct.unpack(
-                "<I", data[-4:])[0]:
-            raise ValueError("shard snapshot is truncated or corrupt")
-        magic, version, commands_applied, n_books = _SNAPSHOT.unpack_from(data)
-        if magic != _SNAPSHOT_MAGIC or version != _SNAPSHOT_VERSION:
-            raise ValueError("not a shard snapshot of a supported version")
-        books, offset = {}, _SNAPSHOT.size
-        for _ in range(n_books):
-            symbol, size = _BOOK_ENTRY.unpack_from(data, offset)
-            offset += _BOOK_ENTRY.size
-            books[symbol] = OrderBook.restore(data[offset:offset + size])
-            offset += size
-        if offset != len(data) - 4:
-            raise ValueError("shard snapshot length does not match its contents")
+        books, commands_applied = read_snapshot(data)
         return cls(books, commands_applied=commands_applied, **options)
 
     # --- health ----------------------------------------------------------------------
@@ -237,3 +266,24 @@ class Shard:
             "ring_capacity": self._commands.capacity,
             "last_error": repr(self.last_error) if self.last_error else None,
         }
+
+
+def read_snapshot(data: bytes) -> tuple[dict[int, OrderBook], int]:
+    """The books (symbol id -> OrderBook) of a ``Shard.snapshot()`` and the number of
+    commands they reflect; ValueError if the bytes are not an intact snapshot."""
+    data = bytes(data)
+    if len(data) < _SNAPSHOT.size + 4 or zlib.crc32(data[:-4]) != struct.unpack(
+            "<I", data[-4:])[0]:
+        raise ValueError("shard snapshot is truncated or corrupt")
+    magic, version, commands_applied, n_books = _SNAPSHOT.unpack_from(data)
+    if magic != _SNAPSHOT_MAGIC or version != _SNAPSHOT_VERSION:
+        raise ValueError("not a shard snapshot of a supported version")
+    books, offset = {}, _SNAPSHOT.size
+    for _ in range(n_books):
+        symbol, size = _BOOK_ENTRY.unpack_from(data, offset)
+        offset += _BOOK_ENTRY.size
+        books[symbol] = OrderBook.restore(data[offset:offset + size])
+        offset += size
+    if offset != len(data) - 4:
+        raise ValueError("shard snapshot length does not match its contents")
+    return books, commands_applied
