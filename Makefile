@@ -5,13 +5,16 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test build bench kafka clean
+.PHONY: demo test crash build bench kafka clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
 
 test: build kafka  ## install what the tests need, build, start Kafka, run every test
 	$(PY) -m pytest
+
+crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons under load
+	BROKERCORE_CRASH_KILLS=50 $(PY) -m pytest tests/test_engine_crash.py
 
 kafka:  ## a single-node Apache Kafka on 127.0.0.1:19092 (jars from Maven Central)
 	scripts/kafka/kafka.sh start

@@ -14,10 +14,14 @@ from collections.abc import Iterable, Mapping
 import msgspec
 import numpy as np
 
-from brokercore.messages import CommandBatch, DeadLetter, command_decoder, encode
-from brokercore.records import COMMAND_DTYPE, EventType, Reason
+from brokercore.messages import (
+    AmendOrder, CancelOrder, CloseSession, Command, CommandBatch, DeadLetter, NewOrder,
+    OpenSession, Reband, command_decoder, encode,
+)
+from brokercore.records import COMMAND_DTYPE, EventType, Flags, Op, Reason, Side, Stp, Tif
 
-__all__ = ["CommandDecoder", "EventEncoder", "UNKNOWN_SYMBOL_BASE"]
+__all__ = ["CommandDecoder", "EventEncoder", "SymbolTable", "UNKNOWN_SYMBOL_BASE",
+           "commands_from_records"]
 
 UNKNOWN_SYMBOL_BASE = 1 << 24
 """Symbol ids from here on stand for names this shard has no book for; the shard
@@ -110,3 +114,29 @@ class EventEncoder:
         self.shard_seq += len(numbered)
         return [encode((self.shard, numbered[i:i + self.max_batch]))
                 for i in range(0, len(numbered), self.max_batch)]
+
+
+def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list[Command]:
+    """The wire commands of COMMAND_DTYPE records (symbol ids named by ``names``): how a
+    numpy order flow (brokercore.loadgen) is fed to Kafka."""
+    commands = []
+    for r in records.tolist():
+        symbol, op, side, tif, stp, flags, ts, order_id, account, price, qty = r
+        name = names[symbol]
+        if op in (Op.LIMIT, Op.MARKET):
+            commands.append(NewOrder(order_id, account, name, Side(side), qty, price,
+                                     op == Op.MARKET, Tif(tif), Stp(stp),
+                                     bool(flags & Flags.POST_ONLY), ts))
+        elif op == Op.CANCEL:
+            commands.append(CancelOrder(order_id, account, name, ts))
+        elif op == Op.AMEND:
+            commands.append(AmendOrder(order_id, account, name, price, qty, ts))
+        elif op == Op.OPEN:
+            commands.append(OpenSession(name, ts))
+        elif op == Op.CLOSE:
+            commands.append(CloseSession(name, ts))
+        elif op == Op.REBAND:
+            commands.append(Reband(name, price, qty, ts))
+        else:
+            raise ValueError(f"op {op} has no wire command")
+    return commands

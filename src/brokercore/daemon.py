@@ -86,7 +86,9 @@ class _Lease:
         self._consumer.poll(timeout)        # the group callbacks run in here
 
     def close(self) -> None:
-        self._consumer.close()              # leaves the group: a standby takes over now
+        """Give the lease up (a standby takes over at once); not a loss."""
+        self.held = False
+        self._consumer.close()
 
 
 class EngineDaemon:
@@ -464,7 +466,7 @@ class EngineDaemon:
             if lease.held:
                 return
             if not announced:
-                self.log("standby: another daemon holds the lease; replaying behind it")
+                self.log("standby: waiting for the lease, replaying committed input")
                 announced = True
             self._catch_up(self._committed_offset())
 

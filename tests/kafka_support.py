@@ -1,0 +1,246 @@
+"""Helpers for the tests that run engine daemons against the real development Kafka.
+
+Every test gets its own topic prefix, so topics, groups and transactional ids never
+collide between tests or runs. Daemons run as real subprocesses (`brokercore engine`),
+so that kill -9 means what it says.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition
+
+from brokercore.codec import CommandDecoder, EventEncoder, SymbolTable, commands_from_records
+from brokercore.config import KafkaSettings
+from brokercore.loadgen import HALF_BAND, MID, order_flow
+from brokercore.messages import CommandBatch, DeadLetter, Event, EventBatch, ShardSnapshot, encode
+from brokercore.shard import Instrument, read_snapshot
+from brokercore.topics import ensure_topics, partition_of
+
+BOOTSTRAP = os.environ.get("BROKERCORE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+
+# Four symbols, two on each of two shards (CRC-32 partitioning).
+SYMBOLS = {"RELIANCE": 1, "TCS": 2, "HDFCBANK": 3, "ITC": 4}
+
+
+def new_settings(shards: int) -> KafkaSettings:
+    settings = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", shards)
+    ensure_topics(settings)
+    return settings
+
+
+def instruments(session_orders: int = 200_000) -> list[Instrument]:
+    return [Instrument(name, i, MID - HALF_BAND, MID + HALF_BAND,
+                       session_orders=session_orders) for name, i in SYMBOLS.items()]
+
+
+def write_instruments(path: Path, items: Sequence[Instrument]) -> Path:
+    path.write_text("".join(
+        f"[[instrument]]\nsymbol = \"{i.symbol}\"\nid = {i.symbol_id}\nlow = {i.low}\n"
+        f"high = {i.high}\nsession_orders = {i.session_orders}\n\n" for i in items))
+    return path
+
+
+def flow(n: int, seed: int = 7) -> list:
+    """n wire commands (limits, markets, cancels) over SYMBOLS, deterministic."""
+    names = {i: name for name, i in SYMBOLS.items()}
+    records = np.concatenate(list(order_flow(list(names), n, seed)))
+    records["ts"] = np.arange(1, n + 1)
+    return commands_from_records(records, names)
+
+
+class OrderProducer:
+    """Publishes wire commands (or raw payloads) to `orders`, each on its symbol's shard."""
+
+    def __init__(self, settings: KafkaSettings):
+        self.settings = settings
+        self._producer = Producer({"bootstrap.servers": settings.bootstrap,
+                                   "enable.idempotence": True, "linger.ms": 2})
+
+    def send(self, commands: Iterable, flush: bool = True) -> None:
+        for command in commands:
+            symbol = (command.commands[0] if isinstance(command, CommandBatch)
+                      else command).symbol
+            self.send_raw(encode(command), partition_of(symbol, self.settings.shards),
+                          flush=False)
+        if flush:
+            self.flush()
+
+    def send_raw(self, payload: bytes, partition: int, flush: bool = True) -> None:
+        while True:
+            try:
+                self._producer.produce(self.settings.orders_topic, payload,
+                                       partition=partition)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._producer.flush(30):
+            raise RuntimeError("orders were not delivered to Kafka in 30 s")
+
+
+def _read_all(topic: str, partitions: int, decode, settings: KafkaSettings,
+              until=lambda values: False, timeout: float = 60.0) -> list:
+    """Every committed value of the topic, decoded, read until ``until(values)`` holds
+    and every partition is at its end, or until ``timeout``."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": uuid.uuid4().hex,
+                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    values, at_end, deadline = [], set(), time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None:
+                if len(at_end) == partitions and until(values):
+                    break
+                continue
+            if message.error():
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(message.error())
+                at_end.add(message.partition())
+                continue
+            at_end.discard(message.partition())
+            values.append((message.partition(), decode(message.value())))
+    finally:
+        consumer.close()
+    return values
+
+
+_batch_decoder = msgspec.msgpack.Decoder(EventBatch)
+
+
+def read_events(settings: KafkaSettings, expected: int | None = None,
+                timeout: float = 90.0) -> dict[int, list[Event]]:
+    """The committed events, per shard in stream order; waits for ``expected`` events."""
+    batches = _read_all(settings.events_topic, settings.shards, _batch_decoder.decode,
+                        settings, until=lambda values: expected is None or sum(
+                            len(b.events) for _, b in values) >= expected, timeout=timeout)
+    per_shard = defaultdict(list)
+    for partition, batch in batches:
+        assert batch.shard == partition, "an event batch on another shard's partition"
+        per_shard[partition] += batch.events
+    return dict(per_shard)
+
+
+def read_dead_letters(settings: KafkaSettings, expected: int = 0) -> list[DeadLetter]:
+    decoder = msgspec.msgpack.Decoder(DeadLetter)
+    return [letter for _, letter in _read_all(
+        settings.dead_letter_topic, 1, decoder.decode, settings,
+        until=lambda values: len(values) >= expected)]
+
+
+def newest_snapshots(settings: KafkaSettings) -> dict[int, ShardSnapshot]:
+    decoder = msgspec.msgpack.Decoder(ShardSnapshot)
+    newest = {}
+    for _, snapshot in _read_all(settings.snapshots_topic, settings.shards, decoder.decode,
+                                 settings, until=lambda values: True):
+        newest[snapshot.shard] = snapshot
+    return newest
+
+
+# --- what the engine produces directly ---------------------------------------------------
+
+def direct_run(settings: KafkaSettings, items: Sequence[Instrument], commands: Sequence):
+    """Per symbol, the published events (as wire tuples without shard_seq) of applying
+    the commands to fresh books directly, and the final books."""
+    books = {i.symbol_id: i.new_book() for i in items}
+    names = {i.symbol_id: i.symbol for i in items}
+    per_symbol = defaultdict(list)
+    for shard in range(settings.shards):
+        owned = {i.symbol: i.symbol_id for i in items
+                 if partition_of(i.symbol, settings.shards) == shard}
+        table = SymbolTable(owned)
+        mine = [(n, encode(c)) for n, c in enumerate(commands)
+                if partition_of(c.symbol, settings.shards) == shard]
+        records, _, dead = CommandDecoder(table, "direct", shard).decode(mine)
+        assert not dead
+        encoder = EventEncoder(table, shard)
+        for symbol_id in set(records["symbol"].tolist()):
+            events = books[symbol_id].process(records[records["symbol"] == symbol_id])
+            kept = encoder._published(events)
+            per_symbol[names[symbol_id]] += [tuple(row[1:]) for row in kept.tolist()]
+    return dict(per_symbol), books
+
+
+def by_symbol(events: dict[int, list[Event]]) -> dict[str, list[tuple]]:
+    """Wire events grouped per symbol, as tuples comparable with direct_run()."""
+    per_symbol = defaultdict(list)
+    for stream in events.values():
+        for e in stream:
+            per_symbol[e.symbol].append(msgspec.structs.astuple(e)[2:])
+    return dict(per_symbol)
+
+
+def assert_no_gap_no_duplicate(events: dict[int, list[Event]]) -> None:
+    for shard, stream in events.items():
+        seqs = [e.shard_seq for e in stream]
+        assert seqs == list(range(1, len(seqs) + 1)), (
+            f"shard {shard}: shard_seq is not 1..{len(seqs)} without gap or repeat")
+
+
+def books_of(snapshot: ShardSnapshot) -> dict:
+    return read_snapshot(snapshot.books)[0]
+
+
+def same_book(a, b) -> bool:
+    return (a.seq == b.seq and a.is_open == b.is_open
+            and np.array_equal(a.orders(), b.orders()))
+
+
+# --- daemons as processes ------------------------------------------------------------------
+
+class Daemon:
+    """`brokercore engine` for one shard, as a subprocess logging to its own file."""
+
+    def __init__(self, settings: KafkaSettings, shard: int, instruments_file: Path,
+                 log: Path, *options: str):
+        self.log = log
+        self._log_file = open(log, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "brokercore.cli", "engine", "--shard", str(shard),
+             "--shards", str(settings.shards), "--bootstrap", settings.bootstrap,
+             "--topic-prefix", settings.topic_prefix, "--instruments", str(instruments_file),
+             *options], stdout=self._log_file, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 60.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while self.text().count(needle) < count:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.process.returncode}) before "
+                                     f"{needle!r}:\n{self.text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} within {timeout} s:\n"
+                                     f"{self.text()[-3000:]}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """kill -9: no clean-up of any kind."""
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        self.process.terminate()
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self._log_file.close()
