@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from brokercore import EVENT_DTYPE, EventType, OrderBook, Reason
 from brokercore._ringbuffer import WaitStrategy
 from brokercore.loadgen import HALF_BAND, MID, order_flow
+from brokercore.records import MarkKind
 from brokercore.shard import Instrument, Shard, load_instruments
 from support import event_tuples, order_tuples
 
@@ -178,3 +179,38 @@ def test_cli_runs_a_shard_and_prints_a_summary():
     summary = done.stdout
     assert "20,000" in summary and "M orders/s" in summary and "p99" in summary
     assert "ring fill" in summary and "ACCEPTED" in summary
+
+
+def test_marks_tell_which_events_belong_to_which_commands_and_where_snapshots_fall():
+    """Each mark's counts cut the event stream exactly after the events of the commands
+    it counts; a requested snapshot arrives as a mark at the point it reflects."""
+    commands = flow(3_000, seed=8)
+    shard = Shard.from_instruments(INSTRUMENTS, ring_capacity=1_024, max_batch=50, marks=True)
+    shard.start()
+    events, marks, snapshots = [], [], []
+    for lo in range(0, len(commands), 300):
+        shard.submit(commands[lo:lo + 300])
+        if lo == 1_500:
+            shard.request_snapshot()
+        while (batch := shard.poll_marks(timeout=0.2)).size:
+            marks += batch.tolist()
+            events.append(shard.poll_events(int(batch["events"][-1]) - sum(map(len, events))))
+    shard.stop()
+    while (batch := shard.poll_marks(timeout=1)).size:
+        marks += batch.tolist()
+    events.append(shard.poll_events(timeout=1))
+    shard.join(timeout=30)
+    events = np.concatenate(events)
+    kinds, applied, published = zip(*marks)
+    assert applied[-1] == len(commands) and published[-1] == len(events)
+    assert list(applied) == sorted(applied) and list(published) == sorted(published)
+    for kind, n_commands, n_events in marks:
+        expected, books = direct_run(commands[:n_commands])
+        assert event_tuples(events[:n_events]) == event_tuples(expected)
+        if kind == MarkKind.SNAPSHOT:
+            snapshots.append((n_commands, books))
+    assert len(snapshots) == 1
+    n_commands, books = snapshots[0]
+    restored = Shard.restore(shard.take_snapshot())
+    assert restored.base == n_commands
+    assert_same_books(dict(restored.books), books)
