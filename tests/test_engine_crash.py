@@ -16,6 +16,7 @@ import re
 import signal
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -115,15 +116,26 @@ def test_kill_9_at_random_points_under_load(tmp_path, instruments_file):
         "some run replayed input silently"
 
 
-def test_standby_takes_over_when_the_active_daemon_is_killed(tmp_path, instruments_file):
+@contextmanager
+def active_and_standby(tmp_path, instruments_file):
+    """A fresh one-shard deployment with an active daemon and a hot standby."""
     settings = new_settings(shards=1)
-    commands = flow(16_000, seed=9)
     active = Daemon(settings, 0, instruments_file, tmp_path / "active.log")
-    active.wait_for("active from")
-    standby = Daemon(settings, 0, instruments_file, tmp_path / "standby.log")
+    standby = None
     try:
+        active.wait_for("active from")
+        standby = Daemon(settings, 0, instruments_file, tmp_path / "standby.log")
         standby.wait_for("standby:")
-        with Load(settings, commands, rate=4_000) as load:
+        yield settings, active, standby
+    finally:
+        for daemon in (active, standby):
+            if daemon is not None:
+                daemon.close()
+
+
+def test_standby_takes_over_when_the_active_daemon_is_killed(tmp_path, instruments_file):
+    with active_and_standby(tmp_path, instruments_file) as (settings, active, standby):
+        with Load(settings, flow(16_000, seed=9), rate=4_000) as load:
             time.sleep(2.0)
             active.kill()
             killed_at = time.monotonic()
@@ -131,20 +143,11 @@ def test_standby_takes_over_when_the_active_daemon_is_killed(tmp_path, instrumen
             print(f"standby took over {time.monotonic() - killed_at:.2f} s after kill -9")
             time.sleep(2.0)
         check_run(settings, load.sent, standby)
-    finally:
-        active.close()
-        standby.close()
 
 
 def test_a_paused_zombie_is_fenced_and_publishes_nothing_more(tmp_path, instruments_file):
-    settings = new_settings(shards=1)
-    commands = flow(12_000, seed=13)
-    zombie = Daemon(settings, 0, instruments_file, tmp_path / "zombie.log")
-    zombie.wait_for("active from")
-    successor = Daemon(settings, 0, instruments_file, tmp_path / "successor.log")
-    try:
-        successor.wait_for("standby:")
-        with Load(settings, commands, rate=4_000) as load:
+    with active_and_standby(tmp_path, instruments_file) as (settings, zombie, successor):
+        with Load(settings, flow(12_000, seed=13), rate=4_000) as load:
             time.sleep(1.0)
             zombie.process.send_signal(signal.SIGSTOP)      # alive, but silent
             successor.wait_for("active from", timeout=30)
@@ -152,6 +155,3 @@ def test_a_paused_zombie_is_fenced_and_publishes_nothing_more(tmp_path, instrume
             assert zombie.process.wait(60) == 1, zombie.text()[-3000:]
             time.sleep(1.0)
         check_run(settings, load.sent, successor)
-    finally:
-        zombie.close()
-        successor.close()

@@ -338,20 +338,24 @@ class EngineDaemon:
 
     def _commit(self, marks: np.ndarray) -> bool:
         """One transaction for these marks (or, idle, for dead letters alone)."""
-        payloads, snapshots = [], []
-        for mark in marks:
-            payloads += self.encoder.encode(self._read_events(int(mark["events"])))
+        snapshots = []
+        for mark in marks[marks["kind"] == MarkKind.SNAPSHOT]:
+            # Its events come first, so that shard_seq is the snapshot's own.
+            payloads_before = self.encoder.encode(self._read_events(int(mark["events"])))
             self._marked = int(mark["commands"])
-            if mark["kind"] == MarkKind.SNAPSHOT:
-                self._advance()
-                snapshots.append(ShardSnapshot(self.shard_id, self._done_offset,
-                                               self.encoder.shard_seq,
-                                               self.shard.take_snapshot()))
+            self._advance()
+            snapshots.append((payloads_before, ShardSnapshot(
+                self.shard_id, self._done_offset, self.encoder.shard_seq,
+                self.shard.take_snapshot())))
+        payloads = [p for before, _ in snapshots for p in before]
+        if len(marks):
+            payloads += self.encoder.encode(self._read_events(int(marks["events"][-1])))
+            self._marked = int(marks["commands"][-1])
         self._advance()
         if not payloads and not self._dead and not snapshots and (
                 self._done_offset == self._committed):
             return False
-        self._transact(payloads, snapshots)
+        self._transact(payloads, [snapshot for _, snapshot in snapshots])
         self.stats["events_out"] = self.encoder.shard_seq
         return True
 
