@@ -4,44 +4,45 @@ Run (from the repository root, with brokercore installed and the development Kaf
 ``scripts/kafka/kafka.sh start``):
 
     python benchmarks/bench_kafka.py                # default, about 2-3 minutes
-    python benchmarks/bench_kafka.py --quick        # about 20-30 s smoke run
-    python benchmarks/bench_kafka.py --linger-ms 0,5 --rate 30000 --runs 3
+    python benchmarks/bench_kafka.py --quick        # smoke run, about 15-20 s
+    python benchmarks/bench_kafka.py --linger-ms 0,5 --no-transactions "" --rate 30000 --runs 3
 
-Each run starts a fresh engine daemon (``brokercore engine --shard 0 --shards 1``, as a
-subprocess, with its own topic prefix, so runs never see each other's data) on a
-temporary instruments file (4 symbols, id maps sized for the run), and waits until it is
-active. The order flow (brokercore.loadgen: ~45% limit, ~10% market, ~45% cancel) is
-generated and msgpack-encoded up front in the producer process, before the clock starts;
-only the 8 bytes of each command's ``ts`` (time.time_ns() at produce time) are written in
-while producing. Three processes share the machine with the broker (said at the top):
+Each run starts a fresh engine daemon (``brokercore engine --shard 0 --shards 1``, a
+subprocess, with its own topic prefix so runs never see each other's data, on a temporary
+instruments file of 4 symbols whose id maps are sized for the run) and waits until it
+says it is active. The order flow (brokercore.loadgen: ~45% limit, ~10% market, ~45%
+cancel) is generated and msgpack-encoded in the producer process before the clock
+starts; producing only writes each command's ``ts`` (time.time_ns()) into its 8 bytes.
+A last command, a cancel of an unknown order id, is the sentinel: its REJECTED event is
+the last one. Processes (nothing pinned unless --matcher-core; they share the machine
+with the broker JVM, which the header says):
 
-* producer: a confluent_kafka Producer (enable.idempotence, linger.ms --producer-linger-ms)
-  sending either one command per Kafka message (what an OMS sends) or a CommandBatch of
-  --batch commands per message (the engine's own ceiling, without the Python producer's
-  per-message cost);
-* the daemon: consumer thread (read_committed, decode, input ring), matcher thread,
-  publisher thread (encode events, one Kafka transaction per gathered batch of marks,
-  with the input offsets), plus librdkafka's threads;
+* producer: confluent_kafka Producer (enable.idempotence, linger.ms --producer-linger-ms),
+  either one command per Kafka message (what an OMS sends) or a CommandBatch of --batch
+  commands per message (the engine's own ceiling, without per-message Kafka costs);
+* daemon: consumer thread (read_committed, decode, input ring), matcher thread,
+  publisher thread (encode events; one Kafka transaction per gathered batch of marks,
+  with the input offset), librdkafka's threads;
 * reader: a read_committed Consumer on ``events`` partition 0 from the beginning; it
-  decodes every EventBatch, checks shard_seq has no gap and takes each event's latency.
+  decodes every EventBatch, checks that shard_seq has no gap and times every event.
 
-Two phases per daemon setting (publisher --linger-ms, with and without transactions):
+Per daemon setting (publisher --linger-ms, exactly-once or --no-transactions):
 
-* throughput: every command produced as fast as possible, then a sentinel (a cancel of
-  an unknown order id, whose REJECTED event comes last). orders/s = commands whose
-  events were committed and read / (first produce -> the sentinel's event read);
-  "sustained" is the median of the 1-s windows of committed commands (first and last
-  second left out). The events read are compared with a direct engine run of the same
-  flow (OrderBook.process per symbol), so no lost or duplicated event goes unnoticed;
-* latency: per-message commands paced at --rate commands/s (below saturation);
-  p50/p99/p99.9/max, in ms, of "command produced (its ts) -> event read by the
-  read_committed reader", per event.
+* throughput, 1 cmd/msg and batched: everything produced as fast as possible. orders/s
+  = commands whose events were committed and read / (first produce -> sentinel event
+  read); "sustained" = the rate from 10% to 90% of the commands committed. The events
+  read are compared with a direct engine run of the same flow (OrderBook.process per
+  symbol): a lost or duplicated event would show;
+* latency: 1 cmd/msg paced at --rate commands/s (below saturation); p50/p99/p99.9/max
+  in ms of "command produced (its ts) -> its event read by the read_committed reader",
+  per event (the reader polls, so it takes each message as soon as it arrives).
 
-During each run the CPU time of every process and of the daemon's threads is sampled
-from /proc (the daemon runs with a shim that gives its Python threads their OS thread
-names; the daemon code itself is unchanged), so the table shows what was busy. With
---no-transactions the daemon publishes without transactions (NOT exactly-once): the
-difference is the price of exactly-once. The script prints numbers; it asserts nothing.
+While a run goes, the CPU time of each process and of each daemon thread is read from
+/proc (the daemon runs under a shim that names its Python threads for the OS and dumps
+their stacks on SIGUSR1; the daemon code is unchanged). A run whose events stop for
+--stall-timeout seconds is reported as STALLED with the daemon's stacks, and its numbers
+(marked *) cover what was read before the stall. --no-transactions is NOT exactly-once;
+it shows what exactly-once costs. The script prints numbers; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -176,9 +177,9 @@ def _instruments(orders: int) -> list[Instrument]:
 
 def _write_instruments(path: str, instruments: list[Instrument]) -> None:
     with open(path, "w") as f:
-        for i in instruments:
-            f.write(f'[[instrument]]\nsymbol = "{i.symbol}"\nid = {i.symbol_id}\n'
-                    f"low = {i.low}\nhigh = {i.high}\nsession_orders = {i.session_orders}\n\n")
+        f.writelines(f'[[instrument]]\nsymbol = "{i.symbol}"\nid = {i.symbol_id}\nlow = {i.low}\n'
+                     f"high = {i.high}\nsession_orders = {i.session_orders}\n\n"
+                     for i in instruments)
 
 
 # ----------------------------------------------------------------------- producer process
@@ -252,7 +253,12 @@ def _reader_main(conn, bootstrap: str, topic: str, group: str, sentinel_id: int,
                  stall_s: float, events_read, committed, stop) -> None:
     """Read ``events`` (read_committed) until the sentinel's event; report counts,
     gaps, per-event latencies (percentiles) and the committed-commands timeline."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        Consumer,
+        KafkaException,
+        TopicPartition,
+    )
 
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
@@ -274,7 +280,12 @@ def _reader_main(conn, bootstrap: str, topic: str, group: str, sentinel_id: int,
     cpu0 = time.process_time()
     try:
         while end_ns is None and not stop.value:
-            batch = consumer.consume(10_000, timeout=0.1)
+            # consume(n, timeout) waits for n messages or the whole timeout: take what
+            # is here, else block in poll(), which returns as soon as one arrives.
+            batch = consumer.consume(1_000, timeout=0)
+            if not batch:
+                message = consumer.poll(0.1)
+                batch = [message] if message is not None else []
             if not batch:
                 if time.monotonic() - last_progress > stall_s:
                     failure = f"no event for {stall_s:.0f} s"
@@ -286,11 +297,13 @@ def _reader_main(conn, bootstrap: str, topic: str, group: str, sentinel_id: int,
                 if message.error():
                     raise KafkaException(message.error())
                 evs = decode(message.value()).events
+                messages += 1
+                if not evs:
+                    continue
                 if evs[0].shard_seq != next_seq:
                     gaps += 1
                 next_seq = evs[-1].shard_seq + 1
                 events += len(evs)
-                messages += 1
                 latencies.append(now - np.fromiter((e.ts for e in evs), np.int64, len(evs)))
                 done = max(done, max((e.order_id for e in evs if e.op != Op.CANCEL),
                                      default=0))
@@ -300,7 +313,7 @@ def _reader_main(conn, bootstrap: str, topic: str, group: str, sentinel_id: int,
             timeline_t.append(now)
             timeline_done.append(done if end_ns is None else sentinel_id)
             events_read.value, committed.value = events, min(done, sentinel_id - 1)
-    except BaseException as e:                      # reported, not raised: the parent waits
+    except (KafkaException, msgspec.DecodeError) as e:   # reported: the parent waits
         failure = repr(e)
     finally:
         consumer.close()
@@ -402,13 +415,14 @@ class RunResult:
     per_message: int
     orders: int
     rate: float | None
-    ok: bool = False
+    ok: bool = False                # every command's events committed and read
+    stalled: bool = False           # events stopped coming: numbers up to the stall
     failure: str = ""
     elapsed_s: float = 0.0
+    done: int = 0                   # commands whose events were read
     orders_per_s: float = 0.0
     sustained_per_s: float = 0.0
     producer_per_s: float = 0.0
-    achieved_rate: float = 0.0
     producer_behind_ms: float = 0.0
     events: int = 0
     expected_events: int = 0
@@ -416,6 +430,10 @@ class RunResult:
     transactions: int = 0
     latency_ms: dict = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)
+
+    @property
+    def measured(self) -> bool:
+        return self.ok or (self.stalled and self.done > 0)
 
 
 class Daemon:
@@ -432,6 +450,7 @@ class Daemon:
             self.command += ["--core", str(args.matcher_core)]
         self.lines: deque[str] = deque(maxlen=400)
         self.count = 0                              # lines read so far
+        self.stopped = False                        # it logged its final summary
         self.active = threading.Event()
         self.stats = (0, 0, 0)                      # orders in, events out, transactions
         self.process = subprocess.Popen(self.command, cwd=REPO, stderr=subprocess.PIPE,
@@ -446,6 +465,7 @@ class Daemon:
             self.count += 1
             if "active from input offset" in line:
                 self.active.set()
+            self.stopped = self.stopped or ": stopped: " in line
             found = _SUMMARY.search(line)
             if found:
                 self.stats = tuple(int(g.replace(",", "")) for g in found.groups()[1:])
@@ -475,21 +495,19 @@ class Daemon:
         return [line for line in self.lines if any(w in line for w in words)]
 
 
-def _sustained(timeline, start_ns: int) -> float:
-    """Median committed commands/s over whole 1-s windows, first and last left out."""
+def _sustained(timeline, orders: int) -> float:
+    """Commands/s over the middle of the run: from 10% to 90% of the commands committed
+    (start-up and the drain at the end left out); 0 if the run is too short to tell."""
     t, done = timeline
-    if len(t) < 2:
+    lo, hi = np.searchsorted(done, 0.1 * orders), np.searchsorted(done, 0.9 * orders)
+    if hi >= len(t) or hi <= lo or t[hi] - t[lo] < 1e9:
         return 0.0
-    seconds = int((t[-1] - start_ns) // 1_000_000_000)
-    if seconds < 3:
-        return 0.0
-    edges = start_ns + np.arange(1, seconds) * 1_000_000_000
-    counts = np.interp(edges, np.concatenate([[start_ns], t]),
-                       np.concatenate([[0], done]).astype(float))
-    return float(statistics.median(np.diff(counts)))
+    return float(done[hi] - done[lo]) / ((t[hi] - t[lo]) / 1e9)
 
 
 def _delete(bootstrap: str, settings: KafkaSettings, groups: list[str]) -> None:
+    """Best effort: drop the run's topics and consumer groups from the broker."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
     admin = AdminClient({"bootstrap.servers": bootstrap})
     topics = [settings.orders_topic, settings.events_topic, settings.snapshots_topic,
@@ -498,8 +516,10 @@ def _delete(bootstrap: str, settings: KafkaSettings, groups: list[str]) -> None:
             admin.delete_consumer_groups(groups, request_timeout=30).values()):
         try:
             future.result(30)
-        except Exception:                           # best effort: a missing group is fine
-            pass
+        except KafkaException as e:
+            if e.args[0].code() not in (KafkaError.GROUP_ID_NOT_FOUND,
+                                        KafkaError.UNKNOWN_TOPIC_OR_PART):
+                log(f"   clean-up: {e}")
 
 
 def one_run(args, setting: Setting, orders: int, per_message: int,
@@ -533,9 +553,10 @@ def one_run(args, setting: Setting, orders: int, per_message: int,
     producer.start()
     reader.start()
     daemon = Daemon(args, prefix, instruments_path, setting)
-    kind = f"{per_message} cmd/msg" if per_message == 1 else f"{per_message} cmds/msg"
+    kind = "1 cmd/msg" if per_message == 1 else f"{per_message} cmds/msg"
     pace = f"paced at {rate:,.0f} orders/s" if rate else "as fast as possible"
     log(f"-- {setting.label}, {kind}, {orders:,} orders, {pace}  (prefix {prefix})")
+    read = sent = None
     try:
         t0 = time.monotonic()
         ready = producer_conn.recv()[1]             # pre-encoding happens meanwhile
@@ -550,6 +571,7 @@ def one_run(args, setting: Setting, orders: int, per_message: int,
                 "bench": os.getpid()}
         pids = {k: v for k, v in pids.items() if v}
         cpu_before = CpuSample.take(daemon.process.pid, pids)
+        cpu_last = None                             # at the last second with progress
         producer_conn.send("go")
         start = time.monotonic()
         next_report, last_done = start + 1, 0
@@ -561,23 +583,29 @@ def one_run(args, setting: Setting, orders: int, per_message: int,
                     f"{done:>10,} orders ({(done - last_done) / 1e3:6.1f} k/s)  "
                     f"{events_read.value:>10,} events  daemon: {daemon.stats[0]:,} in, "
                     f"{daemon.stats[1]:,} out, {daemon.stats[2]:,} txns")
+                if done > last_done or cpu_last is None:
+                    cpu_last = CpuSample.take(daemon.process.pid, pids)
                 last_done, next_report = done, next_report + 1
             if daemon.process.poll() is not None:
-                stop.value = 1
                 raise RuntimeError(f"the daemon exited with {daemon.process.returncode}")
-        cpu_after = CpuSample.take(daemon.process.pid, pids)
+        cpu_end = CpuSample.take(daemon.process.pid, pids)
         read = reader_conn.recv()[1]
         sent = producer_conn.recv()[1] if producer_conn.poll(30) else None
         if read["end_ns"] is None:
             log(f"   STALLED ({read['failure']}); last daemon lines and its thread stacks:")
-            for line in list(daemon.lines)[-6:] + daemon.stacks():
+            stacks = [line for line in daemon.stacks()            # the daemon's own frames
+                      if line.startswith(("Thread", "Current thread"))
+                      or "/brokercore/" in line]
+            for line in list(daemon.lines)[-2:] + stacks:
                 log(f"   | {line}")
+        transactions = daemon.stats[2]             # as of its last per-second line
     except (RuntimeError, EOFError) as e:
         result.failure = str(e)
-        read = sent = None
     finally:
         stop.value = 1
         code = daemon.stop()
+        if read is not None and read["end_ns"] is not None and daemon.stopped:
+            transactions = daemon.stats[2] - 1      # its final line, less the stop's own
         for process in (producer, reader):
             process.join(10)
             if process.is_alive():
@@ -587,37 +615,48 @@ def one_run(args, setting: Setting, orders: int, per_message: int,
                                                settings.lease_group(0), reader_group])
         os.unlink(instruments_path)
         os.rmdir(tmp)
-    if code not in (0, None) or daemon.suspicious():
-        log(f"   daemon exit code {code}; stderr lines of note:")
-        for line in daemon.suspicious()[-10:] or list(daemon.lines)[-10:]:
+    notes = daemon.suspicious()
+    if code not in (0, None) or notes:
+        log(f"   daemon exit code {code}" + ("; stderr lines of note:" if notes else ""))
+        for line in notes[-10:]:
             log(f"   | {line}")
-    if read is None or sent is None or read["end_ns"] is None:
-        result.failure = result.failure or (read or {}).get("failure") or "no result"
+    if read is None or sent is None:
+        result.failure = result.failure or "no result from the producer or the reader"
         log(f"   FAILED: {result.failure}")
         return result
-    result.ok = True
-    result.elapsed_s = (read["end_ns"] - sent["first_ns"]) / 1e9
-    result.orders_per_s = orders / result.elapsed_s
-    result.sustained_per_s = _sustained(read["timeline"], sent["first_ns"])
+    t, done = read["timeline"]
+    result.ok = read["end_ns"] is not None
+    result.stalled = not result.ok
+    result.failure = read["failure"] or ""
+    end_ns = read["end_ns"] if result.ok else (int(t[-1]) if len(t) else sent["first_ns"])
+    result.done = orders if result.ok else (int(done[-1]) if len(done) else 0)
+    result.elapsed_s = (end_ns - sent["first_ns"]) / 1e9
+    result.orders_per_s = result.done / result.elapsed_s if result.elapsed_s > 0 else 0.0
+    result.sustained_per_s = _sustained((t, done), orders)
     send_s = (sent["last_ns"] - sent["first_ns"]) / 1e9
     result.producer_per_s = orders / send_s if send_s > 0 else 0.0
-    result.achieved_rate = result.producer_per_s
     result.producer_behind_ms = sent["max_behind_ms"]
     result.events, result.gaps = read["events"], read["gaps"]
     result.latency_ms = read["latency_ms"]
-    result.transactions = daemon.stats[2]
-    result.cpu = cpu_after.usage(cpu_before)
-    lat = result.latency_ms
-    log(f"   {orders:,} orders in {result.elapsed_s:.2f} s = {result.orders_per_s / 1e3:.1f} k "
-        f"orders/s (sustained {result.sustained_per_s / 1e3:.1f} k/s); producer sent them "
-        f"in {send_s:.2f} s ({result.producer_per_s / 1e3:.1f} k/s"
+    result.transactions = transactions
+    result.cpu = (cpu_end if result.ok else cpu_last or cpu_end).usage(cpu_before)
+    lat = result.latency_ms or {p: float("nan") for p in (50, 99, 99.9, "max")}
+    stall = " UP TO THE STALL" if result.stalled else ""
+    sustained = (f"{result.sustained_per_s / 1e3:.1f} k/s" if result.sustained_per_s
+                 else "- (run too short)")
+    log(f"   {result.done:,} orders committed in {result.elapsed_s:.2f} s = "
+        f"{result.orders_per_s / 1e3:.1f} k orders/s{stall} (sustained {sustained}); "
+        f"producer sent {orders:,} in {send_s:.2f} s ({result.producer_per_s / 1e3:.1f} k/s"
         + (f", at most {result.producer_behind_ms:.1f} ms behind schedule" if rate else "")
         + ")")
+    per_txn = result.elapsed_s / transactions * 1e3 if transactions else float("nan")
     log(f"   events {result.events:,} read, {result.expected_events:,} expected from a "
-        f"direct engine run, {result.gaps} shard_seq gaps; {result.transactions:,} "
-        f"transactions ({result.events / max(result.transactions, 1):,.0f} events each)")
+        f"direct engine run, {result.gaps} shard_seq gaps; {transactions:,} daemon "
+        f"{'transactions' if setting.transactions else 'flush+commit rounds'} "
+        f"({result.events / max(transactions, 1):,.0f} events, {per_txn:.0f} ms each)")
     log(f"   latency ms p50 {lat[50]:.1f}  p99 {lat[99]:.1f}  p99.9 {lat[99.9]:.1f}  max "
-        f"{lat['max']:.1f}" + ("" if rate else "  (saturated: queueing included)"))
+        f"{lat['max']:.1f}" + ("" if rate else "  (saturated: queueing included)")
+        + ("  (events read before the stall only)" if result.stalled else ""))
     log("   cpu % of one core: " + _cpu_text(result.cpu))
     return result
 
@@ -625,8 +664,9 @@ def one_run(args, setting: Setting, orders: int, per_message: int,
 def _cpu_text(cpu: dict) -> str:
     threads = ", ".join(f"{k.split('.')[1]} {cpu[k]:.0f}" for k in sorted(cpu)
                         if k.startswith("daemon.") and cpu[k] >= 0.5)
-    return (f"daemon {cpu.get('daemon', 0):.0f} ({threads}); broker "
-            f"{cpu.get('broker', float('nan')):.0f}; producer {cpu.get('producer', 0):.0f}; "
+    broker = f"{cpu['broker']:.0f}" if "broker" in cpu else "?"
+    return (f"daemon {cpu.get('daemon', 0):.0f} ({threads}); broker {broker}; "
+            f"producer {cpu.get('producer', 0):.0f}; "
             f"reader {cpu.get('reader', 0):.0f}; machine busy {cpu.get('machine', 0):.0f}% "
             f"of {os.cpu_count()} CPUs")
 
@@ -645,9 +685,19 @@ def _broker_pid() -> int | None:
         return None
 
 
-def _median(results: list[RunResult], attr: str) -> float:
-    values = [getattr(r, attr) for r in results if r.ok]
-    return statistics.median(values) if values else float("nan")
+def _cell(runs: list[RunResult], attr: str, width: int, scale: float = 1e3) -> str:
+    """Median over the runs measured, in k; '*' when one of them stalled (then its
+    numbers are up to the stall), '-' when there is no number."""
+    measured = [r for r in runs if r.measured]
+    if not runs:
+        return "-".rjust(width)
+    if not measured:
+        return "failed".rjust(width)
+    value = statistics.median(getattr(r, attr) for r in measured)
+    if not value:
+        return "-".rjust(width)
+    star = "*" if any(r.stalled for r in measured) else " "
+    return f"{value / scale:{width - 1}.1f}{star}"
 
 
 def _floats(text: str) -> list[float]:
@@ -685,19 +735,18 @@ def main() -> None:
                         help="linger.ms of the benchmark's producer (default: %(default)s)")
     parser.add_argument("--matcher-core", type=int,
                         help="pin the daemon's matcher thread to this core (default: none)")
-    parser.add_argument("--stall-timeout", type=float, default=30.0,
+    parser.add_argument("--stall-timeout", type=float, default=10.0,
                         help="seconds without an event before a run counts as failed")
     parser.add_argument("--keep-topics", action="store_true",
                         help="leave each run's topics and groups on the broker")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: exactly-once linger 5 and no-txn linger 5 only, "
-                             "small runs (~20-30 s)")
+                        help="smoke run (~15-20 s): exactly-once linger 5 only, small runs; "
+                             "flags given explicitly still apply")
+    if parser.parse_known_args()[0].quick:      # new defaults; explicit flags win
+        parser.set_defaults(linger_ms="5", no_txn_linger_ms="", orders=300_000,
+                            batched_orders=600_000, latency_orders=250_000, runs=1)
     args = parser.parse_args()
-    if args.quick:
-        args.linger_ms, args.no_txn_linger_ms = "5", "5"
-        args.orders, args.batched_orders, args.latency_orders = 100_000, 300_000, 100_000
-        args.runs = 1
     args.broker_pid = _broker_pid()
     settings = ([Setting(True, v) for v in _floats(args.linger_ms)]
                 + [Setting(False, v) for v in _floats(args.no_txn_linger_ms)])
@@ -723,45 +772,60 @@ def main() -> None:
         rows.append((setting, thr1, thrn, lat))
         log("")
 
-    log(f"== summary (medians of {args.runs} run{'s' if args.runs > 1 else ''}; orders/s = "
-        f"commands whose events were committed and read / first produce -> last event) ==")
-    log(f"{'setting':28} {'1 cmd/msg':>11} {'sustained':>10} {f'{args.batch} cmds/msg':>13} "
-        f"{'sustained':>10} | {'latency @':>9} {'achieved':>9} {'p50':>7} {'p99':>7} "
+    log(f"== summary: orders/s = commands whose events were committed and read / (first "
+        f"produce -> last event read); median of {args.runs} run{'s' if args.runs > 1 else ''} ==")
+    batched = f"{args.batch} cmds/msg" if args.batch > 0 else "batched"
+    log(f"{'daemon setting':28} {'1 cmd/msg':>11} {'sustained':>10} {batched:>13} "
+        f"{'sustained':>10} | {'offered':>8} {'achieved':>9} {'p50':>7} {'p99':>7} "
         f"{'p99.9':>7} {'max':>7}")
     log(f"{'':28} {'k orders/s':>11} {'k/s':>10} {'k orders/s':>13} {'k/s':>10} | "
-        f"{'orders/s':>9} {'k/s':>9} {'ms':>7} {'ms':>7} {'ms':>7} {'ms':>7}")
+        f"{'k/s':>8} {'k/s':>9} {'ms':>7} {'ms':>7} {'ms':>7} {'ms':>7}")
     for setting, thr1, thrn, lat in rows:
-        pct = lat.latency_ms if lat.ok else {}
-        log(f"{setting.label:28} {_median(thr1, 'orders_per_s') / 1e3:11.1f} "
-            f"{_median(thr1, 'sustained_per_s') / 1e3:10.1f} "
-            f"{_median(thrn, 'orders_per_s') / 1e3:13.1f} "
-            f"{_median(thrn, 'sustained_per_s') / 1e3:10.1f} | {args.rate / 1e3:8.0f}k "
-            f"{lat.achieved_rate / 1e3 if lat.ok else float('nan'):9.1f} "
-            + " ".join(f"{pct.get(p, float('nan')):7.1f}" for p in (50, 99, 99.9, 'max')))
+        log(f"{setting.label:28} {_cell(thr1, 'orders_per_s', 11)} "
+            f"{_cell(thr1, 'sustained_per_s', 10)} {_cell(thrn, 'orders_per_s', 13)} "
+            f"{_cell(thrn, 'sustained_per_s', 10)} | {args.rate / 1e3:8.1f} "
+            f"{_cell([lat], 'producer_per_s', 9)} "
+            + " ".join(f"{lat.latency_ms[p]:6.1f}{'*' if lat.stalled else ' '}"
+                       if lat.latency_ms else "failed".rjust(7)
+                       for p in (50, 99, 99.9, "max")))
+    log("(throughput: produced as fast as possible; 'sustained' = from 10% to 90% of the "
+        f"commands committed; latency: 1 cmd/msg offered at {args.rate:,.0f} orders/s, "
+        "produce -> event read, per event)")
+    if any(r.stalled for row in rows for runs in row[1:3] for r in runs) or any(
+            row[3].stalled for row in rows):
+        log("* the run STALLED (see its lines above): the number covers the events read "
+            "before the stall only")
 
-    log("\ncpu % of one core during the throughput runs (1 cmd/msg | batched):")
+    log("\ncpu % of one core during the throughput runs (up to the last progress):")
     for setting, thr1, thrn, _ in rows:
-        for label, runs in (("1 cmd/msg", thr1), (f"{args.batch} cmds/msg", thrn)):
-            ok = [r for r in runs if r.ok]
-            if ok:
-                log(f"  {setting.label:28} {label:>12}: {_cpu_text(ok[len(ok) // 2].cpu)}")
+        for label, runs in (("1 cmd/msg", thr1), (batched, thrn)):
+            measured = [r for r in runs if r.measured]
+            if measured:
+                log(f"  {setting.label:26} {label:>12}: "
+                    f"{_cpu_text(measured[len(measured) // 2].cpu)}")
 
-    exact = [row for row in rows if row[0].transactions]
-    best1 = max((_median(r[1], "orders_per_s") for r in exact), default=float("nan"))
-    bestn = max((_median(r[2], "orders_per_s") for r in exact), default=float("nan"))
-    p99s = [(r[3].latency_ms.get(99, float("nan")), r[0].label) for r in exact if r[3].ok]
+    def best(runs_of) -> float:
+        values = [statistics.median(r.orders_per_s for r in runs)
+                  for row in rows if row[0].transactions
+                  for runs in [[r for r in runs_of(row) if r.ok]] if runs]
+        return max(values, default=float("nan"))
+
+    best1, bestn = best(lambda row: row[1]), best(lambda row: row[2])
+    p99s = [(row[3].latency_ms[99], row[0].label) for row in rows
+            if row[0].transactions and row[3].ok]
     best_p99 = min(p99s) if p99s else (float("nan"), "-")
-    missing = sum(r.events != r.expected_events or r.gaps
-                  for row in rows for runs in row[1:3] for r in runs if r.ok)
+    checked = [r for row in rows for runs in row[1:] for r in
+               (runs if isinstance(runs, list) else [runs]) if r.ok]
+    differ = sum(r.events != r.expected_events or r.gaps > 0 for r in checked)
     log(f"\ntarget  : >= {TARGET_ORDERS_PER_S / 1e3:.0f} k orders/s with exactly-once: "
-        f"1 cmd/msg {best1 / 1e3:.1f} k ({'met' if best1 >= TARGET_ORDERS_PER_S else 'missed'}), "
-        f"{args.batch} cmds/msg {bestn / 1e3:.1f} k "
+        f"1 cmd/msg best {best1 / 1e3:.1f} k ({'met' if best1 >= TARGET_ORDERS_PER_S else 'missed'}), "
+        f"{args.batch} cmds/msg best {bestn / 1e3:.1f} k "
         f"({'met' if bestn >= TARGET_ORDERS_PER_S else 'missed'})")
     log(f"target  : p99 <= {TARGET_P99_MS:.0f} ms at {args.rate:,.0f} orders/s with "
         f"exactly-once: best {best_p99[0]:.1f} ms ({best_p99[1]}) "
         f"{'met' if best_p99[0] <= TARGET_P99_MS else 'missed'}")
-    log(f"check   : throughput runs whose events differ from a direct engine run or have "
-        f"shard_seq gaps: {missing}")
+    log(f"check   : completed runs whose events differ from a direct engine run or have "
+        f"shard_seq gaps: {differ} of {len(checked)}")
 
 
 if __name__ == "__main__":

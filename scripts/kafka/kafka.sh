@@ -82,7 +82,11 @@ start() {
     write_config
     format_once
     rm -f "$state/logs/server.log"
-    setsid java -Xms256m -Xmx1g -Dkafka.logs.dir="$state/logs" \
+    # ZGC: a GC pause stalls every transaction in flight, and on two busy vCPUs G1's
+    # young pauses reached 50-135 ms (see the GC log); ZGC's stay under a millisecond.
+    setsid java -Xms1g -Xmx1g -XX:+UseZGC \
+        -Xlog:gc:file="$state/logs/gc.log":time,uptime -Djava.awt.headless=true \
+        -Dkafka.logs.dir="$state/logs" \
         -Dlog4j2.configurationFile="$here/log4j2.properties" \
         -cp "$cache/libs/*" kafka.Kafka "$state/server.properties" \
         > "$state/logs/stdout.log" 2>&1 < /dev/null &

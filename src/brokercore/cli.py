@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--instruments", default="config/instruments.toml",
                         help="TOML file of [[instrument]] tables (default: %(default)s)")
     engine.add_argument("--core", type=int, help="CPU core for the matcher thread")
-    engine.add_argument("--linger-ms", type=float, default=0.0,
+    engine.add_argument("--linger-ms", type=float, default=EngineOptions.linger * 1000,
                         help="how long the publisher gathers batches before a commit "
                              "(default: %(default)s)")
     engine.add_argument("--snapshot-every", type=int, default=EngineOptions.snapshot_every,

@@ -81,7 +81,7 @@ class EngineOptions:
     """Tuning of one engine daemon (brokercore.daemon); the CLI flags set them."""
 
     core: int | None = None             # CPU core of the matcher thread
-    linger: float = 0.0                 # seconds the publisher gathers before a commit
+    linger: float = 0.005               # seconds the publisher gathers before a commit
     poll_batch: int = 10_000            # messages per consume() call
     max_marks: int = 64                 # matcher batches per transaction at most
     snapshot_every: int = 200_000       # commands between snapshots ...

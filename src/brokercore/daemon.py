@@ -112,6 +112,7 @@ class EngineDaemon:
         self.stats = {"orders_in": 0, "events_out": 0, "transactions": 0,
                       "dead_letters": 0, "snapshots": 0, "replayed": 0}
         self.role = "starting"
+        self._slowest_transaction = 0.0
 
     def stop(self) -> None:
         """Graceful stop (safe from a signal handler): no new input, commit, snapshot."""
@@ -132,6 +133,9 @@ class EngineDaemon:
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 20,
+            # librdkafka stops fetching for fetch.queue.backoff.ms (default 1 s) once
+            # its local queue is full; the consumer thread drains it much faster.
+            "fetch.queue.backoff.ms": 5,
         })
 
     def _committed_offset(self) -> int:
@@ -149,7 +153,12 @@ class EngineDaemon:
         }
         if self.options.transactions:
             config.update({"transactional.id": self.settings.transactional_id(self.shard_id),
-                           "transaction.timeout.ms": 30_000})
+                           "transaction.timeout.ms": 30_000,
+                           # The first request of a transaction right after a commit is
+                           # often told CONCURRENT_TRANSACTIONS; the default 100 ms back-off
+                           # before its retry would be most of a transaction's latency.
+                           "retry.backoff.ms": 2,
+                           "retry.backoff.max.ms": 20})
         else:
             config["enable.idempotence"] = True
         return Producer(config)
@@ -230,7 +239,7 @@ class EngineDaemon:
         """Apply ``orders`` up to offset ``target`` silently: count the events (their
         shard_seq must continue) without publishing them."""
         while self._position < target and not self._stop.is_set():
-            messages = self._consumer.consume(self.options.poll_batch, timeout=1.0)
+            messages = self._next_messages()
             batch = []
             for message in messages:
                 if message.error():
@@ -265,11 +274,26 @@ class EngineDaemon:
 
     # --- live --------------------------------------------------------------------------
 
+    def _next_messages(self) -> list:
+        """What is there now, up to poll_batch; if nothing, wait up to 50 ms for the first
+        message (a batch read with a timeout would wait for a full batch instead)."""
+        messages = self._consumer.consume(self.options.poll_batch, timeout=0)
+        if not messages:
+            messages = self._consumer.consume(1, timeout=0.05)
+        return messages
+
     def _consume_loop(self) -> None:
-        """Consumer thread: orders -> journal + input ring, until stop."""
+        """Consumer thread: orders -> journal + input ring, until stop. It alone uses
+        the consumer meanwhile (a call from another thread would block while it is in
+        consume()), so without transactions it also commits the offsets."""
         try:
             while not self._stop.is_set():
-                messages = self._consumer.consume(self.options.poll_batch, timeout=0.05)
+                messages = self._next_messages()
+                if self._offset_to_commit is not None:
+                    self._consumer.commit(offsets=[TopicPartition(
+                        self._orders.topic, self.shard_id, self._offset_to_commit)],
+                        asynchronous=True)
+                    self._offset_to_commit = None
                 batch = []
                 for message in messages:
                     if message.error():
@@ -371,6 +395,7 @@ class EngineDaemon:
         abortable error retries the whole transaction, anything else is fatal."""
         settings, producer = self.settings, self._producer_client
         partition = self.shard_id
+        started = time.perf_counter()
         for attempt in range(5):
             try:
                 if self.options.transactions:
@@ -390,8 +415,7 @@ class EngineDaemon:
                     self._commit_transaction(producer)
                 else:
                     producer.flush()
-                    self._consumer.commit(offsets=[TopicPartition(
-                        self._orders.topic, partition, self._done_offset)], asynchronous=False)
+                    self._offset_to_commit = self._done_offset    # by the consumer thread
                 break
             except KafkaException as e:
                 error = e.args[0]
@@ -402,6 +426,8 @@ class EngineDaemon:
         else:
             raise DaemonFailed("a transaction failed five times in a row")
         self.stats["transactions"] += 1
+        self._slowest_transaction = max(self._slowest_transaction,
+                                        time.perf_counter() - started)
         self.stats["dead_letters"] += len(self._dead)
         self.stats["snapshots"] += len(snapshots)
         self._dead = []
@@ -479,6 +505,7 @@ class EngineDaemon:
         self._journal = InputJournal(self._commands)
         self._done_offset = self._committed = self._position
         self._dead = []
+        self._offset_to_commit: int | None = None
         # Taken now: the call blocks while another thread is inside consume(). With
         # assign() (no group membership) the metadata never changes.
         self._group_metadata = self._consumer.consumer_group_metadata()
@@ -504,7 +531,10 @@ class EngineDaemon:
             thread.join()
 
     def _summary(self) -> str:
+        """Counters so far, and the slowest transaction since the last summary."""
         s = self.stats
+        slowest, self._slowest_transaction = self._slowest_transaction, 0.0
         return (f"{self.role}: {s['orders_in']:,} orders in, {s['events_out']:,} events out, "
-                f"{s['transactions']:,} transactions, {s['dead_letters']} dead letters, "
-                f"{s['snapshots']} snapshots, {s['replayed']:,} replayed")
+                f"{s['transactions']:,} transactions (slowest {slowest * 1000:.1f} ms), "
+                f"{s['dead_letters']} dead letters, {s['snapshots']} snapshots, "
+                f"{s['replayed']:,} replayed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zlib
 
 from confluent_kafka import KafkaError, KafkaException
@@ -45,12 +46,18 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 30.0) -> None:
         except KafkaException as e:
             if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
-    metadata = admin.list_topics(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:     # a topic just created may take a moment to show in the metadata
+        metadata = admin.list_topics(timeout=timeout)
+        missing = [spec.topic for spec in specs if spec.topic not in metadata.topics
+                   or metadata.topics[spec.topic].error is not None]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics not available after {timeout} s: {missing}")
+        time.sleep(0.1)
     for spec in specs:
-        found = metadata.topics.get(spec.topic)
-        if found is None or found.error is not None:
-            raise RuntimeError(f"topic {spec.topic} is not available: "
-                               f"{found.error if found else 'missing'}")
+        found = metadata.topics[spec.topic]
         if len(found.partitions) != spec.num_partitions:
             raise ValueError(f"topic {spec.topic} has {len(found.partitions)} partitions, "
                              f"the configuration says {spec.num_partitions}")
