@@ -24,7 +24,7 @@ from confluent_kafka import TopicPartition
 from brokercore.codec import CommandDecoder, EventEncoder, SymbolTable, commands_from_records
 from brokercore.config import KafkaSettings
 from brokercore.loadgen import HALF_BAND, MID, order_flow
-from brokercore.messages import CommandBatch, DeadLetter, Event, EventBatch, ShardSnapshot, encode
+from brokercore.messages import DeadLetter, Event, EventBatch, ShardSnapshot, encode
 from brokercore.shard import Instrument, read_snapshot
 from brokercore.topics import ensure_topics, partition_of
 
@@ -70,9 +70,7 @@ class OrderProducer:
 
     def send(self, commands: Iterable, flush: bool = True) -> None:
         for command in commands:
-            symbol = (command.commands[0] if isinstance(command, CommandBatch)
-                      else command).symbol
-            self.send_raw(encode(command), partition_of(symbol, self.settings.shards),
+            self.send_raw(encode(command), partition_of(command.symbol, self.settings.shards),
                           flush=False)
         if flush:
             self.flush()

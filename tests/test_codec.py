@@ -15,7 +15,7 @@ from brokercore.codec import (
 from brokercore.journal import InputJournal
 from brokercore.loadgen import order_flow
 from brokercore.messages import (
-    AmendOrder, CancelOrder, CloseSession, CommandBatch, DeadLetter, EventBatch, NewOrder,
+    AmendOrder, CancelOrder, CloseSession, DeadLetter, EventBatch, NewOrder,
     OpenSession, Reband, encode,
 )
 from brokercore.records import COMMAND_DTYPE, EventType, Op, Reason, Side, Stp, Tif
@@ -50,12 +50,6 @@ def test_every_command_decodes_to_the_record_the_engine_takes():
     assert commands_from_records(records, {1: "AAA"}) == commands
 
 
-def test_a_batch_message_yields_its_commands_all_at_the_message_offset():
-    batch = CommandBatch([NewOrder(1, 1, "AAA", Side.BUY, 1, price=1), CancelOrder(1, 1, "AAA")])
-    records, offsets, dead = decoder().decode([(41, encode(batch))])
-    assert records["op"].tolist() == [Op.LIMIT, Op.CANCEL] and offsets.tolist() == [41, 41]
-
-
 @pytest.mark.parametrize("payload", [
     b"", b"\xc1", b"garbage", encode([1, 2, 3]), encode({"type": "new"}),
     encode({"type": "nope", "symbol": "AAA"}),
@@ -63,7 +57,8 @@ def test_a_batch_message_yields_its_commands_all_at_the_message_offset():
     encode({"type": "cancel", "order_id": 2**63, "account": 1, "symbol": "AAA"}),
     encode({"type": "cancel", "order_id": 1, "account": 1, "symbol": "AAA", "extra": 1}),
     encode({"type": "cancel", "order_id": "1", "account": 1, "symbol": "AAA"}),
-    encode({"type": "batch", "commands": [{"type": "cancel"}]}),
+    encode({"type": "batch", "commands": [{"type": "cancel", "order_id": 1, "account": 1,
+                                           "symbol": "AAA"}]}),
 ])
 def test_what_does_not_decode_becomes_a_dead_letter_with_a_reason(payload):
     good = encode(CancelOrder(5, 1, "AAA"))

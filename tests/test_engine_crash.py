@@ -74,6 +74,9 @@ class Load:
 
 
 def check_run(settings, commands, final_daemon):
+    """The whole run's events and, after a graceful stop of the daemon that ends it
+    (once it is active), its final books."""
+    final_daemon.wait_for("active from")
     expected, books = direct_run(settings, instruments(), commands)
     events = read_events(settings, expected=sum(map(len, expected.values())), timeout=180)
     assert_no_gap_no_duplicate(events)

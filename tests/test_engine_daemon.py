@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from brokercore.messages import CancelOrder, CommandBatch, NewOrder, encode
+from brokercore.messages import CancelOrder, NewOrder, encode
 from brokercore.records import EventType, Reason, Side
 from kafka_support import (
     Daemon, OrderProducer, assert_no_gap_no_duplicate, books_of, by_symbol, direct_run,
@@ -84,8 +84,8 @@ def test_bad_messages_are_dead_lettered_or_rejected_and_the_shard_goes_on(
         producer.send_raw(payload, 0)
     producer.send([
         NewOrder(2, 8, "NOSUCH", Side.BUY, 1, price=10_000, ts=2),      # unknown symbol
-        CommandBatch([NewOrder(3, 8, "TCS", Side.BUY, 4, price=10_000, ts=3),
-                      CancelOrder(1, 7, "TCS", ts=4)]),
+        NewOrder(3, 8, "TCS", Side.BUY, 4, price=10_000, ts=3),
+        CancelOrder(1, 7, "TCS", ts=4),
     ])
 
     events = read_events(settings, expected=5)[0]

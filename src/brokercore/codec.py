@@ -15,7 +15,7 @@ import msgspec
 import numpy as np
 
 from brokercore.messages import (
-    AmendOrder, CancelOrder, CloseSession, Command, CommandBatch, DeadLetter, NewOrder,
+    AmendOrder, CancelOrder, CloseSession, Command, DeadLetter, NewOrder,
     OpenSession, Reband, command_decoder, encode,
 )
 from brokercore.records import COMMAND_DTYPE, EventType, Flags, Op, Reason, Side, Stp, Tif
@@ -75,10 +75,8 @@ class CommandDecoder:
                 dead.append(DeadLetter(self.topic, self.partition, offset, str(e),
                                        payload or b""))
                 continue
-            commands = message.commands if isinstance(message, CommandBatch) else (message,)
-            for command in commands:
-                rows.append(command.record(id_of(command.symbol)))
-                offsets.append(offset)
+            rows.append(message.record(id_of(message.symbol)))
+            offsets.append(offset)
         return (np.array(rows, dtype=COMMAND_DTYPE), np.array(offsets, dtype=np.int64),
                 dead)
 

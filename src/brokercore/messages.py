@@ -1,8 +1,9 @@
 """Wire formats on Kafka: msgspec Structs, encoded as msgpack. One definition per message.
 
 - ``orders``: one ``Command`` per message (a tagged union: new order, cancel, amend,
-  session open/close, re-band), or a ``CommandBatch`` of them. Prices are in ticks and
-  quantities in lots, as in the engine; the symbol travels by name.
+  session open/close, re-band). Prices are in ticks and quantities in lots, as in the
+  engine; the symbol travels by name. One command per message keeps every input offset
+  between two whole commands, which is what exactly-once commits rely on.
 - ``events``: one ``EventBatch`` per message: consecutive events of one shard, each
   numbered by ``shard_seq`` (1, 2, 3, ... per shard, no gap, across restarts).
 - ``snapshots``: ``ShardSnapshot`` (compacted by shard key).
@@ -22,7 +23,7 @@ from brokercore.records import EventType, Flags, Op, Reason, Side, Stp, Tif
 
 __all__ = [
     "NewOrder", "CancelOrder", "AmendOrder", "OpenSession", "CloseSession", "Reband",
-    "Command", "CommandBatch", "Event", "EventBatch", "ShardSnapshot", "DeadLetter",
+    "Command", "Event", "EventBatch", "ShardSnapshot", "DeadLetter",
     "command_decoder", "encode",
 ]
 
@@ -107,12 +108,6 @@ class Reband(msgspec.Struct, tag="reband", frozen=True, forbid_unknown_fields=Tr
 Command = NewOrder | CancelOrder | AmendOrder | OpenSession | CloseSession | Reband
 
 
-class CommandBatch(msgspec.Struct, tag="batch", frozen=True, forbid_unknown_fields=True):
-    """Several commands in one message, applied in order (for bulk producers)."""
-
-    commands: list[Command]
-
-
 class Event(msgspec.Struct, array_like=True, frozen=True):
     """One engine event (docs/engine.md) as published: the fields of EVENT_DTYPE with the
     symbol by name, preceded by the event's position in its shard's stream."""
@@ -164,5 +159,5 @@ encode = _encoder.encode
 
 
 def command_decoder() -> msgspec.msgpack.Decoder:
-    """A decoder for one message of ``orders``: a Command or a CommandBatch."""
-    return msgspec.msgpack.Decoder(Command | CommandBatch)
+    """A decoder for one message of ``orders``."""
+    return msgspec.msgpack.Decoder(Command)
