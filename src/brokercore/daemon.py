@@ -238,6 +238,7 @@ class EngineDaemon:
     def _catch_up(self, target: int) -> None:
         """Apply ``orders`` up to offset ``target`` silently: count the events (their
         shard_seq must continue) without publishing them."""
+        overshot = False
         while self._position < target and not self._stop.is_set():
             messages = self._next_messages()
             batch = []
@@ -250,6 +251,8 @@ class EngineDaemon:
                     continue
                 if message.offset() < target:
                     batch.append((message.offset(), message.value()))
+                else:
+                    overshot = True
             if batch:
                 records, _, _ = self.decoder.decode(batch)
                 self.shard.submit(records)
@@ -257,7 +260,9 @@ class EngineDaemon:
                 self._position = batch[-1][0] + 1
                 self.stats["replayed"] += len(batch)
             self._drain_silently(self._commands)
-        self._consumer.seek(TopicPartition(self._orders.topic, self.shard_id, self._position))
+        if overshot:        # read past the target: live consumption starts at it
+            self._consumer.seek(TopicPartition(self._orders.topic, self.shard_id,
+                                               self._position))
 
     def _drain_silently(self, commands: int) -> None:
         while self._marked < commands:
