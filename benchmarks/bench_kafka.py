@@ -3,8 +3,8 @@
 Run (from the repository root, with brokercore installed and the development Kafka up:
 ``scripts/kafka/kafka.sh start``):
 
-    python benchmarks/bench_kafka.py                # default, about 2-3 minutes
-    python benchmarks/bench_kafka.py --quick        # smoke run, about 15-20 s
+    python benchmarks/bench_kafka.py                # default, about 1 minute
+    python benchmarks/bench_kafka.py --quick        # smoke run, about 10 s
     python benchmarks/bench_kafka.py --linger-ms 0,5 --no-transactions "" --rate 30000 --runs 3
 
 Each run starts a fresh engine daemon (``brokercore engine --shard 0 --shards 1``, a
@@ -18,8 +18,8 @@ the last one. Processes (nothing pinned unless --matcher-core; they share the ma
 with the broker JVM, which the header says):
 
 * producer: confluent_kafka Producer (enable.idempotence, linger.ms --producer-linger-ms),
-  either one command per Kafka message (what an OMS sends) or a CommandBatch of --batch
-  commands per message (the engine's own ceiling, without per-message Kafka costs);
+  one command per Kafka message, the only wire format (each input offset then lies
+  between two whole commands, which the exactly-once offset commits rely on);
 * daemon: consumer thread (read_committed, decode, input ring), matcher thread,
   publisher thread (encode events; one Kafka transaction per gathered batch of marks,
   with the input offset), librdkafka's threads;
@@ -28,14 +28,14 @@ with the broker JVM, which the header says):
 
 Per daemon setting (publisher --linger-ms, exactly-once or --no-transactions):
 
-* throughput, 1 cmd/msg and batched: everything produced as fast as possible. orders/s
-  = commands whose events were committed and read / (first produce -> sentinel event
-  read); "sustained" = the rate from 10% to 90% of the commands committed. The events
-  read are compared with a direct engine run of the same flow (OrderBook.process per
-  symbol): a lost or duplicated event would show;
-* latency: 1 cmd/msg paced at --rate commands/s (below saturation); p50/p99/p99.9/max
-  in ms of "command produced (its ts) -> its event read by the read_committed reader",
-  per event (the reader polls, so it takes each message as soon as it arrives).
+* throughput: everything produced as fast as possible. orders/s = commands whose events
+  were committed and read / (first produce -> sentinel event read); "sustained" = the
+  rate from 10% to 90% of the commands committed. The events read are compared with a
+  direct engine run of the same flow (OrderBook.process per symbol): a lost or
+  duplicated event would show;
+* latency: paced at --rate commands/s (below saturation); p50/p99/p99.9/max in ms of
+  "command produced (its ts) -> its event read by the read_committed reader", per event
+  (the reader polls, so it takes each message as soon as it arrives).
 
 While a run goes, the CPU time of each process and of each daemon thread is read from
 /proc (the daemon runs under a shim that names its Python threads for the OS and dumps
@@ -74,7 +74,6 @@ from brokercore.config import KafkaSettings  # noqa: E402
 from brokercore.loadgen import HALF_BAND, MID, order_flow  # noqa: E402
 from brokercore.messages import (  # noqa: E402
     CancelOrder,
-    CommandBatch,
     EventBatch,
     NewOrder,
     encode,
@@ -88,8 +87,8 @@ TARGET_P99_MS = 50.0
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# ts placeholder: encoded as msgpack uint64 (0xcf + 8 bytes); the producer replaces these
-# 8 bytes with time.time_ns() at produce time, everything else is encoded beforehand.
+# ts placeholder: encoded as msgpack uint64 (0xcf + 8 bytes), the last field of a command;
+# the producer writes time.time_ns() there at produce time, the rest is encoded beforehand.
 _TS_PLACEHOLDER = 0x7EDC_BA98_7654_3210
 _TS_BYTES = _TS_PLACEHOLDER.to_bytes(8, "big")
 
@@ -142,22 +141,14 @@ def _commands(flow: np.ndarray) -> list:
     return out
 
 
-def _templates(commands: list, per_message: int) -> list:
-    """Per message: its bytes split at the ts placeholders (stamped with ts.join)."""
-    if per_message == 1:
-        prefixes = []
-        for command in commands:
-            payload = encode(command)
-            assert payload.endswith(_TS_BYTES)     # ts is the last field
-            prefixes.append(payload[:-8])
-        return prefixes
-    templates = []
-    for lo in range(0, len(commands), per_message):
-        group = commands[lo:lo + per_message]
-        parts = encode(CommandBatch(group)).split(_TS_BYTES)
-        assert len(parts) == len(group) + 1
-        templates.append(parts)
-    return templates
+def _prefixes(commands: list) -> list[bytes]:
+    """Each command's encoding less its 8 ts bytes: a message is prefix + ts."""
+    prefixes = []
+    for command in commands:
+        payload = encode(command)
+        assert payload.endswith(_TS_BYTES)         # ts is the last field
+        prefixes.append(payload[:-8])
+    return prefixes
 
 
 def _expected_events(flow: np.ndarray, instruments: list[Instrument]) -> int:
@@ -186,15 +177,14 @@ def _write_instruments(path: str, instruments: list[Instrument]) -> None:
 
 
 def _producer_main(conn, bootstrap: str, topic: str, orders: int, seed: int,
-                   per_message: int, rate: float | None, linger_ms: float,
-                   produced) -> None:
+                   rate: float | None, linger_ms: float, produced) -> None:
     """Pre-encode, say ready, wait for go, produce everything (paced at ``rate``
     commands/s if given), then the sentinel; report times (time.time_ns)."""
     from confluent_kafka import Producer
 
     t = time.perf_counter()
     flow = _flow(orders, seed)
-    templates = _templates(_commands(flow), per_message)
+    prefixes = _prefixes(_commands(flow))
     sentinel = encode(CancelOrder(orders + 1, 1, SYMBOLS[0], ts=_TS_PLACEHOLDER))[:-8]
     expected = _expected_events(flow, _instruments(orders))
     del flow
@@ -207,17 +197,17 @@ def _producer_main(conn, bootstrap: str, topic: str, orders: int, seed: int,
         "queue.buffering.max.kbytes": 1 << 21,
     })
     producer.list_topics(topic, timeout=30)         # connected, metadata known
-    conn.send(("ready", {"expected_events": expected, "messages": len(templates),
+    conn.send(("ready", {"expected_events": expected, "messages": len(prefixes),
                          "prepare_s": prepare_s}))
     if conn.recv() != "go":
         return
     produce, poll, now_ns = producer.produce, producer.poll, time.time_ns
-    gap_ns = per_message / rate * 1e9 if rate else 0.0
+    gap_ns = 1e9 / rate if rate else 0.0
     max_behind_ns = 0
     cpu0 = time.process_time()
     first = now_ns()
     start = time.perf_counter_ns()
-    for i, template in enumerate(templates):
+    for i, prefix in enumerate(prefixes):
         if gap_ns:
             due = start + int(i * gap_ns)
             ahead = due - time.perf_counter_ns()
@@ -225,8 +215,7 @@ def _producer_main(conn, bootstrap: str, topic: str, orders: int, seed: int,
                 time.sleep(ahead / 1e9)
             else:
                 max_behind_ns = max(max_behind_ns, -ahead)
-        ts = now_ns().to_bytes(8, "big")
-        value = template + ts if per_message == 1 else ts.join(template)
+        value = prefix + now_ns().to_bytes(8, "big")
         while True:
             try:
                 produce(topic, value, partition=0)
@@ -235,7 +224,7 @@ def _producer_main(conn, bootstrap: str, topic: str, orders: int, seed: int,
                 poll(0.001)
         if not i & 255:
             poll(0)
-            produced.value = i * per_message
+            produced.value = i
     produce(topic, sentinel + now_ns().to_bytes(8, "big"), partition=0)
     last = now_ns()
     produced.value = orders
@@ -411,10 +400,6 @@ class Setting:
 
 @dataclass
 class RunResult:
-    setting: Setting
-    per_message: int
-    orders: int
-    rate: float | None
     ok: bool = False                # every command's events committed and read
     stalled: bool = False           # events stopped coming: numbers up to the stall
     failure: str = ""
@@ -522,10 +507,9 @@ def _delete(bootstrap: str, settings: KafkaSettings, groups: list[str]) -> None:
                 log(f"   clean-up: {e}")
 
 
-def one_run(args, setting: Setting, orders: int, per_message: int,
-            rate: float | None) -> RunResult:
+def one_run(args, setting: Setting, orders: int, rate: float | None) -> RunResult:
     ctx = mp.get_context("spawn")                   # no fork with Kafka clients around
-    result = RunResult(setting, per_message, orders, rate)
+    result = RunResult()
     prefix = f"bench-{uuid.uuid4().hex[:12]}-"
     settings = KafkaSettings(args.bootstrap, prefix, 1)
     assert partition_of(SYMBOLS[0], settings.shards) == 0
@@ -545,17 +529,16 @@ def one_run(args, setting: Setting, orders: int, per_message: int,
     reader_conn, reader_end = ctx.Pipe()
     reader_group = prefix + "bench-reader"
     producer = ctx.Process(target=_producer_main, name="bench-producer", args=(
-        producer_end, args.bootstrap, settings.orders_topic, orders, args.seed, per_message,
-        rate, args.producer_linger_ms, produced))
+        producer_end, args.bootstrap, settings.orders_topic, orders, args.seed, rate,
+        args.producer_linger_ms, produced))
     reader = ctx.Process(target=_reader_main, name="bench-reader", args=(
         reader_end, args.bootstrap, settings.events_topic, reader_group, orders + 1,
         args.stall_timeout, events_read, committed, stop))
     producer.start()
     reader.start()
     daemon = Daemon(args, prefix, instruments_path, setting)
-    kind = "1 cmd/msg" if per_message == 1 else f"{per_message} cmds/msg"
     pace = f"paced at {rate:,.0f} orders/s" if rate else "as fast as possible"
-    log(f"-- {setting.label}, {kind}, {orders:,} orders, {pace}  (prefix {prefix})")
+    log(f"-- {setting.label}, {orders:,} orders, {pace}  (prefix {prefix})")
     read = sent = None
     try:
         t0 = time.monotonic()
@@ -716,16 +699,9 @@ def main() -> None:
                              "exactly-once: their price), comma-separated; '' for none "
                              "(default: %(default)s)")
     parser.add_argument("--orders", type=int, default=600_000,
-                        help="commands of a throughput run with 1 command per message "
-                             "(default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=100,
-                        help="commands per message (CommandBatch) of the batched "
-                             "throughput run; 0 skips it (default: %(default)s)")
-    parser.add_argument("--batched-orders", type=int, default=1_500_000,
-                        help="commands of a batched throughput run (default: %(default)s)")
+                        help="commands of a throughput run (default: %(default)s)")
     parser.add_argument("--rate", type=float, default=50_000,
-                        help="commands/s offered in the latency runs, 1 per message "
-                             "(default: %(default)s)")
+                        help="commands/s offered in the latency runs (default: %(default)s)")
     parser.add_argument("--latency-orders", type=int, default=400_000,
                         help="commands of a latency run (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=1,
@@ -741,11 +717,11 @@ def main() -> None:
                         help="leave each run's topics and groups on the broker")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run (~15-20 s): exactly-once linger 5 only, small runs; "
+                        help="smoke run (~10 s): exactly-once linger 5 only, small runs; "
                              "flags given explicitly still apply")
     if parser.parse_known_args()[0].quick:      # new defaults; explicit flags win
         parser.set_defaults(linger_ms="5", no_txn_linger_ms="", orders=300_000,
-                            batched_orders=600_000, latency_orders=250_000, runs=1)
+                            latency_orders=250_000, runs=1)
     args = parser.parse_args()
     args.broker_pid = _broker_pid()
     settings = ([Setting(True, v) for v in _floats(args.linger_ms)]
@@ -757,7 +733,8 @@ def main() -> None:
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     log(f"kafka   : {args.bootstrap}, single node (broker pid {args.broker_pid or '?'}); "
         f"topics orders/events with 1 partition, fresh prefix per run")
-    log(f"where   : nothing pinned{'' if args.matcher_core is None else ' but the matcher (core ' + str(args.matcher_core) + ')'}: "
+    pinned = "" if args.matcher_core is None else f" but the matcher (core {args.matcher_core})"
+    log(f"where   : nothing pinned{pinned}: "
         f"broker JVM, daemon (consumer, matcher, publisher threads + librdkafka), "
         f"producer process, reader process and this coordinator share the {cores} CPUs")
     log(f"flow    : brokercore.loadgen, 4 symbols, seed {args.seed}; producer "
@@ -765,62 +742,47 @@ def main() -> None:
 
     rows = []
     for setting in settings:
-        thr1 = [one_run(args, setting, args.orders, 1, None) for _ in range(args.runs)]
-        thrn = ([one_run(args, setting, args.batched_orders, args.batch, None)
-                 for _ in range(args.runs)] if args.batch > 0 else [])
-        lat = one_run(args, setting, args.latency_orders, 1, args.rate)
-        rows.append((setting, thr1, thrn, lat))
+        thr = [one_run(args, setting, args.orders, None) for _ in range(args.runs)]
+        lat = one_run(args, setting, args.latency_orders, args.rate)
+        rows.append((setting, thr, lat))
         log("")
 
     log(f"== summary: orders/s = commands whose events were committed and read / (first "
         f"produce -> last event read); median of {args.runs} run{'s' if args.runs > 1 else ''} ==")
-    batched = f"{args.batch} cmds/msg" if args.batch > 0 else "batched"
-    log(f"{'daemon setting':28} {'1 cmd/msg':>11} {'sustained':>10} {batched:>13} "
-        f"{'sustained':>10} | {'offered':>8} {'achieved':>9} {'p50':>7} {'p99':>7} "
-        f"{'p99.9':>7} {'max':>7}")
-    log(f"{'':28} {'k orders/s':>11} {'k/s':>10} {'k orders/s':>13} {'k/s':>10} | "
-        f"{'k/s':>8} {'k/s':>9} {'ms':>7} {'ms':>7} {'ms':>7} {'ms':>7}")
-    for setting, thr1, thrn, lat in rows:
-        log(f"{setting.label:28} {_cell(thr1, 'orders_per_s', 11)} "
-            f"{_cell(thr1, 'sustained_per_s', 10)} {_cell(thrn, 'orders_per_s', 13)} "
-            f"{_cell(thrn, 'sustained_per_s', 10)} | {args.rate / 1e3:8.1f} "
+    log(f"{'daemon setting':28} {'throughput':>11} {'sustained':>10} | {'offered':>8} "
+        f"{'achieved':>9} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7}")
+    log(f"{'':28} {'k orders/s':>11} {'k/s':>10} | {'k/s':>8} {'k/s':>9} {'ms':>7} "
+        f"{'ms':>7} {'ms':>7} {'ms':>7}")
+    for setting, thr, lat in rows:
+        log(f"{setting.label:28} {_cell(thr, 'orders_per_s', 11)} "
+            f"{_cell(thr, 'sustained_per_s', 10)} | {args.rate / 1e3:8.1f} "
             f"{_cell([lat], 'producer_per_s', 9)} "
             + " ".join(f"{lat.latency_ms[p]:6.1f}{'*' if lat.stalled else ' '}"
                        if lat.latency_ms else "failed".rjust(7)
                        for p in (50, 99, 99.9, "max")))
     log("(throughput: produced as fast as possible; 'sustained' = from 10% to 90% of the "
-        f"commands committed; latency: 1 cmd/msg offered at {args.rate:,.0f} orders/s, "
+        f"commands committed; latency: offered at {args.rate:,.0f} orders/s, "
         "produce -> event read, per event)")
-    if any(r.stalled for row in rows for runs in row[1:3] for r in runs) or any(
-            row[3].stalled for row in rows):
+    if any(r.stalled for _, thr, lat in rows for r in thr + [lat]):
         log("* the run STALLED (see its lines above): the number covers the events read "
             "before the stall only")
 
     log("\ncpu % of one core during the throughput runs (up to the last progress):")
-    for setting, thr1, thrn, _ in rows:
-        for label, runs in (("1 cmd/msg", thr1), (batched, thrn)):
-            measured = [r for r in runs if r.measured]
-            if measured:
-                log(f"  {setting.label:26} {label:>12}: "
-                    f"{_cpu_text(measured[len(measured) // 2].cpu)}")
+    for setting, thr, _ in rows:
+        measured = [r for r in thr if r.measured]
+        if measured:
+            log(f"  {setting.label + ':':27} {_cpu_text(measured[len(measured) // 2].cpu)}")
 
-    def best(runs_of) -> float:
-        values = [statistics.median(r.orders_per_s for r in runs)
-                  for row in rows if row[0].transactions
-                  for runs in [[r for r in runs_of(row) if r.ok]] if runs]
-        return max(values, default=float("nan"))
-
-    best1, bestn = best(lambda row: row[1]), best(lambda row: row[2])
-    p99s = [(row[3].latency_ms[99], row[0].label) for row in rows
-            if row[0].transactions and row[3].ok]
+    best = max((statistics.median(r.orders_per_s for r in ok) for setting, thr, _ in rows
+                if setting.transactions for ok in [[r for r in thr if r.ok]] if ok),
+               default=float("nan"))
+    p99s = [(lat.latency_ms[99], setting.label) for setting, _, lat in rows
+            if setting.transactions and lat.ok]
     best_p99 = min(p99s) if p99s else (float("nan"), "-")
-    checked = [r for row in rows for runs in row[1:] for r in
-               (runs if isinstance(runs, list) else [runs]) if r.ok]
+    checked = [r for _, thr, lat in rows for r in thr + [lat] if r.ok]
     differ = sum(r.events != r.expected_events or r.gaps > 0 for r in checked)
     log(f"\ntarget  : >= {TARGET_ORDERS_PER_S / 1e3:.0f} k orders/s with exactly-once: "
-        f"1 cmd/msg best {best1 / 1e3:.1f} k ({'met' if best1 >= TARGET_ORDERS_PER_S else 'missed'}), "
-        f"{args.batch} cmds/msg best {bestn / 1e3:.1f} k "
-        f"({'met' if bestn >= TARGET_ORDERS_PER_S else 'missed'})")
+        f"best {best / 1e3:.1f} k ({'met' if best >= TARGET_ORDERS_PER_S else 'missed'})")
     log(f"target  : p99 <= {TARGET_P99_MS:.0f} ms at {args.rate:,.0f} orders/s with "
         f"exactly-once: best {best_p99[0]:.1f} ms ({best_p99[1]}) "
         f"{'met' if best_p99[0] <= TARGET_P99_MS else 'missed'}")
