@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test crash build bench kafka clean
+.PHONY: demo test crash build bench kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
 
-test: build kafka  ## install what the tests need, build, start Kafka, run every test
+test: build kafka postgres redis  ## install what the tests need, build, start Kafka, Postgres and Redis, run every test
 	$(PY) -m pytest
 
 crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons under load
@@ -18,6 +18,12 @@ crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons und
 
 kafka:  ## a single-node Apache Kafka on 127.0.0.1:19092 (jars from Maven Central)
 	scripts/kafka/kafka.sh start
+
+postgres:  ## a PostgreSQL cluster of our own on 127.0.0.1:15432 (Debian's package), data in .postgres
+	scripts/postgres/postgres.sh start
+
+redis:  ## a Redis on 127.0.0.1:16379 (Debian's package), nothing persisted, state in .redis
+	scripts/redis/redis.sh start
 
 bench: build  ## every benchmark, engine with a longer profile (more runs, more commands)
 	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000
@@ -38,4 +44,6 @@ $(VENV)/.deps: pyproject.toml
 
 clean:
 	scripts/kafka/kafka.sh stop
-	rm -rf $(VENV) build .hypothesis .pytest_cache .kafka
+	scripts/postgres/postgres.sh stop
+	scripts/redis/redis.sh stop
+	rm -rf $(VENV) build .hypothesis .pytest_cache .kafka .postgres .redis

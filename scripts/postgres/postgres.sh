@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# A PostgreSQL server on 127.0.0.1 for development, tests and CI: its own cluster,
+# apart from any system one.
+#
+#   scripts/postgres/postgres.sh start    install if needed, initdb once, start, wait,
+#                                         create role and database brokercore if missing
+#   scripts/postgres/postgres.sh stop     stop the server started here (fast shutdown)
+#   scripts/postgres/postgres.sh status   exit 0 and say so if it answers, 1 otherwise
+#   scripts/postgres/postgres.sh url      print the application's connection URL
+#
+# PostgreSQL is Debian's (`apt-get install -y postgresql` when it is missing); the
+# newest /usr/lib/postgresql/<version>/bin is used. The cluster's data, log and
+# socket live in $BROKERCORE_PG_STATE (default .postgres/ in the repository, ignored by
+# git). Port: $BROKERCORE_PG_PORT (default 15432), TCP on loopback only. Postgres will
+# not run as root, so as root the server runs as the `postgres` OS user (which the
+# Debian package creates) and owns the state folder; as anyone else it runs as that
+# user. The superuser `postgres` connects through the Unix socket only (trust); the
+# role `brokercore` (password `brokercore`, CREATEDB) connects over TCP with a
+# password. Every command is idempotent.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+state="${BROKERCORE_PG_STATE:-$repo/.postgres}"
+port="${BROKERCORE_PG_PORT:-15432}"
+data="$state/data"
+logfile="$state/postgres.log"
+app_user=brokercore
+app_password=brokercore
+app_db=brokercore
+
+log() { echo "postgres: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# Unix socket paths are limited to 107 bytes: a deep checkout gets a socket in /tmp.
+socket_dir="$state/run"
+if (( ${#socket_dir} > 80 )); then socket_dir="/tmp/brokercore-pg-$port"; fi
+
+if [[ "$(id -u)" == 0 ]]; then
+    pg_user=postgres
+    as_pg() { runuser -u "$pg_user" -- "$@"; }
+    apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+else
+    pg_user="$(id -un)"
+    as_pg() { "$@"; }
+    apt_get() { sudo env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+fi
+
+# The newest installed server (a client-only version has no initdb and is skipped).
+find_bindir() {
+    local dir
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
+        if [[ -x "$dir/initdb" && -x "$dir/pg_ctl" && -x "$dir/postgres" ]]; then
+            echo "$dir"
+            return
+        fi
+    done
+}
+
+install_postgres() {
+    log "PostgreSQL not found; installing Debian's postgresql"
+    command -v apt-get > /dev/null || die "no apt-get here: install PostgreSQL (server) by hand"
+    local apt_log="${TMPDIR:-/tmp}/brokercore-postgres-apt.log"
+    if ! apt_get install -y postgresql > "$apt_log" 2>&1; then
+        log "apt-get install failed; updating the package lists and trying again"
+        apt_get update > "$apt_log" 2>&1 || { tail -20 "$apt_log" >&2; die "apt-get update failed"; }
+        apt_get install -y postgresql > "$apt_log" 2>&1 \
+            || { tail -20 "$apt_log" >&2; die "apt-get install -y postgresql failed"; }
+    fi
+}
+
+bindir=""
+need_bindir() {
+    bindir="$(find_bindir)"
+    if [[ -z "$bindir" ]]; then
+        install_postgres
+        bindir="$(find_bindir)"
+        [[ -n "$bindir" ]] || die "installed postgresql, but no /usr/lib/postgresql/*/bin/initdb"
+    fi
+    if [[ "$(id -u)" == 0 ]] && ! id "$pg_user" > /dev/null 2>&1; then
+        die "running as root needs the OS user '$pg_user' (the Debian package creates it)"
+    fi
+}
+
+pg_ctl() { as_pg "$bindir/pg_ctl" -D "$data" "$@"; }
+
+# A live process (a zombie, dead but not yet reaped by PID 1, is not).
+alive() {
+    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null \
+        && [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]
+}
+
+postmaster_pid() { head -1 "$data/postmaster.pid" 2>/dev/null || true; }
+
+# The server of this data directory is up (its postmaster.pid names a live process).
+running() { alive "$(postmaster_pid)"; }
+
+answers() {
+    running && "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" -t 2
+}
+
+prepare_state() {
+    mkdir -p "$state" "$socket_dir"
+    if [[ "$(id -u)" == 0 ]]; then chown "$pg_user:" "$state" "$socket_dir"; fi
+    # The socket admits the superuser without a password: only its owner (and root).
+    chmod 0755 "$state"
+    chmod 0700 "$socket_dir"
+    as_pg test -w "$state" \
+        || die "the OS user '$pg_user' cannot write $state: its parent folders must be" \
+               "searchable by it (chmod o+x), or set BROKERCORE_PG_STATE elsewhere"
+}
+
+init_once() {
+    if [[ -f "$data/PG_VERSION" ]]; then
+        local have
+        have="$(cat "$data/PG_VERSION")"
+        if [[ "$bindir" != "/usr/lib/postgresql/$have/bin" && ! -x "/usr/lib/postgresql/$have/bin/postgres" ]]; then
+            die "$data was made by PostgreSQL $have, which is not installed: remove $state (make clean)"
+        fi
+        bindir="/usr/lib/postgresql/$have/bin"
+        return
+    fi
+    rm -rf "$data"
+    as_pg "$bindir/initdb" -D "$data" -U postgres -E UTF8 --locale=C \
+        --auth-local=trust --auth-host=scram-sha-256 > "$state/initdb.log" 2>&1 \
+        || { tail -20 "$state/initdb.log" >&2; die "initdb failed"; }
+    # Settings that may change between starts live in brokercore.conf, rewritten on
+    # every start; the generated postgresql.conf only gains the include.
+    echo "include_if_exists = 'brokercore.conf'" | as_pg tee -a "$data/postgresql.conf" > /dev/null
+    log "initialised $data ($("$bindir/postgres" --version))"
+}
+
+write_config() {
+    as_pg tee "$data/brokercore.conf" > /dev/null <<CONF
+# Written by scripts/postgres/postgres.sh on every start: a server for tests on loopback.
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$socket_dir'
+max_connections = 200
+shared_buffers = 128MB
+work_mem = 8MB
+maintenance_work_mem = 64MB
+# Durable: fsync and synchronous_commit stay on (exactly-once tests crash processes).
+fsync = on
+synchronous_commit = on
+checkpoint_timeout = 15min
+max_wal_size = 2GB
+log_destination = 'stderr'
+logging_collector = off
+log_min_duration_statement = 1000
+log_line_prefix = '%m [%p] %q%u@%d '
+timezone = 'UTC'
+CONF
+    as_pg tee "$data/pg_hba.conf" > /dev/null <<HBA
+# Written by scripts/postgres/postgres.sh on every start.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 trust
+host    all       all   127.0.0.1/32  scram-sha-256
+HBA
+}
+
+ensure_app_role() {
+    local psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$socket_dir" -p "$port" -U postgres -d postgres)
+    as_pg "${psql[@]}" > /dev/null <<SQL
+DO \$\$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$app_user') THEN
+        CREATE ROLE $app_user LOGIN CREATEDB PASSWORD '$app_password';
+    END IF;
+END
+\$\$;
+SQL
+    if [[ -z "$(as_pg "${psql[@]}" -tA -c "SELECT 1 FROM pg_database WHERE datname = '$app_db'")" ]]; then
+        as_pg "${psql[@]}" -c "CREATE DATABASE $app_db OWNER $app_user" > /dev/null
+        log "created role $app_user and database $app_db"
+    fi
+}
+
+# After a crash (kill -9) postmaster.pid is stale. Postgres itself checks a stale one
+# safely (no live process, no backend still attached to the old shared memory), but
+# only once the dead postmaster is reaped: a zombie's pid still "exists".
+wait_stale_pid() {
+    local pid
+    pid="$(postmaster_pid)"
+    [[ -n "$pid" ]] || return 0
+    for _ in $(seq 1 40); do
+        if ! kill -0 "$pid" 2>/dev/null; then return; fi
+        sleep 0.25
+    done
+    die "$data/postmaster.pid names pid $pid, which is dead but not reaped; retry later"
+}
+
+start() {
+    need_bindir
+    if answers; then ensure_app_role; log "already running on 127.0.0.1:$port"; return; fi
+    prepare_state
+    init_once
+    if running; then stop; fi
+    wait_stale_pid
+    write_config
+    as_pg touch "$logfile"
+    if ! pg_ctl start -w -t 60 -l "$logfile" > /dev/null; then
+        tail -20 "$logfile" >&2 || true
+        die "the server did not come up; see $logfile"
+    fi
+    for _ in $(seq 1 60); do
+        if answers; then break; fi
+        sleep 0.5
+    done
+    answers || { tail -20 "$logfile" >&2; die "the server does not answer on 127.0.0.1:$port; see $logfile"; }
+    ensure_app_role
+    log "started on 127.0.0.1:$port (PostgreSQL $(cat "$data/PG_VERSION"), data $data)"
+}
+
+# For stop and status: the binaries of the version that made the data directory.
+existing_bindir() {
+    bindir="$(find_bindir)"
+    if [[ -f "$data/PG_VERSION" && -x "/usr/lib/postgresql/$(cat "$data/PG_VERSION")/bin/pg_ctl" ]]; then
+        bindir="/usr/lib/postgresql/$(cat "$data/PG_VERSION")/bin"
+    fi
+}
+
+stop() {
+    existing_bindir
+    if ! running; then log "not running"; return; fi
+    if pg_ctl stop -m fast -w -t 60 > /dev/null || ! running; then log "stopped"; return; fi
+    log "fast shutdown did not finish in 60 s; immediate shutdown"
+    if pg_ctl stop -m immediate -w -t 30 > /dev/null || ! running; then
+        log "stopped (immediate)"
+        return
+    fi
+    die "the server (pid $(postmaster_pid)) does not stop; see $logfile"
+}
+
+status() {
+    existing_bindir
+    if answers; then
+        log "running on 127.0.0.1:$port (pid $(postmaster_pid), data $data)"
+        return 0
+    fi
+    log "not running"
+    return 1
+}
+
+url() { echo "postgresql://$app_user:$app_password@127.0.0.1:$port/$app_db"; }
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    url) url ;;
+    *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+esac

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# A Redis server on 127.0.0.1 for development, tests and CI: a cache and pub/sub only,
+# so nothing is persisted.
+#
+#   scripts/redis/redis.sh start    install if needed, start (daemonized), wait
+#   scripts/redis/redis.sh stop     stop the server started here
+#   scripts/redis/redis.sh status   exit 0 and say so if it answers, 1 otherwise
+#   scripts/redis/redis.sh url      print the connection URL
+#
+# Redis is Debian's (`apt-get install -y redis-server` when redis-server is missing).
+# Its pid file, log and working folder live in $BROKERCORE_REDIS_STATE (default .redis/
+# in the repository, ignored by git). Port: $BROKERCORE_REDIS_PORT (default 16379),
+# loopback only. No RDB snapshots, no append-only file. Every command is idempotent.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+state="${BROKERCORE_REDIS_STATE:-$repo/.redis}"
+port="${BROKERCORE_REDIS_PORT:-16379}"
+pidfile="$state/redis.pid"
+logfile="$state/redis.log"
+
+log() { echo "redis: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+if [[ "$(id -u)" == 0 ]]; then
+    apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+else
+    apt_get() { sudo env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+fi
+
+install_redis() {
+    if command -v redis-server > /dev/null && command -v redis-cli > /dev/null; then return; fi
+    log "redis-server not found; installing Debian's redis-server"
+    command -v apt-get > /dev/null || die "no apt-get here: install redis-server by hand"
+    local apt_log="${TMPDIR:-/tmp}/brokercore-redis-apt.log"
+    if ! apt_get install -y redis-server > "$apt_log" 2>&1; then
+        log "apt-get install failed; updating the package lists and trying again"
+        apt_get update > "$apt_log" 2>&1 || { tail -20 "$apt_log" >&2; die "apt-get update failed"; }
+        apt_get install -y redis-server > "$apt_log" 2>&1 \
+            || { tail -20 "$apt_log" >&2; die "apt-get install -y redis-server failed"; }
+    fi
+    command -v redis-server > /dev/null || die "installed redis-server, but it is not on PATH"
+}
+
+# A live process (a zombie, dead but not yet reaped by PID 1, is not).
+alive() {
+    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null \
+        && [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]
+}
+
+running() { [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")"; }
+
+answers() {
+    running && command -v redis-cli > /dev/null \
+        && [[ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" == PONG ]]
+}
+
+start() {
+    install_redis
+    if answers; then log "already running on 127.0.0.1:$port"; return; fi
+    if running; then stop; fi
+    mkdir -p "$state/data"
+    rm -f "$pidfile"
+    # Daemonized: redis-server returns once it has forked and writes its pid file itself.
+    # 'protected-mode' stays on; the server is reachable from loopback only anyway.
+    if ! redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
+            --pidfile "$pidfile" --logfile "$logfile" --dir "$state/data" \
+            --save "" --appendonly no --databases 16 --maxclients 1000 \
+            --tcp-backlog 511 --loglevel notice; then
+        tail -20 "$logfile" >&2 2>/dev/null || true
+        die "redis-server refused to start; see $logfile"
+    fi
+    for _ in $(seq 1 60); do
+        if answers; then log "started on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
+        sleep 0.25
+    done
+    log "the server did not come up; see $logfile"
+    tail -20 "$logfile" >&2 || true
+    exit 1
+}
+
+stop() {
+    if ! running; then rm -f "$pidfile"; log "not running"; return; fi
+    local pid
+    pid="$(cat "$pidfile")"
+    kill "$pid"
+    for _ in $(seq 1 40); do
+        if ! alive "$pid"; then rm -f "$pidfile"; log "stopped"; return; fi
+        sleep 0.25
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+    log "killed after 10 s"
+}
+
+status() {
+    if answers; then log "running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi
+    log "not running"
+    return 1
+}
+
+url() { echo "redis://127.0.0.1:$port/0"; }
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    url) url ;;
+    *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+esac
