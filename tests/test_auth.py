@@ -1,0 +1,106 @@
+"""JWT verification: what is accepted, and every way a token is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from brokercore.auth import AuthError, JwtConfig, TokenVerifier, mint_token
+
+SECRET = "s" * 64
+
+
+def rsa_pair() -> tuple[str, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+PRIVATE, PUBLIC = rsa_pair()
+CONFIG = JwtConfig(issuer="brokercore-dev", audience="brokercore", hs256_secret=SECRET,
+                   rs256_public_key=PUBLIC)
+VERIFIER = TokenVerifier(CONFIG)
+
+
+def claims(**changes):
+    now = int(time.time())
+    base = {"sub": "alice", "iss": "brokercore-dev", "aud": "brokercore", "iat": now,
+            "exp": now + 60}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def refused(token: str) -> str:
+    with pytest.raises(AuthError) as info:
+        VERIFIER.verify(token)
+    return info.value.code
+
+
+def test_hs256_and_rs256_tokens_are_accepted():
+    assert VERIFIER.verify(mint_token("alice", CONFIG)).user_id == "alice"
+    assert VERIFIER.verify(mint_token("bob", CONFIG, private_key=PRIVATE)).user_id == "bob"
+
+
+def test_expired_token_is_refused_as_expired():
+    assert refused(jwt.encode(claims(exp=int(time.time()) - 5), SECRET, "HS256")) == \
+        "TOKEN_EXPIRED"
+
+
+@pytest.mark.parametrize("change", [
+    {"aud": "someone-else"}, {"iss": "evil"}, {"exp": None}, {"sub": None}, {"aud": None},
+    {"iss": None}, {"iat": None}, {"sub": ""}, {"sub": 42},
+])
+def test_wrong_or_missing_claims_are_refused(change):
+    assert refused(jwt.encode(claims(**change), SECRET, "HS256")) == "INVALID_TOKEN"
+
+
+def test_forged_signature_is_refused():
+    assert refused(jwt.encode(claims(), "x" * 64, "HS256")) == "INVALID_TOKEN"
+    other_private, _ = rsa_pair()
+    assert refused(jwt.encode(claims(), other_private, "RS256")) == "INVALID_TOKEN"
+
+
+def b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_alg_none_is_refused():
+    assert refused(f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims())}.") == "INVALID_TOKEN"
+
+
+def test_rs256_public_key_used_as_hs256_secret_is_refused():
+    """Algorithm confusion: HMAC-sign with the public key, claim HS256."""
+    import hashlib
+    import hmac
+    head_body = f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64(claims())}"
+    signature = hmac.new(PUBLIC.encode(), head_body.encode(), hashlib.sha256).digest()
+    token = f"{head_body}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    assert refused(token) == "INVALID_TOKEN"
+    rs_only = TokenVerifier(JwtConfig("brokercore-dev", "brokercore", rs256_public_key=PUBLIC))
+    with pytest.raises(AuthError):
+        rs_only.verify(token)
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "Bearer x", "é.é.é"])
+def test_garbage_is_refused(token):
+    assert refused(token) == "INVALID_TOKEN"
+
+
+def test_other_algorithms_are_refused():
+    assert refused(jwt.encode(claims(), SECRET, "HS512")) == "INVALID_TOKEN"
+
+
+def test_config_needs_a_key_and_a_long_secret():
+    with pytest.raises(ValueError):
+        JwtConfig("i", "a")
+    with pytest.raises(ValueError):
+        JwtConfig("i", "a", hs256_secret="short")
