@@ -13,10 +13,17 @@ Hypothesis profiles, chosen with ``HYPOTHESIS_PROFILE`` (default ``dev``):
 from __future__ import annotations
 
 import os
+import subprocess
+import uuid
+from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from hypothesis import HealthCheck, settings
 
+from brokercore.migrations import database_url
 from support import engine_class, model_class
 
 settings.register_profile("dev", max_examples=60, deadline=None)
@@ -34,3 +41,35 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 def book_cls(request):
     """The book implementation under test: each test runs once per implementation."""
     return engine_class() if request.param == "engine" else model_class()
+
+
+# --- real Postgres (scripts/postgres/postgres.sh) ------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def server() -> str:
+    """The URL of a database on a running server whose role may create databases."""
+    if "BROKERCORE_DATABASE_URL" not in os.environ:
+        done = subprocess.run([str(REPO / "scripts/postgres/postgres.sh"), "start"], check=False,
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            pytest.fail(f"scripts/postgres/postgres.sh start failed:\n{done.stderr}")
+    return database_url()
+
+
+@pytest.fixture
+def db(server: str):
+    """A fresh, empty database for one test; dropped at the end (connections and all)."""
+    name = f"test_{uuid.uuid4().hex}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(server, dbname=name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                          .format(sql.Identifier(name)))
+
+

@@ -15,53 +15,26 @@ import shutil
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors, sql
-from psycopg.conninfo import make_conninfo
 
 from brokercore.migrations import (
     MIGRATIONS_DIR,
     MigrationError,
     applied_migrations,
     apply_migrations,
-    database_url,
     load_migrations,
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED = [m.version for m in load_migrations()]
 CORE_TABLES = {
     "accounts", "positions", "orders", "orders_default", "fills", "order_events",
     "idempotency_keys", "outbox", "consumer_offsets", "schema_migrations",
 }
-
-
-@pytest.fixture(scope="module")
-def server() -> str:
-    """The URL of a database on a running server whose role may create databases."""
-    if "BROKERCORE_DATABASE_URL" not in os.environ:
-        done = subprocess.run([str(REPO / "scripts/postgres/postgres.sh"), "start"], check=False,
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            pytest.fail(f"scripts/postgres/postgres.sh start failed:\n{done.stderr}")
-    return database_url()
-
-
-@pytest.fixture
-def db(server: str):
-    """A fresh, empty database for one test; dropped at the end (connections and all)."""
-    name = f"test_{uuid.uuid4().hex}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(server, dbname=name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))
 
 
 @pytest.fixture
@@ -118,10 +91,10 @@ def test_the_package_ships_its_migrations():
 
 def test_an_empty_database_gets_every_table(db):
     assert tables(db) == set()
-    assert apply_migrations(db) == ["0001_core"]
+    assert apply_migrations(db) == SHIPPED
     assert CORE_TABLES <= tables(db)
     checksums = applied_migrations(db)
-    assert checksums == {"0001_core": load_migrations()[0].checksum}
+    assert checksums == {m.version: m.checksum for m in load_migrations()}
     with psycopg.connect(db) as c:
         assert c.execute("SELECT to_regclass('order_id_seq') IS NOT NULL").fetchone()[0]
         assert c.execute("SELECT to_regprocedure('create_orders_partition(date)') IS NOT NULL"
@@ -131,24 +104,24 @@ def test_an_empty_database_gets_every_table(db):
 
 
 def test_applying_twice_applies_nothing_the_second_time(db):
-    assert apply_migrations(db) == ["0001_core"]
+    assert apply_migrations(db) == SHIPPED
     assert apply_migrations(db) == []
-    assert list(applied_migrations(db)) == ["0001_core"]
+    assert list(applied_migrations(db)) == SHIPPED
 
 
 def test_only_new_files_are_applied(db, tmp_path):
     folder = copy_migrations(tmp_path / "m")
-    assert apply_migrations(db, folder) == ["0001_core"]
-    (folder / "0002_more.sql").write_text("CREATE TABLE more (id INT PRIMARY KEY);")
-    assert apply_migrations(db, folder) == ["0002_more"]
+    assert apply_migrations(db, folder) == SHIPPED
+    (folder / "0902_more.sql").write_text("CREATE TABLE more (id INT PRIMARY KEY);")
+    assert apply_migrations(db, folder) == ["0902_more"]
     assert "more" in tables(db)
 
 
 def test_concurrent_appliers_apply_each_file_exactly_once(db, tmp_path):
     # A slow second file widens the window in which the others would race.
     folder = copy_migrations(tmp_path / "m", {
-        "0002_slow.sql": "SELECT pg_sleep(0.3); CREATE TABLE slow (id INT PRIMARY KEY);",
-        "0003_log.sql": "CREATE TABLE applied_log (n INT); INSERT INTO applied_log VALUES (1);",
+        "0900_slow.sql": "SELECT pg_sleep(0.3); CREATE TABLE slow (id INT PRIMARY KEY);",
+        "0901_log.sql": "CREATE TABLE applied_log (n INT); INSERT INTO applied_log VALUES (1);",
     })
     workers = 8
     barrier = threading.Barrier(workers)
@@ -174,10 +147,10 @@ def test_concurrent_appliers_apply_each_file_exactly_once(db, tmp_path):
     assert not failures, failures
     assert len(results) == workers
     everything = sorted(v for got in results for v in got)
-    assert everything == ["0001_core", "0002_slow", "0003_log"]
+    assert everything == SHIPPED + ["0900_slow", "0901_log"]
     with psycopg.connect(db) as c:
         assert c.execute("SELECT count(*) FROM applied_log").fetchone()[0] == 1
-        assert c.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 3
+        assert c.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(SHIPPED) + 2
 
 
 def test_a_changed_applied_file_is_refused(db, tmp_path):
@@ -185,21 +158,21 @@ def test_a_changed_applied_file_is_refused(db, tmp_path):
     apply_migrations(db, folder)
     with (folder / "0001_core.sql").open("a") as f:
         f.write("\n-- an edit after the fact\n")
-    (folder / "0002_new.sql").write_text("CREATE TABLE new_one (id INT);")
+    (folder / "0903_new.sql").write_text("CREATE TABLE new_one (id INT);")
     with pytest.raises(MigrationError, match="0001_core"):
         apply_migrations(db, folder)
     # Nothing else was applied either.
-    assert list(applied_migrations(db)) == ["0001_core"]
+    assert list(applied_migrations(db)) == SHIPPED
     assert "new_one" not in tables(db)
 
 
 def test_a_failing_file_is_rolled_back_whole(db, tmp_path):
     folder = copy_migrations(tmp_path / "m", {
-        "0002_broken.sql": "CREATE TABLE half (id INT); SELECT no_such_function();",
+        "0904_broken.sql": "CREATE TABLE half (id INT); SELECT no_such_function();",
     })
-    with pytest.raises(MigrationError, match="0002_broken"):
+    with pytest.raises(MigrationError, match="0904_broken"):
         apply_migrations(db, folder)
-    assert list(applied_migrations(db)) == ["0001_core"]
+    assert list(applied_migrations(db)) == SHIPPED
     assert "half" not in tables(db)
 
 

@@ -138,9 +138,17 @@ class EngineDaemon:
             "fetch.queue.backoff.ms": 5,
         })
 
-    def _committed_offset(self) -> int:
-        """The input offset the shard's last committed transaction reached (0 if none)."""
-        offset = self._consumer.committed([self._orders], timeout=30)[0].offset
+    def _committed_offset(self, timeout: float = 30.0) -> int | None:
+        """The input offset the shard's last committed transaction reached (0 if none);
+        None if Kafka cannot say within ``timeout``: while the active daemon's last
+        transaction is open (or a dead one's, until it is fenced or times out) the
+        committed offset is not stable yet, and the broker holds the answer back."""
+        try:
+            offset = self._consumer.committed([self._orders], timeout=timeout)[0].offset
+        except KafkaException as e:
+            if e.args[0].code() == KafkaError._TIMED_OUT:
+                return None
+            raise
         return 0 if offset == _NO_OFFSET else offset
 
     def _producer(self) -> Producer:
@@ -153,7 +161,10 @@ class EngineDaemon:
         }
         if self.options.transactions:
             config.update({"transactional.id": self.settings.transactional_id(self.shard_id),
-                           "transaction.timeout.ms": 30_000,
+                           # A dead daemon's open transaction holds back every
+                           # read_committed consumer until a successor fences it or
+                           # this times out.
+                           "transaction.timeout.ms": 10_000,
                            # The first request of a transaction right after a commit is
                            # often told CONCURRENT_TRANSACTIONS; the default 100 ms back-off
                            # before its retry would be most of a transaction's latency.
@@ -477,7 +488,10 @@ class EngineDaemon:
             self._producer_client = self._producer()
             if self.options.transactions:
                 self._producer_client.init_transactions(60)    # fences the predecessor
-            self._catch_up(self._committed_offset())
+            committed = self._committed_offset()
+            if committed is None:
+                raise DaemonFailed("Kafka did not give the committed input offset")
+            self._catch_up(committed)
             self._go_live(lease)
         except BaseException as e:
             self._stop.set()
@@ -503,7 +517,9 @@ class EngineDaemon:
             if not announced:
                 self.log("standby: waiting for the lease, replaying committed input")
                 announced = True
-            self._catch_up(self._committed_offset())
+            committed = self._committed_offset(timeout=0.5)
+            if committed is not None:
+                self._catch_up(committed)
 
     def _go_live(self, lease: _Lease) -> None:
         self.role = "active"
