@@ -89,3 +89,56 @@ class EngineOptions:
     ring_capacity: int = 1 << 16
     lease_session: float = 1.5          # seconds without heartbeat before the lease lapses
     transactions: bool = True           # False only to measure their price (not safe)
+
+
+DEV_JWT_SECRET = "brokercore-development-secret-not-for-production!!"
+"""The HS256 secret of dev mode (BROKERCORE_DEV_MODE=1): public, so never in production."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the services (OMS, settlement, reconciler) connect to and enforce."""
+
+    database_url: str = "postgresql://brokercore:brokercore@127.0.0.1:15432/brokercore"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_prefix: str = "brokercore:"           # namespace of this deployment's keys
+    instruments: str = "config/instruments.toml"
+    jwt_issuer: str = "brokercore-dev"
+    jwt_audience: str = "brokercore"
+    jwt_hs256_secret: str | None = None
+    jwt_rs256_public_key: str | None = None     # PEM text
+    dev_mode: bool = False
+    rate_limit_burst: int = 20                  # orders a user may send at once ...
+    rate_limit_per_second: float = 10.0         # ... and per second after that
+    max_body_bytes: int = 16 * 1024
+    fee_bps: str = "0"                          # brokerage in basis points of the value
+    fee_fixed_paise: int = 0                    # plus this per order that trades
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
+        d = cls()
+        public_key_file = env.get("BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE")
+        dev_mode = env.get("BROKERCORE_DEV_MODE", "0") == "1"
+        secret = env.get("BROKERCORE_JWT_HS256_SECRET") or (DEV_JWT_SECRET if dev_mode else None)
+        try:
+            return cls(
+                database_url=env.get("BROKERCORE_DATABASE_URL", d.database_url),
+                redis_url=env.get("BROKERCORE_REDIS_URL", d.redis_url),
+                redis_prefix=env.get("BROKERCORE_REDIS_PREFIX", d.redis_prefix),
+                instruments=env.get("BROKERCORE_INSTRUMENTS", d.instruments),
+                jwt_issuer=env.get("BROKERCORE_JWT_ISSUER", d.jwt_issuer),
+                jwt_audience=env.get("BROKERCORE_JWT_AUDIENCE", d.jwt_audience),
+                jwt_hs256_secret=secret,
+                jwt_rs256_public_key=(open(public_key_file).read() if public_key_file
+                                      else None),
+                dev_mode=dev_mode,
+                rate_limit_burst=int(env.get("BROKERCORE_RATE_LIMIT_BURST",
+                                             d.rate_limit_burst)),
+                rate_limit_per_second=float(env.get("BROKERCORE_RATE_LIMIT_PER_SECOND",
+                                                    d.rate_limit_per_second)),
+                max_body_bytes=int(env.get("BROKERCORE_MAX_BODY_BYTES", d.max_body_bytes)),
+                fee_bps=env.get("BROKERCORE_FEE_BPS", d.fee_bps),
+                fee_fixed_paise=int(env.get("BROKERCORE_FEE_FIXED_PAISE", d.fee_fixed_paise)),
+            )
+        except ValueError as e:
+            raise ValueError(f"invalid BROKERCORE_* setting: {e}") from None

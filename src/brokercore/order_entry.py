@@ -1,0 +1,228 @@
+"""The OMS write path: checks, holds, the order row and its outbox row in one Postgres
+transaction. No web framework in here; services/oms wraps it in HTTP.
+
+A new order takes the account's row lock first (SELECT ... FOR UPDATE), so the orders
+of one user, retries of one request included, are decided one at a time: the first
+inserts the idempotency key, the others find it and get the same order back. Nothing
+is stored for an order the checks refuse. The Kafka command is written to ``outbox``
+in the same transaction; ``brokercore.outbox`` publishes it afterwards, and the
+reconciler re-publishes what was not confirmed (the engine drops a duplicate order id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+from psycopg_pool import AsyncConnectionPool
+
+from brokercore.api import PlaceOrderRequest
+from brokercore.config import KafkaSettings
+from brokercore.market import MarketInstrument
+from brokercore.messages import CancelOrder, NewOrder, encode
+from brokercore.records import Side, Tif
+from brokercore.risk import (
+    NO_FEES, AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
+)
+from brokercore.topics import partition_of
+
+__all__ = ["OrderEntry", "OrderReceipt", "OrderRefused", "OPEN_STATUSES"]
+
+OPEN_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED")
+
+
+class OrderRefused(Exception):
+    """A request the OMS will not act on: ``status`` is the HTTP status to answer,
+    ``code`` the stable API code, the message is for people. Nothing was stored."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class OrderReceipt:
+    order_id: int
+    status: str
+    timestamp: datetime
+    outbox_id: int | None        # the command to publish now; None when nothing new
+
+
+class OrderEntry:
+    def __init__(self, pool: AsyncConnectionPool, market: Mapping[str, MarketInstrument],
+                 kafka: KafkaSettings, *, fees: FeeSchedule = NO_FEES,
+                 protection_percent: Decimal | None = None,
+                 idempotency_ttl: timedelta = timedelta(hours=24),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.pool = pool
+        self.market = market
+        self.kafka = kafka
+        self.fees = fees
+        self.protection_percent = protection_percent
+        self.idempotency_ttl = idempotency_ttl
+        self.clock = clock
+        self._partitions: set[date] = set()
+
+    # --- new orders ------------------------------------------------------------------
+
+    async def place(self, user_id: str, request: PlaceOrderRequest) -> OrderReceipt:
+        now = self.clock()
+        instrument = self.market.get(request.symbol)
+        fingerprint = _fingerprint(request)
+        async with self.pool.connection() as conn, conn.transaction():
+            account = await (await conn.execute(
+                "SELECT account_id, cash, blocked_cash, allow_short FROM accounts "
+                "WHERE user_id = %s FOR UPDATE", (user_id,))).fetchone()
+            if account is None:
+                raise OrderRefused(403, "NO_ACCOUNT", "this user has no trading account")
+            account_id, cash, blocked_cash, allow_short = account
+            replay = await self._replay(conn, user_id, request.idempotency_key, fingerprint,
+                                        now)
+            if replay is not None:
+                return replay
+            shares = 0
+            if request.side == "SELL":
+                position = await (await conn.execute(
+                    "SELECT quantity - blocked_quantity FROM positions "
+                    "WHERE account_id = %s AND symbol = %s FOR UPDATE",
+                    (account_id, request.symbol))).fetchone()
+                shares = position[0] if position else 0
+            order = OrderRequest(request.symbol, Side[request.side], OrderType(request.type),
+                                 request.quantity, request.price,
+                                 Tif[request.time_in_force] if request.time_in_force else None)
+            hold = check_order(order, instrument, now,
+                               AccountState(cash - blocked_cash, shares, allow_short),
+                               fees=self.fees, protection_percent=self.protection_percent)
+            if isinstance(hold, RiskRejection):
+                raise OrderRefused(422, hold.code.value, hold.message)
+            trade_date = now.astimezone(instrument.session.zone).date()
+            await self._ensure_partition(conn, trade_date)
+            order_id = (await (await conn.execute(
+                "SELECT nextval('order_id_seq')")).fetchone())[0]
+            limit_ticks = instrument.to_ticks(request.price) if request.price is not None \
+                else None
+            await conn.execute(
+                "INSERT INTO idempotency_keys (user_id, key, order_id, request_hash, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (user_id, request.idempotency_key, order_id, fingerprint,
+                 now + self.idempotency_ttl))
+            if hold.cash:
+                await conn.execute("UPDATE accounts SET blocked_cash = blocked_cash + %s, "
+                                   "updated_at = now() WHERE account_id = %s",
+                                   (hold.cash, account_id))
+            if hold.shares:
+                await conn.execute(
+                    "UPDATE positions SET blocked_quantity = blocked_quantity + %s, "
+                    "updated_at = now() WHERE account_id = %s AND symbol = %s",
+                    (hold.shares, account_id, request.symbol))
+            await conn.execute(
+                "INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, "
+                "time_in_force, price, quantity, status, hold_amount, hold_price_ticks, "
+                "blocked_cash, blocked_shares, created_at, updated_at) VALUES (%s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, 'PENDING', %s, %s, %s, %s, %s, %s)",
+                (order_id, trade_date, account_id, request.symbol, request.side, request.type,
+                 hold.time_in_force.name,
+                 instrument.ticks_to_paise(limit_ticks) if limit_ticks is not None else None,
+                 request.quantity, hold.cash or hold.shares, hold.price_ticks or 0,
+                 hold.cash, hold.shares, now, now))
+            await _record_event(conn, order_id, account_id, "PENDING", now,
+                                {"request": msgspec.to_builtins(request)})
+            command = NewOrder(
+                order_id, account_id, request.symbol, Side[request.side], request.quantity,
+                price=limit_ticks if limit_ticks is not None else hold.price_ticks or 0,
+                market=limit_ticks is None and not (
+                    request.side == "BUY" and hold.price_ticks
+                    and hold.price_ticks < instrument.high),
+                tif=hold.time_in_force, ts=_nanoseconds(now))
+            outbox_id = await self._outbox(conn, order_id, request.symbol, encode(command))
+        return OrderReceipt(order_id, "PENDING", now, outbox_id)
+
+    async def _replay(self, conn, user_id: str, key: str, fingerprint: str,
+                      now: datetime) -> OrderReceipt | None:
+        """The first order of a retried request (its current status), or None."""
+        row = await (await conn.execute(
+            "SELECT k.order_id, k.request_hash, k.expires_at, o.status, o.updated_at "
+            "FROM idempotency_keys k LEFT JOIN orders o ON o.order_id = k.order_id "
+            "WHERE k.user_id = %s AND k.key = %s", (user_id, key))).fetchone()
+        if row is None:
+            return None
+        order_id, request_hash, expires_at, status, updated_at = row
+        if expires_at <= now:               # an expired key is free again
+            await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s",
+                               (user_id, key))
+            return None
+        if request_hash != fingerprint:
+            raise OrderRefused(422, "IDEMPOTENCY_KEY_REUSED",
+                               "this idempotency key was used for a different order")
+        return OrderReceipt(order_id, status, updated_at, None)
+
+    async def _ensure_partition(self, conn, trade_date: date) -> None:
+        if trade_date not in self._partitions:
+            await conn.execute("SELECT create_orders_partition(%s)", (trade_date,))
+            self._partitions.add(trade_date)
+
+    async def _outbox(self, conn, order_id: int, symbol: str, payload: bytes) -> int:
+        return (await (await conn.execute(
+            "INSERT INTO outbox (topic, partition, key, payload, order_id) "
+            "VALUES (%s, %s, %s, %s, %s) RETURNING outbox_id",
+            (self.kafka.orders_topic, partition_of(symbol, self.kafka.shards),
+             symbol.encode(), payload, order_id))).fetchone())[0]
+
+    # --- cancels -----------------------------------------------------------------------
+
+    async def cancel(self, user_id: str, order_id: int) -> OrderReceipt:
+        """Ask the engine to cancel an open order of this user; the order's status
+        changes when the engine's CANCELLED (or REJECTED) event is settled."""
+        now = self.clock()
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(
+                "SELECT o.account_id, o.symbol, o.status FROM orders o "
+                "JOIN accounts a ON a.account_id = o.account_id "
+                "WHERE o.order_id = %s AND a.user_id = %s FOR UPDATE OF o",
+                (order_id, user_id))).fetchone()
+            if row is None:                 # another user's order looks the same
+                raise OrderRefused(404, "ORDER_NOT_FOUND", f"no order {order_id}")
+            account_id, symbol, status = row
+            if status not in OPEN_STATUSES:
+                raise OrderRefused(409, "ORDER_NOT_OPEN",
+                                   f"order {order_id} is {status} and cannot be cancelled")
+            await _record_event(conn, order_id, account_id, status, now,
+                                {"request": "cancel"})
+            outbox_id = await self._outbox(conn, order_id, symbol, encode(
+                CancelOrder(order_id, account_id, symbol, ts=_nanoseconds(now))))
+        return OrderReceipt(order_id, status, now, outbox_id)
+
+    # --- upkeep -------------------------------------------------------------------------
+
+    async def expire_idempotency_keys(self) -> int:
+        """Delete keys past their expiry (24 h by default); returns how many."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= %s",
+                                        (self.clock(),))
+            return cursor.rowcount
+
+
+def _fingerprint(request: PlaceOrderRequest) -> str:
+    body = msgspec.to_builtins(request)
+    body.pop("idempotencyKey", None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _nanoseconds(at: datetime) -> int:
+    return int(at.timestamp()) * 1_000_000_000 + at.microsecond * 1_000
+
+
+async def _record_event(conn, order_id: int, account_id: int, status: str, at: datetime,
+                        payload: dict) -> None:
+    await conn.execute(
+        "INSERT INTO order_events (order_id, account_id, status, payload, occurred_at) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (order_id, account_id, status, json.dumps(payload), at))
+

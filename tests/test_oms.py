@@ -1,0 +1,303 @@
+"""The OMS REST API (services/oms) on the real Postgres, Redis and Kafka: placing and
+cancelling orders, idempotency, checks that store nothing, tokens, rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import jwt
+import msgspec
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from brokercore.auth import JwtConfig, mint_token
+from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
+from brokercore.messages import CancelOrder, Command, NewOrder
+from brokercore.migrations import apply_migrations
+from brokercore.records import Side, Tif
+from brokercore.topics import ensure_topics, partition_of
+from services.oms.app import create_app
+
+BOOTSTRAP = "127.0.0.1:19092"
+OPEN_MARKET = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)        # Wednesday 11:30 in Mumbai
+SUNDAY = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
+JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
+RUPEES = 100                                                   # paise
+
+
+@pytest.fixture
+def database(db):
+    apply_migrations(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("INSERT INTO accounts (user_id, cash) VALUES ('alice', %s), ('bob', 0), "
+                     "('carol', %s)", (1_000_000 * RUPEES, 1_000_000 * RUPEES))
+        conn.execute("INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
+                     "'RELIANCE', 100 FROM accounts WHERE user_id = 'bob'")
+    return db
+
+
+class Api:
+    """The OMS app in this process (its lifespan run), an HTTP client on it, and the
+    clock its order entry uses."""
+
+    def __init__(self, database: str, **overrides):
+        self.database = database
+        self.kafka = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
+        ensure_topics(self.kafka)
+        self.settings = ServiceSettings(database_url=database, jwt_hs256_secret=DEV_JWT_SECRET,
+                                        redis_prefix=self.kafka.topic_prefix, **overrides)
+        self.app = create_app(self.settings, self.kafka)
+        self.now = OPEN_MARKET
+
+    async def __aenter__(self):
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()
+        self.app.state.oms.entry.clock = lambda: self.now
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
+            base_url="http://oms")
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.client.aclose()
+        await self._lifespan.__aexit__(*exc)
+
+    async def place(self, user="alice", token=None, **body):
+        order = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 10,
+                 "price": "15000.00", "idempotencyKey": uuid.uuid4().hex} | body
+        return await self.client.post("/api/v1/orders", json=order,
+                                      headers=auth(user) if token is None else token)
+
+    async def cancel(self, order_id, user="alice"):
+        return await self.client.delete(f"/api/v1/orders/{order_id}", headers=auth(user))
+
+    def rows(self, query: str, *args):
+        with psycopg.connect(self.database) as conn:
+            return conn.execute(query, args).fetchall()
+
+    def commands(self, symbol: str = "RELIANCE") -> list:
+        """Every command on the symbol's partition of `orders`."""
+        consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uuid.uuid4().hex,
+                             "enable.partition.eof": True})
+        consumer.assign([TopicPartition(self.kafka.orders_topic,
+                                        partition_of(symbol, self.kafka.shards),
+                                        OFFSET_BEGINNING)])
+        decoder, found = msgspec.msgpack.Decoder(Command), []
+        try:
+            while (message := consumer.poll(10)) is not None and not message.error():
+                found.append(decoder.decode(message.value()))
+        finally:
+            consumer.close()
+        return found
+
+
+def auth(user: str, **claims) -> dict:
+    return {"Authorization": f"Bearer {mint_token(user, JWT)}"}
+
+
+def run(scenario):
+    return asyncio.run(scenario())
+
+
+def test_an_order_blocks_its_cash_is_stored_pending_and_reaches_kafka(database):
+    async def scenario():
+        async with Api(database) as api:
+            response = await api.place(price="15000.05", timeInForce="GTC")
+            return api, response
+    api, response = run(scenario)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "PENDING" and body["orderId"] > 0 and body["timestamp"]
+    order_id = body["orderId"]
+    notional = 1_500_005 * 10                                   # paise: 15,000.05 x 10
+    assert api.rows("SELECT status, price, quantity, blocked_cash, time_in_force FROM orders "
+                    "WHERE order_id = %s", order_id) == [
+        ("PENDING", 1_500_005, 10, notional, "GTC")]
+    assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [(notional,)]
+    assert api.rows("SELECT status FROM order_events WHERE order_id = %s", order_id) == [
+        ("PENDING",)]
+    assert api.rows("SELECT published_at IS NOT NULL FROM outbox WHERE order_id = %s",
+                    order_id) == [(True,)]
+    account = api.rows("SELECT account_id FROM accounts WHERE user_id = 'alice'")[0][0]
+    [command] = api.commands()
+    assert command == NewOrder(order_id, account, "RELIANCE", Side.BUY, 10, price=300_001,
+                               tif=Tif.GTC, ts=command.ts)
+
+
+def test_retries_of_one_request_give_one_order_even_when_they_race(database):
+    async def scenario():
+        async with Api(database, rate_limit_burst=100) as api:
+            body = {"idempotencyKey": "retry-me", "quantity": 3}
+            responses = await asyncio.gather(*(api.place(**body) for _ in range(50)))
+            reused = await api.place(idempotencyKey="retry-me", quantity=4)
+            return api, responses, reused
+    api, responses, reused = run(scenario)
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["orderId"] for r in responses}) == 1
+    assert api.rows("SELECT count(*) FROM orders") == [(1,)]
+    assert api.rows("SELECT count(*) FROM outbox") == [(1,)]
+    assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
+        (1_500_000 * 3,)]
+    assert reused.status_code == 422 and reused.json()["error"]["code"] == \
+        "IDEMPOTENCY_KEY_REUSED"
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"{not json", 400, "MALFORMED_JSON"),
+    (b'{"symbol": "RELIANCE"}', 422, "INVALID_REQUEST"),
+    (b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": "ten", '
+     b'"price": "15000", "idempotencyKey": "k"}', 422, "INVALID_REQUEST"),
+    (b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": -5, '
+     b'"price": "15000", "idempotencyKey": "k"}', 422, "INVALID_REQUEST"),
+    (b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 99999999999999, '
+     b'"price": "15000", "idempotencyKey": "k"}', 422, "INVALID_REQUEST"),
+    (b'{"symbol": "RELIANCE", "side": "HOLD", "type": "LIMIT", "quantity": 1, '
+     b'"price": "15000", "idempotencyKey": "k"}', 422, "INVALID_REQUEST"),
+    (b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 1, '
+     b'"price": "15000", "idempotencyKey": "k", "admin": true}', 422, "INVALID_REQUEST"),
+    (b"[1, 2, 3]", 422, "INVALID_REQUEST"),
+    (b"x" * 20_000, 413, "BODY_TOO_LARGE"),
+])
+def test_malformed_bodies_get_a_clear_4xx_and_store_nothing(database, body, status, code):
+    async def scenario():
+        async with Api(database) as api:
+            response = await api.client.post(
+                "/api/v1/orders", content=body,
+                headers=auth("alice") | {"Content-Type": "application/json"})
+            return api, response
+    api, response = run(scenario)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert "Traceback" not in response.text
+    if code == "INVALID_REQUEST" and body.startswith(b"{"):
+        assert error["fields"] and error["fields"][0]["message"]
+    assert api.rows("SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), "
+                    "(SELECT count(*) FROM idempotency_keys)") == [(0, 0, 0)]
+
+
+@pytest.mark.parametrize("user, order, code", [
+    ("alice", {"symbol": "NOSUCH"}, "UNKNOWN_SYMBOL"),
+    ("alice", {"price": "15000.03"}, "TICK_SIZE"),
+    ("alice", {"price": "25000.00"}, "PRICE_BAND"),
+    ("alice", {"quantity": 1_000_000}, "QUANTITY_LIMIT"),
+    ("alice", {"quantity": 100, "price": "19999.95"}, "INSUFFICIENT_FUNDS"),
+    ("alice", {"side": "SELL"}, "INSUFFICIENT_HOLDINGS"),
+    ("bob", {"side": "SELL", "quantity": 101}, "INSUFFICIENT_HOLDINGS"),
+    ("alice", {"type": "MARKET", "price": "15000"}, "PRICE_NOT_ALLOWED"),
+    ("alice", {"type": "MARKET", "price": None, "timeInForce": "GTC"}, "INVALID_TIF"),
+])
+def test_orders_the_checks_refuse_are_not_stored(database, user, order, code):
+    async def scenario():
+        async with Api(database) as api:
+            return api, await api.place(user=user, **order)
+    api, response = run(scenario)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == code
+    assert api.rows("SELECT (SELECT count(*) FROM orders), (SELECT sum(blocked_cash) FROM "
+                    "accounts), (SELECT sum(blocked_quantity) FROM positions)") == [(0, 0, 0)]
+
+
+def test_a_closed_market_refuses_with_the_reason(database):
+    async def scenario():
+        async with Api(database) as api:
+            api.now = SUNDAY
+            return await api.place()
+    response = run(scenario)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "MARKET_CLOSED"
+
+
+def test_a_sell_blocks_shares_and_a_market_buy_is_held_at_the_band_top(database):
+    async def scenario():
+        async with Api(database) as api:
+            sell = await api.place(user="bob", side="SELL", quantity=40, price="15000")
+            buy = await api.place(user="carol", type="MARKET", price=None, quantity=2)
+            return api, sell, buy
+    api, sell, buy = run(scenario)
+    assert sell.status_code == buy.status_code == 202
+    assert api.rows("SELECT blocked_quantity FROM positions") == [(40,)]
+    assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'carol'") == [
+        (2_000_000 * 2,)]                       # 20,000.00 (the band top) x 2
+    commands = {c.order_id: c for c in api.commands()}
+    assert commands[buy.json()["orderId"]].market and commands[buy.json()["orderId"]].tif \
+        == Tif.IOC
+
+
+def b64url(data: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("headers, code", [
+    ({}, "UNAUTHENTICATED"),
+    ({"Authorization": "Basic YWxpY2U6eA=="}, "UNAUTHENTICATED"),
+    ({"Authorization": "Bearer not-a-jwt"}, "INVALID_TOKEN"),
+    ({"Authorization": "Bearer " + jwt.encode(
+        {"sub": "alice", "iss": "brokercore-dev", "aud": "brokercore",
+         "iat": int(time.time()) - 100, "exp": int(time.time()) - 50},
+        DEV_JWT_SECRET, "HS256")}, "TOKEN_EXPIRED"),
+    ({"Authorization": "Bearer " + jwt.encode(
+        {"sub": "alice", "iss": "brokercore-dev", "aud": "other", "iat": int(time.time()),
+         "exp": int(time.time()) + 60}, DEV_JWT_SECRET, "HS256")}, "INVALID_TOKEN"),
+    ({"Authorization": "Bearer " + jwt.encode(
+        {"sub": "alice", "iss": "brokercore-dev", "aud": "brokercore",
+         "iat": int(time.time()), "exp": int(time.time()) + 60}, "f" * 64, "HS256")},
+     "INVALID_TOKEN"),
+    ({"Authorization": "Bearer " + b64url(b'{"alg":"none","typ":"JWT"}') + "." + b64url(
+        b'{"sub":"alice","iss":"brokercore-dev","aud":"brokercore","iat":1,'
+        b'"exp":99999999999}') + "."}, "INVALID_TOKEN"),
+])
+def test_bad_tokens_are_refused_with_401(database, headers, code):
+    async def scenario():
+        async with Api(database) as api:
+            return api, await api.place(token=headers)
+    api, response = run(scenario)
+    assert response.status_code == 401 and response.json()["error"]["code"] == code
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert api.rows("SELECT count(*) FROM orders") == [(0,)]
+
+
+def test_a_user_without_an_account_is_forbidden(database):
+    async def scenario():
+        async with Api(database) as api:
+            return await api.place(user="mallory")
+    response = run(scenario)
+    assert response.status_code == 403 and response.json()["error"]["code"] == "NO_ACCOUNT"
+
+
+def test_cancel_only_your_own_open_order(database):
+    async def scenario():
+        async with Api(database) as api:
+            order_id = (await api.place()).json()["orderId"]
+            others = await api.cancel(order_id, user="carol")
+            unknown = await api.cancel(987654321)
+            garbage = await api.cancel("1;DROP")
+            mine = await api.cancel(order_id)
+            return api, order_id, others, unknown, garbage, mine
+    api, order_id, others, unknown, garbage, mine = run(scenario)
+    assert [r.status_code for r in (others, unknown, garbage)] == [404, 404, 404]
+    assert {r.json()["error"]["code"] for r in (others, unknown, garbage)} == {
+        "ORDER_NOT_FOUND"}
+    assert mine.status_code == 202 and mine.json()["orderId"] == order_id
+    account = api.rows("SELECT account_id FROM accounts WHERE user_id = 'alice'")[0][0]
+    cancel = api.commands()[-1]
+    assert cancel == CancelOrder(order_id, account, "RELIANCE", ts=cancel.ts)
+
+
+def test_a_user_over_the_rate_limit_gets_429_with_retry_after(database):
+    async def scenario():
+        async with Api(database, rate_limit_burst=3, rate_limit_per_second=0.5) as api:
+            responses = [await api.place() for _ in range(4)]
+            other_user = await api.place(user="carol")
+            return responses, other_user
+    responses, other_user = run(scenario)
+    assert [r.status_code for r in responses] == [202, 202, 202, 429]
+    assert responses[-1].json()["error"]["code"] == "RATE_LIMITED"
+    assert int(responses[-1].headers["Retry-After"]) >= 1
+    assert other_user.status_code == 202
