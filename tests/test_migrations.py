@@ -75,7 +75,8 @@ def add_order(c: psycopg.Connection, account: int, day: dt.date, **fields) -> in
     row = {"account_id": account, "trade_date": day, "symbol": "INFY", "side": "BUY",
            "type": "LIMIT", "price": 150_000, "quantity": 10, **fields}
     query = sql.SQL("INSERT INTO orders ({}) VALUES ({}) RETURNING order_id").format(
-        sql.SQL(", ").join(map(sql.Identifier, row)), sql.SQL(", ").join(sql.Placeholder() * len(row)))
+        sql.SQL(", ").join(map(sql.Identifier, row)),
+        sql.SQL(", ").join(sql.Placeholder() * len(row)))
     return c.execute(query, list(row.values())).fetchone()[0]
 
 
@@ -99,7 +100,8 @@ def test_an_empty_database_gets_every_table(db):
         assert c.execute("SELECT to_regclass('order_id_seq') IS NOT NULL").fetchone()[0]
         assert c.execute("SELECT to_regprocedure('create_orders_partition(date)') IS NOT NULL"
                          ).fetchone()[0]
-        kind = c.execute("SELECT relkind FROM pg_class WHERE oid = 'orders'::regclass").fetchone()[0]
+        kind = c.execute(
+            "SELECT relkind FROM pg_class WHERE oid = 'orders'::regclass").fetchone()[0]
         assert kind == "p"  # partitioned
 
 

@@ -131,7 +131,8 @@ def apply_migrations(conninfo: str, directory: Path | None = None) -> list[str]:
                 _apply_one(conn, migration)
                 applied.append(migration.version)
         finally:
-            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            idle = psycopg.pq.TransactionStatus.IDLE
+            if not conn.closed and conn.info.transaction_status == idle:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     return applied
 
