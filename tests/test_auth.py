@@ -104,3 +104,22 @@ def test_config_needs_a_key_and_a_long_secret():
         JwtConfig("i", "a")
     with pytest.raises(ValueError):
         JwtConfig("i", "a", hs256_secret="short")
+
+
+def run_token_command(env_extra: dict) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKERCORE_")}
+    return subprocess.run([sys.executable, "-m", "brokercore.cli", "token", "--user", "alice"],
+                          env=env | env_extra, capture_output=True, text=True, timeout=60)
+
+
+def test_development_tokens_only_in_dev_mode():
+    from brokercore.config import DEV_JWT_SECRET
+    refused_run = run_token_command({})
+    assert refused_run.returncode == 2 and "BROKERCORE_DEV_MODE=1" in refused_run.stderr
+    minted = run_token_command({"BROKERCORE_DEV_MODE": "1"})
+    assert minted.returncode == 0
+    dev = TokenVerifier(JwtConfig("brokercore-dev", "brokercore", hs256_secret=DEV_JWT_SECRET))
+    assert dev.verify(minted.stdout.strip()).user_id == "alice"

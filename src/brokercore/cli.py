@@ -74,7 +74,27 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--no-transactions", action="store_true",
                         help="publish without transactions (NOT exactly-once; only to "
                              "measure what transactions cost)")
+    token = commands.add_parser(
+        "token", help="mint a development JWT for a user (only with BROKERCORE_DEV_MODE=1)",
+        description="Print an HS256 token for USER signed with the development secret, "
+                    "for trying the APIs by hand. Refused unless BROKERCORE_DEV_MODE=1.")
+    token.add_argument("--user", required=True, help="the user id (the token's subject)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds (default: 3600)")
     return parser
+
+
+def run_token(args) -> int:
+    from brokercore.auth import JwtConfig, mint_token
+    from brokercore.config import ServiceSettings
+
+    settings = ServiceSettings.from_env()
+    if not settings.dev_mode:
+        print("brokercore token: refused: development tokens need BROKERCORE_DEV_MODE=1",
+              file=sys.stderr)
+        return 2
+    config = JwtConfig(settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret)
+    print(mint_token(args.user, config, ttl=args.ttl))
+    return 0
 
 
 def _instruments(args) -> list[Instrument]:
@@ -135,7 +155,8 @@ def run_engine(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return run_engine(args) if args.command == "engine" else run_shard(args)
+        commands = {"engine": run_engine, "shard": run_shard, "token": run_token}
+        return commands[args.command](args)
     except (ValueError, OSError) as e:
         print(f"brokercore {args.command}: {e}", file=sys.stderr)
         return 2
