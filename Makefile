@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test crash build bench kafka postgres redis clean
+.PHONY: demo test crash up down build bench kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
@@ -15,6 +15,12 @@ test: build kafka postgres redis  ## install what the tests need, build, start K
 
 crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons under load
 	BROKERCORE_CRASH_KILLS=50 $(PY) -m pytest tests/test_engine_crash.py
+
+up: build  ## the whole stack on loopback (servers, engine daemons, OMS, settlement); prints URLs and a token
+	scripts/stack/stack.sh up
+
+down:  ## stop everything `make up` started
+	scripts/stack/stack.sh down
 
 kafka:  ## a single-node Apache Kafka on 127.0.0.1:19092 (jars from Maven Central)
 	scripts/kafka/kafka.sh start

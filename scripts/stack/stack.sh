@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The whole development stack on loopback: Postgres, Redis, Kafka, one engine daemon per
+# shard, the OMS API and the settlement consumer.
+#
+#   scripts/stack/stack.sh up       start what is not running (idempotent), print URLs + a token
+#   scripts/stack/stack.sh down     stop everything, servers included
+#   scripts/stack/stack.sh status
+#
+# Processes log to .stack/logs/<name>.log (pids in .stack/). Dev mode is on: the OMS
+# accepts tokens signed with the public development secret (brokercore token --user).
+# Settings: BROKERCORE_SHARDS (default 2), BROKERCORE_OMS_PORT (default 8000).
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$repo"
+py="$repo/.venv/bin/python"
+state="$repo/.stack"
+shards="${BROKERCORE_SHARDS:-2}"
+oms_port="${BROKERCORE_OMS_PORT:-8000}"
+
+export BROKERCORE_DEV_MODE=1
+export BROKERCORE_SHARDS="$shards"
+export BROKERCORE_DATABASE_URL="${BROKERCORE_DATABASE_URL:-$(scripts/postgres/postgres.sh url)}"
+export BROKERCORE_REDIS_URL="${BROKERCORE_REDIS_URL:-$(scripts/redis/redis.sh url)}"
+
+log() { echo "stack: $*" >&2; }
+
+alive() { [[ -f "$state/$1.pid" ]] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
+
+start_process() {           # name, command...
+    local name="$1"; shift
+    if alive "$name"; then log "$name already running (pid $(cat "$state/$name.pid"))"; return; fi
+    setsid "$@" >> "$state/logs/$name.log" 2>&1 < /dev/null &
+    echo $! > "$state/$name.pid"
+    log "$name started (pid $!, log .stack/logs/$name.log)"
+}
+
+stop_process() {
+    local name="$1" pid
+    alive "$name" || { rm -f "$state/$name.pid"; return; }
+    pid="$(cat "$state/$name.pid")"
+    kill "$pid"
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$state/$name.pid"
+    log "$name stopped"
+}
+
+processes() {
+    for shard in $(seq 0 $((shards - 1))); do echo "engine-$shard"; done
+    echo oms settlement
+}
+
+up() {
+    mkdir -p "$state/logs"
+    scripts/postgres/postgres.sh start
+    scripts/redis/redis.sh start
+    scripts/kafka/kafka.sh start
+    "$py" -m brokercore.migrations
+    "$py" -m brokercore.demo
+    for shard in $(seq 0 $((shards - 1))); do
+        start_process "engine-$shard" "$py" -m brokercore.cli engine --shard "$shard" --shards "$shards"
+    done
+    start_process oms "$py" -m uvicorn services.oms.app:app --host 127.0.0.1 --port "$oms_port" \
+        --loop uvloop --http httptools --log-level warning
+    start_process settlement "$py" -m services.settlement
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$oms_port") 2>/dev/null && break
+        alive oms || { log "the OMS did not start; see .stack/logs/oms.log"; exit 1; }
+        sleep 0.2
+    done
+    local token
+    token="$("$py" -m brokercore.cli token --user alice --ttl 86400)"
+    cat <<TEXT
+
+brokercore is up (dev mode; logs in .stack/logs):
+  OMS        http://127.0.0.1:$oms_port/api/v1/orders
+  Kafka      127.0.0.1:19092   Postgres $(scripts/postgres/postgres.sh url)   Redis $(scripts/redis/redis.sh url)
+  token for the demo user alice (24 h):
+    export TOKEN=$token
+  try:
+    curl -s -X POST http://127.0.0.1:$oms_port/api/v1/orders -H "Authorization: Bearer \$TOKEN" \\
+      -H 'Content-Type: application/json' -d '{"symbol":"RELIANCE","side":"BUY","type":"LIMIT",
+      "quantity":10,"price":"15000.00","timeInForce":"DAY","idempotencyKey":"try-1"}'
+TEXT
+}
+
+down() {
+    for name in $(processes); do stop_process "$name"; done
+    scripts/kafka/kafka.sh stop
+    scripts/redis/redis.sh stop
+    scripts/postgres/postgres.sh stop
+}
+
+status() {
+    local code=0
+    for name in $(processes); do
+        if alive "$name"; then log "$name running (pid $(cat "$state/$name.pid"))"
+        else log "$name not running"; code=1; fi
+    done
+    scripts/kafka/kafka.sh status || code=1
+    scripts/redis/redis.sh status || code=1
+    scripts/postgres/postgres.sh status || code=1
+    return $code
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,71 @@
+"""The reconciler: re-publishes orders the engine has not confirmed.
+
+    python -m services.reconciler [--every 30] [--older-than 60] [--once]
+
+Every ``--every`` seconds it re-publishes the outbox rows of orders still PENDING after
+``--older-than`` seconds (and rows never acknowledged by Kafka), so an order stored by
+an OMS that died before publishing it still reaches the engine. The engine drops a
+second copy of an order id, so re-publishing is safe. Settings: BROKERCORE_* variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from psycopg_pool import AsyncConnectionPool
+
+from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.outbox import OutboxPublisher
+
+log = logging.getLogger("brokercore.reconciler")
+
+
+async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: float,
+                    older_than: float, once: bool, stop: asyncio.Event) -> int:
+    """Runs the re-publishing rounds; returns how many rows it re-published in all."""
+    total = 0
+    async with AsyncConnectionPool(settings.database_url, min_size=1, max_size=2) as pool:
+        publisher = OutboxPublisher(pool, kafka.bootstrap)
+        try:
+            while True:
+                done = await publisher.publish_stale(timedelta(seconds=older_than))
+                total += len(done)
+                if done:
+                    log.info("re-published %d outbox rows: %s", len(done), done[:20])
+                if once:
+                    return total
+                try:
+                    await asyncio.wait_for(stop.wait(), every)
+                    return total
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            publisher.close()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.reconciler", description=__doc__)
+    parser.add_argument("--every", type=float, default=30.0, help="seconds between rounds")
+    parser.add_argument("--older-than", type=float, default=60.0,
+                        help="age in seconds after which a PENDING order is re-published")
+    parser.add_argument("--once", action="store_true", help="one round, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        return await republish(ServiceSettings.from_env(), KafkaSettings.from_env(),
+                               args.every, args.older_than, args.once, stop)
+
+    print(f"re-published {asyncio.run(run())} outbox rows")
+
+
+if __name__ == "__main__":
+    main()

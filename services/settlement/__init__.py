@@ -1,0 +1,1 @@
+"""The settlement consumer: ``python -m services.settlement`` (see brokercore.settlement)."""

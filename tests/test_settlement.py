@@ -1,0 +1,615 @@
+"""The settlement consumer against the real Postgres (and once through the real Kafka).
+
+Orders are written the way the OMS writes them (holds from ``risk.check_order``), sent to
+a real ``OrderBook``, and its events numbered and encoded exactly as the engine daemon
+publishes them (``codec.EventEncoder``); settlement then applies those ``EventBatch``es.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, time as clock
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import msgspec
+import numpy as np
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from brokercore.codec import EventEncoder, SymbolTable
+from brokercore.ledger import SettlementError
+from brokercore.market import MarketInstrument, Session
+from brokercore.messages import CancelOrder, CloseSession, Event, EventBatch, NewOrder, encode
+from brokercore.migrations import apply_migrations
+from brokercore.records import COMMAND_DTYPE, EventType, Reason, Side, Stp, Tif
+from brokercore.risk import (
+    AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
+)
+from brokercore.settlement import SettlementConsumer, run_settlement, stored_offsets
+
+D = Decimal
+REPO = Path(__file__).resolve().parents[1]
+NOW = datetime(2026, 3, 2, 10, 0, tzinfo=ZoneInfo("Asia/Kolkata"))      # a Monday, open
+SESSION = Session("Asia/Kolkata", clock(9, 15), clock(15, 30))
+# 0.05 rupee ticks = 5 paise; band 10,000.00 .. 20,000.00 = ticks 200,000 .. 400,000
+INST = MarketInstrument("RELIANCE", 1, D("0.05"), 1, D("10000.00"), D("20000.00"), 1000,
+                        SESSION)
+MARKET = {"RELIANCE": INST}
+FEES = FeeSchedule(bps=D(3), fixed=2000)
+MID = 300_000                           # ticks: 15,000.00 rupees = 1,500,000 paise
+CASH = 10**10                           # paise each account starts with
+SHARES = 100                            # shares each account starts with
+
+
+def rupees(ticks: int) -> Decimal:
+    return INST.to_price(ticks)
+
+
+@pytest.fixture
+def conn(db):
+    apply_migrations(db)
+    with psycopg.connect(db, autocommit=True) as c:
+        yield c
+
+
+class Venue:
+    """The OMS and one engine book in miniature: orders rows and holds as
+    ``OrderEntry.place`` writes them, commands to a real ``OrderBook``, and the events
+    as the daemon publishes them (one ``EventBatch`` per command)."""
+
+    def __init__(self, conn, fees: FeeSchedule = FEES):
+        self.conn = conn
+        self.fees = fees
+        self.book = INST.engine_instrument().new_book()
+        self.encoder = EventEncoder(SymbolTable({INST.symbol: INST.symbol_id}), shard=0)
+        self.batches: list[EventBatch] = []
+        self.ts = int(NOW.timestamp()) * 10**9
+        self._decoder = msgspec.msgpack.Decoder(EventBatch)
+
+    def account(self, user: str, cash: int = CASH, shares: int = SHARES) -> int:
+        account_id = self.conn.execute("INSERT INTO accounts (user_id, cash) VALUES (%s, %s) "
+                                       "RETURNING account_id", (user, cash)).fetchone()[0]
+        if shares:
+            self.conn.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price)"
+                              " VALUES (%s, %s, %s, %s)",
+                              (account_id, INST.symbol, shares, D("1400000")))
+        return account_id
+
+    def place(self, account_id: int, side: Side, qty: int, price_ticks: int | None = None,
+              tif: Tif | None = None, stp: Stp = Stp.DEFAULT) -> int | None:
+        """A new order as the OMS stores and sends it; None if its checks refuse it."""
+        cash, blocked = self.conn.execute("SELECT cash, blocked_cash FROM accounts "
+                                          "WHERE account_id = %s", (account_id,)).fetchone()
+        row = self.conn.execute("SELECT quantity - blocked_quantity FROM positions WHERE "
+                                "account_id = %s AND symbol = %s",
+                                (account_id, INST.symbol)).fetchone()
+        kind = OrderType.MARKET if price_ticks is None else OrderType.LIMIT
+        hold = check_order(OrderRequest(INST.symbol, side, kind, qty,
+                                        None if price_ticks is None else rupees(price_ticks),
+                                        tif),
+                           INST, NOW, AccountState(cash - blocked, row[0] if row else 0),
+                           fees=self.fees)
+        if isinstance(hold, RiskRejection):
+            return None
+        order_id = self.conn.execute("SELECT nextval('order_id_seq')").fetchone()[0]
+        if hold.cash:
+            self.conn.execute("UPDATE accounts SET blocked_cash = blocked_cash + %s "
+                              "WHERE account_id = %s", (hold.cash, account_id))
+        if hold.shares:
+            self.conn.execute("UPDATE positions SET blocked_quantity = blocked_quantity + %s "
+                              "WHERE account_id = %s AND symbol = %s",
+                              (hold.shares, account_id, INST.symbol))
+        self.conn.execute(
+            "INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, "
+            "time_in_force, price, quantity, status, hold_amount, hold_price_ticks, "
+            "blocked_cash, blocked_shares) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "'PENDING', %s, %s, %s, %s)",
+            (order_id, NOW.date(), account_id, INST.symbol, side.name, kind.value,
+             hold.time_in_force.name,
+             None if price_ticks is None else INST.ticks_to_paise(price_ticks), qty,
+             hold.cash or hold.shares, hold.price_ticks or 0, hold.cash, hold.shares))
+        self.send(NewOrder(order_id, account_id, INST.symbol, side, qty,
+                           price=price_ticks if price_ticks is not None else
+                           hold.price_ticks or 0,
+                           market=price_ticks is None and not (
+                               side == Side.BUY and hold.price_ticks
+                               and hold.price_ticks < INST.high),
+                           tif=hold.time_in_force, stp=stp, ts=self.ts))
+        return order_id
+
+    def cancel(self, order_id: int, account_id: int) -> None:
+        self.send(CancelOrder(order_id, account_id, INST.symbol, self.ts))
+
+    def close(self) -> None:
+        self.send(CloseSession(INST.symbol, self.ts))
+
+    def send(self, command) -> None:
+        self.ts += 1000
+        events = self.book.process(np.array([command.record(INST.symbol_id)],
+                                            dtype=COMMAND_DTYPE))
+        self.batches += [self._decoder.decode(p) for p in self.encoder.encode(events)]
+
+    def messages(self, start: int = 0) -> list[tuple[int, int, EventBatch]]:
+        """The batches as messages of partition 0, with offset gaps as transactions
+        leave them (each commit marker takes an offset)."""
+        return [(0, 10 + 2 * i, b) for i, b in enumerate(self.batches)][start:]
+
+
+def settle(conn, messages, fees: FeeSchedule = FEES):
+    return SettlementConsumer(MARKET, fees).apply(conn, messages)
+
+
+def one(conn, query: str, *args):
+    return conn.execute(query, args).fetchone()
+
+
+def account_row(conn, account_id: int):
+    return one(conn, "SELECT cash, blocked_cash FROM accounts WHERE account_id = %s",
+               account_id)
+
+
+def position_row(conn, account_id: int):
+    return one(conn, "SELECT quantity, blocked_quantity, avg_price FROM positions "
+               "WHERE account_id = %s AND symbol = %s", account_id, INST.symbol)
+
+
+def order_row(conn, order_id: int):
+    return one(conn, "SELECT status, filled_quantity, blocked_cash, blocked_shares, fees, "
+               "filled_notional, avg_fill_price, reject_reason FROM orders "
+               "WHERE order_id = %s", order_id)
+
+
+_KEYS = {"accounts": "account_id", "positions": "account_id, symbol", "orders": "order_id",
+         "fills": "trade_id, side", "fee_income": "trade_id, side",
+         "order_events": "event_id", "consumer_offsets": "consumer, topic, partition"}
+_CLOCKS = ("created_at", "updated_at", "recorded_at", "event_id")
+
+
+def dump(conn, clocks: bool = True) -> dict[str, list]:
+    """Every row of every table settlement writes; without ``clocks``, minus the columns
+    that record when (and serial ids), to compare two runs."""
+    tables = {}
+    for table, key in _KEYS.items():
+        rows = [r[0] for r in conn.execute(f"SELECT to_jsonb(t) FROM {table} t ORDER BY {key}")]
+        if not clocks:
+            rows = [{k: v for k, v in r.items() if k not in _CLOCKS} for r in rows]
+        tables[table] = rows
+    return tables
+
+
+def fee(notional: int) -> int:
+    return FEES.fee(notional)
+
+
+# --- single scenarios --------------------------------------------------------------------
+
+def test_a_buy_and_a_sell_crossing_settle_both_sides(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer", shares=0), v.account("seller")
+    sell = v.place(seller, Side.SELL, 10, MID)              # rests: the maker
+    buy = v.place(buyer, Side.BUY, 10, MID)                 # takes it: one TRADE
+    assert [e.type for b in v.batches for e in b.events] == [
+        EventType.ACCEPTED, EventType.ACCEPTED, EventType.TRADE]
+    stats = settle(conn, v.messages())
+    assert (stats.messages, stats.events, stats.fills) == (2, 3, 2)
+
+    notional = 10 * 1_500_000
+    assert fee(notional) == 6_500
+    assert account_row(conn, buyer) == (CASH - notional - 6_500, 0)
+    assert account_row(conn, seller) == (CASH + notional - 6_500, 0)
+    assert position_row(conn, buyer) == (10, 0, D("1500000"))
+    assert position_row(conn, seller) == (SHARES - 10, 0, D("1400000"))
+    for order_id in (buy, sell):
+        assert order_row(conn, order_id) == ("FILLED", 10, 0, 0, 6_500, notional,
+                                             D("1500000"), None)
+    trade = f"RELIANCE:{v.book.seq}"
+    assert conn.execute("SELECT trade_id, side, order_id, account_id, price, quantity "
+                        "FROM fills ORDER BY side").fetchall() == [
+        (trade, "BUY", buy, buyer, 1_500_000, 10), (trade, "SELL", sell, seller, 1_500_000, 10)]
+    assert conn.execute("SELECT trade_id, side, amount FROM fee_income ORDER BY side"
+                        ).fetchall() == [(trade, "BUY", 6_500), (trade, "SELL", 6_500)]
+    assert conn.execute("SELECT order_id, status FROM order_events WHERE dedupe_key IS NOT "
+                        "NULL ORDER BY event_id").fetchall() == [
+        (sell, "OPEN"), (buy, "OPEN"), (buy, "FILLED"), (sell, "FILLED")]
+    assert one(conn, "SELECT partition, next_offset FROM consumer_offsets") == (0, 13)
+
+
+def test_partial_fills_then_cancel_release_the_rest(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer", shares=0), v.account("seller")
+    buy = v.place(buyer, Side.BUY, 10, MID, Tif.GTC)
+    held = one(conn, "SELECT blocked_cash FROM orders WHERE order_id = %s", buy)[0]
+    assert held == 10 * 1_500_000 + fee(10 * 1_500_000)
+    v.place(seller, Side.SELL, 3, MID)
+    v.place(seller, Side.SELL, 4, MID - 10)                 # the buyer's price: 300,000
+    settle(conn, v.messages())
+    notional = 7 * 1_500_000
+    status, filled, blocked, *_ = order_row(conn, buy)
+    assert (status, filled) == ("PARTIALLY_FILLED", 7)
+    assert blocked == 3 * 1_500_000 + fee(10 * 1_500_000) - fee(notional)
+    assert account_row(conn, buyer) == (CASH - notional - fee(notional), blocked)
+
+    done = len(v.batches)
+    v.cancel(buy, buyer)
+    settle(conn, v.messages(done))
+    assert order_row(conn, buy) == ("CANCELLED", 7, 0, 0, fee(notional), notional,
+                                    D("1500000"), "USER_CANCEL")
+    assert account_row(conn, buyer) == (CASH - notional - fee(notional), 0)
+    assert position_row(conn, buyer) == (7, 0, D("1500000"))
+
+
+def test_a_market_buy_releases_what_price_improvement_leaves_unused(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer", shares=0), v.account("seller")
+    v.place(seller, Side.SELL, 5, MID)
+    v.place(seller, Side.SELL, 5, MID + 20)
+    full = v.place(buyer, Side.BUY, 4, None)                # held at the band's top
+    held = one(conn, "SELECT blocked_cash FROM orders WHERE order_id = %s", full)[0]
+    assert held == 4 * INST.ticks_to_paise(INST.high) + fee(4 * INST.ticks_to_paise(INST.high))
+    partial = v.place(buyer, Side.BUY, 10, None)            # 1 + 5 fill, 4 cancelled (IOC)
+    settle(conn, v.messages())
+
+    n1 = 4 * 1_500_000
+    assert order_row(conn, full) == ("FILLED", 4, 0, 0, fee(n1), n1, D("1500000"), None)
+    n2 = 1 * 1_500_000 + 5 * 1_500_100
+    assert order_row(conn, partial) == ("CANCELLED", 6, 0, 0, fee(n2), n2,
+                                        D("1500083.3333"), "IOC_REMAINDER")
+    assert account_row(conn, buyer) == (CASH - n1 - fee(n1) - n2 - fee(n2), 0)
+    assert position_row(conn, buyer) == (10, 0, D(n1 + n2) / 10)
+
+
+def test_a_limit_buy_filled_below_its_price_frees_the_difference(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer", shares=0), v.account("seller")
+    v.place(seller, Side.SELL, 10, MID)
+    buy = v.place(buyer, Side.BUY, 10, MID + 1000)          # limit 15,050.00, fills at 15,000
+    settle(conn, v.messages())
+    n = 10 * 1_500_000
+    assert order_row(conn, buy) == ("FILLED", 10, 0, 0, fee(n), n, D("1500000"), None)
+    assert account_row(conn, buyer) == (CASH - n - fee(n), 0)
+
+
+def test_an_engine_rejection_releases_the_hold(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer"), v.account("seller")
+    buy = v.place(buyer, Side.BUY, 5, None)                 # empty book: NO_LIQUIDITY
+    sell = v.place(seller, Side.SELL, 5, MID, Tif.FOK)      # nothing to fill it
+    settle(conn, v.messages())
+    assert order_row(conn, buy)[0::7] == ("REJECTED", "NO_LIQUIDITY")
+    assert order_row(conn, sell)[0::7] == ("REJECTED", "FOK_NOT_FILLABLE")
+    assert order_row(conn, buy)[2:4] == order_row(conn, sell)[2:4] == (0, 0)
+    assert account_row(conn, buyer) == (CASH, 0)
+    assert position_row(conn, seller) == (SHARES, 0, D("1400000"))
+
+
+def test_expiry_at_close_releases_cash_and_shares(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer"), v.account("seller")
+    buy = v.place(buyer, Side.BUY, 5, MID - 100)            # DAY orders that do not cross
+    sell = v.place(seller, Side.SELL, 7, MID + 100)
+    gtc = v.place(seller, Side.SELL, 2, MID + 100, Tif.GTC)
+    settle(conn, v.messages())
+    assert account_row(conn, buyer)[1] > 0 and position_row(conn, seller)[1] == 9
+    v.close()
+    settle(conn, v.messages(2 + 1))
+    assert order_row(conn, buy)[:4] == ("EXPIRED", 0, 0, 0)
+    assert order_row(conn, sell)[:4] == ("EXPIRED", 0, 0, 0)
+    assert order_row(conn, gtc)[:4] == ("OPEN", 0, 0, 2)     # GTC outlives the session
+    assert account_row(conn, buyer) == (CASH, 0)
+    assert position_row(conn, seller)[:2] == (SHARES, 2)
+
+
+def test_an_order_done_short_of_its_quantity_releases_the_rest(conn):
+    """Self-trade prevention (DECREMENT) shrinks a resting sell from 10 to 6 shares; the
+    trade that leaves it 0 open ends it and frees the 4 shares it still blocks."""
+    v = Venue(conn)
+    seller, buyer = v.account("seller"), v.account("buyer", shares=0)
+    sell = v.place(seller, Side.SELL, 10, MID, Tif.GTC)
+    mine = v.place(seller, Side.BUY, 4, MID, stp=Stp.DECREMENT)
+    v.place(buyer, Side.BUY, 6, MID)
+    assert [(e.type, e.reason) for e in v.batches[1].events] == [
+        (EventType.ACCEPTED, 0), (EventType.AMENDED, Reason.SELF_TRADE),
+        (EventType.CANCELLED, Reason.SELF_TRADE)]
+    settle(conn, v.messages())
+    assert order_row(conn, sell)[:4] == ("FILLED", 6, 0, 0)
+    assert order_row(conn, mine)[0::7] == ("CANCELLED", "SELF_TRADE")
+    assert position_row(conn, seller)[:2] == (SHARES - 6, 0)
+    assert account_row(conn, seller) == (CASH + 6 * 1_500_000 - fee(6 * 1_500_000), 0)
+
+
+def test_a_refused_cancel_is_history_only(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer"), v.account("seller")
+    sell = v.place(seller, Side.SELL, 5, MID)
+    v.place(buyer, Side.BUY, 5, MID)
+    v.cancel(sell, seller)                                  # too late: UNKNOWN_ORDER
+    settle(conn, v.messages())
+    assert order_row(conn, sell)[:2] == ("FILLED", 5)
+    assert one(conn, "SELECT status, payload->>'refused', payload->>'reason' FROM "
+               "order_events WHERE order_id = %s ORDER BY event_id DESC LIMIT 1", sell) == (
+        "FILLED", "CANCEL", "UNKNOWN_ORDER")
+
+
+def test_events_of_other_brokers_orders_are_ignored(conn):
+    v = Venue(conn)
+    seller = v.account("seller")
+    sell = v.place(seller, Side.SELL, 5, MID)
+    v.send(NewOrder(10**9, 424242, INST.symbol, Side.BUY, 5, MID, ts=v.ts))    # not ours
+    settle(conn, v.messages())
+    assert order_row(conn, sell)[:2] == ("FILLED", 5)
+    assert conn.execute("SELECT side FROM fills").fetchall() == [("SELL",)]
+    assert account_row(conn, seller) == (CASH + 5 * 1_500_000 - fee(5 * 1_500_000), 0)
+
+
+def test_an_event_that_contradicts_the_order_stops_settlement(conn):
+    v = Venue(conn)
+    seller = v.account("seller")
+    sell = v.place(seller, Side.SELL, 5, MID)
+    settle(conn, v.messages())
+    before = dump(conn)
+    forged = EventBatch(0, [Event(
+        99, INST.symbol, EventType.TRADE, 0, 1, Side.BUY, 50, 0, 777, seller + 1, MID, 6, 0,
+        sell, seller, 0)])                                  # 6 shares of a 5-share order
+    with pytest.raises(SettlementError):
+        settle(conn, [(0, 100, forged)])
+    assert dump(conn) == before                             # nothing of the batch stayed
+
+
+# --- exactly once ------------------------------------------------------------------------
+
+def busy_day(v: Venue) -> None:
+    a, b, c = v.account("a"), v.account("b"), v.account("c", shares=0)
+    v.place(a, Side.SELL, 10, MID, Tif.GTC)
+    v.place(b, Side.SELL, 5, MID + 1)
+    v.place(c, Side.BUY, 12, MID + 1)
+    v.place(c, Side.BUY, 6, None)
+    keep = v.place(b, Side.BUY, 4, MID - 5)
+    v.place(a, Side.SELL, 8, MID - 5)
+    v.cancel(keep, b)
+    v.place(b, Side.BUY, 3, MID - 50)
+    v.close()
+
+
+def test_re_delivery_of_a_batch_changes_nothing(conn):
+    v = Venue(conn)
+    busy_day(v)
+    messages = v.messages()
+    first = settle(conn, messages)
+    assert first.fills > 0 and first.skipped == 0
+    before = dump(conn)
+    again = settle(conn, messages)
+    assert (again.messages, again.skipped, again.events) == (0, len(messages), 0)
+    half = settle(conn, messages[3:7])
+    assert half.messages == 0
+    assert dump(conn) == before                             # updated_at included
+
+
+def test_how_messages_are_split_into_transactions_does_not_matter(conn):
+    v = Venue(conn)
+    busy_day(v)
+    messages = v.messages()
+    ends = []
+    for splits in ([len(messages)], list(range(1, len(messages) + 1)), [2, 3, 7, 9]):
+        with conn.transaction(force_rollback=True):     # each split from the same start
+            start = 0
+            for end in splits:
+                settle(conn, messages[max(0, start - 1):end])   # overlaps re-deliver one
+                start = end
+            settle(conn, messages[start:])
+            ends.append(dump(conn, clocks=False))
+    assert ends[0] == ends[1] == ends[2]
+    assert ends[0]["fills"] and ends[0]["consumer_offsets"][0]["next_offset"] == \
+        messages[-1][1] + 1
+
+
+# --- conservation over random days -------------------------------------------------------
+
+limits = st.tuples(st.just("limit"), st.integers(0, 2), st.sampled_from(Side),
+                   st.integers(1, 15), st.integers(-3, 3),
+                   st.sampled_from([Tif.GTC, Tif.DAY, Tif.IOC, Tif.FOK]))
+actions = st.lists(st.one_of(                               # mostly orders, so they trade
+    limits, limits, limits,
+    st.tuples(st.just("market"), st.integers(0, 2), st.sampled_from(Side),
+              st.integers(1, 15)),
+    st.tuples(st.just("cancel"), st.integers(0, 30)),
+    st.tuples(st.just("settle"), st.integers(0, 2)),
+), min_size=8, max_size=40)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(actions=actions, data=st.data())
+def test_money_and_shares_are_conserved_over_random_days(conn, actions, data):
+    with conn.transaction(force_rollback=True):             # a fresh start per example
+        v = Venue(conn)
+        accounts = [v.account(f"u{uuid.uuid4().hex}") for _ in range(3)]
+        placed = [(v.place(accounts[0], Side.SELL, 20, MID + 1, Tif.GTC), accounts[0]),
+                  (v.place(accounts[1], Side.BUY, 20, MID - 1, Tif.GTC), accounts[1])]
+        settled = 0                                         # a book with both sides
+
+        def settle_some(redeliver: int) -> None:
+            nonlocal settled
+            messages = v.messages()
+            end = data.draw(st.integers(settled, len(messages)))
+            settle(conn, messages[max(0, settled - redeliver):end])
+            settled = end
+            check_holds(conn)
+
+        for action in actions:
+            if action[0] == "limit":
+                _, who, side, qty, offset, tif = action
+                order = v.place(accounts[who], side, qty, MID + offset, tif)
+            elif action[0] == "market":
+                _, who, side, qty = action
+                order = v.place(accounts[who], side, qty)
+            elif action[0] == "cancel":
+                if placed:
+                    v.cancel(*placed[action[1] % len(placed)])
+                continue
+            else:
+                settle_some(action[1])
+                continue
+            if order is not None:
+                placed.append((order, accounts[who]))
+        v.close()
+        for order_id, account_id in placed:                 # what GTC left: cancel it
+            v.cancel(order_id, account_id)
+        settle_some(2)
+        settle(conn, v.messages(settled))
+        check_holds(conn)
+
+        total_cash, fees = one(conn, "SELECT sum(cash), (SELECT coalesce(sum(amount), 0) "
+                               "FROM fee_income) FROM accounts")
+        assert total_cash + fees == 3 * CASH
+        assert one(conn, "SELECT sum(quantity), sum(blocked_quantity) FROM positions") == (
+            3 * SHARES, 0)
+        assert one(conn, "SELECT count(*) FROM orders WHERE status IN "
+                   "('PENDING', 'OPEN', 'PARTIALLY_FILLED')")[0] == 0
+        trades = sum(e.type == EventType.TRADE for b in v.batches for e in b.events)
+        assert one(conn, "SELECT count(*) FROM fills")[0] == 2 * trades
+        assert one(conn, "SELECT count(*) FROM orders o WHERE filled_quantity <> "
+                   "(SELECT coalesce(sum(quantity), 0) FROM fills f "
+                   "WHERE f.order_id = o.order_id)")[0] == 0
+
+
+def check_holds(conn) -> None:
+    """What accounts and positions block is exactly what their orders still hold."""
+    assert conn.execute(
+        "SELECT a.account_id FROM accounts a WHERE blocked_cash <> (SELECT "
+        "coalesce(sum(o.blocked_cash), 0) FROM orders o WHERE o.account_id = a.account_id)"
+    ).fetchall() == []
+    assert conn.execute(
+        "SELECT p.account_id FROM positions p WHERE blocked_quantity <> (SELECT "
+        "coalesce(sum(o.blocked_shares), 0) FROM orders o WHERE o.account_id = p.account_id "
+        "AND o.symbol = p.symbol)").fetchall() == []
+    assert conn.execute("SELECT order_id FROM orders WHERE status NOT IN "
+                        "('PENDING', 'OPEN', 'PARTIALLY_FILLED') "
+                        "AND blocked_cash + blocked_shares > 0").fetchall() == []
+
+
+# --- through the real Kafka --------------------------------------------------------------
+
+BOOTSTRAP = os.environ.get("BROKERCORE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+INSTRUMENTS_TOML = """
+[session]
+timezone = "Asia/Kolkata"
+open = "09:15"
+close = "15:30"
+
+[[instrument]]
+symbol = "RELIANCE"
+id = 1
+low = 200_000
+high = 400_000
+tick_size = "0.05"
+lot_size = 1
+max_order_qty = 1000
+"""
+
+
+@pytest.fixture(scope="module")
+def kafka() -> str:
+    done = subprocess.run([str(REPO / "scripts/kafka/kafka.sh"), "start"], check=False,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/kafka/kafka.sh start failed:\n{done.stderr}")
+    return BOOTSTRAP
+
+
+def produce_in_transactions(bootstrap: str, topic: str, payloads: list[bytes]) -> int:
+    """Publish as the engine does (transactions, one partition), plus one aborted
+    transaction that read_committed must hide; the offset after the last payload."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap,
+                         "transactional.id": f"test-{uuid.uuid4().hex}"})
+    producer.init_transactions(30)
+    last = []
+
+    def delivered(error, message):
+        assert error is None, error
+        last.append(message.offset())
+
+    for chunk, commit in ((payloads[:3], True), (payloads[:2], False), (payloads[3:], True)):
+        producer.begin_transaction()
+        for payload in chunk:
+            producer.produce(topic, payload, partition=0, on_delivery=delivered)
+        producer.flush(30)
+        (producer.commit_transaction if commit else producer.abort_transaction)(30)
+    return max(last) + 1
+
+
+def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, db, kafka, tmp_path):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    prefix = f"t{uuid.uuid4().hex[:12]}-"
+    topic = prefix + "events"
+    admin = AdminClient({"bootstrap.servers": kafka})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic] \
+        .result(30)
+    instruments = tmp_path / "instruments.toml"
+    instruments.write_text(INSTRUMENTS_TOML)
+
+    v = Venue(conn)
+    busy_day(v)
+    end = produce_in_transactions(kafka, topic, [encode(b) for b in v.batches])
+
+    # the expected end state: the same batches settled directly in a throw-away txn
+    with conn.transaction(force_rollback=True):
+        settle(conn, v.messages())
+        expected = dump(conn, clocks=False)
+    expected.pop("consumer_offsets")
+
+    stop, lines = threading.Event(), []
+    runner = threading.Thread(target=run_settlement, args=(kafka, topic, db, str(instruments),
+                                                           FEES), kwargs=dict(
+        stop_event=stop, say=lines.append), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while stored_offsets(conn, "settlement", topic).get(0) != end:
+        assert runner.is_alive() and time.monotonic() < deadline, lines
+        time.sleep(0.05)
+    stop.set()
+    runner.join(30)
+    assert not runner.is_alive()
+    assert any("stopped" in line for line in lines), lines
+    after = dump(conn, clocks=False)
+    assert after.pop("consumer_offsets") == [
+        {"consumer": "settlement", "topic": topic, "partition": 0, "next_offset": end}]
+    assert after == expected
+    assert after["fills"]
+
+    # again, as the service: it starts from Postgres's offsets, so nothing changes
+    before = dump(conn)
+    env = dict(os.environ, BROKERCORE_DATABASE_URL=db, BROKERCORE_KAFKA_BOOTSTRAP=kafka,
+               BROKERCORE_TOPIC_PREFIX=prefix, BROKERCORE_INSTRUMENTS=str(instruments),
+               BROKERCORE_FEE_BPS="3", BROKERCORE_FEE_FIXED_PAISE="2000")
+    log = tmp_path / "service.log"
+    with open(log, "w") as out:
+        service = subprocess.Popen([sys.executable, "-m", "services.settlement"], cwd=REPO,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "from offsets" not in log.read_text():
+            assert service.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(1.5)                 # assigned and polling: time enough to re-apply
+        service.send_signal(signal.SIGTERM)
+        service.wait(30)
+    finally:
+        if service.poll() is None:
+            service.kill()
+    output = log.read_text()
+    assert service.returncode == 0, output
+    assert f"from offsets [{end}, 0]" in output and "stopped; 0 messages" in output, output
+    assert dump(conn) == before
