@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from hypothesis import HealthCheck, settings
 
-from brokercore.migrations import database_url
+from brokercore.migrations import apply_migrations, database_url
 from support import engine_class, model_class
 
 settings.register_profile("dev", max_examples=60, deadline=None)
@@ -73,3 +73,14 @@ def db(server: str):
                           .format(sql.Identifier(name)))
 
 
+@pytest.fixture
+def database(db):
+    """A migrated database with three OMS users: alice and carol with cash, bob with
+    100 RELIANCE and no cash."""
+    apply_migrations(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("INSERT INTO accounts (user_id, cash) VALUES ('alice', %s), ('bob', 0), "
+                     "('carol', %s)", (1_000_000 * 100, 1_000_000 * 100))
+        conn.execute("INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
+                     "'RELIANCE', 100 FROM accounts WHERE user_id = 'bob'")
+    return db

@@ -106,7 +106,7 @@ def test_config_needs_a_key_and_a_long_secret():
         JwtConfig("i", "a", hs256_secret="short")
 
 
-def run_token_command(env_extra: dict) -> "subprocess.CompletedProcess":
+def run_token_command(env_extra: dict):
     import os
     import subprocess
     import sys

@@ -5,104 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from datetime import UTC, datetime
 
-import httpx
 import jwt
-import msgspec
-import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from brokercore.auth import JwtConfig, mint_token
-from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
-from brokercore.messages import CancelOrder, Command, NewOrder
-from brokercore.migrations import apply_migrations
+from brokercore.config import DEV_JWT_SECRET
+from brokercore.messages import CancelOrder, NewOrder
 from brokercore.records import Side, Tif
-from brokercore.topics import ensure_topics, partition_of
-from services.oms.app import create_app
-
-BOOTSTRAP = "127.0.0.1:19092"
-OPEN_MARKET = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)        # Wednesday 11:30 in Mumbai
-SUNDAY = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
-JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
-RUPEES = 100                                                   # paise
-
-
-@pytest.fixture
-def database(db):
-    apply_migrations(db)
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("INSERT INTO accounts (user_id, cash) VALUES ('alice', %s), ('bob', 0), "
-                     "('carol', %s)", (1_000_000 * RUPEES, 1_000_000 * RUPEES))
-        conn.execute("INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
-                     "'RELIANCE', 100 FROM accounts WHERE user_id = 'bob'")
-    return db
-
-
-class Api:
-    """The OMS app in this process (its lifespan run), an HTTP client on it, and the
-    clock its order entry uses."""
-
-    def __init__(self, database: str, **overrides):
-        self.database = database
-        self.kafka = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
-        ensure_topics(self.kafka)
-        self.settings = ServiceSettings(database_url=database, jwt_hs256_secret=DEV_JWT_SECRET,
-                                        redis_prefix=self.kafka.topic_prefix, **overrides)
-        self.app = create_app(self.settings, self.kafka)
-        self.now = OPEN_MARKET
-
-    async def __aenter__(self):
-        self._lifespan = self.app.router.lifespan_context(self.app)
-        await self._lifespan.__aenter__()
-        self.app.state.oms.entry.clock = lambda: self.now
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
-            base_url="http://oms")
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.client.aclose()
-        await self._lifespan.__aexit__(*exc)
-
-    async def place(self, user="alice", token=None, **body):
-        order = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 10,
-                 "price": "15000.00", "idempotencyKey": uuid.uuid4().hex} | body
-        return await self.client.post("/api/v1/orders", json=order,
-                                      headers=auth(user) if token is None else token)
-
-    async def cancel(self, order_id, user="alice"):
-        return await self.client.delete(f"/api/v1/orders/{order_id}", headers=auth(user))
-
-    def rows(self, query: str, *args):
-        with psycopg.connect(self.database) as conn:
-            return conn.execute(query, args).fetchall()
-
-    def commands(self, symbol: str = "RELIANCE") -> list:
-        """Every command on the symbol's partition of `orders`."""
-        consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uuid.uuid4().hex,
-                             "enable.partition.eof": True})
-        consumer.assign([TopicPartition(self.kafka.orders_topic,
-                                        partition_of(symbol, self.kafka.shards),
-                                        OFFSET_BEGINNING)])
-        decoder, found = msgspec.msgpack.Decoder(Command), []
-        try:
-            while (message := consumer.poll(10)) is not None and not message.error():
-                found.append(decoder.decode(message.value()))
-        finally:
-            consumer.close()
-        return found
-
-
-def auth(user: str, **claims) -> dict:
-    return {"Authorization": f"Bearer {mint_token(user, JWT)}"}
-
-
-def run(scenario):
-    return asyncio.run(scenario())
-
+from oms_support import SUNDAY, Api, auth, run
 
 def test_an_order_blocks_its_cash_is_stored_pending_and_reaches_kafka(database):
     async def scenario():

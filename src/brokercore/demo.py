@@ -17,10 +17,12 @@ __all__ = ["DEMO_USERS", "seed_demo"]
 
 RUPEE = 100     # paise
 DEMO_USERS = {
-    "alice": (10_000_000 * RUPEE, {"RELIANCE": 500, "TCS": 200}),
-    "bob": (5_000_000 * RUPEE, {"RELIANCE": 1_000, "INFY": 800, "ITC": 5_000}),
+    "alice": (10_000_000 * RUPEE, {"RELIANCE": (500, 14_250 * RUPEE),
+                                   "TCS": (200, 20_100 * RUPEE)}),
+    "bob": (5_000_000 * RUPEE, {"RELIANCE": (1_000, 13_900 * RUPEE),
+                                "INFY": (800, 7_450 * RUPEE), "ITC": (5_000, 2_150 * RUPEE)}),
 }
-"""user -> (cash in paise, shares per symbol)."""
+"""user -> (cash in paise, {symbol: (shares, average cost in paise)})."""
 
 
 def seed_demo(url: str) -> list[str]:
@@ -34,9 +36,9 @@ def seed_demo(url: str) -> list[str]:
             if row is None:
                 continue
             created.append(user)
-            for symbol, quantity in holdings.items():
+            for symbol, (quantity, avg_price) in holdings.items():
                 conn.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price) "
-                             "VALUES (%s, %s, %s, 0)", (row[0], symbol, quantity))
+                             "VALUES (%s, %s, %s, %s)", (row[0], symbol, quantity, avg_price))
     return created
 
 

@@ -1,0 +1,137 @@
+"""The platform end to end on the real Postgres, Redis and Kafka: orders over HTTP (the
+OMS in-process), an engine daemon (a subprocess), the settlement consumer (a thread),
+and the reconciler, down to the accounts' cash and positions."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextlib import contextmanager
+from decimal import Decimal
+
+from brokercore.api import PlaceOrderRequest
+from brokercore.messages import CloseSession
+from brokercore.settlement import run_settlement
+from brokercore.topics import partition_of
+from kafka_support import Daemon, OrderProducer
+from oms_support import Api, run
+from services.reconciler.__main__ import republish
+
+INSTRUMENTS = "config/instruments.toml"
+RUPEE = 100
+
+
+@contextmanager
+def platform(database, tmp_path):
+    """An API (not started: use ``async with``), the engine daemon of RELIANCE's shard,
+    and the settlement consumer, on fresh topics."""
+    api = Api(database)
+    shard = partition_of("RELIANCE", api.kafka.shards)
+    daemon = Daemon(api.kafka, shard, INSTRUMENTS, tmp_path / "engine.log")
+    stop = threading.Event()
+    settlement = threading.Thread(target=run_settlement, args=(
+        api.kafka.bootstrap, api.kafka.events_topic, database, INSTRUMENTS),
+        kwargs={"stop_event": stop, "say": lambda line: None}, daemon=True)
+    try:
+        daemon.wait_for("active from")
+        settlement.start()
+        yield api
+    finally:
+        stop.set()
+        settlement.join(30)
+        daemon.close()
+
+
+def wait_until(api: Api, query: str, expected, *args, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while (rows := api.rows(query, *args)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{query!r} gave {rows}, not {expected}, within {timeout} s")
+        time.sleep(0.1)
+
+
+def money(api: Api) -> tuple:
+    return api.rows("SELECT sum(cash), sum(blocked_cash) FROM accounts")[0] + api.rows(
+        "SELECT coalesce(sum(amount), 0) FROM fee_income")[0] + api.rows(
+        "SELECT sum(quantity), sum(blocked_quantity) FROM positions")[0]
+
+
+def test_a_crossing_trade_settles_once_in_both_accounts_then_a_cancel_frees_the_rest(
+        database, tmp_path):
+    with platform(database, tmp_path) as api:
+        before = money(api)
+
+        async def trade():
+            async with api:
+                buy = await api.place(quantity=10, price="15000.00", timeInForce="GTC")
+                sell = await api.place(user="bob", side="SELL", quantity=4, price="14999.95")
+                return buy.json()["orderId"], sell.json()["orderId"]
+        buy, sell = run(trade)
+        wait_until(api, "SELECT order_id, status, filled_quantity FROM orders ORDER BY 1",
+                   [(buy, "PARTIALLY_FILLED", 4), (sell, "FILLED", 4)])
+        # Traded at the resting buy's price, 15,000.00: 60,000.00 moves from alice to bob.
+        assert api.rows("SELECT user_id, cash, blocked_cash FROM accounts ORDER BY 1") == [
+            ("alice", 1_000_000 * RUPEE - 60_000 * RUPEE, 6 * 15_000 * RUPEE),
+            ("bob", 60_000 * RUPEE, 0), ("carol", 1_000_000 * RUPEE, 0)]
+        assert api.rows("SELECT a.user_id, p.quantity, p.blocked_quantity FROM positions p "
+                        "JOIN accounts a USING (account_id) ORDER BY 1") == [
+            ("alice", 4, 0), ("bob", 96, 0)]
+        assert api.rows("SELECT side, price, quantity FROM fills ORDER BY side") == [
+            ("BUY", 15_000 * RUPEE, 4), ("SELL", 15_000 * RUPEE, 4)]
+
+        async def cancel():
+            async with api:
+                return await api.cancel(buy)
+        assert run(cancel).status_code == 202
+        wait_until(api, "SELECT status FROM orders WHERE order_id = %s", [("CANCELLED",)], buy)
+        assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
+        assert money(api)[0] == before[0] and money(api)[3] == before[3], \
+            "cash and shares are conserved (no fees configured)"
+        assert api.rows("SELECT count(*) FROM fills") == [(2,)], "each side filled once"
+
+
+def test_a_day_order_expires_at_the_close_and_its_hold_is_released(database, tmp_path):
+    with platform(database, tmp_path) as api:
+        async def place():
+            async with api:
+                return (await api.place(quantity=2, price="14000.00")).json()["orderId"]
+        order = run(place)
+        wait_until(api, "SELECT status FROM orders", [("OPEN",)])
+        assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(2 * 14_000 * RUPEE,)]
+        OrderProducer(api.kafka).send([CloseSession("RELIANCE", ts=1)])    # the operator
+        wait_until(api, "SELECT status FROM orders WHERE order_id = %s", [("EXPIRED",)], order)
+        assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
+
+
+def test_an_order_stored_but_never_published_is_published_by_the_reconciler_once(
+        database, tmp_path):
+    """The OMS dies between its Postgres commit and the Kafka publish: the order is in
+    Postgres only. The reconciler publishes it, twice even; it is matched once."""
+    with platform(database, tmp_path) as api:
+        async def store_only():
+            async with api:
+                entry = api.app.state.oms.entry
+                receipt = await entry.place("alice", PlaceOrderRequest(
+                    "RELIANCE", "BUY", "LIMIT", 3, "lost-publish", price=Decimal("15000")))
+                return receipt.order_id
+        order = run(store_only)
+        time.sleep(1.0)
+        assert api.rows("SELECT status FROM orders") == [("PENDING",)]
+        assert api.commands() == [], "nothing reached Kafka"
+
+        async def reconcile():
+            stop = asyncio.Event()
+            first = await republish(api.settings, api.kafka, 0, 0.0, True, stop)
+            second = await republish(api.settings, api.kafka, 0, 0.0, True, stop)
+            return first, second
+        first, second = run(reconcile)
+        assert first == 1 and second in (0, 1)      # 1 if the engine had not answered yet
+        wait_until(api, "SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], order)
+        assert [c.order_id for c in api.commands()] == [order] * (1 + second)
+        time.sleep(1.0)
+        assert api.rows("SELECT status FROM order_events WHERE order_id = %s ORDER BY event_id",
+                        order) == [("PENDING",), ("OPEN",)]
+        assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
+            (3 * 15_000 * RUPEE,)]
+
