@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import jwt
+import psycopg
 import pytest
 
 from brokercore.config import DEV_JWT_SECRET
@@ -211,3 +213,48 @@ def test_a_user_over_the_rate_limit_gets_429_with_retry_after(database):
     assert responses[-1].json()["error"]["code"] == "RATE_LIMITED"
     assert int(responses[-1].headers["Retry-After"]) >= 1
     assert other_user.status_code == 202
+
+
+def test_random_retries_over_two_thousand_requests_never_duplicate_an_order(database):
+    """1,000 logical orders, each sent one to three times, retries racing in random
+    order: exactly one order per idempotency key, holds counted once."""
+    import random
+    rng = random.Random(5)
+    keys = [f"k{n}" for n in range(1_000)]
+    sends = [key for key in keys for _ in range(rng.randint(1, 3))]
+    rng.shuffle(sends)
+    with psycopg.connect(database, autocommit=True) as conn:     # enough for all of them
+        conn.execute("UPDATE accounts SET cash = %s WHERE user_id = 'alice'", (10**12,))
+
+    async def scenario():
+        async with Api(database, rate_limit_burst=10_000, rate_limit_per_second=10_000) as api:
+            limit = asyncio.Semaphore(32)
+
+            async def send(key):
+                async with limit:
+                    return key, await api.place(idempotencyKey=key, quantity=1,
+                                                price="10000.00")
+            return api, await asyncio.gather(*(send(key) for key in sends))
+    api, responses = run(scenario)
+    assert len(sends) >= 1_900 and {r.status_code for _, r in responses} == {202}
+    ids = {}
+    for key, response in responses:
+        ids.setdefault(key, set()).add(response.json()["orderId"])
+    assert all(len(found) == 1 for found in ids.values()), "a retry got another order"
+    assert api.rows("SELECT count(*), count(DISTINCT order_id) FROM orders") == [(1_000, 1_000)]
+    assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
+        (1_000 * 10_000 * 100,)]
+
+
+def test_expired_idempotency_keys_are_cleaned_up_and_free_again(database):
+    async def scenario():
+        async with Api(database) as api:
+            first = await api.place(idempotencyKey="daily")
+            api.now = api.now + timedelta(hours=25)
+            removed = await api.app.state.oms.entry.expire_idempotency_keys()
+            api.now = api.now - timedelta(hours=25)        # back in the session
+            again = await api.place(idempotencyKey="daily")
+            return first, removed, again
+    first, removed, again = run(scenario)
+    assert removed == 1
+    assert again.json()["orderId"] != first.json()["orderId"]
