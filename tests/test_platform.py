@@ -10,13 +10,15 @@ import time
 from contextlib import contextmanager
 from decimal import Decimal
 
+import psycopg
+from kafka_support import Daemon, OrderProducer
+from oms_support import Api, run
+
 from brokercore.api import PlaceOrderRequest
 from brokercore.messages import CloseSession
 from brokercore.settlement import run_settlement
 from brokercore.topics import partition_of
-from kafka_support import Daemon, OrderProducer
-from oms_support import Api, run
-from services.reconciler.__main__ import republish
+from services.reconciler.__main__ import report, republish
 
 INSTRUMENTS = "config/instruments.toml"
 RUPEE = 100
@@ -135,3 +137,26 @@ def test_an_order_stored_but_never_published_is_published_by_the_reconciler_once
         assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
             (3 * 15_000 * RUPEE,)]
 
+
+
+def test_the_reconciler_report_finds_what_postgres_got_wrong(database, tmp_path, capsys):
+    with platform(database, tmp_path) as api:
+        async def trade():
+            async with api:
+                await api.place(quantity=5, price="15000.00")
+                return (await api.place(user="bob", side="SELL", quantity=5,
+                                        price="15000.00")).json()["orderId"]
+        sell = run(trade)
+        wait_until(api, "SELECT count(*) FROM orders WHERE status = 'FILLED'", [(2,)])
+        assert report(api.settings, api.kafka) == 0
+        assert "0 finding(s)" in capsys.readouterr().out
+        with psycopg.connect(database, autocommit=True) as conn:     # damage, on purpose
+            conn.execute("UPDATE orders SET status = 'OPEN', filled_quantity = 2 "
+                         "WHERE order_id = %s", (sell,))
+            conn.execute("DELETE FROM fills WHERE side = 'BUY'")
+        assert report(api.settings, api.kafka) == 1
+        out = capsys.readouterr().out
+        assert "3 finding(s)" in out
+        for line in ("STATUS", "FILLED_QTY", "FILL_MISSING"):
+            assert line in out
+        assert "Postgres says OPEN, the events say FILLED" in out

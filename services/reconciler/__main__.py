@@ -1,6 +1,8 @@
-"""The reconciler: re-publishes orders the engine has not confirmed.
+"""The reconciler: re-publishes orders the engine has not confirmed, and compares
+Kafka's events with Postgres.
 
     python -m services.reconciler [--every 30] [--older-than 60] [--once]
+    python -m services.reconciler --report       a table of discrepancies; exit 1 if any
 
 Every ``--every`` seconds it re-publishes the outbox rows of orders still PENDING after
 ``--older-than`` seconds (and rows never acknowledged by Kafka), so an order stored by
@@ -14,12 +16,15 @@ import argparse
 import asyncio
 import logging
 import signal
-from datetime import timedelta
+import sys
+from datetime import UTC, datetime, timedelta
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.outbox import OutboxPublisher
+from brokercore.reconcile import find_discrepancies, settled_events
 
 log = logging.getLogger("brokercore.reconciler")
 
@@ -47,14 +52,33 @@ async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: floa
             publisher.close()
 
 
+def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:
+    """Print the findings as a table; 0 if there are none, 1 otherwise."""
+    with psycopg.connect(settings.database_url) as conn:
+        events = settled_events(conn, kafka.bootstrap, kafka.events_topic)
+        findings = find_discrepancies(conn, events, datetime.now(UTC))
+    print(f"{len(events):,} settled events compared with Postgres: "
+          f"{len(findings)} finding(s)")
+    if findings:
+        print(f"{'kind':<16} {'order':>10}  detail")
+        for finding in findings:
+            order = "" if finding.order_id is None else finding.order_id
+            print(f"{finding.kind:<16} {order:>10}  {finding.detail}")
+    return 1 if findings else 0
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.reconciler", description=__doc__)
     parser.add_argument("--every", type=float, default=30.0, help="seconds between rounds")
     parser.add_argument("--older-than", type=float, default=60.0,
                         help="age in seconds after which a PENDING order is re-published")
     parser.add_argument("--once", action="store_true", help="one round, then exit")
+    parser.add_argument("--report", action="store_true",
+                        help="compare the settled events with Postgres, print the findings")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.report:
+        sys.exit(report(ServiceSettings.from_env(), KafkaSettings.from_env()))
 
     async def run() -> int:
         stop = asyncio.Event()
