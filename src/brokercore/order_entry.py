@@ -27,7 +27,8 @@ from brokercore.market import MarketInstrument
 from brokercore.messages import CancelOrder, NewOrder, encode
 from brokercore.records import Side, Tif
 from brokercore.risk import (
-    NO_FEES, AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
+    NO_FEES, AccountState, FeeSchedule, Hold, OrderRequest, OrderType, RiskRejection,
+    check_order,
 )
 from brokercore.topics import partition_of
 
@@ -134,13 +135,10 @@ class OrderEntry:
                  hold.cash, hold.shares, now, now))
             await _record_event(conn, order_id, account_id, "PENDING", now,
                                 {"request": msgspec.to_builtins(request)})
-            command = NewOrder(
-                order_id, account_id, request.symbol, Side[request.side], request.quantity,
-                price=limit_ticks if limit_ticks is not None else hold.price_ticks or 0,
-                market=limit_ticks is None and not (
-                    request.side == "BUY" and hold.price_ticks
-                    and hold.price_ticks < instrument.high),
-                tif=hold.time_in_force, ts=_nanoseconds(now))
+            price, market = _engine_price(limit_ticks, hold, instrument)
+            command = NewOrder(order_id, account_id, request.symbol, Side[request.side],
+                               request.quantity, price=price, market=market,
+                               tif=hold.time_in_force, ts=_nanoseconds(now))
             outbox_id = await self._outbox(conn, order_id, request.symbol, encode(command))
         return OrderReceipt(order_id, "PENDING", now, outbox_id)
 
@@ -207,6 +205,17 @@ class OrderEntry:
             cursor = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= %s",
                                         (self.clock(),))
             return cursor.rowcount
+
+
+def _engine_price(limit_ticks: int | None, hold: Hold,
+                  instrument: MarketInstrument) -> tuple[int, bool]:
+    """(price in ticks, market?) of the engine order. A market buy held below the band's
+    top must never fill above its hold, so it goes as an IOC/FOK limit at that price."""
+    if limit_ticks is not None:
+        return limit_ticks, False
+    if hold.price_ticks and hold.price_ticks < instrument.high:
+        return hold.price_ticks, False
+    return 0, True
 
 
 def _fingerprint(request: PlaceOrderRequest) -> str:
