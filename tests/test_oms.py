@@ -258,3 +258,14 @@ def test_expired_idempotency_keys_are_cleaned_up_and_free_again(database):
     first, removed, again = run(scenario)
     assert removed == 1
     assert again.json()["orderId"] != first.json()["orderId"]
+
+
+def test_the_first_orders_of_a_trading_day_race_without_deadlock(database):
+    """The day's partition of orders is made by the first order; racing first orders
+    used to deadlock on it (one of them answered 500)."""
+    async def scenario():
+        async with Api(database, rate_limit_burst=100) as api:
+            return await asyncio.gather(*(api.place(user=user, quantity=1)
+                                          for user in ("alice", "carol") * 15))
+    responses = run(scenario)
+    assert [r.status_code for r in responses] == [202] * 30

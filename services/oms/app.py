@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import msgspec
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -59,7 +59,9 @@ class Oms:
         self.settings = settings
         self.pool = AsyncConnectionPool(settings.database_url, min_size=2, max_size=20,
                                         open=False)
-        self.redis = Redis.from_url(settings.redis_url)
+        # Waits for a free connection instead of failing when all are busy.
+        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=64, timeout=5))
         self.verifier = TokenVerifier(JwtConfig(
             settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
             settings.jwt_rs256_public_key))
@@ -126,6 +128,24 @@ def accepted(receipt: OrderReceipt) -> Response:
     return Response(encode_json(body), 202, media_type="application/json")
 
 
+def guarded(handler):
+    """Every failure becomes a JSON error answer here, in the handler: an unexpected one
+    is logged and answered 500 without a trace, and the connection stays usable
+    (Starlette's catch-all handler would re-raise it, and the server drop the connection)."""
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return error_response(e.status, e.code, e.message, e.fields, e.headers)
+        except OrderRefused as e:
+            return error_response(e.status, e.code, e.message)
+        except Exception:                   # noqa: BLE001 - answered 500, logged
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return error_response(500, "INTERNAL_ERROR", "something went wrong on our side")
+    return handle
+
+
+@guarded
 async def place_order(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
@@ -142,6 +162,7 @@ async def place_order(request: Request) -> Response:
     return accepted(await oms.published(await oms.entry.place(principal.user_id, order)))
 
 
+@guarded
 async def cancel_order(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
@@ -149,19 +170,6 @@ async def cancel_order(request: Request) -> Response:
     if not raw.isdigit() or len(raw) > 18:
         raise ApiError(404, "ORDER_NOT_FOUND", f"no order {raw[:40]}")
     return accepted(await oms.published(await oms.entry.cancel(principal.user_id, int(raw))))
-
-
-async def api_error(request: Request, exc: ApiError) -> Response:
-    return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
-
-
-async def refused(request: Request, exc: OrderRefused) -> Response:
-    return error_response(exc.status, exc.code, exc.message)
-
-
-async def internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "INTERNAL_ERROR", "something went wrong on our side")
 
 
 def create_app(settings: ServiceSettings | None = None,
@@ -184,8 +192,6 @@ def create_app(settings: ServiceSettings | None = None,
     return Starlette(
         routes=[Route("/api/v1/orders", place_order, methods=["POST"]),
                 Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"])],
-        exception_handlers={ApiError: api_error, OrderRefused: refused,
-                            Exception: internal_error},
         lifespan=lifespan)
 
 

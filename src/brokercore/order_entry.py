@@ -77,6 +77,9 @@ class OrderEntry:
         now = self.clock()
         instrument = self.market.get(request.symbol)
         fingerprint = _fingerprint(request)
+        if instrument is not None:
+            trade_date = now.astimezone(instrument.session.zone).date()
+            await self._ensure_partition(trade_date)
         async with self.pool.connection() as conn, conn.transaction():
             account = await (await conn.execute(
                 "SELECT account_id, cash, blocked_cash, allow_short FROM accounts "
@@ -103,8 +106,6 @@ class OrderEntry:
                                fees=self.fees, protection_percent=self.protection_percent)
             if isinstance(hold, RiskRejection):
                 raise OrderRefused(422, hold.code.value, hold.message)
-            trade_date = now.astimezone(instrument.session.zone).date()
-            await self._ensure_partition(conn, trade_date)
             order_id = (await (await conn.execute(
                 "SELECT nextval('order_id_seq')")).fetchone())[0]
             limit_ticks = instrument.to_ticks(request.price) if request.price is not None \
@@ -161,9 +162,12 @@ class OrderEntry:
                                "this idempotency key was used for a different order")
         return OrderReceipt(order_id, status, updated_at, None)
 
-    async def _ensure_partition(self, conn, trade_date: date) -> None:
+    async def _ensure_partition(self, trade_date: date) -> None:
+        """The day's partition of orders, made in a transaction of its own: it locks the
+        whole table, which inside an order's transaction would deadlock with others."""
         if trade_date not in self._partitions:
-            await conn.execute("SELECT create_orders_partition(%s)", (trade_date,))
+            async with self.pool.connection() as conn:
+                await conn.execute("SELECT create_orders_partition(%s)", (trade_date,))
             self._partitions.add(trade_date)
 
     async def _outbox(self, conn, order_id: int, symbol: str, payload: bytes) -> int:
