@@ -115,11 +115,11 @@ class Oms:
     async def published(self, receipt: OrderReceipt) -> OrderReceipt:
         """Publish the receipt's command now (briefly waiting for Kafka's ack); if that
         fails the order is still stored, and the reconciler publishes it later."""
-        if receipt.outbox_id is not None:
+        if receipt.outbox is not None:
             try:
-                await self.publisher.publish([receipt.outbox_id])
+                await self.publisher.publish([receipt.outbox])
             except Exception:               # noqa: BLE001 - the outbox keeps it
-                log.exception("publishing outbox row %s failed", receipt.outbox_id)
+                log.exception("publishing outbox row %s failed", receipt.outbox.outbox_id)
         return receipt
 
 

@@ -19,12 +19,14 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import msgspec
+from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 
 from brokercore.api import PlaceOrderRequest
 from brokercore.config import KafkaSettings
 from brokercore.market import MarketInstrument
 from brokercore.messages import CancelOrder, NewOrder, encode
+from brokercore.outbox import OutboxRow
 from brokercore.records import Side, Tif
 from brokercore.risk import (
     NO_FEES, AccountState, FeeSchedule, Hold, OrderRequest, OrderType, RiskRejection,
@@ -33,6 +35,45 @@ from brokercore.risk import (
 from brokercore.topics import partition_of
 
 __all__ = ["OrderEntry", "OrderReceipt", "OrderRefused", "OPEN_STATUSES"]
+
+# The account row lock puts one user's orders in order (settlement, too, locks accounts
+# before positions, so the position read under it is current). A fresh order id is
+# drawn every time; ids skipped by replays and refusals are harmless gaps.
+_READ_STATE = """
+SELECT a.account_id, a.cash, a.blocked_cash, a.allow_short,
+       (SELECT p.quantity - p.blocked_quantity FROM positions p
+         WHERE p.account_id = a.account_id AND p.symbol = %s),
+       nextval('order_id_seq'),
+       k.order_id, k.request_hash, k.expires_at, o.status, o.updated_at
+  FROM accounts a
+  LEFT JOIN idempotency_keys k ON k.user_id = a.user_id AND k.key = %s
+  LEFT JOIN orders o ON o.order_id = k.order_id
+ WHERE a.user_id = %s
+   FOR UPDATE OF a"""
+
+_WRITE_ORDER = """
+WITH key AS (
+  INSERT INTO idempotency_keys (user_id, key, order_id, request_hash, expires_at)
+  VALUES (%(user)s, %(key)s, %(order)s, %(hash)s, %(expires)s)),
+cash AS (
+  UPDATE accounts SET blocked_cash = blocked_cash + %(cash)s, updated_at = now()
+   WHERE account_id = %(account)s AND %(cash)s > 0),
+shares AS (
+  UPDATE positions SET blocked_quantity = blocked_quantity + %(shares)s, updated_at = now()
+   WHERE account_id = %(account)s AND symbol = %(symbol)s AND %(shares)s > 0),
+new_order AS (
+  INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, time_in_force,
+                      price, quantity, status, hold_amount, hold_price_ticks, blocked_cash,
+                      blocked_shares, created_at, updated_at)
+  VALUES (%(order)s, %(trade_date)s, %(account)s, %(symbol)s, %(side)s, %(type)s, %(tif)s,
+          %(price)s, %(quantity)s, 'PENDING', %(hold)s, %(hold_price)s, %(cash)s,
+          %(shares)s, %(now)s, %(now)s)),
+history AS (
+  INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
+  VALUES (%(order)s, %(account)s, 'PENDING', %(history)s, %(now)s))
+INSERT INTO outbox (topic, partition, key, payload, order_id)
+VALUES (%(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s)
+RETURNING outbox_id"""
 
 OPEN_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED")
 
@@ -53,7 +94,7 @@ class OrderReceipt:
     order_id: int
     status: str
     timestamp: datetime
-    outbox_id: int | None        # the command to publish now; None when nothing new
+    outbox: OutboxRow | None     # the command to publish now; None when nothing new
 
 
 class OrderEntry:
@@ -74,93 +115,71 @@ class OrderEntry:
     # --- new orders ------------------------------------------------------------------
 
     async def place(self, user_id: str, request: PlaceOrderRequest) -> OrderReceipt:
+        try:
+            return await self._place(user_id, request)
+        except UniqueViolation:
+            # A retry of the same request committed its key while this one waited for
+            # the account lock (the wait does not refresh the key it read): again, now
+            # that the key is visible, this answers with that first order.
+            return await self._place(user_id, request)
+
+    async def _place(self, user_id: str, request: PlaceOrderRequest) -> OrderReceipt:
         now = self.clock()
         instrument = self.market.get(request.symbol)
         fingerprint = _fingerprint(request)
         if instrument is not None:
             trade_date = now.astimezone(instrument.session.zone).date()
             await self._ensure_partition(trade_date)
+        # Two statements in one transaction: read (and lock) what the checks need, then
+        # write everything. Round trips are what an order costs here.
         async with self.pool.connection() as conn, conn.transaction():
-            account = await (await conn.execute(
-                "SELECT account_id, cash, blocked_cash, allow_short FROM accounts "
-                "WHERE user_id = %s FOR UPDATE", (user_id,))).fetchone()
-            if account is None:
+            state = await (await conn.execute(_READ_STATE, (
+                request.symbol, request.idempotency_key, user_id))).fetchone()
+            if state is None:
                 raise OrderRefused(403, "NO_ACCOUNT", "this user has no trading account")
-            account_id, cash, blocked_cash, allow_short = account
-            replay = await self._replay(conn, user_id, request.idempotency_key, fingerprint,
-                                        now)
-            if replay is not None:
-                return replay
-            shares = 0
-            if request.side == "SELL":
-                position = await (await conn.execute(
-                    "SELECT quantity - blocked_quantity FROM positions "
-                    "WHERE account_id = %s AND symbol = %s FOR UPDATE",
-                    (account_id, request.symbol))).fetchone()
-                shares = position[0] if position else 0
+            (account_id, cash, blocked_cash, allow_short, shares, order_id,
+             key_order, key_hash, key_expires, key_status, key_updated) = state
+            if key_order is not None:
+                if key_expires > now:
+                    if key_hash != fingerprint:
+                        raise OrderRefused(422, "IDEMPOTENCY_KEY_REUSED",
+                                           "this idempotency key was used for a different "
+                                           "order")
+                    return OrderReceipt(key_order, key_status, key_updated, None)
+                await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND "
+                                   "key = %s", (user_id, request.idempotency_key))
             order = OrderRequest(request.symbol, Side[request.side], OrderType(request.type),
                                  request.quantity, request.price,
                                  Tif[request.time_in_force] if request.time_in_force else None)
             hold = check_order(order, instrument, now,
-                               AccountState(cash - blocked_cash, shares, allow_short),
+                               AccountState(cash - blocked_cash, shares or 0, allow_short),
                                fees=self.fees, protection_percent=self.protection_percent)
             if isinstance(hold, RiskRejection):
                 raise OrderRefused(422, hold.code.value, hold.message)
-            order_id = (await (await conn.execute(
-                "SELECT nextval('order_id_seq')")).fetchone())[0]
             limit_ticks = instrument.to_ticks(request.price) if request.price is not None \
                 else None
-            await conn.execute(
-                "INSERT INTO idempotency_keys (user_id, key, order_id, request_hash, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (user_id, request.idempotency_key, order_id, fingerprint,
-                 now + self.idempotency_ttl))
-            if hold.cash:
-                await conn.execute("UPDATE accounts SET blocked_cash = blocked_cash + %s, "
-                                   "updated_at = now() WHERE account_id = %s",
-                                   (hold.cash, account_id))
-            if hold.shares:
-                await conn.execute(
-                    "UPDATE positions SET blocked_quantity = blocked_quantity + %s, "
-                    "updated_at = now() WHERE account_id = %s AND symbol = %s",
-                    (hold.shares, account_id, request.symbol))
-            await conn.execute(
-                "INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, "
-                "time_in_force, price, quantity, status, hold_amount, hold_price_ticks, "
-                "blocked_cash, blocked_shares, created_at, updated_at) VALUES (%s, %s, %s, "
-                "%s, %s, %s, %s, %s, %s, 'PENDING', %s, %s, %s, %s, %s, %s)",
-                (order_id, trade_date, account_id, request.symbol, request.side, request.type,
-                 hold.time_in_force.name,
-                 instrument.ticks_to_paise(limit_ticks) if limit_ticks is not None else None,
-                 request.quantity, hold.cash or hold.shares, hold.price_ticks or 0,
-                 hold.cash, hold.shares, now, now))
-            await _record_event(conn, order_id, account_id, "PENDING", now,
-                                {"request": msgspec.to_builtins(request)})
             price, market = _engine_price(limit_ticks, hold, instrument)
             command = NewOrder(order_id, account_id, request.symbol, Side[request.side],
                                request.quantity, price=price, market=market,
                                tif=hold.time_in_force, ts=_nanoseconds(now))
-            outbox_id = await self._outbox(conn, order_id, request.symbol, encode(command))
-        return OrderReceipt(order_id, "PENDING", now, outbox_id)
-
-    async def _replay(self, conn, user_id: str, key: str, fingerprint: str,
-                      now: datetime) -> OrderReceipt | None:
-        """The first order of a retried request (its current status), or None."""
-        row = await (await conn.execute(
-            "SELECT k.order_id, k.request_hash, k.expires_at, o.status, o.updated_at "
-            "FROM idempotency_keys k LEFT JOIN orders o ON o.order_id = k.order_id "
-            "WHERE k.user_id = %s AND k.key = %s", (user_id, key))).fetchone()
-        if row is None:
-            return None
-        order_id, request_hash, expires_at, status, updated_at = row
-        if expires_at <= now:               # an expired key is free again
-            await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s",
-                               (user_id, key))
-            return None
-        if request_hash != fingerprint:
-            raise OrderRefused(422, "IDEMPOTENCY_KEY_REUSED",
-                               "this idempotency key was used for a different order")
-        return OrderReceipt(order_id, status, updated_at, None)
+            payload = encode(command)
+            outbox_id = (await (await conn.execute(_WRITE_ORDER, {
+                "user": user_id, "key": request.idempotency_key, "hash": fingerprint,
+                "expires": now + self.idempotency_ttl, "order": order_id,
+                "account": account_id, "symbol": request.symbol, "trade_date": trade_date,
+                "side": request.side, "type": request.type,
+                "tif": hold.time_in_force.name,
+                "price": (instrument.ticks_to_paise(limit_ticks) if limit_ticks is not None
+                          else None),
+                "quantity": request.quantity, "hold": hold.cash or hold.shares,
+                "hold_price": hold.price_ticks or 0, "cash": hold.cash, "shares": hold.shares,
+                "now": now, "history": json.dumps({"request": msgspec.to_builtins(request)}),
+                "topic": self.kafka.orders_topic,
+                "partition": partition_of(request.symbol, self.kafka.shards),
+                "kafka_key": request.symbol.encode(), "payload": payload,
+            })).fetchone())[0]
+        return OrderReceipt(order_id, "PENDING", now, self._row(outbox_id, request.symbol,
+                                                                 payload))
 
     async def _ensure_partition(self, trade_date: date) -> None:
         """The day's partition of orders, made in a transaction of its own: it locks the
@@ -170,12 +189,17 @@ class OrderEntry:
                 await conn.execute("SELECT create_orders_partition(%s)", (trade_date,))
             self._partitions.add(trade_date)
 
-    async def _outbox(self, conn, order_id: int, symbol: str, payload: bytes) -> int:
-        return (await (await conn.execute(
+    def _row(self, outbox_id: int, symbol: str, payload: bytes) -> OutboxRow:
+        return OutboxRow(outbox_id, self.kafka.orders_topic,
+                         partition_of(symbol, self.kafka.shards), symbol.encode(), payload)
+
+    async def _outbox(self, conn, order_id: int, symbol: str, payload: bytes) -> OutboxRow:
+        row = self._row(0, symbol, payload)
+        outbox_id = (await (await conn.execute(
             "INSERT INTO outbox (topic, partition, key, payload, order_id) "
             "VALUES (%s, %s, %s, %s, %s) RETURNING outbox_id",
-            (self.kafka.orders_topic, partition_of(symbol, self.kafka.shards),
-             symbol.encode(), payload, order_id))).fetchone())[0]
+            (row.topic, row.partition, row.key, payload, order_id))).fetchone())[0]
+        return row._replace(outbox_id=outbox_id)
 
     # --- cancels -----------------------------------------------------------------------
 
@@ -197,9 +221,9 @@ class OrderEntry:
                                    f"order {order_id} is {status} and cannot be cancelled")
             await _record_event(conn, order_id, account_id, status, now,
                                 {"request": "cancel"})
-            outbox_id = await self._outbox(conn, order_id, symbol, encode(
+            row = await self._outbox(conn, order_id, symbol, encode(
                 CancelOrder(order_id, account_id, symbol, ts=_nanoseconds(now))))
-        return OrderReceipt(order_id, status, now, outbox_id)
+        return OrderReceipt(order_id, status, now, row)
 
     # --- upkeep -------------------------------------------------------------------------
 

@@ -12,11 +12,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import timedelta
+from typing import NamedTuple
 
 from confluent_kafka import KafkaException, Producer
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["OutboxPublisher"]
+__all__ = ["OutboxPublisher", "OutboxRow"]
+
+
+class OutboxRow(NamedTuple):
+    outbox_id: int
+    topic: str
+    partition: int | None
+    key: bytes | None
+    payload: bytes
 
 
 class OutboxPublisher:
@@ -44,14 +53,9 @@ class OutboxPublisher:
         self._poller.join()
         self._producer.flush(self.delivery_timeout)
 
-    async def publish(self, outbox_ids: list[int]) -> list[int]:
-        """Publish these rows if still unpublished; returns the ids now acknowledged
-        (the others stay for the reconciler)."""
-        async with self.pool.connection() as conn:
-            rows = await (await conn.execute(
-                "SELECT outbox_id, topic, partition, key, payload FROM outbox "
-                "WHERE outbox_id = ANY(%s) AND published_at IS NULL ORDER BY outbox_id",
-                (outbox_ids,))).fetchall()
+    async def publish(self, rows: list[OutboxRow]) -> list[int]:
+        """Publish rows just written (by a transaction that committed); returns the ids
+        now acknowledged (the others stay for the reconciler)."""
         return await self._send(rows)
 
     async def publish_stale(self, older_than: timedelta, limit: int = 10_000) -> list[int]:
