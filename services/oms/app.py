@@ -77,7 +77,7 @@ class Oms:
         await self.pool.open(wait=True)
 
     async def close(self) -> None:
-        self.publisher.close()
+        await self.publisher.aclose()
         await self.pool.close()
         await self.redis.aclose()
 

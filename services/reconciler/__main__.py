@@ -49,7 +49,7 @@ async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: floa
                 except asyncio.TimeoutError:
                     pass
         finally:
-            publisher.close()
+            await publisher.aclose()
 
 
 def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:

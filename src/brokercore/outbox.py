@@ -39,6 +39,8 @@ class OutboxPublisher:
             "linger.ms": 1,
             "message.timeout.ms": int(delivery_timeout * 1000),
         })
+        self._acked: list[int] = []             # acknowledged, not yet marked published
+        self._marking: asyncio.Task | None = None
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="outbox-poller", daemon=True)
         self._poller.start()
@@ -48,7 +50,9 @@ class OutboxPublisher:
         while not self._closed.is_set():
             self._producer.poll(0.05)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        if self._marking is not None:
+            await self._marking
         self._closed.set()
         self._poller.join()
         self._producer.flush(self.delivery_timeout)
@@ -91,10 +95,21 @@ class OutboxPublisher:
             except (KafkaException, asyncio.TimeoutError):
                 pass                        # stays unpublished: the reconciler retries
         if done:
+            self._acked += done
+            if self._marking is None or self._marking.done():
+                self._marking = asyncio.create_task(self._mark_acked())
+        return done
+
+    async def _mark_acked(self) -> None:
+        """Marks acknowledged rows published, many per statement: a round trip per
+        order would cost about as much as the order's own transaction. A row left
+        unmarked (a crash first) is only published once more by the reconciler."""
+        while self._acked:
+            await asyncio.sleep(0.005)
+            ids, self._acked = self._acked, []
             async with self.pool.connection() as conn:
                 await conn.execute("UPDATE outbox SET published_at = now() "
-                                   "WHERE outbox_id = ANY(%s)", (done,))
-        return done
+                                   "WHERE outbox_id = ANY(%s)", (ids,))
 
 
 def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future):
