@@ -154,12 +154,13 @@ def b64url(data: bytes) -> str:
         {"sub": "alice", "iss": "brokercore-dev", "aud": "brokercore",
          "iat": int(time.time()) - 100, "exp": int(time.time()) - 50},
         DEV_JWT_SECRET, "HS256")}, "TOKEN_EXPIRED"),
+    # Tokens made when the tests are collected: they must outlive a long run.
     ({"Authorization": "Bearer " + jwt.encode(
         {"sub": "alice", "iss": "brokercore-dev", "aud": "other", "iat": int(time.time()),
-         "exp": int(time.time()) + 60}, DEV_JWT_SECRET, "HS256")}, "INVALID_TOKEN"),
+         "exp": int(time.time()) + 86_400}, DEV_JWT_SECRET, "HS256")}, "INVALID_TOKEN"),
     ({"Authorization": "Bearer " + jwt.encode(
         {"sub": "alice", "iss": "brokercore-dev", "aud": "brokercore",
-         "iat": int(time.time()), "exp": int(time.time()) + 60}, "f" * 64, "HS256")},
+         "iat": int(time.time()), "exp": int(time.time()) + 86_400}, "f" * 64, "HS256")},
      "INVALID_TOKEN"),
     ({"Authorization": "Bearer " + b64url(b'{"alg":"none","typ":"JWT"}') + "." + b64url(
         b'{"sub":"alice","iss":"brokercore-dev","aud":"brokercore","iat":1,'
