@@ -5,16 +5,23 @@ and the reconciler, down to the accounts' cash and positions."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from decimal import Decimal
 
+import httpx
 import psycopg
 from kafka_support import Daemon, OrderProducer
 from oms_support import Api, run
 
 from brokercore.api import PlaceOrderRequest
+from brokercore.auth import JwtConfig, mint_token
+from brokercore.config import DEV_JWT_SECRET
 from brokercore.messages import CloseSession
 from brokercore.settlement import run_settlement
 from brokercore.topics import partition_of
@@ -160,3 +167,80 @@ def test_the_reconciler_report_finds_what_postgres_got_wrong(database, tmp_path,
         for line in ("STATUS", "FILLED_QTY", "FILL_MISSING"):
             assert line in out
         assert "Postgres says OPEN, the events say FILLED" in out
+
+
+def open_now_instruments(path):
+    """config/instruments.toml with a session open right now, every day: hours 01:00 to
+    23:00 in an Etc/GMT zone chosen so that it is about noon there now."""
+    utc_hour = time.gmtime().tm_hour
+    offset = 12 - utc_hour                      # local = utc + offset, in -11..12
+    zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+    text = open(INSTRUMENTS).read()
+    session = text[text.index("[session]"):text.index("[[instrument]]")]
+    path.write_text(text.replace(session, f'[session]\ntimezone = "{zone}"\nopen = "01:00"\n'
+                                          'close = "23:00"\nweekdays = [1, 2, 3, 4, 5, 6, 7]\n\n'))
+    return path
+
+
+def test_the_oms_killed_between_commit_and_publish_loses_nothing(database, tmp_path):
+    """A real OMS process (uvicorn) whose Kafka is unreachable commits an order and waits
+    to publish it; kill -9 it right then. The reconciler publishes the order; it is
+    matched once."""
+    with platform(database, tmp_path) as api:
+        env = os.environ | {
+            "BROKERCORE_DATABASE_URL": database, "BROKERCORE_DEV_MODE": "1",
+            "BROKERCORE_KAFKA_BOOTSTRAP": "127.0.0.1:1",            # nothing listens there
+            "BROKERCORE_TOPIC_PREFIX": api.kafka.topic_prefix,
+            "BROKERCORE_SHARDS": str(api.kafka.shards),
+            "BROKERCORE_REDIS_PREFIX": api.kafka.topic_prefix,
+            "BROKERCORE_INSTRUMENTS": str(open_now_instruments(tmp_path / "open.toml"))}
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        oms = subprocess.Popen([sys.executable, "-m", "uvicorn", "services.oms.app:app",
+                                "--host", "127.0.0.1", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            token = mint_token("alice", JwtConfig("brokercore-dev", "brokercore",
+                                                  DEV_JWT_SECRET))
+            request = threading.Thread(target=lambda: _post_ignoring_failure(
+                f"http://127.0.0.1:{port}/api/v1/orders", token), daemon=True)
+            _wait_for_port(port, oms)
+            request.start()
+            wait_until(api, "SELECT status FROM orders", [("PENDING",)])
+            oms.kill()                                  # committed, not published
+            oms.wait()
+        finally:
+            if oms.poll() is None:
+                oms.kill()
+        assert api.rows("SELECT count(*) FROM outbox WHERE published_at IS NULL") == [(1,)]
+        assert api.commands() == []
+
+        async def reconcile():
+            return await republish(api.settings, api.kafka, 0, 0.0, True, asyncio.Event())
+        assert run(reconcile) == 1
+        wait_until(api, "SELECT status FROM orders", [("OPEN",)])
+        assert api.rows("SELECT status FROM order_events ORDER BY event_id") == [
+            ("PENDING",), ("OPEN",)]
+
+
+def _post_ignoring_failure(url: str, token: str) -> None:
+    """The request whose server is killed under it: it has no answer to give."""
+    try:
+        httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=30, json={
+            "symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 1,
+            "price": "15000.00", "idempotencyKey": "doomed"})
+    except httpx.HTTPError:
+        pass
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the OMS exited with {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the OMS did not start listening")
