@@ -22,6 +22,7 @@ controller_port=$((port + 1))
 pidfile="$state/kafka.pid"
 
 log() { echo "kafka: $*" >&2; }
+source "$here/../lib/process.sh"
 
 fetch_jars() {
     if [[ -f "$cache/.complete" ]]; then return; fi
@@ -68,7 +69,7 @@ format_once() {
     log "formatted $state/data (cluster $cluster_id)"
 }
 
-running() { [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+running() { [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")"; }
 
 answers() {
     running && grep -q "Kafka Server started" "$state/logs/server.log" 2>/dev/null \
@@ -101,19 +102,7 @@ start() {
     exit 1
 }
 
-stop() {
-    if ! running; then rm -f "$pidfile"; log "not running"; return; fi
-    local pid
-    pid="$(cat "$pidfile")"
-    kill "$pid"
-    for _ in $(seq 1 60); do
-        if ! kill -0 "$pid" 2>/dev/null; then rm -f "$pidfile"; log "stopped"; return; fi
-        sleep 0.5
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    log "killed after 30 s"
-}
+stop() { stop_pid_file "$pidfile" 30; }
 
 status() {
     if answers; then log "running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi

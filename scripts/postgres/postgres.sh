@@ -31,6 +31,7 @@ app_db=brokercore
 
 log() { echo "postgres: $*" >&2; }
 die() { log "$*"; exit 1; }
+source "$here/../lib/process.sh"
 
 # Unix socket paths are limited to 107 bytes: a deep checkout gets a socket in /tmp.
 socket_dir="$state/run"
@@ -83,12 +84,6 @@ need_bindir() {
 }
 
 pg_ctl() { as_pg "$bindir/pg_ctl" -D "$data" "$@"; }
-
-# A live process (a zombie, dead but not yet reaped by PID 1, is not).
-alive() {
-    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null \
-        && [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]
-}
 
 postmaster_pid() { head -1 "$data/postmaster.pid" 2>/dev/null || true; }
 

@@ -22,6 +22,7 @@ logfile="$state/redis.log"
 
 log() { echo "redis: $*" >&2; }
 die() { log "$*"; exit 1; }
+source "$here/../lib/process.sh"
 
 if [[ "$(id -u)" == 0 ]]; then
     apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
@@ -44,11 +45,6 @@ install_redis() {
 }
 
 # A live process (a zombie, dead but not yet reaped by PID 1, is not).
-alive() {
-    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null \
-        && [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]
-}
-
 running() { [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")"; }
 
 answers() {
@@ -80,19 +76,7 @@ start() {
     exit 1
 }
 
-stop() {
-    if ! running; then rm -f "$pidfile"; log "not running"; return; fi
-    local pid
-    pid="$(cat "$pidfile")"
-    kill "$pid"
-    for _ in $(seq 1 40); do
-        if ! alive "$pid"; then rm -f "$pidfile"; log "stopped"; return; fi
-        sleep 0.25
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    log "killed after 10 s"
-}
+stop() { stop_pid_file "$pidfile" 10; }
 
 status() {
     if answers; then log "running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi

@@ -24,27 +24,19 @@ export BROKERCORE_DATABASE_URL="${BROKERCORE_DATABASE_URL:-$(scripts/postgres/po
 export BROKERCORE_REDIS_URL="${BROKERCORE_REDIS_URL:-$(scripts/redis/redis.sh url)}"
 
 log() { echo "stack: $*" >&2; }
+source "$repo/scripts/lib/process.sh"
 
-alive() { [[ -f "$state/$1.pid" ]] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
+up_process() { alive "$(cat "$state/$1.pid" 2>/dev/null)"; }      # by name
 
 start_process() {           # name, command...
     local name="$1"; shift
-    if alive "$name"; then log "$name already running (pid $(cat "$state/$name.pid"))"; return; fi
+    if up_process "$name"; then log "$name already running (pid $(cat "$state/$name.pid"))"; return; fi
     setsid "$@" >> "$state/logs/$name.log" 2>&1 < /dev/null &
     echo $! > "$state/$name.pid"
     log "$name started (pid $!, log .stack/logs/$name.log)"
 }
 
-stop_process() {
-    local name="$1" pid
-    alive "$name" || { rm -f "$state/$name.pid"; return; }
-    pid="$(cat "$state/$name.pid")"
-    kill "$pid"
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/$name.pid"
-    log "$name stopped"
-}
+stop_process() { stop_pid_file "$state/$1.pid" 10 "$1"; }
 
 processes() {
     for shard in $(seq 0 $((shards - 1))); do echo "engine-$shard"; done
@@ -66,7 +58,7 @@ up() {
     start_process settlement "$py" -m services.settlement
     for _ in $(seq 1 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$oms_port") 2>/dev/null && break
-        alive oms || { log "the OMS did not start; see .stack/logs/oms.log"; exit 1; }
+        up_process oms || { log "the OMS did not start; see .stack/logs/oms.log"; exit 1; }
         sleep 0.2
     done
     local token
@@ -95,7 +87,7 @@ down() {
 status() {
     local code=0
     for name in $(processes); do
-        if alive "$name"; then log "$name running (pid $(cat "$state/$name.pid"))"
+        if up_process "$name"; then log "$name running (pid $(cat "$state/$name.pid"))"
         else log "$name not running"; code=1; fi
     done
     scripts/kafka/kafka.sh status || code=1

@@ -1,0 +1,25 @@
+# Shared by the scripts that run servers: a process behind a pid file. Source it; the
+# caller defines log().
+
+# alive PID: the process exists and is not a zombie (a server killed with -9 may linger
+# unreaped for a while, and kill -0 alone would call it running).
+alive() {
+    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null \
+        && [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]
+}
+
+# stop_pid_file FILE SECONDS [NAME]: SIGTERM the process in FILE, SIGKILL it after
+# SECONDS, remove FILE. Says what happened (of NAME) through log().
+stop_pid_file() {
+    local file="$1" seconds="$2" name="${3:+$3 }" pid
+    pid="$(cat "$file" 2>/dev/null || true)"
+    if ! alive "$pid"; then rm -f "$file"; log "${name}not running"; return; fi
+    kill "$pid"
+    for _ in $(seq 1 $((seconds * 4))); do
+        if ! alive "$pid"; then rm -f "$file"; log "${name}stopped"; return; fi
+        sleep 0.25
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$file"
+    log "${name}killed after $seconds s"
+}
