@@ -40,6 +40,7 @@ from brokercore.ledger import (
 )
 from brokercore.market import MarketInstrument, load_market
 from brokercore.messages import Event, EventBatch
+from brokercore.order_entry import OPEN_STATUSES
 from brokercore.records import EventType, Op, Reason, Side
 from brokercore.risk import NO_FEES, FeeSchedule
 
@@ -51,7 +52,6 @@ log = logging.getLogger("brokercore.settlement")
 Message = tuple[int, int, EventBatch]
 """(partition, offset, batch): one message of the events topic."""
 
-OPEN_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED")
 _ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
          EventType.REJECTED: "REJECTED"}
 
