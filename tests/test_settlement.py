@@ -35,7 +35,8 @@ from brokercore.records import COMMAND_DTYPE, EventType, Reason, Side, Stp, Tif
 from brokercore.risk import (
     AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
 )
-from brokercore.settlement import SettlementConsumer, run_settlement, stored_offsets
+from brokercore.pgconsumer import stored_offsets
+from brokercore.settlement import SettlementConsumer, run_settlement
 
 D = Decimal
 REPO = Path(__file__).resolve().parents[1]

@@ -60,6 +60,11 @@ class KafkaSettings:
         return self.topic_prefix + "orders.dead-letters"
 
     @property
+    def notification_dead_letter_topic(self) -> str:
+        """Notifications whose push failed every retry (services/notifier)."""
+        return self.topic_prefix + "notifications.dead-letters"
+
+    @property
     def leases_topic(self) -> str:
         """One partition; the daemons of shard K form the group that leases it."""
         return self.topic_prefix + "engine-leases"
@@ -113,6 +118,14 @@ class ServiceSettings:
     max_body_bytes: int = 16 * 1024
     fee_bps: str = "0"                          # brokerage in basis points of the value
     fee_fixed_paise: int = 0                    # plus this per order that trades
+    cache_ttl: float = 30.0                     # seconds a cached read answer lives
+    push_url: str | None = None                 # the push provider's HTTP endpoint
+    push_retry_base: float = 1.0                # seconds before the first push retry ...
+    push_retry_cap: float = 60.0                # ... doubling up to this
+    push_attempts: int = 6                      # then the notification is dead-lettered
+    dead_letter_retry_interval: float = 300.0   # seconds between the reconciler's retries
+    ws_queue_size: int = 1000                   # messages a slow WebSocket may fall behind
+    ws_heartbeat: float = 15.0                  # seconds between pings; 2 missed = gone
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
@@ -139,6 +152,15 @@ class ServiceSettings:
                 max_body_bytes=int(env.get("BROKERCORE_MAX_BODY_BYTES", d.max_body_bytes)),
                 fee_bps=env.get("BROKERCORE_FEE_BPS", d.fee_bps),
                 fee_fixed_paise=int(env.get("BROKERCORE_FEE_FIXED_PAISE", d.fee_fixed_paise)),
+                cache_ttl=float(env.get("BROKERCORE_CACHE_TTL", d.cache_ttl)),
+                push_url=env.get("BROKERCORE_PUSH_URL") or None,
+                push_retry_base=float(env.get("BROKERCORE_PUSH_RETRY_BASE", d.push_retry_base)),
+                push_retry_cap=float(env.get("BROKERCORE_PUSH_RETRY_CAP", d.push_retry_cap)),
+                push_attempts=int(env.get("BROKERCORE_PUSH_ATTEMPTS", d.push_attempts)),
+                dead_letter_retry_interval=float(env.get(
+                    "BROKERCORE_DEAD_LETTER_RETRY_INTERVAL", d.dead_letter_retry_interval)),
+                ws_queue_size=int(env.get("BROKERCORE_WS_QUEUE_SIZE", d.ws_queue_size)),
+                ws_heartbeat=float(env.get("BROKERCORE_WS_HEARTBEAT", d.ws_heartbeat)),
             )
         except ValueError as e:
             raise ValueError(f"invalid BROKERCORE_* setting: {e}") from None

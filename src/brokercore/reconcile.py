@@ -24,7 +24,8 @@ import psycopg
 from brokercore.messages import Event, EventBatch
 from brokercore.records import EventType, Op, Reason, Side
 from brokercore.order_entry import OPEN_STATUSES
-from brokercore.settlement import stored_offsets, trade_id
+from brokercore.pgconsumer import stored_offsets
+from brokercore.settlement import trade_id
 
 __all__ = ["Finding", "Expected", "expected_state", "find_discrepancies", "settled_events"]
 

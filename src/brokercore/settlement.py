@@ -22,35 +22,27 @@ another account) raises ``SettlementError``: the consumer stops rather than gues
 from __future__ import annotations
 
 import json
-import logging
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-import msgspec
 import psycopg
-from psycopg import errors
 
 from brokercore.ledger import (
     AVG_PRICE_PLACES, OrderHold, Settlement, SettlementError, average_price, release,
     settle_fill,
 )
 from brokercore.market import MarketInstrument, load_market
-from brokercore.messages import Event, EventBatch
+from brokercore.messages import Event
 from brokercore.order_entry import OPEN_STATUSES
+from brokercore.pgconsumer import Message, claim_offsets, run_pg_consumer, store_offsets
 from brokercore.records import EventType, Op, Reason, Side
 from brokercore.risk import NO_FEES, FeeSchedule
 
-__all__ = ["SettlementConsumer", "BatchStats", "Message", "run_settlement",
-           "stored_offsets", "trade_id"]
+__all__ = ["SettlementConsumer", "BatchStats", "run_settlement", "trade_id"]
 
-log = logging.getLogger("brokercore.settlement")
-
-Message = tuple[int, int, EventBatch]
-"""(partition, offset, batch): one message of the events topic."""
 
 _ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
          EventType.REJECTED: "REJECTED"}
@@ -136,7 +128,7 @@ class SettlementConsumer:
         skipped."""
         stats = BatchStats()
         with conn.transaction():
-            fresh, offsets = self._claim(conn, messages)
+            fresh, offsets = claim_offsets(conn, self.consumer, self.topic, messages)
             stats.skipped = len(messages) - len(fresh)
             stats.messages = len(fresh)
             events = [(batch.shard, e) for _, _, batch in fresh for e in batch.events]
@@ -147,36 +139,18 @@ class SettlementConsumer:
                     self._event(batch, shard, event)
                 self._write(conn, batch)
                 stats.fills, stats.updates = len(batch.fills), len(batch.history)
-            conn.cursor().executemany(
-                "UPDATE consumer_offsets SET next_offset = %s, updated_at = now() "
-                "WHERE consumer = %s AND topic = %s AND partition = %s",
-                [(o, self.consumer, self.topic, p) for p, o in sorted(offsets.items())])
+            store_offsets(conn, self.consumer, self.topic, offsets)
         return stats
 
-    # --- offsets -----------------------------------------------------------------------
+    new_stats = BatchStats
 
-    def _claim(self, conn, messages: Sequence[Message]
-               ) -> tuple[list[Message], dict[int, int]]:
-        """Lock this consumer's offset rows of the batch's partitions; the messages not
-        yet applied, and the next offset of each partition that moves."""
-        partitions = sorted({p for p, _, _ in messages})
-        if not partitions:
-            return [], {}
-        conn.execute(
-            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) "
-            "SELECT %s, %s, p, 0 FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING",
-            (self.consumer, self.topic, partitions))
-        stored = dict(conn.execute(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = %s AND "
-            "topic = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
-            (self.consumer, self.topic, partitions)).fetchall())
-        nxt, fresh = dict(stored), []
-        for message in messages:
-            partition, offset, _ = message
-            if offset >= nxt[partition]:
-                fresh.append(message)
-                nxt[partition] = offset + 1
-        return fresh, {p: o for p, o in nxt.items() if o != stored[p]}
+    def committed(self, stats: BatchStats) -> None:
+        """Nothing to do after a commit."""
+
+    @staticmethod
+    def describe(s: BatchStats) -> str:
+        return (f"{s.messages} messages, {s.events} events, {s.fills} fills, "
+                f"{s.updates} order updates, {s.skipped} re-delivered skipped")
 
     # --- loading and locking -------------------------------------------------------------
 
@@ -368,104 +342,12 @@ def _average(notional: int, quantity: int) -> Decimal | None:
         -AVG_PRICE_PLACES)
 
 
-def stored_offsets(conn: psycopg.Connection, consumer: str, topic: str) -> dict[int, int]:
-    """partition -> next offset this consumer stored for the topic."""
-    return dict(conn.execute("SELECT partition, next_offset FROM consumer_offsets "
-                             "WHERE consumer = %s AND topic = %s", (consumer, topic)).fetchall())
-
-
-# --- the long-running consumer ---------------------------------------------------------------
-
-_RETRIED = (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable)
-
-
 def run_settlement(bootstrap: str, topic: str, database_url: str, market_path: str,
                    fees: FeeSchedule = NO_FEES, consumer_name: str = "settlement",
-                   stop_event: threading.Event | None = None, *, max_messages: int = 1000,
-                   max_wait: float = 0.05, log_every: float = 1.0,
-                   say: Callable[[str], None] | None = None) -> BatchStats:
-    """Consume ``topic`` (read_committed) from the offsets stored in Postgres and settle
-    it, one transaction per batch (up to ``max_messages`` or ``max_wait`` seconds), until
-    ``stop_event`` is set; returns the totals. Kafka group offsets are never used.
-
-    A database or Kafka error, or an event that contradicts an order, is raised: nothing
-    of the failed batch is stored, so a restart resumes exactly where it stopped.
-    """
-    from confluent_kafka import (     # here: applying batches needs no Kafka client
-        OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition,
-    )
-
-    say = say or log.info
-    stop = stop_event or threading.Event()
+                   stop_event: threading.Event | None = None, **options) -> BatchStats:
+    """Settle ``topic`` until ``stop_event`` is set (``pgconsumer.run_pg_consumer``, whose
+    keyword options pass through); returns the totals. An event that contradicts an
+    order is raised like a database error: nothing of its batch is stored."""
     settler = SettlementConsumer(load_market(market_path), fees, topic, consumer_name)
-    decoder = msgspec.msgpack.Decoder(EventBatch)
-    totals = BatchStats()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"{consumer_name}.{topic}",
-            "isolation.level": "read_committed", "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "error"})      # a stored offset that is gone: stop, loudly
-        try:
-            partitions = _partitions(consumer, topic, stop)
-            start = stored_offsets(conn, consumer_name, topic)
-            consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING))
-                             for p in partitions])
-            say(f"settlement {consumer_name}: {topic} partitions {partitions} from "
-                f"offsets {[start.get(p, 0) for p in partitions]}")
-            window, last = BatchStats(), time.monotonic()
-            while not stop.is_set():
-                batch = []
-                for message in consumer.consume(max_messages, max_wait):
-                    if message.error():
-                        if message.error().code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(message.error())
-                    batch.append((message.partition(), message.offset(),
-                                  decoder.decode(message.value())))
-                if batch:
-                    window += _apply_retrying(settler, conn, batch)
-                if time.monotonic() - last >= log_every:
-                    totals += window
-                    say(_progress(consumer_name, window, totals, time.monotonic() - last))
-                    window, last = BatchStats(), time.monotonic()
-            totals += window
-        finally:
-            consumer.close()
-    say(f"settlement {consumer_name}: stopped; {_counts(totals)}")
-    return totals
-
-
-def _partitions(consumer, topic: str, stop: threading.Event) -> list[int]:
-    """The topic's partitions, waiting (until stopped) for the topic to exist."""
-    while True:
-        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if found is not None and found.error is None and found.partitions:
-            return sorted(found.partitions)
-        if stop.wait(0.5):
-            return []
-
-
-def _apply_retrying(settler: SettlementConsumer, conn, batch: list[Message],
-                    attempts: int = 5) -> BatchStats:
-    """Apply a batch; a deadlock or serialization failure rolled it back, so try again."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return settler.apply(conn, batch)
-        except _RETRIED as e:
-            if attempt == attempts:
-                raise
-            log.warning("settlement batch rolled back (%s); retrying", e)
-            time.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")
-
-
-def _counts(s: BatchStats) -> str:
-    return (f"{s.messages} messages, {s.events} events, {s.fills} fills, "
-            f"{s.updates} order updates, {s.skipped} re-delivered skipped")
-
-
-def _progress(name: str, window: BatchStats, totals: BatchStats, seconds: float) -> str:
-    return (f"settlement {name}: {window.events / seconds:,.0f} events/s; last "
-            f"{seconds:.1f} s: {_counts(window)}; total {totals.messages} messages, "
-            f"{totals.events} events, {totals.fills} fills")
+    return run_pg_consumer(settler, bootstrap, database_url, f"settlement {consumer_name}",
+                           stop_event, **options)

@@ -32,6 +32,8 @@ def _specs(settings: KafkaSettings) -> list[NewTopic]:
             "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}),
         NewTopic(settings.dead_letter_topic, num_partitions=1, replication_factor=1),
         NewTopic(settings.leases_topic, num_partitions=1, replication_factor=1),
+        NewTopic(settings.notification_dead_letter_topic, num_partitions=1,
+                 replication_factor=1),
     ]
 
 

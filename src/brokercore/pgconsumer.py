@@ -1,0 +1,176 @@
+"""A Kafka consumer whose position lives in Postgres, beside what it writes (hop 5).
+
+Settlement and the projector both read ``events`` this way: each batch of messages is
+handed to an ``Applier``, which writes it *and* the next offsets in one Postgres
+transaction (``claim_offsets`` and ``store_offsets`` do the offset half), so a batch
+counts entirely or not at all and a re-delivered message is skipped. Kafka's group
+offsets are never used. ``run_pg_consumer`` is the long-running loop around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+import psycopg
+from psycopg import errors
+
+from brokercore.messages import EventBatch
+
+__all__ = ["Applier", "Message", "claim_offsets", "store_offsets", "stored_offsets",
+           "run_pg_consumer"]
+
+log = logging.getLogger("brokercore.pgconsumer")
+
+Message = tuple[int, int, EventBatch]
+"""(partition, offset, batch): one message of the events topic."""
+
+
+class Applier(Protocol):
+    """What a Postgres-offset consumer does with a batch."""
+
+    consumer: str           # its name in consumer_offsets
+    topic: str
+
+    def new_stats(self) -> Any:
+        """Zero stats: they support ``+`` and have an ``events`` count."""
+
+    def apply(self, conn: psycopg.Connection, messages: Sequence[Message]) -> Any:
+        """Write the batch and its offsets in one transaction; returns its stats."""
+
+    def committed(self, stats: Any) -> None:
+        """Called after each batch's transaction committed (caches, pub/sub)."""
+
+    def describe(self, stats: Any) -> str:
+        """A one-line summary of stats, with units."""
+
+
+def claim_offsets(conn: psycopg.Connection, consumer: str, topic: str,
+                  messages: Sequence[Message]) -> tuple[list[Message], dict[int, int]]:
+    """Lock the consumer's offset rows of the batch's partitions (inside the caller's
+    transaction); the messages not yet applied, and the next offset of each partition
+    that moves. Two processes of one consumer take turns on these locks."""
+    partitions = sorted({p for p, _, _ in messages})
+    if not partitions:
+        return [], {}
+    conn.execute(
+        "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) "
+        "SELECT %s, %s, p, 0 FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING",
+        (consumer, topic, partitions))
+    stored = dict(conn.execute(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = %s AND "
+        "topic = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
+        (consumer, topic, partitions)).fetchall())
+    nxt, fresh = dict(stored), []
+    for message in messages:
+        partition, offset, _ = message
+        if offset >= nxt[partition]:
+            fresh.append(message)
+            nxt[partition] = offset + 1
+    return fresh, {p: o for p, o in nxt.items() if o != stored[p]}
+
+
+def store_offsets(conn: psycopg.Connection, consumer: str, topic: str,
+                  offsets: dict[int, int]) -> None:
+    """Move the claimed offset rows (same transaction as ``claim_offsets``)."""
+    conn.cursor().executemany(
+        "UPDATE consumer_offsets SET next_offset = %s, updated_at = now() "
+        "WHERE consumer = %s AND topic = %s AND partition = %s",
+        [(o, consumer, topic, p) for p, o in sorted(offsets.items())])
+
+
+def stored_offsets(conn: psycopg.Connection, consumer: str, topic: str) -> dict[int, int]:
+    """partition -> next offset this consumer stored for the topic."""
+    return dict(conn.execute("SELECT partition, next_offset FROM consumer_offsets "
+                             "WHERE consumer = %s AND topic = %s", (consumer, topic)).fetchall())
+
+
+_RETRIED = (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable)
+
+
+def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: str,
+                    stop_event: threading.Event | None = None, *, max_messages: int = 1000,
+                    max_wait: float = 0.05, log_every: float = 1.0,
+                    say: Callable[[str], None] | None = None) -> Any:
+    """Consume ``applier.topic`` (read_committed) from the offsets stored in Postgres and
+    apply it, one transaction per batch (up to ``max_messages`` or ``max_wait``
+    seconds), until ``stop_event`` is set; returns the total stats.
+
+    A database or Kafka error is raised: nothing of the failed batch is stored, so a
+    restart resumes exactly where it stopped.
+    """
+    from confluent_kafka import (     # here: applying batches needs no Kafka client
+        OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition,
+    )
+
+    say = say or log.info
+    stop = stop_event or threading.Event()
+    topic = applier.topic
+    decoder = msgspec.msgpack.Decoder(EventBatch)
+    totals = applier.new_stats()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": f"{applier.consumer}.{topic}",
+            "isolation.level": "read_committed", "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "fetch.wait.max.ms": 10,
+            "auto.offset.reset": "error"})      # a stored offset that is gone: stop, loudly
+        try:
+            partitions = _partitions(consumer, topic, stop)
+            start = stored_offsets(conn, applier.consumer, topic)
+            consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING))
+                             for p in partitions])
+            say(f"{name}: {topic} partitions {partitions} from offsets "
+                f"{[start.get(p, 0) for p in partitions]}")
+            window, last = applier.new_stats(), time.monotonic()
+            while not stop.is_set():
+                batch = []
+                for message in consumer.consume(max_messages, max_wait):
+                    if message.error():
+                        if message.error().code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise KafkaException(message.error())
+                    batch.append((message.partition(), message.offset(),
+                                  decoder.decode(message.value())))
+                if batch:
+                    stats = _apply_retrying(applier, conn, batch)
+                    applier.committed(stats)
+                    window += stats
+                if time.monotonic() - last >= log_every:
+                    seconds = time.monotonic() - last
+                    totals += window
+                    say(f"{name}: {window.events / seconds:,.0f} events/s; last "
+                        f"{seconds:.1f} s: {applier.describe(window)}; total "
+                        f"{totals.events} events")
+                    window, last = applier.new_stats(), time.monotonic()
+            totals += window
+        finally:
+            consumer.close()
+    say(f"{name}: stopped; {applier.describe(totals)}")
+    return totals
+
+
+def _partitions(consumer, topic: str, stop: threading.Event) -> list[int]:
+    """The topic's partitions, waiting (until stopped) for the topic to exist."""
+    while True:
+        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if found is not None and found.error is None and found.partitions:
+            return sorted(found.partitions)
+        if stop.wait(0.5):
+            return []
+
+
+def _apply_retrying(applier: Applier, conn, batch: list[Message], attempts: int = 5) -> Any:
+    """Apply a batch; a deadlock or serialization failure rolled it back, so try again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return applier.apply(conn, batch)
+        except _RETRIED as e:
+            if attempt == attempts:
+                raise
+            log.warning("%s: batch rolled back (%s); retrying", applier.consumer, e)
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")

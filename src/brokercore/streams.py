@@ -1,0 +1,123 @@
+"""What the platform pushes to clients in real time: the Redis channels and the JSON
+messages on them (msgspec Structs, camelCase, tagged by ``type``).
+
+- ``user:{userId}``: one user's ORDER_UPDATE (from the projector, after its commit) and
+  NOTIFICATION (from the notifier) messages. Every WebSocket gateway instance subscribes
+  to the channels of the users connected to it, so any instance can serve any user.
+- ``md:trades:{symbol}`` and ``md:book:{symbol}``: TRADE and BOOK messages (from the
+  projector), for clients that subscribe to a symbol's market data.
+- ``ws:online:{userId}``: a sorted set of gateway instance ids, scored by when their
+  registration lapses (epoch seconds); the notifier pushes to a user none holds.
+
+Prices and money are decimal strings of rupees ("2847.00"), quantities are shares,
+times ISO 8601 UTC. Every key and channel name starts with the deployment's prefix.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+__all__ = ["OrderUpdate", "Notification", "TradeTick", "Level", "BookUpdate", "Candle",
+           "user_channel", "trades_channel", "book_channel", "online_key", "rupees",
+           "encode_message", "decode_message"]
+
+
+class OrderUpdate(msgspec.Struct, tag_field="type", tag="ORDER_UPDATE", rename="camel",
+                  frozen=True):
+    """An order's state after a change; ``seq`` is its read_model.order_updates id, which
+    grows per user, so a client resumes with the last one it saw."""
+
+    seq: int
+    order_id: int
+    symbol: str
+    side: str
+    order_type: str
+    status: str
+    quantity: int
+    filled_qty: int
+    avg_price: str | None
+    price: str | None
+    reject_reason: str | None
+    updated_at: str
+    event_time_ms: int          # the Kafka timestamp of the engine's event message
+
+
+class Notification(msgspec.Struct, tag_field="type", tag="NOTIFICATION", rename="camel",
+                   frozen=True):
+    """A message for a person; ``id`` is stable across re-deliveries (dedupe on it)."""
+
+    id: str
+    kind: str                   # FILL, CANCELLED, EXPIRED, REJECTED, PRICE_ALERT
+    title: str
+    body: str
+    symbol: str
+    created_at: str
+    order_id: int | None = None
+
+
+class TradeTick(msgspec.Struct, tag_field="type", tag="TRADE", rename="camel", frozen=True):
+    trade_id: str
+    symbol: str
+    price: str
+    quantity: int
+    time: str
+
+
+class Level(msgspec.Struct, frozen=True):
+    price: str
+    quantity: int
+
+
+class BookUpdate(msgspec.Struct, tag_field="type", tag="BOOK", rename="camel", frozen=True):
+    """A symbol's market data: L2 depth (best first), best bid/ask and last price.
+    GET /api/v1/marketdata/{symbol} answers the same body."""
+
+    symbol: str
+    bids: list[Level]
+    asks: list[Level]
+    best_bid: Level | None
+    best_ask: Level | None
+    last_price: str | None
+
+
+class Candle(msgspec.Struct, rename="camel", frozen=True):
+    time: str                   # start of the interval
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: int
+
+
+def user_channel(prefix: str, user_id: str) -> str:
+    return f"{prefix}user:{user_id}"
+
+
+def trades_channel(prefix: str, symbol: str) -> str:
+    return f"{prefix}md:trades:{symbol}"
+
+
+def book_channel(prefix: str, symbol: str) -> str:
+    return f"{prefix}md:book:{symbol}"
+
+
+def online_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}ws:online:{user_id}"
+
+
+def rupees(paise: int | Decimal | None) -> str | None:
+    """Paise as a rupee string with two decimals (four for a fractional average)."""
+    if paise is None:
+        return None
+    value = Decimal(paise).scaleb(-2)
+    return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else f"{value:.4f}"
+
+
+encode_message = msgspec.json.Encoder().encode
+_decoder = msgspec.json.Decoder(OrderUpdate | Notification | TradeTick | BookUpdate)
+
+
+def decode_message(data: bytes | str) -> OrderUpdate | Notification | TradeTick | BookUpdate:
+    return _decoder.decode(data)
