@@ -23,10 +23,13 @@ import msgspec
 import numpy as np
 import psycopg
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from brokercore.cache import Invalidator
 from brokercore.codec import EventEncoder, SymbolTable
+from brokercore.config import ServiceSettings
 from brokercore.ledger import SettlementError
 from brokercore.market import MarketInstrument, Session
 from brokercore.messages import CancelOrder, CloseSession, Event, EventBatch, NewOrder, encode
@@ -35,7 +38,7 @@ from brokercore.records import COMMAND_DTYPE, EventType, Reason, Side, Stp, Tif
 from brokercore.risk import (
     AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
 )
-from brokercore.pgconsumer import stored_offsets
+from brokercore.pgconsumer import Message, stored_offsets
 from brokercore.settlement import SettlementConsumer, run_settlement
 
 D = Decimal
@@ -140,10 +143,10 @@ class Venue:
                                             dtype=COMMAND_DTYPE))
         self.batches += [self._decoder.decode(p) for p in self.encoder.encode(events)]
 
-    def messages(self, start: int = 0) -> list[tuple[int, int, EventBatch]]:
+    def messages(self, start: int = 0) -> list[Message]:
         """The batches as messages of partition 0, with offset gaps as transactions
         leave them (each commit marker takes an offset)."""
-        return [(0, 10 + 2 * i, b) for i, b in enumerate(self.batches)][start:]
+        return [Message(0, 10 + 2 * i, b) for i, b in enumerate(self.batches)][start:]
 
 
 def settle(conn, messages, fees: FeeSchedule = FEES):
@@ -223,6 +226,25 @@ def test_a_buy_and_a_sell_crossing_settle_both_sides(conn):
                         "NULL ORDER BY event_id").fetchall() == [
         (sell, "OPEN"), (buy, "OPEN"), (buy, "FILLED"), (sell, "FILLED")]
     assert one(conn, "SELECT partition, next_offset FROM consumer_offsets") == (0, 13)
+
+
+def test_after_a_commit_the_read_caches_of_the_changed_users_are_invalidated(conn):
+    """The query service's cached answers are filed under a per-user generation; settlement
+    bumps the generations of the users whose money or shares it changed (real Redis)."""
+    client = redis.Redis.from_url(ServiceSettings().redis_url)
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    v = Venue(conn)
+    buyer, seller = v.account("buyer", shares=0), v.account("seller")
+    v.account("bystander")
+    v.place(seller, Side.SELL, 10, MID)
+    v.place(buyer, Side.BUY, 10, MID)
+    settler = SettlementConsumer(MARKET, FEES, invalidate=Invalidator(client, prefix))
+    settler.committed(settler.apply(conn, v.messages()))
+    generations = {user: client.get(f"{prefix}cache:{user}:gen")
+                   for user in ("buyer", "seller", "bystander")}
+    assert generations == {"buyer": b"1", "seller": b"1", "bystander": None}
+    settler.committed(settler.apply(conn, v.messages()))        # re-delivered: no change
+    assert client.get(f"{prefix}cache:buyer:gen") == b"1"
 
 
 def test_partial_fills_then_cancel_release_the_rest(conn):
@@ -362,7 +384,7 @@ def test_an_event_that_contradicts_the_order_stops_settlement(conn):
         99, INST.symbol, EventType.TRADE, 0, 1, Side.BUY, 50, 0, 777, seller + 1, MID, 6, 0,
         sell, seller, 0)])                                  # 6 shares of a 5-share order
     with pytest.raises(SettlementError):
-        settle(conn, [(0, 100, forged)])
+        settle(conn, [Message(0, 100, forged)])
     assert dump(conn) == before                             # nothing of the batch stayed
 
 

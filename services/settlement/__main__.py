@@ -2,9 +2,10 @@
 
 Settings are the BROKERCORE_* variables (brokercore.config): BROKERCORE_DATABASE_URL,
 BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX, BROKERCORE_INSTRUMENTS,
-BROKERCORE_FEE_BPS, BROKERCORE_FEE_FIXED_PAISE. SIGTERM or Ctrl-C finishes the batch in
-hand and exits 0; any failure exits 1 with nothing of the failed batch stored, so a
-restart resumes from the offsets in Postgres.
+BROKERCORE_FEE_BPS, BROKERCORE_FEE_FIXED_PAISE, and BROKERCORE_REDIS_URL /
+BROKERCORE_REDIS_PREFIX for the read caches it invalidates after each commit. SIGTERM or
+Ctrl-C finishes the batch in hand and exits 0; any failure exits 1 with nothing of the
+failed batch stored, so a restart resumes from the offsets in Postgres.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         run_settlement(kafka.bootstrap, kafka.events_topic, settings.database_url,
-                       settings.instruments, fees, stop_event=stop)
+                       settings.instruments, fees, stop_event=stop,
+                       redis_url=settings.redis_url, redis_prefix=settings.redis_prefix)
     except Exception:
         logging.getLogger("brokercore.settlement").exception("settlement failed")
         return 1

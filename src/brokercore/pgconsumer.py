@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import psycopg
@@ -26,8 +26,13 @@ __all__ = ["Applier", "Message", "claim_offsets", "store_offsets", "stored_offse
 
 log = logging.getLogger("brokercore.pgconsumer")
 
-Message = tuple[int, int, EventBatch]
-"""(partition, offset, batch): one message of the events topic."""
+class Message(NamedTuple):
+    """One message of the events topic."""
+
+    partition: int
+    offset: int
+    batch: EventBatch
+    timestamp_ms: int = 0       # Kafka's timestamp of it (the engine's producer sets it)
 
 
 class Applier(Protocol):
@@ -54,7 +59,7 @@ def claim_offsets(conn: psycopg.Connection, consumer: str, topic: str,
     """Lock the consumer's offset rows of the batch's partitions (inside the caller's
     transaction); the messages not yet applied, and the next offset of each partition
     that moves. Two processes of one consumer take turns on these locks."""
-    partitions = sorted({p for p, _, _ in messages})
+    partitions = sorted({m.partition for m in messages})
     if not partitions:
         return [], {}
     conn.execute(
@@ -67,10 +72,9 @@ def claim_offsets(conn: psycopg.Connection, consumer: str, topic: str,
         (consumer, topic, partitions)).fetchall())
     nxt, fresh = dict(stored), []
     for message in messages:
-        partition, offset, _ = message
-        if offset >= nxt[partition]:
+        if message.offset >= nxt[message.partition]:
             fresh.append(message)
-            nxt[partition] = offset + 1
+            nxt[message.partition] = message.offset + 1
     return fresh, {p: o for p, o in nxt.items() if o != stored[p]}
 
 
@@ -133,8 +137,9 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
                         if message.error().code() == KafkaError._PARTITION_EOF:
                             continue
                         raise KafkaException(message.error())
-                    batch.append((message.partition(), message.offset(),
-                                  decoder.decode(message.value())))
+                    batch.append(Message(message.partition(), message.offset(),
+                                         decoder.decode(message.value()),
+                                         message.timestamp()[1]))
                 if batch:
                     stats = _apply_retrying(applier, conn, batch)
                     applier.committed(stats)

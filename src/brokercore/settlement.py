@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import psycopg
+import redis
 
+from brokercore.cache import Invalidator
 from brokercore.ledger import (
     AVG_PRICE_PLACES, OrderHold, Settlement, SettlementError, average_price, release,
     settle_fill,
@@ -85,6 +87,7 @@ class _Order:
 
 @dataclass
 class _Account:
+    user_id: str
     cash: int
     blocked_cash: int
     changed: bool = False
@@ -115,11 +118,14 @@ class SettlementConsumer:
     """Applies batches of ``events`` messages for one consumer of one topic."""
 
     def __init__(self, market: Mapping[str, MarketInstrument], fees: FeeSchedule = NO_FEES,
-                 topic: str = "events", consumer: str = "settlement"):
+                 topic: str = "events", consumer: str = "settlement",
+                 invalidate: Callable[[set[str]], object] | None = None):
         self.market = market
         self.fees = fees
         self.topic = topic
         self.consumer = consumer
+        self.invalidate = invalidate        # of the users' read caches, after a commit
+        self._touched: set[str] = set()
 
     def apply(self, conn: psycopg.Connection, messages: Sequence[Message]) -> BatchStats:
         """Apply the messages (in their order) and store the next offsets, in one
@@ -131,13 +137,14 @@ class SettlementConsumer:
             fresh, offsets = claim_offsets(conn, self.consumer, self.topic, messages)
             stats.skipped = len(messages) - len(fresh)
             stats.messages = len(fresh)
-            events = [(batch.shard, e) for _, _, batch in fresh for e in batch.events]
+            events = [(m.batch.shard, e) for m in fresh for e in m.batch.events]
             stats.events = len(events)
             if events:
                 batch = self._load(conn, [e for _, e in events])
                 for shard, event in events:
                     self._event(batch, shard, event)
                 self._write(conn, batch)
+                self._touched.update(a.user_id for a in batch.accounts.values() if a.changed)
                 stats.fills, stats.updates = len(batch.fills), len(batch.history)
             store_offsets(conn, self.consumer, self.topic, offsets)
         return stats
@@ -145,7 +152,10 @@ class SettlementConsumer:
     new_stats = BatchStats
 
     def committed(self, stats: BatchStats) -> None:
-        """Nothing to do after a commit."""
+        """Invalidate the read caches of the users whose accounts changed."""
+        if self.invalidate is not None and self._touched:
+            self.invalidate(self._touched)
+        self._touched = set()
 
     @staticmethod
     def describe(s: BatchStats) -> str:
@@ -158,8 +168,9 @@ class SettlementConsumer:
         ids = sorted({i for e in events for i in (e.order_id, e.other_id) if i > 0})
         owners = conn.execute("SELECT DISTINCT account_id, symbol FROM orders "
                               "WHERE order_id = ANY(%s)", (ids,)).fetchall()
-        accounts = {a: _Account(cash, blocked) for a, cash, blocked in conn.execute(
-            "SELECT account_id, cash, blocked_cash FROM accounts WHERE account_id = ANY(%s) "
+        accounts = {a: _Account(*rest) for a, *rest in conn.execute(
+            "SELECT account_id, user_id, cash, blocked_cash FROM accounts "
+            "WHERE account_id = ANY(%s) "
             "ORDER BY account_id FOR UPDATE", (sorted({a for a, _ in owners}),))}
         positions = {(a, s): _Position(q, b, p) for a, s, q, b, p in conn.execute(
             "SELECT account_id, symbol, quantity, blocked_quantity, avg_price FROM positions "
@@ -344,10 +355,16 @@ def _average(notional: int, quantity: int) -> Decimal | None:
 
 def run_settlement(bootstrap: str, topic: str, database_url: str, market_path: str,
                    fees: FeeSchedule = NO_FEES, consumer_name: str = "settlement",
-                   stop_event: threading.Event | None = None, **options) -> BatchStats:
+                   stop_event: threading.Event | None = None, *,
+                   redis_url: str | None = None, redis_prefix: str = "",
+                   **options) -> BatchStats:
     """Settle ``topic`` until ``stop_event`` is set (``pgconsumer.run_pg_consumer``, whose
     keyword options pass through); returns the totals. An event that contradicts an
-    order is raised like a database error: nothing of its batch is stored."""
-    settler = SettlementConsumer(load_market(market_path), fees, topic, consumer_name)
+    order is raised like a database error: nothing of its batch is stored. With a
+    ``redis_url``, the read caches of the users it changes are invalidated."""
+    invalidate = (Invalidator(redis.Redis.from_url(redis_url, socket_timeout=1.0),
+                              redis_prefix) if redis_url else None)
+    settler = SettlementConsumer(load_market(market_path), fees, topic, consumer_name,
+                                 invalidate)
     return run_pg_consumer(settler, bootstrap, database_url, f"settlement {consumer_name}",
                            stop_event, **options)
