@@ -25,8 +25,6 @@ import os
 import random
 import re
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,20 +33,21 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-import httptools
 import numpy as np
 import psycopg
 import uvloop
 from confluent_kafka.admin import AdminClient
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_model  # noqa: E402
 
+from harness import (  # noqa: E402
+    Connection, cpu_ticks, create_database, dev_server, drop_database, postgres_pids,
+    postmaster_of, start_uvicorn, stop,
+)
+
 from brokercore.auth import JwtConfig, mint_token  # noqa: E402
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings  # noqa: E402
-from brokercore.migrations import apply_migrations  # noqa: E402
 from brokercore.topics import ensure_topics  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,14 +61,8 @@ perf = time.perf_counter
 log = functools.partial(print, flush=True)
 
 
-def create_database(server: str, symbols: list[str], users: int) -> tuple[str, str, str]:
-    """A fresh database, migrated, with ``users`` accounts, the first half of them
-    holding every symbol (only they sell); returns (name, url, the postmaster's pid)."""
-    name = f"bench_{uuid.uuid4().hex}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(server, dbname=name)
-    apply_migrations(url)
+def seed_accounts(url: str, symbols: list[str], users: int) -> None:
+    """``users`` accounts, the first half of them holding every symbol (only they sell)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO accounts (user_id, cash) SELECT 'u' || g, %s "
                      "FROM generate_series(0, %s - 1) g", (CASH_PAISE, users))
@@ -77,7 +70,6 @@ def create_database(server: str, symbols: list[str], users: int) -> tuple[str, s
                      "SELECT a.account_id, s, %s FROM accounts a CROSS JOIN unnest(%s::text[]) s "
                      "WHERE substr(a.user_id, 2)::int < %s", (HOLDING, symbols, max(1, users // 2)))
         conn.execute("ANALYZE")
-        return name, url, "".join(_stat(conn.info.backend_pid)[1:2])   # its parent
 
 
 def write_instruments(path: str) -> list[dict]:
@@ -114,60 +106,6 @@ def order_bodies(instruments: list[dict], users: int, seed: int, prefix: str):
             tail = (f'"type":"LIMIT","price":"{paise // 100}.{paise % 100:02d}",'
                     f'"timeInForce":"{tif}"')
         yield user, f'{head}{tail},"idempotencyKey":"{prefix}{n}"}}'.encode()
-
-
-class _Answer(asyncio.Protocol):
-    """One TCP connection: feeds httptools (uvicorn's parser), resolves the waiter."""
-
-    def __init__(self):
-        self.parser, self.waiter, self.body = httptools.HttpResponseParser(self), None, []
-        self.lost = False
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._resolve(exc=RuntimeError(f"bad HTTP answer: {e!r}"))
-
-    def connection_lost(self, exc) -> None:
-        self.lost = True
-        self._resolve(exc=ConnectionError(f"connection lost: {exc!r}"))
-
-    def on_body(self, data: bytes) -> None:
-        self.body.append(data)
-
-    def on_message_complete(self) -> None:
-        self._resolve((self.parser.get_status_code(), b"".join(self.body)))
-        self.body = []
-
-    def _resolve(self, result=None, exc=None) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc) if exc else waiter.set_result(result)
-
-
-class Connection:
-    """A keep-alive HTTP/1.1 connection, one request at a time; reconnects after an error."""
-
-    def __init__(self, port: int, heads: list[bytes]):
-        self.port, self.heads, self.transport, self.protocol = port, heads, None, None
-
-    async def open(self) -> Connection:
-        self.transport, self.protocol = await asyncio.get_running_loop().create_connection(
-            _Answer, "127.0.0.1", self.port)
-        return self
-
-    async def post(self, user: int, body: bytes) -> tuple[int, bytes]:
-        if self.protocol is None or self.protocol.lost:
-            await self.open()
-        self.protocol.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(b"%s%d\r\n\r\n%s" % (self.heads[user], len(body), body))
-        return await self.protocol.waiter
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        self.transport = self.protocol = None
 
 
 @dataclass
@@ -210,11 +148,10 @@ HEADER = (f"{'phase':26} {'offered':>8} {'accepted':>8} {'p50':>7} {'p99':>7} {'
           f"{'':>7} {'':>7} | {'% core':>7} {'% core':>7} {'% core':>7}")
 
 
-async def send(phase: Phase, conn: Connection, orders, since: float, end: float) -> None:
+async def send(phase: Phase, conn: Connection, requests, since: float, end: float) -> None:
     """One order; its latency counted from ``since``."""
-    user, body = next(orders)
     try:
-        status, answer = await conn.post(user, body)
+        status, answer = await conn.send(next(requests))
     except (OSError, RuntimeError) as e:            # ConnectionError is an OSError
         status, answer = type(e).__name__, repr(e).encode()
         conn.close()
@@ -262,47 +199,29 @@ async def open_loop(phase: Phase, conns: list[Connection], orders, start: float,
     await asyncio.gather(*pending, return_exceptions=True)
 
 
-def _stat(pid) -> list[str]:
-    """/proc/<pid>/stat from field 3 (state) on: [1] = ppid, [11] + [12] = CPU ticks."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()
-    except OSError:
-        return []
-
-
-def postgres_pids(postmaster: str) -> list[int]:
-    """The postmaster and its children (backends, WAL writer ...); none if unknown ("")."""
-    return [int(pid) for pid in filter(str.isdigit, os.listdir("/proc"))
-            if pid == postmaster or _stat(pid)[1:2] == [postmaster]]
-
-
 async def run_all(args, port: int, tokens: list[str], orders, uvicorn_pid: int,
                   postmaster: str) -> list[Phase]:
     """Warm-up, closed loops, open loops at 50% of the best and at --rate; each phase on
     connections opened before its clock starts, its CPU read at the window's ends."""
     heads = [(f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer {t}"
               f"\r\ncontent-type: application/json\r\ncontent-length: ").encode() for t in tokens]
+    orders = (b"%s%d\r\n\r\n%s" % (heads[user], len(body), body) for user, body in orders)
     phases: list[Phase] = []
 
     async def run(label: str, connections: int, rate: float = 0.0, seconds=args.seconds):
         phase = Phase(label, seconds, rate)
-        conns = [await Connection(port, heads).open() for _ in range(connections)]
+        conns = [await Connection(port).open() for _ in range(connections)]
         groups = {"uvicorn": [uvicorn_pid], "client": [os.getpid()],
                   "pg": postgres_pids(postmaster)}
         start = perf() + 0.1
         end = start + seconds
 
-        def ticks() -> dict:
-            return {k: sum(int(s[11]) + int(s[12]) for s in map(_stat, pids) if s)
-                    for k, pids in groups.items()}
-
         async def cpu() -> None:
             await asyncio.sleep(start - perf())
-            t0, before = perf(), ticks()
+            t0, before = perf(), cpu_ticks(groups)
             await asyncio.sleep(end - perf())
             scale = os.sysconf("SC_CLK_TCK") * (perf() - t0) / 100
-            phase.cpu = {k: (n - before[k]) / scale for k, n in ticks().items()}
+            phase.cpu = {k: (n - before[k]) / scale for k, n in cpu_ticks(groups).items()}
 
         async def client(conn: Connection) -> None:
             while (t0 := perf()) < end:
@@ -380,8 +299,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="bench-oms-")
     instruments_path = os.path.join(tmp.name, "instruments.toml")
     instruments = write_instruments(instruments_path)
-    server = subprocess.run([f"{REPO}/scripts/postgres/postgres.sh", "url"], check=True,
-                            capture_output=True, text=True).stdout.strip()
+    server = dev_server()
     kafka = KafkaSettings(KAFKA, f"bench-oms-{run_id}-", 4)
     log_file = open(os.path.join(tmp.name, "uvicorn.log"), "w+b")  # noqa: SIM115
     dbname = uvicorn = None
@@ -390,29 +308,17 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))  # as Ctrl-C
     try:
         symbols = [i["symbol"] for i in instruments]
-        dbname, url, postmaster = create_database(server, symbols, args.users)
+        dbname, url = create_database(server)
+        seed_accounts(url, symbols, args.users)
+        postmaster = postmaster_of(url)
         ensure_topics(kafka)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        uvicorn = subprocess.Popen(    # its own session: a Ctrl-C reaches us, we stop it
-            [sys.executable, "-m", "uvicorn", "services.oms.app:app", "--host", "127.0.0.1",
-             "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-             "--no-access-log", "--log-level", "warning"],
-            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, BROKERCORE_DATABASE_URL=url, BROKERCORE_KAFKA_BOOTSTRAP=KAFKA,
-                     BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix, BROKERCORE_SHARDS="4",
-                     BROKERCORE_INSTRUMENTS=instruments_path, BROKERCORE_DEV_MODE="1",
-                     BROKERCORE_REDIS_URL=REDIS, BROKERCORE_REDIS_PREFIX=f"bench-oms-{run_id}:",
-                     BROKERCORE_RATE_LIMIT_BURST="1000", BROKERCORE_RATE_LIMIT_PER_SECOND="1000",
-                     PYTHONUNBUFFERED="1"))
-        while uvicorn.poll() is None and time.monotonic() - t0 < 60:   # listening: started
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"uvicorn did not start (exit code {uvicorn.poll()})")
+        uvicorn, port = start_uvicorn("services.oms.app:app", dict(
+            BROKERCORE_DATABASE_URL=url, BROKERCORE_KAFKA_BOOTSTRAP=KAFKA,
+            BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix, BROKERCORE_SHARDS="4",
+            BROKERCORE_INSTRUMENTS=instruments_path, BROKERCORE_DEV_MODE="1",
+            BROKERCORE_REDIS_URL=REDIS, BROKERCORE_REDIS_PREFIX=f"bench-oms-{run_id}:",
+            BROKERCORE_RATE_LIMIT_BURST="1000", BROKERCORE_RATE_LIMIT_PER_SECOND="1000"),
+            log_file)
         jwt = JwtConfig("brokercore-dev", "brokercore", hs256_secret=DEV_JWT_SECRET)
         tokens = [mint_token(f"u{n}", jwt, ttl=24 * 3600) for n in range(args.users)]
         orders = order_bodies(instruments, args.users, args.seed, f"{run_id}-")
@@ -422,19 +328,10 @@ def main() -> None:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             phases = runner.run(run_all(args, port, tokens, orders, uvicorn.pid, postmaster))
     finally:
-        code = None
-        if uvicorn is not None:
-            uvicorn.terminate()                          # lifespan shutdown: flush, close
-            try:
-                code = uvicorn.wait(15)
-            except subprocess.TimeoutExpired:
-                uvicorn.kill()
-                code = uvicorn.wait(5)
+        code = stop(uvicorn)                             # lifespan shutdown: flush, close
         try:
             if dbname is not None:
-                with psycopg.connect(server, autocommit=True) as admin:
-                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                                  .format(sql.Identifier(dbname)))
+                drop_database(server, dbname)
             topics = [kafka.orders_topic, kafka.events_topic, kafka.snapshots_topic,
                       kafka.dead_letter_topic, kafka.leases_topic]
             admin = AdminClient({"bootstrap.servers": KAFKA})
