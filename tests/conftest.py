@@ -83,4 +83,6 @@ def database(db):
                      "('carol', %s)", (1_000_000 * 100, 1_000_000 * 100))
         conn.execute("INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
                      "'RELIANCE', 100 FROM accounts WHERE user_id = 'bob'")
+        conn.execute("INSERT INTO read_model.positions (user_id, symbol, quantity) "
+                     "VALUES ('bob', 'RELIANCE', 100)")      # deposited: in both models
     return db

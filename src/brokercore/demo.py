@@ -2,7 +2,9 @@
 
     python -m brokercore.demo [--url URL]
 
-Idempotent: existing demo accounts are left as they are.
+Idempotent: existing demo accounts are left as they are. Shares deposited outside
+trading go into the ledger (``positions``) and the read model (``read_model.positions``)
+in one transaction: the projector only sees trades.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def seed_demo(url: str) -> list[str]:
             for symbol, (quantity, avg_price) in holdings.items():
                 conn.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price) "
                              "VALUES (%s, %s, %s, %s)", (row[0], symbol, quantity, avg_price))
+                conn.execute("INSERT INTO read_model.positions (user_id, symbol, quantity, "
+                             "avg_price) VALUES (%s, %s, %s, %s)",
+                             (user, symbol, quantity, avg_price))
     return created
 
 
