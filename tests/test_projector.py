@@ -25,11 +25,11 @@ from brokercore.config import ServiceSettings
 from brokercore.marketdata import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
 from brokercore.messages import AmendOrder, EventBatch, NewOrder, encode
 from brokercore.pgconsumer import Message, stored_offsets
-from brokercore.projector import ProjectorConsumer, md_key, run_projector
+from brokercore.projector import ProjectorConsumer, run_projector
 from brokercore.records import EventType, Reason, Side, Stp, Tif
 from brokercore.settlement import _time
 from brokercore.streams import (
-    BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, trades_channel,
+    BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, trades_channel,
     user_channel,
 )
 from kafka_support import new_settings

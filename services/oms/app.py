@@ -28,6 +28,7 @@ from brokercore.api import (
     ErrorBody, ErrorDetail, FieldError, OrderAccepted, decode_place_order, encode_json,
 )
 from brokercore.auth import AuthError, JwtConfig, Principal, TokenVerifier
+from brokercore.cache import UserCache
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.market import load_market
 from brokercore.order_entry import OrderEntry, OrderReceipt, OrderRefused
@@ -72,6 +73,7 @@ class Oms:
                                 fees=FeeSchedule(Decimal(settings.fee_bps),
                                                  settings.fee_fixed_paise))
         self.publisher = OutboxPublisher(self.pool, kafka.bootstrap)
+        self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
 
     async def open(self) -> None:
         await self.pool.open(wait=True)
@@ -112,9 +114,11 @@ class Oms:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def published(self, receipt: OrderReceipt) -> OrderReceipt:
-        """Publish the receipt's command now (briefly waiting for Kafka's ack); if that
-        fails the order is still stored, and the reconciler publishes it later."""
+    async def published(self, user_id: str, receipt: OrderReceipt) -> OrderReceipt:
+        """The user's cached reads invalidated (the order is committed), then the
+        receipt's command published now (briefly waiting for Kafka's ack); if that fails
+        the order is still stored, and the reconciler publishes it later."""
+        await self.cache.invalidate([user_id])
         if receipt.outbox is not None:
             try:
                 await self.publisher.publish([receipt.outbox])
@@ -159,7 +163,8 @@ async def place_order(request: Request) -> Response:
                        [FieldError(field, message)]) from None
     except msgspec.DecodeError:
         raise ApiError(400, "MALFORMED_JSON", "the body is not valid JSON") from None
-    return accepted(await oms.published(await oms.entry.place(principal.user_id, order)))
+    return accepted(await oms.published(principal.user_id,
+                                        await oms.entry.place(principal.user_id, order)))
 
 
 @guarded
@@ -167,9 +172,10 @@ async def cancel_order(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
     raw = request.path_params["order_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, "ORDER_NOT_FOUND", f"no order {raw[:40]}")
-    return accepted(await oms.published(await oms.entry.cancel(principal.user_id, int(raw))))
+    return accepted(await oms.published(
+        principal.user_id, await oms.entry.cancel(principal.user_id, int(raw))))
 
 
 def create_app(settings: ServiceSettings | None = None,

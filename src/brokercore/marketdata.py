@@ -30,8 +30,7 @@ UNION ALL
 """(side, price paise, quantity) rows: bids best first, then asks best first."""
 
 LAST_PRICE_SQL = """
-SELECT price FROM read_model.trades WHERE symbol = %(symbol)s
- ORDER BY executed_at DESC, trade_id DESC LIMIT 1"""
+SELECT price FROM read_model.trades WHERE symbol = %(symbol)s ORDER BY seq DESC LIMIT 1"""
 
 INTERVALS = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5),
              "15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
@@ -39,9 +38,9 @@ INTERVALS = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5),
 
 CANDLES_SQL = """
 SELECT date_bin(%(interval)s, executed_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-       (array_agg(price ORDER BY executed_at, trade_id))[1],
+       (array_agg(price ORDER BY seq))[1],
        max(price), min(price),
-       (array_agg(price ORDER BY executed_at DESC, trade_id DESC))[1],
+       (array_agg(price ORDER BY seq DESC))[1],
        sum(quantity)::bigint
   FROM read_model.trades
  WHERE symbol = %(symbol)s AND executed_at >= %(from)s AND executed_at < %(to)s

@@ -46,21 +46,16 @@ from brokercore.pgconsumer import Message, claim_offsets, run_pg_consumer, store
 from brokercore.records import EventType, Op, Reason, Side
 from brokercore.settlement import _average, _time, trade_id
 from brokercore.streams import (
-    BookUpdate, OrderUpdate, TradeTick, book_channel, encode_message, rupees, trades_channel,
-    user_channel,
+    BookUpdate, OrderUpdate, TradeTick, book_channel, encode_message, md_key, rupees,
+    trades_channel, user_channel,
 )
 
-__all__ = ["ProjectorConsumer", "ProjectorStats", "Push", "md_key", "run_projector"]
+__all__ = ["ProjectorConsumer", "ProjectorStats", "Push", "run_projector"]
 
 log = logging.getLogger("brokercore.projector")
 
 _ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
          EventType.REJECTED: "REJECTED"}
-
-
-def md_key(prefix: str, symbol: str) -> str:
-    """Where the newest BOOK message of a symbol is kept (GET /marketdata/{symbol})."""
-    return f"{prefix}md:{symbol}"
 
 
 @dataclass
@@ -307,7 +302,7 @@ class ProjectorConsumer:
     def _trade(self, b: _Batch, e: Event, tid: str, event_time_ms: int) -> None:
         price = self._paise(e.symbol, e.price)
         when = _time(e.ts)
-        b.trades.append((tid, e.symbol, price, e.qty, when))
+        b.trades.append((tid, e.symbol, e.seq, price, e.qty, when))
         b.push.ticks.append(TradeTick(tid, e.symbol, rupees(price), e.qty, when.isoformat()))
         b.symbols.add(e.symbol)
         self._rested(b, e.order_id, e.remaining)
@@ -416,8 +411,8 @@ class ProjectorConsumer:
                 [(i, r.symbol, r.side, r.price, r.open_quantity)
                  for i, r in sorted(b.book.items()) if i in b.book_written])
             cur.executemany(
-                "INSERT INTO read_model.trades (trade_id, symbol, price, quantity, executed_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", b.trades)
+                "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
+                "executed_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", b.trades)
             reads = [(symbol,
                       conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS}),
                       conn.execute(LAST_PRICE_SQL, {"symbol": symbol}))

@@ -6,6 +6,7 @@ messages on them (msgspec Structs, camelCase, tagged by ``type``).
   to the channels of the users connected to it, so any instance can serve any user.
 - ``md:trades:{symbol}`` and ``md:book:{symbol}``: TRADE and BOOK messages (from the
   projector), for clients that subscribe to a symbol's market data.
+- ``md:{symbol}`` (a key): the newest BOOK message of a symbol, kept by the projector.
 - ``ws:online:{userId}``: a sorted set of gateway instance ids, scored by when their
   registration lapses (epoch seconds); the notifier pushes to a user none holds.
 
@@ -20,7 +21,7 @@ from decimal import Decimal
 import msgspec
 
 __all__ = ["OrderUpdate", "Notification", "TradeTick", "Level", "BookUpdate", "Candle",
-           "user_channel", "trades_channel", "book_channel", "online_key", "rupees",
+           "user_channel", "trades_channel", "book_channel", "md_key", "online_key", "rupees",
            "encode_message", "decode_message"]
 
 
@@ -101,6 +102,11 @@ def trades_channel(prefix: str, symbol: str) -> str:
 
 def book_channel(prefix: str, symbol: str) -> str:
     return f"{prefix}md:book:{symbol}"
+
+
+def md_key(prefix: str, symbol: str) -> str:
+    """Where the newest BOOK message of a symbol is kept (GET /marketdata/{symbol})."""
+    return f"{prefix}md:{symbol}"
 
 
 def online_key(prefix: str, user_id: str) -> str:

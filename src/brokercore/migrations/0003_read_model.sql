@@ -67,11 +67,14 @@ CREATE INDEX read_book_orders_level_idx ON read_model.book_orders (symbol, side,
 CREATE TABLE read_model.trades (
     trade_id    TEXT PRIMARY KEY,               -- brokercore.settlement.trade_id
     symbol      TEXT NOT NULL,
+    seq         BIGINT NOT NULL,                -- the book's sequence number: the trades'
+                                                -- order (one sweep shares one timestamp)
     price       BIGINT NOT NULL,                -- paise
     quantity    BIGINT NOT NULL,
-    executed_at timestamptz NOT NULL
+    executed_at timestamptz NOT NULL,
+    UNIQUE (symbol, seq)
 );
-CREATE INDEX read_trades_symbol_time_idx ON read_model.trades (symbol, executed_at, trade_id);
+CREATE INDEX read_trades_symbol_time_idx ON read_model.trades (symbol, executed_at);
 
 -- ---------------------------------------------------------------------------------
 -- Notifications (services/notifier)

@@ -1,0 +1,302 @@
+"""Reads over REST: orders, order history, portfolio and market data (a thin Starlette app).
+
+    uvicorn services.query.app:app --port 8001          (settings: BROKERCORE_* variables)
+
+GET /api/v1/orders, /orders/{orderId}, /orders/{orderId}/history, /portfolio,
+/marketdata/{symbol} and /marketdata/{symbol}/candles, each with a JWT bearer token; a
+user sees only their own orders and money. The reads are brokercore.queries'. Per-user
+answers go through brokercore.cache.UserCache (invalidated by generation by the OMS,
+settlement and the projector after their commits; settings.cache_ttl), market data
+through the projector's copy in Redis. Redis only accelerates: with short socket
+timeouts and no retries an outage costs a request a fraction of a second at most, and
+the answer comes from Postgres. Errors as the OMS's: ``{"error": {"code", "message",
+"fields"?}}``, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import redis
+from psycopg import AsyncConnection, IsolationLevel
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from brokercore import queries
+from brokercore.api import FieldError, encode_json
+from brokercore.auth import AuthError, JwtConfig, TokenVerifier
+from brokercore.cache import UserCache
+from brokercore.config import ServiceSettings
+from brokercore.market import load_market
+from brokercore.marketdata import INTERVALS
+from brokercore.streams import encode_message, md_key
+from services.oms.app import ApiError, guarded
+
+log = logging.getLogger("brokercore.query")
+
+REDIS_TIMEOUT = 0.25
+"""Seconds a Redis connect or command may take before the read goes to Postgres."""
+
+MAX_CANDLES = 1440
+"""Intervals one candles request may span: a day of 1-minute candles."""
+
+CANDLE_WINDOW = timedelta(hours=24)
+"""The window of a candles request without ``from``: the day before ``to`` (or now)."""
+
+_CHOICES = {"status": queries.ORDER_STATUSES, "interval": tuple(INTERVALS)}
+
+
+async def _snapshot_reads(conn: AsyncConnection) -> None:
+    """Pool connections read only, each request from one snapshot (e.g. a portfolio's
+    cash and positions)."""
+    await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
+    await conn.set_read_only(True)
+
+
+class QueryService:
+    """The pieces one query process holds, made at start-up and closed at shutdown."""
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.pool = AsyncConnectionPool(settings.database_url, min_size=2, max_size=20,
+                                        open=False, configure=_snapshot_reads)
+        self.redis = Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT,
+                                    socket_connect_timeout=REDIS_TIMEOUT,
+                                    retry=Retry(NoBackoff(), 0))
+        self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
+        self.verifier = TokenVerifier(JwtConfig(
+            settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
+            settings.jwt_rs256_public_key))
+        self.market = load_market(settings.instruments)
+        self._books_down_until = 0.0
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.redis.aclose()
+
+    def authenticate(self, request: Request) -> str:
+        """The user id of the request's bearer token (verified as the OMS does)."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "UNAUTHENTICATED", "a bearer token is required",
+                           headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return self.verifier.verify(token.strip()).user_id
+        except AuthError as e:
+            raise ApiError(401, e.code, e.message,
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) \
+                from None
+
+    async def read(self, query, *args):
+        async with self.pool.connection() as conn:
+            return await query(conn, *args)
+
+    async def cached(self, user: str, name: str, query, *args,
+                     missing: ApiError | None = None) -> Response:
+        """The user's answer ``name``: from the cache, else ``query``'s (then cached);
+        ``missing`` is raised (and nothing cached) when the query finds nothing."""
+        async def load() -> bytes:
+            found = await self.read(query, *args)
+            if found is None:
+                raise missing
+            return encode_json(found)
+        return _json(await self.cache.get(user, name, load))
+
+    async def book_copy(self, symbol: str) -> bytes | None:
+        """The projector's copy of the symbol's BOOK message (kept current after each of
+        its commits); None without one, or while Redis fails (then left alone as long as
+        the cache leaves it)."""
+        if time.monotonic() < self._books_down_until:
+            return None
+        try:
+            return await self.redis.get(md_key(self.settings.redis_prefix, symbol))
+        except redis.RedisError as e:
+            self._books_down_until = time.monotonic() + self.cache.retry_after
+            log.warning("redis unavailable (%s); market data from the read model", e)
+            return None
+
+    def symbol(self, request: Request) -> str:
+        symbol = request.path_params["symbol"]
+        if symbol not in self.market:
+            raise ApiError(404, "UNKNOWN_SYMBOL", f"no instrument {symbol[:40]!r}")
+        return symbol
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "INVALID_REQUEST", "the query is invalid",
+                    [FieldError(field, message)])
+
+
+def _params(request: Request, kind: type | None = None) -> dict[str, str]:
+    """The query string as a dict of ``kind``'s fields (none without a kind); unknown or
+    repeated parameters are refused."""
+    known = {f.encode_name for f in msgspec.structs.fields(kind)} if kind else set()
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in known:
+            raise _invalid(name[:40], f"unknown query parameter (expected one of "
+                                      f"{', '.join(sorted(known))})" if known else
+                           "this endpoint takes no query parameters")
+        if name in params:
+            raise _invalid(name, "given more than once")
+        params[name] = value
+    return params
+
+
+def _convert(params: dict, kind: type):
+    try:
+        return msgspec.convert(params, kind, strict=False)
+    except msgspec.ValidationError as e:
+        message, _, where = str(e).partition(" - at `$")
+        field = where.rstrip("`").lstrip(".") or "query"
+        choices = _CHOICES.get(field.partition("[")[0])
+        if choices and message.startswith("Invalid enum value"):
+            message += f" (expected one of {', '.join(choices)})"
+        raise _invalid(field, message) from None
+
+
+def _ordered(start: datetime | None, end: datetime | None) -> None:
+    if start is not None and end is not None and start >= end:
+        raise _invalid("to", "must be later than `from`")
+
+
+def _order_id(request: Request) -> int:
+    raw = request.path_params["order_id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ApiError(404, "ORDER_NOT_FOUND", f"no order {raw[:40]}")
+    return int(raw)
+
+
+def _no_order(order_id: int) -> ApiError:
+    return ApiError(404, "ORDER_NOT_FOUND", f"no order {order_id}")
+
+
+def _service(request: Request) -> QueryService:
+    return request.app.state.query
+
+
+@guarded
+async def list_orders(request: Request) -> Response:
+    service = _service(request)
+    user = service.authenticate(request)
+    params = _params(request, queries.OrdersQuery)
+    if "status" in params:
+        params["status"] = params["status"].split(",")
+    query = _convert(params, queries.OrdersQuery)
+    if query.status:                        # one cache entry for equal filters
+        query = msgspec.structs.replace(query, status=sorted(set(query.status)))
+    _ordered(query.start, query.end)
+    return await service.cached(user, "orders:" + encode_json(query).decode(),
+                                queries.list_orders, user, query)
+
+
+@guarded
+async def get_order(request: Request) -> Response:
+    service = _service(request)
+    user = service.authenticate(request)
+    order_id = _order_id(request)
+    _params(request)
+    return await service.cached(user, f"order:{order_id}", queries.get_order, user,
+                                order_id, missing=_no_order(order_id))
+
+
+@guarded
+async def order_history(request: Request) -> Response:
+    service = _service(request)
+    user = service.authenticate(request)
+    order_id = _order_id(request)
+    at = _convert(_params(request, queries.HistoryQuery), queries.HistoryQuery).at
+    history = await service.read(queries.order_history, user, order_id)
+    if history is None:
+        raise _no_order(order_id)
+    if at is None:
+        return _json(encode_json(history))
+    state = queries.state_at(history, at)
+    if state is None:
+        raise ApiError(404, "ORDER_NOT_YET_PLACED",
+                       f"order {order_id} was placed at {history.created_at}, after "
+                       f"{at.astimezone(UTC).isoformat()}")
+    return _json(encode_json(state))
+
+
+@guarded
+async def portfolio(request: Request) -> Response:
+    service = _service(request)
+    user = service.authenticate(request)
+    _params(request)
+    return await service.cached(user, "portfolio", queries.portfolio, user, missing=ApiError(
+        404, "ACCOUNT_NOT_FOUND", "this user has no trading account"))
+
+
+@guarded
+async def market_data(request: Request) -> Response:
+    service = _service(request)
+    service.authenticate(request)
+    symbol = service.symbol(request)
+    _params(request)
+    body = await service.book_copy(symbol)
+    if body is None:
+        body = encode_message(await service.read(queries.book, symbol))
+    return _json(body)
+
+
+@guarded
+async def candles(request: Request) -> Response:
+    service = _service(request)
+    service.authenticate(request)
+    symbol = service.symbol(request)
+    query = _convert(_params(request, queries.CandlesQuery), queries.CandlesQuery)
+    end = query.end or datetime.now(UTC)
+    start = query.start or end - CANDLE_WINDOW
+    _ordered(start, end)
+    if (end - start) / INTERVALS[query.interval] > MAX_CANDLES:
+        raise _invalid("from", f"the window spans more than {MAX_CANDLES} intervals of "
+                               f"{query.interval}; narrow it or use a longer interval")
+    return _json(encode_json(await service.read(queries.candle_series, symbol,
+                                                query.interval, start, end)))
+
+
+def create_app(settings: ServiceSettings | None = None) -> Starlette:
+    settings = settings or ServiceSettings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        service = QueryService(settings)
+        await service.open()
+        app.state.query = service
+        try:
+            yield
+        finally:
+            await service.close()
+
+    return Starlette(
+        routes=[Route("/api/v1/orders", list_orders, methods=["GET"]),
+                Route("/api/v1/orders/{order_id}", get_order, methods=["GET"]),
+                Route("/api/v1/orders/{order_id}/history", order_history, methods=["GET"]),
+                Route("/api/v1/portfolio", portfolio, methods=["GET"]),
+                Route("/api/v1/marketdata/{symbol}", market_data, methods=["GET"]),
+                Route("/api/v1/marketdata/{symbol}/candles", candles, methods=["GET"])],
+        lifespan=lifespan)
+
+
+def __getattr__(name: str):
+    if name == "app":                       # `uvicorn services.query.app:app`
+        return create_app()
+    raise AttributeError(name)
