@@ -3,11 +3,17 @@ Kafka's events with Postgres.
 
     python -m services.reconciler [--every 30] [--older-than 60] [--once]
     python -m services.reconciler --report       a table of discrepancies; exit 1 if any
+    python -m services.reconciler --notifications [--once]
+                                                 retry dead-lettered pushes
 
 Every ``--every`` seconds it re-publishes the outbox rows of orders still PENDING after
 ``--older-than`` seconds (and rows never acknowledged by Kafka), so an order stored by
 an OMS that died before publishing it still reaches the engine. The engine drops a
 second copy of an order id, so re-publishing is safe. Settings: BROKERCORE_* variables.
+
+With ``--notifications`` it instead retries, every BROKERCORE_DEAD_LETTER_RETRY_INTERVAL
+seconds, the pushes the notifier dead-lettered (brokercore.notify.redeliver_dead_letters):
+each once more through BROKERCORE_PUSH_URL; one that fails again goes back on the topic.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.notify import (
+    DeadLetters, HttpPushProvider, PushProvider, Redelivery, redeliver_dead_letters,
+    retry_group,
+)
 from brokercore.outbox import OutboxPublisher
 from brokercore.reconcile import find_discrepancies, settled_events
 
@@ -52,6 +62,39 @@ async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: floa
             await publisher.aclose()
 
 
+async def retry_notifications(settings: ServiceSettings, kafka: KafkaSettings, once: bool,
+                              stop: asyncio.Event, provider: PushProvider | None = None
+                              ) -> Redelivery:
+    """Runs the dead-letter rounds (one if ``once``); returns what they did in all."""
+    if provider is None:
+        if not settings.push_url:
+            raise ValueError("BROKERCORE_PUSH_URL is not set: there is nowhere to push to")
+        provider = HttpPushProvider(settings.push_url)
+    topic = kafka.notification_dead_letter_topic
+    dead_letters = DeadLetters(kafka.bootstrap, topic)
+    total = Redelivery()
+    try:
+        while True:
+            done = await redeliver_dead_letters(kafka.bootstrap, topic,
+                                                retry_group(kafka.topic_prefix), provider,
+                                                dead_letters)
+            total += done
+            if done.delivered or done.failed or done.unreadable:
+                log.info("dead-lettered pushes: %d delivered, %d failed again, %d unreadable",
+                         done.delivered, done.failed, done.unreadable)
+            if once:
+                return total
+            try:
+                await asyncio.wait_for(stop.wait(), settings.dead_letter_retry_interval)
+                return total
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        await asyncio.to_thread(dead_letters.close)
+        if isinstance(provider, HttpPushProvider):
+            await provider.aclose()
+
+
 def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:
     """Print the findings as a table; 0 if there are none, 1 otherwise."""
     with psycopg.connect(settings.database_url) as conn:
@@ -75,20 +118,35 @@ def main(argv=None) -> None:
     parser.add_argument("--once", action="store_true", help="one round, then exit")
     parser.add_argument("--report", action="store_true",
                         help="compare the settled events with Postgres, print the findings")
+    parser.add_argument("--notifications", action="store_true",
+                        help="retry the dead-lettered pushes (every "
+                             "BROKERCORE_DEAD_LETTER_RETRY_INTERVAL seconds)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # not a line per push
     if args.report:
         sys.exit(report(ServiceSettings.from_env(), KafkaSettings.from_env()))
 
-    async def run() -> int:
+    async def run():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if args.notifications:
+            return await retry_notifications(ServiceSettings.from_env(),
+                                             KafkaSettings.from_env(), args.once, stop)
         return await republish(ServiceSettings.from_env(), KafkaSettings.from_env(),
                                args.every, args.older_than, args.once, stop)
 
-    print(f"re-published {asyncio.run(run())} outbox rows")
+    if args.notifications:
+        try:
+            done = asyncio.run(run())
+        except ValueError as e:             # settings: no push URL, a bad variable
+            parser.error(str(e))
+        print(f"dead-lettered pushes: {done.delivered} delivered, {done.failed} failed "
+              f"again, {done.unreadable} unreadable")
+    else:
+        print(f"re-published {asyncio.run(run())} outbox rows")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,218 @@
+"""Notification preferences, push devices and price alerts over REST (a thin Starlette app).
+
+    uvicorn services.notifier.app:app --port 8002      (settings: BROKERCORE_* variables)
+
+    PUT, GET   /api/v1/notifications/preferences        {"FILL": "PUSH", ...}
+    POST       /api/v1/notifications/devices            {"deviceToken": "..."}
+    DELETE     /api/v1/notifications/devices/{deviceToken}
+    POST, GET  /api/v1/alerts                           {"symbol": "RELIANCE", "price": "2850.00"}
+    DELETE     /api/v1/alerts/{alertId}
+
+Each with a JWT bearer token; a user sees and changes only their own. Authentication,
+the rate limit, the body limit and the error bodies are the OMS's (services.oms.app);
+the logic is in brokercore.notify and brokercore.alerts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgspec
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from brokercore.alerts import (
+    CREATE_SQL, DELETE_SQL, LIST_SQL, MAX_ALERTS_PER_USER, AlertRequest, alert_body,
+    initial_side,
+)
+from brokercore.api import FieldError, encode_json
+from brokercore.auth import JwtConfig, TokenVerifier
+from brokercore.config import ServiceSettings
+from brokercore.market import load_market, to_paise
+from brokercore.notify import (
+    DeviceRequest, Preferences, add_device, load_preferences, remove_device,
+    store_preferences,
+)
+from brokercore.ratelimit import TokenBucket
+from brokercore.records import INT64_MAX
+from services.oms.app import ApiError, Oms, guarded
+
+
+class Notifications:
+    """The pieces one API process holds. ``authorize`` and ``body`` are the OMS's, on
+    this object's verifier, limiter and settings."""
+
+    authorize = Oms.authorize
+    body = Oms.body
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.market = load_market(settings.instruments)
+        self.pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=10,
+                                        open=False)
+        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=32, timeout=5))
+        self.verifier = TokenVerifier(JwtConfig(
+            settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
+            settings.jwt_rs256_public_key))
+        self.limiter = TokenBucket(self.redis, settings.rate_limit_burst,
+                                   settings.rate_limit_per_second,
+                                   prefix=settings.redis_prefix + "notify-ratelimit:")
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.redis.aclose()
+
+
+def _state(request: Request) -> Notifications:
+    return request.app.state.notifications
+
+
+def decode(decoder: msgspec.json.Decoder, body: bytes, what: str):
+    """The body as the decoder's type: 422 naming the field, or 400 if not JSON."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        message, _, where = str(e).partition(" - at `$")
+        field = where.rstrip("`").lstrip(".") or "body"
+        raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid",
+                       [FieldError(field, message)]) from None
+    except msgspec.DecodeError:
+        raise ApiError(400, "MALFORMED_JSON", "the body is not valid JSON") from None
+
+
+def json(body, status: int = 200) -> Response:
+    return Response(encode_json(body), status, media_type="application/json")
+
+
+_preferences = msgspec.json.Decoder(Preferences)
+_device = msgspec.json.Decoder(DeviceRequest)
+_alert = msgspec.json.Decoder(AlertRequest)
+
+
+# --- preferences and devices ----------------------------------------------------------
+
+@guarded
+async def get_preferences(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    async with api.pool.connection() as conn:
+        return json(await load_preferences(conn, principal.user_id))
+
+
+@guarded
+async def put_preferences(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    preferences = decode(_preferences, await api.body(request), "preferences")
+    async with api.pool.connection() as conn:
+        await store_preferences(conn, principal.user_id, preferences)
+    return json(preferences)
+
+
+@guarded
+async def register_device(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    device = decode(_device, await api.body(request), "device")
+    async with api.pool.connection() as conn:
+        new = await add_device(conn, principal.user_id, device.device_token)
+    return json(device, 201 if new else 200)
+
+
+@guarded
+async def unregister_device(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    token = request.path_params["device_token"]
+    async with api.pool.connection() as conn:
+        if not await remove_device(conn, principal.user_id, token):
+            raise ApiError(404, "DEVICE_NOT_FOUND", "no such device of yours")
+    return Response(status_code=204)
+
+
+# --- price alerts -----------------------------------------------------------------------
+
+@guarded
+async def create_alert(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    alert = decode(_alert, await api.body(request), "alert")
+    if alert.symbol not in api.market:
+        raise ApiError(404, "UNKNOWN_SYMBOL", f"no symbol {alert.symbol}")
+    try:
+        price = to_paise(alert.price)
+    except ValueError:
+        price = 0
+    if not 0 < price <= INT64_MAX:
+        raise ApiError(422, "INVALID_REQUEST", "the alert is invalid", [FieldError(
+            "price", "must be a positive amount in rupees with at most 2 decimals")])
+    async with api.pool.connection() as conn:
+        side = await initial_side(conn, alert.symbol, price)
+        row = await (await conn.execute(CREATE_SQL, {
+            "user": principal.user_id, "symbol": alert.symbol, "price": price,
+            "side": side, "limit": MAX_ALERTS_PER_USER})).fetchone()
+    if row is None:
+        raise ApiError(409, "TOO_MANY_ALERTS",
+                       f"a user may have at most {MAX_ALERTS_PER_USER} price alerts")
+    return json(alert_body(row), 201)
+
+
+@guarded
+async def list_alerts(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    async with api.pool.connection() as conn:
+        rows = await (await conn.execute(LIST_SQL, (principal.user_id,))).fetchall()
+    return json({"alerts": [alert_body(row) for row in rows]})
+
+
+@guarded
+async def delete_alert(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    raw = request.path_params["alert_id"]
+    if raw.isdigit() and len(raw) <= 18:
+        async with api.pool.connection() as conn:
+            cursor = await conn.execute(DELETE_SQL, (int(raw), principal.user_id))
+        if cursor.rowcount == 1:
+            return Response(status_code=204)
+    raise ApiError(404, "ALERT_NOT_FOUND", f"no alert {raw[:40]} of yours")
+
+
+def create_app(settings: ServiceSettings | None = None) -> Starlette:
+    settings = settings or ServiceSettings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        api = Notifications(settings)
+        await api.open()
+        app.state.notifications = api
+        try:
+            yield
+        finally:
+            await api.close()
+
+    return Starlette(routes=[
+        Route("/api/v1/notifications/preferences", get_preferences, methods=["GET"]),
+        Route("/api/v1/notifications/preferences", put_preferences, methods=["PUT"]),
+        Route("/api/v1/notifications/devices", register_device, methods=["POST"]),
+        Route("/api/v1/notifications/devices/{device_token}", unregister_device,
+              methods=["DELETE"]),
+        Route("/api/v1/alerts", create_alert, methods=["POST"]),
+        Route("/api/v1/alerts", list_alerts, methods=["GET"]),
+        Route("/api/v1/alerts/{alert_id}", delete_alert, methods=["DELETE"]),
+    ], lifespan=lifespan)
+
+
+def __getattr__(name: str):
+    if name == "app":                       # `uvicorn services.notifier.app:app`
+        return create_app()
+    raise AttributeError(name)
