@@ -27,7 +27,7 @@ from brokercore.messages import AmendOrder, EventBatch, NewOrder, encode
 from brokercore.pgconsumer import Message, stored_offsets
 from brokercore.projector import ProjectorConsumer, run_projector
 from brokercore.records import EventType, Reason, Side, Stp, Tif
-from brokercore.settlement import _time
+from brokercore.settlement import event_time
 from brokercore.streams import (
     BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, trades_channel,
     user_channel,
@@ -151,7 +151,7 @@ def test_a_resting_buy_filled_by_two_sells(conn, projector):
 
     trades = events_of(v, EventType.TRADE)
     fills = [{"tradeId": f"{SYMBOL}:{t.seq}", "price": "15000.00", "quantity": t.qty,
-              "time": _time(t.ts).isoformat()} for t in trades]
+              "time": event_time(t.ts).isoformat()} for t in trades]
     alice = updates(conn, "alice")
     assert order_row(conn, buy) == ("alice", "FILLED", 1_500_000, 10, 10, 15_000_000,
                                     D("1500000.0000"), None, fills, alice[-1][0])
@@ -172,7 +172,7 @@ def test_a_resting_buy_filled_by_two_sells(conn, projector):
         ("alice", 10, D("1500000.0000")), ("bob", 90, D("0"))]     # bob held 100
     assert conn.execute("SELECT trade_id, symbol, price, quantity, executed_at FROM "
                         "read_model.trades ORDER BY executed_at").fetchall() == [
-        (f"{SYMBOL}:{t.seq}", SYMBOL, 1_500_000, t.qty, _time(t.ts)) for t in trades]
+        (f"{SYMBOL}:{t.seq}", SYMBOL, 1_500_000, t.qty, event_time(t.ts)) for t in trades]
     assert depth(conn) == [] == engine_depth(v)
     assert current_book(conn).last_price == "15000.00"
 
@@ -388,7 +388,7 @@ def test_after_the_commit_updates_trades_and_books_are_pushed(conn, client, pref
         "OPEN", "OPEN", "FILLED", "PARTIALLY_FILLED"]
     trades = events_of(v, EventType.TRADE)
     assert by_channel[channels[2]] == [
-        TradeTick(f"{SYMBOL}:{t.seq}", SYMBOL, p, t.qty, _time(t.ts).isoformat())
+        TradeTick(f"{SYMBOL}:{t.seq}", SYMBOL, p, t.qty, event_time(t.ts).isoformat())
         for t, p in zip(trades, ["15000.00", "15001.00"], strict=True)]
     book = current_book(conn)
     assert by_channel[channels[3]] == [book]

@@ -29,8 +29,8 @@ from brokercore.alerts import (
     CREATE_SQL, DELETE_SQL, LIST_SQL, MAX_ALERTS_PER_USER, AlertRequest, alert_body,
     initial_side,
 )
-from brokercore.api import FieldError, encode_json
-from brokercore.auth import JwtConfig, TokenVerifier
+from brokercore.api import FieldError
+from brokercore.auth import JwtConfig, Principal, TokenVerifier
 from brokercore.config import ServiceSettings
 from brokercore.market import load_market, to_paise
 from brokercore.notify import (
@@ -39,15 +39,13 @@ from brokercore.notify import (
 )
 from brokercore.ratelimit import TokenBucket
 from brokercore.records import INT64_MAX
-from services.oms.app import ApiError, Oms, guarded
+from services.http import (
+    ApiError, authorize, decode_body, guarded, json_response as json, read_body,
+)
 
 
 class Notifications:
-    """The pieces one API process holds. ``authorize`` and ``body`` are the OMS's, on
-    this object's verifier, limiter and settings."""
-
-    authorize = Oms.authorize
-    body = Oms.body
+    """The pieces one API process holds, made at start-up and closed at shutdown."""
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
@@ -56,15 +54,19 @@ class Notifications:
                                         open=False)
         self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=32, timeout=5))
-        self.verifier = TokenVerifier(JwtConfig(
-            settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
-            settings.jwt_rs256_public_key))
+        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
         self.limiter = TokenBucket(self.redis, settings.rate_limit_burst,
                                    settings.rate_limit_per_second,
                                    prefix=settings.redis_prefix + "notify-ratelimit:")
 
     async def open(self) -> None:
         await self.pool.open(wait=True)
+
+    async def authorize(self, request: Request) -> Principal:
+        return await authorize(self.verifier, self.limiter, request)
+
+    async def body(self, request: Request) -> bytes:
+        return await read_body(request, self.settings.max_body_bytes)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -73,23 +75,6 @@ class Notifications:
 
 def _state(request: Request) -> Notifications:
     return request.app.state.notifications
-
-
-def decode(decoder: msgspec.json.Decoder, body: bytes, what: str):
-    """The body as the decoder's type: 422 naming the field, or 400 if not JSON."""
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as e:
-        message, _, where = str(e).partition(" - at `$")
-        field = where.rstrip("`").lstrip(".") or "body"
-        raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid",
-                       [FieldError(field, message)]) from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "MALFORMED_JSON", "the body is not valid JSON") from None
-
-
-def json(body, status: int = 200) -> Response:
-    return Response(encode_json(body), status, media_type="application/json")
 
 
 _preferences = msgspec.json.Decoder(Preferences)
@@ -111,7 +96,7 @@ async def get_preferences(request: Request) -> Response:
 async def put_preferences(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
-    preferences = decode(_preferences, await api.body(request), "preferences")
+    preferences = decode_body(_preferences, await api.body(request), "preferences")
     async with api.pool.connection() as conn:
         await store_preferences(conn, principal.user_id, preferences)
     return json(preferences)
@@ -121,7 +106,7 @@ async def put_preferences(request: Request) -> Response:
 async def register_device(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
-    device = decode(_device, await api.body(request), "device")
+    device = decode_body(_device, await api.body(request), "device")
     async with api.pool.connection() as conn:
         new = await add_device(conn, principal.user_id, device.device_token)
     return json(device, 201 if new else 200)
@@ -144,7 +129,7 @@ async def unregister_device(request: Request) -> Response:
 async def create_alert(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
-    alert = decode(_alert, await api.body(request), "alert")
+    alert = decode_body(_alert, await api.body(request), "alert")
     if alert.symbol not in api.market:
         raise ApiError(404, "UNKNOWN_SYMBOL", f"no symbol {alert.symbol}")
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from decimal import Decimal
 
 import msgspec
@@ -24,10 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from brokercore.api import (
-    ErrorBody, ErrorDetail, FieldError, OrderAccepted, decode_place_order, encode_json,
-)
-from brokercore.auth import AuthError, JwtConfig, Principal, TokenVerifier
+from brokercore.api import OrderAccepted, PlaceOrderRequest, encode_json
+from brokercore.auth import JwtConfig, Principal, TokenVerifier
 from brokercore.cache import UserCache
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.market import load_market
@@ -35,22 +32,11 @@ from brokercore.order_entry import OrderEntry, OrderReceipt, OrderRefused
 from brokercore.outbox import OutboxPublisher
 from brokercore.ratelimit import TokenBucket
 from brokercore.risk import FeeSchedule
+from services.http import ApiError, authorize, decode_body, guarded, read_body
 
 log = logging.getLogger("brokercore.oms")
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, fields=(),
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.fields, self.headers = list(fields), headers
-
-
-def error_response(status: int, code: str, message: str, fields=(),
-                   headers: dict | None = None) -> Response:
-    body = ErrorBody(ErrorDetail(code, message, list(fields)))
-    return Response(encode_json(body), status, headers, media_type="application/json")
+PLACE_ORDER = msgspec.json.Decoder(PlaceOrderRequest)
 
 
 class Oms:
@@ -63,9 +49,7 @@ class Oms:
         # Waits for a free connection instead of failing when all are busy.
         self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=64, timeout=5))
-        self.verifier = TokenVerifier(JwtConfig(
-            settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
-            settings.jwt_rs256_public_key))
+        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
         self.limiter = TokenBucket(self.redis, settings.rate_limit_burst,
                                    settings.rate_limit_per_second,
                                    prefix=settings.redis_prefix + "ratelimit:")
@@ -84,35 +68,7 @@ class Oms:
         await self.redis.aclose()
 
     async def authorize(self, request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "UNAUTHENTICATED", "a bearer token is required",
-                           headers={"WWW-Authenticate": "Bearer"})
-        try:
-            principal = self.verifier.verify(token.strip())
-        except AuthError as e:
-            raise ApiError(401, e.code, e.message,
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) \
-                from None
-        wait = await self.limiter.take(principal.user_id)
-        if wait > 0:
-            raise ApiError(429, "RATE_LIMITED", "too many requests; slow down",
-                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
-        return principal
-
-    async def body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise ApiError(413, "BODY_TOO_LARGE", f"the body may be at most {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "BODY_TOO_LARGE", f"the body may be at most {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await authorize(self.verifier, self.limiter, request)
 
     async def published(self, user_id: str, receipt: OrderReceipt) -> OrderReceipt:
         """The user's cached reads invalidated (the order is committed), then the
@@ -132,39 +88,22 @@ def accepted(receipt: OrderReceipt) -> Response:
     return Response(encode_json(body), 202, media_type="application/json")
 
 
-def guarded(handler):
-    """Every failure becomes a JSON error answer here, in the handler: an unexpected one
-    is logged and answered 500 without a trace, and the connection stays usable
-    (Starlette's catch-all handler would re-raise it, and the server drop the connection)."""
-    async def handle(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as e:
-            return error_response(e.status, e.code, e.message, e.fields, e.headers)
-        except OrderRefused as e:
-            return error_response(e.status, e.code, e.message)
-        except Exception:                   # noqa: BLE001 - answered 500, logged
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return error_response(500, "INTERNAL_ERROR", "something went wrong on our side")
-    return handle
+async def entry(call):
+    """The order entry's answer; a refusal (nothing stored) as an API error."""
+    try:
+        return await call
+    except OrderRefused as e:
+        raise ApiError(e.status, e.code, e.message) from None
 
 
 @guarded
 async def place_order(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
-    body = await oms.body(request)
-    try:
-        order = decode_place_order(body)
-    except msgspec.ValidationError as e:
-        message, _, where = str(e).partition(" - at `$")
-        field = where.rstrip("`").lstrip(".") or "body"
-        raise ApiError(422, "INVALID_REQUEST", "the order is invalid",
-                       [FieldError(field, message)]) from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "MALFORMED_JSON", "the body is not valid JSON") from None
+    order = decode_body(PLACE_ORDER, await read_body(request, oms.settings.max_body_bytes),
+                        "order")
     return accepted(await oms.published(principal.user_id,
-                                        await oms.entry.place(principal.user_id, order)))
+                                        await entry(oms.entry.place(principal.user_id, order))))
 
 
 @guarded
@@ -175,7 +114,7 @@ async def cancel_order(request: Request) -> Response:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, "ORDER_NOT_FOUND", f"no order {raw[:40]}")
     return accepted(await oms.published(
-        principal.user_id, await oms.entry.cancel(principal.user_id, int(raw))))
+        principal.user_id, await entry(oms.entry.cancel(principal.user_id, int(raw)))))
 
 
 def create_app(settings: ServiceSettings | None = None,

@@ -34,13 +34,13 @@ from starlette.routing import Route
 
 from brokercore import queries
 from brokercore.api import FieldError, encode_json
-from brokercore.auth import AuthError, JwtConfig, TokenVerifier
+from brokercore.auth import JwtConfig, TokenVerifier
 from brokercore.cache import UserCache
 from brokercore.config import ServiceSettings
 from brokercore.market import load_market
 from brokercore.marketdata import INTERVALS
 from brokercore.streams import encode_message, md_key
-from services.oms.app import ApiError, guarded
+from services.http import ApiError, authenticate, field_error, guarded
 
 log = logging.getLogger("brokercore.query")
 
@@ -74,9 +74,7 @@ class QueryService:
                                     socket_connect_timeout=REDIS_TIMEOUT,
                                     retry=Retry(NoBackoff(), 0))
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
-        self.verifier = TokenVerifier(JwtConfig(
-            settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
-            settings.jwt_rs256_public_key))
+        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
         self.market = load_market(settings.instruments)
         self._books_down_until = 0.0
 
@@ -89,16 +87,7 @@ class QueryService:
 
     def authenticate(self, request: Request) -> str:
         """The user id of the request's bearer token (verified as the OMS does)."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "UNAUTHENTICATED", "a bearer token is required",
-                           headers={"WWW-Authenticate": "Bearer"})
-        try:
-            return self.verifier.verify(token.strip()).user_id
-        except AuthError as e:
-            raise ApiError(401, e.code, e.message,
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) \
-                from None
+        return authenticate(self.verifier, request).user_id
 
     async def read(self, query, *args):
         async with self.pool.connection() as conn:
@@ -164,8 +153,8 @@ def _convert(params: dict, kind: type):
     try:
         return msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as e:
-        message, _, where = str(e).partition(" - at `$")
-        field = where.rstrip("`").lstrip(".") or "query"
+        error = field_error(e, "query")
+        field, message = error.field, error.message
         choices = _CHOICES.get(field.partition("[")[0])
         if choices and message.startswith("Invalid enum value"):
             message += f" (expected one of {', '.join(choices)})"

@@ -40,7 +40,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from brokercore.auth import AuthError, JwtConfig, TokenVerifier
+from brokercore.auth import AuthError, JwtConfig, TokenVerifier, bearer_token
 from brokercore.config import ServiceSettings
 from brokercore.gateway import (
     BadFrame, ClientPing, ClientPong, Error, Hub, Ping, Pong, Resume, Resumed, Subscribe,
@@ -81,9 +81,7 @@ class Gateway:
         self.redis = Redis.from_url(settings.redis_url, client_name=f"ws-{self.instance}")
         self.pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=8,
                                         open=False)
-        self.verifier = TokenVerifier(JwtConfig(
-            settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
-            settings.jwt_rs256_public_key))
+        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
         self.market = load_market(settings.instruments)
         self.hub = Hub(self.redis, settings.redis_prefix, self.instance,
                        settings.ws_heartbeat, self.interrupted)
@@ -108,9 +106,8 @@ class Gateway:
             session.shutdown(1012, "message stream interrupted: reconnect and resume")
 
     def authenticate(self, websocket: WebSocket) -> str:
-        scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
-        token = token or websocket.query_params.get("token", "")
+        token = (bearer_token(websocket.headers.get("authorization", ""))
+                 or websocket.query_params.get("token", ""))
         if not token:
             raise Refused(4401, "UNAUTHENTICATED",
                           "a bearer token is required (Authorization header or ?token=)")

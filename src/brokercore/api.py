@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 
 __all__ = ["PlaceOrderRequest", "OrderAccepted", "ErrorBody", "ErrorDetail", "FieldError",
-           "decode_place_order", "encode_json"]
+           "encode_json"]
 
 MAX_QUANTITY = 10**9
 """No single order is larger than this, whatever the instrument allows."""
@@ -51,11 +51,4 @@ class ErrorBody(msgspec.Struct, frozen=True):
     error: ErrorDetail
 
 
-_place_order = msgspec.json.Decoder(PlaceOrderRequest)
 encode_json = msgspec.json.Encoder().encode
-
-
-def decode_place_order(body: bytes) -> PlaceOrderRequest:
-    """The request, or msgspec.DecodeError / ValidationError (whose message names the
-    field, e.g. "Expected `int` >= 1 - at `$.quantity`")."""
-    return _place_order.decode(body)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import jwt
 
-__all__ = ["AuthError", "JwtConfig", "Principal", "TokenVerifier", "mint_token"]
+__all__ = ["AuthError", "JwtConfig", "Principal", "TokenVerifier", "bearer_token", "mint_token"]
 
 
 class AuthError(Exception):
@@ -33,6 +33,12 @@ class JwtConfig:
     hs256_secret: str | None = None
     rs256_public_key: str | None = None     # PEM
     leeway: float = 0.0                     # seconds of clock skew tolerated
+
+    @classmethod
+    def from_settings(cls, settings) -> JwtConfig:
+        """The services' configuration (a brokercore.config.ServiceSettings)."""
+        return cls(settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
+                   settings.jwt_rs256_public_key)
 
     def __post_init__(self):
         if not self.hs256_secret and not self.rs256_public_key:
@@ -84,6 +90,13 @@ class TokenVerifier:
         if not isinstance(subject, str) or not subject:
             raise AuthError("INVALID_TOKEN", "the token's subject is not a user id")
         return Principal(subject, claims)
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for another scheme
+    or none."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def mint_token(user_id: str, config: JwtConfig, *, ttl: float = 3600.0,

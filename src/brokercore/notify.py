@@ -46,7 +46,7 @@ from brokercore.market import MarketInstrument, format_paise
 from brokercore.messages import Event, encode
 from brokercore.pgconsumer import Message
 from brokercore.records import EventType, Op, Reason
-from brokercore.settlement import _time, trade_id
+from brokercore.settlement import event_time, trade_id
 from brokercore.streams import Notification, encode_message, online_key, user_channel
 
 __all__ = ["Preferences", "KINDS", "DeviceRequest", "OrderOwner", "order_notifications",
@@ -205,7 +205,7 @@ def order_notifications(shard: int, e: Event, owners: Mapping[int, OrderOwner],
                                ("Order expired", f"{order} expired{unfilled}"))
         told.append((owner.user_id, Notification(
             f"{shard}:{e.shard_seq}:{order_id}", kind, title, body, e.symbol,
-            _time(e.ts).isoformat(), order_id)))
+            event_time(e.ts).isoformat(), order_id)))
     return told
 
 
@@ -349,7 +349,7 @@ class Notifier:
                               order_notifications(batch.shard, e, owners, instrument)]
                     if e.type == EventType.TRADE:
                         trade = TradePrice(trade_id(e), e.symbol,
-                                           instrument.ticks_to_paise(e.price), _time(e.ts))
+                                           instrument.ticks_to_paise(e.price), event_time(e.ts))
                         trades.append(trade)
                         trade_message[trade.trade_id] = index
             fires = await apply_trades(conn, trades)

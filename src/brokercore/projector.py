@@ -44,7 +44,7 @@ from brokercore.messages import Event
 from brokercore.order_entry import OPEN_STATUSES
 from brokercore.pgconsumer import Message, claim_offsets, run_pg_consumer, store_offsets
 from brokercore.records import EventType, Op, Reason, Side
-from brokercore.settlement import _average, _time, trade_id
+from brokercore.settlement import average_fill_price, event_time, trade_id
 from brokercore.streams import (
     BookUpdate, OrderUpdate, TradeTick, book_channel, encode_message, md_key, rupees,
     trades_channel, user_channel,
@@ -301,7 +301,7 @@ class ProjectorConsumer:
 
     def _trade(self, b: _Batch, e: Event, tid: str, event_time_ms: int) -> None:
         price = self._paise(e.symbol, e.price)
-        when = _time(e.ts)
+        when = event_time(e.ts)
         b.trades.append((tid, e.symbol, e.seq, price, e.qty, when))
         b.push.ticks.append(TradeTick(tid, e.symbol, rupees(price), e.qty, when.isoformat()))
         b.symbols.add(e.symbol)
@@ -358,12 +358,12 @@ class ProjectorConsumer:
     @staticmethod
     def _changed(b: _Batch, e: Event, order: _Order, event_time_ms: int) -> None:
         """Record the order's state after this event as an ORDER_UPDATE (seq set later)."""
-        order.updated_at = _time(e.ts)
+        order.updated_at = event_time(e.ts)
         order.changed = True
         b.updates.append((order, OrderUpdate(
             0, order.order_id, order.symbol, order.side, order.type, order.status,
             order.quantity, order.filled_quantity,
-            rupees(_average(order.filled_notional, order.filled_quantity)),
+            rupees(average_fill_price(order.filled_notional, order.filled_quantity)),
             rupees(order.price), order.reject_reason, order.updated_at.isoformat(),
             event_time_ms)))
         b.push.users.add(order.user_id)
@@ -389,8 +389,8 @@ class ProjectorConsumer:
             cur.executemany(_WRITE_ORDERS, [
                 (o.order_id, o.user_id, o.account_id, o.symbol, o.side, o.type,
                  o.time_in_force, o.price, o.quantity, o.filled_quantity, o.filled_notional,
-                 _average(o.filled_notional, o.filled_quantity), o.status, o.reject_reason,
-                 Jsonb(o.new_fills), o.created_at, o.updated_at, o.last_update_id)
+                 average_fill_price(o.filled_notional, o.filled_quantity), o.status,
+                 o.reject_reason, Jsonb(o.new_fills), o.created_at, o.updated_at, o.last_update_id)
                 for _, o in sorted(b.orders.items()) if o.changed])
             cur.executemany(
                 "INSERT INTO read_model.order_updates (update_id, user_id, order_id, payload) "

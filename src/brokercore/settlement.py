@@ -43,7 +43,8 @@ from brokercore.pgconsumer import Message, claim_offsets, run_pg_consumer, store
 from brokercore.records import EventType, Op, Reason, Side
 from brokercore.risk import NO_FEES, FeeSchedule
 
-__all__ = ["SettlementConsumer", "BatchStats", "run_settlement", "trade_id"]
+__all__ = ["SettlementConsumer", "BatchStats", "run_settlement", "trade_id", "event_time",
+           "average_fill_price"]
 
 
 _ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
@@ -236,7 +237,7 @@ class SettlementConsumer:
         self._settle(batch, order, settlement)
         price = instrument.ticks_to_paise(e.price)
         batch.fills.append((tid, order.side.name, order.order_id, order.account_id,
-                            order.symbol, price, e.qty, _time(e.ts)))
+                            order.symbol, price, e.qty, event_time(e.ts)))
         batch.known_fills.add((tid, order.side.name))
         if settlement.fee:
             batch.fee_income.append((tid, order.side.name, settlement.fee))
@@ -296,7 +297,7 @@ class SettlementConsumer:
                 **({"reason": Reason(e.reason).name} if e.reason else {}), **payload}
         batch.history.append((order.order_id, order.account_id, order.status,
                               order.hold.filled_quantity, json.dumps(body),
-                              f"{shard}:{e.shard_seq}:{order.order_id}", _time(e.ts)))
+                              f"{shard}:{e.shard_seq}:{order.order_id}", event_time(e.ts)))
 
     # --- writing back ------------------------------------------------------------------------
 
@@ -323,7 +324,7 @@ class SettlementConsumer:
             [(o.status, o.reject_reason, o.hold.blocked_cash, o.hold.blocked_shares,
               o.hold.blocked_cash + o.hold.blocked_shares, o.hold.filled_quantity,
               o.hold.filled_notional, o.hold.fees,
-              _average(o.hold.filled_notional, o.hold.filled_quantity), o.trade_date, i)
+              average_fill_price(o.hold.filled_notional, o.hold.filled_quantity), o.trade_date, i)
              for i, o in sorted(batch.orders.items()) if o.changed])
         cur.executemany(
             "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, quantity,"
@@ -337,13 +338,13 @@ class SettlementConsumer:
             "ON CONFLICT (dedupe_key) DO NOTHING", batch.history)
 
 
-def _time(ns: int) -> datetime:
+def event_time(ns: int) -> datetime:
     """An event's ``ts`` (ns since the epoch, set by the command's producer)."""
     seconds, rest = divmod(ns, 1_000_000_000)
     return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
 
 
-def _average(notional: int, quantity: int) -> Decimal | None:
+def average_fill_price(notional: int, quantity: int) -> Decimal | None:
     """notional / quantity paise, exact to AVG_PRICE_PLACES (half away from zero, as
     ledger.average_price rounds); None before the first fill."""
     if quantity == 0:
