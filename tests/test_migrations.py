@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -374,3 +375,37 @@ def test_outbox_and_consumer_offsets(conn):
     conn.execute(upsert, (10,))
     conn.execute(upsert, (25,))
     assert conn.execute("SELECT next_offset FROM consumer_offsets").fetchall() == [(25,)]
+
+
+def test_the_read_model_starts_from_the_orders_and_holdings_already_there(db, tmp_path):
+    """0003 on a database in use: holdings, and orders the engine has answered, are copied
+    into the read model (PENDING ones are the projector's, at their first event)."""
+    folder = copy_migrations(tmp_path / "m")
+    read_model = folder / "0003_read_model.sql"
+    text = read_model.read_text()
+    read_model.unlink()
+    apply_migrations(db, folder)
+    day = dt.date(2026, 11, 25)
+    with psycopg.connect(db, autocommit=True) as c:
+        alice = add_account(c)
+        c.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price) "
+                  "VALUES (%s, 'INFY', 30, 149000.5)", (alice,))
+        filled = add_order(c, alice, day, status="FILLED", filled_quantity=10,
+                           filled_notional=1_500_000, avg_fill_price=150_000)
+        c.execute("INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, "
+                  "quantity, executed_at) VALUES ('INFY:7', 'BUY', %s, %s, 'INFY', 150000, "
+                  "10, '2026-11-25 06:00:00+00')", (filled, alice))
+        resting = add_order(c, alice, day, status="OPEN")
+        add_order(c, alice, day)                                     # PENDING
+    read_model.write_text(text)
+    assert apply_migrations(db, folder) == ["0003_read_model"]
+    with psycopg.connect(db) as c:
+        assert c.execute("SELECT user_id, symbol, quantity, avg_price FROM "
+                         "read_model.positions").fetchall() == [
+            ("alice", "INFY", 30, Decimal("149000.5000"))]
+        assert c.execute("SELECT order_id, user_id, status, filled_quantity, avg_price, fills "
+                         "FROM read_model.orders ORDER BY order_id").fetchall() == [
+            (filled, "alice", "FILLED", 10, Decimal("150000.0000"), [
+                {"tradeId": "INFY:7", "price": "1500.00", "quantity": 10,
+                 "time": "2026-11-25T06:00:00+00:00"}]),
+            (resting, "alice", "OPEN", 0, None, [])]

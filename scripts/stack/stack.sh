@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole development stack on loopback: Postgres, Redis, Kafka, one engine daemon per
-# shard, the OMS API and the settlement consumer.
+# shard, the OMS, query, WebSocket and notification APIs, and the settlement, projector
+# and notifier consumers, and the reconciler (plus its dead-letter push retries when
+# BROKERCORE_PUSH_URL names a push provider).
 #
 #   scripts/stack/stack.sh up       start what is not running (idempotent), print URLs + a token
 #   scripts/stack/stack.sh down     stop everything, servers included
@@ -8,7 +10,8 @@
 #
 # Processes log to .stack/logs/<name>.log (pids in .stack/). Dev mode is on: the OMS
 # accepts tokens signed with the public development secret (brokercore token --user).
-# Settings: BROKERCORE_SHARDS (default 2), BROKERCORE_OMS_PORT (default 8000).
+# Settings: BROKERCORE_SHARDS (default 2), BROKERCORE_PORT_BASE (default 8000: the OMS;
+# +1 query, +2 WebSocket gateway, +3 notification preferences and alerts).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -16,7 +19,8 @@ cd "$repo"
 py="$repo/.venv/bin/python"
 state="$repo/.stack"
 shards="${BROKERCORE_SHARDS:-2}"
-oms_port="${BROKERCORE_OMS_PORT:-8000}"
+base="${BROKERCORE_PORT_BASE:-8000}"
+oms_port=$base query_port=$((base + 1)) ws_port=$((base + 2)) notify_port=$((base + 3))
 
 export BROKERCORE_DEV_MODE=1
 export BROKERCORE_SHARDS="$shards"
@@ -40,7 +44,22 @@ stop_process() { stop_pid_file "$state/$1.pid" 10 "$1"; }
 
 processes() {
     for shard in $(seq 0 $((shards - 1))); do echo "engine-$shard"; done
-    echo oms settlement
+    echo oms query ws notifier-api settlement projector notifier reconciler
+    if [ -n "${BROKERCORE_PUSH_URL:-}" ] || [ -e "$state/push-retry.pid" ]; then echo push-retry; fi
+}
+
+start_api() {               # name, module, port
+    start_process "$1" "$py" -m uvicorn "$2" --host 127.0.0.1 --port "$3" \
+        --loop uvloop --http httptools --log-level warning
+}
+
+wait_for_port() {           # name, port
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return
+        up_process "$1" || { log "$1 did not start; see .stack/logs/$1.log"; exit 1; }
+        sleep 0.2
+    done
+    log "$1 is not listening on port $2; see .stack/logs/$1.log"; exit 1
 }
 
 up() {
@@ -53,20 +72,30 @@ up() {
     for shard in $(seq 0 $((shards - 1))); do
         start_process "engine-$shard" "$py" -m brokercore.cli engine --shard "$shard" --shards "$shards"
     done
-    start_process oms "$py" -m uvicorn services.oms.app:app --host 127.0.0.1 --port "$oms_port" \
-        --loop uvloop --http httptools --log-level warning
+    start_api oms services.oms.app:app "$oms_port"
+    start_api query services.query.app:app "$query_port"
+    start_api ws services.ws.app:app "$ws_port"
+    start_api notifier-api services.notifier.app:app "$notify_port"
     start_process settlement "$py" -m services.settlement
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$oms_port") 2>/dev/null && break
-        up_process oms || { log "the OMS did not start; see .stack/logs/oms.log"; exit 1; }
-        sleep 0.2
-    done
+    start_process projector "$py" -m services.projector
+    start_process notifier "$py" -m services.notifier
+    start_process reconciler "$py" -m services.reconciler
+    if [ -n "${BROKERCORE_PUSH_URL:-}" ]; then      # pushes (and their dead letters) need one
+        start_process push-retry "$py" -m services.reconciler --notifications
+    fi
+    wait_for_port oms "$oms_port"
+    wait_for_port query "$query_port"
+    wait_for_port ws "$ws_port"
+    wait_for_port notifier-api "$notify_port"
     local token
     token="$("$py" -m brokercore.cli token --user alice --ttl 86400)"
     cat <<TEXT
 
 brokercore is up (dev mode; logs in .stack/logs):
-  OMS        http://127.0.0.1:$oms_port/api/v1/orders
+  OMS        http://127.0.0.1:$oms_port/api/v1/orders           (POST, DELETE)
+  query      http://127.0.0.1:$query_port/api/v1/orders  /api/v1/portfolio  /api/v1/marketdata/RELIANCE
+  WebSocket  ws://127.0.0.1:$ws_port/ws/v1/orders?token=\$TOKEN
+  alerts     http://127.0.0.1:$notify_port/api/v1/alerts  /api/v1/notifications/preferences
   Kafka      127.0.0.1:19092   Postgres $(scripts/postgres/postgres.sh url)   Redis $(scripts/redis/redis.sh url)
   token for the demo user alice (24 h):
     export TOKEN=$token
@@ -74,6 +103,7 @@ brokercore is up (dev mode; logs in .stack/logs):
     curl -s -X POST http://127.0.0.1:$oms_port/api/v1/orders -H "Authorization: Bearer \$TOKEN" \\
       -H 'Content-Type: application/json' -d '{"symbol":"RELIANCE","side":"BUY","type":"LIMIT",
       "quantity":10,"price":"15000.00","timeInForce":"DAY","idempotencyKey":"try-1"}'
+    curl -s http://127.0.0.1:$query_port/api/v1/portfolio -H "Authorization: Bearer \$TOKEN"
 TEXT
 }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -294,13 +295,11 @@ async def portfolio(conn: AsyncConnection, user: str) -> Portfolio | None:
         "SELECT cash, blocked_cash FROM accounts WHERE user_id = %s", (user,))).fetchone()
     if account is None:
         return None
-    held = await (await conn.execute(
-        "SELECT symbol, quantity, avg_price FROM read_model.positions "
-        "WHERE user_id = %s AND quantity <> 0 ORDER BY symbol", (user,))).fetchall()
+    held = await (await conn.execute(_POSITIONS, (user,))).fetchall()
     positions = []
-    for symbol, quantity, avg_price in held:
-        last = await _last_price(conn, symbol)
-        pnl = None if last is None else (last - avg_price) * quantity
+    for symbol, quantity, avg_price, last in held:
+        pnl = None if last is None else ((last - avg_price) * quantity).quantize(
+            Decimal(1), ROUND_HALF_UP)          # whole paise
         positions.append(Position(symbol, quantity, rupees(avg_price), rupees(last),
                                   rupees(pnl)))
     return Portfolio(rupees(account[0]), rupees(account[1]), positions)
@@ -322,6 +321,15 @@ async def candle_series(conn: AsyncConnection, symbol: str, interval: str, start
         "interval": INTERVALS[interval], "symbol": symbol, "from": start, "to": end,
     })).fetchall()
     return Candles(symbol, interval, _iso(start), _iso(end), candles(rows))
+
+
+_POSITIONS = """
+SELECT p.symbol, p.quantity, p.avg_price,
+       (SELECT t.price FROM read_model.trades t WHERE t.symbol = p.symbol
+         ORDER BY t.seq DESC LIMIT 1)           -- the last price, as LAST_PRICE_SQL
+  FROM read_model.positions p
+ WHERE p.user_id = %s AND p.quantity <> 0
+ ORDER BY p.symbol"""
 
 
 async def _last_price(conn: AsyncConnection, symbol: str) -> int | None:

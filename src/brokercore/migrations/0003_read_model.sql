@@ -114,3 +114,26 @@ CREATE TABLE price_alerts (
 );
 CREATE INDEX price_alerts_symbol_idx ON price_alerts (symbol);
 CREATE INDEX price_alerts_user_idx ON price_alerts (user_id, alert_id);
+
+-- ---------------------------------------------------------------------------------
+-- Backfill: a database that already has orders and holdings starts its read model from
+-- them (the projector then carries on from the events after its stored offsets).
+-- ---------------------------------------------------------------------------------
+
+INSERT INTO read_model.positions (user_id, symbol, quantity, avg_price)
+SELECT a.user_id, p.symbol, p.quantity, p.avg_price
+  FROM positions p JOIN accounts a USING (account_id);
+
+INSERT INTO read_model.orders (order_id, user_id, account_id, symbol, side, type,
+    time_in_force, price, quantity, filled_quantity, filled_notional, avg_price, status,
+    reject_reason, fills, created_at, updated_at)
+SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_force,
+       o.price, o.quantity, o.filled_quantity, o.filled_notional, o.avg_fill_price, o.status,
+       o.reject_reason,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'tradeId', f.trade_id, 'price', to_char(f.price / 100.0, 'FM999999999990.00'),
+                    'quantity', f.quantity, 'time', f.executed_at) ORDER BY f.executed_at)
+                   FROM fills f WHERE f.order_id = o.order_id AND f.side = o.side), '[]'::jsonb),
+       o.created_at, o.updated_at
+  FROM orders o JOIN accounts a USING (account_id)
+ WHERE o.status <> 'PENDING';
