@@ -101,8 +101,9 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
                     max_wait: float = 0.05, log_every: float = 1.0,
                     say: Callable[[str], None] | None = None) -> Any:
     """Consume ``applier.topic`` (read_committed) from the offsets stored in Postgres and
-    apply it, one transaction per batch (up to ``max_messages`` or ``max_wait``
-    seconds), until ``stop_event`` is set; returns the total stats.
+    apply it, one transaction per batch (what has arrived, up to ``max_messages``; an
+    idle consumer waits ``max_wait`` s at a time), until ``stop_event`` is set; returns
+    the total stats.
 
     A database or Kafka error is raised: nothing of the failed batch is stored, so a
     restart resumes exactly where it stopped.
@@ -132,7 +133,7 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
             window, last = applier.new_stats(), time.monotonic()
             while not stop.is_set():
                 batch = []
-                for message in consumer.consume(max_messages, max_wait):
+                for message in _next_batch(consumer, max_messages, max_wait):
                     if message.error():
                         if message.error().code() == KafkaError._PARTITION_EOF:
                             continue
@@ -156,6 +157,16 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
             consumer.close()
     say(f"{name}: stopped; {applier.describe(totals)}")
     return totals
+
+
+def _next_batch(consumer, max_messages: int, max_wait: float) -> list:
+    """What has arrived, up to ``max_messages``; if nothing has, the first message within
+    ``max_wait`` s and whatever came with it. A batch never waits to fill up: under load
+    batches grow by themselves, and a lone event is applied at once."""
+    batch = consumer.consume(max_messages, 0)
+    if not batch and (first := consumer.poll(max_wait)) is not None:
+        batch = [first, *consumer.consume(max_messages - 1, 0)]
+    return batch
 
 
 def _partitions(consumer, topic: str, stop: threading.Event) -> list[int]:
