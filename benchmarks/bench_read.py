@@ -244,11 +244,11 @@ async def ws_phases(args, port: int, tokens: list[str], client, prefix: str) -> 
         message = TradeTick(f"RELIANCE:{next(seq)}", "RELIANCE", "2500.00", 10, stamp)
         return trades_channel(prefix, "RELIANCE"), encode_message(message)
 
-    async def run(label: str, rate: float, fanout: int, make) -> None:
-        phase = WsPhase(label, args.ws_seconds, rate * fanout)
+    async def run(label: str, rate: float, fanout: int, make, seconds: float = 0.0) -> None:
+        phase = WsPhase(label, seconds or args.ws_seconds, rate * fanout)
         for s in sockets:
             s.sink = phase.latencies
-        await publish_at(rate, args.ws_seconds, make, client, phase)
+        await publish_at(rate, phase.seconds, make, client, phase)
         deadline = perf() + 5.0          # let the last ones arrive
         while len(phase.latencies) < phase.published * fanout and perf() < deadline:
             await asyncio.sleep(0.05)
@@ -259,6 +259,8 @@ async def ws_phases(args, port: int, tokens: list[str], client, prefix: str) -> 
         log(phase.line())
 
     log("\n" + WS_HEADER)
+    await run("warm-up (not in the summary)", 500, 1, update, 2.0)
+    phases.clear()
     for rate in args.ws_rates:
         await run(f"order updates, {rate:,}/s", rate, 1, update)
     for s in sockets:

@@ -8,6 +8,7 @@ so that kill -9 means what it says.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -242,3 +243,25 @@ class Daemon:
         if self.process.poll() is None:
             self.kill()
         self._log_file.close()
+
+
+def run_service_briefly(module: str, env: dict, log: Path) -> tuple[int, str]:
+    """``python -m module`` with ``env``, until it logs that it is assigned ("from
+    offsets") and 1.5 s more (time enough to re-apply anything), then SIGTERM: its exit
+    code and output."""
+    with open(log, "w") as out:
+        service = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT,
+                                   cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while "from offsets" not in log.read_text():
+            assert service.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(1.5)
+        service.send_signal(signal.SIGTERM)
+        service.wait(30)
+    finally:
+        if service.poll() is None:
+            service.kill()
+    return service.returncode, log.read_text()

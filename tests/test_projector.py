@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -32,9 +29,9 @@ from brokercore.streams import (
     BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, trades_channel,
     user_channel,
 )
-from kafka_support import new_settings
+from kafka_support import new_settings, run_service_briefly
 from test_settlement import (
-    INSTRUMENTS_TOML, MARKET, MID, REPO, Venue, busy_day, produce_in_transactions, settle,
+    INSTRUMENTS_TOML, MARKET, MID, Venue, busy_day, produce_in_transactions, settle,
 )
 
 D = Decimal
@@ -474,23 +471,8 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, database, cl
                BROKERCORE_KAFKA_BOOTSTRAP=kafka, BROKERCORE_TOPIC_PREFIX=settings.topic_prefix,
                BROKERCORE_INSTRUMENTS=str(instruments), BROKERCORE_REDIS_URL=REDIS_URL,
                BROKERCORE_REDIS_PREFIX=prefix)
-    log = tmp_path / "service.log"
-    with open(log, "w") as out:
-        service = subprocess.Popen([sys.executable, "-m", "services.projector"], cwd=REPO,
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while "from offsets" not in log.read_text():
-            assert service.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        time.sleep(1.5)                 # assigned and polling: time enough to re-apply
-        service.send_signal(signal.SIGTERM)
-        service.wait(30)
-    finally:
-        if service.poll() is None:
-            service.kill()
-    output = log.read_text()
-    assert service.returncode == 0, output
+    code, output = run_service_briefly("services.projector", env, tmp_path / "service.log")
+    assert code == 0, output
     assert f"from offsets [{end}, 0, 0, 0]" in output and "stopped; 0 messages" in output, \
         output
     assert dump(conn) == before

@@ -8,9 +8,7 @@ publishes them (``codec.EventEncoder``); settlement then applies those ``EventBa
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,6 +38,7 @@ from brokercore.risk import (
 )
 from brokercore.pgconsumer import Message, stored_offsets
 from brokercore.settlement import SettlementConsumer, run_settlement
+from kafka_support import run_service_briefly
 
 D = Decimal
 REPO = Path(__file__).resolve().parents[1]
@@ -617,22 +616,7 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, db, kafka, t
     env = dict(os.environ, BROKERCORE_DATABASE_URL=db, BROKERCORE_KAFKA_BOOTSTRAP=kafka,
                BROKERCORE_TOPIC_PREFIX=prefix, BROKERCORE_INSTRUMENTS=str(instruments),
                BROKERCORE_FEE_BPS="3", BROKERCORE_FEE_FIXED_PAISE="2000")
-    log = tmp_path / "service.log"
-    with open(log, "w") as out:
-        service = subprocess.Popen([sys.executable, "-m", "services.settlement"], cwd=REPO,
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while "from offsets" not in log.read_text():
-            assert service.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        time.sleep(1.5)                 # assigned and polling: time enough to re-apply
-        service.send_signal(signal.SIGTERM)
-        service.wait(30)
-    finally:
-        if service.poll() is None:
-            service.kill()
-    output = log.read_text()
-    assert service.returncode == 0, output
+    code, output = run_service_briefly("services.settlement", env, tmp_path / "service.log")
+    assert code == 0, output
     assert f"from offsets [{end}, 0]" in output and "stopped; 0 messages" in output, output
     assert dump(conn) == before

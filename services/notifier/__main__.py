@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import threading
 import time
@@ -39,6 +38,7 @@ from brokercore.messages import EventBatch
 from brokercore.notify import (
     DeadLetters, HttpPushProvider, Notifier, Push, notifier_group,
 )
+from services.consumer import run_consumer
 
 log = logging.getLogger("brokercore.notifier")
 
@@ -199,24 +199,12 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=64,
                         help="pushes sent at once at most")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # not a line per push
-    try:
-        settings, kafka = ServiceSettings.from_env(), KafkaSettings.from_env()
-    except ValueError as e:
-        log.error("bad settings: %s", e)
-        return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
+
+    def run(kafka, settings, stop) -> None:
         asyncio.run(run_notifier(settings, kafka, stop, from_beginning=args.from_beginning,
                                  concurrency=args.concurrency))
-    except Exception:
-        log.exception("notifier failed")
-        return 1
-    return 0
+    return run_consumer("notifier", lambda kafka, settings: run)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Notification preferences, push devices and price alerts over REST (a thin Starlette app).
 
-    uvicorn services.notifier.app:app --port 8002      (settings: BROKERCORE_* variables)
+    uvicorn services.notifier.app:app --port 8003      (settings: BROKERCORE_* variables)
 
     PUT, GET   /api/v1/notifications/preferences        {"FILL": "PUSH", ...}
     POST       /api/v1/notifications/devices            {"deviceToken": "..."}

@@ -1,7 +1,7 @@
 """The WebSocket gateway: a user's order updates and notifications, and market data,
 pushed live (a thin Starlette app).
 
-    uvicorn services.ws.app:app --port 8001           (settings: BROKERCORE_* variables)
+    uvicorn services.ws.app:app --port 8002           (settings: BROKERCORE_* variables)
 
 ``/ws/v1/orders`` takes the JWT from ``Authorization: Bearer`` or, for browsers (which
 cannot set headers on a WebSocket), from ``?token=``; prefer the header, as URLs end up
