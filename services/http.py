@@ -3,10 +3,13 @@ stack trace), bearer-token authentication, bounded bodies and msgspec decoding."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Callable, Sequence
 
 import msgspec
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -14,10 +17,25 @@ from brokercore.api import ErrorBody, ErrorDetail, FieldError, encode_json
 from brokercore.auth import AuthError, Principal, TokenVerifier, bearer_token
 from brokercore.ratelimit import TokenBucket
 
-__all__ = ["ApiError", "error_response", "guarded", "json_response", "authenticate",
+__all__ = ["service_app", "ApiError", "error_response", "guarded", "json_response", "authenticate",
            "authorize", "read_body", "field_error", "decode_body"]
 
 log = logging.getLogger("brokercore.http")
+
+
+def service_app(name: str, make: Callable[[], object], routes: Sequence) -> Starlette:
+    """A Starlette app whose lifespan makes the service object (``make()``), awaits its
+    ``open()``, keeps it as ``app.state.<name>`` and awaits its ``close()`` at shutdown."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        service = make()
+        await service.open()
+        setattr(app.state, name, service)
+        try:
+            yield
+        finally:
+            await service.close()
+    return Starlette(routes=list(routes), lifespan=lifespan)
 
 
 class ApiError(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, settings
 
 from brokercore.migrations import apply_migrations, database_url
 from support import engine_class, model_class
+from ws_support import Server
 
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
@@ -68,9 +70,22 @@ def db(server: str):
     try:
         yield make_conninfo(server, dbname=name)
     finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))
+        drop_database(server, name)
+
+
+def drop_database(server: str, name: str, attempts: int = 50) -> None:
+    """DROP DATABASE ... WITH (FORCE). An autovacuum worker in it belongs to the superuser,
+    whom our role may not terminate: it is done within moments, so try again."""
+    for attempt in range(attempts):
+        try:
+            with psycopg.connect(server, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                              .format(sql.Identifier(name)))
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -86,3 +101,30 @@ def database(db):
         conn.execute("INSERT INTO read_model.positions (user_id, symbol, quantity) "
                      "VALUES ('bob', 'RELIANCE', 100)")      # deposited: in both models
     return db
+
+
+# --- WebSocket gateways (tests/ws_support.py) ----------------------------------------------
+
+@pytest.fixture
+def gateways(database, tmp_path):
+    """start(n, **settings): n gateway instances sharing a fresh Redis prefix and the
+    test's database; the prefix is ``start.prefix``."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    servers: list[Server] = []
+
+    def start(n: int = 1, **settings) -> list[Server]:
+        env = os.environ | {"BROKERCORE_DATABASE_URL": database, "BROKERCORE_DEV_MODE": "1",
+                            "BROKERCORE_REDIS_PREFIX": prefix} | {
+            f"BROKERCORE_{key.upper()}": str(value) for key, value in settings.items()}
+        started = [Server(tmp_path / f"gateway{len(servers) + i}.log", env) for i in range(n)]
+        servers.extend(started)
+        for server in started:
+            server.wait_ready()
+        return started
+
+    start.prefix = prefix
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -265,3 +266,24 @@ def run_service_briefly(module: str, env: dict, log: Path) -> tuple[int, str]:
         if service.poll() is None:
             service.kill()
     return service.returncode, log.read_text()
+
+
+def run_until_stored(run, args: tuple, conn, consumer: str, topic: str, end: int) -> list[str]:
+    """``run(*args, stop_event=, say=)`` (a Postgres-offset consumer) in a thread until it
+    has stored ``end`` as its next offset of partition 0 of ``topic``, then stopped: what
+    it said."""
+    from brokercore.pgconsumer import stored_offsets
+
+    stop, lines = threading.Event(), []
+    runner = threading.Thread(target=run, args=args, kwargs=dict(
+        stop_event=stop, say=lines.append), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while stored_offsets(conn, consumer, topic).get(0) != end:
+        assert runner.is_alive() and time.monotonic() < deadline, lines
+        time.sleep(0.05)
+    stop.set()
+    runner.join(30)
+    assert not runner.is_alive()
+    assert any("stopped" in line for line in lines), lines
+    return lines

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
 from decimal import Decimal
@@ -21,7 +20,7 @@ import redis
 from brokercore.config import ServiceSettings
 from brokercore.marketdata import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
 from brokercore.messages import AmendOrder, EventBatch, NewOrder, encode
-from brokercore.pgconsumer import Message, stored_offsets
+from brokercore.pgconsumer import Message
 from brokercore.projector import ProjectorConsumer, run_projector
 from brokercore.records import EventType, Reason, Side, Stp, Tif
 from brokercore.settlement import event_time
@@ -29,7 +28,7 @@ from brokercore.streams import (
     BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, trades_channel,
     user_channel,
 )
-from kafka_support import new_settings, run_service_briefly
+from kafka_support import new_settings, run_service_briefly, run_until_stored
 from test_settlement import (
     INSTRUMENTS_TOML, MARKET, MID, Venue, busy_day, produce_in_transactions, settle,
 )
@@ -442,19 +441,8 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, database, cl
         expected = dump(conn, exact=False)
     expected.pop("consumer_offsets")
 
-    stop, lines = threading.Event(), []
-    runner = threading.Thread(target=run_projector, args=(
-        kafka, topic, database, str(instruments), REDIS_URL, prefix), kwargs=dict(
-        stop_event=stop, say=lines.append), daemon=True)
-    runner.start()
-    deadline = time.monotonic() + 60
-    while stored_offsets(conn, "projector", topic).get(0) != end:
-        assert runner.is_alive() and time.monotonic() < deadline, lines
-        time.sleep(0.05)
-    stop.set()
-    runner.join(30)
-    assert not runner.is_alive()
-    assert any("stopped" in line for line in lines), lines
+    run_until_stored(run_projector, (kafka, topic, database, str(instruments), REDIS_URL,
+                                     prefix), conn, "projector", topic, end)
     after = dump(conn, exact=False)
     assert after.pop("consumer_offsets") == [
         {"consumer": "projector", "topic": topic, "partition": 0, "next_offset": end}]

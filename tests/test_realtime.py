@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 from oms_support import auth
 from test_platform import INSTRUMENTS, platform
-from test_ws import WAIT, gateways, open_socket, receive  # noqa: F401 - a fixture
+from ws_support import WAIT, open_socket, receive
 
 from brokercore.config import ServiceSettings
 from brokercore.projector import run_projector

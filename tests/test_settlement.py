@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
-import time
 import uuid
 from datetime import datetime, time as clock
 from decimal import Decimal
@@ -36,9 +34,9 @@ from brokercore.records import COMMAND_DTYPE, EventType, Reason, Side, Stp, Tif
 from brokercore.risk import (
     AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
 )
-from brokercore.pgconsumer import Message, stored_offsets
+from brokercore.pgconsumer import Message
 from brokercore.settlement import SettlementConsumer, run_settlement
-from kafka_support import run_service_briefly
+from kafka_support import run_service_briefly, run_until_stored
 
 D = Decimal
 REPO = Path(__file__).resolve().parents[1]
@@ -592,19 +590,8 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, db, kafka, t
         expected = dump(conn, clocks=False)
     expected.pop("consumer_offsets")
 
-    stop, lines = threading.Event(), []
-    runner = threading.Thread(target=run_settlement, args=(kafka, topic, db, str(instruments),
-                                                           FEES), kwargs=dict(
-        stop_event=stop, say=lines.append), daemon=True)
-    runner.start()
-    deadline = time.monotonic() + 60
-    while stored_offsets(conn, "settlement", topic).get(0) != end:
-        assert runner.is_alive() and time.monotonic() < deadline, lines
-        time.sleep(0.05)
-    stop.set()
-    runner.join(30)
-    assert not runner.is_alive()
-    assert any("stopped" in line for line in lines), lines
+    run_until_stored(run_settlement, (kafka, topic, db, str(instruments), FEES), conn,
+                     "settlement", topic, end)
     after = dump(conn, clocks=False)
     assert after.pop("consumer_offsets") == [
         {"consumer": "settlement", "topic": topic, "partition": 0, "next_offset": end}]

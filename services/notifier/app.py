@@ -15,7 +15,6 @@ the logic is in brokercore.notify and brokercore.alerts.
 
 from __future__ import annotations
 
-import contextlib
 
 import msgspec
 from psycopg_pool import AsyncConnectionPool
@@ -40,7 +39,7 @@ from brokercore.notify import (
 from brokercore.ratelimit import TokenBucket
 from brokercore.records import INT64_MAX
 from services.http import (
-    ApiError, authorize, decode_body, guarded, json_response as json, read_body,
+    ApiError, authorize, decode_body, guarded, json_response as json, read_body, service_app,
 )
 
 
@@ -174,18 +173,7 @@ async def delete_alert(request: Request) -> Response:
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        api = Notifications(settings)
-        await api.open()
-        app.state.notifications = api
-        try:
-            yield
-        finally:
-            await api.close()
-
-    return Starlette(routes=[
+    return service_app("notifications", lambda: Notifications(settings), [
         Route("/api/v1/notifications/preferences", get_preferences, methods=["GET"]),
         Route("/api/v1/notifications/preferences", put_preferences, methods=["PUT"]),
         Route("/api/v1/notifications/devices", register_device, methods=["POST"]),
@@ -194,7 +182,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
         Route("/api/v1/alerts", create_alert, methods=["POST"]),
         Route("/api/v1/alerts", list_alerts, methods=["GET"]),
         Route("/api/v1/alerts/{alert_id}", delete_alert, methods=["DELETE"]),
-    ], lifespan=lifespan)
+    ])
 
 
 def __getattr__(name: str):

@@ -15,7 +15,6 @@ the answer comes from Postgres. Errors as the OMS's: ``{"error": {"code", "messa
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -40,7 +39,7 @@ from brokercore.config import ServiceSettings
 from brokercore.market import load_market
 from brokercore.marketdata import INTERVALS
 from brokercore.streams import encode_message, md_key
-from services.http import ApiError, authenticate, field_error, guarded
+from services.http import ApiError, authenticate, field_error, guarded, service_app
 
 log = logging.getLogger("brokercore.query")
 
@@ -264,25 +263,13 @@ async def candles(request: Request) -> Response:
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        service = QueryService(settings)
-        await service.open()
-        app.state.query = service
-        try:
-            yield
-        finally:
-            await service.close()
-
-    return Starlette(
-        routes=[Route("/api/v1/orders", list_orders, methods=["GET"]),
+    return service_app("query", lambda: QueryService(settings), [
+                Route("/api/v1/orders", list_orders, methods=["GET"]),
                 Route("/api/v1/orders/{order_id}", get_order, methods=["GET"]),
                 Route("/api/v1/orders/{order_id}/history", order_history, methods=["GET"]),
                 Route("/api/v1/portfolio", portfolio, methods=["GET"]),
                 Route("/api/v1/marketdata/{symbol}", market_data, methods=["GET"]),
-                Route("/api/v1/marketdata/{symbol}/candles", candles, methods=["GET"])],
-        lifespan=lifespan)
+                Route("/api/v1/marketdata/{symbol}/candles", candles, methods=["GET"])])
 
 
 def __getattr__(name: str):

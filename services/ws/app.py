@@ -48,6 +48,7 @@ from brokercore.gateway import (
 )
 from brokercore.market import load_market
 from brokercore.streams import book_channel, trades_channel
+from services.http import service_app
 
 log = logging.getLogger("brokercore.ws")
 
@@ -360,19 +361,8 @@ async def orders_socket(websocket: WebSocket) -> None:
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        gateway = Gateway(settings)
-        await gateway.open()
-        app.state.gateway = gateway
-        try:
-            yield
-        finally:
-            await gateway.close()
-
-    return Starlette(routes=[WebSocketRoute("/ws/v1/orders", orders_socket)],
-                     lifespan=lifespan)
+    return service_app("gateway", lambda: Gateway(settings),
+                       [WebSocketRoute("/ws/v1/orders", orders_socket)])
 
 
 def __getattr__(name: str):
