@@ -547,6 +547,19 @@ def committed(kafka: KafkaSettings, partition: int) -> int:
         consumer.close()
 
 
+def notifier_process(settings: ServiceSettings, kafka: KafkaSettings, log) -> subprocess.Popen:
+    """``python -m services.notifier --from-beginning`` with the settings' database, Redis
+    prefix and push provider (retrying every 0.05 s, practically for ever)."""
+    env = os.environ | {
+        "BROKERCORE_DATABASE_URL": settings.database_url,
+        "BROKERCORE_REDIS_PREFIX": settings.redis_prefix, "BROKERCORE_KAFKA_BOOTSTRAP": BOOTSTRAP,
+        "BROKERCORE_TOPIC_PREFIX": kafka.topic_prefix, "BROKERCORE_SHARDS": str(kafka.shards),
+        "BROKERCORE_PUSH_URL": settings.push_url, "BROKERCORE_PUSH_RETRY_BASE": "0.05",
+        "BROKERCORE_PUSH_RETRY_CAP": "0.05", "BROKERCORE_PUSH_ATTEMPTS": "100000"}
+    return subprocess.Popen([sys.executable, "-m", "services.notifier", "--from-beginning"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 def test_the_notifier_process_end_to_end_without_stalling_or_skipping(database, push, kafka,
                                                                       tmp_path):
     settings = service_settings(database, push, push_retry_base=0.05, push_retry_cap=0.05,
@@ -572,14 +585,7 @@ def test_the_notifier_process_end_to_end_without_stalling_or_skipping(database, 
     push.fail(always=True)                                     # bob's push keeps retrying
     first, second = produce(kafka, shard, [fill, cancelled])
     log = open(tmp_path / "notifier.log", "w")
-    env = os.environ | {
-        "BROKERCORE_DATABASE_URL": database, "BROKERCORE_REDIS_PREFIX": settings.redis_prefix,
-        "BROKERCORE_KAFKA_BOOTSTRAP": BOOTSTRAP, "BROKERCORE_TOPIC_PREFIX": kafka.topic_prefix,
-        "BROKERCORE_SHARDS": str(kafka.shards), "BROKERCORE_PUSH_URL": push.url,
-        "BROKERCORE_PUSH_RETRY_BASE": "0.05", "BROKERCORE_PUSH_RETRY_CAP": "0.05",
-        "BROKERCORE_PUSH_ATTEMPTS": "100000"}
-    process = subprocess.Popen([sys.executable, "-m", "services.notifier", "--from-beginning"],
-                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = notifier_process(settings, kafka, log)
     try:
         got = inbox.take(3)
         assert sorted((user, n.kind, n.body) for user, n in got) == [
@@ -602,6 +608,50 @@ def test_the_notifier_process_end_to_end_without_stalling_or_skipping(database, 
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
         log.close()
+    assert code == 0, (tmp_path / "notifier.log").read_text()
+
+
+def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(database, push, kafka,
+                                                                        tmp_path):
+    """The alert's new side is stored when its trade is handled, so the re-delivered trade
+    fires nothing: the fire kept in alert_fires is what the restarted notifier sends."""
+    settings = service_settings(database, push)
+    with psycopg.connect(database, autocommit=True) as conn:
+        alert = conn.execute("INSERT INTO price_alerts (user_id, symbol, price, side) VALUES "
+                             "('alice', 'RELIANCE', 1505000, -1) RETURNING alert_id"
+                             ).fetchone()[0]
+    add_device(database, "alice", "alice-phone")              # offline: a push
+    shard = partition_of("RELIANCE", kafka.shards)
+    [offset] = produce(kafka, shard, [EventBatch(shard, [trade(7, "15100.00")])])
+    fire = f"alert:{alert}:RELIANCE:7"
+    push.fail(always=True)
+    with open(tmp_path / "notifier.log", "w") as log:
+        first = notifier_process(settings, kafka, log)
+        try:
+            wait_for(lambda: len(push.statuses(fire)) >= 2, "the alert's push retrying")
+        finally:
+            first.kill()                                       # -9: no commit, no clean-up
+            first.wait(30)
+        with psycopg.connect(database) as conn:
+            assert conn.execute("SELECT side, fired FROM price_alerts").fetchall() == [(1, 1)]
+            assert conn.execute("SELECT notification_id FROM alert_fires").fetchall() == [
+                (fire,)]
+        assert committed(kafka, shard) < offset + 1
+        push.heal()
+        second = notifier_process(settings, kafka, log)
+        try:
+            wait_for(lambda: 200 in push.statuses(fire), "the alert's push delivered")
+            wait_for(lambda: committed(kafka, shard) == offset + 1, "the offset committed",
+                     timeout=60)                # the dead member's session lapses first
+            with psycopg.connect(database) as conn:
+                wait_for(lambda: not conn.execute("SELECT 1 FROM alert_fires").fetchall(),
+                         "the fire forgotten")
+                assert conn.execute("SELECT side, fired FROM price_alerts").fetchall() == [
+                    (1, 1)]                                    # fired once, sent again
+            assert push.statuses(fire).count(200) == 1
+        finally:
+            second.send_signal(signal.SIGTERM)
+            code = second.wait(30)
     assert code == 0, (tmp_path / "notifier.log").read_text()
 
 

@@ -102,9 +102,11 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
         "bootstrap.servers": kafka.bootstrap, "group.id": notifier_group(kafka.topic_prefix),
         "isolation.level": "read_committed", "enable.auto.commit": False,
         "auto.offset.reset": "earliest" if from_beginning else "latest",
-        "fetch.wait.max.ms": 50})
+        "fetch.wait.max.ms": 50,
+        "session.timeout.ms": 10_000})      # a notifier that died hands over in 10 s
 
-    def commit(offsets: dict[int, int]) -> None:
+    def commit(offsets: dict[int, int]) -> dict[int, int]:
+        """Commit the offsets; those committed."""
         if offsets:
             try:
                 consumer.commit(offsets=[TopicPartition(topic, p, o)
@@ -112,6 +114,8 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                                 asynchronous=False)
             except KafkaException as e:     # a rebalance: the next owner re-delivers
                 log.warning("committing %s failed: %s", offsets, e)
+                return {}
+        return offsets
 
     def revoked(_, partitions) -> None:
         commit(pending.ready())
@@ -124,9 +128,15 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
     failures: list[BaseException] = []
     handled, last_log = 0, time.monotonic()
 
-    async def deliver(push: Push, entry: list[int]) -> None:
+    async def deliver(push: Push, entry: list[int] | None) -> None:
         await notifier.deliver(push)
-        pending.settle(entry)
+        if entry is not None:
+            pending.settle(entry)
+
+    def start(push: Push, entry: list[int] | None) -> None:
+        task = asyncio.create_task(deliver(push, entry))
+        tasks.add(task)
+        task.add_done_callback(finished)
 
     def finished(task: asyncio.Task) -> None:
         tasks.discard(task)
@@ -136,6 +146,8 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
     try:
         await pool.open(wait=True)
         log.info("notifier: %s, group %s", topic, notifier_group(kafka.topic_prefix))
+        for push in await notifier.unsent_fires():
+            start(push, None)
         while not stop.is_set():
             if failures:
                 raise failures[0]
@@ -159,11 +171,9 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                                                           await notifier.handle(messages)):
                     entry = pending.add(partition, offset, len(pushes))
                     for push in pushes:
-                        task = asyncio.create_task(deliver(push, entry))
-                        tasks.add(task)
-                        task.add_done_callback(finished)
+                        start(push, entry)
                 handled += len(messages)
-            await asyncio.to_thread(commit, pending.ready())
+            await notifier.forget_fires(await asyncio.to_thread(commit, pending.ready()))
             while len(tasks) >= max_pending:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if time.monotonic() - last_log >= 10:
@@ -178,7 +188,7 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
             task.cancel()                   # not committed: re-delivered after a restart
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            await asyncio.to_thread(commit, pending.ready())
+            await notifier.forget_fires(await asyncio.to_thread(commit, pending.ready()))
         finally:
             await asyncio.to_thread(consumer.close)
             await asyncio.to_thread(dead_letters.close)

@@ -10,10 +10,11 @@ last of a batch: a batch holding an up-move and a down-move fires both crossings
 each fire names the trade that made it, the same however Kafka splits the stream into
 batches. The new sides of a batch are written back in one UPDATE.
 
-The sides are stored when the notifier handles a batch, before its pushes are done. A
-notifier that dies in between reads the batch again (its Kafka offsets were not
-committed), but its alerts have moved on, so such an alert's notification is lost: the
-one gap in the notifier's at-least-once delivery.
+The sides are stored when the notifier handles a batch, before its pushes are done, so
+a re-delivered trade fires nothing again. Its fires are therefore kept in the same
+transaction (``alert_fires``, by brokercore.notify) until the notifier has committed
+the trade's Kafka offset; a notifier that starts sends again what a predecessor left
+there (at-least-once, like the rest of its notifications).
 """
 
 from __future__ import annotations

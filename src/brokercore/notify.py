@@ -307,6 +307,12 @@ class DeadLetters:
 
 # --- routing and delivery -------------------------------------------------------------------
 
+_RECORD_FIRE = """
+INSERT INTO alert_fires (notification_id, user_id, notification, partition, kafka_offset)
+VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"""
+
+_notification = msgspec.json.Decoder(Notification)
+
 @dataclass(frozen=True)
 class Push:
     user_id: str
@@ -352,13 +358,40 @@ class Notifier:
                                            instrument.ticks_to_paise(e.price), event_time(e.ts))
                         trades.append(trade)
                         trade_message[trade.trade_id] = index
-            fires = await apply_trades(conn, trades)
-        items += [(trade_message[f.trade.trade_id], *alert_notification(f)) for f in fires]
+            async with conn.transaction():      # the alerts' moves and their fires
+                fires = [(trade_message[f.trade.trade_id], *alert_notification(f))
+                         for f in await apply_trades(conn, trades)]
+                await conn.cursor().executemany(_RECORD_FIRE, [
+                    (n.id, user, encode_message(n).decode(), *messages[index][:2])
+                    for index, user, n in fires])
+        items += fires
         owed: list[list[Push]] = [[] for _ in messages]
         for (index, _, _), pushes in zip(items, await self.route(
                 [(user, n) for _, user, n in items])):
             owed[index] += pushes
         return owed
+
+    async def unsent_fires(self) -> list[Push]:
+        """Publish again the alert fires a notifier that died left unconfirmed (in
+        ``alert_fires``); returns their pushes."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT user_id, notification::text FROM alert_fires "
+                "ORDER BY partition, kafka_offset, notification_id")).fetchall()
+        items = [(user, _notification.decode(n)) for user, n in rows]
+        if items:
+            log.info("sending %d price alert notifications again", len(items))
+        return [push for pushes in await self.route(items) for push in pushes]
+
+    async def forget_fires(self, committed: Mapping[int, int]) -> None:
+        """The fires of messages before these committed offsets are out: forget them."""
+        if committed:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "DELETE FROM alert_fires f USING unnest(%s::int[], %s::bigint[]) AS c "
+                    "(partition, next_offset) WHERE f.partition = c.partition "
+                    "AND f.kafka_offset < c.next_offset", (list(committed),
+                                                           list(committed.values())))
 
     async def route(self, items: Sequence[tuple[str, Notification]]) -> list[list[Push]]:
         """Publish the in-app ones of (user, notification) by the users' preferences and

@@ -113,6 +113,20 @@ CREATE TABLE price_alerts (
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX price_alerts_symbol_idx ON price_alerts (symbol);
+
+-- The fires of price alerts whose notifications may not be out yet: written in the
+-- transaction that moves the alerts, deleted once the notifier has committed the Kafka
+-- offset of the trade's message. A re-delivered trade fires nothing (its alerts have
+-- moved on), so a notifier that starts sends again what a predecessor left here.
+CREATE TABLE alert_fires (
+    notification_id TEXT PRIMARY KEY,
+    user_id         TEXT NOT NULL,
+    notification    JSONB NOT NULL,             -- the streams.Notification
+    partition       INT NOT NULL,               -- where the trade's message is on events
+    kafka_offset    BIGINT NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX alert_fires_offset_idx ON alert_fires (partition, kafka_offset);
 CREATE INDEX price_alerts_user_idx ON price_alerts (user_id, alert_id);
 
 -- ---------------------------------------------------------------------------------
