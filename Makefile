@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test crash up down build bench kafka postgres redis clean
+.PHONY: demo test crash up down build bench bench-services kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
@@ -35,6 +35,12 @@ bench: build  ## every benchmark, engine with a longer profile (more runs, more 
 	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000
 	$(PY) benchmarks/bench_ring.py
 	$(PY) benchmarks/bench_shard.py
+
+bench-services: build kafka postgres redis  ## the platform's benchmarks on the local servers
+	$(PY) benchmarks/bench_kafka.py --runs 3
+	$(PY) benchmarks/bench_oms.py
+	$(PY) benchmarks/bench_read.py
+	$(PY) benchmarks/bench_realtime.py
 
 build: $(VENV)/.deps
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps --editable .

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
 import random
 import re
@@ -28,13 +27,11 @@ import signal
 import sys
 import tempfile
 import time
-import tomllib
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import psycopg
 import uvloop
 from confluent_kafka.admin import AdminClient
 
@@ -43,48 +40,19 @@ from machine import cpu_model  # noqa: E402
 
 from harness import (  # noqa: E402
     Connection, cpu_ticks, create_database, dev_server, drop_database, postgres_pids,
-    postmaster_of, start_uvicorn, stop,
+    postmaster_of, seed_accounts, start_uvicorn, stop, write_instruments,
 )
 
 from brokercore.auth import JwtConfig, mint_token  # noqa: E402
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings  # noqa: E402
 from brokercore.topics import ensure_topics  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_ORDERS_PER_S = 2_000
 TARGET_P99_MS = 50.0
 PATH = "/api/v1/orders"
 KAFKA, REDIS = "127.0.0.1:19092", "redis://127.0.0.1:16379/0"     # the development servers
-CASH_PAISE = 10**14                 # no buy ever runs out of money
-HOLDING = 10**9                     # shares of every symbol a holder has
 perf = time.perf_counter
 log = functools.partial(print, flush=True)
-
-
-def seed_accounts(url: str, symbols: list[str], users: int) -> None:
-    """``users`` accounts, the first half of them holding every symbol (only they sell)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO accounts (user_id, cash) SELECT 'u' || g, %s "
-                     "FROM generate_series(0, %s - 1) g", (CASH_PAISE, users))
-        conn.execute("INSERT INTO positions (account_id, symbol, quantity) "
-                     "SELECT a.account_id, s, %s FROM accounts a CROSS JOIN unnest(%s::text[]) s "
-                     "WHERE substr(a.user_id, 2)::int < %s", (HOLDING, symbols, max(1, users // 2)))
-        conn.execute("ANALYZE")
-
-
-def write_instruments(path: str) -> list[dict]:
-    """config/instruments.toml's instruments under an always-open session (their own sessions
-    dropped), so that the benchmark runs at any hour; 23:59 UTC still gets 422s."""
-    with open(os.path.join(REPO, "config/instruments.toml"), "rb") as f:
-        instruments = tomllib.load(f)["instrument"]
-    lines = ['[session]\ntimezone = "UTC"\nopen = "00:00"\nclose = "23:59"',
-             "weekdays = [1, 2, 3, 4, 5, 6, 7]\nholidays = []\n"]
-    for instrument in instruments:       # JSON scalars are valid TOML (true, 1, "0.05")
-        lines.append("[[instrument]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in instrument.items() if k != "session"]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return instruments
 
 
 def order_bodies(instruments: list[dict], users: int, seed: int, prefix: str):

@@ -1,15 +1,18 @@
 """What the HTTP benchmarks share: a minimal keep-alive HTTP/1.1 client (httpx costs
 ~40x the CPU on a machine shared with the server), uvicorn started as a subprocess on a
-free port, throw-away databases, and the CPU time of processes from /proc."""
+free port, throw-away databases with funded accounts, instruments that trade at any
+hour, and the CPU time of processes from /proc."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 
 import httptools
@@ -20,6 +23,8 @@ from psycopg.conninfo import make_conninfo
 from brokercore.migrations import apply_migrations
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASH_PAISE = 10**14                 # no buy ever runs out of money
+HOLDING = 10**9                     # shares of every symbol a holder has
 
 
 class _Answer(asyncio.Protocol):
@@ -162,3 +167,29 @@ def postmaster_of(url: str) -> str:
 def cpu_ticks(groups: dict[str, list[int]]) -> dict[str, int]:
     return {k: sum(int(s[11]) + int(s[12]) for s in map(proc_stat, pids) if s)
             for k, pids in groups.items()}
+
+
+def seed_accounts(url: str, symbols: list[str], users: int) -> None:
+    """``users`` accounts, the first half of them holding every symbol (only they sell)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO accounts (user_id, cash) SELECT 'u' || g, %s "
+                     "FROM generate_series(0, %s - 1) g", (CASH_PAISE, users))
+        conn.execute("INSERT INTO positions (account_id, symbol, quantity) "
+                     "SELECT a.account_id, s, %s FROM accounts a CROSS JOIN unnest(%s::text[]) s "
+                     "WHERE substr(a.user_id, 2)::int < %s", (HOLDING, symbols, max(1, users // 2)))
+        conn.execute("ANALYZE")
+
+
+def write_instruments(path: str) -> list[dict]:
+    """config/instruments.toml's instruments under an always-open session (their own sessions
+    dropped), so that the benchmark runs at any hour; 23:59 UTC still gets 422s."""
+    with open(os.path.join(REPO, "config/instruments.toml"), "rb") as f:
+        instruments = tomllib.load(f)["instrument"]
+    lines = ['[session]\ntimezone = "UTC"\nopen = "00:00"\nclose = "23:59"',
+             "weekdays = [1, 2, 3, 4, 5, 6, 7]\nholidays = []\n"]
+    for instrument in instruments:       # JSON scalars are valid TOML (true, 1, "0.05")
+        lines.append("[[instrument]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in instrument.items() if k != "session"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return instruments
