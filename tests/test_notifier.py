@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -549,9 +550,10 @@ def committed(kafka: KafkaSettings, partition: int) -> int:
 
 def notifier_process(settings: ServiceSettings, kafka: KafkaSettings, log) -> subprocess.Popen:
     """``python -m services.notifier --from-beginning`` with the settings' database, Redis
-    prefix and push provider (retrying every 0.05 s, practically for ever)."""
+    and push provider (retrying every 0.05 s, practically for ever)."""
     env = os.environ | {
         "BROKERCORE_DATABASE_URL": settings.database_url,
+        "BROKERCORE_REDIS_URL": settings.redis_url,
         "BROKERCORE_REDIS_PREFIX": settings.redis_prefix, "BROKERCORE_KAFKA_BOOTSTRAP": BOOTSTRAP,
         "BROKERCORE_TOPIC_PREFIX": kafka.topic_prefix, "BROKERCORE_SHARDS": str(kafka.shards),
         "BROKERCORE_PUSH_URL": settings.push_url, "BROKERCORE_PUSH_RETRY_BASE": "0.05",
@@ -652,6 +654,45 @@ def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(databas
         finally:
             second.send_signal(signal.SIGTERM)
             code = second.wait(30)
+    assert code == 0, (tmp_path / "notifier.log").read_text()
+
+
+def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push, kafka,
+                                                                 tmp_path):
+    """The notifier's Redis user loses every permission (each command fails, as with Redis
+    down): it keeps the batch, commits nothing and tries again; once Redis answers, the
+    fill is told and the offset committed."""
+    settings = service_settings(database, push)
+    admin = redis.Redis.from_url(settings.redis_url)
+    user, password = f"notifier-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                      channels=["*"], categories=["-@all"])
+    buy, account = place(database, "alice", "BUY", 10)
+    set_online(settings, "alice")
+    shard = partition_of("RELIANCE", kafka.shards)
+    inbox = Inbox(settings, "alice")
+    [offset] = produce(kafka, shard, [EventBatch(shard, [trade(
+        5, "15000.00", order_id=buy, account=account, qty=10, remaining=0)])])
+    limited = settings.redis_url.replace("redis://", f"redis://{user}:{password}@")
+    try:
+        with open(tmp_path / "notifier.log", "w") as log:
+            process = notifier_process(replace(settings, redis_url=limited), kafka, log)
+            try:
+                wait_for(lambda: "trying again" in (tmp_path / "notifier.log").read_text(),
+                         "a failed attempt", timeout=60)
+                assert committed(kafka, shard) < offset + 1
+                admin.acl_setuser(user, enabled=True, categories=["+@all"])
+                [(to, told)] = inbox.take(1)
+                assert (to, told.kind, told.id) == ("alice", "FILL", f"{shard}:5:{buy}")
+                wait_for(lambda: committed(kafka, shard) == offset + 1,
+                         "the offset committed", timeout=60)
+                assert process.poll() is None
+            finally:
+                process.send_signal(signal.SIGTERM)
+                code = process.wait(30)
+    finally:
+        inbox.close()
+        admin.acl_deluser(user)
     assert code == 0, (tmp_path / "notifier.log").read_text()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import sys
 import threading
@@ -28,6 +29,8 @@ import time
 from collections import deque
 
 import msgspec
+import psycopg
+import redis as redis_errors
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
@@ -36,7 +39,7 @@ from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.market import load_market
 from brokercore.messages import EventBatch
 from brokercore.notify import (
-    DeadLetters, HttpPushProvider, Notifier, Push, notifier_group,
+    DeadLetters, HttpPushProvider, Notifier, Push, notifier_group, retry_delay,
 )
 from services.consumer import run_consumer
 
@@ -138,6 +141,25 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
         tasks.add(task)
         task.add_done_callback(finished)
 
+    async def handle(messages) -> list[list[Push]]:
+        """``notifier.handle``, tried again while Redis or Postgres fail (nothing is
+        committed meanwhile). An attempt that failed may have moved alerts: their fires,
+        kept in alert_fires, go out again first (at-least-once)."""
+        for attempt in itertools.count():
+            try:
+                if attempt:
+                    for push in await notifier.unsent_fires():
+                        start(push, None)
+                return await notifier.handle(messages)
+            except (redis_errors.RedisError, psycopg.OperationalError) as e:
+                if stop.is_set():
+                    raise
+                delay = retry_delay(attempt + 1, 0.1, 5.0)
+                log.warning("handling %d messages failed (%s); trying again in %.1f s",
+                            len(messages), e, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
     def finished(task: asyncio.Task) -> None:
         tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -167,8 +189,7 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                     continue
                 messages.append((message.partition(), message.offset(), batch))
             if messages:
-                for (partition, offset, _), pushes in zip(messages,
-                                                          await notifier.handle(messages)):
+                for (partition, offset, _), pushes in zip(messages, await handle(messages)):
                     entry = pending.add(partition, offset, len(pushes))
                     for push in pushes:
                         start(push, entry)
