@@ -23,7 +23,6 @@ import functools
 import os
 import random
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -36,14 +35,15 @@ import uvloop
 from confluent_kafka.admin import AdminClient
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_model  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 from harness import (  # noqa: E402
-    Connection, cpu_ticks, create_database, dev_server, drop_database, postgres_pids,
+    Connection, cpu_ticks, create_database, dev_server, interrupt_on_sigterm, postgres_pids,
     postmaster_of, seed_accounts, start_uvicorn, stop, write_instruments,
 )
 
 from brokercore.auth import JwtConfig, mint_token  # noqa: E402
+from brokercore.migrations import drop_database  # noqa: E402
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings  # noqa: E402
 from brokercore.topics import ensure_topics  # noqa: E402
 
@@ -259,9 +259,8 @@ def main() -> None:
     args = parser.parse_args()
     args.clients = [int(n) for n in args.clients.split(",")]
 
-    log(f"== brokercore OMS: POST {PATH} over HTTP, one API process ==\nmachine : "
-        f"{cpu_model()}, {os.cpu_count()} logical CPUs, load avg "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} (shared with Postgres, Kafka, Redis)")
+    log(f"== brokercore OMS: POST {PATH} over HTTP, one API process ==\n"
+        + machine_line("Postgres, Kafka, Redis"))
     t0 = time.monotonic()
     run_id = uuid.uuid4().hex[:10]
     tmp = tempfile.TemporaryDirectory(prefix="bench-oms-")
@@ -272,8 +271,7 @@ def main() -> None:
     log_file = open(os.path.join(tmp.name, "uvicorn.log"), "w+b")  # noqa: SIM115
     dbname = uvicorn = None
     phases: list[Phase] = []
-    signal.signal(signal.SIGINT, signal.default_int_handler)    # even in a background job
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))  # as Ctrl-C
+    interrupt_on_sigterm()
     try:
         symbols = [i["symbol"] for i in instruments]
         dbname, url = create_database(server)

@@ -32,7 +32,6 @@ import asyncio
 import functools
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -49,11 +48,12 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    Connection, create_database, dev_server, drop_database, start_uvicorn, stop,
+    Connection, create_database, dev_server, interrupt_on_sigterm, start_uvicorn, stop,
 )
-from machine import cpu_model  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 from brokercore.auth import JwtConfig, mint_token  # noqa: E402
+from brokercore.migrations import drop_database  # noqa: E402
 from brokercore.config import DEV_JWT_SECRET  # noqa: E402
 from brokercore.streams import (  # noqa: E402
     OrderUpdate, TradeTick, encode_message, trades_channel, user_channel,
@@ -318,17 +318,15 @@ def main() -> None:
     args.ws_rates = [int(r) for r in args.ws_rates.split(",")]
     args.ws_clients = min(args.ws_clients, args.users)
 
-    log(f"== brokercore reads: query service and WebSocket gateway, one process each ==\n"
-        f"machine : {cpu_model()}, {os.cpu_count()} logical CPUs, load avg "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} (shared with Postgres and Redis)")
+    log("== brokercore reads: query service and WebSocket gateway, one process each ==\n"
+        + machine_line("Postgres and Redis"))
     t0 = time.monotonic()
     prefix = f"bench-read-{uuid.uuid4().hex[:10]}:"
     tmp = tempfile.TemporaryDirectory(prefix="bench-read-")
     server, dbname, query, gateway = dev_server(), None, None, None
     query_log = open(os.path.join(tmp.name, "query.log"), "w+b")  # noqa: SIM115
     ws_log = open(os.path.join(tmp.name, "ws.log"), "w+b")  # noqa: SIM115
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    interrupt_on_sigterm()
     http, ws = [], []
     try:
         dbname, url = create_database(server, "bench_read")

@@ -23,7 +23,6 @@ import asyncio
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,12 +35,13 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    REPO, Connection, create_database, dev_server, drop_database, seed_accounts,
+    Connection, REPO, create_database, dev_server, interrupt_on_sigterm, seed_accounts,
     start_uvicorn, stop, write_instruments,
 )
-from machine import cpu_model  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 from brokercore.auth import JwtConfig, mint_token  # noqa: E402
+from brokercore.migrations import drop_database  # noqa: E402
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings  # noqa: E402
 from brokercore.topics import ensure_topics  # noqa: E402
 
@@ -147,17 +147,15 @@ def main() -> None:
     if parser.parse_known_args()[0].quick:
         parser.set_defaults(seconds=4.0, warmup=1.0, sockets=10)
     args = parser.parse_args()
-    log(f"== brokercore: a fill from HTTP to the owner's WebSocket ==\nmachine : {cpu_model()},"
-        f" {os.cpu_count()} logical CPUs, load avg "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} (shared with Postgres, Kafka, Redis)")
+    log("== brokercore: a fill from HTTP to the owner's WebSocket ==\n"
+        + machine_line("Postgres, Kafka, Redis"))
     t0 = time.monotonic()
     run_id = uuid.uuid4().hex[:10]
     tmp = tempfile.TemporaryDirectory(prefix="bench-realtime-")
     instruments = os.path.join(tmp.name, "instruments.toml")
     write_instruments(instruments)
     server, dbname, processes = dev_server(), None, []
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    interrupt_on_sigterm()
     result = None
     try:
         dbname, url = create_database(server, "bench_realtime")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 
@@ -14,3 +15,10 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine_line(shared_with: str) -> str:
+    """The header line of a service benchmark: CPU, cores, load, what else runs here."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"machine : {cpu_model()}, {os.cpu_count()} logical CPUs, load avg {load} "
+            f"(shared with {shared_with})")

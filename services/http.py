@@ -9,18 +9,58 @@ import math
 from collections.abc import Callable, Sequence
 
 import msgspec
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
 from brokercore.api import ErrorBody, ErrorDetail, FieldError, encode_json
-from brokercore.auth import AuthError, Principal, TokenVerifier, bearer_token
+from brokercore.auth import AuthError, JwtConfig, Principal, TokenVerifier, bearer_token
+from brokercore.config import ServiceSettings
 from brokercore.ratelimit import TokenBucket
 
-__all__ = ["service_app", "ApiError", "error_response", "guarded", "json_response", "authenticate",
-           "authorize", "read_body", "field_error", "decode_body"]
+__all__ = ["LimitedApi", "service_app", "ApiError", "error_response", "guarded",
+           "json_response", "authenticate", "read_body", "field_error", "decode_body"]
 
 log = logging.getLogger("brokercore.http")
+
+
+class LimitedApi:
+    """What an API that takes writes from users holds: a Postgres pool, a Redis client
+    that waits for a free connection instead of failing when all are busy, the token
+    verifier, and a per-user rate limit under its own Redis key prefix."""
+
+    def __init__(self, settings: ServiceSettings, limit_prefix: str, *, max_connections: int,
+                 max_redis: int):
+        self.settings = settings
+        self.pool = AsyncConnectionPool(settings.database_url, min_size=min(2, max_connections),
+                                        max_size=max_connections, open=False)
+        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=max_redis, timeout=5))
+        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
+        self.limiter = TokenBucket(self.redis, settings.rate_limit_burst,
+                                   settings.rate_limit_per_second,
+                                   prefix=settings.redis_prefix + limit_prefix)
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.redis.aclose()
+
+    async def authorize(self, request: Request) -> Principal:
+        """The caller, within their rate limit: 401, or 429 with Retry-After."""
+        principal = authenticate(self.verifier, request)
+        wait = await self.limiter.take(principal.user_id)
+        if wait > 0:
+            raise ApiError(429, "RATE_LIMITED", "too many requests; slow down",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        return principal
+
+    async def body(self, request: Request) -> bytes:
+        return await read_body(request, self.settings.max_body_bytes)
 
 
 def service_app(name: str, make: Callable[[], object], routes: Sequence) -> Starlette:
@@ -82,17 +122,6 @@ def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
     except AuthError as e:
         raise ApiError(401, e.code, e.message,
                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-
-
-async def authorize(verifier: TokenVerifier, limiter: TokenBucket,
-                    request: Request) -> Principal:
-    """The caller, within their rate limit: 401, or 429 with Retry-After."""
-    principal = authenticate(verifier, request)
-    wait = await limiter.take(principal.user_id)
-    if wait > 0:
-        raise ApiError(429, "RATE_LIMITED", "too many requests; slow down",
-                       headers={"Retry-After": str(max(1, math.ceil(wait)))})
-    return principal
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from hypothesis import HealthCheck, settings
 
-from brokercore.migrations import apply_migrations, database_url
+from brokercore.migrations import apply_migrations, database_url, drop_database
 from support import engine_class, model_class
 from ws_support import Server
 
@@ -71,21 +70,6 @@ def db(server: str):
         yield make_conninfo(server, dbname=name)
     finally:
         drop_database(server, name)
-
-
-def drop_database(server: str, name: str, attempts: int = 50) -> None:
-    """DROP DATABASE ... WITH (FORCE). An autovacuum worker in it belongs to the superuser,
-    whom our role may not terminate: it is done within moments, so try again."""
-    for attempt in range(attempts):
-        try:
-            with psycopg.connect(server, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                              .format(sql.Identifier(name)))
-            return
-        except psycopg.errors.InsufficientPrivilege:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2)
 
 
 @pytest.fixture

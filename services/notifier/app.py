@@ -17,8 +17,6 @@ from __future__ import annotations
 
 
 import msgspec
-from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,47 +27,24 @@ from brokercore.alerts import (
     initial_side,
 )
 from brokercore.api import FieldError
-from brokercore.auth import JwtConfig, Principal, TokenVerifier
 from brokercore.config import ServiceSettings
 from brokercore.market import load_market, to_paise
 from brokercore.notify import (
     DeviceRequest, Preferences, add_device, load_preferences, remove_device,
     store_preferences,
 )
-from brokercore.ratelimit import TokenBucket
 from brokercore.records import INT64_MAX
 from services.http import (
-    ApiError, authorize, decode_body, guarded, json_response as json, read_body, service_app,
+    ApiError, LimitedApi, decode_body, guarded, json_response as json, service_app,
 )
 
 
-class Notifications:
+class Notifications(LimitedApi):
     """The pieces one API process holds, made at start-up and closed at shutdown."""
 
     def __init__(self, settings: ServiceSettings):
-        self.settings = settings
+        super().__init__(settings, "notify-ratelimit:", max_connections=10, max_redis=32)
         self.market = load_market(settings.instruments)
-        self.pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=10,
-                                        open=False)
-        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=32, timeout=5))
-        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
-        self.limiter = TokenBucket(self.redis, settings.rate_limit_burst,
-                                   settings.rate_limit_per_second,
-                                   prefix=settings.redis_prefix + "notify-ratelimit:")
-
-    async def open(self) -> None:
-        await self.pool.open(wait=True)
-
-    async def authorize(self, request: Request) -> Principal:
-        return await authorize(self.verifier, self.limiter, request)
-
-    async def body(self, request: Request) -> bytes:
-        return await read_body(request, self.settings.max_body_bytes)
-
-    async def close(self) -> None:
-        await self.pool.close()
-        await self.redis.aclose()
 
 
 def _state(request: Request) -> Notifications:

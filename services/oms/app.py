@@ -16,59 +16,39 @@ import logging
 from decimal import Decimal
 
 import msgspec
-from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from brokercore.api import OrderAccepted, PlaceOrderRequest, encode_json
-from brokercore.auth import JwtConfig, Principal, TokenVerifier
 from brokercore.cache import UserCache
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.market import load_market
 from brokercore.order_entry import OrderEntry, OrderReceipt, OrderRefused
 from brokercore.outbox import OutboxPublisher
-from brokercore.ratelimit import TokenBucket
 from brokercore.risk import FeeSchedule
-from services.http import ApiError, authorize, decode_body, guarded, read_body
+from services.http import ApiError, LimitedApi, decode_body, guarded
 
 log = logging.getLogger("brokercore.oms")
 
 PLACE_ORDER = msgspec.json.Decoder(PlaceOrderRequest)
 
 
-class Oms:
+class Oms(LimitedApi):
     """The pieces one API process holds, made at start-up and closed at shutdown."""
 
     def __init__(self, settings: ServiceSettings, kafka: KafkaSettings):
-        self.settings = settings
-        self.pool = AsyncConnectionPool(settings.database_url, min_size=2, max_size=20,
-                                        open=False)
-        # Waits for a free connection instead of failing when all are busy.
-        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=64, timeout=5))
-        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
-        self.limiter = TokenBucket(self.redis, settings.rate_limit_burst,
-                                   settings.rate_limit_per_second,
-                                   prefix=settings.redis_prefix + "ratelimit:")
+        super().__init__(settings, "ratelimit:", max_connections=20, max_redis=64)
         self.entry = OrderEntry(self.pool, load_market(settings.instruments), kafka,
                                 fees=FeeSchedule(Decimal(settings.fee_bps),
                                                  settings.fee_fixed_paise))
         self.publisher = OutboxPublisher(self.pool, kafka.bootstrap)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
 
-    async def open(self) -> None:
-        await self.pool.open(wait=True)
-
     async def close(self) -> None:
         await self.publisher.aclose()
-        await self.pool.close()
-        await self.redis.aclose()
-
-    async def authorize(self, request: Request) -> Principal:
-        return await authorize(self.verifier, self.limiter, request)
+        await super().close()
 
     async def published(self, user_id: str, receipt: OrderReceipt) -> OrderReceipt:
         """The user's cached reads invalidated (the order is committed), then the
@@ -100,8 +80,7 @@ async def entry(call):
 async def place_order(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
-    order = decode_body(PLACE_ORDER, await read_body(request, oms.settings.max_body_bytes),
-                        "order")
+    order = decode_body(PLACE_ORDER, await oms.body(request), "order")
     return accepted(await oms.published(principal.user_id,
                                         await entry(oms.entry.place(principal.user_id, order))))
 

@@ -27,11 +27,13 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import errors, sql
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -41,6 +43,7 @@ __all__ = [
     "applied_migrations",
     "apply_migrations",
     "database_url",
+    "drop_database",
     "load_migrations",
     "main",
 ]
@@ -74,6 +77,22 @@ class Migration:
     path: Path
     sql: str
     checksum: str  # sha256 of the file's bytes, hex
+
+
+def drop_database(server: str, name: str, attempts: int = 50) -> None:
+    """DROP DATABASE ... WITH (FORCE) on the server of ``server`` (a URL). An autovacuum
+    worker in it belongs to the superuser, whom an application role may not terminate:
+    it is done within moments, so try again."""
+    for attempt in range(attempts):
+        try:
+            with psycopg.connect(server, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                              .format(sql.Identifier(name)))
+            return
+        except errors.InsufficientPrivilege:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
 
 
 def database_url(env: Mapping[str, str] = os.environ) -> str:
