@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import psycopg
@@ -20,7 +21,7 @@ import redis
 
 from brokercore.cache import invalidate
 from brokercore.config import DEV_JWT_SECRET, ServiceSettings
-from brokercore.streams import BookUpdate, encode_message, md_key
+from brokercore.streams import BookUpdate, encode_message, md_key, rupees
 from oms_support import Api, auth, run
 from services.query.app import create_app
 
@@ -616,3 +617,19 @@ def test_bad_candle_queries_get_422(dataset, params, field):
     assert response.status_code == 422, response.text
     assert response.json()["error"]["fields"][0]["field"] == field
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "UNKNOWN_SYMBOL"
+
+
+def test_money_never_shows_a_negative_zero(dataset):
+    """A short position valued at its own average has a P&L of zero, which is "0.00"
+    (every money string goes through ``streams.rupees``), never "-0.00"."""
+    execute(dataset, "UPDATE read_model.positions SET avg_price = 340000 "
+                     "WHERE user_id = 'alice' AND symbol = 'TCS'")     # TCS last 3,400.00
+
+    async def scenario(api):
+        return await api.ok("/portfolio")
+    [tcs] = [p for p in query(dataset, scenario)["positions"] if p["symbol"] == "TCS"]
+    assert tcs == {"symbol": "TCS", "quantity": -5, "avgPrice": "3400.00",
+                   "currentPrice": "3400.00", "pnl": "0.00"}
+    assert [rupees(v) for v in (Decimal("-0"), Decimal("-0.00"), Decimal("-0.0000"), -0,
+                                Decimal("-0.5"), -1, Decimal("-12.5"))] == [
+        "0.00", "0.00", "0.00", "0.00", "-0.0050", "-0.01", "-0.1250"]

@@ -113,12 +113,17 @@ def online_key(prefix: str, user_id: str) -> str:
     return f"{prefix}ws:online:{user_id}"
 
 
+_CENT, _BASIS_POINT = Decimal("0.01"), Decimal("0.0001")
+
+
 def rupees(paise: int | Decimal | None) -> str | None:
-    """Paise as a rupee string with two decimals (four for a fractional average)."""
+    """Paise as a rupee string with two decimals (four for a fractional average). Zero
+    is "0.00" whatever its sign: a short position's zero P&L is a negative zero."""
     if paise is None:
         return None
     value = Decimal(paise).scaleb(-2)
-    return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else f"{value:.4f}"
+    value = value.quantize(_CENT if value == value.quantize(_CENT) else _BASIS_POINT)
+    return f"{value.copy_abs() if value.is_zero() else value:f}"
 
 
 encode_message = msgspec.json.Encoder().encode
