@@ -40,7 +40,8 @@ class Oms(LimitedApi):
 
     def __init__(self, settings: ServiceSettings, kafka: KafkaSettings):
         super().__init__(settings, "ratelimit:", max_connections=20, max_redis=64)
-        self.entry = OrderEntry(self.pool, load_market(settings.instruments), kafka,
+        market = load_market(settings.instruments, settings.calendar)
+        self.entry = OrderEntry(self.pool, market, kafka,
                                 fees=FeeSchedule(Decimal(settings.fee_bps),
                                                  settings.fee_fixed_paise))
         self.publisher = OutboxPublisher(self.pool, kafka.bootstrap)

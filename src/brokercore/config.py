@@ -10,7 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["EngineOptions", "KafkaSettings"]
+__all__ = ["CALENDARS", "EngineOptions", "KafkaSettings"]
+
+CALENDARS = ("exchange", "always-open")
+"""The trading calendars (BROKERCORE_CALENDAR): the sessions in the instruments file, or
+every instant open (the development stack's, so orders trade at night and at weekends)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class ServiceSettings:
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_prefix: str = "brokercore:"           # namespace of this deployment's keys
     instruments: str = "config/instruments.toml"
+    calendar: str = "exchange"                  # one of CALENDARS
     jwt_issuer: str = "brokercore-dev"
     jwt_audience: str = "brokercore"
     jwt_hs256_secret: str | None = None
@@ -133,12 +138,17 @@ class ServiceSettings:
         public_key_file = env.get("BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE")
         dev_mode = env.get("BROKERCORE_DEV_MODE", "0") == "1"
         secret = env.get("BROKERCORE_JWT_HS256_SECRET") or (DEV_JWT_SECRET if dev_mode else None)
+        calendar = env.get("BROKERCORE_CALENDAR", d.calendar)
+        if calendar not in CALENDARS:
+            raise ValueError(f"invalid BROKERCORE_* setting: BROKERCORE_CALENDAR must be one "
+                             f"of {', '.join(CALENDARS)}, not {calendar!r}")
         try:
             return cls(
                 database_url=env.get("BROKERCORE_DATABASE_URL", d.database_url),
                 redis_url=env.get("BROKERCORE_REDIS_URL", d.redis_url),
                 redis_prefix=env.get("BROKERCORE_REDIS_PREFIX", d.redis_prefix),
                 instruments=env.get("BROKERCORE_INSTRUMENTS", d.instruments),
+                calendar=calendar,
                 jwt_issuer=env.get("BROKERCORE_JWT_ISSUER", d.jwt_issuer),
                 jwt_audience=env.get("BROKERCORE_JWT_AUDIENCE", d.jwt_audience),
                 jwt_hs256_secret=secret,

@@ -14,16 +14,17 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from brokercore.config import CALENDARS
 from brokercore.records import INT64_MAX, MAX_BAND_LEVELS, Stp
 from brokercore.shard import Instrument
 
-__all__ = ["PAISE_PER_RUPEE", "MarketInstrument", "Session", "load_market",
+__all__ = ["PAISE_PER_RUPEE", "AlwaysOpen", "MarketInstrument", "Session", "load_market",
            "instruments_by_id", "to_paise", "format_paise"]
 
 PAISE_PER_RUPEE = 100
@@ -134,6 +135,26 @@ class Session:
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError("the time must be timezone-aware (a naive datetime is ambiguous)")
         return at.astimezone(self.zone)
+
+
+@dataclass(frozen=True)
+class AlwaysOpen(Session):
+    """The development calendar: every instant of every day is in session. It keeps the
+    exchange's time zone, so an order's trade date is still the exchange's date."""
+
+    open: time = time.min
+    close: time = time.max
+    weekdays: frozenset[int] = frozenset(_WEEKDAYS)
+
+    def is_trading_day(self, day: date) -> bool:
+        return True
+
+    def is_open(self, at: datetime) -> bool:
+        self._local(at)                 # the same checks of ``at`` as a real session
+        return True
+
+    def next_open(self, at: datetime) -> datetime:
+        return self._local(at)
 
 
 @dataclass(frozen=True)
@@ -366,7 +387,8 @@ def _instrument(table: Mapping[str, Any], default_session: Mapping[str, Any] | N
         raise _Invalid(str(e)) from None
 
 
-def load_market(path: str | os.PathLike) -> dict[str, MarketInstrument]:
+def load_market(path: str | os.PathLike, calendar: str = "exchange"
+                ) -> dict[str, MarketInstrument]:
     """The instruments of a TOML file by symbol, every key validated.
 
     The file is the engine's (``[[instrument]]`` tables with symbol, id, low, high in
@@ -375,7 +397,13 @@ def load_market(path: str | os.PathLike) -> dict[str, MarketInstrument]:
     table (timezone, open, close, weekdays, holidays) that an instrument's own
     ``session`` table overrides key by key. Unknown keys are errors, so a misspelt
     ``enabled`` cannot silently leave a symbol trading.
+
+    ``calendar`` is one of ``brokercore.config.CALENDARS``: ``exchange`` keeps the
+    file's sessions; ``always-open`` gives every instrument an ``AlwaysOpen`` session in
+    its session's zone (the development stack's, ServiceSettings.calendar).
     """
+    if calendar not in CALENDARS:
+        raise ValueError(f"unknown calendar {calendar!r}: one of {', '.join(CALENDARS)}")
     with open(path, "rb") as f:
         try:
             document = tomllib.load(f)
@@ -406,6 +434,8 @@ def load_market(path: str | os.PathLike) -> dict[str, MarketInstrument]:
         if instrument.symbol_id in ids:
             raise ValueError(f"{where}: id {instrument.symbol_id} is already used by "
                              f"{ids[instrument.symbol_id]}")
+        if calendar == "always-open":
+            instrument = replace(instrument, session=AlwaysOpen(instrument.session.timezone))
         market[instrument.symbol] = instrument
         ids[instrument.symbol_id] = instrument.symbol
     return market
