@@ -28,9 +28,9 @@ class Api:
     """The OMS app in this process (its lifespan run), an HTTP client on it, and the
     clock its order entry uses."""
 
-    def __init__(self, database: str, **overrides):
+    def __init__(self, database: str, bootstrap: str = BOOTSTRAP, **overrides):
         self.database = database
-        self.kafka = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
+        self.kafka = KafkaSettings(bootstrap, f"t{uuid.uuid4().hex[:12]}-", 4)
         ensure_topics(self.kafka)
         self.settings = ServiceSettings(database_url=database, jwt_hs256_secret=DEV_JWT_SECRET,
                                         redis_prefix=self.kafka.topic_prefix, **overrides)
@@ -65,7 +65,8 @@ class Api:
 
     def commands(self, symbol: str = "RELIANCE") -> list:
         """Every command on the symbol's partition of `orders`."""
-        consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uuid.uuid4().hex,
+        consumer = Consumer({"bootstrap.servers": self.kafka.bootstrap,
+                             "group.id": uuid.uuid4().hex,
                              "enable.partition.eof": True})
         consumer.assign([TopicPartition(self.kafka.orders_topic,
                                         partition_of(symbol, self.kafka.shards),
