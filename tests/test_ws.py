@@ -21,7 +21,10 @@ from brokercore.streams import (
     Notification, OrderUpdate, book_channel, encode_message, online_key, trades_channel,
     user_channel,
 )
+from brokercore.projector import ProjectorConsumer
+from brokercore.records import Side, Tif
 from services.ws.app import REPLAY_LIMIT
+from test_settlement import MARKET, MID, Venue
 from ws_support import WAIT, open_socket, receive, token
 
 
@@ -283,10 +286,7 @@ def test_resume_as_the_first_frame_skips_what_was_already_sent_live(gateways, bu
 def test_a_resume_past_the_limit_says_it_was_cut_short(gateways, database):
     [server] = gateways()
     with psycopg.connect(database) as conn:
-        conn.execute(
-            "INSERT INTO read_model.order_updates (update_id, user_id, order_id, payload) "
-            "SELECT g, 'alice', g, jsonb_build_object('type', 'ORDER_UPDATE', 'seq', g) "
-            "FROM generate_series(1, %s) g", (REPLAY_LIMIT + 5,))
+        store_updates(conn, "alice", range(1, REPLAY_LIMIT + 6))
 
     async def scenario():
         alice, _ = await open_socket(server, "alice", since=0)
@@ -297,6 +297,34 @@ def test_a_resume_past_the_limit_says_it_was_cut_short(gateways, database):
             "truncated": True, "limit": REPLAY_LIMIT}
         await alice.close()
     run(scenario)
+
+
+def test_a_replayed_update_is_the_live_frame_byte_for_byte(gateways, database):
+    """The projector's ORDER_UPDATEs of a partly filled buy reach alice live; a socket
+    that resumes from 0 gets the same frames, text for text, from the read model."""
+    [server] = gateways()
+    with psycopg.connect(database, autocommit=True) as conn, \
+            redis.Redis.from_url(ServiceSettings().redis_url) as client:
+        projector = ProjectorConsumer(MARKET, client, gateways.prefix)
+        v = Venue(conn)
+        ids = dict(conn.execute("SELECT user_id, account_id FROM accounts").fetchall())
+        v.place(ids["alice"], Side.BUY, 10, MID, Tif.GTC)
+        v.place(ids["bob"], Side.SELL, 4, MID)
+
+        async def scenario():
+            live, _ = await open_socket(server, "alice")
+            projector.committed(projector.apply(conn, v.messages()))
+            sent = [await asyncio.wait_for(live.recv(), WAIT) for _ in range(2)]
+            replay, _ = await open_socket(server, "alice", since=0)
+            replayed = [await asyncio.wait_for(replay.recv(), WAIT) for _ in range(2)]
+            assert (await receive(replay))["type"] == "RESUMED"
+            for ws in (live, replay):
+                await ws.close()
+            return sent, replayed
+        sent, replayed = run(scenario)
+    assert [json.loads(f)["status"] for f in sent] == ["OPEN", "PARTIALLY_FILLED"]
+    assert [json.loads(f) for f in replayed] == [json.loads(f) for f in sent]
+    assert replayed == sent
 
 
 # --- market data ----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from brokercore.config import ServiceSettings
 from brokercore.gateway import (
     BadFrame, ClientPing, ClientPong, Error, Hub, Ping, Pong, Resume, Resumed, Subscribe,
     Subscribed, Unsubscribed, Welcome, decode_op, encode_frame, order_update_seq,
+    replayed_update,
 )
 from brokercore.market import load_market
 from brokercore.streams import book_channel, trades_channel
@@ -335,7 +336,7 @@ class Session:
             return
         truncated = len(rows) > REPLAY_LIMIT
         rows = rows[:REPLAY_LIMIT]
-        frames = [payload for seq, payload in rows if seq not in self.skip]
+        frames = [replayed_update(payload) for seq, payload in rows if seq not in self.skip]
         self.skip = {seq for seq, _ in rows}
         frames.append(frame(Resumed(since, rows[-1][0] if rows else since, len(frames),
                                     truncated, REPLAY_LIMIT)))

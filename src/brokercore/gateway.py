@@ -29,11 +29,11 @@ import msgspec
 import redis
 from redis.asyncio import Redis
 
-from brokercore.streams import online_key, user_channel
+from brokercore.streams import OrderUpdate, encode_message, online_key, user_channel
 
 __all__ = ["Welcome", "Subscribed", "Unsubscribed", "Error", "Ping", "Pong", "Resumed",
            "Subscribe", "Unsubscribe", "Resume", "ClientOp", "BadFrame", "decode_op",
-           "encode_frame", "order_update_seq", "Hub", "Sink"]
+           "encode_frame", "order_update_seq", "replayed_update", "Hub", "Sink"]
 
 log = logging.getLogger("brokercore.gateway")
 
@@ -156,6 +156,16 @@ def order_update_seq(text: str) -> int | None:
     except msgspec.DecodeError:
         return None
     return peek.seq if peek.type == "ORDER_UPDATE" else None
+
+
+_stored_update = msgspec.json.Decoder(OrderUpdate)
+
+
+def replayed_update(payload: str) -> str:
+    """An ORDER_UPDATE as the read model keeps it (jsonb text: its own key order and
+    spacing) encoded as the projector published it live: a replayed frame is the live
+    frame, byte for byte."""
+    return encode_message(_stored_update.decode(payload)).decode()
 
 
 # --- the shared Redis side ---------------------------------------------------------------------
