@@ -143,7 +143,7 @@ def test_a_resting_buy_filled_by_two_sells(conn, projector):
     sell_6 = v.place(ids["bob"], Side.SELL, 6, MID - 10)    # trades at the maker's price
     messages = stamped(v)
     stats = projector.apply(conn, messages)
-    assert (stats.messages, stats.events, stats.trades, stats.updates) == (3, 5, 2, 7)
+    assert (stats.messages, stats.events, stats.trades, stats.updates) == (3, 5, 2, 5)
 
     trades = events_of(v, EventType.TRADE)
     fills = [{"tradeId": f"{SYMBOL}:{t.seq}", "price": "15000.00", "quantity": t.qty,
@@ -162,7 +162,7 @@ def test_a_resting_buy_filled_by_two_sells(conn, projector):
     for order_id, qty, price in ((sell_4, 4, 1_500_000), (sell_6, 6, 1_499_950)):
         assert order_row(conn, order_id)[:7] == ("bob", "FILLED", price, qty, qty,
                                                  qty * 1_500_000, D("1500000.0000"))
-    assert [u.status for _, u in updates(conn, "bob")] == ["OPEN", "FILLED", "OPEN", "FILLED"]
+    assert [u.status for _, u in updates(conn, "bob")] == ["FILLED", "FILLED"]  # no OPEN
     assert conn.execute("SELECT user_id, quantity, avg_price FROM read_model.positions "
                         "ORDER BY user_id").fetchall() == [
         ("alice", 10, D("1500000.0000")), ("bob", 90, D("0"))]     # bob held 100
@@ -255,8 +255,9 @@ def test_a_market_order_rejected_by_the_engine(conn, projector):
 def test_self_trade_prevention_shrinks_orders_and_a_market_order_keeps_no_price(
         conn, projector):
     """DECREMENT: the market buy's own resting sell (3) is cancelled, the buy is amended
-    down to its other 3 and fills them. An amend changes the quantity; a market order
-    shows no price even though the engine's carries its cap."""
+    down to its other 3 and fills them, all in one command: its one update is FILLED
+    with the amended quantity. A market order shows no price even though the engine's
+    carries its cap."""
     v, ids = Venue(conn), accounts(conn)
     dave = v.account("dave")
     own = v.place(dave, Side.SELL, 3, MID, Tif.GTC)
@@ -269,9 +270,40 @@ def test_self_trade_prevention_shrinks_orders_and_a_market_order_keeps_no_price(
         "CANCELLED", 1_500_000, 3, 0, "SELF_TRADE")
     assert order_row(conn, buy)[1:5] == ("FILLED", None, 3, 3)
     assert [(u.status, u.quantity, u.price) for _, u in updates(conn, "dave")
-            if u.order_id == buy] == [("OPEN", 6, None), ("OPEN", 3, None),
-                                       ("FILLED", 3, None)]
+            if u.order_id == buy] == [("FILLED", 3, None)]      # one command: one update
     assert depth(conn) == engine_depth(v) == [("SELL", 1_500_005, 2)]
+
+
+def test_an_order_done_by_the_command_that_placed_it_shows_only_its_final_state(
+        conn, projector):
+    """The events of one engine command make one ORDER_UPDATE per order, its state after
+    the command: a market buy that fills shows FILLED alone (never OPEN first), a
+    marketable IOC limit CANCELLED with its fill, a marketable GTC PARTIALLY_FILLED as it
+    rests. A resting order changed by three commands shows three updates. Whether the
+    commands come one per message or all in one message changes nothing."""
+    v, ids = Venue(conn), accounts(conn)
+    alice, bob = ids["alice"], ids["bob"]
+    first = v.place(bob, Side.SELL, 3, MID, Tif.GTC)
+    second = v.place(bob, Side.SELL, 4, MID + 10, Tif.GTC)
+    market = v.place(alice, Side.BUY, 5, None)               # 3 + 2 of the second
+    ioc = v.place(alice, Side.BUY, 4, MID + 10, Tif.IOC)     # the second's last 2; 2 left
+    third = v.place(bob, Side.SELL, 2, MID + 20, Tif.GTC)
+    rests = v.place(alice, Side.BUY, 5, MID + 20, Tif.GTC)   # 2, then rests with 3
+    single = [Message(0, 10, EventBatch(0, [e for b in v.batches for e in b.events]), T0)]
+    runs = []
+    for messages in (stamped(v), single):
+        with conn.transaction(force_rollback=True):
+            stats = projector.apply(conn, messages)
+            runs.append((stats.updates, [(u.order_id, u.status, u.filled_qty, u.quantity)
+                                         for _, u in updates(conn, "alice")],
+                         [(u.order_id, u.status, u.filled_qty) for _, u in updates(conn, "bob")],
+                         dump(conn, exact=False)["read_model.orders"]))
+    assert runs[0][:3] == (10, [
+        (market, "FILLED", 5, 5), (ioc, "CANCELLED", 2, 4), (rests, "PARTIALLY_FILLED", 2, 5)], [
+        (first, "OPEN", 0), (second, "OPEN", 0), (first, "FILLED", 3),
+        (second, "PARTIALLY_FILLED", 2), (second, "FILLED", 4), (third, "OPEN", 0),
+        (third, "FILLED", 2)])
+    assert runs[1] == runs[0]
 
 
 def test_a_trade_projected_before_changes_nothing_at_another_offset(conn, projector):
@@ -301,7 +333,7 @@ def test_orders_of_others_only_make_market_data(conn, projector):
     assert stats.trades == 1
     assert conn.execute("SELECT order_id FROM read_model.orders").fetchall() == [(buy,)]
     assert {u.order_id for _, u in updates(conn, "alice")} == {buy}
-    assert conn.execute("SELECT count(*) FROM read_model.order_updates").fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM read_model.order_updates").fetchone()[0] == 1
     assert depth(conn) == engine_depth(v) == [
         ("BUY", 1_499_800, 9), ("SELL", 1_500_000, 2), ("SELL", 1_500_200, 7)]
 
@@ -378,7 +410,7 @@ def test_after_the_commit_updates_trades_and_books_are_pushed(conn, client, pref
         pubsub.close()
     by_channel = {c: [m for ch, m in got if ch == c] for c in channels}
     assert [(m.order_id, m.status, m.filled_qty) for m in by_channel[channels[0]]] == [
-        (buy, "OPEN", 0), (buy, "PARTIALLY_FILLED", 4), (buy, "FILLED", 6)]
+        (buy, "FILLED", 6)]                    # one command: its final state alone
     assert [m.seq for m in by_channel[channels[0]]] == [i for i, _ in updates(conn, "alice")]
     assert [m.status for m in by_channel[channels[1]]] == [
         "OPEN", "OPEN", "FILLED", "PARTIALLY_FILLED"]

@@ -7,6 +7,14 @@ batch is projected entirely or not at all and a re-delivered message is skipped.
 are unique by id, a second guard: a trade already in ``read_model.trades`` changes
 nothing again.
 
+An ORDER_UPDATE is an order's state after an engine command, never in the middle of
+one: the events of one command (consecutive in its shard's stream, see
+``_starts_command``) change an order as often as they like, and make one update, with
+its final state, when the command ends. A market order that fills shows FILLED, not OPEN
+first; a resting order filled by three later commands shows three updates. (A command
+whose events straddle two messages, as only a transaction of over 8,192 events makes,
+and that two batches apply, shows one more update, where the first batch ended.)
+
 Like settlement, it loads the rows a batch touches, applies the events in memory (the
 same reading of each event as ``brokercore.settlement``) and writes the rows back with a
 few set-based statements, pipelined, so a batch costs a handful of round trips whatever
@@ -85,6 +93,23 @@ class ProjectorStats:
                                 for f in fields(self) if f.name != "push"))
 
 
+_ENDED_BY = (EventType.REJECTED, EventType.OPENED, EventType.CLOSED, EventType.REBANDED)
+
+
+def _starts_command(e: Event, previous: Event | None) -> bool:
+    """Whether ``e`` begins an engine command, ``previous`` being the event before it of
+    the same symbol (docs/engine.md). A book applies one command at a time, so the events
+    of a command are consecutive and begin with: the new order's ACCEPTED, a REJECTED
+    (a command's only event), a cancel's or an open's only event, an amend's AMENDED of
+    its own order (a self-trade's AMENDED says SELF_TRADE), or the first event of a close
+    or re-band, which follows a command of another op or one ended by its last event."""
+    return (previous is None or previous.op != e.op or previous.type in _ENDED_BY
+            or e.type in (EventType.ACCEPTED, EventType.REJECTED)
+            or e.op in (Op.CANCEL, Op.OPEN)
+            or (e.type == EventType.AMENDED and e.op == Op.AMEND
+                and e.reason == Reason.NONE))
+
+
 # --- the rows a batch works on, in memory -------------------------------------------
 
 @dataclass
@@ -139,6 +164,8 @@ class _Batch:
     trades: list[tuple] = field(default_factory=list)
     updates: list[tuple[_Order, OrderUpdate]] = field(default_factory=list)  # seq 0 yet
     push: Push = field(default_factory=Push)
+    # per symbol, the orders its command in progress changed (and its Kafka timestamp)
+    commands: dict[str, dict[int, tuple[_Order, int]]] = field(default_factory=dict)
 
 
 _LOAD_ORDERS = """
@@ -190,12 +217,18 @@ class ProjectorConsumer:
             stats.skipped = len(messages) - len(fresh)
             stats.messages = len(fresh)
             stats.events = sum(len(m.batch.events) for m in fresh)
-            events = [(e, m.timestamp_ms) for m in fresh for e in m.batch.events
-                      if e.order_id > 0]        # session events change no order
-            if events:
-                batch = self._load(conn, [e for e, _ in events])
+            events = [(e, m.timestamp_ms) for m in fresh for e in m.batch.events]
+            if any(e.order_id > 0 for e, _ in events):     # session events change no order
+                batch = self._load(conn, [e for e, _ in events if e.order_id > 0])
+                previous: dict[str, Event] = {}
                 for event, event_time_ms in events:
-                    self._event(batch, event, event_time_ms)
+                    if _starts_command(event, previous.get(event.symbol)):
+                        self._command_done(batch, event.symbol)
+                    previous[event.symbol] = event
+                    if event.order_id > 0:
+                        self._event(batch, event, event_time_ms)
+                for symbol in list(batch.commands):
+                    self._command_done(batch, symbol)
                 self._write(conn, batch)
                 stats.updates, stats.trades = len(batch.updates), len(batch.trades)
                 stats.push = batch.push
@@ -357,16 +390,23 @@ class ProjectorConsumer:
 
     @staticmethod
     def _changed(b: _Batch, e: Event, order: _Order, event_time_ms: int) -> None:
-        """Record the order's state after this event as an ORDER_UPDATE (seq set later)."""
+        """The event changed the order: it has an ORDER_UPDATE when its command ends."""
         order.updated_at = event_time(e.ts)
         order.changed = True
-        b.updates.append((order, OrderUpdate(
-            0, order.order_id, order.symbol, order.side, order.type, order.status,
-            order.quantity, order.filled_quantity,
-            rupees(average_fill_price(order.filled_notional, order.filled_quantity)),
-            rupees(order.price), order.reject_reason, order.updated_at.isoformat(),
-            event_time_ms)))
+        b.commands.setdefault(e.symbol, {})[order.order_id] = (order, event_time_ms)
         b.push.users.add(order.user_id)
+
+    @staticmethod
+    def _command_done(b: _Batch, symbol: str) -> None:
+        """The command in progress on ``symbol`` has ended: an ORDER_UPDATE (seq set
+        later) with the state it left of each order it changed."""
+        for order, event_time_ms in b.commands.pop(symbol, {}).values():
+            b.updates.append((order, OrderUpdate(
+                0, order.order_id, order.symbol, order.side, order.type, order.status,
+                order.quantity, order.filled_quantity,
+                rupees(average_fill_price(order.filled_notional, order.filled_quantity)),
+                rupees(order.price), order.reject_reason, order.updated_at.isoformat(),
+                event_time_ms)))
 
     # --- writing back -----------------------------------------------------------------------------
 
