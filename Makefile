@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test crash up down build bench bench-services kafka postgres redis clean
+.PHONY: demo test crash chaos up down build bench bench-services kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
@@ -15,6 +15,9 @@ test: build kafka postgres redis  ## install what the tests need, build, start K
 
 crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons under load
 	BROKERCORE_CRASH_KILLS=50 $(PY) -m pytest tests/test_engine_crash.py
+
+chaos: build  ## the full chaos profile: 3 rounds of restarting each server and kill -9 of each service under load (private servers)
+	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/test_chaos.py
 
 up: build  ## the whole stack on loopback (servers, engine daemons, OMS, settlement); prints URLs and a token
 	scripts/stack/stack.sh up

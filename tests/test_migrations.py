@@ -229,8 +229,9 @@ def test_user_ids_are_unique(conn):
 
 def test_blocked_quantity_cannot_go_negative_but_short_quantity_can(conn):
     account = add_account(conn)
+    conn.execute("UPDATE accounts SET allow_short = true WHERE account_id = %s", (account,))
     conn.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price)"
-                 " VALUES (%s, 'INFY', -5, 150000.5)", (account,))  # short: app's rule
+                 " VALUES (%s, 'INFY', -5, 150000.5)", (account,))  # short, where allowed
     with pytest.raises(errors.CheckViolation, match="positions_blocked_quantity_nonnegative"):
         conn.execute("UPDATE positions SET blocked_quantity = -1 WHERE account_id = %s", (account,))
 

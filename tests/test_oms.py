@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import jwt
 import psycopg
 import pytest
 
+from brokercore.api import PlaceOrderRequest
 from brokercore.config import DEV_JWT_SECRET
 from brokercore.messages import CancelOrder, NewOrder
 from brokercore.records import Side, Tif
@@ -202,6 +204,43 @@ def test_cancel_only_your_own_open_order(database):
     cancel = api.commands()[-1]
     assert cancel == CancelOrder(order_id, account, "RELIANCE", ts=cancel.ts)
 
+
+
+def test_a_cancel_answers_cancel_requested_and_its_history_keeps_the_filled_quantity(database):
+    """The 202 of a cancel says a cancel was asked for (not the order's status, which
+    read as if it had failed), and the request's history row says what had filled."""
+    async def scenario():
+        async with Api(database) as api:
+            order_id = (await api.place(quantity=10)).json()["orderId"]
+            api.rows("UPDATE orders SET status = 'PARTIALLY_FILLED', filled_quantity = 4 "
+                     "WHERE order_id = %s RETURNING order_id", order_id)    # as if settled
+            return api, order_id, await api.cancel(order_id)
+    api, order_id, answer = run(scenario)
+    assert answer.status_code == 202
+    assert answer.json()["status"] == "CANCEL_REQUESTED"
+    assert api.rows("SELECT status, filled_quantity, payload->'request' = '\"cancel\"' "
+                    "FROM order_events WHERE order_id = %s ORDER BY event_id", order_id) == [
+        ("PENDING", 0, False), ("PARTIALLY_FILLED", 4, True)]
+
+
+def test_a_retry_of_a_stored_but_unpublished_order_carries_its_command_again(database):
+    """An OMS died between commit and publish: the client's retry with the same key
+    gets the same order and, while its command is unpublished, the command to send."""
+    async def scenario():
+        async with Api(database) as api:
+            request = PlaceOrderRequest("RELIANCE", "BUY", "LIMIT", 3, "retry-unpublished",
+                                        price=Decimal("15000"))
+            entry = api.app.state.oms.entry
+            first = await entry.place("alice", request)           # never published
+            retried = await entry.place("alice", request)
+            await api.app.state.oms.publisher.publish([retried.outbox])
+            api.rows("UPDATE outbox SET published_at = now() RETURNING 1")
+            again = await entry.place("alice", request)
+            return first, retried, again
+    first, retried, again = run(scenario)
+    assert retried.order_id == again.order_id == first.order_id
+    assert retried.outbox == first.outbox
+    assert again.outbox is None, "a published command is not sent again by a retry"
 
 def test_a_user_over_the_rate_limit_gets_429_with_retry_after(database):
     async def scenario():

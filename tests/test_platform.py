@@ -32,10 +32,11 @@ RUPEE = 100
 
 
 @contextmanager
-def platform(database, tmp_path):
-    """An API (not started: use ``async with``), the engine daemon of RELIANCE's shard,
-    and the settlement consumer, on fresh topics."""
-    api = Api(database)
+def platform(database, tmp_path, **settings):
+    """An API (not started: use ``async with``; ``settings`` override its
+    ServiceSettings), the engine daemon of RELIANCE's shard, and the settlement
+    consumer, on fresh topics."""
+    api = Api(database, **settings)
     shard = partition_of("RELIANCE", api.kafka.shards)
     daemon = Daemon(api.kafka, shard, INSTRUMENTS, tmp_path / "engine.log")
     stop = threading.Event()

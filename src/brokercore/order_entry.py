@@ -19,7 +19,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import msgspec
-from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 
 from brokercore.api import PlaceOrderRequest
@@ -34,22 +33,15 @@ from brokercore.risk import (
 )
 from brokercore.topics import partition_of
 
-__all__ = ["OrderEntry", "OrderReceipt", "OrderRefused", "OPEN_STATUSES"]
+__all__ = ["OrderEntry", "OrderReceipt", "OrderRefused", "OPEN_STATUSES", "CANCEL_REQUESTED"]
 
-# The account row lock puts one user's orders in order (settlement, too, locks accounts
-# before positions, so the position read under it is current). A fresh order id is
-# drawn every time; ids skipped by replays and refusals are harmless gaps.
-_READ_STATE = """
-SELECT a.account_id, a.cash, a.blocked_cash, a.allow_short,
-       (SELECT p.quantity - p.blocked_quantity FROM positions p
-         WHERE p.account_id = a.account_id AND p.symbol = %s),
-       nextval('order_id_seq'),
-       k.order_id, k.request_hash, k.expires_at, o.status, o.updated_at
-  FROM accounts a
-  LEFT JOIN idempotency_keys k ON k.user_id = a.user_id AND k.key = %s
-  LEFT JOIN orders o ON o.order_id = k.order_id
- WHERE a.user_id = %s
-   FOR UPDATE OF a"""
+# What the checks need, read by one function call (0004_invariants.sql) that takes the
+# account's row lock first and reads the position and the idempotency key after it: a
+# single SELECT ... FOR UPDATE would read them from before its lock wait, and concurrent
+# sells oversold a holding that way. The account lock orders every writer of the
+# account's cash, positions and keys. A fresh order id is drawn for a new key; ids skipped
+# by refusals are harmless gaps.
+_READ_STATE = "SELECT * FROM oms_order_facts(%s, %s, %s)"
 
 _WRITE_ORDER = """
 WITH key AS (
@@ -76,6 +68,7 @@ VALUES (%(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s)
 RETURNING outbox_id"""
 
 OPEN_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED")
+CANCEL_REQUESTED = "CANCEL_REQUESTED"    # a cancel's receipt: asked of the engine, not done
 
 
 class OrderRefused(Exception):
@@ -115,15 +108,8 @@ class OrderEntry:
     # --- new orders ------------------------------------------------------------------
 
     async def place(self, user_id: str, request: PlaceOrderRequest) -> OrderReceipt:
-        try:
-            return await self._place(user_id, request)
-        except UniqueViolation:
-            # A retry of the same request committed its key while this one waited for
-            # the account lock (the wait does not refresh the key it read): again, now
-            # that the key is visible, this answers with that first order.
-            return await self._place(user_id, request)
-
-    async def _place(self, user_id: str, request: PlaceOrderRequest) -> OrderReceipt:
+        """Check, hold and store a new order; a retry with the same key (racing or not)
+        gets the first order back, and its command again if that was never published."""
         now = self.clock()
         instrument = self.market.get(request.symbol)
         fingerprint = _fingerprint(request)
@@ -134,20 +120,25 @@ class OrderEntry:
         # write everything. Round trips are what an order costs here.
         async with self.pool.connection() as conn, conn.transaction():
             state = await (await conn.execute(_READ_STATE, (
-                request.symbol, request.idempotency_key, user_id))).fetchone()
+                user_id, request.symbol, request.idempotency_key))).fetchone()
             if state is None:
                 raise OrderRefused(403, "NO_ACCOUNT", "this user has no trading account")
             (account_id, cash, blocked_cash, allow_short, shares, order_id,
-             key_order, key_hash, key_expires, key_status, key_updated) = state
+             key_order, key_hash, key_expires, key_status, key_updated,
+             unpublished_id, unpublished_payload) = state
             if key_order is not None:
                 if key_expires > now:
                     if key_hash != fingerprint:
                         raise OrderRefused(422, "IDEMPOTENCY_KEY_REUSED",
                                            "this idempotency key was used for a different "
                                            "order")
-                    return OrderReceipt(key_order, key_status, key_updated, None)
+                    return OrderReceipt(key_order, key_status, key_updated, None if (
+                        unpublished_id is None) else self._row(
+                        unpublished_id, request.symbol, bytes(unpublished_payload)))
                 await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND "
                                    "key = %s", (user_id, request.idempotency_key))
+                order_id = (await (await conn.execute(
+                    "SELECT nextval('order_id_seq')")).fetchone())[0]
             order = OrderRequest(request.symbol, Side[request.side], OrderType(request.type),
                                  request.quantity, request.price,
                                  Tif[request.time_in_force] if request.time_in_force else None)
@@ -205,25 +196,29 @@ class OrderEntry:
 
     async def cancel(self, user_id: str, order_id: int) -> OrderReceipt:
         """Ask the engine to cancel an open order of this user; the order's status
-        changes when the engine's CANCELLED (or REJECTED) event is settled."""
+        changes when the engine's CANCELLED (or REJECTED) event is settled, so the
+        receipt's status is CANCEL_REQUESTED, and the order's history records the
+        request with the quantity filled so far."""
         now = self.clock()
         async with self.pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(
-                "SELECT o.account_id, o.symbol, o.status FROM orders o "
+                "SELECT o.account_id, o.symbol, o.status, o.filled_quantity FROM orders o "
                 "JOIN accounts a ON a.account_id = o.account_id "
                 "WHERE o.order_id = %s AND a.user_id = %s FOR UPDATE OF o",
                 (order_id, user_id))).fetchone()
             if row is None:                 # another user's order looks the same
                 raise OrderRefused(404, "ORDER_NOT_FOUND", f"no order {order_id}")
-            account_id, symbol, status = row
+            account_id, symbol, status, filled = row
             if status not in OPEN_STATUSES:
                 raise OrderRefused(409, "ORDER_NOT_OPEN",
                                    f"order {order_id} is {status} and cannot be cancelled")
-            await _record_event(conn, order_id, account_id, status, now,
-                                {"request": "cancel"})
+            await conn.execute(
+                "INSERT INTO order_events (order_id, account_id, status, filled_quantity, "
+                "payload, occurred_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                (order_id, account_id, status, filled, json.dumps({"request": "cancel"}), now))
             row = await self._outbox(conn, order_id, symbol, encode(
                 CancelOrder(order_id, account_id, symbol, ts=_nanoseconds(now))))
-        return OrderReceipt(order_id, status, now, row)
+        return OrderReceipt(order_id, CANCEL_REQUESTED, now, row)
 
     # --- upkeep -------------------------------------------------------------------------
 
@@ -254,12 +249,3 @@ def _fingerprint(request: PlaceOrderRequest) -> str:
 
 def _nanoseconds(at: datetime) -> int:
     return int(at.timestamp()) * 1_000_000_000 + at.microsecond * 1_000
-
-
-async def _record_event(conn, order_id: int, account_id: int, status: str, at: datetime,
-                        payload: dict) -> None:
-    await conn.execute(
-        "INSERT INTO order_events (order_id, account_id, status, payload, occurred_at) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        (order_id, account_id, status, json.dumps(payload), at))
-

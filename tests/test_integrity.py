@@ -1,0 +1,150 @@
+"""Money and shares under concurrency, on the real Postgres through the real OMS: many
+clients at once on the same few accounts must never block more than is there, and the
+database itself refuses a state that breaks an invariant."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+from oms_support import Api, run
+from test_platform import money, platform
+
+RUPEE = 100
+
+# Every invariant of one account's money and shares, as rows that break it (none = held).
+BROKEN = {
+    "blocked shares above held shares (no short selling)":
+        "SELECT p.account_id, p.symbol, p.quantity, p.blocked_quantity FROM positions p "
+        "JOIN accounts a USING (account_id) "
+        "WHERE NOT a.allow_short AND p.blocked_quantity > p.quantity",
+    "negative holding (no short selling)":
+        "SELECT p.account_id, p.symbol, p.quantity FROM positions p "
+        "JOIN accounts a USING (account_id) WHERE NOT a.allow_short AND p.quantity < 0",
+    "blocked cash above cash":
+        "SELECT account_id, cash, blocked_cash FROM accounts WHERE blocked_cash > cash "
+        "OR cash < 0",
+    "blocked cash differs from the open orders' holds":
+        "SELECT a.account_id, a.blocked_cash, coalesce(sum(o.blocked_cash), 0) "
+        "FROM accounts a LEFT JOIN orders o ON o.account_id = a.account_id "
+        "AND o.status IN ('PENDING', 'OPEN', 'PARTIALLY_FILLED') GROUP BY a.account_id "
+        "HAVING a.blocked_cash <> coalesce(sum(o.blocked_cash), 0)",
+    "blocked shares differ from the open orders' holds":
+        "SELECT p.account_id, p.symbol, p.blocked_quantity, coalesce(sum(o.blocked_shares), 0) "
+        "FROM positions p LEFT JOIN orders o ON o.account_id = p.account_id "
+        "AND o.symbol = p.symbol AND o.status IN ('PENDING', 'OPEN', 'PARTIALLY_FILLED') "
+        "GROUP BY p.account_id, p.symbol "
+        "HAVING p.blocked_quantity <> coalesce(sum(o.blocked_shares), 0)",
+    "filled quantity differs from the fills":
+        "SELECT o.order_id, o.filled_quantity, coalesce(sum(f.quantity), 0) FROM orders o "
+        "LEFT JOIN fills f ON f.order_id = o.order_id GROUP BY o.order_id, o.filled_quantity "
+        "HAVING o.filled_quantity <> coalesce(sum(f.quantity), 0)",
+}
+
+
+def broken_invariants(api: Api) -> dict:
+    return {name: rows for name, query in BROKEN.items() if (rows := api.rows(query))}
+
+
+def test_concurrent_sells_never_block_more_shares_than_are_held(database):
+    """bob holds 100 RELIANCE: of 20 concurrent sells of 60, exactly one fits."""
+    async def scenario():
+        async with Api(database, rate_limit_burst=1000) as api:
+            answers = await asyncio.gather(*(
+                api.place(user="bob", side="SELL", quantity=60, price="15000.00")
+                for _ in range(20)))
+            return api, answers
+    api, answers = run(scenario)
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [202] + [422] * 19, [a.text for a in answers if a.status_code != 422]
+    assert {a.json()["error"]["code"] for a in answers if a.status_code == 422} == {
+        "INSUFFICIENT_HOLDINGS"}
+    assert api.rows("SELECT quantity, blocked_quantity FROM positions") == [(100, 60)]
+    assert broken_invariants(api) == {}
+
+
+def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, tmp_path):
+    """Hundreds of orders from concurrent clients on three accounts, random sizes, some
+    crossing (filled through the real engine and settlement), some cancelled while
+    others are placed: afterwards every hold matches its open orders, nothing is
+    oversold, and cash and shares are conserved."""
+    with psycopg.connect(database, autocommit=True) as conn:     # all buy, sell and hold
+        conn.execute("UPDATE accounts SET cash = 100000000 WHERE user_id = 'bob'")
+        conn.execute("INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
+                     "'RELIANCE', 150 FROM accounts WHERE user_id IN ('alice', 'carol')")
+    rng = random.Random(11)
+    with platform(database, tmp_path, rate_limit_burst=10_000) as api:
+        before = money(api)
+
+        async def client(name: str, orders: int) -> list:
+            answers = []
+            for _ in range(orders):
+                if answers and rng.random() < 0.25:
+                    placed = rng.choice(answers)
+                    if placed.status_code == 202:
+                        await api.cancel(placed.json()["orderId"], user=name)
+                    continue
+                side = rng.choice(["BUY", "SELL"])
+                price = f"{15_000 + rng.randint(-3, 3) * 0.05:.2f}"
+                answers.append(await api.place(user=name, side=side, price=price,
+                                               quantity=rng.randint(1, 40)))
+            return answers
+
+        async def load():
+            async with api:
+                return await asyncio.gather(*(client(user, 30) for user in
+                                              ("alice", "bob", "carol") for _ in range(6)))
+        seen, done = {}, threading.Event()
+
+        def watch():                # every invariant holds at every commit, not only at the end
+            while not done.is_set():
+                seen.update(broken_invariants(api))
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            answers = [a for batch in run(load) for a in batch]
+        finally:
+            done.set()
+            watcher.join()
+        assert seen == {}
+        assert {a.status_code for a in answers} <= {202, 422}, \
+            [a.text for a in answers if a.status_code not in (202, 422)]
+        accepted = sum(a.status_code == 202 for a in answers)
+        assert accepted > 50 and api.rows("SELECT count(*) FROM fills")[0][0] > 0
+        deadline = time.monotonic() + 60
+        while api.rows("SELECT count(*) FROM orders WHERE status = 'PENDING'") != [(0,)]:
+            assert time.monotonic() < deadline, "orders still PENDING after 60 s"
+            time.sleep(0.2)
+        time.sleep(1.0)                           # the last cancels' events settle
+        assert broken_invariants(api) == {}
+        after = money(api)
+        assert (after[0], after[3]) == (before[0], before[3]), \
+            "cash and shares are conserved (no fees configured)"
+
+
+@pytest.mark.parametrize("statement, constraint", [
+    ("UPDATE positions SET blocked_quantity = quantity + 1", "positions_blocked_within_held"),
+    ("UPDATE positions SET quantity = -5, blocked_quantity = 0", "positions_no_short"),
+    ("UPDATE accounts SET blocked_cash = cash + 1 WHERE user_id = 'alice'",
+     "accounts_blocked_cash_within_cash"),
+    ("UPDATE accounts SET cash = -1, blocked_cash = 0 WHERE user_id = 'alice'",
+     "accounts_"),
+])
+def test_postgres_refuses_a_state_that_breaks_an_invariant(database, statement, constraint):
+    """A future bug becomes an error, never a short sale: bob cannot short."""
+    with psycopg.connect(database) as conn, pytest.raises(psycopg.errors.IntegrityError) as e:
+        conn.execute(statement)
+    assert constraint in str(e.value)
+
+
+def test_an_account_that_may_short_can_go_below_zero(database):
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("UPDATE accounts SET allow_short = true WHERE user_id = 'bob'")
+        conn.execute("UPDATE positions SET quantity = -5")
+        assert conn.execute("SELECT quantity FROM positions").fetchall() == [(-5,)]
+        with pytest.raises(psycopg.errors.IntegrityError):      # ... but not stop shorting
+            conn.execute("UPDATE accounts SET allow_short = false WHERE user_id = 'bob'")
