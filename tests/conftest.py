@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from hypothesis import HealthCheck, settings
 
+from brokercore.funding import open_account
 from brokercore.migrations import apply_migrations, database_url, drop_database
 from support import engine_class, model_class
 from ws_support import Server
@@ -77,13 +78,10 @@ def database(db):
     """A migrated database with three OMS users: alice and carol with cash, bob with
     100 RELIANCE and no cash."""
     apply_migrations(db)
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("INSERT INTO accounts (user_id, cash) VALUES ('alice', %s), ('bob', 0), "
-                     "('carol', %s)", (1_000_000 * 100, 1_000_000 * 100))
-        conn.execute("INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
-                     "'RELIANCE', 100 FROM accounts WHERE user_id = 'bob'")
-        conn.execute("INSERT INTO read_model.positions (user_id, symbol, quantity) "
-                     "VALUES ('bob', 'RELIANCE', 100)")      # deposited: in both models
+    with psycopg.connect(db, autocommit=True) as conn:       # journalled deposits
+        open_account(conn, "alice", cash=1_000_000 * 100)
+        open_account(conn, "bob", shares={"RELIANCE": 100})
+        open_account(conn, "carol", cash=1_000_000 * 100)
     return db
 
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from brokercore.cache import Invalidator
 from brokercore.codec import EventEncoder, SymbolTable
 from brokercore.config import ServiceSettings
+from brokercore.funding import open_account
 from brokercore.ledger import SettlementError
 from brokercore.market import MarketInstrument, Session
 from brokercore.messages import CancelOrder, CloseSession, Event, EventBatch, NewOrder, encode
@@ -78,13 +79,8 @@ class Venue:
         self._decoder = msgspec.msgpack.Decoder(EventBatch)
 
     def account(self, user: str, cash: int = CASH, shares: int = SHARES) -> int:
-        account_id = self.conn.execute("INSERT INTO accounts (user_id, cash) VALUES (%s, %s) "
-                                       "RETURNING account_id", (user, cash)).fetchone()[0]
-        if shares:
-            self.conn.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price)"
-                              " VALUES (%s, %s, %s, %s)",
-                              (account_id, INST.symbol, shares, D("1400000")))
-        return account_id
+        return open_account(self.conn, user, cash=cash,
+                            shares={INST.symbol: (shares, 1_400_000)} if shares else None)
 
     def place(self, account_id: int, side: Side, qty: int, price_ticks: int | None = None,
               tif: Tif | None = None, stp: Stp = Stp.DEFAULT) -> int | None:

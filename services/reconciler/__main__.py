@@ -1,15 +1,18 @@
-"""The reconciler: re-publishes orders the engine has not confirmed, and compares
-Kafka's events with Postgres.
+"""The reconciler: re-publishes orders the engine has not confirmed, compares Kafka's
+events with Postgres, and checks Postgres's own invariants (brokercore.reconcile).
 
     python -m services.reconciler [--every 30] [--older-than 60] [--once]
-    python -m services.reconciler --report       a table of discrepancies; exit 1 if any
+    python -m services.reconciler --report       the findings, one a line; exit 1 if any
     python -m services.reconciler --notifications [--once]
                                                  retry dead-lettered pushes
 
 Every ``--every`` seconds it re-publishes the outbox rows of orders still PENDING after
 ``--older-than`` seconds (and rows never acknowledged by Kafka), so an order stored by
 an OMS that died before publishing it still reaches the engine. The engine drops a
-second copy of an order id, so re-publishing is safe. Settings: BROKERCORE_* variables.
+second copy of an order id, so re-publishing is safe. Each round also checks the
+invariants of the ledger (money and shares conserved, holds equal to the open orders',
+no short holding where shorting is off, no order stuck) and logs every broken one as a
+WARNING. Settings: BROKERCORE_* variables.
 
 With ``--notifications`` it instead retries, every BROKERCORE_DEAD_LETTER_RETRY_INTERVAL
 seconds, the pushes the notifier dead-lettered (brokercore.notify.redeliver_dead_letters):
@@ -29,12 +32,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.market import Session, load_market
 from brokercore.notify import (
     DeadLetters, HttpPushProvider, PushProvider, Redelivery, redeliver_dead_letters,
     retry_group,
 )
 from brokercore.outbox import OutboxPublisher
-from brokercore.reconcile import find_discrepancies, settled_events
+from brokercore.reconcile import Finding, check_invariants, find_discrepancies, settled_events
 
 log = logging.getLogger("brokercore.reconciler")
 
@@ -43,6 +47,7 @@ async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: floa
                     older_than: float, once: bool, stop: asyncio.Event) -> int:
     """Runs the re-publishing rounds; returns how many rows it re-published in all."""
     total = 0
+    sessions = market_sessions(settings)
     async with AsyncConnectionPool(settings.database_url, min_size=1, max_size=2) as pool:
         publisher = OutboxPublisher(pool, kafka.bootstrap)
         try:
@@ -51,6 +56,7 @@ async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: floa
                 total += len(done)
                 if done:
                     log.info("re-published %d outbox rows: %s", len(done), done[:20])
+                await asyncio.to_thread(warn_broken_invariants, settings, sessions)
                 if once:
                     return total
                 try:
@@ -95,19 +101,36 @@ async def retry_notifications(settings: ServiceSettings, kafka: KafkaSettings, o
             await provider.aclose()
 
 
-def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:
-    """Print the findings as a table; 0 if there are none, 1 otherwise."""
+def market_sessions(settings: ServiceSettings) -> dict[str, Session]:
+    """The trading session of each symbol, as the OMS sees it."""
+    market = load_market(settings.instruments, settings.calendar)
+    return {symbol: instrument.session for symbol, instrument in market.items()}
+
+
+def warn_broken_invariants(settings: ServiceSettings, sessions: dict[str, Session]
+                           ) -> list[Finding]:
+    """One round of the invariant checks; each broken one is logged as a WARNING."""
+    with psycopg.connect(settings.database_url, connect_timeout=10) as conn:
+        broken = check_invariants(conn, sessions, datetime.now(UTC))
+    for finding in broken:
+        log.warning("INVARIANT BROKEN: %s", finding)
+    return broken
+
+
+def report(settings: ServiceSettings, kafka: KafkaSettings, now: datetime | None = None
+           ) -> int:
+    """Print the findings, one a line; 0 if there are none, 1 otherwise. ``now`` (default:
+    the clock) is when orders are judged stuck or past their session."""
     with psycopg.connect(settings.database_url) as conn:
         events = settled_events(conn, kafka.bootstrap, kafka.events_topic)
-        findings = find_discrepancies(conn, events, datetime.now(UTC))
+        findings = find_discrepancies(conn, events)
+        broken = check_invariants(conn, market_sessions(settings), now or datetime.now(UTC))
     print(f"{len(events):,} settled events compared with Postgres: "
           f"{len(findings)} finding(s)")
-    if findings:
-        print(f"{'kind':<16} {'order':>10}  detail")
-        for finding in findings:
-            order = "" if finding.order_id is None else finding.order_id
-            print(f"{finding.kind:<16} {order:>10}  {finding.detail}")
-    return 1 if findings else 0
+    print(f"invariants of the ledger: {len(broken)} broken")
+    for finding in findings + broken:
+        print(f"  {finding}")
+    return 1 if findings or broken else 0
 
 
 def main(argv=None) -> None:

@@ -2,9 +2,9 @@
 
     python -m brokercore.demo [--url URL]
 
-Idempotent: existing demo accounts are left as they are. Shares deposited outside
-trading go into the ledger (``positions``) and the read model (``read_model.positions``)
-in one transaction: the projector only sees trades.
+Idempotent: existing demo accounts are left as they are. Each account is opened with
+brokercore.funding, so its cash and shares are journalled deposits (what the
+reconciler's conservation checks start from) and the shares are in the read model too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 
 import psycopg
 
+from brokercore.funding import open_account
 from brokercore.migrations import database_url
 
 __all__ = ["DEMO_USERS", "seed_demo"]
@@ -29,22 +30,9 @@ DEMO_USERS = {
 
 def seed_demo(url: str) -> list[str]:
     """Create the demo accounts that do not exist yet; returns the users created."""
-    created = []
     with psycopg.connect(url) as conn:
-        for user, (cash, holdings) in DEMO_USERS.items():
-            row = conn.execute("INSERT INTO accounts (user_id, cash) VALUES (%s, %s) "
-                               "ON CONFLICT (user_id) DO NOTHING RETURNING account_id",
-                               (user, cash)).fetchone()
-            if row is None:
-                continue
-            created.append(user)
-            for symbol, (quantity, avg_price) in holdings.items():
-                conn.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price) "
-                             "VALUES (%s, %s, %s, %s)", (row[0], symbol, quantity, avg_price))
-                conn.execute("INSERT INTO read_model.positions (user_id, symbol, quantity, "
-                             "avg_price) VALUES (%s, %s, %s, %s)",
-                             (user, symbol, quantity, avg_price))
-    return created
+        return [user for user, (cash, holdings) in DEMO_USERS.items()
+                if open_account(conn, user, cash=cash, shares=holdings) is not None]
 
 
 def main(argv=None) -> None:
