@@ -4,11 +4,15 @@
 #   scripts/kafka/kafka.sh start    fetch the jars if needed, format once, start, wait
 #   scripts/kafka/kafka.sh stop     stop the broker started here
 #   scripts/kafka/kafka.sh status   exit 0 and say so if it answers, 1 otherwise
+#   scripts/kafka/kafka.sh kill     kill -9 the broker (fault tests; `start` brings it back)
 #
 # The jars come from Maven Central through Maven (pom.xml beside this script) into
 # $BROKERCORE_KAFKA_CACHE (default ~/.cache/brokercore/kafka); the broker's data, logs
 # and pid live in $BROKERCORE_KAFKA_STATE (default .kafka/ in the repository, ignored
 # by git). Port: $BROKERCORE_KAFKA_PORT (default 19092; the controller uses port + 1).
+# `start` waits up to $BROKERCORE_KAFKA_START_WAIT seconds (default 60) for it to answer:
+# after a kill -9 on a busy machine, the restarted node may wait out its own old
+# registration first.
 # Every command is idempotent.
 set -euo pipefail
 
@@ -20,6 +24,7 @@ state="${BROKERCORE_KAFKA_STATE:-$repo/.kafka}"
 port="${BROKERCORE_KAFKA_PORT:-19092}"
 controller_port=$((port + 1))
 pidfile="$state/kafka.pid"
+start_wait="${BROKERCORE_KAFKA_START_WAIT:-60}"
 
 log() { echo "kafka: $*" >&2; }
 source "$here/../lib/process.sh"
@@ -92,17 +97,31 @@ start() {
         -cp "$cache/libs/*" kafka.Kafka "$state/server.properties" \
         > "$state/logs/stdout.log" 2>&1 < /dev/null &
     echo $! > "$pidfile"
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 $((start_wait * 2))); do
         if answers; then log "started on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
         if ! running; then break; fi
         sleep 0.5
     done
     log "the broker did not come up; see $state/logs"
-    tail -20 "$state/logs/stdout.log" "$state/logs/server.log" >&2 || true
+    tail -n 20 "$state/logs/stdout.log" "$state/logs/server.log" >&2 || true
     exit 1
 }
 
 stop() { stop_pid_file "$pidfile" 30; }
+
+# kill -9, as a crash would: no shutdown of any kind; returns once the process is gone.
+kill_now() {
+    local pid
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    if alive "$pid"; then
+        kill -9 "$pid"
+        while alive "$pid"; do sleep 0.05; done
+        log "killed (pid $pid)"
+    else
+        log "not running"
+    fi
+    rm -f "$pidfile"
+}
 
 status() {
     if answers; then log "running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi
@@ -114,5 +133,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    kill) kill_now ;;
+    *) echo "usage: $0 start|stop|status|kill" >&2; exit 2 ;;
 esac
