@@ -110,3 +110,9 @@ COMMENT ON FUNCTION oms_order_facts(text, text, text) IS
     'Locks the user''s account, then reads (fresh, after the lock) the free shares of the '
     'symbol, the idempotency key with its order and the order''s unpublished command, and '
     'a new order id for a new key.';
+
+COMMENT ON TABLE positions IS
+    'Shares held per account and symbol. For an account without allow_short, quantity '
+    '>= 0 and blocked_quantity <= quantity (trigger positions_short_selling); for every '
+    'account blocked_quantity >= 0.';
+COMMENT ON COLUMN positions.quantity IS 'Shares held (negative = short, only with allow_short).';
