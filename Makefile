@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test crash chaos up down build bench bench-services kafka postgres redis clean
+.PHONY: demo test crash chaos up down up-cycles build bench bench-services kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
@@ -19,11 +19,14 @@ crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons und
 chaos: build  ## the full chaos profile: 3 rounds of restarting each server and kill -9 of each service under load (private servers)
 	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/test_chaos.py
 
-up: build  ## the whole stack on loopback (servers, engine daemons, OMS, settlement); prints URLs and a token
+up: build  ## the whole stack on loopback (servers, engine daemons, APIs, consumers), always-open calendar; waits until each is ready, prints URLs and a token
 	scripts/stack/stack.sh up
 
 down:  ## stop everything `make up` started
 	scripts/stack/stack.sh down
+
+up-cycles: build  ## five fresh-state `make up`/`make down` cycles on private ports, each with every component up and a trade on each shard
+	BROKERCORE_STACK_CYCLES=5 $(PY) -m pytest -x -q tests/test_stack.py
 
 kafka:  ## a single-node Apache Kafka on 127.0.0.1:19092 (jars from Maven Central)
 	scripts/kafka/kafka.sh start

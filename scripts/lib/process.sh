@@ -1,11 +1,16 @@
 # Shared by the scripts that run servers: a process behind a pid file. Source it; the
 # caller defines log().
 
+# proc_state PID: the process's state letter from /proc (R, S, D, T stopped, Z zombie...;
+# see proc(5)); nothing if there is no such process.
+proc_state() {
+    [[ -n "${1:-}" ]] && sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1
+}
+
 # alive PID: the process exists and is not a zombie (a server killed with -9 may linger
 # unreaped for a while, and kill -0 alone would call it running).
 alive() {
-    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null \
-        && [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]
+    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(proc_state "$1")" != Z ]]
 }
 
 # stop_pid_file FILE SECONDS [NAME]: SIGTERM the process in FILE, SIGKILL it after

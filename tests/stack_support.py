@@ -1,0 +1,146 @@
+"""The development stack (`make up`: scripts/stack/stack.sh) run by a test on ports and
+state folders of its own, so that it never touches the shared servers other tests use
+(Postgres 15432, Redis 16379, Kafka 19092, and .postgres/.redis/.kafka/.stack)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from oms_support import auth
+
+REPO = Path(__file__).resolve().parents[1]
+STACK = REPO / "scripts/stack/stack.sh"
+STATE_DIRS = (".kafka", ".postgres", ".redis", ".stack")
+# BROKERCORE_* settings of the caller that would point the stack elsewhere.
+INHERITED = ("BROKERCORE_DATABASE_URL", "BROKERCORE_REDIS_URL", "BROKERCORE_KAFKA_BOOTSTRAP",
+             "BROKERCORE_TOPIC_PREFIX", "BROKERCORE_REDIS_PREFIX", "BROKERCORE_CALENDAR",
+             "BROKERCORE_SHARDS", "BROKERCORE_PUSH_URL")
+
+
+def _free_block(size: int) -> int:
+    """The first of ``size`` consecutive loopback ports that are free now."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000 - size)
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no block of free ports")
+
+
+class PrivateStack:
+    """stack.sh up/down/status under a temporary folder and on free ports: the APIs on
+    base..base+3, Postgres base+4, Redis base+5, Kafka base+6 (its controller base+7)."""
+
+    def __init__(self) -> None:
+        # Postgres runs as the `postgres` OS user under root: the folder must be searchable.
+        self.root = Path(tempfile.mkdtemp(prefix="brokercore-stack-"))
+        self.root.chmod(0o755)
+        self.base = _free_block(8)
+        self.env = {k: v for k, v in os.environ.items() if k not in INHERITED} | {
+            "BROKERCORE_STACK_STATE": str(self.root / ".stack"),
+            "BROKERCORE_PORT_BASE": str(self.base),
+            "BROKERCORE_PG_PORT": str(self.base + 4),
+            "BROKERCORE_PG_STATE": str(self.root / ".postgres"),
+            "BROKERCORE_REDIS_PORT": str(self.base + 5),
+            "BROKERCORE_REDIS_STATE": str(self.root / ".redis"),
+            "BROKERCORE_KAFKA_PORT": str(self.base + 6),
+            "BROKERCORE_KAFKA_STATE": str(self.root / ".kafka"),
+            # Also set here, so that a stack.sh that ignores the Kafka port (the old one)
+            # still cannot reach the shared broker.
+            "BROKERCORE_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.base + 6}",
+            "BROKERCORE_STACK_WAIT": os.environ.get("BROKERCORE_STACK_WAIT", "120"),
+        }
+        self.oms = f"http://127.0.0.1:{self.base}"
+        self.query = f"http://127.0.0.1:{self.base + 1}"
+        self.database_url = (f"postgresql://brokercore:brokercore@127.0.0.1:{self.base + 4}"
+                             f"/brokercore")
+
+    def stack(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """``stack.sh COMMAND``, its output (stdout and stderr together) in .stdout."""
+        return subprocess.run([str(STACK), command], env=self.env, cwd=REPO, timeout=timeout,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def fresh(self) -> None:
+        """Remove every state folder, as `rm -rf .kafka .postgres .redis .stack` does."""
+        for name in STATE_DIRS:
+            shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def up(self) -> str:
+        done = self.stack("up")
+        assert done.returncode == 0, f"stack.sh up failed:\n{done.stdout}\n{self.logs()}"
+        assert "brokercore is up" in done.stdout, done.stdout
+        return done.stdout
+
+    def down(self) -> str:
+        done = self.stack("down", timeout=300)
+        assert done.returncode == 0, f"stack.sh down failed:\n{done.stdout}"
+        return done.stdout
+
+    def logs(self, lines: int = 30) -> str:
+        """The end of every process log, to explain a failure."""
+        parts = []
+        for log in sorted((self.root / ".stack/logs").glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        try:
+            self.stack("down", timeout=300)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]:
+    """alice buys and bob sells 10 RELIANCE (shard 0 of 2) and 10 ITC (shard 1) at the
+    same price, through the OMS; returns the four orders once the query service (the
+    projector's read model) and Postgres's orders table (settlement's) show each FILLED."""
+    orders = []
+    with httpx.Client(timeout=10) as client:
+        for symbol, price in (("RELIANCE", "15000.00"), ("ITC", "2200.00")):
+            for user, side in (("alice", "BUY"), ("bob", "SELL")):
+                body = {"symbol": symbol, "side": side, "type": "LIMIT", "quantity": 10,
+                        "price": price, "idempotencyKey": f"{user}-{symbol}-{time.time_ns()}"}
+                answer = client.post(f"{stack.oms}/api/v1/orders", json=body, headers=auth(user))
+                assert answer.status_code == 202, answer.text
+                orders.append((user, answer.json()["orderId"]))
+        deadline = time.monotonic() + timeout
+        seen = []
+        for user, order_id in orders:
+            while True:
+                answer = client.get(f"{stack.query}/api/v1/orders/{order_id}",
+                                    headers=auth(user))
+                assert answer.status_code == 200, answer.text
+                if answer.json()["status"] == "FILLED" and settled(stack, order_id) == "FILLED":
+                    seen.append(answer.json())
+                    break
+                assert time.monotonic() < deadline, (
+                    f"order {order_id} of {user} not FILLED: {answer.text}\n{stack.logs()}")
+                time.sleep(0.2)
+    return seen
+
+
+def settled(stack: PrivateStack, order_id: int) -> str:
+    """The order's status in the OMS's own table, which settlement updates."""
+    with psycopg.connect(stack.database_url) as conn:
+        return conn.execute("SELECT status FROM orders WHERE order_id = %s",
+                            (order_id,)).fetchone()[0]
