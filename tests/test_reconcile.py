@@ -6,21 +6,23 @@ start from, and its backfill for accounts older than it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import shutil
+import uuid
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
 from psycopg import errors, sql
 
-from brokercore.config import ServiceSettings
+from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.funding import FundingKind, fund, open_account
 from brokercore.migrations import MIGRATIONS_DIR, apply_migrations
 from brokercore.reconcile import check_invariants
 from brokercore.records import Side, Tif
 from oms_support import BOOTSTRAP, run
-from services.reconciler.__main__ import market_sessions, report
+from services.reconciler.__main__ import market_sessions, report, republish
 from test_platform import platform, wait_until
 from test_settlement import CASH, INST, MID, SHARES, Venue, settle
 
@@ -148,6 +150,30 @@ def test_each_broken_invariant_is_reported_with_its_numbers(conn, breakage):
         bypassing_guards(conn, table)
     conn.execute(statement.format(**numbers))
     assert line.format(**numbers) in findings(conn)
+
+
+def test_each_round_of_the_reconciler_logs_what_is_broken(conn, db, caplog):
+    day = Day(conn)
+    settings = ServiceSettings(database_url=db, instruments=SETTINGS.instruments)
+    kafka = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
+
+    def one_round() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="brokercore.reconciler"):
+            asyncio.run(republish(settings, kafka, 0, 60.0, True, asyncio.Event()))
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    assert one_round() == []
+    bypassing_guards(conn, "positions")
+    conn.execute("UPDATE positions SET quantity = -130, blocked_quantity = 0 "
+                 "WHERE account_id = %s", (day.seller,))
+    conn.execute("UPDATE orders SET blocked_shares = 0 WHERE order_id = %s", (day.sell,))
+    assert one_round() == [
+        "2 INVARIANT(S) BROKEN (python -m services.reconciler --report lists them all)",
+        f"INVARIANT BROKEN: NEGATIVE_HOLDING account {day.seller} RELIANCE quantity -130 "
+        f"(short selling off)",
+        f"INVARIANT BROKEN: POSITION_NOT_CONSERVED account {day.seller} RELIANCE quantity "
+        f"-130, expected 96 = 100 in - 0 out + 0 bought - 4 sold"]
 
 
 def test_the_database_refuses_the_states_the_guards_cover(conn):

@@ -107,24 +107,26 @@ def market_sessions(settings: ServiceSettings) -> dict[str, Session]:
     return {symbol: instrument.session for symbol, instrument in market.items()}
 
 
-def warn_broken_invariants(settings: ServiceSettings, sessions: dict[str, Session]
-                           ) -> list[Finding]:
-    """One round of the invariant checks; each broken one is logged as a WARNING."""
+def warn_broken_invariants(settings: ServiceSettings, sessions: dict[str, Session],
+                           most: int = 100) -> list[Finding]:
+    """One round of the invariant checks: each broken one (the first ``most``) is
+    logged as a WARNING, after a line with how many there are."""
     with psycopg.connect(settings.database_url, connect_timeout=10) as conn:
         broken = check_invariants(conn, sessions, datetime.now(UTC))
-    for finding in broken:
+    if broken:
+        log.warning("%d INVARIANT(S) BROKEN (python -m services.reconciler --report lists "
+                    "them all)", len(broken))
+    for finding in broken[:most]:
         log.warning("INVARIANT BROKEN: %s", finding)
     return broken
 
 
-def report(settings: ServiceSettings, kafka: KafkaSettings, now: datetime | None = None
-           ) -> int:
-    """Print the findings, one a line; 0 if there are none, 1 otherwise. ``now`` (default:
-    the clock) is when orders are judged stuck or past their session."""
+def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:
+    """Print the findings, one a line; 0 if there are none, 1 otherwise."""
     with psycopg.connect(settings.database_url) as conn:
         events = settled_events(conn, kafka.bootstrap, kafka.events_topic)
         findings = find_discrepancies(conn, events)
-        broken = check_invariants(conn, market_sessions(settings), now or datetime.now(UTC))
+        broken = check_invariants(conn, market_sessions(settings), datetime.now(UTC))
     print(f"{len(events):,} settled events compared with Postgres: "
           f"{len(findings)} finding(s)")
     print(f"invariants of the ledger: {len(broken)} broken")
