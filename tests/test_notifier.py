@@ -718,7 +718,8 @@ def test_preferences_and_devices_over_rest(database, push):
                 error = bad.json()["error"]
                 assert error["code"] == "INVALID_REQUEST"
                 assert error["fields"][0]["field"] == field and error["fields"][0]["message"]
-            bad = await rest.call("PUT", path, content=b"{not json")
+            bad = await rest.client.put(path, content=b"{not json", headers=auth("alice") | {
+                "Content-Type": "application/json"})
             assert (bad.status_code, bad.json()["error"]["code"]) == (400, "MALFORMED_JSON")
             assert (await rest.call("PUT", path, json={})).json() == defaults   # replaced
 

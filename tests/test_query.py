@@ -407,7 +407,7 @@ def test_portfolio_values_positions_at_the_last_trade(dataset):
         {"symbol": "TCS", "quantity": -5, "avgPrice": "3500.00", "currentPrice": "3400.00",
          "pnl": "500.00"}]}
     assert carol == {"cash": "1000000.00", "blockedCash": "0.00", "positions": []}
-    assert dave.status_code == 404 and dave.json()["error"]["code"] == "ACCOUNT_NOT_FOUND"
+    assert dave.status_code == 403 and dave.json()["error"]["code"] == "NO_ACCOUNT"
 
 
 # --- the cache ------------------------------------------------------------------------------

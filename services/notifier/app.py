@@ -9,14 +9,13 @@
     DELETE     /api/v1/alerts/{alertId}
 
 Each with a JWT bearer token; a user sees and changes only their own. Authentication,
-the rate limit, the body limit and the error bodies are the OMS's (services.oms.app);
-the logic is in brokercore.notify and brokercore.alerts.
+the body limit and the error bodies are the OMS's (services.http), the rate limit is the
+reads' budget (BROKERCORE_READ_RATE_LIMIT_*); the logic is in brokercore.notify and
+brokercore.alerts.
 """
 
 from __future__ import annotations
 
-
-import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -43,17 +42,14 @@ class Notifications(LimitedApi):
     """The pieces one API process holds, made at start-up and closed at shutdown."""
 
     def __init__(self, settings: ServiceSettings):
-        super().__init__(settings, "notify-ratelimit:", max_connections=10, max_redis=32)
+        super().__init__(settings, "notify-ratelimit:", settings.read_rate_limit_burst,
+                         settings.read_rate_limit_per_second, max_connections=10,
+                         max_redis=32)
         self.market = load_market(settings.instruments)
 
 
 def _state(request: Request) -> Notifications:
     return request.app.state.notifications
-
-
-_preferences = msgspec.json.Decoder(Preferences)
-_device = msgspec.json.Decoder(DeviceRequest)
-_alert = msgspec.json.Decoder(AlertRequest)
 
 
 # --- preferences and devices ----------------------------------------------------------
@@ -70,7 +66,7 @@ async def get_preferences(request: Request) -> Response:
 async def put_preferences(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
-    preferences = decode_body(_preferences, await api.body(request), "preferences")
+    preferences = decode_body(Preferences, await api.body(request), "preferences")
     async with api.pool.connection() as conn:
         await store_preferences(conn, principal.user_id, preferences)
     return json(preferences)
@@ -80,7 +76,7 @@ async def put_preferences(request: Request) -> Response:
 async def register_device(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
-    device = decode_body(_device, await api.body(request), "device")
+    device = decode_body(DeviceRequest, await api.body(request), "device")
     async with api.pool.connection() as conn:
         new = await add_device(conn, principal.user_id, device.device_token)
     return json(device, 201 if new else 200)
@@ -103,7 +99,7 @@ async def unregister_device(request: Request) -> Response:
 async def create_alert(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
-    alert = decode_body(_alert, await api.body(request), "alert")
+    alert = decode_body(AlertRequest, await api.body(request), "alert")
     if alert.symbol not in api.market:
         raise ApiError(404, "UNKNOWN_SYMBOL", f"no symbol {alert.symbol}")
     try:
@@ -138,7 +134,7 @@ async def delete_alert(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
     raw = request.path_params["alert_id"]
-    if raw.isdigit() and len(raw) <= 18:
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
         async with api.pool.connection() as conn:
             cursor = await conn.execute(DELETE_SQL, (int(raw), principal.user_id))
         if cursor.rowcount == 1:

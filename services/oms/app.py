@@ -15,7 +15,6 @@ import contextlib
 import logging
 from decimal import Decimal
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,18 +27,17 @@ from brokercore.market import load_market
 from brokercore.order_entry import OrderEntry, OrderReceipt, OrderRefused
 from brokercore.outbox import OutboxPublisher
 from brokercore.risk import FeeSchedule
-from services.http import ApiError, LimitedApi, decode_body, guarded
+from services.http import ApiError, LimitedApi, api_app, decode_body, guarded
 
 log = logging.getLogger("brokercore.oms")
-
-PLACE_ORDER = msgspec.json.Decoder(PlaceOrderRequest)
 
 
 class Oms(LimitedApi):
     """The pieces one API process holds, made at start-up and closed at shutdown."""
 
     def __init__(self, settings: ServiceSettings, kafka: KafkaSettings):
-        super().__init__(settings, "ratelimit:", max_connections=20, max_redis=64)
+        super().__init__(settings, "ratelimit:", settings.rate_limit_burst,
+                         settings.rate_limit_per_second, max_connections=20, max_redis=64)
         market = load_market(settings.instruments, settings.calendar)
         self.entry = OrderEntry(self.pool, market, kafka,
                                 fees=FeeSchedule(Decimal(settings.fee_bps),
@@ -81,7 +79,7 @@ async def entry(call):
 async def place_order(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
-    order = decode_body(PLACE_ORDER, await oms.body(request), "order")
+    order = decode_body(PlaceOrderRequest, await oms.body(request), "order")
     return accepted(await oms.published(principal.user_id,
                                         await entry(oms.entry.place(principal.user_id, order))))
 
@@ -114,10 +112,9 @@ def create_app(settings: ServiceSettings | None = None,
             cleanup.cancel()
             await oms.close()
 
-    return Starlette(
-        routes=[Route("/api/v1/orders", place_order, methods=["POST"]),
-                Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"])],
-        lifespan=lifespan)
+    return api_app([Route("/api/v1/orders", place_order, methods=["POST"]),
+                    Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"])],
+                   lifespan)
 
 
 async def expire_keys(oms: Oms, every: float = 3600.0) -> None:

@@ -9,7 +9,8 @@ answers go through brokercore.cache.UserCache (invalidated by generation by the 
 settlement and the projector after their commits; settings.cache_ttl), market data
 through the projector's copy in Redis. Redis only accelerates: with short socket
 timeouts and no retries an outage costs a request a fraction of a second at most, and
-the answer comes from Postgres. Errors as the OMS's: ``{"error": {"code", "message",
+the answer comes from Postgres. A user's reads have a rate limit of their own
+(BROKERCORE_READ_RATE_LIMIT_*). Errors as the OMS's: ``{"error": {"code", "message",
 "fields"?}}``, never a stack trace.
 """
 
@@ -22,8 +23,6 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import redis
 from psycopg import AsyncConnection, IsolationLevel
-from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
@@ -33,13 +32,12 @@ from starlette.routing import Route
 
 from brokercore import queries
 from brokercore.api import FieldError, encode_json
-from brokercore.auth import JwtConfig, TokenVerifier
 from brokercore.cache import UserCache
 from brokercore.config import ServiceSettings
 from brokercore.market import load_market
 from brokercore.marketdata import INTERVALS
 from brokercore.streams import encode_message, md_key
-from services.http import ApiError, authenticate, field_error, guarded, service_app
+from services.http import ApiError, LimitedApi, field_error, guarded, service_app
 
 log = logging.getLogger("brokercore.query")
 
@@ -62,31 +60,24 @@ async def _snapshot_reads(conn: AsyncConnection) -> None:
     await conn.set_read_only(True)
 
 
-class QueryService:
-    """The pieces one query process holds, made at start-up and closed at shutdown."""
+class QueryService(LimitedApi):
+    """The pieces one query process holds, made at start-up and closed at shutdown; its
+    rate limit is the reads' budget (BROKERCORE_READ_RATE_LIMIT_*)."""
 
     def __init__(self, settings: ServiceSettings):
-        self.settings = settings
-        self.pool = AsyncConnectionPool(settings.database_url, min_size=2, max_size=20,
-                                        open=False, configure=_snapshot_reads)
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT,
-                                    socket_connect_timeout=REDIS_TIMEOUT,
-                                    retry=Retry(NoBackoff(), 0))
+        super().__init__(settings, "read-ratelimit:", settings.read_rate_limit_burst,
+                         settings.read_rate_limit_per_second, max_connections=20,
+                         max_redis=64, configure=_snapshot_reads, redis_options={
+                             "socket_timeout": REDIS_TIMEOUT,
+                             "socket_connect_timeout": REDIS_TIMEOUT,
+                             "retry": Retry(NoBackoff(), 0)})
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
-        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
         self.market = load_market(settings.instruments)
         self._books_down_until = 0.0
 
-    async def open(self) -> None:
-        await self.pool.open(wait=True)
-
-    async def close(self) -> None:
-        await self.pool.close()
-        await self.redis.aclose()
-
-    def authenticate(self, request: Request) -> str:
-        """The user id of the request's bearer token (verified as the OMS does)."""
-        return authenticate(self.verifier, request).user_id
+    async def user(self, request: Request) -> str:
+        """The user id of the request's bearer token, within the reads' rate limit."""
+        return (await self.authorize(request)).user_id
 
     async def read(self, query, *args):
         async with self.pool.connection() as conn:
@@ -183,7 +174,7 @@ def _service(request: Request) -> QueryService:
 @guarded
 async def list_orders(request: Request) -> Response:
     service = _service(request)
-    user = service.authenticate(request)
+    user = await service.user(request)
     params = _params(request, queries.OrdersQuery)
     if "status" in params:
         params["status"] = params["status"].split(",")
@@ -198,7 +189,7 @@ async def list_orders(request: Request) -> Response:
 @guarded
 async def get_order(request: Request) -> Response:
     service = _service(request)
-    user = service.authenticate(request)
+    user = await service.user(request)
     order_id = _order_id(request)
     _params(request)
     return await service.cached(user, f"order:{order_id}", queries.get_order, user,
@@ -208,7 +199,7 @@ async def get_order(request: Request) -> Response:
 @guarded
 async def order_history(request: Request) -> Response:
     service = _service(request)
-    user = service.authenticate(request)
+    user = await service.user(request)
     order_id = _order_id(request)
     at = _convert(_params(request, queries.HistoryQuery), queries.HistoryQuery).at
     history = await service.read(queries.order_history, user, order_id)
@@ -227,16 +218,16 @@ async def order_history(request: Request) -> Response:
 @guarded
 async def portfolio(request: Request) -> Response:
     service = _service(request)
-    user = service.authenticate(request)
+    user = await service.user(request)
     _params(request)
     return await service.cached(user, "portfolio", queries.portfolio, user, missing=ApiError(
-        404, "ACCOUNT_NOT_FOUND", "this user has no trading account"))
+        403, "NO_ACCOUNT", "this user has no trading account"))
 
 
 @guarded
 async def market_data(request: Request) -> Response:
     service = _service(request)
-    service.authenticate(request)
+    await service.user(request)
     symbol = service.symbol(request)
     _params(request)
     body = await service.book_copy(symbol)
@@ -248,7 +239,7 @@ async def market_data(request: Request) -> Response:
 @guarded
 async def candles(request: Request) -> Response:
     service = _service(request)
-    service.authenticate(request)
+    await service.user(request)
     symbol = service.symbol(request)
     query = _convert(_params(request, queries.CandlesQuery), queries.CandlesQuery)
     end = query.end or datetime.now(UTC)

@@ -34,7 +34,6 @@ import uuid
 
 import psycopg
 import redis
-from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -49,7 +48,7 @@ from brokercore.gateway import (
 )
 from brokercore.market import load_market
 from brokercore.streams import book_channel, trades_channel
-from services.http import service_app
+from services.http import database_pool, service_app
 
 log = logging.getLogger("brokercore.ws")
 
@@ -81,8 +80,7 @@ class Gateway:
         self.settings = settings
         self.instance = uuid.uuid4().hex
         self.redis = Redis.from_url(settings.redis_url, client_name=f"ws-{self.instance}")
-        self.pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=8,
-                                        open=False)
+        self.pool = database_pool(settings, 8)
         self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
         self.market = load_market(settings.instruments)
         self.hub = Hub(self.redis, settings.redis_prefix, self.instance,

@@ -4,7 +4,9 @@ Only HS256 (a shared secret) and RS256 (an RSA public key) are accepted, each wi
 own key: the algorithm named in a token's header picks the key, and the verification
 allows that one algorithm only, so ``alg: none`` and algorithm confusion (an RS256
 public key used as an HS256 secret) are refused. Expiry, issuer, audience and subject
-are required.
+are required. The subject is the user id every service stores and logs, so it is
+refused if it is longer than ``MAX_USER_ID`` or holds a character no database or log
+should see (brokercore.text).
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from dataclasses import dataclass
 
 import jwt
 
-__all__ = ["AuthError", "JwtConfig", "Principal", "TokenVerifier", "bearer_token", "mint_token"]
+from brokercore.text import bad_character
+
+__all__ = ["AuthError", "JwtConfig", "Principal", "TokenVerifier", "bearer_token", "mint_token",
+           "MAX_USER_ID"]
+
+MAX_USER_ID = 128
+"""Characters a token's subject (a user id) may have."""
 
 
 class AuthError(Exception):
@@ -87,7 +95,8 @@ class TokenVerifier:
             raise AuthError("INVALID_TOKEN", "the token's signature or claims are invalid") \
                 from None
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
+        if (not isinstance(subject, str) or not 0 < len(subject) <= MAX_USER_ID
+                or bad_character(subject) is not None):
             raise AuthError("INVALID_TOKEN", "the token's subject is not a user id")
         return Principal(subject, claims)
 

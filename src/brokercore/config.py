@@ -120,6 +120,9 @@ class ServiceSettings:
     dev_mode: bool = False
     rate_limit_burst: int = 20                  # orders a user may send at once ...
     rate_limit_per_second: float = 10.0         # ... and per second after that
+    read_rate_limit_burst: int = 60             # reads (query, notifications) at once ...
+    read_rate_limit_per_second: float = 30.0    # ... and per second after that
+    db_pool_timeout: float = 5.0                # seconds a request waits for a connection
     max_body_bytes: int = 16 * 1024
     fee_bps: str = "0"                          # brokerage in basis points of the value
     fee_fixed_paise: int = 0                    # plus this per order that trades
@@ -159,6 +162,12 @@ class ServiceSettings:
                                              d.rate_limit_burst)),
                 rate_limit_per_second=float(env.get("BROKERCORE_RATE_LIMIT_PER_SECOND",
                                                     d.rate_limit_per_second)),
+                read_rate_limit_burst=int(env.get("BROKERCORE_READ_RATE_LIMIT_BURST",
+                                                  d.read_rate_limit_burst)),
+                read_rate_limit_per_second=float(env.get(
+                    "BROKERCORE_READ_RATE_LIMIT_PER_SECOND", d.read_rate_limit_per_second)),
+                db_pool_timeout=float(env.get("BROKERCORE_DB_POOL_TIMEOUT",
+                                              d.db_pool_timeout)),
                 max_body_bytes=int(env.get("BROKERCORE_MAX_BODY_BYTES", d.max_body_bytes)),
                 fee_bps=env.get("BROKERCORE_FEE_BPS", d.fee_bps),
                 fee_fixed_paise=int(env.get("BROKERCORE_FEE_FIXED_PAISE", d.fee_fixed_paise)),

@@ -1,0 +1,153 @@
+"""The three HTTP services (OMS, query, notifications) in this process on the real
+Postgres, Redis and Kafka, with what they log kept, for the edge and fuzz tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import redis
+
+from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
+from brokercore.topics import ensure_topics
+from oms_support import BOOTSTRAP, OPEN_MARKET
+from services.notifier.app import create_app as notifications_app
+from services.oms.app import create_app as oms_app
+from services.query.app import create_app as query_app
+from services.ws.app import create_app as gateway_app
+
+SHARED_REDIS = "redis://127.0.0.1:16379/0"
+REPO = Path(__file__).resolve().parents[1]
+
+STORED = ("orders", "idempotency_keys", "outbox", "push_devices", "price_alerts",
+          "notification_preferences")
+"""The tables a request of a client can add rows to."""
+
+
+class PrivateServer:
+    """A Postgres or Redis of this test's own (scripts/postgres/postgres.sh or
+    scripts/redis/redis.sh on a free port and a fresh state folder), which the test may
+    stop and start; ``url`` is the application's URL of it."""
+
+    def __init__(self, kind: str):
+        assert kind in ("postgres", "redis")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        # /tmp, not pytest's tmp_path: the postgres OS user must reach the state folder.
+        self.state = Path(f"/tmp/brokercore-{kind}-{uuid.uuid4().hex[:12]}")
+        variable = "PG" if kind == "postgres" else "REDIS"
+        self.script = REPO / f"scripts/{kind}/{kind}.sh"
+        self.env = os.environ | {f"BROKERCORE_{variable}_PORT": str(port),
+                                 f"BROKERCORE_{variable}_STATE": str(self.state)}
+        self.url = self._run("url")
+
+    def _run(self, command: str) -> str:
+        done = subprocess.run([str(self.script), command], env=self.env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, f"{self.script.name} {command}:\n{done.stderr}"
+        return done.stdout.strip()
+
+    def start(self) -> None:
+        self._run("start")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+class LogRecords(logging.Handler):
+    """Every record at WARNING or above, and every record with a traceback, of any logger."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING or record.exc_info:
+            self.records.append(record)
+
+    def tracebacks(self) -> list[str]:
+        return [self.format(r) for r in self.records
+                if r.exc_info or r.levelno >= logging.ERROR]
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self._level = root.level
+        root.addHandler(self)
+        root.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc):
+        root = logging.getLogger()
+        root.removeHandler(self)
+        root.setLevel(self._level)
+
+
+class Services:
+    """The OMS, query, notification and gateway apps (lifespans run), an HTTP client on
+    each (``self.oms``, ``self.query``, ``self.notifications``, ``self.gateway``); the
+    OMS's clock is in market hours."""
+
+    def __init__(self, database: str, **overrides):
+        self.database = database
+        self.kafka = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
+        ensure_topics(self.kafka)
+        self.settings = ServiceSettings(database_url=database, jwt_hs256_secret=DEV_JWT_SECRET,
+                                        redis_prefix=self.kafka.topic_prefix, **overrides)
+        self.apps = {"oms": oms_app(self.settings, self.kafka),
+                     "query": query_app(self.settings),
+                     "notifications": notifications_app(self.settings),
+                     "gateway": gateway_app(self.settings)}
+        self._lifespans = []
+
+    async def __aenter__(self):
+        for name, app in self.apps.items():
+            lifespan = app.router.lifespan_context(app)
+            await lifespan.__aenter__()
+            self._lifespans.append(lifespan)
+            setattr(self, name, httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                base_url=f"http://{name}"))
+        self.apps["oms"].state.oms.entry.clock = lambda: OPEN_MARKET
+        return self
+
+    async def __aexit__(self, *exc):
+        for name in self.apps:
+            await getattr(self, name).aclose()
+        while self._lifespans:
+            await self._lifespans.pop().__aexit__(*exc)
+        if self.settings.redis_url == SHARED_REDIS:
+            client = redis.Redis.from_url(SHARED_REDIS)
+            for key in client.scan_iter(match=self.kafka.topic_prefix + "*", count=1000):
+                client.delete(key)
+            client.close()
+
+    def stored(self) -> dict[str, int]:
+        """Rows in each table a client's request can write to."""
+        with psycopg.connect(self.database) as conn:
+            counts = conn.execute("SELECT " + ", ".join(
+                f"(SELECT count(*) FROM {table})" for table in STORED)).fetchone()
+        return dict(zip(STORED, counts))
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    """The response is ``status`` with the JSON error shape (and ``code``); its error."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    error = response.json()["error"]
+    assert isinstance(error["code"], str) and isinstance(error["message"], str), error
+    assert set(error) <= {"code", "message", "fields"}, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
