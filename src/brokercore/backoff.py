@@ -80,8 +80,8 @@ class Backoff:
     def failed(self, error: BaseException | KafkaError | str) -> float:
         if not self.failures:
             self._since = time.monotonic()
-            self.log.warning("%s unavailable (%s); retrying every %.1f s to %.1f s",
-                             self.what, _one_line(error), self.base, self.cap)
+            self.log.warning("%s failed (%s); retrying, every %.1f s to %.1f s, until it "
+                             "is back", self.what, _one_line(error), self.base, self.cap)
         self.failures += 1
         return retry_delay(self.failures, self.base, self.cap)
 

@@ -4,7 +4,8 @@ Settlement and the projector both read ``events`` this way: each batch of messag
 handed to an ``Applier``, which writes it *and* the next offsets in one Postgres
 transaction (``claim_offsets`` and ``store_offsets`` do the offset half), so a batch
 counts entirely or not at all and a re-delivered message is skipped. Kafka's group
-offsets are never used. ``run_pg_consumer`` is the long-running loop around it.
+offsets are never used. ``run_pg_consumer`` is the long-running loop around it; it waits out a restart of
+Postgres or Kafka instead of dying.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import psycopg
-from psycopg import errors
 
+from brokercore.backoff import Backoff, transient, transient_kafka
 from brokercore.messages import EventBatch
 
 __all__ = ["Applier", "Message", "claim_offsets", "store_offsets", "stored_offsets",
@@ -93,9 +94,6 @@ def stored_offsets(conn: psycopg.Connection, consumer: str, topic: str) -> dict[
                              "WHERE consumer = %s AND topic = %s", (consumer, topic)).fetchall())
 
 
-_RETRIED = (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable)
-
-
 def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: str,
                     stop_event: threading.Event | None = None, *, max_messages: int = 1000,
                     max_wait: float = 0.05, log_every: float = 1.0,
@@ -105,58 +103,118 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
     idle consumer waits ``max_wait`` s at a time), until ``stop_event`` is set; returns
     the total stats.
 
-    A database or Kafka error is raised: nothing of the failed batch is stored, so a
-    restart resumes exactly where it stopped.
+    Postgres or Kafka going away (a restart, a lost connection, a deadlock) is waited
+    out with back-off (``brokercore.backoff``): the batch in hand is kept and applied
+    again on a new connection, which is safe because a batch and its offsets commit
+    together (messages already stored are skipped). Any other error is raised with
+    nothing of its batch stored, so a restart resumes exactly where it stopped.
     """
-    from confluent_kafka import (     # here: applying batches needs no Kafka client
-        OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition,
-    )
+    from confluent_kafka import Consumer   # here: applying batches needs no Kafka client
 
     say = say or log.info
     stop = stop_event or threading.Event()
     topic = applier.topic
     decoder = msgspec.msgpack.Decoder(EventBatch)
     totals = applier.new_stats()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"{applier.consumer}.{topic}",
-            "isolation.level": "read_committed", "enable.auto.commit": False,
-            "enable.auto.offset.store": False, "fetch.wait.max.ms": 10,
-            "auto.offset.reset": "error"})      # a stored offset that is gone: stop, loudly
-        try:
-            partitions = _partitions(consumer, topic, stop)
-            start = stored_offsets(conn, applier.consumer, topic)
-            consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING))
-                             for p in partitions])
-            say(f"{name}: {topic} partitions {partitions} from offsets "
-                f"{[start.get(p, 0) for p in partitions]}")
-            window, last = applier.new_stats(), time.monotonic()
-            while not stop.is_set():
-                batch = []
-                for message in _next_batch(consumer, max_messages, max_wait):
-                    if message.error():
-                        if message.error().code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(message.error())
-                    batch.append(Message(message.partition(), message.offset(),
-                                         decoder.decode(message.value()),
-                                         message.timestamp()[1]))
+    postgres = Backoff(f"{name}: Postgres", log)
+    kafka = Backoff(f"{name}: Kafka", log)
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"{applier.consumer}.{topic}",
+        "isolation.level": "read_committed", "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "fetch.wait.max.ms": 10,
+        "reconnect.backoff.max.ms": 1000,     # back within a second of the broker
+        "auto.offset.reset": "error"})        # a stored offset that is gone: stop, loudly
+    conn: psycopg.Connection | None = None
+    batch: list[Message] = []                 # read, not yet stored: kept through failures
+    assigned = False
+    window, last = applier.new_stats(), time.monotonic()
+    try:
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(database_url, autocommit=True, connect_timeout=5)
+                if not assigned:
+                    assigned = _assign(consumer, conn, applier, stop, say, name)
+                    continue
+                if not batch:
+                    batch = _read(consumer, decoder, max_messages, max_wait, kafka)
                 if batch:
-                    stats = _apply_retrying(applier, conn, batch)
+                    stats = applier.apply(conn, batch)
+                    batch = []
                     applier.committed(stats)
                     window += stats
-                if time.monotonic() - last >= log_every:
-                    seconds = time.monotonic() - last
-                    totals += window
-                    say(f"{name}: {window.events / seconds:,.0f} events/s; last "
-                        f"{seconds:.1f} s: {applier.describe(window)}; total "
-                        f"{totals.events} events")
-                    window, last = applier.new_stats(), time.monotonic()
-            totals += window
-        finally:
-            consumer.close()
+                postgres.recovered()
+            except Exception as e:
+                if not transient(e):
+                    raise
+                if isinstance(e, psycopg.Error):
+                    conn = _unless_broken(conn)
+                    postgres.wait(e, stop)
+                else:
+                    kafka.wait(e, stop)
+            if time.monotonic() - last >= log_every:
+                seconds = time.monotonic() - last
+                totals += window
+                say(f"{name}: {window.events / seconds:,.0f} events/s; last "
+                    f"{seconds:.1f} s: {applier.describe(window)}; total "
+                    f"{totals.events} events")
+                window, last = applier.new_stats(), time.monotonic()
+        totals += window
+    finally:
+        consumer.close()
+        if conn is not None:
+            conn.close()
     say(f"{name}: stopped; {applier.describe(totals)}")
     return totals
+
+
+def _assign(consumer, conn, applier: Applier, stop: threading.Event,
+            say: Callable[[str], None], name: str) -> bool:
+    """Assign the topic's partitions from the stored offsets; False if stopped first."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    topic = applier.topic
+    partitions = _partitions(consumer, topic, stop)
+    if not partitions:
+        return False
+    start = stored_offsets(conn, applier.consumer, topic)
+    consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING))
+                     for p in partitions])
+    say(f"{name}: {topic} partitions {partitions} from offsets "
+        f"{[start.get(p, 0) for p in partitions]}")
+    return True
+
+
+def _read(consumer, decoder, max_messages: int, max_wait: float,
+          kafka: Backoff) -> list[Message]:
+    """The next batch (``_next_batch``), decoded. A broker that is away shows as error
+    messages here while librdkafka reconnects by itself: they are noted (logged once per
+    outage) and passed over; any other error is raised."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    batch = []
+    for message in _next_batch(consumer, max_messages, max_wait):
+        error = message.error()
+        if error is None:
+            batch.append(Message(message.partition(), message.offset(),
+                                 decoder.decode(message.value()), message.timestamp()[1]))
+        elif error.code() == KafkaError._PARTITION_EOF:
+            continue
+        elif transient_kafka(error):
+            kafka.failed(error)
+        else:
+            raise KafkaException(error)
+    if batch:
+        kafka.recovered()
+    return batch
+
+
+def _unless_broken(conn: psycopg.Connection | None) -> psycopg.Connection | None:
+    """The connection, unless it is lost (then closed: the next attempt opens another)."""
+    if conn is not None and (conn.closed or conn.broken):
+        conn.close()
+        return None
+    return conn
 
 
 def _next_batch(consumer, max_messages: int, max_wait: float) -> list:
@@ -177,16 +235,3 @@ def _partitions(consumer, topic: str, stop: threading.Event) -> list[int]:
             return sorted(found.partitions)
         if stop.wait(0.5):
             return []
-
-
-def _apply_retrying(applier: Applier, conn, batch: list[Message], attempts: int = 5) -> Any:
-    """Apply a batch; a deadlock or serialization failure rolled it back, so try again."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return applier.apply(conn, batch)
-        except _RETRIED as e:
-            if attempt == attempts:
-                raise
-            log.warning("%s: batch rolled back (%s); retrying", applier.consumer, e)
-            time.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")
