@@ -51,14 +51,12 @@ class Oms(LimitedApi):
 
     async def published(self, user_id: str, receipt: OrderReceipt) -> OrderReceipt:
         """The user's cached reads invalidated (the order is committed), then the
-        receipt's command published now (briefly waiting for Kafka's ack); if that fails
-        the order is still stored, and the reconciler publishes it later."""
+        receipt's command handed to the publisher, a retry's still unpublished one
+        included; nothing waits for Kafka (while it is away the producer keeps the
+        command, and the publisher's sweep sends what it could not keep)."""
         await self.cache.invalidate([user_id])
         if receipt.outbox is not None:
-            try:
-                await self.publisher.publish([receipt.outbox])
-            except Exception:               # noqa: BLE001 - the outbox keeps it
-                log.exception("publishing outbox row %s failed", receipt.outbox.outbox_id)
+            self.publisher.submit([receipt.outbox])
         return receipt
 
 
@@ -106,10 +104,12 @@ def create_app(settings: ServiceSettings | None = None,
         await oms.open()
         app.state.oms = oms
         cleanup = asyncio.create_task(expire_keys(oms))
+        sweep = asyncio.create_task(oms.publisher.run())
         try:
             yield
         finally:
             cleanup.cancel()
+            sweep.cancel()
             await oms.close()
 
     return api_app([Route("/api/v1/orders", place_order, methods=["POST"]),
