@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from brokercore.backoff import Backoff, transient
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.market import Session, load_market
 from brokercore.notify import (
@@ -45,18 +46,31 @@ log = logging.getLogger("brokercore.reconciler")
 
 async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: float,
                     older_than: float, once: bool, stop: asyncio.Event) -> int:
-    """Runs the re-publishing rounds; returns how many rows it re-published in all."""
+    """Runs the re-publishing rounds; returns how many rows it re-published in all. A
+    round that Postgres or Kafka failed (a restart) is tried again with back-off (the
+    pool checks its connections, so a restart costs no more than that); any other
+    error, or any error of a single round (``once``), is raised."""
     total = 0
     sessions = market_sessions(settings)
-    async with AsyncConnectionPool(settings.database_url, min_size=1, max_size=2) as pool:
+    backoff = Backoff("reconciler", log)
+    async with AsyncConnectionPool(settings.database_url, min_size=1, max_size=2,
+                                   check=AsyncConnectionPool.check_connection) as pool:
         publisher = OutboxPublisher(pool, kafka.bootstrap)
         try:
             while True:
-                done = await publisher.publish_stale(timedelta(seconds=older_than))
-                total += len(done)
-                if done:
-                    log.info("re-published %d outbox rows: %s", len(done), done[:20])
-                await asyncio.to_thread(warn_broken_invariants, settings, sessions)
+                try:
+                    done = await publisher.publish_stale(timedelta(seconds=older_than))
+                    total += len(done)
+                    if done:
+                        log.info("re-published %d outbox rows: %s", len(done), done[:20])
+                    await asyncio.to_thread(warn_broken_invariants, settings, sessions)
+                except Exception as e:
+                    if once or not transient(e):
+                        raise
+                    if await backoff.pause(e, stop):
+                        return total
+                    continue
+                backoff.recovered()
                 if once:
                     return total
                 try:
