@@ -35,11 +35,12 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from brokercore.backoff import Backoff
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.market import load_market
 from brokercore.messages import EventBatch
 from brokercore.notify import (
-    DeadLetters, HttpPushProvider, Notifier, Push, notifier_group, retry_delay,
+    DeadLetters, HttpPushProvider, Notifier, Push, notifier_group,
 )
 from services.consumer import run_consumer
 
@@ -93,7 +94,8 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
     if provider is None:
         log.warning("no BROKERCORE_PUSH_URL: in-app notifications only")
     topic = kafka.events_topic
-    pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=4, open=False)
+    pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=4, open=False,
+                               check=AsyncConnectionPool.check_connection)
     redis = Redis.from_url(settings.redis_url)
     dead_letters = DeadLetters(kafka.bootstrap, kafka.notification_dead_letter_topic)
     notifier = Notifier(pool, redis, settings.redis_prefix, load_market(settings.instruments),
@@ -130,6 +132,8 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
     tasks: set[asyncio.Task] = set()
     failures: list[BaseException] = []
     handled, last_log = 0, time.monotonic()
+    stores = Backoff("notifier: Redis or Postgres", log)
+    broker = Backoff("notifier: Kafka", log)
 
     async def deliver(push: Push, entry: list[int] | None) -> None:
         await notifier.deliver(push)
@@ -142,22 +146,21 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
         task.add_done_callback(finished)
 
     async def handle(messages) -> list[list[Push]]:
-        """``notifier.handle``, tried again while Redis or Postgres fail (nothing is
-        committed meanwhile). An attempt that failed may have moved alerts: their fires,
-        kept in alert_fires, go out again first (at-least-once)."""
+        """``notifier.handle``, tried again with back-off while Redis or Postgres fail
+        (nothing is committed meanwhile). An attempt that failed may have moved alerts:
+        their fires, kept in alert_fires, go out again first (at-least-once)."""
         for attempt in itertools.count():
             try:
                 if attempt:
                     for push in await notifier.unsent_fires():
                         start(push, None)
-                return await notifier.handle(messages)
+                pushes = await notifier.handle(messages)
+                stores.recovered()
+                return pushes
             except (redis_errors.RedisError, psycopg.OperationalError) as e:
                 if stop.is_set():
                     raise
-                delay = retry_delay(attempt + 1, 0.1, 5.0)
-                log.warning("handling %d messages failed (%s); trying again in %.1f s",
-                            len(messages), e, delay)
-                await asyncio.sleep(delay)
+                await stores.pause(e)
         raise AssertionError("unreachable")
 
     def finished(task: asyncio.Task) -> None:
@@ -178,8 +181,9 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                 if message.error():
                     if message.error().fatal():
                         raise KafkaException(message.error())
-                    log.warning("consumer: %s", message.error())    # librdkafka retries
+                    broker.failed(message.error())      # librdkafka retries by itself
                     continue
+                broker.recovered()
                 try:
                     batch = decoder.decode(message.value())
                 except msgspec.DecodeError as e:
