@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from brokercore.alerts import Fire, TradePrice, apply_trades
+from brokercore.backoff import retry_delay    # re-exported: the push back-off
 from brokercore.market import MarketInstrument, format_paise
 from brokercore.messages import Event, encode
 from brokercore.pgconsumer import Message
@@ -257,12 +258,6 @@ class HttpPushProvider:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-def retry_delay(retry: int, base: float, cap: float) -> float:
-    """Seconds before retry number ``retry`` (1, 2, ...): base, 2·base, 4·base ..., at
-    most ``cap``."""
-    return min(cap, base * 2 ** min(retry - 1, 62))
 
 
 class PushDeadLetter(msgspec.Struct, rename="camel", frozen=True):
