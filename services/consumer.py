@@ -1,6 +1,8 @@
 """The life of a consumer process (settlement, projector, notifier): logging, settings,
 SIGTERM, exit codes. 0 after SIGTERM or Ctrl-C (the batch in hand finished), 2 for bad
-settings, 1 for a failure (nothing of the failed batch stored: a restart resumes)."""
+settings, 1 for a failure that does not pass by itself (nothing of the failed batch
+stored: a restart resumes). A restart of Postgres, Redis or Kafka is not such a failure:
+the consumers wait it out (brokercore.backoff)."""
 
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ push them through Redis, until SIGTERM.
 Settings are the BROKERCORE_* variables (brokercore.config): BROKERCORE_DATABASE_URL,
 BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX, BROKERCORE_INSTRUMENTS,
 BROKERCORE_REDIS_URL, BROKERCORE_REDIS_PREFIX. SIGTERM or Ctrl-C finishes the batch in
-hand and exits 0; any failure exits 1 with nothing of the failed batch stored, so a
-restart resumes from the offsets in Postgres. Redis being down stops nothing.
+hand and exits 0. A restart of Postgres or Kafka is waited out (brokercore.pgconsumer);
+any other failure exits 1 with nothing of the failed batch stored, so a restart resumes
+from the offsets in Postgres. Redis being down stops nothing.
 """
 
 from __future__ import annotations

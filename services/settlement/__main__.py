@@ -4,8 +4,10 @@ Settings are the BROKERCORE_* variables (brokercore.config): BROKERCORE_DATABASE
 BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX, BROKERCORE_INSTRUMENTS,
 BROKERCORE_FEE_BPS, BROKERCORE_FEE_FIXED_PAISE, and BROKERCORE_REDIS_URL /
 BROKERCORE_REDIS_PREFIX for the read caches it invalidates after each commit. SIGTERM or
-Ctrl-C finishes the batch in hand and exits 0; any failure exits 1 with nothing of the
-failed batch stored, so a restart resumes from the offsets in Postgres.
+Ctrl-C finishes the batch in hand and exits 0. A restart of Postgres or Kafka is waited
+out (brokercore.pgconsumer: back-off, the batch applied again); any other failure exits 1
+with nothing of the failed batch stored, so a restart resumes from the offsets in
+Postgres.
 """
 
 from __future__ import annotations
