@@ -319,16 +319,17 @@ INVARIANTS = (
 
 
 def check_invariants(conn: psycopg.Connection, sessions: Mapping[str, Session],
-                     now: datetime, late: timedelta = timedelta(minutes=2)) -> list[Finding]:
-    """The rows of Postgres that break an invariant (``INVARIANTS``). ``sessions`` (symbol
-    -> its trading session) says when a DAY order should have ended; an order may be
-    ``late`` past when it should have moved on before it is a finding."""
+                     now: datetime, late: timedelta = timedelta(minutes=2),
+                     invariants: Iterable[_Invariant] = INVARIANTS) -> list[Finding]:
+    """The rows of Postgres that break one of ``invariants`` (default: all). ``sessions``
+    (symbol -> its trading session) says when a DAY order should have ended; an order
+    may be ``late`` past when it should have moved on before it is a finding."""
     params = {"open": list(OPEN_STATUSES), "now": now, "late": late,
               "symbols": list(sessions),
               "zones": [s.timezone for s in sessions.values()],
               "closes": [s.close for s in sessions.values()]}
     findings = []
-    for invariant in INVARIANTS:
+    for invariant in invariants:
         for row in conn.execute(invariant.sql, params):
             account, order, detail = invariant.finding(*row)
             findings.append(Finding(invariant.kind, order, detail, account))
