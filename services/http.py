@@ -269,12 +269,15 @@ def field_error(error: msgspec.ValidationError, where_default: str = "body") -> 
 
 
 def decode_body(kind: type, body: bytes, what: str):
-    """The body as ``kind``: 400 if not JSON, 400 if a string or key in it holds a
-    refused character (checked before the types, so no message repeats one), 422
-    naming the field if it is not a valid ``kind``."""
+    """The body as ``kind``: 400 if not JSON (or nested deeper than the decoder goes),
+    400 if a string or key in it holds a refused character (checked before the types,
+    so no message repeats one), 422 naming the field if it is not a valid ``kind``."""
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except msgspec.ValidationError as e:            # a number beyond 64 bits or a double
+        raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid",
+                       [field_error(e)]) from None
+    except (msgspec.DecodeError, RecursionError):   # not JSON, or nested too deeply
         raise ApiError(400, "MALFORMED_JSON", "the body is not valid JSON") from None
     _check_strings(value)
     try:

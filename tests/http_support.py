@@ -110,6 +110,7 @@ class Services:
                      "notifications": notifications_app(self.settings),
                      "gateway": gateway_app(self.settings)}
         self._lifespans = []
+        self._counter: psycopg.Connection | None = None
 
     async def __aenter__(self):
         for name, app in self.apps.items():
@@ -123,6 +124,8 @@ class Services:
         return self
 
     async def __aexit__(self, *exc):
+        if self._counter is not None:
+            self._counter.close()
         for name in self.apps:
             await getattr(self, name).aclose()
         while self._lifespans:
@@ -135,9 +138,10 @@ class Services:
 
     def stored(self) -> dict[str, int]:
         """Rows in each table a client's request can write to."""
-        with psycopg.connect(self.database) as conn:
-            counts = conn.execute("SELECT " + ", ".join(
-                f"(SELECT count(*) FROM {table})" for table in STORED)).fetchone()
+        if self._counter is None or self._counter.closed:
+            self._counter = psycopg.connect(self.database, autocommit=True)
+        counts = self._counter.execute("SELECT " + ", ".join(
+            f"(SELECT count(*) FROM {table})" for table in STORED)).fetchone()
         return dict(zip(STORED, counts))
 
 

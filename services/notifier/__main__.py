@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from brokercore.backoff import Backoff
+from brokercore.backoff import QUIET_KAFKA, Backoff
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.market import load_market
 from brokercore.messages import EventBatch
@@ -104,6 +104,7 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                         concurrency=concurrency)
     pending = PendingOffsets()
     consumer = Consumer({
+        **QUIET_KAFKA,                      # a broker away: logged once per outage below
         "bootstrap.servers": kafka.bootstrap, "group.id": notifier_group(kafka.topic_prefix),
         "isolation.level": "read_committed", "enable.auto.commit": False,
         "auto.offset.reset": "earliest" if from_beginning else "latest",
