@@ -111,8 +111,18 @@ class PrivateKafka:
                     "BROKERCORE_KAFKA_STATE": str(self.state)}
         self.bootstrap = f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        _script("scripts/kafka/kafka.sh", "start", self.env)
+    def start(self, timeout: float = 300) -> None:
+        """Start it and wait until it answers: on two busy cores, a broker recovering
+        its logs after a kill -9 may take longer than the script waits."""
+        try:
+            _script("scripts/kafka/kafka.sh", "start", self.env)
+        except AssertionError:
+            deadline = time.monotonic() + timeout
+            while subprocess.run([str(REPO / "scripts/kafka/kafka.sh"), "status"],
+                                 env=os.environ | self.env, capture_output=True).returncode:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def stop(self) -> None:
         _script("scripts/kafka/kafka.sh", "stop", self.env)

@@ -20,7 +20,7 @@ import psycopg
 import redis
 from confluent_kafka import KafkaError, KafkaException
 
-__all__ = ["Backoff", "retry_delay", "transient", "transient_kafka"]
+__all__ = ["QUIET_KAFKA", "Backoff", "retry_delay", "transient", "transient_kafka"]
 
 # Local librdkafka errors of a broker that is away (its own retries continue meanwhile);
 # the broker's own retriable codes (coordinator moving, leader not available, ...) are
@@ -34,6 +34,11 @@ _KAFKA_AWAY = frozenset({
     KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
 })
+
+
+# librdkafka logs every failed reconnect (many lines a second while a broker is away);
+# the same errors reach the client's error_cb and are logged once per outage instead.
+QUIET_KAFKA = {"log_level": 2}
 
 
 def retry_delay(retry: int, base: float, cap: float) -> float:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Producer
 from psycopg_pool import AsyncConnectionPool
 
-from brokercore.backoff import Backoff, transient
+from brokercore.backoff import QUIET_KAFKA, Backoff, transient, transient_kafka
 
 __all__ = ["OutboxPublisher", "OutboxRow"]
 
@@ -50,6 +50,7 @@ class OutboxPublisher:
         self.bootstrap = bootstrap
         self.delivery_timeout = delivery_timeout
         self.sweep_after = sweep_after
+        self._broker = Backoff("outbox publisher: Kafka", log)
         self._producer = self._new_producer()
         self._fatal: KafkaError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -62,6 +63,7 @@ class OutboxPublisher:
 
     def _new_producer(self) -> Producer:
         return Producer({
+            **QUIET_KAFKA,
             "bootstrap.servers": self.bootstrap,
             "enable.idempotence": True,
             "linger.ms": 1,
@@ -71,8 +73,14 @@ class OutboxPublisher:
         })
 
     def _error(self, error: KafkaError) -> None:
+        """The producer's errors (its poll thread): a broker away is logged once per
+        outage; a fatal error makes the next ``submit`` build a new producer."""
         if error.fatal():
-            self._fatal = error                 # the next submit makes a new producer
+            self._fatal = error
+        elif transient_kafka(error):
+            self._broker.failed(error)
+        else:
+            log.warning("outbox producer: %s", error)
 
     def _poll(self) -> None:
         """Runs the producer's delivery callbacks (they hand the results to the loop)."""
@@ -175,6 +183,8 @@ class OutboxPublisher:
         return delivered
 
     def _delivered(self, outbox_id: int, error: KafkaError | None) -> None:
+        if error is None:
+            self._broker.recovered()
         for future in self._in_flight.pop(outbox_id, ()):
             if not future.done():
                 future.set_result(error)

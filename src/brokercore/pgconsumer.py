@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 import psycopg
 
-from brokercore.backoff import Backoff, transient, transient_kafka
+from brokercore.backoff import QUIET_KAFKA, Backoff, transient, transient_kafka
 from brokercore.messages import EventBatch
 
 __all__ = ["Applier", "Message", "claim_offsets", "store_offsets", "stored_offsets",
@@ -118,7 +118,8 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
     totals = applier.new_stats()
     postgres = Backoff(f"{name}: Postgres", log)
     kafka = Backoff(f"{name}: Kafka", log)
-    consumer = Consumer({
+    broker_errors: list = []                  # error_cb's, seen after each read
+    consumer = Consumer({**QUIET_KAFKA, "error_cb": broker_errors.append,
         "bootstrap.servers": bootstrap, "group.id": f"{applier.consumer}.{topic}",
         "isolation.level": "read_committed", "enable.auto.commit": False,
         "enable.auto.offset.store": False, "fetch.wait.max.ms": 10,
@@ -137,7 +138,8 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
                     assigned = _assign(consumer, conn, applier, stop, say, name)
                     continue
                 if not batch:
-                    batch = _read(consumer, decoder, max_messages, max_wait, kafka)
+                    batch = _read(consumer, decoder, max_messages, max_wait, kafka,
+                                  broker_errors)
                 if batch:
                     stats = applier.apply(conn, batch)
                     batch = []
@@ -185,25 +187,27 @@ def _assign(consumer, conn, applier: Applier, stop: threading.Event,
     return True
 
 
-def _read(consumer, decoder, max_messages: int, max_wait: float,
-          kafka: Backoff) -> list[Message]:
-    """The next batch (``_next_batch``), decoded. A broker that is away shows as error
-    messages here while librdkafka reconnects by itself: they are noted (logged once per
-    outage) and passed over; any other error is raised."""
+def _read(consumer, decoder, max_messages: int, max_wait: float, kafka: Backoff,
+          broker_errors: list) -> list[Message]:
+    """The next batch (``_next_batch``), decoded. A broker that is away shows as errors
+    (error messages, or ``broker_errors`` from the error callback) while librdkafka
+    reconnects by itself: they are noted (logged once per outage) and passed over; any
+    other error is raised."""
     from confluent_kafka import KafkaError, KafkaException
 
-    batch = []
+    batch, errors = [], []
     for message in _next_batch(consumer, max_messages, max_wait):
-        error = message.error()
-        if error is None:
+        if message.error() is None:
             batch.append(Message(message.partition(), message.offset(),
                                  decoder.decode(message.value()), message.timestamp()[1]))
-        elif error.code() == KafkaError._PARTITION_EOF:
-            continue
-        elif transient_kafka(error):
-            kafka.failed(error)
-        else:
+        elif message.error().code() != KafkaError._PARTITION_EOF:
+            errors.append(message.error())
+    errors += broker_errors
+    broker_errors.clear()
+    for error in errors:
+        if not transient_kafka(error):
             raise KafkaException(error)
+        kafka.failed(error)
     if batch:
         kafka.recovered()
     return batch
