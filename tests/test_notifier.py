@@ -678,8 +678,8 @@ def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push,
         with open(tmp_path / "notifier.log", "w") as log:
             process = notifier_process(replace(settings, redis_url=limited), kafka, log)
             try:
-                wait_for(lambda: "trying again" in (tmp_path / "notifier.log").read_text(),
-                         "a failed attempt", timeout=60)
+                wait_for(lambda: "Redis or Postgres failed" in (
+                    tmp_path / "notifier.log").read_text(), "a failed attempt", timeout=60)
                 assert committed(kafka, shard) < offset + 1
                 admin.acl_setuser(user, enabled=True, categories=["+@all"])
                 [(to, told)] = inbox.take(1)

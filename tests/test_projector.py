@@ -25,8 +25,8 @@ from brokercore.projector import ProjectorConsumer, run_projector
 from brokercore.records import EventType, Reason, Side, Stp, Tif
 from brokercore.settlement import event_time
 from brokercore.streams import (
-    BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, trades_channel,
-    user_channel,
+    BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, projected_key,
+    trades_channel, user_channel,
 )
 from kafka_support import new_settings, run_service_briefly, run_until_stored
 from test_settlement import (
@@ -424,6 +424,8 @@ def test_after_the_commit_updates_trades_and_books_are_pushed(conn, client, pref
     assert decode_message(client.get(md_key(prefix, SYMBOL))) == book
     assert {u: client.get(f"{prefix}cache:{u}:gen") for u in ("alice", "bob", "carol")} \
         == {"alice": b"1", "bob": b"1", "carol": None}
+    last = v.messages()[-1]                 # published up to it (the notifier waits for it)
+    assert client.hgetall(projected_key(prefix, "events")) == {b"0": b"%d" % (last.offset + 1)}
 
 
 def test_a_redis_failure_stops_nothing_and_is_made_good_after_the_next_batch(

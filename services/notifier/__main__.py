@@ -101,7 +101,7 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
     notifier = Notifier(pool, redis, settings.redis_prefix, load_market(settings.instruments),
                         provider, dead_letters, retry_base=settings.push_retry_base,
                         retry_cap=settings.push_retry_cap, attempts=settings.push_attempts,
-                        concurrency=concurrency)
+                        concurrency=concurrency, events_topic=topic)
     pending = PendingOffsets()
     consumer = Consumer({
         **QUIET_KAFKA,                      # a broker away: logged once per outage below
@@ -205,8 +205,9 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
             if time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
                 log.info("notifier: %d messages; %d published, %d pushed, %d dead-lettered, "
-                         "%d pushes in flight", handled, notifier.published, notifier.pushed,
-                         notifier.dead_lettered, len(tasks))
+                         "%d pushes in flight, %d batches told before the projector's "
+                         "updates", handled, notifier.published, notifier.pushed,
+                         notifier.dead_lettered, len(tasks), notifier.overtaken)
         if tasks:
             await asyncio.wait(list(tasks), timeout=grace)
     finally:

@@ -13,6 +13,13 @@ How, per user and kind (``notification_preferences``; no row = IN_APP):
 - PUSH: pushed to their devices; published too while they are online.
 - NONE: nothing.
 
+An order's notification follows its ORDER_UPDATE: the projector and the notifier read
+``events`` apart, so the notifier publishes a batch's in-app notifications once the
+projector has published the batch's updates (its offsets under
+``streams.projected_key``, which it sets after them), waiting at most
+``projector_wait`` seconds; a projector that is down or that far behind does not hold
+notifications up for longer, and while it stays where it was, batches do not wait again.
+
 Delivery is at-least-once: a notification's id is derived from what caused it
 (``{shard}:{shard_seq}:{order_id}``, ``alert:{alert_id}:{trade_id}``), so a client
 drops a second copy. A push is retried after base, 2·base, 4·base ... seconds (capped)
@@ -48,7 +55,9 @@ from brokercore.messages import Event, encode
 from brokercore.pgconsumer import Message
 from brokercore.records import EventType, Op, Reason
 from brokercore.settlement import event_time, trade_id
-from brokercore.streams import Notification, encode_message, online_key, user_channel
+from brokercore.streams import (
+    Notification, encode_message, online_key, projected_key, user_channel,
+)
 
 __all__ = ["Preferences", "KINDS", "DeviceRequest", "OrderOwner", "order_notifications",
            "alert_notification", "PushFailed", "PushProvider", "HttpPushProvider",
@@ -315,21 +324,30 @@ class Push:
     notification: Notification
 
 
+PROJECTOR_POLL = 0.002
+"""Seconds between two looks at the projector's offsets while waiting for them."""
+
+
 class Notifier:
     """Turns batches of ``events`` into notifications: publishes the in-app ones and
-    returns the pushes each message owes; ``deliver`` runs one push to its end."""
+    returns the pushes each message owes; ``deliver`` runs one push to its end. With
+    ``events_topic`` (the topic the messages come from), an order's notifications wait
+    for the projector's update of it (see the module's docstring); without, they don't."""
 
     def __init__(self, pool: AsyncConnectionPool, redis: Redis, prefix: str,
                  market: Mapping[str, MarketInstrument], provider: PushProvider | None,
                  dead_letters: DeadLetters, *, retry_base: float = 1.0,
-                 retry_cap: float = 60.0, attempts: int = 6, concurrency: int = 64):
+                 retry_cap: float = 60.0, attempts: int = 6, concurrency: int = 64,
+                 events_topic: str | None = None, projector_wait: float = 2.0):
         if attempts < 1:
             raise ValueError("a push needs at least one attempt")
         self.pool, self.redis, self.prefix, self.market = pool, redis, prefix, market
         self.provider, self.dead_letters = provider, dead_letters
         self.retry_base, self.retry_cap, self.attempts = retry_base, retry_cap, attempts
         self._slots = asyncio.Semaphore(concurrency)     # pushes in flight at once
-        self.published = self.pushed = self.dead_lettered = 0
+        self.events_topic, self.projector_wait = events_topic, projector_wait
+        self._stalled: dict[int, int] | None = None     # its offsets when a wait ran out
+        self.published = self.pushed = self.dead_lettered = self.overtaken = 0
 
     async def handle(self, messages: Sequence[Message]) -> list[list[Push]]:
         """Publish the batch's in-app notifications and move its alerts; returns, per
@@ -360,11 +378,41 @@ class Notifier:
                     (n.id, user, encode_message(n).decode(), *messages[index][:2])
                     for index, user, n in fires])
         items += fires
+        if items:
+            await self._after_projector(messages)
         owed: list[list[Push]] = [[] for _ in messages]
         for (index, _, _), pushes in zip(items, await self.route(
                 [(user, n) for _, user, n in items])):
             owed[index] += pushes
         return owed
+
+    async def _after_projector(self, messages: Sequence[tuple[int, int, object]]) -> None:
+        """Wait until the projector has published what it made of these messages (at
+        most ``projector_wait`` s; not at all if it is still where it was when a wait
+        last ran out)."""
+        if self.events_topic is None:
+            return
+        needed: dict[int, int] = {}
+        for partition, offset, _ in messages:
+            needed[partition] = max(needed.get(partition, 0), offset + 1)
+        key = projected_key(self.prefix, self.events_topic)
+        deadline = time.monotonic() + self.projector_wait
+        while True:
+            projected = {int(p): int(o) for p, o in (await self.redis.hgetall(key)).items()}
+            if all(projected.get(p, 0) >= o for p, o in needed.items()):
+                self._stalled = None
+                return
+            if projected == self._stalled:
+                self.overtaken += 1
+                return
+            if time.monotonic() >= deadline:
+                log.warning("the projector has not published events %s (it is at %s) after "
+                            "%.1f s: telling before it, and not waiting while it stays there",
+                            needed, projected, self.projector_wait)
+                self._stalled = projected
+                self.overtaken += 1
+                return
+            await asyncio.sleep(PROJECTOR_POLL)
 
     async def unsent_fires(self) -> list[Push]:
         """Publish again the alert fires a notifier that died left unconfirmed (in

@@ -24,8 +24,10 @@ from) become visible in the order they were drawn.
 
 After the commit, Redis: the caches of the users whose read model changed are
 invalidated, then each ORDER_UPDATE goes to its user's channel, each trade and the new
-book of each symbol that changed to the market data channels, and the book is stored
-under ``{prefix}md:{symbol}`` (the query service's fast path). Redis is an accelerator
+book of each symbol that changed to the market data channels, the book is stored
+under ``{prefix}md:{symbol}`` (the query service's fast path), and, last, the batch's
+next offsets under ``streams.projected_key`` (the notifier tells of an event only once
+they have passed it, so that a client gets an order's update before the notification). Redis is an accelerator
 here: an error is logged and the projector goes on; invalidations and book keys that
 failed are written again after the next batch.
 """
@@ -54,8 +56,8 @@ from brokercore.pgconsumer import Message, claim_offsets, run_pg_consumer, store
 from brokercore.records import EventType, Op, Reason, Side
 from brokercore.settlement import average_fill_price, event_time, trade_id
 from brokercore.streams import (
-    BookUpdate, OrderUpdate, TradeTick, book_channel, encode_message, md_key, rupees,
-    trades_channel, user_channel,
+    BookUpdate, OrderUpdate, TradeTick, book_channel, encode_message, md_key,
+    projected_key, rupees, trades_channel, user_channel,
 )
 
 __all__ = ["ProjectorConsumer", "ProjectorStats", "Push", "run_projector"]
@@ -74,6 +76,7 @@ class Push:
     updates: list[tuple[str, OrderUpdate]] = field(default_factory=list)
     ticks: list[TradeTick] = field(default_factory=list)
     books: dict[str, BookUpdate] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)          # partition -> next
 
 
 @dataclass
@@ -232,16 +235,20 @@ class ProjectorConsumer:
                 self._write(conn, batch)
                 stats.updates, stats.trades = len(batch.updates), len(batch.trades)
                 stats.push = batch.push
+            if offsets:
+                stats.push = stats.push or Push()
+                stats.push.offsets = offsets
             store_offsets(conn, self.consumer, self.topic, offsets)
         return stats
 
     def committed(self, stats: ProjectorStats) -> None:
-        """Invalidate the changed users' caches, then publish the batch's messages and
-        store the new books (one pipeline). Errors are logged, never raised."""
+        """Invalidate the changed users' caches, then publish the batch's messages, store
+        the new books and, last, the offsets projected (one pipeline). Errors are
+        logged, never raised."""
         push = stats.push or Push()
         self.invalidate(push.users)
         self.pending_books.update(push.books)
-        if not (push.updates or push.ticks or self.pending_books):
+        if not (push.updates or push.ticks or self.pending_books or push.offsets):
             return
         pipe = self.redis.pipeline(transaction=False)
         for user, update in push.updates:
@@ -252,6 +259,8 @@ class ProjectorConsumer:
             pipe.publish(book_channel(self.prefix, symbol), encode_message(book))
         for symbol, book in self.pending_books.items():
             pipe.set(md_key(self.prefix, symbol), encode_message(book))
+        if push.offsets:
+            pipe.hset(projected_key(self.prefix, self.topic), mapping=push.offsets)
         try:
             pipe.execute()
         except redis.RedisError as e:

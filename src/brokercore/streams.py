@@ -9,6 +9,10 @@ messages on them (msgspec Structs, camelCase, tagged by ``type``).
 - ``md:{symbol}`` (a key): the newest BOOK message of a symbol, kept by the projector.
 - ``ws:online:{userId}``: a sorted set of gateway instance ids, scored by when their
   registration lapses (epoch seconds); the notifier pushes to a user none holds.
+- ``projected:{topic}`` (a hash): partition -> the offset of ``events`` up to which the
+  projector has published its messages, set in the same pipeline right after them. Redis
+  runs one connection's commands in order, so whoever reads an offset there publishes
+  after those messages: the notifier waits for it to tell of a fill after its update.
 
 Prices and money are decimal strings of rupees ("2847.00"), quantities are shares,
 times ISO 8601 UTC. Every key and channel name starts with the deployment's prefix.
@@ -21,7 +25,8 @@ from decimal import Decimal
 import msgspec
 
 __all__ = ["OrderUpdate", "Notification", "TradeTick", "Level", "BookUpdate", "Candle",
-           "user_channel", "trades_channel", "book_channel", "md_key", "online_key", "rupees",
+           "user_channel", "trades_channel", "book_channel", "md_key", "online_key",
+           "projected_key", "rupees",
            "encode_message", "decode_message"]
 
 
@@ -111,6 +116,12 @@ def md_key(prefix: str, symbol: str) -> str:
 
 def online_key(prefix: str, user_id: str) -> str:
     return f"{prefix}ws:online:{user_id}"
+
+
+def projected_key(prefix: str, topic: str) -> str:
+    """partition -> the next offset of ``topic`` whose messages the projector has
+    published (a hash)."""
+    return f"{prefix}projected:{topic}"
 
 
 _CENT, _BASIS_POINT = Decimal("0.01"), Decimal("0.0001")
