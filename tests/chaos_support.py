@@ -13,6 +13,7 @@ import asyncio
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from brokercore.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
+from brokercore.funding import open_account
 from brokercore.market import load_market
 from brokercore.notify import notifier_group
 from brokercore.topics import partition_of
@@ -56,11 +58,17 @@ def free_ports(count: int = 1) -> int:
     raise RuntimeError("no free ports")
 
 
+NOISE = re.compile(r"\|FAIL\|.*Connection refused")
+"""librdkafka's connection refusals while a broker is down: they say nothing of recovery."""
+
+
 def tail(path: Path, lines: int = 12) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace")
     except FileNotFoundError:
         return "(no log)"
+    return "\n".join([line[:300] for line in text.splitlines()
+                      if not NOISE.search(line)][-lines:])
 
 
 def alive(pid: int | None) -> bool:
@@ -88,7 +96,8 @@ class Servers:
             "BROKERCORE_REDIS_PORT": str(self.redis_port),
             "BROKERCORE_REDIS_STATE": str(root / "redis"),
             "BROKERCORE_KAFKA_PORT": str(self.kafka_port),
-            "BROKERCORE_KAFKA_STATE": str(root / "kafka")}
+            "BROKERCORE_KAFKA_STATE": str(root / "kafka"),
+            "BROKERCORE_KAFKA_START_WAIT": "180"}   # a killed node waits out its registration
         self.bootstrap = f"127.0.0.1:{self.kafka_port}"
 
     def script(self, server: str, command: str, timeout: float = 300) -> str:
@@ -103,6 +112,14 @@ class Servers:
             self.script(server, "start")
         self.database_url = self.script("postgres", "url")
         self.redis_url = self.script("redis", "url")
+
+    def keep_logs(self, folder: Path) -> None:
+        """Copy the servers' own logs into ``folder`` (their state is removed)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for log in ("kafka/logs/server.log", "kafka/logs/stdout.log", "pg/postgres.log",
+                    "redis/redis.log"):
+            if (self.root / log).exists():
+                shutil.copy(self.root / log, folder / log.replace("/", "-"))
 
     def stop(self) -> None:
         for server in ("kafka", "redis", "postgres"):
@@ -121,21 +138,17 @@ class Servers:
             pg_ctl = ["runuser", "-u", "postgres", "--", *pg_ctl]
         subprocess.run(pg_ctl, check=True, capture_output=True, timeout=120)
 
-    def _kill9(self, pidfile: Path) -> None:
-        pid = int(pidfile.read_text())
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
     def restart_redis(self) -> None:
         """kill -9 and start again: Redis keeps nothing, so every key is gone."""
-        self._kill9(self.root / "redis" / "redis.pid")
+        pid = int((self.root / "redis" / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while alive(pid):
+            time.sleep(0.05)
         self.script("redis", "start")
 
     def restart_kafka(self, down_for: float) -> None:
         """kill -9 the broker, leave it down ``down_for`` seconds, start it again."""
-        self._kill9(self.root / "kafka" / "kafka.pid")
+        self.script("kafka", "kill")
         time.sleep(down_for)
         self.script("kafka", "start")
 
@@ -234,9 +247,10 @@ class Platform:
             "BROKERCORE_DATABASE_URL": servers.database_url,
             "BROKERCORE_REDIS_URL": servers.redis_url,
             "BROKERCORE_KAFKA_BOOTSTRAP": servers.bootstrap,
-            "BROKERCORE_INSTRUMENTS": str(open_now_instruments(root / "instruments.toml"))}
-        self.env.pop("BROKERCORE_TOPIC_PREFIX", None)
-        self.env.pop("BROKERCORE_REDIS_PREFIX", None)
+            "BROKERCORE_CALENDAR": "always-open"}          # as `make up`: trades at any hour
+        for name in ("BROKERCORE_TOPIC_PREFIX", "BROKERCORE_REDIS_PREFIX",
+                     "BROKERCORE_INSTRUMENTS"):
+            self.env.pop(name, None)
         self.users = [f"chaos{i:02d}" for i in range(users)]
         self.symbols = self._symbols()
         py = sys.executable
@@ -272,7 +286,7 @@ class Platform:
     def _symbols(self) -> list[Symbol]:
         """Two symbols of each shard, traded around the middle of their price band."""
         chosen, per_shard = [], Counter()
-        for i in load_market(self.env["BROKERCORE_INSTRUMENTS"]).values():
+        for i in load_market(REPO / "config/instruments.toml").values():
             shard = partition_of(i.symbol, self.shards)
             if per_shard[shard] < 2:
                 per_shard[shard] += 1
@@ -321,34 +335,16 @@ class Platform:
         return psycopg.connect(self.servers.database_url, connect_timeout=5)
 
 
-def open_now_instruments(path: Path) -> Path:
-    """config/instruments.toml with a session open now, every day (01:00 to 23:00 in an
-    Etc/GMT zone where it is about noon now), as tests/test_platform.py does."""
-    from test_platform import open_now_instruments as make
-    cwd = os.getcwd()
-    os.chdir(REPO)          # it reads config/instruments.toml relative to the repository
-    try:
-        return make(path)
-    finally:
-        os.chdir(cwd)
-
-
 # Each account's starting cash and shares: far more than the load can ever use.
 CASH = 10 ** 12             # paise
 SHARES = 1_000_000
 
 
 def fund_accounts(url: str, users: list[str], symbols: list[str]) -> None:
-    """Accounts with cash and shares, in the ledger and the read model (as brokercore.demo)."""
+    """Accounts with cash and shares, through the funding journal (brokercore.funding)."""
     with psycopg.connect(url) as conn:
         for user in users:
-            account = conn.execute("INSERT INTO accounts (user_id, cash) VALUES (%s, %s) "
-                                   "RETURNING account_id", (user, CASH)).fetchone()[0]
-            for symbol in symbols:
-                conn.execute("INSERT INTO positions (account_id, symbol, quantity) "
-                             "VALUES (%s, %s, %s)", (account, symbol, SHARES))
-                conn.execute("INSERT INTO read_model.positions (user_id, symbol, quantity) "
-                             "VALUES (%s, %s, %s)", (user, symbol, SHARES))
+            open_account(conn, user, cash=CASH, shares={symbol: SHARES for symbol in symbols})
 
 
 # --- the load --------------------------------------------------------------------------------
@@ -651,11 +647,19 @@ def http_problems(platform: Platform) -> list[str]:
     return found
 
 
-def log_errors(path: Path, since: int, limit: int = 6) -> list[str]:
-    """Error lines written to a log after byte ``since`` (for the report)."""
+def log_errors(path: Path, since: int, limit: int = 8) -> list[str]:
+    """The distinct error lines written to a log after byte ``since``, for the report
+    (numbers masked to tell them apart; NOISE left out)."""
     with open(path, "rb") as log:
         log.seek(since)
         text = log.read().decode(errors="replace")
-    lines = [line for line in text.splitlines()
-             if re.search(r"Error|Exception|Traceback|lost|fenced|failed|FATAL", line)]
+    seen, lines = set(), []
+    for line in text.splitlines():
+        if (not re.search(r"Error|Exception|Traceback|lost|fenced|failed|FATAL|CRITICAL", line)
+                or NOISE.search(line)):
+            continue
+        shape = re.sub(r"\d+", "#", line)
+        if shape not in seen:
+            seen.add(shape)
+            lines.append(line[:300])
     return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])

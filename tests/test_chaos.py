@@ -57,6 +57,7 @@ ONLY = [name.strip() for name in os.environ.get("BROKERCORE_CHAOS_ONLY", "").spl
 class Outcome:
     """What one fault did, for the summary and the verdict."""
     fault: str
+    lasted: float = 0.0                     # s from injecting the fault to its end
     accepted_during: int = 0
     recovered_after: float | None = None    # s from the fault's end to all settled
     answers_5xx: int = 0
@@ -65,22 +66,24 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def platform():
+def platform(request):
     root = Path(tempfile.mkdtemp(prefix="brokercore-chaos-"))
     servers = Servers(root)
     running = None
-    failed = True
+    failed, failures_before = True, request.session.testsfailed
     try:
         servers.start()
         running = Platform(servers, root, CLIENTS)
         running.prepare()
         running.start_problems = running.start()
         yield running
-        failed = False
+        failed = request.session.testsfailed > failures_before
     finally:
         if running is not None:
             running.stop()
         servers.stop()
+        if failed:
+            servers.keep_logs(root / "logs" / "servers")
         for state in ("pg", "redis", "kafka"):
             shutil.rmtree(root / state, ignore_errors=True)
         if failed or os.environ.get("BROKERCORE_CHAOS_KEEP_LOGS"):
@@ -142,6 +145,7 @@ def run_fault(platform: Platform, load: Load, name: str, inject, killed: str | N
     except Exception as e:              # noqa: BLE001 - a fault that did not go as planned
         outcome.problems.append(f"injecting the fault failed: {e!r}")
     over = time.monotonic()
+    outcome.lasted = over - start
     # Recovery: everything accepted until the fault was over is settled.
     before = list(load.accepted(before=over))
     waited = wait_settled(platform, before, None, over + BOUND)
@@ -159,7 +163,7 @@ def run_fault(platform: Platform, load: Load, name: str, inject, killed: str | N
     outcome.answers_5xx = load.count(start, time.monotonic(), is_5xx)
     outcome.answers_503 = load.count(start, time.monotonic(), lambda k: k == "503")
     if outcome.answers_5xx > outcome.answers_503:
-        kinds = Counter(k for t, k in load.answers if start <= t and is_5xx(k) and k != "503")
+        kinds = Counter(k for t, k in list(load.answers) if start <= t and is_5xx(k) and k != "503")
         outcome.problems.append(f"answers other than 503 while a dependency was down: "
                                 f"{dict(kinds)}")
     if outcome.problems:
@@ -168,6 +172,7 @@ def run_fault(platform: Platform, load: Load, name: str, inject, killed: str | N
             if errors:
                 outcome.problems.append(f"{service_name} log:\n    " + "\n    ".join(errors))
         repair(platform, outcome)
+        wait_settled(platform, list(load.accepted()), None, time.monotonic() + BOUND)
     return outcome
 
 
@@ -335,7 +340,11 @@ def _retrying(read, deadline: float):
 
 
 def summary_line(o: Outcome) -> str:
-    recovered = "not settled" if o.recovered_after is None else f"{o.recovered_after:5.1f} s"
     verdict = "ok" if not o.problems else f"FAILED ({len(o.problems)} problem(s))"
-    return (f"chaos: {o.fault:<34} accepted during {o.accepted_during:4d}, settled "
-            f"{recovered} after, 5xx {o.answers_5xx:4d} (503 {o.answers_503:4d}): {verdict}")
+    if not o.lasted:
+        return f"chaos: {o.fault:<34} {verdict}"
+    settled = (f"NOT settled in {BOUND:.0f} s" if o.recovered_after is None
+               else f"settled {o.recovered_after:5.1f} s after")
+    return (f"chaos: {o.fault:<34} lasted {o.lasted:5.1f} s, accepted during "
+            f"{o.accepted_during:4d}, {settled}, 5xx {o.answers_5xx:4d} "
+            f"(503 {o.answers_503:4d}): {verdict}")
