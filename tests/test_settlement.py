@@ -36,6 +36,7 @@ from brokercore.risk import (
     AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
 )
 from brokercore.pgconsumer import Message
+from brokercore.reconcile import check_invariants
 from brokercore.settlement import SettlementConsumer, run_settlement
 from kafka_support import run_service_briefly, run_until_stored
 
@@ -496,6 +497,8 @@ def test_money_and_shares_are_conserved_over_random_days(conn, actions, data):
         assert one(conn, "SELECT count(*) FROM orders o WHERE filled_quantity <> "
                    "(SELECT coalesce(sum(quantity), 0) FROM fills f "
                    "WHERE f.order_id = o.order_id)")[0] == 0
+        assert check_invariants(conn, {INST.symbol: SESSION}, NOW) == [], \
+            "the reconciler finds nothing wrong"
 
 
 def check_holds(conn) -> None:

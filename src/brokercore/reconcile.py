@@ -50,7 +50,7 @@ from brokercore.pgconsumer import stored_offsets
 from brokercore.settlement import trade_id
 
 __all__ = ["Finding", "Expected", "expected_state", "find_discrepancies", "settled_events",
-           "check_invariants", "INVARIANTS"]
+           "check_invariants", "Invariant", "INVARIANTS"]
 
 _ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED"}
 
@@ -171,7 +171,7 @@ def settled_events(conn: psycopg.Connection, bootstrap: str, topic: str,
 # --- Postgres against its own invariants ------------------------------------------------
 
 @dataclass(frozen=True)
-class _Invariant:
+class Invariant:
     """One kind of finding: a query for the rows that break it (parameters: ``open``,
     ``now``, ``late`` and the sessions as ``symbols``, ``zones``, ``closes``), and the
     finding of one row."""
@@ -187,22 +187,22 @@ def _shares(row_quantity: int, shares_in: int, shares_out: int, bought: int, sol
 
 
 INVARIANTS = (
-    _Invariant(
+    Invariant(
         "NEGATIVE_HOLDING",
         "SELECT p.account_id, p.symbol, p.quantity FROM positions p "
         "JOIN accounts a USING (account_id) WHERE p.quantity < 0 AND NOT a.allow_short "
         "ORDER BY 1, 2",
         lambda a, s, q: (a, None, f"{s} quantity {q} (short selling off)")),
-    _Invariant(
+    Invariant(
         "NEGATIVE_CASH",
         "SELECT account_id, cash FROM accounts WHERE cash < 0 ORDER BY 1",
         lambda a, c: (a, None, f"cash {c} paise")),
-    _Invariant(
+    Invariant(
         "BLOCKED_CASH_ABOVE_CASH",
         "SELECT account_id, blocked_cash, cash FROM accounts WHERE blocked_cash > cash "
         "ORDER BY 1",
         lambda a, b, c: (a, None, f"blocked cash {b} paise above cash {c} paise")),
-    _Invariant(
+    Invariant(
         "BLOCKED_SHARES_ABOVE_HELD",
         "SELECT p.account_id, p.symbol, p.blocked_quantity, p.quantity FROM positions p "
         "JOIN accounts a USING (account_id) "
@@ -210,7 +210,7 @@ INVARIANTS = (
         "AND NOT a.allow_short ORDER BY 1, 2",
         lambda a, s, b, q: (a, None, f"{s} blocked {b} shares above {q} held "
                                      f"(short selling off)")),
-    _Invariant(
+    Invariant(
         "BLOCKED_CASH_MISMATCH",
         "SELECT a.account_id, a.blocked_cash, coalesce(o.held, 0), coalesce(o.orders, 0) "
         "FROM accounts a LEFT JOIN ("
@@ -220,7 +220,7 @@ INVARIANTS = (
         "WHERE a.blocked_cash <> coalesce(o.held, 0) ORDER BY 1",
         lambda a, b, h, n: (a, None, f"blocked cash {b} paise, its {n} open orders "
                                      f"hold {h} paise")),
-    _Invariant(
+    Invariant(
         "BLOCKED_SHARES_MISMATCH",
         "SELECT account_id, symbol, coalesce(p.blocked_quantity, 0), coalesce(o.held, 0), "
         "coalesce(o.orders, 0) FROM positions p FULL JOIN ("
@@ -230,13 +230,13 @@ INVARIANTS = (
         "WHERE coalesce(p.blocked_quantity, 0) <> coalesce(o.held, 0) ORDER BY 1, 2",
         lambda a, s, b, h, n: (a, None, f"{s} blocked {b} shares, its {n} open sell "
                                         f"orders hold {h} shares")),
-    _Invariant(
+    Invariant(
         "HOLD_AFTER_END",
         "SELECT account_id, order_id, status, blocked_cash, blocked_shares FROM orders "
         "WHERE status <> ALL(%(open)s) AND (blocked_cash <> 0 OR blocked_shares <> 0) "
         "ORDER BY 2",
         lambda a, o, s, c, q: (a, o, f"{s}, still holds {c} paise and {q} shares")),
-    _Invariant(
+    Invariant(
         "FILLS_MISMATCH",
         "SELECT coalesce(o.account_id, f.account_id), order_id, o.filled_quantity, "
         "coalesce(f.quantity, 0), coalesce(f.fills, 0) "
@@ -247,7 +247,7 @@ INVARIANTS = (
         lambda a, o, filled, q, n: (
             a, o, f"filled quantity {filled}, its {n} fills sum to {q}" if filled is not None
             else f"{n} fills of {q} shares of an order not in orders")),
-    _Invariant(
+    Invariant(
         "POSITION_NOT_CONSERVED",
         "WITH moves AS ("
         "  SELECT account_id, symbol,"
@@ -271,7 +271,7 @@ INVARIANTS = (
         "WHERE coalesce(p.quantity, 0) "
         "  <> coalesce(e.shares_in - e.shares_out + e.bought - e.sold, 0) ORDER BY 1, 2",
         lambda a, s, *numbers: (a, None, f"{s} {_shares(*numbers)}")),
-    _Invariant(
+    Invariant(
         "CASH_NOT_CONSERVED",
         "WITH moves AS ("
         "  SELECT account_id,"
@@ -298,12 +298,12 @@ INVARIANTS = (
         lambda a, cash, d, w, b, s, f: (
             a, None, f"cash {cash} paise, expected {d - w - b + s - f} = {d} deposited - "
                      f"{w} withdrawn - {b} bought + {s} sold - {f} fees")),
-    _Invariant(
+    Invariant(
         "STUCK_PENDING",
         "SELECT account_id, order_id, created_at FROM orders "
         "WHERE status = 'PENDING' AND created_at < %(now)s - %(late)s ORDER BY 2",
         lambda a, o, at: (a, o, f"PENDING since {at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")),
-    _Invariant(
+    Invariant(
         "DAY_ORDER_PAST_CLOSE",
         "SELECT o.account_id, o.order_id, o.status, o.symbol, o.trade_date, "
         "(o.trade_date + s.close) AT TIME ZONE s.zone "
@@ -320,7 +320,7 @@ INVARIANTS = (
 
 def check_invariants(conn: psycopg.Connection, sessions: Mapping[str, Session],
                      now: datetime, late: timedelta = timedelta(minutes=2),
-                     invariants: Iterable[_Invariant] = INVARIANTS) -> list[Finding]:
+                     invariants: Iterable[Invariant] = INVARIANTS) -> list[Finding]:
     """The rows of Postgres that break one of ``invariants`` (default: all). ``sessions``
     (symbol -> its trading session) says when a DAY order should have ended; an order
     may be ``late`` past when it should have moved on before it is a finding."""
