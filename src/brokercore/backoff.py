@@ -92,7 +92,7 @@ class Backoff:
 
     def recovered(self) -> None:
         if self.failures:
-            self.log.warning("%s back after %.1f s (%d failed attempts)", self.what,
+            self.log.warning("%s back after %.1f s (%d failures)", self.what,
                              time.monotonic() - self._since, self.failures)
             self.failures = 0
 
