@@ -333,7 +333,9 @@ def main() -> None:
         seed(url, args.users, args.orders)
         env = dict(BROKERCORE_DATABASE_URL=url, BROKERCORE_REDIS_URL=REDIS,
                    BROKERCORE_REDIS_PREFIX=prefix, BROKERCORE_DEV_MODE="1",
-                   BROKERCORE_WS_QUEUE_SIZE="10000")
+                   BROKERCORE_WS_QUEUE_SIZE="10000",   # reads are measured, not limited:
+                   BROKERCORE_READ_RATE_LIMIT_BURST="1000000",
+                   BROKERCORE_READ_RATE_LIMIT_PER_SECOND="1000000")
         query, query_port = start_uvicorn("services.query.app:app", env, query_log)
         gateway, ws_port = start_uvicorn("services.ws.app:app", env, ws_log)
         jwt = JwtConfig("brokercore-dev", "brokercore", hs256_secret=DEV_JWT_SECRET)

@@ -45,7 +45,6 @@ REDIS_TIMEOUT = 1.0
 """Seconds a Redis connect or command of an API may take before it counts as away."""
 
 
-
 class _Throttled:
     """A warning logged at most once every ``every`` seconds, with how many were held
     back meanwhile: an outage under load is a few lines, not one per request."""

@@ -73,6 +73,10 @@ texts = st.one_of(
     st.sampled_from([129, 600, 3_000, 20_000]).map(lambda n: "A" * n),
 )
 printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=60)
+instants = st.sampled_from(["2026-11-25T06:00:00Z", "0001-01-01T00:00:00+01:00",
+                            "9999-12-31T23:59:59-14:00", "1969-12-31T23:59:59Z", "2026-02-30",
+                            "99999-01-01T00:00:00Z", "1m", "1d", "OPEN,FILLED", "0", "-1",
+                            "1000001", "9" * 30])
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.integers(min_value=10**18)
     | st.floats() | texts,
@@ -106,8 +110,8 @@ def paths(draw) -> tuple[str, str, str]:
         path += draw(st.sampled_from(["", "", "", "", "/", "/x", "%00"]))
     if draw(st.integers(0, 5)) == 0:
         method = draw(st.sampled_from(METHODS))
-    pairs = draw(st.lists(st.tuples(st.sampled_from(QUERY_NAMES) | texts, texts | printable),
-                          max_size=3))
+    pairs = draw(st.lists(st.tuples(st.sampled_from(QUERY_NAMES) | texts,
+                                    instants | texts | printable), max_size=3))
     if pairs:
         path += "?" + "&".join(f"{encoded(k)}={encoded(v)}" for k, v in pairs)
     return service, method, path

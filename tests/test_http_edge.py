@@ -140,6 +140,19 @@ def test_other_unicode_is_ordinary_text(database):
     assert_error(market, 404, "UNKNOWN_SYMBOL")
 
 
+@pytest.mark.parametrize("path", [
+    "/api/v1/marketdata/RELIANCE/candles?to=0001-01-01T00:00:00%2B01:00",
+    "/api/v1/marketdata/RELIANCE/candles?from=9999-12-31T23:59:59-14:00",
+    "/api/v1/orders?from=0001-01-01T00:00:00Z",
+    "/api/v1/orders/1/history?at=9999-12-31T23:59:59Z",
+])
+def test_an_instant_no_date_arithmetic_can_hold_is_refused(database, path):
+    async def scenario(services, logs):
+        return await send(services, "query", "GET", path)
+    error = assert_error(on_services(database, scenario), 422, "INVALID_REQUEST")
+    assert error["fields"][0]["field"] in ("from", "to", "at")
+
+
 # --- every answer in the JSON shape -------------------------------------------------------
 
 @pytest.mark.parametrize("service, method, path, status, code", [

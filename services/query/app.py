@@ -50,6 +50,10 @@ MAX_CANDLES = 1440
 CANDLE_WINDOW = timedelta(hours=24)
 """The window of a candles request without ``from``: the day before ``to`` (or now)."""
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+"""The instants a query may name (a day before 0001-01-01 is no date Python can hold)."""
+
 _CHOICES = {"status": queries.ORDER_STATUSES, "interval": tuple(INTERVALS)}
 
 
@@ -141,7 +145,7 @@ def _params(request: Request, kind: type | None = None) -> dict[str, str]:
 
 def _convert(params: dict, kind: type):
     try:
-        return msgspec.convert(params, kind, strict=False)
+        query = msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as e:
         error = field_error(e, "query")
         field, message = error.field, error.message
@@ -149,6 +153,12 @@ def _convert(params: dict, kind: type):
         if choices and message.startswith("Invalid enum value"):
             message += f" (expected one of {', '.join(choices)})"
         raise _invalid(field, message) from None
+    for field in msgspec.structs.fields(kind):
+        instant = getattr(query, field.name)
+        if isinstance(instant, datetime) and not EARLIEST <= instant <= LATEST:
+            raise _invalid(field.encode_name, f"must be between {EARLIEST.isoformat()} and "
+                                              f"{LATEST.isoformat()}")
+    return query
 
 
 def _ordered(start: datetime | None, end: datetime | None) -> None:
