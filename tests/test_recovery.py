@@ -29,11 +29,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import Producer
 from psycopg.conninfo import make_conninfo
 from kafka_support import Daemon
 from oms_support import Api, auth, run
 
 from brokercore.api import PlaceOrderRequest
+from brokercore.messages import EventBatch, encode
 from brokercore.migrations import apply_migrations
 from brokercore.topics import partition_of
 
@@ -395,3 +397,25 @@ def test_a_retry_of_an_order_committed_but_not_published_publishes_it(servers, d
             return receipt.order_id
     order = run(scenario)
     assert [c.order_id for c in api.commands()] == [order]
+
+
+def test_an_error_that_does_not_pass_by_itself_still_stops_settlement_loudly(
+        servers, database, tmp_path):
+    """Waiting out outages must not swallow real errors: a schema error (here the offsets
+    table renamed away under a running settlement) stops it with exit code 1."""
+    _, kafka = servers
+    api = Api(database, kafka.bootstrap)
+    settlement = Service("services.settlement", api, tmp_path / "settlement.log")
+    try:
+        settlement.wait_for("from offsets")
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE consumer_offsets RENAME TO consumer_offsets_gone")
+        producer = Producer({"bootstrap.servers": kafka.bootstrap})
+        producer.produce(api.kafka.events_topic, encode(EventBatch(0, [])),
+                         partition=0)
+        assert producer.flush(30) == 0
+        assert settlement.process.wait(60) == 1, settlement.text()[-3000:]
+        assert "UndefinedTable" in settlement.text() and "settlement failed" in \
+            settlement.text()
+    finally:
+        settlement.close()
