@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from oms_support import auth
 
@@ -108,6 +109,27 @@ class PrivateStack:
             self.stack("down", timeout=300)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def stack():
+    """A private stack's folders and ports, taken down and removed at the end."""
+    stack = PrivateStack()
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="module")
+def stack_up():
+    """A private stack brought up from nothing once for the module's tests."""
+    stack = PrivateStack()
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.close()
 
 
 def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]:

@@ -13,22 +13,11 @@ import os
 import signal
 import socket
 
-import pytest
-
-from stack_support import PrivateStack, trade_on_every_shard
+from stack_support import PrivateStack, stack, trade_on_every_shard  # noqa: F401 (fixture)
 
 CYCLES = int(os.environ.get("BROKERCORE_STACK_CYCLES", "2"))
 PROCESSES = ("engine-0", "engine-1", "oms", "query", "ws", "notifier-api", "settlement",
              "projector", "notifier", "reconciler")
-
-
-@pytest.fixture
-def stack():
-    stack = PrivateStack()
-    try:
-        yield stack
-    finally:
-        stack.close()
 
 
 def pid(stack: PrivateStack, name: str) -> int:

@@ -1,0 +1,94 @@
+"""The README's walkthrough, run as written against a fresh stack (issue 11: its tokens
+were empty, so every request was 401, and it assumed order id 1 and a past date).
+
+The blocks are the README's ```sh blocks marked `<!-- walkthrough -->`, run in order in
+one bash (as pasted into one shell) at the repository's root, with `set -euo pipefail`
+so that any command that fails (curl's --fail-with-body: any 4xx or 5xx) fails the test.
+The one change made: the stack here runs on private ports, so the README's :8000-:8003
+become the private stack's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from decimal import Decimal
+
+from stack_support import REPO, PrivateStack, stack_up  # noqa: F401 (fixture)
+
+README = REPO / "README.md"
+MARKER = "<!-- walkthrough -->"
+SECTIONS = ("## The broker platform: orders over REST, settled in Postgres",
+            "## Reading it back: query service, WebSocket, notifications")
+DONE = "@@ walkthrough block {} done @@"
+
+
+def walkthrough() -> list[tuple[str, str]]:
+    """(section, text) of each marked block, in README order."""
+    text = README.read_text()
+    blocks = []
+    for match in re.finditer(re.escape(MARKER) + r"\n```sh\n(.*?)\n```\n", text, re.S):
+        section = text.rfind("\n## ", 0, match.start())
+        blocks.append((text[section + 1:text.index("\n", section + 1)], match.group(1)))
+    return blocks
+
+
+def test_the_walkthrough_blocks_cover_both_platform_sections():
+    blocks = walkthrough()
+    assert len(blocks) == 3 and {s for s, _ in blocks} == set(SECTIONS), blocks
+    assert README.read_text().count(MARKER) == len(blocks), "a marker without a ```sh block"
+
+
+def run_walkthrough(stack: PrivateStack) -> list[str]:
+    """Every block, in order, in one bash; the output (stdout and stderr) of each."""
+    script = ["set -euo pipefail"]
+    for n, (_, block) in enumerate(walkthrough()):
+        block = re.sub(r"(localhost|127\.0\.0\.1):800([0-3])\b",
+                       lambda m: f"{m[1]}:{stack.base + int(m[2])}", block)
+        script += [block, f"echo '{DONE.format(n)}'"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKERCORE_")}  # a new shell
+    done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=REPO, env=env, timeout=300,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    output = done.stdout
+    assert done.returncode == 0, f"the walkthrough failed (exit {done.returncode}):\n{output}"
+    parts = re.split("|".join(re.escape(DONE.format(n)) for n in range(len(walkthrough()))),
+                     output)
+    return parts[:-1]
+
+
+def answers(output: str) -> list[dict]:
+    """The JSON answers printed, one a line (curl's and the socket's frames)."""
+    found = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            found.append(json.loads(line))
+    return found
+
+
+def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
+    setup, trade, reads = run_walkthrough(stack_up)
+    assert answers(setup) == []                    # tokens and helpers: silent
+
+    buy, sell, *polls, cancel = answers(trade)
+    assert buy["status"] == sell["status"] == "PENDING", trade
+    assert all(p["orderId"] == sell["orderId"] for p in polls), trade
+    assert cancel == cancel | {"orderId": buy["orderId"], "status": "CANCEL_REQUESTED"}, trade
+
+    portfolio, orders, order, history, book, candles, *socket, alert = answers(reads)
+    reliance = next(p for p in portfolio["positions"] if p["symbol"] == "RELIANCE")
+    assert reliance["quantity"] == 504 and portfolio["cash"] == "9940000.00", portfolio
+    assert buy["orderId"] in [o["orderId"] for o in orders["orders"]], orders
+    assert order["orderId"] == buy["orderId"] and order["filledQty"] == 4, order
+    assert [(f["quantity"], f["price"]) for f in order["fills"]] == [(4, "15000.00")], order
+    assert history["orderId"] == buy["orderId"], history
+    assert history["status"] in ("PENDING", "OPEN", "PARTIALLY_FILLED"), history  # not yet cancelled
+    assert book["lastPrice"] == "15000.00", book
+    assert sum(c["volume"] for c in candles["candles"]) == 4, candles
+    updates = [f for f in socket if f["type"] == "ORDER_UPDATE"]
+    assert {(f["orderId"], f["filledQty"]) for f in updates} >= {(buy["orderId"], 4)}, reads
+    assert socket[-1]["type"] == "RESUMED", reads
+    assert alert["symbol"] == "RELIANCE" and Decimal(alert["price"]) == 15100 and \
+        alert["alertId"], alert
