@@ -234,7 +234,7 @@ def _next_batch(consumer, max_messages: int, max_wait: float) -> list:
 def _partitions(consumer, topic: str, stop: threading.Event) -> list[int]:
     """The topic's partitions, waiting (until stopped) for the topic to exist."""
     while True:
-        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        found = consumer.list_topics(topic, timeout=5).topics.get(topic)
         if found is not None and found.error is None and found.partitions:
             return sorted(found.partitions)
         if stop.wait(0.5):
