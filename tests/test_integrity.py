@@ -12,42 +12,22 @@ import time
 import psycopg
 import pytest
 from oms_support import Api, run
-from test_platform import money, platform
+from test_platform import INSTRUMENTS, money, platform
+
+from brokercore.funding import FundingKind, fund
+from brokercore.market import load_market
+from brokercore.reconcile import check_invariants
 
 RUPEE = 100
 
-# Every invariant of one account's money and shares, as rows that break it (none = held).
-BROKEN = {
-    "blocked shares above held shares (no short selling)":
-        "SELECT p.account_id, p.symbol, p.quantity, p.blocked_quantity FROM positions p "
-        "JOIN accounts a USING (account_id) "
-        "WHERE NOT a.allow_short AND p.blocked_quantity > p.quantity",
-    "negative holding (no short selling)":
-        "SELECT p.account_id, p.symbol, p.quantity FROM positions p "
-        "JOIN accounts a USING (account_id) WHERE NOT a.allow_short AND p.quantity < 0",
-    "blocked cash above cash":
-        "SELECT account_id, cash, blocked_cash FROM accounts WHERE blocked_cash > cash "
-        "OR cash < 0",
-    "blocked cash differs from the open orders' holds":
-        "SELECT a.account_id, a.blocked_cash, coalesce(sum(o.blocked_cash), 0) "
-        "FROM accounts a LEFT JOIN orders o ON o.account_id = a.account_id "
-        "AND o.status IN ('PENDING', 'OPEN', 'PARTIALLY_FILLED') GROUP BY a.account_id "
-        "HAVING a.blocked_cash <> coalesce(sum(o.blocked_cash), 0)",
-    "blocked shares differ from the open orders' holds":
-        "SELECT p.account_id, p.symbol, p.blocked_quantity, coalesce(sum(o.blocked_shares), 0) "
-        "FROM positions p LEFT JOIN orders o ON o.account_id = p.account_id "
-        "AND o.symbol = p.symbol AND o.status IN ('PENDING', 'OPEN', 'PARTIALLY_FILLED') "
-        "GROUP BY p.account_id, p.symbol "
-        "HAVING p.blocked_quantity <> coalesce(sum(o.blocked_shares), 0)",
-    "filled quantity differs from the fills":
-        "SELECT o.order_id, o.filled_quantity, coalesce(sum(f.quantity), 0) FROM orders o "
-        "LEFT JOIN fills f ON f.order_id = o.order_id GROUP BY o.order_id, o.filled_quantity "
-        "HAVING o.filled_quantity <> coalesce(sum(f.quantity), 0)",
-}
+SESSIONS = {symbol: instrument.session for symbol, instrument in
+            load_market(INSTRUMENTS).items()}
 
 
-def broken_invariants(api: Api) -> dict:
-    return {name: rows for name, query in BROKEN.items() if (rows := api.rows(query))}
+def broken_invariants(api: Api) -> list:
+    """What the reconciler would report as broken, at the API's clock."""
+    with psycopg.connect(api.database) as conn:
+        return [str(f) for f in check_invariants(conn, SESSIONS, api.now)]
 
 
 def test_concurrent_sells_never_block_more_shares_than_are_held(database):
@@ -64,7 +44,7 @@ def test_concurrent_sells_never_block_more_shares_than_are_held(database):
     assert {a.json()["error"]["code"] for a in answers if a.status_code == 422} == {
         "INSUFFICIENT_HOLDINGS"}
     assert api.rows("SELECT quantity, blocked_quantity FROM positions") == [(100, 60)]
-    assert broken_invariants(api) == {}
+    assert broken_invariants(api) == []
 
 
 def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, tmp_path):
@@ -73,9 +53,10 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
     others are placed: afterwards every hold matches its open orders, nothing is
     oversold, and cash and shares are conserved."""
     with psycopg.connect(database, autocommit=True) as conn:     # all buy, sell and hold
-        conn.execute("UPDATE accounts SET cash = 100000000 WHERE user_id = 'bob'")
-        conn.execute("INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
-                     "'RELIANCE', 150 FROM accounts WHERE user_id IN ('alice', 'carol')")
+        ids = dict(conn.execute("SELECT user_id, account_id FROM accounts").fetchall())
+        fund(conn, ids["bob"], FundingKind.DEPOSIT, amount=1_000_000 * RUPEE)
+        for user in ("alice", "carol"):
+            fund(conn, ids[user], FundingKind.SHARES_IN, symbol="RELIANCE", quantity=150)
     rng = random.Random(11)
     with platform(database, tmp_path, rate_limit_burst=10_000) as api:
         before = money(api)
@@ -98,7 +79,7 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
             async with api:
                 return await asyncio.gather(*(client(user, 30) for user in
                                               ("alice", "bob", "carol") for _ in range(6)))
-        seen, done = {}, threading.Event()
+        seen, done = set(), threading.Event()
 
         def watch():                # every invariant holds at every commit, not only at the end
             while not done.is_set():
@@ -110,7 +91,7 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
         finally:
             done.set()
             watcher.join()
-        assert seen == {}
+        assert seen == set()
         assert {a.status_code for a in answers} <= {202, 422}, \
             [a.text for a in answers if a.status_code not in (202, 422)]
         accepted = sum(a.status_code == 202 for a in answers)
@@ -120,7 +101,7 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
             assert time.monotonic() < deadline, "orders still PENDING after 60 s"
             time.sleep(0.2)
         time.sleep(1.0)                           # the last cancels' events settle
-        assert broken_invariants(api) == {}
+        assert broken_invariants(api) == []
         after = money(api)
         assert (after[0], after[3]) == (before[0], before[3]), \
             "cash and shares are conserved (no fees configured)"
