@@ -25,11 +25,11 @@ from) become visible in the order they were drawn.
 After the commit, Redis: the caches of the users whose read model changed are
 invalidated, then each ORDER_UPDATE goes to its user's channel, each trade and the new
 book of each symbol that changed to the market data channels, the book is stored
-under ``{prefix}md:{symbol}`` (the query service's fast path), and, last, the batch's
-next offsets under ``streams.projected_key`` (the notifier tells of an event only once
-they have passed it, so that a client gets an order's update before the notification). Redis is an accelerator
-here: an error is logged and the projector goes on; invalidations and book keys that
-failed are written again after the next batch.
+under ``{prefix}md:{symbol}`` (the query service's fast path) and, last, the batch's
+next offsets under ``streams.projected_key`` (the notifier tells of an event once they
+have passed it, so that a client gets an order's update before the notification).
+Redis is an accelerator here: an error is logged and the projector goes on;
+invalidations and book keys that failed are written again after the next batch.
 """
 
 from __future__ import annotations
