@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from brokercore.config import DEV_JWT_SECRET
 from brokercore.funding import open_account
 from brokercore.market import load_market
 from brokercore.notify import notifier_group
+from brokercore.reconcile import check_invariants
 from brokercore.topics import partition_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -539,59 +541,41 @@ def lagging(platform: Platform, ends: dict[int, int]) -> list[str]:
             if end > 0 and positions.get(name, {}).get(p, -1) < end]
 
 
-INVARIANTS = {
-    "cash + fee income conserved (paise)":
-        "SELECT (SELECT sum(cash) FROM accounts) + (SELECT coalesce(sum(amount), 0) "
-        "FROM fee_income) - %(cash)s WHERE (SELECT sum(cash) FROM accounts) + (SELECT "
-        "coalesce(sum(amount), 0) FROM fee_income) <> %(cash)s",
-    "shares conserved per symbol":
+TOTALS = {
+    # The reconciler (brokercore.reconcile.check_invariants) checks each account against
+    # its funding and fills; these check what that rests on, over all accounts at once.
+    "cash + fee income not constant (paise)":
+        "SELECT total FROM (SELECT (SELECT sum(cash) FROM accounts) + (SELECT "
+        "coalesce(sum(amount), 0) FROM fee_income) AS total) t WHERE total <> %(cash)s",
+    "shares of a symbol not constant":
         "SELECT symbol, sum(quantity) FROM positions GROUP BY symbol "
         "HAVING sum(quantity) <> %(shares)s",
-    "negative holding of a non-shorting account":
-        "SELECT a.user_id, p.symbol, p.quantity FROM positions p JOIN accounts a "
-        "USING (account_id) WHERE p.quantity < 0 AND NOT a.allow_short",
-    "negative or over-blocked cash":
-        "SELECT user_id, cash, blocked_cash FROM accounts "
-        "WHERE cash < 0 OR blocked_cash < 0 OR blocked_cash > cash",
-    "blocked cash != open buys' holds":
-        "SELECT a.user_id, a.blocked_cash, coalesce(sum(o.blocked_cash), 0) FROM accounts a "
-        "LEFT JOIN orders o USING (account_id) GROUP BY a.account_id "
-        "HAVING a.blocked_cash <> coalesce(sum(o.blocked_cash), 0)",
-    "blocked shares != open sells' holds":
-        "SELECT p.account_id, p.symbol, p.blocked_quantity, coalesce(sum(o.blocked_shares), 0) "
-        "FROM positions p LEFT JOIN orders o ON o.account_id = p.account_id "
-        "AND o.symbol = p.symbol GROUP BY p.account_id, p.symbol, p.blocked_quantity "
-        "HAVING p.blocked_quantity <> coalesce(sum(o.blocked_shares), 0)",
-    "a terminal order still holds cash or shares":
-        "SELECT order_id, status, blocked_cash, blocked_shares FROM orders "
-        "WHERE status NOT IN ('PENDING', 'OPEN', 'PARTIALLY_FILLED') "
-        "AND (blocked_cash <> 0 OR blocked_shares <> 0)",
-    "filled quantity != sum of fills":
-        "SELECT o.order_id, o.filled_quantity, coalesce(sum(f.quantity), 0) FROM orders o "
-        "LEFT JOIN fills f USING (order_id) GROUP BY o.order_id, o.filled_quantity "
-        "HAVING o.filled_quantity <> coalesce(sum(f.quantity), 0)",
-    "overfilled order":
-        "SELECT order_id, quantity, filled_quantity FROM orders "
-        "WHERE filled_quantity > quantity",
-    "a trade without exactly one buy and one sell fill":
-        "SELECT trade_id, count(*), array_agg(side) FROM fills GROUP BY trade_id "
-        "HAVING count(*) <> 2 OR count(DISTINCT side) <> 2 OR count(DISTINCT quantity) <> 1",
-    "status does not match the fills":
+    "a trade without exactly one buy and one sell fill of the same size and price":
+        "SELECT trade_id, array_agg(side), array_agg(quantity) FROM fills GROUP BY trade_id "
+        "HAVING count(*) <> 2 OR count(DISTINCT side) <> 2 OR count(DISTINCT quantity) <> 1 "
+        "OR count(DISTINCT price) <> 1",
+    "a status that does not match the filled quantity":
         "SELECT order_id, status, quantity, filled_quantity FROM orders WHERE "
         "(status = 'FILLED') <> (filled_quantity = quantity) "
         "OR (status = 'PARTIALLY_FILLED' AND filled_quantity = 0) "
         "OR (status IN ('OPEN', 'PENDING') AND filled_quantity <> 0)",
 }
+SESSIONS = {symbol: instrument.session for symbol, instrument in
+            load_market(REPO / "config/instruments.toml", "always-open").items()}
 
 
 def broken_invariants(platform: Platform) -> list[str]:
-    """Every invariant that does not hold, with its first offending rows; all read in one
-    snapshot, so it holds under load too."""
+    """The reconciler's invariant findings and the broken TOTALS, with their first rows,
+    all read in one snapshot (so they hold under load too)."""
     params = {"cash": CASH * len(platform.users), "shares": SHARES * len(platform.users)}
     found = []
     with platform.connect() as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        for name, query in INVARIANTS.items():
+        findings = check_invariants(conn, SESSIONS, datetime.now(UTC))
+        for kind, n in Counter(f.kind for f in findings).items():
+            found.append(f"{kind}: {n} finding(s), e.g. "
+                         f"{[str(f) for f in findings if f.kind == kind][:3]}")
+        for name, query in TOTALS.items():
             rows = conn.execute(query, params).fetchall()
             if rows:
                 found.append(f"{name}: {len(rows)} row(s), e.g. {rows[:5]}")

@@ -163,7 +163,8 @@ def run_fault(platform: Platform, load: Load, name: str, inject, killed: str | N
     outcome.answers_5xx = load.count(start, time.monotonic(), is_5xx)
     outcome.answers_503 = load.count(start, time.monotonic(), lambda k: k == "503")
     if outcome.answers_5xx > outcome.answers_503:
-        kinds = Counter(k for t, k in list(load.answers) if start <= t and is_5xx(k) and k != "503")
+        kinds = Counter(k for t, k in list(load.answers)
+                        if start <= t and is_5xx(k) and k != "503")
         outcome.problems.append(f"answers other than 503 while a dependency was down: "
                                 f"{dict(kinds)}")
     if outcome.problems:
