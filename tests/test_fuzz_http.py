@@ -30,8 +30,8 @@ from brokercore.auth import mint_token
 from http_support import LogRecords, Services, assert_error
 from oms_support import JWT
 
-EXAMPLES = {"ci": 600}.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 150)
-HANDSHAKES = {"ci": 120}.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 40)
+EXAMPLES = {"ci": 1000}.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 150)
+HANDSHAKES = {"ci": 200}.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 40)
 
 ROUTES = [
     ("oms", "POST", "/api/v1/orders"),

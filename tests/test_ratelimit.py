@@ -10,7 +10,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from brokercore.ratelimit import TokenBucket
+from brokercore.ratelimit import LocalBuckets, TokenBucket
 
 REDIS_URL = os.environ.get("BROKERCORE_REDIS_URL", "redis://127.0.0.1:16379/0")
 
@@ -56,3 +56,26 @@ def test_a_bucket_needs_sane_parameters():
                 with pytest.raises(ValueError):
                     TokenBucket(redis, capacity, rate)
     run(scenario())
+
+
+def test_while_redis_is_away_each_process_limits_alone():
+    """A Redis that refuses connections: the same bucket per user in this process, not
+    everything allowed and not everything refused (tests/test_http_edge.py restarts a
+    real Redis under the services)."""
+    async def scenario():
+        async with Redis.from_url("redis://127.0.0.1:1/0") as away:
+            bucket = TokenBucket(away, capacity=3, rate=1.0, prefix=f"t{uuid.uuid4()}:")
+            return ([await bucket.take("alice") for _ in range(4)],
+                    await bucket.take("bob"), bucket.outage.failing)
+    alice, bob, failing = run(scenario())
+    assert alice[:3] == [0.0] * 3 and 0 < alice[3] <= 1.0
+    assert bob == 0.0 and failing
+
+
+def test_local_buckets_stay_bounded_and_forget_the_least_recent():
+    buckets = LocalBuckets(capacity=2, rate=0.001, max_users=10)
+    for n in range(50):
+        assert buckets.take(f"user{n}") == 0.0
+    assert len(buckets._buckets) <= 10
+    assert buckets.take("user49") == 0.0 and buckets.take("user49") > 0     # remembered
+    assert buckets.take("user0") == 0.0 and buckets.take("user0") == 0.0    # forgotten

@@ -78,16 +78,17 @@ class TokenBucket:
 
 class LocalBuckets:
     """The same token buckets in this process's memory (monotonic clock), for while
-    Redis is away. Buckets that have refilled are forgotten once there are more than
-    ``max_users``, so the memory stays bounded."""
+    Redis is away. Past ``max_users`` buckets, the full ones are forgotten (that changes
+    nothing), then the least recently used, down to half the bound: the memory stays
+    bounded, at worst a forgotten user starts again from a full bucket."""
 
     def __init__(self, capacity: int, rate: float, max_users: int = 100_000):
         self.capacity, self.rate, self.max_users = capacity, rate, max_users
-        self._buckets: dict[str, tuple[float, float]] = {}      # user: (tokens, at)
+        self._buckets: dict[str, tuple[float, float]] = {}      # user: (tokens, at), by use
 
     def take(self, user_id: str) -> float:
         now = time.monotonic()
-        tokens, at = self._buckets.get(user_id, (self.capacity, now))
+        tokens, at = self._buckets.pop(user_id, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - at) * self.rate)
         wait = 0.0
         if tokens >= 1:
@@ -96,6 +97,12 @@ class LocalBuckets:
             wait = (1 - tokens) / self.rate
         self._buckets[user_id] = (tokens, now)
         if len(self._buckets) > self.max_users:
-            self._buckets = {user: (t, a) for user, (t, a) in self._buckets.items()
-                             if t + (now - a) * self.rate < self.capacity}
+            self._forget(now)
         return wait
+
+    def _forget(self, now: float) -> None:
+        kept = {user: (t, a) for user, (t, a) in self._buckets.items()
+                if t + (now - a) * self.rate < self.capacity}
+        for user in list(kept)[:max(0, len(kept) - self.max_users // 2)]:
+            del kept[user]
+        self._buckets = kept
