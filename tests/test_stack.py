@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 
 from stack_support import PrivateStack, stack, trade_on_every_shard  # noqa: F401 (fixture)
 
@@ -22,6 +23,15 @@ PROCESSES = ("engine-0", "engine-1", "oms", "query", "ws", "notifier-api", "sett
 
 def pid(stack: PrivateStack, name: str) -> int:
     return int((stack.root / ".stack" / f"{name}.pid").read_text())
+
+
+def gone(process: int) -> bool:
+    """No such process, or a zombie (dead, not yet reaped)."""
+    try:
+        with open(f"/proc/{process}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_fresh_state_up_down_cycles_bring_every_component_up(stack):
@@ -37,31 +47,41 @@ def test_fresh_state_up_down_cycles_bring_every_component_up(stack):
             assert f"stack: {name} running" in status.stdout, status.stdout
         orders = trade_on_every_shard(stack)
         assert [o["filledQty"] for o in orders] == [10, 10, 10, 10], orders
-        if cycle == 0:      # a process that cannot run is not called running
-            settlement = pid(stack, "settlement")
-            os.kill(settlement, signal.SIGSTOP)
-            try:
-                status = stack.stack("status")
-            finally:
-                os.kill(settlement, signal.SIGCONT)
-            assert status.returncode == 1, status.stdout
-            assert "stack: settlement not running: stopped" in status.stdout, status.stdout
+        if cycle == 0:
+            a_stopped_process_is_not_called_running(stack)
+            up_names_a_component_that_cannot_start_and_its_log(stack)
         pids = [pid(stack, name) for name in PROCESSES]
         stack.down()
-        for process in pids:
-            assert not os.path.exists(f"/proc/{process}") or open(
-                f"/proc/{process}/stat").read().split(") ")[1][0] == "Z", process
+        assert all(gone(process) for process in pids), pids
         status = stack.stack("status")
         assert status.returncode == 1, status.stdout
         assert "running" not in status.stdout.replace("not running", ""), status.stdout
 
 
-def test_up_fails_naming_a_component_that_cannot_start_and_its_log(stack):
-    with socket.socket() as taken:      # the query service's port is in use
+def a_stopped_process_is_not_called_running(stack):
+    settlement = pid(stack, "settlement")
+    os.kill(settlement, signal.SIGSTOP)
+    try:
+        status = stack.stack("status")
+    finally:
+        os.kill(settlement, signal.SIGCONT)
+    assert status.returncode == 1, status.stdout
+    assert "stack: settlement not running: stopped" in status.stdout, status.stdout
+
+
+def up_names_a_component_that_cannot_start_and_its_log(stack):
+    """The query service stopped and its port taken: `up` (which restarts only what is not
+    running) exits 1 naming it and its log; with the port free again, `up` brings it back."""
+    query = pid(stack, "query")
+    os.kill(query, signal.SIGTERM)
+    while not gone(query):
+        time.sleep(0.1)
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", stack.base + 1))
         taken.listen()
         done = stack.stack("up")
-    assert done.returncode != 0, done.stdout
+    assert done.returncode == 1, done.stdout
     assert "brokercore is up" not in done.stdout, done.stdout
-    log = stack.root / ".stack/logs/query.log"
-    assert f"query exited; see {log}" in done.stdout, done.stdout
+    assert f"query exited; see {stack.root}/.stack/logs/query.log" in done.stdout, done.stdout
+    assert "brokercore is NOT up" in done.stdout, done.stdout
+    stack.up()

@@ -77,8 +77,8 @@ since_start() {             # name: its log since it was started
     tail -c "+$(($(cat "$state/$1.since" 2>/dev/null || echo 0) + 1))" "$(log_of "$1")" 2>/dev/null
 }
 
-answers_http() {            # port: an HTTP answer (any status) to a request within 2 s
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+answers_http() {            # port: an HTTP answer (any status) to a request within 5 s
+    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" &&
         printf "GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" >&3 && head -c 5 <&3' _ "$1" \
         2>/dev/null | grep -q '^HTTP/'
 }
@@ -121,7 +121,8 @@ ready() {
     esac
 }
 
-# check NAME: silent and 0 if NAME is running and ready; otherwise says why, returns 1.
+# check NAME: prints what shows NAME running and ready (see ready), or logs why it is not
+# and returns 1.
 check() {
     local name="$1" pid detail
     pid="$(pid_of "$name")"
