@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -48,13 +49,14 @@ SETTLED_WITHIN = 120.0                      # seconds after the last restart: th
 
 
 def free_port(span: int = 1) -> int:
-    """A loopback port with the ``span - 1`` ports after it free too (Kafka's
-    controller listens on port + 1)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + span < 65536 and all(_free(port + i) for i in range(1, span)):
+    """A free loopback port, with the ``span - 1`` ports after it free too (Kafka's
+    controller listens on port + 1), below the ephemeral range, so that no client's
+    outgoing connection takes it before the server binds it."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    low = int(ephemeral[0])
+    for _ in range(1000):
+        port = random.randrange(20_000, low - span)
+        if all(_free(port + i) for i in range(span)):
             return port
     raise RuntimeError("no free port")
 
@@ -122,7 +124,8 @@ class PrivateKafka:
             deadline = time.monotonic() + timeout
             while subprocess.run([str(REPO / "scripts/kafka/kafka.sh"), "status"],
                                  env=os.environ | self.env, capture_output=True).returncode:
-                if time.monotonic() > deadline:
+                pid = int((self.state / "kafka.pid").read_text())
+                if time.monotonic() > deadline or not Path(f"/proc/{pid}").exists():
                     raise
                 time.sleep(1)
 

@@ -4,8 +4,8 @@ Settlement and the projector both read ``events`` this way: each batch of messag
 handed to an ``Applier``, which writes it *and* the next offsets in one Postgres
 transaction (``claim_offsets`` and ``store_offsets`` do the offset half), so a batch
 counts entirely or not at all and a re-delivered message is skipped. Kafka's group
-offsets are never used. ``run_pg_consumer`` is the long-running loop around it; it waits out a restart of
-Postgres or Kafka instead of dying.
+offsets are never used. ``run_pg_consumer`` is the long-running loop around it; it
+waits out a restart of Postgres or Kafka instead of dying.
 """
 
 from __future__ import annotations
