@@ -85,9 +85,12 @@ class UserCache:
             self._failed(e)
 
     def _failed(self, error: Exception) -> None:
+        """Counted each time, logged once per ``retry_after`` at most (the OMS
+        invalidates on every order: an outage is not a line per order)."""
         self.errors += 1
+        if time.monotonic() >= self._down_until:
+            log.warning("redis cache unavailable (%s); reading the read model", error)
         self._down_until = time.monotonic() + self.retry_after
-        log.warning("redis cache unavailable (%s); reading the read model", error)
 
 
 class Invalidator:
