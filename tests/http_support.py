@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ import redis
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
 from brokercore.topics import ensure_topics
 from oms_support import BOOTSTRAP, OPEN_MARKET
+from test_recovery import free_port
 from services.notifier.app import create_app as notifications_app
 from services.oms.app import create_app as oms_app
 from services.query.app import create_app as query_app
@@ -38,9 +38,7 @@ class PrivateServer:
 
     def __init__(self, kind: str):
         assert kind in ("postgres", "redis")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()          # below the ephemeral range: no client takes it meanwhile
         # /tmp, not pytest's tmp_path: the postgres OS user must reach the state folder.
         self.state = Path(f"/tmp/brokercore-{kind}-{uuid.uuid4().hex[:12]}")
         variable = "PG" if kind == "postgres" else "REDIS"
