@@ -1,8 +1,8 @@
 """Riding out restarts of Postgres and Kafka (issue 11, section 7), on PRIVATE servers
 (their own ports and state folders: the shared ones other tests use are never touched).
 
-Settlement and the projector run as real processes (``python -m services.settlement``,
-``python -m services.projector``), orders come through the OMS (in-process) and an engine
+Settlement, the projector and the reconciler run as real processes (``python -m
+services.settlement`` etc.), orders come through the OMS (in-process) and an engine
 daemon (a subprocess). Postgres is restarted with ``pg_ctl restart -m immediate`` and then
 the Kafka broker is killed with SIGKILL and started again, under a trickle of orders:
 the same consumer processes must still be running afterwards, and every order must be
@@ -178,7 +178,7 @@ def database(servers):
 class Service:
     """``python -m <module>`` with the platform's settings, logging to a file."""
 
-    def __init__(self, module: str, api: Api, log: Path):
+    def __init__(self, module: str, api: Api, log: Path, *args: str):
         self.log = log
         env = os.environ | {
             "BROKERCORE_DATABASE_URL": api.database,
@@ -188,7 +188,7 @@ class Service:
             "BROKERCORE_INSTRUMENTS": INSTRUMENTS,
             "BROKERCORE_REDIS_PREFIX": api.settings.redis_prefix}
         with open(log, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", module], env=env,
+            self.process = subprocess.Popen([sys.executable, "-m", module, *args], env=env,
                                             stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
 
     def text(self) -> str:
@@ -294,6 +294,9 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
     daemons: list[Daemon] = []
     settlement = Service("services.settlement", api, tmp_path / "settlement.log")
     projector = Service("services.projector", api, tmp_path / "projector.log")
+    # Its rounds query Postgres every second; it re-publishes nothing of this test's.
+    reconciler = Service("services.reconciler", api, tmp_path / "reconciler.log",
+                         "--every", "1", "--older-than", "3600")
     accepted: list[int] = []
     refused: Counter = Counter()
     try:
@@ -331,16 +334,16 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
         time.sleep(2)                       # anything settled twice would show by now
         print(f"every order settled {time.monotonic() - restarted - 2:.1f} s after the "
               f"broker was back ({took:.1f} s after the trickle stopped)")
-        for service in (settlement, projector):
+        for service in (settlement, projector, reconciler):
             assert service.process.poll() is None, \
                 f"{service.log.name} exited:\n{service.text()[-3000:]}"
             assert "Traceback" not in service.text(), service.text()[-3000:]
         check_settled_exactly_once(api, accepted)
-        for service in (settlement, projector):       # and they still stop promptly
+        for service in (settlement, projector, reconciler):     # they still stop promptly
             service.process.send_signal(signal.SIGTERM)
             assert service.process.wait(30) == 0, service.text()[-3000:]
     finally:
-        for process in (settlement, projector, *daemons):
+        for process in (settlement, projector, reconciler, *daemons):
             process.close()
 
 
