@@ -10,7 +10,7 @@ restart must be ridden out by every process (the same pid alive afterwards); aft
 accepted before a moment is settled (no longer PENDING) and every events consumer is past
 that moment's end of the topic within BROKERCORE_CHAOS_BOUND seconds (default 60).
 
-Profiles: by default (CI) each fault once with 5 s of load after it; `make chaos` runs
+Profiles: by default (CI) each fault once with 3 s of load after it; `make chaos` runs
 BROKERCORE_CHAOS_ROUNDS=3 rounds with 20 s of load after each fault. Other settings:
 BROKERCORE_CHAOS_RATE (orders/s, default 25), BROKERCORE_CHAOS_CLIENTS (default 24),
 BROKERCORE_CHAOS_KAFKA_DOWN (seconds the broker stays dead, default 3) and
@@ -44,7 +44,7 @@ from chaos_support import (
 from brokercore.auth import mint_token
 
 ROUNDS = int(os.environ.get("BROKERCORE_CHAOS_ROUNDS", "1"))
-HOLD = float(os.environ.get("BROKERCORE_CHAOS_HOLD", "20" if ROUNDS > 1 else "5"))
+HOLD = float(os.environ.get("BROKERCORE_CHAOS_HOLD", "20" if ROUNDS > 1 else "3"))
 RATE = float(os.environ.get("BROKERCORE_CHAOS_RATE", "25"))
 CLIENTS = int(os.environ.get("BROKERCORE_CHAOS_CLIENTS", "24"))
 BOUND = float(os.environ.get("BROKERCORE_CHAOS_BOUND", "60"))
