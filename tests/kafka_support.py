@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from brokercore.shard import Instrument, read_snapshot
 from brokercore.topics import ensure_topics, partition_of
 
 BOOTSTRAP = os.environ.get("BROKERCORE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+REPO = Path(__file__).resolve().parents[1]
 
 # Four symbols, two on each of two shards (CRC-32 partitioning).
 SYMBOLS = {"RELIANCE": 1, "TCS": 2, "HDFCBANK": 3, "ITC": 4}
@@ -70,12 +72,12 @@ class OrderProducer:
         self._producer = Producer({"bootstrap.servers": settings.bootstrap,
                                    "enable.idempotence": True, "linger.ms": 2})
 
-    def send(self, commands: Iterable, flush: bool = True) -> None:
+    def send(self, commands: Iterable, flush: bool = True, timeout: float = 30) -> None:
         for command in commands:
             self.send_raw(encode(command), partition_of(command.symbol, self.settings.shards),
                           flush=False)
         if flush:
-            self.flush()
+            self.flush(timeout)
 
     def send_raw(self, payload: bytes, partition: int, flush: bool = True) -> None:
         while True:
@@ -88,9 +90,9 @@ class OrderProducer:
         if flush:
             self.flush()
 
-    def flush(self) -> None:
-        if self._producer.flush(30):
-            raise RuntimeError("orders were not delivered to Kafka in 30 s")
+    def flush(self, timeout: float = 30) -> None:
+        if self._producer.flush(timeout):
+            raise RuntimeError(f"orders were not delivered to Kafka in {timeout} s")
 
 
 def _read_all(topic: str, partitions: int, decode, settings: KafkaSettings,
@@ -287,3 +289,104 @@ def run_until_stored(run, args: tuple, conn, consumer: str, topic: str, end: int
     assert not runner.is_alive()
     assert any("stopped" in line for line in lines), lines
     return lines
+
+
+# --- load and whole-run checks --------------------------------------------------------------
+
+class Load:
+    """Publishes commands at a steady rate from a background thread, until the block
+    ends (or the commands run out); ``sent`` is what it published. A chunk not delivered
+    within ``patience`` seconds (Kafka away) is an error."""
+
+    def __init__(self, settings, commands, rate: float = 2_000, chunk: int = 100,
+                 patience: float = 30):
+        self._producer = OrderProducer(settings)
+        self._commands, self._rate, self._chunk = commands, rate, chunk
+        self._patience = patience
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self.sent: list = []
+
+    def _run(self):
+        try:
+            start = time.monotonic()
+            for i in range(0, len(self._commands), self._chunk):
+                delay = start + i / self._rate - time.monotonic()
+                if self._stop.wait(max(delay, 0)):
+                    return
+                self._producer.send(self._commands[i:i + self._chunk], timeout=self._patience)
+                self.sent = self._commands[:i + self._chunk]
+        except BaseException as e:
+            self.error = e
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        assert self.error is None, self.error
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+
+def check_run(settings, commands, final_daemon):
+    """The whole run's events (one shard) equal the engine run directly, without gap or
+    duplicate; after a graceful stop of the daemon that ends it (once it is active), its
+    final snapshot equals the direct run's books."""
+    final_daemon.wait_for("active from")
+    expected, books = direct_run(settings, instruments(), commands)
+    events = read_events(settings, expected=sum(map(len, expected.values())), timeout=180)
+    assert_no_gap_no_duplicate(events)
+    assert by_symbol(events) == expected
+    assert final_daemon.terminate() == 0, final_daemon.text()[-3000:]
+    final = books_of(newest_snapshots(settings)[0])     # written by the graceful stop
+    assert final.keys() == books.keys()                 # one shard: every symbol
+    assert all(same_book(book, books[symbol]) for symbol, book in final.items())
+
+
+# --- a private broker, for tests that kill or format it ------------------------------------
+
+def _free_port_pair() -> int:
+    """A port p such that p and p + 1 (the controller's) are free on loopback now."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with socket.socket() as controller:
+            try:
+                controller.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+class PrivateKafka:
+    """A single-node broker of the test's own (scripts/kafka/kafka.sh on a free port with
+    its state under ``state``): never the shared one, so it may be killed and formatted."""
+
+    def __init__(self, state: Path):
+        self.port = _free_port_pair()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._env = os.environ | {"BROKERCORE_KAFKA_PORT": str(self.port),
+                                  "BROKERCORE_KAFKA_STATE": str(state),
+                                  "BROKERCORE_KAFKA_START_WAIT": "240"}
+
+    def _script(self, command: str) -> None:
+        subprocess.run([str(REPO / "scripts/kafka/kafka.sh"), command], env=self._env,
+                       check=True, timeout=300)
+
+    def start(self) -> None:
+        """Start it (formatting its state the first time); returns once it answers."""
+        self._script("start")
+
+    def kill(self) -> None:
+        """kill -9 the broker."""
+        self._script("kill")
+
+    def stop(self) -> None:
+        self._script("stop")

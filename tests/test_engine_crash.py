@@ -14,16 +14,13 @@ import os
 import random
 import re
 import signal
-import threading
 import time
 from contextlib import contextmanager
 
 import pytest
 
 from kafka_support import (
-    Daemon, OrderProducer, assert_no_gap_no_duplicate, books_of, by_symbol, direct_run,
-    flow, instruments, new_settings, newest_snapshots, read_events, same_book,
-    write_instruments,
+    Daemon, Load, check_run, flow, instruments, new_settings, write_instruments,
 )
 
 KILLS = int(os.environ.get("BROKERCORE_CRASH_KILLS", "10"))
@@ -35,64 +32,12 @@ def instruments_file(tmp_path):
     return write_instruments(tmp_path / "instruments.toml", instruments())
 
 
-class Load:
-    """Publishes commands at a steady rate from a background thread, until the block
-    ends (or the commands run out); ``sent`` is what it published."""
-
-    def __init__(self, settings, commands, rate: float = RATE, chunk: int = 100):
-        self._producer = OrderProducer(settings)
-        self._commands, self._rate, self._chunk = commands, rate, chunk
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._stop = threading.Event()
-        self.error: BaseException | None = None
-        self.sent: list = []
-
-    def _run(self):
-        try:
-            start = time.monotonic()
-            for i in range(0, len(self._commands), self._chunk):
-                delay = start + i / self._rate - time.monotonic()
-                if self._stop.wait(max(delay, 0)):
-                    return
-                self._producer.send(self._commands[i:i + self._chunk])
-                self.sent = self._commands[:i + self._chunk]
-        except BaseException as e:
-            self.error = e
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        assert self.error is None, self.error
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-
-def check_run(settings, commands, final_daemon):
-    """The whole run's events and, after a graceful stop of the daemon that ends it
-    (once it is active), its final books."""
-    final_daemon.wait_for("active from")
-    expected, books = direct_run(settings, instruments(), commands)
-    events = read_events(settings, expected=sum(map(len, expected.values())), timeout=180)
-    assert_no_gap_no_duplicate(events)
-    assert by_symbol(events) == expected
-    assert final_daemon.terminate() == 0, final_daemon.text()[-3000:]
-    final = books_of(newest_snapshots(settings)[0])     # written by the graceful stop
-    assert final.keys() == books.keys()                 # one shard: every symbol
-    assert all(same_book(book, books[symbol]) for symbol, book in final.items())
-
-
 def test_kill_9_at_random_points_under_load(tmp_path, instruments_file):
     settings = new_settings(shards=1)
     rng = random.Random(int(os.environ.get("BROKERCORE_CRASH_SEED", "2026")))
     commands = flow(KILLS * 8 * RATE, seed=5)
     logs = []
-    with Load(settings, commands) as load:
+    with Load(settings, commands, rate=RATE) as load:
         for kill in range(KILLS):
             daemon = Daemon(settings, 0, instruments_file, tmp_path / f"run{kill}.log",
                             "--snapshot-every", "1500")

@@ -15,9 +15,19 @@ Life cycle (``run``):
 3. with the lease: fence the predecessor (init_transactions), replay silently up to the
    now final committed offset, then go live;
 4. on stop (SIGTERM): finish what was consumed, commit it, write a snapshot, exit 0.
-A fatal Kafka error, a lost lease or a failed thread ends the daemon with exit code 1;
-a restart recovers from the snapshot and the committed offsets, never re-emitting or
-losing an event.
+
+Kafka faults (a broker restarting, a coordinator not ready on a brand-new broker): every
+start-up step retries transient errors with bounded back-off and gives up loudly on
+anything else. While live, an abortable transaction is aborted and retried; any other
+Kafka failure (a fatal or fenced producer, a transaction call that keeps timing out, a
+lapsed lease) ends the live session: its shard, clients and threads are dropped and the
+daemon starts over from step 1 in the same process -- a new producer, recovery from the
+committed state, exactly as a fresh start. Only a lease taken by another daemon (this
+one was a zombie), a failed matcher, a thread that will not stop or a start-up step
+that keeps failing end the daemon with exit code 1; a restart recovers from the
+snapshot and the committed offsets, never re-emitting or losing an event. Every
+blocking librdkafka call has a timeout, so SIGTERM is answered within STOP_TIMEOUT
+seconds (plus one call) even when Kafka is away. docs/kafka.md has the details.
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import msgspec
 import numpy as np
@@ -37,6 +49,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from brokercore.codec import CommandDecoder, EventEncoder, SymbolTable
 from brokercore.config import EngineOptions, KafkaSettings
@@ -46,13 +59,56 @@ from brokercore.records import EVENT_DTYPE, MarkKind
 from brokercore.shard import Instrument, Shard, read_snapshot
 from brokercore.topics import SNAPSHOT_MAX_BYTES, ensure_topics, partition_of
 
-__all__ = ["EngineDaemon", "EngineOptions"]
+__all__ = ["EngineDaemon", "EngineOptions", "STOP_TIMEOUT"]
 
 _NO_OFFSET = -1001          # librdkafka's OFFSET_INVALID: nothing committed yet
+_T = TypeVar("_T")
+
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0   # seconds between retries of a transient error
+GIVE_UP_AFTER = 120.0       # a start-up step retries transient errors this long, then fails
+CALL_TIMEOUT = 2.0          # the timeout given to every blocking librdkafka call ...
+REQUEST_TIMEOUT = 10.0      # ... which one request may overrun up to this (socket.timeout.ms)
+TRANSACTION_PATIENCE = 10.0     # a transaction call retried this long, then a rebuild
+STOP_TIMEOUT = 5.0          # after SIGTERM: time for the final commit, else exit 1 without
+
+# Errors a broker restart, a coordinator still loading or a topic being created give;
+# librdkafka marks most of them retriable, not all (NOT_COORDINATOR from an offset fetch).
+_TRANSIENT = frozenset({
+    KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._WAIT_COORD, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION,
+    KafkaError._MSG_TIMED_OUT, KafkaError._RESOLVE, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION, KafkaError.CONCURRENT_TRANSACTIONS,
+    KafkaError.UNSTABLE_OFFSET_COMMIT,
+})
+
+
+def transient(error: BaseException | KafkaError) -> bool:
+    """Whether waiting and trying again can cure ``error`` (a KafkaException, its
+    KafkaError, or a future that did not resolve in time)."""
+    if isinstance(error, KafkaException):
+        error = error.args[0]
+    if isinstance(error, KafkaError):
+        return error.retriable() or error.code() in _TRANSIENT
+    return isinstance(error, TimeoutError)
 
 
 class DaemonFailed(RuntimeError):
     pass
+
+
+class _Stopped(Exception):
+    """stop() was called before the daemon went live: nothing to commit."""
+
+
+class _Halted(Exception):
+    """The live session was ended (its failure is recorded) while this thread waited."""
+
+
+class _SessionLost(RuntimeError):
+    """The live session cannot go on (Kafka fault, lapsed lease); a new one can."""
 
 
 class _Lease:
@@ -61,10 +117,11 @@ class _Lease:
 
     def __init__(self, settings: KafkaSettings, shard: int, session: float):
         self.held = False
-        self.lost = False
+        self.session = session
+        self._group = settings.lease_group(shard)
         self._consumer = Consumer({
             "bootstrap.servers": settings.bootstrap,
-            "group.id": settings.lease_group(shard),
+            "group.id": self._group,
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": int(session * 1000),
             "heartbeat.interval.ms": max(100, int(session * 1000) // 5),
@@ -72,18 +129,35 @@ class _Lease:
         })
         self._consumer.subscribe([settings.leases_topic], on_assign=self._assigned,
                                  on_revoke=self._revoked, on_lost=self._revoked)
+        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap})
 
     def _assigned(self, consumer, partitions):
         if partitions:
             self.held = True
 
     def _revoked(self, consumer, partitions):
-        if partitions and self.held:
+        if partitions:
             self.held = False
-            self.lost = True
 
     def poll(self, timeout: float) -> None:
         self._consumer.poll(timeout)        # the group callbacks run in here
+
+    def holder(self) -> str | None:
+        """The member id of another daemon holding the lease now, or None (nobody else
+        does, or Kafka cannot say now). A member the coordinator still remembers from
+        before its own restart shows here until its session lapses."""
+        try:
+            group = self._admin.describe_consumer_groups(
+                [self._group], request_timeout=CALL_TIMEOUT)[self._group].result(
+                CALL_TIMEOUT + 1)
+        except Exception as e:
+            if transient(e):
+                return None
+            raise
+        mine = self._consumer.memberid()
+        return next((member.member_id for member in group.members
+                     if member.member_id != mine and member.assignment is not None
+                     and member.assignment.topic_partitions), None)
 
     def close(self) -> None:
         """Give the lease up (a standby takes over at once); not a loss."""
@@ -107,10 +181,15 @@ class EngineDaemon:
         self.symbols = SymbolTable({i.symbol: i.symbol_id for i in self.instruments})
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._stop = threading.Event()
-        self._failure: BaseException | None = None
+        self._halt = threading.Event()      # a new one per live session: set, it ends it
+        self._failure: BaseException | None = None      # why the live session ended
+        self._threads: list[threading.Thread] = []
+        self._consumer: Consumer | None = None          # of the input, per session
+        self._producer_client: Producer | None = None   # transactional, per session
+        self._was_active = False
         self._orders = TopicPartition(settings.orders_topic, shard)
         self.stats = {"orders_in": 0, "events_out": 0, "transactions": 0,
-                      "dead_letters": 0, "snapshots": 0, "replayed": 0}
+                      "dead_letters": 0, "snapshots": 0, "replayed": 0, "recoveries": 0}
         self.role = "starting"
         self._slowest_transaction = 0.0
 
@@ -120,6 +199,61 @@ class EngineDaemon:
 
     def log(self, line: str) -> None:
         self._log(f"engine shard {self.shard_id}: {line}")
+
+    # --- riding out Kafka faults ---------------------------------------------------------
+
+    def _retrying(self, what: str, call: Callable[[], _T]) -> _T:
+        """``call()`` until it succeeds: a transient Kafka error is logged and retried
+        after a back-off doubling from BACKOFF_FIRST to BACKOFF_MAX seconds, for up to
+        GIVE_UP_AFTER seconds until the daemon has first been live (a deployment that
+        never worked fails loudly) and as long as it takes after that (Kafka is away
+        for a while: there is nothing better to do); any other error is raised at once.
+        _Stopped once stop() is called."""
+        give_up_after = None if self._was_active else GIVE_UP_AFTER
+        delay, started = BACKOFF_FIRST, time.monotonic()
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                return call()
+            except Exception as e:
+                if not transient(e):
+                    raise
+                waited = time.monotonic() - started
+                if give_up_after is not None and waited + delay > give_up_after:
+                    raise DaemonFailed(f"{what}: Kafka still failing after {waited:.0f} s "
+                                       f"({_reason(e)})") from e
+                self.log(f"{what}: {_reason(e)}; retrying in {delay:.1f} s")
+            if self._stop.wait(delay):
+                raise _Stopped
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _fail(self, error: BaseException) -> None:
+        """End the live session because of ``error`` (the first one is the reason)."""
+        if self._failure is None:
+            self._failure = error
+        self._halt.set()
+
+    @staticmethod
+    def _until_done(call: Callable[[float], _T], halt: threading.Event) -> _T:
+        """A transaction call, ``call(CALL_TIMEOUT)``, repeated while it fails with a
+        retriable error (librdkafka resumes the operation) for TRANSACTION_PATIENCE
+        seconds; then, or on any other error, its error is raised; _Halted if the
+        session was halted meanwhile. (librdkafka may overrun CALL_TIMEOUT: seen over
+        12 s in send_offsets_to_transaction while the broker restarted.)"""
+        deadline = time.monotonic() + TRANSACTION_PATIENCE
+        while True:
+            try:
+                result = call(CALL_TIMEOUT)
+            except KafkaException as e:
+                if halt.is_set():
+                    raise _Halted from e
+                if not e.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                continue
+            if halt.is_set():
+                raise _Halted
+            return result
 
     # --- Kafka clients ---------------------------------------------------------------
 
@@ -138,18 +272,32 @@ class EngineDaemon:
             "fetch.queue.backoff.ms": 5,
         })
 
-    def _committed_offset(self, timeout: float = 30.0) -> int | None:
-        """The input offset the shard's last committed transaction reached (0 if none);
-        None if Kafka cannot say within ``timeout``: while the active daemon's last
+    def _committed_offset(self, timeout: float = CALL_TIMEOUT,
+                          consumer: Consumer | None = None) -> int:
+        """The input offset the shard's last committed transaction reached (0 if none).
+        Asked by the read_committed input consumer: while the active daemon's last
         transaction is open (or a dead one's, until it is fenced or times out) the
-        committed offset is not stable yet, and the broker holds the answer back."""
+        committed offset is not stable yet, the broker holds the answer back and this
+        times out (a transient error)."""
+        found = (consumer or self._consumer).committed([self._orders], timeout=timeout)[0]
+        if found.error is not None:
+            raise KafkaException(found.error)
+        return 0 if found.offset == _NO_OFFSET else found.offset
+
+    def _final_committed_offset(self) -> int:
+        """The committed offset once init_transactions has returned: every transaction
+        of the shard's transactional.id is complete then, so the offset is final, and
+        it is read without waiting for stability (read_uncommitted), because a kill -9
+        of the broker can leave a pending offset of an aborted transaction behind that
+        never resolves (seen with Kafka 4.4: "not stable" for minutes, for ever)."""
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap,
+                             "group.id": self.settings.engine_group(self.shard_id),
+                             "isolation.level": "read_uncommitted",
+                             "enable.auto.commit": False})
         try:
-            offset = self._consumer.committed([self._orders], timeout=timeout)[0].offset
-        except KafkaException as e:
-            if e.args[0].code() == KafkaError._TIMED_OUT:
-                return None
-            raise
-        return 0 if offset == _NO_OFFSET else offset
+            return self._committed_offset(CALL_TIMEOUT, consumer)
+        finally:
+            consumer.close()
 
     def _producer(self) -> Producer:
         config = {
@@ -165,6 +313,9 @@ class EngineDaemon:
                            # read_committed consumer until a successor fences it or
                            # this times out.
                            "transaction.timeout.ms": 10_000,
+                           # librdkafka caps it at transaction.timeout.ms anyway; a
+                           # transaction call may block this long whatever its timeout.
+                           "socket.timeout.ms": int(REQUEST_TIMEOUT * 1000),
                            # The first request of a transaction right after a commit is
                            # often told CONCURRENT_TRANSACTIONS; the default 100 ms back-off
                            # before its retry would be most of a transaction's latency.
@@ -188,11 +339,19 @@ class EngineDaemon:
         consumer.assign([TopicPartition(self.settings.snapshots_topic, self.shard_id,
                                         OFFSET_BEGINNING)])
         newest, decoder = None, msgspec.msgpack.Decoder(ShardSnapshot)
+        deadline = time.monotonic() + TRANSACTION_PATIENCE
         try:
             while True:
-                message = consumer.poll(10)
+                if self._stop.is_set():
+                    raise _Stopped
+                message = consumer.poll(0.5)
                 if message is None:
-                    raise DaemonFailed("no answer from Kafka while reading snapshots")
+                    if time.monotonic() > deadline:
+                        raise KafkaException(KafkaError(
+                            KafkaError._TIMED_OUT, "no answer from Kafka while reading "
+                                                   "snapshots"))
+                    continue
+                deadline = time.monotonic() + TRANSACTION_PATIENCE
                 if message.error():
                     if message.error().code() == KafkaError._PARTITION_EOF:
                         return newest
@@ -211,7 +370,7 @@ class EngineDaemon:
     # --- set-up and silent replay ------------------------------------------------------
 
     def _start_shard(self) -> None:
-        snapshot = self._newest_snapshot()
+        snapshot = self._retrying("reading the newest snapshot", self._newest_snapshot)
         books, applied, self._position, events = {}, 0, 0, 0
         if snapshot is not None:
             books, applied = read_snapshot(snapshot.books)
@@ -255,10 +414,11 @@ class EngineDaemon:
             batch = []
             for message in messages:
                 if message.error():
-                    if message.error().code() != KafkaError._PARTITION_EOF:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        if message.offset() >= target:
+                            self._position = target     # only transaction markers left
+                    elif not transient(message.error()):    # else: librdkafka goes on
                         raise KafkaException(message.error())
-                    if message.offset() >= target:
-                        self._position = target     # only transaction markers were left
                     continue
                 if message.offset() < target:
                     batch.append((message.offset(), message.value()))
@@ -280,13 +440,8 @@ class EngineDaemon:
             for mark in self.shard.poll_marks(timeout=1.0):
                 self.encoder.count(self._read_events(int(mark["events"])))
                 self._marked = int(mark["commands"])
-            self._raise_if_failed()
-
-    def _raise_if_failed(self) -> None:
-        if self.shard.last_error is not None:
-            raise DaemonFailed("the matcher failed") from self.shard.last_error
-        if self._failure is not None:
-            raise DaemonFailed("a daemon thread failed") from self._failure
+            if self.shard.last_error is not None:
+                raise DaemonFailed("the matcher failed") from self.shard.last_error
 
     # --- live --------------------------------------------------------------------------
 
@@ -302,8 +457,9 @@ class EngineDaemon:
         """Consumer thread: orders -> journal + input ring, until stop. It alone uses
         the consumer meanwhile (a call from another thread would block while it is in
         consume()), so without transactions it also commits the offsets."""
+        halt, shard = self._halt, self.shard
         try:
-            while not self._stop.is_set():
+            while not (self._stop.is_set() or halt.is_set()):
                 messages = self._next_messages()
                 if self._offset_to_commit is not None:
                     self._consumer.commit(offsets=[TopicPartition(
@@ -313,8 +469,9 @@ class EngineDaemon:
                 batch = []
                 for message in messages:
                     if message.error():
-                        if message.error().code() == KafkaError._PARTITION_EOF:
-                            continue
+                        code = message.error().code()
+                        if code == KafkaError._PARTITION_EOF or transient(message.error()):
+                            continue        # librdkafka reconnects and fetches on
                         raise KafkaException(message.error())
                     batch.append((message.offset(), message.value()))
                 if not batch:
@@ -325,22 +482,28 @@ class EngineDaemon:
                     self.shard.submit(records)
                 self.stats["orders_in"] += len(records)
         except BaseException as e:
-            self._failure = e
-            self._stop.set()
+            if halt is self._halt:
+                self._fail(e)
         finally:
-            self.shard.stop()           # the matcher drains what it has, then closes
+            shard.stop()                # the matcher drains what it has, then closes
 
     def _publish_loop(self) -> None:
         """Publisher thread: events + dead letters + snapshots + offsets, transaction by
-        transaction, until the shard has drained after stop."""
+        transaction, until the shard has drained after stop. Halted, it commits nothing
+        more and drains its shard, so that the matcher can finish. A Kafka call may hold
+        it past the end of its session: then it touches nothing of a newer session (its
+        producer is fenced by the newer one's)."""
+        halt, shard = self._halt, self.shard
         try:
             last_snapshot_at, last_snapshot_time = self._marked, time.monotonic()
             snapshot_pending = False
             while True:
+                if halt.is_set():
+                    return
                 marks = self._gather_marks()
                 if marks is None:
                     break
-                committed = self._commit(marks)
+                committed = self._commit(marks, halt)
                 if committed and any(marks["kind"] == MarkKind.SNAPSHOT):
                     snapshot_pending = False
                     last_snapshot_at, last_snapshot_time = self._marked, time.monotonic()
@@ -351,10 +514,14 @@ class EngineDaemon:
                     self.shard.request_snapshot()
                     snapshot_pending = True
             self.shard.join()
-            self._commit_final_snapshot()
+            self._commit_final_snapshot(halt)
         except BaseException as e:
-            self._failure = e
-            self._stop.set()
+            if halt is self._halt:
+                self._fail(e)
+        finally:
+            while halt.is_set() and (shard.running or len(shard.poll_events(timeout=0.1))
+                                     or len(shard.poll_marks(timeout=0))):
+                pass
 
     def _gather_marks(self) -> np.ndarray | None:
         """The next marks to commit (empty when idle); None once the shard is drained."""
@@ -376,7 +543,7 @@ class EngineDaemon:
             marks = np.concatenate(parts)
         return marks
 
-    def _commit(self, marks: np.ndarray) -> bool:
+    def _commit(self, marks: np.ndarray, halt: threading.Event) -> bool:
         """One transaction for these marks (or, idle, for dead letters alone)."""
         snapshots = []
         for mark in marks[marks["kind"] == MarkKind.SNAPSHOT]:
@@ -395,7 +562,7 @@ class EngineDaemon:
         if not payloads and not self._dead and not snapshots and (
                 self._done_offset == self._committed):
             return False
-        self._transact(payloads, [snapshot for _, snapshot in snapshots])
+        self._transact(payloads, [snapshot for _, snapshot in snapshots], halt)
         self.stats["events_out"] = self.encoder.shard_seq
         return True
 
@@ -406,41 +573,52 @@ class EngineDaemon:
         if offset is not None:
             self._done_offset = offset
 
-    def _transact(self, payloads: list[bytes], snapshots: list[ShardSnapshot]) -> None:
-        """Produce everything and commit it with the input offset, atomically; an
-        abortable error retries the whole transaction, anything else is fatal."""
+    def _transact(self, payloads: list[bytes], snapshots: list[ShardSnapshot],
+                  halt: threading.Event) -> None:
+        """Produce everything and commit it with the input offset, atomically. An
+        abortable error aborts and retries the whole transaction (up to five times);
+        anything else ends the live session (the daemon recovers in a new one)."""
         settings, producer = self.settings, self._producer_client
         partition = self.shard_id
         started = time.perf_counter()
         for attempt in range(5):
+            if halt.is_set():
+                raise _Halted
             try:
                 if self.options.transactions:
                     producer.begin_transaction()
                 for payload in payloads:
-                    self._produce(settings.events_topic, payload, partition)
+                    self._produce(producer, halt, settings.events_topic, payload, partition)
                 for letter in self._dead:
-                    self._produce(settings.dead_letter_topic, encode(letter), 0,
+                    self._produce(producer, halt, settings.dead_letter_topic, encode(letter), 0,
                                   key=f"{letter.topic}/{letter.partition}/{letter.offset}")
                 for snapshot in snapshots:
-                    self._produce(settings.snapshots_topic, encode(snapshot), partition,
-                                  key=str(self.shard_id))
+                    self._produce(producer, halt, settings.snapshots_topic, encode(snapshot),
+                                  partition, key=str(self.shard_id))
                 if self.options.transactions:
-                    producer.send_offsets_to_transaction(
-                        [TopicPartition(self._orders.topic, partition, self._done_offset)],
-                        self._group_metadata, 30)
-                    self._commit_transaction(producer)
+                    offsets = [TopicPartition(self._orders.topic, partition,
+                                              self._done_offset)]
+                    self._until_done(lambda timeout: producer.send_offsets_to_transaction(
+                        offsets, self._group_metadata, timeout), halt)
+                    self._until_done(producer.commit_transaction, halt)
                 else:
-                    producer.flush()
+                    if producer.flush(TRANSACTION_PATIENCE) and not halt.is_set():
+                        raise KafkaException(KafkaError(
+                            KafkaError._MSG_TIMED_OUT, "events not delivered in time"))
                     self._offset_to_commit = self._done_offset    # by the consumer thread
                 break
             except KafkaException as e:
                 error = e.args[0]
+                if halt.is_set():
+                    raise _Halted from e
                 if not (self.options.transactions and error.txn_requires_abort()):
                     raise
                 self.log(f"transaction aborted ({error}); retrying it")
-                producer.abort_transaction(30)
+                self._until_done(producer.abort_transaction, halt)
         else:
-            raise DaemonFailed("a transaction failed five times in a row")
+            raise _SessionLost("a transaction failed five times in a row")
+        if halt.is_set():
+            raise _Halted
         self.stats["transactions"] += 1
         self._slowest_transaction = max(self._slowest_transaction,
                                         time.perf_counter() - started)
@@ -450,79 +628,127 @@ class EngineDaemon:
         self._committed = self._done_offset
 
     @staticmethod
-    def _commit_transaction(producer: Producer) -> None:
+    def _produce(producer: Producer, halt: threading.Event, topic: str, value: bytes,
+                 partition: int, key: str | None = None):
         while True:
             try:
-                producer.commit_transaction(30)
-                return
-            except KafkaException as e:
-                if not e.args[0].retriable():
-                    raise
-
-    def _produce(self, topic: str, value: bytes, partition: int, key: str | None = None):
-        while True:
-            try:
-                self._producer_client.produce(topic, value, key, partition=partition)
+                producer.produce(topic, value, key, partition=partition)
                 return
             except BufferError:             # local queue full: let deliveries drain
-                self._producer_client.poll(0.01)
+                if halt.is_set():
+                    raise _Halted from None
+                producer.poll(0.01)
 
-    def _commit_final_snapshot(self) -> None:
+    def _commit_final_snapshot(self, halt: threading.Event) -> None:
         """After a graceful drain: every command is committed; record where that is."""
         self._advance()
         self._transact([], [ShardSnapshot(self.shard_id, self._done_offset,
-                                          self.encoder.shard_seq, self.shard.snapshot())])
+                                          self.encoder.shard_seq, self.shard.snapshot())],
+                       halt)
 
     # --- run ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until stop(); 0 after a graceful stop, 1 after a failure."""
-        ensure_topics(self.settings)
-        self._start_shard()
-        lease = _Lease(self.settings, self.shard_id, self.options.lease_session)
+        lease = None
         try:
-            self._wait_for_lease(lease)
-            if self._stop.is_set():
-                self.shard.stop()
-                return 0
-            self._producer_client = self._producer()
-            if self.options.transactions:
-                self._producer_client.init_transactions(60)    # fences the predecessor
-            committed = self._committed_offset()
-            if committed is None:
-                raise DaemonFailed("Kafka did not give the committed input offset")
-            self._catch_up(committed)
-            self._go_live(lease)
+            self._retrying("creating the topics",
+                           lambda: ensure_topics(self.settings, timeout=CALL_TIMEOUT * 2))
+            lease = _Lease(self.settings, self.shard_id, self.options.lease_session)
+            self._serve(lease)
+        except _Stopped:
+            self.log("stopped before going live")
+            return 0
         except BaseException as e:
-            self._stop.set()
-            self.log(f"failed: {e!r}" + (f" (after {self._failure!r})" if self._failure
-                                         else ""))
+            self.log(f"failed: {e!r}")
             return 1
         finally:
-            lease.close()
-            self._consumer.close()
-        if self._failure is not None or lease.lost:
-            self.log("lost the lease" if lease.lost else f"failed: {self._failure!r}")
-            return 1
+            self._close(lease)
         self.log(f"stopped: {self._summary()}")
         return 0
 
+    def _serve(self, lease: _Lease) -> None:
+        """Live sessions, each from the committed state, until a graceful stop is done;
+        raises what ends the daemon."""
+        delay = BACKOFF_FIRST
+        while True:
+            self._start_shard()
+            self._wait_for_lease(lease)
+            self._activate()
+            transactions = self.stats["transactions"]
+            failure = self._go_live(lease)
+            if failure is None:
+                return
+            if self._stop.is_set() or not isinstance(failure, (KafkaException, _SessionLost)):
+                raise failure
+            self.stats["recoveries"] += 1
+            self.role = "recovering"
+            if self.stats["transactions"] > transactions:
+                delay = BACKOFF_FIRST       # that session got work done: not a fault loop
+            self.log(f"live session ended ({_reason(failure)}): recovering from the "
+                     f"committed state in {max(delay, lease.session):.1f} s")
+            del failure             # its traceback holds the session's producer
+            self._discard()
+            # Meanwhile a zombie (paused past its lease) learns that its lease is gone.
+            self._pause(lease, max(delay, lease.session))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _pause(self, lease: _Lease, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._stop.is_set():
+                raise _Stopped
+            lease.poll(0.1)
+
     def _wait_for_lease(self, lease: _Lease) -> None:
+        """As a hot standby: replay committed input until the lease is ours. A daemon
+        that was active gives up once another daemon has held the lease for four lease
+        sessions (a member the coordinator remembers from before a restart of its own
+        lapses within one)."""
         self.role = "standby"
-        announced = False
-        while not self._stop.is_set():
+        announced, rival, rival_since, next_check = False, None, 0.0, 0.0
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
             lease.poll(0.2)
             if lease.held:
                 return
             if not announced:
                 self.log("standby: waiting for the lease, replaying committed input")
                 announced = True
-            committed = self._committed_offset(timeout=0.5)
-            if committed is not None:
+            if self._was_active and time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                holder = lease.holder()
+                if holder is None or holder != rival:
+                    rival, rival_since = holder, time.monotonic()
+                elif time.monotonic() - rival_since > 4 * lease.session:
+                    raise DaemonFailed(f"lost the lease to another daemon ({holder})")
+            try:
+                committed = self._committed_offset(timeout=0.5)
+            except KafkaException as e:
+                if not transient(e):
+                    raise
+            else:
                 self._catch_up(committed)
 
-    def _go_live(self, lease: _Lease) -> None:
+    def _activate(self) -> None:
+        """With the lease: fence the predecessor, replay up to the now final committed
+        offset."""
+        self._producer_client = self._producer()
+        if self.options.transactions:
+            self._retrying("initialising transactions",
+                           lambda: self._producer_client.init_transactions(CALL_TIMEOUT))
+        committed = self._final_committed_offset if self.options.transactions else (
+            self._committed_offset)
+        self._catch_up(self._retrying("reading the committed input offset", committed))
+
+    def _go_live(self, lease: _Lease) -> BaseException | None:
+        """Consume, match and publish until a graceful stop is done (None) or the
+        session fails: its failure (the threads are left to _discard)."""
         self.role = "active"
+        self._was_active = True
+        self._failure = None
+        self._halt = threading.Event()
         self._journal = InputJournal(self._commands)
         self._done_offset = self._committed = self._position
         self._dead = []
@@ -531,25 +757,55 @@ class EngineDaemon:
         # assign() (no group membership) the metadata never changes.
         self._group_metadata = self._consumer.consumer_group_metadata()
         self.log(f"active from input offset {self._position}, event {self.encoder.shard_seq}")
-        threads = [threading.Thread(target=self._consume_loop, name="engine-consumer",
-                                    daemon=True),
-                   threading.Thread(target=self._publish_loop, name="engine-publisher",
-                                    daemon=True)]
-        for thread in threads:
+        self._threads = [
+            threading.Thread(target=self._publish_loop, name="engine-publisher", daemon=True),
+            threading.Thread(target=self._consume_loop, name="engine-consumer", daemon=True)]
+        for thread in self._threads:
             thread.start()
-        next_report = time.monotonic() + 1.0
-        while any(t.is_alive() for t in threads):
+        next_report, stop_deadline = time.monotonic() + 1.0, None
+        while self._failure is None and any(t.is_alive() for t in self._threads):
             lease.poll(0.1)
-            if lease.lost:
-                self._stop.set()        # its transactions are fenced anyway
-            if self.shard.last_error is not None and self._failure is None:
-                self._failure = self.shard.last_error
-                self._stop.set()
+            if not lease.held:
+                self._fail(_SessionLost("the lease lapsed"))
+            if self.shard.last_error is not None:
+                self._fail(DaemonFailed(f"the matcher failed: {self.shard.last_error!r}"))
+            if self._stop.is_set() and stop_deadline is None:
+                stop_deadline = time.monotonic() + STOP_TIMEOUT
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                self._fail(DaemonFailed(
+                    f"stopping: the final commit did not complete within {STOP_TIMEOUT:.0f} s"
+                    f" (Kafka away?); a restart recovers from the last committed state"))
             if time.monotonic() >= next_report:
                 self.log(self._summary())
                 next_report += 1.0
-        for thread in threads:
-            thread.join()
+        return self._failure
+
+    def _discard(self) -> None:
+        """Drop the failed live session (nothing more of it is committed) so that a new
+        one can start from the committed state. A publisher stuck in a Kafka call is
+        left behind (it ends when the call returns); a consumer thread that will not
+        end is a DaemonFailed."""
+        self._halt.set()
+        self.shard.stop()           # a consumer thread waiting for ring room wakes up
+        publisher, consumer = self._threads
+        _join(consumer, REQUEST_TIMEOUT + CALL_TIMEOUT)
+        try:
+            _join(publisher, REQUEST_TIMEOUT + CALL_TIMEOUT)
+        except DaemonFailed as e:
+            self.log(f"left behind: {e}")
+        self._consumer.close()
+        self._consumer = self._producer_client = self._failure = None
+
+    def _close(self, lease: _Lease | None) -> None:
+        """At the end: give the lease up (a standby takes over at once) and close the
+        input consumer, unless a thread of a failed session still uses it."""
+        self._halt.set()
+        if lease is not None:
+            lease.close()
+        if self._threads:
+            self._threads[1].join(CALL_TIMEOUT)         # the consumer thread
+        if self._consumer is not None and not (self._threads and self._threads[1].is_alive()):
+            self._consumer.close()
 
     def _summary(self) -> str:
         """Counters so far, and the slowest transaction since the last summary."""
@@ -558,4 +814,21 @@ class EngineDaemon:
         return (f"{self.role}: {s['orders_in']:,} orders in, {s['events_out']:,} events out, "
                 f"{s['transactions']:,} transactions (slowest {slowest * 1000:.1f} ms), "
                 f"{s['dead_letters']} dead letters, {s['snapshots']} snapshots, "
-                f"{s['replayed']:,} replayed")
+                f"{s['replayed']:,} replayed, {s['recoveries']} recoveries")
+
+
+def _join(thread: threading.Thread, timeout: float) -> None:
+    """Wait for ``thread`` to end; DaemonFailed, saying where it is stuck, if it does not."""
+    thread.join(timeout)
+    if thread.is_alive():
+        frame = sys._current_frames().get(thread.ident)
+        where = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
+        raise DaemonFailed(f"the {thread.name} thread did not stop in {timeout:.0f} s; "
+                           f"it is at:\n{where}")
+
+
+def _reason(error: BaseException) -> str:
+    """An error in a log line: the KafkaError's text, else repr()."""
+    if isinstance(error, KafkaException) and isinstance(error.args[0], KafkaError):
+        return str(error.args[0])
+    return repr(error)

@@ -55,8 +55,9 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 30.0) -> None:
                    or metadata.topics[spec.topic].error is not None]
         if not missing:
             break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topics not available after {timeout} s: {missing}")
+        if time.monotonic() > deadline:     # transient (brokercore.daemon retries it)
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC,
+                                            f"topics not available after {timeout} s: {missing}"))
         time.sleep(0.1)
     for spec in specs:
         found = metadata.topics[spec.topic]

@@ -1,0 +1,129 @@
+"""Engine daemons ride out Kafka faults, on a PRIVATE broker that the test formats, kills
+with -9 and starts again (never the shared one on 19092).
+
+- A daemon started on a brand-new broker, before any topic or internal topic exists,
+  waits out the coordinator's start and becomes active.
+- Under load, the broker is killed and restarted three times: the same daemon process
+  goes on, and every order sent (before, during — buffered by the producer — and after
+  each outage) yields its events exactly once.
+- SIGTERM while the broker is down: the daemon exits within STOP_BOUND seconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from brokercore.config import KafkaSettings
+from kafka_support import (
+    Daemon, Load, OrderProducer, PrivateKafka, assert_no_gap_no_duplicate, by_symbol,
+    check_run, direct_run, flow, instruments, read_events, write_instruments,
+)
+
+RESTARTS = 3
+STOP_BOUND = 15.0       # seconds from SIGTERM to exit with the broker down (docs/kafka.md)
+
+
+@pytest.fixture
+def instruments_file(tmp_path):
+    return write_instruments(tmp_path / "instruments.toml", instruments())
+
+
+@pytest.fixture
+def broker(tmp_path):
+    kafka = PrivateKafka(tmp_path / "kafka")
+    kafka.start()
+    yield kafka
+    kafka.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path, broker, instruments_file):
+    """start(): the engine daemon of shard 0 of a one-shard deployment on the private
+    broker (its topics not created yet: the daemon creates them)."""
+    settings = KafkaSettings(broker.bootstrap, f"t{uuid.uuid4().hex[:12]}-", shards=1)
+    started = []
+
+    def start(name: str = "daemon") -> Daemon:
+        started.append(Daemon(settings, 0, instruments_file, tmp_path / f"{name}.log"))
+        return started[-1]
+
+    start.settings = settings
+    yield start
+    for process in started:
+        process.close()
+
+
+def wait_until(condition, what: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.1)
+
+
+def events_of(settings, commands) -> dict:
+    """The committed events, once they include those of every command in ``commands``."""
+    expected, _ = direct_run(settings, instruments(), commands)
+    total = sum(map(len, expected.values()))
+    events = read_events(settings, expected=total, timeout=180)
+    assert sum(map(len, events.values())) >= total, "the events did not arrive in 180 s"
+    return events
+
+
+def test_a_daemon_on_a_brand_new_broker_becomes_active(daemon):
+    first = daemon()
+    first.wait_for("active from", timeout=180)
+    commands = flow(2000, seed=17)
+    OrderProducer(daemon.settings).send(commands)
+
+    events = events_of(daemon.settings, commands)
+
+    assert by_symbol(events) == direct_run(daemon.settings, instruments(), commands)[0]
+    assert_no_gap_no_duplicate(events)
+    assert first.terminate() == 0, first.text()[-3000:]
+
+
+def test_the_daemon_survives_broker_restarts_under_load(daemon, broker):
+    engine = daemon()
+    engine.wait_for("active from", timeout=180)
+    pid = engine.process.pid
+    with Load(daemon.settings, flow(200_000, seed=23), rate=1000,
+              patience=280) as load:
+        for restart in range(RESTARTS):
+            time.sleep(2.0)                     # orders flowing
+            broker.kill()
+            killed_at = len(load.sent)
+            time.sleep(3.0)                     # orders wait in the producer meanwhile
+            broker.start()
+            wait_until(lambda: len(load.sent) >= killed_at + 2000, "the load to go on")
+            # The events of everything sent so far arrive: the daemon is live again.
+            events_of(daemon.settings, list(load.sent))
+            assert engine.process.poll() is None, (
+                f"the daemon died after restart {restart + 1}:\n{engine.text()[-3000:]}")
+        time.sleep(2.0)                         # and orders flow on after the last one
+        assert not load.done, "the load should outlast the restarts"
+    assert engine.process.pid == pid
+    check_run(daemon.settings, load.sent, engine)
+
+
+def test_sigterm_while_the_broker_is_down_is_answered_promptly(daemon, broker):
+    first = daemon("first")
+    first.wait_for("active from", timeout=180)
+    with Load(daemon.settings, flow(20_000, seed=29), rate=1000,
+              patience=280) as load:
+        time.sleep(2.0)
+        broker.kill()
+        time.sleep(1.0)
+        first.process.terminate()
+        stopped = time.monotonic()
+        first.process.wait(STOP_BOUND)          # TimeoutExpired: SIGTERM was not answered
+        print(f"exit {first.process.returncode} {time.monotonic() - stopped:.1f} s after "
+              f"SIGTERM, broker down")
+        broker.start()
+        time.sleep(1.0)
+    assert first.process.returncode in (0, 1)
+    assert "stop" in first.text().splitlines()[-1], first.text()[-3000:]
+    # Nothing was lost or doubled: a successor publishes every order's events once.
+    check_run(daemon.settings, load.sent, daemon("second"))
