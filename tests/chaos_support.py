@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
+from test_recovery import free_port     # below the ephemeral range: no client takes it
 
 from brokercore.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
@@ -41,23 +41,6 @@ from brokercore.topics import partition_of
 
 REPO = Path(__file__).resolve().parents[1]
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
-OPEN_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED")
-
-
-def free_ports(count: int = 1) -> int:
-    """The first of ``count`` consecutive free loopback ports (Kafka's controller uses
-    its port + 1)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 40_000)
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports")
 
 
 NOISE = re.compile(r"\|FAIL\|.*Connection refused")
@@ -92,7 +75,7 @@ class Servers:
     def __init__(self, root: Path):
         self.root = root
         root.chmod(0o755)                  # Postgres runs as its own OS user under root
-        self.pg_port, self.redis_port, self.kafka_port = free_ports(), free_ports(), free_ports(2)
+        self.pg_port, self.redis_port, self.kafka_port = free_port(), free_port(), free_port(2)
         self.env = os.environ | {
             "BROKERCORE_PG_PORT": str(self.pg_port), "BROKERCORE_PG_STATE": str(root / "pg"),
             "BROKERCORE_REDIS_PORT": str(self.redis_port),
@@ -243,7 +226,7 @@ class Platform:
     def __init__(self, servers: Servers, root: Path, users: int, shards: int = 2):
         self.servers, self.root, self.shards = servers, root, shards
         (root / "logs").mkdir(exist_ok=True)
-        self.oms_port, self.query_port = free_ports(), free_ports()
+        self.oms_port, self.query_port = free_port(), free_port()
         self.env = os.environ | servers.env | {
             "BROKERCORE_DEV_MODE": "1", "BROKERCORE_SHARDS": str(shards),
             "BROKERCORE_DATABASE_URL": servers.database_url,

@@ -36,12 +36,13 @@ from pathlib import Path
 import httpx
 import pytest
 from chaos_support import (
-    JWT, OPEN_STATUSES, Load, Platform, Servers, broken_invariants, end_offsets,
+    JWT, Load, Platform, Servers, broken_invariants, end_offsets,
     http_problems, is_5xx, lagging, log_errors, missing, pending, read_model_differences,
     reconciler_report,
 )
 
 from brokercore.auth import mint_token
+from brokercore.order_entry import OPEN_STATUSES
 
 ROUNDS = int(os.environ.get("BROKERCORE_CHAOS_ROUNDS", "1"))
 HOLD = float(os.environ.get("BROKERCORE_CHAOS_HOLD", "20" if ROUNDS > 1 else "3"))
