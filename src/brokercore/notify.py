@@ -49,7 +49,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from brokercore.alerts import Fire, TradePrice, apply_trades
-from brokercore.backoff import retry_delay    # re-exported: the push back-off
+from brokercore.backoff import QUIET_KAFKA, retry_delay    # retry_delay: the push back-off
 from brokercore.market import MarketInstrument, format_paise
 from brokercore.messages import Event, encode
 from brokercore.pgconsumer import Message
@@ -287,7 +287,8 @@ class DeadLetters:
     def __init__(self, bootstrap: str, topic: str, timeout: float = 10.0):
         self.topic, self.timeout = topic, timeout
         self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                                   "linger.ms": 5, "message.timeout.ms": int(timeout * 1000)})
+                                   "linger.ms": 5, "message.timeout.ms": int(timeout * 1000),
+                                   **QUIET_KAFKA})
         self._lock = threading.Lock()       # one flush at a time sees its own report
 
     async def put(self, letter: PushDeadLetter) -> None:
