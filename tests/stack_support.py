@@ -5,9 +5,7 @@ state folders of its own, so that it never touches the shared servers other test
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +16,7 @@ import psycopg
 import pytest
 
 from oms_support import auth
+from test_recovery import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts/stack/stack.sh"
@@ -28,25 +27,6 @@ INHERITED = ("BROKERCORE_DATABASE_URL", "BROKERCORE_REDIS_URL", "BROKERCORE_KAFK
              "BROKERCORE_SHARDS", "BROKERCORE_PUSH_URL")
 
 
-def _free_block(size: int) -> int:
-    """The first of ``size`` consecutive loopback ports that are free now."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000 - size)
-        sockets = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no block of free ports")
-
-
 class PrivateStack:
     """stack.sh up/down/status under a temporary folder and on free ports: the APIs on
     base..base+3, Postgres base+4, Redis base+5, Kafka base+6 (its controller base+7)."""
@@ -55,7 +35,7 @@ class PrivateStack:
         # Postgres runs as the `postgres` OS user under root: the folder must be searchable.
         self.root = Path(tempfile.mkdtemp(prefix="brokercore-stack-"))
         self.root.chmod(0o755)
-        self.base = _free_block(8)
+        self.base = free_port(span=8)
         self.env = {k: v for k, v in os.environ.items() if k not in INHERITED} | {
             "BROKERCORE_STACK_STATE": str(self.root / ".stack"),
             "BROKERCORE_PORT_BASE": str(self.base),
