@@ -149,7 +149,13 @@ def run_engine(args) -> int:
     daemon = EngineDaemon(settings, args.shard, load_instruments(args.instruments), options)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
-    return daemon.run()
+    code = daemon.run()
+    # Exit without destroying the Kafka clients: after a failure a thread may still be
+    # in a librdkafka call, and destroying a producer with a transaction call in flight
+    # aborts the process. What matters is committed in Kafka already.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv=None) -> int:

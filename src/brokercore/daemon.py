@@ -186,6 +186,7 @@ class EngineDaemon:
         self._threads: list[threading.Thread] = []
         self._consumer: Consumer | None = None          # of the input, per session
         self._producer_client: Producer | None = None   # transactional, per session
+        self._retired: list[Producer] = []      # of failed sessions (see _discard)
         self._was_active = False
         self._orders = TopicPartition(settings.orders_topic, shard)
         self.stats = {"orders_in": 0, "events_out": 0, "transactions": 0,
@@ -657,7 +658,7 @@ class EngineDaemon:
             lease = _Lease(self.settings, self.shard_id, self.options.lease_session)
             self._serve(lease)
         except _Stopped:
-            self.log("stopped before going live")
+            self.log("stopped while not live (nothing to commit)")
             return 0
         except BaseException as e:
             self.log(f"failed: {e!r}")
@@ -694,6 +695,7 @@ class EngineDaemon:
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _pause(self, lease: _Lease, seconds: float) -> None:
+        """Wait, keeping the lease's group membership served."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self._stop.is_set():
@@ -794,6 +796,10 @@ class EngineDaemon:
         except DaemonFailed as e:
             self.log(f"left behind: {e}")
         self._consumer.close()
+        # Kept, never destroyed: librdkafka aborts the process when a producer with a
+        # transaction call in flight is destroyed (rd_kafka_enq_once_del_source_return
+        # assertion, seen after a broker restart). It is fenced by the next session.
+        self._retired.append(self._producer_client)
         self._consumer = self._producer_client = self._failure = None
 
     def _close(self, lease: _Lease | None) -> None:
