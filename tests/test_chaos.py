@@ -7,17 +7,18 @@ The platform is private (tests/chaos_support.py): its own Postgres, Redis and Ka
 their own ports and state, and, as subprocesses started as `make up` starts them, one
 engine daemon per shard, the OMS, the query service, settlement, the projector, the
 notifier and the reconciler (its rounds every 5 s; the WebSocket gateway and the
-notification API are left out: nothing here reads them). A server
-restart must be ridden out by every process (the same pid alive afterwards); after a kill
--9 the test plays the supervisor and starts the process again. The bound: every order
-accepted before a moment is settled (no longer PENDING) and every events consumer is past
-that moment's end of the topic within BROKERCORE_CHAOS_BOUND seconds (default 60).
+notification API are left out: nothing here reads them). A server restart must be
+ridden out by every process (the same pid alive afterwards); after a kill -9 the test
+plays the supervisor and starts the process again. The bound: every order accepted
+before a moment is settled (no longer PENDING) and every events consumer is past that
+moment's end of the topic within BROKERCORE_CHAOS_BOUND seconds (default 60).
 
 Profiles: by default (CI) each fault once with 3 s of load after it; `make chaos` runs
-BROKERCORE_CHAOS_ROUNDS=3 rounds with 20 s of load after each fault (BROKERCORE_CHAOS_HOLD
-sets those seconds). Other settings: BROKERCORE_CHAOS_RATE (orders/s, default 25), BROKERCORE_CHAOS_CLIENTS (default 24),
-BROKERCORE_CHAOS_KAFKA_DOWN (seconds the broker stays dead, default 3) and
-BROKERCORE_CHAOS_ONLY (comma-separated fault names, e.g. "postgres,kill oms").
+BROKERCORE_CHAOS_ROUNDS=3 rounds with 20 s of load after each fault (seconds set by
+BROKERCORE_CHAOS_HOLD). Other settings: BROKERCORE_CHAOS_RATE (orders/s, default 25),
+BROKERCORE_CHAOS_CLIENTS (default 24), BROKERCORE_CHAOS_KAFKA_DOWN (seconds the broker
+stays dead, default 3) and BROKERCORE_CHAOS_ONLY (comma-separated words of the fault
+names, e.g. "postgres,kill -9 oms").
 
 A failure names the fault, what did not recover (dead or replaced processes, orders
 still PENDING per shard, consumers behind, 500s, broken invariants) and the error lines
