@@ -1,10 +1,11 @@
 """A whole private platform for the chaos test (tests/test_chaos.py): servers, services,
 a load of HTTP clients, and the checks that say what did not recover.
 
-The servers are private instances (own ports, own state under one temp folder) started
-by the project's scripts, never the shared ones other tests use. The services run as
-real subprocesses, started as scripts/stack/stack.sh starts them, each logging to its
-own file, so that kill -9 means what it says and the test can play the supervisor.
+The servers are private instances (tests/private_servers.py: own ports, own state under
+one temp folder) started by the project's scripts, never the shared ones other tests
+use. The services run as real subprocesses, started as scripts/stack/stack.sh starts
+them, each logging to its own file, so that kill -9 means what it says and the test can
+play the supervisor.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
-from test_recovery import free_port     # below the ephemeral range: no client takes it
+from private_servers import PrivateKafka, PrivatePostgres, PrivateRedis, free_port
 
 from brokercore.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
@@ -70,33 +70,22 @@ def alive(pid: int | None) -> bool:
 # --- servers ---------------------------------------------------------------------------------
 
 class Servers:
-    """Private Postgres, Redis and Kafka, each under ``root`` and on ports of its own."""
+    """Private Postgres, Redis and Kafka, each under ``root`` and on ports of its own;
+    ``env`` holds the scripts' settings of all three."""
 
     def __init__(self, root: Path):
         self.root = root
         root.chmod(0o755)                  # Postgres runs as its own OS user under root
-        self.pg_port, self.redis_port, self.kafka_port = free_port(), free_port(), free_port(2)
-        self.env = os.environ | {
-            "BROKERCORE_PG_PORT": str(self.pg_port), "BROKERCORE_PG_STATE": str(root / "pg"),
-            "BROKERCORE_REDIS_PORT": str(self.redis_port),
-            "BROKERCORE_REDIS_STATE": str(root / "redis"),
-            "BROKERCORE_KAFKA_PORT": str(self.kafka_port),
-            "BROKERCORE_KAFKA_STATE": str(root / "kafka"),
-            "BROKERCORE_KAFKA_START_WAIT": "180"}   # a killed node waits out its registration
-        self.bootstrap = f"127.0.0.1:{self.kafka_port}"
-
-    def script(self, server: str, command: str, timeout: float = 300) -> str:
-        done = subprocess.run([str(REPO / f"scripts/{server}/{server}.sh"), command],
-                              env=self.env, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError(f"scripts/{server}/{server}.sh {command} failed:\n{done.stderr}")
-        return done.stdout.strip()
+        self.postgres = PrivatePostgres(root / "pg")
+        self.redis = PrivateRedis(root / "redis")
+        self.kafka = PrivateKafka(root / "kafka")
+        self.env = self.postgres.env | self.redis.env | self.kafka.env
+        self.database_url, self.redis_url = self.postgres.url, self.redis.url
+        self.bootstrap = self.kafka.bootstrap
 
     def start(self) -> None:
-        for server in ("postgres", "redis", "kafka"):
-            self.script(server, "start")
-        self.database_url = self.script("postgres", "url")
-        self.redis_url = self.script("redis", "url")
+        for server in (self.postgres, self.redis, self.kafka):
+            server.start()
 
     def keep_logs(self, folder: Path) -> None:
         """Copy the servers' own logs into ``folder`` (their state is removed)."""
@@ -107,35 +96,22 @@ class Servers:
                 shutil.copy(self.root / log, folder / log.replace("/", "-"))
 
     def stop(self) -> None:
-        for server in ("kafka", "redis", "postgres"):
+        for server in (self.kafka, self.redis, self.postgres):
             try:
-                self.script(server, "stop", timeout=120)
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                print(f"chaos: stopping {server}: {e}", file=sys.stderr)
-
-    def restart_postgres(self) -> None:
-        """``pg_ctl restart -m immediate``: every backend killed, crash recovery at start."""
-        data = self.root / "pg" / "data"
-        version = (data / "PG_VERSION").read_text().strip()
-        pg_ctl = [f"/usr/lib/postgresql/{version}/bin/pg_ctl", "-D", str(data), "restart",
-                  "-m", "immediate", "-w", "-t", "60", "-l", str(self.root / "pg/postgres.log")]
-        if os.geteuid() == 0:
-            pg_ctl = ["runuser", "-u", "postgres", "--", *pg_ctl]
-        subprocess.run(pg_ctl, check=True, capture_output=True, timeout=120)
+                server.stop()
+            except (AssertionError, subprocess.TimeoutExpired) as e:
+                print(f"chaos: stopping {server.server}: {e}", file=sys.stderr)
 
     def restart_redis(self) -> None:
         """kill -9 and start again: Redis keeps nothing, so every key is gone."""
-        pid = int((self.root / "redis" / "redis.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        while alive(pid):
-            time.sleep(0.05)
-        self.script("redis", "start")
+        self.redis.kill()
+        self.redis.start()
 
     def restart_kafka(self, down_for: float) -> None:
         """kill -9 the broker, leave it down ``down_for`` seconds, start it again."""
-        self.script("kafka", "kill")
+        self.kafka.kill()
         time.sleep(down_for)
-        self.script("kafka", "start")
+        self.kafka.start()
 
 
 # --- services --------------------------------------------------------------------------------

@@ -4,11 +4,7 @@ Postgres, Redis and Kafka, with what they log kept, for the edge and fuzz tests.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
 import uuid
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -17,51 +13,16 @@ import redis
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
 from brokercore.topics import ensure_topics
 from oms_support import BOOTSTRAP, OPEN_MARKET
-from test_recovery import free_port
 from services.notifier.app import create_app as notifications_app
 from services.oms.app import create_app as oms_app
 from services.query.app import create_app as query_app
 from services.ws.app import create_app as gateway_app
 
 SHARED_REDIS = "redis://127.0.0.1:16379/0"
-REPO = Path(__file__).resolve().parents[1]
 
 STORED = ("orders", "idempotency_keys", "outbox", "push_devices", "price_alerts",
           "notification_preferences")
 """The tables a request of a client can add rows to."""
-
-
-class PrivateServer:
-    """A Postgres or Redis of this test's own (scripts/postgres/postgres.sh or
-    scripts/redis/redis.sh on a free port and a fresh state folder), which the test may
-    stop and start; ``url`` is the application's URL of it."""
-
-    def __init__(self, kind: str):
-        assert kind in ("postgres", "redis")
-        port = free_port()          # below the ephemeral range: no client takes it meanwhile
-        # /tmp, not pytest's tmp_path: the postgres OS user must reach the state folder.
-        self.state = Path(f"/tmp/brokercore-{kind}-{uuid.uuid4().hex[:12]}")
-        variable = "PG" if kind == "postgres" else "REDIS"
-        self.script = REPO / f"scripts/{kind}/{kind}.sh"
-        self.env = os.environ | {f"BROKERCORE_{variable}_PORT": str(port),
-                                 f"BROKERCORE_{variable}_STATE": str(self.state)}
-        self.url = self._run("url")
-
-    def _run(self, command: str) -> str:
-        done = subprocess.run([str(self.script), command], env=self.env, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, f"{self.script.name} {command}:\n{done.stderr}"
-        return done.stdout.strip()
-
-    def start(self) -> None:
-        self._run("start")
-
-    def stop(self) -> None:
-        self._run("stop")
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.state, ignore_errors=True)
 
 
 class LogRecords(logging.Handler):

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from oms_support import auth
-from test_recovery import free_port
+from private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts/stack/stack.sh"

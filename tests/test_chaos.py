@@ -100,7 +100,7 @@ def platform(request):
 def faults(platform: Platform) -> list[tuple[str, Callable[[], None], str | None]]:
     """(name, inject, the service it kills or None for a server restart), in order."""
     servers = platform.servers
-    chosen = [("postgres restart -m immediate", servers.restart_postgres, None),
+    chosen = [("postgres restart -m immediate", servers.postgres.crash_restart, None),
               ("redis kill -9 and start", servers.restart_redis, None),
               ("kafka kill -9 and start", lambda: servers.restart_kafka(KAFKA_DOWN), None)]
     for name, service in platform.services.items():

@@ -15,8 +15,9 @@ import pytest
 
 from brokercore.auth import mint_token
 from brokercore.migrations import apply_migrations
-from http_support import LogRecords, PrivateServer, Services, assert_error
+from http_support import LogRecords, Services, assert_error
 from oms_support import JWT, auth, run
+from private_servers import PrivatePostgres, PrivateRedis
 
 
 def order(**fields) -> dict:
@@ -270,18 +271,14 @@ def test_reads_have_a_per_user_rate_limit_of_their_own(database):
 
 @pytest.fixture
 def private_redis():
-    server = PrivateServer("redis")
-    server.start()
-    yield server
-    server.remove()
+    with PrivateRedis() as server:
+        yield server
 
 
 @pytest.fixture
 def private_postgres():
-    server = PrivateServer("postgres")
-    server.start()
-    yield server
-    server.remove()
+    with PrivatePostgres() as server:
+        yield server
 
 
 def test_while_redis_is_away_orders_go_on_under_a_local_rate_limit(database, private_redis):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,6 +21,7 @@ from brokercore.cache import invalidate
 from brokercore.config import DEV_JWT_SECRET, ServiceSettings
 from brokercore.streams import BookUpdate, encode_message, md_key, rupees
 from oms_support import Api, auth, run
+from private_servers import PrivateRedis
 from services.query.app import create_app
 
 SHARED_REDIS = "redis://127.0.0.1:16379/0"
@@ -459,53 +458,17 @@ def test_an_order_placed_through_the_oms_is_listed_at_once(database):
         "PENDING", 3, "15000.00", [])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, on a free port, without persistence."""
-
-    def __init__(self):
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        client, deadline = redis.Redis(port=self.port), time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
 @pytest.fixture
 def private_redis():
-    server = PrivateRedis()
-    server.start()
-    yield server
-    if server.process.poll() is None:
-        server.stop()
+    with PrivateRedis() as server:
+        yield server
 
 
 def test_reads_come_from_postgres_while_redis_is_down(dataset, private_redis):
     async def scenario(api):
         first = await api.ok("/portfolio")
         assert await api.ok("/portfolio") == first and api.cache.hits == 1
-        private_redis.stop()
+        private_redis.kill()
         execute(dataset, "UPDATE accounts SET cash = cash + 100 WHERE user_id = 'alice'")
         during = [await api.ok("/portfolio") for _ in range(3)]
         book = await api.ok("/marketdata/RELIANCE")

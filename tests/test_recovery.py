@@ -3,7 +3,7 @@
 
 Settlement, the projector and the reconciler run as real processes (``python -m
 services.settlement`` etc.), orders come through the OMS (in-process) and an engine
-daemon (a subprocess). Postgres is restarted with ``pg_ctl restart -m immediate`` and then
+daemon (a subprocess). Postgres is crash-restarted (``postgres.sh crash-restart``) and then
 the Kafka broker is killed with SIGKILL and started again, under a trickle of orders:
 the same consumer processes must still be running afterwards, and every order must be
 settled exactly once. The OMS must answer at once while Kafka is away and publish the
@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -34,6 +30,7 @@ from confluent_kafka import Producer
 from psycopg.conninfo import make_conninfo
 from kafka_support import Daemon
 from oms_support import Api, auth, run
+from private_servers import PrivateKafka, PrivatePostgres
 
 from brokercore.api import PlaceOrderRequest
 from brokercore.messages import EventBatch, encode
@@ -48,111 +45,19 @@ SHARES = 1_000_000                          # bob's RELIANCE, to sell
 SETTLED_WITHIN = 120.0                      # seconds after the last restart: the bound
 
 
-def free_port(span: int = 1) -> int:
-    """A free loopback port, with the ``span - 1`` ports after it free too (Kafka's
-    controller listens on port + 1), below the ephemeral range, so that no client's
-    outgoing connection takes it before the server binds it."""
-    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    low = int(ephemeral[0])
-    for _ in range(1000):
-        port = random.randrange(20_000, low - span)
-        if all(_free(port + i) for i in range(span)):
-            return port
-    raise RuntimeError("no free port")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _script(script: str, command: str, env: dict, timeout: float = 300) -> None:
-    done = subprocess.run([str(REPO / script), command], env=os.environ | env,
-                          capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise AssertionError(f"{script} {command} failed:\n{done.stderr[-3000:]}")
-
-
-class PrivatePostgres:
-    """scripts/postgres/postgres.sh on its own port and state folder."""
-
-    def __init__(self, root: Path):
-        self.port = free_port()
-        self.state = root / "pg"
-        self.env = {"BROKERCORE_PG_PORT": str(self.port),
-                    "BROKERCORE_PG_STATE": str(self.state)}
-        self.url = f"postgresql://brokercore:brokercore@127.0.0.1:{self.port}/brokercore"
-
-    def start(self) -> None:
-        _script("scripts/postgres/postgres.sh", "start", self.env)
-
-    def stop(self) -> None:
-        _script("scripts/postgres/postgres.sh", "stop", self.env)
-
-    def restart_immediately(self) -> None:
-        """``pg_ctl restart -m immediate``: every connection is cut, no shutdown
-        checkpoint (crash recovery at the start), then wait until it answers."""
-        data = self.state / "data"
-        version = (data / "PG_VERSION").read_text().strip()
-        command = [f"/usr/lib/postgresql/{version}/bin/pg_ctl", "-D", str(data), "restart",
-                   "-m", "immediate", "-w", "-t", "120", "-l", str(self.state / "postgres.log")]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=180)
-
-
-class PrivateKafka:
-    """scripts/kafka/kafka.sh on its own port and state folder."""
-
-    def __init__(self, root: Path):
-        self.port = free_port(span=2)
-        self.state = root / "kafka"
-        self.env = {"BROKERCORE_KAFKA_PORT": str(self.port),
-                    "BROKERCORE_KAFKA_STATE": str(self.state)}
-        self.bootstrap = f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 300) -> None:
-        """Start it and wait until it answers: on two busy cores, a broker recovering
-        its logs after a kill -9 may take longer than the script waits."""
-        try:
-            _script("scripts/kafka/kafka.sh", "start", self.env)
-        except AssertionError:
-            deadline = time.monotonic() + timeout
-            while subprocess.run([str(REPO / "scripts/kafka/kafka.sh"), "status"],
-                                 env=os.environ | self.env, capture_output=True).returncode:
-                pid = int((self.state / "kafka.pid").read_text())
-                if time.monotonic() > deadline or not Path(f"/proc/{pid}").exists():
-                    raise
-                time.sleep(1)
-
-    def stop(self) -> None:
-        _script("scripts/kafka/kafka.sh", "stop", self.env)
-
-    def kill(self) -> None:
-        """kill -9 the broker: no clean shutdown of any kind."""
-        _script("scripts/kafka/kafka.sh", "kill", self.env)
-
-
 @pytest.fixture(scope="module")
 def servers():
     """A private Postgres and a private Kafka broker for this module, removed after."""
-    root = Path(tempfile.mkdtemp(prefix="brokercore-recovery-"))
-    root.chmod(0o755)                       # the postgres OS user writes in it (as root)
-    postgres, kafka = PrivatePostgres(root), PrivateKafka(root)
+    postgres, kafka = PrivatePostgres(), PrivateKafka()
     try:
         postgres.start()
         kafka.start()
         yield postgres, kafka
     finally:
         try:
-            kafka.stop()
+            kafka.remove()
         finally:
-            postgres.stop()
-            shutil.rmtree(root, ignore_errors=True)
+            postgres.remove()
 
 
 @pytest.fixture
@@ -309,7 +214,7 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
                 stop = asyncio.Event()
                 orders = asyncio.create_task(trickle(api, stop, accepted, refused))
                 await asyncio.sleep(3)
-                await asyncio.to_thread(postgres.restart_immediately)
+                await asyncio.to_thread(postgres.crash_restart)
                 print(f"Postgres restarted; {len(accepted)} orders accepted so far")
                 await asyncio.sleep(5)
                 await asyncio.to_thread(kafka.kill)

@@ -109,20 +109,6 @@ start() {
 
 stop() { stop_pid_file "$pidfile" 30; }
 
-# kill -9, as a crash would: no shutdown of any kind; returns once the process is gone.
-kill_now() {
-    local pid
-    pid="$(cat "$pidfile" 2>/dev/null || true)"
-    if alive "$pid"; then
-        kill -9 "$pid"
-        while alive "$pid"; do sleep 0.05; done
-        log "killed (pid $pid)"
-    else
-        log "not running"
-    fi
-    rm -f "$pidfile"
-}
-
 status() {
     if answers; then log "running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi
     log "not running"
@@ -133,6 +119,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    kill) kill_now ;;
+    kill) kill_pid_file "$pidfile" ;;
     *) echo "usage: $0 start|stop|status|kill" >&2; exit 2 ;;
 esac

@@ -28,3 +28,18 @@ stop_pid_file() {
     rm -f "$file"
     log "${name}killed after $seconds s"
 }
+
+# kill_pid_file FILE [NAME]: kill -9 the process in FILE, as a crash would (no shutdown
+# of any kind), and remove FILE; returns once the process is gone.
+kill_pid_file() {
+    local file="$1" name="${2:+$2 }" pid
+    pid="$(cat "$file" 2>/dev/null || true)"
+    if alive "$pid"; then
+        kill -9 "$pid"
+        while alive "$pid"; do sleep 0.05; done
+        log "${name}killed (pid $pid)"
+    else
+        log "${name}not running"
+    fi
+    rm -f "$file"
+}

@@ -7,6 +7,10 @@
 #   scripts/postgres/postgres.sh stop     stop the server started here (fast shutdown)
 #   scripts/postgres/postgres.sh status   exit 0 and say so if it answers, 1 otherwise
 #   scripts/postgres/postgres.sh url      print the application's connection URL
+#   scripts/postgres/postgres.sh crash-restart
+#                                         fault tests: every backend killed at once (an
+#                                         immediate shutdown, no shutdown checkpoint), then
+#                                         started again (crash recovery) and waited for
 #
 # PostgreSQL is Debian's (`apt-get install -y postgresql` when it is missing); the
 # newest /usr/lib/postgresql/<version>/bin is used. The cluster's data, log and
@@ -227,6 +231,15 @@ stop() {
     die "the server (pid $(postmaster_pid)) does not stop; see $logfile"
 }
 
+# As a crash would: connections cut, no checkpoint, so the start replays the WAL.
+crash_restart() {
+    existing_bindir
+    running || die "not running"
+    pg_ctl stop -m immediate -w -t 60 > /dev/null || die "immediate shutdown failed; see $logfile"
+    log "stopped (immediate)"
+    start
+}
+
 status() {
     existing_bindir
     if answers; then
@@ -244,5 +257,6 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     url) url ;;
-    *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+    crash-restart) crash_restart ;;
+    *) echo "usage: $0 start|stop|status|url|crash-restart" >&2; exit 2 ;;
 esac

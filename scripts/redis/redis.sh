@@ -6,6 +6,7 @@
 #   scripts/redis/redis.sh stop     stop the server started here
 #   scripts/redis/redis.sh status   exit 0 and say so if it answers, 1 otherwise
 #   scripts/redis/redis.sh url      print the connection URL
+#   scripts/redis/redis.sh kill     kill -9 the server (fault tests; every key is lost)
 #
 # Redis is Debian's (`apt-get install -y redis-server` when redis-server is missing).
 # Its pid file, log and working folder live in $BROKERCORE_REDIS_STATE (default .redis/
@@ -91,5 +92,6 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     url) url ;;
-    *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+    kill) kill_pid_file "$pidfile" ;;
+    *) echo "usage: $0 start|stop|status|url|kill" >&2; exit 2 ;;
 esac
