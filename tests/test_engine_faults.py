@@ -102,8 +102,6 @@ def test_the_daemon_survives_broker_restarts_under_load(daemon, broker):
             events_of(daemon.settings, list(load.sent))
             assert engine.process.poll() is None, (
                 f"the daemon died after restart {restart + 1}:\n{engine.text()[-3000:]}")
-        time.sleep(2.0)                         # and orders flow on after the last one
-        assert not load.done, "the load should outlast the restarts"
     assert engine.process.pid == pid
     check_run(daemon.settings, load.sent, engine)
 
