@@ -35,7 +35,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from brokercore.backoff import QUIET_KAFKA, Backoff
+from brokercore.backoff import Backoff
+from brokercore.kafka_faults import QUIET_KAFKA
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.market import load_market
 from brokercore.messages import EventBatch

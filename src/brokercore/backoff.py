@@ -20,36 +20,14 @@ import psycopg
 import redis
 from confluent_kafka import KafkaError, KafkaException
 
-__all__ = ["QUIET_KAFKA", "Backoff", "retry_delay", "transient", "transient_kafka"]
+from brokercore.kafka_faults import transient_kafka
 
-# Local librdkafka errors of a broker that is away (its own retries continue meanwhile);
-# the broker's own retriable codes (coordinator moving, leader not available, ...) are
-# flagged retriable() by the client.
-_KAFKA_AWAY = frozenset({
-    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-    KafkaError._MSG_TIMED_OUT, KafkaError._RESOLVE, KafkaError._WAIT_COORD,
-    KafkaError._TIMED_OUT_QUEUE, KafkaError.NETWORK_EXCEPTION,
-    KafkaError.REQUEST_TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-})
-
-
-# librdkafka logs every failed reconnect (many lines a second while a broker is away);
-# the same errors reach the client's error_cb and are logged once per outage instead.
-QUIET_KAFKA = {"log_level": 2}
-
+__all__ = ["Backoff", "retry_delay", "transient"]
 
 def retry_delay(retry: int, base: float, cap: float) -> float:
     """Seconds before retry number ``retry`` (1, 2, ...): base, 2·base, 4·base ..., at
     most ``cap``."""
     return min(cap, base * 2 ** min(retry - 1, 62))
-
-
-def transient_kafka(error: KafkaError) -> bool:
-    """A Kafka error that passes once the broker is back (never a fatal one)."""
-    return not error.fatal() and (error.retriable() or error.code() in _KAFKA_AWAY)
 
 
 def transient(error: BaseException) -> bool:
@@ -60,8 +38,7 @@ def transient(error: BaseException) -> bool:
         return True
     if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
         return True
-    return (isinstance(error, KafkaException) and isinstance(error.args[0], KafkaError)
-            and transient_kafka(error.args[0]))
+    return isinstance(error, KafkaException) and transient_kafka(error)
 
 
 class Backoff:

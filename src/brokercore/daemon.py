@@ -54,6 +54,7 @@ from confluent_kafka.admin import AdminClient
 from brokercore.codec import CommandDecoder, EventEncoder, SymbolTable
 from brokercore.config import EngineOptions, KafkaSettings
 from brokercore.journal import InputJournal
+from brokercore.kafka_faults import transient_kafka
 from brokercore.messages import ShardSnapshot, encode
 from brokercore.records import EVENT_DTYPE, MarkKind
 from brokercore.shard import Instrument, Shard, read_snapshot
@@ -71,28 +72,10 @@ REQUEST_TIMEOUT = 10.0      # ... which one request may overrun up to this (sock
 TRANSACTION_PATIENCE = 10.0     # a transaction call retried this long, then a rebuild
 STOP_TIMEOUT = 5.0          # after SIGTERM: time for the final commit, else exit 1 without
 
-# Errors a broker restart, a coordinator still loading or a topic being created give;
-# librdkafka marks most of them retriable, not all (NOT_COORDINATOR from an offset fetch).
-_TRANSIENT = frozenset({
-    KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
-    KafkaError._WAIT_COORD, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION,
-    KafkaError._MSG_TIMED_OUT, KafkaError._RESOLVE, KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.REQUEST_TIMED_OUT,
-    KafkaError.NETWORK_EXCEPTION, KafkaError.CONCURRENT_TRANSACTIONS,
-    KafkaError.UNSTABLE_OFFSET_COMMIT,
-})
-
-
 def transient(error: BaseException | KafkaError) -> bool:
     """Whether waiting and trying again can cure ``error`` (a KafkaException, its
     KafkaError, or a future that did not resolve in time)."""
-    if isinstance(error, KafkaException):
-        error = error.args[0]
-    if isinstance(error, KafkaError):
-        return error.retriable() or error.code() in _TRANSIENT
-    return isinstance(error, TimeoutError)
+    return transient_kafka(error) or isinstance(error, TimeoutError)
 
 
 class DaemonFailed(RuntimeError):
@@ -187,6 +170,7 @@ class EngineDaemon:
         self._consumer: Consumer | None = None          # of the input, per session
         self._producer_client: Producer | None = None   # transactional, per session
         self._retired: list[Producer] = []      # of failed sessions (see _discard)
+        self._snapshot_reader: Consumer | None = None   # see _newest_snapshot
         self._was_active = False
         self._orders = TopicPartition(settings.orders_topic, shard)
         self.stats = {"orders_in": 0, "events_out": 0, "transactions": 0,
@@ -327,16 +311,22 @@ class EngineDaemon:
         return Producer(config)
 
     def _newest_snapshot(self) -> ShardSnapshot | None:
-        consumer = Consumer({
-            "bootstrap.servers": self.settings.bootstrap,
-            "group.id": f"{self.settings.engine_group(self.shard_id)}-snapshot-reader",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.max.bytes": SNAPSHOT_MAX_BYTES,
-            "max.partition.fetch.bytes": SNAPSHOT_MAX_BYTES,
-            "receive.message.max.bytes": SNAPSHOT_MAX_BYTES + (1 << 20),
-        })
+        """The newest snapshot of this shard, read from the start of its partition by
+        one consumer made once per daemon and never closed: librdkafka 2.16 aborted the
+        process (rd_kafka_enq_once_del_source_return) closing one while the broker was
+        away, between two tries of this read."""
+        if self._snapshot_reader is None:
+            self._snapshot_reader = Consumer({
+                "bootstrap.servers": self.settings.bootstrap,
+                "group.id": f"{self.settings.engine_group(self.shard_id)}-snapshot-reader",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.max.bytes": SNAPSHOT_MAX_BYTES,
+                "max.partition.fetch.bytes": SNAPSHOT_MAX_BYTES,
+                "receive.message.max.bytes": SNAPSHOT_MAX_BYTES + (1 << 20),
+            })
+        consumer = self._snapshot_reader
         consumer.assign([TopicPartition(self.settings.snapshots_topic, self.shard_id,
                                         OFFSET_BEGINNING)])
         newest, decoder = None, msgspec.msgpack.Decoder(ShardSnapshot)
@@ -366,7 +356,7 @@ class EngineDaemon:
                 if snapshot.shard == self.shard_id:
                     newest = snapshot
         finally:
-            consumer.close()
+            consumer.unassign()
 
     # --- set-up and silent replay ------------------------------------------------------
 

@@ -49,7 +49,8 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from brokercore.alerts import Fire, TradePrice, apply_trades
-from brokercore.backoff import QUIET_KAFKA, retry_delay    # retry_delay: the push back-off
+from brokercore.backoff import retry_delay    # re-exported: the push back-off
+from brokercore.kafka_faults import QUIET_KAFKA
 from brokercore.market import MarketInstrument, format_paise
 from brokercore.messages import Event, encode
 from brokercore.pgconsumer import Message

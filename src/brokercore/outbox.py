@@ -22,7 +22,8 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Producer
 from psycopg_pool import AsyncConnectionPool
 
-from brokercore.backoff import QUIET_KAFKA, Backoff, transient, transient_kafka
+from brokercore.backoff import Backoff, transient
+from brokercore.kafka_faults import QUIET_KAFKA, transient_kafka
 
 __all__ = ["OutboxPublisher", "OutboxRow"]
 

@@ -19,7 +19,8 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 import psycopg
 
-from brokercore.backoff import QUIET_KAFKA, Backoff, transient, transient_kafka
+from brokercore.backoff import Backoff, transient
+from brokercore.kafka_faults import QUIET_KAFKA, transient_kafka
 from brokercore.messages import EventBatch
 
 __all__ = ["Applier", "Message", "claim_offsets", "store_offsets", "stored_offsets",
