@@ -13,8 +13,8 @@ demo: build  ## build, then run the engine benchmark on its default workload
 test: build kafka postgres redis  ## install what the tests need, build, start Kafka, Postgres and Redis, run every test
 	$(PY) -m pytest
 
-crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons under load
-	BROKERCORE_CRASH_KILLS=50 $(PY) -m pytest tests/test_engine_crash.py
+crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons, 3 kill -9s of a private broker, under load
+	BROKERCORE_CRASH_KILLS=50 BROKERCORE_BROKER_RESTARTS=3 $(PY) -m pytest tests/test_engine_crash.py tests/test_engine_faults.py
 
 chaos: build  ## the full chaos profile: 3 rounds of restarting each server and kill -9 of each service under load (private servers)
 	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/test_chaos.py

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -347,46 +346,3 @@ def check_run(settings, commands, final_daemon):
     final = books_of(newest_snapshots(settings)[0])     # written by the graceful stop
     assert final.keys() == books.keys()                 # one shard: every symbol
     assert all(same_book(book, books[symbol]) for symbol, book in final.items())
-
-
-# --- a private broker, for tests that kill or format it ------------------------------------
-
-def _free_port_pair() -> int:
-    """A port p such that p and p + 1 (the controller's) are free on loopback now."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with socket.socket() as controller:
-            try:
-                controller.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
-class PrivateKafka:
-    """A single-node broker of the test's own (scripts/kafka/kafka.sh on a free port with
-    its state under ``state``): never the shared one, so it may be killed and formatted."""
-
-    def __init__(self, state: Path):
-        self.port = _free_port_pair()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self._env = os.environ | {"BROKERCORE_KAFKA_PORT": str(self.port),
-                                  "BROKERCORE_KAFKA_STATE": str(state),
-                                  "BROKERCORE_KAFKA_START_WAIT": "240"}
-
-    def _script(self, command: str) -> None:
-        subprocess.run([str(REPO / "scripts/kafka/kafka.sh"), command], env=self._env,
-                       check=True, timeout=300)
-
-    def start(self) -> None:
-        """Start it (formatting its state the first time); returns once it answers."""
-        self._script("start")
-
-    def kill(self) -> None:
-        """kill -9 the broker."""
-        self._script("kill")
-
-    def stop(self) -> None:
-        self._script("stop")
