@@ -70,8 +70,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brokercore.records import EVENT_DTYPE, EventType, Op, Reason, Stp, Tif
-from brokercore.reference import ReferenceBook
+from brokercore.engine.records import EVENT_DTYPE, EventType, Op, Reason, Stp, Tif
+from brokercore.engine.reference import ReferenceBook
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_model  # noqa: E402

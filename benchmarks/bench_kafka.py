@@ -10,7 +10,7 @@ Run (from the repository root, with brokercore installed and the development Kaf
 Each run starts a fresh engine daemon (``brokercore engine --shard 0 --shards 1``, a
 subprocess, with its own topic prefix so runs never see each other's data, on a temporary
 instruments file of 4 symbols whose id maps are sized for the run) and waits until it
-says it is active. The order flow (brokercore.loadgen: ~45% limit, ~10% market, ~45%
+says it is active. The order flow (brokercore.runtime.loadgen: ~45% limit, ~10% market, ~45%
 cancel) is generated and msgpack-encoded in the producer process before the clock
 starts; producing only writes each command's ``ts`` (time.time_ns()) into its 8 bytes.
 A last command, a cancel of an unknown order id, is the sentinel: its REJECTED event is
@@ -71,16 +71,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_model  # noqa: E402
 
 from brokercore.config import KafkaSettings  # noqa: E402
-from brokercore.loadgen import HALF_BAND, MID, order_flow  # noqa: E402
-from brokercore.messages import (  # noqa: E402
+from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow  # noqa: E402
+from brokercore.kafka.messages import (  # noqa: E402
     CancelOrder,
     EventBatch,
     NewOrder,
     encode,
 )
-from brokercore.records import Op  # noqa: E402
-from brokercore.shard import Instrument  # noqa: E402
-from brokercore.topics import ensure_topics, partition_of  # noqa: E402
+from brokercore.engine.records import Op  # noqa: E402
+from brokercore.runtime.shard import Instrument  # noqa: E402
+from brokercore.kafka.topics import ensure_topics, partition_of  # noqa: E402
 
 TARGET_ORDERS_PER_S = 100_000
 TARGET_P99_MS = 50.0
@@ -737,7 +737,7 @@ def main() -> None:
     log(f"where   : nothing pinned{pinned}: "
         f"broker JVM, daemon (consumer, matcher, publisher threads + librdkafka), "
         f"producer process, reader process and this coordinator share the {cores} CPUs")
-    log(f"flow    : brokercore.loadgen, 4 symbols, seed {args.seed}; producer "
+    log(f"flow    : brokercore.runtime.loadgen, 4 symbols, seed {args.seed}; producer "
         f"enable.idempotence, linger.ms {args.producer_linger_ms:g}; reader read_committed\n")
 
     rows = []

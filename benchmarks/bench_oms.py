@@ -39,13 +39,13 @@ from machine import machine_line  # noqa: E402
 
 from harness import (  # noqa: E402
     Connection, cpu_ticks, create_database, dev_server, interrupt_on_sigterm, postgres_pids,
-    postmaster_of, seed_accounts, start_uvicorn, stop, write_instruments,
+    postmaster_of, seed_accounts, start_service, stop, write_instruments,
 )
 
-from brokercore.auth import JwtConfig, mint_token  # noqa: E402
-from brokercore.migrations import drop_database  # noqa: E402
+from brokercore.edge.auth import JwtConfig, mint_token  # noqa: E402
+from brokercore.db.migrations import drop_database  # noqa: E402
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings  # noqa: E402
-from brokercore.topics import ensure_topics  # noqa: E402
+from brokercore.kafka.topics import ensure_topics  # noqa: E402
 
 TARGET_ORDERS_PER_S = 2_000
 TARGET_P99_MS = 50.0
@@ -278,7 +278,7 @@ def main() -> None:
         seed_accounts(url, symbols, args.users)
         postmaster = postmaster_of(url)
         ensure_topics(kafka)
-        uvicorn, port = start_uvicorn("services.oms.app:app", dict(
+        uvicorn, port = start_service("oms", dict(
             BROKERCORE_DATABASE_URL=url, BROKERCORE_KAFKA_BOOTSTRAP=KAFKA,
             BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix, BROKERCORE_SHARDS="4",
             BROKERCORE_INSTRUMENTS=instruments_path, BROKERCORE_DEV_MODE="1",

@@ -12,7 +12,7 @@ uvicorn (uvloop, httptools); a fresh Redis key prefix.
 
 HTTP phases (closed loop, --clients keep-alive connections, a random user per request):
 "warm" after one read of every user filled the cache; "cold" with the user's cache
-generation bumped (brokercore.cache) just before each request, so every request misses
+generation bumped (brokercore.read.cache) just before each request, so every request misses
 and reads Postgres, as the first read after a fill does. Redis's own hit/miss counters
 are printed per phase as evidence.
 
@@ -48,14 +48,14 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    Connection, create_database, dev_server, interrupt_on_sigterm, start_uvicorn, stop,
+    Connection, create_database, dev_server, interrupt_on_sigterm, start_service, stop,
 )
 from machine import machine_line  # noqa: E402
 
-from brokercore.auth import JwtConfig, mint_token  # noqa: E402
-from brokercore.migrations import drop_database  # noqa: E402
+from brokercore.edge.auth import JwtConfig, mint_token  # noqa: E402
+from brokercore.db.migrations import drop_database  # noqa: E402
 from brokercore.config import DEV_JWT_SECRET  # noqa: E402
-from brokercore.streams import (  # noqa: E402
+from brokercore.realtime.channels import (  # noqa: E402
     OrderUpdate, TradeTick, encode_message, trades_channel, user_channel,
 )
 
@@ -336,8 +336,8 @@ def main() -> None:
                    BROKERCORE_WS_QUEUE_SIZE="10000",   # reads are measured, not limited:
                    BROKERCORE_READ_RATE_LIMIT_BURST="1000000",
                    BROKERCORE_READ_RATE_LIMIT_PER_SECOND="1000000")
-        query, query_port = start_uvicorn("services.query.app:app", env, query_log)
-        gateway, ws_port = start_uvicorn("services.ws.app:app", env, ws_log)
+        query, query_port = start_service("query", env, query_log)
+        gateway, ws_port = start_service("ws", env, ws_log)
         jwt = JwtConfig("brokercore-dev", "brokercore", hs256_secret=DEV_JWT_SECRET)
         tokens = [mint_token(f"u{n}", jwt, ttl=24 * 3600) for n in range(args.users)]
         log(f"set-up  : {time.monotonic() - t0:.1f} s; {args.users:,} users x {args.orders} "

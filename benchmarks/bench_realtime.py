@@ -36,14 +36,14 @@ from websockets.asyncio.client import connect
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
     Connection, REPO, create_database, dev_server, interrupt_on_sigterm, seed_accounts,
-    start_uvicorn, stop, write_instruments,
+    start_service, stop, write_instruments,
 )
 from machine import machine_line  # noqa: E402
 
-from brokercore.auth import JwtConfig, mint_token  # noqa: E402
-from brokercore.migrations import drop_database  # noqa: E402
+from brokercore.edge.auth import JwtConfig, mint_token  # noqa: E402
+from brokercore.db.migrations import drop_database  # noqa: E402
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings  # noqa: E402
-from brokercore.topics import ensure_topics  # noqa: E402
+from brokercore.kafka.topics import ensure_topics  # noqa: E402
 
 KAFKA, REDIS = "127.0.0.1:19092", "redis://127.0.0.1:16379/0"
 TARGET_P99_MS = 100.0
@@ -173,13 +173,13 @@ def main() -> None:
             ["-m", "brokercore.cli", "engine", "--shard", "0", "--shards", "1", "--bootstrap",
              KAFKA, "--topic-prefix", kafka.topic_prefix, "--instruments", instruments],
             env, path("engine.log"), "active from"))
-        processes.append(start_process(["-m", "services.projector"], env,
+        processes.append(start_process(["-m", "brokercore.cli", "service", "projector"], env,
                                        path("projector.log"), "from offsets"))
-        oms, oms_port = start_uvicorn("services.oms.app:app", env, open(path("oms.log"), "ab"))
+        oms, oms_port = start_service("oms", env, open(path("oms.log"), "ab"))
         processes.append(oms)
         ports = []
         for k in range(2):
-            gateway, port = start_uvicorn("services.ws.app:app", env,
+            gateway, port = start_service("ws", env,
                                           open(path(f"ws{k}.log"), "ab"))
             processes.append(gateway)
             ports.append(port)

@@ -1,4 +1,4 @@
-"""How long one round of the reconciler's invariant checks (brokercore.reconcile.
+"""How long one round of the reconciler's invariant checks (brokercore.consumers.reconcile.
 check_invariants) takes on a big ledger.
 
     python benchmarks/bench_reconcile.py                  # 100,000 accounts, 1,000,000 trades
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import create_database, dev_server, interrupt_on_sigterm   # noqa: E402
 from machine import machine_line                                         # noqa: E402
 
-from brokercore.market import load_market                              # noqa: E402
-from brokercore.migrations import drop_database                         # noqa: E402
-from brokercore.reconcile import INVARIANTS, check_invariants           # noqa: E402
+from brokercore.broker.market import load_market                              # noqa: E402
+from brokercore.db.migrations import drop_database                         # noqa: E402
+from brokercore.consumers.reconcile import INVARIANTS, check_invariants           # noqa: E402
 
 SYMBOLS = [f"S{i}" for i in range(10)]
 SEED = """

@@ -7,9 +7,9 @@ Run (from the repository root, with brokercore installed):
     python benchmarks/bench_shard.py --orders 5000000 --rate 1000000
 
 For each wait strategy of the rings (busy-spin, yield, blocking) it runs the built-in
-order flow (brokercore.loadgen: 45% limit, 10% market, 45% cancel, 4 symbols) through a
+order flow (brokercore.runtime.loadgen: 45% limit, 10% market, 45% cancel, 4 symbols) through a
 ``Shard`` whose matcher thread is pinned to the last core, the feeding/reading thread
-(brokercore.driver) staying on the others:
+(brokercore.runtime.driver) staying on the others:
 
 * throughput: commands submitted as fast as the shard takes them; orders/s is every
   command from the first submit to the last event read, divided by that time;
@@ -28,12 +28,12 @@ from dataclasses import replace
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # numpy's BLAS threads would spin here
 
-from brokercore._ringbuffer import WaitStrategy  # noqa: E402
+from brokercore.runtime._ringbuffer import WaitStrategy  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
-from brokercore.driver import drive  # noqa: E402
-from brokercore.loadgen import HALF_BAND, MID, order_flow  # noqa: E402
-from brokercore.shard import Instrument, Shard  # noqa: E402
+from brokercore.runtime.driver import drive  # noqa: E402
+from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow  # noqa: E402
+from brokercore.runtime.shard import Instrument, Shard  # noqa: E402
 
 TARGET_ORDERS_PER_S = 3e6
 TARGET_P99_US = 50.0
@@ -74,7 +74,7 @@ def main() -> None:
 
     print(f"== brokercore shard pipeline ==\nmachine : {cpu_model()}, "
           f"{len(os.sched_getaffinity(0))} cores; matcher pinned to the last one\n"
-          f"flow    : brokercore.loadgen, 4 symbols, batch {args.batch} commands per submit\n")
+          f"flow    : brokercore.runtime.loadgen, 4 symbols, batch {args.batch} commands per submit\n")
     rows = []
     for wait in WaitStrategy:
         throughput = one_run(wait, args.orders, None, args.batch, args.seed)

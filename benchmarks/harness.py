@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from brokercore.migrations import apply_migrations
+from brokercore.db.migrations import apply_migrations
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASH_PAISE = 10**14                 # no buy ever runs out of money
@@ -89,15 +89,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_uvicorn(app: str, env: dict, log_file, timeout: float = 60.0
+def start_service(name: str, env: dict, log_file, timeout: float = 60.0
                   ) -> tuple[subprocess.Popen, int]:
-    """``uvicorn app`` (uvloop, httptools) on a free loopback port, in its own session (a
-    Ctrl-C reaches the benchmark, which stops it); returns once it listens."""
+    """``brokercore service NAME`` (uvicorn with uvloop, httptools) on a free loopback
+    port, in its own session (a Ctrl-C reaches the benchmark, which stops it); returns
+    once it listens."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-         "--log-level", "warning"],
+        [sys.executable, "-m", "brokercore.cli", "service", name, "--port", str(port)],
         cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1", **env))
     deadline = time.monotonic() + timeout
@@ -107,7 +106,7 @@ def start_uvicorn(app: str, env: dict, log_file, timeout: float = 60.0
                 return process, port
         time.sleep(0.1)
     process.kill()
-    raise RuntimeError(f"uvicorn {app} did not start (exit code {process.poll()})")
+    raise RuntimeError(f"service {name} did not start (exit code {process.poll()})")
 
 
 def stop(process: subprocess.Popen | None) -> int | None:

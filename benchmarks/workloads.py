@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from brokercore.records import COMMAND_DTYPE, EventType, Op, Side, Stp, Tif
+from brokercore.engine.records import COMMAND_DTYPE, EventType, Op, Side, Stp, Tif
 
 __all__ = [
     "Workload", "Profile", "MixedProfile", "ExchangeCoreProfile", "PROFILES",

@@ -31,13 +31,13 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 from private_servers import PrivateKafka, PrivatePostgres, PrivateRedis, free_port
 
-from brokercore.auth import JwtConfig, mint_token
+from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
-from brokercore.funding import open_account
-from brokercore.market import load_market
-from brokercore.notify import notifier_group
-from brokercore.reconcile import check_invariants
-from brokercore.topics import partition_of
+from brokercore.broker.funding import open_account
+from brokercore.broker.market import load_market
+from brokercore.notify.notifier import notifier_group
+from brokercore.consumers.reconcile import check_invariants
+from brokercore.kafka.topics import partition_of
 
 REPO = Path(__file__).resolve().parents[1]
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
@@ -217,9 +217,8 @@ class Platform:
         py = sys.executable
 
         def api(name, module, port):
-            return Service(name, [py, "-m", "uvicorn", module, "--host", "127.0.0.1",
-                                  "--port", str(port), "--loop", "uvloop", "--http",
-                                  "httptools", "--log-level", "warning"],
+            return Service(name, [py, "-m", "brokercore.cli", "service", module,
+                                  "--port", str(port)],
                            self.env, self._log(name), None, port)
 
         self.services: dict[str, Service] = {}
@@ -227,15 +226,15 @@ class Platform:
             self._add(Service(f"engine-{shard}", [
                 py, "-m", "brokercore.cli", "engine", "--shard", str(shard), "--shards",
                 str(shards)], self.env, self._log(f"engine-{shard}"), "active from"))
-        self._add(api("oms", "services.oms.app:app", self.oms_port))
-        self._add(api("query", "services.query.app:app", self.query_port))
+        self._add(api("oms", "oms", self.oms_port))
+        self._add(api("query", "query", self.query_port))
         for name in ("settlement", "projector"):
-            self._add(Service(name, [py, "-m", f"services.{name}"], self.env, self._log(name),
+            self._add(Service(name, [py, "-m", "brokercore.cli", "service", name], self.env, self._log(name),
                               "from offsets"))
-        self._add(Service("notifier", [py, "-m", "services.notifier"], self.env,
+        self._add(Service("notifier", [py, "-m", "brokercore.cli", "service", "notifier"], self.env,
                           self._log("notifier"), None))
         # Rounds every 5 s, not 30: a round that dies of a fault shows within the test.
-        self._add(Service("reconciler", [py, "-m", "services.reconciler", "--every", "5"],
+        self._add(Service("reconciler", [py, "-m", "brokercore.cli", "service", "reconciler", "--every", "5"],
                           self.env, self._log("reconciler"), None))
 
     def _add(self, service: Service) -> None:
@@ -257,7 +256,7 @@ class Platform:
 
     def prepare(self) -> None:
         """Migrations and the funded accounts (as `make up` runs the migrations)."""
-        subprocess.run([sys.executable, "-m", "brokercore.migrations"], cwd=REPO, env=self.env,
+        subprocess.run([sys.executable, "-m", "brokercore.db.migrations"], cwd=REPO, env=self.env,
                        check=True, capture_output=True, timeout=120)
         fund_accounts(self.servers.database_url, self.users, [s.name for s in self.symbols])
 
@@ -302,7 +301,7 @@ SHARES = 1_000_000
 
 
 def fund_accounts(url: str, users: list[str], symbols: list[str]) -> None:
-    """Accounts with cash and shares, through the funding journal (brokercore.funding)."""
+    """Accounts with cash and shares, through the funding journal (brokercore.broker.funding)."""
     with psycopg.connect(url) as conn:
         for user in users:
             open_account(conn, user, cash=CASH, shares={symbol: SHARES for symbol in symbols})
@@ -501,7 +500,7 @@ def lagging(platform: Platform, ends: dict[int, int]) -> list[str]:
 
 
 TOTALS = {
-    # The reconciler (brokercore.reconcile.check_invariants) checks each account against
+    # The reconciler (brokercore.consumers.reconcile.check_invariants) checks each account against
     # its funding and fills; these check what that rests on, over all accounts at once.
     "cash + fee income not constant (paise)":
         "SELECT total FROM (SELECT (SELECT sum(cash) FROM accounts) + (SELECT "
@@ -565,8 +564,8 @@ def read_model_differences(platform: Platform) -> list[str]:
 
 
 def reconciler_report(platform: Platform) -> tuple[int, str]:
-    """`python -m services.reconciler --report` on the platform: exit code and output."""
-    done = subprocess.run([sys.executable, "-m", "services.reconciler", "--report"],
+    """`brokercore service reconciler --report` on the platform: exit code and output."""
+    done = subprocess.run([sys.executable, "-m", "brokercore.cli", "service", "reconciler", "--report"],
                           cwd=REPO, env=platform.env, capture_output=True, text=True,
                           timeout=300)
     return done.returncode, done.stdout + done.stderr

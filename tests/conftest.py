@@ -23,8 +23,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from hypothesis import HealthCheck, settings
 
-from brokercore.funding import open_account
-from brokercore.migrations import apply_migrations, database_url, drop_database
+from brokercore.broker.funding import open_account
+from brokercore.db.migrations import apply_migrations, database_url, drop_database
 from support import engine_class, model_class
 from ws_support import Server
 

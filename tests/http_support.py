@@ -11,12 +11,12 @@ import psycopg
 import redis
 
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
-from brokercore.topics import ensure_topics
+from brokercore.kafka.topics import ensure_topics
 from oms_support import BOOTSTRAP, OPEN_MARKET
-from services.notifier.app import create_app as notifications_app
-from services.oms.app import create_app as oms_app
-from services.query.app import create_app as query_app
-from services.ws.app import create_app as gateway_app
+from brokercore.services.notifier_api import create_app as notifications_app
+from brokercore.services.oms import create_app as oms_app
+from brokercore.services.query import create_app as query_app
+from brokercore.services.ws import create_app as gateway_app
 
 SHARED_REDIS = "redis://127.0.0.1:16379/0"
 

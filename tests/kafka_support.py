@@ -23,12 +23,12 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition
 
-from brokercore.codec import CommandDecoder, EventEncoder, SymbolTable, commands_from_records
+from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable, commands_from_records
 from brokercore.config import KafkaSettings
-from brokercore.loadgen import HALF_BAND, MID, order_flow
-from brokercore.messages import DeadLetter, Event, EventBatch, ShardSnapshot, encode
-from brokercore.shard import Instrument, read_snapshot
-from brokercore.topics import ensure_topics, partition_of
+from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
+from brokercore.kafka.messages import DeadLetter, Event, EventBatch, ShardSnapshot, encode
+from brokercore.runtime.shard import Instrument, read_snapshot
+from brokercore.kafka.topics import ensure_topics, partition_of
 
 BOOTSTRAP = os.environ.get("BROKERCORE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 REPO = Path(__file__).resolve().parents[1]
@@ -247,12 +247,12 @@ class Daemon:
         self._log_file.close()
 
 
-def run_service_briefly(module: str, env: dict, log: Path) -> tuple[int, str]:
-    """``python -m module`` with ``env``, until it logs that it is assigned ("from
+def run_service_briefly(name: str, env: dict, log: Path) -> tuple[int, str]:
+    """``brokercore service name`` with ``env``, until it logs that it is assigned ("from
     offsets") and 1.5 s more (time enough to re-apply anything), then SIGTERM: its exit
     code and output."""
     with open(log, "w") as out:
-        service = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out,
+        service = subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", name], env=env, stdout=out,
                                    stderr=subprocess.STDOUT,
                                    cwd=Path(__file__).resolve().parents[1])
     try:
@@ -273,7 +273,7 @@ def run_until_stored(run, args: tuple, conn, consumer: str, topic: str, end: int
     """``run(*args, stop_event=, say=)`` (a Postgres-offset consumer) in a thread until it
     has stored ``end`` as its next offset of partition 0 of ``topic``, then stopped: what
     it said."""
-    from brokercore.pgconsumer import stored_offsets
+    from brokercore.consumers.pg_consumer import stored_offsets
 
     stop, lines = threading.Event(), []
     runner = threading.Thread(target=run, args=args, kwargs=dict(

@@ -11,11 +11,11 @@ import msgspec
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from brokercore.auth import JwtConfig, mint_token
+from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
-from brokercore.messages import Command
-from brokercore.topics import ensure_topics, partition_of
-from services.oms.app import create_app
+from brokercore.kafka.messages import Command
+from brokercore.kafka.topics import ensure_topics, partition_of
+from brokercore.services.oms import create_app
 
 BOOTSTRAP = "127.0.0.1:19092"
 OPEN_MARKET = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)        # Wednesday 11:30 in Mumbai

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from brokercore.records import INT64_MAX, Op, Side, Stp, Tif
+from brokercore.engine.records import INT64_MAX, Op, Side, Stp, Tif
 
 INT64_MIN = -(2**63)
 INT64_EDGES = [INT64_MIN, INT64_MIN + 1, -1, 0, 1, 2, INT64_MAX - 1, INT64_MAX]

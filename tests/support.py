@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from brokercore.records import COMMAND_DTYPE, EventType, Op, Reason
+from brokercore.engine.records import COMMAND_DTYPE, EventType, Op, Reason
 
 A, B, C = 1, 2, 3  # accounts
 
@@ -25,7 +25,7 @@ def engine_class():
 
 
 def model_class():
-    from brokercore.reference import ReferenceBook
+    from brokercore.engine.reference import ReferenceBook
 
     return ReferenceBook
 

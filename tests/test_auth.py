@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from brokercore.auth import AuthError, JwtConfig, TokenVerifier, mint_token
+from brokercore.edge.auth import AuthError, JwtConfig, TokenVerifier, mint_token
 
 SECRET = "s" * 64
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from brokercore.config import ServiceSettings
-from brokercore.market import load_market
+from brokercore.broker.market import load_market
 from oms_support import SUNDAY, Api, run
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "instruments.toml"

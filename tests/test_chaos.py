@@ -45,8 +45,8 @@ from chaos_support import (
     reconciler_report,
 )
 
-from brokercore.auth import mint_token
-from brokercore.order_entry import OPEN_STATUSES
+from brokercore.edge.auth import mint_token
+from brokercore.entry.order_entry import OPEN_STATUSES
 
 ROUNDS = int(os.environ.get("BROKERCORE_CHAOS_ROUNDS", "1"))
 HOLD = float(os.environ.get("BROKERCORE_CHAOS_HOLD", "20" if ROUNDS > 1 else "3"))

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine, initialize, invariant, precondition, rule,
 )
 
-from brokercore.records import INT64_MAX, MAX_BAND_LEVELS, EventType, Op, Reason, Side, Stp, Tif
+from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, EventType, Op, Reason, Side, Stp, Tif
 from strategies import BOOK_STPS
 from support import book_state, commands, engine_class, event_tuples, model_class
 

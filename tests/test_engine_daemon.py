@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from brokercore.messages import CancelOrder, NewOrder, encode
-from brokercore.records import EventType, Reason, Side
+from brokercore.kafka.messages import CancelOrder, NewOrder, encode
+from brokercore.engine.records import EventType, Reason, Side
 from kafka_support import (
     Daemon, OrderProducer, assert_no_gap_no_duplicate, books_of, by_symbol, direct_run,
     flow, instruments, new_settings, newest_snapshots, read_dead_letters, read_events,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from brokercore.records import COMMAND_DTYPE, EventType, Op, Tif
+from brokercore.engine.records import COMMAND_DTYPE, EventType, Op, Tif
 from strategies import scenario
 from support import book_state, commands, engine_class, event_tuples, model_class
 

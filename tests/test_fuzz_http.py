@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from brokercore.auth import mint_token
+from brokercore.edge.auth import mint_token
 from http_support import LogRecords, Services, assert_error
 from oms_support import JWT
 

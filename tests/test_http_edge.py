@@ -15,8 +15,8 @@ import uuid
 import psycopg
 import pytest
 
-from brokercore.auth import mint_token
-from brokercore.migrations import apply_migrations
+from brokercore.edge.auth import mint_token
+from brokercore.db.migrations import apply_migrations
 from http_support import LogRecords, Services, assert_error
 from oms_support import JWT, auth, run
 from private_servers import PrivatePostgres, PrivateRedis

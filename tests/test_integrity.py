@@ -14,9 +14,9 @@ import pytest
 from oms_support import Api, run
 from test_platform import INSTRUMENTS, money, platform
 
-from brokercore.funding import FundingKind, fund
-from brokercore.market import load_market
-from brokercore.reconcile import check_invariants
+from brokercore.broker.funding import FundingKind, fund
+from brokercore.broker.market import load_market
+from brokercore.consumers.reconcile import check_invariants
 
 RUPEE = 100
 

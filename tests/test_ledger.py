@@ -11,13 +11,13 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from brokercore.ledger import (
+from brokercore.broker.ledger import (
     AccountDelta, OrderDelta, OrderHold, PositionDelta, Settlement, SettlementError,
     average_price, release, settle_fill,
 )
-from brokercore.market import MarketInstrument, Session
-from brokercore.records import Side, Tif
-from brokercore.risk import (
+from brokercore.broker.market import MarketInstrument, Session
+from brokercore.engine.records import Side, Tif
+from brokercore.broker.risk import (
     NO_FEES, AccountState, FeeSchedule, Hold, OrderRequest, OrderType, check_order,
 )
 

@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from brokercore.market import (
+from brokercore.broker.market import (
     MarketInstrument, Session, format_paise, instruments_by_id, load_market, to_paise,
 )
-from brokercore.records import INT64_MAX, Stp
-from brokercore.shard import Instrument, load_instruments
+from brokercore.engine.records import INT64_MAX, Stp
+from brokercore.runtime.shard import Instrument, load_instruments
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "instruments.toml"
 IST = ZoneInfo("Asia/Kolkata")

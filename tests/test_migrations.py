@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from brokercore.migrations import (
+from brokercore.db.migrations import (
     MIGRATIONS_DIR,
     MigrationError,
     applied_migrations,
@@ -180,7 +180,7 @@ def test_a_failing_file_is_rolled_back_whole(db, tmp_path):
 
 
 def test_the_command_line(db):
-    run = [sys.executable, "-m", "brokercore.migrations", "--url", db]
+    run = [sys.executable, "-m", "brokercore.db.migrations", "--url", db]
     first = subprocess.run(run, check=False, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "applied 0001_core" in first.stdout
@@ -191,7 +191,7 @@ def test_the_command_line(db):
 
 def test_the_command_line_reads_the_url_from_the_environment(db):
     env = {**os.environ, "BROKERCORE_DATABASE_URL": db}
-    done = subprocess.run([sys.executable, "-m", "brokercore.migrations"], check=False,
+    done = subprocess.run([sys.executable, "-m", "brokercore.db.migrations"], check=False,
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "applied 0001_core" in done.stdout

@@ -1,4 +1,4 @@
-"""The notifier (brokercore.notify, brokercore.alerts, services/notifier) and the
+"""The notifier (brokercore.notify.notifier, brokercore.notify.alerts, services/notifier) and the
 reconciler's dead-letter job, on the real Postgres, Redis and Kafka, with a real HTTP
 server on loopback playing the push provider."""
 
@@ -29,21 +29,21 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from brokercore.alerts import Alert, TradePrice, cross
+from brokercore.notify.alerts import Alert, TradePrice, cross
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
-from brokercore.market import load_market
-from brokercore.messages import Event, EventBatch, encode
-from brokercore.notify import (
+from brokercore.broker.market import load_market
+from brokercore.kafka.messages import Event, EventBatch, encode
+from brokercore.notify.notifier import (
     DeadLetters, HttpPushProvider, Notifier, OrderOwner, Push, PushDeadLetter,
     alert_notification, notifier_group, order_notifications, retry_delay,
 )
-from brokercore.records import EventType, Op, Reason, Side
-from brokercore.streams import Notification, decode_message, online_key, user_channel
-from brokercore.topics import ensure_topics, partition_of
+from brokercore.engine.records import EventType, Op, Reason, Side
+from brokercore.realtime.channels import Notification, decode_message, online_key, user_channel
+from brokercore.kafka.topics import ensure_topics, partition_of
 from oms_support import BOOTSTRAP, auth
-from services.notifier.__main__ import PendingOffsets
-from services.notifier.app import create_app
-from services.reconciler.__main__ import retry_notifications
+from brokercore.services.notifier import PendingOffsets
+from brokercore.services.notifier_api import create_app
+from brokercore.services.reconciler import retry_notifications
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET = load_market(REPO / "config/instruments.toml")
@@ -549,7 +549,7 @@ def committed(kafka: KafkaSettings, partition: int) -> int:
 
 
 def notifier_process(settings: ServiceSettings, kafka: KafkaSettings, log) -> subprocess.Popen:
-    """``python -m services.notifier --from-beginning`` with the settings' database, Redis
+    """``brokercore service notifier --from-beginning`` with the settings' database, Redis
     and push provider (retrying every 0.05 s, practically for ever)."""
     env = os.environ | {
         "BROKERCORE_DATABASE_URL": settings.database_url,
@@ -558,7 +558,7 @@ def notifier_process(settings: ServiceSettings, kafka: KafkaSettings, log) -> su
         "BROKERCORE_TOPIC_PREFIX": kafka.topic_prefix, "BROKERCORE_SHARDS": str(kafka.shards),
         "BROKERCORE_PUSH_URL": settings.push_url, "BROKERCORE_PUSH_RETRY_BASE": "0.05",
         "BROKERCORE_PUSH_RETRY_CAP": "0.05", "BROKERCORE_PUSH_ATTEMPTS": "100000"}
-    return subprocess.Popen([sys.executable, "-m", "services.notifier", "--from-beginning"],
+    return subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", "notifier", "--from-beginning"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 

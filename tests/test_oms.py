@@ -12,10 +12,10 @@ import jwt
 import psycopg
 import pytest
 
-from brokercore.api import PlaceOrderRequest
+from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.config import DEV_JWT_SECRET
-from brokercore.messages import CancelOrder, NewOrder
-from brokercore.records import Side, Tif
+from brokercore.kafka.messages import CancelOrder, NewOrder
+from brokercore.engine.records import Side, Tif
 from oms_support import SUNDAY, Api, auth, run
 
 def test_an_order_blocks_its_cash_is_stored_pending_and_reaches_kafka(database):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from brokercore.records import (
+from brokercore.engine.records import (
     COMMAND_DTYPE, EVENT_DTYPE, INT64_MAX, LEVEL_DTYPE, MAX_BAND_LEVELS, ORDER_DTYPE,
     EventType, Flags, Op, Reason, RestingOrder, Side, Stp, Tif,
 )
@@ -841,7 +841,7 @@ def test_batch_in_pieces_equals_one_batch(book_cls):
 def run_isolated(book_cls, code: str) -> None:
     """Run code in a fresh interpreter with ``Book`` bound to book_cls: a crash fails
     this test instead of killing the whole run."""
-    prelude = (f"import numpy as np\nfrom brokercore.records import COMMAND_DTYPE\n"
+    prelude = (f"import numpy as np\nfrom brokercore.engine.records import COMMAND_DTYPE\n"
                f"from {book_cls.__module__} import {book_cls.__name__} as Book\n")
     done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
                           capture_output=True, text=True, timeout=300)

@@ -19,13 +19,13 @@ import psycopg
 from kafka_support import Daemon, OrderProducer
 from oms_support import Api, run
 
-from brokercore.api import PlaceOrderRequest
-from brokercore.auth import JwtConfig, mint_token
+from brokercore.entry.requests import PlaceOrderRequest
+from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
-from brokercore.messages import CloseSession
-from brokercore.settlement import run_settlement
-from brokercore.topics import partition_of
-from services.reconciler.__main__ import report, republish
+from brokercore.kafka.messages import CloseSession
+from brokercore.consumers.settlement import run_settlement
+from brokercore.kafka.topics import partition_of
+from brokercore.services.reconciler import report, republish
 
 INSTRUMENTS = "config/instruments.toml"
 RUPEE = 100
@@ -198,8 +198,8 @@ def test_the_oms_killed_between_commit_and_publish_loses_nothing(database, tmp_p
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        oms = subprocess.Popen([sys.executable, "-m", "uvicorn", "services.oms.app:app",
-                                "--host", "127.0.0.1", "--port", str(port)], env=env,
+        oms = subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", "oms",
+                                "--port", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             token = mint_token("alice", JwtConfig("brokercore-dev", "brokercore",

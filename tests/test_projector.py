@@ -18,13 +18,13 @@ import pytest
 import redis
 
 from brokercore.config import ServiceSettings
-from brokercore.marketdata import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
-from brokercore.messages import AmendOrder, EventBatch, NewOrder, encode
-from brokercore.pgconsumer import Message
-from brokercore.projector import ProjectorConsumer, run_projector
-from brokercore.records import EventType, Reason, Side, Stp, Tif
-from brokercore.settlement import event_time
-from brokercore.streams import (
+from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
+from brokercore.kafka.messages import AmendOrder, EventBatch, NewOrder, encode
+from brokercore.consumers.pg_consumer import Message
+from brokercore.consumers.projector import ProjectorConsumer, run_projector
+from brokercore.engine.records import EventType, Reason, Side, Stp, Tif
+from brokercore.consumers.settlement import event_time
+from brokercore.realtime.channels import (
     BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, projected_key,
     trades_channel, user_channel,
 )
@@ -494,7 +494,7 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, database, cl
                BROKERCORE_KAFKA_BOOTSTRAP=kafka, BROKERCORE_TOPIC_PREFIX=settings.topic_prefix,
                BROKERCORE_INSTRUMENTS=str(instruments), BROKERCORE_REDIS_URL=REDIS_URL,
                BROKERCORE_REDIS_PREFIX=prefix)
-    code, output = run_service_briefly("services.projector", env, tmp_path / "service.log")
+    code, output = run_service_briefly("projector", env, tmp_path / "service.log")
     assert code == 0, output
     assert f"from offsets [{end}, 0, 0, 0]" in output and "stopped; 0 messages" in output, \
         output

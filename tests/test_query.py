@@ -17,12 +17,12 @@ import psycopg
 import pytest
 import redis
 
-from brokercore.cache import invalidate
+from brokercore.read.cache import invalidate
 from brokercore.config import DEV_JWT_SECRET, ServiceSettings
-from brokercore.streams import BookUpdate, encode_message, md_key, rupees
+from brokercore.realtime.channels import BookUpdate, encode_message, md_key, rupees
 from oms_support import Api, auth, run
 from private_servers import PrivateRedis
-from services.query.app import create_app
+from brokercore.services.query import create_app
 
 SHARED_REDIS = "redis://127.0.0.1:16379/0"
 PREFIXES: list[str] = []                            # this test's keys in the shared Redis

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from brokercore.ratelimit import LocalBuckets, TokenBucket
+from brokercore.edge.ratelimit import LocalBuckets, TokenBucket
 
 REDIS_URL = os.environ.get("BROKERCORE_REDIS_URL", "redis://127.0.0.1:16379/0")
 

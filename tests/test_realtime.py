@@ -22,11 +22,11 @@ from test_settlement import MARKET, MID, Venue
 from ws_support import WAIT, open_socket, receive
 
 from brokercore.config import ServiceSettings
-from brokercore.notify import DeadLetters, Notifier
-from brokercore.projector import ProjectorConsumer, run_projector
-from brokercore.records import Side, Tif
-from services.notifier.__main__ import run_notifier
-from services.query.app import create_app as create_query_app
+from brokercore.notify.notifier import DeadLetters, Notifier
+from brokercore.consumers.projector import ProjectorConsumer, run_projector
+from brokercore.engine.records import Side, Tif
+from brokercore.services.notifier import run_notifier
+from brokercore.services.query import create_app as create_query_app
 
 ROUNDS = 12
 

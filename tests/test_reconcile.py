@@ -17,13 +17,13 @@ import pytest
 from psycopg import errors, sql
 
 from brokercore.config import KafkaSettings, ServiceSettings
-from brokercore.demo import seed_demo
-from brokercore.funding import FundingKind, fund, open_account
-from brokercore.migrations import MIGRATIONS_DIR, apply_migrations
-from brokercore.reconcile import check_invariants
-from brokercore.records import Side, Tif
+from brokercore.db.demo import seed_demo
+from brokercore.broker.funding import FundingKind, fund, open_account
+from brokercore.db.migrations import MIGRATIONS_DIR, apply_migrations
+from brokercore.consumers.reconcile import check_invariants
+from brokercore.engine.records import Side, Tif
 from oms_support import BOOTSTRAP, run
-from services.reconciler.__main__ import market_sessions, report, republish
+from brokercore.services.reconciler import market_sessions, report, republish
 from test_platform import platform, wait_until
 from test_settlement import CASH, INST, MID, SHARES, Venue, settle
 
@@ -170,7 +170,7 @@ def test_each_round_of_the_reconciler_logs_what_is_broken(conn, db, caplog):
                  "WHERE account_id = %s", (day.seller,))
     conn.execute("UPDATE orders SET blocked_shares = 0 WHERE order_id = %s", (day.sell,))
     assert one_round() == [
-        "2 INVARIANT(S) BROKEN (python -m services.reconciler --report lists them all)",
+        "2 INVARIANT(S) BROKEN (brokercore service reconciler --report lists them all)",
         f"INVARIANT BROKEN: NEGATIVE_HOLDING account {day.seller} RELIANCE quantity -130 "
         f"(short selling off)",
         f"INVARIANT BROKEN: POSITION_NOT_CONSERVED account {day.seller} RELIANCE quantity "

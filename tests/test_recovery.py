@@ -1,8 +1,8 @@
 """Riding out restarts of Postgres and Kafka (issue 11, section 7), on PRIVATE servers
 (their own ports and state folders: the shared ones other tests use are never touched).
 
-Settlement, the projector and the reconciler run as real processes (``python -m
-services.settlement`` etc.), orders come through the OMS (in-process) and an engine
+Settlement, the projector and the reconciler run as real processes (``brokercore service
+settlement`` etc.), orders come through the OMS (in-process) and an engine
 daemon (a subprocess). Postgres is crash-restarted (``postgres.sh crash-restart``) and then
 the Kafka broker is killed with SIGKILL and started again, under a trickle of orders:
 the same consumer processes must still be running afterwards, and every order must be
@@ -32,10 +32,10 @@ from kafka_support import Daemon
 from oms_support import Api, auth, run
 from private_servers import PrivateKafka, PrivatePostgres
 
-from brokercore.api import PlaceOrderRequest
-from brokercore.messages import EventBatch, encode
-from brokercore.migrations import apply_migrations
-from brokercore.topics import partition_of
+from brokercore.entry.requests import PlaceOrderRequest
+from brokercore.kafka.messages import EventBatch, encode
+from brokercore.db.migrations import apply_migrations
+from brokercore.kafka.topics import partition_of
 
 REPO = Path(__file__).resolve().parents[1]
 INSTRUMENTS = str(REPO / "config/instruments.toml")
@@ -81,9 +81,9 @@ def database(servers):
 
 
 class Service:
-    """``python -m <module>`` with the platform's settings, logging to a file."""
+    """``brokercore service NAME`` with the platform's settings, logging to a file."""
 
-    def __init__(self, module: str, api: Api, log: Path, *args: str):
+    def __init__(self, name: str, api: Api, log: Path, *args: str):
         self.log = log
         env = os.environ | {
             "BROKERCORE_DATABASE_URL": api.database,
@@ -93,7 +93,7 @@ class Service:
             "BROKERCORE_INSTRUMENTS": INSTRUMENTS,
             "BROKERCORE_REDIS_PREFIX": api.settings.redis_prefix}
         with open(log, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", module, *args], env=env,
+            self.process = subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", name, *args], env=env,
                                             stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
 
     def text(self) -> str:
@@ -197,10 +197,10 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
               rate_limit_per_second=1_000_000.0)
     shard = partition_of("RELIANCE", api.kafka.shards)
     daemons: list[Daemon] = []
-    settlement = Service("services.settlement", api, tmp_path / "settlement.log")
-    projector = Service("services.projector", api, tmp_path / "projector.log")
+    settlement = Service("settlement", api, tmp_path / "settlement.log")
+    projector = Service("projector", api, tmp_path / "projector.log")
     # Its rounds query Postgres every second; it re-publishes nothing of this test's.
-    reconciler = Service("services.reconciler", api, tmp_path / "reconciler.log",
+    reconciler = Service("reconciler", api, tmp_path / "reconciler.log",
                          "--every", "1", "--older-than", "3600")
     accepted: list[int] = []
     refused: Counter = Counter()
@@ -316,7 +316,7 @@ def test_an_error_that_does_not_pass_by_itself_still_stops_settlement_loudly(
     table renamed away under a running settlement) stops it with exit code 1."""
     _, kafka = servers
     api = Api(database, kafka.bootstrap)
-    settlement = Service("services.settlement", api, tmp_path / "settlement.log")
+    settlement = Service("settlement", api, tmp_path / "settlement.log")
     try:
         settlement.wait_for("from offsets")
         with psycopg.connect(database, autocommit=True) as conn:

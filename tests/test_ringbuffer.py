@@ -1,4 +1,4 @@
-"""Tests of the LMAX-style ring buffer (``brokercore._ringbuffer``).
+"""Tests of the LMAX-style ring buffer (``brokercore.runtime._ringbuffer``).
 
 Threaded properties run real ``threading.Thread`` producers and consumers: every
 published record is consumed exactly once and in order (one producer), each
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from brokercore._ringbuffer import RingBuffer, WaitStrategy
+from brokercore.runtime._ringbuffer import RingBuffer, WaitStrategy
 
 REC = np.dtype([("producer", "<i8"), ("n", "<i8")])
 HANG_GUARD = 30.0  # seconds; only a guard against a hang, never a measured time
@@ -618,7 +618,7 @@ def test_cursor_fill_and_consumer_sequences(multi):
 
 def test_records_round_trip_bytes_exactly_across_the_wrap():
     """56-byte records straddling the end of the ring come back byte for byte."""
-    from brokercore.records import COMMAND_DTYPE
+    from brokercore.engine.records import COMMAND_DTYPE
 
     rng = np.random.default_rng(1)
     ring = RingBuffer(8, COMMAND_DTYPE)

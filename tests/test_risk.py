@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from brokercore.market import MarketInstrument, Session
-from brokercore.records import Side, Tif
-from brokercore.risk import (
+from brokercore.broker.market import MarketInstrument, Session
+from brokercore.engine.records import Side, Tif
+from brokercore.broker.risk import (
     NO_FEES, AccountState, FeeSchedule, Hold, OrderRequest, OrderType, RejectCode,
     RiskRejection, buy_hold, check_order, market_buy_price,
 )

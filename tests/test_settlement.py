@@ -23,21 +23,21 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokercore.cache import Invalidator
-from brokercore.codec import EventEncoder, SymbolTable
+from brokercore.read.cache import Invalidator
+from brokercore.kafka.codec import EventEncoder, SymbolTable
 from brokercore.config import ServiceSettings
-from brokercore.funding import open_account
-from brokercore.ledger import SettlementError
-from brokercore.market import MarketInstrument, Session
-from brokercore.messages import CancelOrder, CloseSession, Event, EventBatch, NewOrder, encode
-from brokercore.migrations import apply_migrations
-from brokercore.records import COMMAND_DTYPE, EventType, Reason, Side, Stp, Tif
-from brokercore.risk import (
+from brokercore.broker.funding import open_account
+from brokercore.broker.ledger import SettlementError
+from brokercore.broker.market import MarketInstrument, Session
+from brokercore.kafka.messages import CancelOrder, CloseSession, Event, EventBatch, NewOrder, encode
+from brokercore.db.migrations import apply_migrations
+from brokercore.engine.records import COMMAND_DTYPE, EventType, Reason, Side, Stp, Tif
+from brokercore.broker.risk import (
     AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
 )
-from brokercore.pgconsumer import Message
-from brokercore.reconcile import check_invariants
-from brokercore.settlement import SettlementConsumer, run_settlement
+from brokercore.consumers.pg_consumer import Message
+from brokercore.consumers.reconcile import check_invariants
+from brokercore.consumers.settlement import SettlementConsumer, run_settlement
 from kafka_support import run_service_briefly, run_until_stored
 
 D = Decimal
@@ -602,7 +602,7 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, db, kafka, t
     env = dict(os.environ, BROKERCORE_DATABASE_URL=db, BROKERCORE_KAFKA_BOOTSTRAP=kafka,
                BROKERCORE_TOPIC_PREFIX=prefix, BROKERCORE_INSTRUMENTS=str(instruments),
                BROKERCORE_FEE_BPS="3", BROKERCORE_FEE_FIXED_PAISE="2000")
-    code, output = run_service_briefly("services.settlement", env, tmp_path / "service.log")
+    code, output = run_service_briefly("settlement", env, tmp_path / "service.log")
     assert code == 0, output
     assert f"from offsets [{end}, 0]" in output and "stopped; 0 messages" in output, output
     assert dump(conn) == before

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brokercore import EVENT_DTYPE, EventType, OrderBook, Reason
-from brokercore._ringbuffer import WaitStrategy
-from brokercore.loadgen import HALF_BAND, MID, order_flow
-from brokercore.records import MarkKind
-from brokercore.shard import Instrument, Shard, load_instruments
+from brokercore.runtime._ringbuffer import WaitStrategy
+from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
+from brokercore.engine.records import MarkKind
+from brokercore.runtime.shard import Instrument, Shard, load_instruments
 from support import event_tuples, order_tuples
 
 SYMBOLS = (1, 2, 5)

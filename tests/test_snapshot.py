@@ -3,7 +3,7 @@ are refused with ValueError (never a crash, never a silently wrong book).
 
 The reference model has no snapshots, so these tests use the engine only. The tests
 that forge snapshots with a valid checksum use the engine's own header layout
-(``brokercore._engine._SNAPSHOT_HEADER``, then the orders, the spent ids and a CRC-32
+(``brokercore.engine._engine._SNAPSHOT_HEADER``, then the orders, the spent ids and a CRC-32
 trailer), so they test the validation behind the checksum, not just the checksum.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brokercore.records import INT64_MAX, ORDER_DTYPE, Reason, Side, Stp, Tif
+from brokercore.engine.records import INT64_MAX, ORDER_DTYPE, Reason, Side, Stp, Tif
 from strategies import scenario
 from support import (
     OPENED, A, B, C, accepted, book_ids, book_state, call, commands, engine_class,
@@ -117,7 +117,7 @@ def test_restore_of_a_corrupted_byte_raises_value_error_or_gives_a_sound_book(da
 
 def split_snapshot(snap: bytes):
     """(header fields, orders, spent ids) of a snapshot, in the engine's layout."""
-    from brokercore._engine import _SNAPSHOT_HEADER
+    from brokercore.engine._engine import _SNAPSHOT_HEADER
 
     header = list(_SNAPSHOT_HEADER.unpack_from(snap))
     n_orders, n_spent = header[-2], header[-1]
@@ -129,7 +129,7 @@ def split_snapshot(snap: bytes):
 
 def seal(header, orders, spent) -> bytes:
     """Pack the parts back into a snapshot with a correct checksum."""
-    from brokercore._engine import _SNAPSHOT_HEADER
+    from brokercore.engine._engine import _SNAPSHOT_HEADER
 
     body = _SNAPSHOT_HEADER.pack(*header) + orders.tobytes() + spent.tobytes()
     return body + struct.pack("<I", zlib.crc32(body))

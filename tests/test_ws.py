@@ -15,15 +15,15 @@ from psycopg.types.json import Jsonb
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from brokercore.auth import JwtConfig, mint_token
+from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.config import ServiceSettings
-from brokercore.streams import (
+from brokercore.realtime.channels import (
     Notification, OrderUpdate, book_channel, encode_message, online_key, trades_channel,
     user_channel,
 )
-from brokercore.projector import ProjectorConsumer
-from brokercore.records import Side, Tif
-from services.ws.app import REPLAY_LIMIT
+from brokercore.consumers.projector import ProjectorConsumer
+from brokercore.engine.records import Side, Tif
+from brokercore.services.ws import REPLAY_LIMIT
 from test_settlement import MARKET, MID, Venue
 from ws_support import WAIT, open_socket, receive, token
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from brokercore.auth import JwtConfig, mint_token
+from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ WAIT = 30.0                 # seconds any expected frame or state may take at mo
 
 
 class Server:
-    """`uvicorn services.ws.app:app` on a free port, logging to a file."""
+    """`brokercore service ws` on a free port, logging to a file."""
 
     def __init__(self, log: Path, env: dict):
         with socket.socket() as probe:
@@ -30,8 +30,7 @@ class Server:
         self.log = log
         self._log_file = open(log, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "services.ws.app:app", "--host", "127.0.0.1",
-             "--port", str(self.port)], cwd=REPO, env=env, stdout=self._log_file,
+            [sys.executable, "-m", "brokercore.cli", "service", "ws", "--port", str(self.port)], cwd=REPO, env=env, stdout=self._log_file,
             stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:

@@ -15,7 +15,7 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from brokercore.config import KafkaSettings
-from brokercore.notify import notifier_group
+from brokercore.notify.notifier import notifier_group
 
 GROUPS = {"notifier": notifier_group}
 

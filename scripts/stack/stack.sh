@@ -68,9 +68,8 @@ processes() {
     if [ -n "${BROKERCORE_PUSH_URL:-}" ] || [ -e "$state/push-retry.pid" ]; then echo push-retry; fi
 }
 
-start_api() {               # name, module, port
-    start_process "$1" "$py" -m uvicorn "$2" --host 127.0.0.1 --port "$3" \
-        --loop uvloop --http httptools --log-level warning
+start_api() {               # name, port
+    start_process "$1" "$py" -m brokercore.cli service "$1" --port "$2"
 }
 
 since_start() {             # name: its log since it was started
@@ -171,21 +170,21 @@ up() {
     scripts/postgres/postgres.sh start
     scripts/redis/redis.sh start
     scripts/kafka/kafka.sh start
-    "$py" -m brokercore.migrations
-    "$py" -m brokercore.demo
+    "$py" -m brokercore.db.migrations
+    "$py" -m brokercore.db.demo
     for shard in $(seq 0 $((shards - 1))); do
         start_process "engine-$shard" "$py" -m brokercore.cli engine --shard "$shard" --shards "$shards"
     done
-    start_api oms services.oms.app:app "$oms_port"
-    start_api query services.query.app:app "$query_port"
-    start_api ws services.ws.app:app "$ws_port"
-    start_api notifier-api services.notifier.app:app "$notify_port"
-    start_process settlement "$py" -m services.settlement
-    start_process projector "$py" -m services.projector
-    start_process notifier "$py" -m services.notifier
-    start_process reconciler "$py" -m services.reconciler
+    start_api oms "$oms_port"
+    start_api query "$query_port"
+    start_api ws "$ws_port"
+    start_api notifier-api "$notify_port"
+    start_process settlement "$py" -m brokercore.cli service settlement
+    start_process projector "$py" -m brokercore.cli service projector
+    start_process notifier "$py" -m brokercore.cli service notifier
+    start_process reconciler "$py" -m brokercore.cli service reconciler
     if [ -n "${BROKERCORE_PUSH_URL:-}" ]; then      # pushes (and their dead letters) need one
-        start_process push-retry "$py" -m services.reconciler --notifications
+        start_process push-retry "$py" -m brokercore.cli service reconciler --notifications
     fi
     wait_ready
     local token calendar

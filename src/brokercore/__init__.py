@@ -14,8 +14,8 @@ in one call. docs/engine.md in the repository is the full contract.
     [<EventType.ACCEPTED: 1>, <EventType.TRADE: 3>]
 """
 
-from brokercore._engine import OrderBook
-from brokercore.records import (
+from brokercore.engine._engine import OrderBook
+from brokercore.engine.records import (
     COMMAND_DTYPE, EVENT_DTYPE, INT64_MAX, LEVEL_DTYPE, MAX_BAND_LEVELS, ORDER_DTYPE,
     EventType, Flags, Op, Reason, RestingOrder, Side, Stp, Tif,
 )

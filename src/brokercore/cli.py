@@ -10,10 +10,10 @@ import sys
 
 from brokercore import __version__
 from brokercore.config import EngineOptions, KafkaSettings
-from brokercore.driver import drive, print_progress
-from brokercore.loadgen import HALF_BAND, MID, order_flow
-from brokercore.shard import Instrument, Shard, load_instruments
-from brokercore._ringbuffer import WaitStrategy
+from brokercore.runtime.driver import drive, print_progress
+from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
+from brokercore.runtime.shard import Instrument, Shard, load_instruments
+from brokercore.runtime._ringbuffer import WaitStrategy
 
 _WAITS = {"busy-spin": WaitStrategy.BUSY_SPIN, "yield": WaitStrategy.YIELD,
           "blocking": WaitStrategy.BLOCKING}
@@ -80,11 +80,38 @@ def _parser() -> argparse.ArgumentParser:
                     "for trying the APIs by hand. Refused unless BROKERCORE_DEV_MODE=1.")
     token.add_argument("--user", required=True, help="the user id (the token's subject)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds (default: 3600)")
+
+    service = commands.add_parser(
+        "service", help="run one of the platform's services (--list names them)",
+        description="Run a platform service until SIGTERM: an HTTP app served by uvicorn "
+                    "on --host/--port, or a consumer or job, to which the arguments after "
+                    "NAME are passed. Settings come from BROKERCORE_* variables.")
+    service.add_argument("--list", action="store_true", help="list the services and exit")
+    service.add_argument("--host", default="127.0.0.1", help="HTTP services: the address")
+    service.add_argument("--port", type=int, default=8000, help="HTTP services: the port")
+    service.add_argument("--log-level", default="warning", help="HTTP services: uvicorn's")
+    service.add_argument("name", nargs="?", help="the service")
+    service.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
     return parser
 
 
+def run_service(args) -> int:
+    from brokercore.services import SERVICES, run_service as run
+
+    if args.list or args.name is None:
+        width = max(map(len, SERVICES))
+        for name, spec in SERVICES.items():
+            print(f"{name:<{width}}  {'http' if spec.http else 'process':<7}  {spec.summary}")
+        return 0 if args.list else 2
+    if args.name not in SERVICES:
+        print(f"brokercore service: no service {args.name!r} (choose from "
+              f"{', '.join(SERVICES)})", file=sys.stderr)
+        return 2
+    return run(args.name, args.args, args.host, args.port, args.log_level)
+
+
 def run_token(args) -> int:
-    from brokercore.auth import JwtConfig, mint_token
+    from brokercore.edge.auth import JwtConfig, mint_token
     from brokercore.config import ServiceSettings
 
     settings = ServiceSettings.from_env()
@@ -135,7 +162,7 @@ def run_shard(args) -> int:
 
 def run_engine(args) -> int:
     try:
-        from brokercore.daemon import EngineDaemon
+        from brokercore.kafka.daemon import EngineDaemon
     except ImportError as e:
         print(f"brokercore engine needs the Kafka client: pip install 'brokercore[kafka]' "
               f"({e})", file=sys.stderr)
@@ -161,7 +188,8 @@ def run_engine(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"engine": run_engine, "shard": run_shard, "token": run_token}
+        commands = {"engine": run_engine, "shard": run_shard, "token": run_token,
+                    "service": run_service}
         return commands[args.command](args)
     except (ValueError, OSError) as e:
         print(f"brokercore {args.command}: {e}", file=sys.stderr)

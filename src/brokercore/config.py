@@ -87,7 +87,7 @@ class KafkaSettings:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Tuning of one engine daemon (brokercore.daemon); the CLI flags set them."""
+    """Tuning of one engine daemon (brokercore.kafka.daemon); the CLI flags set them."""
 
     core: int | None = None             # CPU core of the matcher thread
     linger: float = 0.005               # seconds the publisher gathers before a commit

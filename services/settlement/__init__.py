@@ -1,1 +1,0 @@
-"""The settlement consumer: ``python -m services.settlement`` (see brokercore.settlement)."""

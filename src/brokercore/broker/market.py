@@ -1,0 +1,446 @@
+"""Reference data for trading: instruments in currency units and their session calendars.
+
+The engine knows only integer ticks and share quantities; a broker also needs the tick
+size in rupees, the circuit limits as prices, an order-size limit, whether a symbol is
+halted and when its market is open. ``load_market`` reads all of that from the same TOML
+file the engine's ``load_instruments`` reads (that one ignores the extra keys), so the
+two can never disagree about ids, bands or lot sizes.
+
+Money is ``Decimal`` in rupees at the edge and ``int`` paise inside; no floats.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from brokercore.config import CALENDARS
+from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, Stp
+from brokercore.runtime.shard import Instrument
+
+__all__ = ["PAISE_PER_RUPEE", "AlwaysOpen", "MarketInstrument", "Session", "load_market",
+           "instruments_by_id", "to_paise", "format_paise"]
+
+PAISE_PER_RUPEE = 100
+"""Minor units per currency unit: every amount of money inside brokercore is int paise."""
+
+_PAISA = Decimal(1) / PAISE_PER_RUPEE
+_WEEKDAYS = range(1, 8)                 # ISO: 1 = Monday ... 7 = Sunday
+
+
+def _exact_ratio(value: Decimal, unit: Decimal, what: str) -> int:
+    """value / unit as an int, exactly (no context rounding); ValueError if not whole."""
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
+        raise TypeError(f"{what} must be a Decimal, not {type(value).__name__}")
+    value = Decimal(value)
+    if not value.is_finite():
+        raise ValueError(f"{what} {value} is not a finite number")
+    if value.adjusted() > 30:
+        raise ValueError(f"{what} {value} is out of range")
+    n, d = value.as_integer_ratio()
+    un, ud = unit.as_integer_ratio()
+    quotient, remainder = divmod(n * ud, d * un)
+    if remainder:
+        raise ValueError(f"{what} {value} is not a multiple of {unit}")
+    return quotient
+
+
+def to_paise(amount: Decimal) -> int:
+    """Rupees (Decimal) to int paise; ValueError if it is not a whole number of paise."""
+    return _exact_ratio(amount, _PAISA, "amount")
+
+
+def format_paise(paise: int) -> str:
+    """Paise as a human-readable rupee amount: 1500050 -> '15,000.50'."""
+    return f"{Decimal(paise).scaleb(-2):,.2f}"
+
+
+@dataclass(frozen=True)
+class Session:
+    """A trading calendar: the local hours ``[open, close)`` on trading weekdays (ISO,
+    1 = Monday) that are not holidays, in an IANA time zone.
+
+    Times are wall-clock times of the zone, so a zone with daylight saving keeps its
+    local hours and moves in UTC. A session must open and close on the same day. An
+    opening time inside a DST gap (a wall time that does not exist that day) resolves as
+    zoneinfo does (``fold=0``); real exchanges do not open in the gap.
+    """
+
+    timezone: str
+    open: time
+    close: time
+    weekdays: frozenset[int] = frozenset({1, 2, 3, 4, 5})
+    holidays: frozenset[date] = frozenset()
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        for name in ("open", "close"):
+            value = getattr(self, name)
+            if not isinstance(value, time) or value.tzinfo is not None:
+                raise ValueError(f"{name} must be a local time without a zone, not {value!r}")
+        if not self.open < self.close:
+            raise ValueError(f"the session must open before it closes "
+                             f"(open {self.open}, close {self.close})")
+        weekdays = frozenset(self.weekdays)
+        if not weekdays or not all(type(d) is int and d in _WEEKDAYS for d in weekdays):
+            raise ValueError(f"weekdays must be a non-empty set of ISO weekdays 1..7 "
+                             f"(1 = Monday), not {sorted(weekdays, key=repr)}")
+        holidays = frozenset(self.holidays)
+        if not all(type(d) is date for d in holidays):
+            raise ValueError("holidays must be dates")
+        object.__setattr__(self, "weekdays", weekdays)
+        object.__setattr__(self, "holidays", holidays)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def is_trading_day(self, day: date) -> bool:
+        return day.isoweekday() in self.weekdays and day not in self.holidays
+
+    def is_open(self, at: datetime) -> bool:
+        """Whether the market is open at the instant ``at`` (timezone-aware)."""
+        local = self._local(at)
+        return self.is_trading_day(local.date()) and self.open <= local.time() < self.close
+
+    def next_open(self, at: datetime) -> datetime:
+        """The first session opening at or after the instant ``at``, in the session's zone.
+
+        While the market is open that is the next session's opening, not this one's.
+        """
+        local = self._local(at)
+        instant = at.astimezone(UTC)
+        day = local.date()
+        # Any 7 consecutive days hold a trading weekday unless it is a holiday.
+        for _ in range(7 * (len(self.holidays) + 1) + 1):
+            if self.is_trading_day(day):
+                start = datetime.combine(day, self.open, tzinfo=self.zone)
+                if start.astimezone(UTC) >= instant:
+                    return start
+            day += timedelta(days=1)
+        raise AssertionError("unreachable: a trading weekday always comes")  # pragma: no cover
+
+    def _local(self, at: datetime) -> datetime:
+        if not isinstance(at, datetime):
+            raise TypeError(f"expected a datetime, not {type(at).__name__}")
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError("the time must be timezone-aware (a naive datetime is ambiguous)")
+        return at.astimezone(self.zone)
+
+
+@dataclass(frozen=True)
+class AlwaysOpen(Session):
+    """The development calendar: every instant of every day is in session. It keeps the
+    exchange's time zone, so an order's trade date is still the exchange's date."""
+
+    open: time = time.min
+    close: time = time.max
+    weekdays: frozenset[int] = frozenset(_WEEKDAYS)
+
+    def is_trading_day(self, day: date) -> bool:
+        return True
+
+    def is_open(self, at: datetime) -> bool:
+        self._local(at)                 # the same checks of ``at`` as a real session
+        return True
+
+    def next_open(self, at: datetime) -> datetime:
+        return self._local(at)
+
+
+@dataclass(frozen=True)
+class MarketInstrument:
+    """One tradable symbol as the broker sees it.
+
+    ``tick_size`` is in rupees and a whole number of paise, so every price is an int
+    number of paise and the engine's ticks convert exactly. ``band_low``/``band_high``
+    are the circuit limits (inclusive) as prices; ``max_order_qty`` is the largest order
+    in shares, at most what the engine accepts for the band (its int64 notional limit).
+    """
+
+    symbol: str
+    symbol_id: int
+    tick_size: Decimal
+    lot_size: int
+    band_low: Decimal
+    band_high: Decimal
+    max_order_qty: int
+    session: Session
+    enabled: bool = True
+    session_orders: int = 0
+    stp: Stp = Stp.CANCEL_NEWEST
+    tick_paise: int = field(init=False, repr=False, compare=False)    # paise per tick
+    low: int = field(init=False, repr=False, compare=False)           # band in ticks
+    high: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.symbol, str) or not self.symbol:
+            raise ValueError("symbol must be a non-empty string")
+        if not _is_int(self.symbol_id) or not 0 <= self.symbol_id <= 2**32 - 1:
+            raise ValueError(f"id must be an integer in 0..2**32-1, not {self.symbol_id!r}")
+        if not isinstance(self.tick_size, Decimal):
+            raise ValueError(f"tick_size must be a Decimal, not {self.tick_size!r}")
+        if not self.tick_size.is_finite() or self.tick_size <= 0:
+            raise ValueError(f"tick_size must be positive, not {self.tick_size}")
+        try:
+            tick_paise = to_paise(self.tick_size)
+        except ValueError:
+            raise ValueError(f"tick_size {self.tick_size} is not a whole number of paise "
+                             f"(0.01)") from None
+        object.__setattr__(self, "tick_paise", tick_paise)
+        if not _is_int(self.lot_size) or self.lot_size < 1:
+            raise ValueError(f"lot_size must be an integer >= 1, not {self.lot_size!r}")
+        low = self._band_ticks("band_low", self.band_low)
+        high = self._band_ticks("band_high", self.band_high)
+        if low < 1 or high < low:
+            raise ValueError(f"the band must satisfy tick_size <= band_low <= band_high "
+                             f"(band {self.band_low}..{self.band_high})")
+        if high - low + 1 > MAX_BAND_LEVELS:
+            raise ValueError(f"the band {self.band_low}..{self.band_high} is wider than "
+                             f"{MAX_BAND_LEVELS} ticks")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+        engine_max = INT64_MAX // high
+        if (not _is_int(self.max_order_qty) or not self.lot_size <= self.max_order_qty
+                <= engine_max):
+            raise ValueError(f"max_order_qty must be an integer in {self.lot_size}..{engine_max} "
+                             f"(lot size .. the engine's limit for this band), "
+                             f"not {self.max_order_qty!r}")
+        if not isinstance(self.session, Session):
+            raise ValueError("session must be a Session")
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"enabled must be true or false, not {self.enabled!r}")
+        if not _is_int(self.session_orders) or self.session_orders < 0:
+            raise ValueError(f"session_orders must be an integer >= 0, "
+                             f"not {self.session_orders!r}")
+        if not isinstance(self.stp, Stp) or self.stp == Stp.DEFAULT:
+            raise ValueError(f"stp must be a Stp mode other than DEFAULT, not {self.stp!r}")
+
+    def _band_ticks(self, name: str, price: Decimal) -> int:
+        if not isinstance(price, Decimal):
+            raise ValueError(f"{name} must be a Decimal, not {price!r}")
+        try:
+            return self.to_ticks(price)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+
+    def to_ticks(self, price: Decimal) -> int:
+        """A price in rupees as ticks; ValueError if it is not a multiple of the tick size."""
+        try:
+            return _exact_ratio(price, self.tick_size, "price")
+        except ValueError as e:
+            if "not a multiple" in str(e):
+                raise ValueError(f"price {price} is not a multiple of the tick size "
+                                 f"{self.tick_size}") from None
+            raise
+
+    def to_price(self, ticks: int) -> Decimal:
+        """Ticks as a price in rupees (exact, with the tick size's decimal places)."""
+        return self.tick_size * ticks
+
+    def ticks_to_paise(self, ticks: int) -> int:
+        return ticks * self.tick_paise
+
+    def engine_instrument(self) -> Instrument:
+        """The engine's view of this symbol (band in ticks), as ``load_instruments`` gives."""
+        return Instrument(symbol=self.symbol, symbol_id=self.symbol_id, low=self.low,
+                          high=self.high, lot_size=self.lot_size, stp=self.stp,
+                          session_orders=self.session_orders)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- TOML ---------------------------------------------------------------------------
+
+_SESSION_KEYS = {"timezone", "open", "close", "weekdays", "holidays"}
+_INSTRUMENT_KEYS = {"symbol", "id", "low", "high", "lot_size", "stp", "session_orders",
+                    "tick_size", "max_order_qty", "enabled", "session"}
+
+
+class _Invalid(ValueError):
+    """A bad value; the caller prefixes where it is."""
+
+
+def _require_int(table: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    if key not in table:
+        if default is None:
+            raise _Invalid(f"{key}: missing")
+        return default
+    value = table[key]
+    if not _is_int(value):
+        raise _Invalid(f"{key}: must be an integer, not {value!r}")
+    return value
+
+
+def _parse_time(key: str, value: object) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, str):
+        try:
+            return time.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _Invalid(f"session.{key}: must be a local time such as \"09:15\", not {value!r}")
+
+
+def _parse_date(value: object) -> date:
+    if type(value) is date:
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _Invalid(f"session.holidays: {value!r} is not a date such as \"2026-01-26\"")
+
+
+def _session(table: Mapping[str, Any]) -> Session:
+    unknown = set(table) - _SESSION_KEYS
+    if unknown:
+        raise _Invalid(f"session: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in ("timezone", "open", "close"):
+        if key not in table:
+            raise _Invalid(f"session.{key}: missing")
+    if not isinstance(table["timezone"], str):
+        raise _Invalid(f"session.timezone: must be a string, not {table['timezone']!r}")
+    weekdays = table.get("weekdays", [1, 2, 3, 4, 5])
+    holidays = table.get("holidays", [])
+    if not isinstance(weekdays, list) or not all(_is_int(d) for d in weekdays):
+        raise _Invalid(f"session.weekdays: must be an array of ISO weekdays 1..7 "
+                       f"(1 = Monday), not {weekdays!r}")
+    if not isinstance(holidays, list):
+        raise _Invalid(f"session.holidays: must be an array of dates, not {holidays!r}")
+    try:
+        return Session(timezone=table["timezone"], open=_parse_time("open", table["open"]),
+                       close=_parse_time("close", table["close"]), weekdays=frozenset(weekdays),
+                       holidays=frozenset(_parse_date(d) for d in holidays))
+    except _Invalid:
+        raise
+    except ValueError as e:
+        raise _Invalid(f"session: {e}") from None
+
+
+def _tick_size(table: Mapping[str, Any]) -> Decimal:
+    if "tick_size" not in table:
+        raise _Invalid("tick_size: missing")
+    value = table["tick_size"]
+    if isinstance(value, str):
+        try:
+            tick = Decimal(value)
+        except InvalidOperation:
+            raise _Invalid(f"tick_size: {value!r} is not a decimal number") from None
+        if tick.is_finite():
+            return tick
+    if _is_int(value):
+        return Decimal(value)
+    raise _Invalid(f"tick_size: must be a decimal string such as \"0.05\" (not a float), "
+                   f"not {value!r}")
+
+
+def _instrument(table: Mapping[str, Any], default_session: Mapping[str, Any] | None
+                ) -> MarketInstrument:
+    unknown = set(table) - _INSTRUMENT_KEYS
+    if unknown:
+        raise _Invalid(f"unknown key(s) {', '.join(sorted(unknown))}")
+    symbol = table.get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        raise _Invalid(f"symbol: must be a non-empty string, not {symbol!r}")
+    tick = _tick_size(table)
+    low, high = _require_int(table, "low"), _require_int(table, "high")
+    if low < 1:
+        raise _Invalid(f"low: must be at least 1 tick, not {low}")
+    if high < low:
+        raise _Invalid(f"high: must be at least low ({low} ticks), not {high}")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _Invalid(f"enabled: must be true or false, not {enabled!r}")
+    stp_name = table.get("stp", "CANCEL_NEWEST")
+    if stp_name not in Stp.__members__ or stp_name == "DEFAULT":
+        raise _Invalid(f"stp: must be one of NONE, CANCEL_NEWEST, CANCEL_OLDEST, "
+                       f"CANCEL_BOTH, DECREMENT, not {stp_name!r}")
+    override = table.get("session", {})
+    if not isinstance(override, dict):
+        raise _Invalid("session: must be a table")
+    if default_session is None and not override:
+        raise _Invalid("session: no [session] table at the top level or in the instrument")
+    session = _session({**(default_session or {}), **override})
+    fields = dict(symbol=symbol, symbol_id=_require_int(table, "id"), tick_size=tick,
+                  lot_size=_require_int(table, "lot_size", 1),
+                  band_low=tick * low, band_high=tick * high,
+                  max_order_qty=_require_int(table, "max_order_qty"), session=session,
+                  enabled=enabled, session_orders=_require_int(table, "session_orders", 0),
+                  stp=Stp[stp_name])
+    try:
+        return MarketInstrument(**fields)
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+
+
+def load_market(path: str | os.PathLike, calendar: str = "exchange"
+                ) -> dict[str, MarketInstrument]:
+    """The instruments of a TOML file by symbol, every key validated.
+
+    The file is the engine's (``[[instrument]]`` tables with symbol, id, low, high in
+    ticks, lot_size, stp, session_orders) plus, per instrument, tick_size (a decimal
+    string), max_order_qty and enabled (default true), and a top-level ``[session]``
+    table (timezone, open, close, weekdays, holidays) that an instrument's own
+    ``session`` table overrides key by key. Unknown keys are errors, so a misspelt
+    ``enabled`` cannot silently leave a symbol trading.
+
+    ``calendar`` is one of ``brokercore.config.CALENDARS``: ``exchange`` keeps the
+    file's sessions; ``always-open`` gives every instrument an ``AlwaysOpen`` session in
+    its session's zone (the development stack's, ServiceSettings.calendar).
+    """
+    if calendar not in CALENDARS:
+        raise ValueError(f"unknown calendar {calendar!r}: one of {', '.join(CALENDARS)}")
+    with open(path, "rb") as f:
+        try:
+            document = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from None
+    default_session = document.get("session")
+    if default_session is not None:
+        if not isinstance(default_session, dict):
+            raise ValueError(f"{path}: session must be a table")
+        try:
+            _session(default_session)
+        except _Invalid as e:
+            raise ValueError(f"{path}: [session]: {e}") from None
+    tables = document.get("instrument", [])
+    if not isinstance(tables, list):
+        raise ValueError(f"{path}: instrument must be an array of tables ([[instrument]])")
+    market: dict[str, MarketInstrument] = {}
+    ids: dict[int, str] = {}
+    for n, table in enumerate(tables, 1):
+        name = table.get("symbol") if isinstance(table.get("symbol"), str) else None
+        where = f"{path}: instrument {name} (#{n})" if name else f"{path}: instrument #{n}"
+        try:
+            instrument = _instrument(table, default_session)
+        except _Invalid as e:
+            raise ValueError(f"{where}: {e}") from None
+        if instrument.symbol in market:
+            raise ValueError(f"{where}: symbol {instrument.symbol} is configured twice")
+        if instrument.symbol_id in ids:
+            raise ValueError(f"{where}: id {instrument.symbol_id} is already used by "
+                             f"{ids[instrument.symbol_id]}")
+        if calendar == "always-open":
+            instrument = replace(instrument, session=AlwaysOpen(instrument.session.timezone))
+        market[instrument.symbol] = instrument
+        ids[instrument.symbol_id] = instrument.symbol
+    return market
+
+
+def instruments_by_id(market: Iterable[MarketInstrument]) -> dict[int, MarketInstrument]:
+    """Symbol id -> instrument, for consumers of engine events (which carry ids)."""
+    return {i.symbol_id: i for i in market}

@@ -1,0 +1,242 @@
+"""A Kafka consumer whose position lives in Postgres, beside what it writes (hop 5).
+
+Settlement and the projector both read ``events`` this way: each batch of messages is
+handed to an ``Applier``, which writes it *and* the next offsets in one Postgres
+transaction (``claim_offsets`` and ``store_offsets`` do the offset half), so a batch
+counts entirely or not at all and a re-delivered message is skipped. Kafka's group
+offsets are never used. ``run_pg_consumer`` is the long-running loop around it; it
+waits out a restart of Postgres or Kafka instead of dying.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
+import psycopg
+
+from brokercore.faults.backoff import Backoff, transient
+from brokercore.faults.kafka_errors import QUIET_KAFKA, transient_kafka
+from brokercore.kafka.messages import EventBatch
+
+__all__ = ["Applier", "Message", "claim_offsets", "store_offsets", "stored_offsets",
+           "run_pg_consumer"]
+
+log = logging.getLogger("brokercore.consumers.pg_consumer")
+
+class Message(NamedTuple):
+    """One message of the events topic."""
+
+    partition: int
+    offset: int
+    batch: EventBatch
+    timestamp_ms: int = 0       # Kafka's timestamp of it (the engine's producer sets it)
+
+
+class Applier(Protocol):
+    """What a Postgres-offset consumer does with a batch."""
+
+    consumer: str           # its name in consumer_offsets
+    topic: str
+
+    def new_stats(self) -> Any:
+        """Zero stats: they support ``+`` and have an ``events`` count."""
+
+    def apply(self, conn: psycopg.Connection, messages: Sequence[Message]) -> Any:
+        """Write the batch and its offsets in one transaction; returns its stats."""
+
+    def committed(self, stats: Any) -> None:
+        """Called after each batch's transaction committed (caches, pub/sub)."""
+
+    def describe(self, stats: Any) -> str:
+        """A one-line summary of stats, with units."""
+
+
+def claim_offsets(conn: psycopg.Connection, consumer: str, topic: str,
+                  messages: Sequence[Message]) -> tuple[list[Message], dict[int, int]]:
+    """Lock the consumer's offset rows of the batch's partitions (inside the caller's
+    transaction); the messages not yet applied, and the next offset of each partition
+    that moves. Two processes of one consumer take turns on these locks."""
+    partitions = sorted({m.partition for m in messages})
+    if not partitions:
+        return [], {}
+    conn.execute(
+        "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) "
+        "SELECT %s, %s, p, 0 FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING",
+        (consumer, topic, partitions))
+    stored = dict(conn.execute(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = %s AND "
+        "topic = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
+        (consumer, topic, partitions)).fetchall())
+    nxt, fresh = dict(stored), []
+    for message in messages:
+        if message.offset >= nxt[message.partition]:
+            fresh.append(message)
+            nxt[message.partition] = message.offset + 1
+    return fresh, {p: o for p, o in nxt.items() if o != stored[p]}
+
+
+def store_offsets(conn: psycopg.Connection, consumer: str, topic: str,
+                  offsets: dict[int, int]) -> None:
+    """Move the claimed offset rows (same transaction as ``claim_offsets``)."""
+    conn.cursor().executemany(
+        "UPDATE consumer_offsets SET next_offset = %s, updated_at = now() "
+        "WHERE consumer = %s AND topic = %s AND partition = %s",
+        [(o, consumer, topic, p) for p, o in sorted(offsets.items())])
+
+
+def stored_offsets(conn: psycopg.Connection, consumer: str, topic: str) -> dict[int, int]:
+    """partition -> next offset this consumer stored for the topic."""
+    return dict(conn.execute("SELECT partition, next_offset FROM consumer_offsets "
+                             "WHERE consumer = %s AND topic = %s", (consumer, topic)).fetchall())
+
+
+def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: str,
+                    stop_event: threading.Event | None = None, *, max_messages: int = 1000,
+                    max_wait: float = 0.05, log_every: float = 1.0,
+                    say: Callable[[str], None] | None = None) -> Any:
+    """Consume ``applier.topic`` (read_committed) from the offsets stored in Postgres and
+    apply it, one transaction per batch (what has arrived, up to ``max_messages``; an
+    idle consumer waits ``max_wait`` s at a time), until ``stop_event`` is set; returns
+    the total stats.
+
+    Postgres or Kafka going away (a restart, a lost connection, a deadlock) is waited
+    out with back-off (``brokercore.faults.backoff``): the batch in hand is kept and applied
+    again on a new connection, which is safe because a batch and its offsets commit
+    together (messages already stored are skipped). Any other error is raised with
+    nothing of its batch stored, so a restart resumes exactly where it stopped.
+    """
+    from confluent_kafka import Consumer   # here: applying batches needs no Kafka client
+
+    say = say or log.info
+    stop = stop_event or threading.Event()
+    topic = applier.topic
+    decoder = msgspec.msgpack.Decoder(EventBatch)
+    totals = applier.new_stats()
+    postgres = Backoff(f"{name}: Postgres", log)
+    kafka = Backoff(f"{name}: Kafka", log)
+    broker_errors: list = []                  # error_cb's, seen after each read
+    consumer = Consumer({**QUIET_KAFKA, "error_cb": broker_errors.append,
+        "bootstrap.servers": bootstrap, "group.id": f"{applier.consumer}.{topic}",
+        "isolation.level": "read_committed", "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "fetch.wait.max.ms": 10,
+        "reconnect.backoff.max.ms": 1000,     # back within a second of the broker
+        "auto.offset.reset": "error"})        # a stored offset that is gone: stop, loudly
+    conn: psycopg.Connection | None = None
+    batch: list[Message] = []                 # read, not yet stored: kept through failures
+    assigned = False
+    window, last = applier.new_stats(), time.monotonic()
+    try:
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(database_url, autocommit=True, connect_timeout=5)
+                if not assigned:
+                    assigned = _assign(consumer, conn, applier, stop, say, name)
+                    continue
+                if not batch:
+                    batch = _read(consumer, decoder, max_messages, max_wait, kafka,
+                                  broker_errors)
+                if batch:
+                    stats = applier.apply(conn, batch)
+                    batch = []
+                    applier.committed(stats)
+                    window += stats
+                postgres.recovered()
+            except Exception as e:
+                if not transient(e):
+                    raise
+                if isinstance(e, psycopg.Error):
+                    conn = _unless_broken(conn)
+                    postgres.wait(e, stop)
+                else:
+                    kafka.wait(e, stop)
+            if time.monotonic() - last >= log_every:
+                seconds = time.monotonic() - last
+                totals += window
+                say(f"{name}: {window.events / seconds:,.0f} events/s; last "
+                    f"{seconds:.1f} s: {applier.describe(window)}; total "
+                    f"{totals.events} events")
+                window, last = applier.new_stats(), time.monotonic()
+        totals += window
+    finally:
+        consumer.close()
+        if conn is not None:
+            conn.close()
+    say(f"{name}: stopped; {applier.describe(totals)}")
+    return totals
+
+
+def _assign(consumer, conn, applier: Applier, stop: threading.Event,
+            say: Callable[[str], None], name: str) -> bool:
+    """Assign the topic's partitions from the stored offsets; False if stopped first."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    topic = applier.topic
+    partitions = _partitions(consumer, topic, stop)
+    if not partitions:
+        return False
+    start = stored_offsets(conn, applier.consumer, topic)
+    consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING))
+                     for p in partitions])
+    say(f"{name}: {topic} partitions {partitions} from offsets "
+        f"{[start.get(p, 0) for p in partitions]}")
+    return True
+
+
+def _read(consumer, decoder, max_messages: int, max_wait: float, kafka: Backoff,
+          broker_errors: list) -> list[Message]:
+    """The next batch (``_next_batch``), decoded. A broker that is away shows as errors
+    (error messages, or ``broker_errors`` from the error callback) while librdkafka
+    reconnects by itself: they are noted (logged once per outage) and passed over; any
+    other error is raised."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    batch, errors = [], []
+    for message in _next_batch(consumer, max_messages, max_wait):
+        if message.error() is None:
+            batch.append(Message(message.partition(), message.offset(),
+                                 decoder.decode(message.value()), message.timestamp()[1]))
+        elif message.error().code() != KafkaError._PARTITION_EOF:
+            errors.append(message.error())
+    errors += broker_errors
+    broker_errors.clear()
+    for error in errors:
+        if not transient_kafka(error):
+            raise KafkaException(error)
+        kafka.failed(error)
+    if batch:
+        kafka.recovered()
+    return batch
+
+
+def _unless_broken(conn: psycopg.Connection | None) -> psycopg.Connection | None:
+    """The connection, unless it is lost (then closed: the next attempt opens another)."""
+    if conn is not None and (conn.closed or conn.broken):
+        conn.close()
+        return None
+    return conn
+
+
+def _next_batch(consumer, max_messages: int, max_wait: float) -> list:
+    """What has arrived, up to ``max_messages``; if nothing has, the first message within
+    ``max_wait`` s and whatever came with it. A batch never waits to fill up: under load
+    batches grow by themselves, and a lone event is applied at once."""
+    batch = consumer.consume(max_messages, 0)
+    if not batch and (first := consumer.poll(max_wait)) is not None:
+        batch = [first, *consumer.consume(max_messages - 1, 0)]
+    return batch
+
+
+def _partitions(consumer, topic: str, stop: threading.Event) -> list[int]:
+    """The topic's partitions, waiting (until stopped) for the topic to exist."""
+    while True:
+        found = consumer.list_topics(topic, timeout=5).topics.get(topic)
+        if found is not None and found.error is None and found.partitions:
+            return sorted(found.partitions)
+        if stop.wait(0.5):
+            return []

@@ -1,0 +1,486 @@
+"""The projector: the engine's ``events`` turned into the read model and pushed to clients.
+
+One Postgres transaction per batch of Kafka messages writes ``read_model`` (our orders
+with their fills and a numbered ORDER_UPDATE per change, our users' positions, every
+resting order and every trade for market data) *and* the consumer's next offsets, so a
+batch is projected entirely or not at all and a re-delivered message is skipped. Trades
+are unique by id, a second guard: a trade already in ``read_model.trades`` changes
+nothing again.
+
+An ORDER_UPDATE is an order's state after an engine command, never in the middle of
+one: the events of one command (consecutive in its shard's stream, see
+``_starts_command``) change an order as often as they like, and make one update, with
+its final state, when the command ends. A market order that fills shows FILLED, not OPEN
+first; a resting order filled by three later commands shows three updates. (A command
+whose events straddle two messages, as only a transaction of over 8,192 events makes,
+and that two batches apply, shows one more update, where the first batch ended.)
+
+Like settlement, it loads the rows a batch touches, applies the events in memory (the
+same reading of each event as ``brokercore.consumers.settlement``) and writes the rows back with a
+few set-based statements, pipelined, so a batch costs a handful of round trips whatever
+its size. Batches are serialised by a transaction-level advisory lock on (consumer,
+topic), so even with two projector processes the ORDER_UPDATE ids (which clients resume
+from) become visible in the order they were drawn.
+
+After the commit, Redis: the caches of the users whose read model changed are
+invalidated, then each ORDER_UPDATE goes to its user's channel, each trade and the new
+book of each symbol that changed to the market data channels, the book is stored
+under ``{prefix}md:{symbol}`` (the query service's fast path) and, last, the batch's
+next offsets under ``streams.projected_key`` (the notifier tells of an event once they
+have passed it, so that a client gets an order's update before the notification).
+Redis is an accelerator here: an error is logged and the projector goes on;
+invalidations and book keys that failed are written again after the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
+import psycopg
+import redis
+from psycopg.types.json import Jsonb
+
+from brokercore.read.cache import Invalidator
+from brokercore.broker.ledger import average_price
+from brokercore.broker.market import MarketInstrument, load_market
+from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
+from brokercore.kafka.messages import Event
+from brokercore.entry.order_entry import OPEN_STATUSES
+from brokercore.consumers.pg_consumer import Message, claim_offsets, run_pg_consumer, store_offsets
+from brokercore.engine.records import EventType, Op, Reason, Side
+from brokercore.consumers.settlement import average_fill_price, event_time, trade_id
+from brokercore.realtime.channels import (
+    BookUpdate, OrderUpdate, TradeTick, book_channel, encode_message, md_key,
+    projected_key, rupees, trades_channel, user_channel,
+)
+
+__all__ = ["ProjectorConsumer", "ProjectorStats", "Push", "run_projector"]
+
+log = logging.getLogger("brokercore.consumers.projector")
+
+_ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
+         EventType.REJECTED: "REJECTED"}
+
+
+@dataclass
+class Push:
+    """What a committed batch sends to Redis."""
+
+    users: set[str] = field(default_factory=set)                    # caches to invalidate
+    updates: list[tuple[str, OrderUpdate]] = field(default_factory=list)
+    ticks: list[TradeTick] = field(default_factory=list)
+    books: dict[str, BookUpdate] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)          # partition -> next
+
+
+@dataclass
+class ProjectorStats:
+    """What one or more batches did; counts add up with ``+`` (``push`` does not: it is
+    one batch's, for ``committed``)."""
+
+    messages: int = 0           # applied
+    skipped: int = 0            # re-delivered, below the stored offset
+    events: int = 0
+    updates: int = 0            # ORDER_UPDATEs (read_model.order_updates rows)
+    trades: int = 0
+    push: Push | None = field(default=None, repr=False, compare=False)
+
+    def __add__(self, other: ProjectorStats) -> ProjectorStats:
+        return ProjectorStats(*(getattr(self, f.name) + getattr(other, f.name)
+                                for f in fields(self) if f.name != "push"))
+
+
+_ENDED_BY = (EventType.REJECTED, EventType.OPENED, EventType.CLOSED, EventType.REBANDED)
+
+
+def _starts_command(e: Event, previous: Event | None) -> bool:
+    """Whether ``e`` begins an engine command, ``previous`` being the event before it of
+    the same symbol (docs/engine.md). A book applies one command at a time, so the events
+    of a command are consecutive and begin with: the new order's ACCEPTED, a REJECTED
+    (a command's only event), a cancel's or an open's only event, an amend's AMENDED of
+    its own order (a self-trade's AMENDED says SELF_TRADE), or the first event of a close
+    or re-band, which follows a command of another op or one ended by its last event."""
+    return (previous is None or previous.op != e.op or previous.type in _ENDED_BY
+            or e.type in (EventType.ACCEPTED, EventType.REJECTED)
+            or e.op in (Op.CANCEL, Op.OPEN)
+            or (e.type == EventType.AMENDED and e.op == Op.AMEND
+                and e.reason == Reason.NONE))
+
+
+# --- the rows a batch works on, in memory -------------------------------------------
+
+@dataclass
+class _Order:
+    """A read_model.orders row (new ones start from the OMS's order, PENDING)."""
+
+    order_id: int
+    user_id: str
+    account_id: int
+    symbol: str
+    side: str
+    type: str
+    time_in_force: str
+    created_at: datetime
+    price: int | None
+    quantity: int
+    filled_quantity: int
+    filled_notional: int
+    status: str
+    reject_reason: str | None
+    updated_at: datetime
+    last_update_id: int
+    new_fills: list[dict] = field(default_factory=list)
+    changed: bool = False
+
+
+@dataclass
+class _Position:
+    quantity: int = 0
+    avg_price: Decimal = Decimal(0)
+    changed: bool = False
+
+
+@dataclass
+class _Resting:
+    """A read_model.book_orders row."""
+
+    symbol: str
+    side: str
+    price: int
+    open_quantity: int
+
+
+@dataclass
+class _Batch:
+    orders: dict[int, _Order]
+    positions: dict[tuple[str, str], _Position]
+    book: dict[int, _Resting]
+    known_trades: set[str]
+    book_written: set[int] = field(default_factory=set)     # upserted, or deleted if gone
+    symbols: set[str] = field(default_factory=set)          # whose market data changed
+    trades: list[tuple] = field(default_factory=list)
+    updates: list[tuple[_Order, OrderUpdate]] = field(default_factory=list)  # seq 0 yet
+    push: Push = field(default_factory=Push)
+    # per symbol, the orders its command in progress changed (and its Kafka timestamp)
+    commands: dict[str, dict[int, tuple[_Order, int]]] = field(default_factory=dict)
+
+
+_LOAD_ORDERS = """
+SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_force,
+       o.created_at, CASE WHEN r.order_id IS NULL THEN o.price ELSE r.price END,
+       coalesce(r.quantity, o.quantity), coalesce(r.filled_quantity, 0),
+       coalesce(r.filled_notional, 0), coalesce(r.status, 'PENDING'), r.reject_reason,
+       coalesce(r.updated_at, o.created_at), coalesce(r.last_update_id, 0)
+  FROM orders o JOIN accounts a ON a.account_id = o.account_id
+  LEFT JOIN read_model.orders r ON r.order_id = o.order_id
+ WHERE o.order_id = ANY(%s)"""
+
+_WRITE_ORDERS = """
+INSERT INTO read_model.orders (order_id, user_id, account_id, symbol, side, type,
+    time_in_force, price, quantity, filled_quantity, filled_notional, avg_price, status,
+    reject_reason, fills, created_at, updated_at, last_update_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (order_id) DO UPDATE SET price = EXCLUDED.price, quantity = EXCLUDED.quantity,
+    filled_quantity = EXCLUDED.filled_quantity, filled_notional = EXCLUDED.filled_notional,
+    avg_price = EXCLUDED.avg_price, status = EXCLUDED.status,
+    reject_reason = EXCLUDED.reject_reason, fills = read_model.orders.fills || EXCLUDED.fills,
+    updated_at = EXCLUDED.updated_at, last_update_id = EXCLUDED.last_update_id"""
+
+
+class ProjectorConsumer:
+    """Projects batches of ``events`` messages for one consumer of one topic."""
+
+    def __init__(self, market: Mapping[str, MarketInstrument], client: redis.Redis,
+                 redis_prefix: str, topic: str = "events", consumer: str = "projector"):
+        self.market = market
+        self.redis = client
+        self.prefix = redis_prefix
+        self.topic = topic
+        self.consumer = consumer
+        self.invalidate = Invalidator(client, redis_prefix)
+        self.pending_books: dict[str, BookUpdate] = {}      # md keys not yet stored
+
+    new_stats = ProjectorStats
+
+    def apply(self, conn: psycopg.Connection, messages: Sequence[Message]) -> ProjectorStats:
+        """Project the messages (in their order) and store the next offsets, in one
+        transaction on ``conn``. Messages below the stored offsets are skipped; the
+        returned stats carry what ``committed`` pushes."""
+        stats = ProjectorStats()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                         (f"{self.consumer}:{self.topic}",))
+            fresh, offsets = claim_offsets(conn, self.consumer, self.topic, messages)
+            stats.skipped = len(messages) - len(fresh)
+            stats.messages = len(fresh)
+            stats.events = sum(len(m.batch.events) for m in fresh)
+            events = [(e, m.timestamp_ms) for m in fresh for e in m.batch.events]
+            if any(e.order_id > 0 for e, _ in events):     # session events change no order
+                batch = self._load(conn, [e for e, _ in events if e.order_id > 0])
+                previous: dict[str, Event] = {}
+                for event, event_time_ms in events:
+                    if _starts_command(event, previous.get(event.symbol)):
+                        self._command_done(batch, event.symbol)
+                    previous[event.symbol] = event
+                    if event.order_id > 0:
+                        self._event(batch, event, event_time_ms)
+                for symbol in list(batch.commands):
+                    self._command_done(batch, symbol)
+                self._write(conn, batch)
+                stats.updates, stats.trades = len(batch.updates), len(batch.trades)
+                stats.push = batch.push
+            if offsets:
+                stats.push = stats.push or Push()
+                stats.push.offsets = offsets
+            store_offsets(conn, self.consumer, self.topic, offsets)
+        return stats
+
+    def committed(self, stats: ProjectorStats) -> None:
+        """Invalidate the changed users' caches, then publish the batch's messages, store
+        the new books and, last, the offsets projected (one pipeline). Errors are
+        logged, never raised."""
+        push = stats.push or Push()
+        self.invalidate(push.users)
+        self.pending_books.update(push.books)
+        if not (push.updates or push.ticks or self.pending_books or push.offsets):
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for user, update in push.updates:
+            pipe.publish(user_channel(self.prefix, user), encode_message(update))
+        for tick in push.ticks:
+            pipe.publish(trades_channel(self.prefix, tick.symbol), encode_message(tick))
+        for symbol, book in push.books.items():
+            pipe.publish(book_channel(self.prefix, symbol), encode_message(book))
+        for symbol, book in self.pending_books.items():
+            pipe.set(md_key(self.prefix, symbol), encode_message(book))
+        if push.offsets:
+            pipe.hset(projected_key(self.prefix, self.topic), mapping=push.offsets)
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            log.warning("publishing %d order updates, %d trades and %d books failed (%s); "
+                        "the books are stored again after the next batch", len(push.updates),
+                        len(push.ticks), len(push.books), e)
+            return
+        self.pending_books.clear()
+
+    @staticmethod
+    def describe(s: ProjectorStats) -> str:
+        return (f"{s.messages} messages, {s.events} events, {s.updates} order updates, "
+                f"{s.trades} trades, {s.skipped} re-delivered skipped")
+
+    # --- loading ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _load(conn, events: list[Event]) -> _Batch:
+        """The batch's rows, read in one round trip."""
+        ids = sorted({i for e in events for i in (e.order_id, e.other_id) if i > 0})
+        trades = sorted({trade_id(e) for e in events if e.type == EventType.TRADE})
+        with conn.pipeline():
+            orders = conn.execute(_LOAD_ORDERS, (ids,))
+            book = conn.execute("SELECT order_id, symbol, side, price, open_quantity FROM "
+                                "read_model.book_orders WHERE order_id = ANY(%s)", (ids,))
+            known = conn.execute("SELECT trade_id FROM read_model.trades "
+                                 "WHERE trade_id = ANY(%s)", (trades,))
+            positions = conn.execute(
+                "SELECT p.user_id, p.symbol, p.quantity, p.avg_price FROM orders o "
+                "JOIN accounts a ON a.account_id = o.account_id JOIN read_model.positions p "
+                "ON p.user_id = a.user_id AND p.symbol = o.symbol WHERE o.order_id = ANY(%s)",
+                (ids,))
+            return _Batch(
+                {row[0]: _Order(*row) for row in orders.fetchall()},
+                {(u, s): _Position(q, p) for u, s, q, p in positions.fetchall()},
+                {i: _Resting(*rest) for i, *rest in book.fetchall()},
+                {t for t, in known.fetchall()})
+
+    # --- one event ---------------------------------------------------------------------------
+
+    def _event(self, b: _Batch, e: Event, event_time_ms: int) -> None:
+        kind = e.type
+        if kind == EventType.TRADE:
+            tid = trade_id(e)
+            if tid not in b.known_trades:
+                b.known_trades.add(tid)
+                self._trade(b, e, tid, event_time_ms)
+            return
+        if kind == EventType.ACCEPTED and e.op == Op.LIMIT:
+            b.book[e.order_id] = _Resting(e.symbol, Side(e.side).name,
+                                          self._paise(e.symbol, e.price), e.remaining)
+            self._rested(b, e.order_id)
+        elif kind in (EventType.CANCELLED, EventType.EXPIRED):
+            self._rested(b, e.order_id, 0)
+        elif kind == EventType.AMENDED:
+            self._rested(b, e.order_id, e.remaining, self._paise(e.symbol, e.price))
+        order = self._ours(b, e.order_id, e.account)
+        if order is None:
+            return
+        if kind == EventType.ACCEPTED:
+            if order.status == "PENDING":
+                order.status = "OPEN"
+                self._changed(b, e, order, event_time_ms)
+        elif kind == EventType.REJECTED and e.op not in (Op.LIMIT, Op.MARKET):
+            return      # a refused cancel or amend: the order stays as it is
+        elif kind in _ENDS:
+            if kind == EventType.REJECTED and (order.status != "PENDING"
+                                               or e.reason == Reason.DUPLICATE_ORDER_ID):
+                return  # a re-sent order: the first one is the order, not this one
+            if order.status in OPEN_STATUSES:
+                order.status = _ENDS[kind]
+                order.reject_reason = Reason(e.reason).name if e.reason != Reason.NONE \
+                    else None
+                self._changed(b, e, order, event_time_ms)
+        elif kind == EventType.AMENDED:
+            if order.type == "LIMIT":       # a market order's engine price is its cap
+                order.price = self._paise(order.symbol, e.price)
+            order.quantity = order.filled_quantity + e.qty
+            self._changed(b, e, order, event_time_ms)
+
+    def _trade(self, b: _Batch, e: Event, tid: str, event_time_ms: int) -> None:
+        price = self._paise(e.symbol, e.price)
+        when = event_time(e.ts)
+        b.trades.append((tid, e.symbol, e.seq, price, e.qty, when))
+        b.push.ticks.append(TradeTick(tid, e.symbol, rupees(price), e.qty, when.isoformat()))
+        b.symbols.add(e.symbol)
+        self._rested(b, e.order_id, e.remaining)
+        self._rested(b, e.other_id, e.other_remaining)
+        fill = {"tradeId": tid, "price": rupees(price), "quantity": e.qty,
+                "time": when.isoformat()}
+        for order_id, account, remaining in ((e.order_id, e.account, e.remaining),
+                                             (e.other_id, e.other_account, e.other_remaining)):
+            order = self._ours(b, order_id, account)
+            if order is None:
+                continue
+            order.filled_quantity += e.qty
+            order.filled_notional += price * e.qty
+            order.new_fills.append(fill)
+            order.status = "FILLED" if remaining == 0 else "PARTIALLY_FILLED"
+            self._changed(b, e, order, event_time_ms)
+            position = b.positions.setdefault((order.user_id, order.symbol), _Position())
+            delta = e.qty if order.side == "BUY" else -e.qty
+            position.avg_price = average_price(position.quantity, position.avg_price, delta,
+                                               price)
+            position.quantity += delta
+            position.changed = True
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _ours(b: _Batch, order_id: int, account: int) -> _Order | None:
+        """The order of ours the event names (same id *and* account), if any."""
+        order = b.orders.get(order_id)
+        return order if order is not None and order.account_id == account else None
+
+    @staticmethod
+    def _rested(b: _Batch, order_id: int, open_quantity: int | None = None,
+                price: int | None = None) -> None:
+        """A resting order changed: new open quantity (0 = gone) and price. An order that
+        is not resting (a market order) is left alone."""
+        resting = b.book.get(order_id)
+        if resting is None:
+            return
+        if open_quantity == 0:
+            del b.book[order_id]
+        else:
+            if open_quantity is not None:
+                resting.open_quantity = open_quantity
+            if price is not None:
+                resting.price = price
+        b.book_written.add(order_id)
+        b.symbols.add(resting.symbol)
+
+    def _paise(self, symbol: str, ticks: int) -> int:
+        return self.market[symbol].ticks_to_paise(ticks)
+
+    @staticmethod
+    def _changed(b: _Batch, e: Event, order: _Order, event_time_ms: int) -> None:
+        """The event changed the order: it has an ORDER_UPDATE when its command ends."""
+        order.updated_at = event_time(e.ts)
+        order.changed = True
+        b.commands.setdefault(e.symbol, {})[order.order_id] = (order, event_time_ms)
+        b.push.users.add(order.user_id)
+
+    @staticmethod
+    def _command_done(b: _Batch, symbol: str) -> None:
+        """The command in progress on ``symbol`` has ended: an ORDER_UPDATE (seq set
+        later) with the state it left of each order it changed."""
+        for order, event_time_ms in b.commands.pop(symbol, {}).values():
+            b.updates.append((order, OrderUpdate(
+                0, order.order_id, order.symbol, order.side, order.type, order.status,
+                order.quantity, order.filled_quantity,
+                rupees(average_fill_price(order.filled_notional, order.filled_quantity)),
+                rupees(order.price), order.reject_reason, order.updated_at.isoformat(),
+                event_time_ms)))
+
+    # --- writing back -----------------------------------------------------------------------------
+
+    def _write(self, conn, b: _Batch) -> None:
+        """Number the updates (one round trip, if any), then write every row and read the
+        changed books (one more)."""
+        ids = [i for i, in conn.execute(
+            "SELECT nextval(pg_get_serial_sequence('read_model.order_updates', 'update_id'))"
+            " FROM generate_series(1, %s) ORDER BY 1", (len(b.updates),))] if b.updates else []
+        rows = []
+        for update_id, (order, update) in zip(ids, b.updates, strict=True):
+            update = msgspec.structs.replace(update, seq=update_id)
+            order.last_update_id = update_id
+            rows.append((update_id, order.user_id, order.order_id,
+                         Jsonb(msgspec.to_builtins(update))))
+            b.push.updates.append((order.user_id, update))
+        symbols = sorted(b.symbols)
+        with conn.pipeline():
+            cur = conn.cursor()
+            cur.executemany(_WRITE_ORDERS, [
+                (o.order_id, o.user_id, o.account_id, o.symbol, o.side, o.type,
+                 o.time_in_force, o.price, o.quantity, o.filled_quantity, o.filled_notional,
+                 average_fill_price(o.filled_notional, o.filled_quantity), o.status,
+                 o.reject_reason, Jsonb(o.new_fills), o.created_at, o.updated_at, o.last_update_id)
+                for _, o in sorted(b.orders.items()) if o.changed])
+            cur.executemany(
+                "INSERT INTO read_model.order_updates (update_id, user_id, order_id, payload) "
+                "VALUES (%s, %s, %s, %s)", rows)
+            cur.executemany(
+                "INSERT INTO read_model.positions (user_id, symbol, quantity, avg_price) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (user_id, symbol) DO UPDATE SET "
+                "quantity = EXCLUDED.quantity, avg_price = EXCLUDED.avg_price, "
+                "updated_at = now()",
+                [(u, s, p.quantity, p.avg_price)
+                 for (u, s), p in sorted(b.positions.items()) if p.changed])
+            conn.execute("DELETE FROM read_model.book_orders WHERE order_id = ANY(%s)",
+                         ([i for i in sorted(b.book_written) if i not in b.book],))
+            cur.executemany(
+                "INSERT INTO read_model.book_orders (order_id, symbol, side, price, "
+                "open_quantity) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (order_id) DO UPDATE "
+                "SET price = EXCLUDED.price, open_quantity = EXCLUDED.open_quantity",
+                [(i, r.symbol, r.side, r.price, r.open_quantity)
+                 for i, r in sorted(b.book.items()) if i in b.book_written])
+            cur.executemany(
+                "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
+                "executed_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", b.trades)
+            reads = [(symbol,
+                      conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS}),
+                      conn.execute(LAST_PRICE_SQL, {"symbol": symbol}))
+                     for symbol in symbols]
+            for symbol, depth, last in reads:
+                price = last.fetchone()
+                b.push.books[symbol] = book_update(symbol, depth.fetchall(),
+                                                   price[0] if price else None)
+
+
+def run_projector(bootstrap: str, topic: str, database_url: str, market_path: str,
+                  redis_url: str, redis_prefix: str,
+                  stop_event: threading.Event | None = None, **options) -> ProjectorStats:
+    """Project ``topic`` until ``stop_event`` is set (``pgconsumer.run_pg_consumer``, whose
+    keyword options pass through); returns the totals."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        projector = ProjectorConsumer(load_market(market_path), client, redis_prefix, topic)
+        return run_pg_consumer(projector, bootstrap, database_url, "projector", stop_event,
+                               **options)
+    finally:
+        client.close()

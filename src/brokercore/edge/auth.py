@@ -1,0 +1,123 @@
+"""Bearer tokens: verifying JWTs for the services and minting development tokens.
+
+Only HS256 (a shared secret) and RS256 (an RSA public key) are accepted, each with its
+own key: the algorithm named in a token's header picks the key, and the verification
+allows that one algorithm only, so ``alg: none`` and algorithm confusion (an RS256
+public key used as an HS256 secret) are refused. Expiry, issuer, audience and subject
+are required. The subject is the user id every service stores and logs, so it is
+refused if it is longer than ``MAX_USER_ID`` or holds a character no database or log
+should see (brokercore.edge.text).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from brokercore.edge.text import bad_character
+
+__all__ = ["AuthError", "JwtConfig", "Principal", "TokenVerifier", "bearer_token", "mint_token",
+           "MAX_USER_ID"]
+
+MAX_USER_ID = 128
+"""Characters a token's subject (a user id) may have."""
+
+
+class AuthError(Exception):
+    """A refused token; ``code`` is stable for clients, the message is for humans."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    issuer: str
+    audience: str
+    hs256_secret: str | None = None
+    rs256_public_key: str | None = None     # PEM
+    leeway: float = 0.0                     # seconds of clock skew tolerated
+
+    @classmethod
+    def from_settings(cls, settings) -> JwtConfig:
+        """The services' configuration (a brokercore.config.ServiceSettings)."""
+        return cls(settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
+                   settings.jwt_rs256_public_key)
+
+    def __post_init__(self):
+        if not self.hs256_secret and not self.rs256_public_key:
+            raise ValueError("JWT verification needs an HS256 secret or an RS256 public key")
+        if self.hs256_secret is not None and len(self.hs256_secret.encode()) < 32:
+            raise ValueError("the HS256 secret must be at least 32 bytes")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    claims: dict
+
+
+class TokenVerifier:
+    def __init__(self, config: JwtConfig):
+        self.config = config
+        self._keys = {}
+        if config.hs256_secret:
+            self._keys["HS256"] = config.hs256_secret
+        if config.rs256_public_key:
+            self._keys["RS256"] = config.rs256_public_key
+
+    def verify(self, token: str) -> Principal:
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            raise AuthError("INVALID_TOKEN", "the token is malformed") from None
+        key = self._keys.get(algorithm)
+        if key is None:
+            raise AuthError("INVALID_TOKEN", f"tokens signed with {algorithm!r} are not accepted")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[algorithm], audience=self.config.audience,
+                issuer=self.config.issuer, leeway=self.config.leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+        except jwt.ExpiredSignatureError:
+            raise AuthError("TOKEN_EXPIRED", "the token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("INVALID_TOKEN", "the token is not meant for this service") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("INVALID_TOKEN", "the token was issued by someone else") from None
+        except jwt.MissingRequiredClaimError as e:
+            raise AuthError("INVALID_TOKEN", f"the token lacks the {e.claim!r} claim") from None
+        except jwt.PyJWTError:
+            raise AuthError("INVALID_TOKEN", "the token's signature or claims are invalid") \
+                from None
+        subject = claims["sub"]
+        if (not isinstance(subject, str) or not 0 < len(subject) <= MAX_USER_ID
+                or bad_character(subject) is not None):
+            raise AuthError("INVALID_TOKEN", "the token's subject is not a user id")
+        return Principal(subject, claims)
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for another scheme
+    or none."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def mint_token(user_id: str, config: JwtConfig, *, ttl: float = 3600.0,
+               private_key: str | None = None, now: float | None = None) -> str:
+    """A token for ``user_id``: RS256 with ``private_key`` if given, else HS256 with the
+    configured secret. For development and tests; production tokens come from the
+    identity provider."""
+    issued = int(time.time() if now is None else now)
+    claims = {"sub": user_id, "iss": config.issuer, "aud": config.audience,
+              "iat": issued, "exp": issued + int(ttl)}
+    if private_key is not None:
+        return jwt.encode(claims, private_key, algorithm="RS256")
+    if not config.hs256_secret:
+        raise ValueError("minting an HS256 token needs the HS256 secret")
+    return jwt.encode(claims, config.hs256_secret, algorithm="HS256")

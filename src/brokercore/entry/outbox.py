@@ -1,0 +1,223 @@
+"""Publishing the transactional outbox to Kafka (hop 2 of the exactly-once chain).
+
+Rows are written by the OMS in the same transaction as their order; this publishes
+them with an idempotent producer, each to the partition the row names, and marks them
+published once the broker has acknowledged them. Nothing here waits for Kafka on a
+request's behalf: ``submit`` hands a row to the producer, which keeps it (for
+``delivery_timeout``) while the broker is away and sends it as soon as it is back. A
+row that is still unpublished a while later (an OMS that died before sending it, a
+producer queue that was full) is sent again by ``run``, the OMS's background sweep,
+and the reconciler re-publishes orders the engine has not confirmed; the engine drops
+a second copy of an order, so publishing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import timedelta
+from typing import NamedTuple
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from psycopg_pool import AsyncConnectionPool
+
+from brokercore.faults.backoff import Backoff, transient
+from brokercore.faults.kafka_errors import QUIET_KAFKA, transient_kafka
+
+__all__ = ["OutboxPublisher", "OutboxRow"]
+
+log = logging.getLogger("brokercore.entry.outbox")
+
+_COLUMNS = "b.outbox_id, b.topic, b.partition, b.key, b.payload"
+
+
+class OutboxRow(NamedTuple):
+    outbox_id: int
+    topic: str
+    partition: int | None
+    key: bytes | None
+    payload: bytes
+
+
+class OutboxPublisher:
+    """One producer and the rows on their way through it. ``pool`` should check its
+    connections (``AsyncConnectionPool.check_connection``) so that a Postgres restart
+    costs a retry, not the process."""
+
+    def __init__(self, pool: AsyncConnectionPool, bootstrap: str, *,
+                 delivery_timeout: float = 300.0, sweep_after: timedelta = timedelta(seconds=30)):
+        self.pool = pool
+        self.bootstrap = bootstrap
+        self.delivery_timeout = delivery_timeout
+        self.sweep_after = sweep_after
+        self._broker = Backoff("outbox publisher: Kafka", log)
+        self._producer = self._new_producer()
+        self._fatal: KafkaError | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight: dict[int, list[asyncio.Future]] = {}   # id -> publish() waiting
+        self._acked: list[int] = []             # acknowledged, not yet marked published
+        self._marking: asyncio.Task | None = None
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="outbox-poller", daemon=True)
+        self._poller.start()
+
+    def _new_producer(self) -> Producer:
+        return Producer({
+            **QUIET_KAFKA,
+            "bootstrap.servers": self.bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 1,
+            "message.timeout.ms": int(self.delivery_timeout * 1000),
+            "reconnect.backoff.max.ms": 1000,   # sends within a second of the broker's return
+            "error_cb": self._error,
+        })
+
+    def _error(self, error: KafkaError) -> None:
+        """The producer's errors (its poll thread): a broker away is logged once per
+        outage; a fatal error makes the next ``submit`` build a new producer."""
+        if error.fatal():
+            self._fatal = error
+        elif transient_kafka(error):
+            self._broker.failed(error)
+        else:
+            log.warning("outbox producer: %s", error)
+
+    def _poll(self) -> None:
+        """Runs the producer's delivery callbacks (they hand the results to the loop)."""
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Give the rows on their way ``grace`` s to be acknowledged and marked; any left
+        stay unpublished in the outbox, to be sent again later."""
+        await asyncio.to_thread(self._producer.flush, grace)
+        await asyncio.sleep(0)                  # the acknowledgements flushed land here
+        self._closed.set()
+        await asyncio.to_thread(self._poller.join)
+        if self._marking is not None:
+            try:
+                await asyncio.wait_for(self._marking, grace)
+            except TimeoutError:
+                log.warning("%d acknowledged outbox rows not marked published (Postgres "
+                            "away): they will be published again", len(self._acked))
+
+    def submit(self, rows: list[OutboxRow]) -> None:
+        """Hand rows to Kafka without waiting for it; each acknowledged row is marked
+        published. A row already on its way is not sent twice."""
+        self._send(rows, waiting=False)
+
+    async def publish(self, rows: list[OutboxRow], wait: float = 10.0) -> list[int]:
+        """Publish rows and wait up to ``wait`` s for the broker; the ids acknowledged
+        (the others stay on their way, or unpublished)."""
+        futures = self._send(rows, waiting=True)
+        if futures:
+            await asyncio.wait(futures.values(), timeout=wait)
+        return [i for i, f in futures.items() if f.done() and f.result() is None]
+
+    async def publish_stale(self, older_than: timedelta, limit: int = 10_000) -> list[int]:
+        """Re-publish commands of orders still PENDING whose row is older than
+        ``older_than`` (published or not: an acknowledged message may still have been
+        lost before the engine read it), and unpublished rows of any other order."""
+        return await self.publish(await self._rows(
+            f"SELECT {_COLUMNS} FROM outbox b WHERE b.created_at < now() - %s AND ("
+            "b.published_at IS NULL OR EXISTS (SELECT 1 FROM orders o WHERE "
+            "o.order_id = b.order_id AND o.status = 'PENDING')) ORDER BY b.outbox_id LIMIT %s",
+            (older_than, limit)))
+
+    async def run(self, every: float = 1.0, batch: int = 1000) -> None:
+        """The OMS's background sweep, until cancelled: every ``every`` s, rows still
+        unpublished ``sweep_after`` after they were written are sent again, ``batch`` at
+        a time. A Postgres outage is waited out with back-off."""
+        backoff = Backoff("outbox sweep: Postgres", log)
+        after = 0
+        while True:
+            try:
+                rows = await self._rows(
+                    f"SELECT {_COLUMNS} FROM outbox b WHERE b.published_at IS NULL AND "
+                    "b.outbox_id > %s AND b.created_at < now() - %s ORDER BY b.outbox_id "
+                    "LIMIT %s", (after, self.sweep_after, batch))
+            except Exception as e:              # noqa: BLE001 - a sweep never dies
+                if not transient(e):
+                    log.exception("outbox sweep failed")
+                await backoff.pause(e)
+                continue
+            backoff.recovered()
+            self.submit(rows)
+            after = rows[-1].outbox_id if len(rows) == batch else 0
+            if not after:
+                await asyncio.sleep(every)
+
+    async def _rows(self, query: str, params: tuple) -> list[OutboxRow]:
+        async with self.pool.connection() as conn:
+            return [OutboxRow(i, t, p, k, bytes(v)) for i, t, p, k, v in
+                    await (await conn.execute(query, params)).fetchall()]
+
+    def _send(self, rows: list[OutboxRow], waiting: bool) -> dict[int, asyncio.Future]:
+        """Produce the rows not already on their way; with ``waiting``, a future per row
+        that gets the delivery's error (None once acknowledged)."""
+        loop = self._loop = asyncio.get_running_loop()
+        if self._fatal is not None:
+            self._rebuild()
+        futures = {row.outbox_id: loop.create_future() for row in rows} if waiting else {}
+        for outbox_id, topic, partition, key, payload in rows:
+            waiters = [futures[outbox_id]] if waiting else []
+            if outbox_id in self._in_flight:
+                self._in_flight[outbox_id] += waiters
+                continue
+            try:
+                self._producer.produce(
+                    topic, bytes(payload), bytes(key) if key is not None else None,
+                    partition=partition if partition is not None else -1,
+                    on_delivery=self._on_delivery(loop, outbox_id))
+            except (BufferError, KafkaException) as e:  # a full queue, a broken producer
+                log.warning("outbox row %d stays unpublished for now: %s", outbox_id, e)
+                for future in waiters:
+                    future.set_result(e)
+                continue
+            self._in_flight[outbox_id] = waiters
+        return futures
+
+    def _on_delivery(self, loop: asyncio.AbstractEventLoop, outbox_id: int):
+        def delivered(error, message):
+            loop.call_soon_threadsafe(self._delivered, outbox_id, error)
+        return delivered
+
+    def _delivered(self, outbox_id: int, error: KafkaError | None) -> None:
+        if error is None:
+            self._broker.recovered()
+        for future in self._in_flight.pop(outbox_id, ()):
+            if not future.done():
+                future.set_result(error)
+        if error is None:
+            self._acked.append(outbox_id)
+            if self._marking is None or self._marking.done():
+                self._marking = asyncio.create_task(self._mark_acked())
+
+    def _rebuild(self) -> None:
+        """A fatal producer error (its idempotence state is lost): a new producer; what
+        the old one held is purged, so those rows are swept up again later."""
+        log.error("the outbox producer failed (%s): making a new one", self._fatal)
+        old, self._producer, self._fatal = self._producer, self._new_producer(), None
+        old.purge()
+        old.flush(0)                            # their callbacks: no longer in flight
+
+    async def _mark_acked(self) -> None:
+        """Marks acknowledged rows published, many per statement: a round trip per
+        order would cost about as much as the order's own transaction. Postgres away:
+        tried again with back-off; a row left unmarked (a crash first) is only
+        published once more."""
+        backoff = Backoff("outbox marking: Postgres", log)
+        while self._acked:
+            await asyncio.sleep(0.005)
+            ids, self._acked = self._acked, []
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute("UPDATE outbox SET published_at = now() "
+                                       "WHERE outbox_id = ANY(%s)", (ids,))
+                backoff.recovered()
+            except Exception as e:
+                if not transient(e):
+                    raise
+                self._acked = ids + self._acked
+                await backoff.pause(e)

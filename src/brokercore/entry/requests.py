@@ -1,0 +1,54 @@
+"""REST bodies of the services: msgspec Structs, JSON with camelCase names.
+
+Shape rules (types, lengths, allowed words, unknown fields) are enforced here when a
+body is decoded; trading rules (tick and lot size, bands, buying power) live in
+``brokercore.broker.risk``, because they need the instrument and the account.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = ["PlaceOrderRequest", "OrderAccepted", "ErrorBody", "ErrorDetail", "FieldError",
+           "encode_json"]
+
+MAX_QUANTITY = 10**9
+"""No single order is larger than this, whatever the instrument allows."""
+
+
+class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True,
+                        frozen=True):
+    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    side: Literal["BUY", "SELL"]
+    type: Literal["LIMIT", "MARKET"]
+    quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)]
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    price: Decimal | None = None
+    time_in_force: Literal["GTC", "DAY", "IOC", "FOK"] | None = None
+
+
+class OrderAccepted(msgspec.Struct, rename="camel", frozen=True):
+    order_id: int
+    status: str
+    timestamp: str          # ISO 8601, UTC
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class ErrorDetail(msgspec.Struct, frozen=True, omit_defaults=True):
+    code: str
+    message: str
+    fields: list[FieldError] = []
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: ErrorDetail
+
+
+encode_json = msgspec.json.Encoder().encode

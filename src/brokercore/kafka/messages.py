@@ -1,0 +1,163 @@
+"""Wire formats on Kafka: msgspec Structs, encoded as msgpack. One definition per message.
+
+- ``orders``: one ``Command`` per message (a tagged union: new order, cancel, amend,
+  session open/close, re-band). Prices are in ticks and quantities in lots, as in the
+  engine; the symbol travels by name. One command per message keeps every input offset
+  between two whole commands, which is what exactly-once commits rely on.
+- ``events``: one ``EventBatch`` per message: consecutive events of one shard, each
+  numbered by ``shard_seq`` (1, 2, 3, ... per shard, no gap, across restarts).
+- ``snapshots``: ``ShardSnapshot`` (compacted by shard key).
+- dead letters: ``DeadLetter``, the undecodable message with where it came from and why.
+
+Integers are bounded to int64 by the schema, so an out-of-range value is a decode error
+(dead-lettered), never an overflow later on.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from brokercore.engine.records import EventType, Flags, Op, Reason, Side, Stp, Tif
+
+__all__ = [
+    "NewOrder", "CancelOrder", "AmendOrder", "OpenSession", "CloseSession", "Reband",
+    "Command", "Event", "EventBatch", "ShardSnapshot", "DeadLetter",
+    "command_decoder", "encode",
+]
+
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""Every integer on the wire fits the engine's int64 fields."""
+
+
+class NewOrder(msgspec.Struct, tag="new", frozen=True, forbid_unknown_fields=True):
+    """A limit order (``market=False``) or a market order (price ignored)."""
+
+    order_id: Int64
+    account: Int64
+    symbol: str
+    side: Side
+    qty: Int64
+    price: Int64 = 0
+    market: bool = False
+    tif: Tif = Tif.GTC
+    stp: Stp = Stp.DEFAULT
+    post_only: bool = False
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> tuple:
+        return (symbol_id, Op.MARKET if self.market else Op.LIMIT, self.side, self.tif,
+                self.stp, Flags.POST_ONLY if self.post_only else 0, self.ts, self.order_id,
+                self.account, self.price, self.qty)
+
+
+class CancelOrder(msgspec.Struct, tag="cancel", frozen=True, forbid_unknown_fields=True):
+    order_id: Int64
+    account: Int64
+    symbol: str
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> tuple:
+        return (symbol_id, Op.CANCEL, 0, 0, 0, 0, self.ts, self.order_id, self.account, 0, 0)
+
+
+class AmendOrder(msgspec.Struct, tag="amend", frozen=True, forbid_unknown_fields=True):
+    """New price and quantity of a resting order (see docs/engine.md for priority)."""
+
+    order_id: Int64
+    account: Int64
+    symbol: str
+    price: Int64
+    qty: Int64
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> tuple:
+        return (symbol_id, Op.AMEND, 0, 0, 0, 0, self.ts, self.order_id, self.account,
+                self.price, self.qty)
+
+
+class OpenSession(msgspec.Struct, tag="open", frozen=True, forbid_unknown_fields=True):
+    symbol: str
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> tuple:
+        return (symbol_id, Op.OPEN, 0, 0, 0, 0, self.ts, 0, 0, 0, 0)
+
+
+class CloseSession(msgspec.Struct, tag="close", frozen=True, forbid_unknown_fields=True):
+    """Ends the session: DAY orders expire."""
+
+    symbol: str
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> tuple:
+        return (symbol_id, Op.CLOSE, 0, 0, 0, 0, self.ts, 0, 0, 0, 0)
+
+
+class Reband(msgspec.Struct, tag="reband", frozen=True, forbid_unknown_fields=True):
+    symbol: str
+    low: Int64
+    high: Int64
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> tuple:
+        return (symbol_id, Op.REBAND, 0, 0, 0, 0, self.ts, 0, 0, self.low, self.high)
+
+
+Command = NewOrder | CancelOrder | AmendOrder | OpenSession | CloseSession | Reband
+
+
+class Event(msgspec.Struct, array_like=True, frozen=True):
+    """One engine event (docs/engine.md) as published: the fields of EVENT_DTYPE with the
+    symbol by name, preceded by the event's position in its shard's stream."""
+
+    shard_seq: int
+    symbol: str
+    type: EventType
+    reason: Reason
+    op: int
+    side: int
+    seq: int                # the book's own sequence (0 for shard-level rejects)
+    ts: int
+    order_id: int
+    account: int
+    price: int
+    qty: int
+    remaining: int
+    other_id: int
+    other_account: int
+    other_remaining: int
+
+
+class EventBatch(msgspec.Struct, array_like=True, frozen=True):
+    shard: int
+    events: list[Event]
+
+
+class ShardSnapshot(msgspec.Struct, frozen=True):
+    """A shard's books as of a point of its input: replaying ``orders`` from
+    ``next_offset`` continues it; ``events`` is the shard_seq of its last event."""
+
+    shard: int
+    next_offset: int
+    events: int
+    books: bytes            # brokercore.runtime.shard.Shard.snapshot()
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    payload: bytes
+
+
+_encoder = msgspec.msgpack.Encoder()
+encode = _encoder.encode
+"""msgpack bytes of a Struct (or of the plain tuples an array_like Struct decodes from)."""
+
+
+def command_decoder() -> msgspec.msgpack.Decoder:
+    """A decoder for one message of ``orders``."""
+    return msgspec.msgpack.Decoder(Command)

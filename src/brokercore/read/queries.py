@@ -1,0 +1,346 @@
+"""The query side's reads: SQL over the read model and the JSON bodies it answers.
+
+The projector keeps ``read_model.*``; the OMS and settlement keep the write tables
+(``orders``, ``fills``, ``order_events``, ``accounts``) in the same database. The
+read model lags the write tables a little, so for read-your-writes an open order the
+read model has not seen yet is read from ``orders`` (its fills from ``fills``): a client
+that just placed an order finds it, PENDING or already moved on by settlement. (Only a
+finished order settled entirely before the projector saw any of it is missing, for that
+moment; open orders are what orders_open_idx finds cheaply.) No web framework here;
+services/query maps HTTP onto these functions, which each take an open
+``psycopg.AsyncConnection``.
+
+The projector stores an order's fills (JSONB ``read_model.orders.fills``) as they are
+answered, ``[{tradeId, price (rupees), quantity, time (ISO 8601)}]``; the fallback builds
+the same from ``fills``. Bodies: camelCase, money as rupee strings (``streams.rupees``),
+times ISO 8601 UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Annotated, Any, Literal
+
+import msgspec
+from psycopg import AsyncConnection, sql
+
+from brokercore.read.candles import (
+    CANDLES_SQL, DEPTH_LEVELS, DEPTH_SQL, INTERVALS, LAST_PRICE_SQL, book_update, candles,
+)
+from brokercore.entry.order_entry import OPEN_STATUSES
+from brokercore.realtime.channels import BookUpdate, Candle, rupees
+
+__all__ = ["ORDER_STATUSES", "MAX_PAGE_SIZE", "OrdersQuery", "HistoryQuery", "CandlesQuery",
+           "Order", "OrderWithFills", "Fill", "OrderPage", "Pagination", "OrderEvent",
+           "OrderHistory", "OrderState", "Position", "Portfolio", "Candles",
+           "list_orders", "get_order", "order_history", "state_at", "portfolio", "book",
+           "candle_series"]
+
+ORDER_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED",
+                  "EXPIRED")
+MAX_PAGE_SIZE = 200
+
+Status = Literal[ORDER_STATUSES]            # type: ignore[valid-type]
+Interval = Literal[tuple(INTERVALS)]        # type: ignore[valid-type]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+# --- requests (query strings) ----------------------------------------------------------
+
+class OrdersQuery(msgspec.Struct, rename="camel", frozen=True):
+    """GET /orders: filters (``from`` inclusive, ``to`` exclusive, on created_at) and
+    the page (from 1)."""
+
+    status: list[Status] | None = None
+    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+    start: Timestamp | None = msgspec.field(default=None, name="from")
+    end: Timestamp | None = msgspec.field(default=None, name="to")
+    page: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE_SIZE)] = 50
+
+
+class HistoryQuery(msgspec.Struct, frozen=True):
+    at: Timestamp | None = None
+
+
+class CandlesQuery(msgspec.Struct, frozen=True):
+    interval: Interval = "1m"
+    start: Timestamp | None = msgspec.field(default=None, name="from")
+    end: Timestamp | None = msgspec.field(default=None, name="to")
+
+
+# --- answers -------------------------------------------------------------------------------
+
+class Order(msgspec.Struct, rename="camel", frozen=True):
+    order_id: int
+    symbol: str
+    side: str
+    type: str
+    time_in_force: str
+    price: str | None           # None: a market order
+    quantity: int
+    filled_qty: int
+    avg_price: str | None       # None before the first fill
+    status: str
+    reject_reason: str | None
+    created_at: str
+    updated_at: str
+
+
+class Fill(msgspec.Struct, rename="camel", frozen=True):
+    trade_id: str
+    price: str
+    quantity: int
+    time: str
+
+
+class OrderWithFills(Order, frozen=True):
+    fills: list[Fill]
+
+
+class Pagination(msgspec.Struct, rename="camel", frozen=True):
+    total: int
+    page: int
+    page_size: int
+
+
+class OrderPage(msgspec.Struct, frozen=True):
+    orders: list[Order]
+    pagination: Pagination
+
+
+class OrderEvent(msgspec.Struct, rename="camel", frozen=True):
+    """One row of an order's history: its status and filled quantity after the event,
+    and what happened (the history row's payload, as written)."""
+
+    event_id: int
+    status: str
+    filled_qty: int
+    occurred_at: str
+    payload: dict[str, Any]
+
+
+class OrderHistory(msgspec.Struct, rename="camel", frozen=True):
+    order_id: int
+    created_at: str
+    events: list[OrderEvent]    # oldest first
+
+
+class OrderState(msgspec.Struct, rename="camel", frozen=True):
+    """An order as it stood at ``at``: after ``event``, the latest history row at or
+    before it; ``event`` is None when none was recorded yet (the order as placed)."""
+
+    order_id: int
+    at: str
+    status: str
+    filled_qty: int
+    event: OrderEvent | None
+
+
+class Position(msgspec.Struct, rename="camel", frozen=True):
+    symbol: str
+    quantity: int
+    avg_price: str
+    current_price: str | None   # the last trade's price; None before any trade
+    pnl: str | None             # unrealised: (current - average) x quantity
+
+
+class Portfolio(msgspec.Struct, rename="camel", frozen=True):
+    cash: str
+    blocked_cash: str
+    positions: list[Position]
+
+
+class Candles(msgspec.Struct, frozen=True):
+    symbol: str
+    interval: str
+    start: str = msgspec.field(name="from")
+    end: str = msgspec.field(name="to")
+    candles: list[Candle]
+
+
+# --- orders ----------------------------------------------------------------------------
+
+# Orders ``o`` of the write table the read model has not seen yet, open ones only (the
+# statuses as literals, so that the planner proves orders_open_idx's predicate).
+_UNSEEN = f"""o.status IN ({", ".join(f"'{s}'" for s in OPEN_STATUSES)})
+   AND NOT EXISTS (SELECT 1 FROM read_model.orders r WHERE r.order_id = o.order_id)"""
+
+# Every order of a user: the read model's, and the write table's that it lacks yet.
+_USER_ORDERS = f"""
+SELECT order_id, symbol, side, type, time_in_force, price, quantity, filled_quantity,
+       avg_price, status, reject_reason, created_at, updated_at
+  FROM read_model.orders WHERE user_id = %(user)s
+UNION ALL
+SELECT o.order_id, o.symbol, o.side, o.type, o.time_in_force, o.price, o.quantity,
+       o.filled_quantity, o.avg_fill_price, o.status, o.reject_reason, o.created_at,
+       o.updated_at
+  FROM orders o JOIN accounts a ON a.account_id = o.account_id
+ WHERE a.user_id = %(user)s AND {_UNSEEN}"""
+
+# The count and the page in one statement (one snapshot): a page past the end still
+# gives the total.
+_PAGE = """
+WITH matched AS (SELECT * FROM ({orders}) m WHERE {filters})
+SELECT total.n, page.*
+  FROM (SELECT count(*) AS n FROM matched) total
+  LEFT JOIN LATERAL (SELECT * FROM matched ORDER BY created_at DESC, order_id DESC
+                      LIMIT %(limit)s OFFSET %(offset)s) page ON true
+ ORDER BY page.created_at DESC, page.order_id DESC"""
+
+_ORDER = f"""
+SELECT order_id, symbol, side, type, time_in_force, price, quantity, filled_quantity,
+       avg_price, status, reject_reason, created_at, updated_at, fills
+  FROM read_model.orders WHERE order_id = %(order)s AND user_id = %(user)s
+UNION ALL
+SELECT o.order_id, o.symbol, o.side, o.type, o.time_in_force, o.price, o.quantity,
+       o.filled_quantity, o.avg_fill_price, o.status, o.reject_reason, o.created_at,
+       o.updated_at,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                             'tradeId', f.trade_id, 'quantity', f.quantity,
+                             'price', (f.price::numeric / 100)::numeric(20, 2)::text,
+                             'time', f.executed_at) ORDER BY f.executed_at, f.trade_id)
+                   FROM fills f WHERE f.order_id = o.order_id AND f.side = o.side),
+                '[]'::jsonb)
+  FROM orders o JOIN accounts a ON a.account_id = o.account_id
+ WHERE o.order_id = %(order)s AND a.user_id = %(user)s
+   AND {_UNSEEN}"""
+
+_FILTERS = {
+    "status": "status = ANY(%(status)s)",
+    "symbol": "symbol = %(symbol)s",
+    "start": "created_at >= %(start)s",
+    "end": "created_at < %(end)s",
+}
+
+
+async def list_orders(conn: AsyncConnection, user: str, query: OrdersQuery) -> OrderPage:
+    """A page of the user's orders matching ``query``, newest first, and their total."""
+    params = {name: getattr(query, name) for name in _FILTERS
+              if getattr(query, name) is not None}
+    filters = sql.SQL(" AND ").join([sql.SQL(_FILTERS[name]) for name in params]) \
+        if params else sql.SQL("true")
+    statement = sql.SQL(_PAGE).format(orders=sql.SQL(_USER_ORDERS), filters=filters)
+    rows = await (await conn.execute(statement, params | {
+        "user": user, "limit": query.page_size,
+        "offset": (query.page - 1) * query.page_size})).fetchall()
+    orders = [_order(Order, row[1:]) for row in rows if row[1] is not None]
+    return OrderPage(orders, Pagination(rows[0][0], query.page, query.page_size))
+
+
+async def get_order(conn: AsyncConnection, user: str, order_id: int) -> OrderWithFills | None:
+    """The user's order with its fills; None if the user has no such order."""
+    row = await (await conn.execute(_ORDER, {"order": order_id, "user": user})).fetchone()
+    if row is None:
+        return None
+    fills = [Fill(f["tradeId"], f["price"], f["quantity"], _iso_text(f["time"]))
+             for f in row[-1]]
+    return _order(OrderWithFills, row[:-1], fills)
+
+
+def _order(kind, row: Sequence, *more):
+    (order_id, symbol, side, type_, tif, price, quantity, filled, avg_price, status, reason,
+     created, updated) = row
+    return kind(order_id, symbol, side, type_, tif, rupees(price), quantity, filled,
+                rupees(avg_price), status, reason, _iso(created), _iso(updated), *more)
+
+
+# --- history -------------------------------------------------------------------------------
+
+_HISTORY = """
+SELECT o.created_at, e.event_id, e.status, e.filled_quantity, e.payload, e.occurred_at
+  FROM orders o JOIN accounts a ON a.account_id = o.account_id
+  LEFT JOIN order_events e ON e.order_id = o.order_id
+ WHERE o.order_id = %(order)s AND a.user_id = %(user)s
+ ORDER BY e.occurred_at, e.event_id"""
+
+
+async def order_history(conn: AsyncConnection, user: str,
+                        order_id: int) -> OrderHistory | None:
+    """Every recorded change of the user's order (``order_events``), in the order they
+    happened; None if the user has no such order."""
+    rows = await (await conn.execute(_HISTORY, {"order": order_id, "user": user})).fetchall()
+    if not rows:
+        return None
+    events = [OrderEvent(event_id, status, filled, _iso(at), payload)
+              for _, event_id, status, filled, payload, at in rows if event_id is not None]
+    return OrderHistory(order_id, _iso(rows[0][0]), events)
+
+
+def state_at(history: OrderHistory, at: datetime) -> OrderState | None:
+    """The order at instant ``at``: after the latest event at or before it (ties: the
+    later event), or as placed (PENDING) when none was recorded yet; None before the
+    order was placed."""
+    latest = None
+    for event in history.events:                # sorted by (occurred_at, event_id)
+        if datetime.fromisoformat(event.occurred_at) > at:
+            break
+        latest = event
+    if latest is not None:
+        return OrderState(history.order_id, _iso(at), latest.status, latest.filled_qty,
+                          latest)
+    if at >= datetime.fromisoformat(history.created_at):
+        return OrderState(history.order_id, _iso(at), "PENDING", 0, None)
+    return None
+
+
+# --- portfolio -----------------------------------------------------------------------------
+
+async def portfolio(conn: AsyncConnection, user: str) -> Portfolio | None:
+    """The user's cash (the ledger) and open positions (the read model) valued at each
+    symbol's last trade; None if the user has no account."""
+    account = await (await conn.execute(
+        "SELECT cash, blocked_cash FROM accounts WHERE user_id = %s", (user,))).fetchone()
+    if account is None:
+        return None
+    held = await (await conn.execute(_POSITIONS, (user,))).fetchall()
+    positions = []
+    for symbol, quantity, avg_price, last in held:
+        pnl = None if last is None else ((last - avg_price) * quantity).quantize(
+            Decimal(1), ROUND_HALF_UP)          # whole paise
+        positions.append(Position(symbol, quantity, rupees(avg_price), rupees(last),
+                                  rupees(pnl)))
+    return Portfolio(rupees(account[0]), rupees(account[1]), positions)
+
+
+# --- market data ---------------------------------------------------------------------------
+
+async def book(conn: AsyncConnection, symbol: str) -> BookUpdate:
+    """The symbol's depth, best bid and ask, and last price, from the read model."""
+    depth = await (await conn.execute(DEPTH_SQL, {"symbol": symbol,
+                                                  "levels": DEPTH_LEVELS})).fetchall()
+    return book_update(symbol, depth, await _last_price(conn, symbol))
+
+
+async def candle_series(conn: AsyncConnection, symbol: str, interval: str, start: datetime,
+                        end: datetime) -> Candles:
+    """OHLCV of the symbol's trades in [start, end), one candle per interval that traded."""
+    rows = await (await conn.execute(CANDLES_SQL, {
+        "interval": INTERVALS[interval], "symbol": symbol, "from": start, "to": end,
+    })).fetchall()
+    return Candles(symbol, interval, _iso(start), _iso(end), candles(rows))
+
+
+_POSITIONS = """
+SELECT p.symbol, p.quantity, p.avg_price,
+       (SELECT t.price FROM read_model.trades t WHERE t.symbol = p.symbol
+         ORDER BY t.seq DESC LIMIT 1)           -- the last price, as LAST_PRICE_SQL
+  FROM read_model.positions p
+ WHERE p.user_id = %s AND p.quantity <> 0
+ ORDER BY p.symbol"""
+
+
+async def _last_price(conn: AsyncConnection, symbol: str) -> int | None:
+    row = await (await conn.execute(LAST_PRICE_SQL, {"symbol": symbol})).fetchone()
+    return None if row is None else row[0]
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat()
+
+
+def _iso_text(text: str) -> str:
+    """An ISO 8601 time from JSON (Postgres writes the session's offset) in UTC."""
+    return _iso(datetime.fromisoformat(text))

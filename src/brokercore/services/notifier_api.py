@@ -1,0 +1,156 @@
+"""Notification preferences, push devices and price alerts over REST (a thin Starlette app).
+
+    brokercore service notifier-api --port 8003      (settings: BROKERCORE_* variables)
+
+    PUT, GET   /api/v1/notifications/preferences        {"FILL": "PUSH", ...}
+    POST       /api/v1/notifications/devices            {"deviceToken": "..."}
+    DELETE     /api/v1/notifications/devices/{deviceToken}
+    POST, GET  /api/v1/alerts                           {"symbol": "RELIANCE", "price": "2850.00"}
+    DELETE     /api/v1/alerts/{alertId}
+
+Each with a JWT bearer token; a user sees and changes only their own. Authentication,
+the body limit and the error bodies are the OMS's (brokercore.services.http), the rate limit is the
+reads' budget (BROKERCORE_READ_RATE_LIMIT_*); the logic is in brokercore.notify.notifier and
+brokercore.notify.alerts.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from brokercore.notify.alerts import (
+    CREATE_SQL, DELETE_SQL, LIST_SQL, MAX_ALERTS_PER_USER, AlertRequest, alert_body,
+    initial_side,
+)
+from brokercore.entry.requests import FieldError
+from brokercore.config import ServiceSettings
+from brokercore.broker.market import load_market, to_paise
+from brokercore.notify.notifier import (
+    DeviceRequest, Preferences, add_device, load_preferences, remove_device,
+    store_preferences,
+)
+from brokercore.engine.records import INT64_MAX
+from brokercore.services.http import (
+    ApiError, LimitedApi, decode_body, guarded, json_response as json, service_app,
+)
+
+
+class Notifications(LimitedApi):
+    """The pieces one API process holds, made at start-up and closed at shutdown."""
+
+    def __init__(self, settings: ServiceSettings):
+        super().__init__(settings, "notify-ratelimit:", settings.read_rate_limit_burst,
+                         settings.read_rate_limit_per_second, max_connections=10,
+                         max_redis=32)
+        self.market = load_market(settings.instruments)
+
+
+def _state(request: Request) -> Notifications:
+    return request.app.state.notifications
+
+
+# --- preferences and devices ----------------------------------------------------------
+
+@guarded
+async def get_preferences(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    async with api.pool.connection() as conn:
+        return json(await load_preferences(conn, principal.user_id))
+
+
+@guarded
+async def put_preferences(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    preferences = decode_body(Preferences, await api.body(request), "preferences")
+    async with api.pool.connection() as conn:
+        await store_preferences(conn, principal.user_id, preferences)
+    return json(preferences)
+
+
+@guarded
+async def register_device(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    device = decode_body(DeviceRequest, await api.body(request), "device")
+    async with api.pool.connection() as conn:
+        new = await add_device(conn, principal.user_id, device.device_token)
+    return json(device, 201 if new else 200)
+
+
+@guarded
+async def unregister_device(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    token = request.path_params["device_token"]
+    async with api.pool.connection() as conn:
+        if not await remove_device(conn, principal.user_id, token):
+            raise ApiError(404, "DEVICE_NOT_FOUND", "no such device of yours")
+    return Response(status_code=204)
+
+
+# --- price alerts -----------------------------------------------------------------------
+
+@guarded
+async def create_alert(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    alert = decode_body(AlertRequest, await api.body(request), "alert")
+    if alert.symbol not in api.market:
+        raise ApiError(404, "UNKNOWN_SYMBOL", f"no symbol {alert.symbol}")
+    try:
+        price = to_paise(alert.price)
+    except ValueError:
+        price = 0
+    if not 0 < price <= INT64_MAX:
+        raise ApiError(422, "INVALID_REQUEST", "the alert is invalid", [FieldError(
+            "price", "must be a positive amount in rupees with at most 2 decimals")])
+    async with api.pool.connection() as conn:
+        side = await initial_side(conn, alert.symbol, price)
+        row = await (await conn.execute(CREATE_SQL, {
+            "user": principal.user_id, "symbol": alert.symbol, "price": price,
+            "side": side, "limit": MAX_ALERTS_PER_USER})).fetchone()
+    if row is None:
+        raise ApiError(409, "TOO_MANY_ALERTS",
+                       f"a user may have at most {MAX_ALERTS_PER_USER} price alerts")
+    return json(alert_body(row), 201)
+
+
+@guarded
+async def list_alerts(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    async with api.pool.connection() as conn:
+        rows = await (await conn.execute(LIST_SQL, (principal.user_id,))).fetchall()
+    return json({"alerts": [alert_body(row) for row in rows]})
+
+
+@guarded
+async def delete_alert(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    raw = request.path_params["alert_id"]
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
+        async with api.pool.connection() as conn:
+            cursor = await conn.execute(DELETE_SQL, (int(raw), principal.user_id))
+        if cursor.rowcount == 1:
+            return Response(status_code=204)
+    raise ApiError(404, "ALERT_NOT_FOUND", f"no alert {raw[:40]} of yours")
+
+
+def create_app(settings: ServiceSettings | None = None) -> Starlette:
+    settings = settings or ServiceSettings.from_env()
+    return service_app("notifications", lambda: Notifications(settings), [
+        Route("/api/v1/notifications/preferences", get_preferences, methods=["GET"]),
+        Route("/api/v1/notifications/preferences", put_preferences, methods=["PUT"]),
+        Route("/api/v1/notifications/devices", register_device, methods=["POST"]),
+        Route("/api/v1/notifications/devices/{device_token}", unregister_device,
+              methods=["DELETE"]),
+        Route("/api/v1/alerts", create_alert, methods=["POST"]),
+        Route("/api/v1/alerts", list_alerts, methods=["GET"]),
+        Route("/api/v1/alerts/{alert_id}", delete_alert, methods=["DELETE"]),
+    ])
