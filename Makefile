@@ -5,19 +5,28 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test crash chaos up down up-cycles build bench bench-services kafka postgres redis clean
+.PHONY: demo test unit lint crash chaos up down up-cycles build bench bench-services kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
 
-test: build kafka postgres redis  ## install what the tests need, build, start Kafka, Postgres and Redis, run every test
+test: lint kafka postgres redis  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, run every test
 	$(PY) -m pytest
 
+unit: build  ## the fast lane: the tests that need no server (engine, ring, shard, codec, domain, auth)
+	$(PY) -m pytest tests/unit
+
+lint: build  ## ruff (lint and format), mypy --strict, the import layers (import-linter)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
 crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons, 3 kill -9s of a private broker, under load
-	BROKERCORE_CRASH_KILLS=50 BROKERCORE_BROKER_RESTARTS=3 $(PY) -m pytest tests/test_engine_crash.py tests/test_engine_faults.py
+	BROKERCORE_CRASH_KILLS=50 BROKERCORE_BROKER_RESTARTS=3 $(PY) -m pytest tests/integration/test_engine_crash.py tests/integration/test_engine_faults.py
 
 chaos: build  ## the full chaos profile: 3 rounds of restarting each server and kill -9 of each service under load (private servers)
-	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/test_chaos.py
+	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/integration/test_chaos.py
 
 up: build  ## the whole stack on loopback (servers, engine daemons, APIs, consumers), always-open calendar; waits until each is ready, prints URLs and a token
 	scripts/stack/stack.sh up
@@ -26,7 +35,7 @@ down:  ## stop everything `make up` started
 	scripts/stack/stack.sh down
 
 up-cycles: build  ## five fresh-state `make up`/`make down` cycles on private ports, each with every component up and a trade on each shard
-	BROKERCORE_STACK_CYCLES=5 $(PY) -m pytest -x -q tests/test_stack.py
+	BROKERCORE_STACK_CYCLES=5 $(PY) -m pytest -x -q tests/integration/test_stack.py
 
 kafka:  ## a single-node Apache Kafka on 127.0.0.1:19092 (jars from Maven Central)
 	scripts/kafka/kafka.sh start

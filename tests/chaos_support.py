@@ -1,4 +1,4 @@
-"""A whole private platform for the chaos test (tests/test_chaos.py): servers, services,
+"""A whole private platform for the chaos test (tests/integration/test_chaos.py): servers, services,
 a load of HTTP clients, and the checks that say what did not recover.
 
 The servers are private instances (tests/private_servers.py: own ports, own state under

@@ -3,7 +3,7 @@
 ``book_cls`` runs a test against both the Cython engine and the reference model. If
 the engine cannot be imported, its parameter errors (it is never skipped): a missing
 build must not pass as green. While the engine is not built,
-``pytest tests/test_orders.py -k "not engine"`` runs the model half alone (the other
+``pytest tests/unit/test_orders.py -k "not engine"`` runs the model half alone (the other
 modules compare the engine with the model, or test engine snapshots, and need it).
 
 Hypothesis profiles, chosen with ``HYPOTHESIS_PROFILE`` (default ``dev``):

@@ -13,7 +13,7 @@ from brokercore.config import ServiceSettings
 from brokercore.broker.market import load_market
 from oms_support import SUNDAY, Api, run
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "instruments.toml"
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "instruments.toml"
 REPUBLIC_DAY = datetime(2026, 1, 26, 6, 0, tzinfo=UTC)     # a Monday, an NSE holiday
 MIDNIGHT_IST = datetime(2026, 11, 25, 18, 30, tzinfo=UTC)  # Thursday 00:00 in Mumbai
 

@@ -60,7 +60,7 @@ def test_a_bucket_needs_sane_parameters():
 
 def test_while_redis_is_away_each_process_limits_alone():
     """A Redis that refuses connections: the same bucket per user in this process, not
-    everything allowed and not everything refused (tests/test_http_edge.py restarts a
+    everything allowed and not everything refused (tests/integration/test_http_edge.py restarts a
     real Redis under the services)."""
     async def scenario():
         async with Redis.from_url("redis://127.0.0.1:1/0") as away:

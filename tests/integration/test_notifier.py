@@ -45,7 +45,7 @@ from brokercore.services.notifier import PendingOffsets
 from brokercore.services.notifier_api import create_app
 from brokercore.services.reconciler import retry_notifications
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MARKET = load_market(REPO / "config/instruments.toml")
 RELIANCE = MARKET["RELIANCE"]                   # ticks of 0.05 rupee = 5 paise
 TS = int(datetime(2026, 3, 2, 5, 0, tzinfo=UTC).timestamp()) * 10**9

@@ -41,7 +41,7 @@ from brokercore.consumers.settlement import SettlementConsumer, run_settlement
 from kafka_support import run_service_briefly, run_until_stored
 
 D = Decimal
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=ZoneInfo("Asia/Kolkata"))      # a Monday, open
 SESSION = Session("Asia/Kolkata", clock(9, 15), clock(15, 30))
 # 0.05 rupee ticks = 5 paise; band 10,000.00 .. 20,000.00 = ticks 200,000 .. 400,000

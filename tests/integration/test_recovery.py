@@ -37,7 +37,7 @@ from brokercore.kafka.messages import EventBatch, encode
 from brokercore.db.migrations import apply_migrations
 from brokercore.kafka.topics import partition_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTRUMENTS = str(REPO / "config/instruments.toml")
 RUPEE = 100
 CASH = 100_000_000 * RUPEE                  # alice's, to buy with
@@ -221,7 +221,7 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
                 await asyncio.sleep(3)
                 await asyncio.to_thread(kafka.start)
                 # The engine daemon's own survival of a broker restart is H2's work (and
-                # tests/test_engine_faults.py's): here a fresh daemon replaces it, recovering
+                # tests/integration/test_engine_faults.py's): here a fresh daemon replaces it, recovering
                 # from its snapshot and the committed offsets, as a supervisor would.
                 daemons[-1].kill()
                 await asyncio.to_thread(start_engine, api, shard, tmp_path, daemons)

@@ -17,7 +17,7 @@ from brokercore.broker.market import (
 from brokercore.engine.records import INT64_MAX, Stp
 from brokercore.runtime.shard import Instrument, load_instruments
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "instruments.toml"
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "instruments.toml"
 IST = ZoneInfo("Asia/Kolkata")
 NY = ZoneInfo("America/New_York")
 D = Decimal

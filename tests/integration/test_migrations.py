@@ -30,7 +30,7 @@ from brokercore.db.migrations import (
     load_migrations,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = [m.version for m in load_migrations()]
 CORE_TABLES = {
     "accounts", "positions", "orders", "orders_default", "fills", "order_events",
