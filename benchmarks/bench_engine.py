@@ -70,12 +70,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brokercore.engine.records import EVENT_DTYPE, EventType, Op, Reason, Stp, Tif
+from brokercore.engine.records import EventType, Op, Reason, Stp, Tif
 from brokercore.engine.reference import ReferenceBook
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_model  # noqa: E402
-from workloads import PROFILES, Workload, generate, memory_book_commands  # noqa: E402
+from machine import cpu_model
+from workloads import (
+    PROFILES,
+    Workload,
+    bound_methods,
+    generate,
+    memory_book_commands,
+    per_order_calls,
+    per_order_events,
+    run_calls,
+)
 
 MIB = 1024 * 1024
 
@@ -184,48 +191,13 @@ class GcPaused:
 
 # ------------------------------------------------------------ per-order calls
 
-# Index = Op value; a call is (op, positional args) and is dispatched as
-# methods[op](*args) with methods = (None, book.limit, book.market, book.cancel, book.amend).
-_METHOD_NAMES = ("limit", "market", "cancel", "amend")
-
-
-def bound_methods(book) -> tuple:
-    return (None,) + tuple(getattr(book, name) for name in _METHOD_NAMES)
-
 
 def _noop(*args):
+    """A no-op in place of a book method: the per-order loop's own cost."""
     return 0
 
 
 NOOP_METHODS = (None, _noop, _noop, _noop, _noop)
-
-
-def per_order_calls(commands: np.ndarray) -> list[tuple[int, tuple]]:
-    """Positional arguments for each command, in order. The generators leave ts, stp
-    and flags at 0 (the defaults), so those arguments are not passed."""
-    for name in ("ts", "stp", "flags"):
-        if commands[name].any():
-            raise ValueError(f"per-order conversion expects {name} == 0 in every command")
-    ops = commands["op"]
-    columns = {name: commands[name].tolist()
-               for name in ("order_id", "side", "price", "qty", "account", "tif")}
-    oid, side, price, qty, account, tif = (columns[n] for n in
-                                           ("order_id", "side", "price", "qty", "account", "tif"))
-    arguments = {
-        Op.LIMIT: lambda i: (oid[i], side[i], price[i], qty[i], account[i], tif[i]),
-        Op.MARKET: lambda i: (oid[i], side[i], qty[i], account[i], tif[i]),
-        Op.CANCEL: lambda i: (oid[i], account[i]),
-        Op.AMEND: lambda i: (oid[i], price[i], qty[i], account[i]),
-    }
-    unsupported = set(np.unique(ops).tolist()) - {int(op) for op in arguments}
-    if unsupported:
-        raise ValueError(f"per-order conversion does not handle ops {sorted(unsupported)}")
-    return [(op, arguments[op](i)) for i, op in enumerate(ops.tolist())]
-
-
-def run_calls(methods: tuple, calls: list) -> None:
-    for op, args in calls:
-        methods[op](*args)
 
 
 # ---------------------------------------------------------------------- runners
@@ -321,23 +293,6 @@ def latency_pass(workload: Workload, book_class, calls: list) -> Latency:
     ns = np.asarray(samples, dtype=np.float64) - timer
     p50, p99, p999 = np.percentile(ns, (50, 99, 99.9))
     return Latency(p50, p99, p999, float(ns.max()), timer)
-
-
-def per_order_events(workload: Workload, book_class, calls: list, expected_count: int):
-    """Run the calls once more collecting ``last_events()`` after each; returns the
-    events (None if more were produced than expected) and the per-call event counts."""
-    book = workload.prefilled_book(book_class)
-    methods = bound_methods(book)
-    events = np.zeros(expected_count, dtype=EVENT_DTYPE)
-    counts, position = [0] * len(calls), 0
-    for i, (op, args) in enumerate(calls):
-        count = methods[op](*args)
-        if position + count > expected_count:
-            return None, counts
-        events[position:position + count] = book.last_events()
-        counts[i] = count
-        position += count
-    return (events if position == expected_count else None), counts
 
 
 def time_reference(workload: Workload, commands: np.ndarray):

@@ -64,23 +64,21 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # numpy's BLAS threads would spin here
 
-import msgspec  # noqa: E402
-import numpy as np  # noqa: E402
+import msgspec
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_model  # noqa: E402
-
-from brokercore.config import KafkaSettings  # noqa: E402
-from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow  # noqa: E402
-from brokercore.kafka.messages import (  # noqa: E402
+from brokercore.config import KafkaSettings
+from brokercore.engine.records import Op
+from brokercore.kafka.messages import (
     CancelOrder,
     EventBatch,
     NewOrder,
     encode,
 )
-from brokercore.engine.records import Op  # noqa: E402
-from brokercore.runtime.shard import Instrument  # noqa: E402
-from brokercore.kafka.topics import ensure_topics, partition_of  # noqa: E402
+from brokercore.kafka.topics import ensure_topics, partition_of
+from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
+from brokercore.runtime.shard import Instrument
+from machine import cpu_model
 
 TARGET_ORDERS_PER_S = 100_000
 TARGET_P99_MS = 50.0
@@ -380,7 +378,7 @@ class CpuSample:
         for name, ticks in self.processes.items():
             if name in before.processes:
                 out[name] = (ticks - before.processes[name]) / hz / seconds * 100
-        busy, total = (a - b for a, b in zip(self.machine, before.machine))
+        busy, total = (a - b for a, b in zip(self.machine, before.machine, strict=True))
         out["machine"] = busy / total * 100 if total else 0.0
         return dict(out)
 
@@ -513,7 +511,7 @@ def one_run(args, setting: Setting, orders: int, rate: float | None) -> RunResul
     prefix = f"bench-{uuid.uuid4().hex[:12]}-"
     settings = KafkaSettings(args.bootstrap, prefix, 1)
     assert partition_of(SYMBOLS[0], settings.shards) == 0
-    for attempt in range(10):       # right after a deletion the new topics can lag in
+    for _ in range(10):             # right after a deletion the new topics can lag in
         try:                        # the broker's metadata ("not available: missing")
             ensure_topics(settings)
             break
@@ -689,7 +687,7 @@ def _floats(text: str) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap", default="127.0.0.1:19092")
+    parser.add_argument("--bootstrap", default=KafkaSettings.from_env().bootstrap)
     parser.add_argument("--linger-ms", default="0,5,20",
                         help="publisher lingers of the exactly-once runs, comma-separated "
                              "(default: %(default)s)")

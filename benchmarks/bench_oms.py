@@ -23,7 +23,6 @@ import functools
 import os
 import random
 import re
-import sys
 import tempfile
 import time
 import uuid
@@ -34,23 +33,30 @@ import numpy as np
 import uvloop
 from confluent_kafka.admin import AdminClient
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import machine_line  # noqa: E402
-
-from harness import (  # noqa: E402
-    Connection, cpu_ticks, create_database, dev_server, interrupt_on_sigterm, postgres_pids,
-    postmaster_of, seed_accounts, start_service, stop, write_instruments,
+from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
+from brokercore.db.migrations import drop_database
+from brokercore.edge.auth import JwtConfig, mint_token
+from brokercore.kafka.topics import ensure_topics
+from harness import (
+    Connection,
+    cpu_ticks,
+    create_database,
+    dev_server,
+    interrupt_on_sigterm,
+    postgres_pids,
+    postmaster_of,
+    seed_accounts,
+    start_service,
+    stop,
+    write_instruments,
 )
-
-from brokercore.edge.auth import JwtConfig, mint_token  # noqa: E402
-from brokercore.db.migrations import drop_database  # noqa: E402
-from brokercore.config import DEV_JWT_SECRET, KafkaSettings  # noqa: E402
-from brokercore.kafka.topics import ensure_topics  # noqa: E402
+from machine import machine_line
 
 TARGET_ORDERS_PER_S = 2_000
 TARGET_P99_MS = 50.0
 PATH = "/api/v1/orders"
-KAFKA, REDIS = "127.0.0.1:19092", "redis://127.0.0.1:16379/0"     # the development servers
+# The development servers (or the BROKERCORE_* environment's).
+KAFKA, REDIS = KafkaSettings.from_env().bootstrap, ServiceSettings.from_env().redis_url
 perf = time.perf_counter
 log = functools.partial(print, flush=True)
 
@@ -268,7 +274,7 @@ def main() -> None:
     instruments = write_instruments(instruments_path)
     server = dev_server()
     kafka = KafkaSettings(KAFKA, f"bench-oms-{run_id}-", 4)
-    log_file = open(os.path.join(tmp.name, "uvicorn.log"), "w+b")  # noqa: SIM115
+    log_file = open(os.path.join(tmp.name, "uvicorn.log"), "w+b")
     dbname = uvicorn = None
     phases: list[Phase] = []
     interrupt_on_sigterm()

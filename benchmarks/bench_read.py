@@ -32,7 +32,6 @@ import asyncio
 import functools
 import os
 import random
-import sys
 import tempfile
 import time
 import uuid
@@ -46,20 +45,27 @@ import redis.asyncio as aioredis
 import uvloop
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (  # noqa: E402
-    Connection, create_database, dev_server, interrupt_on_sigterm, start_service, stop,
+from brokercore.config import DEV_JWT_SECRET, ServiceSettings
+from brokercore.db.migrations import drop_database
+from brokercore.edge.auth import JwtConfig, mint_token
+from brokercore.realtime.channels import (
+    OrderUpdate,
+    TradeTick,
+    encode_message,
+    trades_channel,
+    user_channel,
 )
-from machine import machine_line  # noqa: E402
-
-from brokercore.edge.auth import JwtConfig, mint_token  # noqa: E402
-from brokercore.db.migrations import drop_database  # noqa: E402
-from brokercore.config import DEV_JWT_SECRET  # noqa: E402
-from brokercore.realtime.channels import (  # noqa: E402
-    OrderUpdate, TradeTick, encode_message, trades_channel, user_channel,
+from harness import (
+    Connection,
+    create_database,
+    dev_server,
+    interrupt_on_sigterm,
+    start_service,
+    stop,
 )
+from machine import machine_line
 
-REDIS = "redis://127.0.0.1:16379/0"
+REDIS = ServiceSettings.from_env().redis_url  # the development Redis (or BROKERCORE_REDIS_URL)
 SYMBOLS = ["RELIANCE", "TCS", "INFY", "HDFCBANK", "ITC"]
 perf = time.perf_counter
 log = functools.partial(print, flush=True)
@@ -324,8 +330,8 @@ def main() -> None:
     prefix = f"bench-read-{uuid.uuid4().hex[:10]}:"
     tmp = tempfile.TemporaryDirectory(prefix="bench-read-")
     server, dbname, query, gateway = dev_server(), None, None, None
-    query_log = open(os.path.join(tmp.name, "query.log"), "w+b")  # noqa: SIM115
-    ws_log = open(os.path.join(tmp.name, "ws.log"), "w+b")  # noqa: SIM115
+    query_log = open(os.path.join(tmp.name, "query.log"), "w+b")
+    ws_log = open(os.path.join(tmp.name, "ws.log"), "w+b")
     interrupt_on_sigterm()
     http, ws = [], []
     try:

@@ -33,19 +33,25 @@ import numpy as np
 import uvloop
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (  # noqa: E402
-    Connection, REPO, create_database, dev_server, interrupt_on_sigterm, seed_accounts,
-    start_service, stop, write_instruments,
+from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
+from brokercore.db.migrations import drop_database
+from brokercore.edge.auth import JwtConfig, mint_token
+from brokercore.kafka.topics import ensure_topics
+from harness import (
+    REPO,
+    Connection,
+    create_database,
+    dev_server,
+    interrupt_on_sigterm,
+    seed_accounts,
+    start_service,
+    stop,
+    write_instruments,
 )
-from machine import machine_line  # noqa: E402
+from machine import machine_line
 
-from brokercore.edge.auth import JwtConfig, mint_token  # noqa: E402
-from brokercore.db.migrations import drop_database  # noqa: E402
-from brokercore.config import DEV_JWT_SECRET, KafkaSettings  # noqa: E402
-from brokercore.kafka.topics import ensure_topics  # noqa: E402
-
-KAFKA, REDIS = "127.0.0.1:19092", "redis://127.0.0.1:16379/0"
+# The development servers (or the BROKERCORE_* environment's).
+KAFKA, REDIS = KafkaSettings.from_env().bootstrap, ServiceSettings.from_env().redis_url
 TARGET_P99_MS = 100.0
 perf = time.perf_counter
 log = functools.partial(print, flush=True)
@@ -54,7 +60,7 @@ log = functools.partial(print, flush=True)
 def start_process(args: list[str], env: dict, log_path: str, ready: str,
                   timeout: float = 60.0) -> subprocess.Popen:
     """A process of ours, once its log says ``ready``."""
-    out = open(log_path, "ab")  # noqa: SIM115 - closed with the process's end
+    out = open(log_path, "ab")
     process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=out,
                                stderr=subprocess.STDOUT, start_new_session=True,
                                env=dict(os.environ, PYTHONUNBUFFERED="1", **env))

@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import create_database, dev_server, interrupt_on_sigterm   # noqa: E402
-from machine import machine_line                                         # noqa: E402
-
-from brokercore.broker.market import load_market                              # noqa: E402
-from brokercore.db.migrations import drop_database                         # noqa: E402
-from brokercore.consumers.reconcile import INVARIANTS, check_invariants           # noqa: E402
+from brokercore.broker.market import load_market
+from brokercore.consumers.reconcile import INVARIANTS, check_invariants
+from brokercore.db.migrations import drop_database
+from harness import create_database, dev_server, interrupt_on_sigterm
+from machine import machine_line
 
 SYMBOLS = [f"S{i}" for i in range(10)]
 SEED = """
@@ -38,7 +33,8 @@ INSERT INTO accounts (user_id, cash) SELECT 'u' || g, 0 FROM generate_series(1, 
 INSERT INTO funding (account_id, kind, amount)
     SELECT account_id, 'DEPOSIT', 10000000000 FROM accounts;
 INSERT INTO funding (account_id, kind, symbol, quantity)
-    SELECT account_id, 'SHARES_IN', s, 1000000 FROM accounts CROSS JOIN unnest(%(symbols)s::text[]) s;
+    SELECT account_id, 'SHARES_IN', s, 1000000
+    FROM accounts CROSS JOIN unnest(%(symbols)s::text[]) s;
 SELECT create_orders_partition('2026-03-02');
 INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, time_in_force, price,
                     quantity, filled_quantity, filled_notional, status)

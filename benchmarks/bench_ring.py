@@ -66,10 +66,10 @@ import threading
 import time
 
 import numpy as np
-from brokercore.runtime._ringbuffer import RingBuffer, WaitStrategy
-from machine import cpu_model
 
 from brokercore.engine.records import COMMAND_DTYPE
+from brokercore.runtime._ringbuffer import RingBuffer, WaitStrategy
+from machine import cpu_model
 
 POOL = 1 << 16  # records in the source pool; a multiple of every batch size used
 TARGET_BATCH, TARGET_RATE = 256, 20e6

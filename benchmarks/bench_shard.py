@@ -28,12 +28,11 @@ from dataclasses import replace
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # numpy's BLAS threads would spin here
 
-from brokercore.runtime._ringbuffer import WaitStrategy  # noqa: E402
-from machine import cpu_model  # noqa: E402
-
-from brokercore.runtime.driver import drive  # noqa: E402
-from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow  # noqa: E402
-from brokercore.runtime.shard import Instrument, Shard  # noqa: E402
+from brokercore.runtime._ringbuffer import WaitStrategy
+from brokercore.runtime.driver import drive
+from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
+from brokercore.runtime.shard import Instrument, Shard
+from machine import cpu_model
 
 TARGET_ORDERS_PER_S = 3e6
 TARGET_P99_US = 50.0
@@ -74,7 +73,8 @@ def main() -> None:
 
     print(f"== brokercore shard pipeline ==\nmachine : {cpu_model()}, "
           f"{len(os.sched_getaffinity(0))} cores; matcher pinned to the last one\n"
-          f"flow    : brokercore.runtime.loadgen, 4 symbols, batch {args.batch} commands per submit\n")
+          f"flow    : brokercore.runtime.loadgen, 4 symbols, "
+          f"batch {args.batch} commands per submit\n")
     rows = []
     for wait in WaitStrategy:
         throughput = one_run(wait, args.orders, None, args.batch, args.seed)

@@ -23,6 +23,10 @@ Two profiles share that machinery and differ only in how a chunk is composed:
 
 The workload only depends on the book contract (docs/engine.md), so it is the same
 whichever implementation (engine or reference model) served as the scratch book.
+
+``per_order_calls`` turns commands into the book's per-order calls (``limit``, ``market``,
+``cancel``, ``amend``), which ``run_calls`` dispatches: the per-order benchmarks' loop
+(bench_engine.py and tests/benchmarks).
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from brokercore.engine.records import COMMAND_DTYPE, EventType, Op, Side, Stp, Tif
+from brokercore.engine.records import COMMAND_DTYPE, EVENT_DTYPE, EventType, Op, Side, Stp, Tif
 
 __all__ = [
     "Workload", "Profile", "MixedProfile", "ExchangeCoreProfile", "PROFILES",
-    "generate", "memory_book_commands",
+    "generate", "memory_book_commands", "bound_methods", "per_order_calls", "run_calls",
+    "per_order_events",
 ]
 
 _NEW_ORDER_OPS = (Op.LIMIT, Op.MARKET)
@@ -455,6 +460,63 @@ def generate(profile: Profile, n_ops: int, seed: int, book_class, progress=None)
     return Workload(profile.name, profile.description, profile.low, profile.high,
                     int(profile.book_stp), prefill, commands, stats)
 
+
+# ------------------------------------------------------------ per-order calls
+
+
+# Index = Op value; a call is (op, positional args) and is dispatched as
+# methods[op](*args) with methods = (None, book.limit, book.market, book.cancel, book.amend).
+_METHOD_NAMES = ("limit", "market", "cancel", "amend")
+
+
+def bound_methods(book) -> tuple:
+    return (None,) + tuple(getattr(book, name) for name in _METHOD_NAMES)
+
+
+def per_order_calls(commands: np.ndarray) -> list[tuple[int, tuple]]:
+    """Positional arguments for each command, in order. The generators leave ts, stp
+    and flags at 0 (the defaults), so those arguments are not passed."""
+    for name in ("ts", "stp", "flags"):
+        if commands[name].any():
+            raise ValueError(f"per-order conversion expects {name} == 0 in every command")
+    ops = commands["op"]
+    columns = {name: commands[name].tolist()
+               for name in ("order_id", "side", "price", "qty", "account", "tif")}
+    oid, side, price, qty, account, tif = (columns[n] for n in
+                                           ("order_id", "side", "price", "qty", "account", "tif"))
+    arguments = {
+        Op.LIMIT: lambda i: (oid[i], side[i], price[i], qty[i], account[i], tif[i]),
+        Op.MARKET: lambda i: (oid[i], side[i], qty[i], account[i], tif[i]),
+        Op.CANCEL: lambda i: (oid[i], account[i]),
+        Op.AMEND: lambda i: (oid[i], price[i], qty[i], account[i]),
+    }
+    unsupported = set(np.unique(ops).tolist()) - {int(op) for op in arguments}
+    if unsupported:
+        raise ValueError(f"per-order conversion does not handle ops {sorted(unsupported)}")
+    return [(op, arguments[op](i)) for i, op in enumerate(ops.tolist())]
+
+
+def run_calls(methods: tuple, calls: list) -> None:
+    for op, args in calls:
+        methods[op](*args)
+
+
+
+def per_order_events(workload: Workload, book_class, calls: list, expected_count: int):
+    """Run the calls once more collecting ``last_events()`` after each; returns the
+    events (None if more were produced than expected) and the per-call event counts."""
+    book = workload.prefilled_book(book_class)
+    methods = bound_methods(book)
+    events = np.zeros(expected_count, dtype=EVENT_DTYPE)
+    counts, position = [0] * len(calls), 0
+    for i, (op, args) in enumerate(calls):
+        count = methods[op](*args)
+        if position + count > expected_count:
+            return None, counts
+        events[position:position + count] = book.last_events()
+        counts[i] = count
+        position += count
+    return (events if position == expected_count else None), counts
 
 # ------------------------------------------------------------------ memory test
 
