@@ -15,9 +15,9 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from brokercore.config import KafkaSettings
-from brokercore.notify.notifier import notifier_group
+from brokercore.services.notifier import notifier_group_id
 
-GROUPS = {"notifier": notifier_group}
+GROUPS = {"notifier": notifier_group_id}
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,7 @@
     brokercore service notifier [--from-beginning] [--concurrency 64]
 
 Consumes ``events`` (read_committed) in its own consumer group and hands each batch to
-``brokercore.notify.notifier.Notifier``: in-app notifications are published before the next batch
+``brokercore.notify.router.Notifier``: in-app notifications are published before the next batch
 is read; each push runs as its own asyncio task (its retries wait without holding up
 anyone else's notifications, at most ``--concurrency`` sends at once). The group's
 offsets are committed in Kafka only up to the first message whose pushes are not all
@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import msgspec
 import psycopg
@@ -34,17 +35,22 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from brokercore.broker.market import load_market
+from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.faults.backoff import Backoff
 from brokercore.faults.kafka_errors import QUIET_KAFKA
-from brokercore.config import KafkaSettings, ServiceSettings
-from brokercore.broker.market import load_market
 from brokercore.kafka.messages import EventBatch
-from brokercore.notify.notifier import (
-    DeadLetters, HttpPushProvider, Notifier, Push, notifier_group,
-)
-from brokercore.services.consumer import run_consumer
+from brokercore.notify.dead_letters import DeadLetters
+from brokercore.notify.push import HttpPushProvider
+from brokercore.notify.router import Notifier, Push, Received
+from brokercore.services.consumer import Run, run_consumer
 
 log = logging.getLogger("brokercore.notifier")
+
+
+def notifier_group_id(prefix: str) -> str:
+    """The notifier's Kafka consumer group on ``events`` (its committed offsets)."""
+    return f"{prefix}brokercore-notifier"
 
 
 class PendingOffsets:
@@ -52,7 +58,7 @@ class PendingOffsets:
     with the number of pushes it still owes. Thread-safe: the consumer's rebalance
     callbacks run in the thread that polls it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._partitions: dict[int, deque[list[int]]] = {}
 
@@ -70,7 +76,7 @@ class PendingOffsets:
 
     def ready(self) -> dict[int, int]:
         """partition -> next offset to commit, for each partition whose front moved."""
-        ready = {}
+        ready: dict[int, int] = {}
         with self._lock:
             for partition, queue in self._partitions.items():
                 while queue and queue[0][1] == 0:
@@ -105,7 +111,7 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
     pending = PendingOffsets()
     consumer = Consumer({
         **QUIET_KAFKA,                      # a broker away: logged once per outage below
-        "bootstrap.servers": kafka.bootstrap, "group.id": notifier_group(kafka.topic_prefix),
+        "bootstrap.servers": kafka.bootstrap, "group.id": notifier_group_id(kafka.topic_prefix),
         "isolation.level": "read_committed", "enable.auto.commit": False,
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "fetch.wait.max.ms": 50,
@@ -123,14 +129,16 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                 return {}
         return offsets
 
-    def revoked(_, partitions) -> None:
+    def revoked(owner: Consumer, partitions: list[TopicPartition]) -> None:
         commit(pending.ready())
+        lost(owner, partitions)
+
+    def lost(_owner: Consumer, partitions: list[TopicPartition]) -> None:
         pending.drop([tp.partition for tp in partitions])
 
-    consumer.subscribe([topic], on_revoke=revoked,
-                       on_lost=lambda _, parts: pending.drop([tp.partition for tp in parts]))
+    consumer.subscribe([topic], on_revoke=revoked, on_lost=lost)
     decoder = msgspec.msgpack.Decoder(EventBatch)
-    tasks: set[asyncio.Task] = set()
+    tasks: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
     handled, last_log = 0, time.monotonic()
     stores = Backoff("notifier: Redis or Postgres", log)
@@ -146,7 +154,7 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
         tasks.add(task)
         task.add_done_callback(finished)
 
-    async def handle(messages) -> list[list[Push]]:
+    async def handle(messages: Sequence[Received]) -> list[list[Push]]:
         """``notifier.handle``, tried again with back-off while Redis or Postgres fail
         (nothing is committed meanwhile). An attempt that failed may have moved alerts:
         their fires, kept in alert_fires, go out again first (at-least-once)."""
@@ -164,37 +172,38 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                 await stores.pause(e)
         raise AssertionError("unreachable")
 
-    def finished(task: asyncio.Task) -> None:
+    def finished(task: asyncio.Task[None]) -> None:
         tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            failures.append(task.exception())
+        if not task.cancelled() and (error := task.exception()) is not None:
+            failures.append(error)
 
     try:
         await pool.open(wait=True)
-        log.info("notifier: %s, group %s", topic, notifier_group(kafka.topic_prefix))
+        log.info("notifier: %s, group %s", topic, notifier_group_id(kafka.topic_prefix))
         for push in await notifier.unsent_fires():
             start(push, None)
         while not stop.is_set():
             if failures:
                 raise failures[0]
-            messages = []
+            messages: list[Received] = []
             for message in await asyncio.to_thread(consumer.consume, 500, 0.2):
-                if message.error():
-                    if message.error().fatal():
-                        raise KafkaException(message.error())
-                    broker.failed(message.error())      # librdkafka retries by itself
+                error, partition, offset = message.error(), message.partition(), message.offset()
+                if error is not None or partition is None or offset is None:
+                    if error is not None and error.fatal():
+                        raise KafkaException(error)
+                    broker.failed(error or "a message without a position")  # retried anyway
                     continue
                 broker.recovered()
                 try:
-                    batch = decoder.decode(message.value())
+                    batch = decoder.decode(message.value() or b"")
                 except msgspec.DecodeError as e:
-                    log.error("undecodable message %s/%s passed over: %s",
-                              message.partition(), message.offset(), e)
-                    pending.add(message.partition(), message.offset(), 0)
+                    log.error("undecodable message %s/%s passed over: %s", partition, offset, e)
+                    pending.add(partition, offset, 0)
                     continue
-                messages.append((message.partition(), message.offset(), batch))
+                messages.append((partition, offset, batch))
             if messages:
-                for (partition, offset, _), pushes in zip(messages, await handle(messages)):
+                for (partition, offset, _), pushes in zip(messages, await handle(messages),
+                                                          strict=True):
                     entry = pending.add(partition, offset, len(pushes))
                     for push in pushes:
                         start(push, entry)
@@ -228,7 +237,7 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
     return handled
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brokercore service notifier", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from-beginning", action="store_true",
@@ -238,7 +247,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)   # not a line per push
 
-    def run(kafka, settings, stop) -> None:
+    def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> None:
         asyncio.run(run_notifier(settings, kafka, stop, from_beginning=args.from_beginning,
                                  concurrency=args.concurrency))
-    return run_consumer("notifier", lambda kafka, settings: run)
+
+    def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
+        return run
+    return run_consumer("notifier", prepare)

@@ -15,7 +15,7 @@ no short holding where shorting is off, no order stuck) and logs every broken on
 WARNING. Settings: BROKERCORE_* variables.
 
 With ``--notifications`` it instead retries, every BROKERCORE_DEAD_LETTER_RETRY_INTERVAL
-seconds, the pushes the notifier dead-lettered (brokercore.notify.notifier.redeliver_dead_letters):
+seconds, the pushes the notifier dead-lettered (brokercore.notify.redelivery):
 each once more through BROKERCORE_PUSH_URL; one that fails again goes back on the topic.
 """
 
@@ -31,15 +31,23 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from brokercore.faults.backoff import Backoff, transient
-from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.broker.market import Session, load_market
-from brokercore.notify.notifier import (
-    DeadLetters, HttpPushProvider, PushProvider, Redelivery, redeliver_dead_letters,
-    retry_group,
+from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.consumers.reconcile import (
+    Finding,
+    check_invariants,
+    find_discrepancies,
+    settled_events,
 )
 from brokercore.entry.outbox import OutboxPublisher
-from brokercore.consumers.reconcile import Finding, check_invariants, find_discrepancies, settled_events
+from brokercore.faults.backoff import Backoff, transient
+from brokercore.notify.dead_letters import DeadLetters
+from brokercore.notify.push import HttpPushProvider, PushProvider
+from brokercore.notify.redelivery import (
+    Redelivery,
+    redeliver_dead_letters,
+    redelivery_group_id,
+)
 
 log = logging.getLogger("brokercore.reconciler")
 
@@ -76,7 +84,7 @@ async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: floa
                 try:
                     await asyncio.wait_for(stop.wait(), every)
                     return total
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             await publisher.aclose()
@@ -96,7 +104,7 @@ async def retry_notifications(settings: ServiceSettings, kafka: KafkaSettings, o
     try:
         while True:
             done = await redeliver_dead_letters(kafka.bootstrap, topic,
-                                                retry_group(kafka.topic_prefix), provider,
+                                                redelivery_group_id(kafka.topic_prefix), provider,
                                                 dead_letters)
             total += done
             if done.delivered or done.failed or done.unreadable:
@@ -107,7 +115,7 @@ async def retry_notifications(settings: ServiceSettings, kafka: KafkaSettings, o
             try:
                 await asyncio.wait_for(stop.wait(), settings.dead_letter_retry_interval)
                 return total
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     finally:
         await asyncio.to_thread(dead_letters.close)

@@ -1,0 +1,121 @@
+"""What a notification says: the engine's events told to the owners of the orders they
+concern, and price alert fires told to the alerts' owners.
+
+What is told: for an order of ours (in ``orders``), each FILL of each of its sides of a
+TRADE, and its CANCELLED, EXPIRED and REJECTED (a refused cancel or amend, or a re-sent
+order's DUPLICATE_ORDER_ID, is not news: the order is unchanged); and PRICE_ALERT when a
+trade crosses a user's alert (``brokercore.notify.alerts``). A notification's id is
+derived from what caused it (``{shard}:{shard_seq}:{order_id}``,
+``alert:{alert_id}:{trade_id}``), so a client drops a second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection
+
+from brokercore.broker.market import MarketInstrument
+from brokercore.broker.money import format_paise
+from brokercore.broker.orders import END_STATUS, event_time
+from brokercore.engine.records import EventType, Op, Reason
+from brokercore.kafka.messages import Event
+from brokercore.notify.alerts import Fire
+from brokercore.realtime.channels import Notification
+
+__all__ = ["OrderOwner", "order_owners", "told", "order_notifications", "alert_notification"]
+
+log = logging.getLogger("brokercore.notify.render")
+
+
+@dataclass(frozen=True)
+class OrderOwner:
+    """What a notification says of an order, from the OMS's ``orders``."""
+
+    user_id: str
+    account_id: int
+    side: str
+    quantity: int
+
+
+_OWNERS_SQL = """
+SELECT o.order_id, a.user_id, a.account_id, o.side, o.quantity
+  FROM orders o JOIN accounts a ON a.account_id = o.account_id
+ WHERE o.order_id = ANY(%s)"""
+
+async def order_owners(conn: AsyncConnection, order_ids: Sequence[int]
+                       ) -> dict[int, OrderOwner]:
+    """The owner of each of these orders that is ours (another broker's is absent)."""
+    if not order_ids:
+        return {}
+    rows = await (await conn.execute(_OWNERS_SQL, (list(order_ids),))).fetchall()
+    return {order_id: OrderOwner(*rest) for order_id, *rest in rows}
+
+
+def told(e: Event) -> list[int]:
+    """The order ids an event may tell someone about."""
+    if e.type == EventType.TRADE:
+        return [e.order_id, e.other_id]
+    if e.type == EventType.REJECTED and (e.op not in (Op.LIMIT, Op.MARKET)
+                                         or e.reason == Reason.DUPLICATE_ORDER_ID):
+        return []
+    return [e.order_id] if e.type in END_STATUS else []
+
+
+def _words(reason: int) -> str:
+    return Reason(reason).name.lower().replace("_", " ")
+
+
+def order_notifications(shard: int, e: Event, owners: Mapping[int, OrderOwner],
+                        instrument: MarketInstrument) -> list[tuple[str, Notification]]:
+    """(user, notification) for each order of ours the event tells about. A partial
+    fill counts what is filled as the order's quantity less what is open after it."""
+    notifications = []
+    for order_id in told(e):
+        owner = owners.get(order_id)
+        if owner is None:
+            continue                    # another broker's order
+        maker = e.type == EventType.TRADE and order_id == e.other_id
+        if owner.account_id != (e.other_account if maker else e.account):
+            log.warning("event %s:%s names account %s for order %s of account %s; ignored",
+                        shard, e.shard_seq, e.account, order_id, owner.account_id)
+            continue
+        order = f"Your order to {owner.side} {owner.quantity:,} {e.symbol}"
+        if e.type == EventType.TRADE:
+            open_after = e.other_remaining if maker else e.remaining
+            price = format_paise(instrument.ticks_to_paise(e.price))
+            kind = "FILL"
+            if open_after == 0:
+                title, body = "Order filled", f"{order} filled at {price}"
+            else:
+                filled = owner.quantity - open_after
+                title, body = ("Order partially filled", f"{order} partially filled: "
+                               f"{filled:,} of {owner.quantity:,} at {price}")
+        else:
+            kind = END_STATUS[e.type]
+            if kind == "REJECTED":
+                title, body = "Order rejected", f"{order} was rejected: {_words(e.reason)}"
+            else:
+                why = ("" if e.reason in (Reason.NONE, Reason.USER_CANCEL)
+                       else f" ({_words(e.reason)})")
+                unfilled = (f"; {e.qty:,} of {owner.quantity:,} unfilled"
+                            if e.qty < owner.quantity else "")
+                title, body = (("Order cancelled", f"{order} was cancelled{why}{unfilled}")
+                               if kind == "CANCELLED" else
+                               ("Order expired", f"{order} expired{unfilled}"))
+        notifications.append((owner.user_id, Notification(
+            f"{shard}:{e.shard_seq}:{order_id}", kind, title, body, e.symbol,
+            event_time(e.ts).isoformat(), order_id)))
+    return notifications
+
+
+def alert_notification(fire: Fire) -> tuple[str, Notification]:
+    """(user, notification) of a price alert's fire."""
+    alert, trade = fire.alert, fire.trade
+    return alert.user_id, Notification(
+        f"alert:{alert.alert_id}:{trade.trade_id}", "PRICE_ALERT",
+        f"{alert.symbol} price alert",
+        f"{alert.symbol} crossed {format_paise(alert.price)}: last {format_paise(trade.price)}",
+        alert.symbol, trade.time.isoformat())

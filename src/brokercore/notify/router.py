@@ -1,0 +1,262 @@
+"""Routing: each notification to its user by their preferences and presence, in the app
+(Redis pub/sub, which the WebSocket gateways relay) or by push, each push to its end.
+
+How, per user and kind (``brokercore.notify.preferences``; no row = IN_APP):
+
+- IN_APP: published on the user's channel; when no WebSocket of theirs is live (no
+  member of ``ws:online:{user}`` scored after now), also pushed to their devices.
+- PUSH: pushed to their devices; published too while they are online.
+- NONE: nothing.
+
+An order's notification follows its ORDER_UPDATE: the projector and the notifier read
+``events`` apart, so the notifier publishes a batch's in-app notifications once the
+projector has published the batch's updates (its offsets under
+``streams.projected_key``, which it sets after them), waiting at most
+``projector_wait`` seconds; a projector that is down or that far behind does not hold
+notifications up for longer, and while it stays where it was, batches do not wait again.
+
+Delivery is at-least-once (clients drop a second copy by the notification's id). A push
+is retried after base, 2·base, 4·base ... seconds (capped) up to the configured number
+of attempts; then it goes to the dead-letter topic (``brokercore.notify.dead_letters``),
+which the reconciler retries every few minutes (``brokercore.notify.redelivery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+from confluent_kafka import KafkaException
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from brokercore.broker.market import MarketInstrument
+from brokercore.broker.orders import event_time, trade_id
+from brokercore.engine.records import EventType
+from brokercore.faults.backoff import retry_delay
+from brokercore.kafka.messages import EventBatch
+from brokercore.notify.alerts import TradePrice, apply_trades
+from brokercore.notify.dead_letters import DeadLetters, PushDeadLetter
+from brokercore.notify.preferences import channels_of, devices_of
+from brokercore.notify.push import PushFailed, PushProvider
+from brokercore.notify.render import (
+    alert_notification,
+    order_notifications,
+    order_owners,
+    told,
+)
+from brokercore.realtime.channels import (
+    Notification,
+    encode_message,
+    online_key,
+    projected_key,
+    user_channel,
+)
+
+__all__ = ["Received", "Push", "Notifier", "PROJECTOR_POLL"]
+
+log = logging.getLogger("brokercore.notify.router")
+
+_RECORD_FIRE = """
+INSERT INTO alert_fires (notification_id, user_id, notification, partition, kafka_offset)
+VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"""
+
+_notification = msgspec.json.Decoder(Notification)
+
+Received = tuple[int, int, EventBatch]
+"""A message of ``events`` as the notifier hands it on: (partition, offset, batch)."""
+
+
+@dataclass(frozen=True)
+class Push:
+    """One notification owed to one device of its user."""
+
+    user_id: str
+    device_token: str
+    notification: Notification
+
+
+PROJECTOR_POLL = 0.002
+"""Seconds between two looks at the projector's offsets while waiting for them."""
+
+
+class Notifier:
+    """Turns batches of ``events`` into notifications: publishes the in-app ones and
+    returns the pushes each message owes; ``deliver`` runs one push to its end. With
+    ``events_topic`` (the topic the messages come from), an order's notifications wait
+    for the projector's update of it (see the module's docstring); without, they don't."""
+
+    def __init__(self, pool: AsyncConnectionPool, redis: Redis, prefix: str,
+                 market: Mapping[str, MarketInstrument], provider: PushProvider | None,
+                 dead_letters: DeadLetters, *, retry_base: float = 1.0,
+                 retry_cap: float = 60.0, attempts: int = 6, concurrency: int = 64,
+                 events_topic: str | None = None, projector_wait: float = 2.0):
+        if attempts < 1:
+            raise ValueError("a push needs at least one attempt")
+        self.pool, self.redis, self.prefix, self.market = pool, redis, prefix, market
+        self.provider, self.dead_letters = provider, dead_letters
+        self.retry_base, self.retry_cap, self.attempts = retry_base, retry_cap, attempts
+        self._slots = asyncio.Semaphore(concurrency)     # pushes in flight at once
+        self.events_topic, self.projector_wait = events_topic, projector_wait
+        self._stalled: dict[int, int] | None = None     # its offsets when a wait ran out
+        self.published = self.pushed = self.dead_lettered = self.overtaken = 0
+
+    async def handle(self, messages: Sequence[Received]) -> list[list[Push]]:
+        """Publish the batch's in-app notifications and move its alerts; returns, per
+        message, the pushes it owes."""
+        ids = sorted({i for _, _, batch in messages for e in batch.events for i in told(e)})
+        items: list[tuple[int, str, Notification]] = []
+        trades: list[TradePrice] = []
+        trade_message: dict[str, int] = {}
+        async with self.pool.connection() as conn:
+            owners = await order_owners(conn, ids)
+            for index, (_, _, batch) in enumerate(messages):
+                for e in batch.events:
+                    instrument = self.market.get(e.symbol)
+                    if instrument is None:
+                        continue            # not a symbol of ours: no order, no alert
+                    items += [(index, *notification) for notification in
+                              order_notifications(batch.shard, e, owners, instrument)]
+                    if e.type == EventType.TRADE:
+                        trade = TradePrice(trade_id(e), e.symbol,
+                                           instrument.ticks_to_paise(e.price), event_time(e.ts))
+                        trades.append(trade)
+                        trade_message[trade.trade_id] = index
+            async with conn.transaction():      # the alerts' moves and their fires
+                fires = [(trade_message[f.trade.trade_id], *alert_notification(f))
+                         for f in await apply_trades(conn, trades)]
+                await conn.cursor().executemany(_RECORD_FIRE, [
+                    (n.id, user, encode_message(n).decode(), *messages[index][:2])
+                    for index, user, n in fires])
+        items += fires
+        if items:
+            await self._after_projector(messages)
+        owed: list[list[Push]] = [[] for _ in messages]
+        for (index, _, _), pushes in zip(items, await self.route(
+                [(user, n) for _, user, n in items]), strict=True):
+            owed[index] += pushes
+        return owed
+
+    async def _after_projector(self, messages: Sequence[Received]) -> None:
+        """Wait until the projector has published what it made of these messages (at
+        most ``projector_wait`` s; not at all if it is still where it was when a wait
+        last ran out)."""
+        if self.events_topic is None:
+            return
+        needed: dict[int, int] = {}
+        for partition, offset, _ in messages:
+            needed[partition] = max(needed.get(partition, 0), offset + 1)
+        key = projected_key(self.prefix, self.events_topic)
+        deadline = time.monotonic() + self.projector_wait
+        while True:
+            projected = {int(p): int(o) for p, o in (await self.redis.hgetall(key)).items()}
+            if all(projected.get(p, 0) >= o for p, o in needed.items()):
+                self._stalled = None
+                return
+            if projected == self._stalled:
+                self.overtaken += 1
+                return
+            if time.monotonic() >= deadline:
+                log.warning("the projector has not published events %s (it is at %s) after "
+                            "%.1f s: telling before it, and not waiting while it stays there",
+                            needed, projected, self.projector_wait)
+                self._stalled = projected
+                self.overtaken += 1
+                return
+            await asyncio.sleep(PROJECTOR_POLL)
+
+    async def unsent_fires(self) -> list[Push]:
+        """Publish again the alert fires a notifier that died left unconfirmed (in
+        ``alert_fires``); returns their pushes."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT user_id, notification::text FROM alert_fires "
+                "ORDER BY partition, kafka_offset, notification_id")).fetchall()
+        items = [(user, _notification.decode(n)) for user, n in rows]
+        if items:
+            log.info("sending %d price alert notifications again", len(items))
+        return [push for pushes in await self.route(items) for push in pushes]
+
+    async def forget_fires(self, committed: Mapping[int, int]) -> None:
+        """The fires of messages before these committed offsets are out: forget them."""
+        if committed:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "DELETE FROM alert_fires f USING unnest(%s::int[], %s::bigint[]) AS c "
+                    "(partition, next_offset) WHERE f.partition = c.partition "
+                    "AND f.kafka_offset < c.next_offset", (list(committed),
+                                                           list(committed.values())))
+
+    async def route(self, items: Sequence[tuple[str, Notification]]) -> list[list[Push]]:
+        """Publish the in-app ones of (user, notification) by the users' preferences and
+        presence; returns the pushes each one owes."""
+        users = sorted({user for user, _ in items})
+        if not users:
+            return []
+        async with self.pool.connection() as conn:
+            channels = await channels_of(conn, users)
+            devices = await devices_of(conn, users) if self.provider is not None else {}
+        online = await self._online(users)
+        owed: list[list[Push]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user, n in items:
+                channel = channels.get((user, n.kind), "IN_APP")
+                pushes = []
+                if channel != "NONE":
+                    if channel == "IN_APP" or online[user]:
+                        pipe.publish(user_channel(self.prefix, user), encode_message(n))
+                        self.published += 1
+                    if channel == "PUSH" or not online[user]:
+                        pushes = [Push(user, token, n) for token in devices.get(user, ())]
+                owed.append(pushes)
+            await pipe.execute()
+        return owed
+
+    async def _online(self, users: Sequence[str]) -> dict[str, bool]:
+        """Whether a WebSocket gateway holds each user now (a registration not lapsed)."""
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.zcount(online_key(self.prefix, user), f"({now}", "+inf")
+            counts = await pipe.execute()
+        return {user: count > 0 for user, count in zip(users, counts, strict=True)}
+
+    async def deliver(self, push: Push) -> bool:
+        """Push, retrying with backoff; after the last attempt the push is dead-lettered
+        (retried until Kafka takes it). True if the provider took it."""
+        if self.provider is None:
+            raise ValueError("no push provider: a Notifier without one owes no pushes")
+        error = ""
+        for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(retry_delay(attempt - 1, self.retry_base, self.retry_cap))
+            try:
+                async with self._slots:
+                    await self.provider.send(push.device_token, push.notification)
+                self.pushed += 1
+                return True
+            except PushFailed as e:
+                error = str(e)
+                log.info("push %s to %s failed (attempt %d of %d): %s", push.notification.id,
+                         push.user_id, attempt, self.attempts, error)
+        letter = PushDeadLetter(push.notification, push.user_id, push.device_token,
+                                self.attempts, error, datetime.now(UTC).isoformat())
+        retry = 0
+        while True:
+            try:
+                await self.dead_letters.put(letter)
+                break
+            except KafkaException as e:
+                retry += 1
+                log.warning("dead-lettering push %s failed (%s); retrying",
+                            push.notification.id, e)
+                await asyncio.sleep(retry_delay(retry, self.retry_base, self.retry_cap))
+        self.dead_lettered += 1
+        log.warning("push %s to %s dead-lettered after %d attempts: %s",
+                    push.notification.id, push.user_id, self.attempts, error)
+        return False
