@@ -46,7 +46,7 @@ from chaos_support import (
 )
 
 from brokercore.edge.auth import mint_token
-from brokercore.entry.order_entry import OPEN_STATUSES
+from brokercore.broker.orders import OPEN_STATUSES
 
 ROUNDS = int(os.environ.get("BROKERCORE_CHAOS_ROUNDS", "1"))
 HOLD = float(os.environ.get("BROKERCORE_CHAOS_HOLD", "20" if ROUNDS > 1 else "3"))

@@ -23,7 +23,7 @@ from brokercore.kafka.messages import AmendOrder, EventBatch, NewOrder, encode
 from brokercore.consumers.pg_consumer import Message
 from brokercore.consumers.projector import ProjectorConsumer, run_projector
 from brokercore.engine.records import EventType, Reason, Side, Stp, Tif
-from brokercore.consumers.settlement import event_time
+from brokercore.broker.orders import event_time
 from brokercore.realtime.channels import (
     BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, projected_key,
     trades_channel, user_channel,

@@ -19,7 +19,8 @@ import redis
 
 from brokercore.read.cache import invalidate
 from brokercore.config import DEV_JWT_SECRET, ServiceSettings
-from brokercore.realtime.channels import BookUpdate, encode_message, md_key, rupees
+from brokercore.broker.money import rupees
+from brokercore.realtime.channels import BookUpdate, encode_message, md_key
 from oms_support import Api, auth, run
 from private_servers import PrivateRedis
 from brokercore.services.query import create_app
@@ -584,7 +585,7 @@ def test_bad_candle_queries_get_422(dataset, params, field):
 
 def test_money_never_shows_a_negative_zero(dataset):
     """A short position valued at its own average has a P&L of zero, which is "0.00"
-    (every money string goes through ``streams.rupees``), never "-0.00"."""
+    (every money string goes through ``money.rupees``), never "-0.00"."""
     execute(dataset, "UPDATE read_model.positions SET avg_price = 340000 "
                      "WHERE user_id = 'alice' AND symbol = 'TCS'")     # TCS last 3,400.00
 

@@ -1,4 +1,4 @@
-"""Settlement arithmetic: fills, order ends, fees, average prices, and conservation."""
+"""Settlement arithmetic: fills, order ends, fees, and conservation."""
 
 from __future__ import annotations
 
@@ -12,14 +12,27 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from brokercore.broker.ledger import (
-    AccountDelta, OrderDelta, OrderHold, PositionDelta, Settlement, SettlementError,
-    average_price, release, settle_fill,
+    AccountDelta,
+    OrderDelta,
+    OrderHold,
+    PositionDelta,
+    Settlement,
+    SettlementError,
+    release,
+    settle_fill,
 )
 from brokercore.broker.market import MarketInstrument, Session
-from brokercore.engine.records import Side, Tif
+from brokercore.broker.money import average_price
 from brokercore.broker.risk import (
-    NO_FEES, AccountState, FeeSchedule, Hold, OrderRequest, OrderType, check_order,
+    NO_FEES,
+    AccountState,
+    FeeSchedule,
+    Hold,
+    OrderRequest,
+    OrderType,
+    check_order,
 )
+from brokercore.engine.records import Side, Tif
 
 D = Decimal
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=ZoneInfo("Asia/Kolkata"))
@@ -154,33 +167,6 @@ def test_short_sale_unblocks_only_the_shares_it_blocked():
     s2 = settle_fill(order, 300_000, 8, INST, NO_FEES)
     assert s2.position == PositionDelta(quantity=-8, blocked_quantity=-1, price=1_500_000)
     assert s2.apply(order).blocked_shares == 0
-
-
-# --- average price -------------------------------------------------------------------
-
-def test_average_price():
-    assert average_price(0, D(0), 10, 1_500_000) == D("1500000.0000")
-    assert average_price(10, D(1_500_000), 10, 1_600_000) == D("1550000")
-    assert average_price(1, D(1), 2, 2) == D("1.6667")           # 5/3
-    assert average_price(2, D(2), 1, 1) == D("1.6667")
-    assert average_price(1, D("1.0001"), 1, 1) == D("1.0001")    # 1.00005: half away from 0
-    assert average_price(3, D(1), 6, 2) == D("1.6667")
-    assert average_price(10, D(1_500_000), -4, 1_700_000) == D(1_500_000)   # selling keeps it
-    assert average_price(10, D(1_500_000), -10, 1_700_000) == 0             # flat
-    assert average_price(10, D(1_500_000), -15, 1_700_000) == D(1_700_000)  # now short
-    assert average_price(-5, D(1_700_000), -5, 1_600_000) == D(1_650_000)   # adding to a short
-    assert average_price(-5, D(1_700_000), 2, 1_600_000) == D(1_700_000)    # covering
-    assert average_price(-5, D(1_700_000), 8, 1_600_000) == D(1_600_000)    # now long
-    with pytest.raises(TypeError):
-        average_price(1, 1.5, 1, 1)
-
-
-def test_average_price_is_exact_for_large_positions():
-    # beyond the 28 digits of the default decimal context
-    big = 10**20
-    assert average_price(big, D(1), 1, 2) == D("1.0000")
-    assert average_price(big, D("1.00005"), big, 1) == D("1.0000")    # 1.000025
-    assert average_price(1, D("1.00005"), 1, 1) == D("1.0000")        # 1.000025
 
 
 # --- conservation, property ----------------------------------------------------------

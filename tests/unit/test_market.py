@@ -11,11 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from brokercore.broker.market import (
-    MarketInstrument, Session, format_paise, instruments_by_id, load_market, to_paise,
-)
+from brokercore.broker.market import MarketInstrument, Session, instruments_by_id, load_market
 from brokercore.engine.records import INT64_MAX, Stp
-from brokercore.runtime.shard import Instrument, load_instruments
+from brokercore.engine.instruments import Instrument, load_instruments
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "instruments.toml"
 IST = ZoneInfo("Asia/Kolkata")
@@ -91,15 +89,6 @@ def test_to_ticks_rejects_prices_off_the_tick_grid():
             m.to_ticks(bad)
     with pytest.raises(TypeError):
         m.to_ticks(10.05)
-
-
-def test_paise_helpers():
-    assert to_paise(D("15000.50")) == 1_500_050
-    assert to_paise(D("0.01")) == 1
-    with pytest.raises(ValueError):
-        to_paise(D("0.001"))
-    assert format_paise(1_500_050) == "15,000.50"
-    assert format_paise(5) == "0.05"
 
 
 @pytest.mark.parametrize("changes, message", [

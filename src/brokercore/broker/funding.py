@@ -24,7 +24,7 @@ from enum import Enum
 
 import psycopg
 
-from brokercore.broker.ledger import average_price
+from brokercore.broker.money import average_price
 
 __all__ = ["FundingKind", "fund", "open_account"]
 

@@ -3,8 +3,9 @@
 Pure functions that return integer deltas, so a settlement consumer can apply them in
 one SQL transaction (``UPDATE accounts SET cash = cash + :cash, blocked_cash =
 blocked_cash + :blocked_cash ...``) without reading the rows first; only the average
-price needs the position's current row (``average_price``, whose rounding is PostgreSQL's
-``round(numeric, 4)``). Cash is int paise, quantities are int shares.
+price needs the position's current row (``brokercore.broker.money.average_price``, whose
+rounding is PostgreSQL's ``round(numeric, 4)``). Cash is int paise, quantities are int
+shares.
 
 A buy order blocks, at any time, exactly what its open quantity could still cost at its
 hold price: each fill debits price × qty + its fee and releases the rest of what that
@@ -18,18 +19,14 @@ grows, so an order split into many fills pays what one fill would have.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from decimal import Decimal
 
 from brokercore.broker.market import MarketInstrument
-from brokercore.engine.records import Side
 from brokercore.broker.risk import FeeSchedule, Hold
+from brokercore.engine.records import Side
 
 __all__ = ["OrderHold", "AccountDelta", "PositionDelta", "OrderDelta", "Settlement",
-           "SettlementError", "settle_fill", "release", "average_price",
-           "AVG_PRICE_PLACES"]
+           "SettlementError", "settle_fill", "release"]
 
-AVG_PRICE_PLACES = 4
-"""Decimal places (of a paisa) an average price keeps, rounded half away from zero."""
 
 class SettlementError(ValueError):
     """A fill that cannot belong to the order: the event stream and the order disagree."""
@@ -75,7 +72,7 @@ class AccountDelta:
 @dataclass(frozen=True)
 class PositionDelta:
     """Add ``quantity`` and ``blocked_quantity`` to the position (created at 0 if
-    missing); ``price`` is the trade price per share in paise for ``average_price``."""
+    missing); ``price`` is the trade price per share in paise for ``money.average_price``."""
 
     quantity: int = 0
     blocked_quantity: int = 0
@@ -167,29 +164,3 @@ def release(order: OrderHold) -> Settlement:
                       PositionDelta(blocked_quantity=-order.blocked_shares),
                       OrderDelta(blocked_cash=-order.blocked_cash,
                                  blocked_shares=-order.blocked_shares))
-
-
-def average_price(quantity: int, avg_price: Decimal, delta: int, price: int) -> Decimal:
-    """A position's average price in paise after ``delta`` shares trade at ``price`` paise.
-
-    Adding to a position (or opening one) gives the weighted average; reducing it keeps
-    the average; crossing zero starts again at the trade price; flat is 0. Rounded to
-    ``AVG_PRICE_PLACES`` places, half away from zero (as PostgreSQL's round(numeric)).
-    """
-    if isinstance(avg_price, float) or isinstance(price, float):
-        raise TypeError("prices are Decimal or int paise, never float")
-    after = quantity + delta
-    if after == 0:
-        return Decimal(0)
-    if quantity == 0 or (quantity > 0) == (delta > 0):
-        n, d = Decimal(avg_price).as_integer_ratio()
-        num = abs(quantity) * n + abs(delta) * price * d       # exact weighted sum * d
-        den = abs(after) * d
-    elif (after > 0) == (quantity > 0):
-        num, den = Decimal(avg_price).as_integer_ratio()
-    else:
-        num, den = price, 1
-    scale = 10 ** AVG_PRICE_PLACES
-    sign = -1 if num < 0 else 1
-    rounded = (2 * abs(num) * scale + den) // (2 * den)        # half away from zero
-    return Decimal(f"{sign * rounded}e-{AVG_PRICE_PLACES}")

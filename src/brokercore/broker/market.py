@@ -20,45 +20,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from brokercore.broker.money import exact_ratio, to_paise
 from brokercore.config import CALENDARS
 from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, Stp
 from brokercore.runtime.shard import Instrument
 
-__all__ = ["PAISE_PER_RUPEE", "AlwaysOpen", "MarketInstrument", "Session", "load_market",
-           "instruments_by_id", "to_paise", "format_paise"]
+__all__ = ["AlwaysOpen", "MarketInstrument", "Session", "load_market", "instruments_by_id"]
 
-PAISE_PER_RUPEE = 100
-"""Minor units per currency unit: every amount of money inside brokercore is int paise."""
-
-_PAISA = Decimal(1) / PAISE_PER_RUPEE
 _WEEKDAYS = range(1, 8)                 # ISO: 1 = Monday ... 7 = Sunday
-
-
-def _exact_ratio(value: Decimal, unit: Decimal, what: str) -> int:
-    """value / unit as an int, exactly (no context rounding); ValueError if not whole."""
-    if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
-        raise TypeError(f"{what} must be a Decimal, not {type(value).__name__}")
-    value = Decimal(value)
-    if not value.is_finite():
-        raise ValueError(f"{what} {value} is not a finite number")
-    if value.adjusted() > 30:
-        raise ValueError(f"{what} {value} is out of range")
-    n, d = value.as_integer_ratio()
-    un, ud = unit.as_integer_ratio()
-    quotient, remainder = divmod(n * ud, d * un)
-    if remainder:
-        raise ValueError(f"{what} {value} is not a multiple of {unit}")
-    return quotient
-
-
-def to_paise(amount: Decimal) -> int:
-    """Rupees (Decimal) to int paise; ValueError if it is not a whole number of paise."""
-    return _exact_ratio(amount, _PAISA, "amount")
-
-
-def format_paise(paise: int) -> str:
-    """Paise as a human-readable rupee amount: 1500050 -> '15,000.50'."""
-    return f"{Decimal(paise).scaleb(-2):,.2f}"
 
 
 @dataclass(frozen=True)
@@ -236,7 +205,7 @@ class MarketInstrument:
     def to_ticks(self, price: Decimal) -> int:
         """A price in rupees as ticks; ValueError if it is not a multiple of the tick size."""
         try:
-            return _exact_ratio(price, self.tick_size, "price")
+            return exact_ratio(price, self.tick_size, "price")
         except ValueError as e:
             if "not a multiple" in str(e):
                 raise ValueError(f"price {price} is not a multiple of the tick size "

@@ -16,7 +16,8 @@ from datetime import datetime
 from decimal import Decimal
 from enum import Enum, StrEnum
 
-from brokercore.broker.market import MarketInstrument, format_paise
+from brokercore.broker.market import MarketInstrument
+from brokercore.broker.money import format_paise
 from brokercore.engine.records import Side, Tif
 
 __all__ = ["OrderType", "RejectCode", "OrderRequest", "AccountState", "FeeSchedule",

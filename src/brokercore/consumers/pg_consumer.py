@@ -110,7 +110,7 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
     together (messages already stored are skipped). Any other error is raised with
     nothing of its batch stored, so a restart resumes exactly where it stopped.
     """
-    from confluent_kafka import Consumer   # here: applying batches needs no Kafka client
+    from confluent_kafka import Consumer  # here: applying batches needs no Kafka client
 
     say = say or log.info
     stop = stop_event or threading.Event()

@@ -26,7 +26,7 @@ After the commit, Redis: the caches of the users whose read model changed are
 invalidated, then each ORDER_UPDATE goes to its user's channel, each trade and the new
 book of each symbol that changed to the market data channels, the book is stored
 under ``{prefix}md:{symbol}`` (the query service's fast path) and, last, the batch's
-next offsets under ``streams.projected_key`` (the notifier tells of an event once they
+next offsets under ``channels.projected_key`` (the notifier tells of an event once they
 have passed it, so that a client gets an order's update before the notification).
 Redis is an accelerator here: an error is logged and the projector goes on;
 invalidations and book keys that failed are written again after the next batch.
@@ -46,27 +46,29 @@ import psycopg
 import redis
 from psycopg.types.json import Jsonb
 
-from brokercore.read.cache import Invalidator
-from brokercore.broker.ledger import average_price
 from brokercore.broker.market import MarketInstrument, load_market
-from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
-from brokercore.kafka.messages import Event
-from brokercore.entry.order_entry import OPEN_STATUSES
+from brokercore.broker.money import average_fill_price, average_price, rupees
+from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, event_time, trade_id
 from brokercore.consumers.pg_consumer import Message, claim_offsets, run_pg_consumer, store_offsets
 from brokercore.engine.records import EventType, Op, Reason, Side
-from brokercore.consumers.settlement import average_fill_price, event_time, trade_id
+from brokercore.kafka.messages import Event
+from brokercore.read.cache import Invalidator
+from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
 from brokercore.realtime.channels import (
-    BookUpdate, OrderUpdate, TradeTick, book_channel, encode_message, md_key,
-    projected_key, rupees, trades_channel, user_channel,
+    BookUpdate,
+    OrderUpdate,
+    TradeTick,
+    book_channel,
+    encode_message,
+    md_key,
+    projected_key,
+    trades_channel,
+    user_channel,
 )
 
 __all__ = ["ProjectorConsumer", "ProjectorStats", "Push", "run_projector"]
 
 log = logging.getLogger("brokercore.consumers.projector")
-
-_ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
-         EventType.REJECTED: "REJECTED"}
-
 
 @dataclass
 class Push:
@@ -326,12 +328,12 @@ class ProjectorConsumer:
                 self._changed(b, e, order, event_time_ms)
         elif kind == EventType.REJECTED and e.op not in (Op.LIMIT, Op.MARKET):
             return      # a refused cancel or amend: the order stays as it is
-        elif kind in _ENDS:
+        elif kind in END_STATUS:
             if kind == EventType.REJECTED and (order.status != "PENDING"
                                                or e.reason == Reason.DUPLICATE_ORDER_ID):
                 return  # a re-sent order: the first one is the order, not this one
             if order.status in OPEN_STATUSES:
-                order.status = _ENDS[kind]
+                order.status = END_STATUS[kind]
                 order.reject_reason = Reason(e.reason).name if e.reason != Reason.NONE \
                     else None
                 self._changed(b, e, order, event_time_ms)

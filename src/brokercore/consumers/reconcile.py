@@ -43,17 +43,13 @@ import msgspec
 import psycopg
 
 from brokercore.broker.market import Session
-from brokercore.kafka.messages import Event, EventBatch
-from brokercore.engine.records import EventType, Op, Reason, Side
-from brokercore.entry.order_entry import OPEN_STATUSES
+from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, trade_id
 from brokercore.consumers.pg_consumer import stored_offsets
-from brokercore.consumers.settlement import trade_id
+from brokercore.engine.records import EventType, Op, Reason, Side
+from brokercore.kafka.messages import Event, EventBatch
 
 __all__ = ["Finding", "Expected", "expected_state", "find_discrepancies", "settled_events",
            "check_invariants", "Invariant", "INVARIANTS"]
-
-_ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED"}
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -102,11 +98,12 @@ def expected_state(events: Iterable[Event], ours: dict[int, str]) -> Expected:
             continue
         if e.type == EventType.ACCEPTED and found[0] == "PENDING":
             found[0] = "OPEN"
-        elif e.type in _ENDS and found[0] in OPEN_STATUSES:
-            found[0] = _ENDS[e.type]
-        elif (e.type == EventType.REJECTED and e.op in (Op.LIMIT, Op.MARKET)
-              and e.reason != Reason.DUPLICATE_ORDER_ID and found[0] == "PENDING"):
-            found[0] = "REJECTED"
+        elif e.type == EventType.REJECTED:
+            if (e.op in (Op.LIMIT, Op.MARKET) and e.reason != Reason.DUPLICATE_ORDER_ID
+                    and found[0] == "PENDING"):
+                found[0] = END_STATUS[e.type]
+        elif e.type in END_STATUS and found[0] in OPEN_STATUSES:
+            found[0] = END_STATUS[e.type]
     return state
 
 

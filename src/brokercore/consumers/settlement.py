@@ -25,35 +25,23 @@ import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 
 import psycopg
 import redis
 
-from brokercore.read.cache import Invalidator
-from brokercore.broker.ledger import (
-    AVG_PRICE_PLACES, OrderHold, Settlement, SettlementError, average_price, release,
-    settle_fill,
-)
+from brokercore.broker.ledger import OrderHold, Settlement, SettlementError, release, settle_fill
 from brokercore.broker.market import MarketInstrument, load_market
-from brokercore.kafka.messages import Event
-from brokercore.entry.order_entry import OPEN_STATUSES
+from brokercore.broker.money import average_fill_price, average_price
+from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, event_time, trade_id
+from brokercore.broker.risk import NO_FEES, FeeSchedule
 from brokercore.consumers.pg_consumer import Message, claim_offsets, run_pg_consumer, store_offsets
 from brokercore.engine.records import EventType, Op, Reason, Side
-from brokercore.broker.risk import NO_FEES, FeeSchedule
+from brokercore.kafka.messages import Event
+from brokercore.read.cache import Invalidator
 
-__all__ = ["SettlementConsumer", "BatchStats", "run_settlement", "trade_id", "event_time",
-           "average_fill_price"]
-
-
-_ENDS = {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
-         EventType.REJECTED: "REJECTED"}
-
-
-def trade_id(event: Event) -> str:
-    """A trade's id: its symbol and the book's sequence number, unique per symbol."""
-    return f"{event.symbol}:{event.seq}"
+__all__ = ["SettlementConsumer", "BatchStats", "run_settlement"]
 
 
 @dataclass
@@ -210,13 +198,13 @@ class SettlementConsumer:
         elif kind == EventType.REJECTED and e.op not in (Op.LIMIT, Op.MARKET):
             # a refused cancel or amend: the order stays as it is, its history says why
             self._record(batch, shard, e, order, {"refused": Op(e.op).name})
-        elif kind in _ENDS:
+        elif kind in END_STATUS:
             if kind == EventType.REJECTED and (order.status != "PENDING"
                                                or e.reason == Reason.DUPLICATE_ORDER_ID):
                 return      # a re-sent order: the first one is the order, not this one
             if order.status in OPEN_STATUSES:
                 reason = Reason(e.reason).name if e.reason != Reason.NONE else None
-                self._end(batch, shard, e, order, _ENDS[kind], reason)
+                self._end(batch, shard, e, order, END_STATUS[kind], reason)
         elif kind == EventType.AMENDED:
             self._record(batch, shard, e, order, {"price": self._paise(order, e.price),
                                                   "open_quantity": e.qty})
@@ -336,22 +324,6 @@ class SettlementConsumer:
             "INSERT INTO order_events (order_id, account_id, status, filled_quantity, "
             "payload, dedupe_key, occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (dedupe_key) DO NOTHING", batch.history)
-
-
-def event_time(ns: int) -> datetime:
-    """An event's ``ts`` (ns since the epoch, set by the command's producer)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
-
-
-def average_fill_price(notional: int, quantity: int) -> Decimal | None:
-    """notional / quantity paise, exact to AVG_PRICE_PLACES (half away from zero, as
-    ledger.average_price rounds); None before the first fill."""
-    if quantity == 0:
-        return None
-    scale = 10 ** AVG_PRICE_PLACES
-    return Decimal((2 * notional * scale + quantity) // (2 * quantity)).scaleb(
-        -AVG_PRICE_PLACES)
 
 
 def run_settlement(bootstrap: str, topic: str, database_url: str, market_path: str,

@@ -21,19 +21,26 @@ from decimal import Decimal
 import msgspec
 from psycopg_pool import AsyncConnectionPool
 
-from brokercore.entry.requests import PlaceOrderRequest
-from brokercore.config import KafkaSettings
 from brokercore.broker.market import MarketInstrument
-from brokercore.kafka.messages import CancelOrder, NewOrder, encode
-from brokercore.entry.outbox import OutboxRow
-from brokercore.engine.records import Side, Tif
+from brokercore.broker.orders import CANCEL_REQUESTED, OPEN_STATUSES
 from brokercore.broker.risk import (
-    NO_FEES, AccountState, FeeSchedule, Hold, OrderRequest, OrderType, RiskRejection,
+    NO_FEES,
+    AccountState,
+    FeeSchedule,
+    Hold,
+    OrderRequest,
+    OrderType,
+    RiskRejection,
     check_order,
 )
+from brokercore.config import KafkaSettings
+from brokercore.engine.records import Side, Tif
+from brokercore.entry.outbox import OutboxRow
+from brokercore.entry.requests import PlaceOrderRequest
+from brokercore.kafka.messages import CancelOrder, NewOrder, encode
 from brokercore.kafka.topics import partition_of
 
-__all__ = ["OrderEntry", "OrderReceipt", "OrderRefused", "OPEN_STATUSES", "CANCEL_REQUESTED"]
+__all__ = ["OrderEntry", "OrderReceipt", "OrderRefused"]
 
 # What the checks need, read by one function call (0004_invariants.sql) that takes the
 # account's row lock first and reads the position and the idempotency key after it: a
@@ -66,10 +73,6 @@ history AS (
 INSERT INTO outbox (topic, partition, key, payload, order_id)
 VALUES (%(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s)
 RETURNING outbox_id"""
-
-OPEN_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED")
-CANCEL_REQUESTED = "CANCEL_REQUESTED"    # a cancel's receipt: asked of the engine, not done
-
 
 class OrderRefused(Exception):
     """A request the OMS will not act on: ``status`` is the HTTP status to answer,

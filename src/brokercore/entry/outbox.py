@@ -137,7 +137,7 @@ class OutboxPublisher:
                     f"SELECT {_COLUMNS} FROM outbox b WHERE b.published_at IS NULL AND "
                     "b.outbox_id > %s AND b.created_at < now() - %s ORDER BY b.outbox_id "
                     "LIMIT %s", (after, self.sweep_after, batch))
-            except Exception as e:              # noqa: BLE001 - a sweep never dies
+            except Exception as e:              # a sweep never dies
                 if not transient(e):
                     log.exception("outbox sweep failed")
                 await backoff.pause(e)

@@ -30,7 +30,7 @@ import msgspec
 from psycopg import AsyncConnection
 
 from brokercore.read.candles import LAST_PRICE_SQL
-from brokercore.realtime.channels import rupees
+from brokercore.broker.money import rupees
 
 __all__ = ["Alert", "TradePrice", "AlertChange", "Fire", "side_of", "cross", "apply_trades",
            "AlertRequest", "AlertBody", "MAX_ALERTS_PER_USER", "CREATE_SQL", "LIST_SQL",
@@ -51,7 +51,7 @@ class Alert:
 
 @dataclass(frozen=True)
 class TradePrice:
-    trade_id: str           # brokercore.consumers.settlement.trade_id
+    trade_id: str           # brokercore.broker.orders.trade_id
     symbol: str
     price: int              # paise
     time: datetime

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from brokercore.realtime.channels import BookUpdate, Candle, Level, rupees
+from brokercore.broker.money import rupees
+from brokercore.realtime.channels import BookUpdate, Candle, Level
 
 __all__ = ["DEPTH_SQL", "LAST_PRICE_SQL", "CANDLES_SQL", "INTERVALS", "DEPTH_LEVELS",
            "book_update", "candles"]

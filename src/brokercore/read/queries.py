@@ -12,7 +12,7 @@ services/query maps HTTP onto these functions, which each take an open
 
 The projector stores an order's fills (JSONB ``read_model.orders.fills``) as they are
 answered, ``[{tradeId, price (rupees), quantity, time (ISO 8601)}]``; the fallback builds
-the same from ``fills``. Bodies: camelCase, money as rupee strings (``streams.rupees``),
+the same from ``fills``. Bodies: camelCase, money as rupee strings (``money.rupees``),
 times ISO 8601 UTC.
 """
 
@@ -26,11 +26,18 @@ from typing import Annotated, Any, Literal
 import msgspec
 from psycopg import AsyncConnection, sql
 
+from brokercore.broker.money import rupees
+from brokercore.broker.orders import OPEN_STATUSES
 from brokercore.read.candles import (
-    CANDLES_SQL, DEPTH_LEVELS, DEPTH_SQL, INTERVALS, LAST_PRICE_SQL, book_update, candles,
+    CANDLES_SQL,
+    DEPTH_LEVELS,
+    DEPTH_SQL,
+    INTERVALS,
+    LAST_PRICE_SQL,
+    book_update,
+    candles,
 )
-from brokercore.entry.order_entry import OPEN_STATUSES
-from brokercore.realtime.channels import BookUpdate, Candle, rupees
+from brokercore.realtime.channels import BookUpdate, Candle
 
 __all__ = ["ORDER_STATUSES", "MAX_PAGE_SIZE", "OrdersQuery", "HistoryQuery", "CandlesQuery",
            "Order", "OrderWithFills", "Fill", "OrderPage", "Pagination", "OrderEvent",

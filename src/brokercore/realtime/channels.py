@@ -20,14 +20,11 @@ times ISO 8601 UTC. Every key and channel name starts with the deployment's pref
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import msgspec
 
 __all__ = ["OrderUpdate", "Notification", "TradeTick", "Level", "BookUpdate", "Candle",
            "user_channel", "trades_channel", "book_channel", "md_key", "online_key",
-           "projected_key", "rupees",
-           "encode_message", "decode_message"]
+           "projected_key", "encode_message", "decode_message"]
 
 
 class OrderUpdate(msgspec.Struct, tag_field="type", tag="ORDER_UPDATE", rename="camel",
@@ -122,19 +119,6 @@ def projected_key(prefix: str, topic: str) -> str:
     """partition -> the next offset of ``topic`` whose messages the projector has
     published (a hash)."""
     return f"{prefix}projected:{topic}"
-
-
-_CENT, _BASIS_POINT = Decimal("0.01"), Decimal("0.0001")
-
-
-def rupees(paise: int | Decimal | None) -> str | None:
-    """Paise as a rupee string with two decimals (four for a fractional average). Zero
-    is "0.00" whatever its sign: a short position's zero P&L is a negative zero."""
-    if paise is None:
-        return None
-    value = Decimal(paise).scaleb(-2)
-    value = value.quantize(_CENT if value == value.quantize(_CENT) else _BASIS_POINT)
-    return f"{value.copy_abs() if value.is_zero() else value:f}"
 
 
 encode_message = msgspec.json.Encoder().encode

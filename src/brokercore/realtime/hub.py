@@ -8,7 +8,7 @@ SUBSCRIBE and UNSUBSCRIBE go out in the order they were asked for, and a sink on
 starts receiving once Redis has confirmed the SUBSCRIBE that serves it, so whoever
 acknowledges a subscription to a client can do so before its first message.
 
-The Hub also keeps this instance in the online registry (streams.online_key) of every
+The Hub also keeps this instance in the online registry (channels.online_key) of every
 user with a socket here, scored by when the registration lapses, refreshed every
 heartbeat. If the pub/sub connection breaks, messages published meanwhile are lost; the
 Hub then calls ``on_interrupt`` (the gateway closes every socket, so that clients
@@ -44,7 +44,7 @@ CONFIRM_TIMEOUT = 10.0
 """Seconds a SUBSCRIBE may take to be confirmed before the subscriber gives up."""
 
 
-# --- frames the gateway sends besides the streams.py messages it forwards --------------------
+# --- frames the gateway sends besides the channels' messages it forwards --------------------
 
 class Welcome(msgspec.Struct, tag_field="type", tag="WELCOME", rename="camel"):
     """The first frame: the socket is registered and subscribed to the user's channel."""
@@ -334,7 +334,7 @@ class Hub:
                 continue
             except (redis.RedisError, OSError) as e:
                 log.warning("redis pub/sub failed (%s); closing this instance's sockets", e)
-            except Exception:               # noqa: BLE001 - the reader must not die
+            except Exception:               # the reader must not die
                 log.exception("the pub/sub reader failed; closing this instance's sockets")
             self._interrupted()
             await asyncio.sleep(1.0)
@@ -348,7 +348,7 @@ class Hub:
                 for sink in list(entry.sinks):
                     try:
                         sink(text)
-                    except Exception:       # noqa: BLE001 - one socket must not stop all
+                    except Exception:       # one socket must not stop all
                         log.exception("delivering on %s failed", channel)
         elif kind == "subscribe":
             sent = self._sent.get(channel)

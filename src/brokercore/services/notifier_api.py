@@ -27,7 +27,8 @@ from brokercore.notify.alerts import (
 )
 from brokercore.entry.requests import FieldError
 from brokercore.config import ServiceSettings
-from brokercore.broker.market import load_market, to_paise
+from brokercore.broker.market import load_market
+from brokercore.broker.money import to_paise
 from brokercore.notify.notifier import (
     DeviceRequest, Preferences, add_device, load_preferences, remove_device,
     store_preferences,

@@ -1,0 +1,48 @@
+"""Orders as the broker tracks them: their statuses, how an engine event ends one, and
+the ids and times settlement, the projector, the notifier and the reconciler must all
+derive the same way from the engine's events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Protocol
+
+from brokercore.engine.records import EventType
+
+__all__ = ["OPEN_STATUSES", "CANCEL_REQUESTED", "END_STATUS", "TradeEvent", "trade_id",
+           "event_time"]
+
+OPEN_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED")
+"""The statuses of an order that can still trade (and hold cash or shares)."""
+
+CANCEL_REQUESTED = "CANCEL_REQUESTED"    # a cancel's receipt: asked of the engine, not done
+
+END_STATUS: Mapping[EventType, str] = MappingProxyType({
+    EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
+    EventType.REJECTED: "REJECTED"})
+"""The status an order ends with on each event that can end it without a fill (a REJECTED
+ends only a new order, and only the first time: see its readers)."""
+
+
+class TradeEvent(Protocol):
+    """What names a trade: an engine TRADE event (``brokercore.kafka.messages.Event``)."""
+
+    @property
+    def symbol(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+
+def trade_id(event: TradeEvent) -> str:
+    """A trade's id: its symbol and the book's sequence number, unique per symbol."""
+    return f"{event.symbol}:{event.seq}"
+
+
+def event_time(ns: int) -> datetime:
+    """An event's ``ts`` (ns since the epoch, set by the command's producer)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
