@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test unit lint crash chaos up down up-cycles build bench bench-services kafka postgres redis clean
+.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
@@ -14,7 +14,7 @@ test: lint kafka postgres redis  ## install what the tests need, build, lint, st
 	$(PY) -m pytest
 
 unit: build  ## the fast lane: the tests that need no server (engine, ring, shard, codec, domain, auth)
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit tests/benchmarks
 
 lint: build  ## ruff (lint and format), mypy --strict, the import layers (import-linter)
 	$(VENV)/bin/ruff check .
@@ -28,11 +28,14 @@ crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons, 3 
 chaos: build  ## the full chaos profile: 3 rounds of restarting each server and kill -9 of each service under load (private servers)
 	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/integration/test_chaos.py
 
-up: build  ## the whole stack on loopback (servers, engine daemons, APIs, consumers), always-open calendar; waits until each is ready, prints URLs and a token
+up: build  ## the whole stack on loopback (servers; engine daemons, APIs, consumers under supervisord, which restarts one that dies), always-open calendar; waits until each is ready, prints URLs and a token
 	scripts/stack/stack.sh up
 
-down:  ## stop everything `make up` started
+down:  ## stop everything `make up` started: its processes, their supervisord, the servers
 	scripts/stack/stack.sh down
+
+status:  ## each process of `make up` with its supervisord state and whether it is ready, and the servers; exit 1 unless all are
+	scripts/stack/stack.sh status
 
 up-cycles: build  ## five fresh-state `make up`/`make down` cycles on private ports, each with every component up and a trade on each shard
 	BROKERCORE_STACK_CYCLES=5 $(PY) -m pytest -x -q tests/integration/test_stack.py
@@ -50,6 +53,17 @@ bench: build  ## every benchmark, engine with a longer profile (more runs, more 
 	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000
 	$(PY) benchmarks/bench_ring.py
 	$(PY) benchmarks/bench_shard.py
+
+# The hot paths as pytest-benchmark tests (tests/benchmarks), timed; results in .benchmarks/.
+BENCH_PYTEST := $(PY) -m pytest tests/benchmarks -q --benchmark-only --benchmark-enable \
+	--benchmark-disable-gc --benchmark-group-by=func --benchmark-columns=min,median,max,stddev,ops,rounds
+
+bench-save: build  ## time the hot paths (tests/benchmarks) and save them as the baseline
+	$(BENCH_PYTEST) --benchmark-save=baseline
+
+# The fastest round is compared: on a shared machine it is the one least disturbed by the rest.
+bench-compare: build  ## time the hot paths again; fails where one is 10% slower than the last saved baseline
+	$(BENCH_PYTEST) --benchmark-compare --benchmark-compare-fail=min:10%
 
 bench-services: build kafka postgres redis  ## the platform's benchmarks on the local servers
 	$(PY) benchmarks/bench_kafka.py --runs 3
