@@ -11,8 +11,8 @@ and errors as ``{"error": {"code", "message", "fields"?}}`` with no stack trace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Awaitable
 from decimal import Decimal
 
 from starlette.applications import Starlette
@@ -20,20 +20,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from brokercore.broker.market import load_market
+from brokercore.broker.risk import FeeSchedule, RejectCode
+from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused, Refusal
+from brokercore.entry.outbox import OutboxPublisher
 from brokercore.entry.requests import OrderAccepted, PlaceOrderRequest, encode_json
 from brokercore.read.cache import UserCache
-from brokercore.config import KafkaSettings, ServiceSettings
-from brokercore.broker.market import load_market
-from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused
-from brokercore.entry.outbox import OutboxPublisher
-from brokercore.broker.risk import FeeSchedule
-from brokercore.services.http import ApiError, LimitedApi, api_app, decode_body, guarded
+from brokercore.services.http import ApiError, LimitedApi, decode_body, guarded, service_app
 
 log = logging.getLogger("brokercore.oms")
 
 
 class Oms(LimitedApi):
-    """The pieces one API process holds, made at start-up and closed at shutdown."""
+    """The pieces one API process holds, made at start-up and closed at shutdown, and
+    its two background jobs: the idempotency keys' cleanup and the outbox's sweep."""
 
     def __init__(self, settings: ServiceSettings, kafka: KafkaSettings):
         super().__init__(settings, "ratelimit:", settings.rate_limit_burst,
@@ -44,8 +45,16 @@ class Oms(LimitedApi):
                                                  settings.fee_fixed_paise))
         self.publisher = OutboxPublisher(self.pool, kafka.bootstrap)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
+        self._jobs: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        await super().open()
+        self._jobs = [asyncio.create_task(expire_keys(self)),
+                      asyncio.create_task(self.publisher.run())]
 
     async def close(self) -> None:
+        for job in self._jobs:
+            job.cancel()
         await self.publisher.aclose()
         await super().close()
 
@@ -65,12 +74,21 @@ def accepted(receipt: OrderReceipt) -> Response:
     return Response(encode_json(body), 202, media_type="application/json")
 
 
-async def entry(call):
+_REFUSAL_STATUS = {Refusal.NO_ACCOUNT: 403, Refusal.IDEMPOTENCY_KEY_REUSED: 422,
+                   Refusal.ORDER_NOT_FOUND: 404, Refusal.ORDER_NOT_OPEN: 409}
+
+
+def refusal_status(reason: Refusal | RejectCode) -> int:
+    """The HTTP status of a refusal: a risk check's (a ``RejectCode``) is always 422."""
+    return 422 if isinstance(reason, RejectCode) else _REFUSAL_STATUS[reason]
+
+
+async def entry(call: Awaitable[OrderReceipt]) -> OrderReceipt:
     """The order entry's answer; a refusal (nothing stored) as an API error."""
     try:
         return await call
     except OrderRefused as e:
-        raise ApiError(e.status, e.code, e.message) from None
+        raise ApiError(refusal_status(e.reason), e.reason.value, e.message) from None
 
 
 @guarded
@@ -97,24 +115,9 @@ def create_app(settings: ServiceSettings | None = None,
                kafka: KafkaSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
     kafka = kafka or KafkaSettings.from_env()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        oms = Oms(settings, kafka)
-        await oms.open()
-        app.state.oms = oms
-        cleanup = asyncio.create_task(expire_keys(oms))
-        sweep = asyncio.create_task(oms.publisher.run())
-        try:
-            yield
-        finally:
-            cleanup.cancel()
-            sweep.cancel()
-            await oms.close()
-
-    return api_app([Route("/api/v1/orders", place_order, methods=["POST"]),
-                    Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"])],
-                   lifespan)
+    return service_app("oms", lambda: Oms(settings, kafka), [
+        Route("/api/v1/orders", place_order, methods=["POST"]),
+        Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"])])
 
 
 async def expire_keys(oms: Oms, every: float = 3600.0) -> None:
@@ -122,6 +125,6 @@ async def expire_keys(oms: Oms, every: float = 3600.0) -> None:
     while True:
         try:
             await oms.entry.expire_idempotency_keys()
-        except Exception:                   # noqa: BLE001 - retried next round
+        except Exception:
             log.exception("expiring idempotency keys failed")
         await asyncio.sleep(every)

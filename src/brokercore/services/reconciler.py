@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
-import sys
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -48,6 +48,7 @@ from brokercore.notify.redelivery import (
     redeliver_dead_letters,
     redelivery_group_id,
 )
+from brokercore.services.consumer import Run, asyncio_stop, run_consumer
 
 log = logging.getLogger("brokercore.reconciler")
 
@@ -157,7 +158,7 @@ def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:
     return 1 if findings or broken else 0
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brokercore service reconciler", description=__doc__)
     parser.add_argument("--every", type=float, default=30.0, help="seconds between rounds")
     parser.add_argument("--older-than", type=float, default=60.0,
@@ -169,28 +170,32 @@ def main(argv=None) -> None:
                         help="retry the dead-lettered pushes (every "
                              "BROKERCORE_DEAD_LETTER_RETRY_INTERVAL seconds)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # not a line per push
-    if args.report:
-        sys.exit(report(ServiceSettings.from_env(), KafkaSettings.from_env()))
 
-    async def run():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+    async def notifications(settings: ServiceSettings, kafka: KafkaSettings,
+                            stop: threading.Event) -> Redelivery:
+        async with asyncio_stop(stop) as stopped:
+            return await retry_notifications(settings, kafka, args.once, stopped)
+
+    async def outbox(settings: ServiceSettings, kafka: KafkaSettings,
+                     stop: threading.Event) -> int:
+        async with asyncio_stop(stop) as stopped:
+            return await republish(settings, kafka, args.every, args.older_than, args.once,
+                                   stopped)
+
+    def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> int:
+        if args.report:
+            return report(settings, kafka)
         if args.notifications:
-            return await retry_notifications(ServiceSettings.from_env(),
-                                             KafkaSettings.from_env(), args.once, stop)
-        return await republish(ServiceSettings.from_env(), KafkaSettings.from_env(),
-                               args.every, args.older_than, args.once, stop)
+            done = asyncio.run(notifications(settings, kafka, stop))
+            print(f"dead-lettered pushes: {done.delivered} delivered, {done.failed} failed "
+                  f"again, {done.unreadable} unreadable")
+        else:
+            print(f"re-published {asyncio.run(outbox(settings, kafka, stop))} outbox rows")
+        return 0
 
-    if args.notifications:
-        try:
-            done = asyncio.run(run())
-        except ValueError as e:             # settings: no push URL, a bad variable
-            parser.error(str(e))
-        print(f"dead-lettered pushes: {done.delivered} delivered, {done.failed} failed "
-              f"again, {done.unreadable} unreadable")
-    else:
-        print(f"re-published {asyncio.run(run())} outbox rows")
+    def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
+        if args.notifications and not settings.push_url:
+            raise ValueError("BROKERCORE_PUSH_URL is not set: there is nowhere to push to")
+        return run
+    return run_consumer("reconciler", prepare)
