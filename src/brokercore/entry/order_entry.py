@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 
 import msgspec
 from psycopg_pool import AsyncConnectionPool
@@ -30,6 +31,7 @@ from brokercore.broker.risk import (
     Hold,
     OrderRequest,
     OrderType,
+    RejectCode,
     RiskRejection,
     check_order,
 )
@@ -40,7 +42,7 @@ from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import CancelOrder, NewOrder, encode
 from brokercore.kafka.topics import partition_of
 
-__all__ = ["OrderEntry", "OrderReceipt", "OrderRefused"]
+__all__ = ["OrderEntry", "OrderReceipt", "OrderRefused", "Refusal"]
 
 # What the checks need, read by one function call (0004_invariants.sql) that takes the
 # account's row lock first and reads the position and the idempotency key after it: a
@@ -74,14 +76,23 @@ INSERT INTO outbox (topic, partition, key, payload, order_id)
 VALUES (%(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s)
 RETURNING outbox_id"""
 
-class OrderRefused(Exception):
-    """A request the OMS will not act on: ``status`` is the HTTP status to answer,
-    ``code`` the stable API code, the message is for people. Nothing was stored."""
+class Refusal(StrEnum):
+    """Why the OMS refuses a request before any check of the order itself (those refuse
+    with a ``RejectCode``). Values are API codes: never rename one."""
 
-    def __init__(self, status: int, code: str, message: str):
+    NO_ACCOUNT = "NO_ACCOUNT"                           # the user has no trading account
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"   # the key names another order
+    ORDER_NOT_FOUND = "ORDER_NOT_FOUND"                 # none of this user's orders
+    ORDER_NOT_OPEN = "ORDER_NOT_OPEN"                   # finished: nothing to cancel
+
+
+class OrderRefused(Exception):
+    """A request the OMS will not act on: ``reason`` says why (its value is the stable
+    API code), the message is for people. Nothing was stored."""
+
+    def __init__(self, reason: Refusal | RejectCode, message: str):
         super().__init__(message)
-        self.status = status
-        self.code = code
+        self.reason = reason
         self.message = message
 
 
@@ -125,14 +136,14 @@ class OrderEntry:
             state = await (await conn.execute(_READ_STATE, (
                 user_id, request.symbol, request.idempotency_key))).fetchone()
             if state is None:
-                raise OrderRefused(403, "NO_ACCOUNT", "this user has no trading account")
+                raise OrderRefused(Refusal.NO_ACCOUNT, "this user has no trading account")
             (account_id, cash, blocked_cash, allow_short, shares, order_id,
              key_order, key_hash, key_expires, key_status, key_updated,
              unpublished_id, unpublished_payload) = state
             if key_order is not None:
                 if key_expires > now:
                     if key_hash != fingerprint:
-                        raise OrderRefused(422, "IDEMPOTENCY_KEY_REUSED",
+                        raise OrderRefused(Refusal.IDEMPOTENCY_KEY_REUSED,
                                            "this idempotency key was used for a different "
                                            "order")
                     return OrderReceipt(key_order, key_status, key_updated, None if (
@@ -149,7 +160,7 @@ class OrderEntry:
                                AccountState(cash - blocked_cash, shares or 0, allow_short),
                                fees=self.fees, protection_percent=self.protection_percent)
             if isinstance(hold, RiskRejection):
-                raise OrderRefused(422, hold.code.value, hold.message)
+                raise OrderRefused(hold.code, hold.message)
             limit_ticks = instrument.to_ticks(request.price) if request.price is not None \
                 else None
             price, market = _engine_price(limit_ticks, hold, instrument)
@@ -210,10 +221,10 @@ class OrderEntry:
                 "WHERE o.order_id = %s AND a.user_id = %s FOR UPDATE OF o",
                 (order_id, user_id))).fetchone()
             if row is None:                 # another user's order looks the same
-                raise OrderRefused(404, "ORDER_NOT_FOUND", f"no order {order_id}")
+                raise OrderRefused(Refusal.ORDER_NOT_FOUND, f"no order {order_id}")
             account_id, symbol, status, filled = row
             if status not in OPEN_STATUSES:
-                raise OrderRefused(409, "ORDER_NOT_OPEN",
+                raise OrderRefused(Refusal.ORDER_NOT_OPEN,
                                    f"order {order_id} is {status} and cannot be cancelled")
             await conn.execute(
                 "INSERT INTO order_events (order_id, account_id, status, filled_quantity, "
