@@ -66,13 +66,14 @@ from brokercore.realtime.channels import (
     user_channel,
 )
 
-__all__ = ["ProjectorConsumer", "ProjectorStats", "Push", "run_projector"]
+__all__ = ["ProjectorConsumer", "ProjectorStats", "Publication", "run_projector"]
 
 log = logging.getLogger("brokercore.consumers.projector")
 
+
 @dataclass
-class Push:
-    """What a committed batch sends to Redis."""
+class Publication:
+    """What a committed batch publishes on Redis (and the caches it invalidates there)."""
 
     users: set[str] = field(default_factory=set)                    # caches to invalidate
     updates: list[tuple[str, OrderUpdate]] = field(default_factory=list)
@@ -91,7 +92,7 @@ class ProjectorStats:
     events: int = 0
     updates: int = 0            # ORDER_UPDATEs (read_model.order_updates rows)
     trades: int = 0
-    push: Push | None = field(default=None, repr=False, compare=False)
+    push: Publication | None = field(default=None, repr=False, compare=False)
 
     def __add__(self, other: ProjectorStats) -> ProjectorStats:
         return ProjectorStats(*(getattr(self, f.name) + getattr(other, f.name)
@@ -168,7 +169,7 @@ class _Batch:
     symbols: set[str] = field(default_factory=set)          # whose market data changed
     trades: list[tuple] = field(default_factory=list)
     updates: list[tuple[_Order, OrderUpdate]] = field(default_factory=list)  # seq 0 yet
-    push: Push = field(default_factory=Push)
+    push: Publication = field(default_factory=Publication)
     # per symbol, the orders its command in progress changed (and its Kafka timestamp)
     commands: dict[str, dict[int, tuple[_Order, int]]] = field(default_factory=dict)
 
@@ -238,7 +239,7 @@ class ProjectorConsumer:
                 stats.updates, stats.trades = len(batch.updates), len(batch.trades)
                 stats.push = batch.push
             if offsets:
-                stats.push = stats.push or Push()
+                stats.push = stats.push or Publication()
                 stats.push.offsets = offsets
             store_offsets(conn, self.consumer, self.topic, offsets)
         return stats
@@ -247,7 +248,7 @@ class ProjectorConsumer:
         """Invalidate the changed users' caches, then publish the batch's messages, store
         the new books and, last, the offsets projected (one pipeline). Errors are
         logged, never raised."""
-        push = stats.push or Push()
+        push = stats.push or Publication()
         self.invalidate(push.users)
         self.pending_books.update(push.books)
         if not (push.updates or push.ticks or self.pending_books or push.offsets):
