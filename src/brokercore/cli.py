@@ -10,10 +10,11 @@ import sys
 
 from brokercore import __version__
 from brokercore.config import EngineOptions, KafkaSettings
+from brokercore.engine.instruments import Instrument, load_instruments
+from brokercore.runtime._ringbuffer import WaitStrategy
 from brokercore.runtime.driver import drive, print_progress
 from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
-from brokercore.runtime.shard import Instrument, Shard, load_instruments
-from brokercore.runtime._ringbuffer import WaitStrategy
+from brokercore.runtime.shard import Shard
 
 _WAITS = {"busy-spin": WaitStrategy.BUSY_SPIN, "yield": WaitStrategy.YIELD,
           "blocking": WaitStrategy.BLOCKING}

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import textwrap
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import get_args
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from brokercore.broker.market import MarketInstrument, Session, instruments_by_id, load_market
+from brokercore.engine.instruments import Instrument, StpName, load_instruments
 from brokercore.engine.records import INT64_MAX, Stp
-from brokercore.engine.instruments import Instrument, load_instruments
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "instruments.toml"
 IST = ZoneInfo("Asia/Kolkata")
@@ -351,3 +354,34 @@ def test_loader_refuses_duplicates_and_bad_toml(tmp_path):
         load_market(write(tmp_path, SESSION + ABC + ABC.replace('"ABC"', '"DEF"')))
     with pytest.raises(ValueError, match="not valid TOML"):
         load_market(write(tmp_path, "[[instrument]\n"))
+
+
+@pytest.mark.parametrize("text, message", [
+    (SESSION + ABC.replace("lot_size = 5", "lot_size = 5\nenable = false"),
+     r"instrument ABC \(#1\): unknown key\(s\) enable"),
+    (SESSION + ABC + ABC.replace('"ABC"', '"DEF"'),
+     r"instrument DEF \(#2\): id 1 is already used by ABC"),
+    (SESSION.replace('open = "09:15"', 'open = "9.15am"') + ABC,
+     r"\[session\]: session.open: must be a local time"),
+    ("[sessions]\n", r"instruments.toml: unknown key\(s\) sessions"),
+    ("instrument = [1]\n", r"instrument #1: must be a table, not 1"),
+])
+def test_the_engine_and_the_broker_refuse_a_file_alike(tmp_path, text, message):
+    path = write(tmp_path, text)
+    for load in (load_market, load_instruments):
+        with pytest.raises(ValueError, match=message):
+            load(path)
+
+
+def test_stp_names_are_the_modes_but_default():
+    assert set(get_args(StpName)) == {mode.name for mode in Stp} - {"DEFAULT"}
+
+
+def test_the_market_loads_without_the_shard_runtime():
+    """The broker's reference data needs neither the matcher nor the rings."""
+    code = ("import sys; from brokercore.broker.market import load_market; "
+            f"load_market({str(CONFIG)!r}); "
+            "print(sorted(m for m in sys.modules if m.startswith('brokercore.runtime')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.strip() == "[]"

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brokercore import EVENT_DTYPE, EventType, OrderBook, Reason
+from brokercore.engine.instruments import Instrument, load_instruments
+from brokercore.engine.records import MarkKind
 from brokercore.runtime._ringbuffer import WaitStrategy
 from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
-from brokercore.engine.records import MarkKind
-from brokercore.runtime.shard import Instrument, Shard, load_instruments
+from brokercore.runtime.shard import Shard
 from support import event_tuples, order_tuples
 
 SYMBOLS = (1, 2, 5)
@@ -155,7 +156,7 @@ def test_instruments_load_from_a_toml_file(tmp_path):
     assert (acme.symbol, book.symbol, book.low, book.high, book.lot_size, book.stp.name) == (
         "ACME", 7, 900, 1100, 10, "DECREMENT")
     path.write_text('[[instrument]]\nsymbol = "ACME"\nlow = 900\nhigh = 1100\n')
-    with pytest.raises(ValueError, match="instrument #1"):
+    with pytest.raises(ValueError, match=r"instrument ACME \(#1\): id: missing"):
         load_instruments(path)
 
 
@@ -202,7 +203,7 @@ def test_marks_tell_which_events_belong_to_which_commands_and_where_snapshots_fa
     events.append(shard.poll_events(timeout=1))
     shard.join(timeout=30)
     events = np.concatenate(events)
-    kinds, applied, published = zip(*marks)
+    kinds, applied, published = zip(*marks, strict=True)
     assert applied[-1] == len(commands) and published[-1] == len(events)
     assert list(applied) == sorted(applied) and list(published) == sorted(published)
     for kind, n_commands, n_events in marks:

@@ -2,9 +2,9 @@
 
 The engine knows only integer ticks and share quantities; a broker also needs the tick
 size in rupees, the circuit limits as prices, an order-size limit, whether a symbol is
-halted and when its market is open. ``load_market`` reads all of that from the same TOML
-file the engine's ``load_instruments`` reads (that one ignores the extra keys), so the
-two can never disagree about ids, bands or lot sizes.
+halted and when its market is open. ``load_market`` builds all of that from the
+instruments file as ``brokercore.engine.instruments`` decodes it for the engine too, so
+the two can never disagree about ids, bands or lot sizes.
 
 Money is ``Decimal`` in rupees at the edge and ``int`` paise inside; no floats.
 """
@@ -12,18 +12,22 @@ Money is ``Decimal`` in rupees at the edge and ``int`` paise inside; no floats.
 from __future__ import annotations
 
 import os
-import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from brokercore.broker.money import exact_ratio, to_paise
 from brokercore.config import CALENDARS
+from brokercore.engine.instruments import (
+    Instrument,
+    InstrumentTable,
+    SessionTable,
+    instrument_place,
+    read_instruments,
+)
 from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, Stp
-from brokercore.runtime.shard import Instrument
 
 __all__ = ["AlwaysOpen", "MarketInstrument", "Session", "load_market", "instruments_by_id"]
 
@@ -230,142 +234,67 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# --- TOML ---------------------------------------------------------------------------
-
-_SESSION_KEYS = {"timezone", "open", "close", "weekdays", "holidays"}
-_INSTRUMENT_KEYS = {"symbol", "id", "low", "high", "lot_size", "stp", "session_orders",
-                    "tick_size", "max_order_qty", "enabled", "session"}
-
+# --- the instruments file --------------------------------------------------------------
 
 class _Invalid(ValueError):
     """A bad value; the caller prefixes where it is."""
 
 
-def _require_int(table: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    if key not in table:
-        if default is None:
-            raise _Invalid(f"{key}: missing")
-        return default
-    value = table[key]
-    if not _is_int(value):
-        raise _Invalid(f"{key}: must be an integer, not {value!r}")
-    return value
-
-
-def _parse_time(key: str, value: object) -> time:
-    if isinstance(value, time):
-        return value
-    if isinstance(value, str):
-        try:
-            return time.fromisoformat(value)
-        except ValueError:
-            pass
-    raise _Invalid(f"session.{key}: must be a local time such as \"09:15\", not {value!r}")
-
-
-def _parse_date(value: object) -> date:
-    if type(value) is date:
-        return value
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise _Invalid(f"session.holidays: {value!r} is not a date such as \"2026-01-26\"")
-
-
-def _session(table: Mapping[str, Any]) -> Session:
-    unknown = set(table) - _SESSION_KEYS
-    if unknown:
-        raise _Invalid(f"session: unknown key(s) {', '.join(sorted(unknown))}")
-    for key in ("timezone", "open", "close"):
-        if key not in table:
-            raise _Invalid(f"session.{key}: missing")
-    if not isinstance(table["timezone"], str):
-        raise _Invalid(f"session.timezone: must be a string, not {table['timezone']!r}")
-    weekdays = table.get("weekdays", [1, 2, 3, 4, 5])
-    holidays = table.get("holidays", [])
-    if not isinstance(weekdays, list) or not all(_is_int(d) for d in weekdays):
-        raise _Invalid(f"session.weekdays: must be an array of ISO weekdays 1..7 "
-                       f"(1 = Monday), not {weekdays!r}")
-    if not isinstance(holidays, list):
-        raise _Invalid(f"session.holidays: must be an array of dates, not {holidays!r}")
+def _session(table: SessionTable) -> Session:
+    timezone, opens, closes = table.timezone, table.open, table.close
+    if timezone is None or opens is None or closes is None:
+        missing = "timezone" if timezone is None else "open" if opens is None else "close"
+        raise _Invalid(f"session.{missing}: missing")
+    weekdays = Session.weekdays if table.weekdays is None else frozenset(table.weekdays)
     try:
-        return Session(timezone=table["timezone"], open=_parse_time("open", table["open"]),
-                       close=_parse_time("close", table["close"]), weekdays=frozenset(weekdays),
-                       holidays=frozenset(_parse_date(d) for d in holidays))
-    except _Invalid:
-        raise
+        return Session(timezone=timezone, open=opens, close=closes, weekdays=weekdays,
+                       holidays=frozenset(table.holidays or ()))
     except ValueError as e:
         raise _Invalid(f"session: {e}") from None
 
 
-def _tick_size(table: Mapping[str, Any]) -> Decimal:
-    if "tick_size" not in table:
+def _tick_size(value: str | int | None) -> Decimal:
+    if value is None:
         raise _Invalid("tick_size: missing")
-    value = table["tick_size"]
-    if isinstance(value, str):
-        try:
-            tick = Decimal(value)
-        except InvalidOperation:
-            raise _Invalid(f"tick_size: {value!r} is not a decimal number") from None
-        if tick.is_finite():
-            return tick
-    if _is_int(value):
-        return Decimal(value)
-    raise _Invalid(f"tick_size: must be a decimal string such as \"0.05\" (not a float), "
-                   f"not {value!r}")
-
-
-def _instrument(table: Mapping[str, Any], default_session: Mapping[str, Any] | None
-                ) -> MarketInstrument:
-    unknown = set(table) - _INSTRUMENT_KEYS
-    if unknown:
-        raise _Invalid(f"unknown key(s) {', '.join(sorted(unknown))}")
-    symbol = table.get("symbol")
-    if not isinstance(symbol, str) or not symbol:
-        raise _Invalid(f"symbol: must be a non-empty string, not {symbol!r}")
-    tick = _tick_size(table)
-    low, high = _require_int(table, "low"), _require_int(table, "high")
-    if low < 1:
-        raise _Invalid(f"low: must be at least 1 tick, not {low}")
-    if high < low:
-        raise _Invalid(f"high: must be at least low ({low} ticks), not {high}")
-    enabled = table.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise _Invalid(f"enabled: must be true or false, not {enabled!r}")
-    stp_name = table.get("stp", "CANCEL_NEWEST")
-    if stp_name not in Stp.__members__ or stp_name == "DEFAULT":
-        raise _Invalid(f"stp: must be one of NONE, CANCEL_NEWEST, CANCEL_OLDEST, "
-                       f"CANCEL_BOTH, DECREMENT, not {stp_name!r}")
-    override = table.get("session", {})
-    if not isinstance(override, dict):
-        raise _Invalid("session: must be a table")
-    if default_session is None and not override:
-        raise _Invalid("session: no [session] table at the top level or in the instrument")
-    session = _session({**(default_session or {}), **override})
-    fields = dict(symbol=symbol, symbol_id=_require_int(table, "id"), tick_size=tick,
-                  lot_size=_require_int(table, "lot_size", 1),
-                  band_low=tick * low, band_high=tick * high,
-                  max_order_qty=_require_int(table, "max_order_qty"), session=session,
-                  enabled=enabled, session_orders=_require_int(table, "session_orders", 0),
-                  stp=Stp[stp_name])
     try:
-        return MarketInstrument(**fields)
+        tick = Decimal(value)
+    except InvalidOperation:
+        raise _Invalid(f"tick_size: {value!r} is not a decimal number") from None
+    if not tick.is_finite():
+        raise _Invalid(f"tick_size: must be a decimal string such as \"0.05\" (not a float), "
+                       f"not {value!r}")
+    return tick
+
+
+def _instrument(table: InstrumentTable, default_session: SessionTable | None
+                ) -> MarketInstrument:
+    tick = _tick_size(table.tick_size)
+    if table.max_order_qty is None:
+        raise _Invalid("max_order_qty: missing")
+    session = table.session.over(default_session) if table.session else default_session
+    if session is None:
+        raise _Invalid("session: no [session] table at the top level or in the instrument")
+    try:
+        return MarketInstrument(
+            symbol=table.symbol, symbol_id=table.id, tick_size=tick, lot_size=table.lot_size,
+            band_low=tick * table.low, band_high=tick * table.high,
+            max_order_qty=table.max_order_qty, session=_session(session),
+            enabled=table.enabled, session_orders=table.session_orders, stp=Stp[table.stp])
+    except _Invalid:
+        raise
     except ValueError as e:
         raise _Invalid(str(e)) from None
 
 
-def load_market(path: str | os.PathLike, calendar: str = "exchange"
+def load_market(path: str | os.PathLike[str], calendar: str = "exchange"
                 ) -> dict[str, MarketInstrument]:
-    """The instruments of a TOML file by symbol, every key validated.
+    """The instruments of the file by symbol, every key validated.
 
-    The file is the engine's (``[[instrument]]`` tables with symbol, id, low, high in
-    ticks, lot_size, stp, session_orders) plus, per instrument, tick_size (a decimal
-    string), max_order_qty and enabled (default true), and a top-level ``[session]``
-    table (timezone, open, close, weekdays, holidays) that an instrument's own
-    ``session`` table overrides key by key. Unknown keys are errors, so a misspelt
-    ``enabled`` cannot silently leave a symbol trading.
+    ``read_instruments`` (brokercore.engine.instruments) decodes the file: the engine's
+    keys plus, per instrument, tick_size (a decimal string), max_order_qty and enabled
+    (default true), and a top-level ``[session]`` table (timezone, open, close, weekdays,
+    holidays) that an instrument's own ``session`` table overrides key by key. Here the
+    prices, limits and sessions are checked, so a file that loads makes a working market.
 
     ``calendar`` is one of ``brokercore.config.CALENDARS``: ``exchange`` keeps the
     file's sessions; ``always-open`` gives every instrument an ``AlwaysOpen`` session in
@@ -373,40 +302,21 @@ def load_market(path: str | os.PathLike, calendar: str = "exchange"
     """
     if calendar not in CALENDARS:
         raise ValueError(f"unknown calendar {calendar!r}: one of {', '.join(CALENDARS)}")
-    with open(path, "rb") as f:
+    file = read_instruments(path)
+    if file.session is not None:
         try:
-            document = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: not valid TOML: {e}") from None
-    default_session = document.get("session")
-    if default_session is not None:
-        if not isinstance(default_session, dict):
-            raise ValueError(f"{path}: session must be a table")
-        try:
-            _session(default_session)
+            _session(file.session)
         except _Invalid as e:
             raise ValueError(f"{path}: [session]: {e}") from None
-    tables = document.get("instrument", [])
-    if not isinstance(tables, list):
-        raise ValueError(f"{path}: instrument must be an array of tables ([[instrument]])")
     market: dict[str, MarketInstrument] = {}
-    ids: dict[int, str] = {}
-    for n, table in enumerate(tables, 1):
-        name = table.get("symbol") if isinstance(table.get("symbol"), str) else None
-        where = f"{path}: instrument {name} (#{n})" if name else f"{path}: instrument #{n}"
+    for n, table in enumerate(file.instrument, 1):
         try:
-            instrument = _instrument(table, default_session)
+            instrument = _instrument(table, file.session)
         except _Invalid as e:
-            raise ValueError(f"{where}: {e}") from None
-        if instrument.symbol in market:
-            raise ValueError(f"{where}: symbol {instrument.symbol} is configured twice")
-        if instrument.symbol_id in ids:
-            raise ValueError(f"{where}: id {instrument.symbol_id} is already used by "
-                             f"{ids[instrument.symbol_id]}")
+            raise ValueError(f"{path}: {instrument_place(n, table.symbol)}: {e}") from None
         if calendar == "always-open":
             instrument = replace(instrument, session=AlwaysOpen(instrument.session.timezone))
         market[instrument.symbol] = instrument
-        ids[instrument.symbol_id] = instrument.symbol
     return market
 
 

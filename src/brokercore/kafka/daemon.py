@@ -51,14 +51,15 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable
 from brokercore.config import EngineOptions, KafkaSettings
-from brokercore.kafka.journal import InputJournal
-from brokercore.faults.kafka_errors import transient_kafka
-from brokercore.kafka.messages import ShardSnapshot, encode
+from brokercore.engine.instruments import Instrument
 from brokercore.engine.records import EVENT_DTYPE, MarkKind
-from brokercore.runtime.shard import Instrument, Shard, read_snapshot
+from brokercore.faults.kafka_errors import transient_kafka
+from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable
+from brokercore.kafka.journal import InputJournal
+from brokercore.kafka.messages import ShardSnapshot, encode
 from brokercore.kafka.topics import SNAPSHOT_MAX_BYTES, ensure_topics, partition_of
+from brokercore.runtime.shard import Shard, read_snapshot
 
 __all__ = ["EngineDaemon", "EngineOptions", "STOP_TIMEOUT"]
 

@@ -21,60 +21,24 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import tomllib
 import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from brokercore.engine._engine import OrderBook
+from brokercore.engine.instruments import Instrument
+from brokercore.engine.records import COMMAND_DTYPE, EVENT_DTYPE, MARK_DTYPE, MarkKind
 from brokercore.runtime._matcher import PAUSED, Matcher
 from brokercore.runtime._ringbuffer import RingBuffer, WaitStrategy
-from brokercore.engine.records import COMMAND_DTYPE, EVENT_DTYPE, MARK_DTYPE, MarkKind, Stp
 
-__all__ = ["Instrument", "Shard", "load_instruments", "read_snapshot"]
+__all__ = ["Shard", "read_snapshot"]
 
 _SNAPSHOT = struct.Struct("<4sHqI")
 _SNAPSHOT_MAGIC = b"BCSH"
 _SNAPSHOT_VERSION = 1
 _BOOK_ENTRY = struct.Struct("<IQ")
-
-
-@dataclass(frozen=True)
-class Instrument:
-    """One tradable symbol: its numeric id (carried by commands), band and lot size."""
-
-    symbol: str
-    symbol_id: int
-    low: int
-    high: int
-    lot_size: int = 1
-    stp: Stp = Stp.CANCEL_NEWEST
-    session_orders: int = 0             # orders a session is sized for (OrderBook)
-
-    def new_book(self) -> OrderBook:
-        return OrderBook(self.low, self.high, self.lot_size, self.symbol_id, self.stp,
-                         self.session_orders)
-
-
-def load_instruments(path: str | os.PathLike) -> list[Instrument]:
-    """Instruments from a TOML file of ``[[instrument]]`` tables with the keys
-    symbol, id, low, high and optionally lot_size, stp (a Stp name) and session_orders."""
-    with open(path, "rb") as f:
-        tables = tomllib.load(f).get("instrument", [])
-    instruments = []
-    for n, table in enumerate(tables, 1):
-        try:
-            instruments.append(Instrument(
-                symbol=str(table["symbol"]), symbol_id=int(table["id"]), low=int(table["low"]),
-                high=int(table["high"]), lot_size=int(table.get("lot_size", 1)),
-                stp=Stp[table.get("stp", "CANCEL_NEWEST")],
-                session_orders=int(table.get("session_orders", 0))))
-        except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{path}: instrument #{n} is invalid: {e!r}") from None
-    return instruments
 
 
 class Shard:
