@@ -5,14 +5,14 @@ An alert remembers on which side of its price the last trade was (``side``: -1 b
 it fires once per crossing however many trades follow on the same side. A side of 0
 (no trade seen yet) is only recorded, never fired: "crossing" needs a before.
 
-The notifier (``brokercore.notify.notifier``) evaluates **every trade in order**, not only the
+The notifier (``brokercore.notify.router``) evaluates **every trade in order**, not only the
 last of a batch: a batch holding an up-move and a down-move fires both crossings, and
 each fire names the trade that made it, the same however Kafka splits the stream into
 batches. The new sides of a batch are written back in one UPDATE.
 
 The sides are stored when the notifier handles a batch, before its pushes are done, so
 a re-delivered trade fires nothing again. Its fires are therefore kept in the same
-transaction (``alert_fires``, by brokercore.notify.notifier) until the notifier has committed
+transaction (``alert_fires``, by brokercore.notify.router) until the notifier has committed
 the trade's Kafka offset; a notifier that starts sends again what a predecessor left
 there (at-least-once, like the rest of its notifications).
 """
@@ -29,8 +29,8 @@ from typing import Annotated
 import msgspec
 from psycopg import AsyncConnection
 
-from brokercore.read.candles import LAST_PRICE_SQL
 from brokercore.broker.money import rupees
+from brokercore.read.candles import LAST_PRICE_SQL
 
 __all__ = ["Alert", "TradePrice", "AlertChange", "Fire", "side_of", "cross", "apply_trades",
            "AlertRequest", "AlertBody", "MAX_ALERTS_PER_USER", "CREATE_SQL", "LIST_SQL",
@@ -182,7 +182,7 @@ async def initial_side(conn: AsyncConnection, symbol: str, price: int) -> int:
     return 0 if row is None else side_of(price, row[0])
 
 
-def alert_body(row: tuple) -> AlertBody:
+def alert_body(row: tuple[int, str, int, int, datetime | None, datetime]) -> AlertBody:
     """The body of a row of ``_COLUMNS``."""
     alert_id, symbol, price, fired, last_fired_at, created_at = row
     return AlertBody(alert_id, symbol, rupees(price), fired,

@@ -11,29 +11,35 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
+from typing import Any, Protocol, TypeVar
 
 import msgspec
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.types import Lifespan
 
-from brokercore.entry.requests import ErrorBody, ErrorDetail, FieldError, encode_json
-from brokercore.edge.auth import AuthError, JwtConfig, Principal, TokenVerifier, bearer_token
-from brokercore.faults.backoff import transient
 from brokercore.config import ServiceSettings
+from brokercore.edge.auth import AuthError, JwtConfig, Principal, TokenVerifier, bearer_token
 from brokercore.edge.ratelimit import TokenBucket
 from brokercore.edge.text import bad_character
+from brokercore.entry.requests import ErrorBody, ErrorDetail, FieldError, encode_json
+from brokercore.faults.backoff import transient
 
 __all__ = ["LimitedApi", "api_app", "service_app", "database_pool", "ApiError",
            "error_response", "guarded", "json_response", "authenticate", "read_body",
            "field_error", "decode_body", "check_text"]
 
 log = logging.getLogger("brokercore.http")
+
+T = TypeVar("T")
 
 MAX_TARGET = 2048
 """Characters a request's path and query string may have together (414 beyond)."""
@@ -52,7 +58,7 @@ class _Throttled:
     def __init__(self, every: float = 5.0):
         self.every, self._next, self._held = every, 0.0, 0
 
-    def warning(self, message: str, *args) -> None:
+    def warning(self, message: str, *args: object) -> None:
         now = time.monotonic()
         if now < self._next:
             self._held += 1
@@ -64,7 +70,8 @@ class _Throttled:
 _unavailable = _Throttled()
 
 
-def database_pool(settings: ServiceSettings, max_size: int, **options) -> AsyncConnectionPool:
+def database_pool(settings: ServiceSettings, max_size: int, **options: Any
+                  ) -> AsyncConnectionPool:
     """A Postgres pool that checks a connection before handing it out, so that after a
     restart of Postgres no request gets a dead one, and waits at most
     ``settings.db_pool_timeout`` for one (then PoolTimeout: 503)."""
@@ -81,7 +88,8 @@ class LimitedApi:
 
     def __init__(self, settings: ServiceSettings, limit_prefix: str, burst: int,
                  per_second: float, *, max_connections: int, max_redis: int,
-                 configure=None, redis_options: dict | None = None):
+                 configure: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+                 redis_options: dict[str, Any] | None = None):
         self.settings = settings
         self.pool = database_pool(settings, max_connections, configure=configure)
         self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
@@ -114,21 +122,31 @@ class LimitedApi:
         return await read_body(request, self.settings.max_body_bytes)
 
 
-def api_app(routes: Sequence, lifespan) -> Starlette:
+def api_app(routes: Sequence[BaseRoute], lifespan: Lifespan[Starlette]) -> Starlette:
     """A Starlette app whose every answer is in the JSON error shape, unknown routes (404)
     and wrong methods (405, with Allow) included, and which never redirects to the
     path with or without a final slash (that path is simply not found)."""
-    app = Starlette(routes=list(routes), lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error, Exception: _unexpected})
+    handlers: dict[Any, Callable[[Request, Any], Response]] = {
+        HTTPException: _http_error, Exception: _unexpected}
+    app = Starlette(routes=list(routes), lifespan=lifespan, exception_handlers=handlers)
     app.router.redirect_slashes = False
     return app
 
 
-def service_app(name: str, make: Callable[[], object], routes: Sequence) -> Starlette:
+class Service(Protocol):
+    """What an HTTP service's app holds while it runs."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def service_app(name: str, make: Callable[[], Service], routes: Sequence[BaseRoute]
+                ) -> Starlette:
     """An ``api_app`` whose lifespan makes the service object (``make()``), awaits its
     ``open()``, keeps it as ``app.state.<name>`` and awaits its ``close()`` at shutdown."""
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service = make()
         await service.open()
         setattr(app.state, name, service)
@@ -151,24 +169,27 @@ def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, fields=(),
-                 headers: dict | None = None):
+    """A refusal, answered as a JSON error by ``guarded``."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 fields: Sequence[FieldError] = (), headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.fields, self.headers = list(fields), headers
 
 
-def error_response(status: int, code: str, message: str, fields=(),
-                   headers: dict | None = None) -> Response:
+def error_response(status: int, code: str, message: str, fields: Sequence[FieldError] = (),
+                   headers: Mapping[str, str] | None = None) -> Response:
     body = ErrorBody(ErrorDetail(code, message, list(fields)))
     return Response(encode_json(body), status, headers, media_type="application/json")
 
 
-def json_response(body, status: int = 200) -> Response:
+def json_response(body: object, status: int = 200) -> Response:
     return Response(encode_json(body), status, media_type="application/json")
 
 
-def guarded(handler):
+def guarded(handler: Callable[[Request], Awaitable[Response]]
+            ) -> Callable[[Request], Awaitable[Response]]:
     """Every failure becomes a JSON error answer here, in the handler, after the
     request's path and query are checked (``check_target``): a dependency that is away
     (Postgres, Redis, Kafka) 503 with Retry-After, logged a few lines per outage; a
@@ -187,7 +208,7 @@ def guarded(handler):
                       request.method, request.url.path)
             return error_response(499, "CLIENT_DISCONNECTED",
                                   "the client went away before its body was read")
-        except Exception as e:              # noqa: BLE001 - answered 503 or 500, logged
+        except Exception as e:
             if transient(e):
                 _unavailable.warning("%s %s answered 503: %s: %s", request.method,
                                      request.url.path, type(e).__name__,
@@ -252,7 +273,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise ApiError(413, "BODY_TOO_LARGE", f"the body may be at most {limit} bytes")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
@@ -267,7 +289,7 @@ def field_error(error: msgspec.ValidationError, where_default: str = "body") -> 
     return FieldError(where.rstrip("`").lstrip(".") or where_default, message)
 
 
-def decode_body(kind: type, body: bytes, what: str):
+def decode_body(kind: type[T], body: bytes, what: str) -> T:
     """The body as ``kind``: 400 if not JSON (or nested deeper than the decoder goes),
     400 if a string or key in it holds a refused character (checked before the types,
     so no message repeats one), 422 naming the field if it is not a valid ``kind``."""
@@ -286,10 +308,10 @@ def decode_body(kind: type, body: bytes, what: str):
                        [field_error(e)]) from None
 
 
-def _check_strings(value) -> None:
+def _check_strings(value: object) -> None:
     """``check_text`` on every string and key of a decoded JSON value (without
     recursion: a body may nest deeper than Python's stack)."""
-    pending = [(value, "")]
+    pending: list[tuple[object, str]] = [(value, "")]
     while pending:
         item, where = pending.pop()
         if isinstance(item, str):

@@ -10,8 +10,8 @@
 
 Each with a JWT bearer token; a user sees and changes only their own. Authentication,
 the body limit and the error bodies are the OMS's (brokercore.services.http), the rate limit is the
-reads' budget (BROKERCORE_READ_RATE_LIMIT_*); the logic is in brokercore.notify.notifier and
-brokercore.notify.alerts.
+reads' budget (BROKERCORE_READ_RATE_LIMIT_*); the logic is in brokercore.notify.preferences
+and brokercore.notify.alerts.
 """
 
 from __future__ import annotations
@@ -21,22 +21,36 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from brokercore.notify.alerts import (
-    CREATE_SQL, DELETE_SQL, LIST_SQL, MAX_ALERTS_PER_USER, AlertRequest, alert_body,
-    initial_side,
-)
-from brokercore.entry.requests import FieldError
-from brokercore.config import ServiceSettings
 from brokercore.broker.market import load_market
 from brokercore.broker.money import to_paise
-from brokercore.notify.notifier import (
-    DeviceRequest, Preferences, add_device, load_preferences, remove_device,
+from brokercore.config import ServiceSettings
+from brokercore.engine.records import INT64_MAX
+from brokercore.entry.requests import FieldError
+from brokercore.notify.alerts import (
+    CREATE_SQL,
+    DELETE_SQL,
+    LIST_SQL,
+    MAX_ALERTS_PER_USER,
+    AlertRequest,
+    alert_body,
+    initial_side,
+)
+from brokercore.notify.preferences import (
+    DeviceRequest,
+    Preferences,
+    add_device,
+    load_preferences,
+    remove_device,
     store_preferences,
 )
-from brokercore.engine.records import INT64_MAX
 from brokercore.services.http import (
-    ApiError, LimitedApi, decode_body, guarded, json_response as json, service_app,
+    ApiError,
+    LimitedApi,
+    decode_body,
+    guarded,
+    service_app,
 )
+from brokercore.services.http import json_response as json
 
 
 class Notifications(LimitedApi):
@@ -50,7 +64,8 @@ class Notifications(LimitedApi):
 
 
 def _state(request: Request) -> Notifications:
-    return request.app.state.notifications
+    api: Notifications = request.app.state.notifications
+    return api
 
 
 # --- preferences and devices ----------------------------------------------------------

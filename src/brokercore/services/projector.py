@@ -12,18 +12,25 @@ from the offsets in Postgres. Redis being down stops nothing.
 from __future__ import annotations
 
 import argparse
+import threading
+from collections.abc import Sequence
 
+from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.consumers.projector import run_projector
-from brokercore.services.consumer import run_consumer
+from brokercore.services.consumer import Run, run_consumer
 
 
-def run(kafka, settings, stop) -> None:
+def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> None:
     run_projector(kafka.bootstrap, kafka.events_topic, settings.database_url,
                   settings.instruments, settings.redis_url, settings.redis_prefix,
                   stop_event=stop)
 
 
-def main(argv: list[str] | None = None) -> int:
+def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     argparse.ArgumentParser(prog="brokercore service projector",
                             description=__doc__).parse_args(argv)
-    return run_consumer("projector", lambda kafka, settings: run)
+    return run_consumer("projector", prepare)

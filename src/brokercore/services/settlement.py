@@ -13,24 +13,27 @@ Postgres.
 from __future__ import annotations
 
 import argparse
+import threading
+from collections.abc import Sequence
 from decimal import Decimal
 
 from brokercore.broker.risk import FeeSchedule
+from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.consumers.settlement import run_settlement
-from brokercore.services.consumer import run_consumer
+from brokercore.services.consumer import Run, run_consumer
 
 
-def prepare(kafka, settings):
+def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
     fees = FeeSchedule(Decimal(settings.fee_bps), settings.fee_fixed_paise)
 
-    def run(kafka, settings, stop):
+    def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> None:
         run_settlement(kafka.bootstrap, kafka.events_topic, settings.database_url,
                        settings.instruments, fees, stop_event=stop,
                        redis_url=settings.redis_url, redis_prefix=settings.redis_prefix)
     return run
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argparse.ArgumentParser(prog="brokercore service settlement",
                             description=__doc__).parse_args(argv)
     return run_consumer("settlement", prepare)
