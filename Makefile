@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# the compiled modules, each with a .pyi stub that stubtest checks against it
+COMPILED := brokercore.engine._engine brokercore.runtime._ringbuffer brokercore.runtime._matcher
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
@@ -16,10 +18,11 @@ test: lint kafka postgres redis  ## install what the tests need, build, lint, st
 unit: build  ## the fast lane: the tests that need no server (engine, ring, shard, codec, domain, auth)
 	$(PY) -m pytest tests/unit tests/benchmarks
 
-lint: build  ## ruff (lint and format), mypy --strict, the import layers (import-linter)
+lint: build  ## ruff (lint and format), mypy --strict, the stubs against the extensions (stubtest), the import layers (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest --allowlist stubtest-allowlist.txt $(COMPILED)
 	$(VENV)/bin/lint-imports
 
 crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons, 3 kill -9s of a private broker, under load

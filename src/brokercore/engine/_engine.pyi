@@ -1,10 +1,14 @@
 """Type stubs for the compiled order book (see docs/engine.md for the behaviour)."""
 
+from typing import Self
+
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Buffer, disjoint_base
 
 from brokercore.engine.records import RestingOrder, Stp
 
+@disjoint_base
 class OrderBook:
     """The order book of one symbol: price-time priority matching inside a price band."""
 
@@ -54,4 +58,4 @@ class OrderBook:
     # snapshots
     def snapshot(self) -> bytes: ...
     @classmethod
-    def restore(cls, data: bytes) -> "OrderBook": ...
+    def restore(cls, data: Buffer) -> Self: ...
