@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import msgspec
 import redis
@@ -30,16 +32,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from brokercore.read import queries
-from brokercore.entry.requests import FieldError, encode_json
-from brokercore.read.cache import UserCache
-from brokercore.config import ServiceSettings
 from brokercore.broker.market import load_market
+from brokercore.broker.orders import ORDER_STATUSES
+from brokercore.config import ServiceSettings
+from brokercore.entry.requests import FieldError, encode_json
+from brokercore.read import queries
+from brokercore.read.cache import UserCache
 from brokercore.read.candles import INTERVALS
 from brokercore.realtime.channels import encode_message, md_key
 from brokercore.services.http import ApiError, LimitedApi, field_error, guarded, service_app
 
 log = logging.getLogger("brokercore.query")
+
+T = TypeVar("T")
+Q = TypeVar("Q", bound=msgspec.Struct)
 
 REDIS_TIMEOUT = 0.25
 """Seconds a Redis connect or command may take before the read goes to Postgres."""
@@ -54,7 +60,7 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 """The instants a query may name (a day before 0001-01-01 is no date Python can hold)."""
 
-_CHOICES = {"status": queries.ORDER_STATUSES, "interval": tuple(INTERVALS)}
+_CHOICES = {"status": ORDER_STATUSES, "interval": tuple(INTERVALS)}
 
 
 async def _snapshot_reads(conn: AsyncConnection) -> None:
@@ -83,17 +89,19 @@ class QueryService(LimitedApi):
         """The user id of the request's bearer token, within the reads' rate limit."""
         return (await self.authorize(request)).user_id
 
-    async def read(self, query, *args):
+    async def read(self, query: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``query(conn, *args)`` on a connection of the pool."""
         async with self.pool.connection() as conn:
             return await query(conn, *args)
 
-    async def cached(self, user: str, name: str, query, *args,
-                     missing: ApiError | None = None) -> Response:
+    async def cached(self, user: str, name: str, query: Callable[..., Awaitable[object]],
+                     *args: Any, missing: ApiError | None = None) -> Response:
         """The user's answer ``name``: from the cache, else ``query``'s (then cached);
-        ``missing`` is raised (and nothing cached) when the query finds nothing."""
+        ``missing`` is raised (and nothing cached) when the query, one that can find
+        nothing, finds nothing."""
         async def load() -> bytes:
             found = await self.read(query, *args)
-            if found is None:
+            if found is None and missing is not None:
                 raise missing
             return encode_json(found)
         return _json(await self.cache.get(user, name, load))
@@ -105,14 +113,15 @@ class QueryService(LimitedApi):
         if time.monotonic() < self._books_down_until:
             return None
         try:
-            return await self.redis.get(md_key(self.settings.redis_prefix, symbol))
+            book = await self.redis.get(md_key(self.settings.redis_prefix, symbol))
+            return book.encode() if isinstance(book, str) else book
         except redis.RedisError as e:
             self._books_down_until = time.monotonic() + self.cache.retry_after
             log.warning("redis unavailable (%s); market data from the read model", e)
             return None
 
     def symbol(self, request: Request) -> str:
-        symbol = request.path_params["symbol"]
+        symbol: str = request.path_params["symbol"]
         if symbol not in self.market:
             raise ApiError(404, "UNKNOWN_SYMBOL", f"no instrument {symbol[:40]!r}")
         return symbol
@@ -127,7 +136,7 @@ def _invalid(field: str, message: str) -> ApiError:
                     [FieldError(field, message)])
 
 
-def _params(request: Request, kind: type | None = None) -> dict[str, str]:
+def _params(request: Request, kind: type[msgspec.Struct] | None = None) -> dict[str, str]:
     """The query string as a dict of ``kind``'s fields (none without a kind); unknown or
     repeated parameters are refused."""
     known = {f.encode_name for f in msgspec.structs.fields(kind)} if kind else set()
@@ -143,7 +152,7 @@ def _params(request: Request, kind: type | None = None) -> dict[str, str]:
     return params
 
 
-def _convert(params: dict, kind: type):
+def _convert(params: Mapping[str, object], kind: type[Q]) -> Q:
     try:
         query = msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as e:
@@ -153,10 +162,10 @@ def _convert(params: dict, kind: type):
         if choices and message.startswith("Invalid enum value"):
             message += f" (expected one of {', '.join(choices)})"
         raise _invalid(field, message) from None
-    for field in msgspec.structs.fields(kind):
-        instant = getattr(query, field.name)
+    for info in msgspec.structs.fields(kind):
+        instant = getattr(query, info.name)
         if isinstance(instant, datetime) and not EARLIEST <= instant <= LATEST:
-            raise _invalid(field.encode_name, f"must be between {EARLIEST.isoformat()} and "
+            raise _invalid(info.encode_name, f"must be between {EARLIEST.isoformat()} and "
                                               f"{LATEST.isoformat()}")
     return query
 
@@ -178,16 +187,18 @@ def _no_order(order_id: int) -> ApiError:
 
 
 def _service(request: Request) -> QueryService:
-    return request.app.state.query
+    service: QueryService = request.app.state.query
+    return service
 
 
 @guarded
 async def list_orders(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
-    params = _params(request, queries.OrdersQuery)
-    if "status" in params:
-        params["status"] = params["status"].split(",")
+    raw = _params(request, queries.OrdersQuery)
+    params: dict[str, object] = dict(raw)
+    if "status" in raw:
+        params["status"] = raw["status"].split(",")
     query = _convert(params, queries.OrdersQuery)
     if query.status:                        # one cache entry for equal filters
         query = msgspec.structs.replace(query, status=sorted(set(query.status)))

@@ -31,6 +31,8 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import psycopg
 import redis
@@ -39,15 +41,30 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from brokercore.edge.auth import AuthError, JwtConfig, TokenVerifier, bearer_token
+from brokercore.broker.market import load_market
 from brokercore.config import ServiceSettings
+from brokercore.edge.auth import AuthError, JwtConfig, TokenVerifier, bearer_token
+from brokercore.realtime.channels import book_channel, trades_channel
 from brokercore.realtime.hub import (
-    BadFrame, ClientPing, ClientPong, Error, Hub, Ping, Pong, Resume, Resumed, Subscribe,
-    Subscribed, Unsubscribed, Welcome, decode_op, encode_frame, order_update_seq,
+    BadFrame,
+    ClientOp,
+    ClientPing,
+    ClientPong,
+    Error,
+    Hub,
+    Ping,
+    Pong,
+    Resume,
+    Resumed,
+    Subscribe,
+    Subscribed,
+    Unsubscribed,
+    Welcome,
+    decode_op,
+    encode_frame,
+    order_update_seq,
     replayed_update,
 )
-from brokercore.broker.market import load_market
-from brokercore.realtime.channels import book_channel, trades_channel
 from brokercore.services.http import database_pool, service_app
 
 log = logging.getLogger("brokercore.ws")
@@ -60,7 +77,7 @@ SELECT update_id, payload::text FROM read_model.order_updates
  WHERE user_id = %s AND update_id > %s ORDER BY update_id LIMIT %s"""
 
 
-def frame(message) -> str:
+def frame(message: object) -> str:
     return encode_frame(message).decode()
 
 
@@ -227,12 +244,12 @@ class Session:
             self.gateway.sessions.discard(self)
             self.finished.set()
 
-    def _spawn(self, work) -> asyncio.Task:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         task.add_done_callback(self._ended)
         return task
 
-    def _ended(self, task: asyncio.Task) -> None:
+    def _ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("a task of %s's socket failed", self.user, exc_info=task.exception())
             self.shutdown(1011, "internal error")
@@ -274,7 +291,7 @@ class Session:
                 continue
             await self._handle(op)
 
-    async def _handle(self, op) -> None:
+    async def _handle(self, op: ClientOp) -> None:
         if isinstance(op, Resume):
             if self.resumable:
                 await self._replay(op.since)
