@@ -85,12 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     service = commands.add_parser(
         "service", help="run one of the platform's services (--list names them)",
         description="Run a platform service until SIGTERM: an HTTP app served by uvicorn "
-                    "on --host/--port, or a consumer or job, to which the arguments after "
-                    "NAME are passed. Settings come from BROKERCORE_* variables.")
+                    "(its arguments: --host, --port, --log-level), or a consumer or job. "
+                    "The arguments after NAME are the service's own (brokercore service "
+                    "NAME --help). Settings come from BROKERCORE_* variables.")
     service.add_argument("--list", action="store_true", help="list the services and exit")
-    service.add_argument("--host", default="127.0.0.1", help="HTTP services: the address")
-    service.add_argument("--port", type=int, default=8000, help="HTTP services: the port")
-    service.add_argument("--log-level", default="warning", help="HTTP services: uvicorn's")
     service.add_argument("name", nargs="?", help="the service")
     service.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
     return parser
@@ -108,7 +106,7 @@ def run_service(args) -> int:
         print(f"brokercore service: no service {args.name!r} (choose from "
               f"{', '.join(SERVICES)})", file=sys.stderr)
         return 2
-    return run(args.name, args.args, args.host, args.port, args.log_level)
+    return run(args.name, args.args)
 
 
 def run_token(args) -> int:

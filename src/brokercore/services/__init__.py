@@ -7,6 +7,7 @@ library onto HTTP: the library below it imports no web framework.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -34,22 +35,27 @@ SERVICES = {
 }
 
 
-def serve_http(module: str, host: str, port: int, log_level: str = "warning") -> int:
-    """Serve ``brokercore.services.<module>:create_app`` with uvicorn (uvloop, httptools)."""
+def serve_http(name: str, module: str, argv: Sequence[str]) -> int:
+    """Serve ``brokercore.services.<module>:create_app`` with uvicorn (uvloop, httptools)
+    on the address the arguments give."""
+    parser = argparse.ArgumentParser(prog=f"brokercore service {name}",
+                                     description=SERVICES[name].summary)
+    parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    parser.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    parser.add_argument("--log-level", default="warning", help="uvicorn's (default: %(default)s)")
+    args = parser.parse_args(argv)
     import uvicorn
-    uvicorn.run(f"brokercore.services.{module}:create_app", factory=True, host=host,
-                port=port, loop="uvloop", http="httptools", log_level=log_level,
+    uvicorn.run(f"brokercore.services.{module}:create_app", factory=True, host=args.host,
+                port=args.port, loop="uvloop", http="httptools", log_level=args.log_level,
                 access_log=False)
     return 0
 
 
-def run_service(name: str, argv: Sequence[str] = (), host: str = "127.0.0.1",
-                port: int = 8000, log_level: str = "warning") -> int:
-    """Run the service ``name`` (a key of SERVICES) until it is stopped; its exit code."""
+def run_service(name: str, argv: Sequence[str] = ()) -> int:
+    """Run the service ``name`` (a key of SERVICES) with its arguments until it is
+    stopped; its exit code."""
     spec = SERVICES[name]
     if spec.http:
-        if argv:
-            raise SystemExit(f"service {name} takes no arguments besides --host and --port")
-        return serve_http(spec.module, host, port, log_level)
+        return serve_http(name, spec.module, argv)
     main = importlib.import_module(f"brokercore.services.{spec.module}").main
-    return main(list(argv)) or 0
+    return int(main(list(argv)) or 0)
