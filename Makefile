@@ -7,7 +7,7 @@ COMPILED := brokercore.engine._engine brokercore.runtime._ringbuffer brokercore.
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services kafka postgres redis clean
+.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
@@ -42,6 +42,9 @@ status:  ## each process of `make up` with its supervisord state and whether it 
 
 up-cycles: build  ## five fresh-state `make up`/`make down` cycles on private ports, each with every component up and a trade on each shard
 	BROKERCORE_STACK_CYCLES=5 $(PY) -m pytest -x -q tests/integration/test_stack.py
+
+wheel-check: build postgres redis kafka  ## build the wheel, install it in a new venv outside the checkout, list the services, serve the OMS from it
+	PYTHON=$(PY) scripts/wheel/check.sh
 
 kafka:  ## a single-node Apache Kafka on 127.0.0.1:19092 (jars from Maven Central)
 	scripts/kafka/kafka.sh start
