@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 
 import psycopg
 
@@ -29,7 +29,7 @@ from brokercore.broker.money import average_price
 __all__ = ["FundingKind", "fund", "open_account"]
 
 
-class FundingKind(str, Enum):
+class FundingKind(StrEnum):
     DEPOSIT = "DEPOSIT"             # cash in
     WITHDRAWAL = "WITHDRAWAL"       # cash out
     SHARES_IN = "SHARES_IN"         # shares moved in (a transfer, a demo holding)
@@ -70,14 +70,15 @@ def fund(conn: psycopg.Connection, account_id: int, kind: FundingKind | str, *,
             conn.execute("UPDATE accounts SET cash = cash + %s, updated_at = now() "
                          "WHERE account_id = %s", (_CASH[kind] * amount, account_id))
         else:
+            assert symbol is not None           # checked above: shares are of a symbol
             delta = _SHARES[kind] * quantity
             _move_shares(conn, "positions", "account_id", account_id, symbol, delta, price)
             _move_shares(conn, "read_model.positions", "user_id", row[0], symbol, delta, price)
     return True
 
 
-def _move_shares(conn, table: str, owner_column: str, owner, symbol: str, delta: int,
-                 price: int | None) -> None:
+def _move_shares(conn: psycopg.Connection, table: str, owner_column: str, owner: int | str,
+                 symbol: str, delta: int, price: int | None) -> None:
     """Add ``delta`` shares to a position row (made if missing). A known price moves the
     average cost as a trade at that price would; an unknown one leaves it."""
     found = conn.execute(f"SELECT quantity, avg_price FROM {table} "
@@ -106,10 +107,11 @@ def open_account(conn: psycopg.Connection, user_id: str, *, cash: int = 0,
                            "RETURNING account_id", (user_id, allow_short)).fetchone()
         if row is None:
             return None
+        account_id: int = row[0]
         if cash:
-            fund(conn, row[0], FundingKind.DEPOSIT, amount=cash)
+            fund(conn, account_id, FundingKind.DEPOSIT, amount=cash)
         for symbol, held in (shares or {}).items():
             quantity, price = held if isinstance(held, tuple) else (held, None)
-            fund(conn, row[0], FundingKind.SHARES_IN, symbol=symbol, quantity=quantity,
+            fund(conn, account_id, FundingKind.SHARES_IN, symbol=symbol, quantity=quantity,
                  price=price)
-    return row[0]
+    return account_id

@@ -8,9 +8,10 @@ the projector and the read side must agree on to the last digit.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypeGuard, overload
 
-__all__ = ["PAISE_PER_RUPEE", "AVG_PRICE_PLACES", "exact_ratio", "to_paise", "format_paise",
-           "rupees", "average_price", "average_fill_price"]
+__all__ = ["PAISE_PER_RUPEE", "AVG_PRICE_PLACES", "is_decimal", "exact_ratio", "to_paise",
+           "format_paise", "rupees", "average_price", "average_fill_price"]
 
 PAISE_PER_RUPEE = 100
 """Minor units per currency unit: every amount of money inside brokercore is int paise."""
@@ -22,10 +23,16 @@ _PAISA = Decimal(1) / PAISE_PER_RUPEE
 _CENT, _BASIS_POINT = Decimal("0.01"), Decimal("0.0001")
 
 
+def is_decimal(value: object) -> TypeGuard[Decimal | int]:
+    """Whether ``value`` is a Decimal or an int (not a bool): a float is never money.
+    For values from callers without types, such as a decoded request."""
+    return isinstance(value, (Decimal, int)) and not isinstance(value, bool)
+
+
 def exact_ratio(value: object, unit: Decimal, what: str) -> int:
     """value / unit as an int, exactly (no context rounding); ValueError if not whole,
-    TypeError if ``value`` is not a Decimal (or an int): a float is never money."""
-    if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
+    TypeError if ``value`` is not ``is_decimal``."""
+    if not is_decimal(value):
         raise TypeError(f"{what} must be a Decimal, not {type(value).__name__}")
     value = Decimal(value)
     if not value.is_finite():
@@ -50,6 +57,12 @@ def format_paise(paise: int) -> str:
     return f"{Decimal(paise).scaleb(-2):,.2f}"
 
 
+@overload
+def rupees(paise: int | Decimal) -> str: ...
+@overload
+def rupees(paise: None) -> None: ...
+@overload
+def rupees(paise: int | Decimal | None) -> str | None: ...
 def rupees(paise: int | Decimal | None) -> str | None:
     """Paise as the API's rupee string with two decimals (four for a fractional average).
     Zero is "0.00" whatever its sign: a short position's zero P&L is a negative zero."""

@@ -8,19 +8,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from brokercore.engine.records import EventType
 
-__all__ = ["OPEN_STATUSES", "CANCEL_REQUESTED", "END_STATUS", "TradeEvent", "trade_id",
-           "event_time"]
+__all__ = ["OrderStatus", "ORDER_STATUSES", "OPEN_STATUSES", "CANCEL_REQUESTED", "END_STATUS",
+           "TradeEvent", "trade_id", "event_time"]
 
-OPEN_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED")
+OrderStatus = Literal["PENDING", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED",
+                      "REJECTED", "EXPIRED"]
+"""An order's status, as stored and as the API shows it."""
+
+ORDER_STATUSES: tuple[OrderStatus, ...] = get_args(OrderStatus)
+
+OPEN_STATUSES: tuple[OrderStatus, ...] = ("PENDING", "OPEN", "PARTIALLY_FILLED")
 """The statuses of an order that can still trade (and hold cash or shares)."""
 
 CANCEL_REQUESTED = "CANCEL_REQUESTED"    # a cancel's receipt: asked of the engine, not done
 
-END_STATUS: Mapping[EventType, str] = MappingProxyType({
+END_STATUS: Mapping[EventType, OrderStatus] = MappingProxyType({
     EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
     EventType.REJECTED: "REJECTED"})
 """The status an order ends with on each event that can end it without a fill (a REJECTED

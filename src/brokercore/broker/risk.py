@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum, StrEnum
+from typing import TypeVar
 
 from brokercore.broker.market import MarketInstrument
-from brokercore.broker.money import format_paise
+from brokercore.broker.money import format_paise, is_decimal
 from brokercore.engine.records import Side, Tif
 
 __all__ = ["OrderType", "RejectCode", "OrderRequest", "AccountState", "FeeSchedule",
@@ -99,7 +100,7 @@ class FeeSchedule:
 
     def __post_init__(self) -> None:
         bps = self.bps
-        if isinstance(bps, bool) or not isinstance(bps, (Decimal, int)):
+        if not is_decimal(bps):
             raise TypeError(f"bps must be a Decimal, not {type(bps).__name__}")
         if not Decimal(bps).is_finite() or not 0 <= bps <= 10_000:
             raise ValueError(f"bps must be between 0 and 10000, not {bps}")
@@ -175,7 +176,10 @@ def buy_hold(instrument: MarketInstrument, price_ticks: int, quantity: int,
     return notional + fees.fee(notional)
 
 
-def _member(cls: type[Enum], value: object):
+_E = TypeVar("_E", bound=Enum)
+
+
+def _member(cls: type[_E], value: object) -> _E | None:
     """The enum member for a member, its name or its value; None if it is none of them."""
     if isinstance(value, cls):
         return value
@@ -228,6 +232,7 @@ def check_order(request: OrderRequest, instrument: MarketInstrument | None, now:
         return _reject(RejectCode.INVALID_ORDER_TYPE, f"order type must be LIMIT or "
                        f"MARKET, not {request.type!r}")
     market = order_type is OrderType.MARKET
+    tif: Tif | None
     if request.time_in_force is None:
         tif = Tif.IOC if market else Tif.DAY
     else:
@@ -258,7 +263,7 @@ def check_order(request: OrderRequest, instrument: MarketInstrument | None, now:
     else:
         if price is None:
             return _reject(RejectCode.PRICE_REQUIRED, "a limit order needs a price")
-        if isinstance(price, bool) or not isinstance(price, (Decimal, int)):
+        if not is_decimal(price):
             return _reject(RejectCode.INVALID_PRICE, f"price must be a decimal number "
                            f"(as a string), not {type(price).__name__} {price!r}")
         price = Decimal(price)

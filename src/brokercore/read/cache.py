@@ -58,7 +58,7 @@ class UserCache:
         except redis.RedisError as e:
             self._failed(e)
             return await load()
-        if value is not None:
+        if isinstance(value, bytes):
             self.hits += 1
             return value
         self.misses += 1

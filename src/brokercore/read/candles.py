@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from brokercore.broker.money import rupees
 from brokercore.realtime.channels import BookUpdate, Candle, Level
 
-__all__ = ["DEPTH_SQL", "LAST_PRICE_SQL", "CANDLES_SQL", "INTERVALS", "DEPTH_LEVELS",
+__all__ = ["DEPTH_SQL", "LAST_PRICE_SQL", "CANDLES_SQL", "Interval", "INTERVALS", "DEPTH_LEVELS",
            "book_update", "candles"]
 
 DEPTH_LEVELS = 10
@@ -33,7 +34,9 @@ UNION ALL
 LAST_PRICE_SQL = """
 SELECT price FROM read_model.trades WHERE symbol = %(symbol)s ORDER BY seq DESC LIMIT 1"""
 
-INTERVALS = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5),
+Interval = Literal["1m", "5m", "15m", "1h", "1d"]
+
+INTERVALS: dict[Interval, timedelta] = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5),
              "15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
 """The candle intervals GET .../candles?interval= accepts."""
 
@@ -52,7 +55,8 @@ SELECT date_bin(%(interval)s, executed_at, TIMESTAMPTZ '2000-01-01 00:00:00+00')
 def book_update(symbol: str, depth: Iterable[tuple[str, int, int]],
                 last_price: int | None) -> BookUpdate:
     """The BOOK body from DEPTH_SQL's rows and the last trade price (paise)."""
-    bids, asks = [], []
+    bids: list[Level] = []
+    asks: list[Level] = []
     for side, price, quantity in depth:
         (bids if side == "BUY" else asks).append(Level(rupees(price), quantity))
     return BookUpdate(symbol, bids, asks, bids[0] if bids else None,

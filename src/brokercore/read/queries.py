@@ -21,36 +21,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from psycopg import AsyncConnection, sql
 
 from brokercore.broker.money import rupees
-from brokercore.broker.orders import OPEN_STATUSES
+from brokercore.broker.orders import OPEN_STATUSES, OrderStatus
 from brokercore.read.candles import (
     CANDLES_SQL,
     DEPTH_LEVELS,
     DEPTH_SQL,
     INTERVALS,
     LAST_PRICE_SQL,
+    Interval,
     book_update,
     candles,
 )
 from brokercore.realtime.channels import BookUpdate, Candle
 
-__all__ = ["ORDER_STATUSES", "MAX_PAGE_SIZE", "OrdersQuery", "HistoryQuery", "CandlesQuery",
+__all__ = ["MAX_PAGE_SIZE", "OrdersQuery", "HistoryQuery", "CandlesQuery",
            "Order", "OrderWithFills", "Fill", "OrderPage", "Pagination", "OrderEvent",
            "OrderHistory", "OrderState", "Position", "Portfolio", "Candles",
            "list_orders", "get_order", "order_history", "state_at", "portfolio", "book",
            "candle_series"]
 
-ORDER_STATUSES = ("PENDING", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED",
-                  "EXPIRED")
 MAX_PAGE_SIZE = 200
 
-Status = Literal[ORDER_STATUSES]            # type: ignore[valid-type]
-Interval = Literal[tuple(INTERVALS)]        # type: ignore[valid-type]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
@@ -60,7 +57,7 @@ class OrdersQuery(msgspec.Struct, rename="camel", frozen=True):
     """GET /orders: filters (``from`` inclusive, ``to`` exclusive, on created_at) and
     the page (from 1)."""
 
-    status: list[Status] | None = None
+    status: list[OrderStatus] | None = None
     symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
     start: Timestamp | None = msgspec.field(default=None, name="from")
     end: Timestamp | None = msgspec.field(default=None, name="to")
@@ -247,7 +244,10 @@ async def get_order(conn: AsyncConnection, user: str, order_id: int) -> OrderWit
     return _order(OrderWithFills, row[:-1], fills)
 
 
-def _order(kind, row: Sequence, *more):
+_Order = TypeVar("_Order", Order, OrderWithFills)
+
+
+def _order(kind: type[_Order], row: Sequence[Any], *more: list[Fill]) -> _Order:
     (order_id, symbol, side, type_, tif, price, quantity, filled, avg_price, status, reason,
      created, updated) = row
     return kind(order_id, symbol, side, type_, tif, rupees(price), quantity, filled,
@@ -321,7 +321,7 @@ async def book(conn: AsyncConnection, symbol: str) -> BookUpdate:
     return book_update(symbol, depth, await _last_price(conn, symbol))
 
 
-async def candle_series(conn: AsyncConnection, symbol: str, interval: str, start: datetime,
+async def candle_series(conn: AsyncConnection, symbol: str, interval: Interval, start: datetime,
                         end: datetime) -> Candles:
     """OHLCV of the symbol's trades in [start, end), one candle per interval that traded."""
     rows = await (await conn.execute(CANDLES_SQL, {

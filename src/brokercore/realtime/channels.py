@@ -20,11 +20,13 @@ times ISO 8601 UTC. Every key and channel name starts with the deployment's pref
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import msgspec
 
 __all__ = ["OrderUpdate", "Notification", "TradeTick", "Level", "BookUpdate", "Candle",
            "user_channel", "trades_channel", "book_channel", "md_key", "online_key",
-           "projected_key", "encode_message", "decode_message"]
+           "projected_key", "Message", "encode_message", "decode_message"]
 
 
 class OrderUpdate(msgspec.Struct, tag_field="type", tag="ORDER_UPDATE", rename="camel",
@@ -121,9 +123,12 @@ def projected_key(prefix: str, topic: str) -> str:
     return f"{prefix}projected:{topic}"
 
 
+Message: TypeAlias = OrderUpdate | Notification | TradeTick | BookUpdate
+"""Any message on the channels."""
+
 encode_message = msgspec.json.Encoder().encode
-_decoder = msgspec.json.Decoder(OrderUpdate | Notification | TradeTick | BookUpdate)
+_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
 
 
-def decode_message(data: bytes | str) -> OrderUpdate | Notification | TradeTick | BookUpdate:
+def decode_message(data: bytes | str) -> Message:
     return _decoder.decode(data)
