@@ -6,15 +6,61 @@ Command-line flags override these; the defaults serve the development Kafka that
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-__all__ = ["CALENDARS", "EngineOptions", "KafkaSettings"]
+import msgspec
 
-CALENDARS = ("exchange", "always-open")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["CALENDARS", "DEFAULT_DATABASE_URL", "Calendar", "EngineOptions", "KafkaSettings",
+           "ServiceSettings"]
+
+Calendar = Literal["exchange", "always-open"]
 """The trading calendars (BROKERCORE_CALENDAR): the sessions in the instruments file, or
 every instant open (the development stack's, so orders trade at night and at weekends)."""
+CALENDARS: tuple[Calendar, ...] = typing.get_args(Calendar)
+
+DEFAULT_DATABASE_URL = "postgresql://brokercore:brokercore@127.0.0.1:15432/brokercore"
+"""The development server that ``scripts/postgres/postgres.sh start`` runs."""
+
+_Settings = TypeVar("_Settings", bound="DataclassInstance")
+_AT_FIELD = re.compile(r"`\$\.(\w+)`$")
+_WHAT: dict[object, str] = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _variable(name: str) -> dict[str, str]:
+    """Field metadata naming a setting's variable when it is not BROKERCORE_<FIELD>."""
+    return {"variable": name}
+
+
+def _from_env(cls: type[_Settings], env: Mapping[str, str], **derived: Any) -> _Settings:
+    """The settings dataclass ``cls`` with each field read from its variable
+    (BROKERCORE_<FIELD> unless the field's metadata names another) and converted from
+    text by msgspec; unset variables keep the defaults. ``derived`` are the fields the
+    caller works out itself (from several variables, or a file a variable names)."""
+    variables = {f.name: f.metadata.get("variable", f"BROKERCORE_{f.name.upper()}")
+                 for f in dataclasses.fields(cls) if f.name not in derived}
+    given = {name: env[variable] for name, variable in variables.items() if variable in env}
+    try:
+        return msgspec.convert({**given, **derived}, cls, strict=False)
+    except msgspec.ValidationError as e:
+        at = _AT_FIELD.search(str(e))
+        if at is None or at.group(1) not in given:
+            raise
+        name = at.group(1)
+        kind = typing.get_type_hints(cls)[name]
+        what = (f"one of {', '.join(typing.get_args(kind))}"
+                if typing.get_origin(kind) is Literal else _WHAT.get(kind, str(kind)))
+        raise ValueError(f"invalid BROKERCORE_* setting: {variables[name]} must be {what}, "
+                         f"not {given[name]!r}") from None
 
 
 @dataclass(frozen=True)
@@ -26,20 +72,14 @@ class KafkaSettings:
     test runs) apart on one cluster.
     """
 
-    bootstrap: str = "127.0.0.1:19092"
+    bootstrap: str = field(default="127.0.0.1:19092",
+                           metadata=_variable("BROKERCORE_KAFKA_BOOTSTRAP"))
     topic_prefix: str = ""
     shards: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> KafkaSettings:
-        defaults = cls()
-        try:
-            shards = int(env.get("BROKERCORE_SHARDS", defaults.shards))
-        except ValueError:
-            raise ValueError("BROKERCORE_SHARDS must be an integer") from None
-        settings = cls(bootstrap=env.get("BROKERCORE_KAFKA_BOOTSTRAP", defaults.bootstrap),
-                       topic_prefix=env.get("BROKERCORE_TOPIC_PREFIX", defaults.topic_prefix),
-                       shards=shards)
+        settings = _from_env(cls, env)
         settings.validate()
         return settings
 
@@ -108,11 +148,11 @@ DEV_JWT_SECRET = "brokercore-development-secret-not-for-production!!"
 class ServiceSettings:
     """What the services (OMS, settlement, reconciler) connect to and enforce."""
 
-    database_url: str = "postgresql://brokercore:brokercore@127.0.0.1:15432/brokercore"
+    database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_prefix: str = "brokercore:"           # namespace of this deployment's keys
     instruments: str = "config/instruments.toml"
-    calendar: str = "exchange"                  # one of CALENDARS
+    calendar: Calendar = "exchange"
     jwt_issuer: str = "brokercore-dev"
     jwt_audience: str = "brokercore"
     jwt_hs256_secret: str | None = None
@@ -137,49 +177,17 @@ class ServiceSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
-        d = cls()
-        public_key_file = env.get("BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE")
+        """Every field from its BROKERCORE_<FIELD> variable; besides, dev mode is on only
+        for BROKERCORE_DEV_MODE=1 (and then the HS256 secret defaults to the public
+        development one), the RS256 public key is read from the file that
+        BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE names, and an empty secret or push URL is
+        no secret or push URL."""
         dev_mode = env.get("BROKERCORE_DEV_MODE", "0") == "1"
-        secret = env.get("BROKERCORE_JWT_HS256_SECRET") or (DEV_JWT_SECRET if dev_mode else None)
-        calendar = env.get("BROKERCORE_CALENDAR", d.calendar)
-        if calendar not in CALENDARS:
-            raise ValueError(f"invalid BROKERCORE_* setting: BROKERCORE_CALENDAR must be one "
-                             f"of {', '.join(CALENDARS)}, not {calendar!r}")
-        try:
-            return cls(
-                database_url=env.get("BROKERCORE_DATABASE_URL", d.database_url),
-                redis_url=env.get("BROKERCORE_REDIS_URL", d.redis_url),
-                redis_prefix=env.get("BROKERCORE_REDIS_PREFIX", d.redis_prefix),
-                instruments=env.get("BROKERCORE_INSTRUMENTS", d.instruments),
-                calendar=calendar,
-                jwt_issuer=env.get("BROKERCORE_JWT_ISSUER", d.jwt_issuer),
-                jwt_audience=env.get("BROKERCORE_JWT_AUDIENCE", d.jwt_audience),
-                jwt_hs256_secret=secret,
-                jwt_rs256_public_key=(open(public_key_file).read() if public_key_file
-                                      else None),
-                dev_mode=dev_mode,
-                rate_limit_burst=int(env.get("BROKERCORE_RATE_LIMIT_BURST",
-                                             d.rate_limit_burst)),
-                rate_limit_per_second=float(env.get("BROKERCORE_RATE_LIMIT_PER_SECOND",
-                                                    d.rate_limit_per_second)),
-                read_rate_limit_burst=int(env.get("BROKERCORE_READ_RATE_LIMIT_BURST",
-                                                  d.read_rate_limit_burst)),
-                read_rate_limit_per_second=float(env.get(
-                    "BROKERCORE_READ_RATE_LIMIT_PER_SECOND", d.read_rate_limit_per_second)),
-                db_pool_timeout=float(env.get("BROKERCORE_DB_POOL_TIMEOUT",
-                                              d.db_pool_timeout)),
-                max_body_bytes=int(env.get("BROKERCORE_MAX_BODY_BYTES", d.max_body_bytes)),
-                fee_bps=env.get("BROKERCORE_FEE_BPS", d.fee_bps),
-                fee_fixed_paise=int(env.get("BROKERCORE_FEE_FIXED_PAISE", d.fee_fixed_paise)),
-                cache_ttl=float(env.get("BROKERCORE_CACHE_TTL", d.cache_ttl)),
-                push_url=env.get("BROKERCORE_PUSH_URL") or None,
-                push_retry_base=float(env.get("BROKERCORE_PUSH_RETRY_BASE", d.push_retry_base)),
-                push_retry_cap=float(env.get("BROKERCORE_PUSH_RETRY_CAP", d.push_retry_cap)),
-                push_attempts=int(env.get("BROKERCORE_PUSH_ATTEMPTS", d.push_attempts)),
-                dead_letter_retry_interval=float(env.get(
-                    "BROKERCORE_DEAD_LETTER_RETRY_INTERVAL", d.dead_letter_retry_interval)),
-                ws_queue_size=int(env.get("BROKERCORE_WS_QUEUE_SIZE", d.ws_queue_size)),
-                ws_heartbeat=float(env.get("BROKERCORE_WS_HEARTBEAT", d.ws_heartbeat)),
-            )
-        except ValueError as e:
-            raise ValueError(f"invalid BROKERCORE_* setting: {e}") from None
+        public_key_file = env.get("BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE")
+        return _from_env(
+            cls, env, dev_mode=dev_mode,
+            jwt_hs256_secret=(env.get("BROKERCORE_JWT_HS256_SECRET")
+                              or (DEV_JWT_SECRET if dev_mode else None)),
+            jwt_rs256_public_key=(Path(public_key_file).read_text() if public_key_file
+                                  else None),
+            push_url=env.get("BROKERCORE_PUSH_URL") or None)

@@ -10,15 +10,16 @@ reconciler's conservation checks start from) and the shares are in the read mode
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import psycopg
 
 from brokercore.broker.funding import open_account
-from brokercore.db.migrations import database_url
+from brokercore.broker.money import PAISE_PER_RUPEE as RUPEE
+from brokercore.config import ServiceSettings
 
 __all__ = ["DEMO_USERS", "seed_demo"]
 
-RUPEE = 100     # paise
 DEMO_USERS = {
     "alice": (10_000_000 * RUPEE, {"RELIANCE": (500, 14_250 * RUPEE),
                                    "TCS": (200, 20_100 * RUPEE)}),
@@ -35,9 +36,9 @@ def seed_demo(url: str) -> list[str]:
                 if open_account(conn, user, cash=cash, shares=holdings) is not None]
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m brokercore.db.demo", description=__doc__)
-    parser.add_argument("--url", default=database_url())
+    parser.add_argument("--url", default=ServiceSettings.from_env().database_url)
     created = seed_demo(parser.parse_args(argv).url)
     print(f"demo accounts created: {', '.join(created) or 'none (they exist)'}")
 

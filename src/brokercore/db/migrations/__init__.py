@@ -16,16 +16,17 @@ From the command line::
 
     python -m brokercore.db.migrations [--url URL]
 
-applies what is missing to ``URL`` (default: ``$BROKERCORE_DATABASE_URL``, else the
-development server of ``scripts/postgres/postgres.sh``) and prints what it applied.
+applies what is missing to ``URL`` (default: ``ServiceSettings.database_url``, from
+``$BROKERCORE_DATABASE_URL`` or else the development server of
+``scripts/postgres/postgres.sh``) and prints what it applied.
 
 Needs psycopg 3 (the ``services`` extra); no web framework is imported here.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -35,14 +36,14 @@ from pathlib import Path
 import psycopg
 from psycopg import errors, sql
 
+from brokercore.config import DEFAULT_DATABASE_URL, ServiceSettings
+
 __all__ = [
-    "DEFAULT_DATABASE_URL",
     "MIGRATIONS_DIR",
     "Migration",
     "MigrationError",
     "applied_migrations",
     "apply_migrations",
-    "database_url",
     "drop_database",
     "load_migrations",
     "main",
@@ -50,9 +51,6 @@ __all__ = [
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 """Where brokercore's own migration files are: this package's folder."""
-
-DEFAULT_DATABASE_URL = "postgresql://brokercore:brokercore@127.0.0.1:15432/brokercore"
-"""The development server that ``scripts/postgres/postgres.sh start`` runs."""
 
 ADVISORY_LOCK_KEY = 0x6272_6F6B_6572_6D67  # b"brokermg": the migrator's lock, per database
 
@@ -95,11 +93,6 @@ def drop_database(server: str, name: str, attempts: int = 50) -> None:
             time.sleep(0.2)
 
 
-def database_url(env: Mapping[str, str] = os.environ) -> str:
-    """``$BROKERCORE_DATABASE_URL``, else the development server's URL."""
-    return env.get("BROKERCORE_DATABASE_URL") or DEFAULT_DATABASE_URL
-
-
 def load_migrations(directory: Path | None = None) -> list[Migration]:
     """The ``*.sql`` files of ``directory`` (default: brokercore's own), in name order."""
     directory = MIGRATIONS_DIR if directory is None else Path(directory)
@@ -120,8 +113,8 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 def applied_migrations(conninfo: str) -> dict[str, str]:
     """``{version: checksum}`` of what the database has applied (empty if nothing)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
-        if not exists:
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+        if exists != (True,):
             return {}
         return dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
 
@@ -142,7 +135,8 @@ def apply_migrations(conninfo: str, directory: Path | None = None) -> list[str]:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
             conn.execute(_CREATE_TABLE)
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            done: dict[str, str] = dict(
+                conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
             _check_unchanged(migrations, done)
             for migration in migrations:
                 if migration.version in done:
@@ -184,8 +178,6 @@ def _apply_one(conn: psycopg.Connection, migration: Migration) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m brokercore.db.migrations",
         description="Apply brokercore's database migrations that the database lacks.")
@@ -195,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None,
                         help="folder of *.sql migrations (default: brokercore's own)")
     args = parser.parse_args(argv)
-    url = args.url or database_url()
+    url = args.url or ServiceSettings.from_env().database_url
     try:
         applied = apply_migrations(url, args.dir)
     except MigrationError as exc:
