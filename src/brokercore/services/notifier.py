@@ -3,8 +3,8 @@
     brokercore service notifier [--from-beginning] [--concurrency 64]
 
 Consumes ``events`` (read_committed) in its own consumer group and hands each batch to
-``brokercore.notify.router.Notifier``: in-app notifications are published before the next batch
-is read; each push runs as its own asyncio task (its retries wait without holding up
+``brokercore.notify.router.Notifier``: in-app notifications are published before the next
+batch is read; each push runs as its own asyncio task (its retries wait without holding up
 anyone else's notifications, at most ``--concurrency`` sends at once). The group's
 offsets are committed in Kafka only up to the first message whose pushes are not all
 delivered or dead-lettered, so a crash re-delivers (at-least-once; clients dedupe on
@@ -15,6 +15,13 @@ unless ``--from-beginning``. Settings: the BROKERCORE_* variables (brokercore.co
 BROKERCORE_PUSH_URL and BROKERCORE_PUSH_RETRY_BASE / _CAP / _ATTEMPTS among them;
 without a push URL only in-app notifications go out. SIGTERM or Ctrl-C stops reading,
 gives pushes in flight a few seconds, commits what is done and exits 0; a failure exits 1.
+
+Its position is the group's Kafka offsets, not offsets in Postgres like settlement's and
+the projector's (brokercore.consumers.pg_consumer): what it does with a message (Redis
+publishes, pushes that end out of order, minutes later after their retries) cannot
+commit in one Postgres transaction with the message's offset. The rest is every
+consumer's: logging, settings, SIGTERM and exit codes (brokercore.services.consumer),
+outages of Postgres, Redis or Kafka waited out with one back-off (brokercore.faults.backoff).
 """
 
 from __future__ import annotations
