@@ -35,7 +35,7 @@ from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
 from brokercore.broker.funding import open_account
 from brokercore.broker.market import load_market
-from brokercore.notify.notifier import notifier_group
+from brokercore.services.notifier import notifier_group_id
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.kafka.topics import partition_of
 
@@ -481,7 +481,7 @@ def consumer_positions(platform: Platform) -> dict[str, dict[int, int]]:
     for consumer, partition, offset in rows:
         positions[consumer][partition] = offset
     probe = Consumer({"bootstrap.servers": platform.servers.bootstrap,
-                      "group.id": notifier_group("")})
+                      "group.id": notifier_group_id("")})
     try:
         for tp in probe.committed([TopicPartition("events", p) for p in range(platform.shards)],
                                   timeout=5):

@@ -1,4 +1,4 @@
-"""The notifier (brokercore.notify.notifier, brokercore.notify.alerts, services/notifier) and the
+"""The notifier (brokercore.notify, services/notifier) and the
 reconciler's dead-letter job, on the real Postgres, Redis and Kafka, with a real HTTP
 server on loopback playing the push provider."""
 
@@ -33,15 +33,16 @@ from brokercore.notify.alerts import Alert, TradePrice, cross
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
 from brokercore.broker.market import load_market
 from brokercore.kafka.messages import Event, EventBatch, encode
-from brokercore.notify.notifier import (
-    DeadLetters, HttpPushProvider, Notifier, OrderOwner, Push, PushDeadLetter,
-    alert_notification, notifier_group, order_notifications, retry_delay,
-)
+from brokercore.faults.backoff import retry_delay
+from brokercore.notify.dead_letters import DeadLetters, PushDeadLetter
+from brokercore.notify.push import HttpPushProvider
+from brokercore.notify.render import OrderOwner, alert_notification, order_notifications
+from brokercore.notify.router import Notifier, Push
 from brokercore.engine.records import EventType, Op, Reason, Side
 from brokercore.realtime.channels import Notification, decode_message, online_key, user_channel
 from brokercore.kafka.topics import ensure_topics, partition_of
 from oms_support import BOOTSTRAP, auth
-from brokercore.services.notifier import PendingOffsets
+from brokercore.services.notifier import PendingOffsets, notifier_group_id
 from brokercore.services.notifier_api import create_app
 from brokercore.services.reconciler import retry_notifications
 
@@ -540,7 +541,7 @@ def produce(kafka: KafkaSettings, partition: int, batches: list[EventBatch]) -> 
 def committed(kafka: KafkaSettings, partition: int) -> int:
     """The notifier group's committed offset of a partition of events (< 0 if none)."""
     consumer = Consumer({"bootstrap.servers": BOOTSTRAP,
-                         "group.id": notifier_group(kafka.topic_prefix)})
+                         "group.id": notifier_group_id(kafka.topic_prefix)})
     try:
         [tp] = consumer.committed([TopicPartition(kafka.events_topic, partition)], timeout=10)
         return tp.offset

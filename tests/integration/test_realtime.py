@@ -22,7 +22,8 @@ from test_settlement import MARKET, MID, Venue
 from ws_support import WAIT, open_socket, receive
 
 from brokercore.config import ServiceSettings
-from brokercore.notify.notifier import DeadLetters, Notifier
+from brokercore.notify.dead_letters import DeadLetters
+from brokercore.notify.router import Notifier
 from brokercore.consumers.projector import ProjectorConsumer, run_projector
 from brokercore.engine.records import Side, Tif
 from brokercore.services.notifier import run_notifier
