@@ -29,15 +29,15 @@ from pathlib import Path
 import httpx
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
-from private_servers import PrivateKafka, PrivatePostgres, PrivateRedis, free_port
 
-from brokercore.edge.auth import JwtConfig, mint_token
-from brokercore.config import DEV_JWT_SECRET
 from brokercore.broker.funding import open_account
 from brokercore.broker.market import load_market
-from brokercore.services.notifier import notifier_group_id
+from brokercore.config import DEV_JWT_SECRET
 from brokercore.consumers.reconcile import check_invariants
+from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.kafka.topics import partition_of
+from brokercore.services.notifier import notifier_group_id
+from private_servers import PrivateKafka, PrivatePostgres, PrivateRedis, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
@@ -229,12 +229,13 @@ class Platform:
         self._add(api("oms", "oms", self.oms_port))
         self._add(api("query", "query", self.query_port))
         for name in ("settlement", "projector"):
-            self._add(Service(name, [py, "-m", "brokercore.cli", "service", name], self.env, self._log(name),
-                              "from offsets"))
+            self._add(Service(name, [py, "-m", "brokercore.cli", "service", name], self.env,
+                              self._log(name), "from offsets"))
         self._add(Service("notifier", [py, "-m", "brokercore.cli", "service", "notifier"], self.env,
                           self._log("notifier"), None))
         # Rounds every 5 s, not 30: a round that dies of a fault shows within the test.
-        self._add(Service("reconciler", [py, "-m", "brokercore.cli", "service", "reconciler", "--every", "5"],
+        self._add(Service("reconciler",
+                          [py, "-m", "brokercore.cli", "service", "reconciler", "--every", "5"],
                           self.env, self._log("reconciler"), None))
 
     def _add(self, service: Service) -> None:
@@ -565,8 +566,8 @@ def read_model_differences(platform: Platform) -> list[str]:
 
 def reconciler_report(platform: Platform) -> tuple[int, str]:
     """`brokercore service reconciler --report` on the platform: exit code and output."""
-    done = subprocess.run([sys.executable, "-m", "brokercore.cli", "service", "reconciler", "--report"],
-                          cwd=REPO, env=platform.env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "brokercore.cli", "service", "reconciler",
+                           "--report"], cwd=REPO, env=platform.env, capture_output=True, text=True,
                           timeout=300)
     return done.returncode, done.stdout + done.stderr
 

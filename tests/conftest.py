@@ -1,13 +1,17 @@
-"""Shared fixtures and hypothesis profiles.
+"""The one conftest: lanes, hypothesis profiles and the fixtures shared by test modules.
 
-``book_cls`` runs a test against both the Cython engine and the reference model. If
-the engine cannot be imported, its parameter errors (it is never skipped): a missing
-build must not pass as green. While the engine is not built,
-``pytest tests/unit/test_orders.py -k "not engine"`` runs the model half alone (the other
-modules compare the engine with the model, or test engine snapshots, and need it).
+Lanes: every test under tests/unit is marked ``unit`` (it needs no server), every test
+under tests/integration ``integration`` (the real Postgres, Redis and Kafka), so
+``pytest -m unit`` and ``make unit`` are the same lane.
+
+``book_cls`` runs a test against both the Cython engine and the reference model; the
+engine is never skipped: a missing build must not pass as green.
 
 Hypothesis profiles, chosen with ``HYPOTHESIS_PROFILE`` (default ``dev``):
 ``dev`` is quick for local runs, ``ci`` runs 2,000 examples per property.
+
+The shared servers' addresses come from tests/shared_servers.py; the tests that stop or
+kill a server use private ones (tests/private_servers.py).
 """
 
 from __future__ import annotations
@@ -15,18 +19,26 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from hypothesis import HealthCheck, settings
 
 from brokercore.broker.funding import open_account
-from brokercore.db.migrations import apply_migrations, database_url, drop_database
+from brokercore.config import KafkaSettings
+from brokercore.db.migrations import apply_migrations, drop_database
+from kafka_support import instruments, new_settings, write_instruments
+from private_servers import PrivatePostgres, PrivateRedis
+from shared_servers import DATABASE_URL, KAFKA_BOOTSTRAP
 from support import engine_class, model_class
 from ws_support import Server
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
@@ -39,50 +51,112 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its lane, the folder it lives in (unit or integration)."""
+    for item in items:
+        for lane in ("unit", "integration"):
+            if item.path.is_relative_to(TESTS / lane):
+                item.add_marker(lane)
+
+
 @pytest.fixture(params=["engine", "model"])
 def book_cls(request):
     """The book implementation under test: each test runs once per implementation."""
     return engine_class() if request.param == "engine" else model_class()
 
 
-# --- real Postgres (scripts/postgres/postgres.sh) ------------------------------------------
+# --- the shared servers (tests/shared_servers.py) --------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
+def start_unless_elsewhere(server: str, variable: str) -> None:
+    """``scripts/<server>/<server>.sh start`` (a no-op when it runs), unless ``variable``
+    points the tests at a server of someone else's."""
+    if variable in os.environ:
+        return
+    script = REPO / f"scripts/{server}/{server}.sh"
+    done = subprocess.run([str(script), "start"], check=False, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"{script.relative_to(REPO)} start failed:\n{done.stderr}")
 
 
 @pytest.fixture(scope="session")
-def server() -> str:
-    """The URL of a database on a running server whose role may create databases."""
-    if "BROKERCORE_DATABASE_URL" not in os.environ:
-        done = subprocess.run([str(REPO / "scripts/postgres/postgres.sh"), "start"], check=False,
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            pytest.fail(f"scripts/postgres/postgres.sh start failed:\n{done.stderr}")
-    return database_url()
+def postgres() -> str:
+    """The URL of a database on the shared server, whose role may create databases."""
+    start_unless_elsewhere("postgres", "BROKERCORE_DATABASE_URL")
+    return DATABASE_URL
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The shared Kafka's bootstrap address."""
+    start_unless_elsewhere("kafka", "BROKERCORE_KAFKA_BOOTSTRAP")
+    return KAFKA_BOOTSTRAP
 
 
 @pytest.fixture
-def db(server: str):
+def kafka(kafka_bootstrap: str) -> KafkaSettings:
+    """A deployment of the test's own on the shared Kafka: a fresh topic prefix, four
+    shards, its topics created."""
+    return new_settings(4, kafka_bootstrap)
+
+
+@pytest.fixture
+def db(postgres: str) -> Iterator[str]:
     """A fresh, empty database for one test; dropped at the end (connections and all)."""
     name = f"test_{uuid.uuid4().hex}"
-    with psycopg.connect(server, autocommit=True) as admin:
+    with psycopg.connect(postgres, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield make_conninfo(server, dbname=name)
+        yield make_conninfo(postgres, dbname=name)
     finally:
-        drop_database(server, name)
+        drop_database(postgres, name)
 
 
 @pytest.fixture
-def database(db):
-    """A migrated database with three OMS users: alice and carol with cash, bob with
-    100 RELIANCE and no cash."""
+def migrated(db: str) -> str:
+    """``db`` with every migration applied, and no rows."""
     apply_migrations(db)
-    with psycopg.connect(db, autocommit=True) as conn:       # journalled deposits
-        open_account(conn, "alice", cash=1_000_000 * 100)
-        open_account(conn, "bob", shares={"RELIANCE": 100})
-        open_account(conn, "carol", cash=1_000_000 * 100)
     return db
+
+
+@pytest.fixture
+def conn(migrated: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test's migrated database."""
+    with psycopg.connect(migrated, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def database(migrated: str) -> str:
+    """The test's migrated database with three OMS users: alice and carol with cash, bob
+    with 100 RELIANCE and no cash."""
+    with psycopg.connect(migrated, autocommit=True) as connection:     # journalled deposits
+        open_account(connection, "alice", cash=1_000_000 * 100)
+        open_account(connection, "bob", shares={"RELIANCE": 100})
+        open_account(connection, "carol", cash=1_000_000 * 100)
+    return migrated
+
+
+# --- private servers, to stop and kill (tests/private_servers.py) ----------------------------
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    with PrivateRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    with PrivatePostgres() as server:
+        yield server
+
+
+# --- engine daemons (tests/kafka_support.py) -------------------------------------------------
+
+@pytest.fixture
+def instruments_file(tmp_path: Path) -> Path:
+    """The instruments file of kafka_support.instruments(), for `brokercore engine`."""
+    return write_instruments(tmp_path / "instruments.toml", instruments())
 
 
 # --- WebSocket gateways (tests/ws_support.py) ----------------------------------------------

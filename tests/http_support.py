@@ -4,21 +4,18 @@ Postgres, Redis and Kafka, with what they log kept, for the edge and fuzz tests.
 from __future__ import annotations
 
 import logging
-import uuid
 
 import httpx
 import psycopg
 import redis
 
-from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
-from brokercore.kafka.topics import ensure_topics
-from oms_support import BOOTSTRAP, OPEN_MARKET
 from brokercore.services.notifier_api import create_app as notifications_app
 from brokercore.services.oms import create_app as oms_app
 from brokercore.services.query import create_app as query_app
 from brokercore.services.ws import create_app as gateway_app
-
-SHARED_REDIS = "redis://127.0.0.1:16379/0"
+from kafka_support import new_settings
+from oms_support import OPEN_MARKET
+from shared_servers import REDIS_URL, service_settings
 
 STORED = ("orders", "idempotency_keys", "outbox", "push_devices", "price_alerts",
           "notification_preferences")
@@ -60,10 +57,8 @@ class Services:
 
     def __init__(self, database: str, **overrides):
         self.database = database
-        self.kafka = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
-        ensure_topics(self.kafka)
-        self.settings = ServiceSettings(database_url=database, jwt_hs256_secret=DEV_JWT_SECRET,
-                                        redis_prefix=self.kafka.topic_prefix, **overrides)
+        self.kafka = new_settings(4)
+        self.settings = service_settings(database, self.kafka.topic_prefix, **overrides)
         self.apps = {"oms": oms_app(self.settings, self.kafka),
                      "query": query_app(self.settings),
                      "notifications": notifications_app(self.settings),
@@ -89,8 +84,8 @@ class Services:
             await getattr(self, name).aclose()
         while self._lifespans:
             await self._lifespans.pop().__aexit__(*exc)
-        if self.settings.redis_url == SHARED_REDIS:
-            client = redis.Redis.from_url(SHARED_REDIS)
+        if self.settings.redis_url == REDIS_URL:
+            client = redis.Redis.from_url(REDIS_URL)
             for key in client.scan_iter(match=self.kafka.topic_prefix + "*", count=1000):
                 client.delete(key)
             client.close()
@@ -101,7 +96,7 @@ class Services:
             self._counter = psycopg.connect(self.database, autocommit=True)
         counts = self._counter.execute("SELECT " + ", ".join(
             f"(SELECT count(*) FROM {table})" for table in STORED)).fetchone()
-        return dict(zip(STORED, counts))
+        return dict(zip(STORED, counts, strict=True))
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:

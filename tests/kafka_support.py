@@ -7,7 +7,6 @@ so that kill -9 means what it says.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,29 +15,37 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka import TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
-from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable, commands_from_records
 from brokercore.config import KafkaSettings
-from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
+from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable, commands_from_records
 from brokercore.kafka.messages import DeadLetter, Event, EventBatch, ShardSnapshot, encode
-from brokercore.runtime.shard import Instrument, read_snapshot
 from brokercore.kafka.topics import ensure_topics, partition_of
+from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
+from brokercore.runtime.shard import Instrument, read_snapshot
+from shared_servers import KAFKA_BOOTSTRAP
 
-BOOTSTRAP = os.environ.get("BROKERCORE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 REPO = Path(__file__).resolve().parents[1]
 
 # Four symbols, two on each of two shards (CRC-32 partitioning).
 SYMBOLS = {"RELIANCE": 1, "TCS": 2, "HDFCBANK": 3, "ITC": 4}
 
 
-def new_settings(shards: int) -> KafkaSettings:
-    settings = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", shards)
+def new_settings(shards: int, bootstrap: str = KAFKA_BOOTSTRAP) -> KafkaSettings:
+    """A deployment of its own on the cluster: a fresh topic prefix, its topics created."""
+    settings = KafkaSettings(bootstrap, f"t{uuid.uuid4().hex[:12]}-", shards)
     ensure_topics(settings)
     return settings
 
@@ -252,9 +259,8 @@ def run_service_briefly(name: str, env: dict, log: Path) -> tuple[int, str]:
     offsets") and 1.5 s more (time enough to re-apply anything), then SIGTERM: its exit
     code and output."""
     with open(log, "w") as out:
-        service = subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", name], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT,
-                                   cwd=Path(__file__).resolve().parents[1])
+        service = subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", name],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         deadline = time.monotonic() + 60
         while "from offsets" not in log.read_text():
@@ -295,42 +301,38 @@ def run_until_stored(run, args: tuple, conn, consumer: str, topic: str, end: int
 class Load:
     """Publishes commands at a steady rate from a background thread, until the block
     ends (or the commands run out); ``sent`` is what it published. A chunk not delivered
-    within ``patience`` seconds (Kafka away) is an error."""
+    within ``patience`` seconds (Kafka away) is an error, raised at the end of the block."""
 
     def __init__(self, settings, commands, rate: float = 2_000, chunk: int = 100,
                  patience: float = 30):
         self._producer = OrderProducer(settings)
         self._commands, self._rate, self._chunk = commands, rate, chunk
         self._patience = patience
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
         self._stop = threading.Event()
-        self.error: BaseException | None = None
         self.sent: list = []
 
-    def _run(self):
-        try:
-            start = time.monotonic()
-            for i in range(0, len(self._commands), self._chunk):
-                delay = start + i / self._rate - time.monotonic()
-                if self._stop.wait(max(delay, 0)):
-                    return
-                self._producer.send(self._commands[i:i + self._chunk], timeout=self._patience)
-                self.sent = self._commands[:i + self._chunk]
-        except BaseException as e:
-            self.error = e
+    def _run(self) -> None:
+        start = time.monotonic()
+        for i in range(0, len(self._commands), self._chunk):
+            delay = start + i / self._rate - time.monotonic()
+            if self._stop.wait(max(delay, 0)):
+                return
+            self._producer.send(self._commands[i:i + self._chunk], timeout=self._patience)
+            self.sent = self._commands[:i + self._chunk]
 
     def __enter__(self):
-        self._thread.start()
+        self._running = self._thread.submit(self._run)
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join()
-        assert self.error is None, self.error
+        self._thread.shutdown()
+        self._running.result()                  # what went wrong in the thread, raised here
 
     @property
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._running.done()
 
 
 def check_run(settings, commands, final_daemon):

@@ -11,13 +11,14 @@ import msgspec
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from brokercore.config import DEV_JWT_SECRET
 from brokercore.edge.auth import JwtConfig, mint_token
-from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
 from brokercore.kafka.messages import Command
-from brokercore.kafka.topics import ensure_topics, partition_of
+from brokercore.kafka.topics import partition_of
 from brokercore.services.oms import create_app
+from kafka_support import new_settings
+from shared_servers import KAFKA_BOOTSTRAP, service_settings
 
-BOOTSTRAP = "127.0.0.1:19092"
 OPEN_MARKET = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)        # Wednesday 11:30 in Mumbai
 SUNDAY = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
@@ -28,12 +29,10 @@ class Api:
     """The OMS app in this process (its lifespan run), an HTTP client on it, and the
     clock its order entry uses."""
 
-    def __init__(self, database: str, bootstrap: str = BOOTSTRAP, **overrides):
+    def __init__(self, database: str, bootstrap: str = KAFKA_BOOTSTRAP, **overrides):
         self.database = database
-        self.kafka = KafkaSettings(bootstrap, f"t{uuid.uuid4().hex[:12]}-", 4)
-        ensure_topics(self.kafka)
-        self.settings = ServiceSettings(database_url=database, jwt_hs256_secret=DEV_JWT_SECRET,
-                                        redis_prefix=self.kafka.topic_prefix, **overrides)
+        self.kafka = new_settings(4, bootstrap)
+        self.settings = service_settings(database, self.kafka.topic_prefix, **overrides)
         self.app = create_app(self.settings, self.kafka)
         self.now = OPEN_MARKET
 

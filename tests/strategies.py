@@ -56,7 +56,7 @@ def in_band_prices(params: dict, margin=2):
 
 
 @st.composite
-def command(draw, params: dict, ids=st.integers(-1, 15), accounts=st.integers(0, 3)):
+def command(draw, params: dict):
     """One raw command for a book built with ``params``: plausible fields, a few arbitrary."""
     fields = draw(st.fixed_dictionaries({
         "symbol": st.integers(0, 2**32 - 1),
@@ -66,8 +66,8 @@ def command(draw, params: dict, ids=st.integers(-1, 15), accounts=st.integers(0,
         "stp": st.sampled_from(list(Stp)),
         "flags": st.sampled_from([0, 0, 1]),
         "ts": st.integers(0, 10**6),
-        "order_id": ids,
-        "account": accounts,
+        "order_id": st.integers(-1, 15),
+        "account": st.integers(0, 3),
         "price": in_band_prices(params),
         "qty": quantities(params),
     }))

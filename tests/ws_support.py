@@ -12,8 +12,8 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
+from brokercore.edge.auth import JwtConfig, mint_token
 
 REPO = Path(__file__).resolve().parents[1]
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
@@ -30,8 +30,8 @@ class Server:
         self.log = log
         self._log_file = open(log, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "brokercore.cli", "service", "ws", "--port", str(self.port)], cwd=REPO, env=env, stdout=self._log_file,
-            stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "brokercore.cli", "service", "ws", "--port", str(self.port)],
+            cwd=REPO, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + WAIT

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from brokercore.config import ServiceSettings
 from brokercore.broker.market import load_market
+from brokercore.config import ServiceSettings
 from oms_support import SUNDAY, Api, run
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "instruments.toml"

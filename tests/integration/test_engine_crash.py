@@ -17,19 +17,16 @@ import signal
 import time
 from contextlib import contextmanager
 
-import pytest
-
 from kafka_support import (
-    Daemon, Load, check_run, flow, instruments, new_settings, write_instruments,
+    Daemon,
+    Load,
+    check_run,
+    flow,
+    new_settings,
 )
 
 KILLS = int(os.environ.get("BROKERCORE_CRASH_KILLS", "10"))
 RATE = 2_000                 # commands per second offered while daemons die
-
-
-@pytest.fixture
-def instruments_file(tmp_path):
-    return write_instruments(tmp_path / "instruments.toml", instruments())
 
 
 def test_kill_9_at_random_points_under_load(tmp_path, instruments_file):

@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import pytest
 
-from brokercore.kafka.messages import CancelOrder, NewOrder, encode
 from brokercore.engine.records import EventType, Reason, Side
+from brokercore.kafka.messages import CancelOrder, NewOrder, encode
 from kafka_support import (
-    Daemon, OrderProducer, assert_no_gap_no_duplicate, books_of, by_symbol, direct_run,
-    flow, instruments, new_settings, newest_snapshots, read_dead_letters, read_events,
-    same_book, write_instruments,
+    Daemon,
+    OrderProducer,
+    assert_no_gap_no_duplicate,
+    books_of,
+    by_symbol,
+    direct_run,
+    flow,
+    instruments,
+    new_settings,
+    newest_snapshots,
+    read_dead_letters,
+    read_events,
+    same_book,
 )
-
-
-@pytest.fixture
-def instruments_file(tmp_path):
-    return write_instruments(tmp_path / "instruments.toml", instruments())
 
 
 @pytest.fixture

@@ -20,18 +20,21 @@ import pytest
 
 from brokercore.config import KafkaSettings
 from kafka_support import (
-    Daemon, Load, OrderProducer, assert_no_gap_no_duplicate, by_symbol,
-    check_run, direct_run, flow, instruments, read_events, write_instruments,
+    Daemon,
+    Load,
+    OrderProducer,
+    assert_no_gap_no_duplicate,
+    by_symbol,
+    check_run,
+    direct_run,
+    flow,
+    instruments,
+    read_events,
 )
 from private_servers import PrivateKafka
 
 RESTARTS = int(os.environ.get("BROKERCORE_BROKER_RESTARTS", "1"))   # make crash: 3
 STOP_BOUND = 15.0       # seconds from SIGTERM to exit with the broker down (docs/kafka.md)
-
-
-@pytest.fixture
-def instruments_file(tmp_path):
-    return write_instruments(tmp_path / "instruments.toml", instruments())
 
 
 @pytest.fixture
@@ -100,7 +103,7 @@ def test_the_daemon_survives_broker_restarts_under_load(daemon, broker):
             killed_at = len(load.sent)
             time.sleep(3.0)                     # orders wait in the producer meanwhile
             broker.start()
-            wait_until(lambda: len(load.sent) >= killed_at + 1000, "the load to go on")
+            wait_until(lambda at=killed_at: len(load.sent) >= at + 1000, "the load to go on")
             # The events of everything sent so far arrive: the daemon is live again.
             events_of(daemon.settings, list(load.sent))
             assert engine.process.poll() is None, (

@@ -15,11 +15,10 @@ import uuid
 import psycopg
 import pytest
 
-from brokercore.edge.auth import mint_token
 from brokercore.db.migrations import apply_migrations
+from brokercore.edge.auth import mint_token
 from http_support import LogRecords, Services, assert_error
 from oms_support import JWT, auth, run
-from private_servers import PrivatePostgres, PrivateRedis
 
 
 def order(**fields) -> dict:
@@ -270,18 +269,6 @@ def test_reads_have_a_per_user_rate_limit_of_their_own(database):
 
 
 # --- dependencies away ------------------------------------------------------------------------
-
-@pytest.fixture
-def private_redis():
-    with PrivateRedis() as server:
-        yield server
-
-
-@pytest.fixture
-def private_postgres():
-    with PrivatePostgres() as server:
-        yield server
-
 
 def test_while_redis_is_away_orders_go_on_under_a_local_rate_limit(database, private_redis):
     async def scenario(services, logs):

@@ -4,7 +4,6 @@ read_committed consumer sees committed records only."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -17,12 +16,12 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-BOOTSTRAP = os.environ.get("BROKERCORE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+from shared_servers import KAFKA_BOOTSTRAP
 
 
 @pytest.fixture
 def topic():
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": KAFKA_BOOTSTRAP})
     name = f"test-{uuid.uuid4().hex}"
     admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result(30)
     yield name
@@ -31,7 +30,7 @@ def topic():
 
 def read_committed(topic: str) -> tuple[list[bytes], int]:
     """Every committed value of the topic, and its high watermark (offsets in use)."""
-    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uuid.uuid4().hex,
+    consumer = Consumer({"bootstrap.servers": KAFKA_BOOTSTRAP, "group.id": uuid.uuid4().hex,
                          "auto.offset.reset": "earliest", "isolation.level": "read_committed",
                          "enable.auto.commit": False})
     # From the first offset: no consumer group (and so no group coordinator) involved.
@@ -54,7 +53,7 @@ def read_committed(topic: str) -> tuple[list[bytes], int]:
 
 
 def test_transactions_commit_and_abort_on_the_single_node_broker(topic):
-    producer = Producer({"bootstrap.servers": BOOTSTRAP,
+    producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP,
                          "transactional.id": f"test-{uuid.uuid4().hex}"})
     producer.init_transactions(30)
     producer.begin_transaction()

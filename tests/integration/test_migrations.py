@@ -38,18 +38,6 @@ CORE_TABLES = {
 }
 
 
-@pytest.fixture
-def migrated(db: str) -> str:
-    assert apply_migrations(db) == [m.version for m in load_migrations()]
-    return db
-
-
-@pytest.fixture
-def conn(migrated: str):
-    with psycopg.connect(migrated, autocommit=True) as connection:
-        yield connection
-
-
 def copy_migrations(to: Path, extra: dict[str, str] | None = None) -> Path:
     """brokercore's migrations copied into ``to``, plus ``extra`` files by name."""
     to.mkdir(parents=True, exist_ok=True)

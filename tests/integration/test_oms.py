@@ -12,11 +12,12 @@ import jwt
 import psycopg
 import pytest
 
-from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.config import DEV_JWT_SECRET
-from brokercore.kafka.messages import CancelOrder, NewOrder
 from brokercore.engine.records import Side, Tif
+from brokercore.entry.requests import PlaceOrderRequest
+from brokercore.kafka.messages import CancelOrder, NewOrder
 from oms_support import SUNDAY, Api, auth, run
+
 
 def test_an_order_blocks_its_cash_is_stored_pending_and_reaches_kafka(database):
     async def scenario():

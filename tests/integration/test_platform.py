@@ -16,16 +16,16 @@ from decimal import Decimal
 
 import httpx
 import psycopg
-from kafka_support import Daemon, OrderProducer
-from oms_support import Api, run
 
-from brokercore.entry.requests import PlaceOrderRequest
-from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.config import DEV_JWT_SECRET
-from brokercore.kafka.messages import CloseSession
 from brokercore.consumers.settlement import run_settlement
+from brokercore.edge.auth import JwtConfig, mint_token
+from brokercore.entry.requests import PlaceOrderRequest
+from brokercore.kafka.messages import CloseSession
 from brokercore.kafka.topics import partition_of
 from brokercore.services.reconciler import report, republish
+from kafka_support import Daemon, OrderProducer
+from oms_support import Api, run
 
 INSTRUMENTS = "config/instruments.toml"
 RUPEE = 100

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import pytest
 from redis.asyncio import Redis
 
 from brokercore.edge.ratelimit import LocalBuckets, TokenBucket
-
-REDIS_URL = os.environ.get("BROKERCORE_REDIS_URL", "redis://127.0.0.1:16379/0")
+from shared_servers import REDIS_URL
 
 
 def run(coroutine):

@@ -14,20 +14,20 @@ import httpx
 import numpy as np
 import psycopg
 import redis
-from oms_support import BOOTSTRAP, auth
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from test_platform import INSTRUMENTS, platform
 from test_settlement import MARKET, MID, Venue
-from ws_support import WAIT, open_socket, receive
 
-from brokercore.config import ServiceSettings
-from brokercore.notify.dead_letters import DeadLetters
-from brokercore.notify.router import Notifier
 from brokercore.consumers.projector import ProjectorConsumer, run_projector
 from brokercore.engine.records import Side, Tif
+from brokercore.notify.dead_letters import DeadLetters
+from brokercore.notify.router import Notifier
 from brokercore.services.notifier import run_notifier
 from brokercore.services.query import create_app as create_query_app
+from oms_support import auth
+from shared_servers import KAFKA_BOOTSTRAP, REDIS_URL, service_settings
+from ws_support import WAIT, open_socket, receive
 
 ROUNDS = 12
 
@@ -45,7 +45,7 @@ def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
         stop = threading.Event()
         projector = threading.Thread(target=run_projector, args=(
             api.kafka.bootstrap, api.kafka.events_topic, database, INSTRUMENTS,
-            ServiceSettings().redis_url, prefix), kwargs={"stop_event": stop,
+            REDIS_URL, prefix), kwargs={"stop_event": stop,
                                                           "say": lambda line: None},
             daemon=True)
         projector.start()
@@ -134,8 +134,7 @@ async def until_filled(ws, orders: list[int]) -> list[tuple[float, dict]]:
 async def read_side(api) -> tuple[list[dict], dict]:
     """alice's orders and portfolio from the query service, once settlement has moved
     her cash (the projector's updates were in when her socket got them)."""
-    settings = ServiceSettings(database_url=api.database, redis_prefix=api.settings.redis_prefix,
-                               jwt_hs256_secret=api.settings.jwt_hs256_secret)
+    settings = service_settings(api.database, api.settings.redis_prefix)
     app = create_query_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -153,8 +152,8 @@ async def in_app_notifier(database: str, prefix: str, projector_wait: float):
     """A Notifier of in-app notifications (no push provider) on the ``events`` topic."""
     pool = AsyncConnectionPool(database, min_size=1, max_size=2, open=False)
     await pool.open(wait=True)
-    client = Redis.from_url(ServiceSettings().redis_url)
-    dead = DeadLetters(BOOTSTRAP, "unused-dead-letters")
+    client = Redis.from_url(REDIS_URL)
+    dead = DeadLetters(KAFKA_BOOTSTRAP, "unused-dead-letters")
     try:
         yield Notifier(pool, client, prefix, MARKET, None, dead, events_topic="events",
                        projector_wait=projector_wait)
@@ -229,5 +228,5 @@ def test_an_order_update_reaches_the_socket_before_the_notification_about_it(
             await alice.close()
 
     with psycopg.connect(database, autocommit=True) as conn, \
-            redis.Redis.from_url(ServiceSettings().redis_url) as client:
+            redis.Redis.from_url(REDIS_URL) as client:
         asyncio.run(asyncio.wait_for(scenario(conn, client), 120))

@@ -15,17 +15,18 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from psycopg import errors, sql
-
-from brokercore.config import KafkaSettings, ServiceSettings
-from brokercore.db.demo import seed_demo
-from brokercore.broker.funding import FundingKind, fund, open_account
-from brokercore.db.migrations import MIGRATIONS_DIR, apply_migrations
-from brokercore.consumers.reconcile import check_invariants
-from brokercore.engine.records import Side, Tif
-from oms_support import BOOTSTRAP, run
-from brokercore.services.reconciler import market_sessions, report, republish
 from test_platform import platform, wait_until
 from test_settlement import CASH, INST, MID, SHARES, Venue, settle
+
+from brokercore.broker.funding import FundingKind, fund, open_account
+from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.consumers.reconcile import check_invariants
+from brokercore.db.demo import seed_demo
+from brokercore.db.migrations import MIGRATIONS_DIR, apply_migrations
+from brokercore.engine.records import Side, Tif
+from brokercore.services.reconciler import market_sessions, report, republish
+from oms_support import run
+from shared_servers import KAFKA_BOOTSTRAP
 
 SETTINGS = ServiceSettings(instruments="config/instruments.toml")
 
@@ -44,13 +45,6 @@ def bypassing_guards(conn, table: str) -> None:
                               "AND conrelid = %s::regclass", (table,)).fetchall():
         conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
             sql.Identifier(table), sql.Identifier(name)))
-
-
-@pytest.fixture
-def conn(db):
-    apply_migrations(db)
-    with psycopg.connect(db, autocommit=True) as c:
-        yield c
 
 
 class Day:
@@ -156,7 +150,7 @@ def test_each_broken_invariant_is_reported_with_its_numbers(conn, breakage):
 def test_each_round_of_the_reconciler_logs_what_is_broken(conn, db, caplog):
     day = Day(conn)
     settings = ServiceSettings(database_url=db, instruments=SETTINGS.instruments)
-    kafka = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
+    kafka = KafkaSettings(KAFKA_BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
 
     def one_round() -> list[str]:
         caplog.clear()
@@ -303,7 +297,8 @@ def test_a_busy_day_through_the_engine_leaves_no_finding(database, tmp_path, cap
                     for user, side, quantity, price in orders))
                 assert [a.status_code for a in answers] == [202] * len(orders), \
                     [a.text for a in answers if a.status_code != 202]
-                return {a.json()["orderId"]: user for a, (user, *_) in zip(answers, orders)}
+                return {a.json()["orderId"]: user
+                        for a, (user, *_) in zip(answers, orders, strict=True)}
         placed = run(trade)
         wait_until(api, "SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
         assert api.rows("SELECT count(*) FROM fills")[0][0] > 0, "some of them traded"

@@ -28,14 +28,14 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 from psycopg.conninfo import make_conninfo
+
+from brokercore.db.migrations import apply_migrations
+from brokercore.entry.requests import PlaceOrderRequest
+from brokercore.kafka.messages import EventBatch, encode
+from brokercore.kafka.topics import partition_of
 from kafka_support import Daemon
 from oms_support import Api, auth, run
 from private_servers import PrivateKafka, PrivatePostgres
-
-from brokercore.entry.requests import PlaceOrderRequest
-from brokercore.kafka.messages import EventBatch, encode
-from brokercore.db.migrations import apply_migrations
-from brokercore.kafka.topics import partition_of
 
 REPO = Path(__file__).resolve().parents[2]
 INSTRUMENTS = str(REPO / "config/instruments.toml")
@@ -61,7 +61,7 @@ def servers():
 
 
 @pytest.fixture
-def database(servers):
+def private_database(servers):
     """A fresh migrated database on the private server, with alice (cash) and bob
     (shares)."""
     postgres, _ = servers
@@ -93,8 +93,9 @@ class Service:
             "BROKERCORE_INSTRUMENTS": INSTRUMENTS,
             "BROKERCORE_REDIS_PREFIX": api.settings.redis_prefix}
         with open(log, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", name, *args], env=env,
-                                            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "brokercore.cli", "service", name, *args], env=env,
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -191,9 +192,9 @@ def check_settled_exactly_once(api: Api, accepted: list[int]) -> None:
 
 
 def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
-        servers, database, tmp_path):
+        servers, private_database, tmp_path):
     postgres, kafka = servers
-    api = Api(database, kafka.bootstrap, rate_limit_burst=1_000_000,
+    api = Api(private_database, kafka.bootstrap, rate_limit_burst=1_000_000,
               rate_limit_per_second=1_000_000.0)
     shard = partition_of("RELIANCE", api.kafka.shards)
     daemons: list[Daemon] = []
@@ -220,9 +221,9 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
                 await asyncio.to_thread(kafka.kill)
                 await asyncio.sleep(3)
                 await asyncio.to_thread(kafka.start)
-                # The engine daemon's own survival of a broker restart is H2's work (and
-                # tests/integration/test_engine_faults.py's): here a fresh daemon replaces it, recovering
-                # from its snapshot and the committed offsets, as a supervisor would.
+                # The engine daemon's own survival of a broker restart is
+                # tests/integration/test_engine_faults.py's: here a fresh daemon replaces it,
+                # recovering from its snapshot and the committed offsets, as a supervisor would.
                 daemons[-1].kill()
                 await asyncio.to_thread(start_engine, api, shard, tmp_path, daemons)
                 print(f"Kafka restarted; {len(accepted)} orders accepted so far")
@@ -253,9 +254,9 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
 
 
 def test_with_kafka_down_an_order_is_answered_at_once_and_published_when_it_is_back(
-        servers, database):
+        servers, private_database):
     _, kafka = servers
-    api = Api(database, kafka.bootstrap)
+    api = Api(private_database, kafka.bootstrap)
 
     async def scenario():
         async with api:
@@ -282,11 +283,12 @@ def test_with_kafka_down_an_order_is_answered_at_once_and_published_when_it_is_b
     assert order in [c.order_id for c in api.commands()]
 
 
-def test_a_retry_of_an_order_committed_but_not_published_publishes_it(servers, database):
+def test_a_retry_of_an_order_committed_but_not_published_publishes_it(
+        servers, private_database):
     """The OMS committed the order and died before publishing it (here: the order entry
     alone, nothing published); the client's retry with the same key publishes it."""
     _, kafka = servers
-    api = Api(database, kafka.bootstrap)
+    api = Api(private_database, kafka.bootstrap)
     body = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 3,
             "price": "15000.00", "idempotencyKey": f"retry-{uuid.uuid4().hex}"}
 
@@ -311,15 +313,15 @@ def test_a_retry_of_an_order_committed_but_not_published_publishes_it(servers, d
 
 
 def test_an_error_that_does_not_pass_by_itself_still_stops_settlement_loudly(
-        servers, database, tmp_path):
+        servers, private_database, tmp_path):
     """Waiting out outages must not swallow real errors: a schema error (here the offsets
     table renamed away under a running settlement) stops it with exit code 1."""
     _, kafka = servers
-    api = Api(database, kafka.bootstrap)
+    api = Api(private_database, kafka.bootstrap)
     settlement = Service("settlement", api, tmp_path / "settlement.log")
     try:
         settlement.wait_for("from offsets")
-        with psycopg.connect(database, autocommit=True) as conn:
+        with psycopg.connect(private_database, autocommit=True) as conn:
             conn.execute("ALTER TABLE consumer_offsets RENAME TO consumer_offsets_gone")
         producer = Producer({"bootstrap.servers": kafka.bootstrap})
         producer.produce(api.kafka.events_topic, encode(EventBatch(0, [])),

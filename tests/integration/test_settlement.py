@@ -8,40 +8,41 @@ publishes them (``codec.EventEncoder``); settlement then applies those ``EventBa
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
-from datetime import datetime, time as clock
+from datetime import datetime
+from datetime import time as clock
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
-import psycopg
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokercore.read.cache import Invalidator
-from brokercore.kafka.codec import EventEncoder, SymbolTable
-from brokercore.config import ServiceSettings
 from brokercore.broker.funding import open_account
 from brokercore.broker.ledger import SettlementError
 from brokercore.broker.market import MarketInstrument, Session
-from brokercore.kafka.messages import CancelOrder, CloseSession, Event, EventBatch, NewOrder, encode
-from brokercore.db.migrations import apply_migrations
-from brokercore.engine.records import COMMAND_DTYPE, EventType, Reason, Side, Stp, Tif
 from brokercore.broker.risk import (
-    AccountState, FeeSchedule, OrderRequest, OrderType, RiskRejection, check_order,
+    AccountState,
+    FeeSchedule,
+    OrderRequest,
+    OrderType,
+    RiskRejection,
+    check_order,
 )
 from brokercore.consumers.pg_consumer import Message
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.consumers.settlement import SettlementConsumer, run_settlement
+from brokercore.engine.records import COMMAND_DTYPE, EventType, Reason, Side, Stp, Tif
+from brokercore.kafka.codec import EventEncoder, SymbolTable
+from brokercore.kafka.messages import CancelOrder, CloseSession, Event, EventBatch, NewOrder, encode
+from brokercore.read.cache import Invalidator
 from kafka_support import run_service_briefly, run_until_stored
+from shared_servers import REDIS_URL
 
 D = Decimal
-REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=ZoneInfo("Asia/Kolkata"))      # a Monday, open
 SESSION = Session("Asia/Kolkata", clock(9, 15), clock(15, 30))
 # 0.05 rupee ticks = 5 paise; band 10,000.00 .. 20,000.00 = ticks 200,000 .. 400,000
@@ -56,13 +57,6 @@ SHARES = 100                            # shares each account starts with
 
 def rupees(ticks: int) -> Decimal:
     return INST.to_price(ticks)
-
-
-@pytest.fixture
-def conn(db):
-    apply_migrations(db)
-    with psycopg.connect(db, autocommit=True) as c:
-        yield c
 
 
 class Venue:
@@ -225,7 +219,7 @@ def test_a_buy_and_a_sell_crossing_settle_both_sides(conn):
 def test_after_a_commit_the_read_caches_of_the_changed_users_are_invalidated(conn):
     """The query service's cached answers are filed under a per-user generation; settlement
     bumps the generations of the users whose money or shares it changed (real Redis)."""
-    client = redis.Redis.from_url(ServiceSettings().redis_url)
+    client = redis.Redis.from_url(REDIS_URL)
     prefix = f"t{uuid.uuid4().hex[:12]}:"
     v = Venue(conn)
     buyer, seller = v.account("buyer", shares=0), v.account("seller")
@@ -518,7 +512,6 @@ def check_holds(conn) -> None:
 
 # --- through the real Kafka --------------------------------------------------------------
 
-BOOTSTRAP = os.environ.get("BROKERCORE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 INSTRUMENTS_TOML = """
 [session]
 timezone = "Asia/Kolkata"
@@ -534,15 +527,6 @@ tick_size = "0.05"
 lot_size = 1
 max_order_qty = 1000
 """
-
-
-@pytest.fixture(scope="module")
-def kafka() -> str:
-    done = subprocess.run([str(REPO / "scripts/kafka/kafka.sh"), "start"], check=False,
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.fail(f"scripts/kafka/kafka.sh start failed:\n{done.stderr}")
-    return BOOTSTRAP
 
 
 def produce_in_transactions(bootstrap: str, topic: str, payloads: list[bytes]) -> int:
@@ -569,19 +553,13 @@ def produce_in_transactions(bootstrap: str, topic: str, payloads: list[bytes]) -
 
 
 def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, db, kafka, tmp_path):
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    prefix = f"t{uuid.uuid4().hex[:12]}-"
-    topic = prefix + "events"
-    admin = AdminClient({"bootstrap.servers": kafka})
-    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic] \
-        .result(30)
+    topic = kafka.events_topic
     instruments = tmp_path / "instruments.toml"
     instruments.write_text(INSTRUMENTS_TOML)
 
     v = Venue(conn)
     busy_day(v)
-    end = produce_in_transactions(kafka, topic, [encode(b) for b in v.batches])
+    end = produce_in_transactions(kafka.bootstrap, topic, [encode(b) for b in v.batches])
 
     # the expected end state: the same batches settled directly in a throw-away txn
     with conn.transaction(force_rollback=True):
@@ -589,7 +567,7 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, db, kafka, t
         expected = dump(conn, clocks=False)
     expected.pop("consumer_offsets")
 
-    run_until_stored(run_settlement, (kafka, topic, db, str(instruments), FEES), conn,
+    run_until_stored(run_settlement, (kafka.bootstrap, topic, db, str(instruments), FEES), conn,
                      "settlement", topic, end)
     after = dump(conn, clocks=False)
     assert after.pop("consumer_offsets") == [
@@ -599,10 +577,12 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, db, kafka, t
 
     # again, as the service: it starts from Postgres's offsets, so nothing changes
     before = dump(conn)
-    env = dict(os.environ, BROKERCORE_DATABASE_URL=db, BROKERCORE_KAFKA_BOOTSTRAP=kafka,
-               BROKERCORE_TOPIC_PREFIX=prefix, BROKERCORE_INSTRUMENTS=str(instruments),
+    env = dict(os.environ, BROKERCORE_DATABASE_URL=db,
+               BROKERCORE_KAFKA_BOOTSTRAP=kafka.bootstrap,
+               BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix,
+               BROKERCORE_INSTRUMENTS=str(instruments),
                BROKERCORE_FEE_BPS="3", BROKERCORE_FEE_FIXED_PAISE="2000")
     code, output = run_service_briefly("settlement", env, tmp_path / "service.log")
     assert code == 0, output
-    assert f"from offsets [{end}, 0]" in output and "stopped; 0 messages" in output, output
+    assert f"from offsets [{end}, 0, 0, 0]" in output and "stopped; 0 messages" in output, output
     assert dump(conn) == before

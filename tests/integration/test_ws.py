@@ -12,25 +12,30 @@ import psycopg
 import pytest
 import redis
 from psycopg.types.json import Jsonb
+from test_settlement import MARKET, MID, Venue
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from brokercore.consumers.projector import ProjectorConsumer
 from brokercore.edge.auth import JwtConfig, mint_token
-from brokercore.config import ServiceSettings
+from brokercore.engine.records import Side, Tif
 from brokercore.realtime.channels import (
-    Notification, OrderUpdate, book_channel, encode_message, online_key, trades_channel,
+    Notification,
+    OrderUpdate,
+    book_channel,
+    encode_message,
+    online_key,
+    trades_channel,
     user_channel,
 )
-from brokercore.consumers.projector import ProjectorConsumer
-from brokercore.engine.records import Side, Tif
 from brokercore.services.ws import REPLAY_LIMIT
-from test_settlement import MARKET, MID, Venue
+from shared_servers import REDIS_URL
 from ws_support import WAIT, open_socket, receive, token
 
 
 @pytest.fixture
 def bus():
-    client = redis.Redis.from_url(ServiceSettings().redis_url)
+    client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.close()
 
@@ -304,7 +309,7 @@ def test_a_replayed_update_is_the_live_frame_byte_for_byte(gateways, database):
     that resumes from 0 gets the same frames, text for text, from the read model."""
     [server] = gateways()
     with psycopg.connect(database, autocommit=True) as conn, \
-            redis.Redis.from_url(ServiceSettings().redis_url) as client:
+            redis.Redis.from_url(REDIS_URL) as client:
         projector = ProjectorConsumer(MARKET, client, gateways.prefix)
         v = Venue(conn)
         ids = dict(conn.execute("SELECT user_id, account_id FROM accounts").fetchall())

@@ -9,17 +9,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from brokercore import OrderBook
+from brokercore.engine.records import COMMAND_DTYPE, EventType, Op, Reason, Side, Stp, Tif
 from brokercore.kafka.codec import (
-    UNKNOWN_SYMBOL_BASE, CommandDecoder, EventEncoder, SymbolTable, commands_from_records,
+    UNKNOWN_SYMBOL_BASE,
+    CommandDecoder,
+    EventEncoder,
+    SymbolTable,
+    commands_from_records,
 )
 from brokercore.kafka.journal import InputJournal
-from brokercore.runtime.loadgen import order_flow
 from brokercore.kafka.messages import (
-    AmendOrder, CancelOrder, CloseSession, DeadLetter, EventBatch, NewOrder,
-    OpenSession, Reband, encode,
+    AmendOrder,
+    CancelOrder,
+    CloseSession,
+    DeadLetter,
+    EventBatch,
+    NewOrder,
+    OpenSession,
+    Reband,
+    encode,
 )
-from brokercore.engine.records import COMMAND_DTYPE, EventType, Op, Reason, Side, Stp, Tif
 from brokercore.kafka.topics import partition_of
+from brokercore.runtime.loadgen import order_flow
 
 
 def decoder(**ids):

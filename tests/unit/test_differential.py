@@ -17,10 +17,23 @@ from __future__ import annotations
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine, initialize, invariant, precondition, rule,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
 )
 
-from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, EventType, Op, Reason, Side, Stp, Tif
+from brokercore.engine.records import (
+    INT64_MAX,
+    MAX_BAND_LEVELS,
+    EventType,
+    Op,
+    Reason,
+    Side,
+    Stp,
+    Tif,
+)
 from strategies import BOOK_STPS
 from support import book_state, commands, engine_class, event_tuples, model_class
 
@@ -91,7 +104,7 @@ class Ledger:
             self.open[oid], self.price[oid] = qty, int(e["price"])
 
     def check_book(self, orders) -> None:
-        live = dict(zip(orders["order_id"].tolist(), orders["qty"].tolist()))
+        live = dict(zip(orders["order_id"].tolist(), orders["qty"].tolist(), strict=True))
         assert live == self.open, "open quantities must add up"
         levels: dict[tuple, list[int]] = {}
         for o in orders:

@@ -17,12 +17,41 @@ import numpy as np
 import pytest
 
 from brokercore.engine.records import (
-    COMMAND_DTYPE, EVENT_DTYPE, INT64_MAX, LEVEL_DTYPE, MAX_BAND_LEVELS, ORDER_DTYPE,
-    EventType, Flags, Op, Reason, RestingOrder, Side, Stp, Tif,
+    COMMAND_DTYPE,
+    EVENT_DTYPE,
+    INT64_MAX,
+    LEVEL_DTYPE,
+    MAX_BAND_LEVELS,
+    ORDER_DTYPE,
+    EventType,
+    Flags,
+    Op,
+    Reason,
+    RestingOrder,
+    Side,
+    Stp,
+    Tif,
 )
 from support import (
-    A, B, C, CLOSED, OPENED, accepted, amended, as_ev, book_ids, call, cancelled,
-    commands, event_tuples, expired, level_ids, order_tuples, rebanded, rejected, send,
+    CLOSED,
+    OPENED,
+    A,
+    B,
+    C,
+    accepted,
+    amended,
+    as_ev,
+    book_ids,
+    call,
+    cancelled,
+    commands,
+    event_tuples,
+    expired,
+    level_ids,
+    order_tuples,
+    rebanded,
+    rejected,
+    send,
     trade,
 )
 
@@ -45,7 +74,7 @@ def rest(book, order_id, side, price, qty, account, **kwargs):
 
 def open_qty(book):
     """{order_id: open qty} of the whole book."""
-    return dict(zip(book_ids(book), book.orders()["qty"].tolist()))
+    return dict(zip(book_ids(book), book.orders()["qty"].tolist(), strict=True))
 
 
 # ---------------------------------------------------------------- limit orders

@@ -10,11 +10,20 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from brokercore.broker.market import MarketInstrument, Session
-from brokercore.engine.records import Side, Tif
 from brokercore.broker.risk import (
-    NO_FEES, AccountState, FeeSchedule, Hold, OrderRequest, OrderType, RejectCode,
-    RiskRejection, buy_hold, check_order, market_buy_price,
+    NO_FEES,
+    AccountState,
+    FeeSchedule,
+    Hold,
+    OrderRequest,
+    OrderType,
+    RejectCode,
+    RiskRejection,
+    buy_hold,
+    check_order,
+    market_buy_price,
 )
+from brokercore.engine.records import Side, Tif
 
 D = Decimal
 IST = ZoneInfo("Asia/Kolkata")
@@ -25,9 +34,10 @@ SESSION = Session("Asia/Kolkata", time(9, 15), time(15, 30),
 # band 10,000.00 .. 20,000.00 rupees = 200,000 .. 400,000 ticks of 0.05 (5 paise)
 INST = MarketInstrument("RELIANCE", 1, D("0.05"), 1, D("10000.00"), D("20000.00"), 1000,
                         SESSION)
+PRICE = D("15000.00")                                   # mid-band
 
 
-def limit(side=Side.BUY, quantity=10, price=D("15000.00"), tif=None, **kw) -> OrderRequest:
+def limit(side=Side.BUY, quantity=10, price=PRICE, tif=None, **kw) -> OrderRequest:
     return OrderRequest("RELIANCE", side, OrderType.LIMIT, quantity, price, tif, **kw)
 
 

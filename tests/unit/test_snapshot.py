@@ -20,8 +20,18 @@ from hypothesis import strategies as st
 from brokercore.engine.records import INT64_MAX, ORDER_DTYPE, Reason, Side, Stp, Tif
 from strategies import scenario
 from support import (
-    OPENED, A, B, C, accepted, book_ids, book_state, call, commands, engine_class,
-    event_tuples, rejected,
+    OPENED,
+    A,
+    B,
+    C,
+    accepted,
+    book_ids,
+    book_state,
+    call,
+    commands,
+    engine_class,
+    event_tuples,
+    rejected,
 )
 
 
