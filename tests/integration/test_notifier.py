@@ -29,22 +29,23 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from brokercore.notify.alerts import Alert, TradePrice, cross
-from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
 from brokercore.broker.market import load_market
-from brokercore.kafka.messages import Event, EventBatch, encode
+from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.engine.records import EventType, Op, Reason, Side
 from brokercore.faults.backoff import retry_delay
+from brokercore.kafka.messages import Event, EventBatch, encode
+from brokercore.kafka.topics import partition_of
+from brokercore.notify.alerts import Alert, TradePrice, cross
 from brokercore.notify.dead_letters import DeadLetters, PushDeadLetter
 from brokercore.notify.push import HttpPushProvider
 from brokercore.notify.render import OrderOwner, alert_notification, order_notifications
 from brokercore.notify.router import Notifier, Push
-from brokercore.engine.records import EventType, Op, Reason, Side
 from brokercore.realtime.channels import Notification, decode_message, online_key, user_channel
-from brokercore.kafka.topics import ensure_topics, partition_of
-from oms_support import BOOTSTRAP, auth
 from brokercore.services.notifier import PendingOffsets, notifier_group_id
 from brokercore.services.notifier_api import create_app
 from brokercore.services.reconciler import retry_notifications
+from oms_support import auth
+from shared_servers import KAFKA_BOOTSTRAP, service_settings
 
 REPO = Path(__file__).resolve().parents[2]
 MARKET = load_market(REPO / "config/instruments.toml")
@@ -131,18 +132,11 @@ def push():
     server.close()
 
 
-@pytest.fixture
-def kafka() -> KafkaSettings:
-    settings = KafkaSettings(BOOTSTRAP, f"t{uuid.uuid4().hex[:12]}-", 4)
-    ensure_topics(settings)
-    return settings
-
-
-def service_settings(database: str, push: PushServer, **overrides) -> ServiceSettings:
-    return ServiceSettings(**{
-        "database_url": database, "redis_prefix": f"t{uuid.uuid4().hex[:12]}:",
-        "jwt_hs256_secret": DEV_JWT_SECRET, "push_url": push.url, "push_retry_base": 0.01,
-        "push_retry_cap": 0.04, "push_attempts": 4, "rate_limit_burst": 1000} | overrides)
+def notifier_settings(database: str, push: PushServer, **overrides) -> ServiceSettings:
+    """A test's settings with ``push`` as the provider, retrying fast, four attempts."""
+    return service_settings(database, f"t{uuid.uuid4().hex[:12]}:", **{
+        "push_url": push.url, "push_retry_base": 0.01, "push_retry_cap": 0.04,
+        "push_attempts": 4, "rate_limit_burst": 1000} | overrides)
 
 
 def wait_for(condition, what: str, timeout: float = 30.0):
@@ -224,7 +218,7 @@ async def running_notifier(settings: ServiceSettings, kafka: KafkaSettings | Non
     await pool.open(wait=True)
     client = Redis.from_url(settings.redis_url)
     provider = HttpPushProvider(settings.push_url)
-    dead = DeadLetters(BOOTSTRAP, (kafka or KafkaSettings(BOOTSTRAP, "unused-"))
+    dead = DeadLetters(KAFKA_BOOTSTRAP, (kafka or KafkaSettings(KAFKA_BOOTSTRAP, "unused-"))
                        .notification_dead_letter_topic)
     try:
         yield Notifier(pool, client, settings.redis_prefix, MARKET, provider, dead,
@@ -319,7 +313,7 @@ def test_offsets_are_committed_only_past_messages_whose_pushes_are_done():
 # --- preferences and presence -------------------------------------------------------------
 
 def test_in_app_when_online_push_when_offline_nothing_when_none(database, push):
-    settings = service_settings(database, push)
+    settings = notifier_settings(database, push)
     set_online(settings, "alice")
     set_online(settings, "carol", seconds=-5)              # lapsed: carol is offline
     add_device(database, "bob", "bob-phone")
@@ -365,7 +359,7 @@ def test_in_app_when_online_push_when_offline_nothing_when_none(database, push):
 # --- retries and dead letters -------------------------------------------------------------
 
 def test_a_push_failing_three_times_is_delivered_once_on_the_fourth(database, push):
-    settings = service_settings(database, push, push_attempts=6)
+    settings = notifier_settings(database, push, push_attempts=6)
     n = Notification("2:40:7", "FILL", "Order filled", "b", "RELIANCE", "2026-03-02", 7)
     push.fail(3)
 
@@ -378,7 +372,7 @@ def test_a_push_failing_three_times_is_delivered_once_on_the_fourth(database, pu
 
 
 def read_dead_letters(kafka: KafkaSettings) -> list[PushDeadLetter]:
-    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": uuid.uuid4().hex,
+    consumer = Consumer({"bootstrap.servers": KAFKA_BOOTSTRAP, "group.id": uuid.uuid4().hex,
                          "enable.partition.eof": True, "isolation.level": "read_committed"})
     consumer.assign([TopicPartition(kafka.notification_dead_letter_topic, 0, 0)])
     letters, decoder = [], msgspec.msgpack.Decoder(PushDeadLetter)
@@ -396,7 +390,7 @@ def read_dead_letters(kafka: KafkaSettings) -> list[PushDeadLetter]:
 
 def test_dead_lettered_pushes_are_retried_by_the_reconciler_and_committed(database, push,
                                                                           kafka):
-    settings = service_settings(database, push, push_attempts=3)
+    settings = notifier_settings(database, push, push_attempts=3)
     n = Notification("1:9:4", "CANCELLED", "Order cancelled", "b", "RELIANCE", "2026-03-02", 4)
     push.fail(always=True)
 
@@ -453,7 +447,7 @@ class Rest:
 
 
 def test_a_price_alert_fires_once_per_crossing(database, push):
-    settings = service_settings(database, push)
+    settings = notifier_settings(database, push)
     last_trade(database, "RELIANCE", 284_000)                 # last 2,840.00: below
     inbox = Inbox(settings, "alice")
     batches = [[trade(2, "2845.00")],                         # below: nothing
@@ -520,7 +514,7 @@ def test_alert_crossings_are_the_same_however_trades_are_batched():
 def produce(kafka: KafkaSettings, partition: int, batches: list[EventBatch]) -> list[int]:
     """The batches on ``events`` in one Kafka transaction, as the engine publishes;
     their offsets."""
-    producer = Producer({"bootstrap.servers": BOOTSTRAP,
+    producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP,
                          "transactional.id": f"test-{uuid.uuid4().hex}"})
     producer.init_transactions(30)
     offsets = []
@@ -540,7 +534,7 @@ def produce(kafka: KafkaSettings, partition: int, batches: list[EventBatch]) -> 
 
 def committed(kafka: KafkaSettings, partition: int) -> int:
     """The notifier group's committed offset of a partition of events (< 0 if none)."""
-    consumer = Consumer({"bootstrap.servers": BOOTSTRAP,
+    consumer = Consumer({"bootstrap.servers": KAFKA_BOOTSTRAP,
                          "group.id": notifier_group_id(kafka.topic_prefix)})
     try:
         [tp] = consumer.committed([TopicPartition(kafka.events_topic, partition)], timeout=10)
@@ -555,17 +549,19 @@ def notifier_process(settings: ServiceSettings, kafka: KafkaSettings, log) -> su
     env = os.environ | {
         "BROKERCORE_DATABASE_URL": settings.database_url,
         "BROKERCORE_REDIS_URL": settings.redis_url,
-        "BROKERCORE_REDIS_PREFIX": settings.redis_prefix, "BROKERCORE_KAFKA_BOOTSTRAP": BOOTSTRAP,
+        "BROKERCORE_REDIS_PREFIX": settings.redis_prefix,
+        "BROKERCORE_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "BROKERCORE_TOPIC_PREFIX": kafka.topic_prefix, "BROKERCORE_SHARDS": str(kafka.shards),
         "BROKERCORE_PUSH_URL": settings.push_url, "BROKERCORE_PUSH_RETRY_BASE": "0.05",
         "BROKERCORE_PUSH_RETRY_CAP": "0.05", "BROKERCORE_PUSH_ATTEMPTS": "100000"}
-    return subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", "notifier", "--from-beginning"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", "notifier",
+                             "--from-beginning"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
 
 
 def test_the_notifier_process_end_to_end_without_stalling_or_skipping(database, push, kafka,
                                                                       tmp_path):
-    settings = service_settings(database, push, push_retry_base=0.05, push_retry_cap=0.05,
+    settings = notifier_settings(database, push, push_retry_base=0.05, push_retry_cap=0.05,
                                 push_attempts=100_000)
     buy, alice_account = place(database, "alice", "BUY", 10)
     sell, bob_account = place(database, "bob", "SELL", 10)
@@ -618,7 +614,7 @@ def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(databas
                                                                         tmp_path):
     """The alert's new side is stored when its trade is handled, so the re-delivered trade
     fires nothing: the fire kept in alert_fires is what the restarted notifier sends."""
-    settings = service_settings(database, push)
+    settings = notifier_settings(database, push)
     with psycopg.connect(database, autocommit=True) as conn:
         alert = conn.execute("INSERT INTO price_alerts (user_id, symbol, price, side) VALUES "
                              "('alice', 'RELIANCE', 1505000, -1) RETURNING alert_id"
@@ -663,7 +659,7 @@ def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push,
     """The notifier's Redis user loses every permission (each command fails, as with Redis
     down): it keeps the batch, commits nothing and tries again; once Redis answers, the
     fill is told and the offset committed."""
-    settings = service_settings(database, push)
+    settings = notifier_settings(database, push)
     admin = redis.Redis.from_url(settings.redis_url)
     user, password = f"notifier-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
@@ -700,7 +696,7 @@ def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push,
 # --- the REST app -------------------------------------------------------------------------
 
 def test_preferences_and_devices_over_rest(database, push):
-    settings = service_settings(database, push)
+    settings = notifier_settings(database, push)
     defaults = {k: "IN_APP" for k in ("FILL", "CANCELLED", "EXPIRED", "REJECTED", "PRICE_ALERT")}
 
     async def scenario():
@@ -754,7 +750,7 @@ def test_preferences_and_devices_over_rest(database, push):
 
 
 def test_alerts_over_rest_each_user_sees_only_their_own(database, push):
-    settings = service_settings(database, push)
+    settings = notifier_settings(database, push)
     last_trade(database, "RELIANCE", 1_500_000)               # last 15,000.00
 
     async def scenario():

@@ -13,36 +13,42 @@ import time
 import uuid
 from decimal import Decimal
 
-import psycopg
 import pytest
 import redis
+from test_settlement import (
+    INSTRUMENTS_TOML,
+    MARKET,
+    MID,
+    Venue,
+    busy_day,
+    produce_in_transactions,
+    settle,
+)
 
-from brokercore.config import ServiceSettings
-from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
-from brokercore.kafka.messages import AmendOrder, EventBatch, NewOrder, encode
+from brokercore.broker.orders import event_time
 from brokercore.consumers.pg_consumer import Message
 from brokercore.consumers.projector import ProjectorConsumer, run_projector
 from brokercore.engine.records import EventType, Reason, Side, Stp, Tif
-from brokercore.broker.orders import event_time
+from brokercore.kafka.messages import AmendOrder, EventBatch, NewOrder, encode
+from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
 from brokercore.realtime.channels import (
-    BookUpdate, OrderUpdate, TradeTick, book_channel, decode_message, md_key, projected_key,
-    trades_channel, user_channel,
+    BookUpdate,
+    OrderUpdate,
+    TradeTick,
+    book_channel,
+    decode_message,
+    md_key,
+    projected_key,
+    trades_channel,
+    user_channel,
 )
-from kafka_support import new_settings, run_service_briefly, run_until_stored
-from test_settlement import (
-    INSTRUMENTS_TOML, MARKET, MID, Venue, busy_day, produce_in_transactions, settle,
-)
+from kafka_support import run_service_briefly, run_until_stored
+from shared_servers import REDIS_URL
 
 D = Decimal
 T0 = 1_772_000_000_000                  # Kafka timestamp (ms) of the hand-made messages
 SYMBOL = "RELIANCE"
-REDIS_URL = ServiceSettings().redis_url
-
-
-@pytest.fixture
-def conn(database):
-    with psycopg.connect(database, autocommit=True) as c:
-        yield c
+pytestmark = pytest.mark.usefixtures("database")    # alice, bob and carol, beside `conn`
 
 
 @pytest.fixture
@@ -461,22 +467,21 @@ def test_a_redis_failure_stops_nothing_and_is_made_good_after_the_next_batch(
 
 # --- through Kafka ---------------------------------------------------------------------------
 
-def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, database, client,
+def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, database, kafka, client,
                                                               prefix, projector, tmp_path):
-    settings = new_settings(4)                  # the Kafka `make test` starts
-    kafka, topic = settings.bootstrap, settings.events_topic
+    topic = kafka.events_topic
     instruments = tmp_path / "instruments.toml"
     instruments.write_text(INSTRUMENTS_TOML)
     v = Venue(conn)
     busy_day(v)
-    end = produce_in_transactions(kafka, topic, [encode(b) for b in v.batches])
+    end = produce_in_transactions(kafka.bootstrap, topic, [encode(b) for b in v.batches])
 
     with conn.transaction(force_rollback=True):     # the same batches, directly
         projector.apply(conn, v.messages())
         expected = dump(conn, exact=False)
     expected.pop("consumer_offsets")
 
-    run_until_stored(run_projector, (kafka, topic, database, str(instruments), REDIS_URL,
+    run_until_stored(run_projector, (kafka.bootstrap, topic, database, str(instruments), REDIS_URL,
                                      prefix), conn, "projector", topic, end)
     after = dump(conn, exact=False)
     assert after.pop("consumer_offsets") == [
@@ -491,7 +496,8 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(conn, database, cl
     # again, as the service: it starts from Postgres's offsets, so nothing changes
     before = dump(conn)
     env = dict(os.environ, BROKERCORE_DATABASE_URL=database,
-               BROKERCORE_KAFKA_BOOTSTRAP=kafka, BROKERCORE_TOPIC_PREFIX=settings.topic_prefix,
+               BROKERCORE_KAFKA_BOOTSTRAP=kafka.bootstrap,
+               BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix,
                BROKERCORE_INSTRUMENTS=str(instruments), BROKERCORE_REDIS_URL=REDIS_URL,
                BROKERCORE_REDIS_PREFIX=prefix)
     code, output = run_service_briefly("projector", env, tmp_path / "service.log")

@@ -17,15 +17,13 @@ import psycopg
 import pytest
 import redis
 
-from brokercore.read.cache import invalidate
-from brokercore.config import DEV_JWT_SECRET, ServiceSettings
 from brokercore.broker.money import rupees
+from brokercore.read.cache import invalidate
 from brokercore.realtime.channels import BookUpdate, encode_message, md_key
-from oms_support import Api, auth, run
-from private_servers import PrivateRedis
 from brokercore.services.query import create_app
+from oms_support import Api, auth, run
+from shared_servers import REDIS_URL, service_settings
 
-SHARED_REDIS = "redis://127.0.0.1:16379/0"
 PREFIXES: list[str] = []                            # this test's keys in the shared Redis
 T0 = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)       # a Friday, 09:30 in Mumbai
 
@@ -43,10 +41,9 @@ class Query:
 
     def __init__(self, database: str, prefix: str | None = None, **overrides):
         self.prefix = prefix or f"q{uuid.uuid4().hex[:12]}:"
-        self.settings = ServiceSettings(database_url=database, jwt_hs256_secret=DEV_JWT_SECRET,
-                                        redis_prefix=self.prefix, **overrides)
+        self.settings = service_settings(database, self.prefix, **overrides)
         self.app = create_app(self.settings)
-        if self.settings.redis_url == SHARED_REDIS:
+        if self.settings.redis_url == REDIS_URL:
             PREFIXES.append(self.prefix)
 
     async def __aenter__(self):
@@ -91,7 +88,7 @@ def execute(database: str, statement: str, *args) -> None:
 def shared_redis_keys():
     """What a test leaves under its own prefixes in the shared Redis goes."""
     yield
-    client = redis.Redis.from_url(SHARED_REDIS)
+    client = redis.Redis.from_url(REDIS_URL)
     while PREFIXES:
         for key in client.scan_iter(match=PREFIXES.pop() + "*", count=1000):
             client.delete(key)
@@ -413,7 +410,7 @@ def test_portfolio_values_positions_at_the_last_trade(dataset):
 # --- the cache ------------------------------------------------------------------------------
 
 def test_answers_are_cached_until_a_writer_invalidates_them(dataset):
-    writer = redis.Redis.from_url(SHARED_REDIS)
+    writer = redis.Redis.from_url(REDIS_URL)
 
     async def scenario(api):
         first = await api.ok("/portfolio")
@@ -459,12 +456,6 @@ def test_an_order_placed_through_the_oms_is_listed_at_once(database):
         "PENDING", 3, "15000.00", [])
 
 
-@pytest.fixture
-def private_redis():
-    with PrivateRedis() as server:
-        yield server
-
-
 def test_reads_come_from_postgres_while_redis_is_down(dataset, private_redis):
     async def scenario(api):
         first = await api.ok("/portfolio")
@@ -500,7 +491,7 @@ def test_market_data_from_the_read_model_or_the_projectors_copy(dataset):
         empty = await api.ok("/marketdata/SBIN")
         unknown = await api.get("/marketdata/NOPE")
         copy = encode_message(BookUpdate("RELIANCE", [], [], None, None, "2600.00"))
-        writer = redis.Redis.from_url(SHARED_REDIS)
+        writer = redis.Redis.from_url(REDIS_URL)
         writer.set(md_key(api.prefix, "RELIANCE"), copy)
         writer.close()
         return computed, empty, unknown, await api.ok("/marketdata/RELIANCE")
