@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Self, TypeVar
 
 import msgspec
 import psycopg
@@ -23,10 +23,15 @@ from brokercore.faults.backoff import Backoff, transient
 from brokercore.faults.kafka_errors import QUIET_KAFKA, transient_kafka
 from brokercore.kafka.messages import EventBatch
 
-__all__ = ["Applier", "Message", "claim_offsets", "store_offsets", "stored_offsets",
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import Message as KafkaMessage
+
+__all__ = ["Applier", "Stats", "Message", "claim_offsets", "store_offsets", "stored_offsets",
            "run_pg_consumer"]
 
 log = logging.getLogger("brokercore.consumers.pg_consumer")
+
 
 class Message(NamedTuple):
     """One message of the events topic."""
@@ -37,22 +42,33 @@ class Message(NamedTuple):
     timestamp_ms: int = 0       # Kafka's timestamp of it (the engine's producer sets it)
 
 
-class Applier(Protocol):
+class Stats(Protocol):
+    """What batches did: stats add up with ``+`` and count the events applied."""
+
+    events: int
+
+    def __add__(self, other: Self) -> Self: ...
+
+
+S = TypeVar("S", bound=Stats)
+
+
+class Applier(Protocol[S]):
     """What a Postgres-offset consumer does with a batch."""
 
     consumer: str           # its name in consumer_offsets
     topic: str
 
-    def new_stats(self) -> Any:
-        """Zero stats: they support ``+`` and have an ``events`` count."""
+    def new_stats(self) -> S:
+        """Zero stats."""
 
-    def apply(self, conn: psycopg.Connection, messages: Sequence[Message]) -> Any:
+    def apply(self, conn: psycopg.Connection, messages: Sequence[Message]) -> S:
         """Write the batch and its offsets in one transaction; returns its stats."""
 
-    def committed(self, stats: Any) -> None:
+    def committed(self, stats: S) -> None:
         """Called after each batch's transaction committed (caches, pub/sub)."""
 
-    def describe(self, stats: Any) -> str:
+    def describe(self, stats: S) -> str:
         """A one-line summary of stats, with units."""
 
 
@@ -68,7 +84,7 @@ def claim_offsets(conn: psycopg.Connection, consumer: str, topic: str,
         "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) "
         "SELECT %s, %s, p, 0 FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING",
         (consumer, topic, partitions))
-    stored = dict(conn.execute(
+    stored: dict[int, int] = dict(conn.execute(
         "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = %s AND "
         "topic = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
         (consumer, topic, partitions)).fetchall())
@@ -95,10 +111,10 @@ def stored_offsets(conn: psycopg.Connection, consumer: str, topic: str) -> dict[
                              "WHERE consumer = %s AND topic = %s", (consumer, topic)).fetchall())
 
 
-def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: str,
+def run_pg_consumer(applier: Applier[S], bootstrap: str, database_url: str, name: str,
                     stop_event: threading.Event | None = None, *, max_messages: int = 1000,
                     max_wait: float = 0.05, log_every: float = 1.0,
-                    say: Callable[[str], None] | None = None) -> Any:
+                    say: Callable[[str], None] | None = None) -> S:
     """Consume ``applier.topic`` (read_committed) from the offsets stored in Postgres and
     apply it, one transaction per batch (what has arrived, up to ``max_messages``; an
     idle consumer waits ``max_wait`` s at a time), until ``stop_event`` is set; returns
@@ -119,7 +135,7 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
     totals = applier.new_stats()
     postgres = Backoff(f"{name}: Postgres", log)
     kafka = Backoff(f"{name}: Kafka", log)
-    broker_errors: list = []                  # error_cb's, seen after each read
+    broker_errors: list[KafkaError] = []      # error_cb's, seen after each read
     consumer = Consumer({**QUIET_KAFKA, "error_cb": broker_errors.append,
         "bootstrap.servers": bootstrap, "group.id": f"{applier.consumer}.{topic}",
         "isolation.level": "read_committed", "enable.auto.commit": False,
@@ -171,8 +187,8 @@ def run_pg_consumer(applier: Applier, bootstrap: str, database_url: str, name: s
     return totals
 
 
-def _assign(consumer, conn, applier: Applier, stop: threading.Event,
-            say: Callable[[str], None], name: str) -> bool:
+def _assign(consumer: Consumer, conn: psycopg.Connection, applier: Applier[S],
+            stop: threading.Event, say: Callable[[str], None], name: str) -> bool:
     """Assign the topic's partitions from the stored offsets; False if stopped first."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -188,21 +204,22 @@ def _assign(consumer, conn, applier: Applier, stop: threading.Event,
     return True
 
 
-def _read(consumer, decoder, max_messages: int, max_wait: float, kafka: Backoff,
-          broker_errors: list) -> list[Message]:
+def _read(consumer: Consumer, decoder: msgspec.msgpack.Decoder[EventBatch], max_messages: int,
+          max_wait: float, kafka: Backoff, broker_errors: list[KafkaError]) -> list[Message]:
     """The next batch (``_next_batch``), decoded. A broker that is away shows as errors
     (error messages, or ``broker_errors`` from the error callback) while librdkafka
     reconnects by itself: they are noted (logged once per outage) and passed over; any
     other error is raised."""
     from confluent_kafka import KafkaError, KafkaException
 
-    batch, errors = [], []
+    batch: list[Message] = []
+    errors: list[KafkaError] = []
     for message in _next_batch(consumer, max_messages, max_wait):
-        if message.error() is None:
-            batch.append(Message(message.partition(), message.offset(),
-                                 decoder.decode(message.value()), message.timestamp()[1]))
-        elif message.error().code() != KafkaError._PARTITION_EOF:
-            errors.append(message.error())
+        error = message.error()
+        if error is None:
+            batch.append(_decoded(message, decoder))
+        elif error.code() != KafkaError._PARTITION_EOF:
+            errors.append(error)
     errors += broker_errors
     broker_errors.clear()
     for error in errors:
@@ -214,6 +231,13 @@ def _read(consumer, decoder, max_messages: int, max_wait: float, kafka: Backoff,
     return batch
 
 
+def _decoded(message: KafkaMessage, decoder: msgspec.msgpack.Decoder[EventBatch]) -> Message:
+    """A consumed message (one that is not an error has a partition, offset and value)."""
+    partition, offset, value = message.partition(), message.offset(), message.value()
+    assert partition is not None and offset is not None and value is not None
+    return Message(partition, offset, decoder.decode(value), message.timestamp()[1])
+
+
 def _unless_broken(conn: psycopg.Connection | None) -> psycopg.Connection | None:
     """The connection, unless it is lost (then closed: the next attempt opens another)."""
     if conn is not None and (conn.closed or conn.broken):
@@ -222,17 +246,18 @@ def _unless_broken(conn: psycopg.Connection | None) -> psycopg.Connection | None
     return conn
 
 
-def _next_batch(consumer, max_messages: int, max_wait: float) -> list:
+def _next_batch(consumer: Consumer, max_messages: int, max_wait: float
+                ) -> list[KafkaMessage]:
     """What has arrived, up to ``max_messages``; if nothing has, the first message within
     ``max_wait`` s and whatever came with it. A batch never waits to fill up: under load
     batches grow by themselves, and a lone event is applied at once."""
-    batch = consumer.consume(max_messages, 0)
+    batch: list[KafkaMessage] = consumer.consume(max_messages, 0)
     if not batch and (first := consumer.poll(max_wait)) is not None:
         batch = [first, *consumer.consume(max_messages - 1, 0)]
     return batch
 
 
-def _partitions(consumer, topic: str, stop: threading.Event) -> list[int]:
+def _partitions(consumer: Consumer, topic: str, stop: threading.Event) -> list[int]:
     """The topic's partitions, waiting (until stopped) for the topic to exist."""
     while True:
         found = consumer.list_topics(topic, timeout=5).topics.get(topic)

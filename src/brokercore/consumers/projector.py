@@ -40,11 +40,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 import psycopg
 import redis
 from psycopg.types.json import Jsonb
+from redis.typing import EncodableT
 
 from brokercore.broker.market import MarketInstrument, load_market
 from brokercore.broker.money import average_fill_price, average_price, rupees
@@ -138,7 +140,7 @@ class _Order:
     reject_reason: str | None
     updated_at: datetime
     last_update_id: int
-    new_fills: list[dict] = field(default_factory=list)
+    new_fills: list[dict[str, object]] = field(default_factory=list)
     changed: bool = False
 
 
@@ -167,7 +169,7 @@ class _Batch:
     known_trades: set[str]
     book_written: set[int] = field(default_factory=set)     # upserted, or deleted if gone
     symbols: set[str] = field(default_factory=set)          # whose market data changed
-    trades: list[tuple] = field(default_factory=list)
+    trades: list[tuple[object, ...]] = field(default_factory=list)    # rows to insert
     updates: list[tuple[_Order, OrderUpdate]] = field(default_factory=list)  # seq 0 yet
     push: Publication = field(default_factory=Publication)
     # per symbol, the orders its command in progress changed (and its Kafka timestamp)
@@ -263,7 +265,8 @@ class ProjectorConsumer:
         for symbol, book in self.pending_books.items():
             pipe.set(md_key(self.prefix, symbol), encode_message(book))
         if push.offsets:
-            pipe.hset(projected_key(self.prefix, self.topic), mapping=push.offsets)
+            offsets: dict[EncodableT, EncodableT] = {p: o for p, o in push.offsets.items()}
+            pipe.hset(projected_key(self.prefix, self.topic), mapping=offsets)
         try:
             pipe.execute()
         except redis.RedisError as e:
@@ -281,7 +284,7 @@ class ProjectorConsumer:
     # --- loading ---------------------------------------------------------------------------
 
     @staticmethod
-    def _load(conn, events: list[Event]) -> _Batch:
+    def _load(conn: psycopg.Connection, events: list[Event]) -> _Batch:
         """The batch's rows, read in one round trip."""
         ids = sorted({i for e in events for i in (e.order_id, e.other_id) if i > 0})
         trades = sorted({trade_id(e) for e in events if e.type == EventType.TRADE})
@@ -422,7 +425,7 @@ class ProjectorConsumer:
 
     # --- writing back -----------------------------------------------------------------------------
 
-    def _write(self, conn, b: _Batch) -> None:
+    def _write(self, conn: psycopg.Connection, b: _Batch) -> None:
         """Number the updates (one round trip, if any), then write every row and read the
         changed books (one more)."""
         ids = [i for i, in conn.execute(
@@ -477,7 +480,7 @@ class ProjectorConsumer:
 
 def run_projector(bootstrap: str, topic: str, database_url: str, market_path: str,
                   redis_url: str, redis_prefix: str,
-                  stop_event: threading.Event | None = None, **options) -> ProjectorStats:
+                  stop_event: threading.Event | None = None, **options: Any) -> ProjectorStats:
     """Project ``topic`` until ``stop_event`` is set (``pgconsumer.run_pg_consumer``, whose
     keyword options pass through); returns the totals."""
     client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)

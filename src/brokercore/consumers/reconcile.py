@@ -48,8 +48,8 @@ from brokercore.consumers.pg_consumer import stored_offsets
 from brokercore.engine.records import EventType, Op, Reason, Side
 from brokercore.kafka.messages import Event, EventBatch
 
-__all__ = ["Finding", "Expected", "expected_state", "find_discrepancies", "settled_events",
-           "check_invariants", "Invariant", "INVARIANTS"]
+__all__ = ["Finding", "Expected", "ExpectedOrder", "expected_state", "find_discrepancies",
+           "settled_events", "check_invariants", "Invariant", "INVARIANTS"]
 
 @dataclass(frozen=True)
 class Finding:
@@ -67,10 +67,18 @@ class Finding:
 
 
 @dataclass
+class ExpectedOrder:
+    """What the events say of one order."""
+
+    status: str = "PENDING"
+    filled: int = 0
+
+
+@dataclass
 class Expected:
     """What the events say about the orders they name."""
 
-    orders: dict[int, list] = field(default_factory=dict)     # id -> [status, filled]
+    orders: dict[int, ExpectedOrder] = field(default_factory=dict)
     fills: set[tuple[str, str]] = field(default_factory=set)   # (trade_id, side)
 
 
@@ -78,10 +86,10 @@ def expected_state(events: Iterable[Event], ours: dict[int, str]) -> Expected:
     """Replay ``events`` for the orders in ``ours`` (order id -> side name)."""
     state = Expected()
 
-    def order(order_id: int) -> list | None:
+    def order(order_id: int) -> ExpectedOrder | None:
         if order_id not in ours:
             return None
-        return state.orders.setdefault(order_id, ["PENDING", 0])
+        return state.orders.setdefault(order_id, ExpectedOrder())
 
     for e in events:
         if e.type == EventType.TRADE:
@@ -90,20 +98,20 @@ def expected_state(events: Iterable[Event], ours: dict[int, str]) -> Expected:
             for order_id, side, remaining in ((e.order_id, taker_side, e.remaining),
                                               (e.other_id, maker_side, e.other_remaining)):
                 if (found := order(order_id)) is not None:
-                    found[1] += e.qty
-                    found[0] = "FILLED" if remaining == 0 else "PARTIALLY_FILLED"
+                    found.filled += e.qty
+                    found.status = "FILLED" if remaining == 0 else "PARTIALLY_FILLED"
                     state.fills.add((trade_id(e), side.name))
             continue
         if (found := order(e.order_id)) is None:
             continue
-        if e.type == EventType.ACCEPTED and found[0] == "PENDING":
-            found[0] = "OPEN"
+        if e.type == EventType.ACCEPTED and found.status == "PENDING":
+            found.status = "OPEN"
         elif e.type == EventType.REJECTED:
             if (e.op in (Op.LIMIT, Op.MARKET) and e.reason != Reason.DUPLICATE_ORDER_ID
-                    and found[0] == "PENDING"):
-                found[0] = END_STATUS[e.type]
-        elif e.type in END_STATUS and found[0] in OPEN_STATUSES:
-            found[0] = END_STATUS[e.type]
+                    and found.status == "PENDING"):
+                found.status = END_STATUS[e.type]
+        elif e.type in END_STATUS and found.status in OPEN_STATUSES:
+            found.status = END_STATUS[e.type]
     return state
 
 
@@ -116,7 +124,8 @@ def find_discrepancies(conn: psycopg.Connection, events: Iterable[Event]) -> lis
     for order_id, _, status, filled in rows:
         if order_id not in expected.orders:
             continue
-        want_status, want_filled = expected.orders[order_id]
+        want = expected.orders[order_id]
+        want_status, want_filled = want.status, want.filled
         if status != want_status:
             findings.append(Finding("STATUS", order_id,
                                     f"Postgres says {status}, the events say {want_status}"))
@@ -145,21 +154,26 @@ def settled_events(conn: psycopg.Connection, bootstrap: str, topic: str,
                        "enable.partition.eof": True})
     reader.assign([TopicPartition(topic, p, 0) for p in upto])
     decode = msgspec.msgpack.Decoder(EventBatch).decode
-    events, done = {p: [] for p in upto}, set()
+    events: dict[int, list[Event]] = {p: [] for p in upto}
+    done: set[int] = set()
     try:
         while len(done) < len(upto):
             message = reader.poll(10)
             if message is None:
                 raise TimeoutError(f"{topic}: no answer from Kafka within 10 s")
-            partition = message.partition()
-            if message.error():
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    raise KafkaException(message.error())
+            partition, error = message.partition(), message.error()
+            assert partition is not None            # a consumer's messages have one
+            if error:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
                 done.add(partition)
-            elif message.offset() >= upto[partition]:
+                continue
+            offset, value = message.offset(), message.value()
+            assert offset is not None and value is not None     # a record, not an error
+            if offset >= upto[partition]:
                 done.add(partition)
             elif partition not in done:
-                events[partition] += decode(message.value()).events
+                events[partition] += decode(value).events
     finally:
         reader.close()
     return [e for p in sorted(events) for e in events[p]]

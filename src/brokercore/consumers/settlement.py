@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date
 from decimal import Decimal
+from typing import Any, TypeAlias
 
 import psycopg
 import redis
@@ -90,6 +91,10 @@ class _Position:
     changed: bool = False
 
 
+_Row: TypeAlias = tuple[object, ...]       # the parameters of a row to insert
+_Payload: TypeAlias = dict[str, object]     # of an order_events row, as JSON
+
+
 @dataclass
 class _Batch:
     """The locked rows of one transaction and the rows it will insert."""
@@ -98,9 +103,9 @@ class _Batch:
     accounts: dict[int, _Account]
     positions: dict[tuple[int, str], _Position]
     known_fills: set[tuple[str, str]]
-    fills: list[tuple] = field(default_factory=list)
-    fee_income: list[tuple] = field(default_factory=list)
-    history: list[tuple] = field(default_factory=list)
+    fills: list[_Row] = field(default_factory=list)
+    fee_income: list[_Row] = field(default_factory=list)
+    history: list[_Row] = field(default_factory=list)
 
 
 class SettlementConsumer:
@@ -153,7 +158,7 @@ class SettlementConsumer:
 
     # --- loading and locking -------------------------------------------------------------
 
-    def _load(self, conn, events: list[Event]) -> _Batch:
+    def _load(self, conn: psycopg.Connection, events: list[Event]) -> _Batch:
         ids = sorted({i for e in events for i in (e.order_id, e.other_id) if i > 0})
         owners = conn.execute("SELECT DISTINCT account_id, symbol FROM orders "
                               "WHERE order_id = ANY(%s)", (ids,)).fetchall()
@@ -236,7 +241,7 @@ class SettlementConsumer:
             self._set_status(batch, shard, e, order, "PARTIALLY_FILLED", payload)
 
     def _end(self, batch: _Batch, shard: int, e: Event, order: _Order, status: str,
-             reason: str | None, payload: dict | None = None) -> None:
+             reason: str | None, payload: _Payload | None = None) -> None:
         self._settle(batch, order, release(order.hold))
         order.reject_reason = reason
         self._set_status(batch, shard, e, order, status, payload)
@@ -274,13 +279,13 @@ class SettlementConsumer:
         return self.market[order.symbol].ticks_to_paise(ticks)
 
     def _set_status(self, batch: _Batch, shard: int, e: Event, order: _Order, status: str,
-                    payload: dict | None = None) -> None:
+                    payload: _Payload | None = None) -> None:
         order.status = status
         order.changed = True
         self._record(batch, shard, e, order, payload or {})
 
     @staticmethod
-    def _record(batch: _Batch, shard: int, e: Event, order: _Order, payload: dict) -> None:
+    def _record(batch: _Batch, shard: int, e: Event, order: _Order, payload: _Payload) -> None:
         body = {"event": EventType(e.type).name, "shard": shard, "shard_seq": e.shard_seq,
                 **({"reason": Reason(e.reason).name} if e.reason else {}), **payload}
         batch.history.append((order.order_id, order.account_id, order.status,
@@ -290,7 +295,7 @@ class SettlementConsumer:
     # --- writing back ------------------------------------------------------------------------
 
     @staticmethod
-    def _write(conn, batch: _Batch) -> None:
+    def _write(conn: psycopg.Connection, batch: _Batch) -> None:
         cur = conn.cursor()
         cur.executemany(
             "UPDATE accounts SET cash = %s, blocked_cash = %s, updated_at = now() "
@@ -330,7 +335,7 @@ def run_settlement(bootstrap: str, topic: str, database_url: str, market_path: s
                    fees: FeeSchedule = NO_FEES, consumer_name: str = "settlement",
                    stop_event: threading.Event | None = None, *,
                    redis_url: str | None = None, redis_prefix: str = "",
-                   **options) -> BatchStats:
+                   **options: Any) -> BatchStats:
     """Settle ``topic`` until ``stop_event`` is set (``pgconsumer.run_pg_consumer``, whose
     keyword options pass through); returns the totals. An event that contradicts an
     order is raised like a database error: nothing of its batch is stored. With a

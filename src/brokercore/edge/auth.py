@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
+from brokercore.config import ServiceSettings
 from brokercore.edge.text import bad_character
 
 __all__ = ["AuthError", "JwtConfig", "Principal", "TokenVerifier", "bearer_token", "mint_token",
@@ -43,12 +45,12 @@ class JwtConfig:
     leeway: float = 0.0                     # seconds of clock skew tolerated
 
     @classmethod
-    def from_settings(cls, settings) -> JwtConfig:
-        """The services' configuration (a brokercore.config.ServiceSettings)."""
+    def from_settings(cls, settings: ServiceSettings) -> JwtConfig:
+        """The services' configuration."""
         return cls(settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
                    settings.jwt_rs256_public_key)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.hs256_secret and not self.rs256_public_key:
             raise ValueError("JWT verification needs an HS256 secret or an RS256 public key")
         if self.hs256_secret is not None and len(self.hs256_secret.encode()) < 32:
@@ -58,13 +60,13 @@ class JwtConfig:
 @dataclass(frozen=True)
 class Principal:
     user_id: str
-    claims: dict
+    claims: dict[str, Any]
 
 
 class TokenVerifier:
     def __init__(self, config: JwtConfig):
         self.config = config
-        self._keys = {}
+        self._keys: dict[str, str] = {}
         if config.hs256_secret:
             self._keys["HS256"] = config.hs256_secret
         if config.rs256_public_key:
@@ -75,12 +77,11 @@ class TokenVerifier:
             algorithm = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError:
             raise AuthError("INVALID_TOKEN", "the token is malformed") from None
-        key = self._keys.get(algorithm)
-        if key is None:
+        if algorithm not in self._keys:
             raise AuthError("INVALID_TOKEN", f"tokens signed with {algorithm!r} are not accepted")
         try:
-            claims = jwt.decode(
-                token, key, algorithms=[algorithm], audience=self.config.audience,
+            claims: dict[str, Any] = jwt.decode(
+                token, self._keys[algorithm], algorithms=[algorithm], audience=self.config.audience,
                 issuer=self.config.issuer, leeway=self.config.leeway,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]})
         except jwt.ExpiredSignatureError:

@@ -20,6 +20,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 import msgspec
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from brokercore.broker.market import MarketInstrument
@@ -151,8 +152,7 @@ class OrderEntry:
                         unpublished_id, request.symbol, bytes(unpublished_payload)))
                 await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND "
                                    "key = %s", (user_id, request.idempotency_key))
-                order_id = (await (await conn.execute(
-                    "SELECT nextval('order_id_seq')")).fetchone())[0]
+                order_id = await _returned_id(conn, "SELECT nextval('order_id_seq')")
             order = OrderRequest(request.symbol, Side[request.side], OrderType(request.type),
                                  request.quantity, request.price,
                                  Tif[request.time_in_force] if request.time_in_force else None)
@@ -161,6 +161,7 @@ class OrderEntry:
                                fees=self.fees, protection_percent=self.protection_percent)
             if isinstance(hold, RiskRejection):
                 raise OrderRefused(hold.code, hold.message)
+            assert instrument is not None       # check_order refuses an unknown symbol
             limit_ticks = instrument.to_ticks(request.price) if request.price is not None \
                 else None
             price, market = _engine_price(limit_ticks, hold, instrument)
@@ -168,7 +169,7 @@ class OrderEntry:
                                request.quantity, price=price, market=market,
                                tif=hold.time_in_force, ts=_nanoseconds(now))
             payload = encode(command)
-            outbox_id = (await (await conn.execute(_WRITE_ORDER, {
+            outbox_id = await _returned_id(conn, _WRITE_ORDER, {
                 "user": user_id, "key": request.idempotency_key, "hash": fingerprint,
                 "expires": now + self.idempotency_ttl, "order": order_id,
                 "account": account_id, "symbol": request.symbol, "trade_date": trade_date,
@@ -182,7 +183,7 @@ class OrderEntry:
                 "topic": self.kafka.orders_topic,
                 "partition": partition_of(request.symbol, self.kafka.shards),
                 "kafka_key": request.symbol.encode(), "payload": payload,
-            })).fetchone())[0]
+            })
         return OrderReceipt(order_id, "PENDING", now, self._row(outbox_id, request.symbol,
                                                                  payload))
 
@@ -198,12 +199,13 @@ class OrderEntry:
         return OutboxRow(outbox_id, self.kafka.orders_topic,
                          partition_of(symbol, self.kafka.shards), symbol.encode(), payload)
 
-    async def _outbox(self, conn, order_id: int, symbol: str, payload: bytes) -> OutboxRow:
+    async def _outbox(self, conn: AsyncConnection, order_id: int, symbol: str,
+                      payload: bytes) -> OutboxRow:
         row = self._row(0, symbol, payload)
-        outbox_id = (await (await conn.execute(
-            "INSERT INTO outbox (topic, partition, key, payload, order_id) "
+        outbox_id = await _returned_id(
+            conn, "INSERT INTO outbox (topic, partition, key, payload, order_id) "
             "VALUES (%s, %s, %s, %s, %s) RETURNING outbox_id",
-            (row.topic, row.partition, row.key, payload, order_id))).fetchone())[0]
+            (row.topic, row.partition, row.key, payload, order_id))
         return row._replace(outbox_id=outbox_id)
 
     # --- cancels -----------------------------------------------------------------------
@@ -242,6 +244,15 @@ class OrderEntry:
             cursor = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= %s",
                                         (self.clock(),))
             return cursor.rowcount
+
+
+async def _returned_id(conn: AsyncConnection, query: str,
+                       params: Mapping[str, object] | tuple[object, ...] | None = None) -> int:
+    """The id that ``query`` (a nextval, an INSERT ... RETURNING) gives back."""
+    row = await (await conn.execute(query, params)).fetchone()
+    assert row is not None                  # such a statement returns one row
+    value: int = row[0]
+    return value
 
 
 def _engine_price(limit_ticks: int | None, hold: Hold,

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from psycopg_pool import AsyncConnectionPool
@@ -40,6 +41,10 @@ class OutboxRow(NamedTuple):
     payload: bytes
 
 
+_Delivery: TypeAlias = "asyncio.Future[KafkaError | Exception | None]"
+"""A row's delivery: the error that stopped it, or None once the broker acknowledged it."""
+
+
 class OutboxPublisher:
     """One producer and the rows on their way through it. ``pool`` should check its
     connections (``AsyncConnectionPool.check_connection``) so that a Postgres restart
@@ -55,9 +60,9 @@ class OutboxPublisher:
         self._producer = self._new_producer()
         self._fatal: KafkaError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._in_flight: dict[int, list[asyncio.Future]] = {}   # id -> publish() waiting
+        self._in_flight: dict[int, list[_Delivery]] = {}    # id -> publish() waiting
         self._acked: list[int] = []             # acknowledged, not yet marked published
-        self._marking: asyncio.Task | None = None
+        self._marking: asyncio.Task[None] | None = None
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="outbox-poller", daemon=True)
         self._poller.start()
@@ -148,12 +153,12 @@ class OutboxPublisher:
             if not after:
                 await asyncio.sleep(every)
 
-    async def _rows(self, query: str, params: tuple) -> list[OutboxRow]:
+    async def _rows(self, query: str, params: tuple[object, ...]) -> list[OutboxRow]:
         async with self.pool.connection() as conn:
             return [OutboxRow(i, t, p, k, bytes(v)) for i, t, p, k, v in
                     await (await conn.execute(query, params)).fetchall()]
 
-    def _send(self, rows: list[OutboxRow], waiting: bool) -> dict[int, asyncio.Future]:
+    def _send(self, rows: list[OutboxRow], waiting: bool) -> dict[int, _Delivery]:
         """Produce the rows not already on their way; with ``waiting``, a future per row
         that gets the delivery's error (None once acknowledged)."""
         loop = self._loop = asyncio.get_running_loop()
@@ -178,8 +183,9 @@ class OutboxPublisher:
             self._in_flight[outbox_id] = waiters
         return futures
 
-    def _on_delivery(self, loop: asyncio.AbstractEventLoop, outbox_id: int):
-        def delivered(error, message):
+    def _on_delivery(self, loop: asyncio.AbstractEventLoop, outbox_id: int
+                     ) -> Callable[[KafkaError | None, object], None]:
+        def delivered(error: KafkaError | None, message: object) -> None:
             loop.call_soon_threadsafe(self._delivered, outbox_id, error)
         return delivered
 

@@ -22,12 +22,13 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from typing import Annotated, Literal
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 import redis
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 
 from brokercore.realtime.channels import OrderUpdate, encode_message, online_key, user_channel
 
@@ -176,7 +177,7 @@ class _Channel:
 
     __slots__ = ("ready", "sinks", "waiting")
 
-    def __init__(self, ready: asyncio.Future):
+    def __init__(self, ready: asyncio.Future[None]):
         self.ready = ready
         self.sinks: set[Sink] = set()
         self.waiting: dict[Sink, Callable[[], None] | None] = {}
@@ -200,15 +201,17 @@ class Hub:
         self.on_interrupt = on_interrupt
         self.users: Counter[str] = Counter()        # sockets here per user
         self._channels: dict[str, _Channel] = {}
-        self._sent: dict[str, deque[asyncio.Future]] = {}   # unconfirmed SUBSCRIBEs
+        self._sent: dict[str, deque[asyncio.Future[None]]] = {}     # unconfirmed SUBSCRIBEs
         self._order = asyncio.Lock()                # (UN)SUBSCRIBE in the order asked
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
         self.pubsub = self.redis.pubsub()
         await self.pubsub.connect()
+        # made by connect(); redis-py declares the attribute as None only
+        connection = cast(AbstractConnection, self.pubsub.connection)
         # Called again on every reconnect that redis-py makes on its own.
-        self.pubsub.connection.register_connect_callback(self._reconnected)
+        connection.register_connect_callback(self._reconnected)
         self._tasks = [asyncio.create_task(self._read(), name="hub-reader"),
                        asyncio.create_task(self._refresh(), name="hub-registry")]
 
@@ -263,7 +266,7 @@ class Hub:
             except (redis.RedisError, OSError) as e:
                 log.warning("unsubscribing from %s failed (%s)", channel, e)
 
-    async def _send(self, channel: str, ready: asyncio.Future | None) -> None:
+    async def _send(self, channel: str, ready: asyncio.Future[None] | None) -> None:
         """SUBSCRIBE (with the future its confirmation resolves) or UNSUBSCRIBE."""
         async with self._order:
             try:
@@ -302,7 +305,7 @@ class Hub:
             except redis.RedisError as e:
                 log.warning("unregistering %s failed (%s); the lease lapses", user, e)
 
-    async def _register(self, users) -> None:
+    async def _register(self, users: Iterable[str]) -> None:
         now = time.time()
         ttl = math.ceil(self.lease) + 1
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -339,7 +342,7 @@ class Hub:
             self._interrupted()
             await asyncio.sleep(1.0)
 
-    def _dispatch(self, message: dict) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], (message["channel"] or b"").decode()
         if kind == "message":
             entry = self._channels.get(channel)
@@ -363,7 +366,7 @@ class Hub:
             if not ready.done():
                 ready.set_result(None)
 
-    def _reconnected(self, _connection) -> None:
+    def _reconnected(self, _connection: object) -> None:
         self._interrupted()
 
     def _interrupted(self) -> None:
