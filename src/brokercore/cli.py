@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
 from brokercore import __version__
 from brokercore.config import EngineOptions, KafkaSettings
@@ -94,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_service(args) -> int:
-    from brokercore.services import SERVICES, run_service as run
+def run_service(args: argparse.Namespace) -> int:
+    from brokercore.services import SERVICES
+    from brokercore.services import run_service as run
 
     if args.list or args.name is None:
         width = max(map(len, SERVICES))
@@ -109,9 +111,9 @@ def run_service(args) -> int:
     return run(args.name, args.args)
 
 
-def run_token(args) -> int:
-    from brokercore.edge.auth import JwtConfig, mint_token
+def run_token(args: argparse.Namespace) -> int:
     from brokercore.config import ServiceSettings
+    from brokercore.edge.auth import JwtConfig, mint_token
 
     settings = ServiceSettings.from_env()
     if not settings.dev_mode:
@@ -123,7 +125,7 @@ def run_token(args) -> int:
     return 0
 
 
-def _instruments(args) -> list[Instrument]:
+def _instruments(args: argparse.Namespace) -> list[Instrument]:
     if args.instruments:
         return load_instruments(args.instruments)
     names = [name.strip() for name in args.symbols.split(",") if name.strip()]
@@ -132,7 +134,7 @@ def _instruments(args) -> list[Instrument]:
             for n, name in enumerate(names, 1)]
 
 
-def run_shard(args) -> int:
+def run_shard(args: argparse.Namespace) -> int:
     instruments = _instruments(args)
     if not instruments:
         print("brokercore shard: no instruments", file=sys.stderr)
@@ -159,7 +161,7 @@ def run_shard(args) -> int:
     return 0
 
 
-def run_engine(args) -> int:
+def run_engine(args: argparse.Namespace) -> int:
     try:
         from brokercore.kafka.daemon import EngineDaemon
     except ImportError as e:
@@ -184,7 +186,7 @@ def run_engine(args) -> int:
     os._exit(code)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"engine": run_engine, "shard": run_shard, "token": run_token,

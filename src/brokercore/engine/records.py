@@ -7,8 +7,9 @@ misread. docs/engine.md says what every field means for every command and event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum, IntFlag
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -104,13 +105,15 @@ class Reason(IntEnum):
     UNKNOWN_SYMBOL = 22
 
 
-def _struct(fields: list[tuple[str, str]], itemsize: int) -> np.dtype:
+def _struct(fields: list[tuple[str, str]], itemsize: int) -> np.dtype[np.void]:
     """A dtype with C struct alignment and an explicit total size (trailing padding)."""
     aligned = np.dtype(fields, align=True)
+    names = aligned.names or ()
+    layout: Mapping[str, tuple[Any, ...]] = aligned.fields or {}
     return np.dtype({
-        "names": list(aligned.names),
-        "formats": [aligned.fields[n][0] for n in aligned.names],
-        "offsets": [aligned.fields[n][1] for n in aligned.names],
+        "names": list(names),
+        "formats": [layout[n][0] for n in names],
+        "offsets": [layout[n][1] for n in names],
         "itemsize": itemsize,
     })
 
@@ -162,7 +165,7 @@ class RestingOrder(NamedTuple):
     post_only: bool
 
 
-def as_commands(commands) -> np.ndarray:
+def as_commands(commands: object) -> np.ndarray:
     """A one-dimensional contiguous COMMAND_DTYPE array of the given commands.
 
     Arrays with the same fields in another layout (numpy drops the padding when it
@@ -172,8 +175,9 @@ def as_commands(commands) -> np.ndarray:
     if not isinstance(commands, np.ndarray):
         raise TypeError("commands must be a numpy array of COMMAND_DTYPE records")
     dtype = commands.dtype
+    canonical: Mapping[str, tuple[Any, ...]] = COMMAND_DTYPE.fields or {}
     if dtype != COMMAND_DTYPE and (dtype.names != COMMAND_DTYPE.names or any(
-            dtype.fields[name][0] != COMMAND_DTYPE.fields[name][0] for name in dtype.names)):
+            layout[0] != canonical[name][0] for name, layout in (dtype.fields or {}).items())):
         raise TypeError(f"commands must have the fields of brokercore.COMMAND_DTYPE, "
                         f"not {dtype}")
     if commands.ndim != 1:

@@ -18,13 +18,27 @@ semantics have one implementation.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .records import (
-    COMMAND_DTYPE, EVENT_DTYPE, INT64_MAX, LEVEL_DTYPE, MAX_BAND_LEVELS, ORDER_DTYPE,
-    EventType, Flags, Op, Reason, RestingOrder, Side, Stp, Tif, as_commands,
+    COMMAND_DTYPE,
+    EVENT_DTYPE,
+    INT64_MAX,
+    LEVEL_DTYPE,
+    MAX_BAND_LEVELS,
+    ORDER_DTYPE,
+    EventType,
+    Flags,
+    Op,
+    Reason,
+    RestingOrder,
+    Side,
+    Stp,
+    Tif,
+    as_commands,
 )
 
 __all__ = ["ReferenceBook"]
@@ -36,6 +50,8 @@ _MARKET_TIFS = (Tif.IOC, Tif.FOK)
 _STPS = tuple(Stp)  # DEFAULT..DECREMENT: what a command may ask for
 _BOOK_STPS = tuple(s for s in Stp if s != Stp.DEFAULT)  # what a book default may be
 _POST_ONLY = int(Flags.POST_ONLY)  # a plain int: ~ on an IntFlag would drop unknown bits
+
+_Event = tuple[int, ...]  # one EVENT_DTYPE record's fields, in order
 
 
 @dataclass
@@ -74,8 +90,8 @@ class _Command:
     qty: int
 
     @classmethod
-    def from_record(cls, record) -> "_Command":
-        return cls(**{name: int(record[name]) for name in COMMAND_DTYPE.names})
+    def from_record(cls, record: np.void) -> _Command:
+        return cls(**{name: int(record[name]) for name in COMMAND_DTYPE.names or ()})
 
 
 def _band_is_valid(low: int, high: int) -> bool:
@@ -90,7 +106,8 @@ def _opposite(side: int) -> int:
 class ReferenceBook:
     """The reference order book for one symbol: price-time priority with STP."""
 
-    def __init__(self, low, high, lot_size=1, symbol=0, stp=Stp.CANCEL_NEWEST):
+    def __init__(self, low: int, high: int, lot_size: int = 1, symbol: int = 0,
+                 stp: int = Stp.CANCEL_NEWEST) -> None:
         low, high, lot_size, symbol, stp = map(operator.index, (low, high, lot_size, symbol, stp))
         if not _band_is_valid(low, high):
             raise ValueError(f"invalid price band [{low}, {high}]")
@@ -110,8 +127,8 @@ class ReferenceBook:
         self._levels: dict[int, dict[int, list[_Order]]] = {Side.BUY: {}, Side.SELL: {}}
         self._live: dict[int, _Order] = {}  # order_id -> resting order
         self._used_ids: set[int] = set()  # spent this session, live ones included
-        self._events: list[tuple] = []  # events of the command being applied
-        self._last: list[tuple] = []  # events of the last per-order call
+        self._events: list[_Event] = []  # events of the command being applied
+        self._last: list[_Event] = []  # events of the last per-order call
 
     # ------------------------------------------------------------------ properties
 
@@ -154,46 +171,47 @@ class ReferenceBook:
 
     # ------------------------------------------------------------ per-order API
 
-    def limit(self, order_id, side, price, qty, account=0, tif=Tif.GTC,
-              stp=Stp.DEFAULT, post_only=False, ts=0) -> int:
+    def limit(self, order_id: int, side: int, price: int, qty: int, account: int = 0,
+              tif: int = Tif.GTC, stp: int = Stp.DEFAULT, post_only: bool = False,
+              ts: int = 0) -> int:
         flags = _POST_ONLY if post_only else 0
         return self._call(op=Op.LIMIT, order_id=order_id, side=side, price=price, qty=qty,
                           account=account, tif=tif, stp=stp, flags=flags, ts=ts)
 
-    def market(self, order_id, side, qty, account=0, tif=Tif.IOC, stp=Stp.DEFAULT,
-               ts=0) -> int:
+    def market(self, order_id: int, side: int, qty: int, account: int = 0,
+               tif: int = Tif.IOC, stp: int = Stp.DEFAULT, ts: int = 0) -> int:
         return self._call(op=Op.MARKET, order_id=order_id, side=side, qty=qty,
                           account=account, tif=tif, stp=stp, ts=ts)
 
-    def cancel(self, order_id, account=0, ts=0) -> int:
+    def cancel(self, order_id: int, account: int = 0, ts: int = 0) -> int:
         return self._call(op=Op.CANCEL, order_id=order_id, account=account, ts=ts)
 
-    def amend(self, order_id, price, qty, account=0, ts=0) -> int:
+    def amend(self, order_id: int, price: int, qty: int, account: int = 0, ts: int = 0) -> int:
         return self._call(op=Op.AMEND, order_id=order_id, price=price, qty=qty,
                           account=account, ts=ts)
 
-    def open(self, ts=0) -> int:
+    def open(self, ts: int = 0) -> int:
         return self._call(op=Op.OPEN, ts=ts)
 
-    def close(self, ts=0) -> int:
+    def close(self, ts: int = 0) -> int:
         return self._call(op=Op.CLOSE, ts=ts)
 
-    def reband(self, low, high, ts=0) -> int:
+    def reband(self, low: int, high: int, ts: int = 0) -> int:
         return self._call(op=Op.REBAND, price=low, qty=high, ts=ts)
 
     def last_events(self) -> np.ndarray:
         """The events of the last per-order call (none after a batch), as a fresh array."""
         return np.array(self._last, dtype=EVENT_DTYPE)
 
-    def process(self, commands) -> np.ndarray:
+    def process(self, commands: np.ndarray) -> np.ndarray:
         """Apply a COMMAND_DTYPE batch in order; bad field values are REJECTED, not raised."""
-        events: list[tuple] = []
+        events: list[_Event] = []
         for record in as_commands(commands):
             events.extend(self._apply(_Command.from_record(record)))
         self._last = []
         return np.array(events, dtype=EVENT_DTYPE)
 
-    def _call(self, **fields) -> int:
+    def _call(self, **fields: int) -> int:
         """Build one command record (numpy coerces the raw values) and apply it."""
         record = np.zeros(1, dtype=COMMAND_DTYPE)
         for name, value in fields.items():
@@ -203,48 +221,48 @@ class ReferenceBook:
 
     # ------------------------------------------------------------------- views
 
-    def best_bid(self):
+    def best_bid(self) -> tuple[int, int] | None:
         return self._best_level(Side.BUY)
 
-    def best_ask(self):
+    def best_ask(self) -> tuple[int, int] | None:
         return self._best_level(Side.SELL)
 
-    def depth(self, n=10):
+    def depth(self, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top n levels per side, best first, as LEVEL_DTYPE arrays."""
         n = operator.index(n)
         if n < 0:
             raise ValueError(f"depth needs n >= 0, got {n}")
 
-        def side_depth(side):
+        def side_depth(side: int) -> np.ndarray:
             rows = [(price, self._level_qty(side, price), len(self._levels[side][price]))
                     for price in self._prices(side)[:n]]
             return np.array(rows, dtype=LEVEL_DTYPE)
 
         return side_depth(Side.BUY), side_depth(Side.SELL)
 
-    def level(self, price):
+    def level(self, price: int) -> np.ndarray:
         """Orders resting at one price, FIFO, as an ORDER_DTYPE array."""
         orders = self._levels[Side.BUY].get(price) or self._levels[Side.SELL].get(price) or []
         return self._order_array(orders)
 
-    def orders(self):
+    def orders(self) -> np.ndarray:
         """Every live order in book order, as an ORDER_DTYPE array."""
         return self._order_array(self._book_order())
 
-    def order(self, order_id):
+    def order(self, order_id: int) -> RestingOrder | None:
         o = self._live.get(order_id)
         if o is None:
             return None
         return RestingOrder(o.order_id, o.account, Side(o.side), o.price, o.qty,
                             Tif(o.tif), Stp(o.stp), o.post_only)
 
-    def _best_level(self, side):
+    def _best_level(self, side: int) -> tuple[int, int] | None:
         price = self._best_price(side)
         if price is None:
             return None
         return price, self._level_qty(side, price)
 
-    def _level_qty(self, side, price) -> int:
+    def _level_qty(self, side: int, price: int) -> int:
         """Total open qty of a level; views report int64, so a larger total is an error."""
         total = sum(o.qty for o in self._levels[side][price])
         if total > INT64_MAX:
@@ -252,18 +270,18 @@ class ReferenceBook:
         return total
 
     @staticmethod
-    def _order_array(orders):
+    def _order_array(orders: Iterable[_Order]) -> np.ndarray:
         rows = [(o.order_id, o.account, o.price, o.qty, o.side, o.tif, o.stp, o.flags)
                 for o in orders]
         return np.array(rows, dtype=ORDER_DTYPE)
 
     # ------------------------------------------------------------- book helpers
 
-    def _prices(self, side) -> list[int]:
+    def _prices(self, side: int) -> list[int]:
         """Prices with orders on one side, best first (bids high to low, asks low to high)."""
         return sorted(self._levels[side], reverse=(side == Side.BUY))
 
-    def _best_price(self, side):
+    def _best_price(self, side: int) -> int | None:
         """Highest bid or lowest ask price, None if that side is empty."""
         prices = self._levels[side]
         if not prices:
@@ -275,7 +293,7 @@ class ReferenceBook:
         return [o for side in _SIDES for price in self._prices(side)
                 for o in self._levels[side][price]]
 
-    def _first_maker(self, taker: _Order):
+    def _first_maker(self, taker: _Order) -> _Order | None:
         """The order the taker would meet next, or None if the opposite side does not cross."""
         side = _opposite(taker.side)
         best = self._best_price(side)
@@ -286,11 +304,11 @@ class ReferenceBook:
         return self._levels[side][best][0]
 
     @staticmethod
-    def _crosses(side, limit, opposite_price) -> bool:
+    def _crosses(side: int, limit: int, opposite_price: int) -> bool:
         """Would a `side` order at `limit` trade with an opposite order at `opposite_price`?"""
         return opposite_price <= limit if side == Side.BUY else opposite_price >= limit
 
-    def _would_take(self, side, limit) -> bool:
+    def _would_take(self, side: int, limit: int) -> bool:
         """Post-only test: is there an opposite order this limit price would trade with?"""
         best = self._best_price(_opposite(side))
         return best is not None and self._crosses(side, limit, best)
@@ -314,35 +332,38 @@ class ReferenceBook:
 
     # ------------------------------------------------------------------ events
 
-    def _emit(self, c: _Command, type_, reason=Reason.NONE, order_id=0, account=0,
-              side=0, price=0, qty=0, remaining=0, other_id=0, other_account=0,
-              other_remaining=0) -> None:
+    def _emit(self, c: _Command, type_: int, reason: int = Reason.NONE, order_id: int = 0,
+              account: int = 0, side: int = 0, price: int = 0, qty: int = 0,
+              remaining: int = 0, other_id: int = 0, other_account: int = 0,
+              other_remaining: int = 0) -> None:
         """Append one event, numbering it with the book's next seq."""
         self._seq += 1
         self._events.append((self._symbol, type_, reason, c.op, side, self._seq, c.ts,
                              order_id, account, price, qty, remaining,
                              other_id, other_account, other_remaining))
 
-    def _emit_order(self, c: _Command, type_, reason, o: _Order, qty, remaining=0) -> None:
+    def _emit_order(self, c: _Command, type_: int, reason: int, o: _Order, qty: int,
+                    remaining: int = 0) -> None:
         """An event about one order: ACCEPTED, CANCELLED, EXPIRED or AMENDED."""
         self._emit(c, type_, reason, o.order_id, o.account, o.side, o.price, qty, remaining)
 
-    def _reject(self, c: _Command, reason) -> None:
+    def _reject(self, c: _Command, reason: int) -> None:
         """REJECTED echoes the command's raw fields."""
         self._emit(c, EventType.REJECTED, reason, c.order_id, c.account, c.side,
                    c.price, c.qty)
 
     # ---------------------------------------------------------------- commands
 
-    def _apply(self, c: _Command) -> list[tuple]:
+    def _apply(self, c: _Command) -> list[_Event]:
         """Apply one command and return its events: the one code path for all calls."""
         self._events = []
-        handler = {
+        handlers: dict[int, Callable[[_Command], None]] = {
             Op.LIMIT: self._new_order, Op.MARKET: self._new_order,
             Op.CANCEL: self._cancel, Op.AMEND: self._amend,
             Op.OPEN: self._open_session, Op.CLOSE: self._close_session,
             Op.REBAND: self._reband,
-        }.get(c.op)
+        }
+        handler = handlers.get(c.op)
         if handler is None:
             self._reject(c, Reason.UNKNOWN_OP)
         else:
@@ -465,7 +486,7 @@ class ReferenceBook:
         if maker.qty == 0:
             self._remove(maker)
 
-    def _prevent_self_trade(self, c, taker: _Order, maker: _Order, mode) -> bool:
+    def _prevent_self_trade(self, c: _Command, taker: _Order, maker: _Order, mode: int) -> bool:
         """Apply one STP step; return whether the taker goes on matching."""
         stp = Reason.SELF_TRADE
         if mode == Stp.CANCEL_NEWEST:
@@ -503,10 +524,8 @@ class ReferenceBook:
         self._remove(o)
         self._emit_order(c, EventType.CANCELLED, Reason.USER_CANCEL, o, o.qty)
 
-    def _amend_reason(self, c: _Command, o) -> Reason:
-        """AMEND checks in the doc's order; NONE if the amend goes ahead."""
-        if o is None:
-            return Reason.UNKNOWN_ORDER
+    def _amend_reason(self, c: _Command, o: _Order) -> Reason:
+        """AMEND checks of a live order in the doc's order; NONE if the amend goes ahead."""
         if o.account != c.account:
             return Reason.NOT_OWNER
         if not self._is_open:
@@ -523,6 +542,8 @@ class ReferenceBook:
     def _amend(self, c: _Command) -> None:
         """Shrink in place (keeps priority), or re-enter as a taker at the new price/qty."""
         o = self._live.get(c.order_id)
+        if o is None:
+            return self._reject(c, Reason.UNKNOWN_ORDER)
         reason = self._amend_reason(c, o)
         if reason != Reason.NONE:
             return self._reject(c, reason)

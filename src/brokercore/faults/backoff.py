@@ -27,7 +27,7 @@ __all__ = ["Backoff", "retry_delay", "transient"]
 def retry_delay(retry: int, base: float, cap: float) -> float:
     """Seconds before retry number ``retry`` (1, 2, ...): base, 2·base, 4·base ..., at
     most ``cap``."""
-    return min(cap, base * 2 ** min(retry - 1, 62))
+    return min(cap, base * 2.0 ** min(retry - 1, 62))
 
 
 def transient(error: BaseException) -> bool:

@@ -29,9 +29,9 @@ _KAFKA_AWAY = frozenset({
 QUIET_KAFKA = {"log_level": 2}
 
 
-def transient_kafka(error: KafkaError | KafkaException) -> bool:
+def transient_kafka(error: BaseException | KafkaError) -> bool:
     """A Kafka error (or the exception carrying it) that passes once the broker is back;
-    never a fatal one."""
+    never a fatal one, nor any other error."""
     if isinstance(error, KafkaException):
         error = error.args[0]
     return (isinstance(error, KafkaError) and not error.fatal()

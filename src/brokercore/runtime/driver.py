@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +43,8 @@ class RunReport:
     def events_per_second(self) -> float:
         return self.events / self.elapsed if self.elapsed else 0.0
 
-    def latency_percentiles_us(self, points=(50, 99, 99.9)) -> dict[float, float]:
+    def latency_percentiles_us(self, points: Sequence[float] = (50, 99, 99.9)
+                               ) -> dict[float, float]:
         if not len(self.latencies_ns):
             return {p: float("nan") for p in points}
         return {p: float(np.percentile(self.latencies_ns, p)) / 1e3 for p in points}
@@ -73,7 +74,8 @@ def drive(shard: Shard, flow: Iterable[np.ndarray], *, batch: int = 256,
     report = RunReport()
     latencies, type_counts = [], np.zeros(256, np.int64)
     clock = time.perf_counter_ns
-    start = next_due = clock()
+    start = clock()
+    next_due: float = start
     next_progress = start + progress_every * 1e9
     gap_ns = batch / rate * 1e9 if rate else 0.0
 

@@ -24,6 +24,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -33,12 +34,29 @@ from brokercore.engine.records import COMMAND_DTYPE, EVENT_DTYPE, MARK_DTYPE, Ma
 from brokercore.runtime._matcher import PAUSED, Matcher
 from brokercore.runtime._ringbuffer import RingBuffer, WaitStrategy
 
-__all__ = ["Shard", "read_snapshot"]
+__all__ = ["Shard", "ShardHealth", "read_snapshot"]
 
 _SNAPSHOT = struct.Struct("<4sHqI")
 _SNAPSHOT_MAGIC = b"BCSH"
 _SNAPSHOT_VERSION = 1
 _BOOK_ENTRY = struct.Struct("<IQ")
+
+
+class ShardHealth(TypedDict):
+    """``Shard.health()``: the matcher thread, its sequences and the rings' fill levels."""
+
+    running: bool
+    core: int | None
+    wait: str
+    commands_submitted: int
+    commands_applied: int
+    events_published: int
+    events_read: int
+    batches: int
+    input_fill: int
+    output_fill: int
+    ring_capacity: int
+    last_error: str | None
 
 
 class Shard:
@@ -72,8 +90,8 @@ class Shard:
         self.last_error: BaseException | None = None
 
     @classmethod
-    def from_instruments(cls, instruments: Iterable[Instrument], **options) -> Shard:
-        books = {}
+    def from_instruments(cls, instruments: Iterable[Instrument], **options: Any) -> Shard:
+        books: dict[int, OrderBook] = {}
         for instrument in instruments:
             if instrument.symbol_id in books:
                 raise ValueError(f"symbol id {instrument.symbol_id} is configured twice")
@@ -123,7 +141,7 @@ class Shard:
         try:
             while self._matcher.run() == PAUSED:
                 self._snapshot = self._snapshot_now()
-                if self._snapshot_wanted:
+                if self._snapshot_wanted and self._marks is not None:
                     self._snapshot_wanted = False
                     self._snapshots.append(self._snapshot)
                     self._marks.publish(np.array([(
@@ -131,7 +149,7 @@ class Shard:
                         self._matcher.events_published)], MARK_DTYPE))
                 self._matcher.request_pause(False)
                 self._snapshot_ready.set()
-        except BaseException as e:                  # reported by health(), never lost
+        except BaseException as e:  # noqa: BLE001 - kept for health(), and the rings close
             self.last_error = e
             self._commands.close()
         finally:
@@ -201,7 +219,7 @@ class Shard:
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod
-    def restore(cls, data: bytes, **options) -> Shard:
+    def restore(cls, data: bytes, **options: Any) -> Shard:
         """A shard whose books equal the snapshot's; replay the commands after
         ``shard.base`` (= the snapshot's commands_applied) to catch up."""
         books, commands_applied = read_snapshot(data)
@@ -214,7 +232,7 @@ class Shard:
         """Commands the books reflect, counting those before a restore."""
         return self.base + self._matcher.next_sequence
 
-    def health(self) -> dict:
+    def health(self) -> ShardHealth:
         """Sequences, ring fill levels and counters, readable at any time."""
         return {
             "running": self.running,
