@@ -29,7 +29,8 @@ INHERITED = ("BROKERCORE_DATABASE_URL", "BROKERCORE_REDIS_URL", "BROKERCORE_KAFK
 
 class PrivateStack:
     """stack.sh up/down/status under a temporary folder and on free ports: the APIs on
-    base..base+3, Postgres base+4, Redis base+5, Kafka base+6 (its controller base+7)."""
+    base..base+3, Postgres base+4, Redis base+5, Kafka base+6 (its controller base+7); its
+    processes under a supervisord of its own (socket in the temporary folder)."""
 
     def __init__(self) -> None:
         # Postgres runs as the `postgres` OS user under root: the folder must be searchable.
@@ -76,6 +77,20 @@ class PrivateStack:
         assert done.returncode == 0, f"stack.sh down failed:\n{done.stdout}"
         return done.stdout
 
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        """``supervisorctl ARGS`` on the stack's supervisord (its socket in the state folder)."""
+        return subprocess.run([str(REPO / ".venv/bin/supervisorctl"), "-c",
+                               str(self.root / ".stack/supervisord.conf"), *args],
+                              env=self.env, cwd=REPO, timeout=60, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+
+    def pid(self, name: str | None = None) -> int:
+        """The pid of the stack's process NAME as supervisord gives it (0 when it is not
+        running), or of supervisord itself."""
+        done = self.ctl("pid", *([name] if name else []))
+        assert done.stdout.strip().isdigit(), f"supervisorctl pid {name}: {done.stdout}"
+        return int(done.stdout)
+
     def logs(self, lines: int = 30) -> str:
         """The end of every process log, to explain a failure."""
         parts = []
@@ -91,8 +106,10 @@ class PrivateStack:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture
-def stack():
+# Registered as `stack` and `stack_up` (name=): a test's parameter does not shadow the
+# function its module imports to register it.
+@pytest.fixture(name="stack")
+def stack_fixture():
     """A private stack's folders and ports, taken down and removed at the end."""
     stack = PrivateStack()
     try:
@@ -101,8 +118,8 @@ def stack():
         stack.close()
 
 
-@pytest.fixture(scope="module")
-def stack_up():
+@pytest.fixture(name="stack_up", scope="module")
+def stack_up_fixture():
     """A private stack brought up from nothing once for the module's tests."""
     stack = PrivateStack()
     try:

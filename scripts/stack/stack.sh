@@ -7,14 +7,22 @@
 #   scripts/stack/stack.sh up       start what is not running (idempotent), wait until
 #                                   every component is ready, print URLs + a token; exit 1
 #                                   naming the component and its log if one is not
-#   scripts/stack/stack.sh down     stop everything, servers included
-#   scripts/stack/stack.sh status   each component running and ready, or why not; exit 1
-#                                   unless all are
+#   scripts/stack/stack.sh down     stop everything, supervisord and the servers included
+#   scripts/stack/stack.sh status   each process, its supervisor state and whether it is
+#                                   ready, and the servers; exit 1 unless all are
 #
-# Processes log to $state/logs/<name>.log (pids in $state). Dev mode is on: the OMS
-# accepts tokens signed with the public development secret (brokercore token --user).
-# Settings (environment):
-#   BROKERCORE_STACK_STATE  pids and logs (default .stack/ in the repository)
+# The servers run from their own scripts (scripts/{postgres,redis,kafka}/*.sh). The other
+# processes run under supervisord, which restarts one that exits (autorestart): up writes
+# $state/supervisord.conf (one [program:NAME] a process) and starts supervisord on a unix
+# socket in $state, no TCP port; supervisorctl drives it, e.g.
+#   .venv/bin/supervisorctl -c .stack/supervisord.conf status|restart NAME|tail -f NAME
+# Processes log to $state/logs/<name>.log, supervisord to $state/logs/supervisord.log.
+# Dev mode is on: the OMS accepts tokens signed with the public development secret
+# (brokercore token --user).
+# Settings (environment; the processes get those supervisord started with, so change
+# them across a `down`):
+#   BROKERCORE_STACK_STATE  supervisord's socket and configuration, logs (default .stack/
+#                           in the repository)
 #   BROKERCORE_PORT_BASE    the OMS's port (default 8000); +1 query, +2 WebSocket gateway,
 #                           +3 notification preferences and alerts
 #   BROKERCORE_PG_PORT, BROKERCORE_PG_STATE, BROKERCORE_REDIS_PORT, BROKERCORE_REDIS_STATE,
@@ -43,37 +51,99 @@ export BROKERCORE_DATABASE_URL="${BROKERCORE_DATABASE_URL:-$(scripts/postgres/po
 export BROKERCORE_REDIS_URL="${BROKERCORE_REDIS_URL:-$(scripts/redis/redis.sh url)}"
 
 log() { echo "stack: $*" >&2; }
-source "$repo/scripts/lib/process.sh"
+source "$repo/scripts/lib/process.sh"           # proc_state, alive
 
-pid_of() { cat "$state/$1.pid" 2>/dev/null || true; }
-up_process() { alive "$(pid_of "$1")"; }       # by name
+conf="$state/supervisord.conf"
 log_of() { echo "$state/logs/$1.log"; }
+ctl() { "$repo/.venv/bin/supervisorctl" -c "$conf" "$@"; }
+supervised() { ctl pid > /dev/null 2>&1; }      # supervisord is up and answers
+processes() { sed -n 's/^\[program:\(.*\)\]$/\1/p' "$conf" 2>/dev/null; }   # configured
 
-start_process() {           # name, command...
-    local name="$1"; shift
-    if up_process "$name"; then log "$name already running (pid $(pid_of "$name"))"; return; fi
-    touch "$(log_of "$name")"
-    # Readiness is read from what the log says after this point (it is appended to).
-    stat -c %s "$(log_of "$name")" > "$state/$name.since"
-    setsid "$@" >> "$(log_of "$name")" 2>&1 < /dev/null &
-    echo $! > "$state/$name.pid"
-    log "$name started (pid $!, log $(log_of "$name"))"
+# program NAME COMMAND...: the [program:NAME] section that runs COMMAND under supervisord,
+# through logged.sh, which notes where its log stands first (for since_start). A process
+# that exits is started again; stopping it is SIGTERM, then SIGKILL after 10 s. One that
+# does not last 5 s is tried 3 more times, then left FATAL.
+program() {
+    local name="$1" command
+    shift
+    command="$(printf '%q ' "$repo/scripts/stack/logged.sh" "$(log_of "$name")" \
+        "$state/$name.since" "$@")"
+    command="${command% }"
+    cat <<CONF
+
+[program:$name]
+command=$(escape "$command")
+directory=$(escape "$repo")
+autorestart=true
+startsecs=5
+startretries=3
+stopwaitsecs=10
+redirect_stderr=true
+stdout_logfile=$(escape "$(log_of "$name")")
+stdout_logfile_maxbytes=0
+CONF
 }
 
-stop_process() { stop_pid_file "$state/$1.pid" 10 "$1"; rm -f "$state/$1.since"; }
+escape() { echo "${1//%/%%}"; }                 # supervisord expands %(name)s in values
 
-processes() {
-    for shard in $(seq 0 $((shards - 1))); do echo "engine-$shard"; done
-    printf '%s\n' oms query ws notifier-api settlement projector notifier reconciler
-    if [ -n "${BROKERCORE_PUSH_URL:-}" ] || [ -e "$state/push-retry.pid" ]; then echo push-retry; fi
+write_conf() {
+    local shard
+    {
+        cat <<CONF
+; Written by scripts/stack/stack.sh up, on every up: the stack's processes (the servers
+; run from their own scripts). supervisorctl -c $(escape "$conf") status|restart NAME|...
+
+[unix_http_server]
+file=$(escape "$state/supervisor.sock")
+chmod=0700
+
+[supervisord]
+logfile=$(escape "$state/logs/supervisord.log")
+logfile_maxbytes=0
+pidfile=$(escape "$state/supervisord.pid")
+childlogdir=$(escape "$state/logs")
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://$(escape "$state/supervisor.sock")
+CONF
+        for shard in $(seq 0 $((shards - 1))); do
+            program "engine-$shard" "$py" -m brokercore.cli engine --shard "$shard" --shards "$shards"
+        done
+        program oms "$py" -m brokercore.cli service oms --port "$oms_port"
+        program query "$py" -m brokercore.cli service query --port "$query_port"
+        program ws "$py" -m brokercore.cli service ws --port "$ws_port"
+        program notifier-api "$py" -m brokercore.cli service notifier-api --port "$notify_port"
+        program settlement "$py" -m brokercore.cli service settlement
+        program projector "$py" -m brokercore.cli service projector
+        program notifier "$py" -m brokercore.cli service notifier
+        program reconciler "$py" -m brokercore.cli service reconciler
+        if [ -n "${BROKERCORE_PUSH_URL:-}" ]; then  # pushes (and their dead letters) need one
+            program push-retry "$py" -m brokercore.cli service reconciler --notifications
+        fi
+    } > "$conf.new"
+    mv "$conf.new" "$conf"
 }
 
-start_api() {               # name, port
-    start_process "$1" "$py" -m brokercore.cli service "$1" --port "$2"
+# read_states: what supervisord says of each process (states.py), in sup_state[NAME]
+# (STARTING, RUNNING, BACKOFF, STOPPED, EXITED, FATAL...), sup_pid[NAME] (0 when none) and
+# sup_info[NAME] (its words: "pid 123, uptime 0:01:02", "Exited too quickly...").
+declare -A sup_state=() sup_pid=() sup_info=()
+read_states() {
+    local name word number rest
+    sup_state=() sup_pid=() sup_info=()
+    while read -r name word number rest; do
+        sup_state[$name]="$word" sup_pid[$name]="$number" sup_info[$name]="$rest"
+    done < <("$py" "$repo/scripts/stack/states.py" "$state/supervisor.sock" 2> /dev/null || true)
 }
 
-since_start() {             # name: its log since it was started
-    tail -c "+$(($(cat "$state/$1.since" 2>/dev/null || echo 0) + 1))" "$(log_of "$1")" 2>/dev/null
+running() { [[ "${sup_state[$1]:-}" == RUNNING || "${sup_state[$1]:-}" == STARTING ]]; }
+
+since_start() {             # name: its log since it was started; nothing before logged.sh ran
+    [[ -e "$state/$1.since" ]] || return 0
+    tail -c "+$(($(cat "$state/$1.since") + 1))" "$(log_of "$1")" 2>/dev/null
 }
 
 answers_http() {            # port: an HTTP answer (any status) to a request within 5 s
@@ -84,10 +154,10 @@ answers_http() {            # port: an HTTP answer (any status) to a request wit
 
 # ready NAME: whether the running component NAME does its job; prints what shows it (or
 # what it lacks). The log lines relied on, written since the process started:
-#   engine-K               brokercore/daemon.py: "engine shard K: active from input offset
+#   engine-K               brokercore/kafka/daemon.py: "engine shard K: active from input offset
 #                          ..." or "... standby: waiting for the lease ..."; not ready once
 #                          a later "failed: ..." or "lost the lease" follows
-#   settlement, projector  brokercore/pgconsumer.py: "<name>: events partitions [...] from
+#   settlement, projector  brokercore/consumers/pg_consumer.py: "<name>: events partitions [...] from
 #                          offsets [...]" (assigned, from the offsets stored in Postgres)
 # The notifier's group assignment is asked of Kafka (group_ready.py); the HTTP apps must
 # answer a request; the reconciler, silent while all is well, must have stayed up 2 s.
@@ -114,56 +184,121 @@ ready() {
             else echo "no HTTP answer on 127.0.0.1:$port"; return 1; fi ;;
         *)
             local seconds
-            seconds="$(ps -o etimes= -p "$(pid_of "$name")" 2>/dev/null | tr -d ' ')"
+            seconds="$(ps -o etimes= -p "${sup_pid[$name]:-0}" 2>/dev/null | tr -d ' ')"
             echo "up ${seconds:-0} s"
             (( ${seconds:-0} >= 2 )) ;;
     esac
 }
 
 # check NAME: prints what shows NAME running and ready (see ready), or logs why it is not
-# and returns 1.
+# and returns 1. Reads the states read_states read.
 check() {
-    local name="$1" pid detail
-    pid="$(pid_of "$name")"
-    if ! alive "$pid"; then log "$name not running"; return 1; fi
-    case "$(proc_state "$pid")" in
-        T|t) log "$name not running: stopped (pid $pid)"; return 1 ;;
+    local name="$1" detail
+    if ! running "$name"; then
+        log "$name not running: ${sup_state[$name]:-not supervised} ${sup_info[$name]:-}"; return 1
+    fi
+    if ! alive "${sup_pid[$name]}"; then
+        log "$name not running: exited (pid ${sup_pid[$name]})"; return 1
+    fi
+    case "$(proc_state "${sup_pid[$name]}")" in
+        T|t) log "$name not running: stopped (pid ${sup_pid[$name]})"; return 1 ;;
     esac
-    if ! detail="$(ready "$name")"; then log "$name not ready (pid $pid): $detail"; return 1; fi
+    if ! detail="$(ready "$name")"; then
+        log "$name not ready (pid ${sup_pid[$name]}): $detail"; return 1
+    fi
     echo "$detail"
 }
 
-# Every component ready within wait_s seconds, or exit 1 naming the ones that are not.
+# Every component ready within wait_s seconds, or exit 1 naming the ones that are not. A
+# process that exits meanwhile fails it at once, though supervisord starts it again: each
+# must be ready in the run it was first seen in (same pid).
 wait_ready() {
     local deadline=$((SECONDS + wait_s)) name detail pending=() still
+    local -A seen=()
     mapfile -t pending < <(processes)
     while true; do
+        read_states
         still=()
         for name in "${pending[@]}"; do
-            if ! up_process "$name"; then
+            if [[ -z "${sup_state[$name]:-}" ]]; then still+=("$name"); continue; fi  # unknown
+            if running "$name"; then
+                if (( sup_pid[$name] )); then : "${seen[$name]:=${sup_pid[$name]}}"; fi
+            elif [[ "${sup_state[$name]}" != STOPPED ]]; then
+                seen[$name]=exited                  # BACKOFF, EXITED, FATAL
+            fi                                      # STOPPED: supervisord starts it soon
+            if [[ -n "${seen[$name]:-}" && "${seen[$name]}" != "${sup_pid[$name]:-}" ]]; then
                 log "$name exited; see $(log_of "$name"):"
-                since_start "$name" | tail -n 20 >&2
+                tail -n 20 "$(log_of "$name")" >&2
                 fail
             fi
-            if detail="$(ready "$name")"; then log "$name ready ($detail)"; else still+=("$name"); fi
+            if [[ -n "${seen[$name]:-}" ]] && detail="$(ready "$name")"; then
+                log "$name ready ($detail)"
+            else
+                still+=("$name")
+            fi
         done
         (( ${#still[@]} )) || break
         pending=("${still[@]}")
         if (( SECONDS >= deadline )); then
             for name in "${pending[@]}"; do
-                log "$name not ready after $wait_s s ($(ready "$name" || true)); see $(log_of "$name")"
+                if running "$name"; then detail="$(ready "$name" || true)"
+                else detail="${sup_state[$name]:-not supervised} ${sup_info[$name]:-}"; fi
+                log "$name not ready after $wait_s s ($detail); see $(log_of "$name")"
             done
             fail
         fi
         sleep 0.5
     done
-    # Still so a moment later: none died meanwhile (a daemon that failed just after
-    # saying "standby", as on a brand-new broker, is caught here).
+    # Still so a moment later, in the same run: none died meanwhile (a daemon that failed
+    # just after saying "standby", as on a brand-new broker, is caught here).
     sleep 2
-    for name in $(processes); do check "$name" > /dev/null || fail; done
+    read_states
+    for name in $(processes); do
+        check "$name" > /dev/null || fail
+        if [[ "${sup_pid[$name]}" != "${seen[$name]}" ]]; then
+            log "$name exited (pid ${seen[$name]}) and was started again; see $(log_of "$name")"
+            fail
+        fi
+    done
 }
 
 fail() { log "brokercore is NOT up; \`make down\` stops what started"; exit 1; }
+
+# Starts supervisord on a new configuration, or has the running one take the configuration
+# up (adding, removing or restarting the processes it changed) and start again each process
+# not RUNNING: the stopped, and those it is trying to start (so that every run wait_ready
+# waits for starts now).
+supervise() {
+    local name again=()
+    if ! supervised; then
+        rm -f "$state"/*.since
+        if ! "$repo/.venv/bin/supervisord" -c "$conf"; then
+            log "supervisord did not start; see $state/logs/supervisord.log"; fail
+        fi
+        for _ in $(seq 1 40); do supervised && break; sleep 0.25; done
+        if ! supervised; then
+            log "supervisord does not answer on $state/supervisor.sock; see $state/logs/supervisord.log"
+            fail
+        fi
+        log "supervisord started (pid $(ctl pid), $conf); processes log to $state/logs"
+        return
+    fi
+    ctl update >&2
+    read_states
+    for name in $(processes); do
+        if [[ "${sup_state[$name]:-}" == RUNNING ]]; then
+            log "$name already running (pid ${sup_pid[$name]})"
+        else
+            log "$name ${sup_state[$name]:-not supervised}: starting it"
+            again+=("$name")
+        fi
+    done
+    if (( ${#again[@]} )); then
+        ctl stop "${again[@]}" > /dev/null || true
+        for name in "${again[@]}"; do rm -f "$state/$name.since"; done
+        ctl start all >&2 || true           # wait_ready says which did not start, and why
+    fi
+}
 
 up() {
     mkdir -p "$state/logs"
@@ -172,20 +307,8 @@ up() {
     scripts/kafka/kafka.sh start
     "$py" -m brokercore.db.migrations
     "$py" -m brokercore.db.demo
-    for shard in $(seq 0 $((shards - 1))); do
-        start_process "engine-$shard" "$py" -m brokercore.cli engine --shard "$shard" --shards "$shards"
-    done
-    start_api oms "$oms_port"
-    start_api query "$query_port"
-    start_api ws "$ws_port"
-    start_api notifier-api "$notify_port"
-    start_process settlement "$py" -m brokercore.cli service settlement
-    start_process projector "$py" -m brokercore.cli service projector
-    start_process notifier "$py" -m brokercore.cli service notifier
-    start_process reconciler "$py" -m brokercore.cli service reconciler
-    if [ -n "${BROKERCORE_PUSH_URL:-}" ]; then      # pushes (and their dead letters) need one
-        start_process push-retry "$py" -m brokercore.cli service reconciler --notifications
-    fi
+    write_conf
+    supervise
     wait_ready
     local token calendar
     token="$("$py" -m brokercore.cli token --user alice --ttl 86400)"
@@ -203,6 +326,7 @@ brokercore is up (dev mode; logs in $state/logs):
   WebSocket  ws://127.0.0.1:$ws_port/ws/v1/orders?token=\$TOKEN
   alerts     http://127.0.0.1:$notify_port/api/v1/alerts  /api/v1/notifications/preferences
   Kafka      $BROKERCORE_KAFKA_BOOTSTRAP   Postgres $BROKERCORE_DATABASE_URL   Redis $BROKERCORE_REDIS_URL
+  processes  make status, or .venv/bin/supervisorctl -c $conf status|restart NAME
   token for the demo user alice (24 h):
     export TOKEN=$token
   try:
@@ -213,8 +337,25 @@ brokercore is up (dev mode; logs in $state/logs):
 TEXT
 }
 
+# Stops every process (supervisorctl stop all: SIGTERM, SIGKILL after 10 s), then
+# supervisord, then the servers.
 down() {
-    for name in $(processes); do stop_process "$name"; done
+    local daemon
+    if supervised; then
+        daemon="$(ctl pid)"
+        ctl stop all >&2 || true
+        ctl shutdown > /dev/null
+        for _ in $(seq 1 120); do alive "$daemon" || break; sleep 0.25; done
+        if alive "$daemon"; then
+            kill -9 "$daemon" 2> /dev/null || true
+            log "supervisord killed after 30 s (pid $daemon)"
+        else
+            log "supervisord stopped (pid $daemon)"
+        fi
+    else
+        log "supervisord not running"
+    fi
+    rm -f "$state"/*.since
     scripts/kafka/kafka.sh stop
     scripts/redis/redis.sh stop
     scripts/postgres/postgres.sh stop
@@ -222,10 +363,21 @@ down() {
 
 status() {
     local code=0 name detail
-    for name in $(processes); do
-        if detail="$(check "$name")"; then log "$name running (pid $(pid_of "$name"); $detail)"
-        else code=1; fi
-    done
+    if supervised; then
+        read_states
+        log "supervisord running (pid $(ctl pid), $conf)"
+        for name in $(processes); do
+            if detail="$(check "$name")"; then
+                log "$name running (${sup_state[$name]} ${sup_info[$name]}; $detail)"
+            else
+                code=1
+            fi
+        done
+    else
+        code=1
+        log "supervisord not running"
+        for name in $(processes); do log "$name not running"; done
+    fi
     scripts/kafka/kafka.sh status || code=1
     scripts/redis/redis.sh status || code=1
     scripts/postgres/postgres.sh status || code=1

@@ -16,7 +16,7 @@ import re
 import subprocess
 from decimal import Decimal
 
-from stack_support import REPO, PrivateStack, stack_up  # noqa: F401 (fixture)
+from stack_support import REPO, PrivateStack, stack_up_fixture  # noqa: F401 (fixture)
 
 README = REPO / "README.md"
 MARKER = "<!-- walkthrough -->"
@@ -84,7 +84,8 @@ def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
     assert order["orderId"] == buy["orderId"] and order["filledQty"] == 4, order
     assert [(f["quantity"], f["price"]) for f in order["fills"]] == [(4, "15000.00")], order
     assert history["orderId"] == buy["orderId"], history
-    assert history["status"] in ("PENDING", "OPEN", "PARTIALLY_FILLED"), history  # not yet cancelled
+    # Not yet cancelled.
+    assert history["status"] in ("PENDING", "OPEN", "PARTIALLY_FILLED"), history
     assert book["lastPrice"] == "15000.00", book
     assert sum(c["volume"] for c in candles["candles"]) == 4, candles
     updates = [f for f in socket if f["type"] == "ORDER_UPDATE"]

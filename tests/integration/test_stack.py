@@ -1,7 +1,9 @@
 """`make up` from nothing, again and again (issue 11: the first start on a fresh machine
 left the engines dead and still said "brokercore is up"). Each cycle removes every state
 folder, brings the stack up on private ports, checks that `stack.sh status` finds every
-component up and that an order on each shard is FILLED end to end, then takes it down.
+component up and that an order on each shard is FILLED end to end, then takes it down and
+finds none of its processes, supervisord included, left. The first cycle also shows that
+supervisord starts again a consumer and an engine daemon killed with -9.
 
 BROKERCORE_STACK_CYCLES sets the number of cycles: 2 by default (CI), 5 with
 `make up-cycles`.
@@ -14,15 +16,11 @@ import signal
 import socket
 import time
 
-from stack_support import PrivateStack, stack, trade_on_every_shard  # noqa: F401 (fixture)
+from stack_support import stack_fixture, trade_on_every_shard  # noqa: F401 (fixture)
 
 CYCLES = int(os.environ.get("BROKERCORE_STACK_CYCLES", "2"))
 PROCESSES = ("engine-0", "engine-1", "oms", "query", "ws", "notifier-api", "settlement",
              "projector", "notifier", "reconciler")
-
-
-def pid(stack: PrivateStack, name: str) -> int:
-    return int((stack.root / ".stack" / f"{name}.pid").read_text())
 
 
 def gone(process: int) -> bool:
@@ -50,7 +48,8 @@ def test_fresh_state_up_down_cycles_bring_every_component_up(stack):
         if cycle == 0:
             a_stopped_process_is_not_called_running(stack)
             up_names_a_component_that_cannot_start_and_its_log(stack)
-        pids = [pid(stack, name) for name in PROCESSES]
+            a_killed_process_is_started_again(stack)
+        pids = [stack.pid(name) for name in PROCESSES] + [stack.pid()]
         stack.down()
         assert all(gone(process) for process in pids), pids
         status = stack.stack("status")
@@ -59,7 +58,7 @@ def test_fresh_state_up_down_cycles_bring_every_component_up(stack):
 
 
 def a_stopped_process_is_not_called_running(stack):
-    settlement = pid(stack, "settlement")
+    settlement = stack.pid("settlement")
     os.kill(settlement, signal.SIGSTOP)
     try:
         status = stack.stack("status")
@@ -70,12 +69,12 @@ def a_stopped_process_is_not_called_running(stack):
 
 
 def up_names_a_component_that_cannot_start_and_its_log(stack):
-    """The query service stopped and its port taken: `up` (which restarts only what is not
-    running) exits 1 naming it and its log; with the port free again, `up` brings it back."""
-    query = pid(stack, "query")
-    os.kill(query, signal.SIGTERM)
-    while not gone(query):
-        time.sleep(0.1)
+    """The query service stopped (supervisorctl stop) and its port taken: `up` (which
+    starts only what is not running) exits 1 naming it and its log; with the port free
+    again, `up` brings it back."""
+    query = stack.pid("query")
+    stopped = stack.ctl("stop", "query")
+    assert stopped.returncode == 0 and gone(query), stopped.stdout
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", stack.base + 1))
         taken.listen()
@@ -85,3 +84,24 @@ def up_names_a_component_that_cannot_start_and_its_log(stack):
     assert f"query exited; see {stack.root}/.stack/logs/query.log" in done.stdout, done.stdout
     assert "brokercore is NOT up" in done.stdout, done.stdout
     stack.up()
+
+
+def a_killed_process_is_started_again(stack):
+    """kill -9 of settlement and of engine-1: supervisord starts each again, and `stack.sh
+    status` finds the new ones running and ready (settlement assigned its partitions, the
+    daemon active or standby again)."""
+    killed = {name: stack.pid(name) for name in ("settlement", "engine-1")}
+    for process in killed.values():
+        os.kill(process, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        now = {name: stack.pid(name) for name in killed}
+        status = stack.stack("status")
+        if status.returncode == 0 and all(
+                now[name] not in (0, killed[name])
+                and f"stack: {name} running (RUNNING pid {now[name]}," in status.stdout
+                for name in killed):
+            break
+        assert time.monotonic() < deadline, (
+            f"killed {killed}, now {now}:\n{status.stdout}\n{stack.logs()}")
+        time.sleep(0.5)
