@@ -14,11 +14,19 @@ from collections.abc import Iterable, Mapping
 import msgspec
 import numpy as np
 
-from brokercore.kafka.messages import (
-    AmendOrder, CancelOrder, CloseSession, Command, DeadLetter, NewOrder,
-    OpenSession, Reband, command_decoder, encode,
-)
 from brokercore.engine.records import COMMAND_DTYPE, EventType, Flags, Op, Reason, Side, Stp, Tif
+from brokercore.kafka.messages import (
+    AmendOrder,
+    CancelOrder,
+    CloseSession,
+    Command,
+    DeadLetter,
+    NewOrder,
+    OpenSession,
+    Reband,
+    command_decoder,
+    encode,
+)
 
 __all__ = ["CommandDecoder", "EventEncoder", "SymbolTable", "UNKNOWN_SYMBOL_BASE",
            "commands_from_records"]
@@ -117,7 +125,7 @@ class EventEncoder:
 def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list[Command]:
     """The wire commands of COMMAND_DTYPE records (symbol ids named by ``names``): how a
     numpy order flow (brokercore.runtime.loadgen) is fed to Kafka."""
-    commands = []
+    commands: list[Command] = []
     for r in records.tolist():
         symbol, op, side, tif, stp, flags, ts, order_id, account, price, qty = r
         name = names[symbol]

@@ -37,7 +37,8 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -46,18 +47,20 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 
 from brokercore.config import EngineOptions, KafkaSettings
+from brokercore.engine._engine import OrderBook
 from brokercore.engine.instruments import Instrument
 from brokercore.engine.records import EVENT_DTYPE, MarkKind
 from brokercore.faults.kafka_errors import transient_kafka
 from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable
 from brokercore.kafka.journal import InputJournal
-from brokercore.kafka.messages import ShardSnapshot, encode
+from brokercore.kafka.messages import DeadLetter, ShardSnapshot, encode
 from brokercore.kafka.topics import SNAPSHOT_MAX_BYTES, ensure_topics, partition_of
 from brokercore.runtime.shard import Shard, read_snapshot
 
@@ -115,11 +118,11 @@ class _Lease:
                                  on_revoke=self._revoked, on_lost=self._revoked)
         self._admin = AdminClient({"bootstrap.servers": settings.bootstrap})
 
-    def _assigned(self, consumer, partitions):
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if partitions:
             self.held = True
 
-    def _revoked(self, consumer, partitions):
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if partitions:
             self.held = False
 
@@ -153,13 +156,13 @@ class EngineDaemon:
     """One shard's daemon; ``run()`` blocks until ``stop()`` (or a failure)."""
 
     def __init__(self, settings: KafkaSettings, shard: int,
-                 instruments: Sequence[Instrument], options: EngineOptions = EngineOptions(),
+                 instruments: Sequence[Instrument], options: EngineOptions | None = None,
                  log: Callable[[str], None] | None = None):
         if not 0 <= shard < settings.shards:
             raise ValueError(f"shard {shard} is not one of the {settings.shards} shards")
         self.settings = settings
         self.shard_id = shard
-        self.options = options
+        self.options = options or EngineOptions()
         self.instruments = [i for i in instruments
                             if partition_of(i.symbol, settings.shards) == shard]
         self.symbols = SymbolTable({i.symbol: i.symbol_id for i in self.instruments})
@@ -172,6 +175,9 @@ class EngineDaemon:
         self._producer_client: Producer | None = None   # transactional, per session
         self._retired: list[Producer] = []      # of failed sessions (see _discard)
         self._snapshot_reader: Consumer | None = None   # see _newest_snapshot
+        self._dead: list[DeadLetter] = []       # to publish with the next transaction
+        self._offset_to_commit: int | None = None       # without transactions
+        self._group_metadata: Any = None        # the input consumer's, for transactions
         self._was_active = False
         self._orders = TopicPartition(settings.orders_topic, shard)
         self.stats = {"orders_in": 0, "events_out": 0, "transactions": 0,
@@ -243,6 +249,20 @@ class EngineDaemon:
 
     # --- Kafka clients ---------------------------------------------------------------
 
+    @property
+    def _input(self) -> Consumer:
+        """The live session's input consumer (made by _start_shard)."""
+        if self._consumer is None:
+            raise RuntimeError("no input consumer: the shard is not started")
+        return self._consumer
+
+    @property
+    def _session_producer(self) -> Producer:
+        """The live session's transactional producer (made by _activate)."""
+        if self._producer_client is None:
+            raise RuntimeError("no producer: the session is not active")
+        return self._producer_client
+
     def _input_consumer(self) -> Consumer:
         return Consumer({
             "bootstrap.servers": self.settings.bootstrap,
@@ -265,7 +285,7 @@ class EngineDaemon:
         transaction is open (or a dead one's, until it is fenced or times out) the
         committed offset is not stable yet, the broker holds the answer back and this
         times out (a transient error)."""
-        found = (consumer or self._consumer).committed([self._orders], timeout=timeout)[0]
+        found = (consumer or self._input).committed([self._orders], timeout=timeout)[0]
         if found.error is not None:
             raise KafkaException(found.error)
         return 0 if found.offset == _NO_OFFSET else found.offset
@@ -344,12 +364,13 @@ class EngineDaemon:
                                                    "snapshots"))
                     continue
                 deadline = time.monotonic() + TRANSACTION_PATIENCE
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
+                error = message.error()
+                if error:
+                    if error.code() == KafkaError._PARTITION_EOF:
                         return newest
-                    raise KafkaException(message.error())
+                    raise KafkaException(error)
                 try:
-                    snapshot = decoder.decode(message.value())
+                    snapshot = decoder.decode(message.value() or b"")
                 except msgspec.DecodeError as e:
                     self.log(f"skipping an undecodable snapshot at offset "
                              f"{message.offset()}: {e}")
@@ -363,7 +384,8 @@ class EngineDaemon:
 
     def _start_shard(self) -> None:
         snapshot = self._retrying("reading the newest snapshot", self._newest_snapshot)
-        books, applied, self._position, events = {}, 0, 0, 0
+        books: dict[int, OrderBook] = {}
+        applied, self._position, events = 0, 0, 0
         if snapshot is not None:
             books, applied = read_snapshot(snapshot.books)
             self._position, events = snapshot.next_offset, snapshot.events
@@ -405,15 +427,18 @@ class EngineDaemon:
             messages = self._next_messages()
             batch = []
             for message in messages:
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
-                        if message.offset() >= target:
+                error, offset = message.error(), message.offset()
+                if error:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        assert offset is not None       # an end of partition says where
+                        if offset >= target:
                             self._position = target     # only transaction markers left
-                    elif not transient(message.error()):    # else: librdkafka goes on
-                        raise KafkaException(message.error())
+                    elif not transient(error):          # else: librdkafka goes on
+                        raise KafkaException(error)
                     continue
-                if message.offset() < target:
-                    batch.append((message.offset(), message.value()))
+                assert offset is not None               # so has every fetched message
+                if offset < target:
+                    batch.append((offset, message.value()))
                 else:
                     overshot = True
             if batch:
@@ -424,8 +449,8 @@ class EngineDaemon:
                 self.stats["replayed"] += len(batch)
             self._drain_silently(self._commands)
         if overshot:        # read past the target: live consumption starts at it
-            self._consumer.seek(TopicPartition(self._orders.topic, self.shard_id,
-                                               self._position))
+            self._input.seek(TopicPartition(self._orders.topic, self.shard_id,
+                                            self._position))
 
     def _drain_silently(self, commands: int) -> None:
         while self._marked < commands:
@@ -437,12 +462,12 @@ class EngineDaemon:
 
     # --- live --------------------------------------------------------------------------
 
-    def _next_messages(self) -> list:
+    def _next_messages(self) -> list[Message[Any, Any]]:
         """What is there now, up to poll_batch; if nothing, wait up to 50 ms for the first
         message (a batch read with a timeout would wait for a full batch instead)."""
-        messages = self._consumer.consume(self.options.poll_batch, timeout=0)
+        messages = self._input.consume(self.options.poll_batch, timeout=0)
         if not messages:
-            messages = self._consumer.consume(1, timeout=0.05)
+            messages = self._input.consume(1, timeout=0.05)
         return messages
 
     def _consume_loop(self) -> None:
@@ -454,18 +479,20 @@ class EngineDaemon:
             while not (self._stop.is_set() or halt.is_set()):
                 messages = self._next_messages()
                 if self._offset_to_commit is not None:
-                    self._consumer.commit(offsets=[TopicPartition(
+                    self._input.commit(offsets=[TopicPartition(
                         self._orders.topic, self.shard_id, self._offset_to_commit)],
                         asynchronous=True)
                     self._offset_to_commit = None
                 batch = []
                 for message in messages:
-                    if message.error():
-                        code = message.error().code()
-                        if code == KafkaError._PARTITION_EOF or transient(message.error()):
+                    error = message.error()
+                    if error:
+                        if error.code() == KafkaError._PARTITION_EOF or transient(error):
                             continue        # librdkafka reconnects and fetches on
-                        raise KafkaException(message.error())
-                    batch.append((message.offset(), message.value()))
+                        raise KafkaException(error)
+                    offset = message.offset()
+                    assert offset is not None       # every fetched message has one
+                    batch.append((offset, message.value()))
                 if not batch:
                     continue
                 records, offsets, dead = self.decoder.decode(batch)
@@ -473,7 +500,7 @@ class EngineDaemon:
                 if len(records):
                     self.shard.submit(records)
                 self.stats["orders_in"] += len(records)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the session's failure, for _serve
             if halt is self._halt:
                 self._fail(e)
         finally:
@@ -507,7 +534,7 @@ class EngineDaemon:
                     snapshot_pending = True
             self.shard.join()
             self._commit_final_snapshot(halt)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the session's failure, for _serve
             if halt is self._halt:
                 self._fail(e)
         finally:
@@ -570,10 +597,10 @@ class EngineDaemon:
         """Produce everything and commit it with the input offset, atomically. An
         abortable error aborts and retries the whole transaction (up to five times);
         anything else ends the live session (the daemon recovers in a new one)."""
-        settings, producer = self.settings, self._producer_client
+        settings, producer = self.settings, self._session_producer
         partition = self.shard_id
         started = time.perf_counter()
-        for attempt in range(5):
+        for _ in range(5):
             if halt.is_set():
                 raise _Halted
             try:
@@ -590,8 +617,8 @@ class EngineDaemon:
                 if self.options.transactions:
                     offsets = [TopicPartition(self._orders.topic, partition,
                                               self._done_offset)]
-                    self._until_done(lambda timeout: producer.send_offsets_to_transaction(
-                        offsets, self._group_metadata, timeout), halt)
+                    self._until_done(partial(producer.send_offsets_to_transaction, offsets,
+                                             self._group_metadata), halt)
                     self._until_done(producer.commit_transaction, halt)
                 else:
                     if producer.flush(TRANSACTION_PATIENCE) and not halt.is_set():
@@ -621,7 +648,7 @@ class EngineDaemon:
 
     @staticmethod
     def _produce(producer: Producer, halt: threading.Event, topic: str, value: bytes,
-                 partition: int, key: str | None = None):
+                 partition: int, key: str | None = None) -> None:
         while True:
             try:
                 producer.produce(topic, value, key, partition=partition)
@@ -651,7 +678,7 @@ class EngineDaemon:
         except _Stopped:
             self.log("stopped while not live (nothing to commit)")
             return 0
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - any failure is exit code 1, logged
             self.log(f"failed: {e!r}")
             return 1
         finally:
@@ -727,10 +754,10 @@ class EngineDaemon:
     def _activate(self) -> None:
         """With the lease: fence the predecessor, replay up to the now final committed
         offset."""
-        self._producer_client = self._producer()
+        producer = self._producer_client = self._producer()
         if self.options.transactions:
             self._retrying("initialising transactions",
-                           lambda: self._producer_client.init_transactions(CALL_TIMEOUT))
+                           lambda: producer.init_transactions(CALL_TIMEOUT))
         committed = self._final_committed_offset if self.options.transactions else (
             self._committed_offset)
         self._catch_up(self._retrying("reading the committed input offset", committed))
@@ -745,10 +772,10 @@ class EngineDaemon:
         self._journal = InputJournal(self._commands)
         self._done_offset = self._committed = self._position
         self._dead = []
-        self._offset_to_commit: int | None = None
+        self._offset_to_commit = None
         # Taken now: the call blocks while another thread is inside consume(). With
         # assign() (no group membership) the metadata never changes.
-        self._group_metadata = self._consumer.consumer_group_metadata()
+        self._group_metadata = self._input.consumer_group_metadata()
         self.log(f"active from input offset {self._position}, event {self.encoder.shard_seq}")
         self._threads = [
             threading.Thread(target=self._publish_loop, name="engine-publisher", daemon=True),
@@ -786,11 +813,11 @@ class EngineDaemon:
             _join(publisher, REQUEST_TIMEOUT + CALL_TIMEOUT)
         except DaemonFailed as e:
             self.log(f"left behind: {e}")
-        self._consumer.close()
+        self._input.close()
         # Kept, never destroyed: librdkafka aborts the process when a producer with a
         # transaction call in flight is destroyed (rd_kafka_enq_once_del_source_return
         # assertion, seen after a broker restart). It is fenced by the next session.
-        self._retired.append(self._producer_client)
+        self._retired.append(self._session_producer)
         self._consumer = self._producer_client = self._failure = None
 
     def _close(self, lease: _Lease | None) -> None:
@@ -818,7 +845,7 @@ def _join(thread: threading.Thread, timeout: float) -> None:
     """Wait for ``thread`` to end; DaemonFailed, saying where it is stuck, if it does not."""
     thread.join(timeout)
     if thread.is_alive():
-        frame = sys._current_frames().get(thread.ident)
+        frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None
         where = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
         raise DaemonFailed(f"the {thread.name} thread did not stop in {timeout:.0f} s; "
                            f"it is at:\n{where}")

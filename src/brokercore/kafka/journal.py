@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,7 @@ class InputJournal:
         self._lock = threading.Lock()
 
     def append(self, offsets: np.ndarray, end_offset: int,
-               dead: list[DeadLetter] = ()) -> int:
+               dead: Sequence[DeadLetter] = ()) -> int:
         """Record the next chunk: the offsets of its commands (submitted next, in this
         order) and its undecodable messages; returns the number of its first command."""
         with self._lock:
@@ -55,7 +56,8 @@ class InputJournal:
 
         Every message before the first command not done is done, so dead letters at
         the tail of the input are not held back by the absence of a later command."""
-        done_offset, dead = None, []
+        done_offset: int | None = None
+        dead: list[DeadLetter] = []
         with self._lock:
             while self._chunks:
                 chunk = self._chunks[0]

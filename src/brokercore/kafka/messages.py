@@ -23,11 +23,13 @@ from brokercore.engine.records import EventType, Flags, Op, Reason, Side, Stp, T
 
 __all__ = [
     "NewOrder", "CancelOrder", "AmendOrder", "OpenSession", "CloseSession", "Reband",
-    "Command", "Event", "EventBatch", "ShardSnapshot", "DeadLetter",
+    "Command", "CommandRecord", "Event", "EventBatch", "ShardSnapshot", "DeadLetter",
     "command_decoder", "encode",
 ]
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+CommandRecord = tuple[int, ...]
+"""One command's COMMAND_DTYPE fields, in order."""
 """Every integer on the wire fits the engine's int64 fields."""
 
 
@@ -46,7 +48,7 @@ class NewOrder(msgspec.Struct, tag="new", frozen=True, forbid_unknown_fields=Tru
     post_only: bool = False
     ts: Int64 = 0
 
-    def record(self, symbol_id: int) -> tuple:
+    def record(self, symbol_id: int) -> CommandRecord:
         return (symbol_id, Op.MARKET if self.market else Op.LIMIT, self.side, self.tif,
                 self.stp, Flags.POST_ONLY if self.post_only else 0, self.ts, self.order_id,
                 self.account, self.price, self.qty)
@@ -58,7 +60,7 @@ class CancelOrder(msgspec.Struct, tag="cancel", frozen=True, forbid_unknown_fiel
     symbol: str
     ts: Int64 = 0
 
-    def record(self, symbol_id: int) -> tuple:
+    def record(self, symbol_id: int) -> CommandRecord:
         return (symbol_id, Op.CANCEL, 0, 0, 0, 0, self.ts, self.order_id, self.account, 0, 0)
 
 
@@ -72,7 +74,7 @@ class AmendOrder(msgspec.Struct, tag="amend", frozen=True, forbid_unknown_fields
     qty: Int64
     ts: Int64 = 0
 
-    def record(self, symbol_id: int) -> tuple:
+    def record(self, symbol_id: int) -> CommandRecord:
         return (symbol_id, Op.AMEND, 0, 0, 0, 0, self.ts, self.order_id, self.account,
                 self.price, self.qty)
 
@@ -81,7 +83,7 @@ class OpenSession(msgspec.Struct, tag="open", frozen=True, forbid_unknown_fields
     symbol: str
     ts: Int64 = 0
 
-    def record(self, symbol_id: int) -> tuple:
+    def record(self, symbol_id: int) -> CommandRecord:
         return (symbol_id, Op.OPEN, 0, 0, 0, 0, self.ts, 0, 0, 0, 0)
 
 
@@ -91,7 +93,7 @@ class CloseSession(msgspec.Struct, tag="close", frozen=True, forbid_unknown_fiel
     symbol: str
     ts: Int64 = 0
 
-    def record(self, symbol_id: int) -> tuple:
+    def record(self, symbol_id: int) -> CommandRecord:
         return (symbol_id, Op.CLOSE, 0, 0, 0, 0, self.ts, 0, 0, 0, 0)
 
 
@@ -101,7 +103,7 @@ class Reband(msgspec.Struct, tag="reband", frozen=True, forbid_unknown_fields=Tr
     high: Int64
     ts: Int64 = 0
 
-    def record(self, symbol_id: int) -> tuple:
+    def record(self, symbol_id: int) -> CommandRecord:
         return (symbol_id, Op.REBAND, 0, 0, 0, 0, self.ts, 0, 0, self.low, self.high)
 
 
@@ -158,6 +160,6 @@ encode = _encoder.encode
 """msgpack bytes of a Struct (or of the plain tuples an array_like Struct decodes from)."""
 
 
-def command_decoder() -> msgspec.msgpack.Decoder:
+def command_decoder() -> msgspec.msgpack.Decoder[Command]:
     """A decoder for one message of ``orders``."""
     return msgspec.msgpack.Decoder(Command)

@@ -42,7 +42,7 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 30.0) -> None:
     count than ``settings.shards`` is an error (symbols would land on the wrong shard)."""
     admin = AdminClient({"bootstrap.servers": settings.bootstrap})
     specs = _specs(settings)
-    for name, future in admin.create_topics(specs, request_timeout=timeout).items():
+    for future in admin.create_topics(specs, request_timeout=timeout).values():
         try:
             future.result(timeout)
         except KafkaException as e:
