@@ -271,7 +271,8 @@ def _instrument(table: InstrumentTable, default_session: SessionTable | None
     tick = _tick_size(table.tick_size)
     if table.max_order_qty is None:
         raise _Invalid("max_order_qty: missing")
-    session = table.session.over(default_session) if table.session else default_session
+    own = table.session
+    session = own.over(default_session) if own is not None else default_session
     if session is None:
         raise _Invalid("session: no [session] table at the top level or in the instrument")
     try:

@@ -135,7 +135,7 @@ def read_instruments(path: str | os.PathLike[str]) -> InstrumentsFile:
         decoded = msgspec.convert(document, InstrumentsFile, dec_hook=_decode_hook)
     except msgspec.ValidationError as e:
         raise ValueError(f"{path}: {_explain(str(e), document)}") from None
-    symbols: dict[str, int] = {}
+    symbols: set[str] = set()
     ids: dict[int, str] = {}
     for n, table in enumerate(decoded.instrument, 1):
         where = f"{path}: {instrument_place(n, table.symbol)}"
@@ -146,7 +146,8 @@ def read_instruments(path: str | os.PathLike[str]) -> InstrumentsFile:
             raise ValueError(f"{where}: symbol {table.symbol} is configured twice")
         if table.id in ids:
             raise ValueError(f"{where}: id {table.id} is already used by {ids[table.id]}")
-        symbols[table.symbol], ids[table.id] = n, table.symbol
+        symbols.add(table.symbol)
+        ids[table.id] = table.symbol
     return decoded
 
 
@@ -158,6 +159,7 @@ def instrument_place(number: int, symbol: object) -> str:
 
 
 def _decode_hook(kind: type, value: Any) -> Any:
+    """msgspec's hook for the types it does not decode itself: LocalTime."""
     if kind is LocalTime:
         if isinstance(value, time):
             return LocalTime(value.hour, value.minute, value.second, value.microsecond,
