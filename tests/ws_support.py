@@ -30,7 +30,8 @@ class Server:
         self.log = log
         self._log_file = open(log, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "brokercore.cli", "service", "ws", "--port", str(self.port)],
+            [sys.executable, "-m", "brokercore.cli", "service", "ws", "--port", str(self.port),
+             "--log-level", "info"],
             cwd=REPO, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
