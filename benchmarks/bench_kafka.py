@@ -68,6 +68,7 @@ import msgspec
 import numpy as np
 
 from brokercore.config import KafkaSettings
+from brokercore.engine.instruments import Instrument
 from brokercore.engine.records import Op
 from brokercore.kafka.messages import (
     CancelOrder,
@@ -77,7 +78,6 @@ from brokercore.kafka.messages import (
 )
 from brokercore.kafka.topics import ensure_topics, partition_of
 from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
-from brokercore.runtime.shard import Instrument
 from machine import cpu_model
 
 TARGET_ORDERS_PER_S = 100_000

@@ -28,10 +28,11 @@ from dataclasses import replace
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # numpy's BLAS threads would spin here
 
+from brokercore.engine.instruments import Instrument
 from brokercore.runtime._ringbuffer import WaitStrategy
 from brokercore.runtime.driver import drive
 from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
-from brokercore.runtime.shard import Instrument, Shard
+from brokercore.runtime.shard import Shard
 from machine import cpu_model
 
 TARGET_ORDERS_PER_S = 3e6

@@ -30,11 +30,12 @@ from confluent_kafka import (
 )
 
 from brokercore.config import KafkaSettings
+from brokercore.engine.instruments import Instrument
 from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable, commands_from_records
 from brokercore.kafka.messages import DeadLetter, Event, EventBatch, ShardSnapshot, encode
 from brokercore.kafka.topics import ensure_topics, partition_of
 from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
-from brokercore.runtime.shard import Instrument, read_snapshot
+from brokercore.runtime.shard import read_snapshot
 from shared_servers import KAFKA_BOOTSTRAP
 
 REPO = Path(__file__).resolve().parents[1]
