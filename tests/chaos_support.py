@@ -36,7 +36,7 @@ from brokercore.config import DEV_JWT_SECRET
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.kafka.topics import partition_of
-from brokercore.services.notifier import notifier_group_id
+from brokercore.notify.consumer import notifier_group_id
 from private_servers import PrivateKafka, PrivatePostgres, PrivateRedis, free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from brokercore.config import KafkaSettings
-from brokercore.services.notifier import notifier_group_id
+from brokercore.notify.consumer import notifier_group_id
 
 GROUPS = {"notifier": notifier_group_id}
 

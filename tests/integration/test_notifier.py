@@ -36,12 +36,12 @@ from brokercore.faults.backoff import retry_delay
 from brokercore.kafka.messages import Event, EventBatch, encode
 from brokercore.kafka.topics import partition_of
 from brokercore.notify.alerts import Alert, TradePrice, cross
+from brokercore.notify.consumer import PendingOffsets, notifier_group_id
 from brokercore.notify.dead_letters import DeadLetters, PushDeadLetter
 from brokercore.notify.push import HttpPushProvider
 from brokercore.notify.render import OrderOwner, alert_notification, order_notifications
 from brokercore.notify.router import Notifier, Push
 from brokercore.realtime.channels import Notification, decode_message, online_key, user_channel
-from brokercore.services.notifier import PendingOffsets, notifier_group_id
 from brokercore.services.notifier_api import create_app
 from brokercore.services.reconciler import retry_notifications
 from oms_support import auth

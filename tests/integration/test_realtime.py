@@ -21,9 +21,9 @@ from test_settlement import MARKET, MID, Venue
 
 from brokercore.consumers.projector import ProjectorConsumer, run_projector
 from brokercore.engine.records import Side, Tif
+from brokercore.notify.consumer import run_notifier
 from brokercore.notify.dead_letters import DeadLetters
 from brokercore.notify.router import Notifier
-from brokercore.services.notifier import run_notifier
 from brokercore.services.query import create_app as create_query_app
 from oms_support import auth
 from shared_servers import KAFKA_BOOTSTRAP, REDIS_URL, service_settings
