@@ -2,4 +2,5 @@
 and to whom), ``preferences`` (who hears of what, where), ``router`` (the ``Notifier``:
 in the app or by push, each push to its end), ``push`` (the push provider's client),
 ``dead_letters`` (pushes that failed every attempt, on Kafka), ``redelivery`` (the
-reconciler's pass over them) and ``alerts`` (price alerts)."""
+reconciler's pass over them), ``consumer`` (the notifier's loop over ``events``) and
+``alerts`` (price alerts)."""
