@@ -96,9 +96,7 @@ async def retry_notifications(settings: ServiceSettings, kafka: KafkaSettings, o
                               ) -> Redelivery:
     """Runs the dead-letter rounds (one if ``once``); returns what they did in all."""
     if provider is None:
-        if not settings.push_url:
-            raise ValueError("BROKERCORE_PUSH_URL is not set: there is nowhere to push to")
-        provider = HttpPushProvider(settings.push_url)
+        provider = HttpPushProvider(push_url(settings))
     topic = kafka.notification_dead_letter_topic
     dead_letters = DeadLetters(kafka.bootstrap, topic)
     total = Redelivery()
@@ -122,6 +120,13 @@ async def retry_notifications(settings: ServiceSettings, kafka: KafkaSettings, o
         await asyncio.to_thread(dead_letters.close)
         if isinstance(provider, HttpPushProvider):
             await provider.aclose()
+
+
+def push_url(settings: ServiceSettings) -> str:
+    """Where the dead letters are pushed again; ValueError (bad settings) if nowhere."""
+    if not settings.push_url:
+        raise ValueError("BROKERCORE_PUSH_URL is not set: there is nowhere to push to")
+    return settings.push_url
 
 
 def market_sessions(settings: ServiceSettings) -> dict[str, Session]:
@@ -195,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
-        if args.notifications and not settings.push_url:
-            raise ValueError("BROKERCORE_PUSH_URL is not set: there is nowhere to push to")
+        if args.notifications:
+            push_url(settings)
         return run
     return run_consumer("reconciler", prepare)
