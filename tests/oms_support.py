@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -61,6 +62,15 @@ class Api:
     def rows(self, query: str, *args):
         with psycopg.connect(self.database) as conn:
             return conn.execute(query, args).fetchall()
+
+    def wait_rows(self, query: str, expected, *args, timeout: float = 30.0) -> float:
+        """Seconds it took until ``query`` gave ``expected``; fails after ``timeout``."""
+        started = time.monotonic()
+        while (rows := self.rows(query, *args)) != expected:
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"{query!r} gave {rows}, not {expected}, within {timeout} s")
+            time.sleep(0.1)
+        return time.monotonic() - started
 
     def commands(self, symbol: str = "RELIANCE") -> list:
         """Every command on the symbol's partition of `orders`."""

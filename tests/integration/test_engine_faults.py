@@ -32,6 +32,7 @@ from kafka_support import (
     read_events,
 )
 from private_servers import PrivateKafka
+from waiting import wait_until
 
 RESTARTS = int(os.environ.get("BROKERCORE_BROKER_RESTARTS", "1"))   # make crash: 3
 STOP_BOUND = 15.0       # seconds from SIGTERM to exit with the broker down (docs/kafka.md)
@@ -60,13 +61,6 @@ def daemon(tmp_path, broker, instruments_file):
     yield start
     for process in started:
         process.close()
-
-
-def wait_until(condition, what: str, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.1)
 
 
 def events_of(settings, commands) -> dict:
@@ -103,7 +97,8 @@ def test_the_daemon_survives_broker_restarts_under_load(daemon, broker):
             killed_at = len(load.sent)
             time.sleep(3.0)                     # orders wait in the producer meanwhile
             broker.start()
-            wait_until(lambda at=killed_at: len(load.sent) >= at + 1000, "the load to go on")
+            wait_until(lambda at=killed_at: len(load.sent) >= at + 1000, "the load to go on",
+                       timeout=300)
             # The events of everything sent so far arrive: the daemon is live again.
             events_of(daemon.settings, list(load.sent))
             assert engine.process.poll() is None, (

@@ -46,6 +46,7 @@ from brokercore.services.notifier_api import create_app
 from brokercore.services.reconciler import retry_notifications
 from oms_support import auth
 from shared_servers import KAFKA_BOOTSTRAP, service_settings
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 MARKET = load_market(REPO / "config/instruments.toml")
@@ -139,15 +140,6 @@ def notifier_settings(database: str, push: PushServer, **overrides) -> ServiceSe
         "push_attempts": 4, "rate_limit_burst": 1000} | overrides)
 
 
-def wait_for(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return value
-
-
 # --- Redis: who is online, and what they receive ------------------------------------------
 
 def set_online(settings: ServiceSettings, user: str, seconds: float = 60.0) -> None:
@@ -164,7 +156,7 @@ class Inbox:
         self.pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
         self.pubsub.subscribe(*self.channels)
         for _ in users:                                      # the server has them all
-            wait_for(lambda: self.pubsub.get_message(timeout=0.1), "a subscription")
+            wait_until(lambda: self.pubsub.get_message(timeout=0.1), "a subscription")
 
     def take(self, n: int, timeout: float = 30.0) -> list[tuple[str, Notification]]:
         got, deadline = [], time.monotonic() + timeout
@@ -595,11 +587,11 @@ def test_the_notifier_process_end_to_end_without_stalling_or_skipping(database, 
         assert {n.id for _, n in got} == {f"{shard}:3:{buy}", bob_id, f"{shard}:4:{cancel}"}
         # carol's later message was told while bob's push retries; the offsets stay
         # before bob's message until his push is done
-        wait_for(lambda: len(push.statuses(bob_id)) >= 3, "bob's push retrying")
+        wait_until(lambda: len(push.statuses(bob_id)) >= 3, "bob's push retrying")
         assert committed(kafka, shard) < first + 1
         push.heal()
-        wait_for(lambda: 200 in push.statuses(bob_id), "bob's push delivered")
-        wait_for(lambda: committed(kafka, shard) == second + 1, "the offsets committed")
+        wait_until(lambda: 200 in push.statuses(bob_id), "bob's push delivered")
+        wait_until(lambda: committed(kafka, shard) == second + 1, "the offsets committed")
         assert push.statuses(bob_id).count(200) == 1
         assert process.poll() is None
     finally:
@@ -627,7 +619,7 @@ def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(databas
     with open(tmp_path / "notifier.log", "w") as log:
         first = notifier_process(settings, kafka, log)
         try:
-            wait_for(lambda: len(push.statuses(fire)) >= 2, "the alert's push retrying")
+            wait_until(lambda: len(push.statuses(fire)) >= 2, "the alert's push retrying")
         finally:
             first.kill()                                       # -9: no commit, no clean-up
             first.wait(30)
@@ -639,11 +631,11 @@ def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(databas
         push.heal()
         second = notifier_process(settings, kafka, log)
         try:
-            wait_for(lambda: 200 in push.statuses(fire), "the alert's push delivered")
-            wait_for(lambda: committed(kafka, shard) == offset + 1, "the offset committed",
+            wait_until(lambda: 200 in push.statuses(fire), "the alert's push delivered")
+            wait_until(lambda: committed(kafka, shard) == offset + 1, "the offset committed",
                      timeout=60)                # the dead member's session lapses first
             with psycopg.connect(database) as conn:
-                wait_for(lambda: not conn.execute("SELECT 1 FROM alert_fires").fetchall(),
+                wait_until(lambda: not conn.execute("SELECT 1 FROM alert_fires").fetchall(),
                          "the fire forgotten")
                 assert conn.execute("SELECT side, fired FROM price_alerts").fetchall() == [
                     (1, 1)]                                    # fired once, sent again
@@ -675,13 +667,13 @@ def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push,
         with open(tmp_path / "notifier.log", "w") as log:
             process = notifier_process(replace(settings, redis_url=limited), kafka, log)
             try:
-                wait_for(lambda: "Redis or Postgres failed" in (
+                wait_until(lambda: "Redis or Postgres failed" in (
                     tmp_path / "notifier.log").read_text(), "a failed attempt", timeout=60)
                 assert committed(kafka, shard) < offset + 1
                 admin.acl_setuser(user, enabled=True, categories=["+@all"])
                 [(to, told)] = inbox.take(1)
                 assert (to, told.kind, told.id) == ("alice", "FILL", f"{shard}:5:{buy}")
-                wait_for(lambda: committed(kafka, shard) == offset + 1,
+                wait_until(lambda: committed(kafka, shard) == offset + 1,
                          "the offset committed", timeout=60)
                 assert process.poll() is None
             finally:

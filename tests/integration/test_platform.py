@@ -53,14 +53,6 @@ def platform(database, tmp_path, **settings):
         daemon.close()
 
 
-def wait_until(api: Api, query: str, expected, *args, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while (rows := api.rows(query, *args)) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{query!r} gave {rows}, not {expected}, within {timeout} s")
-        time.sleep(0.1)
-
-
 def money(api: Api) -> tuple:
     return api.rows("SELECT sum(cash), sum(blocked_cash) FROM accounts")[0] + api.rows(
         "SELECT coalesce(sum(amount), 0) FROM fee_income")[0] + api.rows(
@@ -78,7 +70,7 @@ def test_a_crossing_trade_settles_once_in_both_accounts_then_a_cancel_frees_the_
                 sell = await api.place(user="bob", side="SELL", quantity=4, price="14999.95")
                 return buy.json()["orderId"], sell.json()["orderId"]
         buy, sell = run(trade)
-        wait_until(api, "SELECT order_id, status, filled_quantity FROM orders ORDER BY 1",
+        api.wait_rows("SELECT order_id, status, filled_quantity FROM orders ORDER BY 1",
                    [(buy, "PARTIALLY_FILLED", 4), (sell, "FILLED", 4)])
         # Traded at the resting buy's price, 15,000.00: 60,000.00 moves from alice to bob.
         assert api.rows("SELECT user_id, cash, blocked_cash FROM accounts ORDER BY 1") == [
@@ -94,7 +86,7 @@ def test_a_crossing_trade_settles_once_in_both_accounts_then_a_cancel_frees_the_
             async with api:
                 return await api.cancel(buy)
         assert run(cancel).status_code == 202
-        wait_until(api, "SELECT status FROM orders WHERE order_id = %s", [("CANCELLED",)], buy)
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("CANCELLED",)], buy)
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
         assert money(api)[0] == before[0] and money(api)[3] == before[3], \
             "cash and shares are conserved (no fees configured)"
@@ -107,10 +99,10 @@ def test_a_day_order_expires_at_the_close_and_its_hold_is_released(database, tmp
             async with api:
                 return (await api.place(quantity=2, price="14000.00")).json()["orderId"]
         order = run(place)
-        wait_until(api, "SELECT status FROM orders", [("OPEN",)])
+        api.wait_rows("SELECT status FROM orders", [("OPEN",)])
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(2 * 14_000 * RUPEE,)]
         OrderProducer(api.kafka).send([CloseSession("RELIANCE", ts=1)])    # the operator
-        wait_until(api, "SELECT status FROM orders WHERE order_id = %s", [("EXPIRED",)], order)
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("EXPIRED",)], order)
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
 
 
@@ -137,7 +129,7 @@ def test_an_order_stored_but_never_published_is_published_by_the_reconciler_once
             return first, second
         first, second = run(reconcile)
         assert first == 1 and second in (0, 1)      # 1 if the engine had not answered yet
-        wait_until(api, "SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], order)
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], order)
         assert [c.order_id for c in api.commands()] == [order] * (1 + second)
         time.sleep(1.0)
         assert api.rows("SELECT status FROM order_events WHERE order_id = %s ORDER BY event_id",
@@ -155,7 +147,7 @@ def test_the_reconciler_report_finds_what_postgres_got_wrong(database, tmp_path,
                 return (await api.place(user="bob", side="SELL", quantity=5,
                                         price="15000.00")).json()["orderId"]
         sell = run(trade)
-        wait_until(api, "SELECT count(*) FROM orders WHERE status = 'FILLED'", [(2,)])
+        api.wait_rows("SELECT count(*) FROM orders WHERE status = 'FILLED'", [(2,)])
         assert report(api.settings, api.kafka) == 0
         assert "0 finding(s)" in capsys.readouterr().out
         with psycopg.connect(database, autocommit=True) as conn:     # damage, on purpose
@@ -208,7 +200,7 @@ def test_the_oms_killed_between_commit_and_publish_loses_nothing(database, tmp_p
                 f"http://127.0.0.1:{port}/api/v1/orders", token), daemon=True)
             _wait_for_port(port, oms)
             request.start()
-            wait_until(api, "SELECT status FROM orders", [("PENDING",)])
+            api.wait_rows("SELECT status FROM orders", [("PENDING",)])
             oms.kill()                                  # committed, not published
             oms.wait()
         finally:
@@ -220,7 +212,7 @@ def test_the_oms_killed_between_commit_and_publish_loses_nothing(database, tmp_p
         async def reconcile():
             return await republish(api.settings, api.kafka, 0, 0.0, True, asyncio.Event())
         assert run(reconcile) == 1
-        wait_until(api, "SELECT status FROM orders", [("OPEN",)])
+        api.wait_rows("SELECT status FROM orders", [("OPEN",)])
         assert api.rows("SELECT status FROM order_events ORDER BY event_id") == [
             ("PENDING",), ("OPEN",)]
 

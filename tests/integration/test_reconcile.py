@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from psycopg import errors, sql
-from test_platform import platform, wait_until
+from test_platform import platform
 from test_settlement import CASH, INST, MID, SHARES, Venue, settle
 
 from brokercore.broker.funding import FundingKind, fund, open_account
@@ -300,7 +300,7 @@ def test_a_busy_day_through_the_engine_leaves_no_finding(database, tmp_path, cap
                 return {a.json()["orderId"]: user
                         for a, (user, *_) in zip(answers, orders, strict=True)}
         placed = run(trade)
-        wait_until(api, "SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
+        api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
         assert api.rows("SELECT count(*) FROM fills")[0][0] > 0, "some of them traded"
 
         async def cancel_the_rest():
@@ -311,7 +311,7 @@ def test_a_busy_day_through_the_engine_leaves_no_finding(database, tmp_path, cap
                                                  for i, in resting))
                 assert {a.status_code for a in answers} <= {202, 409}   # 409: just filled
         run(cancel_the_rest)
-        wait_until(api, "SELECT count(*) FROM orders WHERE status IN "
+        api.wait_rows("SELECT count(*) FROM orders WHERE status IN "
                         "('PENDING', 'OPEN', 'PARTIALLY_FILLED')", [(0,)])
         assert report(api.settings, api.kafka) == 0
         out = capsys.readouterr().out

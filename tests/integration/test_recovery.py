@@ -130,16 +130,6 @@ def start_engine(api: Api, shard: int, tmp_path: Path, daemons: list[Daemon]) ->
     raise AssertionError("no engine daemon became active in 10 starts")
 
 
-def wait_until(api: Api, query: str, expected, *args, timeout: float = 60.0) -> float:
-    """Seconds it took until ``query`` gave ``expected``."""
-    started = time.monotonic()
-    while (rows := api.rows(query, *args)) != expected:
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{query!r} gave {rows}, not {expected}, within {timeout} s")
-        time.sleep(0.2)
-    return time.monotonic() - started
-
-
 async def trickle(api: Api, stop: asyncio.Event, accepted: list[int], refused: Counter,
                   every: float = 0.1) -> None:
     """A buy of alice and a crossing sell of bob every ``every`` s until stopped; the ids
@@ -235,8 +225,8 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
         restarted = run(scenario)
         print(f"{len(accepted)} orders accepted, refused: {dict(refused)}")
         assert accepted
-        took = wait_until(api, "SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)],
-                          timeout=SETTLED_WITHIN)
+        took = api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)],
+                             timeout=SETTLED_WITHIN)
         time.sleep(2)                       # anything settled twice would show by now
         print(f"every order settled {time.monotonic() - restarted - 2:.1f} s after the "
               f"broker was back ({took:.1f} s after the trickle stopped)")
@@ -273,8 +263,8 @@ def test_with_kafka_down_an_order_is_answered_at_once_and_published_when_it_is_b
                             order) == [(None,)]
             await asyncio.to_thread(kafka.start)
             took = await asyncio.to_thread(
-                wait_until, api, "SELECT published_at IS NOT NULL FROM outbox WHERE "
-                "order_id = %s", [(True,)], order)
+                api.wait_rows, "SELECT published_at IS NOT NULL FROM outbox WHERE "
+                "order_id = %s", [(True,)], order, timeout=60)
             print(f"published {took:.1f} s after the broker was back")
             return order
     order = run(scenario)
@@ -304,7 +294,7 @@ def test_a_retry_of_an_order_committed_but_not_published_publishes_it(
             assert retry.status_code == 202, retry.text
             assert retry.json()["orderId"] == receipt.order_id
             took = await asyncio.to_thread(
-                wait_until, api, "SELECT published_at IS NOT NULL FROM outbox WHERE "
+                api.wait_rows, "SELECT published_at IS NOT NULL FROM outbox WHERE "
                 "order_id = %s", [(True,)], receipt.order_id, timeout=10)
             print(f"published {took:.2f} s after the retry")
             return receipt.order_id

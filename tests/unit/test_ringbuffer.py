@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brokercore.runtime._ringbuffer import RingBuffer, WaitStrategy
+from waiting import wait_until
 
 REC = np.dtype([("producer", "<i8"), ("n", "<i8")])
 HANG_GUARD = 30.0  # seconds; only a guard against a hang, never a measured time
@@ -76,15 +76,6 @@ class Worker(threading.Thread):
                 self.ring.close()
         finally:
             self.finished.set()
-
-
-def wait_until(predicate, what: str) -> None:
-    """Poll predicate until true; fail after the hang guard (no timing is asserted)."""
-    deadline = time.monotonic() + HANG_GUARD
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.001)
 
 
 def join_all(ring: RingBuffer, workers, timeout: float = HANG_GUARD) -> None:
@@ -452,7 +443,8 @@ def test_close_wakes_a_waiting_consumer_after_it_drains(wait):
     consumer.start()
     try:
         assert consumer.started.wait(HANG_GUARD)
-        wait_until(lambda: ring.consumer_sequence(0) == 2, "the consumer read the rest")
+        wait_until(lambda: ring.consumer_sequence(0) == 2, "read of the rest by the consumer",
+                   HANG_GUARD, every=0.001)
         consumer.join(NOT_YET)
         assert consumer.is_alive()  # read the other two, now waiting for more
         assert not ring.closed
