@@ -2,12 +2,13 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+DEBUG_VENV := .venv-debug
 # the compiled modules, each with a .pyi stub that stubtest checks against it
 COMPILED := brokercore.engine._engine brokercore.runtime._ringbuffer brokercore.runtime._matcher
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check kafka postgres redis clean
+.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
@@ -83,17 +84,32 @@ bench-services: build kafka postgres redis  ## the platform's benchmarks on the 
 build: $(VENV)/.deps
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps --editable .
 
+# The debug build (BROKERCORE_DEBUG=1: Cython's checks, AddressSanitizer and UBSan; see
+# CMakeLists.txt) in a venv and build folder of its own, so .venv stays Release. CPython leaks
+# by design, hence no leak check; PYTHONMALLOC=malloc lets ASan see every allocation. The
+# sanitizers slow the tests several times over, so Hypothesis runs its dev profile here
+# (HYPOTHESIS_PROFILE=ci on the command line for the long one).
+$(DEBUG_VENV)/.deps debug-test: export BROKERCORE_DEBUG = 1
+debug-test: export HYPOTHESIS_PROFILE = dev
+debug-test: $(DEBUG_VENV)/.deps  ## the engine's fuzz and state-machine tests, the ring's and the shard's, on the debug build (.venv-debug)
+	$(DEBUG_VENV)/bin/python -m pip install --quiet --no-build-isolation --no-deps --editable .
+	LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONMALLOC=malloc \
+	$(DEBUG_VENV)/bin/python -m pytest tests/unit/test_fuzz.py \
+		tests/unit/test_differential.py tests/unit/test_ringbuffer.py tests/unit/test_shard.py
+
 # Build requirements come from pyproject.toml's [build-system], test ones from its
 # [project.optional-dependencies]; the stamp is remade when pyproject.toml changes.
-$(VENV)/.deps: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
-	$(PY) -m pip install --quiet --no-build-isolation --editable '.[test]'
+# The same recipe makes the debug venv (with debug-test's BROKERCORE_DEBUG=1 above).
+$(VENV)/.deps $(DEBUG_VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip install --quiet --upgrade pip
+	$(@D)/bin/python -m pip install --quiet $$($(@D)/bin/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
+	$(@D)/bin/python -m pip install --quiet --no-build-isolation --editable '.[test]'
 	touch $@
 
 clean:
 	scripts/kafka/kafka.sh stop
 	scripts/postgres/postgres.sh stop
 	scripts/redis/redis.sh stop
-	rm -rf $(VENV) build .hypothesis .pytest_cache .kafka .postgres .redis
+	rm -rf $(VENV) $(DEBUG_VENV) build .hypothesis .pytest_cache .kafka .postgres .redis

@@ -1,5 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, overflowcheck=False, embedsignature=True
+# cython: language_level=3, wraparound=False, cdivision=True, embedsignature=True
+# boundscheck and initializedcheck: off in Release, on in the debug build (CMakeLists.txt)
 """The array-backed order book: price-time priority matching in C, driven from Python.
 
 Layout (see _engine.pxd): a ladder of price levels indexed by tick inside the band,

@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3, wraparound=False, cdivision=True
+# boundscheck and initializedcheck: off in Release, on in the debug build (CMakeLists.txt)
 """The matcher loop of a shard: input ring -> order books -> output ring, without the GIL.
 
 One thread runs ``Matcher.run()``; it takes every available command up to a batch

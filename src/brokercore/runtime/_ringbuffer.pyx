@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3, wraparound=False, cdivision=True
+# boundscheck and initializedcheck: off in Release, on in the debug build (CMakeLists.txt)
 """An LMAX Disruptor-style ring buffer between threads, usable without the GIL.
 
 Producers claim a run of sequences, write records into their slots and publish; each
