@@ -39,14 +39,25 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from brokercore.broker.orders import OPEN_STATUSES
+from brokercore.edge.auth import mint_token
 from chaos_support import (
-    JWT, Load, Platform, Servers, broken_invariants, end_offsets,
-    http_problems, is_5xx, lagging, log_errors, missing, pending, read_model_differences,
+    JWT,
+    Load,
+    Platform,
+    Servers,
+    broken_invariants,
+    end_offsets,
+    http_problems,
+    is_5xx,
+    lagging,
+    log_errors,
+    missing,
+    pending,
+    read_model_differences,
     reconciler_report,
 )
-
-from brokercore.edge.auth import mint_token
-from brokercore.broker.orders import OPEN_STATUSES
 
 ROUNDS = int(os.environ.get("BROKERCORE_CHAOS_ROUNDS", "1"))
 HOLD = float(os.environ.get("BROKERCORE_CHAOS_HOLD", "20" if ROUNDS > 1 else "3"))

@@ -11,12 +11,12 @@ import time
 
 import psycopg
 import pytest
-from test_platform import INSTRUMENTS, money, platform
 
 from brokercore.broker.funding import FundingKind, fund
 from brokercore.broker.market import load_market
 from brokercore.consumers.reconcile import check_invariants
 from oms_support import Api, run
+from platform_support import INSTRUMENTS, money, platform
 
 RUPEE = 100
 

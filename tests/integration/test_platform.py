@@ -11,52 +11,21 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from decimal import Decimal
 
 import httpx
 import psycopg
 
 from brokercore.config import DEV_JWT_SECRET
-from brokercore.consumers.settlement import run_settlement
 from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import CloseSession
-from brokercore.kafka.topics import partition_of
 from brokercore.services.reconciler import report, republish
-from kafka_support import Daemon, OrderProducer
-from oms_support import Api, run
+from kafka_support import OrderProducer
+from oms_support import run
+from platform_support import INSTRUMENTS, money, platform
 
-INSTRUMENTS = "config/instruments.toml"
 RUPEE = 100
-
-
-@contextmanager
-def platform(database, tmp_path, **settings):
-    """An API (not started: use ``async with``; ``settings`` override its
-    ServiceSettings), the engine daemon of RELIANCE's shard, and the settlement
-    consumer, on fresh topics."""
-    api = Api(database, **settings)
-    shard = partition_of("RELIANCE", api.kafka.shards)
-    daemon = Daemon(api.kafka, shard, INSTRUMENTS, tmp_path / "engine.log")
-    stop = threading.Event()
-    settlement = threading.Thread(target=run_settlement, args=(
-        api.kafka.bootstrap, api.kafka.events_topic, database, INSTRUMENTS),
-        kwargs={"stop_event": stop, "say": lambda line: None}, daemon=True)
-    try:
-        daemon.wait_for("active from")
-        settlement.start()
-        yield api
-    finally:
-        stop.set()
-        settlement.join(30)
-        daemon.close()
-
-
-def money(api: Api) -> tuple:
-    return api.rows("SELECT sum(cash), sum(blocked_cash) FROM accounts")[0] + api.rows(
-        "SELECT coalesce(sum(amount), 0) FROM fee_income")[0] + api.rows(
-        "SELECT sum(quantity), sum(blocked_quantity) FROM positions")[0]
 
 
 def test_a_crossing_trade_settles_once_in_both_accounts_then_a_cancel_frees_the_rest(

@@ -15,15 +15,6 @@ from decimal import Decimal
 
 import pytest
 import redis
-from test_settlement import (
-    INSTRUMENTS_TOML,
-    MARKET,
-    MID,
-    Venue,
-    busy_day,
-    produce_in_transactions,
-    settle,
-)
 
 from brokercore.broker.orders import event_time
 from brokercore.consumers.pg_consumer import Message
@@ -44,6 +35,15 @@ from brokercore.realtime.channels import (
 )
 from kafka_support import run_service_briefly, run_until_stored
 from shared_servers import REDIS_URL
+from venue_support import (
+    INSTRUMENTS_TOML,
+    MARKET,
+    MID,
+    Venue,
+    busy_day,
+    produce_in_transactions,
+    settle,
+)
 
 D = Decimal
 T0 = 1_772_000_000_000                  # Kafka timestamp (ms) of the hand-made messages

@@ -16,8 +16,6 @@ import psycopg
 import redis
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
-from test_platform import INSTRUMENTS, platform
-from test_settlement import MARKET, MID, Venue
 
 from brokercore.consumers.projector import ProjectorConsumer, run_projector
 from brokercore.engine.records import Side, Tif
@@ -26,7 +24,9 @@ from brokercore.notify.dead_letters import DeadLetters
 from brokercore.notify.router import Notifier
 from brokercore.services.query import create_app as create_query_app
 from oms_support import auth
+from platform_support import INSTRUMENTS, platform
 from shared_servers import KAFKA_BOOTSTRAP, REDIS_URL, service_settings
+from venue_support import MARKET, MID, Venue
 from ws_support import WAIT, open_socket, receive
 
 ROUNDS = 12

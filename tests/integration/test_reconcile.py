@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from psycopg import errors, sql
-from test_platform import platform
-from test_settlement import CASH, INST, MID, SHARES, Venue, settle
 
 from brokercore.broker.funding import FundingKind, fund, open_account
 from brokercore.config import KafkaSettings, ServiceSettings
@@ -26,7 +24,9 @@ from brokercore.db.migrations import MIGRATIONS_DIR, apply_migrations
 from brokercore.engine.records import Side, Tif
 from brokercore.services.reconciler import market_sessions, report, republish
 from oms_support import run
+from platform_support import platform
 from shared_servers import KAFKA_BOOTSTRAP
+from venue_support import CASH, INST, MID, SHARES, Venue, settle
 
 SETTINGS = ServiceSettings(instruments="config/instruments.toml")
 

@@ -12,7 +12,6 @@ import psycopg
 import pytest
 import redis
 from psycopg.types.json import Jsonb
-from test_settlement import MARKET, MID, Venue
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -30,6 +29,7 @@ from brokercore.realtime.channels import (
 )
 from brokercore.services.ws import REPLAY_LIMIT
 from shared_servers import REDIS_URL
+from venue_support import MARKET, MID, Venue
 from ws_support import WAIT, open_socket, receive, token
 
 
