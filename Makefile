@@ -16,6 +16,9 @@ demo: build  ## build, then run the engine benchmark on its default workload
 test: lint kafka postgres redis  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, run every test
 	$(PY) -m pytest
 
+# The fast lane runs Hypothesis's dev profile (HYPOTHESIS_PROFILE=ci on the command line for
+# the long one, which make test runs); `pytest -m unit` selects the same tests.
+unit: export HYPOTHESIS_PROFILE = dev
 unit: build  ## the fast lane: the tests that need no server (engine, ring, shard, codec, domain, auth)
 	$(PY) -m pytest tests/unit tests/benchmarks
 

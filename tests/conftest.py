@@ -1,8 +1,8 @@
 """The one conftest: lanes, hypothesis profiles and the fixtures shared by test modules.
 
-Lanes: every test under tests/unit is marked ``unit`` (it needs no server), every test
-under tests/integration ``integration`` (the real Postgres, Redis and Kafka), so
-``pytest -m unit`` and ``make unit`` are the same lane.
+Lanes: every test under tests/unit and tests/benchmarks is marked ``unit`` (it needs no
+server), every test under tests/integration ``integration`` (the real Postgres, Redis and
+Kafka), so ``pytest -m unit`` and ``make unit`` are the same lane.
 
 ``book_cls`` runs a test against both the Cython engine and the reference model; the
 engine is never skipped: a missing build must not pass as green.
@@ -51,11 +51,15 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+LANES = {"unit": "unit", "benchmarks": "unit", "integration": "integration"}
+"""The lane of the tests in each folder of tests/: the benchmarks need no server either."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its lane, the folder it lives in (unit or integration)."""
+    """Mark each test with the lane of the folder it lives in."""
     for item in items:
-        for lane in ("unit", "integration"):
-            if item.path.is_relative_to(TESTS / lane):
+        for folder, lane in LANES.items():
+            if item.path.is_relative_to(TESTS / folder):
                 item.add_marker(lane)
 
 

@@ -7,9 +7,6 @@ so that kill -9 means what it says.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -36,9 +33,8 @@ from brokercore.kafka.messages import DeadLetter, Event, EventBatch, ShardSnapsh
 from brokercore.kafka.topics import ensure_topics, partition_of
 from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
 from brokercore.runtime.shard import read_snapshot
+from processes import LoggedProcess
 from shared_servers import KAFKA_BOOTSTRAP
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Four symbols, two on each of two shards (CRC-32 partitioning).
 SYMBOLS = {"RELIANCE": 1, "TCS": 2, "HDFCBANK": 3, "ITC": 4}
@@ -213,67 +209,29 @@ def same_book(a, b) -> bool:
 
 # --- daemons as processes ------------------------------------------------------------------
 
-class Daemon:
+class Daemon(LoggedProcess):
     """`brokercore engine` for one shard, as a subprocess logging to its own file."""
 
     def __init__(self, settings: KafkaSettings, shard: int, instruments_file: Path,
                  log: Path, *options: str):
-        self.log = log
-        self._log_file = open(log, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "brokercore.cli", "engine", "--shard", str(shard),
-             "--shards", str(settings.shards), "--bootstrap", settings.bootstrap,
-             "--topic-prefix", settings.topic_prefix, "--instruments", str(instruments_file),
-             *options], stdout=self._log_file, stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float = 60.0, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while self.text().count(needle) < count:
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.process.returncode}) before "
-                                     f"{needle!r}:\n{self.text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {needle!r} within {timeout} s:\n"
-                                     f"{self.text()[-3000:]}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """kill -9: no clean-up of any kind."""
-        self.process.kill()
-        self.process.wait()
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        self.process.terminate()
-        return self.process.wait(timeout)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.kill()
-        self._log_file.close()
+        super().__init__(["engine", "--shard", str(shard), "--shards", str(settings.shards),
+                          "--bootstrap", settings.bootstrap,
+                          "--topic-prefix", settings.topic_prefix,
+                          "--instruments", str(instruments_file), *options], log)
 
 
 def run_service_briefly(name: str, env: dict, log: Path) -> tuple[int, str]:
     """``brokercore service name`` with ``env``, until it logs that it is assigned ("from
     offsets") and 1.5 s more (time enough to re-apply anything), then SIGTERM: its exit
     code and output."""
-    with open(log, "w") as out:
-        service = subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", name],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    service = LoggedProcess(["service", name], log, env)
     try:
-        deadline = time.monotonic() + 60
-        while "from offsets" not in log.read_text():
-            assert service.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        service.wait_for("from offsets")
         time.sleep(1.5)
-        service.send_signal(signal.SIGTERM)
-        service.wait(30)
+        code = service.terminate(30)
     finally:
-        if service.poll() is None:
-            service.kill()
-    return service.returncode, log.read_text()
+        service.close()
+    return code, service.text()
 
 
 def run_until_stored(run, args: tuple, conn, consumer: str, topic: str, end: int) -> list[str]:

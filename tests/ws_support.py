@@ -3,57 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
 from brokercore.config import DEV_JWT_SECRET
 from brokercore.edge.auth import JwtConfig, mint_token
+from processes import LoggedProcess
 
-REPO = Path(__file__).resolve().parents[1]
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
 WAIT = 30.0                 # seconds any expected frame or state may take at most
 
 
-class Server:
+class Server(LoggedProcess):
     """`brokercore service ws` on a free port, logging to a file."""
 
     def __init__(self, log: Path, env: dict):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.log = log
-        self._log_file = open(log, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "brokercore.cli", "service", "ws", "--port", str(self.port),
-             "--log-level", "info"],
-            cwd=REPO, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        super().__init__(["service", "ws", "--port", str(self.port),       # info: the line
+                          "--log-level", "info"], log, env)               # wait_ready awaits
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + WAIT
-        while "Uvicorn running on" not in self.log.read_text(errors="replace"):  # listening
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the gateway did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        self.wait_for("Uvicorn running on", WAIT)                    # listening
 
     def url(self, **params) -> str:
         query = "&".join(f"{key}={value}" for key, value in params.items())
         return f"ws://127.0.0.1:{self.port}/ws/v1/orders" + (f"?{query}" if query else "")
 
     def stop(self) -> int:
+        """SIGTERM, then kill -9 if it has not exited within WAIT s; the exit code."""
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log_file.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):     # close() kills it
+                self.terminate(WAIT)
+        self.close()
         return self.process.returncode
 
 

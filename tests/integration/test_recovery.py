@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -36,6 +34,7 @@ from brokercore.kafka.topics import partition_of
 from kafka_support import Daemon
 from oms_support import Api, auth, run
 from private_servers import PrivateKafka, PrivatePostgres
+from processes import LoggedProcess
 
 REPO = Path(__file__).resolve().parents[2]
 INSTRUMENTS = str(REPO / "config/instruments.toml")
@@ -80,11 +79,10 @@ def private_database(servers):
     return url
 
 
-class Service:
+class Service(LoggedProcess):
     """``brokercore service NAME`` with the platform's settings, logging to a file."""
 
     def __init__(self, name: str, api: Api, log: Path, *args: str):
-        self.log = log
         env = os.environ | {
             "BROKERCORE_DATABASE_URL": api.database,
             "BROKERCORE_KAFKA_BOOTSTRAP": api.kafka.bootstrap,
@@ -92,25 +90,7 @@ class Service:
             "BROKERCORE_SHARDS": str(api.kafka.shards),
             "BROKERCORE_INSTRUMENTS": INSTRUMENTS,
             "BROKERCORE_REDIS_PREFIX": api.settings.redis_prefix}
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "brokercore.cli", "service", name, *args], env=env,
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            assert self.process.poll() is None, f"exited early:\n{self.text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no {needle!r}:\n{self.text()[-3000:]}"
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        super().__init__(["service", name, *args], log, env)
 
 
 def start_engine(api: Api, shard: int, tmp_path: Path, daemons: list[Daemon]) -> None:
