@@ -115,8 +115,9 @@ def load_implementation() -> Implementation:
     try:
         from brokercore import OrderBook
     except ImportError as exc:
-        return Implementation(ReferenceBook, f"REFERENCE MODEL ONLY (engine not importable: {exc})",
-                              False)
+        return Implementation(
+            ReferenceBook, f"REFERENCE MODEL ONLY (engine not importable: {exc})", False
+        )
     return Implementation(OrderBook, f"{OrderBook.__module__}.{OrderBook.__qualname__}", True)
 
 
@@ -124,14 +125,14 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-
-
 def brokercore_version() -> str:
     try:
         import brokercore
+
         return getattr(brokercore, "__version__", "unknown")
     except ImportError:
         from importlib.metadata import PackageNotFoundError, version
+
         try:
             return version("brokercore")
         except PackageNotFoundError:
@@ -147,8 +148,10 @@ def header_lines(impl: Implementation, settings: dict) -> list[str]:
         f"python     : {platform.python_version()} ({platform.python_implementation()})",
         f"numpy      : {np.__version__}",
         f"brokercore : {brokercore_version()}; book under test: {impl.label}",
-        "settings   : " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
-                                    for k, v in settings.items()),
+        "settings   : "
+        + ", ".join(
+            f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in settings.items()
+        ),
     ]
 
 
@@ -225,7 +228,7 @@ def timed_runs(prepare, execute, n_ops: int, runs: int, label: str):
 
 def process_in_slices(book, commands: np.ndarray, slice_size: int) -> None:
     for start in range(0, len(commands), slice_size):
-        book.process(commands[start:start + slice_size])
+        book.process(commands[start : start + slice_size])
 
 
 def time_batch(workload: Workload, book_class, runs: int, tag: str):
@@ -234,7 +237,10 @@ def time_batch(workload: Workload, book_class, runs: int, tag: str):
     rates, (events, book) = timed_runs(
         lambda: workload.prefilled_book(book_class),
         lambda book: (book.process(workload.commands), book),
-        len(workload.commands), runs, f"{tag} batch")
+        len(workload.commands),
+        runs,
+        f"{tag} batch",
+    )
     return rates, events, book
 
 
@@ -243,7 +249,10 @@ def time_batch_slices(workload: Workload, book_class, runs: int, tag: str) -> li
     rates, _ = timed_runs(
         lambda: workload.prefilled_book(book_class),
         lambda book: process_in_slices(book, workload.commands, SLICE_SIZE),
-        len(workload.commands), runs, f"{tag} batch in slices")
+        len(workload.commands),
+        runs,
+        f"{tag} batch in slices",
+    )
     return rates
 
 
@@ -252,7 +261,10 @@ def time_per_order(workload: Workload, book_class, calls: list, runs: int, tag: 
     rates, _ = timed_runs(
         lambda: bound_methods(workload.prefilled_book(book_class)),
         lambda methods: run_calls(methods, calls),
-        len(calls), runs, f"{tag} per-order")
+        len(calls),
+        runs,
+        f"{tag} per-order",
+    )
     return rates
 
 
@@ -313,8 +325,9 @@ def op_mix(commands: np.ndarray) -> dict:
     ops = commands["op"]
     limits = ops == Op.LIMIT
     mix = {op.name: float(np.mean(ops == op)) for op in (Op.LIMIT, Op.MARKET, Op.CANCEL, Op.AMEND)}
-    mix["IOC share of limits"] = (float(np.mean(commands["tif"][limits] == Tif.IOC))
-                                  if limits.any() else 0.0)
+    mix["IOC share of limits"] = (
+        float(np.mean(commands["tif"][limits] == Tif.IOC)) if limits.any() else 0.0
+    )
     return mix
 
 
@@ -381,8 +394,13 @@ def measure_profile(name: str, impl: Implementation, args) -> ProfileResult:
     book_class = impl.book_class
     log(f"[{name}] generating {args.ops:,} commands (seed {args.seed}) ...")
     start = time.perf_counter()
-    workload = generate(PROFILES[name], args.ops, args.seed, book_class,
-                        progress=lambda done, total: log(f"[{name}]   {done:,}/{total:,}"))
+    workload = generate(
+        PROFILES[name],
+        args.ops,
+        args.seed,
+        book_class,
+        progress=lambda done, total: log(f"[{name}]   {done:,}/{total:,}"),
+    )
     log(f"[{name}] generated in {time.perf_counter() - start:.1f} s; building call tuples")
     calls = per_order_calls(workload.commands)
 
@@ -427,9 +445,11 @@ def fmt_rates(rates: list[float]) -> str:
     """Median rate, its ns/op, and the spread over the runs (in the median's unit)."""
     median = statistics.median(rates)
     scale, unit = (1e6, "M") if median >= 1e6 else (1e3, "k")
-    return (f"{fmt_rate(median):>16} {1e9 / median:>9.1f} ns/op   min..max "
-            f"{min(rates) / scale:.2f}..{max(rates) / scale:.2f} {unit} ops/s "
-            f"over {len(rates)} runs")
+    return (
+        f"{fmt_rate(median):>16} {1e9 / median:>9.1f} ns/op   min..max "
+        f"{min(rates) / scale:.2f}..{max(rates) / scale:.2f} {unit} ops/s "
+        f"over {len(rates)} runs"
+    )
 
 
 def workload_lines(r: ProfileResult) -> list[str]:
@@ -442,15 +462,21 @@ def workload_lines(r: ProfileResult) -> list[str]:
         "measured   : " + ", ".join(f"{k} {v:.1%}" for k, v in op_mix(commands).items()),
     ]
     for op, hit_type, hit_reason, noun in (
-            (Op.CANCEL, EventType.CANCELLED, Reason.USER_CANCEL, "cancels"),
-            (Op.AMEND, EventType.AMENDED, Reason.NONE, "amends")):
+        (Op.CANCEL, EventType.CANCELLED, Reason.USER_CANCEL, "cancels"),
+        (Op.AMEND, EventType.AMENDED, Reason.NONE, "amends"),
+    ):
         hits, misses = targeted_hits(events, op, hit_type, hit_reason)
         if hits + misses:
-            lines.append(f"             {noun} that hit a live order: {hits / (hits + misses):.2%} "
-                         f"({hits:,} of {hits + misses:,}; the rest REJECTED UNKNOWN_ORDER)")
+            lines.append(
+                f"             {noun} that hit a live order: {hits / (hits + misses):.2%} "
+                f"({hits:,} of {hits + misses:,}; the rest REJECTED UNKNOWN_ORDER)"
+            )
     trades = int(np.sum(events["type"] == EventType.TRADE))
-    traded = (f"; commands that traded: {traded_command_share(events, r.counts):.1%}"
-              if r.events_identical else "")
+    traded = (
+        f"; commands that traded: {traded_command_share(events, r.counts):.1%}"
+        if r.events_identical
+        else ""
+    )
     stats = workload.stats
     orders, levels = r.final_shape
     lines += [
@@ -468,8 +494,10 @@ def result_lines(r: ProfileResult) -> list[str]:
     if r.nbytes_after is None:
         nbytes = "n/a (book has no nbytes)"
     else:
-        nbytes = (f"{r.nbytes_prefilled / MIB:,.2f} MiB after the prefill, "
-                  f"{r.nbytes_after / MIB:,.2f} MiB after the whole-array batch run")
+        nbytes = (
+            f"{r.nbytes_prefilled / MIB:,.2f} MiB after the prefill, "
+            f"{r.nbytes_after / MIB:,.2f} MiB after the whole-array batch run"
+        )
     return [
         f"  batch process()            {fmt_rates(r.batch_rates)}",
         f"  batch, {SLICE_SIZE:,}-cmd slices  {fmt_rates(r.slice_rates)}",
@@ -509,8 +537,9 @@ def build_memory_books(book_class, n_books: int, seed: int) -> dict:
     rss_before = current_rss_bytes()
     start = time.perf_counter()
     for symbol, mid in enumerate(mids.tolist()):
-        book = book_class(mid * 4 // 5, mid * 6 // 5, lot_size=1, symbol=symbol,
-                          stp=Stp.CANCEL_NEWEST)
+        book = book_class(
+            mid * 4 // 5, mid * 6 // 5, lot_size=1, symbol=symbol, stp=Stp.CANCEL_NEWEST
+        )
         book.process(memory_book_commands(mid, 50, 3, rng))
         books.append(book)
         if symbol % 500 == 499:
@@ -536,8 +565,15 @@ def build_memory_books(book_class, n_books: int, seed: int) -> dict:
 
 def measure_memory_in_child(args) -> dict:
     """Run the memory test in a fresh interpreter, so earlier allocations don't blur it."""
-    command = [sys.executable, os.path.abspath(__file__), "--memory-only",
-               "--memory-books", str(args.memory_books), "--seed", str(args.seed)]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--memory-only",
+        "--memory-books",
+        str(args.memory_books),
+        "--seed",
+        str(args.seed),
+    ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -546,8 +582,10 @@ def memory_lines(m: dict) -> list[str]:
     built = max(m["built"], 1)
     lines = ["== memory: books with 100 resting orders, +-20% band, mid 100,000..300,000 ticks =="]
     if m["built"] < m["requested"]:
-        lines.append(f"  STOPPED EARLY after {m['built']:,} of {m['requested']:,} books "
-                     "(RSS growth passed half the available memory)")
+        lines.append(
+            f"  STOPPED EARLY after {m['built']:,} of {m['requested']:,} books "
+            "(RSS growth passed half the available memory)"
+        )
     lines += [
         f"  books built                {m['built']:,} ({m['resting_orders']:,} resting orders) "
         f"in {m['seconds']:.2f} s ({m['seconds'] / built * 1e6:,.1f} us per book)",
@@ -557,10 +595,14 @@ def memory_lines(m: dict) -> list[str]:
     if m["nbytes_sum"] is None:
         lines.append("  sum of book.nbytes         n/a (book has no nbytes)")
     else:
-        lines.append(f"  sum of book.nbytes         {m['nbytes_sum'] / MIB:,.1f} MiB, "
-                     f"{m['nbytes_sum'] / built / 1024:,.1f} KiB per book")
-    lines.append(f"  child process RSS          {m['rss_before'] / MIB:,.0f} MiB before, "
-                 f"{m['rss_after'] / MIB:,.0f} MiB after")
+        lines.append(
+            f"  sum of book.nbytes         {m['nbytes_sum'] / MIB:,.1f} MiB, "
+            f"{m['nbytes_sum'] / built / 1024:,.1f} KiB per book"
+        )
+    lines.append(
+        f"  child process RSS          {m['rss_before'] / MIB:,.0f} MiB before, "
+        f"{m['rss_after'] / MIB:,.0f} MiB after"
+    )
     return lines
 
 
@@ -577,26 +619,41 @@ def target_lines(results: list[ProfileResult], memory: dict | None) -> list[str]
     rows = []
     for r in results:
         rows += [
-            (f"batch >= 10 M ops/s [{r.name}]", fmt_rate(r.batch_ops),
-             verdict(r.batch_ops, TARGET_BATCH_OPS, True)),
-            (f"per-order >= 3 M ops/s [{r.name}]", fmt_rate(r.per_order_ops),
-             verdict(r.per_order_ops, TARGET_PER_ORDER_OPS, True)),
-            (f"per-order p99 <= 1 us [{r.name}]", f"{r.latency.p99:,.0f} ns",
-             verdict(r.latency.p99, TARGET_P99_NS, False)),
+            (
+                f"batch >= 10 M ops/s [{r.name}]",
+                fmt_rate(r.batch_ops),
+                verdict(r.batch_ops, TARGET_BATCH_OPS, True),
+            ),
+            (
+                f"per-order >= 3 M ops/s [{r.name}]",
+                fmt_rate(r.per_order_ops),
+                verdict(r.per_order_ops, TARGET_PER_ORDER_OPS, True),
+            ),
+            (
+                f"per-order p99 <= 1 us [{r.name}]",
+                f"{r.latency.p99:,.0f} ns",
+                verdict(r.latency.p99, TARGET_P99_NS, False),
+            ),
         ]
     if memory is not None:
         per_10k = memory["rss_growth"] / max(memory["built"], 1) * 10_000
         scaled = "" if memory["built"] == 10_000 else " (scaled to 10k books)"
-        rows.append(("10k books well under 1 GiB (RSS growth)",
-                     f"{per_10k / MIB:,.0f} MiB{scaled}",
-                     verdict(per_10k, TARGET_MEMORY_BYTES_10K, False)))
+        rows.append(
+            (
+                "10k books well under 1 GiB (RSS growth)",
+                f"{per_10k / MIB:,.0f} MiB{scaled}",
+                verdict(per_10k, TARGET_MEMORY_BYTES_10K, False),
+            )
+        )
     width = max(len(r[0]) for r in rows) + 2
     measured_width = max(len(r[1]) for r in rows)
     lines = ["== targets ==", f"  {'target':<{width}}{'measured':>{measured_width}}   status"]
     lines += [f"  {t:<{width}}{m:>{measured_width}}   {s}" for t, m, s in rows]
-    lines.append(f"  context: exchange-core publishes ~{EXCHANGE_CORE_OPS / 1e6:.0f} M ops/s "
-                 "for its Java single-book core (Xeon X5690, its own workload); "
-                 "not measured here.")
+    lines.append(
+        f"  context: exchange-core publishes ~{EXCHANGE_CORE_OPS / 1e6:.0f} M ops/s "
+        "for its Java single-book core (Xeon X5690, its own workload); "
+        "not measured here."
+    )
     return lines
 
 
@@ -608,10 +665,16 @@ def parse_args(argv=None):
     parser.add_argument("--ops", type=int, help=f"timed commands per profile ({DEFAULTS['ops']:,})")
     parser.add_argument("--runs", type=int, help=f"timed runs per measurement ({DEFAULTS['runs']})")
     parser.add_argument("--profile", choices=[*PROFILES, "all"], default="all")
-    parser.add_argument("--memory-books", type=int,
-                        help=f"books in the memory test, 0 to skip ({DEFAULTS['memory_books']:,})")
-    parser.add_argument("--reference-ops", type=int,
-                        help=f"commands the reference model runs ({DEFAULTS['reference_ops']:,})")
+    parser.add_argument(
+        "--memory-books",
+        type=int,
+        help=f"books in the memory test, 0 to skip ({DEFAULTS['memory_books']:,})",
+    )
+    parser.add_argument(
+        "--reference-ops",
+        type=int,
+        help=f"commands the reference model runs ({DEFAULTS['reference_ops']:,})",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="~10-15 s smoke run")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
@@ -629,9 +692,11 @@ def resolve_sizes(args, impl: Implementation) -> list[str]:
         return []
     for key, cap in MODEL_ONLY_CAPS.items():
         setattr(args, key, min(getattr(args, key), cap))
-    return ["WARNING: the compiled engine is not importable; every 'engine' number below is "
-            "the reference model, with sizes capped to " +
-            ", ".join(f"{k}={v:,}" for k, v in MODEL_ONLY_CAPS.items())]
+    return [
+        "WARNING: the compiled engine is not importable; every 'engine' number below is "
+        "the reference model, with sizes capped to "
+        + ", ".join(f"{k}={v:,}" for k, v in MODEL_ONLY_CAPS.items())
+    ]
 
 
 def main(argv=None) -> None:
@@ -641,9 +706,14 @@ def main(argv=None) -> None:
     if args.memory_only:
         print(json.dumps(build_memory_books(impl.book_class, args.memory_books, args.seed)))
         return
-    settings = {"ops": args.ops, "runs": args.runs, "profile": args.profile,
-                "reference_ops": args.reference_ops, "memory_books": args.memory_books,
-                "seed": args.seed}
+    settings = {
+        "ops": args.ops,
+        "runs": args.runs,
+        "profile": args.profile,
+        "reference_ops": args.reference_ops,
+        "memory_books": args.memory_books,
+        "seed": args.seed,
+    }
     header = header_lines(impl, settings) + notes
     log("\n".join(header))
     memory = None

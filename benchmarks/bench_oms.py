@@ -65,20 +65,26 @@ def order_bodies(instruments: list[dict], users: int, seed: int, prefix: str):
     """Endless (user index, JSON body): 50% buy / 50% sell, 90% LIMIT (DAY, GTC, IOC) within
     +-200 ticks of the band's middle, 10% MARKET, 1..100 shares, a unique idempotencyKey."""
     rng = random.Random(seed)
-    symbols = [(i["symbol"], (i["low"] + i["high"]) // 2, round(float(i["tick_size"]) * 100))
-               for i in instruments]
+    symbols = [
+        (i["symbol"], (i["low"] + i["high"]) // 2, round(float(i["tick_size"]) * 100))
+        for i in instruments
+    ]
     for n in range(1 << 62):
         symbol, mid, tick_paise = rng.choice(symbols)
-        side, user = (("BUY", rng.randrange(users)) if rng.random() < 0.5
-                      else ("SELL", rng.randrange(max(1, users // 2))))
+        side, user = (
+            ("BUY", rng.randrange(users))
+            if rng.random() < 0.5
+            else ("SELL", rng.randrange(max(1, users // 2)))
+        )
         head = f'{{"symbol":"{symbol}","side":"{side}","quantity":{rng.randint(1, 100)},'
         if rng.random() < 0.1:
             tail = '"type":"MARKET","timeInForce":"IOC"'
         else:
             paise = (mid + rng.randint(-200, 200)) * tick_paise
             tif = rng.choices(("DAY", "GTC", "IOC"), (8, 1, 1))[0]
-            tail = (f'"type":"LIMIT","price":"{paise // 100}.{paise % 100:02d}",'
-                    f'"timeInForce":"{tif}"')
+            tail = (
+                f'"type":"LIMIT","price":"{paise // 100}.{paise % 100:02d}","timeInForce":"{tif}"'
+            )
         yield user, f'{head}{tail},"idempotencyKey":"{prefix}{n}"}}'.encode()
 
 
@@ -86,13 +92,13 @@ def order_bodies(instruments: list[dict], users: int, seed: int, prefix: str):
 class Phase:
     label: str
     seconds: float
-    rate: float = 0.0                   # offered orders/s (open loop); 0: closed loop
-    accepted: int = 0                   # 202s completed inside the window
-    latencies: list = field(default_factory=list)     # s, answered requests
-    unanswered: list = field(default_factory=list)    # s waited so far, never answered
+    rate: float = 0.0  # offered orders/s (open loop); 0: closed loop
+    accepted: int = 0  # 202s completed inside the window
+    latencies: list = field(default_factory=list)  # s, answered requests
+    unanswered: list = field(default_factory=list)  # s waited so far, never answered
     statuses: Counter = field(default_factory=Counter)
-    examples: dict = field(default_factory=dict)      # unexpected status -> one body
-    cpu: dict = field(default_factory=dict)           # % of one core
+    examples: dict = field(default_factory=dict)  # unexpected status -> one body
+    cpu: dict = field(default_factory=dict)  # % of one core
 
     @property
     def per_s(self) -> float:
@@ -104,29 +110,36 @@ class Phase:
 
     def latency_ms(self) -> dict:
         every = np.array(self.latencies + self.unanswered or [float("nan")]) * 1e3
-        return {**{p: float(np.percentile(every, p)) for p in (50, 99, 99.9)},
-                "max": float(every.max())}
+        return {
+            **{p: float(np.percentile(every, p)) for p in (50, 99, 99.9)},
+            "max": float(every.max()),
+        }
 
     def line(self) -> str:
         lat, mark = self.latency_ms(), ">" if self.unanswered else " "
-        return (f"{self.label:26} {f'{self.rate:,.0f}' if self.rate else '-':>8} "
-                f"{self.per_s:8,.0f} " + " ".join(f"{mark}{lat[k]:6.1f}" for k in lat)
-                + f" {self.bad:7,} {len(self.unanswered):7,} | "
-                + " ".join(f"{self.cpu.get(k, float('nan')):7.0f}" for k in self.cpu)
-                + "".join(f"  {s}: {n:,}" for s, n in self.statuses.items() if s != 202))
+        return (
+            f"{self.label:26} {f'{self.rate:,.0f}' if self.rate else '-':>8} "
+            f"{self.per_s:8,.0f} "
+            + " ".join(f"{mark}{lat[k]:6.1f}" for k in lat)
+            + f" {self.bad:7,} {len(self.unanswered):7,} | "
+            + " ".join(f"{self.cpu.get(k, float('nan')):7.0f}" for k in self.cpu)
+            + "".join(f"  {s}: {n:,}" for s, n in self.statuses.items() if s != 202)
+        )
 
 
-HEADER = (f"{'phase':26} {'offered':>8} {'accepted':>8} {'p50':>7} {'p99':>7} {'p99.9':>7} "
-          f"{'max':>7} {'non-202':>7} {'unanswd':>7} | {'uvicorn':>7} {'client':>7} {'pg':>7}\n"
-          f"{'':26} {'orders/s':>8} {'orders/s':>8} {'ms':>7} {'ms':>7} {'ms':>7} {'ms':>7} "
-          f"{'':>7} {'':>7} | {'% core':>7} {'% core':>7} {'% core':>7}")
+HEADER = (
+    f"{'phase':26} {'offered':>8} {'accepted':>8} {'p50':>7} {'p99':>7} {'p99.9':>7} "
+    f"{'max':>7} {'non-202':>7} {'unanswd':>7} | {'uvicorn':>7} {'client':>7} {'pg':>7}\n"
+    f"{'':26} {'orders/s':>8} {'orders/s':>8} {'ms':>7} {'ms':>7} {'ms':>7} {'ms':>7} "
+    f"{'':>7} {'':>7} | {'% core':>7} {'% core':>7} {'% core':>7}"
+)
 
 
 async def send(phase: Phase, conn: Connection, requests, since: float, end: float) -> None:
     """One order; its latency counted from ``since``."""
     try:
         status, answer = await conn.send(next(requests))
-    except (OSError, RuntimeError) as e:            # ConnectionError is an OSError
+    except (OSError, RuntimeError) as e:  # ConnectionError is an OSError
         status, answer = type(e).__name__, repr(e).encode()
         conn.close()
     t = perf()
@@ -139,12 +152,13 @@ async def send(phase: Phase, conn: Connection, requests, since: float, end: floa
         phase.examples.setdefault(status, answer[:200].decode(errors="replace"))
 
 
-async def open_loop(phase: Phase, conns: list[Connection], orders, start: float, end: float,
-                    drain: float) -> None:
+async def open_loop(
+    phase: Phase, conns: list[Connection], orders, start: float, end: float, drain: float
+) -> None:
     """Orders due every 1/rate s queue until a connection is free; latency from the due
     time. What is never sent or answered keeps its wait so far (a lower bound)."""
     queue: asyncio.Queue = asyncio.Queue()
-    in_flight: dict = {}                                 # worker task -> due of its request
+    in_flight: dict = {}  # worker task -> due of its request
 
     async def worker(conn: Connection) -> None:
         while (due := await queue.get()) is not None:
@@ -159,34 +173,43 @@ async def open_loop(phase: Phase, conns: list[Connection], orders, start: float,
         while due <= now and due < end:
             queue.put_nowait(due)
             due += 1 / phase.rate
-        await asyncio.sleep(max(due - perf(), 1e-3))     # timers are ~1 ms coarse
+        await asyncio.sleep(max(due - perf(), 1e-3))  # timers are ~1 ms coarse
     cut = perf()
-    while not queue.empty():                             # never sent
+    while not queue.empty():  # never sent
         phase.unanswered.append(cut - queue.get_nowait())
     for _ in workers:
         queue.put_nowait(None)
     _, pending = await asyncio.wait(workers, timeout=drain)
     cut = perf()
-    for task in pending:                                 # in flight past the drain
+    for task in pending:  # in flight past the drain
         phase.unanswered.append(cut - in_flight[task])
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def run_all(args, port: int, tokens: list[str], orders, uvicorn_pid: int,
-                  postmaster: str) -> list[Phase]:
+async def run_all(
+    args, port: int, tokens: list[str], orders, uvicorn_pid: int, postmaster: str
+) -> list[Phase]:
     """Warm-up, closed loops, open loops at 50% of the best and at --rate; each phase on
     connections opened before its clock starts, its CPU read at the window's ends."""
-    heads = [(f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer {t}"
-              f"\r\ncontent-type: application/json\r\ncontent-length: ").encode() for t in tokens]
+    heads = [
+        (
+            f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer {t}"
+            f"\r\ncontent-type: application/json\r\ncontent-length: "
+        ).encode()
+        for t in tokens
+    ]
     orders = (b"%s%d\r\n\r\n%s" % (heads[user], len(body), body) for user, body in orders)
     phases: list[Phase] = []
 
     async def run(label: str, connections: int, rate: float = 0.0, seconds=args.seconds):
         phase = Phase(label, seconds, rate)
         conns = [await Connection(port).open() for _ in range(connections)]
-        groups = {"uvicorn": [uvicorn_pid], "client": [os.getpid()],
-                  "pg": postgres_pids(postmaster)}
+        groups = {
+            "uvicorn": [uvicorn_pid],
+            "client": [os.getpid()],
+            "pg": postgres_pids(postmaster),
+        }
         start = perf() + 0.1
         end = start + seconds
 
@@ -227,46 +250,71 @@ def summary(phases: list[Phase], output: str, code) -> None:
     log(f"\n== summary: POST {PATH}, one uvicorn process (uvloop, httptools) ==\n{HEADER}")
     for p in phases:
         log(p.line())
-    log("(latency: closed loop send -> answer, open loop from the scheduled time; '>' = lower "
-        "bounds: unanswd requests counted at their wait so far; pg = all Postgres processes)")
+    log(
+        "(latency: closed loop send -> answer, open loop from the scheduled time; '>' = lower "
+        "bounds: unanswd requests counted at their wait so far; pg = all Postgres processes)"
+    )
     bad = Counter({s: n for p in phases for s, n in p.statuses.items() if s != 202})
     answered = sum(sum(p.statuses.values()) for p in phases)
-    log(f"\nvalid   : NO - unexpected answers {dict(bad)} of {answered:,}" if bad else
-        f"\nvalid   : yes - all {answered:,} answers were 202")
+    log(
+        f"\nvalid   : NO - unexpected answers {dict(bad)} of {answered:,}"
+        if bad
+        else f"\nvalid   : yes - all {answered:,} answers were 202"
+    )
     for status, example in {s: e for p in phases for s, e in p.examples.items()}.items():
         log(f"          e.g. {status}: {example}")
     for p in (p for p in phases if p.rate >= TARGET_ORDERS_PER_S):
         p99 = p.latency_ms()[99]
         met = p99 < TARGET_P99_MS and p.per_s >= 0.98 * p.rate and not p.bad
-        log(f"target  : p99 < {TARGET_P99_MS:.0f} ms at >= {TARGET_ORDERS_PER_S:,} orders/s "
+        log(
+            f"target  : p99 < {TARGET_P99_MS:.0f} ms at >= {TARGET_ORDERS_PER_S:,} orders/s "
             f"per API process: offered {p.rate:,.0f}/s, accepted {p.per_s:,.0f}/s, p99 "
-            f"{'>=' if p.unanswered else ''}{p99:.1f} ms -> {'met' if met else 'missed'}")
-    errors = Counter(re.findall(r"^Traceback \(most recent call last\):\n(?:[ \t].*\n)*"
-                                r"([\w.]+)", output, re.M))
-    log(f"uvicorn : exit code {code} (-15: it re-raises our SIGTERM); {sum(errors.values())} "
-        "tracebacks" + "".join(f"\n   {n:6,} x {e}" for e, n in errors.most_common(10)))
+            f"{'>=' if p.unanswered else ''}{p99:.1f} ms -> {'met' if met else 'missed'}"
+        )
+    errors = Counter(
+        re.findall(
+            r"^Traceback \(most recent call last\):\n(?:[ \t].*\n)*"
+            r"([\w.]+)",
+            output,
+            re.M,
+        )
+    )
+    log(
+        f"uvicorn : exit code {code} (-15: it re-raises our SIGTERM); {sum(errors.values())} "
+        "tracebacks" + "".join(f"\n   {n:6,} x {e}" for e, n in errors.most_common(10))
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="16,64", help="closed-loop runs, comma-separated")
-    parser.add_argument("--rate", type=float, default=TARGET_ORDERS_PER_S,
-                        help="offered orders/s of the fixed-rate open loop")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=TARGET_ORDERS_PER_S,
+        help="offered orders/s of the fixed-rate open loop",
+    )
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each phase")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--drain", type=float, default=10.0,
-                        help="open loop: seconds to wait for answers after the window")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=10.0,
+        help="open loop: seconds to wait for answers after the window",
+    )
     parser.add_argument("--open-connections", type=int, default=128)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run, about 12 s")
-    if parser.parse_known_args()[0].quick:           # new defaults; explicit flags win
+    if parser.parse_known_args()[0].quick:  # new defaults; explicit flags win
         parser.set_defaults(clients="32", seconds=3.0, warmup=1.0, drain=3.0)
     args = parser.parse_args()
     args.clients = [int(n) for n in args.clients.split(",")]
 
-    log(f"== brokercore OMS: POST {PATH} over HTTP, one API process ==\n"
-        + machine_line("Postgres, Kafka, Redis"))
+    log(
+        f"== brokercore OMS: POST {PATH} over HTTP, one API process ==\n"
+        + machine_line("Postgres, Kafka, Redis")
+    )
     t0 = time.monotonic()
     run_id = uuid.uuid4().hex[:10]
     tmp = tempfile.TemporaryDirectory(prefix="bench-oms-")
@@ -284,40 +332,58 @@ def main() -> None:
         seed_accounts(url, symbols, args.users)
         postmaster = postmaster_of(url)
         ensure_topics(kafka)
-        uvicorn, port = start_service("oms", dict(
-            BROKERCORE_DATABASE_URL=url, BROKERCORE_KAFKA_BOOTSTRAP=KAFKA,
-            BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix, BROKERCORE_SHARDS="4",
-            BROKERCORE_INSTRUMENTS=instruments_path, BROKERCORE_DEV_MODE="1",
-            BROKERCORE_REDIS_URL=REDIS, BROKERCORE_REDIS_PREFIX=f"bench-oms-{run_id}:",
-            BROKERCORE_RATE_LIMIT_BURST="1000", BROKERCORE_RATE_LIMIT_PER_SECOND="1000"),
-            log_file)
+        uvicorn, port = start_service(
+            "oms",
+            dict(
+                BROKERCORE_DATABASE_URL=url,
+                BROKERCORE_KAFKA_BOOTSTRAP=KAFKA,
+                BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix,
+                BROKERCORE_SHARDS="4",
+                BROKERCORE_INSTRUMENTS=instruments_path,
+                BROKERCORE_DEV_MODE="1",
+                BROKERCORE_REDIS_URL=REDIS,
+                BROKERCORE_REDIS_PREFIX=f"bench-oms-{run_id}:",
+                BROKERCORE_RATE_LIMIT_BURST="1000",
+                BROKERCORE_RATE_LIMIT_PER_SECOND="1000",
+            ),
+            log_file,
+        )
         jwt = JwtConfig("brokercore-dev", "brokercore", hs256_secret=DEV_JWT_SECRET)
         tokens = [mint_token(f"u{n}", jwt, ttl=24 * 3600) for n in range(args.users)]
         orders = order_bodies(instruments, args.users, args.seed, f"{run_id}-")
-        log(f"set-up  : {time.monotonic() - t0:.1f} s; uvicorn pid {uvicorn.pid}, database "
+        log(
+            f"set-up  : {time.monotonic() - t0:.1f} s; uvicorn pid {uvicorn.pid}, database "
             f"{dbname}, Kafka prefix {kafka.topic_prefix} (no engine daemon), {args.users} "
-            f"users, raw HTTP/1.1 keep-alive client")
+            f"users, raw HTTP/1.1 keep-alive client"
+        )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             phases = runner.run(run_all(args, port, tokens, orders, uvicorn.pid, postmaster))
     finally:
-        code = stop(uvicorn)                             # lifespan shutdown: flush, close
+        code = stop(uvicorn)  # lifespan shutdown: flush, close
         try:
             if dbname is not None:
                 drop_database(server, dbname)
-            topics = [kafka.orders_topic, kafka.events_topic, kafka.snapshots_topic,
-                      kafka.dead_letter_topic, kafka.leases_topic]
+            topics = [
+                kafka.orders_topic,
+                kafka.events_topic,
+                kafka.snapshots_topic,
+                kafka.dead_letter_topic,
+                kafka.leases_topic,
+            ]
             admin = AdminClient({"bootstrap.servers": KAFKA})
             for future in admin.delete_topics(topics, request_timeout=30).values():
                 future.result(30)
-        except Exception as e:                           # noqa: BLE001 - reported, run over
+        except Exception as e:  # noqa: BLE001 - reported, run over
             log(f"(clean-up failed: {e!r})")
         log_file.seek(0)
         output = log_file.read().decode(errors="replace")
         log_file.close()
         tmp.cleanup()
         if not phases:
-            log("\nthe run did not complete; uvicorn's last lines:\n" + "\n".join(
-                "   | " + line for line in output.splitlines()[-20:]))
+            log(
+                "\nthe run did not complete; uvicorn's last lines:\n"
+                + "\n".join("   | " + line for line in output.splitlines()[-20:])
+            )
     summary(phases, output, code)
 
 

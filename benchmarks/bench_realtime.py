@@ -57,13 +57,19 @@ perf = time.perf_counter
 log = functools.partial(print, flush=True)
 
 
-def start_process(args: list[str], env: dict, log_path: str, ready: str,
-                  timeout: float = 60.0) -> subprocess.Popen:
+def start_process(
+    args: list[str], env: dict, log_path: str, ready: str, timeout: float = 60.0
+) -> subprocess.Popen:
     """A process of ours, once its log says ``ready``."""
     out = open(log_path, "ab")
-    process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=out,
-                               stderr=subprocess.STDOUT, start_new_session=True,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1", **env))
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+    )
     deadline = time.monotonic() + timeout
     while ready not in open(log_path, errors="replace").read():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -87,31 +93,40 @@ class Owner:
 
 
 async def run(args, oms_port: int, gateway_ports: list[int], tokens: list[str]) -> dict:
-    half = len(tokens) // 2                      # u0 .. u(half-1) hold shares: the sellers
+    half = len(tokens) // 2  # u0 .. u(half-1) hold shares: the sellers
     sellers, buyers = range(args.sockets), range(half, half + args.sockets)
     owners = {}
     for n, user in enumerate([*sellers, *buyers]):
         port = gateway_ports[n % len(gateway_ports)]
-        ws = await connect(f"ws://127.0.0.1:{port}/ws/v1/orders?token={tokens[user]}",
-                           max_queue=None, ping_interval=None)
+        ws = await connect(
+            f"ws://127.0.0.1:{port}/ws/v1/orders?token={tokens[user]}",
+            max_queue=None,
+            ping_interval=None,
+        )
         assert json.loads(await ws.recv())["type"] == "WELCOME"
         owners[user] = Owner(ws)
     readers = [asyncio.create_task(o.read()) for o in owners.values()]
     conn = await Connection(oms_port).open()
-    heads = [(f"POST /api/v1/orders HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n"
-              "content-type: application/json\r\ncontent-length: ").encode() for t in tokens]
+    heads = [
+        (
+            f"POST /api/v1/orders HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n"
+            "content-type: application/json\r\ncontent-length: "
+        ).encode()
+        for t in tokens
+    ]
     run_id = uuid.uuid4().hex[:8]
 
     async def place(user: int, side: str, n: int) -> int:
-        body = (f'{{"symbol":"RELIANCE","side":"{side}","type":"LIMIT","quantity":1,'
-                f'"price":"15000.00","timeInForce":"DAY","idempotencyKey":"{run_id}-{side}-{n}"}}'
-                ).encode()
+        body = (
+            f'{{"symbol":"RELIANCE","side":"{side}","type":"LIMIT","quantity":1,'
+            f'"price":"15000.00","timeInForce":"DAY","idempotencyKey":"{run_id}-{side}-{n}"}}'
+        ).encode()
         status, answer = await conn.send(b"%s%d\r\n\r\n%s" % (heads[user], len(body), body))
         if status != 202:
             raise RuntimeError(f"the OMS answered {status}: {answer[:200]!r}")
         return json.loads(answer)["orderId"]
 
-    sent, placed = {}, []                        # sell order id -> when sent (epoch ms)
+    sent, placed = {}, []  # sell order id -> when sent (epoch ms)
     start, n, counted = perf(), 0, 0
     while perf() - start < args.warmup + args.seconds:
         if n < (perf() - start) * args.pairs_per_s:
@@ -135,12 +150,22 @@ async def run(args, oms_port: int, gateway_ports: list[int], tokens: list[str]) 
         task.cancel()
     for owner in owners.values():
         await owner.ws.close()
-    from_event = [got - event for u, i in placed if (got_event := owners[u].filled.get(i))
-                  for got, event in [got_event]]
-    from_post = [owners[u].filled[i][0] - sent[i] for u, i in placed
-                 if i in sent and i in owners[u].filled]
-    return {"pairs": counted, "fills": len(placed), "received": len(from_event),
-            "from_event": from_event, "from_post": from_post}
+    from_event = [
+        got - event
+        for u, i in placed
+        if (got_event := owners[u].filled.get(i))
+        for got, event in [got_event]
+    ]
+    from_post = [
+        owners[u].filled[i][0] - sent[i] for u, i in placed if i in sent and i in owners[u].filled
+    ]
+    return {
+        "pairs": counted,
+        "fills": len(placed),
+        "received": len(from_event),
+        "from_event": from_event,
+        "from_post": from_post,
+    }
 
 
 def main() -> None:
@@ -153,8 +178,10 @@ def main() -> None:
     if parser.parse_known_args()[0].quick:
         parser.set_defaults(seconds=4.0, warmup=1.0, sockets=10)
     args = parser.parse_args()
-    log("== brokercore: a fill from HTTP to the owner's WebSocket ==\n"
-        + machine_line("Postgres, Kafka, Redis"))
+    log(
+        "== brokercore: a fill from HTTP to the owner's WebSocket ==\n"
+        + machine_line("Postgres, Kafka, Redis")
+    )
     t0 = time.monotonic()
     run_id = uuid.uuid4().hex[:10]
     tmp = tempfile.TemporaryDirectory(prefix="bench-realtime-")
@@ -169,32 +196,64 @@ def main() -> None:
         seed_accounts(url, ["RELIANCE"], users)
         kafka = KafkaSettings(KAFKA, f"bench-rt-{run_id}-", 1)
         ensure_topics(kafka)
-        env = dict(BROKERCORE_DATABASE_URL=url, BROKERCORE_REDIS_URL=REDIS,
-                   BROKERCORE_REDIS_PREFIX=f"bench-rt-{run_id}:", BROKERCORE_DEV_MODE="1",
-                   BROKERCORE_KAFKA_BOOTSTRAP=KAFKA, BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix,
-                   BROKERCORE_SHARDS="1", BROKERCORE_INSTRUMENTS=instruments,
-                   BROKERCORE_RATE_LIMIT_BURST="1000", BROKERCORE_RATE_LIMIT_PER_SECOND="1000")
+        env = dict(
+            BROKERCORE_DATABASE_URL=url,
+            BROKERCORE_REDIS_URL=REDIS,
+            BROKERCORE_REDIS_PREFIX=f"bench-rt-{run_id}:",
+            BROKERCORE_DEV_MODE="1",
+            BROKERCORE_KAFKA_BOOTSTRAP=KAFKA,
+            BROKERCORE_TOPIC_PREFIX=kafka.topic_prefix,
+            BROKERCORE_SHARDS="1",
+            BROKERCORE_INSTRUMENTS=instruments,
+            BROKERCORE_RATE_LIMIT_BURST="1000",
+            BROKERCORE_RATE_LIMIT_PER_SECOND="1000",
+        )
         path = functools.partial(os.path.join, tmp.name)
-        processes.append(start_process(
-            ["-m", "brokercore.cli", "engine", "--shard", "0", "--shards", "1", "--bootstrap",
-             KAFKA, "--topic-prefix", kafka.topic_prefix, "--instruments", instruments],
-            env, path("engine.log"), "active from"))
-        processes.append(start_process(["-m", "brokercore.cli", "service", "projector"], env,
-                                       path("projector.log"), "from offsets"))
+        processes.append(
+            start_process(
+                [
+                    "-m",
+                    "brokercore.cli",
+                    "engine",
+                    "--shard",
+                    "0",
+                    "--shards",
+                    "1",
+                    "--bootstrap",
+                    KAFKA,
+                    "--topic-prefix",
+                    kafka.topic_prefix,
+                    "--instruments",
+                    instruments,
+                ],
+                env,
+                path("engine.log"),
+                "active from",
+            )
+        )
+        processes.append(
+            start_process(
+                ["-m", "brokercore.cli", "service", "projector"],
+                env,
+                path("projector.log"),
+                "from offsets",
+            )
+        )
         oms, oms_port = start_service("oms", env, open(path("oms.log"), "ab"))
         processes.append(oms)
         ports = []
         for k in range(2):
-            gateway, port = start_service("ws", env,
-                                          open(path(f"ws{k}.log"), "ab"))
+            gateway, port = start_service("ws", env, open(path(f"ws{k}.log"), "ab"))
             processes.append(gateway)
             ports.append(port)
         jwt = JwtConfig("brokercore-dev", "brokercore", hs256_secret=DEV_JWT_SECRET)
         tokens = [mint_token(f"u{n}", jwt, ttl=24 * 3600) for n in range(users)]
-        log(f"set-up  : {time.monotonic() - t0:.1f} s; OMS, engine daemon, projector, 2 "
+        log(
+            f"set-up  : {time.monotonic() - t0:.1f} s; OMS, engine daemon, projector, 2 "
             f"gateways; {args.pairs_per_s:g} crossing pairs/s for {args.warmup:g} s (warm-up) "
             f"+ {args.seconds:g} s, "
-            f"{2 * args.sockets} sockets")
+            f"{2 * args.sockets} sockets"
+        )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             result = runner.run(run(args, oms_port, ports, tokens))
     finally:
@@ -206,18 +265,26 @@ def main() -> None:
     if result is None:
         log("the run did not complete")
         return
-    log(f"\nfills   : {result['fills']:,} ORDER_UPDATEs FILLED expected "
-        f"({result['pairs']:,} pairs), {result['received']:,} received")
-    for label, values in (("event message -> socket", result["from_event"]),
-                          ("sell sent -> seller's socket", result["from_post"])):
+    log(
+        f"\nfills   : {result['fills']:,} ORDER_UPDATEs FILLED expected "
+        f"({result['pairs']:,} pairs), {result['received']:,} received"
+    )
+    for label, values in (
+        ("event message -> socket", result["from_event"]),
+        ("sell sent -> seller's socket", result["from_post"]),
+    ):
         ms = np.array(values or [float("nan")])
-        log(f"{label:30}: p50 {np.percentile(ms, 50):6.1f} ms, p90 "
+        log(
+            f"{label:30}: p50 {np.percentile(ms, 50):6.1f} ms, p90 "
             f"{np.percentile(ms, 90):6.1f} ms, p99 {np.percentile(ms, 99):6.1f} ms, "
-            f"max {ms.max():6.1f} ms  ({len(values):,} fills)")
+            f"max {ms.max():6.1f} ms  ({len(values):,} fills)"
+        )
     p99 = float(np.percentile(result["from_event"] or [float("nan")], 99))
     met = p99 < TARGET_P99_MS and result["received"] == result["fills"]
-    log(f"target  : p99 < {TARGET_P99_MS:.0f} ms from the event's commit to the socket, every "
-        f"fill delivered -> {'met' if met else 'missed'} (p99 {p99:.1f} ms)")
+    log(
+        f"target  : p99 < {TARGET_P99_MS:.0f} ms from the event's commit to the socket, every "
+        f"fill delivered -> {'met' if met else 'missed'} (p99 {p99:.1f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -81,12 +81,18 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             for statement in SEED.split(";\n"):
                 if statement.strip():
-                    conn.execute(statement, {"accounts": args.accounts, "trades": args.trades,
-                                             "symbols": SYMBOLS})
-            rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                    for t in ("accounts", "positions", "funding", "orders", "fills")}
-        print(f"seeded  : {', '.join(f'{n:,} {t}' for t, n in rows.items())} "
-              f"in {time.perf_counter() - started:.1f} s")
+                    conn.execute(
+                        statement,
+                        {"accounts": args.accounts, "trades": args.trades, "symbols": SYMBOLS},
+                    )
+            rows = {
+                t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("accounts", "positions", "funding", "orders", "fills")
+            }
+        print(
+            f"seeded  : {', '.join(f'{n:,} {t}' for t, n in rows.items())} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
         sessions = {s: i.session for s, i in load_market("config/instruments.toml").items()}
         times = []
         with psycopg.connect(url, autocommit=True) as conn:
@@ -95,12 +101,11 @@ def main() -> None:
                 found = check_invariants(conn, sessions, datetime.now(UTC))
                 times.append(time.perf_counter() - started)
                 print(f"round {round_} : {times[-1]:.2f} s, {len(found)} finding(s)")
-            for invariant in INVARIANTS:                # where the time goes
+            for invariant in INVARIANTS:  # where the time goes
                 started = time.perf_counter()
                 check_invariants(conn, sessions, datetime.now(UTC), invariants=[invariant])
                 print(f"  {invariant.kind:<26} {time.perf_counter() - started:6.2f} s")
-        print(f"checks  : median {statistics.median(times):.2f} s per round "
-              f"({len(times)} rounds)")
+        print(f"checks  : median {statistics.median(times):.2f} s per round ({len(times)} rounds)")
     finally:
         drop_database(server, name)
 

@@ -79,8 +79,6 @@ HANG_GUARD = 600.0  # seconds: a run that takes longer is reported as hung
 # --- machine ----------------------------------------------------------------------
 
 
-
-
 def usable_cores() -> list[int]:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
@@ -116,6 +114,7 @@ class Run:
             except BaseException as error:  # noqa: BLE001 - reported by the main thread
                 self.errors.append(error)
                 self.abort()
+
         return threading.Thread(target=run, daemon=True)
 
     def abort(self):
@@ -141,8 +140,10 @@ class Run:
         last = None if self.last is None else int(self.last["order_id"])
         if self.received == self.n_records and last == expected_last:
             return "ok"
-        return (f"MISMATCH: received {self.received} of {self.n_records}, "
-                f"last order_id {last}, expected {expected_last}")
+        return (
+            f"MISMATCH: received {self.received} of {self.n_records}, "
+            f"last order_id {last}, expected {expected_last}"
+        )
 
 
 def run_ring(slices, n_batches, cores, capacity, wait, poll_max):
@@ -152,6 +153,7 @@ def run_ring(slices, n_batches, cores, capacity, wait, poll_max):
     def abort():
         r.barrier.abort()
         ring.close()  # wakes (and stops) a waiting or spinning thread
+
     r.abort = abort
 
     def produce():
@@ -184,6 +186,7 @@ def run_simple_queue(slices, n_batches, cores):
     def abort():
         r.barrier.abort()
         q.put(None)
+
     r.abort = abort
 
     def produce():
@@ -213,6 +216,7 @@ def run_deque(slices, n_batches, cores):
     def abort():
         r.barrier.abort()
         stop.set()
+
     r.abort = abort
 
     def produce():
@@ -252,13 +256,18 @@ def median_rate(fn, runs):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=5_000_000,
-                        help="records per run at batch 256 (batch 16: /2, batch 1: /10)")
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=5_000_000,
+        help="records per run at batch 256 (batch 16: /2, batch 1: /10)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed runs, median reported")
     parser.add_argument("--batches", default="1,16,256")
     parser.add_argument("--capacity", type=int, default=4096, help="ring slots")
-    parser.add_argument("--poll-max", type=int, default=4096,
-                        help="max_records of each ring poll()")
+    parser.add_argument(
+        "--poll-max", type=int, default=4096, help="max_records of each ring poll()"
+    )
     parser.add_argument("--quick", action="store_true", help="~10x fewer records, 1 run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -274,16 +283,21 @@ def main(argv=None) -> int:
     waits = list(WaitStrategy) if two else [WaitStrategy.YIELD, WaitStrategy.BLOCKING]
 
     print("ring buffer throughput: 1 producer thread -> 1 consumer thread")
-    print(f"cpu: {cpu_model()}; {os.cpu_count()} logical cpus, {len(cores)} usable "
-          f"(affinity {cores})")
+    print(
+        f"cpu: {cpu_model()}; {os.cpu_count()} logical cpus, {len(cores)} usable (affinity {cores})"
+    )
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    print(f"python {platform.python_version()} ({'GIL' if gil else 'free-threaded'}), "
-          f"numpy {np.__version__}, {platform.system()} {platform.release()}")
+    print(
+        f"python {platform.python_version()} ({'GIL' if gil else 'free-threaded'}), "
+        f"numpy {np.__version__}, {platform.system()} {platform.release()}"
+    )
     if hasattr(os, "getloadavg"):
         print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-    print(f"record: COMMAND_DTYPE, {COMMAND_DTYPE.itemsize} bytes; ring capacity "
-          f"{args.capacity}; ring poll max_records {args.poll_max}; {args.runs} timed "
-          f"run(s) per cell, median (min-max)")
+    print(
+        f"record: COMMAND_DTYPE, {COMMAND_DTYPE.itemsize} bytes; ring capacity "
+        f"{args.capacity}; ring poll max_records {args.poll_max}; {args.runs} timed "
+        f"run(s) per cell, median (min-max)"
+    )
     if two:
         print(f"producer pinned to core {pinned[0]}, consumer to core {pinned[1]}")
     else:
@@ -296,14 +310,19 @@ def main(argv=None) -> int:
     pool["price"], pool["qty"] = 10_000, 1
 
     def transports(b):
-        out = [(f"ring {w.name}", lambda w=w: run_ring(
-            slices, n_batches, pinned, args.capacity, w, args.poll_max)) for w in waits]
+        out = [
+            (
+                f"ring {w.name}",
+                lambda w=w: run_ring(slices, n_batches, pinned, args.capacity, w, args.poll_max),
+            )
+            for w in waits
+        ]
         out.append(("SimpleQueue", lambda: run_simple_queue(slices, n_batches, pinned)))
         out.append(("deque", lambda: run_deque(slices, n_batches, pinned)))
         return out
 
     # Warm-up (untimed): imports, thread machinery, caches.
-    slices, n_batches = [pool[i:i + 16] for i in range(0, POOL, 16)], 2_000
+    slices, n_batches = [pool[i : i + 16] for i in range(0, POOL, 16)], 2_000
     for _, fn in transports(16):
         fn()
 
@@ -312,19 +331,22 @@ def main(argv=None) -> int:
     for b in batches:
         n = args.records if b >= 256 else args.records // (2 if b >= 16 else 10)
         n_batches = max(1, n // b)
-        slices = [pool[i:i + b] for i in range(0, POOL, b)]
+        slices = [pool[i : i + b] for i in range(0, POOL, b)]
         print(f"batch {b}: {n_batches * b:,} records per run ({n_batches:,} operations)")
-        print(f"  {'transport':<16} {'M rec/s':>9} {'(min-max)':>15} {'ns/rec':>8} "
-              f"{'ring/SimpleQueue':>17} {'ring/deque':>11}  check")
+        print(
+            f"  {'transport':<16} {'M rec/s':>9} {'(min-max)':>15} {'ns/rec':>8} "
+            f"{'ring/SimpleQueue':>17} {'ring/deque':>11}  check"
+        )
         results = [(name, median_rate(fn, args.runs)) for name, fn in transports(b)]
         rate_of = {name: res[0] for name, res in results}
         for name, (med, lo, hi, check) in results:
             ratios = ("", "")
             if name.startswith("ring"):
-                ratios = (f"{med / rate_of['SimpleQueue']:.3g}x",
-                          f"{med / rate_of['deque']:.3g}x")
-            print(f"  {name:<16} {med / 1e6:9.2f} {f'({lo / 1e6:.2f}-{hi / 1e6:.2f})':>15} "
-                  f"{1e9 / med:8.1f} {ratios[0]:>17} {ratios[1]:>11}  {check}")
+                ratios = (f"{med / rate_of['SimpleQueue']:.3g}x", f"{med / rate_of['deque']:.3g}x")
+            print(
+                f"  {name:<16} {med / 1e6:9.2f} {f'({lo / 1e6:.2f}-{hi / 1e6:.2f})':>15} "
+                f"{1e9 / med:8.1f} {ratios[0]:>17} {ratios[1]:>11}  {check}"
+            )
             if b == TARGET_BATCH and name.startswith("ring"):
                 verdict = "met" if med >= TARGET_RATE else "missed"
                 target_lines.append(f"  {name:<16} {med / 1e6:6.2f} M/s: {verdict}")
@@ -332,8 +354,11 @@ def main(argv=None) -> int:
     print("queues: references handed over, no copy, unbounded (see the docstring)\n")
 
     print(f"target: ring >= {TARGET_RATE / 1e6:.0f} M records/s at batch {TARGET_BATCH}")
-    print("\n".join(target_lines) if target_lines else
-          f"  not measured (batch {TARGET_BATCH} not among --batches)")
+    print(
+        "\n".join(target_lines)
+        if target_lines
+        else f"  not measured (batch {TARGET_BATCH} not among --batches)"
+    )
     print(f"\ntimed part took {time.perf_counter() - started:.1f} s")
     if hasattr(os, "getloadavg"):
         print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))

@@ -24,8 +24,8 @@ from psycopg.conninfo import make_conninfo
 from brokercore.db.migrations import apply_migrations
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASH_PAISE = 10**14                 # no buy ever runs out of money
-HOLDING = 10**9                     # shares of every symbol a holder has
+CASH_PAISE = 10**14  # no buy ever runs out of money
+HOLDING = 10**9  # shares of every symbol a holder has
 
 
 class _Answer(asyncio.Protocol):
@@ -66,7 +66,8 @@ class Connection:
 
     async def open(self) -> Connection:
         self.transport, self.protocol = await asyncio.get_running_loop().create_connection(
-            _Answer, "127.0.0.1", self.port)
+            _Answer, "127.0.0.1", self.port
+        )
         return self
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
@@ -89,16 +90,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(name: str, env: dict, log_file, timeout: float = 60.0
-                  ) -> tuple[subprocess.Popen, int]:
+def start_service(
+    name: str, env: dict, log_file, timeout: float = 60.0
+) -> tuple[subprocess.Popen, int]:
     """``brokercore service NAME`` (uvicorn with uvloop, httptools) on a free loopback
     port, in its own session (a Ctrl-C reaches the benchmark, which stops it); returns
     once it listens."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "brokercore.cli", "service", name, "--port", str(port)],
-        cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1", **env))
+        cwd=REPO,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+    )
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         with socket.socket() as s:
@@ -123,8 +129,9 @@ def stop(process: subprocess.Popen | None) -> int | None:
 
 def dev_server() -> str:
     """The URL of the development Postgres (scripts/postgres/postgres.sh)."""
-    return subprocess.run([f"{REPO}/scripts/postgres/postgres.sh", "url"], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        [f"{REPO}/scripts/postgres/postgres.sh", "url"], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def create_database(server: str, prefix: str = "bench") -> tuple[str, str]:
@@ -155,8 +162,11 @@ def proc_stat(pid) -> list[str]:
 
 def postgres_pids(postmaster: str) -> list[int]:
     """The postmaster and its children (backends, WAL writer ...); none if unknown ("")."""
-    return [int(pid) for pid in filter(str.isdigit, os.listdir("/proc"))
-            if pid == postmaster or proc_stat(pid)[1:2] == [postmaster]]
+    return [
+        int(pid)
+        for pid in filter(str.isdigit, os.listdir("/proc"))
+        if pid == postmaster or proc_stat(pid)[1:2] == [postmaster]
+    ]
 
 
 def postmaster_of(url: str) -> str:
@@ -166,18 +176,26 @@ def postmaster_of(url: str) -> str:
 
 
 def cpu_ticks(groups: dict[str, list[int]]) -> dict[str, int]:
-    return {k: sum(int(s[11]) + int(s[12]) for s in map(proc_stat, pids) if s)
-            for k, pids in groups.items()}
+    return {
+        k: sum(int(s[11]) + int(s[12]) for s in map(proc_stat, pids) if s)
+        for k, pids in groups.items()
+    }
 
 
 def seed_accounts(url: str, symbols: list[str], users: int) -> None:
     """``users`` accounts, the first half of them holding every symbol (only they sell)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO accounts (user_id, cash) SELECT 'u' || g, %s "
-                     "FROM generate_series(0, %s - 1) g", (CASH_PAISE, users))
-        conn.execute("INSERT INTO positions (account_id, symbol, quantity) "
-                     "SELECT a.account_id, s, %s FROM accounts a CROSS JOIN unnest(%s::text[]) s "
-                     "WHERE substr(a.user_id, 2)::int < %s", (HOLDING, symbols, max(1, users // 2)))
+        conn.execute(
+            "INSERT INTO accounts (user_id, cash) SELECT 'u' || g, %s "
+            "FROM generate_series(0, %s - 1) g",
+            (CASH_PAISE, users),
+        )
+        conn.execute(
+            "INSERT INTO positions (account_id, symbol, quantity) "
+            "SELECT a.account_id, s, %s FROM accounts a CROSS JOIN unnest(%s::text[]) s "
+            "WHERE substr(a.user_id, 2)::int < %s",
+            (HOLDING, symbols, max(1, users // 2)),
+        )
         conn.execute("ANALYZE")
 
 
@@ -186,9 +204,11 @@ def write_instruments(path: str) -> list[dict]:
     dropped), so that the benchmark runs at any hour; 23:59 UTC still gets 422s."""
     with open(os.path.join(REPO, "config/instruments.toml"), "rb") as f:
         instruments = tomllib.load(f)["instrument"]
-    lines = ['[session]\ntimezone = "UTC"\nopen = "00:00"\nclose = "23:59"',
-             "weekdays = [1, 2, 3, 4, 5, 6, 7]\nholidays = []\n"]
-    for instrument in instruments:       # JSON scalars are valid TOML (true, 1, "0.05")
+    lines = [
+        '[session]\ntimezone = "UTC"\nopen = "00:00"\nclose = "23:59"',
+        "weekdays = [1, 2, 3, 4, 5, 6, 7]\nholidays = []\n",
+    ]
+    for instrument in instruments:  # JSON scalars are valid TOML (true, 1, "0.05")
         lines.append("[[instrument]]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in instrument.items() if k != "session"]
     with open(path, "w") as f:

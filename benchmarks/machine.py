@@ -20,5 +20,7 @@ def cpu_model() -> str:
 def machine_line(shared_with: str) -> str:
     """The header line of a service benchmark: CPU, cores, load, what else runs here."""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"machine : {cpu_model()}, {os.cpu_count()} logical CPUs, load avg {load} "
-            f"(shared with {shared_with})")
+    return (
+        f"machine : {cpu_model()}, {os.cpu_count()} logical CPUs, load avg {load} "
+        f"(shared with {shared_with})"
+    )

@@ -38,8 +38,16 @@ import numpy as np
 from brokercore.engine.records import COMMAND_DTYPE, EVENT_DTYPE, EventType, Op, Side, Stp, Tif
 
 __all__ = [
-    "Workload", "Profile", "MixedProfile", "ExchangeCoreProfile", "PROFILES",
-    "generate", "memory_book_commands", "bound_methods", "per_order_calls", "run_calls",
+    "Workload",
+    "Profile",
+    "MixedProfile",
+    "ExchangeCoreProfile",
+    "PROFILES",
+    "generate",
+    "memory_book_commands",
+    "bound_methods",
+    "per_order_calls",
+    "run_calls",
     "per_order_events",
 ]
 
@@ -114,11 +122,14 @@ class BookMirror:
         trades = types == EventType.TRADE
         positions = np.concatenate([np.flatnonzero(touches), np.flatnonzero(trades)])
         ids = np.concatenate([events["order_id"][touches], events["other_id"][trades]])
-        after = np.concatenate([
-            np.where(np.isin(types[touches], self._ALIVE_AFTER),
-                     events["remaining"][touches], 0),
-            events["other_remaining"][trades],
-        ])
+        after = np.concatenate(
+            [
+                np.where(
+                    np.isin(types[touches], self._ALIVE_AFTER), events["remaining"][touches], 0
+                ),
+                events["other_remaining"][trades],
+            ]
+        )
         chronological = np.argsort(positions, kind="stable")
         _assign_last(self.open_qty, ids[chronological], after[chronological])
         priced = np.isin(types, (EventType.ACCEPTED, EventType.AMENDED))
@@ -169,7 +180,7 @@ def _concatenate(chunks: list[np.ndarray]) -> np.ndarray:
     out = _empty_commands(sum(len(c) for c in chunks))
     start = 0
     for chunk in chunks:
-        out[start:start + len(chunk)] = chunk
+        out[start : start + len(chunk)] = chunk
         start += len(chunk)
     return out
 
@@ -236,9 +247,11 @@ class Profile:
 
 class MixedProfile(Profile):
     name = "mixed"
-    description = ("60% limit (85% GTC, 15% IOC), 10% market IOC, 30% cancel of live "
-                   "orders; random-walk mid in a 2,000-tick band; qty 1..1000; 8 accounts; "
-                   "~5,000 resting orders")
+    description = (
+        "60% limit (85% GTC, 15% IOC), 10% market IOC, 30% cancel of live "
+        "orders; random-walk mid in a 2,000-tick band; qty 1..1000; 8 accounts; "
+        "~5,000 resting orders"
+    )
     mid = 100_000
     low = 99_000
     high = 100_999
@@ -256,11 +269,18 @@ class MixedProfile(Profile):
 
     def _mid_path(self, state: GeneratorState, size: int) -> np.ndarray:
         """The mid at every command of the chunk: a clipped random walk."""
-        steps = state.rng.choice((-1, 0, 1), size=size, p=(
-            self.mid_step_probability / 2, 1 - self.mid_step_probability,
-            self.mid_step_probability / 2))
-        path = np.clip(state.mid + np.cumsum(steps), self.low + self.mid_margin,
-                       self.high - self.mid_margin)
+        steps = state.rng.choice(
+            (-1, 0, 1),
+            size=size,
+            p=(
+                self.mid_step_probability / 2,
+                1 - self.mid_step_probability,
+                self.mid_step_probability / 2,
+            ),
+        )
+        path = np.clip(
+            state.mid + np.cumsum(steps), self.low + self.mid_margin, self.high - self.mid_margin
+        )
         state.mid = int(path[-1])
         return path
 
@@ -284,8 +304,9 @@ class MixedProfile(Profile):
 
     def gtc_orders(self, state, count):
         commands = _empty_commands(count)
-        self._fill_new_orders(state, commands, np.arange(count), np.full(count, state.mid),
-                              Op.LIMIT, Tif.GTC)
+        self._fill_new_orders(
+            state, commands, np.arange(count), np.full(count, state.mid), Op.LIMIT, Tif.GTC
+        )
         commands["order_id"] = state.take_ids(count)
         return commands
 
@@ -295,9 +316,11 @@ class MixedProfile(Profile):
         commands = _empty_commands(size)
         limit_rows = np.flatnonzero(kind["limit"])
         ioc = state.rng.random(len(limit_rows)) < self.ioc_share_of_limits
-        for rows, op, tif in ((limit_rows[~ioc], Op.LIMIT, Tif.GTC),
-                              (limit_rows[ioc], Op.LIMIT, Tif.IOC),
-                              (np.flatnonzero(kind["market"]), Op.MARKET, Tif.IOC)):
+        for rows, op, tif in (
+            (limit_rows[~ioc], Op.LIMIT, Tif.GTC),
+            (limit_rows[ioc], Op.LIMIT, Tif.IOC),
+            (np.flatnonzero(kind["market"]), Op.MARKET, Tif.IOC),
+        ):
             self._fill_new_orders(state, commands, rows, mids[rows], op, tif)
         new_rows = np.flatnonzero(kind["limit"] | kind["market"])
         commands["order_id"][new_rows] = state.take_ids(len(new_rows))
@@ -311,8 +334,10 @@ class MixedProfile(Profile):
 
 class ExchangeCoreProfile(Profile):
     name = "exchange-core"
-    description = ("82% amend (price move of a resting order), 9% GTC limit, 6% cancel, "
-                   "3% IOC; ~1,000 resting orders; 1,000 accounts")
+    description = (
+        "82% amend (price move of a resting order), 9% GTC limit, 6% cancel, "
+        "3% IOC; ~1,000 resting orders; 1,000 accounts"
+    )
     mid = 100_000
     low = 80_000  # +-20% band, like the memory test's books
     high = 120_000
@@ -333,8 +358,7 @@ class ExchangeCoreProfile(Profile):
         rng = state.rng
         count = len(sides)
         spread = 1 + (rng.random(count) ** 2 * self.price_deviation).astype(np.int64)
-        distance = np.abs(rng.integers(0, spread, size=(4, count)).sum(axis=0) // 4 * 2
-                          - spread)
+        distance = np.abs(rng.integers(0, spread, size=(4, count)).sum(axis=0) // 4 * 2 - spread)
         return self.clip_price(state.mid + _signed_by_side(sides, distance))
 
     def _fill_new_orders(self, state, commands, rows, tif) -> None:
@@ -457,8 +481,16 @@ def generate(profile: Profile, n_ops: int, seed: int, book_class, progress=None)
         "mean_resting_orders": float(np.mean(runner.live_samples or [0])),
         "mean_levels": float(np.mean(runner.level_samples or [0])),
     }
-    return Workload(profile.name, profile.description, profile.low, profile.high,
-                    int(profile.book_stp), prefill, commands, stats)
+    return Workload(
+        profile.name,
+        profile.description,
+        profile.low,
+        profile.high,
+        int(profile.book_stp),
+        prefill,
+        commands,
+        stats,
+    )
 
 
 # ------------------------------------------------------------ per-order calls
@@ -480,10 +512,13 @@ def per_order_calls(commands: np.ndarray) -> list[tuple[int, tuple]]:
         if commands[name].any():
             raise ValueError(f"per-order conversion expects {name} == 0 in every command")
     ops = commands["op"]
-    columns = {name: commands[name].tolist()
-               for name in ("order_id", "side", "price", "qty", "account", "tif")}
-    oid, side, price, qty, account, tif = (columns[n] for n in
-                                           ("order_id", "side", "price", "qty", "account", "tif"))
+    columns = {
+        name: commands[name].tolist()
+        for name in ("order_id", "side", "price", "qty", "account", "tif")
+    }
+    oid, side, price, qty, account, tif = (
+        columns[n] for n in ("order_id", "side", "price", "qty", "account", "tif")
+    )
     arguments = {
         Op.LIMIT: lambda i: (oid[i], side[i], price[i], qty[i], account[i], tif[i]),
         Op.MARKET: lambda i: (oid[i], side[i], qty[i], account[i], tif[i]),
@@ -501,7 +536,6 @@ def run_calls(methods: tuple, calls: list) -> None:
         methods[op](*args)
 
 
-
 def per_order_events(workload: Workload, book_class, calls: list, expected_count: int):
     """Run the calls once more collecting ``last_events()`` after each; returns the
     events (None if more were produced than expected) and the per-call event counts."""
@@ -513,10 +547,11 @@ def per_order_events(workload: Workload, book_class, calls: list, expected_count
         count = methods[op](*args)
         if position + count > expected_count:
             return None, counts
-        events[position:position + count] = book.last_events()
+        events[position : position + count] = book.last_events()
         counts[i] = count
         position += count
     return (events if position == expected_count else None), counts
+
 
 # ------------------------------------------------------------------ memory test
 
@@ -535,4 +570,3 @@ def memory_book_commands(mid: int, orders_per_side: int, gap: int, rng) -> np.nd
     commands["qty"] = rng.integers(1, 1001, size=len(commands))
     commands["account"] = np.arange(len(commands)) % 10 + 1
     return commands
-

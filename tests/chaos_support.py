@@ -52,8 +52,7 @@ def tail(path: Path, lines: int = 12) -> str:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
         return "(no log)"
-    return "\n".join([line[:300] for line in text.splitlines()
-                      if not NOISE.search(line)][-lines:])
+    return "\n".join([line[:300] for line in text.splitlines() if not NOISE.search(line)][-lines:])
 
 
 def alive(pid: int | None) -> bool:
@@ -69,13 +68,14 @@ def alive(pid: int | None) -> bool:
 
 # --- servers ---------------------------------------------------------------------------------
 
+
 class Servers:
     """Private Postgres, Redis and Kafka, each under ``root`` and on ports of its own;
     ``env`` holds the scripts' settings of all three."""
 
     def __init__(self, root: Path):
         self.root = root
-        root.chmod(0o755)                  # Postgres runs as its own OS user under root
+        root.chmod(0o755)  # Postgres runs as its own OS user under root
         self.postgres = PrivatePostgres(root / "pg")
         self.redis = PrivateRedis(root / "redis")
         self.kafka = PrivateKafka(root / "kafka")
@@ -90,8 +90,12 @@ class Servers:
     def keep_logs(self, folder: Path) -> None:
         """Copy the servers' own logs into ``folder`` (their state is removed)."""
         folder.mkdir(parents=True, exist_ok=True)
-        for log in ("kafka/logs/server.log", "kafka/logs/stdout.log", "pg/postgres.log",
-                    "redis/redis.log"):
+        for log in (
+            "kafka/logs/server.log",
+            "kafka/logs/stdout.log",
+            "pg/postgres.log",
+            "redis/redis.log",
+        ):
             if (self.root / log).exists():
                 shutil.copy(self.root / log, folder / log.replace("/", "-"))
 
@@ -116,13 +120,21 @@ class Servers:
 
 # --- services --------------------------------------------------------------------------------
 
+
 class Service:
     """One long-running process of the platform, its output in ``log``."""
 
-    def __init__(self, name: str, argv: list[str], env: dict, log: Path, ready: str | None,
-                 port: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict,
+        log: Path,
+        ready: str | None,
+        port: int | None = None,
+    ):
         self.name, self.argv, self.env, self.log = name, argv, env, log
-        self.ready, self.port = ready, port      # a log line, or an HTTP port, to wait for
+        self.ready, self.port = ready, port  # a log line, or an HTTP port, to wait for
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
@@ -139,19 +151,26 @@ class Service:
             out.write(f"--- chaos: start #{self.starts} ---\n".encode())
             out.flush()
             self._mark = out.tell()
-            self.process = subprocess.Popen(self.argv, cwd=REPO, env=self.env, stdout=out,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while not self.is_ready():
             if not self.running():
-                raise AssertionError(f"{self.name} exited ({self.process.returncode}) at "
-                                     f"start:\n{tail(self.log, 30)}")
+                raise AssertionError(
+                    f"{self.name} exited ({self.process.returncode}) at "
+                    f"start:\n{tail(self.log, 30)}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} not ready in {timeout} s:\n"
-                                     f"{tail(self.log, 30)}")
+                raise AssertionError(f"{self.name} not ready in {timeout} s:\n{tail(self.log, 30)}")
             time.sleep(0.1)
 
     def is_ready(self) -> bool:
@@ -191,7 +210,7 @@ class Service:
 class Symbol:
     name: str
     shard: int
-    mid: Decimal            # rupees
+    mid: Decimal  # rupees
     tick: Decimal
 
 
@@ -203,40 +222,89 @@ class Platform:
         self.servers, self.root, self.shards = servers, root, shards
         (root / "logs").mkdir(exist_ok=True)
         self.oms_port, self.query_port = free_port(), free_port()
-        self.env = os.environ | servers.env | {
-            "BROKERCORE_DEV_MODE": "1", "BROKERCORE_SHARDS": str(shards),
-            "BROKERCORE_DATABASE_URL": servers.database_url,
-            "BROKERCORE_REDIS_URL": servers.redis_url,
-            "BROKERCORE_KAFKA_BOOTSTRAP": servers.bootstrap,
-            "BROKERCORE_CALENDAR": "always-open"}          # as `make up`: trades at any hour
-        for name in ("BROKERCORE_TOPIC_PREFIX", "BROKERCORE_REDIS_PREFIX",
-                     "BROKERCORE_INSTRUMENTS"):
+        self.env = (
+            os.environ
+            | servers.env
+            | {
+                "BROKERCORE_DEV_MODE": "1",
+                "BROKERCORE_SHARDS": str(shards),
+                "BROKERCORE_DATABASE_URL": servers.database_url,
+                "BROKERCORE_REDIS_URL": servers.redis_url,
+                "BROKERCORE_KAFKA_BOOTSTRAP": servers.bootstrap,
+                "BROKERCORE_CALENDAR": "always-open",
+            }
+        )  # as `make up`: trades at any hour
+        for name in (
+            "BROKERCORE_TOPIC_PREFIX",
+            "BROKERCORE_REDIS_PREFIX",
+            "BROKERCORE_INSTRUMENTS",
+        ):
             self.env.pop(name, None)
         self.users = [f"chaos{i:02d}" for i in range(users)]
         self.symbols = self._symbols()
         py = sys.executable
 
         def api(name, module, port):
-            return Service(name, [py, "-m", "brokercore.cli", "service", module,
-                                  "--port", str(port)],
-                           self.env, self._log(name), None, port)
+            return Service(
+                name,
+                [py, "-m", "brokercore.cli", "service", module, "--port", str(port)],
+                self.env,
+                self._log(name),
+                None,
+                port,
+            )
 
         self.services: dict[str, Service] = {}
         for shard in range(shards):
-            self._add(Service(f"engine-{shard}", [
-                py, "-m", "brokercore.cli", "engine", "--shard", str(shard), "--shards",
-                str(shards)], self.env, self._log(f"engine-{shard}"), "active from"))
+            self._add(
+                Service(
+                    f"engine-{shard}",
+                    [
+                        py,
+                        "-m",
+                        "brokercore.cli",
+                        "engine",
+                        "--shard",
+                        str(shard),
+                        "--shards",
+                        str(shards),
+                    ],
+                    self.env,
+                    self._log(f"engine-{shard}"),
+                    "active from",
+                )
+            )
         self._add(api("oms", "oms", self.oms_port))
         self._add(api("query", "query", self.query_port))
         for name in ("settlement", "projector"):
-            self._add(Service(name, [py, "-m", "brokercore.cli", "service", name], self.env,
-                              self._log(name), "from offsets"))
-        self._add(Service("notifier", [py, "-m", "brokercore.cli", "service", "notifier"], self.env,
-                          self._log("notifier"), None))
+            self._add(
+                Service(
+                    name,
+                    [py, "-m", "brokercore.cli", "service", name],
+                    self.env,
+                    self._log(name),
+                    "from offsets",
+                )
+            )
+        self._add(
+            Service(
+                "notifier",
+                [py, "-m", "brokercore.cli", "service", "notifier"],
+                self.env,
+                self._log("notifier"),
+                None,
+            )
+        )
         # Rounds every 5 s, not 30: a round that dies of a fault shows within the test.
-        self._add(Service("reconciler",
-                          [py, "-m", "brokercore.cli", "service", "reconciler", "--every", "5"],
-                          self.env, self._log("reconciler"), None))
+        self._add(
+            Service(
+                "reconciler",
+                [py, "-m", "brokercore.cli", "service", "reconciler", "--every", "5"],
+                self.env,
+                self._log("reconciler"),
+                None,
+            )
+        )
 
     def _add(self, service: Service) -> None:
         self.services[service.name] = service
@@ -257,8 +325,14 @@ class Platform:
 
     def prepare(self) -> None:
         """Migrations and the funded accounts (as `make up` runs the migrations)."""
-        subprocess.run([sys.executable, "-m", "brokercore.db.migrations"], cwd=REPO, env=self.env,
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "brokercore.db.migrations"],
+            cwd=REPO,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         fund_accounts(self.servers.database_url, self.users, [s.name for s in self.symbols])
 
     def start(self) -> list[str]:
@@ -279,8 +353,9 @@ class Platform:
                     except AssertionError as e:
                         if attempt == 2:
                             raise
-                        restarted.append(f"{service.name} failed at start and was started "
-                                         f"again: {e}")
+                        restarted.append(
+                            f"{service.name} failed at start and was started again: {e}"
+                        )
                         service.stop()
                         service.start()
         return restarted
@@ -297,7 +372,7 @@ class Platform:
 
 
 # Each account's starting cash and shares: far more than the load can ever use.
-CASH = 10 ** 12             # paise
+CASH = 10**12  # paise
 SHARES = 1_000_000
 
 
@@ -310,9 +385,11 @@ def fund_accounts(url: str, users: list[str], symbols: list[str]) -> None:
 
 # --- the load --------------------------------------------------------------------------------
 
+
 @dataclass
 class Placed:
     """One order a client meant to place: its key, and the id it was given (if any)."""
+
     key: str
     user: str
     symbol: str
@@ -335,8 +412,8 @@ class Load:
         self.url = f"http://127.0.0.1:{platform.oms_port}"
         self.rng = random.Random(seed)
         self.placed: list[Placed] = []
-        self.answers: list[tuple[float, str]] = []      # (time, kind), every attempt
-        self.errors: list[str] = []                     # clients that crashed (a bug here)
+        self.answers: list[tuple[float, str]] = []  # (time, kind), every attempt
+        self.errors: list[str] = []  # clients that crashed (a bug here)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -350,15 +427,20 @@ class Load:
         self._thread.join(timeout + 30)
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=10.0,
-                                     limits=httpx.Limits(max_connections=100)) as http:
-            await asyncio.gather(*(self._client(http, user, random.Random(self.rng.random()))
-                                   for user in self.platform.users))
+        async with httpx.AsyncClient(
+            base_url=self.url, timeout=10.0, limits=httpx.Limits(max_connections=100)
+        ) as http:
+            await asyncio.gather(
+                *(
+                    self._client(http, user, random.Random(self.rng.random()))
+                    for user in self.platform.users
+                )
+            )
 
     async def _client(self, http: httpx.AsyncClient, user: str, rng: random.Random) -> None:
         try:
             await self._orders(http, user, rng)
-        except Exception as e:          # noqa: BLE001 - reported by the test
+        except Exception as e:  # noqa: BLE001 - reported by the test
             self.errors.append(f"client {user}: {e!r}")
 
     async def _orders(self, http: httpx.AsyncClient, user: str, rng: random.Random) -> None:
@@ -378,13 +460,26 @@ class Load:
             placed = Placed(uuid.uuid4().hex, user, symbol.name, time.monotonic())
             self.placed.append(placed)
             mine.append(placed)
-            body = {"symbol": symbol.name, "side": side, "type": "LIMIT",
-                    "quantity": rng.randint(1, 20), "price": str(price), "timeInForce": "GTC",
-                    "idempotencyKey": placed.key}
+            body = {
+                "symbol": symbol.name,
+                "side": side,
+                "type": "LIMIT",
+                "quantity": rng.randint(1, 20),
+                "price": str(price),
+                "timeInForce": "GTC",
+                "idempotencyKey": placed.key,
+            }
             await self._send(http, "POST", "/api/v1/orders", headers, body, placed)
 
-    async def _send(self, http, method: str, path: str, headers: dict, body: dict | None,
-                    placed: Placed | None = None) -> None:
+    async def _send(
+        self,
+        http,
+        method: str,
+        path: str,
+        headers: dict,
+        body: dict | None,
+        placed: Placed | None = None,
+    ) -> None:
         delay = 0.1
         while True:
             if placed is not None:
@@ -420,8 +515,11 @@ class Load:
     # what happened, for the checks and the summary
 
     def accepted(self, before: float | None = None) -> dict[int, Placed]:
-        return {p.order_id: p for p in list(self.placed) if p.order_id is not None
-                and (before is None or p.accepted_at <= before)}
+        return {
+            p.order_id: p
+            for p in list(self.placed)
+            if p.order_id is not None and (before is None or p.accepted_at <= before)
+        }
 
     def count(self, start: float, end: float, kinds=lambda kind: True) -> int:
         return sum(1 for t, kind in list(self.answers) if start <= t <= end and kinds(kind))
@@ -430,7 +528,7 @@ class Load:
 def _code(response: httpx.Response | None) -> str:
     try:
         return response.json()["error"]["code"]
-    except Exception:                   # noqa: BLE001 - not the JSON error shape
+    except Exception:  # noqa: BLE001 - not the JSON error shape
         return "(not the JSON error shape)"
 
 
@@ -447,27 +545,39 @@ def is_5xx(kind: str) -> bool:
 
 # --- checks ----------------------------------------------------------------------------------
 
+
 def pending(platform: Platform, ids: list[int]) -> list[tuple]:
     """(order id, symbol) of the given orders that the engine has not answered yet."""
     with platform.connect() as conn:
-        return conn.execute("SELECT order_id, symbol FROM orders WHERE status = 'PENDING' "
-                            "AND order_id = ANY(%s) ORDER BY order_id", (ids,)).fetchall()
+        return conn.execute(
+            "SELECT order_id, symbol FROM orders WHERE status = 'PENDING' "
+            "AND order_id = ANY(%s) ORDER BY order_id",
+            (ids,),
+        ).fetchall()
 
 
 def missing(platform: Platform, ids: list[int]) -> list[int]:
     with platform.connect() as conn:
-        found = {row[0] for row in conn.execute(
-            "SELECT order_id FROM orders WHERE order_id = ANY(%s)", (ids,))}
+        found = {
+            row[0]
+            for row in conn.execute("SELECT order_id FROM orders WHERE order_id = ANY(%s)", (ids,))
+        }
     return sorted(set(ids) - found)
 
 
 def end_offsets(platform: Platform) -> dict[int, int]:
     """The events topic's high watermark per partition."""
-    consumer = Consumer({"bootstrap.servers": platform.servers.bootstrap,
-                         "group.id": f"chaos-probe-{uuid.uuid4().hex}"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": platform.servers.bootstrap,
+            "group.id": f"chaos-probe-{uuid.uuid4().hex}",
+        }
+    )
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition("events", p), timeout=5)[1]
-                for p in range(platform.shards)}
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition("events", p), timeout=5)[1]
+            for p in range(platform.shards)
+        }
     finally:
         consumer.close()
 
@@ -476,16 +586,19 @@ def consumer_positions(platform: Platform) -> dict[str, dict[int, int]]:
     """Where each events consumer stands: settlement and projector keep their offsets in
     Postgres, the notifier in its Kafka group."""
     with platform.connect() as conn:
-        rows = conn.execute("SELECT consumer, partition, next_offset FROM consumer_offsets "
-                            "WHERE topic = 'events'").fetchall()
+        rows = conn.execute(
+            "SELECT consumer, partition, next_offset FROM consumer_offsets WHERE topic = 'events'"
+        ).fetchall()
     positions: dict[str, dict[int, int]] = defaultdict(dict)
     for consumer, partition, offset in rows:
         positions[consumer][partition] = offset
-    probe = Consumer({"bootstrap.servers": platform.servers.bootstrap,
-                      "group.id": notifier_group_id("")})
+    probe = Consumer(
+        {"bootstrap.servers": platform.servers.bootstrap, "group.id": notifier_group_id("")}
+    )
     try:
-        for tp in probe.committed([TopicPartition("events", p) for p in range(platform.shards)],
-                                  timeout=5):
+        for tp in probe.committed(
+            [TopicPartition("events", p) for p in range(platform.shards)], timeout=5
+        ):
             positions["notifier"][tp.partition] = tp.offset
     finally:
         probe.close()
@@ -495,32 +608,41 @@ def consumer_positions(platform: Platform) -> dict[str, dict[int, int]]:
 def lagging(platform: Platform, ends: dict[int, int]) -> list[str]:
     """The consumers (and partitions) not yet past ``ends``."""
     positions = consumer_positions(platform)
-    return [f"{name} partition {p} at {positions.get(name, {}).get(p)} < {end}"
-            for name in ("settlement", "projector", "notifier") for p, end in ends.items()
-            if end > 0 and positions.get(name, {}).get(p, -1) < end]
+    return [
+        f"{name} partition {p} at {positions.get(name, {}).get(p)} < {end}"
+        for name in ("settlement", "projector", "notifier")
+        for p, end in ends.items()
+        if end > 0 and positions.get(name, {}).get(p, -1) < end
+    ]
 
 
 TOTALS = {
     # The reconciler (brokercore.consumers.reconcile.check_invariants) checks each account against
     # its funding and fills; these check what that rests on, over all accounts at once.
-    "cash + fee income not constant (paise)":
+    "cash + fee income not constant (paise)": (
         "SELECT total FROM (SELECT (SELECT sum(cash) FROM accounts) + (SELECT "
-        "coalesce(sum(amount), 0) FROM fee_income) AS total) t WHERE total <> %(cash)s",
-    "shares of a symbol not constant":
+        "coalesce(sum(amount), 0) FROM fee_income) AS total) t WHERE total <> %(cash)s"
+    ),
+    "shares of a symbol not constant": (
         "SELECT symbol, sum(quantity) FROM positions GROUP BY symbol "
-        "HAVING sum(quantity) <> %(shares)s",
-    "a trade without exactly one buy and one sell fill of the same size and price":
+        "HAVING sum(quantity) <> %(shares)s"
+    ),
+    "a trade without exactly one buy and one sell fill of the same size and price": (
         "SELECT trade_id, array_agg(side), array_agg(quantity) FROM fills GROUP BY trade_id "
         "HAVING count(*) <> 2 OR count(DISTINCT side) <> 2 OR count(DISTINCT quantity) <> 1 "
-        "OR count(DISTINCT price) <> 1",
-    "a status that does not match the filled quantity":
+        "OR count(DISTINCT price) <> 1"
+    ),
+    "a status that does not match the filled quantity": (
         "SELECT order_id, status, quantity, filled_quantity FROM orders WHERE "
         "(status = 'FILLED') <> (filled_quantity = quantity) "
         "OR (status = 'PARTIALLY_FILLED' AND filled_quantity = 0) "
-        "OR (status IN ('OPEN', 'PENDING') AND filled_quantity <> 0)",
+        "OR (status IN ('OPEN', 'PENDING') AND filled_quantity <> 0)"
+    ),
 }
-SESSIONS = {symbol: instrument.session for symbol, instrument in
-            load_market(REPO / "config/instruments.toml", "always-open").items()}
+SESSIONS = {
+    symbol: instrument.session
+    for symbol, instrument in load_market(REPO / "config/instruments.toml", "always-open").items()
+}
 
 
 def broken_invariants(platform: Platform) -> list[str]:
@@ -532,8 +654,9 @@ def broken_invariants(platform: Platform) -> list[str]:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         findings = check_invariants(conn, SESSIONS, datetime.now(UTC))
         for kind, n in Counter(f.kind for f in findings).items():
-            found.append(f"{kind}: {n} finding(s), e.g. "
-                         f"{[str(f) for f in findings if f.kind == kind][:3]}")
+            found.append(
+                f"{kind}: {n} finding(s), e.g. {[str(f) for f in findings if f.kind == kind][:3]}"
+            )
         for name, query in TOTALS.items():
             rows = conn.execute(query, params).fetchall()
             if rows:
@@ -545,16 +668,19 @@ def broken_invariants(platform: Platform) -> list[str]:
 def read_model_differences(platform: Platform) -> list[str]:
     """Where the projector's read model disagrees with the ledger (checked at rest)."""
     queries = {
-        "read_model.orders differs from orders":
+        "read_model.orders differs from orders": (
             "SELECT o.order_id, o.status, o.filled_quantity, r.status, r.filled_quantity "
             "FROM orders o LEFT JOIN read_model.orders r USING (order_id) "
             "WHERE r.order_id IS NULL OR (o.status, o.filled_quantity) "
-            "<> (r.status, r.filled_quantity)",
-        "read_model.positions differs from positions":
+            "<> (r.status, r.filled_quantity)"
+        ),
+        "read_model.positions differs from positions": (
             "SELECT a.user_id, p.symbol, p.quantity, r.quantity FROM positions p "
             "JOIN accounts a USING (account_id) LEFT JOIN read_model.positions r "
             "ON r.user_id = a.user_id AND r.symbol = p.symbol "
-            "WHERE r.quantity IS DISTINCT FROM p.quantity"}
+            "WHERE r.quantity IS DISTINCT FROM p.quantity"
+        ),
+    }
     found = []
     with platform.connect() as conn:
         for name, query in queries.items():
@@ -566,18 +692,27 @@ def read_model_differences(platform: Platform) -> list[str]:
 
 def reconciler_report(platform: Platform) -> tuple[int, str]:
     """`brokercore service reconciler --report` on the platform: exit code and output."""
-    done = subprocess.run([sys.executable, "-m", "brokercore.cli", "service", "reconciler",
-                           "--report"], cwd=REPO, env=platform.env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "brokercore.cli", "service", "reconciler", "--report"],
+        cwd=REPO,
+        env=platform.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
 def http_problems(platform: Platform) -> list[str]:
     """The HTTP services answer (JSON, not 5xx) a request of a funded user."""
     headers = {"Authorization": f"Bearer {mint_token(platform.users[0], JWT)}"}
-    probes = {"oms": ("DELETE", f"http://127.0.0.1:{platform.oms_port}/api/v1/orders/"
-                                "999999999999"),                   # no such order: a 404
-              "query": ("GET", f"http://127.0.0.1:{platform.query_port}/api/v1/portfolio")}
+    probes = {
+        "oms": (
+            "DELETE",
+            f"http://127.0.0.1:{platform.oms_port}/api/v1/orders/999999999999",
+        ),  # no such order: a 404
+        "query": ("GET", f"http://127.0.0.1:{platform.query_port}/api/v1/portfolio"),
+    }
     found = []
     for name, (method, url) in probes.items():
         try:
@@ -598,8 +733,9 @@ def log_errors(path: Path, since: int, limit: int = 8) -> list[str]:
         text = log.read().decode(errors="replace")
     seen, lines = set(), []
     for line in text.splitlines():
-        if (not re.search(r"Error|Exception|Traceback|lost|fenced|failed|FATAL|CRITICAL", line)
-                or NOISE.search(line)):
+        if not re.search(
+            r"Error|Exception|Traceback|lost|fenced|failed|FATAL|CRITICAL", line
+        ) or NOISE.search(line):
             continue
         shape = re.sub(r"\d+", "#", line)
         if shape not in seen:

@@ -71,14 +71,16 @@ def book_cls(request):
 
 # --- the shared servers (tests/shared_servers.py) --------------------------------------------
 
+
 def start_unless_elsewhere(server: str, variable: str) -> None:
     """``scripts/<server>/<server>.sh start`` (a no-op when it runs), unless ``variable``
     points the tests at a server of someone else's."""
     if variable in os.environ:
         return
     script = REPO / f"scripts/{server}/{server}.sh"
-    done = subprocess.run([str(script), "start"], check=False, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [str(script), "start"], check=False, capture_output=True, text=True, timeout=600
+    )
     if done.returncode != 0:
         pytest.fail(f"{script.relative_to(REPO)} start failed:\n{done.stderr}")
 
@@ -134,7 +136,7 @@ def conn(migrated: str) -> Iterator[psycopg.Connection]:
 def database(migrated: str) -> str:
     """The test's migrated database with three OMS users: alice and carol with cash, bob
     with 100 RELIANCE and no cash."""
-    with psycopg.connect(migrated, autocommit=True) as connection:     # journalled deposits
+    with psycopg.connect(migrated, autocommit=True) as connection:  # journalled deposits
         open_account(connection, "alice", cash=1_000_000 * 100)
         open_account(connection, "bob", shares={"RELIANCE": 100})
         open_account(connection, "carol", cash=1_000_000 * 100)
@@ -142,6 +144,7 @@ def database(migrated: str) -> str:
 
 
 # --- private servers, to stop and kill (tests/private_servers.py) ----------------------------
+
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
@@ -157,6 +160,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 # --- engine daemons (tests/kafka_support.py) -------------------------------------------------
 
+
 @pytest.fixture
 def instruments_file(tmp_path: Path) -> Path:
     """The instruments file of kafka_support.instruments(), for `brokercore engine`."""
@@ -164,6 +168,7 @@ def instruments_file(tmp_path: Path) -> Path:
 
 
 # --- WebSocket gateways (tests/ws_support.py) ----------------------------------------------
+
 
 @pytest.fixture
 def gateways(database, tmp_path):
@@ -173,9 +178,15 @@ def gateways(database, tmp_path):
     servers: list[Server] = []
 
     def start(n: int = 1, **settings) -> list[Server]:
-        env = os.environ | {"BROKERCORE_DATABASE_URL": database, "BROKERCORE_DEV_MODE": "1",
-                            "BROKERCORE_REDIS_PREFIX": prefix} | {
-            f"BROKERCORE_{key.upper()}": str(value) for key, value in settings.items()}
+        env = (
+            os.environ
+            | {
+                "BROKERCORE_DATABASE_URL": database,
+                "BROKERCORE_DEV_MODE": "1",
+                "BROKERCORE_REDIS_PREFIX": prefix,
+            }
+            | {f"BROKERCORE_{key.upper()}": str(value) for key, value in settings.items()}
+        )
         started = [Server(tmp_path / f"gateway{len(servers) + i}.log", env) for i in range(n)]
         servers.extend(started)
         for server in started:

@@ -17,8 +17,14 @@ from kafka_support import new_settings
 from oms_support import OPEN_MARKET
 from shared_servers import REDIS_URL, service_settings
 
-STORED = ("orders", "idempotency_keys", "outbox", "push_devices", "price_alerts",
-          "notification_preferences")
+STORED = (
+    "orders",
+    "idempotency_keys",
+    "outbox",
+    "push_devices",
+    "price_alerts",
+    "notification_preferences",
+)
 """The tables a request of a client can add rows to."""
 
 
@@ -34,8 +40,7 @@ class LogRecords(logging.Handler):
             self.records.append(record)
 
     def tracebacks(self) -> list[str]:
-        return [self.format(r) for r in self.records
-                if r.exc_info or r.levelno >= logging.ERROR]
+        return [self.format(r) for r in self.records if r.exc_info or r.levelno >= logging.ERROR]
 
     def __enter__(self):
         root = logging.getLogger()
@@ -59,10 +64,12 @@ class Services:
         self.database = database
         self.kafka = new_settings(4)
         self.settings = service_settings(database, self.kafka.topic_prefix, **overrides)
-        self.apps = {"oms": oms_app(self.settings, self.kafka),
-                     "query": query_app(self.settings),
-                     "notifications": notifications_app(self.settings),
-                     "gateway": gateway_app(self.settings)}
+        self.apps = {
+            "oms": oms_app(self.settings, self.kafka),
+            "query": query_app(self.settings),
+            "notifications": notifications_app(self.settings),
+            "gateway": gateway_app(self.settings),
+        }
         self._lifespans = []
         self._counter: psycopg.Connection | None = None
 
@@ -71,9 +78,14 @@ class Services:
             lifespan = app.router.lifespan_context(app)
             await lifespan.__aenter__()
             self._lifespans.append(lifespan)
-            setattr(self, name, httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                base_url=f"http://{name}"))
+            setattr(
+                self,
+                name,
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                    base_url=f"http://{name}",
+                ),
+            )
         self.apps["oms"].state.oms.entry.clock = lambda: OPEN_MARKET
         return self
 
@@ -94,8 +106,9 @@ class Services:
         """Rows in each table a client's request can write to."""
         if self._counter is None or self._counter.closed:
             self._counter = psycopg.connect(self.database, autocommit=True)
-        counts = self._counter.execute("SELECT " + ", ".join(
-            f"(SELECT count(*) FROM {table})" for table in STORED)).fetchone()
+        counts = self._counter.execute(
+            "SELECT " + ", ".join(f"(SELECT count(*) FROM {table})" for table in STORED)
+        ).fetchone()
         return dict(zip(STORED, counts, strict=True))
 
 

@@ -48,14 +48,20 @@ def new_settings(shards: int, bootstrap: str = KAFKA_BOOTSTRAP) -> KafkaSettings
 
 
 def instruments(session_orders: int = 200_000) -> list[Instrument]:
-    return [Instrument(name, i, MID - HALF_BAND, MID + HALF_BAND,
-                       session_orders=session_orders) for name, i in SYMBOLS.items()]
+    return [
+        Instrument(name, i, MID - HALF_BAND, MID + HALF_BAND, session_orders=session_orders)
+        for name, i in SYMBOLS.items()
+    ]
 
 
 def write_instruments(path: Path, items: Sequence[Instrument]) -> Path:
-    path.write_text("".join(
-        f"[[instrument]]\nsymbol = \"{i.symbol}\"\nid = {i.symbol_id}\nlow = {i.low}\n"
-        f"high = {i.high}\nsession_orders = {i.session_orders}\n\n" for i in items))
+    path.write_text(
+        "".join(
+            f'[[instrument]]\nsymbol = "{i.symbol}"\nid = {i.symbol_id}\nlow = {i.low}\n'
+            f"high = {i.high}\nsession_orders = {i.session_orders}\n\n"
+            for i in items
+        )
+    )
     return path
 
 
@@ -72,21 +78,22 @@ class OrderProducer:
 
     def __init__(self, settings: KafkaSettings):
         self.settings = settings
-        self._producer = Producer({"bootstrap.servers": settings.bootstrap,
-                                   "enable.idempotence": True, "linger.ms": 2})
+        self._producer = Producer(
+            {"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "linger.ms": 2}
+        )
 
     def send(self, commands: Iterable, flush: bool = True, timeout: float = 30) -> None:
         for command in commands:
-            self.send_raw(encode(command), partition_of(command.symbol, self.settings.shards),
-                          flush=False)
+            self.send_raw(
+                encode(command), partition_of(command.symbol, self.settings.shards), flush=False
+            )
         if flush:
             self.flush(timeout)
 
     def send_raw(self, payload: bytes, partition: int, flush: bool = True) -> None:
         while True:
             try:
-                self._producer.produce(self.settings.orders_topic, payload,
-                                       partition=partition)
+                self._producer.produce(self.settings.orders_topic, payload, partition=partition)
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -98,13 +105,25 @@ class OrderProducer:
             raise RuntimeError(f"orders were not delivered to Kafka in {timeout} s")
 
 
-def _read_all(topic: str, partitions: int, decode, settings: KafkaSettings,
-              until=lambda values: False, timeout: float = 60.0) -> list:
+def _read_all(
+    topic: str,
+    partitions: int,
+    decode,
+    settings: KafkaSettings,
+    until=lambda values: False,
+    timeout: float = 60.0,
+) -> list:
     """Every committed value of the topic, decoded, read until ``until(values)`` holds
     and every partition is at its end, or until ``timeout``."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": uuid.uuid4().hex,
-                         "isolation.level": "read_committed", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     values, at_end, deadline = [], set(), time.monotonic() + timeout
     try:
@@ -129,12 +148,18 @@ def _read_all(topic: str, partitions: int, decode, settings: KafkaSettings,
 _batch_decoder = msgspec.msgpack.Decoder(EventBatch)
 
 
-def read_events(settings: KafkaSettings, expected: int | None = None,
-                timeout: float = 90.0) -> dict[int, list[Event]]:
+def read_events(
+    settings: KafkaSettings, expected: int | None = None, timeout: float = 90.0
+) -> dict[int, list[Event]]:
     """The committed events, per shard in stream order; waits for ``expected`` events."""
-    batches = _read_all(settings.events_topic, settings.shards, _batch_decoder.decode,
-                        settings, until=lambda values: expected is None or sum(
-                            len(b.events) for _, b in values) >= expected, timeout=timeout)
+    batches = _read_all(
+        settings.events_topic,
+        settings.shards,
+        _batch_decoder.decode,
+        settings,
+        until=lambda values: expected is None or sum(len(b.events) for _, b in values) >= expected,
+        timeout=timeout,
+    )
     per_shard = defaultdict(list)
     for partition, batch in batches:
         assert batch.shard == partition, "an event batch on another shard's partition"
@@ -144,21 +169,34 @@ def read_events(settings: KafkaSettings, expected: int | None = None,
 
 def read_dead_letters(settings: KafkaSettings, expected: int = 0) -> list[DeadLetter]:
     decoder = msgspec.msgpack.Decoder(DeadLetter)
-    return [letter for _, letter in _read_all(
-        settings.dead_letter_topic, 1, decoder.decode, settings,
-        until=lambda values: len(values) >= expected)]
+    return [
+        letter
+        for _, letter in _read_all(
+            settings.dead_letter_topic,
+            1,
+            decoder.decode,
+            settings,
+            until=lambda values: len(values) >= expected,
+        )
+    ]
 
 
 def newest_snapshots(settings: KafkaSettings) -> dict[int, ShardSnapshot]:
     decoder = msgspec.msgpack.Decoder(ShardSnapshot)
     newest = {}
-    for _, snapshot in _read_all(settings.snapshots_topic, settings.shards, decoder.decode,
-                                 settings, until=lambda values: True):
+    for _, snapshot in _read_all(
+        settings.snapshots_topic,
+        settings.shards,
+        decoder.decode,
+        settings,
+        until=lambda values: True,
+    ):
         newest[snapshot.shard] = snapshot
     return newest
 
 
 # --- what the engine produces directly ---------------------------------------------------
+
 
 def direct_run(settings: KafkaSettings, items: Sequence[Instrument], commands: Sequence):
     """Per symbol, the published events (as wire tuples without shard_seq) of applying
@@ -167,11 +205,15 @@ def direct_run(settings: KafkaSettings, items: Sequence[Instrument], commands: S
     names = {i.symbol_id: i.symbol for i in items}
     per_symbol = defaultdict(list)
     for shard in range(settings.shards):
-        owned = {i.symbol: i.symbol_id for i in items
-                 if partition_of(i.symbol, settings.shards) == shard}
+        owned = {
+            i.symbol: i.symbol_id for i in items if partition_of(i.symbol, settings.shards) == shard
+        }
         table = SymbolTable(owned)
-        mine = [(n, encode(c)) for n, c in enumerate(commands)
-                if partition_of(c.symbol, settings.shards) == shard]
+        mine = [
+            (n, encode(c))
+            for n, c in enumerate(commands)
+            if partition_of(c.symbol, settings.shards) == shard
+        ]
         records, _, dead = CommandDecoder(table, "direct", shard).decode(mine)
         assert not dead
         encoder = EventEncoder(table, shard)
@@ -195,7 +237,8 @@ def assert_no_gap_no_duplicate(events: dict[int, list[Event]]) -> None:
     for shard, stream in events.items():
         seqs = [e.shard_seq for e in stream]
         assert seqs == list(range(1, len(seqs) + 1)), (
-            f"shard {shard}: shard_seq is not 1..{len(seqs)} without gap or repeat")
+            f"shard {shard}: shard_seq is not 1..{len(seqs)} without gap or repeat"
+        )
 
 
 def books_of(snapshot: ShardSnapshot) -> dict:
@@ -203,21 +246,35 @@ def books_of(snapshot: ShardSnapshot) -> dict:
 
 
 def same_book(a, b) -> bool:
-    return (a.seq == b.seq and a.is_open == b.is_open
-            and np.array_equal(a.orders(), b.orders()))
+    return a.seq == b.seq and a.is_open == b.is_open and np.array_equal(a.orders(), b.orders())
 
 
 # --- daemons as processes ------------------------------------------------------------------
 
+
 class Daemon(LoggedProcess):
     """`brokercore engine` for one shard, as a subprocess logging to its own file."""
 
-    def __init__(self, settings: KafkaSettings, shard: int, instruments_file: Path,
-                 log: Path, *options: str):
-        super().__init__(["engine", "--shard", str(shard), "--shards", str(settings.shards),
-                          "--bootstrap", settings.bootstrap,
-                          "--topic-prefix", settings.topic_prefix,
-                          "--instruments", str(instruments_file), *options], log)
+    def __init__(
+        self, settings: KafkaSettings, shard: int, instruments_file: Path, log: Path, *options: str
+    ):
+        super().__init__(
+            [
+                "engine",
+                "--shard",
+                str(shard),
+                "--shards",
+                str(settings.shards),
+                "--bootstrap",
+                settings.bootstrap,
+                "--topic-prefix",
+                settings.topic_prefix,
+                "--instruments",
+                str(instruments_file),
+                *options,
+            ],
+            log,
+        )
 
 
 def run_service_briefly(name: str, env: dict, log: Path) -> tuple[int, str]:
@@ -241,8 +298,9 @@ def run_until_stored(run, args: tuple, conn, consumer: str, topic: str, end: int
     from brokercore.consumers.pg_consumer import stored_offsets
 
     stop, lines = threading.Event(), []
-    runner = threading.Thread(target=run, args=args, kwargs=dict(
-        stop_event=stop, say=lines.append), daemon=True)
+    runner = threading.Thread(
+        target=run, args=args, kwargs=dict(stop_event=stop, say=lines.append), daemon=True
+    )
     runner.start()
     deadline = time.monotonic() + 60
     while stored_offsets(conn, consumer, topic).get(0) != end:
@@ -257,13 +315,15 @@ def run_until_stored(run, args: tuple, conn, consumer: str, topic: str, end: int
 
 # --- load and whole-run checks --------------------------------------------------------------
 
+
 class Load:
     """Publishes commands at a steady rate from a background thread, until the block
     ends (or the commands run out); ``sent`` is what it published. A chunk not delivered
     within ``patience`` seconds (Kafka away) is an error, raised at the end of the block."""
 
-    def __init__(self, settings, commands, rate: float = 2_000, chunk: int = 100,
-                 patience: float = 30):
+    def __init__(
+        self, settings, commands, rate: float = 2_000, chunk: int = 100, patience: float = 30
+    ):
         self._producer = OrderProducer(settings)
         self._commands, self._rate, self._chunk = commands, rate, chunk
         self._patience = patience
@@ -277,8 +337,8 @@ class Load:
             delay = start + i / self._rate - time.monotonic()
             if self._stop.wait(max(delay, 0)):
                 return
-            self._producer.send(self._commands[i:i + self._chunk], timeout=self._patience)
-            self.sent = self._commands[:i + self._chunk]
+            self._producer.send(self._commands[i : i + self._chunk], timeout=self._patience)
+            self.sent = self._commands[: i + self._chunk]
 
     def __enter__(self):
         self._running = self._thread.submit(self._run)
@@ -287,7 +347,7 @@ class Load:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.shutdown()
-        self._running.result()                  # what went wrong in the thread, raised here
+        self._running.result()  # what went wrong in the thread, raised here
 
     @property
     def done(self) -> bool:
@@ -304,6 +364,6 @@ def check_run(settings, commands, final_daemon):
     assert_no_gap_no_duplicate(events)
     assert by_symbol(events) == expected
     assert final_daemon.terminate() == 0, final_daemon.text()[-3000:]
-    final = books_of(newest_snapshots(settings)[0])     # written by the graceful stop
-    assert final.keys() == books.keys()                 # one shard: every symbol
+    final = books_of(newest_snapshots(settings)[0])  # written by the graceful stop
+    assert final.keys() == books.keys()  # one shard: every symbol
     assert all(same_book(book, books[symbol]) for symbol, book in final.items())

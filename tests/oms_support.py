@@ -20,10 +20,10 @@ from brokercore.services.oms import create_app
 from kafka_support import new_settings
 from shared_servers import KAFKA_BOOTSTRAP, service_settings
 
-OPEN_MARKET = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)        # Wednesday 11:30 in Mumbai
+OPEN_MARKET = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)  # Wednesday 11:30 in Mumbai
 SUNDAY = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
-RUPEES = 100                                                   # paise
+RUPEES = 100  # paise
 
 
 class Api:
@@ -43,7 +43,8 @@ class Api:
         self.app.state.oms.entry.clock = lambda: self.now
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
-            base_url="http://oms")
+            base_url="http://oms",
+        )
         return self
 
     async def __aexit__(self, *exc):
@@ -51,10 +52,17 @@ class Api:
         await self._lifespan.__aexit__(*exc)
 
     async def place(self, user="alice", token=None, **body):
-        order = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 10,
-                 "price": "15000.00", "idempotencyKey": uuid.uuid4().hex} | body
-        return await self.client.post("/api/v1/orders", json=order,
-                                      headers=auth(user) if token is None else token)
+        order = {
+            "symbol": "RELIANCE",
+            "side": "BUY",
+            "type": "LIMIT",
+            "quantity": 10,
+            "price": "15000.00",
+            "idempotencyKey": uuid.uuid4().hex,
+        } | body
+        return await self.client.post(
+            "/api/v1/orders", json=order, headers=auth(user) if token is None else token
+        )
 
     async def cancel(self, order_id, user="alice"):
         return await self.client.delete(f"/api/v1/orders/{order_id}", headers=auth(user))
@@ -74,12 +82,22 @@ class Api:
 
     def commands(self, symbol: str = "RELIANCE") -> list:
         """Every command on the symbol's partition of `orders`."""
-        consumer = Consumer({"bootstrap.servers": self.kafka.bootstrap,
-                             "group.id": uuid.uuid4().hex,
-                             "enable.partition.eof": True})
-        consumer.assign([TopicPartition(self.kafka.orders_topic,
-                                        partition_of(symbol, self.kafka.shards),
-                                        OFFSET_BEGINNING)])
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.kafka.bootstrap,
+                "group.id": uuid.uuid4().hex,
+                "enable.partition.eof": True,
+            }
+        )
+        consumer.assign(
+            [
+                TopicPartition(
+                    self.kafka.orders_topic,
+                    partition_of(symbol, self.kafka.shards),
+                    OFFSET_BEGINNING,
+                )
+            ]
+        )
         decoder, found = msgspec.msgpack.Decoder(Command), []
         try:
             while (message := consumer.poll(10)) is not None and not message.error():

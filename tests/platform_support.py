@@ -24,9 +24,12 @@ def platform(database, tmp_path, **settings):
     shard = partition_of("RELIANCE", api.kafka.shards)
     daemon = Daemon(api.kafka, shard, INSTRUMENTS, tmp_path / "engine.log")
     stop = threading.Event()
-    settlement = threading.Thread(target=run_settlement, args=(
-        api.kafka.bootstrap, api.kafka.events_topic, database, INSTRUMENTS),
-        kwargs={"stop_event": stop, "say": lambda line: None}, daemon=True)
+    settlement = threading.Thread(
+        target=run_settlement,
+        args=(api.kafka.bootstrap, api.kafka.events_topic, database, INSTRUMENTS),
+        kwargs={"stop_event": stop, "say": lambda line: None},
+        daemon=True,
+    )
     try:
         daemon.wait_for("active from")
         settlement.start()
@@ -39,6 +42,8 @@ def platform(database, tmp_path, **settings):
 
 def money(api: Api) -> tuple:
     """Cash, blocked cash, fee income, shares and blocked shares: all there is."""
-    return api.rows("SELECT sum(cash), sum(blocked_cash) FROM accounts")[0] + api.rows(
-        "SELECT coalesce(sum(amount), 0) FROM fee_income")[0] + api.rows(
-        "SELECT sum(quantity), sum(blocked_quantity) FROM positions")[0]
+    return (
+        api.rows("SELECT sum(cash), sum(blocked_cash) FROM accounts")[0]
+        + api.rows("SELECT coalesce(sum(amount), 0) FROM fee_income")[0]
+        + api.rows("SELECT sum(quantity), sum(blocked_quantity) FROM positions")[0]
+    )

@@ -43,22 +43,31 @@ class PrivateServer:
     Postgres runs as the postgres OS user, which must reach it. ``env`` holds just
     those settings (the scripts run with os.environ and them)."""
 
-    server: str         # scripts/<server>/<server>.sh
-    variable: str       # BROKERCORE_<variable>_PORT / _STATE
-    span = 1            # ports taken from .port on
+    server: str  # scripts/<server>/<server>.sh
+    variable: str  # BROKERCORE_<variable>_PORT / _STATE
+    span = 1  # ports taken from .port on
 
     def __init__(self, state: Path | None = None, **settings: str):
         self.port = free_port(self.span)
-        self.state = state or Path(tempfile.gettempdir()) / \
-            f"brokercore-{self.server}-{uuid.uuid4().hex[:12]}"
-        self.env = {f"BROKERCORE_{self.variable}_PORT": str(self.port),
-                    f"BROKERCORE_{self.variable}_STATE": str(self.state)} | settings
+        self.state = (
+            state
+            or Path(tempfile.gettempdir()) / f"brokercore-{self.server}-{uuid.uuid4().hex[:12]}"
+        )
+        self.env = {
+            f"BROKERCORE_{self.variable}_PORT": str(self.port),
+            f"BROKERCORE_{self.variable}_STATE": str(self.state),
+        } | settings
 
     def script(self, command: str, timeout: float = 300) -> str:
         """Run ``<server>.sh COMMAND``; its standard output. Fails the test if it fails."""
         script = f"scripts/{self.server}/{self.server}.sh"
-        done = subprocess.run([str(REPO / script), command], env=os.environ | self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [str(REPO / script), command],
+            env=os.environ | self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if done.returncode != 0:
             raise AssertionError(f"{script} {command} failed:\n{done.stderr[-3000:]}")
         return done.stdout.strip()

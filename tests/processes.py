@@ -20,9 +20,13 @@ class LoggedProcess:
     def __init__(self, args: list[str], log: Path, env: Mapping[str, str] | None = None):
         self.log = log
         self._log_file = open(log, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "brokercore.cli", *args],
-                                        cwd=REPO, env=env, stdout=self._log_file,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "brokercore.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -32,11 +36,14 @@ class LoggedProcess:
         deadline = time.monotonic() + timeout
         while self.text().count(needle) < count:
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.log.name}: exited ({self.process.returncode}) "
-                                     f"before {needle!r}:\n{self.text()[-3000:]}")
+                raise AssertionError(
+                    f"{self.log.name}: exited ({self.process.returncode}) "
+                    f"before {needle!r}:\n{self.text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.log.name}: no {needle!r} within {timeout} s:\n"
-                                     f"{self.text()[-3000:]}")
+                raise AssertionError(
+                    f"{self.log.name}: no {needle!r} within {timeout} s:\n{self.text()[-3000:]}"
+                )
             time.sleep(0.05)
 
     def kill(self) -> None:

@@ -8,14 +8,20 @@ from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
 
 _SERVICES = ServiceSettings.from_env()
 
-DATABASE_URL = _SERVICES.database_url       # BROKERCORE_DATABASE_URL
-REDIS_URL = _SERVICES.redis_url             # BROKERCORE_REDIS_URL
-KAFKA_BOOTSTRAP = KafkaSettings.from_env().bootstrap     # BROKERCORE_KAFKA_BOOTSTRAP
+DATABASE_URL = _SERVICES.database_url  # BROKERCORE_DATABASE_URL
+REDIS_URL = _SERVICES.redis_url  # BROKERCORE_REDIS_URL
+KAFKA_BOOTSTRAP = KafkaSettings.from_env().bootstrap  # BROKERCORE_KAFKA_BOOTSTRAP
 
 
 def service_settings(database: str, redis_prefix: str, **overrides) -> ServiceSettings:
     """A service's settings for a test: its ``database``, the shared Redis under
     ``redis_prefix``, the dev-mode JWT secret; ``overrides`` win."""
-    return ServiceSettings(**{"database_url": database, "redis_url": REDIS_URL,
-                              "redis_prefix": redis_prefix,
-                              "jwt_hs256_secret": DEV_JWT_SECRET} | overrides)
+    return ServiceSettings(
+        **{
+            "database_url": database,
+            "redis_url": REDIS_URL,
+            "redis_prefix": redis_prefix,
+            "jwt_hs256_secret": DEV_JWT_SECRET,
+        }
+        | overrides
+    )

@@ -22,9 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts/stack/stack.sh"
 STATE_DIRS = (".kafka", ".postgres", ".redis", ".stack")
 # BROKERCORE_* settings of the caller that would point the stack elsewhere.
-INHERITED = ("BROKERCORE_DATABASE_URL", "BROKERCORE_REDIS_URL", "BROKERCORE_KAFKA_BOOTSTRAP",
-             "BROKERCORE_TOPIC_PREFIX", "BROKERCORE_REDIS_PREFIX", "BROKERCORE_CALENDAR",
-             "BROKERCORE_SHARDS", "BROKERCORE_PUSH_URL")
+INHERITED = (
+    "BROKERCORE_DATABASE_URL",
+    "BROKERCORE_REDIS_URL",
+    "BROKERCORE_KAFKA_BOOTSTRAP",
+    "BROKERCORE_TOPIC_PREFIX",
+    "BROKERCORE_REDIS_PREFIX",
+    "BROKERCORE_CALENDAR",
+    "BROKERCORE_SHARDS",
+    "BROKERCORE_PUSH_URL",
+)
 
 
 class PrivateStack:
@@ -53,13 +60,21 @@ class PrivateStack:
         }
         self.oms = f"http://127.0.0.1:{self.base}"
         self.query = f"http://127.0.0.1:{self.base + 1}"
-        self.database_url = (f"postgresql://brokercore:brokercore@127.0.0.1:{self.base + 4}"
-                             f"/brokercore")
+        self.database_url = (
+            f"postgresql://brokercore:brokercore@127.0.0.1:{self.base + 4}/brokercore"
+        )
 
     def stack(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """``stack.sh COMMAND``, its output (stdout and stderr together) in .stdout."""
-        return subprocess.run([str(STACK), command], env=self.env, cwd=REPO, timeout=timeout,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.run(
+            [str(STACK), command],
+            env=self.env,
+            cwd=REPO,
+            timeout=timeout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def fresh(self) -> None:
         """Remove every state folder, as `rm -rf .kafka .postgres .redis .stack` does."""
@@ -79,10 +94,20 @@ class PrivateStack:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         """``supervisorctl ARGS`` on the stack's supervisord (its socket in the state folder)."""
-        return subprocess.run([str(REPO / ".venv/bin/supervisorctl"), "-c",
-                               str(self.root / ".stack/supervisord.conf"), *args],
-                              env=self.env, cwd=REPO, timeout=60, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+        return subprocess.run(
+            [
+                str(REPO / ".venv/bin/supervisorctl"),
+                "-c",
+                str(self.root / ".stack/supervisord.conf"),
+                *args,
+            ],
+            env=self.env,
+            cwd=REPO,
+            timeout=60,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def pid(self, name: str | None = None) -> int:
         """The pid of the stack's process NAME as supervisord gives it (0 when it is not
@@ -137,8 +162,14 @@ def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]
     with httpx.Client(timeout=10) as client:
         for symbol, price in (("RELIANCE", "15000.00"), ("ITC", "2200.00")):
             for user, side in (("alice", "BUY"), ("bob", "SELL")):
-                body = {"symbol": symbol, "side": side, "type": "LIMIT", "quantity": 10,
-                        "price": price, "idempotencyKey": f"{user}-{symbol}-{time.time_ns()}"}
+                body = {
+                    "symbol": symbol,
+                    "side": side,
+                    "type": "LIMIT",
+                    "quantity": 10,
+                    "price": price,
+                    "idempotencyKey": f"{user}-{symbol}-{time.time_ns()}",
+                }
                 answer = client.post(f"{stack.oms}/api/v1/orders", json=body, headers=auth(user))
                 assert answer.status_code == 202, answer.text
                 orders.append((user, answer.json()["orderId"]))
@@ -146,14 +177,14 @@ def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]
         seen = []
         for user, order_id in orders:
             while True:
-                answer = client.get(f"{stack.query}/api/v1/orders/{order_id}",
-                                    headers=auth(user))
+                answer = client.get(f"{stack.query}/api/v1/orders/{order_id}", headers=auth(user))
                 assert answer.status_code == 200, answer.text
                 if answer.json()["status"] == "FILLED" and settled(stack, order_id) == "FILLED":
                     seen.append(answer.json())
                     break
                 assert time.monotonic() < deadline, (
-                    f"order {order_id} of {user} not FILLED: {answer.text}\n{stack.logs()}")
+                    f"order {order_id} of {user} not FILLED: {answer.text}\n{stack.logs()}"
+                )
                 time.sleep(0.2)
     return seen
 
@@ -161,5 +192,6 @@ def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]
 def settled(stack: PrivateStack, order_id: int) -> str:
     """The order's status in the OMS's own table, which settlement updates."""
     with psycopg.connect(stack.database_url) as conn:
-        return conn.execute("SELECT status FROM orders WHERE order_id = %s",
-                            (order_id,)).fetchone()[0]
+        return conn.execute(
+            "SELECT status FROM orders WHERE order_id = %s", (order_id,)
+        ).fetchone()[0]

@@ -21,12 +21,20 @@ any_u8 = st.integers(0, 255)
 
 
 ARBITRARY = {
-    "op": any_u8, "side": any_u8, "tif": any_u8, "stp": any_u8, "flags": any_u8,
-    "ts": any_int64, "order_id": any_int64, "account": any_int64, "price": any_int64,
+    "op": any_u8,
+    "side": any_u8,
+    "tif": any_u8,
+    "stp": any_u8,
+    "flags": any_u8,
+    "ts": any_int64,
+    "order_id": any_int64,
+    "account": any_int64,
+    "price": any_int64,
     "qty": any_int64,
 }
-PLAUSIBLE_OPS = [Op.LIMIT] * 6 + [Op.MARKET, Op.CANCEL, Op.AMEND] * 2 + [
-    Op.OPEN, Op.CLOSE, Op.REBAND]
+PLAUSIBLE_OPS = (
+    [Op.LIMIT] * 6 + [Op.MARKET, Op.CANCEL, Op.AMEND] * 2 + [Op.OPEN, Op.CLOSE, Op.REBAND]
+)
 
 
 @st.composite
@@ -36,8 +44,13 @@ def book_params(draw) -> dict:
     near_int64_max = draw(st.booleans()) and draw(st.booleans())  # about one book in four
     low = draw(st.integers(2**62, INT64_MAX - width) if near_int64_max else st.integers(1, 1000))
     lot_size = draw(st.sampled_from([1, 1, 3, 100, 2**40]))
-    return dict(low=low, high=low + width - 1, lot_size=lot_size,
-                symbol=draw(st.integers(0, 2**32 - 1)), stp=draw(st.sampled_from(BOOK_STPS)))
+    return dict(
+        low=low,
+        high=low + width - 1,
+        lot_size=lot_size,
+        symbol=draw(st.integers(0, 2**32 - 1)),
+        stp=draw(st.sampled_from(BOOK_STPS)),
+    )
 
 
 def quantities(params: dict):
@@ -47,7 +60,8 @@ def quantities(params: dict):
     lots = st.integers(1, max(1, min(20, max_lots))).map(lambda k: k * lot)
     edges = st.sampled_from([max_qty - max_qty % lot, min(max_qty + 1, INT64_MAX)])
     return st.tuples(st.booleans(), st.booleans(), lots, edges).map(
-        lambda t: t[3] if t[0] and t[1] else t[2])  # an edge about one time in four
+        lambda t: t[3] if t[0] and t[1] else t[2]
+    )  # an edge about one time in four
 
 
 def in_band_prices(params: dict, margin=2):
@@ -58,19 +72,23 @@ def in_band_prices(params: dict, margin=2):
 @st.composite
 def command(draw, params: dict):
     """One raw command for a book built with ``params``: plausible fields, a few arbitrary."""
-    fields = draw(st.fixed_dictionaries({
-        "symbol": st.integers(0, 2**32 - 1),
-        "op": st.sampled_from(PLAUSIBLE_OPS),
-        "side": st.sampled_from(list(Side)),
-        "tif": st.sampled_from(list(Tif)),
-        "stp": st.sampled_from(list(Stp)),
-        "flags": st.sampled_from([0, 0, 1]),
-        "ts": st.integers(0, 10**6),
-        "order_id": st.integers(-1, 15),
-        "account": st.integers(0, 3),
-        "price": in_band_prices(params),
-        "qty": quantities(params),
-    }))
+    fields = draw(
+        st.fixed_dictionaries(
+            {
+                "symbol": st.integers(0, 2**32 - 1),
+                "op": st.sampled_from(PLAUSIBLE_OPS),
+                "side": st.sampled_from(list(Side)),
+                "tif": st.sampled_from(list(Tif)),
+                "stp": st.sampled_from(list(Stp)),
+                "flags": st.sampled_from([0, 0, 1]),
+                "ts": st.integers(0, 10**6),
+                "order_id": st.integers(-1, 15),
+                "account": st.integers(0, 3),
+                "price": in_band_prices(params),
+                "qty": quantities(params),
+            }
+        )
+    )
     if fields["op"] == Op.MARKET:
         fields["tif"] = draw(st.sampled_from([Tif.IOC, Tif.FOK]))
     if fields["op"] == Op.MARKET or fields["tif"] in (Tif.IOC, Tif.FOK):
@@ -84,16 +102,23 @@ def command(draw, params: dict):
 @st.composite
 def resting_orders(draw, params: dict, max_size=12):
     """Plausible GTC/DAY limit orders with ids 1, 2, 3...: a book to start from."""
-    rows = draw(st.lists(st.fixed_dictionaries({
-        "op": st.just(Op.LIMIT),
-        "side": st.sampled_from(list(Side)),
-        "tif": st.sampled_from([Tif.GTC, Tif.DAY]),
-        "stp": st.sampled_from(list(Stp)),
-        "flags": st.sampled_from([0, 0, 1]),
-        "account": st.integers(1, 3),
-        "price": in_band_prices(params, margin=0),
-        "qty": quantities(params),
-    }), max_size=max_size))
+    rows = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "op": st.just(Op.LIMIT),
+                    "side": st.sampled_from(list(Side)),
+                    "tif": st.sampled_from([Tif.GTC, Tif.DAY]),
+                    "stp": st.sampled_from(list(Stp)),
+                    "flags": st.sampled_from([0, 0, 1]),
+                    "account": st.integers(1, 3),
+                    "price": in_band_prices(params, margin=0),
+                    "qty": quantities(params),
+                }
+            ),
+            max_size=max_size,
+        )
+    )
     return [dict(row, order_id=i) for i, row in enumerate(rows, start=1)]
 
 
@@ -101,5 +126,6 @@ def resting_orders(draw, params: dict, max_size=12):
 def scenario(draw, max_commands=30):
     """Book parameters and raw commands for that book: a few resting orders, then fuzz."""
     params = draw(book_params())
-    return params, draw(resting_orders(params)) + draw(st.lists(command(params),
-                                                                max_size=max_commands))
+    return params, draw(resting_orders(params)) + draw(
+        st.lists(command(params), max_size=max_commands)
+    )

@@ -52,10 +52,22 @@ def rejected(reason, order_id=0, side=0, price=0, qty=0, account=0) -> Ev:
     return Ev(EventType.REJECTED, reason, side, order_id, account, price, qty, 0)
 
 
-def trade(taker, side, price, qty, remaining, maker, maker_remaining,
-          account=0, maker_account=0) -> Ev:
-    return Ev(EventType.TRADE, Reason.NONE, side, taker, account, price, qty, remaining,
-              maker, maker_account, maker_remaining)
+def trade(
+    taker, side, price, qty, remaining, maker, maker_remaining, account=0, maker_account=0
+) -> Ev:
+    return Ev(
+        EventType.TRADE,
+        Reason.NONE,
+        side,
+        taker,
+        account,
+        price,
+        qty,
+        remaining,
+        maker,
+        maker_account,
+        maker_remaining,
+    )
 
 
 def cancelled(order_id, side, price, qty, reason, account=0) -> Ev:
@@ -78,8 +90,13 @@ OPENED = Ev(EventType.OPENED, Reason.NONE, 0, 0, 0, 0, 0, 0)
 CLOSED = Ev(EventType.CLOSED, Reason.NONE, 0, 0, 0, 0, 0, 0)
 
 _OP_OF_METHOD = {
-    "limit": Op.LIMIT, "market": Op.MARKET, "cancel": Op.CANCEL, "amend": Op.AMEND,
-    "open": Op.OPEN, "close": Op.CLOSE, "reband": Op.REBAND,
+    "limit": Op.LIMIT,
+    "market": Op.MARKET,
+    "cancel": Op.CANCEL,
+    "amend": Op.AMEND,
+    "open": Op.OPEN,
+    "close": Op.CLOSE,
+    "reband": Op.REBAND,
 }
 
 
@@ -149,11 +166,18 @@ def outcome(view, *args):
 def book_state(book) -> dict:
     """Everything the views show about a book, comparable with ==."""
     return {
-        "orders": order_tuples(book.orders()), "is_open": book.is_open, "seq": book.seq,
-        "open_orders": book.open_orders, "band": (book.low, book.high),
-        "lot_size": book.lot_size, "max_qty": book.max_qty, "symbol": book.symbol,
-        "stp": book.stp, "best_bid": outcome(book.best_bid),
-        "best_ask": outcome(book.best_ask), "depth": outcome(book.depth, 5),
+        "orders": order_tuples(book.orders()),
+        "is_open": book.is_open,
+        "seq": book.seq,
+        "open_orders": book.open_orders,
+        "band": (book.low, book.high),
+        "lot_size": book.lot_size,
+        "max_qty": book.max_qty,
+        "symbol": book.symbol,
+        "stp": book.stp,
+        "best_bid": outcome(book.best_bid),
+        "best_ask": outcome(book.best_ask),
+        "depth": outcome(book.depth, 5),
     }
 
 

@@ -33,16 +33,15 @@ from brokercore.kafka.codec import EventEncoder, SymbolTable
 from brokercore.kafka.messages import CancelOrder, CloseSession, EventBatch, NewOrder
 
 D = Decimal
-NOW = datetime(2026, 3, 2, 10, 0, tzinfo=ZoneInfo("Asia/Kolkata"))      # a Monday, open
+NOW = datetime(2026, 3, 2, 10, 0, tzinfo=ZoneInfo("Asia/Kolkata"))  # a Monday, open
 SESSION = Session("Asia/Kolkata", clock(9, 15), clock(15, 30))
 # 0.05 rupee ticks = 5 paise; band 10,000.00 .. 20,000.00 = ticks 200,000 .. 400,000
-INST = MarketInstrument("RELIANCE", 1, D("0.05"), 1, D("10000.00"), D("20000.00"), 1000,
-                        SESSION)
+INST = MarketInstrument("RELIANCE", 1, D("0.05"), 1, D("10000.00"), D("20000.00"), 1000, SESSION)
 MARKET = {"RELIANCE": INST}
 FEES = FeeSchedule(bps=D(3), fixed=2000)
-MID = 300_000                           # ticks: 15,000.00 rupees = 1,500,000 paise
-CASH = 10**10                           # paise each account starts with
-SHARES = 100                            # shares each account starts with
+MID = 300_000  # ticks: 15,000.00 rupees = 1,500,000 paise
+CASH = 10**10  # paise each account starts with
+SHARES = 100  # shares each account starts with
 
 
 def rupees(ticks: int) -> Decimal:
@@ -65,49 +64,96 @@ class Venue:
         self._decoder = msgspec.msgpack.Decoder(EventBatch)
 
     def account(self, user: str, cash: int = CASH, shares: int = SHARES) -> int:
-        return open_account(self.conn, user, cash=cash,
-                            shares={INST.symbol: (shares, 1_400_000)} if shares else None)
+        return open_account(
+            self.conn,
+            user,
+            cash=cash,
+            shares={INST.symbol: (shares, 1_400_000)} if shares else None,
+        )
 
-    def place(self, account_id: int, side: Side, qty: int, price_ticks: int | None = None,
-              tif: Tif | None = None, stp: Stp = Stp.DEFAULT) -> int | None:
+    def place(
+        self,
+        account_id: int,
+        side: Side,
+        qty: int,
+        price_ticks: int | None = None,
+        tif: Tif | None = None,
+        stp: Stp = Stp.DEFAULT,
+    ) -> int | None:
         """A new order as the OMS stores and sends it; None if its checks refuse it."""
-        cash, blocked = self.conn.execute("SELECT cash, blocked_cash FROM accounts "
-                                          "WHERE account_id = %s", (account_id,)).fetchone()
-        row = self.conn.execute("SELECT quantity - blocked_quantity FROM positions WHERE "
-                                "account_id = %s AND symbol = %s",
-                                (account_id, INST.symbol)).fetchone()
+        cash, blocked = self.conn.execute(
+            "SELECT cash, blocked_cash FROM accounts WHERE account_id = %s", (account_id,)
+        ).fetchone()
+        row = self.conn.execute(
+            "SELECT quantity - blocked_quantity FROM positions WHERE "
+            "account_id = %s AND symbol = %s",
+            (account_id, INST.symbol),
+        ).fetchone()
         kind = OrderType.MARKET if price_ticks is None else OrderType.LIMIT
-        hold = check_order(OrderRequest(INST.symbol, side, kind, qty,
-                                        None if price_ticks is None else rupees(price_ticks),
-                                        tif),
-                           INST, NOW, AccountState(cash - blocked, row[0] if row else 0),
-                           fees=self.fees)
+        hold = check_order(
+            OrderRequest(
+                INST.symbol,
+                side,
+                kind,
+                qty,
+                None if price_ticks is None else rupees(price_ticks),
+                tif,
+            ),
+            INST,
+            NOW,
+            AccountState(cash - blocked, row[0] if row else 0),
+            fees=self.fees,
+        )
         if isinstance(hold, RiskRejection):
             return None
         order_id = self.conn.execute("SELECT nextval('order_id_seq')").fetchone()[0]
         if hold.cash:
-            self.conn.execute("UPDATE accounts SET blocked_cash = blocked_cash + %s "
-                              "WHERE account_id = %s", (hold.cash, account_id))
+            self.conn.execute(
+                "UPDATE accounts SET blocked_cash = blocked_cash + %s WHERE account_id = %s",
+                (hold.cash, account_id),
+            )
         if hold.shares:
-            self.conn.execute("UPDATE positions SET blocked_quantity = blocked_quantity + %s "
-                              "WHERE account_id = %s AND symbol = %s",
-                              (hold.shares, account_id, INST.symbol))
+            self.conn.execute(
+                "UPDATE positions SET blocked_quantity = blocked_quantity + %s "
+                "WHERE account_id = %s AND symbol = %s",
+                (hold.shares, account_id, INST.symbol),
+            )
         self.conn.execute(
             "INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, "
             "time_in_force, price, quantity, status, hold_amount, hold_price_ticks, "
             "blocked_cash, blocked_shares) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
             "'PENDING', %s, %s, %s, %s)",
-            (order_id, NOW.date(), account_id, INST.symbol, side.name, kind.value,
-             hold.time_in_force.name,
-             None if price_ticks is None else INST.ticks_to_paise(price_ticks), qty,
-             hold.cash or hold.shares, hold.price_ticks or 0, hold.cash, hold.shares))
-        self.send(NewOrder(order_id, account_id, INST.symbol, side, qty,
-                           price=price_ticks if price_ticks is not None else
-                           hold.price_ticks or 0,
-                           market=price_ticks is None and not (
-                               side == Side.BUY and hold.price_ticks
-                               and hold.price_ticks < INST.high),
-                           tif=hold.time_in_force, stp=stp, ts=self.ts))
+            (
+                order_id,
+                NOW.date(),
+                account_id,
+                INST.symbol,
+                side.name,
+                kind.value,
+                hold.time_in_force.name,
+                None if price_ticks is None else INST.ticks_to_paise(price_ticks),
+                qty,
+                hold.cash or hold.shares,
+                hold.price_ticks or 0,
+                hold.cash,
+                hold.shares,
+            ),
+        )
+        self.send(
+            NewOrder(
+                order_id,
+                account_id,
+                INST.symbol,
+                side,
+                qty,
+                price=price_ticks if price_ticks is not None else hold.price_ticks or 0,
+                market=price_ticks is None
+                and not (side == Side.BUY and hold.price_ticks and hold.price_ticks < INST.high),
+                tif=hold.time_in_force,
+                stp=stp,
+                ts=self.ts,
+            )
+        )
         return order_id
 
     def cancel(self, order_id: int, account_id: int) -> None:
@@ -118,8 +164,7 @@ class Venue:
 
     def send(self, command) -> None:
         self.ts += 1000
-        events = self.book.process(np.array([command.record(INST.symbol_id)],
-                                            dtype=COMMAND_DTYPE))
+        events = self.book.process(np.array([command.record(INST.symbol_id)], dtype=COMMAND_DTYPE))
         self.batches += [self._decoder.decode(p) for p in self.encoder.encode(events)]
 
     def messages(self, start: int = 0) -> list[Message]:
@@ -167,8 +212,9 @@ max_order_qty = 1000
 def produce_in_transactions(bootstrap: str, topic: str, payloads: list[bytes]) -> int:
     """Publish as the engine does (transactions, one partition), plus one aborted
     transaction that read_committed must hide; the offset after the last payload."""
-    producer = Producer({"bootstrap.servers": bootstrap,
-                         "transactional.id": f"test-{uuid.uuid4().hex}"})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "transactional.id": f"test-{uuid.uuid4().hex}"}
+    )
     producer.init_transactions(30)
     last = []
 

@@ -11,8 +11,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], what: str, timeout: float = 30.0,
-               every: float = 0.05) -> T:
+def wait_until(
+    condition: Callable[[], T], what: str, timeout: float = 30.0, every: float = 0.05
+) -> T:
     """The first true value of ``condition()``, polled every ``every`` seconds."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):

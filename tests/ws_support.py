@@ -16,7 +16,7 @@ from brokercore.edge.auth import JwtConfig, mint_token
 from processes import LoggedProcess
 
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
-WAIT = 30.0                 # seconds any expected frame or state may take at most
+WAIT = 30.0  # seconds any expected frame or state may take at most
 
 
 class Server(LoggedProcess):
@@ -26,11 +26,21 @@ class Server(LoggedProcess):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        super().__init__(["service", "ws", "--port", str(self.port),       # info: the line
-                          "--log-level", "info"], log, env)               # wait_ready awaits
+        super().__init__(
+            [
+                "service",
+                "ws",
+                "--port",
+                str(self.port),  # info: the line
+                "--log-level",
+                "info",
+            ],
+            log,
+            env,
+        )  # wait_ready awaits
 
     def wait_ready(self) -> None:
-        self.wait_for("Uvicorn running on", WAIT)                    # listening
+        self.wait_for("Uvicorn running on", WAIT)  # listening
 
     def url(self, **params) -> str:
         query = "&".join(f"{key}={value}" for key, value in params.items())
@@ -39,7 +49,7 @@ class Server(LoggedProcess):
     def stop(self) -> int:
         """SIGTERM, then kill -9 if it has not exited within WAIT s; the exit code."""
         if self.process.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):     # close() kills it
+            with contextlib.suppress(subprocess.TimeoutExpired):  # close() kills it
                 self.terminate(WAIT)
         self.close()
         return self.process.returncode
@@ -49,8 +59,9 @@ def token(user: str, **kwargs) -> str:
     return mint_token(user, JWT, **kwargs)
 
 
-async def open_socket(server: Server, user: str, *, in_query: bool = False,
-                      **params) -> tuple[ClientConnection, dict]:
+async def open_socket(
+    server: Server, user: str, *, in_query: bool = False, **params
+) -> tuple[ClientConnection, dict]:
     """A socket of ``user``, with its WELCOME frame."""
     if in_query:
         params["token"] = token(user)
@@ -63,5 +74,3 @@ async def open_socket(server: Server, user: str, *, in_query: bool = False,
 
 async def receive(ws: ClientConnection) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), WAIT))
-
-

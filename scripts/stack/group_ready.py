@@ -29,10 +29,15 @@ def main(argv: list[str]) -> int:
     except KafkaException as e:
         print(f"group {group}: {e.args[0].str() if e.args else e}")
         return 1
-    assigned = sorted(f"{tp.topic}[{tp.partition}]" for member in description.members
-                      for tp in member.assignment.topic_partitions)
-    print(f"group {group} {description.state.name.lower()}, "
-          f"{len(description.members)} member(s), partitions {', '.join(assigned) or 'none'}")
+    assigned = sorted(
+        f"{tp.topic}[{tp.partition}]"
+        for member in description.members
+        for tp in member.assignment.topic_partitions
+    )
+    print(
+        f"group {group} {description.state.name.lower()}, "
+        f"{len(description.members)} member(s), partitions {', '.join(assigned) or 'none'}"
+    )
     return 0 if description.state == ConsumerGroupState.STABLE and assigned else 1
 
 

@@ -16,15 +16,38 @@ in one call. docs/engine.md in the repository is the full contract.
 
 from brokercore.engine._engine import OrderBook
 from brokercore.engine.records import (
-    COMMAND_DTYPE, EVENT_DTYPE, INT64_MAX, LEVEL_DTYPE, MAX_BAND_LEVELS, ORDER_DTYPE,
-    EventType, Flags, Op, Reason, RestingOrder, Side, Stp, Tif,
+    COMMAND_DTYPE,
+    EVENT_DTYPE,
+    INT64_MAX,
+    LEVEL_DTYPE,
+    MAX_BAND_LEVELS,
+    ORDER_DTYPE,
+    EventType,
+    Flags,
+    Op,
+    Reason,
+    RestingOrder,
+    Side,
+    Stp,
+    Tif,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "OrderBook", "RestingOrder",
-    "Op", "Side", "Tif", "Stp", "Flags", "EventType", "Reason",
-    "COMMAND_DTYPE", "EVENT_DTYPE", "ORDER_DTYPE", "LEVEL_DTYPE",
-    "MAX_BAND_LEVELS", "INT64_MAX",
+    "OrderBook",
+    "RestingOrder",
+    "Op",
+    "Side",
+    "Tif",
+    "Stp",
+    "Flags",
+    "EventType",
+    "Reason",
+    "COMMAND_DTYPE",
+    "EVENT_DTYPE",
+    "ORDER_DTYPE",
+    "LEVEL_DTYPE",
+    "MAX_BAND_LEVELS",
+    "INT64_MAX",
 ]

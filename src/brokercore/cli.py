@@ -17,8 +17,11 @@ from brokercore.runtime.driver import drive, print_progress
 from brokercore.runtime.loadgen import HALF_BAND, MID, order_flow
 from brokercore.runtime.shard import Shard
 
-_WAITS = {"busy-spin": WaitStrategy.BUSY_SPIN, "yield": WaitStrategy.YIELD,
-          "blocking": WaitStrategy.BLOCKING}
+_WAITS = {
+    "busy-spin": WaitStrategy.BUSY_SPIN,
+    "yield": WaitStrategy.YIELD,
+    "blocking": WaitStrategy.BLOCKING,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,69 +29,113 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
     shard = commands.add_parser(
-        "shard", help="run one shard fed by a built-in deterministic order flow",
+        "shard",
+        help="run one shard fed by a built-in deterministic order flow",
         description="Run one shard (its matcher pinned to --core) on a built-in, seeded "
-                    "order flow; print progress each second and a summary at the end.")
+        "order flow; print progress each second and a summary at the end.",
+    )
     shard.add_argument("--core", type=int, help="CPU core for the matcher thread")
     symbols = shard.add_mutually_exclusive_group()
-    symbols.add_argument("--symbols", default="AAA,BBB,CCC,DDD",
-                         help="comma-separated symbol names (ids 1.., band around "
-                              f"{MID} ticks) (default: %(default)s)")
+    symbols.add_argument(
+        "--symbols",
+        default="AAA,BBB,CCC,DDD",
+        help="comma-separated symbol names (ids 1.., band around "
+        f"{MID} ticks) (default: %(default)s)",
+    )
     symbols.add_argument("--instruments", help="TOML file of [[instrument]] tables")
-    shard.add_argument("--orders", type=int, default=2_000_000,
-                       help="commands to send (default: %(default)s)")
-    shard.add_argument("--batch", type=int, default=256,
-                       help="commands per submit (default: %(default)s)")
-    shard.add_argument("--rate", type=float, help="commands per second (default: as fast "
-                                                  "as the shard takes them)")
-    shard.add_argument("--wait", choices=_WAITS, default="blocking",
-                       help="wait strategy of the rings (default: %(default)s)")
+    shard.add_argument(
+        "--orders", type=int, default=2_000_000, help="commands to send (default: %(default)s)"
+    )
+    shard.add_argument(
+        "--batch", type=int, default=256, help="commands per submit (default: %(default)s)"
+    )
+    shard.add_argument(
+        "--rate", type=float, help="commands per second (default: as fast as the shard takes them)"
+    )
+    shard.add_argument(
+        "--wait",
+        choices=_WAITS,
+        default="blocking",
+        help="wait strategy of the rings (default: %(default)s)",
+    )
     shard.add_argument("--ring-capacity", type=int, default=1 << 16)
     shard.add_argument("--seed", type=int, default=1)
 
     engine = commands.add_parser(
-        "engine", help="run the engine daemon of one shard, fed from Kafka",
+        "engine",
+        help="run the engine daemon of one shard, fed from Kafka",
         description="Consume partition SHARD of `orders` (read_committed), match, and "
-                    "publish events, dead letters and snapshots with the input offsets in "
-                    "Kafka transactions. A second daemon for the same shard is a hot "
-                    "standby. SIGTERM stops gracefully (commit, snapshot, exit 0). "
-                    "Defaults come from BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX "
-                    "and BROKERCORE_SHARDS.")
+        "publish events, dead letters and snapshots with the input offsets in "
+        "Kafka transactions. A second daemon for the same shard is a hot "
+        "standby. SIGTERM stops gracefully (commit, snapshot, exit 0). "
+        "Defaults come from BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX "
+        "and BROKERCORE_SHARDS.",
+    )
     settings = KafkaSettings.from_env()
     engine.add_argument("--shard", type=int, required=True, help="the shard (partition) to run")
-    engine.add_argument("--shards", type=int, default=settings.shards,
-                        help="partitions of orders/events/snapshots (default: %(default)s)")
-    engine.add_argument("--bootstrap", default=settings.bootstrap,
-                        help="Kafka bootstrap servers (default: %(default)s)")
-    engine.add_argument("--topic-prefix", default=settings.topic_prefix,
-                        help="prefix of every topic and group name (default: none)")
-    engine.add_argument("--instruments", default="config/instruments.toml",
-                        help="TOML file of [[instrument]] tables (default: %(default)s)")
+    engine.add_argument(
+        "--shards",
+        type=int,
+        default=settings.shards,
+        help="partitions of orders/events/snapshots (default: %(default)s)",
+    )
+    engine.add_argument(
+        "--bootstrap",
+        default=settings.bootstrap,
+        help="Kafka bootstrap servers (default: %(default)s)",
+    )
+    engine.add_argument(
+        "--topic-prefix",
+        default=settings.topic_prefix,
+        help="prefix of every topic and group name (default: none)",
+    )
+    engine.add_argument(
+        "--instruments",
+        default="config/instruments.toml",
+        help="TOML file of [[instrument]] tables (default: %(default)s)",
+    )
     engine.add_argument("--core", type=int, help="CPU core for the matcher thread")
-    engine.add_argument("--linger-ms", type=float, default=EngineOptions.linger * 1000,
-                        help="how long the publisher gathers batches before a commit "
-                             "(default: %(default)s)")
-    engine.add_argument("--snapshot-every", type=int, default=EngineOptions.snapshot_every,
-                        help="commands between snapshots (default: %(default)s)")
-    engine.add_argument("--snapshot-interval", type=float,
-                        default=EngineOptions.snapshot_interval,
-                        help="seconds between snapshots (default: %(default)s)")
-    engine.add_argument("--no-transactions", action="store_true",
-                        help="publish without transactions (NOT exactly-once; only to "
-                             "measure what transactions cost)")
+    engine.add_argument(
+        "--linger-ms",
+        type=float,
+        default=EngineOptions.linger * 1000,
+        help="how long the publisher gathers batches before a commit (default: %(default)s)",
+    )
+    engine.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=EngineOptions.snapshot_every,
+        help="commands between snapshots (default: %(default)s)",
+    )
+    engine.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=EngineOptions.snapshot_interval,
+        help="seconds between snapshots (default: %(default)s)",
+    )
+    engine.add_argument(
+        "--no-transactions",
+        action="store_true",
+        help="publish without transactions (NOT exactly-once; only to "
+        "measure what transactions cost)",
+    )
     token = commands.add_parser(
-        "token", help="mint a development JWT for a user (only with BROKERCORE_DEV_MODE=1)",
+        "token",
+        help="mint a development JWT for a user (only with BROKERCORE_DEV_MODE=1)",
         description="Print an HS256 token for USER signed with the development secret, "
-                    "for trying the APIs by hand. Refused unless BROKERCORE_DEV_MODE=1.")
+        "for trying the APIs by hand. Refused unless BROKERCORE_DEV_MODE=1.",
+    )
     token.add_argument("--user", required=True, help="the user id (the token's subject)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds (default: 3600)")
 
     service = commands.add_parser(
-        "service", help="run one of the platform's services (--list names them)",
+        "service",
+        help="run one of the platform's services (--list names them)",
         description="Run a platform service until SIGTERM: an HTTP app served by uvicorn "
-                    "(its arguments: --host, --port, --log-level), or a consumer or job. "
-                    "The arguments after NAME are the service's own (brokercore service "
-                    "NAME --help). Settings come from BROKERCORE_* variables.")
+        "(its arguments: --host, --port, --log-level), or a consumer or job. "
+        "The arguments after NAME are the service's own (brokercore service "
+        "NAME --help). Settings come from BROKERCORE_* variables.",
+    )
     service.add_argument("--list", action="store_true", help="list the services and exit")
     service.add_argument("name", nargs="?", help="the service")
     service.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
@@ -105,8 +152,10 @@ def run_service(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {'http' if spec.http else 'process':<7}  {spec.summary}")
         return 0 if args.list else 2
     if args.name not in SERVICES:
-        print(f"brokercore service: no service {args.name!r} (choose from "
-              f"{', '.join(SERVICES)})", file=sys.stderr)
+        print(
+            f"brokercore service: no service {args.name!r} (choose from {', '.join(SERVICES)})",
+            file=sys.stderr,
+        )
         return 2
     return run(args.name, args.args)
 
@@ -117,8 +166,10 @@ def run_token(args: argparse.Namespace) -> int:
 
     settings = ServiceSettings.from_env()
     if not settings.dev_mode:
-        print("brokercore token: refused: development tokens need BROKERCORE_DEV_MODE=1",
-              file=sys.stderr)
+        print(
+            "brokercore token: refused: development tokens need BROKERCORE_DEV_MODE=1",
+            file=sys.stderr,
+        )
         return 2
     config = JwtConfig(settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret)
     print(mint_token(args.user, config, ttl=args.ttl))
@@ -129,9 +180,11 @@ def _instruments(args: argparse.Namespace) -> list[Instrument]:
     if args.instruments:
         return load_instruments(args.instruments)
     names = [name.strip() for name in args.symbols.split(",") if name.strip()]
-    per_book = args.orders // max(len(names), 1) + 1    # id maps sized for the whole run
-    return [Instrument(name, n, MID - HALF_BAND, MID + HALF_BAND, session_orders=per_book)
-            for n, name in enumerate(names, 1)]
+    per_book = args.orders // max(len(names), 1) + 1  # id maps sized for the whole run
+    return [
+        Instrument(name, n, MID - HALF_BAND, MID + HALF_BAND, session_orders=per_book)
+        for n, name in enumerate(names, 1)
+    ]
 
 
 def run_shard(args: argparse.Namespace) -> int:
@@ -139,16 +192,19 @@ def run_shard(args: argparse.Namespace) -> int:
     if not instruments:
         print("brokercore shard: no instruments", file=sys.stderr)
         return 2
-    shard = Shard.from_instruments(instruments, core=args.core, wait=_WAITS[args.wait],
-                                   ring_capacity=args.ring_capacity)
+    shard = Shard.from_instruments(
+        instruments, core=args.core, wait=_WAITS[args.wait], ring_capacity=args.ring_capacity
+    )
     driver_cores = os.sched_getaffinity(0) - ({args.core} if args.core is not None else set())
     if driver_cores:
-        os.sched_setaffinity(0, driver_cores)   # keep this (feeder) thread off the matcher
-    print(f"brokercore shard: {len(instruments)} symbols, matcher on core "
-          f"{args.core if args.core is not None else 'any'}, wait {args.wait}, "
-          f"{args.orders:,} commands, batch {args.batch}"
-          + (f", {args.rate:,.0f} commands/s" if args.rate else ", as fast as possible"),
-          file=sys.stderr)
+        os.sched_setaffinity(0, driver_cores)  # keep this (feeder) thread off the matcher
+    print(
+        f"brokercore shard: {len(instruments)} symbols, matcher on core "
+        f"{args.core if args.core is not None else 'any'}, wait {args.wait}, "
+        f"{args.orders:,} commands, batch {args.batch}"
+        + (f", {args.rate:,.0f} commands/s" if args.rate else ", as fast as possible"),
+        file=sys.stderr,
+    )
     # Generated up front, so that making the flow never stalls the measured pipeline.
     flow = list(order_flow([i.symbol_id for i in instruments], args.orders, args.seed))
     shard.start()
@@ -165,15 +221,20 @@ def run_engine(args: argparse.Namespace) -> int:
     try:
         from brokercore.kafka.daemon import EngineDaemon
     except ImportError as e:
-        print(f"brokercore engine needs the Kafka client: pip install 'brokercore[kafka]' "
-              f"({e})", file=sys.stderr)
+        print(
+            f"brokercore engine needs the Kafka client: pip install 'brokercore[kafka]' ({e})",
+            file=sys.stderr,
+        )
         return 2
     settings = KafkaSettings(args.bootstrap, args.topic_prefix, args.shards)
     settings.validate()
-    options = EngineOptions(core=args.core, linger=args.linger_ms / 1000,
-                            snapshot_every=args.snapshot_every,
-                            snapshot_interval=args.snapshot_interval,
-                            transactions=not args.no_transactions)
+    options = EngineOptions(
+        core=args.core,
+        linger=args.linger_ms / 1000,
+        snapshot_every=args.snapshot_every,
+        snapshot_interval=args.snapshot_interval,
+        transactions=not args.no_transactions,
+    )
     daemon = EngineDaemon(settings, args.shard, load_instruments(args.instruments), options)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
@@ -189,8 +250,12 @@ def run_engine(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"engine": run_engine, "shard": run_shard, "token": run_token,
-                    "service": run_service}
+        commands = {
+            "engine": run_engine,
+            "shard": run_shard,
+            "token": run_token,
+            "service": run_service,
+        }
         return commands[args.command](args)
     except (ValueError, OSError) as e:
         print(f"brokercore {args.command}: {e}", file=sys.stderr)

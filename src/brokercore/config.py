@@ -20,8 +20,14 @@ import msgspec
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["CALENDARS", "DEFAULT_DATABASE_URL", "Calendar", "EngineOptions", "KafkaSettings",
-           "ServiceSettings"]
+__all__ = [
+    "CALENDARS",
+    "DEFAULT_DATABASE_URL",
+    "Calendar",
+    "EngineOptions",
+    "KafkaSettings",
+    "ServiceSettings",
+]
 
 Calendar = Literal["exchange", "always-open"]
 """The trading calendars (BROKERCORE_CALENDAR): the sessions in the instruments file, or
@@ -46,8 +52,11 @@ def _from_env(cls: type[_Settings], env: Mapping[str, str], **derived: Any) -> _
     (BROKERCORE_<FIELD> unless the field's metadata names another) and converted from
     text by msgspec; unset variables keep the defaults. ``derived`` are the fields the
     caller works out itself (from several variables, or a file a variable names)."""
-    variables = {f.name: f.metadata.get("variable", f"BROKERCORE_{f.name.upper()}")
-                 for f in dataclasses.fields(cls) if f.name not in derived}
+    variables = {
+        f.name: f.metadata.get("variable", f"BROKERCORE_{f.name.upper()}")
+        for f in dataclasses.fields(cls)
+        if f.name not in derived
+    }
     given = {name: env[variable] for name, variable in variables.items() if variable in env}
     try:
         return msgspec.convert({**given, **derived}, cls, strict=False)
@@ -57,10 +66,14 @@ def _from_env(cls: type[_Settings], env: Mapping[str, str], **derived: Any) -> _
             raise
         name = at.group(1)
         kind = typing.get_type_hints(cls)[name]
-        what = (f"one of {', '.join(typing.get_args(kind))}"
-                if typing.get_origin(kind) is Literal else _WHAT.get(kind, str(kind)))
-        raise ValueError(f"invalid BROKERCORE_* setting: {variables[name]} must be {what}, "
-                         f"not {given[name]!r}") from None
+        what = (
+            f"one of {', '.join(typing.get_args(kind))}"
+            if typing.get_origin(kind) is Literal
+            else _WHAT.get(kind, str(kind))
+        )
+        raise ValueError(
+            f"invalid BROKERCORE_* setting: {variables[name]} must be {what}, not {given[name]!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -72,8 +85,9 @@ class KafkaSettings:
     test runs) apart on one cluster.
     """
 
-    bootstrap: str = field(default="127.0.0.1:19092",
-                           metadata=_variable("BROKERCORE_KAFKA_BOOTSTRAP"))
+    bootstrap: str = field(
+        default="127.0.0.1:19092", metadata=_variable("BROKERCORE_KAFKA_BOOTSTRAP")
+    )
     topic_prefix: str = ""
     shards: int = 4
 
@@ -129,15 +143,15 @@ class KafkaSettings:
 class EngineOptions:
     """Tuning of one engine daemon (brokercore.kafka.daemon); the CLI flags set them."""
 
-    core: int | None = None             # CPU core of the matcher thread
-    linger: float = 0.005               # seconds the publisher gathers before a commit
-    poll_batch: int = 10_000            # messages per consume() call
-    max_marks: int = 64                 # matcher batches per transaction at most
-    snapshot_every: int = 200_000       # commands between snapshots ...
-    snapshot_interval: float = 30.0     # ... or seconds, whichever comes first
+    core: int | None = None  # CPU core of the matcher thread
+    linger: float = 0.005  # seconds the publisher gathers before a commit
+    poll_batch: int = 10_000  # messages per consume() call
+    max_marks: int = 64  # matcher batches per transaction at most
+    snapshot_every: int = 200_000  # commands between snapshots ...
+    snapshot_interval: float = 30.0  # ... or seconds, whichever comes first
     ring_capacity: int = 1 << 16
-    lease_session: float = 1.5          # seconds without heartbeat before the lease lapses
-    transactions: bool = True           # False only to measure their price (not safe)
+    lease_session: float = 1.5  # seconds without heartbeat before the lease lapses
+    transactions: bool = True  # False only to measure their price (not safe)
 
 
 DEV_JWT_SECRET = "brokercore-development-secret-not-for-production!!"
@@ -150,30 +164,30 @@ class ServiceSettings:
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = "redis://127.0.0.1:16379/0"
-    redis_prefix: str = "brokercore:"           # namespace of this deployment's keys
+    redis_prefix: str = "brokercore:"  # namespace of this deployment's keys
     instruments: str = "config/instruments.toml"
     calendar: Calendar = "exchange"
     jwt_issuer: str = "brokercore-dev"
     jwt_audience: str = "brokercore"
     jwt_hs256_secret: str | None = None
-    jwt_rs256_public_key: str | None = None     # PEM text
+    jwt_rs256_public_key: str | None = None  # PEM text
     dev_mode: bool = False
-    rate_limit_burst: int = 20                  # orders a user may send at once ...
-    rate_limit_per_second: float = 10.0         # ... and per second after that
-    read_rate_limit_burst: int = 60             # reads (query, notifications) at once ...
-    read_rate_limit_per_second: float = 30.0    # ... and per second after that
-    db_pool_timeout: float = 5.0                # seconds a request waits for a connection
+    rate_limit_burst: int = 20  # orders a user may send at once ...
+    rate_limit_per_second: float = 10.0  # ... and per second after that
+    read_rate_limit_burst: int = 60  # reads (query, notifications) at once ...
+    read_rate_limit_per_second: float = 30.0  # ... and per second after that
+    db_pool_timeout: float = 5.0  # seconds a request waits for a connection
     max_body_bytes: int = 16 * 1024
-    fee_bps: str = "0"                          # brokerage in basis points of the value
-    fee_fixed_paise: int = 0                    # plus this per order that trades
-    cache_ttl: float = 30.0                     # seconds a cached read answer lives
-    push_url: str | None = None                 # the push provider's HTTP endpoint
-    push_retry_base: float = 1.0                # seconds before the first push retry ...
-    push_retry_cap: float = 60.0                # ... doubling up to this
-    push_attempts: int = 6                      # then the notification is dead-lettered
-    dead_letter_retry_interval: float = 300.0   # seconds between the reconciler's retries
-    ws_queue_size: int = 1000                   # messages a slow WebSocket may fall behind
-    ws_heartbeat: float = 15.0                  # seconds between pings; 2 missed = gone
+    fee_bps: str = "0"  # brokerage in basis points of the value
+    fee_fixed_paise: int = 0  # plus this per order that trades
+    cache_ttl: float = 30.0  # seconds a cached read answer lives
+    push_url: str | None = None  # the push provider's HTTP endpoint
+    push_retry_base: float = 1.0  # seconds before the first push retry ...
+    push_retry_cap: float = 60.0  # ... doubling up to this
+    push_attempts: int = 6  # then the notification is dead-lettered
+    dead_letter_retry_interval: float = 300.0  # seconds between the reconciler's retries
+    ws_queue_size: int = 1000  # messages a slow WebSocket may fall behind
+    ws_heartbeat: float = 15.0  # seconds between pings; 2 missed = gone
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
@@ -185,9 +199,12 @@ class ServiceSettings:
         dev_mode = env.get("BROKERCORE_DEV_MODE", "0") == "1"
         public_key_file = env.get("BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE")
         return _from_env(
-            cls, env, dev_mode=dev_mode,
-            jwt_hs256_secret=(env.get("BROKERCORE_JWT_HS256_SECRET")
-                              or (DEV_JWT_SECRET if dev_mode else None)),
-            jwt_rs256_public_key=(Path(public_key_file).read_text() if public_key_file
-                                  else None),
-            push_url=env.get("BROKERCORE_PUSH_URL") or None)
+            cls,
+            env,
+            dev_mode=dev_mode,
+            jwt_hs256_secret=(
+                env.get("BROKERCORE_JWT_HS256_SECRET") or (DEV_JWT_SECRET if dev_mode else None)
+            ),
+            jwt_rs256_public_key=(Path(public_key_file).read_text() if public_key_file else None),
+            push_url=env.get("BROKERCORE_PUSH_URL") or None,
+        )

@@ -39,9 +39,15 @@ def loadgen_workload() -> Workload:
     ``market`` call has none, so it is dropped here for the two to compare."""
     (commands,) = order_flow([1], OPS, seed=SEED, chunk=OPS)
     commands["price"][commands["op"] == Op.MARKET] = 0
-    return Workload("loadgen", "brokercore.runtime.loadgen's order flow, one symbol",
-                    MID - HALF_BAND, MID + HALF_BAND, int(Stp.NONE),
-                    commands[:0], commands)
+    return Workload(
+        "loadgen",
+        "brokercore.runtime.loadgen's order flow, one symbol",
+        MID - HALF_BAND,
+        MID + HALF_BAND,
+        int(Stp.NONE),
+        commands[:0],
+        commands,
+    )
 
 
 @pytest.fixture(scope="module", params=[*PROFILES, "loadgen"])
@@ -68,15 +74,18 @@ def test_process(benchmark: Any, workload: Workload, calls: list) -> None:
     """``process`` of the whole command array; its events are those of the same
     commands sent one call at a time."""
     events = benchmark.pedantic(
-        OrderBook.process, setup=lambda: ((workload.prefilled_book(OrderBook),
-                                           workload.commands), {}),
-        rounds=ROUNDS, warmup_rounds=1)
+        OrderBook.process,
+        setup=lambda: ((workload.prefilled_book(OrderBook), workload.commands), {}),
+        rounds=ROUNDS,
+        warmup_rounds=1,
+    )
     one_by_one, _ = per_order_events(workload, OrderBook, calls, len(events))
     assert one_by_one is not None and np.array_equal(one_by_one, events)
 
 
-def test_per_order_calls(benchmark: Any, workload: Workload, calls: list,
-                         processed: OrderBook) -> None:
+def test_per_order_calls(
+    benchmark: Any, workload: Workload, calls: list, processed: OrderBook
+) -> None:
     """``limit``/``market``/``cancel`` (and ``amend``) one call per command, from Python;
     the book ends as the batch leaves it."""
     books: list[OrderBook] = []

@@ -33,7 +33,7 @@ def test_publish_poll(benchmark: Any, batch: int) -> None:
     """Every record comes back once, in order, whatever the batch size."""
     total = HAND_OVERS * batch
     (records,) = order_flow([1, 2, 3, 4], total, chunk=total)
-    batches = [records[start:start + batch] for start in range(0, total, batch)]
+    batches = [records[start : start + batch] for start in range(0, total, batch)]
     ring = RingBuffer(CAPACITY, COMMAND_DTYPE)
     received = benchmark(hand_over, ring, batches)
     assert [len(piece) for piece in received] == [batch] * HAND_OVERS

@@ -65,17 +65,19 @@ RATE = float(os.environ.get("BROKERCORE_CHAOS_RATE", "25"))
 CLIENTS = int(os.environ.get("BROKERCORE_CHAOS_CLIENTS", "24"))
 BOUND = float(os.environ.get("BROKERCORE_CHAOS_BOUND", "60"))
 KAFKA_DOWN = float(os.environ.get("BROKERCORE_CHAOS_KAFKA_DOWN", "3"))
-ONLY = [name.strip() for name in os.environ.get("BROKERCORE_CHAOS_ONLY", "").split(",")
-        if name.strip()]
+ONLY = [
+    name.strip() for name in os.environ.get("BROKERCORE_CHAOS_ONLY", "").split(",") if name.strip()
+]
 
 
 @dataclass
 class Outcome:
     """What one fault did, for the summary and the verdict."""
+
     fault: str
-    lasted: float = 0.0                     # s from injecting the fault to its end
+    lasted: float = 0.0  # s from injecting the fault to its end
     accepted_during: int = 0
-    recovered_after: float | None = None    # s from the fault's end to all settled
+    recovered_after: float | None = None  # s from the fault's end to all settled
     answers_5xx: int = 0
     answers_503: int = 0
     problems: list[str] = field(default_factory=list)
@@ -111,9 +113,11 @@ def platform(request):
 def faults(platform: Platform) -> list[tuple[str, Callable[[], None], str | None]]:
     """(name, inject, the service it kills or None for a server restart), in order."""
     servers = platform.servers
-    chosen = [("postgres restart -m immediate", servers.postgres.crash_restart, None),
-              ("redis kill -9 and start", servers.restart_redis, None),
-              ("kafka kill -9 and start", lambda: servers.restart_kafka(KAFKA_DOWN), None)]
+    chosen = [
+        ("postgres restart -m immediate", servers.postgres.crash_restart, None),
+        ("redis kill -9 and start", servers.restart_redis, None),
+        ("kafka kill -9 and start", lambda: servers.restart_kafka(KAFKA_DOWN), None),
+    ]
     for name, service in platform.services.items():
         chosen.append((f"kill -9 {name}", _supervised_kill(service), name))
     return [f for f in chosen if not ONLY or any(word in f[0] for word in ONLY)]
@@ -122,9 +126,10 @@ def faults(platform: Platform) -> list[tuple[str, Callable[[], None], str | None
 def _supervised_kill(service):
     def inject():
         service.kill9()
-        time.sleep(0.5)                 # a supervisor's restart delay
+        time.sleep(0.5)  # a supervisor's restart delay
         service.start()
         service.wait_ready()
+
     return inject
 
 
@@ -133,7 +138,7 @@ def test_every_fault_under_load_is_ridden_out(platform: Platform):
     load.start()
     outcomes = [Outcome("the first start", problems=platform.start_problems)]
     try:
-        time.sleep(3)                   # the load is flowing before the first fault
+        time.sleep(3)  # the load is flowing before the first fault
         for round_ in range(ROUNDS):
             for name, inject, killed in faults(platform):
                 label = name if ROUNDS == 1 else f"{name} (round {round_ + 1})"
@@ -147,18 +152,18 @@ def test_every_fault_under_load_is_ridden_out(platform: Platform):
     print("\n".join(["chaos summary:", *map(summary_line, outcomes)]))
     failures = [o for o in outcomes if o.problems]
     assert not failures, "what did not recover:\n" + "\n\n".join(
-        f"== {o.fault}:\n" + "\n".join(f"- {p}" for p in o.problems) for o in failures)
+        f"== {o.fault}:\n" + "\n".join(f"- {p}" for p in o.problems) for o in failures
+    )
 
 
-def run_fault(platform: Platform, load: Load, name: str, inject, killed: str | None
-              ) -> Outcome:
+def run_fault(platform: Platform, load: Load, name: str, inject, killed: str | None) -> Outcome:
     outcome = Outcome(name)
     pids = platform.pids()
     marks = {n: s.log.stat().st_size for n, s in platform.services.items()}
     start = time.monotonic()
     try:
         inject()
-    except Exception as e:              # noqa: BLE001 - a fault that did not go as planned
+    except Exception as e:  # noqa: BLE001 - a fault that did not go as planned
         outcome.problems.append(f"injecting the fault failed: {e!r}")
     over = time.monotonic()
     outcome.lasted = over - start
@@ -174,15 +179,16 @@ def run_fault(platform: Platform, load: Load, name: str, inject, killed: str | N
     ends = _retrying(lambda: end_offsets(platform), cutoff + BOUND)
     settled = wait_settled(platform, ids, ends, cutoff + BOUND)
     outcome.problems += recovery_problems(platform, pids, killed, ids, ends, settled)
-    outcome.accepted_during = sum(1 for p in load.placed if p.accepted_at is not None
-                                  and start <= p.accepted_at <= over)
+    outcome.accepted_during = sum(
+        1 for p in load.placed if p.accepted_at is not None and start <= p.accepted_at <= over
+    )
     outcome.answers_5xx = load.count(start, time.monotonic(), is_5xx)
     outcome.answers_503 = load.count(start, time.monotonic(), lambda k: k == "503")
     if outcome.answers_5xx > outcome.answers_503:
-        kinds = Counter(k for t, k in list(load.answers)
-                        if start <= t and is_5xx(k) and k != "503")
-        outcome.problems.append(f"answers other than 503 while a dependency was down: "
-                                f"{dict(kinds)}")
+        kinds = Counter(k for t, k in list(load.answers) if start <= t and is_5xx(k) and k != "503")
+        outcome.problems.append(
+            f"answers other than 503 while a dependency was down: {dict(kinds)}"
+        )
     if outcome.problems:
         for service_name, service in platform.services.items():
             errors = log_errors(service.log, marks[service_name])
@@ -193,8 +199,9 @@ def run_fault(platform: Platform, load: Load, name: str, inject, killed: str | N
     return outcome
 
 
-def wait_settled(platform: Platform, ids: list[int], ends: dict[int, int] | None,
-                 deadline: float) -> float | None:
+def wait_settled(
+    platform: Platform, ids: list[int], ends: dict[int, int] | None, deadline: float
+) -> float | None:
     """When no order of ``ids`` was PENDING any more (and every consumer was past
     ``ends``), or None if that did not happen by ``deadline``. Gives up early when a
     process is dead (no point waiting for it: it is reported)."""
@@ -203,7 +210,7 @@ def wait_settled(platform: Platform, ids: list[int], ends: dict[int, int] | None
         try:
             if not pending(platform, ids) and (ends is None or not lagging(platform, ends)):
                 return time.monotonic()
-        except Exception:               # noqa: BLE001 - a server still coming back
+        except Exception:  # noqa: BLE001 - a server still coming back
             pass
         if all(s.running() for s in platform.services.values()):
             dead_since = None
@@ -215,8 +222,14 @@ def wait_settled(platform: Platform, ids: list[int], ends: dict[int, int] | None
     return None
 
 
-def recovery_problems(platform: Platform, pids: dict, killed: str | None, ids: list[int],
-                      ends: dict[int, int] | None, settled: float | None) -> list[str]:
+def recovery_problems(
+    platform: Platform,
+    pids: dict,
+    killed: str | None,
+    ids: list[int],
+    ends: dict[int, int] | None,
+    settled: float | None,
+) -> list[str]:
     problems = []
     for name, service in platform.services.items():
         if not service.running():
@@ -230,9 +243,12 @@ def recovery_problems(platform: Platform, pids: dict, killed: str | None, ids: l
         if stuck:
             problems.append(
                 f"{len(stuck)} accepted order(s) still PENDING {BOUND:.0f} s later: "
-                + ", ".join(f"{symbol} (engine-{shards[symbol]}) {n}"
-                            for symbol, n in sorted(per_symbol.items()))
-                + f"; e.g. order ids {[o for o, _ in stuck[:10]]}")
+                + ", ".join(
+                    f"{symbol} (engine-{shards[symbol]}) {n}"
+                    for symbol, n in sorted(per_symbol.items())
+                )
+                + f"; e.g. order ids {[o for o, _ in stuck[:10]]}"
+            )
         if ends is None:
             problems.append("the events topic's end could not be read")
         else:
@@ -267,24 +283,27 @@ def settle_at_rest(platform: Platform, load: Load) -> list[str]:
     problems = [f"the load generator failed: {e}" for e in load.errors]
     unanswered = [p.key for p in load.placed if p.order_id is None and p.refused is None]
     if unanswered:
-        problems.append(f"{len(unanswered)} order request(s) never answered (retried "
-                        f"{BOUND:.0f} s after the load stopped)")
+        problems.append(
+            f"{len(unanswered)} order request(s) never answered (retried "
+            f"{BOUND:.0f} s after the load stopped)"
+        )
     doubled = [(p.key, sorted(p.ids_seen)) for p in load.placed if len(p.ids_seen) > 1]
     if doubled:
         problems.append(f"one idempotency key, several order ids: {doubled[:10]}")
     accepted = load.accepted()
     ends = {p: max(0, end - 1) for p, end in end_offsets(platform).items()}  # - commit marker
     if wait_settled(platform, list(accepted), ends, time.monotonic() + BOUND) is None:
-        problems += recovery_problems(platform, platform.pids(), None, list(accepted), ends,
-                                      None)
+        problems += recovery_problems(platform, platform.pids(), None, list(accepted), ends, None)
         return problems
     with platform.connect() as conn:
         stored = {row[0] for row in conn.execute("SELECT order_id FROM orders")}
         keys = conn.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0]
     if stored != set(accepted):
-        problems.append(f"orders in Postgres that no client was given: "
-                        f"{sorted(stored - set(accepted))[:20]}; given but not stored: "
-                        f"{sorted(set(accepted) - stored)[:20]}")
+        problems.append(
+            f"orders in Postgres that no client was given: "
+            f"{sorted(stored - set(accepted))[:20]}; given but not stored: "
+            f"{sorted(set(accepted) - stored)[:20]}"
+        )
     if keys != len(stored):
         problems.append(f"{keys} idempotency keys for {len(stored)} orders")
     problems += cancel_everything(platform)
@@ -293,8 +312,11 @@ def settle_at_rest(platform: Platform, load: Load) -> list[str]:
     code, report = reconciler_report(platform)
     if code != 0:
         problems.append(f"the reconciler's report is not clean:\n{report[-3000:]}")
-    problems += [f"{name} is not running: {s.describe()}"
-                 for name, s in platform.services.items() if not s.running()]
+    problems += [
+        f"{name} is not running: {s.describe()}"
+        for name, s in platform.services.items()
+        if not s.running()
+    ]
     return problems
 
 
@@ -302,11 +324,14 @@ def cancel_everything(platform: Platform) -> list[str]:
     with platform.connect() as conn:
         resting = conn.execute(
             "SELECT a.user_id, o.order_id FROM orders o JOIN accounts a USING (account_id) "
-            "WHERE o.status = ANY(%s)", (list(OPEN_STATUSES),)).fetchall()
+            "WHERE o.status = ANY(%s)",
+            (list(OPEN_STATUSES),),
+        ).fetchall()
 
     async def cancel_all():
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{platform.oms_port}",
-                                     timeout=10) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{platform.oms_port}", timeout=10
+        ) as http:
             per_user: dict[str, list[int]] = {}
             for user, order in resting:
                 per_user.setdefault(user, []).append(order)
@@ -316,22 +341,24 @@ def cancel_everything(platform: Platform) -> list[str]:
                 refused = []
                 for order in orders:
                     for _ in range(50):
-                        response = await http.delete(f"/api/v1/orders/{order}",
-                                                     headers=headers)
+                        response = await http.delete(f"/api/v1/orders/{order}", headers=headers)
                         if response.status_code != 429:
                             break
                         await asyncio.sleep(0.2)
                     if response.status_code != 202:
                         refused.append((order, response.status_code, response.text[:200]))
                 return refused
+
             return sum(await asyncio.gather(*(cancel(u, o) for u, o in per_user.items())), [])
 
     refused = asyncio.run(cancel_all())
     deadline = time.monotonic() + BOUND
     with platform.connect() as conn:
         while True:
-            left = conn.execute("SELECT order_id, status FROM orders WHERE status = ANY(%s) "
-                                "ORDER BY order_id", (list(OPEN_STATUSES),)).fetchall()
+            left = conn.execute(
+                "SELECT order_id, status FROM orders WHERE status = ANY(%s) ORDER BY order_id",
+                (list(OPEN_STATUSES),),
+            ).fetchall()
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
@@ -339,8 +366,10 @@ def cancel_everything(platform: Platform) -> list[str]:
     if refused:
         problems.append(f"cancels of resting orders refused: {refused[:10]}")
     if left:
-        problems.append(f"{len(left)} order(s) still open {BOUND:.0f} s after their cancel "
-                        f"(the engine did not have them?): {left[:10]}")
+        problems.append(
+            f"{len(left)} order(s) still open {BOUND:.0f} s after their cancel "
+            f"(the engine did not have them?): {left[:10]}"
+        )
     print(f"chaos: cancelled {len(resting)} resting orders at the end")
     return problems
 
@@ -350,7 +379,7 @@ def _retrying(read, deadline: float):
     while True:
         try:
             return read()
-        except Exception:               # noqa: BLE001 - reported by the caller
+        except Exception:  # noqa: BLE001 - reported by the caller
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.5)
@@ -360,8 +389,13 @@ def summary_line(o: Outcome) -> str:
     verdict = "ok" if not o.problems else f"FAILED ({len(o.problems)} problem(s))"
     if not o.lasted:
         return f"chaos: {o.fault:<34} {verdict}"
-    settled = (f"NOT settled in {BOUND:.0f} s" if o.recovered_after is None
-               else f"settled {o.recovered_after:5.1f} s after")
-    return (f"chaos: {o.fault:<34} lasted {o.lasted:5.1f} s, accepted during "
-            f"{o.accepted_during:4d}, {settled}, 5xx {o.answers_5xx:4d} "
-            f"(503 {o.answers_503:4d}): {verdict}")
+    settled = (
+        f"NOT settled in {BOUND:.0f} s"
+        if o.recovered_after is None
+        else f"settled {o.recovered_after:5.1f} s after"
+    )
+    return (
+        f"chaos: {o.fault:<34} lasted {o.lasted:5.1f} s, accepted during "
+        f"{o.accepted_during:4d}, {settled}, 5xx {o.answers_5xx:4d} "
+        f"(503 {o.answers_503:4d}): {verdict}"
+    )

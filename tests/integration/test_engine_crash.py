@@ -26,7 +26,7 @@ from kafka_support import (
 )
 
 KILLS = int(os.environ.get("BROKERCORE_CRASH_KILLS", "10"))
-RATE = 2_000                 # commands per second offered while daemons die
+RATE = 2_000  # commands per second offered while daemons die
 
 
 def test_kill_9_at_random_points_under_load(tmp_path, instruments_file):
@@ -36,19 +36,26 @@ def test_kill_9_at_random_points_under_load(tmp_path, instruments_file):
     logs = []
     with Load(settings, commands, rate=RATE) as load:
         for kill in range(KILLS):
-            daemon = Daemon(settings, 0, instruments_file, tmp_path / f"run{kill}.log",
-                            "--snapshot-every", "1500")
+            daemon = Daemon(
+                settings,
+                0,
+                instruments_file,
+                tmp_path / f"run{kill}.log",
+                "--snapshot-every",
+                "1500",
+            )
             logs.append(daemon)
-            if kill % 2:                     # somewhere in start-up, replay or live
+            if kill % 2:  # somewhere in start-up, replay or live
                 time.sleep(rng.uniform(0.3, 3.0))
-            else:                            # while live, mid-transaction or between
+            else:  # while live, mid-transaction or between
                 daemon.wait_for("active from")
                 time.sleep(rng.uniform(0.1, 1.5))
             daemon.kill()
             daemon.close()
         assert not load.done, "the load should outlast the kills (raise the command count)"
-    final = Daemon(settings, 0, instruments_file, tmp_path / "final.log",
-                   "--snapshot-every", "1500")
+    final = Daemon(
+        settings, 0, instruments_file, tmp_path / "final.log", "--snapshot-every", "1500"
+    )
     try:
         check_run(settings, load.sent, final)
     finally:
@@ -57,8 +64,9 @@ def test_kill_9_at_random_points_under_load(tmp_path, instruments_file):
     lived = sum("active from" in t for t in texts)
     assert lived >= KILLS // 2 + 1, "most runs went live before they were killed"
     assert any("from the snapshot" in t for t in texts), "some run recovered from a snapshot"
-    assert any(re.search(r"[1-9][\d,]* replayed", t) for t in texts), \
+    assert any(re.search(r"[1-9][\d,]* replayed", t) for t in texts), (
         "some run replayed input silently"
+    )
 
 
 @contextmanager
@@ -94,7 +102,7 @@ def test_a_paused_zombie_is_fenced_and_publishes_nothing_more(tmp_path, instrume
     with active_and_standby(tmp_path, instruments_file) as (settings, zombie, successor):
         with Load(settings, flow(12_000, seed=13), rate=4_000) as load:
             time.sleep(1.0)
-            zombie.process.send_signal(signal.SIGSTOP)      # alive, but silent
+            zombie.process.send_signal(signal.SIGSTOP)  # alive, but silent
             successor.wait_for("active from", timeout=30)
             zombie.process.send_signal(signal.SIGCONT)
             assert zombie.process.wait(60) == 1, zombie.text()[-3000:]

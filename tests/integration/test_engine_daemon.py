@@ -30,8 +30,13 @@ def daemons(tmp_path):
     started = []
 
     def start(settings, shard, instruments_file, *options):
-        daemon = Daemon(settings, shard, instruments_file,
-                        tmp_path / f"shard{shard}-{len(started)}.log", *options)
+        daemon = Daemon(
+            settings,
+            shard,
+            instruments_file,
+            tmp_path / f"shard{shard}-{len(started)}.log",
+            *options,
+        )
         started.append(daemon)
         return daemon
 
@@ -65,33 +70,35 @@ def test_events_equal_the_engine_run_directly_per_symbol(daemons, instruments_fi
     snapshots = newest_snapshots(settings)
     for shard in range(2):
         restored = books_of(snapshots[shard])
-        assert restored and all(same_book(book, books[symbol])
-                                for symbol, book in restored.items())
+        assert restored and all(same_book(book, books[symbol]) for symbol, book in restored.items())
         assert snapshots[shard].events == len(events[shard])
 
 
 def test_bad_messages_are_dead_lettered_or_rejected_and_the_shard_goes_on(
-        daemons, instruments_file):
+    daemons, instruments_file
+):
     settings = new_settings(shards=1)
     daemon = daemons(settings, 0, instruments_file)
     daemon.wait_for("active from")
     producer = OrderProducer(settings)
     bad = [
         b"\xc1 not msgpack at all",
-        encode({"type": "new", "order_id": 1}),                         # fields missing
-        encode({"type": "launch", "symbol": "TCS"}),                    # unknown type
+        encode({"type": "new", "order_id": 1}),  # fields missing
+        encode({"type": "launch", "symbol": "TCS"}),  # unknown type
         encode({"type": "cancel", "order_id": 2**63, "account": 1, "symbol": "TCS"}),
-        encode(["new", 1, 2, 3]),                                       # wrong shape
+        encode(["new", 1, 2, 3]),  # wrong shape
         b"",
     ]
     producer.send([NewOrder(1, 7, "TCS", Side.SELL, 10, price=10_000, ts=1)])
     for payload in bad:
         producer.send_raw(payload, 0)
-    producer.send([
-        NewOrder(2, 8, "NOSUCH", Side.BUY, 1, price=10_000, ts=2),      # unknown symbol
-        NewOrder(3, 8, "TCS", Side.BUY, 4, price=10_000, ts=3),
-        CancelOrder(1, 7, "TCS", ts=4),
-    ])
+    producer.send(
+        [
+            NewOrder(2, 8, "NOSUCH", Side.BUY, 1, price=10_000, ts=2),  # unknown symbol
+            NewOrder(3, 8, "TCS", Side.BUY, 4, price=10_000, ts=3),
+            CancelOrder(1, 7, "TCS", ts=4),
+        ]
+    )
 
     events = read_events(settings, expected=5)[0]
     letters = read_dead_letters(settings, expected=len(bad))
@@ -119,7 +126,7 @@ def test_graceful_stop_then_restart_continues_from_the_snapshot(daemons, instrum
     expected_first, _ = direct_run(settings, instruments(), commands[:2500])
     read_events(settings, expected=sum(map(len, expected_first.values())))
     assert first.terminate() == 0
-    producer.send(commands[2500:])          # while no daemon runs
+    producer.send(commands[2500:])  # while no daemon runs
 
     second = daemons(settings, 0, instruments_file, "--snapshot-every", "700")
     second.wait_for("active from")

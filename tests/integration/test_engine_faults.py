@@ -34,8 +34,8 @@ from kafka_support import (
 from private_servers import PrivateKafka
 from waiting import wait_until
 
-RESTARTS = int(os.environ.get("BROKERCORE_BROKER_RESTARTS", "1"))   # make crash: 3
-STOP_BOUND = 15.0       # seconds from SIGTERM to exit with the broker down (docs/kafka.md)
+RESTARTS = int(os.environ.get("BROKERCORE_BROKER_RESTARTS", "1"))  # make crash: 3
+STOP_BOUND = 15.0  # seconds from SIGTERM to exit with the broker down (docs/kafka.md)
 
 
 @pytest.fixture
@@ -92,17 +92,19 @@ def test_the_daemon_survives_broker_restarts_under_load(daemon, broker):
     # Ten minutes of orders: a restart of the broker can take two here (busy machine).
     with Load(daemon.settings, flow(300_000, seed=23), rate=500, patience=280) as load:
         for restart in range(RESTARTS):
-            time.sleep(2.0)                     # orders flowing
+            time.sleep(2.0)  # orders flowing
             broker.kill()
             killed_at = len(load.sent)
-            time.sleep(3.0)                     # orders wait in the producer meanwhile
+            time.sleep(3.0)  # orders wait in the producer meanwhile
             broker.start()
-            wait_until(lambda at=killed_at: len(load.sent) >= at + 1000, "the load to go on",
-                       timeout=300)
+            wait_until(
+                lambda at=killed_at: len(load.sent) >= at + 1000, "the load to go on", timeout=300
+            )
             # The events of everything sent so far arrive: the daemon is live again.
             events_of(daemon.settings, list(load.sent))
             assert engine.process.poll() is None, (
-                f"the daemon died after restart {restart + 1}:\n{engine.text()[-3000:]}")
+                f"the daemon died after restart {restart + 1}:\n{engine.text()[-3000:]}"
+            )
     assert engine.process.pid == pid
     check_run(daemon.settings, load.sent, engine)
 
@@ -110,23 +112,24 @@ def test_the_daemon_survives_broker_restarts_under_load(daemon, broker):
 def test_sigterm_while_the_broker_is_down_is_answered_promptly(daemon, broker):
     first = daemon("first")
     first.wait_for("active from", timeout=180)
-    with Load(daemon.settings, flow(20_000, seed=29), rate=1000,
-              patience=280) as load:
+    with Load(daemon.settings, flow(20_000, seed=29), rate=1000, patience=280) as load:
         time.sleep(2.0)
         broker.kill()
         time.sleep(1.0)
         first.process.terminate()
         stopped = time.monotonic()
-        first.process.wait(STOP_BOUND)          # TimeoutExpired: SIGTERM was not answered
-        print(f"exit {first.process.returncode} {time.monotonic() - stopped:.1f} s after "
-              f"SIGTERM, broker down")
+        first.process.wait(STOP_BOUND)  # TimeoutExpired: SIGTERM was not answered
+        print(
+            f"exit {first.process.returncode} {time.monotonic() - stopped:.1f} s after "
+            f"SIGTERM, broker down"
+        )
         broker.start()
         time.sleep(1.0)
     last = [line for line in first.text().splitlines() if line.startswith("engine shard")][-1]
     assert (first.process.returncode, last.split(": ", 1)[1][:40]) in {
-        (1, "failed: DaemonFailed('stopping: the fina"),    # live: the final commit failed
-        (1, "failed: _SessionLost('the lease lapsed')"),    # live: the lease went first
-        (0, "stopped while not live (nothing to commi"),    # recovering: nothing to commit
+        (1, "failed: DaemonFailed('stopping: the fina"),  # live: the final commit failed
+        (1, "failed: _SessionLost('the lease lapsed')"),  # live: the lease went first
+        (0, "stopped while not live (nothing to commi"),  # recovering: nothing to commit
     }, first.text()[-3000:]
     # Nothing was lost or doubled: a successor publishes every order's events once.
     check_run(daemon.settings, load.sent, daemon("second"))

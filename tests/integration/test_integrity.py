@@ -20,8 +20,7 @@ from platform_support import INSTRUMENTS, money, platform
 
 RUPEE = 100
 
-SESSIONS = {symbol: instrument.session for symbol, instrument in
-            load_market(INSTRUMENTS).items()}
+SESSIONS = {symbol: instrument.session for symbol, instrument in load_market(INSTRUMENTS).items()}
 
 
 def broken_invariants(api: Api) -> list:
@@ -32,17 +31,23 @@ def broken_invariants(api: Api) -> list:
 
 def test_concurrent_sells_never_block_more_shares_than_are_held(database):
     """bob holds 100 RELIANCE: of 20 concurrent sells of 60, exactly one fits."""
+
     async def scenario():
         async with Api(database, rate_limit_burst=1000) as api:
-            answers = await asyncio.gather(*(
-                api.place(user="bob", side="SELL", quantity=60, price="15000.00")
-                for _ in range(20)))
+            answers = await asyncio.gather(
+                *(
+                    api.place(user="bob", side="SELL", quantity=60, price="15000.00")
+                    for _ in range(20)
+                )
+            )
             return api, answers
+
     api, answers = run(scenario)
     codes = sorted(a.status_code for a in answers)
     assert codes == [202] + [422] * 19, [a.text for a in answers if a.status_code != 422]
     assert {a.json()["error"]["code"] for a in answers if a.status_code == 422} == {
-        "INSUFFICIENT_HOLDINGS"}
+        "INSUFFICIENT_HOLDINGS"
+    }
     assert api.rows("SELECT quantity, blocked_quantity FROM positions") == [(100, 60)]
     assert broken_invariants(api) == []
 
@@ -52,7 +57,7 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
     crossing (filled through the real engine and settlement), some cancelled while
     others are placed: afterwards every hold matches its open orders, nothing is
     oversold, and cash and shares are conserved."""
-    with psycopg.connect(database, autocommit=True) as conn:     # all buy, sell and hold
+    with psycopg.connect(database, autocommit=True) as conn:  # all buy, sell and hold
         ids = dict(conn.execute("SELECT user_id, account_id FROM accounts").fetchall())
         fund(conn, ids["bob"], FundingKind.DEPOSIT, amount=1_000_000 * RUPEE)
         for user in ("alice", "carol"):
@@ -71,19 +76,23 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
                     continue
                 side = rng.choice(["BUY", "SELL"])
                 price = f"{15_000 + rng.randint(-3, 3) * 0.05:.2f}"
-                answers.append(await api.place(user=name, side=side, price=price,
-                                               quantity=rng.randint(1, 40)))
+                answers.append(
+                    await api.place(user=name, side=side, price=price, quantity=rng.randint(1, 40))
+                )
             return answers
 
         async def load():
             async with api:
-                return await asyncio.gather(*(client(user, 30) for user in
-                                              ("alice", "bob", "carol") for _ in range(6)))
+                return await asyncio.gather(
+                    *(client(user, 30) for user in ("alice", "bob", "carol") for _ in range(6))
+                )
+
         seen, done = set(), threading.Event()
 
-        def watch():                # every invariant holds at every commit, not only at the end
+        def watch():  # every invariant holds at every commit, not only at the end
             while not done.is_set():
                 seen.update(broken_invariants(api))
+
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
@@ -92,29 +101,35 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
             done.set()
             watcher.join()
         assert seen == set()
-        assert {a.status_code for a in answers} <= {202, 422}, \
-            [a.text for a in answers if a.status_code not in (202, 422)]
+        assert {a.status_code for a in answers} <= {202, 422}, [
+            a.text for a in answers if a.status_code not in (202, 422)
+        ]
         accepted = sum(a.status_code == 202 for a in answers)
         assert accepted > 50 and api.rows("SELECT count(*) FROM fills")[0][0] > 0
         deadline = time.monotonic() + 60
         while api.rows("SELECT count(*) FROM orders WHERE status = 'PENDING'") != [(0,)]:
             assert time.monotonic() < deadline, "orders still PENDING after 60 s"
             time.sleep(0.2)
-        time.sleep(1.0)                           # the last cancels' events settle
+        time.sleep(1.0)  # the last cancels' events settle
         assert broken_invariants(api) == []
         after = money(api)
-        assert (after[0], after[3]) == (before[0], before[3]), \
+        assert (after[0], after[3]) == (before[0], before[3]), (
             "cash and shares are conserved (no fees configured)"
+        )
 
 
-@pytest.mark.parametrize("statement, constraint", [
-    ("UPDATE positions SET blocked_quantity = quantity + 1", "positions_blocked_within_held"),
-    ("UPDATE positions SET quantity = -5, blocked_quantity = 0", "positions_no_short"),
-    ("UPDATE accounts SET blocked_cash = cash + 1 WHERE user_id = 'alice'",
-     "accounts_blocked_cash_within_cash"),
-    ("UPDATE accounts SET cash = -1, blocked_cash = 0 WHERE user_id = 'alice'",
-     "accounts_"),
-])
+@pytest.mark.parametrize(
+    "statement, constraint",
+    [
+        ("UPDATE positions SET blocked_quantity = quantity + 1", "positions_blocked_within_held"),
+        ("UPDATE positions SET quantity = -5, blocked_quantity = 0", "positions_no_short"),
+        (
+            "UPDATE accounts SET blocked_cash = cash + 1 WHERE user_id = 'alice'",
+            "accounts_blocked_cash_within_cash",
+        ),
+        ("UPDATE accounts SET cash = -1, blocked_cash = 0 WHERE user_id = 'alice'", "accounts_"),
+    ],
+)
 def test_postgres_refuses_a_state_that_breaks_an_invariant(database, statement, constraint):
     """A future bug becomes an error, never a short sale: bob cannot short."""
     with psycopg.connect(database) as conn, pytest.raises(psycopg.errors.IntegrityError) as e:
@@ -127,5 +142,5 @@ def test_an_account_that_may_short_can_go_below_zero(database):
         conn.execute("UPDATE accounts SET allow_short = true WHERE user_id = 'bob'")
         conn.execute("UPDATE positions SET quantity = -5")
         assert conn.execute("SELECT quantity FROM positions").fetchall() == [(-5,)]
-        with pytest.raises(psycopg.errors.IntegrityError):      # ... but not stop shorting
+        with pytest.raises(psycopg.errors.IntegrityError):  # ... but not stop shorting
             conn.execute("UPDATE accounts SET allow_short = false WHERE user_id = 'bob'")

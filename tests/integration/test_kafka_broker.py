@@ -30,9 +30,15 @@ def topic():
 
 def read_committed(topic: str) -> tuple[list[bytes], int]:
     """Every committed value of the topic, and its high watermark (offsets in use)."""
-    consumer = Consumer({"bootstrap.servers": KAFKA_BOOTSTRAP, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": KAFKA_BOOTSTRAP,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
     # From the first offset: no consumer group (and so no group coordinator) involved.
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     values, empty_polls = [], 0
@@ -53,8 +59,9 @@ def read_committed(topic: str) -> tuple[list[bytes], int]:
 
 
 def test_transactions_commit_and_abort_on_the_single_node_broker(topic):
-    producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP,
-                         "transactional.id": f"test-{uuid.uuid4().hex}"})
+    producer = Producer(
+        {"bootstrap.servers": KAFKA_BOOTSTRAP, "transactional.id": f"test-{uuid.uuid4().hex}"}
+    )
     producer.init_transactions(30)
     producer.begin_transaction()
     producer.produce(topic, b"committed-1")
@@ -62,7 +69,7 @@ def test_transactions_commit_and_abort_on_the_single_node_broker(topic):
     producer.commit_transaction(30)
     producer.begin_transaction()
     producer.produce(topic, b"aborted")
-    producer.flush(30)                          # on the broker, then aborted
+    producer.flush(30)  # on the broker, then aborted
     producer.abort_transaction(30)
     producer.begin_transaction()
     producer.produce(topic, b"committed-3")

@@ -33,8 +33,16 @@ from brokercore.db.migrations import (
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = [m.version for m in load_migrations()]
 CORE_TABLES = {
-    "accounts", "positions", "orders", "orders_default", "fills", "order_events",
-    "idempotency_keys", "outbox", "consumer_offsets", "schema_migrations",
+    "accounts",
+    "positions",
+    "orders",
+    "orders_default",
+    "fills",
+    "order_events",
+    "idempotency_keys",
+    "outbox",
+    "consumer_offsets",
+    "schema_migrations",
 }
 
 
@@ -50,22 +58,34 @@ def copy_migrations(to: Path, extra: dict[str, str] | None = None) -> Path:
 
 def tables(conninfo: str) -> set[str]:
     with psycopg.connect(conninfo) as c:
-        rows = c.execute("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
-                         " AND relkind IN ('r', 'p')").fetchall()
+        rows = c.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+            " AND relkind IN ('r', 'p')"
+        ).fetchall()
     return {r[0] for r in rows}
 
 
 def add_account(c: psycopg.Connection, user: str = "alice", cash: int = 1_000_000) -> int:
-    return c.execute("INSERT INTO accounts (user_id, cash) VALUES (%s, %s) RETURNING account_id",
-                     (user, cash)).fetchone()[0]
+    return c.execute(
+        "INSERT INTO accounts (user_id, cash) VALUES (%s, %s) RETURNING account_id", (user, cash)
+    ).fetchone()[0]
 
 
 def add_order(c: psycopg.Connection, account: int, day: dt.date, **fields) -> int:
-    row = {"account_id": account, "trade_date": day, "symbol": "INFY", "side": "BUY",
-           "type": "LIMIT", "price": 150_000, "quantity": 10, **fields}
+    row = {
+        "account_id": account,
+        "trade_date": day,
+        "symbol": "INFY",
+        "side": "BUY",
+        "type": "LIMIT",
+        "price": 150_000,
+        "quantity": 10,
+        **fields,
+    }
     query = sql.SQL("INSERT INTO orders ({}) VALUES ({}) RETURNING order_id").format(
         sql.SQL(", ").join(map(sql.Identifier, row)),
-        sql.SQL(", ").join(sql.Placeholder() * len(row)))
+        sql.SQL(", ").join(sql.Placeholder() * len(row)),
+    )
     return c.execute(query, list(row.values())).fetchone()[0]
 
 
@@ -87,10 +107,12 @@ def test_an_empty_database_gets_every_table(db):
     assert checksums == {m.version: m.checksum for m in load_migrations()}
     with psycopg.connect(db) as c:
         assert c.execute("SELECT to_regclass('order_id_seq') IS NOT NULL").fetchone()[0]
-        assert c.execute("SELECT to_regprocedure('create_orders_partition(date)') IS NOT NULL"
-                         ).fetchone()[0]
-        kind = c.execute(
-            "SELECT relkind FROM pg_class WHERE oid = 'orders'::regclass").fetchone()[0]
+        assert c.execute(
+            "SELECT to_regprocedure('create_orders_partition(date)') IS NOT NULL"
+        ).fetchone()[0]
+        kind = c.execute("SELECT relkind FROM pg_class WHERE oid = 'orders'::regclass").fetchone()[
+            0
+        ]
         assert kind == "p"  # partitioned
 
 
@@ -110,10 +132,13 @@ def test_only_new_files_are_applied(db, tmp_path):
 
 def test_concurrent_appliers_apply_each_file_exactly_once(db, tmp_path):
     # A slow second file widens the window in which the others would race.
-    folder = copy_migrations(tmp_path / "m", {
-        "0900_slow.sql": "SELECT pg_sleep(0.3); CREATE TABLE slow (id INT PRIMARY KEY);",
-        "0901_log.sql": "CREATE TABLE applied_log (n INT); INSERT INTO applied_log VALUES (1);",
-    })
+    folder = copy_migrations(
+        tmp_path / "m",
+        {
+            "0900_slow.sql": "SELECT pg_sleep(0.3); CREATE TABLE slow (id INT PRIMARY KEY);",
+            "0901_log.sql": "CREATE TABLE applied_log (n INT); INSERT INTO applied_log VALUES (1);",
+        },
+    )
     workers = 8
     barrier = threading.Barrier(workers)
     results: list[list[str]] = []
@@ -158,9 +183,12 @@ def test_a_changed_applied_file_is_refused(db, tmp_path):
 
 
 def test_a_failing_file_is_rolled_back_whole(db, tmp_path):
-    folder = copy_migrations(tmp_path / "m", {
-        "0904_broken.sql": "CREATE TABLE half (id INT); SELECT no_such_function();",
-    })
+    folder = copy_migrations(
+        tmp_path / "m",
+        {
+            "0904_broken.sql": "CREATE TABLE half (id INT); SELECT no_such_function();",
+        },
+    )
     with pytest.raises(MigrationError, match="0904_broken"):
         apply_migrations(db, folder)
     assert list(applied_migrations(db)) == SHIPPED
@@ -179,8 +207,14 @@ def test_the_command_line(db):
 
 def test_the_command_line_reads_the_url_from_the_environment(db):
     env = {**os.environ, "BROKERCORE_DATABASE_URL": db}
-    done = subprocess.run([sys.executable, "-m", "brokercore.db.migrations"], check=False,
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "brokercore.db.migrations"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "applied 0001_core" in done.stdout
 
@@ -218,8 +252,11 @@ def test_user_ids_are_unique(conn):
 def test_blocked_quantity_cannot_go_negative_but_short_quantity_can(conn):
     account = add_account(conn)
     conn.execute("UPDATE accounts SET allow_short = true WHERE account_id = %s", (account,))
-    conn.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price)"
-                 " VALUES (%s, 'INFY', -5, 150000.5)", (account,))  # short, where allowed
+    conn.execute(
+        "INSERT INTO positions (account_id, symbol, quantity, avg_price)"
+        " VALUES (%s, 'INFY', -5, 150000.5)",
+        (account,),
+    )  # short, where allowed
     with pytest.raises(errors.CheckViolation, match="positions_blocked_quantity_nonnegative"):
         conn.execute("UPDATE positions SET blocked_quantity = -1 WHERE account_id = %s", (account,))
 
@@ -242,8 +279,10 @@ def test_order_rows_are_checked(conn, migrated):
 
 
 def test_order_events_are_append_only(conn):
-    conn.execute("INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)"
-                 " VALUES (1, 1, 'PENDING', '{\"why\": \"new\"}', now())")
+    conn.execute(
+        "INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)"
+        " VALUES (1, 1, 'PENDING', '{\"why\": \"new\"}', now())"
+    )
     with pytest.raises(errors.RestrictViolation, match="append-only"):
         conn.execute("UPDATE order_events SET status = 'FILLED'")
     with pytest.raises(errors.RestrictViolation, match="append-only"):
@@ -254,8 +293,10 @@ def test_order_events_are_append_only(conn):
 
 
 def test_order_events_dedupe_key_is_unique(conn):
-    insert = ("INSERT INTO order_events (order_id, account_id, status, occurred_at, dedupe_key)"
-              " VALUES (1, 1, 'OPEN', now(), 'events:0:17')")
+    insert = (
+        "INSERT INTO order_events (order_id, account_id, status, occurred_at, dedupe_key)"
+        " VALUES (1, 1, 'OPEN', now(), 'events:0:17')"
+    )
     conn.execute(insert)
     with pytest.raises(errors.UniqueViolation):
         conn.execute(insert)
@@ -263,8 +304,10 @@ def test_order_events_dedupe_key_is_unique(conn):
 
 def test_a_redelivered_fill_is_refused(conn):
     account = add_account(conn)
-    insert = ("INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, quantity,"
-              " executed_at) VALUES (%s, %s, %s, %s, 'INFY', 150000, 3, now())")
+    insert = (
+        "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, quantity,"
+        " executed_at) VALUES (%s, %s, %s, %s, 'INFY', 150000, 3, now())"
+    )
     conn.execute(insert, ("INFY:42", "BUY", 1, account))
     conn.execute(insert, ("INFY:42", "SELL", 2, account))  # the trade's other side
     with pytest.raises(errors.UniqueViolation):
@@ -277,11 +320,15 @@ def test_a_redelivered_fill_is_refused(conn):
 def test_an_order_lands_in_its_days_partition(conn):
     account = add_account(conn)
     day = dt.date(2026, 1, 5)
-    assert conn.execute("SELECT create_orders_partition(%s)::text", (day,)).fetchone()[0] == \
-        "orders_20260105"
+    assert (
+        conn.execute("SELECT create_orders_partition(%s)::text", (day,)).fetchone()[0]
+        == "orders_20260105"
+    )
     # Idempotent.
-    assert conn.execute("SELECT create_orders_partition(%s)::text", (day,)).fetchone()[0] == \
-        "orders_20260105"
+    assert (
+        conn.execute("SELECT create_orders_partition(%s)::text", (day,)).fetchone()[0]
+        == "orders_20260105"
+    )
     order = add_order(conn, account, day)
     other = add_order(conn, account, day + dt.timedelta(days=1))
     where = "SELECT tableoid::regclass::text FROM orders WHERE order_id = %s"
@@ -316,8 +363,9 @@ def test_partitions_can_be_created_concurrently(migrated):
         try:
             with psycopg.connect(migrated, autocommit=True) as c:
                 barrier.wait()
-                names.append(c.execute("SELECT create_orders_partition(%s)::text",
-                                       (day,)).fetchone()[0])
+                names.append(
+                    c.execute("SELECT create_orders_partition(%s)::text", (day,)).fetchone()[0]
+                )
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
 
@@ -342,25 +390,32 @@ def test_order_ids_come_from_one_sequence_across_partitions(conn):
 
 
 def test_idempotency_keys_are_unique_per_user(conn):
-    insert = ("INSERT INTO idempotency_keys (user_id, key, order_id, request_hash, expires_at)"
-              " VALUES (%s, %s, %s, 'h', now() + interval '1 day')")
+    insert = (
+        "INSERT INTO idempotency_keys (user_id, key, order_id, request_hash, expires_at)"
+        " VALUES (%s, %s, %s, 'h', now() + interval '1 day')"
+    )
     conn.execute(insert, ("alice", "k1", 1))
     conn.execute(insert, ("bob", "k1", 2))  # the same key, another user
     with pytest.raises(errors.UniqueViolation):
         conn.execute(insert, ("alice", "k1", 3))
     first = conn.execute(
-        insert + " ON CONFLICT (user_id, key) DO NOTHING RETURNING order_id", ("alice", "k1", 4))
+        insert + " ON CONFLICT (user_id, key) DO NOTHING RETURNING order_id", ("alice", "k1", 4)
+    )
     assert first.fetchone() is None
 
 
 def test_outbox_and_consumer_offsets(conn):
-    conn.execute("INSERT INTO outbox (topic, partition, key, payload, order_id)"
-                 " VALUES ('orders', 2, 'INFY', '\\x0102', 7)")
+    conn.execute(
+        "INSERT INTO outbox (topic, partition, key, payload, order_id)"
+        " VALUES ('orders', 2, 'INFY', '\\x0102', 7)"
+    )
     unpublished = conn.execute("SELECT order_id FROM outbox WHERE published_at IS NULL").fetchall()
     assert unpublished == [(7,)]
-    upsert = ("INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)"
-              " VALUES ('settlement', 'events', 0, %s) ON CONFLICT (consumer, topic, partition)"
-              " DO UPDATE SET next_offset = excluded.next_offset")
+    upsert = (
+        "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)"
+        " VALUES ('settlement', 'events', 0, %s) ON CONFLICT (consumer, topic, partition)"
+        " DO UPDATE SET next_offset = excluded.next_offset"
+    )
     conn.execute(upsert, (10,))
     conn.execute(upsert, (25,))
     assert conn.execute("SELECT next_offset FROM consumer_offsets").fetchall() == [(25,)]
@@ -377,24 +432,52 @@ def test_the_read_model_starts_from_the_orders_and_holdings_already_there(db, tm
     day = dt.date(2026, 11, 25)
     with psycopg.connect(db, autocommit=True) as c:
         alice = add_account(c)
-        c.execute("INSERT INTO positions (account_id, symbol, quantity, avg_price) "
-                  "VALUES (%s, 'INFY', 30, 149000.5)", (alice,))
-        filled = add_order(c, alice, day, status="FILLED", filled_quantity=10,
-                           filled_notional=1_500_000, avg_fill_price=150_000)
-        c.execute("INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, "
-                  "quantity, executed_at) VALUES ('INFY:7', 'BUY', %s, %s, 'INFY', 150000, "
-                  "10, '2026-11-25 06:00:00+00')", (filled, alice))
+        c.execute(
+            "INSERT INTO positions (account_id, symbol, quantity, avg_price) "
+            "VALUES (%s, 'INFY', 30, 149000.5)",
+            (alice,),
+        )
+        filled = add_order(
+            c,
+            alice,
+            day,
+            status="FILLED",
+            filled_quantity=10,
+            filled_notional=1_500_000,
+            avg_fill_price=150_000,
+        )
+        c.execute(
+            "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, "
+            "quantity, executed_at) VALUES ('INFY:7', 'BUY', %s, %s, 'INFY', 150000, "
+            "10, '2026-11-25 06:00:00+00')",
+            (filled, alice),
+        )
         resting = add_order(c, alice, day, status="OPEN")
-        add_order(c, alice, day)                                     # PENDING
+        add_order(c, alice, day)  # PENDING
     read_model.write_text(text)
     assert apply_migrations(db, folder) == ["0003_read_model"]
     with psycopg.connect(db) as c:
-        assert c.execute("SELECT user_id, symbol, quantity, avg_price FROM "
-                         "read_model.positions").fetchall() == [
-            ("alice", "INFY", 30, Decimal("149000.5000"))]
-        assert c.execute("SELECT order_id, user_id, status, filled_quantity, avg_price, fills "
-                         "FROM read_model.orders ORDER BY order_id").fetchall() == [
-            (filled, "alice", "FILLED", 10, Decimal("150000.0000"), [
-                {"tradeId": "INFY:7", "price": "1500.00", "quantity": 10,
-                 "time": "2026-11-25T06:00:00+00:00"}]),
-            (resting, "alice", "OPEN", 0, None, [])]
+        assert c.execute(
+            "SELECT user_id, symbol, quantity, avg_price FROM read_model.positions"
+        ).fetchall() == [("alice", "INFY", 30, Decimal("149000.5000"))]
+        assert c.execute(
+            "SELECT order_id, user_id, status, filled_quantity, avg_price, fills "
+            "FROM read_model.orders ORDER BY order_id"
+        ).fetchall() == [
+            (
+                filled,
+                "alice",
+                "FILLED",
+                10,
+                Decimal("150000.0000"),
+                [
+                    {
+                        "tradeId": "INFY:7",
+                        "price": "1500.00",
+                        "quantity": 10,
+                        "time": "2026-11-25T06:00:00+00:00",
+                    }
+                ],
+            ),
+            (resting, "alice", "OPEN", 0, None, []),
+        ]

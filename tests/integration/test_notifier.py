@@ -50,7 +50,7 @@ from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 MARKET = load_market(REPO / "config/instruments.toml")
-RELIANCE = MARKET["RELIANCE"]                   # ticks of 0.05 rupee = 5 paise
+RELIANCE = MARKET["RELIANCE"]  # ticks of 0.05 rupee = 5 paise
 TS = int(datetime(2026, 3, 2, 5, 0, tzinfo=UTC).timestamp()) * 10**9
 
 
@@ -58,24 +58,65 @@ def ticks(rupees: str) -> int:
     return RELIANCE.to_ticks(Decimal(rupees))
 
 
-def event(kind: EventType, seq: int, *, symbol: str = "RELIANCE", reason: Reason = Reason.NONE,
-          op: Op = Op.LIMIT, side: Side | int = 0, order_id: int = 0, account: int = 0,
-          price: int = 0, qty: int = 0, remaining: int = 0, other_id: int = 0,
-          other_account: int = 0, other_remaining: int = 0) -> Event:
+def event(
+    kind: EventType,
+    seq: int,
+    *,
+    symbol: str = "RELIANCE",
+    reason: Reason = Reason.NONE,
+    op: Op = Op.LIMIT,
+    side: Side | int = 0,
+    order_id: int = 0,
+    account: int = 0,
+    price: int = 0,
+    qty: int = 0,
+    remaining: int = 0,
+    other_id: int = 0,
+    other_account: int = 0,
+    other_remaining: int = 0,
+) -> Event:
     """An engine event; its shard_seq is ``seq`` and its time TS + seq ns."""
-    return Event(seq, symbol, kind, reason, op, side, seq, TS + seq * 1000, order_id, account,
-                 price, qty, remaining, other_id, other_account, other_remaining)
+    return Event(
+        seq,
+        symbol,
+        kind,
+        reason,
+        op,
+        side,
+        seq,
+        TS + seq * 1000,
+        order_id,
+        account,
+        price,
+        qty,
+        remaining,
+        other_id,
+        other_account,
+        other_remaining,
+    )
 
 
 def trade(seq: int, rupees: str, symbol: str = "RELIANCE", **fields) -> Event:
     """A trade between two orders of another broker unless ``fields`` say otherwise."""
-    return event(EventType.TRADE, seq, symbol=symbol, side=Side.BUY,
-                 price=MARKET[symbol].to_ticks(Decimal(rupees)),
-                 **{"order_id": 10**9 + seq, "account": 10**6, "qty": 1,
-                    "other_id": 2 * 10**9 + seq, "other_account": 10**6 + 1} | fields)
+    return event(
+        EventType.TRADE,
+        seq,
+        symbol=symbol,
+        side=Side.BUY,
+        price=MARKET[symbol].to_ticks(Decimal(rupees)),
+        **{
+            "order_id": 10**9 + seq,
+            "account": 10**6,
+            "qty": 1,
+            "other_id": 2 * 10**9 + seq,
+            "other_account": 10**6 + 1,
+        }
+        | fields,
+    )
 
 
 # --- the push provider: a real HTTP server ------------------------------------------------
+
 
 class PushServer:
     """An HTTP server on a free loopback port that records every push it gets, with the
@@ -98,8 +139,11 @@ class PushServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'{"name": "projects/x/messages/1"}' if status == 200
-                                 else b'{"error": "unavailable"}')
+                self.wfile.write(
+                    b'{"name": "projects/x/messages/1"}'
+                    if status == 200
+                    else b'{"error": "unavailable"}'
+                )
 
             def log_message(self, *args):
                 pass
@@ -118,8 +162,7 @@ class PushServer:
 
     def statuses(self, notification_id: str) -> list[int]:
         with self.lock:
-            return [s for s, body in self.seen
-                    if body["message"]["data"]["id"] == notification_id]
+            return [s for s, body in self.seen if body["message"]["data"]["id"] == notification_id]
 
     def close(self) -> None:
         self.http.shutdown()
@@ -135,17 +178,28 @@ def push():
 
 def notifier_settings(database: str, push: PushServer, **overrides) -> ServiceSettings:
     """A test's settings with ``push`` as the provider, retrying fast, four attempts."""
-    return service_settings(database, f"t{uuid.uuid4().hex[:12]}:", **{
-        "push_url": push.url, "push_retry_base": 0.01, "push_retry_cap": 0.04,
-        "push_attempts": 4, "rate_limit_burst": 1000} | overrides)
+    return service_settings(
+        database,
+        f"t{uuid.uuid4().hex[:12]}:",
+        **{
+            "push_url": push.url,
+            "push_retry_base": 0.01,
+            "push_retry_cap": 0.04,
+            "push_attempts": 4,
+            "rate_limit_burst": 1000,
+        }
+        | overrides,
+    )
 
 
 # --- Redis: who is online, and what they receive ------------------------------------------
 
+
 def set_online(settings: ServiceSettings, user: str, seconds: float = 60.0) -> None:
     """A gateway registration of ``user`` lapsing in ``seconds`` (in the past if < 0)."""
-    redis.Redis.from_url(settings.redis_url).zadd(online_key(settings.redis_prefix, user),
-                                                  {"gateway-1": time.time() + seconds})
+    redis.Redis.from_url(settings.redis_url).zadd(
+        online_key(settings.redis_prefix, user), {"gateway-1": time.time() + seconds}
+    )
 
 
 class Inbox:
@@ -155,7 +209,7 @@ class Inbox:
         self.channels = {user_channel(settings.redis_prefix, u).encode(): u for u in users}
         self.pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
         self.pubsub.subscribe(*self.channels)
-        for _ in users:                                      # the server has them all
+        for _ in users:  # the server has them all
             wait_until(lambda: self.pubsub.get_message(timeout=0.1), "a subscription")
 
     def take(self, n: int, timeout: float = 30.0) -> list[tuple[str, Notification]]:
@@ -173,35 +227,42 @@ class Inbox:
 
 # --- the OMS rows the notifier reads ------------------------------------------------------
 
-def place(database: str, user: str, side: str, quantity: int, symbol: str = "RELIANCE"
-          ) -> tuple[int, int]:
+
+def place(
+    database: str, user: str, side: str, quantity: int, symbol: str = "RELIANCE"
+) -> tuple[int, int]:
     """An order of ``user`` as the OMS stores it: (order id, account id)."""
     with psycopg.connect(database, autocommit=True) as conn:
         return conn.execute(
             "INSERT INTO orders (trade_date, account_id, symbol, side, type, price, quantity) "
             "SELECT %s, account_id, %s, %s, 'LIMIT', 1500000, %s FROM accounts "
             "WHERE user_id = %s RETURNING order_id, account_id",
-            (date(2026, 3, 2), symbol, side, quantity, user)).fetchone()
+            (date(2026, 3, 2), symbol, side, quantity, user),
+        ).fetchone()
 
 
 def add_device(database: str, user: str, token: str) -> None:
     with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("INSERT INTO push_devices (user_id, device_token) VALUES (%s, %s)",
-                     (user, token))
+        conn.execute(
+            "INSERT INTO push_devices (user_id, device_token) VALUES (%s, %s)", (user, token)
+        )
 
 
 def prefer(database: str, user: str, kind: str, channel: str) -> None:
     with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("INSERT INTO notification_preferences VALUES (%s, %s, %s)",
-                     (user, kind, channel))
+        conn.execute(
+            "INSERT INTO notification_preferences VALUES (%s, %s, %s)", (user, kind, channel)
+        )
 
 
 def last_trade(database: str, symbol: str, paise: int) -> None:
     """A trade in the read model, as the projector records it."""
     with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
-                     "executed_at) VALUES (%s, %s, 1, %s, 5, now())",
-                     (f"{symbol}:1", symbol, paise))
+        conn.execute(
+            "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
+            "executed_at) VALUES (%s, %s, 1, %s, 5, now())",
+            (f"{symbol}:1", symbol, paise),
+        )
 
 
 @contextlib.asynccontextmanager
@@ -210,12 +271,22 @@ async def running_notifier(settings: ServiceSettings, kafka: KafkaSettings | Non
     await pool.open(wait=True)
     client = Redis.from_url(settings.redis_url)
     provider = HttpPushProvider(settings.push_url)
-    dead = DeadLetters(KAFKA_BOOTSTRAP, (kafka or KafkaSettings(KAFKA_BOOTSTRAP, "unused-"))
-                       .notification_dead_letter_topic)
+    dead = DeadLetters(
+        KAFKA_BOOTSTRAP,
+        (kafka or KafkaSettings(KAFKA_BOOTSTRAP, "unused-")).notification_dead_letter_topic,
+    )
     try:
-        yield Notifier(pool, client, settings.redis_prefix, MARKET, provider, dead,
-                       retry_base=settings.push_retry_base, retry_cap=settings.push_retry_cap,
-                       attempts=settings.push_attempts)
+        yield Notifier(
+            pool,
+            client,
+            settings.redis_prefix,
+            MARKET,
+            provider,
+            dead,
+            retry_base=settings.push_retry_base,
+            retry_cap=settings.push_retry_cap,
+            attempts=settings.push_attempts,
+        )
     finally:
         dead.close()
         await provider.aclose()
@@ -225,58 +296,150 @@ async def running_notifier(settings: ServiceSettings, kafka: KafkaSettings | Non
 
 # --- rendering ----------------------------------------------------------------------------
 
+
 def test_each_kind_is_rendered_for_the_owner_of_the_order():
     owners = {1: OrderOwner("alice", 11, "BUY", 10), 2: OrderOwner("bob", 12, "SELL", 10)}
     price = ticks("15000.00")
 
     def told(e):
-        return [(user, n.kind, n.title, n.body, n.id, n.order_id)
-                for user, n in order_notifications(3, e, owners, RELIANCE)]
+        return [
+            (user, n.kind, n.title, n.body, n.id, n.order_id)
+            for user, n in order_notifications(3, e, owners, RELIANCE)
+        ]
 
-    full_and_partial = event(EventType.TRADE, 7, side=Side.BUY, order_id=1, account=11,
-                             price=price, qty=4, remaining=0, other_id=2, other_account=12,
-                             other_remaining=6)
+    full_and_partial = event(
+        EventType.TRADE,
+        7,
+        side=Side.BUY,
+        order_id=1,
+        account=11,
+        price=price,
+        qty=4,
+        remaining=0,
+        other_id=2,
+        other_account=12,
+        other_remaining=6,
+    )
     assert told(full_and_partial) == [
-        ("alice", "FILL", "Order filled",
-         "Your order to BUY 10 RELIANCE filled at 15,000.00", "3:7:1", 1),
-        ("bob", "FILL", "Order partially filled",
-         "Your order to SELL 10 RELIANCE partially filled: 4 of 10 at 15,000.00", "3:7:2", 2)]
+        (
+            "alice",
+            "FILL",
+            "Order filled",
+            "Your order to BUY 10 RELIANCE filled at 15,000.00",
+            "3:7:1",
+            1,
+        ),
+        (
+            "bob",
+            "FILL",
+            "Order partially filled",
+            "Your order to SELL 10 RELIANCE partially filled: 4 of 10 at 15,000.00",
+            "3:7:2",
+            2,
+        ),
+    ]
     (_, n), _ = order_notifications(3, full_and_partial, owners, RELIANCE)
     assert n.symbol == "RELIANCE" and n.created_at == "2026-03-02T05:00:00.000007+00:00"
 
-    assert told(event(EventType.CANCELLED, 8, reason=Reason.USER_CANCEL, order_id=2,
-                      account=12, qty=6)) == [
-        ("bob", "CANCELLED", "Order cancelled",
-         "Your order to SELL 10 RELIANCE was cancelled; 6 of 10 unfilled", "3:8:2", 2)]
-    assert told(event(EventType.CANCELLED, 9, reason=Reason.SELF_TRADE, order_id=1,
-                      account=11, qty=10)) == [
-        ("alice", "CANCELLED", "Order cancelled",
-         "Your order to BUY 10 RELIANCE was cancelled (self trade)", "3:9:1", 1)]
+    assert told(
+        event(EventType.CANCELLED, 8, reason=Reason.USER_CANCEL, order_id=2, account=12, qty=6)
+    ) == [
+        (
+            "bob",
+            "CANCELLED",
+            "Order cancelled",
+            "Your order to SELL 10 RELIANCE was cancelled; 6 of 10 unfilled",
+            "3:8:2",
+            2,
+        )
+    ]
+    assert told(
+        event(EventType.CANCELLED, 9, reason=Reason.SELF_TRADE, order_id=1, account=11, qty=10)
+    ) == [
+        (
+            "alice",
+            "CANCELLED",
+            "Order cancelled",
+            "Your order to BUY 10 RELIANCE was cancelled (self trade)",
+            "3:9:1",
+            1,
+        )
+    ]
     assert told(event(EventType.EXPIRED, 10, order_id=1, account=11, qty=3)) == [
-        ("alice", "EXPIRED", "Order expired",
-         "Your order to BUY 10 RELIANCE expired; 3 of 10 unfilled", "3:10:1", 1)]
-    assert told(event(EventType.REJECTED, 11, reason=Reason.PRICE_OUT_OF_BAND, op=Op.LIMIT,
-                      order_id=1, account=11)) == [
-        ("alice", "REJECTED", "Order rejected",
-         "Your order to BUY 10 RELIANCE was rejected: price out of band", "3:11:1", 1)]
+        (
+            "alice",
+            "EXPIRED",
+            "Order expired",
+            "Your order to BUY 10 RELIANCE expired; 3 of 10 unfilled",
+            "3:10:1",
+            1,
+        )
+    ]
+    assert told(
+        event(
+            EventType.REJECTED,
+            11,
+            reason=Reason.PRICE_OUT_OF_BAND,
+            op=Op.LIMIT,
+            order_id=1,
+            account=11,
+        )
+    ) == [
+        (
+            "alice",
+            "REJECTED",
+            "Order rejected",
+            "Your order to BUY 10 RELIANCE was rejected: price out of band",
+            "3:11:1",
+            1,
+        )
+    ]
 
     # not news: a refused cancel, a re-sent order, an acceptance, another broker's order,
     # and an event whose account is not the order's
-    assert told(event(EventType.REJECTED, 12, reason=Reason.UNKNOWN_ORDER, op=Op.CANCEL,
-                      order_id=1, account=11)) == []
-    assert told(event(EventType.REJECTED, 13, reason=Reason.DUPLICATE_ORDER_ID, op=Op.LIMIT,
-                      order_id=1, account=11)) == []
+    assert (
+        told(
+            event(
+                EventType.REJECTED,
+                12,
+                reason=Reason.UNKNOWN_ORDER,
+                op=Op.CANCEL,
+                order_id=1,
+                account=11,
+            )
+        )
+        == []
+    )
+    assert (
+        told(
+            event(
+                EventType.REJECTED,
+                13,
+                reason=Reason.DUPLICATE_ORDER_ID,
+                op=Op.LIMIT,
+                order_id=1,
+                account=11,
+            )
+        )
+        == []
+    )
     assert told(event(EventType.ACCEPTED, 14, order_id=1, account=11, qty=10)) == []
     assert told(event(EventType.CANCELLED, 15, order_id=99, account=11, qty=1)) == []
     assert told(event(EventType.CANCELLED, 16, order_id=1, account=12, qty=1)) == []
 
-    [fire], _ = cross([Alert(5, "carol", "RELIANCE", 285_000, -1)],
-                      [TradePrice("RELIANCE:40", "RELIANCE", 285_100,
-                                  datetime(2026, 3, 2, 5, 0, tzinfo=UTC))])
+    [fire], _ = cross(
+        [Alert(5, "carol", "RELIANCE", 285_000, -1)],
+        [TradePrice("RELIANCE:40", "RELIANCE", 285_100, datetime(2026, 3, 2, 5, 0, tzinfo=UTC))],
+    )
     user, n = alert_notification(fire)
     assert (user, n.id, n.kind, n.title, n.body, n.order_id) == (
-        "carol", "alert:5:RELIANCE:40", "PRICE_ALERT", "RELIANCE price alert",
-        "RELIANCE crossed 2,850.00: last 2,851.00", None)
+        "carol",
+        "alert:5:RELIANCE:40",
+        "PRICE_ALERT",
+        "RELIANCE price alert",
+        "RELIANCE crossed 2,850.00: last 2,851.00",
+        None,
+    )
 
 
 def test_the_retry_schedule_doubles_up_to_its_cap():
@@ -286,28 +449,29 @@ def test_the_retry_schedule_doubles_up_to_its_cap():
 
 def test_offsets_are_committed_only_past_messages_whose_pushes_are_done():
     pending = PendingOffsets()
-    first = pending.add(0, 10, 2)          # two pushes owed
+    first = pending.add(0, 10, 2)  # two pushes owed
     pending.add(0, 11, 0)
     last = pending.add(0, 12, 1)
     pending.add(1, 5, 0)
     assert pending.ready() == {1: 6}
-    pending.settle(last)                   # a later message finishing first moves nothing
+    pending.settle(last)  # a later message finishing first moves nothing
     pending.settle(first)
     assert pending.ready() == {}
     pending.settle(first)
     assert pending.ready() == {0: 13}
     stale = pending.add(0, 13, 1)
-    pending.drop([0])                      # revoked: its entries are forgotten
+    pending.drop([0])  # revoked: its entries are forgotten
     pending.settle(stale)
     assert pending.ready() == {}
 
 
 # --- preferences and presence -------------------------------------------------------------
 
+
 def test_in_app_when_online_push_when_offline_nothing_when_none(database, push):
     settings = notifier_settings(database, push)
     set_online(settings, "alice")
-    set_online(settings, "carol", seconds=-5)              # lapsed: carol is offline
+    set_online(settings, "carol", seconds=-5)  # lapsed: carol is offline
     add_device(database, "bob", "bob-phone")
     add_device(database, "carol", "carol-phone")
     add_device(database, "alice", "alice-phone")
@@ -320,9 +484,15 @@ def test_in_app_when_online_push_when_offline_nothing_when_none(database, push):
 
     async def scenario():
         async with running_notifier(settings) as notifier:
-            owed = await notifier.route([("carol", note(1)), ("alice", note(2)),
-                                         ("bob", note(3)), ("carol", note(4, "CANCELLED")),
-                                         ("alice", note(5, "CANCELLED"))])
+            owed = await notifier.route(
+                [
+                    ("carol", note(1)),
+                    ("alice", note(2)),
+                    ("bob", note(3)),
+                    ("carol", note(4, "CANCELLED")),
+                    ("alice", note(5, "CANCELLED")),
+                ]
+            )
             delivered = [await notifier.deliver(p) for pushes in owed for p in pushes]
             return owed, delivered
 
@@ -334,21 +504,39 @@ def test_in_app_when_online_push_when_offline_nothing_when_none(database, push):
     # carol's FILL (NONE) went nowhere; alice (online, IN_APP) only in the app; bob
     # (offline, IN_APP) in the app and by push; carol's CANCELLED (offline) both; alice's
     # CANCELLED (PUSH, online) both
-    assert [(user, n.id) for user, n in got] == [("alice", "0:2:2"), ("bob", "0:3:3"),
-                                                 ("carol", "0:4:4"), ("alice", "0:5:5")]
+    assert [(user, n.id) for user, n in got] == [
+        ("alice", "0:2:2"),
+        ("bob", "0:3:3"),
+        ("carol", "0:4:4"),
+        ("alice", "0:5:5"),
+    ]
     assert [[(p.user_id, p.device_token) for p in pushes] for pushes in owed] == [
-        [], [], [("bob", "bob-phone")], [("carol", "carol-phone")],
-        [("alice", "alice-phone")]]
+        [],
+        [],
+        [("bob", "bob-phone")],
+        [("carol", "carol-phone")],
+        [("alice", "alice-phone")],
+    ]
     assert delivered == [True, True, True]
     assert [push.statuses(i) for i in ("0:1:1", "0:2:2", "0:3:3", "0:4:4", "0:5:5")] == [
-        [], [], [200], [200], [200]]
+        [],
+        [],
+        [200],
+        [200],
+        [200],
+    ]
     body = next(b for _, b in push.seen if b["message"]["data"]["id"] == "0:3:3")
-    assert body == {"message": {"token": "bob-phone",
-                                "notification": {"title": "t", "body": "b"},
-                                "data": {"id": "0:3:3", "kind": "FILL"}}}
+    assert body == {
+        "message": {
+            "token": "bob-phone",
+            "notification": {"title": "t", "body": "b"},
+            "data": {"id": "0:3:3", "kind": "FILL"},
+        }
+    }
 
 
 # --- retries and dead letters -------------------------------------------------------------
+
 
 def test_a_push_failing_three_times_is_delivered_once_on_the_fourth(database, push):
     settings = notifier_settings(database, push, push_attempts=6)
@@ -364,8 +552,14 @@ def test_a_push_failing_three_times_is_delivered_once_on_the_fourth(database, pu
 
 
 def read_dead_letters(kafka: KafkaSettings) -> list[PushDeadLetter]:
-    consumer = Consumer({"bootstrap.servers": KAFKA_BOOTSTRAP, "group.id": uuid.uuid4().hex,
-                         "enable.partition.eof": True, "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": KAFKA_BOOTSTRAP,
+            "group.id": uuid.uuid4().hex,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.assign([TopicPartition(kafka.notification_dead_letter_topic, 0, 0)])
     letters, decoder = [], msgspec.msgpack.Decoder(PushDeadLetter)
     try:
@@ -380,8 +574,7 @@ def read_dead_letters(kafka: KafkaSettings) -> list[PushDeadLetter]:
         consumer.close()
 
 
-def test_dead_lettered_pushes_are_retried_by_the_reconciler_and_committed(database, push,
-                                                                          kafka):
+def test_dead_lettered_pushes_are_retried_by_the_reconciler_and_committed(database, push, kafka):
     settings = notifier_settings(database, push, push_attempts=3)
     n = Notification("1:9:4", "CANCELLED", "Order cancelled", "b", "RELIANCE", "2026-03-02", 4)
     push.fail(always=True)
@@ -394,26 +587,33 @@ def test_dead_lettered_pushes_are_retried_by_the_reconciler_and_committed(databa
     assert push.statuses("1:9:4") == [503, 503, 503]
     [letter] = read_dead_letters(kafka)
     assert (letter.notification, letter.user_id, letter.device_token, letter.attempts) == (
-        n, "bob", "bob-phone", 3)
+        n,
+        "bob",
+        "bob-phone",
+        3,
+    )
     assert letter.last_error.startswith("HTTP 503")
 
     def reconcile():
         return asyncio.run(retry_notifications(settings, kafka, True, asyncio.Event()))
 
-    failed_again = reconcile()                     # the provider is still down
+    failed_again = reconcile()  # the provider is still down
     assert (failed_again.delivered, failed_again.failed) == (0, 1)
     assert [(x.attempts, x.notification.id) for x in read_dead_letters(kafka)] == [
-        (3, "1:9:4"), (4, "1:9:4")]
+        (3, "1:9:4"),
+        (4, "1:9:4"),
+    ]
     push.heal()
     done = reconcile()
     assert (done.delivered, done.failed) == (1, 0)
     assert push.statuses("1:9:4") == [503, 503, 503, 503, 200]
-    again = reconcile()                            # its offset is committed: nothing left
+    again = reconcile()  # its offset is committed: nothing left
     assert (again.delivered, again.failed) == (0, 0)
     assert push.statuses("1:9:4") == [503, 503, 503, 503, 200]
 
 
 # --- price alerts -------------------------------------------------------------------------
+
 
 class Rest:
     """The notifier's REST app in this process (its lifespan run) and a client on it."""
@@ -426,7 +626,8 @@ class Rest:
         await self._lifespan.__aenter__()
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
-            base_url="http://notifier")
+            base_url="http://notifier",
+        )
         return self
 
     async def __aexit__(self, *exc):
@@ -440,23 +641,28 @@ class Rest:
 
 def test_a_price_alert_fires_once_per_crossing(database, push):
     settings = notifier_settings(database, push)
-    last_trade(database, "RELIANCE", 284_000)                 # last 2,840.00: below
+    last_trade(database, "RELIANCE", 284_000)  # last 2,840.00: below
     inbox = Inbox(settings, "alice")
-    batches = [[trade(2, "2845.00")],                         # below: nothing
-               [trade(3, "2851.00"), trade(4, "2855.00")],    # crosses up, stays
-               [trade(5, "2850.00"), trade(6, "2849.00")],    # at (above) stays, crosses down
-               [trade(7, "19000.00", "TCS")],                 # TCS: its side, no fire
-               [trade(8, "19500.00", "TCS")],                 # same side: nothing
-               [trade(9, "20100.00", "TCS")]]                 # the first real crossing
+    batches = [
+        [trade(2, "2845.00")],  # below: nothing
+        [trade(3, "2851.00"), trade(4, "2855.00")],  # crosses up, stays
+        [trade(5, "2850.00"), trade(6, "2849.00")],  # at (above) stays, crosses down
+        [trade(7, "19000.00", "TCS")],  # TCS: its side, no fire
+        [trade(8, "19500.00", "TCS")],  # same side: nothing
+        [trade(9, "20100.00", "TCS")],
+    ]  # the first real crossing
 
     async def scenario():
         async with Rest(settings) as rest:
-            made = [await rest.call("POST", "/api/v1/alerts",
-                                    json={"symbol": symbol, "price": price})
-                    for symbol, price in (("RELIANCE", "2850.00"), ("TCS", "20000"))]
+            made = [
+                await rest.call("POST", "/api/v1/alerts", json={"symbol": symbol, "price": price})
+                for symbol, price in (("RELIANCE", "2850.00"), ("TCS", "20000"))
+            ]
         async with running_notifier(settings) as notifier:
-            owed = [await notifier.handle([(0, offset, EventBatch(0, events))])
-                    for offset, events in enumerate(batches)]
+            owed = [
+                await notifier.handle([(0, offset, EventBatch(0, events))])
+                for offset, events in enumerate(batches)
+            ]
         return made, owed
 
     made, owed = asyncio.run(scenario())
@@ -467,47 +673,72 @@ def test_a_price_alert_fires_once_per_crossing(database, push):
     finally:
         inbox.close()
     assert [(n.kind, n.id, n.body) for _, n in got] == [
-        ("PRICE_ALERT", f"alert:{reliance}:RELIANCE:3",
-         "RELIANCE crossed 2,850.00: last 2,851.00"),
-        ("PRICE_ALERT", f"alert:{reliance}:RELIANCE:6",
-         "RELIANCE crossed 2,850.00: last 2,849.00"),
-        ("PRICE_ALERT", f"alert:{tcs}:TCS:9", "TCS crossed 20,000.00: last 20,100.00")]
-    assert owed == [[[]]] * len(batches)          # alice has no devices
+        ("PRICE_ALERT", f"alert:{reliance}:RELIANCE:3", "RELIANCE crossed 2,850.00: last 2,851.00"),
+        ("PRICE_ALERT", f"alert:{reliance}:RELIANCE:6", "RELIANCE crossed 2,850.00: last 2,849.00"),
+        ("PRICE_ALERT", f"alert:{tcs}:TCS:9", "TCS crossed 20,000.00: last 20,100.00"),
+    ]
+    assert owed == [[[]]] * len(batches)  # alice has no devices
     with psycopg.connect(database) as conn:
-        assert conn.execute("SELECT symbol, side, fired FROM price_alerts ORDER BY alert_id"
-                            ).fetchall() == [("RELIANCE", -1, 2), ("TCS", 1, 1)]
+        assert conn.execute(
+            "SELECT symbol, side, fired FROM price_alerts ORDER BY alert_id"
+        ).fetchall() == [("RELIANCE", -1, 2), ("TCS", 1, 1)]
 
 
 def test_alert_crossings_are_the_same_however_trades_are_batched():
-    alerts = [Alert(1, "a", "X", 100, -1), Alert(2, "a", "X", 110, 1), Alert(3, "a", "X", 105, 0),
-              Alert(4, "a", "Y", 100, -1)]
+    alerts = [
+        Alert(1, "a", "X", 100, -1),
+        Alert(2, "a", "X", 110, 1),
+        Alert(3, "a", "X", 105, 0),
+        Alert(4, "a", "Y", 100, -1),
+    ]
     prices = [101, 99, 99, 112, 104, 100, 106]
-    trades = [TradePrice(f"X:{i}", "X", p, datetime(2026, 1, 1, tzinfo=UTC))
-              for i, p in enumerate(prices)]
+    trades = [
+        TradePrice(f"X:{i}", "X", p, datetime(2026, 1, 1, tzinfo=UTC)) for i, p in enumerate(prices)
+    ]
     fires, changed = cross(alerts, trades)
     at_once = [(f.alert.alert_id, f.trade.trade_id) for f in fires]
     one_by_one, state = [], alerts
     for t in trades:
         fired, moved = cross(state, [t])
         one_by_one += [(f.alert.alert_id, f.trade.trade_id) for f in fired]
-        state = [Alert(a.alert_id, a.user_id, a.symbol, a.price,
-                       moved[a.alert_id].side if a.alert_id in moved else a.side)
-                 for a in state]
+        state = [
+            Alert(
+                a.alert_id,
+                a.user_id,
+                a.symbol,
+                a.price,
+                moved[a.alert_id].side if a.alert_id in moved else a.side,
+            )
+            for a in state
+        ]
     # alert 3 (side unknown) only takes its side from X:0; Y's alert sees no trade
-    assert at_once == one_by_one == [(1, "X:0"), (2, "X:0"), (1, "X:1"), (1, "X:3"),
-                                     (2, "X:3"), (3, "X:3"), (2, "X:4"), (3, "X:4"),
-                                     (3, "X:6")]
-    assert {i: (c.side, c.fired) for i, c in changed.items()} == {1: (1, 3), 2: (-1, 3),
-                                                                   3: (1, 3)}
+    assert (
+        at_once
+        == one_by_one
+        == [
+            (1, "X:0"),
+            (2, "X:0"),
+            (1, "X:1"),
+            (1, "X:3"),
+            (2, "X:3"),
+            (3, "X:3"),
+            (2, "X:4"),
+            (3, "X:4"),
+            (3, "X:6"),
+        ]
+    )
+    assert {i: (c.side, c.fired) for i, c in changed.items()} == {1: (1, 3), 2: (-1, 3), 3: (1, 3)}
 
 
 # --- end to end through Kafka -------------------------------------------------------------
 
+
 def produce(kafka: KafkaSettings, partition: int, batches: list[EventBatch]) -> list[int]:
     """The batches on ``events`` in one Kafka transaction, as the engine publishes;
     their offsets."""
-    producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP,
-                         "transactional.id": f"test-{uuid.uuid4().hex}"})
+    producer = Producer(
+        {"bootstrap.servers": KAFKA_BOOTSTRAP, "transactional.id": f"test-{uuid.uuid4().hex}"}
+    )
     producer.init_transactions(30)
     offsets = []
 
@@ -517,8 +748,9 @@ def produce(kafka: KafkaSettings, partition: int, batches: list[EventBatch]) -> 
 
     producer.begin_transaction()
     for batch in batches:
-        producer.produce(kafka.events_topic, encode(batch), partition=partition,
-                         on_delivery=delivered)
+        producer.produce(
+            kafka.events_topic, encode(batch), partition=partition, on_delivery=delivered
+        )
     producer.flush(30)
     producer.commit_transaction(30)
     return sorted(offsets)
@@ -526,8 +758,9 @@ def produce(kafka: KafkaSettings, partition: int, batches: list[EventBatch]) -> 
 
 def committed(kafka: KafkaSettings, partition: int) -> int:
     """The notifier group's committed offset of a partition of events (< 0 if none)."""
-    consumer = Consumer({"bootstrap.servers": KAFKA_BOOTSTRAP,
-                         "group.id": notifier_group_id(kafka.topic_prefix)})
+    consumer = Consumer(
+        {"bootstrap.servers": KAFKA_BOOTSTRAP, "group.id": notifier_group_id(kafka.topic_prefix)}
+    )
     try:
         [tp] = consumer.committed([TopicPartition(kafka.events_topic, partition)], timeout=10)
         return tp.offset
@@ -543,37 +776,87 @@ def notifier_process(settings: ServiceSettings, kafka: KafkaSettings, log) -> su
         "BROKERCORE_REDIS_URL": settings.redis_url,
         "BROKERCORE_REDIS_PREFIX": settings.redis_prefix,
         "BROKERCORE_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "BROKERCORE_TOPIC_PREFIX": kafka.topic_prefix, "BROKERCORE_SHARDS": str(kafka.shards),
-        "BROKERCORE_PUSH_URL": settings.push_url, "BROKERCORE_PUSH_RETRY_BASE": "0.05",
-        "BROKERCORE_PUSH_RETRY_CAP": "0.05", "BROKERCORE_PUSH_ATTEMPTS": "100000"}
-    return subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", "notifier",
-                             "--from-beginning"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+        "BROKERCORE_TOPIC_PREFIX": kafka.topic_prefix,
+        "BROKERCORE_SHARDS": str(kafka.shards),
+        "BROKERCORE_PUSH_URL": settings.push_url,
+        "BROKERCORE_PUSH_RETRY_BASE": "0.05",
+        "BROKERCORE_PUSH_RETRY_CAP": "0.05",
+        "BROKERCORE_PUSH_ATTEMPTS": "100000",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "brokercore.cli", "service", "notifier", "--from-beginning"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
-def test_the_notifier_process_end_to_end_without_stalling_or_skipping(database, push, kafka,
-                                                                      tmp_path):
-    settings = notifier_settings(database, push, push_retry_base=0.05, push_retry_cap=0.05,
-                                push_attempts=100_000)
+def test_the_notifier_process_end_to_end_without_stalling_or_skipping(
+    database, push, kafka, tmp_path
+):
+    settings = notifier_settings(
+        database, push, push_retry_base=0.05, push_retry_cap=0.05, push_attempts=100_000
+    )
     buy, alice_account = place(database, "alice", "BUY", 10)
     sell, bob_account = place(database, "bob", "SELL", 10)
     cancel, carol_account = place(database, "carol", "BUY", 5)
     set_online(settings, "alice")
     set_online(settings, "carol")
-    add_device(database, "bob", "bob-phone")                   # bob is offline: push
+    add_device(database, "bob", "bob-phone")  # bob is offline: push
     shard = partition_of("RELIANCE", kafka.shards)
     price = ticks("15000.00")
-    fill = EventBatch(shard, [
-        event(EventType.ACCEPTED, 1, order_id=sell, account=bob_account, side=Side.SELL,
-              price=price, qty=10, remaining=10),
-        event(EventType.ACCEPTED, 2, order_id=buy, account=alice_account, side=Side.BUY,
-              price=price, qty=10, remaining=10),
-        trade(3, "15000.00", order_id=buy, account=alice_account, qty=10, remaining=0,
-              other_id=sell, other_account=bob_account, other_remaining=0)])
-    cancelled = EventBatch(shard, [event(EventType.CANCELLED, 4, reason=Reason.USER_CANCEL,
-                                         order_id=cancel, account=carol_account, qty=5)])
+    fill = EventBatch(
+        shard,
+        [
+            event(
+                EventType.ACCEPTED,
+                1,
+                order_id=sell,
+                account=bob_account,
+                side=Side.SELL,
+                price=price,
+                qty=10,
+                remaining=10,
+            ),
+            event(
+                EventType.ACCEPTED,
+                2,
+                order_id=buy,
+                account=alice_account,
+                side=Side.BUY,
+                price=price,
+                qty=10,
+                remaining=10,
+            ),
+            trade(
+                3,
+                "15000.00",
+                order_id=buy,
+                account=alice_account,
+                qty=10,
+                remaining=0,
+                other_id=sell,
+                other_account=bob_account,
+                other_remaining=0,
+            ),
+        ],
+    )
+    cancelled = EventBatch(
+        shard,
+        [
+            event(
+                EventType.CANCELLED,
+                4,
+                reason=Reason.USER_CANCEL,
+                order_id=cancel,
+                account=carol_account,
+                qty=5,
+            )
+        ],
+    )
     inbox = Inbox(settings, "alice", "bob", "carol")
-    push.fail(always=True)                                     # bob's push keeps retrying
+    push.fail(always=True)  # bob's push keeps retrying
     first, second = produce(kafka, shard, [fill, cancelled])
     log = open(tmp_path / "notifier.log", "w")
     process = notifier_process(settings, kafka, log)
@@ -582,7 +865,8 @@ def test_the_notifier_process_end_to_end_without_stalling_or_skipping(database, 
         assert sorted((user, n.kind, n.body) for user, n in got) == [
             ("alice", "FILL", "Your order to BUY 10 RELIANCE filled at 15,000.00"),
             ("bob", "FILL", "Your order to SELL 10 RELIANCE filled at 15,000.00"),
-            ("carol", "CANCELLED", "Your order to BUY 5 RELIANCE was cancelled")]
+            ("carol", "CANCELLED", "Your order to BUY 5 RELIANCE was cancelled"),
+        ]
         bob_id = f"{shard}:3:{sell}"
         assert {n.id for _, n in got} == {f"{shard}:3:{buy}", bob_id, f"{shard}:4:{cancel}"}
         # carol's later message was told while bob's push retries; the offsets stay
@@ -602,16 +886,18 @@ def test_the_notifier_process_end_to_end_without_stalling_or_skipping(database, 
     assert code == 0, (tmp_path / "notifier.log").read_text()
 
 
-def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(database, push, kafka,
-                                                                        tmp_path):
+def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(
+    database, push, kafka, tmp_path
+):
     """The alert's new side is stored when its trade is handled, so the re-delivered trade
     fires nothing: the fire kept in alert_fires is what the restarted notifier sends."""
     settings = notifier_settings(database, push)
     with psycopg.connect(database, autocommit=True) as conn:
-        alert = conn.execute("INSERT INTO price_alerts (user_id, symbol, price, side) VALUES "
-                             "('alice', 'RELIANCE', 1505000, -1) RETURNING alert_id"
-                             ).fetchone()[0]
-    add_device(database, "alice", "alice-phone")              # offline: a push
+        alert = conn.execute(
+            "INSERT INTO price_alerts (user_id, symbol, price, side) VALUES "
+            "('alice', 'RELIANCE', 1505000, -1) RETURNING alert_id"
+        ).fetchone()[0]
+    add_device(database, "alice", "alice-phone")  # offline: a push
     shard = partition_of("RELIANCE", kafka.shards)
     [offset] = produce(kafka, shard, [EventBatch(shard, [trade(7, "15100.00")])])
     fire = f"alert:{alert}:RELIANCE:7"
@@ -621,24 +907,27 @@ def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(databas
         try:
             wait_until(lambda: len(push.statuses(fire)) >= 2, "the alert's push retrying")
         finally:
-            first.kill()                                       # -9: no commit, no clean-up
+            first.kill()  # -9: no commit, no clean-up
             first.wait(30)
         with psycopg.connect(database) as conn:
             assert conn.execute("SELECT side, fired FROM price_alerts").fetchall() == [(1, 1)]
-            assert conn.execute("SELECT notification_id FROM alert_fires").fetchall() == [
-                (fire,)]
+            assert conn.execute("SELECT notification_id FROM alert_fires").fetchall() == [(fire,)]
         assert committed(kafka, shard) < offset + 1
         push.heal()
         second = notifier_process(settings, kafka, log)
         try:
             wait_until(lambda: 200 in push.statuses(fire), "the alert's push delivered")
-            wait_until(lambda: committed(kafka, shard) == offset + 1, "the offset committed",
-                     timeout=60)                # the dead member's session lapses first
+            wait_until(
+                lambda: committed(kafka, shard) == offset + 1, "the offset committed", timeout=60
+            )  # the dead member's session lapses first
             with psycopg.connect(database) as conn:
-                wait_until(lambda: not conn.execute("SELECT 1 FROM alert_fires").fetchall(),
-                         "the fire forgotten")
+                wait_until(
+                    lambda: not conn.execute("SELECT 1 FROM alert_fires").fetchall(),
+                    "the fire forgotten",
+                )
                 assert conn.execute("SELECT side, fired FROM price_alerts").fetchall() == [
-                    (1, 1)]                                    # fired once, sent again
+                    (1, 1)
+                ]  # fired once, sent again
             assert push.statuses(fire).count(200) == 1
         finally:
             second.send_signal(signal.SIGTERM)
@@ -646,35 +935,53 @@ def test_a_price_alert_fired_before_a_crash_is_sent_by_the_next_notifier(databas
     assert code == 0, (tmp_path / "notifier.log").read_text()
 
 
-def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push, kafka,
-                                                                 tmp_path):
+def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push, kafka, tmp_path):
     """The notifier's Redis user loses every permission (each command fails, as with Redis
     down): it keeps the batch, commits nothing and tries again; once Redis answers, the
     fill is told and the offset committed."""
     settings = notifier_settings(database, push)
     admin = redis.Redis.from_url(settings.redis_url)
     user, password = f"notifier-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
-                      channels=["*"], categories=["-@all"])
+    admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        categories=["-@all"],
+    )
     buy, account = place(database, "alice", "BUY", 10)
     set_online(settings, "alice")
     shard = partition_of("RELIANCE", kafka.shards)
     inbox = Inbox(settings, "alice")
-    [offset] = produce(kafka, shard, [EventBatch(shard, [trade(
-        5, "15000.00", order_id=buy, account=account, qty=10, remaining=0)])])
+    [offset] = produce(
+        kafka,
+        shard,
+        [
+            EventBatch(
+                shard, [trade(5, "15000.00", order_id=buy, account=account, qty=10, remaining=0)]
+            )
+        ],
+    )
     limited = settings.redis_url.replace("redis://", f"redis://{user}:{password}@")
     try:
         with open(tmp_path / "notifier.log", "w") as log:
             process = notifier_process(replace(settings, redis_url=limited), kafka, log)
             try:
-                wait_until(lambda: "Redis or Postgres failed" in (
-                    tmp_path / "notifier.log").read_text(), "a failed attempt", timeout=60)
+                wait_until(
+                    lambda: "Redis or Postgres failed" in (tmp_path / "notifier.log").read_text(),
+                    "a failed attempt",
+                    timeout=60,
+                )
                 assert committed(kafka, shard) < offset + 1
                 admin.acl_setuser(user, enabled=True, categories=["+@all"])
                 [(to, told)] = inbox.take(1)
                 assert (to, told.kind, told.id) == ("alice", "FILL", f"{shard}:5:{buy}")
-                wait_until(lambda: committed(kafka, shard) == offset + 1,
-                         "the offset committed", timeout=60)
+                wait_until(
+                    lambda: committed(kafka, shard) == offset + 1,
+                    "the offset committed",
+                    timeout=60,
+                )
                 assert process.poll() is None
             finally:
                 process.send_signal(signal.SIGTERM)
@@ -687,6 +994,7 @@ def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push,
 
 # --- the REST app -------------------------------------------------------------------------
 
+
 def test_preferences_and_devices_over_rest(database, push):
     settings = notifier_settings(database, push)
     defaults = {k: "IN_APP" for k in ("FILL", "CANCELLED", "EXPIRED", "REJECTED", "PRICE_ALERT")}
@@ -698,42 +1006,53 @@ def test_preferences_and_devices_over_rest(database, push):
             put = await rest.call("PUT", path, json={"FILL": "PUSH", "PRICE_ALERT": "NONE"})
             assert put.status_code == 200 and put.json()["FILL"] == "PUSH"
             assert (await rest.call("GET", path)).json() == defaults | {
-                "FILL": "PUSH", "PRICE_ALERT": "NONE"}
+                "FILL": "PUSH",
+                "PRICE_ALERT": "NONE",
+            }
             assert (await rest.call("GET", path, user="bob")).json() == defaults
-            for body, field in (({"FILL": "EMAIL"}, "FILL"), ({"SMS": "PUSH"}, "body"),
-                                ([], "body")):
+            for body, field in (
+                ({"FILL": "EMAIL"}, "FILL"),
+                ({"SMS": "PUSH"}, "body"),
+                ([], "body"),
+            ):
                 bad = await rest.call("PUT", path, json=body)
                 assert bad.status_code == 422, bad.text
                 error = bad.json()["error"]
                 assert error["code"] == "INVALID_REQUEST"
                 assert error["fields"][0]["field"] == field and error["fields"][0]["message"]
-            bad = await rest.client.put(path, content=b"{not json", headers=auth("alice") | {
-                "Content-Type": "application/json"})
+            bad = await rest.client.put(
+                path,
+                content=b"{not json",
+                headers=auth("alice") | {"Content-Type": "application/json"},
+            )
             assert (bad.status_code, bad.json()["error"]["code"]) == (400, "MALFORMED_JSON")
-            assert (await rest.call("PUT", path, json={})).json() == defaults   # replaced
+            assert (await rest.call("PUT", path, json={})).json() == defaults  # replaced
 
             devices = "/api/v1/notifications/devices"
             token = "fcm:APA91b-x_y.z"
-            assert (await rest.call("POST", devices, json={"deviceToken": token})
-                    ).status_code == 201
-            assert (await rest.call("POST", devices, json={"deviceToken": token})
-                    ).status_code == 200
+            assert (
+                await rest.call("POST", devices, json={"deviceToken": token})
+            ).status_code == 201
+            assert (
+                await rest.call("POST", devices, json={"deviceToken": token})
+            ).status_code == 200
             for body in ({"deviceToken": ""}, {"deviceToken": "a b"}, {"token": "x"}):
                 bad = await rest.call("POST", devices, json=body)
                 assert bad.status_code == 422 and bad.json()["error"]["fields"], bad.text
-            assert (await rest.call("DELETE", f"{devices}/{token}", user="bob")
-                    ).status_code == 404
-            assert (await rest.call("POST", devices, json={"deviceToken": token},
-                                    user="bob")).status_code == 201
-            with psycopg.connect(database) as conn:           # the phone moved to bob
-                assert conn.execute("SELECT user_id FROM push_devices").fetchall() == [
-                    ("bob",)]
-            assert (await rest.call("DELETE", f"{devices}/{token}", user="bob")
-                    ).status_code == 204
-            assert (await rest.call("DELETE", f"{devices}/{token}", user="bob")
-                    ).status_code == 404
-            for method, route in (("GET", path), ("PUT", path), ("POST", devices),
-                                  ("DELETE", f"{devices}/{token}")):
+            assert (await rest.call("DELETE", f"{devices}/{token}", user="bob")).status_code == 404
+            assert (
+                await rest.call("POST", devices, json={"deviceToken": token}, user="bob")
+            ).status_code == 201
+            with psycopg.connect(database) as conn:  # the phone moved to bob
+                assert conn.execute("SELECT user_id FROM push_devices").fetchall() == [("bob",)]
+            assert (await rest.call("DELETE", f"{devices}/{token}", user="bob")).status_code == 204
+            assert (await rest.call("DELETE", f"{devices}/{token}", user="bob")).status_code == 404
+            for method, route in (
+                ("GET", path),
+                ("PUT", path),
+                ("POST", devices),
+                ("DELETE", f"{devices}/{token}"),
+            ):
                 anonymous = await rest.call(method, route, user=None, json={})
                 assert anonymous.status_code == 401
                 assert anonymous.json()["error"]["code"] == "UNAUTHENTICATED"
@@ -743,18 +1062,20 @@ def test_preferences_and_devices_over_rest(database, push):
 
 def test_alerts_over_rest_each_user_sees_only_their_own(database, push):
     settings = notifier_settings(database, push)
-    last_trade(database, "RELIANCE", 1_500_000)               # last 15,000.00
+    last_trade(database, "RELIANCE", 1_500_000)  # last 15,000.00
 
     async def scenario():
         async with Rest(settings) as rest:
-            below = await rest.call("POST", "/api/v1/alerts",
-                                    json={"symbol": "RELIANCE", "price": "15000.50"})
+            below = await rest.call(
+                "POST", "/api/v1/alerts", json={"symbol": "RELIANCE", "price": "15000.50"}
+            )
             assert below.status_code == 201, below.text
             body = below.json()
             assert body["symbol"] == "RELIANCE" and body["price"] == "15000.50"
             assert body["fired"] == 0 and body["lastFiredAt"] is None and body["createdAt"]
-            above = await rest.call("POST", "/api/v1/alerts", user="bob",
-                                    json={"symbol": "RELIANCE", "price": 14000})
+            above = await rest.call(
+                "POST", "/api/v1/alerts", user="bob", json={"symbol": "RELIANCE", "price": 14000}
+            )
             assert above.status_code == 201, above.text
             mine = (await rest.call("GET", "/api/v1/alerts")).json()["alerts"]
             assert [a["alertId"] for a in mine] == [body["alertId"]]
@@ -764,29 +1085,35 @@ def test_alerts_over_rest_each_user_sees_only_their_own(database, push):
             assert (other.status_code, other.json()["error"]["code"]) == (404, "ALERT_NOT_FOUND")
             for junk in ("abc", "9" * 40):
                 assert (await rest.call("DELETE", f"/api/v1/alerts/{junk}")).status_code == 404
-            assert (await rest.call("DELETE", f"/api/v1/alerts/{body['alertId']}")
-                    ).status_code == 204
+            assert (
+                await rest.call("DELETE", f"/api/v1/alerts/{body['alertId']}")
+            ).status_code == 204
             assert (await rest.call("GET", "/api/v1/alerts")).json() == {"alerts": []}
 
-            unknown = await rest.call("POST", "/api/v1/alerts",
-                                      json={"symbol": "NOPE", "price": "10"})
-            assert (unknown.status_code, unknown.json()["error"]["code"]) == (
-                404, "UNKNOWN_SYMBOL")
-            for bad, field in (({"symbol": "RELIANCE", "price": "2850.001"}, "price"),
-                               ({"symbol": "RELIANCE", "price": "-1"}, "price"),
-                               ({"symbol": "RELIANCE", "price": "0"}, "price"),
-                               ({"symbol": "RELIANCE", "price": "abc"}, "price"),
-                               ({"symbol": "RELIANCE"}, "body"),
-                               ({"symbol": "", "price": "1"}, "symbol"),
-                               ({"symbol": "RELIANCE", "price": "1", "x": 1}, "body")):
+            unknown = await rest.call(
+                "POST", "/api/v1/alerts", json={"symbol": "NOPE", "price": "10"}
+            )
+            assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "UNKNOWN_SYMBOL")
+            for bad, field in (
+                ({"symbol": "RELIANCE", "price": "2850.001"}, "price"),
+                ({"symbol": "RELIANCE", "price": "-1"}, "price"),
+                ({"symbol": "RELIANCE", "price": "0"}, "price"),
+                ({"symbol": "RELIANCE", "price": "abc"}, "price"),
+                ({"symbol": "RELIANCE"}, "body"),
+                ({"symbol": "", "price": "1"}, "symbol"),
+                ({"symbol": "RELIANCE", "price": "1", "x": 1}, "body"),
+            ):
                 response = await rest.call("POST", "/api/v1/alerts", json=bad)
                 assert response.status_code == 422, (bad, response.text)
                 assert response.json()["error"]["fields"][0]["field"] == field, response.text
-            for method, route in (("POST", "/api/v1/alerts"), ("GET", "/api/v1/alerts"),
-                                  ("DELETE", "/api/v1/alerts/1")):
+            for method, route in (
+                ("POST", "/api/v1/alerts"),
+                ("GET", "/api/v1/alerts"),
+                ("DELETE", "/api/v1/alerts/1"),
+            ):
                 anonymous = await rest.call(method, route, user=None, json={})
                 assert anonymous.status_code == 401
 
     asyncio.run(scenario())
-    with psycopg.connect(database) as conn:        # sides from the last trade in the read model
+    with psycopg.connect(database) as conn:  # sides from the last trade in the read model
         assert conn.execute("SELECT user_id, side FROM price_alerts").fetchall() == [("bob", 1)]

@@ -24,24 +24,30 @@ def test_an_order_blocks_its_cash_is_stored_pending_and_reaches_kafka(database):
         async with Api(database) as api:
             response = await api.place(price="15000.05", timeInForce="GTC")
             return api, response
+
     api, response = run(scenario)
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "PENDING" and body["orderId"] > 0 and body["timestamp"]
     order_id = body["orderId"]
-    notional = 1_500_005 * 10                                   # paise: 15,000.05 x 10
-    assert api.rows("SELECT status, price, quantity, blocked_cash, time_in_force FROM orders "
-                    "WHERE order_id = %s", order_id) == [
-        ("PENDING", 1_500_005, 10, notional, "GTC")]
+    notional = 1_500_005 * 10  # paise: 15,000.05 x 10
+    assert api.rows(
+        "SELECT status, price, quantity, blocked_cash, time_in_force FROM orders "
+        "WHERE order_id = %s",
+        order_id,
+    ) == [("PENDING", 1_500_005, 10, notional, "GTC")]
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [(notional,)]
     assert api.rows("SELECT status FROM order_events WHERE order_id = %s", order_id) == [
-        ("PENDING",)]
-    assert api.rows("SELECT published_at IS NOT NULL FROM outbox WHERE order_id = %s",
-                    order_id) == [(True,)]
+        ("PENDING",)
+    ]
+    assert api.rows(
+        "SELECT published_at IS NOT NULL FROM outbox WHERE order_id = %s", order_id
+    ) == [(True,)]
     account = api.rows("SELECT account_id FROM accounts WHERE user_id = 'alice'")[0][0]
     [command] = api.commands()
-    assert command == NewOrder(order_id, account, "RELIANCE", Side.BUY, 10, price=300_001,
-                               tif=Tif.GTC, ts=command.ts)
+    assert command == NewOrder(
+        order_id, account, "RELIANCE", Side.BUY, 10, price=300_001, tif=Tif.GTC, ts=command.ts
+    )
 
 
 def test_retries_of_one_request_give_one_order_even_when_they_race(database):
@@ -51,40 +57,67 @@ def test_retries_of_one_request_give_one_order_even_when_they_race(database):
             responses = await asyncio.gather(*(api.place(**body) for _ in range(50)))
             reused = await api.place(idempotencyKey="retry-me", quantity=4)
             return api, responses, reused
+
     api, responses, reused = run(scenario)
     assert {r.status_code for r in responses} == {202}
     assert len({r.json()["orderId"] for r in responses}) == 1
     assert api.rows("SELECT count(*) FROM orders") == [(1,)]
     assert api.rows("SELECT count(*) FROM outbox") == [(1,)]
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
-        (1_500_000 * 3,)]
-    assert reused.status_code == 422 and reused.json()["error"]["code"] == \
-        "IDEMPOTENCY_KEY_REUSED"
+        (1_500_000 * 3,)
+    ]
+    assert reused.status_code == 422 and reused.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
 
 
-@pytest.mark.parametrize("body, status, code", [
-    (b"{not json", 400, "MALFORMED_JSON"),
-    (b'{"symbol": "RELIANCE"}', 422, "INVALID_REQUEST"),
-    (b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": "ten", '
-     b'"price": "15000", "idempotencyKey": "k"}', 422, "INVALID_REQUEST"),
-    (b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": -5, '
-     b'"price": "15000", "idempotencyKey": "k"}', 422, "INVALID_REQUEST"),
-    (b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 99999999999999, '
-     b'"price": "15000", "idempotencyKey": "k"}', 422, "INVALID_REQUEST"),
-    (b'{"symbol": "RELIANCE", "side": "HOLD", "type": "LIMIT", "quantity": 1, '
-     b'"price": "15000", "idempotencyKey": "k"}', 422, "INVALID_REQUEST"),
-    (b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 1, '
-     b'"price": "15000", "idempotencyKey": "k", "admin": true}', 422, "INVALID_REQUEST"),
-    (b"[1, 2, 3]", 422, "INVALID_REQUEST"),
-    (b"x" * 20_000, 413, "BODY_TOO_LARGE"),
-])
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        (b"{not json", 400, "MALFORMED_JSON"),
+        (b'{"symbol": "RELIANCE"}', 422, "INVALID_REQUEST"),
+        (
+            b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": "ten", '
+            b'"price": "15000", "idempotencyKey": "k"}',
+            422,
+            "INVALID_REQUEST",
+        ),
+        (
+            b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": -5, '
+            b'"price": "15000", "idempotencyKey": "k"}',
+            422,
+            "INVALID_REQUEST",
+        ),
+        (
+            b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 99999999999999, '
+            b'"price": "15000", "idempotencyKey": "k"}',
+            422,
+            "INVALID_REQUEST",
+        ),
+        (
+            b'{"symbol": "RELIANCE", "side": "HOLD", "type": "LIMIT", "quantity": 1, '
+            b'"price": "15000", "idempotencyKey": "k"}',
+            422,
+            "INVALID_REQUEST",
+        ),
+        (
+            b'{"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 1, '
+            b'"price": "15000", "idempotencyKey": "k", "admin": true}',
+            422,
+            "INVALID_REQUEST",
+        ),
+        (b"[1, 2, 3]", 422, "INVALID_REQUEST"),
+        (b"x" * 20_000, 413, "BODY_TOO_LARGE"),
+    ],
+)
 def test_malformed_bodies_get_a_clear_4xx_and_store_nothing(database, body, status, code):
     async def scenario():
         async with Api(database) as api:
             response = await api.client.post(
-                "/api/v1/orders", content=body,
-                headers=auth("alice") | {"Content-Type": "application/json"})
+                "/api/v1/orders",
+                content=body,
+                headers=auth("alice") | {"Content-Type": "application/json"},
+            )
             return api, response
+
     api, response = run(scenario)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -92,30 +125,38 @@ def test_malformed_bodies_get_a_clear_4xx_and_store_nothing(database, body, stat
     assert "Traceback" not in response.text
     if code == "INVALID_REQUEST" and body.startswith(b"{"):
         assert error["fields"] and error["fields"][0]["message"]
-    assert api.rows("SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), "
-                    "(SELECT count(*) FROM idempotency_keys)") == [(0, 0, 0)]
+    assert api.rows(
+        "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), "
+        "(SELECT count(*) FROM idempotency_keys)"
+    ) == [(0, 0, 0)]
 
 
-@pytest.mark.parametrize("user, order, code", [
-    ("alice", {"symbol": "NOSUCH"}, "UNKNOWN_SYMBOL"),
-    ("alice", {"price": "15000.03"}, "TICK_SIZE"),
-    ("alice", {"price": "25000.00"}, "PRICE_BAND"),
-    ("alice", {"quantity": 1_000_000}, "QUANTITY_LIMIT"),
-    ("alice", {"quantity": 100, "price": "19999.95"}, "INSUFFICIENT_FUNDS"),
-    ("alice", {"side": "SELL"}, "INSUFFICIENT_HOLDINGS"),
-    ("bob", {"side": "SELL", "quantity": 101}, "INSUFFICIENT_HOLDINGS"),
-    ("alice", {"type": "MARKET", "price": "15000"}, "PRICE_NOT_ALLOWED"),
-    ("alice", {"type": "MARKET", "price": None, "timeInForce": "GTC"}, "INVALID_TIF"),
-])
+@pytest.mark.parametrize(
+    "user, order, code",
+    [
+        ("alice", {"symbol": "NOSUCH"}, "UNKNOWN_SYMBOL"),
+        ("alice", {"price": "15000.03"}, "TICK_SIZE"),
+        ("alice", {"price": "25000.00"}, "PRICE_BAND"),
+        ("alice", {"quantity": 1_000_000}, "QUANTITY_LIMIT"),
+        ("alice", {"quantity": 100, "price": "19999.95"}, "INSUFFICIENT_FUNDS"),
+        ("alice", {"side": "SELL"}, "INSUFFICIENT_HOLDINGS"),
+        ("bob", {"side": "SELL", "quantity": 101}, "INSUFFICIENT_HOLDINGS"),
+        ("alice", {"type": "MARKET", "price": "15000"}, "PRICE_NOT_ALLOWED"),
+        ("alice", {"type": "MARKET", "price": None, "timeInForce": "GTC"}, "INVALID_TIF"),
+    ],
+)
 def test_orders_the_checks_refuse_are_not_stored(database, user, order, code):
     async def scenario():
         async with Api(database) as api:
             return api, await api.place(user=user, **order)
+
     api, response = run(scenario)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == code
-    assert api.rows("SELECT (SELECT count(*) FROM orders), (SELECT sum(blocked_cash) FROM "
-                    "accounts), (SELECT sum(blocked_quantity) FROM positions)") == [(0, 0, 0)]
+    assert api.rows(
+        "SELECT (SELECT count(*) FROM orders), (SELECT sum(blocked_cash) FROM "
+        "accounts), (SELECT sum(blocked_quantity) FROM positions)"
+    ) == [(0, 0, 0)]
 
 
 def test_a_closed_market_refuses_with_the_reason(database):
@@ -123,6 +164,7 @@ def test_a_closed_market_refuses_with_the_reason(database):
         async with Api(database) as api:
             api.now = SUNDAY
             return await api.place()
+
     response = run(scenario)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "MARKET_CLOSED"
@@ -134,45 +176,101 @@ def test_a_sell_blocks_shares_and_a_market_buy_is_held_at_the_band_top(database)
             sell = await api.place(user="bob", side="SELL", quantity=40, price="15000")
             buy = await api.place(user="carol", type="MARKET", price=None, quantity=2)
             return api, sell, buy
+
     api, sell, buy = run(scenario)
     assert sell.status_code == buy.status_code == 202
     assert api.rows("SELECT blocked_quantity FROM positions") == [(40,)]
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'carol'") == [
-        (2_000_000 * 2,)]                       # 20,000.00 (the band top) x 2
+        (2_000_000 * 2,)
+    ]  # 20,000.00 (the band top) x 2
     commands = {c.order_id: c for c in api.commands()}
-    assert commands[buy.json()["orderId"]].market and commands[buy.json()["orderId"]].tif \
-        == Tif.IOC
+    assert commands[buy.json()["orderId"]].market and commands[buy.json()["orderId"]].tif == Tif.IOC
 
 
 def b64url(data: bytes) -> str:
     import base64
+
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-@pytest.mark.parametrize("headers, code", [
-    ({}, "UNAUTHENTICATED"),
-    ({"Authorization": "Basic YWxpY2U6eA=="}, "UNAUTHENTICATED"),
-    ({"Authorization": "Bearer not-a-jwt"}, "INVALID_TOKEN"),
-    ({"Authorization": "Bearer " + jwt.encode(
-        {"sub": "alice", "iss": "brokercore-dev", "aud": "brokercore",
-         "iat": int(time.time()) - 100, "exp": int(time.time()) - 50},
-        DEV_JWT_SECRET, "HS256")}, "TOKEN_EXPIRED"),
-    # Tokens made when the tests are collected: they must outlive a long run.
-    ({"Authorization": "Bearer " + jwt.encode(
-        {"sub": "alice", "iss": "brokercore-dev", "aud": "other", "iat": int(time.time()),
-         "exp": int(time.time()) + 86_400}, DEV_JWT_SECRET, "HS256")}, "INVALID_TOKEN"),
-    ({"Authorization": "Bearer " + jwt.encode(
-        {"sub": "alice", "iss": "brokercore-dev", "aud": "brokercore",
-         "iat": int(time.time()), "exp": int(time.time()) + 86_400}, "f" * 64, "HS256")},
-     "INVALID_TOKEN"),
-    ({"Authorization": "Bearer " + b64url(b'{"alg":"none","typ":"JWT"}') + "." + b64url(
-        b'{"sub":"alice","iss":"brokercore-dev","aud":"brokercore","iat":1,'
-        b'"exp":99999999999}') + "."}, "INVALID_TOKEN"),
-])
+@pytest.mark.parametrize(
+    "headers, code",
+    [
+        ({}, "UNAUTHENTICATED"),
+        ({"Authorization": "Basic YWxpY2U6eA=="}, "UNAUTHENTICATED"),
+        ({"Authorization": "Bearer not-a-jwt"}, "INVALID_TOKEN"),
+        (
+            {
+                "Authorization": "Bearer "
+                + jwt.encode(
+                    {
+                        "sub": "alice",
+                        "iss": "brokercore-dev",
+                        "aud": "brokercore",
+                        "iat": int(time.time()) - 100,
+                        "exp": int(time.time()) - 50,
+                    },
+                    DEV_JWT_SECRET,
+                    "HS256",
+                )
+            },
+            "TOKEN_EXPIRED",
+        ),
+        # Tokens made when the tests are collected: they must outlive a long run.
+        (
+            {
+                "Authorization": "Bearer "
+                + jwt.encode(
+                    {
+                        "sub": "alice",
+                        "iss": "brokercore-dev",
+                        "aud": "other",
+                        "iat": int(time.time()),
+                        "exp": int(time.time()) + 86_400,
+                    },
+                    DEV_JWT_SECRET,
+                    "HS256",
+                )
+            },
+            "INVALID_TOKEN",
+        ),
+        (
+            {
+                "Authorization": "Bearer "
+                + jwt.encode(
+                    {
+                        "sub": "alice",
+                        "iss": "brokercore-dev",
+                        "aud": "brokercore",
+                        "iat": int(time.time()),
+                        "exp": int(time.time()) + 86_400,
+                    },
+                    "f" * 64,
+                    "HS256",
+                )
+            },
+            "INVALID_TOKEN",
+        ),
+        (
+            {
+                "Authorization": "Bearer "
+                + b64url(b'{"alg":"none","typ":"JWT"}')
+                + "."
+                + b64url(
+                    b'{"sub":"alice","iss":"brokercore-dev","aud":"brokercore","iat":1,'
+                    b'"exp":99999999999}'
+                )
+                + "."
+            },
+            "INVALID_TOKEN",
+        ),
+    ],
+)
 def test_bad_tokens_are_refused_with_401(database, headers, code):
     async def scenario():
         async with Api(database) as api:
             return api, await api.place(token=headers)
+
     api, response = run(scenario)
     assert response.status_code == 401 and response.json()["error"]["code"] == code
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -183,6 +281,7 @@ def test_a_user_without_an_account_is_forbidden(database):
     async def scenario():
         async with Api(database) as api:
             return await api.place(user="mallory")
+
     response = run(scenario)
     assert response.status_code == 403 and response.json()["error"]["code"] == "NO_ACCOUNT"
 
@@ -196,52 +295,62 @@ def test_cancel_only_your_own_open_order(database):
             garbage = await api.cancel("1;DROP")
             mine = await api.cancel(order_id)
             return api, order_id, others, unknown, garbage, mine
+
     api, order_id, others, unknown, garbage, mine = run(scenario)
     assert [r.status_code for r in (others, unknown, garbage)] == [404, 404, 404]
-    assert {r.json()["error"]["code"] for r in (others, unknown, garbage)} == {
-        "ORDER_NOT_FOUND"}
+    assert {r.json()["error"]["code"] for r in (others, unknown, garbage)} == {"ORDER_NOT_FOUND"}
     assert mine.status_code == 202 and mine.json()["orderId"] == order_id
     account = api.rows("SELECT account_id FROM accounts WHERE user_id = 'alice'")[0][0]
     cancel = api.commands()[-1]
     assert cancel == CancelOrder(order_id, account, "RELIANCE", ts=cancel.ts)
 
 
-
 def test_a_cancel_answers_cancel_requested_and_its_history_keeps_the_filled_quantity(database):
     """The 202 of a cancel says a cancel was asked for (not the order's status, which
     read as if it had failed), and the request's history row says what had filled."""
+
     async def scenario():
         async with Api(database) as api:
             order_id = (await api.place(quantity=10)).json()["orderId"]
-            api.rows("UPDATE orders SET status = 'PARTIALLY_FILLED', filled_quantity = 4 "
-                     "WHERE order_id = %s RETURNING order_id", order_id)    # as if settled
+            api.rows(
+                "UPDATE orders SET status = 'PARTIALLY_FILLED', filled_quantity = 4 "
+                "WHERE order_id = %s RETURNING order_id",
+                order_id,
+            )  # as if settled
             return api, order_id, await api.cancel(order_id)
+
     api, order_id, answer = run(scenario)
     assert answer.status_code == 202
     assert answer.json()["status"] == "CANCEL_REQUESTED"
-    assert api.rows("SELECT status, filled_quantity, payload->'request' = '\"cancel\"' "
-                    "FROM order_events WHERE order_id = %s ORDER BY event_id", order_id) == [
-        ("PENDING", 0, False), ("PARTIALLY_FILLED", 4, True)]
+    assert api.rows(
+        "SELECT status, filled_quantity, payload->'request' = '\"cancel\"' "
+        "FROM order_events WHERE order_id = %s ORDER BY event_id",
+        order_id,
+    ) == [("PENDING", 0, False), ("PARTIALLY_FILLED", 4, True)]
 
 
 def test_a_retry_of_a_stored_but_unpublished_order_carries_its_command_again(database):
     """An OMS died between commit and publish: the client's retry with the same key
     gets the same order and, while its command is unpublished, the command to send."""
+
     async def scenario():
         async with Api(database) as api:
-            request = PlaceOrderRequest("RELIANCE", "BUY", "LIMIT", 3, "retry-unpublished",
-                                        price=Decimal("15000"))
+            request = PlaceOrderRequest(
+                "RELIANCE", "BUY", "LIMIT", 3, "retry-unpublished", price=Decimal("15000")
+            )
             entry = api.app.state.oms.entry
-            first = await entry.place("alice", request)           # never published
+            first = await entry.place("alice", request)  # never published
             retried = await entry.place("alice", request)
             await api.app.state.oms.publisher.publish([retried.outbox])
             api.rows("UPDATE outbox SET published_at = now() RETURNING 1")
             again = await entry.place("alice", request)
             return first, retried, again
+
     first, retried, again = run(scenario)
     assert retried.order_id == again.order_id == first.order_id
     assert retried.outbox == first.outbox
     assert again.outbox is None, "a published command is not sent again by a retry"
+
 
 def test_a_user_over_the_rate_limit_gets_429_with_retry_after(database):
     async def scenario():
@@ -249,6 +358,7 @@ def test_a_user_over_the_rate_limit_gets_429_with_retry_after(database):
             responses = [await api.place() for _ in range(4)]
             other_user = await api.place(user="carol")
             return responses, other_user
+
     responses, other_user = run(scenario)
     assert [r.status_code for r in responses] == [202, 202, 202, 429]
     assert responses[-1].json()["error"]["code"] == "RATE_LIMITED"
@@ -260,11 +370,12 @@ def test_random_retries_over_two_thousand_requests_never_duplicate_an_order(data
     """1,000 logical orders, each sent one to three times, retries racing in random
     order: exactly one order per idempotency key, holds counted once."""
     import random
+
     rng = random.Random(5)
     keys = [f"k{n}" for n in range(1_000)]
     sends = [key for key in keys for _ in range(rng.randint(1, 3))]
     rng.shuffle(sends)
-    with psycopg.connect(database, autocommit=True) as conn:     # enough for all of them
+    with psycopg.connect(database, autocommit=True) as conn:  # enough for all of them
         conn.execute("UPDATE accounts SET cash = %s WHERE user_id = 'alice'", (10**12,))
 
     async def scenario():
@@ -273,9 +384,10 @@ def test_random_retries_over_two_thousand_requests_never_duplicate_an_order(data
 
             async def send(key):
                 async with limit:
-                    return key, await api.place(idempotencyKey=key, quantity=1,
-                                                price="10000.00")
+                    return key, await api.place(idempotencyKey=key, quantity=1, price="10000.00")
+
             return api, await asyncio.gather(*(send(key) for key in sends))
+
     api, responses = run(scenario)
     assert len(sends) >= 1_900 and {r.status_code for _, r in responses} == {202}
     ids = {}
@@ -284,7 +396,8 @@ def test_random_retries_over_two_thousand_requests_never_duplicate_an_order(data
     assert all(len(found) == 1 for found in ids.values()), "a retry got another order"
     assert api.rows("SELECT count(*), count(DISTINCT order_id) FROM orders") == [(1_000, 1_000)]
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
-        (1_000 * 10_000 * 100,)]
+        (1_000 * 10_000 * 100,)
+    ]
 
 
 def test_expired_idempotency_keys_are_cleaned_up_and_free_again(database):
@@ -293,9 +406,10 @@ def test_expired_idempotency_keys_are_cleaned_up_and_free_again(database):
             first = await api.place(idempotencyKey="daily")
             api.now = api.now + timedelta(hours=25)
             removed = await api.app.state.oms.entry.expire_idempotency_keys()
-            api.now = api.now - timedelta(hours=25)        # back in the session
+            api.now = api.now - timedelta(hours=25)  # back in the session
             again = await api.place(idempotencyKey="daily")
             return first, removed, again
+
     first, removed, again = run(scenario)
     assert removed == 1
     assert again.json()["orderId"] != first.json()["orderId"]
@@ -304,9 +418,12 @@ def test_expired_idempotency_keys_are_cleaned_up_and_free_again(database):
 def test_the_first_orders_of_a_trading_day_race_without_deadlock(database):
     """The day's partition of orders is made by the first order; racing first orders
     used to deadlock on it (one of them answered 500)."""
+
     async def scenario():
         async with Api(database, rate_limit_burst=100) as api:
-            return await asyncio.gather(*(api.place(user=user, quantity=1)
-                                          for user in ("alice", "carol") * 15))
+            return await asyncio.gather(
+                *(api.place(user=user, quantity=1) for user in ("alice", "carol") * 15)
+            )
+
     responses = run(scenario)
     assert [r.status_code for r in responses] == [202] * 30

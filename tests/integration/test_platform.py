@@ -29,7 +29,8 @@ RUPEE = 100
 
 
 def test_a_crossing_trade_settles_once_in_both_accounts_then_a_cancel_frees_the_rest(
-        database, tmp_path):
+    database, tmp_path
+):
     with platform(database, tmp_path) as api:
         before = money(api)
 
@@ -38,54 +39,73 @@ def test_a_crossing_trade_settles_once_in_both_accounts_then_a_cancel_frees_the_
                 buy = await api.place(quantity=10, price="15000.00", timeInForce="GTC")
                 sell = await api.place(user="bob", side="SELL", quantity=4, price="14999.95")
                 return buy.json()["orderId"], sell.json()["orderId"]
+
         buy, sell = run(trade)
-        api.wait_rows("SELECT order_id, status, filled_quantity FROM orders ORDER BY 1",
-                   [(buy, "PARTIALLY_FILLED", 4), (sell, "FILLED", 4)])
+        api.wait_rows(
+            "SELECT order_id, status, filled_quantity FROM orders ORDER BY 1",
+            [(buy, "PARTIALLY_FILLED", 4), (sell, "FILLED", 4)],
+        )
         # Traded at the resting buy's price, 15,000.00: 60,000.00 moves from alice to bob.
         assert api.rows("SELECT user_id, cash, blocked_cash FROM accounts ORDER BY 1") == [
             ("alice", 1_000_000 * RUPEE - 60_000 * RUPEE, 6 * 15_000 * RUPEE),
-            ("bob", 60_000 * RUPEE, 0), ("carol", 1_000_000 * RUPEE, 0)]
-        assert api.rows("SELECT a.user_id, p.quantity, p.blocked_quantity FROM positions p "
-                        "JOIN accounts a USING (account_id) ORDER BY 1") == [
-            ("alice", 4, 0), ("bob", 96, 0)]
+            ("bob", 60_000 * RUPEE, 0),
+            ("carol", 1_000_000 * RUPEE, 0),
+        ]
+        assert api.rows(
+            "SELECT a.user_id, p.quantity, p.blocked_quantity FROM positions p "
+            "JOIN accounts a USING (account_id) ORDER BY 1"
+        ) == [("alice", 4, 0), ("bob", 96, 0)]
         assert api.rows("SELECT side, price, quantity FROM fills ORDER BY side") == [
-            ("BUY", 15_000 * RUPEE, 4), ("SELL", 15_000 * RUPEE, 4)]
+            ("BUY", 15_000 * RUPEE, 4),
+            ("SELL", 15_000 * RUPEE, 4),
+        ]
 
         async def cancel():
             async with api:
                 return await api.cancel(buy)
+
         assert run(cancel).status_code == 202
         api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("CANCELLED",)], buy)
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
-        assert money(api)[0] == before[0] and money(api)[3] == before[3], \
+        assert money(api)[0] == before[0] and money(api)[3] == before[3], (
             "cash and shares are conserved (no fees configured)"
+        )
         assert api.rows("SELECT count(*) FROM fills") == [(2,)], "each side filled once"
 
 
 def test_a_day_order_expires_at_the_close_and_its_hold_is_released(database, tmp_path):
     with platform(database, tmp_path) as api:
+
         async def place():
             async with api:
                 return (await api.place(quantity=2, price="14000.00")).json()["orderId"]
+
         order = run(place)
         api.wait_rows("SELECT status FROM orders", [("OPEN",)])
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(2 * 14_000 * RUPEE,)]
-        OrderProducer(api.kafka).send([CloseSession("RELIANCE", ts=1)])    # the operator
+        OrderProducer(api.kafka).send([CloseSession("RELIANCE", ts=1)])  # the operator
         api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("EXPIRED",)], order)
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
 
 
 def test_an_order_stored_but_never_published_is_published_by_the_reconciler_once(
-        database, tmp_path):
+    database, tmp_path
+):
     """The OMS dies between its Postgres commit and the Kafka publish: the order is in
     Postgres only. The reconciler publishes it, twice even; it is matched once."""
     with platform(database, tmp_path) as api:
+
         async def store_only():
             async with api:
                 entry = api.app.state.oms.entry
-                receipt = await entry.place("alice", PlaceOrderRequest(
-                    "RELIANCE", "BUY", "LIMIT", 3, "lost-publish", price=Decimal("15000")))
+                receipt = await entry.place(
+                    "alice",
+                    PlaceOrderRequest(
+                        "RELIANCE", "BUY", "LIMIT", 3, "lost-publish", price=Decimal("15000")
+                    ),
+                )
                 return receipt.order_id
+
         order = run(store_only)
         time.sleep(1.0)
         assert api.rows("SELECT status FROM orders") == [("PENDING",)]
@@ -96,32 +116,39 @@ def test_an_order_stored_but_never_published_is_published_by_the_reconciler_once
             first = await republish(api.settings, api.kafka, 0, 0.0, True, stop)
             second = await republish(api.settings, api.kafka, 0, 0.0, True, stop)
             return first, second
+
         first, second = run(reconcile)
-        assert first == 1 and second in (0, 1)      # 1 if the engine had not answered yet
+        assert first == 1 and second in (0, 1)  # 1 if the engine had not answered yet
         api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], order)
         assert [c.order_id for c in api.commands()] == [order] * (1 + second)
         time.sleep(1.0)
-        assert api.rows("SELECT status FROM order_events WHERE order_id = %s ORDER BY event_id",
-                        order) == [("PENDING",), ("OPEN",)]
+        assert api.rows(
+            "SELECT status FROM order_events WHERE order_id = %s ORDER BY event_id", order
+        ) == [("PENDING",), ("OPEN",)]
         assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
-            (3 * 15_000 * RUPEE,)]
-
+            (3 * 15_000 * RUPEE,)
+        ]
 
 
 def test_the_reconciler_report_finds_what_postgres_got_wrong(database, tmp_path, capsys):
     with platform(database, tmp_path) as api:
+
         async def trade():
             async with api:
                 await api.place(quantity=5, price="15000.00")
-                return (await api.place(user="bob", side="SELL", quantity=5,
-                                        price="15000.00")).json()["orderId"]
+                return (
+                    await api.place(user="bob", side="SELL", quantity=5, price="15000.00")
+                ).json()["orderId"]
+
         sell = run(trade)
         api.wait_rows("SELECT count(*) FROM orders WHERE status = 'FILLED'", [(2,)])
         assert report(api.settings, api.kafka) == 0
         assert "0 finding(s)" in capsys.readouterr().out
-        with psycopg.connect(database, autocommit=True) as conn:     # damage, on purpose
-            conn.execute("UPDATE orders SET status = 'OPEN', filled_quantity = 2 "
-                         "WHERE order_id = %s", (sell,))
+        with psycopg.connect(database, autocommit=True) as conn:  # damage, on purpose
+            conn.execute(
+                "UPDATE orders SET status = 'OPEN', filled_quantity = 2 WHERE order_id = %s",
+                (sell,),
+            )
             conn.execute("DELETE FROM fills WHERE side = 'BUY'")
         assert report(api.settings, api.kafka) == 1
         out = capsys.readouterr().out
@@ -135,12 +162,17 @@ def open_now_instruments(path):
     """config/instruments.toml with a session open right now, every day: hours 01:00 to
     23:00 in an Etc/GMT zone chosen so that it is about noon there now."""
     utc_hour = time.gmtime().tm_hour
-    offset = 12 - utc_hour                      # local = utc + offset, in -11..12
+    offset = 12 - utc_hour  # local = utc + offset, in -11..12
     zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
     text = open(INSTRUMENTS).read()
-    session = text[text.index("[session]"):text.index("[[instrument]]")]
-    path.write_text(text.replace(session, f'[session]\ntimezone = "{zone}"\nopen = "01:00"\n'
-                                          'close = "23:00"\nweekdays = [1, 2, 3, 4, 5, 6, 7]\n\n'))
+    session = text[text.index("[session]") : text.index("[[instrument]]")]
+    path.write_text(
+        text.replace(
+            session,
+            f'[session]\ntimezone = "{zone}"\nopen = "01:00"\n'
+            'close = "23:00"\nweekdays = [1, 2, 3, 4, 5, 6, 7]\n\n',
+        )
+    )
     return path
 
 
@@ -150,27 +182,35 @@ def test_the_oms_killed_between_commit_and_publish_loses_nothing(database, tmp_p
     matched once."""
     with platform(database, tmp_path) as api:
         env = os.environ | {
-            "BROKERCORE_DATABASE_URL": database, "BROKERCORE_DEV_MODE": "1",
-            "BROKERCORE_KAFKA_BOOTSTRAP": "127.0.0.1:1",            # nothing listens there
+            "BROKERCORE_DATABASE_URL": database,
+            "BROKERCORE_DEV_MODE": "1",
+            "BROKERCORE_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # nothing listens there
             "BROKERCORE_TOPIC_PREFIX": api.kafka.topic_prefix,
             "BROKERCORE_SHARDS": str(api.kafka.shards),
             "BROKERCORE_REDIS_PREFIX": api.kafka.topic_prefix,
-            "BROKERCORE_INSTRUMENTS": str(open_now_instruments(tmp_path / "open.toml"))}
+            "BROKERCORE_INSTRUMENTS": str(open_now_instruments(tmp_path / "open.toml")),
+        }
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        oms = subprocess.Popen([sys.executable, "-m", "brokercore.cli", "service", "oms",
-                                "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        oms = subprocess.Popen(
+            [sys.executable, "-m", "brokercore.cli", "service", "oms", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            token = mint_token("alice", JwtConfig("brokercore-dev", "brokercore",
-                                                  DEV_JWT_SECRET))
-            request = threading.Thread(target=lambda: _post_ignoring_failure(
-                f"http://127.0.0.1:{port}/api/v1/orders", token), daemon=True)
+            token = mint_token("alice", JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET))
+            request = threading.Thread(
+                target=lambda: _post_ignoring_failure(
+                    f"http://127.0.0.1:{port}/api/v1/orders", token
+                ),
+                daemon=True,
+            )
             _wait_for_port(port, oms)
             request.start()
             api.wait_rows("SELECT status FROM orders", [("PENDING",)])
-            oms.kill()                                  # committed, not published
+            oms.kill()  # committed, not published
             oms.wait()
         finally:
             if oms.poll() is None:
@@ -180,18 +220,31 @@ def test_the_oms_killed_between_commit_and_publish_loses_nothing(database, tmp_p
 
         async def reconcile():
             return await republish(api.settings, api.kafka, 0, 0.0, True, asyncio.Event())
+
         assert run(reconcile) == 1
         api.wait_rows("SELECT status FROM orders", [("OPEN",)])
         assert api.rows("SELECT status FROM order_events ORDER BY event_id") == [
-            ("PENDING",), ("OPEN",)]
+            ("PENDING",),
+            ("OPEN",),
+        ]
 
 
 def _post_ignoring_failure(url: str, token: str) -> None:
     """The request whose server is killed under it: it has no answer to give."""
     try:
-        httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=30, json={
-            "symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 1,
-            "price": "15000.00", "idempotencyKey": "doomed"})
+        httpx.post(
+            url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            json={
+                "symbol": "RELIANCE",
+                "side": "BUY",
+                "type": "LIMIT",
+                "quantity": 1,
+                "price": "15000.00",
+                "idempotencyKey": "doomed",
+            },
+        )
     except httpx.HTTPError:
         pass
 

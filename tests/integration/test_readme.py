@@ -20,8 +20,10 @@ from stack_support import REPO, PrivateStack, stack_up_fixture  # noqa: F401 (fi
 
 README = REPO / "README.md"
 MARKER = "<!-- walkthrough -->"
-SECTIONS = ("## The broker platform: orders over REST, settled in Postgres",
-            "## Reading it back: query service, WebSocket, notifications")
+SECTIONS = (
+    "## The broker platform: orders over REST, settled in Postgres",
+    "## Reading it back: query service, WebSocket, notifications",
+)
 DONE = "@@ walkthrough block {} done @@"
 
 
@@ -31,7 +33,7 @@ def walkthrough() -> list[tuple[str, str]]:
     blocks = []
     for match in re.finditer(re.escape(MARKER) + r"\n```sh\n(.*?)\n```\n", text, re.S):
         section = text.rfind("\n## ", 0, match.start())
-        blocks.append((text[section + 1:text.index("\n", section + 1)], match.group(1)))
+        blocks.append((text[section + 1 : text.index("\n", section + 1)], match.group(1)))
     return blocks
 
 
@@ -45,17 +47,26 @@ def run_walkthrough(stack: PrivateStack) -> list[str]:
     """Every block, in order, in one bash; the output (stdout and stderr) of each."""
     script = ["set -euo pipefail"]
     for n, (_, block) in enumerate(walkthrough()):
-        block = re.sub(r"(localhost|127\.0\.0\.1):800([0-3])\b",
-                       lambda m: f"{m[1]}:{stack.base + int(m[2])}", block)
+        block = re.sub(
+            r"(localhost|127\.0\.0\.1):800([0-3])\b",
+            lambda m: f"{m[1]}:{stack.base + int(m[2])}",
+            block,
+        )
         script += [block, f"echo '{DONE.format(n)}'"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKERCORE_")}  # a new shell
-    done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=REPO, env=env, timeout=300,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    done = subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        cwd=REPO,
+        env=env,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = done.stdout
     assert done.returncode == 0, f"the walkthrough failed (exit {done.returncode}):\n{output}"
-    parts = re.split("|".join(re.escape(DONE.format(n)) for n in range(len(walkthrough()))),
-                     output)
+    parts = re.split("|".join(re.escape(DONE.format(n)) for n in range(len(walkthrough()))), output)
     return parts[:-1]
 
 
@@ -70,7 +81,7 @@ def answers(output: str) -> list[dict]:
 
 def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
     setup, trade, reads = run_walkthrough(stack_up)
-    assert answers(setup) == []                    # tokens and helpers: silent
+    assert answers(setup) == []  # tokens and helpers: silent
 
     buy, sell, *polls, cancel = answers(trade)
     assert buy["status"] == sell["status"] == "PENDING", trade
@@ -91,5 +102,6 @@ def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
     updates = [f for f in socket if f["type"] == "ORDER_UPDATE"]
     assert {(f["orderId"], f["filledQty"]) for f in updates} >= {(buy["orderId"], 4)}, reads
     assert socket[-1]["type"] == "RESUMED", reads
-    assert alert["symbol"] == "RELIANCE" and Decimal(alert["price"]) == 15100 and \
-        alert["alertId"], alert
+    assert (
+        alert["symbol"] == "RELIANCE" and Decimal(alert["price"]) == 15100 and alert["alertId"]
+    ), alert

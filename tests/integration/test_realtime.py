@@ -33,7 +33,8 @@ ROUNDS = 12
 
 
 def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
-        database, tmp_path, gateways):
+    database, tmp_path, gateways
+):
     """alice on gateway A, bob on B, carol (who trades nothing) on A and B: each fill
     reaches its owner's socket as ORDER_UPDATEs ending FILLED, then (the notifier runs
     too) its FILL notification, nothing reaches another user's socket, and once the
@@ -43,14 +44,26 @@ def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
     with platform(database, tmp_path) as api:
         prefix = api.settings.redis_prefix
         stop = threading.Event()
-        projector = threading.Thread(target=run_projector, args=(
-            api.kafka.bootstrap, api.kafka.events_topic, database, INSTRUMENTS,
-            REDIS_URL, prefix), kwargs={"stop_event": stop,
-                                                          "say": lambda line: None},
-            daemon=True)
+        projector = threading.Thread(
+            target=run_projector,
+            args=(
+                api.kafka.bootstrap,
+                api.kafka.events_topic,
+                database,
+                INSTRUMENTS,
+                REDIS_URL,
+                prefix,
+            ),
+            kwargs={"stop_event": stop, "say": lambda line: None},
+            daemon=True,
+        )
         projector.start()
-        notifier = threading.Thread(target=lambda: asyncio.run(run_notifier(
-            api.settings, api.kafka, stop, from_beginning=True)), daemon=True)
+        notifier = threading.Thread(
+            target=lambda: asyncio.run(
+                run_notifier(api.settings, api.kafka, stop, from_beginning=True)
+            ),
+            daemon=True,
+        )
         notifier.start()
         # these clients answer no PING: no heartbeat timeout while the notifier joins
         a, b = gateways(2, redis_prefix=prefix, ws_heartbeat=4 * WAIT)
@@ -64,23 +77,24 @@ def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
                 readers = asyncio.gather(until_filled(alice, buys), until_filled(bob, sells))
                 for _ in range(ROUNDS):
                     buy = await api.place(quantity=2, price="15000.00", timeInForce="DAY")
-                    sell = await api.place(user="bob", side="SELL", quantity=2,
-                                           price="15000.00", timeInForce="DAY")
+                    sell = await api.place(
+                        user="bob", side="SELL", quantity=2, price="15000.00", timeInForce="DAY"
+                    )
                     buys.append(buy.json()["orderId"])
                     sells.append(sell.json()["orderId"])
                 alice_frames, bob_frames = await readers
                 carol_frames = []
-                for ws in carols:           # PONG answers after anything queued before it
+                for ws in carols:  # PONG answers after anything queued before it
                     await ws.send('{"op":"ping"}')
                     while (frame := await receive(ws))["type"] != "PONG":
                         carol_frames.append(frame)
                 for ws in (alice, bob, *carols):
                     await ws.close()
-                return (buys, sells, alice_frames, bob_frames, carol_frames,
-                        await read_side(api))
+                return (buys, sells, alice_frames, bob_frames, carol_frames, await read_side(api))
 
         buys, sells, alice_frames, bob_frames, carol_frames, (orders, portfolio) = asyncio.run(
-            asyncio.wait_for(scenario(), 120))
+            asyncio.wait_for(scenario(), 120)
+        )
         stop.set()
         projector.join(30)
         notifier.join(30)
@@ -96,24 +110,41 @@ def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
             assert statuses[-1] == "FILLED" and set(statuses) <= {"OPEN", "FILLED"}
             filled = [u for u in updates if u["orderId"] == order_id][-1]
             assert (filled["filledQty"], filled["avgPrice"]) == (2, "15000.00")
-            about = [(f["type"], f.get("status", f.get("kind"))) for _, f in frames
-                     if f.get("orderId") == order_id]
+            about = [
+                (f["type"], f.get("status", f.get("kind")))
+                for _, f in frames
+                if f.get("orderId") == order_id
+            ]
             assert about[-2:] == [("ORDER_UPDATE", "FILLED"), ("NOTIFICATION", "FILL")], about
     assert not [f for f in carol_frames if f["type"] == "ORDER_UPDATE"]
 
     assert {o["orderId"]: (o["status"], o["filledQty"]) for o in orders} == {
-        i: ("FILLED", 2) for i in buys}
-    assert portfolio["positions"] == [{
-        "symbol": "RELIANCE", "quantity": 2 * ROUNDS, "avgPrice": "15000.00",
-        "currentPrice": "15000.00", "pnl": "0.00"}]
+        i: ("FILLED", 2) for i in buys
+    }
+    assert portfolio["positions"] == [
+        {
+            "symbol": "RELIANCE",
+            "quantity": 2 * ROUNDS,
+            "avgPrice": "15000.00",
+            "currentPrice": "15000.00",
+            "pnl": "0.00",
+        }
+    ]
     assert portfolio["blockedCash"] == "0.00"
     assert portfolio["cash"] == f"{1_000_000 - 2 * ROUNDS * 15_000:.2f}"
 
-    delays = np.array([received - f["eventTimeMs"] for received, f in alice_frames + bob_frames
-                       if f["type"] == "ORDER_UPDATE" and f["status"] == "FILLED"])
-    print(f"\nevent message -> WebSocket, {len(delays)} fills over 2 gateways: p50 "
-          f"{np.percentile(delays, 50):.1f} ms, p99 {np.percentile(delays, 99):.1f} ms, "
-          f"max {delays.max():.1f} ms")
+    delays = np.array(
+        [
+            received - f["eventTimeMs"]
+            for received, f in alice_frames + bob_frames
+            if f["type"] == "ORDER_UPDATE" and f["status"] == "FILLED"
+        ]
+    )
+    print(
+        f"\nevent message -> WebSocket, {len(delays)} fills over 2 gateways: p50 "
+        f"{np.percentile(delays, 50):.1f} ms, p99 {np.percentile(delays, 99):.1f} ms, "
+        f"max {delays.max():.1f} ms"
+    )
 
 
 async def until_filled(ws, orders: list[int]) -> list[tuple[float, dict]]:
@@ -137,12 +168,14 @@ async def read_side(api) -> tuple[list[dict], dict]:
     settings = service_settings(api.database, api.settings.redis_prefix)
     app = create_query_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://query", headers=auth("alice")) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://query", headers=auth("alice")
+        ) as client:
             orders = (await client.get("/api/v1/orders")).json()["orders"]
             deadline = time.monotonic() + WAIT
             while (portfolio := (await client.get("/api/v1/portfolio")).json())[
-                    "blockedCash"] != "0.00" and time.monotonic() < deadline:
+                "blockedCash"
+            ] != "0.00" and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
     return orders, portfolio
 
@@ -155,16 +188,23 @@ async def in_app_notifier(database: str, prefix: str, projector_wait: float):
     client = Redis.from_url(REDIS_URL)
     dead = DeadLetters(KAFKA_BOOTSTRAP, "unused-dead-letters")
     try:
-        yield Notifier(pool, client, prefix, MARKET, None, dead, events_topic="events",
-                       projector_wait=projector_wait)
+        yield Notifier(
+            pool,
+            client,
+            prefix,
+            MARKET,
+            None,
+            dead,
+            events_topic="events",
+            projector_wait=projector_wait,
+        )
     finally:
         dead.close()
         await client.aclose()
         await pool.close()
 
 
-def test_an_order_update_reaches_the_socket_before_the_notification_about_it(
-        database, gateways):
+def test_an_order_update_reaches_the_socket_before_the_notification_about_it(database, gateways):
     """The notifier, ahead of the projector, tells of alice's fill only once the
     projector has published the fill's ORDER_UPDATE: her socket (through Redis and a
     gateway) gets FILLED, then the FILL notification. With the projector down, a
@@ -199,34 +239,41 @@ def test_an_order_update_reaches_the_socket_before_the_notification_about_it(
             v.place(ids["alice"], Side.BUY, 10, MID, Tif.GTC)
             v.place(ids["bob"], Side.SELL, 10, MID)
             telling = asyncio.create_task(notifier.handle(told(0)))
-            await asyncio.sleep(0.2)            # the notifier is ahead of the projector
+            await asyncio.sleep(0.2)  # the notifier is ahead of the projector
             await asyncio.to_thread(project, 0)
             await telling
-            assert await frames(3) == [("ORDER_UPDATE", "OPEN"), ("ORDER_UPDATE", "FILLED"),
-                                       ("NOTIFICATION", "FILL")]
+            assert await frames(3) == [
+                ("ORDER_UPDATE", "OPEN"),
+                ("ORDER_UPDATE", "FILLED"),
+                ("NOTIFICATION", "FILL"),
+            ]
 
-            notifier.projector_wait = 0.2       # the projector is down from here
+            notifier.projector_wait = 0.2  # the projector is down from here
             first = rest_and_cancel()
             await notifier.handle(told(first))
-            notifier.projector_wait = 3600      # not waited for: it has not moved
+            notifier.projector_wait = 3600  # not waited for: it has not moved
             second = rest_and_cancel()
             await asyncio.wait_for(notifier.handle(told(second)), WAIT)
             assert await frames(2) == [("NOTIFICATION", "CANCELLED")] * 2
             assert notifier.overtaken == 2
 
-            await asyncio.to_thread(project, first)     # back, and caught up
-            assert await frames(4) == [("ORDER_UPDATE", "OPEN"),
-                                       ("ORDER_UPDATE", "CANCELLED")] * 2
+            await asyncio.to_thread(project, first)  # back, and caught up
+            assert await frames(4) == [("ORDER_UPDATE", "OPEN"), ("ORDER_UPDATE", "CANCELLED")] * 2
             third = rest_and_cancel()
             telling = asyncio.create_task(notifier.handle(told(third)))
             await asyncio.sleep(0.2)
             await asyncio.to_thread(project, third)
             await asyncio.wait_for(telling, WAIT)
-            assert await frames(3) == [("ORDER_UPDATE", "OPEN"), ("ORDER_UPDATE", "CANCELLED"),
-                                       ("NOTIFICATION", "CANCELLED")]
+            assert await frames(3) == [
+                ("ORDER_UPDATE", "OPEN"),
+                ("ORDER_UPDATE", "CANCELLED"),
+                ("NOTIFICATION", "CANCELLED"),
+            ]
             assert notifier.overtaken == 2
             await alice.close()
 
-    with psycopg.connect(database, autocommit=True) as conn, \
-            redis.Redis.from_url(REDIS_URL) as client:
+    with (
+        psycopg.connect(database, autocommit=True) as conn,
+        redis.Redis.from_url(REDIS_URL) as client,
+    ):
         asyncio.run(asyncio.wait_for(scenario(conn, client), 120))

@@ -33,18 +33,22 @@ SETTINGS = ServiceSettings(instruments="config/instruments.toml")
 
 def findings(conn) -> list[str]:
     """The lines the reconciler's report and log print for the broken invariants."""
-    return [str(f) for f in check_invariants(conn, market_sessions(SETTINGS),
-                                             datetime.now(UTC))]
+    return [str(f) for f in check_invariants(conn, market_sessions(SETTINGS), datetime.now(UTC))]
 
 
 def bypassing_guards(conn, table: str) -> None:
     """Simulate a bug that got past the database's own guards (a throw-away database):
     the table's CHECK constraints dropped and its triggers disabled."""
     conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(sql.Identifier(table)))
-    for name, in conn.execute("SELECT conname FROM pg_constraint WHERE contype = 'c' "
-                              "AND conrelid = %s::regclass", (table,)).fetchall():
-        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-            sql.Identifier(table), sql.Identifier(name)))
+    for (name,) in conn.execute(
+        "SELECT conname FROM pg_constraint WHERE contype = 'c' AND conrelid = %s::regclass",
+        (table,),
+    ).fetchall():
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(table), sql.Identifier(name)
+            )
+        )
 
 
 class Day:
@@ -59,18 +63,22 @@ class Day:
         self.resting = v.place(self.buyer, Side.BUY, 5, MID - 10, Tif.GTC)
         settle(conn, v.messages())
         self.price = INST.ticks_to_paise(MID)
-        self.blocked_cash = conn.execute("SELECT blocked_cash FROM accounts WHERE "
-                                         "account_id = %s", (self.buyer,)).fetchone()[0]
-        self.buyer_cash = conn.execute("SELECT cash FROM accounts WHERE account_id = %s",
-                                       (self.buyer,)).fetchone()[0]
-        self.fees = conn.execute("SELECT sum(amount) FROM fee_income WHERE side = 'BUY'"
-                                 ).fetchone()[0]
+        self.blocked_cash = conn.execute(
+            "SELECT blocked_cash FROM accounts WHERE account_id = %s", (self.buyer,)
+        ).fetchone()[0]
+        self.buyer_cash = conn.execute(
+            "SELECT cash FROM accounts WHERE account_id = %s", (self.buyer,)
+        ).fetchone()[0]
+        self.fees = conn.execute(
+            "SELECT sum(amount) FROM fee_income WHERE side = 'BUY'"
+        ).fetchone()[0]
 
 
 def test_a_settled_day_with_fees_is_clean(conn):
     day = Day(conn)
-    assert conn.execute("SELECT status, filled_quantity FROM orders ORDER BY order_id"
-                        ).fetchall() == [("PARTIALLY_FILLED", 4), ("FILLED", 4), ("OPEN", 0)]
+    assert conn.execute(
+        "SELECT status, filled_quantity FROM orders ORDER BY order_id"
+    ).fetchall() == [("PARTIALLY_FILLED", 4), ("FILLED", 4), ("OPEN", 0)]
     assert day.fees > 0 and day.blocked_cash > 0
     assert findings(conn) == []
 
@@ -80,65 +88,92 @@ def test_a_settled_day_with_fees_is_clean(conn):
 # {seller}, {buyer}, {sell}, {buy}, {price}... are the Day's.
 BREAKAGES = {
     "negative holding": (
-        ["positions"], "UPDATE positions SET quantity = -130 WHERE account_id = {seller}",
-        "NEGATIVE_HOLDING account {seller} RELIANCE quantity -130 (short selling off)"),
+        ["positions"],
+        "UPDATE positions SET quantity = -130 WHERE account_id = {seller}",
+        "NEGATIVE_HOLDING account {seller} RELIANCE quantity -130 (short selling off)",
+    ),
     "negative cash": (
-        ["accounts"], "UPDATE accounts SET cash = -500, blocked_cash = 0 "
-                      "WHERE account_id = {buyer}",
-        "NEGATIVE_CASH account {buyer} cash -500 paise"),
+        ["accounts"],
+        "UPDATE accounts SET cash = -500, blocked_cash = 0 WHERE account_id = {buyer}",
+        "NEGATIVE_CASH account {buyer} cash -500 paise",
+    ),
     "blocked cash above cash": (
-        ["accounts"], "UPDATE accounts SET cash = blocked_cash - 1 WHERE account_id = {buyer}",
+        ["accounts"],
+        "UPDATE accounts SET cash = blocked_cash - 1 WHERE account_id = {buyer}",
         "BLOCKED_CASH_ABOVE_CASH account {buyer} blocked cash {blocked_cash} paise above "
-        "cash {blocked_cash_less_1} paise"),
+        "cash {blocked_cash_less_1} paise",
+    ),
     "blocked shares above held": (
-        ["positions"], "UPDATE positions SET quantity = 5 WHERE account_id = {seller}",
+        ["positions"],
+        "UPDATE positions SET quantity = 5 WHERE account_id = {seller}",
         "BLOCKED_SHARES_ABOVE_HELD account {seller} RELIANCE blocked 6 shares above 5 held "
-        "(short selling off)"),
+        "(short selling off)",
+    ),
     "blocked cash not the open orders' holds": (
-        [], "UPDATE accounts SET blocked_cash = blocked_cash + 100 WHERE account_id = {buyer}",
+        [],
+        "UPDATE accounts SET blocked_cash = blocked_cash + 100 WHERE account_id = {buyer}",
         "BLOCKED_CASH_MISMATCH account {buyer} blocked cash {blocked_cash_plus_100} paise, "
-        "its 1 open orders hold {blocked_cash} paise"),
+        "its 1 open orders hold {blocked_cash} paise",
+    ),
     "blocked shares not the open sells' holds": (
-        [], "UPDATE positions SET blocked_quantity = 5 WHERE account_id = {seller}",
+        [],
+        "UPDATE positions SET blocked_quantity = 5 WHERE account_id = {seller}",
         "BLOCKED_SHARES_MISMATCH account {seller} RELIANCE blocked 5 shares, its 1 open sell "
-        "orders hold 6 shares"),
+        "orders hold 6 shares",
+    ),
     "a finished order still holding": (
-        [], "UPDATE orders SET blocked_cash = 7 WHERE order_id = {buy}",
-        "HOLD_AFTER_END account {buyer} order {buy} FILLED, still holds 7 paise and 0 shares"),
+        [],
+        "UPDATE orders SET blocked_cash = 7 WHERE order_id = {buy}",
+        "HOLD_AFTER_END account {buyer} order {buy} FILLED, still holds 7 paise and 0 shares",
+    ),
     "filled quantity not its fills": (
-        [], "UPDATE orders SET filled_quantity = 3 WHERE order_id = {buy}",
-        "FILLS_MISMATCH account {buyer} order {buy} filled quantity 3, its 1 fills sum to 4"),
+        [],
+        "UPDATE orders SET filled_quantity = 3 WHERE order_id = {buy}",
+        "FILLS_MISMATCH account {buyer} order {buy} filled quantity 3, its 1 fills sum to 4",
+    ),
     "a fill of no order": (
-        [], "DELETE FROM orders WHERE order_id = {buy}",
-        "FILLS_MISMATCH account {buyer} order {buy} 1 fills of 4 shares of an order not in "
-        "orders"),
+        [],
+        "DELETE FROM orders WHERE order_id = {buy}",
+        "FILLS_MISMATCH account {buyer} order {buy} 1 fills of 4 shares of an order not in orders",
+    ),
     "a position not its fills": (
-        [], "UPDATE positions SET quantity = quantity + 7 WHERE account_id = {buyer}",
+        [],
+        "UPDATE positions SET quantity = quantity + 7 WHERE account_id = {buyer}",
         "POSITION_NOT_CONSERVED account {buyer} RELIANCE quantity 11, expected 4 = "
-        "0 in - 0 out + 4 bought - 0 sold"),
+        "0 in - 0 out + 4 bought - 0 sold",
+    ),
     "a paisa of cash from nowhere": (
-        [], "UPDATE accounts SET cash = cash + 1 WHERE account_id = {buyer}",
+        [],
+        "UPDATE accounts SET cash = cash + 1 WHERE account_id = {buyer}",
         "CASH_NOT_CONSERVED account {buyer} cash {buyer_cash_plus_1} paise, expected "
         "{buyer_cash} = {deposit} deposited - 0 withdrawn - {bought} bought + 0 sold - "
-        "{fees} fees"),
+        "{fees} fees",
+    ),
     "an order stuck PENDING": (
-        [], "UPDATE orders SET status = 'PENDING', created_at = '2026-03-02 04:00Z' "
-            "WHERE order_id = {resting}",
-        "STUCK_PENDING account {buyer} order {resting} PENDING since 2026-03-02 04:00:00 UTC"),
+        [],
+        "UPDATE orders SET status = 'PENDING', created_at = '2026-03-02 04:00Z' "
+        "WHERE order_id = {resting}",
+        "STUCK_PENDING account {buyer} order {resting} PENDING since 2026-03-02 04:00:00 UTC",
+    ),
     "a DAY order open after its close": (
-        [], "UPDATE orders SET time_in_force = 'DAY' WHERE order_id = {resting}",
+        [],
+        "UPDATE orders SET time_in_force = 'DAY' WHERE order_id = {resting}",
         "DAY_ORDER_PAST_CLOSE account {buyer} order {resting} OPEN DAY order on RELIANCE of "
-        "trade date 2026-03-02, its session closed 2026-03-02 10:00:00 UTC"),
+        "trade date 2026-03-02, its session closed 2026-03-02 10:00:00 UTC",
+    ),
 }
 
 
 @pytest.mark.parametrize("breakage", list(BREAKAGES))
 def test_each_broken_invariant_is_reported_with_its_numbers(conn, breakage):
     day = Day(conn)
-    numbers = vars(day) | {"blocked_cash_less_1": day.blocked_cash - 1,
-                           "blocked_cash_plus_100": day.blocked_cash + 100,
-                           "buyer_cash_plus_1": day.buyer_cash + 1, "deposit": CASH,
-                           "bought": 4 * day.price}
+    numbers = vars(day) | {
+        "blocked_cash_less_1": day.blocked_cash - 1,
+        "blocked_cash_plus_100": day.blocked_cash + 100,
+        "buyer_cash_plus_1": day.buyer_cash + 1,
+        "deposit": CASH,
+        "bought": 4 * day.price,
+    }
     assert findings(conn) == []
     tables, statement, line = BREAKAGES[breakage]
     for table in tables:
@@ -160,29 +195,35 @@ def test_each_round_of_the_reconciler_logs_what_is_broken(conn, db, caplog):
 
     assert one_round() == []
     bypassing_guards(conn, "positions")
-    conn.execute("UPDATE positions SET quantity = -130, blocked_quantity = 0 "
-                 "WHERE account_id = %s", (day.seller,))
+    conn.execute(
+        "UPDATE positions SET quantity = -130, blocked_quantity = 0 WHERE account_id = %s",
+        (day.seller,),
+    )
     conn.execute("UPDATE orders SET blocked_shares = 0 WHERE order_id = %s", (day.sell,))
     assert one_round() == [
         "2 INVARIANT(S) BROKEN (brokercore service reconciler --report lists them all)",
         f"INVARIANT BROKEN: NEGATIVE_HOLDING account {day.seller} RELIANCE quantity -130 "
         f"(short selling off)",
         f"INVARIANT BROKEN: POSITION_NOT_CONSERVED account {day.seller} RELIANCE quantity "
-        f"-130, expected 96 = 100 in - 0 out + 0 bought - 4 sold"]
+        f"-130, expected 96 = 100 in - 0 out + 0 bought - 4 sold",
+    ]
 
 
 def test_the_database_refuses_the_states_the_guards_cover(conn):
     """Without bypassing them, the database's own guards (0001's constraints, 0004's
     triggers) refuse such states: the reconciler is the second line of defence."""
     day = Day(conn)
-    for statement in ("UPDATE positions SET quantity = -130 WHERE account_id = %s",
-                      "UPDATE accounts SET cash = -500, blocked_cash = 0 WHERE account_id = %s"):
+    for statement in (
+        "UPDATE positions SET quantity = -130 WHERE account_id = %s",
+        "UPDATE accounts SET cash = -500, blocked_cash = 0 WHERE account_id = %s",
+    ):
         with pytest.raises(errors.CheckViolation):
             conn.execute(statement, (day.seller if "positions" in statement else day.buyer,))
     assert findings(conn) == []
 
 
 # --- the funding journal ---------------------------------------------------------------------
+
 
 def test_funding_moves_cash_and_shares_with_its_journal_row_once_per_reference(conn):
     account = open_account(conn, "dana", cash=1_000, shares={"TCS": (10, 3_000)})
@@ -192,30 +233,44 @@ def test_funding_moves_cash_and_shares_with_its_journal_row_once_per_reference(c
     assert fund(conn, account, FundingKind.WITHDRAWAL, amount=200, reference="payout-1")
     assert fund(conn, account, FundingKind.SHARES_IN, symbol="TCS", quantity=10, price=4_000)
     assert fund(conn, account, FundingKind.SHARES_OUT, symbol="TCS", quantity=5)
-    assert conn.execute("SELECT cash FROM accounts WHERE account_id = %s",
-                        (account,)).fetchone() == (1_300,)
-    held = (15, 3_500)                          # 10 at 30.00 + 10 at 40.00, then 5 out
-    assert conn.execute("SELECT quantity, avg_price FROM positions WHERE account_id = %s",
-                        (account,)).fetchone() == held
-    assert conn.execute("SELECT quantity, avg_price FROM read_model.positions "
-                        "WHERE user_id = 'dana'").fetchone() == held
-    assert conn.execute("SELECT kind, symbol, amount, quantity, reference FROM funding "
-                        "ORDER BY funding_id").fetchall() == [
-        ("DEPOSIT", None, 1_000, 0, None), ("SHARES_IN", "TCS", 0, 10, None),
-        ("DEPOSIT", None, 500, 0, "utr-1"), ("WITHDRAWAL", None, 200, 0, "payout-1"),
-        ("SHARES_IN", "TCS", 0, 10, None), ("SHARES_OUT", "TCS", 0, 5, None)]
+    assert conn.execute(
+        "SELECT cash FROM accounts WHERE account_id = %s", (account,)
+    ).fetchone() == (1_300,)
+    held = (15, 3_500)  # 10 at 30.00 + 10 at 40.00, then 5 out
+    assert (
+        conn.execute(
+            "SELECT quantity, avg_price FROM positions WHERE account_id = %s", (account,)
+        ).fetchone()
+        == held
+    )
+    assert (
+        conn.execute(
+            "SELECT quantity, avg_price FROM read_model.positions WHERE user_id = 'dana'"
+        ).fetchone()
+        == held
+    )
+    assert conn.execute(
+        "SELECT kind, symbol, amount, quantity, reference FROM funding ORDER BY funding_id"
+    ).fetchall() == [
+        ("DEPOSIT", None, 1_000, 0, None),
+        ("SHARES_IN", "TCS", 0, 10, None),
+        ("DEPOSIT", None, 500, 0, "utr-1"),
+        ("WITHDRAWAL", None, 200, 0, "payout-1"),
+        ("SHARES_IN", "TCS", 0, 10, None),
+        ("SHARES_OUT", "TCS", 0, 5, None),
+    ]
     assert findings(conn) == []
 
 
 def test_funding_the_database_refuses_changes_nothing(conn):
     day = Day(conn)
-    with pytest.raises(errors.CheckViolation):          # cash blocked by the resting buy
+    with pytest.raises(errors.CheckViolation):  # cash blocked by the resting buy
         fund(conn, day.buyer, FundingKind.WITHDRAWAL, amount=day.buyer_cash)
-    with pytest.raises(errors.CheckViolation):          # more than held, no shorting
+    with pytest.raises(errors.CheckViolation):  # more than held, no shorting
         fund(conn, day.seller, FundingKind.SHARES_OUT, symbol="RELIANCE", quantity=SHARES)
     with pytest.raises(ValueError):
         fund(conn, day.buyer, FundingKind.DEPOSIT, amount=-5)
-    with pytest.raises(errors.RestrictViolation):       # the journal is append-only
+    with pytest.raises(errors.RestrictViolation):  # the journal is append-only
         conn.execute("UPDATE funding SET amount = amount + 1")
     assert conn.execute("SELECT count(*) FROM funding").fetchone() == (3,)
     assert findings(conn) == []
@@ -224,13 +279,16 @@ def test_funding_the_database_refuses_changes_nothing(conn):
 def test_the_demo_accounts_are_journalled_deposits(conn, db):
     assert seed_demo(db) == ["alice", "bob"]
     assert seed_demo(db) == [], "idempotent"
-    assert conn.execute("SELECT a.user_id, p.symbol, p.quantity, p.avg_price, r.quantity "
-                        "FROM positions p JOIN accounts a USING (account_id) "
-                        "JOIN read_model.positions r ON (r.user_id, r.symbol) = "
-                        "(a.user_id, p.symbol) WHERE p.symbol = 'TCS'").fetchall() == [
-        ("alice", "TCS", 200, 2_010_000, 200)]
+    assert conn.execute(
+        "SELECT a.user_id, p.symbol, p.quantity, p.avg_price, r.quantity "
+        "FROM positions p JOIN accounts a USING (account_id) "
+        "JOIN read_model.positions r ON (r.user_id, r.symbol) = "
+        "(a.user_id, p.symbol) WHERE p.symbol = 'TCS'"
+    ).fetchall() == [("alice", "TCS", 200, 2_010_000, 200)]
     assert conn.execute("SELECT count(*), sum(amount) FROM funding").fetchone() == (
-        7, 15_000_000 * 100)                    # 2 deposits, 5 holdings
+        7,
+        15_000_000 * 100,
+    )  # 2 deposits, 5 holdings
     assert findings(conn) == []
 
 
@@ -245,34 +303,47 @@ def test_accounts_older_than_the_journal_get_an_opening_entry(db, tmp_path):
             shutil.copy(path, before)
     apply_migrations(db, before)
     with psycopg.connect(db, autocommit=True) as c:
-        c.execute("INSERT INTO accounts (user_id, cash) VALUES ('old', 1000000), "
-                  "('older', 50000), ('broke', 0)")
-        c.execute("INSERT INTO positions (account_id, symbol, quantity) VALUES "
-                  "(1, 'TCS', 7), (2, 'TCS', 3)")
-        c.execute("INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, "
-                  "price, quantity, filled_quantity, status) VALUES "
-                  "(1, '2026-03-02', 1, 'TCS', 'BUY', 'LIMIT', 1000, 3, 3, 'FILLED'), "
-                  "(2, '2026-03-02', 2, 'TCS', 'SELL', 'LIMIT', 1000, 3, 3, 'FILLED')")
-        c.execute("INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, "
-                  "quantity, executed_at) VALUES "
-                  "('TCS:1', 'BUY', 1, 1, 'TCS', 1000, 3, now()), "
-                  "('TCS:1', 'SELL', 2, 2, 'TCS', 1000, 3, now())")
+        c.execute(
+            "INSERT INTO accounts (user_id, cash) VALUES ('old', 1000000), "
+            "('older', 50000), ('broke', 0)"
+        )
+        c.execute(
+            "INSERT INTO positions (account_id, symbol, quantity) VALUES "
+            "(1, 'TCS', 7), (2, 'TCS', 3)"
+        )
+        c.execute(
+            "INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, "
+            "price, quantity, filled_quantity, status) VALUES "
+            "(1, '2026-03-02', 1, 'TCS', 'BUY', 'LIMIT', 1000, 3, 3, 'FILLED'), "
+            "(2, '2026-03-02', 2, 'TCS', 'SELL', 'LIMIT', 1000, 3, 3, 'FILLED')"
+        )
+        c.execute(
+            "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, "
+            "quantity, executed_at) VALUES "
+            "('TCS:1', 'BUY', 1, 1, 'TCS', 1000, 3, now()), "
+            "('TCS:1', 'SELL', 2, 2, 'TCS', 1000, 3, now())"
+        )
         c.execute("INSERT INTO fee_income (trade_id, side, amount) VALUES ('TCS:1', 'BUY', 20)")
     assert apply_migrations(db) == ["0005_funding"]
     with psycopg.connect(db, autocommit=True) as c:
-        assert c.execute("SELECT account_id, kind, symbol, amount, quantity FROM funding "
-                         "ORDER BY funding_id").fetchall() == [
-            (1, "DEPOSIT", None, 1_003_020, 0),         # 1,000,000 + 3,000 bought + 20 fee
-            (2, "DEPOSIT", None, 47_000, 0),            # 50,000 - 3,000 sold
-            (1, "SHARES_IN", "TCS", 0, 4),              # 7 - 3 bought
-            (2, "SHARES_IN", "TCS", 0, 6)]              # 3 + 3 sold
+        assert c.execute(
+            "SELECT account_id, kind, symbol, amount, quantity FROM funding ORDER BY funding_id"
+        ).fetchall() == [
+            (1, "DEPOSIT", None, 1_003_020, 0),  # 1,000,000 + 3,000 bought + 20 fee
+            (2, "DEPOSIT", None, 47_000, 0),  # 50,000 - 3,000 sold
+            (1, "SHARES_IN", "TCS", 0, 4),  # 7 - 3 bought
+            (2, "SHARES_IN", "TCS", 0, 6),
+        ]  # 3 + 3 sold
         assert findings(c) == []
         c.execute("UPDATE accounts SET cash = cash + 1 WHERE account_id = 3")
-        assert findings(c) == ["CASH_NOT_CONSERVED account 3 cash 1 paise, expected 0 = "
-                               "0 deposited - 0 withdrawn - 0 bought + 0 sold - 0 fees"]
+        assert findings(c) == [
+            "CASH_NOT_CONSERVED account 3 cash 1 paise, expected 0 = "
+            "0 deposited - 0 withdrawn - 0 bought + 0 sold - 0 fees"
+        ]
 
 
 # --- a busy, correct platform ----------------------------------------------------------------
+
 
 def test_a_busy_day_through_the_engine_leaves_no_finding(database, tmp_path, capsys):
     """Concurrent buys and sells of three users through the OMS, the engine daemon and
@@ -282,37 +353,52 @@ def test_a_busy_day_through_the_engine_leaves_no_finding(database, tmp_path, cap
     locking.) Then bob's holding goes to -130 behind the guards' back, as in the
     incident: the report names it."""
     rng = random.Random(11)
-    orders = ([("alice", "BUY", rng.randint(1, 5), 15_000 + 5 * rng.randint(-4, 4))
-               for _ in range(12)]
-              + [("carol", "BUY", rng.randint(1, 5), 15_000 + 5 * rng.randint(-4, 4))
-                 for _ in range(12)]
-              + [("bob", "SELL", 8, 15_000 + 5 * rng.randint(-4, 4)) for _ in range(12)])
+    orders = (
+        [("alice", "BUY", rng.randint(1, 5), 15_000 + 5 * rng.randint(-4, 4)) for _ in range(12)]
+        + [("carol", "BUY", rng.randint(1, 5), 15_000 + 5 * rng.randint(-4, 4)) for _ in range(12)]
+        + [("bob", "SELL", 8, 15_000 + 5 * rng.randint(-4, 4)) for _ in range(12)]
+    )
     rng.shuffle(orders)
     with platform(database, tmp_path) as api:
+
         async def trade():
             async with api:
-                answers = await asyncio.gather(*(
-                    api.place(user=user, side=side, quantity=quantity, price=f"{price}.00",
-                              timeInForce="GTC")
-                    for user, side, quantity, price in orders))
-                assert [a.status_code for a in answers] == [202] * len(orders), \
-                    [a.text for a in answers if a.status_code != 202]
-                return {a.json()["orderId"]: user
-                        for a, (user, *_) in zip(answers, orders, strict=True)}
+                answers = await asyncio.gather(
+                    *(
+                        api.place(
+                            user=user,
+                            side=side,
+                            quantity=quantity,
+                            price=f"{price}.00",
+                            timeInForce="GTC",
+                        )
+                        for user, side, quantity, price in orders
+                    )
+                )
+                assert [a.status_code for a in answers] == [202] * len(orders), [
+                    a.text for a in answers if a.status_code != 202
+                ]
+                return {
+                    a.json()["orderId"]: user for a, (user, *_) in zip(answers, orders, strict=True)
+                }
+
         placed = run(trade)
         api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
         assert api.rows("SELECT count(*) FROM fills")[0][0] > 0, "some of them traded"
 
         async def cancel_the_rest():
             async with api:
-                resting = api.rows("SELECT order_id FROM orders WHERE status IN "
-                                   "('OPEN', 'PARTIALLY_FILLED')")
-                answers = await asyncio.gather(*(api.cancel(i, user=placed[i])
-                                                 for i, in resting))
-                assert {a.status_code for a in answers} <= {202, 409}   # 409: just filled
+                resting = api.rows(
+                    "SELECT order_id FROM orders WHERE status IN ('OPEN', 'PARTIALLY_FILLED')"
+                )
+                answers = await asyncio.gather(*(api.cancel(i, user=placed[i]) for (i,) in resting))
+                assert {a.status_code for a in answers} <= {202, 409}  # 409: just filled
+
         run(cancel_the_rest)
-        api.wait_rows("SELECT count(*) FROM orders WHERE status IN "
-                        "('PENDING', 'OPEN', 'PARTIALLY_FILLED')", [(0,)])
+        api.wait_rows(
+            "SELECT count(*) FROM orders WHERE status IN ('PENDING', 'OPEN', 'PARTIALLY_FILLED')",
+            [(0,)],
+        )
         assert report(api.settings, api.kafka) == 0
         out = capsys.readouterr().out
         assert "0 finding(s)" in out and "invariants of the ledger: 0 broken" in out, out
@@ -320,10 +406,13 @@ def test_a_busy_day_through_the_engine_leaves_no_finding(database, tmp_path, cap
 
     with psycopg.connect(database, autocommit=True) as conn:
         bypassing_guards(conn, "positions")
-        bob, = conn.execute("UPDATE positions SET quantity = -130 FROM accounts a "
-                            "WHERE a.account_id = positions.account_id "
-                            "AND a.user_id = 'bob' RETURNING a.account_id").fetchone()
+        (bob,) = conn.execute(
+            "UPDATE positions SET quantity = -130 FROM accounts a "
+            "WHERE a.account_id = positions.account_id "
+            "AND a.user_id = 'bob' RETURNING a.account_id"
+        ).fetchone()
     assert report(api.settings, api.kafka) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert f"  NEGATIVE_HOLDING account {bob} RELIANCE quantity -130 (short selling off)" \
-        in lines, lines
+    assert (
+        f"  NEGATIVE_HOLDING account {bob} RELIANCE quantity -130 (short selling off)" in lines
+    ), lines

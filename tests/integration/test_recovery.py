@@ -39,9 +39,9 @@ from processes import LoggedProcess
 REPO = Path(__file__).resolve().parents[2]
 INSTRUMENTS = str(REPO / "config/instruments.toml")
 RUPEE = 100
-CASH = 100_000_000 * RUPEE                  # alice's, to buy with
-SHARES = 1_000_000                          # bob's RELIANCE, to sell
-SETTLED_WITHIN = 120.0                      # seconds after the last restart: the bound
+CASH = 100_000_000 * RUPEE  # alice's, to buy with
+SHARES = 1_000_000  # bob's RELIANCE, to sell
+SETTLED_WITHIN = 120.0  # seconds after the last restart: the bound
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +70,19 @@ def private_database(servers):
     url = make_conninfo(postgres.url, dbname=name)
     apply_migrations(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO accounts (user_id, cash) VALUES ('alice', %s), ('bob', 0)",
-                     (CASH,))
-        conn.execute("INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
-                     "'RELIANCE', %s FROM accounts WHERE user_id = 'bob'", (SHARES,))
-        conn.execute("INSERT INTO read_model.positions (user_id, symbol, quantity) "
-                     "VALUES ('bob', 'RELIANCE', %s)", (SHARES,))
+        conn.execute(
+            "INSERT INTO accounts (user_id, cash) VALUES ('alice', %s), ('bob', 0)", (CASH,)
+        )
+        conn.execute(
+            "INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "
+            "'RELIANCE', %s FROM accounts WHERE user_id = 'bob'",
+            (SHARES,),
+        )
+        conn.execute(
+            "INSERT INTO read_model.positions (user_id, symbol, quantity) "
+            "VALUES ('bob', 'RELIANCE', %s)",
+            (SHARES,),
+        )
     return url
 
 
@@ -89,7 +96,8 @@ class Service(LoggedProcess):
             "BROKERCORE_TOPIC_PREFIX": api.kafka.topic_prefix,
             "BROKERCORE_SHARDS": str(api.kafka.shards),
             "BROKERCORE_INSTRUMENTS": INSTRUMENTS,
-            "BROKERCORE_REDIS_PREFIX": api.settings.redis_prefix}
+            "BROKERCORE_REDIS_PREFIX": api.settings.redis_prefix,
+        }
         super().__init__(["service", name, *args], log, env)
 
 
@@ -98,8 +106,9 @@ def start_engine(api: Api, shard: int, tmp_path: Path, daemons: list[Daemon]) ->
     broker whose coordinator is not ready yet (issue 11, section 3: H2's fix) is started
     again, as a supervisor would."""
     for _ in range(10):
-        daemons.append(Daemon(api.kafka, shard, INSTRUMENTS,
-                              tmp_path / f"engine{len(daemons)}.log"))
+        daemons.append(
+            Daemon(api.kafka, shard, INSTRUMENTS, tmp_path / f"engine{len(daemons)}.log")
+        )
         try:
             daemons[-1].wait_for("active from", 120)
             return
@@ -110,16 +119,21 @@ def start_engine(api: Api, shard: int, tmp_path: Path, daemons: list[Daemon]) ->
     raise AssertionError("no engine daemon became active in 10 starts")
 
 
-async def trickle(api: Api, stop: asyncio.Event, accepted: list[int], refused: Counter,
-                  every: float = 0.1) -> None:
+async def trickle(
+    api: Api, stop: asyncio.Event, accepted: list[int], refused: Counter, every: float = 0.1
+) -> None:
     """A buy of alice and a crossing sell of bob every ``every`` s until stopped; the ids
     answered 202, and what the others got."""
     while not stop.is_set():
         for user, side in (("alice", "BUY"), ("bob", "SELL")):
             try:
-                response = await asyncio.wait_for(api.place(
-                    user=user, side=side, quantity=1, price="15000.00", timeInForce="GTC"), 60)
-            except Exception as e:          # noqa: BLE001 - counted: the test reports it
+                response = await asyncio.wait_for(
+                    api.place(
+                        user=user, side=side, quantity=1, price="15000.00", timeInForce="GTC"
+                    ),
+                    60,
+                )
+            except Exception as e:  # noqa: BLE001 - counted: the test reports it
                 refused[type(e).__name__] += 1
                 continue
             if response.status_code == 202:
@@ -132,47 +146,63 @@ async def trickle(api: Api, stop: asyncio.Event, accepted: list[int], refused: C
 def check_settled_exactly_once(api: Api, accepted: list[int]) -> None:
     """Every order reached the engine and was settled once; money and shares conserved."""
     assert api.rows("SELECT count(*) FROM orders WHERE status = 'PENDING'") == [(0,)]
-    stored = {order for order, in api.rows("SELECT order_id FROM orders")}
+    stored = {order for (order,) in api.rows("SELECT order_id FROM orders")}
     assert set(accepted) <= stored
+    assert (
+        api.rows(
+            "SELECT o.order_id, o.filled_quantity, coalesce(sum(f.quantity), 0) FROM orders o "
+            "LEFT JOIN fills f USING (order_id) GROUP BY 1, 2 "
+            "HAVING o.filled_quantity <> coalesce(sum(f.quantity), 0)"
+        )
+        == []
+    ), "an order's filled quantity differs from its fills"
     assert api.rows(
-        "SELECT o.order_id, o.filled_quantity, coalesce(sum(f.quantity), 0) FROM orders o "
-        "LEFT JOIN fills f USING (order_id) GROUP BY 1, 2 "
-        "HAVING o.filled_quantity <> coalesce(sum(f.quantity), 0)") == [], \
-        "an order's filled quantity differs from its fills"
-    assert api.rows("SELECT count(*) FROM orders WHERE (status = 'FILLED') <> "
-                    "(filled_quantity = quantity)") == [(0,)]
-    buys, sells = api.rows("SELECT coalesce(sum(quantity), 0) FROM fills WHERE side = 'BUY' "
-                           "UNION ALL SELECT coalesce(sum(quantity), 0) FROM fills "
-                           "WHERE side = 'SELL'")
+        "SELECT count(*) FROM orders WHERE (status = 'FILLED') <> (filled_quantity = quantity)"
+    ) == [(0,)]
+    buys, sells = api.rows(
+        "SELECT coalesce(sum(quantity), 0) FROM fills WHERE side = 'BUY' "
+        "UNION ALL SELECT coalesce(sum(quantity), 0) FROM fills "
+        "WHERE side = 'SELL'"
+    )
     assert buys == sells, "each trade settled on both sides"
-    assert api.rows("SELECT sum(cash) + (SELECT coalesce(sum(amount), 0) FROM fee_income) "
-                    "FROM accounts") == [(CASH,)], "cash conserved to the paisa"
-    assert api.rows("SELECT a.user_id, p.quantity FROM positions p JOIN accounts a "
-                    "USING (account_id) ORDER BY 1") == [
-        ("alice", buys[0]), ("bob", SHARES - buys[0])], "shares conserved"
+    assert api.rows(
+        "SELECT sum(cash) + (SELECT coalesce(sum(amount), 0) FROM fee_income) FROM accounts"
+    ) == [(CASH,)], "cash conserved to the paisa"
+    assert api.rows(
+        "SELECT a.user_id, p.quantity FROM positions p JOIN accounts a "
+        "USING (account_id) ORDER BY 1"
+    ) == [("alice", buys[0]), ("bob", SHARES - buys[0])], "shares conserved"
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == api.rows(
         "SELECT coalesce(sum((quantity - filled_quantity) * price), 0) FROM orders "
-        "WHERE side = 'BUY' AND status IN ('OPEN', 'PARTIALLY_FILLED')"), \
-        "alice's blocked cash is what her open buys hold"
-    assert api.rows("SELECT count(*) FROM orders o JOIN read_model.orders r USING (order_id) "
-                    "WHERE r.status <> o.status OR r.filled_quantity <> o.filled_quantity"
-                    ) == [(0,)], "the projector agrees with settlement"
+        "WHERE side = 'BUY' AND status IN ('OPEN', 'PARTIALLY_FILLED')"
+    ), "alice's blocked cash is what her open buys hold"
+    assert api.rows(
+        "SELECT count(*) FROM orders o JOIN read_model.orders r USING (order_id) "
+        "WHERE r.status <> o.status OR r.filled_quantity <> o.filled_quantity"
+    ) == [(0,)], "the projector agrees with settlement"
     assert api.rows("SELECT count(*) FROM read_model.orders") == api.rows(
-        "SELECT count(*) FROM orders")
+        "SELECT count(*) FROM orders"
+    )
 
 
 def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
-        servers, private_database, tmp_path):
+    servers, private_database, tmp_path
+):
     postgres, kafka = servers
-    api = Api(private_database, kafka.bootstrap, rate_limit_burst=1_000_000,
-              rate_limit_per_second=1_000_000.0)
+    api = Api(
+        private_database,
+        kafka.bootstrap,
+        rate_limit_burst=1_000_000,
+        rate_limit_per_second=1_000_000.0,
+    )
     shard = partition_of("RELIANCE", api.kafka.shards)
     daemons: list[Daemon] = []
     settlement = Service("settlement", api, tmp_path / "settlement.log")
     projector = Service("projector", api, tmp_path / "projector.log")
     # Its rounds query Postgres every second; it re-publishes nothing of this test's.
-    reconciler = Service("reconciler", api, tmp_path / "reconciler.log",
-                         "--every", "1", "--older-than", "3600")
+    reconciler = Service(
+        "reconciler", api, tmp_path / "reconciler.log", "--every", "1", "--older-than", "3600"
+    )
     accepted: list[int] = []
     refused: Counter = Counter()
     try:
@@ -202,20 +232,25 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
                 stop.set()
                 await orders
                 return restarted
+
         restarted = run(scenario)
         print(f"{len(accepted)} orders accepted, refused: {dict(refused)}")
         assert accepted
-        took = api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)],
-                             timeout=SETTLED_WITHIN)
-        time.sleep(2)                       # anything settled twice would show by now
-        print(f"every order settled {time.monotonic() - restarted - 2:.1f} s after the "
-              f"broker was back ({took:.1f} s after the trickle stopped)")
+        took = api.wait_rows(
+            "SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)], timeout=SETTLED_WITHIN
+        )
+        time.sleep(2)  # anything settled twice would show by now
+        print(
+            f"every order settled {time.monotonic() - restarted - 2:.1f} s after the "
+            f"broker was back ({took:.1f} s after the trickle stopped)"
+        )
         for service in (settlement, projector, reconciler):
-            assert service.process.poll() is None, \
+            assert service.process.poll() is None, (
                 f"{service.log.name} exited:\n{service.text()[-3000:]}"
+            )
             assert "Traceback" not in service.text(), service.text()[-3000:]
         check_settled_exactly_once(api, accepted)
-        for service in (settlement, projector, reconciler):     # they still stop promptly
+        for service in (settlement, projector, reconciler):  # they still stop promptly
             service.process.send_signal(signal.SIGTERM)
             assert service.process.wait(30) == 0, service.text()[-3000:]
     finally:
@@ -224,66 +259,90 @@ def test_settlement_and_the_projector_ride_out_postgres_and_kafka_restarts(
 
 
 def test_with_kafka_down_an_order_is_answered_at_once_and_published_when_it_is_back(
-        servers, private_database):
+    servers, private_database
+):
     _, kafka = servers
     api = Api(private_database, kafka.bootstrap)
 
     async def scenario():
         async with api:
-            await api.place()               # the producer is connected
+            await api.place()  # the producer is connected
             await asyncio.to_thread(kafka.kill)
             started = time.monotonic()
             response = await api.place(quantity=7)
             latency = time.monotonic() - started
-            print(f"POST /api/v1/orders with the broker down answered "
-                  f"{response.status_code} in {latency * 1000:.1f} ms")
+            print(
+                f"POST /api/v1/orders with the broker down answered "
+                f"{response.status_code} in {latency * 1000:.1f} ms"
+            )
             assert response.status_code == 202, response.text
             order = response.json()["orderId"]
-            assert api.rows("SELECT published_at FROM outbox WHERE order_id = %s",
-                            order) == [(None,)]
+            assert api.rows("SELECT published_at FROM outbox WHERE order_id = %s", order) == [
+                (None,)
+            ]
             await asyncio.to_thread(kafka.start)
             took = await asyncio.to_thread(
-                api.wait_rows, "SELECT published_at IS NOT NULL FROM outbox WHERE "
-                "order_id = %s", [(True,)], order, timeout=60)
+                api.wait_rows,
+                "SELECT published_at IS NOT NULL FROM outbox WHERE order_id = %s",
+                [(True,)],
+                order,
+                timeout=60,
+            )
             print(f"published {took:.1f} s after the broker was back")
             return order
+
     order = run(scenario)
     # Once at least: the idempotent producer may send a message again across a broker
     # restart, and the engine drops a second copy of an order id.
     assert order in [c.order_id for c in api.commands()]
 
 
-def test_a_retry_of_an_order_committed_but_not_published_publishes_it(
-        servers, private_database):
+def test_a_retry_of_an_order_committed_but_not_published_publishes_it(servers, private_database):
     """The OMS committed the order and died before publishing it (here: the order entry
     alone, nothing published); the client's retry with the same key publishes it."""
     _, kafka = servers
     api = Api(private_database, kafka.bootstrap)
-    body = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 3,
-            "price": "15000.00", "idempotencyKey": f"retry-{uuid.uuid4().hex}"}
+    body = {
+        "symbol": "RELIANCE",
+        "side": "BUY",
+        "type": "LIMIT",
+        "quantity": 3,
+        "price": "15000.00",
+        "idempotencyKey": f"retry-{uuid.uuid4().hex}",
+    }
 
     async def scenario():
         async with api:
-            receipt = await api.app.state.oms.entry.place("alice", PlaceOrderRequest(
-                "RELIANCE", "BUY", "LIMIT", 3, body["idempotencyKey"],
-                price=Decimal("15000.00")))
+            receipt = await api.app.state.oms.entry.place(
+                "alice",
+                PlaceOrderRequest(
+                    "RELIANCE", "BUY", "LIMIT", 3, body["idempotencyKey"], price=Decimal("15000.00")
+                ),
+            )
             await asyncio.sleep(1)
-            assert api.rows("SELECT published_at FROM outbox WHERE order_id = %s",
-                            receipt.order_id) == [(None,)]
+            assert api.rows(
+                "SELECT published_at FROM outbox WHERE order_id = %s", receipt.order_id
+            ) == [(None,)]
             retry = await api.client.post("/api/v1/orders", json=body, headers=auth("alice"))
             assert retry.status_code == 202, retry.text
             assert retry.json()["orderId"] == receipt.order_id
             took = await asyncio.to_thread(
-                api.wait_rows, "SELECT published_at IS NOT NULL FROM outbox WHERE "
-                "order_id = %s", [(True,)], receipt.order_id, timeout=10)
+                api.wait_rows,
+                "SELECT published_at IS NOT NULL FROM outbox WHERE order_id = %s",
+                [(True,)],
+                receipt.order_id,
+                timeout=10,
+            )
             print(f"published {took:.2f} s after the retry")
             return receipt.order_id
+
     order = run(scenario)
     assert [c.order_id for c in api.commands()] == [order]
 
 
 def test_an_error_that_does_not_pass_by_itself_still_stops_settlement_loudly(
-        servers, private_database, tmp_path):
+    servers, private_database, tmp_path
+):
     """Waiting out outages must not swallow real errors: a schema error (here the offsets
     table renamed away under a running settlement) stops it with exit code 1."""
     _, kafka = servers
@@ -294,11 +353,9 @@ def test_an_error_that_does_not_pass_by_itself_still_stops_settlement_loudly(
         with psycopg.connect(private_database, autocommit=True) as conn:
             conn.execute("ALTER TABLE consumer_offsets RENAME TO consumer_offsets_gone")
         producer = Producer({"bootstrap.servers": kafka.bootstrap})
-        producer.produce(api.kafka.events_topic, encode(EventBatch(0, [])),
-                         partition=0)
+        producer.produce(api.kafka.events_topic, encode(EventBatch(0, [])), partition=0)
         assert producer.flush(30) == 0
         assert settlement.process.wait(60) == 1, settlement.text()[-3000:]
-        assert "UndefinedTable" in settlement.text() and "settlement failed" in \
-            settlement.text()
+        assert "UndefinedTable" in settlement.text() and "settlement failed" in settlement.text()
     finally:
         settlement.close()

@@ -19,8 +19,18 @@ import time
 from stack_support import stack_fixture, trade_on_every_shard  # noqa: F401 (fixture)
 
 CYCLES = int(os.environ.get("BROKERCORE_STACK_CYCLES", "2"))
-PROCESSES = ("engine-0", "engine-1", "oms", "query", "ws", "notifier-api", "settlement",
-             "projector", "notifier", "reconciler")
+PROCESSES = (
+    "engine-0",
+    "engine-1",
+    "oms",
+    "query",
+    "ws",
+    "notifier-api",
+    "settlement",
+    "projector",
+    "notifier",
+    "reconciler",
+)
 
 
 def gone(process: int) -> bool:
@@ -98,10 +108,12 @@ def a_killed_process_is_started_again(stack):
         now = {name: stack.pid(name) for name in killed}
         status = stack.stack("status")
         if status.returncode == 0 and all(
-                now[name] not in (0, killed[name])
-                and f"stack: {name} running (RUNNING pid {now[name]}," in status.stdout
-                for name in killed):
+            now[name] not in (0, killed[name])
+            and f"stack: {name} running (RUNNING pid {now[name]}," in status.stdout
+            for name in killed
+        ):
             break
         assert time.monotonic() < deadline, (
-            f"killed {killed}, now {now}:\n{status.stdout}\n{stack.logs()}")
+            f"killed {killed}, now {now}:\n{status.stdout}\n{stack.logs()}"
+        )
         time.sleep(0.5)

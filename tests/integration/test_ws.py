@@ -68,14 +68,29 @@ async def until(condition, what: str):
 
 
 def update(seq: int, user_order: int = 1, status: str = "OPEN") -> bytes:
-    return encode_message(OrderUpdate(
-        seq, user_order, "RELIANCE", "BUY", "LIMIT", status, 10, 0, None, "2847.00", None,
-        "2026-11-25T06:00:00+00:00", 1_795_000_000_000))
+    return encode_message(
+        OrderUpdate(
+            seq,
+            user_order,
+            "RELIANCE",
+            "BUY",
+            "LIMIT",
+            status,
+            10,
+            0,
+            None,
+            "2847.00",
+            None,
+            "2026-11-25T06:00:00+00:00",
+            1_795_000_000_000,
+        )
+    )
 
 
 def notification(ident: str, body: str = "") -> bytes:
-    return encode_message(Notification(ident, "FILL", "Order filled", body, "RELIANCE",
-                                       "2026-11-25T06:00:00+00:00"))
+    return encode_message(
+        Notification(ident, "FILL", "Order filled", body, "RELIANCE", "2026-11-25T06:00:00+00:00")
+    )
 
 
 def registered(bus: redis.Redis, prefix: str, user: str) -> set[str]:
@@ -83,6 +98,7 @@ def registered(bus: redis.Redis, prefix: str, user: str) -> set[str]:
 
 
 # --- routing --------------------------------------------------------------------------------
+
 
 def test_each_socket_gets_exactly_its_users_messages_on_any_instance(gateways, bus):
     """alice on A, bob and alice (twice) on B: every socket gets all of its user's
@@ -110,15 +126,14 @@ def test_each_socket_gets_exactly_its_users_messages_on_any_instance(gateways, b
         for ws in (alice_a, alice_b, alice_b2):
             frames = await receive_many(ws, 11)
             assert [f.get("seq") for f in frames] == [*range(1, 11), None]
-            assert frames[-1]["id"] == "end-alice"          # nothing of bob's before it
+            assert frames[-1]["id"] == "end-alice"  # nothing of bob's before it
         frames = await receive_many(bob_b, 11)
         assert [f.get("seq") for f in frames] == [*range(101, 111), None]
         assert frames[-1]["id"] == "end-bob"
 
-        await alice_b2.close()              # alice keeps a socket on B: B stays
-        await alice_a.close()               # her last on A: A goes
-        await until(lambda: registered(bus, prefix, "alice") == {instance_b},
-                    "A unregistered")
+        await alice_b2.close()  # alice keeps a socket on B: B stays
+        await alice_a.close()  # her last on A: A goes
+        await until(lambda: registered(bus, prefix, "alice") == {instance_b}, "A unregistered")
         assert bus.publish(user_channel(prefix, "alice"), update(11)) == 1
         assert (await receive(alice_b))["seq"] == 11
         await alice_b.close()
@@ -126,10 +141,12 @@ def test_each_socket_gets_exactly_its_users_messages_on_any_instance(gateways, b
         assert registered(bus, prefix, "bob") == {instance_b}
         await bob_b.close()
         await until(lambda: not bus.exists(online_key(prefix, "bob")), "bob offline")
+
     run(scenario)
 
 
 # --- authentication -------------------------------------------------------------------------
+
 
 def test_sockets_without_a_valid_token_are_closed_with_4401(gateways):
     """The gateway accepts, sends an ERROR frame with the reason's code, and closes
@@ -138,28 +155,31 @@ def test_sockets_without_a_valid_token_are_closed_with_4401(gateways):
     foreign = JwtConfig("brokercore-dev", "brokercore", "another-secret-of-at-least-32-bytes!")
     cases = [
         ({}, {}, 4401, "UNAUTHENTICATED"),
-        ({"Authorization": "Bearer " + mint_token("alice", foreign)}, {}, 4401,
-         "INVALID_TOKEN"),
+        ({"Authorization": "Bearer " + mint_token("alice", foreign)}, {}, 4401, "INVALID_TOKEN"),
         ({}, {"token": mint_token("alice", foreign)}, 4401, "INVALID_TOKEN"),
-        ({"Authorization": "Bearer " + token("alice", now=time.time() - 7200)}, {}, 4401,
-         "TOKEN_EXPIRED"),
+        (
+            {"Authorization": "Bearer " + token("alice", now=time.time() - 7200)},
+            {},
+            4401,
+            "TOKEN_EXPIRED",
+        ),
         ({}, {"token": token("alice", ttl=-60)}, 4401, "TOKEN_EXPIRED"),
         ({"Authorization": "Basic YWxpY2U6eA=="}, {}, 4401, "UNAUTHENTICATED"),
-        ({"Authorization": "Bearer " + token("alice")}, {"since": "-1"}, 4400,
-         "INVALID_REQUEST"),
+        ({"Authorization": "Bearer " + token("alice")}, {"since": "-1"}, 4400, "INVALID_REQUEST"),
     ]
 
     async def scenario():
         for headers, params, code, error in cases:
-            ws = await connect(server.url(**params), additional_headers=headers,
-                               ping_interval=None)
+            ws = await connect(server.url(**params), additional_headers=headers, ping_interval=None)
             got_code, reason, frames = await closed(ws)
             assert (got_code, frames[0]["type"], frames[0]["code"]) == (code, "ERROR", error)
             assert reason == f"{error}: {frames[0]['message']}"
+
     run(scenario)
 
 
 # --- heartbeats -----------------------------------------------------------------------------
+
 
 def test_a_silent_client_is_closed_with_4408_and_an_answering_one_stays(gateways):
     [server] = gateways(ws_heartbeat=1.0)
@@ -184,10 +204,12 @@ def test_a_silent_client_is_closed_with_4408_and_an_answering_one_stays(gateways
             pass
         assert frame == {"type": "PONG"}
         await answering.close()
+
     run(scenario)
 
 
 # --- slow consumers -------------------------------------------------------------------------
+
 
 def test_a_client_that_does_not_read_is_closed_as_a_slow_consumer(gateways, bus):
     """carol never reads while ~1 KB notifications pour in: once her queue and the
@@ -201,12 +223,17 @@ def test_a_client_that_does_not_read_is_closed_as_a_slow_consumer(gateways, bus)
         receiver = socket.socket()
         receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
         receiver.connect(("127.0.0.1", server.port))
-        carol = await connect(server.url(), sock=receiver, ping_interval=None, max_queue=4,
-                              additional_headers={"Authorization": f"Bearer {token('carol')}"})
+        carol = await connect(
+            server.url(),
+            sock=receiver,
+            ping_interval=None,
+            max_queue=4,
+            additional_headers={"Authorization": f"Bearer {token('carol')}"},
+        )
         assert (await receive(carol))["type"] == "WELCOME"
         bob, _ = await open_socket(server, "bob")
         published = 0
-        while True:                         # until the instance lets carol's channel go
+        while True:  # until the instance lets carol's channel go
             pipe = bus.pipeline(transaction=False)
             for n in range(published, published + 500):
                 pipe.publish(carol_channel, notification(str(n), "x" * 1000))
@@ -223,20 +250,24 @@ def test_a_client_that_does_not_read_is_closed_as_a_slow_consumer(gateways, bus)
         assert bus.publish(user_channel(prefix, "bob"), notification("still-here")) == 1
         assert (await receive(bob))["id"] == "still-here"
         await bob.close()
+
     run(scenario)
 
 
 # --- resume ---------------------------------------------------------------------------------
 
+
 def store_updates(conn: psycopg.Connection, user: str, seqs) -> None:
     """Rows of read_model.order_updates as the projector writes them (order = seq)."""
     rows = [(seq, user, seq, Jsonb(json.loads(update(seq, seq)))) for seq in seqs]
-    conn.cursor().executemany("INSERT INTO read_model.order_updates (update_id, user_id, "
-                              "order_id, payload) VALUES (%s, %s, %s, %s)", rows)
+    conn.cursor().executemany(
+        "INSERT INTO read_model.order_updates (update_id, user_id, "
+        "order_id, payload) VALUES (%s, %s, %s, %s)",
+        rows,
+    )
 
 
-def test_resume_sends_what_was_missed_then_live_updates_without_duplicates(gateways, bus,
-                                                                          database):
+def test_resume_sends_what_was_missed_then_live_updates_without_duplicates(gateways, bus, database):
     """Updates 1..10 of alice in the read model (bob's interleaved); she reconnects
     with since=6. The replay is held up by a lock while updates 11 (also committed)
     and 12 are published live: she gets 7..11 from the read model, RESUMED, then 12
@@ -257,18 +288,24 @@ def test_resume_sends_what_was_missed_then_live_updates_without_duplicates(gatew
             assert bus.publish(user_channel(prefix, "alice"), update(12)) == 1
         frames = await receive_many(alice, 7)
         assert [f.get("seq") for f in frames] == [7, 8, 9, 10, 11, None, 12]
-        assert frames[5] == {"type": "RESUMED", "since": 6, "lastSeq": 11, "count": 5,
-                             "truncated": False, "limit": REPLAY_LIMIT}
+        assert frames[5] == {
+            "type": "RESUMED",
+            "since": 6,
+            "lastSeq": 11,
+            "count": 5,
+            "truncated": False,
+            "limit": REPLAY_LIMIT,
+        }
         assert frames[0]["orderId"] == 7 and frames[0]["status"] == "OPEN"
-        bus.publish(user_channel(prefix, "alice"), update(11))      # a late copy
+        bus.publish(user_channel(prefix, "alice"), update(11))  # a late copy
         bus.publish(user_channel(prefix, "alice"), update(13))
         assert (await receive(alice))["seq"] == 13
         await alice.close()
+
     run(scenario)
 
 
-def test_resume_as_the_first_frame_skips_what_was_already_sent_live(gateways, bus,
-                                                                   database):
+def test_resume_as_the_first_frame_skips_what_was_already_sent_live(gateways, bus, database):
     [server] = gateways()
     prefix = gateways.prefix
     with psycopg.connect(database) as conn:
@@ -276,7 +313,7 @@ def test_resume_as_the_first_frame_skips_what_was_already_sent_live(gateways, bu
 
     async def scenario():
         alice, _ = await open_socket(server, "alice")
-        bus.publish(user_channel(prefix, "alice"), update(5))          # before her resume
+        bus.publish(user_channel(prefix, "alice"), update(5))  # before her resume
         assert (await receive(alice))["seq"] == 5
         await alice.send('{"op": "resume", "since": 2}')
         frames = await receive_many(alice, 3)
@@ -285,6 +322,7 @@ def test_resume_as_the_first_frame_skips_what_was_already_sent_live(gateways, bu
         await alice.send('{"op": "resume", "since": 0}')
         assert (await receive(alice))["code"] == "RESUME_NOT_ALLOWED"
         await alice.close()
+
     run(scenario)
 
 
@@ -298,9 +336,15 @@ def test_a_resume_past_the_limit_says_it_was_cut_short(gateways, database):
         frames = await receive_many(alice, REPLAY_LIMIT + 1)
         assert [f.get("seq") for f in frames[:-1]] == list(range(1, REPLAY_LIMIT + 1))
         assert frames[-1] == {
-            "type": "RESUMED", "since": 0, "lastSeq": REPLAY_LIMIT, "count": REPLAY_LIMIT,
-            "truncated": True, "limit": REPLAY_LIMIT}
+            "type": "RESUMED",
+            "since": 0,
+            "lastSeq": REPLAY_LIMIT,
+            "count": REPLAY_LIMIT,
+            "truncated": True,
+            "limit": REPLAY_LIMIT,
+        }
         await alice.close()
+
     run(scenario)
 
 
@@ -308,8 +352,10 @@ def test_a_replayed_update_is_the_live_frame_byte_for_byte(gateways, database):
     """The projector's ORDER_UPDATEs of a partly filled buy reach alice live; a socket
     that resumes from 0 gets the same frames, text for text, from the read model."""
     [server] = gateways()
-    with psycopg.connect(database, autocommit=True) as conn, \
-            redis.Redis.from_url(REDIS_URL) as client:
+    with (
+        psycopg.connect(database, autocommit=True) as conn,
+        redis.Redis.from_url(REDIS_URL) as client,
+    ):
         projector = ProjectorConsumer(MARKET, client, gateways.prefix)
         v = Venue(conn)
         ids = dict(conn.execute("SELECT user_id, account_id FROM accounts").fetchall())
@@ -326,6 +372,7 @@ def test_a_replayed_update_is_the_live_frame_byte_for_byte(gateways, database):
             for ws in (live, replay):
                 await ws.close()
             return sent, replayed
+
         sent, replayed = run(scenario)
     assert [json.loads(f)["status"] for f in sent] == ["OPEN", "PARTIALLY_FILLED"]
     assert [json.loads(f) for f in replayed] == [json.loads(f) for f in sent]
@@ -334,6 +381,7 @@ def test_a_replayed_update_is_the_live_frame_byte_for_byte(gateways, database):
 
 # --- market data ----------------------------------------------------------------------------
 
+
 def test_market_data_subscriptions(gateways, bus):
     """TRADE and BOOK messages reach the sockets subscribed to them, acknowledged
     first; the instance subscribes a channel once for all its sockets and lets it go
@@ -341,10 +389,14 @@ def test_market_data_subscriptions(gateways, bus):
     [server] = gateways()
     prefix = gateways.prefix
     trades, book = trades_channel(prefix, "RELIANCE"), book_channel(prefix, "TCS")
-    trade = b'{"type":"TRADE","tradeId":"t1","symbol":"RELIANCE","price":"2847.00",' \
-            b'"quantity":5,"time":"2026-11-25T06:00:00+00:00"}'
-    depth = b'{"type":"BOOK","symbol":"TCS","bids":[],"asks":[],"bestBid":null,' \
-            b'"bestAsk":null,"lastPrice":null}'
+    trade = (
+        b'{"type":"TRADE","tradeId":"t1","symbol":"RELIANCE","price":"2847.00",'
+        b'"quantity":5,"time":"2026-11-25T06:00:00+00:00"}'
+    )
+    depth = (
+        b'{"type":"BOOK","symbol":"TCS","bids":[],"asks":[],"bestBid":null,'
+        b'"bestAsk":null,"lastPrice":null}'
+    )
 
     async def scenario():
         alice, _ = await open_socket(server, "alice")
@@ -362,14 +414,15 @@ def test_market_data_subscriptions(gateways, bus):
         await alice.send(b"\x00binary")
         assert (await receive(alice))["code"] == "INVALID_REQUEST"
 
-        for ws, channel, symbol in [(alice, "trades", "RELIANCE"), (alice, "book", "TCS"),
-                                    (bob, "trades", "RELIANCE")]:
-            await ws.send(json.dumps({"op": "subscribe", "channel": channel,
-                                      "symbol": symbol}))
-            assert await receive(ws) == {"type": "SUBSCRIBED", "channel": channel,
-                                         "symbol": symbol}
-        assert bus.pubsub_numsub(trades) == [(trades.encode(), 1)]     # one per instance
-        bus.publish(trades_channel(prefix, "TCS"), trade)              # nobody's
+        for ws, channel, symbol in [
+            (alice, "trades", "RELIANCE"),
+            (alice, "book", "TCS"),
+            (bob, "trades", "RELIANCE"),
+        ]:
+            await ws.send(json.dumps({"op": "subscribe", "channel": channel, "symbol": symbol}))
+            assert await receive(ws) == {"type": "SUBSCRIBED", "channel": channel, "symbol": symbol}
+        assert bus.pubsub_numsub(trades) == [(trades.encode(), 1)]  # one per instance
+        bus.publish(trades_channel(prefix, "TCS"), trade)  # nobody's
         bus.publish(trades, trade)
         bus.publish(book, depth)
         assert [f["type"] for f in await receive_many(alice, 2)] == ["TRADE", "BOOK"]
@@ -379,20 +432,25 @@ def test_market_data_subscriptions(gateways, bus):
         assert (await receive(alice))["type"] == "UNSUBSCRIBED"
         bus.publish(trades, trade)
         bus.publish(book, depth)
-        assert (await receive(alice))["type"] == "BOOK"                # no TRADE before it
+        assert (await receive(alice))["type"] == "BOOK"  # no TRADE before it
         assert (await receive(bob))["type"] == "TRADE"
         await bob.send('{"op": "unsubscribe", "channel": "trades", "symbol": "RELIANCE"}')
         assert (await receive(bob))["type"] == "UNSUBSCRIBED"
-        await until(lambda: bus.pubsub_numsub(trades) == [(trades.encode(), 0)],
-                    "the trades channel let go")
+        await until(
+            lambda: bus.pubsub_numsub(trades) == [(trades.encode(), 0)], "the trades channel let go"
+        )
         await alice.close()
-        await until(lambda: bus.pubsub_numsub(book) == [(book.encode(), 0)],
-                    "the book channel let go with the socket")
+        await until(
+            lambda: bus.pubsub_numsub(book) == [(book.encode(), 0)],
+            "the book channel let go with the socket",
+        )
         await bob.close()
+
     run(scenario)
 
 
 # --- failures and shutdown ------------------------------------------------------------------
+
 
 def test_a_broken_redis_connection_closes_the_sockets_to_resume_elsewhere(gateways, bus):
     """Messages published while the instance's pub/sub connection is down are lost to
@@ -402,8 +460,9 @@ def test_a_broken_redis_connection_closes_the_sockets_to_resume_elsewhere(gatewa
 
     async def scenario():
         alice, welcome = await open_socket(server, "alice")
-        [client] = [c for c in bus.client_list(_type="pubsub")
-                    if c["name"] == f"ws-{welcome['instance']}"]
+        [client] = [
+            c for c in bus.client_list(_type="pubsub") if c["name"] == f"ws-{welcome['instance']}"
+        ]
         bus.client_kill_filter(_id=client["id"])
         code, reason, _ = await closed(alice)
         assert code == 1012 and reason.startswith("message stream interrupted")
@@ -413,6 +472,7 @@ def test_a_broken_redis_connection_closes_the_sockets_to_resume_elsewhere(gatewa
         got = await receive(alice)
         assert got.get("seq") == 1, got
         await alice.close()
+
     run(scenario)
 
 
@@ -430,9 +490,10 @@ def test_a_stopped_instance_closes_its_sockets_and_unregisters(gateways, bus):
         assert await asyncio.to_thread(a.stop) == -15
         assert "Application shutdown complete" in a.log.read_text()
         code, _, _ = await closed(alice_a)
-        assert code in (1001, 1012)         # uvicorn closes first (1012), else the app
+        assert code in (1001, 1012)  # uvicorn closes first (1012), else the app
         assert welcome["instance"] not in registered(bus, prefix, "alice")
         assert bus.publish(user_channel(prefix, "alice"), update(1)) == 1
         assert (await receive(alice_b))["seq"] == 1
         await alice_b.close()
+
     run(scenario)

@@ -18,23 +18,33 @@ SECRET = "s" * 64
 
 def rsa_pair() -> tuple[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return private, public
 
 
 PRIVATE, PUBLIC = rsa_pair()
-CONFIG = JwtConfig(issuer="brokercore-dev", audience="brokercore", hs256_secret=SECRET,
-                   rs256_public_key=PUBLIC)
+CONFIG = JwtConfig(
+    issuer="brokercore-dev", audience="brokercore", hs256_secret=SECRET, rs256_public_key=PUBLIC
+)
 VERIFIER = TokenVerifier(CONFIG)
 
 
 def claims(**changes):
     now = int(time.time())
-    base = {"sub": "alice", "iss": "brokercore-dev", "aud": "brokercore", "iat": now,
-            "exp": now + 60}
+    base = {
+        "sub": "alice",
+        "iss": "brokercore-dev",
+        "aud": "brokercore",
+        "iat": now,
+        "exp": now + 60,
+    }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -51,14 +61,23 @@ def test_hs256_and_rs256_tokens_are_accepted():
 
 
 def test_expired_token_is_refused_as_expired():
-    assert refused(jwt.encode(claims(exp=int(time.time()) - 5), SECRET, "HS256")) == \
-        "TOKEN_EXPIRED"
+    assert refused(jwt.encode(claims(exp=int(time.time()) - 5), SECRET, "HS256")) == "TOKEN_EXPIRED"
 
 
-@pytest.mark.parametrize("change", [
-    {"aud": "someone-else"}, {"iss": "evil"}, {"exp": None}, {"sub": None}, {"aud": None},
-    {"iss": None}, {"iat": None}, {"sub": ""}, {"sub": 42},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"aud": "someone-else"},
+        {"iss": "evil"},
+        {"exp": None},
+        {"sub": None},
+        {"aud": None},
+        {"iss": None},
+        {"iat": None},
+        {"sub": ""},
+        {"sub": 42},
+    ],
+)
 def test_wrong_or_missing_claims_are_refused(change):
     assert refused(jwt.encode(claims(**change), SECRET, "HS256")) == "INVALID_TOKEN"
 
@@ -81,6 +100,7 @@ def test_rs256_public_key_used_as_hs256_secret_is_refused():
     """Algorithm confusion: HMAC-sign with the public key, claim HS256."""
     import hashlib
     import hmac
+
     head_body = f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64(claims())}"
     signature = hmac.new(PUBLIC.encode(), head_body.encode(), hashlib.sha256).digest()
     token = f"{head_body}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
@@ -110,13 +130,20 @@ def run_token_command(env_extra: dict):
     import os
     import subprocess
     import sys
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKERCORE_")}
-    return subprocess.run([sys.executable, "-m", "brokercore.cli", "token", "--user", "alice"],
-                          env=env | env_extra, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "brokercore.cli", "token", "--user", "alice"],
+        env=env | env_extra,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_development_tokens_only_in_dev_mode():
     from brokercore.config import DEV_JWT_SECRET
+
     refused_run = run_token_command({})
     assert refused_run.returncode == 2 and "BROKERCORE_DEV_MODE=1" in refused_run.stderr
     minted = run_token_command({"BROKERCORE_DEV_MODE": "1"})

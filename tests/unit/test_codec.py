@@ -39,12 +39,24 @@ def decoder(**ids):
 
 def test_every_command_decodes_to_the_record_the_engine_takes():
     commands = [
-        NewOrder(1, 10, "AAA", Side.BUY, 5, price=100, tif=Tif.IOC, stp=Stp.CANCEL_BOTH,
-                 post_only=True, ts=7),
+        NewOrder(
+            1,
+            10,
+            "AAA",
+            Side.BUY,
+            5,
+            price=100,
+            tif=Tif.IOC,
+            stp=Stp.CANCEL_BOTH,
+            post_only=True,
+            ts=7,
+        ),
         NewOrder(2, 10, "AAA", Side.SELL, 3, market=True, tif=Tif.FOK, ts=8),
         CancelOrder(1, 10, "AAA", ts=9),
         AmendOrder(2, 10, "AAA", price=101, qty=2, ts=10),
-        OpenSession("AAA", ts=11), CloseSession("AAA", ts=12), Reband("AAA", 50, 150, ts=13),
+        OpenSession("AAA", ts=11),
+        CloseSession("AAA", ts=12),
+        Reband("AAA", 50, 150, ts=13),
     ]
     records, offsets, dead = decoder().decode([(n, encode(c)) for n, c in enumerate(commands)])
     assert dead == [] and offsets.tolist() == list(range(7))
@@ -61,16 +73,27 @@ def test_every_command_decodes_to_the_record_the_engine_takes():
     assert commands_from_records(records, {1: "AAA"}) == commands
 
 
-@pytest.mark.parametrize("payload", [
-    b"", b"\xc1", b"garbage", encode([1, 2, 3]), encode({"type": "new"}),
-    encode({"type": "nope", "symbol": "AAA"}),
-    encode({"type": "new", "order_id": 1, "account": 1, "symbol": "AAA", "side": 3, "qty": 1}),
-    encode({"type": "cancel", "order_id": 2**63, "account": 1, "symbol": "AAA"}),
-    encode({"type": "cancel", "order_id": 1, "account": 1, "symbol": "AAA", "extra": 1}),
-    encode({"type": "cancel", "order_id": "1", "account": 1, "symbol": "AAA"}),
-    encode({"type": "batch", "commands": [{"type": "cancel", "order_id": 1, "account": 1,
-                                           "symbol": "AAA"}]}),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        b"garbage",
+        encode([1, 2, 3]),
+        encode({"type": "new"}),
+        encode({"type": "nope", "symbol": "AAA"}),
+        encode({"type": "new", "order_id": 1, "account": 1, "symbol": "AAA", "side": 3, "qty": 1}),
+        encode({"type": "cancel", "order_id": 2**63, "account": 1, "symbol": "AAA"}),
+        encode({"type": "cancel", "order_id": 1, "account": 1, "symbol": "AAA", "extra": 1}),
+        encode({"type": "cancel", "order_id": "1", "account": 1, "symbol": "AAA"}),
+        encode(
+            {
+                "type": "batch",
+                "commands": [{"type": "cancel", "order_id": 1, "account": 1, "symbol": "AAA"}],
+            }
+        ),
+    ],
+)
 def test_what_does_not_decode_becomes_a_dead_letter_with_a_reason(payload):
     good = encode(CancelOrder(5, 1, "AAA"))
     records, offsets, dead = decoder().decode([(0, good), (1, payload), (2, good)])
@@ -89,10 +112,13 @@ def test_unknown_symbols_get_stable_ids_no_book_can_have():
 def test_events_are_numbered_per_shard_and_duplicate_rejections_dropped():
     book = OrderBook(1, 1000, symbol=1)
     table = SymbolTable({"AAA": 1})
-    records, _, _ = CommandDecoder(table, "orders", 0).decode([
-        (0, encode(NewOrder(1, 1, "AAA", Side.SELL, 5, price=10))),
-        (1, encode(NewOrder(1, 1, "AAA", Side.SELL, 5, price=10))),       # published twice
-        (2, encode(NewOrder(2, 2, "AAA", Side.BUY, 2, price=10)))])
+    records, _, _ = CommandDecoder(table, "orders", 0).decode(
+        [
+            (0, encode(NewOrder(1, 1, "AAA", Side.SELL, 5, price=10))),
+            (1, encode(NewOrder(1, 1, "AAA", Side.SELL, 5, price=10))),  # published twice
+            (2, encode(NewOrder(2, 2, "AAA", Side.BUY, 2, price=10))),
+        ]
+    )
     events = book.process(records)
     assert Reason.DUPLICATE_ORDER_ID in events["reason"].tolist()
     encoder = EventEncoder(table, shard=3, shard_seq=100, max_batch=2)
@@ -101,8 +127,10 @@ def test_events_are_numbered_per_shard_and_duplicate_rejections_dropped():
     published = [e for b in batches for e in b.events]
     assert [len(b.events) for b in batches] == [2, 1] and {b.shard for b in batches} == {3}
     assert [(e.shard_seq, e.symbol, e.type, e.order_id) for e in published] == [
-        (101, "AAA", EventType.ACCEPTED, 1), (102, "AAA", EventType.ACCEPTED, 2),
-        (103, "AAA", EventType.TRADE, 2)]
+        (101, "AAA", EventType.ACCEPTED, 1),
+        (102, "AAA", EventType.ACCEPTED, 2),
+        (103, "AAA", EventType.TRADE, 2),
+    ]
     assert encoder.shard_seq == 103
     assert EventEncoder(table, 3).count(events) == 3
 
@@ -120,6 +148,7 @@ def test_a_loadgen_flow_round_trips_through_the_wire():
 
 
 # --- journal -------------------------------------------------------------------------------
+
 
 def letter(offset):
     return DeadLetter("orders", 0, offset, "bad", b"x")
@@ -142,7 +171,7 @@ def test_journal_offsets_never_pass_an_unfinished_command(chunks, data):
     """Whatever the chunking: advance(g) returns the offset of command g (or the end),
     and every dead letter before it exactly once."""
     journal, offset, kinds = InputJournal(), 0, []
-    for chunk in chunks:                     # True = a command, False = a dead letter
+    for chunk in chunks:  # True = a command, False = a dead letter
         offsets = [offset + i for i, is_command in enumerate(chunk) if is_command]
         dead = [letter(offset + i) for i, is_command in enumerate(chunk) if not is_command]
         journal.append(offsets, offset + len(chunk), dead)
@@ -151,7 +180,8 @@ def test_journal_offsets_never_pass_an_unfinished_command(chunks, data):
     command_offsets = [i for i, is_command in enumerate(kinds) if is_command]
     handed_out, done = [], 0
     for g in sorted(data.draw(st.lists(st.integers(0, len(command_offsets)), max_size=5))) + [
-            len(command_offsets)]:
+        len(command_offsets)
+    ]:
         at, dead = journal.advance(g)
         handed_out += [d.offset for d in dead]
         if at is not None:

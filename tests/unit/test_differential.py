@@ -131,18 +131,31 @@ class EngineMatchesModel(RuleBasedStateMachine):
         self.seen_ids: list[int] = [1]
         self.next_id = 0
 
-    @initialize(data=st.data(), lot=st.sampled_from([1, 1, 5]),
-                stp=st.sampled_from(BOOK_STPS), symbol=st.integers(0, 2**32 - 1))
+    @initialize(
+        data=st.data(),
+        lot=st.sampled_from([1, 1, 5]),
+        stp=st.sampled_from(BOOK_STPS),
+        symbol=st.integers(0, 2**32 - 1),
+    )
     def make_books(self, data, lot, stp, symbol):
         """Both books, with the same few orders already placed (so most runs trade)."""
         params = dict(low=self.LOW, high=self.HIGH, lot_size=lot, symbol=symbol, stp=stp)
         self.engine, self.model = engine_class()(**params), model_class()(**params)
-        seed = data.draw(st.lists(st.tuples(
-            sides, self.PRICES, st.integers(1, 10), accounts,
-            st.sampled_from([Tif.GTC, Tif.DAY])), max_size=10), label="seed orders")
+        seed = data.draw(
+            st.lists(
+                st.tuples(
+                    sides,
+                    self.PRICES,
+                    st.integers(1, 10),
+                    accounts,
+                    st.sampled_from([Tif.GTC, Tif.DAY]),
+                ),
+                max_size=10,
+            ),
+            label="seed orders",
+        )
         for side, price, lots, account, tif in seed:
-            self.call("limit", self.fresh_id(), side, price, lots * lot, account=account,
-                      tif=tif)
+            self.call("limit", self.fresh_id(), side, price, lots * lot, account=account, tif=tif)
 
     # ----------------------------------------------------------------- drawing
 
@@ -202,37 +215,72 @@ class EngineMatchesModel(RuleBasedStateMachine):
 
     # -------------------------------------------------------------------- rules
 
-    @rule(data=st.data(), side=sides, account=accounts, tif=tifs, stp=stps,
-          post_only=st.booleans())
+    @rule(data=st.data(), side=sides, account=accounts, tif=tifs, stp=stps, post_only=st.booleans())
     def limit(self, data, side, account, tif, stp, post_only):
         post_only = post_only and tif in (Tif.GTC, Tif.DAY)
-        self.call("limit", self.fresh_id(), side, self.price(data), self.qty(data),
-                  account=account, tif=tif, stp=stp, post_only=post_only)
+        self.call(
+            "limit",
+            self.fresh_id(),
+            side,
+            self.price(data),
+            self.qty(data),
+            account=account,
+            tif=tif,
+            stp=stp,
+            post_only=post_only,
+        )
 
     @rule(data=st.data(), side=sides, account=accounts, tif=tifs, stp=stps)
     def crossing_limit(self, data, side, account, tif, stp):
         price = self.crossing_price(data, side)
-        self.call("limit", self.fresh_id(), side, price, self.qty(data), account=account,
-                  tif=tif, stp=stp)
+        self.call(
+            "limit", self.fresh_id(), side, price, self.qty(data), account=account, tif=tif, stp=stp
+        )
 
-    @rule(data=st.data(), side=sides, account=accounts,
-          tif=st.sampled_from([Tif.IOC, Tif.FOK]), stp=stps)
+    @rule(
+        data=st.data(),
+        side=sides,
+        account=accounts,
+        tif=st.sampled_from([Tif.IOC, Tif.FOK]),
+        stp=stps,
+    )
     def market(self, data, side, account, tif, stp):
-        self.call("market", self.fresh_id(), side, self.qty(data), account=account,
-                  tif=tif, stp=stp)
+        self.call(
+            "market", self.fresh_id(), side, self.qty(data), account=account, tif=tif, stp=stp
+        )
 
-    @rule(data=st.data(), market=st.booleans(), side=raw_sides, account=accounts,
-          tif=raw_tifs, stp=raw_stps, post_only=st.booleans())
+    @rule(
+        data=st.data(),
+        market=st.booleans(),
+        side=raw_sides,
+        account=accounts,
+        tif=raw_tifs,
+        stp=raw_stps,
+        post_only=st.booleans(),
+    )
     def doubtful_new_order(self, data, market, side, account, tif, stp, post_only):
         """A new order with a reused or invalid id, raw enums and a raw quantity."""
-        oid = data.draw(st.one_of(st.sampled_from(self.seen_ids), st.integers(-1, 0),
-                                  st.just(self.next_id + 1)), label="order_id")
+        oid = data.draw(
+            st.one_of(
+                st.sampled_from(self.seen_ids), st.integers(-1, 0), st.just(self.next_id + 1)
+            ),
+            label="order_id",
+        )
         qty = data.draw(st.one_of(st.just(self.qty(data)), st.just(self.raw_qty(data))))
         if market:
             self.call("market", oid, side, qty, account=account, tif=tif, stp=stp)
         else:
-            self.call("limit", oid, side, self.price(data), qty, account=account, tif=tif,
-                      stp=stp, post_only=post_only)
+            self.call(
+                "limit",
+                oid,
+                side,
+                self.price(data),
+                qty,
+                account=account,
+                tif=tif,
+                stp=stp,
+                post_only=post_only,
+            )
 
     @rule(data=st.data())
     def cancel(self, data):
@@ -271,12 +319,27 @@ class EngineMatchesModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def batch(self, data):
         """A few raw commands of any op (also unknown ones) through ``process``."""
-        rows = data.draw(st.lists(st.fixed_dictionaries({
-            "op": st.sampled_from(list(Op) + [0, 8]), "order_id": st.integers(-1, 40),
-            "account": accounts, "side": raw_sides, "tif": raw_tifs, "stp": raw_stps,
-            "flags": st.sampled_from([0, 0, 1, 2]), "price": self.PRICES,
-            "qty": st.sampled_from([-1, 0, 1, 3, 5, 10, 25]), "ts": st.integers(0, 99)}),
-            min_size=1, max_size=5), label="batch")
+        rows = data.draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "op": st.sampled_from(list(Op) + [0, 8]),
+                        "order_id": st.integers(-1, 40),
+                        "account": accounts,
+                        "side": raw_sides,
+                        "tif": raw_tifs,
+                        "stp": raw_stps,
+                        "flags": st.sampled_from([0, 0, 1, 2]),
+                        "price": self.PRICES,
+                        "qty": st.sampled_from([-1, 0, 1, 3, 5, 10, 25]),
+                        "ts": st.integers(0, 99),
+                    }
+                ),
+                min_size=1,
+                max_size=5,
+            ),
+            label="batch",
+        )
         batch = commands(*rows)
         events = self.engine.process(batch)
         assert event_tuples(events) == event_tuples(self.model.process(batch))
@@ -310,8 +373,9 @@ class EngineMatchesModelAcrossPowersOfTwo(EngineMatchesModel):
     bucketed or bitmap price ladder sees them at its word and page boundaries."""
 
     LOW, HIGH = 1, 1100
-    PRICES = st.tuples(st.sampled_from([1, 63, 64, 65, 128, 255, 256, 257, 512, 1024]),
-                       st.integers(-2, 2)).map(sum)
+    PRICES = st.tuples(
+        st.sampled_from([1, 63, 64, 65, 128, 255, 256, 257, 512, 1024]), st.integers(-2, 2)
+    ).map(sum)
     BANDS = st.tuples(st.integers(1, 70), st.integers(250, 1100))
 
 

@@ -19,19 +19,19 @@ def test_a_wide_band_costs_memory_only_where_orders_rest():
     """+-20% band at a 0.01 tick around 2,000.00: 80,000 levels, 100 orders near the mid."""
     book = book_with_resting_orders(200_000, 100)
     assert book.open_orders == 100
-    assert book.nbytes < 32 * 1024          # a dense ladder would need 640 KB of levels
+    assert book.nbytes < 32 * 1024  # a dense ladder would need 640 KB of levels
 
 
 def test_session_orders_presizes_the_id_map_so_it_never_grows():
     presized = book_with_resting_orders(10_000, 0, session_orders=50_000)
     before = presized.nbytes
-    assert before > 50_000 * 2 * 16        # two 16-byte entries per expected order id
+    assert before > 50_000 * 2 * 16  # two 16-byte entries per expected order id
     for order_id in range(1, 50_001):
         presized.limit(order_id, Side.BUY, 9_000, 1, account=1)
         presized.cancel(order_id, account=1)
-    assert presized.nbytes - before < 64 * 1024   # only the pool and event buffer moved
+    assert presized.nbytes - before < 64 * 1024  # only the pool and event buffer moved
     presized.close()
-    presized.open()                         # forgetting spent ids keeps the presized map
+    presized.open()  # forgetting spent ids keeps the presized map
     assert presized.nbytes - before < 64 * 1024
 
 

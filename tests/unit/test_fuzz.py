@@ -53,8 +53,11 @@ def random_batch(seed: int, n: int, low: int, high: int) -> np.ndarray:
     """n mostly valid commands (numpy RNG, fixed seed) with prices across a wide band."""
     rng = np.random.default_rng(seed)
     batch = np.zeros(n, dtype=COMMAND_DTYPE)
-    batch["op"] = rng.choice([Op.LIMIT] * 10 + [Op.MARKET, Op.CANCEL, Op.CANCEL, Op.AMEND,
-                                                Op.AMEND, Op.OPEN, Op.CLOSE, Op.REBAND, 0], n)
+    batch["op"] = rng.choice(
+        [Op.LIMIT] * 10
+        + [Op.MARKET, Op.CANCEL, Op.CANCEL, Op.AMEND, Op.AMEND, Op.OPEN, Op.CLOSE, Op.REBAND, 0],
+        n,
+    )
     batch["side"] = rng.integers(1, 3, n)
     batch["tif"] = rng.choice([Tif.GTC, Tif.GTC, Tif.DAY, Tif.IOC, Tif.FOK], n)
     batch["stp"] = rng.integers(0, 6, n)
@@ -70,8 +73,11 @@ def random_batch(seed: int, n: int, low: int, high: int) -> np.ndarray:
     return batch
 
 
-@pytest.mark.parametrize("n, low, high", [(2_000, 1, 2**26), (70_000, 100, 160)],
-                         ids=["wide band", "more events than a small batch"])
+@pytest.mark.parametrize(
+    "n, low, high",
+    [(2_000, 1, 2**26), (70_000, 100, 160)],
+    ids=["wide band", "more events than a small batch"],
+)
 def test_large_random_batch_matches_the_model(n, low, high):
     engine, model = make_books(dict(low=low, high=high))
     batch = random_batch(n, n, low, high)

@@ -38,15 +38,18 @@ D = Decimal
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=ZoneInfo("Asia/Kolkata"))
 SESSION = Session("Asia/Kolkata", time(9, 15), time(15, 30))
 # 0.05 rupee ticks = 5 paise; band 10,000.00 .. 20,000.00
-INST = MarketInstrument("RELIANCE", 1, D("0.05"), 1, D("10000.00"), D("20000.00"), 1000,
-                        SESSION)
+INST = MarketInstrument("RELIANCE", 1, D("0.05"), 1, D("10000.00"), D("20000.00"), 1000, SESSION)
 FEES = FeeSchedule(bps=D(3), fixed=2000)
 
 
 def buy_order(quantity=10, price_ticks=300_000, fees=FEES) -> OrderHold:
-    hold = check_order(OrderRequest("RELIANCE", Side.BUY, OrderType.LIMIT, quantity,
-                                    INST.to_price(price_ticks)), INST, NOW,
-                       AccountState(10**15), fees=fees)
+    hold = check_order(
+        OrderRequest("RELIANCE", Side.BUY, OrderType.LIMIT, quantity, INST.to_price(price_ticks)),
+        INST,
+        NOW,
+        AccountState(10**15),
+        fees=fees,
+    )
     return OrderHold.open(Side.BUY, quantity, hold)
 
 
@@ -57,14 +60,19 @@ def sell_order(quantity=10, blocked=None) -> OrderHold:
 
 # --- buys ----------------------------------------------------------------------------
 
+
 def test_buy_filled_at_its_limit_releases_the_whole_hold():
     order = buy_order()
     assert order.blocked_cash == 15_000_000 + 4_500 + 2_000
     s = settle_fill(order, 300_000, 10, INST, FEES)
-    assert s == Settlement(AccountDelta(cash=-15_006_500, blocked_cash=-15_006_500),
-                           PositionDelta(quantity=10, price=1_500_000),
-                           OrderDelta(blocked_cash=-15_006_500, filled_quantity=10,
-                                      filled_notional=15_000_000, fees=6_500), fee=6_500)
+    assert s == Settlement(
+        AccountDelta(cash=-15_006_500, blocked_cash=-15_006_500),
+        PositionDelta(quantity=10, price=1_500_000),
+        OrderDelta(
+            blocked_cash=-15_006_500, filled_quantity=10, filled_notional=15_000_000, fees=6_500
+        ),
+        fee=6_500,
+    )
     after = s.apply(order)
     assert after.blocked_cash == 0 and after.open_quantity == 0 and after.fees == 6_500
     assert release(after) == Settlement(AccountDelta(), PositionDelta(), OrderDelta())
@@ -72,10 +80,10 @@ def test_buy_filled_at_its_limit_releases_the_whole_hold():
 
 def test_price_improvement_frees_cash_at_once():
     order = buy_order(quantity=10, price_ticks=300_000, fees=NO_FEES)
-    s = settle_fill(order, 290_000, 4, INST, NO_FEES)            # 14,500.00 instead of 15,000
+    s = settle_fill(order, 290_000, 4, INST, NO_FEES)  # 14,500.00 instead of 15,000
     assert s.account == AccountDelta(cash=-4 * 1_450_000, blocked_cash=-4 * 1_500_000)
     after = s.apply(order)
-    assert after.blocked_cash == 6 * 1_500_000                  # exactly the open quantity's
+    assert after.blocked_cash == 6 * 1_500_000  # exactly the open quantity's
 
 
 def test_partial_fills_keep_exactly_what_the_rest_needs():
@@ -84,21 +92,21 @@ def test_partial_fills_keep_exactly_what_the_rest_needs():
     # first fill pays the fixed fee: 3 bps of 4,500,000 = 1,350 + 2,000
     assert s1.fee == 3_350 and s1.account.cash == -(4_500_000 + 3_350)
     order = s1.apply(order)
-    assert order.blocked_cash == 7 * 1_500_000 + 3_150         # 3 bps of 10,500,000
+    assert order.blocked_cash == 7 * 1_500_000 + 3_150  # 3 bps of 10,500,000
     s2 = settle_fill(order, 300_000, 7, INST, FEES)
-    assert s2.fee == 3_150                                   # no second fixed fee
+    assert s2.fee == 3_150  # no second fixed fee
     order = s2.apply(order)
     assert order.blocked_cash == 0 and order.fees == 6_500
 
 
 def test_fees_do_not_depend_on_how_an_order_is_split():
-    fees = FeeSchedule(bps=D("0.7"))                        # 0.7 bps rounds up per fill...
+    fees = FeeSchedule(bps=D("0.7"))  # 0.7 bps rounds up per fill...
     one = settle_fill(buy_order(100, fees=fees), 200_001, 100, INST, fees).fee
     order, total = buy_order(100, fees=fees), 0
     for _ in range(100):
         s = settle_fill(order, 200_001, 1, INST, fees)
         order, total = s.apply(order), total + s.fee
-    assert total == one == fees.fee(100 * 1_000_005)        # ...but not per fill
+    assert total == one == fees.fee(100 * 1_000_005)  # ...but not per fill
 
 
 def test_unused_hold_is_released_when_the_order_ends():
@@ -107,20 +115,26 @@ def test_unused_hold_is_released_when_the_order_ends():
     rest = order.blocked_cash
     assert rest > 0
     s = release(order)
-    assert s == Settlement(AccountDelta(blocked_cash=-rest), PositionDelta(),
-                           OrderDelta(blocked_cash=-rest))
+    assert s == Settlement(
+        AccountDelta(blocked_cash=-rest), PositionDelta(), OrderDelta(blocked_cash=-rest)
+    )
     assert s.apply(order).blocked_cash == 0
 
 
 def test_market_buy_protection_left_over_is_released():
-    hold = check_order(OrderRequest("RELIANCE", Side.BUY, OrderType.MARKET, 5), INST, NOW,
-                       AccountState(10**12), fees=FEES)
+    hold = check_order(
+        OrderRequest("RELIANCE", Side.BUY, OrderType.MARKET, 5),
+        INST,
+        NOW,
+        AccountState(10**12),
+        fees=FEES,
+    )
     order = OrderHold.open(Side.BUY, 5, hold)
     assert order.hold_price_ticks == 400_000 and hold.time_in_force == Tif.IOC
     order = settle_fill(order, 300_000, 5, INST, FEES).apply(order)
-    assert order.blocked_cash == 0                          # improvement released at the fill
+    assert order.blocked_cash == 0  # improvement released at the fill
     order = buy_order(5)
-    order = settle_fill(order, 300_000, 2, INST, FEES).apply(order)   # IOC remainder
+    order = settle_fill(order, 300_000, 2, INST, FEES).apply(order)  # IOC remainder
     assert release(order).account.blocked_cash == -order.blocked_cash < 0
 
 
@@ -140,13 +154,16 @@ def test_impossible_fills_are_errors():
 
 # --- sells ---------------------------------------------------------------------------
 
+
 def test_sell_credits_proceeds_less_fees_and_unblocks_shares():
     order = sell_order(10)
     s = settle_fill(order, 310_000, 4, INST, FEES)
-    assert s == Settlement(AccountDelta(cash=4 * 1_550_000 - 3_860),
-                           PositionDelta(quantity=-4, blocked_quantity=-4, price=1_550_000),
-                           OrderDelta(blocked_shares=-4, filled_quantity=4,
-                                      filled_notional=6_200_000, fees=3_860), fee=3_860)
+    assert s == Settlement(
+        AccountDelta(cash=4 * 1_550_000 - 3_860),
+        PositionDelta(quantity=-4, blocked_quantity=-4, price=1_550_000),
+        OrderDelta(blocked_shares=-4, filled_quantity=4, filled_notional=6_200_000, fees=3_860),
+        fee=3_860,
+    )
     order = s.apply(order)
     assert order.blocked_shares == 6
     assert release(order).position == PositionDelta(blocked_quantity=-6)
@@ -170,6 +187,7 @@ def test_short_sale_unblocks_only_the_shares_it_blocked():
 
 
 # --- conservation, property ----------------------------------------------------------
+
 
 @dataclass
 class Account:
@@ -203,8 +221,7 @@ class Book:
         a, p = self.accounts[account], self.positions[account]
         a.cash += s.account.cash
         a.blocked_cash += s.account.blocked_cash
-        p.avg_price = average_price(p.quantity, p.avg_price, s.position.quantity,
-                                    s.position.price)
+        p.avg_price = average_price(p.quantity, p.avg_price, s.position.quantity, s.position.price)
         p.quantity += s.position.quantity
         p.blocked_quantity += s.position.blocked_quantity
         self.fees += s.fee
@@ -239,14 +256,21 @@ HOLDINGS = st.one_of(st.sampled_from([500, 2000]), st.integers(0, 2000))
 fee_schedules = st.builds(
     FeeSchedule,
     bps=st.sampled_from([D(0), D("0.345"), D(1), D(3), D(50), D(10_000)]),
-    fixed=st.sampled_from([0, 1, 20, 2000]))
+    fixed=st.sampled_from([0, 1, 20, 2000]),
+)
 
 
-@given(data=st.data(), fees=fee_schedules, instrument=st.sampled_from([SMALL, SMALL_LOTS]),
-       allow_short=st.booleans(),
-       cash=st.tuples(BALANCES, BALANCES), shares=st.tuples(HOLDINGS, HOLDINGS))
+@given(
+    data=st.data(),
+    fees=fee_schedules,
+    instrument=st.sampled_from([SMALL, SMALL_LOTS]),
+    allow_short=st.booleans(),
+    cash=st.tuples(BALANCES, BALANCES),
+    shares=st.tuples(HOLDINGS, HOLDINGS),
+)
 def test_settlement_conserves_cash_and_shares_and_releases_every_hold(
-        data, fees, instrument, allow_short, cash, shares):
+    data, fees, instrument, allow_short, cash, shares
+):
     book = Book({1: cash[0], 2: cash[1]}, {1: shares[0], 2: shares[1]})
     low, high = instrument.low, instrument.high
     next_id, fills = 1, 0
@@ -264,13 +288,23 @@ def test_settlement_conserves_cash_and_shares_and_releases_every_hold(
         protection = data.draw(st.sampled_from([None, D(0), D(2), D("7.5")]))
         last = instrument.to_price(data.draw(st.integers(low, high)))
         a, p = book.accounts[account], book.positions[account]
-        state = AccountState(a.cash - a.blocked_cash, p.quantity - p.blocked_quantity,
-                             allow_short)
-        request = OrderRequest(instrument.symbol, side,
-                               OrderType.MARKET if is_market else OrderType.LIMIT,
-                               quantity, price)
-        hold = check_order(request, instrument, NOW, state, fees=fees, last_price=last,
-                           protection_percent=protection)
+        state = AccountState(a.cash - a.blocked_cash, p.quantity - p.blocked_quantity, allow_short)
+        request = OrderRequest(
+            instrument.symbol,
+            side,
+            OrderType.MARKET if is_market else OrderType.LIMIT,
+            quantity,
+            price,
+        )
+        hold = check_order(
+            request,
+            instrument,
+            NOW,
+            state,
+            fees=fees,
+            last_price=last,
+            protection_percent=protection,
+        )
         if isinstance(hold, Hold):
             a.blocked_cash += hold.cash
             p.blocked_quantity += hold.shares
@@ -279,15 +313,17 @@ def test_settlement_conserves_cash_and_shares_and_releases_every_hold(
         else:
             event(f"rejected: {hold.code}")
 
-    for step in data.draw(st.lists(st.sampled_from(["fill", "order", "fill", "order", "end"]),
-                                   min_size=10, max_size=60)):
+    for step in data.draw(
+        st.lists(
+            st.sampled_from(["fill", "order", "fill", "order", "end"]), min_size=10, max_size=60
+        )
+    ):
         if step == "order":
             place()
         elif step == "fill":
             buys = [i for i, (_, o) in book.orders.items() if o.side == Side.BUY]
             sells = [i for i, (_, o) in book.orders.items() if o.side == Side.SELL]
-            pairs = [(b, s) for b in buys for s in sells
-                     if book.orders[b][0] != book.orders[s][0]]
+            pairs = [(b, s) for b in buys for s in sells if book.orders[b][0] != book.orders[s][0]]
             if not pairs:
                 place()
                 book.check(allow_short)

@@ -133,8 +133,10 @@ def run_stream(capacity, waits, producer_batches, max_records, multi, use_try):
     producers, close, join the consumers; returns (ring, streams, producer results)."""
     ring = RingBuffer(capacity, REC, consumers=waits, multi_producer=multi)
     consumers = [Worker(consume, ring, i, m, ring=ring) for i, m in enumerate(max_records)]
-    producers = [Worker(produce, ring, p, batches, use_try, multi, ring=ring)
-                 for p, batches in enumerate(producer_batches)]
+    producers = [
+        Worker(produce, ring, p, batches, use_try, multi, ring=ring)
+        for p, batches in enumerate(producer_batches)
+    ]
     for worker in consumers + producers:
         worker.start()
     try:
@@ -179,8 +181,9 @@ def poll_limits(capacity: int):
 
 
 @capped(500)
-@given(data=st.data(), capacity=capacities, wait=st.sampled_from(POLITE_WAITS),
-       use_try=st.booleans())
+@given(
+    data=st.data(), capacity=capacities, wait=st.sampled_from(POLITE_WAITS), use_try=st.booleans()
+)
 def test_one_producer_one_consumer_exactly_once_in_order(data, capacity, wait, use_try):
     batches = data.draw(batch_lists(capacity), label="batches")
     limit = data.draw(poll_limits(capacity), label="max_records")
@@ -195,25 +198,33 @@ def test_one_producer_one_consumer_exactly_once_in_order(data, capacity, wait, u
 @given(data=st.data(), capacity=st.sampled_from([1, 4, 64]), multi=st.booleans())
 def test_busy_spin_consumer_exactly_once_in_order(data, capacity, multi):
     n_producers = data.draw(st.integers(2, 3), label="producers") if multi else 1
-    all_batches = [data.draw(batch_lists(capacity, 6), label=f"batches{p}")
-                   for p in range(n_producers)]
+    all_batches = [
+        data.draw(batch_lists(capacity, 6), label=f"batches{p}") for p in range(n_producers)
+    ]
     limit = data.draw(poll_limits(capacity), label="max_records")
-    ring, (stream,), _ = run_stream(capacity, [WaitStrategy.BUSY_SPIN], all_batches,
-                                    [limit], multi, False)
+    ring, (stream,), _ = run_stream(
+        capacity, [WaitStrategy.BUSY_SPIN], all_batches, [limit], multi, False
+    )
     check_stream(stream, all_batches)
     check_counters_after(ring, len(stream), 1)
 
 
 @capped(400)
-@given(data=st.data(), capacity=capacities, n_producers=st.integers(2, 4),
-       wait=st.sampled_from(POLITE_WAITS), use_try=st.booleans())
-def test_several_producers_each_in_order_all_exactly_once(data, capacity, n_producers,
-                                                          wait, use_try):
-    all_batches = [data.draw(batch_lists(capacity, 8), label=f"batches{p}")
-                   for p in range(n_producers)]
+@given(
+    data=st.data(),
+    capacity=capacities,
+    n_producers=st.integers(2, 4),
+    wait=st.sampled_from(POLITE_WAITS),
+    use_try=st.booleans(),
+)
+def test_several_producers_each_in_order_all_exactly_once(
+    data, capacity, n_producers, wait, use_try
+):
+    all_batches = [
+        data.draw(batch_lists(capacity, 8), label=f"batches{p}") for p in range(n_producers)
+    ]
     limit = data.draw(poll_limits(capacity), label="max_records")
-    ring, (stream,), results = run_stream(capacity, [wait], all_batches, [limit], True,
-                                          use_try)
+    ring, (stream,), results = run_stream(capacity, [wait], all_batches, [limit], True, use_try)
     check_stream(stream, all_batches)
     check_counters_after(ring, len(stream), 1)
     for result in results:  # a sequence publish() reported is a published one
@@ -221,15 +232,18 @@ def test_several_producers_each_in_order_all_exactly_once(data, capacity, n_prod
 
 
 @capped(300)
-@given(data=st.data(), capacity=capacities, multi=st.booleans(),
-       waits=st.lists(st.sampled_from(POLITE_WAITS), min_size=2, max_size=4))
-def test_every_consumer_sees_the_whole_stream_in_the_same_order(data, capacity, multi,
-                                                                waits):
+@given(
+    data=st.data(),
+    capacity=capacities,
+    multi=st.booleans(),
+    waits=st.lists(st.sampled_from(POLITE_WAITS), min_size=2, max_size=4),
+)
+def test_every_consumer_sees_the_whole_stream_in_the_same_order(data, capacity, multi, waits):
     n_producers = data.draw(st.integers(2, 3), label="producers") if multi else 1
-    all_batches = [data.draw(batch_lists(capacity, 8), label=f"batches{p}")
-                   for p in range(n_producers)]
-    limits = [data.draw(poll_limits(capacity), label=f"max_records{c}")
-              for c in range(len(waits))]
+    all_batches = [
+        data.draw(batch_lists(capacity, 8), label=f"batches{p}") for p in range(n_producers)
+    ]
+    limits = [data.draw(poll_limits(capacity), label=f"max_records{c}") for c in range(len(waits))]
     ring, streams, _ = run_stream(capacity, waits, all_batches, limits, multi, False)
     for stream in streams:
         check_stream(stream, all_batches)
@@ -247,11 +261,14 @@ def test_busy_spin_consumers_broadcast_with_the_most_consumers():
     check_counters_after(ring, len(streams[0]), 8)
 
 
-@pytest.mark.parametrize("waits, multi, capacity, per_producer", [
-    ([WaitStrategy.BLOCKING, WaitStrategy.YIELD, WaitStrategy.BLOCKING], True, 64, 30_000),
-    ([WaitStrategy.YIELD], False, 16, 60_000),
-    ([WaitStrategy.BUSY_SPIN], True, 8, 10_000),  # small: it spins a core
-])
+@pytest.mark.parametrize(
+    "waits, multi, capacity, per_producer",
+    [
+        ([WaitStrategy.BLOCKING, WaitStrategy.YIELD, WaitStrategy.BLOCKING], True, 64, 30_000),
+        ([WaitStrategy.YIELD], False, 16, 60_000),
+        ([WaitStrategy.BUSY_SPIN], True, 8, 10_000),  # small: it spins a core
+    ],
+)
 def test_stress_many_records_through_a_small_ring(waits, multi, capacity, per_producer):
     """A seeded, longer run than the examples above: many wrap-arounds, ragged batches
     (some larger than the ring), small and large polls, so races get a chance."""
@@ -273,14 +290,19 @@ def test_stress_many_records_through_a_small_ring(waits, multi, capacity, per_pr
 # --- single-threaded model --------------------------------------------------------
 
 
-@given(data=st.data(), capacity=st.integers(0, 6).map(lambda k: 1 << k),
-       n_consumers=st.integers(1, 3), multi=st.booleans())
+@given(
+    data=st.data(),
+    capacity=st.integers(0, 6).map(lambda k: 1 << k),
+    n_consumers=st.integers(1, 3),
+    multi=st.booleans(),
+)
 def test_single_thread_matches_a_queue_per_consumer(data, capacity, n_consumers, multi):
     """Interleaved try_publish / publish (only when it cannot block) / poll(timeout=0)
     against a model: a list of records per consumer. Also checks the counters after
     every step. Cheap, so it runs the profile's full example count."""
-    ring = RingBuffer(capacity, REC, consumers=[WaitStrategy.BUSY_SPIN] * n_consumers,
-                      multi_producer=multi)
+    ring = RingBuffer(
+        capacity, REC, consumers=[WaitStrategy.BUSY_SPIN] * n_consumers, multi_producer=multi
+    )
     pending = [[] for _ in range(n_consumers)]  # per consumer: n's not yet read
     released = [-1] * n_consumers
     n = 0
@@ -443,8 +465,12 @@ def test_close_wakes_a_waiting_consumer_after_it_drains(wait):
     consumer.start()
     try:
         assert consumer.started.wait(HANG_GUARD)
-        wait_until(lambda: ring.consumer_sequence(0) == 2, "read of the rest by the consumer",
-                   HANG_GUARD, every=0.001)
+        wait_until(
+            lambda: ring.consumer_sequence(0) == 2,
+            "read of the rest by the consumer",
+            HANG_GUARD,
+            every=0.001,
+        )
         consumer.join(NOT_YET)
         assert consumer.is_alive()  # read the other two, now waiting for more
         assert not ring.closed
@@ -488,8 +514,7 @@ def test_close_in_the_middle_of_a_split_publish():
     producer.start()
     try:
         assert producer.started.wait(HANG_GUARD)
-        np.testing.assert_array_equal(ring.poll(max_records=2, timeout=HANG_GUARD)["n"],
-                                      [0, 1])
+        np.testing.assert_array_equal(ring.poll(max_records=2, timeout=HANG_GUARD)["n"], [0, 1])
         producer.join(NOT_YET)
         assert producer.is_alive()
         ring.close()
@@ -529,8 +554,9 @@ def test_capacity_must_be_a_power_of_two(capacity):
         RingBuffer(capacity, REC)
 
 
-@pytest.mark.parametrize("dtype", [object, np.dtype([("a", "<i8"), ("b", "O")]),
-                                   np.dtype([]), np.dtype("V0")])
+@pytest.mark.parametrize(
+    "dtype", [object, np.dtype([("a", "<i8"), ("b", "O")]), np.dtype([]), np.dtype("V0")]
+)
 def test_dtype_must_be_plain_fixed_size_data(dtype):
     with pytest.raises(ValueError, match="plain fixed-size"):
         RingBuffer(4, dtype)
@@ -586,8 +612,9 @@ def test_poll_with_a_huge_max_records_reads_everything():
 
 @pytest.mark.parametrize("multi", [False, True])
 def test_cursor_fill_and_consumer_sequences(multi):
-    ring = RingBuffer(8, REC, consumers=[WaitStrategy.BLOCKING, WaitStrategy.YIELD],
-                      multi_producer=multi)
+    ring = RingBuffer(
+        8, REC, consumers=[WaitStrategy.BLOCKING, WaitStrategy.YIELD], multi_producer=multi
+    )
     assert (ring.capacity, ring.closed, ring.cursor, ring.fill) == (8, False, -1, 0)
     assert ring.dtype == REC
     assert [ring.consumer_sequence(c) for c in (0, 1)] == [-1, -1]
@@ -630,7 +657,7 @@ def test_records_of_another_type_are_refused_not_cast():
             ring.publish(bad)
         with pytest.raises(TypeError):
             ring.try_publish(bad)
-    assert ring.cursor == -1                # nothing was published
+    assert ring.cursor == -1  # nothing was published
 
 
 def test_a_closed_ring_refuses_even_an_empty_publish():

@@ -27,14 +27,14 @@ from brokercore.engine.records import Side, Tif
 
 D = Decimal
 IST = ZoneInfo("Asia/Kolkata")
-NOW = datetime(2026, 3, 2, 10, 0, tzinfo=IST)          # a Monday, in session
+NOW = datetime(2026, 3, 2, 10, 0, tzinfo=IST)  # a Monday, in session
 RICH = AccountState(cash_available=10**15, shares_available=10**6)
-SESSION = Session("Asia/Kolkata", time(9, 15), time(15, 30),
-                  holidays=frozenset({datetime(2026, 1, 26).date()}))
+SESSION = Session(
+    "Asia/Kolkata", time(9, 15), time(15, 30), holidays=frozenset({datetime(2026, 1, 26).date()})
+)
 # band 10,000.00 .. 20,000.00 rupees = 200,000 .. 400,000 ticks of 0.05 (5 paise)
-INST = MarketInstrument("RELIANCE", 1, D("0.05"), 1, D("10000.00"), D("20000.00"), 1000,
-                        SESSION)
-PRICE = D("15000.00")                                   # mid-band
+INST = MarketInstrument("RELIANCE", 1, D("0.05"), 1, D("10000.00"), D("20000.00"), 1000, SESSION)
+PRICE = D("15000.00")  # mid-band
 
 
 def limit(side=Side.BUY, quantity=10, price=PRICE, tif=None, **kw) -> OrderRequest:
@@ -58,6 +58,7 @@ def rejected(result, code: RejectCode) -> str:
 
 # --- symbol and session --------------------------------------------------------------
 
+
 def test_unknown_symbol():
     message = rejected(check(limit(), instrument=None), RejectCode.UNKNOWN_SYMBOL)
     assert "RELIANCE" in message
@@ -66,19 +67,24 @@ def test_unknown_symbol():
 
 
 def test_halted_symbol():
-    message = rejected(check(limit(), instrument=dataclasses.replace(INST, enabled=False)),
-                       RejectCode.SYMBOL_HALTED)
+    message = rejected(
+        check(limit(), instrument=dataclasses.replace(INST, enabled=False)),
+        RejectCode.SYMBOL_HALTED,
+    )
     assert message == "trading in RELIANCE is halted"
 
 
-@pytest.mark.parametrize("now, is_open", [
-    (datetime(2026, 3, 2, 9, 14, 59, 999_999, tzinfo=IST), False),
-    (datetime(2026, 3, 2, 9, 15, tzinfo=IST), True),
-    (datetime(2026, 3, 2, 15, 29, 59, 999_999, tzinfo=IST), True),
-    (datetime(2026, 3, 2, 15, 30, tzinfo=IST), False),
-    (datetime(2026, 3, 7, 10, 0, tzinfo=IST), False),          # Saturday
-    (datetime(2026, 1, 26, 10, 0, tzinfo=IST), False),         # holiday
-])
+@pytest.mark.parametrize(
+    "now, is_open",
+    [
+        (datetime(2026, 3, 2, 9, 14, 59, 999_999, tzinfo=IST), False),
+        (datetime(2026, 3, 2, 9, 15, tzinfo=IST), True),
+        (datetime(2026, 3, 2, 15, 29, 59, 999_999, tzinfo=IST), True),
+        (datetime(2026, 3, 2, 15, 30, tzinfo=IST), False),
+        (datetime(2026, 3, 7, 10, 0, tzinfo=IST), False),  # Saturday
+        (datetime(2026, 1, 26, 10, 0, tzinfo=IST), False),  # holiday
+    ],
+)
 def test_market_hours(now, is_open):
     result = check(limit(), now=now)
     if is_open:
@@ -88,10 +94,12 @@ def test_market_hours(now, is_open):
 
 
 def test_market_closed_says_when_it_opens():
-    message = rejected(check(limit(), now=datetime(2026, 3, 6, 16, 0, tzinfo=IST)),
-                       RejectCode.MARKET_CLOSED)
-    assert message == ("the market for RELIANCE is closed; it opens at 2026-03-09 09:15 "
-                       "(Asia/Kolkata)")
+    message = rejected(
+        check(limit(), now=datetime(2026, 3, 6, 16, 0, tzinfo=IST)), RejectCode.MARKET_CLOSED
+    )
+    assert message == (
+        "the market for RELIANCE is closed; it opens at 2026-03-09 09:15 (Asia/Kolkata)"
+    )
 
 
 def test_naive_now_is_a_programming_error():
@@ -108,6 +116,7 @@ def test_halted_is_reported_before_closed_and_closed_before_order_errors():
 
 # --- side, type, time in force -------------------------------------------------------
 
+
 @pytest.mark.parametrize("side", ["HOLD", 3, 0, None, True])
 def test_invalid_side(side):
     rejected(check(limit(side=side)), RejectCode.INVALID_SIDE)
@@ -122,8 +131,7 @@ def test_enums_accept_names_and_values():
 
 @pytest.mark.parametrize("order_type", ["STOP", 3, None])
 def test_invalid_order_type(order_type):
-    rejected(check(dataclasses.replace(limit(), type=order_type)),
-             RejectCode.INVALID_ORDER_TYPE)
+    rejected(check(dataclasses.replace(limit(), type=order_type)), RejectCode.INVALID_ORDER_TYPE)
 
 
 @pytest.mark.parametrize("tif", [Tif.GTC, Tif.DAY])
@@ -146,6 +154,7 @@ def test_default_time_in_force():
 
 
 # --- quantity ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("quantity", [0, -1, -(10**30), True, 1.0, "10", D("10"), None])
 def test_invalid_quantity(quantity):
@@ -174,6 +183,7 @@ def test_quantity_limit_edge_is_allowed():
 
 # --- price ---------------------------------------------------------------------------
 
+
 def test_price_on_a_market_order():
     request = dataclasses.replace(market(), price=D("15000.00"))
     rejected(check(request), RejectCode.PRICE_NOT_ALLOWED)
@@ -183,31 +193,62 @@ def test_limit_order_needs_a_price():
     rejected(check(limit(price=None)), RejectCode.PRICE_REQUIRED)
 
 
-@pytest.mark.parametrize("price", [D(0), D("-0.05"), D("-15000"), D("NaN"), D("sNaN"),
-                                   D("Infinity"), D("-Infinity"), 15000.0, "15000", True])
+@pytest.mark.parametrize(
+    "price",
+    [
+        D(0),
+        D("-0.05"),
+        D("-15000"),
+        D("NaN"),
+        D("sNaN"),
+        D("Infinity"),
+        D("-Infinity"),
+        15000.0,
+        "15000",
+        True,
+    ],
+)
 def test_invalid_price(price):
     rejected(check(limit(price=price)), RejectCode.INVALID_PRICE)
 
 
-@pytest.mark.parametrize("price", [D("9999.95"), D("20000.05"), D("0.05"), D("1e1000"),
-                                   D("1e-1000"), D("20000.0000000000000000000000000000001")])
+@pytest.mark.parametrize(
+    "price",
+    [
+        D("9999.95"),
+        D("20000.05"),
+        D("0.05"),
+        D("1e1000"),
+        D("1e-1000"),
+        D("20000.0000000000000000000000000000001"),
+    ],
+)
 def test_price_band(price):
     message = rejected(check(limit(price=price)), RejectCode.PRICE_BAND)
-    assert message == (f"price {price} is outside the price band 10000.00..20000.00 "
-                       f"of RELIANCE")
+    assert message == (f"price {price} is outside the price band 10000.00..20000.00 of RELIANCE")
 
 
-@pytest.mark.parametrize("price, ticks", [(D("10000.00"), 200_000), (D("20000.00"), 400_000),
-                                          (D("10000.05"), 200_001), (D("19999.95"), 399_999),
-                                          (D("15000"), 300_000), (15000, 300_000),
-                                          (D("15000.1000000"), 300_002)])
+@pytest.mark.parametrize(
+    "price, ticks",
+    [
+        (D("10000.00"), 200_000),
+        (D("20000.00"), 400_000),
+        (D("10000.05"), 200_001),
+        (D("19999.95"), 399_999),
+        (D("15000"), 300_000),
+        (15000, 300_000),
+        (D("15000.1000000"), 300_002),
+    ],
+)
 def test_prices_on_the_grid_and_band_edges_pass(price, ticks):
     hold = check(limit(price=price, quantity=1))
     assert hold.price_ticks == ticks and hold.cash == ticks * 5
 
 
-@pytest.mark.parametrize("price", [D("10000.03"), D("15000.01"), D("19999.99"),
-                                   D("15000.050000000000000000000000000001")])
+@pytest.mark.parametrize(
+    "price",
+    [D("10000.03"), D("15000.01"), D("19999.99"), D("15000.050000000000000000000000000001")],
+)
 def test_tick_size(price):
     message = rejected(check(limit(price=price)), RejectCode.TICK_SIZE)
     assert message == f"price {price} is not a multiple of the tick size 0.05"
@@ -215,12 +256,12 @@ def test_tick_size(price):
 
 # --- funds and holdings --------------------------------------------------------------
 
+
 def test_limit_buy_holds_price_times_quantity_plus_fees():
     fees = FeeSchedule(bps=D(3), fixed=2000)
     hold = check(limit(quantity=10, price=D("15000.00")), fees=fees)
     # notional 150,000.00 = 15,000,000 paise; 3 bps = 4,500 paise; + 20.00 fixed
-    assert hold == Hold(cash=15_000_000 + 4_500 + 2_000, price_ticks=300_000,
-                        time_in_force=Tif.DAY)
+    assert hold == Hold(cash=15_000_000 + 4_500 + 2_000, price_ticks=300_000, time_in_force=Tif.DAY)
 
 
 def test_insufficient_funds_boundary():
@@ -228,18 +269,22 @@ def test_insufficient_funds_boundary():
     needed = 15_000_000 + 4_500 + 2_000
     ok = check(limit(), account=AccountState(cash_available=needed), fees=fees)
     assert ok.cash == needed
-    message = rejected(check(limit(), account=AccountState(cash_available=needed - 1),
-                             fees=fees), RejectCode.INSUFFICIENT_FUNDS)
-    assert message == ("buying 10 RELIANCE at up to 15000.00 needs 150,065.00 (fees 65.00 "
-                       "included) but 150,064.99 is available")
-    rejected(check(limit(), account=AccountState(cash_available=-5)),
-             RejectCode.INSUFFICIENT_FUNDS)
+    message = rejected(
+        check(limit(), account=AccountState(cash_available=needed - 1), fees=fees),
+        RejectCode.INSUFFICIENT_FUNDS,
+    )
+    assert message == (
+        "buying 10 RELIANCE at up to 15000.00 needs 150,065.00 (fees 65.00 "
+        "included) but 150,064.99 is available"
+    )
+    rejected(check(limit(), account=AccountState(cash_available=-5)), RejectCode.INSUFFICIENT_FUNDS)
 
 
 def test_buying_needs_no_shares_and_selling_needs_no_cash():
     assert isinstance(check(limit(), account=AccountState(10**12, shares_available=0)), Hold)
     assert check(limit(side=Side.SELL), account=AccountState(0, shares_available=10)) == Hold(
-        shares=10, price_ticks=300_000, time_in_force=Tif.DAY)
+        shares=10, price_ticks=300_000, time_in_force=Tif.DAY
+    )
 
 
 def test_sells_hold_shares_not_cash_even_with_fees():
@@ -250,17 +295,20 @@ def test_sells_hold_shares_not_cash_even_with_fees():
 
 def test_insufficient_holdings_boundary():
     assert check(market(Side.SELL, 10), account=AccountState(0, 10)).shares == 10
-    message = rejected(check(market(Side.SELL, 10), account=AccountState(0, 9)),
-                       RejectCode.INSUFFICIENT_HOLDINGS)
+    message = rejected(
+        check(market(Side.SELL, 10), account=AccountState(0, 9)), RejectCode.INSUFFICIENT_HOLDINGS
+    )
     assert message == "selling 10 RELIANCE needs 10 shares but 9 are available"
-    message = rejected(check(limit(Side.SELL, 10), account=AccountState(0, -4)),
-                       RejectCode.INSUFFICIENT_HOLDINGS)
+    message = rejected(
+        check(limit(Side.SELL, 10), account=AccountState(0, -4)), RejectCode.INSUFFICIENT_HOLDINGS
+    )
     assert message.endswith("but 0 are available")
 
 
 def test_short_selling_blocks_only_the_shares_held():
     assert check(market(Side.SELL, 10), account=AccountState(0, 4, allow_short=True)) == Hold(
-        shares=4, time_in_force=Tif.IOC)
+        shares=4, time_in_force=Tif.IOC
+    )
     assert check(limit(Side.SELL, 10), account=AccountState(0, 0, allow_short=True)).shares == 0
     assert check(limit(Side.SELL, 10), account=AccountState(0, -7, allow_short=True)).shares == 0
     assert check(limit(Side.SELL, 10), account=AccountState(0, 15, allow_short=True)).shares == 10
@@ -268,11 +316,14 @@ def test_short_selling_blocks_only_the_shares_held():
 
 # --- market buys ---------------------------------------------------------------------
 
+
 def test_market_buy_is_held_at_the_band_top_by_default():
     hold = check(market(quantity=3))
     assert hold == Hold(cash=3 * 2_000_000, price_ticks=400_000, time_in_force=Tif.IOC)
-    rejected(check(market(quantity=3), account=AccountState(3 * 2_000_000 - 1)),
-             RejectCode.INSUFFICIENT_FUNDS)
+    rejected(
+        check(market(quantity=3), account=AccountState(3 * 2_000_000 - 1)),
+        RejectCode.INSUFFICIENT_FUNDS,
+    )
 
 
 def test_market_buy_with_protection():
@@ -297,18 +348,18 @@ def test_market_buy_with_protection():
 
 
 def test_market_sell_needs_no_price():
-    assert check(market(Side.SELL, 7)) == Hold(shares=7, price_ticks=None,
-                                               time_in_force=Tif.IOC)
+    assert check(market(Side.SELL, 7)) == Hold(shares=7, price_ticks=None, time_in_force=Tif.IOC)
 
 
 # --- fees ----------------------------------------------------------------------------
 
+
 def test_fee_rounding_is_up_to_the_paisa():
     fees = FeeSchedule(bps=D(3))
-    assert fees.fee(1_000_000) == 300            # exactly 300
-    assert fees.fee(1_000_001) == 301            # 300.0003 -> 301
-    assert fees.fee(3_333) == 1                  # 0.9999 -> 1
-    assert fees.fee(1) == 1                      # 0.0003 -> 1 (capped at the notional)
+    assert fees.fee(1_000_000) == 300  # exactly 300
+    assert fees.fee(1_000_001) == 301  # 300.0003 -> 301
+    assert fees.fee(3_333) == 1  # 0.9999 -> 1
+    assert fees.fee(1) == 1  # 0.0003 -> 1 (capped at the notional)
     assert FeeSchedule(bps=D("0.345")).fee(10_000_000) == 345
     assert FeeSchedule(bps=D("0.345")).fee(10_000_001) == 346
     assert FeeSchedule(bps=D("0.0001")).fee(10**8) == 1
@@ -319,7 +370,7 @@ def test_fixed_fee_and_cap():
     fees = FeeSchedule(bps=D(3), fixed=2000)
     assert fees.fee(0) == 0 and fees.fee(-5) == 0
     assert fees.fee(1_000_000) == 2_300
-    assert fees.fee(500) == 500                  # never more than the value traded
+    assert fees.fee(500) == 500  # never more than the value traded
     assert NO_FEES.fee(10**18) == 0
     assert FeeSchedule(fixed=2000).fee(2_000) == 2_000
 
@@ -330,9 +381,18 @@ def test_fee_is_non_decreasing():
     assert values == sorted(values)
 
 
-@pytest.mark.parametrize("kw", [dict(bps=D(-1)), dict(bps=D(10_001)), dict(bps=D("NaN")),
-                                dict(bps=3.0), dict(fixed=-1), dict(fixed=1.5),
-                                dict(fixed=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(bps=D(-1)),
+        dict(bps=D(10_001)),
+        dict(bps=D("NaN")),
+        dict(bps=3.0),
+        dict(fixed=-1),
+        dict(fixed=1.5),
+        dict(fixed=True),
+    ],
+)
 def test_fee_schedule_validation(kw):
     with pytest.raises((ValueError, TypeError)):
         FeeSchedule(**kw)

@@ -30,8 +30,7 @@ def flow(n: int, seed: int = 3) -> np.ndarray:
 def direct_run(commands: np.ndarray) -> tuple[np.ndarray, dict[int, OrderBook]]:
     """What the engine gives for the commands, one book per symbol, no shard involved."""
     books = {i.symbol_id: i.new_book() for i in INSTRUMENTS}
-    events = [books[int(c["symbol"])].process(commands[k:k + 1])
-              for k, c in enumerate(commands)]
+    events = [books[int(c["symbol"])].process(commands[k : k + 1]) for k, c in enumerate(commands)]
     return np.concatenate([np.zeros(0, EVENT_DTYPE), *events]), books
 
 
@@ -40,7 +39,7 @@ def run_shard(shard: Shard, commands: np.ndarray, batch: int = 500) -> np.ndarra
     shard.start()
     events = []
     for lo in range(0, len(commands), batch):
-        while not shard.try_submit(commands[lo:lo + batch]):
+        while not shard.try_submit(commands[lo : lo + batch]):
             events.append(shard.poll_events(timeout=0.01))
     shard.stop()
     while len(chunk := shard.poll_events(timeout=5)):
@@ -71,19 +70,19 @@ def test_shard_events_equal_the_engine_run_directly(wait):
 def test_graceful_stop_applies_everything_submitted_and_loses_no_event():
     commands = flow(3_000)
     shard = Shard.from_instruments(INSTRUMENTS, ring_capacity=4_096)
-    shard.submit(commands)                      # all queued before the matcher starts
+    shard.submit(commands)  # all queued before the matcher starts
     shard.start()
-    shard.stop()                                # at once: nothing may be dropped
+    shard.stop()  # at once: nothing may be dropped
     events = []
     while len(chunk := shard.poll_events(timeout=5)):
         events.append(chunk)
     shard.join(timeout=30)
     assert event_tuples(np.concatenate(events)) == event_tuples(direct_run(commands)[0])
     with pytest.raises(RuntimeError):
-        shard.submit(commands[:1])              # closed for new commands
+        shard.submit(commands[:1])  # closed for new commands
 
 
-@settings(max_examples=15, deadline=None)      # each example runs real threads
+@settings(max_examples=15, deadline=None)  # each example runs real threads
 @given(cut=st.integers(0, 4_000), seed=st.integers(0, 3))
 def test_restore_and_replay_from_a_running_snapshot_equals_an_uninterrupted_run(cut, seed):
     commands = flow(4_000, seed)
@@ -92,7 +91,7 @@ def test_restore_and_replay_from_a_running_snapshot_equals_an_uninterrupted_run(
     first = Shard.from_instruments(INSTRUMENTS, ring_capacity=8_192)
     first.submit(commands[:cut])
     first.start()
-    snapshot = first.snapshot()                 # taken wherever the matcher is
+    snapshot = first.snapshot()  # taken wherever the matcher is
     first.stop()
     while len(first.poll_events(timeout=5)):
         pass
@@ -112,11 +111,15 @@ def test_unknown_symbol_is_rejected_and_the_shard_goes_on():
     commands["symbol"][3] = 999
     shard = Shard.from_instruments(INSTRUMENTS)
     events = run_shard(shard, commands)
-    rejected = events[(events["type"] == EventType.REJECTED)
-                      & (events["reason"] == Reason.UNKNOWN_SYMBOL)]
+    rejected = events[
+        (events["type"] == EventType.REJECTED) & (events["reason"] == Reason.UNKNOWN_SYMBOL)
+    ]
     assert len(rejected) == 1
     assert (rejected["symbol"][0], rejected["order_id"][0], rejected["seq"][0]) == (
-        999, commands["order_id"][3], 0)
+        999,
+        commands["order_id"][3],
+        0,
+    )
     valid = np.delete(commands, 3)
     kept = events[events["reason"] != Reason.UNKNOWN_SYMBOL]
     assert event_tuples(kept) == event_tuples(direct_run(valid)[0])
@@ -130,7 +133,7 @@ def test_books_refuse_other_threads_while_the_matcher_owns_them():
         book.limit(1, 1, MID, 1)
     shard.stop()
     shard.join(timeout=30)
-    assert book.limit(1, 1, MID, 1) == 1        # back to the caller once stopped
+    assert book.limit(1, 1, MID, 1) == 1  # back to the caller once stopped
 
 
 def test_health_reports_sequences_and_counters():
@@ -139,7 +142,10 @@ def test_health_reports_sequences_and_counters():
     shard.submit(commands)
     health = shard.health()
     assert (health["commands_submitted"], health["input_fill"], health["running"]) == (
-        1_000, 1_000, False)
+        1_000,
+        1_000,
+        False,
+    )
     events = run_shard(shard, commands[:0])
     health = shard.health()
     assert health["commands_applied"] == 1_000
@@ -149,12 +155,20 @@ def test_health_reports_sequences_and_counters():
 
 def test_instruments_load_from_a_toml_file(tmp_path):
     path = tmp_path / "instruments.toml"
-    path.write_text('[[instrument]]\nsymbol = "ACME"\nid = 7\nlow = 900\nhigh = 1100\n'
-                    'lot_size = 10\nstp = "DECREMENT"\n')
+    path.write_text(
+        '[[instrument]]\nsymbol = "ACME"\nid = 7\nlow = 900\nhigh = 1100\n'
+        'lot_size = 10\nstp = "DECREMENT"\n'
+    )
     [acme] = load_instruments(path)
     book = acme.new_book()
     assert (acme.symbol, book.symbol, book.low, book.high, book.lot_size, book.stp.name) == (
-        "ACME", 7, 900, 1100, 10, "DECREMENT")
+        "ACME",
+        7,
+        900,
+        1100,
+        10,
+        "DECREMENT",
+    )
     path.write_text('[[instrument]]\nsymbol = "ACME"\nlow = 900\nhigh = 1100\n')
     with pytest.raises(ValueError, match=r"instrument ACME \(#1\): id: missing"):
         load_instruments(path)
@@ -174,8 +188,22 @@ def test_corrupt_shard_snapshot_is_refused():
 
 def test_cli_runs_a_shard_and_prints_a_summary():
     done = subprocess.run(
-        [sys.executable, "-m", "brokercore.cli", "shard", "--orders", "20000", "--core", "0",
-         "--symbols", "AAA,BBB"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "brokercore.cli",
+            "shard",
+            "--orders",
+            "20000",
+            "--core",
+            "0",
+            "--symbols",
+            "AAA,BBB",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     summary = done.stdout
     assert "20,000" in summary and "M orders/s" in summary and "p99" in summary
@@ -190,7 +218,7 @@ def test_marks_tell_which_events_belong_to_which_commands_and_where_snapshots_fa
     shard.start()
     events, marks, snapshots = [], [], []
     for lo in range(0, len(commands), 300):
-        shard.submit(commands[lo:lo + 300])
+        shard.submit(commands[lo : lo + 300])
         if lo == 1_500:
             shard.request_snapshot()
         while (batch := shard.poll_marks(timeout=0.2)).size:

@@ -70,15 +70,19 @@ def test_round_trip_keeps_session_state_and_spent_ids():
     assert not book.is_open and book.stp == Stp.DECREMENT and book.symbol == 9
     assert book_ids(book) == [2, 1, 3]
     assert call(book, "limit", 5, Side.BUY, 101, 5, account=A) == [
-        rejected(Reason.DUPLICATE_ORDER_ID, 5, Side.BUY, 101, 5, A)]
+        rejected(Reason.DUPLICATE_ORDER_ID, 5, Side.BUY, 101, 5, A)
+    ]
     assert call(book, "limit", 7, Side.BUY, 101, 5, account=A) == [
-        rejected(Reason.MARKET_CLOSED, 7, Side.BUY, 101, 5, A)]
+        rejected(Reason.MARKET_CLOSED, 7, Side.BUY, 101, 5, A)
+    ]
     assert call(book, "open") == [OPENED]
     assert call(book, "limit", 1, Side.BUY, 101, 5, account=A) == [
-        rejected(Reason.DUPLICATE_ORDER_ID, 1, Side.BUY, 101, 5, A)]
+        rejected(Reason.DUPLICATE_ORDER_ID, 1, Side.BUY, 101, 5, A)
+    ]
     for order_id in (4, 5, 6):
         assert call(book, "limit", order_id, Side.BUY, 101, 5, account=A) == [
-            accepted(order_id, Side.BUY, 101, 5, A)]
+            accepted(order_id, Side.BUY, 101, 5, A)
+        ]
 
 
 def test_snapshot_is_bytes_and_restores_from_bytearray_and_memoryview():
@@ -149,18 +153,21 @@ def seal(header, orders, spent) -> bytes:
 def set_header(index, value):
     def forge(header, orders, spent):
         header[index] = value
+
     return forge
 
 
 def set_order(row, field, value):
     def forge(header, orders, spent):
         orders[row][field] = value
+
     return forge
 
 
 def swap_orders(i, j):
     def forge(header, orders, spent):
         orders[[i, j]] = orders[[j, i]]
+
     return forge
 
 

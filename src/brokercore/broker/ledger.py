@@ -24,8 +24,16 @@ from brokercore.broker.market import MarketInstrument
 from brokercore.broker.risk import FeeSchedule, Hold
 from brokercore.engine.records import Side
 
-__all__ = ["OrderHold", "AccountDelta", "PositionDelta", "OrderDelta", "Settlement",
-           "SettlementError", "settle_fill", "release"]
+__all__ = [
+    "OrderHold",
+    "AccountDelta",
+    "PositionDelta",
+    "OrderDelta",
+    "Settlement",
+    "SettlementError",
+    "settle_fill",
+    "release",
+]
 
 
 class SettlementError(ValueError):
@@ -47,14 +55,19 @@ class OrderHold:
     blocked_cash: int = 0
     blocked_shares: int = 0
     filled_quantity: int = 0
-    filled_notional: int = 0        # paise traded so far
-    fees: int = 0                   # paise charged so far
+    filled_notional: int = 0  # paise traded so far
+    fees: int = 0  # paise charged so far
 
     @classmethod
     def open(cls, side: Side, quantity: int, hold: Hold) -> OrderHold:
         """The state of an order just accepted with ``hold``."""
-        return cls(side=Side(side), quantity=quantity, hold_price_ticks=hold.price_ticks or 0,
-                   blocked_cash=hold.cash, blocked_shares=hold.shares)
+        return cls(
+            side=Side(side),
+            quantity=quantity,
+            hold_price_ticks=hold.price_ticks or 0,
+            blocked_cash=hold.cash,
+            blocked_shares=hold.shares,
+        )
 
     @property
     def open_quantity(self) -> int:
@@ -102,22 +115,31 @@ class Settlement:
     def apply(self, order: OrderHold) -> OrderHold:
         """The order's state after this settlement."""
         d = self.order
-        return replace(order, blocked_cash=order.blocked_cash + d.blocked_cash,
-                       blocked_shares=order.blocked_shares + d.blocked_shares,
-                       filled_quantity=order.filled_quantity + d.filled_quantity,
-                       filled_notional=order.filled_notional + d.filled_notional,
-                       fees=order.fees + d.fees)
+        return replace(
+            order,
+            blocked_cash=order.blocked_cash + d.blocked_cash,
+            blocked_shares=order.blocked_shares + d.blocked_shares,
+            filled_quantity=order.filled_quantity + d.filled_quantity,
+            filled_notional=order.filled_notional + d.filled_notional,
+            fees=order.fees + d.fees,
+        )
 
 
-def _still_needed(order: OrderHold, tick_paise: int, filled_notional: int,
-                  open_quantity: int, fees: FeeSchedule) -> int:
+def _still_needed(
+    order: OrderHold, tick_paise: int, filled_notional: int, open_quantity: int, fees: FeeSchedule
+) -> int:
     """Cash a buy must keep blocked to pay for its open quantity at the hold price."""
     rest = order.hold_price_ticks * tick_paise * open_quantity
     return rest + fees.fee(filled_notional + rest) - fees.fee(filled_notional)
 
 
-def settle_fill(order: OrderHold, price_ticks: int, quantity: int,
-                instrument: MarketInstrument, fees: FeeSchedule) -> Settlement:
+def settle_fill(
+    order: OrderHold,
+    price_ticks: int,
+    quantity: int,
+    instrument: MarketInstrument,
+    fees: FeeSchedule,
+) -> Settlement:
     """The deltas of one fill of ``order``: ``quantity`` shares at ``price_ticks``.
 
     Buyer: cash -= price × qty + fee; blocked_cash -= what this quantity had blocked;
@@ -127,8 +149,9 @@ def settle_fill(order: OrderHold, price_ticks: int, quantity: int,
     or a buy above its hold price.
     """
     if quantity <= 0 or quantity > order.open_quantity:
-        raise SettlementError(f"fill of {quantity} shares for an order with "
-                              f"{order.open_quantity} open")
+        raise SettlementError(
+            f"fill of {quantity} shares for an order with {order.open_quantity} open"
+        )
     if price_ticks <= 0:
         raise SettlementError(f"fill price {price_ticks} ticks is not positive")
     price = instrument.ticks_to_paise(price_ticks)
@@ -139,28 +162,38 @@ def settle_fill(order: OrderHold, price_ticks: int, quantity: int,
 
     if order.side == Side.SELL:
         released = min(quantity, order.blocked_shares)
-        return Settlement(AccountDelta(cash=notional - fee),
-                          PositionDelta(quantity=-quantity, blocked_quantity=-released,
-                                        price=price),
-                          replace(fill, blocked_shares=-released), fee)
+        return Settlement(
+            AccountDelta(cash=notional - fee),
+            PositionDelta(quantity=-quantity, blocked_quantity=-released, price=price),
+            replace(fill, blocked_shares=-released),
+            fee,
+        )
 
     if price_ticks > order.hold_price_ticks:
-        raise SettlementError(f"buy filled at {price_ticks} ticks, above its hold price "
-                              f"{order.hold_price_ticks}")
-    keep = _still_needed(order, instrument.tick_paise, filled_notional,
-                         order.open_quantity - quantity, fees)
+        raise SettlementError(
+            f"buy filled at {price_ticks} ticks, above its hold price {order.hold_price_ticks}"
+        )
+    keep = _still_needed(
+        order, instrument.tick_paise, filled_notional, order.open_quantity - quantity, fees
+    )
     released = order.blocked_cash - keep
-    if released < notional + fee:           # cannot happen if the hold came from risk
-        raise SettlementError(f"the order's hold of {order.blocked_cash} paise does not "
-                              f"cover a fill of {notional + fee} paise")
-    return Settlement(AccountDelta(cash=-(notional + fee), blocked_cash=-released),
-                      PositionDelta(quantity=quantity, price=price),
-                      replace(fill, blocked_cash=-released), fee)
+    if released < notional + fee:  # cannot happen if the hold came from risk
+        raise SettlementError(
+            f"the order's hold of {order.blocked_cash} paise does not "
+            f"cover a fill of {notional + fee} paise"
+        )
+    return Settlement(
+        AccountDelta(cash=-(notional + fee), blocked_cash=-released),
+        PositionDelta(quantity=quantity, price=price),
+        replace(fill, blocked_cash=-released),
+        fee,
+    )
 
 
 def release(order: OrderHold) -> Settlement:
     """The deltas when an order ends for any reason: unblock whatever it still blocks."""
-    return Settlement(AccountDelta(blocked_cash=-order.blocked_cash),
-                      PositionDelta(blocked_quantity=-order.blocked_shares),
-                      OrderDelta(blocked_cash=-order.blocked_cash,
-                                 blocked_shares=-order.blocked_shares))
+    return Settlement(
+        AccountDelta(blocked_cash=-order.blocked_cash),
+        PositionDelta(blocked_quantity=-order.blocked_shares),
+        OrderDelta(blocked_cash=-order.blocked_cash, blocked_shares=-order.blocked_shares),
+    )

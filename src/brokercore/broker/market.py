@@ -31,7 +31,7 @@ from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, Stp
 
 __all__ = ["AlwaysOpen", "MarketInstrument", "Session", "load_market", "instruments_by_id"]
 
-_WEEKDAYS = range(1, 8)                 # ISO: 1 = Monday ... 7 = Sunday
+_WEEKDAYS = range(1, 8)  # ISO: 1 = Monday ... 7 = Sunday
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,15 @@ class Session:
             if not isinstance(value, time) or value.tzinfo is not None:
                 raise ValueError(f"{name} must be a local time without a zone, not {value!r}")
         if not self.open < self.close:
-            raise ValueError(f"the session must open before it closes "
-                             f"(open {self.open}, close {self.close})")
+            raise ValueError(
+                f"the session must open before it closes (open {self.open}, close {self.close})"
+            )
         weekdays = frozenset(self.weekdays)
         if not weekdays or not all(type(d) is int and d in _WEEKDAYS for d in weekdays):
-            raise ValueError(f"weekdays must be a non-empty set of ISO weekdays 1..7 "
-                             f"(1 = Monday), not {sorted(weekdays, key=repr)}")
+            raise ValueError(
+                f"weekdays must be a non-empty set of ISO weekdays 1..7 "
+                f"(1 = Monday), not {sorted(weekdays, key=repr)}"
+            )
         holidays = frozenset(self.holidays)
         if not all(type(d) is date for d in holidays):
             raise ValueError("holidays must be dates")
@@ -123,7 +126,7 @@ class AlwaysOpen(Session):
         return True
 
     def is_open(self, at: datetime) -> bool:
-        self._local(at)                 # the same checks of ``at`` as a real session
+        self._local(at)  # the same checks of ``at`` as a real session
         return True
 
     def next_open(self, at: datetime) -> datetime:
@@ -151,8 +154,8 @@ class MarketInstrument:
     enabled: bool = True
     session_orders: int = 0
     stp: Stp = Stp.CANCEL_NEWEST
-    tick_paise: int = field(init=False, repr=False, compare=False)    # paise per tick
-    low: int = field(init=False, repr=False, compare=False)           # band in ticks
+    tick_paise: int = field(init=False, repr=False, compare=False)  # paise per tick
+    low: int = field(init=False, repr=False, compare=False)  # band in ticks
     high: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -167,34 +170,38 @@ class MarketInstrument:
         try:
             tick_paise = to_paise(self.tick_size)
         except ValueError:
-            raise ValueError(f"tick_size {self.tick_size} is not a whole number of paise "
-                             f"(0.01)") from None
+            raise ValueError(
+                f"tick_size {self.tick_size} is not a whole number of paise (0.01)"
+            ) from None
         object.__setattr__(self, "tick_paise", tick_paise)
         if not _is_int(self.lot_size) or self.lot_size < 1:
             raise ValueError(f"lot_size must be an integer >= 1, not {self.lot_size!r}")
         low = self._band_ticks("band_low", self.band_low)
         high = self._band_ticks("band_high", self.band_high)
         if low < 1 or high < low:
-            raise ValueError(f"the band must satisfy tick_size <= band_low <= band_high "
-                             f"(band {self.band_low}..{self.band_high})")
+            raise ValueError(
+                f"the band must satisfy tick_size <= band_low <= band_high "
+                f"(band {self.band_low}..{self.band_high})"
+            )
         if high - low + 1 > MAX_BAND_LEVELS:
-            raise ValueError(f"the band {self.band_low}..{self.band_high} is wider than "
-                             f"{MAX_BAND_LEVELS} ticks")
+            raise ValueError(
+                f"the band {self.band_low}..{self.band_high} is wider than {MAX_BAND_LEVELS} ticks"
+            )
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
         engine_max = INT64_MAX // high
-        if (not _is_int(self.max_order_qty) or not self.lot_size <= self.max_order_qty
-                <= engine_max):
-            raise ValueError(f"max_order_qty must be an integer in {self.lot_size}..{engine_max} "
-                             f"(lot size .. the engine's limit for this band), "
-                             f"not {self.max_order_qty!r}")
+        if not _is_int(self.max_order_qty) or not self.lot_size <= self.max_order_qty <= engine_max:
+            raise ValueError(
+                f"max_order_qty must be an integer in {self.lot_size}..{engine_max} "
+                f"(lot size .. the engine's limit for this band), "
+                f"not {self.max_order_qty!r}"
+            )
         if not isinstance(self.session, Session):
             raise ValueError("session must be a Session")
         if not isinstance(self.enabled, bool):
             raise ValueError(f"enabled must be true or false, not {self.enabled!r}")
         if not _is_int(self.session_orders) or self.session_orders < 0:
-            raise ValueError(f"session_orders must be an integer >= 0, "
-                             f"not {self.session_orders!r}")
+            raise ValueError(f"session_orders must be an integer >= 0, not {self.session_orders!r}")
         if not isinstance(self.stp, Stp) or self.stp == Stp.DEFAULT:
             raise ValueError(f"stp must be a Stp mode other than DEFAULT, not {self.stp!r}")
 
@@ -212,8 +219,9 @@ class MarketInstrument:
             return exact_ratio(price, self.tick_size, "price")
         except ValueError as e:
             if "not a multiple" in str(e):
-                raise ValueError(f"price {price} is not a multiple of the tick size "
-                                 f"{self.tick_size}") from None
+                raise ValueError(
+                    f"price {price} is not a multiple of the tick size {self.tick_size}"
+                ) from None
             raise
 
     def to_price(self, ticks: int) -> Decimal:
@@ -225,9 +233,15 @@ class MarketInstrument:
 
     def engine_instrument(self) -> Instrument:
         """The engine's view of this symbol (band in ticks), as ``load_instruments`` gives."""
-        return Instrument(symbol=self.symbol, symbol_id=self.symbol_id, low=self.low,
-                          high=self.high, lot_size=self.lot_size, stp=self.stp,
-                          session_orders=self.session_orders)
+        return Instrument(
+            symbol=self.symbol,
+            symbol_id=self.symbol_id,
+            low=self.low,
+            high=self.high,
+            lot_size=self.lot_size,
+            stp=self.stp,
+            session_orders=self.session_orders,
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -235,6 +249,7 @@ def _is_int(value: object) -> bool:
 
 
 # --- the instruments file --------------------------------------------------------------
+
 
 class _Invalid(ValueError):
     """A bad value; the caller prefixes where it is."""
@@ -247,8 +262,13 @@ def _session(table: SessionTable) -> Session:
         raise _Invalid(f"session.{missing}: missing")
     weekdays = Session.weekdays if table.weekdays is None else frozenset(table.weekdays)
     try:
-        return Session(timezone=timezone, open=opens, close=closes, weekdays=weekdays,
-                       holidays=frozenset(table.holidays or ()))
+        return Session(
+            timezone=timezone,
+            open=opens,
+            close=closes,
+            weekdays=weekdays,
+            holidays=frozenset(table.holidays or ()),
+        )
     except ValueError as e:
         raise _Invalid(f"session: {e}") from None
 
@@ -261,13 +281,13 @@ def _tick_size(value: str | int | None) -> Decimal:
     except InvalidOperation:
         raise _Invalid(f"tick_size: {value!r} is not a decimal number") from None
     if not tick.is_finite():
-        raise _Invalid(f"tick_size: must be a decimal string such as \"0.05\" (not a float), "
-                       f"not {value!r}")
+        raise _Invalid(
+            f'tick_size: must be a decimal string such as "0.05" (not a float), not {value!r}'
+        )
     return tick
 
 
-def _instrument(table: InstrumentTable, default_session: SessionTable | None
-                ) -> MarketInstrument:
+def _instrument(table: InstrumentTable, default_session: SessionTable | None) -> MarketInstrument:
     tick = _tick_size(table.tick_size)
     if table.max_order_qty is None:
         raise _Invalid("max_order_qty: missing")
@@ -277,18 +297,27 @@ def _instrument(table: InstrumentTable, default_session: SessionTable | None
         raise _Invalid("session: no [session] table at the top level or in the instrument")
     try:
         return MarketInstrument(
-            symbol=table.symbol, symbol_id=table.id, tick_size=tick, lot_size=table.lot_size,
-            band_low=tick * table.low, band_high=tick * table.high,
-            max_order_qty=table.max_order_qty, session=_session(session),
-            enabled=table.enabled, session_orders=table.session_orders, stp=Stp[table.stp])
+            symbol=table.symbol,
+            symbol_id=table.id,
+            tick_size=tick,
+            lot_size=table.lot_size,
+            band_low=tick * table.low,
+            band_high=tick * table.high,
+            max_order_qty=table.max_order_qty,
+            session=_session(session),
+            enabled=table.enabled,
+            session_orders=table.session_orders,
+            stp=Stp[table.stp],
+        )
     except _Invalid:
         raise
     except ValueError as e:
         raise _Invalid(str(e)) from None
 
 
-def load_market(path: str | os.PathLike[str], calendar: str = "exchange"
-                ) -> dict[str, MarketInstrument]:
+def load_market(
+    path: str | os.PathLike[str], calendar: str = "exchange"
+) -> dict[str, MarketInstrument]:
     """The instruments of the file by symbol, every key validated.
 
     ``read_instruments`` (brokercore.engine.instruments) decodes the file: the engine's

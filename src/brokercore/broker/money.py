@@ -10,8 +10,17 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TypeGuard, overload
 
-__all__ = ["PAISE_PER_RUPEE", "AVG_PRICE_PLACES", "is_decimal", "exact_ratio", "to_paise",
-           "format_paise", "rupees", "average_price", "average_fill_price"]
+__all__ = [
+    "PAISE_PER_RUPEE",
+    "AVG_PRICE_PLACES",
+    "is_decimal",
+    "exact_ratio",
+    "to_paise",
+    "format_paise",
+    "rupees",
+    "average_price",
+    "average_fill_price",
+]
 
 PAISE_PER_RUPEE = 100
 """Minor units per currency unit: every amount of money inside brokercore is int paise."""
@@ -82,7 +91,7 @@ def _no_floats(*prices: object) -> None:
 def _rounded(num: int, den: int) -> Decimal:
     """num / den to AVG_PRICE_PLACES places, half away from zero (as PostgreSQL's
     round(numeric)); ``den`` is positive."""
-    scale = 10 ** AVG_PRICE_PLACES
+    scale = 10**AVG_PRICE_PLACES
     sign = -1 if num < 0 else 1
     return Decimal(f"{sign * ((2 * abs(num) * scale + den) // (2 * den))}e-{AVG_PRICE_PLACES}")
 
@@ -100,7 +109,7 @@ def average_price(quantity: int, avg_price: Decimal, delta: int, price: int) -> 
         return Decimal(0)
     if quantity == 0 or (quantity > 0) == (delta > 0):
         n, d = Decimal(avg_price).as_integer_ratio()
-        num = abs(quantity) * n + abs(delta) * price * d       # exact weighted sum * d
+        num = abs(quantity) * n + abs(delta) * price * d  # exact weighted sum * d
         den = abs(after) * d
     elif (after > 0) == (quantity > 0):
         num, den = Decimal(avg_price).as_integer_ratio()

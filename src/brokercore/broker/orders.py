@@ -12,11 +12,20 @@ from typing import Literal, Protocol, get_args
 
 from brokercore.engine.records import EventType
 
-__all__ = ["OrderStatus", "ORDER_STATUSES", "OPEN_STATUSES", "CANCEL_REQUESTED", "END_STATUS",
-           "TradeEvent", "trade_id", "event_time"]
+__all__ = [
+    "OrderStatus",
+    "ORDER_STATUSES",
+    "OPEN_STATUSES",
+    "CANCEL_REQUESTED",
+    "END_STATUS",
+    "TradeEvent",
+    "trade_id",
+    "event_time",
+]
 
-OrderStatus = Literal["PENDING", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED",
-                      "REJECTED", "EXPIRED"]
+OrderStatus = Literal[
+    "PENDING", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED", "EXPIRED"
+]
 """An order's status, as stored and as the API shows it."""
 
 ORDER_STATUSES: tuple[OrderStatus, ...] = get_args(OrderStatus)
@@ -24,11 +33,11 @@ ORDER_STATUSES: tuple[OrderStatus, ...] = get_args(OrderStatus)
 OPEN_STATUSES: tuple[OrderStatus, ...] = ("PENDING", "OPEN", "PARTIALLY_FILLED")
 """The statuses of an order that can still trade (and hold cash or shares)."""
 
-CANCEL_REQUESTED = "CANCEL_REQUESTED"    # a cancel's receipt: asked of the engine, not done
+CANCEL_REQUESTED = "CANCEL_REQUESTED"  # a cancel's receipt: asked of the engine, not done
 
-END_STATUS: Mapping[EventType, OrderStatus] = MappingProxyType({
-    EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED",
-    EventType.REJECTED: "REJECTED"})
+END_STATUS: Mapping[EventType, OrderStatus] = MappingProxyType(
+    {EventType.CANCELLED: "CANCELLED", EventType.EXPIRED: "EXPIRED", EventType.REJECTED: "REJECTED"}
+)
 """The status an order ends with on each event that can end it without a fill (a REJECTED
 ends only a new order, and only the first time: see its readers)."""
 

@@ -21,9 +21,19 @@ from brokercore.broker.market import MarketInstrument
 from brokercore.broker.money import format_paise, is_decimal
 from brokercore.engine.records import Side, Tif
 
-__all__ = ["OrderType", "RejectCode", "OrderRequest", "AccountState", "FeeSchedule",
-           "NO_FEES", "Hold", "RiskRejection", "check_order", "market_buy_price",
-           "buy_hold"]
+__all__ = [
+    "OrderType",
+    "RejectCode",
+    "OrderRequest",
+    "AccountState",
+    "FeeSchedule",
+    "NO_FEES",
+    "Hold",
+    "RiskRejection",
+    "check_order",
+    "market_buy_price",
+    "buy_hold",
+]
 
 
 class OrderType(StrEnum):
@@ -113,7 +123,7 @@ class FeeSchedule:
         if notional <= 0:
             return 0
         num, den = self.bps.as_integer_ratio()
-        variable = -(-notional * num // (den * 10_000))         # ceiling, exact
+        variable = -(-notional * num // (den * 10_000))  # ceiling, exact
         return min(notional, variable + self.fixed)
 
 
@@ -143,8 +153,11 @@ class RiskRejection:
     message: str
 
 
-def market_buy_price(instrument: MarketInstrument, last_price: Decimal | None = None,
-                     protection_percent: Decimal | None = None) -> int:
+def market_buy_price(
+    instrument: MarketInstrument,
+    last_price: Decimal | None = None,
+    protection_percent: Decimal | None = None,
+) -> int:
     """The price in ticks at which a market buy is held (and capped).
 
     Without a last price or a protection percentage it is the band's top, the worst
@@ -157,8 +170,10 @@ def market_buy_price(instrument: MarketInstrument, last_price: Decimal | None = 
         if not isinstance(value, Decimal) or not value.is_finite():
             raise ValueError(f"{name} must be a finite Decimal, not {value!r}")
     if last_price <= 0 or protection_percent < 0:
-        raise ValueError(f"need last_price > 0 and protection_percent >= 0 "
-                         f"(got {last_price}, {protection_percent})")
+        raise ValueError(
+            f"need last_price > 0 and protection_percent >= 0 "
+            f"(got {last_price}, {protection_percent})"
+        )
     ln, ld = last_price.as_integer_ratio()
     pn, pd = protection_percent.as_integer_ratio()
     tn, td = instrument.tick_size.as_integer_ratio()
@@ -169,8 +184,9 @@ def market_buy_price(instrument: MarketInstrument, last_price: Decimal | None = 
     return max(instrument.low, min(instrument.high, ticks))
 
 
-def buy_hold(instrument: MarketInstrument, price_ticks: int, quantity: int,
-             fees: FeeSchedule = NO_FEES) -> int:
+def buy_hold(
+    instrument: MarketInstrument, price_ticks: int, quantity: int, fees: FeeSchedule = NO_FEES
+) -> int:
     """Cash in paise to block for buying ``quantity`` at up to ``price_ticks``."""
     notional = instrument.ticks_to_paise(price_ticks) * quantity
     return notional + fees.fee(notional)
@@ -197,10 +213,16 @@ def _reject(code: RejectCode, message: str) -> RiskRejection:
     return RiskRejection(code, message)
 
 
-def check_order(request: OrderRequest, instrument: MarketInstrument | None, now: datetime,
-                account: AccountState, *, fees: FeeSchedule = NO_FEES,
-                last_price: Decimal | None = None,
-                protection_percent: Decimal | None = None) -> Hold | RiskRejection:
+def check_order(
+    request: OrderRequest,
+    instrument: MarketInstrument | None,
+    now: datetime,
+    account: AccountState,
+    *,
+    fees: FeeSchedule = NO_FEES,
+    last_price: Decimal | None = None,
+    protection_percent: Decimal | None = None,
+) -> Hold | RiskRejection:
     """Check a new order; the ``Hold`` to block if it passes, else the first failure.
 
     Checks in this order: symbol known, not halted, market open; side, order type,
@@ -213,24 +235,27 @@ def check_order(request: OrderRequest, instrument: MarketInstrument | None, now:
     if instrument is None:
         return _reject(RejectCode.UNKNOWN_SYMBOL, f"unknown symbol {request.symbol!r}")
     if instrument.symbol != request.symbol:
-        raise ValueError(f"instrument {instrument.symbol} given for an order in "
-                         f"{request.symbol!r}")
+        raise ValueError(f"instrument {instrument.symbol} given for an order in {request.symbol!r}")
     symbol = instrument.symbol
     if not instrument.enabled:
         return _reject(RejectCode.SYMBOL_HALTED, f"trading in {symbol} is halted")
     if not instrument.session.is_open(now):
         opens = instrument.session.next_open(now)
-        return _reject(RejectCode.MARKET_CLOSED, f"the market for {symbol} is closed; it "
-                       f"opens at {opens:%Y-%m-%d %H:%M} ({instrument.session.timezone})")
+        return _reject(
+            RejectCode.MARKET_CLOSED,
+            f"the market for {symbol} is closed; it "
+            f"opens at {opens:%Y-%m-%d %H:%M} ({instrument.session.timezone})",
+        )
 
     side = _member(Side, request.side)
     if side is None:
-        return _reject(RejectCode.INVALID_SIDE, f"side must be BUY or SELL, "
-                       f"not {request.side!r}")
+        return _reject(RejectCode.INVALID_SIDE, f"side must be BUY or SELL, not {request.side!r}")
     order_type = _member(OrderType, request.type)
     if order_type is None:
-        return _reject(RejectCode.INVALID_ORDER_TYPE, f"order type must be LIMIT or "
-                       f"MARKET, not {request.type!r}")
+        return _reject(
+            RejectCode.INVALID_ORDER_TYPE,
+            f"order type must be LIMIT or MARKET, not {request.type!r}",
+        )
     market = order_type is OrderType.MARKET
     tif: Tif | None
     if request.time_in_force is None:
@@ -238,22 +263,31 @@ def check_order(request: OrderRequest, instrument: MarketInstrument | None, now:
     else:
         tif = _member(Tif, request.time_in_force)
         if tif is None:
-            return _reject(RejectCode.INVALID_TIF, f"time in force must be one of GTC, DAY, "
-                           f"IOC, FOK, not {request.time_in_force!r}")
+            return _reject(
+                RejectCode.INVALID_TIF,
+                f"time in force must be one of GTC, DAY, IOC, FOK, not {request.time_in_force!r}",
+            )
     if market and tif not in (Tif.IOC, Tif.FOK):
-        return _reject(RejectCode.INVALID_TIF, f"a market order must be IOC or FOK, "
-                       f"not {tif.name}")
+        return _reject(RejectCode.INVALID_TIF, f"a market order must be IOC or FOK, not {tif.name}")
 
     quantity = request.quantity
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-        return _reject(RejectCode.INVALID_QUANTITY, f"quantity must be a positive whole "
-                       f"number of shares, not {quantity!r}")
+        return _reject(
+            RejectCode.INVALID_QUANTITY,
+            f"quantity must be a positive whole number of shares, not {quantity!r}",
+        )
     if quantity % instrument.lot_size:
-        return _reject(RejectCode.LOT_SIZE, f"quantity {quantity} is not a multiple of the "
-                       f"lot size {instrument.lot_size} of {symbol}")
+        return _reject(
+            RejectCode.LOT_SIZE,
+            f"quantity {quantity} is not a multiple of the "
+            f"lot size {instrument.lot_size} of {symbol}",
+        )
     if quantity > instrument.max_order_qty:
-        return _reject(RejectCode.QUANTITY_LIMIT, f"quantity {quantity} is more than the "
-                       f"{instrument.max_order_qty} shares allowed per order in {symbol}")
+        return _reject(
+            RejectCode.QUANTITY_LIMIT,
+            f"quantity {quantity} is more than the "
+            f"{instrument.max_order_qty} shares allowed per order in {symbol}",
+        )
 
     price = request.price
     if market:
@@ -264,14 +298,20 @@ def check_order(request: OrderRequest, instrument: MarketInstrument | None, now:
         if price is None:
             return _reject(RejectCode.PRICE_REQUIRED, "a limit order needs a price")
         if not is_decimal(price):
-            return _reject(RejectCode.INVALID_PRICE, f"price must be a decimal number "
-                           f"(as a string), not {type(price).__name__} {price!r}")
+            return _reject(
+                RejectCode.INVALID_PRICE,
+                f"price must be a decimal number "
+                f"(as a string), not {type(price).__name__} {price!r}",
+            )
         price = Decimal(price)
         if not price.is_finite() or price <= 0:
             return _reject(RejectCode.INVALID_PRICE, f"price must be positive, not {price}")
         if not instrument.band_low <= price <= instrument.band_high:
-            return _reject(RejectCode.PRICE_BAND, f"price {price} is outside the price band "
-                           f"{instrument.band_low}..{instrument.band_high} of {symbol}")
+            return _reject(
+                RejectCode.PRICE_BAND,
+                f"price {price} is outside the price band "
+                f"{instrument.band_low}..{instrument.band_high} of {symbol}",
+            )
         try:
             price_ticks = instrument.to_ticks(price)
         except ValueError as e:
@@ -280,18 +320,23 @@ def check_order(request: OrderRequest, instrument: MarketInstrument | None, now:
     if side is Side.SELL:
         available = max(account.shares_available, 0)
         if quantity > available and not account.allow_short:
-            return _reject(RejectCode.INSUFFICIENT_HOLDINGS, f"selling {quantity} {symbol} "
-                           f"needs {quantity} shares but {available} are available")
-        return Hold(shares=min(quantity, available), price_ticks=price_ticks,
-                    time_in_force=tif)
+            return _reject(
+                RejectCode.INSUFFICIENT_HOLDINGS,
+                f"selling {quantity} {symbol} "
+                f"needs {quantity} shares but {available} are available",
+            )
+        return Hold(shares=min(quantity, available), price_ticks=price_ticks, time_in_force=tif)
 
     if price_ticks is None:
         price_ticks = market_buy_price(instrument, last_price, protection_percent)
     cash = buy_hold(instrument, price_ticks, quantity, fees)
     if cash > account.cash_available:
         fee = cash - instrument.ticks_to_paise(price_ticks) * quantity
-        return _reject(RejectCode.INSUFFICIENT_FUNDS, f"buying {quantity} {symbol} at up to "
-                       f"{instrument.to_price(price_ticks)} needs {format_paise(cash)} "
-                       f"(fees {format_paise(fee)} included) but "
-                       f"{format_paise(max(account.cash_available, 0))} is available")
+        return _reject(
+            RejectCode.INSUFFICIENT_FUNDS,
+            f"buying {quantity} {symbol} at up to "
+            f"{instrument.to_price(price_ticks)} needs {format_paise(cash)} "
+            f"(fees {format_paise(fee)} included) but "
+            f"{format_paise(max(account.cash_available, 0))} is available",
+        )
     return Hold(cash=cash, price_ticks=price_ticks, time_in_force=tif)

@@ -27,8 +27,15 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer, KafkaError
     from confluent_kafka import Message as KafkaMessage
 
-__all__ = ["Applier", "Stats", "Message", "claim_offsets", "store_offsets", "stored_offsets",
-           "run_pg_consumer"]
+__all__ = [
+    "Applier",
+    "Stats",
+    "Message",
+    "claim_offsets",
+    "store_offsets",
+    "stored_offsets",
+    "run_pg_consumer",
+]
 
 log = logging.getLogger("brokercore.consumers.pg_consumer")
 
@@ -39,7 +46,7 @@ class Message(NamedTuple):
     partition: int
     offset: int
     batch: EventBatch
-    timestamp_ms: int = 0       # Kafka's timestamp of it (the engine's producer sets it)
+    timestamp_ms: int = 0  # Kafka's timestamp of it (the engine's producer sets it)
 
 
 class Stats(Protocol):
@@ -56,7 +63,7 @@ S = TypeVar("S", bound=Stats)
 class Applier(Protocol[S]):
     """What a Postgres-offset consumer does with a batch."""
 
-    consumer: str           # its name in consumer_offsets
+    consumer: str  # its name in consumer_offsets
     topic: str
 
     def new_stats(self) -> S:
@@ -72,8 +79,9 @@ class Applier(Protocol[S]):
         """A one-line summary of stats, with units."""
 
 
-def claim_offsets(conn: psycopg.Connection, consumer: str, topic: str,
-                  messages: Sequence[Message]) -> tuple[list[Message], dict[int, int]]:
+def claim_offsets(
+    conn: psycopg.Connection, consumer: str, topic: str, messages: Sequence[Message]
+) -> tuple[list[Message], dict[int, int]]:
     """Lock the consumer's offset rows of the batch's partitions (inside the caller's
     transaction); the messages not yet applied, and the next offset of each partition
     that moves. Two processes of one consumer take turns on these locks."""
@@ -83,11 +91,15 @@ def claim_offsets(conn: psycopg.Connection, consumer: str, topic: str,
     conn.execute(
         "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) "
         "SELECT %s, %s, p, 0 FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING",
-        (consumer, topic, partitions))
-    stored: dict[int, int] = dict(conn.execute(
-        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = %s AND "
-        "topic = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
-        (consumer, topic, partitions)).fetchall())
+        (consumer, topic, partitions),
+    )
+    stored: dict[int, int] = dict(
+        conn.execute(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = %s AND "
+            "topic = %s AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
+            (consumer, topic, partitions),
+        ).fetchall()
+    )
     nxt, fresh = dict(stored), []
     for message in messages:
         if message.offset >= nxt[message.partition]:
@@ -96,25 +108,40 @@ def claim_offsets(conn: psycopg.Connection, consumer: str, topic: str,
     return fresh, {p: o for p, o in nxt.items() if o != stored[p]}
 
 
-def store_offsets(conn: psycopg.Connection, consumer: str, topic: str,
-                  offsets: dict[int, int]) -> None:
+def store_offsets(
+    conn: psycopg.Connection, consumer: str, topic: str, offsets: dict[int, int]
+) -> None:
     """Move the claimed offset rows (same transaction as ``claim_offsets``)."""
     conn.cursor().executemany(
         "UPDATE consumer_offsets SET next_offset = %s, updated_at = now() "
         "WHERE consumer = %s AND topic = %s AND partition = %s",
-        [(o, consumer, topic, p) for p, o in sorted(offsets.items())])
+        [(o, consumer, topic, p) for p, o in sorted(offsets.items())],
+    )
 
 
 def stored_offsets(conn: psycopg.Connection, consumer: str, topic: str) -> dict[int, int]:
     """partition -> next offset this consumer stored for the topic."""
-    return dict(conn.execute("SELECT partition, next_offset FROM consumer_offsets "
-                             "WHERE consumer = %s AND topic = %s", (consumer, topic)).fetchall())
+    return dict(
+        conn.execute(
+            "SELECT partition, next_offset FROM consumer_offsets "
+            "WHERE consumer = %s AND topic = %s",
+            (consumer, topic),
+        ).fetchall()
+    )
 
 
-def run_pg_consumer(applier: Applier[S], bootstrap: str, database_url: str, name: str,
-                    stop_event: threading.Event | None = None, *, max_messages: int = 1000,
-                    max_wait: float = 0.05, log_every: float = 1.0,
-                    say: Callable[[str], None] | None = None) -> S:
+def run_pg_consumer(
+    applier: Applier[S],
+    bootstrap: str,
+    database_url: str,
+    name: str,
+    stop_event: threading.Event | None = None,
+    *,
+    max_messages: int = 1000,
+    max_wait: float = 0.05,
+    log_every: float = 1.0,
+    say: Callable[[str], None] | None = None,
+) -> S:
     """Consume ``applier.topic`` (read_committed) from the offsets stored in Postgres and
     apply it, one transaction per batch (what has arrived, up to ``max_messages``; an
     idle consumer waits ``max_wait`` s at a time), until ``stop_event`` is set; returns
@@ -135,15 +162,23 @@ def run_pg_consumer(applier: Applier[S], bootstrap: str, database_url: str, name
     totals = applier.new_stats()
     postgres = Backoff(f"{name}: Postgres", log)
     kafka = Backoff(f"{name}: Kafka", log)
-    broker_errors: list[KafkaError] = []      # error_cb's, seen after each read
-    consumer = Consumer({**QUIET_KAFKA, "error_cb": broker_errors.append,
-        "bootstrap.servers": bootstrap, "group.id": f"{applier.consumer}.{topic}",
-        "isolation.level": "read_committed", "enable.auto.commit": False,
-        "enable.auto.offset.store": False, "fetch.wait.max.ms": 10,
-        "reconnect.backoff.max.ms": 1000,     # back within a second of the broker
-        "auto.offset.reset": "error"})        # a stored offset that is gone: stop, loudly
+    broker_errors: list[KafkaError] = []  # error_cb's, seen after each read
+    consumer = Consumer(
+        {
+            **QUIET_KAFKA,
+            "error_cb": broker_errors.append,
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{applier.consumer}.{topic}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "fetch.wait.max.ms": 10,
+            "reconnect.backoff.max.ms": 1000,  # back within a second of the broker
+            "auto.offset.reset": "error",
+        }
+    )  # a stored offset that is gone: stop, loudly
     conn: psycopg.Connection | None = None
-    batch: list[Message] = []                 # read, not yet stored: kept through failures
+    batch: list[Message] = []  # read, not yet stored: kept through failures
     assigned = False
     window, last = applier.new_stats(), time.monotonic()
     try:
@@ -155,8 +190,7 @@ def run_pg_consumer(applier: Applier[S], bootstrap: str, database_url: str, name
                     assigned = _assign(consumer, conn, applier, stop, say, name)
                     continue
                 if not batch:
-                    batch = _read(consumer, decoder, max_messages, max_wait, kafka,
-                                  broker_errors)
+                    batch = _read(consumer, decoder, max_messages, max_wait, kafka, broker_errors)
                 if batch:
                     stats = applier.apply(conn, batch)
                     batch = []
@@ -174,9 +208,11 @@ def run_pg_consumer(applier: Applier[S], bootstrap: str, database_url: str, name
             if time.monotonic() - last >= log_every:
                 seconds = time.monotonic() - last
                 totals += window
-                say(f"{name}: {window.events / seconds:,.0f} events/s; last "
+                say(
+                    f"{name}: {window.events / seconds:,.0f} events/s; last "
                     f"{seconds:.1f} s: {applier.describe(window)}; total "
-                    f"{totals.events} events")
+                    f"{totals.events} events"
+                )
                 window, last = applier.new_stats(), time.monotonic()
         totals += window
     finally:
@@ -187,8 +223,14 @@ def run_pg_consumer(applier: Applier[S], bootstrap: str, database_url: str, name
     return totals
 
 
-def _assign(consumer: Consumer, conn: psycopg.Connection, applier: Applier[S],
-            stop: threading.Event, say: Callable[[str], None], name: str) -> bool:
+def _assign(
+    consumer: Consumer,
+    conn: psycopg.Connection,
+    applier: Applier[S],
+    stop: threading.Event,
+    say: Callable[[str], None],
+    name: str,
+) -> bool:
     """Assign the topic's partitions from the stored offsets; False if stopped first."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -197,15 +239,22 @@ def _assign(consumer: Consumer, conn: psycopg.Connection, applier: Applier[S],
     if not partitions:
         return False
     start = stored_offsets(conn, applier.consumer, topic)
-    consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING))
-                     for p in partitions])
-    say(f"{name}: {topic} partitions {partitions} from offsets "
-        f"{[start.get(p, 0) for p in partitions]}")
+    consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in partitions])
+    say(
+        f"{name}: {topic} partitions {partitions} from offsets "
+        f"{[start.get(p, 0) for p in partitions]}"
+    )
     return True
 
 
-def _read(consumer: Consumer, decoder: msgspec.msgpack.Decoder[EventBatch], max_messages: int,
-          max_wait: float, kafka: Backoff, broker_errors: list[KafkaError]) -> list[Message]:
+def _read(
+    consumer: Consumer,
+    decoder: msgspec.msgpack.Decoder[EventBatch],
+    max_messages: int,
+    max_wait: float,
+    kafka: Backoff,
+    broker_errors: list[KafkaError],
+) -> list[Message]:
     """The next batch (``_next_batch``), decoded. A broker that is away shows as errors
     (error messages, or ``broker_errors`` from the error callback) while librdkafka
     reconnects by itself: they are noted (logged once per outage) and passed over; any
@@ -246,8 +295,7 @@ def _unless_broken(conn: psycopg.Connection | None) -> psycopg.Connection | None
     return conn
 
 
-def _next_batch(consumer: Consumer, max_messages: int, max_wait: float
-                ) -> list[KafkaMessage]:
+def _next_batch(consumer: Consumer, max_messages: int, max_wait: float) -> list[KafkaMessage]:
     """What has arrived, up to ``max_messages``; if nothing has, the first message within
     ``max_wait`` s and whatever came with it. A batch never waits to fill up: under load
     batches grow by themselves, and a lone event is applied at once."""

@@ -77,11 +77,11 @@ log = logging.getLogger("brokercore.consumers.projector")
 class Publication:
     """What a committed batch publishes on Redis (and the caches it invalidates there)."""
 
-    users: set[str] = field(default_factory=set)                    # caches to invalidate
+    users: set[str] = field(default_factory=set)  # caches to invalidate
     updates: list[tuple[str, OrderUpdate]] = field(default_factory=list)
     ticks: list[TradeTick] = field(default_factory=list)
     books: dict[str, BookUpdate] = field(default_factory=dict)
-    offsets: dict[int, int] = field(default_factory=dict)          # partition -> next
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> next
 
 
 @dataclass
@@ -89,16 +89,21 @@ class ProjectorStats:
     """What one or more batches did; counts add up with ``+`` (``push`` does not: it is
     one batch's, for ``committed``)."""
 
-    messages: int = 0           # applied
-    skipped: int = 0            # re-delivered, below the stored offset
+    messages: int = 0  # applied
+    skipped: int = 0  # re-delivered, below the stored offset
     events: int = 0
-    updates: int = 0            # ORDER_UPDATEs (read_model.order_updates rows)
+    updates: int = 0  # ORDER_UPDATEs (read_model.order_updates rows)
     trades: int = 0
     push: Publication | None = field(default=None, repr=False, compare=False)
 
     def __add__(self, other: ProjectorStats) -> ProjectorStats:
-        return ProjectorStats(*(getattr(self, f.name) + getattr(other, f.name)
-                                for f in fields(self) if f.name != "push"))
+        return ProjectorStats(
+            *(
+                getattr(self, f.name) + getattr(other, f.name)
+                for f in fields(self)
+                if f.name != "push"
+            )
+        )
 
 
 _ENDED_BY = (EventType.REJECTED, EventType.OPENED, EventType.CLOSED, EventType.REBANDED)
@@ -111,14 +116,18 @@ def _starts_command(e: Event, previous: Event | None) -> bool:
     (a command's only event), a cancel's or an open's only event, an amend's AMENDED of
     its own order (a self-trade's AMENDED says SELF_TRADE), or the first event of a close
     or re-band, which follows a command of another op or one ended by its last event."""
-    return (previous is None or previous.op != e.op or previous.type in _ENDED_BY
-            or e.type in (EventType.ACCEPTED, EventType.REJECTED)
-            or e.op in (Op.CANCEL, Op.OPEN)
-            or (e.type == EventType.AMENDED and e.op == Op.AMEND
-                and e.reason == Reason.NONE))
+    return (
+        previous is None
+        or previous.op != e.op
+        or previous.type in _ENDED_BY
+        or e.type in (EventType.ACCEPTED, EventType.REJECTED)
+        or e.op in (Op.CANCEL, Op.OPEN)
+        or (e.type == EventType.AMENDED and e.op == Op.AMEND and e.reason == Reason.NONE)
+    )
 
 
 # --- the rows a batch works on, in memory -------------------------------------------
+
 
 @dataclass
 class _Order:
@@ -167,9 +176,9 @@ class _Batch:
     positions: dict[tuple[str, str], _Position]
     book: dict[int, _Resting]
     known_trades: set[str]
-    book_written: set[int] = field(default_factory=set)     # upserted, or deleted if gone
-    symbols: set[str] = field(default_factory=set)          # whose market data changed
-    trades: list[tuple[object, ...]] = field(default_factory=list)    # rows to insert
+    book_written: set[int] = field(default_factory=set)  # upserted, or deleted if gone
+    symbols: set[str] = field(default_factory=set)  # whose market data changed
+    trades: list[tuple[object, ...]] = field(default_factory=list)  # rows to insert
     updates: list[tuple[_Order, OrderUpdate]] = field(default_factory=list)  # seq 0 yet
     push: Publication = field(default_factory=Publication)
     # per symbol, the orders its command in progress changed (and its Kafka timestamp)
@@ -201,15 +210,21 @@ ON CONFLICT (order_id) DO UPDATE SET price = EXCLUDED.price, quantity = EXCLUDED
 class ProjectorConsumer:
     """Projects batches of ``events`` messages for one consumer of one topic."""
 
-    def __init__(self, market: Mapping[str, MarketInstrument], client: redis.Redis,
-                 redis_prefix: str, topic: str = "events", consumer: str = "projector"):
+    def __init__(
+        self,
+        market: Mapping[str, MarketInstrument],
+        client: redis.Redis,
+        redis_prefix: str,
+        topic: str = "events",
+        consumer: str = "projector",
+    ):
         self.market = market
         self.redis = client
         self.prefix = redis_prefix
         self.topic = topic
         self.consumer = consumer
         self.invalidate = Invalidator(client, redis_prefix)
-        self.pending_books: dict[str, BookUpdate] = {}      # md keys not yet stored
+        self.pending_books: dict[str, BookUpdate] = {}  # md keys not yet stored
 
     new_stats = ProjectorStats
 
@@ -219,14 +234,15 @@ class ProjectorConsumer:
         returned stats carry what ``committed`` pushes."""
         stats = ProjectorStats()
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                         (f"{self.consumer}:{self.topic}",))
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.consumer}:{self.topic}",)
+            )
             fresh, offsets = claim_offsets(conn, self.consumer, self.topic, messages)
             stats.skipped = len(messages) - len(fresh)
             stats.messages = len(fresh)
             stats.events = sum(len(m.batch.events) for m in fresh)
             events = [(e, m.timestamp_ms) for m in fresh for e in m.batch.events]
-            if any(e.order_id > 0 for e, _ in events):     # session events change no order
+            if any(e.order_id > 0 for e, _ in events):  # session events change no order
                 batch = self._load(conn, [e for e, _ in events if e.order_id > 0])
                 previous: dict[str, Event] = {}
                 for event, event_time_ms in events:
@@ -270,16 +286,23 @@ class ProjectorConsumer:
         try:
             pipe.execute()
         except redis.RedisError as e:
-            log.warning("publishing %d order updates, %d trades and %d books failed (%s); "
-                        "the books are stored again after the next batch", len(push.updates),
-                        len(push.ticks), len(push.books), e)
+            log.warning(
+                "publishing %d order updates, %d trades and %d books failed (%s); "
+                "the books are stored again after the next batch",
+                len(push.updates),
+                len(push.ticks),
+                len(push.books),
+                e,
+            )
             return
         self.pending_books.clear()
 
     @staticmethod
     def describe(s: ProjectorStats) -> str:
-        return (f"{s.messages} messages, {s.events} events, {s.updates} order updates, "
-                f"{s.trades} trades, {s.skipped} re-delivered skipped")
+        return (
+            f"{s.messages} messages, {s.events} events, {s.updates} order updates, "
+            f"{s.trades} trades, {s.skipped} re-delivered skipped"
+        )
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -290,20 +313,26 @@ class ProjectorConsumer:
         trades = sorted({trade_id(e) for e in events if e.type == EventType.TRADE})
         with conn.pipeline():
             orders = conn.execute(_LOAD_ORDERS, (ids,))
-            book = conn.execute("SELECT order_id, symbol, side, price, open_quantity FROM "
-                                "read_model.book_orders WHERE order_id = ANY(%s)", (ids,))
-            known = conn.execute("SELECT trade_id FROM read_model.trades "
-                                 "WHERE trade_id = ANY(%s)", (trades,))
+            book = conn.execute(
+                "SELECT order_id, symbol, side, price, open_quantity FROM "
+                "read_model.book_orders WHERE order_id = ANY(%s)",
+                (ids,),
+            )
+            known = conn.execute(
+                "SELECT trade_id FROM read_model.trades WHERE trade_id = ANY(%s)", (trades,)
+            )
             positions = conn.execute(
                 "SELECT p.user_id, p.symbol, p.quantity, p.avg_price FROM orders o "
                 "JOIN accounts a ON a.account_id = o.account_id JOIN read_model.positions p "
                 "ON p.user_id = a.user_id AND p.symbol = o.symbol WHERE o.order_id = ANY(%s)",
-                (ids,))
+                (ids,),
+            )
             return _Batch(
                 {row[0]: _Order(*row) for row in orders.fetchall()},
                 {(u, s): _Position(q, p) for u, s, q, p in positions.fetchall()},
                 {i: _Resting(*rest) for i, *rest in book.fetchall()},
-                {t for t, in known.fetchall()})
+                {t for (t,) in known.fetchall()},
+            )
 
     # --- one event ---------------------------------------------------------------------------
 
@@ -316,8 +345,9 @@ class ProjectorConsumer:
                 self._trade(b, e, tid, event_time_ms)
             return
         if kind == EventType.ACCEPTED and e.op == Op.LIMIT:
-            b.book[e.order_id] = _Resting(e.symbol, Side(e.side).name,
-                                          self._paise(e.symbol, e.price), e.remaining)
+            b.book[e.order_id] = _Resting(
+                e.symbol, Side(e.side).name, self._paise(e.symbol, e.price), e.remaining
+            )
             self._rested(b, e.order_id)
         elif kind in (EventType.CANCELLED, EventType.EXPIRED):
             self._rested(b, e.order_id, 0)
@@ -331,18 +361,18 @@ class ProjectorConsumer:
                 order.status = "OPEN"
                 self._changed(b, e, order, event_time_ms)
         elif kind == EventType.REJECTED and e.op not in (Op.LIMIT, Op.MARKET):
-            return      # a refused cancel or amend: the order stays as it is
+            return  # a refused cancel or amend: the order stays as it is
         elif kind in END_STATUS:
-            if kind == EventType.REJECTED and (order.status != "PENDING"
-                                               or e.reason == Reason.DUPLICATE_ORDER_ID):
+            if kind == EventType.REJECTED and (
+                order.status != "PENDING" or e.reason == Reason.DUPLICATE_ORDER_ID
+            ):
                 return  # a re-sent order: the first one is the order, not this one
             if order.status in OPEN_STATUSES:
                 order.status = END_STATUS[kind]
-                order.reject_reason = Reason(e.reason).name if e.reason != Reason.NONE \
-                    else None
+                order.reject_reason = Reason(e.reason).name if e.reason != Reason.NONE else None
                 self._changed(b, e, order, event_time_ms)
         elif kind == EventType.AMENDED:
-            if order.type == "LIMIT":       # a market order's engine price is its cap
+            if order.type == "LIMIT":  # a market order's engine price is its cap
                 order.price = self._paise(order.symbol, e.price)
             order.quantity = order.filled_quantity + e.qty
             self._changed(b, e, order, event_time_ms)
@@ -355,10 +385,11 @@ class ProjectorConsumer:
         b.symbols.add(e.symbol)
         self._rested(b, e.order_id, e.remaining)
         self._rested(b, e.other_id, e.other_remaining)
-        fill = {"tradeId": tid, "price": rupees(price), "quantity": e.qty,
-                "time": when.isoformat()}
-        for order_id, account, remaining in ((e.order_id, e.account, e.remaining),
-                                             (e.other_id, e.other_account, e.other_remaining)):
+        fill = {"tradeId": tid, "price": rupees(price), "quantity": e.qty, "time": when.isoformat()}
+        for order_id, account, remaining in (
+            (e.order_id, e.account, e.remaining),
+            (e.other_id, e.other_account, e.other_remaining),
+        ):
             order = self._ours(b, order_id, account)
             if order is None:
                 continue
@@ -369,8 +400,7 @@ class ProjectorConsumer:
             self._changed(b, e, order, event_time_ms)
             position = b.positions.setdefault((order.user_id, order.symbol), _Position())
             delta = e.qty if order.side == "BUY" else -e.qty
-            position.avg_price = average_price(position.quantity, position.avg_price, delta,
-                                               price)
+            position.avg_price = average_price(position.quantity, position.avg_price, delta, price)
             position.quantity += delta
             position.changed = True
 
@@ -383,8 +413,9 @@ class ProjectorConsumer:
         return order if order is not None and order.account_id == account else None
 
     @staticmethod
-    def _rested(b: _Batch, order_id: int, open_quantity: int | None = None,
-                price: int | None = None) -> None:
+    def _rested(
+        b: _Batch, order_id: int, open_quantity: int | None = None, price: int | None = None
+    ) -> None:
         """A resting order changed: new open quantity (0 = gone) and price. An order that
         is not resting (a market order) is left alone."""
         resting = b.book.get(order_id)
@@ -416,77 +447,150 @@ class ProjectorConsumer:
         """The command in progress on ``symbol`` has ended: an ORDER_UPDATE (seq set
         later) with the state it left of each order it changed."""
         for order, event_time_ms in b.commands.pop(symbol, {}).values():
-            b.updates.append((order, OrderUpdate(
-                0, order.order_id, order.symbol, order.side, order.type, order.status,
-                order.quantity, order.filled_quantity,
-                rupees(average_fill_price(order.filled_notional, order.filled_quantity)),
-                rupees(order.price), order.reject_reason, order.updated_at.isoformat(),
-                event_time_ms)))
+            b.updates.append(
+                (
+                    order,
+                    OrderUpdate(
+                        0,
+                        order.order_id,
+                        order.symbol,
+                        order.side,
+                        order.type,
+                        order.status,
+                        order.quantity,
+                        order.filled_quantity,
+                        rupees(average_fill_price(order.filled_notional, order.filled_quantity)),
+                        rupees(order.price),
+                        order.reject_reason,
+                        order.updated_at.isoformat(),
+                        event_time_ms,
+                    ),
+                )
+            )
 
     # --- writing back -----------------------------------------------------------------------------
 
     def _write(self, conn: psycopg.Connection, b: _Batch) -> None:
         """Number the updates (one round trip, if any), then write every row and read the
         changed books (one more)."""
-        ids = [i for i, in conn.execute(
-            "SELECT nextval(pg_get_serial_sequence('read_model.order_updates', 'update_id'))"
-            " FROM generate_series(1, %s) ORDER BY 1", (len(b.updates),))] if b.updates else []
+        ids = (
+            [
+                i
+                for (i,) in conn.execute(
+                    "SELECT nextval(pg_get_serial_sequence("
+                    "'read_model.order_updates', 'update_id'))"
+                    " FROM generate_series(1, %s) ORDER BY 1",
+                    (len(b.updates),),
+                )
+            ]
+            if b.updates
+            else []
+        )
         rows = []
         for update_id, (order, update) in zip(ids, b.updates, strict=True):
             update = msgspec.structs.replace(update, seq=update_id)
             order.last_update_id = update_id
-            rows.append((update_id, order.user_id, order.order_id,
-                         Jsonb(msgspec.to_builtins(update))))
+            rows.append(
+                (update_id, order.user_id, order.order_id, Jsonb(msgspec.to_builtins(update)))
+            )
             b.push.updates.append((order.user_id, update))
         symbols = sorted(b.symbols)
         with conn.pipeline():
             cur = conn.cursor()
-            cur.executemany(_WRITE_ORDERS, [
-                (o.order_id, o.user_id, o.account_id, o.symbol, o.side, o.type,
-                 o.time_in_force, o.price, o.quantity, o.filled_quantity, o.filled_notional,
-                 average_fill_price(o.filled_notional, o.filled_quantity), o.status,
-                 o.reject_reason, Jsonb(o.new_fills), o.created_at, o.updated_at, o.last_update_id)
-                for _, o in sorted(b.orders.items()) if o.changed])
+            cur.executemany(
+                _WRITE_ORDERS,
+                [
+                    (
+                        o.order_id,
+                        o.user_id,
+                        o.account_id,
+                        o.symbol,
+                        o.side,
+                        o.type,
+                        o.time_in_force,
+                        o.price,
+                        o.quantity,
+                        o.filled_quantity,
+                        o.filled_notional,
+                        average_fill_price(o.filled_notional, o.filled_quantity),
+                        o.status,
+                        o.reject_reason,
+                        Jsonb(o.new_fills),
+                        o.created_at,
+                        o.updated_at,
+                        o.last_update_id,
+                    )
+                    for _, o in sorted(b.orders.items())
+                    if o.changed
+                ],
+            )
             cur.executemany(
                 "INSERT INTO read_model.order_updates (update_id, user_id, order_id, payload) "
-                "VALUES (%s, %s, %s, %s)", rows)
+                "VALUES (%s, %s, %s, %s)",
+                rows,
+            )
             cur.executemany(
                 "INSERT INTO read_model.positions (user_id, symbol, quantity, avg_price) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (user_id, symbol) DO UPDATE SET "
                 "quantity = EXCLUDED.quantity, avg_price = EXCLUDED.avg_price, "
                 "updated_at = now()",
-                [(u, s, p.quantity, p.avg_price)
-                 for (u, s), p in sorted(b.positions.items()) if p.changed])
-            conn.execute("DELETE FROM read_model.book_orders WHERE order_id = ANY(%s)",
-                         ([i for i in sorted(b.book_written) if i not in b.book],))
+                [
+                    (u, s, p.quantity, p.avg_price)
+                    for (u, s), p in sorted(b.positions.items())
+                    if p.changed
+                ],
+            )
+            conn.execute(
+                "DELETE FROM read_model.book_orders WHERE order_id = ANY(%s)",
+                ([i for i in sorted(b.book_written) if i not in b.book],),
+            )
             cur.executemany(
                 "INSERT INTO read_model.book_orders (order_id, symbol, side, price, "
                 "open_quantity) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (order_id) DO UPDATE "
                 "SET price = EXCLUDED.price, open_quantity = EXCLUDED.open_quantity",
-                [(i, r.symbol, r.side, r.price, r.open_quantity)
-                 for i, r in sorted(b.book.items()) if i in b.book_written])
+                [
+                    (i, r.symbol, r.side, r.price, r.open_quantity)
+                    for i, r in sorted(b.book.items())
+                    if i in b.book_written
+                ],
+            )
             cur.executemany(
                 "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
-                "executed_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", b.trades)
-            reads = [(symbol,
-                      conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS}),
-                      conn.execute(LAST_PRICE_SQL, {"symbol": symbol}))
-                     for symbol in symbols]
+                "executed_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                b.trades,
+            )
+            reads = [
+                (
+                    symbol,
+                    conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS}),
+                    conn.execute(LAST_PRICE_SQL, {"symbol": symbol}),
+                )
+                for symbol in symbols
+            ]
             for symbol, depth, last in reads:
                 price = last.fetchone()
-                b.push.books[symbol] = book_update(symbol, depth.fetchall(),
-                                                   price[0] if price else None)
+                b.push.books[symbol] = book_update(
+                    symbol, depth.fetchall(), price[0] if price else None
+                )
 
 
-def run_projector(bootstrap: str, topic: str, database_url: str, market_path: str,
-                  redis_url: str, redis_prefix: str,
-                  stop_event: threading.Event | None = None, **options: Any) -> ProjectorStats:
+def run_projector(
+    bootstrap: str,
+    topic: str,
+    database_url: str,
+    market_path: str,
+    redis_url: str,
+    redis_prefix: str,
+    stop_event: threading.Event | None = None,
+    **options: Any,
+) -> ProjectorStats:
     """Project ``topic`` until ``stop_event`` is set (``pgconsumer.run_pg_consumer``, whose
     keyword options pass through); returns the totals."""
     client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         projector = ProjectorConsumer(load_market(market_path), client, redis_prefix, topic)
-        return run_pg_consumer(projector, bootstrap, database_url, "projector", stop_event,
-                               **options)
+        return run_pg_consumer(
+            projector, bootstrap, database_url, "projector", stop_event, **options
+        )
     finally:
         client.close()

@@ -48,8 +48,18 @@ from brokercore.consumers.pg_consumer import stored_offsets
 from brokercore.engine.records import EventType, Op, Reason, Side
 from brokercore.kafka.messages import Event, EventBatch
 
-__all__ = ["Finding", "Expected", "ExpectedOrder", "expected_state", "find_discrepancies",
-           "settled_events", "check_invariants", "Invariant", "INVARIANTS"]
+__all__ = [
+    "Finding",
+    "Expected",
+    "ExpectedOrder",
+    "expected_state",
+    "find_discrepancies",
+    "settled_events",
+    "check_invariants",
+    "Invariant",
+    "INVARIANTS",
+]
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -79,7 +89,7 @@ class Expected:
     """What the events say about the orders they name."""
 
     orders: dict[int, ExpectedOrder] = field(default_factory=dict)
-    fills: set[tuple[str, str]] = field(default_factory=set)   # (trade_id, side)
+    fills: set[tuple[str, str]] = field(default_factory=set)  # (trade_id, side)
 
 
 def expected_state(events: Iterable[Event], ours: dict[int, str]) -> Expected:
@@ -95,8 +105,10 @@ def expected_state(events: Iterable[Event], ours: dict[int, str]) -> Expected:
         if e.type == EventType.TRADE:
             taker_side = Side(e.side)
             maker_side = Side.SELL if taker_side == Side.BUY else Side.BUY
-            for order_id, side, remaining in ((e.order_id, taker_side, e.remaining),
-                                              (e.other_id, maker_side, e.other_remaining)):
+            for order_id, side, remaining in (
+                (e.order_id, taker_side, e.remaining),
+                (e.other_id, maker_side, e.other_remaining),
+            ):
                 if (found := order(order_id)) is not None:
                     found.filled += e.qty
                     found.status = "FILLED" if remaining == 0 else "PARTIALLY_FILLED"
@@ -107,8 +119,11 @@ def expected_state(events: Iterable[Event], ours: dict[int, str]) -> Expected:
         if e.type == EventType.ACCEPTED and found.status == "PENDING":
             found.status = "OPEN"
         elif e.type == EventType.REJECTED:
-            if (e.op in (Op.LIMIT, Op.MARKET) and e.reason != Reason.DUPLICATE_ORDER_ID
-                    and found.status == "PENDING"):
+            if (
+                e.op in (Op.LIMIT, Op.MARKET)
+                and e.reason != Reason.DUPLICATE_ORDER_ID
+                and found.status == "PENDING"
+            ):
                 found.status = END_STATUS[e.type]
         elif e.type in END_STATUS and found.status in OPEN_STATUSES:
             found.status = END_STATUS[e.type]
@@ -127,21 +142,30 @@ def find_discrepancies(conn: psycopg.Connection, events: Iterable[Event]) -> lis
         want = expected.orders[order_id]
         want_status, want_filled = want.status, want.filled
         if status != want_status:
-            findings.append(Finding("STATUS", order_id,
-                                    f"Postgres says {status}, the events say {want_status}"))
+            findings.append(
+                Finding("STATUS", order_id, f"Postgres says {status}, the events say {want_status}")
+            )
         if filled != want_filled:
-            findings.append(Finding("FILLED_QTY", order_id,
-                                    f"Postgres says {filled}, the events say {want_filled}"))
+            findings.append(
+                Finding(
+                    "FILLED_QTY", order_id, f"Postgres says {filled}, the events say {want_filled}"
+                )
+            )
     fills = set(conn.execute("SELECT trade_id, side FROM fills").fetchall())
-    findings += [Finding("FILL_MISSING", None, f"{tid} {side}")
-                 for tid, side in sorted(expected.fills - fills)]
-    findings += [Finding("FILL_UNEXPECTED", None, f"{tid} {side}")
-                 for tid, side in sorted(fills - expected.fills)]
+    findings += [
+        Finding("FILL_MISSING", None, f"{tid} {side}")
+        for tid, side in sorted(expected.fills - fills)
+    ]
+    findings += [
+        Finding("FILL_UNEXPECTED", None, f"{tid} {side}")
+        for tid, side in sorted(fills - expected.fills)
+    ]
     return findings
 
 
-def settled_events(conn: psycopg.Connection, bootstrap: str, topic: str,
-                   consumer: str = "settlement") -> list[Event]:
+def settled_events(
+    conn: psycopg.Connection, bootstrap: str, topic: str, consumer: str = "settlement"
+) -> list[Event]:
     """The events of ``topic`` (read_committed) that ``consumer`` has applied, in order
     per partition: each partition from its start up to the consumer's stored offset."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -149,9 +173,15 @@ def settled_events(conn: psycopg.Connection, bootstrap: str, topic: str,
     upto = {p: o for p, o in stored_offsets(conn, consumer, topic).items() if o > 0}
     if not upto:
         return []
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "brokercore-reconciler",
-                       "isolation.level": "read_committed", "enable.auto.commit": False,
-                       "enable.partition.eof": True})
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "brokercore-reconciler",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     reader.assign([TopicPartition(topic, p, 0) for p in upto])
     decode = msgspec.msgpack.Decoder(EventBatch).decode
     events: dict[int, list[Event]] = {p: [] for p in upto}
@@ -162,14 +192,14 @@ def settled_events(conn: psycopg.Connection, bootstrap: str, topic: str,
             if message is None:
                 raise TimeoutError(f"{topic}: no answer from Kafka within 10 s")
             partition, error = message.partition(), message.error()
-            assert partition is not None            # a consumer's messages have one
+            assert partition is not None  # a consumer's messages have one
             if error:
                 if error.code() != KafkaError._PARTITION_EOF:
                     raise KafkaException(error)
                 done.add(partition)
                 continue
             offset, value = message.offset(), message.value()
-            assert offset is not None and value is not None     # a record, not an error
+            assert offset is not None and value is not None  # a record, not an error
             if offset >= upto[partition]:
                 done.add(partition)
             elif partition not in done:
@@ -181,6 +211,7 @@ def settled_events(conn: psycopg.Connection, bootstrap: str, topic: str,
 
 # --- Postgres against its own invariants ------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Invariant:
     """One kind of finding: a query for the rows that break it (parameters: ``open``,
@@ -189,12 +220,14 @@ class Invariant:
 
     kind: str
     sql: str
-    finding: Callable[..., tuple[int | None, int | None, str]]   # row -> account, order, detail
+    finding: Callable[..., tuple[int | None, int | None, str]]  # row -> account, order, detail
 
 
 def _shares(row_quantity: int, shares_in: int, shares_out: int, bought: int, sold: int) -> str:
-    return (f"quantity {row_quantity}, expected {shares_in - shares_out + bought - sold} = "
-            f"{shares_in} in - {shares_out} out + {bought} bought - {sold} sold")
+    return (
+        f"quantity {row_quantity}, expected {shares_in - shares_out + bought - sold} = "
+        f"{shares_in} in - {shares_out} out + {bought} bought - {sold} sold"
+    )
 
 
 INVARIANTS = (
@@ -203,24 +236,26 @@ INVARIANTS = (
         "SELECT p.account_id, p.symbol, p.quantity FROM positions p "
         "JOIN accounts a USING (account_id) WHERE p.quantity < 0 AND NOT a.allow_short "
         "ORDER BY 1, 2",
-        lambda a, s, q: (a, None, f"{s} quantity {q} (short selling off)")),
+        lambda a, s, q: (a, None, f"{s} quantity {q} (short selling off)"),
+    ),
     Invariant(
         "NEGATIVE_CASH",
         "SELECT account_id, cash FROM accounts WHERE cash < 0 ORDER BY 1",
-        lambda a, c: (a, None, f"cash {c} paise")),
+        lambda a, c: (a, None, f"cash {c} paise"),
+    ),
     Invariant(
         "BLOCKED_CASH_ABOVE_CASH",
-        "SELECT account_id, blocked_cash, cash FROM accounts WHERE blocked_cash > cash "
-        "ORDER BY 1",
-        lambda a, b, c: (a, None, f"blocked cash {b} paise above cash {c} paise")),
+        "SELECT account_id, blocked_cash, cash FROM accounts WHERE blocked_cash > cash ORDER BY 1",
+        lambda a, b, c: (a, None, f"blocked cash {b} paise above cash {c} paise"),
+    ),
     Invariant(
         "BLOCKED_SHARES_ABOVE_HELD",
         "SELECT p.account_id, p.symbol, p.blocked_quantity, p.quantity FROM positions p "
         "JOIN accounts a USING (account_id) "
         "WHERE p.blocked_quantity > 0 AND p.blocked_quantity > p.quantity "
         "AND NOT a.allow_short ORDER BY 1, 2",
-        lambda a, s, b, q: (a, None, f"{s} blocked {b} shares above {q} held "
-                                     f"(short selling off)")),
+        lambda a, s, b, q: (a, None, f"{s} blocked {b} shares above {q} held (short selling off)"),
+    ),
     Invariant(
         "BLOCKED_CASH_MISMATCH",
         "SELECT a.account_id, a.blocked_cash, coalesce(o.held, 0), coalesce(o.orders, 0) "
@@ -229,8 +264,8 @@ INVARIANTS = (
         "  FROM orders WHERE status = ANY(%(open)s) AND blocked_cash <> 0 "
         "  GROUP BY account_id) o USING (account_id) "
         "WHERE a.blocked_cash <> coalesce(o.held, 0) ORDER BY 1",
-        lambda a, b, h, n: (a, None, f"blocked cash {b} paise, its {n} open orders "
-                                     f"hold {h} paise")),
+        lambda a, b, h, n: (a, None, f"blocked cash {b} paise, its {n} open orders hold {h} paise"),
+    ),
     Invariant(
         "BLOCKED_SHARES_MISMATCH",
         "SELECT account_id, symbol, coalesce(p.blocked_quantity, 0), coalesce(o.held, 0), "
@@ -239,14 +274,19 @@ INVARIANTS = (
         "  FROM orders WHERE status = ANY(%(open)s) AND side = 'SELL' AND blocked_shares <> 0"
         "  GROUP BY account_id, symbol) o USING (account_id, symbol) "
         "WHERE coalesce(p.blocked_quantity, 0) <> coalesce(o.held, 0) ORDER BY 1, 2",
-        lambda a, s, b, h, n: (a, None, f"{s} blocked {b} shares, its {n} open sell "
-                                        f"orders hold {h} shares")),
+        lambda a, s, b, h, n: (
+            a,
+            None,
+            f"{s} blocked {b} shares, its {n} open sell orders hold {h} shares",
+        ),
+    ),
     Invariant(
         "HOLD_AFTER_END",
         "SELECT account_id, order_id, status, blocked_cash, blocked_shares FROM orders "
         "WHERE status <> ALL(%(open)s) AND (blocked_cash <> 0 OR blocked_shares <> 0) "
         "ORDER BY 2",
-        lambda a, o, s, c, q: (a, o, f"{s}, still holds {c} paise and {q} shares")),
+        lambda a, o, s, c, q: (a, o, f"{s}, still holds {c} paise and {q} shares"),
+    ),
     Invariant(
         "FILLS_MISMATCH",
         "SELECT coalesce(o.account_id, f.account_id), order_id, o.filled_quantity, "
@@ -256,8 +296,13 @@ INVARIANTS = (
         "  count(*) AS fills FROM fills GROUP BY order_id) f USING (order_id) "
         "WHERE o.filled_quantity IS DISTINCT FROM coalesce(f.quantity, 0) ORDER BY 2",
         lambda a, o, filled, q, n: (
-            a, o, f"filled quantity {filled}, its {n} fills sum to {q}" if filled is not None
-            else f"{n} fills of {q} shares of an order not in orders")),
+            a,
+            o,
+            f"filled quantity {filled}, its {n} fills sum to {q}"
+            if filled is not None
+            else f"{n} fills of {q} shares of an order not in orders",
+        ),
+    ),
     Invariant(
         "POSITION_NOT_CONSERVED",
         "WITH moves AS ("
@@ -281,7 +326,8 @@ INVARIANTS = (
         "FROM positions p FULL JOIN expected e USING (account_id, symbol) "
         "WHERE coalesce(p.quantity, 0) "
         "  <> coalesce(e.shares_in - e.shares_out + e.bought - e.sold, 0) ORDER BY 1, 2",
-        lambda a, s, *numbers: (a, None, f"{s} {_shares(*numbers)}")),
+        lambda a, s, *numbers: (a, None, f"{s} {_shares(*numbers)}"),
+    ),
     Invariant(
         "CASH_NOT_CONSERVED",
         "WITH moves AS ("
@@ -307,13 +353,18 @@ INVARIANTS = (
         "WHERE a.cash <> coalesce(e.deposited - e.withdrawn - e.bought + e.sold - e.fees, 0) "
         "ORDER BY 1",
         lambda a, cash, d, w, b, s, f: (
-            a, None, f"cash {cash} paise, expected {d - w - b + s - f} = {d} deposited - "
-                     f"{w} withdrawn - {b} bought + {s} sold - {f} fees")),
+            a,
+            None,
+            f"cash {cash} paise, expected {d - w - b + s - f} = {d} deposited - "
+            f"{w} withdrawn - {b} bought + {s} sold - {f} fees",
+        ),
+    ),
     Invariant(
         "STUCK_PENDING",
         "SELECT account_id, order_id, created_at FROM orders "
         "WHERE status = 'PENDING' AND created_at < %(now)s - %(late)s ORDER BY 2",
-        lambda a, o, at: (a, o, f"PENDING since {at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")),
+        lambda a, o, at: (a, o, f"PENDING since {at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"),
+    ),
     Invariant(
         "DAY_ORDER_PAST_CLOSE",
         "SELECT o.account_id, o.order_id, o.status, o.symbol, o.trade_date, "
@@ -323,22 +374,34 @@ INVARIANTS = (
         "WHERE o.time_in_force = 'DAY' AND o.status IN ('OPEN', 'PARTIALLY_FILLED') "
         "AND (o.trade_date + s.close) AT TIME ZONE s.zone < %(now)s - %(late)s ORDER BY 2",
         lambda a, o, status, symbol, day, closed: (
-            a, o, f"{status} DAY order on {symbol} of trade date {day}, its session closed "
-                  f"{closed.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")),
+            a,
+            o,
+            f"{status} DAY order on {symbol} of trade date {day}, its session closed "
+            f"{closed.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC",
+        ),
+    ),
 )
 """Every invariant ``check_invariants`` checks, in the order it reports them."""
 
 
-def check_invariants(conn: psycopg.Connection, sessions: Mapping[str, Session],
-                     now: datetime, late: timedelta = timedelta(minutes=2),
-                     invariants: Iterable[Invariant] = INVARIANTS) -> list[Finding]:
+def check_invariants(
+    conn: psycopg.Connection,
+    sessions: Mapping[str, Session],
+    now: datetime,
+    late: timedelta = timedelta(minutes=2),
+    invariants: Iterable[Invariant] = INVARIANTS,
+) -> list[Finding]:
     """The rows of Postgres that break one of ``invariants`` (default: all). ``sessions``
     (symbol -> its trading session) says when a DAY order should have ended; an order
     may be ``late`` past when it should have moved on before it is a finding."""
-    params = {"open": list(OPEN_STATUSES), "now": now, "late": late,
-              "symbols": list(sessions),
-              "zones": [s.timezone for s in sessions.values()],
-              "closes": [s.close for s in sessions.values()]}
+    params = {
+        "open": list(OPEN_STATUSES),
+        "now": now,
+        "late": late,
+        "symbols": list(sessions),
+        "zones": [s.timezone for s in sessions.values()],
+        "closes": [s.close for s in sessions.values()],
+    }
     findings = []
     for invariant in invariants:
         for row in conn.execute(invariant.sql, params):

@@ -49,18 +49,18 @@ __all__ = ["SettlementConsumer", "BatchStats", "run_settlement"]
 class BatchStats:
     """What one or more batches did (counts add up with ``+``)."""
 
-    messages: int = 0           # applied
-    skipped: int = 0            # re-delivered, below the stored offset
+    messages: int = 0  # applied
+    skipped: int = 0  # re-delivered, below the stored offset
     events: int = 0
-    fills: int = 0              # fill rows written (one per side of ours)
-    updates: int = 0            # order history rows written
+    fills: int = 0  # fill rows written (one per side of ours)
+    updates: int = 0  # order history rows written
 
     def __add__(self, other: BatchStats) -> BatchStats:
-        return BatchStats(*(getattr(self, f.name) + getattr(other, f.name)
-                            for f in fields(self)))
+        return BatchStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 # --- the rows a batch works on, in memory -------------------------------------------
+
 
 @dataclass
 class _Order:
@@ -91,8 +91,8 @@ class _Position:
     changed: bool = False
 
 
-_Row: TypeAlias = tuple[object, ...]       # the parameters of a row to insert
-_Payload: TypeAlias = dict[str, object]     # of an order_events row, as JSON
+_Row: TypeAlias = tuple[object, ...]  # the parameters of a row to insert
+_Payload: TypeAlias = dict[str, object]  # of an order_events row, as JSON
 
 
 @dataclass
@@ -111,14 +111,19 @@ class _Batch:
 class SettlementConsumer:
     """Applies batches of ``events`` messages for one consumer of one topic."""
 
-    def __init__(self, market: Mapping[str, MarketInstrument], fees: FeeSchedule = NO_FEES,
-                 topic: str = "events", consumer: str = "settlement",
-                 invalidate: Callable[[set[str]], object] | None = None):
+    def __init__(
+        self,
+        market: Mapping[str, MarketInstrument],
+        fees: FeeSchedule = NO_FEES,
+        topic: str = "events",
+        consumer: str = "settlement",
+        invalidate: Callable[[set[str]], object] | None = None,
+    ):
         self.market = market
         self.fees = fees
         self.topic = topic
         self.consumer = consumer
-        self.invalidate = invalidate        # of the users' read caches, after a commit
+        self.invalidate = invalidate  # of the users' read caches, after a commit
         self._touched: set[str] = set()
 
     def apply(self, conn: psycopg.Connection, messages: Sequence[Message]) -> BatchStats:
@@ -153,36 +158,65 @@ class SettlementConsumer:
 
     @staticmethod
     def describe(s: BatchStats) -> str:
-        return (f"{s.messages} messages, {s.events} events, {s.fills} fills, "
-                f"{s.updates} order updates, {s.skipped} re-delivered skipped")
+        return (
+            f"{s.messages} messages, {s.events} events, {s.fills} fills, "
+            f"{s.updates} order updates, {s.skipped} re-delivered skipped"
+        )
 
     # --- loading and locking -------------------------------------------------------------
 
     def _load(self, conn: psycopg.Connection, events: list[Event]) -> _Batch:
         ids = sorted({i for e in events for i in (e.order_id, e.other_id) if i > 0})
-        owners = conn.execute("SELECT DISTINCT account_id, symbol FROM orders "
-                              "WHERE order_id = ANY(%s)", (ids,)).fetchall()
-        accounts = {a: _Account(*rest) for a, *rest in conn.execute(
-            "SELECT account_id, user_id, cash, blocked_cash FROM accounts "
-            "WHERE account_id = ANY(%s) "
-            "ORDER BY account_id FOR UPDATE", (sorted({a for a, _ in owners}),))}
-        positions = {(a, s): _Position(q, b, p) for a, s, q, b, p in conn.execute(
-            "SELECT account_id, symbol, quantity, blocked_quantity, avg_price FROM positions "
-            "WHERE (account_id, symbol) IN (SELECT * FROM unnest(%s::bigint[], %s::text[])) "
-            "ORDER BY account_id, symbol FOR UPDATE",
-            ([a for a, _ in owners], [s for _, s in owners]))}
+        owners = conn.execute(
+            "SELECT DISTINCT account_id, symbol FROM orders WHERE order_id = ANY(%s)", (ids,)
+        ).fetchall()
+        accounts = {
+            a: _Account(*rest)
+            for a, *rest in conn.execute(
+                "SELECT account_id, user_id, cash, blocked_cash FROM accounts "
+                "WHERE account_id = ANY(%s) "
+                "ORDER BY account_id FOR UPDATE",
+                (sorted({a for a, _ in owners}),),
+            )
+        }
+        positions = {
+            (a, s): _Position(q, b, p)
+            for a, s, q, b, p in conn.execute(
+                "SELECT account_id, symbol, quantity, blocked_quantity, avg_price FROM positions "
+                "WHERE (account_id, symbol) IN (SELECT * FROM unnest(%s::bigint[], %s::text[])) "
+                "ORDER BY account_id, symbol FOR UPDATE",
+                ([a for a, _ in owners], [s for _, s in owners]),
+            )
+        }
         orders = {}
         for row in conn.execute(
-                "SELECT order_id, trade_date, account_id, symbol, side, status, reject_reason, "
-                "quantity, hold_price_ticks, blocked_cash, blocked_shares, filled_quantity, "
-                "filled_notional, fees FROM orders WHERE order_id = ANY(%s) "
-                "ORDER BY order_id FOR UPDATE", (ids,)):
+            "SELECT order_id, trade_date, account_id, symbol, side, status, reject_reason, "
+            "quantity, hold_price_ticks, blocked_cash, blocked_shares, filled_quantity, "
+            "filled_notional, fees FROM orders WHERE order_id = ANY(%s) "
+            "ORDER BY order_id FOR UPDATE",
+            (ids,),
+        ):
             order_id, trade_date, account_id, symbol, side, status, reason, *hold = row
-            orders[order_id] = _Order(order_id, trade_date, account_id, symbol, Side[side],
-                                      status, reason, OrderHold(Side[side], *hold))
+            orders[order_id] = _Order(
+                order_id,
+                trade_date,
+                account_id,
+                symbol,
+                Side[side],
+                status,
+                reason,
+                OrderHold(Side[side], *hold),
+            )
         trades = sorted({trade_id(e) for e in events if e.type == EventType.TRADE})
-        known = set(conn.execute("SELECT trade_id, side FROM fills WHERE trade_id = ANY(%s)",
-                                 (trades,)).fetchall()) if trades else set()
+        known = (
+            set(
+                conn.execute(
+                    "SELECT trade_id, side FROM fills WHERE trade_id = ANY(%s)", (trades,)
+                ).fetchall()
+            )
+            if trades
+            else set()
+        )
         return _Batch(orders, accounts, positions, known)
 
     # --- one event -------------------------------------------------------------------------
@@ -191,8 +225,15 @@ class SettlementConsumer:
         kind = e.type
         if kind == EventType.TRADE:
             self._fill(batch, shard, e, e.order_id, e.account, Side(e.side), e.remaining)
-            self._fill(batch, shard, e, e.other_id, e.other_account,
-                       Side.SELL if e.side == Side.BUY else Side.BUY, e.other_remaining)
+            self._fill(
+                batch,
+                shard,
+                e,
+                e.other_id,
+                e.other_account,
+                Side.SELL if e.side == Side.BUY else Side.BUY,
+                e.other_remaining,
+            )
             return
         order = self._order(batch, e.order_id, e.account)
         if order is None:
@@ -204,18 +245,32 @@ class SettlementConsumer:
             # a refused cancel or amend: the order stays as it is, its history says why
             self._record(batch, shard, e, order, {"refused": Op(e.op).name})
         elif kind in END_STATUS:
-            if kind == EventType.REJECTED and (order.status != "PENDING"
-                                               or e.reason == Reason.DUPLICATE_ORDER_ID):
-                return      # a re-sent order: the first one is the order, not this one
+            if kind == EventType.REJECTED and (
+                order.status != "PENDING" or e.reason == Reason.DUPLICATE_ORDER_ID
+            ):
+                return  # a re-sent order: the first one is the order, not this one
             if order.status in OPEN_STATUSES:
                 reason = Reason(e.reason).name if e.reason != Reason.NONE else None
                 self._end(batch, shard, e, order, END_STATUS[kind], reason)
         elif kind == EventType.AMENDED:
-            self._record(batch, shard, e, order, {"price": self._paise(order, e.price),
-                                                  "open_quantity": e.qty})
+            self._record(
+                batch,
+                shard,
+                e,
+                order,
+                {"price": self._paise(order, e.price), "open_quantity": e.qty},
+            )
 
-    def _fill(self, batch: _Batch, shard: int, e: Event, order_id: int, account: int,
-              side: Side, remaining: int) -> None:
+    def _fill(
+        self,
+        batch: _Batch,
+        shard: int,
+        e: Event,
+        order_id: int,
+        account: int,
+        side: Side,
+        remaining: int,
+    ) -> None:
         order = self._order(batch, order_id, account)
         if order is None:
             return
@@ -223,25 +278,45 @@ class SettlementConsumer:
         if (tid, order.side.name) in batch.known_fills:
             return
         if order.side != side or order.status not in OPEN_STATUSES:
-            raise SettlementError(f"trade {tid}: order {order_id} is a {order.side.name} "
-                                  f"{order.status}, the event says a {side.name} fill")
+            raise SettlementError(
+                f"trade {tid}: order {order_id} is a {order.side.name} "
+                f"{order.status}, the event says a {side.name} fill"
+            )
         instrument = self.market[order.symbol]
         settlement = settle_fill(order.hold, e.price, e.qty, instrument, self.fees)
         self._settle(batch, order, settlement)
         price = instrument.ticks_to_paise(e.price)
-        batch.fills.append((tid, order.side.name, order.order_id, order.account_id,
-                            order.symbol, price, e.qty, event_time(e.ts)))
+        batch.fills.append(
+            (
+                tid,
+                order.side.name,
+                order.order_id,
+                order.account_id,
+                order.symbol,
+                price,
+                e.qty,
+                event_time(e.ts),
+            )
+        )
         batch.known_fills.add((tid, order.side.name))
         if settlement.fee:
             batch.fee_income.append((tid, order.side.name, settlement.fee))
         payload = {"trade_id": tid, "price": price, "quantity": e.qty, "fee": settlement.fee}
-        if remaining == 0:      # nothing open: whatever it still holds goes back
+        if remaining == 0:  # nothing open: whatever it still holds goes back
             self._end(batch, shard, e, order, "FILLED", None, payload)
         else:
             self._set_status(batch, shard, e, order, "PARTIALLY_FILLED", payload)
 
-    def _end(self, batch: _Batch, shard: int, e: Event, order: _Order, status: str,
-             reason: str | None, payload: _Payload | None = None) -> None:
+    def _end(
+        self,
+        batch: _Batch,
+        shard: int,
+        e: Event,
+        order: _Order,
+        status: str,
+        reason: str | None,
+        payload: _Payload | None = None,
+    ) -> None:
         self._settle(batch, order, release(order.hold))
         order.reject_reason = reason
         self._set_status(batch, shard, e, order, status, payload)
@@ -254,11 +329,11 @@ class SettlementConsumer:
         account.changed = True
         d = s.position
         if d.quantity or d.blocked_quantity:
-            position = batch.positions.setdefault((order.account_id, order.symbol),
-                                                  _Position())
+            position = batch.positions.setdefault((order.account_id, order.symbol), _Position())
             if d.quantity:
-                position.avg_price = average_price(position.quantity, position.avg_price,
-                                                   d.quantity, d.price)
+                position.avg_price = average_price(
+                    position.quantity, position.avg_price, d.quantity, d.price
+                )
             position.quantity += d.quantity
             position.blocked_quantity += d.blocked_quantity
             position.changed = True
@@ -271,26 +346,47 @@ class SettlementConsumer:
     def _order(batch: _Batch, order_id: int, account: int) -> _Order | None:
         order = batch.orders.get(order_id)
         if order is not None and order.account_id != account:
-            raise SettlementError(f"order {order_id} belongs to account {order.account_id}, "
-                                  f"the event says {account}")
+            raise SettlementError(
+                f"order {order_id} belongs to account {order.account_id}, the event says {account}"
+            )
         return order
 
     def _paise(self, order: _Order, ticks: int) -> int:
         return self.market[order.symbol].ticks_to_paise(ticks)
 
-    def _set_status(self, batch: _Batch, shard: int, e: Event, order: _Order, status: str,
-                    payload: _Payload | None = None) -> None:
+    def _set_status(
+        self,
+        batch: _Batch,
+        shard: int,
+        e: Event,
+        order: _Order,
+        status: str,
+        payload: _Payload | None = None,
+    ) -> None:
         order.status = status
         order.changed = True
         self._record(batch, shard, e, order, payload or {})
 
     @staticmethod
     def _record(batch: _Batch, shard: int, e: Event, order: _Order, payload: _Payload) -> None:
-        body = {"event": EventType(e.type).name, "shard": shard, "shard_seq": e.shard_seq,
-                **({"reason": Reason(e.reason).name} if e.reason else {}), **payload}
-        batch.history.append((order.order_id, order.account_id, order.status,
-                              order.hold.filled_quantity, json.dumps(body),
-                              f"{shard}:{e.shard_seq}:{order.order_id}", event_time(e.ts)))
+        body = {
+            "event": EventType(e.type).name,
+            "shard": shard,
+            "shard_seq": e.shard_seq,
+            **({"reason": Reason(e.reason).name} if e.reason else {}),
+            **payload,
+        }
+        batch.history.append(
+            (
+                order.order_id,
+                order.account_id,
+                order.status,
+                order.hold.filled_quantity,
+                json.dumps(body),
+                f"{shard}:{e.shard_seq}:{order.order_id}",
+                event_time(e.ts),
+            )
+        )
 
     # --- writing back ------------------------------------------------------------------------
 
@@ -300,49 +396,83 @@ class SettlementConsumer:
         cur.executemany(
             "UPDATE accounts SET cash = %s, blocked_cash = %s, updated_at = now() "
             "WHERE account_id = %s",
-            [(a.cash, a.blocked_cash, i) for i, a in sorted(batch.accounts.items())
-             if a.changed])
+            [(a.cash, a.blocked_cash, i) for i, a in sorted(batch.accounts.items()) if a.changed],
+        )
         cur.executemany(
             "INSERT INTO positions (account_id, symbol, quantity, blocked_quantity, avg_price)"
             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account_id, symbol) DO UPDATE SET "
             "quantity = EXCLUDED.quantity, blocked_quantity = EXCLUDED.blocked_quantity, "
             "avg_price = EXCLUDED.avg_price, updated_at = now()",
-            [(a, s, p.quantity, p.blocked_quantity, p.avg_price)
-             for (a, s), p in sorted(batch.positions.items()) if p.changed])
+            [
+                (a, s, p.quantity, p.blocked_quantity, p.avg_price)
+                for (a, s), p in sorted(batch.positions.items())
+                if p.changed
+            ],
+        )
         cur.executemany(
             "UPDATE orders SET status = %s, reject_reason = %s, blocked_cash = %s, "
             "blocked_shares = %s, hold_amount = %s, filled_quantity = %s, "
             "filled_notional = %s, fees = %s, avg_fill_price = %s, updated_at = now() "
             "WHERE trade_date = %s AND order_id = %s",
-            [(o.status, o.reject_reason, o.hold.blocked_cash, o.hold.blocked_shares,
-              o.hold.blocked_cash + o.hold.blocked_shares, o.hold.filled_quantity,
-              o.hold.filled_notional, o.hold.fees,
-              average_fill_price(o.hold.filled_notional, o.hold.filled_quantity), o.trade_date, i)
-             for i, o in sorted(batch.orders.items()) if o.changed])
+            [
+                (
+                    o.status,
+                    o.reject_reason,
+                    o.hold.blocked_cash,
+                    o.hold.blocked_shares,
+                    o.hold.blocked_cash + o.hold.blocked_shares,
+                    o.hold.filled_quantity,
+                    o.hold.filled_notional,
+                    o.hold.fees,
+                    average_fill_price(o.hold.filled_notional, o.hold.filled_quantity),
+                    o.trade_date,
+                    i,
+                )
+                for i, o in sorted(batch.orders.items())
+                if o.changed
+            ],
+        )
         cur.executemany(
             "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, quantity,"
             " executed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            batch.fills)
-        cur.executemany("INSERT INTO fee_income (trade_id, side, amount) VALUES (%s, %s, %s) "
-                        "ON CONFLICT DO NOTHING", batch.fee_income)
+            batch.fills,
+        )
+        cur.executemany(
+            "INSERT INTO fee_income (trade_id, side, amount) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            batch.fee_income,
+        )
         cur.executemany(
             "INSERT INTO order_events (order_id, account_id, status, filled_quantity, "
             "payload, dedupe_key, occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (dedupe_key) DO NOTHING", batch.history)
+            "ON CONFLICT (dedupe_key) DO NOTHING",
+            batch.history,
+        )
 
 
-def run_settlement(bootstrap: str, topic: str, database_url: str, market_path: str,
-                   fees: FeeSchedule = NO_FEES, consumer_name: str = "settlement",
-                   stop_event: threading.Event | None = None, *,
-                   redis_url: str | None = None, redis_prefix: str = "",
-                   **options: Any) -> BatchStats:
+def run_settlement(
+    bootstrap: str,
+    topic: str,
+    database_url: str,
+    market_path: str,
+    fees: FeeSchedule = NO_FEES,
+    consumer_name: str = "settlement",
+    stop_event: threading.Event | None = None,
+    *,
+    redis_url: str | None = None,
+    redis_prefix: str = "",
+    **options: Any,
+) -> BatchStats:
     """Settle ``topic`` until ``stop_event`` is set (``pgconsumer.run_pg_consumer``, whose
     keyword options pass through); returns the totals. An event that contradicts an
     order is raised like a database error: nothing of its batch is stored. With a
     ``redis_url``, the read caches of the users it changes are invalidated."""
-    invalidate = (Invalidator(redis.Redis.from_url(redis_url, socket_timeout=1.0),
-                              redis_prefix) if redis_url else None)
-    settler = SettlementConsumer(load_market(market_path), fees, topic, consumer_name,
-                                 invalidate)
-    return run_pg_consumer(settler, bootstrap, database_url, f"settlement {consumer_name}",
-                           stop_event, **options)
+    invalidate = (
+        Invalidator(redis.Redis.from_url(redis_url, socket_timeout=1.0), redis_prefix)
+        if redis_url
+        else None
+    )
+    settler = SettlementConsumer(load_market(market_path), fees, topic, consumer_name, invalidate)
+    return run_pg_consumer(
+        settler, bootstrap, database_url, f"settlement {consumer_name}", stop_event, **options
+    )

@@ -21,10 +21,18 @@ from brokercore.config import ServiceSettings
 __all__ = ["DEMO_USERS", "seed_demo"]
 
 DEMO_USERS = {
-    "alice": (10_000_000 * RUPEE, {"RELIANCE": (500, 14_250 * RUPEE),
-                                   "TCS": (200, 20_100 * RUPEE)}),
-    "bob": (5_000_000 * RUPEE, {"RELIANCE": (1_000, 13_900 * RUPEE),
-                                "INFY": (800, 7_450 * RUPEE), "ITC": (5_000, 2_150 * RUPEE)}),
+    "alice": (
+        10_000_000 * RUPEE,
+        {"RELIANCE": (500, 14_250 * RUPEE), "TCS": (200, 20_100 * RUPEE)},
+    ),
+    "bob": (
+        5_000_000 * RUPEE,
+        {
+            "RELIANCE": (1_000, 13_900 * RUPEE),
+            "INFY": (800, 7_450 * RUPEE),
+            "ITC": (5_000, 2_150 * RUPEE),
+        },
+    ),
 }
 """user -> (cash in paise, {symbol: (shares, average cost in paise)})."""
 
@@ -32,8 +40,11 @@ DEMO_USERS = {
 def seed_demo(url: str) -> list[str]:
     """Create the demo accounts that do not exist yet; returns the users created."""
     with psycopg.connect(url) as conn:
-        return [user for user, (cash, holdings) in DEMO_USERS.items()
-                if open_account(conn, user, cash=cash, shares=holdings) is not None]
+        return [
+            user
+            for user, (cash, holdings) in DEMO_USERS.items()
+            if open_account(conn, user, cash=cash, shares=holdings) is not None
+        ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,8 +20,15 @@ import jwt
 from brokercore.config import ServiceSettings
 from brokercore.edge.text import bad_character
 
-__all__ = ["AuthError", "JwtConfig", "Principal", "TokenVerifier", "bearer_token", "mint_token",
-           "MAX_USER_ID"]
+__all__ = [
+    "AuthError",
+    "JwtConfig",
+    "Principal",
+    "TokenVerifier",
+    "bearer_token",
+    "mint_token",
+    "MAX_USER_ID",
+]
 
 MAX_USER_ID = 128
 """Characters a token's subject (a user id) may have."""
@@ -41,14 +48,18 @@ class JwtConfig:
     issuer: str
     audience: str
     hs256_secret: str | None = None
-    rs256_public_key: str | None = None     # PEM
-    leeway: float = 0.0                     # seconds of clock skew tolerated
+    rs256_public_key: str | None = None  # PEM
+    leeway: float = 0.0  # seconds of clock skew tolerated
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> JwtConfig:
         """The services' configuration."""
-        return cls(settings.jwt_issuer, settings.jwt_audience, settings.jwt_hs256_secret,
-                   settings.jwt_rs256_public_key)
+        return cls(
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            settings.jwt_hs256_secret,
+            settings.jwt_rs256_public_key,
+        )
 
     def __post_init__(self) -> None:
         if not self.hs256_secret and not self.rs256_public_key:
@@ -81,9 +92,14 @@ class TokenVerifier:
             raise AuthError("INVALID_TOKEN", f"tokens signed with {algorithm!r} are not accepted")
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self._keys[algorithm], algorithms=[algorithm], audience=self.config.audience,
-                issuer=self.config.issuer, leeway=self.config.leeway,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+                token,
+                self._keys[algorithm],
+                algorithms=[algorithm],
+                audience=self.config.audience,
+                issuer=self.config.issuer,
+                leeway=self.config.leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
         except jwt.ExpiredSignatureError:
             raise AuthError("TOKEN_EXPIRED", "the token has expired") from None
         except jwt.InvalidAudienceError:
@@ -93,11 +109,15 @@ class TokenVerifier:
         except jwt.MissingRequiredClaimError as e:
             raise AuthError("INVALID_TOKEN", f"the token lacks the {e.claim!r} claim") from None
         except jwt.PyJWTError:
-            raise AuthError("INVALID_TOKEN", "the token's signature or claims are invalid") \
-                from None
+            raise AuthError(
+                "INVALID_TOKEN", "the token's signature or claims are invalid"
+            ) from None
         subject = claims["sub"]
-        if (not isinstance(subject, str) or not 0 < len(subject) <= MAX_USER_ID
-                or bad_character(subject) is not None):
+        if (
+            not isinstance(subject, str)
+            or not 0 < len(subject) <= MAX_USER_ID
+            or bad_character(subject) is not None
+        ):
             raise AuthError("INVALID_TOKEN", "the token's subject is not a user id")
         return Principal(subject, claims)
 
@@ -109,14 +129,25 @@ def bearer_token(authorization: str) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def mint_token(user_id: str, config: JwtConfig, *, ttl: float = 3600.0,
-               private_key: str | None = None, now: float | None = None) -> str:
+def mint_token(
+    user_id: str,
+    config: JwtConfig,
+    *,
+    ttl: float = 3600.0,
+    private_key: str | None = None,
+    now: float | None = None,
+) -> str:
     """A token for ``user_id``: RS256 with ``private_key`` if given, else HS256 with the
     configured secret. For development and tests; production tokens come from the
     identity provider."""
     issued = int(time.time() if now is None else now)
-    claims = {"sub": user_id, "iss": config.issuer, "aud": config.audience,
-              "iat": issued, "exp": issued + int(ttl)}
+    claims = {
+        "sub": user_id,
+        "iss": config.issuer,
+        "aud": config.audience,
+        "iat": issued,
+        "exp": issued + int(ttl),
+    }
     if private_key is not None:
         return jwt.encode(claims, private_key, algorithm="RS256")
     if not config.hs256_secret:

@@ -49,16 +49,23 @@ return tostring(wait)
 
 
 class TokenBucket:
-    def __init__(self, client: Redis, capacity: int, rate: float, prefix: str = "ratelimit:",
-                 retry_cap: float = 1.0):
+    def __init__(
+        self,
+        client: Redis,
+        capacity: int,
+        rate: float,
+        prefix: str = "ratelimit:",
+        retry_cap: float = 1.0,
+    ):
         if capacity < 1 or rate <= 0:
             raise ValueError("a token bucket needs capacity >= 1 and rate > 0")
         self.capacity = capacity
         self.rate = rate
         self.prefix = prefix
         self.local = LocalBuckets(capacity, rate)
-        self.outage = Backoff("redis (for the rate limit; limiting in this process)", log,
-                              cap=retry_cap)
+        self.outage = Backoff(
+            "redis (for the rate limit; limiting in this process)", log, cap=retry_cap
+        )
         self._take = client.register_script(_TAKE)
         self._down_until = 0.0
 
@@ -66,8 +73,9 @@ class TokenBucket:
         """0.0 if the request may go ahead, else the seconds to wait (Retry-After)."""
         if time.monotonic() >= self._down_until:
             try:
-                wait = float(await self._take(keys=[self.prefix + user_id],
-                                              args=[self.capacity, self.rate]))
+                wait = float(
+                    await self._take(keys=[self.prefix + user_id], args=[self.capacity, self.rate])
+                )
             except redis.RedisError as e:
                 self._down_until = time.monotonic() + self.outage.failed(e)
             else:
@@ -84,7 +92,7 @@ class LocalBuckets:
 
     def __init__(self, capacity: int, rate: float, max_users: int = 100_000):
         self.capacity, self.rate, self.max_users = capacity, rate, max_users
-        self._buckets: dict[str, tuple[float, float]] = {}      # user: (tokens, at), by use
+        self._buckets: dict[str, tuple[float, float]] = {}  # user: (tokens, at), by use
 
     def take(self, user_id: str) -> float:
         now = time.monotonic()
@@ -101,8 +109,11 @@ class LocalBuckets:
         return wait
 
     def _forget(self, now: float) -> None:
-        kept = {user: (t, a) for user, (t, a) in self._buckets.items()
-                if t + (now - a) * self.rate < self.capacity}
-        for user in list(kept)[:max(0, len(kept) - self.max_users // 2)]:
+        kept = {
+            user: (t, a)
+            for user, (t, a) in self._buckets.items()
+            if t + (now - a) * self.rate < self.capacity
+        }
+        for user in list(kept)[: max(0, len(kept) - self.max_users // 2)]:
             del kept[user]
         self._buckets = kept

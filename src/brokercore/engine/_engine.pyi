@@ -12,16 +12,40 @@ from brokercore.engine.records import RestingOrder, Stp
 class OrderBook:
     """The order book of one symbol: price-time priority matching inside a price band."""
 
-    def __init__(self, low: int, high: int, lot_size: int = 1, symbol: int = 0,
-                 stp: int = ..., session_orders: int = 0) -> None: ...
+    def __init__(
+        self,
+        low: int,
+        high: int,
+        lot_size: int = 1,
+        symbol: int = 0,
+        stp: int = ...,
+        session_orders: int = 0,
+    ) -> None: ...
     # per-order API: each returns the number of events, read them with last_events()
-    def limit(self, order_id: int, side: int, price: int, qty: int, account: int = 0,
-              tif: int = 1, stp: int = 0, post_only: bool = False, ts: int = 0) -> int: ...
-    def market(self, order_id: int, side: int, qty: int, account: int = 0, tif: int = 3,
-               stp: int = 0, ts: int = 0) -> int: ...
+    def limit(
+        self,
+        order_id: int,
+        side: int,
+        price: int,
+        qty: int,
+        account: int = 0,
+        tif: int = 1,
+        stp: int = 0,
+        post_only: bool = False,
+        ts: int = 0,
+    ) -> int: ...
+    def market(
+        self,
+        order_id: int,
+        side: int,
+        qty: int,
+        account: int = 0,
+        tif: int = 3,
+        stp: int = 0,
+        ts: int = 0,
+    ) -> int: ...
     def cancel(self, order_id: int, account: int = 0, ts: int = 0) -> int: ...
-    def amend(self, order_id: int, price: int, qty: int, account: int = 0,
-              ts: int = 0) -> int: ...
+    def amend(self, order_id: int, price: int, qty: int, account: int = 0, ts: int = 0) -> int: ...
     def open(self, ts: int = 0) -> int: ...
     def close(self, ts: int = 0) -> int: ...
     def reband(self, low: int, high: int, ts: int = 0) -> int: ...

@@ -27,8 +27,17 @@ import msgspec
 from brokercore.engine._engine import OrderBook
 from brokercore.engine.records import Stp
 
-__all__ = ["Instrument", "InstrumentTable", "InstrumentsFile", "LocalTime", "SessionTable",
-           "StpName", "instrument_place", "load_instruments", "read_instruments"]
+__all__ = [
+    "Instrument",
+    "InstrumentTable",
+    "InstrumentsFile",
+    "LocalTime",
+    "SessionTable",
+    "StpName",
+    "instrument_place",
+    "load_instruments",
+    "read_instruments",
+]
 
 StpName = Literal["NONE", "CANCEL_NEWEST", "CANCEL_OLDEST", "CANCEL_BOTH", "DECREMENT"]
 """The ``stp`` values a file may name: every Stp but DEFAULT (which defers to the book's)."""
@@ -52,17 +61,23 @@ class SessionTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     timezone: Annotated[str | None, _is("an IANA time zone name")] = None
     open: Annotated[LocalTime | None, _is('a local time such as "09:15"')] = None
     close: Annotated[LocalTime | None, _is('a local time such as "15:30"')] = None
-    weekdays: Annotated[list[Annotated[int, _is("an ISO weekday 1..7 (1 = Monday)")]] | None,
-                        _is("an array of ISO weekdays 1..7 (1 = Monday)")] = None
-    holidays: Annotated[list[Annotated[date, _is('a date such as "2026-01-26"')]] | None,
-                        _is("an array of dates")] = None
+    weekdays: Annotated[
+        list[Annotated[int, _is("an ISO weekday 1..7 (1 = Monday)")]] | None,
+        _is("an array of ISO weekdays 1..7 (1 = Monday)"),
+    ] = None
+    holidays: Annotated[
+        list[Annotated[date, _is('a date such as "2026-01-26"')]] | None, _is("an array of dates")
+    ] = None
 
     def over(self, base: SessionTable | None) -> SessionTable:
         """This table's keys over ``base``'s."""
         if base is None:
             return self
-        own = {name: value for name in self.__struct_fields__
-               if (value := getattr(self, name)) is not None}
+        own = {
+            name: value
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not None
+        }
         return msgspec.structs.replace(base, **own)
 
 
@@ -76,10 +91,10 @@ class InstrumentTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     high: Annotated[int, _is("an integer")]
     lot_size: Annotated[int, _is("an integer")] = 1
     session_orders: Annotated[int, _is("an integer")] = 0
-    stp: Annotated[StpName, _is(f"one of {', '.join(typing.get_args(StpName))}")] = (
-        "CANCEL_NEWEST")
-    tick_size: Annotated[str | int | None,
-                         _is('a decimal string such as "0.05" (not a float)')] = None
+    stp: Annotated[StpName, _is(f"one of {', '.join(typing.get_args(StpName))}")] = "CANCEL_NEWEST"
+    tick_size: Annotated[str | int | None, _is('a decimal string such as "0.05" (not a float)')] = (
+        None
+    )
     max_order_qty: Annotated[int | None, _is("an integer")] = None
     enabled: Annotated[bool, _is("true or false")] = True
     session: Annotated[SessionTable | None, _is("a table")] = None
@@ -89,8 +104,9 @@ class InstrumentsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The whole file: a default ``[session]`` and the ``[[instrument]]`` tables."""
 
     session: Annotated[SessionTable | None, _is("a table")] = None
-    instrument: Annotated[list[Annotated[InstrumentTable, _is("a table")]],
-                          _is("an array of tables ([[instrument]])")] = []
+    instrument: Annotated[
+        list[Annotated[InstrumentTable, _is("a table")]], _is("an array of tables ([[instrument]])")
+    ] = []
 
 
 @dataclass(frozen=True)
@@ -104,18 +120,25 @@ class Instrument:
     high: int
     lot_size: int = 1
     stp: Stp = Stp.CANCEL_NEWEST
-    session_orders: int = 0             # orders a session is sized for (OrderBook)
+    session_orders: int = 0  # orders a session is sized for (OrderBook)
 
     @classmethod
     def from_table(cls, table: InstrumentTable) -> Instrument:
-        return cls(symbol=table.symbol, symbol_id=table.id, low=table.low, high=table.high,
-                   lot_size=table.lot_size, stp=Stp[table.stp],
-                   session_orders=table.session_orders)
+        return cls(
+            symbol=table.symbol,
+            symbol_id=table.id,
+            low=table.low,
+            high=table.high,
+            lot_size=table.lot_size,
+            stp=Stp[table.stp],
+            session_orders=table.session_orders,
+        )
 
     def new_book(self) -> OrderBook:
         """An empty book for this symbol."""
-        return OrderBook(self.low, self.high, self.lot_size, self.symbol_id, self.stp,
-                         self.session_orders)
+        return OrderBook(
+            self.low, self.high, self.lot_size, self.symbol_id, self.stp, self.session_orders
+        )
 
 
 def load_instruments(path: str | os.PathLike[str]) -> list[Instrument]:
@@ -140,8 +163,9 @@ def read_instruments(path: str | os.PathLike[str]) -> InstrumentsFile:
     for n, table in enumerate(decoded.instrument, 1):
         where = f"{path}: {instrument_place(n, table.symbol)}"
         if table.high < table.low:
-            raise ValueError(f"{where}: high: must be at least low ({table.low} ticks), "
-                             f"not {table.high}")
+            raise ValueError(
+                f"{where}: high: must be at least low ({table.low} ticks), not {table.high}"
+            )
         if table.symbol in symbols:
             raise ValueError(f"{where}: symbol {table.symbol} is configured twice")
         if table.id in ids:
@@ -162,8 +186,9 @@ def _decode_hook(kind: type, value: Any) -> Any:
     """msgspec's hook for the types it does not decode itself: LocalTime."""
     if kind is LocalTime:
         if isinstance(value, time):
-            return LocalTime(value.hour, value.minute, value.second, value.microsecond,
-                             value.tzinfo)
+            return LocalTime(
+                value.hour, value.minute, value.second, value.microsecond, value.tzinfo
+            )
         if isinstance(value, str):
             return LocalTime.fromisoformat(value)
         raise TypeError(f"not a time: {value!r}")
@@ -179,16 +204,21 @@ _FIELD = re.compile(r"^Object (missing required|contains unknown) field `([^`]+)
 
 def _descriptions(hint: Any) -> list[str]:
     """The ``_is`` descriptions in a type hint, outermost first (a key's, then its items')."""
-    found = [meta.description for meta in getattr(hint, "__metadata__", ())
-             if isinstance(meta, msgspec.Meta) and meta.description]
+    found = [
+        meta.description
+        for meta in getattr(hint, "__metadata__", ())
+        if isinstance(meta, msgspec.Meta) and meta.description
+    ]
     for arg in typing.get_args(hint):
         found += _descriptions(arg)
     return found
 
 
-_DESCRIPTIONS = {name: _descriptions(hint)
-                 for struct in (InstrumentsFile, InstrumentTable, SessionTable)
-                 for name, hint in typing.get_type_hints(struct, include_extras=True).items()}
+_DESCRIPTIONS = {
+    name: _descriptions(hint)
+    for struct in (InstrumentsFile, InstrumentTable, SessionTable)
+    for name, hint in typing.get_type_hints(struct, include_extras=True).items()
+}
 
 
 def _explain(message: str, document: dict[str, Any]) -> str:
@@ -196,8 +226,9 @@ def _explain(message: str, document: dict[str, Any]) -> str:
     the file's terms: where (an instrument by symbol and number, or ``[session]``), the
     key, what it must be and what it is."""
     at = _AT.search(message)
-    steps: list[str | int] = [name if name else int(index)
-                              for name, index in _STEP.findall(at.group(1) if at else "")]
+    steps: list[str | int] = [
+        name if name else int(index) for name, index in _STEP.findall(at.group(1) if at else "")
+    ]
     where = ""
     if steps[:1] == ["instrument"] and len(steps) > 1:
         n = typing.cast(int, steps[1])
@@ -210,14 +241,17 @@ def _explain(message: str, document: dict[str, Any]) -> str:
     field = _FIELD.match(message)
     if field:
         missing, name = field.group(1) == "missing required", field.group(2)
-        return (f"{where}{key + '.' if key else ''}{name}: missing" if missing
-                else f"{where}{key + ': ' if key else ''}unknown key(s) {name}")
+        return (
+            f"{where}{key + '.' if key else ''}{name}: missing"
+            if missing
+            else f"{where}{key + ': ' if key else ''}unknown key(s) {name}"
+        )
     value: Any = document
     for step in steps:
         value = value[step]
-    if not key:                                     # an [[instrument]] that is no table
+    if not key:  # an [[instrument]] that is no table
         return f"{where}must be a table, not {value!r}"
     described = _DESCRIPTIONS[key.rpartition(".")[2]]
-    if isinstance(steps[-1], int):                  # an item of an array
+    if isinstance(steps[-1], int):  # an item of an array
         return f"{where}{key}: {value!r} is not {described[-1]}"
     return f"{where}{key}: must be {described[0]}, not {value!r}"

@@ -14,9 +14,23 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
-    "Op", "Side", "Tif", "Stp", "Flags", "EventType", "Reason",
-    "COMMAND_DTYPE", "EVENT_DTYPE", "ORDER_DTYPE", "LEVEL_DTYPE",
-    "MARK_DTYPE", "MarkKind", "MAX_BAND_LEVELS", "INT64_MAX", "RestingOrder", "as_commands",
+    "Op",
+    "Side",
+    "Tif",
+    "Stp",
+    "Flags",
+    "EventType",
+    "Reason",
+    "COMMAND_DTYPE",
+    "EVENT_DTYPE",
+    "ORDER_DTYPE",
+    "LEVEL_DTYPE",
+    "MARK_DTYPE",
+    "MarkKind",
+    "MAX_BAND_LEVELS",
+    "INT64_MAX",
+    "RestingOrder",
+    "as_commands",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -110,38 +124,75 @@ def _struct(fields: list[tuple[str, str]], itemsize: int) -> np.dtype[np.void]:
     aligned = np.dtype(fields, align=True)
     names = aligned.names or ()
     layout: Mapping[str, tuple[Any, ...]] = aligned.fields or {}
-    return np.dtype({
-        "names": list(names),
-        "formats": [layout[n][0] for n in names],
-        "offsets": [layout[n][1] for n in names],
-        "itemsize": itemsize,
-    })
+    return np.dtype(
+        {
+            "names": list(names),
+            "formats": [layout[n][0] for n in names],
+            "offsets": [layout[n][1] for n in names],
+            "itemsize": itemsize,
+        }
+    )
 
 
-COMMAND_DTYPE = _struct([
-    ("symbol", "<u4"), ("op", "u1"), ("side", "u1"), ("tif", "u1"), ("stp", "u1"),
-    ("flags", "u1"), ("ts", "<i8"), ("order_id", "<i8"), ("account", "<i8"),
-    ("price", "<i8"), ("qty", "<i8"),
-], 56)
+COMMAND_DTYPE = _struct(
+    [
+        ("symbol", "<u4"),
+        ("op", "u1"),
+        ("side", "u1"),
+        ("tif", "u1"),
+        ("stp", "u1"),
+        ("flags", "u1"),
+        ("ts", "<i8"),
+        ("order_id", "<i8"),
+        ("account", "<i8"),
+        ("price", "<i8"),
+        ("qty", "<i8"),
+    ],
+    56,
+)
 """One command to a book (56 bytes). For REBAND, price is the new low and qty the new high."""
 
-EVENT_DTYPE = _struct([
-    ("symbol", "<u4"), ("type", "u1"), ("reason", "u1"), ("op", "u1"), ("side", "u1"),
-    ("seq", "<i8"), ("ts", "<i8"), ("order_id", "<i8"), ("account", "<i8"),
-    ("price", "<i8"), ("qty", "<i8"), ("remaining", "<i8"),
-    ("other_id", "<i8"), ("other_account", "<i8"), ("other_remaining", "<i8"),
-], 88)
+EVENT_DTYPE = _struct(
+    [
+        ("symbol", "<u4"),
+        ("type", "u1"),
+        ("reason", "u1"),
+        ("op", "u1"),
+        ("side", "u1"),
+        ("seq", "<i8"),
+        ("ts", "<i8"),
+        ("order_id", "<i8"),
+        ("account", "<i8"),
+        ("price", "<i8"),
+        ("qty", "<i8"),
+        ("remaining", "<i8"),
+        ("other_id", "<i8"),
+        ("other_account", "<i8"),
+        ("other_remaining", "<i8"),
+    ],
+    88,
+)
 """One event out of a book (88 bytes). For TRADE, other_* describe the maker."""
 
-ORDER_DTYPE = _struct([
-    ("order_id", "<i8"), ("account", "<i8"), ("price", "<i8"), ("qty", "<i8"),
-    ("side", "u1"), ("tif", "u1"), ("stp", "u1"), ("flags", "u1"),
-], 40)
+ORDER_DTYPE = _struct(
+    [
+        ("order_id", "<i8"),
+        ("account", "<i8"),
+        ("price", "<i8"),
+        ("qty", "<i8"),
+        ("side", "u1"),
+        ("tif", "u1"),
+        ("stp", "u1"),
+        ("flags", "u1"),
+    ],
+    40,
+)
 """A resting order as the L3 views return it; qty is the open quantity."""
 
+
 class MarkKind(IntEnum):
-    BATCH = 1               # the matcher finished a batch
-    SNAPSHOT = 2            # the shard took a snapshot at this point
+    BATCH = 1  # the matcher finished a batch
+    SNAPSHOT = 2  # the shard took a snapshot at this point
 
 
 MARK_DTYPE = np.dtype([("kind", "<i8"), ("commands", "<i8"), ("events", "<i8")])
@@ -176,10 +227,11 @@ def as_commands(commands: object) -> np.ndarray:
         raise TypeError("commands must be a numpy array of COMMAND_DTYPE records")
     dtype = commands.dtype
     canonical: Mapping[str, tuple[Any, ...]] = COMMAND_DTYPE.fields or {}
-    if dtype != COMMAND_DTYPE and (dtype.names != COMMAND_DTYPE.names or any(
-            layout[0] != canonical[name][0] for name, layout in (dtype.fields or {}).items())):
-        raise TypeError(f"commands must have the fields of brokercore.COMMAND_DTYPE, "
-                        f"not {dtype}")
+    if dtype != COMMAND_DTYPE and (
+        dtype.names != COMMAND_DTYPE.names
+        or any(layout[0] != canonical[name][0] for name, layout in (dtype.fields or {}).items())
+    ):
+        raise TypeError(f"commands must have the fields of brokercore.COMMAND_DTYPE, not {dtype}")
     if commands.ndim != 1:
         raise ValueError("commands must be a one-dimensional array")
     return np.ascontiguousarray(commands, dtype=COMMAND_DTYPE)

@@ -106,8 +106,9 @@ def _opposite(side: int) -> int:
 class ReferenceBook:
     """The reference order book for one symbol: price-time priority with STP."""
 
-    def __init__(self, low: int, high: int, lot_size: int = 1, symbol: int = 0,
-                 stp: int = Stp.CANCEL_NEWEST) -> None:
+    def __init__(
+        self, low: int, high: int, lot_size: int = 1, symbol: int = 0, stp: int = Stp.CANCEL_NEWEST
+    ) -> None:
         low, high, lot_size, symbol, stp = map(operator.index, (low, high, lot_size, symbol, stp))
         if not _band_is_valid(low, high):
             raise ValueError(f"invalid price band [{low}, {high}]")
@@ -171,24 +172,60 @@ class ReferenceBook:
 
     # ------------------------------------------------------------ per-order API
 
-    def limit(self, order_id: int, side: int, price: int, qty: int, account: int = 0,
-              tif: int = Tif.GTC, stp: int = Stp.DEFAULT, post_only: bool = False,
-              ts: int = 0) -> int:
+    def limit(
+        self,
+        order_id: int,
+        side: int,
+        price: int,
+        qty: int,
+        account: int = 0,
+        tif: int = Tif.GTC,
+        stp: int = Stp.DEFAULT,
+        post_only: bool = False,
+        ts: int = 0,
+    ) -> int:
         flags = _POST_ONLY if post_only else 0
-        return self._call(op=Op.LIMIT, order_id=order_id, side=side, price=price, qty=qty,
-                          account=account, tif=tif, stp=stp, flags=flags, ts=ts)
+        return self._call(
+            op=Op.LIMIT,
+            order_id=order_id,
+            side=side,
+            price=price,
+            qty=qty,
+            account=account,
+            tif=tif,
+            stp=stp,
+            flags=flags,
+            ts=ts,
+        )
 
-    def market(self, order_id: int, side: int, qty: int, account: int = 0,
-               tif: int = Tif.IOC, stp: int = Stp.DEFAULT, ts: int = 0) -> int:
-        return self._call(op=Op.MARKET, order_id=order_id, side=side, qty=qty,
-                          account=account, tif=tif, stp=stp, ts=ts)
+    def market(
+        self,
+        order_id: int,
+        side: int,
+        qty: int,
+        account: int = 0,
+        tif: int = Tif.IOC,
+        stp: int = Stp.DEFAULT,
+        ts: int = 0,
+    ) -> int:
+        return self._call(
+            op=Op.MARKET,
+            order_id=order_id,
+            side=side,
+            qty=qty,
+            account=account,
+            tif=tif,
+            stp=stp,
+            ts=ts,
+        )
 
     def cancel(self, order_id: int, account: int = 0, ts: int = 0) -> int:
         return self._call(op=Op.CANCEL, order_id=order_id, account=account, ts=ts)
 
     def amend(self, order_id: int, price: int, qty: int, account: int = 0, ts: int = 0) -> int:
-        return self._call(op=Op.AMEND, order_id=order_id, price=price, qty=qty,
-                          account=account, ts=ts)
+        return self._call(
+            op=Op.AMEND, order_id=order_id, price=price, qty=qty, account=account, ts=ts
+        )
 
     def open(self, ts: int = 0) -> int:
         return self._call(op=Op.OPEN, ts=ts)
@@ -234,8 +271,10 @@ class ReferenceBook:
             raise ValueError(f"depth needs n >= 0, got {n}")
 
         def side_depth(side: int) -> np.ndarray:
-            rows = [(price, self._level_qty(side, price), len(self._levels[side][price]))
-                    for price in self._prices(side)[:n]]
+            rows = [
+                (price, self._level_qty(side, price), len(self._levels[side][price]))
+                for price in self._prices(side)[:n]
+            ]
             return np.array(rows, dtype=LEVEL_DTYPE)
 
         return side_depth(Side.BUY), side_depth(Side.SELL)
@@ -253,8 +292,9 @@ class ReferenceBook:
         o = self._live.get(order_id)
         if o is None:
             return None
-        return RestingOrder(o.order_id, o.account, Side(o.side), o.price, o.qty,
-                            Tif(o.tif), Stp(o.stp), o.post_only)
+        return RestingOrder(
+            o.order_id, o.account, Side(o.side), o.price, o.qty, Tif(o.tif), Stp(o.stp), o.post_only
+        )
 
     def _best_level(self, side: int) -> tuple[int, int] | None:
         price = self._best_price(side)
@@ -271,8 +311,9 @@ class ReferenceBook:
 
     @staticmethod
     def _order_array(orders: Iterable[_Order]) -> np.ndarray:
-        rows = [(o.order_id, o.account, o.price, o.qty, o.side, o.tif, o.stp, o.flags)
-                for o in orders]
+        rows = [
+            (o.order_id, o.account, o.price, o.qty, o.side, o.tif, o.stp, o.flags) for o in orders
+        ]
         return np.array(rows, dtype=ORDER_DTYPE)
 
     # ------------------------------------------------------------- book helpers
@@ -290,8 +331,9 @@ class ReferenceBook:
 
     def _book_order(self) -> list[_Order]:
         """Bids from the highest price down, then asks from the lowest up; FIFO within."""
-        return [o for side in _SIDES for price in self._prices(side)
-                for o in self._levels[side][price]]
+        return [
+            o for side in _SIDES for price in self._prices(side) for o in self._levels[side][price]
+        ]
 
     def _first_maker(self, taker: _Order) -> _Order | None:
         """The order the taker would meet next, or None if the opposite side does not cross."""
@@ -332,25 +374,52 @@ class ReferenceBook:
 
     # ------------------------------------------------------------------ events
 
-    def _emit(self, c: _Command, type_: int, reason: int = Reason.NONE, order_id: int = 0,
-              account: int = 0, side: int = 0, price: int = 0, qty: int = 0,
-              remaining: int = 0, other_id: int = 0, other_account: int = 0,
-              other_remaining: int = 0) -> None:
+    def _emit(
+        self,
+        c: _Command,
+        type_: int,
+        reason: int = Reason.NONE,
+        order_id: int = 0,
+        account: int = 0,
+        side: int = 0,
+        price: int = 0,
+        qty: int = 0,
+        remaining: int = 0,
+        other_id: int = 0,
+        other_account: int = 0,
+        other_remaining: int = 0,
+    ) -> None:
         """Append one event, numbering it with the book's next seq."""
         self._seq += 1
-        self._events.append((self._symbol, type_, reason, c.op, side, self._seq, c.ts,
-                             order_id, account, price, qty, remaining,
-                             other_id, other_account, other_remaining))
+        self._events.append(
+            (
+                self._symbol,
+                type_,
+                reason,
+                c.op,
+                side,
+                self._seq,
+                c.ts,
+                order_id,
+                account,
+                price,
+                qty,
+                remaining,
+                other_id,
+                other_account,
+                other_remaining,
+            )
+        )
 
-    def _emit_order(self, c: _Command, type_: int, reason: int, o: _Order, qty: int,
-                    remaining: int = 0) -> None:
+    def _emit_order(
+        self, c: _Command, type_: int, reason: int, o: _Order, qty: int, remaining: int = 0
+    ) -> None:
         """An event about one order: ACCEPTED, CANCELLED, EXPIRED or AMENDED."""
         self._emit(c, type_, reason, o.order_id, o.account, o.side, o.price, qty, remaining)
 
     def _reject(self, c: _Command, reason: int) -> None:
         """REJECTED echoes the command's raw fields."""
-        self._emit(c, EventType.REJECTED, reason, c.order_id, c.account, c.side,
-                   c.price, c.qty)
+        self._emit(c, EventType.REJECTED, reason, c.order_id, c.account, c.side, c.price, c.qty)
 
     # ---------------------------------------------------------------- commands
 
@@ -358,9 +427,12 @@ class ReferenceBook:
         """Apply one command and return its events: the one code path for all calls."""
         self._events = []
         handlers: dict[int, Callable[[_Command], None]] = {
-            Op.LIMIT: self._new_order, Op.MARKET: self._new_order,
-            Op.CANCEL: self._cancel, Op.AMEND: self._amend,
-            Op.OPEN: self._open_session, Op.CLOSE: self._close_session,
+            Op.LIMIT: self._new_order,
+            Op.MARKET: self._new_order,
+            Op.CANCEL: self._cancel,
+            Op.AMEND: self._amend,
+            Op.OPEN: self._open_session,
+            Op.CLOSE: self._close_session,
             Op.REBAND: self._reband,
         }
         handler = handlers.get(c.op)
@@ -381,8 +453,17 @@ class ReferenceBook:
         reason = self._market_reason(c) if market else self._limit_reason(c)
         if reason != Reason.NONE:
             return self._reject(c, reason)
-        taker = _Order(c.order_id, c.account, c.side, 0 if market else c.price, c.qty,
-                       c.tif, c.stp, c.flags, market)
+        taker = _Order(
+            c.order_id,
+            c.account,
+            c.side,
+            0 if market else c.price,
+            c.qty,
+            c.tif,
+            c.stp,
+            c.flags,
+            market,
+        )
         self._emit_order(c, EventType.ACCEPTED, Reason.NONE, taker, c.qty, c.qty)
         if self._take(c, taker) and taker.qty > 0:
             if taker.market or taker.tif not in _RESTING_TIFS:
@@ -480,9 +561,20 @@ class ReferenceBook:
         qty = min(taker.qty, maker.qty)
         taker.qty -= qty
         maker.qty -= qty
-        self._emit(c, EventType.TRADE, Reason.NONE, taker.order_id, taker.account,
-                   taker.side, maker.price, qty, taker.qty,
-                   maker.order_id, maker.account, maker.qty)
+        self._emit(
+            c,
+            EventType.TRADE,
+            Reason.NONE,
+            taker.order_id,
+            taker.account,
+            taker.side,
+            maker.price,
+            qty,
+            taker.qty,
+            maker.order_id,
+            maker.account,
+            maker.qty,
+        )
         if maker.qty == 0:
             self._remove(maker)
 

@@ -77,14 +77,15 @@ INSERT INTO outbox (topic, partition, key, payload, order_id)
 VALUES (%(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s)
 RETURNING outbox_id"""
 
+
 class Refusal(StrEnum):
     """Why the OMS refuses a request before any check of the order itself (those refuse
     with a ``RejectCode``). Values are API codes: never rename one."""
 
-    NO_ACCOUNT = "NO_ACCOUNT"                           # the user has no trading account
-    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"   # the key names another order
-    ORDER_NOT_FOUND = "ORDER_NOT_FOUND"                 # none of this user's orders
-    ORDER_NOT_OPEN = "ORDER_NOT_OPEN"                   # finished: nothing to cancel
+    NO_ACCOUNT = "NO_ACCOUNT"  # the user has no trading account
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # the key names another order
+    ORDER_NOT_FOUND = "ORDER_NOT_FOUND"  # none of this user's orders
+    ORDER_NOT_OPEN = "ORDER_NOT_OPEN"  # finished: nothing to cancel
 
 
 class OrderRefused(Exception):
@@ -102,15 +103,21 @@ class OrderReceipt:
     order_id: int
     status: str
     timestamp: datetime
-    outbox: OutboxRow | None     # the command to publish now; None when nothing new
+    outbox: OutboxRow | None  # the command to publish now; None when nothing new
 
 
 class OrderEntry:
-    def __init__(self, pool: AsyncConnectionPool, market: Mapping[str, MarketInstrument],
-                 kafka: KafkaSettings, *, fees: FeeSchedule = NO_FEES,
-                 protection_percent: Decimal | None = None,
-                 idempotency_ttl: timedelta = timedelta(hours=24),
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        market: Mapping[str, MarketInstrument],
+        kafka: KafkaSettings,
+        *,
+        fees: FeeSchedule = NO_FEES,
+        protection_percent: Decimal | None = None,
+        idempotency_ttl: timedelta = timedelta(hours=24),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
         self.pool = pool
         self.market = market
         self.kafka = kafka
@@ -134,58 +141,111 @@ class OrderEntry:
         # Two statements in one transaction: read (and lock) what the checks need, then
         # write everything. Round trips are what an order costs here.
         async with self.pool.connection() as conn, conn.transaction():
-            state = await (await conn.execute(_READ_STATE, (
-                user_id, request.symbol, request.idempotency_key))).fetchone()
+            state = await (
+                await conn.execute(_READ_STATE, (user_id, request.symbol, request.idempotency_key))
+            ).fetchone()
             if state is None:
                 raise OrderRefused(Refusal.NO_ACCOUNT, "this user has no trading account")
-            (account_id, cash, blocked_cash, allow_short, shares, order_id,
-             key_order, key_hash, key_expires, key_status, key_updated,
-             unpublished_id, unpublished_payload) = state
+            (
+                account_id,
+                cash,
+                blocked_cash,
+                allow_short,
+                shares,
+                order_id,
+                key_order,
+                key_hash,
+                key_expires,
+                key_status,
+                key_updated,
+                unpublished_id,
+                unpublished_payload,
+            ) = state
             if key_order is not None:
                 if key_expires > now:
                     if key_hash != fingerprint:
-                        raise OrderRefused(Refusal.IDEMPOTENCY_KEY_REUSED,
-                                           "this idempotency key was used for a different "
-                                           "order")
-                    return OrderReceipt(key_order, key_status, key_updated, None if (
-                        unpublished_id is None) else self._row(
-                        unpublished_id, request.symbol, bytes(unpublished_payload)))
-                await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND "
-                                   "key = %s", (user_id, request.idempotency_key))
+                        raise OrderRefused(
+                            Refusal.IDEMPOTENCY_KEY_REUSED,
+                            "this idempotency key was used for a different order",
+                        )
+                    return OrderReceipt(
+                        key_order,
+                        key_status,
+                        key_updated,
+                        None
+                        if (unpublished_id is None)
+                        else self._row(unpublished_id, request.symbol, bytes(unpublished_payload)),
+                    )
+                await conn.execute(
+                    "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s",
+                    (user_id, request.idempotency_key),
+                )
                 order_id = await _returned_id(conn, "SELECT nextval('order_id_seq')")
-            order = OrderRequest(request.symbol, Side[request.side], OrderType(request.type),
-                                 request.quantity, request.price,
-                                 Tif[request.time_in_force] if request.time_in_force else None)
-            hold = check_order(order, instrument, now,
-                               AccountState(cash - blocked_cash, shares or 0, allow_short),
-                               fees=self.fees, protection_percent=self.protection_percent)
+            order = OrderRequest(
+                request.symbol,
+                Side[request.side],
+                OrderType(request.type),
+                request.quantity,
+                request.price,
+                Tif[request.time_in_force] if request.time_in_force else None,
+            )
+            hold = check_order(
+                order,
+                instrument,
+                now,
+                AccountState(cash - blocked_cash, shares or 0, allow_short),
+                fees=self.fees,
+                protection_percent=self.protection_percent,
+            )
             if isinstance(hold, RiskRejection):
                 raise OrderRefused(hold.code, hold.message)
-            assert instrument is not None       # check_order refuses an unknown symbol
-            limit_ticks = instrument.to_ticks(request.price) if request.price is not None \
-                else None
+            assert instrument is not None  # check_order refuses an unknown symbol
+            limit_ticks = instrument.to_ticks(request.price) if request.price is not None else None
             price, market = _engine_price(limit_ticks, hold, instrument)
-            command = NewOrder(order_id, account_id, request.symbol, Side[request.side],
-                               request.quantity, price=price, market=market,
-                               tif=hold.time_in_force, ts=_nanoseconds(now))
+            command = NewOrder(
+                order_id,
+                account_id,
+                request.symbol,
+                Side[request.side],
+                request.quantity,
+                price=price,
+                market=market,
+                tif=hold.time_in_force,
+                ts=_nanoseconds(now),
+            )
             payload = encode(command)
-            outbox_id = await _returned_id(conn, _WRITE_ORDER, {
-                "user": user_id, "key": request.idempotency_key, "hash": fingerprint,
-                "expires": now + self.idempotency_ttl, "order": order_id,
-                "account": account_id, "symbol": request.symbol, "trade_date": trade_date,
-                "side": request.side, "type": request.type,
-                "tif": hold.time_in_force.name,
-                "price": (instrument.ticks_to_paise(limit_ticks) if limit_ticks is not None
-                          else None),
-                "quantity": request.quantity, "hold": hold.cash or hold.shares,
-                "hold_price": hold.price_ticks or 0, "cash": hold.cash, "shares": hold.shares,
-                "now": now, "history": json.dumps({"request": msgspec.to_builtins(request)}),
-                "topic": self.kafka.orders_topic,
-                "partition": partition_of(request.symbol, self.kafka.shards),
-                "kafka_key": request.symbol.encode(), "payload": payload,
-            })
-        return OrderReceipt(order_id, "PENDING", now, self._row(outbox_id, request.symbol,
-                                                                 payload))
+            outbox_id = await _returned_id(
+                conn,
+                _WRITE_ORDER,
+                {
+                    "user": user_id,
+                    "key": request.idempotency_key,
+                    "hash": fingerprint,
+                    "expires": now + self.idempotency_ttl,
+                    "order": order_id,
+                    "account": account_id,
+                    "symbol": request.symbol,
+                    "trade_date": trade_date,
+                    "side": request.side,
+                    "type": request.type,
+                    "tif": hold.time_in_force.name,
+                    "price": (
+                        instrument.ticks_to_paise(limit_ticks) if limit_ticks is not None else None
+                    ),
+                    "quantity": request.quantity,
+                    "hold": hold.cash or hold.shares,
+                    "hold_price": hold.price_ticks or 0,
+                    "cash": hold.cash,
+                    "shares": hold.shares,
+                    "now": now,
+                    "history": json.dumps({"request": msgspec.to_builtins(request)}),
+                    "topic": self.kafka.orders_topic,
+                    "partition": partition_of(request.symbol, self.kafka.shards),
+                    "kafka_key": request.symbol.encode(),
+                    "payload": payload,
+                },
+            )
+        return OrderReceipt(order_id, "PENDING", now, self._row(outbox_id, request.symbol, payload))
 
     async def _ensure_partition(self, trade_date: date) -> None:
         """The day's partition of orders, made in a transaction of its own: it locks the
@@ -196,16 +256,24 @@ class OrderEntry:
             self._partitions.add(trade_date)
 
     def _row(self, outbox_id: int, symbol: str, payload: bytes) -> OutboxRow:
-        return OutboxRow(outbox_id, self.kafka.orders_topic,
-                         partition_of(symbol, self.kafka.shards), symbol.encode(), payload)
+        return OutboxRow(
+            outbox_id,
+            self.kafka.orders_topic,
+            partition_of(symbol, self.kafka.shards),
+            symbol.encode(),
+            payload,
+        )
 
-    async def _outbox(self, conn: AsyncConnection, order_id: int, symbol: str,
-                      payload: bytes) -> OutboxRow:
+    async def _outbox(
+        self, conn: AsyncConnection, order_id: int, symbol: str, payload: bytes
+    ) -> OutboxRow:
         row = self._row(0, symbol, payload)
         outbox_id = await _returned_id(
-            conn, "INSERT INTO outbox (topic, partition, key, payload, order_id) "
+            conn,
+            "INSERT INTO outbox (topic, partition, key, payload, order_id) "
             "VALUES (%s, %s, %s, %s, %s) RETURNING outbox_id",
-            (row.topic, row.partition, row.key, payload, order_id))
+            (row.topic, row.partition, row.key, payload, order_id),
+        )
         return row._replace(outbox_id=outbox_id)
 
     # --- cancels -----------------------------------------------------------------------
@@ -217,23 +285,32 @@ class OrderEntry:
         request with the quantity filled so far."""
         now = self.clock()
         async with self.pool.connection() as conn, conn.transaction():
-            row = await (await conn.execute(
-                "SELECT o.account_id, o.symbol, o.status, o.filled_quantity FROM orders o "
-                "JOIN accounts a ON a.account_id = o.account_id "
-                "WHERE o.order_id = %s AND a.user_id = %s FOR UPDATE OF o",
-                (order_id, user_id))).fetchone()
-            if row is None:                 # another user's order looks the same
+            row = await (
+                await conn.execute(
+                    "SELECT o.account_id, o.symbol, o.status, o.filled_quantity FROM orders o "
+                    "JOIN accounts a ON a.account_id = o.account_id "
+                    "WHERE o.order_id = %s AND a.user_id = %s FOR UPDATE OF o",
+                    (order_id, user_id),
+                )
+            ).fetchone()
+            if row is None:  # another user's order looks the same
                 raise OrderRefused(Refusal.ORDER_NOT_FOUND, f"no order {order_id}")
             account_id, symbol, status, filled = row
             if status not in OPEN_STATUSES:
-                raise OrderRefused(Refusal.ORDER_NOT_OPEN,
-                                   f"order {order_id} is {status} and cannot be cancelled")
+                raise OrderRefused(
+                    Refusal.ORDER_NOT_OPEN, f"order {order_id} is {status} and cannot be cancelled"
+                )
             await conn.execute(
                 "INSERT INTO order_events (order_id, account_id, status, filled_quantity, "
                 "payload, occurred_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                (order_id, account_id, status, filled, json.dumps({"request": "cancel"}), now))
-            row = await self._outbox(conn, order_id, symbol, encode(
-                CancelOrder(order_id, account_id, symbol, ts=_nanoseconds(now))))
+                (order_id, account_id, status, filled, json.dumps({"request": "cancel"}), now),
+            )
+            row = await self._outbox(
+                conn,
+                order_id,
+                symbol,
+                encode(CancelOrder(order_id, account_id, symbol, ts=_nanoseconds(now))),
+            )
         return OrderReceipt(order_id, CANCEL_REQUESTED, now, row)
 
     # --- upkeep -------------------------------------------------------------------------
@@ -241,22 +318,27 @@ class OrderEntry:
     async def expire_idempotency_keys(self) -> int:
         """Delete keys past their expiry (24 h by default); returns how many."""
         async with self.pool.connection() as conn:
-            cursor = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= %s",
-                                        (self.clock(),))
+            cursor = await conn.execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= %s", (self.clock(),)
+            )
             return cursor.rowcount
 
 
-async def _returned_id(conn: AsyncConnection, query: str,
-                       params: Mapping[str, object] | tuple[object, ...] | None = None) -> int:
+async def _returned_id(
+    conn: AsyncConnection,
+    query: str,
+    params: Mapping[str, object] | tuple[object, ...] | None = None,
+) -> int:
     """The id that ``query`` (a nextval, an INSERT ... RETURNING) gives back."""
     row = await (await conn.execute(query, params)).fetchone()
-    assert row is not None                  # such a statement returns one row
+    assert row is not None  # such a statement returns one row
     value: int = row[0]
     return value
 
 
-def _engine_price(limit_ticks: int | None, hold: Hold,
-                  instrument: MarketInstrument) -> tuple[int, bool]:
+def _engine_price(
+    limit_ticks: int | None, hold: Hold, instrument: MarketInstrument
+) -> tuple[int, bool]:
     """(price in ticks, market?) of the engine order. A market buy held below the band's
     top must never fill above its hold, so it goes as an IOC/FOK limit at that price."""
     if limit_ticks is not None:

@@ -50,8 +50,14 @@ class OutboxPublisher:
     connections (``AsyncConnectionPool.check_connection``) so that a Postgres restart
     costs a retry, not the process."""
 
-    def __init__(self, pool: AsyncConnectionPool, bootstrap: str, *,
-                 delivery_timeout: float = 300.0, sweep_after: timedelta = timedelta(seconds=30)):
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        bootstrap: str,
+        *,
+        delivery_timeout: float = 300.0,
+        sweep_after: timedelta = timedelta(seconds=30),
+    ):
         self.pool = pool
         self.bootstrap = bootstrap
         self.delivery_timeout = delivery_timeout
@@ -60,23 +66,25 @@ class OutboxPublisher:
         self._producer = self._new_producer()
         self._fatal: KafkaError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._in_flight: dict[int, list[_Delivery]] = {}    # id -> publish() waiting
-        self._acked: list[int] = []             # acknowledged, not yet marked published
+        self._in_flight: dict[int, list[_Delivery]] = {}  # id -> publish() waiting
+        self._acked: list[int] = []  # acknowledged, not yet marked published
         self._marking: asyncio.Task[None] | None = None
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="outbox-poller", daemon=True)
         self._poller.start()
 
     def _new_producer(self) -> Producer:
-        return Producer({
-            **QUIET_KAFKA,
-            "bootstrap.servers": self.bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": 1,
-            "message.timeout.ms": int(self.delivery_timeout * 1000),
-            "reconnect.backoff.max.ms": 1000,   # sends within a second of the broker's return
-            "error_cb": self._error,
-        })
+        return Producer(
+            {
+                **QUIET_KAFKA,
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 1,
+                "message.timeout.ms": int(self.delivery_timeout * 1000),
+                "reconnect.backoff.max.ms": 1000,  # sends within a second of the broker's return
+                "error_cb": self._error,
+            }
+        )
 
     def _error(self, error: KafkaError) -> None:
         """The producer's errors (its poll thread): a broker away is logged once per
@@ -97,15 +105,18 @@ class OutboxPublisher:
         """Give the rows on their way ``grace`` s to be acknowledged and marked; any left
         stay unpublished in the outbox, to be sent again later."""
         await asyncio.to_thread(self._producer.flush, grace)
-        await asyncio.sleep(0)                  # the acknowledgements flushed land here
+        await asyncio.sleep(0)  # the acknowledgements flushed land here
         self._closed.set()
         await asyncio.to_thread(self._poller.join)
         if self._marking is not None:
             try:
                 await asyncio.wait_for(self._marking, grace)
             except TimeoutError:
-                log.warning("%d acknowledged outbox rows not marked published (Postgres "
-                            "away): they will be published again", len(self._acked))
+                log.warning(
+                    "%d acknowledged outbox rows not marked published (Postgres "
+                    "away): they will be published again",
+                    len(self._acked),
+                )
 
     def submit(self, rows: list[OutboxRow]) -> None:
         """Hand rows to Kafka without waiting for it; each acknowledged row is marked
@@ -124,11 +135,14 @@ class OutboxPublisher:
         """Re-publish commands of orders still PENDING whose row is older than
         ``older_than`` (published or not: an acknowledged message may still have been
         lost before the engine read it), and unpublished rows of any other order."""
-        return await self.publish(await self._rows(
-            f"SELECT {_COLUMNS} FROM outbox b WHERE b.created_at < now() - %s AND ("
-            "b.published_at IS NULL OR EXISTS (SELECT 1 FROM orders o WHERE "
-            "o.order_id = b.order_id AND o.status = 'PENDING')) ORDER BY b.outbox_id LIMIT %s",
-            (older_than, limit)))
+        return await self.publish(
+            await self._rows(
+                f"SELECT {_COLUMNS} FROM outbox b WHERE b.created_at < now() - %s AND ("
+                "b.published_at IS NULL OR EXISTS (SELECT 1 FROM orders o WHERE "
+                "o.order_id = b.order_id AND o.status = 'PENDING')) ORDER BY b.outbox_id LIMIT %s",
+                (older_than, limit),
+            )
+        )
 
     async def run(self, every: float = 1.0, batch: int = 1000) -> None:
         """The OMS's background sweep, until cancelled: every ``every`` s, rows still
@@ -141,8 +155,10 @@ class OutboxPublisher:
                 rows = await self._rows(
                     f"SELECT {_COLUMNS} FROM outbox b WHERE b.published_at IS NULL AND "
                     "b.outbox_id > %s AND b.created_at < now() - %s ORDER BY b.outbox_id "
-                    "LIMIT %s", (after, self.sweep_after, batch))
-            except Exception as e:              # a sweep never dies
+                    "LIMIT %s",
+                    (after, self.sweep_after, batch),
+                )
+            except Exception as e:  # a sweep never dies
                 if not transient(e):
                     log.exception("outbox sweep failed")
                 await backoff.pause(e)
@@ -155,8 +171,10 @@ class OutboxPublisher:
 
     async def _rows(self, query: str, params: tuple[object, ...]) -> list[OutboxRow]:
         async with self.pool.connection() as conn:
-            return [OutboxRow(i, t, p, k, bytes(v)) for i, t, p, k, v in
-                    await (await conn.execute(query, params)).fetchall()]
+            return [
+                OutboxRow(i, t, p, k, bytes(v))
+                for i, t, p, k, v in await (await conn.execute(query, params)).fetchall()
+            ]
 
     def _send(self, rows: list[OutboxRow], waiting: bool) -> dict[int, _Delivery]:
         """Produce the rows not already on their way; with ``waiting``, a future per row
@@ -172,9 +190,12 @@ class OutboxPublisher:
                 continue
             try:
                 self._producer.produce(
-                    topic, bytes(payload), bytes(key) if key is not None else None,
+                    topic,
+                    bytes(payload),
+                    bytes(key) if key is not None else None,
                     partition=partition if partition is not None else -1,
-                    on_delivery=self._on_delivery(loop, outbox_id))
+                    on_delivery=self._on_delivery(loop, outbox_id),
+                )
             except (BufferError, KafkaException) as e:  # a full queue, a broken producer
                 log.warning("outbox row %d stays unpublished for now: %s", outbox_id, e)
                 for future in waiters:
@@ -183,10 +204,12 @@ class OutboxPublisher:
             self._in_flight[outbox_id] = waiters
         return futures
 
-    def _on_delivery(self, loop: asyncio.AbstractEventLoop, outbox_id: int
-                     ) -> Callable[[KafkaError | None, object], None]:
+    def _on_delivery(
+        self, loop: asyncio.AbstractEventLoop, outbox_id: int
+    ) -> Callable[[KafkaError | None, object], None]:
         def delivered(error: KafkaError | None, message: object) -> None:
             loop.call_soon_threadsafe(self._delivered, outbox_id, error)
+
         return delivered
 
     def _delivered(self, outbox_id: int, error: KafkaError | None) -> None:
@@ -206,7 +229,7 @@ class OutboxPublisher:
         log.error("the outbox producer failed (%s): making a new one", self._fatal)
         old, self._producer, self._fatal = self._producer, self._new_producer(), None
         old.purge()
-        old.flush(0)                            # their callbacks: no longer in flight
+        old.flush(0)  # their callbacks: no longer in flight
 
     async def _mark_acked(self) -> None:
         """Marks acknowledged rows published, many per statement: a round trip per
@@ -219,8 +242,9 @@ class OutboxPublisher:
             ids, self._acked = self._acked, []
             try:
                 async with self.pool.connection() as conn:
-                    await conn.execute("UPDATE outbox SET published_at = now() "
-                                       "WHERE outbox_id = ANY(%s)", (ids,))
+                    await conn.execute(
+                        "UPDATE outbox SET published_at = now() WHERE outbox_id = ANY(%s)", (ids,)
+                    )
                 backoff.recovered()
             except Exception as e:
                 if not transient(e):

@@ -12,15 +12,20 @@ from typing import Annotated, Literal
 
 import msgspec
 
-__all__ = ["PlaceOrderRequest", "OrderAccepted", "ErrorBody", "ErrorDetail", "FieldError",
-           "encode_json"]
+__all__ = [
+    "PlaceOrderRequest",
+    "OrderAccepted",
+    "ErrorBody",
+    "ErrorDetail",
+    "FieldError",
+    "encode_json",
+]
 
 MAX_QUANTITY = 10**9
 """No single order is larger than this, whatever the instrument allows."""
 
 
-class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True,
-                        frozen=True):
+class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
     symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     side: Literal["BUY", "SELL"]
     type: Literal["LIMIT", "MARKET"]
@@ -33,7 +38,7 @@ class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
 class OrderAccepted(msgspec.Struct, rename="camel", frozen=True):
     order_id: int
     status: str
-    timestamp: str          # ISO 8601, UTC
+    timestamp: str  # ISO 8601, UTC
 
 
 class FieldError(msgspec.Struct, frozen=True):

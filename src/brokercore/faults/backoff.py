@@ -24,6 +24,7 @@ from brokercore.faults.kafka_errors import transient_kafka
 
 __all__ = ["Backoff", "retry_delay", "transient"]
 
+
 def retry_delay(retry: int, base: float, cap: float) -> float:
     """Seconds before retry number ``retry`` (1, 2, ...): base, 2·base, 4·base ..., at
     most ``cap``."""
@@ -46,8 +47,7 @@ class Backoff:
     failed and gives the delay before the next; the first failure of an outage is
     logged (one line, no traceback), and so is the end of the outage (``recovered``)."""
 
-    def __init__(self, what: str, logger: logging.Logger, *, base: float = 0.1,
-                 cap: float = 5.0):
+    def __init__(self, what: str, logger: logging.Logger, *, base: float = 0.1, cap: float = 5.0):
         self.what = what
         self.log = logger
         self.base = base
@@ -62,24 +62,33 @@ class Backoff:
     def failed(self, error: BaseException | KafkaError | str) -> float:
         if not self.failures:
             self._since = time.monotonic()
-            self.log.warning("%s failed (%s); retrying, every %.1f s to %.1f s, until it "
-                             "is back", self.what, _one_line(error), self.base, self.cap)
+            self.log.warning(
+                "%s failed (%s); retrying, every %.1f s to %.1f s, until it is back",
+                self.what,
+                _one_line(error),
+                self.base,
+                self.cap,
+            )
         self.failures += 1
         return retry_delay(self.failures, self.base, self.cap)
 
     def recovered(self) -> None:
         if self.failures:
-            self.log.warning("%s back after %.1f s (%d failures)", self.what,
-                             time.monotonic() - self._since, self.failures)
+            self.log.warning(
+                "%s back after %.1f s (%d failures)",
+                self.what,
+                time.monotonic() - self._since,
+                self.failures,
+            )
             self.failures = 0
 
-    def wait(self, error: BaseException | KafkaError | str,
-             stop: threading.Event) -> bool:
+    def wait(self, error: BaseException | KafkaError | str, stop: threading.Event) -> bool:
         """Count the failure and sleep its delay (threads); True if stopped meanwhile."""
         return stop.wait(self.failed(error))
 
-    async def pause(self, error: BaseException | KafkaError | str,
-                    stop: asyncio.Event | None = None) -> bool:
+    async def pause(
+        self, error: BaseException | KafkaError | str, stop: asyncio.Event | None = None
+    ) -> bool:
         """Count the failure and sleep its delay (asyncio); True if stopped meanwhile."""
         delay = self.failed(error)
         if stop is None:

@@ -13,16 +13,29 @@ from confluent_kafka import KafkaError, KafkaException
 
 __all__ = ["QUIET_KAFKA", "transient_kafka"]
 
-_KAFKA_AWAY = frozenset({
-    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-    KafkaError._MSG_TIMED_OUT, KafkaError._RESOLVE, KafkaError._WAIT_COORD,
-    KafkaError._TIMED_OUT_QUEUE, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION,
-    KafkaError.NETWORK_EXCEPTION, KafkaError.REQUEST_TIMED_OUT,
-    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError.CONCURRENT_TRANSACTIONS, KafkaError.UNSTABLE_OFFSET_COMMIT,
-})
+_KAFKA_AWAY = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._RESOLVE,
+        KafkaError._WAIT_COORD,
+        KafkaError._TIMED_OUT_QUEUE,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.CONCURRENT_TRANSACTIONS,
+        KafkaError.UNSTABLE_OFFSET_COMMIT,
+    }
+)
 
 # librdkafka logs every failed reconnect (many lines a second while a broker is away);
 # the same errors reach the client's error_cb and are logged once per outage instead.
@@ -34,5 +47,8 @@ def transient_kafka(error: BaseException | KafkaError) -> bool:
     never a fatal one, nor any other error."""
     if isinstance(error, KafkaException):
         error = error.args[0]
-    return (isinstance(error, KafkaError) and not error.fatal()
-            and (error.retriable() or error.code() in _KAFKA_AWAY))
+    return (
+        isinstance(error, KafkaError)
+        and not error.fatal()
+        and (error.retriable() or error.code() in _KAFKA_AWAY)
+    )

@@ -28,8 +28,13 @@ from brokercore.kafka.messages import (
     encode,
 )
 
-__all__ = ["CommandDecoder", "EventEncoder", "SymbolTable", "UNKNOWN_SYMBOL_BASE",
-           "commands_from_records"]
+__all__ = [
+    "CommandDecoder",
+    "EventEncoder",
+    "SymbolTable",
+    "UNKNOWN_SYMBOL_BASE",
+    "commands_from_records",
+]
 
 UNKNOWN_SYMBOL_BASE = 1 << 24
 """Symbol ids from here on stand for names this shard has no book for; the shard
@@ -70,8 +75,9 @@ class CommandDecoder:
         self.partition = partition
         self._decode = command_decoder().decode
 
-    def decode(self, payloads: Iterable[tuple[int, bytes | None]]
-               ) -> tuple[np.ndarray, np.ndarray, list[DeadLetter]]:
+    def decode(
+        self, payloads: Iterable[tuple[int, bytes | None]]
+    ) -> tuple[np.ndarray, np.ndarray, list[DeadLetter]]:
         """(offset, payload) pairs -> command records, the offset of each record's
         message, and the dead letters (in offset order)."""
         rows, offsets, dead = [], [], []
@@ -79,30 +85,28 @@ class CommandDecoder:
         for offset, payload in payloads:
             try:
                 message = self._decode(payload if payload is not None else b"")
-            except msgspec.DecodeError as e:     # ValidationError is a DecodeError
-                dead.append(DeadLetter(self.topic, self.partition, offset, str(e),
-                                       payload or b""))
+            except msgspec.DecodeError as e:  # ValidationError is a DecodeError
+                dead.append(DeadLetter(self.topic, self.partition, offset, str(e), payload or b""))
                 continue
             rows.append(message.record(id_of(message.symbol)))
             offsets.append(offset)
-        return (np.array(rows, dtype=COMMAND_DTYPE), np.array(offsets, dtype=np.int64),
-                dead)
+        return (np.array(rows, dtype=COMMAND_DTYPE), np.array(offsets, dtype=np.int64), dead)
 
 
 class EventEncoder:
     """Event records of one shard -> EventBatch payloads, numbered by shard_seq."""
 
-    def __init__(self, symbols: SymbolTable, shard: int, shard_seq: int = 0,
-                 max_batch: int = 8192):
+    def __init__(self, symbols: SymbolTable, shard: int, shard_seq: int = 0, max_batch: int = 8192):
         self.symbols = symbols
         self.shard = shard
-        self.shard_seq = shard_seq          # of the last event numbered
-        self.max_batch = max_batch          # events per message (keeps messages < 1 MB)
+        self.shard_seq = shard_seq  # of the last event numbered
+        self.max_batch = max_batch  # events per message (keeps messages < 1 MB)
 
     @staticmethod
     def _published(events: np.ndarray) -> np.ndarray:
-        duplicate = ((events["type"] == EventType.REJECTED)
-                     & (events["reason"] == Reason.DUPLICATE_ORDER_ID))
+        duplicate = (events["type"] == EventType.REJECTED) & (
+            events["reason"] == Reason.DUPLICATE_ORDER_ID
+        )
         return events[~duplicate] if duplicate.any() else events
 
     def count(self, events: np.ndarray) -> int:
@@ -118,8 +122,10 @@ class EventEncoder:
         first = self.shard_seq + 1
         numbered = [(first + i, names[r[0]], *r[1:]) for i, r in enumerate(rows)]
         self.shard_seq += len(numbered)
-        return [encode((self.shard, numbered[i:i + self.max_batch]))
-                for i in range(0, len(numbered), self.max_batch)]
+        return [
+            encode((self.shard, numbered[i : i + self.max_batch]))
+            for i in range(0, len(numbered), self.max_batch)
+        ]
 
 
 def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list[Command]:
@@ -130,9 +136,21 @@ def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list
         symbol, op, side, tif, stp, flags, ts, order_id, account, price, qty = r
         name = names[symbol]
         if op in (Op.LIMIT, Op.MARKET):
-            commands.append(NewOrder(order_id, account, name, Side(side), qty, price,
-                                     op == Op.MARKET, Tif(tif), Stp(stp),
-                                     bool(flags & Flags.POST_ONLY), ts))
+            commands.append(
+                NewOrder(
+                    order_id,
+                    account,
+                    name,
+                    Side(side),
+                    qty,
+                    price,
+                    op == Op.MARKET,
+                    Tif(tif),
+                    Stp(stp),
+                    bool(flags & Flags.POST_ONLY),
+                    ts,
+                )
+            )
         elif op == Op.CANCEL:
             commands.append(CancelOrder(order_id, account, name, ts))
         elif op == Op.AMEND:

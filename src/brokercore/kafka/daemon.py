@@ -66,15 +66,16 @@ from brokercore.runtime.shard import Shard, read_snapshot
 
 __all__ = ["EngineDaemon", "EngineOptions", "STOP_TIMEOUT"]
 
-_NO_OFFSET = -1001          # librdkafka's OFFSET_INVALID: nothing committed yet
+_NO_OFFSET = -1001  # librdkafka's OFFSET_INVALID: nothing committed yet
 _T = TypeVar("_T")
 
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0   # seconds between retries of a transient error
-GIVE_UP_AFTER = 120.0       # a start-up step retries transient errors this long, then fails
-CALL_TIMEOUT = 2.0          # the timeout given to every blocking librdkafka call ...
-REQUEST_TIMEOUT = 10.0      # ... which one request may overrun up to this (socket.timeout.ms)
-TRANSACTION_PATIENCE = 10.0     # a transaction call retried this long, then a rebuild
-STOP_TIMEOUT = 5.0          # after SIGTERM: time for the final commit, else exit 1 without
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds between retries of a transient error
+GIVE_UP_AFTER = 120.0  # a start-up step retries transient errors this long, then fails
+CALL_TIMEOUT = 2.0  # the timeout given to every blocking librdkafka call ...
+REQUEST_TIMEOUT = 10.0  # ... which one request may overrun up to this (socket.timeout.ms)
+TRANSACTION_PATIENCE = 10.0  # a transaction call retried this long, then a rebuild
+STOP_TIMEOUT = 5.0  # after SIGTERM: time for the final commit, else exit 1 without
+
 
 def transient(error: BaseException | KafkaError) -> bool:
     """Whether waiting and trying again can cure ``error`` (a KafkaException, its
@@ -106,16 +107,22 @@ class _Lease:
         self.held = False
         self.session = session
         self._group = settings.lease_group(shard)
-        self._consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": self._group,
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": int(session * 1000),
-            "heartbeat.interval.ms": max(100, int(session * 1000) // 5),
-            "enable.auto.commit": False,
-        })
-        self._consumer.subscribe([settings.leases_topic], on_assign=self._assigned,
-                                 on_revoke=self._revoked, on_lost=self._revoked)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "group.id": self._group,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": int(session * 1000),
+                "heartbeat.interval.ms": max(100, int(session * 1000) // 5),
+                "enable.auto.commit": False,
+            }
+        )
+        self._consumer.subscribe(
+            [settings.leases_topic],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._revoked,
+        )
         self._admin = AdminClient({"bootstrap.servers": settings.bootstrap})
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -127,7 +134,7 @@ class _Lease:
             self.held = False
 
     def poll(self, timeout: float) -> None:
-        self._consumer.poll(timeout)        # the group callbacks run in here
+        self._consumer.poll(timeout)  # the group callbacks run in here
 
     def holder(self) -> str | None:
         """The member id of another daemon holding the lease now, or None (nobody else
@@ -135,16 +142,23 @@ class _Lease:
         before its own restart shows here until its session lapses."""
         try:
             group = self._admin.describe_consumer_groups(
-                [self._group], request_timeout=CALL_TIMEOUT)[self._group].result(
-                CALL_TIMEOUT + 1)
+                [self._group], request_timeout=CALL_TIMEOUT
+            )[self._group].result(CALL_TIMEOUT + 1)
         except Exception as e:
             if transient(e):
                 return None
             raise
         mine = self._consumer.memberid()
-        return next((member.member_id for member in group.members
-                     if member.member_id != mine and member.assignment is not None
-                     and member.assignment.topic_partitions), None)
+        return next(
+            (
+                member.member_id
+                for member in group.members
+                if member.member_id != mine
+                and member.assignment is not None
+                and member.assignment.topic_partitions
+            ),
+            None,
+        )
 
     def close(self) -> None:
         """Give the lease up (a standby takes over at once); not a loss."""
@@ -155,33 +169,46 @@ class _Lease:
 class EngineDaemon:
     """One shard's daemon; ``run()`` blocks until ``stop()`` (or a failure)."""
 
-    def __init__(self, settings: KafkaSettings, shard: int,
-                 instruments: Sequence[Instrument], options: EngineOptions | None = None,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        shard: int,
+        instruments: Sequence[Instrument],
+        options: EngineOptions | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
         if not 0 <= shard < settings.shards:
             raise ValueError(f"shard {shard} is not one of the {settings.shards} shards")
         self.settings = settings
         self.shard_id = shard
         self.options = options or EngineOptions()
-        self.instruments = [i for i in instruments
-                            if partition_of(i.symbol, settings.shards) == shard]
+        self.instruments = [
+            i for i in instruments if partition_of(i.symbol, settings.shards) == shard
+        ]
         self.symbols = SymbolTable({i.symbol: i.symbol_id for i in self.instruments})
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._stop = threading.Event()
-        self._halt = threading.Event()      # a new one per live session: set, it ends it
-        self._failure: BaseException | None = None      # why the live session ended
+        self._halt = threading.Event()  # a new one per live session: set, it ends it
+        self._failure: BaseException | None = None  # why the live session ended
         self._threads: list[threading.Thread] = []
-        self._consumer: Consumer | None = None          # of the input, per session
-        self._producer_client: Producer | None = None   # transactional, per session
-        self._retired: list[Producer] = []      # of failed sessions (see _discard)
-        self._snapshot_reader: Consumer | None = None   # see _newest_snapshot
-        self._dead: list[DeadLetter] = []       # to publish with the next transaction
-        self._offset_to_commit: int | None = None       # without transactions
-        self._group_metadata: Any = None        # the input consumer's, for transactions
+        self._consumer: Consumer | None = None  # of the input, per session
+        self._producer_client: Producer | None = None  # transactional, per session
+        self._retired: list[Producer] = []  # of failed sessions (see _discard)
+        self._snapshot_reader: Consumer | None = None  # see _newest_snapshot
+        self._dead: list[DeadLetter] = []  # to publish with the next transaction
+        self._offset_to_commit: int | None = None  # without transactions
+        self._group_metadata: Any = None  # the input consumer's, for transactions
         self._was_active = False
         self._orders = TopicPartition(settings.orders_topic, shard)
-        self.stats = {"orders_in": 0, "events_out": 0, "transactions": 0,
-                      "dead_letters": 0, "snapshots": 0, "replayed": 0, "recoveries": 0}
+        self.stats = {
+            "orders_in": 0,
+            "events_out": 0,
+            "transactions": 0,
+            "dead_letters": 0,
+            "snapshots": 0,
+            "replayed": 0,
+            "recoveries": 0,
+        }
         self.role = "starting"
         self._slowest_transaction = 0.0
 
@@ -213,8 +240,9 @@ class EngineDaemon:
                     raise
                 waited = time.monotonic() - started
                 if give_up_after is not None and waited + delay > give_up_after:
-                    raise DaemonFailed(f"{what}: Kafka still failing after {waited:.0f} s "
-                                       f"({_reason(e)})") from e
+                    raise DaemonFailed(
+                        f"{what}: Kafka still failing after {waited:.0f} s ({_reason(e)})"
+                    ) from e
                 self.log(f"{what}: {_reason(e)}; retrying in {delay:.1f} s")
             if self._stop.wait(delay):
                 raise _Stopped
@@ -264,22 +292,25 @@ class EngineDaemon:
         return self._producer_client
 
     def _input_consumer(self) -> Consumer:
-        return Consumer({
-            "bootstrap.servers": self.settings.bootstrap,
-            "group.id": self.settings.engine_group(self.shard_id),
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 20,
-            # librdkafka stops fetching for fetch.queue.backoff.ms (default 1 s) once
-            # its local queue is full; the consumer thread drains it much faster.
-            "fetch.queue.backoff.ms": 5,
-        })
+        return Consumer(
+            {
+                "bootstrap.servers": self.settings.bootstrap,
+                "group.id": self.settings.engine_group(self.shard_id),
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 20,
+                # librdkafka stops fetching for fetch.queue.backoff.ms (default 1 s) once
+                # its local queue is full; the consumer thread drains it much faster.
+                "fetch.queue.backoff.ms": 5,
+            }
+        )
 
-    def _committed_offset(self, timeout: float = CALL_TIMEOUT,
-                          consumer: Consumer | None = None) -> int:
+    def _committed_offset(
+        self, timeout: float = CALL_TIMEOUT, consumer: Consumer | None = None
+    ) -> int:
         """The input offset the shard's last committed transaction reached (0 if none).
         Asked by the read_committed input consumer: while the active daemon's last
         transaction is open (or a dead one's, until it is fenced or times out) the
@@ -296,10 +327,14 @@ class EngineDaemon:
         it is read without waiting for stability (read_uncommitted), because a kill -9
         of the broker can leave a pending offset of an aborted transaction behind that
         never resolves (seen with Kafka 4.4: "not stable" for minutes, for ever)."""
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap,
-                             "group.id": self.settings.engine_group(self.shard_id),
-                             "isolation.level": "read_uncommitted",
-                             "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.bootstrap,
+                "group.id": self.settings.engine_group(self.shard_id),
+                "isolation.level": "read_uncommitted",
+                "enable.auto.commit": False,
+            }
+        )
         try:
             return self._committed_offset(CALL_TIMEOUT, consumer)
         finally:
@@ -314,19 +349,23 @@ class EngineDaemon:
             "queue.buffering.max.kbytes": 1 << 21,
         }
         if self.options.transactions:
-            config.update({"transactional.id": self.settings.transactional_id(self.shard_id),
-                           # A dead daemon's open transaction holds back every
-                           # read_committed consumer until a successor fences it or
-                           # this times out.
-                           "transaction.timeout.ms": 10_000,
-                           # librdkafka caps it at transaction.timeout.ms anyway; a
-                           # transaction call may block this long whatever its timeout.
-                           "socket.timeout.ms": int(REQUEST_TIMEOUT * 1000),
-                           # The first request of a transaction right after a commit is
-                           # often told CONCURRENT_TRANSACTIONS; the default 100 ms back-off
-                           # before its retry would be most of a transaction's latency.
-                           "retry.backoff.ms": 2,
-                           "retry.backoff.max.ms": 20})
+            config.update(
+                {
+                    "transactional.id": self.settings.transactional_id(self.shard_id),
+                    # A dead daemon's open transaction holds back every
+                    # read_committed consumer until a successor fences it or
+                    # this times out.
+                    "transaction.timeout.ms": 10_000,
+                    # librdkafka caps it at transaction.timeout.ms anyway; a
+                    # transaction call may block this long whatever its timeout.
+                    "socket.timeout.ms": int(REQUEST_TIMEOUT * 1000),
+                    # The first request of a transaction right after a commit is
+                    # often told CONCURRENT_TRANSACTIONS; the default 100 ms back-off
+                    # before its retry would be most of a transaction's latency.
+                    "retry.backoff.ms": 2,
+                    "retry.backoff.max.ms": 20,
+                }
+            )
         else:
             config["enable.idempotence"] = True
         return Producer(config)
@@ -337,19 +376,22 @@ class EngineDaemon:
         process (rd_kafka_enq_once_del_source_return) closing one while the broker was
         away, between two tries of this read."""
         if self._snapshot_reader is None:
-            self._snapshot_reader = Consumer({
-                "bootstrap.servers": self.settings.bootstrap,
-                "group.id": f"{self.settings.engine_group(self.shard_id)}-snapshot-reader",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "fetch.max.bytes": SNAPSHOT_MAX_BYTES,
-                "max.partition.fetch.bytes": SNAPSHOT_MAX_BYTES,
-                "receive.message.max.bytes": SNAPSHOT_MAX_BYTES + (1 << 20),
-            })
+            self._snapshot_reader = Consumer(
+                {
+                    "bootstrap.servers": self.settings.bootstrap,
+                    "group.id": f"{self.settings.engine_group(self.shard_id)}-snapshot-reader",
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "fetch.max.bytes": SNAPSHOT_MAX_BYTES,
+                    "max.partition.fetch.bytes": SNAPSHOT_MAX_BYTES,
+                    "receive.message.max.bytes": SNAPSHOT_MAX_BYTES + (1 << 20),
+                }
+            )
         consumer = self._snapshot_reader
-        consumer.assign([TopicPartition(self.settings.snapshots_topic, self.shard_id,
-                                        OFFSET_BEGINNING)])
+        consumer.assign(
+            [TopicPartition(self.settings.snapshots_topic, self.shard_id, OFFSET_BEGINNING)]
+        )
         newest, decoder = None, msgspec.msgpack.Decoder(ShardSnapshot)
         deadline = time.monotonic() + TRANSACTION_PATIENCE
         try:
@@ -359,9 +401,12 @@ class EngineDaemon:
                 message = consumer.poll(0.5)
                 if message is None:
                     if time.monotonic() > deadline:
-                        raise KafkaException(KafkaError(
-                            KafkaError._TIMED_OUT, "no answer from Kafka while reading "
-                                                   "snapshots"))
+                        raise KafkaException(
+                            KafkaError(
+                                KafkaError._TIMED_OUT,
+                                "no answer from Kafka while reading snapshots",
+                            )
+                        )
                     continue
                 deadline = time.monotonic() + TRANSACTION_PATIENCE
                 error = message.error()
@@ -372,8 +417,7 @@ class EngineDaemon:
                 try:
                     snapshot = decoder.decode(message.value() or b"")
                 except msgspec.DecodeError as e:
-                    self.log(f"skipping an undecodable snapshot at offset "
-                             f"{message.offset()}: {e}")
+                    self.log(f"skipping an undecodable snapshot at offset {message.offset()}: {e}")
                     continue
                 if snapshot.shard == self.shard_id:
                     newest = snapshot
@@ -389,22 +433,30 @@ class EngineDaemon:
         if snapshot is not None:
             books, applied = read_snapshot(snapshot.books)
             self._position, events = snapshot.next_offset, snapshot.events
-        for instrument in self.instruments:     # instruments added since the snapshot
+        for instrument in self.instruments:  # instruments added since the snapshot
             books.setdefault(instrument.symbol_id, instrument.new_book())
-        self.log(f"{len(books)} books; " + (
-            f"from the snapshot at input offset {self._position}, event {events}"
-            if snapshot else "no snapshot: from the start of the input"))
-        self.shard = Shard(books, core=self.options.core, marks=True,
-                           ring_capacity=self.options.ring_capacity,
-                           commands_applied=applied)
+        self.log(
+            f"{len(books)} books; "
+            + (
+                f"from the snapshot at input offset {self._position}, event {events}"
+                if snapshot
+                else "no snapshot: from the start of the input"
+            )
+        )
+        self.shard = Shard(
+            books,
+            core=self.options.core,
+            marks=True,
+            ring_capacity=self.options.ring_capacity,
+            commands_applied=applied,
+        )
         self.shard.start()
         self.encoder = EventEncoder(self.symbols, self.shard_id, shard_seq=events)
         self.decoder = CommandDecoder(self.symbols, self.settings.orders_topic, self.shard_id)
         self._consumer = self._input_consumer()
-        self._consumer.assign([TopicPartition(self._orders.topic, self.shard_id,
-                                              self._position)])
-        self._commands = 0          # submitted by this run (the matcher counts the same)
-        self._marked = 0            # commands covered by the marks read
+        self._consumer.assign([TopicPartition(self._orders.topic, self.shard_id, self._position)])
+        self._commands = 0  # submitted by this run (the matcher counts the same)
+        self._marked = 0  # commands covered by the marks read
         self._events_read = 0
 
     def _read_events(self, upto: int) -> np.ndarray:
@@ -430,13 +482,13 @@ class EngineDaemon:
                 error, offset = message.error(), message.offset()
                 if error:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        assert offset is not None       # an end of partition says where
+                        assert offset is not None  # an end of partition says where
                         if offset >= target:
-                            self._position = target     # only transaction markers left
-                    elif not transient(error):          # else: librdkafka goes on
+                            self._position = target  # only transaction markers left
+                    elif not transient(error):  # else: librdkafka goes on
                         raise KafkaException(error)
                     continue
-                assert offset is not None               # so has every fetched message
+                assert offset is not None  # so has every fetched message
                 if offset < target:
                     batch.append((offset, message.value()))
                 else:
@@ -448,9 +500,8 @@ class EngineDaemon:
                 self._position = batch[-1][0] + 1
                 self.stats["replayed"] += len(batch)
             self._drain_silently(self._commands)
-        if overshot:        # read past the target: live consumption starts at it
-            self._input.seek(TopicPartition(self._orders.topic, self.shard_id,
-                                            self._position))
+        if overshot:  # read past the target: live consumption starts at it
+            self._input.seek(TopicPartition(self._orders.topic, self.shard_id, self._position))
 
     def _drain_silently(self, commands: int) -> None:
         while self._marked < commands:
@@ -479,19 +530,24 @@ class EngineDaemon:
             while not (self._stop.is_set() or halt.is_set()):
                 messages = self._next_messages()
                 if self._offset_to_commit is not None:
-                    self._input.commit(offsets=[TopicPartition(
-                        self._orders.topic, self.shard_id, self._offset_to_commit)],
-                        asynchronous=True)
+                    self._input.commit(
+                        offsets=[
+                            TopicPartition(
+                                self._orders.topic, self.shard_id, self._offset_to_commit
+                            )
+                        ],
+                        asynchronous=True,
+                    )
                     self._offset_to_commit = None
                 batch = []
                 for message in messages:
                     error = message.error()
                     if error:
                         if error.code() == KafkaError._PARTITION_EOF or transient(error):
-                            continue        # librdkafka reconnects and fetches on
+                            continue  # librdkafka reconnects and fetches on
                         raise KafkaException(error)
                     offset = message.offset()
-                    assert offset is not None       # every fetched message has one
+                    assert offset is not None  # every fetched message has one
                     batch.append((offset, message.value()))
                 if not batch:
                     continue
@@ -504,7 +560,7 @@ class EngineDaemon:
             if halt is self._halt:
                 self._fail(e)
         finally:
-            shard.stop()                # the matcher drains what it has, then closes
+            shard.stop()  # the matcher drains what it has, then closes
 
     def _publish_loop(self) -> None:
         """Publisher thread: events + dead letters + snapshots + offsets, transaction by
@@ -526,9 +582,10 @@ class EngineDaemon:
                 if committed and any(marks["kind"] == MarkKind.SNAPSHOT):
                     snapshot_pending = False
                     last_snapshot_at, last_snapshot_time = self._marked, time.monotonic()
-                due = (self._marked - last_snapshot_at >= self.options.snapshot_every
-                       or (self._marked > last_snapshot_at and time.monotonic()
-                           - last_snapshot_time >= self.options.snapshot_interval))
+                due = self._marked - last_snapshot_at >= self.options.snapshot_every or (
+                    self._marked > last_snapshot_at
+                    and time.monotonic() - last_snapshot_time >= self.options.snapshot_interval
+                )
                 if due and not snapshot_pending and self.shard.running:
                     self.shard.request_snapshot()
                     snapshot_pending = True
@@ -538,24 +595,27 @@ class EngineDaemon:
             if halt is self._halt:
                 self._fail(e)
         finally:
-            while halt.is_set() and (shard.running or len(shard.poll_events(timeout=0.1))
-                                     or len(shard.poll_marks(timeout=0))):
+            while halt.is_set() and (
+                shard.running
+                or len(shard.poll_events(timeout=0.1))
+                or len(shard.poll_marks(timeout=0))
+            ):
                 pass
 
     def _gather_marks(self) -> np.ndarray | None:
         """The next marks to commit (empty when idle); None once the shard is drained."""
         marks = self.shard.poll_marks(self.options.max_marks, timeout=0.1)
-        if not len(marks) and not self.shard.running:       # closed: what is left
+        if not len(marks) and not self.shard.running:  # closed: what is left
             marks = self.shard.poll_marks(self.options.max_marks, timeout=0)
             if not len(marks):
                 return None
         if self.options.linger > 0:
             deadline = time.monotonic() + self.options.linger
             parts = [marks]
-            while (time.monotonic() < deadline
-                   and sum(map(len, parts)) < self.options.max_marks):
-                more = self.shard.poll_marks(self.options.max_marks,
-                                             timeout=max(0.0, deadline - time.monotonic()))
+            while time.monotonic() < deadline and sum(map(len, parts)) < self.options.max_marks:
+                more = self.shard.poll_marks(
+                    self.options.max_marks, timeout=max(0.0, deadline - time.monotonic())
+                )
                 if not len(more):
                     break
                 parts.append(more)
@@ -570,16 +630,28 @@ class EngineDaemon:
             payloads_before = self.encoder.encode(self._read_events(int(mark["events"])))
             self._marked = int(mark["commands"])
             self._advance()
-            snapshots.append((payloads_before, ShardSnapshot(
-                self.shard_id, self._done_offset, self.encoder.shard_seq,
-                self.shard.take_snapshot())))
+            snapshots.append(
+                (
+                    payloads_before,
+                    ShardSnapshot(
+                        self.shard_id,
+                        self._done_offset,
+                        self.encoder.shard_seq,
+                        self.shard.take_snapshot(),
+                    ),
+                )
+            )
         payloads = [p for before, _ in snapshots for p in before]
         if len(marks):
             payloads += self.encoder.encode(self._read_events(int(marks["events"][-1])))
             self._marked = int(marks["commands"][-1])
         self._advance()
-        if not payloads and not self._dead and not snapshots and (
-                self._done_offset == self._committed):
+        if (
+            not payloads
+            and not self._dead
+            and not snapshots
+            and (self._done_offset == self._committed)
+        ):
             return False
         self._transact(payloads, [snapshot for _, snapshot in snapshots], halt)
         self.stats["events_out"] = self.encoder.shard_seq
@@ -592,8 +664,9 @@ class EngineDaemon:
         if offset is not None:
             self._done_offset = offset
 
-    def _transact(self, payloads: list[bytes], snapshots: list[ShardSnapshot],
-                  halt: threading.Event) -> None:
+    def _transact(
+        self, payloads: list[bytes], snapshots: list[ShardSnapshot], halt: threading.Event
+    ) -> None:
         """Produce everything and commit it with the input offset, atomically. An
         abortable error aborts and retries the whole transaction (up to five times);
         anything else ends the live session (the daemon recovers in a new one)."""
@@ -609,22 +682,38 @@ class EngineDaemon:
                 for payload in payloads:
                     self._produce(producer, halt, settings.events_topic, payload, partition)
                 for letter in self._dead:
-                    self._produce(producer, halt, settings.dead_letter_topic, encode(letter), 0,
-                                  key=f"{letter.topic}/{letter.partition}/{letter.offset}")
+                    self._produce(
+                        producer,
+                        halt,
+                        settings.dead_letter_topic,
+                        encode(letter),
+                        0,
+                        key=f"{letter.topic}/{letter.partition}/{letter.offset}",
+                    )
                 for snapshot in snapshots:
-                    self._produce(producer, halt, settings.snapshots_topic, encode(snapshot),
-                                  partition, key=str(self.shard_id))
+                    self._produce(
+                        producer,
+                        halt,
+                        settings.snapshots_topic,
+                        encode(snapshot),
+                        partition,
+                        key=str(self.shard_id),
+                    )
                 if self.options.transactions:
-                    offsets = [TopicPartition(self._orders.topic, partition,
-                                              self._done_offset)]
-                    self._until_done(partial(producer.send_offsets_to_transaction, offsets,
-                                             self._group_metadata), halt)
+                    offsets = [TopicPartition(self._orders.topic, partition, self._done_offset)]
+                    self._until_done(
+                        partial(
+                            producer.send_offsets_to_transaction, offsets, self._group_metadata
+                        ),
+                        halt,
+                    )
                     self._until_done(producer.commit_transaction, halt)
                 else:
                     if producer.flush(TRANSACTION_PATIENCE) and not halt.is_set():
-                        raise KafkaException(KafkaError(
-                            KafkaError._MSG_TIMED_OUT, "events not delivered in time"))
-                    self._offset_to_commit = self._done_offset    # by the consumer thread
+                        raise KafkaException(
+                            KafkaError(KafkaError._MSG_TIMED_OUT, "events not delivered in time")
+                        )
+                    self._offset_to_commit = self._done_offset  # by the consumer thread
                 break
             except KafkaException as e:
                 error = e.args[0]
@@ -639,21 +728,26 @@ class EngineDaemon:
         if halt.is_set():
             raise _Halted
         self.stats["transactions"] += 1
-        self._slowest_transaction = max(self._slowest_transaction,
-                                        time.perf_counter() - started)
+        self._slowest_transaction = max(self._slowest_transaction, time.perf_counter() - started)
         self.stats["dead_letters"] += len(self._dead)
         self.stats["snapshots"] += len(snapshots)
         self._dead = []
         self._committed = self._done_offset
 
     @staticmethod
-    def _produce(producer: Producer, halt: threading.Event, topic: str, value: bytes,
-                 partition: int, key: str | None = None) -> None:
+    def _produce(
+        producer: Producer,
+        halt: threading.Event,
+        topic: str,
+        value: bytes,
+        partition: int,
+        key: str | None = None,
+    ) -> None:
         while True:
             try:
                 producer.produce(topic, value, key, partition=partition)
                 return
-            except BufferError:             # local queue full: let deliveries drain
+            except BufferError:  # local queue full: let deliveries drain
                 if halt.is_set():
                     raise _Halted from None
                 producer.poll(0.01)
@@ -661,9 +755,15 @@ class EngineDaemon:
     def _commit_final_snapshot(self, halt: threading.Event) -> None:
         """After a graceful drain: every command is committed; record where that is."""
         self._advance()
-        self._transact([], [ShardSnapshot(self.shard_id, self._done_offset,
-                                          self.encoder.shard_seq, self.shard.snapshot())],
-                       halt)
+        self._transact(
+            [],
+            [
+                ShardSnapshot(
+                    self.shard_id, self._done_offset, self.encoder.shard_seq, self.shard.snapshot()
+                )
+            ],
+            halt,
+        )
 
     # --- run ---------------------------------------------------------------------------
 
@@ -671,8 +771,10 @@ class EngineDaemon:
         """Run until stop(); 0 after a graceful stop, 1 after a failure."""
         lease = None
         try:
-            self._retrying("creating the topics",
-                           lambda: ensure_topics(self.settings, timeout=CALL_TIMEOUT * 2))
+            self._retrying(
+                "creating the topics",
+                lambda: ensure_topics(self.settings, timeout=CALL_TIMEOUT * 2),
+            )
             lease = _Lease(self.settings, self.shard_id, self.options.lease_session)
             self._serve(lease)
         except _Stopped:
@@ -703,10 +805,12 @@ class EngineDaemon:
             self.stats["recoveries"] += 1
             self.role = "recovering"
             if self.stats["transactions"] > transactions:
-                delay = BACKOFF_FIRST       # that session got work done: not a fault loop
-            self.log(f"live session ended ({_reason(failure)}): recovering from the "
-                     f"committed state in {max(delay, lease.session):.1f} s")
-            del failure             # its traceback holds the session's producer
+                delay = BACKOFF_FIRST  # that session got work done: not a fault loop
+            self.log(
+                f"live session ended ({_reason(failure)}): recovering from the "
+                f"committed state in {max(delay, lease.session):.1f} s"
+            )
+            del failure  # its traceback holds the session's producer
             self._discard()
             # Meanwhile a zombie (paused past its lease) learns that its lease is gone.
             self._pause(lease, max(delay, lease.session))
@@ -756,10 +860,12 @@ class EngineDaemon:
         offset."""
         producer = self._producer_client = self._producer()
         if self.options.transactions:
-            self._retrying("initialising transactions",
-                           lambda: producer.init_transactions(CALL_TIMEOUT))
-        committed = self._final_committed_offset if self.options.transactions else (
-            self._committed_offset)
+            self._retrying(
+                "initialising transactions", lambda: producer.init_transactions(CALL_TIMEOUT)
+            )
+        committed = (
+            self._final_committed_offset if self.options.transactions else (self._committed_offset)
+        )
         self._catch_up(self._retrying("reading the committed input offset", committed))
 
     def _go_live(self, lease: _Lease) -> BaseException | None:
@@ -779,7 +885,8 @@ class EngineDaemon:
         self.log(f"active from input offset {self._position}, event {self.encoder.shard_seq}")
         self._threads = [
             threading.Thread(target=self._publish_loop, name="engine-publisher", daemon=True),
-            threading.Thread(target=self._consume_loop, name="engine-consumer", daemon=True)]
+            threading.Thread(target=self._consume_loop, name="engine-consumer", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
         next_report, stop_deadline = time.monotonic() + 1.0, None
@@ -792,9 +899,12 @@ class EngineDaemon:
             if self._stop.is_set() and stop_deadline is None:
                 stop_deadline = time.monotonic() + STOP_TIMEOUT
             if stop_deadline is not None and time.monotonic() > stop_deadline:
-                self._fail(DaemonFailed(
-                    f"stopping: the final commit did not complete within {STOP_TIMEOUT:.0f} s"
-                    f" (Kafka away?); a restart recovers from the last committed state"))
+                self._fail(
+                    DaemonFailed(
+                        f"stopping: the final commit did not complete within {STOP_TIMEOUT:.0f} s"
+                        f" (Kafka away?); a restart recovers from the last committed state"
+                    )
+                )
             if time.monotonic() >= next_report:
                 self.log(self._summary())
                 next_report += 1.0
@@ -806,7 +916,7 @@ class EngineDaemon:
         left behind (it ends when the call returns); a consumer thread that will not
         end is a DaemonFailed."""
         self._halt.set()
-        self.shard.stop()           # a consumer thread waiting for ring room wakes up
+        self.shard.stop()  # a consumer thread waiting for ring room wakes up
         publisher, consumer = self._threads
         _join(consumer, REQUEST_TIMEOUT + CALL_TIMEOUT)
         try:
@@ -827,7 +937,7 @@ class EngineDaemon:
         if lease is not None:
             lease.close()
         if self._threads:
-            self._threads[1].join(CALL_TIMEOUT)         # the consumer thread
+            self._threads[1].join(CALL_TIMEOUT)  # the consumer thread
         if self._consumer is not None and not (self._threads and self._threads[1].is_alive()):
             self._consumer.close()
 
@@ -835,10 +945,12 @@ class EngineDaemon:
         """Counters so far, and the slowest transaction since the last summary."""
         s = self.stats
         slowest, self._slowest_transaction = self._slowest_transaction, 0.0
-        return (f"{self.role}: {s['orders_in']:,} orders in, {s['events_out']:,} events out, "
-                f"{s['transactions']:,} transactions (slowest {slowest * 1000:.1f} ms), "
-                f"{s['dead_letters']} dead letters, {s['snapshots']} snapshots, "
-                f"{s['replayed']:,} replayed, {s['recoveries']} recoveries")
+        return (
+            f"{self.role}: {s['orders_in']:,} orders in, {s['events_out']:,} events out, "
+            f"{s['transactions']:,} transactions (slowest {slowest * 1000:.1f} ms), "
+            f"{s['dead_letters']} dead letters, {s['snapshots']} snapshots, "
+            f"{s['replayed']:,} replayed, {s['recoveries']} recoveries"
+        )
 
 
 def _join(thread: threading.Thread, timeout: float) -> None:
@@ -847,8 +959,9 @@ def _join(thread: threading.Thread, timeout: float) -> None:
     if thread.is_alive():
         frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None
         where = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
-        raise DaemonFailed(f"the {thread.name} thread did not stop in {timeout:.0f} s; "
-                           f"it is at:\n{where}")
+        raise DaemonFailed(
+            f"the {thread.name} thread did not stop in {timeout:.0f} s; it is at:\n{where}"
+        )
 
 
 def _reason(error: BaseException) -> str:

@@ -25,10 +25,10 @@ __all__ = ["InputJournal"]
 
 @dataclass
 class _Chunk:
-    first: int                      # number of the chunk's first command
-    offsets: np.ndarray             # offset of the message of each command (int64)
-    end_offset: int                 # the offset after the chunk's last message
-    dead: deque[DeadLetter] = field(default_factory=deque)     # in offset order
+    first: int  # number of the chunk's first command
+    offsets: np.ndarray  # offset of the message of each command (int64)
+    end_offset: int  # the offset after the chunk's last message
+    dead: deque[DeadLetter] = field(default_factory=deque)  # in offset order
 
 
 class InputJournal:
@@ -39,13 +39,13 @@ class InputJournal:
         self._next_command = first_command
         self._lock = threading.Lock()
 
-    def append(self, offsets: np.ndarray, end_offset: int,
-               dead: Sequence[DeadLetter] = ()) -> int:
+    def append(self, offsets: np.ndarray, end_offset: int, dead: Sequence[DeadLetter] = ()) -> int:
         """Record the next chunk: the offsets of its commands (submitted next, in this
         order) and its undecodable messages; returns the number of its first command."""
         with self._lock:
-            chunk = _Chunk(self._next_command, np.asarray(offsets, np.int64), end_offset,
-                           deque(dead))
+            chunk = _Chunk(
+                self._next_command, np.asarray(offsets, np.int64), end_offset, deque(dead)
+            )
             self._chunks.append(chunk)
             self._next_command += len(chunk.offsets)
             return chunk.first

@@ -22,9 +22,20 @@ import msgspec
 from brokercore.engine.records import EventType, Flags, Op, Reason, Side, Stp, Tif
 
 __all__ = [
-    "NewOrder", "CancelOrder", "AmendOrder", "OpenSession", "CloseSession", "Reband",
-    "Command", "CommandRecord", "Event", "EventBatch", "ShardSnapshot", "DeadLetter",
-    "command_decoder", "encode",
+    "NewOrder",
+    "CancelOrder",
+    "AmendOrder",
+    "OpenSession",
+    "CloseSession",
+    "Reband",
+    "Command",
+    "CommandRecord",
+    "Event",
+    "EventBatch",
+    "ShardSnapshot",
+    "DeadLetter",
+    "command_decoder",
+    "encode",
 ]
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -49,9 +60,19 @@ class NewOrder(msgspec.Struct, tag="new", frozen=True, forbid_unknown_fields=Tru
     ts: Int64 = 0
 
     def record(self, symbol_id: int) -> CommandRecord:
-        return (symbol_id, Op.MARKET if self.market else Op.LIMIT, self.side, self.tif,
-                self.stp, Flags.POST_ONLY if self.post_only else 0, self.ts, self.order_id,
-                self.account, self.price, self.qty)
+        return (
+            symbol_id,
+            Op.MARKET if self.market else Op.LIMIT,
+            self.side,
+            self.tif,
+            self.stp,
+            Flags.POST_ONLY if self.post_only else 0,
+            self.ts,
+            self.order_id,
+            self.account,
+            self.price,
+            self.qty,
+        )
 
 
 class CancelOrder(msgspec.Struct, tag="cancel", frozen=True, forbid_unknown_fields=True):
@@ -75,8 +96,19 @@ class AmendOrder(msgspec.Struct, tag="amend", frozen=True, forbid_unknown_fields
     ts: Int64 = 0
 
     def record(self, symbol_id: int) -> CommandRecord:
-        return (symbol_id, Op.AMEND, 0, 0, 0, 0, self.ts, self.order_id, self.account,
-                self.price, self.qty)
+        return (
+            symbol_id,
+            Op.AMEND,
+            0,
+            0,
+            0,
+            0,
+            self.ts,
+            self.order_id,
+            self.account,
+            self.price,
+            self.qty,
+        )
 
 
 class OpenSession(msgspec.Struct, tag="open", frozen=True, forbid_unknown_fields=True):
@@ -120,7 +152,7 @@ class Event(msgspec.Struct, array_like=True, frozen=True):
     reason: Reason
     op: int
     side: int
-    seq: int                # the book's own sequence (0 for shard-level rejects)
+    seq: int  # the book's own sequence (0 for shard-level rejects)
     ts: int
     order_id: int
     account: int
@@ -144,7 +176,7 @@ class ShardSnapshot(msgspec.Struct, frozen=True):
     shard: int
     next_offset: int
     events: int
-    books: bytes            # brokercore.runtime.shard.Shard.snapshot()
+    books: bytes  # brokercore.runtime.shard.Shard.snapshot()
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

@@ -27,13 +27,20 @@ def _specs(settings: KafkaSettings) -> list[NewTopic]:
     return [
         NewTopic(settings.orders_topic, num_partitions=n, replication_factor=1),
         NewTopic(settings.events_topic, num_partitions=n, replication_factor=1),
-        NewTopic(settings.snapshots_topic, num_partitions=n, replication_factor=1, config={
-            "cleanup.policy": "compact", "max.message.bytes": str(SNAPSHOT_MAX_BYTES),
-            "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}),
+        NewTopic(
+            settings.snapshots_topic,
+            num_partitions=n,
+            replication_factor=1,
+            config={
+                "cleanup.policy": "compact",
+                "max.message.bytes": str(SNAPSHOT_MAX_BYTES),
+                "segment.ms": "600000",
+                "min.cleanable.dirty.ratio": "0.1",
+            },
+        ),
         NewTopic(settings.dead_letter_topic, num_partitions=1, replication_factor=1),
         NewTopic(settings.leases_topic, num_partitions=1, replication_factor=1),
-        NewTopic(settings.notification_dead_letter_topic, num_partitions=1,
-                 replication_factor=1),
+        NewTopic(settings.notification_dead_letter_topic, num_partitions=1, replication_factor=1),
     ]
 
 
@@ -49,18 +56,26 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 30.0) -> None:
             if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     deadline = time.monotonic() + timeout
-    while True:     # a topic just created may take a moment to show in the metadata
+    while True:  # a topic just created may take a moment to show in the metadata
         metadata = admin.list_topics(timeout=timeout)
-        missing = [spec.topic for spec in specs if spec.topic not in metadata.topics
-                   or metadata.topics[spec.topic].error is not None]
+        missing = [
+            spec.topic
+            for spec in specs
+            if spec.topic not in metadata.topics or metadata.topics[spec.topic].error is not None
+        ]
         if not missing:
             break
-        if time.monotonic() > deadline:     # transient (brokercore.kafka.daemon retries it)
-            raise KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC,
-                                            f"topics not available after {timeout} s: {missing}"))
+        if time.monotonic() > deadline:  # transient (brokercore.kafka.daemon retries it)
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._UNKNOWN_TOPIC, f"topics not available after {timeout} s: {missing}"
+                )
+            )
         time.sleep(0.1)
     for spec in specs:
         found = metadata.topics[spec.topic]
         if len(found.partitions) != spec.num_partitions:
-            raise ValueError(f"topic {spec.topic} has {len(found.partitions)} partitions, "
-                             f"the configuration says {spec.num_partitions}")
+            raise ValueError(
+                f"topic {spec.topic} has {len(found.partitions)} partitions, "
+                f"the configuration says {spec.num_partitions}"
+            )

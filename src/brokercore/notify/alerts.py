@@ -32,9 +32,23 @@ from psycopg import AsyncConnection
 from brokercore.broker.money import rupees
 from brokercore.read.candles import LAST_PRICE_SQL
 
-__all__ = ["Alert", "TradePrice", "AlertChange", "Fire", "side_of", "cross", "apply_trades",
-           "AlertRequest", "AlertBody", "MAX_ALERTS_PER_USER", "CREATE_SQL", "LIST_SQL",
-           "DELETE_SQL", "initial_side", "alert_body"]
+__all__ = [
+    "Alert",
+    "TradePrice",
+    "AlertChange",
+    "Fire",
+    "side_of",
+    "cross",
+    "apply_trades",
+    "AlertRequest",
+    "AlertBody",
+    "MAX_ALERTS_PER_USER",
+    "CREATE_SQL",
+    "LIST_SQL",
+    "DELETE_SQL",
+    "initial_side",
+    "alert_body",
+]
 
 MAX_ALERTS_PER_USER = 100
 """Every trade of a symbol is compared with its alerts: a user cannot add thousands."""
@@ -45,15 +59,15 @@ class Alert:
     alert_id: int
     user_id: str
     symbol: str
-    price: int              # paise
-    side: int               # -1 below, 1 at or above, 0 unknown
+    price: int  # paise
+    side: int  # -1 below, 1 at or above, 0 unknown
 
 
 @dataclass(frozen=True)
 class TradePrice:
-    trade_id: str           # brokercore.broker.orders.trade_id
+    trade_id: str  # brokercore.broker.orders.trade_id
     symbol: str
-    price: int              # paise
+    price: int  # paise
     time: datetime
 
 
@@ -63,7 +77,7 @@ class AlertChange:
 
     side: int
     fired: int = 0
-    fired_at: datetime | None = None     # the trade time of the last fire
+    fired_at: datetime | None = None  # the trade time of the last fire
 
 
 @dataclass(frozen=True)
@@ -79,8 +93,9 @@ def side_of(alert_price: int, last_price: int) -> int:
     return 1 if last_price >= alert_price else -1
 
 
-def cross(alerts: Iterable[Alert], trades: Sequence[TradePrice]
-          ) -> tuple[list[Fire], dict[int, AlertChange]]:
+def cross(
+    alerts: Iterable[Alert], trades: Sequence[TradePrice]
+) -> tuple[list[Fire], dict[int, AlertChange]]:
     """The fires of ``trades`` (taken in order) on ``alerts``, and the change of every
     alert whose side moved."""
     by_symbol: dict[str, list[Alert]] = defaultdict(list)
@@ -94,7 +109,7 @@ def cross(alerts: Iterable[Alert], trades: Sequence[TradePrice]
             new = side_of(alert.price, trade.price)
             if new == now.side:
                 continue
-            if now.side == 0:           # the first price seen: a position, not a crossing
+            if now.side == 0:  # the first price seen: a position, not a crossing
                 changed[alert.alert_id] = AlertChange(new, now.fired, now.fired_at)
             else:
                 fires.append(Fire(alert, trade))
@@ -135,29 +150,39 @@ async def apply_trades(conn: AsyncConnection, trades: Sequence[TradePrice]) -> l
         low, high = ranges.get(t.symbol, (t.price, t.price))
         ranges[t.symbol] = (min(low, t.price), max(high, t.price))
     async with conn.transaction():
-        rows = await (await conn.execute(_CHANGING_SQL, (
-            list(ranges), [r[0] for r in ranges.values()],
-            [r[1] for r in ranges.values()]))).fetchall()
+        rows = await (
+            await conn.execute(
+                _CHANGING_SQL,
+                (list(ranges), [r[0] for r in ranges.values()], [r[1] for r in ranges.values()]),
+            )
+        ).fetchall()
         fires, changed = cross([Alert(*row) for row in rows], trades)
         if changed:
-            await conn.execute(_UPDATE_SQL, (
-                list(changed), [c.side for c in changed.values()],
-                [c.fired for c in changed.values()], [c.fired_at for c in changed.values()]))
+            await conn.execute(
+                _UPDATE_SQL,
+                (
+                    list(changed),
+                    [c.side for c in changed.values()],
+                    [c.fired for c in changed.values()],
+                    [c.fired_at for c in changed.values()],
+                ),
+            )
     return fires
 
 
 # --- the REST bodies (services/notifier) and their SQL ---------------------------------
 
+
 class AlertRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
     symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    price: Decimal              # rupees
+    price: Decimal  # rupees
 
 
 class AlertBody(msgspec.Struct, rename="camel", frozen=True):
     alert_id: int
     symbol: str
-    price: str                  # rupees
-    fired: int                  # how many crossings it has notified
+    price: str  # rupees
+    fired: int  # how many crossings it has notified
     last_fired_at: str | None
     created_at: str
 
@@ -185,6 +210,11 @@ async def initial_side(conn: AsyncConnection, symbol: str, price: int) -> int:
 def alert_body(row: tuple[int, str, int, int, datetime | None, datetime]) -> AlertBody:
     """The body of a row of ``_COLUMNS``."""
     alert_id, symbol, price, fired, last_fired_at, created_at = row
-    return AlertBody(alert_id, symbol, rupees(price), fired,
-                     last_fired_at.astimezone(UTC).isoformat() if last_fired_at else None,
-                     created_at.astimezone(UTC).isoformat())
+    return AlertBody(
+        alert_id,
+        symbol,
+        rupees(price),
+        fired,
+        last_fired_at.astimezone(UTC).isoformat() if last_fired_at else None,
+        created_at.astimezone(UTC).isoformat(),
+    )

@@ -85,10 +85,16 @@ class PendingOffsets:
                 self._partitions.pop(partition, None)
 
 
-async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
-                       stop: threading.Event, *, from_beginning: bool = False,
-                       concurrency: int = 64, max_pending: int = 10_000,
-                       grace: float = 5.0) -> int:
+async def run_notifier(
+    settings: ServiceSettings,
+    kafka: KafkaSettings,
+    stop: threading.Event,
+    *,
+    from_beginning: bool = False,
+    concurrency: int = 64,
+    max_pending: int = 10_000,
+    grace: float = 5.0,
+) -> int:
     """Notify until ``stop`` is set; returns how many messages it handled. At most
     ``max_pending`` pushes wait at once (then reading pauses); on stop, pushes in flight
     get ``grace`` seconds."""
@@ -96,31 +102,51 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
     if provider is None:
         log.warning("no BROKERCORE_PUSH_URL: in-app notifications only")
     topic = kafka.events_topic
-    pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=4, open=False,
-                               check=AsyncConnectionPool.check_connection)
+    pool = AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+    )
     redis = Redis.from_url(settings.redis_url)
     dead_letters = DeadLetters(kafka.bootstrap, kafka.notification_dead_letter_topic)
-    notifier = Notifier(pool, redis, settings.redis_prefix, load_market(settings.instruments),
-                        provider, dead_letters, retry_base=settings.push_retry_base,
-                        retry_cap=settings.push_retry_cap, attempts=settings.push_attempts,
-                        concurrency=concurrency, events_topic=topic)
+    notifier = Notifier(
+        pool,
+        redis,
+        settings.redis_prefix,
+        load_market(settings.instruments),
+        provider,
+        dead_letters,
+        retry_base=settings.push_retry_base,
+        retry_cap=settings.push_retry_cap,
+        attempts=settings.push_attempts,
+        concurrency=concurrency,
+        events_topic=topic,
+    )
     pending = PendingOffsets()
-    consumer = Consumer({
-        **QUIET_KAFKA,                      # a broker away: logged once per outage below
-        "bootstrap.servers": kafka.bootstrap, "group.id": notifier_group_id(kafka.topic_prefix),
-        "isolation.level": "read_committed", "enable.auto.commit": False,
-        "auto.offset.reset": "earliest" if from_beginning else "latest",
-        "fetch.wait.max.ms": 50,
-        "session.timeout.ms": 10_000})      # a notifier that died hands over in 10 s
+    consumer = Consumer(
+        {
+            **QUIET_KAFKA,  # a broker away: logged once per outage below
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": notifier_group_id(kafka.topic_prefix),
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "fetch.wait.max.ms": 50,
+            "session.timeout.ms": 10_000,
+        }
+    )  # a notifier that died hands over in 10 s
 
     def commit(offsets: dict[int, int]) -> dict[int, int]:
         """Commit the offsets; those committed."""
         if offsets:
             try:
-                consumer.commit(offsets=[TopicPartition(topic, p, o)
-                                         for p, o in sorted(offsets.items())],
-                                asynchronous=False)
-            except KafkaException as e:     # a rebalance: the next owner re-delivers
+                consumer.commit(
+                    offsets=[TopicPartition(topic, p, o) for p, o in sorted(offsets.items())],
+                    asynchronous=False,
+                )
+            except KafkaException as e:  # a rebalance: the next owner re-delivers
                 log.warning("committing %s failed: %s", offsets, e)
                 return {}
         return offsets
@@ -198,8 +224,9 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                     continue
                 messages.append((partition, offset, batch))
             if messages:
-                for (partition, offset, _), pushes in zip(messages, await handle(messages),
-                                                          strict=True):
+                for (partition, offset, _), pushes in zip(
+                    messages, await handle(messages), strict=True
+                ):
                     entry = pending.add(partition, offset, len(pushes))
                     for push in pushes:
                         start(push, entry)
@@ -209,15 +236,22 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
-                log.info("notifier: %d messages; %d published, %d pushed, %d dead-lettered, "
-                         "%d pushes in flight, %d batches told before the projector's "
-                         "updates", handled, notifier.published, notifier.pushed,
-                         notifier.dead_lettered, len(tasks), notifier.overtaken)
+                log.info(
+                    "notifier: %d messages; %d published, %d pushed, %d dead-lettered, "
+                    "%d pushes in flight, %d batches told before the projector's "
+                    "updates",
+                    handled,
+                    notifier.published,
+                    notifier.pushed,
+                    notifier.dead_lettered,
+                    len(tasks),
+                    notifier.overtaken,
+                )
         if tasks:
             await asyncio.wait(list(tasks), timeout=grace)
     finally:
         for task in list(tasks):
-            task.cancel()                   # not committed: re-delivered after a restart
+            task.cancel()  # not committed: re-delivered after a restart
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await notifier.forget_fires(await asyncio.to_thread(commit, pending.ready()))
@@ -228,6 +262,11 @@ async def run_notifier(settings: ServiceSettings, kafka: KafkaSettings,
                 await provider.aclose()
             await redis.aclose()
             await pool.close()
-    log.info("notifier stopped: %d messages; %d published, %d pushed, %d dead-lettered",
-             handled, notifier.published, notifier.pushed, notifier.dead_lettered)
+    log.info(
+        "notifier stopped: %d messages; %d published, %d pushed, %d dead-lettered",
+        handled,
+        notifier.published,
+        notifier.pushed,
+        notifier.dead_lettered,
+    )
     return handled

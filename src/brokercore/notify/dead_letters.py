@@ -25,7 +25,7 @@ class PushDeadLetter(msgspec.Struct, rename="camel", frozen=True):
     device_token: str
     attempts: int
     last_error: str
-    failed_at: str              # ISO 8601 UTC
+    failed_at: str  # ISO 8601 UTC
 
 
 class DeadLetters:
@@ -33,10 +33,16 @@ class DeadLetters:
 
     def __init__(self, bootstrap: str, topic: str, timeout: float = 10.0):
         self.topic, self.timeout = topic, timeout
-        self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                                   "linger.ms": 5, "message.timeout.ms": int(timeout * 1000),
-                                   **QUIET_KAFKA})
-        self._lock = threading.Lock()       # one flush at a time sees its own report
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": int(timeout * 1000),
+                **QUIET_KAFKA,
+            }
+        )
+        self._lock = threading.Lock()  # one flush at a time sees its own report
 
     async def put(self, letter: PushDeadLetter) -> None:
         """KafkaException if the broker did not acknowledge it."""

@@ -26,8 +26,13 @@ def push_payload(device_token: str, n: Notification) -> dict[str, Any]:
     data = {"id": n.id, "kind": n.kind}
     if n.order_id is not None:
         data["orderId"] = str(n.order_id)
-    return {"message": {"token": device_token,
-                        "notification": {"title": n.title, "body": n.body}, "data": data}}
+    return {
+        "message": {
+            "token": device_token,
+            "notification": {"title": n.title, "body": n.body},
+            "data": data,
+        }
+    }
 
 
 class HttpPushProvider:
@@ -40,8 +45,9 @@ class HttpPushProvider:
 
     async def send(self, device_token: str, notification: Notification) -> None:
         try:
-            response = await self.client.post(self.url,
-                                              json=push_payload(device_token, notification))
+            response = await self.client.post(
+                self.url, json=push_payload(device_token, notification)
+            )
         except httpx.HTTPError as e:
             raise PushFailed(f"{type(e).__name__}: {e}") from None
         if not response.is_success:

@@ -45,8 +45,8 @@ SELECT o.order_id, a.user_id, a.account_id, o.side, o.quantity
   FROM orders o JOIN accounts a ON a.account_id = o.account_id
  WHERE o.order_id = ANY(%s)"""
 
-async def order_owners(conn: AsyncConnection, order_ids: Sequence[int]
-                       ) -> dict[int, OrderOwner]:
+
+async def order_owners(conn: AsyncConnection, order_ids: Sequence[int]) -> dict[int, OrderOwner]:
     """The owner of each of these orders that is ours (another broker's is absent)."""
     if not order_ids:
         return {}
@@ -58,8 +58,9 @@ def told(e: Event) -> list[int]:
     """The order ids an event may tell someone about."""
     if e.type == EventType.TRADE:
         return [e.order_id, e.other_id]
-    if e.type == EventType.REJECTED and (e.op not in (Op.LIMIT, Op.MARKET)
-                                         or e.reason == Reason.DUPLICATE_ORDER_ID):
+    if e.type == EventType.REJECTED and (
+        e.op not in (Op.LIMIT, Op.MARKET) or e.reason == Reason.DUPLICATE_ORDER_ID
+    ):
         return []
     return [e.order_id] if e.type in END_STATUS else []
 
@@ -68,19 +69,26 @@ def _words(reason: int) -> str:
     return Reason(reason).name.lower().replace("_", " ")
 
 
-def order_notifications(shard: int, e: Event, owners: Mapping[int, OrderOwner],
-                        instrument: MarketInstrument) -> list[tuple[str, Notification]]:
+def order_notifications(
+    shard: int, e: Event, owners: Mapping[int, OrderOwner], instrument: MarketInstrument
+) -> list[tuple[str, Notification]]:
     """(user, notification) for each order of ours the event tells about. A partial
     fill counts what is filled as the order's quantity less what is open after it."""
     notifications = []
     for order_id in told(e):
         owner = owners.get(order_id)
         if owner is None:
-            continue                    # another broker's order
+            continue  # another broker's order
         maker = e.type == EventType.TRADE and order_id == e.other_id
         if owner.account_id != (e.other_account if maker else e.account):
-            log.warning("event %s:%s names account %s for order %s of account %s; ignored",
-                        shard, e.shard_seq, e.account, order_id, owner.account_id)
+            log.warning(
+                "event %s:%s names account %s for order %s of account %s; ignored",
+                shard,
+                e.shard_seq,
+                e.account,
+                order_id,
+                owner.account_id,
+            )
             continue
         order = f"Your order to {owner.side} {owner.quantity:,} {e.symbol}"
         if e.type == EventType.TRADE:
@@ -91,23 +99,42 @@ def order_notifications(shard: int, e: Event, owners: Mapping[int, OrderOwner],
                 title, body = "Order filled", f"{order} filled at {price}"
             else:
                 filled = owner.quantity - open_after
-                title, body = ("Order partially filled", f"{order} partially filled: "
-                               f"{filled:,} of {owner.quantity:,} at {price}")
+                title, body = (
+                    "Order partially filled",
+                    f"{order} partially filled: {filled:,} of {owner.quantity:,} at {price}",
+                )
         else:
             kind = END_STATUS[e.type]
             if kind == "REJECTED":
                 title, body = "Order rejected", f"{order} was rejected: {_words(e.reason)}"
             else:
-                why = ("" if e.reason in (Reason.NONE, Reason.USER_CANCEL)
-                       else f" ({_words(e.reason)})")
-                unfilled = (f"; {e.qty:,} of {owner.quantity:,} unfilled"
-                            if e.qty < owner.quantity else "")
-                title, body = (("Order cancelled", f"{order} was cancelled{why}{unfilled}")
-                               if kind == "CANCELLED" else
-                               ("Order expired", f"{order} expired{unfilled}"))
-        notifications.append((owner.user_id, Notification(
-            f"{shard}:{e.shard_seq}:{order_id}", kind, title, body, e.symbol,
-            event_time(e.ts).isoformat(), order_id)))
+                why = (
+                    ""
+                    if e.reason in (Reason.NONE, Reason.USER_CANCEL)
+                    else f" ({_words(e.reason)})"
+                )
+                unfilled = (
+                    f"; {e.qty:,} of {owner.quantity:,} unfilled" if e.qty < owner.quantity else ""
+                )
+                title, body = (
+                    ("Order cancelled", f"{order} was cancelled{why}{unfilled}")
+                    if kind == "CANCELLED"
+                    else ("Order expired", f"{order} expired{unfilled}")
+                )
+        notifications.append(
+            (
+                owner.user_id,
+                Notification(
+                    f"{shard}:{e.shard_seq}:{order_id}",
+                    kind,
+                    title,
+                    body,
+                    e.symbol,
+                    event_time(e.ts).isoformat(),
+                    order_id,
+                ),
+            )
+        )
     return notifications
 
 
@@ -115,7 +142,10 @@ def alert_notification(fire: Fire) -> tuple[str, Notification]:
     """(user, notification) of a price alert's fire."""
     alert, trade = fire.alert, fire.trade
     return alert.user_id, Notification(
-        f"alert:{alert.alert_id}:{trade.trade_id}", "PRICE_ALERT",
+        f"alert:{alert.alert_id}:{trade.trade_id}",
+        "PRICE_ALERT",
         f"{alert.symbol} price alert",
         f"{alert.symbol} crossed {format_paise(alert.price)}: last {format_paise(trade.price)}",
-        alert.symbol, trade.time.isoformat())
+        alert.symbol,
+        trade.time.isoformat(),
+    )

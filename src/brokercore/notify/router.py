@@ -91,19 +91,30 @@ class Notifier:
     ``events_topic`` (the topic the messages come from), an order's notifications wait
     for the projector's update of it (see the module's docstring); without, they don't."""
 
-    def __init__(self, pool: AsyncConnectionPool, redis: Redis, prefix: str,
-                 market: Mapping[str, MarketInstrument], provider: PushProvider | None,
-                 dead_letters: DeadLetters, *, retry_base: float = 1.0,
-                 retry_cap: float = 60.0, attempts: int = 6, concurrency: int = 64,
-                 events_topic: str | None = None, projector_wait: float = 2.0):
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        redis: Redis,
+        prefix: str,
+        market: Mapping[str, MarketInstrument],
+        provider: PushProvider | None,
+        dead_letters: DeadLetters,
+        *,
+        retry_base: float = 1.0,
+        retry_cap: float = 60.0,
+        attempts: int = 6,
+        concurrency: int = 64,
+        events_topic: str | None = None,
+        projector_wait: float = 2.0,
+    ):
         if attempts < 1:
             raise ValueError("a push needs at least one attempt")
         self.pool, self.redis, self.prefix, self.market = pool, redis, prefix, market
         self.provider, self.dead_letters = provider, dead_letters
         self.retry_base, self.retry_cap, self.attempts = retry_base, retry_cap, attempts
-        self._slots = asyncio.Semaphore(concurrency)     # pushes in flight at once
+        self._slots = asyncio.Semaphore(concurrency)  # pushes in flight at once
         self.events_topic, self.projector_wait = events_topic, projector_wait
-        self._stalled: dict[int, int] | None = None     # its offsets when a wait ran out
+        self._stalled: dict[int, int] | None = None  # its offsets when a wait ran out
         self.published = self.pushed = self.dead_lettered = self.overtaken = 0
 
     async def handle(self, messages: Sequence[Received]) -> list[list[Push]]:
@@ -119,26 +130,39 @@ class Notifier:
                 for e in batch.events:
                     instrument = self.market.get(e.symbol)
                     if instrument is None:
-                        continue            # not a symbol of ours: no order, no alert
-                    items += [(index, *notification) for notification in
-                              order_notifications(batch.shard, e, owners, instrument)]
+                        continue  # not a symbol of ours: no order, no alert
+                    items += [
+                        (index, *notification)
+                        for notification in order_notifications(batch.shard, e, owners, instrument)
+                    ]
                     if e.type == EventType.TRADE:
-                        trade = TradePrice(trade_id(e), e.symbol,
-                                           instrument.ticks_to_paise(e.price), event_time(e.ts))
+                        trade = TradePrice(
+                            trade_id(e),
+                            e.symbol,
+                            instrument.ticks_to_paise(e.price),
+                            event_time(e.ts),
+                        )
                         trades.append(trade)
                         trade_message[trade.trade_id] = index
-            async with conn.transaction():      # the alerts' moves and their fires
-                fires = [(trade_message[f.trade.trade_id], *alert_notification(f))
-                         for f in await apply_trades(conn, trades)]
-                await conn.cursor().executemany(_RECORD_FIRE, [
-                    (n.id, user, encode_message(n).decode(), *messages[index][:2])
-                    for index, user, n in fires])
+            async with conn.transaction():  # the alerts' moves and their fires
+                fires = [
+                    (trade_message[f.trade.trade_id], *alert_notification(f))
+                    for f in await apply_trades(conn, trades)
+                ]
+                await conn.cursor().executemany(
+                    _RECORD_FIRE,
+                    [
+                        (n.id, user, encode_message(n).decode(), *messages[index][:2])
+                        for index, user, n in fires
+                    ],
+                )
         items += fires
         if items:
             await self._after_projector(messages)
         owed: list[list[Push]] = [[] for _ in messages]
-        for (index, _, _), pushes in zip(items, await self.route(
-                [(user, n) for _, user, n in items]), strict=True):
+        for (index, _, _), pushes in zip(
+            items, await self.route([(user, n) for _, user, n in items]), strict=True
+        ):
             owed[index] += pushes
         return owed
 
@@ -162,9 +186,13 @@ class Notifier:
                 self.overtaken += 1
                 return
             if time.monotonic() >= deadline:
-                log.warning("the projector has not published events %s (it is at %s) after "
-                            "%.1f s: telling before it, and not waiting while it stays there",
-                            needed, projected, self.projector_wait)
+                log.warning(
+                    "the projector has not published events %s (it is at %s) after "
+                    "%.1f s: telling before it, and not waiting while it stays there",
+                    needed,
+                    projected,
+                    self.projector_wait,
+                )
                 self._stalled = projected
                 self.overtaken += 1
                 return
@@ -174,9 +202,12 @@ class Notifier:
         """Publish again the alert fires a notifier that died left unconfirmed (in
         ``alert_fires``); returns their pushes."""
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(
-                "SELECT user_id, notification::text FROM alert_fires "
-                "ORDER BY partition, kafka_offset, notification_id")).fetchall()
+            rows = await (
+                await conn.execute(
+                    "SELECT user_id, notification::text FROM alert_fires "
+                    "ORDER BY partition, kafka_offset, notification_id"
+                )
+            ).fetchall()
         items = [(user, _notification.decode(n)) for user, n in rows]
         if items:
             log.info("sending %d price alert notifications again", len(items))
@@ -189,8 +220,9 @@ class Notifier:
                 await conn.execute(
                     "DELETE FROM alert_fires f USING unnest(%s::int[], %s::bigint[]) AS c "
                     "(partition, next_offset) WHERE f.partition = c.partition "
-                    "AND f.kafka_offset < c.next_offset", (list(committed),
-                                                           list(committed.values())))
+                    "AND f.kafka_offset < c.next_offset",
+                    (list(committed), list(committed.values())),
+                )
 
     async def route(self, items: Sequence[tuple[str, Notification]]) -> list[list[Push]]:
         """Publish the in-app ones of (user, notification) by the users' preferences and
@@ -242,10 +274,22 @@ class Notifier:
                 return True
             except PushFailed as e:
                 error = str(e)
-                log.info("push %s to %s failed (attempt %d of %d): %s", push.notification.id,
-                         push.user_id, attempt, self.attempts, error)
-        letter = PushDeadLetter(push.notification, push.user_id, push.device_token,
-                                self.attempts, error, datetime.now(UTC).isoformat())
+                log.info(
+                    "push %s to %s failed (attempt %d of %d): %s",
+                    push.notification.id,
+                    push.user_id,
+                    attempt,
+                    self.attempts,
+                    error,
+                )
+        letter = PushDeadLetter(
+            push.notification,
+            push.user_id,
+            push.device_token,
+            self.attempts,
+            error,
+            datetime.now(UTC).isoformat(),
+        )
         retry = 0
         while True:
             try:
@@ -253,10 +297,14 @@ class Notifier:
                 break
             except KafkaException as e:
                 retry += 1
-                log.warning("dead-lettering push %s failed (%s); retrying",
-                            push.notification.id, e)
+                log.warning("dead-lettering push %s failed (%s); retrying", push.notification.id, e)
                 await asyncio.sleep(retry_delay(retry, self.retry_base, self.retry_cap))
         self.dead_lettered += 1
-        log.warning("push %s to %s dead-lettered after %d attempts: %s",
-                    push.notification.id, push.user_id, self.attempts, error)
+        log.warning(
+            "push %s to %s dead-lettered after %d attempts: %s",
+            push.notification.id,
+            push.user_id,
+            self.attempts,
+            error,
+        )
         return False

@@ -25,7 +25,7 @@ __all__ = ["UserCache", "Invalidator", "invalidate"]
 
 log = logging.getLogger("brokercore.read.cache")
 
-_GEN_TTL = 86_400       # far longer than any entry lives, so a lapsed counter is harmless
+_GEN_TTL = 86_400  # far longer than any entry lives, so a lapsed counter is harmless
 
 # One round trip: the generation, and the entry filed under it.
 _LOOKUP = """
@@ -41,8 +41,9 @@ def _gen_key(prefix: str, user: str) -> str:
 class UserCache:
     """Cached reads for the query service (asyncio)."""
 
-    def __init__(self, client: AsyncRedis, prefix: str, ttl: float = 30.0,
-                 retry_after: float = 1.0):
+    def __init__(
+        self, client: AsyncRedis, prefix: str, ttl: float = 30.0, retry_after: float = 1.0
+    ):
         self.redis, self.prefix, self.ttl, self.retry_after = client, prefix, ttl, retry_after
         self._lookup = client.register_script(_LOOKUP)
         self._down_until = 0.0
@@ -53,8 +54,9 @@ class UserCache:
         if time.monotonic() < self._down_until:
             return await load()
         try:
-            gen, value = await self._lookup(keys=[_gen_key(self.prefix, user)],
-                                            args=[f"{self.prefix}cache:{user}:", name])
+            gen, value = await self._lookup(
+                keys=[_gen_key(self.prefix, user)], args=[f"{self.prefix}cache:{user}:", name]
+            )
         except redis.RedisError as e:
             self._failed(e)
             return await load()
@@ -108,8 +110,9 @@ class Invalidator:
         try:
             invalidate(self.redis, self.prefix, self.pending)
         except redis.RedisError as e:
-            log.warning("cache invalidation of %d users failed (%s); will retry",
-                        len(self.pending), e)
+            log.warning(
+                "cache invalidation of %d users failed (%s); will retry", len(self.pending), e
+            )
             return False
         self.pending.clear()
         return True

@@ -15,8 +15,16 @@ from typing import Literal
 from brokercore.broker.money import rupees
 from brokercore.realtime.channels import BookUpdate, Candle, Level
 
-__all__ = ["DEPTH_SQL", "LAST_PRICE_SQL", "CANDLES_SQL", "Interval", "INTERVALS", "DEPTH_LEVELS",
-           "book_update", "candles"]
+__all__ = [
+    "DEPTH_SQL",
+    "LAST_PRICE_SQL",
+    "CANDLES_SQL",
+    "Interval",
+    "INTERVALS",
+    "DEPTH_LEVELS",
+    "book_update",
+    "candles",
+]
 
 DEPTH_LEVELS = 10
 """Price levels shown per side."""
@@ -36,8 +44,13 @@ SELECT price FROM read_model.trades WHERE symbol = %(symbol)s ORDER BY seq DESC 
 
 Interval = Literal["1m", "5m", "15m", "1h", "1d"]
 
-INTERVALS: dict[Interval, timedelta] = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5),
-             "15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+INTERVALS: dict[Interval, timedelta] = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
+}
 """The candle intervals GET .../candles?interval= accepts."""
 
 CANDLES_SQL = """
@@ -52,18 +65,24 @@ SELECT date_bin(%(interval)s, executed_at, TIMESTAMPTZ '2000-01-01 00:00:00+00')
 """(bucket start, open, high, low, close, volume) per interval that has trades."""
 
 
-def book_update(symbol: str, depth: Iterable[tuple[str, int, int]],
-                last_price: int | None) -> BookUpdate:
+def book_update(
+    symbol: str, depth: Iterable[tuple[str, int, int]], last_price: int | None
+) -> BookUpdate:
     """The BOOK body from DEPTH_SQL's rows and the last trade price (paise)."""
     bids: list[Level] = []
     asks: list[Level] = []
     for side, price, quantity in depth:
         (bids if side == "BUY" else asks).append(Level(rupees(price), quantity))
-    return BookUpdate(symbol, bids, asks, bids[0] if bids else None,
-                      asks[0] if asks else None, rupees(last_price))
+    return BookUpdate(
+        symbol, bids, asks, bids[0] if bids else None, asks[0] if asks else None, rupees(last_price)
+    )
 
 
 def candles(rows: Iterable[tuple[datetime, int, int, int, int, int]]) -> list[Candle]:
     """Candles from CANDLES_SQL's rows."""
-    return [Candle(bucket.astimezone(UTC).isoformat(), rupees(o), rupees(h), rupees(lo),
-                   rupees(c), volume) for bucket, o, h, lo, c, volume in rows]
+    return [
+        Candle(
+            bucket.astimezone(UTC).isoformat(), rupees(o), rupees(h), rupees(lo), rupees(c), volume
+        )
+        for bucket, o, h, lo, c, volume in rows
+    ]

@@ -40,11 +40,30 @@ from brokercore.read.candles import (
 )
 from brokercore.realtime.channels import BookUpdate, Candle
 
-__all__ = ["MAX_PAGE_SIZE", "OrdersQuery", "HistoryQuery", "CandlesQuery",
-           "Order", "OrderWithFills", "Fill", "OrderPage", "Pagination", "OrderEvent",
-           "OrderHistory", "OrderState", "Position", "Portfolio", "Candles",
-           "list_orders", "get_order", "order_history", "state_at", "portfolio", "book",
-           "candle_series"]
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "OrdersQuery",
+    "HistoryQuery",
+    "CandlesQuery",
+    "Order",
+    "OrderWithFills",
+    "Fill",
+    "OrderPage",
+    "Pagination",
+    "OrderEvent",
+    "OrderHistory",
+    "OrderState",
+    "Position",
+    "Portfolio",
+    "Candles",
+    "list_orders",
+    "get_order",
+    "order_history",
+    "state_at",
+    "portfolio",
+    "book",
+    "candle_series",
+]
 
 MAX_PAGE_SIZE = 200
 
@@ -52,6 +71,7 @@ Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 # --- requests (query strings) ----------------------------------------------------------
+
 
 class OrdersQuery(msgspec.Struct, rename="camel", frozen=True):
     """GET /orders: filters (``from`` inclusive, ``to`` exclusive, on created_at) and
@@ -77,16 +97,17 @@ class CandlesQuery(msgspec.Struct, frozen=True):
 
 # --- answers -------------------------------------------------------------------------------
 
+
 class Order(msgspec.Struct, rename="camel", frozen=True):
     order_id: int
     symbol: str
     side: str
     type: str
     time_in_force: str
-    price: str | None           # None: a market order
+    price: str | None  # None: a market order
     quantity: int
     filled_qty: int
-    avg_price: str | None       # None before the first fill
+    avg_price: str | None  # None before the first fill
     status: str
     reject_reason: str | None
     created_at: str
@@ -129,7 +150,7 @@ class OrderEvent(msgspec.Struct, rename="camel", frozen=True):
 class OrderHistory(msgspec.Struct, rename="camel", frozen=True):
     order_id: int
     created_at: str
-    events: list[OrderEvent]    # oldest first
+    events: list[OrderEvent]  # oldest first
 
 
 class OrderState(msgspec.Struct, rename="camel", frozen=True):
@@ -147,8 +168,8 @@ class Position(msgspec.Struct, rename="camel", frozen=True):
     symbol: str
     quantity: int
     avg_price: str
-    current_price: str | None   # the last trade's price; None before any trade
-    pnl: str | None             # unrealised: (current - average) x quantity
+    current_price: str | None  # the last trade's price; None before any trade
+    pnl: str | None  # unrealised: (current - average) x quantity
 
 
 class Portfolio(msgspec.Struct, rename="camel", frozen=True):
@@ -222,14 +243,24 @@ _FILTERS = {
 
 async def list_orders(conn: AsyncConnection, user: str, query: OrdersQuery) -> OrderPage:
     """A page of the user's orders matching ``query``, newest first, and their total."""
-    params = {name: getattr(query, name) for name in _FILTERS
-              if getattr(query, name) is not None}
-    filters = sql.SQL(" AND ").join([sql.SQL(_FILTERS[name]) for name in params]) \
-        if params else sql.SQL("true")
+    params = {name: getattr(query, name) for name in _FILTERS if getattr(query, name) is not None}
+    filters = (
+        sql.SQL(" AND ").join([sql.SQL(_FILTERS[name]) for name in params])
+        if params
+        else sql.SQL("true")
+    )
     statement = sql.SQL(_PAGE).format(orders=sql.SQL(_USER_ORDERS), filters=filters)
-    rows = await (await conn.execute(statement, params | {
-        "user": user, "limit": query.page_size,
-        "offset": (query.page - 1) * query.page_size})).fetchall()
+    rows = await (
+        await conn.execute(
+            statement,
+            params
+            | {
+                "user": user,
+                "limit": query.page_size,
+                "offset": (query.page - 1) * query.page_size,
+            },
+        )
+    ).fetchall()
     orders = [_order(Order, row[1:]) for row in rows if row[1] is not None]
     return OrderPage(orders, Pagination(rows[0][0], query.page, query.page_size))
 
@@ -239,8 +270,7 @@ async def get_order(conn: AsyncConnection, user: str, order_id: int) -> OrderWit
     row = await (await conn.execute(_ORDER, {"order": order_id, "user": user})).fetchone()
     if row is None:
         return None
-    fills = [Fill(f["tradeId"], f["price"], f["quantity"], _iso_text(f["time"]))
-             for f in row[-1]]
+    fills = [Fill(f["tradeId"], f["price"], f["quantity"], _iso_text(f["time"])) for f in row[-1]]
     return _order(OrderWithFills, row[:-1], fills)
 
 
@@ -248,10 +278,37 @@ _Order = TypeVar("_Order", Order, OrderWithFills)
 
 
 def _order(kind: type[_Order], row: Sequence[Any], *more: list[Fill]) -> _Order:
-    (order_id, symbol, side, type_, tif, price, quantity, filled, avg_price, status, reason,
-     created, updated) = row
-    return kind(order_id, symbol, side, type_, tif, rupees(price), quantity, filled,
-                rupees(avg_price), status, reason, _iso(created), _iso(updated), *more)
+    (
+        order_id,
+        symbol,
+        side,
+        type_,
+        tif,
+        price,
+        quantity,
+        filled,
+        avg_price,
+        status,
+        reason,
+        created,
+        updated,
+    ) = row
+    return kind(
+        order_id,
+        symbol,
+        side,
+        type_,
+        tif,
+        rupees(price),
+        quantity,
+        filled,
+        rupees(avg_price),
+        status,
+        reason,
+        _iso(created),
+        _iso(updated),
+        *more,
+    )
 
 
 # --- history -------------------------------------------------------------------------------
@@ -264,15 +321,17 @@ SELECT o.created_at, e.event_id, e.status, e.filled_quantity, e.payload, e.occur
  ORDER BY e.occurred_at, e.event_id"""
 
 
-async def order_history(conn: AsyncConnection, user: str,
-                        order_id: int) -> OrderHistory | None:
+async def order_history(conn: AsyncConnection, user: str, order_id: int) -> OrderHistory | None:
     """Every recorded change of the user's order (``order_events``), in the order they
     happened; None if the user has no such order."""
     rows = await (await conn.execute(_HISTORY, {"order": order_id, "user": user})).fetchall()
     if not rows:
         return None
-    events = [OrderEvent(event_id, status, filled, _iso(at), payload)
-              for _, event_id, status, filled, payload, at in rows if event_id is not None]
+    events = [
+        OrderEvent(event_id, status, filled, _iso(at), payload)
+        for _, event_id, status, filled, payload, at in rows
+        if event_id is not None
+    ]
     return OrderHistory(order_id, _iso(rows[0][0]), events)
 
 
@@ -281,13 +340,12 @@ def state_at(history: OrderHistory, at: datetime) -> OrderState | None:
     later event), or as placed (PENDING) when none was recorded yet; None before the
     order was placed."""
     latest = None
-    for event in history.events:                # sorted by (occurred_at, event_id)
+    for event in history.events:  # sorted by (occurred_at, event_id)
         if datetime.fromisoformat(event.occurred_at) > at:
             break
         latest = event
     if latest is not None:
-        return OrderState(history.order_id, _iso(at), latest.status, latest.filled_qty,
-                          latest)
+        return OrderState(history.order_id, _iso(at), latest.status, latest.filled_qty, latest)
     if at >= datetime.fromisoformat(history.created_at):
         return OrderState(history.order_id, _iso(at), "PENDING", 0, None)
     return None
@@ -295,38 +353,53 @@ def state_at(history: OrderHistory, at: datetime) -> OrderState | None:
 
 # --- portfolio -----------------------------------------------------------------------------
 
+
 async def portfolio(conn: AsyncConnection, user: str) -> Portfolio | None:
     """The user's cash (the ledger) and open positions (the read model) valued at each
     symbol's last trade; None if the user has no account."""
-    account = await (await conn.execute(
-        "SELECT cash, blocked_cash FROM accounts WHERE user_id = %s", (user,))).fetchone()
+    account = await (
+        await conn.execute("SELECT cash, blocked_cash FROM accounts WHERE user_id = %s", (user,))
+    ).fetchone()
     if account is None:
         return None
     held = await (await conn.execute(_POSITIONS, (user,))).fetchall()
     positions = []
     for symbol, quantity, avg_price, last in held:
-        pnl = None if last is None else ((last - avg_price) * quantity).quantize(
-            Decimal(1), ROUND_HALF_UP)          # whole paise
-        positions.append(Position(symbol, quantity, rupees(avg_price), rupees(last),
-                                  rupees(pnl)))
+        pnl = (
+            None
+            if last is None
+            else ((last - avg_price) * quantity).quantize(Decimal(1), ROUND_HALF_UP)
+        )  # whole paise
+        positions.append(Position(symbol, quantity, rupees(avg_price), rupees(last), rupees(pnl)))
     return Portfolio(rupees(account[0]), rupees(account[1]), positions)
 
 
 # --- market data ---------------------------------------------------------------------------
 
+
 async def book(conn: AsyncConnection, symbol: str) -> BookUpdate:
     """The symbol's depth, best bid and ask, and last price, from the read model."""
-    depth = await (await conn.execute(DEPTH_SQL, {"symbol": symbol,
-                                                  "levels": DEPTH_LEVELS})).fetchall()
+    depth = await (
+        await conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS})
+    ).fetchall()
     return book_update(symbol, depth, await _last_price(conn, symbol))
 
 
-async def candle_series(conn: AsyncConnection, symbol: str, interval: Interval, start: datetime,
-                        end: datetime) -> Candles:
+async def candle_series(
+    conn: AsyncConnection, symbol: str, interval: Interval, start: datetime, end: datetime
+) -> Candles:
     """OHLCV of the symbol's trades in [start, end), one candle per interval that traded."""
-    rows = await (await conn.execute(CANDLES_SQL, {
-        "interval": INTERVALS[interval], "symbol": symbol, "from": start, "to": end,
-    })).fetchall()
+    rows = await (
+        await conn.execute(
+            CANDLES_SQL,
+            {
+                "interval": INTERVALS[interval],
+                "symbol": symbol,
+                "from": start,
+                "to": end,
+            },
+        )
+    ).fetchall()
     return Candles(symbol, interval, _iso(start), _iso(end), candles(rows))
 
 

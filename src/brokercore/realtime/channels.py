@@ -24,13 +24,28 @@ from typing import TypeAlias
 
 import msgspec
 
-__all__ = ["OrderUpdate", "Notification", "TradeTick", "Level", "BookUpdate", "Candle",
-           "user_channel", "trades_channel", "book_channel", "md_key", "online_key",
-           "projected_key", "Message", "encode_message", "decode_message"]
+__all__ = [
+    "OrderUpdate",
+    "Notification",
+    "TradeTick",
+    "Level",
+    "BookUpdate",
+    "Candle",
+    "user_channel",
+    "trades_channel",
+    "book_channel",
+    "md_key",
+    "online_key",
+    "projected_key",
+    "Message",
+    "encode_message",
+    "decode_message",
+]
 
 
-class OrderUpdate(msgspec.Struct, tag_field="type", tag="ORDER_UPDATE", rename="camel",
-                  frozen=True):
+class OrderUpdate(
+    msgspec.Struct, tag_field="type", tag="ORDER_UPDATE", rename="camel", frozen=True
+):
     """An order's state after a change; ``seq`` is its read_model.order_updates id, which
     grows per user, so a client resumes with the last one it saw."""
 
@@ -46,15 +61,16 @@ class OrderUpdate(msgspec.Struct, tag_field="type", tag="ORDER_UPDATE", rename="
     price: str | None
     reject_reason: str | None
     updated_at: str
-    event_time_ms: int          # the Kafka timestamp of the engine's event message
+    event_time_ms: int  # the Kafka timestamp of the engine's event message
 
 
-class Notification(msgspec.Struct, tag_field="type", tag="NOTIFICATION", rename="camel",
-                   frozen=True):
+class Notification(
+    msgspec.Struct, tag_field="type", tag="NOTIFICATION", rename="camel", frozen=True
+):
     """A message for a person; ``id`` is stable across re-deliveries (dedupe on it)."""
 
     id: str
-    kind: str                   # FILL, CANCELLED, EXPIRED, REJECTED, PRICE_ALERT
+    kind: str  # FILL, CANCELLED, EXPIRED, REJECTED, PRICE_ALERT
     title: str
     body: str
     symbol: str
@@ -88,7 +104,7 @@ class BookUpdate(msgspec.Struct, tag_field="type", tag="BOOK", rename="camel", f
 
 
 class Candle(msgspec.Struct, rename="camel", frozen=True):
-    time: str                   # start of the interval
+    time: str  # start of the interval
     open: str
     high: str
     low: str

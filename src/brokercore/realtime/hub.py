@@ -32,9 +32,26 @@ from redis.asyncio.connection import AbstractConnection
 
 from brokercore.realtime.channels import OrderUpdate, encode_message, online_key, user_channel
 
-__all__ = ["Welcome", "Subscribed", "Unsubscribed", "Error", "Ping", "Pong", "Resumed",
-           "Subscribe", "Unsubscribe", "Resume", "ClientOp", "BadFrame", "decode_op",
-           "encode_frame", "order_update_seq", "replayed_update", "Hub", "Sink"]
+__all__ = [
+    "Welcome",
+    "Subscribed",
+    "Unsubscribed",
+    "Error",
+    "Ping",
+    "Pong",
+    "Resumed",
+    "Subscribe",
+    "Unsubscribe",
+    "Resume",
+    "ClientOp",
+    "BadFrame",
+    "decode_op",
+    "encode_frame",
+    "order_update_seq",
+    "replayed_update",
+    "Hub",
+    "Sink",
+]
 
 log = logging.getLogger("brokercore.realtime.hub")
 
@@ -47,12 +64,13 @@ CONFIRM_TIMEOUT = 10.0
 
 # --- frames the gateway sends besides the channels' messages it forwards --------------------
 
+
 class Welcome(msgspec.Struct, tag_field="type", tag="WELCOME", rename="camel"):
     """The first frame: the socket is registered and subscribed to the user's channel."""
 
     user_id: str
     instance: str
-    heartbeat: float                # seconds between PINGs; answer each with {"op":"pong"}
+    heartbeat: float  # seconds between PINGs; answer each with {"op":"pong"}
 
 
 class Subscribed(msgspec.Struct, tag_field="type", tag="SUBSCRIBED"):
@@ -71,7 +89,7 @@ class Error(msgspec.Struct, tag_field="type", tag="ERROR"):
 
 
 class Ping(msgspec.Struct, tag_field="type", tag="PING"):
-    ts: int                         # epoch milliseconds
+    ts: int  # epoch milliseconds
 
 
 class Pong(msgspec.Struct, tag_field="type", tag="PONG"):
@@ -171,6 +189,7 @@ def replayed_update(payload: str) -> str:
 
 # --- the shared Redis side ---------------------------------------------------------------------
 
+
 class _Channel:
     """One subscribed channel: its live sinks, and those waiting for ``ready`` (the
     confirmation of the SUBSCRIBE sent for it) with the callback to run just before."""
@@ -193,16 +212,22 @@ class _Channel:
 class Hub:
     """One instance's pub/sub connection, channel router and online registrations."""
 
-    def __init__(self, client: Redis, prefix: str, instance: str, heartbeat: float,
-                 on_interrupt: Callable[[], None]):
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        instance: str,
+        heartbeat: float,
+        on_interrupt: Callable[[], None],
+    ):
         self.redis, self.prefix, self.instance = client, prefix, instance
         self.heartbeat = heartbeat
-        self.lease = 3 * heartbeat      # a registration outlives two missed refreshes
+        self.lease = 3 * heartbeat  # a registration outlives two missed refreshes
         self.on_interrupt = on_interrupt
-        self.users: Counter[str] = Counter()        # sockets here per user
+        self.users: Counter[str] = Counter()  # sockets here per user
         self._channels: dict[str, _Channel] = {}
-        self._sent: dict[str, deque[asyncio.Future[None]]] = {}     # unconfirmed SUBSCRIBEs
-        self._order = asyncio.Lock()                # (UN)SUBSCRIBE in the order asked
+        self._sent: dict[str, deque[asyncio.Future[None]]] = {}  # unconfirmed SUBSCRIBEs
+        self._order = asyncio.Lock()  # (UN)SUBSCRIBE in the order asked
         self._tasks: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
@@ -212,8 +237,10 @@ class Hub:
         connection = cast(AbstractConnection, self.pubsub.connection)
         # Called again on every reconnect that redis-py makes on its own.
         connection.register_connect_callback(self._reconnected)
-        self._tasks = [asyncio.create_task(self._read(), name="hub-reader"),
-                       asyncio.create_task(self._refresh(), name="hub-registry")]
+        self._tasks = [
+            asyncio.create_task(self._read(), name="hub-reader"),
+            asyncio.create_task(self._refresh(), name="hub-registry"),
+        ]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -232,8 +259,9 @@ class Hub:
 
     # -- channels
 
-    async def subscribe(self, channel: str, sink: Sink,
-                        before: Callable[[], None] | None = None) -> None:
+    async def subscribe(
+        self, channel: str, sink: Sink, before: Callable[[], None] | None = None
+    ) -> None:
         """Route ``channel`` to ``sink`` once Redis has confirmed it; ``before`` runs
         right before the first message can reach the sink. Raises if Redis fails."""
         entry = self._channels.get(channel)
@@ -278,7 +306,7 @@ class Hub:
             except Exception as e:
                 if ready is not None and not ready.done():
                     ready.set_exception(e)
-                    ready.exception()       # seen: the caller gets ``e`` itself
+                    ready.exception()  # seen: the caller gets ``e`` itself
                 raise
 
     # -- users
@@ -312,9 +340,9 @@ class Hub:
             for user in users:
                 key = online_key(self.prefix, user)
                 pipe.zadd(key, {self.instance: now + self.lease})
-                pipe.zremrangebyscore(key, "-inf", now)     # crashed instances' leases
-                pipe.expire(key, ttl, nx=True)              # the key goes with the last
-                pipe.expire(key, ttl, gt=True)              # lease, whoever set it
+                pipe.zremrangebyscore(key, "-inf", now)  # crashed instances' leases
+                pipe.expire(key, ttl, nx=True)  # the key goes with the last
+                pipe.expire(key, ttl, gt=True)  # lease, whoever set it
             await pipe.execute()
 
     async def _refresh(self) -> None:
@@ -337,7 +365,7 @@ class Hub:
                 continue
             except (redis.RedisError, OSError) as e:
                 log.warning("redis pub/sub failed (%s); closing this instance's sockets", e)
-            except Exception:               # the reader must not die
+            except Exception:  # the reader must not die
                 log.exception("the pub/sub reader failed; closing this instance's sockets")
             self._interrupted()
             await asyncio.sleep(1.0)
@@ -351,12 +379,12 @@ class Hub:
                 for sink in list(entry.sinks):
                     try:
                         sink(text)
-                    except Exception:       # one socket must not stop all
+                    except Exception:  # one socket must not stop all
                         log.exception("delivering on %s failed", channel)
         elif kind == "subscribe":
             sent = self._sent.get(channel)
             if not sent:
-                return                      # redis-py re-subscribing after a reconnect
+                return  # redis-py re-subscribing after a reconnect
             ready = sent.popleft()
             if not sent:
                 del self._sent[channel]
@@ -377,7 +405,7 @@ class Hub:
         for entry in self._channels.values():
             if not entry.ready.done():
                 entry.ready.set_exception(error)
-                entry.ready.exception()     # retrieved: nobody may be awaiting it
+                entry.ready.exception()  # retrieved: nobody may be awaiting it
         self._channels.clear()
         self._sent.clear()
         self.on_interrupt()

@@ -14,9 +14,15 @@ PAUSED: Final = 1
 class Matcher:
     """Owns the C state of a shard's matching loop over ``books`` (symbol id -> OrderBook)."""
 
-    def __init__(self, command_ring: RingBuffer, event_ring: RingBuffer,
-                 books: dict[int, OrderBook], max_batch: int = 1024, idle_wait: float = 0.005,
-                 mark_ring: RingBuffer | None = None) -> None: ...
+    def __init__(
+        self,
+        command_ring: RingBuffer,
+        event_ring: RingBuffer,
+        books: dict[int, OrderBook],
+        max_batch: int = 1024,
+        idle_wait: float = 0.005,
+        mark_ring: RingBuffer | None = None,
+    ) -> None: ...
     @property
     def command_ring(self) -> RingBuffer: ...
     @property

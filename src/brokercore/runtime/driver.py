@@ -31,7 +31,7 @@ class RunReport:
     latencies_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     input_fill_max: int = 0
     output_fill_max: int = 0
-    fill_total: int = 0                 # sum over samples of input + output fill
+    fill_total: int = 0  # sum over samples of input + output fill
     fill_samples: int = 0
     event_counts: dict[str, int] = field(default_factory=dict)
 
@@ -43,8 +43,9 @@ class RunReport:
     def events_per_second(self) -> float:
         return self.events / self.elapsed if self.elapsed else 0.0
 
-    def latency_percentiles_us(self, points: Sequence[float] = (50, 99, 99.9)
-                               ) -> dict[float, float]:
+    def latency_percentiles_us(
+        self, points: Sequence[float] = (50, 99, 99.9)
+    ) -> dict[float, float]:
         if not len(self.latencies_ns):
             return {p: float("nan") for p in points}
         return {p: float(np.percentile(self.latencies_ns, p)) / 1e3 for p in points}
@@ -56,7 +57,8 @@ class RunReport:
             f"commands        {self.commands:,} in {self.elapsed:.2f} s "
             f"= {self.commands_per_second / 1e6:.2f} M orders/s",
             f"events          {self.events:,} = {self.events_per_second / 1e6:.2f} M events/s",
-            "latency         " + "  ".join(f"p{p:g} {v:,.1f} us" for p, v in pct.items())
+            "latency         "
+            + "  ".join(f"p{p:g} {v:,.1f} us" for p, v in pct.items())
             + f"  max {self.latencies_ns.max() / 1e3 if len(self.latencies_ns) else 0:,.1f} us"
             + "  (command published -> event read)",
             f"ring fill       input max {self.input_fill_max:,}, output max "
@@ -65,9 +67,15 @@ class RunReport:
         ]
 
 
-def drive(shard: Shard, flow: Iterable[np.ndarray], *, batch: int = 256,
-          rate: float | None = None, progress: Callable[[str], None] | None = None,
-          progress_every: float = 1.0) -> RunReport:
+def drive(
+    shard: Shard,
+    flow: Iterable[np.ndarray],
+    *,
+    batch: int = 256,
+    rate: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    progress_every: float = 1.0,
+) -> RunReport:
     """Submit the flow to the started shard (at ``rate`` commands/s, or as fast as it
     takes them), read every event, stop the shard and report. A flow generated on the
     fly stalls the driver while it makes each chunk: pass a list to measure latency."""
@@ -87,7 +95,7 @@ def drive(shard: Shard, flow: Iterable[np.ndarray], *, batch: int = 256,
 
     for chunk in flow:
         for lo in range(0, len(chunk), batch):
-            commands = chunk[lo:lo + batch]
+            commands = chunk[lo : lo + batch]
             while True:
                 now = clock()
                 if now >= next_due:
@@ -122,8 +130,10 @@ def _sample_fill(shard: Shard, report: RunReport) -> None:
 
 def _progress_line(report: RunReport, elapsed_ns: int) -> str:
     seconds = elapsed_ns / 1e9
-    return (f"  {seconds:6.1f} s  {report.commands:>12,} commands  {report.events:>12,} events"
-            f"  {report.commands / seconds / 1e6:6.2f} M orders/s")
+    return (
+        f"  {seconds:6.1f} s  {report.commands:>12,} commands  {report.events:>12,} events"
+        f"  {report.commands / seconds / 1e6:6.2f} M orders/s"
+    )
 
 
 def print_progress(line: str) -> None:

@@ -27,14 +27,19 @@ _MAX_CANCEL_LAG = 2_000
 _LIMIT_SHARE, _MARKET_SHARE = 0.45, 0.10
 
 
-def order_flow(symbols: Sequence[int], total: int, seed: int = 1,
-               chunk: int = 65_536) -> Iterator[np.ndarray]:
+def order_flow(
+    symbols: Sequence[int], total: int, seed: int = 1, chunk: int = 65_536
+) -> Iterator[np.ndarray]:
     """Yield COMMAND_DTYPE chunks (at most ``chunk`` commands each) adding up to total;
     order ids are 1, 2, 3 ... over the whole flow."""
     next_id = 1
     for k, start in enumerate(range(0, total, chunk)):
-        commands = _chunk(np.asarray(symbols, dtype=np.uint32), min(chunk, total - start),
-                          next_id, np.random.default_rng([seed, k]))
+        commands = _chunk(
+            np.asarray(symbols, dtype=np.uint32),
+            min(chunk, total - start),
+            next_id,
+            np.random.default_rng([seed, k]),
+        )
         next_id += len(commands)
         yield commands
 
@@ -48,14 +53,15 @@ def _op_sequence(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     n_cancels = int(in_chunk.sum())
     n_markets = n - n_limits - n_cancels
     times = np.concatenate([placed, cancelled[in_chunk], rng.random(n_markets) * n])
-    ops = np.concatenate([np.full(n_limits, Op.LIMIT), np.full(n_cancels, Op.CANCEL),
-                          np.full(n_markets, Op.MARKET)]).astype(np.uint8)
+    ops = np.concatenate(
+        [np.full(n_limits, Op.LIMIT), np.full(n_cancels, Op.CANCEL), np.full(n_markets, Op.MARKET)]
+    ).astype(np.uint8)
     order = np.argsort(times, kind="stable")
     position = np.empty(len(order), np.int64)
     position[order] = np.arange(len(order))
     # The k-th cancel (in construction order) belongs to the k-th limit kept in_chunk.
     limit_of_cancel = position[:n_limits][in_chunk]
-    cancel_at = position[n_limits:n_limits + n_cancels]
+    cancel_at = position[n_limits : n_limits + n_cancels]
     target = np.empty(len(order), np.int64)
     target[cancel_at] = limit_of_cancel
     return ops[order], target
@@ -75,8 +81,9 @@ def _chunk(symbols: np.ndarray, n: int, first_id: int, rng: np.random.Generator)
     away = rng.integers(1, 51, size=len(c))
     away[rng.random(len(c)) < 0.2] *= -1
     c["price"] = np.where(side == Side.BUY, MID - np.maximum(away, -5), MID + np.maximum(away, -5))
-    c["tif"] = np.where(ops == Op.MARKET, Tif.IOC,
-                        np.where(rng.random(len(c)) < 0.1, Tif.IOC, Tif.GTC))
+    c["tif"] = np.where(
+        ops == Op.MARKET, Tif.IOC, np.where(rng.random(len(c)) < 0.1, Tif.IOC, Tif.GTC)
+    )
     cancels = np.flatnonzero(ops == Op.CANCEL)
     for field in ("order_id", "symbol", "account"):
         c[field][cancels] = c[field][target[cancels]]

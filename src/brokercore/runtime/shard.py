@@ -66,27 +66,38 @@ class Shard:
     matcher runs they refuse per-order calls from other threads.
     """
 
-    def __init__(self, books: Mapping[int, OrderBook], *, core: int | None = None,
-                 ring_capacity: int = 1 << 16, wait: WaitStrategy = WaitStrategy.BLOCKING,
-                 max_batch: int = 1024, commands_applied: int = 0, marks: bool = False):
+    def __init__(
+        self,
+        books: Mapping[int, OrderBook],
+        *,
+        core: int | None = None,
+        ring_capacity: int = 1 << 16,
+        wait: WaitStrategy = WaitStrategy.BLOCKING,
+        max_batch: int = 1024,
+        commands_applied: int = 0,
+        marks: bool = False,
+    ):
         if core is not None and core not in os.sched_getaffinity(0):
             raise ValueError(f"core {core} is not available to this process")
         self.core = core
         self.wait = WaitStrategy(wait)
-        self.base = commands_applied    # commands reflected by the books before this run
-        self._commands = RingBuffer(ring_capacity, COMMAND_DTYPE, consumers=(self.wait,),
-                                    multi_producer=True)
+        self.base = commands_applied  # commands reflected by the books before this run
+        self._commands = RingBuffer(
+            ring_capacity, COMMAND_DTYPE, consumers=(self.wait,), multi_producer=True
+        )
         self._events = RingBuffer(ring_capacity, EVENT_DTYPE, consumers=(self.wait,))
-        self._marks = (RingBuffer(ring_capacity, MARK_DTYPE, consumers=(self.wait,))
-                       if marks else None)
-        self._matcher = Matcher(self._commands, self._events, dict(books), max_batch,
-                                mark_ring=self._marks)
+        self._marks = (
+            RingBuffer(ring_capacity, MARK_DTYPE, consumers=(self.wait,)) if marks else None
+        )
+        self._matcher = Matcher(
+            self._commands, self._events, dict(books), max_batch, mark_ring=self._marks
+        )
         self._thread: threading.Thread | None = None
         self._snapshot_lock = threading.Lock()
         self._snapshot_ready = threading.Event()
         self._snapshot: bytes | None = None
-        self._snapshot_wanted = False               # by request_snapshot()
-        self._snapshots: deque[bytes] = deque()     # taken for SNAPSHOT marks
+        self._snapshot_wanted = False  # by request_snapshot()
+        self._snapshots: deque[bytes] = deque()  # taken for SNAPSHOT marks
         self.last_error: BaseException | None = None
 
     @classmethod
@@ -107,8 +118,9 @@ class Shard:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("shard already started")
-        self._thread = threading.Thread(target=self._run_matcher, name="brokercore-matcher",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_matcher, name="brokercore-matcher", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -137,16 +149,25 @@ class Shard:
 
     def _run_matcher(self) -> None:
         if self.core is not None:
-            os.sched_setaffinity(0, {self.core})    # pins this thread only
+            os.sched_setaffinity(0, {self.core})  # pins this thread only
         try:
             while self._matcher.run() == PAUSED:
                 self._snapshot = self._snapshot_now()
                 if self._snapshot_wanted and self._marks is not None:
                     self._snapshot_wanted = False
                     self._snapshots.append(self._snapshot)
-                    self._marks.publish(np.array([(
-                        MarkKind.SNAPSHOT, self._matcher.commands_applied,
-                        self._matcher.events_published)], MARK_DTYPE))
+                    self._marks.publish(
+                        np.array(
+                            [
+                                (
+                                    MarkKind.SNAPSHOT,
+                                    self._matcher.commands_applied,
+                                    self._matcher.events_published,
+                                )
+                            ],
+                            MARK_DTYPE,
+                        )
+                    )
                 self._matcher.request_pause(False)
                 self._snapshot_ready.set()
         except BaseException as e:  # noqa: BLE001 - kept for health(), and the rings close
@@ -210,8 +231,9 @@ class Shard:
 
     def _snapshot_now(self) -> bytes:
         books = self._matcher.books
-        parts = [_SNAPSHOT.pack(_SNAPSHOT_MAGIC, _SNAPSHOT_VERSION, self.commands_applied,
-                                len(books))]
+        parts = [
+            _SNAPSHOT.pack(_SNAPSHOT_MAGIC, _SNAPSHOT_VERSION, self.commands_applied, len(books))
+        ]
         for symbol, book in sorted(books.items()):
             data = book.snapshot()
             parts += [_BOOK_ENTRY.pack(symbol, len(data)), data]
@@ -254,8 +276,7 @@ def read_snapshot(data: bytes) -> tuple[dict[int, OrderBook], int]:
     """The books (symbol id -> OrderBook) of a ``Shard.snapshot()`` and the number of
     commands they reflect; ValueError if the bytes are not an intact snapshot."""
     data = bytes(data)
-    if len(data) < _SNAPSHOT.size + 4 or zlib.crc32(data[:-4]) != struct.unpack(
-            "<I", data[-4:])[0]:
+    if len(data) < _SNAPSHOT.size + 4 or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise ValueError("shard snapshot is truncated or corrupt")
     magic, version, commands_applied, n_books = _SNAPSHOT.unpack_from(data)
     if magic != _SNAPSHOT_MAGIC or version != _SNAPSHOT_VERSION:
@@ -264,7 +285,7 @@ def read_snapshot(data: bytes) -> tuple[dict[int, OrderBook], int]:
     for _ in range(n_books):
         symbol, size = _BOOK_ENTRY.unpack_from(data, offset)
         offset += _BOOK_ENTRY.size
-        books[symbol] = OrderBook.restore(data[offset:offset + size])
+        books[symbol] = OrderBook.restore(data[offset : offset + size])
         offset += size
     if offset != len(data) - 4:
         raise ValueError("shard snapshot length does not match its contents")

@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 
 class ServiceSpec(NamedTuple):
-    module: str         # under brokercore.services
-    http: bool          # an app factory served by uvicorn, else a main(argv)
+    module: str  # under brokercore.services
+    http: bool  # an app factory served by uvicorn, else a main(argv)
     summary: str
 
 
@@ -23,31 +23,45 @@ SERVICES = {
     "oms": ServiceSpec("oms", True, "REST order entry: place and cancel orders"),
     "query": ServiceSpec("query", True, "REST reads: orders, history, portfolio, market data"),
     "ws": ServiceSpec("ws", True, "WebSocket gateway: order updates, trades, books"),
-    "notifier-api": ServiceSpec("notifier_api", True,
-                                "REST notification preferences, devices and price alerts"),
+    "notifier-api": ServiceSpec(
+        "notifier_api", True, "REST notification preferences, devices and price alerts"
+    ),
     "settlement": ServiceSpec("settlement", False, "consumer: fills into cash and positions"),
-    "projector": ServiceSpec("projector", False,
-                             "consumer: the read model, caches and real-time channels"),
+    "projector": ServiceSpec(
+        "projector", False, "consumer: the read model, caches and real-time channels"
+    ),
     "notifier": ServiceSpec("notifier", False, "consumer: notifications, alerts and pushes"),
-    "reconciler": ServiceSpec("reconciler", False,
-                              "job: re-publishes the outbox, checks invariants, --report, "
-                              "--notifications re-delivers dead-lettered pushes"),
+    "reconciler": ServiceSpec(
+        "reconciler",
+        False,
+        "job: re-publishes the outbox, checks invariants, --report, "
+        "--notifications re-delivers dead-lettered pushes",
+    ),
 }
 
 
 def serve_http(name: str, module: str, argv: Sequence[str]) -> int:
     """Serve ``brokercore.services.<module>:create_app`` with uvicorn (uvloop, httptools)
     on the address the arguments give."""
-    parser = argparse.ArgumentParser(prog=f"brokercore service {name}",
-                                     description=SERVICES[name].summary)
+    parser = argparse.ArgumentParser(
+        prog=f"brokercore service {name}", description=SERVICES[name].summary
+    )
     parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     parser.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     parser.add_argument("--log-level", default="warning", help="uvicorn's (default: %(default)s)")
     args = parser.parse_args(argv)
     import uvicorn
-    uvicorn.run(f"brokercore.services.{module}:create_app", factory=True, host=args.host,
-                port=args.port, loop="uvloop", http="httptools", log_level=args.log_level,
-                access_log=False)
+
+    uvicorn.run(
+        f"brokercore.services.{module}:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=args.log_level,
+        access_log=False,
+    )
     return 0
 
 

@@ -25,8 +25,11 @@ Run = Callable[[KafkaSettings, ServiceSettings, threading.Event], object]
 def run_consumer(name: str, prepare: Callable[[KafkaSettings, ServiceSettings], Run]) -> int:
     """``prepare`` checks the settings (raising ValueError or ArithmeticError for bad
     ones) and returns what runs until the stop event is set."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     log = logging.getLogger(f"brokercore.{name}")
     try:
         kafka, settings = KafkaSettings.from_env(), ServiceSettings.from_env()

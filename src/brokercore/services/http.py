@@ -33,9 +33,21 @@ from brokercore.edge.text import bad_character
 from brokercore.entry.requests import ErrorBody, ErrorDetail, FieldError, encode_json
 from brokercore.faults.backoff import transient
 
-__all__ = ["LimitedApi", "api_app", "service_app", "database_pool", "ApiError",
-           "error_response", "guarded", "json_response", "authenticate", "read_body",
-           "field_error", "decode_body", "check_text"]
+__all__ = [
+    "LimitedApi",
+    "api_app",
+    "service_app",
+    "database_pool",
+    "ApiError",
+    "error_response",
+    "guarded",
+    "json_response",
+    "authenticate",
+    "read_body",
+    "field_error",
+    "decode_body",
+    "check_text",
+]
 
 log = logging.getLogger("brokercore.http")
 
@@ -70,14 +82,19 @@ class _Throttled:
 _unavailable = _Throttled()
 
 
-def database_pool(settings: ServiceSettings, max_size: int, **options: Any
-                  ) -> AsyncConnectionPool:
+def database_pool(settings: ServiceSettings, max_size: int, **options: Any) -> AsyncConnectionPool:
     """A Postgres pool that checks a connection before handing it out, so that after a
     restart of Postgres no request gets a dead one, and waits at most
     ``settings.db_pool_timeout`` for one (then PoolTimeout: 503)."""
-    return AsyncConnectionPool(settings.database_url, min_size=min(2, max_size),
-                               max_size=max_size, open=False, timeout=settings.db_pool_timeout,
-                               check=AsyncConnectionPool.check_connection, **options)
+    return AsyncConnectionPool(
+        settings.database_url,
+        min_size=min(2, max_size),
+        max_size=max_size,
+        open=False,
+        timeout=settings.db_pool_timeout,
+        check=AsyncConnectionPool.check_connection,
+        **options,
+    )
 
 
 class LimitedApi:
@@ -86,19 +103,35 @@ class LimitedApi:
     all are busy, the token verifier, and a per-user rate limit of ``burst`` requests at
     once and ``per_second`` after that, under its own Redis key prefix."""
 
-    def __init__(self, settings: ServiceSettings, limit_prefix: str, burst: int,
-                 per_second: float, *, max_connections: int, max_redis: int,
-                 configure: Callable[[AsyncConnection], Awaitable[None]] | None = None,
-                 redis_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        limit_prefix: str,
+        burst: int,
+        per_second: float,
+        *,
+        max_connections: int,
+        max_redis: int,
+        configure: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+        redis_options: dict[str, Any] | None = None,
+    ):
         self.settings = settings
         self.pool = database_pool(settings, max_connections, configure=configure)
-        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=max_redis, timeout=5, **(
-                {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_TIMEOUT}
-                | (redis_options or {}))))
+        self.redis = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=max_redis,
+                timeout=5,
+                **(
+                    {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_TIMEOUT}
+                    | (redis_options or {})
+                ),
+            )
+        )
         self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
-        self.limiter = TokenBucket(self.redis, burst, per_second,
-                                   prefix=settings.redis_prefix + limit_prefix)
+        self.limiter = TokenBucket(
+            self.redis, burst, per_second, prefix=settings.redis_prefix + limit_prefix
+        )
 
     async def open(self) -> None:
         await self.pool.open(wait=True)
@@ -112,8 +145,12 @@ class LimitedApi:
         principal = authenticate(self.verifier, request)
         wait = await self.limiter.take(principal.user_id)
         if wait > 0:
-            raise ApiError(429, "RATE_LIMITED", "too many requests; slow down",
-                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            raise ApiError(
+                429,
+                "RATE_LIMITED",
+                "too many requests; slow down",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         return principal
 
     async def body(self, request: Request) -> bytes:
@@ -127,7 +164,9 @@ def api_app(routes: Sequence[BaseRoute], lifespan: Lifespan[Starlette]) -> Starl
     and wrong methods (405, with Allow) included, and which never redirects to the
     path with or without a final slash (that path is simply not found)."""
     handlers: dict[Any, Callable[[Request, Any], Response]] = {
-        HTTPException: _http_error, Exception: _unexpected}
+        HTTPException: _http_error,
+        Exception: _unexpected,
+    }
     app = Starlette(routes=list(routes), lifespan=lifespan, exception_handlers=handlers)
     app.router.redirect_slashes = False
     return app
@@ -141,10 +180,10 @@ class Service(Protocol):
     async def close(self) -> None: ...
 
 
-def service_app(name: str, make: Callable[[], Service], routes: Sequence[BaseRoute]
-                ) -> Starlette:
+def service_app(name: str, make: Callable[[], Service], routes: Sequence[BaseRoute]) -> Starlette:
     """An ``api_app`` whose lifespan makes the service object (``make()``), awaits its
     ``open()``, keeps it as ``app.state.<name>`` and awaits its ``close()`` at shutdown."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service = make()
@@ -154,6 +193,7 @@ def service_app(name: str, make: Callable[[], Service], routes: Sequence[BaseRou
             yield
         finally:
             await service.close()
+
     return api_app(routes, lifespan)
 
 
@@ -171,15 +211,26 @@ def _unexpected(request: Request, exc: Exception) -> Response:
 class ApiError(Exception):
     """A refusal, answered as a JSON error by ``guarded``."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 fields: Sequence[FieldError] = (), headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.fields, self.headers = list(fields), headers
 
 
-def error_response(status: int, code: str, message: str, fields: Sequence[FieldError] = (),
-                   headers: Mapping[str, str] | None = None) -> Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    fields: Sequence[FieldError] = (),
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     body = ErrorBody(ErrorDetail(code, message, list(fields)))
     return Response(encode_json(body), status, headers, media_type="application/json")
 
@@ -188,8 +239,9 @@ def json_response(body: object, status: int = 200) -> Response:
     return Response(encode_json(body), status, media_type="application/json")
 
 
-def guarded(handler: Callable[[Request], Awaitable[Response]]
-            ) -> Callable[[Request], Awaitable[Response]]:
+def guarded(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
     """Every failure becomes a JSON error answer here, in the handler, after the
     request's path and query are checked (``check_target``): a dependency that is away
     (Postgres, Redis, Kafka) 503 with Retry-After, logged a few lines per outage; a
@@ -197,6 +249,7 @@ def guarded(handler: Callable[[Request], Awaitable[Response]]
     an unexpected error logged and answered 500 without a trace, and the connection
     stays usable (Starlette's catch-all handler would re-raise it, and the server drop
     the connection)."""
+
     async def handle(request: Request) -> Response:
         try:
             check_target(request)
@@ -204,20 +257,32 @@ def guarded(handler: Callable[[Request], Awaitable[Response]]
         except ApiError as e:
             return error_response(e.status, e.code, e.message, e.fields, e.headers)
         except ClientDisconnect:
-            log.debug("%s %s: the client went away before its body was read",
-                      request.method, request.url.path)
-            return error_response(499, "CLIENT_DISCONNECTED",
-                                  "the client went away before its body was read")
+            log.debug(
+                "%s %s: the client went away before its body was read",
+                request.method,
+                request.url.path,
+            )
+            return error_response(
+                499, "CLIENT_DISCONNECTED", "the client went away before its body was read"
+            )
         except Exception as e:
             if transient(e):
-                _unavailable.warning("%s %s answered 503: %s: %s", request.method,
-                                     request.url.path, type(e).__name__,
-                                     str(e).strip().replace("\n", " "))
-                return error_response(503, "SERVICE_UNAVAILABLE",
-                                      "a service this one needs is unavailable; try again",
-                                      headers={"Retry-After": RETRY_AFTER})
+                _unavailable.warning(
+                    "%s %s answered 503: %s: %s",
+                    request.method,
+                    request.url.path,
+                    type(e).__name__,
+                    str(e).strip().replace("\n", " "),
+                )
+                return error_response(
+                    503,
+                    "SERVICE_UNAVAILABLE",
+                    "a service this one needs is unavailable; try again",
+                    headers={"Retry-After": RETRY_AFTER},
+                )
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             return error_response(500, "INTERNAL_ERROR", "something went wrong on our side")
+
     return handle
 
 
@@ -226,9 +291,16 @@ def check_text(text: str, where: str) -> None:
     database or log should see (brokercore.edge.text)."""
     found = bad_character(text)
     if found is not None:
-        raise ApiError(400, "INVALID_CHARACTERS", "the request holds a refused character",
-                       [FieldError(where, f"holds {found}: control characters and lone "
-                                          "surrogates are refused")])
+        raise ApiError(
+            400,
+            "INVALID_CHARACTERS",
+            "the request holds a refused character",
+            [
+                FieldError(
+                    where, f"holds {found}: control characters and lone surrogates are refused"
+                )
+            ],
+        )
 
 
 def check_target(request: Request) -> None:
@@ -236,8 +308,9 @@ def check_target(request: Request) -> None:
     hold no refused character, and together they are not too long (414)."""
     path, query = request.scope["path"], request.scope["query_string"]
     if len(path) + len(query) > MAX_TARGET:
-        raise ApiError(414, "URI_TOO_LONG",
-                       f"the path and query may have at most {MAX_TARGET} characters")
+        raise ApiError(
+            414, "URI_TOO_LONG", f"the path and query may have at most {MAX_TARGET} characters"
+        )
     check_text(path, "path")
     for name, value in request.query_params.multi_items():
         check_text(name, "query")
@@ -248,24 +321,33 @@ def require_json(request: Request) -> None:
     """The body is declared JSON (``application/json``, in UTF-8 if a charset is
     named): 415 otherwise, so a form or text is never taken for JSON."""
     media, *parameters = request.headers.get("content-type", "").lower().split(";")
-    charsets = {value.strip().strip('"') for name, _, value in
-                (p.partition("=") for p in parameters) if name.strip() == "charset"}
+    charsets = {
+        value.strip().strip('"')
+        for name, _, value in (p.partition("=") for p in parameters)
+        if name.strip() == "charset"
+    }
     if media.strip() != "application/json" or not charsets <= {"utf-8"}:
-        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE",
-                       "the body must be JSON: Content-Type: application/json")
+        raise ApiError(
+            415, "UNSUPPORTED_MEDIA_TYPE", "the body must be JSON: Content-Type: application/json"
+        )
 
 
 def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
     """The principal of the request's bearer token, or 401 with WWW-Authenticate."""
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
-        raise ApiError(401, "UNAUTHENTICATED", "a bearer token is required",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "UNAUTHENTICATED",
+            "a bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     try:
         return verifier.verify(token)
     except AuthError as e:
-        raise ApiError(401, e.code, e.message,
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        raise ApiError(
+            401, e.code, e.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -295,17 +377,15 @@ def decode_body(kind: type[T], body: bytes, what: str) -> T:
     so no message repeats one), 422 naming the field if it is not a valid ``kind``."""
     try:
         value = msgspec.json.decode(body)
-    except msgspec.ValidationError as e:            # a number beyond 64 bits or a double
-        raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid",
-                       [field_error(e)]) from None
-    except (msgspec.DecodeError, RecursionError):   # not JSON, or nested too deeply
+    except msgspec.ValidationError as e:  # a number beyond 64 bits or a double
+        raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid", [field_error(e)]) from None
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deeply
         raise ApiError(400, "MALFORMED_JSON", "the body is not valid JSON") from None
     _check_strings(value)
     try:
         return msgspec.convert(value, kind)
     except msgspec.ValidationError as e:
-        raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid",
-                       [field_error(e)]) from None
+        raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid", [field_error(e)]) from None
 
 
 def _check_strings(value: object) -> None:

@@ -29,19 +29,32 @@ from brokercore.services.consumer import Run, run_consumer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="brokercore service notifier", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from-beginning", action="store_true",
-                        help="a new consumer group starts at the oldest event, not the end")
-    parser.add_argument("--concurrency", type=int, default=64,
-                        help="pushes sent at once at most")
+    parser = argparse.ArgumentParser(
+        prog="brokercore service notifier",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="a new consumer group starts at the oldest event, not the end",
+    )
+    parser.add_argument("--concurrency", type=int, default=64, help="pushes sent at once at most")
     args = parser.parse_args(argv)
-    logging.getLogger("httpx").setLevel(logging.WARNING)   # not a line per push
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per push
 
     def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> None:
-        asyncio.run(run_notifier(settings, kafka, stop, from_beginning=args.from_beginning,
-                                 concurrency=args.concurrency))
+        asyncio.run(
+            run_notifier(
+                settings,
+                kafka,
+                stop,
+                from_beginning=args.from_beginning,
+                concurrency=args.concurrency,
+            )
+        )
 
     def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
         return run
+
     return run_consumer("notifier", prepare)

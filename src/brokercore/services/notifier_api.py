@@ -57,9 +57,14 @@ class Notifications(LimitedApi):
     """The pieces one API process holds, made at start-up and closed at shutdown."""
 
     def __init__(self, settings: ServiceSettings):
-        super().__init__(settings, "notify-ratelimit:", settings.read_rate_limit_burst,
-                         settings.read_rate_limit_per_second, max_connections=10,
-                         max_redis=32)
+        super().__init__(
+            settings,
+            "notify-ratelimit:",
+            settings.read_rate_limit_burst,
+            settings.read_rate_limit_per_second,
+            max_connections=10,
+            max_redis=32,
+        )
         self.market = load_market(settings.instruments)
 
 
@@ -69,6 +74,7 @@ def _state(request: Request) -> Notifications:
 
 
 # --- preferences and devices ----------------------------------------------------------
+
 
 @guarded
 async def get_preferences(request: Request) -> Response:
@@ -111,6 +117,7 @@ async def unregister_device(request: Request) -> Response:
 
 # --- price alerts -----------------------------------------------------------------------
 
+
 @guarded
 async def create_alert(request: Request) -> Response:
     api = _state(request)
@@ -123,16 +130,30 @@ async def create_alert(request: Request) -> Response:
     except ValueError:
         price = 0
     if not 0 < price <= INT64_MAX:
-        raise ApiError(422, "INVALID_REQUEST", "the alert is invalid", [FieldError(
-            "price", "must be a positive amount in rupees with at most 2 decimals")])
+        raise ApiError(
+            422,
+            "INVALID_REQUEST",
+            "the alert is invalid",
+            [FieldError("price", "must be a positive amount in rupees with at most 2 decimals")],
+        )
     async with api.pool.connection() as conn:
         side = await initial_side(conn, alert.symbol, price)
-        row = await (await conn.execute(CREATE_SQL, {
-            "user": principal.user_id, "symbol": alert.symbol, "price": price,
-            "side": side, "limit": MAX_ALERTS_PER_USER})).fetchone()
+        row = await (
+            await conn.execute(
+                CREATE_SQL,
+                {
+                    "user": principal.user_id,
+                    "symbol": alert.symbol,
+                    "price": price,
+                    "side": side,
+                    "limit": MAX_ALERTS_PER_USER,
+                },
+            )
+        ).fetchone()
     if row is None:
-        raise ApiError(409, "TOO_MANY_ALERTS",
-                       f"a user may have at most {MAX_ALERTS_PER_USER} price alerts")
+        raise ApiError(
+            409, "TOO_MANY_ALERTS", f"a user may have at most {MAX_ALERTS_PER_USER} price alerts"
+        )
     return json(alert_body(row), 201)
 
 
@@ -160,13 +181,20 @@ async def delete_alert(request: Request) -> Response:
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
-    return service_app("notifications", lambda: Notifications(settings), [
-        Route("/api/v1/notifications/preferences", get_preferences, methods=["GET"]),
-        Route("/api/v1/notifications/preferences", put_preferences, methods=["PUT"]),
-        Route("/api/v1/notifications/devices", register_device, methods=["POST"]),
-        Route("/api/v1/notifications/devices/{device_token}", unregister_device,
-              methods=["DELETE"]),
-        Route("/api/v1/alerts", create_alert, methods=["POST"]),
-        Route("/api/v1/alerts", list_alerts, methods=["GET"]),
-        Route("/api/v1/alerts/{alert_id}", delete_alert, methods=["DELETE"]),
-    ])
+    return service_app(
+        "notifications",
+        lambda: Notifications(settings),
+        [
+            Route("/api/v1/notifications/preferences", get_preferences, methods=["GET"]),
+            Route("/api/v1/notifications/preferences", put_preferences, methods=["PUT"]),
+            Route("/api/v1/notifications/devices", register_device, methods=["POST"]),
+            Route(
+                "/api/v1/notifications/devices/{device_token}",
+                unregister_device,
+                methods=["DELETE"],
+            ),
+            Route("/api/v1/alerts", create_alert, methods=["POST"]),
+            Route("/api/v1/alerts", list_alerts, methods=["GET"]),
+            Route("/api/v1/alerts/{alert_id}", delete_alert, methods=["DELETE"]),
+        ],
+    )

@@ -37,20 +37,31 @@ class Oms(LimitedApi):
     its two background jobs: the idempotency keys' cleanup and the outbox's sweep."""
 
     def __init__(self, settings: ServiceSettings, kafka: KafkaSettings):
-        super().__init__(settings, "ratelimit:", settings.rate_limit_burst,
-                         settings.rate_limit_per_second, max_connections=20, max_redis=64)
+        super().__init__(
+            settings,
+            "ratelimit:",
+            settings.rate_limit_burst,
+            settings.rate_limit_per_second,
+            max_connections=20,
+            max_redis=64,
+        )
         market = load_market(settings.instruments, settings.calendar)
-        self.entry = OrderEntry(self.pool, market, kafka,
-                                fees=FeeSchedule(Decimal(settings.fee_bps),
-                                                 settings.fee_fixed_paise))
+        self.entry = OrderEntry(
+            self.pool,
+            market,
+            kafka,
+            fees=FeeSchedule(Decimal(settings.fee_bps), settings.fee_fixed_paise),
+        )
         self.publisher = OutboxPublisher(self.pool, kafka.bootstrap)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
         self._jobs: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
         await super().open()
-        self._jobs = [asyncio.create_task(expire_keys(self)),
-                      asyncio.create_task(self.publisher.run())]
+        self._jobs = [
+            asyncio.create_task(expire_keys(self)),
+            asyncio.create_task(self.publisher.run()),
+        ]
 
     async def close(self) -> None:
         for job in self._jobs:
@@ -74,8 +85,12 @@ def accepted(receipt: OrderReceipt) -> Response:
     return Response(encode_json(body), 202, media_type="application/json")
 
 
-_REFUSAL_STATUS = {Refusal.NO_ACCOUNT: 403, Refusal.IDEMPOTENCY_KEY_REUSED: 422,
-                   Refusal.ORDER_NOT_FOUND: 404, Refusal.ORDER_NOT_OPEN: 409}
+_REFUSAL_STATUS = {
+    Refusal.NO_ACCOUNT: 403,
+    Refusal.IDEMPOTENCY_KEY_REUSED: 422,
+    Refusal.ORDER_NOT_FOUND: 404,
+    Refusal.ORDER_NOT_OPEN: 409,
+}
 
 
 def refusal_status(reason: Refusal | RejectCode) -> int:
@@ -96,8 +111,11 @@ async def place_order(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
     order = decode_body(PlaceOrderRequest, await oms.body(request), "order")
-    return accepted(await oms.published(principal.user_id,
-                                        await entry(oms.entry.place(principal.user_id, order))))
+    return accepted(
+        await oms.published(
+            principal.user_id, await entry(oms.entry.place(principal.user_id, order))
+        )
+    )
 
 
 @guarded
@@ -107,17 +125,26 @@ async def cancel_order(request: Request) -> Response:
     raw = request.path_params["order_id"]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, "ORDER_NOT_FOUND", f"no order {raw[:40]}")
-    return accepted(await oms.published(
-        principal.user_id, await entry(oms.entry.cancel(principal.user_id, int(raw)))))
+    return accepted(
+        await oms.published(
+            principal.user_id, await entry(oms.entry.cancel(principal.user_id, int(raw)))
+        )
+    )
 
 
-def create_app(settings: ServiceSettings | None = None,
-               kafka: KafkaSettings | None = None) -> Starlette:
+def create_app(
+    settings: ServiceSettings | None = None, kafka: KafkaSettings | None = None
+) -> Starlette:
     settings = settings or ServiceSettings.from_env()
     kafka = kafka or KafkaSettings.from_env()
-    return service_app("oms", lambda: Oms(settings, kafka), [
-        Route("/api/v1/orders", place_order, methods=["POST"]),
-        Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"])])
+    return service_app(
+        "oms",
+        lambda: Oms(settings, kafka),
+        [
+            Route("/api/v1/orders", place_order, methods=["POST"]),
+            Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"]),
+        ],
+    )
 
 
 async def expire_keys(oms: Oms, every: float = 3600.0) -> None:

@@ -21,9 +21,15 @@ from brokercore.services.consumer import Run, run_consumer
 
 
 def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> None:
-    run_projector(kafka.bootstrap, kafka.events_topic, settings.database_url,
-                  settings.instruments, settings.redis_url, settings.redis_prefix,
-                  stop_event=stop)
+    run_projector(
+        kafka.bootstrap,
+        kafka.events_topic,
+        settings.database_url,
+        settings.instruments,
+        settings.redis_url,
+        settings.redis_prefix,
+        stop_event=stop,
+    )
 
 
 def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
@@ -31,6 +37,7 @@ def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="brokercore service projector",
-                            description=__doc__).parse_args(argv)
+    argparse.ArgumentParser(prog="brokercore service projector", description=__doc__).parse_args(
+        argv
+    )
     return run_consumer("projector", prepare)

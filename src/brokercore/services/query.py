@@ -75,12 +75,20 @@ class QueryService(LimitedApi):
     rate limit is the reads' budget (BROKERCORE_READ_RATE_LIMIT_*)."""
 
     def __init__(self, settings: ServiceSettings):
-        super().__init__(settings, "read-ratelimit:", settings.read_rate_limit_burst,
-                         settings.read_rate_limit_per_second, max_connections=20,
-                         max_redis=64, configure=_snapshot_reads, redis_options={
-                             "socket_timeout": REDIS_TIMEOUT,
-                             "socket_connect_timeout": REDIS_TIMEOUT,
-                             "retry": Retry(NoBackoff(), 0)})
+        super().__init__(
+            settings,
+            "read-ratelimit:",
+            settings.read_rate_limit_burst,
+            settings.read_rate_limit_per_second,
+            max_connections=20,
+            max_redis=64,
+            configure=_snapshot_reads,
+            redis_options={
+                "socket_timeout": REDIS_TIMEOUT,
+                "socket_connect_timeout": REDIS_TIMEOUT,
+                "retry": Retry(NoBackoff(), 0),
+            },
+        )
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
         self.market = load_market(settings.instruments)
         self._books_down_until = 0.0
@@ -94,16 +102,24 @@ class QueryService(LimitedApi):
         async with self.pool.connection() as conn:
             return await query(conn, *args)
 
-    async def cached(self, user: str, name: str, query: Callable[..., Awaitable[object]],
-                     *args: Any, missing: ApiError | None = None) -> Response:
+    async def cached(
+        self,
+        user: str,
+        name: str,
+        query: Callable[..., Awaitable[object]],
+        *args: Any,
+        missing: ApiError | None = None,
+    ) -> Response:
         """The user's answer ``name``: from the cache, else ``query``'s (then cached);
         ``missing`` is raised (and nothing cached) when the query, one that can find
         nothing, finds nothing."""
+
         async def load() -> bytes:
             found = await self.read(query, *args)
             if found is None and missing is not None:
                 raise missing
             return encode_json(found)
+
         return _json(await self.cache.get(user, name, load))
 
     async def book_copy(self, symbol: str) -> bytes | None:
@@ -132,8 +148,7 @@ def _json(body: bytes) -> Response:
 
 
 def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "INVALID_REQUEST", "the query is invalid",
-                    [FieldError(field, message)])
+    return ApiError(422, "INVALID_REQUEST", "the query is invalid", [FieldError(field, message)])
 
 
 def _params(request: Request, kind: type[msgspec.Struct] | None = None) -> dict[str, str]:
@@ -143,9 +158,12 @@ def _params(request: Request, kind: type[msgspec.Struct] | None = None) -> dict[
     params: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
         if name not in known:
-            raise _invalid(name[:40], f"unknown query parameter (expected one of "
-                                      f"{', '.join(sorted(known))})" if known else
-                           "this endpoint takes no query parameters")
+            raise _invalid(
+                name[:40],
+                f"unknown query parameter (expected one of {', '.join(sorted(known))})"
+                if known
+                else "this endpoint takes no query parameters",
+            )
         if name in params:
             raise _invalid(name, "given more than once")
         params[name] = value
@@ -165,8 +183,9 @@ def _convert(params: Mapping[str, object], kind: type[Q]) -> Q:
     for info in msgspec.structs.fields(kind):
         instant = getattr(query, info.name)
         if isinstance(instant, datetime) and not EARLIEST <= instant <= LATEST:
-            raise _invalid(info.encode_name, f"must be between {EARLIEST.isoformat()} and "
-                                              f"{LATEST.isoformat()}")
+            raise _invalid(
+                info.encode_name, f"must be between {EARLIEST.isoformat()} and {LATEST.isoformat()}"
+            )
     return query
 
 
@@ -200,11 +219,12 @@ async def list_orders(request: Request) -> Response:
     if "status" in raw:
         params["status"] = raw["status"].split(",")
     query = _convert(params, queries.OrdersQuery)
-    if query.status:                        # one cache entry for equal filters
+    if query.status:  # one cache entry for equal filters
         query = msgspec.structs.replace(query, status=sorted(set(query.status)))
     _ordered(query.start, query.end)
-    return await service.cached(user, "orders:" + encode_json(query).decode(),
-                                queries.list_orders, user, query)
+    return await service.cached(
+        user, "orders:" + encode_json(query).decode(), queries.list_orders, user, query
+    )
 
 
 @guarded
@@ -213,8 +233,9 @@ async def get_order(request: Request) -> Response:
     user = await service.user(request)
     order_id = _order_id(request)
     _params(request)
-    return await service.cached(user, f"order:{order_id}", queries.get_order, user,
-                                order_id, missing=_no_order(order_id))
+    return await service.cached(
+        user, f"order:{order_id}", queries.get_order, user, order_id, missing=_no_order(order_id)
+    )
 
 
 @guarded
@@ -230,9 +251,12 @@ async def order_history(request: Request) -> Response:
         return _json(encode_json(history))
     state = queries.state_at(history, at)
     if state is None:
-        raise ApiError(404, "ORDER_NOT_YET_PLACED",
-                       f"order {order_id} was placed at {history.created_at}, after "
-                       f"{at.astimezone(UTC).isoformat()}")
+        raise ApiError(
+            404,
+            "ORDER_NOT_YET_PLACED",
+            f"order {order_id} was placed at {history.created_at}, after "
+            f"{at.astimezone(UTC).isoformat()}",
+        )
     return _json(encode_json(state))
 
 
@@ -241,8 +265,13 @@ async def portfolio(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
     _params(request)
-    return await service.cached(user, "portfolio", queries.portfolio, user, missing=ApiError(
-        403, "NO_ACCOUNT", "this user has no trading account"))
+    return await service.cached(
+        user,
+        "portfolio",
+        queries.portfolio,
+        user,
+        missing=ApiError(403, "NO_ACCOUNT", "this user has no trading account"),
+    )
 
 
 @guarded
@@ -267,18 +296,27 @@ async def candles(request: Request) -> Response:
     start = query.start or end - CANDLE_WINDOW
     _ordered(start, end)
     if (end - start) / INTERVALS[query.interval] > MAX_CANDLES:
-        raise _invalid("from", f"the window spans more than {MAX_CANDLES} intervals of "
-                               f"{query.interval}; narrow it or use a longer interval")
-    return _json(encode_json(await service.read(queries.candle_series, symbol,
-                                                query.interval, start, end)))
+        raise _invalid(
+            "from",
+            f"the window spans more than {MAX_CANDLES} intervals of "
+            f"{query.interval}; narrow it or use a longer interval",
+        )
+    return _json(
+        encode_json(await service.read(queries.candle_series, symbol, query.interval, start, end))
+    )
 
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
-    return service_app("query", lambda: QueryService(settings), [
-                Route("/api/v1/orders", list_orders, methods=["GET"]),
-                Route("/api/v1/orders/{order_id}", get_order, methods=["GET"]),
-                Route("/api/v1/orders/{order_id}/history", order_history, methods=["GET"]),
-                Route("/api/v1/portfolio", portfolio, methods=["GET"]),
-                Route("/api/v1/marketdata/{symbol}", market_data, methods=["GET"]),
-                Route("/api/v1/marketdata/{symbol}/candles", candles, methods=["GET"])])
+    return service_app(
+        "query",
+        lambda: QueryService(settings),
+        [
+            Route("/api/v1/orders", list_orders, methods=["GET"]),
+            Route("/api/v1/orders/{order_id}", get_order, methods=["GET"]),
+            Route("/api/v1/orders/{order_id}/history", order_history, methods=["GET"]),
+            Route("/api/v1/portfolio", portfolio, methods=["GET"]),
+            Route("/api/v1/marketdata/{symbol}", market_data, methods=["GET"]),
+            Route("/api/v1/marketdata/{symbol}/candles", candles, methods=["GET"]),
+        ],
+    )

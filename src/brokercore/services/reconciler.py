@@ -53,8 +53,14 @@ from brokercore.services.consumer import Run, asyncio_stop, run_consumer
 log = logging.getLogger("brokercore.reconciler")
 
 
-async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: float,
-                    older_than: float, once: bool, stop: asyncio.Event) -> int:
+async def republish(
+    settings: ServiceSettings,
+    kafka: KafkaSettings,
+    every: float,
+    older_than: float,
+    once: bool,
+    stop: asyncio.Event,
+) -> int:
     """Runs the re-publishing rounds; returns how many rows it re-published in all. A
     round that Postgres or Kafka failed (a restart) is tried again with back-off (the
     pool checks its connections, so a restart costs no more than that); any other
@@ -62,8 +68,9 @@ async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: floa
     total = 0
     sessions = market_sessions(settings)
     backoff = Backoff("reconciler", log)
-    async with AsyncConnectionPool(settings.database_url, min_size=1, max_size=2,
-                                   check=AsyncConnectionPool.check_connection) as pool:
+    async with AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=2, check=AsyncConnectionPool.check_connection
+    ) as pool:
         publisher = OutboxPublisher(pool, kafka.bootstrap)
         try:
             while True:
@@ -91,9 +98,13 @@ async def republish(settings: ServiceSettings, kafka: KafkaSettings, every: floa
             await publisher.aclose()
 
 
-async def retry_notifications(settings: ServiceSettings, kafka: KafkaSettings, once: bool,
-                              stop: asyncio.Event, provider: PushProvider | None = None
-                              ) -> Redelivery:
+async def retry_notifications(
+    settings: ServiceSettings,
+    kafka: KafkaSettings,
+    once: bool,
+    stop: asyncio.Event,
+    provider: PushProvider | None = None,
+) -> Redelivery:
     """Runs the dead-letter rounds (one if ``once``); returns what they did in all."""
     if provider is None:
         provider = HttpPushProvider(push_url(settings))
@@ -102,13 +113,21 @@ async def retry_notifications(settings: ServiceSettings, kafka: KafkaSettings, o
     total = Redelivery()
     try:
         while True:
-            done = await redeliver_dead_letters(kafka.bootstrap, topic,
-                                                redelivery_group_id(kafka.topic_prefix), provider,
-                                                dead_letters)
+            done = await redeliver_dead_letters(
+                kafka.bootstrap,
+                topic,
+                redelivery_group_id(kafka.topic_prefix),
+                provider,
+                dead_letters,
+            )
             total += done
             if done.delivered or done.failed or done.unreadable:
-                log.info("dead-lettered pushes: %d delivered, %d failed again, %d unreadable",
-                         done.delivered, done.failed, done.unreadable)
+                log.info(
+                    "dead-lettered pushes: %d delivered, %d failed again, %d unreadable",
+                    done.delivered,
+                    done.failed,
+                    done.unreadable,
+                )
             if once:
                 return total
             try:
@@ -135,15 +154,18 @@ def market_sessions(settings: ServiceSettings) -> dict[str, Session]:
     return {symbol: instrument.session for symbol, instrument in market.items()}
 
 
-def warn_broken_invariants(settings: ServiceSettings, sessions: dict[str, Session],
-                           most: int = 100) -> list[Finding]:
+def warn_broken_invariants(
+    settings: ServiceSettings, sessions: dict[str, Session], most: int = 100
+) -> list[Finding]:
     """One round of the invariant checks: each broken one (the first ``most``) is
     logged as a WARNING, after a line with how many there are."""
     with psycopg.connect(settings.database_url, connect_timeout=10) as conn:
         broken = check_invariants(conn, sessions, datetime.now(UTC))
     if broken:
-        log.warning("%d INVARIANT(S) BROKEN (brokercore service reconciler --report lists "
-                    "them all)", len(broken))
+        log.warning(
+            "%d INVARIANT(S) BROKEN (brokercore service reconciler --report lists them all)",
+            len(broken),
+        )
     for finding in broken[:most]:
         log.warning("INVARIANT BROKEN: %s", finding)
     return broken
@@ -155,8 +177,7 @@ def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:
         events = settled_events(conn, kafka.bootstrap, kafka.events_topic)
         findings = find_discrepancies(conn, events)
         broken = check_invariants(conn, market_sessions(settings), datetime.now(UTC))
-    print(f"{len(events):,} settled events compared with Postgres: "
-          f"{len(findings)} finding(s)")
+    print(f"{len(events):,} settled events compared with Postgres: {len(findings)} finding(s)")
     print(f"invariants of the ledger: {len(broken)} broken")
     for finding in findings + broken:
         print(f"  {finding}")
@@ -166,35 +187,45 @@ def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brokercore service reconciler", description=__doc__)
     parser.add_argument("--every", type=float, default=30.0, help="seconds between rounds")
-    parser.add_argument("--older-than", type=float, default=60.0,
-                        help="age in seconds after which a PENDING order is re-published")
+    parser.add_argument(
+        "--older-than",
+        type=float,
+        default=60.0,
+        help="age in seconds after which a PENDING order is re-published",
+    )
     parser.add_argument("--once", action="store_true", help="one round, then exit")
-    parser.add_argument("--report", action="store_true",
-                        help="compare the settled events with Postgres, print the findings")
-    parser.add_argument("--notifications", action="store_true",
-                        help="retry the dead-lettered pushes (every "
-                             "BROKERCORE_DEAD_LETTER_RETRY_INTERVAL seconds)")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="compare the settled events with Postgres, print the findings",
+    )
+    parser.add_argument(
+        "--notifications",
+        action="store_true",
+        help="retry the dead-lettered pushes (every BROKERCORE_DEAD_LETTER_RETRY_INTERVAL seconds)",
+    )
     args = parser.parse_args(argv)
-    logging.getLogger("httpx").setLevel(logging.WARNING)   # not a line per push
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per push
 
-    async def notifications(settings: ServiceSettings, kafka: KafkaSettings,
-                            stop: threading.Event) -> Redelivery:
+    async def notifications(
+        settings: ServiceSettings, kafka: KafkaSettings, stop: threading.Event
+    ) -> Redelivery:
         async with asyncio_stop(stop) as stopped:
             return await retry_notifications(settings, kafka, args.once, stopped)
 
-    async def outbox(settings: ServiceSettings, kafka: KafkaSettings,
-                     stop: threading.Event) -> int:
+    async def outbox(settings: ServiceSettings, kafka: KafkaSettings, stop: threading.Event) -> int:
         async with asyncio_stop(stop) as stopped:
-            return await republish(settings, kafka, args.every, args.older_than, args.once,
-                                   stopped)
+            return await republish(settings, kafka, args.every, args.older_than, args.once, stopped)
 
     def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> int:
         if args.report:
             return report(settings, kafka)
         if args.notifications:
             done = asyncio.run(notifications(settings, kafka, stop))
-            print(f"dead-lettered pushes: {done.delivered} delivered, {done.failed} failed "
-                  f"again, {done.unreadable} unreadable")
+            print(
+                f"dead-lettered pushes: {done.delivered} delivered, {done.failed} failed "
+                f"again, {done.unreadable} unreadable"
+            )
         else:
             print(f"re-published {asyncio.run(outbox(settings, kafka, stop))} outbox rows")
         return 0
@@ -203,4 +234,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.notifications:
             push_url(settings)
         return run
+
     return run_consumer("reconciler", prepare)

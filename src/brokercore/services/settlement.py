@@ -27,13 +27,22 @@ def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
     fees = FeeSchedule(Decimal(settings.fee_bps), settings.fee_fixed_paise)
 
     def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> None:
-        run_settlement(kafka.bootstrap, kafka.events_topic, settings.database_url,
-                       settings.instruments, fees, stop_event=stop,
-                       redis_url=settings.redis_url, redis_prefix=settings.redis_prefix)
+        run_settlement(
+            kafka.bootstrap,
+            kafka.events_topic,
+            settings.database_url,
+            settings.instruments,
+            fees,
+            stop_event=stop,
+            redis_url=settings.redis_url,
+            redis_prefix=settings.redis_prefix,
+        )
+
     return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="brokercore service settlement",
-                            description=__doc__).parse_args(argv)
+    argparse.ArgumentParser(prog="brokercore service settlement", description=__doc__).parse_args(
+        argv
+    )
     return run_consumer("settlement", prepare)

@@ -69,8 +69,8 @@ from brokercore.services.http import database_pool, service_app
 
 log = logging.getLogger("brokercore.ws")
 
-REPLAY_LIMIT = 10_000       # ORDER_UPDATEs one resume sends at most
-CLOSE_TIMEOUT = 10.0        # seconds a close frame may wait behind unread data
+REPLAY_LIMIT = 10_000  # ORDER_UPDATEs one resume sends at most
+CLOSE_TIMEOUT = 10.0  # seconds a close frame may wait behind unread data
 
 REPLAY_SQL = """
 SELECT update_id, payload::text FROM read_model.order_updates
@@ -92,16 +92,22 @@ class Gateway:
 
     def __init__(self, settings: ServiceSettings):
         if settings.ws_queue_size < 1 or not settings.ws_heartbeat > 0:
-            raise ValueError("BROKERCORE_WS_QUEUE_SIZE must be at least 1 and "
-                             "BROKERCORE_WS_HEARTBEAT positive")
+            raise ValueError(
+                "BROKERCORE_WS_QUEUE_SIZE must be at least 1 and BROKERCORE_WS_HEARTBEAT positive"
+            )
         self.settings = settings
         self.instance = uuid.uuid4().hex
         self.redis = Redis.from_url(settings.redis_url, client_name=f"ws-{self.instance}")
         self.pool = database_pool(settings, 8)
         self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
         self.market = load_market(settings.instruments)
-        self.hub = Hub(self.redis, settings.redis_prefix, self.instance,
-                       settings.ws_heartbeat, self.interrupted)
+        self.hub = Hub(
+            self.redis,
+            settings.redis_prefix,
+            self.instance,
+            settings.ws_heartbeat,
+            self.interrupted,
+        )
         self.sessions: set[Session] = set()
 
     async def open(self) -> None:
@@ -112,8 +118,9 @@ class Gateway:
         for session in list(self.sessions):
             session.shutdown(1001, "server shutting down")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(
-                *(s.finished.wait() for s in list(self.sessions))), CLOSE_TIMEOUT + 5)
+            await asyncio.wait_for(
+                asyncio.gather(*(s.finished.wait() for s in list(self.sessions))), CLOSE_TIMEOUT + 5
+            )
         await self.hub.close()
         await self.pool.close()
         await self.redis.aclose()
@@ -123,11 +130,15 @@ class Gateway:
             session.shutdown(1012, "message stream interrupted: reconnect and resume")
 
     def authenticate(self, websocket: WebSocket) -> str:
-        token = (bearer_token(websocket.headers.get("authorization", ""))
-                 or websocket.query_params.get("token", ""))
+        token = bearer_token(
+            websocket.headers.get("authorization", "")
+        ) or websocket.query_params.get("token", "")
         if not token:
-            raise Refused(4401, "UNAUTHENTICATED",
-                          "a bearer token is required (Authorization header or ?token=)")
+            raise Refused(
+                4401,
+                "UNAUTHENTICATED",
+                "a bearer token is required (Authorization header or ?token=)",
+            )
         try:
             return self.verifier.verify(token).user_id
         except AuthError as e:
@@ -138,8 +149,9 @@ def parse_since(raw: str | None) -> int | None:
     if raw is None:
         return None
     if not raw.isdigit() or len(raw) > 18:
-        raise Refused(4400, "INVALID_REQUEST",
-                      "since must be a non-negative integer: the last seq received")
+        raise Refused(
+            4400, "INVALID_REQUEST", "since must be a non-negative integer: the last seq received"
+        )
     return int(raw)
 
 
@@ -154,16 +166,15 @@ class Session:
 
     def __init__(self, gateway: Gateway, websocket: WebSocket, user: str):
         self.gateway, self.websocket, self.user = gateway, websocket, user
-        self.queue: asyncio.Queue[str | list[str]] = asyncio.Queue(
-            gateway.settings.ws_queue_size)
+        self.queue: asyncio.Queue[str | list[str]] = asyncio.Queue(gateway.settings.ws_queue_size)
         self.closing = asyncio.Event()
         self.finished = asyncio.Event()
-        self.close_code: int | None = None      # None: the client went away itself
+        self.close_code: int | None = None  # None: the client went away itself
         self.close_reason = ""
         self.last_heard = asyncio.get_running_loop().time()
         self.markets: set[tuple[str, str]] = set()
         self.joined = False
-        self.resumable = True       # no client frame yet: {"op":"resume"} is allowed
+        self.resumable = True  # no client frame yet: {"op":"resume"} is allowed
         self.replaying = False
         self.held: list[tuple[int, str]] = []
         self.skip: set[int] = set()
@@ -202,8 +213,9 @@ class Session:
     # -- the socket's life
 
     async def run(self, since: int | None) -> None:
-        self.push(frame(Welcome(self.user, self.gateway.instance,
-                                self.gateway.settings.ws_heartbeat)))
+        self.push(
+            frame(Welcome(self.user, self.gateway.instance, self.gateway.settings.ws_heartbeat))
+        )
         self.gateway.sessions.add(self)
         tasks = []
         try:
@@ -217,8 +229,11 @@ class Session:
             else:
                 self.joined = True
                 # The writer starts now, so WELCOME goes first and after registration.
-                tasks = [self._spawn(self._write()), self._spawn(self._read()),
-                         self._spawn(self._heartbeat())]
+                tasks = [
+                    self._spawn(self._write()),
+                    self._spawn(self._read()),
+                    self._spawn(self._heartbeat()),
+                ]
                 if since is not None:
                     tasks.append(self._spawn(self._replay(since)))
             await self.closing.wait()
@@ -232,14 +247,14 @@ class Session:
         """Routes and registration first, so nothing waits on the close handshake."""
         try:
             for channel, symbol in self.markets:
-                await self.gateway.hub.unsubscribe(self._md_channel(channel, symbol),
-                                                   self.push)
+                await self.gateway.hub.unsubscribe(self._md_channel(channel, symbol), self.push)
             if self.joined:
                 await self.gateway.hub.leave(self.user, self.on_order)
             if self.close_code is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.websocket.close(
-                        self.close_code, self.close_reason), CLOSE_TIMEOUT)
+                    await asyncio.wait_for(
+                        self.websocket.close(self.close_code, self.close_reason), CLOSE_TIMEOUT
+                    )
         finally:
             self.gateway.sessions.discard(self)
             self.finished.set()
@@ -260,7 +275,7 @@ class Session:
             try:
                 for text in item if isinstance(item, list) else (item,):
                     await self.websocket.send_text(text)
-            except Exception:               # noqa: BLE001 - the peer is gone
+            except Exception:  # noqa: BLE001 - the peer is gone
                 self.shutdown(None)
                 return
 
@@ -296,8 +311,14 @@ class Session:
             if self.resumable:
                 await self._replay(op.since)
             else:
-                self.push(frame(Error("RESUME_NOT_ALLOWED", "resume must be the first frame"
-                                      " (once), or connect with ?since=")))
+                self.push(
+                    frame(
+                        Error(
+                            "RESUME_NOT_ALLOWED",
+                            "resume must be the first frame (once), or connect with ?since=",
+                        )
+                    )
+                )
             return
         if self.resumable:
             self.resumable = False
@@ -305,7 +326,7 @@ class Session:
         if isinstance(op, ClientPing):
             self.push(frame(Pong()))
         elif isinstance(op, ClientPong):
-            pass                            # last_heard is all a pong is for
+            pass  # last_heard is all a pong is for
         elif op.symbol not in self.gateway.market:
             self.push(frame(Error("UNKNOWN_SYMBOL", f"no instrument {op.symbol[:40]!r}")))
         elif isinstance(op, Subscribe):
@@ -324,8 +345,9 @@ class Session:
             return
         self.markets.add((channel, symbol))
         try:
-            await self.gateway.hub.subscribe(self._md_channel(channel, symbol), self.push,
-                                             before=lambda: self.push(acknowledge))
+            await self.gateway.hub.subscribe(
+                self._md_channel(channel, symbol), self.push, before=lambda: self.push(acknowledge)
+            )
         except (TimeoutError, redis.RedisError, OSError) as e:
             log.warning("subscribing to %s %s failed: %s", channel, symbol, e)
             self.markets.discard((channel, symbol))
@@ -343,8 +365,9 @@ class Session:
         self.resumable, self.replaying = False, True
         try:
             async with self.gateway.pool.connection() as conn:
-                rows = await (await conn.execute(
-                    REPLAY_SQL, (self.user, since, REPLAY_LIMIT + 1))).fetchall()
+                rows = await (
+                    await conn.execute(REPLAY_SQL, (self.user, since, REPLAY_LIMIT + 1))
+                ).fetchall()
         except psycopg.Error as e:
             log.warning("reading %s's order updates failed: %s", self.user, e)
             self.shutdown(1011, "could not read the order history; try again")
@@ -353,8 +376,11 @@ class Session:
         rows = rows[:REPLAY_LIMIT]
         frames = [replayed_update(payload) for seq, payload in rows if seq not in self.skip]
         self.skip = {seq for seq, _ in rows}
-        frames.append(frame(Resumed(since, rows[-1][0] if rows else since, len(frames),
-                                    truncated, REPLAY_LIMIT)))
+        frames.append(
+            frame(
+                Resumed(since, rows[-1][0] if rows else since, len(frames), truncated, REPLAY_LIMIT)
+            )
+        )
         frames.extend(text for seq, text in self.held if seq not in self.skip)
         self.held, self.replaying = [], False
         self.push(frames)
@@ -368,7 +394,7 @@ async def orders_socket(websocket: WebSocket) -> None:
         since = parse_since(websocket.query_params.get("since"))
     except Refused as e:
         reason = f"{e.code}: {e.message}".encode()[:123].decode(errors="ignore")
-        with contextlib.suppress(WebSocketDisconnect):     # it went away first
+        with contextlib.suppress(WebSocketDisconnect):  # it went away first
             await websocket.send_text(frame(Error(e.code, e.message)))
             await websocket.close(e.close_code, reason)
         return
@@ -377,5 +403,6 @@ async def orders_socket(websocket: WebSocket) -> None:
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
-    return service_app("gateway", lambda: Gateway(settings),
-                       [WebSocketRoute("/ws/v1/orders", orders_socket)])
+    return service_app(
+        "gateway", lambda: Gateway(settings), [WebSocketRoute("/ws/v1/orders", orders_socket)]
+    )

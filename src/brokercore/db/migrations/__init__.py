@@ -84,8 +84,9 @@ def drop_database(server: str, name: str, attempts: int = 50) -> None:
     for attempt in range(attempts):
         try:
             with psycopg.connect(server, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                              .format(sql.Identifier(name)))
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
             return
         except errors.InsufficientPrivilege:
             if attempt == attempts - 1:
@@ -105,8 +106,11 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
             sql = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MigrationError(f"{path} is not UTF-8: {exc}") from None
-        migrations.append(Migration(version=path.stem, path=path, sql=sql,
-                                    checksum=hashlib.sha256(data).hexdigest()))
+        migrations.append(
+            Migration(
+                version=path.stem, path=path, sql=sql, checksum=hashlib.sha256(data).hexdigest()
+            )
+        )
     return migrations
 
 
@@ -136,7 +140,8 @@ def apply_migrations(conninfo: str, directory: Path | None = None) -> list[str]:
         try:
             conn.execute(_CREATE_TABLE)
             done: dict[str, str] = dict(
-                conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+                conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+            )
             _check_unchanged(migrations, done)
             for migration in migrations:
                 if migration.version in done:
@@ -155,10 +160,12 @@ def _check_unchanged(migrations: Sequence[Migration], done: Mapping[str, str]) -
     if changed:
         lines = "\n".join(
             f"  {m.version}: applied with sha256 {done[m.version]}, {m.path} now has {m.checksum}"
-            for m in changed)
+            for m in changed
+        )
         raise MigrationError(
             "applied migrations were changed since (never edit an applied migration; "
-            "add a new, higher-numbered file instead):\n" + lines)
+            "add a new, higher-numbered file instead):\n" + lines
+        )
 
 
 def _apply_one(conn: psycopg.Connection, migration: Migration) -> None:
@@ -167,25 +174,35 @@ def _apply_one(conn: psycopg.Connection, migration: Migration) -> None:
             # No parameters: psycopg sends the file as one simple query, so it may hold
             # many statements (and '%' needs no escaping).
             conn.execute(migration.sql.encode("utf-8"))
-            conn.execute("INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
-                         (migration.version, migration.checksum))
+            conn.execute(
+                "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
+                (migration.version, migration.checksum),
+            )
     except psycopg.Error as exc:
         diag = exc.diag
         where = f" (at character {diag.statement_position})" if diag.statement_position else ""
         raise MigrationError(
             f"migration {migration.version} ({migration.path}) failed and was rolled back: "
-            f"{str(exc).strip()}{where}") from exc
+            f"{str(exc).strip()}{where}"
+        ) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m brokercore.db.migrations",
-        description="Apply brokercore's database migrations that the database lacks.")
-    parser.add_argument("--url", default=None,
-                        help="Postgres URL (default: $BROKERCORE_DATABASE_URL, else "
-                             f"{DEFAULT_DATABASE_URL})")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="folder of *.sql migrations (default: brokercore's own)")
+        description="Apply brokercore's database migrations that the database lacks.",
+    )
+    parser.add_argument(
+        "--url",
+        default=None,
+        help=f"Postgres URL (default: $BROKERCORE_DATABASE_URL, else {DEFAULT_DATABASE_URL})",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="folder of *.sql migrations (default: brokercore's own)",
+    )
     args = parser.parse_args(argv)
     url = args.url or ServiceSettings.from_env().database_url
     try:
