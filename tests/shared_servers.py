@@ -4,6 +4,10 @@ overrides them, so that no test writes a port of its own."""
 
 from __future__ import annotations
 
+import uuid
+
+import redis
+
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
 
 _SERVICES = ServiceSettings.from_env()
@@ -25,3 +29,18 @@ def service_settings(database: str, redis_prefix: str, **overrides) -> ServiceSe
         }
         | overrides
     )
+
+
+def powerless_redis_user(admin: redis.Redis, role: str) -> tuple[str, str]:
+    """A new Redis user (name, password) that may run no command: every call it makes
+    fails as it would with Redis away, until ``admin`` grants it ``+@all``."""
+    user, password = f"{role}-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        categories=["-@all"],
+    )
+    return user, password

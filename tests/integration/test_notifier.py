@@ -45,7 +45,7 @@ from brokercore.realtime.channels import Notification, decode_message, online_ke
 from brokercore.services.notifier_api import create_app
 from brokercore.services.reconciler import retry_notifications
 from oms_support import auth
-from shared_servers import KAFKA_BOOTSTRAP, service_settings
+from shared_servers import KAFKA_BOOTSTRAP, powerless_redis_user, service_settings
 from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -941,15 +941,7 @@ def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push,
     fill is told and the offset committed."""
     settings = notifier_settings(database, push)
     admin = redis.Redis.from_url(settings.redis_url)
-    user, password = f"notifier-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    admin.acl_setuser(
-        user,
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=["*"],
-        channels=["*"],
-        categories=["-@all"],
-    )
+    user, password = powerless_redis_user(admin, "notifier")
     buy, account = place(database, "alice", "BUY", 10)
     set_online(settings, "alice")
     shard = partition_of("RELIANCE", kafka.shards)

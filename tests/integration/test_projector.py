@@ -34,7 +34,7 @@ from brokercore.realtime.channels import (
     user_channel,
 )
 from kafka_support import run_service_briefly, run_until_stored
-from shared_servers import REDIS_URL
+from shared_servers import REDIS_URL, powerless_redis_user
 from venue_support import (
     INSTRUMENTS_TOML,
     MARKET,
@@ -549,15 +549,7 @@ def test_after_the_commit_updates_trades_and_books_are_pushed(conn, client, pref
 def test_a_redis_failure_stops_nothing_and_is_made_good_after_the_next_batch(conn, client, prefix):
     """A Redis user without permissions fails every command after the commit; once it
     has them again, the next batch stores the books and invalidations that failed."""
-    user, password = f"projector-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    client.acl_setuser(
-        user,
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=["*"],
-        channels=["*"],
-        categories=["-@all"],
-    )
+    user, password = powerless_redis_user(client, "projector")
     host = client.connection_pool.connection_kwargs
     try:
         with redis.Redis(
