@@ -8,12 +8,12 @@ COMPILED := brokercore.engine._engine brokercore.runtime._ringbuffer brokercore.
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres redis clean
+.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres replica redis clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
 
-test: lint kafka postgres redis  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, run every test
+test: lint kafka postgres replica redis  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, run every test
 	$(PY) -m pytest
 
 # The fast lane runs Hypothesis's dev profile (HYPOTHESIS_PROFILE=ci on the command line for
@@ -55,6 +55,9 @@ kafka:  ## a single-node Apache Kafka on 127.0.0.1:19092 (jars from Maven Centra
 
 postgres:  ## a PostgreSQL cluster of our own on 127.0.0.1:15432 (Debian's package), data in .postgres
 	scripts/postgres/postgres.sh start
+
+replica: postgres  ## a streaming read replica of that cluster on 127.0.0.1:15433 (pg_basebackup), data in .postgres-replica
+	scripts/postgres/postgres.sh replica-start
 
 redis:  ## a Redis on 127.0.0.1:16379 (Debian's package), nothing persisted, state in .redis
 	scripts/redis/redis.sh start
@@ -113,6 +116,7 @@ $(VENV)/.deps $(DEBUG_VENV)/.deps: pyproject.toml
 
 clean:
 	scripts/kafka/kafka.sh stop
+	scripts/postgres/postgres.sh replica-stop
 	scripts/postgres/postgres.sh stop
 	scripts/redis/redis.sh stop
-	rm -rf $(VENV) $(DEBUG_VENV) build .hypothesis .pytest_cache .kafka .postgres .redis
+	rm -rf $(VENV) $(DEBUG_VENV) build .hypothesis .pytest_cache .kafka .postgres .postgres-replica .redis

@@ -11,6 +11,15 @@
 #                                         fault tests: every backend killed at once (an
 #                                         immediate shutdown, no shutdown checkpoint), then
 #                                         started again (crash recovery) and waited for
+#   scripts/postgres/postgres.sh replica-start
+#                                         a streaming read replica of that server (started
+#                                         first if needed): the primary allows replication
+#                                         (pg_hba reloaded; restarted only when wal_level or
+#                                         max_wal_senders must change), pg_basebackup -R
+#                                         once (again if the primary was re-initialised),
+#                                         then started (hot standby) and waited for
+#   scripts/postgres/postgres.sh replica-stop | replica-status | replica-url
+#                                         as stop, status and url, for the replica
 #
 # PostgreSQL is Debian's (`apt-get install -y postgresql` when it is missing); the
 # newest /usr/lib/postgresql/<version>/bin is used. The cluster's data, log and
@@ -21,6 +30,11 @@
 # user. The superuser `postgres` connects through the Unix socket only (trust); the
 # role `brokercore` (password `brokercore`, CREATEDB) connects over TCP with a
 # password. Every command is idempotent.
+#
+# The replica keeps its cluster in $BROKERCORE_PG_REPLICA_STATE (default
+# .postgres-replica/) and listens on $BROKERCORE_PG_REPLICA_PORT (default 15433); it
+# streams from the primary's Unix socket as the superuser, without a replication slot
+# (the primary keeps wal_keep_size of WAL for a replica that was away a while).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -32,14 +46,20 @@ logfile="$state/postgres.log"
 app_user=brokercore
 app_password=brokercore
 app_db=brokercore
+replica_state="${BROKERCORE_PG_REPLICA_STATE:-$repo/.postgres-replica}"
+replica_port="${BROKERCORE_PG_REPLICA_PORT:-15433}"
 
 log() { echo "postgres: $*" >&2; }
 die() { log "$*"; exit 1; }
 source "$here/../lib/process.sh"
 
 # Unix socket paths are limited to 107 bytes: a deep checkout gets a socket in /tmp.
-socket_dir="$state/run"
-if (( ${#socket_dir} > 80 )); then socket_dir="/tmp/brokercore-pg-$port"; fi
+socket_folder() {
+    if (( ${#1} > 76 )); then echo "/tmp/brokercore-pg-$2"; else echo "$1/run"; fi
+}
+socket_dir="$(socket_folder "$state" "$port")"
+primary_socket_dir="$socket_dir"
+primary_port="$port"
 
 if [[ "$(id -u)" == 0 ]]; then
     pg_user=postgres
@@ -144,6 +164,11 @@ fsync = on
 synchronous_commit = on
 checkpoint_timeout = 15min
 max_wal_size = 2GB
+# Streaming replication (replica-start): the WAL a replica away for a while still finds.
+wal_level = replica
+max_wal_senders = 10
+wal_keep_size = 512MB
+hot_standby_feedback = on
 log_destination = 'stderr'
 logging_collector = off
 log_min_duration_statement = 1000
@@ -154,6 +179,7 @@ CONF
 # Written by scripts/postgres/postgres.sh on every start.
 # TYPE  DATABASE  USER  ADDRESS       METHOD
 local   all       all                 trust
+local   replication  postgres         trust
 host    all       all   127.0.0.1/32  scram-sha-256
 HBA
 }
@@ -252,11 +278,92 @@ status() {
 
 url() { echo "postgresql://$app_user:$app_password@127.0.0.1:$port/$app_db"; }
 
+# --- the replica ------------------------------------------------------------------------------
+
+superuser_sql() {
+    as_pg "$bindir/psql" -X -q -tA -v ON_ERROR_STOP=1 -h "$primary_socket_dir" -p "$primary_port" \
+        -U postgres -d postgres -c "$1"
+}
+
+# The running primary admits the replica: its configuration rewritten and reloaded (the
+# replication line of pg_hba.conf); a restart only when a setting that needs one is off.
+allow_replication() {
+    write_config
+    pg_ctl reload > /dev/null
+    local level senders
+    level="$(superuser_sql "SHOW wal_level")"
+    senders="$(superuser_sql "SHOW max_wal_senders")"
+    if [[ "$level" == minimal || "$senders" == 0 ]]; then
+        log "wal_level $level, max_wal_senders $senders: restarting the primary for replication"
+        superuser_sql "ALTER SYSTEM SET wal_level = replica" > /dev/null
+        superuser_sql "ALTER SYSTEM SET max_wal_senders = 10" > /dev/null
+        stop
+        start
+    fi
+}
+
+system_id() {
+    as_pg "$bindir/pg_controldata" -D "$1" 2>/dev/null | sed -n 's/^Database system identifier: *//p'
+}
+
+# From here on the commands act on the replica's cluster.
+use_replica() {
+    state="$replica_state"
+    port="$replica_port"
+    data="$state/data"
+    logfile="$state/postgres.log"
+    socket_dir="$(socket_folder "$state" "$port")"
+}
+
+start_copy() {
+    write_config
+    as_pg touch "$logfile"
+    pg_ctl start -w -t 120 -l "$logfile" > /dev/null
+}
+
+replica_start() {
+    start
+    allow_replication
+    local primary_data="$data"
+    use_replica
+    if answers; then log "replica already running on 127.0.0.1:$port"; return; fi
+    prepare_state
+    if running; then stop; fi
+    wait_stale_pid
+    if [[ -f "$data/PG_VERSION" && "$(system_id "$data")" != "$(system_id "$primary_data")" ]]; then
+        log "$data is a copy of another cluster: taking a new base backup"
+        rm -rf "$data"
+    fi
+    if [[ -f "$data/PG_VERSION" ]] && ! start_copy; then
+        log "the replica does not start from its copy (e.g. the primary ran with" \
+            "wal_level minimal since): taking a new base backup"
+        rm -rf "$data"
+    fi
+    if [[ ! -f "$data/PG_VERSION" ]]; then
+        as_pg "$bindir/pg_basebackup" -D "$data" -R -X stream -c fast \
+            -d "host=$primary_socket_dir port=$primary_port user=postgres application_name=brokercore_replica" \
+            > "$state/basebackup.log" 2>&1 \
+            || { tail -20 "$state/basebackup.log" >&2; rm -rf "$data"; die "pg_basebackup failed"; }
+        log "base backup of 127.0.0.1:$primary_port taken into $data"
+        start_copy || { tail -20 "$logfile" >&2; die "the replica did not come up; see $logfile"; }
+    fi
+    for _ in $(seq 1 120); do
+        if answers; then break; fi
+        sleep 0.5
+    done
+    answers || { tail -20 "$logfile" >&2; die "the replica does not answer on 127.0.0.1:$port; see $logfile"; }
+    log "replica started on 127.0.0.1:$port, streaming from 127.0.0.1:$primary_port"
+}
+
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
     url) url ;;
     crash-restart) crash_restart ;;
-    *) echo "usage: $0 start|stop|status|url|crash-restart" >&2; exit 2 ;;
+    replica-start) need_bindir; replica_start ;;
+    replica-stop) use_replica; stop ;;
+    replica-status) use_replica; status ;;
+    replica-url) use_replica; url ;;
+    *) echo "usage: $0 start|stop|status|url|crash-restart|replica-start|replica-stop|replica-status|replica-url" >&2; exit 2 ;;
 esac
