@@ -1,9 +1,11 @@
 """The ``brokercore`` command line: ``brokercore shard`` runs a shard on a built-in load;
-``brokercore engine`` runs the Kafka-fed engine daemon of one shard."""
+``brokercore engine`` runs the Kafka-fed engine daemon of one shard; ``brokercore plan``
+shows (and writes) the shard plan."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -68,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         "publish events, dead letters and snapshots with the input offsets in "
         "Kafka transactions. A second daemon for the same shard is a hot "
         "standby. SIGTERM stops gracefully (commit, snapshot, exit 0). "
-        "Defaults come from BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX "
-        "and BROKERCORE_SHARDS.",
+        "Defaults come from BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX, "
+        "BROKERCORE_SHARDS and BROKERCORE_SHARD_PLAN.",
     )
     settings = KafkaSettings.from_env()
     engine.add_argument("--shard", type=int, required=True, help="the shard (partition) to run")
@@ -93,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         "--instruments",
         default="config/instruments.toml",
         help="TOML file of [[instrument]] tables (default: %(default)s)",
+    )
+    engine.add_argument(
+        "--plan",
+        default=settings.shard_plan,
+        help="shard plan file (default: BROKERCORE_SHARD_PLAN, else computed from the "
+        "instruments' weights)",
     )
     engine.add_argument("--core", type=int, help="CPU core for the matcher thread")
     engine.add_argument(
@@ -119,6 +127,31 @@ def _parser() -> argparse.ArgumentParser:
         help="publish without transactions (NOT exactly-once; only to "
         "measure what transactions cost)",
     )
+    plan = commands.add_parser(
+        "plan",
+        help="show the shard plan (which shard each symbol is on), or write it to a file",
+        description="Print the shard plan the OMS and the engine daemons use: the file "
+        "BROKERCORE_SHARD_PLAN names if set, else the plan computed from the "
+        "instruments' weights (hot symbols on shards of their own, the rest "
+        "balanced). --write FILE computes it and writes it, for pinning with "
+        "BROKERCORE_SHARD_PLAN=FILE.",
+    )
+    plan.add_argument(
+        "--instruments",
+        default="config/instruments.toml",
+        help="TOML file of [[instrument]] tables (default: %(default)s)",
+    )
+    plan.add_argument(
+        "--shards", type=int, default=settings.shards, help="shards (default: %(default)s)"
+    )
+    plan.add_argument(
+        "--hot-ratio",
+        type=float,
+        default=1.0,
+        help="hot: weight above this times total/shards (default: %(default)s; with --write)",
+    )
+    plan.add_argument("--write", metavar="FILE", help="compute the plan and write it to FILE")
+
     token = commands.add_parser(
         "token",
         help="mint a development JWT for a user (only with BROKERCORE_DEV_MODE=1)",
@@ -158,6 +191,23 @@ def run_service(args: argparse.Namespace) -> int:
         )
         return 2
     return run(args.name, args.args)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from brokercore.kafka.placement import compute_plan, shard_plan
+
+    instruments = load_instruments(args.instruments)
+    settings = KafkaSettings.from_env()
+    if args.write:
+        weights = {i.symbol: i.weight for i in instruments}
+        plan = compute_plan(weights, args.shards, args.hot_ratio)
+        with open(args.write, "wb") as f:
+            f.write(plan.to_file())
+    else:
+        plan = shard_plan(dataclasses.replace(settings, shards=args.shards), instruments)
+        print(f"from {settings.shard_plan or 'the weights in ' + args.instruments}")
+    print("\n".join(plan.describe()))
+    return 0
 
 
 def run_token(args: argparse.Namespace) -> int:
@@ -226,7 +276,7 @@ def run_engine(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    settings = KafkaSettings(args.bootstrap, args.topic_prefix, args.shards)
+    settings = KafkaSettings(args.bootstrap, args.topic_prefix, args.shards, args.plan)
     settings.validate()
     options = EngineOptions(
         core=args.core,
@@ -252,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {
             "engine": run_engine,
+            "plan": run_plan,
             "shard": run_shard,
             "token": run_token,
             "service": run_service,

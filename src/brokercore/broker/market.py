@@ -154,6 +154,7 @@ class MarketInstrument:
     enabled: bool = True
     session_orders: int = 0
     stp: Stp = Stp.CANCEL_NEWEST
+    weight: float = 1.0  # expected volume, relative (the shard plan's)
     tick_paise: int = field(init=False, repr=False, compare=False)  # paise per tick
     low: int = field(init=False, repr=False, compare=False)  # band in ticks
     high: int = field(init=False, repr=False, compare=False)
@@ -241,6 +242,7 @@ class MarketInstrument:
             lot_size=self.lot_size,
             stp=self.stp,
             session_orders=self.session_orders,
+            weight=self.weight,
         )
 
 
@@ -308,6 +310,7 @@ def _instrument(table: InstrumentTable, default_session: SessionTable | None) ->
             enabled=table.enabled,
             session_orders=table.session_orders,
             stp=Stp[table.stp],
+            weight=table.weight,
         )
     except _Invalid:
         raise

@@ -1,7 +1,8 @@
 """The instruments file (``config/instruments.toml``): one msgspec schema for every reader.
 
 The engine takes symbol, id, the band in ticks (low..high), lot_size, stp and
-session_orders from each ``[[instrument]]`` table (``load_instruments``). The broker
+session_orders from each ``[[instrument]]`` table (``load_instruments``), and the shard
+plan (``brokercore.kafka.placement``) its weight, the expected volume. The broker
 (``brokercore.broker.market``) builds its instruments and sessions from the same decoded
 file: tick_size, max_order_qty, enabled, the top-level ``[session]`` and an instrument's
 own ``[instrument.session]``. One schema means one set of keys and one set of errors, so
@@ -98,6 +99,7 @@ class InstrumentTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_order_qty: Annotated[int | None, _is("an integer")] = None
     enabled: Annotated[bool, _is("true or false")] = True
     session: Annotated[SessionTable | None, _is("a table")] = None
+    weight: Annotated[float, msgspec.Meta(gt=0, description="a positive number")] = 1.0
 
 
 class InstrumentsFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -121,6 +123,7 @@ class Instrument:
     lot_size: int = 1
     stp: Stp = Stp.CANCEL_NEWEST
     session_orders: int = 0  # orders a session is sized for (OrderBook)
+    weight: float = 1.0  # expected volume, relative: the shard plan's (kafka.placement)
 
     @classmethod
     def from_table(cls, table: InstrumentTable) -> Instrument:
@@ -132,6 +135,7 @@ class Instrument:
             lot_size=table.lot_size,
             stp=Stp[table.stp],
             session_orders=table.session_orders,
+            weight=table.weight,
         )
 
     def new_book(self) -> OrderBook:

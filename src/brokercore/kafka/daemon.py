@@ -61,7 +61,8 @@ from brokercore.faults.kafka_errors import transient_kafka
 from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable
 from brokercore.kafka.journal import InputJournal
 from brokercore.kafka.messages import DeadLetter, ShardSnapshot, encode
-from brokercore.kafka.topics import SNAPSHOT_MAX_BYTES, ensure_topics, partition_of
+from brokercore.kafka.placement import shard_plan
+from brokercore.kafka.topics import SNAPSHOT_MAX_BYTES, ensure_topics
 from brokercore.runtime.shard import Shard, read_snapshot
 
 __all__ = ["EngineDaemon", "EngineOptions", "STOP_TIMEOUT"]
@@ -182,9 +183,8 @@ class EngineDaemon:
         self.settings = settings
         self.shard_id = shard
         self.options = options or EngineOptions()
-        self.instruments = [
-            i for i in instruments if partition_of(i.symbol, settings.shards) == shard
-        ]
+        self.plan = shard_plan(settings, instruments)  # the same as the OMS's
+        self.instruments = [i for i in instruments if self.plan.shard_of(i.symbol) == shard]
         self.symbols = SymbolTable({i.symbol: i.symbol_id for i in self.instruments})
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._stop = threading.Event()

@@ -1,4 +1,4 @@
-"""The platform's Kafka topics: creating them, and which partition a symbol lives in."""
+"""The platform's Kafka topics: creating them, and a symbol's home partition."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ SNAPSHOT_MAX_BYTES = 256 << 20
 
 
 def partition_of(symbol: str, partitions: int) -> int:
-    """The shard (= partition of orders/events/snapshots) of a symbol: CRC-32 of its
-    UTF-8 name modulo the partition count, the same in every process and language."""
+    """The home shard (= partition of orders/events/snapshots) of a symbol: CRC-32 of
+    its UTF-8 name modulo the partition count, the same in every process and language.
+    The placement plan (brokercore.kafka.placement) keeps a symbol there unless its
+    volume says otherwise: route by the plan, not by this."""
     return zlib.crc32(symbol.encode()) % partitions
 
 
