@@ -45,7 +45,6 @@ from typing import Any
 import msgspec
 import psycopg
 import redis
-from psycopg.types.json import Jsonb
 from redis.typing import EncodableT
 
 from brokercore.broker.market import MarketInstrument, load_market
@@ -78,7 +77,7 @@ class Publication:
     """What a committed batch publishes on Redis (and the caches it invalidates there)."""
 
     users: set[str] = field(default_factory=set)  # caches to invalidate
-    updates: list[tuple[str, OrderUpdate]] = field(default_factory=list)
+    updates: list[tuple[str, bytes]] = field(default_factory=list)  # ORDER_UPDATEs, encoded
     ticks: list[TradeTick] = field(default_factory=list)
     books: dict[str, BookUpdate] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> next
@@ -195,16 +194,52 @@ SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_
   LEFT JOIN read_model.orders r ON r.order_id = o.order_id
  WHERE o.order_id = ANY(%s)"""
 
+# The writes: one statement per table whatever the batch's size, its rows as arrays
+# (one per column, ``_columns``; sent binary, which psycopg dumps without escaping), so
+# neither psycopg nor Postgres pays per row.
 _WRITE_ORDERS = """
 INSERT INTO read_model.orders (order_id, user_id, account_id, symbol, side, type,
     time_in_force, price, quantity, filled_quantity, filled_notional, avg_price, status,
     reject_reason, fills, created_at, updated_at, last_update_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::text[],
+    %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
+    %b::numeric[], %b::text[], %b::text[], %b::text[]::jsonb[], %b::timestamptz[],
+    %b::timestamptz[], %b::bigint[])
 ON CONFLICT (order_id) DO UPDATE SET price = EXCLUDED.price, quantity = EXCLUDED.quantity,
     filled_quantity = EXCLUDED.filled_quantity, filled_notional = EXCLUDED.filled_notional,
     avg_price = EXCLUDED.avg_price, status = EXCLUDED.status,
     reject_reason = EXCLUDED.reject_reason, fills = read_model.orders.fills || EXCLUDED.fills,
     updated_at = EXCLUDED.updated_at, last_update_id = EXCLUDED.last_update_id"""
+
+_WRITE_UPDATES = """
+INSERT INTO read_model.order_updates (update_id, user_id, order_id, payload)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[]::jsonb[])"""
+
+_WRITE_POSITIONS = """
+INSERT INTO read_model.positions (user_id, symbol, quantity, avg_price)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::numeric[])
+ON CONFLICT (user_id, symbol) DO UPDATE SET quantity = EXCLUDED.quantity,
+    avg_price = EXCLUDED.avg_price, updated_at = now()"""
+
+_WRITE_BOOK = """
+INSERT INTO read_model.book_orders (order_id, symbol, side, price, open_quantity)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[])
+ON CONFLICT (order_id) DO UPDATE SET price = EXCLUDED.price,
+    open_quantity = EXCLUDED.open_quantity"""
+
+_WRITE_TRADES = """
+INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, executed_at)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
+    %b::timestamptz[])
+ON CONFLICT DO NOTHING"""
+
+
+_fills = msgspec.json.Encoder().encode
+
+
+def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
+    """Rows as one list per column (the parameters of an ``unnest`` statement)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
 
 
 class ProjectorConsumer:
@@ -273,7 +308,7 @@ class ProjectorConsumer:
             return
         pipe = self.redis.pipeline(transaction=False)
         for user, update in push.updates:
-            pipe.publish(user_channel(self.prefix, user), encode_message(update))
+            pipe.publish(user_channel(self.prefix, user), update)
         for tick in push.ticks:
             pipe.publish(trades_channel(self.prefix, tick.symbol), encode_message(tick))
         for symbol, book in push.books.items():
@@ -488,77 +523,59 @@ class ProjectorConsumer:
         )
         rows = []
         for update_id, (order, update) in zip(ids, b.updates, strict=True):
-            update = msgspec.structs.replace(update, seq=update_id)
+            message = encode_message(msgspec.structs.replace(update, seq=update_id))
             order.last_update_id = update_id
-            rows.append(
-                (update_id, order.user_id, order.order_id, Jsonb(msgspec.to_builtins(update)))
+            rows.append((update_id, order.user_id, order.order_id, message.decode()))
+            b.push.updates.append((order.user_id, message))
+        orders = [
+            (
+                o.order_id,
+                o.user_id,
+                o.account_id,
+                o.symbol,
+                o.side,
+                o.type,
+                o.time_in_force,
+                o.price,
+                o.quantity,
+                o.filled_quantity,
+                o.filled_notional,
+                average_fill_price(o.filled_notional, o.filled_quantity),
+                o.status,
+                o.reject_reason,
+                _fills(o.new_fills).decode(),
+                o.created_at,
+                o.updated_at,
+                o.last_update_id,
             )
-            b.push.updates.append((order.user_id, update))
+            for _, o in sorted(b.orders.items())
+            if o.changed
+        ]
+        positions = [
+            (u, s, p.quantity, p.avg_price)
+            for (u, s), p in sorted(b.positions.items())
+            if p.changed
+        ]
+        book = [
+            (i, r.symbol, r.side, r.price, r.open_quantity)
+            for i, r in sorted(b.book.items())
+            if i in b.book_written
+        ]
         symbols = sorted(b.symbols)
         with conn.pipeline():
-            cur = conn.cursor()
-            cur.executemany(
-                _WRITE_ORDERS,
-                [
-                    (
-                        o.order_id,
-                        o.user_id,
-                        o.account_id,
-                        o.symbol,
-                        o.side,
-                        o.type,
-                        o.time_in_force,
-                        o.price,
-                        o.quantity,
-                        o.filled_quantity,
-                        o.filled_notional,
-                        average_fill_price(o.filled_notional, o.filled_quantity),
-                        o.status,
-                        o.reject_reason,
-                        Jsonb(o.new_fills),
-                        o.created_at,
-                        o.updated_at,
-                        o.last_update_id,
-                    )
-                    for _, o in sorted(b.orders.items())
-                    if o.changed
-                ],
-            )
-            cur.executemany(
-                "INSERT INTO read_model.order_updates (update_id, user_id, order_id, payload) "
-                "VALUES (%s, %s, %s, %s)",
-                rows,
-            )
-            cur.executemany(
-                "INSERT INTO read_model.positions (user_id, symbol, quantity, avg_price) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (user_id, symbol) DO UPDATE SET "
-                "quantity = EXCLUDED.quantity, avg_price = EXCLUDED.avg_price, "
-                "updated_at = now()",
-                [
-                    (u, s, p.quantity, p.avg_price)
-                    for (u, s), p in sorted(b.positions.items())
-                    if p.changed
-                ],
-            )
-            conn.execute(
-                "DELETE FROM read_model.book_orders WHERE order_id = ANY(%s)",
-                ([i for i in sorted(b.book_written) if i not in b.book],),
-            )
-            cur.executemany(
-                "INSERT INTO read_model.book_orders (order_id, symbol, side, price, "
-                "open_quantity) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (order_id) DO UPDATE "
-                "SET price = EXCLUDED.price, open_quantity = EXCLUDED.open_quantity",
-                [
-                    (i, r.symbol, r.side, r.price, r.open_quantity)
-                    for i, r in sorted(b.book.items())
-                    if i in b.book_written
-                ],
-            )
-            cur.executemany(
-                "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
-                "executed_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                b.trades,
-            )
+            if orders:
+                conn.execute(_WRITE_ORDERS, _columns(orders, 18))
+            if rows:
+                conn.execute(_WRITE_UPDATES, _columns(rows, 4))
+            if positions:
+                conn.execute(_WRITE_POSITIONS, _columns(positions, 4))
+            gone = [i for i in sorted(b.book_written) if i not in b.book]
+            if gone:
+                conn.execute("DELETE FROM read_model.book_orders WHERE order_id = ANY(%s)", (gone,))
+            if book:
+                conn.execute(_WRITE_BOOK, _columns(book, 5))
+            if b.trades:
+                conn.execute(_WRITE_TRADES, _columns(b.trades, 6))
             reads = [
                 (
                     symbol,
