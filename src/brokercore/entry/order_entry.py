@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 import msgspec
 from psycopg import AsyncConnection
@@ -77,6 +78,66 @@ INSERT INTO outbox (topic, partition, key, payload, order_id)
 VALUES (%(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s)
 RETURNING outbox_id"""
 
+# oms_order_facts for a whole batch (0006_group_commit.sql): the accounts locked in
+# account_id order, then one row per order, tagged with its index from 1.
+_READ_BATCH = "SELECT * FROM oms_batch_facts(%s::text[], %s::text[], %s::text[])"
+
+# _WRITE_ORDER for a batch: its parameters as arrays of these types, one element per
+# accepted order; the holds summed per account and per position.
+_BATCH_COLUMNS = {
+    "user": "text",
+    "key": "text",
+    "hash": "text",
+    "expires": "timestamptz",
+    "order": "bigint",
+    "account": "bigint",
+    "symbol": "text",
+    "trade_date": "date",
+    "side": "text",
+    "type": "text",
+    "tif": "text",
+    "price": "bigint",
+    "quantity": "bigint",
+    "hold": "bigint",
+    "hold_price": "bigint",
+    "cash": "bigint",
+    "shares": "bigint",
+    "now": "timestamptz",
+    "history": "jsonb",
+    "topic": "text",
+    "partition": "int",
+    "kafka_key": "bytea",
+    "payload": "bytea",
+}
+_WRITE_BATCH = f"""
+WITH r AS (
+  SELECT * FROM unnest({", ".join(f"%({k})s::{t}[]" for k, t in _BATCH_COLUMNS.items())})
+      WITH ORDINALITY AS r ({", ".join(f"b_{k}" for k in _BATCH_COLUMNS)}, ord)),
+key AS (
+  INSERT INTO idempotency_keys (user_id, key, order_id, request_hash, expires_at)
+  SELECT b_user, b_key, b_order, b_hash, b_expires FROM r),
+cash AS (
+  UPDATE accounts a SET blocked_cash = a.blocked_cash + h.total, updated_at = now()
+    FROM (SELECT b_account, sum(b_cash) AS total FROM r WHERE b_cash > 0 GROUP BY b_account) h
+   WHERE a.account_id = h.b_account),
+shares AS (
+  UPDATE positions p SET blocked_quantity = p.blocked_quantity + h.total, updated_at = now()
+    FROM (SELECT b_account, b_symbol, sum(b_shares) AS total FROM r WHERE b_shares > 0
+           GROUP BY b_account, b_symbol) h
+   WHERE p.account_id = h.b_account AND p.symbol = h.b_symbol),
+new_order AS (
+  INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, time_in_force,
+                      price, quantity, status, hold_amount, hold_price_ticks, blocked_cash,
+                      blocked_shares, created_at, updated_at)
+  SELECT b_order, b_trade_date, b_account, b_symbol, b_side, b_type, b_tif, b_price,
+         b_quantity, 'PENDING', b_hold, b_hold_price, b_cash, b_shares, b_now, b_now FROM r),
+history AS (
+  INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
+  SELECT b_order, b_account, 'PENDING', b_history, b_now FROM r ORDER BY ord)
+INSERT INTO outbox (topic, partition, key, payload, order_id)
+SELECT b_topic, b_partition, b_kafka_key, b_payload, b_order FROM r ORDER BY ord
+RETURNING outbox_id, order_id"""
+
 
 class Refusal(StrEnum):
     """Why the OMS refuses a request before any check of the order itself (those refuse
@@ -104,6 +165,48 @@ class OrderReceipt:
     status: str
     timestamp: datetime
     outbox: OutboxRow | None  # the command to publish now; None when nothing new
+
+
+class _Facts(NamedTuple):
+    """What oms_order_facts (0004) and oms_batch_facts (0006) read for one order."""
+
+    account_id: int
+    cash: int
+    blocked_cash: int
+    allow_short: bool
+    free_shares: int | None  # None without a position
+    new_order_id: int | None  # None from oms_order_facts for a known key
+    key_order_id: int | None
+    key_request_hash: str | None
+    key_expires_at: datetime | None
+    key_order_status: str | None
+    key_order_updated_at: datetime | None
+    unpublished_outbox_id: int | None
+    unpublished_payload: bytes | None
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """An accepted order before it is written: ``params`` are _WRITE_ORDER's."""
+
+    order_id: int
+    symbol: str
+    fingerprint: str
+    hold: Hold
+    payload: bytes
+    now: datetime
+    params: dict[str, object]
+
+
+@dataclass
+class _Batch:
+    """What a batch's earlier orders changed: free cash per account, free shares per
+    (account, symbol), the keys they used, and expired keys to delete before reuse."""
+
+    cash: dict[int, int] = field(default_factory=dict)
+    shares: dict[tuple[int, str], int] = field(default_factory=dict)
+    keys: dict[tuple[str, str], _Placement] = field(default_factory=dict)
+    expired: list[tuple[str, str]] = field(default_factory=list)
 
 
 class OrderEntry:
@@ -134,78 +237,180 @@ class OrderEntry:
         """Check, hold and store a new order; a retry with the same key (racing or not)
         gets the first order back, and its command again if that was never published."""
         now = self.clock()
-        instrument = self.market.get(request.symbol)
         fingerprint = _fingerprint(request)
-        if instrument is not None:
-            trade_date = now.astimezone(instrument.session.zone).date()
-            await self._ensure_partition(trade_date)
+        trade_date = await self._trade_date(request.symbol, now)
         # Two statements in one transaction: read (and lock) what the checks need, then
         # write everything. Round trips are what an order costs here.
         async with self.pool.connection() as conn, conn.transaction():
-            state = await (
+            row = await (
                 await conn.execute(_READ_STATE, (user_id, request.symbol, request.idempotency_key))
             ).fetchone()
-            if state is None:
-                raise OrderRefused(Refusal.NO_ACCOUNT, "this user has no trading account")
-            (
-                account_id,
-                cash,
-                blocked_cash,
-                allow_short,
-                shares,
-                order_id,
-                key_order,
-                key_hash,
-                key_expires,
-                key_status,
-                key_updated,
-                unpublished_id,
-                unpublished_payload,
-            ) = state
-            if key_order is not None:
-                if key_expires > now:
-                    if key_hash != fingerprint:
-                        raise OrderRefused(
-                            Refusal.IDEMPOTENCY_KEY_REUSED,
-                            "this idempotency key was used for a different order",
-                        )
-                    return OrderReceipt(
-                        key_order,
-                        key_status,
-                        key_updated,
-                        None
-                        if (unpublished_id is None)
-                        else self._row(unpublished_id, request.symbol, bytes(unpublished_payload)),
-                    )
+            if row is None:
+                raise _no_account()
+            facts = _Facts(*row)
+            if facts.key_order_id is not None:
+                retry = self._retried(facts, fingerprint, now, request.symbol)
+                if retry is not None:
+                    return retry
                 await conn.execute(
                     "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s",
                     (user_id, request.idempotency_key),
                 )
                 order_id = await _returned_id(conn, "SELECT nextval('order_id_seq')")
-            order = OrderRequest(
-                request.symbol,
-                Side[request.side],
-                OrderType(request.type),
-                request.quantity,
-                request.price,
-                Tif[request.time_in_force] if request.time_in_force else None,
+                facts = facts._replace(new_order_id=order_id)
+            placement = self._decide(
+                user_id, request, fingerprint, now, trade_date, facts, _free(facts)
             )
-            hold = check_order(
-                order,
-                instrument,
-                now,
-                AccountState(cash - blocked_cash, shares or 0, allow_short),
-                fees=self.fees,
-                protection_percent=self.protection_percent,
-            )
-            if isinstance(hold, RiskRejection):
-                raise OrderRefused(hold.code, hold.message)
-            assert instrument is not None  # check_order refuses an unknown symbol
-            limit_ticks = instrument.to_ticks(request.price) if request.price is not None else None
-            price, market = _engine_price(limit_ticks, hold, instrument)
-            command = NewOrder(
+            outbox_id = await _returned_id(conn, _WRITE_ORDER, placement.params)
+        return self._receipt(placement, outbox_id)
+
+    async def place_batch(
+        self, orders: Sequence[tuple[str, PlaceOrderRequest]]
+    ) -> list[OrderReceipt | OrderRefused]:
+        """``place`` for many orders (user, request) in ONE transaction of three round
+        trips: each order's answer, in their order. Each order is decided as ``place``
+        would decide it after the ones before it (a user's later order sees the holds of
+        the earlier ones; a key used twice gets the first one's order); a refused order
+        is not written and changes nothing for the others. Raises if the transaction
+        fails: nothing of the batch is stored then (the caller may retry it order by
+        order, see brokercore.entry.group_commit)."""
+        now = self.clock()
+        dates = [await self._trade_date(request.symbol, now) for _, request in orders]
+        batch = _Batch()
+        async with self.pool.connection() as conn, conn.transaction():
+            rows = await (
+                await conn.execute(
+                    _READ_BATCH,
+                    (
+                        [user_id for user_id, _ in orders],
+                        [request.symbol for _, request in orders],
+                        [request.idempotency_key for _, request in orders],
+                    ),
+                )
+            ).fetchall()
+            facts = {row[0]: _Facts(*row[1:]) for row in rows}
+            decided: list[_Placement | OrderReceipt | OrderRefused] = []
+            for n, ((user_id, request), trade_date) in enumerate(zip(orders, dates, strict=True)):
+                try:
+                    decided.append(
+                        self._decide_in(batch, user_id, request, now, trade_date, facts.get(n + 1))
+                    )
+                except OrderRefused as refused:
+                    decided.append(refused)
+            if batch.expired:
+                await conn.execute(
+                    "DELETE FROM idempotency_keys WHERE (user_id, key) IN "
+                    "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                    ([user for user, _ in batch.expired], [key for _, key in batch.expired]),
+                )
+            placed = [p for p in decided if isinstance(p, _Placement)]
+            outbox: dict[int, int] = {}
+            if placed:
+                written = await conn.execute(
+                    _WRITE_BATCH, {k: [p.params[k] for p in placed] for k in _BATCH_COLUMNS}
+                )
+                outbox = {order_id: outbox_id for outbox_id, order_id in await written.fetchall()}
+        return [
+            self._receipt(p, outbox[p.order_id]) if isinstance(p, _Placement) else p
+            for p in decided
+        ]
+
+    def _decide_in(
+        self,
+        batch: _Batch,
+        user_id: str,
+        request: PlaceOrderRequest,
+        now: datetime,
+        trade_date: date | None,
+        facts: _Facts | None,
+    ) -> _Placement | OrderReceipt:
+        """One order of a batch, decided after the batch's earlier ones."""
+        if facts is None:
+            raise _no_account()
+        fingerprint = _fingerprint(request)
+        key = (user_id, request.idempotency_key)
+        earlier = batch.keys.get(key)
+        if earlier is not None:  # a retry inside the batch: its command goes with the first
+            if earlier.fingerprint != fingerprint:
+                raise _key_reused()
+            return OrderReceipt(earlier.order_id, "PENDING", now, None)
+        if facts.key_order_id is not None:
+            retry = self._retried(facts, fingerprint, now, request.symbol)
+            if retry is not None:
+                return retry
+            batch.expired.append(key)
+        position = (facts.account_id, request.symbol)
+        free = AccountState(
+            batch.cash.get(facts.account_id, facts.cash - facts.blocked_cash),
+            batch.shares.get(position, facts.free_shares or 0),
+            facts.allow_short,
+        )
+        placement = self._decide(user_id, request, fingerprint, now, trade_date, facts, free)
+        batch.cash[facts.account_id] = free.cash_available - placement.hold.cash
+        batch.shares[position] = free.shares_available - placement.hold.shares
+        batch.keys[key] = placement
+        return placement
+
+    def _retried(
+        self, facts: _Facts, fingerprint: str, now: datetime, symbol: str
+    ) -> OrderReceipt | None:
+        """The answer to a retry of the key's order; None if the key has expired (it is
+        free for a new order)."""
+        assert facts.key_expires_at is not None and facts.key_order_id is not None
+        if facts.key_expires_at <= now:
+            return None
+        if facts.key_request_hash != fingerprint:
+            raise _key_reused()
+        assert facts.key_order_status is not None and facts.key_order_updated_at is not None
+        return OrderReceipt(
+            facts.key_order_id,
+            facts.key_order_status,
+            facts.key_order_updated_at,
+            None
+            if (facts.unpublished_outbox_id is None or facts.unpublished_payload is None)
+            else self._row(facts.unpublished_outbox_id, symbol, bytes(facts.unpublished_payload)),
+        )
+
+    def _decide(
+        self,
+        user_id: str,
+        request: PlaceOrderRequest,
+        fingerprint: str,
+        now: datetime,
+        trade_date: date | None,
+        facts: _Facts,
+        free: AccountState,
+    ) -> _Placement:
+        """The checks of a new order against what its account has free; what to write
+        if it passes (else OrderRefused)."""
+        order = OrderRequest(
+            request.symbol,
+            Side[request.side],
+            OrderType(request.type),
+            request.quantity,
+            request.price,
+            Tif[request.time_in_force] if request.time_in_force else None,
+        )
+        instrument = self.market.get(request.symbol)
+        hold = check_order(
+            order,
+            instrument,
+            now,
+            free,
+            fees=self.fees,
+            protection_percent=self.protection_percent,
+        )
+        if isinstance(hold, RiskRejection):
+            raise OrderRefused(hold.code, hold.message)
+        assert instrument is not None  # check_order refuses an unknown symbol
+        limit_ticks = instrument.to_ticks(request.price) if request.price is not None else None
+        price, market = _engine_price(limit_ticks, hold, instrument)
+        order_id = facts.new_order_id
+        assert order_id is not None  # drawn for every new key
+        payload = encode(
+            NewOrder(
                 order_id,
-                account_id,
+                facts.account_id,
                 request.symbol,
                 Side[request.side],
                 request.quantity,
@@ -214,39 +419,51 @@ class OrderEntry:
                 tif=hold.time_in_force,
                 ts=_nanoseconds(now),
             )
-            payload = encode(command)
-            outbox_id = await _returned_id(
-                conn,
-                _WRITE_ORDER,
-                {
-                    "user": user_id,
-                    "key": request.idempotency_key,
-                    "hash": fingerprint,
-                    "expires": now + self.idempotency_ttl,
-                    "order": order_id,
-                    "account": account_id,
-                    "symbol": request.symbol,
-                    "trade_date": trade_date,
-                    "side": request.side,
-                    "type": request.type,
-                    "tif": hold.time_in_force.name,
-                    "price": (
-                        instrument.ticks_to_paise(limit_ticks) if limit_ticks is not None else None
-                    ),
-                    "quantity": request.quantity,
-                    "hold": hold.cash or hold.shares,
-                    "hold_price": hold.price_ticks or 0,
-                    "cash": hold.cash,
-                    "shares": hold.shares,
-                    "now": now,
-                    "history": json.dumps({"request": msgspec.to_builtins(request)}),
-                    "topic": self.kafka.orders_topic,
-                    "partition": self.plan.shard_of(request.symbol),
-                    "kafka_key": request.symbol.encode(),
-                    "payload": payload,
-                },
-            )
-        return OrderReceipt(order_id, "PENDING", now, self._row(outbox_id, request.symbol, payload))
+        )
+        params = {
+            "user": user_id,
+            "key": request.idempotency_key,
+            "hash": fingerprint,
+            "expires": now + self.idempotency_ttl,
+            "order": order_id,
+            "account": facts.account_id,
+            "symbol": request.symbol,
+            "trade_date": trade_date,
+            "side": request.side,
+            "type": request.type,
+            "tif": hold.time_in_force.name,
+            "price": instrument.ticks_to_paise(limit_ticks) if limit_ticks is not None else None,
+            "quantity": request.quantity,
+            "hold": hold.cash or hold.shares,
+            "hold_price": hold.price_ticks or 0,
+            "cash": hold.cash,
+            "shares": hold.shares,
+            "now": now,
+            "history": json.dumps({"request": msgspec.to_builtins(request)}),
+            "topic": self.kafka.orders_topic,
+            "partition": self.plan.shard_of(request.symbol),
+            "kafka_key": request.symbol.encode(),
+            "payload": payload,
+        }
+        return _Placement(order_id, request.symbol, fingerprint, hold, payload, now, params)
+
+    def _receipt(self, placement: _Placement, outbox_id: int) -> OrderReceipt:
+        return OrderReceipt(
+            placement.order_id,
+            "PENDING",
+            placement.now,
+            self._row(outbox_id, placement.symbol, placement.payload),
+        )
+
+    async def _trade_date(self, symbol: str, now: datetime) -> date | None:
+        """The order's trade date, its partition of orders made if missing; None for an
+        unknown symbol (the checks refuse it)."""
+        instrument = self.market.get(symbol)
+        if instrument is None:
+            return None
+        trade_date = now.astimezone(instrument.session.zone).date()
+        await self._ensure_partition(trade_date)
+        return trade_date
 
     async def _ensure_partition(self, trade_date: date) -> None:
         """The day's partition of orders, made in a transaction of its own: it locks the
@@ -323,6 +540,20 @@ class OrderEntry:
                 "DELETE FROM idempotency_keys WHERE expires_at <= %s", (self.clock(),)
             )
             return cursor.rowcount
+
+
+def _free(facts: _Facts) -> AccountState:
+    return AccountState(facts.cash - facts.blocked_cash, facts.free_shares or 0, facts.allow_short)
+
+
+def _no_account() -> OrderRefused:
+    return OrderRefused(Refusal.NO_ACCOUNT, "this user has no trading account")
+
+
+def _key_reused() -> OrderRefused:
+    return OrderRefused(
+        Refusal.IDEMPOTENCY_KEY_REUSED, "this idempotency key was used for a different order"
+    )
 
 
 async def _returned_id(

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from brokercore.broker.market import load_market
 from brokercore.broker.risk import FeeSchedule, RejectCode
 from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.entry.group_commit import GroupCommit
 from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxPublisher
 from brokercore.entry.requests import OrderAccepted, PlaceOrderRequest, encode_json
@@ -52,6 +53,7 @@ class Oms(LimitedApi):
             kafka,
             fees=FeeSchedule(Decimal(settings.fee_bps), settings.fee_fixed_paise),
         )
+        self.orders = GroupCommit(self.entry)  # new orders: one transaction per batch
         self.publisher = OutboxPublisher(self.pool, kafka.bootstrap)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
         self._jobs: list[asyncio.Task[None]] = []
@@ -113,7 +115,7 @@ async def place_order(request: Request) -> Response:
     order = decode_body(PlaceOrderRequest, await oms.body(request), "order")
     return accepted(
         await oms.published(
-            principal.user_id, await entry(oms.entry.place(principal.user_id, order))
+            principal.user_id, await entry(oms.orders.place(principal.user_id, order))
         )
     )
 
