@@ -150,3 +150,45 @@ def test_development_tokens_only_in_dev_mode():
     assert minted.returncode == 0
     dev = TokenVerifier(JwtConfig("brokercore-dev", "brokercore", hs256_secret=DEV_JWT_SECRET))
     assert dev.verify(minted.stdout.strip()).user_id == "alice"
+
+
+def test_a_verified_token_is_remembered_and_answers_the_same():
+    verifier = TokenVerifier(CONFIG)
+    token = mint_token("alice", CONFIG)
+    first = verifier.verify(token)
+    assert list(verifier.remembered) == [token]
+    assert verifier.verify(token) is first
+
+
+def test_a_refused_token_is_never_remembered():
+    verifier = TokenVerifier(CONFIG)
+    forged = jwt.encode(claims(), "x" * 64, "HS256")
+    expired = jwt.encode(claims(exp=int(time.time()) - 5), SECRET, "HS256")
+    for token, code in [(forged, "INVALID_TOKEN"), (expired, "TOKEN_EXPIRED")] * 2:
+        with pytest.raises(AuthError) as info:
+            verifier.verify(token)
+        assert info.value.code == code
+    assert not verifier.remembered
+
+
+def test_a_remembered_token_is_refused_once_it_expires():
+    """The memory answers until the token's exp and never beyond (about 2 s of real time:
+    PyJWT reads the real clock)."""
+    verifier = TokenVerifier(CONFIG)
+    expiry = int(time.time()) + 2
+    token = jwt.encode(claims(exp=expiry), SECRET, "HS256")
+    assert verifier.verify(token).user_id == "alice"
+    assert verifier.remembered[token][1] == expiry
+    time.sleep(max(0.0, expiry - time.time()) + 0.05)
+    with pytest.raises(AuthError) as info:
+        verifier.verify(token)
+    assert info.value.code == "TOKEN_EXPIRED" and not verifier.remembered
+
+
+def test_the_memory_is_bounded_and_forgets_the_least_recently_used():
+    verifier = TokenVerifier(CONFIG, cache_size=2)
+    a, b, c = (mint_token(user, CONFIG) for user in ("a", "b", "c"))
+    for token in (a, b, a, c):
+        verifier.verify(token)
+    assert list(verifier.remembered) == [a, c]
+    assert verifier.verify(b).user_id == "b" and len(verifier.remembered) == 2

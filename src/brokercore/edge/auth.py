@@ -7,11 +7,17 @@ public key used as an HS256 secret) are refused. Expiry, issuer, audience and su
 are required. The subject is the user id every service stores and logs, so it is
 refused if it is longer than ``MAX_USER_ID`` or holds a character no database or log
 should see (brokercore.edge.text).
+
+A verified token is remembered, per process, until its expiry and never beyond
+(``TokenVerifier.cache_size`` of them, least recently used first out): a client sends
+the same token with every request, and checking its signature and claims again costs
+more than the rest of the request's Python. A refused token is never remembered.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,15 +81,35 @@ class Principal:
 
 
 class TokenVerifier:
-    def __init__(self, config: JwtConfig):
+    def __init__(self, config: JwtConfig, cache_size: int = 10_000):
         self.config = config
+        self.cache_size = cache_size
         self._keys: dict[str, str] = {}
         if config.hs256_secret:
             self._keys["HS256"] = config.hs256_secret
         if config.rs256_public_key:
             self._keys["RS256"] = config.rs256_public_key
+        self.remembered: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        """Verified tokens: (principal, expiry), least recently used first."""
 
     def verify(self, token: str) -> Principal:
+        """The token's principal: remembered while the token has not expired (its
+        ``exp``, without the leeway), else verified (and then remembered)."""
+        remembered = self.remembered.get(token)
+        if remembered is not None:
+            principal, expiry = remembered
+            if time.time() < expiry:
+                self.remembered.move_to_end(token)
+                return principal
+            del self.remembered[token]
+        principal = self._verify(token)
+        if self.cache_size > 0:
+            self.remembered[token] = (principal, float(principal.claims["exp"]))
+            if len(self.remembered) > self.cache_size:
+                self.remembered.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> Principal:
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError:
