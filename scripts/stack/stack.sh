@@ -120,6 +120,7 @@ CONF
         program projector "$py" -m brokercore.cli service projector
         program notifier "$py" -m brokercore.cli service notifier
         program reconciler "$py" -m brokercore.cli service reconciler
+        program monitor "$py" -m brokercore.cli service monitor  # consumer lag, WARNING past 1,000
         if [ -n "${BROKERCORE_PUSH_URL:-}" ]; then  # pushes (and their dead letters) need one
             program push-retry "$py" -m brokercore.cli service reconciler --notifications
         fi

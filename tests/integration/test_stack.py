@@ -30,6 +30,7 @@ PROCESSES = (
     "projector",
     "notifier",
     "reconciler",
+    "monitor",
 )
 
 

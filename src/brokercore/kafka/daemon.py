@@ -32,11 +32,14 @@ seconds (plus one call) even when Kafka is away. docs/kafka.md has the details.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -65,7 +68,7 @@ from brokercore.kafka.placement import shard_plan
 from brokercore.kafka.topics import SNAPSHOT_MAX_BYTES, ensure_topics
 from brokercore.runtime.shard import Shard, read_snapshot
 
-__all__ = ["EngineDaemon", "EngineOptions", "STOP_TIMEOUT"]
+__all__ = ["EngineDaemon", "EngineOptions", "LeaseMembers", "STOP_TIMEOUT", "lease_members"]
 
 _NO_OFFSET = -1001  # librdkafka's OFFSET_INVALID: nothing committed yet
 _T = TypeVar("_T")
@@ -112,6 +115,7 @@ class _Lease:
             {
                 "bootstrap.servers": settings.bootstrap,
                 "group.id": self._group,
+                "client.id": f"engine-{shard}-{socket.gethostname()}-pid{os.getpid()}",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": int(session * 1000),
                 "heartbeat.interval.ms": max(100, int(session * 1000) // 5),
@@ -165,6 +169,33 @@ class _Lease:
         """Give the lease up (a standby takes over at once); not a loss."""
         self.held = False
         self._consumer.close()
+
+
+@dataclass(frozen=True)
+class LeaseMembers:
+    """The daemons of a shard by client id (``engine-K-HOST-pidN``): the one holding the
+    lease, and the hot standbys."""
+
+    active: list[str]
+    standby: list[str]
+
+
+def lease_members(
+    admin: AdminClient, settings: KafkaSettings, timeout: float = CALL_TIMEOUT
+) -> dict[int, LeaseMembers]:
+    """shard -> its daemons, from the lease groups as the group coordinator sees them
+    (a daemon killed a moment ago stays a member until its lease session lapses)."""
+    groups = [settings.lease_group(k) for k in range(settings.shards)]
+    futures = admin.describe_consumer_groups(groups, request_timeout=timeout)
+    found = {}
+    for shard, group in enumerate(groups):
+        members = futures[group].result(timeout + 1).members
+        holds = [bool(m.assignment and m.assignment.topic_partitions) for m in members]
+        found[shard] = LeaseMembers(
+            sorted(m.client_id for m, held in zip(members, holds, strict=True) if held),
+            sorted(m.client_id for m, held in zip(members, holds, strict=True) if not held),
+        )
+    return found
 
 
 class EngineDaemon:

@@ -31,6 +31,9 @@ SERVICES = {
         "projector", False, "consumer: the read model, caches and real-time channels"
     ),
     "notifier": ServiceSpec("notifier", False, "consumer: notifications, alerts and pushes"),
+    "monitor": ServiceSpec(
+        "monitor", False, "job: every consumer's lag, logged; a WARNING past the bound"
+    ),
     "reconciler": ServiceSpec(
         "reconciler",
         False,
