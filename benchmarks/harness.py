@@ -183,20 +183,62 @@ def cpu_ticks(groups: dict[str, list[int]]) -> dict[str, int]:
 
 
 def seed_accounts(url: str, symbols: list[str], users: int) -> None:
-    """``users`` accounts, the first half of them holding every symbol (only they sell)."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    """``users`` accounts, the first half of them holding every symbol (only they sell).
+    Their cash and shares are journalled in ``funding`` (and the shares in the read
+    model) as brokercore.broker.funding would, so the reconciler's conservation checks
+    hold; set-based, as funding one account at a time costs seconds."""
+    with psycopg.connect(url) as conn:
         conn.execute(
             "INSERT INTO accounts (user_id, cash) SELECT 'u' || g, %s "
             "FROM generate_series(0, %s - 1) g",
             (CASH_PAISE, users),
         )
         conn.execute(
-            "INSERT INTO positions (account_id, symbol, quantity) "
-            "SELECT a.account_id, s, %s FROM accounts a CROSS JOIN unnest(%s::text[]) s "
-            "WHERE substr(a.user_id, 2)::int < %s",
-            (HOLDING, symbols, max(1, users // 2)),
+            "INSERT INTO funding (account_id, kind, amount, reference) "
+            "SELECT account_id, 'DEPOSIT', cash, 'seed-' || user_id FROM accounts"
         )
+        holders = "FROM accounts a CROSS JOIN unnest(%s::text[]) s "
+        holders += "WHERE substr(a.user_id, 2)::int < %s"
+        held = (symbols, max(1, users // 2))
+        conn.execute(
+            f"INSERT INTO positions (account_id, symbol, quantity) "
+            f"SELECT a.account_id, s, {HOLDING} {holders}",
+            held,
+        )
+        conn.execute(
+            f"INSERT INTO funding (account_id, kind, symbol, quantity) "
+            f"SELECT a.account_id, 'SHARES_IN', s, {HOLDING} {holders}",
+            held,
+        )
+        conn.execute(
+            f"INSERT INTO read_model.positions (user_id, symbol, quantity) "
+            f"SELECT a.user_id, s, {HOLDING} {holders}",
+            held,
+        )
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (nginx's workers, a wrapper's child), from /proc."""
+    children: dict[int, list[int]] = {}
+    for other in filter(str.isdigit, os.listdir("/proc")):
+        if parent := proc_stat(other)[1:2]:
+            children.setdefault(int(parent[0]), []).append(int(other))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def pid_in(path: str) -> list[int]:
+    """The pid a server's pid file names (its first line), or none."""
+    try:
+        with open(path) as f:
+            return [int(f.readline())]
+    except (OSError, ValueError):
+        return []
 
 
 def write_instruments(path: str) -> list[dict]:
