@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 
+import psycopg
 import redis
 import uvloop
 from confluent_kafka.admin import AdminClient
@@ -44,8 +45,6 @@ from harness import (
     dev_server,
     free_port,
     interrupt_on_sigterm,
-    postgres_pids,
-    postmaster_of,
     seed_accounts,
     stop,
     write_instruments,
@@ -122,11 +121,14 @@ def start_oms(
     raise RuntimeError(f"the OMS did not start (exit code {process.poll()})")
 
 
-async def one_round(label: str, seconds: float, clients: int, port: int, requests, pids) -> dict:
+async def one_round(
+    label: str, seconds: float, clients: int, port: int, requests, pids: dict, url: str
+) -> dict:
     """A closed loop of ``clients`` connections for ``seconds``: accepted/s and the CPU-µs
     per accepted order of each process group."""
     phase = Phase(label, seconds)
     conns = [await Connection(port).open() for _ in range(clients)]
+    pids["pg"] = database_backends(url)  # this database's backends only: the server is shared
     end = perf() + seconds
     before = cpu_ticks(pids)
 
@@ -147,6 +149,15 @@ async def one_round(label: str, seconds: float, clients: int, port: int, request
     }
 
 
+def database_backends(url: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
 def requests_to(port: int, tokens: list[str], orders):
     """Endless whole HTTP requests (head and body) of the orders, to ``port``."""
     heads = [
@@ -159,7 +170,7 @@ def requests_to(port: int, tokens: list[str], orders):
     return (b"%s%d\r\n\r\n%s" % (heads[user], len(body), body) for user, body in orders)
 
 
-async def measure(args, servers: dict, tokens: list[str], orders, shared: dict) -> dict:
+async def measure(args, servers: dict, tokens: list[str], orders, shared: dict, url: str) -> dict:
     """Idle CPU, a warm-up, then ``--rounds`` rounds of each server, alternating."""
     streams = {name: requests_to(port, tokens, orders) for name, (_, port) in servers.items()}
     groups = {name: {"oms": [p.pid], **shared} for name, (p, _) in servers.items()}
@@ -168,12 +179,14 @@ async def measure(args, servers: dict, tokens: list[str], orders, shared: dict) 
         await asyncio.sleep(args.idle)
         idle = cpu_ticks(pids)["oms"] - before["oms"]
         print(f"{name:12} idle: oms {idle / os.sysconf('SC_CLK_TCK') / args.idle:.1%} of a core")
-        await one_round("warm-up", args.warmup, args.clients, servers[name][1], streams[name], pids)
+        await one_round(
+            "warm-up", args.warmup, args.clients, servers[name][1], streams[name], pids, url
+        )
     results: dict[str, list[dict]] = {name: [] for name in servers}
     for n in range(args.rounds):
         for name, (_, port) in servers.items():
             r = await one_round(
-                f"round {n}", args.seconds, args.clients, port, streams[name], groups[name]
+                f"round {n}", args.seconds, args.clients, port, streams[name], groups[name], url
             )
             results[name].append(r)
             print(
@@ -237,12 +250,12 @@ def main() -> None:
         tokens = [mint_token(f"u{n}", jwt, ttl=24 * 3600) for n in range(args.users)]
         orders = order_bodies(instruments, args.users, 1, f"{run_id}-")
         shared = {
-            "pg": postgres_pids(postmaster_of(url)),
+            "pg": [],  # the database's backends, at each round's start
             "redis": [int(redis.Redis.from_url(REDIS).info("server")["process_id"])],
         }
         print(f"{args.clients} clients, {args.users} users, {args.seconds} s rounds", flush=True)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            results = runner.run(measure(args, servers, tokens, orders, shared))
+            results = runner.run(measure(args, servers, tokens, orders, shared, url))
         for name, rows in results.items():
             print(
                 f"{name:12} median: "
