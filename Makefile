@@ -67,6 +67,10 @@ bench: build  ## every benchmark, engine with a longer profile (more runs, more 
 	$(PY) benchmarks/bench_ring.py
 	$(PY) benchmarks/bench_shard.py
 
+.PHONY: bench-open
+bench-open: build  ## a market open end to end on a private stack (60 s; BENCH_OPEN_ARGS="--oms 2 --json open.json")
+	$(PY) benchmarks/bench_open.py $(BENCH_OPEN_ARGS)
+
 # The hot paths as pytest-benchmark tests (tests/benchmarks), timed; results in .benchmarks/.
 # Timed in CPU time (time.process_time): other work on the machine stretches the wall clock
 # of a round, much less its CPU time.

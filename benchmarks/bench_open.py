@@ -56,16 +56,15 @@ import numpy as np
 import psycopg
 import redis
 import uvloop
-from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
-from brokercore.consumers.pg_consumer import stored_offsets
 from brokercore.consumers.reconcile import find_discrepancies, settled_events
 from brokercore.db.migrations import drop_database
 from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.engine.records import EventType, Op, Reason
-from brokercore.notify.consumer import notifier_group_id
+from brokercore.kafka.lag import KafkaLagProbe
+from brokercore.services.monitor import platform_lags
 from harness import (
     REPO,
     Connection,
@@ -242,44 +241,32 @@ class Cpu:
 
 
 class Positions:
-    """Where each consumer is against the end of its topic, per partition: the engines'
-    group offsets on ``orders``, settlement's and the projector's offsets in Postgres and
-    the notifier's group offsets on ``events``, against read_committed end offsets."""
+    """Where each consumer is against the end of its topic, per partition, as the lag
+    monitor reads it (brokercore.services.monitor.platform_lags: the engines' group
+    offsets on ``orders``, settlement's and the projector's offsets in Postgres, the
+    notifier's group on ``events``; positions read before the ends, so an engine that
+    has read an order has committed its events by the time the ends of ``events`` are
+    read, and "everyone at the end" means every order settled)."""
 
     def __init__(self, url: str, kafka: KafkaSettings):
         self.kafka, self.url = kafka, url
-        self.admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+        self.probe = KafkaLagProbe(kafka.bootstrap)
         self.conn = psycopg.connect(url, autocommit=True)
 
-    def ends(self, topic: str) -> dict[int, int]:
-        asked = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(self.kafka.shards)}
-        found = self.admin.list_offsets(asked, isolation_level=IsolationLevel.READ_COMMITTED)
-        return {tp.partition: f.result(10).offset for tp, f in found.items()}
-
-    def group(self, group: str, topic: str) -> dict[int, int]:
-        asked = [
-            ConsumerGroupTopicPartitions(
-                group, [TopicPartition(topic, p) for p in range(self.kafka.shards)]
-            )
-        ]
-        (future,) = self.admin.list_consumer_group_offsets(asked).values()
-        return {tp.partition: max(tp.offset, 0) for tp in future.result(10).topic_partitions}
-
     def read(self) -> dict[str, dict[int, tuple[int, int]]]:
-        """{consumer: {partition: (end, position)}}. The ends of ``events`` are read after
-        the engines' positions: an engine that has read an order has committed its events
-        by then (one transaction), so "everyone at the end" means every order settled."""
-        k = self.kafka
-        orders, found = self.ends(k.orders_topic), {}
-        for shard in range(k.shards):
-            position = self.group(k.engine_group(shard), k.orders_topic).get(shard, 0)
-            found[f"engine-{shard}"] = {shard: (orders.get(shard, 0), position)}
-        events = self.ends(k.events_topic)
+        """{consumer: {partition: (end, position)}}; a consumer that stored nothing yet is
+        at the start of every partition."""
+        lags, problems = platform_lags(self.kafka, self.url, self.probe)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        found: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
+        for name, readings in lags.items():
+            for lag in readings:
+                at = lag.start if lag.position is None else lag.position
+                found[lag.consumer if name == "engine" else name][lag.partition] = (lag.end, at)
         for consumer in PG_CONSUMERS:
-            stored = stored_offsets(self.conn, consumer, k.events_topic)
-            found[consumer] = {p: (end, stored.get(p, 0)) for p, end in events.items()}
-        notifier = self.group(notifier_group_id(k.topic_prefix), k.events_topic)
-        found["notifier"] = {p: (end, notifier.get(p, 0)) for p, end in events.items()}
+            if consumer not in found:
+                found[consumer] = {p: (end, 0) for p, (end, _) in found["notifier"].items()}
         return found
 
     def close(self) -> None:
@@ -663,8 +650,9 @@ def report(args, phases, idle, whole, lag, caught, sampler_errors) -> dict:
             f"{v['catch_up_p99_s']:15.2f} {v['catch_up_max_s']:7.2f}"
         )
     log(
-        f"(messages behind the read_committed end, all partitions; catch-up: seconds to "
-        f"reach where the end was, to the sampling period of {args.sample_every} s"
+        f"(messages behind the high watermark, all partitions, transaction markers "
+        f"included; catch-up: seconds to reach where the end was, to the sampling period "
+        f"of {args.sample_every} s"
         + (f"; samples failed: {dict(sampler_errors)}" if sampler_errors else "")
         + ")"
     )
