@@ -8,12 +8,12 @@ COMPILED := brokercore.engine._engine brokercore.runtime._ringbuffer brokercore.
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres replica redis clean
+.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres replica redis edge nginx clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
 
-test: lint kafka postgres replica redis  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, run every test
+test: lint kafka postgres replica redis nginx  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, install nginx (the tests start edges of their own), run every test
 	$(PY) -m pytest
 
 # The fast lane runs Hypothesis's dev profile (HYPOTHESIS_PROFILE=ci on the command line for
@@ -61,6 +61,12 @@ replica: postgres  ## a streaming read replica of that cluster on 127.0.0.1:1543
 
 redis:  ## a Redis on 127.0.0.1:16379 (Debian's package), nothing persisted, state in .redis
 	scripts/redis/redis.sh start
+
+edge:  ## the edge: nginx (Debian's package) on 127.0.0.1:8080 in front of the API processes of `make up`, state in .edge
+	scripts/edge/nginx.sh start
+
+nginx:  ## install nginx (Debian's package) if it is missing
+	scripts/edge/nginx.sh install
 
 bench: build  ## every benchmark, engine with a longer profile (more runs, more commands)
 	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000
@@ -123,4 +129,5 @@ clean:
 	scripts/postgres/postgres.sh replica-stop
 	scripts/postgres/postgres.sh stop
 	scripts/redis/redis.sh stop
-	rm -rf $(VENV) $(DEBUG_VENV) build .hypothesis .pytest_cache .kafka .postgres .postgres-replica .redis
+	scripts/edge/nginx.sh stop
+	rm -rf $(VENV) $(DEBUG_VENV) build .hypothesis .pytest_cache .kafka .postgres .postgres-replica .redis .edge

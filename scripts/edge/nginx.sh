@@ -2,6 +2,8 @@
 # The edge: nginx on 127.0.0.1 in front of the API processes, the stack's one entry point
 # (routing, balancing, body cap and JSON errors: scripts/edge/nginx.conf.template).
 #
+#   scripts/edge/nginx.sh install  install nginx if it is missing (make test: the tests
+#                                  start edges of their own)
 #   scripts/edge/nginx.sh start    install if needed, render nginx.conf, start, wait
 #   scripts/edge/nginx.sh reload   render nginx.conf again (new upstreams) and reload it:
 #                                  the workers finish their requests, new ones start
@@ -157,10 +159,11 @@ status() {
 url() { echo "http://127.0.0.1:$port"; }
 
 case "${1:-}" in
+    install) install_nginx ;;
     start) start ;;
     reload) reload ;;
     stop) stop ;;
     status) status ;;
     url) url ;;
-    *) echo "usage: $0 start|reload|stop|status|url" >&2; exit 2 ;;
+    *) echo "usage: $0 install|start|reload|stop|status|url" >&2; exit 2 ;;
 esac
