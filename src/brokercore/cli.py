@@ -1,6 +1,7 @@
 """The ``brokercore`` command line: ``brokercore shard`` runs a shard on a built-in load;
 ``brokercore engine`` runs the Kafka-fed engine daemon of one shard; ``brokercore plan``
-shows (and writes) the shard plan."""
+shows (and writes) the shard plan; ``brokercore status`` is the operator's view of the
+shards and the consumers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from brokercore import __version__
@@ -152,6 +154,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--write", metavar="FILE", help="compute the plan and write it to FILE")
 
+    status = commands.add_parser(
+        "status",
+        help="the shards' daemons, orders/s and lag, and every consumer's lag",
+        description="Print, for each shard, its symbols, the daemon holding its lease "
+        "(active) and the hot standbys, orders/s (the orders partition's end, "
+        "sampled --sample seconds apart) and the engine's lag; then each "
+        "consumer's lag on events; then a WARNING for each partition past --bound "
+        "and each shard without an active daemon. Exit 1 when a shard has no "
+        "active daemon. Settings come from BROKERCORE_* variables.",
+    )
+    status.add_argument(
+        "--bound",
+        type=int,
+        default=1_000,
+        help="messages behind on a partition past which it warns (default: %(default)s)",
+    )
+    status.add_argument(
+        "--sample", type=float, default=1.0, help="seconds to measure orders/s over (default: 1)"
+    )
+
     token = commands.add_parser(
         "token",
         help="mint a development JWT for a user (only with BROKERCORE_DEV_MODE=1)",
@@ -208,6 +230,60 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"from {settings.shard_plan or 'the weights in ' + args.instruments}")
     print("\n".join(plan.describe()))
     return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    try:
+        return _status(args)
+    except (KafkaException, TimeoutError) as e:
+        print(f"brokercore status: Kafka: {str(e) or 'no answer in time'}", file=sys.stderr)
+        return 2
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Print the status (see the ``status`` command's help); 1 if a shard has no active
+    daemon."""
+    from brokercore.config import ServiceSettings
+    from brokercore.kafka.daemon import lease_members
+    from brokercore.kafka.lag import KafkaLagProbe, over_bound, summary
+    from brokercore.kafka.placement import shard_plan
+    from brokercore.services.monitor import platform_lags
+
+    kafka, services = KafkaSettings.from_env(), ServiceSettings.from_env()
+    plan = shard_plan(kafka, load_instruments(services.instruments))
+    probe = KafkaLagProbe(kafka.bootstrap)
+    before, started = probe.watermarks(kafka.orders_topic, kafka.shards), time.monotonic()
+    time.sleep(args.sample)
+    after, elapsed = probe.watermarks(kafka.orders_topic, kafka.shards), time.monotonic() - started
+    daemons = lease_members(probe.admin, kafka)
+    lags, problems = platform_lags(kafka, services.database_url, probe)
+    engine = lags.pop("engine")
+    engine_lag = {lag.partition: lag.lag for lag in engine}
+    warnings = [
+        f"shard {k}: no active daemon" for k in range(kafka.shards) if not daemons[k].active
+    ]
+    print(f"shards ({kafka.shards}, plan version {plan.version}):")
+    for k in range(kafka.shards):
+        rate = (after[k][1] - before[k][1]) / elapsed
+        symbols = ", ".join(f"{s} (hot)" if s in plan.hot else s for s in plan.on_shard(k))
+        print(
+            f"  shard {k}: active {', '.join(daemons[k].active) or 'NONE'}; "
+            f"standby {', '.join(daemons[k].standby) or 'none'}; "
+            f"{rate:,.1f} orders/s; lag {engine_lag[k]:,}; {symbols or 'no symbols'}"
+        )
+    print("consumers (lag on events):")
+    for name, readings in lags.items():
+        print(f"  {summary(name, readings)}")
+    warnings += [f"{problem} (not measured)" for problem in problems]
+    warnings += [
+        f"{lag.describe()}, past the bound of {args.bound:,}"
+        for lag in over_bound(engine + [r for rs in lags.values() for r in rs], args.bound)
+    ]
+    for warning in warnings:
+        print(f"WARNING: {warning}")
+    return 1 if any(not daemons[k].active for k in range(kafka.shards)) else 0
 
 
 def run_token(args: argparse.Namespace) -> int:
@@ -303,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {
             "engine": run_engine,
             "plan": run_plan,
+            "status": run_status,
             "shard": run_shard,
             "token": run_token,
             "service": run_service,
