@@ -109,6 +109,36 @@ class PrivatePostgres(PrivateServer):
         (crash recovery); returns once it answers."""
         self.script("crash-restart")
 
+    def superuser_url(self) -> str:
+        """The superuser's URL (database postgres, through the Unix socket)."""
+        return self.script("superuser-url")
+
+    def replica(self) -> PrivateReplica:
+        """A streaming replica of this server (not started yet)."""
+        return PrivateReplica(self)
+
+
+class PrivateReplica(PrivateServer):
+    """A streaming hot standby of ``primary`` (postgres.sh replica-*), on a port and
+    state folder of its own; ``url``: the application's URL on it. Starting it makes
+    the primary allow replication (started first if need be)."""
+
+    server, variable = "postgres", "PG_REPLICA"
+
+    def __init__(self, primary: PrivatePostgres, state: Path | None = None):
+        super().__init__(state, **primary.env)
+        self.primary = primary
+        self.url = self.script("replica-url")
+
+    def start(self) -> None:
+        self.script("replica-start")
+
+    def stop(self) -> None:
+        self.script("replica-stop")
+
+    def superuser_url(self) -> str:
+        return self.script("replica-superuser-url")
+
 
 class PrivateRedis(PrivateServer):
     """``url``: its connection URL."""

@@ -20,6 +20,9 @@
 #                                         then started (hot standby) and waited for
 #   scripts/postgres/postgres.sh replica-stop | replica-status | replica-url
 #                                         as stop, status and url, for the replica
+#   scripts/postgres/postgres.sh superuser-url | replica-superuser-url
+#                                         the superuser's URL (the Unix socket), for tests
+#                                         that pause a replica's replay
 #
 # PostgreSQL is Debian's (`apt-get install -y postgresql` when it is missing); the
 # newest /usr/lib/postgresql/<version>/bin is used. The cluster's data, log and
@@ -278,6 +281,8 @@ status() {
 
 url() { echo "postgresql://$app_user:$app_password@127.0.0.1:$port/$app_db"; }
 
+superuser_url() { echo "postgresql://postgres@/postgres?host=$socket_dir&port=$port"; }
+
 # --- the replica ------------------------------------------------------------------------------
 
 superuser_sql() {
@@ -287,6 +292,8 @@ superuser_sql() {
 
 # The running primary admits the replica: its configuration rewritten and reloaded (the
 # replication line of pg_hba.conf); a restart only when a setting that needs one is off.
+# After wal_level minimal no existing copy can follow the primary: stale_copy=1.
+stale_copy=0
 allow_replication() {
     write_config
     pg_ctl reload > /dev/null
@@ -299,6 +306,7 @@ allow_replication() {
         superuser_sql "ALTER SYSTEM SET max_wal_senders = 10" > /dev/null
         stop
         start
+        if [[ "$level" == minimal ]]; then stale_copy=1; fi
     fi
 }
 
@@ -333,10 +341,12 @@ replica_start() {
     if [[ -f "$data/PG_VERSION" && "$(system_id "$data")" != "$(system_id "$primary_data")" ]]; then
         log "$data is a copy of another cluster: taking a new base backup"
         rm -rf "$data"
+    elif [[ -f "$data/PG_VERSION" && "$stale_copy" == 1 ]]; then
+        log "the primary ran with wal_level minimal: taking a new base backup"
+        rm -rf "$data"
     fi
     if [[ -f "$data/PG_VERSION" ]] && ! start_copy; then
-        log "the replica does not start from its copy (e.g. the primary ran with" \
-            "wal_level minimal since): taking a new base backup"
+        log "the replica does not start from its copy: taking a new base backup"
         rm -rf "$data"
     fi
     if [[ ! -f "$data/PG_VERSION" ]]; then
@@ -365,5 +375,7 @@ case "${1:-}" in
     replica-stop) use_replica; stop ;;
     replica-status) use_replica; status ;;
     replica-url) use_replica; url ;;
-    *) echo "usage: $0 start|stop|status|url|crash-restart|replica-start|replica-stop|replica-status|replica-url" >&2; exit 2 ;;
+    superuser-url) superuser_url ;;
+    replica-superuser-url) use_replica; superuser_url ;;
+    *) echo "usage: $0 start|stop|status|url|crash-restart|replica-start|replica-stop|replica-status|replica-url|superuser-url|replica-superuser-url" >&2; exit 2 ;;
 esac

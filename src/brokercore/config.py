@@ -178,6 +178,8 @@ class ServiceSettings:
     read_rate_limit_burst: int = 60  # reads (query, notifications) at once ...
     read_rate_limit_per_second: float = 30.0  # ... and per second after that
     db_pool_timeout: float = 5.0  # seconds a request waits for a connection
+    replica_url: str | None = None  # a streaming read replica (brokercore.read.replica)
+    replica_max_lag: float = 2.0  # seconds behind the primary past which it is not read
     max_body_bytes: int = 16 * 1024
     fee_bps: str = "0"  # brokerage in basis points of the value
     fee_fixed_paise: int = 0  # plus this per order that trades
@@ -195,8 +197,8 @@ class ServiceSettings:
         """Every field from its BROKERCORE_<FIELD> variable; besides, dev mode is on only
         for BROKERCORE_DEV_MODE=1 (and then the HS256 secret defaults to the public
         development one), the RS256 public key is read from the file that
-        BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE names, and an empty secret or push URL is
-        no secret or push URL."""
+        BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE names, and an empty secret, push URL or
+        replica URL is none."""
         dev_mode = env.get("BROKERCORE_DEV_MODE", "0") == "1"
         public_key_file = env.get("BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE")
         return _from_env(
@@ -208,4 +210,5 @@ class ServiceSettings:
             ),
             jwt_rs256_public_key=(Path(public_key_file).read_text() if public_key_file else None),
             push_url=env.get("BROKERCORE_PUSH_URL") or None,
+            replica_url=env.get("BROKERCORE_REPLICA_URL") or None,
         )

@@ -8,6 +8,7 @@ Retry-After while Postgres, Redis or Kafka is away, never 500."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -18,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -32,12 +33,15 @@ from brokercore.edge.ratelimit import TokenBucket
 from brokercore.edge.text import bad_character
 from brokercore.entry.requests import ErrorBody, ErrorDetail, FieldError, encode_json
 from brokercore.faults.backoff import transient
+from brokercore.read.replica import ReadRouter
+from brokercore.services.redis_batch import CoalescingRedis
 
 __all__ = [
     "LimitedApi",
     "api_app",
     "service_app",
     "database_pool",
+    "read_router",
     "ApiError",
     "error_response",
     "guarded",
@@ -97,10 +101,26 @@ def database_pool(settings: ServiceSettings, max_size: int, **options: Any) -> A
     )
 
 
+def read_router(
+    settings: ServiceSettings, primary: AsyncConnectionPool, max_size: int, **options: Any
+) -> ReadRouter:
+    """Reads over ``primary`` and, when ``settings.replica_url`` names one, the read
+    replica (a pool like ``database_pool``'s, with the same ``options``)."""
+    replica = (
+        database_pool(
+            dataclasses.replace(settings, database_url=settings.replica_url), max_size, **options
+        )
+        if settings.replica_url
+        else None
+    )
+    return ReadRouter(primary, replica, max_lag=settings.replica_max_lag)
+
+
 class LimitedApi:
     """What an API that users call holds: a Postgres pool (``database_pool``), a Redis
     client with short timeouts that waits for a free connection instead of failing when
-    all are busy, the token verifier, and a per-user rate limit of ``burst`` requests at
+    all are busy and sends concurrent requests' commands together (``CoalescingRedis``),
+    the token verifier, and a per-user rate limit of ``burst`` requests at
     once and ``per_second`` after that, under its own Redis key prefix."""
 
     def __init__(
@@ -117,7 +137,7 @@ class LimitedApi:
     ):
         self.settings = settings
         self.pool = database_pool(settings, max_connections, configure=configure)
-        self.redis = Redis(
+        self.redis = CoalescingRedis(
             connection_pool=BlockingConnectionPool.from_url(
                 settings.redis_url,
                 max_connections=max_redis,

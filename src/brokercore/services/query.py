@@ -7,7 +7,8 @@ GET /api/v1/orders, /orders/{orderId}, /orders/{orderId}/history, /portfolio,
 user sees only their own orders and money. The reads are brokercore.read.queries'. Per-user
 answers go through brokercore.read.cache.UserCache (invalidated by generation by the OMS,
 settlement and the projector after their commits; settings.cache_ttl), market data
-through the projector's copy in Redis. Redis only accelerates: with short socket
+through the projector's copy in Redis. With BROKERCORE_REPLICA_URL the reads go to the
+read replica while it keeps up (brokercore.read.replica). Redis only accelerates: with short socket
 timeouts and no retries an outage costs a request a fraction of a second at most, and
 the answer comes from Postgres. A user's reads have a rate limit of their own
 (BROKERCORE_READ_RATE_LIMIT_*). Errors as the OMS's: ``{"error": {"code", "message",
@@ -40,7 +41,14 @@ from brokercore.read import queries
 from brokercore.read.cache import UserCache
 from brokercore.read.candles import INTERVALS
 from brokercore.realtime.channels import encode_message, md_key
-from brokercore.services.http import ApiError, LimitedApi, field_error, guarded, service_app
+from brokercore.services.http import (
+    ApiError,
+    LimitedApi,
+    field_error,
+    guarded,
+    read_router,
+    service_app,
+)
 
 log = logging.getLogger("brokercore.query")
 
@@ -89,18 +97,26 @@ class QueryService(LimitedApi):
                 "retry": Retry(NoBackoff(), 0),
             },
         )
+        self.router = read_router(settings, self.pool, 20, configure=_snapshot_reads)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
         self.market = load_market(settings.instruments)
         self._books_down_until = 0.0
+
+    async def open(self) -> None:
+        await super().open()
+        await self.router.open()
+
+    async def close(self) -> None:
+        await self.router.close()
+        await super().close()
 
     async def user(self, request: Request) -> str:
         """The user id of the request's bearer token, within the reads' rate limit."""
         return (await self.authorize(request)).user_id
 
     async def read(self, query: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``query(conn, *args)`` on a connection of the pool."""
-        async with self.pool.connection() as conn:
-            return await query(conn, *args)
+        """``query(conn, *args)`` on the replica or the primary (``self.router``)."""
+        return await self.router.read(query, *args)
 
     async def cached(
         self,

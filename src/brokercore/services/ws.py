@@ -16,7 +16,8 @@ SUBSCRIBED / UNSUBSCRIBED, PING every BROKERCORE_WS_HEARTBEAT seconds, PONG, ERR
 "channel": "trades"|"book", "symbol": ...}``, ``{"op": "pong"}``, ``{"op": "ping"}``,
 ``{"op": "resume", "since": SEQ}`` (as the first frame only; or connect with
 ``?since=SEQ``): every ORDER_UPDATE after SEQ, from the read model, then live ones,
-none twice. NOTIFICATIONs are live only.
+none twice (from the read replica when BROKERCORE_REPLICA_URL names one and it has
+caught up: brokercore.read.replica). NOTIFICATIONs are live only.
 
 Close codes: 4408 no frame for two heartbeats; 4429 "slow consumer: N messages behind"
 (more than BROKERCORE_WS_QUEUE_SIZE frames waiting; nothing is dropped silently);
@@ -36,6 +37,7 @@ from typing import Any
 
 import psycopg
 import redis
+from psycopg_pool import PoolTimeout
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -65,7 +67,7 @@ from brokercore.realtime.hub import (
     order_update_seq,
     replayed_update,
 )
-from brokercore.services.http import database_pool, service_app
+from brokercore.services.http import database_pool, read_router, service_app
 
 log = logging.getLogger("brokercore.ws")
 
@@ -99,6 +101,7 @@ class Gateway:
         self.instance = uuid.uuid4().hex
         self.redis = Redis.from_url(settings.redis_url, client_name=f"ws-{self.instance}")
         self.pool = database_pool(settings, 8)
+        self.router = read_router(settings, self.pool, 8)
         self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
         self.market = load_market(settings.instruments)
         self.hub = Hub(
@@ -112,6 +115,7 @@ class Gateway:
 
     async def open(self) -> None:
         await self.pool.open(wait=True)
+        await self.router.open()
         await self.hub.open()
 
     async def close(self) -> None:
@@ -122,6 +126,7 @@ class Gateway:
                 asyncio.gather(*(s.finished.wait() for s in list(self.sessions))), CLOSE_TIMEOUT + 5
             )
         await self.hub.close()
+        await self.router.close()
         await self.pool.close()
         await self.redis.aclose()
 
@@ -364,11 +369,8 @@ class Session:
         subscribed, so nothing falls between the two."""
         self.resumable, self.replaying = False, True
         try:
-            async with self.gateway.pool.connection() as conn:
-                rows = await (
-                    await conn.execute(REPLAY_SQL, (self.user, since, REPLAY_LIMIT + 1))
-                ).fetchall()
-        except psycopg.Error as e:
+            rows = await self.gateway.router.read(_missed_updates, self.user, since)
+        except (psycopg.Error, PoolTimeout) as e:
             log.warning("reading %s's order updates failed: %s", self.user, e)
             self.shutdown(1011, "could not read the order history; try again")
             return
@@ -384,6 +386,14 @@ class Session:
         frames.extend(text for seq, text in self.held if seq not in self.skip)
         self.held, self.replaying = [], False
         self.push(frames)
+
+
+async def _missed_updates(
+    conn: psycopg.AsyncConnection, user: str, since: int
+) -> list[tuple[int, str]]:
+    """The user's ORDER_UPDATEs (seq, payload) after ``since``, REPLAY_LIMIT + 1 at most."""
+    cursor = await conn.execute(REPLAY_SQL, (user, since, REPLAY_LIMIT + 1))
+    return await cursor.fetchall()
 
 
 async def orders_socket(websocket: WebSocket) -> None:
