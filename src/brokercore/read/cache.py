@@ -27,6 +27,14 @@ log = logging.getLogger("brokercore.read.cache")
 
 _GEN_TTL = 86_400  # far longer than any entry lives, so a lapsed counter is harmless
 
+# One command for any number of users: each generation incremented, kept for the TTL.
+_BUMP = """
+for _, key in ipairs(KEYS) do
+  redis.call('INCR', key)
+  redis.call('EXPIRE', key, ARGV[1])
+end
+"""
+
 # One round trip: the generation, and the entry filed under it.
 _LOOKUP = """
 local gen = redis.call('GET', KEYS[1]) or '0'
@@ -38,6 +46,10 @@ def _gen_key(prefix: str, user: str) -> str:
     return f"{prefix}cache:{user}:gen"
 
 
+def _gen_keys(prefix: str, users: Iterable[str]) -> list[str]:
+    return [_gen_key(prefix, user) for user in sorted(set(users))]
+
+
 class UserCache:
     """Cached reads for the query service (asyncio)."""
 
@@ -46,6 +58,7 @@ class UserCache:
     ):
         self.redis, self.prefix, self.ttl, self.retry_after = client, prefix, ttl, retry_after
         self._lookup = client.register_script(_LOOKUP)
+        self._bump = client.register_script(_BUMP)
         self._down_until = 0.0
         self.hits = self.misses = self.errors = 0
 
@@ -74,15 +87,11 @@ class UserCache:
 
     async def invalidate(self, users: Iterable[str]) -> None:
         """For asyncio writers (the OMS); a failure is logged, the entries expire."""
-        users = sorted(set(users))
-        if not users:
+        keys = _gen_keys(self.prefix, users)
+        if not keys:
             return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for user in users:
-                    pipe.incr(_gen_key(self.prefix, user))
-                    pipe.expire(_gen_key(self.prefix, user), _GEN_TTL)
-                await pipe.execute()
+            await self._bump(keys=keys, args=[_GEN_TTL])
         except redis.RedisError as e:
             self._failed(e)
 
@@ -119,8 +128,6 @@ class Invalidator:
 
 
 def invalidate(client: redis.Redis, prefix: str, users: Iterable[str]) -> None:
-    pipe = client.pipeline(transaction=False)
-    for user in sorted(set(users)):
-        pipe.incr(_gen_key(prefix, user))
-        pipe.expire(_gen_key(prefix, user), _GEN_TTL)
-    pipe.execute()
+    keys = _gen_keys(prefix, users)
+    if keys:
+        client.register_script(_BUMP)(keys=keys, args=[_GEN_TTL])

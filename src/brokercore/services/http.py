@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -34,6 +34,7 @@ from brokercore.edge.text import bad_character
 from brokercore.entry.requests import ErrorBody, ErrorDetail, FieldError, encode_json
 from brokercore.faults.backoff import transient
 from brokercore.read.replica import ReadRouter
+from brokercore.services.redis_batch import CoalescingRedis
 
 __all__ = [
     "LimitedApi",
@@ -118,7 +119,8 @@ def read_router(
 class LimitedApi:
     """What an API that users call holds: a Postgres pool (``database_pool``), a Redis
     client with short timeouts that waits for a free connection instead of failing when
-    all are busy, the token verifier, and a per-user rate limit of ``burst`` requests at
+    all are busy and sends concurrent requests' commands together (``CoalescingRedis``),
+    the token verifier, and a per-user rate limit of ``burst`` requests at
     once and ``per_second`` after that, under its own Redis key prefix."""
 
     def __init__(
@@ -135,7 +137,7 @@ class LimitedApi:
     ):
         self.settings = settings
         self.pool = database_pool(settings, max_connections, configure=configure)
-        self.redis = Redis(
+        self.redis = CoalescingRedis(
             connection_pool=BlockingConnectionPool.from_url(
                 settings.redis_url,
                 max_connections=max_redis,
