@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import psycopg
 import uvloop
 from confluent_kafka.admin import AdminClient
 
@@ -123,15 +124,23 @@ class Phase:
             + " ".join(f"{mark}{lat[k]:6.1f}" for k in lat)
             + f" {self.bad:7,} {len(self.unanswered):7,} | "
             + " ".join(f"{self.cpu.get(k, float('nan')):7.0f}" for k in self.cpu)
+            + " | "
+            + " ".join(f"{self.us_per_order(k):7,.0f}" for k in ("uvicorn", "pg-db", "pg"))
             + "".join(f"  {s}: {n:,}" for s, n in self.statuses.items() if s != 202)
         )
+
+    def us_per_order(self, group: str) -> float:
+        """CPU-µs the group spent per accepted order in the window."""
+        return self.cpu.get(group, float("nan")) * 1e4 / max(self.per_s, 1e-9)
 
 
 HEADER = (
     f"{'phase':26} {'offered':>8} {'accepted':>8} {'p50':>7} {'p99':>7} {'p99.9':>7} "
-    f"{'max':>7} {'non-202':>7} {'unanswd':>7} | {'uvicorn':>7} {'client':>7} {'pg':>7}\n"
+    f"{'max':>7} {'non-202':>7} {'unanswd':>7} | {'uvicorn':>7} {'client':>7} {'pg-db':>7} "
+    f"{'pg':>7} | {'uvicorn':>7} {'pg-db':>7} {'pg':>7}\n"
     f"{'':26} {'orders/s':>8} {'orders/s':>8} {'ms':>7} {'ms':>7} {'ms':>7} {'ms':>7} "
-    f"{'':>7} {'':>7} | {'% core':>7} {'% core':>7} {'% core':>7}"
+    f"{'':>7} {'':>7} | {'% core':>7} {'% core':>7} {'% core':>7} {'% core':>7} | "
+    f"{'µs/ordr':>7} {'µs/ordr':>7} {'µs/ordr':>7}"
 )
 
 
@@ -188,7 +197,7 @@ async def open_loop(
 
 
 async def run_all(
-    args, port: int, tokens: list[str], orders, uvicorn_pid: int, postmaster: str
+    args, port: int, tokens: list[str], orders, uvicorn_pid: int, postmaster: str, url: str
 ) -> list[Phase]:
     """Warm-up, closed loops, open loops at 50% of the best and at --rate; each phase on
     connections opened before its clock starts, its CPU read at the window's ends."""
@@ -208,6 +217,7 @@ async def run_all(
         groups = {
             "uvicorn": [uvicorn_pid],
             "client": [os.getpid()],
+            "pg-db": database_backends(url),
             "pg": postgres_pids(postmaster),
         }
         start = perf() + 0.1
@@ -246,13 +256,41 @@ async def run_all(
     return phases[1:]
 
 
+def database_backends(url: str) -> list[int]:
+    """The Postgres backends connected to the bench's database (the OMS's pool): the
+    server's other processes serve other work on a shared machine."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def batch_sizes(url: str) -> str:
+    """Orders per transaction, from the orders' created_at (one timestamp per group
+    commit batch; one per order on the single path)."""
+    with psycopg.connect(url) as conn:
+        sizes = np.array(
+            [n for (n,) in conn.execute("SELECT count(*) FROM orders GROUP BY created_at")] or [0]
+        )
+    weighted = np.repeat(sizes, sizes)  # as an order sees it
+    return (
+        f"{len(sizes):,} transactions, {sizes.sum():,} orders: mean {sizes.mean():.1f}, "
+        f"max {sizes.max()}; per order p50 {np.percentile(weighted, 50):.0f}, p90 "
+        f"{np.percentile(weighted, 90):.0f}"
+    )
+
+
 def summary(phases: list[Phase], output: str, code) -> None:
     log(f"\n== summary: POST {PATH}, one uvicorn process (uvloop, httptools) ==\n{HEADER}")
     for p in phases:
         log(p.line())
     log(
         "(latency: closed loop send -> answer, open loop from the scheduled time; '>' = lower "
-        "bounds: unanswd requests counted at their wait so far; pg = all Postgres processes)"
+        "bounds: unanswd requests counted at their wait so far; pg-db = the backends of the "
+        "bench's database, pg = all Postgres processes, others' work on a shared machine "
+        "included; µs/ordr = CPU-µs per accepted order)"
     )
     bad = Counter({s: n for p in phases for s, n in p.statuses.items() if s != 202})
     answered = sum(sum(p.statuses.values()) for p in phases)
@@ -357,7 +395,8 @@ def main() -> None:
             f"users, raw HTTP/1.1 keep-alive client"
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            phases = runner.run(run_all(args, port, tokens, orders, uvicorn.pid, postmaster))
+            phases = runner.run(run_all(args, port, tokens, orders, uvicorn.pid, postmaster, url))
+        log(f"batches : {batch_sizes(url)}")
     finally:
         code = stop(uvicorn)  # lifespan shutdown: flush, close
         try:
