@@ -1,6 +1,7 @@
 """The development stack (`make up`: scripts/stack/stack.sh) run by a test on ports and
 state folders of its own, so that it never touches the shared servers other tests use
-(Postgres 15432, Redis 16379, Kafka 19092, and .postgres/.redis/.kafka/.stack)."""
+(Postgres 15432, Redis 16379, Kafka 19092, the edge 8080, and .postgres/.redis/.kafka/
+.stack/.edge)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts/stack/stack.sh"
-STATE_DIRS = (".kafka", ".postgres", ".redis", ".stack")
+STATE_DIRS = (".kafka", ".postgres", ".redis", ".stack", ".edge")
 # BROKERCORE_* settings of the caller that would point the stack elsewhere.
 INHERITED = (
     "BROKERCORE_DATABASE_URL",
@@ -31,37 +32,49 @@ INHERITED = (
     "BROKERCORE_CALENDAR",
     "BROKERCORE_SHARDS",
     "BROKERCORE_PUSH_URL",
+    "BROKERCORE_OMS_PROCESSES",
+    "BROKERCORE_QUERY_PROCESSES",
+    "BROKERCORE_WS_PROCESSES",
+    "BROKERCORE_EDGE_OMS",
+    "BROKERCORE_EDGE_QUERY",
+    "BROKERCORE_EDGE_WS",
+    "BROKERCORE_EDGE_NOTIFY",
 )
 
 
 class PrivateStack:
-    """stack.sh up/down/status under a temporary folder and on free ports: the APIs on
-    base..base+3, Postgres base+4, Redis base+5, Kafka base+6 (its controller base+7); its
-    processes under a supervisord of its own (socket in the temporary folder)."""
+    """stack.sh up/down/status under a temporary folder and on free ports: the API
+    processes (two of each kind) on base..base+7 (scripts/lib/ports.sh), the edge base+8,
+    Postgres base+9, Redis base+10, Kafka base+11 (its controller base+12); its processes
+    under a supervisord of its own (socket in the temporary folder). ``edge`` is the edge's
+    URL, ``oms`` and ``query`` those of the first OMS and query processes."""
 
     def __init__(self) -> None:
         # Postgres runs as the `postgres` OS user under root: the folder must be searchable.
         self.root = Path(tempfile.mkdtemp(prefix="brokercore-stack-"))
         self.root.chmod(0o755)
-        self.base = free_port(span=8)
+        self.base = free_port(span=13)
         self.env = {k: v for k, v in os.environ.items() if k not in INHERITED} | {
             "BROKERCORE_STACK_STATE": str(self.root / ".stack"),
             "BROKERCORE_PORT_BASE": str(self.base),
-            "BROKERCORE_PG_PORT": str(self.base + 4),
+            "BROKERCORE_EDGE_PORT": str(self.base + 8),
+            "BROKERCORE_EDGE_STATE": str(self.root / ".edge"),
+            "BROKERCORE_PG_PORT": str(self.base + 9),
             "BROKERCORE_PG_STATE": str(self.root / ".postgres"),
-            "BROKERCORE_REDIS_PORT": str(self.base + 5),
+            "BROKERCORE_REDIS_PORT": str(self.base + 10),
             "BROKERCORE_REDIS_STATE": str(self.root / ".redis"),
-            "BROKERCORE_KAFKA_PORT": str(self.base + 6),
+            "BROKERCORE_KAFKA_PORT": str(self.base + 11),
             "BROKERCORE_KAFKA_STATE": str(self.root / ".kafka"),
             # Also set here, so that a stack.sh that ignores the Kafka port (the old one)
             # still cannot reach the shared broker.
-            "BROKERCORE_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.base + 6}",
+            "BROKERCORE_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.base + 11}",
             "BROKERCORE_STACK_WAIT": os.environ.get("BROKERCORE_STACK_WAIT", "120"),
         }
+        self.edge = f"http://127.0.0.1:{self.base + 8}"
         self.oms = f"http://127.0.0.1:{self.base}"
         self.query = f"http://127.0.0.1:{self.base + 1}"
         self.database_url = (
-            f"postgresql://brokercore:brokercore@127.0.0.1:{self.base + 4}/brokercore"
+            f"postgresql://brokercore:brokercore@127.0.0.1:{self.base + 9}/brokercore"
         )
 
     def stack(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -116,6 +129,10 @@ class PrivateStack:
         assert done.stdout.strip().isdigit(), f"supervisorctl pid {name}: {done.stdout}"
         return int(done.stdout)
 
+    def edge_pid(self) -> int:
+        """The pid of the stack's edge (nginx's master process)."""
+        return int((self.root / ".edge/nginx.pid").read_text())
+
     def logs(self, lines: int = 30) -> str:
         """The end of every process log, to explain a failure."""
         parts = []
@@ -156,8 +173,9 @@ def stack_up_fixture():
 
 def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]:
     """alice buys and bob sells 10 RELIANCE (shard 0 of 2) and 10 ITC (shard 1) at the
-    same price, through the OMS; returns the four orders once the query service (the
-    projector's read model) and Postgres's orders table (settlement's) show each FILLED."""
+    same price, through the edge (the OMS processes); returns the four orders once the
+    query service (the projector's read model, through the edge) and Postgres's orders
+    table (settlement's) show each FILLED."""
     orders = []
     with httpx.Client(timeout=10) as client:
         for symbol, price in (("RELIANCE", "15000.00"), ("ITC", "2200.00")):
@@ -170,14 +188,14 @@ def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]
                     "price": price,
                     "idempotencyKey": f"{user}-{symbol}-{time.time_ns()}",
                 }
-                answer = client.post(f"{stack.oms}/api/v1/orders", json=body, headers=auth(user))
+                answer = client.post(f"{stack.edge}/api/v1/orders", json=body, headers=auth(user))
                 assert answer.status_code == 202, answer.text
                 orders.append((user, answer.json()["orderId"]))
         deadline = time.monotonic() + timeout
         seen = []
         for user, order_id in orders:
             while True:
-                answer = client.get(f"{stack.query}/api/v1/orders/{order_id}", headers=auth(user))
+                answer = client.get(f"{stack.edge}/api/v1/orders/{order_id}", headers=auth(user))
                 assert answer.status_code == 200, answer.text
                 if answer.json()["status"] == "FILLED" and settled(stack, order_id) == "FILLED":
                     seen.append(answer.json())

@@ -15,7 +15,7 @@
 # the package starts on port 80 is stopped again: the project runs its own). Its
 # configuration, pid file, logs and temporary files live in $BROKERCORE_EDGE_STATE
 # (default .edge/ in the repository, ignored by git). Settings (environment):
-#   BROKERCORE_EDGE_PORT     the port on 127.0.0.1 (default 8080)
+#   BROKERCORE_EDGE_PORT     the port on 127.0.0.1 (default BROKERCORE_PORT_BASE+80: 8080)
 #   BROKERCORE_EDGE_OMS, BROKERCORE_EDGE_QUERY, BROKERCORE_EDGE_WS, BROKERCORE_EDGE_NOTIFY
 #                            each kind's processes, "HOST:PORT HOST:PORT ..."; by default
 #                            those `make up` starts (scripts/lib/ports.sh: from
@@ -30,7 +30,6 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 state="${BROKERCORE_EDGE_STATE:-$repo/.edge}"
-port="${BROKERCORE_EDGE_PORT:-8080}"
 conf="$state/nginx.conf"
 pidfile="$state/nginx.pid"
 logfile="$state/error.log"
@@ -40,6 +39,7 @@ log() { echo "edge: $*" >&2; }
 die() { log "$*"; exit 1; }
 source "$here/../lib/process.sh"
 source "$here/../lib/ports.sh"
+port="$edge_port"
 
 if [[ "$(id -u)" == 0 ]]; then
     apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@"; }

@@ -5,9 +5,12 @@
 #   base+4 oms-1   base+5 query-1   base+6 ws-1   (base+7 unused)
 #   base+4*i+k     process i of kind k (0 oms, 1 query, 2 ws)
 #
-# so the first process of each kind keeps the port it had when there was one of each.
+# so the first process of each kind keeps the port it had when there was one of each. The
+# edge in front of them: BROKERCORE_EDGE_PORT, by default base+80 (8080), so that a stack
+# on another base has an edge of its own.
 
 port_base="${BROKERCORE_PORT_BASE:-8000}"
+edge_port="${BROKERCORE_EDGE_PORT:-$((port_base + 80))}"
 
 # api_port KIND INDEX: the port of process INDEX of KIND (oms, query, ws, notifier-api).
 api_port() {

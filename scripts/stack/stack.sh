@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole development stack on loopback: Postgres, Redis, Kafka, one engine daemon per
-# shard, the OMS, query, WebSocket and notification APIs, and the settlement, projector
-# and notifier consumers, and the reconciler (plus its dead-letter push retries when
+# shard, the OMS, query, WebSocket and notification APIs (several processes of the first
+# three) behind the edge (nginx, the one entry point), and the settlement, projector and
+# notifier consumers, and the reconciler (plus its dead-letter push retries when
 # BROKERCORE_PUSH_URL names a push provider).
 #
 #   scripts/stack/stack.sh up       start what is not running (idempotent), wait until
@@ -11,7 +12,8 @@
 #   scripts/stack/stack.sh status   each process, its supervisor state and whether it is
 #                                   ready, and the servers; exit 1 unless all are
 #
-# The servers run from their own scripts (scripts/{postgres,redis,kafka}/*.sh). The other
+# The servers and the edge run from their own scripts (scripts/{postgres,redis,kafka}/*.sh,
+# scripts/edge/nginx.sh: started once every API process is ready). The other
 # processes run under supervisord, which restarts one that exits (autorestart): up writes
 # $state/supervisord.conf (one [program:NAME] a process) and starts supervisord on a unix
 # socket in $state, no TCP port; supervisorctl drives it, e.g.
@@ -23,8 +25,17 @@
 # them across a `down`):
 #   BROKERCORE_STACK_STATE  supervisord's socket and configuration, logs (default .stack/
 #                           in the repository)
-#   BROKERCORE_PORT_BASE    the OMS's port (default 8000); +1 query, +2 WebSocket gateway,
-#                           +3 notification preferences and alerts
+#   BROKERCORE_EDGE_PORT    the edge, the stack's one entry point (default base+80: 8080),
+#   BROKERCORE_EDGE_STATE   and its folder (default $BROKERCORE_STACK_STATE/edge, so that a
+#                           stack of its own has an edge of its own; scripts/edge/nginx.sh)
+#   BROKERCORE_OMS_PROCESSES, BROKERCORE_QUERY_PROCESSES, BROKERCORE_WS_PROCESSES
+#                           processes of each API kind behind the edge (default 2 each;
+#                           supervisord's programs oms-0, oms-1, query-0, ..., ws-1)
+#   BROKERCORE_PORT_BASE    where the API processes listen (default 8000), each on a port of
+#                           its own (scripts/lib/ports.sh): base+0 oms-0, +1 query-0, +2 ws-0,
+#                           +3 notifier-api, then +4*i+{0,1,2} process i of oms, query, ws
+#                           (base+4 oms-1, +5 query-1, +6 ws-1); the first of each kind keeps
+#                           the port it had when there was one of each
 #   BROKERCORE_PG_PORT, BROKERCORE_PG_STATE, BROKERCORE_REDIS_PORT, BROKERCORE_REDIS_STATE,
 #   BROKERCORE_KAFKA_PORT, BROKERCORE_KAFKA_STATE   the servers' (scripts/{postgres,redis,
 #                           kafka}/*.sh), which the processes are pointed at
@@ -39,9 +50,11 @@ cd "$repo"
 py="$repo/.venv/bin/python"
 state="${BROKERCORE_STACK_STATE:-$repo/.stack}"
 shards="${BROKERCORE_SHARDS:-2}"
-base="${BROKERCORE_PORT_BASE:-8000}"
 wait_s="${BROKERCORE_STACK_WAIT:-60}"
-oms_port=$base query_port=$((base + 1)) ws_port=$((base + 2)) notify_port=$((base + 3))
+export BROKERCORE_EDGE_STATE="${BROKERCORE_EDGE_STATE:-$state/edge}"
+export BROKERCORE_OMS_PROCESSES="${BROKERCORE_OMS_PROCESSES:-2}"
+export BROKERCORE_QUERY_PROCESSES="${BROKERCORE_QUERY_PROCESSES:-2}"
+export BROKERCORE_WS_PROCESSES="${BROKERCORE_WS_PROCESSES:-2}"
 
 export BROKERCORE_DEV_MODE=1
 export BROKERCORE_SHARDS="$shards"
@@ -52,6 +65,10 @@ export BROKERCORE_REDIS_URL="${BROKERCORE_REDIS_URL:-$(scripts/redis/redis.sh ur
 
 log() { echo "stack: $*" >&2; }
 source "$repo/scripts/lib/process.sh"           # proc_state, alive
+source "$repo/scripts/lib/ports.sh"             # api_port
+edge="$repo/scripts/edge/nginx.sh"
+edge_url="$("$edge" url)"
+ws_url="ws://${edge_url#http://}"
 
 conf="$state/supervisord.conf"
 log_of() { echo "$state/logs/$1.log"; }
@@ -86,6 +103,15 @@ CONF
 
 escape() { echo "${1//%/%%}"; }                 # supervisord expands %(name)s in values
 
+# api_programs KIND COUNT: the programs KIND-0 .. KIND-(COUNT-1), each `brokercore service
+# KIND` on its port (scripts/lib/ports.sh).
+api_programs() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        program "$1-$i" "$py" -m brokercore.cli service "$1" --port "$(api_port "$1" "$i")"
+    done
+}
+
 write_conf() {
     local shard
     {
@@ -112,10 +138,11 @@ CONF
         for shard in $(seq 0 $((shards - 1))); do
             program "engine-$shard" "$py" -m brokercore.cli engine --shard "$shard" --shards "$shards"
         done
-        program oms "$py" -m brokercore.cli service oms --port "$oms_port"
-        program query "$py" -m brokercore.cli service query --port "$query_port"
-        program ws "$py" -m brokercore.cli service ws --port "$ws_port"
-        program notifier-api "$py" -m brokercore.cli service notifier-api --port "$notify_port"
+        api_programs oms "$BROKERCORE_OMS_PROCESSES"
+        api_programs query "$BROKERCORE_QUERY_PROCESSES"
+        api_programs ws "$BROKERCORE_WS_PROCESSES"
+        program notifier-api "$py" -m brokercore.cli service notifier-api \
+            --port "$(api_port notifier-api 0)"
         program settlement "$py" -m brokercore.cli service settlement
         program projector "$py" -m brokercore.cli service projector
         program notifier "$py" -m brokercore.cli service notifier
@@ -175,12 +202,10 @@ ready() {
             [[ -n "$line" ]] ;;
         notifier)
             "$py" "$repo/scripts/stack/group_ready.py" notifier ;;
-        oms|query|ws|notifier-api)
+        oms-*|query-*|ws-*|notifier-api)
             local port
-            case "$name" in
-                oms) port=$oms_port ;; query) port=$query_port ;;
-                ws) port=$ws_port ;; notifier-api) port=$notify_port ;;
-            esac
+            if [[ "$name" == notifier-api ]]; then port="$(api_port notifier-api 0)"
+            else port="$(api_port "${name%-*}" "${name##*-}")"; fi
             if answers_http "$port"; then echo "answers HTTP on 127.0.0.1:$port"
             else echo "no HTTP answer on 127.0.0.1:$port"; return 1; fi ;;
         *)
@@ -311,6 +336,7 @@ up() {
     write_conf
     supervise
     wait_ready
+    "$edge" start || fail                   # its upstreams: the API processes, by default
     local token calendar
     token="$("$py" -m brokercore.cli token --user alice --ttl 86400)"
     if [[ "$BROKERCORE_CALENDAR" == always-open ]]; then
@@ -322,26 +348,29 @@ up() {
 
 brokercore is up (dev mode; logs in $state/logs):
   calendar: $calendar
-  OMS        http://127.0.0.1:$oms_port/api/v1/orders           (POST, DELETE)
-  query      http://127.0.0.1:$query_port/api/v1/orders  /api/v1/portfolio  /api/v1/marketdata/RELIANCE
-  WebSocket  ws://127.0.0.1:$ws_port/ws/v1/orders?token=\$TOKEN
-  alerts     http://127.0.0.1:$notify_port/api/v1/alerts  /api/v1/notifications/preferences
+  edge       $edge_url, the one entry point (nginx, state in $BROKERCORE_EDGE_STATE);
+             behind it $BROKERCORE_OMS_PROCESSES OMS, $BROKERCORE_QUERY_PROCESSES query and $BROKERCORE_WS_PROCESSES gateway processes (ports: scripts/lib/ports.sh)
+  orders     $edge_url/api/v1/orders                  (POST; DELETE /api/v1/orders/ID)
+  reads      $edge_url/api/v1/orders  /api/v1/portfolio  /api/v1/marketdata/RELIANCE
+  WebSocket  $ws_url/ws/v1/orders?token=\$TOKEN
+  alerts     $edge_url/api/v1/alerts  /api/v1/notifications/preferences
   Kafka      $BROKERCORE_KAFKA_BOOTSTRAP   Postgres $BROKERCORE_DATABASE_URL   Redis $BROKERCORE_REDIS_URL
   processes  make status, or .venv/bin/supervisorctl -c $conf status|restart NAME
   token for the demo user alice (24 h):
     export TOKEN=$token
   try:
-    curl -s -X POST http://127.0.0.1:$oms_port/api/v1/orders -H "Authorization: Bearer \$TOKEN" \\
+    curl -s -X POST $edge_url/api/v1/orders -H "Authorization: Bearer \$TOKEN" \\
       -H 'Content-Type: application/json' -d '{"symbol":"RELIANCE","side":"BUY","type":"LIMIT",
       "quantity":10,"price":"15000.00","timeInForce":"DAY","idempotencyKey":"try-1"}'
-    curl -s http://127.0.0.1:$query_port/api/v1/portfolio -H "Authorization: Bearer \$TOKEN"
+    curl -s $edge_url/api/v1/portfolio -H "Authorization: Bearer \$TOKEN"
 TEXT
 }
 
-# Stops every process (supervisorctl stop all: SIGTERM, SIGKILL after 10 s), then
+# Stops the edge, every process (supervisorctl stop all: SIGTERM, SIGKILL after 10 s), then
 # supervisord, then the servers.
 down() {
     local daemon
+    "$edge" stop
     if supervised; then
         daemon="$(ctl pid)"
         ctl stop all >&2 || true
@@ -379,6 +408,7 @@ status() {
         log "supervisord not running"
         for name in $(processes); do log "$name not running"; done
     fi
+    "$edge" status || code=1
     scripts/kafka/kafka.sh status || code=1
     scripts/redis/redis.sh status || code=1
     scripts/postgres/postgres.sh status || code=1

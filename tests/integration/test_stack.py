@@ -2,8 +2,10 @@
 left the engines dead and still said "brokercore is up"). Each cycle removes every state
 folder, brings the stack up on private ports, checks that `stack.sh status` finds every
 component up and that an order on each shard is FILLED end to end, then takes it down and
-finds none of its processes, supervisord included, left. The first cycle also shows that
-supervisord starts again a consumer and an engine daemon killed with -9.
+finds none of its processes, supervisord and the edge included, left. The orders and
+reads go through the edge (nginx), in front of two processes of each API. The first cycle
+also shows that supervisord starts again a consumer and an engine daemon killed with -9,
+and that a WebSocket through the edge reaches a gateway.
 
 BROKERCORE_STACK_CYCLES sets the number of cycles: 2 by default (CI), 5 with
 `make up-cycles`.
@@ -11,20 +13,27 @@ BROKERCORE_STACK_CYCLES sets the number of cycles: 2 by default (CI), 5 with
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import time
 
+from websockets.asyncio.client import connect
+
 from stack_support import stack_fixture, trade_on_every_shard  # noqa: F401 (fixture)
+from ws_support import receive, token
 
 CYCLES = int(os.environ.get("BROKERCORE_STACK_CYCLES", "2"))
 PROCESSES = (
     "engine-0",
     "engine-1",
-    "oms",
-    "query",
-    "ws",
+    "oms-0",
+    "oms-1",
+    "query-0",
+    "query-1",
+    "ws-0",
+    "ws-1",
     "notifier-api",
     "settlement",
     "projector",
@@ -50,17 +59,21 @@ def test_fresh_state_up_down_cycles_bring_every_component_up(stack):
         assert "calendar: always-open" in banner, banner
         for name in PROCESSES:
             assert f"stack: {name} ready" in banner, banner
+        assert f"edge: started on 127.0.0.1:{stack.base + 8}" in banner, banner
+        assert f"orders     {stack.edge}/api/v1/orders" in banner, banner
         status = stack.stack("status")
         assert status.returncode == 0, f"cycle {cycle}:\n{status.stdout}\n{stack.logs()}"
         for name in PROCESSES:
             assert f"stack: {name} running" in status.stdout, status.stdout
+        assert f"edge: running on 127.0.0.1:{stack.base + 8}" in status.stdout, status.stdout
         orders = trade_on_every_shard(stack)
         assert [o["filledQty"] for o in orders] == [10, 10, 10, 10], orders
         if cycle == 0:
             a_stopped_process_is_not_called_running(stack)
             up_names_a_component_that_cannot_start_and_its_log(stack)
             a_killed_process_is_started_again(stack)
-        pids = [stack.pid(name) for name in PROCESSES] + [stack.pid()]
+            a_socket_through_the_edge_is_welcomed(stack)
+        pids = [stack.pid(name) for name in PROCESSES] + [stack.pid(), stack.edge_pid()]
         stack.down()
         assert all(gone(process) for process in pids), pids
         status = stack.stack("status")
@@ -80,11 +93,11 @@ def a_stopped_process_is_not_called_running(stack):
 
 
 def up_names_a_component_that_cannot_start_and_its_log(stack):
-    """The query service stopped (supervisorctl stop) and its port taken: `up` (which
-    starts only what is not running) exits 1 naming it and its log; with the port free
-    again, `up` brings it back."""
-    query = stack.pid("query")
-    stopped = stack.ctl("stop", "query")
+    """The first query process stopped (supervisorctl stop) and its port taken: `up`
+    (which starts only what is not running) exits 1 naming it and its log; with the port
+    free again, `up` brings it back."""
+    query = stack.pid("query-0")
+    stopped = stack.ctl("stop", "query-0")
     assert stopped.returncode == 0 and gone(query), stopped.stdout
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", stack.base + 1))
@@ -92,7 +105,7 @@ def up_names_a_component_that_cannot_start_and_its_log(stack):
         done = stack.stack("up")
     assert done.returncode == 1, done.stdout
     assert "brokercore is up" not in done.stdout, done.stdout
-    assert f"query exited; see {stack.root}/.stack/logs/query.log" in done.stdout, done.stdout
+    assert f"query-0 exited; see {stack.root}/.stack/logs/query-0.log" in done.stdout, done.stdout
     assert "brokercore is NOT up" in done.stdout, done.stdout
     stack.up()
 
@@ -118,3 +131,15 @@ def a_killed_process_is_started_again(stack):
             f"killed {killed}, now {now}:\n{status.stdout}\n{stack.logs()}"
         )
         time.sleep(0.5)
+
+
+def a_socket_through_the_edge_is_welcomed(stack):
+    """alice's WebSocket through the edge: a gateway behind it upgrades it and welcomes her."""
+
+    async def welcome() -> dict:
+        url = f"ws://127.0.0.1:{stack.base + 8}/ws/v1/orders?token={token('alice')}"
+        async with connect(url, ping_interval=None) as ws:
+            return await receive(ws)
+
+    frame = asyncio.run(welcome())
+    assert frame["type"] == "WELCOME" and frame["userId"] == "alice", frame
