@@ -49,6 +49,7 @@ import threading
 import time
 import tomllib
 import uuid
+import xmlrpc.client
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ import psycopg
 import redis
 import uvloop
 from confluent_kafka.admin import AdminClient
+from supervisor.xmlrpc import SupervisorTransport
 
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
 from brokercore.consumers.reconcile import find_discrepancies, settled_events
@@ -96,7 +98,7 @@ def free_base(span: int = 64) -> int:
     """A port base with ``span`` free loopback ports after it (stack.sh numbers its
     processes' ports from BROKERCORE_PORT_BASE)."""
     for _ in range(200):
-        base = random.randrange(20_000, 60_000, 100)
+        base = random.randrange(20_000, 32_000, 100)  # below the ephemeral ports
         sockets = []
         try:
             for port in range(base, base + span):
@@ -114,7 +116,10 @@ def free_base(span: int = 64) -> int:
 
 class Stack:
     """scripts/stack/stack.sh on a private state folder and ports; the settings it
-    reads from the environment (its header) name what it can do: an edge, N OMS."""
+    reads from the environment (its header) name what it can do: an edge (nginx, run by
+    scripts/edge/nginx.sh, here in a folder and on a port of its own), N OMS."""
+
+    EDGE = os.path.join(REPO, "scripts/edge/nginx.sh")
 
     def __init__(self, state: str, env: dict[str, str], oms: int | None):
         with open(STACK) as f:
@@ -124,13 +129,15 @@ class Stack:
         self.env["BROKERCORE_PORT_BASE"] = str(self.base)
         self.env["BROKERCORE_STACK_STATE"] = state
         self.edge = "BROKERCORE_EDGE_PORT" in header
+        self.port = self.base  # where orders go: the OMS, or the edge
         if self.edge:
-            self.env["BROKERCORE_EDGE_PORT"] = str(self.base + 50)
+            self.port = self.base + 63  # past the API processes' ports (up to 15 of a kind)
+            self.env["BROKERCORE_EDGE_PORT"] = str(self.port)
+            self.env["BROKERCORE_EDGE_STATE"] = f"{state}/edge"
         if oms is not None:
             if "BROKERCORE_OMS_PROCESSES" not in header:
                 raise SystemExit(f"--oms {oms}: stack.sh has no BROKERCORE_OMS_PROCESSES yet")
             self.env["BROKERCORE_OMS_PROCESSES"] = str(oms)
-        self.port = self.base + 50 if self.edge else self.base  # where orders go
 
     def up(self) -> str:
         done = subprocess.run(
@@ -141,16 +148,20 @@ class Stack:
         return done.stderr + done.stdout
 
     def programs(self) -> dict[str, int]:
-        """Each process supervisord runs: its pid (0 when none)."""
-        out = subprocess.run(
-            [sys.executable, f"{REPO}/scripts/stack/states.py", f"{self.state}/supervisor.sock"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        return {name: int(pid) for name, _, pid, *_ in (line.split() for line in out.splitlines())}
+        """Each process supervisord runs, and the edge's master: its pid (0 when none)."""
+        transport = SupervisorTransport(None, None, f"unix://{self.state}/supervisor.sock")
+        # The host is a placeholder: the transport connects to the unix socket.
+        supervisor = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        found = {p["name"]: p["pid"] for p in supervisor.supervisor.getAllProcessInfo()}
+        if self.edge:
+            found["edge"] = (pid_in(f"{self.state}/edge/nginx.pid") or [0])[0]
+        return found
 
     def down(self) -> None:
-        """Every process, then supervisord; never the shared servers."""
+        """The edge, every process, then supervisord; never the shared servers (which
+        stack.sh down stops too)."""
+        if self.edge:
+            subprocess.run([self.EDGE, "stop"], env=self.env, capture_output=True, timeout=60)
         conf = f"{self.state}/supervisord.conf"
         if not os.path.exists(f"{self.state}/supervisor.sock"):
             return
@@ -195,11 +206,16 @@ class Cpu:
             "kafka": pid_in(f"{kafka_state}/kafka.pid"),
             "redis": pid_in(f"{redis_state}/redis.pid"),
         }
-        self.programs = self.stack.programs()
+        self.pids: dict[str, set[int]] = defaultdict(set)  # each program's, over the run
+
+    def restarted(self) -> list[str]:
+        """The programs that ran as more than one process (supervisord restarted them)."""
+        return sorted(name for name, pids in self.pids.items() if len(pids - {0}) > 1)
 
     def groups(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = defaultdict(list)
-        for name, pid in self.programs.items():
+        for name, pid in self.stack.programs().items():
+            self.pids[name].add(pid)
             if pid:
                 groups[group_of(name)] += process_tree(pid)
         rows = self.conn.execute(
@@ -370,7 +386,8 @@ class Phase:
 
 class Orders:
     """What each request is: a cancel of one of the user's resting orders (--cancels of
-    the requests, when the user has one) or a new LIMIT order, half of them priced to
+    the requests, when the user has one) or a new LIMIT order: half buys by any user,
+    half sells by the users holding shares (the first half), half of them priced to
     cross (buys 60 ticks above the band's middle, sells below), the rest resting within
     50 ticks on their own side; 1..100 shares; the hot symbol 10x as likely as another."""
 
@@ -393,7 +410,8 @@ class Orders:
     def next(self) -> tuple[str, int, bool, bytes]:
         """(method, user, whether the order should rest, request bytes)."""
         rng = self.rng
-        user = rng.randrange(self.users)
+        buy = rng.random() < 0.5
+        user = rng.randrange(self.users if buy else max(1, self.users // 2))  # holders sell
         if rng.random() < self.cancels and self.resting[user]:
             mine = self.resting[user]
             order_id = mine.pop(rng.randrange(len(mine)))
@@ -405,7 +423,6 @@ class Orders:
                 % (order_id, self.heads[user]),
             )
         (symbol, mid, tick), *_ = rng.choices(self.symbols, self.weights)
-        buy = user >= max(1, self.users // 2) or rng.random() < 0.5  # holders also sell
         cross = rng.random() < 0.5
         ticks = 60 if cross else -rng.randint(1, 50)
         paise = (mid + (ticks if buy else -ticks)) * tick
@@ -546,9 +563,12 @@ def check(results: list, name: str, passed: bool, detail: str) -> None:
     log(f"{'PASS' if passed else 'FAIL'}  {name}: {detail}")
 
 
-def run_checks(url: str, kafka: KafkaSettings, accepted: list[int], env, statuses) -> list:
+def run_checks(
+    url: str, kafka: KafkaSettings, accepted: list[int], env, statuses, restarted: list[str]
+) -> list:
     """Every order reached the engine once and is settled once, the read model agrees,
-    money and shares are conserved, the reconciler finds nothing, no 5xx answer."""
+    money and shares are conserved, the reconciler finds nothing, no 5xx answer, no
+    process of the stack died (supervisord started it again) during the run."""
     results: list = []
     with psycopg.connect(url) as conn:
         events = settled_events(conn, kafka.bootstrap, kafka.events_topic)
@@ -615,6 +635,12 @@ def run_checks(url: str, kafka: KafkaSettings, accepted: list[int], env, statuse
     )
     errors = {s: n for s, n in statuses.items() if s.split()[1].startswith("5")}
     check(results, "no 5xx answer", not errors, f"{errors or 'none'}")
+    check(
+        results,
+        "no process restarted",
+        not restarted,
+        f"started again by supervisord: {', '.join(restarted) or 'none'}",
+    )
     return results
 
 
@@ -749,6 +775,7 @@ def main() -> int:
     )
     run_id = uuid.uuid4().hex[:10]
     tmp = tempfile.TemporaryDirectory(prefix="bench-open-")
+    os.chmod(tmp.name, 0o755)  # the edge's workers (www-data, under root) read their folder
     kafka = KafkaSettings(KAFKA, f"bench-open-{run_id}-", args.shards)
     server = dev_server()
     with open(os.path.join(REPO, "config/instruments.toml"), "rb") as f:
@@ -807,7 +834,7 @@ def main() -> int:
         numbers = report(args, phases, idle_spent, whole, sampler.summary(), caught, sampler.errors)
         log("")
         statuses = sum((p.statuses for p in phases), Counter())
-        results = run_checks(url, kafka, load["accepted"], stack.env, statuses)
+        results = run_checks(url, kafka, load["accepted"], stack.env, statuses, cpu.restarted())
         code = 0 if all(r["passed"] for r in results) else 1
         if args.json:
             config = {k: v for k, v in vars(args).items() if k not in ("json", "keep_logs")}

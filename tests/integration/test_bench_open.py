@@ -1,7 +1,8 @@
 """benchmarks/bench_open.py --quick: the whole stack of `make up` under a short, slow market
 open, and the benchmark's own checks (every order at the engine once, settled once,
-projected, money conserved, the reconciler's report empty, no 5xx). Its speed is not
-asserted: the figures are for a quiet machine (`make bench-open`)."""
+projected, money conserved, the reconciler's report empty, no 5xx, no process
+restarted). Its speed is not asserted: the figures are for a quiet machine (`make
+bench-open`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ CHECKS = (
     "money conserved to the paisa",
     "the reconciler's report is empty",
     "no 5xx answer",
+    "no process restarted",
 )
 
 
