@@ -21,7 +21,6 @@ another account) raises ``SettlementError``: the consumer stops rather than gues
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -29,13 +28,14 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, TypeAlias
 
+import msgspec
 import psycopg
 import redis
 
 from brokercore.broker.ledger import OrderHold, Settlement, SettlementError, release, settle_fill
 from brokercore.broker.market import MarketInstrument, load_market
 from brokercore.broker.money import average_fill_price, average_price
-from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, event_time, trade_id
+from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, trade_id
 from brokercore.broker.risk import NO_FEES, FeeSchedule
 from brokercore.consumers.pg_consumer import Message, claim_offsets, run_pg_consumer, store_offsets
 from brokercore.engine.records import EventType, Op, Reason, Side
@@ -91,8 +91,68 @@ class _Position:
     changed: bool = False
 
 
-_Row: TypeAlias = tuple[object, ...]  # the parameters of a row to insert
 _Payload: TypeAlias = dict[str, object]  # of an order_events row, as JSON
+
+
+# The rows a batch writes, sent as one JSON array per table (``_write``): field names
+# are the columns of the statement's json_to_recordset; times are µs since the epoch.
+
+
+class _FillRow(msgspec.Struct):
+    trade_id: str
+    side: str
+    order_id: int
+    account_id: int
+    symbol: str
+    price: int
+    quantity: int
+    us: int
+
+
+class _FeeRow(msgspec.Struct):
+    trade_id: str
+    side: str
+    amount: int
+
+
+class _HistoryRow(msgspec.Struct):
+    order_id: int
+    account_id: int
+    status: str
+    filled_quantity: int
+    payload: _Payload
+    dedupe_key: str
+    us: int
+
+
+class _AccountRow(msgspec.Struct):
+    account_id: int
+    cash: int
+    blocked_cash: int
+
+
+class _PositionRow(msgspec.Struct):
+    account_id: int
+    symbol: str
+    quantity: int
+    blocked_quantity: int
+    avg_price: Decimal
+
+
+class _OrderRow(msgspec.Struct):
+    trade_date: date
+    order_id: int
+    status: str
+    reject_reason: str | None
+    blocked_cash: int
+    blocked_shares: int
+    filled_quantity: int
+    filled_notional: int
+    fees: int
+    avg_fill_price: Decimal | None
+
+
+_json = msgspec.json.Encoder().encode
 
 
 @dataclass
@@ -103,9 +163,9 @@ class _Batch:
     accounts: dict[int, _Account]
     positions: dict[tuple[int, str], _Position]
     known_fills: set[tuple[str, str]]
-    fills: list[_Row] = field(default_factory=list)
-    fee_income: list[_Row] = field(default_factory=list)
-    history: list[_Row] = field(default_factory=list)
+    fills: list[_FillRow] = field(default_factory=list)
+    fee_income: list[_FeeRow] = field(default_factory=list)
+    history: list[_HistoryRow] = field(default_factory=list)
 
 
 class SettlementConsumer:
@@ -287,7 +347,7 @@ class SettlementConsumer:
         self._settle(batch, order, settlement)
         price = instrument.ticks_to_paise(e.price)
         batch.fills.append(
-            (
+            _FillRow(
                 tid,
                 order.side.name,
                 order.order_id,
@@ -295,12 +355,12 @@ class SettlementConsumer:
                 order.symbol,
                 price,
                 e.qty,
-                event_time(e.ts),
+                e.ts // 1000,  # µs since the epoch, as broker.orders.event_time
             )
         )
         batch.known_fills.add((tid, order.side.name))
         if settlement.fee:
-            batch.fee_income.append((tid, order.side.name, settlement.fee))
+            batch.fee_income.append(_FeeRow(tid, order.side.name, settlement.fee))
         payload = {"trade_id": tid, "price": price, "quantity": e.qty, "fee": settlement.fee}
         if remaining == 0:  # nothing open: whatever it still holds goes back
             self._end(batch, shard, e, order, "FILLED", None, payload)
@@ -377,14 +437,14 @@ class SettlementConsumer:
             **payload,
         }
         batch.history.append(
-            (
+            _HistoryRow(
                 order.order_id,
                 order.account_id,
                 order.status,
                 order.hold.filled_quantity,
-                json.dumps(body),
+                body,
                 f"{shard}:{e.shard_seq}:{order.order_id}",
-                event_time(e.ts),
+                e.ts // 1000,
             )
         )
 
@@ -392,62 +452,97 @@ class SettlementConsumer:
 
     @staticmethod
     def _write(conn: psycopg.Connection, batch: _Batch) -> None:
-        cur = conn.cursor()
-        cur.executemany(
-            "UPDATE accounts SET cash = %s, blocked_cash = %s, updated_at = now() "
-            "WHERE account_id = %s",
-            [(a.cash, a.blocked_cash, i) for i, a in sorted(batch.accounts.items()) if a.changed],
-        )
-        cur.executemany(
-            "INSERT INTO positions (account_id, symbol, quantity, blocked_quantity, avg_price)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (account_id, symbol) DO UPDATE SET "
-            "quantity = EXCLUDED.quantity, blocked_quantity = EXCLUDED.blocked_quantity, "
-            "avg_price = EXCLUDED.avg_price, updated_at = now()",
-            [
-                (a, s, p.quantity, p.blocked_quantity, p.avg_price)
-                for (a, s), p in sorted(batch.positions.items())
-                if p.changed
-            ],
-        )
-        cur.executemany(
-            "UPDATE orders SET status = %s, reject_reason = %s, blocked_cash = %s, "
-            "blocked_shares = %s, hold_amount = %s, filled_quantity = %s, "
-            "filled_notional = %s, fees = %s, avg_fill_price = %s, updated_at = now() "
-            "WHERE trade_date = %s AND order_id = %s",
-            [
-                (
-                    o.status,
-                    o.reject_reason,
-                    o.hold.blocked_cash,
-                    o.hold.blocked_shares,
-                    o.hold.blocked_cash + o.hold.blocked_shares,
-                    o.hold.filled_quantity,
-                    o.hold.filled_notional,
-                    o.hold.fees,
-                    average_fill_price(o.hold.filled_notional, o.hold.filled_quantity),
-                    o.trade_date,
-                    i,
-                )
-                for i, o in sorted(batch.orders.items())
-                if o.changed
-            ],
-        )
-        cur.executemany(
-            "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, quantity,"
-            " executed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            batch.fills,
-        )
-        cur.executemany(
-            "INSERT INTO fee_income (trade_id, side, amount) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING",
-            batch.fee_income,
-        )
-        cur.executemany(
-            "INSERT INTO order_events (order_id, account_id, status, filled_quantity, "
-            "payload, dedupe_key, occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (dedupe_key) DO NOTHING",
-            batch.history,
-        )
+        """One statement per table for the whole batch, its rows one JSON array, the
+        statements pipelined: a statement per row cost ~100 µs per event on each side."""
+        h = [o for _, o in sorted(batch.orders.items()) if o.changed]
+        writes: list[tuple[str, Sequence[msgspec.Struct]]] = [
+            (
+                _UPDATE_ACCOUNTS,
+                [
+                    _AccountRow(i, a.cash, a.blocked_cash)
+                    for i, a in sorted(batch.accounts.items())
+                    if a.changed
+                ],
+            ),
+            (
+                _UPSERT_POSITIONS,
+                [
+                    _PositionRow(a, s, p.quantity, p.blocked_quantity, p.avg_price)
+                    for (a, s), p in sorted(batch.positions.items())
+                    if p.changed
+                ],
+            ),
+            (_UPDATE_ORDERS, [_order_row(o) for o in h]),
+            (_INSERT_FILLS, batch.fills),
+            (_INSERT_FEES, batch.fee_income),
+            (_INSERT_HISTORY, batch.history),
+        ]
+        with conn.pipeline():
+            for statement, rows in writes:
+                if rows:
+                    conn.execute(statement, (_json(rows).decode(),))
+
+
+def _order_row(o: _Order) -> _OrderRow:
+    h = o.hold
+    return _OrderRow(
+        o.trade_date,
+        o.order_id,
+        o.status,
+        o.reject_reason,
+        h.blocked_cash,
+        h.blocked_shares,
+        h.filled_quantity,
+        h.filled_notional,
+        h.fees,
+        average_fill_price(h.filled_notional, h.filled_quantity),
+    )
+
+
+_OCCURRED = "timestamptz 'epoch' + v.us * interval '1 microsecond'"
+_UPDATE_ACCOUNTS = (
+    "UPDATE accounts a SET cash = v.cash, blocked_cash = v.blocked_cash, updated_at = now() "
+    "FROM json_to_recordset(%s::json) AS v (account_id bigint, cash bigint, "
+    "blocked_cash bigint) WHERE a.account_id = v.account_id"
+)
+_UPSERT_POSITIONS = (
+    "INSERT INTO positions (account_id, symbol, quantity, blocked_quantity, avg_price) "
+    "SELECT * FROM json_to_recordset(%s::json) AS v (account_id bigint, symbol text, "
+    "quantity bigint, blocked_quantity bigint, avg_price numeric) "
+    "ON CONFLICT (account_id, symbol) DO UPDATE SET quantity = EXCLUDED.quantity, "
+    "blocked_quantity = EXCLUDED.blocked_quantity, avg_price = EXCLUDED.avg_price, "
+    "updated_at = now()"
+)
+_UPDATE_ORDERS = (
+    "UPDATE orders o SET status = v.status, reject_reason = v.reject_reason, "
+    "blocked_cash = v.blocked_cash, blocked_shares = v.blocked_shares, "
+    "hold_amount = v.blocked_cash + v.blocked_shares, filled_quantity = v.filled_quantity, "
+    "filled_notional = v.filled_notional, fees = v.fees, avg_fill_price = v.avg_fill_price, "
+    "updated_at = now() FROM json_to_recordset(%s::json) AS v (trade_date date, "
+    "order_id bigint, status text, reject_reason text, blocked_cash bigint, "
+    "blocked_shares bigint, filled_quantity bigint, filled_notional bigint, fees bigint, "
+    "avg_fill_price numeric) WHERE o.trade_date = v.trade_date AND o.order_id = v.order_id"
+)
+_INSERT_FILLS = (
+    "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, quantity, "
+    "executed_at) SELECT v.trade_id, v.side, v.order_id, v.account_id, v.symbol, v.price, "
+    f"v.quantity, {_OCCURRED} FROM json_to_recordset(%s::json) AS v (trade_id text, "
+    "side text, order_id bigint, account_id bigint, symbol text, price bigint, "
+    "quantity bigint, us bigint) ON CONFLICT DO NOTHING"
+)
+_INSERT_FEES = (
+    "INSERT INTO fee_income (trade_id, side, amount) SELECT * FROM json_to_recordset(%s::json)"
+    " AS v (trade_id text, side text, amount bigint) ON CONFLICT DO NOTHING"
+)
+_INSERT_HISTORY = (
+    "INSERT INTO order_events (order_id, account_id, status, filled_quantity, payload, "
+    "dedupe_key, occurred_at) SELECT v.order_id, v.account_id, v.status, v.filled_quantity, "
+    f"v.payload, v.dedupe_key, {_OCCURRED} FROM ROWS FROM (json_to_recordset(%s::json) AS "
+    "(order_id bigint, account_id bigint, status text, filled_quantity bigint, "
+    "payload jsonb, dedupe_key text, us bigint)) WITH ORDINALITY AS v (order_id, account_id, "
+    "status, filled_quantity, payload, dedupe_key, us, n) ORDER BY v.n "
+    "ON CONFLICT (dedupe_key) DO NOTHING"
+)
 
 
 def run_settlement(
