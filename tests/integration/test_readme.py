@@ -5,7 +5,7 @@ The blocks are the README's ```sh blocks marked `<!-- walkthrough -->`, run in o
 one bash (as pasted into one shell) at the repository's root, with `set -euo pipefail`
 so that any command that fails (curl's --fail-with-body: any 4xx or 5xx) fails the test.
 The one change made: the stack here runs on private ports, so the README's :8000-:8003
-become the private stack's.
+and the edge's :8080 become the private stack's.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def run_walkthrough(stack: PrivateStack) -> list[str]:
     """Every block, in order, in one bash; the output (stdout and stderr) of each."""
     script = ["set -euo pipefail"]
     for n, (_, block) in enumerate(walkthrough()):
-        block = re.sub(
-            r"(localhost|127\.0\.0\.1):800([0-3])\b",
-            lambda m: f"{m[1]}:{stack.base + int(m[2])}",
+        block = re.sub(  # the APIs' ports, and the edge's (8080: base+8 here)
+            r"(localhost|127\.0\.0\.1):(800[0-3]|8080)\b",
+            lambda m: f"{m[1]}:{stack.base + (8 if m[2] == '8080' else int(m[2]) - 8000)}",
             block,
         )
         script += [block, f"echo '{DONE.format(n)}'"]
