@@ -173,7 +173,7 @@ def test_postgres_crashing_mid_batch_leaves_no_half_written_order(private_postgr
         return bool(
             conn.execute(
                 "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%b_shares%'"  # the batch's write, not its read
+                "AND query LIKE '%json_to_recordset%'"  # the batch's write, not its read
             ).fetchall()
         )
 
