@@ -174,6 +174,22 @@ def _parser() -> argparse.ArgumentParser:
         "--sample", type=float, default=1.0, help="seconds to measure orders/s over (default: 1)"
     )
 
+    move = commands.add_parser(
+        "move",
+        help="move a symbol to another shard, its book with it, at a session boundary",
+        description="With the daemons of both shards stopped gracefully and the symbol's "
+        "session closed: add the symbol's book to the target shard's snapshot (one Kafka "
+        "transaction), then write the plan's next version to BROKERCORE_SHARD_PLAN. Start "
+        "the daemons and restart the OMS afterwards (brokercore.kafka.move has the details).",
+    )
+    move.add_argument("symbol", help="the symbol to move")
+    move.add_argument("--to", type=int, required=True, help="the target shard")
+    move.add_argument(
+        "--instruments",
+        default="config/instruments.toml",
+        help="TOML file of [[instrument]] tables (default: %(default)s)",
+    )
+
     token = commands.add_parser(
         "token",
         help="mint a development JWT for a user (only with BROKERCORE_DEV_MODE=1)",
@@ -286,6 +302,13 @@ def _status(args: argparse.Namespace) -> int:
     return 1 if any(not daemons[k].active for k in range(kafka.shards)) else 0
 
 
+def run_move(args: argparse.Namespace) -> int:
+    from brokercore.kafka.move import move_symbol
+
+    move_symbol(KafkaSettings.from_env(), load_instruments(args.instruments), args.symbol, args.to)
+    return 0
+
+
 def run_token(args: argparse.Namespace) -> int:
     from brokercore.config import ServiceSettings
     from brokercore.edge.auth import JwtConfig, mint_token
@@ -379,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {
             "engine": run_engine,
             "plan": run_plan,
+            "move": run_move,
             "status": run_status,
             "shard": run_shard,
             "token": run_token,

@@ -464,8 +464,12 @@ class EngineDaemon:
         if snapshot is not None:
             books, applied = read_snapshot(snapshot.books)
             self._position, events = snapshot.next_offset, snapshot.events
-        for instrument in self.instruments:  # instruments added since the snapshot
-            books.setdefault(instrument.symbol_id, instrument.new_book())
+        # Only the plan's books: a symbol moved away leaves its copy behind (kafka/move.py).
+        own = {instrument.symbol_id: instrument for instrument in self.instruments}
+        books = {
+            symbol: book if (book := books.get(symbol)) is not None else instrument.new_book()
+            for symbol, instrument in own.items()  # (new: an instrument added since)
+        }
         self.log(
             f"{len(books)} books; "
             + (
