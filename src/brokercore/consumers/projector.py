@@ -18,9 +18,11 @@ and that two batches apply, shows one more update, where the first batch ended.)
 Like settlement, it loads the rows a batch touches, applies the events in memory (the
 same reading of each event as ``brokercore.consumers.settlement``) and writes the rows back with a
 few set-based statements, pipelined, so a batch costs a handful of round trips whatever
-its size. Batches are serialised by a transaction-level advisory lock on (consumer,
-topic), so even with two projector processes the ORDER_UPDATE ids (which clients resume
-from) become visible in the order they were drawn.
+its size. Batches are serialised by a transaction-level advisory lock on the
+ORDER_UPDATEs' sequence, so even with several projector processes (each owning some
+partitions) the ORDER_UPDATE ids (which clients resume from) become visible in the order
+they were drawn; the lock also makes the batch the sequence's only user, so it draws its
+ids as one block (its next value read with the rows, moved once by the writes).
 
 After the commit, Redis: the caches of the users whose read model changed are
 invalidated, then each ORDER_UPDATE goes to its user's channel, each trade and the new
@@ -148,6 +150,7 @@ class _Order:
     reject_reason: str | None
     updated_at: datetime
     last_update_id: int
+    stored: bool  # a read_model.orders row exists (the writes update it; else insert)
     new_fills: list[dict[str, object]] = field(default_factory=list)
     changed: bool = False
 
@@ -175,6 +178,7 @@ class _Batch:
     positions: dict[tuple[str, str], _Position]
     book: dict[int, _Resting]
     known_trades: set[str]
+    next_update_id: int  # the ORDER_UPDATEs' sequence's next value
     book_written: set[int] = field(default_factory=set)  # upserted, or deleted if gone
     symbols: set[str] = field(default_factory=set)  # whose market data changed
     trades: list[tuple[object, ...]] = field(default_factory=list)  # rows to insert
@@ -189,7 +193,8 @@ SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_
        o.created_at, CASE WHEN r.order_id IS NULL THEN o.price ELSE r.price END,
        coalesce(r.quantity, o.quantity), coalesce(r.filled_quantity, 0),
        coalesce(r.filled_notional, 0), coalesce(r.status, 'PENDING'), r.reject_reason,
-       coalesce(r.updated_at, o.created_at), coalesce(r.last_update_id, 0)
+       coalesce(r.updated_at, o.created_at), coalesce(r.last_update_id, 0),
+       r.order_id IS NOT NULL
   FROM orders o JOIN accounts a ON a.account_id = o.account_id
   LEFT JOIN read_model.orders r ON r.order_id = o.order_id
  WHERE o.order_id = ANY(%s)"""
@@ -197,19 +202,26 @@ SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_
 # The writes: one statement per table whatever the batch's size, its rows as arrays
 # (one per column, ``_columns``; sent binary, which psycopg dumps without escaping), so
 # neither psycopg nor Postgres pays per row.
-_WRITE_ORDERS = """
-INSERT INTO read_model.orders (order_id, user_id, account_id, symbol, side, type,
-    time_in_force, price, quantity, filled_quantity, filled_notional, avg_price, status,
-    reject_reason, fills, created_at, updated_at, last_update_id)
-SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::text[],
+_UPDATES_SEQUENCE = "read_model.order_updates_update_id_seq"
+
+_ORDER_COLUMNS = """(order_id, user_id, account_id, symbol, side, type, time_in_force, price,
+    quantity, filled_quantity, filled_notional, avg_price, status, reject_reason, fills,
+    created_at, updated_at, last_update_id)"""
+
+_ORDER_ARRAYS = """unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::text[],
     %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
     %b::numeric[], %b::text[], %b::text[], %b::text[]::jsonb[], %b::timestamptz[],
-    %b::timestamptz[], %b::bigint[])
-ON CONFLICT (order_id) DO UPDATE SET price = EXCLUDED.price, quantity = EXCLUDED.quantity,
-    filled_quantity = EXCLUDED.filled_quantity, filled_notional = EXCLUDED.filled_notional,
-    avg_price = EXCLUDED.avg_price, status = EXCLUDED.status,
-    reject_reason = EXCLUDED.reject_reason, fills = read_model.orders.fills || EXCLUDED.fills,
-    updated_at = EXCLUDED.updated_at, last_update_id = EXCLUDED.last_update_id"""
+    %b::timestamptz[], %b::bigint[])"""
+
+_INSERT_ORDERS = f"INSERT INTO read_model.orders {_ORDER_COLUMNS} SELECT * FROM {_ORDER_ARRAYS}"
+
+_UPDATE_ORDERS = f"""
+UPDATE read_model.orders o SET price = u.price, quantity = u.quantity,
+    filled_quantity = u.filled_quantity, filled_notional = u.filled_notional,
+    avg_price = u.avg_price, status = u.status, reject_reason = u.reject_reason,
+    fills = o.fills || u.fills, updated_at = u.updated_at, last_update_id = u.last_update_id
+  FROM {_ORDER_ARRAYS} AS u {_ORDER_COLUMNS}
+ WHERE o.order_id = u.order_id"""
 
 _WRITE_UPDATES = """
 INSERT INTO read_model.order_updates (update_id, user_id, order_id, payload)
@@ -235,6 +247,30 @@ ON CONFLICT DO NOTHING"""
 
 
 _fills = msgspec.json.Encoder().encode
+
+
+def _order_row(o: _Order) -> tuple[object, ...]:
+    """The order's row in ``_ORDER_COLUMNS``' order (its fills: the new ones)."""
+    return (
+        o.order_id,
+        o.user_id,
+        o.account_id,
+        o.symbol,
+        o.side,
+        o.type,
+        o.time_in_force,
+        o.price,
+        o.quantity,
+        o.filled_quantity,
+        o.filled_notional,
+        average_fill_price(o.filled_notional, o.filled_quantity),
+        o.status,
+        o.reject_reason,
+        _fills(o.new_fills).decode(),
+        o.created_at,
+        o.updated_at,
+        o.last_update_id,
+    )
 
 
 def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
@@ -269,9 +305,7 @@ class ProjectorConsumer:
         returned stats carry what ``committed`` pushes."""
         stats = ProjectorStats()
         with conn.transaction():
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.consumer}:{self.topic}",)
-            )
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_UPDATES_SEQUENCE,))
             fresh, offsets = claim_offsets(conn, self.consumer, self.topic, messages)
             stats.skipped = len(messages) - len(fresh)
             stats.messages = len(fresh)
@@ -362,11 +396,16 @@ class ProjectorConsumer:
                 "ON p.user_id = a.user_id AND p.symbol = o.symbol WHERE o.order_id = ANY(%s)",
                 (ids,),
             )
+            sequence = conn.execute(
+                "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END "
+                f"FROM {_UPDATES_SEQUENCE}"
+            )
             return _Batch(
                 {row[0]: _Order(*row) for row in orders.fetchall()},
                 {(u, s): _Position(q, p) for u, s, q, p in positions.fetchall()},
                 {i: _Resting(*rest) for i, *rest in book.fetchall()},
                 {t for (t,) in known.fetchall()},
+                sequence.fetchall()[0][0],
             )
 
     # --- one event ---------------------------------------------------------------------------
@@ -506,51 +545,17 @@ class ProjectorConsumer:
     # --- writing back -----------------------------------------------------------------------------
 
     def _write(self, conn: psycopg.Connection, b: _Batch) -> None:
-        """Number the updates (one round trip, if any), then write every row and read the
-        changed books (one more)."""
-        ids = (
-            [
-                i
-                for (i,) in conn.execute(
-                    "SELECT nextval(pg_get_serial_sequence("
-                    "'read_model.order_updates', 'update_id'))"
-                    " FROM generate_series(1, %s) ORDER BY 1",
-                    (len(b.updates),),
-                )
-            ]
-            if b.updates
-            else []
-        )
+        """Number the updates from the sequence's next value, then write every row, move
+        the sequence past them and read the changed books, in one round trip."""
         rows = []
-        for update_id, (order, update) in zip(ids, b.updates, strict=True):
+        for update_id, (order, update) in enumerate(b.updates, b.next_update_id):
             message = encode_message(msgspec.structs.replace(update, seq=update_id))
             order.last_update_id = update_id
             rows.append((update_id, order.user_id, order.order_id, message.decode()))
             b.push.updates.append((order.user_id, message))
-        orders = [
-            (
-                o.order_id,
-                o.user_id,
-                o.account_id,
-                o.symbol,
-                o.side,
-                o.type,
-                o.time_in_force,
-                o.price,
-                o.quantity,
-                o.filled_quantity,
-                o.filled_notional,
-                average_fill_price(o.filled_notional, o.filled_quantity),
-                o.status,
-                o.reject_reason,
-                _fills(o.new_fills).decode(),
-                o.created_at,
-                o.updated_at,
-                o.last_update_id,
-            )
-            for _, o in sorted(b.orders.items())
-            if o.changed
-        ]
+        changed = [o for _, o in sorted(b.orders.items()) if o.changed]
+        stored = [_order_row(o) for o in changed if o.stored]
+        new = [_order_row(o) for o in changed if not o.stored]
         positions = [
             (u, s, p.quantity, p.avg_price)
             for (u, s), p in sorted(b.positions.items())
@@ -563,10 +568,13 @@ class ProjectorConsumer:
         ]
         symbols = sorted(b.symbols)
         with conn.pipeline():
-            if orders:
-                conn.execute(_WRITE_ORDERS, _columns(orders, 18))
+            if stored:
+                conn.execute(_UPDATE_ORDERS, _columns(stored, 18))
+            if new:
+                conn.execute(_INSERT_ORDERS, _columns(new, 18))
             if rows:
                 conn.execute(_WRITE_UPDATES, _columns(rows, 4))
+                conn.execute("SELECT setval(%s, %s)", (_UPDATES_SEQUENCE, rows[-1][0]))
             if positions:
                 conn.execute(_WRITE_POSITIONS, _columns(positions, 4))
             gone = [i for i in sorted(b.book_written) if i not in b.book]
