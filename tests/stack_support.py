@@ -21,10 +21,11 @@ from private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts/stack/stack.sh"
-STATE_DIRS = (".kafka", ".postgres", ".redis", ".stack", ".edge")
+STATE_DIRS = (".kafka", ".postgres", ".postgres-replica", ".redis", ".stack", ".edge")
 # BROKERCORE_* settings of the caller that would point the stack elsewhere.
 INHERITED = (
     "BROKERCORE_DATABASE_URL",
+    "BROKERCORE_REPLICA_URL",
     "BROKERCORE_REDIS_URL",
     "BROKERCORE_KAFKA_BOOTSTRAP",
     "BROKERCORE_TOPIC_PREFIX",
@@ -45,7 +46,8 @@ INHERITED = (
 class PrivateStack:
     """stack.sh up/down/status under a temporary folder and on free ports: the API
     processes (two of each kind) on base..base+7 (scripts/lib/ports.sh), the edge base+8,
-    Postgres base+9, Redis base+10, Kafka base+11 (its controller base+12); its processes
+    Postgres base+9, Redis base+10, Kafka base+11 (its controller base+12), the Postgres
+    replica base+13; its processes
     under a supervisord of its own (socket in the temporary folder). ``edge`` is the edge's
     URL, ``oms`` and ``query`` those of the first OMS and query processes."""
 
@@ -53,7 +55,7 @@ class PrivateStack:
         # Postgres runs as the `postgres` OS user under root: the folder must be searchable.
         self.root = Path(tempfile.mkdtemp(prefix="brokercore-stack-"))
         self.root.chmod(0o755)
-        self.base = free_port(span=13)
+        self.base = free_port(span=14)
         self.env = {k: v for k, v in os.environ.items() if k not in INHERITED} | {
             "BROKERCORE_STACK_STATE": str(self.root / ".stack"),
             "BROKERCORE_PORT_BASE": str(self.base),
@@ -61,6 +63,8 @@ class PrivateStack:
             "BROKERCORE_EDGE_STATE": str(self.root / ".edge"),
             "BROKERCORE_PG_PORT": str(self.base + 9),
             "BROKERCORE_PG_STATE": str(self.root / ".postgres"),
+            "BROKERCORE_PG_REPLICA_PORT": str(self.base + 13),
+            "BROKERCORE_PG_REPLICA_STATE": str(self.root / ".postgres-replica"),
             "BROKERCORE_REDIS_PORT": str(self.base + 10),
             "BROKERCORE_REDIS_STATE": str(self.root / ".redis"),
             "BROKERCORE_KAFKA_PORT": str(self.base + 11),

@@ -34,8 +34,9 @@
 # role `brokercore` (password `brokercore`, CREATEDB) connects over TCP with a
 # password. Every command is idempotent.
 #
-# The replica keeps its cluster in $BROKERCORE_PG_REPLICA_STATE (default
-# .postgres-replica/) and listens on $BROKERCORE_PG_REPLICA_PORT (default 15433); it
+# The replica keeps its cluster in $BROKERCORE_PG_REPLICA_STATE (default the primary's
+# state folder + "-replica": .postgres-replica/) and listens on
+# $BROKERCORE_PG_REPLICA_PORT (default 15433); it
 # streams from the primary's Unix socket as the superuser, without a replication slot
 # (the primary keeps wal_keep_size of WAL for a replica that was away a while).
 set -euo pipefail
@@ -49,7 +50,7 @@ logfile="$state/postgres.log"
 app_user=brokercore
 app_password=brokercore
 app_db=brokercore
-replica_state="${BROKERCORE_PG_REPLICA_STATE:-$repo/.postgres-replica}"
+replica_state="${BROKERCORE_PG_REPLICA_STATE:-$state-replica}"
 replica_port="${BROKERCORE_PG_REPLICA_PORT:-15433}"
 
 log() { echo "postgres: $*" >&2; }

@@ -36,6 +36,9 @@
 #                           +3 notifier-api, then +4*i+{0,1,2} process i of oms, query, ws
 #                           (base+4 oms-1, +5 query-1, +6 ws-1); the first of each kind keeps
 #                           the port it had when there was one of each
+#   BROKERCORE_REPLICA_URL  the read replica the query and gateway processes read (default
+#                           postgres.sh replica-url's, started with the primary; empty: none)
+#   BROKERCORE_PG_REPLICA_PORT, BROKERCORE_PG_REPLICA_STATE   the replica's (postgres.sh)
 #   BROKERCORE_PG_PORT, BROKERCORE_PG_STATE, BROKERCORE_REDIS_PORT, BROKERCORE_REDIS_STATE,
 #   BROKERCORE_KAFKA_PORT, BROKERCORE_KAFKA_STATE   the servers' (scripts/{postgres,redis,
 #                           kafka}/*.sh), which the processes are pointed at
@@ -62,6 +65,8 @@ export BROKERCORE_CALENDAR="${BROKERCORE_CALENDAR:-always-open}"
 export BROKERCORE_KAFKA_BOOTSTRAP="${BROKERCORE_KAFKA_BOOTSTRAP:-127.0.0.1:${BROKERCORE_KAFKA_PORT:-19092}}"
 export BROKERCORE_DATABASE_URL="${BROKERCORE_DATABASE_URL:-$(scripts/postgres/postgres.sh url)}"
 export BROKERCORE_REDIS_URL="${BROKERCORE_REDIS_URL:-$(scripts/redis/redis.sh url)}"
+# The query and gateway processes read the replica (postgres.sh replica-*); set empty: none.
+export BROKERCORE_REPLICA_URL="${BROKERCORE_REPLICA_URL-$(scripts/postgres/postgres.sh replica-url)}"
 
 log() { echo "stack: $*" >&2; }
 source "$repo/scripts/lib/process.sh"           # proc_state, alive
@@ -329,6 +334,7 @@ supervise() {
 up() {
     mkdir -p "$state/logs"
     scripts/postgres/postgres.sh start
+    [[ -z "$BROKERCORE_REPLICA_URL" ]] || scripts/postgres/postgres.sh replica-start
     scripts/redis/redis.sh start
     scripts/kafka/kafka.sh start
     "$py" -m brokercore.db.migrations
@@ -388,6 +394,7 @@ down() {
     rm -f "$state"/*.since
     scripts/kafka/kafka.sh stop
     scripts/redis/redis.sh stop
+    scripts/postgres/postgres.sh replica-stop
     scripts/postgres/postgres.sh stop
 }
 
@@ -412,6 +419,7 @@ status() {
     scripts/kafka/kafka.sh status || code=1
     scripts/redis/redis.sh status || code=1
     scripts/postgres/postgres.sh status || code=1
+    [[ -z "$BROKERCORE_REPLICA_URL" ]] || scripts/postgres/postgres.sh replica-status || code=1
     return $code
 }
 
