@@ -76,7 +76,7 @@ from harness import (
     pid_in,
     postmaster_of,
     proc_stat,
-    process_tree,
+    process_trees,
     seed_accounts,
 )
 from machine import machine_line
@@ -185,7 +185,7 @@ class Stack:
 def group_of(program: str) -> str:
     """engine-0 -> engines, oms-1 -> oms: the processes of one kind are one group."""
     name = re.sub(r"[-_]?\d+$", "", program)
-    return {"engine": "engines", "nginx": "edge"}.get(name, name)
+    return "engines" if name == "engine" else name
 
 
 # -- CPU ------------------------------------------------------------------------------
@@ -214,10 +214,11 @@ class Cpu:
 
     def groups(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = defaultdict(list)
-        for name, pid in self.stack.programs().items():
+        programs = self.stack.programs()
+        trees = process_trees([pid for pid in programs.values() if pid])
+        for name, pid in programs.items():
             self.pids[name].add(pid)
-            if pid:
-                groups[group_of(name)] += process_tree(pid)
+            groups[group_of(name)] += trees.get(pid, [])
         rows = self.conn.execute(
             "SELECT pid, datname = %s, backend_type = 'client backend' FROM pg_stat_activity "
             "WHERE pid <> pg_backend_pid()",
@@ -368,7 +369,7 @@ class Phase:
     start: float
     end: float
     offered: int = 0
-    accepted: int = 0  # POSTs answered 202, by their scheduled time
+    accepted: int = 0  # POSTs answered 202 within the phase (the stack's throughput)
     latencies: list = field(default_factory=list)  # s from the scheduled time
     unanswered: int = 0
     statuses: Counter = field(default_factory=Counter)  # "POST 202", "DELETE 409" ...
@@ -456,11 +457,12 @@ async def run_load(args, port: int, orders: Orders, cpu: Cpu, phases: list[Phase
         except (OSError, RuntimeError) as e:  # ConnectionError is an OSError
             status, body = type(e).__name__, repr(e).encode()
             conn.close()
-        phase = phase_of(t)
-        phase.latencies.append(perf() - start - t)
+        phase, now = phase_of(t), perf() - start
+        phase.latencies.append(now - t)
         phase.statuses[f"{method} {status}"] += 1
         if status == 202 and method == "POST":
-            phase.accepted += 1
+            if now < phases[-1].end:  # what the stack did within the phases' windows
+                phase_of(now).accepted += 1
             order_id = json.loads(body)["orderId"]
             accepted.append(order_id)
             if rests:  # a cancel may still find it filled by then: a 409
@@ -651,7 +653,7 @@ def cores(seconds: float, cpu: dict[str, float]) -> str:
     return f"{sum(cpu.values()) / seconds:.2f}"
 
 
-def report(args, phases, idle, whole, lag, caught, sampler_errors) -> dict:
+def report(args, phases, load_accepted, idle, whole, lag, caught, sampler_errors) -> dict:
     log(
         f"\n{'phase':6} {'secs':>5} {'offered/s':>9} {'accepted/s':>10} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'p99.9 ms':>8} {'unanswd':>7}  statuses"
@@ -667,7 +669,11 @@ def report(args, phases, idle, whole, lag, caught, sampler_errors) -> dict:
         )
         for status, body in p.examples.items():
             log(f"{'':8}e.g. {status}: {body}")
-    log("(latency from each request's scheduled time; '>': lower bounds, unanswered counted)")
+    log(
+        "(by the requests due in the phase: offered, latency from the scheduled time ('>': "
+        "lower bounds, unanswered ones counted at their wait), statuses; accepted/s: 202s "
+        "answered within the phase)"
+    )
 
     log(f"\n{'consumer':12} {'behind p99':>10} {'max':>8} {'catch-up p99 s':>15} {'max s':>7}")
     for consumer, v in lag.items():
@@ -685,31 +691,39 @@ def report(args, phases, idle, whole, lag, caught, sampler_errors) -> dict:
 
     idle_s, idle_cpu = idle
     groups = sorted(whole[1], key=lambda g: (g == "load generator", g in SHARED, g))
-    accepted = sum(p.accepted for p in phases)
+    accepted = len(load_accepted)
     head = " ".join(f"{p.name + ' µs':>10}" for p in phases)
     log(f"\n{'CPU per accepted order':22} {'idle cores':>10} {head} {'whole run':>10}")
-    table: dict[str, dict[str, float]] = {}
+    table: dict[str, dict[str, float | None]] = {}
     for group in [*groups, "stack total"]:
-        row = {}
+        row: dict[str, float | None] = {}
         members = (
             [g for g in groups if g != "load generator"] if group == "stack total" else [group]
         )
         row["idle_cores"] = sum(idle_cpu.get(g, 0) for g in members) / idle_s
         for p in phases:
-            row[p.name] = sum(p.cpu[1].get(g, 0) for g in members) / max(p.accepted, 1) * 1e6
+            spent = sum(p.cpu[1].get(g, 0) for g in members)
+            row[p.name] = spent / p.accepted * 1e6 if p.accepted else None
         row["whole"] = sum(whole[1].get(g, 0) for g in members) / max(accepted, 1) * 1e6
         table[group] = row
         label = group + (" (shared)" if group in SHARED else "")
         log(
             f"{label:22} {row['idle_cores']:10.3f} "
-            + " ".join(f"{row[p.name]:10,.0f}" for p in phases)
+            + " ".join(f"{'-' if (v := row[p.name]) is None else f'{v:,.0f}':>10}" for p in phases)
             + f" {row['whole']:10,.0f}"
         )
     log(
-        f"(phases: CPU in the phase's window / orders accepted that were due in it; whole "
+        f"(phases: CPU in the phase's window / orders answered 202 in it; whole "
         f"run: from the load's start until every order was settled and projected, "
         f"{whole[0]:.1f} s; idle over {idle_s:.1f} s before the load; the load generator is "
         f"not in the total)"
+    )
+    stack = [g for g in groups if g != "load generator"]
+    busy = {p.name: sum(p.cpu[1].get(g, 0) for g in stack) / p.cpu[0] for p in phases}
+    log(
+        "cores busy (stack total): "
+        + ", ".join(f"{name} {v:.2f}" for name, v in busy.items())
+        + f" (of {os.cpu_count()})"
     )
     for key, seconds in caught.items():
         log(
@@ -735,6 +749,7 @@ def report(args, phases, idle, whole, lag, caught, sampler_errors) -> dict:
         ],
         "lag": lag,
         "cpu_us_per_order": table,
+        "cores_busy": busy,
         "caught_up_s": caught,
     }
 
@@ -831,7 +846,16 @@ def main() -> int:
         caught = wait_caught_up(catcher, load["load_end"], args.settle_timeout)
         whole = Cpu.spent(snaps[0], cpu.snapshot())
         sampler.stop()
-        numbers = report(args, phases, idle_spent, whole, sampler.summary(), caught, sampler.errors)
+        numbers = report(
+            args,
+            phases,
+            load["accepted"],
+            idle_spent,
+            whole,
+            sampler.summary(),
+            caught,
+            sampler.errors,
+        )
         log("")
         statuses = sum((p.statuses for p in phases), Counter())
         results = run_checks(url, kafka, load["accepted"], stack.env, statuses, cpu.restarted())

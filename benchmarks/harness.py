@@ -219,17 +219,21 @@ def seed_accounts(url: str, symbols: list[str], users: int) -> None:
         conn.execute("ANALYZE")
 
 
-def process_tree(pid: int) -> list[int]:
-    """The process and its descendants (nginx's workers, a wrapper's child), from /proc."""
+def process_trees(pids: list[int]) -> dict[int, list[int]]:
+    """Each process with its descendants (nginx's workers, a wrapper's child), from one
+    read of /proc."""
     children: dict[int, list[int]] = {}
     for other in filter(str.isdigit, os.listdir("/proc")):
         if parent := proc_stat(other)[1:2]:
             children.setdefault(int(parent[0]), []).append(int(other))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    return tree
+    trees = {}
+    for pid in pids:
+        tree, todo = [], [pid]
+        while todo:
+            tree.append(todo.pop())
+            todo += children.get(tree[-1], [])
+        trees[pid] = tree
+    return trees
 
 
 def pid_in(path: str) -> list[int]:
