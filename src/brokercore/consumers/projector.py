@@ -200,8 +200,9 @@ SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_
  WHERE o.order_id = ANY(%s)"""
 
 # The writes: one statement per table whatever the batch's size, its rows as arrays
-# (one per column, ``_columns``; sent binary, which psycopg dumps without escaping), so
-# neither psycopg nor Postgres pays per row.
+# (one per column, ``_columns``; sent binary, which psycopg dumps without escaping, and
+# numbers as text, which it dumps 4x faster than binary numerics), so neither psycopg nor
+# Postgres pays per row.
 _UPDATES_SEQUENCE = "read_model.order_updates_update_id_seq"
 
 _ORDER_COLUMNS = """(order_id, user_id, account_id, symbol, side, type, time_in_force, price,
@@ -210,7 +211,7 @@ _ORDER_COLUMNS = """(order_id, user_id, account_id, symbol, side, type, time_in_
 
 _ORDER_ARRAYS = """unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::text[],
     %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
-    %b::numeric[], %b::text[], %b::text[], %b::text[]::jsonb[], %b::timestamptz[],
+    %b::text[]::numeric[], %b::text[], %b::text[], %b::text[]::jsonb[], %b::timestamptz[],
     %b::timestamptz[], %b::bigint[])"""
 
 _INSERT_ORDERS = f"INSERT INTO read_model.orders {_ORDER_COLUMNS} SELECT * FROM {_ORDER_ARRAYS}"
@@ -229,7 +230,7 @@ SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[]::jsonb[]
 
 _WRITE_POSITIONS = """
 INSERT INTO read_model.positions (user_id, symbol, quantity, avg_price)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::numeric[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[]::numeric[])
 ON CONFLICT (user_id, symbol) DO UPDATE SET quantity = EXCLUDED.quantity,
     avg_price = EXCLUDED.avg_price, updated_at = now()"""
 
@@ -249,6 +250,10 @@ ON CONFLICT DO NOTHING"""
 _fills = msgspec.json.Encoder().encode
 
 
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def _order_row(o: _Order) -> tuple[object, ...]:
     """The order's row in ``_ORDER_COLUMNS``' order (its fills: the new ones)."""
     return (
@@ -263,7 +268,7 @@ def _order_row(o: _Order) -> tuple[object, ...]:
         o.quantity,
         o.filled_quantity,
         o.filled_notional,
-        average_fill_price(o.filled_notional, o.filled_quantity),
+        _text(average_fill_price(o.filled_notional, o.filled_quantity)),
         o.status,
         o.reject_reason,
         _fills(o.new_fills).decode(),
@@ -557,7 +562,7 @@ class ProjectorConsumer:
         stored = [_order_row(o) for o in changed if o.stored]
         new = [_order_row(o) for o in changed if not o.stored]
         positions = [
-            (u, s, p.quantity, p.avg_price)
+            (u, s, p.quantity, str(p.avg_price))
             for (u, s), p in sorted(b.positions.items())
             if p.changed
         ]
