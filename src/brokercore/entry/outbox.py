@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from typing import NamedTuple, TypeAlias
@@ -57,16 +58,19 @@ class OutboxPublisher:
         *,
         delivery_timeout: float = 300.0,
         sweep_after: timedelta = timedelta(seconds=30),
+        mark_every: float = 0.1,
     ):
         self.pool = pool
         self.bootstrap = bootstrap
         self.delivery_timeout = delivery_timeout
         self.sweep_after = sweep_after
+        self.mark_every = mark_every
         self._broker = Backoff("outbox publisher: Kafka", log)
         self._producer = self._new_producer()
         self._fatal: KafkaError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: dict[int, list[_Delivery]] = {}  # id -> publish() waiting
+        self._results: deque[tuple[int, KafkaError | None]] = deque()  # from the producer
         self._acked: list[int] = []  # acknowledged, not yet marked published
         self._marking: asyncio.Task[None] | None = None
         self._closed = threading.Event()
@@ -97,15 +101,18 @@ class OutboxPublisher:
             log.warning("outbox producer: %s", error)
 
     def _poll(self) -> None:
-        """Runs the producer's delivery callbacks (they hand the results to the loop)."""
+        """Runs the producer's delivery callbacks; the results of each poll go to the
+        loop together (one wake-up per poll, not one per row)."""
         while not self._closed.is_set():
             self._producer.poll(0.05)
+            if self._results and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._delivered)
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Give the rows on their way ``grace`` s to be acknowledged and marked; any left
         stay unpublished in the outbox, to be sent again later."""
         await asyncio.to_thread(self._producer.flush, grace)
-        await asyncio.sleep(0)  # the acknowledgements flushed land here
+        self._delivered()  # the acknowledgements flushed
         self._closed.set()
         await asyncio.to_thread(self._poller.join)
         if self._marking is not None:
@@ -194,7 +201,7 @@ class OutboxPublisher:
                     bytes(payload),
                     bytes(key) if key is not None else None,
                     partition=partition if partition is not None else -1,
-                    on_delivery=self._on_delivery(loop, outbox_id),
+                    on_delivery=self._on_delivery(outbox_id),
                 )
             except (BufferError, KafkaException) as e:  # a full queue, a broken producer
                 log.warning("outbox row %d stays unpublished for now: %s", outbox_id, e)
@@ -204,22 +211,25 @@ class OutboxPublisher:
             self._in_flight[outbox_id] = waiters
         return futures
 
-    def _on_delivery(
-        self, loop: asyncio.AbstractEventLoop, outbox_id: int
-    ) -> Callable[[KafkaError | None, object], None]:
+    def _on_delivery(self, outbox_id: int) -> Callable[[KafkaError | None, object], None]:
         def delivered(error: KafkaError | None, message: object) -> None:
-            loop.call_soon_threadsafe(self._delivered, outbox_id, error)
+            self._results.append((outbox_id, error))  # the producer's thread: no loop here
 
         return delivered
 
-    def _delivered(self, outbox_id: int, error: KafkaError | None) -> None:
-        if error is None:
+    def _delivered(self) -> None:
+        """The deliveries reported so far (on the loop): their waiters answered, the
+        acknowledged rows queued to be marked published."""
+        acked = len(self._acked)
+        while self._results:
+            outbox_id, error = self._results.popleft()
+            for future in self._in_flight.pop(outbox_id, ()):
+                if not future.done():
+                    future.set_result(error)
+            if error is None:
+                self._acked.append(outbox_id)
+        if len(self._acked) > acked:
             self._broker.recovered()
-        for future in self._in_flight.pop(outbox_id, ()):
-            if not future.done():
-                future.set_result(error)
-        if error is None:
-            self._acked.append(outbox_id)
             if self._marking is None or self._marking.done():
                 self._marking = asyncio.create_task(self._mark_acked())
 
@@ -232,13 +242,13 @@ class OutboxPublisher:
         old.flush(0)  # their callbacks: no longer in flight
 
     async def _mark_acked(self) -> None:
-        """Marks acknowledged rows published, many per statement: a round trip per
-        order would cost about as much as the order's own transaction. Postgres away:
-        tried again with back-off; a row left unmarked (a crash first) is only
-        published once more."""
+        """Marks acknowledged rows published, those of ``mark_every`` seconds in one
+        statement: a statement per order (or per few) would cost about as much as the
+        order's own transaction. Postgres away: tried again with back-off; a row left
+        unmarked (a crash first) is only published once more."""
         backoff = Backoff("outbox marking: Postgres", log)
         while self._acked:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(self.mark_every)
             ids, self._acked = self._acked, []
             try:
                 async with self.pool.connection() as conn:
