@@ -499,7 +499,9 @@ async def run_load(args, port: int, orders: Orders, cpu: Cpu, phases: list[Phase
         phase_of(t).unanswered += 1
     for _ in workers:
         queue.put_nowait(None)
-    _, pending = await asyncio.wait(workers, timeout=args.drain)
+    done, pending = await asyncio.wait(workers, timeout=args.drain)
+    for task in done:
+        task.result()  # a worker's own error (not the stack's answer) stops the run
     cut = perf() - start
     for task in pending:  # in flight past the drain
         t = in_flight[task]
