@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,10 +22,12 @@ import redis
 
 from brokercore.broker.funding import open_account
 from brokercore.db.migrations import apply_migrations
+from brokercore.realtime.channels import OrderUpdate, encode_message
 from brokercore.services.query import create_app
 from oms_support import auth, run
 from private_servers import PrivatePostgres, PrivateReplica
 from shared_servers import REDIS_URL, service_settings
+from ws_support import Server, open_socket, receive
 
 MAX_LAG = 1.0  # seconds: the bound of these tests (the default is 2)
 
@@ -183,6 +186,75 @@ async def _answered_by(api: Query, server: str) -> bool:
 
 async def _unhealthy(api: Query) -> bool:
     return not api.router.healthy
+
+
+def test_a_resume_misses_nothing_with_the_replica_healthy_or_behind(pair, prefix, tmp_path):
+    """A gateway reading the replica: a socket resuming from 0 right after updates are
+    committed on the primary gets every one of them, with replay running and paused."""
+    primary, replica = pair
+    user = f"w{uuid.uuid4().hex[:10]}"
+    env = os.environ | {
+        "BROKERCORE_DATABASE_URL": primary.url,
+        "BROKERCORE_REPLICA_URL": replica.url,
+        "BROKERCORE_DEV_MODE": "1",
+        "BROKERCORE_REDIS_PREFIX": prefix,
+    }
+    server = Server(tmp_path / "gateway.log", env)
+
+    def store(count: int) -> None:
+        """``count`` ORDER_UPDATEs of the user, as the projector writes them."""
+        with psycopg.connect(primary.url, autocommit=True) as conn:
+            for _ in range(count):
+                seq = conn.execute(
+                    "SELECT nextval(pg_get_serial_sequence('read_model.order_updates',"
+                    " 'update_id'))"
+                ).fetchone()[0]
+                message = OrderUpdate(
+                    seq,
+                    1,
+                    "RELIANCE",
+                    "BUY",
+                    "LIMIT",
+                    "OPEN",
+                    10,
+                    0,
+                    None,
+                    "2847.00",
+                    None,
+                    "2026-11-25T06:00:00+00:00",
+                    0,
+                )
+                conn.execute(
+                    "INSERT INTO read_model.order_updates (update_id, user_id, order_id,"
+                    " payload) VALUES (%s, %s, 1, %s::jsonb)",
+                    (seq, user, encode_message(message).decode()),
+                )
+
+    async def resumed() -> int:
+        ws, _ = await open_socket(server, user, since=0)
+        while (frame := await receive(ws))["type"] != "RESUMED":
+            assert frame["type"] == "ORDER_UPDATE", frame
+        await ws.close()
+        return frame["count"]
+
+    try:
+        server.wait_ready()
+        store(3)
+        assert run(resumed) == 3
+        with psycopg.connect(replica.superuser_url(), autocommit=True) as standby:
+            connected = standby.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE usename = 'brokercore' AND datname = 'brokercore'"
+            ).fetchone()
+            assert connected is not None and connected[0] >= 2  # the gateway's pool, router
+            standby.execute("SELECT pg_wal_replay_pause()")
+            try:
+                store(2)
+                assert run(resumed) == 5
+            finally:
+                standby.execute("SELECT pg_wal_replay_resume()")
+    finally:
+        server.stop()
 
 
 def test_a_primary_without_replication_is_restarted_for_it(pair) -> None:

@@ -69,7 +69,7 @@ class NotStandby(Exception):
 
 _UNANSWERED = (psycopg.Error, PoolTimeout, OSError, TimeoutError, NotStandby)
 """What a position fetch fails with when its server is away."""
-_REPLICA_FAILED = (psycopg.OperationalError, PoolTimeout, OSError, TimeoutError)
+_REPLICA_FAILED = (psycopg.OperationalError, OSError, TimeoutError)
 """What a read fails with on a replica gone away or cancelling it; not a bad query."""
 
 
@@ -199,6 +199,8 @@ class ReadRouter:
             try:
                 async with self.replica.connection(timeout=self.interval) as conn:
                     found = await query(conn, *args)
+            except PoolTimeout:
+                pass  # every replica connection busy: this read to the primary, no switch
             except _REPLICA_FAILED as e:
                 self._away(e)
             else:
