@@ -93,6 +93,7 @@ class _Position:
         return await asyncio.shield(self._next)
 
     async def _run(self) -> None:
+        waiting: asyncio.Future[int] | None = None
         try:
             while self._next is not None:
                 waiting, self._next = self._next, None
@@ -103,6 +104,10 @@ class _Position:
                     waiting.set_exception(e)
         finally:
             self._runner = None
+            for left in (waiting, self._next):  # stopped mid-fetch: nobody waits forever
+                if left is not None and not left.done():
+                    left.set_exception(ConnectionError("the read router is closing"))
+            self._next = None
 
     async def _fetch(self) -> int:
         if self._conn is None or self._conn.closed:
