@@ -141,12 +141,17 @@ reload() {
     log "reloaded $conf (pid $(cat "$pidfile"))"
 }
 
-# SIGQUIT: the workers finish the requests they hold, then exit; SIGKILL after 10 s.
+# SIGQUIT: the workers finish the requests they hold, then exit; after 10 s, SIGTERM (and
+# SIGKILL 5 s later).
 stop() {
     local pid
     pid="$(cat "$pidfile" 2> /dev/null || true)"
-    if alive "$pid"; then kill -QUIT "$pid"; fi
-    for _ in $(seq 1 40); do alive "$pid" || break; sleep 0.25; done
+    if ! alive "$pid"; then rm -f "$pidfile"; log "not running"; return; fi
+    kill -QUIT "$pid"
+    for _ in $(seq 1 40); do
+        if ! alive "$pid"; then rm -f "$pidfile"; log "stopped"; return; fi
+        sleep 0.25
+    done
     stop_pid_file "$pidfile" 5
 }
 
