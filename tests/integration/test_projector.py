@@ -18,7 +18,12 @@ import redis
 
 from brokercore.broker.orders import event_time
 from brokercore.consumers.pg_consumer import Message
-from brokercore.consumers.projector import ProjectorConsumer, run_projector
+from brokercore.consumers.projector import (
+    ProjectorConsumer,
+    ProjectorStats,
+    Publication,
+    run_projector,
+)
 from brokercore.engine.records import EventType, Reason, Side, Stp, Tif
 from brokercore.kafka.messages import AmendOrder, EventBatch, NewOrder, encode
 from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
@@ -633,3 +638,34 @@ def test_through_kafka_and_again_from_the_offsets_in_postgres(
     assert code == 0, output
     assert f"from offsets [{end}, 0, 0, 0]" in output and "stopped; 0 messages" in output, output
     assert dump(conn) == before
+
+
+def test_two_projector_processes_each_owning_some_partitions(conn, client, prefix):
+    """Two projectors, one per partition, applying their batches as they come: the read
+    model is the one projector's, the ORDER_UPDATE ids rise in commit order, and the
+    projected offsets only move forward, even when a projector that lost a partition
+    publishes a batch after the new owner's."""
+    v = Venue(conn)
+    busy_day(v)
+    single = stamped(v)
+    with conn.transaction(force_rollback=True):
+        ProjectorConsumer(MARKET, client, f"{prefix}one:").apply(conn, single)
+        alone = dump(conn, exact=False)
+    split = [m._replace(partition=i % 2) for i, m in enumerate(single)]
+    owners = [ProjectorConsumer(MARKET, client, prefix) for _ in range(2)]
+    for m in split:
+        owners[m.partition].committed(owners[m.partition].apply(conn, [m]))
+    together = dump(conn, exact=False)
+    offsets = together.pop("consumer_offsets")
+    assert together == {t: rows for t, rows in alone.items() if t != "consumer_offsets"}
+    assert [(r["partition"], r["next_offset"]) for r in offsets] == [
+        (p, max(m.offset for m in split if m.partition == p) + 1) for p in (0, 1)
+    ]
+    ids = [i for (i,) in conn.execute("SELECT update_id FROM read_model.order_updates")]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids) > 0
+    key = projected_key(prefix, "events")
+    published = client.hgetall(key)
+    assert published == {b"%d" % r["partition"]: b"%d" % r["next_offset"] for r in offsets}
+    late = ProjectorStats(push=Publication(offsets={0: 1, 1: 10**6}))
+    owners[0].committed(late)  # partition 0's old owner, late; 1 moves on
+    assert client.hgetall(key) == {**published, b"1": b"1000000"}

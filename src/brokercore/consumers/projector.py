@@ -29,7 +29,10 @@ invalidated, then each ORDER_UPDATE goes to its user's channel, each trade and t
 book of each symbol that changed to the market data channels, the book is stored
 under ``{prefix}md:{symbol}`` (the query service's fast path) and, last, the batch's
 next offsets under ``channels.projected_key`` (the notifier tells of an event once they
-have passed it, so that a client gets an order's update before the notification).
+have passed it, so that a client gets an order's update before the notification). A
+partition's offset there only moves forward: when partitions change hands between
+projector processes, the one that lost a partition may publish its last batch after the
+new owner published later ones.
 Redis is an accelerator here: an error is logged and the projector goes on;
 invalidations and book keys that failed are written again after the next batch.
 """
@@ -47,7 +50,6 @@ from typing import Any
 import msgspec
 import psycopg
 import redis
-from redis.typing import EncodableT
 
 from brokercore.broker.market import MarketInstrument, load_market
 from brokercore.broker.money import average_fill_price, average_price, rupees
@@ -283,6 +285,16 @@ def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
 
 
+_ADVANCE = """
+for i = 1, #ARGV, 2 do
+  local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > stored then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+"""
+"""The projected offsets (KEYS[1], a hash) moved to ARGV's (partition, next offset)
+pairs, each only forward."""
+
+
 class ProjectorConsumer:
     """Projects batches of ``events`` messages for one consumer of one topic."""
 
@@ -300,6 +312,7 @@ class ProjectorConsumer:
         self.topic = topic
         self.consumer = consumer
         self.invalidate = Invalidator(client, redis_prefix)
+        self._advance = client.register_script(_ADVANCE)
         self.pending_books: dict[str, BookUpdate] = {}  # md keys not yet stored
 
     new_stats = ProjectorStats
@@ -355,8 +368,11 @@ class ProjectorConsumer:
         for symbol, book in self.pending_books.items():
             pipe.set(md_key(self.prefix, symbol), encode_message(book))
         if push.offsets:
-            offsets: dict[EncodableT, EncodableT] = {p: o for p, o in push.offsets.items()}
-            pipe.hset(projected_key(self.prefix, self.topic), mapping=offsets)
+            self._advance(
+                keys=[projected_key(self.prefix, self.topic)],
+                args=[x for p, o in sorted(push.offsets.items()) for x in (p, o)],
+                client=pipe,
+            )
         try:
             pipe.execute()
         except redis.RedisError as e:
