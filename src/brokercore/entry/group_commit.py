@@ -5,8 +5,9 @@ Per order, a transaction costs three round trips, a commit (a WAL flush) and the
 statements' fixed costs; at the open those, not the checks, bound an API process. Here
 one loop takes everything queued (up to ``cap``) while the previous batch's transaction
 runs, so batches grow with the load by themselves, and a lone order goes at once (no
-timer). Batches run one after another, so a user's orders are decided in the order they
-arrived, in a batch or across batches.
+timer, and by ``OrderEntry.place``, whose statements cost less for one order). Batches
+run one after another, so a user's orders are decided in the order they arrived, in a
+batch or across batches.
 
 Each order stays all-or-nothing: a refused order is simply not written. If the batch's
 transaction fails for a reason of its own (a constraint the database refuses for one
@@ -76,10 +77,13 @@ class GroupCommit:
                     _settle(waiting.answer, e)
 
     async def _place(self, batch: Sequence[_Waiting]) -> None:
+        if len(batch) == 1:  # the single path: the batch's statements cost more for one
+            await _alone(self.entry, batch[0])
+            return
         try:
             answers = await self.entry.place_batch([(w.user_id, w.request) for w in batch])
         except Exception as e:  # noqa: BLE001 - handed to the callers below
-            if transient(e) or len(batch) == 1:
+            if transient(e):
                 for waiting in batch:
                     _settle(waiting.answer, e)
                 return
@@ -90,15 +94,18 @@ class GroupCommit:
                 str(e).strip().replace("\n", " "),
             )
             for waiting in batch:
-                try:
-                    _settle(
-                        waiting.answer, await self.entry.place(waiting.user_id, waiting.request)
-                    )
-                except Exception as alone:  # noqa: BLE001 - handed to its caller
-                    _settle(waiting.answer, alone)
+                await _alone(self.entry, waiting)
             return
         for waiting, answer in zip(batch, answers, strict=True):
             _settle(waiting.answer, answer)
+
+
+async def _alone(entry: OrderEntry, waiting: _Waiting) -> None:
+    """One order in a transaction of its own (``OrderEntry.place``)."""
+    try:
+        _settle(waiting.answer, await entry.place(waiting.user_id, waiting.request))
+    except Exception as e:  # noqa: BLE001 - handed to its caller
+        _settle(waiting.answer, e)
 
 
 def _settle(
