@@ -45,6 +45,7 @@ from harness import (
     dev_server,
     free_port,
     interrupt_on_sigterm,
+    proc_stat,
     seed_accounts,
     stop,
     write_instruments,
@@ -130,7 +131,7 @@ async def one_round(
     conns = [await Connection(port).open() for _ in range(clients)]
     pids["pg"] = database_backends(url)  # this database's backends only: the server is shared
     end = perf() + seconds
-    before = cpu_ticks(pids)
+    before, threads = cpu_ticks(pids), thread_ticks(pids["oms"][0])
 
     async def client(conn: Connection) -> None:
         while (t0 := perf()) < end:
@@ -138,6 +139,7 @@ async def one_round(
 
     await asyncio.gather(*(client(c) for c in conns))
     ticks = {k: v - before[k] for k, v in cpu_ticks(pids).items()}
+    threads = {k: v - threads.get(k, 0) for k, v in thread_ticks(pids["oms"][0]).items()}
     for conn in conns:
         conn.close()
     seconds_per_tick = 1 / os.sysconf("SC_CLK_TCK")
@@ -146,7 +148,28 @@ async def one_round(
         **{k: v * seconds_per_tick * 1e6 / max(1, phase.accepted) for k, v in ticks.items()},
         "non-202": phase.bad,
         "examples": phase.examples,
+        "threads": {
+            k: v * seconds_per_tick * 1e6 / max(1, phase.accepted)
+            for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
+            if v
+        },
     }
+
+
+def thread_ticks(pid: int) -> dict[str, int]:
+    """CPU ticks of the process's threads, summed by thread name (the event loop's is
+    "python"; librdkafka's "rdk:..."; the outbox's "outbox-poller")."""
+    ticks: dict[str, int] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                name = f.read().strip()
+            stat = proc_stat(f"{pid}/task/{task}")
+        except OSError:
+            continue
+        if stat:
+            ticks[name] = ticks.get(name, 0) + int(stat[11]) + int(stat[12])
+    return ticks
 
 
 def database_backends(url: str) -> list[int]:
@@ -192,7 +215,8 @@ async def measure(args, servers: dict, tokens: list[str], orders, shared: dict, 
             print(
                 f"{name:12} round {n}: {r['accepted/s']:7,.0f} accepted/s, "
                 + ", ".join(f"{k} {r[k]:6,.0f}" for k in groups[name])
-                + f" CPU-µs/order, non-202 {r['non-202']}"
+                + f" CPU-µs/order, non-202 {r['non-202']}; oms threads: "
+                + ", ".join(f"{k} {v:,.0f}" for k, v in r["threads"].items())
                 + "".join(f"  e.g. {s}: {e}" for s, e in r["examples"].items()),
                 flush=True,
             )
@@ -262,7 +286,7 @@ def main() -> None:
                 + ", ".join(
                     f"{k} {statistics.median(r[k] for r in rows):,.0f}"
                     for k in rows[0]
-                    if k != "examples"
+                    if k not in ("examples", "threads")
                 )
                 + "  (CPU-µs per accepted order)"
             )
