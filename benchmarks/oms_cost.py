@@ -18,6 +18,7 @@ import asyncio
 import glob
 import os
 import pstats
+import re
 import shutil
 import statistics
 import subprocess
@@ -156,6 +157,15 @@ async def one_round(
     }
 
 
+def listener_pids(port: int) -> list[int]:
+    """The process listening on a loopback TCP port (the shared Kafka broker: others'
+    load counts too, so its figure is a rough one)."""
+    out = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True
+    ).stdout
+    return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", out)})
+
+
 def thread_ticks(pid: int) -> dict[str, int]:
     """CPU ticks of the process's threads, summed by thread name (the event loop's is
     "python"; librdkafka's "rdk:..."; the outbox's "outbox-poller")."""
@@ -276,6 +286,7 @@ def main() -> None:
         shared = {
             "pg": [],  # the database's backends, at each round's start
             "redis": [int(redis.Redis.from_url(REDIS).info("server")["process_id"])],
+            "kafka": listener_pids(int(KAFKA.rpartition(":")[2])),
         }
         print(f"{args.clients} clients, {args.users} users, {args.seconds} s rounds", flush=True)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
