@@ -40,12 +40,12 @@ from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.kafka.topics import ensure_topics
 from harness import (
     Connection,
-    cpu_ticks,
     create_database,
     dev_server,
     interrupt_on_sigterm,
     postgres_pids,
     postmaster_of,
+    proc_stat,
     seed_accounts,
     start_service,
     stop,
@@ -225,10 +225,14 @@ async def run_all(
 
         async def cpu() -> None:
             await asyncio.sleep(start - perf())
-            t0, before = perf(), cpu_ticks(groups)
+            t0, before = perf(), ticks_by_pid(groups)
             await asyncio.sleep(end - perf())
             scale = os.sysconf("SC_CLK_TCK") * (perf() - t0) / 100
-            phase.cpu = {k: (n - before[k]) / scale for k, n in cpu_ticks(groups).items()}
+            after = ticks_by_pid(groups)
+            phase.cpu = {  # processes gone meanwhile (others' backends) left out
+                k: sum(n - before[k][p] for p, n in after[k].items() if p in before[k]) / scale
+                for k in groups
+            }
 
         async def client(conn: Connection) -> None:
             while (t0 := perf()) < end:
@@ -254,6 +258,14 @@ async def run_all(
     await run(f"open, {half:,.0f}/s (50% of best)", args.open_connections, half)
     await run(f"open, {args.rate:,.0f}/s", args.open_connections, args.rate)
     return phases[1:]
+
+
+def ticks_by_pid(groups: dict[str, list[int]]) -> dict[str, dict[int, int]]:
+    """Each group's processes' CPU ticks (utime + stime) by pid; a process gone has none."""
+    return {
+        k: {p: int(st[11]) + int(st[12]) for p in pids if (st := proc_stat(p))}
+        for k, pids in groups.items()
+    }
 
 
 def database_backends(url: str) -> list[int]:
