@@ -18,7 +18,8 @@ symbol, each symbol's session closed at the end) and produced in Kafka transacti
 
 Backlog mode (the default) produces everything first, then starts the consumer and
 times it from its first stored offset to its last: events/s, and CPU-µs per event of
-the consumer's process and of Postgres (/proc ticks). Paced mode (``--rate`` events/s)
+the consumer's process and of its Postgres backends (/proc ticks; the WAL writer and
+the other backends of the shared server are not counted). Paced mode (``--rate`` events/s)
 starts the consumer, then produces a transaction every 10 ms holding the messages due;
 the lag of each event is the time from its transaction's commit to the consumer storing
 an offset past it (settlement and the projector: ``consumer_offsets``, polled every
@@ -65,8 +66,6 @@ from harness import (
     create_database,
     dev_server,
     interrupt_on_sigterm,
-    postgres_pids,
-    postmaster_of,
     seed_accounts,
     write_instruments,
 )
@@ -102,22 +101,28 @@ def make_flow(
     market: dict[str, MarketInstrument],
     symbols: list[str],
     accounts: list[int],
-    args: argparse.Namespace,
     fees: FeeSchedule,
+    *,
+    orders: int,
+    partitions: int,
+    commands_per_message: int,
+    seed: int = 1,
+    hot: int = 10,
 ) -> Flow:
-    """``args.orders`` orders over ``symbols`` (the first at 10x the others), cancels,
-    each symbol's close; sent through real books and encoded per partition."""
-    rng = random.Random(args.seed)
-    flow = Flow(args.partitions)
+    """``orders`` orders over ``symbols`` (the first at ``hot`` times the others),
+    cancels, each symbol's close; sent through real books and encoded per partition (symbol n on
+    partition n modulo ``partitions``)."""
+    rng = random.Random(seed)
+    flow = Flow(partitions)
     table = SymbolTable({s: market[s].symbol_id for s in symbols})
     now = datetime.now(UTC).replace(hour=12)
     trade_date, ts = now.date(), time.time_ns()
     holders = accounts[: max(1, len(accounts) // 2)]
     commands: dict[str, list[object]] = {s: [] for s in symbols}
     live: dict[str, list[tuple[int, int]]] = {s: [] for s in symbols}
-    weights = [10] + [1] * (len(symbols) - 1)
+    weights = [hot] + [1] * (len(symbols) - 1)
     order_id = 0
-    while order_id < args.orders:
+    while order_id < orders:
         symbol = rng.choices(symbols, weights)[0]
         inst = market[symbol]
         ts += 1000
@@ -161,14 +166,14 @@ def make_flow(
             NewOrder(order_id, account, symbol, side, qty, price, tif=hold.time_in_force, ts=ts)
         )
         live[symbol].append((order_id, account))
-    streams: list[list[list[tuple[bytes, int]]]] = [[] for _ in range(args.partitions)]
-    encoders = [EventEncoder(table, shard=p) for p in range(args.partitions)]
+    streams: list[list[list[tuple[bytes, int]]]] = [[] for _ in range(partitions)]
+    encoders = [EventEncoder(table, shard=p) for p in range(partitions)]
     for n, symbol in enumerate(symbols):
-        partition = n % args.partitions
+        partition = n % partitions
         encoder, book = encoders[partition], market[symbol].engine_instrument().new_book()
         stream: list[tuple[bytes, int]] = []
         flow_commands = [*commands[symbol], CloseSession(symbol, ts + 1000)]
-        per = args.commands_per_message
+        per = commands_per_message
         for i in range(0, len(flow_commands), per):
             records = [c.record(table.id_of(symbol)) for c in flow_commands[i : i + per]]
             before = encoder.shard_seq
@@ -181,6 +186,17 @@ def make_flow(
             s[i] for i in range(longest) for s in symbol_streams if i < len(s)
         ]
     return flow
+
+
+def account_ids(url: str) -> list[int]:
+    """The ids of harness.seed_accounts's accounts, holders (u0, u1 ...) first."""
+    with psycopg.connect(url) as conn:
+        return [
+            a
+            for (a,) in conn.execute(
+                "SELECT account_id FROM accounts ORDER BY substr(user_id, 2)::int"
+            )
+        ]
 
 
 def write_orders(url: str, rows: list[tuple[object, ...]]) -> None:
@@ -216,11 +232,11 @@ class Publisher:
     """A transactional producer, as the engine daemon publishes; notes each message's
     offset and the time its transaction committed."""
 
-    def __init__(self, topic: str, partitions: int):
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
         self.topic = topic
         self.producer = Producer(
             {
-                "bootstrap.servers": KAFKA,
+                "bootstrap.servers": bootstrap,
                 "transactional.id": f"bench-consumers-{uuid.uuid4().hex}",
                 "linger.ms": 5,
             }
@@ -301,7 +317,7 @@ def progress_reader(
             }
 
         return committed
-    conn = psycopg.connect(url, autocommit=True)
+    conn = psycopg.connect(url, autocommit=True, application_name="bench_consumers")
     name = consumer
 
     def stored() -> dict[int, int]:
@@ -332,6 +348,20 @@ def wait_until(
         if process.poll() is not None:
             raise RuntimeError(f"the consumer exited with {process.returncode}")
         time.sleep(every)
+
+
+def backends(url: str) -> list[int]:
+    """The Postgres backends of the benchmark's database but this one: the consumer's
+    (the shared server's other backends and its background writers are others' too)."""
+    with psycopg.connect(url) as conn:
+        return [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+                "AND application_name <> 'bench_consumers'"
+            )
+        ]
 
 
 def start_consumer(args, env: dict[str, str], log_file) -> subprocess.Popen:
@@ -382,17 +412,20 @@ def run(args: argparse.Namespace, tmp: str) -> None:
     try:
         t0 = time.monotonic()
         seed_accounts(url, symbols, args.users)
-        with psycopg.connect(url) as conn:
-            accounts = [
-                a
-                for (a,) in conn.execute(
-                    "SELECT account_id FROM accounts ORDER BY substr(user_id, 2)::int"
-                )
-            ]
-        flow = make_flow(market, symbols, accounts, args, fees)
+        accounts = account_ids(url)
+        flow = make_flow(
+            market,
+            symbols,
+            accounts,
+            fees,
+            orders=args.orders,
+            partitions=args.partitions,
+            commands_per_message=args.commands_per_message,
+            seed=args.seed,
+        )
         write_orders(url, flow.rows)
         ensure_topics(kafka)
-        publisher = Publisher(kafka.events_topic, args.partitions)
+        publisher = Publisher(KAFKA, kafka.events_topic, args.partitions)
         log(
             f"set-up  : {time.monotonic() - t0:.1f} s; database {dbname}, prefix "
             f"{kafka.topic_prefix}, {len(flow.rows):,} orders, {flow.events:,} events in "
@@ -415,7 +448,7 @@ def run(args: argparse.Namespace, tmp: str) -> None:
         )
         consumer = start_consumer(args, env, log_file)
         warm_up(flow, publisher, read, consumer)
-        pg = postgres_pids(postmaster_of(url))  # the consumer's backend among them
+        pg = backends(url)
         if args.rate:
             paced(args, flow, publisher, read, consumer, pg)
         else:

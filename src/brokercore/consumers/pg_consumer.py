@@ -6,6 +6,13 @@ transaction (``claim_offsets`` and ``store_offsets`` do the offset half), so a b
 counts entirely or not at all and a re-delivered message is skipped. Kafka's group
 offsets are never used. ``run_pg_consumer`` is the long-running loop around it; it
 waits out a restart of Postgres or Kafka instead of dying.
+
+Several processes of one consumer split the topic's partitions: they join one Kafka
+consumer group (``subscribe``), and a process that is given partitions starts each at the
+offset stored in Postgres. A takeover is safe because of the per-batch offsets: a batch
+still in the hands of a process that lost its partitions (killed, or paused past its
+session) finds its offsets moved on by the new owner and is skipped (``claim_offsets``
+locks the offset rows, so the two never apply one message both).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from brokercore.faults.kafka_errors import QUIET_KAFKA, transient_kafka
 from brokercore.kafka.messages import EventBatch
 
 if TYPE_CHECKING:
-    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
     from confluent_kafka import Message as KafkaMessage
 
 __all__ = [
@@ -112,11 +119,13 @@ def store_offsets(
     conn: psycopg.Connection, consumer: str, topic: str, offsets: dict[int, int]
 ) -> None:
     """Move the claimed offset rows (same transaction as ``claim_offsets``)."""
-    conn.cursor().executemany(
-        "UPDATE consumer_offsets SET next_offset = %s, updated_at = now() "
-        "WHERE consumer = %s AND topic = %s AND partition = %s",
-        [(o, consumer, topic, p) for p, o in sorted(offsets.items())],
-    )
+    if offsets:
+        conn.execute(
+            "UPDATE consumer_offsets c SET next_offset = v.o, updated_at = now() "
+            "FROM unnest(%s::int[], %s::bigint[]) AS v (p, o) "
+            "WHERE c.consumer = %s AND c.topic = %s AND c.partition = v.p",
+            (list(offsets), list(offsets.values()), consumer, topic),
+        )
 
 
 def stored_offsets(conn: psycopg.Connection, consumer: str, topic: str) -> dict[int, int]:
@@ -140,12 +149,15 @@ def run_pg_consumer(
     max_messages: int = 1000,
     max_wait: float = 0.05,
     log_every: float = 1.0,
+    session_timeout_ms: int = 6000,
     say: Callable[[str], None] | None = None,
 ) -> S:
     """Consume ``applier.topic`` (read_committed) from the offsets stored in Postgres and
     apply it, one transaction per batch (what has arrived, up to ``max_messages``; an
     idle consumer waits ``max_wait`` s at a time), until ``stop_event`` is set; returns
-    the total stats.
+    the total stats. The partitions are the ones the consumer group gives this process
+    (all of them when it runs alone); a process silent for ``session_timeout_ms`` loses
+    its partitions to the others.
 
     Postgres or Kafka going away (a restart, a lost connection, a deadlock) is waited
     out with back-off (``brokercore.faults.backoff``): the batch in hand is kept and applied
@@ -160,7 +172,7 @@ def run_pg_consumer(
     topic = applier.topic
     decoder = msgspec.msgpack.Decoder(EventBatch)
     totals = applier.new_stats()
-    postgres = Backoff(f"{name}: Postgres", log)
+    postgres = _Postgres(database_url, Backoff(f"{name}: Postgres", log))
     kafka = Backoff(f"{name}: Kafka", log)
     broker_errors: list[KafkaError] = []  # error_cb's, seen after each read
     consumer = Consumer(
@@ -174,35 +186,37 @@ def run_pg_consumer(
             "enable.auto.offset.store": False,
             "fetch.wait.max.ms": 10,
             "reconnect.backoff.max.ms": 1000,  # back within a second of the broker
-            "auto.offset.reset": "error",
+            "session.timeout.ms": session_timeout_ms,  # a dead process's partitions move
+            "heartbeat.interval.ms": max(100, session_timeout_ms // 3),
+            "auto.offset.reset": "error",  # a stored offset that is gone: stop, loudly
         }
-    )  # a stored offset that is gone: stop, loudly
-    conn: psycopg.Connection | None = None
+    )
     batch: list[Message] = []  # read, not yet stored: kept through failures
-    assigned = False
     window, last = applier.new_stats(), time.monotonic()
     try:
+        if _partitions(consumer, topic, stop):
+            rebalance = _Rebalance(postgres, applier, stop, say, name)
+            consumer.subscribe(
+                [topic],
+                on_assign=rebalance.assign,
+                on_revoke=rebalance.revoke,
+                on_lost=rebalance.revoke,
+            )
         while not stop.is_set():
             try:
-                if conn is None:
-                    conn = psycopg.connect(database_url, autocommit=True, connect_timeout=5)
-                if not assigned:
-                    assigned = _assign(consumer, conn, applier, stop, say, name)
-                    continue
                 if not batch:
                     batch = _read(consumer, decoder, max_messages, max_wait, kafka, broker_errors)
                 if batch:
-                    stats = applier.apply(conn, batch)
+                    stats = applier.apply(postgres.connection(), batch)
                     batch = []
                     applier.committed(stats)
                     window += stats
-                postgres.recovered()
+                postgres.backoff.recovered()
             except Exception as e:
                 if not transient(e):
                     raise
                 if isinstance(e, psycopg.Error):
-                    conn = _unless_broken(conn)
-                    postgres.wait(e, stop)
+                    postgres.failed(e, stop)
                 else:
                     kafka.wait(e, stop)
             if time.monotonic() - last >= log_every:
@@ -217,34 +231,85 @@ def run_pg_consumer(
         totals += window
     finally:
         consumer.close()
-        if conn is not None:
-            conn.close()
+        postgres.close()
     say(f"{name}: stopped; {applier.describe(totals)}")
     return totals
 
 
-def _assign(
-    consumer: Consumer,
-    conn: psycopg.Connection,
-    applier: Applier[S],
-    stop: threading.Event,
-    say: Callable[[str], None],
-    name: str,
-) -> bool:
-    """Assign the topic's partitions from the stored offsets; False if stopped first."""
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+class _Postgres:
+    """The loop's connection, opened when needed, dropped when lost."""
 
-    topic = applier.topic
-    partitions = _partitions(consumer, topic, stop)
-    if not partitions:
-        return False
-    start = stored_offsets(conn, applier.consumer, topic)
-    consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in partitions])
-    say(
-        f"{name}: {topic} partitions {partitions} from offsets "
-        f"{[start.get(p, 0) for p in partitions]}"
-    )
-    return True
+    def __init__(self, url: str, backoff: Backoff):
+        self.url = url
+        self.backoff = backoff
+        self.conn: psycopg.Connection | None = None
+
+    def connection(self) -> psycopg.Connection:
+        if self.conn is None:
+            self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+        return self.conn
+
+    def failed(self, e: psycopg.Error, stop: threading.Event) -> None:
+        """After a transient error: a lost connection is closed (the next attempt opens
+        another); wait out the back-off."""
+        self.conn = _unless_broken(self.conn)
+        self.backoff.wait(e, stop)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+class _Rebalance:
+    """The consumer group's callbacks (run inside the consumer's reads): partitions
+    given to this process start at their offsets stored in Postgres."""
+
+    def __init__(
+        self,
+        postgres: _Postgres,
+        applier: Applier[S],
+        stop: threading.Event,
+        say: Callable[[str], None],
+        name: str,
+    ):
+        self.postgres = postgres
+        self.consumer = applier.consumer
+        self.topic = applier.topic
+        self.stop = stop
+        self.say = say
+        self.name = name
+
+    def assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start each partition at its stored offset (waiting out Postgres: nothing of
+        them can be applied before it is back anyway). Stopped first: none taken."""
+        from confluent_kafka import OFFSET_BEGINNING
+
+        start = self._stored()
+        if start is None:
+            consumer.assign([])
+            return
+        for tp in partitions:
+            tp.offset = start.get(tp.partition, OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self.say(
+            f"{self.name}: {self.topic} partitions {[tp.partition for tp in partitions]} "
+            f"from offsets {[start.get(tp.partition, 0) for tp in partitions]}"
+        )
+
+    def revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Nothing to undo: a batch of these partitions still in hand is applied next,
+        and ``claim_offsets`` skips what their new owner applied first."""
+        self.say(f"{self.name}: {self.topic} partitions {[tp.partition for tp in partitions]} gone")
+
+    def _stored(self) -> dict[int, int] | None:
+        while not self.stop.is_set():
+            try:
+                return stored_offsets(self.postgres.connection(), self.consumer, self.topic)
+            except psycopg.Error as e:
+                if not transient(e):
+                    raise
+                self.postgres.failed(e, self.stop)
+        return None
 
 
 def _read(
