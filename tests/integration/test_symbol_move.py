@@ -1,7 +1,8 @@
 """Moving a symbol to another shard at a session boundary, with real Kafka and daemons:
 its resting orders go with it and trade there, orders after the move reach the new
 shard, an order routed by the old plan is refused by the old shard, and every order is
-applied exactly once, through a kill -9 before the move and one after it."""
+applied exactly once, through a kill -9 before the move, a move cut short between its
+two steps, and a kill -9 after it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import sys
 from collections import Counter
 
 from brokercore.engine.records import EventType, Reason, Side
-from brokercore.kafka.messages import CloseSession, NewOrder, OpenSession, encode
+from brokercore.kafka import move
+from brokercore.kafka.messages import CloseSession, NewOrder, OpenSession, ShardSnapshot, encode
 from brokercore.kafka.placement import ShardPlan, compute_plan, read_plan
 from brokercore.runtime.loadgen import MID
+from brokercore.runtime.shard import Shard, read_snapshot
 from kafka_support import (
+    SYMBOLS,
     Daemon,
     OrderProducer,
     assert_no_gap_no_duplicate,
@@ -27,6 +31,20 @@ from kafka_support import (
 from waiting import wait_until
 
 SYMBOL = "RELIANCE"
+SYMBOL_ID = SYMBOLS[SYMBOL]
+
+
+def cut_short_after_the_snapshot(settings, source: int, target: int) -> None:
+    """What a move killed between its two steps leaves: the target shard's snapshot with
+    the symbol's book, the plan file unchanged."""
+    books, _ = read_snapshot(move._newest_snapshot(settings, source).books)
+    snapshot = move._newest_snapshot(settings, target)
+    target_books, applied = read_snapshot(snapshot.books)
+    target_books[SYMBOL_ID] = books[SYMBOL_ID]
+    data = Shard(target_books, commands_applied=applied).snapshot()
+    move._publish_snapshot(
+        settings, ShardSnapshot(target, snapshot.next_offset, snapshot.events, data)
+    )
 
 
 def test_a_moved_symbol_keeps_its_book_and_every_order_is_applied_once(tmp_path):
@@ -84,6 +102,9 @@ def test_a_moved_symbol_keeps_its_book_and_every_order_is_applied_once(tmp_path)
         assert refused.returncode == 2, refused
         assert f"shard {source}'s newest snapshot is not at its committed input" in refused.stderr
         assert daemon(source).terminate() == 0  # recovered, then a graceful stop
+        cut_short_after_the_snapshot(settings, source, target)
+        assert "2 books; from the snapshot" in daemon(target).text()  # old plan: not its book
+        assert daemons[-1].terminate() == 0
         done = move()
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"moved {SYMBOL}'s book (10 resting orders)" in done.stdout, done.stdout
