@@ -208,10 +208,15 @@ async def measure(args, servers: dict, tokens: list[str], orders, shared: dict, 
     streams = {name: requests_to(port, tokens, orders) for name, (_, port) in servers.items()}
     groups = {name: {"oms": [p.pid], **shared} for name, (p, _) in servers.items()}
     for name, pids in groups.items():
-        before = cpu_ticks(pids)
+        before, threads = cpu_ticks(pids)["oms"], thread_ticks(pids["oms"][0])
         await asyncio.sleep(args.idle)
-        idle = cpu_ticks(pids)["oms"] - before["oms"]
-        print(f"{name:12} idle: oms {idle / os.sysconf('SC_CLK_TCK') / args.idle:.1%} of a core")
+        per_s = os.sysconf("SC_CLK_TCK") * args.idle
+        threads = {k: v - threads.get(k, 0) for k, v in thread_ticks(pids["oms"][0]).items()}
+        print(
+            f"{name:12} idle: oms {(cpu_ticks(pids)['oms'] - before) / per_s:.2%} of a core ("
+            + ", ".join(f"{k} {v / per_s:.2%}" for k, v in threads.items() if v)
+            + ")"
+        )
         await one_round(
             "warm-up", args.warmup, args.clients, servers[name][1], streams[name], pids, url
         )
