@@ -104,7 +104,7 @@ class OutboxPublisher:
         """Runs the producer's delivery callbacks; the results of each poll go to the
         loop together (one wake-up per poll, not one per row)."""
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            self._producer.poll(0.2)  # returns as soon as a delivery is reported
             if self._results and self._loop is not None:
                 self._loop.call_soon_threadsafe(self._delivered)
 
@@ -151,7 +151,7 @@ class OutboxPublisher:
             )
         )
 
-    async def run(self, every: float = 1.0, batch: int = 1000) -> None:
+    async def run(self, every: float = 5.0, batch: int = 1000) -> None:
         """The OMS's background sweep, until cancelled: every ``every`` s, rows still
         unpublished ``sweep_after`` after they were written are sent again, ``batch`` at
         a time. A Postgres outage is waited out with back-off."""
