@@ -536,6 +536,32 @@ SELECT symbol, held, moved
 """
 
 
+EVENT_TO_ROW = {
+    # the OMS taking the command (an event's ts is its command's) -> settlement's
+    # order_events row of the event (its dedupe key names the event; the OMS's own rows
+    # have none): the whole write path
+    "settlement": "SELECT extract(epoch FROM recorded_at - occurred_at) FROM order_events "
+    "WHERE dedupe_key IS NOT NULL",
+    # the Kafka timestamp of the event's message -> the projector's ORDER_UPDATE row
+    "projector": "SELECT extract(epoch FROM created_at) - (payload->>'eventTimeMs')::float8 / 1e3 "
+    "FROM read_model.order_updates",
+}
+
+
+def event_to_row(conn: psycopg.Connection) -> dict[str, dict[str, float]]:
+    """Per consumer, seconds to an event's row in Postgres (EVENT_TO_ROW), p50/p99/max over
+    the run (the row's time is its transaction's start: a slight understatement)."""
+    out = {}
+    for consumer, query in EVENT_TO_ROW.items():
+        row = conn.execute(
+            f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), "
+            f"percentile_cont(0.99) WITHIN GROUP (ORDER BY s), max(s), count(*) "
+            f"FROM ({query}) AS lags (s)"
+        ).fetchone()
+        out[consumer] = dict(zip(("p50_s", "p99_s", "max_s", "rows"), map(float, row), strict=True))
+    return out
+
+
 def wait_caught_up(positions: Positions, since: float, timeout: float) -> dict[str, float | None]:
     """Seconds from ``since`` (the load's end) until every order is settled (the engines
     and settlement at the ends of their topics, no order PENDING) and projected (the
@@ -677,16 +703,28 @@ def report(args, phases, load_accepted, idle, whole, lag, caught, sampler_errors
         "answered within the phase)"
     )
 
-    log(f"\n{'consumer':12} {'behind p99':>10} {'max':>8} {'catch-up p99 s':>15} {'max s':>7}")
-    for consumer, v in lag.items():
+    log(
+        f"\n{'consumer':12} {'behind p99':>10} {'max':>8} {'catch-up p99 s':>15} {'max s':>7}"
+        f" | {'to row p50 ms':>17} {'p99 ms':>8} {'max ms':>8}"
+    )
+    for consumer, v in lag["kafka"].items():
+        rows = lag["event_to_row"].get(consumer)
         log(
             f"{consumer:12} {v['behind_p99']:10,.0f} {v['behind_max']:8,.0f} "
-            f"{v['catch_up_p99_s']:15.2f} {v['catch_up_max_s']:7.2f}"
+            f"{v['catch_up_p99_s']:15.2f} {v['catch_up_max_s']:7.2f} | "
+            + (
+                f"{rows['p50_s'] * 1e3:17,.0f} {rows['p99_s'] * 1e3:8,.0f} "
+                f"{rows['max_s'] * 1e3:8,.0f}"
+                if rows and rows["rows"]
+                else f"{'-':>17}"
+            )
         )
     log(
         f"(messages behind the high watermark, all partitions, transaction markers "
         f"included; catch-up: seconds to reach where the end was, to the sampling period "
-        f"of {args.sample_every} s"
+        f"of {args.sample_every} s; to row: settlement from the OMS taking the order (or "
+        f"cancel) to its event's order_events row, the projector from the engine's event "
+        f"message to its order_updates row"
         + (f"; samples failed: {dict(sampler_errors)}" if sampler_errors else "")
         + ")"
     )
@@ -848,13 +886,14 @@ def main() -> int:
         caught = wait_caught_up(catcher, load["load_end"], args.settle_timeout)
         whole = Cpu.spent(snaps[0], cpu.snapshot())
         sampler.stop()
+        lag = {"kafka": sampler.summary(), "event_to_row": event_to_row(catcher.conn)}
         numbers = report(
             args,
             phases,
             load["accepted"],
             idle_spent,
             whole,
-            sampler.summary(),
+            lag,
             caught,
             sampler.errors,
         )
