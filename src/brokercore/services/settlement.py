@@ -7,7 +7,8 @@ BROKERCORE_REDIS_PREFIX for the read caches it invalidates after each commit. SI
 Ctrl-C finishes the batch in hand and exits 0. A restart of Postgres or Kafka is waited
 out (brokercore.consumers.pg_consumer: back-off, the batch applied again); any other failure exits 1
 with nothing of the failed batch stored, so a restart resumes from the offsets in
-Postgres.
+Postgres. Several processes split the partitions of ``events`` between them (one Kafka
+consumer group); when one dies, the others take its partitions over within about 6 s.
 """
 
 from __future__ import annotations
