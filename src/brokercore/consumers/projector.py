@@ -183,6 +183,7 @@ class _Batch:
     next_update_id: int  # the ORDER_UPDATEs' sequence's next value
     book_written: set[int] = field(default_factory=set)  # upserted, or deleted if gone
     symbols: set[str] = field(default_factory=set)  # whose market data changed
+    last_prices: dict[str, int] = field(default_factory=dict)  # of the batch's trades
     trades: list[tuple[object, ...]] = field(default_factory=list)  # rows to insert
     updates: list[tuple[_Order, OrderUpdate]] = field(default_factory=list)  # seq 0 yet
     push: Publication = field(default_factory=Publication)
@@ -248,6 +249,17 @@ SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::big
     %b::timestamptz[])
 ON CONFLICT DO NOTHING"""
 
+
+# The books of the symbols whose market data changed: DEPTH_SQL and LAST_PRICE_SQL for
+# all of them in one statement each (a symbol that traded in the batch has its last price
+# from the batch).
+_BOOKS_SQL = f"""
+SELECT s.symbol, d.* FROM unnest(%(symbols)s::text[]) AS s (symbol)
+CROSS JOIN LATERAL ({DEPTH_SQL.replace("%(symbol)s", "s.symbol")}) AS d"""
+
+_LAST_PRICES_SQL = f"""
+SELECT s.symbol, ({LAST_PRICE_SQL.replace("%(symbol)s", "s.symbol")})
+  FROM unnest(%(symbols)s::text[]) AS s (symbol)"""
 
 _fills = msgspec.json.Encoder().encode
 
@@ -476,6 +488,7 @@ class ProjectorConsumer:
         price = self._paise(e.symbol, e.price)
         when = event_time(e.ts)
         b.trades.append((tid, e.symbol, e.seq, price, e.qty, when))
+        b.last_prices[e.symbol] = price  # a symbol's trades come in their order
         b.push.ticks.append(TradeTick(tid, e.symbol, rupees(price), e.qty, when.isoformat()))
         b.symbols.add(e.symbol)
         self._rested(b, e.order_id, e.remaining)
@@ -605,19 +618,16 @@ class ProjectorConsumer:
                 conn.execute(_WRITE_BOOK, _columns(book, 5))
             if b.trades:
                 conn.execute(_WRITE_TRADES, _columns(b.trades, 6))
-            reads = [
-                (
-                    symbol,
-                    conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS}),
-                    conn.execute(LAST_PRICE_SQL, {"symbol": symbol}),
-                )
-                for symbol in symbols
-            ]
-            for symbol, depth, last in reads:
-                price = last.fetchone()
-                b.push.books[symbol] = book_update(
-                    symbol, depth.fetchall(), price[0] if price else None
-                )
+            depth = conn.execute(_BOOKS_SQL, {"symbols": symbols, "levels": DEPTH_LEVELS})
+            untraded = [symbol for symbol in symbols if symbol not in b.last_prices]
+            older = conn.execute(_LAST_PRICES_SQL, {"symbols": untraded}) if untraded else None
+            levels: dict[str, list[tuple[str, int, int]]] = {symbol: [] for symbol in symbols}
+            for symbol, side, price, quantity in depth.fetchall():
+                levels[symbol].append((side, price, quantity))
+            prices = dict(b.last_prices)
+            prices.update(older.fetchall() if older is not None else [])
+            for symbol in symbols:
+                b.push.books[symbol] = book_update(symbol, levels[symbol], prices[symbol])
 
 
 def run_projector(
