@@ -153,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
         help="hot: weight above this times total/shards (default: %(default)s; with --write)",
     )
     plan.add_argument("--write", metavar="FILE", help="compute the plan and write it to FILE")
+    plan.add_argument(
+        "--from-events",
+        action="store_true",
+        help="with --write: weigh each symbol by its orders in the events topic (the "
+        "sessions Kafka retains; a symbol without any weighs 1) instead of its weight",
+    )
 
     status = commands.add_parser(
         "status",
@@ -232,12 +238,18 @@ def run_service(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from brokercore.kafka.placement import compute_plan, shard_plan
+    from brokercore.kafka.placement import compute_plan, shard_plan, weights_from_events
 
+    if args.from_events and not args.write:
+        print("brokercore plan: --from-events computes a plan to --write", file=sys.stderr)
+        return 2
     instruments = load_instruments(args.instruments)
     settings = KafkaSettings.from_env()
     if args.write:
         weights = {i.symbol: i.weight for i in instruments}
+        if args.from_events:
+            seen = weights_from_events(dataclasses.replace(settings, shards=args.shards))
+            weights = {symbol: max(seen.get(symbol, 0.0), 1.0) for symbol in weights}
         plan = compute_plan(weights, args.shards, args.hot_ratio)
         with open(args.write, "wb") as f:
             f.write(plan.to_file())

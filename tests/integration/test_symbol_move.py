@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -98,8 +99,15 @@ def test_a_moved_symbol_keeps_its_book_and_every_order_is_applied_once(tmp_path)
         assert refused.returncode == 2 and "has daemons running" in refused.stderr, refused
         old_source.kill()  # kill -9 before the move: its snapshot is behind its input
         assert old_target.terminate() == 0
-        refused = move()
-        assert refused.returncode == 2, refused
+        # (the killed daemon stays in its lease group until its session lapses)
+        refused = wait_until(
+            lambda: (
+                (done := move()).returncode == 2
+                and "has daemons running" not in done.stderr
+                and done
+            ),
+            "a refusal once the killed daemon's lease lapsed",
+        )
         assert f"shard {source}'s newest snapshot is not at its committed input" in refused.stderr
         assert daemon(source).terminate() == 0  # recovered, then a graceful stop
         cut_short_after_the_snapshot(settings, source, target)
@@ -145,3 +153,17 @@ def test_a_moved_symbol_keeps_its_book_and_every_order_is_applied_once(tmp_path)
     ]
     [refusal] = [e for e in events[source] if e.order_id == stale.order_id]
     assert refusal.type == EventType.REJECTED and refusal.reason == Reason.UNKNOWN_SYMBOL
+
+    # The next plan from what happened: 20 orders of RELIANCE, none of the others (1 each).
+    replanned = tmp_path / "replanned.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "brokercore.cli", "plan", "--from-events", "--shards", "2"]
+        + ["--instruments", str(path), "--write", str(replanned)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(rf"shard \d: weight 20: {SYMBOL} \(hot\)", done.stdout), done.stdout
+    assert read_plan(replanned).hot == (SYMBOL,)

@@ -3,7 +3,8 @@
 CRC-32 alone puts symbols on shards blind to their volume: at the open one hot symbol can
 share a shard (one matcher thread, one transactional producer) with others and hold them
 back. The plan is computed from each instrument's expected volume (``weight`` in the
-instruments file, default 1):
+instruments file, default 1; or, with ``brokercore plan --from-events``, the orders each
+symbol had in the sessions the events topic retains):
 
 * a symbol whose weight is above ``hot_ratio`` times the fair share (total / shards) is
   hot and gets a shard of its own (its CRC-32 shard if free, else the lowest free one);
@@ -23,16 +24,30 @@ from __future__ import annotations
 
 import math
 import os
+import time
+import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
 import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from brokercore.config import KafkaSettings
+from brokercore.engine.records import EventType
+from brokercore.kafka.messages import EventBatch
 from brokercore.kafka.topics import partition_of
 
-__all__ = ["PlanFile", "ShardPlan", "Weighted", "compute_plan", "read_plan", "shard_plan"]
+__all__ = [
+    "PlanFile",
+    "ShardPlan",
+    "Weighted",
+    "compute_plan",
+    "read_plan",
+    "shard_plan",
+    "weights_from_events",
+]
 
 
 class Weighted(Protocol):
@@ -140,6 +155,48 @@ def compute_plan(weights: Mapping[str, float], shards: int, hot_ratio: float = 1
         placed[symbol] = shard
         load[shard] += weight
     return ShardPlan(shards, placed, hot=tuple(hot), weights=dict(weights))
+
+
+def weights_from_events(settings: KafkaSettings, timeout: float = 30.0) -> dict[str, float]:
+    """Orders per symbol in the events topic as Kafka retains it (its ACCEPTED events):
+    the volume of the sessions before, for a plan computed from what happened."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": f"brokercore-plan-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    partitions = range(settings.shards)
+    consumer.assign(
+        [TopicPartition(settings.events_topic, p, OFFSET_BEGINNING) for p in partitions]
+    )
+    counts: Counter[str] = Counter()
+    decode, ended = msgspec.msgpack.Decoder(EventBatch).decode, set[int]()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(ended) < settings.shards:
+            message = consumer.poll(0.5)
+            if message is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the events topic not read to its end in {timeout} s")
+                continue
+            deadline = time.monotonic() + timeout
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
+                partition = message.partition()
+                assert partition is not None  # an end of partition says which
+                ended.add(partition)
+                continue
+            batch = decode(message.value() or b"")
+            counts.update(e.symbol for e in batch.events if e.type == EventType.ACCEPTED)
+    finally:
+        consumer.close()
+    return {symbol: float(n) for symbol, n in counts.items()}
 
 
 def _first_free(placed: Mapping[str, int], shards: int) -> int:
