@@ -87,6 +87,7 @@ REDIS = ServiceSettings.from_env().redis_url
 TICK = os.sysconf("SC_CLK_TCK")
 PG_CONSUMERS = ("settlement", "projector")
 SHARED = ("postgres server", "kafka", "redis")  # the development servers' processes
+MACHINE = "machine"  # every process on it, from /proc/stat
 perf = time.perf_counter
 log = functools.partial(print, flush=True)
 
@@ -233,11 +234,15 @@ class Cpu:
         return groups
 
     def snapshot(self) -> tuple[float, dict[str, dict[int, int]]]:
-        """(time, {group: {pid: ticks}})."""
+        """(time, {group: {pid: ticks}}), and the whole machine's busy ticks (/proc/stat:
+        all but idle and iowait) as the group MACHINE."""
         snap = {
             group: {pid: int(s[11]) + int(s[12]) for pid in pids if (s := proc_stat(pid))}
             for group, pids in self.groups().items()
         }
+        with open("/proc/stat") as f:
+            ticks = [int(n) for n in f.readline().split()[1:9]]
+        snap[MACHINE] = {0: sum(ticks) - ticks[3] - ticks[4]}
         return perf(), snap
 
     @staticmethod
@@ -730,7 +735,10 @@ def report(args, phases, load_accepted, idle, whole, lag, caught, sampler_errors
     )
 
     idle_s, idle_cpu = idle
-    groups = sorted(whole[1], key=lambda g: (g == "load generator", g in SHARED, g))
+    groups = sorted(
+        (g for g in whole[1] if g != MACHINE),
+        key=lambda g: (g == "load generator", g in SHARED, g),
+    )
     accepted = len(load_accepted)
     head = " ".join(f"{p.name + ' µs':>10}" for p in phases)
     log(f"\n{'CPU per accepted order':22} {'idle cores':>10} {head} {'whole run':>10}")
@@ -760,10 +768,10 @@ def report(args, phases, load_accepted, idle, whole, lag, caught, sampler_errors
     )
     stack = [g for g in groups if g != "load generator"]
     busy = {p.name: sum(p.cpu[1].get(g, 0) for g in stack) / p.cpu[0] for p in phases}
+    machine = {p.name: p.cpu[1][MACHINE] / p.cpu[0] for p in phases}
     log(
-        "cores busy (stack total): "
-        + ", ".join(f"{name} {v:.2f}" for name, v in busy.items())
-        + f" (of {os.cpu_count()})"
+        f"cores busy of {os.cpu_count()}, the stack's (the machine's, everything on it): "
+        + ", ".join(f"{p.name} {busy[p.name]:.2f} ({machine[p.name]:.2f})" for p in phases)
     )
     for key, seconds in caught.items():
         log(
@@ -790,6 +798,7 @@ def report(args, phases, load_accepted, idle, whole, lag, caught, sampler_errors
         "lag": lag,
         "cpu_us_per_order": table,
         "cores_busy": busy,
+        "machine_cores_busy": machine,
         "caught_up_s": caught,
     }
 
