@@ -140,13 +140,12 @@ class Stack:
                 raise SystemExit(f"--oms {oms}: stack.sh has no BROKERCORE_OMS_PROCESSES yet")
             self.env["BROKERCORE_OMS_PROCESSES"] = str(oms)
 
-    def up(self) -> str:
+    def up(self) -> None:
         done = subprocess.run(
             [STACK, "up"], env=self.env, capture_output=True, text=True, timeout=600
         )
         if done.returncode:
             raise RuntimeError(f"stack.sh up failed:\n{done.stderr[-4000:]}\n{self.tails()}")
-        return done.stderr + done.stdout
 
     def programs(self) -> dict[str, int]:
         """Each process supervisord runs, and the edge's master: its pid (0 when none)."""
