@@ -208,23 +208,28 @@ SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_
 # Postgres pays per row.
 _UPDATES_SEQUENCE = "read_model.order_updates_update_id_seq"
 
-_ORDER_COLUMNS = """(order_id, user_id, account_id, symbol, side, type, time_in_force, price,
-    quantity, filled_quantity, filled_notional, avg_price, status, reject_reason, fills,
-    created_at, updated_at, last_update_id)"""
-
-_ORDER_ARRAYS = """unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::text[],
-    %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
+# An order row's columns that events change (the ones an update writes), then the others.
+_CHANGING = """order_id, price, quantity, filled_quantity, filled_notional, avg_price, status,
+    reject_reason, fills, updated_at, last_update_id"""
+_CHANGING_ARRAYS = """%b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
     %b::text[]::numeric[], %b::text[], %b::text[], %b::text[]::jsonb[], %b::timestamptz[],
-    %b::timestamptz[], %b::bigint[])"""
+    %b::bigint[]"""
+_CHANGING_COUNT = _CHANGING.count(",") + 1
+_FIXED = "user_id, account_id, symbol, side, type, time_in_force, created_at"
+_FIXED_ARRAYS = (
+    "%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[]"
+)
 
-_INSERT_ORDERS = f"INSERT INTO read_model.orders {_ORDER_COLUMNS} SELECT * FROM {_ORDER_ARRAYS}"
+_INSERT_ORDERS = f"""
+INSERT INTO read_model.orders ({_CHANGING}, {_FIXED})
+SELECT * FROM unnest({_CHANGING_ARRAYS}, {_FIXED_ARRAYS})"""
 
 _UPDATE_ORDERS = f"""
 UPDATE read_model.orders o SET price = u.price, quantity = u.quantity,
     filled_quantity = u.filled_quantity, filled_notional = u.filled_notional,
     avg_price = u.avg_price, status = u.status, reject_reason = u.reject_reason,
     fills = o.fills || u.fills, updated_at = u.updated_at, last_update_id = u.last_update_id
-  FROM {_ORDER_ARRAYS} AS u {_ORDER_COLUMNS}
+  FROM unnest({_CHANGING_ARRAYS}) AS u ({_CHANGING})
  WHERE o.order_id = u.order_id"""
 
 _WRITE_UPDATES = """
@@ -269,15 +274,9 @@ def _text(value: Decimal | None) -> str | None:
 
 
 def _order_row(o: _Order) -> tuple[object, ...]:
-    """The order's row in ``_ORDER_COLUMNS``' order (its fills: the new ones)."""
+    """The order's row, ``_CHANGING`` then ``_FIXED`` (its fills: the new ones)."""
     return (
         o.order_id,
-        o.user_id,
-        o.account_id,
-        o.symbol,
-        o.side,
-        o.type,
-        o.time_in_force,
         o.price,
         o.quantity,
         o.filled_quantity,
@@ -286,9 +285,15 @@ def _order_row(o: _Order) -> tuple[object, ...]:
         o.status,
         o.reject_reason,
         _fills(o.new_fills).decode(),
-        o.created_at,
         o.updated_at,
         o.last_update_id,
+        o.user_id,
+        o.account_id,
+        o.symbol,
+        o.side,
+        o.type,
+        o.time_in_force,
+        o.created_at,
     )
 
 
@@ -603,7 +608,7 @@ class ProjectorConsumer:
         symbols = sorted(b.symbols)
         with conn.pipeline():
             if stored:
-                conn.execute(_UPDATE_ORDERS, _columns(stored, 18))
+                conn.execute(_UPDATE_ORDERS, _columns(stored, 18)[:_CHANGING_COUNT])
             if new:
                 conn.execute(_INSERT_ORDERS, _columns(new, 18))
             if rows:
