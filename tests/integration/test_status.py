@@ -74,7 +74,11 @@ def test_status_and_monitor_show_daemons_rates_lag_and_warnings(tmp_path, migrat
             )
         monitor = LoggedProcess(["service", "monitor", "--every", "1"], tmp_path / "m.log", env)
 
-        done = status(env)
+        def with_standby() -> subprocess.CompletedProcess[str] | None:
+            done = status(env)  # the standby shows once it has joined the lease group
+            return done if "; standby engine-0-" in done.stdout else None
+
+        done = wait_until(with_standby, "the standby in the status", timeout=60)
         assert done.returncode == 1, done.stdout + done.stderr  # shard 1 has no daemon
         out = done.stdout
         zero = shard_line(out, 0)
