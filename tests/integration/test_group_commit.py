@@ -5,6 +5,7 @@ user's in arrival order, one order's failure its own, and a crash leaving nothin
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from decimal import Decimal
 
 import psycopg
@@ -90,7 +91,8 @@ def test_one_batch_of_many_users_holds_exactly_and_keeps_each_users_order(databa
 
 def test_a_key_used_twice_in_one_batch_gives_one_order(database):
     """Two requests with one key and one body in a batch get one order; the same key with
-    another body is refused; a retry later, alone, gets the same order back."""
+    another body is refused; a retry later, alone, gets the same order back; once the
+    key has expired, two requests with it in a batch get one new order."""
 
     async def scenario():
         async with Api(database) as api:
@@ -104,19 +106,25 @@ def test_a_key_used_twice_in_one_batch_gives_one_order(database):
                 ],
             )
             alone = await api.app.state.oms.orders.place("alice", buy("twice"))
-            return api, first, alone, batches(api)
+            api.now += timedelta(days=7)  # the key has expired: free for a new order
+            later = await together(api, [("alice", buy("twice")), ("alice", buy("twice"))])
+            return api, first, alone, later, batches(api)
 
-    api, (a, c, again, other), alone, batch_count = run(scenario)
-    assert batch_count == 2  # the batch, then the lone retry at once
+    api, (a, c, again, other), alone, later, batch_count = run(scenario)
+    assert batch_count == 3  # the batch, the lone retry at once, the batch a week later
     assert isinstance(a, OrderReceipt) and isinstance(c, OrderReceipt)
     assert isinstance(again, OrderReceipt) and again.order_id == a.order_id
     assert again.outbox is None  # the command goes with the first request
     assert isinstance(other, OrderRefused) and other.reason == "IDEMPOTENCY_KEY_REUSED"
     # nothing published it (no HTTP handler here): the lone retry gets its command again
     assert alone.order_id == a.order_id and alone.outbox == a.outbox
-    assert api.rows("SELECT count(*) FROM orders") == [(2,)]
+    assert later[0].order_id == later[1].order_id != a.order_id
+    assert api.rows("SELECT count(*) FROM orders") == [(3,)]
+    assert api.rows("SELECT order_id FROM idempotency_keys WHERE user_id = 'alice'") == [
+        (later[0].order_id,)
+    ]
     assert api.rows("SELECT user_id, blocked_cash FROM accounts WHERE cash > 0 ORDER BY 1") == [
-        ("alice", NOTIONAL),
+        ("alice", 2 * NOTIONAL),
         ("carol", NOTIONAL),
     ]
 

@@ -7,6 +7,8 @@ inserts the idempotency key, the others find it and get the same order back. Not
 is stored for an order the checks refuse. The Kafka command is written to ``outbox``
 in the same transaction; ``brokercore.entry.outbox`` publishes it afterwards, and the
 reconciler re-publishes what was not confirmed (the engine drops a duplicate order id).
+``place_batch`` does the same for many orders in one transaction, all their accounts
+locked at once (brokercore.entry.group_commit gathers the batches).
 """
 
 from __future__ import annotations
