@@ -11,12 +11,14 @@ import contextlib
 import dataclasses
 import logging
 import math
+import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Protocol, TypeVar
 
 import msgspec
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import BlockingConnectionPool
@@ -41,6 +43,7 @@ __all__ = [
     "api_app",
     "service_app",
     "database_pool",
+    "check_idle_connection",
     "read_router",
     "ApiError",
     "error_response",
@@ -87,18 +90,33 @@ _unavailable = _Throttled()
 
 
 def database_pool(settings: ServiceSettings, max_size: int, **options: Any) -> AsyncConnectionPool:
-    """A Postgres pool that checks a connection before handing it out, so that after a
-    restart of Postgres no request gets a dead one, and waits at most
-    ``settings.db_pool_timeout`` for one (then PoolTimeout: 503)."""
+    """A Postgres pool that checks a connection before handing it out
+    (``check_idle_connection``), so that after a restart of Postgres no request gets a
+    dead one, and waits at most ``settings.db_pool_timeout`` for one (then PoolTimeout:
+    503)."""
     return AsyncConnectionPool(
         settings.database_url,
         min_size=min(2, max_size),
         max_size=max_size,
         open=False,
         timeout=settings.db_pool_timeout,
-        check=AsyncConnectionPool.check_connection,
+        check=check_idle_connection,
         **options,
     )
+
+
+async def check_idle_connection(conn: AsyncConnection) -> None:
+    """Raises if an idle connection is dead, with a round trip (psycopg_pool's
+    ``check_connection``) only when the server has said something on it since its last
+    use: a server that restarts, or a backend that is killed or times out, says goodbye
+    or closes the socket, which makes it readable; a silent socket is one the server
+    still holds. Listening costs a system call, not a round trip per transaction."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    socket = select.poll()
+    socket.register(conn.fileno(), select.POLLIN)
+    if socket.poll(0):
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def read_router(
