@@ -13,7 +13,7 @@ export HYPOTHESIS_PROFILE
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
 
-test: lint kafka postgres replica redis nginx  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, install nginx (the tests start edges of their own), run every test
+test: lint kafka postgres redis nginx  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, install nginx (the tests start edges of their own), run every test
 	$(PY) -m pytest
 
 # The fast lane runs Hypothesis's dev profile (HYPOTHESIS_PROFILE=ci on the command line for
