@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import math
 import os
 import random
 import re
@@ -130,8 +131,8 @@ class Phase:
         )
 
     def us_per_order(self, group: str) -> float:
-        """CPU-µs the group spent per accepted order in the window."""
-        return self.cpu.get(group, float("nan")) * 1e4 / max(self.per_s, 1e-9)
+        """CPU-µs the group spent per accepted order in the window (nan: none accepted)."""
+        return self.cpu.get(group, float("nan")) * 1e4 / self.per_s if self.accepted else math.nan
 
 
 HEADER = (
