@@ -16,15 +16,16 @@ engine books; their events are encoded as the engine daemon publishes them
 (``codec.EventEncoder``, one message per ``--commands-per-message`` commands of a
 symbol, each symbol's session closed at the end) and produced in Kafka transactions.
 
-Backlog mode (the default) produces everything first, then starts the consumer and
-times it from its first stored offset to its last: events/s, and CPU-µs per event of
-the consumer's process and of its Postgres backends (/proc ticks; the WAL writer and
-the other backends of the shared server are not counted). Paced mode (``--rate`` events/s)
-starts the consumer, then produces a transaction every 10 ms holding the messages due;
-the lag of each event is the time from its transaction's commit to the consumer storing
-an offset past it (settlement and the projector: ``consumer_offsets``, polled every
-5 ms; the notifier: its group's committed offsets), printed as p50/p99/max. It prints
-numbers; it asserts nothing.
+The consumer starts first and applies one message per partition (started, connected,
+partitions assigned). Backlog mode (the default) then pauses it (SIGSTOP), produces the
+rest, resumes it and times it until its last offset is stored: events/s, and CPU-µs per
+event of the consumer's process and of its Postgres backends (/proc ticks; the WAL
+writer and the other backends of the shared server are not counted). Paced mode
+(``--rate`` events/s) produces a transaction every 10 ms holding the messages due while
+the consumer runs; the lag of each event is the time from its transaction's commit to
+the consumer storing an offset past it (settlement and the projector:
+``consumer_offsets``, polled every 5 ms; the notifier: its group's committed offsets),
+printed as p50/p99/max. It prints numbers; it asserts nothing.
 """
 
 from __future__ import annotations
