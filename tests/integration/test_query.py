@@ -502,6 +502,22 @@ def test_read_your_writes_orders_the_read_model_has_not_seen(dataset):
     assert ids(listed) == [108]
 
 
+def test_an_order_settled_before_the_projector_saw_it_is_still_found(dataset):
+    # settlement may finish an order before the projector writes its row: it is not
+    # open any more, and not in the read model yet, and must still be found by its id
+    execute(
+        dataset,
+        "UPDATE orders SET status = 'FILLED', filled_quantity = quantity, "
+        "avg_fill_price = price WHERE order_id = 108",
+    )
+
+    async def scenario(api):
+        return await api.ok("/orders/108")
+
+    order = query(dataset, scenario)
+    assert (order["orderId"], order["status"], order["filledQty"]) == (108, "FILLED", 1)
+
+
 def test_a_user_sees_only_their_own_orders(dataset):
     async def scenario(api):
         return (

@@ -188,10 +188,13 @@ class Candles(msgspec.Struct, frozen=True):
 
 # --- orders ----------------------------------------------------------------------------
 
-# Orders ``o`` of the write table the read model has not seen yet, open ones only (the
-# statuses as literals, so that the planner proves orders_open_idx's predicate).
-_UNSEEN = f"""o.status IN ({", ".join(f"'{s}'" for s in OPEN_STATUSES)})
-   AND NOT EXISTS (SELECT 1 FROM read_model.orders r WHERE r.order_id = o.order_id)"""
+# An order ``o`` of the write table the read model has not seen yet.
+_NOT_PROJECTED = "NOT EXISTS (SELECT 1 FROM read_model.orders r WHERE r.order_id = o.order_id)"
+# ... open ones only, for a user's list (the statuses as literals, so that the planner
+# proves orders_open_idx's predicate): settlement may finish an order before the projector
+# has written it, and the list then misses it for that moment. One order by its id is
+# looked up whatever its status.
+_UNSEEN = f"""o.status IN ({", ".join(f"'{s}'" for s in OPEN_STATUSES)}) AND {_NOT_PROJECTED}"""
 
 # Every order of a user: the read model's, and the write table's that it lacks yet.
 _USER_ORDERS = f"""
@@ -230,8 +233,7 @@ SELECT o.order_id, o.symbol, o.side, o.type, o.time_in_force, o.price, o.quantit
                    FROM fills f WHERE f.order_id = o.order_id AND f.side = o.side),
                 '[]'::jsonb)
   FROM orders o JOIN accounts a ON a.account_id = o.account_id
- WHERE o.order_id = %(order)s AND a.user_id = %(user)s
-   AND {_UNSEEN}"""
+ WHERE o.order_id = %(order)s AND a.user_id = %(user)s AND {_NOT_PROJECTED}"""
 
 _FILTERS = {
     "status": "status = ANY(%(status)s)",
