@@ -32,7 +32,7 @@ BEGIN
       LEFT JOIN idempotency_keys k ON k.user_id = r.user_id AND k.key = r.key
       LEFT JOIN orders o ON o.order_id = k.order_id
       -- a retry: the order's command, if it is still unpublished, so the retry sends it
-      -- (outbox has no index on order_id: the IS NOT NULL spares a new key the scan)
+      -- (the IS NOT NULL spares a new key the lookup)
       LEFT JOIN LATERAL (
           SELECT f.outbox_id, f.payload
             FROM (SELECT x.outbox_id, x.payload, x.published_at FROM outbox x
