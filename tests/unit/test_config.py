@@ -34,6 +34,8 @@ SERVICE_ENV = {
     "BROKERCORE_DEAD_LETTER_RETRY_INTERVAL": "5",
     "BROKERCORE_WS_QUEUE_SIZE": "10",
     "BROKERCORE_WS_HEARTBEAT": "1",
+    "BROKERCORE_REPLICA_URL": "postgresql://u@replica:5432/b",
+    "BROKERCORE_REPLICA_MAX_LAG": "0.5",
 }
 
 
@@ -69,6 +71,8 @@ def test_every_service_variable_sets_its_field():
         dead_letter_retry_interval=5.0,
         ws_queue_size=10,
         ws_heartbeat=1.0,
+        replica_url="postgresql://u@replica:5432/b",
+        replica_max_lag=0.5,
     )
     # every field but the two worked out from other variables is set by the table above
     unset = [
@@ -101,10 +105,14 @@ def test_dev_mode_only_for_1_and_then_the_public_secret(tmp_path):
     key = tmp_path / "public.pem"
     key.write_text("-----BEGIN PUBLIC KEY-----\n")
     settings = ServiceSettings.from_env(
-        {"BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE": str(key), "BROKERCORE_PUSH_URL": ""}
+        {
+            "BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE": str(key),
+            "BROKERCORE_PUSH_URL": "",
+            "BROKERCORE_REPLICA_URL": "",
+        }
     )
     assert settings.jwt_rs256_public_key == "-----BEGIN PUBLIC KEY-----\n"
-    assert settings.push_url is None
+    assert settings.push_url is None and settings.replica_url is None
 
 
 @pytest.mark.parametrize(
