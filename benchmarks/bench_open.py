@@ -58,6 +58,7 @@ import psycopg
 import redis
 import uvloop
 from confluent_kafka.admin import AdminClient
+from psycopg.conninfo import make_conninfo
 from supervisor.xmlrpc import SupervisorTransport
 
 from brokercore.config import DEV_JWT_SECRET, KafkaSettings, ServiceSettings
@@ -87,6 +88,8 @@ REDIS = ServiceSettings.from_env().redis_url
 TICK = os.sysconf("SC_CLK_TCK")
 PG_CONSUMERS = ("settlement", "projector")
 SHARED = ("postgres server", "kafka", "redis")  # the development servers' processes
+BACKENDS = "postgres backends"  # the run database's, one group per service, and their sum
+BENCH_APP = "bench-open"  # the application_name of the benchmark's own connections
 MACHINE = "machine"  # every process on it, from /proc/stat
 perf = time.perf_counter
 log = functools.partial(print, flush=True)
@@ -188,6 +191,16 @@ def group_of(program: str) -> str:
     return "engines" if name == "engine" else name
 
 
+def backends_group(application_name: str) -> str:
+    """The group of a Postgres backend of the run's database, by the application_name its
+    client gave: brokercore-settlement -> postgres backends/settlement (the services name
+    theirs, brokercore.services.run_service), the benchmark's own -> the load generator."""
+    if application_name == BENCH_APP:
+        return "load generator"
+    service = application_name.removeprefix("brokercore-")
+    return f"{BACKENDS}/{group_of(service) if service != application_name else 'other'}"
+
+
 # -- CPU ------------------------------------------------------------------------------
 
 
@@ -220,11 +233,13 @@ class Cpu:
             self.pids[name].add(pid)
             groups[group_of(name)] += trees.get(pid, [])
         rows = self.conn.execute(
-            "SELECT pid, datname = %s, backend_type = 'client backend' FROM pg_stat_activity "
-            "WHERE pid <> pg_backend_pid()",
+            "SELECT pid, datname = %s, backend_type = 'client backend', application_name "
+            "FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
             (self.dbname,),
         ).fetchall()
-        groups["postgres backends"] = [pid for pid, ours, _ in rows if ours]
+        for pid, ours, _, name in rows:
+            if ours:
+                groups[backends_group(name)].append(pid)
         groups["postgres server"] = [self.postmaster] + [
             pid for pid, _, client in rows if client is False
         ]
@@ -734,26 +749,29 @@ def report(args, phases, load_accepted, idle, whole, lag, caught, sampler_errors
     )
 
     idle_s, idle_cpu = idle
-    groups = sorted(
-        (g for g in whole[1] if g != MACHINE),
-        key=lambda g: (g == "load generator", g in SHARED, g),
-    )
+
+    def order(group: str) -> tuple[bool, bool, str]:
+        return group == "load generator", group in SHARED, group
+
+    groups = sorted((g for g in whole[1] if g != MACHINE), key=order)
     accepted = len(load_accepted)
     head = " ".join(f"{p.name + ' µs':>10}" for p in phases)
     log(f"\n{'CPU per accepted order':22} {'idle cores':>10} {head} {'whole run':>10}")
     table: dict[str, dict[str, float | None]] = {}
-    for group in [*groups, "stack total"]:
+    split = [g for g in groups if g.startswith(BACKENDS + "/")]
+    for group in [*sorted([*groups, BACKENDS], key=order), "stack total"]:
         row: dict[str, float | None] = {}
-        members = (
-            [g for g in groups if g != "load generator"] if group == "stack total" else [group]
-        )
+        members = {
+            "stack total": [g for g in groups if g != "load generator"],
+            BACKENDS: split,
+        }.get(group, [group])
         row["idle_cores"] = sum(idle_cpu.get(g, 0) for g in members) / idle_s
         for p in phases:
             spent = sum(p.cpu[1].get(g, 0) for g in members)
             row[p.name] = spent / p.accepted * 1e6 if p.accepted else None
         row["whole"] = sum(whole[1].get(g, 0) for g in members) / max(accepted, 1) * 1e6
         table[group] = row
-        label = group + (" (shared)" if group in SHARED else "")
+        label = group.replace(BACKENDS + "/", "  ") + (" (shared)" if group in SHARED else "")
         log(
             f"{label:22} {row['idle_cores']:10.3f} "
             + " ".join(f"{'-' if (v := row[p.name]) is None else f'{v:,.0f}':>10}" for p in phases)
@@ -870,8 +888,9 @@ def main() -> int:
             f"({'the edge' if stack.edge else 'the OMS: stack.sh has no edge yet'}); "
             f"processes: {', '.join(sorted(programs))}"
         )
-        cpu = Cpu(stack, url, dbname)
-        positions = Positions(url, kafka)
+        own = make_conninfo(url, application_name=BENCH_APP)
+        cpu = Cpu(stack, own, dbname)
+        positions = Positions(own, kafka)
         due, spans = schedule(args.duration, args.peak_rate)
         phases = [Phase(name, a, b) for name, a, b in spans]
         orders = Orders(instruments, args.users, args, stack.port, run_id)
@@ -890,7 +909,7 @@ def main() -> int:
         snaps = load["snapshots"]
         for i, phase in enumerate(phases):
             phase.cpu = Cpu.spent(snaps[i], snaps[i + 1])
-        catcher = Positions(url, kafka)
+        catcher = Positions(own, kafka)
         caught = wait_caught_up(catcher, load["load_end"], args.settle_timeout)
         whole = Cpu.spent(snaps[0], cpu.snapshot())
         sampler.stop()
@@ -907,7 +926,7 @@ def main() -> int:
         )
         log("")
         statuses = sum((p.statuses for p in phases), Counter())
-        results = run_checks(url, kafka, load["accepted"], stack.env, statuses, cpu.restarted())
+        results = run_checks(own, kafka, load["accepted"], stack.env, statuses, cpu.restarted())
         code = 0 if all(r["passed"] for r in results) else 1
         if args.json:
             config = {k: v for k, v in vars(args).items() if k not in ("json", "keep_logs")}

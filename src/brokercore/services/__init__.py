@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -72,6 +73,9 @@ def run_service(name: str, argv: Sequence[str] = ()) -> int:
     """Run the service ``name`` (a key of SERVICES) with its arguments until it is
     stopped; its exit code."""
     spec = SERVICES[name]
+    # libpq's default application_name: pg_stat_activity then tells whose each Postgres
+    # backend is (benchmarks/bench_open.py splits their CPU by it); a URL's own wins.
+    os.environ.setdefault("PGAPPNAME", f"brokercore-{name}")
     if spec.http:
         return serve_http(name, spec.module, argv)
     main = importlib.import_module(f"brokercore.services.{spec.module}").main
