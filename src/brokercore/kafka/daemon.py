@@ -332,7 +332,9 @@ class EngineDaemon:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": True,
-                "fetch.wait.max.ms": 20,
+                # The broker answers a fetch as soon as a record arrives (fetch.min.bytes
+                # 1): the wait only bounds how often an idle partition is asked again.
+                "fetch.wait.max.ms": 200,
                 # librdkafka stops fetching for fetch.queue.backoff.ms (default 1 s) once
                 # its local queue is full; the consumer thread drains it much faster.
                 "fetch.queue.backoff.ms": 5,

@@ -20,7 +20,7 @@ class Matcher:
         event_ring: RingBuffer,
         books: dict[int, OrderBook],
         max_batch: int = 1024,
-        idle_wait: float = 0.005,
+        idle_wait: float = 0.05,
         mark_ring: RingBuffer | None = None,
     ) -> None: ...
     @property

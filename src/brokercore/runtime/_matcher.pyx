@@ -22,7 +22,8 @@ from brokercore.engine._engine cimport (
     write_reject,
 )
 from brokercore.runtime._ringbuffer cimport (
-    RingBuffer, ring_claim, ring_highest_available, ring_publish, ring_release, ring_slot, ring_wait_for, ring_write,
+    RingBuffer, ring_claim, ring_highest_available, ring_publish, ring_release, ring_slot, ring_wait_for, ring_wake,
+    ring_write,
     seq_get, seq_set,
 )
 
@@ -123,7 +124,7 @@ cdef class Matcher:
     """
 
     def __init__(self, RingBuffer command_ring not None, RingBuffer event_ring not None,
-                 dict books not None, int64_t max_batch=1024, double idle_wait=0.005,
+                 dict books not None, int64_t max_batch=1024, double idle_wait=0.05,
                  RingBuffer mark_ring=None):
         cdef int64_t i
         cdef OrderBook book
@@ -186,6 +187,8 @@ cdef class Matcher:
     def request_pause(self, bint pause=True):
         """Ask a running matcher to return from run() after its current batch."""
         seq_set(&self.state.pause_requested, pause)
+        if pause:
+            ring_wake(self.state.commands)  # an idle matcher sees it now, not after idle_wait
 
     @property
     def next_sequence(self):

@@ -54,6 +54,7 @@ cdef void ring_publish(Ring* ring, int64_t lo, int64_t hi) noexcept nogil
 cdef int64_t ring_wait_for(Ring* ring, int consumer, int64_t seq, int64_t max_n,
                            int64_t timeout_ns) noexcept nogil
 cdef void ring_release(Ring* ring, int consumer, int64_t seq) noexcept nogil
+cdef void ring_wake(Ring* ring) noexcept nogil
 cdef void ring_close(Ring* ring) noexcept nogil
 cdef void ring_write(Ring* ring, int64_t seq, const char* src, int64_t n) noexcept nogil
 cdef void ring_read(Ring* ring, int64_t seq, char* dst, int64_t n) noexcept nogil

@@ -67,13 +67,19 @@ cdef extern from *:
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     }
-    /* Wait on cond until woken or until at most 1 ms has passed: a bounded nap,
-       so a waiter re-checks its condition even if a wake-up were ever missed. */
-    static inline void rb_nap(pthread_cond_t *cond, pthread_mutex_t *lock) {
+    /* Wait on cond until woken, until deadline_ns (CLOCK_MONOTONIC; < 0: none) or for
+       at most RB_MAX_NAP_NS: a bounded nap, so a waiter re-checks its condition even if
+       a wake-up were ever missed, yet an idle waiter wakes only ~20 times a second (a
+       1 ms nap cost an idle engine daemon ~3 % of a core per waiting thread). */
+    #define RB_MAX_NAP_NS 50000000
+    static inline void rb_nap(pthread_cond_t *cond, pthread_mutex_t *lock,
+                              int64_t deadline_ns) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 1000000;
-        if (ts.tv_nsec >= 1000000000) { ts.tv_sec += 1; ts.tv_nsec -= 1000000000; }
+        int64_t until = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + RB_MAX_NAP_NS;
+        if (deadline_ns >= 0 && deadline_ns < until) until = deadline_ns;
+        ts.tv_sec = until / 1000000000;
+        ts.tv_nsec = until % 1000000000;
         pthread_cond_timedwait(cond, lock, &ts);
     }
     static inline int rb_init_sync(pthread_mutex_t *lock, pthread_cond_t *a,
@@ -102,7 +108,7 @@ cdef extern from *:
     void rb_fence() noexcept nogil
     void rb_pause() noexcept nogil
     int64_t rb_now_ns() noexcept nogil
-    void rb_nap(pthread_cond_t* cond, pthread_mutex_t* lock) noexcept nogil
+    void rb_nap(pthread_cond_t* cond, pthread_mutex_t* lock, int64_t deadline_ns) noexcept nogil
     int rb_init_sync(pthread_mutex_t* lock, pthread_cond_t* a, pthread_cond_t* b) noexcept nogil
     void rb_destroy_sync(pthread_mutex_t* lock, pthread_cond_t* a, pthread_cond_t* b) noexcept nogil
     int pthread_mutex_lock(pthread_mutex_t* lock) noexcept nogil
@@ -209,7 +215,7 @@ cdef void wait_for_room(Ring* ring, int64_t wrap_point) noexcept nogil:
         rb_add(&ring.space_waiters.value, 1)
         rb_fence()
         if not has_room(ring, wrap_point) and not rb_load_acquire(&ring.closed.value):
-            rb_nap(&ring.space_ready, &ring.lock)
+            rb_nap(&ring.space_ready, &ring.lock, -1)
         rb_add(&ring.space_waiters.value, -1)
         pthread_mutex_unlock(&ring.lock)
 
@@ -313,7 +319,7 @@ cdef int64_t ring_wait_for(Ring* ring, int consumer, int64_t seq, int64_t max_n,
             rb_fence()                  # pairs with the fence in wake()
             if (highest_available(ring, seq, seq) < seq
                     and not rb_load_acquire(&ring.closed.value)):
-                rb_nap(&ring.data_ready, &ring.lock)
+                rb_nap(&ring.data_ready, &ring.lock, deadline)
             rb_add(&ring.data_waiters.value, -1)
             pthread_mutex_unlock(&ring.lock)
         available = highest_available(ring, seq, limit)
@@ -324,6 +330,15 @@ cdef void ring_release(Ring* ring, int consumer, int64_t seq) noexcept nogil:
     """The consumer is done with every sequence up to seq: producers may reuse them."""
     rb_store_release(&ring.consumers[consumer].value, seq)
     wake(ring, &ring.space_waiters.value, &ring.space_ready)
+
+
+cdef void ring_wake(Ring* ring) noexcept nogil:
+    """Wake the consumers napping in a wait, to re-check a condition of their own (a
+    pause request); one checking between its condition and its nap sleeps on until
+    its wait's timeout, so keep that short enough for the condition."""
+    pthread_mutex_lock(&ring.lock)
+    pthread_cond_broadcast(&ring.data_ready)
+    pthread_mutex_unlock(&ring.lock)
 
 
 cdef void ring_close(Ring* ring) noexcept nogil:
