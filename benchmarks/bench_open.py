@@ -241,7 +241,7 @@ class Cpu:
             if ours:
                 groups[backends_group(name)].append(pid)
         groups["postgres server"] = [self.postmaster] + [
-            pid for pid, _, client in rows if client is False
+            pid for pid, _, client, _ in rows if client is False
         ]
         groups.update(self.servers)
         groups["load generator"] = [os.getpid()]
