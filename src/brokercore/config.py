@@ -145,7 +145,9 @@ class EngineOptions:
     """Tuning of one engine daemon (brokercore.kafka.daemon); the CLI flags set them."""
 
     core: int | None = None  # CPU core of the matcher thread
-    linger: float = 0.005  # seconds the publisher gathers before a commit
+    # seconds the publisher gathers before a commit: each transaction costs the broker
+    # ~6 requests and a marker per partition, whatever it carries
+    linger: float = 0.015
     poll_batch: int = 10_000  # messages per consume() call
     max_marks: int = 64  # matcher batches per transaction at most
     snapshot_every: int = 200_000  # commands between snapshots ...

@@ -83,7 +83,7 @@ class OutboxPublisher:
                 **QUIET_KAFKA,
                 "bootstrap.servers": self.bootstrap,
                 "enable.idempotence": True,
-                "linger.ms": 1,
+                "linger.ms": 5,  # fewer, fuller produce requests; no request waits on them
                 "message.timeout.ms": int(self.delivery_timeout * 1000),
                 "reconnect.backoff.max.ms": 1000,  # sends within a second of the broker's return
                 "error_cb": self._error,

@@ -133,6 +133,8 @@ async def run_notifier(
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
+            # a response per 16 KiB or 50 ms, not one per engine transaction
+            "fetch.min.bytes": 16_384,
             "fetch.wait.max.ms": 50,
             "session.timeout.ms": 10_000,
         }
