@@ -364,17 +364,21 @@ def _unless_broken(conn: psycopg.Connection | None) -> psycopg.Connection | None
 def _next_batch(
     consumer: Consumer, max_messages: int, max_wait: float, linger: float
 ) -> list[KafkaMessage]:
-    """The first message within ``max_wait`` s, and what follows it within ``linger`` s,
-    up to ``max_messages``. A consumer as fast as the engines would otherwise apply each
+    """The first message within ``max_wait`` s, and what follows until it is ``linger`` s
+    old (by its Kafka timestamp: a consumer that is behind does not wait), up to
+    ``max_messages``. A consumer as fast as the engines would otherwise apply each
     message (~15 events) alone, and a transaction's fixed statements then dominate: at
     600 events/s (benchmarks/bench_consumers.py --rate 600 --commands-per-message 8)
     lingering 50 ms halves settlement's and the projector's CPU per event, theirs and
-    their Postgres backends', for ~50 ms more lag."""
+    their Postgres backends'."""
     batch: list[KafkaMessage] = consumer.consume(max_messages, 0)
     if not batch and (first := consumer.poll(max_wait)) is not None:
         batch = [first]
-    if batch and len(batch) < max_messages and linger > 0:
-        batch += consumer.consume(max_messages - len(batch), linger)
+    if batch and len(batch) < max_messages:
+        created_ms = batch[0].timestamp()[1]
+        age = time.time() - created_ms / 1000 if created_ms > 0 else 0.0
+        if (wait := min(linger, linger - age)) > 0:
+            batch += consumer.consume(max_messages - len(batch), wait)
     return batch
 
 
