@@ -100,6 +100,9 @@ def up_names_a_component_that_cannot_start_and_its_log(stack):
     stopped = stack.ctl("stop", "query-0")
     assert stopped.returncode == 0 and gone(query), stopped.stdout
     with socket.socket() as taken:
+        # the edge's kept-alive connections to it leave the port in TIME_WAIT: bind past
+        # those (SO_REUSEADDR, as uvicorn does), never past a listener
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", stack.base + 1))
         taken.listen()
         done = stack.stack("up")

@@ -273,13 +273,15 @@ class ReadRouter:
         self._health(False, f"away ({type(error).__name__}: {str(error).strip()[:200]})")
 
     def _health(self, healthy: bool, why: str) -> None:
-        """Set, and logged when it differs from the last line and that line is
-        ``LOG_EVERY`` seconds old."""
+        """Set, and logged when it differs from the last line: a switch to the primary at
+        once (however short the outage, the operator sees it), a return to the replica
+        once the last line is ``LOG_EVERY`` seconds old (a flapping replica is two lines a
+        second at most, with its count of switches)."""
         if healthy != self.healthy:
             self._switches += 1
         self.healthy = healthy
         now = time.monotonic()
-        if healthy == self._logged or now < self._log_after:
+        if healthy == self._logged or (healthy and now < self._log_after):
             return
         switches = f" ({self._switches} switches since the last line)" if self._switches > 1 else ""
         if healthy:
