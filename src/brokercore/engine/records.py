@@ -19,6 +19,7 @@ __all__ = [
     "Tif",
     "Stp",
     "Flags",
+    "Phase",
     "EventType",
     "Reason",
     "COMMAND_DTYPE",
@@ -30,6 +31,7 @@ __all__ = [
     "MAX_BAND_LEVELS",
     "INT64_MAX",
     "RestingOrder",
+    "AuctionQuote",
     "as_commands",
 ]
 
@@ -48,6 +50,11 @@ class Op(IntEnum):
     OPEN = 5
     CLOSE = 6
     REBAND = 7
+    STOP = 8  # stop-market: waits for its trigger, then enters as a market order
+    STOP_LIMIT = 9  # stop-limit: waits for its trigger, then enters as a limit order
+    PRE_OPEN = 10  # start the call (pre-open) phase: orders rest without matching
+    UNCROSS = 11  # end the call phase at one opening price, then trade continuously
+    HALT = 12  # stop matching; re-open through PRE_OPEN and UNCROSS
 
 
 class Side(IntEnum):
@@ -79,6 +86,15 @@ class Flags(IntFlag):
     POST_ONLY = 1
 
 
+class Phase(IntEnum):
+    """Where a book is in its trading day (docs/engine.md, Phases)."""
+
+    CLOSED = 0
+    OPEN = 1  # continuous matching
+    PRE_OPEN = 2  # call phase: orders rest without matching until UNCROSS
+    HALTED = 3  # no matching, new orders refused; re-opened through PRE_OPEN
+
+
 class EventType(IntEnum):
     ACCEPTED = 1
     REJECTED = 2
@@ -89,6 +105,10 @@ class EventType(IntEnum):
     OPENED = 7
     CLOSED = 8
     REBANDED = 9
+    TRIGGERED = 10  # a waiting stop's trigger was reached: it enters the book now
+    PRE_OPENED = 11
+    UNCROSSED = 12  # the call phase ended: opening price, volume, imbalance
+    HALTED = 13
 
 
 class Reason(IntEnum):
@@ -117,6 +137,10 @@ class Reason(IntEnum):
     IOC_REMAINDER = 20
     SELF_TRADE = 21
     UNKNOWN_SYMBOL = 22
+    INVALID_TRIGGER = 23
+    INVALID_DISCLOSED = 24
+    HALTED = 25
+    INVALID_PRICE = 26
 
 
 def _struct(fields: list[tuple[str, str]], itemsize: int) -> np.dtype[np.void]:
@@ -147,10 +171,14 @@ COMMAND_DTYPE = _struct(
         ("account", "<i8"),
         ("price", "<i8"),
         ("qty", "<i8"),
+        ("trigger", "<i8"),
+        ("disclosed", "<i8"),
     ],
-    56,
+    72,
 )
-"""One command to a book (56 bytes). For REBAND, price is the new low and qty the new high."""
+"""One command to a book (72 bytes). For REBAND, price is the new low and qty the new
+high; for UNCROSS, price is the reference price (0: the book's last trade price);
+trigger is a stop's trigger price and disclosed an iceberg's disclosed quantity."""
 
 EVENT_DTYPE = _struct(
     [
@@ -184,10 +212,19 @@ ORDER_DTYPE = _struct(
         ("tif", "u1"),
         ("stp", "u1"),
         ("flags", "u1"),
+        ("op", "u1"),
+        ("shown", "<i8"),
+        ("disclosed", "<i8"),
+        ("trigger", "<i8"),
+        ("stamp", "<i8"),
     ],
-    40,
+    72,
 )
-"""A resting order as the L3 views return it; qty is the open quantity."""
+"""A live order as the L3 views return it: qty is the whole open quantity, shown the
+part the market sees (qty unless an iceberg), disclosed the iceberg's peak (0: none).
+op is LIMIT for a resting order, MARKET for a market order waiting for an uncross,
+STOP or STOP_LIMIT for a waiting stop (trigger its trigger price, stamp its priority
+among stops); trigger and stamp are 0 for the others."""
 
 
 class MarkKind(IntEnum):
@@ -200,7 +237,16 @@ MARK_DTYPE = np.dtype([("kind", "<i8"), ("commands", "<i8"), ("events", "<i8")])
 (counted from the start of this run), after a batch or at a snapshot."""
 
 LEVEL_DTYPE = np.dtype([("price", "<i8"), ("qty", "<i8"), ("orders", "<i8")])
-"""One aggregated price level of an L2 depth view."""
+"""One aggregated price level of an L2 depth view (qty: the shown quantities)."""
+
+
+class AuctionQuote(NamedTuple):
+    """What an uncross would do now (docs/engine.md, Call auction)."""
+
+    price: int  # the opening price
+    volume: int  # quantity that would trade at it
+    imbalance: int  # |demand - supply| at that price
+    surplus_side: int  # Side with the surplus, 0 when balanced
 
 
 class RestingOrder(NamedTuple):
@@ -214,6 +260,10 @@ class RestingOrder(NamedTuple):
     tif: Tif
     stp: Stp
     post_only: bool
+    shown: int = 0
+    disclosed: int = 0
+    op: Op = Op.LIMIT
+    trigger: int = 0
 
 
 def as_commands(commands: object) -> np.ndarray:
