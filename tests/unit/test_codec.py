@@ -24,9 +24,13 @@ from brokercore.kafka.messages import (
     CloseSession,
     DeadLetter,
     EventBatch,
+    Halt,
     NewOrder,
     OpenSession,
+    PreOpen,
     Reband,
+    Uncross,
+    command_decoder,
     encode,
 )
 from brokercore.kafka.topics import partition_of
@@ -57,20 +61,48 @@ def test_every_command_decodes_to_the_record_the_engine_takes():
         OpenSession("AAA", ts=11),
         CloseSession("AAA", ts=12),
         Reband("AAA", 50, 150, ts=13),
+        NewOrder(3, 10, "AAA", Side.BUY, 4, market=True, tif=Tif.DAY, ts=14, stop=True, trigger=99),
+        NewOrder(4, 10, "AAA", Side.SELL, 4, price=90, ts=15, stop=True, trigger=95),
+        NewOrder(5, 10, "AAA", Side.SELL, 40, price=120, tif=Tif.DAY, ts=16, disclosed=8),
+        AmendOrder(4, 10, "AAA", price=91, qty=4, ts=17, trigger=96),
+        AmendOrder(5, 10, "AAA", price=120, qty=40, ts=18, disclosed=12),
+        PreOpen("AAA", ts=19),
+        Uncross("AAA", 100, ts=20),
+        Halt("AAA", ts=21),
     ]
     records, offsets, dead = decoder().decode([(n, encode(c)) for n, c in enumerate(commands)])
-    assert dead == [] and offsets.tolist() == list(range(7))
+    assert dead == [] and offsets.tolist() == list(range(len(commands)))
     assert records.dtype == COMMAND_DTYPE
     assert records.tolist() == [
-        (1, Op.LIMIT, Side.BUY, Tif.IOC, Stp.CANCEL_BOTH, 1, 7, 1, 10, 100, 5),
-        (1, Op.MARKET, Side.SELL, Tif.FOK, 0, 0, 8, 2, 10, 0, 3),
-        (1, Op.CANCEL, 0, 0, 0, 0, 9, 1, 10, 0, 0),
-        (1, Op.AMEND, 0, 0, 0, 0, 10, 2, 10, 101, 2),
-        (1, Op.OPEN, 0, 0, 0, 0, 11, 0, 0, 0, 0),
-        (1, Op.CLOSE, 0, 0, 0, 0, 12, 0, 0, 0, 0),
-        (1, Op.REBAND, 0, 0, 0, 0, 13, 0, 0, 50, 150),
+        (1, Op.LIMIT, Side.BUY, Tif.IOC, Stp.CANCEL_BOTH, 1, 7, 1, 10, 100, 5, 0, 0),
+        (1, Op.MARKET, Side.SELL, Tif.FOK, 0, 0, 8, 2, 10, 0, 3, 0, 0),
+        (1, Op.CANCEL, 0, 0, 0, 0, 9, 1, 10, 0, 0, 0, 0),
+        (1, Op.AMEND, 0, 0, 0, 0, 10, 2, 10, 101, 2, 0, 0),
+        (1, Op.OPEN, 0, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0),
+        (1, Op.CLOSE, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0),
+        (1, Op.REBAND, 0, 0, 0, 0, 13, 0, 0, 50, 150, 0, 0),
+        (1, Op.STOP, Side.BUY, Tif.DAY, 0, 0, 14, 3, 10, 0, 4, 99, 0),
+        (1, Op.STOP_LIMIT, Side.SELL, Tif.GTC, 0, 0, 15, 4, 10, 90, 4, 95, 0),
+        (1, Op.LIMIT, Side.SELL, Tif.DAY, 0, 0, 16, 5, 10, 120, 40, 0, 8),
+        (1, Op.AMEND, 0, 0, 0, 0, 17, 4, 10, 91, 4, 96, 0),
+        (1, Op.AMEND, 0, 0, 0, 0, 18, 5, 10, 120, 40, 0, 12),
+        (1, Op.PRE_OPEN, 0, 0, 0, 0, 19, 0, 0, 0, 0, 0, 0),
+        (1, Op.UNCROSS, 0, 0, 0, 0, 20, 0, 0, 100, 0, 0, 0),
+        (1, Op.HALT, 0, 0, 0, 0, 21, 0, 0, 0, 0, 0, 0),
     ]
     assert commands_from_records(records, {1: "AAA"}) == commands
+
+
+def test_orders_published_before_the_new_fields_decode_as_before():
+    """A payload without stop/trigger/disclosed (an older producer's) is the same order."""
+    old = {"type": "new", "order_id": 1, "account": 2, "symbol": "AAA", "side": 1, "qty": 5}
+    decode = command_decoder().decode
+    limit = decode(encode({**old, "price": 100}))
+    market = decode(encode({**old, "market": True, "tif": Tif.IOC}))
+    assert limit == NewOrder(1, 2, "AAA", Side.BUY, 5, price=100)
+    assert market == NewOrder(1, 2, "AAA", Side.BUY, 5, market=True, tif=Tif.IOC)
+    assert (limit.op, market.op) == (Op.LIMIT, Op.MARKET)
+    assert decode(encode({"type": "uncross", "symbol": "AAA"})) == Uncross("AAA", 0)
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,12 @@ from brokercore.kafka.messages import (
     CloseSession,
     Command,
     DeadLetter,
+    Halt,
     NewOrder,
     OpenSession,
+    PreOpen,
     Reband,
+    Uncross,
     command_decoder,
     encode,
 )
@@ -133,9 +136,9 @@ def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list
     numpy order flow (brokercore.runtime.loadgen) is fed to Kafka."""
     commands: list[Command] = []
     for r in records.tolist():
-        symbol, op, side, tif, stp, flags, ts, order_id, account, price, qty = r
+        symbol, op, side, tif, stp, flags, ts, order_id, account, price, qty, trigger, disclosed = r
         name = names[symbol]
-        if op in (Op.LIMIT, Op.MARKET):
+        if op in _NEW_ORDER_OPS:
             commands.append(
                 NewOrder(
                     order_id,
@@ -144,23 +147,35 @@ def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list
                     Side(side),
                     qty,
                     price,
-                    op == Op.MARKET,
+                    op in (Op.MARKET, Op.STOP),
                     Tif(tif),
                     Stp(stp),
                     bool(flags & Flags.POST_ONLY),
                     ts,
+                    op in (Op.STOP, Op.STOP_LIMIT),
+                    trigger,
+                    disclosed,
                 )
             )
         elif op == Op.CANCEL:
             commands.append(CancelOrder(order_id, account, name, ts))
         elif op == Op.AMEND:
-            commands.append(AmendOrder(order_id, account, name, price, qty, ts))
+            commands.append(AmendOrder(order_id, account, name, price, qty, ts, trigger, disclosed))
         elif op == Op.OPEN:
             commands.append(OpenSession(name, ts))
         elif op == Op.CLOSE:
             commands.append(CloseSession(name, ts))
+        elif op == Op.PRE_OPEN:
+            commands.append(PreOpen(name, ts))
+        elif op == Op.UNCROSS:
+            commands.append(Uncross(name, price, ts))
+        elif op == Op.HALT:
+            commands.append(Halt(name, ts))
         elif op == Op.REBAND:
             commands.append(Reband(name, price, qty, ts))
         else:
             raise ValueError(f"op {op} has no wire command")
     return commands
+
+
+_NEW_ORDER_OPS = frozenset((Op.LIMIT, Op.MARKET, Op.STOP, Op.STOP_LIMIT))

@@ -1,9 +1,10 @@
 """Wire formats on Kafka: msgspec Structs, encoded as msgpack. One definition per message.
 
 - ``orders``: one ``Command`` per message (a tagged union: new order, cancel, amend,
-  session open/close, re-band). Prices are in ticks and quantities in lots, as in the
-  engine; the symbol travels by name. One command per message keeps every input offset
-  between two whole commands, which is what exactly-once commits rely on.
+  the session commands open, close, pre-open, uncross and halt, re-band). Prices are
+  in ticks and quantities in lots, as in the engine; the symbol travels by name. One
+  command per message keeps every input offset between two whole commands, which is
+  what exactly-once commits rely on.
 - ``events``: one ``EventBatch`` per message: consecutive events of one shard, each
   numbered by ``shard_seq`` (1, 2, 3, ... per shard, no gap, across restarts).
 - ``snapshots``: ``ShardSnapshot`` (compacted by shard key).
@@ -27,6 +28,9 @@ __all__ = [
     "AmendOrder",
     "OpenSession",
     "CloseSession",
+    "PreOpen",
+    "Uncross",
+    "Halt",
     "Reband",
     "Command",
     "CommandRecord",
@@ -39,13 +43,15 @@ __all__ = [
 ]
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""Every integer on the wire fits the engine's int64 fields."""
 CommandRecord = tuple[int, ...]
 """One command's COMMAND_DTYPE fields, in order."""
-"""Every integer on the wire fits the engine's int64 fields."""
 
 
 class NewOrder(msgspec.Struct, tag="new", frozen=True, forbid_unknown_fields=True):
-    """A limit order (``market=False``) or a market order (price ignored)."""
+    """A limit order, a market order (``market``: price ignored), or a stop
+    (``stop``: waits for ``trigger``, then enters as a market order when ``market``,
+    else as a limit order at ``price``). ``disclosed`` > 0 makes a limit an iceberg."""
 
     order_id: Int64
     account: Int64
@@ -58,11 +64,20 @@ class NewOrder(msgspec.Struct, tag="new", frozen=True, forbid_unknown_fields=Tru
     stp: Stp = Stp.DEFAULT
     post_only: bool = False
     ts: Int64 = 0
+    stop: bool = False
+    trigger: Int64 = 0
+    disclosed: Int64 = 0
+
+    @property
+    def op(self) -> Op:
+        if self.stop:
+            return Op.STOP if self.market else Op.STOP_LIMIT
+        return Op.MARKET if self.market else Op.LIMIT
 
     def record(self, symbol_id: int) -> CommandRecord:
         return (
             symbol_id,
-            Op.MARKET if self.market else Op.LIMIT,
+            self.op,
             self.side,
             self.tif,
             self.stp,
@@ -72,6 +87,8 @@ class NewOrder(msgspec.Struct, tag="new", frozen=True, forbid_unknown_fields=Tru
             self.account,
             self.price,
             self.qty,
+            self.trigger,
+            self.disclosed,
         )
 
 
@@ -82,11 +99,12 @@ class CancelOrder(msgspec.Struct, tag="cancel", frozen=True, forbid_unknown_fiel
     ts: Int64 = 0
 
     def record(self, symbol_id: int) -> CommandRecord:
-        return (symbol_id, Op.CANCEL, 0, 0, 0, 0, self.ts, self.order_id, self.account, 0, 0)
+        return (symbol_id, Op.CANCEL, 0, 0, 0, 0, self.ts, self.order_id, self.account, 0, 0, 0, 0)
 
 
 class AmendOrder(msgspec.Struct, tag="amend", frozen=True, forbid_unknown_fields=True):
-    """New price and quantity of a resting order (see docs/engine.md for priority)."""
+    """New price and quantity of a live order (see docs/engine.md for priority);
+    ``trigger`` (a waiting stop's) and ``disclosed`` (an iceberg's): 0 keeps them."""
 
     order_id: Int64
     account: Int64
@@ -94,6 +112,8 @@ class AmendOrder(msgspec.Struct, tag="amend", frozen=True, forbid_unknown_fields
     price: Int64
     qty: Int64
     ts: Int64 = 0
+    trigger: Int64 = 0
+    disclosed: Int64 = 0
 
     def record(self, symbol_id: int) -> CommandRecord:
         return (
@@ -108,7 +128,14 @@ class AmendOrder(msgspec.Struct, tag="amend", frozen=True, forbid_unknown_fields
             self.account,
             self.price,
             self.qty,
+            self.trigger,
+            self.disclosed,
         )
+
+
+def _session(symbol_id: int, op: Op, ts: int, price: int = 0, qty: int = 0) -> CommandRecord:
+    """The record of a book-level command (no order): only price and qty may be used."""
+    return (symbol_id, op, 0, 0, 0, 0, ts, 0, 0, price, qty, 0, 0)
 
 
 class OpenSession(msgspec.Struct, tag="open", frozen=True, forbid_unknown_fields=True):
@@ -116,7 +143,7 @@ class OpenSession(msgspec.Struct, tag="open", frozen=True, forbid_unknown_fields
     ts: Int64 = 0
 
     def record(self, symbol_id: int) -> CommandRecord:
-        return (symbol_id, Op.OPEN, 0, 0, 0, 0, self.ts, 0, 0, 0, 0)
+        return _session(symbol_id, Op.OPEN, self.ts)
 
 
 class CloseSession(msgspec.Struct, tag="close", frozen=True, forbid_unknown_fields=True):
@@ -126,7 +153,39 @@ class CloseSession(msgspec.Struct, tag="close", frozen=True, forbid_unknown_fiel
     ts: Int64 = 0
 
     def record(self, symbol_id: int) -> CommandRecord:
-        return (symbol_id, Op.CLOSE, 0, 0, 0, 0, self.ts, 0, 0, 0, 0)
+        return _session(symbol_id, Op.CLOSE, self.ts)
+
+
+class PreOpen(msgspec.Struct, tag="pre_open", frozen=True, forbid_unknown_fields=True):
+    """Starts the call phase: orders rest without matching until ``Uncross``."""
+
+    symbol: str
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> CommandRecord:
+        return _session(symbol_id, Op.PRE_OPEN, self.ts)
+
+
+class Uncross(msgspec.Struct, tag="uncross", frozen=True, forbid_unknown_fields=True):
+    """Ends the call phase at one opening price; ``reference`` breaks ties (0: the
+    book's last trade price)."""
+
+    symbol: str
+    reference: Int64 = 0
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> CommandRecord:
+        return _session(symbol_id, Op.UNCROSS, self.ts, self.reference)
+
+
+class Halt(msgspec.Struct, tag="halt", frozen=True, forbid_unknown_fields=True):
+    """Stops matching; the book re-opens through ``PreOpen`` and ``Uncross``."""
+
+    symbol: str
+    ts: Int64 = 0
+
+    def record(self, symbol_id: int) -> CommandRecord:
+        return _session(symbol_id, Op.HALT, self.ts)
 
 
 class Reband(msgspec.Struct, tag="reband", frozen=True, forbid_unknown_fields=True):
@@ -136,10 +195,20 @@ class Reband(msgspec.Struct, tag="reband", frozen=True, forbid_unknown_fields=Tr
     ts: Int64 = 0
 
     def record(self, symbol_id: int) -> CommandRecord:
-        return (symbol_id, Op.REBAND, 0, 0, 0, 0, self.ts, 0, 0, self.low, self.high)
+        return _session(symbol_id, Op.REBAND, self.ts, self.low, self.high)
 
 
-Command = NewOrder | CancelOrder | AmendOrder | OpenSession | CloseSession | Reband
+Command = (
+    NewOrder
+    | CancelOrder
+    | AmendOrder
+    | OpenSession
+    | CloseSession
+    | PreOpen
+    | Uncross
+    | Halt
+    | Reband
+)
 
 
 class Event(msgspec.Struct, array_like=True, frozen=True):
