@@ -24,14 +24,23 @@ __all__ = [
 ]
 
 OrderStatus = Literal[
-    "PENDING", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED", "EXPIRED"
+    "PENDING",
+    "TRIGGER_PENDING",
+    "OPEN",
+    "PARTIALLY_FILLED",
+    "FILLED",
+    "CANCELLED",
+    "REJECTED",
+    "EXPIRED",
 ]
-"""An order's status, as stored and as the API shows it."""
+"""An order's status, as stored and as the API shows it (0008_stop_and_iceberg_orders.sql:
+TRIGGER_PENDING is a stop order waiting outside the book for its trigger)."""
 
 ORDER_STATUSES: tuple[OrderStatus, ...] = get_args(OrderStatus)
 
-OPEN_STATUSES: tuple[OrderStatus, ...] = ("PENDING", "OPEN", "PARTIALLY_FILLED")
-"""The statuses of an order that can still trade (and hold cash or shares)."""
+OPEN_STATUSES: tuple[OrderStatus, ...] = ("PENDING", "TRIGGER_PENDING", "OPEN", "PARTIALLY_FILLED")
+"""The statuses of an order that can still trade (and hold cash or shares): a waiting
+stop can fire at any time, so it is open too. orders_open_idx (0008) has this predicate."""
 
 CANCEL_REQUESTED = "CANCEL_REQUESTED"  # a cancel's receipt: asked of the engine, not done
 
