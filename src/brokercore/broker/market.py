@@ -39,6 +39,12 @@ class Session:
     """A trading calendar: the local hours ``[open, close)`` on trading weekdays (ISO,
     1 = Monday) that are not holidays, in an IANA time zone.
 
+    With ``pre_open`` the day starts with a call auction: orders are collected from
+    ``pre_open`` until at the latest ``pre_open_end`` (default ``open``); the uncross
+    comes at a random moment of the last ``uncross_window`` seconds of that
+    (brokercore.broker.session_plan) and the book trades continuously from it on (NSE:
+    09:00, 09:08, 60 s; its continuous session still starts at ``open``, 09:15).
+
     Times are wall-clock times of the zone, so a zone with daylight saving keeps its
     local hours and moves in UTC. A session must open and close on the same day. An
     opening time inside a DST gap (a wall time that does not exist that day) resolves as
@@ -50,6 +56,9 @@ class Session:
     close: time
     weekdays: frozenset[int] = frozenset({1, 2, 3, 4, 5})
     holidays: frozenset[date] = frozenset()
+    pre_open: time | None = None
+    pre_open_end: time | None = None
+    uncross_window: int = 60
 
     def __post_init__(self) -> None:
         try:
@@ -75,6 +84,29 @@ class Session:
             raise ValueError("holidays must be dates")
         object.__setattr__(self, "weekdays", weekdays)
         object.__setattr__(self, "holidays", holidays)
+        self._check_pre_open()
+
+    def _check_pre_open(self) -> None:
+        if self.pre_open is None:
+            if self.pre_open_end is not None:
+                raise ValueError("pre_open_end needs a pre_open")
+            return
+        for name in ("pre_open", "pre_open_end"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, time) or value.tzinfo is not None):
+                raise ValueError(f"{name} must be a local time without a zone, not {value!r}")
+        end = self.pre_open_end or self.open
+        if not self.pre_open < end <= self.open:
+            raise ValueError(
+                f"the pre-open must start before it ends, at the latest at the open "
+                f"(pre_open {self.pre_open}, pre_open_end {end}, open {self.open})"
+            )
+        length = _seconds(end) - _seconds(self.pre_open)
+        if not _is_int(self.uncross_window) or not 1 <= self.uncross_window <= length:
+            raise ValueError(
+                f"uncross_window must be an integer number of seconds in 1..{length} "
+                f"(the pre-open's length), not {self.uncross_window!r}"
+            )
 
     @property
     def zone(self) -> ZoneInfo:
@@ -82,6 +114,15 @@ class Session:
 
     def is_trading_day(self, day: date) -> bool:
         return day.isoweekday() in self.weekdays and day not in self.holidays
+
+    def is_pre_open(self, at: datetime) -> bool:
+        """Whether the instant ``at`` is in the pre-open's order collection
+        ``[pre_open, pre_open_end)`` of a trading day (the uncross may end it earlier)."""
+        if self.pre_open is None:
+            return False
+        local = self._local(at)
+        end = self.pre_open_end or self.open
+        return self.is_trading_day(local.date()) and self.pre_open <= local.time() < end
 
     def is_open(self, at: datetime) -> bool:
         """Whether the market is open at the instant ``at`` (timezone-aware)."""
@@ -250,6 +291,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _seconds(t: time) -> float:
+    """Seconds since midnight of a local time."""
+    return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+
+
 # --- the instruments file --------------------------------------------------------------
 
 
@@ -270,6 +316,11 @@ def _session(table: SessionTable) -> Session:
             close=closes,
             weekdays=weekdays,
             holidays=frozenset(table.holidays or ()),
+            pre_open=table.pre_open,
+            pre_open_end=table.pre_open_end,
+            uncross_window=(
+                Session.uncross_window if table.uncross_window is None else table.uncross_window
+            ),
         )
     except ValueError as e:
         raise _Invalid(f"session: {e}") from None
@@ -326,7 +377,8 @@ def load_market(
     ``read_instruments`` (brokercore.engine.instruments) decodes the file: the engine's
     keys plus, per instrument, tick_size (a decimal string), max_order_qty and enabled
     (default true), and a top-level ``[session]`` table (timezone, open, close, weekdays,
-    holidays) that an instrument's own ``session`` table overrides key by key. Here the
+    holidays, pre_open, pre_open_end, uncross_window) that an instrument's own
+    ``session`` table overrides key by key. Here the
     prices, limits and sessions are checked, so a file that loads makes a working market.
 
     ``calendar`` is one of ``brokercore.config.CALENDARS``: ``exchange`` keeps the

@@ -69,6 +69,9 @@ class SessionTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     holidays: Annotated[
         list[Annotated[date, _is('a date such as "2026-01-26"')]] | None, _is("an array of dates")
     ] = None
+    pre_open: Annotated[LocalTime | None, _is('a local time such as "09:00"')] = None
+    pre_open_end: Annotated[LocalTime | None, _is('a local time such as "09:08"')] = None
+    uncross_window: Annotated[int | None, _is("a number of seconds")] = None
 
     def over(self, base: SessionTable | None) -> SessionTable:
         """This table's keys over ``base``'s."""
