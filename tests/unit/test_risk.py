@@ -129,7 +129,7 @@ def test_enums_accept_names_and_values():
     assert check(request) == Hold(shares=5, time_in_force=Tif.FOK)
 
 
-@pytest.mark.parametrize("order_type", ["STOP", 3, None])
+@pytest.mark.parametrize("order_type", ["TRAILING_STOP", 5, None])
 def test_invalid_order_type(order_type):
     rejected(check(dataclasses.replace(limit(), type=order_type)), RejectCode.INVALID_ORDER_TYPE)
 

@@ -27,7 +27,7 @@ from brokercore.engine.instruments import (
     instrument_place,
     read_instruments,
 )
-from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, Stp
+from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, Phase, Stp
 
 __all__ = ["AlwaysOpen", "MarketInstrument", "Session", "load_market", "instruments_by_id"]
 
@@ -128,6 +128,14 @@ class Session:
         """Whether the market is open at the instant ``at`` (timezone-aware)."""
         local = self._local(at)
         return self.is_trading_day(local.date()) and self.open <= local.time() < self.close
+
+    def phase(self, at: datetime) -> Phase:
+        """Where the calendar puts the market at the instant ``at``: OPEN in its hours,
+        PRE_OPEN in the pre-open's order collection, else CLOSED. (HALTED is the engine's
+        phase, never the calendar's.) The OMS takes orders in PRE_OPEN and OPEN."""
+        if self.is_open(at):
+            return Phase.OPEN
+        return Phase.PRE_OPEN if self.is_pre_open(at) else Phase.CLOSED
 
     def next_open(self, at: datetime) -> datetime:
         """The first session opening at or after the instant ``at``, in the session's zone.

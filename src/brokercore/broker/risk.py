@@ -19,9 +19,10 @@ from typing import TypeVar
 
 from brokercore.broker.market import MarketInstrument
 from brokercore.broker.money import format_paise, is_decimal
-from brokercore.engine.records import Side, Tif
+from brokercore.engine.records import Phase, Side, Tif
 
 __all__ = [
+    "MIN_DISCLOSED_PERCENT",
     "OrderType",
     "RejectCode",
     "OrderRequest",
@@ -36,9 +37,16 @@ __all__ = [
 ]
 
 
+MIN_DISCLOSED_PERCENT = 10
+"""An iceberg shows at least this share of its order (NSE's rule), as the engine's books
+are built (``OrderBook(min_disclosed_percent=10)``, the daemon's default)."""
+
+
 class OrderType(StrEnum):
     LIMIT = "LIMIT"
     MARKET = "MARKET"
+    STOP = "STOP"  # stop-market: a market order once a trade reaches the trigger
+    STOP_LIMIT = "STOP_LIMIT"  # a limit order once a trade reaches the trigger
 
 
 class RejectCode(StrEnum):
@@ -61,15 +69,27 @@ class RejectCode(StrEnum):
     TICK_SIZE = "TICK_SIZE"
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     INSUFFICIENT_HOLDINGS = "INSUFFICIENT_HOLDINGS"
+    NOT_IN_PRE_OPEN = "NOT_IN_PRE_OPEN"  # IOC/FOK limits, FOK markets: not in the call auction
+    TRIGGER_REQUIRED = "TRIGGER_REQUIRED"  # a stop without a trigger price
+    TRIGGER_NOT_ALLOWED = "TRIGGER_NOT_ALLOWED"  # a trigger price on a limit or market order
+    INVALID_TRIGGER = "INVALID_TRIGGER"  # not a positive decimal
+    TRIGGER_REACHED = "TRIGGER_REACHED"  # on the wrong side of the last trade price
+    TRIGGER_LIMIT_SIDE = "TRIGGER_LIMIT_SIDE"  # a stop-limit's limit on the wrong side
+    DISCLOSED_NOT_ALLOWED = "DISCLOSED_NOT_ALLOWED"  # on a market, IOC/FOK or stop order
+    DISCLOSED_LOT_SIZE = "DISCLOSED_LOT_SIZE"
+    DISCLOSED_TOO_LARGE = "DISCLOSED_TOO_LARGE"  # more than the order
+    DISCLOSED_TOO_SMALL = "DISCLOSED_TOO_SMALL"  # under MIN_DISCLOSED_PERCENT of the order
 
 
 @dataclass(frozen=True)
 class OrderRequest:
     """A new order as a client asked for it (quantity in shares, price in rupees).
 
-    ``time_in_force`` None means the usual one: DAY for a limit order, IOC for a market
-    order. Enum fields also accept their names ("BUY") or values, so a decoded REST
-    body can be passed as it is; anything else is rejected, not raised.
+    ``time_in_force`` None means the usual one: IOC for a market order, DAY for the
+    others. ``price`` is the limit (LIMIT, STOP_LIMIT), ``trigger_price`` a stop's
+    trigger, ``disclosed_quantity`` an iceberg's shown part (0: the whole order). Enum
+    fields also accept their names ("BUY") or values, so a decoded REST body can be
+    passed as it is; anything else is rejected, not raised.
     """
 
     symbol: str
@@ -78,6 +98,8 @@ class OrderRequest:
     quantity: int
     price: Decimal | None = None
     time_in_force: Tif | None = None
+    trigger_price: Decimal | None = None
+    disclosed_quantity: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,17 +156,20 @@ NO_FEES = FeeSchedule()
 class Hold:
     """What an accepted order blocks: ``cash`` paise (buys) or ``shares`` (sells).
 
-    ``price_ticks`` is the price per share the cash hold assumes: the limit price, or
-    for a market buy the protection price. The engine must never fill a buy above it,
+    ``price_ticks`` is the price per share the cash hold assumes, the worst the order
+    can execute at: the limit price (LIMIT, STOP_LIMIT), or for a market buy the
+    protection price (``market_buy_price``). The engine must never fill a buy above it,
     so a market buy whose protection price is below the band's top goes to the engine
-    as an IOC/FOK limit order at this price. None for market sells.
-    ``time_in_force`` is the resolved one the engine order carries.
+    as an IOC/FOK limit order at this price. None for market and stop-market sells.
+    ``time_in_force`` is the resolved one the engine order carries; ``trigger_ticks``
+    a stop's trigger in ticks (else None).
     """
 
     cash: int = 0
     shares: int = 0
     price_ticks: int | None = None
     time_in_force: Tif = Tif.DAY
+    trigger_ticks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,12 +250,20 @@ def check_order(
 ) -> Hold | RiskRejection:
     """Check a new order; the ``Hold`` to block if it passes, else the first failure.
 
-    Checks in this order: symbol known, not halted, market open; side, order type,
-    time in force (market orders: IOC or FOK only); quantity positive, a whole number of
-    lots, at most max_order_qty; price absent on market orders, present, positive and
-    finite on limit orders, inside the band (edges included), on a tick; then funds
-    (buys: price × quantity + fees, market buys at ``market_buy_price``) or holdings
-    (sells: shares, since sale fees come out of the proceeds).
+    Checks in this order: symbol known, not halted, market not closed (the calendar's
+    phase at ``now``: orders are taken in PRE_OPEN and OPEN); side, order type, time in
+    force (market: IOC or FOK; stop: GTC or DAY; stop-limit: GTC, DAY or IOC), and in
+    PRE_OPEN neither an IOC/FOK limit nor a FOK market order; quantity positive, a whole
+    number of lots, at most max_order_qty; price absent on market and stop orders,
+    present, positive, inside the band (edges included) and on a tick on limit and
+    stop-limit orders; a stop's trigger likewise, not already reached by ``last_price``
+    (the last trade's, when known) and not beyond its limit; a disclosed quantity only
+    on a GTC/DAY limit, a whole number of lots, at most the order, at least
+    MIN_DISCLOSED_PERCENT of it; then funds (buys: the worst price × quantity + fees)
+    or holdings (sells: shares, since sale fees come out of the proceeds).
+
+    These are the engine's rules (docs/engine.md, "Validation order"), checked here so
+    that the user hears at once; the engine checks them again against its own book.
     """
     if instrument is None:
         return _reject(RejectCode.UNKNOWN_SYMBOL, f"unknown symbol {request.symbol!r}")
@@ -239,7 +272,8 @@ def check_order(
     symbol = instrument.symbol
     if not instrument.enabled:
         return _reject(RejectCode.SYMBOL_HALTED, f"trading in {symbol} is halted")
-    if not instrument.session.is_open(now):
+    phase = instrument.session.phase(now)
+    if phase is Phase.CLOSED:
         opens = instrument.session.next_open(now)
         return _reject(
             RejectCode.MARKET_CLOSED,
@@ -254,21 +288,11 @@ def check_order(
     if order_type is None:
         return _reject(
             RejectCode.INVALID_ORDER_TYPE,
-            f"order type must be LIMIT or MARKET, not {request.type!r}",
+            f"order type must be one of {', '.join(OrderType)}, not {request.type!r}",
         )
-    market = order_type is OrderType.MARKET
-    tif: Tif | None
-    if request.time_in_force is None:
-        tif = Tif.IOC if market else Tif.DAY
-    else:
-        tif = _member(Tif, request.time_in_force)
-        if tif is None:
-            return _reject(
-                RejectCode.INVALID_TIF,
-                f"time in force must be one of GTC, DAY, IOC, FOK, not {request.time_in_force!r}",
-            )
-    if market and tif not in (Tif.IOC, Tif.FOK):
-        return _reject(RejectCode.INVALID_TIF, f"a market order must be IOC or FOK, not {tif.name}")
+    tif = _time_in_force(request, order_type, phase, symbol)
+    if isinstance(tif, RiskRejection):
+        return tif
 
     quantity = request.quantity
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
@@ -289,33 +313,28 @@ def check_order(
             f"{instrument.max_order_qty} shares allowed per order in {symbol}",
         )
 
-    price = request.price
-    if market:
-        if price is not None:
-            return _reject(RejectCode.PRICE_NOT_ALLOWED, "a market order takes no price")
-        price_ticks = None
+    has_limit = order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+    price_ticks: int | None = None
+    if not has_limit:
+        if request.price is not None:
+            hint = " (a stop with a limit price is a STOP_LIMIT)" * (order_type is OrderType.STOP)
+            return _reject(
+                RejectCode.PRICE_NOT_ALLOWED, f"a {_kind(order_type)} order takes no price{hint}"
+            )
+    elif request.price is None:
+        return _reject(RejectCode.PRICE_REQUIRED, f"a {_kind(order_type)} order needs a price")
     else:
-        if price is None:
-            return _reject(RejectCode.PRICE_REQUIRED, "a limit order needs a price")
-        if not is_decimal(price):
-            return _reject(
-                RejectCode.INVALID_PRICE,
-                f"price must be a decimal number "
-                f"(as a string), not {type(price).__name__} {price!r}",
-            )
-        price = Decimal(price)
-        if not price.is_finite() or price <= 0:
-            return _reject(RejectCode.INVALID_PRICE, f"price must be positive, not {price}")
-        if not instrument.band_low <= price <= instrument.band_high:
-            return _reject(
-                RejectCode.PRICE_BAND,
-                f"price {price} is outside the price band "
-                f"{instrument.band_low}..{instrument.band_high} of {symbol}",
-            )
-        try:
-            price_ticks = instrument.to_ticks(price)
-        except ValueError as e:
-            return _reject(RejectCode.TICK_SIZE, str(e))
+        ticks = _price_ticks(instrument, request.price, "price", RejectCode.INVALID_PRICE)
+        if isinstance(ticks, RiskRejection):
+            return ticks
+        price_ticks = ticks
+
+    trigger_ticks = _trigger(request, order_type, side, instrument, price_ticks, last_price)
+    if isinstance(trigger_ticks, RiskRejection):
+        return trigger_ticks
+    disclosed = _disclosed(request, order_type, tif, instrument)
+    if disclosed is not None:
+        return disclosed
 
     if side is Side.SELL:
         available = max(account.shares_available, 0)
@@ -325,10 +344,21 @@ def check_order(
                 f"selling {quantity} {symbol} "
                 f"needs {quantity} shares but {available} are available",
             )
-        return Hold(shares=min(quantity, available), price_ticks=price_ticks, time_in_force=tif)
+        return Hold(
+            shares=min(quantity, available),
+            price_ticks=price_ticks,
+            time_in_force=tif,
+            trigger_ticks=trigger_ticks,
+        )
 
     if price_ticks is None:
-        price_ticks = market_buy_price(instrument, last_price, protection_percent)
+        # A market order entering the continuous market now may be protected around the
+        # last price; a stop enters later, and a pre-open market order at the auction's
+        # price, both unknown now: their worst price is the band's top.
+        protected = order_type is OrderType.MARKET and phase is Phase.OPEN
+        price_ticks = market_buy_price(
+            instrument, last_price if protected else None, protection_percent
+        )
     cash = buy_hold(instrument, price_ticks, quantity, fees)
     if cash > account.cash_available:
         fee = cash - instrument.ticks_to_paise(price_ticks) * quantity
@@ -339,4 +369,168 @@ def check_order(
             f"(fees {format_paise(fee)} included) but "
             f"{format_paise(max(account.cash_available, 0))} is available",
         )
-    return Hold(cash=cash, price_ticks=price_ticks, time_in_force=tif)
+    return Hold(cash=cash, price_ticks=price_ticks, time_in_force=tif, trigger_ticks=trigger_ticks)
+
+
+_TIFS: dict[OrderType, tuple[Tif, ...]] = {
+    OrderType.LIMIT: (Tif.GTC, Tif.DAY, Tif.IOC, Tif.FOK),
+    OrderType.MARKET: (Tif.IOC, Tif.FOK),
+    OrderType.STOP: (Tif.GTC, Tif.DAY),
+    OrderType.STOP_LIMIT: (Tif.GTC, Tif.DAY, Tif.IOC),
+}
+"""The times in force each order type may have (docs/engine.md, the ops' fields)."""
+
+_PRE_OPEN_TIFS: dict[OrderType, tuple[Tif, ...]] = {
+    OrderType.LIMIT: (Tif.IOC, Tif.FOK),
+    OrderType.MARKET: (Tif.FOK,),
+}
+"""What the call auction refuses: an order that must fill now cannot wait for it (a
+market IOC waits for the uncross, then converts to a limit at the opening price)."""
+
+
+def _kind(order_type: OrderType) -> str:
+    """An order type as words: "stop-limit"."""
+    return order_type.name.lower().replace("_", "-")
+
+
+def _time_in_force(
+    request: OrderRequest, order_type: OrderType, phase: Phase, symbol: str
+) -> Tif | RiskRejection:
+    """The order's time in force, the default one (IOC for market orders, else DAY) if
+    none is given; a rejection if its type may not have it, or not in this phase."""
+    if request.time_in_force is None:
+        tif = Tif.IOC if order_type is OrderType.MARKET else Tif.DAY
+    else:
+        found = _member(Tif, request.time_in_force)
+        if found is None:
+            return _reject(
+                RejectCode.INVALID_TIF,
+                f"time in force must be one of GTC, DAY, IOC, FOK, not {request.time_in_force!r}",
+            )
+        tif = found
+    allowed = _TIFS[order_type]
+    if tif not in allowed:
+        return _reject(
+            RejectCode.INVALID_TIF,
+            f"a {_kind(order_type)} order must be {' or '.join(t.name for t in allowed)}, "
+            f"not {tif.name}",
+        )
+    if phase is Phase.PRE_OPEN and tif in _PRE_OPEN_TIFS.get(order_type, ()):
+        return _reject(
+            RejectCode.NOT_IN_PRE_OPEN,
+            f"{symbol} is in its pre-open call auction, which takes no {tif.name} "
+            f"{_kind(order_type)} orders (they could not wait for the opening price)",
+        )
+    return tif
+
+
+def _price_ticks(
+    instrument: MarketInstrument, price: object, name: str, invalid: RejectCode
+) -> int | RiskRejection:
+    """A price in rupees (a limit, a trigger) as ticks, if it is a positive decimal
+    inside the band and on a tick."""
+    if not is_decimal(price):
+        return _reject(
+            invalid,
+            f"{name} must be a decimal number (as a string), not {type(price).__name__} {price!r}",
+        )
+    value = Decimal(price)
+    if not value.is_finite() or value <= 0:
+        return _reject(invalid, f"{name} must be positive, not {value}")
+    if not instrument.band_low <= value <= instrument.band_high:
+        return _reject(
+            RejectCode.PRICE_BAND,
+            f"{name} {value} is outside the price band "
+            f"{instrument.band_low}..{instrument.band_high} of {instrument.symbol}",
+        )
+    try:
+        return instrument.to_ticks(value)
+    except ValueError as e:
+        return _reject(RejectCode.TICK_SIZE, str(e).replace("price", name, 1))
+
+
+def _trigger(
+    request: OrderRequest,
+    order_type: OrderType,
+    side: Side,
+    instrument: MarketInstrument,
+    limit_ticks: int | None,
+    last_price: Decimal | None,
+) -> int | None | RiskRejection:
+    """A stop's trigger in ticks (None for other orders), or why it is refused: missing,
+    not a price in the band, already reached by the last trade (buy: at or below it,
+    sell: at or above it), or beyond its stop-limit's limit (buy: limit < trigger, sell:
+    limit > trigger)."""
+    trigger = request.trigger_price
+    if order_type not in (OrderType.STOP, OrderType.STOP_LIMIT):
+        if trigger is not None:
+            return _reject(
+                RejectCode.TRIGGER_NOT_ALLOWED,
+                f"a {_kind(order_type)} order takes no trigger price (a STOP or STOP_LIMIT does)",
+            )
+        return None
+    if trigger is None:
+        return _reject(
+            RejectCode.TRIGGER_REQUIRED, f"a {_kind(order_type)} order needs a triggerPrice"
+        )
+    ticks = _price_ticks(instrument, trigger, "trigger price", RejectCode.INVALID_TRIGGER)
+    if isinstance(ticks, RiskRejection):
+        return ticks
+    buy = side is Side.BUY
+    if last_price is not None:
+        value = instrument.to_price(ticks)
+        if (value <= last_price) if buy else (value >= last_price):
+            return _reject(
+                RejectCode.TRIGGER_REACHED,
+                f"a {side.name.lower()} stop's trigger must be "
+                f"{'above' if buy else 'below'} the last price {last_price} of "
+                f"{instrument.symbol}, not {value} (it would trigger at once)",
+            )
+    if limit_ticks is not None and ((limit_ticks < ticks) if buy else (limit_ticks > ticks)):
+        return _reject(
+            RejectCode.TRIGGER_LIMIT_SIDE,
+            f"a {side.name.lower()} stop-limit's price must be "
+            f"{'at or above' if buy else 'at or below'} its trigger price "
+            f"{instrument.to_price(ticks)}, not {instrument.to_price(limit_ticks)}",
+        )
+    return ticks
+
+
+def _disclosed(
+    request: OrderRequest, order_type: OrderType, tif: Tif, instrument: MarketInstrument
+) -> RiskRejection | None:
+    """Why the order's disclosed quantity is refused, if it is: only a GTC or DAY limit
+    order may show part of itself, a whole number of lots, at most the order and at least
+    MIN_DISCLOSED_PERCENT of it."""
+    disclosed, quantity = request.disclosed_quantity, request.quantity
+    if disclosed == 0:
+        return None
+    if isinstance(disclosed, bool) or not isinstance(disclosed, int) or disclosed < 0:
+        return _reject(
+            RejectCode.INVALID_QUANTITY,
+            f"disclosedQuantity must be a positive whole number of shares, not {disclosed!r}",
+        )
+    if order_type is not OrderType.LIMIT or tif not in (Tif.GTC, Tif.DAY):
+        what = f"an {tif.name} limit" if order_type is OrderType.LIMIT else f"a {_kind(order_type)}"
+        return _reject(
+            RejectCode.DISCLOSED_NOT_ALLOWED,
+            f"{what} order cannot disclose part of itself (only GTC and DAY limit orders can)",
+        )
+    if disclosed % instrument.lot_size:
+        return _reject(
+            RejectCode.DISCLOSED_LOT_SIZE,
+            f"disclosed quantity {disclosed} is not a multiple of the "
+            f"lot size {instrument.lot_size} of {instrument.symbol}",
+        )
+    if disclosed > quantity:
+        return _reject(
+            RejectCode.DISCLOSED_TOO_LARGE,
+            f"disclosed quantity {disclosed} is more than the order's {quantity}",
+        )
+    if disclosed * 100 < quantity * MIN_DISCLOSED_PERCENT:
+        return _reject(
+            RejectCode.DISCLOSED_TOO_SMALL,
+            f"disclosed quantity {disclosed} is less than {MIN_DISCLOSED_PERCENT} % "
+            f"of the order's {quantity}",
+        )
+    return None
