@@ -60,6 +60,12 @@ R = Reason
 ST = Reason.SELF_TRADE
 
 
+def plain(qty: int) -> tuple[int, ...]:
+    """The wave-2 ORDER_DTYPE fields of a plain resting order (op, shown, disclosed,
+    trigger, stamp)."""
+    return (Op.LIMIT, qty, 0, 0, 0)
+
+
 @pytest.fixture
 def book(book_cls):
     """Band 100..200, lot 1, symbol 7, default STP CANCEL_NEWEST."""
@@ -83,8 +89,8 @@ def open_qty(book):
 
 def test_gtc_limit_rests_with_its_attributes(book):
     assert call(book, "limit", 1, BUY, 110, 5, account=A, ts=42) == [accepted(1, BUY, 110, 5, A)]
-    assert order_tuples(book.orders()) == [(1, A, 110, 5, BUY, Tif.GTC, Stp.DEFAULT, 0)]
-    assert book.order(1) == RestingOrder(1, A, BUY, 110, 5, Tif.GTC, Stp.DEFAULT, False)
+    assert order_tuples(book.orders()) == [(1, A, 110, 5, BUY, Tif.GTC, Stp.DEFAULT, 0, *plain(5))]
+    assert book.order(1) == RestingOrder(1, A, BUY, 110, 5, Tif.GTC, Stp.DEFAULT, False, 5)
 
 
 def test_close_expires_day_orders_in_book_order_and_keeps_gtc(book):
@@ -379,8 +385,8 @@ def test_amend_to_a_crossing_price_trades_as_taker_and_rests_the_rest(book):
         trade(3, BUY, 112, 5, 3, 1, 0, B, A),
     ]
     assert order_tuples(book.orders()) == [
-        (3, B, 112, 3, BUY, Tif.DAY, Stp.DEFAULT, 0),
-        (2, A, 113, 5, SELL, Tif.GTC, Stp.DEFAULT, 0),
+        (3, B, 112, 3, BUY, Tif.DAY, Stp.DEFAULT, 0, *plain(3)),
+        (2, A, 113, 5, SELL, Tif.GTC, Stp.DEFAULT, 0, *plain(5)),
     ]
     assert call(book, "close") == [expired(3, BUY, 112, 3, B), CLOSED]  # still a DAY order
 
@@ -860,8 +866,8 @@ def test_best_prices_and_depth(book):
 def test_level_lists_orders_fifo(book):
     populated(book)
     assert order_tuples(book.level(110)) == [
-        (1, A, 110, 5, BUY, Tif.GTC, Stp.DEFAULT, 0),
-        (3, C, 110, 4, BUY, Tif.GTC, Stp.DEFAULT, 0),
+        (1, A, 110, 5, BUY, Tif.GTC, Stp.DEFAULT, 0, *plain(5)),
+        (3, C, 110, 4, BUY, Tif.GTC, Stp.DEFAULT, 0, *plain(4)),
     ]
     assert len(book.level(111)) == 0
 
@@ -876,7 +882,7 @@ def test_order_lookup(book):
     populated(book)
     found = book.order(4)
     assert isinstance(found, RestingOrder)
-    assert found == RestingOrder(4, A, SELL, 120, 6, Tif.DAY, Stp.DECREMENT, False)
+    assert found == RestingOrder(4, A, SELL, 120, 6, Tif.DAY, Stp.DECREMENT, False, 6)
     assert book.order(5).post_only is True
     assert book.order(99) is None
 

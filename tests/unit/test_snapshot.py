@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brokercore.engine.records import INT64_MAX, ORDER_DTYPE, Reason, Side, Stp, Tif
+from brokercore.engine.records import INT64_MAX, Reason, Side, Stp, Tif
 from strategies import scenario
 from support import (
     OPENED,
@@ -131,13 +131,13 @@ def test_restore_of_a_corrupted_byte_raises_value_error_or_gives_a_sound_book(da
 
 def split_snapshot(snap: bytes):
     """(header fields, orders, spent ids) of a snapshot, in the engine's layout."""
-    from brokercore.engine._engine import _SNAPSHOT_HEADER
+    from brokercore.engine._engine import _ORDER_V1_DTYPE, _SNAPSHOT_HEADER
 
     header = list(_SNAPSHOT_HEADER.unpack_from(snap))
     n_orders, n_spent = header[-2], header[-1]
     start = _SNAPSHOT_HEADER.size
-    orders = np.frombuffer(snap, ORDER_DTYPE, n_orders, start).copy()
-    spent = np.frombuffer(snap, "<i8", n_spent, start + n_orders * ORDER_DTYPE.itemsize).copy()
+    orders = np.frombuffer(snap, _ORDER_V1_DTYPE, n_orders, start).copy()
+    spent = np.frombuffer(snap, "<i8", n_spent, start + n_orders * _ORDER_V1_DTYPE.itemsize).copy()
     return header, orders, spent
 
 

@@ -13,6 +13,16 @@ cdef enum:
     OP_OPEN = 5
     OP_CLOSE = 6
     OP_REBAND = 7
+    OP_STOP = 8
+    OP_STOP_LIMIT = 9
+    OP_PRE_OPEN = 10
+    OP_UNCROSS = 11
+    OP_HALT = 12
+
+    PHASE_CLOSED = 0
+    PHASE_OPEN = 1
+    PHASE_PRE_OPEN = 2
+    PHASE_HALTED = 3
 
     SIDE_BUY = 1
     SIDE_SELL = 2
@@ -40,6 +50,10 @@ cdef enum:
     EV_OPENED = 7
     EV_CLOSED = 8
     EV_REBANDED = 9
+    EV_TRIGGERED = 10
+    EV_PRE_OPENED = 11
+    EV_UNCROSSED = 12
+    EV_HALTED = 13
 
     R_NONE = 0
     R_UNKNOWN_OP = 1
@@ -64,6 +78,10 @@ cdef enum:
     R_IOC_REMAINDER = 20
     R_SELF_TRADE = 21
     R_UNKNOWN_SYMBOL = 22               # used by a shard: no book for the command's symbol
+    R_INVALID_TRIGGER = 23
+    R_INVALID_DISCLOSED = 24
+    R_HALTED = 25
+    R_INVALID_PRICE = 26
 
     PAGE_SHIFT = 8                      # 256 price levels per ladder page
     PAGE_LEVELS = 256
@@ -85,6 +103,8 @@ ctypedef struct Command:
     int64_t account
     int64_t price
     int64_t qty
+    int64_t trigger                     # a stop's trigger price, else 0
+    int64_t disclosed                   # an iceberg's disclosed quantity, else 0
 
 ctypedef struct Event:
     uint32_t symbol
@@ -112,6 +132,11 @@ ctypedef struct OrderRecord:
     uint8_t tif
     uint8_t stp
     uint8_t flags
+    uint8_t op                          # LIMIT, MARKET (waiting for an uncross), STOP, STOP_LIMIT
+    int64_t shown                       # the part the market sees
+    int64_t disclosed                   # an iceberg's peak, 0 = plain order
+    int64_t trigger                     # a waiting stop's trigger, else 0
+    int64_t stamp                       # a waiting stop's priority among stops, else 0
 
 
 # --- book internals ---

@@ -25,7 +25,7 @@ import numpy as np
 
 from brokercore.engine import records
 from brokercore.engine.records import (
-    COMMAND_DTYPE, EVENT_DTYPE, LEVEL_DTYPE, MAX_BAND_LEVELS, ORDER_DTYPE, RestingOrder,
+    COMMAND_DTYPE, EVENT_DTYPE, LEVEL_DTYPE, MAX_BAND_LEVELS, ORDER_DTYPE, Op, RestingOrder,
     Side, Stp, Tif,
 )
 
@@ -983,7 +983,8 @@ cdef dict _offsets_command():
             "tif": <char*>&r.tif - o, "stp": <char*>&r.stp - o, "flags": <char*>&r.flags - o,
             "ts": <char*>&r.ts - o, "order_id": <char*>&r.order_id - o,
             "account": <char*>&r.account - o, "price": <char*>&r.price - o,
-            "qty": <char*>&r.qty - o}
+            "qty": <char*>&r.qty - o, "trigger": <char*>&r.trigger - o,
+            "disclosed": <char*>&r.disclosed - o}
 
 
 cdef dict _offsets_event():
@@ -1003,7 +1004,10 @@ cdef dict _offsets_order():
     cdef char* o = <char*>&r
     return {"order_id": <char*>&r.order_id - o, "account": <char*>&r.account - o,
             "price": <char*>&r.price - o, "qty": <char*>&r.qty - o, "side": <char*>&r.side - o,
-            "tif": <char*>&r.tif - o, "stp": <char*>&r.stp - o, "flags": <char*>&r.flags - o}
+            "tif": <char*>&r.tif - o, "stp": <char*>&r.stp - o, "flags": <char*>&r.flags - o,
+            "op": <char*>&r.op - o, "shown": <char*>&r.shown - o,
+            "disclosed": <char*>&r.disclosed - o, "trigger": <char*>&r.trigger - o,
+            "stamp": <char*>&r.stamp - o}
 
 
 def _check_layouts():
@@ -1016,15 +1020,18 @@ def _check_layouts():
             raise ImportError(f"C struct layout {offsets} ({size} bytes) does not match "
                               f"{dtype} ({dtype.itemsize} bytes)")
     c_values = {
-        records.Op: (OP_LIMIT, OP_MARKET, OP_CANCEL, OP_AMEND, OP_OPEN, OP_CLOSE, OP_REBAND),
+        records.Op: (OP_LIMIT, OP_MARKET, OP_CANCEL, OP_AMEND, OP_OPEN, OP_CLOSE, OP_REBAND,
+                     OP_STOP, OP_STOP_LIMIT, OP_PRE_OPEN, OP_UNCROSS, OP_HALT),
+        records.Phase: (PHASE_CLOSED, PHASE_OPEN, PHASE_PRE_OPEN, PHASE_HALTED),
         records.Side: (SIDE_BUY, SIDE_SELL),
         records.Tif: (TIF_GTC, TIF_DAY, TIF_IOC, TIF_FOK),
         records.Stp: (STP_DEFAULT, STP_NONE, STP_CANCEL_NEWEST, STP_CANCEL_OLDEST,
                       STP_CANCEL_BOTH, STP_DECREMENT),
         records.Flags: (FLAG_POST_ONLY,),
         records.EventType: (EV_ACCEPTED, EV_REJECTED, EV_TRADE, EV_CANCELLED, EV_EXPIRED,
-                            EV_AMENDED, EV_OPENED, EV_CLOSED, EV_REBANDED),
-        records.Reason: tuple(range(R_NONE, R_UNKNOWN_SYMBOL + 1)),
+                            EV_AMENDED, EV_OPENED, EV_CLOSED, EV_REBANDED, EV_TRIGGERED,
+                            EV_PRE_OPENED, EV_UNCROSSED, EV_HALTED),
+        records.Reason: tuple(range(R_NONE, R_INVALID_PRICE + 1)),
     }
     for enum, values in c_values.items():
         if tuple(int(member) for member in enum) != values:
@@ -1075,6 +1082,11 @@ _STPS = tuple(Stp)
 _SNAPSHOT_MAGIC = b"BCOB"
 _SNAPSHOT_VERSION = 1
 _SNAPSHOT_HEADER = struct.Struct("<4sHHqqqIBB2xqqq")
+_ORDER_V1_DTYPE = np.dtype({"names": list(ORDER_DTYPE.names[:8]),
+                            "formats": [ORDER_DTYPE.fields[n][0] for n in ORDER_DTYPE.names[:8]],
+                            "offsets": [ORDER_DTYPE.fields[n][1] for n in ORDER_DTYPE.names[:8]],
+                            "itemsize": 40})
+"""A resting order in a version 1 snapshot (the 40-byte ORDER_DTYPE of wave 1)."""
 
 
 def _validate_book_args(low, high, lot_size, stp):
@@ -1142,6 +1154,7 @@ cdef class OrderBook:
               bint post_only=False, int64_t ts=0):
         """Place a limit order; returns the number of events (see last_events())."""
         cdef Command c
+        memset(&c, 0, sizeof(Command))
         c.op = OP_LIMIT
         c.side = side
         c.tif = tif
@@ -1158,6 +1171,7 @@ cdef class OrderBook:
                uint8_t tif=TIF_IOC, uint8_t stp=STP_DEFAULT, int64_t ts=0):
         """Place a market order (IOC or FOK; it never rests); returns the number of events."""
         cdef Command c
+        memset(&c, 0, sizeof(Command))
         c.op = OP_MARKET
         c.side = side
         c.tif = tif
@@ -1325,6 +1339,8 @@ cdef class OrderBook:
             rec[i].tif = o.tif
             rec[i].stp = o.stp
             rec[i].flags = o.flags
+            rec[i].op = OP_LIMIT
+            rec[i].shown = o.qty
         return out
 
     def level(self, int64_t price):
@@ -1370,7 +1386,8 @@ cdef class OrderBook:
             return None
         cdef Order* o = &self._book.pool[slot]
         return RestingOrder(o.order_id, o.account, _SIDES[o.side], o.price, o.qty,
-                            _TIFS[o.tif], _STPS[o.stp], bool(o.flags & FLAG_POST_ONLY))
+                            _TIFS[o.tif], _STPS[o.stp], bool(o.flags & FLAG_POST_ONLY),
+                            o.qty, 0, Op.LIMIT, 0)
 
     @property
     def open_orders(self):
@@ -1440,7 +1457,7 @@ cdef class OrderBook:
              if ids.entries[i].order_id != 0 and ids.entries[i].slot < 0),
             dtype="<i8")
         spent.sort()
-        live = self.orders()
+        live = self.orders()[list(_ORDER_V1_DTYPE.names)].astype(_ORDER_V1_DTYPE)
         body = _SNAPSHOT_HEADER.pack(
             _SNAPSHOT_MAGIC, _SNAPSHOT_VERSION, 0, self.low, self.high, self.lot_size,
             self.symbol, self._book.default_stp, self._book.is_open, self._book.seq,
@@ -1467,15 +1484,18 @@ cdef class OrderBook:
         if version != _SNAPSHOT_VERSION:
             raise ValueError(f"unsupported snapshot version {version}")
         if (n_orders < 0 or n_spent < 0 or len(body) != _SNAPSHOT_HEADER.size
-                + n_orders * ORDER_DTYPE.itemsize + n_spent * 8):
+                + n_orders * _ORDER_V1_DTYPE.itemsize + n_spent * 8):
             raise ValueError("snapshot length does not match its header")
         if seq < 0 or is_open > 1:
             raise ValueError("snapshot header is invalid")
         cdef OrderBook book = cls(low, high, lot_size, symbol, stp)
-        live = np.frombuffer(body, dtype=ORDER_DTYPE, count=n_orders,
-                             offset=_SNAPSHOT_HEADER.size)
+        v1 = np.frombuffer(body, dtype=_ORDER_V1_DTYPE, count=n_orders,
+                           offset=_SNAPSHOT_HEADER.size)
+        live = np.zeros(n_orders, dtype=ORDER_DTYPE)
+        for name in _ORDER_V1_DTYPE.names:
+            live[name] = v1[name]
         spent = np.frombuffer(body, dtype="<i8", count=n_spent,
-                              offset=_SNAPSHOT_HEADER.size + n_orders * ORDER_DTYPE.itemsize)
+                              offset=_SNAPSHOT_HEADER.size + n_orders * _ORDER_V1_DTYPE.itemsize)
         _validate_snapshot_orders(live, spent, book)
         book._load(live, spent)
         book._book.seq = seq
