@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -19,6 +19,7 @@ from brokercore.broker.ledger import (
     Settlement,
     SettlementError,
     release,
+    reprice,
     settle_fill,
 )
 from brokercore.broker.market import MarketInstrument, Session
@@ -186,6 +187,28 @@ def test_short_sale_unblocks_only_the_shares_it_blocked():
     assert s2.apply(order).blocked_shares == 0
 
 
+def test_a_buy_repriced_lower_keeps_what_its_open_quantity_needs_at_the_new_price():
+    """A market buy held at the band's top that an uncross made a limit at 300,000."""
+    order = OrderHold.open(Side.BUY, 10, Hold(cash=10 * 2_000_000 + FEES.fee(10 * 2_000_000)))
+    order = replace(order, hold_price_ticks=400_000)
+    order = settle_fill(order, 300_000, 4, INST, FEES).apply(order)  # the auction's fill
+    s = reprice(order, 300_000, INST, FEES)
+    after = s.apply(order)
+    keep = 6 * 1_500_000 + FEES.fee(10 * 1_500_000) - FEES.fee(4 * 1_500_000)
+    assert after.hold_price_ticks == 300_000 and after.blocked_cash == keep
+    assert s.account == AccountDelta(blocked_cash=keep - order.blocked_cash)
+    assert s.position == PositionDelta() and s.fee == 0
+    after = settle_fill(after, 300_000, 6, INST, FEES).apply(after)
+    assert after.blocked_cash == 0 and after.open_quantity == 0
+
+
+def test_repricing_never_raises_a_hold_nor_touches_a_sell():
+    nothing = Settlement(AccountDelta(), PositionDelta(), OrderDelta())
+    assert reprice(buy_order(price_ticks=300_000), 300_000, INST, FEES) == nothing
+    assert reprice(buy_order(price_ticks=300_000), 300_001, INST, FEES) == nothing
+    assert reprice(sell_order(), 200_000, INST, FEES) == nothing
+
+
 # --- conservation, property ----------------------------------------------------------
 
 
@@ -315,7 +338,9 @@ def test_settlement_conserves_cash_and_shares_and_releases_every_hold(
 
     for step in data.draw(
         st.lists(
-            st.sampled_from(["fill", "order", "fill", "order", "end"]), min_size=10, max_size=60
+            st.sampled_from(["fill", "order", "fill", "order", "end", "reprice"]),
+            min_size=10,
+            max_size=60,
         )
     ):
         if step == "order":
@@ -338,6 +363,11 @@ def test_settlement_conserves_cash_and_shares_and_releases_every_hold(
             for order_id in (b, s):
                 if book.orders[order_id][1].open_quantity == 0:
                     book.end(order_id)
+        elif step == "reprice" and book.orders:  # an uncross turned a market order into a limit
+            order_id = data.draw(st.sampled_from(sorted(book.orders)))
+            account, order = book.orders[order_id]
+            price = data.draw(st.integers(low, high))
+            book.apply(account, order_id, reprice(order, price, instrument, fees))
         elif book.orders:
             book.end(data.draw(st.sampled_from(sorted(book.orders))))
         book.check(allow_short)

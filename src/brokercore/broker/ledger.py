@@ -11,7 +11,9 @@ A buy order blocks, at any time, exactly what its open quantity could still cost
 hold price: each fill debits price × qty + its fee and releases the rest of what that
 quantity had blocked, so price improvement frees cash at once; what is left when the
 order ends (cancelled, expired, rejected, or a market order's unused protection) is
-released by ``release``. A sell order blocks shares and releases them as they are sold.
+released by ``release``; a buy whose worst price drops (a market order that an uncross
+made a limit order at the opening price) releases the excess at once (``reprice``). A
+sell order blocks shares and releases them as they are sold.
 Fees are ``FeeSchedule.fee`` of the order's cumulative traded value, charged as it
 grows, so an order split into many fills pays what one fill would have.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "SettlementError",
     "settle_fill",
     "release",
+    "reprice",
 ]
 
 
@@ -96,6 +99,7 @@ class PositionDelta:
 class OrderDelta:
     """Add to the order row's settlement columns (the fields of ``OrderHold``)."""
 
+    hold_price_ticks: int = 0
     blocked_cash: int = 0
     blocked_shares: int = 0
     filled_quantity: int = 0
@@ -117,6 +121,7 @@ class Settlement:
         d = self.order
         return replace(
             order,
+            hold_price_ticks=order.hold_price_ticks + d.hold_price_ticks,
             blocked_cash=order.blocked_cash + d.blocked_cash,
             blocked_shares=order.blocked_shares + d.blocked_shares,
             filled_quantity=order.filled_quantity + d.filled_quantity,
@@ -196,4 +201,24 @@ def release(order: OrderHold) -> Settlement:
         AccountDelta(blocked_cash=-order.blocked_cash),
         PositionDelta(blocked_quantity=-order.blocked_shares),
         OrderDelta(blocked_cash=-order.blocked_cash, blocked_shares=-order.blocked_shares),
+    )
+
+
+def reprice(
+    order: OrderHold, price_ticks: int, instrument: MarketInstrument, fees: FeeSchedule
+) -> Settlement:
+    """The deltas when a buy can no longer execute above ``price_ticks``: its hold price
+    becomes that price and it releases what its open quantity no longer needs. Nothing
+    changes for a sell, or for a price that is not below the hold price."""
+    if order.side == Side.SELL or price_ticks >= order.hold_price_ticks:
+        return Settlement(AccountDelta(), PositionDelta(), OrderDelta())
+    lower = replace(order, hold_price_ticks=price_ticks)
+    keep = _still_needed(
+        lower, instrument.tick_paise, order.filled_notional, order.open_quantity, fees
+    )
+    released = order.blocked_cash - keep
+    return Settlement(
+        AccountDelta(blocked_cash=-released),
+        PositionDelta(),
+        OrderDelta(hold_price_ticks=price_ticks - order.hold_price_ticks, blocked_cash=-released),
     )

@@ -27,7 +27,11 @@ so that the long-running reconciler can run them every round on a big database:
   to the paisa;
 - STUCK_PENDING: an order still PENDING ``late`` after it was taken (no event has
   reached settlement: the reconciler's re-publishing should have reached the engine);
-- DAY_ORDER_PAST_CLOSE: a DAY order still open ``late`` after its session's close.
+- DAY_ORDER_PAST_CLOSE: a DAY order (a waiting DAY stop too) still open ``late`` after
+  its session's close.
+
+A waiting stop (TRIGGER_PENDING) is an open order: it holds cash or shares from its
+acceptance although it is in no book, and the hold checks count it as any other.
 
 Each query is a single statement, so it sees one snapshot: the writers (the OMS,
 settlement, funding) change the rows an invariant relates in one transaction each.
@@ -45,8 +49,8 @@ import psycopg
 from brokercore.broker.market import Session
 from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, trade_id
 from brokercore.consumers.pg_consumer import stored_offsets
-from brokercore.engine.records import EventType, Op, Reason, Side
-from brokercore.kafka.messages import Event, EventBatch
+from brokercore.engine.records import EventType, Reason, Side
+from brokercore.kafka.messages import NEW_ORDER_OPS, STOP_OPS, Event, EventBatch
 
 __all__ = [
     "Finding",
@@ -117,10 +121,12 @@ def expected_state(events: Iterable[Event], ours: dict[int, str]) -> Expected:
         if (found := order(e.order_id)) is None:
             continue
         if e.type == EventType.ACCEPTED and found.status == "PENDING":
+            found.status = "TRIGGER_PENDING" if e.op in STOP_OPS else "OPEN"
+        elif e.type == EventType.TRIGGERED and found.status == "TRIGGER_PENDING":
             found.status = "OPEN"
         elif e.type == EventType.REJECTED:
             if (
-                e.op in (Op.LIMIT, Op.MARKET)
+                e.op in NEW_ORDER_OPS
                 and e.reason != Reason.DUPLICATE_ORDER_ID
                 and found.status == "PENDING"
             ):
@@ -371,7 +377,8 @@ INVARIANTS = (
         "(o.trade_date + s.close) AT TIME ZONE s.zone "
         "FROM orders o JOIN unnest(%(symbols)s::text[], %(zones)s::text[], "
         "  %(closes)s::time[]) AS s (symbol, zone, close) USING (symbol) "
-        "WHERE o.time_in_force = 'DAY' AND o.status IN ('OPEN', 'PARTIALLY_FILLED') "
+        "WHERE o.time_in_force = 'DAY' "
+        "AND o.status IN ('TRIGGER_PENDING', 'OPEN', 'PARTIALLY_FILLED') "
         "AND (o.trade_date + s.close) AT TIME ZONE s.zone < %(now)s - %(late)s ORDER BY 2",
         lambda a, o, status, symbol, day, closed: (
             a,

@@ -32,14 +32,21 @@ import msgspec
 import psycopg
 import redis
 
-from brokercore.broker.ledger import OrderHold, Settlement, SettlementError, release, settle_fill
+from brokercore.broker.ledger import (
+    OrderHold,
+    Settlement,
+    SettlementError,
+    release,
+    reprice,
+    settle_fill,
+)
 from brokercore.broker.market import MarketInstrument, load_market
 from brokercore.broker.money import average_fill_price, average_price
 from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, trade_id
 from brokercore.broker.risk import NO_FEES, FeeSchedule
 from brokercore.consumers.pg_consumer import Message, claim_offsets, run_pg_consumer, store_offsets
 from brokercore.engine.records import EventType, Op, Reason, Side
-from brokercore.kafka.messages import Event
+from brokercore.kafka.messages import NEW_ORDER_OPS, STOP_OPS, Event
 from brokercore.read.cache import Invalidator
 
 __all__ = ["SettlementConsumer", "BatchStats", "run_settlement"]
@@ -144,6 +151,7 @@ class _OrderRow(msgspec.Struct):
     order_id: int
     status: str
     reject_reason: str | None
+    hold_price_ticks: int
     blocked_cash: int
     blocked_shares: int
     filled_quantity: int
@@ -300,8 +308,13 @@ class SettlementConsumer:
             return
         if kind == EventType.ACCEPTED:
             if order.status == "PENDING":
-                self._set_status(batch, shard, e, order, "OPEN")
-        elif kind == EventType.REJECTED and e.op not in (Op.LIMIT, Op.MARKET):
+                waits = e.op in STOP_OPS  # outside the book until its trigger is reached
+                self._set_status(batch, shard, e, order, "TRIGGER_PENDING" if waits else "OPEN")
+        elif kind == EventType.TRIGGERED:
+            if order.status == "TRIGGER_PENDING":  # it enters the book: money moves on fills
+                last: _Payload = {"last_price": self._paise(order, e.other_remaining)}
+                self._set_status(batch, shard, e, order, "OPEN", last)
+        elif kind == EventType.REJECTED and e.op not in NEW_ORDER_OPS:
             # a refused cancel or amend: the order stays as it is, its history says why
             self._record(batch, shard, e, order, {"refused": Op(e.op).name})
         elif kind in END_STATUS:
@@ -313,6 +326,9 @@ class SettlementConsumer:
                 reason = Reason(e.reason).name if e.reason != Reason.NONE else None
                 self._end(batch, shard, e, order, END_STATUS[kind], reason)
         elif kind == EventType.AMENDED:
+            if e.op == Op.UNCROSS:  # a market order left by the auction, now a limit at e.price
+                instrument = self.market[order.symbol]
+                self._settle(batch, order, reprice(order.hold, e.price, instrument, self.fees))
             self._record(
                 batch,
                 shard,
@@ -490,6 +506,7 @@ def _order_row(o: _Order) -> _OrderRow:
         o.order_id,
         o.status,
         o.reject_reason,
+        h.hold_price_ticks,
         h.blocked_cash,
         h.blocked_shares,
         h.filled_quantity,
@@ -515,11 +532,13 @@ _UPSERT_POSITIONS = (
 )
 _UPDATE_ORDERS = (
     "UPDATE orders o SET status = v.status, reject_reason = v.reject_reason, "
+    "hold_price_ticks = v.hold_price_ticks, "
     "blocked_cash = v.blocked_cash, blocked_shares = v.blocked_shares, "
     "hold_amount = v.blocked_cash + v.blocked_shares, filled_quantity = v.filled_quantity, "
     "filled_notional = v.filled_notional, fees = v.fees, avg_fill_price = v.avg_fill_price, "
     "updated_at = now() FROM json_to_recordset(%s::json) AS v (trade_date date, "
-    "order_id bigint, status text, reject_reason text, blocked_cash bigint, "
+    "order_id bigint, status text, reject_reason text, hold_price_ticks bigint, "
+    "blocked_cash bigint, "
     "blocked_shares bigint, filled_quantity bigint, filled_notional bigint, fees bigint, "
     "avg_fill_price numeric) WHERE o.trade_date = v.trade_date AND o.order_id = v.order_id"
 )

@@ -16,6 +16,8 @@ import numpy as np
 
 from brokercore.engine.records import COMMAND_DTYPE, EventType, Flags, Op, Reason, Side, Stp, Tif
 from brokercore.kafka.messages import (
+    NEW_ORDER_OPS,
+    STOP_OPS,
     AmendOrder,
     CancelOrder,
     CloseSession,
@@ -138,7 +140,7 @@ def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list
     for r in records.tolist():
         symbol, op, side, tif, stp, flags, ts, order_id, account, price, qty, trigger, disclosed = r
         name = names[symbol]
-        if op in _NEW_ORDER_OPS:
+        if op in NEW_ORDER_OPS:
             commands.append(
                 NewOrder(
                     order_id,
@@ -152,7 +154,7 @@ def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list
                     Stp(stp),
                     bool(flags & Flags.POST_ONLY),
                     ts,
-                    op in (Op.STOP, Op.STOP_LIMIT),
+                    op in STOP_OPS,
                     trigger,
                     disclosed,
                 )
@@ -176,6 +178,3 @@ def commands_from_records(records: np.ndarray, names: Mapping[int, str]) -> list
         else:
             raise ValueError(f"op {op} has no wire command")
     return commands
-
-
-_NEW_ORDER_OPS = frozenset((Op.LIMIT, Op.MARKET, Op.STOP, Op.STOP_LIMIT))

@@ -23,6 +23,8 @@ import msgspec
 from brokercore.engine.records import EventType, Flags, Op, Reason, Side, Stp, Tif
 
 __all__ = [
+    "NEW_ORDER_OPS",
+    "STOP_OPS",
     "NewOrder",
     "CancelOrder",
     "AmendOrder",
@@ -46,6 +48,12 @@ Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 """Every integer on the wire fits the engine's int64 fields."""
 CommandRecord = tuple[int, ...]
 """One command's COMMAND_DTYPE fields, in order."""
+
+
+STOP_OPS = frozenset((Op.STOP, Op.STOP_LIMIT))
+"""The ops of a stop: it waits outside the book until its trigger is reached."""
+NEW_ORDER_OPS = frozenset((Op.LIMIT, Op.MARKET, *STOP_OPS))
+"""The ops a ``NewOrder`` becomes; an event with one of them is about a new order."""
 
 
 class NewOrder(msgspec.Struct, tag="new", frozen=True, forbid_unknown_fields=True):
