@@ -401,3 +401,204 @@ def test_fee_schedule_validation(kw):
 def test_buy_hold_helper_matches_check():
     fees = FeeSchedule(bps=D(3), fixed=2000)
     assert buy_hold(INST, 300_000, 10, fees) == check(limit(), fees=fees).cash
+
+
+# --- the trading day: pre-open, stops, disclosed quantity (docs/engine.md) ------------
+
+PRE_OPEN_SESSION = dataclasses.replace(SESSION, pre_open=time(9, 0), pre_open_end=time(9, 8))
+PRE_OPEN_INST = dataclasses.replace(INST, session=PRE_OPEN_SESSION)
+IN_PRE_OPEN = datetime(2026, 3, 2, 9, 5, tzinfo=IST)
+TOP = INST.high  # the band's top in ticks: 400,000
+TRIGGER = D("15500.00")  # above PRICE, the last price of these tests
+STOP_LIMIT_PRICE = D("15600.00")
+
+
+def stop(side=Side.BUY, trigger=TRIGGER, tif=None, quantity=10) -> OrderRequest:
+    return OrderRequest("RELIANCE", side, OrderType.STOP, quantity, None, tif, trigger)
+
+
+def stop_limit(side=Side.BUY, price=STOP_LIMIT_PRICE, trigger=TRIGGER, tif=None):
+    return OrderRequest("RELIANCE", side, OrderType.STOP_LIMIT, 10, price, tif, trigger)
+
+
+@pytest.mark.parametrize(
+    "now, phase_allows",
+    [
+        (datetime(2026, 3, 2, 8, 59, 59, 999_999, tzinfo=IST), False),
+        (datetime(2026, 3, 2, 9, 0, tzinfo=IST), True),  # pre-open starts
+        (datetime(2026, 3, 2, 9, 7, 59, 999_999, tzinfo=IST), True),
+        (datetime(2026, 3, 2, 9, 8, tzinfo=IST), False),  # the buffer before the open
+        (datetime(2026, 3, 2, 9, 15, tzinfo=IST), True),
+        (datetime(2026, 3, 7, 9, 5, tzinfo=IST), False),  # Saturday: no pre-open either
+    ],
+)
+def test_orders_are_taken_in_the_pre_open(now, phase_allows):
+    result = check(limit(), instrument=PRE_OPEN_INST, now=now)
+    if phase_allows:
+        assert result == Hold(cash=300_000 * 5 * 10, price_ticks=300_000)
+    else:
+        rejected(result, RejectCode.MARKET_CLOSED)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [limit(tif=Tif.IOC), limit(tif=Tif.FOK), market(tif=Tif.FOK)],
+    ids=["limit IOC", "limit FOK", "market FOK"],
+)
+def test_the_pre_open_refuses_orders_that_cannot_wait_for_the_auction(request_):
+    message = rejected(
+        check(request_, instrument=PRE_OPEN_INST, now=IN_PRE_OPEN), RejectCode.NOT_IN_PRE_OPEN
+    )
+    assert "RELIANCE is in its pre-open call auction" in message
+    assert isinstance(check(request_, instrument=PRE_OPEN_INST, now=NOW), Hold)  # OPEN: fine
+
+
+def test_a_pre_open_market_buy_waits_for_the_auction_held_at_the_band_top():
+    # protection needs a last price to protect around; the auction's price is not known yet
+    kw = dict(last_price=D("15000"), protection_percent=D(2))
+    held = check(market(), instrument=PRE_OPEN_INST, now=IN_PRE_OPEN, **kw)
+    assert held == Hold(cash=TOP * 5 * 10, price_ticks=TOP, time_in_force=Tif.IOC)
+    assert check(market(), **kw).price_ticks == 306_000  # in OPEN: 15,300.00, protected
+
+
+def test_stops_are_taken_in_the_pre_open():
+    assert isinstance(check(stop(), instrument=PRE_OPEN_INST, now=IN_PRE_OPEN), Hold)
+    assert isinstance(check(stop_limit(), instrument=PRE_OPEN_INST, now=IN_PRE_OPEN), Hold)
+
+
+def test_a_stop_market_buy_is_held_at_the_band_top_from_acceptance():
+    kw = dict(last_price=D("15000"), protection_percent=D(2))  # a stop enters later: no protection
+    assert check(stop(), **kw) == Hold(
+        cash=TOP * 5 * 10, price_ticks=TOP, time_in_force=Tif.DAY, trigger_ticks=310_000
+    )
+
+
+def test_a_stop_limit_buy_is_held_at_its_limit():
+    fees = FeeSchedule(bps=D(3))
+    held = check(stop_limit(tif=Tif.GTC), fees=fees)
+    assert held == Hold(
+        cash=buy_hold(INST, 312_000, 10, fees),
+        price_ticks=312_000,
+        time_in_force=Tif.GTC,
+        trigger_ticks=310_000,
+    )
+
+
+def test_stop_sells_hold_shares():
+    down = D("14500.00")
+    assert check(stop(Side.SELL, down)) == Hold(shares=10, trigger_ticks=290_000)
+    assert check(stop_limit(Side.SELL, D("14400.00"), down)) == Hold(
+        shares=10, price_ticks=288_000, trigger_ticks=290_000
+    )
+    rejected(
+        check(stop(Side.SELL, down), account=AccountState(0, 9)), RejectCode.INSUFFICIENT_HOLDINGS
+    )
+
+
+def test_a_stop_buy_needs_the_funds_of_its_worst_price():
+    needed = TOP * 5 * 10
+    assert isinstance(check(stop(), account=AccountState(needed)), Hold)
+    rejected(check(stop(), account=AccountState(needed - 1)), RejectCode.INSUFFICIENT_FUNDS)
+
+
+@pytest.mark.parametrize(
+    "request_, code",
+    [
+        (stop(tif=Tif.IOC), RejectCode.INVALID_TIF),
+        (stop(tif=Tif.FOK), RejectCode.INVALID_TIF),
+        (stop_limit(tif=Tif.FOK), RejectCode.INVALID_TIF),
+        (dataclasses.replace(stop(), price=PRICE), RejectCode.PRICE_NOT_ALLOWED),
+        (dataclasses.replace(stop_limit(), price=None), RejectCode.PRICE_REQUIRED),
+        (stop(trigger=None), RejectCode.TRIGGER_REQUIRED),
+        (stop_limit(trigger=None), RejectCode.TRIGGER_REQUIRED),
+        (dataclasses.replace(limit(), trigger_price=PRICE), RejectCode.TRIGGER_NOT_ALLOWED),
+        (dataclasses.replace(market(), trigger_price=PRICE), RejectCode.TRIGGER_NOT_ALLOWED),
+        (stop(trigger=D(0)), RejectCode.INVALID_TRIGGER),
+        (stop(trigger=D("-1")), RejectCode.INVALID_TRIGGER),
+        (stop(trigger=D("NaN")), RejectCode.INVALID_TRIGGER),
+        (stop(trigger=1.5), RejectCode.INVALID_TRIGGER),
+        (stop(trigger=D("20000.05")), RejectCode.PRICE_BAND),
+        (stop(trigger=D("9999.95")), RejectCode.PRICE_BAND),
+        (stop(trigger=D("15500.03")), RejectCode.TICK_SIZE),
+        (stop_limit(price=D("15499.95")), RejectCode.TRIGGER_LIMIT_SIDE),  # buy: limit < trigger
+        (stop_limit(Side.SELL, D("15500.05")), RejectCode.TRIGGER_LIMIT_SIDE),  # sell: limit >
+    ],
+)
+def test_stop_rules(request_, code):
+    message = rejected(check(request_), code)
+    if code in (RejectCode.PRICE_BAND, RejectCode.TICK_SIZE, RejectCode.INVALID_TRIGGER):
+        assert "trigger price" in message
+
+
+def test_stop_messages():
+    assert rejected(check(stop(trigger=D("15500.03"))), RejectCode.TICK_SIZE) == (
+        "trigger price 15500.03 is not a multiple of the tick size 0.05"
+    )
+    assert rejected(check(stop_limit(price=D("15499.95"))), RejectCode.TRIGGER_LIMIT_SIDE) == (
+        "a buy stop-limit's price must be at or above its trigger price 15500.00, not 15499.95"
+    )
+    assert rejected(check(dataclasses.replace(stop(), price=PRICE)), RejectCode.PRICE_NOT_ALLOWED)
+
+
+@pytest.mark.parametrize(
+    "side, trigger, reached",
+    [
+        (Side.BUY, D("15000.05"), False),
+        (Side.BUY, D("15000.00"), True),  # at the last price: it would trigger at once
+        (Side.BUY, D("14000.00"), True),
+        (Side.SELL, D("14999.95"), False),
+        (Side.SELL, D("15000.00"), True),
+        (Side.SELL, D("16000.00"), True),
+    ],
+)
+def test_a_trigger_already_reached_by_the_last_price_is_refused(side, trigger, reached):
+    result = check(stop(side, trigger), last_price=D("15000.00"))
+    if reached:
+        message = rejected(result, RejectCode.TRIGGER_REACHED)
+        assert "last price 15000.00" in message
+    else:
+        assert isinstance(result, Hold)
+    assert isinstance(check(stop(side, trigger)), Hold)  # no trade yet: nothing is reached
+
+
+def test_a_limit_equal_to_the_trigger_is_allowed():
+    assert isinstance(check(stop_limit(price=D("15500.00"))), Hold)
+    assert isinstance(check(stop_limit(Side.SELL, D("15500.00"))), Hold)
+
+
+def iceberg(disclosed, quantity=100, tif=None, lot=1, kind=OrderType.LIMIT, price=PRICE):
+    request = OrderRequest("RELIANCE", Side.BUY, kind, quantity, price, tif, None, disclosed)
+    return check(request, instrument=dataclasses.replace(INST, lot_size=lot))
+
+
+@pytest.mark.parametrize("tif", [None, Tif.GTC, Tif.DAY])
+def test_disclosed_quantity_on_a_limit_order(tif):
+    assert isinstance(iceberg(10, tif=tif), Hold)  # exactly 10 %
+    assert isinstance(iceberg(100, tif=tif), Hold)  # the whole order
+
+
+@pytest.mark.parametrize(
+    "kw, code",
+    [
+        (dict(disclosed=9), RejectCode.DISCLOSED_TOO_SMALL),  # under 10 %
+        (dict(disclosed=101), RejectCode.DISCLOSED_TOO_LARGE),
+        (dict(disclosed=15, lot=10), RejectCode.DISCLOSED_LOT_SIZE),
+        (dict(disclosed=-5), RejectCode.INVALID_QUANTITY),
+        (dict(disclosed=10, tif=Tif.IOC), RejectCode.DISCLOSED_NOT_ALLOWED),
+        (dict(disclosed=10, tif=Tif.FOK), RejectCode.DISCLOSED_NOT_ALLOWED),
+        (dict(disclosed=10, kind=OrderType.MARKET, price=None), RejectCode.DISCLOSED_NOT_ALLOWED),
+    ],
+)
+def test_disclosed_quantity_rules(kw, code):
+    rejected(iceberg(**kw), code)
+
+
+def test_disclosed_quantity_is_refused_on_stops():
+    request = dataclasses.replace(stop_limit(), disclosed_quantity=10)
+    message = rejected(check(request), RejectCode.DISCLOSED_NOT_ALLOWED)
+    assert message == (
+        "a stop-limit order cannot disclose part of itself (only GTC and DAY limit orders can)"
+    )
+    rejected(
+        check(dataclasses.replace(stop(), disclosed_quantity=10)), RejectCode.DISCLOSED_NOT_ALLOWED
+    )

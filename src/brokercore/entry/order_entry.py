@@ -68,11 +68,11 @@ shares AS (
    WHERE account_id = %(account)s AND symbol = %(symbol)s AND %(shares)s > 0),
 new_order AS (
   INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, time_in_force,
-                      price, quantity, status, hold_amount, hold_price_ticks, blocked_cash,
-                      blocked_shares, created_at, updated_at)
+                      price, trigger_price, quantity, disclosed_qty, status, hold_amount,
+                      hold_price_ticks, blocked_cash, blocked_shares, created_at, updated_at)
   VALUES (%(order)s, %(trade_date)s, %(account)s, %(symbol)s, %(side)s, %(type)s, %(tif)s,
-          %(price)s, %(quantity)s, 'PENDING', %(hold)s, %(hold_price)s, %(cash)s,
-          %(shares)s, %(now)s, %(now)s)),
+          %(price)s, %(trigger)s, %(quantity)s, %(disclosed)s, 'PENDING', %(hold)s,
+          %(hold_price)s, %(cash)s, %(shares)s, %(now)s, %(now)s)),
 history AS (
   INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
   VALUES (%(order)s, %(account)s, 'PENDING', %(history)s, %(now)s))
@@ -90,9 +90,9 @@ _READ_BATCH = "SELECT * FROM oms_batch_facts(%b, %b, %b)"  # binary: no escaping
 # and per position.
 _BATCH_ROWS = """json_to_recordset(%s::json) AS ("user" text, key text, hash text,
     expires timestamptz, "order" bigint, account bigint, symbol text, trade_date date,
-    side text, type text, tif text, price bigint, quantity bigint, hold bigint,
-    hold_price bigint, cash bigint, shares bigint, now timestamptz, history text,
-    topic text, partition int, payload text)"""
+    side text, type text, tif text, price bigint, trigger bigint, quantity bigint,
+    disclosed bigint, hold bigint, hold_price bigint, cash bigint, shares bigint,
+    now timestamptz, history text, topic text, partition int, payload text)"""
 _WRITE_BATCH = f"""
 WITH r AS (SELECT * FROM ROWS FROM ({_BATCH_ROWS}) WITH ORDINALITY),
 key AS (
@@ -109,10 +109,10 @@ shares AS (
    WHERE p.account_id = h.account AND p.symbol = h.symbol),
 new_order AS (
   INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, time_in_force,
-                      price, quantity, status, hold_amount, hold_price_ticks, blocked_cash,
-                      blocked_shares, created_at, updated_at)
-  SELECT "order", trade_date, account, symbol, side, type, tif, price, quantity, 'PENDING',
-         hold, hold_price, cash, shares, now, now FROM r),
+                      price, trigger_price, quantity, disclosed_qty, status, hold_amount,
+                      hold_price_ticks, blocked_cash, blocked_shares, created_at, updated_at)
+  SELECT "order", trade_date, account, symbol, side, type, tif, price, trigger, quantity,
+         disclosed, 'PENDING', hold, hold_price, cash, shares, now, now FROM r),
 history AS (
   INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
   SELECT "order", account, 'PENDING', history::jsonb, now FROM r ORDER BY ordinality)
@@ -120,6 +120,14 @@ INSERT INTO outbox (topic, partition, key, payload, order_id)
 SELECT topic, partition, convert_to(symbol, 'UTF8'), decode(payload, 'base64'), "order"
   FROM r ORDER BY ordinality
 RETURNING outbox_id, order_id"""
+
+# The last trade price (paise) of each symbol, as the projector keeps it: what a new stop's
+# trigger must not have reached. Read only for batches with stops, in their transaction.
+_LAST_PRICES = """
+SELECT s.symbol, (SELECT t.price FROM read_model.trades t WHERE t.symbol = s.symbol
+                   ORDER BY t.seq DESC LIMIT 1)
+  FROM unnest(%s::text[]) AS s (symbol)"""
+_STOPS = ("STOP", "STOP_LIMIT")
 
 
 class Refusal(StrEnum):
@@ -241,8 +249,9 @@ class OrderEntry:
                 )
                 order_id = await _returned_id(conn, "SELECT nextval('order_id_seq')")
                 facts = facts._replace(new_order_id=order_id)
+            last = await _last_prices(conn, [request])
             placement = self._decide(
-                user_id, request, fingerprint, now, trade_date, facts, _free(facts)
+                user_id, request, fingerprint, now, trade_date, facts, _free(facts), last
             )
             outbox_id = await _returned_id(conn, _WRITE_ORDER, placement.params)
         return self._receipt(placement, outbox_id)
@@ -272,11 +281,14 @@ class OrderEntry:
                 )
             ).fetchall()
             facts = {row[0]: _Facts(*row[1:]) for row in rows}
+            last = await _last_prices(conn, [request for _, request in orders])
             decided: list[_Placement | OrderReceipt | OrderRefused] = []
             for n, ((user_id, request), trade_date) in enumerate(zip(orders, dates, strict=True)):
                 try:
                     decided.append(
-                        self._decide_in(batch, user_id, request, now, trade_date, facts.get(n + 1))
+                        self._decide_in(
+                            batch, user_id, request, now, trade_date, facts.get(n + 1), last
+                        )
                     )
                 except OrderRefused as refused:
                     decided.append(refused)
@@ -306,6 +318,7 @@ class OrderEntry:
         now: datetime,
         trade_date: date | None,
         facts: _Facts | None,
+        last: Mapping[str, Decimal],
     ) -> _Placement | OrderReceipt:
         """One order of a batch, decided after the batch's earlier ones."""
         if facts is None:
@@ -328,7 +341,7 @@ class OrderEntry:
             batch.shares.get(position, facts.free_shares or 0),
             facts.allow_short,
         )
-        placement = self._decide(user_id, request, fingerprint, now, trade_date, facts, free)
+        placement = self._decide(user_id, request, fingerprint, now, trade_date, facts, free, last)
         batch.cash[facts.account_id] = free.cash_available - placement.hold.cash
         batch.shares[position] = free.shares_available - placement.hold.shares
         batch.keys[key] = placement
@@ -363,16 +376,22 @@ class OrderEntry:
         trade_date: date | None,
         facts: _Facts,
         free: AccountState,
+        last: Mapping[str, Decimal],
     ) -> _Placement:
-        """The checks of a new order against what its account has free; what to write
-        if it passes (else OrderRefused)."""
+        """The checks of a new order against what its account has free (a stop's trigger
+        against its symbol's ``last`` trade price, when known); what to write if it
+        passes (else OrderRefused)."""
+        order_type = OrderType(request.type)
+        stop = order_type in (OrderType.STOP, OrderType.STOP_LIMIT)
         order = OrderRequest(
             request.symbol,
             Side[request.side],
-            OrderType(request.type),
+            order_type,
             request.quantity,
             request.price,
             Tif[request.time_in_force] if request.time_in_force else None,
+            request.trigger_price,
+            request.disclosed_quantity or 0,
         )
         instrument = self.market.get(request.symbol)
         hold = check_order(
@@ -381,13 +400,14 @@ class OrderEntry:
             now,
             free,
             fees=self.fees,
+            last_price=last.get(request.symbol) if stop else None,  # read for stops only
             protection_percent=self.protection_percent,
         )
         if isinstance(hold, RiskRejection):
             raise OrderRefused(hold.code, hold.message)
         assert instrument is not None  # check_order refuses an unknown symbol
         limit_ticks = instrument.to_ticks(request.price) if request.price is not None else None
-        price, market = _engine_price(limit_ticks, hold, instrument)
+        price, market = _engine_price(order_type, limit_ticks, hold, instrument)
         order_id = facts.new_order_id
         assert order_id is not None  # drawn for every new key
         payload = encode(
@@ -401,6 +421,9 @@ class OrderEntry:
                 market=market,
                 tif=hold.time_in_force,
                 ts=_nanoseconds(now),
+                stop=stop,
+                trigger=hold.trigger_ticks or 0,
+                disclosed=request.disclosed_quantity or 0,
             )
         )
         params = {
@@ -416,7 +439,13 @@ class OrderEntry:
             "type": request.type,
             "tif": hold.time_in_force.name,
             "price": instrument.ticks_to_paise(limit_ticks) if limit_ticks is not None else None,
+            "trigger": (
+                instrument.ticks_to_paise(hold.trigger_ticks)
+                if hold.trigger_ticks is not None
+                else None
+            ),
             "quantity": request.quantity,
+            "disclosed": request.disclosed_quantity or 0,
             "hold": hold.cash or hold.shares,
             "hold_price": hold.price_ticks or 0,
             "cash": hold.cash,
@@ -551,14 +580,28 @@ async def _returned_id(
     return value
 
 
+async def _last_prices(
+    conn: AsyncConnection, requests: Sequence[PlaceOrderRequest]
+) -> dict[str, Decimal]:
+    """The last trade price (rupees) of each symbol the stops among ``requests`` are for,
+    when it has traded; no round trip without stops."""
+    symbols = sorted({r.symbol for r in requests if r.type in _STOPS})
+    if not symbols:
+        return {}
+    rows = await (await conn.execute(_LAST_PRICES, (symbols,))).fetchall()
+    return {symbol: Decimal(paise).scaleb(-2) for symbol, paise in rows if paise is not None}
+
+
 def _engine_price(
-    limit_ticks: int | None, hold: Hold, instrument: MarketInstrument
+    order_type: OrderType, limit_ticks: int | None, hold: Hold, instrument: MarketInstrument
 ) -> tuple[int, bool]:
     """(price in ticks, market?) of the engine order. A market buy held below the band's
-    top must never fill above its hold, so it goes as an IOC/FOK limit at that price."""
+    top must never fill above its hold, so it goes as an IOC/FOK limit at that price
+    (a stop-market buy and a pre-open market buy are held at the top: they go as they
+    are)."""
     if limit_ticks is not None:
         return limit_ticks, False
-    if hold.price_ticks and hold.price_ticks < instrument.high:
+    if order_type is OrderType.MARKET and hold.price_ticks and hold.price_ticks < instrument.high:
         return hold.price_ticks, False
     return 0, True
 
@@ -566,6 +609,9 @@ def _engine_price(
 def _fingerprint(request: PlaceOrderRequest) -> str:
     body = msgspec.to_builtins(request)
     body.pop("idempotencyKey", None)
+    for added in ("triggerPrice", "disclosedQuantity"):  # absent: the hash as before them
+        if body[added] is None:
+            del body[added]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

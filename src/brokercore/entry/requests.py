@@ -26,13 +26,19 @@ MAX_QUANTITY = 10**9
 
 
 class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    """A new order: ``price`` is the limit (LIMIT, STOP_LIMIT), ``trigger_price`` a
+    stop's trigger (STOP, STOP_LIMIT), ``disclosed_quantity`` the part of a limit order
+    the market sees at a time (an iceberg)."""
+
     symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     side: Literal["BUY", "SELL"]
-    type: Literal["LIMIT", "MARKET"]
+    type: Literal["LIMIT", "MARKET", "STOP", "STOP_LIMIT"]
     quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)]
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     price: Decimal | None = None
     time_in_force: Literal["GTC", "DAY", "IOC", "FOK"] | None = None
+    trigger_price: Decimal | None = None
+    disclosed_quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)] | None = None
 
 
 class OrderAccepted(msgspec.Struct, rename="camel", frozen=True):
