@@ -193,6 +193,8 @@ class ServiceSettings:
     dead_letter_retry_interval: float = 300.0  # seconds between the reconciler's retries
     ws_queue_size: int = 1000  # messages a slow WebSocket may fall behind
     ws_heartbeat: float = 15.0  # seconds between pings; 2 missed = gone
+    day: Literal["calendar", "compressed"] = "calendar"  # the session scheduler's days
+    scheduler_secret: str | None = None  # the key of the uncross moments (session_plan)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServiceSettings:
@@ -212,5 +214,6 @@ class ServiceSettings:
             ),
             jwt_rs256_public_key=(Path(public_key_file).read_text() if public_key_file else None),
             push_url=env.get("BROKERCORE_PUSH_URL") or None,
+            scheduler_secret=env.get("BROKERCORE_SCHEDULER_SECRET") or None,
             replica_url=env.get("BROKERCORE_REPLICA_URL") or None,
         )

@@ -36,6 +36,8 @@ SERVICE_ENV = {
     "BROKERCORE_WS_HEARTBEAT": "1",
     "BROKERCORE_REPLICA_URL": "postgresql://u@replica:5432/b",
     "BROKERCORE_REPLICA_MAX_LAG": "0.5",
+    "BROKERCORE_DAY": "compressed",
+    "BROKERCORE_SCHEDULER_SECRET": "uncross",
 }
 
 
@@ -73,6 +75,8 @@ def test_every_service_variable_sets_its_field():
         ws_heartbeat=1.0,
         replica_url="postgresql://u@replica:5432/b",
         replica_max_lag=0.5,
+        day="compressed",
+        scheduler_secret="uncross",
     )
     # every field but the two worked out from other variables is set by the table above
     unset = [

@@ -35,6 +35,11 @@ SERVICES = {
     "monitor": ServiceSpec(
         "monitor", False, "job: every consumer's lag, logged; a WARNING past the bound"
     ),
+    "scheduler": ServiceSpec(
+        "scheduler",
+        False,
+        "job: the trading day's pre-open, uncross, open and close, once per symbol and day",
+    ),
     "reconciler": ServiceSpec(
         "reconciler",
         False,

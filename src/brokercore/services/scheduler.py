@@ -1,0 +1,147 @@
+"""The session scheduler: publishes each symbol's pre-open, uncross, open and close into
+its partition of ``orders`` at the planned times, exactly once per symbol and day.
+
+    brokercore service scheduler [--once] [--pre-open S --uncross-window S --trading S --closed S]
+
+The plan (brokercore.broker.session_plan) comes from the instruments' calendar
+(BROKERCORE_INSTRUMENTS, BROKERCORE_CALENDAR: the always-open calendar has no steps, so
+the scheduler only waits), or with BROKERCORE_DAY=compressed from a compressed day of
+every symbol (the flags' seconds: pre-open, the uncross's window at its end, trading,
+closed). BROKERCORE_SCHEDULER_SECRET is the key of the random uncross moments (dev mode:
+a public development key). Publishing is brokercore.kafka.session_log's: any number of
+schedulers may run, and one restarted at any moment sends what is missing, nothing
+twice. ``--once`` publishes what is due now and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from brokercore.broker.market import load_market
+from brokercore.broker.session_plan import CalendarPlan, CompressedDay, DayPlan, due
+from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.faults.backoff import Backoff, transient
+from brokercore.kafka.placement import shard_plan
+from brokercore.kafka.session_log import SessionPublisher, ensure_session_log
+from brokercore.services.consumer import Run, run_consumer
+
+log = logging.getLogger("brokercore.scheduler")
+
+DEV_SCHEDULER_SECRET = "brokercore-development-uncross-key"
+"""The uncross key of dev mode (BROKERCORE_DEV_MODE=1): public, so never in production."""
+MAX_SLEEP = 60.0
+"""Seconds between looks at the plan when nothing is due sooner (a clock that jumps)."""
+
+
+def scheduler_secret(settings: ServiceSettings) -> bytes:
+    """The uncross key; ValueError (bad settings) if there is none outside dev mode."""
+    if settings.scheduler_secret:
+        return settings.scheduler_secret.encode()
+    if settings.dev_mode:
+        return DEV_SCHEDULER_SECRET.encode()
+    raise ValueError("BROKERCORE_SCHEDULER_SECRET is not set: the uncross moments need a key")
+
+
+def schedule(
+    plan: DayPlan,
+    symbols: Sequence[str],
+    publisher: SessionPublisher,
+    stop: threading.Event,
+    *,
+    once: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> int:
+    """Publish the plan's steps as they come due until ``stop`` is set (one round if
+    ``once``); how many it published. Kafka being away is waited out."""
+    backoff = Backoff("scheduler: Kafka", log)
+    total = 0
+    while not stop.is_set():
+        try:
+            steps, upcoming = due(plan, symbols, publisher.published, clock())
+            done = publisher.publish(steps)
+        except Exception as e:
+            if once or not transient(e):
+                raise
+            if backoff.wait(e, stop):
+                break
+            continue
+        backoff.recovered()
+        for step in done:
+            log.info(
+                "%s %s of %s (planned %s)",
+                step.symbol,
+                step.transition,
+                step.day,
+                step.at.isoformat(timespec="milliseconds"),
+            )
+        total += len(done)
+        if once:
+            break
+        wait = MAX_SLEEP if upcoming is None else (upcoming - clock()).total_seconds()
+        stop.wait(min(max(wait, 0.0), MAX_SLEEP))
+    return total
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="brokercore service scheduler", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="publish what is due, then exit")
+    compressed = CompressedDay((), b"")
+    for name, default in (
+        ("pre-open", compressed.pre_open),
+        ("uncross-window", compressed.uncross_window),
+        ("trading", compressed.trading),
+        ("closed", compressed.closed),
+    ):
+        parser.add_argument(
+            f"--{name}",
+            type=float,
+            default=default,
+            help="seconds of a compressed day (BROKERCORE_DAY=compressed; default %(default)s)",
+        )
+    args = parser.parse_args(argv)
+
+    def prepare(kafka: KafkaSettings, settings: ServiceSettings) -> Run:
+        market = load_market(settings.instruments, settings.calendar)
+        routes = shard_plan(kafka, market.values())
+        secret = scheduler_secret(settings)
+        symbols = sorted(market)  # disabled ones too: their DAY orders expire at the close
+        plan: DayPlan
+        if settings.day == "compressed":
+            plan = CompressedDay(
+                symbols, secret, args.pre_open, args.uncross_window, args.trading, args.closed
+            )
+        else:
+            plan = CalendarPlan({s: market[s].session for s in symbols}, secret)
+
+        def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> int:
+            backoff = Backoff("scheduler: Kafka", log)
+            while True:
+                try:
+                    ensure_session_log(kafka)
+                    break
+                except Exception as e:
+                    if not transient(e):
+                        raise
+                    if backoff.wait(e, stop):
+                        return 0
+            log.info(
+                "scheduler: %d symbols, %s days (%s calendar)",
+                len(symbols),
+                settings.day,
+                settings.calendar,
+            )
+            publisher = SessionPublisher(kafka, routes)
+            try:
+                total = schedule(plan, symbols, publisher, stop, once=args.once)
+            finally:
+                publisher.close()
+            log.info("scheduler: %d steps published", total)
+            return 0
+
+        return run
+
+    return run_consumer("scheduler", prepare)
