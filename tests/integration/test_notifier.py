@@ -298,7 +298,10 @@ async def running_notifier(settings: ServiceSettings, kafka: KafkaSettings | Non
 
 
 def test_each_kind_is_rendered_for_the_owner_of_the_order():
-    owners = {1: OrderOwner("alice", 11, "BUY", 10), 2: OrderOwner("bob", 12, "SELL", 10)}
+    owners = {
+        1: OrderOwner("alice", 11, "BUY", 10, "LIMIT"),
+        2: OrderOwner("bob", 12, "SELL", 10, "LIMIT"),
+    }
     price = ticks("15000.00")
 
     def told(e):
@@ -989,7 +992,8 @@ def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push,
 
 def test_preferences_and_devices_over_rest(database, push):
     settings = notifier_settings(database, push)
-    defaults = {k: "IN_APP" for k in ("FILL", "CANCELLED", "EXPIRED", "REJECTED", "PRICE_ALERT")}
+    kinds = ("FILL", "TRIGGERED", "CANCELLED", "EXPIRED", "REJECTED", "PRICE_ALERT")
+    defaults = {k: "IN_APP" for k in kinds}
 
     async def scenario():
         async with Rest(settings) as rest:

@@ -26,7 +26,14 @@ from brokercore.consumers.projector import (
 )
 from brokercore.engine.records import EventType, Reason, Side, Stp, Tif
 from brokercore.kafka.messages import AmendOrder, EventBatch, NewOrder, encode
-from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
+from brokercore.read.candles import (
+    AUCTION_SQL,
+    DEPTH_LEVELS,
+    DEPTH_SQL,
+    LAST_PRICE_SQL,
+    PHASES_SQL,
+    book_update,
+)
 from brokercore.realtime.channels import (
     BookUpdate,
     OrderUpdate,
@@ -121,8 +128,17 @@ def engine_depth(v: Venue) -> list[tuple]:
 
 
 def current_book(conn, symbol: str = SYMBOL) -> BookUpdate:
+    """The BOOK message of the symbol from the read model, as the query service reads it."""
     last = conn.execute(LAST_PRICE_SQL, {"symbol": symbol}).fetchone()
-    return book_update(symbol, depth(conn, symbol), last[0] if last else None)
+    phase = conn.execute(PHASES_SQL, {"symbols": [symbol]}).fetchone()
+    auction = conn.execute(AUCTION_SQL, {"symbols": [symbol]}).fetchall()
+    return book_update(
+        symbol,
+        depth(conn, symbol),
+        last[0] if last else None,
+        phase[1] if phase else "OPEN",
+        [row[1:] for row in auction],
+    )
 
 
 _KEYS = {

@@ -313,14 +313,14 @@ def dataset(database):
             ],
         )
         conn.cursor().executemany(
-            "INSERT INTO read_model.book_orders (order_id, symbol, side, price, open_quantity) "
-            "VALUES (%s, 'RELIANCE', %s, %s, %s)",
+            "INSERT INTO read_model.book_orders (order_id, symbol, side, price, open_quantity, "
+            "shown_quantity) VALUES (%s, 'RELIANCE', %s, %s, %s, %s)",
             [
-                (1, "BUY", 250000, 4),
-                (2, "BUY", 250000, 6),
-                (3, "BUY", 249995, 5),
-                (4, "SELL", 250050, 7),
-                (5, "SELL", 250100, 1),
+                (1, "BUY", 250000, 4, 4),
+                (2, "BUY", 250000, 6, 6),
+                (3, "BUY", 249995, 5, 5),
+                (4, "SELL", 250050, 7, 7),
+                (5, "SELL", 250100, 1, 1),
             ],
         )
         conn.cursor().executemany(
@@ -372,6 +372,8 @@ def test_orders_come_newest_first_in_pages_with_the_total(dataset):
         "rejectReason": None,
         "createdAt": iso(60),
         "updatedAt": iso(65),
+        "triggerPrice": None,
+        "disclosedQuantity": 0,
     }
     assert (by_id[101]["avgPrice"], by_id[103]["price"], by_id[104]["rejectReason"]) == (
         "2500.1234",
@@ -488,6 +490,8 @@ def test_read_your_writes_orders_the_read_model_has_not_seen(dataset):
         "rejectReason": None,
         "createdAt": iso(360),
         "updatedAt": iso(365),
+        "triggerPrice": None,
+        "disclosedQuantity": 0,
         "fills": [],
     }
     # settlement ran ahead of the projector: the write table's state, with its fills
@@ -793,6 +797,9 @@ def test_market_data_from_the_read_model_or_the_projectors_copy(dataset):
         "bestBid": bids[0],
         "bestAsk": asks[0],
         "lastPrice": "2500.00",
+        "phase": "OPEN",
+        "halted": False,
+        "indicative": None,
     }
     assert empty == {
         "type": "BOOK",
@@ -802,6 +809,9 @@ def test_market_data_from_the_read_model_or_the_projectors_copy(dataset):
         "bestBid": None,
         "bestAsk": None,
         "lastPrice": None,
+        "phase": "OPEN",
+        "halted": False,
+        "indicative": None,
     }
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "UNKNOWN_SYMBOL"
     assert kept["lastPrice"] == "2600.00" and kept["bids"] == []

@@ -15,6 +15,16 @@ first; a resting order filled by three later commands shows three updates. (A co
 whose events straddle two messages, as only a transaction of over 8,192 events makes,
 and that two batches apply, shows one more update, where the first batch ended.)
 
+The trading day (docs/engine.md): a waiting stop is TRIGGER_PENDING until its TRIGGERED
+(then OPEN, and it matches like a new order); an uncross's trades fill both orders and
+its AMENDED makes a waiting market order a limit at the opening price. The market data
+follows the engine's views at command boundaries: ``book_orders`` holds each order's
+shown part (an iceberg's current peak: a maker's trades take it down, and at 0 the next
+peak is shown; a taker that rests, or an order an uncross filled in part, shows
+min(disclosed, open)) and the market orders waiting for an uncross (no price);
+``phases`` holds each symbol's phase from the session events, and in PRE_OPEN the BOOK
+message carries the indicative opening, recomputed whenever the book changes.
+
 Like settlement, it loads the rows a batch touches, applies the events in memory (the
 same reading of each event as ``brokercore.consumers.settlement``) and writes the rows back with a
 few set-based statements, pipelined, so a batch costs a handful of round trips whatever
@@ -55,10 +65,17 @@ from brokercore.broker.market import MarketInstrument, load_market
 from brokercore.broker.money import average_fill_price, average_price, rupees
 from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, event_time, trade_id
 from brokercore.consumers.pg_consumer import Message, claim_offsets, run_pg_consumer, store_offsets
-from brokercore.engine.records import EventType, Op, Reason, Side
+from brokercore.engine.records import EventType, Op, Phase, Reason, Side
 from brokercore.kafka.messages import Event
 from brokercore.read.cache import Invalidator
-from brokercore.read.candles import DEPTH_LEVELS, DEPTH_SQL, LAST_PRICE_SQL, book_update
+from brokercore.read.candles import (
+    AUCTION_SQL,
+    DEPTH_LEVELS,
+    DEPTH_SQL,
+    LAST_PRICE_SQL,
+    PHASES_SQL,
+    book_update,
+)
 from brokercore.realtime.channels import (
     BookUpdate,
     OrderUpdate,
@@ -109,7 +126,23 @@ class ProjectorStats:
         )
 
 
-_ENDED_BY = (EventType.REJECTED, EventType.OPENED, EventType.CLOSED, EventType.REBANDED)
+_ENDED_BY = (
+    EventType.REJECTED,
+    EventType.OPENED,
+    EventType.CLOSED,
+    EventType.REBANDED,
+    EventType.PRE_OPENED,
+    EventType.HALTED,
+)
+
+_PHASE_OF = {
+    EventType.OPENED: Phase.OPEN,
+    EventType.PRE_OPENED: Phase.PRE_OPEN,
+    EventType.HALTED: Phase.HALTED,
+    EventType.CLOSED: Phase.CLOSED,
+}
+"""The phase a book is in after each session event (an UNCROSSED is followed by the
+uncross's OPENED)."""
 
 
 def _starts_command(e: Event, previous: Event | None) -> bool:
@@ -117,12 +150,14 @@ def _starts_command(e: Event, previous: Event | None) -> bool:
     the same symbol (docs/engine.md). A book applies one command at a time, so the events
     of a command are consecutive and begin with: the new order's ACCEPTED, a REJECTED
     (a command's only event), a cancel's or an open's only event, an amend's AMENDED of
-    its own order (a self-trade's AMENDED says SELF_TRADE), or the first event of a close
-    or re-band, which follows a command of another op or one ended by its last event."""
+    its own order (a self-trade's AMENDED says SELF_TRADE), or the first event of a close,
+    re-band or uncross, which follows a command of another op or one ended by its last
+    event. An uncross's OPENED is not its last: the stops its trades reached enter after
+    it, and a stop's TRIGGERED goes on the command that triggered it."""
     return (
         previous is None
         or previous.op != e.op
-        or previous.type in _ENDED_BY
+        or (previous.type in _ENDED_BY and previous.op != Op.UNCROSS)
         or e.type in (EventType.ACCEPTED, EventType.REJECTED)
         or e.op in (Op.CANCEL, Op.OPEN)
         or (e.type == EventType.AMENDED and e.op == Op.AMEND and e.reason == Reason.NONE)
@@ -144,6 +179,8 @@ class _Order:
     type: str
     time_in_force: str
     created_at: datetime
+    trigger_price: int | None  # paise, a stop's (the OMS's, amends included)
+    disclosed_qty: int  # an iceberg's disclosed quantity (the OMS's), 0: none
     price: int | None
     quantity: int
     filled_quantity: int
@@ -166,12 +203,19 @@ class _Position:
 
 @dataclass
 class _Resting:
-    """A read_model.book_orders row."""
+    """A read_model.book_orders row (price None: a market order waiting for an uncross)."""
 
     symbol: str
     side: str
-    price: int
+    price: int | None
     open_quantity: int
+    shown_quantity: int
+    disclosed_quantity: int = 0  # an iceberg's peak, 0: a plain order
+
+    def show(self) -> None:
+        """The next peak of an iceberg (a plain order shows all that is open)."""
+        d = self.disclosed_quantity
+        self.shown_quantity = min(d, self.open_quantity) if d else self.open_quantity
 
 
 @dataclass
@@ -189,11 +233,14 @@ class _Batch:
     push: Publication = field(default_factory=Publication)
     # per symbol, the orders its command in progress changed (and its Kafka timestamp)
     commands: dict[str, dict[int, tuple[_Order, int]]] = field(default_factory=dict)
+    takers: dict[str, int] = field(default_factory=dict)  # per symbol, the matching order
+    phases: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)  # to write
 
 
 _LOAD_ORDERS = """
 SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_force,
-       o.created_at, CASE WHEN r.order_id IS NULL THEN o.price ELSE r.price END,
+       o.created_at, o.trigger_price, o.disclosed_qty,
+       CASE WHEN r.order_id IS NULL THEN o.price ELSE r.price END,
        coalesce(r.quantity, o.quantity), coalesce(r.filled_quantity, 0),
        coalesce(r.filled_notional, 0), coalesce(r.status, 'PENDING'), r.reject_reason,
        coalesce(r.updated_at, o.created_at), coalesce(r.last_update_id, 0),
@@ -210,12 +257,13 @@ _UPDATES_SEQUENCE = "read_model.order_updates_update_id_seq"
 
 # An order row's columns that events change (the ones an update writes), then the others.
 _CHANGING = """order_id, price, quantity, filled_quantity, filled_notional, avg_price, status,
-    reject_reason, fills, updated_at, last_update_id"""
+    reject_reason, fills, updated_at, last_update_id, trigger_price, disclosed_qty"""
 _CHANGING_ARRAYS = """%b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
     %b::text[]::numeric[], %b::text[], %b::text[], %b::text[]::jsonb[], %b::timestamptz[],
-    %b::bigint[]"""
+    %b::bigint[], %b::bigint[], %b::bigint[]"""
 _CHANGING_COUNT = _CHANGING.count(",") + 1
 _FIXED = "user_id, account_id, symbol, side, type, time_in_force, created_at"
+_ORDER_WIDTH = _CHANGING_COUNT + _FIXED.count(",") + 1
 _FIXED_ARRAYS = (
     "%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[]"
 )
@@ -228,7 +276,8 @@ _UPDATE_ORDERS = f"""
 UPDATE read_model.orders o SET price = u.price, quantity = u.quantity,
     filled_quantity = u.filled_quantity, filled_notional = u.filled_notional,
     avg_price = u.avg_price, status = u.status, reject_reason = u.reject_reason,
-    fills = o.fills || u.fills, updated_at = u.updated_at, last_update_id = u.last_update_id
+    fills = o.fills || u.fills, updated_at = u.updated_at, last_update_id = u.last_update_id,
+    trigger_price = u.trigger_price, disclosed_qty = u.disclosed_qty
   FROM unnest({_CHANGING_ARRAYS}) AS u ({_CHANGING})
  WHERE o.order_id = u.order_id"""
 
@@ -243,10 +292,19 @@ ON CONFLICT (user_id, symbol) DO UPDATE SET quantity = EXCLUDED.quantity,
     avg_price = EXCLUDED.avg_price, updated_at = now()"""
 
 _WRITE_BOOK = """
-INSERT INTO read_model.book_orders (order_id, symbol, side, price, open_quantity)
-SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[])
+INSERT INTO read_model.book_orders (order_id, symbol, side, price, open_quantity,
+    shown_quantity, disclosed_quantity)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
+    %b::bigint[], %b::bigint[])
 ON CONFLICT (order_id) DO UPDATE SET price = EXCLUDED.price,
-    open_quantity = EXCLUDED.open_quantity"""
+    open_quantity = EXCLUDED.open_quantity, shown_quantity = EXCLUDED.shown_quantity,
+    disclosed_quantity = EXCLUDED.disclosed_quantity"""
+
+_WRITE_PHASES = """
+INSERT INTO read_model.phases (symbol, phase, seq, changed_at)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[])
+ON CONFLICT (symbol) DO UPDATE SET phase = EXCLUDED.phase, seq = EXCLUDED.seq,
+    changed_at = EXCLUDED.changed_at"""
 
 _WRITE_TRADES = """
 INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, executed_at)
@@ -257,7 +315,7 @@ ON CONFLICT DO NOTHING"""
 
 # The books of the symbols whose market data changed: DEPTH_SQL and LAST_PRICE_SQL for
 # all of them in one statement each (a symbol that traded in the batch has its last price
-# from the batch).
+# from the batch); PHASES_SQL and AUCTION_SQL take the symbols as they are.
 _BOOKS_SQL = f"""
 SELECT s.symbol, d.* FROM unnest(%(symbols)s::text[]) AS s (symbol)
 CROSS JOIN LATERAL ({DEPTH_SQL.replace("%(symbol)s", "s.symbol")}) AS d"""
@@ -265,6 +323,10 @@ CROSS JOIN LATERAL ({DEPTH_SQL.replace("%(symbol)s", "s.symbol")}) AS d"""
 _LAST_PRICES_SQL = f"""
 SELECT s.symbol, ({LAST_PRICE_SQL.replace("%(symbol)s", "s.symbol")})
   FROM unnest(%(symbols)s::text[]) AS s (symbol)"""
+
+_STOPS = (Op.STOP, Op.STOP_LIMIT)
+_NEW_ORDERS = (Op.LIMIT, Op.MARKET, *_STOPS)
+_PRICED = ("LIMIT", "STOP_LIMIT")  # order types whose price is a limit
 
 _fills = msgspec.json.Encoder().encode
 
@@ -287,6 +349,8 @@ def _order_row(o: _Order) -> tuple[object, ...]:
         _fills(o.new_fills).decode(),
         o.updated_at,
         o.last_update_id,
+        o.trigger_price,
+        o.disclosed_qty,
         o.user_id,
         o.account_id,
         o.symbol,
@@ -346,7 +410,7 @@ class ProjectorConsumer:
             stats.messages = len(fresh)
             stats.events = sum(len(m.batch.events) for m in fresh)
             events = [(e, m.timestamp_ms) for m in fresh for e in m.batch.events]
-            if any(e.order_id > 0 for e, _ in events):  # session events change no order
+            if any(e.order_id > 0 or e.type in _PHASE_OF for e, _ in events):
                 batch = self._load(conn, [e for e, _ in events if e.order_id > 0])
                 previous: dict[str, Event] = {}
                 for event, event_time_ms in events:
@@ -355,6 +419,10 @@ class ProjectorConsumer:
                     previous[event.symbol] = event
                     if event.order_id > 0:
                         self._event(batch, event, event_time_ms)
+                    elif event.type in _PHASE_OF:
+                        phase = _PHASE_OF[event.type].name
+                        batch.phases[event.symbol] = (phase, event.seq, event_time(event.ts))
+                        batch.symbols.add(event.symbol)
                 for symbol in list(batch.commands):
                     self._command_done(batch, symbol)
                 self._write(conn, batch)
@@ -421,8 +489,8 @@ class ProjectorConsumer:
         with conn.pipeline():
             orders = conn.execute(_LOAD_ORDERS, (ids,))
             book = conn.execute(
-                "SELECT order_id, symbol, side, price, open_quantity FROM "
-                "read_model.book_orders WHERE order_id = ANY(%s)",
+                "SELECT order_id, symbol, side, price, open_quantity, shown_quantity, "
+                "disclosed_quantity FROM read_model.book_orders WHERE order_id = ANY(%s)",
                 (ids,),
             )
             known = conn.execute(
@@ -456,23 +524,19 @@ class ProjectorConsumer:
                 b.known_trades.add(tid)
                 self._trade(b, e, tid, event_time_ms)
             return
-        if kind == EventType.ACCEPTED and e.op == Op.LIMIT:
-            b.book[e.order_id] = _Resting(
-                e.symbol, Side(e.side).name, self._paise(e.symbol, e.price), e.remaining
-            )
-            self._rested(b, e.order_id)
-        elif kind in (EventType.CANCELLED, EventType.EXPIRED):
-            self._rested(b, e.order_id, 0)
-        elif kind == EventType.AMENDED:
-            self._rested(b, e.order_id, e.remaining, self._paise(e.symbol, e.price))
         order = self._ours(b, e.order_id, e.account)
+        self._book_event(b, e, order)
         if order is None:
             return
         if kind == EventType.ACCEPTED:
             if order.status == "PENDING":
+                order.status = "TRIGGER_PENDING" if e.op in _STOPS else "OPEN"
+                self._changed(b, e, order, event_time_ms)
+        elif kind == EventType.TRIGGERED:
+            if order.status == "TRIGGER_PENDING":
                 order.status = "OPEN"
                 self._changed(b, e, order, event_time_ms)
-        elif kind == EventType.REJECTED and e.op not in (Op.LIMIT, Op.MARKET):
+        elif kind == EventType.REJECTED and e.op not in _NEW_ORDERS:
             return  # a refused cancel or amend: the order stays as it is
         elif kind in END_STATUS:
             if kind == EventType.REJECTED and (
@@ -484,10 +548,66 @@ class ProjectorConsumer:
                 order.reject_reason = Reason(e.reason).name if e.reason != Reason.NONE else None
                 self._changed(b, e, order, event_time_ms)
         elif kind == EventType.AMENDED:
-            if order.type == "LIMIT":  # a market order's engine price is its cap
+            # a market order's engine price is its cap, until an uncross makes it a limit
+            if order.type in _PRICED or e.op == Op.UNCROSS:
                 order.price = self._paise(order.symbol, e.price)
             order.quantity = order.filled_quantity + e.qty
             self._changed(b, e, order, event_time_ms)
+
+    def _book_event(self, b: _Batch, e: Event, order: _Order | None) -> None:
+        """What an order's event (not a trade) does to the book as the market sees it."""
+        kind = e.type
+        if kind in (EventType.ACCEPTED, EventType.TRIGGERED):
+            b.takers[e.symbol] = e.order_id
+            if e.op == Op.MARKET or (kind == EventType.TRIGGERED and e.price != 0):
+                # a market order (it waits when the book is in PRE_OPEN) or a triggered
+                # stop-limit: on the book until filled, cancelled or expired
+                price = None if kind == EventType.ACCEPTED else self._paise(e.symbol, e.price)
+                b.book[e.order_id] = _Resting(
+                    e.symbol, Side(e.side).name, price, e.remaining, e.remaining
+                )
+                self._rested(b, e.order_id)
+            elif kind == EventType.ACCEPTED and e.op == Op.LIMIT:
+                disclosed = order.disclosed_qty if order is not None else 0
+                limit = _Resting(
+                    e.symbol,
+                    Side(e.side).name,
+                    self._paise(e.symbol, e.price),
+                    e.remaining,
+                    0,
+                    disclosed,
+                )
+                limit.show()
+                b.book[e.order_id] = limit
+                self._rested(b, e.order_id)
+        elif kind in (EventType.CANCELLED, EventType.EXPIRED):
+            self._rested(b, e.order_id, 0)
+        elif kind == EventType.AMENDED:
+            resting = b.book.get(e.order_id)
+            if resting is None:
+                return  # a waiting stop
+            price = self._paise(e.symbol, e.price)
+            if e.reason == Reason.SELF_TRADE and b.takers.get(e.symbol) != e.order_id:
+                self._made(resting, resting.open_quantity - e.remaining)  # a maker's decrement
+            elif e.op == Op.AMEND and e.reason == Reason.NONE:
+                b.takers[e.symbol] = e.order_id
+                # an amend keeps its place (and what it shows, at most the new quantity)
+                # when only the quantity went down; else it shows a new peak
+                new_peak = order is not None and order.disclosed_qty != resting.disclosed_quantity
+                in_place = (
+                    not new_peak and price == resting.price and e.remaining <= resting.open_quantity
+                )
+                if new_peak and order is not None:
+                    resting.disclosed_quantity = order.disclosed_qty
+                resting.open_quantity = e.remaining
+                if in_place:
+                    resting.shown_quantity = min(resting.shown_quantity, e.remaining)
+                else:
+                    resting.show()
+            else:  # the taker's self-trade decrement, or an uncross's market order
+                resting.open_quantity = e.remaining
+                resting.show()
+            self._rested(b, e.order_id, e.remaining, price)
 
     def _trade(self, b: _Batch, e: Event, tid: str, event_time_ms: int) -> None:
         price = self._paise(e.symbol, e.price)
@@ -496,8 +616,20 @@ class ProjectorConsumer:
         b.last_prices[e.symbol] = price  # a symbol's trades come in their order
         b.push.ticks.append(TradeTick(tid, e.symbol, rupees(price), e.qty, when.isoformat()))
         b.symbols.add(e.symbol)
-        self._rested(b, e.order_id, e.remaining)
-        self._rested(b, e.other_id, e.other_remaining)
+        # a taker (and both orders of an uncross) shows min(disclosed, open) when it
+        # rests; a maker's trade takes its shown part down
+        for order_id, remaining, maker in (
+            (e.order_id, e.remaining, False),
+            (e.other_id, e.other_remaining, e.op != Op.UNCROSS),
+        ):
+            resting = b.book.get(order_id)
+            if resting is not None and remaining > 0:
+                if maker:
+                    self._made(resting, resting.open_quantity - remaining)
+                else:
+                    resting.open_quantity = remaining
+                    resting.show()
+            self._rested(b, order_id, remaining)
         fill = {"tradeId": tid, "price": rupees(price), "quantity": e.qty, "time": when.isoformat()}
         for order_id, account, remaining in (
             (e.order_id, e.account, e.remaining),
@@ -524,6 +656,15 @@ class ProjectorConsumer:
         """The order of ours the event names (same id *and* account), if any."""
         order = b.orders.get(order_id)
         return order if order is not None and order.account_id == account else None
+
+    @staticmethod
+    def _made(resting: _Resting, quantity: int) -> None:
+        """A resting order gave up ``quantity`` as a maker (a trade or a self-trade
+        decrement, at most its shown part): the next peak shows when this one is gone."""
+        resting.open_quantity -= quantity
+        resting.shown_quantity -= quantity
+        if resting.shown_quantity <= 0:
+            resting.show()
 
     @staticmethod
     def _rested(
@@ -601,16 +742,17 @@ class ProjectorConsumer:
             if p.changed
         ]
         book = [
-            (i, r.symbol, r.side, r.price, r.open_quantity)
+            (i, r.symbol, r.side, r.price, r.open_quantity, r.shown_quantity, r.disclosed_quantity)
             for i, r in sorted(b.book.items())
             if i in b.book_written
         ]
+        phases = [(symbol, *phase) for symbol, phase in sorted(b.phases.items())]
         symbols = sorted(b.symbols)
         with conn.pipeline():
             if stored:
-                conn.execute(_UPDATE_ORDERS, _columns(stored, 18)[:_CHANGING_COUNT])
+                conn.execute(_UPDATE_ORDERS, _columns(stored, _ORDER_WIDTH)[:_CHANGING_COUNT])
             if new:
-                conn.execute(_INSERT_ORDERS, _columns(new, 18))
+                conn.execute(_INSERT_ORDERS, _columns(new, _ORDER_WIDTH))
             if rows:
                 conn.execute(_WRITE_UPDATES, _columns(rows, 4))
                 conn.execute("SELECT setval(%s, %s)", (_UPDATES_SEQUENCE, rows[-1][0]))
@@ -620,19 +762,33 @@ class ProjectorConsumer:
             if gone:
                 conn.execute("DELETE FROM read_model.book_orders WHERE order_id = ANY(%s)", (gone,))
             if book:
-                conn.execute(_WRITE_BOOK, _columns(book, 5))
+                conn.execute(_WRITE_BOOK, _columns(book, 7))
             if b.trades:
                 conn.execute(_WRITE_TRADES, _columns(b.trades, 6))
+            if phases:
+                conn.execute(_WRITE_PHASES, _columns(phases, 4))
             depth = conn.execute(_BOOKS_SQL, {"symbols": symbols, "levels": DEPTH_LEVELS})
             untraded = [symbol for symbol in symbols if symbol not in b.last_prices]
             older = conn.execute(_LAST_PRICES_SQL, {"symbols": untraded}) if untraded else None
+            stored_phases = conn.execute(PHASES_SQL, {"symbols": symbols})
+            auctions = conn.execute(AUCTION_SQL, {"symbols": symbols})
             levels: dict[str, list[tuple[str, int, int]]] = {symbol: [] for symbol in symbols}
             for symbol, side, price, quantity in depth.fetchall():
                 levels[symbol].append((side, price, quantity))
             prices = dict(b.last_prices)
             prices.update(older.fetchall() if older is not None else [])
+            phase_of: dict[str, str] = dict(stored_phases.fetchall())
+            auction: dict[str, list[tuple[str, int | None, int]]] = {s: [] for s in symbols}
+            for symbol, side, price, quantity in auctions.fetchall():
+                auction[symbol].append((side, price, quantity))
             for symbol in symbols:
-                b.push.books[symbol] = book_update(symbol, levels[symbol], prices[symbol])
+                b.push.books[symbol] = book_update(
+                    symbol,
+                    levels[symbol],
+                    prices[symbol],
+                    phase_of.get(symbol, Phase.OPEN.name),
+                    auction[symbol],
+                )
 
 
 def run_projector(

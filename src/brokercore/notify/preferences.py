@@ -32,6 +32,7 @@ class Preferences(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     replaces them all: a kind it leaves out is IN_APP again."""
 
     FILL: Channel = "IN_APP"
+    TRIGGERED: Channel = "IN_APP"
     CANCELLED: Channel = "IN_APP"
     EXPIRED: Channel = "IN_APP"
     REJECTED: Channel = "IN_APP"

@@ -2,10 +2,11 @@
 concern, and price alert fires told to the alerts' owners.
 
 What is told: for an order of ours (in ``orders``), each FILL of each of its sides of a
-TRADE, and its CANCELLED, EXPIRED and REJECTED (a refused cancel or amend, or a re-sent
-order's DUPLICATE_ORDER_ID, is not news: the order is unchanged); and PRICE_ALERT when a
-trade crosses a user's alert (``brokercore.notify.alerts``). A notification's id is
-derived from what caused it (``{shard}:{shard_seq}:{order_id}``,
+TRADE (an opening auction's too, said so), a stop's TRIGGERED (at the last trade price
+that reached its trigger), and its CANCELLED, EXPIRED and REJECTED (a refused cancel or
+amend, or a re-sent order's DUPLICATE_ORDER_ID, is not news: the order is unchanged);
+and PRICE_ALERT when a trade crosses a user's alert (``brokercore.notify.alerts``). A
+notification's id is derived from what caused it (``{shard}:{shard_seq}:{order_id}``,
 ``alert:{alert_id}:{trade_id}``), so a client drops a second copy.
 """
 
@@ -38,10 +39,11 @@ class OrderOwner:
     account_id: int
     side: str
     quantity: int
+    type: str  # LIMIT, MARKET, STOP or STOP_LIMIT
 
 
 _OWNERS_SQL = """
-SELECT o.order_id, a.user_id, a.account_id, o.side, o.quantity
+SELECT o.order_id, a.user_id, a.account_id, o.side, o.quantity, o.type
   FROM orders o JOIN accounts a ON a.account_id = o.account_id
  WHERE o.order_id = ANY(%s)"""
 
@@ -59,10 +61,14 @@ def told(e: Event) -> list[int]:
     if e.type == EventType.TRADE:
         return [e.order_id, e.other_id]
     if e.type == EventType.REJECTED and (
-        e.op not in (Op.LIMIT, Op.MARKET) or e.reason == Reason.DUPLICATE_ORDER_ID
+        e.op not in _NEW_ORDERS or e.reason == Reason.DUPLICATE_ORDER_ID
     ):
         return []
-    return [e.order_id] if e.type in END_STATUS else []
+    return [e.order_id] if e.type in END_STATUS or e.type == EventType.TRIGGERED else []
+
+
+_NEW_ORDERS = (Op.LIMIT, Op.MARKET, Op.STOP, Op.STOP_LIMIT)
+_STOP_TYPES = ("STOP", "STOP_LIMIT")
 
 
 def _words(reason: int) -> str:
@@ -90,19 +96,25 @@ def order_notifications(
                 owner.account_id,
             )
             continue
-        order = f"Your order to {owner.side} {owner.quantity:,} {e.symbol}"
+        stop = "stop " if owner.type in _STOP_TYPES else ""
+        order = f"Your {stop}order to {owner.side} {owner.quantity:,} {e.symbol}"
         if e.type == EventType.TRADE:
             open_after = e.other_remaining if maker else e.remaining
             price = format_paise(instrument.ticks_to_paise(e.price))
+            at = f"in the opening auction at {price}" if e.op == Op.UNCROSS else f"at {price}"
             kind = "FILL"
             if open_after == 0:
-                title, body = "Order filled", f"{order} filled at {price}"
+                title, body = "Order filled", f"{order} filled {at}"
             else:
                 filled = owner.quantity - open_after
                 title, body = (
                     "Order partially filled",
-                    f"{order} partially filled: {filled:,} of {owner.quantity:,} at {price}",
+                    f"{order} partially filled: {filled:,} of {owner.quantity:,} {at}",
                 )
+        elif e.type == EventType.TRIGGERED:
+            kind = "TRIGGERED"
+            price = format_paise(instrument.ticks_to_paise(e.other_remaining))
+            title, body = "Stop order triggered", f"{order} triggered at {price}"
         else:
             kind = END_STATUS[e.type]
             if kind == "REJECTED":

@@ -1,9 +1,14 @@
-"""Market data read from the read model: L2 depth, last price, OHLCV candles.
+"""Market data read from the read model: L2 depth, last price, phase, the indicative
+opening, OHLCV candles.
 
 The projector keeps ``read_model.book_orders`` (every resting order, from the engine's
-events) and ``read_model.trades``; these queries turn them into the bodies of
-GET /api/v1/marketdata/{symbol}[/candles] and of the BOOK messages on WebSocket. Both
-the projector (sync psycopg) and the query service (async) run the same SQL.
+events, with the part of it the market sees, and the market orders waiting for an
+uncross), ``read_model.phases`` and ``read_model.trades``; these queries turn them into
+the bodies of GET /api/v1/marketdata/{symbol}[/candles] and of the BOOK messages on
+WebSocket. Both the projector (sync psycopg) and the query service (async) run the same
+SQL. In PRE_OPEN the indicative opening is the engine's own rule
+(``brokercore.engine.auction``) over the book's whole quantities, with the last trade
+price (the previous close) as the reference, as an UNCROSS without a price would use.
 """
 
 from __future__ import annotations
@@ -13,16 +18,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from brokercore.broker.money import rupees
-from brokercore.realtime.channels import BookUpdate, Candle, Level
+from brokercore.engine.auction import opening_price
+from brokercore.engine.records import Phase, Side
+from brokercore.realtime.channels import BookUpdate, Candle, Indicative, Level
 
 __all__ = [
     "DEPTH_SQL",
     "LAST_PRICE_SQL",
+    "PHASES_SQL",
+    "AUCTION_SQL",
     "CANDLES_SQL",
     "Interval",
     "INTERVALS",
     "DEPTH_LEVELS",
     "book_update",
+    "indicative",
     "candles",
 ]
 
@@ -30,17 +40,31 @@ DEPTH_LEVELS = 10
 """Price levels shown per side."""
 
 DEPTH_SQL = """
-(SELECT side, price, sum(open_quantity)::bigint FROM read_model.book_orders
-  WHERE symbol = %(symbol)s AND side = 'BUY' GROUP BY side, price
+(SELECT side, price, sum(shown_quantity)::bigint FROM read_model.book_orders
+  WHERE symbol = %(symbol)s AND side = 'BUY' AND price IS NOT NULL GROUP BY side, price
   ORDER BY price DESC LIMIT %(levels)s)
 UNION ALL
-(SELECT side, price, sum(open_quantity)::bigint FROM read_model.book_orders
-  WHERE symbol = %(symbol)s AND side = 'SELL' GROUP BY side, price
+(SELECT side, price, sum(shown_quantity)::bigint FROM read_model.book_orders
+  WHERE symbol = %(symbol)s AND side = 'SELL' AND price IS NOT NULL GROUP BY side, price
   ORDER BY price ASC LIMIT %(levels)s)"""
-"""(side, price paise, quantity) rows: bids best first, then asks best first."""
+"""(side, price paise, shown quantity) rows: bids best first, then asks best first."""
 
 LAST_PRICE_SQL = """
 SELECT price FROM read_model.trades WHERE symbol = %(symbol)s ORDER BY seq DESC LIMIT 1"""
+
+PHASES_SQL = """
+SELECT symbol, phase FROM read_model.phases WHERE symbol = ANY(%(symbols)s)"""
+"""(symbol, phase) of the symbols that have had a phase event (no row: OPEN, as a new
+book is)."""
+
+AUCTION_SQL = """
+SELECT b.symbol, b.side, b.price, sum(b.open_quantity)::bigint
+  FROM read_model.book_orders b
+  JOIN read_model.phases p ON p.symbol = b.symbol AND p.phase = 'PRE_OPEN'
+ WHERE b.symbol = ANY(%(symbols)s)
+ GROUP BY b.symbol, b.side, b.price"""
+"""(symbol, side, price paise or NULL for the waiting market orders, whole quantity) of
+the symbols in PRE_OPEN: what their indicative opening is computed from."""
 
 Interval = Literal["1m", "5m", "15m", "1h", "1d"]
 
@@ -66,16 +90,50 @@ SELECT date_bin(%(interval)s, executed_at, TIMESTAMPTZ '2000-01-01 00:00:00+00')
 
 
 def book_update(
-    symbol: str, depth: Iterable[tuple[str, int, int]], last_price: int | None
+    symbol: str,
+    depth: Iterable[tuple[str, int, int]],
+    last_price: int | None,
+    phase: str = Phase.OPEN.name,
+    auction: Iterable[tuple[str, int | None, int]] = (),
 ) -> BookUpdate:
-    """The BOOK body from DEPTH_SQL's rows and the last trade price (paise)."""
+    """The BOOK body from DEPTH_SQL's rows, the last trade price (paise), the phase and,
+    in PRE_OPEN, AUCTION_SQL's (side, price, quantity) rows of the symbol."""
     bids: list[Level] = []
     asks: list[Level] = []
     for side, price, quantity in depth:
         (bids if side == "BUY" else asks).append(Level(rupees(price), quantity))
     return BookUpdate(
-        symbol, bids, asks, bids[0] if bids else None, asks[0] if asks else None, rupees(last_price)
+        symbol,
+        bids,
+        asks,
+        bids[0] if bids else None,
+        asks[0] if asks else None,
+        rupees(last_price),
+        phase,
+        phase == Phase.HALTED.name,
+        indicative(auction, last_price) if phase == Phase.PRE_OPEN.name else None,
     )
+
+
+def indicative(
+    levels: Iterable[tuple[str, int | None, int]], reference: int | None
+) -> Indicative | None:
+    """The opening an uncross would make now from (side, price paise or None for market
+    orders, quantity) rows, or None when nothing would trade."""
+    limits: dict[str, list[tuple[int, int]]] = {"BUY": [], "SELL": []}
+    market = {"BUY": 0, "SELL": 0}
+    for side, price, quantity in levels:
+        if price is None:
+            market[side] += quantity
+        else:
+            limits[side].append((price, quantity))
+    quote = opening_price(
+        limits["BUY"], limits["SELL"], market["BUY"], market["SELL"], reference or 0
+    )
+    if quote is None:
+        return None
+    surplus = Side(quote.surplus_side).name if quote.surplus_side else None
+    return Indicative(rupees(quote.price), quote.volume, quote.imbalance, surplus)
 
 
 def candles(rows: Iterable[tuple[datetime, int, int, int, int, int]]) -> list[Candle]:

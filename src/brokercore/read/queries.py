@@ -28,12 +28,15 @@ from psycopg import AsyncConnection, sql
 
 from brokercore.broker.money import rupees
 from brokercore.broker.orders import OPEN_STATUSES, OrderStatus
+from brokercore.engine.records import Phase
 from brokercore.read.candles import (
+    AUCTION_SQL,
     CANDLES_SQL,
     DEPTH_LEVELS,
     DEPTH_SQL,
     INTERVALS,
     LAST_PRICE_SQL,
+    PHASES_SQL,
     Interval,
     book_update,
     candles,
@@ -102,16 +105,18 @@ class Order(msgspec.Struct, rename="camel", frozen=True):
     order_id: int
     symbol: str
     side: str
-    type: str
+    type: str  # LIMIT, MARKET, STOP (stop-market) or STOP_LIMIT
     time_in_force: str
-    price: str | None  # None: a market order
+    price: str | None  # None: a market order or a stop-market
     quantity: int
     filled_qty: int
     avg_price: str | None  # None before the first fill
-    status: str
+    status: str  # TRIGGER_PENDING: a stop waiting for its trigger
     reject_reason: str | None
     created_at: str
     updated_at: str
+    trigger_price: str | None  # a stop's; None for the others
+    disclosed_quantity: int  # an iceberg's shown part; 0: the whole order shows
 
 
 class Fill(msgspec.Struct, rename="camel", frozen=True):
@@ -199,12 +204,12 @@ _UNSEEN = f"""o.status IN ({", ".join(f"'{s}'" for s in OPEN_STATUSES)}) AND {_N
 # Every order of a user: the read model's, and the write table's that it lacks yet.
 _USER_ORDERS = f"""
 SELECT order_id, symbol, side, type, time_in_force, price, quantity, filled_quantity,
-       avg_price, status, reject_reason, created_at, updated_at
+       avg_price, status, reject_reason, created_at, updated_at, trigger_price, disclosed_qty
   FROM read_model.orders WHERE user_id = %(user)s
 UNION ALL
 SELECT o.order_id, o.symbol, o.side, o.type, o.time_in_force, o.price, o.quantity,
        o.filled_quantity, o.avg_fill_price, o.status, o.reject_reason, o.created_at,
-       o.updated_at
+       o.updated_at, o.trigger_price, o.disclosed_qty
   FROM orders o JOIN accounts a ON a.account_id = o.account_id
  WHERE a.user_id = %(user)s AND {_UNSEEN}"""
 
@@ -220,12 +225,13 @@ SELECT total.n, page.*
 
 _ORDER = f"""
 SELECT order_id, symbol, side, type, time_in_force, price, quantity, filled_quantity,
-       avg_price, status, reject_reason, created_at, updated_at, fills
+       avg_price, status, reject_reason, created_at, updated_at, trigger_price, disclosed_qty,
+       fills
   FROM read_model.orders WHERE order_id = %(order)s AND user_id = %(user)s
 UNION ALL
 SELECT o.order_id, o.symbol, o.side, o.type, o.time_in_force, o.price, o.quantity,
        o.filled_quantity, o.avg_fill_price, o.status, o.reject_reason, o.created_at,
-       o.updated_at,
+       o.updated_at, o.trigger_price, o.disclosed_qty,
        coalesce((SELECT jsonb_agg(jsonb_build_object(
                              'tradeId', f.trade_id, 'quantity', f.quantity,
                              'price', (f.price::numeric / 100)::numeric(20, 2)::text,
@@ -294,6 +300,8 @@ def _order(kind: type[_Order], row: Sequence[Any], *more: list[Fill]) -> _Order:
         reason,
         created,
         updated,
+        trigger,
+        disclosed,
     ) = row
     return kind(
         order_id,
@@ -309,6 +317,8 @@ def _order(kind: type[_Order], row: Sequence[Any], *more: list[Fill]) -> _Order:
         reason,
         _iso(created),
         _iso(updated),
+        rupees(trigger),
+        disclosed,
         *more,
     )
 
@@ -380,11 +390,20 @@ async def portfolio(conn: AsyncConnection, user: str) -> Portfolio | None:
 
 
 async def book(conn: AsyncConnection, symbol: str) -> BookUpdate:
-    """The symbol's depth, best bid and ask, and last price, from the read model."""
+    """The symbol's depth, best bid and ask, last price, phase and (in PRE_OPEN) the
+    indicative opening, from the read model."""
     depth = await (
         await conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS})
     ).fetchall()
-    return book_update(symbol, depth, await _last_price(conn, symbol))
+    phase = await (await conn.execute(PHASES_SQL, {"symbols": [symbol]})).fetchone()
+    auction = await (await conn.execute(AUCTION_SQL, {"symbols": [symbol]})).fetchall()
+    return book_update(
+        symbol,
+        depth,
+        await _last_price(conn, symbol),
+        Phase.OPEN.name if phase is None else phase[1],
+        [(side, price, quantity) for _, side, price, quantity in auction],
+    )
 
 
 async def candle_series(

@@ -29,6 +29,7 @@ __all__ = [
     "Notification",
     "TradeTick",
     "Level",
+    "Indicative",
     "BookUpdate",
     "Candle",
     "user_channel",
@@ -70,7 +71,7 @@ class Notification(
     """A message for a person; ``id`` is stable across re-deliveries (dedupe on it)."""
 
     id: str
-    kind: str  # FILL, CANCELLED, EXPIRED, REJECTED, PRICE_ALERT
+    kind: str  # FILL, TRIGGERED, CANCELLED, EXPIRED, REJECTED, PRICE_ALERT
     title: str
     body: str
     symbol: str
@@ -91,8 +92,21 @@ class Level(msgspec.Struct, frozen=True):
     quantity: int
 
 
+class Indicative(msgspec.Struct, rename="camel", frozen=True):
+    """What the opening auction would do now (docs/engine.md, Call auction): the price,
+    the quantity that would trade at it, and the surplus left (and its side, None when
+    balanced)."""
+
+    price: str
+    volume: int
+    imbalance: int
+    surplus_side: str | None
+
+
 class BookUpdate(msgspec.Struct, tag_field="type", tag="BOOK", rename="camel", frozen=True):
-    """A symbol's market data: L2 depth (best first), best bid/ask and last price.
+    """A symbol's market data: L2 depth (best first, shown quantities: an iceberg's
+    disclosed part), best bid/ask, last price, the trading phase (OPEN, PRE_OPEN, HALTED,
+    CLOSED) and, in PRE_OPEN, the indicative opening (None when nothing would trade).
     GET /api/v1/marketdata/{symbol} answers the same body."""
 
     symbol: str
@@ -101,6 +115,9 @@ class BookUpdate(msgspec.Struct, tag_field="type", tag="BOOK", rename="camel", f
     best_bid: Level | None
     best_ask: Level | None
     last_price: str | None
+    phase: str = "OPEN"
+    halted: bool = False
+    indicative: Indicative | None = None
 
 
 class Candle(msgspec.Struct, rename="camel", frozen=True):
