@@ -88,6 +88,20 @@ def rebanded(low, high) -> Ev:
 
 OPENED = Ev(EventType.OPENED, Reason.NONE, 0, 0, 0, 0, 0, 0)
 CLOSED = Ev(EventType.CLOSED, Reason.NONE, 0, 0, 0, 0, 0, 0)
+PRE_OPENED = Ev(EventType.PRE_OPENED, Reason.NONE, 0, 0, 0, 0, 0, 0)
+HALTED = Ev(EventType.HALTED, Reason.NONE, 0, 0, 0, 0, 0, 0)
+
+
+def triggered(order_id, side, price, qty, last_price, account=0) -> Ev:
+    """A waiting stop enters (price: its limit, 0 for a stop-market)."""
+    return Ev(
+        EventType.TRIGGERED, Reason.NONE, side, order_id, account, price, qty, qty, 0, 0, last_price
+    )
+
+
+def uncrossed(price=0, volume=0, imbalance=0, surplus=0) -> Ev:
+    return Ev(EventType.UNCROSSED, Reason.NONE, surplus, 0, 0, price, volume, imbalance)
+
 
 _OP_OF_METHOD = {
     "limit": Op.LIMIT,
@@ -97,6 +111,11 @@ _OP_OF_METHOD = {
     "open": Op.OPEN,
     "close": Op.CLOSE,
     "reband": Op.REBAND,
+    "stop": Op.STOP,
+    "stop_limit": Op.STOP_LIMIT,
+    "pre_open": Op.PRE_OPEN,
+    "uncross": Op.UNCROSS,
+    "halt": Op.HALT,
 }
 
 
@@ -179,6 +198,13 @@ def book_state(book) -> dict:
         "best_ask": outcome(book.best_ask),
         "depth": outcome(book.depth, 5),
     }
+
+
+def day_state(book) -> dict:
+    """``book_state`` plus the trading day's views: phase, last price, the auction."""
+    return dict(
+        book_state(book), phase=book.phase, last_price=book.last_price, auction=book.auction()
+    )
 
 
 def book_ids(book) -> list[int]:

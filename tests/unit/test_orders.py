@@ -611,7 +611,7 @@ REJECT_CASES = {
     "reband too wide": Reject(R.INVALID_BAND, other(Op.REBAND, price=1, qty=MAX_BAND_LEVELS + 1)),
     "reband widest high": Reject(R.INVALID_BAND, other(Op.REBAND, price=1, qty=INT64_MAX)),
     "op zero": Reject(R.UNKNOWN_OP, other(0, order_id=1, side=1, price=110, qty=10)),
-    "op eight": Reject(R.UNKNOWN_OP, other(8, order_id=77, account=B)),
+    "op thirteen": Reject(R.UNKNOWN_OP, other(13, order_id=77, account=B)),
     "op 255": Reject(R.UNKNOWN_OP, other(255, price=-1, qty=-1)),
 }
 

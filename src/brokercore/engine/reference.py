@@ -3,8 +3,8 @@
 ``ReferenceBook`` has the same constructor, methods, views and events as the Cython
 ``brokercore.OrderBook``, but is written to be obviously correct rather than fast:
 per price a list of orders in FIFO order, the best price found with ``min``/``max``
-over the non-empty levels, and every rule of the doc spelled out once, in the order
-the doc gives it. It is
+over the non-empty levels, waiting market orders and stops in plain lists, and every
+rule of the doc spelled out once, in the order the doc gives it. It is
 
 * the oracle of the differential and fuzz tests: the engine must emit exactly the
   events this model emits, and hold exactly the same book, after every command;
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .auction import opening_price
 from .records import (
     COMMAND_DTYPE,
     EVENT_DTYPE,
@@ -30,9 +31,11 @@ from .records import (
     LEVEL_DTYPE,
     MAX_BAND_LEVELS,
     ORDER_DTYPE,
+    AuctionQuote,
     EventType,
     Flags,
     Op,
+    Phase,
     Reason,
     RestingOrder,
     Side,
@@ -47,6 +50,8 @@ _SIDES = (Side.BUY, Side.SELL)
 _RESTING_TIFS = (Tif.GTC, Tif.DAY)
 _LIMIT_TIFS = (Tif.GTC, Tif.DAY, Tif.IOC, Tif.FOK)
 _MARKET_TIFS = (Tif.IOC, Tif.FOK)
+_STOP_TIFS = {Op.STOP: (Tif.GTC, Tif.DAY), Op.STOP_LIMIT: (Tif.GTC, Tif.DAY, Tif.IOC)}
+_STOPS = (Op.STOP, Op.STOP_LIMIT)
 _STPS = tuple(Stp)  # DEFAULT..DECREMENT: what a command may ask for
 _BOOK_STPS = tuple(s for s in Stp if s != Stp.DEFAULT)  # what a book default may be
 _POST_ONLY = int(Flags.POST_ONLY)  # a plain int: ~ on an IntFlag would drop unknown bits
@@ -56,21 +61,43 @@ _Event = tuple[int, ...]  # one EVENT_DTYPE record's fields, in order
 
 @dataclass
 class _Order:
-    """A live order (or an incoming taker). ``price`` is 0 for a market order."""
+    """A live order (or an incoming taker).
+
+    ``op`` says where a live order is: LIMIT resting in a level, MARKET waiting for an
+    uncross (or a market taker), STOP/STOP_LIMIT waiting for its trigger. ``price`` is
+    0 for market orders and stop-markets. ``shown`` only means something for an
+    iceberg (``disclosed`` > 0); ``visible`` is what the market sees of any order.
+    """
 
     order_id: int
     account: int
     side: int
     price: int
-    qty: int  # open quantity
+    qty: int  # whole open quantity
     tif: int
     stp: int  # as the command gave it; DEFAULT means the book's mode
     flags: int
-    market: bool = False
+    op: int = Op.LIMIT
+    disclosed: int = 0
+    shown: int = 0
+    trigger: int = 0
+    stamp: int = 0
 
     @property
     def post_only(self) -> bool:
         return bool(self.flags & _POST_ONLY)
+
+    @property
+    def market(self) -> bool:
+        return self.op == Op.MARKET
+
+    @property
+    def visible(self) -> int:
+        return self.shown if self.disclosed else self.qty
+
+    def show_next_part(self) -> None:
+        """An iceberg shows its next part: min(disclosed, open)."""
+        self.shown = min(self.disclosed, self.qty)
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,8 @@ class _Command:
     account: int
     price: int
     qty: int
+    trigger: int
+    disclosed: int
 
     @classmethod
     def from_record(cls, record: np.void) -> _Command:
@@ -104,12 +133,21 @@ def _opposite(side: int) -> int:
 
 
 class ReferenceBook:
-    """The reference order book for one symbol: price-time priority with STP."""
+    """The reference order book for one symbol: price-time priority with STP, a call
+    auction, halts, stop orders and icebergs."""
 
     def __init__(
-        self, low: int, high: int, lot_size: int = 1, symbol: int = 0, stp: int = Stp.CANCEL_NEWEST
+        self,
+        low: int,
+        high: int,
+        lot_size: int = 1,
+        symbol: int = 0,
+        stp: int = Stp.CANCEL_NEWEST,
+        min_disclosed_percent: int = 10,
     ) -> None:
-        low, high, lot_size, symbol, stp = map(operator.index, (low, high, lot_size, symbol, stp))
+        low, high, lot_size, symbol, stp, percent = map(
+            operator.index, (low, high, lot_size, symbol, stp, min_disclosed_percent)
+        )
         if not _band_is_valid(low, high):
             raise ValueError(f"invalid price band [{low}, {high}]")
         if lot_size < 1:
@@ -118,18 +156,25 @@ class ReferenceBook:
             raise ValueError(f"book stp must be one of NONE..DECREMENT, got {stp}")
         if not 0 <= symbol < 2**32:
             raise ValueError(f"symbol must fit in uint32, got {symbol}")
+        if not 0 <= percent <= 100:
+            raise ValueError(f"min_disclosed_percent must be 0..100, got {percent}")
         self._low, self._high = low, high
         self._lot_size = lot_size
         self._symbol = symbol
         self._stp = Stp(stp)
-        self._is_open = True
+        self._min_disclosed_percent = percent
+        self._phase = Phase.OPEN
+        self._last_price = 0
         self._seq = 0
         # side -> price -> orders at that price, oldest first. Empty levels are deleted.
         self._levels: dict[int, dict[int, list[_Order]]] = {Side.BUY: {}, Side.SELL: {}}
-        self._live: dict[int, _Order] = {}  # order_id -> resting order
+        self._markets: dict[int, list[_Order]] = {Side.BUY: [], Side.SELL: []}  # pre-open
+        self._stops: list[_Order] = []  # waiting stops, in no particular order
+        self._live: dict[int, _Order] = {}  # order_id -> every live order
         self._used_ids: set[int] = set()  # spent this session, live ones included
         self._events: list[_Event] = []  # events of the command being applied
         self._last: list[_Event] = []  # events of the last per-order call
+        self._step_prices: list[int] = []  # trade prices of the step being matched
 
     # ------------------------------------------------------------------ properties
 
@@ -159,8 +204,20 @@ class ReferenceBook:
         return self._stp
 
     @property
+    def min_disclosed_percent(self) -> int:
+        return self._min_disclosed_percent
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
     def is_open(self) -> bool:
-        return self._is_open
+        return self._phase == Phase.OPEN
+
+    @property
+    def last_price(self) -> int:
+        return self._last_price
 
     @property
     def seq(self) -> int:
@@ -183,6 +240,7 @@ class ReferenceBook:
         stp: int = Stp.DEFAULT,
         post_only: bool = False,
         ts: int = 0,
+        disclosed: int = 0,
     ) -> int:
         flags = _POST_ONLY if post_only else 0
         return self._call(
@@ -196,6 +254,7 @@ class ReferenceBook:
             stp=stp,
             flags=flags,
             ts=ts,
+            disclosed=disclosed,
         )
 
     def market(
@@ -219,12 +278,76 @@ class ReferenceBook:
             ts=ts,
         )
 
+    def stop(
+        self,
+        order_id: int,
+        side: int,
+        qty: int,
+        trigger: int,
+        account: int = 0,
+        tif: int = Tif.DAY,
+        stp: int = Stp.DEFAULT,
+        ts: int = 0,
+    ) -> int:
+        return self._call(
+            op=Op.STOP,
+            order_id=order_id,
+            side=side,
+            qty=qty,
+            trigger=trigger,
+            account=account,
+            tif=tif,
+            stp=stp,
+            ts=ts,
+        )
+
+    def stop_limit(
+        self,
+        order_id: int,
+        side: int,
+        price: int,
+        qty: int,
+        trigger: int,
+        account: int = 0,
+        tif: int = Tif.DAY,
+        stp: int = Stp.DEFAULT,
+        ts: int = 0,
+    ) -> int:
+        return self._call(
+            op=Op.STOP_LIMIT,
+            order_id=order_id,
+            side=side,
+            price=price,
+            qty=qty,
+            trigger=trigger,
+            account=account,
+            tif=tif,
+            stp=stp,
+            ts=ts,
+        )
+
     def cancel(self, order_id: int, account: int = 0, ts: int = 0) -> int:
         return self._call(op=Op.CANCEL, order_id=order_id, account=account, ts=ts)
 
-    def amend(self, order_id: int, price: int, qty: int, account: int = 0, ts: int = 0) -> int:
+    def amend(
+        self,
+        order_id: int,
+        price: int,
+        qty: int,
+        account: int = 0,
+        ts: int = 0,
+        trigger: int = 0,
+        disclosed: int = 0,
+    ) -> int:
         return self._call(
-            op=Op.AMEND, order_id=order_id, price=price, qty=qty, account=account, ts=ts
+            op=Op.AMEND,
+            order_id=order_id,
+            price=price,
+            qty=qty,
+            account=account,
+            ts=ts,
+            trigger=trigger,
+            disclosed=disclosed,
         )
 
     def open(self, ts: int = 0) -> int:
@@ -232,6 +355,15 @@ class ReferenceBook:
 
     def close(self, ts: int = 0) -> int:
         return self._call(op=Op.CLOSE, ts=ts)
+
+    def pre_open(self, ts: int = 0) -> int:
+        return self._call(op=Op.PRE_OPEN, ts=ts)
+
+    def uncross(self, reference: int = 0, ts: int = 0) -> int:
+        return self._call(op=Op.UNCROSS, price=reference, ts=ts)
+
+    def halt(self, ts: int = 0) -> int:
+        return self._call(op=Op.HALT, ts=ts)
 
     def reband(self, low: int, high: int, ts: int = 0) -> int:
         return self._call(op=Op.REBAND, price=low, qty=high, ts=ts)
@@ -265,7 +397,7 @@ class ReferenceBook:
         return self._best_level(Side.SELL)
 
     def depth(self, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top n levels per side, best first, as LEVEL_DTYPE arrays."""
+        """Top n levels per side, best first, as LEVEL_DTYPE arrays (shown quantities)."""
         n = operator.index(n)
         if n < 0:
             raise ValueError(f"depth needs n >= 0, got {n}")
@@ -280,21 +412,36 @@ class ReferenceBook:
         return side_depth(Side.BUY), side_depth(Side.SELL)
 
     def level(self, price: int) -> np.ndarray:
-        """Orders resting at one price, FIFO, as an ORDER_DTYPE array."""
-        orders = self._levels[Side.BUY].get(price) or self._levels[Side.SELL].get(price) or []
-        return self._order_array(orders)
+        """Orders resting at one price, FIFO (buys, then sells: a pre-open book may
+        hold both at one price), as an ORDER_DTYPE array."""
+        return self._order_array(o for side in _SIDES for o in self._levels[side].get(price, ()))
 
     def orders(self) -> np.ndarray:
-        """Every live order in book order, as an ORDER_DTYPE array."""
-        return self._order_array(self._book_order())
+        """Every live order (book order, waiting market orders, waiting stops)."""
+        return self._order_array(self._live_order())
 
     def order(self, order_id: int) -> RestingOrder | None:
         o = self._live.get(order_id)
         if o is None:
             return None
         return RestingOrder(
-            o.order_id, o.account, Side(o.side), o.price, o.qty, Tif(o.tif), Stp(o.stp), o.post_only
+            o.order_id,
+            o.account,
+            Side(o.side),
+            o.price,
+            o.qty,
+            Tif(o.tif),
+            Stp(o.stp),
+            o.post_only,
+            o.visible,
+            o.disclosed,
+            Op(o.op),
+            o.trigger,
         )
+
+    def auction(self) -> AuctionQuote | None:
+        """What UNCROSS with the book's own reference price would do now."""
+        return self._quote(self._own_reference())
 
     def _best_level(self, side: int) -> tuple[int, int] | None:
         price = self._best_price(side)
@@ -303,8 +450,8 @@ class ReferenceBook:
         return price, self._level_qty(side, price)
 
     def _level_qty(self, side: int, price: int) -> int:
-        """Total open qty of a level; views report int64, so a larger total is an error."""
-        total = sum(o.qty for o in self._levels[side][price])
+        """Shown qty of a level; views report int64, so a larger total is an error."""
+        total = sum(o.visible for o in self._levels[side][price])
         if total > INT64_MAX:
             raise OverflowError("level quantity exceeds int64")
         return total
@@ -312,7 +459,22 @@ class ReferenceBook:
     @staticmethod
     def _order_array(orders: Iterable[_Order]) -> np.ndarray:
         rows = [
-            (o.order_id, o.account, o.price, o.qty, o.side, o.tif, o.stp, o.flags) for o in orders
+            (
+                o.order_id,
+                o.account,
+                o.price,
+                o.qty,
+                o.side,
+                o.tif,
+                o.stp,
+                o.flags,
+                o.op,
+                o.visible,
+                o.disclosed,
+                o.trigger,
+                o.stamp,
+            )
+            for o in orders
         ]
         return np.array(rows, dtype=ORDER_DTYPE)
 
@@ -335,6 +497,23 @@ class ReferenceBook:
             o for side in _SIDES for price in self._prices(side) for o in self._levels[side][price]
         ]
 
+    def _waiting_markets(self) -> list[_Order]:
+        """Market orders waiting for an uncross: buys, then sells, in arrival order."""
+        return self._markets[Side.BUY] + self._markets[Side.SELL]
+
+    def _stop_order(self) -> list[_Order]:
+        """Buy stops by trigger ascending, then sell stops by trigger descending; by stamp."""
+        return sorted(
+            self._stops,
+            key=lambda s: (
+                (0, s.trigger, s.stamp) if s.side == Side.BUY else (1, -s.trigger, s.stamp)
+            ),
+        )
+
+    def _live_order(self) -> list[_Order]:
+        """Every live order in the order of ``orders()``."""
+        return self._book_order() + self._waiting_markets() + self._stop_order()
+
     def _first_maker(self, taker: _Order) -> _Order | None:
         """The order the taker would meet next, or None if the opposite side does not cross."""
         side = _opposite(taker.side)
@@ -356,21 +535,51 @@ class ReferenceBook:
         return best is not None and self._crosses(side, limit, best)
 
     def _rest(self, order: _Order) -> None:
-        """Put an order at the tail of its price level."""
+        """Put an order at the tail of its price level (an iceberg shows its next part)."""
+        order.op = Op.LIMIT
+        order.trigger = order.stamp = 0
+        order.show_next_part()
         self._levels[order.side].setdefault(order.price, []).append(order)
         self._live[order.order_id] = order
 
-    def _remove(self, order: _Order) -> None:
-        """Take a live order off the book (it keeps its spent id)."""
+    def _refresh(self, order: _Order) -> None:
+        """An iceberg whose shown part ran out shows the next one at the level's tail."""
         level = self._levels[order.side][order.price]
         level.remove(order)
-        if not level:
-            del self._levels[order.side][order.price]
+        level.append(order)
+        order.show_next_part()
+
+    def _remove(self, order: _Order) -> None:
+        """Take a live order off the book, the waiting markets or the stops (its id stays
+        spent)."""
+        if order.op == Op.LIMIT:
+            level = self._levels[order.side][order.price]
+            level.remove(order)
+            if not level:
+                del self._levels[order.side][order.price]
+        elif order.op == Op.MARKET:
+            self._markets[order.side].remove(order)
+        else:
+            self._stops.remove(order)
         del self._live[order.order_id]
 
     def _mode(self, order: _Order) -> int:
         """The order's self-trade prevention mode, the book's when it asked for DEFAULT."""
         return self._stp if order.stp == Stp.DEFAULT else order.stp
+
+    def _own_reference(self) -> int:
+        """The book's reference price: its last trade price if in the band, else none."""
+        return self._last_price if self._low <= self._last_price <= self._high else 0
+
+    def _quote(self, reference: int) -> AuctionQuote | None:
+        """The opening price an uncross would find (docs/engine.md, Call auction)."""
+        return opening_price(
+            ((o.price, o.qty) for o in self._book_order() if o.side == Side.BUY),
+            ((o.price, o.qty) for o in self._book_order() if o.side == Side.SELL),
+            sum(o.qty for o in self._markets[Side.BUY]),
+            sum(o.qty for o in self._markets[Side.SELL]),
+            reference,
+        )
 
     # ------------------------------------------------------------------ events
 
@@ -417,6 +626,25 @@ class ReferenceBook:
         """An event about one order: ACCEPTED, CANCELLED, EXPIRED or AMENDED."""
         self._emit(c, type_, reason, o.order_id, o.account, o.side, o.price, qty, remaining)
 
+    def _emit_trade(self, c: _Command, taker: _Order, maker: _Order, price: int, qty: int) -> None:
+        """TRADE names the taker (in an uncross: the buy) and the maker (the sell)."""
+        self._emit(
+            c,
+            EventType.TRADE,
+            Reason.NONE,
+            taker.order_id,
+            taker.account,
+            taker.side,
+            price,
+            qty,
+            taker.qty,
+            maker.order_id,
+            maker.account,
+            maker.qty,
+        )
+        self._last_price = price
+        self._step_prices.append(price)
+
     def _reject(self, c: _Command, reason: int) -> None:
         """REJECTED echoes the command's raw fields."""
         self._emit(c, EventType.REJECTED, reason, c.order_id, c.account, c.side, c.price, c.qty)
@@ -429,11 +657,16 @@ class ReferenceBook:
         handlers: dict[int, Callable[[_Command], None]] = {
             Op.LIMIT: self._new_order,
             Op.MARKET: self._new_order,
+            Op.STOP: self._new_order,
+            Op.STOP_LIMIT: self._new_order,
             Op.CANCEL: self._cancel,
             Op.AMEND: self._amend,
             Op.OPEN: self._open_session,
             Op.CLOSE: self._close_session,
             Op.REBAND: self._reband,
+            Op.PRE_OPEN: self._pre_open,
+            Op.UNCROSS: self._uncross,
+            Op.HALT: self._halt,
         }
         handler = handlers.get(c.op)
         if handler is None:
@@ -443,52 +676,90 @@ class ReferenceBook:
         return self._events
 
     def _new_order(self, c: _Command) -> None:
-        """LIMIT or MARKET: validate (spending the id), accept, match, then rest or cancel."""
+        """LIMIT, MARKET, STOP or STOP_LIMIT: validate (spending the id), accept, then
+        wait (a stop; a market order in pre-open), rest (pre-open) or match (open)."""
         if c.order_id <= 0:
             return self._reject(c, Reason.INVALID_ORDER_ID)
         if c.order_id in self._used_ids:
             return self._reject(c, Reason.DUPLICATE_ORDER_ID)
         self._used_ids.add(c.order_id)  # spent from here on, whatever happens next
-        market = c.op == Op.MARKET
-        reason = self._market_reason(c) if market else self._limit_reason(c)
+        reasons: dict[int, Callable[[_Command], Reason]] = {
+            Op.LIMIT: self._limit_reason,
+            Op.MARKET: self._market_reason,
+            Op.STOP: self._stop_reason,
+            Op.STOP_LIMIT: self._stop_reason,
+        }
+        reason = reasons[c.op](c)
         if reason != Reason.NONE:
             return self._reject(c, reason)
-        taker = _Order(
+        order = _Order(
             c.order_id,
             c.account,
             c.side,
-            0 if market else c.price,
+            0 if c.op == Op.MARKET else c.price,
             c.qty,
             c.tif,
             c.stp,
             c.flags,
-            market,
+            c.op,
+            disclosed=c.disclosed,
+            trigger=c.trigger,
         )
-        self._emit_order(c, EventType.ACCEPTED, Reason.NONE, taker, c.qty, c.qty)
-        if self._take(c, taker) and taker.qty > 0:
-            if taker.market or taker.tif not in _RESTING_TIFS:
-                self._emit_order(c, EventType.CANCELLED, Reason.IOC_REMAINDER, taker, taker.qty)
+        self._emit_order(c, EventType.ACCEPTED, Reason.NONE, order, c.qty, c.qty)
+        if c.op in _STOPS:
+            order.stamp = self._seq  # its ACCEPTED event's seq
+            self._stops.append(order)
+            self._live[order.order_id] = order
+        elif self._phase == Phase.PRE_OPEN:
+            if order.market:
+                self._markets[order.side].append(order)
+                self._live[order.order_id] = order
             else:
-                self._rest(taker)
+                self._rest(order)
+        else:
+            self._run(c, order)
+
+    def _phase_reason(self) -> Reason:
+        """A new order or an amend in a phase that takes none."""
+        if self._phase == Phase.CLOSED:
+            return Reason.MARKET_CLOSED
+        if self._phase == Phase.HALTED:
+            return Reason.HALTED
+        return Reason.NONE
 
     def _limit_reason(self, c: _Command) -> Reason:
         """LIMIT checks after the id, in the doc's order; NONE if the order is accepted."""
-        if not self._is_open:
-            return Reason.MARKET_CLOSED
+        pre_open = self._phase == Phase.PRE_OPEN
+        reason = self._phase_reason()
+        if reason != Reason.NONE:
+            return reason
         if c.side not in _SIDES:
             return Reason.INVALID_SIDE
         if c.tif not in _LIMIT_TIFS:
             return Reason.INVALID_TIF
+        if pre_open and c.tif not in _RESTING_TIFS:
+            return Reason.SESSION_STATE
         if c.stp not in _STPS:
             return Reason.INVALID_STP
         post_only = bool(c.flags & _POST_ONLY)
         if c.flags & ~_POST_ONLY or (post_only and c.tif not in _RESTING_TIFS):
             return Reason.INVALID_FLAGS
+        if pre_open and post_only:
+            return Reason.SESSION_STATE
+        if c.trigger != 0:
+            return Reason.INVALID_TRIGGER
         reason = self._quantity_reason(c.qty)
+        if reason != Reason.NONE:
+            return reason
+        if c.disclosed and c.tif not in _RESTING_TIFS:
+            return Reason.INVALID_DISCLOSED
+        reason = self._disclosed_reason(c.disclosed, c.qty)
         if reason != Reason.NONE:
             return reason
         if not self._low <= c.price <= self._high:
             return Reason.PRICE_OUT_OF_BAND
+        if pre_open:
+            return Reason.NONE
         if post_only and self._would_take(c.side, c.price):
             return Reason.POST_ONLY_WOULD_TAKE
         if c.tif == Tif.FOK and not self._fillable(c, market=False):
@@ -497,24 +768,70 @@ class ReferenceBook:
 
     def _market_reason(self, c: _Command) -> Reason:
         """MARKET checks after the id, in the doc's order; the price field is ignored."""
-        if not self._is_open:
-            return Reason.MARKET_CLOSED
+        pre_open = self._phase == Phase.PRE_OPEN
+        reason = self._phase_reason()
+        if reason != Reason.NONE:
+            return reason
         if c.side not in _SIDES:
             return Reason.INVALID_SIDE
         if c.tif not in _MARKET_TIFS:
             return Reason.INVALID_TIF
+        if pre_open and c.tif == Tif.FOK:
+            return Reason.SESSION_STATE
         if c.stp not in _STPS:
             return Reason.INVALID_STP
         if c.flags != 0:
             return Reason.INVALID_FLAGS
+        if c.trigger != 0:
+            return Reason.INVALID_TRIGGER
+        if c.disclosed != 0:
+            return Reason.INVALID_DISCLOSED
         reason = self._quantity_reason(c.qty)
-        if reason != Reason.NONE:
+        if reason != Reason.NONE or pre_open:
             return reason
         if not self._levels[_opposite(c.side)]:
             return Reason.NO_LIQUIDITY
         if c.tif == Tif.FOK and not self._fillable(c, market=True):
             return Reason.FOK_NOT_FILLABLE
         return Reason.NONE
+
+    def _stop_reason(self, c: _Command) -> Reason:
+        """STOP and STOP_LIMIT checks after the id, in the doc's order."""
+        reason = self._phase_reason()
+        if reason != Reason.NONE:
+            return reason
+        if c.side not in _SIDES:
+            return Reason.INVALID_SIDE
+        if c.tif not in _STOP_TIFS[Op(c.op)]:
+            return Reason.INVALID_TIF
+        if c.stp not in _STPS:
+            return Reason.INVALID_STP
+        if c.flags != 0:
+            return Reason.INVALID_FLAGS
+        if c.disclosed != 0:
+            return Reason.INVALID_DISCLOSED
+        reason = self._quantity_reason(c.qty)
+        if reason != Reason.NONE:
+            return reason
+        return self._stop_price_reason(c.op, c.side, c.price, c.trigger)
+
+    def _stop_price_reason(self, op: int, side: int, price: int, trigger: int) -> Reason:
+        """A stop's limit and trigger, for new stops and amends of waiting ones."""
+        if op == Op.STOP and price != 0:
+            return Reason.INVALID_PRICE
+        if op == Op.STOP_LIMIT and not self._low <= price <= self._high:
+            return Reason.PRICE_OUT_OF_BAND
+        if not self._low <= trigger <= self._high or self._reached(side, trigger):
+            return Reason.INVALID_TRIGGER
+        wrong_side = price < trigger if side == Side.BUY else price > trigger
+        if op == Op.STOP_LIMIT and wrong_side:
+            return Reason.INVALID_TRIGGER
+        return Reason.NONE
+
+    def _reached(self, side: int, trigger: int) -> bool:
+        """Has the last trade reached this trigger? Nothing is reached before a trade."""
+        last = self._last_price
+        return last > 0 and (trigger <= last if side == Side.BUY else trigger >= last)
 
     def _quantity_reason(self, qty: int) -> Reason:
         """Shared by new orders and amends: positive, whole lots, not above max_qty."""
@@ -524,8 +841,22 @@ class ReferenceBook:
             return Reason.QUANTITY_TOO_LARGE
         return Reason.NONE
 
+    def _disclosed_reason(self, disclosed: int, qty: int) -> Reason:
+        """An iceberg's disclosed quantity (0: a plain order) against its whole qty."""
+        if disclosed == 0:
+            return Reason.NONE
+        if (
+            disclosed < 0
+            or disclosed % self._lot_size
+            or disclosed > qty
+            or disclosed * 100 < qty * self._min_disclosed_percent
+        ):
+            return Reason.INVALID_DISCLOSED
+        return Reason.NONE
+
     def _fillable(self, c: _Command, market: bool) -> bool:
-        """FOK rule: could the order fill completely right now, given its STP mode?"""
+        """FOK rule: could the order fill completely right now, given its STP mode?
+        (Whole quantities: an iceberg's hidden part counts.)"""
         mode = self._stp if c.stp == Stp.DEFAULT else c.stp
         side = _opposite(c.side)
         total = 0
@@ -542,6 +873,65 @@ class ReferenceBook:
                 total += maker.qty
         return total >= c.qty
 
+    # ---------------------------------------------------------------- matching
+
+    def _run(self, c: _Command, order: _Order) -> None:
+        """Match an order in the continuous market, then enter the stops its trades
+        reach, and the stops theirs reach, one at a time from the trigger queue."""
+        queue: list[_Order] = []
+        self._step(c, order, queue)
+        while queue:
+            self._enter_stop(c, queue.pop(0), queue)
+
+    def _step(self, c: _Command, taker: _Order, queue: list[_Order]) -> None:
+        """One step: the taker matches, its remainder rests or is cancelled; then the
+        stops its trades reached join the trigger queue."""
+        self._step_prices = []
+        if self._take(c, taker) and taker.qty > 0:
+            if taker.market or taker.tif not in _RESTING_TIFS:
+                self._emit_order(c, EventType.CANCELLED, Reason.IOC_REMAINDER, taker, taker.qty)
+            else:
+                self._rest(taker)
+        self._trigger(queue)
+
+    def _trigger(self, queue: list[_Order]) -> None:
+        """Move the waiting stops the step's trades reached to the queue, by stamp."""
+        if not self._step_prices:
+            return
+        high, low = max(self._step_prices), min(self._step_prices)
+        reached = [
+            s
+            for s in self._stops
+            if (s.trigger <= high if s.side == Side.BUY else s.trigger >= low)
+        ]
+        for s in reached:
+            self._remove(s)
+        queue.extend(sorted(reached, key=lambda s: s.stamp))
+
+    def _enter_stop(self, c: _Command, stop: _Order, queue: list[_Order]) -> None:
+        """A triggered stop enters: as a market IOC order (STOP) or a limit (STOP_LIMIT)."""
+        self._emit(
+            c,
+            EventType.TRIGGERED,
+            Reason.NONE,
+            stop.order_id,
+            stop.account,
+            stop.side,
+            stop.price,
+            stop.qty,
+            stop.qty,
+            other_remaining=self._last_price,
+        )
+        if stop.op == Op.STOP:
+            stop.op, stop.tif = Op.MARKET, Tif.IOC
+            if not self._levels[_opposite(stop.side)]:
+                self._emit_order(c, EventType.CANCELLED, Reason.NO_LIQUIDITY, stop, stop.qty)
+                return
+        else:
+            stop.op = Op.LIMIT
+        stop.trigger = stop.stamp = 0
+        self._step(c, stop, queue)
+
     def _take(self, c: _Command, taker: _Order) -> bool:
         """Match the taker against the book; False if self-trade prevention ended it."""
         mode = self._mode(taker)
@@ -557,26 +947,22 @@ class ReferenceBook:
         return True
 
     def _trade(self, c: _Command, taker: _Order, maker: _Order) -> None:
-        """One fill at the maker's price; a fully filled maker leaves the book."""
-        qty = min(taker.qty, maker.qty)
+        """One fill at the maker's price, at most its shown part; a filled maker leaves
+        the book, an iceberg whose shown part ran out shows its next one."""
+        qty = min(taker.qty, maker.visible)
         taker.qty -= qty
-        maker.qty -= qty
-        self._emit(
-            c,
-            EventType.TRADE,
-            Reason.NONE,
-            taker.order_id,
-            taker.account,
-            taker.side,
-            maker.price,
-            qty,
-            taker.qty,
-            maker.order_id,
-            maker.account,
-            maker.qty,
-        )
+        self._take_from_maker(maker, qty)
+        self._emit_trade(c, taker, maker, maker.price, qty)
         if maker.qty == 0:
             self._remove(maker)
+        elif maker.disclosed and maker.shown == 0:
+            self._refresh(maker)
+
+    @staticmethod
+    def _take_from_maker(maker: _Order, qty: int) -> None:
+        maker.qty -= qty
+        if maker.disclosed:
+            maker.shown -= qty
 
     def _prevent_self_trade(self, c: _Command, taker: _Order, maker: _Order, mode: int) -> bool:
         """Apply one STP step; return whether the taker goes on matching."""
@@ -591,11 +977,14 @@ class ReferenceBook:
                 return True
             self._emit_order(c, EventType.CANCELLED, stp, taker, taker.qty)
             return False
-        # DECREMENT: both shrink by the smaller open quantity; an emptied one is cancelled.
-        d = min(taker.qty, maker.qty)
+        # DECREMENT: both shrink by the smaller of the taker's open quantity and the
+        # maker's shown part; an emptied one is cancelled, an iceberg may refresh.
+        d = min(taker.qty, maker.visible)
         if maker.qty > d:
-            maker.qty -= d
+            self._take_from_maker(maker, d)
             self._emit_order(c, EventType.AMENDED, stp, maker, maker.qty, maker.qty)
+            if maker.disclosed and maker.shown == 0:
+                self._refresh(maker)
         else:
             self._emit_order(c, EventType.CANCELLED, stp, maker, maker.qty)
             self._remove(maker)
@@ -606,8 +995,10 @@ class ReferenceBook:
         self._emit_order(c, EventType.CANCELLED, stp, taker, taker.qty)
         return False
 
+    # ---------------------------------------------------------- cancel, amend
+
     def _cancel(self, c: _Command) -> None:
-        """CANCEL by the owner; allowed in and out of session."""
+        """CANCEL by the owner, of any live order; allowed in every phase."""
         o = self._live.get(c.order_id)
         if o is None:
             return self._reject(c, Reason.UNKNOWN_ORDER)
@@ -620,67 +1011,194 @@ class ReferenceBook:
         """AMEND checks of a live order in the doc's order; NONE if the amend goes ahead."""
         if o.account != c.account:
             return Reason.NOT_OWNER
-        if not self._is_open:
-            return Reason.MARKET_CLOSED
+        reason = self._phase_reason()
+        if reason != Reason.NONE:
+            return reason
+        if o.market:
+            return Reason.SESSION_STATE  # a market order waiting for the uncross
         reason = self._quantity_reason(c.qty)
+        if reason != Reason.NONE:
+            return reason
+        if o.op in _STOPS:
+            if c.disclosed != 0:
+                return Reason.INVALID_DISCLOSED
+            return self._stop_price_reason(o.op, o.side, c.price, c.trigger or o.trigger)
+        if c.trigger != 0:
+            return Reason.INVALID_TRIGGER
+        if c.disclosed < 0:
+            return Reason.INVALID_DISCLOSED
+        reason = self._disclosed_reason(c.disclosed or o.disclosed, c.qty)
         if reason != Reason.NONE:
             return reason
         if not self._low <= c.price <= self._high:
             return Reason.PRICE_OUT_OF_BAND
-        if o.post_only and c.price != o.price and self._would_take(o.side, c.price):
+        if (
+            self._phase == Phase.OPEN
+            and o.post_only
+            and c.price != o.price
+            and self._would_take(o.side, c.price)
+        ):
             return Reason.POST_ONLY_WOULD_TAKE
         return Reason.NONE
 
     def _amend(self, c: _Command) -> None:
-        """Shrink in place (keeps priority), or re-enter as a taker at the new price/qty."""
+        """A waiting stop takes its new values; a resting order shrinks in place (keeps
+        priority) or moves to the tail of its new level, matching first when open."""
         o = self._live.get(c.order_id)
         if o is None:
             return self._reject(c, Reason.UNKNOWN_ORDER)
         reason = self._amend_reason(c, o)
         if reason != Reason.NONE:
             return self._reject(c, reason)
-        if c.price == o.price and c.qty <= o.qty:
+        if o.op in _STOPS:
+            return self._amend_stop(c, o)
+        disclosed = c.disclosed or o.disclosed
+        if c.price == o.price and c.qty <= o.qty and disclosed == o.disclosed:
             o.qty = c.qty
+            o.shown = min(o.shown, o.qty)
             self._emit_order(c, EventType.AMENDED, Reason.NONE, o, o.qty, o.qty)
             return
         self._remove(o)
-        o.price, o.qty = c.price, c.qty
+        o.price, o.qty, o.disclosed = c.price, c.qty, disclosed
         self._emit_order(c, EventType.AMENDED, Reason.NONE, o, o.qty, o.qty)
-        if self._take(c, o) and o.qty > 0:
-            self._rest(o)  # only GTC and DAY orders rest, so it rests again
+        if self._phase == Phase.OPEN:
+            self._run(c, o)  # only GTC and DAY orders rest, so what is left rests again
+        else:
+            self._rest(o)
 
-    def _close_session(self, c: _Command) -> None:
-        """CLOSE: expire DAY orders in book order, then CLOSED."""
-        if not self._is_open:
-            return self._reject(c, Reason.SESSION_STATE)
-        for o in self._book_order():
-            if o.tif == Tif.DAY:
-                self._remove(o)
-                self._emit_order(c, EventType.EXPIRED, Reason.NONE, o, o.qty)
-        self._is_open = False
-        self._emit(c, EventType.CLOSED)
+    def _amend_stop(self, c: _Command, o: _Order) -> None:
+        """New limit, qty and trigger (0 keeps it); a new stamp unless it only shrank."""
+        trigger = c.trigger or o.trigger
+        keeps_stamp = c.price == o.price and trigger == o.trigger and c.qty <= o.qty
+        o.price, o.qty, o.trigger = c.price, c.qty, trigger
+        self._emit_order(c, EventType.AMENDED, Reason.NONE, o, o.qty, o.qty)
+        if not keeps_stamp:
+            o.stamp = self._seq
+
+    # ---------------------------------------------------------------- phases
 
     def _open_session(self, c: _Command) -> None:
-        """OPEN: forget the spent ids of finished orders (live ones stay taken)."""
-        if self._is_open:
+        """OPEN (from CLOSED): forget the spent ids of finished orders."""
+        if self._phase != Phase.CLOSED:
             return self._reject(c, Reason.SESSION_STATE)
         self._used_ids = set(self._live)
-        self._is_open = True
+        self._phase = Phase.OPEN
         self._emit(c, EventType.OPENED)
 
+    def _pre_open(self, c: _Command) -> None:
+        """PRE_OPEN from CLOSED (a new session: ids forgotten) or HALTED (ids kept)."""
+        if self._phase not in (Phase.CLOSED, Phase.HALTED):
+            return self._reject(c, Reason.SESSION_STATE)
+        if self._phase == Phase.CLOSED:
+            self._used_ids = set(self._live)
+        self._phase = Phase.PRE_OPEN
+        self._emit(c, EventType.PRE_OPENED)
+
+    def _halt(self, c: _Command) -> None:
+        """HALT from PRE_OPEN or OPEN: no matching, no new orders, cancels only."""
+        if self._phase not in (Phase.PRE_OPEN, Phase.OPEN):
+            return self._reject(c, Reason.SESSION_STATE)
+        self._phase = Phase.HALTED
+        self._emit(c, EventType.HALTED)
+
+    def _close_session(self, c: _Command) -> None:
+        """CLOSE: expire waiting market orders, DAY orders in book order and non-GTC
+        stops in stop order, then CLOSED."""
+        if self._phase == Phase.CLOSED:
+            return self._reject(c, Reason.SESSION_STATE)
+        expiring = (
+            self._waiting_markets()
+            + [o for o in self._book_order() if o.tif == Tif.DAY]
+            + [s for s in self._stop_order() if s.tif != Tif.GTC]
+        )
+        for o in expiring:
+            self._remove(o)
+            self._emit_order(c, EventType.EXPIRED, Reason.NONE, o, o.qty)
+        self._phase = Phase.CLOSED
+        self._emit(c, EventType.CLOSED)
+
+    def _uncross(self, c: _Command) -> None:
+        """UNCROSS: trade everything that crosses at one opening price, convert or cancel
+        the market orders left, open the book, then enter the stops it reached."""
+        if self._phase != Phase.PRE_OPEN:
+            return self._reject(c, Reason.SESSION_STATE)
+        if c.price != 0 and not self._low <= c.price <= self._high:
+            return self._reject(c, Reason.PRICE_OUT_OF_BAND)
+        quote = self._quote(c.price or self._own_reference())
+        self._step_prices = []
+        if quote is None:
+            for o in self._waiting_markets():
+                self._remove(o)
+                self._emit_order(c, EventType.CANCELLED, Reason.NO_LIQUIDITY, o, o.qty)
+            self._emit(c, EventType.UNCROSSED)
+        else:
+            self._execute_auction(c, quote.price, quote.volume)
+            self._emit(
+                c,
+                EventType.UNCROSSED,
+                side=quote.surplus_side,
+                price=quote.price,
+                qty=quote.volume,
+                remaining=quote.imbalance,
+            )
+        self._phase = Phase.OPEN
+        self._emit(c, EventType.OPENED)
+        queue: list[_Order] = []
+        self._trigger(queue)
+        while queue:
+            self._enter_stop(c, queue.pop(0), queue)
+
+    def _execute_auction(self, c: _Command, price: int, volume: int) -> None:
+        """Trade `volume` at `price` in priority order on both sides; the market orders
+        left become limits at `price`, at the front of that level, in arrival order."""
+
+        def priority(side: int) -> list[_Order]:
+            within = [p for p in self._prices(side) if self._crosses(side, p, price)]
+            return self._markets[side] + [o for p in within for o in self._levels[side][p]]
+
+        buys, sells = priority(Side.BUY), priority(Side.SELL)
+        while volume > 0:
+            buy, sell = buys[0], sells[0]
+            qty = min(buy.qty, sell.qty)
+            volume -= qty
+            for o, left in ((buy, buys), (sell, sells)):
+                o.qty -= qty
+                if o.qty == 0:
+                    left.pop(0)
+                    self._remove(o)
+                elif o.disclosed:
+                    o.show_next_part()
+            self._emit_trade(c, buy, sell, price, qty)
+        converted = self._waiting_markets()
+        for o in converted:
+            self._remove(o)
+            o.op, o.price, o.tif = Op.LIMIT, price, Tif.DAY
+            self._emit_order(c, EventType.AMENDED, Reason.NONE, o, o.qty, o.qty)
+        for side in _SIDES:  # ahead of the limit orders at `price`: they had priority
+            ahead = [o for o in converted if o.side == side]
+            if ahead:
+                self._levels[side].setdefault(price, [])[:0] = ahead
+                self._live.update((o.order_id, o) for o in ahead)
+
     def _reband(self, c: _Command) -> None:
-        """REBAND(low=price, high=qty): cancel orders the new band or max_qty excludes."""
+        """REBAND(low=price, high=qty): cancel orders the new band or max_qty excludes,
+        each pass in ``orders()`` order (book, waiting market orders, waiting stops)."""
         low, high = c.price, c.qty
         if not _band_is_valid(low, high):
             return self._reject(c, Reason.INVALID_BAND)
-        for o in self._book_order():
-            if not low <= o.price <= high:
-                self._remove(o)
-                self._emit_order(c, EventType.CANCELLED, Reason.PRICE_OUT_OF_BAND, o, o.qty)
+
+        def outside(o: _Order) -> bool:
+            """A resting limit's or a stop-limit's price, or a stop's trigger, off the band."""
+            if o.op in _STOPS and not low <= o.trigger <= high:
+                return True
+            return o.op in (Op.LIMIT, Op.STOP_LIMIT) and not low <= o.price <= high
+
+        for o in [o for o in self._live_order() if outside(o)]:
+            self._remove(o)
+            self._emit_order(c, EventType.CANCELLED, Reason.PRICE_OUT_OF_BAND, o, o.qty)
         new_max_qty = INT64_MAX // high
-        for o in self._book_order():
-            if o.qty > new_max_qty:
-                self._remove(o)
-                self._emit_order(c, EventType.CANCELLED, Reason.QUANTITY_TOO_LARGE, o, o.qty)
+        for o in [o for o in self._live_order() if o.qty > new_max_qty]:
+            self._remove(o)
+            self._emit_order(c, EventType.CANCELLED, Reason.QUANTITY_TOO_LARGE, o, o.qty)
         self._low, self._high = low, high
         self._emit(c, EventType.REBANDED, price=low, qty=high)
