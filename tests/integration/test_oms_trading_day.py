@@ -1,0 +1,341 @@
+"""The OMS in the trading day (docs/engine.md, "The trading day") on the real Postgres,
+Redis and Kafka: stop, stop-limit and iceberg orders over REST with their holds, every
+new check's JSON error with nothing stored, the pre-open's rules on the calendar's
+clock, and the schema (0008) refusing what no writer may store."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date, datetime, time
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from psycopg import errors
+
+from brokercore.engine.records import Side, Tif
+from brokercore.entry.order_entry import OrderReceipt, OrderRefused
+from brokercore.entry.requests import PlaceOrderRequest
+from oms_support import Api, run
+
+IST = ZoneInfo("Asia/Kolkata")
+TOP = 2_000_000  # paise: RELIANCE's band top, 20,000.00
+STOP = {"type": "STOP", "price": None, "triggerPrice": "15500.00"}
+STOP_LIMIT = {"type": "STOP_LIMIT", "price": "15600.00", "triggerPrice": "15500.00"}
+# A Wednesday in Mumbai: pre-open 09:00-09:08 (with the calendar below), open 09:15
+PRE_OPEN = datetime(2026, 11, 25, 9, 5, tzinfo=IST)
+BUFFER = datetime(2026, 11, 25, 9, 10, tzinfo=IST)  # after the auction, before the open
+
+
+def holds(api: Api) -> list[tuple]:
+    """Every account's blocked cash and shares beside what its open orders hold: the
+    ledger the OMS writes, which must always agree with itself."""
+    return api.rows(
+        "SELECT a.user_id, a.blocked_cash, coalesce(sum(o.blocked_cash), 0)::bigint, "
+        "  coalesce((SELECT sum(blocked_quantity) FROM positions p "
+        "            WHERE p.account_id = a.account_id), 0)::bigint, "
+        "  coalesce(sum(o.blocked_shares), 0)::bigint "
+        "FROM accounts a LEFT JOIN orders o ON o.account_id = a.account_id "
+        "GROUP BY a.account_id ORDER BY a.user_id"
+    )
+
+
+def with_pre_open(api: Api) -> None:
+    """The OMS's calendar with NSE's pre-open call auction, 09:00-09:08."""
+    entry = api.app.state.oms.entry
+    entry.market = {
+        symbol: dataclasses.replace(
+            instrument,
+            session=dataclasses.replace(
+                instrument.session, pre_open=time(9, 0), pre_open_end=time(9, 8)
+            ),
+        )
+        for symbol, instrument in entry.market.items()
+    }
+
+
+def test_each_kind_of_order_is_stored_held_at_its_worst_price_and_sent(database):
+    async def scenario():
+        async with Api(database) as api:
+            answers = {
+                "stop buy": await api.place(quantity=10, **STOP),
+                "stop-limit buy": await api.place(user="carol", quantity=10, **STOP_LIMIT),
+                "stop sell": await api.place(
+                    user="bob",
+                    side="SELL",
+                    quantity=30,
+                    type="STOP",
+                    price=None,
+                    triggerPrice="14500.00",
+                    timeInForce="GTC",
+                ),
+                "iceberg": await api.place(
+                    user="carol", quantity=50, price="15000.00", disclosedQuantity=10
+                ),
+            }
+            return api, answers
+
+    api, answers = run(scenario)
+    assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(answers, 202)
+    ids = {name: r.json()["orderId"] for name, r in answers.items()}
+    rows = dict(
+        api.rows(
+            "SELECT order_id, concat_ws(' ', status, type, side, time_in_force, quantity, "
+            "'price', price, 'trigger', trigger_price, 'disclosed', disclosed_qty, "
+            "'held at', hold_price_ticks, 'cash', blocked_cash, 'shares', blocked_shares) "
+            "FROM orders"
+        )
+    )  # concat_ws skips NULLs: no price or trigger, no number after the word
+    assert {name: rows[order_id] for name, order_id in ids.items()} == {
+        # a stop-market buy can fill up to the band's top (400,000 ticks) once triggered
+        "stop buy": "PENDING STOP BUY DAY 10 price trigger 1550000 disclosed 0 "
+        f"held at 400000 cash {TOP * 10} shares 0",
+        "stop-limit buy": "PENDING STOP_LIMIT BUY DAY 10 price 1560000 trigger 1550000 "
+        "disclosed 0 held at 312000 cash 15600000 shares 0",
+        "stop sell": "PENDING STOP SELL GTC 30 price trigger 1450000 disclosed 0 "
+        "held at 0 cash 0 shares 30",
+        "iceberg": "PENDING LIMIT BUY DAY 50 price 1500000 trigger disclosed 10 "
+        "held at 300000 cash 75000000 shares 0",
+    }
+    assert holds(api) == [
+        ("alice", TOP * 10, TOP * 10, 0, 0),
+        ("bob", 0, 0, 30, 30),
+        ("carol", 1_560_000 * 10 + 1_500_000 * 50, 1_560_000 * 10 + 1_500_000 * 50, 0, 0),
+    ]
+    commands = {c.order_id: c for c in api.commands()}
+    sent = {
+        name: (c.side, c.qty, c.market, c.price, c.stop, c.trigger, c.disclosed, c.tif)
+        for name, c in ((name, commands[order_id]) for name, order_id in ids.items())
+    }
+    assert sent == {  # ticks of 0.05
+        "stop buy": (Side.BUY, 10, True, 0, True, 310_000, 0, Tif.DAY),
+        "stop-limit buy": (Side.BUY, 10, False, 312_000, True, 310_000, 0, Tif.DAY),
+        "stop sell": (Side.SELL, 30, True, 0, True, 290_000, 0, Tif.GTC),
+        "iceberg": (Side.BUY, 50, False, 300_000, False, 0, 10, Tif.DAY),
+    }
+
+
+# (user, body, HTTP status, code): every rule of the new fields, over REST
+REFUSED = [
+    ("alice", {"type": "STOP", "price": None}, 422, "TRIGGER_REQUIRED"),
+    ("alice", STOP | {"price": "15000.00"}, 422, "PRICE_NOT_ALLOWED"),
+    ("alice", STOP_LIMIT | {"price": None}, 422, "PRICE_REQUIRED"),
+    ("alice", {"triggerPrice": "15500.00"}, 422, "TRIGGER_NOT_ALLOWED"),
+    (
+        "alice",
+        {"type": "MARKET", "price": None, "triggerPrice": "15500.00"},
+        422,
+        "TRIGGER_NOT_ALLOWED",
+    ),
+    ("alice", STOP | {"triggerPrice": "0"}, 422, "INVALID_TRIGGER"),
+    ("alice", STOP | {"triggerPrice": "25000.00"}, 422, "PRICE_BAND"),
+    ("alice", STOP | {"triggerPrice": "15500.03"}, 422, "TICK_SIZE"),
+    ("alice", STOP | {"timeInForce": "IOC"}, 422, "INVALID_TIF"),
+    ("alice", STOP_LIMIT | {"timeInForce": "FOK"}, 422, "INVALID_TIF"),
+    ("alice", STOP_LIMIT | {"price": "15499.95"}, 422, "TRIGGER_LIMIT_SIDE"),
+    (
+        "bob",
+        STOP_LIMIT | {"side": "SELL", "price": "14500.05", "triggerPrice": "14500.00"},
+        422,
+        "TRIGGER_LIMIT_SIDE",
+    ),
+    ("alice", STOP | {"triggerPrice": "15000.00"}, 422, "TRIGGER_REACHED"),  # last 15,000.00
+    ("bob", STOP | {"side": "SELL", "triggerPrice": "15000.00"}, 422, "TRIGGER_REACHED"),
+    ("alice", STOP | {"quantity": 5_001}, 422, "INSUFFICIENT_FUNDS"),  # at the band's top
+    (
+        "bob",
+        STOP | {"side": "SELL", "quantity": 101, "triggerPrice": "14000.00"},
+        422,
+        "INSUFFICIENT_HOLDINGS",
+    ),
+    ("alice", {"disclosedQuantity": 11}, 422, "DISCLOSED_TOO_LARGE"),
+    ("alice", {"quantity": 100, "disclosedQuantity": 9}, 422, "DISCLOSED_TOO_SMALL"),
+    (
+        "alice",
+        {"symbol": "TCS", "price": "20000.00", "quantity": 50, "disclosedQuantity": 7},
+        422,
+        "DISCLOSED_LOT_SIZE",
+    ),  # TCS in lots of 5 here
+    ("alice", {"disclosedQuantity": 5, "timeInForce": "IOC"}, 422, "DISCLOSED_NOT_ALLOWED"),
+    (
+        "alice",
+        {"type": "MARKET", "price": None, "disclosedQuantity": 5},
+        422,
+        "DISCLOSED_NOT_ALLOWED",
+    ),
+    ("alice", STOP_LIMIT | {"disclosedQuantity": 5}, 422, "DISCLOSED_NOT_ALLOWED"),
+    ("alice", {"disclosedQuantity": 0}, 422, "INVALID_REQUEST"),
+    ("alice", {"disclosedQuantity": "5"}, 422, "INVALID_REQUEST"),
+    ("alice", STOP | {"triggerPrice": "a lot"}, 422, "INVALID_REQUEST"),
+    ("alice", {"type": "TRAILING_STOP"}, 422, "INVALID_REQUEST"),
+]
+
+
+def test_every_new_rule_refuses_with_a_clear_error_and_stores_nothing(database):
+    async def scenario():
+        async with Api(database, rate_limit_burst=100) as api:
+            entry = api.app.state.oms.entry
+            entry.market = entry.market | {
+                "TCS": dataclasses.replace(entry.market["TCS"], lot_size=5)
+            }
+            api.rows(  # RELIANCE last traded at 15,000.00, as the projector records it
+                "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
+                "executed_at) VALUES ('RELIANCE:7', 'RELIANCE', 7, 1500000, 5, now()) "
+                "RETURNING 1"
+            )
+            return api, [await api.place(user=user, **body) for user, body, _, _ in REFUSED]
+
+    api, answers = run(scenario)
+    got = [(r.status_code, r.json()["error"]["code"]) for r in answers]
+    assert got == [(status, code) for _, _, status, code in REFUSED]
+    for (_, body, _, code), answer in zip(REFUSED, answers, strict=True):
+        error = answer.json()["error"]
+        assert error["message"] and "Traceback" not in answer.text, (body, error)
+        if code == "INVALID_REQUEST":
+            assert error["fields"] and error["fields"][0]["message"], (body, error)
+    assert api.rows(
+        "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), "
+        "(SELECT count(*) FROM idempotency_keys), (SELECT sum(blocked_cash) FROM accounts), "
+        "(SELECT sum(blocked_quantity) FROM positions)"
+    ) == [(0, 0, 0, 0, 0)]
+
+
+def test_a_stop_trigger_is_checked_against_the_last_trade_in_both_write_paths(database):
+    """One order (OrderEntry.place) and a batch (the REST path's group commit) read the
+    last trade price the same way; before any trade nothing is reached."""
+
+    def stop(key, trigger):
+        return PlaceOrderRequest("RELIANCE", "BUY", "STOP", 1, key, trigger_price=Decimal(trigger))
+
+    async def scenario():
+        async with Api(database) as api:
+            entry = api.app.state.oms.entry
+            early = await entry.place("alice", stop("early", "14000"))  # no trade yet
+            api.rows(
+                "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
+                "executed_at) VALUES ('RELIANCE:1', 'RELIANCE', 1, 1500000, 5, now()), "
+                "('RELIANCE:2', 'RELIANCE', 2, 1450000, 5, now()) RETURNING 1"
+            )  # the last is the highest seq: 14,500.00
+            with pytest.raises(OrderRefused) as refused:
+                await entry.place("alice", stop("late", "14500"))
+            taken = await entry.place("alice", stop("above", "14500.05"))
+            batch = await entry.place_batch(
+                [("alice", stop("b1", "14500")), ("carol", stop("b2", "14600"))]
+            )
+            return early, refused.value, taken, batch
+
+    early, refused, taken, batch = run(scenario)
+    assert early.status == taken.status == "PENDING"
+    assert refused.reason == "TRIGGER_REACHED" and "last price 14500.00" in refused.message
+    assert isinstance(batch[0], OrderRefused) and batch[0].reason == "TRIGGER_REACHED"
+    assert isinstance(batch[1], OrderReceipt) and batch[1].status == "PENDING"
+
+
+def test_a_stop_retry_is_the_same_order_and_a_changed_trigger_reuses_the_key(database):
+    async def scenario():
+        async with Api(database) as api:
+            first = await api.place(idempotencyKey="stop-1", **STOP)
+            again = await api.place(idempotencyKey="stop-1", **STOP)
+            moved = await api.place(idempotencyKey="stop-1", **STOP | {"triggerPrice": "15600"})
+            return api, first, again, moved
+
+    api, first, again, moved = run(scenario)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["orderId"] == first.json()["orderId"]
+    assert moved.status_code == 422 and moved.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert api.rows("SELECT count(*), sum(blocked_cash) FROM orders") == [(1, TOP * 10)]
+
+
+def test_the_pre_open_takes_orders_that_can_wait_for_the_auction(database):
+    async def scenario():
+        async with Api(database) as api:
+            with_pre_open(api)
+            api.now = PRE_OPEN
+            taken = {
+                "limit": await api.place(timeInForce="DAY"),
+                "gtc iceberg": await api.place(
+                    quantity=50, timeInForce="GTC", disclosedQuantity=10
+                ),
+                "market": await api.place(user="carol", type="MARKET", price=None, quantity=2),
+                "stop": await api.place(user="carol", **STOP),
+                "stop-limit IOC": await api.place(
+                    user="bob",
+                    side="SELL",
+                    **STOP_LIMIT
+                    | {"price": "15400.00", "triggerPrice": "15400.00", "timeInForce": "IOC"},
+                ),
+            }
+            refused = {
+                "limit IOC": await api.place(timeInForce="IOC"),
+                "limit FOK": await api.place(timeInForce="FOK"),
+                "market FOK": await api.place(type="MARKET", price=None, timeInForce="FOK"),
+            }
+            api.now = BUFFER
+            buffer = await api.place()
+            return api, taken, refused, buffer
+
+    api, taken, refused, buffer = run(scenario)
+    assert {k: r.status_code for k, r in taken.items()} == dict.fromkeys(taken, 202), {
+        k: r.text for k, r in taken.items()
+    }
+    assert {k: (r.status_code, r.json()["error"]["code"]) for k, r in refused.items()} == (
+        dict.fromkeys(refused, (422, "NOT_IN_PRE_OPEN"))
+    )
+    assert "pre-open call auction" in refused["limit IOC"].json()["error"]["message"]
+    assert (buffer.status_code, buffer.json()["error"]["code"]) == (422, "MARKET_CLOSED")
+    market_id = taken["market"].json()["orderId"]
+    # the market buy waits for the auction as a market order, held at the band's top
+    command = {c.order_id: c for c in api.commands()}[market_id]
+    assert command.market and command.tif == Tif.IOC and command.price == 0
+    assert api.rows("SELECT blocked_cash FROM orders WHERE order_id = %s", market_id) == [
+        (TOP * 2,)
+    ]
+    assert api.rows("SELECT count(*), min(trade_date), max(trade_date) FROM orders") == [
+        (5, date(2026, 11, 25), date(2026, 11, 25))
+    ]
+    assert api.rows("SELECT count(*) FROM outbox") == [(5,)]
+
+
+# --- the schema (0008): what no writer may store ----------------------------------------
+
+
+INCONSISTENT = [
+    (dict(type="STOP", price=1_500_000, trigger_price=1_550_000), "orders_price_matches_type"),
+    (dict(type="STOP", price=None, trigger_price=None), "orders_trigger_matches_type"),
+    (dict(type="STOP_LIMIT", trigger_price=0), "orders_trigger_matches_type"),
+    (dict(trigger_price=1_550_000), "orders_trigger_matches_type"),
+    (dict(disclosed_qty=11), "orders_disclosed_valid"),
+    (dict(disclosed_qty=-1), "orders_disclosed_valid"),
+    (dict(type="STOP_LIMIT", trigger_price=1_550_000, disclosed_qty=5), "orders_disclosed_valid"),
+    (dict(status="TRIGGER_PENDING"), "orders_trigger_pending_is_stop"),
+]
+
+
+def test_the_schema_refuses_inconsistent_orders(conn):
+    account = conn.execute(
+        "INSERT INTO accounts (user_id, cash) VALUES ('dave', 0) RETURNING account_id"
+    ).fetchone()[0]
+    row = dict(
+        trade_date=date(2026, 11, 25),
+        account_id=account,
+        symbol="RELIANCE",
+        side="BUY",
+        type="LIMIT",
+        price=1_500_000,
+        quantity=10,
+    )
+
+    def add(**changes):
+        r = row | changes
+        conn.execute(
+            f"INSERT INTO orders ({', '.join(r)}) VALUES ({', '.join(['%s'] * len(r))})",
+            list(r.values()),
+        )
+
+    for values, constraint in INCONSISTENT:
+        with pytest.raises(errors.CheckViolation, match=constraint):
+            add(**values)
+    add(type="STOP", price=None, trigger_price=1_550_000, status="TRIGGER_PENDING")
+    add(type="STOP_LIMIT", trigger_price=1_550_000, status="TRIGGER_PENDING")
+    add(disclosed_qty=10, status="OPEN")
+    assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
