@@ -67,6 +67,12 @@ __all__ = [
 
 log = logging.getLogger("brokercore.kafka.session_log")
 
+_librdkafka = logging.getLogger("brokercore.kafka.session_log.librdkafka")
+_librdkafka.setLevel(logging.CRITICAL + 1)
+"""librdkafka's own lines: with two schedulers it reports each fencing as FATAL, which is
+how they take turns; the publisher logs that itself, and every error reaches it as an
+exception."""
+
 TRANSACTION_TIMEOUT_MS = 10_000
 """How long an abandoned transaction holds up ``orders`` at most (the broker aborts it)."""
 LOG_RETENTION = timedelta(days=30)
@@ -193,8 +199,8 @@ class SessionPublisher:
             try:
                 self._transaction(todo)
             except KafkaException as e:
-                self._drop()
                 error: KafkaError = e.args[0]
+                self._drop(abort=not error.fatal())
                 if not (error.fatal() or error.txn_requires_abort()):
                     raise
                 log.info("session publisher: %s; starting over", error.str())
@@ -231,7 +237,7 @@ class SessionPublisher:
                 "transactional.id": scheduler_transactional_id(self.settings),
                 "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
                 "linger.ms": 0,
-                **QUIET_KAFKA,
+                "logger": _librdkafka,
             }
         )
         known: dict[str, set[tuple[str, str]]] = defaultdict(set)
@@ -244,7 +250,9 @@ class SessionPublisher:
             raise
         self._producer, self._known = producer, known
 
-    def _drop(self) -> None:
+    def _drop(self, abort: bool = True) -> None:
+        """Let the producer go; ``abort``: close it, aborting an open transaction (a
+        fenced one cannot: it is just released)."""
         producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.close()  # aborts an open transaction
+        if producer is not None and abort:
+            producer.close()
