@@ -242,6 +242,18 @@ def test_an_auction_without_a_price_cancels_the_market_orders_and_frees_their_ho
     assert balances(conn, alice) == (CASH, 0, SHARES, 0)
     assert_clean(conn, v, 2)
 
+    done = len(v.batches)
+    v.close()
+    v.send(PreOpen(INST.symbol, v.ts))
+    waiting = v.order(alice, Side.SELL, 6)  # a market sell waiting for an uncross...
+    v.close()  # ...that never comes: it expires, its shares are free again
+    settle(conn, v.messages(done))
+    assert order_row(conn, waiting)[:4] == ("EXPIRED", 0, 0, 0)
+    assert order_row(conn, bid)[:3] == ("EXPIRED", 0, 0)
+    assert balances(conn, alice) == (CASH, 0, SHARES, 0)
+    assert balances(conn, bob) == (CASH, 0, SHARES, 0)
+    assert_clean(conn, v, 2)
+
 
 def test_a_stop_waits_then_triggers_and_fills_and_another_expires_at_the_close(conn):
     v = DayVenue(conn)
