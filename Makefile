@@ -35,8 +35,8 @@ crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons, 3 
 chaos: build  ## the full chaos profile: 3 rounds of restarting each server and kill -9 of each service under load (private servers)
 	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/integration/test_chaos.py
 
-up: build  ## the whole stack on loopback (servers; engine daemons, APIs, consumers under supervisord, which restarts one that dies), always-open calendar; waits until each is ready, prints URLs and a token
-	scripts/stack/stack.sh up
+up: build  ## the whole stack on loopback (servers; engine daemons, APIs, consumers under supervisord, which restarts one that dies), always-open calendar (DAY=compressed: a 6-minute trading day, over and over); waits until each is ready, prints URLs and a token
+	$(if $(DAY),BROKERCORE_DAY=$(DAY) )scripts/stack/stack.sh up
 
 down:  ## stop everything `make up` started: its processes, their supervisord, the servers
 	scripts/stack/stack.sh down

@@ -2,8 +2,8 @@
 # The whole development stack on loopback: Postgres, Redis, Kafka, one engine daemon per
 # shard, the OMS, query, WebSocket and notification APIs (several processes of the first
 # three) behind the edge (nginx, the one entry point), and the settlement, projector and
-# notifier consumers, and the reconciler (plus its dead-letter push retries when
-# BROKERCORE_PUSH_URL names a push provider).
+# notifier consumers, the reconciler (plus its dead-letter push retries when
+# BROKERCORE_PUSH_URL names a push provider) and the session scheduler.
 #
 #   scripts/stack/stack.sh up       start what is not running (idempotent), wait until
 #                                   every component is ready, print URLs + a token; exit 1
@@ -45,6 +45,10 @@
 #   BROKERCORE_SHARDS       engine daemons, one per shard (default 2)
 #   BROKERCORE_CALENDAR     always-open (the default here: orders trade at any hour) or
 #                           exchange (the sessions in config/instruments.toml)
+#   BROKERCORE_DAY          calendar (the default: the scheduler follows the calendar, and
+#                           always-open has no pre-open or close) or compressed (`make up
+#                           DAY=compressed`: a 6-minute day, pre-open 60 s, the uncross,
+#                           4 min trading, close, 1 min closed, over and over)
 #   BROKERCORE_STACK_WAIT   seconds each component may take to be ready (default 60)
 set -euo pipefail
 
@@ -62,6 +66,7 @@ export BROKERCORE_WS_PROCESSES="${BROKERCORE_WS_PROCESSES:-2}"
 export BROKERCORE_DEV_MODE=1
 export BROKERCORE_SHARDS="$shards"
 export BROKERCORE_CALENDAR="${BROKERCORE_CALENDAR:-always-open}"
+export BROKERCORE_DAY="${BROKERCORE_DAY:-calendar}"
 export BROKERCORE_KAFKA_BOOTSTRAP="${BROKERCORE_KAFKA_BOOTSTRAP:-127.0.0.1:${BROKERCORE_KAFKA_PORT:-19092}}"
 export BROKERCORE_DATABASE_URL="${BROKERCORE_DATABASE_URL:-$(scripts/postgres/postgres.sh url)}"
 export BROKERCORE_REDIS_URL="${BROKERCORE_REDIS_URL:-$(scripts/redis/redis.sh url)}"
@@ -152,6 +157,7 @@ CONF
         program projector "$py" -m brokercore.cli service projector
         program notifier "$py" -m brokercore.cli service notifier
         program reconciler "$py" -m brokercore.cli service reconciler
+        program scheduler "$py" -m brokercore.cli service scheduler  # BROKERCORE_DAY
         program monitor "$py" -m brokercore.cli service monitor  # consumer lag, WARNING past 1,000
         if [ -n "${BROKERCORE_PUSH_URL:-}" ]; then  # pushes (and their dead letters) need one
             program push-retry "$py" -m brokercore.cli service reconciler --notifications
@@ -349,6 +355,9 @@ up() {
         calendar="always-open: orders trade at any hour (BROKERCORE_CALENDAR=exchange for the exchange's sessions)"
     else
         calendar="$BROKERCORE_CALENDAR: the sessions in config/instruments.toml (outside them: MARKET_CLOSED)"
+    fi
+    if [[ "$BROKERCORE_DAY" == compressed ]]; then
+        calendar="$calendar; compressed days: every 6 min a pre-open (60 s), the uncross, 4 min of trading, the close (logs/scheduler.log)"
     fi
     cat <<TEXT
 

@@ -40,6 +40,7 @@ PROCESSES = (
     "notifier",
     "reconciler",
     "monitor",
+    "scheduler",
 )
 
 

@@ -119,7 +119,7 @@ def command_of(step: Step) -> Command:
 def ensure_session_log(settings: KafkaSettings, timeout: float = 30.0) -> None:
     """The platform's topics (brokercore.kafka.topics) and the session log."""
     ensure_topics(settings, timeout)
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap, **QUIET_KAFKA})
     spec = NewTopic(
         session_log_topic(settings),
         num_partitions=1,
