@@ -9,6 +9,11 @@ in the same transaction; ``brokercore.entry.outbox`` publishes it afterwards, an
 reconciler re-publishes what was not confirmed (the engine drops a duplicate order id).
 ``place_batch`` does the same for many orders in one transaction, all their accounts
 locked at once (brokercore.entry.group_commit gathers the batches).
+
+The trading day: the calendar's phase decides what is taken (brokercore.broker.risk); a
+halt is the engine's alone: an order for a halted symbol is taken here and the engine
+refuses it (REJECTED, reason HALTED), which settlement records, its hold released. So
+no order waits on a stale copy of the phase, and none is refused by one.
 """
 
 from __future__ import annotations
