@@ -196,6 +196,18 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML file of [[instrument]] tables (default: %(default)s)",
     )
 
+    for action, summary in (
+        ("halt", "halt a symbol: no matching, new orders refused, until a resume or the close"),
+        ("resume", "re-open a halted symbol: a pre-open, then the uncross --uncross-after s later"),
+    ):
+        operator = commands.add_parser(action, help=summary, description=summary)
+        operator.add_argument("symbol", help="the symbol")
+        operator.add_argument("--id", help="this command's id, to run it again (default: new)")
+        if action == "resume":
+            operator.add_argument(
+                "--uncross-after", type=float, default=300.0, help="seconds (default: 300)"
+            )
+
     token = commands.add_parser(
         "token",
         help="mint a development JWT for a user (only with BROKERCORE_DEV_MODE=1)",
@@ -321,6 +333,12 @@ def run_move(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_operator(args: argparse.Namespace) -> int:
+    from brokercore.services.scheduler import operate
+
+    return operate(args.command, args.symbol, args.id, getattr(args, "uncross_after", 0.0))
+
+
 def run_token(args: argparse.Namespace) -> int:
     from brokercore.config import ServiceSettings
     from brokercore.edge.auth import JwtConfig, mint_token
@@ -418,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": run_status,
             "shard": run_shard,
             "token": run_token,
+            "halt": run_operator,
+            "resume": run_operator,
             "service": run_service,
         }
         return commands[args.command](args)

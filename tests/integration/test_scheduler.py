@@ -7,6 +7,8 @@ restarted during compressed days; and the engine daemon applies them (docs/engin
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -17,7 +19,15 @@ from confluent_kafka import Producer
 from brokercore.broker.session_plan import CompressedDay, Transition
 from brokercore.config import KafkaSettings
 from brokercore.engine.records import EventType, Op
-from brokercore.kafka.messages import CloseSession, Event, NewOrder, PreOpen, Uncross, encode
+from brokercore.kafka.messages import (
+    CloseSession,
+    Event,
+    Halt,
+    NewOrder,
+    PreOpen,
+    Uncross,
+    encode,
+)
 from brokercore.kafka.placement import ShardPlan, compute_plan
 from brokercore.kafka.session_log import (
     LogEntry,
@@ -35,8 +45,13 @@ from waiting import wait_until
 
 SECRET = b"test-scheduler-secret"
 SYMBOLS = ("AAA", "BBB", "CCC")
-KIND = {PreOpen: Transition.PRE_OPEN, Uncross: Transition.UNCROSS, CloseSession: Transition.CLOSE}
-_command = msgspec.msgpack.Decoder(PreOpen | Uncross | CloseSession | NewOrder)
+KIND = {
+    PreOpen: Transition.PRE_OPEN,
+    Uncross: Transition.UNCROSS,
+    CloseSession: Transition.CLOSE,
+    Halt: Transition.HALT,
+}
+_command = msgspec.msgpack.Decoder(PreOpen | Uncross | CloseSession | Halt | NewOrder)
 
 
 def write_market(path: Path) -> Path:
@@ -239,3 +254,43 @@ def test_the_engine_applies_a_compressed_day(tmp_path):
     after = [name for name, _ in kinds[kinds.index(("TRADE", Op.UNCROSS)) :]]
     assert after[:3] == ["TRADE", "UNCROSSED", "OPENED"]
     assert "EXPIRED" in after and after.index("EXPIRED") < after.index("CLOSED")
+
+
+def operator(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "brokercore.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_halt_and_resume_are_published_once_per_id(kafka, tmp_path):
+    env = environment(kafka, write_market(tmp_path / "instruments.toml"))
+    first = operator(env, "halt", "AAA", "--id", "h1")
+    assert first.returncode == 0 and "AAA: HALT published" in first.stdout, first
+    again = operator(env, "halt", "AAA", "--id", "h1")
+    assert again.returncode == 0 and "already published" in again.stdout, again
+    waiting = LoggedProcess(
+        ["resume", "BBB", "--id", "r1", "--uncross-after", "600"], tmp_path / "resume.log", env
+    )
+    try:
+        waiting.wait_for("the uncross at")
+        waiting.kill()  # kill -9 while it waits for the uncross
+    finally:
+        waiting.close()
+    finish = operator(env, "resume", "BBB", "--id", "r1", "--uncross-after", "1")
+    assert finish.returncode == 0 and "BBB: UNCROSS published" in finish.stdout, finish
+    assert "PRE_OPEN" not in finish.stdout, finish  # the pre-open of the first run stands
+    sent = sessions(kafka)
+    assert sorted((symbol, transition, n) for (symbol, transition, _), n in sent.items()) == [
+        ("AAA", Transition.HALT, 1),
+        ("BBB", Transition.PRE_OPEN, 1),
+        ("BBB", Transition.UNCROSS, 1),
+    ]
+    pre_open, uncross = (
+        ts for (symbol, _, ts) in sorted(sent, key=lambda k: k[2]) if symbol == "BBB"
+    )
+    assert uncross == pre_open + 1_000_000_000  # the uncross time kept from the pre-open
+    assert logged(kafka) == sent

@@ -54,12 +54,14 @@ __all__ = [
 
 
 class Transition(StrEnum):
-    """A session command the scheduler sends (brokercore.kafka.messages' names)."""
+    """A session command the scheduler sends; HALT only an operator's (``brokercore
+    halt``), whose steps are filed under a day key of their own."""
 
     PRE_OPEN = "PRE_OPEN"
     UNCROSS = "UNCROSS"
     OPEN = "OPEN"
     CLOSE = "CLOSE"
+    HALT = "HALT"
 
 
 _OPENING = (Transition.UNCROSS, Transition.OPEN)

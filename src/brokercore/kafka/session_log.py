@@ -51,7 +51,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from brokercore.broker.session_plan import Step, Transition
 from brokercore.config import KafkaSettings
 from brokercore.faults.kafka_errors import QUIET_KAFKA
-from brokercore.kafka.messages import CloseSession, Command, OpenSession, PreOpen, Uncross, encode
+from brokercore.kafka.messages import (
+    CloseSession,
+    Command,
+    Halt,
+    OpenSession,
+    PreOpen,
+    Uncross,
+    encode,
+)
 from brokercore.kafka.placement import ShardPlan
 from brokercore.kafka.topics import ensure_topics
 
@@ -113,6 +121,8 @@ def command_of(step: Step) -> Command:
             return OpenSession(step.symbol, ts)
         case Transition.CLOSE:
             return CloseSession(step.symbol, ts)
+        case Transition.HALT:
+            return Halt(step.symbol, ts)
     raise AssertionError(step.transition)  # pragma: no cover
 
 
@@ -177,12 +187,13 @@ class SessionPublisher:
         self.plan = plan
         self.timeout = timeout
         self._producer: Producer | None = None
-        self._known: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        self._known: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
 
     @property
-    def published(self) -> dict[str, set[tuple[str, str]]]:
-        """Per symbol, the (day, transition) pairs known to be published (read from the
-        log when the publisher last started, plus its own since)."""
+    def published(self) -> dict[str, dict[tuple[str, str], int]]:
+        """Per symbol, the (day, transition) pairs known to be published, with their
+        commands' ts (read from the log when the publisher last started, plus its own
+        since)."""
         self._ensure_started()
         return self._known
 
@@ -207,7 +218,7 @@ class SessionPublisher:
                 time.sleep(random.uniform(0.0, 0.2))  # two schedulers: break the tie
                 continue
             for s in todo:
-                self._known[s.symbol].add((s.day, s.transition))
+                self._known[s.symbol][s.day, s.transition] = nanoseconds(s.at)
             return todo
 
     def close(self) -> None:
@@ -240,11 +251,11 @@ class SessionPublisher:
                 "logger": _librdkafka,
             }
         )
-        known: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        known: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         try:
             producer.init_transactions(self.timeout)
             for entry in read_session_log(self.settings, self.timeout):
-                known[entry.symbol].add((entry.day, entry.transition))
+                known[entry.symbol][entry.day, entry.transition] = entry.ts
         except BaseException:
             producer.close()
             raise

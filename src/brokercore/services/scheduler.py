@@ -11,22 +11,37 @@ closed). BROKERCORE_SCHEDULER_SECRET is the key of the random uncross moments (d
 a public development key). Publishing is brokercore.kafka.session_log's: any number of
 schedulers may run, and one restarted at any moment sends what is missing, nothing
 twice. ``--once`` publishes what is due now and exits.
+
+The operator's ``brokercore halt SYMBOL`` and ``brokercore resume SYMBOL`` (``operate``)
+publish through the same path: HALT; or PRE_OPEN at once and UNCROSS ``--uncross-after``
+seconds later (the call auction that re-opens a halted book). Each invocation has an id
+(``--id``, else a new one, printed): run again with it, it sends only what is missing,
+and a resume killed while it waits keeps the uncross time of its pre-open.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import threading
+import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from brokercore.broker.market import load_market
-from brokercore.broker.session_plan import CalendarPlan, CompressedDay, DayPlan, due
+from brokercore.broker.session_plan import (
+    CalendarPlan,
+    CompressedDay,
+    DayPlan,
+    Step,
+    Transition,
+    due,
+)
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.faults.backoff import Backoff, transient
 from brokercore.kafka.placement import shard_plan
-from brokercore.kafka.session_log import SessionPublisher, ensure_session_log
+from brokercore.kafka.session_log import SessionPublisher, ensure_session_log, nanoseconds
 from brokercore.services.consumer import Run, run_consumer
 
 log = logging.getLogger("brokercore.scheduler")
@@ -145,3 +160,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run
 
     return run_consumer("scheduler", prepare)
+
+
+def operate(action: str, symbol: str, command_id: str | None, uncross_after: float) -> int:
+    """``brokercore halt`` (``action`` "halt") or ``brokercore resume`` ("resume") of
+    ``symbol``, exactly once per ``command_id``; prints what it published. 0 when done,
+    1 when stopped (SIGTERM, Ctrl-C) before a resume's uncross."""
+    kafka, settings = KafkaSettings.from_env(), ServiceSettings.from_env()
+    market = load_market(settings.instruments, settings.calendar)
+    if symbol not in market:
+        raise ValueError(f"unknown symbol {symbol!r}")
+    if uncross_after < 0:
+        raise ValueError("--uncross-after must be at least 0 seconds")
+    command_id = command_id or uuid.uuid4().hex[:12]
+    day = f"{action}:{command_id}"
+    ensure_session_log(kafka)
+    publisher = SessionPublisher(kafka, shard_plan(kafka, market.values()))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        now = datetime.now(UTC)
+        if action == "halt":
+            _say(publisher.publish([Step(now, symbol, day, Transition.HALT)]), command_id)
+            return 0
+        began = publisher.published[symbol].get((day, Transition.PRE_OPEN))
+        if began is None:
+            _say(publisher.publish([Step(now, symbol, day, Transition.PRE_OPEN)]), command_id)
+        start = now if began is None else datetime.fromtimestamp(began / 1e9, UTC)
+        uncross = Step(start + timedelta(seconds=uncross_after), symbol, day, Transition.UNCROSS)
+        print(f"{symbol}: the uncross at {uncross.at.isoformat(timespec='seconds')}")
+        if stop.wait(max(0.0, (uncross.at - datetime.now(UTC)).total_seconds())):
+            print(f"stopped before the uncross: run again with --id {command_id} to send it")
+            return 1
+        _say(publisher.publish([uncross]), command_id)
+        return 0
+    finally:
+        publisher.close()
+
+
+def _say(published: list[Step], command_id: str) -> None:
+    for step in published:
+        print(f"{step.symbol}: {step.transition} published (ts {nanoseconds(step.at)})")
+    if not published:
+        print(f"already published (id {command_id}): nothing sent again")
+    else:
+        print(f"id {command_id} (run again with --id {command_id}: nothing is sent twice)")
