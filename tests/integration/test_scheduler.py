@@ -78,13 +78,21 @@ def orders(settings: KafkaSettings) -> list[tuple[int, object]]:
     )
 
 
-def sessions(settings: KafkaSettings) -> Counter[tuple[str, Transition, int]]:
-    """The session commands of ``orders`` as (symbol, transition, ts), counted."""
-    return Counter((c.symbol, KIND[type(c)], c.ts) for _, c in orders(settings) if type(c) in KIND)
+def sessions(
+    settings: KafkaSettings, sent: list[tuple[int, object]] | None = None
+) -> Counter[tuple[str, Transition, int]]:
+    """The session commands of ``orders`` (or of ``sent``, as read from it) as (symbol,
+    transition, ts), counted."""
+    sent = orders(settings) if sent is None else sent
+    return Counter((c.symbol, KIND[type(c)], c.ts) for _, c in sent if type(c) in KIND)
 
 
-def logged(settings: KafkaSettings) -> Counter[tuple[str, Transition, int]]:
-    return Counter((e.symbol, Transition(e.transition), e.ts) for e in read_session_log(settings))
+def logged(
+    settings: KafkaSettings, entries: list[LogEntry] | None = None
+) -> Counter[tuple[str, Transition, int]]:
+    """The session log's entries (or ``entries``, as read from it) the same way."""
+    entries = read_session_log(settings) if entries is None else entries
+    return Counter((e.symbol, Transition(e.transition), e.ts) for e in entries)
 
 
 def test_a_fenced_publisher_starts_over_and_publishes_only_what_is_missing(kafka):
@@ -95,8 +103,11 @@ def test_a_fenced_publisher_starts_over_and_publishes_only_what_is_missing(kafka
     try:
         assert first.published == {}  # started: its log read
         assert second.publish(steps[:4]) == steps[:4]  # its start fenced the first
-        assert first.publish(steps) == steps[4:]  # fenced: starts over, finds the four
-        assert second.publish(steps) == []  # fenced in turn: finds them all
+        assert first.publish(steps) == []  # fenced: publishes nothing, drops its producer
+        assert sum(map(len, first.published.values())) == 4  # the log read again
+        assert first.publish(steps) == steps[4:]  # only the rest; its start fenced the second
+        assert second.publish(steps) == []  # fenced in turn
+        assert sum(map(len, second.published.values())) == len(steps)  # finds them all
     finally:
         first.close()
         second.close()
@@ -162,12 +173,12 @@ def assert_each_step_once_in_order(settings: KafkaSettings, days: int) -> None:
     """Per symbol: every step logged once and sent once; in its partition a first CLOSE
     (the new book's), then whole days in order (a first day may have been joined late);
     each uncross at its secret moment; at least ``days`` whole days."""
-    assert sessions(settings) == logged(settings)
+    sent, entries = orders(settings), read_session_log(settings)
+    assert sessions(settings, sent) == logged(settings, entries)
     per_symbol: dict[str, list[tuple[Transition, int]]] = defaultdict(list)
-    for _, command in orders(settings):
+    for _, command in sent:
         if type(command) in KIND:
             per_symbol[command.symbol].append((KIND[type(command)], command.ts))
-    entries = read_session_log(settings)
     assert len({(e.symbol, e.day, e.transition) for e in entries}) == len(entries)
     after = {
         Transition.CLOSE: Transition.PRE_OPEN,
@@ -194,18 +205,18 @@ def test_two_schedulers_one_killed_and_restarted_send_each_step_once(kafka, tmp_
     restarted = None
     try:
         wait_until(lambda: "PRE_OPEN" in a.text() + b.text(), "a PRE_OPEN", timeout=60)
-        time.sleep(4)  # a day and a bit
+        time.sleep(3.5)  # a day and a bit
         a.kill()  # kill -9, at some moment of a day
-        time.sleep(3)
+        time.sleep(2)
         restarted = scheduler(env, tmp_path / "a2.log")
-        time.sleep(5)
+        time.sleep(4)
         for process in (b, restarted):
             assert process.terminate(30) == 0
     finally:
         for process in (a, b, restarted):
             if process is not None:
                 process.close()
-    assert_each_step_once_in_order(kafka, days=3)
+    assert_each_step_once_in_order(kafka, days=2)
 
 
 def test_the_engine_applies_a_compressed_day(tmp_path):
@@ -284,6 +295,7 @@ def test_halt_and_resume_are_published_once_per_id(kafka, tmp_path):
     assert finish.returncode == 0 and "BBB: UNCROSS published" in finish.stdout, finish
     assert "PRE_OPEN" not in finish.stdout, finish  # the pre-open of the first run stands
     sent = sessions(kafka)
+    assert logged(kafka) == sent
     assert sorted((symbol, transition, n) for (symbol, transition, _), n in sent.items()) == [
         ("AAA", Transition.HALT, 1),
         ("BBB", Transition.PRE_OPEN, 1),
@@ -293,4 +305,3 @@ def test_halt_and_resume_are_published_once_per_id(kafka, tmp_path):
         ts for (symbol, _, ts) in sorted(sent, key=lambda k: k[2]) if symbol == "BBB"
     )
     assert uncross == pre_open + 1_000_000_000  # the uncross time kept from the pre-open
-    assert logged(kafka) == sent

@@ -199,27 +199,28 @@ class SessionPublisher:
 
     def publish(self, steps: Sequence[Step]) -> list[Step]:
         """Publish the steps not published yet, in their order, in one transaction;
-        returns those this call published. A KafkaException that is not about this
-        producer being fenced or its transaction aborted is raised (after the producer
-        is dropped: the next call starts afresh)."""
-        while True:
-            self._ensure_started()
-            todo = [s for s in steps if (s.day, s.transition) not in self._known[s.symbol]]
-            if not todo:
-                return []
-            try:
-                self._transaction(todo)
-            except KafkaException as e:
-                error: KafkaError = e.args[0]
-                self._drop(abort=not error.fatal())
-                if not (error.fatal() or error.txn_requires_abort()):
-                    raise
-                log.info("session publisher: %s; starting over", error.str())
-                time.sleep(random.uniform(0.0, 0.2))  # two schedulers: break the tie
-                continue
-            for s in todo:
-                self._known[s.symbol][s.day, s.transition] = nanoseconds(s.at)
-            return todo
+        returns those it published. Fenced by another scheduler (or its transaction
+        aborted), it publishes nothing and returns []: the caller looks at ``published``
+        again (read afresh) and decides anew, since the other may have published some of
+        them, and with them changed what is due. Any other KafkaException is raised
+        (the producer dropped: the next call starts afresh)."""
+        self._ensure_started()
+        todo = [s for s in steps if (s.day, s.transition) not in self._known[s.symbol]]
+        if not todo:
+            return []
+        try:
+            self._transaction(todo)
+        except KafkaException as e:
+            error: KafkaError = e.args[0]
+            self._drop(abort=not error.fatal())
+            if not (error.fatal() or error.txn_requires_abort()):
+                raise
+            log.info("session publisher: %s; starting over", error.str())
+            time.sleep(random.uniform(0.0, 0.2))  # two schedulers: break the tie
+            return []
+        for s in todo:
+            self._known[s.symbol][s.day, s.transition] = nanoseconds(s.at)
+        return todo
 
     def close(self) -> None:
         self._drop()

@@ -78,6 +78,8 @@ def schedule(
         try:
             steps, upcoming = due(plan, symbols, publisher.published, clock())
             done = publisher.publish(steps)
+            if steps and not done:
+                continue  # fenced by another scheduler: what is due, again, from the log
         except Exception as e:
             if once or not transient(e):
                 raise
@@ -182,27 +184,28 @@ def operate(action: str, symbol: str, command_id: str | None, uncross_after: flo
     try:
         now = datetime.now(UTC)
         if action == "halt":
-            _say(publisher.publish([Step(now, symbol, day, Transition.HALT)]), command_id)
+            _publish(publisher, Step(now, symbol, day, Transition.HALT), command_id)
             return 0
         began = publisher.published[symbol].get((day, Transition.PRE_OPEN))
         if began is None:
-            _say(publisher.publish([Step(now, symbol, day, Transition.PRE_OPEN)]), command_id)
+            _publish(publisher, Step(now, symbol, day, Transition.PRE_OPEN), command_id)
         start = now if began is None else datetime.fromtimestamp(began / 1e9, UTC)
         uncross = Step(start + timedelta(seconds=uncross_after), symbol, day, Transition.UNCROSS)
         print(f"{symbol}: the uncross at {uncross.at.isoformat(timespec='seconds')}")
         if stop.wait(max(0.0, (uncross.at - datetime.now(UTC)).total_seconds())):
             print(f"stopped before the uncross: run again with --id {command_id} to send it")
             return 1
-        _say(publisher.publish([uncross]), command_id)
+        _publish(publisher, uncross, command_id)
         return 0
     finally:
         publisher.close()
 
 
-def _say(published: list[Step], command_id: str) -> None:
-    for step in published:
-        print(f"{step.symbol}: {step.transition} published (ts {nanoseconds(step.at)})")
-    if not published:
-        print(f"already published (id {command_id}): nothing sent again")
-    else:
-        print(f"id {command_id} (run again with --id {command_id}: nothing is sent twice)")
+def _publish(publisher: SessionPublisher, step: Step, command_id: str) -> None:
+    """Publish ``step`` unless the log has it (trying again while fenced); say which."""
+    while (step.day, step.transition) not in publisher.published[step.symbol]:
+        if publisher.publish([step]):
+            print(f"{step.symbol}: {step.transition} published (ts {nanoseconds(step.at)})")
+            print(f"id {command_id} (run again with --id {command_id}: nothing is sent twice)")
+            return
+    print(f"{step.symbol}: {step.transition} already published (id {command_id})")
