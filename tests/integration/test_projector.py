@@ -7,7 +7,6 @@ then applies those batches, directly or from a Kafka topic.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -27,16 +26,9 @@ from brokercore.consumers.projector import (
 from brokercore.engine.records import EventType, Reason, Side, Stp, Tif
 from brokercore.kafka.messages import AmendOrder, EventBatch, NewOrder, encode
 from brokercore.read.candles import (
-    AUCTION_SQL,
     DEPTH_LEVELS,
-    DEPTH_SQL,
-    LAST_PRICE_SQL,
-    PHASES_SQL,
-    book_update,
 )
 from brokercore.realtime.channels import (
-    BookUpdate,
-    OrderUpdate,
     TradeTick,
     book_channel,
     decode_message,
@@ -46,6 +38,16 @@ from brokercore.realtime.channels import (
     user_channel,
 )
 from kafka_support import run_service_briefly, run_until_stored
+from read_model_support import (
+    SYMBOL,
+    T0,
+    accounts,
+    current_book,
+    depth,
+    order_row,
+    stamped,
+    updates,
+)
 from shared_servers import REDIS_URL, powerless_redis_user
 from venue_support import (
     INSTRUMENTS_TOML,
@@ -58,8 +60,6 @@ from venue_support import (
 )
 
 D = Decimal
-T0 = 1_772_000_000_000  # Kafka timestamp (ms) of the hand-made messages
-SYMBOL = "RELIANCE"
 pytestmark = pytest.mark.usefixtures("database")  # alice, bob and carol, beside `conn`
 
 
@@ -79,41 +79,8 @@ def projector(client, prefix) -> ProjectorConsumer:
     return ProjectorConsumer(MARKET, client, prefix)
 
 
-def accounts(conn) -> dict[str, int]:
-    return dict(conn.execute("SELECT user_id, account_id FROM accounts").fetchall())
-
-
-def stamped(v: Venue, start: int = 0) -> list[Message]:
-    """The venue's messages with a Kafka timestamp each."""
-    return [m._replace(timestamp_ms=T0 + m.offset) for m in v.messages(start)]
-
-
 def events_of(v: Venue, kind: EventType) -> list:
     return [e for b in v.batches for e in b.events if e.type == kind]
-
-
-def order_row(conn, order_id: int):
-    return conn.execute(
-        "SELECT user_id, status, price, quantity, filled_quantity, filled_notional, avg_price,"
-        " reject_reason, fills, last_update_id FROM read_model.orders WHERE order_id = %s",
-        (order_id,),
-    ).fetchone()
-
-
-def updates(conn, user: str) -> list[tuple[int, OrderUpdate]]:
-    """(update_id, the payload as a client decodes it) of a user, in order."""
-    return [
-        (i, decode_message(json.dumps(p)))
-        for i, p in conn.execute(
-            "SELECT update_id, payload FROM read_model.order_updates WHERE user_id = %s "
-            "ORDER BY update_id",
-            (user,),
-        )
-    ]
-
-
-def depth(conn, symbol: str = SYMBOL) -> list[tuple]:
-    return conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS}).fetchall()
 
 
 def engine_depth(v: Venue) -> list[tuple]:
@@ -125,20 +92,6 @@ def engine_depth(v: Venue) -> list[tuple]:
         for side, levels in (("BUY", bids), ("SELL", asks))
         for level in levels
     ]
-
-
-def current_book(conn, symbol: str = SYMBOL) -> BookUpdate:
-    """The BOOK message of the symbol from the read model, as the query service reads it."""
-    last = conn.execute(LAST_PRICE_SQL, {"symbol": symbol}).fetchone()
-    phase = conn.execute(PHASES_SQL, {"symbols": [symbol]}).fetchone()
-    auction = conn.execute(AUCTION_SQL, {"symbols": [symbol]}).fetchall()
-    return book_update(
-        symbol,
-        depth(conn, symbol),
-        last[0] if last else None,
-        phase[1] if phase else "OPEN",
-        [row[1:] for row in auction],
-    )
 
 
 _KEYS = {

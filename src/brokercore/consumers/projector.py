@@ -66,7 +66,7 @@ from brokercore.broker.money import average_fill_price, average_price, rupees
 from brokercore.broker.orders import END_STATUS, OPEN_STATUSES, event_time, trade_id
 from brokercore.consumers.pg_consumer import Message, claim_offsets, run_pg_consumer, store_offsets
 from brokercore.engine.records import EventType, Op, Phase, Reason, Side
-from brokercore.kafka.messages import Event
+from brokercore.kafka.messages import NEW_ORDER_OPS, STOP_OPS, Event
 from brokercore.read.cache import Invalidator
 from brokercore.read.candles import (
     AUCTION_SQL,
@@ -233,7 +233,8 @@ class _Batch:
     push: Publication = field(default_factory=Publication)
     # per symbol, the orders its command in progress changed (and its Kafka timestamp)
     commands: dict[str, dict[int, tuple[_Order, int]]] = field(default_factory=dict)
-    takers: dict[str, int] = field(default_factory=dict)  # per symbol, the matching order
+    # per symbol, the order matching in its command in progress (none in an auction)
+    takers: dict[str, int] = field(default_factory=dict)
     phases: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)  # to write
 
 
@@ -324,8 +325,6 @@ _LAST_PRICES_SQL = f"""
 SELECT s.symbol, ({LAST_PRICE_SQL.replace("%(symbol)s", "s.symbol")})
   FROM unnest(%(symbols)s::text[]) AS s (symbol)"""
 
-_STOPS = (Op.STOP, Op.STOP_LIMIT)
-_NEW_ORDERS = (Op.LIMIT, Op.MARKET, *_STOPS)
 _PRICED = ("LIMIT", "STOP_LIMIT")  # order types whose price is a limit
 
 _fills = msgspec.json.Encoder().encode
@@ -530,13 +529,13 @@ class ProjectorConsumer:
             return
         if kind == EventType.ACCEPTED:
             if order.status == "PENDING":
-                order.status = "TRIGGER_PENDING" if e.op in _STOPS else "OPEN"
+                order.status = "TRIGGER_PENDING" if e.op in STOP_OPS else "OPEN"
                 self._changed(b, e, order, event_time_ms)
         elif kind == EventType.TRIGGERED:
             if order.status == "TRIGGER_PENDING":
                 order.status = "OPEN"
                 self._changed(b, e, order, event_time_ms)
-        elif kind == EventType.REJECTED and e.op not in _NEW_ORDERS:
+        elif kind == EventType.REJECTED and e.op not in NEW_ORDER_OPS:
             return  # a refused cancel or amend: the order stays as it is
         elif kind in END_STATUS:
             if kind == EventType.REJECTED and (
@@ -616,11 +615,12 @@ class ProjectorConsumer:
         b.last_prices[e.symbol] = price  # a symbol's trades come in their order
         b.push.ticks.append(TradeTick(tid, e.symbol, rupees(price), e.qty, when.isoformat()))
         b.symbols.add(e.symbol)
-        # a taker (and both orders of an uncross) shows min(disclosed, open) when it
-        # rests; a maker's trade takes its shown part down
+        # a taker (and both orders of an uncross's auction, which has no taker) shows
+        # min(disclosed, open) when it rests; a maker's trade takes its shown part down
+        auction = e.symbol not in b.takers
         for order_id, remaining, maker in (
             (e.order_id, e.remaining, False),
-            (e.other_id, e.other_remaining, e.op != Op.UNCROSS),
+            (e.other_id, e.other_remaining, not auction),
         ):
             resting = b.book.get(order_id)
             if resting is not None and remaining > 0:
@@ -699,7 +699,8 @@ class ProjectorConsumer:
     @staticmethod
     def _command_done(b: _Batch, symbol: str) -> None:
         """The command in progress on ``symbol`` has ended: an ORDER_UPDATE (seq set
-        later) with the state it left of each order it changed."""
+        later) with the state it left of each order it changed; its taker is done."""
+        b.takers.pop(symbol, None)
         for order, event_time_ms in b.commands.pop(symbol, {}).values():
             b.updates.append(
                 (

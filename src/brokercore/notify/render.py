@@ -22,7 +22,7 @@ from brokercore.broker.market import MarketInstrument
 from brokercore.broker.money import format_paise
 from brokercore.broker.orders import END_STATUS, event_time
 from brokercore.engine.records import EventType, Op, Reason
-from brokercore.kafka.messages import Event
+from brokercore.kafka.messages import NEW_ORDER_OPS, Event
 from brokercore.notify.alerts import Fire
 from brokercore.realtime.channels import Notification
 
@@ -61,13 +61,12 @@ def told(e: Event) -> list[int]:
     if e.type == EventType.TRADE:
         return [e.order_id, e.other_id]
     if e.type == EventType.REJECTED and (
-        e.op not in _NEW_ORDERS or e.reason == Reason.DUPLICATE_ORDER_ID
+        e.op not in NEW_ORDER_OPS or e.reason == Reason.DUPLICATE_ORDER_ID
     ):
         return []
     return [e.order_id] if e.type in END_STATUS or e.type == EventType.TRIGGERED else []
 
 
-_NEW_ORDERS = (Op.LIMIT, Op.MARKET, Op.STOP, Op.STOP_LIMIT)
 _STOP_TYPES = ("STOP", "STOP_LIMIT")
 
 
