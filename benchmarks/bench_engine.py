@@ -2,14 +2,16 @@
 
 Run (from the repository root, with brokercore installed):
 
-    python benchmarks/bench_engine.py                   # default, ~1 min (`make demo`)
-    python benchmarks/bench_engine.py --quick           # ~10-15 s smoke run
+    python benchmarks/bench_engine.py                   # default, ~3 min (`make demo`)
+    python benchmarks/bench_engine.py --quick           # ~30 s smoke run
     python benchmarks/bench_engine.py --profile exchange-core --ops 3000000 --runs 7
     python benchmarks/bench_engine.py --memory-books 0  # skip the memory test
 
 Options: --ops N (timed commands per profile), --runs R (timed repetitions), --profile
 mixed|exchange-core|all, --memory-books B, --reference-ops N (prefix the reference model
-runs), --seed S, --quick. The script prints numbers; it asserts nothing.
+runs), --cold-runs P (fresh processes of the first-batch row, 0 to skip), --cold-ops N
+(its batch), --latency-orders N (per-order calls timed one by one), --seed S, --quick.
+The script prints numbers; it asserts nothing.
 
 Workloads (benchmarks/workloads.py) are generated up front, deterministic in --seed:
 ``mixed`` (60% limit, 10% market, 30% cancel of live orders) and ``exchange-core``
@@ -27,10 +29,22 @@ What each number means:
   included; the loop's own cost is shown separately (the same loop over no-op methods).
 * batch in slices: the same commands fed to process() 16,384 at a time; next to the
   whole-array number it shows what building one huge output array costs.
-* latency: a separate per-order pass timing each call alone with perf_counter_ns;
-  p50/p99/p99.9/max in ns, minus the mean cost of an empty timer pair (timed right
-  after each call, so under the same conditions; printed). The clock costs tens of
-  ns, so values near zero are coarse; the max is usually a preemption.
+* first batch, fresh process: P fresh interpreters each load the first --cold-ops
+  commands (1,000,000 by default) from a file, build a fresh prefilled book and time
+  its first ``process()`` (wall and CPU time, process_time); then a second fresh book
+  in the same process, the same way. Median and min over the processes, beside the
+  warm median above. This is where a process pays for faulting its memory in (the
+  event buffer, the id map growing); a second row does the same with the book sized
+  for the run (``session_orders`` = the run's new orders), which faults the id map in
+  when the book is made.
+* latency: per-order calls timed one by one with perf_counter_ns, --latency-orders of
+  them (10,000,000 by default: passes over the workload's calls, each pass on a fresh
+  prefilled book, so each pass includes a book growing), for the default book and the
+  one sized for the run; p50/p99/p99.9/p99.99/max in ns and the calls over 100 us,
+  minus the mean cost of an empty timer pair (timed right after each call, so under
+  the same conditions; printed). The timer is Python's, around the Python call: the
+  call's own dispatch (~100 ns) is in every sample, and the clock costs tens of ns,
+  so values near zero are coarse; the max is usually a preemption or a growth.
 * reference: ``ReferenceBook.process`` (the plain-Python model) on the first
   --reference-ops commands of the same workload, after the same prefill; the ratios
   are engine rate / reference rate.
@@ -57,6 +71,7 @@ with small sizes and says so at the top (useful only to check the script itself)
 from __future__ import annotations
 
 import argparse
+import array
 import gc
 import json
 import os
@@ -65,12 +80,13 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from brokercore.engine.records import EventType, Op, Reason, Stp, Tif
+from brokercore.engine.records import COMMAND_DTYPE, EventType, Op, Reason, Stp, Tif
 from brokercore.engine.reference import ReferenceBook
 from machine import cpu_model
 from workloads import (
@@ -90,12 +106,38 @@ TARGET_BATCH_OPS = 10e6
 TARGET_PER_ORDER_OPS = 3e6
 TARGET_P99_NS = 1_000
 TARGET_MEMORY_BYTES_10K = 1024 * MIB
+TARGET_COLD_OPS = 7e6
+SLOW_CALL_NS = 100_000  # the latency rows count the calls slower than this
 EXCHANGE_CORE_OPS = 5e6
 SLICE_SIZE = 16_384  # commands per process() call in the sliced batch measurement
 
-DEFAULTS = {"ops": 2_000_000, "runs": 7, "memory_books": 10_000, "reference_ops": 50_000}
-QUICK = {"ops": 500_000, "runs": 3, "memory_books": 2_000, "reference_ops": 10_000}
-MODEL_ONLY_CAPS = {"ops": 20_000, "runs": 2, "memory_books": 300, "reference_ops": 5_000}
+DEFAULTS = {
+    "ops": 2_000_000,
+    "runs": 7,
+    "memory_books": 10_000,
+    "reference_ops": 50_000,
+    "cold_runs": 7,
+    "cold_ops": 1_000_000,
+    "latency_orders": 10_000_000,
+}
+QUICK = {
+    "ops": 500_000,
+    "runs": 3,
+    "memory_books": 2_000,
+    "reference_ops": 10_000,
+    "cold_runs": 3,
+    "cold_ops": 500_000,
+    "latency_orders": 1_000_000,
+}
+MODEL_ONLY_CAPS = {
+    "ops": 20_000,
+    "runs": 2,
+    "memory_books": 300,
+    "reference_ops": 5_000,
+    "cold_runs": 0,
+    "cold_ops": 20_000,
+    "latency_orders": 20_000,
+}
 
 
 # ------------------------------------------------------------------ environment
@@ -279,32 +321,112 @@ def loop_overhead_ns(calls: list) -> float:
 
 @dataclass
 class Latency:
+    calls: int
+    passes: int
     p50: float
     p99: float
     p999: float
+    p9999: float
     worst: float
+    slow_calls: int  # over SLOW_CALL_NS
     timer_ns: float
 
 
-def latency_pass(workload: Workload, book_class, calls: list) -> Latency:
-    """Time every per-order call on its own. Right after each timed call an empty timer
-    pair is timed too, under the same conditions; the mean of those is subtracted."""
-    methods = bound_methods(workload.prefilled_book(book_class))
+def latency_passes(workload: Workload, book_class, calls: list, total: int, **options) -> Latency:
+    """Time ``total`` per-order calls one by one: passes over ``calls``, each on a fresh
+    prefilled book made with ``options``. Right after each timed call an empty timer pair
+    is timed too, under the same conditions; the mean of those is subtracted."""
     clock = time.perf_counter_ns
-    samples, empty_pairs = [0] * len(calls), [0] * len(calls)
+    samples = array.array("q", bytes(8 * total))
+    done = passes = empty = 0
     with GcPaused():
-        for i, (op, args) in enumerate(calls):
-            method = methods[op]
-            t0 = clock()
-            method(*args)
-            t1 = clock()
-            t2 = clock()
-            samples[i] = t1 - t0
-            empty_pairs[i] = t2 - t1
-    timer = statistics.fmean(empty_pairs)
-    ns = np.asarray(samples, dtype=np.float64) - timer
-    p50, p99, p999 = np.percentile(ns, (50, 99, 99.9))
-    return Latency(p50, p99, p999, float(ns.max()), timer)
+        while done < total:
+            methods = bound_methods(workload.prefilled_book(book_class, **options))
+            passes += 1
+            for op, args in calls[: total - done]:
+                method = methods[op]
+                t0 = clock()
+                method(*args)
+                t1 = clock()
+                t2 = clock()
+                samples[done] = t1 - t0
+                empty += t2 - t1
+                done += 1
+    timer = empty / max(total, 1)
+    ns = np.frombuffer(samples, dtype=np.int64) - timer
+    p50, p99, p999, p9999 = np.percentile(ns, (50, 99, 99.9, 99.99))
+    slow = int(np.count_nonzero(ns > SLOW_CALL_NS))
+    return Latency(total, passes, p50, p99, p999, p9999, float(ns.max()), slow, timer)
+
+
+# ------------------------------------------------- first batch in a fresh process
+
+
+@dataclass
+class ColdRuns:
+    """The first-batch row: per fresh process, the first and second ``process()``."""
+
+    ops: int
+    session_orders: int
+    first_wall: list[float]  # ops/s
+    first_cpu: list[float]  # ops per CPU second
+    second_wall: list[float]
+
+
+def timed_process(book, commands: np.ndarray) -> tuple[int, int]:
+    """(wall ns, CPU ns) of one ``process()``; its events are dropped before returning."""
+    with GcPaused():
+        wall, cpu = time.perf_counter_ns(), time.process_time_ns()
+        events = book.process(commands)
+        wall, cpu = time.perf_counter_ns() - wall, time.process_time_ns() - cpu
+    del events
+    return wall, cpu
+
+
+def cold_child(folder: str, book_class) -> dict:
+    """In a fresh interpreter: the first and second ``process()`` of the saved batch,
+    each on a fresh prefilled book. Nothing else runs in this process before them."""
+    with open(os.path.join(folder, "book.json")) as f:
+        meta = json.load(f)
+    prefill = np.fromfile(os.path.join(folder, "prefill.bin"), dtype=COMMAND_DTYPE)
+    commands = np.fromfile(os.path.join(folder, "commands.bin"), dtype=COMMAND_DTYPE)
+    workload = Workload("cold", "", meta["low"], meta["high"], meta["stp"], prefill, commands)
+    options = {"session_orders": meta["session_orders"]} if meta["session_orders"] else {}
+    runs = [timed_process(workload.prefilled_book(book_class, **options), commands) for _ in (1, 2)]
+    return {"first": runs[0], "second": runs[1]}
+
+
+def measure_cold(workload: Workload, args, session_orders: int) -> ColdRuns:
+    """--cold-runs fresh interpreters (``cold_child``) on the first --cold-ops commands."""
+    commands = workload.commands[: args.cold_ops]
+    walls, cpus, seconds = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as folder:
+        workload.prefill.tofile(os.path.join(folder, "prefill.bin"))
+        commands.tofile(os.path.join(folder, "commands.bin"))
+        with open(os.path.join(folder, "book.json"), "w") as f:
+            json.dump(
+                {
+                    "low": workload.low,
+                    "high": workload.high,
+                    "stp": workload.book_stp,
+                    "session_orders": session_orders,
+                },
+                f,
+            )
+        command = [sys.executable, os.path.abspath(__file__), "--cold-child", folder]
+        for run in range(args.cold_runs):
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            (wall, cpu), (second, _) = result["first"], result["second"]
+            walls.append(ops_per_second(len(commands), wall))
+            cpus.append(ops_per_second(len(commands), cpu))
+            seconds.append(ops_per_second(len(commands), second))
+            log(
+                f"[{workload.name} first batch, session_orders={session_orders:,}] process "
+                f"{run + 1}/{args.cold_runs}: {walls[-1] / 1e6:.2f} M ops/s "
+                f"(CPU {cpus[-1] / 1e6:.2f}), second call {seconds[-1] / 1e6:.2f}"
+            )
+    return ColdRuns(len(commands), session_orders, walls, cpus, seconds)
 
 
 def time_reference(workload: Workload, commands: np.ndarray):
@@ -365,6 +487,8 @@ class ProfileResult:
     per_order_rates: list[float]
     loop_overhead_ns: float
     latency: Latency
+    sized_latency: Latency | None  # the book sized for the run (engine only)
+    cold: list[ColdRuns]
     batch_events: np.ndarray
     counts: list[int]
     events_identical: bool
@@ -407,8 +531,17 @@ def measure_profile(name: str, impl: Implementation, args) -> ProfileResult:
     batch_rates, batch_events, final_book = time_batch(workload, book_class, args.runs, name)
     slice_rates = time_batch_slices(workload, book_class, args.runs, name)
     per_order_rates = time_per_order(workload, book_class, calls, args.runs, name)
-    log(f"[{name}] latency pass")
-    latency = latency_pass(workload, book_class, calls)
+    sized = {"session_orders": workload.session_orders()} if impl.is_engine else None
+    log(f"[{name}] latency: {args.latency_orders:,} per-order calls timed one by one")
+    latency = latency_passes(workload, book_class, calls, args.latency_orders)
+    sized_latency = None
+    if sized is not None:
+        log(f"[{name}] latency again, books made with session_orders={sized['session_orders']:,}")
+        sized_latency = latency_passes(workload, book_class, calls, args.latency_orders, **sized)
+    cold = []
+    if args.cold_runs > 0:
+        prefix_orders = workload.session_orders(workload.commands[: args.cold_ops])
+        cold = [measure_cold(workload, args, hint) for hint in (0, prefix_orders)]
     log(f"[{name}] per-order event cross-check")
     po_events, counts = per_order_events(workload, book_class, calls, len(batch_events))
 
@@ -424,6 +557,8 @@ def measure_profile(name: str, impl: Implementation, args) -> ProfileResult:
         per_order_rates=per_order_rates,
         loop_overhead_ns=loop_overhead_ns(calls),
         latency=latency,
+        sized_latency=sized_latency,
+        cold=cold,
         batch_events=batch_events,
         counts=counts,
         events_identical=po_events is not None and np.array_equal(po_events, batch_events),
@@ -488,6 +623,30 @@ def workload_lines(r: ProfileResult) -> list[str]:
     return lines
 
 
+def latency_lines(lat: Latency, book: str) -> list[str]:
+    return [
+        f"  per-order latency, {book:<27} p50 {lat.p50:,.0f}   p99 {lat.p99:,.0f}   "
+        f"p99.9 {lat.p999:,.0f}   p99.99 {lat.p9999:,.0f}   max {lat.worst:,.0f} ns; "
+        f"{lat.slow_calls:,} calls over {SLOW_CALL_NS / 1000:,.0f} us",
+    ]
+
+
+def cold_lines(r: ProfileResult) -> list[str]:
+    """The first-batch rows, each beside the warm median."""
+    lines = []
+    for c in r.cold:
+        book = f"session_orders={c.session_orders:,}" if c.session_orders else "default book"
+        first = statistics.median(c.first_wall)
+        lines += [
+            f"  first batch, fresh process {fmt_rate(first):>16} median, min "
+            f"{fmt_rate(min(c.first_wall))}, CPU {fmt_rate(statistics.median(c.first_cpu))}; "
+            f"{first / r.batch_ops:.2f}x the warm median",
+            f"     ({book}; {c.ops:,} commands; {len(c.first_wall)} fresh processes; "
+            f"that process's second batch: {fmt_rate(statistics.median(c.second_wall))})",
+        ]
+    return lines
+
+
 def result_lines(r: ProfileResult) -> list[str]:
     """The measured numbers of one profile."""
     lat = r.latency
@@ -498,15 +657,20 @@ def result_lines(r: ProfileResult) -> list[str]:
             f"{r.nbytes_prefilled / MIB:,.2f} MiB after the prefill, "
             f"{r.nbytes_after / MIB:,.2f} MiB after the whole-array batch run"
         )
+    latency = latency_lines(lat, "default book")
+    if r.sized_latency is not None:
+        latency += latency_lines(r.sized_latency, "session_orders for the run")
     return [
         f"  batch process()            {fmt_rates(r.batch_rates)}",
+        *cold_lines(r),
         f"  batch, {SLICE_SIZE:,}-cmd slices  {fmt_rates(r.slice_rates)}",
         f"  per-order calls            {fmt_rates(r.per_order_rates)}",
         f"     of which the Python loop itself: {r.loop_overhead_ns:.1f} ns/op "
         "(same loop, no-op methods)",
-        f"  per-order latency          p50 {lat.p50:,.0f} ns   p99 {lat.p99:,.0f} ns   "
-        f"p99.9 {lat.p999:,.0f} ns   max {lat.worst:,.0f} ns",
-        f"     (each call timed alone; mean empty timer pair {lat.timer_ns:.1f} ns subtracted)",
+        *latency,
+        f"     ({lat.calls:,} calls, {lat.passes} passes over the workload, each on a fresh "
+        "book; timed alone with perf_counter_ns around the Python call; mean empty timer "
+        f"pair {lat.timer_ns:.1f} ns subtracted)",
         f"  reference model process()  {fmt_rate(r.reference_rate):>16} "
         f"{1e9 / r.reference_rate:>9.1f} ns/op   on the first {r.reference_ops:,} commands",
         f"  engine / reference         batch {r.batch_ops / r.reference_rate:,.1f}x   "
@@ -635,6 +799,16 @@ def target_lines(results: list[ProfileResult], memory: dict | None) -> list[str]
                 verdict(r.latency.p99, TARGET_P99_NS, False),
             ),
         ]
+        for c in r.cold:
+            first = statistics.median(c.first_wall)
+            book = f"session_orders={c.session_orders:,}" if c.session_orders else "default book"
+            rows.append(
+                (
+                    f"first batch (fresh process) >= 7 M ops/s [{r.name}, {book}]",
+                    fmt_rate(first),
+                    verdict(first, TARGET_COLD_OPS, True),
+                )
+            )
     if memory is not None:
         per_10k = memory["rss_growth"] / max(memory["built"], 1) * 10_000
         scaled = "" if memory["built"] == 10_000 else " (scaled to 10k books)"
@@ -675,9 +849,26 @@ def parse_args(argv=None):
         type=int,
         help=f"commands the reference model runs ({DEFAULTS['reference_ops']:,})",
     )
+    parser.add_argument(
+        "--cold-runs",
+        type=int,
+        help="fresh processes of the first-batch row, 0 to skip "
+        f"({DEFAULTS['cold_runs']}; each runs the row's two books)",
+    )
+    parser.add_argument(
+        "--cold-ops",
+        type=int,
+        help=f"commands of the first-batch row's batch ({DEFAULTS['cold_ops']:,})",
+    )
+    parser.add_argument(
+        "--latency-orders",
+        type=int,
+        help=f"per-order calls timed one by one ({DEFAULTS['latency_orders']:,})",
+    )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--quick", action="store_true", help="~10-15 s smoke run")
+    parser.add_argument("--quick", action="store_true", help="~30 s smoke run")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cold-child", metavar="FOLDER", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -702,6 +893,9 @@ def resolve_sizes(args, impl: Implementation) -> list[str]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     impl = load_implementation()
+    if args.cold_child:  # before anything else allocates in this process
+        print(json.dumps(cold_child(args.cold_child, impl.book_class)))
+        return
     notes = resolve_sizes(args, impl)
     if args.memory_only:
         print(json.dumps(build_memory_books(impl.book_class, args.memory_books, args.seed)))
@@ -712,6 +906,9 @@ def main(argv=None) -> None:
         "profile": args.profile,
         "reference_ops": args.reference_ops,
         "memory_books": args.memory_books,
+        "cold_runs": args.cold_runs,
+        "cold_ops": args.cold_ops,
+        "latency_orders": args.latency_orders,
         "seed": args.seed,
     }
     header = header_lines(impl, settings) + notes

@@ -67,16 +67,23 @@ class Workload:
     commands: np.ndarray  # COMMAND_DTYPE, the timed part
     stats: dict = field(default_factory=dict)  # generation-time book statistics
 
-    def new_book(self, book_class):
-        """A fresh, empty book of the right shape (prefill not applied)."""
-        return book_class(self.low, self.high, lot_size=1, symbol=1, stp=self.book_stp)
+    def new_book(self, book_class, **options):
+        """A fresh, empty book of the right shape (prefill not applied); ``options`` go
+        to the constructor as they are (e.g. the engine's ``session_orders``)."""
+        return book_class(self.low, self.high, lot_size=1, symbol=1, stp=self.book_stp, **options)
 
-    def prefilled_book(self, book_class):
+    def prefilled_book(self, book_class, **options):
         """A fresh book with the prefill applied (the prefill's events are dropped)."""
-        book = self.new_book(book_class)
+        book = self.new_book(book_class, **options)
         if len(self.prefill):
             book.process(self.prefill)
         return book
+
+    def session_orders(self, commands: np.ndarray | None = None) -> int:
+        """New orders (limits and markets) in the prefill and ``commands`` (default: all
+        the timed commands): what a book sized for the run expects (``session_orders``)."""
+        timed = self.commands if commands is None else commands
+        return sum(int(np.isin(c["op"], _NEW_ORDER_OPS).sum()) for c in (self.prefill, timed))
 
 
 # ----------------------------------------------------------------- book mirror
