@@ -445,6 +445,78 @@ def test_each_kind_is_rendered_for_the_owner_of_the_order():
     )
 
 
+def test_a_stops_trigger_an_auction_fill_and_a_stops_expiry_are_told():
+    owners = {
+        1: OrderOwner("alice", 11, "SELL", 10, "STOP"),
+        2: OrderOwner("bob", 12, "BUY", 10, "LIMIT"),
+    }
+
+    def told(e):
+        return [
+            (user, n.kind, n.title, n.body, n.id)
+            for user, n in order_notifications(3, e, owners, RELIANCE)
+        ]
+
+    # TRIGGERED: other_remaining is the last trade price that reached the trigger
+    trigger = event(
+        EventType.TRIGGERED,
+        20,
+        op=Op.LIMIT,
+        side=Side.SELL,
+        order_id=1,
+        account=11,
+        qty=10,
+        remaining=10,
+        other_remaining=ticks("14990.00"),
+    )
+    assert told(trigger) == [
+        (
+            "alice",
+            "TRIGGERED",
+            "Stop order triggered",
+            "Your stop order to SELL 10 RELIANCE triggered at 14,990.00",
+            "3:20:1",
+        )
+    ]
+    auction = event(  # an uncross's trade: the buy, then the sell
+        EventType.TRADE,
+        21,
+        op=Op.UNCROSS,
+        side=Side.BUY,
+        order_id=2,
+        account=12,
+        price=ticks("15000.00"),
+        qty=10,
+        remaining=0,
+        other_id=1,
+        other_account=11,
+        other_remaining=0,
+    )
+    assert [body for *_, body, _ in told(auction)] == [
+        "Your order to BUY 10 RELIANCE filled in the opening auction at 15,000.00",
+        "Your stop order to SELL 10 RELIANCE filled in the opening auction at 15,000.00",
+    ]
+    expired = event(EventType.EXPIRED, 22, op=Op.CLOSE, order_id=1, account=11, qty=10)
+    assert told(expired) == [
+        (
+            "alice",
+            "EXPIRED",
+            "Order expired",
+            "Your stop order to SELL 10 RELIANCE expired",
+            "3:22:1",
+        )
+    ]
+    # a stop's own refusal is news, a refused amend of it is not
+    for op, news in (
+        (Op.STOP, ["Your stop order to SELL 10 RELIANCE was rejected: invalid trigger"]),
+        (Op.AMEND, []),
+    ):
+        refused = event(
+            EventType.REJECTED, 23, reason=Reason.INVALID_TRIGGER, op=op, order_id=1, account=11
+        )
+        assert [body for *_, body, _ in told(refused)] == news
+
+
 def test_the_retry_schedule_doubles_up_to_its_cap():
     assert [retry_delay(k, 1.0, 60.0) for k in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert retry_delay(10_000, 0.5, 30.0) == 30.0

@@ -817,6 +817,91 @@ def test_market_data_from_the_read_model_or_the_projectors_copy(dataset):
     assert kept["lastPrice"] == "2600.00" and kept["bids"] == []
 
 
+def test_market_data_in_pre_open_and_while_halted(database):
+    """In PRE_OPEN the answer has the indicative opening from the whole book (an
+    iceberg's hidden part and the waiting market orders count, the last trade is the
+    reference) while the depth shows what the market sees; HALTED says halted."""
+    # buys 100 @ 1020, 100 @ 1010, a market buy of 20; sells 150 @ 1000 (an iceberg
+    # showing 30), 100 @ 1030; the last trade at 1025. At 1000, 1010, 1020, 1025, 1030:
+    # D = 220, 220, 120, 20, 20; S = 150, 150, 150, 150, 250; V = 150, 150, 120, 20, 20;
+    # I = 70, 70, 30, 130, 230: 1000 and 1010 tie, 1010 is nearer the reference
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO read_model.book_orders (order_id, symbol, side, price, open_quantity, "
+            "shown_quantity, disclosed_quantity) VALUES (%s, 'SBIN', %s, %s, %s, %s, %s)",
+            [
+                (1, "BUY", 102000, 100, 100, 0),
+                (2, "BUY", 101000, 100, 100, 0),
+                (3, "BUY", None, 20, 20, 0),
+                (4, "SELL", 100000, 150, 30, 30),
+                (5, "SELL", 103000, 100, 100, 0),
+            ],
+        )
+        conn.execute(
+            "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, executed_at) "
+            "VALUES ('SBIN:1', 'SBIN', 1, 102500, 5, %s)",
+            (t(0),),
+        )
+        conn.execute("INSERT INTO read_model.phases VALUES ('SBIN', 'PRE_OPEN', 2, %s)", (t(1),))
+
+    async def scenario(api):
+        pre_open = await api.ok("/marketdata/SBIN")
+        execute(database, "UPDATE read_model.phases SET phase = 'HALTED'")
+        return pre_open, await api.ok("/marketdata/SBIN")
+
+    pre_open, halted = query(database, scenario)
+    bids = [{"price": "1020.00", "quantity": 100}, {"price": "1010.00", "quantity": 100}]
+    asks = [{"price": "1000.00", "quantity": 30}, {"price": "1030.00", "quantity": 100}]
+    assert pre_open == {
+        "type": "BOOK",
+        "symbol": "SBIN",
+        "bids": bids,
+        "asks": asks,
+        "bestBid": bids[0],
+        "bestAsk": asks[0],
+        "lastPrice": "1025.00",
+        "phase": "PRE_OPEN",
+        "halted": False,
+        "indicative": {"price": "1010.00", "volume": 150, "imbalance": 70, "surplusSide": "BUY"},
+    }
+    assert halted == pre_open | {"phase": "HALTED", "halted": True, "indicative": None}
+
+
+def test_stops_and_icebergs_show_their_trigger_and_disclosed_quantity(database):
+    """A waiting stop (from the read model) and an iceberg the projector has not seen
+    yet (from the OMS's table) come with the new fields."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO read_model.orders (order_id, user_id, account_id, symbol, side, type, "
+            "time_in_force, price, quantity, status, trigger_price, created_at, updated_at) "
+            "SELECT 7, 'alice', account_id, 'SBIN', 'SELL', 'STOP', 'DAY', NULL, 10, "
+            "'TRIGGER_PENDING', 99000, %s, %s FROM accounts WHERE user_id = 'alice'",
+            (t(0), t(1)),
+        )
+        conn.execute(
+            "INSERT INTO orders (order_id, trade_date, account_id, symbol, side, type, "
+            "time_in_force, price, quantity, disclosed_qty, created_at, updated_at) "
+            "SELECT 8, '2026-11-20', account_id, 'SBIN', 'BUY', 'LIMIT', 'GTC', 98000, 50, "
+            "10, %s, %s FROM accounts WHERE user_id = 'alice'",
+            (t(2), t(2)),
+        )
+
+    async def scenario(api):
+        return await api.ok("/orders"), await api.ok("/orders/7"), await api.ok("/orders/8")
+
+    listed, stop, iceberg = query(database, scenario)
+    assert [
+        (o["orderId"], o["type"], o["status"], o["price"], o["triggerPrice"])
+        + (o["disclosedQuantity"],)
+        for o in listed["orders"]
+    ] == [
+        (8, "LIMIT", "PENDING", "980.00", None, 10),
+        (7, "STOP", "TRIGGER_PENDING", None, "990.00", 0),
+    ]
+    assert (stop["triggerPrice"], stop["fills"]) == ("990.00", [])
+    assert (iceberg["disclosedQuantity"], iceberg["status"]) == (10, "PENDING")
+
+
 def test_candles_aggregate_the_trades(dataset):
     async def scenario(api):
         return (

@@ -29,6 +29,7 @@ from brokercore.realtime.channels import (
 )
 from brokercore.services.ws import REPLAY_LIMIT
 from shared_servers import REDIS_URL
+from trading_day_support import TradingVenue
 from venue_support import MARKET, MID, Venue
 from ws_support import WAIT, open_socket, receive, token
 
@@ -447,6 +448,58 @@ def test_market_data_subscriptions(gateways, bus):
         await bob.close()
 
     run(scenario)
+
+
+def test_a_pre_open_book_reaches_subscribers_with_its_phase_and_indicative(gateways, database):
+    """The projector's BOOK of a crossed pre-open book carries the phase and the
+    indicative opening to the sockets subscribed to it; the uncross's BOOK the open."""
+    [server] = gateways()
+    with (
+        psycopg.connect(database, autocommit=True) as conn,
+        redis.Redis.from_url(REDIS_URL) as client,
+    ):
+        projector = ProjectorConsumer(MARKET, client, gateways.prefix)
+        v = TradingVenue(conn)
+        ids = dict(conn.execute("SELECT user_id, account_id FROM accounts").fetchall())
+
+        async def scenario():
+            ws, _ = await open_socket(server, "carol")
+            await ws.send('{"op": "subscribe", "channel": "book", "symbol": "RELIANCE"}')
+            assert (await receive(ws))["type"] == "SUBSCRIBED"
+            v.close()
+            v.pre_open()
+            v.order(ids["alice"], Side.BUY, 10, MID + 1)
+            v.order(ids["bob"], Side.SELL, 10, MID)  # crossed, not matched
+            projector.committed(projector.apply(conn, v.messages()))
+            pre_open = await receive(ws)
+            done = len(v.batches)
+            v.uncross()
+            projector.committed(projector.apply(conn, v.messages(done)))
+            opened = await receive(ws)
+            await ws.close()
+            return pre_open, opened
+
+        pre_open, opened = run(scenario)
+    assert (pre_open["phase"], pre_open["halted"], pre_open["bestBid"], pre_open["bestAsk"]) == (
+        "PRE_OPEN",
+        False,
+        {"price": "15000.05", "quantity": 10},
+        {"price": "15000.00", "quantity": 10},
+    )
+    # both candidates trade 10 with no imbalance; no reference: the lower opens
+    assert pre_open["indicative"] == {
+        "price": "15000.00",
+        "volume": 10,
+        "imbalance": 0,
+        "surplusSide": None,
+    }
+    assert {k: opened[k] for k in ("phase", "indicative", "lastPrice", "bids", "asks")} == {
+        "phase": "OPEN",
+        "indicative": None,
+        "lastPrice": "15000.00",
+        "bids": [],
+        "asks": [],
+    }
 
 
 # --- failures and shutdown ------------------------------------------------------------------
