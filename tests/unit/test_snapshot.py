@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brokercore.engine.records import INT64_MAX, Reason, Side, Stp, Tif
+from brokercore.engine.records import INT64_MAX, ORDER_DTYPE, Reason, Side, Stp, Tif
 from strategies import scenario
 from support import (
     OPENED,
@@ -131,13 +131,13 @@ def test_restore_of_a_corrupted_byte_raises_value_error_or_gives_a_sound_book(da
 
 def split_snapshot(snap: bytes):
     """(header fields, orders, spent ids) of a snapshot, in the engine's layout."""
-    from brokercore.engine._engine import _ORDER_V1_DTYPE, _SNAPSHOT_HEADER
+    from brokercore.engine._engine import _SNAPSHOT_HEADER
 
     header = list(_SNAPSHOT_HEADER.unpack_from(snap))
-    n_orders, n_spent = header[-2], header[-1]
+    n_orders, n_spent = header[10], header[11]
     start = _SNAPSHOT_HEADER.size
-    orders = np.frombuffer(snap, _ORDER_V1_DTYPE, n_orders, start).copy()
-    spent = np.frombuffer(snap, "<i8", n_spent, start + n_orders * _ORDER_V1_DTYPE.itemsize).copy()
+    orders = np.frombuffer(snap, ORDER_DTYPE, n_orders, start).copy()
+    spent = np.frombuffer(snap, "<i8", n_spent, start + n_orders * ORDER_DTYPE.itemsize).copy()
     return header, orders, spent
 
 
@@ -149,7 +149,8 @@ def seal(header, orders, spent) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-# Header fields: magic, version, flags, low, high, lot, symbol, stp, is_open, seq, n, n_spent
+# Header fields: magic, version, flags, low, high, lot, symbol, stp, phase, seq, n, n_spent,
+# last_price, min_disclosed_percent
 def set_header(index, value):
     def forge(header, orders, spent):
         header[index] = value
@@ -175,10 +176,6 @@ def spend_a_live_id(header, orders, spent):
     spent[0] = orders[0]["order_id"]
 
 
-def cross_the_book(header, orders, spent):
-    orders[0]["price"] = orders[-1]["price"]  # best bid at the ask's price
-
-
 FORGERIES = {
     "magic": set_header(0, b"XXXX"),
     "version": set_header(1, 99),
@@ -187,7 +184,9 @@ FORGERIES = {
     "lot zero": set_header(5, 0),
     "book stp default": set_header(7, Stp.DEFAULT),
     "book stp unknown": set_header(7, 6),
-    "is_open 2": set_header(8, 2),
+    "phase 4": set_header(8, 4),
+    "negative last price": set_header(12, -1),
+    "disclosed percent 101": set_header(13, 101),
     "negative seq": set_header(9, -1),
     "order count too big": set_header(10, 5),
     "spent count too big": set_header(11, 9),
@@ -203,7 +202,6 @@ FORGERIES = {
     "order qty off lot": set_order(0, "qty", 7),
     "order qty too large": set_order(0, "qty", (INT64_MAX // 200 // 5 + 1) * 5),
     "bids out of order": swap_orders(0, 1),
-    "crossed": cross_the_book,
     "spent id is live": spend_a_live_id,
 }
 

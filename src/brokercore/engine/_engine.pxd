@@ -142,16 +142,21 @@ ctypedef struct OrderRecord:
 # --- book internals ---
 
 ctypedef struct Order:                  # a pool slot; prev/next link the FIFO of its level
-    int64_t order_id
-    int64_t account
-    int64_t price
-    int64_t qty                         # open quantity
+    int64_t order_id                    # (or of its trigger among the waiting stops, or of
+    int64_t account                     # its side's queue of market orders waiting for an
+    int64_t price                       # uncross; op says which)
+    int64_t qty                         # whole open quantity
     int32_t prev
     int32_t next
     uint8_t side
     uint8_t tif
     uint8_t stp
     uint8_t flags
+    uint8_t op                          # LIMIT (resting), MARKET (waiting), STOP, STOP_LIMIT
+    int64_t disclosed                   # an iceberg's peak, 0 = plain order (the hot-path test)
+    int64_t shown                       # an iceberg's shown part (unused when disclosed is 0)
+    int64_t trigger                     # a waiting stop's trigger price
+    int64_t stamp                       # a waiting stop's priority: the seq that placed it
 
 ctypedef struct Level:                  # FIFO of one price; -1 = none
     int32_t head
@@ -161,7 +166,7 @@ ctypedef struct Page:                   # allocated on first use of one of its l
     uint64_t bits[PAGE_WORDS]           # bit set = level not empty
     Level levels[PAGE_LEVELS]
 
-ctypedef struct Ladder:                 # levels indexed by price - low, one side per level
+ctypedef struct Ladder:                 # levels indexed by price - low, one side per ladder
     int64_t low
     int64_t nlevels
     Page** pages
@@ -184,7 +189,9 @@ ctypedef struct IdMap:                  # open addressing, linear probing, load 
     int64_t count
 
 ctypedef struct Book:
-    Ladder ladder
+    Ladder bids                         # resting buys (best_bid used)
+    Ladder asks                         # resting sells (best_ask used); apart, so that a
+                                        # pre-open book may cross
     Order* pool
     int32_t pool_capacity
     int32_t free_head
@@ -196,7 +203,23 @@ ctypedef struct Book:
     int64_t seq
     uint32_t symbol
     uint8_t default_stp
-    bint is_open
+    uint8_t phase                       # PHASE_*
+    int64_t last_price                  # price of the last trade, 0 before any
+    int64_t min_disclosed_percent
+    int64_t hidden_parts                # icebergs: refreshes still to come (event reserve)
+    int32_t market_head[3]              # market orders waiting for an uncross, by side:
+    int32_t market_tail[3]              # FIFOs through prev/next, -1 = none
+    int64_t markets                     # how many wait
+    Ladder stops[3]                     # waiting stops by trigger: [BUY] keeps best_ask (the
+                                        # lowest trigger), [SELL] best_bid (the highest)
+    bint stops_ready                    # stops[] allocated (on the first stop)
+    int64_t nstops                      # waiting stops
+    int32_t* queue                      # the command's trigger queue (pool slots)
+    int64_t queue_head
+    int64_t queue_len
+    int64_t queue_capacity
+    int64_t quote[4]                    # an UNCROSS's opening (price, volume, imbalance,
+                                        # surplus side), computed while reserving
 
 ctypedef struct EventBuffer:            # growable array of events written by book_apply
     Event* data
@@ -205,7 +228,8 @@ ctypedef struct EventBuffer:            # growable array of events written by bo
 
 
 cdef int book_init(Book* book, int64_t low, int64_t high, int64_t lot_size,
-                   uint32_t symbol, uint8_t default_stp, int64_t session_orders) noexcept nogil
+                   uint32_t symbol, uint8_t default_stp, int64_t session_orders,
+                   int64_t min_disclosed_percent) noexcept nogil
 cdef void book_free(Book* book) noexcept nogil
 cdef int events_reserve(EventBuffer* out, int64_t extra) noexcept nogil
 cdef void write_reject(Event* e, const Command* c, uint32_t symbol, int64_t seq,
@@ -227,8 +251,11 @@ cdef class OrderBook:
     cdef BookState _state
     cdef int _enter(self) except -1
     cdef Py_ssize_t _run(self, Command* c) except -1
+    cdef Py_ssize_t _stop(self, uint8_t op, int64_t order_id, uint8_t side, int64_t price,
+                          int64_t qty, int64_t trigger, int64_t account, uint8_t tif,
+                          uint8_t stp, int64_t ts) except -1
     cdef Py_ssize_t _session_command(self, uint8_t op, int64_t price, int64_t qty,
                                      int64_t ts) except -1
-    cdef object _level_total(self, int64_t idx)
+    cdef object _level_total(self, Ladder* lad, int64_t idx)
     cdef object _records(self, int32_t* slots, int64_t n)
     cdef _load(self, cnp.ndarray live, cnp.ndarray spent)

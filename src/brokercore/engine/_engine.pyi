@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer, disjoint_base
 
-from brokercore.engine.records import RestingOrder, Stp
+from brokercore.engine.records import AuctionQuote, Phase, RestingOrder, Stp
 
 @disjoint_base
 class OrderBook:
@@ -20,6 +20,7 @@ class OrderBook:
         symbol: int = 0,
         stp: int = ...,
         session_orders: int = 0,
+        min_disclosed_percent: int = 10,
     ) -> None: ...
     # per-order API: each returns the number of events, read them with last_events()
     def limit(
@@ -33,6 +34,7 @@ class OrderBook:
         stp: int = 0,
         post_only: bool = False,
         ts: int = 0,
+        disclosed: int = 0,
     ) -> int: ...
     def market(
         self,
@@ -45,9 +47,44 @@ class OrderBook:
         ts: int = 0,
     ) -> int: ...
     def cancel(self, order_id: int, account: int = 0, ts: int = 0) -> int: ...
-    def amend(self, order_id: int, price: int, qty: int, account: int = 0, ts: int = 0) -> int: ...
+    def amend(
+        self,
+        order_id: int,
+        price: int,
+        qty: int,
+        account: int = 0,
+        ts: int = 0,
+        trigger: int = 0,
+        disclosed: int = 0,
+    ) -> int: ...
+    def stop(
+        self,
+        order_id: int,
+        side: int,
+        qty: int,
+        trigger: int,
+        account: int = 0,
+        tif: int = 2,
+        stp: int = 0,
+        ts: int = 0,
+    ) -> int: ...
+    def stop_limit(
+        self,
+        order_id: int,
+        side: int,
+        price: int,
+        qty: int,
+        trigger: int,
+        account: int = 0,
+        tif: int = 2,
+        stp: int = 0,
+        ts: int = 0,
+    ) -> int: ...
     def open(self, ts: int = 0) -> int: ...
     def close(self, ts: int = 0) -> int: ...
+    def pre_open(self, ts: int = 0) -> int: ...
+    def uncross(self, reference: int = 0, ts: int = 0) -> int: ...
+    def halt(self, ts: int = 0) -> int: ...
     def reband(self, low: int, high: int, ts: int = 0) -> int: ...
     def last_events(self) -> npt.NDArray[np.void]: ...
     # batch API: COMMAND_DTYPE in, EVENT_DTYPE out, one nogil call
@@ -59,12 +96,19 @@ class OrderBook:
     def level(self, price: int) -> npt.NDArray[np.void]: ...
     def orders(self) -> npt.NDArray[np.void]: ...
     def order(self, order_id: int) -> RestingOrder | None: ...
+    def auction(self) -> AuctionQuote | None: ...
     @property
     def open_orders(self) -> int: ...
     @property
     def seq(self) -> int: ...
     @property
+    def phase(self) -> Phase: ...
+    @property
     def is_open(self) -> bool: ...
+    @property
+    def last_price(self) -> int: ...
+    @property
+    def min_disclosed_percent(self) -> int: ...
     @property
     def low(self) -> int: ...
     @property
