@@ -24,6 +24,8 @@ from brokercore.engine.records import Phase, Side, Tif
 __all__ = [
     "MIN_DISCLOSED_PERCENT",
     "OrderType",
+    "STOP_TYPES",
+    "LIMIT_TYPES",
     "RejectCode",
     "OrderRequest",
     "AccountState",
@@ -47,6 +49,12 @@ class OrderType(StrEnum):
     MARKET = "MARKET"
     STOP = "STOP"  # stop-market: a market order once a trade reaches the trigger
     STOP_LIMIT = "STOP_LIMIT"  # a limit order once a trade reaches the trigger
+
+
+STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
+"""The order types that wait for a trigger (a set: the REST body's strings match too)."""
+LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
+"""The order types with a limit price."""
 
 
 class RejectCode(StrEnum):
@@ -313,7 +321,7 @@ def check_order(
             f"{instrument.max_order_qty} shares allowed per order in {symbol}",
         )
 
-    has_limit = order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+    has_limit = order_type in LIMIT_TYPES
     price_ticks: int | None = None
     if not has_limit:
         if request.price is not None:
@@ -462,7 +470,7 @@ def _trigger(
     sell: at or above it), or beyond its stop-limit's limit (buy: limit < trigger, sell:
     limit > trigger)."""
     trigger = request.trigger_price
-    if order_type not in (OrderType.STOP, OrderType.STOP_LIMIT):
+    if order_type not in STOP_TYPES:
         if trigger is not None:
             return _reject(
                 RejectCode.TRIGGER_NOT_ALLOWED,

@@ -35,6 +35,7 @@ from brokercore.broker.market import MarketInstrument
 from brokercore.broker.orders import CANCEL_REQUESTED, OPEN_STATUSES
 from brokercore.broker.risk import (
     NO_FEES,
+    STOP_TYPES,
     AccountState,
     FeeSchedule,
     Hold,
@@ -132,7 +133,6 @@ _LAST_PRICES = """
 SELECT s.symbol, (SELECT t.price FROM read_model.trades t WHERE t.symbol = s.symbol
                    ORDER BY t.seq DESC LIMIT 1)
   FROM unnest(%s::text[]) AS s (symbol)"""
-_STOPS = ("STOP", "STOP_LIMIT")
 
 
 class Refusal(StrEnum):
@@ -387,7 +387,7 @@ class OrderEntry:
         against its symbol's ``last`` trade price, when known); what to write if it
         passes (else OrderRefused)."""
         order_type = OrderType(request.type)
-        stop = order_type in (OrderType.STOP, OrderType.STOP_LIMIT)
+        stop = order_type in STOP_TYPES
         order = OrderRequest(
             request.symbol,
             Side[request.side],
@@ -590,7 +590,7 @@ async def _last_prices(
 ) -> dict[str, Decimal]:
     """The last trade price (rupees) of each symbol the stops among ``requests`` are for,
     when it has traded; no round trip without stops."""
-    symbols = sorted({r.symbol for r in requests if r.type in _STOPS})
+    symbols = sorted({r.symbol for r in requests if r.type in STOP_TYPES})
     if not symbols:
         return {}
     rows = await (await conn.execute(_LAST_PRICES, (symbols,))).fetchall()
