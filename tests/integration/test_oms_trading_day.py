@@ -16,6 +16,7 @@ from psycopg import errors
 from brokercore.engine.records import Side, Tif
 from brokercore.entry.order_entry import OrderReceipt, OrderRefused
 from brokercore.entry.requests import PlaceOrderRequest
+from brokercore.kafka.messages import CancelOrder
 from oms_support import Api, run
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -231,18 +232,29 @@ def test_a_stop_trigger_is_checked_against_the_last_trade_in_both_write_paths(da
     assert isinstance(batch[1], OrderReceipt) and batch[1].status == "PENDING"
 
 
-def test_a_stop_retry_is_the_same_order_and_a_changed_trigger_reuses_the_key(database):
+def test_a_stop_retry_is_the_same_order_and_a_waiting_stop_can_be_cancelled(database):
     async def scenario():
         async with Api(database) as api:
             first = await api.place(idempotencyKey="stop-1", **STOP)
-            again = await api.place(idempotencyKey="stop-1", **STOP)
+            order_id = first.json()["orderId"]
             moved = await api.place(idempotencyKey="stop-1", **STOP | {"triggerPrice": "15600"})
-            return api, first, again, moved
+            api.rows(
+                "UPDATE orders SET status = 'TRIGGER_PENDING' WHERE order_id = %s RETURNING 1",
+                order_id,
+            )  # as settlement records the engine's ACCEPTED of a stop
+            again = await api.place(idempotencyKey="stop-1", **STOP)
+            cancel = await api.cancel(order_id)
+            return api, first, moved, again, cancel
 
-    api, first, again, moved = run(scenario)
-    assert first.status_code == again.status_code == 202
-    assert again.json()["orderId"] == first.json()["orderId"]
+    api, first, moved, again, cancel = run(scenario)
     assert moved.status_code == 422 and moved.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert again.status_code == 202
+    assert again.json()["orderId"] == first.json()["orderId"]
+    assert again.json()["status"] == "TRIGGER_PENDING"
+    assert (cancel.status_code, cancel.json()["status"]) == (202, "CANCEL_REQUESTED")
+    [(account,)] = api.rows("SELECT account_id FROM orders")
+    sent = api.commands()[-1]
+    assert sent == CancelOrder(first.json()["orderId"], account, "RELIANCE", ts=sent.ts)
     assert api.rows("SELECT count(*), sum(blocked_cash) FROM orders") == [(1, TOP * 10)]
 
 
