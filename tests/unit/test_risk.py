@@ -440,6 +440,21 @@ def test_orders_are_taken_in_the_pre_open(now, phase_allows):
         rejected(result, RejectCode.MARKET_CLOSED)
 
 
+def test_market_closed_says_when_the_pre_open_takes_orders():
+    early = datetime(2026, 3, 2, 8, 30, tzinfo=IST)
+    assert rejected(
+        check(limit(), instrument=PRE_OPEN_INST, now=early), RejectCode.MARKET_CLOSED
+    ) == (
+        "the market for RELIANCE is closed; it opens at 2026-03-02 09:15 (Asia/Kolkata); "
+        "its pre-open call auction takes orders from 09:00"
+    )
+    buffer = datetime(2026, 3, 2, 9, 10, tzinfo=IST)  # the auction is over: only the open
+    assert (
+        rejected(check(limit(), instrument=PRE_OPEN_INST, now=buffer), RejectCode.MARKET_CLOSED)
+        == "the market for RELIANCE is closed; it opens at 2026-03-02 09:15 (Asia/Kolkata)"
+    )
+
+
 @pytest.mark.parametrize(
     "request_",
     [limit(tif=Tif.IOC), limit(tif=Tif.FOK), market(tif=Tif.FOK)],

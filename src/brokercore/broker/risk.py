@@ -282,12 +282,7 @@ def check_order(
         return _reject(RejectCode.SYMBOL_HALTED, f"trading in {symbol} is halted")
     phase = instrument.session.phase(now)
     if phase is Phase.CLOSED:
-        opens = instrument.session.next_open(now)
-        return _reject(
-            RejectCode.MARKET_CLOSED,
-            f"the market for {symbol} is closed; it "
-            f"opens at {opens:%Y-%m-%d %H:%M} ({instrument.session.timezone})",
-        )
+        return _reject(RejectCode.MARKET_CLOSED, _closed(instrument, now))
 
     side = _member(Side, request.side)
     if side is None:
@@ -378,6 +373,22 @@ def check_order(
             f"{format_paise(max(account.cash_available, 0))} is available",
         )
     return Hold(cash=cash, price_ticks=price_ticks, time_in_force=tif, trigger_ticks=trigger_ticks)
+
+
+def _closed(instrument: MarketInstrument, now: datetime) -> str:
+    """The market is closed: when it opens, and when its pre-open takes orders if that
+    comes first."""
+    session = instrument.session
+    opens = session.next_open(now)
+    message = (
+        f"the market for {instrument.symbol} is closed; it "
+        f"opens at {opens:%Y-%m-%d %H:%M} ({session.timezone})"
+    )
+    if session.pre_open is not None:
+        pre_open = datetime.combine(opens.date(), session.pre_open, tzinfo=session.zone)
+        if pre_open >= now:
+            message += f"; its pre-open call auction takes orders from {pre_open:%H:%M}"
+    return message
 
 
 _TIFS: dict[OrderType, tuple[Tif, ...]] = {
