@@ -1,14 +1,17 @@
 """Differential state machine: the engine and the reference model, same commands.
 
 Hypothesis drives an engine book and a model book with the same random commands (all
-order types, cancels, amends, sessions, re-bands, bad input, small batches) and, after
-every command, requires identical events and identical books. It also snapshots and
-restores the engine mid-way (the model carries on untouched), and checks invariants of
-the engine's book that hold whatever the model says: never crossed, FIFO by arrival
-within a level, quantity conserved per order, seq gap-free.
+order types, stops, stop-limits, icebergs, cancels, amends, sessions with pre-open call
+auctions and halts, re-bands, bad input, small batches) and, after every command,
+requires identical events and identical books (orders, depth, phase, last price, the
+auction's quote). It also snapshots and restores the engine mid-way (mid-auction and
+with waiting stops too; the model carries on untouched), and checks invariants of the
+engine's book that hold whatever the model says: never crossed in continuous trading,
+FIFO by arrival within a level, quantity conserved per order, seq gap-free.
 
 Accounts and ids are few and prices bunch on a few levels, so crosses, self-trades
-and id collisions are frequent. Two machines: a narrow band, and a wider one whose
+and id collisions are frequent; stop triggers are drawn next to the last trade price,
+so stops trigger, and cascade, often. Two machines: a narrow band, and a wider one whose
 prices sit at power-of-two offsets (levels far apart in the engine's ladder).
 """
 
@@ -29,13 +32,14 @@ from brokercore.engine.records import (
     MAX_BAND_LEVELS,
     EventType,
     Op,
+    Phase,
     Reason,
     Side,
     Stp,
     Tif,
 )
 from strategies import BOOK_STPS
-from support import book_state, commands, engine_class, event_tuples, model_class
+from support import commands, day_state, engine_class, event_tuples, model_class, order_tuples
 
 accounts = st.integers(1, 3)
 sides = st.sampled_from([Side.BUY, Side.SELL])
@@ -52,8 +56,10 @@ class Ledger:
     """Follows every order through the events, independently of either book.
 
     It checks, event by event, that quantities add up (accepted = traded + cancelled +
-    expired + open, amends resetting the open quantity), that trades happen at the
-    maker's price, and it numbers arrivals so FIFO order can be checked.
+    expired + open, amends resetting the open quantity), that continuous trades happen
+    at the maker's price, and it numbers arrivals so FIFO order can be checked (a
+    triggered stop arrives when it enters; a market order converted by an uncross goes
+    ahead of its level; an iceberg's refresh has no event, so icebergs are left out).
     """
 
     def __init__(self):
@@ -63,9 +69,9 @@ class Ledger:
         self.clock = 0
         self.seq = 0
 
-    def _arrive(self, order_id):
+    def _arrive(self, order_id, ahead=False):
         self.clock += 1
-        self.arrival[order_id] = self.clock
+        self.arrival[order_id] = self.clock - (2**40 if ahead else 0)
 
     def _take(self, order_id, qty, left):
         """Take qty off an order's open quantity; a finished order leaves the ledger."""
@@ -87,9 +93,13 @@ class Ledger:
             assert oid not in self.open, "an id must not be live twice"
             self.open[oid], self.price[oid] = qty, int(e["price"])
             self._arrive(oid)
+        elif kind == EventType.TRIGGERED:
+            assert qty == e["remaining"] == self.open[oid], "a stop enters whole"
+            self._arrive(oid)
         elif kind == EventType.TRADE:
             maker = int(e["other_id"])
-            assert e["price"] == self.price[maker], "trades execute at the maker's price"
+            if e["op"] != Op.UNCROSS:
+                assert e["price"] == self.price[maker], "trades execute at the maker's price"
             self._take(oid, qty, e["remaining"])
             self._take(maker, qty, e["other_remaining"])
         elif kind in (EventType.CANCELLED, EventType.EXPIRED):
@@ -99,6 +109,9 @@ class Ledger:
             old_qty, old_price = self.open[oid], self.price[oid]
             if e["reason"] == Reason.SELF_TRADE:
                 assert qty < old_qty, "a decrement shrinks the order"
+            elif e["op"] == Op.UNCROSS:
+                assert old_price == 0, "an uncross converts market orders only"
+                self._arrive(oid, ahead=True)
             elif e["price"] != old_price or qty > old_qty:
                 self._arrive(oid)  # lost its priority
             self.open[oid], self.price[oid] = qty, int(e["price"])
@@ -107,7 +120,7 @@ class Ledger:
         live = dict(zip(orders["order_id"].tolist(), orders["qty"].tolist(), strict=True))
         assert live == self.open, "open quantities must add up"
         levels: dict[tuple, list[int]] = {}
-        for o in orders:
+        for o in orders[(orders["op"] == Op.LIMIT) & (orders["disclosed"] == 0)]:
             levels.setdefault((int(o["side"]), int(o["price"])), []).append(int(o["order_id"]))
         for ids in levels.values():
             arrivals = [self.arrival[i] for i in ids]
@@ -130,6 +143,7 @@ class EngineMatchesModel(RuleBasedStateMachine):
         self.ledger = Ledger()
         self.seen_ids: list[int] = [1]
         self.next_id = 0
+        self.may_be_crossed = False  # since a pre-open that no uncross ended
 
     @initialize(
         data=st.data(),
@@ -188,6 +202,27 @@ class EngineMatchesModel(RuleBasedStateMachine):
     def price(self, data):
         return data.draw(self.PRICES, label="price")
 
+    def trigger_price(self, data, side):
+        """Mostly a trigger one to three ticks away from the last trade (sometimes at it:
+        already reached), else any price."""
+        last = self.model.last_price
+        if not last or not data.draw(st.integers(0, 3), label="near last"):
+            return self.price(data)
+        away = data.draw(st.sampled_from([1, 1, 2, 3, 0]), label="away")
+        return last + away if side == Side.BUY else last - away
+
+    def disclosed(self, data, qty):
+        """Mostly a valid disclosed quantity for qty (0: a plain order); sometimes not."""
+        lot = self.model.lot_size
+        return data.draw(
+            st.one_of(
+                st.integers(1, 4).map(lambda k: k * lot),
+                st.just(qty),
+                st.sampled_from([0, -lot, lot + 1, qty + lot]),
+            ),
+            label="disclosed",
+        )
+
     def crossing_price(self, data, side):
         """A price at or through the opposite best, if there is one."""
         best = self.model.best_ask() if side == Side.BUY else self.model.best_bid()
@@ -205,11 +240,20 @@ class EngineMatchesModel(RuleBasedStateMachine):
         events = self.engine.last_events()
         assert event_tuples(events) == event_tuples(self.model.last_events())
         assert n == len(events)
+        self.record(events)
+
+    def record(self, events):
+        """Into the ledger; a pre-open may leave the book crossed until an uncross."""
         self.ledger.record(events)
+        for kind in events["type"].tolist():
+            if kind in (EventType.PRE_OPENED, EventType.UNCROSSED):
+                self.may_be_crossed = kind == EventType.PRE_OPENED
 
     def compare_books(self):
         e, m = self.engine, self.model
-        assert book_state(e) == book_state(m)
+        assert day_state(e) == day_state(m)
+        for price in set(m.orders()["price"].tolist()) - {0}:  # both sides in a pre-open
+            assert order_tuples(e.level(price)) == order_tuples(m.level(price))
         for order_id in self.seen_ids[-5:] + m.orders()["order_id"].tolist():
             assert e.order(order_id) == m.order(order_id)
 
@@ -235,6 +279,67 @@ class EngineMatchesModel(RuleBasedStateMachine):
         price = self.crossing_price(data, side)
         self.call(
             "limit", self.fresh_id(), side, price, self.qty(data), account=account, tif=tif, stp=stp
+        )
+
+    @rule(
+        data=st.data(),
+        side=sides,
+        account=accounts,
+        tif=st.sampled_from([Tif.GTC, Tif.DAY, Tif.DAY, Tif.IOC]),
+        stp=stps,
+        limit=st.booleans(),
+        trade_there=st.booleans(),
+    )
+    def stop(self, data, side, account, tif, stp, limit, trade_there):
+        """A stop-market or stop-limit near the last trade (its limit sometimes on the
+        wrong side of the trigger), then maybe a trade at its trigger between two other
+        orders, so that stops trigger and cascade often."""
+        trigger, qty = self.trigger_price(data, side), self.qty(data)
+        if limit:
+            through = data.draw(st.integers(-1, 3), label="limit through trigger")
+            price = trigger + through if side == Side.BUY else trigger - through
+            self.call(
+                "stop_limit",
+                self.fresh_id(),
+                side,
+                price,
+                qty,
+                trigger,
+                account=account,
+                tif=tif,
+                stp=stp,
+            )
+        else:
+            self.call(
+                "stop", self.fresh_id(), side, qty, trigger, account=account, tif=tif, stp=stp
+            )
+        if trade_there:
+            maker, taker = account % 3 + 1, (account + 1) % 3 + 1
+            lots = self.model.lot_size * data.draw(st.integers(1, 4), label="lots there")
+            self.call("limit", self.fresh_id(), 3 - side, trigger, lots, account=maker)
+            self.call("limit", self.fresh_id(), side, trigger, lots, account=taker, tif=Tif.IOC)
+
+    @rule(
+        data=st.data(),
+        side=sides,
+        account=accounts,
+        tif=st.sampled_from([Tif.GTC, Tif.DAY, Tif.IOC]),
+        stp=stps,
+        crossing=st.booleans(),
+    )
+    def iceberg(self, data, side, account, tif, stp, crossing):
+        price = self.crossing_price(data, side) if crossing else self.price(data)
+        qty = self.qty(data)
+        self.call(
+            "limit",
+            self.fresh_id(),
+            side,
+            price,
+            qty,
+            account=account,
+            tif=tif,
+            stp=stp,
+            disclosed=self.disclosed(data, qty),
         )
 
     @rule(
@@ -298,19 +403,55 @@ class EngineMatchesModel(RuleBasedStateMachine):
         else:
             price = self.price(data)
         qty = data.draw(st.one_of(st.just(self.qty(data)), st.just(self.raw_qty(data))))
-        self.call("amend", oid, price, qty, account=self.owner_or_other(data, oid))
+        extra = {}
+        if found and found.op in (Op.STOP, Op.STOP_LIMIT) and data.draw(st.booleans()):
+            extra["trigger"] = self.trigger_price(data, found.side)
+        elif data.draw(st.booleans(), label="disclosed"):
+            extra["disclosed"] = self.disclosed(data, qty)
+        self.call("amend", oid, price, qty, account=self.owner_or_other(data, oid), **extra)
 
-    @rule(reopen=st.sampled_from([True, True, False]))
-    def close(self, reopen):
-        """Sessions: mostly a close followed by an open, so the book is mostly open."""
+    @rule(then=st.sampled_from(["pre_open", "pre_open", "open", "open", None]))
+    def close(self, then):
+        """Sessions: mostly a close and a pre-open (then orders, then an uncross), or
+        an open, so the book is mostly trading or collecting orders."""
         self.call("close")
-        if reopen:
-            self.call("open")
+        if then:
+            self.call(then)
 
-    @precondition(lambda self: self.model is not None and not self.model.is_open)
+    @precondition(lambda self: self.model is not None and self.model.phase == Phase.CLOSED)
     @rule()
     def open(self):
         self.call("open")
+
+    @precondition(
+        lambda self: self.model is not None and self.model.phase in (Phase.CLOSED, Phase.HALTED)
+    )
+    @rule()
+    def pre_open(self):
+        self.call("pre_open")
+
+    @precondition(lambda self: self.model is not None and self.model.phase == Phase.PRE_OPEN)
+    @rule(
+        data=st.data(),
+        with_reference=st.booleans(),
+        last_orders=st.lists(st.tuples(sides, accounts, st.booleans()), min_size=1, max_size=4),
+    )
+    def uncross(self, data, with_reference, last_orders):
+        """A few last crossing limits or market orders, then the auction, with the
+        book's own reference or one given (sometimes off band)."""
+        for side, account, market in last_orders:
+            if market:
+                self.call("market", self.fresh_id(), side, self.qty(data), account=account)
+            else:
+                price = self.crossing_price(data, side)
+                self.call("limit", self.fresh_id(), side, price, self.qty(data), account=account)
+        reference = self.price(data) if with_reference else 0
+        self.call("uncross", reference)
+
+    @rule(method=st.sampled_from(["halt", "open", "pre_open", "uncross", "close"]))
+    def any_session_command(self, method):
+        """Halts, and session commands in any phase (SESSION_STATE where not allowed)."""
+        self.call(method)
 
     @rule(data=st.data(), valid=st.booleans())
     def reband(self, data, valid):
@@ -323,7 +464,7 @@ class EngineMatchesModel(RuleBasedStateMachine):
             st.lists(
                 st.fixed_dictionaries(
                     {
-                        "op": st.sampled_from(list(Op) + [0, 8]),
+                        "op": st.sampled_from(list(Op) + [0, 13]),
                         "order_id": st.integers(-1, 40),
                         "account": accounts,
                         "side": raw_sides,
@@ -332,6 +473,8 @@ class EngineMatchesModel(RuleBasedStateMachine):
                         "flags": st.sampled_from([0, 0, 1, 2]),
                         "price": self.PRICES,
                         "qty": st.sampled_from([-1, 0, 1, 3, 5, 10, 25]),
+                        "trigger": st.one_of(st.sampled_from([0, 0, -1]), self.PRICES),
+                        "disclosed": st.sampled_from([0, 0, 0, -1, 1, 5, 10]),
                         "ts": st.integers(0, 99),
                     }
                 ),
@@ -343,7 +486,7 @@ class EngineMatchesModel(RuleBasedStateMachine):
         batch = commands(*rows)
         events = self.engine.process(batch)
         assert event_tuples(events) == event_tuples(self.model.process(batch))
-        self.ledger.record(events)
+        self.record(events)
 
     @rule()
     def snapshot_and_restore_engine(self):
@@ -362,7 +505,8 @@ class EngineMatchesModel(RuleBasedStateMachine):
         if self.engine is None:
             return
         bid, ask = self.engine.best_bid(), self.engine.best_ask()
-        assert bid is None or ask is None or bid[0] < ask[0], "book crossed"
+        if not self.may_be_crossed:
+            assert bid is None or ask is None or bid[0] < ask[0], "book crossed"
         assert self.engine.seq == self.ledger.seq
         self.ledger.check_book(self.engine.orders())
 
