@@ -14,6 +14,13 @@ processes on one topic take turns), then accounts by id, positions by (account, 
 orders by id. The OMS locks an account before its position and otherwise one order row
 alone, so the two can wait on each other but never in a cycle.
 
+The trading day (docs/engine.md): a stop is TRIGGER_PENDING from its ACCEPTED to its
+TRIGGERED (it holds from the start, since it may fire at any time; no money moves on
+either); an auction's TRADEs are fills like any other (order_id the buy, other_id the
+sell); a market order the auction turned into a limit order (AMENDED, op UNCROSS) can no
+longer execute above the opening price, so a buy's hold shrinks to that price at once.
+Session events (PRE_OPENED, UNCROSSED, HALTED, ...) name no order and move nothing.
+
 Events of orders that are not in ``orders`` (another broker's) are ignored; an event
 that contradicts an order we know (a fill of a finished order, more than it has open,
 another account) raises ``SettlementError``: the consumer stops rather than guess.
