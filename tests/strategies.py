@@ -35,6 +35,9 @@ ARBITRARY = {
 PLAUSIBLE_OPS = (
     [Op.LIMIT] * 6 + [Op.MARKET, Op.CANCEL, Op.AMEND] * 2 + [Op.OPEN, Op.CLOSE, Op.REBAND]
 )
+DAY_OPS = [Op.STOP, Op.STOP_LIMIT] * 2 + [Op.PRE_OPEN, Op.UNCROSS, Op.UNCROSS, Op.HALT]
+"""The trading day's ops (``day=True``): stops, and the phases' commands."""
+DAY_ARBITRARY = {"trigger": any_int64, "disclosed": any_int64}
 
 
 @st.composite
@@ -70,13 +73,15 @@ def in_band_prices(params: dict, margin=2):
 
 
 @st.composite
-def command(draw, params: dict):
-    """One raw command for a book built with ``params``: plausible fields, a few arbitrary."""
+def command(draw, params: dict, day: bool = False):
+    """One raw command for a book built with ``params``: plausible fields, a few arbitrary.
+    With ``day`` also stops, pre-open, uncross and halt, triggers and icebergs."""
+    arbitrary = {**ARBITRARY, **DAY_ARBITRARY} if day else ARBITRARY
     fields = draw(
         st.fixed_dictionaries(
             {
                 "symbol": st.integers(0, 2**32 - 1),
-                "op": st.sampled_from(PLAUSIBLE_OPS),
+                "op": st.sampled_from(PLAUSIBLE_OPS + (DAY_OPS if day else [])),
                 "side": st.sampled_from(list(Side)),
                 "tif": st.sampled_from(list(Tif)),
                 "stp": st.sampled_from(list(Stp)),
@@ -93,10 +98,35 @@ def command(draw, params: dict):
         fields["tif"] = draw(st.sampled_from([Tif.IOC, Tif.FOK]))
     if fields["op"] == Op.MARKET or fields["tif"] in (Tif.IOC, Tif.FOK):
         fields["flags"] = 0
+    if day:
+        fields.update(draw(day_fields(params, fields)))
     if draw(st.booleans()) and draw(st.booleans()):  # about one command in four
-        for name in draw(st.sets(st.sampled_from(sorted(ARBITRARY)), min_size=1, max_size=3)):
-            fields[name] = draw(ARBITRARY[name], label=name)
+        for name in draw(st.sets(st.sampled_from(sorted(arbitrary)), min_size=1, max_size=3)):
+            fields[name] = draw(arbitrary[name], label=name)
     return fields
+
+
+@st.composite
+def day_fields(draw, params: dict, fields: dict) -> dict:
+    """Plausible trading-day fields: a stop's trigger and limit on the right side of it
+    (mostly), an amend's new trigger, a limit's or an amend's disclosed quantity."""
+    op, side, price = fields["op"], fields["side"], fields["price"]
+    out: dict = {"trigger": 0, "disclosed": 0}
+    if op in (Op.STOP, Op.STOP_LIMIT, Op.AMEND) and draw(st.booleans()):
+        out["trigger"] = draw(in_band_prices(params))
+    if op == Op.STOP:
+        out["price"] = 0
+        out["tif"] = draw(st.sampled_from([Tif.GTC, Tif.DAY]))
+    if op == Op.STOP_LIMIT:
+        out["tif"] = draw(st.sampled_from([Tif.GTC, Tif.DAY, Tif.IOC]))
+        through = draw(st.integers(-1, 2)) * (1 if side == Side.BUY else -1)  # -1: wrong side
+        out["trigger"] = min(max(price - through, INT64_MIN), INT64_MAX)
+    if op in (Op.STOP, Op.STOP_LIMIT):
+        out["flags"] = 0
+    if op in (Op.LIMIT, Op.AMEND) and draw(st.booleans()):
+        lot = params["lot_size"]
+        out["disclosed"] = draw(st.sampled_from([lot, 2 * lot, fields["qty"], -lot]))
+    return out
 
 
 @st.composite
@@ -123,9 +153,13 @@ def resting_orders(draw, params: dict, max_size=12):
 
 
 @st.composite
-def scenario(draw, max_commands=30):
-    """Book parameters and raw commands for that book: a few resting orders, then fuzz."""
+def scenario(draw, max_commands=30, day=False):
+    """Book parameters and raw commands for that book: a few resting orders, then fuzz
+    (with ``day``, the trading day's commands and fields too, and in about half the
+    cases the resting orders are placed in a pre-open, where they may cross)."""
     params = draw(book_params())
-    return params, draw(resting_orders(params)) + draw(
-        st.lists(command(params), max_size=max_commands)
+    pre_open = day and draw(st.booleans())
+    session = [{"op": Op.CLOSE}, {"op": Op.PRE_OPEN}] if pre_open else []
+    return params, session + draw(resting_orders(params)) + draw(
+        st.lists(command(params, day), max_size=max_commands)
     )
