@@ -22,7 +22,9 @@ What each number means:
 
 * batch process(): ``book.process(commands)`` on the whole timed array, on a fresh
   prefilled book, one untimed warm-up run then R timed runs; median ops/s (commands
-  per second, output event array included) and ns/op = 1e9 / that.
+  per second, output event array included) and ns/op = 1e9 / that; "CPU" is the median
+  per second of this process's CPU time (process_time), which other load on the
+  machine changes far less than the wall clock: compare those on a busy machine.
 * per-order calls: a Python loop calling ``book.limit/market/cancel/amend`` with
   positional arguments from pre-built tuples (dispatch through a tuple of bound methods
   indexed by op); same warm-up and median. This is what a Python caller pays, loop
@@ -41,7 +43,7 @@ What each number means:
   them (10,000,000 by default: passes over the workload's calls, each pass on a fresh
   prefilled book, so each pass includes a book growing), for the default book and the
   one sized for the run; p50/p99/p99.9/p99.99/max in ns and the calls over 100 us,
-  minus the mean cost of an empty timer pair (timed right after each call, so under
+  minus the median cost of an empty timer pair (timed right after each call, so under
   the same conditions; printed). The timer is Python's, around the Python call: the
   call's own dispatch (~100 ns) is in every sample, and the clock costs tens of ns,
   so values near zero are coarse; the max is usually a preemption or a growth.
@@ -252,19 +254,32 @@ def ops_per_second(count: int, elapsed_ns: int) -> float:
     return count * 1e9 / max(elapsed_ns, 1)
 
 
+@dataclass
+class Rates:
+    """ops/s of each timed run: per wall second, and per CPU second of this process
+    (what a shared machine's other load changes least)."""
+
+    wall: list[float]
+    cpu: list[float]
+
+
 def timed_runs(prepare, execute, n_ops: int, runs: int, label: str):
     """Call ``execute(prepare())`` runs + 1 times, timing only ``execute``; the first
-    (warm-up) run is not counted. Returns the rates and the last run's result."""
-    rates, result = [], None
+    (warm-up) run is not counted. Returns the Rates and the last run's result."""
+    rates, result = Rates([], []), None
     for run in range(runs + 1):
         subject = prepare()
         with GcPaused():
-            start = time.perf_counter_ns()
+            start, cpu = time.perf_counter_ns(), time.process_time_ns()
             result = execute(subject)
-            elapsed = time.perf_counter_ns() - start
+            elapsed, cpu = time.perf_counter_ns() - start, time.process_time_ns() - cpu
         if run:
-            rates.append(ops_per_second(n_ops, elapsed))
-            log(f"[{label}] run {run}/{runs}: {rates[-1] / 1e6:.2f} M ops/s")
+            rates.wall.append(ops_per_second(n_ops, elapsed))
+            rates.cpu.append(ops_per_second(n_ops, cpu))
+            log(
+                f"[{label}] run {run}/{runs}: {rates.wall[-1] / 1e6:.2f} M ops/s "
+                f"(CPU {rates.cpu[-1] / 1e6:.2f})"
+            )
     return rates, result
 
 
@@ -286,7 +301,7 @@ def time_batch(workload: Workload, book_class, runs: int, tag: str):
     return rates, events, book
 
 
-def time_batch_slices(workload: Workload, book_class, runs: int, tag: str) -> list[float]:
+def time_batch_slices(workload: Workload, book_class, runs: int, tag: str) -> Rates:
     """process() fed SLICE_SIZE commands at a time (shows what one huge output costs)."""
     rates, _ = timed_runs(
         lambda: workload.prefilled_book(book_class),
@@ -335,10 +350,11 @@ class Latency:
 def latency_passes(workload: Workload, book_class, calls: list, total: int, **options) -> Latency:
     """Time ``total`` per-order calls one by one: passes over ``calls``, each on a fresh
     prefilled book made with ``options``. Right after each timed call an empty timer pair
-    is timed too, under the same conditions; the mean of those is subtracted."""
+    is timed too, under the same conditions; the median of those is subtracted (a mean
+    would carry the preemptions of a busy machine)."""
     clock = time.perf_counter_ns
-    samples = array.array("q", bytes(8 * total))
-    done = passes = empty = 0
+    samples, empty = array.array("q", bytes(8 * total)), array.array("q", bytes(8 * total))
+    done = passes = 0
     with GcPaused():
         while done < total:
             methods = bound_methods(workload.prefilled_book(book_class, **options))
@@ -350,9 +366,9 @@ def latency_passes(workload: Workload, book_class, calls: list, total: int, **op
                 t1 = clock()
                 t2 = clock()
                 samples[done] = t1 - t0
-                empty += t2 - t1
+                empty[done] = t2 - t1
                 done += 1
-    timer = empty / max(total, 1)
+    timer = float(np.median(np.frombuffer(empty, dtype=np.int64)))
     ns = np.frombuffer(samples, dtype=np.int64) - timer
     p50, p99, p999, p9999 = np.percentile(ns, (50, 99, 99.9, 99.99))
     slow = int(np.count_nonzero(ns > SLOW_CALL_NS))
@@ -482,9 +498,9 @@ class ProfileResult:
     """Everything measured on one workload."""
 
     workload: Workload
-    batch_rates: list[float]
-    slice_rates: list[float]
-    per_order_rates: list[float]
+    batch_rates: Rates
+    slice_rates: Rates
+    per_order_rates: Rates
     loop_overhead_ns: float
     latency: Latency
     sized_latency: Latency | None  # the book sized for the run (engine only)
@@ -506,11 +522,11 @@ class ProfileResult:
 
     @property
     def batch_ops(self) -> float:
-        return statistics.median(self.batch_rates)
+        return statistics.median(self.batch_rates.wall)
 
     @property
     def per_order_ops(self) -> float:
-        return statistics.median(self.per_order_rates)
+        return statistics.median(self.per_order_rates.wall)
 
 
 def measure_profile(name: str, impl: Implementation, args) -> ProfileResult:
@@ -576,14 +592,15 @@ def fmt_rate(ops: float) -> str:
     return f"{ops / 1e6:.2f} M ops/s" if ops >= 1e6 else f"{ops / 1e3:.1f} k ops/s"
 
 
-def fmt_rates(rates: list[float]) -> str:
-    """Median rate, its ns/op, and the spread over the runs (in the median's unit)."""
-    median = statistics.median(rates)
+def fmt_rates(rates: Rates) -> str:
+    """Median rate, its ns/op, the spread over the runs (in the median's unit) and the
+    median per CPU second."""
+    median = statistics.median(rates.wall)
     scale, unit = (1e6, "M") if median >= 1e6 else (1e3, "k")
     return (
         f"{fmt_rate(median):>16} {1e9 / median:>9.1f} ns/op   min..max "
-        f"{min(rates) / scale:.2f}..{max(rates) / scale:.2f} {unit} ops/s "
-        f"over {len(rates)} runs"
+        f"{min(rates.wall) / scale:.2f}..{max(rates.wall) / scale:.2f} {unit} ops/s "
+        f"over {len(rates.wall)} runs; CPU {fmt_rate(statistics.median(rates.cpu))}"
     )
 
 
@@ -669,8 +686,8 @@ def result_lines(r: ProfileResult) -> list[str]:
         "(same loop, no-op methods)",
         *latency,
         f"     ({lat.calls:,} calls, {lat.passes} passes over the workload, each on a fresh "
-        "book; timed alone with perf_counter_ns around the Python call; mean empty timer "
-        f"pair {lat.timer_ns:.1f} ns subtracted)",
+        "book; timed alone with perf_counter_ns around the Python call; median empty "
+        f"timer pair {lat.timer_ns:.1f} ns subtracted)",
         f"  reference model process()  {fmt_rate(r.reference_rate):>16} "
         f"{1e9 / r.reference_rate:>9.1f} ns/op   on the first {r.reference_ops:,} commands",
         f"  engine / reference         batch {r.batch_ops / r.reference_rate:,.1f}x   "
