@@ -158,9 +158,19 @@ ctypedef struct Order:                  # a pool slot; prev/next link the FIFO o
     int64_t trigger                     # a waiting stop's trigger price
     int64_t stamp                       # a waiting stop's priority: the seq that placed it
 
+cdef extern from *:
+    """
+    /* A 128-bit integer kept at 8-byte alignment (so a Level stays 24 bytes): a level's
+       whole quantity may pass int64 (many orders of max_qty at one price). */
+    typedef __int128 bc_wide __attribute__((aligned(8)));
+    """
+    ctypedef long long bc_wide          # 128-bit in C
+
 ctypedef struct Level:                  # FIFO of one price; -1 = none
     int32_t head
     int32_t tail
+    bc_wide qty                         # whole open quantity of its orders (the auction's
+                                        # sums); meaningless while the level is empty
 
 ctypedef struct Page:                   # allocated on first use of one of its levels
     uint64_t bits[PAGE_WORDS]           # bit set = level not empty

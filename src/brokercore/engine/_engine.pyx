@@ -64,15 +64,14 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* Sums of whole quantities in the call auction may pass int64. */
-    typedef __int128 bc_wide;
+    #define bc_prefetch(p) __builtin_prefetch(p)
     /* part * 100 >= whole * percent, without overflow (an iceberg's disclosed share). */
     static int bc_share_at_least(int64_t part, int64_t whole, int64_t percent) {
         return (__int128)part * 100 >= (__int128)whole * percent;
     }
     """
-    ctypedef long long bc_wide          # 128-bit in C
     bint bc_share_at_least(int64_t part, int64_t whole, int64_t percent) noexcept nogil
+    void bc_prefetch(const void* p) noexcept nogil
 
 cdef enum:
     MIN_POOL = 16
@@ -301,8 +300,10 @@ cdef inline void link_at(Ladder* lad, Order* pool, int32_t slot, int64_t idx,
     o.prev = lvl.tail
     if lvl.tail >= 0:
         pool[lvl.tail].next = slot
+        lvl.qty += o.qty
     else:
         lvl.head = slot
+        lvl.qty = o.qty
         mark_level_filled(lad, idx, mark)
     lvl.tail = slot
 
@@ -316,8 +317,10 @@ cdef inline void link_head_at(Ladder* lad, Order* pool, int32_t slot, int64_t id
     o.next = lvl.head
     if lvl.head >= 0:
         pool[lvl.head].prev = slot
+        lvl.qty += o.qty
     else:
         lvl.tail = slot
+        lvl.qty = o.qty
         mark_level_filled(lad, idx, mark)
     lvl.head = slot
 
@@ -333,6 +336,7 @@ cdef inline void unlink_at(Ladder* lad, Order* pool, int32_t slot, int64_t idx) 
         pool[o.next].prev = o.prev
     else:
         lvl.tail = o.prev
+    lvl.qty -= o.qty
     if lvl.head < 0:
         mark_level_emptied(lad, idx)
 
@@ -907,6 +911,7 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
     cdef int32_t mslot
     cdef int outcome = 0
     cdef Order* m
+    cdef Level* lvl
     while t.qty > 0:
         idx = lad.best_ask if buy else lad.best_bid
         if idx < 0:
@@ -914,7 +919,8 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
         price = lad.low + idx
         if not market and (price > t.price if buy else price < t.price):
             break
-        mslot = level_at(lad, idx).head
+        lvl = level_at(lad, idx)
+        mslot = lvl.head
         m = &pool[mslot]
         if m.account == t.account and stp != STP_NONE:
             if stp == STP_CANCEL_OLDEST:
@@ -925,6 +931,7 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
                 q = t.qty if t.qty < shown_qty(m) else shown_qty(m)
                 if m.qty > q:
                     m.qty -= q
+                    lvl.qty -= q
                     emit_order(b, out, c, EV_AMENDED, R_SELF_TRADE, m, m.qty, m.qty)
                     if m.disclosed:
                         iceberg_part_taken(b, lad, mslot, idx, q)
@@ -947,6 +954,7 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
             q = m.shown
         t.qty -= q
         m.qty -= q
+        lvl.qty -= q
         if first == 0:
             first = price
         last = price
@@ -1210,6 +1218,7 @@ cdef void amend_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) 
     cdef Order* o = &b.pool[slot]
     cdef int64_t trigger = c.trigger if c.trigger != 0 else o.trigger
     if c.price == o.price and trigger == o.trigger and c.qty <= o.qty:
+        level_at(&b.stops[o.side], o.trigger - b.bids.low).qty -= o.qty - c.qty
         o.qty = c.qty
         emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
         return
@@ -1240,6 +1249,7 @@ cdef void on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
         return
     disclosed = c.disclosed if c.disclosed != 0 else o.disclosed
     if c.price == o.price and c.qty <= o.qty and disclosed == o.disclosed:
+        level_at(side_ladder(b, o.side), o.price - b.bids.low).qty -= o.qty - c.qty
         if o.disclosed:                 # in place: time priority kept
             b.hidden_parts -= hidden_parts(o)
             o.qty = c.qty
@@ -1449,16 +1459,6 @@ cdef int on_reband(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
 # Call auction
 # ---------------------------------------------------------------------------------
 
-cdef inline bc_wide level_quantity(Book* b, Ladder* lad, int64_t idx) noexcept nogil:
-    """Whole open quantity of a level (an iceberg's hidden part counts)."""
-    cdef bc_wide total = 0
-    cdef int32_t slot = level_at(lad, idx).head
-    while slot >= 0:
-        total += b.pool[slot].qty
-        slot = b.pool[slot].next
-    return total
-
-
 cdef inline int64_t clamp64(bc_wide x) noexcept nogil:
     return INT64_MAX if x > INT64_MAX else <int64_t>x
 
@@ -1466,7 +1466,8 @@ cdef inline int64_t clamp64(bc_wide x) noexcept nogil:
 cdef int auction_quote(Book* b, int64_t reference, int64_t* quote) noexcept nogil:
     """The opening price an uncross would find (docs/engine.md, Call auction): quote =
     (price, volume, imbalance, surplus side), price 0 when no candidate has volume.
-    One walk over the levels, then one ascending sweep over the candidate prices.
+    One walk over the levels (their whole quantities are kept up to date), then one
+    ascending sweep over the candidate prices.
     -1 if memory ran out."""
     cdef int64_t nb = 0, na = 0, ib, ia, idx, price, best_distance = 0, distance
     cdef int64_t* bp
@@ -1491,14 +1492,14 @@ cdef int auction_quote(Book* b, int64_t reference, int64_t* quote) noexcept nogi
     idx = b.bids.best_bid               # bids from the highest price down
     while idx >= 0:
         bp[nb] = b.bids.low + idx
-        bq[nb] = level_quantity(b, &b.bids, idx)
+        bq[nb] = level_at(&b.bids, idx).qty
         demand += bq[nb]
         nb += 1
         idx = level_at_or_below(&b.bids, idx - 1)
     idx = b.asks.best_ask               # asks from the lowest price up
     while idx >= 0:
         ap[na] = b.asks.low + idx
-        aq[na] = level_quantity(b, &b.asks, idx)
+        aq[na] = level_at(&b.asks, idx).qty
         na += 1
         idx = level_at_or_above(&b.asks, idx + 1)
     for side in range(SIDE_BUY, SIDE_SELL + 1):
@@ -1575,6 +1576,8 @@ cdef inline void auction_fill(Book* b, int32_t slot, int64_t q) noexcept nogil:
     """q of an order goes in the auction; a partly filled iceberg keeps its place and
     shows min(disclosed, open)."""
     cdef Order* o = &b.pool[slot]
+    if o.op == OP_LIMIT:
+        level_at(side_ladder(b, o.side), o.price - b.bids.low).qty -= q
     if o.disclosed and o.op == OP_LIMIT:
         b.hidden_parts -= hidden_parts(o)
         o.qty -= q
@@ -1604,6 +1607,10 @@ cdef void on_uncross(Book* b, const Command* c, EventBuffer* out) noexcept nogil
                 break
             buy = &b.pool[bslot]
             sell = &b.pool[sslot]
+            if buy.next >= 0:           # both FIFOs are walked at once: fetch the next ones
+                bc_prefetch(&b.pool[buy.next])
+            if sell.next >= 0:
+                bc_prefetch(&b.pool[sell.next])
             q = buy.qty if buy.qty < sell.qty else sell.qty
             auction_fill(b, bslot, q)
             auction_fill(b, sslot, q)
