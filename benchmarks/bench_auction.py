@@ -20,11 +20,11 @@ What is timed, per run: ``book.auction()`` (the indicative opening: one walk ove
 levels summing whole quantities, one sweep over the candidate prices), then
 ``book.uncross()`` (the same computation, every trade at the opening price as TRADE
 events, the market orders left converted, UNCROSSED and OPENED); wall time with
-perf_counter and CPU time of this process with process_time (the machine may be shared:
-CPU time is the steadier number). Printed: the opening price, volume, imbalance, trades,
-events, the medians in ms, and a cross-check of the opening price against
-``brokercore.engine.auction.opening_price`` (the pure-Python rule the reference model
-uses) on the same book.
+perf_counter and CPU time of this process with process_time (on a shared machine the
+wall time includes waiting for a core; CPU time is the steadier number). Printed: the
+opening price, volume, imbalance, trades, events, the medians in ms, and a cross-check
+of the opening price against ``brokercore.engine.auction.opening_price`` (the
+pure-Python rule the reference model uses) on the same book.
 
 Target printed: uncross <= 50 ms for 1,000,000 orders on 2,000 levels.
 """
@@ -148,8 +148,14 @@ def main() -> None:
     )
     print(f"uncross: median {median_wall:.1f} ms wall, {median_cpu:.1f} ms CPU")
     if args.orders == 1_000_000 and args.levels == 2_000:
-        verdict = "met" if median_wall <= TARGET_MS else "missed"
-        print(f"target uncross <= {TARGET_MS:.0f} ms (1,000,000 orders, 2,000 levels): {verdict}")
+        verdicts = [
+            f"{name} {'met' if value <= TARGET_MS else 'missed'}"
+            for name, value in (("wall", median_wall), ("CPU", median_cpu))
+        ]
+        print(
+            f"target uncross <= {TARGET_MS:.0f} ms (1,000,000 orders, 2,000 levels): "
+            f"{', '.join(verdicts)} (on a busy machine wall time includes waiting for a core)"
+        )
 
 
 if __name__ == "__main__":
