@@ -107,6 +107,12 @@ def test_a_stop_waits_triggers_rests_fills_and_expires(conn, projector):
         (buy_stop,),
     ).fetchone()
     assert row == ("STOP_LIMIT", paise(MID + 20), paise(MID + 10), "TRIGGER_PENDING")
+    update = updates(conn, "alice")[0][1]
+    assert (update.order_type, update.price, update.trigger_price) == (
+        "STOP_LIMIT",
+        "15001.00",
+        "15000.50",
+    )
 
     v.order(bob, Side.SELL, 4, MID + 10)
     v.order(carol, Side.BUY, 4, MID + 10)  # trades at MID + 10: the buy stop enters
@@ -261,6 +267,7 @@ def test_an_iceberg_shows_only_its_disclosed_part_and_refreshes_at_the_back(conn
     assert conn.execute(
         "SELECT disclosed_qty FROM read_model.orders WHERE order_id = %s", (iceberg,)
     ).fetchone() == (20,)
+    assert {u.disclosed_quantity for _, u in updates(conn, "bob") if u.order_id == iceberg} == {20}
 
 
 def test_the_market_data_follows_the_engine_through_random_commands(conn, projector):

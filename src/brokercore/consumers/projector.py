@@ -719,6 +719,8 @@ class ProjectorConsumer:
                         order.reject_reason,
                         order.updated_at.isoformat(),
                         event_time_ms,
+                        rupees(order.trigger_price),
+                        order.disclosed_qty,
                     ),
                 )
             )

@@ -63,6 +63,8 @@ class OrderUpdate(
     reject_reason: str | None
     updated_at: str
     event_time_ms: int  # the Kafka timestamp of the engine's event message
+    trigger_price: str | None = None  # a stop's (status TRIGGER_PENDING until it triggers)
+    disclosed_quantity: int = 0  # an iceberg's disclosed quantity, 0: not an iceberg
 
 
 class Notification(
