@@ -1,0 +1,236 @@
+"""A compressed trading day end to end: the whole stack of `make up` (the edge, the OMS,
+two engine daemons, settlement, the projector, the query service, the WebSocket
+gateways and the session scheduler) on private servers, with `make up DAY=compressed`'s
+scheduler on a day of a few seconds per phase (BROKERCORE_DAY_SECONDS).
+
+Orders go in during the pre-open and rest crossed while the market data shows the
+indicative opening price; the scheduler's uncross fills them at one price; in the
+continuous session an iceberg is refreshed and a stop-loss triggers; the close expires
+the DAY order left and releases its hold. The read model (through the edge) and the
+WebSocket (ORDER_UPDATE and BOOK frames) show each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psycopg
+from websockets.asyncio.client import ClientConnection, connect
+
+from oms_support import auth
+from stack_support import stack_fixture  # noqa: F401 (fixture)
+from ws_support import token
+
+SYMBOL = "RELIANCE"
+# pre-open, the uncross window at its end, continuous trading, closed (seconds)
+PRE_OPEN, UNCROSS_WINDOW, TRADING, CLOSED = 10, 2, 18, 4
+DAY = PRE_OPEN + TRADING + CLOSED
+
+
+class Trader:
+    """One user's REST calls through the edge and their WebSocket frames."""
+
+    def __init__(self, user: str, edge: str, client: httpx.AsyncClient):
+        self.user, self.edge, self.client = user, edge, client
+        self.frames: list[dict[str, Any]] = []
+        self._keys = 0
+
+    async def place(self, **order: Any) -> int:
+        self._keys += 1
+        body = {"symbol": SYMBOL, "idempotencyKey": f"{self.user}-{time.time_ns()}-{self._keys}"}
+        answer = await self.client.post(
+            f"{self.edge}/api/v1/orders", json=body | order, headers=auth(self.user)
+        )
+        assert answer.status_code == 202, answer.text
+        return int(answer.json()["orderId"])
+
+    async def order(self, order_id: int) -> dict[str, Any]:
+        answer = await self.client.get(
+            f"{self.edge}/api/v1/orders/{order_id}", headers=auth(self.user)
+        )
+        return answer.json() if answer.status_code == 200 else {}
+
+    async def listen(self, ws_url: str) -> None:
+        async with connect(f"{ws_url}?token={token(self.user)}", ping_interval=None) as ws:
+            await self._subscribe(ws)
+            async for raw in ws:
+                frame = json.loads(raw)
+                if frame.get("type") == "PING":
+                    await ws.send(json.dumps({"op": "pong"}))
+                self.frames.append(frame)
+
+    @staticmethod
+    async def _subscribe(ws: ClientConnection) -> None:
+        await ws.send(json.dumps({"op": "subscribe", "channel": "book", "symbol": SYMBOL}))
+
+    def statuses(self, order_id: int) -> list[str]:
+        return [
+            f["status"]
+            for f in self.frames
+            if f.get("type") == "ORDER_UPDATE" and f["orderId"] == order_id
+        ]
+
+    def phases(self) -> list[str]:
+        seen: list[str] = []
+        for f in self.frames:
+            if f.get("type") == "BOOK" and f["symbol"] == SYMBOL and f["phase"] not in seen[-1:]:
+                seen.append(f["phase"])
+        return seen
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float) -> Any:
+    """Await check() (a coroutine function) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+def test_a_compressed_day_from_the_pre_open_to_the_close(stack):
+    stack.env |= {
+        "BROKERCORE_DAY": "compressed",
+        "BROKERCORE_DAY_SECONDS": f"{PRE_OPEN},{UNCROSS_WINDOW},{TRADING},{CLOSED}",
+    }
+    stack.up()
+    ws_url = stack.edge.replace("http://", "ws://") + "/ws/v1/orders"
+    asyncio.run(day(stack.edge, ws_url, stack.database_url))
+
+
+async def day(edge: str, ws_url: str, database_url: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        alice, bob = Trader("alice", edge, client), Trader("bob", edge, client)
+
+        async def market() -> dict[str, Any]:
+            answer = await client.get(f"{edge}/api/v1/marketdata/{SYMBOL}", headers=auth("alice"))
+            return answer.json() if answer.status_code == 200 else {}
+
+        def phase(name: str) -> Callable[[], Any]:
+            async def check() -> dict[str, Any] | None:
+                data = await market()
+                return data if data.get("phase") == name else None
+
+            return check
+
+        listeners = [asyncio.create_task(t.listen(ws_url)) for t in (alice, bob)]
+        try:
+            # A day starts every DAY seconds: wait for the end of this one's pre-open, if
+            # any (the orders below must all go in during one pre-open), then the next.
+            await eventually(phase("CLOSED"), "the close before a day", 2 * DAY)
+            await eventually(phase("PRE_OPEN"), "the pre-open", 2 * DAY)
+
+            # The pre-open: crossing orders rest; the iceberg shows 5 of 20.
+            a_open = await alice.place(
+                side="BUY", type="LIMIT", quantity=10, price="15010.00", timeInForce="DAY"
+            )
+            b_open = await bob.place(
+                side="SELL", type="LIMIT", quantity=10, price="14990.00", timeInForce="GTC"
+            )
+            a_bid = await alice.place(
+                side="BUY", type="LIMIT", quantity=10, price="14000.00", timeInForce="DAY"
+            )
+            a_day = await alice.place(
+                side="BUY", type="LIMIT", quantity=5, price="13500.00", timeInForce="DAY"
+            )
+            b_stop = await bob.place(
+                side="SELL", type="STOP", quantity=5, triggerPrice="14950.00", timeInForce="DAY"
+            )
+            b_ice = await bob.place(
+                side="SELL",
+                type="LIMIT",
+                quantity=20,
+                price="15100.00",
+                disclosedQuantity=5,
+                timeInForce="GTC",
+            )
+
+            async def indicative() -> dict[str, Any] | None:
+                data = await market()
+                asks = {level["price"]: level["quantity"] for level in data.get("asks", [])}
+                ready = data.get("phase") == "PRE_OPEN" and data.get("indicative")
+                return data if ready and asks.get("15100.00") == 5 else None
+
+            pre_open = await eventually(indicative, "the indicative opening", PRE_OPEN)
+            # D = 20, 10, 10, 10, 0 and S = 0, 0, 0, 10, 30 at 13500, 14000, 14990, 15010,
+            # 15100: the volume 10 at 14990 and 15010 (imbalance 0 at both); no
+            # reference (no trade yet): the lower price, 14990.
+            assert pre_open["indicative"]["price"] == "14990.00", pre_open
+            assert pre_open["indicative"]["volume"] == 10, pre_open
+            assert (await bob.order(b_stop))["status"] == "TRIGGER_PENDING"
+
+            # The uncross: both crossing orders fill at the one opening price.
+            await eventually(phase("OPEN"), "the uncross", PRE_OPEN + 10)
+
+            async def filled(trader: Trader, order_id: int) -> dict[str, Any] | None:
+                order = await trader.order(order_id)
+                return order if order.get("status") == "FILLED" else None
+
+            for trader, order_id in ((alice, a_open), (bob, b_open)):
+                order = await eventually(
+                    lambda t=trader, o=order_id: filled(t, o), f"{trader.user}'s auction fill", 15
+                )
+                assert order["avgPrice"] == "14990.00", order
+
+            # Continuous trading: alice takes 10 of the iceberg, two shown parts of 5;
+            # it shows 5 again (of 10 left).
+            a_take = await alice.place(
+                side="BUY", type="LIMIT", quantity=10, price="15100.00", timeInForce="IOC"
+            )
+            await eventually(lambda: filled(alice, a_take), "alice's take of the iceberg", 15)
+
+            async def refreshed() -> dict[str, Any] | None:
+                order = await bob.order(b_ice)
+                asks = {level["price"]: level["quantity"] for level in (await market())["asks"]}
+                return order if order.get("filledQty") == 10 and asks.get("15100.00") == 5 else None
+
+            await eventually(refreshed, "the iceberg refreshed", 15)
+
+            # bob sells 5 into alice's bid at 14000: the trade reaches his stop's trigger
+            # (a sell stop: a trade at or below 14950), which sells 5 more into the bid.
+            await bob.place(
+                side="SELL", type="LIMIT", quantity=5, price="14000.00", timeInForce="DAY"
+            )
+            stop = await eventually(lambda: filled(bob, b_stop), "the stop-loss filled", 15)
+            assert stop["avgPrice"] == "14000.00", stop
+            await eventually(lambda: filled(alice, a_bid), "alice's bid filled", 15)
+
+            # The close: alice's DAY order left expires and frees its hold.
+            await eventually(phase("CLOSED"), "the close", TRADING + 10)
+
+            async def expired() -> dict[str, Any] | None:
+                order = await alice.order(a_day)
+                return order if order.get("status") == "EXPIRED" else None
+
+            await eventually(expired, "the DAY order expired", 15)
+            assert (await bob.order(b_ice))["status"] == "PARTIALLY_FILLED"  # GTC: it stays
+            await asyncio.sleep(1)  # the last frames
+        finally:
+            for listener in listeners:
+                listener.cancel()
+            await asyncio.gather(*listeners, return_exceptions=True)
+
+    with psycopg.connect(database_url) as conn:
+        blocked = conn.execute(
+            "SELECT blocked_cash FROM accounts WHERE user_id = 'alice'"
+        ).fetchone()
+    assert blocked == (0,), "no order of alice's is open after the close: nothing is held"
+
+    # The WebSocket showed each step, as the read model did.
+    assert alice.statuses(a_open)[-1] == "FILLED" and "OPEN" in alice.statuses(a_open)
+    assert alice.statuses(a_day)[-1] == "EXPIRED"
+    assert bob.statuses(b_stop)[0] == "TRIGGER_PENDING" and bob.statuses(b_stop)[-1] == "FILLED"
+    phases = alice.phases()
+    assert phases[phases.index("PRE_OPEN") :][:3] == ["PRE_OPEN", "OPEN", "CLOSED"], phases
+    pre_open_frames = [
+        f for f in alice.frames if f.get("type") == "BOOK" and f["phase"] == "PRE_OPEN"
+    ]
+    assert any(
+        f["indicative"] and f["indicative"]["price"] == "14990.00" for f in pre_open_frames
+    ), pre_open_frames[-3:]
