@@ -212,6 +212,30 @@ def test_an_auction_shows_its_indicative_price_then_fills_both_sides_at_it(conn,
     assert [order_row(conn, o)[1] for o in (buy_102, buy_101)] == ["OPEN", "OPEN"]
 
 
+def test_an_uncross_and_the_stops_it_triggers_are_one_command(conn, projector):
+    """The opening trade triggers a sell stop, which enters after the uncross's OPENED
+    and fills more of the buy the auction filled in part: the buy has one update for
+    the whole command, with both fills."""
+    v, ids = TradingVenue(conn), accounts(conn)
+    alice, bob, carol = ids["alice"], ids["bob"], ids["carol"]
+    project = Projected(conn, v, projector)
+    v.close()
+    v.pre_open()
+    buy = v.order(alice, Side.BUY, 10, MID)
+    v.order(bob, Side.SELL, 5, MID)
+    stop = v.order(carol, Side.SELL, 3, trigger=MID + 5)  # reached by the opening price
+    project()
+    v.uncross()
+    book = project()
+    assert [u for u in statuses(conn, "alice") if u[0] == buy] == [
+        (buy, "OPEN"),
+        (buy, "PARTIALLY_FILLED"),
+    ]
+    assert order_row(conn, buy)[4] == 8
+    assert statuses(conn, "carol") == [(stop, "TRIGGER_PENDING"), (stop, "FILLED")]
+    assert [(lv.price, lv.quantity) for lv in book.bids] == [("15000.00", 2)]
+
+
 def test_a_halted_symbol_shows_halted_then_reopens_through_an_auction(conn, projector):
     """HALT: halted in market data, new orders refused (REJECTED HALTED); PRE_OPEN: a
     market order waits; an uncross without an opening price cancels it (NO_LIQUIDITY)."""
