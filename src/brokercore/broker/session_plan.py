@@ -36,6 +36,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from itertools import groupby
 from typing import Protocol
 
@@ -124,25 +125,31 @@ class CalendarPlan:
         return date.fromordinal(day).isoformat()
 
     def steps(self, symbol: str, day: int) -> list[Step]:
-        session = self.sessions[symbol]
-        on = date.fromordinal(day)
-        if isinstance(session, AlwaysOpen) or not session.is_trading_day(on):
-            return []
-        key = self.key(day)
+        return list(_calendar_day(self.sessions[symbol], self.secret, symbol, day))
 
-        def at(local: time) -> datetime:
-            return datetime.combine(on, local, tzinfo=session.zone).astimezone(UTC)
 
-        close = Step(at(session.close), symbol, key, Transition.CLOSE)
-        if session.pre_open is None:
-            return [Step(at(session.open), symbol, key, Transition.OPEN), close]
-        end = at(session.pre_open_end or session.open)
-        uncross = uncross_moment(self.secret, symbol, key, end, session.uncross_window)
-        return [
-            Step(at(session.pre_open), symbol, key, Transition.PRE_OPEN),
-            Step(uncross, symbol, key, Transition.UNCROSS),
-            close,
-        ]
+@lru_cache(maxsize=1 << 16)
+def _calendar_day(session: Session, secret: bytes, symbol: str, day: int) -> tuple[Step, ...]:
+    """A symbol's steps on a day of its calendar, remembered: a scheduler looks at the
+    same two weeks of every symbol each time a step comes due."""
+    on = date.fromordinal(day)
+    if isinstance(session, AlwaysOpen) or not session.is_trading_day(on):
+        return ()
+    key = on.isoformat()
+
+    def at(local: time) -> datetime:
+        return datetime.combine(on, local, tzinfo=session.zone).astimezone(UTC)
+
+    close = Step(at(session.close), symbol, key, Transition.CLOSE)
+    if session.pre_open is None:
+        return (Step(at(session.open), symbol, key, Transition.OPEN), close)
+    end = at(session.pre_open_end or session.open)
+    uncross = uncross_moment(secret, symbol, key, end, session.uncross_window)
+    return (
+        Step(at(session.pre_open), symbol, key, Transition.PRE_OPEN),
+        Step(uncross, symbol, key, Transition.UNCROSS),
+        close,
+    )
 
 
 @dataclass(frozen=True)
