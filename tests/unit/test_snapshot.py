@@ -17,7 +17,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brokercore.engine.records import INT64_MAX, ORDER_DTYPE, Reason, Side, Stp, Tif
+from brokercore.engine.records import (
+    INT64_MAX,
+    ORDER_DTYPE,
+    EventType,
+    Op,
+    Phase,
+    Reason,
+    Side,
+    Stp,
+    Tif,
+)
 from strategies import scenario
 from support import (
     OPENED,
@@ -29,6 +39,7 @@ from support import (
     book_state,
     call,
     commands,
+    day_state,
     engine_class,
     event_tuples,
     rejected,
@@ -210,6 +221,172 @@ FORGERIES = {
 def test_restore_refuses_a_forged_snapshot(forge):
     header, orders, spent = split_snapshot(busy_book().snapshot())
     assert seal(header, orders, spent) == busy_book().snapshot()  # the layout is understood
+    forge(header, orders, spent)
+    with pytest.raises(ValueError):
+        engine_class().restore(seal(header, orders, spent))
+
+
+# ------------------------------------------------------------------ version 1
+
+
+def version_1_snapshot(book) -> bytes:
+    """The bytes wave 1's engine wrote for this book (it has no stops, icebergs, waiting
+    market orders or phases but OPEN/CLOSED): the version 1 header, then 40-byte orders
+    (order_id, account, price, qty i8; side, tif, stp, flags u1; 4 pad), then the spent
+    ids."""
+    header, orders, spent = split_snapshot(book.snapshot())
+    assert set(orders["op"]) <= {Op.LIMIT} and not orders["disclosed"].any()
+    v1 = struct.pack(
+        "<4sHHqqqIBB2xqqq", b"BCOB", 1, 0, *header[3:8], int(book.is_open), *header[9:12]
+    )
+    for o in orders:
+        v1 += struct.pack("<qqqqBBBB4x", *(int(o[name]) for name in ORDER_DTYPE.names[:8]))
+    v1 += spent.tobytes()
+    return v1 + struct.pack("<I", zlib.crc32(v1))
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "open"])
+def test_a_version_1_snapshot_restores(closed):
+    book = busy_book()
+    if not closed:
+        call(book, "open")
+    restored = engine_class().restore(version_1_snapshot(book))
+    assert book_state(restored) == book_state(book) and book.last_price == 120
+    assert restored.phase == (Phase.CLOSED if closed else Phase.OPEN)
+    assert restored.last_price == 0 and restored.min_disclosed_percent == 10
+    later = commands(
+        {"op": Op.OPEN},
+        {"op": Op.LIMIT, "order_id": 7, "side": Side.BUY, "price": 130, "qty": 10, "tif": Tif.GTC},
+        {"op": Op.STOP, "order_id": 8, "side": Side.BUY, "qty": 5, "trigger": 140, "tif": 1},
+    )
+    assert event_tuples(restored.process(later)) == event_tuples(book.process(later))
+    assert day_state(restored) == day_state(book)
+
+
+# ---------------------------------------------------------------- trading day
+
+S, BUY = Side.SELL, Side.BUY
+TRADING_DAY = [
+    ("limit", (1, BUY, 105, 100), {"account": A}),
+    ("limit", (2, S, 105, 40), {"account": B}),  # a trade: last price 105
+    ("close", (), {}),
+    ("pre_open", (), {}),
+    ("limit", (3, BUY, 106, 50), {"account": A, "tif": Tif.DAY}),
+    ("limit", (4, S, 104, 90), {"account": C, "disclosed": 30}),  # crossed; an iceberg
+    ("market", (5, BUY, 20), {"account": B}),  # waits for the uncross
+    ("market", (6, S, 10), {"account": C}),
+    ("stop", (7, BUY, 10, 108), {"account": B}),
+    ("stop_limit", (8, S, 100, 10, 102), {"account": A, "tif": Tif.GTC}),
+    ("stop", (9, BUY, 5, 107), {"account": C}),
+    ("amend", (8, 101, 10), {"account": A, "trigger": 103}),
+    ("halt", (), {}),
+    ("pre_open", (), {}),
+    ("uncross", (), {}),
+    ("limit", (10, S, 107, 30), {"account": C}),
+    ("market", (11, BUY, 40), {"account": A}),  # reaches 107: stop 9 enters
+    ("limit", (12, S, 110, 100), {"account": B, "disclosed": 20}),
+    ("market", (13, BUY, 50), {"account": C}),  # meets the iceberg's parts; stop 7 enters
+    ("limit", (14, BUY, 99, 20), {"account": B}),
+    ("market", (15, S, 100), {"account": A}),  # sells down: stop-limit 8 enters
+    ("close", (), {}),
+]
+
+
+def run_day(book, steps) -> list[tuple]:
+    """Apply (method, args, kwargs) steps; all their events as tuples."""
+    events = []
+    for method, args, kwargs in steps:
+        getattr(book, method)(*args, **kwargs)
+        events += event_tuples(book.last_events())
+    return events
+
+
+def test_the_trading_day_script_agrees_with_the_model_and_covers_every_kind_of_order():
+    from brokercore.engine.reference import ReferenceBook
+
+    engine, model = engine_class()(90, 120), ReferenceBook(90, 120)
+    kinds = set()
+    for k in range(len(TRADING_DAY)):
+        assert run_day(engine, TRADING_DAY[k : k + 1]) == run_day(model, TRADING_DAY[k : k + 1])
+        orders = engine.orders()
+        kinds |= {Op(op) for op in orders["op"]} | (
+            {"iceberg"} if orders["disclosed"].any() else set()
+        )
+    assert kinds == {Op.LIMIT, Op.MARKET, Op.STOP, Op.STOP_LIMIT, "iceberg"}
+    assert {EventType.TRIGGERED, EventType.UNCROSSED} <= {e[1] for e in engine_events(engine)}
+
+
+def engine_events(book) -> list[tuple]:
+    """The events of replaying the whole trading day on a fresh book like ``book``."""
+    fresh = type(book)(book.low, book.high)
+    return run_day(fresh, TRADING_DAY)
+
+
+@pytest.mark.parametrize("k", range(len(TRADING_DAY) + 1))
+def test_a_snapshot_at_any_point_of_the_trading_day_carries_on_the_same(k):
+    book = engine_class()(90, 120)
+    run_day(book, TRADING_DAY[:k])
+    restored = round_trip(book)
+    assert day_state(restored) == day_state(book)
+    assert restored.min_disclosed_percent == book.min_disclosed_percent
+    assert run_day(restored, TRADING_DAY[k:]) == run_day(book, TRADING_DAY[k:])
+    assert day_state(restored) == day_state(book)
+
+
+def pre_open_book():
+    """The trading day up to the halt: waiting market orders and stops, an iceberg."""
+    book = engine_class()(90, 120)
+    run_day(book, TRADING_DAY[:11])
+    return book
+
+
+def set_order_where(op, field, value):
+    def forge(header, orders, spent):
+        orders[field][np.flatnonzero(orders["op"] == op)[0]] = value
+
+    return forge
+
+
+def set_iceberg(field, value):
+    def forge(header, orders, spent):
+        orders[field][np.flatnonzero(orders["disclosed"])[0]] = value
+
+    return forge
+
+
+def swap_stops(header, orders, spent):
+    buys = np.flatnonzero((orders["op"] == Op.STOP) & (orders["side"] == Side.BUY))
+    orders[buys[[0, 1]]] = orders[buys[[1, 0]]]
+
+
+DAY_FORGERIES = {
+    "market order while open": set_header(8, Phase.OPEN),
+    "stamp above seq": set_order_where(Op.STOP, "stamp", 10**6),
+    "stamp zero": set_order_where(Op.STOP, "stamp", 0),
+    "stops out of stop order": swap_stops,
+    "trigger on a resting order": set_order_where(Op.LIMIT, "trigger", 100),
+    "disclosed on a stop": set_order_where(Op.STOP, "disclosed", 5),
+    "stop-market with a price": set_order_where(Op.STOP, "price", 100),
+    "trigger out of band": set_order_where(Op.STOP_LIMIT, "trigger", 121),
+    "stop-limit on the wrong side": set_order_where(Op.STOP_LIMIT, "price", 110),
+    "market order with a price": set_order_where(Op.MARKET, "price", 100),
+    "market order not IOC": set_order_where(Op.MARKET, "tif", Tif.GTC),
+    "unknown op": set_order_where(Op.MARKET, "op", 7),
+    "iceberg shows more than disclosed": set_iceberg("shown", 60),
+    "iceberg shows nothing": set_iceberg("shown", 0),
+    "iceberg disclosed off lot": set_iceberg("disclosed", -30),
+    "plain order shows less than its qty": set_order_where(Op.LIMIT, "shown", 10),
+    "resting order after the waiting ones": lambda header, orders, spent: orders.__setitem__(
+        slice(None), orders[::-1]
+    ),
+}
+
+
+@pytest.mark.parametrize("forge", DAY_FORGERIES.values(), ids=list(DAY_FORGERIES))
+def test_restore_refuses_a_forged_trading_day_snapshot(forge):
+    snap = pre_open_book().snapshot()
+    header, orders, spent = split_snapshot(snap)
+    assert seal(header, orders, spent) == snap
     forge(header, orders, spent)
     with pytest.raises(ValueError):
         engine_class().restore(seal(header, orders, spent))

@@ -2560,7 +2560,7 @@ def _validate_snapshot_orders(live, spent, OrderBook book, phase, seq, bint vers
     all_ids = np.concatenate([live["order_id"], spent])
     disclosed = resting["disclosed"]
     icebergs = disclosed != 0
-    plain_shown = np.where(icebergs, resting["shown"], resting["qty"])
+    shown = resting["shown"][icebergs]
     problems = [
         (np.any(kind == 3) or np.any(np.diff(kind) < 0), "orders not in snapshot order"),
         (np.any(live["side"] < SIDE_BUY) or np.any(live["side"] > SIDE_SELL), "invalid side"),
@@ -2583,9 +2583,11 @@ def _validate_snapshot_orders(live, spent, OrderBook book, phase, seq, bint vers
                 | (live["qty"] > book.max_qty)), "invalid quantity"),
         (np.any(icebergs & ((disclosed < 0) | (disclosed % book.lot_size != 0)))
          or np.any(live["disclosed"][kind != 0] != 0), "invalid disclosed quantity"),
-        (np.any((plain_shown <= 0) | (plain_shown > np.minimum(
-            np.where(icebergs, disclosed, resting["qty"]), resting["qty"]))
-                | (plain_shown % book.lot_size != 0)), "invalid shown quantity"),
+        (np.any((shown <= 0) | (shown > np.minimum(disclosed[icebergs], resting["qty"][icebergs]))
+                | (shown % book.lot_size != 0))
+         or np.any(live["shown"][(kind != 0) | (live["disclosed"] == 0)]
+                   != live["qty"][(kind != 0) | (live["disclosed"] == 0)]),
+         "invalid shown quantity"),
         (len(markets) and (phase not in (PHASE_PRE_OPEN, PHASE_HALTED)
                            or np.any(markets["tif"] != TIF_IOC)
                            or np.any(markets["price"] != 0)), "invalid waiting market order"),
