@@ -456,7 +456,7 @@ class OrderEntry:
             "cash": hold.cash,
             "shares": hold.shares,
             "now": now,
-            "history": json.dumps({"request": msgspec.to_builtins(request)}),
+            "history": msgspec.json.encode({"request": request}).decode(),
             "topic": self.kafka.orders_topic,
             "partition": self.plan.shard_of(request.symbol),
             "kafka_key": request.symbol.encode(),
