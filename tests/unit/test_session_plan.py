@@ -224,3 +224,23 @@ def test_a_day_joined_after_its_opening_keeps_only_its_close():
 def test_always_open_has_nothing_to_do():
     plan = CalendarPlan({"DEV": AlwaysOpen("Asia/Kolkata")}, SECRET)
     assert due(plan, ["DEV"], {}, utc(2026, 3, 2, 5, 0)) == ([], None)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('pre_open = "9am"', r"\[session\]: session.pre_open: must be a local time"),
+        ('uncross_window = "60"', r"\[session\]: session.uncross_window: must be a number"),
+        ('pre_open = "09:30"', r"\[session\]: session: the pre-open must start before"),
+        ('pre_open_end = "09:08"', r"\[session\]: session: pre_open_end needs a pre_open"),
+    ],
+)
+def test_bad_pre_open_keys_name_the_key(tmp_path: Path, line: str, message: str):
+    path = tmp_path / "instruments.toml"
+    path.write_text(
+        f'[session]\ntimezone = "Asia/Kolkata"\nopen = "09:15"\nclose = "15:30"\n{line}\n\n'
+        '[[instrument]]\nsymbol = "AAA"\nid = 1\nlow = 1\nhigh = 1000\n'
+        'tick_size = "0.05"\nmax_order_qty = 100\n'
+    )
+    with pytest.raises(ValueError, match=message):
+        load_market(path)
