@@ -5,6 +5,7 @@ clock, and the schema (0008) refusing what no writer may store."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -16,8 +17,10 @@ from psycopg import errors
 from brokercore.engine.records import Side, Tif
 from brokercore.entry.order_entry import OrderReceipt, OrderRefused
 from brokercore.entry.requests import PlaceOrderRequest
-from brokercore.kafka.messages import CancelOrder
+from brokercore.kafka.messages import CancelOrder, Halt, PreOpen, Uncross
+from kafka_support import OrderProducer
 from oms_support import Api, run
+from platform_support import money, platform
 
 IST = ZoneInfo("Asia/Kolkata")
 TOP = 2_000_000  # paise: RELIANCE's band top, 20,000.00
@@ -351,3 +354,108 @@ def test_the_schema_refuses_inconsistent_orders(conn):
     add(type="STOP_LIMIT", trigger_price=1_550_000, status="TRIGGER_PENDING")
     add(disclosed_qty=10, status="OPEN")
     assert conn.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+
+
+# --- through the engine and settlement ---------------------------------------------------
+
+
+def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
+    """A stop waits as TRIGGER_PENDING holding its shares, a trade triggers it and it
+    fills; an iceberg rests showing its disclosed part; in a halt the engine refuses a
+    new order (it is the authority on halts: REJECTED, reason HALTED, the hold
+    released); the pre-open collects a market order that the uncross fills at the
+    opening price, the rest of its band-top hold released. Nothing is created or lost."""
+    with platform(database, tmp_path) as api:
+        before = money(api)
+        operator = OrderProducer(api.kafka)
+        statuses = "SELECT order_id, status, filled_quantity FROM orders ORDER BY order_id"
+
+        async def wait(expected):
+            await asyncio.to_thread(api.wait_rows, statuses, expected)
+
+        async def day():
+            async with api:
+                buy = (await api.place(quantity=10, timeInForce="GTC")).json()["orderId"]
+                stop = await api.place(
+                    user="bob", side="SELL", quantity=4, **STOP | {"triggerPrice": "15000.00"}
+                )
+                stop = stop.json()["orderId"]
+                await wait([(buy, "OPEN", 0), (stop, "TRIGGER_PENDING", 0)])
+                waiting = api.rows("SELECT blocked_quantity FROM positions")
+                # 2 @ 15,000.00 trade: the last price reaches the sell stop's trigger, which
+                # enters as a market sell of 4 and fills against the rest of alice's buy
+                sell = await api.place(user="bob", side="SELL", quantity=2)
+                sell = sell.json()["orderId"]
+                await wait([(buy, "PARTIALLY_FILLED", 6), (stop, "FILLED", 4), (sell, "FILLED", 2)])
+                iceberg = await api.place(
+                    user="carol", quantity=50, price="14900.00", disclosedQuantity=10
+                )
+                iceberg = iceberg.json()["orderId"]
+                await wait(
+                    [
+                        (buy, "PARTIALLY_FILLED", 6),
+                        (stop, "FILLED", 4),
+                        (sell, "FILLED", 2),
+                        (iceberg, "OPEN", 0),
+                    ]
+                )
+                operator.send([Halt("RELIANCE", ts=1)])
+                halted = (await api.place(quantity=1)).json()["orderId"]
+                await asyncio.to_thread(
+                    api.wait_rows,
+                    "SELECT status, reject_reason, blocked_cash FROM orders WHERE order_id = %s",
+                    [("REJECTED", "HALTED", 0)],
+                    halted,
+                )
+                operator.send([PreOpen("RELIANCE", ts=2)])
+                market = await api.place(user="carol", type="MARKET", price=None, quantity=3)
+                market = market.json()["orderId"]
+                ask = await api.place(user="bob", side="SELL", quantity=3, price="15100.00")
+                ask = ask.json()["orderId"]
+                await asyncio.to_thread(
+                    api.wait_rows,
+                    "SELECT status FROM orders WHERE order_id IN (%s, %s)",
+                    [("OPEN",), ("OPEN",)],
+                    market,
+                    ask,
+                )  # collected: nothing matches in the pre-open
+                operator.send([Uncross("RELIANCE", ts=3)])
+                # buys: the market 3, alice's 4 @ 15,000, carol's 50 @ 14,900; sells: bob's
+                # 3 @ 15,100: only 15,100 has volume (3), so it opens there
+                await asyncio.to_thread(
+                    api.wait_rows,
+                    "SELECT order_id, status, filled_quantity, avg_fill_price FROM orders "
+                    "WHERE order_id IN (%s, %s) ORDER BY 1",
+                    [
+                        (market, "FILLED", 3, Decimal(1_510_000)),
+                        (ask, "FILLED", 3, Decimal(1_510_000)),
+                    ],
+                    market,
+                    ask,
+                )
+                return waiting, buy, iceberg
+
+        waiting, buy, iceberg = run(day)
+        assert waiting == [(4,)]  # the waiting stop held bob's shares
+        assert api.rows(
+            "SELECT a.user_id, p.quantity, p.blocked_quantity FROM positions p "
+            "JOIN accounts a USING (account_id) ORDER BY 1"
+        ) == [("alice", 6, 0), ("bob", 91, 0), ("carol", 3, 0)]
+        # what is still held: alice's 4 left @ 15,000.00 and carol's iceberg, 50 @ 14,900.00
+        assert api.rows("SELECT user_id, blocked_cash FROM accounts ORDER BY 1") == [
+            ("alice", 4 * 1_500_000),
+            ("bob", 0),
+            ("carol", 50 * 1_490_000),
+        ]
+        assert api.rows(
+            "SELECT order_id, disclosed_qty FROM orders WHERE order_id IN (%s, %s) ORDER BY 1",
+            buy,
+            iceberg,
+        ) == [(buy, 0), (iceberg, 10)]
+        assert holds(api) == [
+            ("alice", 4 * 1_500_000, 4 * 1_500_000, 0, 0),
+            ("bob", 0, 0, 0, 0),
+            ("carol", 50 * 1_490_000, 50 * 1_490_000, 0, 0),
+        ]
+        cash, _, fees, shares, _ = money(api)  # what is held differs, not what there is
+        assert (cash, fees, shares) == (before[0], before[2], before[3])
