@@ -8,7 +8,8 @@ both are committed or neither is. Every scheduler of a deployment uses the same
 transactional id, ``<prefix>brokercore-scheduler``.
 
 What a publisher knows to be published is the log as read (read_committed) right after
-its producer's ``init_transactions``, plus what it committed since. That is complete:
+its producer's ``init_transactions`` (on from where it read before: the log only grows),
+plus what it committed since. That is complete:
 ``init_transactions`` fences every earlier producer of the id (an open transaction of
 theirs is aborted, and they can never commit again) and returns once their
 transactions are completed, so the log read after it holds all they committed; and a
@@ -143,8 +144,15 @@ def ensure_session_log(settings: KafkaSettings, timeout: float = 30.0) -> None:
             raise
 
 
-def read_session_log(settings: KafkaSettings, timeout: float = 30.0) -> list[LogEntry]:
-    """Every committed entry of the session log, in order."""
+def read_session_log(
+    settings: KafkaSettings, timeout: float = 30.0, start: int = OFFSET_BEGINNING
+) -> list[LogEntry]:
+    """Every committed entry of the session log, in order (from offset ``start``)."""
+    return _read_log(settings, timeout, start)[0]
+
+
+def _read_log(settings: KafkaSettings, timeout: float, start: int) -> tuple[list[LogEntry], int]:
+    """The committed entries from offset ``start`` on, and the offset after them."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap,
@@ -159,7 +167,7 @@ def read_session_log(settings: KafkaSettings, timeout: float = 30.0) -> list[Log
     entries: list[LogEntry] = []
     deadline = time.monotonic() + timeout
     try:
-        consumer.assign([TopicPartition(session_log_topic(settings), 0, OFFSET_BEGINNING)])
+        consumer.assign([TopicPartition(session_log_topic(settings), 0, start)])
         while True:
             if time.monotonic() > deadline:
                 raise KafkaException(
@@ -172,7 +180,8 @@ def read_session_log(settings: KafkaSettings, timeout: float = 30.0) -> list[Log
             if error is None:
                 entries.append(decoder.decode(message.value() or b""))
             elif error.code() == KafkaError._PARTITION_EOF:
-                return entries
+                end = message.offset()
+                return entries, start if end is None else end  # reading again is harmless
             else:
                 raise KafkaException(error)
     finally:
@@ -188,6 +197,7 @@ class SessionPublisher:
         self.timeout = timeout
         self._producer: Producer | None = None
         self._known: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        self._read_to = OFFSET_BEGINNING  # the log is known up to here
 
     @property
     def published(self) -> dict[str, dict[tuple[str, str], int]]:
@@ -252,15 +262,16 @@ class SessionPublisher:
                 "logger": _librdkafka,
             }
         )
-        known: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         try:
             producer.init_transactions(self.timeout)
-            for entry in read_session_log(self.settings, self.timeout):
-                known[entry.symbol][entry.day, entry.transition] = entry.ts
+            # What was read before stays true (the log only grows): read on from there.
+            entries, self._read_to = _read_log(self.settings, self.timeout, self._read_to)
         except BaseException:
             producer.close()
             raise
-        self._producer, self._known = producer, known
+        for entry in entries:
+            self._known[entry.symbol][entry.day, entry.transition] = entry.ts
+        self._producer = producer
 
     def _drop(self, abort: bool = True) -> None:
         """Let the producer go; ``abort``: close it, aborting an open transaction (a
