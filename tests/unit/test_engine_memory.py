@@ -19,9 +19,9 @@ def test_a_wide_band_costs_memory_only_where_orders_rest():
     """+-20% band at a 0.01 tick around 2,000.00: 80,000 levels, 100 orders near the mid."""
     book = book_with_resting_orders(200_000, 100)
     assert book.open_orders == 100
-    # Each side has its own pages of 256 24-byte levels (FIFO ends and the level's whole
-    # quantity): dense ladders for both sides would need 3.8 MB.
-    assert book.nbytes < 48 * 1024
+    # Each side has pages of its own (a pre-open book may cross): dense ladders for both
+    # sides would need 1.3 MB of levels.
+    assert book.nbytes < 32 * 1024
 
 
 def test_session_orders_presizes_the_id_map_so_it_never_grows():

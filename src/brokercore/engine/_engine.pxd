@@ -141,36 +141,39 @@ ctypedef struct OrderRecord:
 
 # --- book internals ---
 
-ctypedef struct Order:                  # a pool slot; prev/next link the FIFO of its level
-    int64_t order_id                    # (or of its trigger among the waiting stops, or of
-    int64_t account                     # its side's queue of market orders waiting for an
-    int64_t price                       # uncross; op says which)
-    int64_t qty                         # whole open quantity
-    int32_t prev
-    int32_t next
-    uint8_t side
-    uint8_t tif
-    uint8_t stp
-    uint8_t flags
-    uint8_t op                          # LIMIT (resting), MARKET (waiting), STOP, STOP_LIMIT
-    int64_t disclosed                   # an iceberg's peak, 0 = plain order (the hot-path test)
-    int64_t shown                       # an iceberg's shown part (unused when disclosed is 0)
-    int64_t trigger                     # a waiting stop's trigger price
-    int64_t stamp                       # a waiting stop's priority: the seq that placed it
-
 cdef extern from *:
     """
-    /* A 128-bit integer kept at 8-byte alignment (so a Level stays 24 bytes): a level's
-       whole quantity may pass int64 (many orders of max_qty at one price). */
-    typedef __int128 bc_wide __attribute__((aligned(8)));
+    /* A pool slot; see Order below. A waiting stop is never an iceberg, so a stop's
+       stamp and trigger share storage with an iceberg's disclosed and shown parts: a
+       slot stays 64 bytes. */
+    typedef struct {
+        int64_t order_id, account, price, qty;
+        int32_t prev, next;
+        uint8_t side, tif, stp, flags, op;
+        union { int64_t disclosed; int64_t stamp; };
+        union { int64_t shown; int64_t trigger; };
+    } bc_order;
     """
-    ctypedef long long bc_wide          # 128-bit in C
+    ctypedef struct Order "bc_order":   # a pool slot; prev/next link the FIFO of its level
+        int64_t order_id                # (or of its trigger among the waiting stops, or of
+        int64_t account                 # its side's queue of market orders waiting for an
+        int64_t price                   # uncross; op says which)
+        int64_t qty                     # whole open quantity
+        int32_t prev
+        int32_t next
+        uint8_t side
+        uint8_t tif
+        uint8_t stp
+        uint8_t flags
+        uint8_t op                      # LIMIT (resting), MARKET (waiting), STOP, STOP_LIMIT
+        int64_t disclosed               # an iceberg's peak, 0 = plain order (the hot-path test)
+        int64_t shown                   # an iceberg's shown part (unused when disclosed is 0)
+        int64_t stamp                   # a waiting stop's priority: the seq that placed it
+        int64_t trigger                 # a waiting stop's trigger price
 
 ctypedef struct Level:                  # FIFO of one price; -1 = none
     int32_t head
     int32_t tail
-    bc_wide qty                         # whole open quantity of its orders (the auction's
-                                        # sums); meaningless while the level is empty
 
 ctypedef struct Page:                   # allocated on first use of one of its levels
     uint64_t bits[PAGE_WORDS]           # bit set = level not empty

@@ -65,11 +65,14 @@ cdef extern from *:
 cdef extern from *:
     """
     #define bc_prefetch(p) __builtin_prefetch(p)
+    /* Sums of whole quantities in the call auction may pass int64. */
+    typedef __int128 bc_wide;
     /* part * 100 >= whole * percent, without overflow (an iceberg's disclosed share). */
     static int bc_share_at_least(int64_t part, int64_t whole, int64_t percent) {
         return (__int128)part * 100 >= (__int128)whole * percent;
     }
     """
+    ctypedef long long bc_wide          # 128-bit in C
     bint bc_share_at_least(int64_t part, int64_t whole, int64_t percent) noexcept nogil
     void bc_prefetch(const void* p) noexcept nogil
 
@@ -79,6 +82,7 @@ cdef enum:
     MIN_EVENTS = 16
     KEEP_EVENTS = 65536                 # a batch's event buffer up to this size is reused
     TAKER_STOPPED = 1                   # match(): self-trade prevention ended the taker
+    WALKS = 16                          # level FIFOs walked at once by the auction's sums
 
 
 # ---------------------------------------------------------------------------------
@@ -300,10 +304,8 @@ cdef inline void link_at(Ladder* lad, Order* pool, int32_t slot, int64_t idx,
     o.prev = lvl.tail
     if lvl.tail >= 0:
         pool[lvl.tail].next = slot
-        lvl.qty += o.qty
     else:
         lvl.head = slot
-        lvl.qty = o.qty
         mark_level_filled(lad, idx, mark)
     lvl.tail = slot
 
@@ -317,10 +319,8 @@ cdef inline void link_head_at(Ladder* lad, Order* pool, int32_t slot, int64_t id
     o.next = lvl.head
     if lvl.head >= 0:
         pool[lvl.head].prev = slot
-        lvl.qty += o.qty
     else:
         lvl.tail = slot
-        lvl.qty = o.qty
         mark_level_filled(lad, idx, mark)
     lvl.head = slot
 
@@ -336,7 +336,6 @@ cdef inline void unlink_at(Ladder* lad, Order* pool, int32_t slot, int64_t idx) 
         pool[o.next].prev = o.prev
     else:
         lvl.tail = o.prev
-    lvl.qty -= o.qty
     if lvl.head < 0:
         mark_level_emptied(lad, idx)
 
@@ -911,7 +910,6 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
     cdef int32_t mslot
     cdef int outcome = 0
     cdef Order* m
-    cdef Level* lvl
     while t.qty > 0:
         idx = lad.best_ask if buy else lad.best_bid
         if idx < 0:
@@ -919,8 +917,7 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
         price = lad.low + idx
         if not market and (price > t.price if buy else price < t.price):
             break
-        lvl = level_at(lad, idx)
-        mslot = lvl.head
+        mslot = level_at(lad, idx).head
         m = &pool[mslot]
         if m.account == t.account and stp != STP_NONE:
             if stp == STP_CANCEL_OLDEST:
@@ -931,7 +928,6 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
                 q = t.qty if t.qty < shown_qty(m) else shown_qty(m)
                 if m.qty > q:
                     m.qty -= q
-                    lvl.qty -= q
                     emit_order(b, out, c, EV_AMENDED, R_SELF_TRADE, m, m.qty, m.qty)
                     if m.disclosed:
                         iceberg_part_taken(b, lad, mslot, idx, q)
@@ -954,7 +950,6 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
             q = m.shown
         t.qty -= q
         m.qty -= q
-        lvl.qty -= q
         if first == 0:
             first = price
         last = price
@@ -999,7 +994,7 @@ cdef void enter_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) 
     e.remaining = o.qty
     e.other_remaining = b.last_price
     o.op = OP_LIMIT
-    o.trigger = 0
+    o.trigger = 0                       # not an iceberg: disclosed and shown are 0 too
     o.stamp = 0
     if market and best_opposite(b, o.side) < 0:
         emit_order(b, out, c, EV_CANCELLED, R_NO_LIQUIDITY, o, o.qty, 0)
@@ -1128,10 +1123,8 @@ cdef void on_new_order(Book* b, const Command* c, EventBuffer* out) noexcept nog
     t.stp = c.stp
     t.flags = c.flags
     t.op = op
-    t.disclosed = c.disclosed
+    t.disclosed = c.disclosed           # 0 for a stop (validated): its stamp is set below
     t.shown = 0
-    t.trigger = 0
-    t.stamp = 0
     if op > OP_MARKET:                  # a stop waits outside the book
         emit_order(b, out, c, EV_ACCEPTED, R_NONE, t, c.qty, c.qty)
         t.trigger = c.trigger
@@ -1218,7 +1211,6 @@ cdef void amend_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) 
     cdef Order* o = &b.pool[slot]
     cdef int64_t trigger = c.trigger if c.trigger != 0 else o.trigger
     if c.price == o.price and trigger == o.trigger and c.qty <= o.qty:
-        level_at(&b.stops[o.side], o.trigger - b.bids.low).qty -= o.qty - c.qty
         o.qty = c.qty
         emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
         return
@@ -1249,7 +1241,6 @@ cdef void on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
         return
     disclosed = c.disclosed if c.disclosed != 0 else o.disclosed
     if c.price == o.price and c.qty <= o.qty and disclosed == o.disclosed:
-        level_at(side_ladder(b, o.side), o.price - b.bids.low).qty -= o.qty - c.qty
         if o.disclosed:                 # in place: time priority kept
             b.hidden_parts -= hidden_parts(o)
             o.qty = c.qty
@@ -1459,6 +1450,38 @@ cdef int on_reband(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
 # Call auction
 # ---------------------------------------------------------------------------------
 
+cdef void level_sums(Book* b, Ladder* lad, const int64_t* prices, bc_wide* sums,
+                     int64_t n) noexcept nogil:
+    """The whole open quantity of n levels (an iceberg's hidden part counts). The FIFOs
+    are walked WALKS at a time, one order of each in turn, with the next order fetched
+    ahead: their cache misses overlap instead of queueing one behind the other."""
+    cdef int32_t slot[WALKS]
+    cdef int64_t owner[WALKS]
+    cdef int64_t started = 0, busy = 0, k
+    cdef Order* o
+    for k in range(WALKS):
+        slot[k] = -1
+    while True:
+        for k in range(WALKS):
+            if slot[k] < 0:
+                if started == n:
+                    continue
+                owner[k] = started
+                sums[started] = 0
+                slot[k] = level_at(lad, prices[started] - lad.low).head
+                started += 1
+                busy += 1
+            o = &b.pool[slot[k]]
+            sums[owner[k]] += o.qty
+            slot[k] = o.next
+            if o.next >= 0:
+                bc_prefetch(&b.pool[o.next])
+            else:
+                busy -= 1
+        if busy == 0 and started == n:
+            return
+
+
 cdef inline int64_t clamp64(bc_wide x) noexcept nogil:
     return INT64_MAX if x > INT64_MAX else <int64_t>x
 
@@ -1466,8 +1489,7 @@ cdef inline int64_t clamp64(bc_wide x) noexcept nogil:
 cdef int auction_quote(Book* b, int64_t reference, int64_t* quote) noexcept nogil:
     """The opening price an uncross would find (docs/engine.md, Call auction): quote =
     (price, volume, imbalance, surplus side), price 0 when no candidate has volume.
-    One walk over the levels (their whole quantities are kept up to date), then one
-    ascending sweep over the candidate prices.
+    One walk over the levels' orders, then one ascending sweep over the candidate prices.
     -1 if memory ran out."""
     cdef int64_t nb = 0, na = 0, ib, ia, idx, price, best_distance = 0, distance
     cdef int64_t* bp
@@ -1492,16 +1514,17 @@ cdef int auction_quote(Book* b, int64_t reference, int64_t* quote) noexcept nogi
     idx = b.bids.best_bid               # bids from the highest price down
     while idx >= 0:
         bp[nb] = b.bids.low + idx
-        bq[nb] = level_at(&b.bids, idx).qty
-        demand += bq[nb]
         nb += 1
         idx = level_at_or_below(&b.bids, idx - 1)
     idx = b.asks.best_ask               # asks from the lowest price up
     while idx >= 0:
         ap[na] = b.asks.low + idx
-        aq[na] = level_at(&b.asks, idx).qty
         na += 1
         idx = level_at_or_above(&b.asks, idx + 1)
+    level_sums(b, &b.bids, bp, bq, nb)
+    level_sums(b, &b.asks, ap, aq, na)
+    for ib in range(nb):
+        demand += bq[ib]
     for side in range(SIDE_BUY, SIDE_SELL + 1):
         slot = b.market_head[side]
         while slot >= 0:
@@ -1576,8 +1599,6 @@ cdef inline void auction_fill(Book* b, int32_t slot, int64_t q) noexcept nogil:
     """q of an order goes in the auction; a partly filled iceberg keeps its place and
     shows min(disclosed, open)."""
     cdef Order* o = &b.pool[slot]
-    if o.op == OP_LIMIT:
-        level_at(side_ladder(b, o.side), o.price - b.bids.low).qty -= q
     if o.disclosed and o.op == OP_LIMIT:
         b.hidden_parts -= hidden_parts(o)
         o.qty -= q
@@ -2260,7 +2281,7 @@ cdef class OrderBook:
             rec[i].flags = o.flags
             rec[i].op = o.op
             rec[i].shown = shown_qty(o) if o.op == OP_LIMIT else o.qty
-            rec[i].disclosed = o.disclosed
+            rec[i].disclosed = o.disclosed if o.op <= OP_MARKET else 0
             rec[i].trigger = o.trigger if o.op > OP_MARKET else 0
             rec[i].stamp = o.stamp if o.op > OP_MARKET else 0
         return out
@@ -2319,7 +2340,8 @@ cdef class OrderBook:
         cdef bint stop = o.op > OP_MARKET
         return RestingOrder(o.order_id, o.account, _SIDES[o.side], o.price, o.qty,
                             _TIFS[o.tif], _STPS[o.stp], bool(o.flags & FLAG_POST_ONLY),
-                            shown_qty(o) if o.op == OP_LIMIT else o.qty, o.disclosed,
+                            shown_qty(o) if o.op == OP_LIMIT else o.qty,
+                            o.disclosed if not stop else 0,
                             _OPS[o.op], o.trigger if stop else 0)
 
     def auction(self):
@@ -2516,10 +2538,12 @@ cdef class OrderBook:
             o.stp = rec[i].stp
             o.flags = rec[i].flags
             o.op = rec[i].op
-            o.disclosed = rec[i].disclosed
-            o.shown = rec[i].shown if rec[i].disclosed else 0
-            o.trigger = rec[i].trigger
-            o.stamp = rec[i].stamp
+            if o.op > OP_MARKET:
+                o.stamp = rec[i].stamp
+                o.trigger = rec[i].trigger
+            else:
+                o.disclosed = rec[i].disclosed
+                o.shown = rec[i].shown if rec[i].disclosed else 0
             if o.op == OP_LIMIT:        # as it was: an iceberg keeps its shown part
                 lad = side_ladder(b, o.side)
                 link_at(lad, b.pool, slot, o.price - lad.low, o.side)
