@@ -203,7 +203,11 @@ def book_state(book) -> dict:
 def day_state(book) -> dict:
     """``book_state`` plus the trading day's views: phase, last price, the auction."""
     return dict(
-        book_state(book), phase=book.phase, last_price=book.last_price, auction=book.auction()
+        book_state(book),
+        phase=book.phase,
+        last_price=book.last_price,
+        auction=book.auction(),
+        min_disclosed_percent=book.min_disclosed_percent,
     )
 
 

@@ -68,10 +68,12 @@ class Ledger:
         self.arrival: dict[int, int] = {}  # order id -> when it (last) joined a level tail
         self.clock = 0
         self.seq = 0
+        self.front = 0  # arrivals ahead of every other: each uncross's converted orders
+        self.converted: list[int] = []  # market orders the uncross being read converted
 
-    def _arrive(self, order_id, ahead=False):
+    def _arrive(self, order_id):
         self.clock += 1
-        self.arrival[order_id] = self.clock - (2**40 if ahead else 0)
+        self.arrival[order_id] = self.clock
 
     def _take(self, order_id, qty, left):
         """Take qty off an order's open quantity; a finished order leaves the ledger."""
@@ -93,6 +95,11 @@ class Ledger:
             assert oid not in self.open, "an id must not be live twice"
             self.open[oid], self.price[oid] = qty, int(e["price"])
             self._arrive(oid)
+        elif kind == EventType.UNCROSSED:  # the converted orders went ahead of their level
+            self.front -= len(self.converted)
+            for i, converted in enumerate(self.converted):
+                self.arrival[converted] = self.front + i
+            self.converted = []
         elif kind == EventType.TRIGGERED:
             assert qty == e["remaining"] == self.open[oid], "a stop enters whole"
             self._arrive(oid)
@@ -111,7 +118,7 @@ class Ledger:
                 assert qty < old_qty, "a decrement shrinks the order"
             elif e["op"] == Op.UNCROSS:
                 assert old_price == 0, "an uncross converts market orders only"
-                self._arrive(oid, ahead=True)
+                self.converted.append(oid)
             elif e["price"] != old_price or qty > old_qty:
                 self._arrive(oid)  # lost its priority
             self.open[oid], self.price[oid] = qty, int(e["price"])
@@ -150,10 +157,18 @@ class EngineMatchesModel(RuleBasedStateMachine):
         lot=st.sampled_from([1, 1, 5]),
         stp=st.sampled_from(BOOK_STPS),
         symbol=st.integers(0, 2**32 - 1),
+        percent=st.sampled_from([10, 10, 1, 25]),
     )
-    def make_books(self, data, lot, stp, symbol):
+    def make_books(self, data, lot, stp, symbol, percent):
         """Both books, with the same few orders already placed (so most runs trade)."""
-        params = dict(low=self.LOW, high=self.HIGH, lot_size=lot, symbol=symbol, stp=stp)
+        params = dict(
+            low=self.LOW,
+            high=self.HIGH,
+            lot_size=lot,
+            symbol=symbol,
+            stp=stp,
+            min_disclosed_percent=percent,
+        )
         self.engine, self.model = engine_class()(**params), model_class()(**params)
         seed = data.draw(
             st.lists(

@@ -419,6 +419,22 @@ def test_amend_of_an_iceberg(book_cls):
         assert unchanged(book) == before
 
 
+def test_an_iceberg_of_many_tiny_parts_is_met_one_part_at_a_time(book_cls):
+    book = new_book(book_cls, min_disclosed_percent=0)
+    big = 10**12
+    rest(book, 1, BUY, 100, big, A, disclosed=1)
+    assert call(book, "market", 2, SELL, 3, account=B) == [
+        accepted(2, SELL, 0, 3, B),
+        trade(2, SELL, 100, 1, 2, 1, big - 1, B, A),
+        trade(2, SELL, 100, 1, 1, 1, big - 2, B, A),
+        trade(2, SELL, 100, 1, 0, 1, big - 3, B, A),
+    ]
+    assert call(book, "amend", 1, 89, 10, account=A) == [
+        rejected(R.PRICE_OUT_OF_BAND, 1, 0, 89, 10, A)
+    ]
+    assert open_qty(book) == {1: big - 3}
+
+
 def test_min_disclosed_percent_is_a_book_setting(book_cls):
     book = new_book(book_cls, min_disclosed_percent=0)
     rest(book, 1, BUY, 99, 1000, A, disclosed=1)
