@@ -38,7 +38,8 @@ What each number means:
   warm median above. This is where a process pays for faulting its memory in (the
   event buffer, the id map growing); a second row does the same with the book sized
   for the run (``session_orders`` = the run's new orders), which faults the id map in
-  when the book is made.
+  when the book is made. The processes run one after the other, so each may get pages
+  the one before it has just freed: a long-running busy host is colder than that.
 * latency: per-order calls timed one by one with perf_counter_ns, --latency-orders of
   them (10,000,000 by default: passes over the workload's calls, each pass on a fresh
   prefilled book, so each pass includes a book growing), for the default book and the
