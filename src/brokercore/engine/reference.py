@@ -59,7 +59,7 @@ _POST_ONLY = int(Flags.POST_ONLY)  # a plain int: ~ on an IntFlag would drop unk
 _Event = tuple[int, ...]  # one EVENT_DTYPE record's fields, in order
 
 
-@dataclass
+@dataclass(eq=False)  # orders are compared by identity: an order is one object
 class _Order:
     """A live order (or an incoming taker).
 
@@ -120,7 +120,8 @@ class _Command:
 
     @classmethod
     def from_record(cls, record: np.void) -> _Command:
-        return cls(**{name: int(record[name]) for name in COMMAND_DTYPE.names or ()})
+        """The record's fields in COMMAND_DTYPE order, which is this class's."""
+        return cls(*record.item())
 
 
 def _band_is_valid(low: int, high: int) -> bool:
