@@ -143,6 +143,8 @@ ctypedef struct OrderRecord:
 
 cdef extern from *:
     """
+    /* Sums of quantities that may pass int64 (the auction's, the waiting stops'). */
+    typedef __int128 bc_wide;
     /* A pool slot; see Order below. A waiting stop is never an iceberg, so a stop's
        stamp and trigger share storage with an iceberg's disclosed and shown parts: a
        slot stays 64 bytes. */
@@ -154,6 +156,7 @@ cdef extern from *:
         union { int64_t shown; int64_t trigger; };
     } bc_order;
     """
+    ctypedef long long bc_wide          # 128-bit in C
     ctypedef struct Order "bc_order":   # a pool slot; prev/next link the FIFO of its level
         int64_t order_id                # (or of its trigger among the waiting stops, or of
         int64_t account                 # its side's queue of market orders waiting for an
@@ -227,6 +230,7 @@ ctypedef struct Book:
                                         # lowest trigger), [SELL] best_bid (the highest)
     bint stops_ready                    # stops[] allocated (on the first stop)
     int64_t nstops                      # waiting stops
+    bc_wide stop_qty                    # their whole quantity (bounds what they may trade)
     int32_t* queue                      # the command's trigger queue (pool slots)
     int64_t queue_head
     int64_t queue_len

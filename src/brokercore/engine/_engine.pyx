@@ -65,14 +65,12 @@ cdef extern from *:
 cdef extern from *:
     """
     #define bc_prefetch(p) __builtin_prefetch(p)
-    /* Sums of whole quantities in the call auction may pass int64. */
-    typedef __int128 bc_wide;
+
     /* part * 100 >= whole * percent, without overflow (an iceberg's disclosed share). */
     static int bc_share_at_least(int64_t part, int64_t whole, int64_t percent) {
         return (__int128)part * 100 >= (__int128)whole * percent;
     }
     """
-    ctypedef long long bc_wide          # 128-bit in C
     bint bc_share_at_least(int64_t part, int64_t whole, int64_t percent) noexcept nogil
     void bc_prefetch(const void* p) noexcept nogil
 
@@ -722,6 +720,7 @@ cdef inline void stop_link(Book* b, int32_t slot) noexcept nogil:
     cdef Ladder* lad = &b.stops[o.side]
     link_at(lad, b.pool, slot, o.trigger - lad.low, SIDE_SELL if o.side == SIDE_BUY else SIDE_BUY)
     b.nstops += 1
+    b.stop_qty += o.qty
 
 
 cdef inline void stop_unlink(Book* b, int32_t slot) noexcept nogil:
@@ -729,6 +728,7 @@ cdef inline void stop_unlink(Book* b, int32_t slot) noexcept nogil:
     cdef Ladder* lad = &b.stops[o.side]
     unlink_at(lad, b.pool, slot, o.trigger - lad.low)
     b.nstops -= 1
+    b.stop_qty -= o.qty
 
 
 cdef inline void market_push(Book* b, int32_t slot) noexcept nogil:
@@ -879,6 +879,7 @@ cdef void collect_triggered(Book* b, int64_t low_price, int64_t high_price) noex
                 b.queue[b.queue_len] = slot
                 b.queue_len += 1
                 b.nstops -= 1
+                b.stop_qty -= b.pool[slot].qty
                 slot = next_slot
             lvl.head = lvl.tail = -1
             mark_level_emptied(lad, idx)
@@ -963,7 +964,7 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
     return outcome
 
 
-cdef void finish_taker(Book* b, int32_t slot, IdEntry* entry, bint may_rest, int outcome,
+cdef inline void finish_taker(Book* b, int32_t slot, IdEntry* entry, bint may_rest, int outcome,
                        const Command* c, EventBuffer* out) noexcept nogil:
     """After matching: rest the taker, cancel its remainder, or free its slot."""
     cdef Order* t = &b.pool[slot]
@@ -1020,7 +1021,7 @@ cdef void run_trigger_queue(Book* b, const Command* c, EventBuffer* out) noexcep
 # Commands
 # ---------------------------------------------------------------------------------
 
-cdef uint8_t new_order_reason(Book* b, const Command* c) noexcept nogil:
+cdef inline uint8_t new_order_reason(Book* b, const Command* c) noexcept nogil:
     """Validation of a new order after its id was spent, in the documented order."""
     cdef uint8_t reason
     cdef uint8_t op = c.op
@@ -1089,7 +1090,7 @@ cdef uint8_t new_order_reason(Book* b, const Command* c) noexcept nogil:
     return stop_price_reason(b, op, c.side, c.price, c.trigger)
 
 
-cdef void on_new_order(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+cdef inline void on_new_order(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     cdef uint8_t op = c.op
     cdef bint market = op == OP_MARKET
     cdef IdEntry* entry
@@ -1155,7 +1156,7 @@ cdef inline int32_t live_slot(Book* b, int64_t order_id) noexcept nogil:
     return <int32_t>e.slot if e != NULL else -1
 
 
-cdef void on_cancel(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+cdef inline void on_cancel(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     cdef int32_t slot = live_slot(b, c.order_id)
     cdef Order* o
     if slot < 0:
@@ -1172,7 +1173,7 @@ cdef void on_cancel(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
         remove_any(b, slot)
 
 
-cdef uint8_t amend_reason(Book* b, const Command* c, Order* o) noexcept nogil:
+cdef inline uint8_t amend_reason(Book* b, const Command* c, Order* o) noexcept nogil:
     """AMEND checks of a live order in the documented order; NONE if it goes ahead."""
     cdef uint8_t reason
     cdef int64_t disclosed
@@ -1211,6 +1212,7 @@ cdef void amend_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) 
     cdef Order* o = &b.pool[slot]
     cdef int64_t trigger = c.trigger if c.trigger != 0 else o.trigger
     if c.price == o.price and trigger == o.trigger and c.qty <= o.qty:
+        b.stop_qty -= o.qty - c.qty
         o.qty = c.qty
         emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
         return
@@ -1223,7 +1225,7 @@ cdef void amend_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) 
     stop_link(b, slot)
 
 
-cdef void on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+cdef inline void on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     cdef int32_t slot = live_slot(b, c.order_id)
     cdef Order* o
     cdef uint8_t reason
@@ -1716,6 +1718,22 @@ cdef inline int ensure_pages(Book* b, Ladder* first, Ladder* second, int64_t pri
     return ladder_ensure_page(second, price - second.low)
 
 
+cdef inline int64_t refresh_bound(Book* b, int64_t qty) noexcept nogil:
+    """How many iceberg refreshes a command may meet: no more than the resting icebergs
+    hold (plus the taker's own, which only the stops it triggers can meet), nor than the
+    lots it and the waiting stops can trade."""
+    cdef bc_wide lots, parts
+    if qty < 0 or qty > b.max_qty:
+        qty = 0
+    parts = <bc_wide>b.hidden_parts + (qty if qty < b.stop_qty else b.stop_qty) // b.lot_size
+    lots = (<bc_wide>qty + b.stop_qty) // b.lot_size
+    if lots < parts:
+        parts = lots
+    # Past 2**40 events no buffer can be had: events_reserve fails (a clean MemoryError,
+    # nothing changed) instead of the sum overflowing.
+    return clamp64(parts) if parts < (<bc_wide>1 << 40) else (<int64_t>1 << 40)
+
+
 cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     """Allocate everything the command could need, so that it never fails half-way."""
     cdef int64_t worst_events = 1, capacity
@@ -1732,7 +1750,7 @@ cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil
         else:
             may_trade = op == OP_MARKET or crosses(b, c.side, c.price)
         if may_trade:
-            worst_events = 3 + 2 * (b.live + b.hidden_parts) + 6 * b.nstops
+            worst_events = 3 + 2 * (b.live + refresh_bound(b, c.qty)) + 6 * b.nstops
             if b.nstops and queue_reserve(b) < 0:
                 return -1
         else:
@@ -1770,7 +1788,7 @@ cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil
         # UNCROSSED, OPENED, then what the stops it triggers may cause
         worst_events = 3 + b.live + b.markets
         if b.nstops:
-            worst_events += 3 + 2 * (b.live + b.hidden_parts) + 6 * b.nstops
+            worst_events += 3 + 2 * (b.live + refresh_bound(b, 0)) + 6 * b.nstops
             if queue_reserve(b) < 0:
                 return -1
     elif (op == OP_OPEN or op == OP_PRE_OPEN) and b.phase == PHASE_CLOSED:
