@@ -2539,7 +2539,7 @@ cdef class OrderBook:
         for i in range(live.shape[0]):
             if pool_reserve_one(b) < 0 or ids_reserve_one(&b.ids) < 0:
                 raise MemoryError("cannot allocate the restored book")
-            if rec[i].op != OP_MARKET and ladder_ensure_page(
+            if (rec[i].op == OP_LIMIT or rec[i].op == OP_STOP_LIMIT) and ladder_ensure_page(
                     side_ladder(b, rec[i].side), rec[i].price - b.bids.low) < 0:
                 raise MemoryError("cannot allocate the restored book")
             if rec[i].op > OP_MARKET and (stops_init(b) < 0 or ladder_ensure_page(
