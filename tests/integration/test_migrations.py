@@ -422,12 +422,13 @@ def test_outbox_and_consumer_offsets(conn):
 
 
 def test_the_read_model_starts_from_the_orders_and_holdings_already_there(db, tmp_path):
-    """0003 on a database in use: holdings, and orders the engine has answered, are copied
-    into the read model (PENDING ones are the projector's, at their first event)."""
+    """0003 on a database in use (at 0002): holdings, and orders the engine has answered,
+    are copied into the read model (PENDING ones are the projector's, at their first
+    event)."""
     folder = copy_migrations(tmp_path / "m")
-    read_model = folder / "0003_read_model.sql"
-    text = read_model.read_text()
-    read_model.unlink()
+    later = {p: p.read_text() for p in folder.glob("*.sql") if p.name >= "0003"}
+    for path in later:
+        path.unlink()
     apply_migrations(db, folder)
     day = dt.date(2026, 11, 25)
     with psycopg.connect(db, autocommit=True) as c:
@@ -454,8 +455,9 @@ def test_the_read_model_starts_from_the_orders_and_holdings_already_there(db, tm
         )
         resting = add_order(c, alice, day, status="OPEN")
         add_order(c, alice, day)  # PENDING
-    read_model.write_text(text)
-    assert apply_migrations(db, folder) == ["0003_read_model"]
+    for path, text in later.items():
+        path.write_text(text)
+    assert apply_migrations(db, folder) == sorted(path.stem for path in later)
     with psycopg.connect(db) as c:
         assert c.execute(
             "SELECT user_id, symbol, quantity, avg_price FROM read_model.positions"

@@ -435,6 +435,26 @@ def test_an_iceberg_of_many_tiny_parts_is_met_one_part_at_a_time(book_cls):
     assert open_qty(book) == {1: big - 3}
 
 
+def test_a_large_waiting_stop_needs_no_room_for_parts_no_iceberg_has(book_cls):
+    """Room for events is bounded by the icebergs' parts, not by the stops' lots: with a
+    stop for the most a book allows waiting, a plain order amended to half of it and a
+    crossing iceberg of the whole (a tenth shown) trade in a handful of events."""
+    book = new_book(book_cls, last_price=100)
+    lot = book.lot_size
+    big = book.max_qty - book.max_qty % (10 * lot)
+    half, part = big // (2 * lot) * lot, big // 10
+    stop(book, 1, BUY, big, 101, C)
+    rest(book, 2, BUY, 101, lot, A)
+    assert call(book, "amend", 2, 101, half, account=A) == [amended(2, BUY, 101, half, account=A)]
+    events = call(book, "limit", 3, SELL, 101, big, account=B, disclosed=part)
+    assert events[:3] == [
+        accepted(3, SELL, 101, big, B),
+        trade(3, SELL, 101, half, big - half, 2, 0, B, A),
+        triggered(1, BUY, 0, big, 101, C),
+    ]
+    assert len(events) < 20 and book.open_orders == 0
+
+
 def test_min_disclosed_percent_is_a_book_setting(book_cls):
     book = new_book(book_cls, min_disclosed_percent=0)
     rest(book, 1, BUY, 99, 1000, A, disclosed=1)

@@ -1718,20 +1718,34 @@ cdef inline int ensure_pages(Book* b, Ladder* first, Ladder* second, int64_t pri
     return ladder_ensure_page(second, price - second.low)
 
 
-cdef inline int64_t refresh_bound(Book* b, int64_t qty) noexcept nogil:
+cdef inline int64_t refresh_bound(Book* b, int64_t qty, int64_t disclosed) noexcept nogil:
     """How many iceberg refreshes a command may meet: no more than the resting icebergs
-    hold (plus the taker's own, which only the stops it triggers can meet), nor than the
-    lots it and the waiting stops can trade."""
-    cdef bc_wide lots, parts
+    hold, plus, when the taker is an iceberg showing disclosed at a time, the parts of it
+    that the stops it triggers can take; nor than the lots it and the waiting stops can
+    trade."""
+    cdef bc_wide lots, parts = b.hidden_parts
     if qty < 0 or qty > b.max_qty:
         qty = 0
-    parts = <bc_wide>b.hidden_parts + (qty if qty < b.stop_qty else b.stop_qty) // b.lot_size
+    if 0 < disclosed < qty:
+        parts += (qty if qty < b.stop_qty else b.stop_qty) // disclosed + 1
     lots = (<bc_wide>qty + b.stop_qty) // b.lot_size
     if lots < parts:
         parts = lots
     # Past 2**40 events no buffer can be had: events_reserve fails (a clean MemoryError,
     # nothing changed) instead of the sum overflowing.
     return clamp64(parts) if parts < (<bc_wide>1 << 40) else (<int64_t>1 << 40)
+
+
+cdef inline int64_t amended_disclosed(Book* b, const Command* c) noexcept nogil:
+    """The part an amended order will show at a time (0: not a live iceberg)."""
+    cdef int32_t slot
+    if c.disclosed != 0:
+        return c.disclosed
+    slot = live_slot(b, c.order_id)
+    # a waiting stop's disclosed field holds its trigger
+    if slot < 0 or b.pool[slot].op != OP_LIMIT:
+        return 0
+    return b.pool[slot].disclosed
 
 
 cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
@@ -1750,7 +1764,8 @@ cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil
         else:
             may_trade = op == OP_MARKET or crosses(b, c.side, c.price)
         if may_trade:
-            worst_events = 3 + 2 * (b.live + refresh_bound(b, c.qty)) + 6 * b.nstops
+            worst_events = 3 + 2 * (b.live + refresh_bound(
+                b, c.qty, amended_disclosed(b, c) if op == OP_AMEND else c.disclosed)) + 6 * b.nstops
             if b.nstops and queue_reserve(b) < 0:
                 return -1
         else:
@@ -1788,7 +1803,7 @@ cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil
         # UNCROSSED, OPENED, then what the stops it triggers may cause
         worst_events = 3 + b.live + b.markets
         if b.nstops:
-            worst_events += 3 + 2 * (b.live + refresh_bound(b, 0)) + 6 * b.nstops
+            worst_events += 3 + 2 * (b.live + refresh_bound(b, 0, 0)) + 6 * b.nstops
             if queue_reserve(b) < 0:
                 return -1
     elif (op == OP_OPEN or op == OP_PRE_OPEN) and b.phase == PHASE_CLOSED:
