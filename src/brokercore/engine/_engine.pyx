@@ -50,6 +50,8 @@ cdef extern from *:
     void bc_prefault(void* p, size_t n) noexcept nogil
     void* bc_events_realloc(void* p, size_t used, size_t nbytes) noexcept nogil
     void bc_events_free(void* p) noexcept nogil
+    void* bc_table_calloc(size_t count, size_t size) noexcept nogil
+    void bc_table_free(void* p, size_t nbytes) noexcept nogil
 
 cdef extern from *:
     """
@@ -389,7 +391,7 @@ cdef int ids_rebuild(IdMap* m, int64_t capacity, bint keep_spent) noexcept nogil
     cdef IdEntry* old = m.entries
     cdef int64_t old_capacity = m.capacity, i
     cdef IdEntry* e
-    cdef IdEntry* fresh = <IdEntry*>calloc(capacity, sizeof(IdEntry))
+    cdef IdEntry* fresh = <IdEntry*>bc_table_calloc(capacity, sizeof(IdEntry))
     if fresh == NULL:
         return -1
     if not keep_spent:      # OPEN's rebuild: fault the table in before orders arrive
@@ -402,7 +404,7 @@ cdef int ids_rebuild(IdMap* m, int64_t capacity, bint keep_spent) noexcept nogil
             e = ids_probe(m, old[i].order_id)
             e[0] = old[i]
             m.count += 1
-    free(old)
+    bc_table_free(old, old_capacity * sizeof(IdEntry))
     return 0
 
 
@@ -568,7 +570,7 @@ cdef int book_init(Book* b, int64_t low, int64_t high, int64_t lot_size, uint32_
     b.market_head[SIDE_BUY] = b.market_head[SIDE_SELL] = -1
     b.market_tail[SIDE_BUY] = b.market_tail[SIDE_SELL] = -1
     b.ids_floor = ids_capacity_for(session_orders)
-    b.ids.entries = <IdEntry*>calloc(b.ids_floor, sizeof(IdEntry))
+    b.ids.entries = <IdEntry*>bc_table_calloc(b.ids_floor, sizeof(IdEntry))
     b.ids.capacity = b.ids_floor
     if b.ids.entries != NULL:
         bc_prefault(b.ids.entries, b.ids_floor * sizeof(IdEntry))
@@ -586,7 +588,7 @@ cdef void book_free(Book* b) noexcept nogil:
     ladder_free(&b.stops[SIDE_SELL])
     b.stops_ready = False
     free(b.pool)
-    free(b.ids.entries)
+    bc_table_free(b.ids.entries, b.ids.capacity * sizeof(IdEntry))
     free(b.queue)
     b.pool = NULL
     b.ids.entries = NULL

@@ -12,9 +12,11 @@
      in order, and sequential order ids land in neighbouring id-map entries.
    - A block sized up front (the id map from session_orders) is faulted in where it is
      allocated, before commands run (bc_prefault).
-   - A large event buffer lent to a numpy array is kept when the array dies (one per
-     process) and the next large batch writes into it: a process running batch after
-     batch no longer faults its output in each time. */
+   - Large blocks already faulted in are kept for the next one instead of going back to
+     the kernel: an event buffer lent to a numpy array when the array dies (one per
+     process, for the next large batch) and an id-map table when its book dies or the
+     map outgrows it (one per power-of-two size). A process that runs batch after batch,
+     or makes book after book, then faults nothing in again. */
 #ifndef BROKERCORE_MEMORY_H
 #define BROKERCORE_MEMORY_H
 
@@ -30,8 +32,8 @@
 #endif
 
 #define BC_PAGE ((uintptr_t)4096)
-/* Event buffers from 8 MiB (above the KEEP_EVENTS buffer a book keeps for itself) up
-   to 512 MiB (about 6 M events) are kept as the spare. */
+/* Blocks from 8 MiB (above the KEEP_EVENTS buffer a book keeps for itself) up to
+   512 MiB (about 6 M events, an id map for 16 M orders) are kept. */
 #define BC_SPARE_MIN ((size_t)8 << 20)
 #define BC_SPARE_MAX ((size_t)512 << 20)
 
@@ -83,6 +85,34 @@ static void *bc_events_realloc(void *p, size_t used, size_t bytes) {
         memcpy(grown, p, used);
     free(p);
     return grown;
+}
+
+/* The spare id-map tables, one per power-of-two size (index: log2 of the size). */
+static void *bc_spare_tables[64];
+
+/* The spare slot for a table of `bytes`, or -1 when a table of that size is not kept. */
+static int bc_table_class(size_t bytes) {
+    if (bytes < BC_SPARE_MIN || bytes > BC_SPARE_MAX || (bytes & (bytes - 1)) != 0)
+        return -1;
+    return __builtin_ctzll(bytes);
+}
+
+/* calloc() for an id-map table: the spare of its size, zeroed, when there is one. */
+static void *bc_table_calloc(size_t count, size_t size) {
+    int k = bc_table_class(count * size);
+    void *p = k >= 0 ? __atomic_exchange_n(&bc_spare_tables[k], NULL, __ATOMIC_ACQ_REL) : NULL;
+    if (p == NULL)
+        return calloc(count, size);
+    memset(p, 0, count * size);
+    return p;
+}
+
+/* free() for an id-map table of `bytes`: it becomes the spare of its size. */
+static void bc_table_free(void *p, size_t bytes) {
+    int k = bc_table_class(bytes);
+    if (p != NULL && k >= 0)
+        p = __atomic_exchange_n(&bc_spare_tables[k], p, __ATOMIC_ACQ_REL);
+    free(p);
 }
 
 #endif
