@@ -41,26 +41,17 @@ cdef extern from "numpy/arrayobject.h":
 cdef extern from *:
     """
     #include <stdint.h>
-    #include <sys/mman.h>
+    #include "_memory.h"
     #define bc_ctz(x) __builtin_ctzll(x)
     #define bc_clz(x) __builtin_clzll(x)
-
-    /* Ask for transparent huge pages on the 2 MiB-aligned interior of a large block:
-       growing arrays (events, id map, pool) then take one page fault per 2 MiB
-       instead of one per 4 KiB. Advice only; harmless where THP is off. */
-    static void bc_advise_huge(void *p, size_t n) {
-    #ifdef MADV_HUGEPAGE
-        const uintptr_t huge = (uintptr_t)1 << 21;
-        uintptr_t start = ((uintptr_t)p + huge - 1) & ~(huge - 1);
-        uintptr_t end = ((uintptr_t)p + n) & ~(huge - 1);
-        if (n >= 2 * huge && end > start)
-            madvise((void *)start, end - start, MADV_HUGEPAGE);
-    #endif
-    }
     """
     int bc_ctz(uint64_t x) noexcept nogil
     int bc_clz(uint64_t x) noexcept nogil
-    void bc_advise_huge(void* p, size_t n) noexcept nogil
+    void bc_prefault(void* p, size_t n) noexcept nogil
+    void* bc_events_realloc(void* p, size_t used, size_t nbytes) noexcept nogil
+    void bc_events_free(void* p) noexcept nogil
+    void* bc_table_calloc(size_t count, size_t size) noexcept nogil
+    void bc_table_free(void* p, size_t nbytes) noexcept nogil
 
 cdef extern from *:
     """
@@ -398,10 +389,11 @@ cdef int ids_rebuild(IdMap* m, int64_t capacity, bint keep_spent) noexcept nogil
     cdef IdEntry* old = m.entries
     cdef int64_t old_capacity = m.capacity, i
     cdef IdEntry* e
-    cdef IdEntry* fresh = <IdEntry*>calloc(capacity, sizeof(IdEntry))
+    cdef IdEntry* fresh = <IdEntry*>bc_table_calloc(capacity, sizeof(IdEntry))
     if fresh == NULL:
         return -1
-    bc_advise_huge(fresh, capacity * sizeof(IdEntry))
+    if not keep_spent:      # OPEN's rebuild: fault the table in before orders arrive
+        bc_prefault(fresh, capacity * sizeof(IdEntry))
     m.entries = fresh
     m.capacity = capacity
     m.count = 0
@@ -410,7 +402,7 @@ cdef int ids_rebuild(IdMap* m, int64_t capacity, bint keep_spent) noexcept nogil
             e = ids_probe(m, old[i].order_id)
             e[0] = old[i]
             m.count += 1
-    free(old)
+    bc_table_free(old, old_capacity * sizeof(IdEntry))
     return 0
 
 
@@ -439,7 +431,6 @@ cdef int pool_reserve_one(Book* b) noexcept nogil:
     grown = <Order*>realloc(b.pool, capacity * sizeof(Order))
     if grown == NULL:
         return -1
-    bc_advise_huge(grown, capacity * sizeof(Order))
     b.pool = grown
     for i in range(old, capacity):
         grown[i].next = i + 1 if i + 1 < capacity else -1
@@ -466,10 +457,9 @@ cdef int events_reserve(EventBuffer* out, int64_t extra) noexcept nogil:
         return 0
     while capacity < out.count + extra:
         capacity *= 2
-    grown = <Event*>realloc(out.data, capacity * sizeof(Event))
+    grown = <Event*>bc_events_realloc(out.data, out.count * sizeof(Event), capacity * sizeof(Event))
     if grown == NULL:
         return -1
-    bc_advise_huge(grown, capacity * sizeof(Event))
     out.data = grown
     out.capacity = capacity
     return 0
@@ -578,9 +568,10 @@ cdef int book_init(Book* b, int64_t low, int64_t high, int64_t lot_size, uint32_
     b.market_head[SIDE_BUY] = b.market_head[SIDE_SELL] = -1
     b.market_tail[SIDE_BUY] = b.market_tail[SIDE_SELL] = -1
     b.ids_floor = ids_capacity_for(session_orders)
-    b.ids.entries = <IdEntry*>calloc(b.ids_floor, sizeof(IdEntry))
+    b.ids.entries = <IdEntry*>bc_table_calloc(b.ids_floor, sizeof(IdEntry))
     b.ids.capacity = b.ids_floor
-    bc_advise_huge(b.ids.entries, b.ids_floor * sizeof(IdEntry))
+    if b.ids.entries != NULL:
+        bc_prefault(b.ids.entries, b.ids_floor * sizeof(IdEntry))
     if (b.ids.entries == NULL or ladder_init(&b.bids, low, high - low + 1) < 0
             or ladder_init(&b.asks, low, high - low + 1) < 0):
         book_free(b)
@@ -595,7 +586,7 @@ cdef void book_free(Book* b) noexcept nogil:
     ladder_free(&b.stops[SIDE_SELL])
     b.stops_ready = False
     free(b.pool)
-    free(b.ids.entries)
+    bc_table_free(b.ids.entries, b.ids.capacity * sizeof(IdEntry))
     free(b.queue)
     b.pool = NULL
     b.ids.entries = NULL
@@ -1967,12 +1958,13 @@ cdef object _event_array(Event* data, int64_t count, bint adopt):
 
 
 cdef class _Allocation:
-    """Frees a malloc'ed block when the numpy array lent it is gone."""
+    """Gives back the event buffer lent to a numpy array when the array is gone (a large
+    one is kept for the next large batch: _memory.h)."""
 
     cdef void* data
 
     def __dealloc__(self):
-        free(self.data)
+        bc_events_free(self.data)
 
 
 # Enum members by value, for views (a tuple index is far cheaper than Enum(value)).
