@@ -183,8 +183,9 @@ def test_a_sell_blocks_shares_and_a_market_buy_is_held_at_the_band_top(database)
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'carol'") == [
         (2_000_000 * 2,)
     ]  # 20,000.00 (the band top) x 2
-    commands = {c.order_id: c for c in api.commands()}
-    assert commands[buy.json()["orderId"]].market and commands[buy.json()["orderId"]].tif == Tif.IOC
+    command = {c.order_id: c for c in api.commands()}[buy.json()["orderId"]]
+    # capped at its hold, so that no re-band lets it fill above: an IOC limit at the top
+    assert (command.market, command.price, command.tif) == (False, 400_000, Tif.IOC)
 
 
 def b64url(data: bytes) -> str:

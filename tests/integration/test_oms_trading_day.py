@@ -112,7 +112,8 @@ def test_each_kind_of_order_is_stored_held_at_its_worst_price_and_sent(database)
         for name, c in ((name, commands[order_id]) for name, order_id in ids.items())
     }
     assert sent == {  # ticks of 0.05
-        "stop buy": (Side.BUY, 10, True, 0, True, 310_000, 0, Tif.DAY),
+        # capped at its hold (a re-band may lift the top): a stop-limit IOC at the top
+        "stop buy": (Side.BUY, 10, False, 400_000, True, 310_000, 0, Tif.IOC),
         "stop-limit buy": (Side.BUY, 10, False, 312_000, True, 310_000, 0, Tif.DAY),
         "stop sell": (Side.SELL, 30, True, 0, True, 290_000, 0, Tif.GTC),
         "iceberg": (Side.BUY, 50, False, 300_000, False, 0, 10, Tif.DAY),
@@ -271,7 +272,9 @@ def test_the_pre_open_takes_orders_that_can_wait_for_the_auction(database):
                 "gtc iceberg": await api.place(
                     quantity=50, timeInForce="GTC", disclosedQuantity=10
                 ),
-                "market": await api.place(user="carol", type="MARKET", price=None, quantity=2),
+                "market": await api.place(
+                    user="bob", side="SELL", type="MARKET", price=None, quantity=2
+                ),
                 "stop": await api.place(user="carol", **STOP),
                 "stop-limit IOC": await api.place(
                     user="bob",
@@ -284,6 +287,7 @@ def test_the_pre_open_takes_orders_that_can_wait_for_the_auction(database):
                 "limit IOC": await api.place(timeInForce="IOC"),
                 "limit FOK": await api.place(timeInForce="FOK"),
                 "market FOK": await api.place(type="MARKET", price=None, timeInForce="FOK"),
+                "market buy": await api.place(type="MARKET", price=None),  # no cap could hold
             }
             api.now = BUFFER
             buffer = await api.place()
@@ -299,12 +303,10 @@ def test_the_pre_open_takes_orders_that_can_wait_for_the_auction(database):
     assert "pre-open call auction" in refused["limit IOC"].json()["error"]["message"]
     assert (buffer.status_code, buffer.json()["error"]["code"]) == (422, "MARKET_CLOSED")
     market_id = taken["market"].json()["orderId"]
-    # the market buy waits for the auction as a market order, held at the band's top
+    # the market sell waits for the auction as a market order, holding its shares
     command = {c.order_id: c for c in api.commands()}[market_id]
     assert command.market and command.tif == Tif.IOC and command.price == 0
-    assert api.rows("SELECT blocked_cash FROM orders WHERE order_id = %s", market_id) == [
-        (TOP * 2,)
-    ]
+    assert api.rows("SELECT blocked_shares FROM orders WHERE order_id = %s", market_id) == [(2,)]
     assert api.rows("SELECT count(*), min(trade_date), max(trade_date) FROM orders") == [
         (5, date(2026, 11, 25), date(2026, 11, 25))
     ]
@@ -363,8 +365,8 @@ def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
     """A stop waits as TRIGGER_PENDING holding its shares, a trade triggers it and it
     fills; an iceberg rests showing its disclosed part; in a halt the engine refuses a
     new order (it is the authority on halts: REJECTED, reason HALTED, the hold
-    released); the pre-open collects a market order that the uncross fills at the
-    opening price, the rest of its band-top hold released. Nothing is created or lost."""
+    released); the pre-open collects a market sell that the uncross fills at the
+    opening price. Nothing is created or lost."""
     with platform(database, tmp_path) as api:
         before = money(api)
         operator = OrderProducer(api.kafka)
@@ -408,9 +410,11 @@ def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
                     halted,
                 )
                 operator.send([PreOpen("RELIANCE", ts=2)])
-                market = await api.place(user="carol", type="MARKET", price=None, quantity=3)
+                market = await api.place(
+                    user="bob", side="SELL", type="MARKET", price=None, quantity=3
+                )
                 market = market.json()["orderId"]
-                ask = await api.place(user="bob", side="SELL", quantity=3, price="15100.00")
+                ask = await api.place(user="carol", quantity=3, price="15100.00")
                 ask = ask.json()["orderId"]
                 await asyncio.to_thread(
                     api.wait_rows,
@@ -420,8 +424,8 @@ def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
                     ask,
                 )  # collected: nothing matches in the pre-open
                 operator.send([Uncross("RELIANCE", ts=3)])
-                # buys: the market 3, alice's 4 @ 15,000, carol's 50 @ 14,900; sells: bob's
-                # 3 @ 15,100: only 15,100 has volume (3), so it opens there
+                # buys: carol's 3 @ 15,100, alice's 4 @ 15,000, carol's 50 @ 14,900; sells:
+                # bob's market 3: every price trades 3, 15,100 with no imbalance opens
                 await asyncio.to_thread(
                     api.wait_rows,
                     "SELECT order_id, status, filled_quantity, avg_fill_price FROM orders "

@@ -468,11 +468,17 @@ def test_the_pre_open_refuses_orders_that_cannot_wait_for_the_auction(request_):
     assert isinstance(check(request_, instrument=PRE_OPEN_INST, now=NOW), Hold)  # OPEN: fine
 
 
-def test_a_pre_open_market_buy_waits_for_the_auction_held_at_the_band_top():
-    # protection needs a last price to protect around; the auction's price is not known yet
+def test_a_pre_open_market_buy_is_refused_and_a_market_sell_waits_for_the_auction():
+    # the engine caps a market buy at its hold, which an order waiting for the uncross
+    # (priority at any price) cannot have: a re-band could lift the opening price above it
     kw = dict(last_price=D("15000"), protection_percent=D(2))
-    held = check(market(), instrument=PRE_OPEN_INST, now=IN_PRE_OPEN, **kw)
-    assert held == Hold(cash=TOP * 5 * 10, price_ticks=TOP, time_in_force=Tif.IOC)
+    message = rejected(
+        check(market(), instrument=PRE_OPEN_INST, now=IN_PRE_OPEN, **kw),
+        RejectCode.NOT_IN_PRE_OPEN,
+    )
+    assert "takes no market buy orders" in message and "place a limit order" in message
+    sell = check(market(Side.SELL), instrument=PRE_OPEN_INST, now=IN_PRE_OPEN, **kw)
+    assert sell == Hold(shares=10, time_in_force=Tif.IOC)
     assert check(market(), **kw).price_ticks == 306_000  # in OPEN: 15,300.00, protected
 
 
@@ -521,6 +527,7 @@ def test_a_stop_buy_needs_the_funds_of_its_worst_price():
     [
         (stop(tif=Tif.IOC), RejectCode.INVALID_TIF),
         (stop(tif=Tif.FOK), RejectCode.INVALID_TIF),
+        (stop(tif=Tif.GTC), RejectCode.INVALID_TIF),  # a buy's: capped as a stop-limit IOC
         (stop_limit(tif=Tif.FOK), RejectCode.INVALID_TIF),
         (dataclasses.replace(stop(), price=PRICE), RejectCode.PRICE_NOT_ALLOWED),
         (dataclasses.replace(stop_limit(), price=None), RejectCode.PRICE_REQUIRED),

@@ -165,12 +165,12 @@ class Hold:
     """What an accepted order blocks: ``cash`` paise (buys) or ``shares`` (sells).
 
     ``price_ticks`` is the price per share the cash hold assumes, the worst the order
-    can execute at: the limit price (LIMIT, STOP_LIMIT), or for a market buy the
-    protection price (``market_buy_price``). The engine must never fill a buy above it,
-    so a market buy whose protection price is below the band's top goes to the engine
-    as an IOC/FOK limit order at this price. None for market and stop-market sells.
-    ``time_in_force`` is the resolved one the engine order carries; ``trigger_ticks``
-    a stop's trigger in ticks (else None).
+    can execute at: the limit price (LIMIT, STOP_LIMIT), or for a market or stop-market
+    buy the protection price or the band's top (``market_buy_price``). The engine must
+    never fill a buy above it, even after a re-band lifts the band's top, so every buy
+    reaches the engine capped at this price (brokercore.entry.order_entry). None for
+    market and stop-market sells. ``time_in_force`` is the resolved one, as the
+    customer's order keeps it; ``trigger_ticks`` a stop's trigger in ticks (else None).
     """
 
     cash: int = 0
@@ -261,7 +261,8 @@ def check_order(
     Checks in this order: symbol known, not halted, market not closed (the calendar's
     phase at ``now``: orders are taken in PRE_OPEN and OPEN); side, order type, time in
     force (market: IOC or FOK; stop: GTC or DAY; stop-limit: GTC, DAY or IOC), and in
-    PRE_OPEN neither an IOC/FOK limit nor a FOK market order; quantity positive, a whole
+    PRE_OPEN neither an IOC/FOK limit nor a FOK market order; no buy the engine could
+    not cap at its hold (``_uncappable_buy``); quantity positive, a whole
     number of lots, at most max_order_qty; price absent on market and stop orders,
     present, positive, inside the band (edges included) and on a tick on limit and
     stop-limit orders; a stop's trigger likewise, not already reached by ``last_price``
@@ -296,6 +297,9 @@ def check_order(
     tif = _time_in_force(request, order_type, phase, symbol)
     if isinstance(tif, RiskRejection):
         return tif
+    uncapped = _uncappable_buy(side, order_type, tif, phase, symbol)
+    if uncapped is not None:
+        return uncapped
 
     quantity = request.quantity
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
@@ -441,6 +445,35 @@ def _time_in_force(
             f"{_kind(order_type)} orders (they could not wait for the opening price)",
         )
     return tif
+
+
+def _uncappable_buy(
+    side: Side, order_type: OrderType, tif: Tif, phase: Phase, symbol: str
+) -> RiskRejection | None:
+    """Why a buy is refused whose price the engine could not cap at its hold.
+
+    A market buy goes to the engine as an IOC/FOK limit at its held price and a
+    stop-market buy as a stop-limit IOC at it, so that a re-band lifting the band's top
+    never lets one fill above what it holds. So a market buy cannot wait for the
+    pre-open's uncross (which gives a market order priority at any price: a limit at
+    the band's top would pull the opening price up to it and rest there), and a
+    stop-market buy is DAY only (the engine's IOC stop ends with the day)."""
+    if side is not Side.BUY:
+        return None
+    if order_type is OrderType.MARKET and phase is Phase.PRE_OPEN:
+        return _reject(
+            RejectCode.NOT_IN_PRE_OPEN,
+            f"{symbol} is in its pre-open call auction, which takes no market buy orders "
+            "(nothing would bound the price it pays): place a limit order",
+        )
+    if order_type is OrderType.STOP and tif is not Tif.DAY:
+        return _reject(
+            RejectCode.INVALID_TIF,
+            f"a buy stop-market order must be DAY, not {tif.name} (it waits as a stop-limit "
+            "IOC at the price its cash is held at, which expires at the close; a STOP_LIMIT "
+            "can be GTC)",
+        )
+    return None
 
 
 def _price_ticks(

@@ -388,9 +388,10 @@ class OrderEntry:
         passes (else OrderRefused)."""
         order_type = OrderType(request.type)
         stop = order_type in STOP_TYPES
+        side = Side[request.side]
         order = OrderRequest(
             request.symbol,
-            Side[request.side],
+            side,
             order_type,
             request.quantity,
             request.price,
@@ -412,7 +413,7 @@ class OrderEntry:
             raise OrderRefused(hold.code, hold.message)
         assert instrument is not None  # check_order refuses an unknown symbol
         limit_ticks = instrument.to_ticks(request.price) if request.price is not None else None
-        price, market = _engine_price(order_type, limit_ticks, hold, instrument)
+        price, market, tif = _engine_order(order_type, side, limit_ticks, hold)
         order_id = facts.new_order_id
         assert order_id is not None  # drawn for every new key
         payload = encode(
@@ -420,11 +421,11 @@ class OrderEntry:
                 order_id,
                 facts.account_id,
                 request.symbol,
-                Side[request.side],
+                side,
                 request.quantity,
                 price=price,
                 market=market,
-                tif=hold.time_in_force,
+                tif=tif,
                 ts=_nanoseconds(now),
                 stop=stop,
                 trigger=hold.trigger_ticks or 0,
@@ -597,18 +598,20 @@ async def _last_prices(
     return {symbol: Decimal(paise).scaleb(-2) for symbol, paise in rows if paise is not None}
 
 
-def _engine_price(
-    order_type: OrderType, limit_ticks: int | None, hold: Hold, instrument: MarketInstrument
-) -> tuple[int, bool]:
-    """(price in ticks, market?) of the engine order. A market buy held below the band's
-    top must never fill above its hold, so it goes as an IOC/FOK limit at that price
-    (a stop-market buy and a pre-open market buy are held at the top: they go as they
-    are)."""
+def _engine_order(
+    order_type: OrderType, side: Side, limit_ticks: int | None, hold: Hold
+) -> tuple[int, bool, Tif]:
+    """(price in ticks, market?, time in force) of the engine order. A buy never fills
+    above the price its cash is held at, even after a re-band lifts the band's top: a
+    market buy goes as an IOC/FOK limit at that price, a stop-market buy as a stop-limit
+    IOC at it (a stop-market capped; risk refuses the market buys that could not be
+    capped so). Sells need no cash: they go as they are."""
     if limit_ticks is not None:
-        return limit_ticks, False
-    if order_type is OrderType.MARKET and hold.price_ticks and hold.price_ticks < instrument.high:
-        return hold.price_ticks, False
-    return 0, True
+        return limit_ticks, False, hold.time_in_force
+    if side is Side.SELL or hold.price_ticks is None:
+        return 0, True, hold.time_in_force
+    stop = order_type is OrderType.STOP
+    return hold.price_ticks, False, Tif.IOC if stop else hold.time_in_force
 
 
 def _fingerprint(request: PlaceOrderRequest) -> str:

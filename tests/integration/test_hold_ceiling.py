@@ -1,0 +1,127 @@
+"""No buy ever fills above the price its cash was held at, even after a re-band raises the
+band's top while it waits (docs/engine.md: REBAND is allowed in every phase), through the
+OMS, the engine daemon and settlement: the engine is given the held price as a cap, so
+settlement never meets a fill it cannot pay for and never stops.
+
+The other side of each trade is another broker's order, sent straight to the engine (the
+OMS's band is the old one, and settlement ignores orders it does not know)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from brokercore.engine.records import Side, Tif
+from brokercore.kafka.messages import Halt, NewOrder, PreOpen, Reband, Uncross
+from kafka_support import OrderProducer
+from oms_support import Api, run
+from platform_support import money, platform
+
+OLD_TOP, NEW_TOP = 400_000, 500_000  # ticks of 0.05: RELIANCE's band top, 20,000 -> 25,000
+TOP = 2_000_000  # paise: what a market or stop-market buy of one share is held at
+BROKER = {Side.BUY: 9_998, Side.SELL: 9_999}  # another broker's accounts (not the OMS's)
+STATE = (
+    "SELECT status, reject_reason, filled_quantity, blocked_cash FROM orders WHERE order_id = %s"
+)
+
+
+class _Market:
+    """Another broker's orders, numbered from 10**12 (far from the OMS's ids)."""
+
+    def __init__(self, api: Api):
+        self.producer = OrderProducer(api.kafka)
+        self.next_id = 10**12
+
+    def send(self, *commands) -> None:
+        self.producer.send(commands)
+
+    def order(self, side: Side, qty: int, price: int, tif: Tif = Tif.GTC) -> NewOrder:
+        self.next_id += 1
+        return NewOrder(self.next_id, BROKER[side], "RELIANCE", side, qty, price=price, tif=tif)
+
+
+async def _wait(api: Api, order_id: int, expected: tuple) -> None:
+    await asyncio.to_thread(api.wait_rows, STATE, [expected], order_id)
+
+
+def test_a_stop_market_or_market_buy_never_fills_above_its_hold_after_a_reband(database, tmp_path):
+    """A buy stop-market waits (held at the band's top); a re-band raises the top; a
+    trade reaches its trigger with asks at 19,000 and 21,000: it buys the 4 at 19,000,
+    never the 21,000 ones its hold cannot pay, and the rest is cancelled like a
+    stop-market's remainder. A market buy placed after the re-band (the OMS still holds
+    at the old top) fills nothing above it either."""
+    with platform(database, tmp_path) as api:
+        before = money(api)
+        market = _Market(api)
+
+        async def day():
+            async with api:
+                market.send(  # the last trade: 15,000.00
+                    market.order(Side.SELL, 1, 300_000), market.order(Side.BUY, 1, 300_000)
+                )
+                stop = await api.place(
+                    quantity=10, type="STOP", price=None, triggerPrice="15500.00"
+                )
+                stop = stop.json()["orderId"]
+                await _wait(api, stop, ("TRIGGER_PENDING", None, 0, TOP * 10))
+                market.send(
+                    Reband("RELIANCE", 200_000, NEW_TOP),
+                    market.order(Side.SELL, 6, 420_000),  # 21,000.00: above the hold
+                    market.order(Side.SELL, 4, 380_000),  # 19,000.00
+                    market.order(Side.SELL, 1, 310_000),
+                    market.order(Side.BUY, 1, 310_000),  # 15,500.00 trades: the trigger
+                )
+                await _wait(api, stop, ("CANCELLED", "IOC_REMAINDER", 4, 0))
+                buy = await api.place(user="carol", type="MARKET", price=None, quantity=3)
+                buy = buy.json()["orderId"]
+                await _wait(api, buy, ("CANCELLED", "IOC_REMAINDER", 0, 0))
+                return stop, buy
+
+        stop, buy = run(day)
+        assert api.rows(
+            "SELECT order_id, type, time_in_force, avg_fill_price, hold_price_ticks "
+            "FROM orders ORDER BY 1"
+        ) == [  # stored as the customer sent them
+            (stop, "STOP", "DAY", 1_900_000, OLD_TOP),
+            (buy, "MARKET", "IOC", None, OLD_TOP),
+        ]
+        assert api.rows("SELECT order_id, price, quantity FROM fills ORDER BY trade_id") == [
+            (stop, 1_900_000, 4)
+        ]
+        cash, blocked, fees, shares, blocked_shares = money(api)
+        assert (blocked, blocked_shares) == (0, 0)  # every hold released
+        assert (before[0] - cash, shares - before[3]) == (4 * 1_900_000 + fees - before[2], 4)
+
+
+def test_a_market_buy_never_waits_for_an_auction_a_re_band_could_lift(database, tmp_path):
+    """A market buy cannot be capped and wait for a call auction at once (an uncross
+    gives a waiting market order priority at any price): one that meets an engine's
+    pre-open (here a halt's re-opening, which the calendar does not know) is refused by
+    the engine, its hold released; a re-band and an uncross above the old top then
+    trade nothing of ours."""
+    with platform(database, tmp_path) as api:
+        before = money(api)
+        market = _Market(api)
+
+        async def day():
+            async with api:
+                market.send(Halt("RELIANCE", ts=1), PreOpen("RELIANCE", ts=2))
+                buy = await api.place(user="carol", type="MARKET", price=None, quantity=3)
+                buy = buy.json()["orderId"]
+                await _wait(api, buy, ("REJECTED", "SESSION_STATE", 0, 0))
+                market.send(
+                    Reband("RELIANCE", 200_000, NEW_TOP),
+                    market.order(Side.SELL, 3, 420_000, Tif.DAY),  # 21,000.00
+                    market.order(Side.BUY, 3, 440_000, Tif.DAY),
+                    Uncross("RELIANCE", ts=3),
+                )
+                # an IOC limit is refused in the pre-open and cancelled once open: the
+                # uncross has run when it is cancelled
+                probe = await api.place(quantity=1, timeInForce="IOC")
+                await _wait(api, probe.json()["orderId"], ("CANCELLED", "IOC_REMAINDER", 0, 0))
+                return buy
+
+        buy = run(day)
+        assert api.rows("SELECT type, time_in_force FROM orders WHERE order_id = %s", buy) == [
+            ("MARKET", "IOC")
+        ]
+        assert money(api) == before  # nothing of ours traded, nothing held
