@@ -445,6 +445,8 @@ def test_a_large_waiting_stop_needs_no_room_for_parts_no_iceberg_has(book_cls):
     half, part = big // (2 * lot) * lot, big // 10
     stop(book, 1, BUY, big, 101, C)
     rest(book, 2, BUY, 101, lot, A)
+    bad = call(book, "amend", 2, 101, big, account=A, disclosed=lot)  # below 10 %: refused
+    assert bad == [rejected(R.INVALID_DISCLOSED, 2, 0, 101, big, A)]
     assert call(book, "amend", 2, 101, half, account=A) == [amended(2, BUY, 101, half, account=A)]
     events = call(book, "limit", 3, SELL, 101, big, account=B, disclosed=part)
     assert events[:3] == [

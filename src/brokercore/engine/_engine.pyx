@@ -1711,13 +1711,13 @@ cdef inline int ensure_pages(Book* b, Ladder* first, Ladder* second, int64_t pri
 
 cdef inline int64_t refresh_bound(Book* b, int64_t qty, int64_t disclosed) noexcept nogil:
     """How many iceberg refreshes a command may meet: no more than the resting icebergs
-    hold, plus, when the taker is an iceberg showing disclosed at a time, the parts of it
-    that the stops it triggers can take; nor than the lots it and the waiting stops can
-    trade."""
+    hold, plus, when the taker is a valid iceberg showing disclosed at a time (an invalid
+    one trades nothing), the parts of it that the stops it triggers can take; nor than the
+    lots it and the waiting stops can trade."""
     cdef bc_wide lots, parts = b.hidden_parts
     if qty < 0 or qty > b.max_qty:
         qty = 0
-    if 0 < disclosed < qty:
+    if 0 < disclosed < qty and disclosed_reason(b, disclosed, qty) == R_NONE:
         parts += (qty if qty < b.stop_qty else b.stop_qty) // disclosed + 1
     lots = (<bc_wide>qty + b.stop_qty) // b.lot_size
     if lots < parts:
