@@ -509,7 +509,8 @@ cdef void write_reject(Event* e, const Command* c, uint32_t symbol, int64_t seq,
     e.other_remaining = 0
 
 
-cdef inline void emit_reject(Book* b, EventBuffer* out, const Command* c, uint8_t reason) noexcept nogil:
+cdef void emit_reject(Book* b, EventBuffer* out, const Command* c, uint8_t reason) noexcept nogil:
+    """A REJECTED event (rare: a call, not inlined into the hot handlers)."""
     b.seq += 1
     out.count += 1
     write_reject(&out.data[out.count - 1], c, b.symbol, b.seq, reason)
@@ -1066,7 +1067,13 @@ cdef inline uint8_t new_order_reason(Book* b, const Command* c) noexcept nogil:
         if best_opposite(b, c.side) < 0:
             return R_NO_LIQUIDITY
         return R_NONE
-    # STOP, STOP_LIMIT
+    return stop_order_reason(b, c)
+
+
+cdef uint8_t stop_order_reason(Book* b, const Command* c) noexcept nogil:
+    """new_order_reason's checks of a STOP or STOP_LIMIT after its side."""
+    cdef uint8_t reason
+    cdef uint8_t op = c.op
     if c.tif != TIF_GTC and c.tif != TIF_DAY and not (op == OP_STOP_LIMIT and c.tif == TIF_IOC):
         return R_INVALID_TIF
     if c.stp > STP_DECREMENT:
@@ -1081,27 +1088,47 @@ cdef inline uint8_t new_order_reason(Book* b, const Command* c) noexcept nogil:
     return stop_price_reason(b, op, c.side, c.price, c.trigger)
 
 
-cdef inline void on_new_order(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+cdef void place_waiting(Book* b, int32_t slot, IdEntry* entry, const Command* c,
+                        EventBuffer* out) noexcept nogil:
+    """An accepted order that does not match now: a stop waits outside the book; in
+    PRE_OPEN a limit order rests and a market order waits for the uncross."""
+    cdef Order* t = &b.pool[slot]
+    emit_order(b, out, c, EV_ACCEPTED, R_NONE, t, c.qty, c.qty)
+    if c.op > OP_MARKET:
+        t.trigger = c.trigger
+        t.stamp = b.seq
+        stop_link(b, slot)
+    elif c.op == OP_MARKET:
+        market_push(b, slot)
+    else:
+        rest(b, slot)
+    entry.slot = slot
+
+
+cdef int on_new_order(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """LIMIT, MARKET, STOP, STOP_LIMIT; -1 (book unchanged) if out of memory."""
     cdef uint8_t op = c.op
     cdef bint market = op == OP_MARKET
     cdef IdEntry* entry
     cdef uint8_t reason, stp
     cdef int32_t slot
     cdef Order* t
+    if reserve_new_order(b, c, out) < 0:
+        return -1
     if c.order_id <= 0:
         emit_reject(b, out, c, R_INVALID_ORDER_ID)
-        return
+        return 0
     entry = ids_probe(&b.ids, c.order_id)
     if entry.order_id == c.order_id:
         emit_reject(b, out, c, R_DUPLICATE_ORDER_ID)
-        return
+        return 0
     entry.order_id = c.order_id          # the id is spent from here on
     entry.slot = -1
     b.ids.count += 1
     reason = new_order_reason(b, c)
     if reason:
         emit_reject(b, out, c, reason)
-        return
+        return 0
     stp = c.stp if c.stp != STP_DEFAULT else b.default_stp
     slot = pool_take(b)
     b.live += 1
@@ -1115,31 +1142,22 @@ cdef inline void on_new_order(Book* b, const Command* c, EventBuffer* out) noexc
     t.stp = c.stp
     t.flags = c.flags
     t.op = op
-    t.disclosed = c.disclosed           # 0 for a stop (validated): its stamp is set below
+    t.disclosed = c.disclosed           # 0 for a stop (validated): its stamp is set later
     t.shown = 0
-    if op > OP_MARKET:                  # a stop waits outside the book
-        emit_order(b, out, c, EV_ACCEPTED, R_NONE, t, c.qty, c.qty)
-        t.trigger = c.trigger
-        t.stamp = b.seq
-        stop_link(b, slot)
-        entry.slot = slot
-        return
-    if b.phase == PHASE_PRE_OPEN:       # rests (or waits) without matching
-        emit_order(b, out, c, EV_ACCEPTED, R_NONE, t, c.qty, c.qty)
-        if market:
-            market_push(b, slot)
-        else:
-            rest(b, slot)
-        entry.slot = slot
-        return
+    if op > OP_MARKET or b.phase == PHASE_PRE_OPEN:
+        place_waiting(b, slot, entry, c, out)
+        return 0
     if c.tif == TIF_FOK and not fok_fillable(b, t, market, stp):
         pool_give_back(b, slot)
         b.live -= 1
         emit_reject(b, out, c, R_FOK_NOT_FILLABLE)
-        return
+        return 0
     emit_order(b, out, c, EV_ACCEPTED, R_NONE, t, c.qty, c.qty)
     finish_taker(b, slot, entry, not market and c.tif <= TIF_DAY,
                  match(b, slot, market, stp, c, out), c, out)
+    if b.queue_len:
+        run_trigger_queue(b, c, out)
+    return 0
 
 
 cdef inline int32_t live_slot(Book* b, int64_t order_id) noexcept nogil:
@@ -1147,21 +1165,26 @@ cdef inline int32_t live_slot(Book* b, int64_t order_id) noexcept nogil:
     return <int32_t>e.slot if e != NULL else -1
 
 
-cdef inline void on_cancel(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
-    cdef int32_t slot = live_slot(b, c.order_id)
+cdef int on_cancel(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """CANCEL; -1 if out of memory."""
+    cdef int32_t slot
     cdef Order* o
+    if events_room(out, 1) < 0:
+        return -1
+    slot = live_slot(b, c.order_id)
     if slot < 0:
         emit_reject(b, out, c, R_UNKNOWN_ORDER)
-        return
+        return 0
     o = &b.pool[slot]
     if o.account != c.account:
         emit_reject(b, out, c, R_NOT_OWNER)
-        return
+        return 0
     emit_order(b, out, c, EV_CANCELLED, R_USER_CANCEL, o, o.qty, 0)
     if o.op == OP_LIMIT:
         remove_order(b, slot)
     else:
         remove_any(b, slot)
+    return 0
 
 
 cdef inline uint8_t amend_reason(Book* b, const Command* c, Order* o) noexcept nogil:
@@ -1216,22 +1239,26 @@ cdef void amend_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) 
     stop_link(b, slot)
 
 
-cdef inline void on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
-    cdef int32_t slot = live_slot(b, c.order_id)
+cdef int on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """AMEND; -1 (book unchanged) if out of memory."""
+    cdef int32_t slot
     cdef Order* o
     cdef uint8_t reason
     cdef int64_t disclosed
+    if reserve_amend(b, c, out) < 0:
+        return -1
+    slot = live_slot(b, c.order_id)
     if slot < 0:
         emit_reject(b, out, c, R_UNKNOWN_ORDER)
-        return
+        return 0
     o = &b.pool[slot]
     reason = amend_reason(b, c, o)
     if reason:
         emit_reject(b, out, c, reason)
-        return
+        return 0
     if o.op != OP_LIMIT:
         amend_stop(b, slot, c, out)
-        return
+        return 0
     disclosed = c.disclosed if c.disclosed != 0 else o.disclosed
     if c.price == o.price and c.qty <= o.qty and disclosed == o.disclosed:
         if o.disclosed:                 # in place: time priority kept
@@ -1243,7 +1270,7 @@ cdef inline void on_amend(Book* b, const Command* c, EventBuffer* out) noexcept 
         else:
             o.qty = c.qty
         emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
-        return
+        return 0
     take_out(b, slot)
     o.price = c.price
     o.qty = c.qty
@@ -1251,10 +1278,13 @@ cdef inline void on_amend(Book* b, const Command* c, EventBuffer* out) noexcept 
     emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
     if b.phase == PHASE_PRE_OPEN:
         rest(b, slot)
-        return
+        return 0
     finish_taker(b, slot, ids_find(&b.ids, c.order_id), True,
                  match(b, slot, False, o.stp if o.stp != STP_DEFAULT else b.default_stp, c, out),
                  c, out)
+    if b.queue_len:
+        run_trigger_queue(b, c, out)
+    return 0
 
 
 cdef int64_t collect_book_order(Book* b, int32_t* slots) noexcept nogil:
@@ -1602,7 +1632,7 @@ cdef inline void auction_fill(Book* b, int32_t slot, int64_t q) noexcept nogil:
 
 
 cdef void on_uncross(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
-    """Trade everything that crosses at the opening price reserve_for computed (b.quote),
+    """Trade everything that crosses at the opening price reserve_session computed (b.quote),
     turn the market orders left into limits at that price (or cancel them without
     one), open the book; the stops it reached enter after OPENED."""
     cdef int64_t price = b.quote[0], q
@@ -1739,51 +1769,84 @@ cdef inline int64_t amended_disclosed(Book* b, const Command* c) noexcept nogil:
     return b.pool[slot].disclosed
 
 
-cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
-    """Allocate everything the command could need, so that it never fails half-way."""
+cdef inline int events_room(EventBuffer* out, int64_t extra) noexcept nogil:
+    """events_reserve with its common case (room already there) inline."""
+    if out.count + extra <= out.capacity:
+        return 0
+    return events_reserve(out, extra)
+
+
+cdef int64_t taker_events_waiting(Book* b, const Command* c) noexcept nogil:
+    """taker_events when icebergs rest or stops wait (refreshes and triggered stops add
+    events); -1 if the trigger queue could not grow."""
+    if b.nstops and queue_reserve(b) < 0:
+        return -1
+    return 3 + 2 * (b.live + refresh_bound(
+        b, c.qty, amended_disclosed(b, c) if c.op == OP_AMEND else c.disclosed)) + 6 * b.nstops
+
+
+cdef inline int64_t taker_events(Book* b, const Command* c) noexcept nogil:
+    """The most events a LIMIT, MARKET or AMEND can emit: accepted/amended, two per maker
+    part met, a final cancel, then the stops its trades may trigger; an order that cannot
+    cross meets no maker (an amend's side is not looked up: try both sides). -1 if out of
+    memory."""
+    if b.phase != PHASE_OPEN:
+        return 2
+    if c.op == OP_AMEND:
+        if not (crosses(b, SIDE_BUY, c.price) or crosses(b, SIDE_SELL, c.price)):
+            return 2
+    elif c.op == OP_LIMIT and not crosses(b, c.side, c.price):
+        return 2
+    if b.hidden_parts or b.nstops:
+        return taker_events_waiting(b, c)
+    return 3 + 2 * b.live
+
+
+cdef int reserve_stop(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """Allocate what a new STOP or STOP_LIMIT could need."""
+    if pool_reserve_one(b) < 0 or ids_reserve_one(&b.ids) < 0 or stops_init(b) < 0:
+        return -1
+    if c.side == SIDE_BUY or c.side == SIDE_SELL:
+        if in_band(b, c.trigger) and ladder_ensure_page(&b.stops[c.side],
+                                                        c.trigger - b.bids.low) < 0:
+            return -1
+        if in_band(b, c.price) and ladder_ensure_page(side_ladder(b, c.side),
+                                                      c.price - b.bids.low) < 0:
+            return -1
+    return events_room(out, 2)
+
+
+cdef int reserve_new_order(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """Allocate everything a new order could need, so that it never fails half-way."""
+    cdef int64_t worst_events
+    if c.op > OP_MARKET:
+        return reserve_stop(b, c, out)
+    worst_events = taker_events(b, c)
+    if worst_events < 0 or pool_reserve_one(b) < 0 or ids_reserve_one(&b.ids) < 0:
+        return -1
+    if c.op == OP_LIMIT and in_band(b, c.price):
+        if ladder_ensure_page(side_ladder(b, c.side), c.price - b.bids.low) < 0:
+            return -1
+    return events_room(out, worst_events)
+
+
+cdef int reserve_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """Allocate everything an amend could need: its new price's pages on either side and
+    among the stops."""
+    cdef int64_t worst_events = taker_events(b, c)
+    if worst_events < 0 or ensure_pages(b, &b.bids, &b.asks, c.price) < 0:
+        return -1
+    if b.stops_ready and ensure_pages(b, &b.stops[SIDE_BUY], &b.stops[SIDE_SELL],
+                                      c.trigger) < 0:
+        return -1
+    return events_room(out, worst_events)
+
+
+cdef int reserve_session(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """Allocate everything a session, band or auction command could need."""
     cdef int64_t worst_events = 1, capacity
-    cdef bint may_trade
     cdef uint8_t op = c.op
-    if op == OP_LIMIT or op == OP_MARKET or op == OP_AMEND:
-        # Accepted/amended, two per maker part met, a final cancel, then the stops its
-        # trades may trigger; an order that cannot cross meets no maker (an amend's side
-        # is not looked up: try both sides).
-        if b.phase != PHASE_OPEN:
-            may_trade = False
-        elif op == OP_AMEND:
-            may_trade = crosses(b, SIDE_BUY, c.price) or crosses(b, SIDE_SELL, c.price)
-        else:
-            may_trade = op == OP_MARKET or crosses(b, c.side, c.price)
-        if may_trade:
-            worst_events = 3 + 2 * (b.live + refresh_bound(
-                b, c.qty, amended_disclosed(b, c) if op == OP_AMEND else c.disclosed)) + 6 * b.nstops
-            if b.nstops and queue_reserve(b) < 0:
-                return -1
-        else:
-            worst_events = 2
-        if op != OP_AMEND and (pool_reserve_one(b) < 0 or ids_reserve_one(&b.ids) < 0):
-            return -1
-        if op == OP_LIMIT and in_band(b, c.price):
-            if ladder_ensure_page(side_ladder(b, c.side), c.price - b.bids.low) < 0:
-                return -1
-        elif op == OP_AMEND:
-            if ensure_pages(b, &b.bids, &b.asks, c.price) < 0:
-                return -1
-            if b.stops_ready and ensure_pages(b, &b.stops[SIDE_BUY], &b.stops[SIDE_SELL],
-                                              c.trigger) < 0:
-                return -1
-    elif op == OP_STOP or op == OP_STOP_LIMIT:
-        worst_events = 2
-        if pool_reserve_one(b) < 0 or ids_reserve_one(&b.ids) < 0 or stops_init(b) < 0:
-            return -1
-        if c.side == SIDE_BUY or c.side == SIDE_SELL:
-            if in_band(b, c.trigger) and ladder_ensure_page(&b.stops[c.side],
-                                                            c.trigger - b.bids.low) < 0:
-                return -1
-            if in_band(b, c.price) and ladder_ensure_page(side_ladder(b, c.side),
-                                                          c.price - b.bids.low) < 0:
-                return -1
-    elif op == OP_CLOSE or op == OP_REBAND:
+    if op == OP_CLOSE or op == OP_REBAND:
         worst_events = 1 + b.live
     elif op == OP_UNCROSS and b.phase == PHASE_PRE_OPEN and (c.price == 0 or in_band(b, c.price)):
         if auction_quote(b, c.price if c.price else own_reference(b), b.quote) < 0:
@@ -1802,7 +1865,7 @@ cdef int reserve_for(Book* b, const Command* c, EventBuffer* out) noexcept nogil
         capacity = ids_capacity_for(2 * b.live)
         if ids_rebuild(&b.ids, capacity if capacity > b.ids_floor else b.ids_floor, False) < 0:
             return -1
-    return events_reserve(out, worst_events)
+    return events_room(out, worst_events)
 
 
 cdef inline void phase_change(Book* b, const Command* c, EventBuffer* out, bint allowed,
@@ -1814,18 +1877,13 @@ cdef inline void phase_change(Book* b, const Command* c, EventBuffer* out, bint 
     emit(b, out, c, etype, R_NONE)
 
 
-cdef int book_apply(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
-    """Apply one command, appending its events to out; -1 (book unchanged) if out of memory."""
+cdef int apply_session(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """The rare commands (phases, band, auction, unknown ops), out of book_apply's
+    inlined body; -1 (book unchanged) if out of memory."""
     cdef uint8_t op = c.op
-    if reserve_for(b, c, out) < 0:
+    if reserve_session(b, c, out) < 0:
         return -1
-    if op == OP_LIMIT or op == OP_MARKET or op == OP_STOP or op == OP_STOP_LIMIT:
-        on_new_order(b, c, out)
-    elif op == OP_CANCEL:
-        on_cancel(b, c, out)
-    elif op == OP_AMEND:
-        on_amend(b, c, out)
-    elif op == OP_OPEN:
+    if op == OP_OPEN:
         phase_change(b, c, out, b.phase == PHASE_CLOSED, PHASE_OPEN, EV_OPENED)
     elif op == OP_CLOSE:
         if b.phase == PHASE_CLOSED:
@@ -1852,6 +1910,20 @@ cdef int book_apply(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     if b.queue_len:
         run_trigger_queue(b, c, out)
     return 0
+
+
+cdef int book_apply(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
+    """Apply one command, appending its events to out; -1 (book unchanged) if out of memory.
+    A dispatch: each kind of command has one body of its own (its reserve, its checks, its
+    matching inlined), the rare ones together in apply_session."""
+    cdef uint8_t op = c.op
+    if op == OP_LIMIT or op == OP_MARKET or op == OP_STOP or op == OP_STOP_LIMIT:
+        return on_new_order(b, c, out)
+    if op == OP_CANCEL:
+        return on_cancel(b, c, out)
+    if op == OP_AMEND:
+        return on_amend(b, c, out)
+    return apply_session(b, c, out)
 
 
 cdef int64_t book_apply_many(Book* b, const Command* cmds, int64_t n,
