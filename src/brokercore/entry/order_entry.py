@@ -13,7 +13,10 @@ locked at once (brokercore.entry.group_commit gathers the batches).
 The trading day: the calendar's phase decides what is taken (brokercore.broker.risk); a
 halt is the engine's alone: an order for a halted symbol is taken here and the engine
 refuses it (REJECTED, reason HALTED), which settlement records, its hold released. So
-no order waits on a stale copy of the phase, and none is refused by one.
+no order waits on a stale copy of the phase, and none is refused by one. Every buy
+reaches the engine capped at the price its cash is held at (``_engine_order``): a
+re-band may lift the band's top while an order waits, and no fill may cost more than
+was held.
 """
 
 from __future__ import annotations
