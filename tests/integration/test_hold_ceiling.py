@@ -92,19 +92,28 @@ def test_a_stop_market_or_market_buy_never_fills_above_its_hold_after_a_reband(d
         assert (before[0] - cash, shares - before[3]) == (4 * 1_900_000 + fees - before[2], 4)
 
 
-def test_a_market_buy_never_waits_for_an_auction_a_re_band_could_lift(database, tmp_path):
+def test_a_market_buy_never_waits_for_an_auction_a_reband_could_lift(database, tmp_path):
     """A market buy cannot be capped and wait for a call auction at once (an uncross
     gives a waiting market order priority at any price): one that meets an engine's
     pre-open (here a halt's re-opening, which the calendar does not know) is refused by
     the engine, its hold released; a re-band and an uncross above the old top then
-    trade nothing of ours."""
+    trade nothing of ours. A waiting buy stop-market is capped as a stop-limit, so a
+    re-band that drops the band's top below its cap cancels it (PRICE_OUT_OF_BAND),
+    its hold released."""
     with platform(database, tmp_path) as api:
         before = money(api)
         market = _Market(api)
 
         async def day():
             async with api:
-                market.send(Halt("RELIANCE", ts=1), PreOpen("RELIANCE", ts=2))
+                stop = await api.place(
+                    user="carol", quantity=2, type="STOP", price=None, triggerPrice="15500.00"
+                )
+                stop = stop.json()["orderId"]
+                await _wait(api, stop, ("TRIGGER_PENDING", None, 0, TOP * 2))
+                market.send(Halt("RELIANCE", ts=1), Reband("RELIANCE", 200_000, OLD_TOP - 1))
+                await _wait(api, stop, ("CANCELLED", "PRICE_OUT_OF_BAND", 0, 0))
+                market.send(PreOpen("RELIANCE", ts=2))
                 buy = await api.place(user="carol", type="MARKET", price=None, quantity=3)
                 buy = buy.json()["orderId"]
                 await _wait(api, buy, ("REJECTED", "SESSION_STATE", 0, 0))
