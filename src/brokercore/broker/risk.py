@@ -77,7 +77,7 @@ class RejectCode(StrEnum):
     TICK_SIZE = "TICK_SIZE"
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     INSUFFICIENT_HOLDINGS = "INSUFFICIENT_HOLDINGS"
-    NOT_IN_PRE_OPEN = "NOT_IN_PRE_OPEN"  # IOC/FOK limits, FOK markets: not in the call auction
+    NOT_IN_PRE_OPEN = "NOT_IN_PRE_OPEN"  # IOC/FOK limits, FOK markets, market buys
     TRIGGER_REQUIRED = "TRIGGER_REQUIRED"  # a stop without a trigger price
     TRIGGER_NOT_ALLOWED = "TRIGGER_NOT_ALLOWED"  # a trigger price on a limit or market order
     INVALID_TRIGGER = "INVALID_TRIGGER"  # not a positive decimal
