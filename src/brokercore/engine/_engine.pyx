@@ -1221,15 +1221,22 @@ cdef inline uint8_t amend_reason(Book* b, const Command* c, Order* o) noexcept n
     return R_NONE
 
 
-cdef void amend_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) noexcept nogil:
-    """New limit, qty and trigger (0 keeps it); a new stamp unless it only shrank."""
+cdef int amend_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) noexcept nogil:
+    """A valid amend of a waiting stop: new limit, qty and trigger (0 keeps it); a new stamp
+    unless it only shrank. Reserves first the pages of its trigger and of a stop-limit's
+    limit (where it will rest once triggered); -1 (nothing changed) if out of memory."""
     cdef Order* o = &b.pool[slot]
     cdef int64_t trigger = c.trigger if c.trigger != 0 else o.trigger
+    cdef Ladder* lad = side_ladder(b, o.side)
+    if (ladder_ensure_page(&b.stops[o.side], trigger - lad.low) < 0
+            or (o.op == OP_STOP_LIMIT and ladder_ensure_page(lad, c.price - lad.low) < 0)
+            or events_room(out, 1) < 0):
+        return -1
     if c.price == o.price and trigger == o.trigger and c.qty <= o.qty:
         b.stop_qty -= o.qty - c.qty
         o.qty = c.qty
         emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
-        return
+        return 0
     stop_unlink(b, slot)
     o.price = c.price
     o.qty = c.qty
@@ -1237,29 +1244,31 @@ cdef void amend_stop(Book* b, int32_t slot, const Command* c, EventBuffer* out) 
     emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
     o.stamp = b.seq
     stop_link(b, slot)
+    return 0
 
 
 cdef int on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
-    """AMEND; -1 (book unchanged) if out of memory."""
-    cdef int32_t slot
-    cdef Order* o
-    cdef uint8_t reason
+    """AMEND; -1 (book unchanged) if out of memory. The checks change nothing, so the
+    reserve comes after them and knows the order's side."""
+    cdef IdEntry* entry = ids_find(&b.ids, c.order_id)
+    cdef int32_t slot = -1
+    cdef Order* o = NULL
+    cdef uint8_t reason = R_UNKNOWN_ORDER
     cdef int64_t disclosed
-    if reserve_amend(b, c, out) < 0:
-        return -1
-    slot = live_slot(b, c.order_id)
-    if slot < 0:
-        emit_reject(b, out, c, R_UNKNOWN_ORDER)
-        return 0
-    o = &b.pool[slot]
-    reason = amend_reason(b, c, o)
+    if entry != NULL and entry.slot >= 0:
+        slot = <int32_t>entry.slot
+        o = &b.pool[slot]
+        reason = amend_reason(b, c, o)
     if reason:
+        if events_room(out, 1) < 0:
+            return -1
         emit_reject(b, out, c, reason)
         return 0
     if o.op != OP_LIMIT:
-        amend_stop(b, slot, c, out)
-        return 0
+        return amend_stop(b, slot, c, out)
     disclosed = c.disclosed if c.disclosed != 0 else o.disclosed
+    if reserve_amend(b, o, c, disclosed, out) < 0:
+        return -1
     if c.price == o.price and c.qty <= o.qty and disclosed == o.disclosed:
         if o.disclosed:                 # in place: time priority kept
             b.hidden_parts -= hidden_parts(o)
@@ -1279,7 +1288,7 @@ cdef int on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     if b.phase == PHASE_PRE_OPEN:
         rest(b, slot)
         return 0
-    finish_taker(b, slot, ids_find(&b.ids, c.order_id), True,
+    finish_taker(b, slot, entry, True,
                  match(b, slot, False, o.stp if o.stp != STP_DEFAULT else b.default_stp, c, out),
                  c, out)
     if b.queue_len:
@@ -1757,18 +1766,6 @@ cdef inline int64_t refresh_bound(Book* b, int64_t qty, int64_t disclosed) noexc
     return clamp64(parts) if parts < (<bc_wide>1 << 40) else (<int64_t>1 << 40)
 
 
-cdef inline int64_t amended_disclosed(Book* b, const Command* c) noexcept nogil:
-    """The part an amended order will show at a time (0: not a live iceberg)."""
-    cdef int32_t slot
-    if c.disclosed != 0:
-        return c.disclosed
-    slot = live_slot(b, c.order_id)
-    # a waiting stop's disclosed field holds its trigger
-    if slot < 0 or b.pool[slot].op != OP_LIMIT:
-        return 0
-    return b.pool[slot].disclosed
-
-
 cdef inline int events_room(EventBuffer* out, int64_t extra) noexcept nogil:
     """events_reserve with its common case (room already there) inline."""
     if out.count + extra <= out.capacity:
@@ -1776,29 +1773,23 @@ cdef inline int events_room(EventBuffer* out, int64_t extra) noexcept nogil:
     return events_reserve(out, extra)
 
 
-cdef int64_t taker_events_waiting(Book* b, const Command* c) noexcept nogil:
+cdef int64_t taker_events_waiting(Book* b, int64_t qty, int64_t disclosed) noexcept nogil:
     """taker_events when icebergs rest or stops wait (refreshes and triggered stops add
     events); -1 if the trigger queue could not grow."""
     if b.nstops and queue_reserve(b) < 0:
         return -1
-    return 3 + 2 * (b.live + refresh_bound(
-        b, c.qty, amended_disclosed(b, c) if c.op == OP_AMEND else c.disclosed)) + 6 * b.nstops
+    return 3 + 2 * (b.live + refresh_bound(b, qty, disclosed)) + 6 * b.nstops
 
 
-cdef inline int64_t taker_events(Book* b, const Command* c) noexcept nogil:
-    """The most events a LIMIT, MARKET or AMEND can emit: accepted/amended, two per maker
+cdef inline int64_t taker_events(Book* b, uint8_t side, int64_t price, bint market, int64_t qty,
+                                 int64_t disclosed) noexcept nogil:
+    """The most events a new or amended order can emit: accepted/amended, two per maker
     part met, a final cancel, then the stops its trades may trigger; an order that cannot
-    cross meets no maker (an amend's side is not looked up: try both sides). -1 if out of
-    memory."""
-    if b.phase != PHASE_OPEN:
-        return 2
-    if c.op == OP_AMEND:
-        if not (crosses(b, SIDE_BUY, c.price) or crosses(b, SIDE_SELL, c.price)):
-            return 2
-    elif c.op == OP_LIMIT and not crosses(b, c.side, c.price):
+    cross meets no maker. -1 if out of memory."""
+    if b.phase != PHASE_OPEN or not (market or crosses(b, side, price)):
         return 2
     if b.hidden_parts or b.nstops:
-        return taker_events_waiting(b, c)
+        return taker_events_waiting(b, qty, disclosed)
     return 3 + 2 * b.live
 
 
@@ -1821,7 +1812,7 @@ cdef int reserve_new_order(Book* b, const Command* c, EventBuffer* out) noexcept
     cdef int64_t worst_events
     if c.op > OP_MARKET:
         return reserve_stop(b, c, out)
-    worst_events = taker_events(b, c)
+    worst_events = taker_events(b, c.side, c.price, c.op == OP_MARKET, c.qty, c.disclosed)
     if worst_events < 0 or pool_reserve_one(b) < 0 or ids_reserve_one(&b.ids) < 0:
         return -1
     if c.op == OP_LIMIT and in_band(b, c.price):
@@ -1830,14 +1821,13 @@ cdef int reserve_new_order(Book* b, const Command* c, EventBuffer* out) noexcept
     return events_room(out, worst_events)
 
 
-cdef int reserve_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
-    """Allocate everything an amend could need: its new price's pages on either side and
-    among the stops."""
-    cdef int64_t worst_events = taker_events(b, c)
-    if worst_events < 0 or ensure_pages(b, &b.bids, &b.asks, c.price) < 0:
-        return -1
-    if b.stops_ready and ensure_pages(b, &b.stops[SIDE_BUY], &b.stops[SIDE_SELL],
-                                      c.trigger) < 0:
+cdef inline int reserve_amend(Book* b, const Order* o, const Command* c, int64_t disclosed,
+                              EventBuffer* out) noexcept nogil:
+    """Allocate everything a valid amend of a resting order could need: the page of its
+    new price (in the band), the events of its matching."""
+    cdef Ladder* lad = side_ladder(b, o.side)
+    cdef int64_t worst_events = taker_events(b, o.side, c.price, False, c.qty, disclosed)
+    if worst_events < 0 or ladder_ensure_page(lad, c.price - lad.low) < 0:
         return -1
     return events_room(out, worst_events)
 
