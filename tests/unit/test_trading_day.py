@@ -709,3 +709,94 @@ def test_a_new_session_forgets_spent_ids_a_halt_does_not(book_cls):
     ]
     call(book, "pre_open")
     rest(book, 1, BUY, 99, 10, A)
+
+
+# FOK against icebergs (docs/engine.md, FOK fillability): at each level the FIFO's shown
+# parts in turn, then the icebergs' hidden parts, which their refreshes show at the tail.
+
+
+def test_a_fok_fills_through_an_icebergs_refreshes(book_cls):
+    book = new_book(book_cls)
+    rest(book, 1, SELL, 100, 50, B, disclosed=10)
+    rest(book, 2, SELL, 100, 10, C)
+    assert call(book, "market", 3, BUY, 35, account=A, tif=Tif.FOK) == [
+        accepted(3, BUY, 0, 35, A),
+        trade(3, BUY, 100, 10, 25, 1, 40, A, B),
+        trade(3, BUY, 100, 10, 15, 2, 0, A, C),
+        trade(3, BUY, 100, 10, 5, 1, 30, A, B),
+        trade(3, BUY, 100, 5, 0, 1, 25, A, B),
+    ]
+    before = unchanged(book)
+    assert call(book, "limit", 4, BUY, 100, 30, account=A, tif=Tif.FOK) == [
+        rejected(R.FOK_NOT_FILLABLE, 4, BUY, 100, 30, A)
+    ]
+    assert unchanged(book) == before
+
+
+@pytest.mark.parametrize("own_disclosed", [0, 10], ids=["own plain", "own iceberg"])
+@pytest.mark.parametrize("stp", [Stp.CANCEL_NEWEST, Stp.CANCEL_BOTH, Stp.DECREMENT])
+def test_a_fok_that_would_meet_its_own_order_after_a_refresh_is_not_fillable(
+    book_cls, own_disclosed, stp
+):
+    """The whole iceberg is more than the FOK, but only its shown 10 comes before A's own
+    order: STP would stop or shrink the taker there, so the FOK is rejected (it used to be
+    accepted and then partly filled)."""
+    book = new_book(book_cls)
+    rest(book, 1, SELL, 100, 50, B, disclosed=10)
+    rest(book, 2, SELL, 100, 30, A, disclosed=own_disclosed)
+    before = unchanged(book)
+    assert call(book, "limit", 3, BUY, 100, 30, account=A, tif=Tif.FOK, stp=stp) == [
+        rejected(R.FOK_NOT_FILLABLE, 3, BUY, 100, 30, A)
+    ]
+    assert unchanged(book) == before
+
+
+@pytest.mark.parametrize("own_disclosed", [0, 10], ids=["own plain", "own iceberg"])
+def test_a_fok_with_cancel_oldest_skips_its_own_order_and_fills_from_the_refreshes(
+    book_cls, own_disclosed
+):
+    book = new_book(book_cls)
+    rest(book, 1, SELL, 100, 50, B, disclosed=10)
+    rest(book, 2, SELL, 100, 30, A, disclosed=own_disclosed)
+    assert call(book, "limit", 3, BUY, 100, 30, account=A, tif=Tif.FOK, stp=Stp.CANCEL_OLDEST) == [
+        accepted(3, BUY, 100, 30, A),
+        trade(3, BUY, 100, 10, 20, 1, 40, A, B),
+        cancelled(2, SELL, 100, 30, ST, A),
+        trade(3, BUY, 100, 10, 10, 1, 30, A, B),
+        trade(3, BUY, 100, 10, 0, 1, 20, A, B),
+    ]
+    assert open_qty(book) == {1: 20}
+
+
+@pytest.mark.parametrize("own_disclosed", [0, 10], ids=["own plain", "own iceberg"])
+def test_a_fok_without_self_trade_prevention_trades_with_its_own_order(book_cls, own_disclosed):
+    book = new_book(book_cls)
+    rest(book, 1, SELL, 100, 50, B, disclosed=10)
+    rest(book, 2, SELL, 100, 30, A, disclosed=own_disclosed)
+    own_part = 10 if own_disclosed else 20  # a plain order gives all the FOK still needs
+    events = call(book, "limit", 3, BUY, 100, 30, account=A, tif=Tif.FOK, stp=Stp.NONE)
+    assert events[:3] == [
+        accepted(3, BUY, 100, 30, A),
+        trade(3, BUY, 100, 10, 20, 1, 40, A, B),
+        trade(3, BUY, 100, own_part, 20 - own_part, 2, 30 - own_part, A, A),
+    ]
+    assert events[3:] == ([trade(3, BUY, 100, 10, 0, 1, 30, A, B)] if own_disclosed else [])
+
+
+def test_a_fok_meeting_its_own_iceberg_first_counts_nothing_behind_it(book_cls):
+    """A's own iceberg heads the level: CANCEL_NEWEST stops the taker there, whatever the
+    level holds behind it; CANCEL_OLDEST cancels the whole iceberg (hidden part too)."""
+    book = new_book(book_cls)
+    rest(book, 1, SELL, 100, 50, A, disclosed=10)
+    rest(book, 2, SELL, 100, 20, B)
+    before = unchanged(book)
+    for stp, qty in [(Stp.CANCEL_NEWEST, 5), (Stp.CANCEL_OLDEST, 25)]:
+        assert call(book, "market", 3 + stp, BUY, qty, account=A, tif=Tif.FOK, stp=stp) == [
+            rejected(R.FOK_NOT_FILLABLE, 3 + stp, BUY, 0, qty, A)
+        ]
+        assert unchanged(book) == before
+    assert call(book, "market", 9, BUY, 20, account=A, tif=Tif.FOK, stp=Stp.CANCEL_OLDEST) == [
+        accepted(9, BUY, 0, 20, A),
+        cancelled(1, SELL, 100, 50, ST, A),
+        trade(9, BUY, 100, 20, 0, 2, 0, A, B),
+    ]

@@ -780,17 +780,22 @@ cdef void remove_any(Book* b, int32_t slot) noexcept nogil:
 # ---------------------------------------------------------------------------------
 
 cdef bint fok_fillable(Book* b, const Order* t, bint market, uint8_t stp) noexcept nogil:
-    """Can the taker fill completely right now? (docs/engine.md, FOK fillability)"""
+    """Can the taker fill completely right now? (docs/engine.md, FOK fillability) It walks
+    a level as matching meets it: the FIFO's shown parts in turn (an own order there stops
+    the walk unless it is skipped or traded with), then the icebergs' hidden parts, which
+    their refreshes show at the tail once the FIFO was met."""
     cdef Ladder* lad = &b.asks if t.side == SIDE_BUY else &b.bids
     cdef int64_t need = t.qty
     cdef int64_t idx = best_opposite(b, t.side)
     cdef int64_t price
+    cdef bc_wide hidden
     cdef int32_t slot
     cdef Order* m
     while idx >= 0:
         price = lad.low + idx
         if not market and (price > t.price if t.side == SIDE_BUY else price < t.price):
             return False
+        hidden = 0
         slot = level_at(lad, idx).head
         while slot >= 0:
             m = &b.pool[slot]
@@ -798,10 +803,14 @@ cdef bint fok_fillable(Book* b, const Order* t, bint market, uint8_t stp) noexce
                 if stp != STP_CANCEL_OLDEST:
                     return False
             else:
-                need -= m.qty
+                need -= shown_qty(m)
                 if need <= 0:
                     return True
+                hidden += m.qty - shown_qty(m)
             slot = m.next
+        if hidden >= need:
+            return True
+        need -= <int64_t>hidden
         idx = next_level_in_book_order(lad, idx, SIDE_SELL if t.side == SIDE_BUY else SIDE_BUY)
     return False
 

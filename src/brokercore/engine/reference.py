@@ -857,21 +857,25 @@ class ReferenceBook:
 
     def _fillable(self, c: _Command, market: bool) -> bool:
         """FOK rule: could the order fill completely right now, given its STP mode?
-        (Whole quantities: an iceberg's hidden part counts.)"""
+        A level is walked as matching meets it: the FIFO's shown parts in turn, then the
+        icebergs' hidden parts, which their refreshes show at the tail."""
         mode = self._stp if c.stp == Stp.DEFAULT else c.stp
         side = _opposite(c.side)
         total = 0
         for price in self._prices(side):
             if not market and not self._crosses(c.side, c.price, price):
                 break
+            hidden = 0
             for maker in self._levels[side][price]:
                 if total >= c.qty:
                     return True
                 if maker.account == c.account and mode != Stp.NONE:
                     if mode == Stp.CANCEL_OLDEST:
-                        continue  # it would be cancelled, not traded with
+                        continue  # it would be cancelled (hidden part too), not traded with
                     return False  # STP would stop or shrink the taker here
-                total += maker.qty
+                total += maker.visible
+                hidden += maker.qty - maker.visible
+            total += hidden
         return total >= c.qty
 
     # ---------------------------------------------------------------- matching
