@@ -8,7 +8,7 @@ COMPILED := brokercore.engine._engine brokercore.runtime._ringbuffer brokercore.
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test unit lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres replica redis edge nginx clean
+.PHONY: demo test unit fuzz lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres replica redis edge nginx clean
 
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
@@ -21,6 +21,11 @@ test: lint kafka postgres redis nginx  ## install what the tests need, build, li
 unit: export HYPOTHESIS_PROFILE = dev
 unit: build  ## the fast lane: the tests that need no server (engine, ring, shard, codec, domain, auth)
 	$(PY) -m pytest tests/unit tests/benchmarks
+
+fuzz: export HYPOTHESIS_PROFILE = long
+fuzz: build  ## the engine's property tests (differential state machine, batch fuzz, snapshots, ledger) with 10,000 examples each (make test runs 1,000)
+	$(PY) -m pytest -q tests/unit/test_differential.py tests/unit/test_fuzz.py \
+		tests/unit/test_snapshot.py tests/unit/test_ledger.py
 
 lint: build  ## ruff (lint and format), mypy --strict, the stubs against the extensions (stubtest), the import layers (import-linter)
 	$(VENV)/bin/ruff check .

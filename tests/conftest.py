@@ -40,14 +40,16 @@ from ws_support import Server
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
+# dev: the fast lane; ci: `make test`; long: `make fuzz`, the engine's property tests only.
 settings.register_profile("dev", max_examples=60, deadline=None)
-settings.register_profile(
-    "ci",
-    max_examples=2000,
-    deadline=None,
-    derandomize=False,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+for name, examples in (("ci", 1000), ("long", 10_000)):
+    settings.register_profile(
+        name,
+        max_examples=examples,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
