@@ -686,21 +686,20 @@ cdef inline int64_t shown_qty(const Order* o) noexcept nogil:
     return o.shown if o.disclosed else o.qty
 
 
-cdef inline void rest(Book* b, int32_t slot) noexcept nogil:
-    """Put an order at the tail of its level; an iceberg shows its first part."""
+cdef inline void rest(Book* b, Ladder* lad, int32_t slot) noexcept nogil:
+    """Put a limit order (op LIMIT) at the tail of its level in lad, its side's ladder;
+    an iceberg shows its first part."""
     cdef Order* o = &b.pool[slot]
-    cdef Ladder* lad = side_ladder(b, o.side)
-    o.op = OP_LIMIT
     if o.disclosed:
         o.shown = o.disclosed if o.disclosed < o.qty else o.qty
         b.hidden_parts += hidden_parts(o)
     link_at(lad, b.pool, slot, o.price - lad.low, o.side)
 
 
-cdef inline void take_out(Book* b, int32_t slot) noexcept nogil:
-    """Unlink a resting order from its level (it stays live: an amend moves it)."""
+cdef inline void take_out(Book* b, Ladder* lad, int32_t slot) noexcept nogil:
+    """Unlink a resting order from its level in lad, its side's ladder (it stays live:
+    an amend moves it)."""
     cdef Order* o = &b.pool[slot]
-    cdef Ladder* lad = side_ladder(b, o.side)
     if o.disclosed:
         b.hidden_parts -= hidden_parts(o)
     unlink_at(lad, b.pool, slot, o.price - lad.low)
@@ -759,7 +758,7 @@ cdef inline void forget_slot(Book* b, int32_t slot) noexcept nogil:
 
 cdef inline void remove_order(Book* b, int32_t slot) noexcept nogil:
     """Take a resting order out of the book for good; its id stays spent."""
-    take_out(b, slot)
+    take_out(b, side_ladder(b, b.pool[slot].side), slot)
     forget_slot(b, slot)
 
 
@@ -767,7 +766,7 @@ cdef void remove_any(Book* b, int32_t slot) noexcept nogil:
     """Take any live order (resting, waiting market order, waiting stop) out for good."""
     cdef uint8_t op = b.pool[slot].op
     if op == OP_LIMIT:
-        take_out(b, slot)
+        take_out(b, side_ladder(b, b.pool[slot].side), slot)
     elif op == OP_MARKET:
         market_unlink(b, slot)
     else:
@@ -956,8 +955,9 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
             first = price
         last = price
         emit_trade(b, out, c, t, m, q)
-        if m.qty == 0:
-            remove_order(b, mslot)
+        if m.qty == 0:                  # (an iceberg's last part: no hidden part left)
+            unlink_at(lad, pool, mslot, idx)
+            forget_slot(b, mslot)
         elif m.disclosed:
             iceberg_part_taken(b, lad, mslot, idx, q)
     if first:
@@ -971,7 +971,7 @@ cdef inline void finish_taker(Book* b, int32_t slot, IdEntry* entry, bint may_re
     cdef Order* t = &b.pool[slot]
     if outcome != TAKER_STOPPED and t.qty > 0:
         if may_rest:
-            rest(b, slot)
+            rest(b, side_ladder(b, t.side), slot)
             entry.slot = slot
             return
         emit_order(b, out, c, EV_CANCELLED, R_IOC_REMAINDER, t, t.qty, 0)
@@ -1110,7 +1110,7 @@ cdef void place_waiting(Book* b, int32_t slot, IdEntry* entry, const Command* c,
     elif c.op == OP_MARKET:
         market_push(b, slot)
     else:
-        rest(b, slot)
+        rest(b, side_ladder(b, c.side), slot)
     entry.slot = slot
 
 
@@ -1264,6 +1264,7 @@ cdef int on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     cdef Order* o = NULL
     cdef uint8_t reason = R_UNKNOWN_ORDER
     cdef int64_t disclosed
+    cdef Ladder* lad
     if entry != NULL and entry.slot >= 0:
         slot = <int32_t>entry.slot
         o = &b.pool[slot]
@@ -1276,7 +1277,8 @@ cdef int on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     if o.op != OP_LIMIT:
         return amend_stop(b, slot, c, out)
     disclosed = c.disclosed if c.disclosed != 0 else o.disclosed
-    if reserve_amend(b, o, c, disclosed, out) < 0:
+    lad = side_ladder(b, o.side)
+    if reserve_amend(b, lad, o, c, disclosed, out) < 0:
         return -1
     if c.price == o.price and c.qty <= o.qty and disclosed == o.disclosed:
         if o.disclosed:                 # in place: time priority kept
@@ -1289,13 +1291,13 @@ cdef int on_amend(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
             o.qty = c.qty
         emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
         return 0
-    take_out(b, slot)
+    take_out(b, lad, slot)
     o.price = c.price
     o.qty = c.qty
     o.disclosed = disclosed
     emit_order(b, out, c, EV_AMENDED, R_NONE, o, o.qty, o.qty)
     if b.phase == PHASE_PRE_OPEN:
-        rest(b, slot)
+        rest(b, lad, slot)
         return 0
     finish_taker(b, slot, entry, True,
                  match(b, slot, False, o.stp if o.stp != STP_DEFAULT else b.default_stp, c, out),
@@ -1830,11 +1832,10 @@ cdef int reserve_new_order(Book* b, const Command* c, EventBuffer* out) noexcept
     return events_room(out, worst_events)
 
 
-cdef inline int reserve_amend(Book* b, const Order* o, const Command* c, int64_t disclosed,
-                              EventBuffer* out) noexcept nogil:
-    """Allocate everything a valid amend of a resting order could need: the page of its
-    new price (in the band), the events of its matching."""
-    cdef Ladder* lad = side_ladder(b, o.side)
+cdef inline int reserve_amend(Book* b, Ladder* lad, const Order* o, const Command* c,
+                              int64_t disclosed, EventBuffer* out) noexcept nogil:
+    """Allocate everything a valid amend of a resting order (in lad, its side's ladder)
+    could need: the page of its new price (in the band), the events of its matching."""
     cdef int64_t worst_events = taker_events(b, o.side, c.price, False, c.qty, disclosed)
     if worst_events < 0 or ladder_ensure_page(lad, c.price - lad.low) < 0:
         return -1
