@@ -1207,24 +1207,28 @@ cdef inline uint8_t amend_reason(Book* b, const Command* c, Order* o) noexcept n
             return R_MARKET_CLOSED
         if b.phase == PHASE_HALTED:
             return R_HALTED
-    if o.op == OP_MARKET:
-        return R_SESSION_STATE
-    reason = quantity_reason(b, c.qty)
-    if reason:
-        return reason
     if o.op != OP_LIMIT:
+        if o.op == OP_MARKET:
+            return R_SESSION_STATE
+        reason = quantity_reason(b, c.qty)
+        if reason:
+            return reason
         if c.disclosed != 0:
             return R_INVALID_DISCLOSED
         return stop_price_reason(b, o.op, o.side, c.price,
                                  c.trigger if c.trigger != 0 else o.trigger)
-    if c.trigger != 0:
-        return R_INVALID_TRIGGER
-    disclosed = c.disclosed if c.disclosed != 0 else o.disclosed
-    if c.disclosed < 0 or disclosed_reason(b, disclosed, c.qty):
-        return R_INVALID_DISCLOSED
+    reason = quantity_reason(b, c.qty)
+    if reason:
+        return reason
+    if c.trigger | c.disclosed | o.disclosed:     # one test for the plain amend
+        if c.trigger != 0:
+            return R_INVALID_TRIGGER
+        disclosed = c.disclosed if c.disclosed != 0 else o.disclosed
+        if c.disclosed < 0 or disclosed_reason(b, disclosed, c.qty):
+            return R_INVALID_DISCLOSED
     if not in_band(b, c.price):
         return R_PRICE_OUT_OF_BAND
-    if (b.phase == PHASE_OPEN and (o.flags & FLAG_POST_ONLY) and c.price != o.price
+    if ((o.flags & FLAG_POST_ONLY) and b.phase == PHASE_OPEN and c.price != o.price
             and crosses(b, o.side, c.price)):
         return R_POST_ONLY_WOULD_TAKE
     return R_NONE
