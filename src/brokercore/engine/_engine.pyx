@@ -635,7 +635,8 @@ cdef inline bint crosses(Book* b, uint8_t side, int64_t price) noexcept nogil:
 
 
 cdef inline uint8_t quantity_reason(Book* b, int64_t qty) noexcept nogil:
-    if qty <= 0 or qty % b.lot_size != 0:
+    # (no division for the common lot of 1)
+    if qty <= 0 or (b.lot_size != 1 and qty % b.lot_size != 0):
         return R_INVALID_QUANTITY
     if qty > b.max_qty:
         return R_QUANTITY_TOO_LARGE
@@ -1921,12 +1922,14 @@ cdef int book_apply(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     A dispatch: each kind of command has one body of its own (its reserve, its checks, its
     matching inlined), the rare ones together in apply_session."""
     cdef uint8_t op = c.op
-    if op == OP_LIMIT or op == OP_MARKET or op == OP_STOP or op == OP_STOP_LIMIT:
+    if <uint8_t>(op - OP_LIMIT) <= OP_MARKET - OP_LIMIT:     # LIMIT or MARKET
         return on_new_order(b, c, out)
     if op == OP_CANCEL:
         return on_cancel(b, c, out)
     if op == OP_AMEND:
         return on_amend(b, c, out)
+    if op == OP_STOP or op == OP_STOP_LIMIT:
+        return on_new_order(b, c, out)
     return apply_session(b, c, out)
 
 
