@@ -887,9 +887,9 @@ cdef void collect_triggered(Book* b, int64_t low_price, int64_t high_price) noex
     sort_by_stamp(b.pool, b.queue + start, b.queue_len - start)
 
 
-cdef inline void after_step(Book* b, int64_t first, int64_t last) noexcept nogil:
-    """A step traded from price first to price last: the book's last price, the stops."""
-    b.last_price = last
+cdef inline void after_step(Book* b, int64_t first) noexcept nogil:
+    """A step traded from price first to the book's last price: the stops it reached."""
+    cdef int64_t last = b.last_price
     if b.nstops:
         if first < last:
             collect_triggered(b, first, last)
@@ -908,7 +908,7 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
     cdef Order* t = &pool[tslot]
     cdef bint buy = t.side == SIDE_BUY
     cdef Ladder* lad = &b.asks if buy else &b.bids
-    cdef int64_t idx, price, q, first = 0, last = 0
+    cdef int64_t idx, price, q, first = 0
     cdef int32_t mslot
     cdef int outcome = 0
     cdef Order* m
@@ -954,7 +954,7 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
         m.qty -= q
         if first == 0:
             first = price
-        last = price
+        b.last_price = price
         emit_trade(b, out, c, t, m, q)
         if m.qty == 0:                  # (an iceberg's last part: no hidden part left)
             unlink_at(lad, pool, mslot, idx)
@@ -962,7 +962,7 @@ cdef int match(Book* b, int32_t tslot, bint market, uint8_t stp, const Command* 
         elif m.disclosed:
             iceberg_part_taken(b, lad, mslot, idx, q)
     if first:
-        after_step(b, first, last)
+        after_step(b, first)
     return outcome
 
 
