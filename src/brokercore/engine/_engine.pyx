@@ -1849,7 +1849,7 @@ cdef inline int reserve_amend(Book* b, Ladder* lad, const Order* o, const Comman
 
 cdef int reserve_session(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
     """Allocate everything a session, band or auction command could need."""
-    cdef int64_t worst_events = 1, capacity
+    cdef int64_t worst_events = 1, capacity, triggered
     cdef uint8_t op = c.op
     if op == OP_CLOSE or op == OP_REBAND:
         worst_events = 1 + b.live
@@ -1862,9 +1862,10 @@ cdef int reserve_session(Book* b, const Command* c, EventBuffer* out) noexcept n
         # UNCROSSED, OPENED, then what the stops it triggers may cause
         worst_events = 3 + b.live + b.markets
         if b.nstops:
-            worst_events += 3 + 2 * (b.live + refresh_bound(b, 0, 0)) + 6 * b.nstops
-            if queue_reserve(b) < 0:
+            triggered = taker_events_waiting(b, 0, 0)
+            if triggered < 0:
                 return -1
+            worst_events += triggered
     elif (op == OP_OPEN or op == OP_PRE_OPEN) and b.phase == PHASE_CLOSED:
         # A new session forgets the spent ids now: a fresh table sized for the live orders.
         capacity = ids_capacity_for(2 * b.live)
