@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "bearer_token",
     "mint_token",
     "MAX_USER_ID",
+    "OPERATOR",
 ]
 
 MAX_USER_ID = 128
@@ -74,10 +76,19 @@ class JwtConfig:
             raise ValueError("the HS256 secret must be at least 32 bytes")
 
 
+OPERATOR = "operator"
+"""The role of the broker's staff (KYC decisions, the operator endpoints)."""
+
+
 @dataclass(frozen=True)
 class Principal:
     user_id: str
     claims: dict[str, Any]
+    roles: frozenset[str] = frozenset()  # the token's ``roles`` claim
+
+    @property
+    def is_operator(self) -> bool:
+        return OPERATOR in self.roles
 
 
 class TokenVerifier:
@@ -145,7 +156,10 @@ class TokenVerifier:
             or bad_character(subject) is not None
         ):
             raise AuthError("INVALID_TOKEN", "the token's subject is not a user id")
-        return Principal(subject, claims)
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+            raise AuthError("INVALID_TOKEN", "the token's roles are not a list of names")
+        return Principal(subject, claims, frozenset(roles))
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -162,20 +176,28 @@ def mint_token(
     ttl: float = 3600.0,
     private_key: str | None = None,
     now: float | None = None,
+    roles: Iterable[str] = (),
+    session_id: str | None = None,
+    kid: str | None = None,
 ) -> str:
-    """A token for ``user_id``: RS256 with ``private_key`` if given, else HS256 with the
-    configured secret. For development and tests; production tokens come from the
+    """A token for ``user_id`` with ``roles`` (and the session ``sid`` if given): RS256
+    with ``private_key`` (its header naming ``kid`` if given) if given, else HS256 with
+    the configured secret. For development and tests; production tokens come from the
     identity provider."""
     issued = int(time.time() if now is None else now)
-    claims = {
+    claims: dict[str, Any] = {
         "sub": user_id,
         "iss": config.issuer,
         "aud": config.audience,
         "iat": issued,
         "exp": issued + int(ttl),
+        "roles": list(roles),
     }
+    if session_id is not None:
+        claims["sid"] = session_id
+    headers = {"kid": kid} if kid is not None else None
     if private_key is not None:
-        return jwt.encode(claims, private_key, algorithm="RS256")
+        return jwt.encode(claims, private_key, algorithm="RS256", headers=headers)
     if not config.hs256_secret:
         raise ValueError("minting an HS256 token needs the HS256 secret")
-    return jwt.encode(claims, config.hs256_secret, algorithm="HS256")
+    return jwt.encode(claims, config.hs256_secret, algorithm="HS256", headers=headers)

@@ -50,6 +50,7 @@ __all__ = [
     "guarded",
     "json_response",
     "authenticate",
+    "require_operator",
     "read_body",
     "field_error",
     "decode_body",
@@ -386,6 +387,13 @@ def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
         raise ApiError(
             401, e.code, e.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from None
+
+
+def require_operator(principal: Principal) -> None:
+    """403 FORBIDDEN unless the caller holds the operator role (the operator endpoints
+    call it first)."""
+    if not principal.is_operator:
+        raise ApiError(403, "FORBIDDEN", "this needs the operator role")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
