@@ -136,16 +136,19 @@ def open_account(
     cash: int = 0,
     shares: Mapping[str, int | tuple[int, int]] | None = None,
     allow_short: bool = False,
+    kyc_status: str = "VERIFIED",
 ) -> int | None:
     """Open ``user_id``'s account funded with ``cash`` paise and ``shares`` ({symbol:
     quantity, or (quantity, cost per share in paise)}), all in one transaction; returns
-    its id, or None (changing nothing) if the user has an account already."""
+    its id, or None (changing nothing) if the user has an account already. Its KYC status
+    is VERIFIED unless said otherwise: tools and tests vouch for the users they open
+    accounts for (a sign-up's account is PENDING until an operator decides)."""
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO accounts (user_id, cash, allow_short) "
-            "VALUES (%s, 0, %s) ON CONFLICT (user_id) DO NOTHING "
+            "INSERT INTO accounts (user_id, cash, allow_short, kyc_status) "
+            "VALUES (%s, 0, %s, %s) ON CONFLICT (user_id) DO NOTHING "
             "RETURNING account_id",
-            (user_id, allow_short),
+            (user_id, allow_short, kyc_status),
         ).fetchone()
         if row is None:
             return None
