@@ -190,6 +190,10 @@ class ServiceSettings:
     push_retry_base: float = 1.0  # seconds before the first push retry ...
     push_retry_cap: float = 60.0  # ... doubling up to this
     push_attempts: int = 6  # then the notification is dead-lettered
+    payment_provider_url: str | None = None  # where the funds service sends payouts
+    payment_webhook_secret: str | None = None  # HMAC key of the provider's callbacks
+    payout_retry_base: float = 1.0  # seconds before a payout is sent again ...
+    payout_retry_cap: float = 60.0  # ... doubling up to this, until the provider takes it
     dead_letter_retry_interval: float = 300.0  # seconds between the reconciler's retries
     ws_queue_size: int = 1000  # messages a slow WebSocket may fall behind
     ws_heartbeat: float = 15.0  # seconds between pings; 2 missed = gone
@@ -214,6 +218,8 @@ class ServiceSettings:
             ),
             jwt_rs256_public_key=(Path(public_key_file).read_text() if public_key_file else None),
             push_url=env.get("BROKERCORE_PUSH_URL") or None,
+            payment_provider_url=env.get("BROKERCORE_PAYMENT_PROVIDER_URL") or None,
+            payment_webhook_secret=env.get("BROKERCORE_PAYMENT_WEBHOOK_SECRET") or None,
             scheduler_secret=env.get("BROKERCORE_SCHEDULER_SECRET") or None,
             replica_url=env.get("BROKERCORE_REPLICA_URL") or None,
         )

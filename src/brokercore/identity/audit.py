@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Connection
 from psycopg.types.json import Jsonb
 
-__all__ = ["CLI_ACTOR", "record"]
+__all__ = ["CLI_ACTOR", "record", "record_blocking"]
 
 CLI_ACTOR = "cli"
 """The actor of a change made with the ``brokercore`` command line (no user behind it)."""
@@ -26,19 +26,34 @@ async def record(
 ) -> int:
     """Append one row (``before`` and ``after`` as JSON, None for SQL NULL) in ``conn``'s
     current transaction; its audit_id."""
-    row = await (
-        await conn.execute(
-            "INSERT INTO audit_log (actor, action, target, before, after) "
-            "VALUES (%s, %s, %s, %s, %s) RETURNING audit_id",
-            (
-                actor,
-                action,
-                target,
-                None if before is None else Jsonb(before),
-                None if after is None else Jsonb(after),
-            ),
-        )
-    ).fetchone()
+    row = await (await conn.execute(_INSERT, _row(actor, action, target, before, after))).fetchone()
     assert row is not None  # an INSERT ... RETURNING returns its row
     audit_id: int = row[0]
     return audit_id
+
+
+def record_blocking(
+    conn: Connection[Any], actor: str, action: str, target: str, before: object, after: object
+) -> int:
+    """``record`` on a blocking connection (the funds service's changes go through
+    brokercore.broker.funding, which is blocking, in the same transaction)."""
+    row = conn.execute(_INSERT, _row(actor, action, target, before, after)).fetchone()
+    assert row is not None  # an INSERT ... RETURNING returns its row
+    audit_id: int = row[0]
+    return audit_id
+
+
+_INSERT = (
+    "INSERT INTO audit_log (actor, action, target, before, after) "
+    "VALUES (%s, %s, %s, %s, %s) RETURNING audit_id"
+)
+
+
+def _row(actor: str, action: str, target: str, before: object, after: object) -> tuple[Any, ...]:
+    return (
+        actor,
+        action,
+        target,
+        None if before is None else Jsonb(before),
+        None if after is None else Jsonb(after),
+    )
