@@ -38,6 +38,10 @@ SERVICE_ENV = {
     "BROKERCORE_REPLICA_MAX_LAG": "0.5",
     "BROKERCORE_DAY": "compressed",
     "BROKERCORE_SCHEDULER_SECRET": "uncross",
+    "BROKERCORE_PAYMENT_PROVIDER_URL": "http://provider",
+    "BROKERCORE_PAYMENT_WEBHOOK_SECRET": "hook",
+    "BROKERCORE_PAYOUT_RETRY_BASE": "0.2",
+    "BROKERCORE_PAYOUT_RETRY_CAP": "3",
 }
 
 
@@ -70,6 +74,10 @@ def test_every_service_variable_sets_its_field():
         push_retry_base=0.1,
         push_retry_cap=2.0,
         push_attempts=2,
+        payment_provider_url="http://provider",
+        payment_webhook_secret="hook",
+        payout_retry_base=0.2,
+        payout_retry_cap=3.0,
         dead_letter_retry_interval=5.0,
         ws_queue_size=10,
         ws_heartbeat=1.0,
