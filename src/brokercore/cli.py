@@ -1,11 +1,13 @@
 """The ``brokercore`` command line: ``brokercore shard`` runs a shard on a built-in load;
 ``brokercore engine`` runs the Kafka-fed engine daemon of one shard; ``brokercore plan``
 shows (and writes) the shard plan; ``brokercore status`` is the operator's view of the
-shards and the consumers."""
+shards and the consumers; ``brokercore keys`` rotates the token signing keys and
+``brokercore operator grant`` makes an operator."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 import signal
@@ -210,12 +212,40 @@ def _parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser(
         "token",
-        help="mint a development JWT for a user (only with BROKERCORE_DEV_MODE=1)",
-        description="Print an HS256 token for USER signed with the development secret, "
-        "for trying the APIs by hand. Refused unless BROKERCORE_DEV_MODE=1.",
+        help="DEVELOPMENT ONLY: mint an HS256 JWT for a user (only with BROKERCORE_DEV_MODE=1)",
+        description="Development only: print an HS256 token for USER signed with the "
+        "development secret, for trying the APIs by hand and for tests. Refused unless "
+        "BROKERCORE_DEV_MODE=1. Real users log in through the accounts service "
+        "(docs/identity.md).",
     )
     token.add_argument("--user", required=True, help="the user id (the token's subject)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds (default: 3600)")
+
+    keys = commands.add_parser(
+        "keys",
+        help="the access tokens' signing keys: rotate, retire, list",
+        description="The RSA keys the accounts service signs access tokens with, in "
+        "Postgres (BROKERCORE_DATABASE_URL). rotate adds a key, which signs from now on; "
+        "every key not retired stays in the JWKS, so tokens signed before still verify. "
+        "retire KID stops publishing a key (once the tokens it signed have expired: 15 "
+        "minutes after the rotation). Services fetch the JWKS again by themselves.",
+    )
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("rotate", help="add a signing key (the new current one)")
+    retire = key_actions.add_parser("retire", help="stop publishing a key")
+    retire.add_argument("kid", help="the key's id (brokercore keys list)")
+    key_actions.add_parser("list", help="every key, newest first")
+
+    operators = commands.add_parser(
+        "operator",
+        help="give a user the operator role (KYC decisions, the operator endpoints)",
+        description="Give the user with EMAIL the operator role, audited with actor "
+        "'cli' (there is no HTTP way to become an operator). The role is in the user's "
+        "tokens from their next login or refresh.",
+    )
+    operator_actions = operators.add_subparsers(dest="action", required=True)
+    grant = operator_actions.add_parser("grant", help="make a user an operator")
+    grant.add_argument("email", help="the user's email")
 
     service = commands.add_parser(
         "service",
@@ -355,6 +385,64 @@ def run_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_keys(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from brokercore.config import ServiceSettings
+    from brokercore.identity.keys import add_key, list_keys, retire_key
+
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(
+            ServiceSettings.from_env().database_url, autocommit=True
+        ) as conn:
+            if args.action == "rotate":
+                kid = await add_key(conn)
+                print(f"signing key {kid} added: it signs from now on; retire the previous one")
+                print("with `brokercore keys retire KID` once its tokens have expired (15 min)")
+            elif args.action == "retire":
+                if not await retire_key(conn, args.kid):
+                    print(
+                        f"brokercore keys retire: {args.kid} is not a published key, or it is "
+                        "the only one (rotate first)",
+                        file=sys.stderr,
+                    )
+                    return 2
+                print(f"signing key {args.kid} retired: no longer published")
+            else:
+                for key in await list_keys(conn):
+                    state = (
+                        f"retired {key.retired_at:%Y-%m-%d %H:%M:%S %Z}"
+                        if key.retired_at
+                        else "published"
+                    )
+                    print(f"{key.kid}  created {key.created_at:%Y-%m-%d %H:%M:%S %Z}  {state}")
+        return 0
+
+    return asyncio.run(run())
+
+
+def run_grant(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from brokercore.config import ServiceSettings
+    from brokercore.edge.auth import OPERATOR
+    from brokercore.identity.audit import CLI_ACTOR
+    from brokercore.identity.users import grant_role
+
+    async def run() -> str | None:
+        async with await psycopg.AsyncConnection.connect(
+            ServiceSettings.from_env().database_url
+        ) as conn:
+            return await grant_role(conn, CLI_ACTOR, args.email.strip().lower(), OPERATOR)
+
+    user_id = asyncio.run(run())
+    if user_id is None:
+        print(f"brokercore operator grant: no user with email {args.email!r}", file=sys.stderr)
+        return 2
+    print(f"{args.email} (user {user_id}) is an operator from their next login or refresh")
+    return 0
+
+
 def _instruments(args: argparse.Namespace) -> list[Instrument]:
     if args.instruments:
         return load_instruments(args.instruments)
@@ -436,6 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": run_status,
             "shard": run_shard,
             "token": run_token,
+            "keys": run_keys,
+            "operator": run_grant,
             "halt": run_operator,
             "resume": run_operator,
             "service": run_service,

@@ -27,6 +27,9 @@ SERVICES = {
     "notifier-api": ServiceSpec(
         "notifier_api", True, "REST notification preferences, devices and price alerts"
     ),
+    "accounts": ServiceSpec(
+        "accounts", True, "REST identity: sign-up, login with TOTP, tokens and JWKS, KYC"
+    ),
     "settlement": ServiceSpec("settlement", False, "consumer: fills into cash and positions"),
     "projector": ServiceSpec(
         "projector", False, "consumer: the read model, caches and real-time channels"

@@ -1,0 +1,416 @@
+"""The accounts service: sign-up, login with a second factor, tokens, the JWKS, KYC.
+
+    brokercore service accounts --port 8005      (settings: BROKERCORE_* variables)
+
+    POST /api/v1/auth/signup        {email, password}         202, whether the email is new or not
+    POST /api/v1/auth/login         {email, password}         tokens, or {mfaRequired, mfaToken}
+    POST /api/v1/auth/login/totp    {mfaToken, code}          tokens (code: TOTP or recovery code)
+    POST /api/v1/auth/refresh       {refreshToken}            the next tokens of the session
+    POST /api/v1/auth/logout                                  the session's tokens revoked
+    POST /api/v1/auth/totp/enrol                              {secret, otpauthUri}
+    POST /api/v1/auth/totp/confirm  {code}                    {recoveryCodes}
+    GET  /api/v1/auth/jwks, /.well-known/jwks.json            the token signing keys
+    GET  /api/v1/me                                           {userId, email, kycStatus, ...}
+    GET  /api/v1/operator/accounts?kycStatus=&limit=&cursor=  (operator) accounts to decide
+    POST /api/v1/operator/accounts/{userId}/kyc {status, reason?}  (operator) the decision
+
+Tokens are {accessToken, refreshToken, expiresIn, tokenType}. The logic is in
+brokercore.identity (docs/identity.md); this module maps it onto HTTP with the other
+services' pieces (brokercore.services.http). Answers never tell whether an email is
+registered: sign-up answers 202 either way, a failed login 401 INVALID_CREDENTIALS
+after the same argon2 work, a locked one 429 LOGIN_LOCKED, whoever the email belongs
+to. Password hashing runs in threads, off the event loop. The service verifies its own
+access tokens like every service (BROKERCORE_JWKS_URL, which points at it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from psycopg import AsyncConnection
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from brokercore.config import ServiceSettings
+from brokercore.entry.requests import FieldError
+from brokercore.identity import keys, sessions, totp, users
+from brokercore.identity.keys import ACCESS_TTL, Signer
+from brokercore.identity.passwords import (
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    check_password,
+    hash_password,
+)
+from brokercore.identity.throttle import LoginThrottle
+from brokercore.services.http import (
+    ApiError,
+    LimitedApi,
+    decode_body,
+    guarded,
+    require_operator,
+    service_app,
+)
+from brokercore.services.http import json_response as json
+
+MAX_EMAIL = 254
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+MAX_PAGE = 500
+_KYC_STATUSES: dict[str, users.KycStatus] = {
+    "PENDING": "PENDING",
+    "VERIFIED": "VERIFIED",
+    "REJECTED": "REJECTED",
+}
+
+Email = Annotated[str, msgspec.Meta(max_length=MAX_EMAIL)]
+Code = Annotated[str, msgspec.Meta(max_length=32)]
+
+
+class SignupRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    email: Email
+    password: Annotated[str, msgspec.Meta(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+
+
+class LoginRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    email: Email
+    password: Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD)]
+
+
+class SecondFactorRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    mfa_token: Annotated[str, msgspec.Meta(max_length=4096)]
+    code: Code
+
+
+class RefreshRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    refresh_token: Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class CodeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    code: Code
+
+
+class KycRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    status: Literal["VERIFIED", "REJECTED"]
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class Accounts(LimitedApi):
+    """The pieces one accounts process holds: the API's (LimitedApi, with the reads'
+    rate limit, per user or, before login, per client address), the token signer and
+    the failed-login throttle."""
+
+    def __init__(self, settings: ServiceSettings):
+        super().__init__(
+            settings,
+            "accounts-ratelimit:",
+            settings.read_rate_limit_burst,
+            settings.read_rate_limit_per_second,
+            max_connections=10,
+            max_redis=16,
+        )
+        self.signer = Signer(settings.jwt_issuer, settings.jwt_audience)
+        self.throttle = LoginThrottle(self.redis, settings.redis_prefix)
+
+    async def open(self) -> None:
+        await super().open()
+        async with self.pool.connection() as conn:
+            await self.signer.ensure_key(conn)
+
+    async def limit_address(self, request: Request) -> str:
+        """The client's address, within its rate limit (429 RATE_LIMITED): the budget of
+        the calls made before a login."""
+        address = request.client.host if request.client else "unknown"
+        wait = await self.limiter.take("address:" + address)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "RATE_LIMITED",
+                "too many requests; slow down",
+                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
+        return address
+
+    async def tokens(self, conn: AsyncConnection[Any], user: users.LoginUser) -> Response:
+        """A new session's first tokens for ``user``."""
+        family, refresh_token = await sessions.start_family(conn, user.user_id)
+        return _tokens(
+            await self.signer.access_token(conn, user.user_id, family, user.roles), refresh_token
+        )
+
+
+def _tokens(access_token: str, refresh_token: str) -> Response:
+    return json(
+        {
+            "accessToken": access_token,
+            "refreshToken": refresh_token,
+            "expiresIn": ACCESS_TTL,
+            "tokenType": "Bearer",
+        }
+    )
+
+
+def _state(request: Request) -> Accounts:
+    api: Accounts = request.app.state.accounts
+    return api
+
+
+def _email(text: str) -> str:
+    """The email as stored: trimmed and lower-cased."""
+    return text.strip().lower()
+
+
+_INVALID_CREDENTIALS = ApiError(401, "INVALID_CREDENTIALS", "the email or password is wrong")
+_INVALID_CODE = ApiError(401, "INVALID_CODE", "the code is wrong, used or expired")
+
+
+def _locked(wait: int) -> ApiError:
+    return ApiError(
+        429,
+        "LOGIN_LOCKED",
+        "too many failed logins; try again later",
+        headers={"Retry-After": str(wait)},
+    )
+
+
+# --- sign-up and login ----------------------------------------------------------------
+
+
+@guarded
+async def signup(request: Request) -> Response:
+    api = _state(request)
+    body = decode_body(SignupRequest, await api.body(request), "sign-up")
+    email = _email(body.email)
+    if not _EMAIL.fullmatch(email):
+        raise ApiError(
+            422,
+            "INVALID_REQUEST",
+            "the sign-up is invalid",
+            [FieldError("email", "must be an email address")],
+        )
+    await api.limit_address(request)
+    password_hash = await asyncio.to_thread(hash_password, body.password)
+    async with api.pool.connection() as conn:
+        await users.sign_up(conn, email, password_hash)
+    return json({"status": "ACCEPTED"}, 202)
+
+
+@guarded
+async def login(request: Request) -> Response:
+    api = _state(request)
+    body = decode_body(LoginRequest, await api.body(request), "login")
+    email, address = _email(body.email), await api.limit_address(request)
+    wait = await api.throttle.wait(email, address)
+    if wait:
+        raise _locked(wait)
+    async with api.pool.connection() as conn:
+        user = await users.login_user(conn, email=email)
+    stored = user.password_hash if user is not None else None
+    matches = await asyncio.to_thread(check_password, stored, body.password)  # unknown too
+    if user is None or not matches:
+        await api.throttle.failed(email, address)
+        raise _INVALID_CREDENTIALS
+    await api.throttle.succeeded(email)
+    async with api.pool.connection() as conn:
+        if user.totp_secret is not None:
+            ticket = await api.signer.mfa_ticket(conn, user.user_id)
+            return json({"mfaRequired": True, "mfaToken": ticket})
+        return await api.tokens(conn, user)
+
+
+@guarded
+async def login_totp(request: Request) -> Response:
+    api = _state(request)
+    body = decode_body(SecondFactorRequest, await api.body(request), "second factor")
+    address = await api.limit_address(request)
+    async with api.pool.connection() as conn:
+        user_id = await api.signer.mfa_user(conn, body.mfa_token)
+        user = None if user_id is None else await users.login_user(conn, user_id=user_id)
+        if user is None or user.totp_secret is None:
+            raise ApiError(401, "INVALID_MFA_TOKEN", "the MFA token is invalid or expired")
+        wait = await api.throttle.wait(user.email, address)
+        if wait:
+            raise _locked(wait)
+        if not await totp.check_second_factor(conn, user.user_id, user.totp_secret, body.code):
+            await api.throttle.failed(user.email, address)
+            raise _INVALID_CODE
+        return await api.tokens(conn, user)
+
+
+@guarded
+async def refresh(request: Request) -> Response:
+    api = _state(request)
+    body = decode_body(RefreshRequest, await api.body(request), "refresh")
+    await api.limit_address(request)
+    async with api.pool.connection() as conn:
+        refreshed = await sessions.refresh(conn, api.redis, body.refresh_token)
+        user = (
+            None if refreshed is None else await users.login_user(conn, user_id=refreshed.user_id)
+        )
+        if refreshed is None or user is None:
+            raise ApiError(
+                401,
+                "INVALID_REFRESH_TOKEN",
+                "the refresh token is invalid, expired, used or revoked",
+            )
+        access = await api.signer.access_token(conn, user.user_id, refreshed.family_id, user.roles)
+    return _tokens(access, refreshed.token)
+
+
+@guarded
+async def logout(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    sid = principal.claims.get("sid")
+    if isinstance(sid, str):
+        async with api.pool.connection() as conn:
+            await sessions.revoke_family(conn, api.redis, sid)
+    return Response(status_code=204)
+
+
+# --- the second factor ------------------------------------------------------------------
+
+
+@guarded
+async def totp_enrol(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    async with api.pool.connection() as conn:
+        if await users.profile(conn, principal.user_id) is None:
+            raise ApiError(404, "USER_NOT_FOUND", "no user behind this token")
+        enrolment = await totp.enrol(conn, principal.user_id)
+    if enrolment is None:
+        raise ApiError(409, "TOTP_ALREADY_ENROLLED", "a second factor is set up already")
+    return json({"secret": enrolment.secret, "otpauthUri": enrolment.otpauth_uri})
+
+
+@guarded
+async def totp_confirm(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    body = decode_body(CodeRequest, await api.body(request), "confirmation")
+    async with api.pool.connection() as conn:
+        codes = await totp.confirm(conn, principal.user_id, body.code)
+    if codes is None:
+        raise ApiError(
+            422, "INVALID_CODE", "no enrolment is pending, or the code is not one of its codes"
+        )
+    return json({"recoveryCodes": codes})
+
+
+# --- keys and profile ---------------------------------------------------------------------
+
+
+@guarded
+async def jwks(request: Request) -> Response:
+    api = _state(request)
+    async with api.pool.connection() as conn:
+        return json(await keys.jwks(conn))
+
+
+@guarded
+async def me(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    async with api.pool.connection() as conn:
+        found = await users.profile(conn, principal.user_id)
+    if found is None:
+        raise ApiError(404, "USER_NOT_FOUND", "no user behind this token")
+    return json(
+        {
+            "userId": found.user_id,
+            "email": found.email,
+            "kycStatus": found.kyc_status,
+            "roles": found.roles,
+            "totpEnrolled": found.totp_enrolled,
+        }
+    )
+
+
+# --- operators ------------------------------------------------------------------------------
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18 and low <= int(raw) <= high:
+        return int(raw)
+    raise ApiError(
+        422,
+        "INVALID_REQUEST",
+        "the query is invalid",
+        [FieldError(name, f"must be an integer from {low} to {high}")],
+    )
+
+
+@guarded
+async def operator_accounts(request: Request) -> Response:
+    api = _state(request)
+    require_operator(await api.authorize(request))
+    raw = request.query_params.get("kycStatus")
+    status = None if raw is None else _KYC_STATUSES.get(raw)
+    if raw is not None and status is None:
+        raise ApiError(
+            422,
+            "INVALID_REQUEST",
+            "the query is invalid",
+            [FieldError("kycStatus", "must be PENDING, VERIFIED or REJECTED")],
+        )
+    limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
+    after = _query_int(request, "cursor", 0, 0, 2**63 - 1)
+    async with api.pool.connection() as conn:
+        rows = await users.list_accounts(conn, status, limit, after)
+    return json(
+        {
+            "accounts": [
+                {
+                    "userId": row.user_id,
+                    "email": row.email,
+                    "kycStatus": row.kyc_status,
+                    "createdAt": row.created_at.isoformat(),
+                }
+                for row in rows
+            ],
+            "nextCursor": str(rows[-1].account_id) if len(rows) == limit else None,
+        }
+    )
+
+
+@guarded
+async def operator_kyc(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    require_operator(principal)
+    body = decode_body(KycRequest, await api.body(request), "KYC decision")
+    user_id = request.path_params["user_id"]
+    async with api.pool.connection() as conn:
+        before = await users.set_kyc(conn, principal.user_id, user_id, body.status, body.reason)
+    if before is None:
+        raise ApiError(404, "ACCOUNT_NOT_FOUND", f"no account of user {user_id[:40]}")
+    return json({"userId": user_id, "kycStatus": body.status, "previousKycStatus": before})
+
+
+def create_app(settings: ServiceSettings | None = None) -> Starlette:
+    settings = settings or ServiceSettings.from_env()
+    return service_app(
+        "accounts",
+        lambda: Accounts(settings),
+        [
+            Route("/api/v1/auth/signup", signup, methods=["POST"]),
+            Route("/api/v1/auth/login", login, methods=["POST"]),
+            Route("/api/v1/auth/login/totp", login_totp, methods=["POST"]),
+            Route("/api/v1/auth/refresh", refresh, methods=["POST"]),
+            Route("/api/v1/auth/logout", logout, methods=["POST"]),
+            Route("/api/v1/auth/totp/enrol", totp_enrol, methods=["POST"]),
+            Route("/api/v1/auth/totp/confirm", totp_confirm, methods=["POST"]),
+            Route("/api/v1/auth/jwks", jwks, methods=["GET"]),
+            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+            Route("/api/v1/me", me, methods=["GET"]),
+            Route("/api/v1/operator/accounts", operator_accounts, methods=["GET"]),
+            Route("/api/v1/operator/accounts/{user_id}/kyc", operator_kyc, methods=["POST"]),
+        ],
+    )
