@@ -18,13 +18,15 @@ so that the long-running reconciler can run them every round on a big database:
 - NEGATIVE_HOLDING, NEGATIVE_CASH, BLOCKED_CASH_ABOVE_CASH, BLOCKED_SHARES_ABOVE_HELD:
   a balance outside what the account may have (holdings only where it may not short);
 - BLOCKED_CASH_MISMATCH / BLOCKED_SHARES_MISMATCH: an account's blocked cash, or a
-  position's blocked shares, differs from what its open orders hold; HOLD_AFTER_END: a
-  finished order still holds something;
+  position's blocked shares, differs from what its open orders hold (and, for cash, its
+  PENDING withdrawals); HOLD_AFTER_END: a finished order still holds something;
 - FILLS_MISMATCH: an order's filled quantity differs from the sum of its fills;
 - POSITION_NOT_CONSERVED: a position differs from its shares moved in and out (the
   ``funding`` journal) plus bought minus sold;
 - CASH_NOT_CONSERVED: cash differs from deposits - withdrawals - bought + sold - fees,
   to the paisa;
+- WITHDRAWAL_NOT_JOURNALLED: a COMPLETED withdrawal without its WITHDRAWAL row of
+  ``funding`` (of its account and amount), or another withdrawal with one;
 - STUCK_PENDING: an order still PENDING ``late`` after it was taken (no event has
   reached settlement: the reconciler's re-publishing should have reached the engine);
 - DAY_ORDER_PAST_CLOSE: a DAY order (a waiting DAY stop too) still open ``late`` after
@@ -264,13 +266,21 @@ INVARIANTS = (
     ),
     Invariant(
         "BLOCKED_CASH_MISMATCH",
-        "SELECT a.account_id, a.blocked_cash, coalesce(o.held, 0), coalesce(o.orders, 0) "
+        "SELECT a.account_id, a.blocked_cash, coalesce(o.held, 0), coalesce(o.orders, 0), "
+        "coalesce(w.held, 0), coalesce(w.pending, 0) "
         "FROM accounts a LEFT JOIN ("
         "  SELECT account_id, sum(blocked_cash)::bigint AS held, count(*) AS orders "
         "  FROM orders WHERE status = ANY(%(open)s) AND blocked_cash <> 0 "
-        "  GROUP BY account_id) o USING (account_id) "
-        "WHERE a.blocked_cash <> coalesce(o.held, 0) ORDER BY 1",
-        lambda a, b, h, n: (a, None, f"blocked cash {b} paise, its {n} open orders hold {h} paise"),
+        "  GROUP BY account_id) o USING (account_id) LEFT JOIN ("
+        "  SELECT account_id, sum(amount)::bigint AS held, count(*) AS pending "
+        "  FROM withdrawals WHERE status = 'PENDING' GROUP BY account_id) w USING (account_id) "
+        "WHERE a.blocked_cash <> coalesce(o.held, 0) + coalesce(w.held, 0) ORDER BY 1",
+        lambda a, b, h, n, wh, wn: (
+            a,
+            None,
+            f"blocked cash {b} paise, its {n} open orders hold {h} paise"
+            + (f" and its {wn} pending withdrawals {wh} paise" if wn else ""),
+        ),
     ),
     Invariant(
         "BLOCKED_SHARES_MISMATCH",
@@ -363,6 +373,21 @@ INVARIANTS = (
             None,
             f"cash {cash} paise, expected {d - w - b + s - f} = {d} deposited - "
             f"{w} withdrawn - {b} bought + {s} sold - {f} fees",
+        ),
+    ),
+    Invariant(
+        "WITHDRAWAL_NOT_JOURNALLED",
+        "SELECT w.account_id, w.withdrawal_id, w.status, w.amount, f.kind, f.account_id, "
+        "f.amount FROM withdrawals w "
+        "LEFT JOIN funding f ON f.reference = 'withdrawal:' || w.withdrawal_id "
+        "WHERE (w.status = 'COMPLETED') <> (f.funding_id IS NOT NULL) "
+        "OR (f.kind, f.account_id, f.amount) <> ('WITHDRAWAL', w.account_id, w.amount) "
+        "ORDER BY 2",
+        lambda a, w, status, amount, kind, account, paid: (
+            a,
+            None,
+            f"withdrawal {w} {status} of {amount} paise, its funding row: "
+            + ("none" if kind is None else f"{kind} of {paid} paise from account {account}"),
         ),
     ),
     Invariant(
