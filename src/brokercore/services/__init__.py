@@ -24,6 +24,9 @@ SERVICES = {
     "oms": ServiceSpec("oms", True, "REST order entry: place and cancel orders"),
     "query": ServiceSpec("query", True, "REST reads: orders, history, portfolio, market data"),
     "ws": ServiceSpec("ws", True, "WebSocket gateway: order updates, trades, books"),
+    "funds": ServiceSpec(
+        "funds", True, "REST deposits and withdrawals; the payment provider's payouts"
+    ),
     "notifier-api": ServiceSpec(
         "notifier_api", True, "REST notification preferences, devices and price alerts"
     ),

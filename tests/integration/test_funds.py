@@ -1,0 +1,499 @@
+"""Money in and out (services/funds, brokercore.broker.withdrawals) on the real Postgres
+and Redis: the funds service as a process, a real local HTTP server as the payment
+provider (tests/payment_provider.py), the OMS in this process for the race with orders.
+
+One funds process and one database serve the whole module (each test has accounts of
+its own), so a test costs requests, not a start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from brokercore.broker.funding import open_account
+from brokercore.consumers.reconcile import check_invariants
+from brokercore.db.migrations import apply_migrations, drop_database
+from brokercore.edge.auth import mint_token
+from http_support import assert_error
+from oms_support import JWT, OPEN_MARKET, Api
+from payment_provider import PaymentProvider
+from processes import LoggedProcess
+from waiting import wait_until
+
+SECRET = "webhook-secret-of-the-tests"
+RUPEES = 100  # paise
+
+
+class FundsService(LoggedProcess):
+    """`brokercore service funds` on a free port, paying out through ``provider``."""
+
+    def __init__(self, database: str, provider: PaymentProvider, log, prefix: str):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = os.environ | {
+            "BROKERCORE_DATABASE_URL": database,
+            "BROKERCORE_DEV_MODE": "1",
+            "BROKERCORE_REDIS_PREFIX": prefix,
+            "BROKERCORE_RATE_LIMIT_BURST": "200",
+            "BROKERCORE_PAYMENT_PROVIDER_URL": provider.url,
+            "BROKERCORE_PAYMENT_WEBHOOK_SECRET": SECRET,
+            "BROKERCORE_PAYOUT_RETRY_BASE": "0.2",
+            "BROKERCORE_PAYOUT_RETRY_CAP": "0.4",
+        }
+        args = ["service", "funds", "--port", str(self.port), "--log-level", "info"]
+        super().__init__(args, log, env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.wait_for("Uvicorn running on")
+
+
+class Env:
+    """The module's database, provider and funds service, and what a test asks of them."""
+
+    def __init__(self, database: str, provider: PaymentProvider, service: FundsService):
+        self.database, self.provider, self.service = database, provider, service
+
+    def account(self, cash: int = 0, **options) -> str:
+        """A new user with an account of ``cash`` paise; its user id."""
+        user = f"u{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            open_account(conn, user, cash=cash, **options)
+        return user
+
+    def rows(self, query: str, *args) -> list[tuple]:
+        with psycopg.connect(self.database) as conn:
+            return conn.execute(query, args).fetchall()
+
+    def money(self, user: str) -> tuple[int, int]:
+        """The account's (cash, blocked cash)."""
+        [row] = self.rows("SELECT cash, blocked_cash FROM accounts WHERE user_id = %s", user)
+        return row
+
+    def status(self, withdrawal_id: int) -> str:
+        [(status,)] = self.rows(
+            "SELECT status FROM withdrawals WHERE withdrawal_id = %s", withdrawal_id
+        )
+        return status
+
+    def wait_status(self, withdrawal_id: int, status: str) -> None:
+        wait_until(lambda: self.status(withdrawal_id) == status, f"withdrawal {status}")
+
+    def findings(self, *users: str) -> list[str]:
+        """What the reconciler's invariant checks find on these users' accounts."""
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            accounts = {
+                a
+                for (a,) in conn.execute(
+                    "SELECT account_id FROM accounts WHERE user_id = ANY(%s)", (list(users),)
+                )
+            }
+            found = check_invariants(conn, {}, OPEN_MARKET)
+        return [str(f) for f in found if f.account_id in accounts]
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.service.url, timeout=30)
+
+    def async_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.service.url, timeout=30)
+
+
+def auth(user: str, *roles: str, key: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {mint_token(user, JWT, roles=roles)}"}
+    return headers | ({"Idempotency-Key": key} if key is not None else {})
+
+
+@pytest.fixture(scope="module")
+def env(postgres: str, tmp_path_factory) -> Iterator[Env]:
+    name = f"test_{uuid.uuid4().hex}"
+    with psycopg.connect(postgres, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    database = make_conninfo(postgres, dbname=name)
+    provider = PaymentProvider(SECRET)
+    service = None
+    try:
+        apply_migrations(database)
+        log = tmp_path_factory.mktemp("funds") / "funds.log"
+        service = FundsService(database, provider, log, f"t{uuid.uuid4().hex[:12]}:")
+        provider.webhook_url = f"{service.url}/api/v1/funds/webhooks/payments"
+        yield Env(database, provider, service)
+    finally:
+        if service is not None:
+            service.terminate()
+            service.close()
+        provider.close()
+        drop_database(postgres, name)
+
+
+@pytest.fixture
+def provider(env: Env) -> Iterator[PaymentProvider]:
+    """The provider, paying and signing right unless the test says otherwise."""
+    env.provider.mode, env.provider.secret = "pay", SECRET
+    yield env.provider
+    env.provider.mode, env.provider.secret = "pay", SECRET
+
+
+# --- deposits ---------------------------------------------------------------------------
+
+
+def test_a_deposit_with_one_key_is_credited_once_even_when_ten_race(env):
+    user = env.account()
+
+    async def race():
+        async with env.async_client() as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/api/v1/funds/deposits",
+                        json={"amount": 5_000 * RUPEES},
+                        headers=auth(user, key="salary-2026-12"),
+                    )
+                    for _ in range(10)
+                )
+            )
+
+    answers = asyncio.run(race())
+    assert {a.status_code for a in answers} == {201}, [a.text for a in answers]
+    assert len({a.text for a in answers}) == 1, "every repeat gets the first answer"
+    assert answers[0].json()["amount"] == 5_000 * RUPEES
+    assert answers[0].json()["status"] == "COMPLETED"
+    assert env.money(user) == (5_000 * RUPEES, 0)
+    assert env.rows(
+        "SELECT count(*), sum(amount) FROM funding f JOIN accounts a USING (account_id) "
+        "WHERE a.user_id = %s AND kind = 'DEPOSIT'",
+        user,
+    ) == [(1, 5_000 * RUPEES)]
+    with env.client() as client:
+        again = client.post(
+            "/api/v1/funds/deposits", json={"amount": 1}, headers=auth(user, key="salary-2026-12")
+        )
+        assert_error(again, 422, "IDEMPOTENCY_KEY_REUSED")
+        assert_error(
+            client.post("/api/v1/funds/deposits", json={"amount": 1}, headers=auth(user)),
+            400,
+            "IDEMPOTENCY_KEY_REQUIRED",
+        )
+        funds = client.get("/api/v1/funds", headers=auth(user)).json()
+    assert funds == {
+        "cash": 5_000 * RUPEES,
+        "blocked": 0,
+        "unsettled": 0,
+        "withdrawable": 5_000 * RUPEES,
+    }
+    assert env.money(user) == (5_000 * RUPEES, 0)
+    assert env.findings(user) == []
+
+
+# --- withdrawals and the provider -------------------------------------------------------
+
+
+def withdraw(client: httpx.Client, user: str, amount: int, key: str | None = None) -> dict:
+    answer = client.post(
+        "/api/v1/funds/withdrawals",
+        json={"amount": amount},
+        headers=auth(user, key=key or uuid.uuid4().hex),
+    )
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+def test_a_withdrawal_is_completed_by_the_providers_signed_callback(env, provider):
+    user = env.account(cash=10_000 * RUPEES)
+    with env.client() as client:
+        taken = withdraw(client, user, 2_500 * RUPEES, key="rent")
+        assert taken["status"] == "PENDING"
+        env.wait_status(taken["withdrawalId"], "COMPLETED")
+        repeat = withdraw(client, user, 2_500 * RUPEES, key="rent")
+        listed = client.get("/api/v1/funds/withdrawals", headers=auth(user)).json()
+    assert repeat["withdrawalId"] == taken["withdrawalId"] and repeat["status"] == "COMPLETED"
+    assert env.money(user) == (7_500 * RUPEES, 0)
+    [payout] = [a for a in provider.attempts if a["withdrawalId"] == taken["withdrawalId"]]
+    assert payout["amount"] == 2_500 * RUPEES
+    [listed_one] = listed["withdrawals"]
+    assert listed_one["status"] == "COMPLETED" and listed_one["providerReference"].startswith("po_")
+    assert env.rows(
+        "SELECT kind, amount, reference FROM funding WHERE reference LIKE 'withdrawal:%%' "
+        "AND account_id = (SELECT account_id FROM accounts WHERE user_id = %s)",
+        user,
+    ) == [("WITHDRAWAL", 2_500 * RUPEES, f"withdrawal:{taken['withdrawalId']}")]
+    assert env.findings(user) == []
+
+
+def test_a_failed_payout_releases_the_block_and_leaves_cash_as_it_was(env, provider):
+    provider.mode = "fail"
+    user = env.account(cash=10_000 * RUPEES)
+    with env.client() as client:
+        taken = withdraw(client, user, 4_000 * RUPEES)
+        assert env.money(user) == (10_000 * RUPEES, 4_000 * RUPEES)
+        env.wait_status(taken["withdrawalId"], "FAILED")
+        [listed] = client.get("/api/v1/funds/withdrawals", headers=auth(user)).json()["withdrawals"]
+    assert listed["failureReason"] == "the bank account is closed"
+    assert env.money(user) == (10_000 * RUPEES, 0)
+    assert env.findings(user) == []
+
+
+def test_a_provider_that_is_down_leaves_it_pending_and_the_payout_is_sent_again(env, provider):
+    provider.mode = "down"
+    user = env.account(cash=1_000 * RUPEES)
+    with env.client() as client:
+        taken = withdraw(client, user, 1_000 * RUPEES)
+        withdrawal_id = taken["withdrawalId"]
+
+        def attempts() -> int:
+            return sum(a["withdrawalId"] == withdrawal_id for a in provider.attempts)
+
+        wait_until(lambda: attempts() >= 3, "three payout attempts")
+        assert env.status(withdrawal_id) == "PENDING"
+        assert env.money(user) == (1_000 * RUPEES, 1_000 * RUPEES), "still blocked"
+        assert env.findings(user) == []
+        provider.mode = "pay"
+        env.wait_status(withdrawal_id, "COMPLETED")
+    assert env.money(user) == (0, 0)
+    assert env.findings(user) == []
+
+
+def test_a_callback_signed_wrong_or_too_old_is_refused_and_changes_nothing(env, provider):
+    provider.secret = "not-the-secret"
+    user = env.account(cash=1_000 * RUPEES)
+    with env.client() as client:
+        taken = withdraw(client, user, 600 * RUPEES)
+        withdrawal_id = taken["withdrawalId"]
+        wait_until(
+            lambda: (withdrawal_id, "COMPLETED", 401) in provider.callbacks,
+            "the wrongly signed callback refused",
+        )
+        provider.secret = SECRET
+        old = provider.callback(withdrawal_id, "COMPLETED", "po_x", at=time.time() - 600)
+        assert_error(old, 401, "INVALID_SIGNATURE")
+        assert env.status(withdrawal_id) == "PENDING"
+        assert env.money(user) == (1_000 * RUPEES, 600 * RUPEES)
+        reference = provider.payouts[f"withdrawal-{withdrawal_id}"]
+        good = provider.callback(withdrawal_id, "COMPLETED", reference)
+        assert good.status_code == 200 and good.json()["status"] == "COMPLETED", good.text
+        again = provider.callback(withdrawal_id, "COMPLETED", reference)
+        assert again.status_code == 200, "the callback is idempotent"
+        assert_error(provider.callback(withdrawal_id, "FAILED", reference), 409)
+    assert env.money(user) == (400 * RUPEES, 0)
+    assert env.findings(user) == []
+
+
+def test_operators_complete_and_fail_withdrawals_audited_and_others_may_not(env, provider):
+    provider.mode = "hold"
+    user = env.account(cash=1_000 * RUPEES)
+    with env.client() as client:
+        first = withdraw(client, user, 300 * RUPEES)["withdrawalId"]
+        second = withdraw(client, user, 200 * RUPEES)["withdrawalId"]
+        forbidden = client.post(
+            f"/api/v1/operator/withdrawals/{first}/complete", headers=auth(user)
+        )
+        assert_error(forbidden, 403, "FORBIDDEN")
+        assert env.status(first) == "PENDING"
+        done = client.post(
+            f"/api/v1/operator/withdrawals/{first}/complete", headers=auth("ops", "operator")
+        )
+        assert done.status_code == 200 and done.json()["status"] == "COMPLETED", done.text
+        failed = client.post(
+            f"/api/v1/operator/withdrawals/{second}/fail",
+            json={"reason": "the name on the bank account differs"},
+            headers=auth("ops", "operator"),
+        )
+        assert failed.status_code == 200 and failed.json()["status"] == "FAILED", failed.text
+        late = client.post(
+            f"/api/v1/operator/withdrawals/{second}/complete", headers=auth("ops", "operator")
+        )
+        assert_error(late, 409, "WITHDRAWAL_NOT_PENDING")
+        assert_error(
+            client.post(
+                "/api/v1/operator/withdrawals/999999999/complete", headers=auth("ops", "operator")
+            ),
+            404,
+            "WITHDRAWAL_NOT_FOUND",
+        )
+    assert env.money(user) == (700 * RUPEES, 0)
+    assert env.rows(
+        "SELECT actor, action, before->>'status', after->>'status', after->>'failureReason' "
+        "FROM audit_log WHERE target = ANY(%s) ORDER BY audit_id",
+        [f"withdrawal:{first}", f"withdrawal:{second}"],
+    ) == [
+        ("ops", "withdrawal.completed", "PENDING", "COMPLETED", None),
+        ("ops", "withdrawal.failed", "PENDING", "FAILED", "the name on the bank account differs"),
+    ]
+    assert env.findings(user) == []
+
+
+# --- T+1 ----------------------------------------------------------------------------------
+
+
+def test_sale_proceeds_are_withdrawable_from_the_day_after_the_trade(env, provider):
+    provider.mode = "hold"
+    user = env.account(cash=100 * RUPEES, shares={"RELIANCE": 10})
+    [(account,)] = env.rows("SELECT account_id FROM accounts WHERE user_id = %s", user)
+    proceeds, fee = 10 * 1_000 * RUPEES, 20 * RUPEES
+    with psycopg.connect(env.database) as conn:  # a sale settled as settlement would
+        conn.execute(
+            "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, quantity, "
+            "executed_at) VALUES (%s, 'SELL', 0, %s, 'RELIANCE', %s, 10, now())",
+            (f"T+1:{user}", account, 1_000 * RUPEES),
+        )
+        conn.execute(
+            "INSERT INTO fee_income (trade_id, side, amount) VALUES (%s, 'SELL', %s)",
+            (f"T+1:{user}", fee),
+        )
+        conn.execute(
+            "UPDATE accounts SET cash = cash + %s WHERE account_id = %s", (proceeds - fee, account)
+        )
+    with env.client() as client:
+        funds = client.get("/api/v1/funds", headers=auth(user)).json()
+        assert funds == {
+            "cash": 100 * RUPEES + proceeds - fee,
+            "blocked": 0,
+            "unsettled": proceeds - fee,
+            "withdrawable": 100 * RUPEES,
+        }
+        refused = client.post(
+            "/api/v1/funds/withdrawals",
+            json={"amount": 100 * RUPEES + 1},
+            headers=auth(user, key="too-soon"),
+        )
+        assert_error(refused, 422, "INSUFFICIENT_FUNDS")
+        assert env.money(user) == (100 * RUPEES + proceeds - fee, 0)
+        yesterday = datetime.now(UTC) - timedelta(days=1)
+        with psycopg.connect(env.database) as conn:
+            conn.execute(
+                "UPDATE fills SET executed_at = %s WHERE trade_id = %s", (yesterday, f"T+1:{user}")
+            )
+        funds = client.get("/api/v1/funds", headers=auth(user)).json()
+        assert funds["unsettled"] == 0 and funds["withdrawable"] == funds["cash"]
+        taken = withdraw(client, user, funds["cash"], key="all-of-it")
+    assert taken["amount"] == 100 * RUPEES + proceeds - fee
+    assert env.money(user) == (taken["amount"], taken["amount"])
+
+
+# --- withdrawals racing orders --------------------------------------------------------------
+
+
+def test_withdrawals_racing_orders_for_the_same_cash_never_overspend_it(env, provider):
+    """20 orders through the OMS and 20 withdrawals (paid out meanwhile) ask for twice the
+    account's cash at once: each is taken or refused whole, and what was taken fits."""
+    price = 15_000 * RUPEES  # one share of RELIANCE at 15,000.00
+    cash = 20 * price
+    user = env.account(cash=cash)
+
+    async def race():
+        async with Api(env.database, rate_limit_burst=200) as oms, env.async_client() as funds:
+            orders = [
+                oms.place(user=user, quantity=1, price="15000.00", timeInForce="GTC")
+                for _ in range(20)
+            ]
+            withdrawals = [
+                funds.post(
+                    "/api/v1/funds/withdrawals",
+                    json={"amount": price},
+                    headers=auth(user, key=uuid.uuid4().hex),
+                )
+                for _ in range(20)
+            ]
+            answers = await asyncio.gather(
+                *(x for pair in zip(orders, withdrawals, strict=True) for x in pair)
+            )
+            return answers[0::2], answers[1::2]
+
+    orders, withdrawals = asyncio.run(race())
+    for answer in orders + withdrawals:
+        assert answer.status_code in (202, 422), answer.text
+        if answer.status_code == 422:
+            assert answer.json()["error"]["code"] == "INSUFFICIENT_FUNDS", answer.text
+    placed = sum(a.status_code == 202 for a in orders)
+    taken = [a.json()["withdrawalId"] for a in withdrawals if a.status_code == 202]
+    assert placed + len(taken) == 20, "each taken in full while cash lasts, none beyond it"
+    for withdrawal_id in taken:
+        env.wait_status(withdrawal_id, "COMPLETED")
+    assert env.money(user) == (cash - len(taken) * price, placed * price)
+    with env.client() as client:
+        funds = client.get("/api/v1/funds", headers=auth(user)).json()
+    assert funds == {
+        "cash": placed * price,
+        "blocked": placed * price,
+        "unsettled": 0,
+        "withdrawable": 0,
+    }
+    assert env.findings(user) == []
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        (b'{"amount": "\\u0000"}', 400, "INVALID_CHARACTERS"),
+        (b'{"amount": -100}', 422, "INVALID_REQUEST"),
+        (b'{"amount": 0}', 422, "INVALID_REQUEST"),
+        (b'{"amount": 100000000000000000000000000000}', 422, "INVALID_REQUEST"),
+        (b'{"amount": 100000000001}', 422, "INVALID_REQUEST"),
+        (b'{"amount": 12.5}', 422, "INVALID_REQUEST"),
+        (b'{"amount": 100.0}', 422, "INVALID_REQUEST"),
+        (b'{"amount": "100"}', 422, "INVALID_REQUEST"),
+        (b'{"amount": true}', 422, "INVALID_REQUEST"),
+        (b'{"amount": 100, "to": "elsewhere"}', 422, "INVALID_REQUEST"),
+        (b"{}", 422, "INVALID_REQUEST"),
+        (b"amount=100", 400, "MALFORMED_JSON"),
+    ],
+)
+@pytest.mark.parametrize("what", ["deposits", "withdrawals"])
+def test_a_bad_amount_is_refused_with_the_json_error_and_changes_nothing(
+    env, what, body, status, code
+):
+    user = env.account(cash=1_000 * RUPEES)
+    with env.client() as client:
+        answer = client.post(
+            f"/api/v1/funds/{what}",
+            content=body,
+            headers=auth(user, key="k") | {"Content-Type": "application/json"},
+        )
+    assert_error(answer, status, code)
+    assert env.money(user) == (1_000 * RUPEES, 0)
+    assert env.rows(
+        "SELECT (SELECT count(*) FROM withdrawals w WHERE w.account_id = a.account_id), "
+        "(SELECT count(*) FROM funding f WHERE f.account_id = a.account_id) "
+        "FROM accounts a WHERE user_id = %s",
+        user,
+    ) == [(0, 1)]
+
+
+def test_an_unverified_account_or_a_bad_key_moves_no_money(env):
+    pending = env.account(cash=1_000 * RUPEES, kyc_status="PENDING")
+    verified = env.account(cash=1_000 * RUPEES)
+    with env.client() as client:
+        for what in ("deposits", "withdrawals"):
+            assert_error(
+                client.post(
+                    f"/api/v1/funds/{what}", json={"amount": 100}, headers=auth(pending, key="k")
+                ),
+                403,
+                "ACCOUNT_NOT_VERIFIED",
+            )
+            assert_error(
+                client.post(
+                    f"/api/v1/funds/{what}",
+                    json={"amount": 100},
+                    headers=auth(verified, key="k" * 129),
+                ),
+                422,
+                "INVALID_REQUEST",
+            )
+            assert_error(
+                client.post(f"/api/v1/funds/{what}", json={"amount": 100}), 401, "UNAUTHENTICATED"
+            )
+    assert env.money(pending) == (1_000 * RUPEES, 0)
+    assert env.money(verified) == (1_000 * RUPEES, 0)
