@@ -16,11 +16,14 @@ made a limit order at the opening price) releases the excess at once (``reprice`
 sell order blocks shares and releases them as they are sold.
 Fees are ``FeeSchedule.fee`` of the order's cumulative traded value, charged as it
 grows, so an order split into many fills pays what one fill would have.
+Realised P&L (``realised``) is booked as a fill reduces a position, against its average
+cost.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from decimal import Decimal
 
 from brokercore.broker.market import MarketInstrument
 from brokercore.broker.risk import FeeSchedule, Hold
@@ -36,6 +39,7 @@ __all__ = [
     "settle_fill",
     "release",
     "reprice",
+    "realised",
 ]
 
 
@@ -222,3 +226,14 @@ def reprice(
         PositionDelta(),
         OrderDelta(hold_price_ticks=price_ticks - order.hold_price_ticks, blocked_cash=-released),
     )
+
+
+def realised(quantity: int, avg_price: Decimal, delta: int, price: int, fee: int) -> Decimal:
+    """Paise a fill realises on a position of ``quantity`` shares at average cost
+    ``avg_price``: (price - average cost) x the shares it closes (those it takes off
+    the position, at most all of it; negated for a short), less ``fee`` when it is a
+    sell (``delta`` < 0). A fill that only adds to a position (or opens one) realises
+    nothing but a sell's fee."""
+    closed = min(abs(delta), abs(quantity)) if (quantity > 0) != (delta > 0) else 0
+    gain = (price - avg_price) * closed if quantity > 0 else (avg_price - price) * closed
+    return gain - fee if delta < 0 else gain

@@ -43,6 +43,7 @@ from brokercore.broker.ledger import (
     OrderHold,
     Settlement,
     SettlementError,
+    realised,
     release,
     reprice,
     settle_fill,
@@ -102,6 +103,7 @@ class _Position:
     quantity: int = 0
     blocked_quantity: int = 0
     avg_price: Decimal = Decimal(0)
+    realised_pnl: Decimal = Decimal(0)
     changed: bool = False
 
 
@@ -151,6 +153,7 @@ class _PositionRow(msgspec.Struct):
     quantity: int
     blocked_quantity: int
     avg_price: Decimal
+    realised_pnl: Decimal
 
 
 class _OrderRow(msgspec.Struct):
@@ -255,9 +258,10 @@ class SettlementConsumer:
             )
         }
         positions = {
-            (a, s): _Position(q, b, p)
-            for a, s, q, b, p in conn.execute(
-                "SELECT account_id, symbol, quantity, blocked_quantity, avg_price FROM positions "
+            (a, s): _Position(q, b, p, r)
+            for a, s, q, b, p, r in conn.execute(
+                "SELECT account_id, symbol, quantity, blocked_quantity, avg_price, realised_pnl "
+                "FROM positions "
                 "WHERE (account_id, symbol) IN (SELECT * FROM unnest(%s::bigint[], %s::text[])) "
                 "ORDER BY account_id, symbol FOR UPDATE",
                 ([a for a, _ in owners], [s for _, s in owners]),
@@ -414,6 +418,9 @@ class SettlementConsumer:
         if d.quantity or d.blocked_quantity:
             position = batch.positions.setdefault((order.account_id, order.symbol), _Position())
             if d.quantity:
+                position.realised_pnl += realised(
+                    position.quantity, position.avg_price, d.quantity, d.price, s.fee
+                )
                 position.avg_price = average_price(
                     position.quantity, position.avg_price, d.quantity, d.price
                 )
@@ -490,7 +497,7 @@ class SettlementConsumer:
             (
                 _UPSERT_POSITIONS,
                 [
-                    _PositionRow(a, s, p.quantity, p.blocked_quantity, p.avg_price)
+                    _PositionRow(a, s, p.quantity, p.blocked_quantity, p.avg_price, p.realised_pnl)
                     for (a, s), p in sorted(batch.positions.items())
                     if p.changed
                 ],
@@ -530,12 +537,13 @@ _UPDATE_ACCOUNTS = (
     "blocked_cash bigint) WHERE a.account_id = v.account_id"
 )
 _UPSERT_POSITIONS = (
-    "INSERT INTO positions (account_id, symbol, quantity, blocked_quantity, avg_price) "
-    "SELECT * FROM json_to_recordset(%s::json) AS v (account_id bigint, symbol text, "
-    "quantity bigint, blocked_quantity bigint, avg_price numeric) "
+    "INSERT INTO positions (account_id, symbol, quantity, blocked_quantity, avg_price, "
+    "realised_pnl) SELECT * FROM json_to_recordset(%s::json) AS v (account_id bigint, "
+    "symbol text, quantity bigint, blocked_quantity bigint, avg_price numeric, "
+    "realised_pnl numeric) "
     "ON CONFLICT (account_id, symbol) DO UPDATE SET quantity = EXCLUDED.quantity, "
     "blocked_quantity = EXCLUDED.blocked_quantity, avg_price = EXCLUDED.avg_price, "
-    "updated_at = now()"
+    "realised_pnl = EXCLUDED.realised_pnl, updated_at = now()"
 )
 _UPDATE_ORDERS = (
     "UPDATE orders o SET status = v.status, reject_reason = v.reject_reason, "
