@@ -174,6 +174,8 @@ class ServiceSettings:
     jwt_audience: str = "brokercore"
     jwt_hs256_secret: str | None = None
     jwt_rs256_public_key: str | None = None  # PEM text
+    jwks_url: str | None = None  # the identity provider's JWKS (brokercore.edge.jwks)
+    jwks_refresh: float = 60.0  # seconds between fetches of it
     dev_mode: bool = False
     rate_limit_burst: int = 20  # orders a user may send at once ...
     rate_limit_per_second: float = 10.0  # ... and per second after that
@@ -205,8 +207,8 @@ class ServiceSettings:
         """Every field from its BROKERCORE_<FIELD> variable; besides, dev mode is on only
         for BROKERCORE_DEV_MODE=1 (and then the HS256 secret defaults to the public
         development one), the RS256 public key is read from the file that
-        BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE names, and an empty secret, push URL or
-        replica URL is none."""
+        BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE names, and an empty secret, push URL,
+        replica URL or JWKS URL is none."""
         dev_mode = env.get("BROKERCORE_DEV_MODE", "0") == "1"
         public_key_file = env.get("BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE")
         return _from_env(
@@ -222,4 +224,5 @@ class ServiceSettings:
             payment_webhook_secret=env.get("BROKERCORE_PAYMENT_WEBHOOK_SECRET") or None,
             scheduler_secret=env.get("BROKERCORE_SCHEDULER_SECRET") or None,
             replica_url=env.get("BROKERCORE_REPLICA_URL") or None,
+            jwks_url=env.get("BROKERCORE_JWKS_URL") or None,
         )

@@ -1,17 +1,23 @@
 """Bearer tokens: verifying JWTs for the services and minting development tokens.
 
-Only HS256 (a shared secret) and RS256 (an RSA public key) are accepted, each with its
-own key: the algorithm named in a token's header picks the key, and the verification
-allows that one algorithm only, so ``alg: none`` and algorithm confusion (an RS256
-public key used as an HS256 secret) are refused. Expiry, issuer, audience and subject
-are required. The subject is the user id every service stores and logs, so it is
-refused if it is longer than ``MAX_USER_ID`` or holds a character no database or log
-should see (brokercore.edge.text).
+Only HS256 (a shared secret) and RS256 (RSA public keys) are accepted: the algorithm
+named in a token's header picks the key, and the verification allows that one algorithm
+only, so ``alg: none`` and algorithm confusion (an RS256 public key used as an HS256
+secret) are refused. An RS256 token that names a key (``kid``) is verified with that
+key of the identity provider's JWKS (brokercore.edge.jwks, BROKERCORE_JWKS_URL), fetched
+again when the key is new to this process, so a key rotation needs no restart; one
+without a ``kid`` only with the configured RS256 public key. Expiry, issuer, audience
+and subject are required. The subject is the user id every service stores and logs, so
+it is refused if it is longer than ``MAX_USER_ID`` or holds a character no database or
+log should see (brokercore.edge.text). A token whose session (``sid``) was revoked
+(brokercore.edge.revocation) is refused, TOKEN_REVOKED.
 
 A verified token is remembered, per process, until its expiry and never beyond
 (``TokenVerifier.cache_size`` of them, least recently used first out): a client sends
 the same token with every request, and checking its signature and claims again costs
-more than the rest of the request's Python. A refused token is never remembered.
+more than the rest of the request's Python. A remembered token is still checked against
+the revoked sessions, and everything remembered is forgotten when a key leaves the JWKS.
+A refused token is never remembered.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Any
 import jwt
 
 from brokercore.config import ServiceSettings
+from brokercore.edge.jwks import KeySet
+from brokercore.edge.revocation import RevokedSessions
 from brokercore.edge.text import bad_character
 
 __all__ = [
@@ -32,6 +40,7 @@ __all__ = [
     "JwtConfig",
     "Principal",
     "TokenVerifier",
+    "UnknownKey",
     "bearer_token",
     "mint_token",
     "MAX_USER_ID",
@@ -58,6 +67,8 @@ class JwtConfig:
     hs256_secret: str | None = None
     rs256_public_key: str | None = None  # PEM
     leeway: float = 0.0  # seconds of clock skew tolerated
+    jwks_url: str | None = None  # the identity provider's keys (RS256 tokens with a kid)
+    jwks_refresh: float = 60.0  # seconds between fetches of the JWKS
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> JwtConfig:
@@ -67,11 +78,15 @@ class JwtConfig:
             settings.jwt_audience,
             settings.jwt_hs256_secret,
             settings.jwt_rs256_public_key,
+            jwks_url=settings.jwks_url,
+            jwks_refresh=settings.jwks_refresh,
         )
 
     def __post_init__(self) -> None:
-        if not self.hs256_secret and not self.rs256_public_key:
-            raise ValueError("JWT verification needs an HS256 secret or an RS256 public key")
+        if not self.hs256_secret and not self.rs256_public_key and not self.jwks_url:
+            raise ValueError(
+                "JWT verification needs an HS256 secret, an RS256 public key or a JWKS URL"
+            )
         if self.hs256_secret is not None and len(self.hs256_secret.encode()) < 32:
             raise ValueError("the HS256 secret must be at least 32 bytes")
 
@@ -90,11 +105,35 @@ class Principal:
     def is_operator(self) -> bool:
         return OPERATOR in self.roles
 
+    @property
+    def session_id(self) -> str | None:
+        """The login session (refresh-token family) the token belongs to, if it says."""
+        sid: str | None = self.claims.get("sid")
+        return sid
+
+
+class UnknownKey(AuthError):
+    """An RS256 token names a key id that is not in this process's copy of the JWKS."""
+
+    def __init__(self, kid: str):
+        super().__init__("INVALID_TOKEN", "the token's signing key is not one of the issuer's")
+        self.kid = kid
+
 
 class TokenVerifier:
-    def __init__(self, config: JwtConfig, cache_size: int = 10_000):
+    """Verifies tokens against the configured keys and, when given, the revoked
+    sessions; ``open`` and ``close`` start and stop their background refreshes."""
+
+    def __init__(
+        self,
+        config: JwtConfig,
+        cache_size: int = 10_000,
+        *,
+        revoked: RevokedSessions | None = None,
+    ):
         self.config = config
         self.cache_size = cache_size
+        self.revoked = revoked
         self._keys: dict[str, str] = {}
         if config.hs256_secret:
             self._keys["HS256"] = config.hs256_secret
@@ -102,36 +141,77 @@ class TokenVerifier:
             self._keys["RS256"] = config.rs256_public_key
         self.remembered: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         """Verified tokens: (principal, expiry), least recently used first."""
+        self.jwks = (
+            KeySet(
+                config.jwks_url,
+                refresh_interval=config.jwks_refresh,
+                on_removed=self.remembered.clear,
+            )
+            if config.jwks_url
+            else None
+        )
+
+    async def open(self) -> None:
+        """The first copies of the JWKS and of the revoked sessions (a failure is logged
+        and retried: the service starts anyway), then their background refreshes."""
+        if self.jwks is not None:
+            await self.jwks.open()
+        if self.revoked is not None:
+            await self.revoked.open()
+
+    async def close(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.close()
+        if self.revoked is not None:
+            await self.revoked.close()
+
+    async def authenticate(self, token: str) -> Principal:
+        """``verify``, and if the token names a key this process does not know yet,
+        the JWKS fetched again first (at most once every few seconds)."""
+        try:
+            return self.verify(token)
+        except UnknownKey as e:
+            assert self.jwks is not None  # only a key set's tokens name unknown keys
+            if await self.jwks.find(e.kid) is None:
+                raise
+            return self.verify(token)
 
     def verify(self, token: str) -> Principal:
-        """The token's principal: remembered while the token has not expired (its
-        ``exp``, without the leeway), else verified (and then remembered)."""
+        """The token's principal, with the keys known now: remembered while the token
+        has not expired (its ``exp``, without the leeway), else verified (and then
+        remembered); either way refused if its session has been revoked."""
         remembered = self.remembered.get(token)
         if remembered is not None:
             principal, expiry = remembered
             if time.time() < expiry:
+                self._check_session(principal)
                 self.remembered.move_to_end(token)
                 return principal
             del self.remembered[token]
         principal = self._verify(token)
+        self._check_session(principal)
         if self.cache_size > 0:
             self.remembered[token] = (principal, float(principal.claims["exp"]))
             if len(self.remembered) > self.cache_size:
                 self.remembered.popitem(last=False)
         return principal
 
+    def _check_session(self, principal: Principal) -> None:
+        sid = principal.session_id
+        if sid is not None and self.revoked is not None and sid in self.revoked.sids:
+            raise AuthError("TOKEN_REVOKED", "the token's session has ended (logged out)")
+
     def _verify(self, token: str) -> Principal:
         try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
+            header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise AuthError("INVALID_TOKEN", "the token is malformed") from None
-        if algorithm not in self._keys:
-            raise AuthError("INVALID_TOKEN", f"tokens signed with {algorithm!r} are not accepted")
+        key = self._key(header)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._keys[algorithm],
-                algorithms=[algorithm],
+                key,
+                algorithms=[header["alg"]],  # the one _key checked
                 audience=self.config.audience,
                 issuer=self.config.issuer,
                 leeway=self.config.leeway,
@@ -159,7 +239,25 @@ class TokenVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
             raise AuthError("INVALID_TOKEN", "the token's roles are not a list of names")
+        if not isinstance(claims.get("sid", ""), str):
+            raise AuthError("INVALID_TOKEN", "the token's session id is not a string")
         return Principal(subject, claims, frozenset(roles))
+
+    def _key(self, header: dict[str, Any]) -> Any:
+        """The key that verifies a token with this header: the key set's key it names
+        (``kid``) if it is an RS256 token and a key set is configured, else the
+        configured key of its algorithm."""
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm == "RS256" and self.jwks is not None and kid is not None:
+            if not isinstance(kid, str):
+                raise AuthError("INVALID_TOKEN", "the token's key id is not a string")
+            key = self.jwks.keys.get(kid)
+            if key is None:
+                raise UnknownKey(kid)
+            return key
+        if not isinstance(algorithm, str) or algorithm not in self._keys:
+            raise AuthError("INVALID_TOKEN", f"tokens signed with {algorithm!r} are not accepted")
+        return self._keys[algorithm]
 
 
 def bearer_token(authorization: str) -> str | None:

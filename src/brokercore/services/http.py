@@ -21,7 +21,7 @@ import msgspec
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -32,6 +32,7 @@ from starlette.types import Lifespan
 from brokercore.config import ServiceSettings
 from brokercore.edge.auth import AuthError, JwtConfig, Principal, TokenVerifier, bearer_token
 from brokercore.edge.ratelimit import TokenBucket
+from brokercore.edge.revocation import RevokedSessions
 from brokercore.edge.text import bad_character
 from brokercore.entry.requests import ErrorBody, ErrorDetail, FieldError, encode_json
 from brokercore.faults.backoff import transient
@@ -50,6 +51,7 @@ __all__ = [
     "guarded",
     "json_response",
     "authenticate",
+    "token_verifier",
     "require_operator",
     "read_body",
     "field_error",
@@ -167,21 +169,23 @@ class LimitedApi:
                 ),
             )
         )
-        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
+        self.verifier = token_verifier(settings, self.redis)
         self.limiter = TokenBucket(
             self.redis, burst, per_second, prefix=settings.redis_prefix + limit_prefix
         )
 
     async def open(self) -> None:
         await self.pool.open(wait=True)
+        await self.verifier.open()
 
     async def close(self) -> None:
+        await self.verifier.close()
         await self.pool.close()
         await self.redis.aclose()
 
     async def authorize(self, request: Request) -> Principal:
         """The caller, within their rate limit: 401, or 429 with Retry-After."""
-        principal = authenticate(self.verifier, request)
+        principal = await authenticate(self.verifier, request)
         wait = await self.limiter.take(principal.user_id)
         if wait > 0:
             raise ApiError(
@@ -371,7 +375,14 @@ def require_json(request: Request) -> None:
         )
 
 
-def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
+def token_verifier(settings: ServiceSettings, redis: Redis) -> TokenVerifier:
+    """The token verifier of a service: the configured keys (BROKERCORE_JWKS_URL's
+    included) and the revoked sessions read over ``redis`` (the service's own client);
+    the service opens and closes it with itself."""
+    return TokenVerifier(JwtConfig.from_settings(settings), revoked=RevokedSessions(redis))
+
+
+async def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
     """The principal of the request's bearer token, or 401 with WWW-Authenticate."""
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
@@ -382,7 +393,7 @@ def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        return verifier.verify(token)
+        return await verifier.authenticate(token)
     except AuthError as e:
         raise ApiError(
             401, e.code, e.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}

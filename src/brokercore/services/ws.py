@@ -45,7 +45,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from brokercore.broker.market import load_market
 from brokercore.config import ServiceSettings
-from brokercore.edge.auth import AuthError, JwtConfig, TokenVerifier, bearer_token
+from brokercore.edge.auth import AuthError, bearer_token
 from brokercore.realtime.channels import book_channel, trades_channel
 from brokercore.realtime.hub import (
     BadFrame,
@@ -67,7 +67,7 @@ from brokercore.realtime.hub import (
     order_update_seq,
     replayed_update,
 )
-from brokercore.services.http import database_pool, read_router, service_app
+from brokercore.services.http import database_pool, read_router, service_app, token_verifier
 
 log = logging.getLogger("brokercore.ws")
 
@@ -102,7 +102,7 @@ class Gateway:
         self.redis = Redis.from_url(settings.redis_url, client_name=f"ws-{self.instance}")
         self.pool = database_pool(settings, 8)
         self.router = read_router(settings, self.pool, 8)
-        self.verifier = TokenVerifier(JwtConfig.from_settings(settings))
+        self.verifier = token_verifier(settings, self.redis)
         self.market = load_market(settings.instruments)
         self.hub = Hub(
             self.redis,
@@ -116,6 +116,7 @@ class Gateway:
     async def open(self) -> None:
         await self.pool.open(wait=True)
         await self.router.open()
+        await self.verifier.open()
         await self.hub.open()
 
     async def close(self) -> None:
@@ -126,6 +127,7 @@ class Gateway:
                 asyncio.gather(*(s.finished.wait() for s in list(self.sessions))), CLOSE_TIMEOUT + 5
             )
         await self.hub.close()
+        await self.verifier.close()
         await self.router.close()
         await self.pool.close()
         await self.redis.aclose()
@@ -134,7 +136,7 @@ class Gateway:
         for session in list(self.sessions):
             session.shutdown(1012, "message stream interrupted: reconnect and resume")
 
-    def authenticate(self, websocket: WebSocket) -> str:
+    async def authenticate(self, websocket: WebSocket) -> str:
         token = bearer_token(
             websocket.headers.get("authorization", "")
         ) or websocket.query_params.get("token", "")
@@ -145,7 +147,7 @@ class Gateway:
                 "a bearer token is required (Authorization header or ?token=)",
             )
         try:
-            return self.verifier.verify(token).user_id
+            return (await self.verifier.authenticate(token)).user_id
         except AuthError as e:
             raise Refused(4401, e.code, e.message) from None
 
@@ -400,7 +402,7 @@ async def orders_socket(websocket: WebSocket) -> None:
     gateway: Gateway = websocket.app.state.gateway
     await websocket.accept()
     try:
-        user = gateway.authenticate(websocket)
+        user = await gateway.authenticate(websocket)
         since = parse_since(websocket.query_params.get("since"))
     except Refused as e:
         reason = f"{e.code}: {e.message}".encode()[:123].decode(errors="ignore")
