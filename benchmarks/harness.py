@@ -189,7 +189,7 @@ def seed_accounts(url: str, symbols: list[str], users: int) -> None:
     hold; set-based, as funding one account at a time costs seconds."""
     with psycopg.connect(url) as conn:
         conn.execute(
-            "INSERT INTO accounts (user_id, cash) SELECT 'u' || g, %s "
+            "INSERT INTO accounts (user_id, cash, kyc_status) SELECT 'u' || g, %s, 'VERIFIED' "
             "FROM generate_series(0, %s - 1) g",
             (CASH_PAISE, users),
         )

@@ -407,7 +407,10 @@ def test_while_redis_is_away_orders_go_on_under_a_local_rate_limit(database, pri
 def test_while_postgres_is_away_the_answer_is_503_then_service_resumes(private_postgres):
     apply_migrations(private_postgres.url)
     with psycopg.connect(private_postgres.url, autocommit=True) as conn:
-        conn.execute("INSERT INTO accounts (user_id, cash) VALUES ('alice', 100000000)")
+        conn.execute(
+            "INSERT INTO accounts (user_id, cash, kyc_status) "
+            "VALUES ('alice', 100000000, 'VERIFIED')"
+        )
     requests = [
         ("oms", "POST", "/api/v1/orders", {"json": order()}),
         ("query", "GET", "/api/v1/portfolio", {}),

@@ -71,7 +71,9 @@ def private_database(servers):
     apply_migrations(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO accounts (user_id, cash) VALUES ('alice', %s), ('bob', 0)", (CASH,)
+            "INSERT INTO accounts (user_id, cash, kyc_status) "
+            "VALUES ('alice', %s, 'VERIFIED'), ('bob', 0, 'VERIFIED')",
+            (CASH,),
         )
         conn.execute(
             "INSERT INTO positions (account_id, symbol, quantity) SELECT account_id, "

@@ -57,6 +57,9 @@ from brokercore.kafka.placement import shard_plan
 
 __all__ = ["OrderEntry", "OrderReceipt", "OrderRefused", "Refusal"]
 
+VERIFIED = "VERIFIED"
+"""The KYC status (accounts.kyc_status, 0010_identity.sql) an account needs to order."""
+
 # What the checks need, read by one function call (0004_invariants.sql) that takes the
 # account's row lock first and reads the position and the idempotency key after it: a
 # single SELECT ... FOR UPDATE would read them from before its lock wait, and concurrent
@@ -143,6 +146,7 @@ class Refusal(StrEnum):
     with a ``RejectCode``). Values are API codes: never rename one."""
 
     NO_ACCOUNT = "NO_ACCOUNT"  # the user has no trading account
+    ACCOUNT_NOT_VERIFIED = "ACCOUNT_NOT_VERIFIED"  # KYC PENDING or REJECTED: no new orders
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # the key names another order
     ORDER_NOT_FOUND = "ORDER_NOT_FOUND"  # none of this user's orders
     ORDER_NOT_OPEN = "ORDER_NOT_OPEN"  # finished: nothing to cancel
@@ -167,7 +171,7 @@ class OrderReceipt:
 
 
 class _Facts(NamedTuple):
-    """What oms_order_facts (0004) and oms_batch_facts (0006) read for one order."""
+    """What oms_order_facts and oms_batch_facts (0013) read for one order."""
 
     account_id: int
     cash: int
@@ -182,6 +186,7 @@ class _Facts(NamedTuple):
     key_order_updated_at: datetime | None
     unpublished_outbox_id: int | None
     unpublished_payload: bytes | None
+    kyc_status: str
 
 
 @dataclass(frozen=True)
@@ -387,8 +392,13 @@ class OrderEntry:
         last: Mapping[str, Decimal],
     ) -> _Placement:
         """The checks of a new order against what its account has free (a stop's trigger
-        against its symbol's ``last`` trade price, when known); what to write if it
-        passes (else OrderRefused)."""
+        against its symbol's ``last`` trade price, when known), after the account's KYC
+        status; what to write if it passes (else OrderRefused)."""
+        if facts.kyc_status != VERIFIED:
+            raise OrderRefused(
+                Refusal.ACCOUNT_NOT_VERIFIED,
+                f"this account's KYC is {facts.kyc_status}: orders need a verified account",
+            )
         order_type = OrderType(request.type)
         stop = order_type in STOP_TYPES
         side = Side[request.side]

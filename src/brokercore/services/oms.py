@@ -89,6 +89,7 @@ def accepted(receipt: OrderReceipt) -> Response:
 
 _REFUSAL_STATUS = {
     Refusal.NO_ACCOUNT: 403,
+    Refusal.ACCOUNT_NOT_VERIFIED: 403,
     Refusal.IDEMPOTENCY_KEY_REUSED: 422,
     Refusal.ORDER_NOT_FOUND: 404,
     Refusal.ORDER_NOT_OPEN: 409,
