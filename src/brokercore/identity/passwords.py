@@ -1,10 +1,16 @@
-"""Passwords: argon2id hashes (argon2-cffi's defaults, RFC 9106's low-memory profile) and
-a check whose cost does not tell whether the user exists.
+"""Passwords: argon2id hashes and a check whose cost does not tell whether the user
+exists.
 
-Hashing costs tens of milliseconds of CPU on purpose, so callers on an event loop run
-these functions in a thread. A login for an unknown email is checked against
-``DUMMY_HASH`` (a hash of a random password, made with the same parameters), so it costs
-what a wrong password of a real user costs."""
+The parameters are OWASP's recommended minimum for argon2id (19 MiB, 2 passes, 1 lane:
+~20 ms of one core), not argon2-cffi's default (RFC 9106's low-memory profile: 64 MiB,
+3 passes, 4 lanes, ~9 times the CPU): a login costs the service that much CPU, and an
+attacker can make it pay for as many as the throttle lets through. A stored hash names
+its own parameters, so raising them later keeps old hashes verifiable. Hashing costs
+milliseconds on purpose, so callers on an event loop run these functions in a thread.
+
+A login for an unknown email is checked against ``DUMMY_HASH`` (a hash of a random
+password, made with the same parameters), so it costs what a wrong password of a real
+user costs."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ MAX_PASSWORD = 256
 """Characters a password has at most (the hash's cost does not depend on it, but a body
 of megabytes should not reach argon2)."""
 
-_hasher = PasswordHasher()
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 """What an unknown email's password is checked against."""

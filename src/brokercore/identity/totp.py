@@ -11,8 +11,10 @@ are random, so a fast hash is enough) and used once each."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import secrets
 import time
 from typing import Any
 
@@ -63,7 +65,7 @@ def _code_hash(code: str) -> bytes:
 
 def _new_recovery_code() -> str:
     """Ten base32 characters (50 bits), shown as xxxxx-xxxxx."""
-    text = pyotp.random_base32(10).lower()
+    text = base64.b32encode(secrets.token_bytes(7)).decode()[:10].lower()
     return f"{text[:5]}-{text[5:]}"
 
 
