@@ -655,6 +655,8 @@ def test_portfolio_values_positions_at_the_last_trade(dataset):
                 "avgPrice": "1500.00",
                 "currentPrice": None,
                 "pnl": None,
+                "realisedPnl": "0.00",
+                "dayPnl": "0.00",
             },
             {
                 "symbol": "RELIANCE",
@@ -662,6 +664,8 @@ def test_portfolio_values_positions_at_the_last_trade(dataset):
                 "avgPrice": "2400.5050",
                 "currentPrice": "2500.00",
                 "pnl": "994.95",
+                "realisedPnl": "0.00",
+                "dayPnl": "0.00",
             },
             {
                 "symbol": "TCS",
@@ -669,10 +673,20 @@ def test_portfolio_values_positions_at_the_last_trade(dataset):
                 "avgPrice": "3500.00",
                 "currentPrice": "3400.00",
                 "pnl": "500.00",
+                "realisedPnl": "0.00",
+                "dayPnl": "0.00",
             },
         ],
+        "realisedPnl": "0.00",
+        "dayPnl": "0.00",
     }
-    assert carol == {"cash": "1000000.00", "blockedCash": "0.00", "positions": []}
+    assert carol == {
+        "cash": "1000000.00",
+        "blockedCash": "0.00",
+        "positions": [],
+        "realisedPnl": "0.00",
+        "dayPnl": "0.00",
+    }
     assert dave.status_code == 403 and dave.json()["error"]["code"] == "NO_ACCOUNT"
 
 
@@ -1038,6 +1052,8 @@ def test_money_never_shows_a_negative_zero(dataset):
         "avgPrice": "3400.00",
         "currentPrice": "3400.00",
         "pnl": "0.00",
+        "realisedPnl": "0.00",
+        "dayPnl": "0.00",
     }
     assert [
         rupees(v)

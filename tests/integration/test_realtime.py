@@ -128,6 +128,8 @@ def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
             "avgPrice": "15000.00",
             "currentPrice": "15000.00",
             "pnl": "0.00",
+            "realisedPnl": "0.00",
+            "dayPnl": "0.00",
         }
     ]
     assert portfolio["blockedCash"] == "0.00"

@@ -18,14 +18,16 @@ times ISO 8601 UTC.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime
+import base64
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import msgspec
 from psycopg import AsyncConnection, sql
 
+from brokercore.broker.market import MarketInstrument
 from brokercore.broker.money import rupees
 from brokercore.broker.orders import OPEN_STATUSES, OrderStatus
 from brokercore.engine.records import Phase
@@ -59,6 +61,13 @@ __all__ = [
     "Position",
     "Portfolio",
     "Candles",
+    "TradesQuery",
+    "Trade",
+    "TradePage",
+    "DayPrice",
+    "day_starts",
+    "day_prices",
+    "list_trades",
     "list_orders",
     "get_order",
     "order_history",
@@ -90,6 +99,18 @@ class OrdersQuery(msgspec.Struct, rename="camel", frozen=True):
 
 class HistoryQuery(msgspec.Struct, frozen=True):
     at: Timestamp | None = None
+
+
+class TradesQuery(msgspec.Struct, frozen=True):
+    """GET /trades: filters (``from`` inclusive, ``to`` exclusive, on the fill's time),
+    the page's size, and the cursor a previous page gave (``Cursor``)."""
+
+    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+    side: Literal["BUY", "SELL"] | None = None
+    start: Timestamp | None = msgspec.field(default=None, name="from")
+    end: Timestamp | None = msgspec.field(default=None, name="to")
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE_SIZE)] = 50
+    cursor: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
 class CandlesQuery(msgspec.Struct, frozen=True):
@@ -175,12 +196,44 @@ class Position(msgspec.Struct, rename="camel", frozen=True):
     avg_price: str
     current_price: str | None  # the last trade's price; None before any trade
     pnl: str | None  # unrealised: (current - average) x quantity
+    realised_pnl: str  # settlement's positions.realised_pnl
+    day_pnl: str | None  # ``day_pnl``'s rule; None before any trade
 
 
 class Portfolio(msgspec.Struct, rename="camel", frozen=True):
     cash: str
     blocked_cash: str
     positions: list[Position]
+    realised_pnl: str  # over every symbol, closed positions included
+    day_pnl: str  # over every symbol with a price, closed today included
+
+
+class Trade(msgspec.Struct, rename="camel", frozen=True):
+    """One fill of the user's: ``value`` = price x quantity, ``fee`` the broker's."""
+
+    trade_id: str
+    order_id: int
+    symbol: str
+    side: str
+    price: str
+    quantity: int
+    value: str
+    fee: str
+    time: str
+
+
+class TradePage(msgspec.Struct, rename="camel", frozen=True):
+    trades: list[Trade]  # newest first
+    next_cursor: str | None  # None: this was the last page
+
+
+class DayPrice(msgspec.Struct, rename="camel", frozen=True):
+    """A symbol's last trade price and the previous close (the last trade before its
+    trading day began), in paise; None where there was no such trade."""
+
+    symbol: str
+    last: int | None
+    previous_close: int | None
 
 
 class Candles(msgspec.Struct, frozen=True):
@@ -366,24 +419,172 @@ def state_at(history: OrderHistory, at: datetime) -> OrderState | None:
 # --- portfolio -----------------------------------------------------------------------------
 
 
-async def portfolio(conn: AsyncConnection, user: str) -> Portfolio | None:
-    """The user's cash (the ledger) and open positions (the read model) valued at each
-    symbol's last trade; None if the user has no account."""
+async def portfolio(
+    conn: AsyncConnection, user: str, starts: Mapping[str, datetime]
+) -> Portfolio | None:
+    """The user's cash (the ledger), open positions (the read model) valued at each
+    symbol's last trade, and P&L: realised (settlement's, per symbol and in total) and
+    the day's; None if the user has no account. ``starts`` is when each symbol's trading
+    day began (``day_starts``).
+
+    The day's P&L of a symbol is its mark-to-market change since the previous close:
+    last x quantity now - previous close x quantity at the day's start - what today's
+    buys cost + what today's sells brought (fees not counted), where the quantity at the
+    start is the quantity now less today's net buys. Per share that is (last - previous
+    close) for shares held all day, (last - buy price) for shares bought today and (sell
+    price - previous close) for shares held at the start and sold today. A symbol without
+    a trade before today counts its quantity at the start at its average cost; one
+    without any trade has none (None). The quantities and fills are settlement's
+    (``positions``, ``fills``), read in the same snapshot as the cash."""
     account = await (
         await conn.execute("SELECT cash, blocked_cash FROM accounts WHERE user_id = %s", (user,))
     ).fetchone()
     if account is None:
         return None
     held = await (await conn.execute(_POSITIONS, (user,))).fetchall()
-    positions = []
-    for symbol, quantity, avg_price, last in held:
-        pnl = (
+    realised: dict[str, Decimal] = {}
+    day: dict[str, Decimal | None] = {}
+    for symbol, quantity, avg, pnl, bought, paid, sold, got, last, close in await (
+        await conn.execute(_PNL, {"user": user, **_day_params(starts)})
+    ).fetchall():
+        realised[symbol] = pnl
+        start = close if close is not None else avg
+        day[symbol] = (
             None
             if last is None
-            else ((last - avg_price) * quantity).quantize(Decimal(1), ROUND_HALF_UP)
-        )  # whole paise
-        positions.append(Position(symbol, quantity, rupees(avg_price), rupees(last), rupees(pnl)))
-    return Portfolio(rupees(account[0]), rupees(account[1]), positions)
+            else last * quantity - start * (quantity - bought + sold) - paid + got
+        )
+    positions = []
+    for symbol, quantity, avg_price, last in held:
+        pnl = None if last is None else (last - avg_price) * quantity
+        positions.append(
+            Position(
+                symbol,
+                quantity,
+                rupees(avg_price),
+                rupees(last),
+                _paise(pnl),
+                _paise(realised.get(symbol, Decimal(0))),
+                _paise(day.get(symbol, Decimal(0))),
+            )
+        )
+    return Portfolio(
+        rupees(account[0]),
+        rupees(account[1]),
+        positions,
+        _paise(sum(realised.values(), Decimal(0))),
+        _paise(sum((d for d in day.values() if d is not None), Decimal(0))),
+    )
+
+
+@overload
+def _paise(amount: Decimal | int) -> str: ...
+@overload
+def _paise(amount: Decimal | int | None) -> str | None: ...
+def _paise(amount: Decimal | int | None) -> str | None:
+    """Paise, rounded to whole paise (half away from zero), as the API's rupees."""
+    return None if amount is None else rupees(Decimal(amount).quantize(Decimal(1), ROUND_HALF_UP))
+
+
+PRICES_SQL = """
+SELECT (SELECT t.price FROM read_model.trades t WHERE t.symbol = d.symbol
+         ORDER BY t.seq DESC LIMIT 1) AS last,
+       (SELECT t.price FROM read_model.trades t WHERE t.symbol = d.symbol
+           AND t.executed_at < d.start
+         ORDER BY t.executed_at DESC, t.seq DESC LIMIT 1) AS previous_close"""
+"""The last price and the previous close of the row ``d`` (symbol, start of its day)."""
+
+# Settlement's positions of the user that matter today: held, with P&L realised, or
+# traded today; with today's fills, the last price and the previous close.
+_PNL = f"""
+WITH day AS (SELECT * FROM unnest(%(symbols)s::text[], %(starts)s::timestamptz[])
+                     AS d (symbol, start))
+SELECT p.symbol, p.quantity, p.avg_price, p.realised_pnl,
+       coalesce(f.bought, 0), coalesce(f.paid, 0), coalesce(f.sold, 0), coalesce(f.got, 0),
+       pr.last, pr.previous_close
+  FROM positions p
+  JOIN accounts a ON a.account_id = p.account_id AND a.user_id = %(user)s
+  JOIN day d ON d.symbol = p.symbol
+  LEFT JOIN LATERAL (
+      SELECT sum(x.quantity) FILTER (WHERE x.side = 'BUY') AS bought,
+             sum(x.price * x.quantity) FILTER (WHERE x.side = 'BUY') AS paid,
+             sum(x.quantity) FILTER (WHERE x.side = 'SELL') AS sold,
+             sum(x.price * x.quantity) FILTER (WHERE x.side = 'SELL') AS got
+        FROM fills x
+       WHERE x.account_id = p.account_id AND x.symbol = p.symbol
+         AND x.executed_at >= d.start) f ON true
+  CROSS JOIN LATERAL ({PRICES_SQL}) pr
+ WHERE p.quantity <> 0 OR p.realised_pnl <> 0 OR f.bought IS NOT NULL OR f.sold IS NOT NULL"""
+
+
+# --- trades --------------------------------------------------------------------------------
+
+
+class BadCursor(ValueError):
+    """A cursor this service did not make."""
+
+
+_TRADES = """
+SELECT x.trade_id, x.order_id, x.symbol, x.side, x.price, x.quantity, coalesce(fi.amount, 0),
+       x.executed_at
+  FROM fills x
+  JOIN accounts a ON a.account_id = x.account_id
+  LEFT JOIN fee_income fi ON fi.trade_id = x.trade_id AND fi.side = x.side
+ WHERE a.user_id = %(user)s AND {filters}
+ ORDER BY x.executed_at DESC, x.trade_id DESC, x.side DESC
+ LIMIT %(limit)s"""
+
+_TRADE_FILTERS = {
+    "symbol": "x.symbol = %(symbol)s",
+    "side": "x.side = %(side)s",
+    "start": "x.executed_at >= %(start)s",
+    "end": "x.executed_at < %(end)s",
+    "cursor": "(x.executed_at, x.trade_id, x.side) < (%(at)s, %(trade)s, %(trade_side)s)",
+}
+
+_cursor = msgspec.json.Decoder(tuple[int, str, Literal["BUY", "SELL"]])
+
+
+async def list_trades(conn: AsyncConnection, user: str, query: TradesQuery) -> TradePage:
+    """A page of the user's fills matching ``query``, newest first (by time, then trade
+    id and side: a total order). The cursor is where the page ended, so the next page
+    starts right after it whatever fills arrived meanwhile: none is shown twice, and none
+    that existed is skipped. Raises ``BadCursor``."""
+    params: dict[str, object] = {
+        name: getattr(query, name) for name in _TRADE_FILTERS if getattr(query, name) is not None
+    }
+    if query.cursor is not None:
+        try:
+            us, trade, side = _cursor.decode(base64.urlsafe_b64decode(query.cursor + "=="))
+            at = _EPOCH + timedelta(microseconds=us)
+        except (ValueError, OverflowError, msgspec.DecodeError):
+            raise BadCursor("not a cursor of this endpoint") from None
+        params |= {"at": at, "trade": trade, "trade_side": side}
+    filters = sql.SQL(" AND ").join(
+        [sql.SQL(_TRADE_FILTERS[name]) for name in params if name in _TRADE_FILTERS]
+        or [sql.SQL("true")]
+    )
+    rows = await (
+        await conn.execute(
+            sql.SQL(_TRADES).format(filters=filters),
+            params | {"user": user, "limit": query.limit + 1},
+        )
+    ).fetchall()
+    trades = [
+        Trade(
+            tid, order, symbol, side, rupees(price), qty, rupees(price * qty), rupees(fee), _iso(at)
+        )
+        for tid, order, symbol, side, price, qty, fee, at in rows[: query.limit]
+    ]
+    following = None
+    if len(rows) > query.limit:
+        tid, _, _, side, *_, at = rows[query.limit - 1]
+        key = msgspec.json.encode(((at - _EPOCH) // timedelta(microseconds=1), tid, side))
+        following = base64.urlsafe_b64encode(key).decode().rstrip("=")
+    return TradePage(trades, following)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --- market data ---------------------------------------------------------------------------
@@ -422,6 +623,35 @@ async def candle_series(
         )
     ).fetchall()
     return Candles(symbol, interval, _iso(start), _iso(end), candles(rows))
+
+
+_DAY_PRICES = f"""
+SELECT d.symbol, pr.last, pr.previous_close
+  FROM unnest(%(symbols)s::text[], %(starts)s::timestamptz[]) WITH ORDINALITY
+       AS d (symbol, start, n)
+ CROSS JOIN LATERAL ({PRICES_SQL}) pr
+ ORDER BY d.n"""
+
+
+def day_starts(market: Mapping[str, MarketInstrument], now: datetime) -> dict[str, datetime]:
+    """When each symbol's trading day began: the last midnight before ``now`` in its
+    session's time zone."""
+    starts: dict[str, datetime] = {}
+    for symbol, instrument in market.items():
+        zone = instrument.session.zone
+        starts[symbol] = datetime.combine(now.astimezone(zone).date(), time(0), tzinfo=zone)
+    return starts
+
+
+def _day_params(starts: Mapping[str, datetime]) -> dict[str, object]:
+    return {"symbols": list(starts), "starts": list(starts.values())}
+
+
+async def day_prices(conn: AsyncConnection, starts: Mapping[str, datetime]) -> list[DayPrice]:
+    """The last price and previous close of each symbol of ``starts`` (``day_starts``),
+    in its order."""
+    rows = await (await conn.execute(_DAY_PRICES, _day_params(starts))).fetchall()
+    return [DayPrice(*row) for row in rows]
 
 
 _POSITIONS = """

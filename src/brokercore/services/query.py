@@ -3,8 +3,12 @@
     brokercore service query --port 8001          (settings: BROKERCORE_* variables)
 
 GET /api/v1/orders, /orders/{orderId}, /orders/{orderId}/history, /portfolio,
-/marketdata/{symbol} and /marketdata/{symbol}/candles, each with a JWT bearer token; a
-user sees only their own orders and money. The reads are brokercore.read.queries'. Per-user
+/marketdata/{symbol} and /marketdata/{symbol}/candles, /trades, /statement (JSON or CSV),
+and the user's watchlists (GET, POST /watchlists; GET, PUT, DELETE /watchlists/{id}),
+each with a JWT bearer token; a user sees only their own orders, money and lists (another
+user's list is 404, as if it did not exist). The reads are brokercore.read.queries',
+brokercore.read.statement's and brokercore.read.watchlists'; watchlists are read and
+written on the primary (a small pool of its own, the only writes of this service). Per-user
 answers go through brokercore.read.cache.UserCache (invalidated by generation by the OMS,
 settlement and the projector after their commits; settings.cache_ttl), market data
 through the projector's copy in Redis. With BROKERCORE_REPLICA_URL the reads go to the
@@ -22,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import msgspec
 import redis
@@ -37,13 +42,15 @@ from brokercore.broker.market import load_market
 from brokercore.broker.orders import ORDER_STATUSES
 from brokercore.config import ServiceSettings
 from brokercore.entry.requests import FieldError, encode_json
-from brokercore.read import queries
+from brokercore.read import queries, statement, watchlists
 from brokercore.read.cache import UserCache
 from brokercore.read.candles import INTERVALS
 from brokercore.realtime.channels import encode_message, md_key
 from brokercore.services.http import (
     ApiError,
     LimitedApi,
+    database_pool,
+    decode_body,
     field_error,
     guarded,
     read_router,
@@ -68,7 +75,15 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 """The instants a query may name (a day before 0001-01-01 is no date Python can hold)."""
 
-_CHOICES = {"status": ORDER_STATUSES, "interval": tuple(INTERVALS)}
+STATEMENT_DAYS = 30
+"""Days a statement without ``from`` covers, up to ``to`` (or today)."""
+
+_CHOICES = {
+    "status": ORDER_STATUSES,
+    "interval": tuple(INTERVALS),
+    "side": ("BUY", "SELL"),
+    "format": ("json", "csv"),
+}
 
 
 async def _snapshot_reads(conn: AsyncConnection) -> None:
@@ -100,15 +115,25 @@ class QueryService(LimitedApi):
         self.router = read_router(settings, self.pool, 20, configure=_snapshot_reads)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
         self.market = load_market(settings.instruments)
+        self.writes = database_pool(settings, 5)  # watchlists
+        self.zone = (  # the exchange's days (statements)
+            next(iter(self.market.values())).session.zone if self.market else ZoneInfo("UTC")
+        )
         self._books_down_until = 0.0
 
     async def open(self) -> None:
         await super().open()
         await self.router.open()
+        await self.writes.open(wait=True)
 
     async def close(self) -> None:
+        await self.writes.close()
         await self.router.close()
         await super().close()
+
+    def day_starts(self) -> dict[str, datetime]:
+        """When each symbol's trading day began (``queries.day_starts``)."""
+        return queries.day_starts(self.market, datetime.now(UTC))
 
     async def user(self, request: Request) -> str:
         """The user id of the request's bearer token, within the reads' rate limit."""
@@ -286,8 +311,167 @@ async def portfolio(request: Request) -> Response:
         "portfolio",
         queries.portfolio,
         user,
-        missing=ApiError(403, "NO_ACCOUNT", "this user has no trading account"),
+        service.day_starts(),
+        missing=_no_account(),
     )
+
+
+def _no_account() -> ApiError:
+    return ApiError(403, "NO_ACCOUNT", "this user has no trading account")
+
+
+@guarded
+async def trades(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    query = _convert(_params(request, queries.TradesQuery), queries.TradesQuery)
+    _ordered(query.start, query.end)
+    try:
+        page = await service.read(queries.list_trades, user, query)
+    except queries.BadCursor as e:
+        raise _invalid("cursor", str(e)) from None
+    return _json(encode_json(page))
+
+
+@guarded
+async def account_statement(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    query = _convert(_params(request, statement.StatementQuery), statement.StatementQuery)
+    last = query.end or datetime.now(service.zone).date()
+    first = query.start or last - timedelta(days=STATEMENT_DAYS - 1)
+    for name, day in (("from", first), ("to", last)):
+        if not EARLIEST.date() <= day <= LATEST.date():
+            raise _invalid(name, f"must be between {EARLIEST.date()} and {LATEST.date()}")
+    if first > last:
+        raise _invalid("to", "must not be before `from`")
+    if (last - first).days >= statement.MAX_DAYS:
+        raise _invalid("from", f"a statement spans at most {statement.MAX_DAYS} days")
+    try:
+        found = await service.read(statement.statement, user, first, last, service.zone)
+    except statement.TooLarge as e:
+        raise ApiError(422, "STATEMENT_TOO_LARGE", str(e)) from None
+    if found is None:
+        raise _no_account()
+    wants_csv = query.format == "csv" or (
+        query.format is None and "text/csv" in request.headers.get("accept", "")
+    )
+    if not wants_csv:
+        return _json(encode_json(found))
+    return Response(
+        statement.to_csv(found),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="statement-{first}-{last}.csv"'},
+    )
+
+
+# --- watchlists ----------------------------------------------------------------------------
+
+
+def _watchlist_id(request: Request) -> int:
+    raw = request.path_params["watchlist_id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise _no_watchlist(raw)
+    return int(raw)
+
+
+def _no_watchlist(raw: object) -> ApiError:
+    return ApiError(404, "WATCHLIST_NOT_FOUND", f"no watchlist {str(raw)[:40]} of yours")
+
+
+async def _watchlist_body(service: QueryService, request: Request) -> watchlists.WatchlistRequest:
+    """The body, its symbols known instruments, each once."""
+    body = decode_body(watchlists.WatchlistRequest, await service.body(request), "watchlist")
+    seen: set[str] = set()
+    for i, symbol in enumerate(body.symbols):
+        if symbol not in service.market:
+            raise ApiError(
+                422,
+                "UNKNOWN_SYMBOL",
+                f"no instrument {symbol!r}",
+                [FieldError(f"symbols[{i}]", "not a known instrument")],
+            )
+        if symbol in seen:
+            raise _invalid(f"symbols[{i}]", f"{symbol} is in the list already")
+        seen.add(symbol)
+    return body
+
+
+def _watchlist_errors(e: Exception) -> ApiError:
+    if isinstance(e, watchlists.NameTaken):
+        return ApiError(409, "WATCHLIST_NAME_TAKEN", "you have a watchlist of that name already")
+    return ApiError(
+        409, "TOO_MANY_WATCHLISTS", f"a user may have at most {watchlists.MAX_LISTS} watchlists"
+    )
+
+
+@guarded
+async def list_watchlists(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    _params(request)
+    async with service.writes.connection() as conn:
+        found = await watchlists.list_watchlists(conn, user, service.day_starts())
+    return _json(encode_json({"watchlists": found}))
+
+
+@guarded
+async def create_watchlist(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    _params(request)
+    body = await _watchlist_body(service, request)
+    async with service.writes.connection() as conn:
+        try:
+            async with conn.transaction():
+                new = await watchlists.create_watchlist(conn, user, body)
+        except (watchlists.NameTaken, watchlists.TooManyLists) as e:
+            raise _watchlist_errors(e) from None
+        found = await watchlists.get_watchlist(conn, user, new, service.day_starts())
+    return Response(encode_json(found), 201, media_type="application/json")
+
+
+@guarded
+async def get_watchlist(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    watchlist_id = _watchlist_id(request)
+    _params(request)
+    async with service.writes.connection() as conn:
+        found = await watchlists.get_watchlist(conn, user, watchlist_id, service.day_starts())
+    if found is None:
+        raise _no_watchlist(watchlist_id)
+    return _json(encode_json(found))
+
+
+@guarded
+async def replace_watchlist(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    watchlist_id = _watchlist_id(request)
+    _params(request)
+    body = await _watchlist_body(service, request)
+    async with service.writes.connection() as conn:
+        try:
+            async with conn.transaction():
+                if not await watchlists.replace_watchlist(conn, user, watchlist_id, body):
+                    raise _no_watchlist(watchlist_id)
+        except watchlists.NameTaken as e:
+            raise _watchlist_errors(e) from None
+        found = await watchlists.get_watchlist(conn, user, watchlist_id, service.day_starts())
+    return _json(encode_json(found))
+
+
+@guarded
+async def delete_watchlist(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    watchlist_id = _watchlist_id(request)
+    _params(request)
+    async with service.writes.connection() as conn:
+        if not await watchlists.delete_watchlist(conn, user, watchlist_id):
+            raise _no_watchlist(watchlist_id)
+    return Response(status_code=204)
 
 
 @guarded
@@ -332,6 +516,13 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
             Route("/api/v1/orders/{order_id}", get_order, methods=["GET"]),
             Route("/api/v1/orders/{order_id}/history", order_history, methods=["GET"]),
             Route("/api/v1/portfolio", portfolio, methods=["GET"]),
+            Route("/api/v1/trades", trades, methods=["GET"]),
+            Route("/api/v1/statement", account_statement, methods=["GET"]),
+            Route("/api/v1/watchlists", list_watchlists, methods=["GET"]),
+            Route("/api/v1/watchlists", create_watchlist, methods=["POST"]),
+            Route("/api/v1/watchlists/{watchlist_id}", get_watchlist, methods=["GET"]),
+            Route("/api/v1/watchlists/{watchlist_id}", replace_watchlist, methods=["PUT"]),
+            Route("/api/v1/watchlists/{watchlist_id}", delete_watchlist, methods=["DELETE"]),
             Route("/api/v1/marketdata/{symbol}", market_data, methods=["GET"]),
             Route("/api/v1/marketdata/{symbol}/candles", candles, methods=["GET"]),
         ],

@@ -1,0 +1,336 @@
+"""The customer's money over REST (services/query on the real Postgres and Redis): the
+statement (JSON and CSV) against the ledger, the trades' pages while fills arrive, and
+the portfolio's realised and day P&L. Fills come from settlement and the projector
+applied to a real engine book's events (tests/venue_support.py), stamped today."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from brokercore.broker.funding import fund
+from brokercore.consumers.projector import ProjectorConsumer
+from brokercore.engine.records import Side
+from http_support import Services
+from oms_support import auth, run
+from read_model_support import stamped
+from shared_servers import REDIS_URL
+from venue_support import FEES, MARKET, MID, Venue, settle
+
+KOLKATA = ZoneInfo("Asia/Kolkata")
+PREVIOUS_CLOSE = 1_490_000  # paise: RELIANCE's last trade yesterday
+
+
+def rupees(paise: int | Decimal) -> str:
+    return f"{Decimal(paise) / 100:.2f}"
+
+
+class Day:
+    """Today's trading: alice (100 RELIANCE at 14,000.00) sells 10 to bob at 15,000.00,
+    then buys 4 from him at 15,001.00; carol sells dave one share at a time."""
+
+    def __init__(self, conn, prefix: str):
+        self.conn, self.prefix = conn, prefix
+        self.v = Venue(conn)
+        self.alice = self.v.account("alice")
+        self.bob = self.v.account("bob", shares=0)
+        self.carol = self.v.account("carol")
+        self.dave = self.v.account("dave", shares=0)
+        self.v.ts = time.time_ns()  # the fills happen now, after the deposits
+        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.projector = ProjectorConsumer(MARKET, self.redis, prefix)
+        self.applied = 0
+        today = datetime.now(KOLKATA).replace(hour=0, minute=0, second=0, microsecond=0)
+        conn.execute(
+            "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, "
+            "executed_at) VALUES ('RELIANCE:0', 'RELIANCE', 0, %s, 1, %s)",
+            (PREVIOUS_CLOSE, today - timedelta(hours=8)),
+        )
+        self.v.place(self.alice, Side.SELL, 10, MID)
+        self.v.place(self.bob, Side.BUY, 10, MID)
+        self.apply()  # bob holds what he sells next
+        self.v.place(self.alice, Side.BUY, 4, MID + 20)
+        self.v.place(self.bob, Side.SELL, 4, MID + 20)
+        self.apply()
+
+    def small_trades(self, n: int) -> None:
+        """n trades of one share at 15,000.00: carol to dave."""
+        for _ in range(n):
+            self.v.place(self.carol, Side.SELL, 1, MID)
+            self.v.place(self.dave, Side.BUY, 1, MID)
+        self.apply()
+
+    def apply(self) -> None:
+        """Settle and project the batches not applied yet."""
+        settle(self.conn, self.v.messages(self.applied))
+        self.projector.apply(self.conn, stamped(self.v, self.applied))
+        self.applied = len(self.v.batches)
+
+    def cash(self, account: int) -> int:
+        return self.conn.execute(
+            "SELECT cash FROM accounts WHERE account_id = %s", (account,)
+        ).fetchone()[0]
+
+    def close(self) -> None:
+        keys = self.redis.keys(f"{self.prefix}*")
+        if keys:
+            self.redis.delete(*keys)
+        self.redis.close()
+
+
+@pytest.fixture
+def day(conn):
+    d = Day(conn, f"st{uuid.uuid4().hex[:12]}:")
+    yield d
+    d.close()
+
+
+def today() -> str:
+    return datetime.now(KOLKATA).date().isoformat()
+
+
+def shifted(days: int) -> str:
+    return (datetime.now(KOLKATA).date() + timedelta(days=days)).isoformat()
+
+
+# --- the statement -------------------------------------------------------------------------
+
+
+def test_the_statement_closes_at_the_accounts_cash(day, migrated):
+    fund(day.conn, day.alice, "DEPOSIT", amount=50_000_00, reference="dep-1")
+    fund(day.conn, day.alice, "WITHDRAWAL", amount=20_000_00, reference="wd-1")
+    cash = day.cash(day.alice)
+
+    async def scenario(api):
+        return (
+            await api.ok("/statement", **{"from": today(), "to": today()}),
+            await api.ok("/statement"),  # the 30 days up to today
+            await api.ok("/statement", **{"from": shifted(1), "to": shifted(1)}),
+            await api.ok("/statement", **{"from": shifted(-3), "to": shifted(-1)}),
+            await api.get("/statement", format="csv", **{"from": today()}),
+            await api.http.get(
+                "/api/v1/statement", headers={**auth("alice"), "Accept": "text/csv"}
+            ),
+        )
+
+    now, default, tomorrow, before, as_csv, accepted = run_query(migrated, scenario)
+    sell_fee, buy_fee = FEES.fee(10 * 1_500_000), FEES.fee(4 * 1_500_100)
+    assert [(r["type"], r["amount"], r["symbol"], r["quantity"]) for r in now["rows"]] == [
+        ("DEPOSIT", rupees(10**10), None, None),  # opening the account
+        ("SELL", rupees(10 * 1_500_000), "RELIANCE", 10),
+        ("FEE", rupees(-sell_fee), "RELIANCE", None),
+        ("BUY", rupees(-4 * 1_500_100), "RELIANCE", 4),
+        ("FEE", rupees(-buy_fee), "RELIANCE", None),
+        ("DEPOSIT", "50000.00", None, None),
+        ("WITHDRAWAL", "-20000.00", None, None),
+    ]
+    assert now["openingBalance"] == "0.00" and now["closingBalance"] == rupees(cash)
+    balance = Decimal(0)
+    for row in now["rows"]:
+        balance += Decimal(row["amount"])
+        assert row["balance"] == f"{balance:.2f}"
+    assert [r["time"] for r in now["rows"]] == sorted(r["time"] for r in now["rows"])
+    assert now["timeZone"] == "Asia/Kolkata" and now["from"] == now["to"] == today()
+    assert default["rows"] == now["rows"] and default["from"] == shifted(-29)
+    # a day after everything: no rows, everything in the opening balance
+    assert tomorrow["rows"] == [] and tomorrow["openingBalance"] == rupees(cash)
+    assert tomorrow["closingBalance"] == rupees(cash)
+    assert before["rows"] == [] and before["openingBalance"] == before["closingBalance"] == "0.00"
+
+    for response in (as_csv, accepted):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/csv")
+        table = list(csv.reader(io.StringIO(response.text)))
+        assert table[0] == [
+            "time (UTC)",
+            "type",
+            "symbol",
+            "quantity",
+            "price (INR)",
+            "amount (INR)",
+            "balance (INR)",
+            "reference",
+        ]
+        assert table[1][1:] == ["OPENING BALANCE", "", "", "", "", "0.00", ""]
+        assert [r[1] for r in table[2:-1]] == [r["type"] for r in now["rows"]]
+        assert table[3][4:7] == ["15000.00", rupees(10 * 1_500_000), table[3][6]]
+        assert table[-1][1:] == ["CLOSING BALANCE", "", "", "", "", rupees(cash), ""]
+
+
+def test_bad_statement_queries_change_nothing_and_say_why(day, migrated):
+    async def scenario(api):
+        return [
+            await api.get("/statement", **params)
+            for params in (
+                {"from": "2026-13-01"},
+                {"from": shifted(1), "to": today()},
+                {"from": shifted(-400), "to": today()},
+                {"from": "0001-01-01", "to": "0001-01-02"},
+                {"format": "pdf"},
+                {"page": "2"},
+            )
+        ] + [await api.get("/statement", user="nobody")]
+
+    *bad, nobody = run_query(migrated, scenario)
+    assert [(r.status_code, r.json()["error"]["fields"][0]["field"]) for r in bad] == [
+        (422, "from"),
+        (422, "to"),
+        (422, "from"),
+        (422, "from"),
+        (422, "format"),
+        (422, "page"),
+    ]
+    assert nobody.status_code == 403 and nobody.json()["error"]["code"] == "NO_ACCOUNT"
+
+
+# --- trades --------------------------------------------------------------------------------
+
+
+def test_trades_page_newest_first_without_repeats_or_gaps_while_fills_arrive(day, migrated):
+    day.small_trades(7)
+
+    async def scenario(api):
+        first = await api.ok("/trades", user="dave", limit="3")
+        day.small_trades(2)  # newer than every page: never in this walk's later pages
+        pages = [first]
+        while pages[-1]["nextCursor"] is not None:
+            pages.append(
+                await api.ok("/trades", user="dave", limit="3", cursor=pages[-1]["nextCursor"])
+            )
+        return pages, await api.ok("/trades", user="dave", limit="200")
+
+    pages, everything = run_query(migrated, scenario)
+    walked = [t["tradeId"] for page in pages for t in page["trades"]]
+    assert [len(p["trades"]) for p in pages] == [3, 3, 1]
+    assert len(everything["trades"]) == 9 and everything["nextCursor"] is None
+    assert walked == [t["tradeId"] for t in everything["trades"]][2:]  # the 7, newest first
+    times = [t["time"] for t in everything["trades"]]
+    assert times == sorted(times, reverse=True)
+    trade = everything["trades"][0]
+    assert {k: trade[k] for k in ("symbol", "side", "price", "quantity", "value")} == {
+        "symbol": "RELIANCE",
+        "side": "BUY",
+        "price": "15000.00",
+        "quantity": 1,
+        "value": "15000.00",
+    }
+    assert trade["fee"] == rupees(FEES.fee(1_500_000))
+
+
+def test_trades_filters_and_bounds(day, migrated):
+    async def scenario(api):
+        return (
+            await api.ok("/trades", user="alice", side="SELL"),
+            await api.ok("/trades", user="alice", side="BUY", symbol="RELIANCE"),
+            await api.ok("/trades", user="alice", symbol="TCS"),
+            await api.ok("/trades", user="alice", **{"from": shifted(1) + "T00:00:00Z"}),
+            [
+                await api.get("/trades", **params)
+                for params in (
+                    {"limit": "0"},
+                    {"limit": "201"},
+                    {"side": "HOLD"},
+                    {"cursor": "bm90IGEgY3Vyc29y"},
+                    {"cursor": "!!"},
+                    {"from": "2026-12-02T00:00:00Z", "to": "2026-12-01T00:00:00Z"},
+                )
+            ],
+        )
+
+    sells, buys, none, later, bad = run_query(migrated, scenario)
+    assert [(t["side"], t["quantity"]) for t in sells["trades"]] == [("SELL", 10)]
+    assert [(t["side"], t["price"]) for t in buys["trades"]] == [("BUY", "15001.00")]
+    assert none["trades"] == [] and later["trades"] == []
+    assert [(r.status_code, r.json()["error"]["fields"][0]["field"]) for r in bad] == [
+        (422, "limit"),
+        (422, "limit"),
+        (422, "side"),
+        (422, "cursor"),
+        (422, "cursor"),
+        (422, "to"),
+    ]
+
+
+# --- P&L -----------------------------------------------------------------------------------
+
+
+def test_the_portfolio_has_realised_and_day_pnl(day, migrated):
+    async def scenario(api):
+        return await api.ok("/portfolio"), await api.ok("/portfolio", user="bob")
+
+    alice, bob = run_query(migrated, scenario)
+    last, close = 1_500_100, PREVIOUS_CLOSE
+    # alice: 100 at 14,000.00; sold 10 at 15,000.00, bought 4 at 15,001.00
+    alice_realised = (1_500_000 - 1_400_000) * 10 - FEES.fee(10 * 1_500_000)
+    alice_day = (last - close) * 90 + (last - 1_500_100) * 4 + (1_500_000 - close) * 10
+    [position] = alice["positions"]
+    assert position["quantity"] == 94 and position["currentPrice"] == "15001.00"
+    assert position["realisedPnl"] == alice["realisedPnl"] == rupees(alice_realised)
+    assert position["dayPnl"] == alice["dayPnl"] == rupees(alice_day) == "10090.00"
+    # bob: bought 10 at 15,000.00 today, sold 4 at 15,001.00
+    bob_realised = (1_500_100 - 1_500_000) * 4 - FEES.fee(4 * 1_500_100)
+    assert bob["realisedPnl"] == rupees(bob_realised)
+    assert bob["dayPnl"] == rupees((last - 1_500_000) * 6 + (1_500_100 - 1_500_000) * 4)
+    with psycopg.connect(migrated) as conn:
+        assert conn.execute(
+            "SELECT realised_pnl FROM positions WHERE account_id = %s", (day.alice,)
+        ).fetchone() == (Decimal(alice_realised),)
+
+
+def test_a_position_closed_today_counts_in_the_totals(day, migrated):
+    day.v.place(day.bob, Side.SELL, 6, MID + 40)  # bob sells the rest to alice
+    day.v.place(day.alice, Side.BUY, 6, MID + 40)
+    day.apply()
+
+    async def scenario(api):
+        return await api.ok("/portfolio", user="bob")
+
+    bob = run_query(migrated, scenario)
+    realised = (
+        (1_500_100 - 1_500_000) * 4
+        - FEES.fee(4 * 1_500_100)
+        + (1_500_200 - 1_500_000) * 6
+        - FEES.fee(6 * 1_500_200)
+    )
+    assert bob["positions"] == []
+    assert bob["realisedPnl"] == rupees(realised)
+    # all of it bought and sold today: the day's P&L is the sells less the buy
+    assert bob["dayPnl"] == rupees(4 * 1_500_100 + 6 * 1_500_200 - 10 * 1_500_000)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+class Client:
+    """GETs of the query service as a user."""
+
+    def __init__(self, http: httpx.AsyncClient):
+        self.http = http
+
+    async def get(self, path: str, user: str = "alice", **params) -> httpx.Response:
+        return await self.http.get("/api/v1" + path, params=params, headers=auth(user))
+
+    async def ok(self, path: str, user: str = "alice", **params):
+        response = await self.get(path, user, **params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def run_query(database: str, scenario):
+    """``scenario(client)`` against the query service (in this process)."""
+
+    async def main():
+        async with Services(database) as services:
+            return await scenario(Client(services.query))
+
+    return run(main)
