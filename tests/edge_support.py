@@ -24,8 +24,8 @@ SCRIPT = REPO / "scripts/edge/nginx.sh"
 
 class Edge:
     """nginx.sh with BROKERCORE_EDGE_{PORT,STATE} of its own and the upstreams given as
-    "HOST:PORT ..." per kind (oms, query, ws, notify; a kind not given has none, and
-    its requests get the edge's 502). ``url`` is its base URL."""
+    "HOST:PORT ..." per kind (oms, query, ws, notify, accounts, funds; a kind not given
+    has none, and its requests get the edge's 502). ``url`` is its base URL."""
 
     def __init__(self, **upstreams: str):
         self.port = free_port()
@@ -38,7 +38,7 @@ class Edge:
             "BROKERCORE_EDGE_STATE": str(self.state),
         } | {
             f"BROKERCORE_EDGE_{kind.upper()}": upstreams.get(kind, "")
-            for kind in ("oms", "query", "ws", "notify")
+            for kind in ("oms", "query", "ws", "notify", "accounts", "funds")
         }
 
     def script(self, command: str) -> str:

@@ -16,7 +16,8 @@
 # configuration, pid file, logs and temporary files live in $BROKERCORE_EDGE_STATE
 # (default .edge/ in the repository, ignored by git). Settings (environment):
 #   BROKERCORE_EDGE_PORT     the port on 127.0.0.1 (default BROKERCORE_PORT_BASE+80: 8080)
-#   BROKERCORE_EDGE_OMS, BROKERCORE_EDGE_QUERY, BROKERCORE_EDGE_WS, BROKERCORE_EDGE_NOTIFY
+#   BROKERCORE_EDGE_OMS, BROKERCORE_EDGE_QUERY, BROKERCORE_EDGE_WS, BROKERCORE_EDGE_NOTIFY,
+#   BROKERCORE_EDGE_ACCOUNTS, BROKERCORE_EDGE_FUNDS
 #                            each kind's processes, "HOST:PORT HOST:PORT ..."; by default
 #                            those `make up` starts (scripts/lib/ports.sh: from
 #                            BROKERCORE_PORT_BASE and BROKERCORE_{OMS,QUERY,WS}_PROCESSES)
@@ -92,6 +93,8 @@ render() {
     text="${text//@QUERY_SERVERS@/$(servers "${BROKERCORE_EDGE_QUERY-$(api_addresses query "${BROKERCORE_QUERY_PROCESSES:-2}")}")}"
     text="${text//@WS_SERVERS@/$(servers "${BROKERCORE_EDGE_WS-$(api_addresses ws "${BROKERCORE_WS_PROCESSES:-2}")}")}"
     text="${text//@NOTIFY_SERVERS@/$(servers "${BROKERCORE_EDGE_NOTIFY-$(api_addresses notifier-api 1)}")}"
+    text="${text//@ACCOUNTS_SERVERS@/$(servers "${BROKERCORE_EDGE_ACCOUNTS-$(api_addresses accounts 1)}")}"
+    text="${text//@FUNDS_SERVERS@/$(servers "${BROKERCORE_EDGE_FUNDS-$(api_addresses funds 1)}")}"
     mkdir -p "$state/tmp"
     if [[ "$(id -u)" == 0 ]]; then
         id "$worker_user" > /dev/null 2>&1 || die "no OS user '$worker_user' for the workers"

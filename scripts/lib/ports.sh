@@ -4,6 +4,7 @@
 #   base+0 oms-0   base+1 query-0   base+2 ws-0   base+3 notifier-api
 #   base+4 oms-1   base+5 query-1   base+6 ws-1   (base+7 unused)
 #   base+4*i+k     process i of kind k (0 oms, 1 query, 2 ws)
+#   base+40 accounts   base+41 funds   (one process each)
 #
 # so the first process of each kind keeps the port it had when there was one of each. The
 # edge in front of them: BROKERCORE_EDGE_PORT, by default base+80 (8080), so that a stack
@@ -12,11 +13,13 @@
 port_base="${BROKERCORE_PORT_BASE:-8000}"
 edge_port="${BROKERCORE_EDGE_PORT:-$((port_base + 80))}"
 
-# api_port KIND INDEX: the port of process INDEX of KIND (oms, query, ws, notifier-api).
+# api_port KIND INDEX: the port of process INDEX of KIND (oms, query, ws, notifier-api,
+# accounts, funds).
 api_port() {
     local offset
     case "$1" in
         oms) offset=0 ;; query) offset=1 ;; ws) offset=2 ;; notifier-api) offset=3 ;;
+        accounts) offset=40 ;; funds) offset=41 ;;
         *) echo "api_port: no API kind '$1'" >&2; return 1 ;;
     esac
     echo $((port_base + 4 * $2 + offset))

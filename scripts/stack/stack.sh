@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole development stack on loopback: Postgres, Redis, Kafka, one engine daemon per
-# shard, the OMS, query, WebSocket and notification APIs (several processes of the first
-# three) behind the edge (nginx, the one entry point), and the settlement, projector and
+# shard, the OMS, query, WebSocket, notification, accounts and funds APIs (several
+# processes of the first three) behind the edge (nginx, the one entry point), and the settlement, projector and
 # notifier consumers, the reconciler (plus its dead-letter push retries when
 # BROKERCORE_PUSH_URL names a push provider) and the session scheduler.
 #
@@ -20,7 +20,8 @@
 #   .venv/bin/supervisorctl -c .stack/supervisord.conf status|restart NAME|tail -f NAME
 # Processes log to $state/logs/<name>.log, supervisord to $state/logs/supervisord.log.
 # Dev mode is on: the OMS accepts tokens signed with the public development secret
-# (brokercore token --user).
+# (brokercore token --user), besides the accounts service's own (every service verifies
+# those with its JWKS: BROKERCORE_JWKS_URL, set here to the accounts process's).
 # Settings (environment; the processes get those supervisord started with, so change
 # them across a `down`):
 #   BROKERCORE_STACK_STATE  supervisord's socket and configuration, logs (default .stack/
@@ -84,6 +85,7 @@ log() { echo "stack: $*" >&2; }
 source "$repo/scripts/lib/process.sh"           # proc_state, alive
 source "$repo/scripts/lib/ports.sh"             # api_port
 edge="$repo/scripts/edge/nginx.sh"
+export BROKERCORE_JWKS_URL="${BROKERCORE_JWKS_URL:-http://127.0.0.1:$(api_port accounts 0)/api/v1/auth/jwks}"
 edge_url="$("$edge" url)"
 ws_url="ws://${edge_url#http://}"
 
@@ -160,6 +162,8 @@ CONF
         api_programs ws "$BROKERCORE_WS_PROCESSES"
         program notifier-api "$py" -m brokercore.cli service notifier-api \
             --port "$(api_port notifier-api 0)"
+        program accounts "$py" -m brokercore.cli service accounts --port "$(api_port accounts 0)"
+        program funds "$py" -m brokercore.cli service funds --port "$(api_port funds 0)"
         program settlement "$py" -m brokercore.cli service settlement
         program projector "$py" -m brokercore.cli service projector
         program notifier "$py" -m brokercore.cli service notifier
@@ -220,10 +224,12 @@ ready() {
             [[ -n "$line" ]] ;;
         notifier)
             "$py" "$repo/scripts/stack/group_ready.py" notifier ;;
-        oms-*|query-*|ws-*|notifier-api)
+        oms-*|query-*|ws-*|notifier-api|accounts|funds)
             local port
-            if [[ "$name" == notifier-api ]]; then port="$(api_port notifier-api 0)"
-            else port="$(api_port "${name%-*}" "${name##*-}")"; fi
+            case "$name" in
+                notifier-api|accounts|funds) port="$(api_port "$name" 0)" ;;
+                *) port="$(api_port "${name%-*}" "${name##*-}")" ;;
+            esac
             if answers_http "$port"; then echo "answers HTTP on 127.0.0.1:$port"
             else echo "no HTTP answer on 127.0.0.1:$port"; return 1; fi ;;
         *)
@@ -376,6 +382,8 @@ brokercore is up (dev mode; logs in $state/logs):
   reads      $edge_url/api/v1/orders  /api/v1/portfolio  /api/v1/marketdata/RELIANCE
   WebSocket  $ws_url/ws/v1/orders?token=\$TOKEN
   alerts     $edge_url/api/v1/alerts  /api/v1/notifications/preferences
+  accounts   $edge_url/api/v1/auth/signup  /api/v1/auth/login  /api/v1/me  (docs/identity.md)
+  funds      $edge_url/api/v1/funds  /api/v1/funds/deposits  /api/v1/funds/withdrawals
   Kafka      $BROKERCORE_KAFKA_BOOTSTRAP   Postgres $BROKERCORE_DATABASE_URL   Redis $BROKERCORE_REDIS_URL
   processes  make status, or .venv/bin/supervisorctl -c $conf status|restart NAME
   token for the demo user alice (24 h):

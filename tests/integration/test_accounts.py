@@ -33,6 +33,7 @@ from brokercore.cli import main
 from brokercore.db.migrations import apply_migrations, drop_database
 from brokercore.edge.revocation import REVOKED_SESSIONS
 from brokercore.services.notifier_api import create_app as notifications_app
+from edge_support import Edge, Recorder
 from http_support import assert_error
 from private_servers import free_port
 from processes import LoggedProcess
@@ -412,3 +413,32 @@ def test_a_rotated_key_is_published_and_verified_without_a_restart(accounts):
     code, listed = accounts.cli("keys", "list")
     assert code == 0, listed
     assert new in listed and old["kid"] in listed and "retired" in listed
+
+
+def test_the_edge_sends_identity_paths_to_accounts_and_money_paths_to_funds():
+    paths = {
+        "accounts": [
+            ("POST", "/api/v1/auth/login"),
+            ("POST", "/api/v1/auth/totp/enrol"),
+            ("GET", "/api/v1/me"),
+            ("GET", "/.well-known/jwks.json"),
+            ("GET", "/api/v1/operator/accounts"),
+            ("POST", "/api/v1/operator/accounts/u1/kyc"),
+        ],
+        "funds": [
+            ("GET", "/api/v1/funds"),
+            ("POST", "/api/v1/funds/deposits"),
+            ("POST", "/api/v1/operator/withdrawals/7/complete"),
+        ],
+    }
+    with (
+        Recorder() as accounts,
+        Recorder() as funds,
+        Edge(accounts=accounts.address, funds=funds.address) as edge,
+        httpx.Client(base_url=edge.url, timeout=30) as client,
+    ):
+        for method, path in paths["accounts"] + paths["funds"]:
+            assert client.request(method, path).status_code == 200, (method, path)
+        assert_error(client.get("/api/v1/mine"), 404, "NOT_FOUND")
+        for upstream, name in ((accounts, "accounts"), (funds, "funds")):
+            assert [(r["method"], r["path"]) for r in upstream.requests] == paths[name]
