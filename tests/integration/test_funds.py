@@ -21,6 +21,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from brokercore.broker import withdrawals
 from brokercore.broker.funding import open_account
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.db.migrations import apply_migrations, drop_database
@@ -395,7 +396,7 @@ def test_withdrawals_racing_orders_for_the_same_cash_never_overspend_it(env, pro
                 oms.place(user=user, quantity=1, price="15000.00", timeInForce="GTC")
                 for _ in range(20)
             ]
-            withdrawals = [
+            asked = [
                 funds.post(
                     "/api/v1/funds/withdrawals",
                     json={"amount": price},
@@ -404,17 +405,17 @@ def test_withdrawals_racing_orders_for_the_same_cash_never_overspend_it(env, pro
                 for _ in range(20)
             ]
             answers = await asyncio.gather(
-                *(x for pair in zip(orders, withdrawals, strict=True) for x in pair)
+                *(x for pair in zip(orders, asked, strict=True) for x in pair)
             )
             return answers[0::2], answers[1::2]
 
-    orders, withdrawals = asyncio.run(race())
-    for answer in orders + withdrawals:
+    orders, withdrawn = asyncio.run(race())
+    for answer in orders + withdrawn:
         assert answer.status_code in (202, 422), answer.text
         if answer.status_code == 422:
             assert answer.json()["error"]["code"] == "INSUFFICIENT_FUNDS", answer.text
     placed = sum(a.status_code == 202 for a in orders)
-    taken = [a.json()["withdrawalId"] for a in withdrawals if a.status_code == 202]
+    taken = [a.json()["withdrawalId"] for a in withdrawn if a.status_code == 202]
     assert placed + len(taken) == 20, "each taken in full while cash lasts, none beyond it"
     for withdrawal_id in taken:
         env.wait_status(withdrawal_id, "COMPLETED")
@@ -497,3 +498,39 @@ def test_an_unverified_account_or_a_bad_key_moves_no_money(env):
             )
     assert env.money(pending) == (1_000 * RUPEES, 0)
     assert env.money(verified) == (1_000 * RUPEES, 0)
+
+
+def test_the_database_allows_a_withdrawal_only_pending_to_completed_or_failed(env, provider):
+    provider.mode = "hold"
+    user = env.account(cash=1_000 * RUPEES)
+    with psycopg.connect(env.database, autocommit=True) as conn:
+        pending = withdrawals.request(conn, user, "a", 100).withdrawal_id
+        failed = withdrawals.request(conn, user, "b", 100).withdrawal_id
+        withdrawals.fail(conn, failed, "for the test")
+        refused = [
+            (
+                "UPDATE withdrawals SET status = 'COMPLETED', finished_at = now(), "
+                "failure_reason = NULL WHERE withdrawal_id = %s",
+                failed,
+            ),
+            ("UPDATE withdrawals SET amount = 1 WHERE withdrawal_id = %s", pending),
+            ("UPDATE withdrawals SET status = 'PAID' WHERE withdrawal_id = %s", pending),
+            (
+                "UPDATE withdrawals SET status = 'FAILED', finished_at = now() "
+                "WHERE withdrawal_id = %s",
+                pending,
+            ),  # a failure without its reason
+            ("DELETE FROM withdrawals WHERE withdrawal_id = %s", pending),
+        ]
+        for statement, withdrawal_id in refused:
+            with pytest.raises((psycopg.errors.CheckViolation, psycopg.errors.RestrictViolation)):
+                conn.execute(statement, (withdrawal_id,))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO withdrawals (account_id, amount, idempotency_key) "
+                "SELECT account_id, 0, 'c' FROM accounts WHERE user_id = %s",
+                (user,),
+            )
+    assert [env.status(pending), env.status(failed)] == ["PENDING", "FAILED"]
+    assert env.money(user) == (1_000 * RUPEES, 100)
+    assert env.findings(user) == []

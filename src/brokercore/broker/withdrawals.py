@@ -299,7 +299,7 @@ def due_payouts(
     """Claim the PENDING withdrawals whose payout is due (``only`` that one, if given):
     each one's next attempt is put off (retry_base seconds, doubling per attempt up to
     retry_cap) before it is sent, so that a payout the provider never confirms is sent
-    again, and concurrent senders (SKIP LOCKED) never send the same one at once."""
+    again, and concurrent sweeps (SKIP LOCKED) do not claim the same one."""
     with conn.transaction():
         rows = conn.execute(
             "UPDATE withdrawals SET payout_attempts = payout_attempts + 1, payout_due_at = "

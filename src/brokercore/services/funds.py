@@ -239,32 +239,40 @@ class Funds(LimitedApi):
     async def send_due(self, only: int | None = None) -> None:
         """Send the payouts that are due (``only`` that withdrawal's): each the provider
         takes is not due again, each it refuses fails (its cash free again), the others
-        stay due on their retry schedule."""
+        stay due on their retry schedule. Errors are logged (one line for the payouts
+        the provider did not answer), never raised: what was not sent stays due."""
         assert self.provider is not None  # called only with a provider
         settings = self.settings
-        due = await self.write(
-            withdrawals.due_payouts, settings.payout_retry_base, settings.payout_retry_cap, only
-        )
-        for w in due:
-            outcome, detail = await self.provider.send(w)
-            try:
-                if outcome == "TAKEN":
-                    await self.write(withdrawals.payout_taken, w.withdrawal_id, detail)
-                elif outcome == "REFUSED":
-                    await self.write(withdrawals.fail, w.withdrawal_id, detail)
-                else:
-                    log.warning("payout of withdrawal %d not sent: %s", w.withdrawal_id, detail)
-            except ApiError as e:  # the provider's callback ended it meanwhile
-                log.info("withdrawal %d: %s", w.withdrawal_id, e.message)
+        away: list[str] = []
+        try:
+            due = await self.write(
+                withdrawals.due_payouts, settings.payout_retry_base, settings.payout_retry_cap, only
+            )
+            for w in due:
+                outcome, detail = await self.provider.send(w)
+                try:
+                    if outcome == "TAKEN":
+                        await self.write(withdrawals.payout_taken, w.withdrawal_id, detail)
+                    elif outcome == "REFUSED":
+                        await self.write(withdrawals.fail, w.withdrawal_id, detail)
+                    else:
+                        away.append(f"{w.withdrawal_id} ({detail})")
+                except ApiError as e:  # the provider's callback ended it meanwhile
+                    log.info("withdrawal %d: %s", w.withdrawal_id, e.message)
+        except Exception:
+            log.exception("sending the due payouts failed")
+        if away:
+            log.warning(
+                "%d payouts not taken by the provider, sent again later: %s",
+                len(away),
+                ", ".join(away[:3]),
+            )
 
     async def sweep(self) -> None:
-        """The payouts' retry job: what is due is sent again, every retry_base seconds."""
+        """The payouts' retry job: what is due is sent, every retry_base seconds."""
         while True:
             await asyncio.sleep(self.settings.payout_retry_base)
-            try:
-                await self.send_due()
-            except Exception:
-                log.exception("sending the due payouts failed")
+            await self.send_due()
 
 
 _STATUS = {
