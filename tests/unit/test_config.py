@@ -42,6 +42,8 @@ SERVICE_ENV = {
     "BROKERCORE_PAYMENT_WEBHOOK_SECRET": "hook",
     "BROKERCORE_PAYOUT_RETRY_BASE": "0.2",
     "BROKERCORE_PAYOUT_RETRY_CAP": "3",
+    "BROKERCORE_JWKS_URL": "http://accounts/api/v1/auth/jwks",
+    "BROKERCORE_JWKS_REFRESH": "30",
 }
 
 
@@ -78,6 +80,8 @@ def test_every_service_variable_sets_its_field():
         payment_webhook_secret="hook",
         payout_retry_base=0.2,
         payout_retry_cap=3.0,
+        jwks_url="http://accounts/api/v1/auth/jwks",
+        jwks_refresh=30.0,
         dead_letter_retry_interval=5.0,
         ws_queue_size=10,
         ws_heartbeat=1.0,
