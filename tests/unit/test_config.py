@@ -125,10 +125,12 @@ def test_dev_mode_only_for_1_and_then_the_public_secret(tmp_path):
             "BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE": str(key),
             "BROKERCORE_PUSH_URL": "",
             "BROKERCORE_REPLICA_URL": "",
+            "BROKERCORE_JWKS_URL": "",
         }
     )
     assert settings.jwt_rs256_public_key == "-----BEGIN PUBLIC KEY-----\n"
     assert settings.push_url is None and settings.replica_url is None
+    assert settings.jwks_url is None
 
 
 @pytest.mark.parametrize(
