@@ -194,6 +194,9 @@ def test_an_opening_auction_settles_both_sides_at_the_opening_price(conn):
     assert conn.execute("SELECT DISTINCT price FROM fills").fetchall() == [(p,)]
     assert settle(conn, v.messages()).messages == 0  # re-delivered: nothing changes
     assert_clean(conn, v, 2)
+    # The same events committed twice to the topic: reported as such, counted once.
+    repeated = [str(f) for f in find_discrepancies(conn, v.events() + v.events()[-3:])]
+    assert len(repeated) == 3 and all(f.startswith("EVENT_REPEATED") for f in repeated), repeated
 
 
 def test_a_market_order_left_by_the_auction_is_held_at_the_opening_price(conn):

@@ -10,7 +10,10 @@ discrepancy:
 
 - STATUS: an order's status differs from what its events say;
 - FILLED_QTY: its filled quantity differs;
-- FILL_MISSING / FILL_UNEXPECTED: a fill in the events but not in `fills`, or the reverse.
+- FILL_MISSING / FILL_UNEXPECTED: a fill in the events but not in `fills`, or the reverse;
+- EVENT_REPEATED: an event committed to `events` more than once (the engine chain is
+  exactly-once: each event is published once). The consumers are idempotent, so the
+  repeat is counted once for the checks above and reported on its own.
 
 Postgres against its own invariants (``check_invariants``): one set-based query per kind,
 so that the long-running reconciler can run them every round on a big database:
@@ -142,8 +145,22 @@ def find_discrepancies(conn: psycopg.Connection, events: Iterable[Event]) -> lis
     """Compare the events (those settlement applied) with the orders and fills tables."""
     rows = conn.execute("SELECT order_id, side, status, filled_quantity FROM orders").fetchall()
     ours = {order_id: side for order_id, side, *_ in rows}
-    expected = expected_state(events, ours)
-    findings = []
+    seen: set[Event] = set()
+    once, findings = [], []
+    for e in events:
+        if e in seen:
+            findings.append(
+                Finding(
+                    "EVENT_REPEATED",
+                    e.order_id or None,
+                    f"shard event {e.shard_seq} ({e.symbol} {e.type.name} seq {e.seq}) "
+                    "is in the events topic again",
+                )
+            )
+        else:
+            seen.add(e)
+            once.append(e)
+    expected = expected_state(once, ours)
     for order_id, _, status, filled in rows:
         if order_id not in expected.orders:
             continue

@@ -63,7 +63,7 @@ from brokercore.engine.records import EVENT_DTYPE, MarkKind
 from brokercore.faults.kafka_errors import transient_kafka
 from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable
 from brokercore.kafka.journal import InputJournal
-from brokercore.kafka.messages import DeadLetter, ShardSnapshot, encode
+from brokercore.kafka.messages import DeadLetter, EventBatch, ShardSnapshot, encode
 from brokercore.kafka.placement import shard_plan
 from brokercore.kafka.topics import SNAPSHOT_MAX_BYTES, ensure_topics
 from brokercore.runtime.shard import Shard, read_snapshot
@@ -540,6 +540,100 @@ class EngineDaemon:
         if overshot:  # read past the target: live consumption starts at it
             self._input.seek(TopicPartition(self._orders.topic, self.shard_id, self._position))
 
+    def _last_published_event(self) -> int:
+        """The shard_seq of the last event committed to the shard's ``events`` partition
+        (0 if none), read from its end backwards (read_committed: aborted transactions
+        and their markers are skipped). Only this shard's daemons write there, and
+        init_transactions has completed every transaction of theirs, so it is final."""
+        topic = self.settings.events_topic
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.bootstrap,
+                "group.id": f"{self.settings.engine_group(self.shard_id)}-events-reader",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        decode = msgspec.msgpack.Decoder(EventBatch).decode
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, self.shard_id), timeout=CALL_TIMEOUT
+            )
+            start, step = high, 64
+            while start > low:
+                start, step = max(low, start - step), step * 8
+                consumer.assign([TopicPartition(topic, self.shard_id, start)])
+                last, deadline = None, time.monotonic() + TRANSACTION_PATIENCE
+                while True:
+                    message = consumer.poll(0.5)
+                    if message is None:
+                        if time.monotonic() > deadline:
+                            raise KafkaException(
+                                KafkaError(KafkaError._TIMED_OUT, "no answer reading events")
+                            )
+                        continue
+                    error = message.error()
+                    if error:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            break
+                        raise KafkaException(error)
+                    last = message.value()
+                consumer.unassign()
+                if last is not None:
+                    return int(decode(last).events[-1].shard_seq)
+            return 0
+        finally:
+            consumer.close()
+
+    def _catch_up_to_event(self, published: int) -> None:
+        """Apply ``orders`` silently, one command at a time, until the shard's events
+        reach ``published``. The committed input offset can lag the events committed
+        with it: after a broker restart the group coordinator makes a transaction's
+        offset visible a moment after the transaction completed, and the offset is read
+        without waiting for that (_final_committed_offset). Publishing the commands
+        behind it again would repeat their events; the events partition says how far
+        the shard really got, and transactions hold whole commands, so the replay stops
+        exactly there."""
+        if self.encoder.shard_seq >= published:
+            return
+        self.log(
+            f"the committed input offset {self._position} is behind the published events "
+            f"({self.encoder.shard_seq} of {published}): replaying up to the last one"
+        )
+        while self.encoder.shard_seq < published:
+            if self._stop.is_set():
+                raise _Stopped
+            for message in self._next_messages():
+                if self.encoder.shard_seq >= published:
+                    break  # the rest is live input: the seek below goes back to it
+                error, offset = message.error(), message.offset()
+                assert offset is not None  # a message or an end of partition says where
+                if error:
+                    if error.code() == KafkaError._PARTITION_EOF and offset <= self._position:
+                        raise DaemonFailed(
+                            f"the events partition reaches event {published}, but the input "
+                            f"ends at offset {offset} with event {self.encoder.shard_seq}"
+                        )
+                    if error.code() != KafkaError._PARTITION_EOF and not transient(error):
+                        raise KafkaException(error)
+                    continue
+                if offset < self._position:
+                    continue
+                records, _, _ = self.decoder.decode([(offset, message.value())])
+                self._position = offset + 1
+                if len(records):
+                    self.shard.submit(records)
+                    self._commands += len(records)
+                    self.stats["replayed"] += 1
+                    self._drain_silently(self._commands)
+        if self.encoder.shard_seq != published:
+            raise DaemonFailed(
+                f"replaying the input gives event {self.encoder.shard_seq}, not the published "
+                f"{published}: a transaction held part of a command"
+            )
+        self._input.seek(TopicPartition(self._orders.topic, self.shard_id, self._position))
+
     def _drain_silently(self, commands: int) -> None:
         while self._marked < commands:
             for mark in self.shard.poll_marks(timeout=1.0):
@@ -904,6 +998,8 @@ class EngineDaemon:
             self._final_committed_offset if self.options.transactions else (self._committed_offset)
         )
         self._catch_up(self._retrying("reading the committed input offset", committed))
+        published = self._retrying("reading the last published event", self._last_published_event)
+        self._catch_up_to_event(published)
 
     def _go_live(self, lease: _Lease) -> BaseException | None:
         """Consume, match and publish until a graceful stop is done (None) or the
