@@ -31,10 +31,13 @@ from psycopg.conninfo import make_conninfo
 
 from brokercore.cli import main
 from brokercore.db.migrations import apply_migrations, drop_database
+from brokercore.edge.auth import mint_token
 from brokercore.edge.revocation import REVOKED_SESSIONS
+from brokercore.services.accounts import create_app
 from brokercore.services.notifier_api import create_app as notifications_app
 from edge_support import Edge, Recorder
 from http_support import assert_error
+from oms_support import JWT, auth
 from private_servers import free_port
 from processes import LoggedProcess
 from shared_servers import REDIS_URL, service_settings
@@ -442,3 +445,104 @@ def test_the_edge_sends_identity_paths_to_accounts_and_money_paths_to_funds():
         assert_error(client.get("/api/v1/mine"), 404, "NOT_FOUND")
         for upstream, name in ((accounts, "accounts"), (funds, "funds")):
             assert [(r["method"], r["path"]) for r in upstream.requests] == paths[name]
+
+
+BAD_REQUESTS = [
+    # (method, path, body, token: None / "user" / "operator", status, code)
+    ("POST", "/api/v1/auth/signup", b"{", None, 400, "MALFORMED_JSON"),
+    ("POST", "/api/v1/auth/signup", b'{"email": 5, "password": "0123456789"}', None, 422, None),
+    ("POST", "/api/v1/auth/signup", b'{"email": "a@b.co", "password": "short"}', None, 422, None),
+    (
+        "POST",
+        "/api/v1/auth/signup",
+        b'{"email": "a\\u0000@b.co", "password": "0123456789"}',
+        None,
+        400,
+        "INVALID_CHARACTERS",
+    ),
+    (
+        "POST",
+        "/api/v1/auth/signup",
+        b'{"email": "a@b.co", "password": "0123456789", "x": 1}',
+        None,
+        422,
+        None,
+    ),
+    ("POST", "/api/v1/auth/login", b'{"email": "a@b.co"}', None, 422, "INVALID_REQUEST"),
+    (
+        "POST",
+        "/api/v1/auth/login/totp",
+        b'{"mfaToken": "a.b.c", "code": "123456"}',
+        None,
+        401,
+        "INVALID_MFA_TOKEN",
+    ),
+    ("POST", "/api/v1/auth/refresh", b'{"refreshToken": null}', None, 422, "INVALID_REQUEST"),
+    (
+        "POST",
+        "/api/v1/auth/refresh",
+        b'{"refreshToken": "made up"}',
+        None,
+        401,
+        "INVALID_REFRESH_TOKEN",
+    ),
+    ("POST", "/api/v1/auth/logout", b"", None, 401, "UNAUTHENTICATED"),
+    ("GET", "/api/v1/me", b"", "user", 404, "USER_NOT_FOUND"),
+    ("POST", "/api/v1/auth/totp/confirm", b'{"code": "123456"}', "user", 422, "INVALID_CODE"),
+    ("GET", "/api/v1/operator/accounts?kycStatus=MAYBE", b"", "operator", 422, None),
+    ("GET", "/api/v1/operator/accounts?cursor=-1", b"", "operator", 422, None),
+    (
+        "POST",
+        "/api/v1/operator/accounts/%00/kyc",
+        b'{"status": "VERIFIED"}',
+        "operator",
+        400,
+        "INVALID_CHARACTERS",
+    ),
+    (
+        "POST",
+        "/api/v1/operator/accounts/alice/kyc",
+        b'{"status": "VERIFIED", "reason": 5}',
+        "operator",
+        422,
+        None,
+    ),
+    (
+        "POST",
+        "/api/v1/operator/accounts/alice/kyc",
+        b'{"status": "VERIFIED"}',
+        "user",
+        403,
+        "FORBIDDEN",
+    ),
+    ("GET", "/api/v1/auth/login", b"", None, 405, "METHOD_NOT_ALLOWED"),
+]
+
+
+def test_bad_requests_answer_in_the_json_shape_and_change_nothing(database):
+    """In this process (the app's logic; HS256 development tokens)."""
+    operator = mint_token("carol", JWT, roles=["operator"])
+    tokens = {"user": auth("alice"), "operator": {"Authorization": f"Bearer {operator}"}}
+    settings = service_settings(database, f"t{uuid.uuid4().hex[:12]}:")
+    tables = ("users", "refresh_tokens", "audit_log", "recovery_codes")
+    count = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t})" for t in tables)
+    before = rows(database, count) + rows(database, "SELECT user_id, kyc_status FROM accounts")
+
+    async def scenario() -> None:
+        app = create_app(settings)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                base_url="http://accounts",
+            ) as client,
+        ):
+            for method, path, body, token, status, code in BAD_REQUESTS:
+                headers = {"Content-Type": "application/json"} if body else {}
+                headers |= tokens.get(token or "", {})
+                response = await client.request(method, path, content=body, headers=headers)
+                assert_error(response, status, code)
+
+    asyncio.run(scenario())
+    after = rows(database, count) + rows(database, "SELECT user_id, kyc_status FROM accounts")
+    assert after == before
