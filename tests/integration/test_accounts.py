@@ -279,6 +279,11 @@ def test_totp_enrolment_login_replay_and_recovery_codes(accounts):
         "INVALID_MFA_TOKEN",
     )
     assert jwt.decode(ticket, options={"verify_signature": False})["aud"] != "brokercore"
+    for _ in range(4):  # with the used recovery code's, five failures: the email locks
+        wrong = accounts.post("/api/v1/auth/login/totp", {"mfaToken": ticket, "code": "000000"})
+        assert_error(wrong, 401, "INVALID_CODE")
+    relogin = accounts.post("/api/v1/auth/login", {"email": email, "password": PASSWORD})
+    assert_error(relogin, 429, "LOGIN_LOCKED")  # a right password alone resets nothing
 
 
 def revoked_sids() -> set[str]:

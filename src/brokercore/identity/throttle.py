@@ -36,7 +36,10 @@ class LoginThrottle:
         self._fail = redis.register_script(_FAIL)
 
     def _keys(self, email: str, address: str) -> list[str]:
-        return [f"{self.prefix}email:{email}", f"{self.prefix}address:{address}"]
+        return [self._email_key(email), f"{self.prefix}address:{address}"]
+
+    def _email_key(self, email: str) -> str:
+        return f"{self.prefix}email:{email}"
 
     async def wait(self, email: str, address: str) -> int:
         """0 if a login for ``email`` from ``address`` may be tried, else the seconds
@@ -64,5 +67,6 @@ class LoginThrottle:
         )
 
     async def succeeded(self, email: str) -> None:
-        """A login that passed forgets the email's failures (not the address's)."""
-        await self.redis.delete(self._keys(email, "")[0])
+        """A login that passed (its second factor too) forgets the email's failures (not
+        the address's)."""
+        await self.redis.delete(self._email_key(email))

@@ -26,6 +26,7 @@ access tokens like every service (BROKERCORE_JWKS_URL, which points at it).
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -38,7 +39,7 @@ from starlette.routing import Route
 
 from brokercore.config import ServiceSettings
 from brokercore.entry.requests import FieldError
-from brokercore.identity import keys, sessions, totp, users
+from brokercore.identity import sessions, totp, users
 from brokercore.identity.keys import ACCESS_TTL, Signer
 from brokercore.identity.passwords import (
     MAX_PASSWORD,
@@ -130,7 +131,7 @@ class Accounts(LimitedApi):
                 429,
                 "RATE_LIMITED",
                 "too many requests; slow down",
-                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         return address
 
@@ -213,11 +214,11 @@ async def login(request: Request) -> Response:
     if user is None or not matches:
         await api.throttle.failed(email, address)
         raise _INVALID_CREDENTIALS
-    await api.throttle.succeeded(email)
     async with api.pool.connection() as conn:
-        if user.totp_secret is not None:
+        if user.totp_secret is not None:  # the email's failures stand until the code passes
             ticket = await api.signer.mfa_ticket(conn, user.user_id)
             return json({"mfaRequired": True, "mfaToken": ticket})
+        await api.throttle.succeeded(email)
         return await api.tokens(conn, user)
 
 
@@ -237,6 +238,7 @@ async def login_totp(request: Request) -> Response:
         if not await totp.check_second_factor(conn, user.user_id, user.totp_secret, body.code):
             await api.throttle.failed(user.email, address)
             raise _INVALID_CODE
+        await api.throttle.succeeded(user.email)
         return await api.tokens(conn, user)
 
 
@@ -308,7 +310,7 @@ async def totp_confirm(request: Request) -> Response:
 async def jwks(request: Request) -> Response:
     api = _state(request)
     async with api.pool.connection() as conn:
-        return json(await keys.jwks(conn))
+        return json(await api.signer.jwks(conn))
 
 
 @guarded
