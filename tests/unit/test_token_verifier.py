@@ -133,12 +133,14 @@ def test_tokens_of_a_key_set_not_configured_are_refused():
 
         async def scenario(verifier):
             cfg = verifier.config
+            no_kid = mint_token("alice", cfg, private_key=OLD.private_pem)
             return [
                 await refused(verifier, STRANGER.token("alice", cfg)),  # same kid, other key
                 await refused(verifier, OLD.token("alice", cfg, now=0)),  # expired
+                await refused(verifier, no_kid),
             ]
 
-        assert run(server, scenario) == ["INVALID_TOKEN", "TOKEN_EXPIRED"]
+        assert run(server, scenario) == ["INVALID_TOKEN", "TOKEN_EXPIRED", "INVALID_TOKEN"]
     no_key_set = TokenVerifier(config(None))
     with pytest.raises(AuthError) as info:
         no_key_set.verify(OLD.token("alice", no_key_set.config))

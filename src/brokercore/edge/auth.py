@@ -255,6 +255,8 @@ class TokenVerifier:
             if key is None:
                 raise UnknownKey(kid)
             return key
+        if algorithm == "RS256" and self.jwks is not None and "RS256" not in self._keys:
+            raise AuthError("INVALID_TOKEN", "an RS256 token must name its signing key (kid)")
         if not isinstance(algorithm, str) or algorithm not in self._keys:
             raise AuthError("INVALID_TOKEN", f"tokens signed with {algorithm!r} are not accepted")
         return self._keys[algorithm]
