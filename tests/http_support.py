@@ -24,6 +24,8 @@ STORED = (
     "push_devices",
     "price_alerts",
     "notification_preferences",
+    "watchlists",
+    "watchlist_symbols",
 )
 """The tables a request of a client can add rows to."""
 

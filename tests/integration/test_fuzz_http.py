@@ -42,6 +42,15 @@ ROUTES = [
     ("query", "GET", "/api/v1/portfolio"),
     ("query", "GET", "/api/v1/marketdata/{symbol}"),
     ("query", "GET", "/api/v1/marketdata/{symbol}/candles"),
+    ("query", "GET", "/api/v1/statement"),
+    ("query", "GET", "/api/v1/trades"),
+    ("query", "GET", "/api/v1/watchlists"),
+    ("query", "POST", "/api/v1/watchlists"),
+    ("query", "PUT", "/api/v1/watchlists/{id}"),
+    ("query", "DELETE", "/api/v1/watchlists/{id}"),
+    ("notifications", "GET", "/api/v1/notifications"),
+    ("notifications", "POST", "/api/v1/notifications/{id}/read"),
+    ("notifications", "POST", "/api/v1/notifications/read-all"),
     ("notifications", "GET", "/api/v1/notifications/preferences"),
     ("notifications", "PUT", "/api/v1/notifications/preferences"),
     ("notifications", "POST", "/api/v1/notifications/devices"),
@@ -63,6 +72,11 @@ QUERY_NAMES = [
     "interval",
     "token",
     "since",
+    "limit",
+    "cursor",
+    "side",
+    "format",
+    "unreadOnly",
 ]
 VALID_BODIES = {
     "/api/v1/orders": {
@@ -77,6 +91,7 @@ VALID_BODIES = {
     "/api/v1/notifications/preferences": {"FILL": "PUSH", "PRICE_ALERT": "NONE"},
     "/api/v1/notifications/devices": {"deviceToken": "fcm:APA91b-x_y.z"},
     "/api/v1/alerts": {"symbol": "RELIANCE", "price": "2850.00"},
+    "/api/v1/watchlists": {"name": "Energy", "symbols": ["RELIANCE", "TCS"]},
 }
 STRANGE = [
     "\x00",

@@ -21,6 +21,7 @@ import redis
 from brokercore.broker.funding import fund
 from brokercore.consumers.projector import ProjectorConsumer
 from brokercore.engine.records import Side
+from edge_support import Edge, Recorder
 from http_support import Services
 from oms_support import auth, run
 from read_model_support import stamped
@@ -306,6 +307,40 @@ def test_a_position_closed_today_counts_in_the_totals(day, migrated):
     assert bob["realisedPnl"] == rupees(realised)
     # all of it bought and sold today: the day's P&L is the sells less the buy
     assert bob["dayPnl"] == rupees(4 * 1_500_100 + 6 * 1_500_200 - 10 * 1_500_000)
+
+
+# --- the edge ------------------------------------------------------------------------------
+
+
+def test_the_edge_sends_the_read_sides_paths_to_their_services():
+    with (
+        Recorder() as query,
+        Recorder() as notify,
+        Edge(query=query.address, notify=notify.address) as edge,
+        httpx.Client(base_url=edge.url, timeout=30) as client,
+    ):
+        for method, path in (
+            ("GET", "/api/v1/statement?from=2026-12-01"),
+            ("GET", "/api/v1/trades"),
+            ("POST", "/api/v1/watchlists"),
+            ("PUT", "/api/v1/watchlists/7"),
+            ("GET", "/api/v1/notifications?unreadOnly=true"),
+            ("POST", "/api/v1/notifications/0:1:2/read"),
+            ("POST", "/api/v1/notifications/read-all"),
+        ):
+            answer = client.request(method, path)
+            assert answer.status_code == 200 and answer.json()["path"] == path, answer.text
+    assert [r["path"] for r in query.requests] == [
+        "/api/v1/statement?from=2026-12-01",
+        "/api/v1/trades",
+        "/api/v1/watchlists",
+        "/api/v1/watchlists/7",
+    ]
+    assert [r["path"] for r in notify.requests] == [
+        "/api/v1/notifications?unreadOnly=true",
+        "/api/v1/notifications/0:1:2/read",
+        "/api/v1/notifications/read-all",
+    ]
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ projector has published the batch's updates (its offsets under
 ``projector_wait`` seconds; a projector that is down or that far behind does not hold
 notifications up for longer, and while it stays where it was, batches do not wait again.
 
-Delivery is at-least-once (clients drop a second copy by the notification's id). A push
-is retried after base, 2·base, 4·base ... seconds (capped) up to the configured number
-of attempts; then it goes to the dead-letter topic (``brokercore.notify.dead_letters``),
-which the reconciler retries every few minutes (``brokercore.notify.redelivery``).
+Every notification is stored in the user's inbox (``brokercore.notify.inbox``), whatever
+the channel, before it is published. Delivery is at-least-once (clients drop a second
+copy by the notification's id). A push is retried after base, 2·base, 4·base ... seconds
+(capped) up to the configured number of attempts; then it goes to the dead-letter topic
+(``brokercore.notify.dead_letters``), which the reconciler retries every few minutes
+(``brokercore.notify.redelivery``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from brokercore.broker.orders import event_time, trade_id
 from brokercore.engine.records import EventType
 from brokercore.faults.backoff import retry_delay
 from brokercore.kafka.messages import EventBatch
+from brokercore.notify import inbox
 from brokercore.notify.alerts import TradePrice, apply_trades
 from brokercore.notify.dead_letters import DeadLetters, PushDeadLetter
 from brokercore.notify.preferences import channels_of, devices_of
@@ -155,7 +158,7 @@ class Notifier:
                         )
                         trades.append(trade)
                         trade_message[trade.trade_id] = index
-            async with conn.transaction():  # the alerts' moves and their fires
+            async with conn.transaction():  # the alerts' moves, their fires, the inbox
                 fires = [
                     (trade_message[f.trade.trade_id], *alert_notification(f))
                     for f in await apply_trades(conn, trades)
@@ -167,6 +170,7 @@ class Notifier:
                         for index, user, n in fires
                     ],
                 )
+                await inbox.store(conn, [(user, n) for _, user, n in (*items, *fires)])
         items += fires
         if items:
             await self._after_projector(messages)

@@ -7,15 +7,19 @@
     DELETE     /api/v1/notifications/devices/{deviceToken}
     POST, GET  /api/v1/alerts                           {"symbol": "RELIANCE", "price": "2850.00"}
     DELETE     /api/v1/alerts/{alertId}
+    GET        /api/v1/notifications?unreadOnly=&limit=&cursor=   (the inbox)
+    POST       /api/v1/notifications/{notificationId}/read
+    POST       /api/v1/notifications/read-all
 
 Each with a JWT bearer token; a user sees and changes only their own. Authentication,
 the body limit and the error bodies are the OMS's (brokercore.services.http), the rate limit is the
 reads' budget (BROKERCORE_READ_RATE_LIMIT_*); the logic is in brokercore.notify.preferences
-and brokercore.notify.alerts.
+brokercore.notify.alerts and brokercore.notify.inbox.
 """
 
 from __future__ import annotations
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,6 +30,7 @@ from brokercore.broker.money import to_paise
 from brokercore.config import ServiceSettings
 from brokercore.engine.records import INT64_MAX
 from brokercore.entry.requests import FieldError
+from brokercore.notify import inbox
 from brokercore.notify.alerts import (
     CREATE_SQL,
     DELETE_SQL,
@@ -47,6 +52,7 @@ from brokercore.services.http import (
     ApiError,
     LimitedApi,
     decode_body,
+    field_error,
     guarded,
     service_app,
 )
@@ -179,6 +185,60 @@ async def delete_alert(request: Request) -> Response:
     raise ApiError(404, "ALERT_NOT_FOUND", f"no alert {raw[:40]} of yours")
 
 
+# --- the inbox ---------------------------------------------------------------------------
+
+
+def _invalid_query(field: FieldError) -> ApiError:
+    return ApiError(422, "INVALID_REQUEST", "the query is invalid", [field])
+
+
+@guarded
+async def list_inbox(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    known = {f.encode_name for f in msgspec.structs.fields(inbox.InboxQuery)}
+    for name in request.query_params:
+        if name not in known:
+            raise _invalid_query(
+                FieldError(
+                    name[:40], f"unknown query parameter (one of {', '.join(sorted(known))})"
+                )
+            )
+    try:
+        query = msgspec.convert(dict(request.query_params), inbox.InboxQuery, strict=False)
+    except msgspec.ValidationError as e:
+        raise _invalid_query(field_error(e, "query")) from None
+    async with api.pool.connection() as conn:
+        try:
+            page = await inbox.inbox_page(conn, principal.user_id, query)
+        except inbox.BadCursor as e:
+            raise _invalid_query(FieldError("cursor", str(e))) from None
+    return json(page)
+
+
+@guarded
+async def read_notification(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    notification_id = request.path_params["notification_id"]
+    async with api.pool.connection() as conn:
+        item = await inbox.mark_read(conn, principal.user_id, notification_id[:200])
+    if item is None:
+        raise ApiError(
+            404, "NOTIFICATION_NOT_FOUND", f"no notification {notification_id[:40]} of yours"
+        )
+    return json(item)
+
+
+@guarded
+async def read_all_notifications(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    async with api.pool.connection() as conn:
+        marked = await inbox.mark_all_read(conn, principal.user_id)
+    return json({"marked": marked})
+
+
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
     return service_app(
@@ -192,6 +252,13 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 "/api/v1/notifications/devices/{device_token}",
                 unregister_device,
                 methods=["DELETE"],
+            ),
+            Route("/api/v1/notifications", list_inbox, methods=["GET"]),
+            Route("/api/v1/notifications/read-all", read_all_notifications, methods=["POST"]),
+            Route(
+                "/api/v1/notifications/{notification_id}/read",
+                read_notification,
+                methods=["POST"],
             ),
             Route("/api/v1/alerts", create_alert, methods=["POST"]),
             Route("/api/v1/alerts", list_alerts, methods=["GET"]),
