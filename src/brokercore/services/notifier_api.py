@@ -222,7 +222,7 @@ async def read_notification(request: Request) -> Response:
     principal = await api.authorize(request)
     notification_id = request.path_params["notification_id"]
     async with api.pool.connection() as conn:
-        item = await inbox.mark_read(conn, principal.user_id, notification_id[:200])
+        item = await inbox.mark_read(conn, principal.user_id, notification_id)
     if item is None:
         raise ApiError(
             404, "NOTIFICATION_NOT_FOUND", f"no notification {notification_id[:40]} of yours"
