@@ -168,7 +168,7 @@ def test_the_statement_closes_at_the_accounts_cash(day, migrated):
         assert table[-1][1:] == ["CLOSING BALANCE", "", "", "", "", rupees(cash), ""]
 
 
-def test_bad_statement_queries_change_nothing_and_say_why(day, migrated):
+def test_bad_statement_queries_say_which_field(day, migrated):
     async def scenario(api):
         return [
             await api.get("/statement", **params)
