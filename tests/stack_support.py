@@ -5,6 +5,7 @@ state folders of its own, so that it never touches the shared servers other test
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,7 +58,7 @@ class PrivateStack:
         # Postgres runs as the `postgres` OS user under root: the folder must be searchable.
         self.root = Path(tempfile.mkdtemp(prefix="brokercore-stack-"))
         self.root.chmod(0o755)
-        self.base = free_port(span=14)
+        self.base = free_port(span=42)  # the accounts and funds APIs: base+40, base+41
         self.env = {k: v for k, v in os.environ.items() if k not in INHERITED} | {
             "BROKERCORE_STACK_STATE": str(self.root / ".stack"),
             "BROKERCORE_PORT_BASE": str(self.base),
@@ -139,6 +140,12 @@ class PrivateStack:
         """The pid of the stack's edge (nginx's master process)."""
         return int((self.root / ".edge/nginx.pid").read_text())
 
+    def user_id(self, name: str) -> str:
+        """The user id of a demo user (alice, bob, ops): `make up` signs them up."""
+        made = json.loads((self.root / ".stack/demo-users.json").read_text())
+        user_id: str = made[name]["userId"]
+        return user_id
+
     def logs(self, lines: int = 30) -> str:
         """The end of every process log, to explain a failure."""
         parts = []
@@ -194,9 +201,12 @@ def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]
                     "price": price,
                     "idempotencyKey": f"{user}-{symbol}-{time.time_ns()}",
                 }
-                answer = client.post(f"{stack.edge}/api/v1/orders", json=body, headers=auth(user))
+                user_id = stack.user_id(user)
+                answer = client.post(
+                    f"{stack.edge}/api/v1/orders", json=body, headers=auth(user_id)
+                )
                 assert answer.status_code == 202, answer.text
-                orders.append((user, answer.json()["orderId"]))
+                orders.append((user_id, answer.json()["orderId"]))
         deadline = time.monotonic() + timeout
         seen = []
         for user, order_id in orders:

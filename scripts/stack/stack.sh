@@ -357,13 +357,15 @@ up() {
     scripts/redis/redis.sh start
     scripts/kafka/kafka.sh start
     "$py" -m brokercore.db.migrations
-    "$py" -m brokercore.db.demo
     write_conf
     supervise
     wait_ready
     "$edge" start || fail                   # its upstreams: the API processes, by default
-    local token calendar
-    token="$("$py" -m brokercore.cli token --user alice --ttl 86400)"
+    # The demo users sign up, are verified by an operator and deposit, through the edge.
+    "$py" -m brokercore.demo --api "$edge_url" --out "$state/demo-users.json" >&2 || fail
+    local token calendar alice
+    alice="$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["alice"]["userId"])' "$state/demo-users.json")"
+    token="$("$py" -m brokercore.cli token --user "$alice" --ttl 86400)"
     if [[ "$BROKERCORE_CALENDAR" == always-open ]]; then
         calendar="always-open: orders trade at any hour (BROKERCORE_CALENDAR=exchange for the exchange's sessions)"
     else
@@ -386,7 +388,9 @@ brokercore is up (dev mode; logs in $state/logs):
   funds      $edge_url/api/v1/funds  /api/v1/funds/deposits  /api/v1/funds/withdrawals
   Kafka      $BROKERCORE_KAFKA_BOOTSTRAP   Postgres $BROKERCORE_DATABASE_URL   Redis $BROKERCORE_REDIS_URL
   processes  make status, or .venv/bin/supervisorctl -c $conf status|restart NAME
-  token for the demo user alice (24 h):
+  demo logins (development passwords; ops is an operator): alice@example.com alice-demo-password,
+             bob@example.com bob-demo-password, ops@example.com ops-demo-password ($state/demo-users.json)
+  a development token for alice ($alice, 24 h):
     export TOKEN=$token
   try:
     curl -s -X POST $edge_url/api/v1/orders -H "Authorization: Bearer \$TOKEN" \\

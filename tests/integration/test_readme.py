@@ -23,6 +23,7 @@ MARKER = "<!-- walkthrough -->"
 SECTIONS = (
     "## The broker platform: orders over REST, settled in Postgres",
     "## Reading it back: query service, WebSocket, notifications",
+    "## Customers: sign-up, KYC, a second factor, funds, statements",
 )
 DONE = "@@ walkthrough block {} done @@"
 
@@ -37,9 +38,9 @@ def walkthrough() -> list[tuple[str, str]]:
     return blocks
 
 
-def test_the_walkthrough_blocks_cover_both_platform_sections():
+def test_the_walkthrough_blocks_cover_the_platform_sections():
     blocks = walkthrough()
-    assert len(blocks) == 3 and {s for s, _ in blocks} == set(SECTIONS), blocks
+    assert len(blocks) == 4 and {s for s, _ in blocks} == set(SECTIONS), blocks
     assert README.read_text().count(MARKER) == len(blocks), "a marker without a ```sh block"
 
 
@@ -80,8 +81,8 @@ def answers(output: str) -> list[dict]:
 
 
 def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
-    setup, trade, reads = run_walkthrough(stack_up)
-    assert answers(setup) == []  # tokens and helpers: silent
+    setup, trade, reads, customer = run_walkthrough(stack_up)
+    assert answers(setup) == []  # logins and helpers: silent
 
     buy, sell, *polls, cancel = answers(trade)
     assert buy["status"] == sell["status"] == "PENDING", trade
@@ -105,3 +106,20 @@ def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
     assert (
         alert["symbol"] == "RELIANCE" and Decimal(alert["price"]) == 15100 and alert["alertId"]
     ), alert
+
+    # The customer's journey: sign-up, KYC by ops, TOTP, a deposit, a buy, a sale.
+    signup, me, kyc, deposit, funds, statement = answers(customer)
+    assert signup == {"status": "ACCEPTED"} and me["kycStatus"] == "PENDING", customer
+    assert kyc == kyc | {"userId": me["userId"], "kycStatus": "VERIFIED"}, customer
+    assert deposit["status"] == "COMPLETED", customer
+    kinds = [(r["type"], r["quantity"], r["price"]) for r in statement["rows"]]
+    assert kinds == [
+        ("DEPOSIT", None, None),
+        ("BUY", 2, "15010.00"),
+        ("SELL", 2, "15020.00"),
+    ], statement  # and no FEE rows: the stack charges none (BROKERCORE_FEE_BPS=0)
+    assert statement["openingBalance"] == "0.00", statement
+    assert statement["rows"][-1]["balance"] == statement["closingBalance"], statement
+    assert Decimal(statement["closingBalance"]) == Decimal(funds["cash"]) / 100, (statement, funds)
+    csv_lines = [line for line in customer.splitlines() if line.count(",") >= 5 and line[0] != "{"]
+    assert len(csv_lines) == 1 + len(kinds), customer  # the header and a line a row

@@ -19,7 +19,6 @@ from psycopg import errors, sql
 from brokercore.broker.funding import FundingKind, fund, open_account
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.consumers.reconcile import check_invariants
-from brokercore.db.demo import seed_demo
 from brokercore.db.migrations import MIGRATIONS_DIR, apply_migrations
 from brokercore.engine.records import Side, Tif
 from brokercore.services.reconciler import market_sessions, report, republish
@@ -273,22 +272,6 @@ def test_funding_the_database_refuses_changes_nothing(conn):
     with pytest.raises(errors.RestrictViolation):  # the journal is append-only
         conn.execute("UPDATE funding SET amount = amount + 1")
     assert conn.execute("SELECT count(*) FROM funding").fetchone() == (3,)
-    assert findings(conn) == []
-
-
-def test_the_demo_accounts_are_journalled_deposits(conn, db):
-    assert seed_demo(db) == ["alice", "bob"]
-    assert seed_demo(db) == [], "idempotent"
-    assert conn.execute(
-        "SELECT a.user_id, p.symbol, p.quantity, p.avg_price, r.quantity "
-        "FROM positions p JOIN accounts a USING (account_id) "
-        "JOIN read_model.positions r ON (r.user_id, r.symbol) = "
-        "(a.user_id, p.symbol) WHERE p.symbol = 'TCS'"
-    ).fetchall() == [("alice", "TCS", 200, 2_010_000, 200)]
-    assert conn.execute("SELECT count(*), sum(amount) FROM funding").fetchone() == (
-        7,
-        15_000_000 * 100,
-    )  # 2 deposits, 5 holdings
     assert findings(conn) == []
 
 

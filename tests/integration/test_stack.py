@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 
+import psycopg
 from websockets.asyncio.client import connect
 
 from stack_support import stack_fixture, trade_on_every_shard  # noqa: F401 (fixture)
@@ -41,6 +42,8 @@ PROCESSES = (
     "reconciler",
     "monitor",
     "scheduler",
+    "accounts",
+    "funds",
 )
 
 
@@ -74,6 +77,7 @@ def test_fresh_state_up_down_cycles_bring_every_component_up(stack):
             up_names_a_component_that_cannot_start_and_its_log(stack)
             a_killed_process_is_started_again(stack)
             a_socket_through_the_edge_is_welcomed(stack)
+            the_demo_users_came_through_sign_up_kyc_and_deposits_once(stack)
         pids = [stack.pid(name) for name in PROCESSES] + [stack.pid(), stack.edge_pid()]
         stack.down()
         assert all(gone(process) for process in pids), pids
@@ -141,9 +145,45 @@ def a_socket_through_the_edge_is_welcomed(stack):
     """alice's WebSocket through the edge: a gateway behind it upgrades it and welcomes her."""
 
     async def welcome() -> dict:
-        url = f"ws://127.0.0.1:{stack.base + 8}/ws/v1/orders?token={token('alice')}"
+        url = f"ws://127.0.0.1:{stack.base + 8}/ws/v1/orders?token={token(alice)}"
         async with connect(url, ping_interval=None) as ws:
             return await receive(ws)
 
+    alice = stack.user_id("alice")
     frame = asyncio.run(welcome())
-    assert frame["type"] == "WELCOME" and frame["userId"] == "alice", frame
+    assert frame["type"] == "WELCOME" and frame["userId"] == alice, frame
+
+
+def the_demo_users_came_through_sign_up_kyc_and_deposits_once(stack):
+    """`make up` made alice and bob as any customer is made (issue 15: no back door): a
+    users row (signed up), VERIFIED by ops in the audit log, ops an operator by the one
+    server-side grant, the cash a deposit through the funds API -- once, although `up`
+    ran twice in this cycle."""
+    ids = {name: stack.user_id(name) for name in ("alice", "bob", "ops")}
+    with psycopg.connect(stack.database_url) as conn:
+        users = conn.execute(
+            "SELECT u.email, a.kyc_status FROM users u JOIN accounts a USING (user_id) "
+            "WHERE u.user_id = ANY(%s) ORDER BY 1",
+            (list(ids.values()),),
+        ).fetchall()
+        decisions = conn.execute(
+            "SELECT actor, target, after->>'kycStatus' FROM audit_log "
+            "WHERE action = 'KYC_DECISION' ORDER BY target"
+        ).fetchall()
+        granted = conn.execute(
+            "SELECT target FROM audit_log WHERE action = 'ROLE_GRANTED'"
+        ).fetchall()
+        deposits = conn.execute(
+            "SELECT a.user_id, f.amount FROM funding f JOIN accounts a USING (account_id) "
+            "WHERE f.kind = 'DEPOSIT' ORDER BY f.amount DESC"
+        ).fetchall()
+    assert users == [
+        ("alice@example.com", "VERIFIED"),
+        ("bob@example.com", "VERIFIED"),
+        ("ops@example.com", "PENDING"),
+    ], users
+    assert sorted(decisions) == sorted(
+        (ids["ops"], f"account:{ids[name]}", "VERIFIED") for name in ("alice", "bob")
+    ), decisions
+    assert granted == [(f"user:{ids['ops']}",)], granted
+    assert deposits == [(ids["alice"], 1_000_000_000), (ids["bob"], 500_000_000)], deposits

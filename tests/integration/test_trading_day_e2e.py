@@ -101,15 +101,19 @@ def test_a_compressed_day_from_the_pre_open_to_the_close(stack):
     }
     stack.up()
     ws_url = stack.edge.replace("http://", "ws://") + "/ws/v1/orders"
-    asyncio.run(day(stack.edge, ws_url, stack.database_url))
+    users = (stack.user_id("alice"), stack.user_id("bob"))
+    asyncio.run(day(stack.edge, ws_url, stack.database_url, users))
 
 
-async def day(edge: str, ws_url: str, database_url: str) -> None:
+async def day(edge: str, ws_url: str, database_url: str, users: tuple[str, str]) -> None:
+    """alice and bob (``users``: their ids) through the compressed day."""
     async with httpx.AsyncClient(timeout=10) as client:
-        alice, bob = Trader("alice", edge, client), Trader("bob", edge, client)
+        alice, bob = Trader(users[0], edge, client), Trader(users[1], edge, client)
 
         async def market() -> dict[str, Any]:
-            answer = await client.get(f"{edge}/api/v1/marketdata/{SYMBOL}", headers=auth("alice"))
+            answer = await client.get(
+                f"{edge}/api/v1/marketdata/{SYMBOL}", headers=auth(alice.user)
+            )
             return answer.json() if answer.status_code == 200 else {}
 
         def phase(name: str) -> Callable[[], Any]:
@@ -218,7 +222,7 @@ async def day(edge: str, ws_url: str, database_url: str) -> None:
 
     with psycopg.connect(database_url) as conn:
         blocked = conn.execute(
-            "SELECT blocked_cash FROM accounts WHERE user_id = 'alice'"
+            "SELECT blocked_cash FROM accounts WHERE user_id = %s", (alice.user,)
         ).fetchone()
     assert blocked == (0,), "no order of alice's is open after the close: nothing is held"
 
