@@ -283,15 +283,19 @@ INVARIANTS = (
     ),
     Invariant(
         "BLOCKED_CASH_MISMATCH",
-        "SELECT a.account_id, a.blocked_cash, coalesce(o.held, 0), coalesce(o.orders, 0), "
-        "coalesce(w.held, 0), coalesce(w.pending, 0) "
-        "FROM accounts a LEFT JOIN ("
-        "  SELECT account_id, sum(blocked_cash)::bigint AS held, count(*) AS orders "
-        "  FROM orders WHERE status = ANY(%(open)s) AND blocked_cash <> 0 "
-        "  GROUP BY account_id) o USING (account_id) LEFT JOIN ("
-        "  SELECT account_id, sum(amount)::bigint AS held, count(*) AS pending "
-        "  FROM withdrawals WHERE status = 'PENDING' GROUP BY account_id) w USING (account_id) "
-        "WHERE a.blocked_cash <> coalesce(o.held, 0) + coalesce(w.held, 0) ORDER BY 1",
+        "SELECT account_id, coalesce(a.blocked_cash, 0), coalesce(h.held, 0), "
+        "coalesce(h.orders, 0), coalesce(h.withdrawing, 0), coalesce(h.withdrawals, 0) "
+        "FROM (SELECT account_id, blocked_cash FROM accounts WHERE blocked_cash <> 0) a "
+        "FULL JOIN ("
+        "  SELECT account_id, sum(held)::bigint AS held, sum(orders) AS orders,"
+        "    sum(withdrawing)::bigint AS withdrawing, sum(withdrawals) AS withdrawals FROM ("
+        "    SELECT account_id, blocked_cash AS held, 1 AS orders, 0 AS withdrawing,"
+        "      0 AS withdrawals"
+        "    FROM orders WHERE status = ANY(%(open)s) AND blocked_cash <> 0 "
+        "    UNION ALL "
+        "    SELECT account_id, 0, 0, amount, 1 FROM withdrawals WHERE status = 'PENDING') b"
+        "  GROUP BY account_id) h USING (account_id) "
+        "WHERE coalesce(a.blocked_cash, 0) <> coalesce(h.held + h.withdrawing, 0) ORDER BY 1",
         lambda a, b, h, n, wh, wn: (
             a,
             None,
