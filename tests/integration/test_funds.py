@@ -298,7 +298,17 @@ def test_operators_complete_and_fail_withdrawals_audited_and_others_may_not(env,
             f"/api/v1/operator/withdrawals/{first}/complete", headers=auth(user)
         )
         assert_error(forbidden, 403, "FORBIDDEN")
+        assert_error(client.get("/api/v1/operator/withdrawals", headers=auth(user)), 403)
         assert env.status(first) == "PENDING"
+        pending = client.get("/api/v1/operator/withdrawals", headers=auth("ops", "operator"))
+        assert {
+            (w["withdrawalId"], w["userId"], w["status"]) for w in pending.json()["withdrawals"]
+        } >= {(first, user, "PENDING"), (second, user, "PENDING")}, pending.text
+        assert_error(
+            client.get("/api/v1/operator/withdrawals?status=PAID", headers=auth("ops", "operator")),
+            422,
+            "INVALID_REQUEST",
+        )
         done = client.post(
             f"/api/v1/operator/withdrawals/{first}/complete", headers=auth("ops", "operator")
         )
@@ -320,6 +330,12 @@ def test_operators_complete_and_fail_withdrawals_audited_and_others_may_not(env,
             404,
             "WITHDRAWAL_NOT_FOUND",
         )
+    with env.client() as client:
+        failed_ones = client.get(
+            "/api/v1/operator/withdrawals?status=FAILED", headers=auth("ops", "operator")
+        ).json()["withdrawals"]
+    assert second in {w["withdrawalId"] for w in failed_ones}
+    assert first not in {w["withdrawalId"] for w in failed_ones}
     assert env.money(user) == (700 * RUPEES, 0)
     assert env.rows(
         "SELECT actor, action, before->>'status', after->>'status', after->>'failureReason' "

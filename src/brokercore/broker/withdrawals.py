@@ -38,6 +38,7 @@ __all__ = [
     "Withdrawal",
     "FUNDS_SQL",
     "LIST_SQL",
+    "OPERATOR_LIST_SQL",
     "funds_of",
     "deposit",
     "request",
@@ -134,6 +135,12 @@ SELECT {_WITHDRAWAL_COLUMNS} FROM withdrawals
  WHERE account_id = (SELECT account_id FROM accounts WHERE user_id = %s)
  ORDER BY withdrawal_id DESC LIMIT %s"""
 """One user's withdrawals (``Withdrawal`` columns), the newest first, at most a limit."""
+
+OPERATOR_LIST_SQL = f"""
+SELECT {_WITHDRAWAL_COLUMNS}, user_id FROM withdrawals JOIN accounts USING (account_id)
+ WHERE status = %s ORDER BY withdrawal_id DESC LIMIT %s"""
+"""Every user's withdrawals of one status (``Withdrawal`` columns, then the user id), the
+newest first, at most a limit."""
 
 
 def funds_of(row: tuple[Any, ...]) -> Funds:

@@ -7,6 +7,7 @@
     POST /api/v1/funds/withdrawals  {"amount": paise}   + Idempotency-Key
     GET  /api/v1/funds/withdrawals                      the user's, newest first
     POST /api/v1/funds/webhooks/payments                the provider's signed callback
+    GET  /api/v1/operator/withdrawals?status=PENDING    operators only: every user's
     POST /api/v1/operator/withdrawals/{id}/complete     operators only, audited
     POST /api/v1/operator/withdrawals/{id}/fail         {"reason": "..."}, likewise
 
@@ -40,6 +41,7 @@ from brokercore.broker import withdrawals
 from brokercore.broker.withdrawals import MAX_AMOUNT, FundsRefused, Refusal, Withdrawal
 from brokercore.config import ServiceSettings
 from brokercore.edge.signature import SIGNATURE_HEADER, verify
+from brokercore.entry.requests import FieldError
 from brokercore.identity.audit import record_blocking
 from brokercore.read.cache import UserCache
 from brokercore.services.http import (
@@ -110,6 +112,10 @@ class WithdrawalBody(msgspec.Struct, rename="camel", frozen=True):
     provider_reference: str | None
 
 
+class OperatorWithdrawalBody(WithdrawalBody, rename="camel", frozen=True):
+    user_id: str
+
+
 def withdrawal_body(w: Withdrawal) -> WithdrawalBody:
     return WithdrawalBody(
         w.withdrawal_id,
@@ -166,7 +172,7 @@ class PayoutClient:
 # --- the service ------------------------------------------------------------------------
 
 
-class Funds(LimitedApi):
+class FundsService(LimitedApi):
     """The pieces one funds process holds: the API's (reads on its async pool), a
     blocking pool for the library's writes, the payout client and its retry sweep."""
 
@@ -285,8 +291,8 @@ _STATUS = {
 }
 
 
-def _funds(request: Request) -> Funds:
-    funds: Funds = request.app.state.funds
+def _funds(request: Request) -> FundsService:
+    funds: FundsService = request.app.state.funds
     return funds
 
 
@@ -419,6 +425,39 @@ def _decided(
     return after
 
 
+STATUSES = ("PENDING", "COMPLETED", "FAILED")
+
+
+@guarded
+async def operator_list(request: Request) -> Response:
+    funds = _funds(request)
+    principal = await funds.authorize(request)
+    require_operator(principal)
+    status = request.query_params.get("status", "PENDING")
+    if status not in STATUSES:
+        raise ApiError(
+            422,
+            "INVALID_REQUEST",
+            "the query is invalid",
+            [FieldError("status", f"one of {', '.join(STATUSES)}")],
+        )
+    async with funds.pool.connection() as conn:
+        rows = await (
+            await conn.execute(withdrawals.OPERATOR_LIST_SQL, (status, LISTED))
+        ).fetchall()
+    return json_response(
+        {
+            "withdrawals": [
+                OperatorWithdrawalBody(
+                    **msgspec.structs.asdict(withdrawal_body(Withdrawal(*row[:-1]))),
+                    user_id=row[-1],
+                )
+                for row in rows
+            ]
+        }
+    )
+
+
 @guarded
 async def operator_complete(request: Request) -> Response:
     funds = _funds(request)
@@ -443,13 +482,14 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
     return service_app(
         "funds",
-        lambda: Funds(settings),
+        lambda: FundsService(settings),
         [
             Route("/api/v1/funds", get_funds, methods=["GET"]),
             Route("/api/v1/funds/deposits", post_deposit, methods=["POST"]),
             Route("/api/v1/funds/withdrawals", post_withdrawal, methods=["POST"]),
             Route("/api/v1/funds/withdrawals", list_withdrawals, methods=["GET"]),
             Route("/api/v1/funds/webhooks/payments", payment_callback, methods=["POST"]),
+            Route("/api/v1/operator/withdrawals", operator_list, methods=["GET"]),
             Route(
                 "/api/v1/operator/withdrawals/{withdrawal_id}/complete",
                 operator_complete,
