@@ -282,6 +282,7 @@ def test_a_callback_signed_wrong_or_too_old_is_refused_and_changes_nothing(env, 
     again = provider.callback(withdrawal_id, "COMPLETED", reference)
     assert again.status_code == 200, "the callback is idempotent"
     assert_error(provider.callback(withdrawal_id, "FAILED", reference), 409)
+    assert_error(provider.callback(999_999_999, "COMPLETED", reference), 404)
     assert env.money(user) == (400 * RUPEES, 0)
     assert env.findings(user) == []
 
