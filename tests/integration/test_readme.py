@@ -122,4 +122,4 @@ def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
     assert statement["rows"][-1]["balance"] == statement["closingBalance"], statement
     assert Decimal(statement["closingBalance"]) == Decimal(funds["cash"]) / 100, (statement, funds)
     csv_lines = [line for line in customer.splitlines() if line.count(",") >= 5 and line[0] != "{"]
-    assert len(csv_lines) == 1 + len(kinds), customer  # the header and a line a row
+    assert len(csv_lines) == 3 + len(kinds), customer  # header, opening, a line a row, closing
