@@ -4,9 +4,10 @@ secret; the keys from the accounts service's JWKS at BROKERCORE_JWKS_URL).
 
 An expired token and a token of a revoked session (logged out) are refused by every
 service, 401 with the JSON error (the WebSocket gateway: an ERROR frame and close code
-4401). An external OpenID Connect provider's tokens (its key set served by a real HTTP
-server here) are refused by the services configured with the built-in JWKS and accepted
-by a service configured with the provider's JWKS URL and issuer. The OMS refuses the
+4401, and a socket open at the logout is closed so). An external OpenID Connect
+provider's tokens (its key set served by a real HTTP server here) are refused by the
+services configured with the built-in JWKS and accepted by a service configured with
+the provider's JWKS URL and issuer. The OMS refuses the
 orders of an account whose KYC is PENDING or REJECTED (403 ACCOUNT_NOT_VERIFIED,
 nothing stored) and still lets it cancel and read its data.
 
@@ -109,7 +110,13 @@ class Platform:
         login = self.client.post(accounts + "/api/v1/auth/login", json=body, headers=address)
         assert login.status_code == 200, login.text
         token = login.json()["accessToken"]
-        me = self.call("accounts", "GET", "/api/v1/me", token)
+        me = wait_until(  # 503 until the service has fetched its own keys (it starts first)
+            lambda: (
+                (r := self.call("accounts", "GET", "/api/v1/me", token)).status_code != 503 and r
+            ),
+            "the accounts service having its keys",
+            timeout=WAIT,
+        )
         assert me.status_code == 200, me.text
         return me.json()["userId"], token
 
@@ -167,12 +174,26 @@ def platform(postgres: str, kafka_bootstrap: str, tmp_path_factory) -> Iterator[
             "BROKERCORE_JWT_ISSUER": EXTERNAL_ISSUER,
         }
         services["accounts"] = Service("accounts", logs / "accounts.log", env, accounts_port)
-        for service in ("oms", "query", "notifier-api", "funds", "ws"):
+        for service in ("oms", "query", "notifier-api", "funds"):
             services[service] = Service(service, logs / f"{service}.log", env)
+        # a heartbeat a second: an open socket sees a logout within seconds
+        services["ws"] = Service("ws", logs / "ws.log", env | {"BROKERCORE_WS_HEARTBEAT": "1"})
         services["query-external"] = Service("query", logs / "query-external.log", external_env)
         for service in services.values():
             service.wait_ready()
         platform = Platform(database, services, external)
+        _, token = platform.new_user()
+        for service in PROBES:  # started before the accounts service: 503 until they fetch
+            wait_until(
+                lambda service=service: platform.probe(service, token).status_code != 503,
+                f"{service} having the accounts service's keys",
+                timeout=WAIT,
+            )
+        wait_until(
+            lambda: ws_answer(platform, token, closing=False)[0]["type"] == "WELCOME",
+            "the gateway having the accounts service's keys",
+            timeout=WAIT,
+        )
         yield platform
         platform.client.close()
     finally:
@@ -186,14 +207,17 @@ def platform(postgres: str, kafka_bootstrap: str, tmp_path_factory) -> Iterator[
         drop_database(postgres, name)
 
 
-def ws_refusal(platform: Platform, token: str) -> tuple[dict, int]:
-    """The gateway's ERROR frame and close code for a socket with ``token``."""
+def ws_answer(platform: Platform, token: str, *, closing: bool = True) -> tuple[dict, int]:
+    """The gateway's first frame for a socket with ``token`` and, if ``closing``, the
+    close code that follows it (else 0: the client closes)."""
 
     async def attempt() -> tuple[dict, int]:
         url = platform.url("ws").replace("http", "ws") + "/ws/v1/orders"
         headers = {"Authorization": f"Bearer {token}"}
         async with connect(url, additional_headers=headers, ping_interval=None) as ws:
             frame = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+            if not closing:
+                return frame, 0
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), WAIT)
             assert closed.value.rcvd is not None
@@ -202,22 +226,31 @@ def ws_refusal(platform: Platform, token: str) -> tuple[dict, int]:
     return asyncio.run(attempt())
 
 
-def ws_welcomes(platform: Platform, token: str) -> str:
-    async def attempt() -> str:
-        url = platform.url("ws").replace("http", "ws") + "/ws/v1/orders"
-        headers = {"Authorization": f"Bearer {token}"}
-        async with connect(url, additional_headers=headers, ping_interval=None) as ws:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
-            return str(frame["type"])
-
-    return asyncio.run(attempt())
+async def ws_open_until_logout(platform: Platform, token: str) -> tuple[str, dict, int]:
+    """A socket of ``token``'s user, open (answering the PINGs) while the user logs out:
+    its first frame's type, then the ERROR frame and close code it gets."""
+    url = platform.url("ws").replace("http", "ws") + "/ws/v1/orders"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with connect(url, additional_headers=headers, ping_interval=None) as ws:
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+        logout = await asyncio.to_thread(
+            platform.call, "accounts", "POST", "/api/v1/auth/logout", token
+        )
+        assert logout.status_code == 204, logout.text
+        while (frame := json.loads(await asyncio.wait_for(ws.recv(), WAIT)))["type"] == "PING":
+            await ws.send(json.dumps({"op": "pong"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), WAIT)
+        assert closed.value.rcvd is not None
+        return welcome["type"], frame, closed.value.rcvd.code
 
 
 def assert_refused_everywhere(platform: Platform, token: str, code: str) -> None:
     for service in PROBES:
         error = assert_error(platform.probe(service, token), 401, code)
         assert error["message"], (service, error)
-    frame, close_code = ws_refusal(platform, token)
+    frame, close_code = ws_answer(platform, token)
     assert (frame["type"], frame["code"], close_code) == ("ERROR", code, 4401), frame
 
 
@@ -239,9 +272,13 @@ def test_a_revoked_session_is_refused_by_every_service(platform):
     _, token = platform.new_user()
     for service in PROBES:  # accepted, and remembered by each verifier
         assert platform.probe(service, token).status_code != 401, service
-    assert ws_welcomes(platform, token) == "WELCOME"
-    logout = platform.call("accounts", "POST", "/api/v1/auth/logout", token)
-    assert logout.status_code == 204, logout.text
+    welcome, error, close_code = asyncio.run(ws_open_until_logout(platform, token))
+    assert (welcome, error["type"], error["code"], close_code) == (
+        "WELCOME",
+        "ERROR",
+        "TOKEN_REVOKED",
+        4401,
+    ), error
     for service in PROBES:  # each process reads the revoked sessions every second
         wait_until(
             lambda service=service: platform.probe(service, token).status_code == 401,
@@ -256,7 +293,7 @@ def test_an_external_providers_tokens_are_accepted_only_where_configured(platfor
     external = EXTERNAL_KEY.token(EXTERNAL_USER, config)
     for service in PROBES:
         assert_error(platform.probe(service, external), 401, "INVALID_TOKEN")
-    assert ws_refusal(platform, external)[0]["code"] == "INVALID_TOKEN"
+    assert ws_answer(platform, external)[0]["code"] == "INVALID_TOKEN"
     accepted = platform.probe("query-external", external)
     assert accepted.status_code == 200, accepted.text
     _, built_in = platform.new_user()

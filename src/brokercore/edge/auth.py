@@ -43,6 +43,7 @@ __all__ = [
     "UnknownKey",
     "bearer_token",
     "mint_token",
+    "session_revoked",
     "MAX_USER_ID",
     "OPERATOR",
 ]
@@ -110,6 +111,12 @@ class Principal:
         """The login session (refresh-token family) the token belongs to, if it says."""
         sid: str | None = self.claims.get("sid")
         return sid
+
+
+def session_revoked() -> AuthError:
+    """The refusal of a token whose login session was revoked (logout, a reused refresh
+    token)."""
+    return AuthError("TOKEN_REVOKED", "the token's session has ended (logged out)")
 
 
 class UnknownKey(AuthError):
@@ -199,7 +206,7 @@ class TokenVerifier:
     def _check_session(self, principal: Principal) -> None:
         sid = principal.session_id
         if sid is not None and self.revoked is not None and sid in self.revoked.sids:
-            raise AuthError("TOKEN_REVOKED", "the token's session has ended (logged out)")
+            raise session_revoked()
 
     def _verify(self, token: str) -> Principal:
         try:

@@ -6,7 +6,10 @@ seconds (so a key the provider stops publishing stops verifying), and again when
 names a key id not in the copy (a rotation), at most once every ``min_interval``
 seconds: a flood of tokens with made-up key ids costs the provider one request per
 interval, and requests that arrive during a fetch wait for that one. A fetch is async
-(httpx): it never blocks the event loop. A failed fetch keeps the last copy.
+(httpx): it never blocks the event loop. A failed fetch keeps the last copy and is
+retried in the background (0.1 s doubling up to ``min_interval``); while fetches fail,
+a token naming a key not in the copy is neither accepted nor refused (KeysUnavailable:
+the services answer 503, so a client keeps its token and tries again).
 """
 
 from __future__ import annotations
@@ -24,9 +27,14 @@ import jwt
 
 from brokercore.faults.backoff import Backoff
 
-__all__ = ["KeySet", "rsa_keys"]
+__all__ = ["KeySet", "KeysUnavailable", "rsa_keys"]
 
 log = logging.getLogger("brokercore.edge.jwks")
+
+
+class KeysUnavailable(Exception):
+    """A token names a key this process does not know while the JWKS cannot be fetched:
+    it can be neither accepted nor refused now (the services answer 503)."""
 
 
 def rsa_keys(document: object) -> dict[str, Any]:
@@ -73,7 +81,7 @@ class KeySet:
         self._fetching: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._retry = 0.0  # seconds before the next attempt while fetches fail
-        self.outage = Backoff(f"the JWKS at {url} (keeping the last keys)", log, cap=30.0)
+        self.outage = Backoff(f"the JWKS at {url} (keeping the last keys)", log, cap=min_interval)
 
     async def open(self) -> None:
         """The first copy (a failure is logged and retried), then the background refresh."""
@@ -105,14 +113,18 @@ class KeySet:
     async def find(self, kid: str) -> Any | None:
         """The key ``kid``, fetching the document again first if it is unknown and the
         last fetch is at least ``min_interval`` seconds old (else waiting for the one
-        under way, if any); None if it is still unknown."""
+        under way, if any); None if it is still unknown. Raises KeysUnavailable if it is
+        unknown while the document cannot be fetched: the key may be a new one."""
         key = self.keys.get(kid)
         if key is not None:
             return key
         fetching = self._fetching is not None and not self._fetching.done()
         if fetching or time.monotonic() - self._fetched_at >= self.min_interval:
             await self.refresh()
-        return self.keys.get(kid)
+        key = self.keys.get(kid)
+        if key is None and self.outage.failing:
+            raise KeysUnavailable(f"the JWKS at {self.url} cannot be fetched now")
+        return key
 
     async def _fetch(self) -> None:
         self._fetched_at = time.monotonic()

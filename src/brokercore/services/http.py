@@ -31,6 +31,7 @@ from starlette.types import Lifespan
 
 from brokercore.config import ServiceSettings
 from brokercore.edge.auth import AuthError, JwtConfig, Principal, TokenVerifier, bearer_token
+from brokercore.edge.jwks import KeysUnavailable
 from brokercore.edge.ratelimit import TokenBucket
 from brokercore.edge.revocation import RevokedSessions
 from brokercore.edge.text import bad_character
@@ -383,7 +384,8 @@ def token_verifier(settings: ServiceSettings, redis: Redis) -> TokenVerifier:
 
 
 async def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
-    """The principal of the request's bearer token, or 401 with WWW-Authenticate."""
+    """The principal of the request's bearer token, or 401 with WWW-Authenticate (503
+    with Retry-After while the keys to check it with cannot be fetched)."""
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
         raise ApiError(
@@ -397,6 +399,14 @@ async def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
     except AuthError as e:
         raise ApiError(
             401, e.code, e.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from None
+    except KeysUnavailable as e:
+        _unavailable.warning("%s %s answered 503: %s", request.method, request.url.path, e)
+        raise ApiError(
+            503,
+            "SERVICE_UNAVAILABLE",
+            "the token's signing keys cannot be fetched now; try again",
+            headers={"Retry-After": RETRY_AFTER},
         ) from None
 
 

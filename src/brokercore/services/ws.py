@@ -7,7 +7,9 @@ pushed live (a thin Starlette app).
 cannot set headers on a WebSocket), from ``?token=``; prefer the header, as URLs end up
 in logs. The socket is always accepted and a refusal is a close frame whose code and
 reason a browser can read, after an ERROR frame: 4401 for a missing or bad token
-("TOKEN_EXPIRED: the token has expired"), 4400 for a bad ``since``.
+("TOKEN_EXPIRED: the token has expired"), 4400 for a bad ``since``. An open socket whose
+login session is revoked (a logout) gets the same at its next heartbeat ("TOKEN_REVOKED:
+..."); one whose token expires stays open (the token was checked at connect).
 
 Server frames: WELCOME first (registered and subscribed), then the streams.py messages
 (ORDER_UPDATE and NOTIFICATION of the user, TRADE and BOOK of subscribed symbols),
@@ -19,7 +21,8 @@ SUBSCRIBED / UNSUBSCRIBED, PING every BROKERCORE_WS_HEARTBEAT seconds, PONG, ERR
 none twice (from the read replica when BROKERCORE_REPLICA_URL names one and it has
 caught up: brokercore.read.replica). NOTIFICATIONs are live only.
 
-Close codes: 4408 no frame for two heartbeats; 4429 "slow consumer: N messages behind"
+Close codes: 1013 the token's signing keys cannot be fetched now (try again);
+4408 no frame for two heartbeats; 4429 "slow consumer: N messages behind"
 (more than BROKERCORE_WS_QUEUE_SIZE frames waiting; nothing is dropped silently);
 1012 the Redis stream was interrupted, or the server restarts (reconnect and resume);
 1001 the app shuts down; 1011 an internal failure.
@@ -45,7 +48,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from brokercore.broker.market import load_market
 from brokercore.config import ServiceSettings
-from brokercore.edge.auth import AuthError, bearer_token
+from brokercore.edge.auth import AuthError, Principal, bearer_token, session_revoked
+from brokercore.edge.jwks import KeysUnavailable
 from brokercore.realtime.channels import book_channel, trades_channel
 from brokercore.realtime.hub import (
     BadFrame,
@@ -136,7 +140,7 @@ class Gateway:
         for session in list(self.sessions):
             session.shutdown(1012, "message stream interrupted: reconnect and resume")
 
-    async def authenticate(self, websocket: WebSocket) -> str:
+    async def authenticate(self, websocket: WebSocket) -> Principal:
         token = bearer_token(
             websocket.headers.get("authorization", "")
         ) or websocket.query_params.get("token", "")
@@ -147,9 +151,13 @@ class Gateway:
                 "a bearer token is required (Authorization header or ?token=)",
             )
         try:
-            return (await self.verifier.authenticate(token)).user_id
+            return await self.verifier.authenticate(token)
         except AuthError as e:
             raise Refused(4401, e.code, e.message) from None
+        except KeysUnavailable:
+            raise Refused(
+                1013, "SERVICE_UNAVAILABLE", "the token's signing keys cannot be fetched now"
+            ) from None
 
 
 def parse_since(raw: str | None) -> int | None:
@@ -171,8 +179,11 @@ class Session:
     then sent unless the replay had them; ``skip`` holds the seqs already sent that a
     replay or a late live copy must not repeat."""
 
-    def __init__(self, gateway: Gateway, websocket: WebSocket, user: str):
+    def __init__(
+        self, gateway: Gateway, websocket: WebSocket, user: str, session_id: str | None = None
+    ):
         self.gateway, self.websocket, self.user = gateway, websocket, user
+        self.session_id = session_id  # the token's login session: a logout closes the socket
         self.queue: asyncio.Queue[str | list[str]] = asyncio.Queue(gateway.settings.ws_queue_size)
         self.closing = asyncio.Event()
         self.finished = asyncio.Event()
@@ -294,7 +305,20 @@ class Session:
             if loop.time() - self.last_heard >= 2 * every:
                 self.shutdown(4408, "heartbeat timeout")
                 return
+            if self._revoked():
+                return
             self.push(frame(Ping(int(time.time() * 1000))))
+
+    def _revoked(self) -> bool:
+        """Whether the token's session has been revoked (logged out) since the socket
+        opened: then an ERROR frame and close 4401, as for a revoked token at connect."""
+        revoked = self.gateway.verifier.revoked
+        if self.session_id is None or revoked is None or self.session_id not in revoked.sids:
+            return False
+        refusal = session_revoked()
+        self.push(frame(Error(refusal.code, refusal.message)))
+        self.shutdown(4401, f"{refusal.code}: {refusal.message}")
+        return True
 
     async def _read(self) -> None:
         while True:
@@ -402,7 +426,7 @@ async def orders_socket(websocket: WebSocket) -> None:
     gateway: Gateway = websocket.app.state.gateway
     await websocket.accept()
     try:
-        user = await gateway.authenticate(websocket)
+        principal = await gateway.authenticate(websocket)
         since = parse_since(websocket.query_params.get("since"))
     except Refused as e:
         reason = f"{e.code}: {e.message}".encode()[:123].decode(errors="ignore")
@@ -410,7 +434,7 @@ async def orders_socket(websocket: WebSocket) -> None:
             await websocket.send_text(frame(Error(e.code, e.message)))
             await websocket.close(e.close_code, reason)
         return
-    await Session(gateway, websocket, user).run(since)
+    await Session(gateway, websocket, principal.user_id, principal.session_id).run(since)
 
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
