@@ -74,7 +74,10 @@ def test_an_unknown_kid_fetches_the_keys_again_at_most_once_per_interval():
             assert (await verifier.authenticate(token)).user_id == "alice"
             fetched = server.requests
             verifier.jwks.min_interval = 3600.0
-            made_up = [signing_key(f"made-up-{n}").token("eve", cfg) for n in range(3)]
+            made_up = [
+                mint_token("eve", cfg, private_key=OLD.private_pem, kid=f"made-up-{n}")
+                for n in range(3)
+            ]
             codes = await asyncio.gather(*(refused(verifier, t) for t in made_up))
             return fetched, codes, server.requests
 
