@@ -78,7 +78,7 @@ class KeySet:
         self.fetches = 0
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._fetched_at = -math.inf  # monotonic time of the last attempt
-        self._fetching: asyncio.Task[None] | None = None
+        self._fetching: asyncio.Task[bool] | None = None
         self._task: asyncio.Task[None] | None = None
         self._retry = 0.0  # seconds before the next attempt while fetches fail
         self.outage = Backoff(f"the JWKS at {url} (keeping the last keys)", log, cap=min_interval)
@@ -101,14 +101,7 @@ class KeySet:
         """Fetch the document now (or wait for the fetch under way); True if it worked."""
         if self._fetching is None or self._fetching.done():
             self._fetching = asyncio.create_task(self._fetch(), name="jwks-fetch")
-        try:
-            await asyncio.shield(self._fetching)
-        except (httpx.HTTPError, ValueError) as e:
-            self._retry = self.outage.failed(e)
-            return False
-        self.outage.recovered()
-        self._retry = 0.0
-        return True
+        return await asyncio.shield(self._fetching)
 
     async def find(self, kid: str) -> Any | None:
         """The key ``kid``, fetching the document again first if it is unknown and the
@@ -126,16 +119,24 @@ class KeySet:
             raise KeysUnavailable(f"the JWKS at {self.url} cannot be fetched now")
         return key
 
-    async def _fetch(self) -> None:
+    async def _fetch(self) -> bool:
+        """One fetch (its failure counted once, however many wait for it)."""
         self._fetched_at = time.monotonic()
         self.fetches += 1
-        response = await self._client.get(self.url, headers={"Accept": "application/json"})
-        response.raise_for_status()
-        keys = rsa_keys(response.json())
+        try:
+            response = await self._client.get(self.url, headers={"Accept": "application/json"})
+            response.raise_for_status()
+            keys = rsa_keys(response.json())
+        except (httpx.HTTPError, ValueError) as e:
+            self._retry = self.outage.failed(e)
+            return False
+        self.outage.recovered()
+        self._retry = 0.0
         removed = not self.keys.keys() <= keys.keys()
         self.keys = keys
         if removed:
             self.on_removed()
+        return True
 
     async def _poll(self) -> None:
         while True:
