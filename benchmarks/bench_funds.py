@@ -40,9 +40,9 @@ TICKS_PER_SECOND = 100
 
 
 async def send(port: int, user: str, what: str, n: int) -> None:
-    """``n`` requests of 1 paisa each on one connection; every answer must be taken."""
+    """``n`` requests of "0.01" rupees each on one connection; every answer must be taken."""
     token = mint_token(user, JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET), ttl=3600)
-    body = json.dumps({"amount": 1}).encode()
+    body = json.dumps({"amount": "0.01"}).encode()
     connection = await Connection(port).open()
     try:
         for _ in range(n):

@@ -29,6 +29,7 @@ import psycopg
 
 from brokercore.broker.funding import FundingKind, fund
 from brokercore.broker.money import PAISE_PER_RUPEE as RUPEE
+from brokercore.broker.money import rupees
 from brokercore.config import ServiceSettings
 from brokercore.identity.users import grant_role
 
@@ -106,7 +107,7 @@ async def _seed(api: _Api, database_url: str) -> dict[str, dict[str, str]]:
                 "POST",
                 "/api/v1/funds/deposits",
                 token,
-                json={"amount": cash},
+                json={"amount": rupees(cash)},
                 headers={"Idempotency-Key": "demo-opening-deposit"},
             )
             (account_id,) = conn.execute(

@@ -23,6 +23,7 @@ from psycopg.conninfo import make_conninfo
 
 from brokercore.broker import withdrawals
 from brokercore.broker.funding import open_account
+from brokercore.broker.money import rupees
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.db.migrations import apply_migrations, drop_database
 from brokercore.edge.auth import mint_token
@@ -33,7 +34,7 @@ from processes import LoggedProcess
 from waiting import wait_until
 
 SECRET = "webhook-secret-of-the-tests"
-RUPEES = 100  # paise
+RUPEES = 100  # paise: the database's unit (the API's is a rupee string, ``rupees``)
 
 
 class FundsService(LoggedProcess):
@@ -156,7 +157,7 @@ def test_a_deposit_with_one_key_is_credited_once_even_when_ten_race(env):
                 *(
                     client.post(
                         "/api/v1/funds/deposits",
-                        json={"amount": 5_000 * RUPEES},
+                        json={"amount": "5000.00"},
                         headers=auth(user, key="salary-2026-12"),
                     )
                     for _ in range(10)
@@ -166,7 +167,7 @@ def test_a_deposit_with_one_key_is_credited_once_even_when_ten_race(env):
     answers = asyncio.run(race())
     assert {a.status_code for a in answers} == {201}, [a.text for a in answers]
     assert len({a.text for a in answers}) == 1, "every repeat gets the first answer"
-    assert answers[0].json()["amount"] == 5_000 * RUPEES
+    assert answers[0].json()["amount"] == "5000.00"
     assert answers[0].json()["status"] == "COMPLETED"
     assert env.money(user) == (5_000 * RUPEES, 0)
     assert env.rows(
@@ -175,33 +176,71 @@ def test_a_deposit_with_one_key_is_credited_once_even_when_ten_race(env):
         user,
     ) == [(1, 5_000 * RUPEES)]
     with env.client() as client:
+        same = client.post(
+            "/api/v1/funds/deposits",
+            json={"amount": "5000"},
+            headers=auth(user, key="salary-2026-12"),
+        )
+        assert same.status_code == 201 and same.text == answers[0].text, "the same amount"
         again = client.post(
-            "/api/v1/funds/deposits", json={"amount": 1}, headers=auth(user, key="salary-2026-12")
+            "/api/v1/funds/deposits",
+            json={"amount": "0.01"},
+            headers=auth(user, key="salary-2026-12"),
         )
         assert_error(again, 422, "IDEMPOTENCY_KEY_REUSED")
         assert_error(
-            client.post("/api/v1/funds/deposits", json={"amount": 1}, headers=auth(user)),
+            client.post("/api/v1/funds/deposits", json={"amount": "0.01"}, headers=auth(user)),
             400,
             "IDEMPOTENCY_KEY_REQUIRED",
         )
         funds = client.get("/api/v1/funds", headers=auth(user)).json()
     assert funds == {
-        "cash": 5_000 * RUPEES,
-        "blocked": 0,
-        "unsettled": 0,
-        "withdrawable": 5_000 * RUPEES,
+        "cash": "5000.00",
+        "blocked": "0.00",
+        "unsettled": "0.00",
+        "withdrawable": "5000.00",
     }
     assert env.money(user) == (5_000 * RUPEES, 0)
     assert env.findings(user) == []
+
+
+def test_amounts_are_rupee_strings_exact_to_the_paisa_up_to_100_crore(env, provider):
+    provider.mode = "hold"
+    user = env.account()
+    sent = {"0.01": "0.01", "7": "7.00", "7.5": "7.50", "1000000000.00": "1000000000.00"}
+    with env.client() as client:
+        for amount, answered in sent.items():
+            deposit = client.post(
+                "/api/v1/funds/deposits", json={"amount": amount}, headers=auth(user, key=amount)
+            )
+            assert deposit.status_code == 201 and deposit.json()["amount"] == answered, deposit.text
+        assert env.money(user) == (1 + 700 + 750 + 100_000_000_000, 0)
+        taken = withdraw(client, user, 1451)
+        assert taken["amount"] == "14.51"
+        key = f"withdrawal-{taken['withdrawalId']}"
+        wait_until(lambda: provider.payouts.get(key), "the payout taken")
+        funds = client.get("/api/v1/funds", headers=auth(user)).json()
+        [listed] = client.get("/api/v1/funds/withdrawals", headers=auth(user)).json()["withdrawals"]
+    assert funds == {
+        "cash": "1000000014.51",
+        "blocked": "14.51",
+        "unsettled": "0.00",
+        "withdrawable": "1000000000.00",
+    }
+    assert listed["amount"] == "14.51"
+    assert {
+        a["amount"] for a in provider.attempts if a["withdrawalId"] == taken["withdrawalId"]
+    } == {1451}, "the provider is sent paise"
 
 
 # --- withdrawals and the provider -------------------------------------------------------
 
 
 def withdraw(client: httpx.Client, user: str, amount: int, key: str | None = None) -> dict:
+    """Withdraw ``amount`` paise (sent as the API's rupee string); the 202's withdrawal."""
     answer = client.post(
         "/api/v1/funds/withdrawals",
-        json={"amount": amount},
+        json={"amount": rupees(amount)},
         headers=auth(user, key=key or uuid.uuid4().hex),
     )
     assert answer.status_code == 202, answer.text
@@ -219,7 +258,8 @@ def test_a_withdrawal_is_completed_by_the_providers_signed_callback(env, provide
     assert repeat["withdrawalId"] == taken["withdrawalId"] and repeat["status"] == "COMPLETED"
     assert env.money(user) == (7_500 * RUPEES, 0)
     sent = [a for a in provider.attempts if a["withdrawalId"] == taken["withdrawalId"]]
-    assert sent and all(a["amount"] == 2_500 * RUPEES for a in sent), sent
+    assert taken["amount"] == repeat["amount"] == "2500.00"
+    assert sent and all(a["amount"] == 2_500 * RUPEES for a in sent), "the provider's in paise"
     [listed_one] = listed["withdrawals"]
     assert listed_one["status"] == "COMPLETED" and listed_one["providerReference"].startswith("po_")
     assert env.rows(
@@ -301,8 +341,9 @@ def test_operators_complete_and_fail_withdrawals_audited_and_others_may_not(env,
         assert env.status(first) == "PENDING"
         pending = client.get("/api/v1/operator/withdrawals", headers=auth("ops", "operator"))
         assert {
-            (w["withdrawalId"], w["userId"], w["status"]) for w in pending.json()["withdrawals"]
-        } >= {(first, user, "PENDING"), (second, user, "PENDING")}, pending.text
+            (w["withdrawalId"], w["userId"], w["status"], w["amount"])
+            for w in pending.json()["withdrawals"]
+        } >= {(first, user, "PENDING", "300.00"), (second, user, "PENDING", "200.00")}, pending.text
         assert_error(
             client.get("/api/v1/operator/withdrawals?status=PAID", headers=auth("ops", "operator")),
             422,
@@ -371,14 +412,14 @@ def test_sale_proceeds_are_withdrawable_from_the_day_after_the_trade(env, provid
     with env.client() as client:
         funds = client.get("/api/v1/funds", headers=auth(user)).json()
         assert funds == {
-            "cash": 100 * RUPEES + proceeds - fee,
-            "blocked": 0,
-            "unsettled": proceeds - fee,
-            "withdrawable": 100 * RUPEES,
+            "cash": "10080.00",  # 100.00 + 10 × 1,000.00 - 20.00
+            "blocked": "0.00",
+            "unsettled": "9980.00",
+            "withdrawable": "100.00",
         }
         refused = client.post(
             "/api/v1/funds/withdrawals",
-            json={"amount": 100 * RUPEES + 1},
+            json={"amount": "100.01"},
             headers=auth(user, key="too-soon"),
         )
         assert_error(refused, 422, "INSUFFICIENT_FUNDS")
@@ -389,10 +430,10 @@ def test_sale_proceeds_are_withdrawable_from_the_day_after_the_trade(env, provid
                 "UPDATE fills SET executed_at = %s WHERE trade_id = %s", (yesterday, f"T+1:{user}")
             )
         funds = client.get("/api/v1/funds", headers=auth(user)).json()
-        assert funds["unsettled"] == 0 and funds["withdrawable"] == funds["cash"]
-        taken = withdraw(client, user, funds["cash"], key="all-of-it")
-    assert taken["amount"] == 100 * RUPEES + proceeds - fee
-    assert env.money(user) == (taken["amount"], taken["amount"])
+        assert funds["unsettled"] == "0.00" and funds["withdrawable"] == funds["cash"]
+        taken = withdraw(client, user, 100 * RUPEES + proceeds - fee, key="all-of-it")
+    assert taken["amount"] == funds["cash"] == "10080.00"
+    assert env.money(user) == (1_008_000, 1_008_000)
 
 
 # --- withdrawals racing orders --------------------------------------------------------------
@@ -414,7 +455,7 @@ def test_withdrawals_racing_orders_for_the_same_cash_never_overspend_it(env, pro
             asked = [
                 funds.post(
                     "/api/v1/funds/withdrawals",
-                    json={"amount": price},
+                    json={"amount": "15000.00"},
                     headers=auth(user, key=uuid.uuid4().hex),
                 )
                 for _ in range(20)
@@ -438,10 +479,10 @@ def test_withdrawals_racing_orders_for_the_same_cash_never_overspend_it(env, pro
     with env.client() as client:
         funds = client.get("/api/v1/funds", headers=auth(user)).json()
     assert funds == {
-        "cash": placed * price,
-        "blocked": placed * price,
-        "unsettled": 0,
-        "withdrawable": 0,
+        "cash": rupees(placed * price),
+        "blocked": rupees(placed * price),
+        "unsettled": "0.00",
+        "withdrawable": "0.00",
     }
     assert env.findings(user) == []
 
@@ -450,25 +491,44 @@ def test_withdrawals_racing_orders_for_the_same_cash_never_overspend_it(env, pro
 
 
 @pytest.mark.parametrize(
-    "body, status, code",
+    "body, status, code, field",
     [
-        (b'{"amount": "\\u0000"}', 400, "INVALID_CHARACTERS"),
-        (b'{"amount": -100}', 422, "INVALID_REQUEST"),
-        (b'{"amount": 0}', 422, "INVALID_REQUEST"),
-        (b'{"amount": 100000000000000000000000000000}', 422, "INVALID_REQUEST"),
-        (b'{"amount": 100000000001}', 422, "INVALID_REQUEST"),
-        (b'{"amount": 12.5}', 422, "INVALID_REQUEST"),
-        (b'{"amount": 100.0}', 422, "INVALID_REQUEST"),
-        (b'{"amount": "100"}', 422, "INVALID_REQUEST"),
-        (b'{"amount": true}', 422, "INVALID_REQUEST"),
-        (b'{"amount": 100, "to": "elsewhere"}', 422, "INVALID_REQUEST"),
-        (b"{}", 422, "INVALID_REQUEST"),
-        (b"amount=100", 400, "MALFORMED_JSON"),
+        (b'{"amount": "\\u0000"}', 400, "INVALID_CHARACTERS", None),
+        (b'{"amount": "100.00\\n"}', 400, "INVALID_CHARACTERS", None),
+        (b'{"amount": 10000}', 422, "INVALID_REQUEST", "amount"),  # a number, not the rupee string
+        (b'{"amount": 12.5}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": 100.0}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": 1e400}', 422, "INVALID_REQUEST", None),  # beyond a double
+        (b'{"amount": 100000000000000000000000000000}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": true}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": null}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": ["100.00"]}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": ""}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "10.005"}', 422, "INVALID_REQUEST", "amount"),  # a fraction of a paisa
+        (b'{"amount": "10.000"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "1e5"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "NaN"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "Infinity"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "-100.00"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "+100.00"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": " 100.00"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "100.00 "}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "1_000.00"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "1,000.00"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": ".50"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "100."}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "\\u0661\\u0660\\u0660"}', 422, "INVALID_REQUEST", "amount"),  # ١٠٠
+        (b'{"amount": "0.00"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "1000000000.01"}', 422, "INVALID_REQUEST", "amount"),  # over 100 crore
+        (b'{"amount": "' + b"9" * 40 + b'"}', 422, "INVALID_REQUEST", "amount"),
+        (b'{"amount": "100.00", "to": "elsewhere"}', 422, "INVALID_REQUEST", None),
+        (b"{}", 422, "INVALID_REQUEST", None),
+        (b"amount=100", 400, "MALFORMED_JSON", None),
     ],
 )
 @pytest.mark.parametrize("what", ["deposits", "withdrawals"])
 def test_a_bad_amount_is_refused_with_the_json_error_and_changes_nothing(
-    env, what, body, status, code
+    env, what, body, status, code, field
 ):
     user = env.account(cash=1_000 * RUPEES)
     with env.client() as client:
@@ -477,7 +537,9 @@ def test_a_bad_amount_is_refused_with_the_json_error_and_changes_nothing(
             content=body,
             headers=auth(user, key="k") | {"Content-Type": "application/json"},
         )
-    assert_error(answer, status, code)
+    error = assert_error(answer, status, code)
+    if field is not None:
+        assert [f["field"] for f in error["fields"]] == [field], error
     assert env.money(user) == (1_000 * RUPEES, 0)
     assert env.rows(
         "SELECT (SELECT count(*) FROM withdrawals w WHERE w.account_id = a.account_id), "
@@ -494,7 +556,7 @@ def test_an_unverified_account_or_a_bad_key_moves_no_money(env):
         for what in ("deposits", "withdrawals"):
             assert_error(
                 client.post(
-                    f"/api/v1/funds/{what}", json={"amount": 100}, headers=auth(pending, key="k")
+                    f"/api/v1/funds/{what}", json={"amount": "1.00"}, headers=auth(pending, key="k")
                 ),
                 403,
                 "ACCOUNT_NOT_VERIFIED",
@@ -502,14 +564,16 @@ def test_an_unverified_account_or_a_bad_key_moves_no_money(env):
             assert_error(
                 client.post(
                     f"/api/v1/funds/{what}",
-                    json={"amount": 100},
+                    json={"amount": "1.00"},
                     headers=auth(verified, key="k" * 129),
                 ),
                 422,
                 "INVALID_REQUEST",
             )
             assert_error(
-                client.post(f"/api/v1/funds/{what}", json={"amount": 100}), 401, "UNAUTHENTICATED"
+                client.post(f"/api/v1/funds/{what}", json={"amount": "1.00"}),
+                401,
+                "UNAUTHENTICATED",
             )
     assert env.money(pending) == (1_000 * RUPEES, 0)
     assert env.money(verified) == (1_000 * RUPEES, 0)

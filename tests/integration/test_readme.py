@@ -120,6 +120,6 @@ def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
     ], statement  # and no FEE rows: the stack charges none (BROKERCORE_FEE_BPS=0)
     assert statement["openingBalance"] == "0.00", statement
     assert statement["rows"][-1]["balance"] == statement["closingBalance"], statement
-    assert Decimal(statement["closingBalance"]) == Decimal(funds["cash"]) / 100, (statement, funds)
+    assert Decimal(statement["closingBalance"]) == Decimal(funds["cash"]), (statement, funds)
     csv_lines = [line for line in customer.splitlines() if line.count(",") >= 5 and line[0] != "{"]
     assert len(csv_lines) == 3 + len(kinds), customer  # header, opening, a line a row, closing

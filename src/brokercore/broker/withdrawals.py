@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from brokercore.broker.funding import FundingKind, fund
+from brokercore.broker.money import rupees
 
 __all__ = [
     "MARKET_TIMEZONE",
@@ -206,8 +207,9 @@ def request(conn: psycopg.Connection, user_id: str, key: str, amount: int) -> Wi
         if amount > free.withdrawable:
             raise FundsRefused(
                 Refusal.INSUFFICIENT_FUNDS,
-                f"{amount} paise asked, {free.withdrawable} paise withdrawable "
-                f"(cash {free.cash}, blocked {free.blocked}, unsettled {free.unsettled})",
+                f"{rupees(amount)} asked, {rupees(free.withdrawable)} withdrawable (cash "
+                f"{rupees(free.cash)}, blocked {rupees(free.blocked)}, "
+                f"unsettled {rupees(free.unsettled)})",
             )
         conn.execute(
             "UPDATE accounts SET blocked_cash = blocked_cash + %s, updated_at = now() "

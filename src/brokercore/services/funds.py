@@ -2,14 +2,14 @@
 
     brokercore service funds --port 8005        (settings: BROKERCORE_* variables)
 
-    GET  /api/v1/funds                                  {cash, blocked, unsettled, withdrawable}
-    POST /api/v1/funds/deposits     {"amount": paise}   + Idempotency-Key
-    POST /api/v1/funds/withdrawals  {"amount": paise}   + Idempotency-Key
-    GET  /api/v1/funds/withdrawals                      the user's, newest first
-    POST /api/v1/funds/webhooks/payments                the provider's signed callback
-    GET  /api/v1/operator/withdrawals?status=PENDING    operators only: every user's
-    POST /api/v1/operator/withdrawals/{id}/complete     operators only, audited
-    POST /api/v1/operator/withdrawals/{id}/fail         {"reason": "..."}, likewise
+    GET  /api/v1/funds                               {cash, blocked, unsettled, withdrawable}
+    POST /api/v1/funds/deposits     {"amount": "50000.00"}  + Idempotency-Key
+    POST /api/v1/funds/withdrawals  {"amount": "50000.00"}  + Idempotency-Key
+    GET  /api/v1/funds/withdrawals                   the user's, newest first
+    POST /api/v1/funds/webhooks/payments             the provider's signed callback
+    GET  /api/v1/operator/withdrawals?status=PENDING operators only: every user's
+    POST /api/v1/operator/withdrawals/{id}/complete  operators only, audited
+    POST /api/v1/operator/withdrawals/{id}/fail      {"reason": "..."}, likewise
 
 The rules are brokercore.broker.withdrawals', run on a blocking connection in a worker
 thread (deposits and completed withdrawals go through brokercore.broker.funding.fund,
@@ -18,14 +18,19 @@ provider (BROKERCORE_PAYMENT_PROVIDER_URL) after its transaction commits, and ag
 doubling schedule until the provider takes it; the provider's callback, signed with
 BROKERCORE_PAYMENT_WEBHOOK_SECRET (brokercore.edge.signature), or an operator ends it.
 A provider that is away leaves it PENDING, never lost.
+
+Amounts are rupee strings with two decimals to clients, as everywhere in the API
+(brokercore.broker.money), and int paise inside and to the provider (as providers speak).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Annotated, Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import httpx
@@ -38,6 +43,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from brokercore.broker import withdrawals
+from brokercore.broker.money import rupees, to_paise
 from brokercore.broker.withdrawals import MAX_AMOUNT, FundsRefused, Refusal, Withdrawal
 from brokercore.config import ServiceSettings
 from brokercore.edge.signature import SIGNATURE_HEADER, verify
@@ -72,7 +78,26 @@ LISTED = 100
 
 
 class AmountRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    amount: Annotated[int, msgspec.Meta(gt=0, le=MAX_AMOUNT)]  # paise
+    amount: str  # rupees, such as "50000.00": see amount_of
+
+
+RUPEES = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
+"""A request's amount: ASCII digits and at most two decimals, so no sign, exponent,
+NaN, space or digit separator (which ``Decimal`` would take), nor a fraction of a paisa."""
+
+
+def amount_of(body: bytes, what: str) -> int:
+    """The paise of a deposit's or withdrawal's body: 422 unless its amount is a string of
+    rupees (``RUPEES``) more than zero and at most ``MAX_AMOUNT``."""
+    text = decode_body(AmountRequest, body, what).amount
+    if not RUPEES.fullmatch(text):
+        wrong = 'a string of rupees with at most two decimals, such as "50000.00"'
+    else:
+        paise = to_paise(Decimal(text))
+        if 0 < paise <= MAX_AMOUNT:
+            return paise
+        wrong = f"more than 0.00 and at most {rupees(MAX_AMOUNT)}"
+    raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid", [FieldError("amount", wrong)])
 
 
 class FailRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -89,22 +114,22 @@ class PaymentCallback(msgspec.Struct, rename="camel", frozen=True):
 
 
 class FundsBody(msgspec.Struct, frozen=True):
-    cash: int
-    blocked: int
-    unsettled: int
-    withdrawable: int
+    cash: str
+    blocked: str
+    unsettled: str
+    withdrawable: str
 
 
 class DepositBody(msgspec.Struct, rename="camel", frozen=True):
     deposit_id: int
-    amount: int
+    amount: str
     status: str
     created_at: str
 
 
 class WithdrawalBody(msgspec.Struct, rename="camel", frozen=True):
     withdrawal_id: int
-    amount: int
+    amount: str
     status: str
     requested_at: str
     finished_at: str | None
@@ -119,7 +144,7 @@ class OperatorWithdrawalBody(WithdrawalBody, rename="camel", frozen=True):
 def withdrawal_body(w: Withdrawal) -> WithdrawalBody:
     return WithdrawalBody(
         w.withdrawal_id,
-        w.amount,
+        rupees(w.amount),
         w.status,
         w.requested_at.isoformat(),
         None if w.finished_at is None else w.finished_at.isoformat(),
@@ -148,7 +173,7 @@ class PayoutClient:
                 json={
                     "withdrawalId": w.withdrawal_id,
                     "accountId": w.account_id,
-                    "amount": w.amount,
+                    "amount": w.amount,  # paise, as providers (Razorpay...) take it
                 },
                 headers={"Idempotency-Key": f"withdrawal-{w.withdrawal_id}"},
             )
@@ -330,7 +355,14 @@ async def get_funds(request: Request) -> Response:
     if row is None:
         raise ApiError(403, Refusal.NO_ACCOUNT.value, "there is no account for this user")
     state = withdrawals.funds_of(row)
-    return json_response(FundsBody(state.cash, state.blocked, state.unsettled, state.withdrawable))
+    return json_response(
+        FundsBody(
+            rupees(state.cash),
+            rupees(state.blocked),
+            rupees(state.unsettled),
+            rupees(state.withdrawable),
+        )
+    )
 
 
 @guarded
@@ -338,11 +370,11 @@ async def post_deposit(request: Request) -> Response:
     funds = _funds(request)
     principal = await funds.authorize(request)
     key = idempotency_key(request)
-    amount = decode_body(AmountRequest, await funds.body(request), "deposit").amount
+    amount = amount_of(await funds.body(request), "deposit")
     done = await funds.write(withdrawals.deposit, principal.user_id, key, amount)
     await funds.cache.invalidate([principal.user_id])
     return json_response(
-        DepositBody(done.deposit_id, done.amount, "COMPLETED", done.at.isoformat()), 201
+        DepositBody(done.deposit_id, rupees(done.amount), "COMPLETED", done.at.isoformat()), 201
     )
 
 
@@ -351,7 +383,7 @@ async def post_withdrawal(request: Request) -> Response:
     funds = _funds(request)
     principal = await funds.authorize(request)
     key = idempotency_key(request)
-    amount = decode_body(AmountRequest, await funds.body(request), "withdrawal").amount
+    amount = amount_of(await funds.body(request), "withdrawal")
     taken = await funds.write(withdrawals.request, principal.user_id, key, amount)
     await funds.cache.invalidate([principal.user_id])
     if funds.provider is not None and taken.status == "PENDING":
