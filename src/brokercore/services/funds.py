@@ -81,16 +81,16 @@ class AmountRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     amount: str  # rupees, such as "50000.00": see amount_of
 
 
-RUPEES = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
+RUPEE_AMOUNT = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
 """A request's amount: ASCII digits and at most two decimals, so no sign, exponent,
 NaN, space or digit separator (which ``Decimal`` would take), nor a fraction of a paisa."""
 
 
 def amount_of(body: bytes, what: str) -> int:
     """The paise of a deposit's or withdrawal's body: 422 unless its amount is a string of
-    rupees (``RUPEES``) more than zero and at most ``MAX_AMOUNT``."""
+    rupees (``RUPEE_AMOUNT``) more than zero and at most ``MAX_AMOUNT``."""
     text = decode_body(AmountRequest, body, what).amount
-    if not RUPEES.fullmatch(text):
+    if not RUPEE_AMOUNT.fullmatch(text):
         wrong = 'a string of rupees with at most two decimals, such as "50000.00"'
     else:
         paise = to_paise(Decimal(text))
