@@ -59,6 +59,9 @@ def rsa_keys(document: object) -> dict[str, Any]:
 
 
 class KeySet:
+    """One provider's keys (``keys``: by key id), fetched from ``url`` as the module
+    says; ``open`` and ``close`` start and stop the background refresh."""
+
     def __init__(
         self,
         url: str,

@@ -63,9 +63,12 @@ class RevokedSessions:
         self.sids = frozenset(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def open(self) -> None:
-        """The first copy (if Redis answers), then the refreshing task."""
-        with contextlib.suppress(RedisError):
+        """The first copy (if Redis answers: else logged, and read by the task), then
+        the refreshing task."""
+        try:
             await self.refresh()
+        except RedisError as e:
+            self.outage.failed(e)
         self._task = asyncio.create_task(self._poll(), name="revoked-sessions")
 
     async def close(self) -> None:
