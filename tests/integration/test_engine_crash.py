@@ -129,11 +129,12 @@ def test_a_committed_offset_behind_the_published_events_repeats_none(tmp_path, i
     producer = OrderProducer(settings)
     no_snapshots = ("--snapshot-every", "1000000", "--snapshot-interval", "3600")
     daemon = Daemon(settings, 0, instruments_file, tmp_path / "first.log", *no_snapshots)
-    producer.send(first)
-    expected, _ = direct_run(settings, instruments(), first)
-    read_events(settings, expected=sum(map(len, expected.values())))
-    daemon.kill()
-    daemon.close()
+    try:
+        producer.send(first)
+        expected, _ = direct_run(settings, instruments(), first)
+        read_events(settings, expected=sum(map(len, expected.values())))
+    finally:
+        daemon.close()  # kill -9
 
     group, topic = settings.engine_group(0), settings.orders_topic
     admin = AdminClient({"bootstrap.servers": settings.bootstrap})
@@ -141,7 +142,10 @@ def test_a_committed_offset_behind_the_published_events_repeats_none(tmp_path, i
     admin.alter_consumer_group_offsets([back])[group].result(timeout=30)
 
     final = Daemon(settings, 0, instruments_file, tmp_path / "final.log", *no_snapshots)
-    final.wait_for("active from")
-    assert "behind the published events" in final.text()
-    producer.send(second)
-    check_run(settings, commands, final)
+    try:
+        final.wait_for("active from")
+        assert "behind the published events" in final.text()
+        producer.send(second)
+        check_run(settings, commands, final)
+    finally:
+        final.close()
