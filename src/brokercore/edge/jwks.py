@@ -5,11 +5,14 @@ The document is fetched at start, again in the background every ``refresh_interv
 seconds (so a key the provider stops publishing stops verifying), and again when a token
 names a key id not in the copy (a rotation), at most once every ``min_interval``
 seconds: a flood of tokens with made-up key ids costs the provider one request per
-interval, and requests that arrive during a fetch wait for that one. A fetch is async
-(httpx): it never blocks the event loop. A failed fetch keeps the last copy and is
-retried in the background (0.1 s doubling up to ``min_interval``); while fetches fail,
-a token naming a key not in the copy is neither accepted nor refused (KeysUnavailable:
-the services answer 503, so a client keeps its token and tries again).
+interval, and requests that arrive during a fetch wait for that one (one fetch at a
+time). A fetch is async (httpx): it never blocks the event loop.
+
+A failed fetch keeps the last copy and is retried in the background (0.1 s doubling up
+to ``min_interval``), and the next token naming an unknown key tries again at once, so
+the first request after the provider is back (a stack's start) fetches the keys itself.
+While fetches fail, a token naming a key not in the copy is neither accepted nor refused
+(KeysUnavailable: the services answer 503, so a client keeps its token and tries again).
 """
 
 from __future__ import annotations
@@ -108,14 +111,16 @@ class KeySet:
 
     async def find(self, kid: str) -> Any | None:
         """The key ``kid``, fetching the document again first if it is unknown and the
-        last fetch is at least ``min_interval`` seconds old (else waiting for the one
-        under way, if any); None if it is still unknown. Raises KeysUnavailable if it is
-        unknown while the document cannot be fetched: the key may be a new one."""
+        last fetch is at least ``min_interval`` seconds old or failed (else waiting for
+        the one under way, if any); None if it is still unknown. Raises KeysUnavailable
+        if it is unknown while the document cannot be fetched: the key may be a new
+        one."""
         key = self.keys.get(kid)
         if key is not None:
             return key
         fetching = self._fetching is not None and not self._fetching.done()
-        if fetching or time.monotonic() - self._fetched_at >= self.min_interval:
+        due = self.outage.failing or time.monotonic() - self._fetched_at >= self.min_interval
+        if fetching or due:
             await self.refresh()
         key = self.keys.get(kid)
         if key is None and self.outage.failing:
