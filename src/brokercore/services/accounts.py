@@ -26,7 +26,6 @@ access tokens like every service (BROKERCORE_JWKS_URL, which points at it).
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -125,14 +124,7 @@ class Accounts(LimitedApi):
         """The client's address, within its rate limit (429 RATE_LIMITED): the budget of
         the calls made before a login."""
         address = request.client.host if request.client else "unknown"
-        wait = await self.limiter.take("address:" + address)
-        if wait > 0:
-            raise ApiError(
-                429,
-                "RATE_LIMITED",
-                "too many requests; slow down",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+        await self.take("address:" + address)
         return address
 
     async def tokens(self, conn: AsyncConnection[Any], user: users.LoginUser) -> Response:

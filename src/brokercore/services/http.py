@@ -187,7 +187,13 @@ class LimitedApi:
     async def authorize(self, request: Request) -> Principal:
         """The caller, within their rate limit: 401, or 429 with Retry-After."""
         principal = await authenticate(self.verifier, request)
-        wait = await self.limiter.take(principal.user_id)
+        await self.take(principal.user_id)
+        return principal
+
+    async def take(self, key: str) -> None:
+        """One request from ``key``'s budget (a user's, or a client address's): 429 with
+        Retry-After when it is spent."""
+        wait = await self.limiter.take(key)
         if wait > 0:
             raise ApiError(
                 429,
@@ -195,7 +201,6 @@ class LimitedApi:
                 "too many requests; slow down",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        return principal
 
     async def body(self, request: Request) -> bytes:
         """The JSON body (415 if it is declared as anything else), bounded."""
