@@ -67,8 +67,14 @@ class _Api:
         self.client = client
 
     async def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
+        """The answer's JSON. A 503 (a service that has just started and not fetched
+        the signing keys yet) is asked again after its Retry-After, for up to 30 s."""
         headers = kw.pop("headers", {}) | ({"Authorization": f"Bearer {token}"} if token else {})
-        answer = await self.client.request(method, path, headers=headers, **kw)
+        for _ in range(30):
+            answer = await self.client.request(method, path, headers=headers, **kw)
+            if answer.status_code != 503:
+                break
+            await asyncio.sleep(min(1.0, float(answer.headers.get("retry-after", "1"))))
         if answer.status_code >= 400:
             raise RuntimeError(f"{method} {path}: {answer.status_code} {answer.text}")
         return answer.json() if answer.content else None
