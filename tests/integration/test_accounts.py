@@ -286,10 +286,12 @@ def test_totp_enrolment_login_replay_and_recovery_codes(accounts):
     assert_error(relogin, 429, "LOGIN_LOCKED")  # a right password alone resets nothing
 
 
-def revoked_sids() -> set[str]:
+def revoked_sids(accounts) -> set[str]:
+    """The sessions revoked in the service's deployment (its Redis prefix)."""
     client = redis.Redis.from_url(REDIS_URL)
+    key = accounts.prefix + REVOKED_SESSIONS
     try:
-        return {m.decode() for m in client.zrangebyscore(REVOKED_SESSIONS, time.time(), "+inf")}
+        return {m.decode() for m in client.zrangebyscore(key, time.time(), "+inf")}
     finally:
         client.close()
 
@@ -315,7 +317,7 @@ def test_refresh_rotates_and_a_reused_token_revokes_its_family(accounts):
     assert_error(reused, 401, "INVALID_REFRESH_TOKEN")
     latest = accounts.post("/api/v1/auth/refresh", {"refreshToken": chain[-1]["refreshToken"]})
     assert_error(latest, 401, "INVALID_REFRESH_TOKEN")  # the family is revoked
-    assert sid(first["accessToken"]) in revoked_sids()
+    assert sid(first["accessToken"]) in revoked_sids(accounts)
     wait_until(
         lambda: accounts.get("/api/v1/me", chain[-1]["accessToken"]).status_code == 401,
         "the revoked session's access token refused",
@@ -331,7 +333,7 @@ def test_logout_revokes_the_session(accounts):
     assert accounts.post("/api/v1/auth/logout", token=tokens["accessToken"]).status_code == 204
     refresh = accounts.post("/api/v1/auth/refresh", {"refreshToken": tokens["refreshToken"]})
     assert_error(refresh, 401, "INVALID_REFRESH_TOKEN")
-    assert sid(tokens["accessToken"]) in revoked_sids()
+    assert sid(tokens["accessToken"]) in revoked_sids(accounts)
     wait_until(
         lambda: accounts.get("/api/v1/me", tokens["accessToken"]).status_code == 401,
         "the logged-out access token refused",

@@ -187,7 +187,7 @@ def test_roles_come_from_the_token():
 
 
 def test_a_revoked_session_is_refused_even_when_remembered():
-    revoked = RevokedSessions(Redis())  # never asked: the copy is set by hand here
+    revoked = RevokedSessions(Redis(), "t:")  # never asked: the copy is set by hand here
     verifier = TokenVerifier(config(None), revoked=revoked)
     token = mint_token("alice", verifier.config, session_id="s-1")
     other = mint_token("alice", verifier.config, session_id="s-2")

@@ -1,7 +1,8 @@
 """Revoked sessions: the refresh-token families (a token's ``sid``) whose access tokens
 every service must refuse before they expire.
 
-One Redis sorted set, ``REVOKED_SESSIONS``: member = sid, score = the unix time until
+One Redis sorted set, ``REVOKED_SESSIONS`` under the deployment's key prefix
+(BROKERCORE_REDIS_PREFIX, as every key of the platform): member = sid, score = the unix time until
 which it stays revoked (the access tokens' longest lifetime past the revocation; after
 that no token of the session is valid anyway). The identity service writes it on logout
 and on refresh-token reuse (``revoke_sessions``); each service process keeps a copy in
@@ -30,15 +31,15 @@ REVOKED_SESSIONS = "auth:revoked-sessions"
 """The sorted set of revoked sids (score: revoked until, unix seconds)."""
 
 
-async def revoke_sessions(redis: Redis, sids: Iterable[str], until: float) -> None:
+async def revoke_sessions(redis: Redis, prefix: str, sids: Iterable[str], until: float) -> None:
     """Revoke the sessions ``sids`` until the unix time ``until`` (members already
     revoked for longer keep their later time), and drop the members whose time has
     passed, in one transaction."""
-    members = {sid: until for sid in sids}
+    key, members = prefix + REVOKED_SESSIONS, {sid: until for sid in sids}
     async with redis.pipeline(transaction=True) as pipe:
         if members:
-            pipe.zadd(REVOKED_SESSIONS, members, gt=True)
-        pipe.zremrangebyscore(REVOKED_SESSIONS, "-inf", time.time())
+            pipe.zadd(key, members, gt=True)
+        pipe.zremrangebyscore(key, "-inf", time.time())
         await pipe.execute()
 
 
@@ -47,8 +48,9 @@ class RevokedSessions:
     every ``interval`` seconds by a background task. While Redis is away the last copy
     stays in force (a revocation made meanwhile takes effect when Redis is back)."""
 
-    def __init__(self, redis: Redis, interval: float = 1.0):
+    def __init__(self, redis: Redis, prefix: str, interval: float = 1.0):
         self.redis = redis
+        self.key = prefix + REVOKED_SESSIONS
         self.interval = interval
         self.sids: frozenset[str] = frozenset()
         self.outage = Backoff("redis (for the revoked sessions; using the last copy)", log)
@@ -59,7 +61,7 @@ class RevokedSessions:
 
     async def refresh(self) -> None:
         """Read the sids still revoked now."""
-        members = await self.redis.zrangebyscore(REVOKED_SESSIONS, time.time(), "+inf")
+        members = await self.redis.zrangebyscore(self.key, time.time(), "+inf")
         self.sids = frozenset(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def open(self) -> None:

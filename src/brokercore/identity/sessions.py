@@ -58,7 +58,9 @@ async def start_family(conn: AsyncConnection[Any], user_id: str) -> tuple[str, s
     return family_id, await _issue(conn, user_id, family_id)
 
 
-async def refresh(conn: AsyncConnection[Any], redis: Redis, token: str) -> Refreshed | None:
+async def refresh(
+    conn: AsyncConnection[Any], redis: Redis, prefix: str, token: str
+) -> Refreshed | None:
     """Spend ``token`` and issue the next one of its family; None if it is unknown,
     expired or revoked, or if it was spent already (then its family is revoked: see the
     module's docstring)."""
@@ -83,11 +85,13 @@ async def refresh(conn: AsyncConnection[Any], redis: Redis, token: str) -> Refre
             )
             return Refreshed(user_id, family_id, await _issue(conn, user_id, family_id))
     if reused:
-        await revoke_family(conn, redis, family_id)
+        await revoke_family(conn, redis, prefix, family_id)
     return None
 
 
-async def revoke_family(conn: AsyncConnection[Any], redis: Redis, family_id: str) -> None:
+async def revoke_family(
+    conn: AsyncConnection[Any], redis: Redis, prefix: str, family_id: str
+) -> None:
     """Revoke every refresh token of the family (committed first, unless the caller holds
     a transaction), then its sid in every service for as long as one of its access
     tokens can live."""
@@ -97,4 +101,4 @@ async def revoke_family(conn: AsyncConnection[Any], redis: Redis, family_id: str
             "WHERE family_id = %s AND revoked_at IS NULL",
             (family_id,),
         )
-    await revoke_sessions(redis, [family_id], time.time() + ACCESS_TTL + 60)
+    await revoke_sessions(redis, prefix, [family_id], time.time() + ACCESS_TTL + 60)

@@ -240,7 +240,9 @@ async def refresh(request: Request) -> Response:
     body = decode_body(RefreshRequest, await api.body(request), "refresh")
     await api.limit_address(request)
     async with api.pool.connection() as conn:
-        refreshed = await sessions.refresh(conn, api.redis, body.refresh_token)
+        refreshed = await sessions.refresh(
+            conn, api.redis, api.settings.redis_prefix, body.refresh_token
+        )
         user = (
             None if refreshed is None else await users.login_user(conn, user_id=refreshed.user_id)
         )
@@ -260,7 +262,9 @@ async def logout(request: Request) -> Response:
     principal = await api.authorize(request)
     if principal.session_id is not None:  # a development token has no session
         async with api.pool.connection() as conn:
-            await sessions.revoke_family(conn, api.redis, principal.session_id)
+            await sessions.revoke_family(
+                conn, api.redis, api.settings.redis_prefix, principal.session_id
+            )
     return Response(status_code=204)
 
 

@@ -385,7 +385,8 @@ def token_verifier(settings: ServiceSettings, redis: Redis) -> TokenVerifier:
     """The token verifier of a service: the configured keys (BROKERCORE_JWKS_URL's
     included) and the revoked sessions read over ``redis`` (the service's own client);
     the service opens and closes it with itself."""
-    return TokenVerifier(JwtConfig.from_settings(settings), revoked=RevokedSessions(redis))
+    revoked = RevokedSessions(redis, settings.redis_prefix)
+    return TokenVerifier(JwtConfig.from_settings(settings), revoked=revoked)
 
 
 async def authenticate(verifier: TokenVerifier, request: Request) -> Principal:
