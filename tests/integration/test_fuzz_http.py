@@ -42,6 +42,8 @@ ROUTES = [
     ("query", "GET", "/api/v1/portfolio"),
     ("query", "GET", "/api/v1/marketdata/{symbol}"),
     ("query", "GET", "/api/v1/marketdata/{symbol}/candles"),
+    ("query", "GET", "/api/v1/instruments"),
+    ("query", "GET", "/api/v1/instruments/{symbol}"),
     ("query", "GET", "/api/v1/statement"),
     ("query", "GET", "/api/v1/trades"),
     ("query", "GET", "/api/v1/watchlists"),

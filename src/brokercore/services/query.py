@@ -3,7 +3,8 @@
     brokercore service query --port 8001          (settings: BROKERCORE_* variables)
 
 GET /api/v1/orders, /orders/{orderId}, /orders/{orderId}/history, /portfolio,
-/marketdata/{symbol} and /marketdata/{symbol}/candles, /trades, /statement (JSON or CSV),
+/marketdata/{symbol} and /marketdata/{symbol}/candles, /instruments and
+/instruments/{symbol} (brokercore.read.instruments), /trades, /statement (JSON or CSV),
 and the user's watchlists (GET, POST /watchlists; GET, PUT, DELETE /watchlists/{id}),
 each with a JWT bearer token; a user sees only their own orders, money and lists (another
 user's list is 404, as if it did not exist). The reads are brokercore.read.queries',
@@ -42,7 +43,7 @@ from brokercore.broker.market import load_market
 from brokercore.broker.orders import ORDER_STATUSES
 from brokercore.config import ServiceSettings
 from brokercore.entry.requests import FieldError, encode_json
-from brokercore.read import queries, statement, watchlists
+from brokercore.read import instruments, queries, statement, watchlists
 from brokercore.read.cache import UserCache
 from brokercore.read.candles import INTERVALS
 from brokercore.realtime.channels import encode_message, md_key
@@ -114,7 +115,8 @@ class QueryService(LimitedApi):
         )
         self.router = read_router(settings, self.pool, 20, configure=_snapshot_reads)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
-        self.market = load_market(settings.instruments)
+        self.market = load_market(settings.instruments, settings.calendar)
+        self.instruments = instruments.Catalogue(self.market)  # reference data
         self.writes = database_pool(settings, 5)  # watchlists
         self.zone = (  # the exchange's days (statements)
             next(iter(self.market.values())).session.zone if self.market else ZoneInfo("UTC")
@@ -475,6 +477,27 @@ async def delete_watchlist(request: Request) -> Response:
 
 
 @guarded
+async def list_instruments(request: Request) -> Response:
+    service = _service(request)
+    await service.user(request)
+    _params(request)
+    symbols = list(service.market)
+    phase_of = await service.read(instruments.phases, symbols)
+    answers = [service.instruments.answer(symbol, phase_of) for symbol in symbols]
+    return _json(encode_json(instruments.InstrumentList(answers)))
+
+
+@guarded
+async def get_instrument(request: Request) -> Response:
+    service = _service(request)
+    await service.user(request)
+    symbol = service.symbol(request)
+    _params(request)
+    phase_of = await service.read(instruments.phases, [symbol])
+    return _json(encode_json(service.instruments.answer(symbol, phase_of)))
+
+
+@guarded
 async def market_data(request: Request) -> Response:
     service = _service(request)
     await service.user(request)
@@ -523,6 +546,8 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
             Route("/api/v1/watchlists/{watchlist_id}", get_watchlist, methods=["GET"]),
             Route("/api/v1/watchlists/{watchlist_id}", replace_watchlist, methods=["PUT"]),
             Route("/api/v1/watchlists/{watchlist_id}", delete_watchlist, methods=["DELETE"]),
+            Route("/api/v1/instruments", list_instruments, methods=["GET"]),
+            Route("/api/v1/instruments/{symbol}", get_instrument, methods=["GET"]),
             Route("/api/v1/marketdata/{symbol}", market_data, methods=["GET"]),
             Route("/api/v1/marketdata/{symbol}/candles", candles, methods=["GET"]),
         ],
