@@ -55,7 +55,14 @@ from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import CancelOrder, NewOrder, encode
 from brokercore.kafka.placement import shard_plan
 
-__all__ = ["OrderEntry", "OrderReceipt", "OrderRefused", "Refusal"]
+__all__ = [
+    "OrderEntry",
+    "OrderReceipt",
+    "OrderRefused",
+    "Refusal",
+    "last_prices",
+    "no_account",
+]
 
 VERIFIED = "VERIFIED"
 """The KYC status (accounts.kyc_status, 0010_identity.sql) an account needs to order."""
@@ -250,7 +257,7 @@ class OrderEntry:
                 await conn.execute(_READ_STATE, (user_id, request.symbol, request.idempotency_key))
             ).fetchone()
             if row is None:
-                raise _no_account()
+                raise no_account()
             facts = _Facts(*row)
             if facts.key_order_id is not None:
                 retry = self._retried(facts, fingerprint, now, request.symbol)
@@ -262,7 +269,7 @@ class OrderEntry:
                 )
                 order_id = await _returned_id(conn, "SELECT nextval('order_id_seq')")
                 facts = facts._replace(new_order_id=order_id)
-            last = await _last_prices(conn, [request])
+            last = await last_prices(conn, [request])
             placement = self._decide(
                 user_id, request, fingerprint, now, trade_date, facts, _free(facts), last
             )
@@ -294,7 +301,7 @@ class OrderEntry:
                 )
             ).fetchall()
             facts = {row[0]: _Facts(*row[1:]) for row in rows}
-            last = await _last_prices(conn, [request for _, request in orders])
+            last = await last_prices(conn, [request for _, request in orders])
             decided: list[_Placement | OrderReceipt | OrderRefused] = []
             for n, ((user_id, request), trade_date) in enumerate(zip(orders, dates, strict=True)):
                 try:
@@ -335,7 +342,7 @@ class OrderEntry:
     ) -> _Placement | OrderReceipt:
         """One order of a batch, decided after the batch's earlier ones."""
         if facts is None:
-            raise _no_account()
+            raise no_account()
         fingerprint = _fingerprint(request)
         key = (user_id, request.idempotency_key)
         earlier = batch.keys.get(key)
@@ -391,40 +398,12 @@ class OrderEntry:
         free: AccountState,
         last: Mapping[str, Decimal],
     ) -> _Placement:
-        """The checks of a new order against what its account has free (a stop's trigger
-        against its symbol's ``last`` trade price, when known), after the account's KYC
-        status; what to write if it passes (else OrderRefused)."""
-        if facts.kyc_status != VERIFIED:
-            raise OrderRefused(
-                Refusal.ACCOUNT_NOT_VERIFIED,
-                f"this account's KYC is {facts.kyc_status}: orders need a verified account",
-            )
+        """What to write for a new order if it passes ``check`` (else OrderRefused)."""
+        hold = self.check(request, facts.kyc_status, free, now, last)
         order_type = OrderType(request.type)
         stop = order_type in STOP_TYPES
         side = Side[request.side]
-        order = OrderRequest(
-            request.symbol,
-            side,
-            order_type,
-            request.quantity,
-            request.price,
-            Tif[request.time_in_force] if request.time_in_force else None,
-            request.trigger_price,
-            request.disclosed_quantity or 0,
-        )
-        instrument = self.market.get(request.symbol)
-        hold = check_order(
-            order,
-            instrument,
-            now,
-            free,
-            fees=self.fees,
-            last_price=last.get(request.symbol) if stop else None,  # read for stops only
-            protection_percent=self.protection_percent,
-        )
-        if isinstance(hold, RiskRejection):
-            raise OrderRefused(hold.code, hold.message)
-        assert instrument is not None  # check_order refuses an unknown symbol
+        instrument = self.market[request.symbol]  # check refuses an unknown symbol
         limit_ticks = instrument.to_ticks(request.price) if request.price is not None else None
         price, market, tif = _engine_order(order_type, side, limit_ticks, hold)
         order_id = facts.new_order_id
@@ -477,6 +456,47 @@ class OrderEntry:
             "payload": payload,
         }
         return _Placement(order_id, request.symbol, fingerprint, hold, payload, now, params)
+
+    def check(
+        self,
+        request: PlaceOrderRequest,
+        kyc_status: str,
+        free: AccountState,
+        now: datetime,
+        last: Mapping[str, Decimal],
+    ) -> Hold:
+        """The checks of a new order against what its account has ``free`` (a stop's
+        trigger against its symbol's ``last`` trade price, when known), after the
+        account's KYC status: the hold it takes if it passes, else OrderRefused. The one
+        decision of both the order path and the margin preview (brokercore.entry.margins)."""
+        if kyc_status != VERIFIED:
+            raise OrderRefused(
+                Refusal.ACCOUNT_NOT_VERIFIED,
+                f"this account's KYC is {kyc_status}: orders need a verified account",
+            )
+        order_type = OrderType(request.type)
+        order = OrderRequest(
+            request.symbol,
+            Side[request.side],
+            order_type,
+            request.quantity,
+            request.price,
+            Tif[request.time_in_force] if request.time_in_force else None,
+            request.trigger_price,
+            request.disclosed_quantity or 0,
+        )
+        hold = check_order(
+            order,
+            self.market.get(request.symbol),
+            now,
+            free,
+            fees=self.fees,
+            last_price=last.get(request.symbol) if order_type in STOP_TYPES else None,
+            protection_percent=self.protection_percent,
+        )
+        if isinstance(hold, RiskRejection):
+            raise OrderRefused(hold.code, hold.message)
+        return hold
 
     def _receipt(self, placement: _Placement, outbox_id: int) -> OrderReceipt:
         return OrderReceipt(
@@ -577,7 +597,7 @@ def _free(facts: _Facts) -> AccountState:
     return AccountState(facts.cash - facts.blocked_cash, facts.free_shares or 0, facts.allow_short)
 
 
-def _no_account() -> OrderRefused:
+def no_account() -> OrderRefused:
     return OrderRefused(Refusal.NO_ACCOUNT, "this user has no trading account")
 
 
@@ -599,7 +619,7 @@ async def _returned_id(
     return value
 
 
-async def _last_prices(
+async def last_prices(
     conn: AsyncConnection, requests: Sequence[PlaceOrderRequest]
 ) -> dict[str, Decimal]:
     """The last trade price (rupees) of each symbol the stops among ``requests`` are for,
