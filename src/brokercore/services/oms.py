@@ -2,7 +2,8 @@
 
     brokercore service oms --port 8000          (settings: BROKERCORE_* variables)
 
-POST /api/v1/orders and DELETE /api/v1/orders/{orderId}, each with a JWT bearer token.
+POST /api/v1/orders, DELETE /api/v1/orders/{orderId} and DELETE /api/v1/orders[?symbol=]
+(cancel many), each with a JWT bearer token.
 The logic is in brokercore (order_entry, risk, auth, ratelimit, outbox); this file maps
 HTTP onto it: authentication, the per-user rate limit, the body size limit, decoding,
 and errors as ``{"error": {"code", "message", "fields"?}}`` with no stack trace.
@@ -14,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from decimal import Decimal
+from typing import TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,14 +25,29 @@ from starlette.routing import Route
 from brokercore.broker.market import load_market
 from brokercore.broker.risk import FeeSchedule, RejectCode
 from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.entry.cancel_many import cancel_many
 from brokercore.entry.group_commit import GroupCommit
 from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxPublisher
-from brokercore.entry.requests import OrderAccepted, PlaceOrderRequest, encode_json
+from brokercore.entry.requests import (
+    FieldError,
+    OrderAccepted,
+    PlaceOrderRequest,
+    encode_json,
+)
 from brokercore.read.cache import UserCache
-from brokercore.services.http import ApiError, LimitedApi, decode_body, guarded, service_app
+from brokercore.services.http import (
+    ApiError,
+    LimitedApi,
+    decode_body,
+    guarded,
+    json_response,
+    service_app,
+)
 
 log = logging.getLogger("brokercore.oms")
+
+T = TypeVar("T")
 
 
 class Oms(LimitedApi):
@@ -101,7 +118,7 @@ def refusal_status(reason: Refusal | RejectCode) -> int:
     return 422 if isinstance(reason, RejectCode) else _REFUSAL_STATUS[reason]
 
 
-async def entry(call: Awaitable[OrderReceipt]) -> OrderReceipt:
+async def entry(call: Awaitable[T]) -> T:
     """The order entry's answer; a refusal (nothing stored) as an API error."""
     try:
         return await call
@@ -135,6 +152,25 @@ async def cancel_order(request: Request) -> Response:
     )
 
 
+@guarded
+async def cancel_orders(request: Request) -> Response:
+    """Cancel many: the caller's open orders, of one symbol with ``?symbol=``."""
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    symbol = None
+    for name, value in request.query_params.multi_items():
+        if name != "symbol" or symbol is not None:
+            problem = "given more than once" if name == "symbol" else "only symbol is known"
+            raise ApiError(
+                422, "INVALID_REQUEST", "the query is invalid", [FieldError(name[:40], problem)]
+            )
+        symbol = value
+    done = await entry(cancel_many(oms.entry, principal.user_id, symbol))
+    await oms.cache.invalidate([principal.user_id])
+    oms.publisher.submit(done.outbox)
+    return json_response(done.answer, 202)
+
+
 def create_app(
     settings: ServiceSettings | None = None, kafka: KafkaSettings | None = None
 ) -> Starlette:
@@ -145,6 +181,7 @@ def create_app(
         lambda: Oms(settings, kafka),
         [
             Route("/api/v1/orders", place_order, methods=["POST"]),
+            Route("/api/v1/orders", cancel_orders, methods=["DELETE"]),
             Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"]),
         ],
     )
