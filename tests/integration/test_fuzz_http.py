@@ -36,6 +36,7 @@ HANDSHAKES = {"ci": 200}.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 40)
 ROUTES = [
     ("oms", "POST", "/api/v1/orders"),
     ("oms", "DELETE", "/api/v1/orders/{id}"),
+    ("oms", "POST", "/api/v1/margins/orders"),
     ("query", "GET", "/api/v1/orders"),
     ("query", "GET", "/api/v1/orders/{id}"),
     ("query", "GET", "/api/v1/orders/{id}/history"),
@@ -81,6 +82,12 @@ QUERY_NAMES = [
     "unreadOnly",
 ]
 VALID_BODIES = {
+    "/api/v1/margins/orders": {
+        "symbol": "RELIANCE",
+        "side": "SELL",
+        "type": "MARKET",
+        "quantity": 1,
+    },
     "/api/v1/orders": {
         "symbol": "RELIANCE",
         "side": "BUY",

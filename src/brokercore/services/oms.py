@@ -3,7 +3,8 @@
     brokercore service oms --port 8000          (settings: BROKERCORE_* variables)
 
 POST /api/v1/orders, DELETE /api/v1/orders/{orderId} and DELETE /api/v1/orders[?symbol=]
-(cancel many), each with a JWT bearer token.
+(cancel many), POST /api/v1/margins/orders (what orders would block, storing nothing),
+each with a JWT bearer token.
 The logic is in brokercore (order_entry, risk, auth, ratelimit, outbox); this file maps
 HTTP onto it: authentication, the per-user rate limit, the body size limit, decoding,
 and errors as ``{"error": {"code", "message", "fields"?}}`` with no stack trace.
@@ -27,6 +28,7 @@ from brokercore.broker.risk import FeeSchedule, RejectCode
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.entry.cancel_many import cancel_many
 from brokercore.entry.group_commit import GroupCommit
+from brokercore.entry.margins import MarginBody, MarginOrder, answer, preview
 from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxPublisher
 from brokercore.entry.requests import (
@@ -171,6 +173,17 @@ async def cancel_orders(request: Request) -> Response:
     return json_response(done.answer, 202)
 
 
+@guarded
+async def margin_preview(request: Request) -> Response:
+    """What one order or a list of them would block, checked together; nothing stored."""
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    raw = await oms.body(request)
+    body: MarginOrder | list[MarginOrder] = decode_body(MarginBody, raw, "order")
+    orders = body if isinstance(body, list) else [body]
+    return json_response(answer(await entry(preview(oms.entry, principal.user_id, orders))))
+
+
 def create_app(
     settings: ServiceSettings | None = None, kafka: KafkaSettings | None = None
 ) -> Starlette:
@@ -181,6 +194,7 @@ def create_app(
         lambda: Oms(settings, kafka),
         [
             Route("/api/v1/orders", place_order, methods=["POST"]),
+            Route("/api/v1/margins/orders", margin_preview, methods=["POST"]),
             Route("/api/v1/orders", cancel_orders, methods=["DELETE"]),
             Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"]),
         ],
