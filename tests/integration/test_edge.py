@@ -143,6 +143,10 @@ def test_the_edge_routes_each_kind_balances_passes_the_address_and_answers_json(
         assert upstreams(edge, 18)[13:] == ["-"] * 5
         # A service's own errors pass through untouched.
         assert_error(client.post("/api/v1/orders", json=order()), 401, "UNAUTHENTICATED")
+        # Cancel many (DELETE /api/v1/orders) to the OMS: the other five orders.
+        every = client.delete("/api/v1/orders?symbol=RELIANCE", headers=auth("alice"))
+        assert every.status_code == 202 and len(every.json()["orders"]) == 5, every.text
+        assert upstreams(edge, 20)[19] in served[:6], edge.access_log(20)
 
 
 async def place_until_answered(
