@@ -35,6 +35,7 @@ HANDSHAKES = {"ci": 200}.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 40)
 
 ROUTES = [
     ("oms", "POST", "/api/v1/orders"),
+    ("oms", "DELETE", "/api/v1/orders"),
     ("oms", "DELETE", "/api/v1/orders/{id}"),
     ("oms", "POST", "/api/v1/margins/orders"),
     ("query", "GET", "/api/v1/orders"),
