@@ -147,6 +147,10 @@ def test_the_edge_routes_each_kind_balances_passes_the_address_and_answers_json(
         every = client.delete("/api/v1/orders?symbol=RELIANCE", headers=auth("alice"))
         assert every.status_code == 202 and len(every.json()["orders"]) == 5, every.text
         assert upstreams(edge, 20)[19] in served[:6], edge.access_log(20)
+        # The margin preview (POST /api/v1/margins/orders) to the OMS.
+        margin = client.post("/api/v1/margins/orders", json=[order()], headers=auth("alice"))
+        assert margin.status_code == 200 and margin.json()["orders"][0]["accepted"], margin.text
+        assert upstreams(edge, 21)[20] in served[:6], edge.access_log(21)
 
 
 async def place_until_answered(
