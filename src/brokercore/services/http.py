@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Lifespan
 
 from brokercore.config import ServiceSettings
@@ -247,9 +247,19 @@ def service_app(name: str, make: Callable[[], Service], routes: Sequence[BaseRou
 
 
 def _http_error(request: Request, exc: HTTPException) -> Response:
-    """Starlette's own refusals (no route, a method the route does not take)."""
-    status = HTTPStatus(exc.status_code)
-    return error_response(status.value, status.name, status.description, headers=exc.headers)
+    """Starlette's own refusals (no route, a method the route does not take). A 405's
+    Allow names the methods of every route of the path (Starlette's names only the first
+    route's, and a path may have one route a method: POST and DELETE /api/v1/orders)."""
+    status, headers = HTTPStatus(exc.status_code), exc.headers
+    if status == HTTPStatus.METHOD_NOT_ALLOWED:
+        allowed = {
+            method
+            for route in request.app.routes
+            if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL
+            for method in route.methods or ()
+        }
+        headers = {"Allow": ", ".join(sorted(allowed))}
+    return error_response(status.value, status.name, status.description, headers=headers)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
