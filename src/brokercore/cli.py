@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 
 from brokercore import __version__
 from brokercore.config import EngineOptions, KafkaSettings
@@ -209,6 +210,18 @@ def _parser() -> argparse.ArgumentParser:
             operator.add_argument(
                 "--uncross-after", type=float, default=300.0, help="seconds (default: 300)"
             )
+    reband = commands.add_parser(
+        "reband",
+        help="move a symbol's circuit limits (the engine cancels what falls outside)",
+        description="Publish a REBAND of SYMBOL into its partition of orders, exactly once "
+        "per --id: its band becomes --low..--high (rupees, tick multiples), in any phase; "
+        "the engine cancels the orders and stops outside it (docs/engine.md). The OMS "
+        "keeps checking the instruments file's band until restarted with a new one.",
+    )
+    reband.add_argument("symbol", help="the symbol")
+    reband.add_argument("--low", type=Decimal, required=True, help="the new lower limit (rupees)")
+    reband.add_argument("--high", type=Decimal, required=True, help="the new upper limit (rupees)")
+    reband.add_argument("--id", help="this command's id, to run it again (default: new)")
 
     token = commands.add_parser(
         "token",
@@ -302,6 +315,20 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def deployment_kafka(env: Mapping[str, str] = os.environ) -> KafkaSettings:
+    """The Kafka settings of the operator commands (status, halt, resume, reband): the
+    BROKERCORE_* ones, and without BROKERCORE_SHARDS the partition count of the running
+    deployment's ``orders`` topic (``make up`` runs 2 shards, the default is 4), which
+    routes each symbol to the partition its daemon reads."""
+    from brokercore.kafka.topics import topic_partitions
+
+    settings = KafkaSettings.from_env(env)
+    if "BROKERCORE_SHARDS" in env:
+        return settings
+    found = topic_partitions(settings.bootstrap, settings.orders_topic)
+    return settings if found is None else dataclasses.replace(settings, shards=found)
+
+
 def run_status(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
@@ -321,7 +348,7 @@ def _status(args: argparse.Namespace) -> int:
     from brokercore.kafka.placement import shard_plan
     from brokercore.services.monitor import platform_lags
 
-    kafka, services = KafkaSettings.from_env(), ServiceSettings.from_env()
+    kafka, services = deployment_kafka(), ServiceSettings.from_env()
     plan = shard_plan(kafka, load_instruments(services.instruments))
     probe = KafkaLagProbe(kafka.bootstrap)
     before, started = probe.watermarks(kafka.orders_topic, kafka.shards), time.monotonic()
@@ -366,7 +393,15 @@ def run_move(args: argparse.Namespace) -> int:
 def run_operator(args: argparse.Namespace) -> int:
     from brokercore.services.scheduler import operate
 
-    return operate(args.command, args.symbol, args.id, getattr(args, "uncross_after", 0.0))
+    band = (args.low, args.high) if args.command == "reband" else None
+    return operate(
+        deployment_kafka(),
+        args.command,
+        args.symbol,
+        args.id,
+        getattr(args, "uncross_after", 0.0),
+        band,
+    )
 
 
 def run_token(args: argparse.Namespace) -> int:
@@ -528,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "operator": run_grant,
             "halt": run_operator,
             "resume": run_operator,
+            "reband": run_operator,
             "service": run_service,
         }
         return commands[args.command](args)

@@ -55,14 +55,16 @@ __all__ = [
 
 
 class Transition(StrEnum):
-    """A session command the scheduler sends; HALT only an operator's (``brokercore
-    halt``), whose steps are filed under a day key of their own."""
+    """A session command the scheduler sends; HALT and REBAND only an operator's
+    (``brokercore halt``, ``brokercore reband``), whose steps are filed under a day key
+    of their own."""
 
     PRE_OPEN = "PRE_OPEN"
     UNCROSS = "UNCROSS"
     OPEN = "OPEN"
     CLOSE = "CLOSE"
     HALT = "HALT"
+    REBAND = "REBAND"
 
 
 _OPENING = (Transition.UNCROSS, Transition.OPEN)
@@ -77,6 +79,7 @@ class Step:
     symbol: str
     day: str  # the day's key: its date, or a compressed day's start
     transition: Transition
+    band: tuple[int, int] | None = None  # a REBAND's new (low, high), in ticks
 
 
 Published = Mapping[str, Collection[tuple[str, str]]]

@@ -58,6 +58,7 @@ from brokercore.kafka.messages import (
     Halt,
     OpenSession,
     PreOpen,
+    Reband,
     Uncross,
     encode,
 )
@@ -124,6 +125,9 @@ def command_of(step: Step) -> Command:
             return CloseSession(step.symbol, ts)
         case Transition.HALT:
             return Halt(step.symbol, ts)
+        case Transition.REBAND:
+            assert step.band is not None, step
+            return Reband(step.symbol, *step.band, ts)
     raise AssertionError(step.transition)  # pragma: no cover
 
 

@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from brokercore.config import KafkaSettings
 
-__all__ = ["partition_of", "ensure_topics", "SNAPSHOT_MAX_BYTES"]
+__all__ = ["partition_of", "ensure_topics", "topic_partitions", "SNAPSHOT_MAX_BYTES"]
 
 SNAPSHOT_MAX_BYTES = 256 << 20
 """Largest snapshot message the snapshots topic (and the engine's producer) accept."""
@@ -22,6 +22,17 @@ def partition_of(symbol: str, partitions: int) -> int:
     The placement plan (brokercore.kafka.placement) keeps a symbol there unless its
     volume says otherwise: route by the plan, not by this."""
     return zlib.crc32(symbol.encode()) % partitions
+
+
+def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> int | None:
+    """How many partitions ``topic`` has on the cluster; None if it does not exist (a
+    deployment not started yet). KafkaException when the cluster does not answer."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # All topics: asking for this one by name could make the broker auto-create it.
+    found = admin.list_topics(timeout=timeout).topics.get(topic)
+    if found is None or found.error is not None:
+        return None
+    return len(found.partitions)
 
 
 def _specs(settings: KafkaSettings) -> list[NewTopic]:
@@ -43,6 +54,7 @@ def _specs(settings: KafkaSettings) -> list[NewTopic]:
         NewTopic(settings.dead_letter_topic, num_partitions=1, replication_factor=1),
         NewTopic(settings.leases_topic, num_partitions=1, replication_factor=1),
         NewTopic(settings.notification_dead_letter_topic, num_partitions=1, replication_factor=1),
+        NewTopic(settings.postback_dead_letter_topic, num_partitions=1, replication_factor=1),
     ]
 
 

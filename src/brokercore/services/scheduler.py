@@ -12,9 +12,10 @@ a public development key). Publishing is brokercore.kafka.session_log's: any num
 schedulers may run, and one restarted at any moment sends what is missing, nothing
 twice. ``--once`` publishes what is due now and exits.
 
-The operator's ``brokercore halt SYMBOL`` and ``brokercore resume SYMBOL`` (``operate``)
-publish through the same path: HALT; or PRE_OPEN at once and UNCROSS ``--uncross-after``
-seconds later (the call auction that re-opens a halted book). Each invocation has an id
+The operator's ``brokercore halt SYMBOL``, ``brokercore resume SYMBOL`` and ``brokercore
+reband SYMBOL --low X --high Y`` (``operate``) publish through the same path: HALT; or
+PRE_OPEN at once and UNCROSS ``--uncross-after`` seconds later (the call auction that
+re-opens a halted book); or REBAND to the new circuit limits (rupees). Each invocation has an id
 (``--id``, else a new one, printed): run again with it, it sends only what is missing,
 and a resume killed while it waits keeps the uncross time of its pre-open.
 """
@@ -22,12 +23,14 @@ and a resume killed while it waits keeps the uncross time of its pre-open.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from brokercore.broker.market import load_market
 from brokercore.broker.session_plan import (
@@ -164,16 +167,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_consumer("scheduler", prepare)
 
 
-def operate(action: str, symbol: str, command_id: str | None, uncross_after: float) -> int:
-    """``brokercore halt`` (``action`` "halt") or ``brokercore resume`` ("resume") of
-    ``symbol``, exactly once per ``command_id``; prints what it published. 0 when done,
-    1 when stopped (SIGTERM, Ctrl-C) before a resume's uncross."""
-    kafka, settings = KafkaSettings.from_env(), ServiceSettings.from_env()
+def operate(
+    kafka: KafkaSettings,
+    action: str,
+    symbol: str,
+    command_id: str | None,
+    uncross_after: float = 0.0,
+    band: tuple[Decimal, Decimal] | None = None,
+) -> int:
+    """``brokercore halt`` (``action`` "halt"), ``brokercore resume`` ("resume") or
+    ``brokercore reband`` ("reband", to ``band``: the new low and high in rupees) of
+    ``symbol`` on the deployment ``kafka``, exactly once per ``command_id``; prints what it
+    published. 0 when done, 1 when stopped (SIGTERM, Ctrl-C) before a resume's uncross."""
+    settings = ServiceSettings.from_env()
     market = load_market(settings.instruments, settings.calendar)
     if symbol not in market:
         raise ValueError(f"unknown symbol {symbol!r}")
     if uncross_after < 0:
         raise ValueError("--uncross-after must be at least 0 seconds")
+    ticks = None
+    if band is not None:  # the instrument's own checks: tick multiples, order, width
+        rebanded = dataclasses.replace(market[symbol], band_low=band[0], band_high=band[1])
+        ticks = (rebanded.low, rebanded.high)
     command_id = command_id or uuid.uuid4().hex[:12]
     day = f"{action}:{command_id}"
     ensure_session_log(kafka)
@@ -185,6 +200,9 @@ def operate(action: str, symbol: str, command_id: str | None, uncross_after: flo
         now = datetime.now(UTC)
         if action == "halt":
             _publish(publisher, Step(now, symbol, day, Transition.HALT), command_id)
+            return 0
+        if action == "reband":
+            _publish(publisher, Step(now, symbol, day, Transition.REBAND, ticks), command_id)
             return 0
         began = publisher.published[symbol].get((day, Transition.PRE_OPEN))
         if began is None:
