@@ -65,4 +65,5 @@ def current_book(conn, symbol: str = SYMBOL) -> BookUpdate:
         last[0] if last else None,
         phase[1] if phase else "OPEN",
         [row[1:] for row in auction],
+        band=INST.band_paise,
     )

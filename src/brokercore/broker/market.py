@@ -281,6 +281,11 @@ class MarketInstrument:
     def ticks_to_paise(self, ticks: int) -> int:
         return ticks * self.tick_paise
 
+    @property
+    def band_paise(self) -> tuple[int, int]:
+        """The circuit limits (inclusive) in paise."""
+        return self.ticks_to_paise(self.low), self.ticks_to_paise(self.high)
+
     def engine_instrument(self) -> Instrument:
         """The engine's view of this symbol (band in ticks), as ``load_instruments`` gives."""
         return Instrument(

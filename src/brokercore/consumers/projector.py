@@ -791,6 +791,7 @@ class ProjectorConsumer:
                     prices[symbol],
                     phase_of.get(symbol, Phase.OPEN.name),
                     auction[symbol],
+                    band=self.market[symbol].band_paise,
                 )
 
 

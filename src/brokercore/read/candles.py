@@ -95,9 +95,12 @@ def book_update(
     last_price: int | None,
     phase: str = Phase.OPEN.name,
     auction: Iterable[tuple[str, int | None, int]] = (),
+    *,
+    band: tuple[int, int],
 ) -> BookUpdate:
     """The BOOK body from DEPTH_SQL's rows, the last trade price (paise), the phase and,
-    in PRE_OPEN, AUCTION_SQL's (side, price, quantity) rows of the symbol."""
+    in PRE_OPEN, AUCTION_SQL's (side, price, quantity) rows of the symbol and its band
+    (paise, inclusive)."""
     bids: list[Level] = []
     asks: list[Level] = []
     for side, price, quantity in depth:
@@ -111,15 +114,18 @@ def book_update(
         rupees(last_price),
         phase,
         phase == Phase.HALTED.name,
-        indicative(auction, last_price) if phase == Phase.PRE_OPEN.name else None,
+        indicative(auction, last_price, band) if phase == Phase.PRE_OPEN.name else None,
     )
 
 
 def indicative(
-    levels: Iterable[tuple[str, int | None, int]], reference: int | None
+    levels: Iterable[tuple[str, int | None, int]], last_price: int | None, band: tuple[int, int]
 ) -> Indicative | None:
     """The opening an uncross would make now from (side, price paise or None for market
-    orders, quantity) rows, or None when nothing would trade."""
+    orders, quantity) rows, or None when nothing would trade. The reference is the last
+    trade price when it lies in the band (paise, inclusive), else there is none: the
+    engine's UNCROSS without a price does the same (docs/engine.md, "Call auction"), so
+    after a re-band that moved the band past the last trade no reference counts."""
     limits: dict[str, list[tuple[int, int]]] = {"BUY": [], "SELL": []}
     market = {"BUY": 0, "SELL": 0}
     for side, price, quantity in levels:
@@ -127,9 +133,9 @@ def indicative(
             market[side] += quantity
         else:
             limits[side].append((price, quantity))
-    quote = opening_price(
-        limits["BUY"], limits["SELL"], market["BUY"], market["SELL"], reference or 0
-    )
+    low, high = band
+    reference = last_price if last_price is not None and low <= last_price <= high else 0
+    quote = opening_price(limits["BUY"], limits["SELL"], market["BUY"], market["SELL"], reference)
     if quote is None:
         return None
     surplus = Side(quote.surplus_side).name if quote.surplus_side else None

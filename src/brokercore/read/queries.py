@@ -590,9 +590,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # --- market data ---------------------------------------------------------------------------
 
 
-async def book(conn: AsyncConnection, symbol: str) -> BookUpdate:
-    """The symbol's depth, best bid and ask, last price, phase and (in PRE_OPEN) the
+async def book(conn: AsyncConnection, instrument: MarketInstrument) -> BookUpdate:
+    """The instrument's depth, best bid and ask, last price, phase and (in PRE_OPEN) the
     indicative opening, from the read model."""
+    symbol = instrument.symbol
     depth = await (
         await conn.execute(DEPTH_SQL, {"symbol": symbol, "levels": DEPTH_LEVELS})
     ).fetchall()
@@ -604,6 +605,7 @@ async def book(conn: AsyncConnection, symbol: str) -> BookUpdate:
         await _last_price(conn, symbol),
         Phase.OPEN.name if phase is None else phase[1],
         [(side, price, quantity) for _, side, price, quantity in auction],
+        band=instrument.band_paise,
     )
 
 

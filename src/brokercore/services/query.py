@@ -505,7 +505,7 @@ async def market_data(request: Request) -> Response:
     _params(request)
     body = await service.book_copy(symbol)
     if body is None:
-        body = encode_message(await service.read(queries.book, symbol))
+        body = encode_message(await service.read(queries.book, service.market[symbol]))
     return _json(body)
 
 
