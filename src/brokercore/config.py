@@ -124,6 +124,11 @@ class KafkaSettings:
         return self.topic_prefix + "notifications.dead-letters"
 
     @property
+    def postback_dead_letter_topic(self) -> str:
+        """Postbacks that failed every retry (services/notifier)."""
+        return self.topic_prefix + "postbacks.dead-letters"
+
+    @property
     def leases_topic(self) -> str:
         """One partition; the daemons of shard K form the group that leases it."""
         return self.topic_prefix + "engine-leases"
@@ -157,6 +162,22 @@ class EngineOptions:
     transactions: bool = True  # False only to measure their price (not safe)
 
 
+def _day_seconds(text: str | None) -> tuple[float, ...]:
+    """BROKERCORE_DAY_SECONDS's four numbers (unset or empty: the default day's)."""
+    if not text:
+        return ServiceSettings.day_seconds
+    try:
+        seconds = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        seconds = ()
+    if len(seconds) != 4 or not all(0 < s < float("inf") for s in seconds):
+        raise ValueError(
+            "invalid BROKERCORE_* setting: BROKERCORE_DAY_SECONDS must be four positive "
+            f"numbers of seconds PRE_OPEN,UNCROSS_WINDOW,TRADING,CLOSED, not {text!r}"
+        )
+    return seconds
+
+
 DEV_JWT_SECRET = "brokercore-development-secret-not-for-production!!"
 """The HS256 secret of dev mode (BROKERCORE_DEV_MODE=1): public, so never in production."""
 
@@ -187,11 +208,18 @@ class ServiceSettings:
     max_body_bytes: int = 16 * 1024
     fee_bps: str = "0"  # brokerage in basis points of the value
     fee_fixed_paise: int = 0  # plus this per order that trades
+    max_order_modifications: int = 25  # modify requests one order may take (as Kite)
+    market_protection_percent: str = "5"  # a market order's default protection (0 < p <= 20)
     cache_ttl: float = 30.0  # seconds a cached read answer lives
+    gtt_expiry_days: int = 365  # a GTT's life when none is asked, and its longest
     push_url: str | None = None  # the push provider's HTTP endpoint
     push_retry_base: float = 1.0  # seconds before the first push retry ...
     push_retry_cap: float = 60.0  # ... doubling up to this
-    push_attempts: int = 6  # then the notification is dead-lettered
+    push_attempts: int = 6  # then the notification is dead-lettered (postbacks too)
+    postback_timeout: float = 5.0  # seconds a postback endpoint has to answer
+    postback_per_url: int = 4  # postbacks in flight to one registration at most
+    postback_ca_file: str | None = None  # PEM CAs trusted besides the system's
+    postback_private_hosts: bool = False  # whether URLs may name loopback/private IPs
     payment_provider_url: str | None = None  # where the funds service sends payouts
     payment_webhook_secret: str | None = None  # HMAC key of the provider's callbacks
     payout_retry_base: float = 1.0  # seconds before a payout is sent again ...
@@ -200,6 +228,9 @@ class ServiceSettings:
     ws_queue_size: int = 1000  # messages a slow WebSocket may fall behind
     ws_heartbeat: float = 15.0  # seconds between pings; 2 missed = gone
     day: Literal["calendar", "compressed"] = "calendar"  # the session scheduler's days
+    # a compressed day's seconds (BROKERCORE_DAY_SECONDS="60,20,240,60"): pre-open, the
+    # uncross's window at its end, trading, closed; the scheduler's and the OMS's
+    day_seconds: tuple[float, float, float, float] = (60.0, 20.0, 240.0, 60.0)
     scheduler_secret: str | None = None  # the key of the uncross moments (session_plan)
 
     @classmethod
@@ -208,7 +239,7 @@ class ServiceSettings:
         for BROKERCORE_DEV_MODE=1 (and then the HS256 secret defaults to the public
         development one), the RS256 public key is read from the file that
         BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE names, and an empty secret, push URL,
-        replica URL or JWKS URL is none."""
+        postback CA file, replica URL or JWKS URL is none."""
         dev_mode = env.get("BROKERCORE_DEV_MODE", "0") == "1"
         public_key_file = env.get("BROKERCORE_JWT_RS256_PUBLIC_KEY_FILE")
         return _from_env(
@@ -220,9 +251,11 @@ class ServiceSettings:
             ),
             jwt_rs256_public_key=(Path(public_key_file).read_text() if public_key_file else None),
             push_url=env.get("BROKERCORE_PUSH_URL") or None,
+            postback_ca_file=env.get("BROKERCORE_POSTBACK_CA_FILE") or None,
             payment_provider_url=env.get("BROKERCORE_PAYMENT_PROVIDER_URL") or None,
             payment_webhook_secret=env.get("BROKERCORE_PAYMENT_WEBHOOK_SECRET") or None,
             scheduler_secret=env.get("BROKERCORE_SCHEDULER_SECRET") or None,
+            day_seconds=_day_seconds(env.get("BROKERCORE_DAY_SECONDS")),
             replica_url=env.get("BROKERCORE_REPLICA_URL") or None,
             jwks_url=env.get("BROKERCORE_JWKS_URL") or None,
         )

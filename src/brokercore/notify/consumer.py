@@ -36,8 +36,9 @@ from brokercore.faults.backoff import Backoff
 from brokercore.faults.kafka_errors import QUIET_KAFKA
 from brokercore.kafka.messages import EventBatch
 from brokercore.notify.dead_letters import DeadLetters
+from brokercore.notify.postbacks import Postbacks
 from brokercore.notify.push import HttpPushProvider
-from brokercore.notify.router import Notifier, Push, Received
+from brokercore.notify.router import Delivery, Notifier, Received
 
 __all__ = ["notifier_group_id", "PendingOffsets", "run_notifier"]
 
@@ -111,6 +112,12 @@ async def run_notifier(
     )
     redis = Redis.from_url(settings.redis_url)
     dead_letters = DeadLetters(kafka.bootstrap, kafka.notification_dead_letter_topic)
+    postbacks = Postbacks(
+        DeadLetters(kafka.bootstrap, kafka.postback_dead_letter_topic),
+        timeout=settings.postback_timeout,
+        per_url=settings.postback_per_url,
+        ca_file=settings.postback_ca_file,
+    )
     notifier = Notifier(
         pool,
         redis,
@@ -123,6 +130,7 @@ async def run_notifier(
         attempts=settings.push_attempts,
         concurrency=concurrency,
         events_topic=topic,
+        postbacks=postbacks,
     )
     pending = PendingOffsets()
     consumer = Consumer(
@@ -168,17 +176,17 @@ async def run_notifier(
     stores = Backoff("notifier: Redis or Postgres", log)
     broker = Backoff("notifier: Kafka", log)
 
-    async def deliver(push: Push, entry: list[int] | None) -> None:
+    async def deliver(push: Delivery, entry: list[int] | None) -> None:
         await notifier.deliver(push)
         if entry is not None:
             pending.settle(entry)
 
-    def start(push: Push, entry: list[int] | None) -> None:
+    def start(push: Delivery, entry: list[int] | None) -> None:
         task = asyncio.create_task(deliver(push, entry))
         tasks.add(task)
         task.add_done_callback(finished)
 
-    async def handle(messages: Sequence[Received]) -> list[list[Push]]:
+    async def handle(messages: Sequence[Received]) -> list[list[Delivery]]:
         """``notifier.handle``, tried again with back-off while Redis or Postgres fail
         (nothing is committed meanwhile). An attempt that failed may have moved alerts:
         their fires, kept in alert_fires, go out again first (at-least-once)."""
@@ -239,12 +247,13 @@ async def run_notifier(
             if time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
                 log.info(
-                    "notifier: %d messages; %d published, %d pushed, %d dead-lettered, "
-                    "%d pushes in flight, %d batches told before the projector's "
-                    "updates",
+                    "notifier: %d messages; %d published, %d pushed, %d posted, "
+                    "%d dead-lettered, %d pushes and postbacks in flight, %d batches told "
+                    "before the projector's updates",
                     handled,
                     notifier.published,
                     notifier.pushed,
+                    notifier.posted,
                     notifier.dead_lettered,
                     len(tasks),
                     notifier.overtaken,
@@ -260,15 +269,18 @@ async def run_notifier(
         finally:
             await asyncio.to_thread(consumer.close)
             await asyncio.to_thread(dead_letters.close)
+            await asyncio.to_thread(postbacks.dead_letters.close)
+            await postbacks.aclose()
             if provider is not None:
                 await provider.aclose()
             await redis.aclose()
             await pool.close()
     log.info(
-        "notifier stopped: %d messages; %d published, %d pushed, %d dead-lettered",
+        "notifier stopped: %d messages; %d published, %d pushed, %d posted, %d dead-lettered",
         handled,
         notifier.published,
         notifier.pushed,
+        notifier.posted,
         notifier.dead_lettered,
     )
     return handled

@@ -1,6 +1,6 @@
-"""Pushes that failed every attempt, kept on Kafka (the notifications' dead-letter
-topic, msgpack, keyed by the notification's id) for the reconciler to try again
-(``brokercore.notify.redelivery``)."""
+"""Pushes and postbacks that failed every attempt, kept on Kafka (the notifications' and
+the postbacks' dead-letter topics, msgpack, keyed by the notification's id); the
+reconciler tries the pushes again (``brokercore.notify.redelivery``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from brokercore.faults.kafka_errors import QUIET_KAFKA
 from brokercore.kafka.messages import encode
 from brokercore.realtime.channels import Notification
 
-__all__ = ["PushDeadLetter", "DeadLetters"]
+__all__ = ["PushDeadLetter", "PostbackDeadLetter", "DeadLetters"]
 
 
 class PushDeadLetter(msgspec.Struct, rename="camel", frozen=True):
@@ -23,6 +23,18 @@ class PushDeadLetter(msgspec.Struct, rename="camel", frozen=True):
     notification: Notification
     user_id: str
     device_token: str
+    attempts: int
+    last_error: str
+    failed_at: str  # ISO 8601 UTC
+
+
+class PostbackDeadLetter(msgspec.Struct, rename="camel", frozen=True):
+    """A postback that failed every attempt (its registration's secret is not copied)."""
+
+    notification: Notification
+    user_id: str
+    postback_id: int
+    url: str
     attempts: int
     last_error: str
     failed_at: str  # ISO 8601 UTC
@@ -44,7 +56,7 @@ class DeadLetters:
         )
         self._lock = threading.Lock()  # one flush at a time sees its own report
 
-    async def put(self, letter: PushDeadLetter) -> None:
+    async def put(self, letter: PushDeadLetter | PostbackDeadLetter) -> None:
         """KafkaException if the broker did not acknowledge it."""
         await asyncio.to_thread(self._put, letter.notification.id.encode(), encode(letter))
 

@@ -20,7 +20,9 @@ the channel, before it is published. Delivery is at-least-once (clients drop a s
 copy by the notification's id). A push is retried after base, 2·base, 4·base ... seconds
 (capped) up to the configured number of attempts; then it goes to the dead-letter topic
 (``brokercore.notify.dead_letters``), which the reconciler retries every few minutes
-(``brokercore.notify.redelivery``).
+(``brokercore.notify.redelivery``). An order's notifications are also POSTed to each
+postback URL of its user, whatever their preferences, retried on the same schedule and
+then dead-lettered on the postbacks' topic (``brokercore.notify.postbacks``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,7 +47,8 @@ from brokercore.faults.backoff import retry_delay
 from brokercore.kafka.messages import EventBatch
 from brokercore.notify import inbox
 from brokercore.notify.alerts import TradePrice, apply_trades
-from brokercore.notify.dead_letters import DeadLetters, PushDeadLetter
+from brokercore.notify.dead_letters import DeadLetters, PostbackDeadLetter, PushDeadLetter
+from brokercore.notify.postbacks import Postback, Postbacks, targets_of
 from brokercore.notify.preferences import channels_of, devices_of
 from brokercore.notify.push import PushFailed, PushProvider
 from brokercore.notify.render import (
@@ -62,7 +65,7 @@ from brokercore.realtime.channels import (
     user_channel,
 )
 
-__all__ = ["Received", "Push", "Notifier", "PROJECTOR_POLL"]
+__all__ = ["Received", "Push", "Delivery", "Notifier", "PROJECTOR_POLL"]
 
 log = logging.getLogger("brokercore.notify.router")
 
@@ -85,6 +88,10 @@ class Push:
     notification: Notification
 
 
+Delivery = Push | Postback
+"""What a notification owes besides its in-app publish: a push to a device, a postback."""
+
+
 # A batch's publishes and presence checks, each one command (a pipeline of thousands of
 # commands costs redis-py's asyncio client ~15 us of Python each).
 _PUBLISH = "for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end"
@@ -99,7 +106,8 @@ PROJECTOR_POLL = 0.002
 
 class Notifier:
     """Turns batches of ``events`` into notifications: publishes the in-app ones and
-    returns the pushes each message owes; ``deliver`` runs one push to its end. With
+    returns the pushes and postbacks each message owes; ``deliver`` runs one to its end
+    (postbacks only with ``postbacks``). With
     ``events_topic`` (the topic the messages come from), an order's notifications wait
     for the projector's update of it (see the module's docstring); without, they don't."""
 
@@ -118,22 +126,23 @@ class Notifier:
         concurrency: int = 64,
         events_topic: str | None = None,
         projector_wait: float = 2.0,
+        postbacks: Postbacks | None = None,
     ):
         if attempts < 1:
             raise ValueError("a push needs at least one attempt")
         self.pool, self.redis, self.prefix, self.market = pool, redis, prefix, market
-        self.provider, self.dead_letters = provider, dead_letters
+        self.provider, self.dead_letters, self.postbacks = provider, dead_letters, postbacks
         self.retry_base, self.retry_cap, self.attempts = retry_base, retry_cap, attempts
         self._slots = asyncio.Semaphore(concurrency)  # pushes in flight at once
         self.events_topic, self.projector_wait = events_topic, projector_wait
         self._stalled: dict[int, int] | None = None  # its offsets when a wait ran out
-        self.published = self.pushed = self.dead_lettered = self.overtaken = 0
+        self.published = self.pushed = self.posted = self.dead_lettered = self.overtaken = 0
         self._publish = redis.register_script(_PUBLISH)
         self._count_online = redis.register_script(_COUNT_ONLINE)
 
-    async def handle(self, messages: Sequence[Received]) -> list[list[Push]]:
+    async def handle(self, messages: Sequence[Received]) -> list[list[Delivery]]:
         """Publish the batch's in-app notifications and move its alerts; returns, per
-        message, the pushes it owes."""
+        message, the pushes and postbacks it owes."""
         ids = sorted({i for _, _, batch in messages for e in batch.events for i in told(e)})
         items: list[tuple[int, str, Notification]] = []
         trades: list[TradePrice] = []
@@ -174,7 +183,7 @@ class Notifier:
         items += fires
         if items:
             await self._after_projector(messages)
-        owed: list[list[Push]] = [[] for _ in messages]
+        owed: list[list[Delivery]] = [[] for _ in messages]
         for (index, _, _), pushes in zip(
             items, await self.route([(user, n) for _, user, n in items]), strict=True
         ):
@@ -213,7 +222,7 @@ class Notifier:
                 return
             await asyncio.sleep(PROJECTOR_POLL)
 
-    async def unsent_fires(self) -> list[Push]:
+    async def unsent_fires(self) -> list[Delivery]:
         """Publish again the alert fires a notifier that died left unconfirmed (in
         ``alert_fires``); returns their pushes."""
         async with self.pool.connection() as conn:
@@ -239,27 +248,30 @@ class Notifier:
                     (list(committed), list(committed.values())),
                 )
 
-    async def route(self, items: Sequence[tuple[str, Notification]]) -> list[list[Push]]:
+    async def route(self, items: Sequence[tuple[str, Notification]]) -> list[list[Delivery]]:
         """Publish the in-app ones of (user, notification) by the users' preferences and
-        presence; returns the pushes each one owes."""
+        presence; returns the pushes and postbacks each one owes."""
         users = sorted({user for user, _ in items})
         if not users:
             return []
         async with self.pool.connection() as conn:
             channels = await channels_of(conn, users)
             devices = await devices_of(conn, users) if self.provider is not None else {}
+            targets = await targets_of(conn, users) if self.postbacks is not None else {}
         online = await self._online(users)
-        owed: list[list[Push]] = []
+        owed: list[list[Delivery]] = []
         published: list[EncodableT] = []  # channel, message, channel, message ...
         for user, n in items:
             channel = channels.get((user, n.kind), "IN_APP")
-            pushes = []
+            deliveries: list[Delivery] = []
             if channel != "NONE":
                 if channel == "IN_APP" or online[user]:
                     published += (user_channel(self.prefix, user), encode_message(n))
                 if channel == "PUSH" or not online[user]:
-                    pushes = [Push(user, token, n) for token in devices.get(user, ())]
-            owed.append(pushes)
+                    deliveries += [Push(user, token, n) for token in devices.get(user, ())]
+            if n.order_id is not None:
+                deliveries += [Postback(user, target, n) for target in targets.get(user, ())]
+            owed.append(deliveries)
         if published:
             await self._publish(args=published)
             self.published += len(published) // 2
@@ -271,53 +283,96 @@ class Notifier:
         counts = await self._count_online(keys=keys, args=[time.time()])
         return {user: count > 0 for user, count in zip(users, counts, strict=True)}
 
-    async def deliver(self, push: Push) -> bool:
-        """Push, retrying with backoff; after the last attempt the push is dead-lettered
-        (retried until Kafka takes it). True if the provider took it."""
-        if self.provider is None:
+    async def deliver(self, delivery: Delivery) -> bool:
+        """Push or post, retrying with backoff; after the last attempt it is dead-lettered
+        (retried until Kafka takes it). True if the provider or the endpoint took it. A
+        postback holds its order's turn to its registration until then."""
+        if isinstance(delivery, Postback):
+            postbacks = self.postbacks
+            if postbacks is None:
+                raise ValueError("no postbacks: a Notifier without them owes none")
+            async with postbacks.in_order(delivery):
+                error = await self._attempts(
+                    lambda: postbacks.send(delivery, self._slots), "postback", delivery
+                )
+                if error is None:
+                    self.posted += 1
+                    return True
+                await self._dead_letter(
+                    postbacks.dead_letters,
+                    postbacks.letter(delivery, self.attempts, error),
+                    "postback",
+                )
+            return False
+        provider = self.provider
+        if provider is None:
             raise ValueError("no push provider: a Notifier without one owes no pushes")
+
+        async def push() -> None:
+            async with self._slots:
+                await provider.send(delivery.device_token, delivery.notification)
+
+        error = await self._attempts(push, "push", delivery)
+        if error is None:
+            self.pushed += 1
+            return True
+        letter = PushDeadLetter(
+            delivery.notification,
+            delivery.user_id,
+            delivery.device_token,
+            self.attempts,
+            error,
+            datetime.now(UTC).isoformat(),
+        )
+        await self._dead_letter(self.dead_letters, letter, "push")
+        return False
+
+    async def _attempts(
+        self, send: Callable[[], Awaitable[None]], what: str, delivery: Delivery
+    ) -> str | None:
+        """``send`` tried up to ``attempts`` times, waiting the back-off between; None
+        once it succeeds, else the last failure."""
         error = ""
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:
                 await asyncio.sleep(retry_delay(attempt - 1, self.retry_base, self.retry_cap))
             try:
-                async with self._slots:
-                    await self.provider.send(push.device_token, push.notification)
-                self.pushed += 1
-                return True
+                await send()
+                return None
             except PushFailed as e:
                 error = str(e)
                 log.info(
-                    "push %s to %s failed (attempt %d of %d): %s",
-                    push.notification.id,
-                    push.user_id,
+                    "%s %s to %s failed (attempt %d of %d): %s",
+                    what,
+                    delivery.notification.id,
+                    delivery.user_id,
                     attempt,
                     self.attempts,
                     error,
                 )
-        letter = PushDeadLetter(
-            push.notification,
-            push.user_id,
-            push.device_token,
-            self.attempts,
-            error,
-            datetime.now(UTC).isoformat(),
-        )
+        return error
+
+    async def _dead_letter(
+        self, dead_letters: DeadLetters, letter: PushDeadLetter | PostbackDeadLetter, what: str
+    ) -> None:
+        """Put the letter on its topic, retrying until Kafka takes it."""
         retry = 0
         while True:
             try:
-                await self.dead_letters.put(letter)
+                await dead_letters.put(letter)
                 break
             except KafkaException as e:
                 retry += 1
-                log.warning("dead-lettering push %s failed (%s); retrying", push.notification.id, e)
+                log.warning(
+                    "dead-lettering %s %s failed (%s); retrying", what, letter.notification.id, e
+                )
                 await asyncio.sleep(retry_delay(retry, self.retry_base, self.retry_cap))
         self.dead_lettered += 1
         log.warning(
-            "push %s to %s dead-lettered after %d attempts: %s",
-            push.notification.id,
-            push.user_id,
-            self.attempts,
-            error,
+            "%s %s to %s dead-lettered after %d attempts: %s",
+            what,
+            letter.notification.id,
+            letter.user_id,
+            letter.attempts,
+            letter.last_error,
         )
-        return False

@@ -8,13 +8,15 @@
     POST, GET  /api/v1/alerts                           {"symbol": "RELIANCE", "price": "2850.00"}
     DELETE     /api/v1/alerts/{alertId}
     GET        /api/v1/notifications?unreadOnly=&limit=&cursor=   (the inbox)
+    POST, GET  /api/v1/postbacks                        {"url": "https://..."}
+    DELETE     /api/v1/postbacks/{postbackId}
     POST       /api/v1/notifications/{notificationId}/read
     POST       /api/v1/notifications/read-all
 
 Each with a JWT bearer token; a user sees and changes only their own. Authentication,
 the body limit and the error bodies are the OMS's (brokercore.services.http), the rate limit is the
 reads' budget (BROKERCORE_READ_RATE_LIMIT_*); the logic is in brokercore.notify.preferences
-brokercore.notify.alerts and brokercore.notify.inbox.
+brokercore.notify.alerts, brokercore.notify.inbox and brokercore.notify.postbacks.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from brokercore.broker.money import to_paise
 from brokercore.config import ServiceSettings
 from brokercore.engine.records import INT64_MAX
 from brokercore.entry.requests import FieldError
-from brokercore.notify import inbox
+from brokercore.notify import inbox, postbacks
 from brokercore.notify.alerts import (
     CREATE_SQL,
     DELETE_SQL,
@@ -72,6 +74,7 @@ class Notifications(LimitedApi):
             max_redis=32,
         )
         self.market = load_market(settings.instruments)
+        self.private_hosts = settings.postback_private_hosts
 
 
 def _state(request: Request) -> Notifications:
@@ -239,6 +242,51 @@ async def read_all_notifications(request: Request) -> Response:
     return json({"marked": marked})
 
 
+# --- postbacks --------------------------------------------------------------------------
+
+
+@guarded
+async def create_postback(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    body = decode_body(postbacks.PostbackRequest, await api.body(request), "postback")
+    problem = postbacks.url_problem(body.url, api.private_hosts)
+    if problem is not None:
+        raise ApiError(
+            422, "INVALID_REQUEST", "the postback is invalid", [FieldError("url", problem)]
+        )
+    async with api.pool.connection() as conn:
+        try:
+            registration = await postbacks.register(conn, principal.user_id, body.url)
+        except postbacks.TooManyPostbacks:
+            raise ApiError(
+                409,
+                "TOO_MANY_POSTBACKS",
+                f"a user may have at most {postbacks.MAX_POSTBACKS} postback URLs",
+            ) from None
+    return json(registration, 201)
+
+
+@guarded
+async def list_postbacks(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    async with api.pool.connection() as conn:
+        return json({"postbacks": await postbacks.list_postbacks(conn, principal.user_id)})
+
+
+@guarded
+async def delete_postback(request: Request) -> Response:
+    api = _state(request)
+    principal = await api.authorize(request)
+    raw = request.path_params["postback_id"]
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
+        async with api.pool.connection() as conn:
+            if await postbacks.delete_postback(conn, principal.user_id, int(raw)):
+                return Response(status_code=204)
+    raise ApiError(404, "POSTBACK_NOT_FOUND", f"no postback {raw[:40]} of yours")
+
+
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
     return service_app(
@@ -263,5 +311,8 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
             Route("/api/v1/alerts", create_alert, methods=["POST"]),
             Route("/api/v1/alerts", list_alerts, methods=["GET"]),
             Route("/api/v1/alerts/{alert_id}", delete_alert, methods=["DELETE"]),
+            Route("/api/v1/postbacks", create_postback, methods=["POST"]),
+            Route("/api/v1/postbacks", list_postbacks, methods=["GET"]),
+            Route("/api/v1/postbacks/{postback_id}", delete_postback, methods=["DELETE"]),
         ],
     )

@@ -1,0 +1,406 @@
+"""Postbacks (brokercore.notify.postbacks): registered over the notifier API, then every
+order notification of the user POSTed, signed, to each URL by the real notifier process
+reading the real Kafka, to HTTPS endpoints on loopback (tests/postback_endpoint.py):
+one that answers, one slow, one failing, one whose certificate names another host and
+one whose certificate no trusted CA signed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import httpx
+import msgspec
+import psycopg
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.edge.signature import SIGNATURE_HEADER, TOLERANCE, verify
+from brokercore.engine.records import EventType, Op, Reason, Side
+from brokercore.kafka.messages import Event, EventBatch, encode
+from brokercore.kafka.topics import partition_of
+from brokercore.notify.consumer import notifier_group_id
+from brokercore.notify.dead_letters import PostbackDeadLetter
+from brokercore.notify.postbacks import MAX_POSTBACKS
+from brokercore.services.notifier_api import create_app
+from http_support import assert_error
+from oms_support import auth
+from postback_endpoint import Authority, Endpoint
+from shared_servers import KAFKA_BOOTSTRAP, service_settings
+from waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+TS = int(datetime(2026, 3, 2, 5, 0, tzinfo=UTC).timestamp()) * 10**9
+
+
+async def rest(settings: ServiceSettings, calls):
+    """``calls(request)`` against the notifier API in this process (its lifespan run);
+    ``request(method, path, user="alice", **httpx kwargs)``."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as client:
+
+            async def request(method: str, path: str, user: str | None = "alice", **kwargs):
+                headers = (auth(user) if user else {}) | kwargs.pop("headers", {})
+                return await client.request(method, path, headers=headers, **kwargs)
+
+            return await calls(request)
+
+
+def register(settings: ServiceSettings, urls: list[str]) -> list[dict]:
+    """Alice's registrations of ``urls`` through the API: their answers."""
+
+    async def calls(request):
+        answers = []
+        for url in urls:
+            response = await request("POST", "/api/v1/postbacks", json={"url": url})
+            assert response.status_code == 201, response.text
+            answers.append(response.json())
+        return answers
+
+    return asyncio.run(rest(settings, calls))
+
+
+# --- registration -------------------------------------------------------------------------
+
+
+def test_registration_over_rest(database):
+    settings = service_settings(database, f"t{uuid.uuid4().hex[:12]}:")
+    path = "/api/v1/postbacks"
+
+    async def calls(request):
+        made = await request("POST", path, json={"url": "https://hooks.example.com/orders?a=1"})
+        assert made.status_code == 201, made.text
+        first = made.json()
+        assert set(first) == {"id", "url", "createdAt", "secret"}
+        assert first["url"] == "https://hooks.example.com/orders?a=1" and len(first["secret"]) == 64
+        listed = (await request("GET", path)).json()
+        assert listed == {"postbacks": [{k: v for k, v in first.items() if k != "secret"}]}
+        assert (await request("GET", path, user="bob")).json() == {"postbacks": []}
+
+        bad_urls = {
+            "http://hooks.example.com/orders": "https",
+            "ftp://hooks.example.com/": "https",
+            "https:///no-host": "host",
+            "https://user:pw@hooks.example.com/": "credentials",
+            "https://hooks.example.com/#x": "fragment",
+            "https://hooks.example.com:99999/": "URL",
+            "https://hooks.example.com/a b": "spaces",
+            "https://hooks.example.com/\u00e9": "ASCII",
+            "https://127.0.0.1/": "private",
+            "https://10.1.2.3/": "private",
+            "https://[::1]:8443/": "private",
+            "https://localhost/": "private",
+            "https://hooks.example.com/" + "a" * 2000: "length",
+            "": "length",
+        }
+        for url, said in bad_urls.items():
+            error = assert_error(
+                await request("POST", path, json={"url": url}), 422, "INVALID_REQUEST"
+            )
+            assert error["fields"][0]["field"] == "url", (url, error)
+            assert said in error["fields"][0]["message"], (url, error)
+        for body in ({}, {"url": "https://a.example.com/", "secret": "mine"}, [], {"url": 5}):
+            assert_error(await request("POST", path, json=body), 422, "INVALID_REQUEST")
+        assert_error(
+            await request(
+                "POST",
+                path,
+                content=b'{"url": "https://a.example.com/\\u0000"}',
+                headers={"Content-Type": "application/json"},
+            ),
+            400,
+        )
+        assert_error(
+            await request(
+                "POST", path, content=b"{not json", headers={"Content-Type": "application/json"}
+            ),
+            400,
+            "MALFORMED_JSON",
+        )
+
+        for n in range(2, MAX_POSTBACKS + 1):
+            more = await request("POST", path, json={"url": f"https://h{n}.example.com/"})
+            assert more.status_code == 201, more.text
+        assert_error(
+            await request("POST", path, json={"url": "https://h6.example.com/"}),
+            409,
+            "TOO_MANY_POSTBACKS",
+        )
+        assert len((await request("GET", path)).json()["postbacks"]) == MAX_POSTBACKS
+
+        one = f"{path}/{first['id']}"
+        assert_error(await request("DELETE", one, user="bob"), 404, "POSTBACK_NOT_FOUND")
+        for unknown in ("999999999", "abc", "1" * 30, "-1"):
+            assert_error(await request("DELETE", f"{path}/{unknown}"), 404, "POSTBACK_NOT_FOUND")
+        assert (await request("DELETE", one)).status_code == 204
+        assert_error(await request("DELETE", one), 404, "POSTBACK_NOT_FOUND")
+        again = await request("POST", path, json={"url": "https://again.example.com/"})
+        assert again.status_code == 201  # the freed slot
+        for method, route in (("GET", path), ("POST", path), ("DELETE", one)):
+            assert_error(await request(method, route, user=None, json={}), 401, "UNAUTHENTICATED")
+
+    asyncio.run(rest(settings, calls))
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM postbacks").fetchone() == (MAX_POSTBACKS,)
+        for url, slot in (("http://plain.example.com/", 1), ("https://x.example.com/", 6)):
+            with pytest.raises(psycopg.errors.CheckViolation):  # the database refuses too
+                conn.execute(
+                    "INSERT INTO postbacks (user_id, slot, url, secret) VALUES "
+                    "('carol', %s, %s, repeat('s', 64))",
+                    (slot, url),
+                )
+
+
+# --- delivery, end to end -------------------------------------------------------------------
+
+
+def event(kind: EventType, seq: int, order_id: int, account: int, **fields) -> Event:
+    """An event of an order of ours on RELIANCE; its shard_seq is ``seq``."""
+    values = {"qty": 0, "remaining": 0, "price": 300_000, "reason": Reason.NONE} | fields
+    return Event(
+        seq,
+        "RELIANCE",
+        kind,
+        values["reason"],
+        Op.LIMIT,
+        Side.BUY,
+        seq,
+        TS + seq * 1000,
+        order_id,
+        account,
+        values["price"],
+        values["qty"],
+        values["remaining"],
+        10**9 + seq,  # the other side: another broker's order
+        10**6,
+        0,
+    )
+
+
+def place(database: str, quantity: int) -> tuple[int, int]:
+    """An order of alice's as the OMS stores it: (order id, account id)."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        return conn.execute(
+            "INSERT INTO orders (trade_date, account_id, symbol, side, type, price, quantity) "
+            "SELECT %s, account_id, 'RELIANCE', 'BUY', 'LIMIT', 1500000, %s FROM accounts "
+            "WHERE user_id = 'alice' RETURNING order_id, account_id",
+            (date(2026, 3, 2), quantity),
+        ).fetchone()
+
+
+def produce(kafka: KafkaSettings, partition: int, batches: list[EventBatch]) -> int:
+    """The batches on ``events`` in one Kafka transaction, as the engine publishes; the
+    last one's offset."""
+    producer = Producer(
+        {"bootstrap.servers": KAFKA_BOOTSTRAP, "transactional.id": f"test-{uuid.uuid4().hex}"}
+    )
+    offsets = []
+
+    def delivered(error, message):
+        assert error is None, error
+        offsets.append(message.offset())
+
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for batch in batches:
+        producer.produce(
+            kafka.events_topic, encode(batch), partition=partition, on_delivery=delivered
+        )
+    producer.flush(30)
+    producer.commit_transaction(30)
+    return max(offsets)
+
+
+def committed(kafka: KafkaSettings, partition: int) -> int:
+    consumer = Consumer(
+        {"bootstrap.servers": KAFKA_BOOTSTRAP, "group.id": notifier_group_id(kafka.topic_prefix)}
+    )
+    try:
+        [tp] = consumer.committed([TopicPartition(kafka.events_topic, partition)], timeout=10)
+        return tp.offset
+    finally:
+        consumer.close()
+
+
+def dead_letters(kafka: KafkaSettings) -> list[PostbackDeadLetter]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": KAFKA_BOOTSTRAP,
+            "group.id": uuid.uuid4().hex,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.assign([TopicPartition(kafka.postback_dead_letter_topic, 0, 0)])
+    letters, decoder = [], msgspec.msgpack.Decoder(PostbackDeadLetter)
+    try:
+        while True:
+            message = consumer.poll(10)
+            assert message is not None, "the dead-letter topic did not answer"
+            if message.error():
+                assert message.error().code() == KafkaError._PARTITION_EOF
+                return letters
+            letters.append(decoder.decode(message.value()))
+    finally:
+        consumer.close()
+
+
+def notifier_process(
+    settings: ServiceSettings, kafka: KafkaSettings, ca_file: Path, log
+) -> subprocess.Popen:
+    """``brokercore service notifier --from-beginning``, no push provider, postbacks
+    trusting ``ca_file``, answered within 1 s, tried 3 times 0.05 s apart."""
+    env = os.environ | {
+        "BROKERCORE_DATABASE_URL": settings.database_url,
+        "BROKERCORE_REDIS_URL": settings.redis_url,
+        "BROKERCORE_REDIS_PREFIX": settings.redis_prefix,
+        "BROKERCORE_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "BROKERCORE_TOPIC_PREFIX": kafka.topic_prefix,
+        "BROKERCORE_SHARDS": str(kafka.shards),
+        "BROKERCORE_PUSH_URL": "",
+        "BROKERCORE_PUSH_RETRY_BASE": "0.05",
+        "BROKERCORE_PUSH_RETRY_CAP": "0.05",
+        "BROKERCORE_PUSH_ATTEMPTS": "3",
+        "BROKERCORE_POSTBACK_TIMEOUT": "1",
+        "BROKERCORE_POSTBACK_CA_FILE": str(ca_file),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "brokercore.cli", "service", "notifier", "--from-beginning"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_order_updates_are_posted_signed_in_order_retried_and_dead_lettered(
+    database, kafka, tmp_path
+):
+    trusted, rogue = Authority(tmp_path, "trusted"), Authority(tmp_path, "rogue")
+    loopback = trusted.issue("loopback", ["127.0.0.1"])
+    endpoints = {
+        "good": Endpoint(*loopback),
+        "slow": Endpoint(*loopback, slow=1, delay=60),  # its first answer: never in time
+        "failing": Endpoint(*loopback, failing=1000, status=500),
+        "other-host": Endpoint(*trusted.issue("other", ["hooks.other.example"])),
+        "untrusted": Endpoint(*rogue.issue("loopback", ["127.0.0.1"])),
+    }
+    settings = service_settings(database, f"t{uuid.uuid4().hex[:12]}:", postback_private_hosts=True)
+    names = list(endpoints)
+    secrets = {
+        name: answer["secret"]
+        for name, answer in zip(
+            names, register(settings, [endpoints[n].url() for n in names]), strict=True
+        )
+    }
+    bought, account = place(database, 10)
+    cancelled, _ = place(database, 5)
+    shard = partition_of("RELIANCE", kafka.shards)
+    last = produce(
+        kafka,
+        shard,
+        [
+            EventBatch(
+                shard,
+                [event(EventType.TRADE, 3, bought, account, qty=4, remaining=6)],
+            ),
+            EventBatch(
+                shard,
+                [
+                    event(EventType.TRADE, 4, bought, account, qty=6, remaining=0),
+                    event(
+                        EventType.CANCELLED,
+                        5,
+                        cancelled,
+                        account,
+                        qty=5,
+                        reason=Reason.USER_CANCEL,
+                    ),
+                ],
+            ),
+        ],
+    )
+    fills = [f"{shard}:3:{bought}", f"{shard}:4:{bought}"]
+    every = {*fills, f"{shard}:5:{cancelled}"}
+    log = open(tmp_path / "notifier.log", "w")
+    process = notifier_process(settings, kafka, trusted.ca_file, log)
+    try:
+        good, slow = endpoints["good"], endpoints["slow"]
+
+        def ids(endpoint: Endpoint, status: int | None = None) -> list[str]:
+            return [
+                json.loads(r.body)["id"]
+                for r in endpoint.seen()
+                if status is None or r.status == status
+            ]
+
+        # the good endpoint has them all while the slow one still holds its first request
+        wait_until(lambda: set(ids(good)) == every and slow.seen(), "the good endpoint's postbacks")
+        assert not slow.released.is_set()
+        wait_until(lambda: len(dead_letters(kafka)) == 9, "the dead letters", timeout=60)
+        wait_until(lambda: set(ids(slow)[1:]) == every, "the slow endpoint's retried postbacks")
+        wait_until(lambda: committed(kafka, shard) == last + 1, "the offsets committed")
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+        log.close()
+        for endpoint in endpoints.values():
+            endpoint.close()
+    assert code == 0, (tmp_path / "notifier.log").read_text()
+
+    # the good endpoint: each update once, signed with its registration's secret, the
+    # order's fills in order, the notification as the WebSocket carries it
+    requests = good.seen()
+    assert Counter(ids(good)) == Counter(every)
+    assert [i for i in ids(good) if i in fills] == fills
+    for r in requests:
+        header = r.headers[SIGNATURE_HEADER]
+        assert verify(secrets["good"], header, r.body, now=r.received)
+        assert not verify(secrets["slow"], header, r.body, now=r.received)
+        assert not verify(secrets["good"], header, r.body, now=r.received + TOLERANCE + 2)
+        assert r.headers["Content-Type"] == "application/json" and r.path == "/hooks/orders"
+    first = json.loads(requests[ids(good).index(fills[0])].body)
+    assert first | {"createdAt": "-"} == {
+        "type": "NOTIFICATION",
+        "id": fills[0],
+        "kind": "FILL",
+        "title": "Order partially filled",
+        "body": "Your order to BUY 10 RELIANCE partially filled: 4 of 10 at 15,000.00",
+        "symbol": "RELIANCE",
+        "createdAt": "-",
+        "orderId": bought,
+    }
+
+    # the slow one: its first request timed out and was sent again
+    assert ids(slow).count(ids(slow)[0]) == 2 and Counter(ids(slow)[1:]) == Counter(every)
+
+    # the failing one: 3 tries each, a fill only after the one before it was given up
+    failing = ids(endpoints["failing"], 500)
+    assert Counter(failing) == Counter({i: 3 for i in every})
+    assert [i for i in failing if i in fills] == [fills[0]] * 3 + [fills[1]] * 3
+
+    # the wrong certificates: no request ever read, every attempt refused at the handshake
+    for name in ("other-host", "untrusted"):
+        assert endpoints[name].seen() == [] and endpoints[name].refused >= 9, name
+
+    letters = dead_letters(kafka)
+    by_url = {endpoints[n].url(): n for n in names}
+    assert Counter((by_url[x.url], x.notification.id) for x in letters) == Counter(
+        (name, i) for name in ("failing", "other-host", "untrusted") for i in every
+    )
+    for x in letters:
+        assert (x.user_id, x.attempts) == ("alice", 3)
+        expected = "HTTP 500" if by_url[x.url] == "failing" else "CERTIFICATE_VERIFY_FAILED"
+        assert expected in x.last_error, x
