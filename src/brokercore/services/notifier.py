@@ -11,7 +11,9 @@ delivered or dead-lettered, so a crash re-delivers and never skips one.
 A new group starts at the end of ``events`` (no flood of old news on a first start)
 unless ``--from-beginning``. Settings: the BROKERCORE_* variables (brokercore.config),
 BROKERCORE_PUSH_URL and BROKERCORE_PUSH_RETRY_BASE / _CAP / _ATTEMPTS among them;
-without a push URL only in-app notifications go out. SIGTERM or Ctrl-C stops reading,
+without a push URL only in-app notifications go out. Order notifications are also POSTed
+to the users' postback URLs (docs/postbacks.md; BROKERCORE_POSTBACK_TIMEOUT, _PER_URL,
+_CA_FILE), on the pushes' retry schedule. SIGTERM or Ctrl-C stops reading,
 gives pushes in flight a few seconds, commits what is done and exits 0; a failure exits 1.
 """
 
@@ -39,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="a new consumer group starts at the oldest event, not the end",
     )
-    parser.add_argument("--concurrency", type=int, default=64, help="pushes sent at once at most")
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="pushes and postbacks sent at once at most"
+    )
     args = parser.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per push
 
