@@ -166,6 +166,7 @@ CONF
         program funds "$py" -m brokercore.cli service funds --port "$(api_port funds 0)"
         program settlement "$py" -m brokercore.cli service settlement
         program projector "$py" -m brokercore.cli service projector
+        program triggers "$py" -m brokercore.cli service triggers  # GTTs (docs/gtt.md)
         program notifier "$py" -m brokercore.cli service notifier
         program reconciler "$py" -m brokercore.cli service reconciler
         program scheduler "$py" -m brokercore.cli service scheduler "${day_seconds[@]}"  # BROKERCORE_DAY

@@ -39,6 +39,7 @@ PROCESSES = (
     "settlement",
     "projector",
     "notifier",
+    "triggers",
     "reconciler",
     "monitor",
     "scheduler",

@@ -38,6 +38,7 @@ SERVICES = {
         "projector", False, "consumer: the read model, caches and real-time channels"
     ),
     "notifier": ServiceSpec("notifier", False, "consumer: notifications, alerts and pushes"),
+    "triggers": ServiceSpec("triggers", False, "consumer: GTTs fired on trades, orders placed"),
     "monitor": ServiceSpec(
         "monitor", False, "job: every consumer's lag, logged; a WARNING past the bound"
     ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from datetime import timedelta
 from decimal import Decimal
 from typing import TypeVar
 
@@ -28,6 +29,7 @@ from brokercore.broker.risk import FeeSchedule, RejectCode
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.entry.cancel_many import cancel_many
 from brokercore.entry.group_commit import GroupCommit
+from brokercore.entry.gtt import GttBook
 from brokercore.entry.margins import MarginBody, MarginOrder, answer, preview
 from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxPublisher
@@ -73,6 +75,7 @@ class Oms(LimitedApi):
             fees=FeeSchedule(Decimal(settings.fee_bps), settings.fee_fixed_paise),
         )
         self.orders = GroupCommit(self.entry)  # new orders: one transaction per batch
+        self.gtts = GttBook(self.entry, timedelta(days=settings.gtt_expiry_days))
         self.publisher = OutboxPublisher(self.pool, kafka.bootstrap)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
         self._jobs: list[asyncio.Task[None]] = []
@@ -187,6 +190,8 @@ async def margin_preview(request: Request) -> Response:
 def create_app(
     settings: ServiceSettings | None = None, kafka: KafkaSettings | None = None
 ) -> Starlette:
+    from brokercore.services.gtt_api import GTT_ROUTES  # its handlers use this module
+
     settings = settings or ServiceSettings.from_env()
     kafka = kafka or KafkaSettings.from_env()
     return service_app(
@@ -197,6 +202,7 @@ def create_app(
             Route("/api/v1/margins/orders", margin_preview, methods=["POST"]),
             Route("/api/v1/orders", cancel_orders, methods=["DELETE"]),
             Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"]),
+            *GTT_ROUTES,
         ],
     )
 

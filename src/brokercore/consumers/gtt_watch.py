@@ -1,0 +1,146 @@
+"""The GTT watcher: the engine's trades against the ACTIVE GTTs (the trigger service's
+first step, docs/gtt.md).
+
+A Postgres-offset consumer of ``events`` (brokercore.consumers.pg_consumer): in one
+transaction per batch it locks the ACTIVE GTTs of the traded symbols that the batch's
+prices may meet, marks TRIGGERED those a trade met, and stores the offsets, so a batch
+fires its GTTs entirely or not at all and a replayed batch fires nothing again. The
+orders are placed afterwards (brokercore.entry.gtt_orders); ``woke`` tells that step.
+
+Rules: a trade counts for a GTT when the engine published it (Kafka's timestamp) after
+the GTT was stored or last changed; a symbol's trades are taken in their order (one
+symbol is one partition), and a GTT fires on the first that meets one of its legs, so an
+OCO whose two legs are met in one batch fires the leg met first (its legs are one below
+the other, so no single price meets both), the other cancelled with it. The row lock
+orders a firing against the user's cancel or change of the GTT: one wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import psycopg
+
+from brokercore.broker.market import MarketInstrument
+from brokercore.consumers.pg_consumer import Message, claim_offsets, store_offsets
+from brokercore.engine.records import EventType
+
+__all__ = ["GttWatcher", "WatchStats"]
+
+# The ACTIVE GTTs of the batch's symbols that one of its prices may meet (each symbol's
+# lowest and highest), locked in id order; when each was stored or changed (ms).
+_CANDIDATES = """
+SELECT g.gtt_id, g.symbol, g.condition_1, g.trigger_1, g.condition_2, g.trigger_2,
+       (extract(epoch FROM g.updated_at) * 1000)::bigint
+  FROM gtts g JOIN unnest(%s::text[], %s::bigint[], %s::bigint[]) AS v (symbol, low, high)
+    ON g.symbol = v.symbol
+ WHERE g.status = 'ACTIVE' AND g.expires_at > now()
+   AND ((g.condition_1 = '>=' AND g.trigger_1 <= v.high)
+     OR (g.condition_1 = '<=' AND g.trigger_1 >= v.low)
+     OR (g.condition_2 = '>=' AND g.trigger_2 <= v.high)
+     OR (g.condition_2 = '<=' AND g.trigger_2 >= v.low))
+ ORDER BY g.gtt_id FOR UPDATE OF g"""
+
+_FIRE = """
+UPDATE gtts g SET status = 'TRIGGERED', fired_leg = v.leg, fired_price = v.price,
+                  triggered_at = now(), updated_at = now()
+  FROM unnest(%s::bigint[], %s::smallint[], %s::bigint[]) AS v (gtt_id, leg, price)
+ WHERE g.gtt_id = v.gtt_id"""
+
+Trades = dict[str, list[tuple[int, int]]]
+"""symbol -> its trades of a batch in their order: (Kafka timestamp ms, price paise)."""
+
+
+@dataclass
+class WatchStats:
+    """What batches did (counts add up with ``+``)."""
+
+    messages: int = 0
+    events: int = 0
+    trades: int = 0
+    fired: int = 0
+
+    def __add__(self, other: WatchStats) -> WatchStats:
+        return WatchStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+class GttWatcher:
+    """The pg_consumer ``Applier`` of the trigger service."""
+
+    consumer = "triggers"
+
+    def __init__(
+        self,
+        topic: str,
+        market: Mapping[str, MarketInstrument],
+        woke: Callable[[], None] = lambda: None,
+    ):
+        self.topic = topic
+        self.market = market
+        self.woke = woke
+
+    def new_stats(self) -> WatchStats:
+        return WatchStats()
+
+    def apply(self, conn: psycopg.Connection, messages: Sequence[Message]) -> WatchStats:
+        """Fire what the batch's trades meet and store the offsets, in one transaction."""
+        with conn.transaction():
+            fresh, offsets = claim_offsets(conn, self.consumer, self.topic, messages)
+            trades = self._trades(fresh)
+            fired = _fire(conn, trades) if trades else 0
+            store_offsets(conn, self.consumer, self.topic, offsets)
+        return WatchStats(
+            len(fresh),
+            sum(len(m.batch.events) for m in fresh),
+            sum(map(len, trades.values())),
+            fired,
+        )
+
+    def committed(self, stats: WatchStats) -> None:
+        if stats.fired:
+            self.woke()
+
+    def describe(self, stats: WatchStats) -> str:
+        return f"{stats.trades} trades, {stats.fired} GTTs fired"
+
+    def _trades(self, messages: Sequence[Message]) -> Trades:
+        trades: Trades = {}
+        for message in messages:
+            for e in message.batch.events:
+                instrument = self.market.get(e.symbol)
+                if e.type == EventType.TRADE and instrument is not None:
+                    price = instrument.ticks_to_paise(e.price)
+                    trades.setdefault(e.symbol, []).append((message.timestamp_ms, price))
+        return trades
+
+
+def _fire(conn: psycopg.Connection, trades: Trades) -> int:
+    """Mark TRIGGERED the GTTs the trades meet; how many."""
+    symbols = sorted(trades)
+    lows = [min(p for _, p in trades[s]) for s in symbols]
+    highs = [max(p for _, p in trades[s]) for s in symbols]
+    fired: list[tuple[int, int, int]] = []
+    for gtt_id, symbol, c1, t1, c2, t2, since in conn.execute(
+        _CANDIDATES, (symbols, lows, highs)
+    ).fetchall():
+        legs = [(1, c1, t1)] + ([(2, c2, t2)] if c2 is not None else [])
+        hit = _first_hit(trades[symbol], since, legs)
+        if hit is not None:
+            fired.append((gtt_id, *hit))
+    if fired:
+        conn.execute(_FIRE, tuple(map(list, zip(*fired, strict=True))))
+    return len(fired)
+
+
+def _first_hit(
+    trades: Sequence[tuple[int, int]], since: int, legs: Sequence[tuple[int, str, int]]
+) -> tuple[int, int] | None:
+    """(leg, price) of the first trade at or after ``since`` that meets a leg."""
+    for at, price in trades:
+        if at < since:
+            continue
+        for leg, condition, trigger in legs:
+            if price >= trigger if condition == ">=" else price <= trigger:
+                return leg, price
+    return None

@@ -1,0 +1,104 @@
+"""GTT triggers over REST on the OMS (brokercore.entry.gtt; docs/gtt.md):
+
+    POST /api/v1/gtt, GET /api/v1/gtt[?status=], GET, PATCH, DELETE /api/v1/gtt/{gttId}
+
+each with a JWT bearer token and the OMS's per-user rate limit. Another user's GTT is
+404, as one that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from brokercore.entry.gtt import GTT_STATUSES, GttChange, GttRefusal, GttRefused, NewGtt
+from brokercore.entry.requests import FieldError
+from brokercore.services.http import ApiError, decode_body, guarded, json_response
+from brokercore.services.oms import Oms, entry
+
+__all__ = ["GTT_ROUTES"]
+
+T = TypeVar("T")
+
+_STATUS = {
+    GttRefusal.GTT_NOT_FOUND: 404,
+    GttRefusal.GTT_NOT_ACTIVE: 409,
+    GttRefusal.GTT_INVALID_LEGS: 422,
+    GttRefusal.GTT_INVALID_EXPIRY: 422,
+    GttRefusal.GTT_LIMIT: 422,
+}
+
+
+async def _book(call: Awaitable[T]) -> T:
+    """The GTT book's answer; a refusal (nothing changed) as an API error."""
+    try:
+        return await entry(call)
+    except GttRefused as e:
+        raise ApiError(_STATUS[e.reason], e.reason.value, e.message) from None
+
+
+def _gtt_id(request: Request) -> int:
+    raw = request.path_params["gtt_id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ApiError(404, GttRefusal.GTT_NOT_FOUND.value, f"no GTT {raw[:40]}")
+    return int(raw)
+
+
+@guarded
+async def create_gtt(request: Request) -> Response:
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    gtt = decode_body(NewGtt, await oms.body(request), "GTT")
+    return json_response(await _book(oms.gtts.create(principal.user_id, gtt)), 201)
+
+
+@guarded
+async def list_gtts(request: Request) -> Response:
+    """The caller's GTTs, newest first; ``?status=`` one status only."""
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    status = None
+    for name, value in request.query_params.multi_items():
+        if name != "status" or status is not None or value not in GTT_STATUSES:
+            problem = f"one status of {', '.join(GTT_STATUSES)}" if name == "status" else "unknown"
+            raise ApiError(
+                422, "INVALID_REQUEST", "the query is invalid", [FieldError(name[:40], problem)]
+            )
+        status = value
+    return json_response(await _book(oms.gtts.list(principal.user_id, status)))
+
+
+@guarded
+async def get_gtt(request: Request) -> Response:
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    return json_response(await _book(oms.gtts.get(principal.user_id, _gtt_id(request))))
+
+
+@guarded
+async def change_gtt(request: Request) -> Response:
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    gtt_id = _gtt_id(request)
+    change = decode_body(GttChange, await oms.body(request), "GTT change")
+    return json_response(await _book(oms.gtts.change(principal.user_id, gtt_id, change)))
+
+
+@guarded
+async def cancel_gtt(request: Request) -> Response:
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    return json_response(await _book(oms.gtts.cancel(principal.user_id, _gtt_id(request))))
+
+
+GTT_ROUTES = [
+    Route("/api/v1/gtt", create_gtt, methods=["POST"]),
+    Route("/api/v1/gtt", list_gtts, methods=["GET"]),
+    Route("/api/v1/gtt/{gtt_id}", get_gtt, methods=["GET"]),
+    Route("/api/v1/gtt/{gtt_id}", change_gtt, methods=["PATCH"]),
+    Route("/api/v1/gtt/{gtt_id}", cancel_gtt, methods=["DELETE"]),
+]

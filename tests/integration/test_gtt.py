@@ -1,0 +1,327 @@
+"""GTT triggers (docs/gtt.md) through the OMS's HTTP API on the real Postgres and Kafka:
+CRUD and bad input; with the engine daemon, settlement and the trigger service
+(`brokercore service triggers`, a subprocess): a single GTT fires on a trade and its
+order fills, an OCO fires one leg, both OCO legs met in one batch fire one, a delete
+racing the firing ends one way or the other, and a kill -9 of the trigger service while
+it places orders leaves every GTT with exactly one order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import UTC, datetime, timedelta
+
+from oms_support import Api, auth, run
+from platform_support import INSTRUMENTS, platform
+from processes import LoggedProcess
+
+LIMIT_BUY = {"side": "BUY", "type": "LIMIT", "quantity": 10, "price": "15000.00"}
+
+
+def single(condition=">=", trigger="15000.00", order=LIMIT_BUY, **more):
+    return {
+        "symbol": "RELIANCE",
+        "kind": "SINGLE",
+        "legs": [{"condition": condition, "triggerPrice": trigger, "order": order}],
+    } | more
+
+
+def oco(low="14900.00", high="15100.00", quantity=10):
+    def sell(price):
+        return {"side": "SELL", "type": "LIMIT", "quantity": quantity, "price": price}
+
+    return {
+        "symbol": "RELIANCE",
+        "kind": "OCO",
+        "legs": [
+            {"condition": "<=", "triggerPrice": low, "order": sell(low)},
+            {"condition": ">=", "triggerPrice": high, "order": sell(high)},
+        ],
+    }
+
+
+async def create(api: Api, body, user="alice"):
+    return await api.client.post("/api/v1/gtt", json=body, headers=auth(user))
+
+
+def far(days: float) -> str:
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+BAD = [
+    ({"symbol": "RELIANCE"}, 422, "INVALID_REQUEST"),
+    (single(condition="=="), 422, "INVALID_REQUEST"),
+    (single() | {"kind": "OCO"}, 422, "GTT_INVALID_LEGS"),
+    (oco(low="15200.00"), 422, "GTT_INVALID_LEGS"),  # the '<=' leg above the '>=' leg
+    (single(trigger="0"), 422, "INVALID_TRIGGER"),
+    (single(trigger="100.001"), 422, "INVALID_TRIGGER"),
+    (single(order=LIMIT_BUY | {"price": "15000.01"}), 422, "TICK_SIZE"),
+    (single(order=LIMIT_BUY | {"price": None}), 422, "PRICE_REQUIRED"),
+    (single(order=LIMIT_BUY | {"type": "STOP"}), 422, "INVALID_REQUEST"),
+    (single() | {"symbol": "NOPE"}, 422, "UNKNOWN_SYMBOL"),
+    (single(expiresAt=far(-1)), 422, "GTT_INVALID_EXPIRY"),
+    (single(expiresAt=far(400)), 422, "GTT_INVALID_EXPIRY"),
+    (single(expiresAt="2027-01-01T00:00:00"), 422, "INVALID_REQUEST"),  # no time zone
+]
+
+
+def test_gtt_crud_bad_input_and_another_users_gtt(database):
+    async def scenario():
+        async with Api(database, rate_limit_burst=10_000) as api:
+            bad = [await create(api, body) for body, _, _ in BAD]
+            nobody = await create(api, single(), user="nobody")
+            made = await create(api, single(expiresAt=far(30)))
+            pair = await create(api, oco(), user="bob")
+            gtt = made.json()["gttId"]
+            path = f"/api/v1/gtt/{gtt}"
+            read = await api.client.get(path, headers=auth("alice"))
+            others = [
+                await api.client.get(path, headers=auth("bob")),
+                await api.client.delete(path, headers=auth("bob")),
+                await api.client.patch(path, json={"legs": []}, headers=auth("bob")),
+                await api.client.get("/api/v1/gtt/x1", headers=auth("alice")),
+            ]
+            new_legs = {"legs": single(trigger="14000.00")["legs"]}
+            two_legs = {"legs": oco()["legs"]}
+            changed = await api.client.patch(path, json=new_legs, headers=auth("alice"))
+            wrong = await api.client.patch(path, json=two_legs, headers=auth("alice"))
+            deleted = await api.client.delete(path, headers=auth("alice"))
+            again = await api.client.delete(path, headers=auth("alice"))
+            late = await api.client.patch(path, json=new_legs, headers=auth("alice"))
+            listed = await api.client.get("/api/v1/gtt", headers=auth("alice"))
+            active = await api.client.get("/api/v1/gtt?status=ACTIVE", headers=auth("bob"))
+            bad_query = await api.client.get("/api/v1/gtt?status=DONE", headers=auth("bob"))
+            return (
+                api,
+                bad,
+                nobody,
+                made,
+                pair,
+                read,
+                others,
+                changed,
+                wrong,
+                deleted,
+                (
+                    again,
+                    late,
+                    listed,
+                    active,
+                    bad_query,
+                ),
+            )
+
+    api, bad, nobody, made, pair, read, others, changed, wrong, deleted, rest = run(scenario)
+    again, late, listed, active, bad_query = rest
+    assert [(a.status_code, a.json()["error"]["code"]) for a in bad] == [
+        (status, code) for _, status, code in BAD
+    ]
+    assert (nobody.status_code, nobody.json()["error"]["code"]) == (403, "NO_ACCOUNT")
+    assert made.status_code == 201 and pair.status_code == 201
+    body = made.json()
+    assert body["status"] == "ACTIVE" and body["kind"] == "SINGLE"
+    assert body["legs"] == [
+        {"condition": ">=", "triggerPrice": "15000.00", "order": LIMIT_BUY, "status": "ACTIVE"}
+    ]
+    assert read.json() == body
+    assert [(o.status_code, o.json()["error"]["code"]) for o in others] == [
+        (404, "GTT_NOT_FOUND"),
+        (404, "GTT_NOT_FOUND"),
+        (422, "INVALID_REQUEST"),  # the body is checked first: an empty list of legs
+        (404, "GTT_NOT_FOUND"),
+    ]
+    assert changed.status_code == 200 and changed.json()["legs"][0]["triggerPrice"] == "14000.00"
+    assert wrong.json()["error"]["code"] == "GTT_INVALID_LEGS"
+    assert deleted.status_code == 200 and deleted.json()["status"] == "CANCELLED"
+    assert [(r.status_code, r.json()["error"]["code"]) for r in (again, late)] == [
+        (409, "GTT_NOT_ACTIVE"),
+        (409, "GTT_NOT_ACTIVE"),
+    ]
+    assert [g["gttId"] for g in listed.json()["gtts"]] == [body["gttId"]]
+    assert [g["kind"] for g in active.json()["gtts"]] == ["OCO"]
+    assert bad_query.json()["error"]["code"] == "INVALID_REQUEST"
+    assert api.rows("SELECT count(*) FROM gtts") == [(2,)], "nothing stored for a refusal"
+    assert api.rows("SELECT count(*) FROM orders") == [(0,)], "no order, no hold while waiting"
+    assert api.rows("SELECT sum(blocked_cash), sum(blocked_quantity) FROM accounts, positions") == [
+        (0, 0)
+    ]
+
+
+# --- firing, with the engine, settlement and the trigger service ---------------------
+
+
+def triggers(api: Api, log) -> LoggedProcess:
+    """`brokercore service triggers` on the API's database and topics, placer passes
+    every 0.2 s, on the always-open calendar (the API's clock is a fixed open moment)."""
+    env = dict(
+        os.environ,
+        BROKERCORE_DATABASE_URL=api.database,
+        BROKERCORE_KAFKA_BOOTSTRAP=api.kafka.bootstrap,
+        BROKERCORE_TOPIC_PREFIX=api.kafka.topic_prefix,
+        BROKERCORE_SHARDS=str(api.kafka.shards),
+        BROKERCORE_INSTRUMENTS=INSTRUMENTS,
+        BROKERCORE_CALENDAR="always-open",
+    )
+    process = LoggedProcess(["service", "triggers", "--every", "0.2"], log, env)
+    process.wait_for("from offsets")
+    return process
+
+
+async def trade(api: Api, price: str, quantity: int = 1) -> None:
+    """One trade at ``price``: bob sells to carol (bob's sell rests first)."""
+    sell = await api.place(user="bob", side="SELL", quantity=quantity, price=price)
+    buy = await api.place(user="carol", quantity=quantity, price=price, timeInForce="IOC")
+    assert {sell.status_code, buy.status_code} == {202}, (sell.text, buy.text)
+
+
+def outcome(api: Api):
+    """Each GTT: (status, fired leg, how many orders its key placed, its order's id)."""
+    return api.rows(
+        "SELECT g.status, g.fired_leg, count(k.order_id), g.order_id FROM gtts g "
+        "JOIN accounts a USING (account_id) LEFT JOIN idempotency_keys k "
+        "ON k.user_id = a.user_id AND k.key = g.fire_key GROUP BY g.gtt_id ORDER BY g.gtt_id"
+    )
+
+
+def test_single_fires_and_fills_an_oco_fires_one_leg_a_delete_races_the_firing(database, tmp_path):
+    with platform(database, tmp_path, rate_limit_burst=10_000) as api:
+        service = triggers(api, tmp_path / "triggers.log")
+        try:
+
+            async def arm():
+                async with api:
+                    one = await create(api, single())  # alice buys 10 at 15000 when >= 15000
+                    pair = await create(api, oco(), user="bob")
+                    await api.place(user="bob", side="SELL", quantity=15, timeInForce="GTC")
+                    await api.place(user="carol", quantity=5, timeInForce="IOC")  # 15000
+                    return one.json()["gttId"], pair.json()["gttId"]
+
+            one, pair = run(arm)
+            api.wait_rows("SELECT status FROM gtts WHERE gtt_id = %s", [("TRIGGERED",)], one)
+            api.wait_rows(
+                "SELECT o.status, o.filled_quantity FROM gtts g JOIN orders o USING (order_id) "
+                "WHERE g.gtt_id = %s",
+                [("FILLED", 10)],
+                one,
+            )
+            assert api.rows("SELECT status FROM gtts WHERE gtt_id = %s", pair) == [("ACTIVE",)]
+
+            async def target():
+                async with api:
+                    await trade(api, "15100.00")
+
+            run(target)
+            api.wait_rows(
+                "SELECT status, fired_leg, order_id IS NOT NULL FROM gtts WHERE gtt_id = %s",
+                [("TRIGGERED", 2, True)],
+                pair,
+            )
+
+            async def view():
+                async with api:
+                    return (await api.client.get(f"/api/v1/gtt/{pair}", headers=auth("bob"))).json()
+
+            fired = run(view)
+            assert [leg["status"] for leg in fired["legs"]] == ["CANCELLED", "TRIGGERED"]
+            assert fired["triggeredPrice"] == "15100.00"
+            order = fired["orderId"]
+            api.wait_rows(
+                "SELECT side, price, quantity, status FROM orders WHERE order_id = %s",
+                [("SELL", 15100 * 100, 10, "OPEN")],
+                order,
+            )
+
+            # the race: alice deletes 20 GTTs, one every 25 ms, while a trade fires them
+            async def race():
+                async with api:
+                    buy_one = LIMIT_BUY | {"quantity": 1}
+                    made = [
+                        await create(api, single(trigger="14950.00", order=buy_one))
+                        for _ in range(20)
+                    ]
+                    ids = [m.json()["gttId"] for m in made]
+
+                    async def delete(n: int, gtt: int):
+                        await asyncio.sleep(n * 0.025)
+                        return await api.client.delete(f"/api/v1/gtt/{gtt}", headers=auth("alice"))
+
+                    deletes = asyncio.gather(*(delete(n, i) for n, i in enumerate(ids)))
+                    await trade(api, "14950.00")
+                    return ids, await deletes
+
+            ids, answers = run(race)
+            api.wait_rows(
+                "SELECT count(*) FROM gtts WHERE gtt_id = ANY(%s) AND status = 'ACTIVE' "
+                "OR status = 'TRIGGERED' AND order_id IS NULL",
+                [(0,)],
+                ids,
+            )
+            ends = dict(zip(ids, [a.status_code for a in answers], strict=True))
+            rows = api.rows(
+                "SELECT g.gtt_id, g.status, count(k.order_id) FROM gtts g LEFT JOIN "
+                "idempotency_keys k ON k.user_id = 'alice' AND k.key = g.fire_key "
+                "WHERE g.gtt_id = ANY(%s) GROUP BY g.gtt_id",
+                ids,
+            )
+            for gtt, status, orders in rows:
+                assert (status, orders, ends[gtt]) in {("CANCELLED", 0, 200), ("TRIGGERED", 1, 409)}
+        finally:
+            service.close()
+        assert outcome(api)[:2] == [
+            ("TRIGGERED", 1, 1, api.rows("SELECT order_id FROM gtts WHERE gtt_id = %s", one)[0][0]),
+            ("TRIGGERED", 2, 1, order),
+        ]
+
+
+ALICES_ORDERS = (
+    "SELECT count(*) FROM orders o JOIN accounts a USING (account_id) WHERE a.user_id = 'alice'"
+)
+
+
+def test_both_oco_legs_met_in_one_batch_fire_one_and_kill_9_places_each_order_once(
+    database, tmp_path
+):
+    gtts = 60
+    with platform(database, tmp_path, rate_limit_burst=10_000) as api:
+
+        async def arm():
+            async with api:
+                pair = await create(api, oco(quantity=1), user="bob")
+                many = [
+                    await create(api, single(order=LIMIT_BUY | {"quantity": 1}))
+                    for _ in range(gtts)
+                ]
+                assert {m.status_code for m in many} == {201}
+                await trade(api, "14900.00")  # meets the OCO's '<=' leg ...
+                await trade(api, "15100.00")  # ... then its '>=' one, and the 60
+                return pair.json()["gttId"]
+
+        pair = run(arm)
+        # the trades wait in Kafka: the trigger service reads them together when it starts
+        service = triggers(api, tmp_path / "triggers.log")
+        try:
+            deadline = time.monotonic() + 60
+            while not api.rows(ALICES_ORDERS)[0][0]:
+                assert time.monotonic() < deadline, service.text()[-3000:]
+                time.sleep(0.005)
+            service.kill()  # in the middle of placing the orders (or just after)
+            service.close()
+            service = triggers(api, tmp_path / "triggers-2.log")
+            api.wait_rows(
+                "SELECT count(*) FROM gtts WHERE status <> 'TRIGGERED' OR order_id IS NULL",
+                [(0,)],
+            )
+        finally:
+            service.close()
+        assert api.rows(
+            "SELECT status, fired_leg, fired_price FROM gtts WHERE gtt_id = %s", pair
+        ) == [("TRIGGERED", 1, 14900 * 100)], "the leg met first fires, the other never"
+        ends = outcome(api)
+        assert len(ends) == gtts + 1
+        assert {(status, orders) for status, _, orders, _ in ends} == {("TRIGGERED", 1)}
+        alices = api.rows(
+            "SELECT o.order_id FROM orders o JOIN accounts a USING (account_id) "
+            "WHERE a.user_id = 'alice' ORDER BY 1"
+        )
+        assert [o for (o,) in alices] == sorted(o for *_, o in ends[1:]), "no order doubled"
