@@ -212,7 +212,6 @@ class ServiceSettings:
     market_protection_percent: str = "5"  # a market order's default protection (0 < p <= 20)
     cache_ttl: float = 30.0  # seconds a cached read answer lives
     gtt_expiry_days: int = 365  # a GTT's life when none is asked, and its longest
-    gtt_expiry_days: int = 365  # a GTT's life when none is asked, and its longest
     push_url: str | None = None  # the push provider's HTTP endpoint
     push_retry_base: float = 1.0  # seconds before the first push retry ...
     push_retry_cap: float = 60.0  # ... doubling up to this
