@@ -12,8 +12,9 @@ hold price: each fill debits price × qty + its fee and releases the rest of wha
 quantity had blocked, so price improvement frees cash at once; what is left when the
 order ends (cancelled, expired, rejected, or a market order's unused protection) is
 released by ``release``; a buy whose worst price drops (a market order that an uncross
-made a limit order at the opening price) releases the excess at once (``reprice``). A
-sell order blocks shares and releases them as they are sold.
+made a limit order at the opening price) releases the excess at once (``reprice``), and
+so does one the engine amended (``amend``: what the new terms do not need). A sell order
+blocks shares and releases them as they are sold.
 Fees are ``FeeSchedule.fee`` of the order's cumulative traded value, charged as it
 grows, so an order split into many fills pays what one fill would have.
 Realised P&L (``realised``) is booked as a fill reduces a position, against its average
@@ -39,6 +40,7 @@ __all__ = [
     "settle_fill",
     "release",
     "reprice",
+    "amend",
     "realised",
 ]
 
@@ -221,6 +223,38 @@ def reprice(
         lower, instrument.tick_paise, order.filled_notional, order.open_quantity, fees
     )
     released = order.blocked_cash - keep
+    return Settlement(
+        AccountDelta(blocked_cash=-released),
+        PositionDelta(),
+        OrderDelta(hold_price_ticks=price_ticks - order.hold_price_ticks, blocked_cash=-released),
+    )
+
+
+def amend(
+    order: OrderHold, price_ticks: int, instrument: MarketInstrument, fees: FeeSchedule
+) -> Settlement:
+    """The deltas when the engine amended ``order`` (its ``quantity`` already the new
+    total, its blocks including what the OMS reserved for the amend) to rest at
+    ``price_ticks``: a buy keeps what its open quantity needs at that price, a sell at
+    most its open quantity of the shares it blocked; the rest is released. Raises
+    ``SettlementError`` if the blocks do not cover the new terms (the OMS reserves them)."""
+    if order.side == Side.SELL:
+        released = order.blocked_shares - min(order.open_quantity, order.blocked_shares)
+        return Settlement(
+            AccountDelta(),
+            PositionDelta(blocked_quantity=-released),
+            OrderDelta(blocked_shares=-released),
+        )
+    repriced = replace(order, hold_price_ticks=price_ticks)
+    keep = _still_needed(
+        repriced, instrument.tick_paise, order.filled_notional, order.open_quantity, fees
+    )
+    released = order.blocked_cash - keep
+    if released < 0:
+        raise SettlementError(
+            f"an amend to {order.open_quantity} open at {price_ticks} ticks needs {keep} "
+            f"paise, the order holds {order.blocked_cash}"
+        )
     return Settlement(
         AccountDelta(blocked_cash=-released),
         PositionDelta(),

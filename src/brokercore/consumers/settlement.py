@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from decimal import Decimal
 from typing import Any, TypeAlias
@@ -40,9 +40,13 @@ import psycopg
 import redis
 
 from brokercore.broker.ledger import (
+    AccountDelta,
+    OrderDelta,
     OrderHold,
+    PositionDelta,
     Settlement,
     SettlementError,
+    amend,
     realised,
     release,
     reprice,
@@ -78,6 +82,22 @@ class BatchStats:
 
 
 @dataclass
+class _Modify:
+    """An order's modify in flight: what it reserves besides the hold (a part of the
+    order's blocks), the trigger to restore if the engine refuses it, the disclosed
+    quantity to take if it amends; ``terms`` is set once its AMENDED or REJECTED is
+    settled: the row's new quantity, price and disclosed (None: unchanged) and
+    whether the old trigger comes back."""
+
+    pending: bool = False
+    cash: int = 0
+    shares: int = 0
+    undo_trigger: int | None = None
+    disclosed: int | None = None
+    terms: _TermsRow | None = None
+
+
+@dataclass
 class _Order:
     order_id: int
     trade_date: date
@@ -86,7 +106,8 @@ class _Order:
     side: Side
     status: str
     reject_reason: str | None
-    hold: OrderHold
+    hold: OrderHold  # without the reserve of a pending modify (0014_order_modify.sql)
+    modify: _Modify = field(default_factory=_Modify)
     changed: bool = False
 
 
@@ -164,10 +185,24 @@ class _OrderRow(msgspec.Struct):
     hold_price_ticks: int
     blocked_cash: int
     blocked_shares: int
+    modify_pending: bool
+    modify_cash: int
+    modify_shares: int
     filled_quantity: int
     filled_notional: int
     fees: int
     avg_fill_price: Decimal | None
+
+
+class _TermsRow(msgspec.Struct):
+    """An order's terms after its modify is settled (None: unchanged)."""
+
+    trade_date: date
+    order_id: int
+    quantity: int | None
+    price: int | None
+    disclosed: int | None
+    trigger: int | None  # the trigger before a refused modify
 
 
 _json = msgspec.json.Encoder().encode
@@ -270,12 +305,13 @@ class SettlementConsumer:
         orders = {}
         for row in conn.execute(
             "SELECT order_id, trade_date, account_id, symbol, side, status, reject_reason, "
-            "quantity, hold_price_ticks, blocked_cash, blocked_shares, filled_quantity, "
-            "filled_notional, fees FROM orders WHERE order_id = ANY(%s) "
-            "ORDER BY order_id FOR UPDATE",
+            "quantity, hold_price_ticks, blocked_cash - modify_cash, "
+            "blocked_shares - modify_shares, filled_quantity, filled_notional, fees, "
+            "modify_pending, modify_cash, modify_shares, modify_undo_trigger, modify_disclosed "
+            "FROM orders WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE",
             (ids,),
         ):
-            order_id, trade_date, account_id, symbol, side, status, reason, *hold = row
+            order_id, trade_date, account_id, symbol, side, status, reason, *rest = row
             orders[order_id] = _Order(
                 order_id,
                 trade_date,
@@ -284,7 +320,8 @@ class SettlementConsumer:
                 Side[side],
                 status,
                 reason,
-                OrderHold(Side[side], *hold),
+                OrderHold(Side[side], *rest[:7]),
+                _Modify(*rest[7:]),
             )
         trades = sorted({trade_id(e) for e in events if e.type == EventType.TRADE})
         known = (
@@ -326,7 +363,11 @@ class SettlementConsumer:
                 last: _Payload = {"last_price": self._paise(order, e.other_remaining)}
                 self._set_status(batch, shard, e, order, "OPEN", last)
         elif kind == EventType.REJECTED and e.op not in NEW_ORDER_OPS:
-            # a refused cancel or amend: the order stays as it is, its history says why
+            # a refused cancel or amend: the order stays as it is, its history says why;
+            # an amend's reserve is released and its old trigger comes back
+            if e.op == Op.AMEND:
+                self._release_modify(batch, order)
+                order.modify.terms = self._terms(order, trigger=order.modify.undo_trigger)
             self._record(batch, shard, e, order, {"refused": Op(e.op).name})
         elif kind in END_STATUS:
             if kind == EventType.REJECTED and (
@@ -337,9 +378,11 @@ class SettlementConsumer:
                 reason = Reason(e.reason).name if e.reason != Reason.NONE else None
                 self._end(batch, shard, e, order, END_STATUS[kind], reason)
         elif kind == EventType.AMENDED:
+            instrument = self.market[order.symbol]
             if e.op == Op.UNCROSS:  # a market order left by the auction, now a limit at e.price
-                instrument = self.market[order.symbol]
                 self._settle(batch, order, reprice(order.hold, e.price, instrument, self.fees))
+            elif e.op == Op.AMEND and e.reason == Reason.NONE:
+                self._amended(batch, order, e.price, e.qty, instrument)
             self._record(
                 batch,
                 shard,
@@ -404,6 +447,7 @@ class SettlementConsumer:
         reason: str | None,
         payload: _Payload | None = None,
     ) -> None:
+        self._release_modify(batch, order)
         self._settle(batch, order, release(order.hold))
         order.reject_reason = reason
         self._set_status(batch, shard, e, order, status, payload)
@@ -429,6 +473,64 @@ class SettlementConsumer:
             position.changed = True
         order.hold = s.apply(order.hold)
         order.changed = True
+
+    # --- modify (brokercore.entry.modify) -----------------------------------------------
+
+    def _amended(
+        self,
+        batch: _Batch,
+        order: _Order,
+        price_ticks: int,
+        open_quantity: int,
+        instrument: MarketInstrument,
+    ) -> None:
+        """The engine amended the order to ``open_quantity`` at ``price_ticks``: its
+        total is what filled plus that (a fill between the request and the amend adds to
+        the asked total, as the engine did), its hold and reserve are repriced to what
+        the new terms need, the rest released."""
+        m = order.modify
+        h = order.hold
+        order.hold = replace(
+            h,
+            quantity=h.filled_quantity + open_quantity,
+            blocked_cash=h.blocked_cash + m.cash,
+            blocked_shares=h.blocked_shares + m.shares,
+        )
+        m.pending, m.cash, m.shares = False, 0, 0  # now a part of the hold
+        self._settle(batch, order, amend(order.hold, price_ticks, instrument, self.fees))
+        m.terms = self._terms(
+            order,
+            quantity=order.hold.quantity,
+            price=instrument.ticks_to_paise(price_ticks),
+            disclosed=m.disclosed,
+        )
+
+    def _release_modify(self, batch: _Batch, order: _Order) -> None:
+        """A pending modify's reserve goes back (its REJECTED, or the order's end)."""
+        m = order.modify
+        if m.cash or m.shares:
+            self._settle(
+                batch,
+                order,
+                Settlement(
+                    AccountDelta(blocked_cash=-m.cash),
+                    PositionDelta(blocked_quantity=-m.shares),
+                    OrderDelta(),
+                ),
+            )
+        m.pending, m.cash, m.shares = False, 0, 0
+        order.changed = True
+
+    @staticmethod
+    def _terms(
+        order: _Order,
+        *,
+        quantity: int | None = None,
+        price: int | None = None,
+        disclosed: int | None = None,
+        trigger: int | None = None,
+    ) -> _TermsRow:
+        return _TermsRow(order.trade_date, order.order_id, quantity, price, disclosed, trigger)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -485,6 +587,7 @@ class SettlementConsumer:
         """One statement per table for the whole batch, its rows one JSON array, the
         statements pipelined: a statement per row cost ~100 µs per event on each side."""
         h = [o for _, o in sorted(batch.orders.items()) if o.changed]
+        terms = [o.modify.terms for o in h if o.modify.terms is not None]
         writes: list[tuple[str, Sequence[msgspec.Struct]]] = [
             (
                 _UPDATE_ACCOUNTS,
@@ -502,6 +605,7 @@ class SettlementConsumer:
                     if p.changed
                 ],
             ),
+            (_UPDATE_TERMS, terms),  # first: a fill may exceed the old quantity
             (_UPDATE_ORDERS, [_order_row(o) for o in h]),
             (_INSERT_FILLS, batch.fills),
             (_INSERT_FEES, batch.fee_income),
@@ -514,15 +618,18 @@ class SettlementConsumer:
 
 
 def _order_row(o: _Order) -> _OrderRow:
-    h = o.hold
+    h, m = o.hold, o.modify
     return _OrderRow(
         o.trade_date,
         o.order_id,
         o.status,
         o.reject_reason,
         h.hold_price_ticks,
-        h.blocked_cash,
-        h.blocked_shares,
+        h.blocked_cash + m.cash,
+        h.blocked_shares + m.shares,
+        m.pending,
+        m.cash,
+        m.shares,
         h.filled_quantity,
         h.filled_notional,
         h.fees,
@@ -551,11 +658,22 @@ _UPDATE_ORDERS = (
     "blocked_cash = v.blocked_cash, blocked_shares = v.blocked_shares, "
     "hold_amount = v.blocked_cash + v.blocked_shares, filled_quantity = v.filled_quantity, "
     "filled_notional = v.filled_notional, fees = v.fees, avg_fill_price = v.avg_fill_price, "
+    "modify_pending = v.modify_pending, modify_cash = v.modify_cash, "
+    "modify_shares = v.modify_shares, "
     "updated_at = now() FROM json_to_recordset(%s::json) AS v (trade_date date, "
     "order_id bigint, status text, reject_reason text, hold_price_ticks bigint, "
-    "blocked_cash bigint, "
-    "blocked_shares bigint, filled_quantity bigint, filled_notional bigint, fees bigint, "
-    "avg_fill_price numeric) WHERE o.trade_date = v.trade_date AND o.order_id = v.order_id"
+    "blocked_cash bigint, blocked_shares bigint, modify_pending boolean, "
+    "modify_cash bigint, modify_shares bigint, filled_quantity bigint, "
+    "filled_notional bigint, fees bigint, avg_fill_price numeric) "
+    "WHERE o.trade_date = v.trade_date AND o.order_id = v.order_id"
+)
+_UPDATE_TERMS = (
+    "UPDATE orders o SET quantity = coalesce(v.quantity, o.quantity), "
+    "price = coalesce(v.price, o.price), disclosed_qty = coalesce(v.disclosed, o.disclosed_qty), "
+    "trigger_price = coalesce(v.trigger, o.trigger_price), modify_undo_trigger = NULL, "
+    "modify_disclosed = NULL FROM json_to_recordset(%s::json) AS v (trade_date date, "
+    "order_id bigint, quantity bigint, price bigint, disclosed bigint, trigger bigint) "
+    "WHERE o.trade_date = v.trade_date AND o.order_id = v.order_id"
 )
 _INSERT_FILLS = (
     "INSERT INTO fills (trade_id, side, order_id, account_id, symbol, price, quantity, "

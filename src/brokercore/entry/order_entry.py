@@ -156,7 +156,11 @@ class Refusal(StrEnum):
     ACCOUNT_NOT_VERIFIED = "ACCOUNT_NOT_VERIFIED"  # KYC PENDING or REJECTED: no new orders
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # the key names another order
     ORDER_NOT_FOUND = "ORDER_NOT_FOUND"  # none of this user's orders
-    ORDER_NOT_OPEN = "ORDER_NOT_OPEN"  # finished: nothing to cancel
+    ORDER_NOT_OPEN = "ORDER_NOT_OPEN"  # finished: nothing to cancel or modify
+    ORDER_PENDING = "ORDER_PENDING"  # not yet accepted by the engine: modify later
+    ORDER_NOT_MODIFIABLE = "ORDER_NOT_MODIFIABLE"  # a market or stop-market order
+    MODIFY_PENDING = "MODIFY_PENDING"  # the order's last modify is not settled yet
+    MODIFY_LIMIT_REACHED = "MODIFY_LIMIT_REACHED"  # the order took its most modifies
 
 
 class OrderRefused(Exception):

@@ -14,6 +14,7 @@ import msgspec
 
 __all__ = [
     "PlaceOrderRequest",
+    "ModifyOrderRequest",
     "OrderAccepted",
     "ErrorBody",
     "ErrorDetail",
@@ -37,6 +38,18 @@ class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     price: Decimal | None = None
     time_in_force: Literal["GTC", "DAY", "IOC", "FOK"] | None = None
+    trigger_price: Decimal | None = None
+    disclosed_quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)] | None = None
+
+
+class ModifyOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    """A change to an open order (PATCH /api/v1/orders/{orderId}): ``quantity`` is the
+    new TOTAL quantity (filled part included); a field left out keeps its value; at
+    least one is given (brokercore.entry.modify checks it)."""
+
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    price: Decimal | None = None
+    quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)] | None = None
     trigger_price: Decimal | None = None
     disclosed_quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)] | None = None
 

@@ -3,8 +3,8 @@
     brokercore service oms --port 8000          (settings: BROKERCORE_* variables)
 
 POST /api/v1/orders, DELETE /api/v1/orders/{orderId} and DELETE /api/v1/orders[?symbol=]
-(cancel many), POST /api/v1/margins/orders (what orders would block, storing nothing),
-each with a JWT bearer token.
+(cancel many), PATCH /api/v1/orders/{orderId} (modify), POST /api/v1/margins/orders
+(what orders would block, storing nothing), each with a JWT bearer token.
 The logic is in brokercore (order_entry, risk, auth, ratelimit, outbox); this file maps
 HTTP onto it: authentication, the per-user rate limit, the body size limit, decoding,
 and errors as ``{"error": {"code", "message", "fields"?}}`` with no stack trace.
@@ -31,10 +31,12 @@ from brokercore.entry.cancel_many import cancel_many
 from brokercore.entry.group_commit import GroupCommit
 from brokercore.entry.gtt import GttBook
 from brokercore.entry.margins import MarginBody, MarginOrder, answer, preview
+from brokercore.entry.modify import changes_nothing, modify
 from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxPublisher
 from brokercore.entry.requests import (
     FieldError,
+    ModifyOrderRequest,
     OrderAccepted,
     PlaceOrderRequest,
     encode_json,
@@ -115,6 +117,10 @@ _REFUSAL_STATUS = {
     Refusal.IDEMPOTENCY_KEY_REUSED: 422,
     Refusal.ORDER_NOT_FOUND: 404,
     Refusal.ORDER_NOT_OPEN: 409,
+    Refusal.ORDER_PENDING: 409,
+    Refusal.ORDER_NOT_MODIFIABLE: 409,
+    Refusal.MODIFY_PENDING: 409,
+    Refusal.MODIFY_LIMIT_REACHED: 409,
 }
 
 
@@ -147,12 +153,40 @@ async def place_order(request: Request) -> Response:
 async def cancel_order(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
+    return accepted(
+        await oms.published(
+            principal.user_id, await entry(oms.entry.cancel(principal.user_id, _order_id(request)))
+        )
+    )
+
+
+def _order_id(request: Request) -> int:
+    """The path's order id; one that cannot be an order's is not found."""
     raw = request.path_params["order_id"]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, "ORDER_NOT_FOUND", f"no order {raw[:40]}")
+    return int(raw)
+
+
+@guarded
+async def modify_order(request: Request) -> Response:
+    """Change an open order's price, quantity, trigger or disclosed quantity."""
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    order_id = _order_id(request)
+    body = decode_body(ModifyOrderRequest, await oms.body(request), "modify")
+    if changes_nothing(body):
+        raise ApiError(
+            422,
+            "INVALID_REQUEST",
+            "the modify is invalid",
+            [FieldError("body", "give price, quantity, triggerPrice or disclosedQuantity")],
+        )
+    limit = oms.settings.max_order_modifications
     return accepted(
         await oms.published(
-            principal.user_id, await entry(oms.entry.cancel(principal.user_id, int(raw)))
+            principal.user_id,
+            await entry(modify(oms.entry, principal.user_id, order_id, body, limit)),
         )
     )
 
@@ -202,6 +236,7 @@ def create_app(
             Route("/api/v1/margins/orders", margin_preview, methods=["POST"]),
             Route("/api/v1/orders", cancel_orders, methods=["DELETE"]),
             Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"]),
+            Route("/api/v1/orders/{order_id}", modify_order, methods=["PATCH"]),
             *GTT_ROUTES,
         ],
     )

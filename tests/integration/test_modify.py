@@ -1,0 +1,388 @@
+"""Modify (PATCH /api/v1/orders/{orderId}) through the OMS's HTTP API on the real
+Postgres and Kafka: refusals that change nothing, then, with the engine daemon,
+settlement and the projector running, the priority rule, the holds, a waiting stop's
+trigger, the per-order limit, idempotent retries and modifies racing fills."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import psycopg
+
+from brokercore.consumers.projector import run_projector
+from brokercore.consumers.reconcile import check_invariants
+from brokercore.kafka.messages import AmendOrder
+from brokercore.services.reconciler import market_sessions
+from oms_support import Api, auth, run
+from platform_support import INSTRUMENTS, money, platform
+from shared_servers import REDIS_URL
+
+RUPEE = 100
+OPEN = "('PENDING', 'TRIGGER_PENDING', 'OPEN', 'PARTIALLY_FILLED')"
+
+
+async def patch(api: Api, order, user="alice", **body):
+    body = {"idempotencyKey": uuid.uuid4().hex} | body
+    return await api.client.patch(f"/api/v1/orders/{order}", json=body, headers=auth(user))
+
+
+def execute(api: Api, statement: str, *args) -> None:
+    with psycopg.connect(api.database) as conn:
+        conn.execute(statement, args)
+
+
+def state(api: Api, order: int):
+    """What a refused modify must leave as it was."""
+    return (
+        api.rows(
+            "SELECT status, price, quantity, trigger_price, blocked_cash, modifications, "
+            "modify_pending FROM orders WHERE order_id = %s",
+            order,
+        ),
+        api.rows("SELECT count(*) FROM order_events WHERE order_id = %s", order),
+        api.rows("SELECT count(*) FROM outbox"),
+        api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'"),
+    )
+
+
+BAD = [  # (body or raw bytes, user, order: None = alice's, HTTP status, code)
+    ({}, "alice", None, 422, "INVALID_REQUEST"),  # no idempotency key
+    ({"idempotencyKey": "k"}, "alice", None, 422, "INVALID_REQUEST"),  # nothing to change
+    ({"idempotencyKey": "k", "quantity": 0}, "alice", None, 422, "INVALID_REQUEST"),
+    ({"idempotencyKey": "k", "price": "x"}, "alice", None, 422, "INVALID_REQUEST"),
+    ({"idempotencyKey": "k", "side": "SELL"}, "alice", None, 422, "INVALID_REQUEST"),
+    (b"{not json", "alice", None, 400, "MALFORMED_JSON"),
+    ({"idempotencyKey": "k", "quantity": 5}, "carol", None, 404, "ORDER_NOT_FOUND"),
+    ({"idempotencyKey": "k", "quantity": 5}, "alice", "999999999", 404, "ORDER_NOT_FOUND"),
+    ({"idempotencyKey": "k", "quantity": 5}, "alice", "12ab", 404, "ORDER_NOT_FOUND"),
+    ({"idempotencyKey": "k", "quantity": 5}, "alice", "pending", 409, "ORDER_PENDING"),
+    ({"idempotencyKey": "k", "price": "15000.01"}, "alice", None, 422, "TICK_SIZE"),
+    ({"idempotencyKey": "k", "quantity": 200}, "alice", None, 422, "INSUFFICIENT_FUNDS"),
+    ({"idempotencyKey": "k", "triggerPrice": "1.00"}, "alice", None, 422, "TRIGGER_NOT_ALLOWED"),
+]
+
+
+def test_refused_modifies_answer_in_the_error_shape_and_change_nothing(database):
+    """Without an engine the orders stay PENDING unless the test says the engine took
+    them: the OMS's decisions need nothing else."""
+
+    async def scenario():
+        async with Api(database) as api:
+            taken, pending, limited, finished, market = [
+                (await api.place(**body)).json()["orderId"]
+                for body in (
+                    {"quantity": 20},
+                    {"quantity": 1},
+                    {"quantity": 1},
+                    {"quantity": 1},
+                    {"type": "MARKET", "price": None, "timeInForce": "IOC", "quantity": 1},
+                )
+            ]
+            execute(  # as settlement records the engine's ACCEPTED
+                api,
+                "UPDATE orders SET status = 'OPEN' WHERE order_id = ANY(%s)",
+                [taken, limited, market],
+            )
+            execute(
+                api,
+                "UPDATE orders SET status = 'CANCELLED', blocked_cash = 0, hold_amount = 0 "
+                "WHERE order_id = %s",
+                finished,
+            )
+            execute(
+                api,
+                "UPDATE accounts SET blocked_cash = blocked_cash - 15000 * 100 "
+                "WHERE user_id = 'alice'",
+            )
+            execute(api, "UPDATE orders SET modifications = 25 WHERE order_id = %s", limited)
+            before = state(api, taken)
+            answers = []
+            for body, user, order, _, _ in BAD:
+                target = {None: taken, "pending": pending}.get(order, order)
+                if isinstance(body, bytes):
+                    answers.append(
+                        await api.client.patch(
+                            f"/api/v1/orders/{target}",
+                            content=body,
+                            headers=auth(user) | {"Content-Type": "application/json"},
+                        )
+                    )
+                else:
+                    answers.append(
+                        await api.client.patch(
+                            f"/api/v1/orders/{target}", json=body, headers=auth(user)
+                        )
+                    )
+            after = state(api, taken)
+            others = [
+                await patch(api, limited, quantity=5),  # the 26th
+                await patch(api, finished, quantity=5),
+                await patch(api, market, quantity=5),
+            ]
+            first = await patch(api, taken, quantity=15)
+            second = await patch(api, taken, quantity=14)  # the first is not settled
+            return answers, before, after, others, first, second
+
+    answers, before, after, others, first, second = run(scenario)
+    got = [(a.status_code, a.json()["error"]["code"]) for a in answers]
+    assert got == [(status, code) for *_, status, code in BAD], [a.text for a in answers]
+    assert after == before, "a refused modify changes nothing"
+    assert [(a.status_code, a.json()["error"]["code"]) for a in others] == [
+        (409, "MODIFY_LIMIT_REACHED"),
+        (409, "ORDER_NOT_OPEN"),
+        (409, "ORDER_NOT_MODIFIABLE"),
+    ]
+    assert first.status_code == 202 and first.json()["status"] == "MODIFY_REQUESTED"
+    assert (second.status_code, second.json()["error"]["code"]) == (409, "MODIFY_PENDING")
+
+
+def _platform_with_projector(database, tmp_path, **settings):
+    """``platform`` plus the projector (a thread), for the read model's order."""
+    stack = platform(database, tmp_path, **settings)
+    api = stack.__enter__()
+    stop = threading.Event()
+    projector = threading.Thread(
+        target=run_projector,
+        args=(
+            api.kafka.bootstrap,
+            api.kafka.events_topic,
+            database,
+            INSTRUMENTS,
+            REDIS_URL,
+            api.kafka.topic_prefix,
+        ),
+        kwargs={"stop_event": stop, "say": lambda line: None},
+        daemon=True,
+    )
+    projector.start()
+
+    def close():
+        stop.set()
+        projector.join(30)
+        stack.__exit__(None, None, None)
+
+    return api, close
+
+
+def clean(api: Api) -> None:
+    with psycopg.connect(api.database) as conn:
+        assert check_invariants(conn, market_sessions(api.settings), api.now) == []
+
+
+def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_path):
+    api, close = _platform_with_projector(database, tmp_path, max_order_modifications=3)
+    try:
+        money_before = money(api)
+
+        async def place(**body):
+            async with api:
+                return (await api.place(**({"timeInForce": "GTC"} | body))).json()["orderId"]
+
+        def wait_open(*orders):
+            api.wait_rows(
+                "SELECT count(*) FROM orders WHERE order_id = ANY(%s) AND status = 'OPEN'",
+                [(len(orders),)],
+                list(orders),
+            )
+
+        async def modify(order, user="alice", **body):
+            async with api:
+                return await patch(api, order, user, **body)
+
+        def settled(order, quantity, price):
+            api.wait_rows(
+                "SELECT quantity, price, modify_pending FROM orders WHERE order_id = %s",
+                [(quantity, price * RUPEE, False)],
+                order,
+            )
+
+        # quantity down at the same price keeps time priority
+        first = run(lambda: place())
+        wait_open(first)
+        second = run(lambda: place(user="carol"))
+        wait_open(second)
+        down = run(lambda: modify(first, quantity=6))
+        assert down.status_code == 202, down.text
+        assert down.json()["orderId"] == first and down.json()["status"] == "MODIFY_REQUESTED"
+        settled(first, 6, 15000)
+        assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
+            (6 * 15_000 * RUPEE,)
+        ], "the four shares no longer asked are released"
+        run(lambda: place(user="bob", side="SELL", quantity=6, timeInForce="IOC"))
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("FILLED",)], first)
+        assert api.rows("SELECT filled_quantity FROM orders WHERE order_id = %s", second) == [(0,)]
+
+        filled = run(lambda: modify(first, quantity=8))
+        assert (filled.status_code, filled.json()["error"]["code"]) == (409, "ORDER_NOT_OPEN")
+
+        # quantity up at the same price loses it: the later order fills first
+        third = run(lambda: place())
+        wait_open(third)
+        up = run(lambda: modify(second, user="carol", quantity=12))
+        assert up.status_code == 202, up.text
+        settled(second, 12, 15000)
+        run(lambda: place(user="bob", side="SELL", quantity=10, timeInForce="IOC"))
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("FILLED",)], third)
+        assert api.rows("SELECT filled_quantity FROM orders WHERE order_id = %s", second) == [(0,)]
+
+        # a price change (down: cash released), shown by the read model
+        cheaper = run(lambda: modify(second, user="carol", price="14990.00"))
+        assert cheaper.status_code == 202, cheaper.text
+        settled(second, 12, 14990)
+        assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'carol'") == [
+            (12 * 14_990 * RUPEE,)
+        ]
+        api.wait_rows(
+            "SELECT price, quantity, status FROM read_model.orders WHERE order_id = %s",
+            [(14_990 * RUPEE, 12, "OPEN")],
+            second,
+        )
+
+        # an idempotent retry answers the same; the key with another body is refused
+        async def retried():
+            async with api:
+                body = {"idempotencyKey": "same-key", "price": "14995.00"}
+                one = await api.client.patch(
+                    f"/api/v1/orders/{second}", json=body, headers=auth("carol")
+                )
+                two = await api.client.patch(
+                    f"/api/v1/orders/{second}", json=body, headers=auth("carol")
+                )
+                other = await api.client.patch(
+                    f"/api/v1/orders/{second}",
+                    json=body | {"price": "14980.00"},
+                    headers=auth("carol"),
+                )
+                return one, two, other
+
+        one, two, other = run(retried)
+        assert one.status_code == two.status_code == 202
+        assert one.json() == two.json()
+        assert (other.status_code, other.json()["error"]["code"]) == (
+            422,
+            "IDEMPOTENCY_KEY_REUSED",
+        )
+        settled(second, 12, 14995)
+        amends = [c for c in api.commands() if isinstance(c, AmendOrder)]
+        assert [(c.price, c.qty) for c in amends if c.order_id == second] == [
+            (300_000, 12),  # ticks of 0.05 rupee
+            (299_800, 12),
+            (299_900, 12),
+        ], "the retry sent nothing again"
+
+        # the limit (3 here): the fourth modify of an order is refused
+        fourth = run(lambda: modify(second, user="carol", quantity=11))
+        assert (fourth.status_code, fourth.json()["error"]["code"]) == (
+            409,
+            "MODIFY_LIMIT_REACHED",
+        )
+        run(lambda: _cancel(api, second, "carol"))
+        api.wait_rows(f"SELECT count(*) FROM orders WHERE status IN {OPEN}", [(0,)])
+        assert money(api)[0] == money_before[0], "cash conserved"
+        assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
+        clean(api)
+    finally:
+        close()
+
+
+async def _cancel(api: Api, order: int, user: str):
+    async with api:
+        return await api.cancel(order, user)
+
+
+def test_a_waiting_stops_trigger_changes(database, tmp_path):
+    with platform(database, tmp_path) as api:
+
+        async def place(**body):
+            async with api:
+                return (await api.place(**body)).json()["orderId"]
+
+        stop = run(lambda: place(type="STOP_LIMIT", price="15100.00", triggerPrice="15100.00"))
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("TRIGGER_PENDING",)], stop)
+
+        async def lower():
+            async with api:
+                return await patch(api, stop, triggerPrice="15050.00")
+
+        assert run(lower).status_code == 202
+        api.wait_rows(
+            "SELECT trigger_price, modify_pending FROM orders WHERE order_id = %s",
+            [(15_050 * RUPEE, False)],
+            stop,
+        )
+        # a trade at 15050 reaches the new trigger (not the old one)
+        run(lambda: place(user="carol", price="15050.00", quantity=1, timeInForce="GTC"))
+        run(lambda: place(user="bob", side="SELL", price="15050.00", quantity=1, timeInForce="IOC"))
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], stop)
+        assert api.rows("SELECT blocked_cash FROM orders WHERE order_id = %s", stop) == [
+            (10 * 15_100 * RUPEE,)
+        ]
+        clean(api)
+
+
+def test_modifies_racing_fills_end_consistent(database, tmp_path):
+    """A modify and a crossing sell sent at once, either way round: a price change with
+    part of the order filling (the engine's AMEND sets the open quantity, so a fill
+    before it adds to the total), and one with the whole order filling (the amend is
+    refused, its reserve released). Holds and invariants hold either way."""
+    with platform(database, tmp_path) as api:
+        before = money(api)
+
+        async def buys():
+            async with api:
+                answers = [await api.place(quantity=10, timeInForce="GTC") for _ in range(4)]
+                return [a.json()["orderId"] for a in answers]
+
+        orders = run(buys)
+        api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
+
+        async def race():
+            async with api:
+                answers = await asyncio.gather(
+                    patch(api, orders[0], price="15001.00"),
+                    api.place(user="bob", side="SELL", quantity=4, timeInForce="IOC"),
+                    patch(api, orders[1], quantity=12),
+                    api.place(user="bob", side="SELL", quantity=4, timeInForce="IOC"),
+                )
+                return answers
+
+        assert {a.status_code for a in run(race)} == {202}
+        api.wait_rows(
+            "SELECT count(*) FROM orders WHERE modify_pending OR status = 'PENDING'", [(0,)]
+        )
+        clean(api)
+        rows = api.rows(
+            "SELECT order_id, quantity, filled_quantity, blocked_cash, price FROM orders "
+            "WHERE side = 'BUY' ORDER BY order_id"
+        )
+        for order_id, quantity, filled, blocked, price in rows:
+            assert blocked == (quantity - filled) * price, (order_id, rows)
+        # whole fills racing modifies: the amend comes too late or the fill follows it
+        api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
+
+        async def whole():
+            async with api:
+                open_left = api.rows(
+                    "SELECT sum(quantity - filled_quantity) FROM orders WHERE side = 'BUY'"
+                )[0][0]
+                return await asyncio.gather(
+                    patch(api, orders[2], price="14999.00"),
+                    api.place(
+                        user="bob",
+                        side="SELL",
+                        quantity=int(open_left),
+                        price="14990.00",
+                        timeInForce="IOC",
+                    ),
+                    patch(api, orders[3], quantity=9),
+                )
+
+        assert {a.status_code for a in run(whole)} == {202}
+        api.wait_rows(f"SELECT count(*) FROM orders WHERE status IN {OPEN}", [(0,)])
+        api.wait_rows("SELECT count(*) FROM orders WHERE modify_pending", [(0,)])
+        assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
+        after = money(api)
+        assert (after[0], after[3]) == (before[0], before[3]), "cash and shares conserved"
+        clean(api)
