@@ -12,6 +12,7 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 
+from brokercore.entry.gtt_orders import expire_gtts
 from oms_support import Api, auth, run
 from platform_support import INSTRUMENTS, platform
 from processes import LoggedProcess
@@ -66,82 +67,78 @@ BAD = [
 ]
 
 
-def test_gtt_crud_bad_input_and_another_users_gtt(database):
+def test_gtt_crud_bad_input_expiry_and_another_users_gtt(database):
     async def scenario():
         async with Api(database, rate_limit_burst=10_000) as api:
-            bad = [await create(api, body) for body, _, _ in BAD]
-            nobody = await create(api, single(), user="nobody")
-            made = await create(api, single(expiresAt=far(30)))
-            pair = await create(api, oco(), user="bob")
-            gtt = made.json()["gttId"]
-            path = f"/api/v1/gtt/{gtt}"
-            read = await api.client.get(path, headers=auth("alice"))
-            others = [
+            a: dict = {"bad": [await create(api, body) for body, _, _ in BAD]}
+            a["nobody"] = await create(api, single(), user="nobody")
+            a["made"] = await create(api, single(expiresAt=far(30)))
+            soon_ends = time.time() + 1.0
+            soon = await create(api, single(expiresAt=far(1.0 / 86400)))
+            a["pair"] = await create(api, oco(), user="bob")
+            path = f"/api/v1/gtt/{a['made'].json()['gttId']}"
+            a["read"] = await api.client.get(path, headers=auth("alice"))
+            a["others"] = [
                 await api.client.get(path, headers=auth("bob")),
                 await api.client.delete(path, headers=auth("bob")),
                 await api.client.patch(path, json={"legs": []}, headers=auth("bob")),
                 await api.client.get("/api/v1/gtt/x1", headers=auth("alice")),
             ]
             new_legs = {"legs": single(trigger="14000.00")["legs"]}
+            a["changed"] = await api.client.patch(path, json=new_legs, headers=auth("alice"))
             two_legs = {"legs": oco()["legs"]}
-            changed = await api.client.patch(path, json=new_legs, headers=auth("alice"))
-            wrong = await api.client.patch(path, json=two_legs, headers=auth("alice"))
-            deleted = await api.client.delete(path, headers=auth("alice"))
-            again = await api.client.delete(path, headers=auth("alice"))
-            late = await api.client.patch(path, json=new_legs, headers=auth("alice"))
-            listed = await api.client.get("/api/v1/gtt", headers=auth("alice"))
-            active = await api.client.get("/api/v1/gtt?status=ACTIVE", headers=auth("bob"))
-            bad_query = await api.client.get("/api/v1/gtt?status=DONE", headers=auth("bob"))
-            return (
-                api,
-                bad,
-                nobody,
-                made,
-                pair,
-                read,
-                others,
-                changed,
-                wrong,
-                deleted,
-                (
-                    again,
-                    late,
-                    listed,
-                    active,
-                    bad_query,
-                ),
-            )
+            a["wrong"] = await api.client.patch(path, json=two_legs, headers=auth("alice"))
+            a["deleted"] = await api.client.delete(path, headers=auth("alice"))
+            a["finished"] = [
+                await api.client.delete(path, headers=auth("alice")),
+                await api.client.patch(path, json=new_legs, headers=auth("alice")),
+            ]
+            a["listed"] = await api.client.get("/api/v1/gtt", headers=auth("alice"))
+            a["active"] = await api.client.get("/api/v1/gtt?status=ACTIVE", headers=auth("bob"))
+            a["bad_query"] = await api.client.get("/api/v1/gtt?status=DONE", headers=auth("bob"))
+            await asyncio.sleep(max(0.0, soon_ends - time.time()))
+            a["expired"] = await expire_gtts(api.app.state.oms.entry)
+            soon_path = f"/api/v1/gtt/{soon.json()['gttId']}"
+            a["ended"] = [
+                await api.client.get(soon_path, headers=auth("alice")),
+                await api.client.delete(soon_path, headers=auth("alice")),
+            ]
+            return api, a
 
-    api, bad, nobody, made, pair, read, others, changed, wrong, deleted, rest = run(scenario)
-    again, late, listed, active, bad_query = rest
-    assert [(a.status_code, a.json()["error"]["code"]) for a in bad] == [
+    api, a = run(scenario)
+    assert [(r.status_code, r.json()["error"]["code"]) for r in a["bad"]] == [
         (status, code) for _, status, code in BAD
     ]
-    assert (nobody.status_code, nobody.json()["error"]["code"]) == (403, "NO_ACCOUNT")
-    assert made.status_code == 201 and pair.status_code == 201
-    body = made.json()
+    assert (a["nobody"].status_code, a["nobody"].json()["error"]["code"]) == (403, "NO_ACCOUNT")
+    assert a["made"].status_code == 201 and a["pair"].status_code == 201
+    body = a["made"].json()
     assert body["status"] == "ACTIVE" and body["kind"] == "SINGLE"
     assert body["legs"] == [
         {"condition": ">=", "triggerPrice": "15000.00", "order": LIMIT_BUY, "status": "ACTIVE"}
     ]
-    assert read.json() == body
-    assert [(o.status_code, o.json()["error"]["code"]) for o in others] == [
+    assert a["read"].json() == body
+    assert [(r.status_code, r.json()["error"]["code"]) for r in a["others"]] == [
         (404, "GTT_NOT_FOUND"),
         (404, "GTT_NOT_FOUND"),
         (422, "INVALID_REQUEST"),  # the body is checked first: an empty list of legs
         (404, "GTT_NOT_FOUND"),
     ]
-    assert changed.status_code == 200 and changed.json()["legs"][0]["triggerPrice"] == "14000.00"
-    assert wrong.json()["error"]["code"] == "GTT_INVALID_LEGS"
-    assert deleted.status_code == 200 and deleted.json()["status"] == "CANCELLED"
-    assert [(r.status_code, r.json()["error"]["code"]) for r in (again, late)] == [
+    assert a["changed"].status_code == 200
+    assert a["changed"].json()["legs"][0]["triggerPrice"] == "14000.00"
+    assert a["wrong"].json()["error"]["code"] == "GTT_INVALID_LEGS"
+    assert a["deleted"].status_code == 200 and a["deleted"].json()["status"] == "CANCELLED"
+    assert [(r.status_code, r.json()["error"]["code"]) for r in a["finished"]] == [
         (409, "GTT_NOT_ACTIVE"),
         (409, "GTT_NOT_ACTIVE"),
     ]
-    assert [g["gttId"] for g in listed.json()["gtts"]] == [body["gttId"]]
-    assert [g["kind"] for g in active.json()["gtts"]] == ["OCO"]
-    assert bad_query.json()["error"]["code"] == "INVALID_REQUEST"
-    assert api.rows("SELECT count(*) FROM gtts") == [(2,)], "nothing stored for a refusal"
+    assert [g["gttId"] for g in a["listed"].json()["gtts"]][1:] == [body["gttId"]]
+    assert [g["kind"] for g in a["active"].json()["gtts"]] == ["OCO"]
+    assert a["bad_query"].json()["error"]["code"] == "INVALID_REQUEST"
+    assert a["expired"] == 1
+    assert a["ended"][0].json()["status"] == "EXPIRED"
+    assert a["ended"][0].json()["legs"][0]["status"] == "EXPIRED"
+    assert a["ended"][1].json()["error"]["code"] == "GTT_NOT_ACTIVE"
+    assert api.rows("SELECT count(*) FROM gtts") == [(3,)], "nothing stored for a refusal"
     assert api.rows("SELECT count(*) FROM orders") == [(0,)], "no order, no hold while waiting"
     assert api.rows("SELECT sum(blocked_cash), sum(blocked_quantity) FROM accounts, positions") == [
         (0, 0)
@@ -193,11 +190,17 @@ def test_single_fires_and_fills_an_oco_fires_one_leg_a_delete_races_the_firing(d
                 async with api:
                     one = await create(api, single())  # alice buys 10 at 15000 when >= 15000
                     pair = await create(api, oco(), user="bob")
+                    broke = await create(api, single(), user="bob")  # bob has no cash
                     await api.place(user="bob", side="SELL", quantity=15, timeInForce="GTC")
                     await api.place(user="carol", quantity=5, timeInForce="IOC")  # 15000
-                    return one.json()["gttId"], pair.json()["gttId"]
+                    return [g.json()["gttId"] for g in (one, pair, broke)]
 
-            one, pair = run(arm)
+            one, pair, broke = run(arm)
+            api.wait_rows(
+                "SELECT status, failure_code, order_id FROM gtts WHERE gtt_id = %s",
+                [("FAILED", "INSUFFICIENT_FUNDS", None)],
+                broke,
+            )
             api.wait_rows("SELECT status FROM gtts WHERE gtt_id = %s", [("TRIGGERED",)], one)
             api.wait_rows(
                 "SELECT o.status, o.filled_quantity FROM gtts g JOIN orders o USING (order_id) "
