@@ -1,4 +1,5 @@
-"""No buy ever fills above the price its cash was held at, even after a re-band raises the
+"""No buy ever fills above the price its cash was held at (a market or stop-market buy:
+its market protection's edge, 5 % above its reference), even after a re-band raises the
 band's top while it waits (docs/engine.md: REBAND is allowed in every phase), through the
 OMS, the engine daemon and settlement: the engine is given the held price as a cap, so
 settlement never meets a fill it cannot pay for and never stops.
@@ -16,8 +17,9 @@ from kafka_support import OrderProducer
 from oms_support import Api, run
 from platform_support import money, platform
 
-OLD_TOP, NEW_TOP = 400_000, 500_000  # ticks of 0.05: RELIANCE's band top, 20,000 -> 25,000
-TOP = 2_000_000  # paise: what a market or stop-market buy of one share is held at
+NEW_TOP = 500_000  # ticks of 0.05: RELIANCE's band top lifted from 20,000 to 25,000
+STOP_HELD = 325_500  # ticks: a buy stop-market at 15,500.00 is held 5 % above, 16,275.00
+MARKET_HELD = 315_000  # a market buy without a last trade: 5 % above the band's middle
 BROKER = {Side.BUY: 9_998, Side.SELL: 9_999}  # another broker's accounts (not the OMS's)
 STATE = (
     "SELECT status, reject_reason, filled_quantity, blocked_cash FROM orders WHERE order_id = %s"
@@ -44,11 +46,11 @@ async def _wait(api: Api, order_id: int, expected: tuple) -> None:
 
 
 def test_a_stop_market_or_market_buy_never_fills_above_its_hold_after_a_reband(database, tmp_path):
-    """A buy stop-market waits (held at the band's top); a re-band raises the top; a
-    trade reaches its trigger with asks at 19,000 and 21,000: it buys the 4 at 19,000,
-    never the 21,000 ones its hold cannot pay, and the rest is cancelled like a
-    stop-market's remainder. A market buy placed after the re-band (the OMS still holds
-    at the old top) fills nothing above it either."""
+    """A buy stop-market waits (held at its protection, 16,275); a re-band raises the
+    top; a trade reaches its trigger with asks at 16,000 and 21,000: it buys the 4 at
+    16,000, never the 21,000 ones its hold cannot pay, and the rest is cancelled like a
+    stop-market's remainder. A market buy placed after the re-band fills nothing above
+    its protection either."""
     with platform(database, tmp_path) as api:
         before = money(api)
         market = _Market(api)
@@ -62,11 +64,11 @@ def test_a_stop_market_or_market_buy_never_fills_above_its_hold_after_a_reband(d
                     quantity=10, type="STOP", price=None, triggerPrice="15500.00"
                 )
                 stop = stop.json()["orderId"]
-                await _wait(api, stop, ("TRIGGER_PENDING", None, 0, TOP * 10))
+                await _wait(api, stop, ("TRIGGER_PENDING", None, 0, STOP_HELD * 5 * 10))
                 market.send(
                     Reband("RELIANCE", 200_000, NEW_TOP),
                     market.order(Side.SELL, 6, 420_000),  # 21,000.00: above the hold
-                    market.order(Side.SELL, 4, 380_000),  # 19,000.00
+                    market.order(Side.SELL, 4, 320_000),  # 16,000.00
                     market.order(Side.SELL, 1, 310_000),
                     market.order(Side.BUY, 1, 310_000),  # 15,500.00 trades: the trigger
                 )
@@ -81,15 +83,15 @@ def test_a_stop_market_or_market_buy_never_fills_above_its_hold_after_a_reband(d
             "SELECT order_id, type, time_in_force, avg_fill_price, hold_price_ticks "
             "FROM orders ORDER BY 1"
         ) == [  # stored as the customer sent them
-            (stop, "STOP", "DAY", 1_900_000, OLD_TOP),
-            (buy, "MARKET", "IOC", None, OLD_TOP),
+            (stop, "STOP", "DAY", 1_600_000, STOP_HELD),
+            (buy, "MARKET", "IOC", None, MARKET_HELD),
         ]
         assert api.rows("SELECT order_id, price, quantity FROM fills ORDER BY trade_id") == [
-            (stop, 1_900_000, 4)
+            (stop, 1_600_000, 4)
         ]
         cash, blocked, fees, shares, blocked_shares = money(api)
         assert (blocked, blocked_shares) == (0, 0)  # every hold released
-        assert (before[0] - cash, shares - before[3]) == (4 * 1_900_000 + fees - before[2], 4)
+        assert (before[0] - cash, shares - before[3]) == (4 * 1_600_000 + fees - before[2], 4)
 
 
 def test_a_market_buy_never_waits_for_an_auction_a_reband_could_lift(database, tmp_path):
@@ -97,9 +99,9 @@ def test_a_market_buy_never_waits_for_an_auction_a_reband_could_lift(database, t
     gives a waiting market order priority at any price): one that meets an engine's
     pre-open (here a halt's re-opening, which the calendar does not know) is refused by
     the engine, its hold released; a re-band and an uncross above the old top then
-    trade nothing of ours. A waiting buy stop-market is capped as a stop-limit, so a
-    re-band that drops the band's top below its cap cancels it (PRICE_OUT_OF_BAND),
-    its hold released."""
+    trade nothing of ours. A waiting buy stop-market is capped as a stop-limit at its
+    protection, so a re-band that drops the band's top below that cap cancels it
+    (PRICE_OUT_OF_BAND), its hold released."""
     with platform(database, tmp_path) as api:
         before = money(api)
         market = _Market(api)
@@ -110,8 +112,8 @@ def test_a_market_buy_never_waits_for_an_auction_a_reband_could_lift(database, t
                     user="carol", quantity=2, type="STOP", price=None, triggerPrice="15500.00"
                 )
                 stop = stop.json()["orderId"]
-                await _wait(api, stop, ("TRIGGER_PENDING", None, 0, TOP * 2))
-                market.send(Halt("RELIANCE", ts=1), Reband("RELIANCE", 200_000, OLD_TOP - 1))
+                await _wait(api, stop, ("TRIGGER_PENDING", None, 0, STOP_HELD * 5 * 2))
+                market.send(Halt("RELIANCE", ts=1), Reband("RELIANCE", 200_000, STOP_HELD - 1))
                 await _wait(api, stop, ("CANCELLED", "PRICE_OUT_OF_BAND", 0, 0))
                 market.send(PreOpen("RELIANCE", ts=2))
                 buy = await api.place(user="carol", type="MARKET", price=None, quantity=3)

@@ -24,9 +24,10 @@ def order(**fields) -> dict:
 
 
 def test_a_preview_is_the_hold_the_real_post_then_takes(database):
-    """A GTC limit, a stop-market and a market buy (both held at the band's top, 20,000)
-    and a sell: the preview's blocks and totals, then each placed for real, its stored
-    hold equal to the preview's; the previews themselves stored nothing."""
+    """A GTC limit, a stop-market and a market buy (held at their 5 % market protection:
+    around the trigger 16,000, and the band's middle 15,000 before any trade) and a sell:
+    the preview's blocks and totals, then each placed for real, its stored hold equal to
+    the preview's; the previews themselves stored nothing."""
     buys = [
         order(price="15000.05", timeInForce="GTC"),
         order(type="STOP", quantity=1, price=None, triggerPrice="16000"),
@@ -52,9 +53,9 @@ def test_a_preview_is_the_hold_the_real_post_then_takes(database):
     bought, sold = (r.json() for r in previews)
     assert bought["orders"] == [
         {"symbol": "RELIANCE", "side": "BUY", "accepted": True, "blocks": {"cash": cash}}
-        for cash in ("150000.50", "20000.00", "20000.00")
+        for cash in ("150000.50", "16800.00", "15750.00")
     ]
-    assert bought["total"] == {"cash": "190000.50", "shares": {}}
+    assert bought["total"] == {"cash": "182550.50", "shares": {}}
     assert sold == {
         "orders": [
             {
@@ -68,7 +69,7 @@ def test_a_preview_is_the_hold_the_real_post_then_takes(database):
     }
     assert [r.status_code for r in placed] == [202] * 4, [r.text for r in placed]
     held = [api.rows(BLOCKED, r.json()["orderId"]) for r in placed]
-    assert held == [[(15_000_050, 0)], [(2_000_000, 0)], [(2_000_000, 0)], [(0, 40)]]
+    assert held == [[(15_000_050, 0)], [(1_680_000, 0)], [(1_575_000, 0)], [(0, 40)]]
 
 
 def test_orders_are_checked_together_and_refused_as_the_real_post_refuses(database):

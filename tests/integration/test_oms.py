@@ -170,7 +170,7 @@ def test_a_closed_market_refuses_with_the_reason(database):
     assert response.json()["error"]["code"] == "MARKET_CLOSED"
 
 
-def test_a_sell_blocks_shares_and_a_market_buy_is_held_at_the_band_top(database):
+def test_a_sell_blocks_shares_and_a_market_buy_is_held_at_its_protection(database):
     async def scenario():
         async with Api(database) as api:
             sell = await api.place(user="bob", side="SELL", quantity=40, price="15000")
@@ -181,11 +181,11 @@ def test_a_sell_blocks_shares_and_a_market_buy_is_held_at_the_band_top(database)
     assert sell.status_code == buy.status_code == 202
     assert api.rows("SELECT blocked_quantity FROM positions") == [(40,)]
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'carol'") == [
-        (2_000_000 * 2,)
-    ]  # 20,000.00 (the band top) x 2
+        (1_575_000 * 2,)
+    ]  # 15,750.00 x 2: 5 % (the default protection) above the band's middle, no trade yet
     command = {c.order_id: c for c in api.commands()}[buy.json()["orderId"]]
-    # capped at its hold, so that no re-band lets it fill above: an IOC limit at the top
-    assert (command.market, command.price, command.tif) == (False, 400_000, Tif.IOC)
+    # capped at its hold, so that no re-band lets it fill above: an IOC limit at the edge
+    assert (command.market, command.price, command.tif) == (False, 315_000, Tif.IOC)
 
 
 def b64url(data: bytes) -> str:

@@ -23,7 +23,7 @@ from oms_support import Api, run
 from platform_support import money, platform
 
 IST = ZoneInfo("Asia/Kolkata")
-TOP = 2_000_000  # paise: RELIANCE's band top, 20,000.00
+HELD = 1_627_500  # paise: a stop-market buy's hold, 5 % (the protection) above 15,500.00
 STOP = {"type": "STOP", "price": None, "triggerPrice": "15500.00"}
 STOP_LIMIT = {"type": "STOP_LIMIT", "price": "15600.00", "triggerPrice": "15500.00"}
 # A Wednesday in Mumbai: pre-open 09:00-09:08 (with the calendar below), open 09:15
@@ -71,7 +71,7 @@ def test_each_kind_of_order_is_stored_held_at_its_worst_price_and_sent(database)
                     type="STOP",
                     price=None,
                     triggerPrice="14500.00",
-                    timeInForce="GTC",
+                    timeInForce="DAY",
                 ),
                 "iceberg": await api.place(
                     user="carol", quantity=50, price="15000.00", disclosedQuantity=10
@@ -91,18 +91,18 @@ def test_each_kind_of_order_is_stored_held_at_its_worst_price_and_sent(database)
         )
     )  # concat_ws skips NULLs: no price or trigger, no number after the word
     assert {name: rows[order_id] for name, order_id in ids.items()} == {
-        # a stop-market buy can fill up to the band's top (400,000 ticks) once triggered
+        # a stop-market buy can fill up to its protection (325,500 ticks) once triggered
         "stop buy": "PENDING STOP BUY DAY 10 price trigger 1550000 disclosed 0 "
-        f"held at 400000 cash {TOP * 10} shares 0",
+        f"held at 325500 cash {HELD * 10} shares 0",
         "stop-limit buy": "PENDING STOP_LIMIT BUY DAY 10 price 1560000 trigger 1550000 "
         "disclosed 0 held at 312000 cash 15600000 shares 0",
-        "stop sell": "PENDING STOP SELL GTC 30 price trigger 1450000 disclosed 0 "
+        "stop sell": "PENDING STOP SELL DAY 30 price trigger 1450000 disclosed 0 "
         "held at 0 cash 0 shares 30",
         "iceberg": "PENDING LIMIT BUY DAY 50 price 1500000 trigger disclosed 10 "
         "held at 300000 cash 75000000 shares 0",
     }
     assert holds(api) == [
-        ("alice", TOP * 10, TOP * 10, 0, 0),
+        ("alice", HELD * 10, HELD * 10, 0, 0),
         ("bob", 0, 0, 30, 30),
         ("carol", 1_560_000 * 10 + 1_500_000 * 50, 1_560_000 * 10 + 1_500_000 * 50, 0, 0),
     ]
@@ -112,10 +112,11 @@ def test_each_kind_of_order_is_stored_held_at_its_worst_price_and_sent(database)
         for name, c in ((name, commands[order_id]) for name, order_id in ids.items())
     }
     assert sent == {  # ticks of 0.05
-        # capped at its hold (a re-band may lift the top): a stop-limit IOC at the top
-        "stop buy": (Side.BUY, 10, False, 400_000, True, 310_000, 0, Tif.IOC),
+        # capped at its protection (a re-band may lift the top): a stop-limit IOC there;
+        # a sell likewise, 5 % below its trigger
+        "stop buy": (Side.BUY, 10, False, 325_500, True, 310_000, 0, Tif.IOC),
         "stop-limit buy": (Side.BUY, 10, False, 312_000, True, 310_000, 0, Tif.DAY),
-        "stop sell": (Side.SELL, 30, True, 0, True, 290_000, 0, Tif.GTC),
+        "stop sell": (Side.SELL, 30, False, 275_500, True, 290_000, 0, Tif.IOC),
         "iceberg": (Side.BUY, 50, False, 300_000, False, 0, 10, Tif.DAY),
     }
 
@@ -146,7 +147,7 @@ REFUSED = [
     ),
     ("alice", STOP | {"triggerPrice": "15000.00"}, 422, "TRIGGER_REACHED"),  # last 15,000.00
     ("bob", STOP | {"side": "SELL", "triggerPrice": "15000.00"}, 422, "TRIGGER_REACHED"),
-    ("alice", STOP | {"quantity": 5_001}, 422, "INSUFFICIENT_FUNDS"),  # at the band's top
+    ("alice", STOP | {"quantity": 5_001}, 422, "INSUFFICIENT_FUNDS"),  # at its protection
     (
         "bob",
         STOP | {"side": "SELL", "quantity": 101, "triggerPrice": "14000.00"},
@@ -259,7 +260,7 @@ def test_a_stop_retry_is_the_same_order_and_a_waiting_stop_can_be_cancelled(data
     [(account,)] = api.rows("SELECT account_id FROM orders")
     sent = api.commands()[-1]
     assert sent == CancelOrder(first.json()["orderId"], account, "RELIANCE", ts=sent.ts)
-    assert api.rows("SELECT count(*), sum(blocked_cash) FROM orders") == [(1, TOP * 10)]
+    assert api.rows("SELECT count(*), sum(blocked_cash) FROM orders") == [(1, HELD * 10)]
 
 
 def test_the_pre_open_takes_orders_that_can_wait_for_the_auction(database):
@@ -366,7 +367,9 @@ def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
     fills; an iceberg rests showing its disclosed part; in a halt the engine refuses a
     new order (it is the authority on halts: REJECTED, reason HALTED, the hold
     released); the pre-open collects a market sell that the uncross fills at the
-    opening price. Nothing is created or lost."""
+    opening price (placed in the OMS calendar's pre-open: in the open a market sell
+    goes as a protected IOC limit, which an engine's pre-open refuses). Nothing is
+    created or lost."""
     with platform(database, tmp_path) as api:
         before = money(api)
         operator = OrderProducer(api.kafka)
@@ -410,6 +413,8 @@ def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
                     halted,
                 )
                 operator.send([PreOpen("RELIANCE", ts=2)])
+                with_pre_open(api)
+                api.now = PRE_OPEN
                 market = await api.place(
                     user="bob", side="SELL", type="MARKET", price=None, quantity=3
                 )

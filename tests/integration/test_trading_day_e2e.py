@@ -144,7 +144,7 @@ async def day(edge: str, ws_url: str, database_url: str, users: tuple[str, str])
                 side="BUY", type="LIMIT", quantity=5, price="13500.00", timeInForce="DAY"
             )
             b_stop = await bob.place(
-                side="SELL", type="STOP", quantity=5, triggerPrice="14950.00", timeInForce="DAY"
+                side="SELL", type="STOP", quantity=5, triggerPrice="14500.00", timeInForce="DAY"
             )
             b_ice = await bob.place(
                 side="SELL",
@@ -183,7 +183,10 @@ async def day(edge: str, ws_url: str, database_url: str, users: tuple[str, str])
                 assert order["avgPrice"] == "14990.00", order
 
             # Continuous trading: alice takes 10 of the iceberg, two shown parts of 5;
-            # it shows 5 again (of 10 left).
+            # it shows 5 again (of 10 left). The OMS's calendar (the compressed day's)
+            # is in its pre-open, which takes no IOC, until the pre-open's end, even
+            # after the uncross: wait for it (days start every DAY s from the epoch).
+            await asyncio.sleep(max(0.0, PRE_OPEN - time.time() % DAY))
             a_take = await alice.place(
                 side="BUY", type="LIMIT", quantity=10, price="15100.00", timeInForce="IOC"
             )
@@ -197,7 +200,8 @@ async def day(edge: str, ws_url: str, database_url: str, users: tuple[str, str])
             await eventually(refreshed, "the iceberg refreshed", 15)
 
             # bob sells 5 into alice's bid at 14000: the trade reaches his stop's trigger
-            # (a sell stop: a trade at or below 14950), which sells 5 more into the bid.
+            # (a sell stop: a trade at or below 14500), which sells 5 more into the bid
+            # (inside its market protection: 5 % below the trigger, 13775).
             await bob.place(
                 side="SELL", type="LIMIT", quantity=5, price="14000.00", timeInForce="DAY"
             )

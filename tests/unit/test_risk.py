@@ -21,7 +21,7 @@ from brokercore.broker.risk import (
     RiskRejection,
     buy_hold,
     check_order,
-    market_buy_price,
+    protection_price,
 )
 from brokercore.engine.records import Side, Tif
 
@@ -326,25 +326,32 @@ def test_market_buy_is_held_at_the_band_top_by_default():
     )
 
 
-def test_market_buy_with_protection():
+def test_market_orders_with_protection():
     kw = dict(last_price=D("15000.00"), protection_percent=D(5))
     hold = check(market(quantity=2), **kw)
-    assert hold.price_ticks == 315_000 and hold.cash == 2 * 1_575_000
-    # rounded up to the next tick: 15000.05 * 1.05 = 15750.0525 -> 15750.10
-    assert market_buy_price(INST, D("15000.05"), D(5)) == INST.to_ticks(D("15750.10"))
+    assert hold.price_ticks == hold.protection_ticks == 315_000 and hold.cash == 2 * 1_575_000
+    sell = check(market(Side.SELL, quantity=2), **kw)
+    assert sell == Hold(shares=2, time_in_force=Tif.IOC, protection_ticks=285_000)
+    # rounded inward to a tick: 15000.05 * 1.05 = 15750.0525 -> 15750.05 for a buy,
+    # 15000.05 * 0.95 = 14250.0475 -> 14250.05 for a sell
+    assert protection_price(INST, Side.BUY, D("15000.05"), D(5)) == INST.to_ticks(D("15750.05"))
+    assert protection_price(INST, Side.SELL, D("15000.05"), D(5)) == INST.to_ticks(D("14250.05"))
     # fractional percentages, exact
-    assert market_buy_price(INST, D("15000.00"), D("0.5")) == INST.to_ticks(D("15075.00"))
-    assert market_buy_price(INST, D("15000.00"), D(0)) == 300_000
-    # capped at the band
-    assert market_buy_price(INST, D("19500.00"), D(5)) == 400_000
-    assert market_buy_price(INST, D("5000.00"), D(5)) == 200_000
-    # without a last price, or without protection: the band top
-    assert market_buy_price(INST, None, D(5)) == 400_000
-    assert market_buy_price(INST, D("15000.00"), None) == 400_000
+    assert protection_price(INST, Side.BUY, D("15000.00"), D("0.5")) == INST.to_ticks(D("15075"))
+    assert protection_price(INST, Side.SELL, D("15000.00"), D("0.5")) == INST.to_ticks(D("14925"))
+    assert protection_price(INST, Side.BUY, D("15000.00"), D(0)) == 300_000
+    # kept inside the band
+    assert protection_price(INST, Side.BUY, D("19500.00"), D(5)) == 400_000
+    assert protection_price(INST, Side.SELL, D("10100.00"), D(5)) == 200_000
+    # without a last price: around the band's middle (15,000.00)
+    assert check(market(), protection_percent=D(5)).price_ticks == 315_000
+    # without protection: the band's top, and a sell goes unprotected
+    assert check(market(), last_price=D("15000.00")).price_ticks == 400_000
+    assert check(market(Side.SELL), last_price=D("15000.00")).protection_ticks is None
     with pytest.raises(ValueError):
-        market_buy_price(INST, D("15000.00"), D(-1))
+        protection_price(INST, Side.BUY, D("15000.00"), D(-1))
     with pytest.raises(ValueError):
-        market_buy_price(INST, D(0), D(5))
+        protection_price(INST, Side.BUY, D(0), D(5))
 
 
 def test_market_sell_needs_no_price():
@@ -487,11 +494,24 @@ def test_stops_are_taken_in_the_pre_open():
     assert isinstance(check(stop_limit(), instrument=PRE_OPEN_INST, now=IN_PRE_OPEN), Hold)
 
 
-def test_a_stop_market_buy_is_held_at_the_band_top_from_acceptance():
-    kw = dict(last_price=D("15000"), protection_percent=D(2))  # a stop enters later: no protection
+def test_a_stop_market_buy_is_held_at_its_protection_around_the_trigger_from_acceptance():
+    kw = dict(last_price=D("15000"), protection_percent=D(2))  # 15,500.00 * 1.02 = 15,810.00
     assert check(stop(), **kw) == Hold(
-        cash=TOP * 5 * 10, price_ticks=TOP, time_in_force=Tif.DAY, trigger_ticks=310_000
+        cash=316_200 * 5 * 10,
+        price_ticks=316_200,
+        time_in_force=Tif.DAY,
+        trigger_ticks=310_000,
+        protection_ticks=316_200,
     )
+    # a sell stop-market: 15,500.00 * 0.98 = 15,190.00; capped so, it must be DAY
+    sell = check(stop(Side.SELL, trigger=D("14000")), **kw)
+    assert sell == Hold(
+        shares=10, time_in_force=Tif.DAY, trigger_ticks=280_000, protection_ticks=274_400
+    )
+    rejected(check(stop(Side.SELL, D("14000"), Tif.GTC), **kw), RejectCode.INVALID_TIF)
+    # without protection: the band's top, and a GTC sell stop-market goes as it is
+    assert check(stop()).price_ticks == TOP
+    assert isinstance(check(stop(Side.SELL, D("14000"), Tif.GTC)), Hold)
 
 
 def test_a_stop_limit_buy_is_held_at_its_limit():

@@ -34,7 +34,8 @@ __all__ = [
     "Hold",
     "RiskRejection",
     "check_order",
-    "market_buy_price",
+    "MAX_PROTECTION_PERCENT",
+    "protection_price",
     "buy_hold",
 ]
 
@@ -42,6 +43,9 @@ __all__ = [
 MIN_DISCLOSED_PERCENT = 10
 """An iceberg shows at least this share of its order (NSE's rule), as the engine's books
 are built (``OrderBook(min_disclosed_percent=10)``, the daemon's default)."""
+
+MAX_PROTECTION_PERCENT = Decimal(20)
+"""The widest market protection an order may ask for (percent of its reference price)."""
 
 
 class OrderType(StrEnum):
@@ -87,6 +91,8 @@ class RejectCode(StrEnum):
     DISCLOSED_LOT_SIZE = "DISCLOSED_LOT_SIZE"
     DISCLOSED_TOO_LARGE = "DISCLOSED_TOO_LARGE"  # more than the order
     DISCLOSED_TOO_SMALL = "DISCLOSED_TOO_SMALL"  # under MIN_DISCLOSED_PERCENT of the order
+    INVALID_PROTECTION = "INVALID_PROTECTION"  # marketProtection not in (0, 20]
+    PROTECTION_NOT_ALLOWED = "PROTECTION_NOT_ALLOWED"  # marketProtection on a limit order
 
 
 @dataclass(frozen=True)
@@ -166,11 +172,14 @@ class Hold:
 
     ``price_ticks`` is the price per share the cash hold assumes, the worst the order
     can execute at: the limit price (LIMIT, STOP_LIMIT), or for a market or stop-market
-    buy the protection price or the band's top (``market_buy_price``). The engine must
+    buy its protection price, the band's top without protection. The engine must
     never fill a buy above it, even after a re-band lifts the band's top, so every buy
     reaches the engine capped at this price (brokercore.entry.order_entry). None for
     market and stop-market sells. ``time_in_force`` is the resolved one, as the
     customer's order keeps it; ``trigger_ticks`` a stop's trigger in ticks (else None).
+    ``protection_ticks`` is a protected market or stop-market order's edge
+    (``protection_price``), the limit the engine gets instead of a market order; None
+    when unprotected (a market order waiting for the pre-open's auction).
     """
 
     cash: int = 0
@@ -178,6 +187,7 @@ class Hold:
     price_ticks: int | None = None
     time_in_force: Tif = Tif.DAY
     trigger_ticks: int | None = None
+    protection_ticks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -186,34 +196,28 @@ class RiskRejection:
     message: str
 
 
-def market_buy_price(
-    instrument: MarketInstrument,
-    last_price: Decimal | None = None,
-    protection_percent: Decimal | None = None,
+def protection_price(
+    instrument: MarketInstrument, side: Side, reference: Decimal, protection_percent: Decimal
 ) -> int:
-    """The price in ticks at which a market buy is held (and capped).
-
-    Without a last price or a protection percentage it is the band's top, the worst
-    price the engine can fill at. Otherwise last × (1 + percent/100), rounded up to a
-    tick and kept inside the band.
-    """
-    if last_price is None or protection_percent is None:
-        return instrument.high
-    for name, value in (("last_price", last_price), ("protection_percent", protection_percent)):
+    """The edge in ticks of a market order's protection: ``reference`` (the last price,
+    a stop's trigger) × (1 ± percent/100), up for a buy and down for a sell, rounded to
+    a tick inward (never beyond the protection) and kept inside the band."""
+    for name, value in (("reference", reference), ("protection_percent", protection_percent)):
         if not isinstance(value, Decimal) or not value.is_finite():
             raise ValueError(f"{name} must be a finite Decimal, not {value!r}")
-    if last_price <= 0 or protection_percent < 0:
+    if reference <= 0 or protection_percent < 0:
         raise ValueError(
-            f"need last_price > 0 and protection_percent >= 0 "
-            f"(got {last_price}, {protection_percent})"
+            f"need reference > 0 and protection_percent >= 0 "
+            f"(got {reference}, {protection_percent})"
         )
-    ln, ld = last_price.as_integer_ratio()
+    sign = 1 if side is Side.BUY else -1
+    rn, rd = reference.as_integer_ratio()
     pn, pd = protection_percent.as_integer_ratio()
     tn, td = instrument.tick_size.as_integer_ratio()
-    # ticks = ceil(last * (100 + p) / 100 / tick), in integers
-    num = ln * (100 * pd + pn) * td
-    den = ld * pd * 100 * tn
-    ticks = -(-num // den)
+    # ticks = reference * (100 ± p) / 100 / tick, in integers: floor for a buy, ceil for a sell
+    num = rn * (100 * pd + sign * pn) * td
+    den = rd * pd * 100 * tn
+    ticks = num // den if sign > 0 else -(-num // den)
     return max(instrument.low, min(instrument.high, ticks))
 
 
@@ -269,7 +273,9 @@ def check_order(
     (the last trade's, when known) and not beyond its limit; a disclosed quantity only
     on a GTC/DAY limit, a whole number of lots, at most the order, at least
     MIN_DISCLOSED_PERCENT of it; then funds (buys: the worst price × quantity + fees)
-    or holdings (sells: shares, since sale fees come out of the proceeds).
+    or holdings (sells: shares, since sale fees come out of the proceeds). With
+    ``protection_percent`` a market or stop-market order gets its protection edge
+    (``_protection``), which is also a buy's worst price; without, a buy's is the band's top.
 
     These are the engine's rules (docs/engine.md, "Validation order"), checked here so
     that the user hears at once; the engine checks them again against its own book.
@@ -297,7 +303,7 @@ def check_order(
     tif = _time_in_force(request, order_type, phase, symbol)
     if isinstance(tif, RiskRejection):
         return tif
-    uncapped = _uncappable_buy(side, order_type, tif, phase, symbol)
+    uncapped = _uncappable(side, order_type, tif, phase, symbol, protection_percent is not None)
     if uncapped is not None:
         return uncapped
 
@@ -342,6 +348,9 @@ def check_order(
     disclosed = _disclosed(request, order_type, tif, instrument)
     if disclosed is not None:
         return disclosed
+    protection = _protection(
+        order_type, side, phase, instrument, last_price, trigger_ticks, protection_percent
+    )
 
     if side is Side.SELL:
         available = max(account.shares_available, 0)
@@ -356,16 +365,11 @@ def check_order(
             price_ticks=price_ticks,
             time_in_force=tif,
             trigger_ticks=trigger_ticks,
+            protection_ticks=protection,
         )
 
-    if price_ticks is None:
-        # A market order entering the continuous market now may be protected around the
-        # last price; a stop enters later, and a pre-open market order at the auction's
-        # price, both unknown now: their worst price is the band's top.
-        protected = order_type is OrderType.MARKET and phase is Phase.OPEN
-        price_ticks = market_buy_price(
-            instrument, last_price if protected else None, protection_percent
-        )
+    if price_ticks is None:  # unprotected: the worst price the engine can fill at
+        price_ticks = instrument.high if protection is None else protection
     cash = buy_hold(instrument, price_ticks, quantity, fees)
     if cash > account.cash_available:
         fee = cash - instrument.ticks_to_paise(price_ticks) * quantity
@@ -376,7 +380,13 @@ def check_order(
             f"(fees {format_paise(fee)} included) but "
             f"{format_paise(max(account.cash_available, 0))} is available",
         )
-    return Hold(cash=cash, price_ticks=price_ticks, time_in_force=tif, trigger_ticks=trigger_ticks)
+    return Hold(
+        cash=cash,
+        price_ticks=price_ticks,
+        time_in_force=tif,
+        trigger_ticks=trigger_ticks,
+        protection_ticks=protection,
+    )
 
 
 def _closed(instrument: MarketInstrument, now: datetime) -> str:
@@ -447,33 +457,59 @@ def _time_in_force(
     return tif
 
 
-def _uncappable_buy(
-    side: Side, order_type: OrderType, tif: Tif, phase: Phase, symbol: str
+def _uncappable(
+    side: Side, order_type: OrderType, tif: Tif, phase: Phase, symbol: str, protected: bool
 ) -> RiskRejection | None:
-    """Why a buy is refused whose price the engine could not cap at its hold.
+    """Why an order is refused whose price the engine could not cap.
 
     A market buy goes to the engine as an IOC/FOK limit at its held price and a
     stop-market buy as a stop-limit IOC at it, so that a re-band lifting the band's top
-    never lets one fill above what it holds. So a market buy cannot wait for the
-    pre-open's uncross (which gives a market order priority at any price: a limit at
-    the band's top would pull the opening price up to it and rest there), and a
-    stop-market buy is DAY only (the engine's IOC stop ends with the day)."""
-    if side is not Side.BUY:
-        return None
-    if order_type is OrderType.MARKET and phase is Phase.PRE_OPEN:
+    never lets one fill above what it holds; with market protection, sells go likewise
+    at their protection's edge. So a market buy cannot wait for the pre-open's uncross
+    (which gives a market order priority at any price: a limit at the band's top would
+    pull the opening price up to it and rest there), and a capped stop-market is DAY
+    only (the engine's IOC stop ends with the day)."""
+    if order_type is OrderType.STOP and tif is not Tif.DAY and (side is Side.BUY or protected):
+        return _reject(
+            RejectCode.INVALID_TIF,
+            f"a {side.name.lower()} stop-market order must be DAY, not {tif.name} (it waits "
+            "as a stop-limit IOC at its protection price, which expires at the close; a "
+            "STOP_LIMIT can be GTC)",
+        )
+    if side is Side.BUY and order_type is OrderType.MARKET and phase is Phase.PRE_OPEN:
         return _reject(
             RejectCode.NOT_IN_PRE_OPEN,
             f"{symbol} is in its pre-open call auction, which takes no market buy orders "
             "(nothing would bound the price it pays): place a limit order",
         )
-    if order_type is OrderType.STOP and tif is not Tif.DAY:
-        return _reject(
-            RejectCode.INVALID_TIF,
-            f"a buy stop-market order must be DAY, not {tif.name} (it waits as a stop-limit "
-            "IOC at the price its cash is held at, which expires at the close; a STOP_LIMIT "
-            "can be GTC)",
-        )
     return None
+
+
+def _protection(
+    order_type: OrderType,
+    side: Side,
+    phase: Phase,
+    instrument: MarketInstrument,
+    last_price: Decimal | None,
+    trigger_ticks: int | None,
+    protection_percent: Decimal | None,
+) -> int | None:
+    """A market or stop-market order's protection edge (``protection_price``); None for
+    limit orders, without a percent, and for a pre-open market order (it waits for the
+    auction's price). A stop's reference is its trigger; a market order's the last
+    trade price, else the band's middle: the base price the circuit band is set around
+    (the previous close), as the OMS knows no other before a symbol's first trade."""
+    if protection_percent is None or order_type in LIMIT_TYPES:
+        return None
+    if order_type is OrderType.STOP:
+        assert trigger_ticks is not None  # _trigger refuses a stop without one
+        reference = instrument.to_price(trigger_ticks)
+    elif phase is Phase.OPEN:
+        middle = instrument.to_price((instrument.low + instrument.high) // 2)
+        reference = middle if last_price is None else last_price
+    else:
+        return None
+    return protection_price(instrument, side, reference, protection_percent)
 
 
 def _price_ticks(

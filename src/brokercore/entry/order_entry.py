@@ -16,7 +16,9 @@ refuses it (REJECTED, reason HALTED), which settlement records, its hold release
 no order waits on a stale copy of the phase, and none is refused by one. Every buy
 reaches the engine capped at the price its cash is held at (``_engine_order``): a
 re-band may lift the band's top while an order waits, and no fill may cost more than
-was held.
+was held. Market protection: a market or stop-market order (either side) goes as a
+limit IOC at its protection's edge (brokercore.broker.risk.protection_price), a
+percentage of the order's own ``marketProtection`` or the OMS's default.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from psycopg_pool import AsyncConnectionPool
 from brokercore.broker.market import MarketInstrument
 from brokercore.broker.orders import CANCEL_REQUESTED, OPEN_STATUSES
 from brokercore.broker.risk import (
+    LIMIT_TYPES,
+    MAX_PROTECTION_PERCENT,
     NO_FEES,
     STOP_TYPES,
     AccountState,
@@ -241,7 +245,12 @@ class OrderEntry:
         self.kafka = kafka
         self.plan = shard_plan(kafka, market.values())  # the same as the engine daemons'
         self.fees = fees
-        self.protection_percent = protection_percent
+        if protection_percent is not None and not _valid_protection(protection_percent):
+            raise ValueError(
+                f"the market protection must be in (0, {MAX_PROTECTION_PERCENT}] percent, "
+                f"not {protection_percent}"
+            )
+        self.protection_percent = protection_percent  # None: market orders unprotected
         self.idempotency_ttl = idempotency_ttl
         self.clock = clock
         self._partitions: set[date] = set()
@@ -409,7 +418,7 @@ class OrderEntry:
         side = Side[request.side]
         instrument = self.market[request.symbol]  # check refuses an unknown symbol
         limit_ticks = instrument.to_ticks(request.price) if request.price is not None else None
-        price, market, tif = _engine_order(order_type, side, limit_ticks, hold)
+        price, market, tif = _engine_order(order_type, limit_ticks, hold)
         order_id = facts.new_order_id
         assert order_id is not None  # drawn for every new key
         payload = encode(
@@ -479,6 +488,7 @@ class OrderEntry:
                 f"this account's KYC is {kyc_status}: orders need a verified account",
             )
         order_type = OrderType(request.type)
+        protection = self._protection(request, order_type)
         order = OrderRequest(
             request.symbol,
             Side[request.side],
@@ -495,12 +505,32 @@ class OrderEntry:
             now,
             free,
             fees=self.fees,
-            last_price=last.get(request.symbol) if order_type in STOP_TYPES else None,
-            protection_percent=self.protection_percent,
+            last_price=last.get(request.symbol),
+            protection_percent=protection,
         )
         if isinstance(hold, RiskRejection):
             raise OrderRefused(hold.code, hold.message)
         return hold
+
+    def _protection(self, request: PlaceOrderRequest, order_type: OrderType) -> Decimal | None:
+        """The order's market protection in percent: its own if it gives one (only a
+        market or stop-market order may, within bounds), else the OMS's default."""
+        percent = request.market_protection
+        if percent is None:
+            return self.protection_percent
+        if order_type in LIMIT_TYPES:
+            raise OrderRefused(
+                RejectCode.PROTECTION_NOT_ALLOWED,
+                f"a {order_type.name.lower().replace('_', '-')} order takes no "
+                "marketProtection (its price is its protection)",
+            )
+        if not _valid_protection(percent):
+            raise OrderRefused(
+                RejectCode.INVALID_PROTECTION,
+                f"marketProtection must be a percentage above 0 and at most "
+                f"{MAX_PROTECTION_PERCENT}, not {percent}",
+            )
+        return percent
 
     def _receipt(self, placement: _Placement, outbox_id: int) -> OrderReceipt:
         return OrderReceipt(
@@ -626,9 +656,10 @@ async def _returned_id(
 async def last_prices(
     conn: AsyncConnection, requests: Sequence[PlaceOrderRequest]
 ) -> dict[str, Decimal]:
-    """The last trade price (rupees) of each symbol the stops among ``requests`` are for,
-    when it has traded; no round trip without stops."""
-    symbols = sorted({r.symbol for r in requests if r.type in STOP_TYPES})
+    """The last trade price (rupees) of each symbol the stops and market orders among
+    ``requests`` are for (a stop's trigger must not have reached it, a market order's
+    protection is around it), when it has traded; no round trip for limit orders only."""
+    symbols = sorted({r.symbol for r in requests if r.type != OrderType.LIMIT})
     if not symbols:
         return {}
     rows = await (await conn.execute(_LAST_PRICES, (symbols,))).fetchall()
@@ -636,25 +667,31 @@ async def last_prices(
 
 
 def _engine_order(
-    order_type: OrderType, side: Side, limit_ticks: int | None, hold: Hold
+    order_type: OrderType, limit_ticks: int | None, hold: Hold
 ) -> tuple[int, bool, Tif]:
     """(price in ticks, market?, time in force) of the engine order. A buy never fills
-    above the price its cash is held at, even after a re-band lifts the band's top: a
-    market buy goes as an IOC/FOK limit at that price, a stop-market buy as a stop-limit
-    IOC at it (a stop-market capped; risk refuses the market buys that could not be
-    capped so). Sells need no cash: they go as they are."""
+    above the price its cash is held at, even after a re-band lifts the band's top, and
+    a protected order never beyond its protection's edge: a market order goes as an
+    IOC/FOK limit at that price, a stop-market as a stop-limit IOC at it (risk refuses
+    the orders that could not be capped so). An unprotected sell (a market sell waiting
+    for the pre-open's auction) goes as it is."""
     if limit_ticks is not None:
         return limit_ticks, False, hold.time_in_force
-    if side is Side.SELL or hold.price_ticks is None:
+    cap = hold.price_ticks if hold.protection_ticks is None else hold.protection_ticks
+    if cap is None:  # a sell's price_ticks is its limit's alone
         return 0, True, hold.time_in_force
     stop = order_type is OrderType.STOP
-    return hold.price_ticks, False, Tif.IOC if stop else hold.time_in_force
+    return cap, False, Tif.IOC if stop else hold.time_in_force
+
+
+def _valid_protection(percent: Decimal) -> bool:
+    return percent.is_finite() and 0 < percent <= MAX_PROTECTION_PERCENT
 
 
 def _fingerprint(request: PlaceOrderRequest) -> str:
     body = msgspec.to_builtins(request)
     body.pop("idempotencyKey", None)
-    for added in ("triggerPrice", "disclosedQuantity"):  # absent: the hash as before them
+    for added in ("triggerPrice", "disclosedQuantity", "marketProtection"):  # absent: as before
         if body[added] is None:
             del body[added]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -29,7 +29,9 @@ MAX_QUANTITY = 10**9
 class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
     """A new order: ``price`` is the limit (LIMIT, STOP_LIMIT), ``trigger_price`` a
     stop's trigger (STOP, STOP_LIMIT), ``disclosed_quantity`` the part of a limit order
-    the market sees at a time (an iceberg)."""
+    the market sees at a time (an iceberg), ``market_protection`` a market or
+    stop-market order's protection in percent (the OMS's default when absent; its
+    bounds are checked with the order, brokercore.broker.risk)."""
 
     symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     side: Literal["BUY", "SELL"]
@@ -40,6 +42,7 @@ class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     time_in_force: Literal["GTC", "DAY", "IOC", "FOK"] | None = None
     trigger_price: Decimal | None = None
     disclosed_quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)] | None = None
+    market_protection: Decimal | None = None
 
 
 class ModifyOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):

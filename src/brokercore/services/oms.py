@@ -75,6 +75,7 @@ class Oms(LimitedApi):
             market,
             kafka,
             fees=FeeSchedule(Decimal(settings.fee_bps), settings.fee_fixed_paise),
+            protection_percent=Decimal(settings.market_protection_percent),
         )
         self.orders = GroupCommit(self.entry)  # new orders: one transaction per batch
         self.gtts = GttBook(self.entry, timedelta(days=settings.gtt_expiry_days))
