@@ -33,9 +33,11 @@ What each number means:
   whole-array number it shows what building one huge output array costs.
 * first batch, fresh process: P fresh interpreters each load the first --cold-ops
   commands (1,000,000 by default) from a file, build a fresh prefilled book and time
-  its first ``process()`` (wall and CPU time, process_time); then a second fresh book
-  in the same process, the same way. Median and min over the processes, beside the
-  warm median above. This is where a process pays for faulting its memory in (the
+  its first ``process()`` (wall and CPU time, process_time, which includes the thread
+  that faults the event buffer in; the batch thread's own CPU, thread_time; the page
+  faults of the whole process, ru_minflt); then a second fresh book in the same
+  process, the same way. Median and min over the processes, beside the warm median
+  above. This is where a process pays for faulting its memory in (the
   event buffer, the id map growing); a second row does the same with the book sized
   for the run (``session_orders`` = the run's new orders), which faults the id map in
   when the book is made. The processes run one after the other, so each may get pages
@@ -387,17 +389,26 @@ class ColdRuns:
     session_orders: int
     first_wall: list[float]  # ops/s
     first_cpu: list[float]  # ops per CPU second
+    first_thread_cpu: list[float]  # ops per CPU second of the thread that ran process()
+    first_faults: list[int]  # minor page faults of the whole process
     second_wall: list[float]
 
 
-def timed_process(book, commands: np.ndarray) -> tuple[int, int]:
-    """(wall ns, CPU ns) of one ``process()``; its events are dropped before returning."""
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed_process(book, commands: np.ndarray) -> tuple[int, int, int, int]:
+    """(wall ns, process CPU ns, this thread's CPU ns, minor page faults) of one
+    ``process()``; its events are dropped before returning."""
     with GcPaused():
+        faults, thread = minor_faults(), time.thread_time_ns()
         wall, cpu = time.perf_counter_ns(), time.process_time_ns()
         events = book.process(commands)
         wall, cpu = time.perf_counter_ns() - wall, time.process_time_ns() - cpu
+        thread, faults = time.thread_time_ns() - thread, minor_faults() - faults
     del events
-    return wall, cpu
+    return wall, cpu, thread, faults
 
 
 def cold_child(folder: str, book_class) -> dict:
@@ -416,7 +427,7 @@ def cold_child(folder: str, book_class) -> dict:
 def measure_cold(workload: Workload, args, session_orders: int) -> ColdRuns:
     """--cold-runs fresh interpreters (``cold_child``) on the first --cold-ops commands."""
     commands = workload.commands[: args.cold_ops]
-    walls, cpus, seconds = [], [], []
+    walls, cpus, threads, faults, seconds = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as folder:
         workload.prefill.tofile(os.path.join(folder, "prefill.bin"))
         commands.tofile(os.path.join(folder, "commands.bin"))
@@ -434,16 +445,19 @@ def measure_cold(workload: Workload, args, session_orders: int) -> ColdRuns:
         for run in range(args.cold_runs):
             done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            (wall, cpu), (second, _) = result["first"], result["second"]
+            (wall, cpu, thread, faulted), second = result["first"], result["second"][0]
             walls.append(ops_per_second(len(commands), wall))
             cpus.append(ops_per_second(len(commands), cpu))
+            threads.append(ops_per_second(len(commands), thread))
+            faults.append(faulted)
             seconds.append(ops_per_second(len(commands), second))
             log(
                 f"[{workload.name} first batch, session_orders={session_orders:,}] process "
                 f"{run + 1}/{args.cold_runs}: {walls[-1] / 1e6:.2f} M ops/s "
-                f"(CPU {cpus[-1] / 1e6:.2f}), second call {seconds[-1] / 1e6:.2f}"
+                f"(CPU {cpus[-1] / 1e6:.2f}, batch thread {threads[-1] / 1e6:.2f}, "
+                f"{faulted:,} page faults), second call {seconds[-1] / 1e6:.2f}"
             )
-    return ColdRuns(len(commands), session_orders, walls, cpus, seconds)
+    return ColdRuns(len(commands), session_orders, walls, cpus, threads, faults, seconds)
 
 
 def time_reference(workload: Workload, commands: np.ndarray):
@@ -659,8 +673,10 @@ def cold_lines(r: ProfileResult) -> list[str]:
             f"  first batch, fresh process {fmt_rate(first):>16} median, min "
             f"{fmt_rate(min(c.first_wall))}, CPU {fmt_rate(statistics.median(c.first_cpu))}; "
             f"{first / r.batch_ops:.2f}x the warm median",
-            f"     ({book}; {c.ops:,} commands; {len(c.first_wall)} fresh processes; "
-            f"that process's second batch: {fmt_rate(statistics.median(c.second_wall))})",
+            f"     (batch thread's CPU {fmt_rate(statistics.median(c.first_thread_cpu))}, "
+            f"{statistics.median(c.first_faults):,.0f} page faults; {book}; {c.ops:,} commands; "
+            f"{len(c.first_wall)} fresh processes;",
+            f"     that process's second batch: {fmt_rate(statistics.median(c.second_wall))})",
         ]
     return lines
 

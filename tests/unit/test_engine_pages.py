@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from brokercore import COMMAND_DTYPE, EventType, Op, OrderBook, Reason, Side
+from brokercore import COMMAND_DTYPE, EventType, Op, OrderBook, Reason, Side, Tif
 
 SPARE_MIN = 8 << 20  # _memory.h keeps blocks from this size
 PAGE = 4096
@@ -74,3 +74,56 @@ def test_a_book_sized_by_session_orders_faults_nothing_in_for_its_id_map():
             cancel(order_id, account=1)
         assert minor_faults() - before < 512, f"session {session}"
         assert book.close() >= 1 and book.open() == 1  # OPEN forgets the spent ids
+
+
+def sells_then_a_sweep(count: int) -> np.ndarray:
+    """count one-lot sells at one price, then a market buy that takes them all: the buy
+    needs more events than process() reserves for the batch, so the buffer grows."""
+    commands = np.zeros(count + 1, dtype=COMMAND_DTYPE)
+    commands["op"][:count] = Op.LIMIT
+    commands["side"][:count] = Side.SELL
+    commands["price"][:count] = 500
+    commands["op"][count] = Op.MARKET
+    commands["side"][count] = Side.BUY
+    commands["qty"] = 1
+    commands["qty"][count] = count
+    commands["tif"] = Tif.GTC
+    commands["tif"][count] = Tif.IOC
+    commands["order_id"] = np.arange(1, count + 2)
+    commands["account"] = 1 + (commands["side"] == Side.BUY)
+    return commands
+
+
+def in_slices(commands: np.ndarray, size: int) -> np.ndarray:
+    """The events of the commands run through a fresh book size at a time: buffers too
+    small for a prefault thread (_memory.h)."""
+    book = OrderBook(1, 1_000)
+    return np.concatenate(
+        [book.process(commands[i : i + size]) for i in range(0, len(commands), size)]
+    )
+
+
+def test_a_fresh_large_batch_faults_its_buffer_in_at_most_4_mib_past_its_events():
+    """The first large batch of a process gets a buffer with no page in: a thread faults
+    it in ahead of the events (at most BC_PREFAULT_AHEAD, 4 MiB, past the last one), not
+    the whole reserve of 2 events a command. A live result holds the spare meanwhile."""
+    holds_the_spare = OrderBook(1, 1_000).process(unknown_cancels(100_000))
+    commands = unknown_cancels(400_000)  # 400,000 events (35 MB) of 800,016 reserved
+    before = minor_faults()
+    events = OrderBook(1, 1_000).process(commands)
+    faulted = minor_faults() - before
+    pages = events.nbytes // PAGE
+    assert np.all(events["reason"] == Reason.UNKNOWN_ORDER) and len(events) == 400_000
+    assert pages * 0.95 < faulted < pages + (4 << 20) // PAGE + 512
+    del holds_the_spare
+
+
+def test_a_batch_whose_buffer_grows_while_a_thread_faults_it_in_gives_the_same_events():
+    commands = sells_then_a_sweep(60_000)  # 120,018 events reserved (10 MB), 180,001 written
+    holds_the_spare = OrderBook(1, 1_000).process(unknown_cancels(100_000))
+    book = OrderBook(1, 1_000)
+    events = book.process(commands)
+    assert np.count_nonzero(events["type"] == EventType.TRADE) == 60_000
+    assert np.array_equal(events, in_slices(commands, 1_000))
+    assert book.best_ask() is None and book.best_bid() is None
+    del holds_the_spare

@@ -242,6 +242,8 @@ ctypedef struct EventBuffer:            # growable array of events written by bo
     Event* data
     int64_t count
     int64_t capacity
+    int64_t faulted                     # bytes at the start of data known to be faulted in
+    void* prefault                      # a thread faulting data in (process()), or NULL
 
 
 cdef int book_init(Book* book, int64_t low, int64_t high, int64_t lot_size,

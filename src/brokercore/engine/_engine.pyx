@@ -48,7 +48,10 @@ cdef extern from *:
     int bc_ctz(uint64_t x) noexcept nogil
     int bc_clz(uint64_t x) noexcept nogil
     void bc_prefault(void* p, size_t n) noexcept nogil
-    void* bc_events_realloc(void* p, size_t used, size_t nbytes) noexcept nogil
+    void* bc_events_realloc(void* p, size_t used, size_t nbytes, size_t* faulted) noexcept nogil
+    void* bc_prefault_start(void* base, size_t n) noexcept nogil
+    void bc_prefault_progress(void* handle, size_t written) noexcept nogil
+    void bc_prefault_stop(void* handle) noexcept nogil
     void bc_events_free(void* p) noexcept nogil
     void* bc_table_calloc(size_t count, size_t size) noexcept nogil
     void bc_table_free(void* p, size_t nbytes) noexcept nogil
@@ -70,6 +73,7 @@ cdef enum:
     MIN_IDS = 32
     MIN_EVENTS = 16
     KEEP_EVENTS = 65536                 # a batch's event buffer up to this size is reused
+    PROGRESS_EVERY = 1024               # process(): commands between progress reports
     TAKER_STOPPED = 1                   # match(): self-trade prevention ended the taker
     WALKS = 16                          # level FIFOs walked at once by the auction's sums
 
@@ -453,15 +457,20 @@ cdef inline void pool_give_back(Book* b, int32_t slot) noexcept nogil:
 cdef int events_reserve(EventBuffer* out, int64_t extra) noexcept nogil:
     cdef int64_t capacity = out.capacity if out.capacity else MIN_EVENTS
     cdef Event* grown
+    cdef size_t faulted
     if out.count + extra <= out.capacity:
         return 0
     while capacity < out.count + extra:
         capacity *= 2
-    grown = <Event*>bc_events_realloc(out.data, out.count * sizeof(Event), capacity * sizeof(Event))
+    bc_prefault_stop(out.prefault)      # the buffer may move
+    out.prefault = NULL
+    grown = <Event*>bc_events_realloc(out.data, out.count * sizeof(Event), capacity * sizeof(Event),
+                                      &faulted)
     if grown == NULL:
         return -1
     out.data = grown
     out.capacity = capacity
+    out.faulted = faulted
     return 0
 
 
@@ -1936,11 +1945,16 @@ cdef int book_apply(Book* b, const Command* c, EventBuffer* out) noexcept nogil:
 
 cdef int64_t book_apply_many(Book* b, const Command* cmds, int64_t n,
                              EventBuffer* out) noexcept nogil:
-    """Apply n commands in order; returns how many were applied (< n only if out of memory)."""
-    cdef int64_t i
-    for i in range(n):
-        if book_apply(b, &cmds[i], out) < 0:
-            return i
+    """Apply n commands in order; returns how many were applied (< n only if out of memory).
+    The thread faulting out's pages in, if any, hears how far the events have come every
+    PROGRESS_EVERY commands."""
+    cdef int64_t i = 0, j
+    while i < n:
+        bc_prefault_progress(out.prefault, out.count * sizeof(Event))
+        for j in range(i, min(n, i + PROGRESS_EVERY)):
+            if book_apply(b, &cmds[j], out) < 0:
+                return j
+        i += PROGRESS_EVERY
     return n
 
 
@@ -2295,7 +2309,14 @@ cdef class OrderBook:
             raise MemoryError("cannot allocate the event buffer")
         self._state = BUSY
         with nogil:
+            # A large buffer with no page in yet (not the spare: _memory.h) is faulted
+            # in on another thread while the commands run: the first batch of a process.
+            if self._events.faulted == 0:
+                self._events.prefault = bc_prefault_start(self._events.data,
+                                                          self._events.capacity * sizeof(Event))
             applied = book_apply_many(&self._book, cmds, n, &self._events)
+            bc_prefault_stop(self._events.prefault)
+            self._events.prefault = NULL
         self._state = READY
         if applied < n:
             raise MemoryError(f"out of memory at command {applied}: the commands before it "
@@ -2303,6 +2324,8 @@ cdef class OrderBook:
                               f"consistent")
         if self._events.count <= KEEP_EVENTS:
             events = _event_array(self._events.data, self._events.count, False)
+            if self._events.faulted < self._events.count * <int64_t>sizeof(Event):
+                self._events.faulted = self._events.count * sizeof(Event)
         else:
             # A large buffer becomes the result (no copy) instead of being kept.
             shrunk = <Event*>realloc(self._events.data, self._events.count * sizeof(Event) + 1)
@@ -2310,6 +2333,7 @@ cdef class OrderBook:
                                   self._events.count, True)
             self._events.data = NULL
             self._events.capacity = 0
+            self._events.faulted = 0
         self._events.count = 0          # last_events() is about per-order calls only
         return events
 
