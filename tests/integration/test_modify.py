@@ -11,13 +11,16 @@ import uuid
 
 import psycopg
 
+from brokercore.broker.risk import buy_hold
 from brokercore.consumers.projector import run_projector
 from brokercore.consumers.reconcile import check_invariants
+from brokercore.engine.records import Side, Tif
 from brokercore.kafka.messages import AmendOrder
 from brokercore.services.reconciler import market_sessions
 from oms_support import Api, auth, run
 from platform_support import INSTRUMENTS, money, platform
 from shared_servers import REDIS_URL
+from venue_support import FEES, INST, MID, SHARES, Venue, settle
 
 RUPEE = 100
 OPEN = "('PENDING', 'TRIGGER_PENDING', 'OPEN', 'PARTIALLY_FILLED')"
@@ -279,8 +282,31 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
             "MODIFY_LIMIT_REACHED",
         )
         run(lambda: _cancel(api, second, "carol"))
+
+        # a waiting stop's trigger: a trade at the new one triggers it, not at the old
+        stop = run(lambda: place(type="STOP_LIMIT", price="15100.00", triggerPrice="15100.00"))
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("TRIGGER_PENDING",)], stop)
+        assert run(lambda: modify(stop, triggerPrice="15050.00")).status_code == 202
+        api.wait_rows(
+            "SELECT trigger_price, modify_pending FROM orders WHERE order_id = %s",
+            [(15_050 * RUPEE, False)],
+            stop,
+        )
+        api.wait_rows(
+            "SELECT trigger_price FROM read_model.orders WHERE order_id = %s",
+            [(15_050 * RUPEE,)],
+            stop,
+        )
+        run(lambda: place(user="carol", price="15050.00", quantity=1))
+        run(lambda: place(user="bob", side="SELL", price="15050.00", quantity=1, timeInForce="IOC"))
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], stop)
+        assert api.rows("SELECT blocked_cash FROM orders WHERE order_id = %s", stop) == [
+            (10 * 15_100 * RUPEE,)
+        ]
+        run(lambda: _cancel(api, stop, "alice"))
         api.wait_rows(f"SELECT count(*) FROM orders WHERE status IN {OPEN}", [(0,)])
         assert money(api)[0] == money_before[0], "cash conserved"
+        assert api.rows("SELECT sum(blocked_quantity) FROM positions") == [(0,)]
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
         clean(api)
     finally:
@@ -290,36 +316,6 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
 async def _cancel(api: Api, order: int, user: str):
     async with api:
         return await api.cancel(order, user)
-
-
-def test_a_waiting_stops_trigger_changes(database, tmp_path):
-    with platform(database, tmp_path) as api:
-
-        async def place(**body):
-            async with api:
-                return (await api.place(**body)).json()["orderId"]
-
-        stop = run(lambda: place(type="STOP_LIMIT", price="15100.00", triggerPrice="15100.00"))
-        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("TRIGGER_PENDING",)], stop)
-
-        async def lower():
-            async with api:
-                return await patch(api, stop, triggerPrice="15050.00")
-
-        assert run(lower).status_code == 202
-        api.wait_rows(
-            "SELECT trigger_price, modify_pending FROM orders WHERE order_id = %s",
-            [(15_050 * RUPEE, False)],
-            stop,
-        )
-        # a trade at 15050 reaches the new trigger (not the old one)
-        run(lambda: place(user="carol", price="15050.00", quantity=1, timeInForce="GTC"))
-        run(lambda: place(user="bob", side="SELL", price="15050.00", quantity=1, timeInForce="IOC"))
-        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], stop)
-        assert api.rows("SELECT blocked_cash FROM orders WHERE order_id = %s", stop) == [
-            (10 * 15_100 * RUPEE,)
-        ]
-        clean(api)
 
 
 def test_modifies_racing_fills_end_consistent(database, tmp_path):
@@ -386,3 +382,132 @@ def test_modifies_racing_fills_end_consistent(database, tmp_path):
         after = money(api)
         assert (after[0], after[3]) == (before[0], before[3]), "cash and shares conserved"
         clean(api)
+
+
+# --- settlement of a modify, each way round a racing fill, without Kafka ---------------
+
+
+def _reserve(conn, order_id: int, cash: int = 0, shares: int = 0) -> None:
+    """What ``brokercore.entry.modify`` writes besides the command: the new terms' hold."""
+    account, trigger = conn.execute(
+        "UPDATE orders SET modify_pending = true, modify_cash = %s, modify_shares = %s, "
+        "blocked_cash = blocked_cash + %s, blocked_shares = blocked_shares + %s, "
+        "modifications = modifications + 1, modify_undo_trigger = trigger_price "
+        "WHERE order_id = %s RETURNING account_id, trigger_price",
+        (cash, shares, cash, shares, order_id),
+    ).fetchone()
+    conn.execute(
+        "UPDATE accounts SET blocked_cash = blocked_cash + %s WHERE account_id = %s",
+        (cash, account),
+    )
+    conn.execute(
+        "UPDATE positions SET blocked_quantity = blocked_quantity + %s WHERE account_id = %s",
+        (shares, account),
+    )
+
+
+def _holds_match(conn) -> None:
+    """Accounts and positions block what their orders hold; finished orders nothing."""
+    assert (
+        conn.execute(
+            "SELECT a.account_id FROM accounts a WHERE blocked_cash <> (SELECT "
+            "coalesce(sum(o.blocked_cash), 0) FROM orders o WHERE o.account_id = a.account_id) "
+            "UNION ALL SELECT p.account_id FROM positions p WHERE blocked_quantity <> (SELECT "
+            "coalesce(sum(o.blocked_shares), 0) FROM orders o WHERE o.account_id = p.account_id) "
+            "UNION ALL SELECT order_id FROM orders WHERE status NOT IN "
+            "('PENDING', 'TRIGGER_PENDING', 'OPEN', 'PARTIALLY_FILLED') "
+            "AND blocked_cash + blocked_shares + modify_cash + modify_shares > 0"
+        ).fetchall()
+        == []
+    )
+
+
+def account_row(conn, account_id: int):
+    return conn.execute(
+        "SELECT cash, blocked_cash FROM accounts WHERE account_id = %s", (account_id,)
+    ).fetchone()
+
+
+def position_row(conn, account_id: int):
+    return conn.execute(
+        "SELECT quantity, blocked_quantity FROM positions WHERE account_id = %s", (account_id,)
+    ).fetchone()
+
+
+def _order(conn, order_id: int):
+    return conn.execute(
+        "SELECT status, quantity, filled_quantity, price, blocked_cash, blocked_shares, "
+        "modify_pending FROM orders WHERE order_id = %s",
+        (order_id,),
+    ).fetchone()
+
+
+def test_a_fill_before_the_amend_adds_to_the_total_and_the_reserve_pays_for_it(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer", shares=0), v.account("seller")
+    buy = v.place(buyer, Side.BUY, 10, MID, Tif.GTC)
+    new_price = MID + 20
+    _reserve(conn, buy, cash=buy_hold(INST, new_price, 10, FEES))  # the OMS's check's hold
+    v.place(seller, Side.SELL, 4, MID)  # fills before the engine takes the amend
+    v.send(AmendOrder(buy, buyer, INST.symbol, new_price, 10, v.ts))
+    settle(conn, v.messages())
+    filled = 4 * INST.ticks_to_paise(MID)
+    rest = 10 * INST.ticks_to_paise(new_price)
+    held = rest + FEES.fee(filled + rest) - FEES.fee(filled)
+    assert _order(conn, buy) == (
+        "PARTIALLY_FILLED",
+        14,  # the engine's open 10 after the 4 filled
+        4,
+        INST.ticks_to_paise(new_price),
+        held,
+        0,
+        False,
+    )
+    _holds_match(conn)
+    done = len(v.batches)
+    v.place(seller, Side.SELL, 10, new_price)
+    settle(conn, v.messages(done))
+    assert _order(conn, buy)[:3] == ("FILLED", 14, 14)
+    assert account_row(conn, buyer)[1] == 0
+    _holds_match(conn)
+
+
+def test_an_amend_too_late_for_a_whole_fill_is_refused_and_its_reserve_released(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer", shares=0), v.account("seller")
+    buy = v.place(buyer, Side.BUY, 10, MID, Tif.GTC)
+    _reserve(conn, buy, cash=buy_hold(INST, MID - 20, 10, FEES))
+    v.place(seller, Side.SELL, 10, MID)
+    v.send(AmendOrder(buy, buyer, INST.symbol, MID - 20, 10, v.ts))  # UNKNOWN_ORDER
+    settle(conn, v.messages())
+    assert _order(conn, buy) == ("FILLED", 10, 10, INST.ticks_to_paise(MID), 0, 0, False)
+    assert account_row(conn, buyer)[1] == 0
+    assert conn.execute(
+        "SELECT payload->>'refused', payload->>'reason' FROM order_events "
+        "WHERE order_id = %s ORDER BY event_id DESC LIMIT 1",
+        (buy,),
+    ).fetchone() == ("AMEND", "UNKNOWN_ORDER")
+    _holds_match(conn)
+
+
+def test_a_sells_amend_then_its_fill_and_a_cancel_before_an_amend(conn):
+    v = Venue(conn)
+    buyer, seller = v.account("buyer", shares=0), v.account("seller")
+    sell = v.place(seller, Side.SELL, 10, MID + 10, Tif.GTC)
+    _reserve(conn, sell, shares=6)
+    v.send(AmendOrder(sell, seller, INST.symbol, MID, 6, v.ts))  # down in price and size
+    settle(conn, v.messages())
+    assert _order(conn, sell) == ("OPEN", 6, 0, INST.ticks_to_paise(MID), 0, 6, False)
+    assert position_row(conn, seller) == (SHARES, 6)
+    done = len(v.batches)
+    v.place(buyer, Side.BUY, 6, MID)
+    buy = v.place(buyer, Side.BUY, 10, MID - 100, Tif.GTC)
+    _reserve(conn, buy, cash=buy_hold(INST, MID - 50, 10, FEES))
+    v.cancel(buy, buyer)  # the cancel first: the amend finds no order
+    v.send(AmendOrder(buy, buyer, INST.symbol, MID - 50, 10, v.ts))
+    settle(conn, v.messages(done))
+    assert _order(conn, sell)[:3] == ("FILLED", 6, 6)
+    assert _order(conn, buy)[0] == "CANCELLED"
+    assert position_row(conn, seller) == (SHARES - 6, 0)
+    assert account_row(conn, buyer)[1] == 0
+    _holds_match(conn)

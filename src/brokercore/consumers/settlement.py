@@ -21,6 +21,12 @@ sell); a market order the auction turned into a limit order (AMENDED, op UNCROSS
 longer execute above the opening price, so a buy's hold shrinks to that price at once.
 Session events (PRE_OPENED, UNCROSSED, HALTED, ...) name no order and move nothing.
 
+A modify (brokercore.entry.modify) reserves its new terms' hold on the order besides
+the old one (0014_order_modify.sql); the engine's AMENDED (op AMEND) sets the order's
+open quantity and price, so the order's total becomes what filled plus that, and it
+keeps only what those terms need; a REJECTED amend, or the order's end, releases the
+reserve.
+
 Events of orders that are not in ``orders`` (another broker's) are ignored; an event
 that contradicts an order we know (a fill of a finished order, more than it has open,
 another account) raises ``SettlementError``: the consumer stops rather than guess.

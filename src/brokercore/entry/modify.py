@@ -42,7 +42,7 @@ from brokercore.entry.requests import ModifyOrderRequest, PlaceOrderRequest
 from brokercore.kafka.messages import AmendOrder, encode
 from brokercore.kafka.session_log import nanoseconds
 
-__all__ = ["MODIFY_REQUESTED", "changes_nothing", "modify", "new_terms"]
+__all__ = ["MODIFY_REQUESTED", "OpenOrder", "changes_nothing", "modify", "new_terms"]
 
 MODIFY_REQUESTED = "MODIFY_REQUESTED"
 """A modify's receipt: asked of the engine, not done (the order changes on its AMENDED)."""
@@ -82,7 +82,9 @@ VALUES (%(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s)
 RETURNING outbox_id"""
 
 
-class _Order(NamedTuple):
+class OpenOrder(NamedTuple):
+    """The order row a modify reads (locked), money in paise."""
+
     trade_date: date
     account_id: int
     symbol: str
@@ -135,7 +137,7 @@ async def modify(
             )
         row = await (await conn.execute(_ORDER, (order_id,))).fetchone()
         assert row is not None  # owned, and orders are never deleted
-        order = _Order(*row)
+        order = OpenOrder(*row)
         _modifiable(order_id, order, limit)
         terms = new_terms(order, request)
         free = AccountState(cash - blocked, free_shares or 0, allow_short)
@@ -193,7 +195,7 @@ async def modify(
     return OrderReceipt(order_id, MODIFY_REQUESTED, now, outbox._replace(outbox_id=outbox_id))
 
 
-def _modifiable(order_id: int, order: _Order, limit: int) -> None:
+def _modifiable(order_id: int, order: OpenOrder, limit: int) -> None:
     """Refuse a modify the order cannot take now (OrderRefused)."""
     if order.status not in OPEN_STATUSES:
         raise OrderRefused(
@@ -231,7 +233,7 @@ def changes_nothing(request: ModifyOrderRequest) -> bool:
     )
 
 
-def new_terms(order: _Order, request: ModifyOrderRequest) -> PlaceOrderRequest:
+def new_terms(order: OpenOrder, request: ModifyOrderRequest) -> PlaceOrderRequest:
     """The order's terms after ``request``, as a new order of its OPEN quantity (what the
     checks and the hold concern): a field the request leaves out keeps its value; a
     triggered stop-limit is the limit order it became."""
