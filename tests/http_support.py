@@ -26,6 +26,7 @@ STORED = (
     "notification_preferences",
     "watchlists",
     "watchlist_symbols",
+    "gtts",
 )
 """The tables a request of a client can add rows to."""
 

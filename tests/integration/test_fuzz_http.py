@@ -38,6 +38,11 @@ ROUTES = [
     ("oms", "DELETE", "/api/v1/orders"),
     ("oms", "DELETE", "/api/v1/orders/{id}"),
     ("oms", "POST", "/api/v1/margins/orders"),
+    ("oms", "POST", "/api/v1/gtt"),
+    ("oms", "GET", "/api/v1/gtt"),
+    ("oms", "GET", "/api/v1/gtt/{id}"),
+    ("oms", "PATCH", "/api/v1/gtt/{id}"),
+    ("oms", "DELETE", "/api/v1/gtt/{id}"),
     ("query", "GET", "/api/v1/orders"),
     ("query", "GET", "/api/v1/orders/{id}"),
     ("query", "GET", "/api/v1/orders/{id}/history"),
@@ -97,6 +102,17 @@ VALID_BODIES = {
         "price": "15000.00",
         "idempotencyKey": "k",
         "timeInForce": "DAY",
+    },
+    "/api/v1/gtt": {
+        "symbol": "RELIANCE",
+        "kind": "SINGLE",
+        "legs": [
+            {
+                "condition": "<=",
+                "triggerPrice": "14000.00",
+                "order": {"side": "BUY", "type": "LIMIT", "quantity": 1, "price": "14000.00"},
+            }
+        ],
     },
     "/api/v1/notifications/preferences": {"FILL": "PUSH", "PRICE_ALERT": "NONE"},
     "/api/v1/notifications/devices": {"deviceToken": "fcm:APA91b-x_y.z"},

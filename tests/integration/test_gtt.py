@@ -57,6 +57,9 @@ BAD = [
     (oco(low="15200.00"), 422, "GTT_INVALID_LEGS"),  # the '<=' leg above the '>=' leg
     (single(trigger="0"), 422, "INVALID_TRIGGER"),
     (single(trigger="100.001"), 422, "INVALID_TRIGGER"),
+    (single(trigger="sNaN"), 422, "INVALID_TRIGGER"),
+    (single(trigger="1e999999999"), 422, "INVALID_TRIGGER"),
+    (single(trigger="1E-999999999"), 422, "INVALID_TRIGGER"),
     (single(order=LIMIT_BUY | {"price": "15000.01"}), 422, "TICK_SIZE"),
     (single(order=LIMIT_BUY | {"price": None}), 422, "PRICE_REQUIRED"),
     (single(order=LIMIT_BUY | {"type": "STOP"}), 422, "INVALID_REQUEST"),

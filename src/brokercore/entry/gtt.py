@@ -52,7 +52,9 @@ GTT_STATUSES = ("ACTIVE", "TRIGGERED", "CANCELLED", "EXPIRED", "FAILED")
 _UNLIMITED = AccountState(2**62, 2**62, True)
 """No hold is taken while a GTT waits: its orders are checked against no balance."""
 
-_MAX_TRIGGER_PAISE = 10**15
+_MAX_TRIGGER = Decimal(10**12)
+"""Rupees: no trigger price is larger."""
+_PAISA = Decimal("0.01")
 
 
 class GttRefusal(StrEnum):
@@ -75,7 +77,9 @@ class GttRefused(Exception):
         self.message = message
 
 
-class GttOrder(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+class GttOrder(
+    msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True, omit_defaults=True
+):
     """The order a leg places when it fires: a limit (``price``) or a market order, of
     the GTT's symbol, with the usual time in force (DAY, IOC for a market order)."""
 
@@ -312,15 +316,19 @@ def leg_request(symbol: str, order: GttOrder, key: str) -> PlaceOrderRequest:
 
 
 def _trigger_paise(price: Decimal, leg: int) -> int:
-    paise = price.scaleb(2)
-    if not (paise.is_finite() and paise == paise.to_integral_value() and 0 < paise):
+    """A leg's trigger price in paise; INVALID_TRIGGER unless positive, in whole paise
+    and at most _MAX_TRIGGER (checked before any arithmetic: NaN and 1E+999999999 too)."""
+    if not (price.is_finite() and 0 < price <= _MAX_TRIGGER):
         raise OrderRefused(
             RejectCode.INVALID_TRIGGER,
-            f"leg {leg}: the trigger price must be a positive amount in whole paise",
+            f"leg {leg}: the trigger price must be a positive amount up to {_MAX_TRIGGER:,}",
         )
-    if paise > _MAX_TRIGGER_PAISE:
-        raise OrderRefused(RejectCode.INVALID_TRIGGER, f"leg {leg}: the trigger price is too large")
-    return int(paise)
+    whole = price.quantize(_PAISA)  # at most 15 digits: bounded above
+    if whole != price:
+        raise OrderRefused(
+            RejectCode.INVALID_TRIGGER, f"leg {leg}: the trigger price must be in whole paise"
+        )
+    return int(whole.scaleb(2))
 
 
 async def _owned(
