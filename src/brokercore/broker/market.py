@@ -29,7 +29,14 @@ from brokercore.engine.instruments import (
 )
 from brokercore.engine.records import INT64_MAX, MAX_BAND_LEVELS, Phase, Stp
 
-__all__ = ["AlwaysOpen", "MarketInstrument", "Session", "load_market", "instruments_by_id"]
+__all__ = [
+    "AlwaysOpen",
+    "CompressedSession",
+    "MarketInstrument",
+    "Session",
+    "load_market",
+    "instruments_by_id",
+]
 
 _WEEKDAYS = range(1, 8)  # ISO: 1 = Monday ... 7 = Sunday
 
@@ -180,6 +187,45 @@ class AlwaysOpen(Session):
 
     def next_open(self, at: datetime) -> datetime:
         return self._local(at)
+
+
+@dataclass(frozen=True)
+class CompressedSession(AlwaysOpen):
+    """The calendar of a compressed day (``make up DAY=compressed``; the scheduler's
+    brokercore.broker.session_plan.CompressedDay): from the Unix epoch, every
+    ``pre_open_seconds + trading_seconds + closed_seconds`` seconds a pre-open, then
+    trading, then closed, every day. The OMS checks orders against it, so it refuses
+    what the book's phase would (as on an exchange's calendar, the uncross may end the
+    book's pre-open before the calendar's)."""
+
+    pre_open_seconds: float = 60.0
+    trading_seconds: float = 240.0
+    closed_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.pre_open_seconds, self.trading_seconds, self.closed_seconds) <= 0:
+            raise ValueError("a compressed day's pre-open, trading and closed time are positive")
+
+    @property
+    def length(self) -> float:
+        return self.pre_open_seconds + self.trading_seconds + self.closed_seconds
+
+    def _into_day(self, at: datetime) -> float:
+        """Seconds since the start of the compressed day ``at`` falls in."""
+        return self._local(at).timestamp() % self.length
+
+    def is_pre_open(self, at: datetime) -> bool:
+        return self._into_day(at) < self.pre_open_seconds
+
+    def is_open(self, at: datetime) -> bool:
+        return self.pre_open_seconds <= self._into_day(at) < self.length - self.closed_seconds
+
+    def next_open(self, at: datetime) -> datetime:
+        wait = self.pre_open_seconds - self._into_day(at)
+        if wait < 0:  # trading or closed: the next day's
+            wait += self.length
+        return (at + timedelta(seconds=wait)).astimezone(self.zone)
 
 
 @dataclass(frozen=True)

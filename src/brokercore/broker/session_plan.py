@@ -33,14 +33,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from itertools import groupby
 from typing import Protocol
 
-from brokercore.broker.market import AlwaysOpen, Session
+from brokercore.broker.market import (
+    AlwaysOpen,
+    CompressedSession,
+    MarketInstrument,
+    Session,
+    load_market,
+)
+from brokercore.config import ServiceSettings
 
 __all__ = [
     "CalendarPlan",
@@ -50,6 +57,7 @@ __all__ = [
     "Step",
     "Transition",
     "due",
+    "trading_market",
     "uncross_moment",
 ]
 
@@ -247,3 +255,25 @@ def due(
             upcoming.append(later[1].at)
     steps.sort(key=lambda s: s.at)
     return steps, min(upcoming, default=None)
+
+
+def trading_market(settings: ServiceSettings) -> dict[str, MarketInstrument]:
+    """The instruments on the calendar the scheduler follows: the file's sessions or the
+    always-open ones (BROKERCORE_CALENDAR), or with BROKERCORE_DAY=compressed every
+    symbol on the compressed day of BROKERCORE_DAY_SECONDS; the OMS takes orders by it."""
+    market = load_market(settings.instruments, settings.calendar)
+    if settings.day != "compressed":
+        return market
+    pre_open, _, trading, closed = settings.day_seconds
+    return {
+        symbol: replace(
+            instrument,
+            session=CompressedSession(
+                instrument.session.timezone,
+                pre_open_seconds=pre_open,
+                trading_seconds=trading,
+                closed_seconds=closed,
+            ),
+        )
+        for symbol, instrument in market.items()
+    }

@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from brokercore.broker.market import load_market
 from brokercore.broker.risk import FeeSchedule, RejectCode
+from brokercore.broker.session_plan import trading_market
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.entry.cancel_many import cancel_many
 from brokercore.entry.group_commit import GroupCommit
@@ -69,7 +69,7 @@ class Oms(LimitedApi):
             max_connections=20,
             max_redis=64,
         )
-        market = load_market(settings.instruments, settings.calendar)
+        market = trading_market(settings)
         self.entry = OrderEntry(
             self.pool,
             market,

@@ -109,18 +109,12 @@ def schedule(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brokercore service scheduler", description=__doc__)
     parser.add_argument("--once", action="store_true", help="publish what is due, then exit")
-    compressed = CompressedDay((), b"")
-    for name, default in (
-        ("pre-open", compressed.pre_open),
-        ("uncross-window", compressed.uncross_window),
-        ("trading", compressed.trading),
-        ("closed", compressed.closed),
-    ):
+    for name in ("pre-open", "uncross-window", "trading", "closed"):
         parser.add_argument(
             f"--{name}",
             type=float,
-            default=default,
-            help="seconds of a compressed day (BROKERCORE_DAY=compressed; default %(default)s)",
+            help="seconds of a compressed day (BROKERCORE_DAY=compressed; default: "
+            "BROKERCORE_DAY_SECONDS's, which the OMS's calendar follows)",
         )
     args = parser.parse_args(argv)
 
@@ -131,9 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         symbols = sorted(market)  # disabled ones too: their DAY orders expire at the close
         plan: DayPlan
         if settings.day == "compressed":
-            plan = CompressedDay(
-                symbols, secret, args.pre_open, args.uncross_window, args.trading, args.closed
-            )
+            given = (args.pre_open, args.uncross_window, args.trading, args.closed)
+            seconds = [
+                s if g is None else g for g, s in zip(given, settings.day_seconds, strict=True)
+            ]
+            plan = CompressedDay(symbols, secret, *seconds)
         else:
             plan = CalendarPlan({s: market[s].session for s in symbols}, secret)
 
