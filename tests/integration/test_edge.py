@@ -151,6 +151,14 @@ def test_the_edge_routes_each_kind_balances_passes_the_address_and_answers_json(
         margin = client.post("/api/v1/margins/orders", json=[order()], headers=auth("alice"))
         assert margin.status_code == 200 and margin.json()["orders"][0]["accepted"], margin.text
         assert upstreams(edge, 21)[20] in served[:6], edge.access_log(21)
+        # GTTs (/api/v1/gtt, its reads too) to the OMS.
+        leg = {"condition": "<=", "triggerPrice": "14000.00", "order": order()}
+        del leg["order"]["idempotencyKey"], leg["order"]["symbol"]
+        gtt = {"symbol": "RELIANCE", "kind": "SINGLE", "legs": [leg]}
+        made = client.post("/api/v1/gtt", json=gtt, headers=auth("alice"))
+        assert made.status_code == 201, made.text
+        listed = client.get("/api/v1/gtt", headers=auth("alice"))
+        assert [g["gttId"] for g in listed.json()["gtts"]] == [made.json()["gttId"]], listed.text
 
 
 async def place_until_answered(
