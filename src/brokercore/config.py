@@ -178,22 +178,6 @@ def _day_seconds(text: str | None) -> tuple[float, ...]:
     return seconds
 
 
-def _day_seconds(text: str | None) -> tuple[float, ...]:
-    """BROKERCORE_DAY_SECONDS's four numbers (unset or empty: the default day's)."""
-    if not text:
-        return ServiceSettings.day_seconds
-    try:
-        seconds = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        seconds = ()
-    if len(seconds) != 4 or not all(0 < s < float("inf") for s in seconds):
-        raise ValueError(
-            "invalid BROKERCORE_* setting: BROKERCORE_DAY_SECONDS must be four positive "
-            f"numbers of seconds PRE_OPEN,UNCROSS_WINDOW,TRADING,CLOSED, not {text!r}"
-        )
-    return seconds
-
-
 DEV_JWT_SECRET = "brokercore-development-secret-not-for-production!!"
 """The HS256 secret of dev mode (BROKERCORE_DEV_MODE=1): public, so never in production."""
 
@@ -247,9 +231,6 @@ class ServiceSettings:
     # a compressed day's seconds (BROKERCORE_DAY_SECONDS="60,20,240,60"): pre-open, the
     # uncross's window at its end, trading, closed; the scheduler's and the OMS's
     day_seconds: tuple[float, float, float, float] = (60.0, 20.0, 240.0, 60.0)
-    # a compressed day's seconds (BROKERCORE_DAY_SECONDS="60,20,240,60"): pre-open, the
-    # uncross's window at its end, trading, closed; the scheduler's and the OMS's
-    day_seconds: tuple[float, float, float, float] = (60.0, 20.0, 240.0, 60.0)
     scheduler_secret: str | None = None  # the key of the uncross moments (session_plan)
 
     @classmethod
@@ -274,7 +255,6 @@ class ServiceSettings:
             payment_provider_url=env.get("BROKERCORE_PAYMENT_PROVIDER_URL") or None,
             payment_webhook_secret=env.get("BROKERCORE_PAYMENT_WEBHOOK_SECRET") or None,
             scheduler_secret=env.get("BROKERCORE_SCHEDULER_SECRET") or None,
-            day_seconds=_day_seconds(env.get("BROKERCORE_DAY_SECONDS")),
             day_seconds=_day_seconds(env.get("BROKERCORE_DAY_SECONDS")),
             replica_url=env.get("BROKERCORE_REPLICA_URL") or None,
             jwks_url=env.get("BROKERCORE_JWKS_URL") or None,
