@@ -44,7 +44,6 @@ SERVICE_ENV = {
     "BROKERCORE_REPLICA_MAX_LAG": "0.5",
     "BROKERCORE_DAY": "compressed",
     "BROKERCORE_DAY_SECONDS": "30,10,60,20",
-    "BROKERCORE_DAY_SECONDS": "30,10,60,20",
     "BROKERCORE_SCHEDULER_SECRET": "uncross",
     "BROKERCORE_PAYMENT_PROVIDER_URL": "http://provider",
     "BROKERCORE_PAYMENT_WEBHOOK_SECRET": "hook",
@@ -102,7 +101,6 @@ def test_every_service_variable_sets_its_field():
         replica_url="postgresql://u@replica:5432/b",
         replica_max_lag=0.5,
         day="compressed",
-        day_seconds=(30.0, 10.0, 60.0, 20.0),
         day_seconds=(30.0, 10.0, 60.0, 20.0),
         scheduler_secret="uncross",
     )
