@@ -23,6 +23,7 @@ STORED = (
     "outbox",
     "push_devices",
     "price_alerts",
+    "postbacks",
     "notification_preferences",
     "watchlists",
     "watchlist_symbols",

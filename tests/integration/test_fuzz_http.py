@@ -67,6 +67,9 @@ ROUTES = [
     ("notifications", "POST", "/api/v1/alerts"),
     ("notifications", "GET", "/api/v1/alerts"),
     ("notifications", "DELETE", "/api/v1/alerts/{id}"),
+    ("notifications", "POST", "/api/v1/postbacks"),
+    ("notifications", "GET", "/api/v1/postbacks"),
+    ("notifications", "DELETE", "/api/v1/postbacks/{id}"),
     ("gateway", "GET", "/ws/v1/orders"),
 ]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
@@ -117,6 +120,7 @@ VALID_BODIES = {
     "/api/v1/notifications/preferences": {"FILL": "PUSH", "PRICE_ALERT": "NONE"},
     "/api/v1/notifications/devices": {"deviceToken": "fcm:APA91b-x_y.z"},
     "/api/v1/alerts": {"symbol": "RELIANCE", "price": "2850.00"},
+    "/api/v1/postbacks": {"url": "https://hooks.example.com/orders"},
     "/api/v1/watchlists": {"name": "Energy", "symbols": ["RELIANCE", "TCS"]},
 }
 STRANGE = [
