@@ -147,17 +147,26 @@ def test_registration_over_rest(database):
         assert_error(await request("DELETE", one), 404, "POSTBACK_NOT_FOUND")
         again = await request("POST", path, json={"url": "https://again.example.com/"})
         assert again.status_code == 201  # the freed slot
+        racing = await asyncio.gather(  # carol's, all at once: the slots hold
+            *(
+                request("POST", path, user="carol", json={"url": f"https://r{n}.example.com/"})
+                for n in range(MAX_POSTBACKS + 3)
+            )
+        )
+        assert sorted(r.status_code for r in racing) == [201] * MAX_POSTBACKS + [409] * 3
         for method, route in (("GET", path), ("POST", path), ("DELETE", one)):
             assert_error(await request(method, route, user=None, json={}), 401, "UNAUTHENTICATED")
 
     asyncio.run(rest(settings, calls))
     with psycopg.connect(database, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM postbacks").fetchone() == (MAX_POSTBACKS,)
+        assert conn.execute(
+            "SELECT user_id, count(*) FROM postbacks GROUP BY user_id ORDER BY user_id"
+        ).fetchall() == [("alice", MAX_POSTBACKS), ("carol", MAX_POSTBACKS)]
         for url, slot in (("http://plain.example.com/", 1), ("https://x.example.com/", 6)):
             with pytest.raises(psycopg.errors.CheckViolation):  # the database refuses too
                 conn.execute(
                     "INSERT INTO postbacks (user_id, slot, url, secret) VALUES "
-                    "('carol', %s, %s, repeat('s', 64))",
+                    "('dave', %s, %s, repeat('s', 64))",
                     (slot, url),
                 )
 
