@@ -122,6 +122,32 @@ answers() {
     running && "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" -t 2
 }
 
+# Who else listens on 127.0.0.1:$port (not this data directory's server): a PostgreSQL
+# server by its pid and data directory (its working directory), another process by its
+# pid and name; nothing when the port is free.
+port_holder() {
+    local pid
+    pid="$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
+    if [[ -z "$pid" ]]; then
+        if ss -ltnH "sport = :$port" 2>/dev/null | grep -q .; then echo "a process not shown"; fi
+    elif [[ "$pid" != "$(postmaster_pid)" ]]; then
+        if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == postgres ]]; then
+            echo "PostgreSQL pid $pid, data directory $(readlink "/proc/$pid/cwd")"
+        else
+            echo "pid $pid ($(cat "/proc/$pid/comm" 2>/dev/null))"
+        fi
+    fi
+}
+
+# Fail clearly when another server holds the port (a stale one of another checkout, say),
+# instead of a start that fails in the log; $1 names the port's setting.
+need_free_port() {
+    local holder
+    holder="$(port_holder)"
+    [[ -z "$holder" ]] || die "127.0.0.1:$port is held by $holder, not by the server of" \
+        "$data: stop that one (pg_ctl -D DIRECTORY stop) or set $1 to another port"
+}
+
 prepare_state() {
     mkdir -p "$state" "$socket_dir"
     if [[ "$(id -u)" == 0 ]]; then chown "$pg_user:" "$state" "$socket_dir"; fi
@@ -223,6 +249,7 @@ start() {
     need_bindir
     if answers; then ensure_app_role; log "already running on 127.0.0.1:$port"; return; fi
     prepare_state
+    need_free_port BROKERCORE_PG_PORT
     init_once
     if running; then stop; fi
     wait_stale_pid
@@ -337,6 +364,7 @@ replica_start() {
     use_replica
     if answers; then log "replica already running on 127.0.0.1:$port"; return; fi
     prepare_state
+    need_free_port BROKERCORE_PG_REPLICA_PORT
     if running; then stop; fi
     wait_stale_pid
     if [[ -f "$data/PG_VERSION" && "$(system_id "$data")" != "$(system_id "$primary_data")" ]]; then
