@@ -29,17 +29,25 @@ from brokercore.engine.records import EventType
 __all__ = ["GttWatcher", "WatchStats"]
 
 # The ACTIVE GTTs of the batch's symbols that one of its prices may meet (each symbol's
-# lowest and highest), locked in id order; when each was stored or changed (ms).
+# lowest and highest), found by index ranges of their legs (gtts_leg_1_idx, _2_idx: the
+# cost grows with the GTTs met, not with those waiting), locked in id order; when each
+# was stored or changed (ms).
 _CANDIDATES = """
+WITH v (symbol, low, high) AS (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]))
 SELECT g.gtt_id, g.symbol, g.condition_1, g.trigger_1, g.condition_2, g.trigger_2,
        (extract(epoch FROM g.updated_at) * 1000)::bigint
-  FROM gtts g JOIN unnest(%s::text[], %s::bigint[], %s::bigint[]) AS v (symbol, low, high)
-    ON g.symbol = v.symbol
- WHERE g.status = 'ACTIVE' AND g.expires_at > now()
-   AND ((g.condition_1 = '>=' AND g.trigger_1 <= v.high)
-     OR (g.condition_1 = '<=' AND g.trigger_1 >= v.low)
-     OR (g.condition_2 = '>=' AND g.trigger_2 <= v.high)
-     OR (g.condition_2 = '<=' AND g.trigger_2 >= v.low))
+  FROM gtts g
+ WHERE g.gtt_id = ANY(ARRAY(
+         SELECT m.gtt_id FROM v CROSS JOIN LATERAL (
+           SELECT gtt_id FROM gtts WHERE status = 'ACTIVE' AND symbol = v.symbol
+              AND condition_1 = '>=' AND trigger_1 <= v.high
+           UNION ALL SELECT gtt_id FROM gtts WHERE status = 'ACTIVE' AND symbol = v.symbol
+              AND condition_1 = '<=' AND trigger_1 >= v.low
+           UNION ALL SELECT gtt_id FROM gtts WHERE status = 'ACTIVE' AND kind = 'OCO'
+              AND symbol = v.symbol AND condition_2 = '>=' AND trigger_2 <= v.high
+           UNION ALL SELECT gtt_id FROM gtts WHERE status = 'ACTIVE' AND kind = 'OCO'
+              AND symbol = v.symbol AND condition_2 = '<=' AND trigger_2 >= v.low) m))
+   AND g.status = 'ACTIVE' AND g.expires_at > now()
  ORDER BY g.gtt_id FOR UPDATE OF g"""
 
 _FIRE = """

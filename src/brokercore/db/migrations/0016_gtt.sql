@@ -69,7 +69,10 @@ COMMENT ON COLUMN gtts.fire_key IS
     'own orders can take it): a replay of the firing gets the same order back.';
 COMMENT ON COLUMN gtts.fired_price IS 'Paise: the trade price that met the fired leg.';
 CREATE INDEX gtts_account_idx ON gtts (account_id, gtt_id DESC);
-CREATE INDEX gtts_active_idx ON gtts (symbol) WHERE status = 'ACTIVE';
+-- the trigger service's search: the ACTIVE legs of a symbol one price range may meet
+CREATE INDEX gtts_leg_1_idx ON gtts (symbol, condition_1, trigger_1) WHERE status = 'ACTIVE';
+CREATE INDEX gtts_leg_2_idx ON gtts (symbol, condition_2, trigger_2)
+    WHERE status = 'ACTIVE' AND kind = 'OCO';
 CREATE INDEX gtts_to_place_idx ON gtts (gtt_id) WHERE status = 'TRIGGERED' AND order_id IS NULL;
 
 -- ACTIVE -> ACTIVE (new legs or expiry) | TRIGGERED | CANCELLED | EXPIRED; TRIGGERED
