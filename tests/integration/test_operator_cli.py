@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from brokercore.cli import main
 from brokercore.config import KafkaSettings
 from brokercore.engine.records import EventType, Reason
 from brokercore.kafka.messages import Event, NewOrder
@@ -53,10 +56,31 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_reband_reaches_the_engine_once_per_id_on_a_two_shard_deployment(tmp_path):
+def in_process(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    *args: str,
+) -> tuple[int, str, str]:
+    """``brokercore ARGS`` in this process (no interpreter to start), for the commands
+    that publish nothing: its exit code, output and errors."""
+    with monkeypatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        if "BROKERCORE_SHARDS" not in env:
+            patch.delenv("BROKERCORE_SHARDS", raising=False)
+        code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_reband_and_halt_on_a_two_shard_deployment_without_the_shards_setting(
+    tmp_path, monkeypatch, capsys
+):
     kafka = new_settings(2)
     market = write_market(tmp_path / "instruments.toml")
     env = environment(kafka, market)
+    mine = {k: env[k] for k in env if k.startswith("BROKERCORE_")}
     shard = compute_plan({s: 1.0 for s in SYMBOLS}, 2).shard_of("AAA")
     daemon = Daemon(kafka, shard, market, tmp_path / "engine.log")
     try:
@@ -67,12 +91,21 @@ def test_reband_reaches_the_engine_once_per_id_on_a_two_shard_deployment(tmp_pat
                 NewOrder(2, 8, "AAA", 2, 10, price=9000),  # an ask at 450.00: outside
             ]
         )
-        refused = cli(env, "reband", "AAA", "--low", "150.00", "--high", "300.01")
-        assert refused.returncode == 2 and "tick size" in refused.stderr, refused
+        code, _, err = in_process(
+            monkeypatch, capsys, mine, "reband", "AAA", "--low", "150.00", "--high", "300.01"
+        )
+        assert code == 2 and "tick size" in err, err
         first = cli(env, "reband", "AAA", "--low", "150.00", "--high", "300.00", "--id", "b1")
         assert first.returncode == 0 and "AAA: REBAND published" in first.stdout, first
         again = cli(env, "reband", "AAA", "--low", "150.00", "--high", "300.00", "--id", "b1")
         assert again.returncode == 0 and "already published" in again.stdout, again
+        halt = cli(env, "halt", "BBB", "--id", "h1")
+        assert halt.returncode == 0 and "BBB: HALT published" in halt.stdout, halt
+        _, out, _ = in_process(monkeypatch, capsys, mine, "status", "--sample", "0.1")
+        assert "shards (2," in out, out
+        pinned = mine | {"BROKERCORE_SHARDS": "3"}
+        code, _, err = in_process(monkeypatch, capsys, pinned, "halt", "BBB")
+        assert code == 2 and "the configuration says 3" in err, err
 
         def aaa() -> list[Event]:
             events = read_events(kafka, timeout=10).get(shard, [])
@@ -91,14 +124,3 @@ def test_reband_reaches_the_engine_once_per_id_on_a_two_shard_deployment(tmp_pat
     ], kinds
     rebanded = events[-1]
     assert (rebanded.price, rebanded.qty) == (3000, 6000)  # 150.00 and 300.00 in ticks
-
-
-def test_status_and_halt_find_the_shard_count_of_the_orders_topic(tmp_path):
-    kafka = new_settings(2)
-    env = environment(kafka, write_market(tmp_path / "instruments.toml"))
-    halt = cli(env, "halt", "BBB", "--id", "h1")
-    assert halt.returncode == 0 and "BBB: HALT published" in halt.stdout, halt
-    status = cli(env, "status", "--sample", "0.1")
-    assert "shards (2," in status.stdout, status  # no daemon runs: exit 1, with 2 shards
-    pinned = cli(env | {"BROKERCORE_SHARDS": "3"}, "halt", "BBB")
-    assert pinned.returncode == 2 and "the configuration says 3" in pinned.stderr, pinned
