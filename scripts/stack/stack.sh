@@ -210,6 +210,7 @@ answers_http() {            # port: an HTTP answer (any status) to a request wit
 #                          a later "failed: ..." or "lost the lease" follows
 #   settlement, projector  brokercore/consumers/pg_consumer.py: "<name>: events partitions [...] from
 #                          offsets [...]" (assigned, from the offsets stored in Postgres)
+#   triggers               the same line (its GTT watcher is such a consumer)
 # The notifier's group assignment is asked of Kafka (group_ready.py); the HTTP apps must
 # answer a request; the reconciler, silent while all is well, must have stayed up 2 s.
 ready() {
@@ -219,7 +220,7 @@ ready() {
             line="$(since_start "$name" | grep -Eo "(active from input offset|standby: waiting for the lease|failed: |lost the lease).*" | tail -1 || true)"
             echo "${line:-no 'active' or 'standby' line yet}"
             [[ "$line" == active* || "$line" == standby* ]] ;;
-        settlement|projector)
+        settlement|projector|triggers)
             line="$(since_start "$name" | grep -Eo "partitions \[[0-9, ]*\] from offsets \[[0-9, ]*\]" | tail -1 || true)"
             echo "${line:-no partitions assigned yet}"
             [[ -n "$line" ]] ;;
