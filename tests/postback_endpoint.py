@@ -118,8 +118,9 @@ class Request:
 
 class Endpoint:
     """An HTTPS server on a free loopback port with the certificate ``cert``/``key``. Its
-    first ``failing`` requests are answered ``status``; its first ``slow`` ones wait
-    ``delay`` seconds or until ``release()``; every later one is answered 200 at once. A
+    first ``failing`` requests are answered ``status``; its first ``slow`` ones 200 with a
+    body that never ends, a byte every 0.2 s, for ``delay`` seconds or until
+    ``release()``; every later one is answered 200 at once. A
     connection whose TLS handshake fails (the client refused the certificate) counts in
     ``refused`` and is closed."""
 
@@ -155,7 +156,15 @@ class Endpoint:
                         Request(self.path, dict(self.headers), body, status, time.time())
                     )
                 if wait:
-                    endpoint.released.wait(wait)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    deadline = time.monotonic() + wait
+                    while not endpoint.released.wait(0.2) and time.monotonic() < deadline:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

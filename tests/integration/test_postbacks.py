@@ -300,7 +300,7 @@ def test_order_updates_are_posted_signed_in_order_retried_and_dead_lettered(
     loopback = trusted.issue("loopback", ["127.0.0.1"])
     endpoints = {
         "good": Endpoint(*loopback),
-        "slow": Endpoint(*loopback, slow=1, delay=60),  # its first answer: never in time
+        "slow": Endpoint(*loopback, slow=1, delay=60),  # its first answer trickles, never whole
         "failing": Endpoint(*loopback, failing=1000, status=500),
         "other-host": Endpoint(*trusted.issue("other", ["hooks.other.example"])),
         "untrusted": Endpoint(*rogue.issue("loopback", ["127.0.0.1"])),
@@ -392,8 +392,9 @@ def test_order_updates_are_posted_signed_in_order_retried_and_dead_lettered(
         "orderId": bought,
     }
 
-    # the slow one: its first request timed out and was sent again
+    # the slow one: its first answer, a byte at a time, timed out whole; sent again
     assert ids(slow).count(ids(slow)[0]) >= 2 and set(ids(slow)[1:]) == every
+    assert "no whole answer within 2 s" in (tmp_path / "notifier.log").read_text()
 
     # the failing one: 3 tries each, a fill only after the one before it was given up
     failing = ids(endpoints["failing"], 500)

@@ -57,6 +57,9 @@ MAX_POSTBACKS = 5
 
 MAX_URL_LENGTH = 2000
 
+MAX_ANSWER = 64 * 1024
+"""Bytes of an endpoint's answer read at most (its status is what counts)."""
+
 
 class PostbackRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The body of POST /api/v1/postbacks."""
@@ -204,7 +207,10 @@ class _Shared:
 
     @contextlib.asynccontextmanager
     async def hold(self, key: Hashable) -> AsyncIterator[None]:
-        value, holders = self._held.setdefault(key, (self._make(*self._args), [0]))
+        entry = self._held.get(key)
+        if entry is None:
+            entry = self._held[key] = (self._make(*self._args), [0])
+        value, holders = entry
         holders[0] += 1
         try:
             async with value:
@@ -232,7 +238,7 @@ class Postbacks:
         context = ssl.create_default_context()
         if ca_file:
             context.load_verify_locations(ca_file)
-        self.dead_letters = dead_letters
+        self.dead_letters, self.timeout = dead_letters, timeout
         self.client = httpx.AsyncClient(
             verify=context,
             timeout=timeout,
@@ -249,22 +255,34 @@ class Postbacks:
         return self._orders.hold((postback.target.postback_id, postback.notification.order_id))
 
     async def send(self, postback: Postback, slots: asyncio.Semaphore) -> None:
-        """POST it once, signed now, in one of ``slots`` (the notifier's sends at once),
-        taken once its registration's turn comes; PushFailed if the endpoint did not
-        take it."""
+        """POST it once in one of ``slots`` (the notifier's sends at once), taken once its
+        registration's turn comes, signed then (a long wait for the turn does not age
+        the signature); PushFailed if the endpoint did not take it. The whole exchange,
+        the answer's body included (read up to ``MAX_ANSWER`` bytes), must end within
+        the timeout: an endpoint that trickles its answer holds a slot no longer."""
         target = postback.target
         body = encode_message(postback.notification)
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(target.secret, body, int(time.time())),
-        }
         async with self._urls.hold(target.postback_id), slots:
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: sign(target.secret, body, int(time.time())),
+            }
             try:
-                response = await self.client.post(target.url, content=body, headers=headers)
+                async with asyncio.timeout(self.timeout):
+                    request = self.client.stream("POST", target.url, content=body, headers=headers)
+                    async with request as response:
+                        answer = b""
+                        async for chunk in response.aiter_raw():
+                            answer += chunk
+                            if len(answer) > MAX_ANSWER:
+                                break  # not read further: the connection is closed
             except httpx.HTTPError as e:
                 raise PushFailed(f"{type(e).__name__}: {e}") from None
+            except TimeoutError:
+                raise PushFailed(f"no whole answer within {self.timeout:g} s") from None
         if not response.is_success:
-            raise PushFailed(f"HTTP {response.status_code}: {response.text[:200]}")
+            text = answer[:200].decode(errors="replace")
+            raise PushFailed(f"HTTP {response.status_code}: {text}")
 
     @staticmethod
     def letter(postback: Postback, attempts: int, error: str) -> PostbackDeadLetter:
