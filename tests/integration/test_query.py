@@ -835,25 +835,26 @@ def test_market_data_in_pre_open_and_while_halted(database):
     """In PRE_OPEN the answer has the indicative opening from the whole book (an
     iceberg's hidden part and the waiting market orders count, the last trade is the
     reference) while the depth shows what the market sees; HALTED says halted."""
-    # buys 100 @ 1020, 100 @ 1010, a market buy of 20; sells 150 @ 1000 (an iceberg
-    # showing 30), 100 @ 1030; the last trade at 1025. At 1000, 1010, 1020, 1025, 1030:
-    # D = 220, 220, 120, 20, 20; S = 150, 150, 150, 150, 250; V = 150, 150, 120, 20, 20;
-    # I = 70, 70, 30, 130, 230: 1000 and 1010 tie, 1010 is nearer the reference
+    # buys 100 @ 3020, 100 @ 3010, a market buy of 20; sells 150 @ 3000 (an iceberg
+    # showing 30), 100 @ 3030; the last trade at 3025 (in SBIN's band, 2500..5000, so the
+    # reference). At 3000, 3010, 3020, 3025, 3030: D = 220, 220, 120, 20, 20;
+    # S = 150, 150, 150, 150, 250; V = 150, 150, 120, 20, 20; I = 70, 70, 30, 130, 230:
+    # 3000 and 3010 tie, 3010 is nearer the reference
     with psycopg.connect(database, autocommit=True) as conn:
         conn.cursor().executemany(
             "INSERT INTO read_model.book_orders (order_id, symbol, side, price, open_quantity, "
             "shown_quantity, disclosed_quantity) VALUES (%s, 'SBIN', %s, %s, %s, %s, %s)",
             [
-                (1, "BUY", 102000, 100, 100, 0),
-                (2, "BUY", 101000, 100, 100, 0),
+                (1, "BUY", 302000, 100, 100, 0),
+                (2, "BUY", 301000, 100, 100, 0),
                 (3, "BUY", None, 20, 20, 0),
-                (4, "SELL", 100000, 150, 30, 30),
-                (5, "SELL", 103000, 100, 100, 0),
+                (4, "SELL", 300000, 150, 30, 30),
+                (5, "SELL", 303000, 100, 100, 0),
             ],
         )
         conn.execute(
             "INSERT INTO read_model.trades (trade_id, symbol, seq, price, quantity, executed_at) "
-            "VALUES ('SBIN:1', 'SBIN', 1, 102500, 5, %s)",
+            "VALUES ('SBIN:1', 'SBIN', 1, 302500, 5, %s)",
             (t(0),),
         )
         conn.execute("INSERT INTO read_model.phases VALUES ('SBIN', 'PRE_OPEN', 2, %s)", (t(1),))
@@ -864,8 +865,8 @@ def test_market_data_in_pre_open_and_while_halted(database):
         return pre_open, await api.ok("/marketdata/SBIN")
 
     pre_open, halted = query(database, scenario)
-    bids = [{"price": "1020.00", "quantity": 100}, {"price": "1010.00", "quantity": 100}]
-    asks = [{"price": "1000.00", "quantity": 30}, {"price": "1030.00", "quantity": 100}]
+    bids = [{"price": "3020.00", "quantity": 100}, {"price": "3010.00", "quantity": 100}]
+    asks = [{"price": "3000.00", "quantity": 30}, {"price": "3030.00", "quantity": 100}]
     assert pre_open == {
         "type": "BOOK",
         "symbol": "SBIN",
@@ -873,10 +874,10 @@ def test_market_data_in_pre_open_and_while_halted(database):
         "asks": asks,
         "bestBid": bids[0],
         "bestAsk": asks[0],
-        "lastPrice": "1025.00",
+        "lastPrice": "3025.00",
         "phase": "PRE_OPEN",
         "halted": False,
-        "indicative": {"price": "1010.00", "volume": 150, "imbalance": 70, "surplusSide": "BUY"},
+        "indicative": {"price": "3010.00", "volume": 150, "imbalance": 70, "surplusSide": "BUY"},
     }
     assert halted == pre_open | {"phase": "HALTED", "halted": True, "indicative": None}
 
