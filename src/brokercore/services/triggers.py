@@ -9,9 +9,10 @@ crash left unplaced is placed by the first pass after a restart).
 
 Settings are the BROKERCORE_* variables (brokercore.config): BROKERCORE_DATABASE_URL,
 BROKERCORE_KAFKA_BOOTSTRAP, BROKERCORE_TOPIC_PREFIX, BROKERCORE_SHARDS,
-BROKERCORE_INSTRUMENTS, BROKERCORE_CALENDAR, BROKERCORE_FEE_BPS,
-BROKERCORE_FEE_FIXED_PAISE. SIGTERM or Ctrl-C exits 0; a restart of Postgres or Kafka
-is waited out; any other failure exits 1, nothing of the failed batch stored.
+BROKERCORE_INSTRUMENTS, BROKERCORE_CALENDAR, BROKERCORE_DAY, BROKERCORE_FEE_BPS,
+BROKERCORE_FEE_FIXED_PAISE, BROKERCORE_MARKET_PROTECTION_PERCENT. SIGTERM or Ctrl-C
+exits 0; a restart of Postgres or Kafka is waited out; any other failure exits 1,
+nothing of the failed batch stored.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from decimal import Decimal
 
 from psycopg_pool import AsyncConnectionPool
 
-from brokercore.broker.market import MarketInstrument, load_market
+from brokercore.broker.market import MarketInstrument
 from brokercore.broker.risk import FeeSchedule
+from brokercore.broker.session_plan import trading_market
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.consumers.gtt_watch import GttWatcher
 from brokercore.consumers.pg_consumer import run_pg_consumer
@@ -44,11 +46,12 @@ EXPIRE_EVERY = 60.0
 
 
 def prepare(kafka: KafkaSettings, settings: ServiceSettings, every: float) -> Run:
-    market = load_market(settings.instruments, settings.calendar)
+    market = trading_market(settings)  # the OMS's calendar: orders checked alike
     fees = FeeSchedule(Decimal(settings.fee_bps), settings.fee_fixed_paise)
+    protection = Decimal(settings.market_protection_percent)
 
     def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> None:
-        asyncio.run(serve(kafka, settings, market, fees, every, stop))
+        asyncio.run(serve(kafka, settings, market, fees, protection, every, stop))
 
     return run
 
@@ -58,11 +61,13 @@ async def serve(
     settings: ServiceSettings,
     market: dict[str, MarketInstrument],
     fees: FeeSchedule,
+    protection: Decimal,
     every: float,
     stop: threading.Event,
 ) -> None:
     """The watcher in a thread and the placer here, until ``stop``; a watcher that
-    fails stops the placer and is raised."""
+    fails stops the placer and is raised. Orders are placed as the OMS places them
+    (its fees and market protection)."""
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
@@ -88,7 +93,14 @@ async def serve(
             max_size=3,
             check=AsyncConnectionPool.check_connection,
         ) as pool:
-            entry = OrderEntry(pool, market, kafka, fees=fees, idempotency_ttl=FIRE_KEY_TTL)
+            entry = OrderEntry(
+                pool,
+                market,
+                kafka,
+                fees=fees,
+                protection_percent=protection,
+                idempotency_ttl=FIRE_KEY_TTL,
+            )
             publisher = OutboxPublisher(pool, kafka.bootstrap)
             try:
                 await _place(entry, publisher, wake, stopped, every)
