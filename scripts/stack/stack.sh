@@ -68,13 +68,8 @@ export BROKERCORE_DEV_MODE=1
 export BROKERCORE_SHARDS="$shards"
 export BROKERCORE_CALENDAR="${BROKERCORE_CALENDAR:-always-open}"
 export BROKERCORE_DAY="${BROKERCORE_DAY:-calendar}"
-# BROKERCORE_DAY_SECONDS="PRE_OPEN,UNCROSS_WINDOW,TRADING,CLOSED" shortens a compressed day.
-day_seconds=()
-if [ -n "${BROKERCORE_DAY_SECONDS:-}" ]; then
-    IFS=, read -r pre_open uncross_window trading closed <<< "$BROKERCORE_DAY_SECONDS"
-    day_seconds=(--pre-open "$pre_open" --uncross-window "$uncross_window"
-                 --trading "$trading" --closed "$closed")
-fi
+# BROKERCORE_DAY_SECONDS="PRE_OPEN,UNCROSS_WINDOW,TRADING,CLOSED" shortens a compressed day
+# (the scheduler and the OMS read it).
 export BROKERCORE_KAFKA_BOOTSTRAP="${BROKERCORE_KAFKA_BOOTSTRAP:-127.0.0.1:${BROKERCORE_KAFKA_PORT:-19092}}"
 export BROKERCORE_DATABASE_URL="${BROKERCORE_DATABASE_URL:-$(scripts/postgres/postgres.sh url)}"
 export BROKERCORE_REDIS_URL="${BROKERCORE_REDIS_URL:-$(scripts/redis/redis.sh url)}"
@@ -169,7 +164,7 @@ CONF
         program triggers "$py" -m brokercore.cli service triggers  # GTTs (docs/gtt.md)
         program notifier "$py" -m brokercore.cli service notifier
         program reconciler "$py" -m brokercore.cli service reconciler
-        program scheduler "$py" -m brokercore.cli service scheduler "${day_seconds[@]}"  # BROKERCORE_DAY
+        program scheduler "$py" -m brokercore.cli service scheduler  # BROKERCORE_DAY, BROKERCORE_DAY_SECONDS
         program monitor "$py" -m brokercore.cli service monitor  # consumer lag, WARNING past 1,000
         if [ -n "${BROKERCORE_PUSH_URL:-}" ]; then  # pushes (and their dead letters) need one
             program push-retry "$py" -m brokercore.cli service reconciler --notifications
