@@ -89,18 +89,14 @@ class BatchStats:
 
 @dataclass
 class _Modify:
-    """An order's modify in flight: what it reserves besides the hold (a part of the
-    order's blocks), the trigger to restore if the engine refuses it, the disclosed
-    quantity to take if it amends; ``terms`` is set once its AMENDED or REJECTED is
-    settled: the row's new quantity, price and disclosed (None: unchanged) and
-    whether the old trigger comes back."""
+    """An order's modify in flight (0014_order_modify.sql): what it reserves besides the
+    hold (a part of the order's blocks), the trigger to restore if the engine refuses
+    it, the disclosed quantity to take if the engine amends the order."""
 
-    pending: bool = False
-    cash: int = 0
-    shares: int = 0
-    undo_trigger: int | None = None
-    disclosed: int | None = None
-    terms: _TermsRow | None = None
+    cash: int
+    shares: int
+    undo_trigger: int | None
+    disclosed: int | None
 
 
 @dataclass
@@ -112,8 +108,9 @@ class _Order:
     side: Side
     status: str
     reject_reason: str | None
-    hold: OrderHold  # without the reserve of a pending modify (0014_order_modify.sql)
-    modify: _Modify = field(default_factory=_Modify)
+    hold: OrderHold  # without the reserve of a modify in flight
+    modify: _Modify | None = None  # a modify in flight
+    terms: _TermsRow | None = None  # the row's terms once its modify is settled
     changed: bool = False
 
 
@@ -191,9 +188,6 @@ class _OrderRow(msgspec.Struct):
     hold_price_ticks: int
     blocked_cash: int
     blocked_shares: int
-    modify_pending: bool
-    modify_cash: int
-    modify_shares: int
     filled_quantity: int
     filled_notional: int
     fees: int
@@ -201,14 +195,15 @@ class _OrderRow(msgspec.Struct):
 
 
 class _TermsRow(msgspec.Struct):
-    """An order's terms after its modify is settled (None: unchanged)."""
+    """An order's terms once its modify is settled (None: unchanged): the engine's for
+    an amend, the trigger before it for a refused one."""
 
     trade_date: date
     order_id: int
     quantity: int | None
     price: int | None
     disclosed: int | None
-    trigger: int | None  # the trigger before a refused modify
+    trigger: int | None
 
 
 _json = msgspec.json.Encoder().encode
@@ -309,12 +304,12 @@ class SettlementConsumer:
             )
         }
         orders = {}
+        pending = []
         for row in conn.execute(
             "SELECT order_id, trade_date, account_id, symbol, side, status, reject_reason, "
             "quantity, hold_price_ticks, blocked_cash - modify_cash, "
             "blocked_shares - modify_shares, filled_quantity, filled_notional, fees, "
-            "modify_pending, modify_cash, modify_shares, modify_undo_trigger, modify_disclosed "
-            "FROM orders WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE",
+            "modify_pending FROM orders WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE",
             (ids,),
         ):
             order_id, trade_date, account_id, symbol, side, status, reason, *rest = row
@@ -327,8 +322,16 @@ class SettlementConsumer:
                 status,
                 reason,
                 OrderHold(Side[side], *rest[:7]),
-                _Modify(*rest[7:]),
             )
+            if rest[7]:
+                pending.append(order_id)
+        if pending:  # rare: read what they reserve only then
+            for order_id, *modify in conn.execute(
+                "SELECT order_id, modify_cash, modify_shares, modify_undo_trigger, "
+                "modify_disclosed FROM orders WHERE order_id = ANY(%s)",
+                (pending,),
+            ):
+                orders[order_id].modify = _Modify(*modify)
         trades = sorted({trade_id(e) for e in events if e.type == EventType.TRADE})
         known = (
             set(
@@ -373,7 +376,6 @@ class SettlementConsumer:
             # an amend's reserve is released and its old trigger comes back
             if e.op == Op.AMEND:
                 self._release_modify(batch, order)
-                order.modify.terms = self._terms(order, trigger=order.modify.undo_trigger)
             self._record(batch, shard, e, order, {"refused": Op(e.op).name})
         elif kind in END_STATUS:
             if kind == EventType.REJECTED and (
@@ -494,7 +496,7 @@ class SettlementConsumer:
         total is what filled plus that (a fill between the request and the amend adds to
         the asked total, as the engine did), its hold and reserve are repriced to what
         the new terms need, the rest released."""
-        m = order.modify
+        m = order.modify or _Modify(0, 0, None, None)
         h = order.hold
         order.hold = replace(
             h,
@@ -502,41 +504,34 @@ class SettlementConsumer:
             blocked_cash=h.blocked_cash + m.cash,
             blocked_shares=h.blocked_shares + m.shares,
         )
-        m.pending, m.cash, m.shares = False, 0, 0  # now a part of the hold
+        order.modify = None  # its reserve is now a part of the hold
         self._settle(batch, order, amend(order.hold, price_ticks, instrument, self.fees))
-        m.terms = self._terms(
-            order,
-            quantity=order.hold.quantity,
-            price=instrument.ticks_to_paise(price_ticks),
-            disclosed=m.disclosed,
+        order.terms = _TermsRow(
+            order.trade_date,
+            order.order_id,
+            order.hold.quantity,
+            instrument.ticks_to_paise(price_ticks),
+            m.disclosed,
+            None,
         )
 
     def _release_modify(self, batch: _Batch, order: _Order) -> None:
-        """A pending modify's reserve goes back (its REJECTED, or the order's end)."""
+        """A modify the engine refuses (its REJECTED, or the order's end first: the
+        engine will refuse it) gives back its reserve and the old trigger."""
         m = order.modify
-        if m.cash or m.shares:
-            self._settle(
-                batch,
-                order,
-                Settlement(
-                    AccountDelta(blocked_cash=-m.cash),
-                    PositionDelta(blocked_quantity=-m.shares),
-                    OrderDelta(),
-                ),
-            )
-        m.pending, m.cash, m.shares = False, 0, 0
-        order.changed = True
-
-    @staticmethod
-    def _terms(
-        order: _Order,
-        *,
-        quantity: int | None = None,
-        price: int | None = None,
-        disclosed: int | None = None,
-        trigger: int | None = None,
-    ) -> _TermsRow:
-        return _TermsRow(order.trade_date, order.order_id, quantity, price, disclosed, trigger)
+        if m is None:
+            return
+        self._settle(
+            batch,
+            order,
+            Settlement(
+                AccountDelta(blocked_cash=-m.cash),
+                PositionDelta(blocked_quantity=-m.shares),
+                OrderDelta(),
+            ),
+        )
+        order.modify = None
+        order.terms = _TermsRow(order.trade_date, order.order_id, None, None, None, m.undo_trigger)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -593,7 +588,7 @@ class SettlementConsumer:
         """One statement per table for the whole batch, its rows one JSON array, the
         statements pipelined: a statement per row cost ~100 µs per event on each side."""
         h = [o for _, o in sorted(batch.orders.items()) if o.changed]
-        terms = [o.modify.terms for o in h if o.modify.terms is not None]
+        terms = [o.terms for o in h if o.terms is not None]
         writes: list[tuple[str, Sequence[msgspec.Struct]]] = [
             (
                 _UPDATE_ACCOUNTS,
@@ -631,11 +626,8 @@ def _order_row(o: _Order) -> _OrderRow:
         o.status,
         o.reject_reason,
         h.hold_price_ticks,
-        h.blocked_cash + m.cash,
-        h.blocked_shares + m.shares,
-        m.pending,
-        m.cash,
-        m.shares,
+        h.blocked_cash + (m.cash if m else 0),
+        h.blocked_shares + (m.shares if m else 0),
         h.filled_quantity,
         h.filled_notional,
         h.fees,
@@ -664,19 +656,17 @@ _UPDATE_ORDERS = (
     "blocked_cash = v.blocked_cash, blocked_shares = v.blocked_shares, "
     "hold_amount = v.blocked_cash + v.blocked_shares, filled_quantity = v.filled_quantity, "
     "filled_notional = v.filled_notional, fees = v.fees, avg_fill_price = v.avg_fill_price, "
-    "modify_pending = v.modify_pending, modify_cash = v.modify_cash, "
-    "modify_shares = v.modify_shares, "
     "updated_at = now() FROM json_to_recordset(%s::json) AS v (trade_date date, "
     "order_id bigint, status text, reject_reason text, hold_price_ticks bigint, "
-    "blocked_cash bigint, blocked_shares bigint, modify_pending boolean, "
-    "modify_cash bigint, modify_shares bigint, filled_quantity bigint, "
-    "filled_notional bigint, fees bigint, avg_fill_price numeric) "
-    "WHERE o.trade_date = v.trade_date AND o.order_id = v.order_id"
+    "blocked_cash bigint, "
+    "blocked_shares bigint, filled_quantity bigint, filled_notional bigint, fees bigint, "
+    "avg_fill_price numeric) WHERE o.trade_date = v.trade_date AND o.order_id = v.order_id"
 )
 _UPDATE_TERMS = (
     "UPDATE orders o SET quantity = coalesce(v.quantity, o.quantity), "
     "price = coalesce(v.price, o.price), disclosed_qty = coalesce(v.disclosed, o.disclosed_qty), "
-    "trigger_price = coalesce(v.trigger, o.trigger_price), modify_undo_trigger = NULL, "
+    "trigger_price = coalesce(v.trigger, o.trigger_price), modify_pending = false, "
+    "modify_cash = 0, modify_shares = 0, modify_undo_trigger = NULL, "
     "modify_disclosed = NULL FROM json_to_recordset(%s::json) AS v (trade_date date, "
     "order_id bigint, quantity bigint, price bigint, disclosed bigint, trigger bigint) "
     "WHERE o.trade_date = v.trade_date AND o.order_id = v.order_id"
