@@ -183,10 +183,11 @@ class Postback:
 
 
 async def targets_of(conn: AsyncConnection, users: Sequence[str]) -> dict[str, list[Target]]:
-    """The registrations of each of these users that has any."""
+    """The registrations of each of these users that has any (the ids sent as a binary
+    array: psycopg quotes a text one element by element, 0.4 ms of 1,000 ids)."""
     rows = await (
         await conn.execute(
-            "SELECT user_id, postback_id, url, secret FROM postbacks WHERE user_id = ANY(%s) "
+            "SELECT user_id, postback_id, url, secret FROM postbacks WHERE user_id = ANY(%b) "
             "ORDER BY postback_id",
             (list(users),),
         )
