@@ -23,6 +23,7 @@
 #ifndef BROKERCORE_MEMORY_H
 #define BROKERCORE_MEMORY_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -95,6 +96,8 @@ static void bc_prefault_wait(bc_prefaulter *f, size_t bytes) {
     pthread_mutex_unlock(&f->lock);
 }
 
+static int bc_prefault_unsupported = 0;       /* madvise said EINVAL: start no thread */
+
 static void *bc_prefault_run(void *arg) {
     bc_prefaulter *f = (bc_prefaulter *)arg;
     char *p = f->start;
@@ -108,8 +111,11 @@ static void *bc_prefault_run(void *arg) {
         }
         n = (size_t)(f->end - p) < BC_PREFAULT_STEP ? (size_t)(f->end - p) : BC_PREFAULT_STEP;
 #ifdef MADV_POPULATE_WRITE
-        if (madvise(p, n, MADV_POPULATE_WRITE) != 0)
+        if (madvise(p, n, MADV_POPULATE_WRITE) != 0) {
+            if (errno == EINVAL)                /* a kernel before 5.14: never again */
+                __atomic_store_n(&bc_prefault_unsupported, 1, __ATOMIC_RELAXED);
             break;
+        }
 #endif
         p += n;
     }
@@ -136,15 +142,16 @@ static int bc_prefault_sync_init(bc_prefaulter *f) {
 
 /* Start faulting in the whole pages of [base, base + n) on a new thread, ahead of the
    writer (bc_prefault_progress); NULL when none was started (less than
-   BC_PREFAULT_MIN, no MADV_POPULATE_WRITE, no memory or thread to be had): the pages
-   then fault in as they are written. The memory must stay mapped until
-   bc_prefault_stop. */
+   BC_PREFAULT_MIN, no MADV_POPULATE_WRITE in the headers or the kernel, no memory or
+   thread to be had): the pages then fault in as they are written. The memory must stay
+   mapped until bc_prefault_stop. */
 static void *bc_prefault_start(void *base, size_t n) {
 #ifdef MADV_POPULATE_WRITE
     uintptr_t start = ((uintptr_t)base + BC_PAGE - 1) & ~(BC_PAGE - 1);
     uintptr_t end = ((uintptr_t)base + n) & ~(BC_PAGE - 1);
     bc_prefaulter *f;
-    if (end < start + BC_PREFAULT_MIN || (f = (bc_prefaulter *)malloc(sizeof(bc_prefaulter))) == NULL)
+    if (end < start + BC_PREFAULT_MIN || __atomic_load_n(&bc_prefault_unsupported, __ATOMIC_RELAXED)
+        || (f = (bc_prefaulter *)malloc(sizeof(bc_prefaulter))) == NULL)
         return NULL;
     f->base = (char *)base;
     f->start = (char *)start;
