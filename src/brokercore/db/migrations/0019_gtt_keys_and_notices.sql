@@ -1,0 +1,76 @@
+-- 0019_gtt_keys_and_notices: a GTT's idempotency key, and the user's notification when a
+-- GTT ends by itself (issue 16, "triggers that outlive a day": "the user is notified";
+-- docs/gtt.md).
+--
+-- Idempotency: POST /api/v1/gtt may carry an idempotencyKey (brokercore.entry.gtt); the
+-- GTT it made keeps the key and its request's hash, so a retry finds it, and the same key
+-- for another request is refused. A key names one GTT of the account for ever (GTTs are
+-- never deleted): the database refuses a second.
+--
+-- Notices: the moment a GTT ends without the user (its order placed, its order refused
+-- at firing = FAILED, or EXPIRED), the statement that ends it also stores the
+-- notification in the user's inbox (notification_inbox, 0012), in the same transaction
+-- whichever process ends it (the trigger service's placer and expiry today): a crash
+-- leaves both or neither, and a GTT ends once, so it is told once (its id 'gtt:<id>').
+-- A CANCELLED GTT is the user's own doing and is not told.
+
+ALTER TABLE gtts
+    ADD COLUMN idempotency_key TEXT,
+    ADD COLUMN request_hash    TEXT,
+    ADD CONSTRAINT gtts_key_with_hash CHECK ((idempotency_key IS NULL) = (request_hash IS NULL)),
+    ADD CONSTRAINT gtts_key_once UNIQUE (account_id, idempotency_key);
+COMMENT ON COLUMN gtts.idempotency_key IS
+    'The client''s idempotencyKey of the POST that made it (NULL: none); one GTT per key.';
+COMMENT ON COLUMN gtts.request_hash IS
+    'Hash of that request''s body: the same key with another body is a client error.';
+
+-- The notification as the notifier renders one (brokercore.realtime.channels.Notification:
+-- type, id, kind, title, body, symbol, createdAt, orderId), amounts as format_paise
+-- writes them.
+CREATE FUNCTION gtts_notice() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    leg     jsonb := CASE NEW.fired_leg WHEN 2 THEN NEW.order_2 ELSE NEW.order_1 END;
+    gtt     text := format('Your GTT %s on %s', NEW.gtt_id, NEW.symbol);
+    fired   text := 'triggered at ' || to_char(NEW.fired_price / 100.0, 'FM999,999,999,990.00');
+    order_s text := format('order to %s %s %s', leg ->> 'side',
+                           to_char((leg ->> 'quantity')::bigint, 'FM999,999,999,990'),
+                           NEW.symbol);
+    kind    text;
+    title   text;
+    body    text;
+BEGIN
+    IF NEW.status = 'EXPIRED' THEN
+        kind := 'GTT_EXPIRED';
+        title := 'GTT expired';
+        body := gtt || ' expired without triggering';
+    ELSIF NEW.status = 'FAILED' THEN
+        kind := 'GTT_FAILED';
+        title := 'GTT order refused';
+        body := format('%s %s, but its %s was refused: %s',
+                       gtt, fired, order_s, NEW.failure_message);
+    ELSE
+        kind := 'GTT_TRIGGERED';
+        title := 'GTT triggered';
+        body := format('%s %s: %s placed', gtt, fired, order_s);
+    END IF;
+    INSERT INTO notification_inbox (notification_id, user_id, notification)
+    SELECT 'gtt:' || NEW.gtt_id, a.user_id,
+           jsonb_build_object(
+               'type', 'NOTIFICATION', 'id', 'gtt:' || NEW.gtt_id, 'kind', kind,
+               'title', title, 'body', body, 'symbol', NEW.symbol,
+               'createdAt', to_char(now() AT TIME ZONE 'UTC',
+                                    'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+               'orderId', NEW.order_id)
+      FROM accounts a WHERE a.account_id = NEW.account_id
+    ON CONFLICT (notification_id) DO NOTHING;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE TRIGGER gtts_notice_on_end
+    AFTER UPDATE OF status, order_id ON gtts
+    FOR EACH ROW
+    WHEN ((NEW.status IN ('EXPIRED', 'FAILED') AND OLD.status <> NEW.status)
+          OR (NEW.order_id IS NOT NULL AND OLD.order_id IS NULL))
+    EXECUTE FUNCTION gtts_notice();
