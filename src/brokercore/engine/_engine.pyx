@@ -2292,7 +2292,8 @@ cdef class OrderBook:
         Returns the events as an EVENT_DTYPE array. Field values are never trusted:
         each bad command becomes a REJECTED event. Raises TypeError/ValueError only
         for an array without COMMAND_DTYPE's fields or not one-dimensional, before
-        anything is applied (see records.as_commands).
+        anything is applied (see records.as_commands). A large batch with no event
+        buffer to reuse has a short-lived thread fault the new buffer in ahead of it.
         """
         cdef int64_t n, applied
         cdef const Command* cmds
