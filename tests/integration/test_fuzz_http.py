@@ -37,6 +37,7 @@ ROUTES = [
     ("oms", "POST", "/api/v1/orders"),
     ("oms", "DELETE", "/api/v1/orders"),
     ("oms", "DELETE", "/api/v1/orders/{id}"),
+    ("oms", "PATCH", "/api/v1/orders/{id}"),
     ("oms", "POST", "/api/v1/margins/orders"),
     ("oms", "POST", "/api/v1/gtt"),
     ("oms", "GET", "/api/v1/gtt"),
