@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, date, datetime
@@ -29,9 +30,11 @@ from brokercore.engine.records import EventType, Op, Reason, Side
 from brokercore.kafka.messages import Event, EventBatch, encode
 from brokercore.kafka.topics import partition_of
 from brokercore.notify.consumer import notifier_group_id
-from brokercore.notify.dead_letters import PostbackDeadLetter
+from brokercore.notify.dead_letters import DeadLetters, PostbackDeadLetter
 from brokercore.notify.postbacks import MAX_POSTBACKS
+from brokercore.realtime.channels import Notification
 from brokercore.services.notifier_api import create_app
+from brokercore.services.reconciler import retry_postbacks
 from http_support import assert_error
 from oms_support import auth
 from postback_endpoint import Authority, Endpoint
@@ -414,3 +417,49 @@ def test_order_updates_are_posted_signed_in_order_retried_and_dead_lettered(
         assert (x.user_id, x.attempts) == ("alice", 3)
         expected = "HTTP 500" if by_url[x.url] == "failing" else "CERTIFICATE_VERIFY_FAILED"
         assert expected in x.last_error, x
+
+
+def test_the_reconciler_retries_dead_lettered_postbacks(database, kafka, tmp_path):
+    trusted = Authority(tmp_path, "trusted")
+    endpoint = Endpoint(*trusted.issue("loopback", ["127.0.0.1"]), failing=1, status=503)
+    settings = service_settings(
+        database,
+        f"t{uuid.uuid4().hex[:12]}:",
+        postback_private_hosts=True,
+        postback_ca_file=str(trusted.ca_file),
+    )
+    [registration] = register(settings, [endpoint.url()])
+    n = Notification("1:9:4", "CANCELLED", "Order cancelled", "b", "RELIANCE", "2026-03-02", 4)
+    letters = [
+        PostbackDeadLetter(n, "alice", int(registration["id"]), endpoint.url(), 6, "HTTP 500", "t"),
+        PostbackDeadLetter(n, "alice", 10**9, "https://gone.example.com/", 6, "HTTP 500", "t"),
+    ]
+
+    async def dead_letter() -> None:
+        producer = DeadLetters(KAFKA_BOOTSTRAP, kafka.postback_dead_letter_topic)
+        try:
+            for letter in letters:
+                await producer.put(letter)
+        finally:
+            producer.close()
+
+    def reconcile():
+        return asyncio.run(retry_postbacks(settings, kafka, True, asyncio.Event()))
+
+    try:
+        asyncio.run(dead_letter())
+        first = reconcile()  # the endpoint answers 503 once; the deleted one is dropped
+        assert (first.delivered, first.failed, first.unreadable) == (1, 1, 0)
+        assert [(x.postback_id, x.attempts) for x in dead_letters(kafka)[2:]] == [
+            (int(registration["id"]), 7)
+        ]
+        second = reconcile()
+        assert (second.delivered, second.failed) == (1, 0)
+        third = reconcile()  # its offsets committed: nothing left
+        assert (third.delivered, third.failed) == (0, 0)
+    finally:
+        endpoint.close()
+    [refused, taken] = endpoint.seen()
+    assert (refused.status, taken.status) == (503, 200) and taken.body == refused.body
+    assert json.loads(taken.body)["id"] == "1:9:4"
+    assert verify(registration["secret"], taken.headers[SIGNATURE_HEADER], taken.body, time.time())

@@ -49,6 +49,7 @@ __all__ = [
     "Target",
     "Postback",
     "targets_of",
+    "target_of",
     "Postbacks",
 ]
 
@@ -196,6 +197,18 @@ async def targets_of(conn: AsyncConnection, users: Sequence[str]) -> dict[str, l
     for user, *target in rows:
         targets[user].append(Target(*target))
     return targets
+
+
+async def target_of(conn: AsyncConnection, user: str, postback_id: int) -> Target | None:
+    """The user's registration ``postback_id`` as it is now; None once deleted."""
+    row = await (
+        await conn.execute(
+            "SELECT postback_id, url, secret FROM postbacks WHERE postback_id = %s "
+            "AND user_id = %s",
+            (postback_id, user),
+        )
+    ).fetchone()
+    return None if row is None else Target(*row)
 
 
 class _Shared:

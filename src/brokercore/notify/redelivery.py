@@ -1,22 +1,29 @@
-"""The dead letters, once more: the reconciler's pass over the pushes the notifier
-dead-lettered (``brokercore.notify.dead_letters``), each pushed again; one that fails
-again goes back on the topic with its attempts counted."""
+"""The dead letters, once more: the reconciler's pass over the pushes or the postbacks
+the notifier dead-lettered (``brokercore.notify.dead_letters``), each sent again; one
+that fails again goes back on its topic with its attempts counted."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from brokercore.notify.dead_letters import DeadLetters, PushDeadLetter
-from brokercore.notify.push import PushFailed, PushProvider
+from brokercore.notify.dead_letters import DeadLetters, PostbackDeadLetter, PushDeadLetter
+from brokercore.notify.push import PushFailed
 
-__all__ = ["Redelivery", "redeliver_dead_letters", "redelivery_group_id"]
+__all__ = [
+    "Redelivery",
+    "redeliver_dead_letters",
+    "redelivery_group_id",
+    "postback_redelivery_group_id",
+]
 
 log = logging.getLogger("brokercore.notify.redelivery")
 
@@ -27,13 +34,21 @@ def redelivery_group_id(prefix: str) -> str:
     return f"{prefix}brokercore-notification-retry"
 
 
+def postback_redelivery_group_id(prefix: str) -> str:
+    """The same, of the postbacks' dead-letter topic."""
+    return f"{prefix}brokercore-postback-retry"
+
+
+Letter = TypeVar("Letter", PushDeadLetter, PostbackDeadLetter)
+
+
 @dataclass
 class Redelivery:
     """What one pass over the dead letters did."""
 
     delivered: int = 0
     failed: int = 0  # failed again: back on the topic, attempts + 1
-    unreadable: int = 0  # not a PushDeadLetter: logged and passed over
+    unreadable: int = 0  # not a dead letter of its kind: logged and passed over
 
     def __add__(self, other: Redelivery) -> Redelivery:
         return Redelivery(
@@ -47,14 +62,16 @@ async def redeliver_dead_letters(
     bootstrap: str,
     topic: str,
     group: str,
-    provider: PushProvider,
+    kind: type[Letter],
+    send: Callable[[Letter], Awaitable[None]],
     dead_letters: DeadLetters,
     concurrency: int = 16,
 ) -> Redelivery:
-    """One pass over the dead letters that are on ``topic`` when it starts, from
-    ``group``'s committed offsets: each is pushed once more, one that fails again goes
-    back on the topic with its attempts counted, and the group's offsets are committed
-    past every letter done (up to the first whose re-dead-lettering failed)."""
+    """One pass over the dead letters (of ``kind``) that are on ``topic`` when it starts,
+    from ``group``'s committed offsets: each is sent once more (``send``, PushFailed if
+    not taken), one that fails again goes back on the topic with its attempts counted,
+    and the group's offsets are committed past every letter done (up to the first whose
+    re-dead-lettering failed)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -68,7 +85,7 @@ async def redeliver_dead_letters(
     try:
         letters = await asyncio.to_thread(_read_letters, consumer, topic)
         slots, stats = asyncio.Semaphore(concurrency), Redelivery()
-        decoder = msgspec.msgpack.Decoder(PushDeadLetter)
+        decoder = msgspec.msgpack.Decoder(kind)
 
         async def retry(value: bytes) -> None:
             try:
@@ -79,7 +96,7 @@ async def redeliver_dead_letters(
                 return
             async with slots:
                 try:
-                    await provider.send(letter.device_token, letter.notification)
+                    await send(letter)
                     stats.delivered += 1
                     return
                 except PushFailed as e:

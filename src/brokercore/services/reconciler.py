@@ -5,6 +5,8 @@ events with Postgres, and checks Postgres's own invariants (brokercore.consumers
     brokercore service reconciler --report       the findings, one a line; exit 1 if any
     brokercore service reconciler --notifications [--once]
                                                  retry dead-lettered pushes
+    brokercore service reconciler --postbacks [--once]
+                                                 retry dead-lettered postbacks
 
 Every ``--every`` seconds it re-publishes the outbox rows of orders still PENDING after
 ``--older-than`` seconds (and rows never acknowledged by Kafka), so an order stored by
@@ -17,6 +19,8 @@ WARNING. Settings: BROKERCORE_* variables.
 With ``--notifications`` it instead retries, every BROKERCORE_DEAD_LETTER_RETRY_INTERVAL
 seconds, the pushes the notifier dead-lettered (brokercore.notify.redelivery):
 each once more through BROKERCORE_PUSH_URL; one that fails again goes back on the topic.
+With ``--postbacks``, likewise the postbacks (docs/postbacks.md), each to its
+registration as it is now (one deleted meanwhile is dropped).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import argparse
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -41,10 +45,13 @@ from brokercore.consumers.reconcile import (
 )
 from brokercore.entry.outbox import OutboxPublisher
 from brokercore.faults.backoff import Backoff, transient
-from brokercore.notify.dead_letters import DeadLetters
+from brokercore.notify.dead_letters import DeadLetters, PostbackDeadLetter, PushDeadLetter
+from brokercore.notify.postbacks import Postback, Postbacks, target_of
 from brokercore.notify.push import HttpPushProvider, PushProvider
 from brokercore.notify.redelivery import (
+    Letter,
     Redelivery,
+    postback_redelivery_group_id,
     redeliver_dead_letters,
     redelivery_group_id,
 )
@@ -105,40 +112,108 @@ async def retry_notifications(
     stop: asyncio.Event,
     provider: PushProvider | None = None,
 ) -> Redelivery:
-    """Runs the dead-letter rounds (one if ``once``); returns what they did in all."""
-    if provider is None:
-        provider = HttpPushProvider(push_url(settings))
-    topic = kafka.notification_dead_letter_topic
-    dead_letters = DeadLetters(kafka.bootstrap, topic)
-    total = Redelivery()
+    """Runs the pushes' dead-letter rounds (one if ``once``); returns what they did in all."""
+    push = provider or HttpPushProvider(push_url(settings))
+    dead_letters = DeadLetters(kafka.bootstrap, kafka.notification_dead_letter_topic)
+
+    async def send(letter: PushDeadLetter) -> None:
+        await push.send(letter.device_token, letter.notification)
+
     try:
-        while True:
-            done = await redeliver_dead_letters(
-                kafka.bootstrap,
-                topic,
-                redelivery_group_id(kafka.topic_prefix),
-                provider,
-                dead_letters,
-            )
-            total += done
-            if done.delivered or done.failed or done.unreadable:
-                log.info(
-                    "dead-lettered pushes: %d delivered, %d failed again, %d unreadable",
-                    done.delivered,
-                    done.failed,
-                    done.unreadable,
-                )
-            if once:
-                return total
-            try:
-                await asyncio.wait_for(stop.wait(), settings.dead_letter_retry_interval)
-                return total
-            except TimeoutError:
-                pass
+        return await _retry_rounds(
+            settings,
+            kafka.bootstrap,
+            redelivery_group_id(kafka.topic_prefix),
+            PushDeadLetter,
+            send,
+            dead_letters,
+            once,
+            stop,
+        )
     finally:
         await asyncio.to_thread(dead_letters.close)
-        if isinstance(provider, HttpPushProvider):
-            await provider.aclose()
+        if isinstance(push, HttpPushProvider):
+            await push.aclose()
+
+
+async def retry_postbacks(
+    settings: ServiceSettings, kafka: KafkaSettings, once: bool, stop: asyncio.Event
+) -> Redelivery:
+    """Runs the postbacks' dead-letter rounds (one if ``once``), each letter sent to its
+    registration as it is now (one deleted meanwhile is dropped); returns what they did."""
+    pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=2, open=False)
+    sender = Postbacks(
+        DeadLetters(kafka.bootstrap, kafka.postback_dead_letter_topic),
+        timeout=settings.postback_timeout,
+        per_url=settings.postback_per_url,
+        ca_file=settings.postback_ca_file,
+    )
+    slots = asyncio.Semaphore(16)
+
+    async def send(letter: PostbackDeadLetter) -> None:
+        async with pool.connection() as conn:
+            target = await target_of(conn, letter.user_id, letter.postback_id)
+        if target is None:
+            log.info(
+                "postback %s dropped: registration %d deleted",
+                letter.notification.id,
+                letter.postback_id,
+            )
+            return
+        await sender.send(Postback(letter.user_id, target, letter.notification), slots)
+
+    try:
+        await pool.open(wait=True)
+        return await _retry_rounds(
+            settings,
+            kafka.bootstrap,
+            postback_redelivery_group_id(kafka.topic_prefix),
+            PostbackDeadLetter,
+            send,
+            sender.dead_letters,
+            once,
+            stop,
+        )
+    finally:
+        await asyncio.to_thread(sender.dead_letters.close)
+        await sender.aclose()
+        await pool.close()
+
+
+async def _retry_rounds(
+    settings: ServiceSettings,
+    bootstrap: str,
+    group: str,
+    kind: type[Letter],
+    send: Callable[[Letter], Awaitable[None]],
+    dead_letters: DeadLetters,
+    once: bool,
+    stop: asyncio.Event,
+) -> Redelivery:
+    """A pass over the dead letters on ``dead_letters``' topic every
+    BROKERCORE_DEAD_LETTER_RETRY_INTERVAL seconds (one if ``once``) until ``stop``; what
+    they did in all."""
+    total = Redelivery()
+    while True:
+        done = await redeliver_dead_letters(
+            bootstrap, dead_letters.topic, group, kind, send, dead_letters
+        )
+        total += done
+        if done.delivered or done.failed or done.unreadable:
+            log.info(
+                "%s: %d delivered, %d failed again, %d unreadable",
+                dead_letters.topic,
+                done.delivered,
+                done.failed,
+                done.unreadable,
+            )
+        if once:
+            return total
+        try:
+            await asyncio.wait_for(stop.wait(), settings.dead_letter_retry_interval)
+            return total
+        except TimeoutError:
+            pass
 
 
 def push_url(settings: ServiceSettings) -> str:
@@ -204,6 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="retry the dead-lettered pushes (every BROKERCORE_DEAD_LETTER_RETRY_INTERVAL seconds)",
     )
+    parser.add_argument(
+        "--postbacks", action="store_true", help="retry the dead-lettered postbacks, likewise"
+    )
     args = parser.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per push
 
@@ -211,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings: ServiceSettings, kafka: KafkaSettings, stop: threading.Event
     ) -> Redelivery:
         async with asyncio_stop(stop) as stopped:
+            if args.postbacks:
+                return await retry_postbacks(settings, kafka, args.once, stopped)
             return await retry_notifications(settings, kafka, args.once, stopped)
 
     async def outbox(settings: ServiceSettings, kafka: KafkaSettings, stop: threading.Event) -> int:
@@ -220,11 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(kafka: KafkaSettings, settings: ServiceSettings, stop: threading.Event) -> int:
         if args.report:
             return report(settings, kafka)
-        if args.notifications:
+        if args.notifications or args.postbacks:
             done = asyncio.run(notifications(settings, kafka, stop))
             print(
-                f"dead-lettered pushes: {done.delivered} delivered, {done.failed} failed "
-                f"again, {done.unreadable} unreadable"
+                f"dead-lettered {'postbacks' if args.postbacks else 'pushes'}: "
+                f"{done.delivered} delivered, {done.failed} failed again, "
+                f"{done.unreadable} unreadable"
             )
         else:
             print(f"re-published {asyncio.run(outbox(settings, kafka, stop))} outbox rows")
