@@ -1,9 +1,10 @@
 """GTT triggers (docs/gtt.md) through the OMS's HTTP API on the real Postgres and Kafka:
-CRUD and bad input; with the engine daemon, settlement and the trigger service
-(`brokercore service triggers`, a subprocess): a single GTT fires on a trade and its
-order fills, an OCO fires one leg, both OCO legs met in one batch fire one, a delete
-racing the firing ends one way or the other, and a kill -9 of the trigger service while
-it places orders leaves every GTT with exactly one order."""
+CRUD and bad input, an idempotency key under concurrent retries; with the engine daemon,
+settlement and the trigger service (`brokercore service triggers`, a subprocess): a
+single GTT fires on a trade and its order fills, an OCO fires one leg, both OCO legs met
+in one batch fire one, a delete racing the firing ends one way or the other, and a
+kill -9 of the trigger service while it places orders leaves every GTT with exactly one
+order and one notification (an expiry, a firing and a refused order are told)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from brokercore.entry.gtt_orders import expire_gtts
+from brokercore.realtime.channels import Notification
 from oms_support import Api, auth, run
 from platform_support import INSTRUMENTS, platform
 from processes import LoggedProcess
@@ -141,11 +145,55 @@ def test_gtt_crud_bad_input_expiry_and_another_users_gtt(database):
     assert a["ended"][0].json()["status"] == "EXPIRED"
     assert a["ended"][0].json()["legs"][0]["status"] == "EXPIRED"
     assert a["ended"][1].json()["error"]["code"] == "GTT_NOT_ACTIVE"
+    assert notices(api) == {a["ended"][0].json()["gttId"]: ("alice", "GTT_EXPIRED", None)}, (
+        "the expiry told, the user's own cancel not"
+    )
     assert api.rows("SELECT count(*) FROM gtts") == [(3,)], "nothing stored for a refusal"
     assert api.rows("SELECT count(*) FROM orders") == [(0,)], "no order, no hold while waiting"
     assert api.rows("SELECT sum(blocked_cash), sum(blocked_quantity) FROM accounts, positions") == [
         (0, 0)
     ]
+
+
+def notices(api: Api) -> dict[int, tuple[str, str, int | None]]:
+    """The GTT notifications in the inbox: gtt id -> (user, kind, order id)."""
+    told = {}
+    for gtt, user, text in api.rows(
+        "SELECT substr(notification_id, 5)::bigint, user_id, notification::text "
+        "FROM notification_inbox WHERE starts_with(notification_id, 'gtt:')"
+    ):
+        notification = msgspec.json.decode(text, type=Notification)  # as the inbox reads it
+        assert notification.id == f"gtt:{gtt}" and notification.symbol == "RELIANCE"
+        told[gtt] = (user, notification.kind, notification.order_id)
+    return told
+
+
+def test_an_idempotency_key_makes_one_gtt_under_concurrent_retries(database):
+    keyed = single(idempotencyKey="gtt-1")
+
+    async def scenario():
+        async with Api(database, rate_limit_burst=10_000) as api:
+            a = {"first": await create(api, keyed)}
+            a["again"] = await create(api, keyed)
+            a["other"] = await create(api, single(trigger="15100.00", idempotencyKey="gtt-1"))
+            a["bobs"] = await create(api, keyed, user="bob")  # a key is the user's own
+            a["ten"] = await asyncio.gather(
+                *(create(api, oco() | {"idempotencyKey": "gtt-2"}) for _ in range(10))
+            )
+            return api, a
+
+    api, a = run(scenario)
+    first = a["first"].json()
+    assert (a["first"].status_code, a["again"].status_code) == (201, 201)
+    assert a["again"].json() == first, "a retry gets the GTT the key made"
+    assert (a["other"].status_code, a["other"].json()["error"]["code"]) == (
+        422,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
+    assert a["bobs"].status_code == 201 and a["bobs"].json()["gttId"] != first["gttId"]
+    assert {r.status_code for r in a["ten"]} == {201}
+    assert len({r.json()["gttId"] for r in a["ten"]}) == 1, "ten retries at once, one GTT"
+    assert api.rows("SELECT count(*) FROM gtts") == [(3,)]
 
 
 # --- firing, with the engine, settlement and the trigger service ---------------------
@@ -212,6 +260,11 @@ def test_single_fires_and_fills_an_oco_fires_one_leg_a_delete_races_the_firing(d
                 one,
             )
             assert api.rows("SELECT status FROM gtts WHERE gtt_id = %s", pair) == [("ACTIVE",)]
+            placed = api.rows("SELECT order_id FROM gtts WHERE gtt_id = %s", one)[0][0]
+            assert notices(api) == {
+                one: ("alice", "GTT_TRIGGERED", placed),
+                broke: ("bob", "GTT_FAILED", None),
+            }
 
             async def target():
                 async with api:
@@ -331,3 +384,9 @@ def test_both_oco_legs_met_in_one_batch_fire_one_and_kill_9_places_each_order_on
             "WHERE a.user_id = 'alice' ORDER BY 1"
         )
         assert [o for (o,) in alices] == sorted(o for *_, o in ends[1:]), "no order doubled"
+        placed = api.rows(
+            "SELECT g.gtt_id, a.user_id, g.order_id FROM gtts g JOIN accounts a USING (account_id)"
+        )
+        assert notices(api) == {g: (user, "GTT_TRIGGERED", o) for g, user, o in placed}, (
+            "each GTT told once, with its order, across the kill -9"
+        )

@@ -14,6 +14,7 @@ firing is ordered by Postgres, one of the two wins, never both.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,7 +28,7 @@ from psycopg.types.json import Jsonb
 from brokercore.broker.money import rupees
 from brokercore.broker.risk import AccountState, RejectCode
 from brokercore.engine.records import Phase
-from brokercore.entry.order_entry import OrderEntry, OrderRefused, no_account
+from brokercore.entry.order_entry import OrderEntry, OrderRefused, Refusal, no_account
 from brokercore.entry.requests import MAX_QUANTITY, ErrorDetail, PlaceOrderRequest
 
 __all__ = [
@@ -103,12 +104,14 @@ Expiry = Annotated[datetime, msgspec.Meta(tz=True)]
 
 class NewGtt(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
     """POST /api/v1/gtt: a SINGLE has one leg, an OCO two (one ``<=`` below the other's
-    ``>=``). ``expires_at`` defaults to the longest life (a year)."""
+    ``>=``). ``expires_at`` defaults to the longest life (a year). ``idempotency_key``,
+    as a new order's: a retry with it gets the GTT it made."""
 
     symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     kind: Literal["SINGLE", "OCO"]
     legs: Legs
     expires_at: Expiry | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
 
 
 class GttChange(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
@@ -154,11 +157,15 @@ _OWNED = f"""SELECT {_COLUMNS} FROM gtts g JOIN accounts a ON a.account_id = g.a
 _INSERT = f"""
 WITH g AS (
   INSERT INTO gtts (account_id, symbol, kind, condition_1, trigger_1, order_1, condition_2,
-                    trigger_2, order_2, expires_at)
+                    trigger_2, order_2, expires_at, idempotency_key, request_hash)
   VALUES (%(account)s, %(symbol)s, %(kind)s, %(condition_1)s, %(trigger_1)s, %(order_1)s,
-          %(condition_2)s, %(trigger_2)s, %(order_2)s, coalesce(%(expires)s, now() + %(life)s))
+          %(condition_2)s, %(trigger_2)s, %(order_2)s, coalesce(%(expires)s, now() + %(life)s),
+          %(key)s, %(hash)s)
   RETURNING *)
 SELECT {_COLUMNS} FROM g"""
+
+_KEYED = f"""SELECT g.request_hash, {_COLUMNS} FROM gtts g
+ WHERE g.account_id = %s AND g.idempotency_key = %s"""
 
 _UPDATE = f"""
 WITH g AS (
@@ -188,8 +195,9 @@ class GttBook:
 
     async def create(self, user_id: str, gtt: NewGtt) -> GttView:
         """Check and store a new GTT (its account locked, so the limit of ACTIVE ones
-        holds under concurrent requests)."""
-        expires = self._expiry(gtt.expires_at)
+        and one GTT per idempotency key hold under concurrent requests); with the key
+        of a GTT made before, that GTT as it is now, if the request is the same."""
+        fingerprint = _fingerprint(gtt)
         async with self.entry.pool.connection() as conn, conn.transaction():
             row = await (
                 await conn.execute(
@@ -202,6 +210,18 @@ class GttBook:
             if row is None:
                 raise no_account()
             account_id, kyc_status, active = row
+            if gtt.idempotency_key is not None:
+                keyed = await (
+                    await conn.execute(_KEYED, (account_id, gtt.idempotency_key))
+                ).fetchone()
+                if keyed is not None:
+                    if keyed[0] != fingerprint:
+                        raise OrderRefused(
+                            Refusal.IDEMPOTENCY_KEY_REUSED,
+                            "this idempotency key was used for a different GTT",
+                        )
+                    return _view(keyed[1:])
+            expires = self._expiry(gtt.expires_at)  # after: a retry's may have passed
             legs = self._checked(gtt.symbol, gtt.kind, gtt.legs, kyc_status)
             if active >= MAX_ACTIVE_GTTS:
                 raise GttRefused(
@@ -213,6 +233,8 @@ class GttBook:
                 "kind": gtt.kind,
                 "expires": expires,
                 "life": self.life,
+                "key": gtt.idempotency_key,
+                "hash": gtt.idempotency_key and fingerprint,
             } | legs
             created = await (await conn.execute(_INSERT, params)).fetchone()
         assert created is not None  # an INSERT ... RETURNING
@@ -313,6 +335,12 @@ class GttBook:
 def leg_request(symbol: str, order: GttOrder, key: str) -> PlaceOrderRequest:
     """The new order a leg places, ``key`` its idempotency key."""
     return PlaceOrderRequest(symbol, order.side, order.type, order.quantity, key, price=order.price)
+
+
+def _fingerprint(gtt: NewGtt) -> str:
+    """The request without its key: what a retry must repeat."""
+    body = msgspec.json.encode(msgspec.structs.replace(gtt, idempotency_key=None))
+    return hashlib.sha256(body).hexdigest()
 
 
 def _trigger_paise(price: Decimal, leg: int) -> int:
