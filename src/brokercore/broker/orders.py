@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 OrderStatus = Literal[
+    "AMO_PENDING",
     "PENDING",
     "TRIGGER_PENDING",
     "OPEN",
@@ -38,9 +39,16 @@ TRIGGER_PENDING is a stop order waiting outside the book for its trigger)."""
 
 ORDER_STATUSES: tuple[OrderStatus, ...] = get_args(OrderStatus)
 
-OPEN_STATUSES: tuple[OrderStatus, ...] = ("PENDING", "TRIGGER_PENDING", "OPEN", "PARTIALLY_FILLED")
+OPEN_STATUSES: tuple[OrderStatus, ...] = (
+    "AMO_PENDING",
+    "PENDING",
+    "TRIGGER_PENDING",
+    "OPEN",
+    "PARTIALLY_FILLED",
+)
 """The statuses of an order that can still trade (and hold cash or shares): a waiting
-stop can fire at any time, so it is open too. orders_open_idx (0008) has this predicate."""
+stop can fire at any time, so it is open too, and so is an after-market order waiting
+for its pre-open (0015). orders_open_idx (0015) has this predicate."""
 
 CANCEL_REQUESTED = "CANCEL_REQUESTED"  # a cancel's receipt: asked of the engine, not done
 

@@ -32,8 +32,9 @@ MAX_CANCELS = 1000
 _REQUEST = json.dumps({"request": "cancel"})  # the history payload of OrderEntry.cancel
 
 # The literal list (not a parameter) lets the planner use orders_open_idx, whose
-# predicate it is.
-_OPEN = ", ".join(f"'{status}'" for status in OPEN_STATUSES)
+# predicate it implies. A waiting after-market order is not the engine's to cancel: it
+# is cancelled one at a time (OrderEntry.cancel).
+_OPEN = ", ".join(f"'{status}'" for status in OPEN_STATUSES if status != "AMO_PENDING")
 _OPEN_ORDERS = f"""
 SELECT o.order_id, o.symbol, o.status, o.filled_quantity FROM orders o
  WHERE o.account_id = %(account)s AND o.status IN ({_OPEN})

@@ -19,6 +19,11 @@ re-band may lift the band's top while an order waits, and no fill may cost more 
 was held. Market protection: a market or stop-market order (either side) goes as a
 limit IOC at its protection's edge (brokercore.broker.risk.protection_price), a
 percentage of the order's own ``marketProtection`` or the OMS's default.
+
+After-market orders (``amo``, 0015): placed while the market is closed, checked as at
+the start of its next session, held, stored AMO_PENDING with their command in
+amo_orders, not the outbox; brokercore.entry.amo sends them at that pre-open, and
+``cancel`` ends one that still waits at once.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import msgspec
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from brokercore.broker.market import MarketInstrument
+from brokercore.broker.market import CompressedSession, MarketInstrument, Session
 from brokercore.broker.orders import CANCEL_REQUESTED, OPEN_STATUSES
 from brokercore.broker.risk import (
     LIMIT_TYPES,
@@ -53,7 +58,7 @@ from brokercore.broker.risk import (
     check_order,
 )
 from brokercore.config import KafkaSettings
-from brokercore.engine.records import Side, Tif
+from brokercore.engine.records import Phase, Side, Tif
 from brokercore.entry.outbox import OutboxRow
 from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import CancelOrder, NewOrder, encode
@@ -94,13 +99,18 @@ new_order AS (
                       price, trigger_price, quantity, disclosed_qty, status, hold_amount,
                       hold_price_ticks, blocked_cash, blocked_shares, created_at, updated_at)
   VALUES (%(order)s, %(trade_date)s, %(account)s, %(symbol)s, %(side)s, %(type)s, %(tif)s,
-          %(price)s, %(trigger)s, %(quantity)s, %(disclosed)s, 'PENDING', %(hold)s,
+          %(price)s, %(trigger)s, %(quantity)s, %(disclosed)s, %(status)s, %(hold)s,
           %(hold_price)s, %(cash)s, %(shares)s, %(now)s, %(now)s)),
 history AS (
   INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
-  VALUES (%(order)s, %(account)s, 'PENDING', %(history)s, %(now)s))
+  VALUES (%(order)s, %(account)s, %(status)s, %(history)s, %(now)s)),
+amo AS (
+  INSERT INTO amo_orders (order_id, symbol, placed_at, topic, partition, payload)
+  SELECT %(order)s, %(symbol)s, %(now)s, %(topic)s, %(partition)s, %(payload)s
+   WHERE %(status)s = 'AMO_PENDING')
 INSERT INTO outbox (topic, partition, key, payload, order_id)
-VALUES (%(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s)
+SELECT %(topic)s, %(partition)s, %(kafka_key)s, %(payload)s, %(order)s
+ WHERE %(status)s = 'PENDING'
 RETURNING outbox_id"""
 
 # oms_order_facts for a whole batch (0006_group_commit.sql): the accounts locked in
@@ -114,8 +124,8 @@ _READ_BATCH = "SELECT * FROM oms_batch_facts(%b, %b, %b)"  # binary: no escaping
 _BATCH_ROWS = """json_to_recordset(%s::json) AS ("user" text, key text, hash text,
     expires timestamptz, "order" bigint, account bigint, symbol text, trade_date date,
     side text, type text, tif text, price bigint, trigger bigint, quantity bigint,
-    disclosed bigint, hold bigint, hold_price bigint, cash bigint, shares bigint,
-    now timestamptz, history text, topic text, partition int, payload text)"""
+    disclosed bigint, status text, hold bigint, hold_price bigint, cash bigint,
+    shares bigint, now timestamptz, history text, topic text, partition int, payload text)"""
 _WRITE_BATCH = f"""
 WITH r AS (SELECT * FROM ROWS FROM ({_BATCH_ROWS}) WITH ORDINALITY),
 key AS (
@@ -135,13 +145,17 @@ new_order AS (
                       price, trigger_price, quantity, disclosed_qty, status, hold_amount,
                       hold_price_ticks, blocked_cash, blocked_shares, created_at, updated_at)
   SELECT "order", trade_date, account, symbol, side, type, tif, price, trigger, quantity,
-         disclosed, 'PENDING', hold, hold_price, cash, shares, now, now FROM r),
+         disclosed, status, hold, hold_price, cash, shares, now, now FROM r),
 history AS (
   INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
-  SELECT "order", account, 'PENDING', history::jsonb, now FROM r ORDER BY ordinality)
+  SELECT "order", account, status, history::jsonb, now FROM r ORDER BY ordinality),
+amo AS (
+  INSERT INTO amo_orders (order_id, symbol, placed_at, topic, partition, payload)
+  SELECT "order", symbol, now, topic, partition, decode(payload, 'base64') FROM r
+   WHERE status = 'AMO_PENDING')
 INSERT INTO outbox (topic, partition, key, payload, order_id)
 SELECT topic, partition, convert_to(symbol, 'UTF8'), decode(payload, 'base64'), "order"
-  FROM r ORDER BY ordinality
+  FROM r WHERE status = 'PENDING' ORDER BY ordinality
 RETURNING outbox_id, order_id"""
 
 # The last trade price (paise) of each symbol, as the projector keeps it: what a new stop's
@@ -150,6 +164,23 @@ _LAST_PRICES = """
 SELECT s.symbol, (SELECT t.price FROM read_model.trades t WHERE t.symbol = s.symbol
                    ORDER BY t.seq DESC LIMIT 1)
   FROM unnest(%s::text[]) AS s (symbol)"""
+
+
+# A waiting after-market order cancelled: its command never sent, its hold released.
+_CANCEL_AMO = """
+WITH gone AS (DELETE FROM amo_orders WHERE order_id = %(order)s),
+ended AS (
+  UPDATE orders SET status = 'CANCELLED', blocked_cash = 0, blocked_shares = 0,
+                    updated_at = %(now)s
+   WHERE order_id = %(order)s AND trade_date = %(trade_date)s),
+cash AS (
+  UPDATE accounts SET blocked_cash = blocked_cash - %(cash)s, updated_at = now()
+   WHERE account_id = %(account)s AND %(cash)s > 0),
+shares AS (
+  UPDATE positions SET blocked_quantity = blocked_quantity - %(shares)s, updated_at = now()
+   WHERE account_id = %(account)s AND symbol = %(symbol)s AND %(shares)s > 0)
+INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
+VALUES (%(order)s, %(account)s, 'CANCELLED', %(history)s, %(now)s)"""
 
 
 class Refusal(StrEnum):
@@ -165,6 +196,7 @@ class Refusal(StrEnum):
     ORDER_NOT_MODIFIABLE = "ORDER_NOT_MODIFIABLE"  # a market or stop-market order
     MODIFY_PENDING = "MODIFY_PENDING"  # the order's last modify is not settled yet
     MODIFY_LIMIT_REACHED = "MODIFY_LIMIT_REACHED"  # the order took its most modifies
+    AMO_MARKET_OPEN = "AMO_MARKET_OPEN"  # an after-market order while the market takes orders
 
 
 class OrderRefused(Exception):
@@ -262,7 +294,7 @@ class OrderEntry:
         gets the first order back, and its command again if that was never published."""
         now = self.clock()
         fingerprint = _fingerprint(request)
-        trade_date = await self._trade_date(request.symbol, now)
+        trade_date = await self._trade_date(request, now)
         # Two statements in one transaction: read (and lock) what the checks need, then
         # write everything. Round trips are what an order costs here.
         async with self.pool.connection() as conn, conn.transaction():
@@ -286,8 +318,8 @@ class OrderEntry:
             placement = self._decide(
                 user_id, request, fingerprint, now, trade_date, facts, _free(facts), last
             )
-            outbox_id = await _returned_id(conn, _WRITE_ORDER, placement.params)
-        return self._receipt(placement, outbox_id)
+            written = await (await conn.execute(_WRITE_ORDER, placement.params)).fetchone()
+        return self._receipt(placement, None if written is None else written[0])
 
     async def place_batch(
         self, orders: Sequence[tuple[str, PlaceOrderRequest]]
@@ -300,7 +332,7 @@ class OrderEntry:
         fails: nothing of the batch is stored then (the caller may retry it order by
         order, see brokercore.entry.group_commit)."""
         now = self.clock()
-        dates = [await self._trade_date(request.symbol, now) for _, request in orders]
+        dates = [await self._trade_date(request, now) for _, request in orders]
         batch = _Batch()
         async with self.pool.connection() as conn, conn.transaction():
             rows = await (
@@ -339,7 +371,7 @@ class OrderEntry:
                 )
                 outbox = {order_id: outbox_id for outbox_id, order_id in await written.fetchall()}
         return [
-            self._receipt(p, outbox[p.order_id]) if isinstance(p, _Placement) else p
+            self._receipt(p, outbox.get(p.order_id)) if isinstance(p, _Placement) else p
             for p in decided
         ]
 
@@ -362,7 +394,7 @@ class OrderEntry:
         if earlier is not None:  # a retry inside the batch: its command goes with the first
             if earlier.fingerprint != fingerprint:
                 raise _key_reused()
-            return OrderReceipt(earlier.order_id, "PENDING", now, None)
+            return OrderReceipt(earlier.order_id, _status(earlier.params), now, None)
         if facts.key_order_id is not None:
             retry = self._retried(facts, fingerprint, now, request.symbol)
             if retry is not None:
@@ -457,6 +489,7 @@ class OrderEntry:
             ),
             "quantity": request.quantity,
             "disclosed": request.disclosed_quantity or 0,
+            "status": "AMO_PENDING" if request.amo else "PENDING",
             "hold": hold.cash or hold.shares,
             "hold_price": hold.price_ticks or 0,
             "cash": hold.cash,
@@ -489,6 +522,7 @@ class OrderEntry:
             )
         order_type = OrderType(request.type)
         protection = self._protection(request, order_type)
+        at = self._session_time(request, now)
         order = OrderRequest(
             request.symbol,
             Side[request.side],
@@ -502,7 +536,7 @@ class OrderEntry:
         hold = check_order(
             order,
             self.market.get(request.symbol),
-            now,
+            at,
             free,
             fees=self.fees,
             last_price=last.get(request.symbol),
@@ -511,6 +545,19 @@ class OrderEntry:
         if isinstance(hold, RiskRejection):
             raise OrderRefused(hold.code, hold.message)
         return hold
+
+    def _session_time(self, request: PlaceOrderRequest, now: datetime) -> datetime:
+        """When the order's checks apply: now, or for an after-market order, which only
+        a closed market takes, the start of its market's next session."""
+        instrument = self.market.get(request.symbol)
+        if not request.amo or instrument is None:  # the checks refuse an unknown symbol
+            return now
+        if instrument.session.phase(now) is not Phase.CLOSED:
+            raise OrderRefused(
+                Refusal.AMO_MARKET_OPEN,
+                f"the market for {request.symbol} takes orders now: place the order without amo",
+            )
+        return _next_session(instrument.session, now)
 
     def _protection(self, request: PlaceOrderRequest, order_type: OrderType) -> Decimal | None:
         """The order's market protection in percent: its own if it gives one (only a
@@ -532,21 +579,29 @@ class OrderEntry:
             )
         return percent
 
-    def _receipt(self, placement: _Placement, outbox_id: int) -> OrderReceipt:
+    def _receipt(self, placement: _Placement, outbox_id: int | None) -> OrderReceipt:
+        """The answer to a new order; an after-market order has no command to send yet."""
         return OrderReceipt(
             placement.order_id,
-            "PENDING",
+            _status(placement.params),
             placement.now,
-            self._row(outbox_id, placement.symbol, placement.payload),
+            None
+            if outbox_id is None
+            else self._row(outbox_id, placement.symbol, placement.payload),
         )
 
-    async def _trade_date(self, symbol: str, now: datetime) -> date | None:
-        """The order's trade date, its partition of orders made if missing; None for an
-        unknown symbol (the checks refuse it)."""
-        instrument = self.market.get(symbol)
+    async def _trade_date(self, request: PlaceOrderRequest, now: datetime) -> date | None:
+        """The order's trade date (an after-market order's: its session's), its partition
+        of orders made if missing; None for an unknown symbol or an after-market order
+        refused (the checks refuse them)."""
+        instrument = self.market.get(request.symbol)
         if instrument is None:
             return None
-        trade_date = now.astimezone(instrument.session.zone).date()
+        try:
+            at = self._session_time(request, now)
+        except OrderRefused:
+            return None
+        trade_date = at.astimezone(instrument.session.zone).date()
         await self._ensure_partition(trade_date)
         return trade_date
 
@@ -590,7 +645,8 @@ class OrderEntry:
         async with self.pool.connection() as conn, conn.transaction():
             row = await (
                 await conn.execute(
-                    "SELECT o.account_id, o.symbol, o.status, o.filled_quantity FROM orders o "
+                    "SELECT o.account_id, o.symbol, o.status, o.filled_quantity, o.trade_date, "
+                    "o.blocked_cash, o.blocked_shares FROM orders o "
                     "JOIN accounts a ON a.account_id = o.account_id "
                     "WHERE o.order_id = %s AND a.user_id = %s FOR UPDATE OF o",
                     (order_id, user_id),
@@ -598,7 +654,22 @@ class OrderEntry:
             ).fetchone()
             if row is None:  # another user's order looks the same
                 raise OrderRefused(Refusal.ORDER_NOT_FOUND, f"no order {order_id}")
-            account_id, symbol, status, filled = row
+            account_id, symbol, status, filled, trade_date, cash, shares = row
+            if status == "AMO_PENDING":  # not sent yet: ended here, its hold released
+                await conn.execute(
+                    _CANCEL_AMO,
+                    {
+                        "order": order_id,
+                        "trade_date": trade_date,
+                        "account": account_id,
+                        "symbol": symbol,
+                        "cash": cash,
+                        "shares": shares,
+                        "now": now,
+                        "history": json.dumps({"request": "cancel"}),
+                    },
+                )
+                return OrderReceipt(order_id, "CANCELLED", now, None)
             if status not in OPEN_STATUSES:
                 raise OrderRefused(
                     Refusal.ORDER_NOT_OPEN, f"order {order_id} is {status} and cannot be cancelled"
@@ -684,6 +755,27 @@ def _engine_order(
     return cap, False, Tif.IOC if stop else hold.time_in_force
 
 
+def _next_session(session: Session, now: datetime) -> datetime:
+    """The first moment after ``now`` at which the session takes orders: its next
+    pre-open's start (a millisecond in), else its opening."""
+    opens = session.next_open(now)
+    while True:
+        if session.pre_open is not None:
+            start = datetime.combine(opens.date(), session.pre_open, tzinfo=session.zone)
+        elif isinstance(session, CompressedSession):
+            start = opens - timedelta(seconds=session.pre_open_seconds)
+        else:
+            start = opens
+        if start > now:
+            return start + timedelta(milliseconds=1)
+        opens = session.next_open(opens + timedelta(seconds=1))
+
+
+def _status(params: Mapping[str, object]) -> str:
+    """A placed order's status: PENDING, or AMO_PENDING for an after-market order."""
+    return str(params["status"])
+
+
 def _valid_protection(percent: Decimal) -> bool:
     return percent.is_finite() and 0 < percent <= MAX_PROTECTION_PERCENT
 
@@ -694,6 +786,8 @@ def _fingerprint(request: PlaceOrderRequest) -> str:
     for added in ("triggerPrice", "disclosedQuantity", "marketProtection"):  # absent: as before
         if body[added] is None:
             del body[added]
+    if not body["amo"]:
+        del body["amo"]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

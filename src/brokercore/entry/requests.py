@@ -31,7 +31,8 @@ class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     stop's trigger (STOP, STOP_LIMIT), ``disclosed_quantity`` the part of a limit order
     the market sees at a time (an iceberg), ``market_protection`` a market or
     stop-market order's protection in percent (the OMS's default when absent; its
-    bounds are checked with the order, brokercore.broker.risk)."""
+    bounds are checked with the order, brokercore.broker.risk), ``amo`` an after-market
+    order: placed while the market is closed, sent at its next pre-open."""
 
     symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     side: Literal["BUY", "SELL"]
@@ -43,6 +44,7 @@ class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     trigger_price: Decimal | None = None
     disclosed_quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)] | None = None
     market_protection: Decimal | None = None
+    amo: bool = False
 
 
 class ModifyOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from brokercore.broker.risk import FeeSchedule, RejectCode
 from brokercore.broker.session_plan import trading_market
 from brokercore.config import KafkaSettings, ServiceSettings
+from brokercore.entry.amo import release_loop
 from brokercore.entry.cancel_many import cancel_many
 from brokercore.entry.group_commit import GroupCommit
 from brokercore.entry.gtt import GttBook
@@ -88,6 +89,7 @@ class Oms(LimitedApi):
         self._jobs = [
             asyncio.create_task(expire_keys(self)),
             asyncio.create_task(self.publisher.run()),
+            asyncio.create_task(release_loop(self.pool, self.publisher.submit)),
         ]
 
     async def close(self) -> None:
@@ -122,6 +124,7 @@ _REFUSAL_STATUS = {
     Refusal.ORDER_NOT_MODIFIABLE: 409,
     Refusal.MODIFY_PENDING: 409,
     Refusal.MODIFY_LIMIT_REACHED: 409,
+    Refusal.AMO_MARKET_OPEN: 422,
 }
 
 
