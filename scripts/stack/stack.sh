@@ -163,6 +163,7 @@ CONF
         program projector "$py" -m brokercore.cli service projector
         program triggers "$py" -m brokercore.cli service triggers  # GTTs (docs/gtt.md)
         program notifier "$py" -m brokercore.cli service notifier
+        program postback-retry "$py" -m brokercore.cli service reconciler --postbacks
         program reconciler "$py" -m brokercore.cli service reconciler
         program scheduler "$py" -m brokercore.cli service scheduler  # BROKERCORE_DAY, BROKERCORE_DAY_SECONDS
         program monitor "$py" -m brokercore.cli service monitor  # consumer lag, WARNING past 1,000

@@ -39,6 +39,7 @@ PROCESSES = (
     "settlement",
     "projector",
     "notifier",
+    "postback-retry",
     "triggers",
     "reconciler",
     "monitor",
