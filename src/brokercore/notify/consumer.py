@@ -1,7 +1,8 @@
 """The notifier's consumer of ``events``: each batch handed to the router
 (``brokercore.notify.router.Notifier``), in-app notifications published before the next
 batch is read, each push its own asyncio task (its retries wait without holding up
-anyone else's notifications).
+anyone else's notifications). Every second it also delivers what other processes'
+transactions owe (a GTT's end: ``brokercore.notify.owed``).
 
 Its position is its Kafka consumer group's committed offsets, not offsets in Postgres
 like settlement's and the projector's (``brokercore.consumers.pg_consumer``): what it does
@@ -21,7 +22,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import msgspec
 import psycopg
@@ -36,6 +38,7 @@ from brokercore.faults.backoff import Backoff
 from brokercore.faults.kafka_errors import QUIET_KAFKA
 from brokercore.kafka.messages import EventBatch
 from brokercore.notify.dead_letters import DeadLetters
+from brokercore.notify.owed import OWED_EVERY, OwedNotifications
 from brokercore.notify.postbacks import Postbacks
 from brokercore.notify.push import HttpPushProvider
 from brokercore.notify.router import Delivery, Notifier, Received
@@ -172,7 +175,8 @@ async def run_notifier(
     decoder = msgspec.msgpack.Decoder(EventBatch)
     tasks: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
-    handled, last_log = 0, time.monotonic()
+    handled, last_log, owed_at = 0, time.monotonic(), 0.0
+    owed = OwedNotifications(notifier)
     stores = Backoff("notifier: Redis or Postgres", log)
     broker = Backoff("notifier: Kafka", log)
 
@@ -182,9 +186,21 @@ async def run_notifier(
             pending.settle(entry)
 
     def start(push: Delivery, entry: list[int] | None) -> None:
-        task = asyncio.create_task(deliver(push, entry))
+        launch(deliver(push, entry))
+
+    def launch(delivering: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(delivering)
         tasks.add(task)
         task.add_done_callback(finished)
+
+    async def send_owed() -> None:
+        """What other processes' transactions owe (brokercore.notify.owed); with Redis
+        or Postgres down, the next time."""
+        try:
+            for delivering in await owed.take():
+                launch(delivering)
+        except (redis_errors.RedisError, psycopg.OperationalError) as e:
+            stores.failed(e)
 
     async def handle(messages: Sequence[Received]) -> list[list[Delivery]]:
         """``notifier.handle``, tried again with back-off while Redis or Postgres fail
@@ -242,6 +258,9 @@ async def run_notifier(
                         start(push, entry)
                 handled += len(messages)
             await notifier.forget_fires(await asyncio.to_thread(commit, pending.ready()))
+            if time.monotonic() - owed_at >= OWED_EVERY:
+                owed_at = time.monotonic()
+                await send_owed()
             while len(tasks) >= max_pending:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if time.monotonic() - last_log >= 10:

@@ -9,10 +9,12 @@
 --
 -- Notices: the moment a GTT ends without the user (its order placed, its order refused
 -- at firing = FAILED, or EXPIRED), the statement that ends it also stores the
--- notification in the user's inbox (notification_inbox, 0012), in the same transaction
--- whichever process ends it (the trigger service's placer and expiry today): a crash
--- leaves both or neither, and a GTT ends once, so it is told once (its id 'gtt:<id>').
--- A CANCELLED GTT is the user's own doing and is not told.
+-- notification in the user's inbox (notification_inbox, 0012) and owes it to the
+-- notifier (owed_notifications), in the same transaction whichever process ends it (the
+-- trigger service's placer and expiry today): a crash leaves all or nothing, and a GTT
+-- ends once, so it is stored once (its id 'gtt:<id>'). The notifier publishes, pushes
+-- and posts what is owed as it does its own notifications, and forgets each once
+-- delivered (brokercore.notify.owed). A CANCELLED GTT is the user's own doing: not told.
 
 ALTER TABLE gtts
     ADD COLUMN idempotency_key TEXT,
@@ -23,6 +25,18 @@ COMMENT ON COLUMN gtts.idempotency_key IS
     'The client''s idempotencyKey of the POST that made it (NULL: none); one GTT per key.';
 COMMENT ON COLUMN gtts.request_hash IS
     'Hash of that request''s body: the same key with another body is a client error.';
+
+CREATE TABLE owed_notifications (
+    notification_id TEXT PRIMARY KEY REFERENCES notification_inbox (notification_id),
+    user_id         TEXT NOT NULL,
+    notification    JSONB NOT NULL,
+    owed_since      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE owed_notifications IS
+    'Notifications made outside the notifier, stored in the inbox but not yet delivered '
+    'live (published, pushed, posted): the notifier deletes each once delivered, and a '
+    'notifier that starts sends again what is left (at-least-once; clients drop a second '
+    'copy by id).';
 
 -- The notification as the notifier renders one (brokercore.realtime.channels.Notification:
 -- type, id, kind, title, body, symbol, createdAt, orderId), amounts as format_paise
@@ -54,16 +68,22 @@ BEGIN
         title := 'GTT triggered';
         body := format('%s %s: %s placed', gtt, fired, order_s);
     END IF;
-    INSERT INTO notification_inbox (notification_id, user_id, notification)
-    SELECT 'gtt:' || NEW.gtt_id, a.user_id,
-           jsonb_build_object(
-               'type', 'NOTIFICATION', 'id', 'gtt:' || NEW.gtt_id, 'kind', kind,
-               'title', title, 'body', body, 'symbol', NEW.symbol,
-               'createdAt', to_char(now() AT TIME ZONE 'UTC',
-                                    'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-               'orderId', NEW.order_id)
-      FROM accounts a WHERE a.account_id = NEW.account_id
-    ON CONFLICT (notification_id) DO NOTHING;
+    WITH n AS (
+        SELECT 'gtt:' || NEW.gtt_id AS id, a.user_id,
+               jsonb_build_object(
+                   'type', 'NOTIFICATION', 'id', 'gtt:' || NEW.gtt_id, 'kind', kind,
+                   'title', title, 'body', body, 'symbol', NEW.symbol,
+                   'createdAt', to_char(now() AT TIME ZONE 'UTC',
+                                        'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+                   'orderId', NEW.order_id) AS notification
+          FROM accounts a WHERE a.account_id = NEW.account_id),
+    stored AS (
+        INSERT INTO notification_inbox (notification_id, user_id, notification)
+        SELECT id, user_id, notification FROM n
+        ON CONFLICT (notification_id) DO NOTHING
+        RETURNING notification_id)
+    INSERT INTO owed_notifications (notification_id, user_id, notification)
+    SELECT n.id, n.user_id, n.notification FROM n JOIN stored ON stored.notification_id = n.id;
     RETURN NULL;
 END
 $fn$;
