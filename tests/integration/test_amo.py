@@ -3,16 +3,27 @@ while its market is closed is checked as at its next session's start (the pre-op
 held, stored AMO_PENDING and not sent; when the engine has started that pre-open (its
 PRE_OPENED, as the projector keeps it in read_model.phases) the OMS sends the waiting
 orders of the symbol once, in the order placed; a cancel while it waits ends it at
-once. Through the real OMS, Postgres, Kafka, the engine daemon and settlement."""
+once. Through the real OMS, Postgres, Kafka, the engine daemon and settlement, and
+on a compressed day the session scheduler (killed -9 at the pre-open) and projector."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
 
+from brokercore.broker.market import CompressedSession
+from brokercore.consumers.projector import run_projector
 from brokercore.kafka.messages import CancelOrder, CloseSession, NewOrder, PreOpen, Uncross
 from kafka_support import OrderProducer
-from oms_support import SUNDAY, Api, run
-from platform_support import money, platform
+from oms_support import SUNDAY, run
+from platform_support import INSTRUMENTS, money, platform
+from processes import LoggedProcess
+from shared_servers import REDIS_URL
 
 AMO = {"amo": True, "timeInForce": "DAY"}
 ORDER = (
@@ -23,42 +34,14 @@ ORDER = (
 )
 
 
-def test_an_amo_is_held_not_sent_and_a_cancel_releases_it_at_once(database):
-    """On a Sunday: a buy AMO is checked for Monday's pre-open (a market buy is refused
-    as the pre-open refuses it), held and stored, with nothing in the outbox; a retry
-    with its key gets it back; its cancel ends it with its hold released and nothing
-    sent. In session, amo is refused (AMO_MARKET_OPEN)."""
-
-    async def scenario():
-        async with Api(database) as api:
-            api.now = SUNDAY
-            buy = await api.place(quantity=10, idempotencyKey="amo-1", **AMO)
-            again = await api.place(quantity=10, idempotencyKey="amo-1", **AMO)
-            market = await api.place(type="MARKET", price=None, amo=True)
-            held = api.rows(ORDER, buy.json()["orderId"])
-            cancel = await api.cancel(buy.json()["orderId"])
-            api.now = SUNDAY.replace(day=30)  # Monday 11:30 in Mumbai: in session
-            open_ = await api.place(quantity=10, **AMO)
-            return api, buy, again, market, held, cancel, open_
-
-    api, buy, again, market, held, cancel, open_ = run(scenario)
-    assert (buy.status_code, buy.json()["status"]) == (202, "AMO_PENDING"), buy.text
-    assert again.json() == buy.json()
-    assert (market.status_code, market.json()["error"]["code"]) == (422, "NOT_IN_PRE_OPEN")
-    assert held == [("AMO_PENDING", "2026-11-30", 10 * 1_500_000, 0, 1, 0)]
-    assert (cancel.status_code, cancel.json()["status"]) == (202, "CANCELLED"), cancel.text
-    assert api.rows(ORDER, buy.json()["orderId"]) == [("CANCELLED", "2026-11-30", 0, 0, 0, 0)]
-    assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
-    assert api.commands() == []  # nothing ever sent
-    assert (open_.status_code, open_.json()["error"]["code"]) == (422, "AMO_MARKET_OPEN")
-
-
 def test_amos_are_sent_once_at_the_pre_open_and_the_uncross_fills_them(database, tmp_path):
-    """Three AMOs on a Sunday (a buy, a sell that crosses it, and a buy cancelled while
-    waiting): nothing is sent while the book is closed; at its pre-open the two left
-    rest in the book (OPEN) and the uncross fills them at one price; each is sent
-    exactly once, in the order placed, the cancelled one never; nothing is created or
-    lost."""
+    """Three AMOs on a Sunday, checked for Monday's pre-open (where a market buy is
+    refused) and held: a buy (a retry with its key gets it back), a sell that crosses
+    it, and a buy cancelled while waiting (its hold released at once). Nothing is sent
+    while the book is closed; at its pre-open the two left rest in the book (OPEN) and
+    the uncross fills them at one price; each is sent exactly once, in the order
+    placed, the cancelled one never; nothing is created or lost. In session, amo is
+    refused (AMO_MARKET_OPEN)."""
     with platform(database, tmp_path) as api:
         before = money(api)
         operator = OrderProducer(api.kafka)
@@ -68,15 +51,27 @@ def test_amos_are_sent_once_at_the_pre_open_and_the_uncross_fills_them(database,
             async with api:
                 operator.send([CloseSession("RELIANCE", ts=1)])
                 api.now = SUNDAY
-                buy = (await api.place(quantity=10, price="15010.00", **AMO)).json()["orderId"]
+                placed = await api.place(quantity=10, price="15010.00", idempotencyKey="a", **AMO)
+                again = await api.place(quantity=10, price="15010.00", idempotencyKey="a", **AMO)
+                assert again.json() == placed.json() and placed.json()["status"] == "AMO_PENDING"
+                buy = placed.json()["orderId"]
+                market = await api.place(type="MARKET", price=None, amo=True)
+                assert market.json()["error"]["code"] == "NOT_IN_PRE_OPEN"
                 sell = await api.place(
                     user="bob", side="SELL", quantity=10, price="14990.00", **AMO
                 )
                 sell = sell.json()["orderId"]
                 gone = (await api.place(user="carol", quantity=5, **AMO)).json()["orderId"]
-                await api.cancel(gone, user="carol")
+                held = api.rows(ORDER, gone)
+                cancel = await api.cancel(gone, user="carol")
+                assert (cancel.status_code, cancel.json()["status"]) == (202, "CANCELLED")
+                assert api.rows(ORDER, gone) == [("CANCELLED", "2026-11-30", 0, 0, 0, 0)]
+                assert held == [("AMO_PENDING", "2026-11-30", 5 * 1_500_000, 0, 1, 0)]
                 await asyncio.sleep(2)  # two rounds of the release job: nothing due yet
                 waiting = api.rows(statuses)
+                api.now = SUNDAY.replace(day=30)  # Monday 11:30 in Mumbai: in session
+                in_session = await api.place(quantity=1, **AMO)
+                assert in_session.json()["error"]["code"] == "AMO_MARKET_OPEN"
                 # the pre-open starts: the engine's PRE_OPEN, then the projector's row
                 operator.send([PreOpen("RELIANCE", ts=2)])
                 api.rows(
@@ -109,3 +104,92 @@ def test_amos_are_sent_once_at_the_pre_open_and_the_uncross_fills_them(database,
         cash, blocked, fees, shares, blocked_shares = money(api)
         assert (blocked, blocked_shares) == (0, 0)  # every hold released
         assert (cash + fees, shares) == (before[0] + before[2], before[3])
+
+
+DAY = {"--pre-open": 4, "--uncross-window": 1, "--trading": 1, "--closed": 3}  # seconds
+
+
+def test_a_scheduler_killed_at_the_pre_open_leaves_each_amo_sent_once(database, tmp_path):
+    """A compressed day (the scheduler, the projector, the OMS on the same calendar):
+    two crossing AMOs placed while closed wait; the scheduler is killed (-9) as soon as
+    it has published the pre-open and restarted at once; the AMOs are sent once each,
+    the pre-open once, and they trade."""
+    with platform(database, tmp_path) as api:
+        stop = threading.Event()
+        projector = threading.Thread(
+            target=run_projector,
+            args=(api.kafka.bootstrap, api.kafka.events_topic, database, INSTRUMENTS),
+            kwargs={
+                "redis_url": REDIS_URL,
+                "redis_prefix": api.kafka.topic_prefix,
+                "stop_event": stop,
+            },
+            daemon=True,
+        )
+        env = os.environ | {
+            "BROKERCORE_KAFKA_BOOTSTRAP": api.kafka.bootstrap,
+            "BROKERCORE_TOPIC_PREFIX": api.kafka.topic_prefix,
+            "BROKERCORE_SHARDS": str(api.kafka.shards),
+            "BROKERCORE_INSTRUMENTS": INSTRUMENTS,
+            "BROKERCORE_DAY": "compressed",
+            "BROKERCORE_SCHEDULER_SECRET": "test-amo",
+        }
+        flags = [str(part) for item in DAY.items() for part in item]
+        schedulers = [LoggedProcess(["service", "scheduler", *flags], tmp_path / "s1.log", env)]
+        seconds = list(DAY.values())
+        session = CompressedSession(
+            "Asia/Kolkata",
+            pre_open_seconds=seconds[0],
+            trading_seconds=seconds[2],
+            closed_seconds=seconds[3],
+        )
+        try:
+            projector.start()
+
+            async def day():
+                async with api:
+                    entry = api.app.state.oms.entry
+                    entry.market = {
+                        s: dataclasses.replace(i, session=session) for s, i in entry.market.items()
+                    }
+                    entry.clock = lambda: datetime.now(UTC)
+                    # into the next closed spell, with a second or more of it left
+                    while True:
+                        into = time.time() % session.length
+                        if seconds[0] + seconds[2] <= into < session.length - 1.5:
+                            break
+                        await asyncio.sleep(0.2)
+                    pre_opens = schedulers[0].text().count("RELIANCE PRE_OPEN")
+                    buy = await api.place(quantity=10, price="15010.00", **AMO)
+                    sell = await api.place(
+                        user="bob", side="SELL", quantity=10, price="14990.00", **AMO
+                    )
+                    ids = buy.json()["orderId"], sell.json()["orderId"]
+                    assert [buy.json()["status"], sell.json()["status"]] == ["AMO_PENDING"] * 2
+                    await asyncio.to_thread(
+                        schedulers[0].wait_for, "RELIANCE PRE_OPEN", 30, pre_opens + 1
+                    )
+                    schedulers[0].kill()
+                    schedulers.append(
+                        LoggedProcess(["service", "scheduler", *flags], tmp_path / "s2.log", env)
+                    )
+                    await asyncio.to_thread(
+                        api.wait_rows,
+                        "SELECT status FROM orders WHERE order_id IN (%s, %s)",
+                        [("FILLED",), ("FILLED",)],
+                        *ids,
+                    )
+                    return ids
+
+            ids = run(day)
+            schedulers[1].wait_for("RELIANCE UNCROSS")
+        finally:
+            stop.set()
+            for scheduler in schedulers:
+                scheduler.close()
+            projector.join(30)
+        commands = api.commands()
+        sent = [c.order_id for c in commands if isinstance(c, NewOrder)]
+        assert sorted(sent) == sorted(ids)  # once each
+        pre_opens = Counter(c.ts for c in commands if isinstance(c, PreOpen))
+        assert pre_opens and max(pre_opens.values()) == 1  # each day's once
