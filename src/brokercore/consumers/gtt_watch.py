@@ -6,6 +6,8 @@ transaction per batch it locks the ACTIVE GTTs of the traded symbols that the ba
 prices may meet, marks TRIGGERED those a trade met, and stores the offsets, so a batch
 fires its GTTs entirely or not at all and a replayed batch fires nothing again. The
 orders are placed afterwards (brokercore.entry.gtt_orders); ``woke`` tells that step.
+In the same transaction, the ACTIVE brackets whose stop-loss a trade meets become
+STOPPING (docs/brackets.md): their legs are the placer's (brokercore.entry.bracket_legs).
 
 Rules: a trade counts for a GTT when the engine published it (Kafka's timestamp) after
 the GTT was stored or last changed; a symbol's trades are taken in their order (one
@@ -49,6 +51,23 @@ SELECT g.gtt_id, g.symbol, g.condition_1, g.trigger_1, g.condition_2, g.trigger_
               AND symbol = v.symbol AND condition_2 = '<=' AND trigger_2 >= v.low) m))
    AND g.status = 'ACTIVE' AND g.expires_at > now()
  ORDER BY g.gtt_id FOR UPDATE OF g"""
+
+# The armed ACTIVE brackets of the batch's symbols whose stop-loss one of its prices may
+# meet (a buy's at or below, a sell's at or above; brackets_stop_idx), locked in id order;
+# when each was armed (ms).
+_STOPS = """
+WITH v (symbol, low, high) AS (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]))
+SELECT b.bracket_id, b.symbol, b.side, b.stop, (extract(epoch FROM b.armed_at) * 1000)::bigint
+  FROM brackets b JOIN v ON b.symbol = v.symbol
+ WHERE b.status = 'ACTIVE' AND b.armed_at IS NOT NULL
+   AND (b.side = 'BUY' AND b.stop >= v.low OR b.side = 'SELL' AND b.stop <= v.high)
+ ORDER BY b.bracket_id FOR UPDATE OF b"""
+
+_STOP = """
+UPDATE brackets b SET status = 'STOPPING', stop_price = v.price, stopped_at = now(),
+                      updated_at = now()
+  FROM unnest(%s::bigint[], %s::bigint[]) AS v (bracket_id, price)
+ WHERE b.bracket_id = v.bracket_id"""
 
 _FIRE = """
 UPDATE gtts g SET status = 'TRIGGERED', fired_leg = v.leg, fired_price = v.price,
@@ -96,7 +115,7 @@ class GttWatcher:
         with conn.transaction():
             fresh, offsets = claim_offsets(conn, self.consumer, self.topic, messages)
             trades = self._trades(fresh)
-            fired = _fire(conn, trades) if trades else 0
+            fired = _fire(conn, trades) + _stop(conn, trades) if trades else 0
             store_offsets(conn, self.consumer, self.topic, offsets)
         return WatchStats(
             len(fresh),
@@ -110,7 +129,7 @@ class GttWatcher:
             self.woke()
 
     def describe(self, stats: WatchStats) -> str:
-        return f"{stats.trades} trades, {stats.fired} GTTs fired"
+        return f"{stats.trades} trades, {stats.fired} GTTs fired or brackets stopped"
 
     def _trades(self, messages: Sequence[Message]) -> Trades:
         trades: Trades = {}
@@ -125,12 +144,9 @@ class GttWatcher:
 
 def _fire(conn: psycopg.Connection, trades: Trades) -> int:
     """Mark TRIGGERED the GTTs the trades meet; how many."""
-    symbols = sorted(trades)
-    lows = [min(p for _, p in trades[s]) for s in symbols]
-    highs = [max(p for _, p in trades[s]) for s in symbols]
     fired: list[tuple[int, int, int]] = []
     for gtt_id, symbol, c1, t1, c2, t2, since in conn.execute(
-        _CANDIDATES, (symbols, lows, highs)
+        _CANDIDATES, _ranges(trades)
     ).fetchall():
         legs = [(1, c1, t1)] + ([(2, c2, t2)] if c2 is not None else [])
         hit = _first_hit(trades[symbol], since, legs)
@@ -139,6 +155,26 @@ def _fire(conn: psycopg.Connection, trades: Trades) -> int:
     if fired:
         conn.execute(_FIRE, tuple(map(list, zip(*fired, strict=True))))
     return len(fired)
+
+
+def _stop(conn: psycopg.Connection, trades: Trades) -> int:
+    """Mark STOPPING the brackets whose stop-loss the trades meet; how many."""
+    stopped: list[tuple[int, int]] = []
+    for bracket_id, symbol, side, stop, since in conn.execute(_STOPS, _ranges(trades)).fetchall():
+        hit = _first_hit(trades[symbol], since, [(1, "<=" if side == "BUY" else ">=", stop)])
+        if hit is not None:
+            stopped.append((bracket_id, hit[1]))
+    if stopped:
+        conn.execute(_STOP, tuple(map(list, zip(*stopped, strict=True))))
+    return len(stopped)
+
+
+def _ranges(trades: Trades) -> tuple[list[str], list[int], list[int]]:
+    """The batch's symbols, each one's lowest and highest trade price."""
+    symbols = sorted(trades)
+    lows = [min(p for _, p in trades[s]) for s in symbols]
+    highs = [max(p for _, p in trades[s]) for s in symbols]
+    return symbols, lows, highs
 
 
 def _first_hit(

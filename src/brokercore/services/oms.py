@@ -28,6 +28,7 @@ from brokercore.broker.risk import FeeSchedule, RejectCode
 from brokercore.broker.session_plan import trading_market
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.entry.amo import release_loop
+from brokercore.entry.brackets import BracketBook
 from brokercore.entry.cancel_many import cancel_many
 from brokercore.entry.group_commit import GroupCommit
 from brokercore.entry.gtt import GttBook
@@ -80,6 +81,7 @@ class Oms(LimitedApi):
         )
         self.orders = GroupCommit(self.entry)  # new orders: one transaction per batch
         self.gtts = GttBook(self.entry, timedelta(days=settings.gtt_expiry_days))
+        self.brackets = BracketBook(self.entry)
         self.publisher = OutboxPublisher(self.pool, kafka.bootstrap)
         self.cache = UserCache(self.redis, settings.redis_prefix, settings.cache_ttl)
         self._jobs: list[asyncio.Task[None]] = []
@@ -228,6 +230,7 @@ async def margin_preview(request: Request) -> Response:
 def create_app(
     settings: ServiceSettings | None = None, kafka: KafkaSettings | None = None
 ) -> Starlette:
+    from brokercore.services.bracket_api import BRACKET_ROUTES  # they use this module
     from brokercore.services.gtt_api import GTT_ROUTES  # its handlers use this module
 
     settings = settings or ServiceSettings.from_env()
@@ -242,6 +245,7 @@ def create_app(
             Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"]),
             Route("/api/v1/orders/{order_id}", modify_order, methods=["PATCH"]),
             *GTT_ROUTES,
+            *BRACKET_ROUTES,
         ],
     )
 

@@ -3,7 +3,9 @@
 Two steps in one process: the watcher (brokercore.consumers.gtt_watch, a thread running
 the Postgres-offset consumer of ``events``) marks the GTTs a trade meets TRIGGERED with
 its offsets; the placer (brokercore.entry.gtt_orders, asyncio) then places their orders
-through the order entry exactly once, publishes them, and ends expired GTTs. The placer
+through the order entry exactly once, publishes them, and ends expired GTTs; it moves the
+bracket orders on too (brokercore.entry.bracket_legs: their legs placed, cancelled and
+ended; docs/brackets.md). The placer
 runs when the watcher fired something, and every ``--every`` seconds besides (what a
 crash left unplaced is placed by the first pass after a restart).
 
@@ -33,6 +35,7 @@ from brokercore.broker.session_plan import trading_market
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.consumers.gtt_watch import GttWatcher
 from brokercore.consumers.pg_consumer import run_pg_consumer
+from brokercore.entry.bracket_legs import bracket_pass
 from brokercore.entry.gtt_orders import FIRE_KEY_TTL, expire_gtts, place_fired
 from brokercore.entry.order_entry import OrderEntry
 from brokercore.entry.outbox import OutboxPublisher
@@ -129,6 +132,9 @@ async def _place(
             while (done := await place_fired(entry)).placed + done.failed:
                 publisher.submit(done.outbox)
                 log.info("triggers: %d GTT orders placed, %d refused", done.placed, done.failed)
+            if (legs := await bracket_pass(entry)).outbox or legs.failed:
+                publisher.submit(legs.outbox)
+                log.info("triggers: %d bracket legs placed, %d refused", legs.placed, legs.failed)
         except Exception as e:
             if not transient(e):
                 raise

@@ -1,0 +1,77 @@
+"""Bracket orders over REST on the OMS (brokercore.entry.brackets; docs/brackets.md):
+
+    POST /api/v1/brackets, GET /api/v1/brackets/{bracketId}, DELETE /api/v1/brackets/{bracketId}
+
+each with a JWT bearer token and the OMS's per-user rate limit. Another user's bracket is
+404, as one that does not exist. The POST answers 201 with the bracket once its entry
+order is stored (its command handed to the publisher, as a new order's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from brokercore.entry.brackets import BracketRefusal, BracketRefused, NewBracket
+from brokercore.services.http import ApiError, decode_body, guarded, json_response
+from brokercore.services.oms import Oms, entry
+
+__all__ = ["BRACKET_ROUTES"]
+
+T = TypeVar("T")
+
+_STATUS = {
+    BracketRefusal.BRACKET_NOT_FOUND: 404,
+    BracketRefusal.BRACKET_NOT_ACTIVE: 409,
+    BracketRefusal.BRACKET_INVALID_PRICES: 422,
+}
+
+
+async def _book(call: Awaitable[T]) -> T:
+    """The bracket book's answer; a refusal (nothing changed) as an API error."""
+    try:
+        return await entry(call)
+    except BracketRefused as e:
+        raise ApiError(_STATUS[e.reason], e.reason.value, e.message) from None
+
+
+def _bracket_id(request: Request) -> int:
+    raw = request.path_params["bracket_id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ApiError(404, BracketRefusal.BRACKET_NOT_FOUND.value, f"no bracket {raw[:40]}")
+    return int(raw)
+
+
+@guarded
+async def create_bracket(request: Request) -> Response:
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    new = decode_body(NewBracket, await oms.body(request), "bracket")
+    bracket, receipt = await _book(oms.brackets.create(principal.user_id, new))
+    await oms.published(principal.user_id, receipt)
+    return json_response(bracket, 201)
+
+
+@guarded
+async def get_bracket(request: Request) -> Response:
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    return json_response(await _book(oms.brackets.get(principal.user_id, _bracket_id(request))))
+
+
+@guarded
+async def exit_bracket(request: Request) -> Response:
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    return json_response(await _book(oms.brackets.exit(principal.user_id, _bracket_id(request))))
+
+
+BRACKET_ROUTES = [
+    Route("/api/v1/brackets", create_bracket, methods=["POST"]),
+    Route("/api/v1/brackets/{bracket_id}", get_bracket, methods=["GET"]),
+    Route("/api/v1/brackets/{bracket_id}", exit_bracket, methods=["DELETE"]),
+]
