@@ -1,7 +1,8 @@
 """A GTT's end told live (migration 0019, brokercore.notify.owed): the statement that ends
 a GTT stores its notification in the inbox and owes it to the notifier, which publishes
-it on the user's channel (real Redis) and forgets it; one owed before the notifier
-started (a notifier that died before forgetting it) is sent by the next one."""
+it on the user's channel (real Redis) by their preferences and forgets it; one owed
+before the notifier started (a notifier that died before forgetting it) is sent by the
+next one."""
 
 from __future__ import annotations
 
@@ -54,30 +55,33 @@ def test_a_gtts_end_is_stored_once_and_published_by_the_notifier(database, kafka
         inbox = conn.execute("SELECT notification_id, user_id FROM notification_inbox").fetchall()
     assert sorted(owed) == sorted((f"gtt:{i}",) for i in ids[:3])
     assert sorted(inbox) == sorted((f"gtt:{i}", "alice") for i in ids[:3]), "bob's cancel: none"
+    with psycopg.connect(database, autocommit=True) as conn:  # alice hears of no expiry
+        conn.execute("INSERT INTO notification_preferences VALUES ('alice', 'GTT_EXPIRED', 'NONE')")
 
     settings = service_settings(database, f"t{uuid.uuid4().hex[:12]}:")
     pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
     pubsub.subscribe(user_channel(settings.redis_prefix, "alice"))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # the server has it
     stop = threading.Event()
     notifier = threading.Thread(target=lambda: asyncio.run(run_notifier(settings, kafka, stop)))
     notifier.start()
     try:
         got, deadline = [], time.monotonic() + 30
-        while len(got) < 3:
-            assert time.monotonic() < deadline, f"only {got}"
-            message = pubsub.get_message(timeout=0.1)
-            if message and message["type"] == "message":
-                got.append(decode_message(message["data"]))
-        with psycopg.connect(database) as conn:
+        with psycopg.connect(database, autocommit=True) as conn:
             while conn.execute("SELECT count(*) FROM owed_notifications").fetchone() != (0,):
                 assert time.monotonic() < deadline, "the owed notifications not forgotten"
                 time.sleep(0.05)
+        # published before they were forgotten: all here
+        while message := pubsub.get_message(timeout=0.5):
+            if message["type"] == "message":
+                got.append(decode_message(message["data"]))
     finally:
         stop.set()
         notifier.join(30)
         pubsub.close()
     assert not notifier.is_alive()
     told = {n.id: (n.kind, n.title, n.body, n.order_id) for n in got}
+    assert len(told) == len(got)
     assert told == {
         f"gtt:{ids[0]}": (
             "GTT_TRIGGERED",
@@ -93,10 +97,10 @@ def test_a_gtts_end_is_stored_once_and_published_by_the_notifier(database, kafka
             "RELIANCE was refused: not enough shares",
             None,
         ),
-        f"gtt:{ids[2]}": (
-            "GTT_EXPIRED",
-            "GTT expired",
-            f"Your GTT {ids[2]} on RELIANCE expired without triggering",
-            None,
-        ),
-    }
+    }, "the expiry was not published (alice's preference), the others once"
+    with psycopg.connect(database) as conn:
+        expired = conn.execute(
+            "SELECT notification->>'body' FROM notification_inbox WHERE notification_id = %s",
+            (f"gtt:{ids[2]}",),
+        ).fetchall()
+    assert expired == [(f"Your GTT {ids[2]} on RELIANCE expired without triggering",)]

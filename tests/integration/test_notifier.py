@@ -1065,6 +1065,7 @@ def test_the_notifier_waits_out_a_redis_outage_and_loses_nothing(database, push,
 def test_preferences_and_devices_over_rest(database, push):
     settings = notifier_settings(database, push)
     kinds = ("FILL", "TRIGGERED", "CANCELLED", "EXPIRED", "REJECTED", "PRICE_ALERT")
+    kinds += ("GTT_TRIGGERED", "GTT_FAILED", "GTT_EXPIRED")
     defaults = {k: "IN_APP" for k in kinds}
 
     async def scenario():

@@ -37,6 +37,9 @@ class Preferences(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     EXPIRED: Channel = "IN_APP"
     REJECTED: Channel = "IN_APP"
     PRICE_ALERT: Channel = "IN_APP"
+    GTT_TRIGGERED: Channel = "IN_APP"  # a GTT's end (brokercore.notify.owed)
+    GTT_FAILED: Channel = "IN_APP"
+    GTT_EXPIRED: Channel = "IN_APP"
 
 
 KINDS = Preferences.__struct_fields__

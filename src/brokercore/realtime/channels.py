@@ -73,7 +73,7 @@ class Notification(
     """A message for a person; ``id`` is stable across re-deliveries (dedupe on it)."""
 
     id: str
-    kind: str  # FILL, TRIGGERED, CANCELLED, EXPIRED, REJECTED, PRICE_ALERT
+    kind: str  # FILL, TRIGGERED, CANCELLED, EXPIRED, REJECTED, PRICE_ALERT, GTT_...
     title: str
     body: str
     symbol: str

@@ -38,6 +38,14 @@ COMMENT ON TABLE owed_notifications IS
     'notifier that starts sends again what is left (at-least-once; clients drop a second '
     'copy by id).';
 
+-- A user chooses how each GTT kind reaches them, as any other kind
+-- (brokercore.notify.preferences).
+ALTER TABLE notification_preferences
+    DROP CONSTRAINT notification_preferences_event_type_valid,
+    ADD CONSTRAINT notification_preferences_event_type_valid CHECK (event_type IN
+        ('FILL', 'TRIGGERED', 'CANCELLED', 'EXPIRED', 'REJECTED', 'PRICE_ALERT',
+         'GTT_TRIGGERED', 'GTT_FAILED', 'GTT_EXPIRED'));
+
 -- The notification as the notifier renders one (brokercore.realtime.channels.Notification:
 -- type, id, kind, title, body, symbol, createdAt, orderId), amounts as format_paise
 -- writes them.
