@@ -159,6 +159,9 @@ def test_the_edge_routes_each_kind_balances_passes_the_address_and_answers_json(
         assert made.status_code == 201, made.text
         listed = client.get("/api/v1/gtt", headers=auth("alice"))
         assert [g["gttId"] for g in listed.json()["gtts"]] == [made.json()["gttId"]], listed.text
+        # Brackets (/api/v1/brackets[/...]) to the OMS: its own 404, not the edge's.
+        bracket = client.get("/api/v1/brackets/1", headers=auth("alice"))
+        assert_error(bracket, 404, "BRACKET_NOT_FOUND")
 
 
 async def place_until_answered(
