@@ -68,8 +68,9 @@ static void bc_prefault(void *p, size_t n) {
    cost their fault and their release. Without MADV_POPULATE_WRITE (before Linux 5.14,
    or not Linux) no thread is started: the fallback, a write to each page, would race
    with the batch's writes. */
-#define BC_PREFAULT_STEP ((size_t)256 << 10)   /* per madvise call; a stop waits for one */
-#define BC_PREFAULT_AHEAD ((size_t)4 << 20)    /* how far ahead of the writer */
+#define BC_PREFAULT_STEP ((size_t)64 << 10)    /* per madvise call; a stop waits for one */
+#define BC_PREFAULT_AHEAD ((size_t)4 << 20)    /* how far ahead of the writer; it waits
+                                                  for half of that to be written */
 #define BC_PREFAULT_MIN BC_SPARE_MIN           /* a thread for less is not worth its start */
 #define BC_PREFAULT_BYTES_PER_NS 2             /* faster than any batch writes its events */
 
@@ -105,8 +106,7 @@ static void *bc_prefault_run(void *arg) {
     while (p < f->end && !__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE)) {
         limit = __atomic_load_n(&f->written, __ATOMIC_RELAXED) + BC_PREFAULT_AHEAD;
         if ((size_t)(p - f->base) >= limit) {
-            n = (size_t)(p - f->base) - limit;
-            bc_prefault_wait(f, n > BC_PREFAULT_STEP ? n : BC_PREFAULT_STEP);
+            bc_prefault_wait(f, (size_t)(p - f->base) - limit + BC_PREFAULT_AHEAD / 2);
             continue;
         }
         n = (size_t)(f->end - p) < BC_PREFAULT_STEP ? (size_t)(f->end - p) : BC_PREFAULT_STEP;
