@@ -2,13 +2,14 @@
 Kafka: bad input and the API; with the engine daemon, settlement and the trigger service
 (a subprocess, as tests/integration/test_gtt.py runs it): an entry filled and its target
 filled (the stop-loss never placed); an entry partly filled (a leg for that part), then
-its stop-loss met (the target cancelled, the stop-loss sells the whole position); an
-entry cancelled (its leg cancelled, the bracket CANCELLED); the target filling and the
-stop-loss met in one batch (no stop-loss order: nothing oversold); a kill -9 of the
-trigger service while it places legs (each leg once)."""
+its stop-loss met while the rest fills (the target cancelled, the stop-loss sells the
+whole position); an entry cancelled (its leg cancelled, the bracket CANCELLED); a kill -9
+of the trigger service while it places legs (each leg once); the stop-loss met and the
+target filled in one batch (no stop-loss order: nothing sold twice)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -125,120 +126,123 @@ def wait_state(api: Api, bracket_id: int, expected, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while (now := state(api, bracket_id)) != expected:
         assert time.monotonic() < deadline, f"{now} is not {expected}"
-        time.sleep(0.1)
+        time.sleep(0.05)
+
+
+async def until(api: Api, bracket_id: int, expected) -> None:
+    """``wait_state`` off the event loop (the OMS's publisher runs on it)."""
+    await asyncio.to_thread(wait_state, api, bracket_id, expected)
+
+
+async def made(api: Api, **body) -> int:
+    answer = await create(api, bracket(**body))
+    assert answer.status_code == 201, answer.text
+    return answer.json()["bracketId"]
+
+
+async def placed(api: Api, *orders) -> None:
+    for user, body in orders:
+        answer = await api.place(user=user, **body)
+        assert answer.status_code == 202, answer.text
 
 
 def test_target_fills_stop_loss_cancels_the_target_entry_cancel_ends_it(database, tmp_path):
     with platform(database, tmp_path, rate_limit_burst=10_000) as api:
         service = triggers(api, tmp_path / "triggers.log")
-        try:
 
-            async def made(**body) -> int:
-                async with api:
-                    answer = await create(api, bracket(**body))
-                    assert answer.status_code == 201, answer.text
-                    return answer.json()["bracketId"]
+        async def scenario():
+            async with api:
+                # the entry fills, its target fills: DONE, the stop-loss never placed
+                one = await made(api)
+                await placed(api, ("bob", {"side": "SELL", "timeInForce": "IOC"}))
+                await until(api, one, ("ACTIVE", [(10, "OPEN", 0)], None, None, None))
+                await placed(api, ("carol", {"price": "15100.00", "timeInForce": "IOC"}))
+                await until(api, one, ("DONE", [(10, "FILLED", 10)], None, None, None))
 
-            async def steps(*orders) -> None:
-                async with api:
-                    for user, body in orders:
-                        answer = await api.place(user=user, **body)
-                        assert answer.status_code == 202, answer.text
-
-            # the entry fills, its target fills: DONE, the stop-loss never placed
-            one = run(made)
-            run(lambda: steps(("bob", {"side": "SELL", "timeInForce": "IOC"})))
-            wait_state(api, one, ("ACTIVE", [(10, "OPEN", 0)], None, None, None))
-            run(lambda: steps(("carol", {"price": "15100.00", "timeInForce": "IOC"})))
-            wait_state(api, one, ("DONE", [(10, "FILLED", 10)], None, None, None))
-
-            # the entry fills 4: a leg of 4; a sell of 7 fills the 6 left and trades at
-            # the stop-loss: the target is cancelled, the stop-loss sells all 10
-            two = run(lambda: made(target="15200.00", stopLoss="14800.00"))
-            run(lambda: steps(("bob", {"side": "SELL", "quantity": 4, "timeInForce": "IOC"})))
-            wait_state(api, two, ("ACTIVE", [(4, "OPEN", 0)], None, None, None))
-            run(
-                lambda: steps(
+                # the entry fills 4: a leg of 4; a sell of 7 fills the 6 left and trades
+                # at the stop-loss: the target is cancelled, the stop-loss sells all 10
+                two = await made(api, target="15200.00", stopLoss="14800.00")
+                await placed(api, ("bob", {"side": "SELL", "quantity": 4, "timeInForce": "IOC"}))
+                await until(api, two, ("ACTIVE", [(4, "OPEN", 0)], None, None, None))
+                await placed(
+                    api,
                     ("carol", {"price": "14700.00", "timeInForce": "GTC"}),  # the stop's buyer
                     ("carol", {"quantity": 1, "price": "14800.00", "timeInForce": "GTC"}),
                     ("bob", {"side": "SELL", "quantity": 7, "price": "14800.00"}),
                 )
-            )
-            wait_state(api, two, ("STOPPED", [(4, "CANCELLED", 0)], 10, "FILLED", 10))
-            assert api.rows(ALICES_SHARES) == [(0,)]
+                await until(api, two, ("STOPPED", [(4, "CANCELLED", 0)], 10, "FILLED", 10))
+                assert api.rows(ALICES_SHARES) == [(0,)]
 
-            # the entry fills 3, the user cancels it: its leg is cancelled, 3 shares kept
-            three = run(lambda: made(target="15300.00", stopLoss="14500.00"))
-            run(lambda: steps(("bob", {"side": "SELL", "quantity": 3, "timeInForce": "IOC"})))
-            wait_state(api, three, ("ACTIVE", [(3, "OPEN", 0)], None, None, None))
+                # the entry fills 3, the user cancels it: its leg is cancelled, 3 shares kept
+                three = await made(api, target="15300.00", stopLoss="14500.00")
+                await placed(api, ("bob", {"side": "SELL", "quantity": 3, "timeInForce": "IOC"}))
+                await until(api, three, ("ACTIVE", [(3, "OPEN", 0)], None, None, None))
+                [(entry,)] = api.rows(
+                    "SELECT entry_order_id FROM brackets WHERE bracket_id = %s", three
+                )
+                assert (await api.cancel(entry)).status_code == 202
+                await until(api, three, ("CANCELLED", [(3, "CANCELLED", 0)], None, None, None))
+                assert api.rows(ALICES_SHARES) == [(3,)]
 
-            async def cancel_entry():
-                async with api:
-                    [(entry,)] = api.rows(
-                        "SELECT entry_order_id FROM brackets WHERE bracket_id = %s", three
-                    )
-                    assert (await api.cancel(entry)).status_code == 202
-
-            run(cancel_entry)
-            wait_state(api, three, ("CANCELLED", [(3, "CANCELLED", 0)], None, None, None))
-            assert api.rows(ALICES_SHARES) == [(3,)]
+        try:
+            run(scenario)
         finally:
             service.close()
-        assert api.rows("SELECT sum(blocked_cash) FROM accounts WHERE user_id = 'alice'") == [(0,)]
+        assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [(0,)]
         assert api.rows(
             "SELECT blocked_quantity FROM positions JOIN accounts USING (account_id) "
             "WHERE user_id = 'alice'"
         ) == [(0,)]
 
 
-def test_both_legs_in_one_batch_and_kill_9_places_each_leg_once(database, tmp_path):
-    brackets = 30
+def test_kill_9_places_each_leg_once_and_both_legs_in_one_batch(database, tmp_path):
+    brackets = 12
     with platform(database, tmp_path, rate_limit_burst=10_000) as api:
         service = triggers(api, tmp_path / "triggers.log")
+
+        async def scenario():
+            nonlocal service
+            async with api:
+                pair = await made(api, quantity=2)
+                await trade(api, "15000.00", 2)
+                await until(api, pair, ("ACTIVE", [(2, "OPEN", 0)], None, None, None))
+                many = [
+                    await made(api, quantity=1, target="15500.00", stopLoss="14000.00")
+                    for _ in range(brackets)
+                ]
+                await placed(
+                    api, ("bob", {"side": "SELL", "quantity": brackets, "timeInForce": "IOC"})
+                )
+                deadline = time.monotonic() + 60
+                while not api.rows(
+                    "SELECT count(*) FROM bracket_targets WHERE order_id IS NOT NULL "
+                    "AND bracket_id <> %s",
+                    pair,
+                )[0][0]:
+                    assert time.monotonic() < deadline, service.text()[-3000:]
+                    await asyncio.sleep(0.005)
+                service.kill()  # in the middle of placing the legs (or just after)
+                service.close()
+                # with the service down: a trade at the pair's stop-loss, then its target
+                # fills: the service reads both in one batch at its start
+                await trade(api, "14900.00")
+                await placed(
+                    api, ("carol", {"quantity": 2, "price": "15100.00", "timeInForce": "IOC"})
+                )
+                await asyncio.to_thread(
+                    api.wait_rows,
+                    "SELECT status FROM orders o JOIN bracket_targets t USING (order_id) "
+                    "WHERE t.bracket_id = %s",
+                    [("FILLED",)],
+                    pair,
+                )
+                service = await asyncio.to_thread(triggers, api, tmp_path / "triggers-2.log")
+                for one in many:
+                    await until(api, one, ("ACTIVE", [(1, "OPEN", 0)], None, None, None))
+                await until(api, pair, ("DONE", [(2, "FILLED", 2)], None, None, None))
+
         try:
-
-            async def arm():
-                async with api:
-                    pair = await create(api, bracket(quantity=2))
-                    await trade(api, "15000.00", 2)
-                    return pair.json()["bracketId"]
-
-            pair = run(arm)
-            wait_state(api, pair, ("ACTIVE", [(2, "OPEN", 0)], None, None, None))
-            service.close()
-
-            # with the service stopped: a trade at the stop-loss, then the target fills;
-            # and 30 brackets' entries fill: the service reads it all at its start
-            async def trades():
-                async with api:
-                    await trade(api, "14900.00")
-                    await api.place(user="carol", quantity=2, price="15100.00", timeInForce="IOC")
-                    many = [await create(api, bracket(quantity=1)) for _ in range(brackets)]
-                    assert {m.status_code for m in many} == {201}
-                    await api.place(user="bob", side="SELL", quantity=brackets, timeInForce="IOC")
-                    return [m.json()["bracketId"] for m in many]
-
-            many = run(trades)
-            api.wait_rows(
-                "SELECT count(*) FROM orders WHERE side = 'BUY' AND status = 'FILLED' "
-                "AND quantity = 1 AND price = 1500000",
-                [(brackets,)],
-            )
-            service = triggers(api, tmp_path / "triggers-2.log")
-            deadline = time.monotonic() + 60
-            while not api.rows(
-                "SELECT count(*) FROM bracket_targets WHERE order_id IS NOT NULL "
-                "AND bracket_id <> %s",
-                pair,
-            )[0][0]:
-                assert time.monotonic() < deadline, service.text()[-3000:]
-                time.sleep(0.005)
-            service.kill()  # in the middle of placing the legs (or just after)
-            service.close()
-            service = triggers(api, tmp_path / "triggers-3.log")
-            for one in many:
-                wait_state(api, one, ("ACTIVE", [(1, "OPEN", 0)], None, None, None))
-            wait_state(api, pair, ("DONE", [(2, "FILLED", 2)], None, None, None))
+            run(scenario)
         finally:
             service.close()
         sells = api.rows(
