@@ -68,6 +68,7 @@ static void bc_prefault(void *p, size_t n) {
    cost their fault and their release. Without MADV_POPULATE_WRITE (before Linux 5.14,
    or not Linux) no thread is started: the fallback, a write to each page, would race
    with the batch's writes. */
+#ifdef MADV_POPULATE_WRITE
 #define BC_PREFAULT_STEP ((size_t)64 << 10)    /* per madvise call; a stop waits for one */
 #define BC_PREFAULT_AHEAD ((size_t)4 << 20)    /* how far ahead of the writer; it waits
                                                   for half of that to be written */
@@ -110,13 +111,11 @@ static void *bc_prefault_run(void *arg) {
             continue;
         }
         n = (size_t)(f->end - p) < BC_PREFAULT_STEP ? (size_t)(f->end - p) : BC_PREFAULT_STEP;
-#ifdef MADV_POPULATE_WRITE
         if (madvise(p, n, MADV_POPULATE_WRITE) != 0) {
             if (errno == EINVAL)                /* a kernel before 5.14: never again */
                 __atomic_store_n(&bc_prefault_unsupported, 1, __ATOMIC_RELAXED);
             break;
         }
-#endif
         p += n;
     }
     return NULL;
@@ -146,7 +145,6 @@ static int bc_prefault_sync_init(bc_prefaulter *f) {
    thread to be had): the pages then fault in as they are written. The memory must stay
    mapped until bc_prefault_stop. */
 static void *bc_prefault_start(void *base, size_t n) {
-#ifdef MADV_POPULATE_WRITE
     uintptr_t start = ((uintptr_t)base + BC_PAGE - 1) & ~(BC_PAGE - 1);
     uintptr_t end = ((uintptr_t)base + n) & ~(BC_PAGE - 1);
     bc_prefaulter *f;
@@ -165,10 +163,6 @@ static void *bc_prefault_start(void *base, size_t n) {
         pthread_mutex_destroy(&f->lock);
     }
     free(f);
-#else
-    (void)base;
-    (void)n;
-#endif
     return NULL;
 }
 
@@ -193,6 +187,23 @@ static void bc_prefault_stop(void *handle) {
     pthread_mutex_destroy(&f->lock);
     free(f);
 }
+
+#else
+static void *bc_prefault_start(void *base, size_t n) {
+    (void)base;
+    (void)n;
+    return NULL;
+}
+
+static void bc_prefault_progress(void *handle, size_t written) {
+    (void)handle;
+    (void)written;
+}
+
+static void bc_prefault_stop(void *handle) {
+    (void)handle;
+}
+#endif
 
 /* The spare event buffer, exchanged atomically: books on other threads share it. */
 static void *bc_spare_events = NULL;
