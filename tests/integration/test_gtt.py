@@ -323,8 +323,10 @@ def test_single_fires_and_fills_an_oco_fires_one_leg_a_delete_races_the_firing(d
                 "WHERE g.gtt_id = ANY(%s) GROUP BY g.gtt_id",
                 ids,
             )
+            told = notices(api)
             for gtt, status, orders in rows:
                 assert (status, orders, ends[gtt]) in {("CANCELLED", 0, 200), ("TRIGGERED", 1, 409)}
+                assert (gtt in told) == (status == "TRIGGERED"), "a fired GTT told, a deleted not"
         finally:
             service.close()
         assert outcome(api)[:2] == [
