@@ -37,11 +37,13 @@ What each number means:
   that faults the event buffer in; the batch thread's own CPU, thread_time; the page
   faults of the whole process, ru_minflt); then a second fresh book in the same
   process, the same way. Median and min over the processes, beside the warm median
-  above. This is where a process pays for faulting its memory in (the
-  event buffer, the id map growing); a second row does the same with the book sized
-  for the run (``session_orders`` = the run's new orders), which faults the id map in
-  when the book is made. The processes run one after the other, so each may get pages
-  the one before it has just freed: a long-running busy host is colder than that.
+  above. This is where a process pays for faulting its memory in (the event buffer,
+  the id map growing); a second row does the same with the book sized for the run
+  (``session_orders`` = the run's new orders), which faults the id map in when the
+  book is made. The processes run one after the other, so each may get pages the one
+  before it has just freed: a long-running busy host is colder than that. They run
+  with one BLAS thread (OPENBLAS_NUM_THREADS=1): numpy's spin for a while after
+  start-up, on the core the engine's prefault thread would use.
 * latency: per-order calls timed one by one with perf_counter_ns, --latency-orders of
   them (10,000,000 by default: passes over the workload's calls, each pass on a fresh
   prefilled book, so each pass includes a book growing), for the default book and the
@@ -442,8 +444,12 @@ def measure_cold(workload: Workload, args, session_orders: int) -> ColdRuns:
                 f,
             )
         command = [sys.executable, os.path.abspath(__file__), "--cold-child", folder]
+        # numpy's BLAS threads spin for a while after start-up, on the cores the batch's
+        # prefault thread would use; the engine uses no BLAS, a long-running server's
+        # are asleep by the time a batch comes.
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         for run in range(args.cold_runs):
-            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, env=env)
             result = json.loads(done.stdout.strip().splitlines()[-1])
             (wall, cpu, thread, faulted), second = result["first"], result["second"][0]
             walls.append(ops_per_second(len(commands), wall))
