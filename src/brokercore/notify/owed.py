@@ -24,14 +24,14 @@ import psycopg
 from brokercore.notify.router import Delivery, Notifier
 from brokercore.realtime.channels import Notification
 
-__all__ = ["OWED_EVERY", "OwedNotifications"]
+__all__ = ["OWED_EVERY", "OWED_SQL", "OwedNotifications"]
 
 OWED_EVERY = 1.0
 """Seconds between two reads of what is owed: how late such a notification may be."""
 
 log = logging.getLogger("brokercore.notify.owed")
 
-_OWED = """
+OWED_SQL = """
 SELECT user_id, notification::text FROM owed_notifications
  WHERE NOT notification_id = ANY(%s) ORDER BY owed_since, notification_id LIMIT %s"""
 
@@ -51,7 +51,9 @@ class OwedNotifications:
         """Publish the owed notifications not on their way yet; returns, for each, the
         coroutine that delivers its pushes and postbacks and then forgets it."""
         async with self.notifier.pool.connection() as conn:
-            rows = await (await conn.execute(_OWED, (sorted(self._sending), self.limit))).fetchall()
+            rows = await (
+                await conn.execute(OWED_SQL, (sorted(self._sending), self.limit))
+            ).fetchall()
         items = [(user, _notification.decode(text)) for user, text in rows]
         owed = await self.notifier.route(items)
         self._sending |= {n.id for _, n in items}
