@@ -220,6 +220,8 @@ class ServiceSettings:
     postback_per_url: int = 4  # postbacks in flight to one registration at most
     postback_ca_file: str | None = None  # PEM CAs trusted besides the system's
     postback_private_hosts: bool = False  # whether URLs may name loopback/private IPs
+    postback_breaker_failures: int = 10  # postbacks dead-lettered in a row pause a URL ...
+    postback_breaker_pause: float = 300.0  # ... for these seconds (dead-lettered untried)
     payment_provider_url: str | None = None  # where the funds service sends payouts
     payment_webhook_secret: str | None = None  # HMAC key of the provider's callbacks
     payout_retry_base: float = 1.0  # seconds before a payout is sent again ...

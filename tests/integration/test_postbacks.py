@@ -7,6 +7,7 @@ one whose certificate no trusted CA signed."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -185,7 +186,7 @@ def event(kind: EventType, seq: int, order_id: int, account: int, **fields) -> E
         "RELIANCE",
         kind,
         values["reason"],
-        Op.LIMIT,
+        values.get("op", Op.LIMIT),
         Side.BUY,
         seq,
         TS + seq * 1000,
@@ -269,10 +270,11 @@ def dead_letters(kafka: KafkaSettings) -> list[PostbackDeadLetter]:
 
 
 def notifier_process(
-    settings: ServiceSettings, kafka: KafkaSettings, ca_file: Path, log
+    settings: ServiceSettings, kafka: KafkaSettings, ca_file: Path, log, **more: str
 ) -> subprocess.Popen:
     """``brokercore service notifier --from-beginning``, no push provider, postbacks
-    trusting ``ca_file``, answered within 2 s, tried 3 times 0.05 s apart."""
+    trusting ``ca_file``, answered within 2 s, tried 3 times 0.05 s apart; ``more``:
+    other BROKERCORE_ variables."""
     env = os.environ | {
         "BROKERCORE_DATABASE_URL": settings.database_url,
         "BROKERCORE_REDIS_URL": settings.redis_url,
@@ -287,6 +289,7 @@ def notifier_process(
         "BROKERCORE_POSTBACK_TIMEOUT": "2",
         "BROKERCORE_POSTBACK_CA_FILE": str(ca_file),
     }
+    env |= {f"BROKERCORE_{name.upper()}": value for name, value in more.items()}
     return subprocess.Popen(
         [sys.executable, "-m", "brokercore.cli", "service", "notifier", "--from-beginning"],
         cwd=REPO,
@@ -463,3 +466,84 @@ def test_the_reconciler_retries_dead_lettered_postbacks(database, kafka, tmp_pat
     assert (refused.status, taken.status) == (503, 200) and taken.body == refused.body
     assert json.loads(taken.body)["id"] == "1:9:4"
     assert verify(registration["secret"], taken.headers[SIGNATURE_HEADER], taken.body, time.time())
+
+
+def test_every_order_update_is_posted_and_a_dead_url_is_paused(database, kafka, tmp_path):
+    """Each order's ACCEPTED, AMENDED (a modify) and fill reach a live endpoint in that
+    order (postbacks only: the inbox keeps the fill alone); a dead endpoint (every answer
+    500) is paused after 2 postbacks dead-lettered in a row: later ones are dead-lettered
+    untried, so they cost the notifier no attempts and the live one still gets all."""
+    trusted = Authority(tmp_path, "trusted")
+    loopback = trusted.issue("loopback", ["127.0.0.1"])
+    live, dead = Endpoint(*loopback), Endpoint(*loopback, failing=10**6, status=500)
+    settings = service_settings(database, f"t{uuid.uuid4().hex[:12]}:", postback_private_hosts=True)
+    register(settings, [live.url(), dead.url()])
+    shard = partition_of("RELIANCE", kafka.shards)
+    seqs = itertools.count(1)
+
+    def updates(orders: int) -> tuple[list[list[str]], int]:
+        """Each new order's accepted, modified (10 -> 12 at 14,995.00) and filled, spread
+        over three messages of one transaction: their ids per order; the last offset."""
+        placed = [place(database, 10) for _ in range(orders)]
+        kinds = (
+            (EventType.ACCEPTED, {"qty": 10, "remaining": 10}),
+            (EventType.AMENDED, {"qty": 12, "remaining": 12, "op": Op.AMEND, "price": 299_900}),
+            (EventType.TRADE, {"qty": 12, "remaining": 0, "price": 299_900}),
+        )
+        batches, ids = [], [[] for _ in placed]
+        for kind, fields in kinds:
+            events = []
+            for n, (order_id, account) in enumerate(placed):
+                seq = next(seqs)
+                events.append(event(kind, seq, order_id, account, **fields))
+                ids[n].append(f"{shard}:{seq}:{order_id}")
+            batches.append(EventBatch(shard, events))
+        return ids, produce(kafka, shard, batches)
+
+    def posted(endpoint: Endpoint) -> list[dict]:
+        return [json.loads(r.body) for r in endpoint.seen()]
+
+    first, last = updates(4)
+    log = open(tmp_path / "notifier.log", "w")
+    process = notifier_process(settings, kafka, trusted.ca_file, log, postback_breaker_failures="2")
+    try:
+        wait_until(lambda: committed(kafka, shard) == last + 1, "the first offsets", timeout=60)
+        tried = len(dead.seen())
+        second, last = updates(10)
+        wait_until(lambda: committed(kafka, shard) == last + 1, "the second offsets", timeout=60)
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+        log.close()
+        live.close()
+        dead.close()
+    text = (tmp_path / "notifier.log").read_text()
+    assert code == 0, text
+
+    # the live endpoint: per order, accepted, modified, filled, in order
+    got = posted(live)
+    for order in (*first, *second):
+        assert [p["id"] for p in got if p["id"] in order] == order
+    [accepted, modified, filled] = [p for p in got if p["id"] in first[0]]
+    assert [accepted["kind"], modified["kind"], filled["kind"]] == ["OPEN", "MODIFIED", "FILL"]
+    assert accepted["body"] == "Your order to BUY 10 RELIANCE at 15,000.00 is open"
+    assert modified["body"] == "Your order to BUY RELIANCE was modified: 12 open at 14,995.00"
+    assert modified["title"] == "Order modified" and modified["orderId"] == accepted["orderId"]
+    with psycopg.connect(database, autocommit=True) as conn:  # the updates: postbacks only
+        stored = conn.execute(
+            "SELECT notification->>'kind', count(*) FROM notification_inbox GROUP BY 1"
+        ).fetchall()
+    assert stored == [("FILL", 14)]
+
+    # the dead endpoint: 3 tries of at most each first order's postback in flight when
+    # the breaker opened, then none at all; everything dead-lettered, once
+    assert "paused for 300 s: 2 dead-lettered in a row" in text
+    assert tried <= 3 * (len(first) + 2) and len(dead.seen()) == tried
+    letters = dead_letters(kafka)
+    assert Counter(x.notification.id for x in letters) == Counter(
+        i for order in (*first, *second) for i in order
+    )
+    later = [x for x in letters if any(x.notification.id in order for order in second)]
+    assert {(x.attempts, x.url) for x in later} == {(0, dead.url())}
+    assert all("paused after" in x.last_error for x in later)

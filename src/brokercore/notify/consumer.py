@@ -39,7 +39,7 @@ from brokercore.faults.kafka_errors import QUIET_KAFKA
 from brokercore.kafka.messages import EventBatch
 from brokercore.notify.dead_letters import DeadLetters
 from brokercore.notify.owed import OWED_EVERY, OwedNotifications
-from brokercore.notify.postbacks import Postbacks
+from brokercore.notify.postbacks import Breaker, Postbacks
 from brokercore.notify.push import HttpPushProvider
 from brokercore.notify.router import Delivery, Notifier, Received
 
@@ -120,6 +120,7 @@ async def run_notifier(
         timeout=settings.postback_timeout,
         per_url=settings.postback_per_url,
         ca_file=settings.postback_ca_file,
+        breaker=Breaker(settings.postback_breaker_failures, settings.postback_breaker_pause),
     )
     notifier = Notifier(
         pool,

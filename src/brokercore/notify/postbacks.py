@@ -9,7 +9,9 @@ it retries a push, then dead-letters it on the postbacks' topic. Here: registeri
 sender, and what keeps deliveries apart: a registration's updates of one order go out
 in order (the next waits until the one before is delivered or dead-lettered), and at
 most ``per_url`` postbacks to one registration are in flight, so a slow endpoint takes
-no more of the notifier's sends than that.
+no more of the notifier's sends than that; and a breaker per URL (``Breaker``): a dead
+endpoint's postbacks go to the dead-letter topic untried for a while instead of holding
+the notifier's memory and task limit through their retries.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import secrets
 import ssl
 import time
@@ -50,8 +53,12 @@ __all__ = [
     "Postback",
     "targets_of",
     "target_of",
+    "Paused",
+    "Breaker",
     "Postbacks",
 ]
+
+log = logging.getLogger("brokercore.notify.postbacks")
 
 MAX_POSTBACKS = 5
 """Registrations a user may have (the slots of postbacks_slot_valid)."""
@@ -235,11 +242,56 @@ class _Shared:
                 del self._held[key]
 
 
+class Paused(PushFailed):
+    """A postback not sent: its URL's breaker is open (not tried again until it closes)."""
+
+
+class Breaker:
+    """Per URL, the postbacks dead-lettered in a row (a delivery resets it). The
+    ``failures``-th pauses the URL for ``pause`` seconds: ``check`` then raises Paused, so
+    its postbacks are dead-lettered at once (the reconciler's --postbacks sends them
+    again later) and the notifier keeps reading ``events`` at its pace. After the pause
+    they are tried again: one delivered closes the breaker, one more dead letter pauses
+    the URL again at once. Keyed by URL, not registration: a user's two registrations
+    of one endpoint share its fate."""
+
+    def __init__(self, failures: int = 10, pause: float = 300.0):
+        if failures < 1:
+            raise ValueError("a breaker needs at least one failure to open")
+        self.failures, self.pause = failures, pause
+        self._failed: dict[str, int] = {}  # URL -> dead letters in a row (failing URLs only)
+        self._until: dict[str, float] = {}  # URL -> monotonic time its pause ends
+
+    def check(self, url: str) -> None:
+        """Raises Paused while ``url`` is paused."""
+        until = self._until.get(url)
+        if until is not None and time.monotonic() < until:
+            raise Paused(f"paused after {self._failed[url]} postbacks dead-lettered in a row")
+
+    def delivered(self, url: str) -> None:
+        self._failed.pop(url, None)
+        if self._until.pop(url, None) is not None:
+            log.info("postbacks to %s delivered again: no longer paused", url)
+
+    def dead_lettered(self, url: str) -> None:
+        """A postback to ``url`` failed every attempt (not one Paused cut short)."""
+        failed = self._failed[url] = self._failed.get(url, 0) + 1
+        if failed >= self.failures:
+            self._until[url] = time.monotonic() + self.pause
+            log.warning(
+                "postbacks to %s paused for %g s: %d dead-lettered in a row; dead-lettered "
+                "untried meanwhile",
+                url,
+                self.pause,
+                failed,
+            )
+
+
 class Postbacks:
     """Sends postbacks over HTTPS (certificates verified: the system's trust store plus
     ``ca_file``'s CAs); any answer but 2xx, a redirect included, or none within
-    ``timeout`` seconds is a failure (PushFailed). ``dead_letters``: the postbacks'
-    dead-letter topic."""
+    ``timeout`` seconds is a failure (PushFailed), and one to a URL its ``breaker``
+    pauses is not sent (Paused). ``dead_letters``: the postbacks' dead-letter topic."""
 
     def __init__(
         self,
@@ -248,11 +300,13 @@ class Postbacks:
         timeout: float = 5.0,
         per_url: int = 4,
         ca_file: str | None = None,
+        breaker: Breaker | None = None,
     ):
         context = ssl.create_default_context()
         if ca_file:
             context.load_verify_locations(ca_file)
         self.dead_letters, self.timeout = dead_letters, timeout
+        self.breaker = breaker or Breaker()
         self.client = httpx.AsyncClient(
             verify=context,
             timeout=timeout,
@@ -273,10 +327,13 @@ class Postbacks:
         registration's turn comes, signed then (a long wait for the turn does not age
         the signature); PushFailed if the endpoint did not take it. The whole exchange,
         the answer's body included (read up to ``MAX_ANSWER`` bytes), must end within
-        the timeout: an endpoint that trickles its answer holds a slot no longer."""
+        the timeout: an endpoint that trickles its answer holds a slot no longer. Paused
+        (before the turn, and once it came) while the URL's breaker is open."""
         target = postback.target
         body = encode_message(postback.notification)
+        self.breaker.check(target.url)
         async with self._urls.hold(target.postback_id), slots:
+            self.breaker.check(target.url)  # opened while this one waited its turn
             headers = {
                 "Content-Type": "application/json",
                 SIGNATURE_HEADER: sign(target.secret, body, int(time.time())),

@@ -8,6 +8,10 @@ amend, or a re-sent order's DUPLICATE_ORDER_ID, is not news: the order is unchan
 and PRICE_ALERT when a trade crosses a user's alert (``brokercore.notify.alerts``). A
 notification's id is derived from what caused it (``{shard}:{shard_seq}:{order_id}``,
 ``alert:{alert_id}:{trade_id}``), so a client drops a second copy.
+
+An order's other updates, a new order's ACCEPTED (kind OPEN, or TRIGGER_PENDING for a
+stop) and an amend's AMENDED (MODIFIED), are told to postbacks only (``order_updates``,
+kinds ``UPDATE_KINDS``): in the inbox or as a push they would be noise.
 """
 
 from __future__ import annotations
@@ -22,11 +26,20 @@ from brokercore.broker.market import MarketInstrument
 from brokercore.broker.money import format_paise
 from brokercore.broker.orders import END_STATUS, event_time
 from brokercore.engine.records import EventType, Op, Reason
-from brokercore.kafka.messages import NEW_ORDER_OPS, Event
+from brokercore.kafka.messages import NEW_ORDER_OPS, STOP_OPS, Event
 from brokercore.notify.alerts import Fire
 from brokercore.realtime.channels import Notification
 
-__all__ = ["OrderOwner", "order_owners", "told", "order_notifications", "alert_notification"]
+__all__ = [
+    "OrderOwner",
+    "order_owners",
+    "told",
+    "order_notifications",
+    "UPDATE_KINDS",
+    "updated",
+    "order_updates",
+    "alert_notification",
+]
 
 log = logging.getLogger("brokercore.notify.render")
 
@@ -40,10 +53,12 @@ class OrderOwner:
     side: str
     quantity: int
     type: str  # LIMIT, MARKET, STOP or STOP_LIMIT
+    posts: bool = False  # whether the user has a postback registered (order_updates)
 
 
 _OWNERS_SQL = """
-SELECT o.order_id, a.user_id, a.account_id, o.side, o.quantity, o.type
+SELECT o.order_id, a.user_id, a.account_id, o.side, o.quantity, o.type,
+       EXISTS (SELECT FROM postbacks p WHERE p.user_id = a.user_id)
   FROM orders o JOIN accounts a ON a.account_id = o.account_id
  WHERE o.order_id = ANY(%s)"""
 
@@ -70,6 +85,28 @@ def told(e: Event) -> list[int]:
 _STOP_TYPES = ("STOP", "STOP_LIMIT")
 
 
+def _owner(
+    shard: int, e: Event, order_id: int, owners: Mapping[int, OrderOwner]
+) -> OrderOwner | None:
+    """The owner of an order the event tells about, if ours and the event's account
+    (a trade's maker: its other account) is the order's."""
+    owner = owners.get(order_id)
+    if owner is None:
+        return None  # another broker's order
+    maker = e.type == EventType.TRADE and order_id == e.other_id
+    if owner.account_id != (e.other_account if maker else e.account):
+        log.warning(
+            "event %s:%s names account %s for order %s of account %s; ignored",
+            shard,
+            e.shard_seq,
+            e.account,
+            order_id,
+            owner.account_id,
+        )
+        return None
+    return owner
+
+
 def _words(reason: int) -> str:
     return Reason(reason).name.lower().replace("_", " ")
 
@@ -81,20 +118,10 @@ def order_notifications(
     fill counts what is filled as the order's quantity less what is open after it."""
     notifications = []
     for order_id in told(e):
-        owner = owners.get(order_id)
+        owner = _owner(shard, e, order_id, owners)
         if owner is None:
-            continue  # another broker's order
-        maker = e.type == EventType.TRADE and order_id == e.other_id
-        if owner.account_id != (e.other_account if maker else e.account):
-            log.warning(
-                "event %s:%s names account %s for order %s of account %s; ignored",
-                shard,
-                e.shard_seq,
-                e.account,
-                order_id,
-                owner.account_id,
-            )
             continue
+        maker = e.type == EventType.TRADE and order_id == e.other_id
         stop = "stop " if owner.type in _STOP_TYPES else ""
         order = f"Your {stop}order to {owner.side} {owner.quantity:,} {e.symbol}"
         if e.type == EventType.TRADE:
@@ -147,6 +174,59 @@ def order_notifications(
             )
         )
     return notifications
+
+
+UPDATE_KINDS = frozenset(("OPEN", "TRIGGER_PENDING", "MODIFIED"))
+"""The kinds of ``order_updates``: postbacks only."""
+
+
+def updated(e: Event) -> list[int]:
+    """The order ids an event updates without a notification: a new order accepted by
+    the engine, an order modified (an amend's AMENDED; a self-trade's decrement or an
+    auction's repricing is not the user's modify)."""
+    if (e.type == EventType.ACCEPTED and e.op in NEW_ORDER_OPS) or (
+        e.type == EventType.AMENDED and e.op == Op.AMEND and e.reason == Reason.NONE
+    ):
+        return [e.order_id]
+    return []
+
+
+def order_updates(
+    shard: int, e: Event, owners: Mapping[int, OrderOwner], instrument: MarketInstrument
+) -> list[tuple[str, Notification]]:
+    """(user, notification) of an order's ACCEPTED or AMENDED for its owner, if they have
+    a postback (``OrderOwner.posts``). The terms are the event's (the new ones)."""
+    updates = []
+    for order_id in updated(e):
+        owner = _owner(shard, e, order_id, owners)
+        if owner is None or not owner.posts:
+            continue
+        at = f" at {format_paise(instrument.ticks_to_paise(e.price))}" if e.price else ""
+        if e.type == EventType.AMENDED:
+            stop = "stop " if owner.type in _STOP_TYPES else ""
+            kind, title = "MODIFIED", "Order modified"
+            body = f"Your {stop}order to {owner.side} {e.symbol} was modified: {e.qty:,} open{at}"
+        elif e.op in STOP_OPS:
+            kind, title = "TRIGGER_PENDING", "Stop order placed"
+            body = f"Your stop order to {owner.side} {e.qty:,} {e.symbol}{at} waits for its trigger"
+        else:
+            kind, title = "OPEN", "Order placed"
+            body = f"Your order to {owner.side} {e.qty:,} {e.symbol}{at} is open"
+        updates.append(
+            (
+                owner.user_id,
+                Notification(
+                    f"{shard}:{e.shard_seq}:{order_id}",
+                    kind,
+                    title,
+                    body,
+                    e.symbol,
+                    event_time(e.ts).isoformat(),
+                    order_id,
+                ),
+            )
+        )
+    return updates
 
 
 def alert_notification(fire: Fire) -> tuple[str, Notification]:

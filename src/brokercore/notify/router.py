@@ -22,7 +22,9 @@ copy by the notification's id). A push is retried after base, 2·base, 4·base .
 (``brokercore.notify.dead_letters``), which the reconciler retries every few minutes
 (``brokercore.notify.redelivery``). An order's notifications are also POSTed to each
 postback URL of its user, whatever their preferences, retried on the same schedule and
-then dead-lettered on the postbacks' topic (``brokercore.notify.postbacks``).
+then dead-lettered on the postbacks' topic (``brokercore.notify.postbacks``), with the
+order's other updates (``render.order_updates``: accepted, modified), which go to
+postbacks only.
 """
 
 from __future__ import annotations
@@ -48,14 +50,17 @@ from brokercore.kafka.messages import EventBatch
 from brokercore.notify import inbox
 from brokercore.notify.alerts import TradePrice, apply_trades
 from brokercore.notify.dead_letters import DeadLetters, PostbackDeadLetter, PushDeadLetter
-from brokercore.notify.postbacks import Postback, Postbacks, targets_of
+from brokercore.notify.postbacks import Paused, Postback, Postbacks, targets_of
 from brokercore.notify.preferences import channels_of, devices_of
 from brokercore.notify.push import PushFailed, PushProvider
 from brokercore.notify.render import (
+    UPDATE_KINDS,
     alert_notification,
     order_notifications,
     order_owners,
+    order_updates,
     told,
+    updated,
 )
 from brokercore.realtime.channels import (
     Notification,
@@ -143,7 +148,8 @@ class Notifier:
     async def handle(self, messages: Sequence[Received]) -> list[list[Delivery]]:
         """Publish the batch's in-app notifications and move its alerts; returns, per
         message, the pushes and postbacks it owes."""
-        ids = sorted({i for _, _, batch in messages for e in batch.events for i in told(e)})
+        tells = (told, updated) if self.postbacks is not None else (told,)
+        ids = sorted({i for _, _, b in messages for e in b.events for t in tells for i in t(e)})
         items: list[tuple[int, str, Notification]] = []
         trades: list[TradePrice] = []
         trade_message: dict[str, int] = {}
@@ -158,6 +164,11 @@ class Notifier:
                         (index, *notification)
                         for notification in order_notifications(batch.shard, e, owners, instrument)
                     ]
+                    if self.postbacks is not None:
+                        items += [
+                            (index, *update)
+                            for update in order_updates(batch.shard, e, owners, instrument)
+                        ]
                     if e.type == EventType.TRADE:
                         trade = TradePrice(
                             trade_id(e),
@@ -179,7 +190,10 @@ class Notifier:
                         for index, user, n in fires
                     ],
                 )
-                await inbox.store(conn, [(user, n) for _, user, n in (*items, *fires)])
+                await inbox.store(
+                    conn,
+                    [(user, n) for _, user, n in (*items, *fires) if n.kind not in UPDATE_KINDS],
+                )
         items += fires
         if items:
             await self._after_projector(messages)
@@ -264,7 +278,7 @@ class Notifier:
         for user, n in items:
             channel = channels.get((user, n.kind), "IN_APP")
             deliveries: list[Delivery] = []
-            if channel != "NONE":
+            if channel != "NONE" and n.kind not in UPDATE_KINDS:  # updates: postbacks only
                 if channel == "IN_APP" or online[user]:
                     published += (user_channel(self.prefix, user), encode_message(n))
                 if channel == "PUSH" or not online[user]:
@@ -286,21 +300,27 @@ class Notifier:
     async def deliver(self, delivery: Delivery) -> bool:
         """Push or post, retrying with backoff; after the last attempt it is dead-lettered
         (retried until Kafka takes it). True if the provider or the endpoint took it. A
-        postback holds its order's turn to its registration until then."""
+        postback holds its order's turn to its registration until then; one its URL's
+        breaker pauses is dead-lettered without more attempts, and only the others'
+        outcomes move the breaker."""
         if isinstance(delivery, Postback):
             postbacks = self.postbacks
             if postbacks is None:
                 raise ValueError("no postbacks: a Notifier without them owes none")
+            url = delivery.target.url
             async with postbacks.in_order(delivery):
-                error = await self._attempts(
+                error, attempts = await self._attempts(
                     lambda: postbacks.send(delivery, self._slots), "postback", delivery
                 )
                 if error is None:
+                    postbacks.breaker.delivered(url)
                     self.posted += 1
                     return True
+                if attempts == self.attempts:
+                    postbacks.breaker.dead_lettered(url)
                 await self._dead_letter(
                     postbacks.dead_letters,
-                    postbacks.letter(delivery, self.attempts, error),
+                    postbacks.letter(delivery, attempts, error),
                     "postback",
                 )
             return False
@@ -312,7 +332,7 @@ class Notifier:
             async with self._slots:
                 await provider.send(delivery.device_token, delivery.notification)
 
-        error = await self._attempts(push, "push", delivery)
+        error, _ = await self._attempts(push, "push", delivery)
         if error is None:
             self.pushed += 1
             return True
@@ -329,16 +349,19 @@ class Notifier:
 
     async def _attempts(
         self, send: Callable[[], Awaitable[None]], what: str, delivery: Delivery
-    ) -> str | None:
-        """``send`` tried up to ``attempts`` times, waiting the back-off between; None
-        once it succeeds, else the last failure."""
+    ) -> tuple[str | None, int]:
+        """``send`` tried up to ``attempts`` times, waiting the back-off between, or until
+        it raises Paused (that one not counted): (None once it succeeds, else the last
+        failure; the attempts made)."""
         error = ""
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:
                 await asyncio.sleep(retry_delay(attempt - 1, self.retry_base, self.retry_cap))
             try:
                 await send()
-                return None
+                return None, attempt
+            except Paused as e:
+                return str(e), attempt - 1
             except PushFailed as e:
                 error = str(e)
                 log.info(
@@ -350,12 +373,13 @@ class Notifier:
                     self.attempts,
                     error,
                 )
-        return error
+        return error, self.attempts
 
     async def _dead_letter(
         self, dead_letters: DeadLetters, letter: PushDeadLetter | PostbackDeadLetter, what: str
     ) -> None:
-        """Put the letter on its topic, retrying until Kafka takes it."""
+        """Put the letter on its topic, retrying until Kafka takes it (logged as a
+        warning, but at debug level one its breaker paused: the pause was logged)."""
         retry = 0
         while True:
             try:
@@ -368,7 +392,8 @@ class Notifier:
                 )
                 await asyncio.sleep(retry_delay(retry, self.retry_base, self.retry_cap))
         self.dead_lettered += 1
-        log.warning(
+        log.log(
+            logging.WARNING if letter.attempts == self.attempts else logging.DEBUG,
             "%s %s to %s dead-lettered after %d attempts: %s",
             what,
             letter.notification.id,
