@@ -35,7 +35,7 @@ from brokercore.entry.brackets import stop_request, target_request
 from brokercore.entry.gtt_orders import Placed
 from brokercore.entry.order_entry import OrderEntry, OrderRefused
 
-__all__ = ["bracket_pass"]
+__all__ = ["BracketPass", "bracket_pass"]
 
 _LIVE = """
 SELECT b.bracket_id, b.status, a.user_id, b.symbol, b.side, b.stop_limit, b.leg_key,
@@ -57,6 +57,13 @@ SELECT t.bracket_id, t.seq, t.quantity, a.user_id, b.symbol, b.side, b.target, b
   JOIN accounts a ON a.account_id = b.account_id
  WHERE t.order_id IS NULL AND t.failure_code IS NULL
  ORDER BY t.bracket_id, t.seq LIMIT %s FOR UPDATE OF t SKIP LOCKED"""
+
+
+class BracketPass(Placed):
+    """A pass's ``Placed`` (cancels' commands in its outbox too), and how many brackets
+    wait for their cancels to be settled (worth a pass again soon)."""
+
+    closing: int = 0
 
 
 class _Bracket(NamedTuple):
@@ -94,17 +101,17 @@ class _Leg(NamedTuple):
         return self.status in OPEN_STATUSES
 
 
-async def bracket_pass(entry: OrderEntry, limit: int = 200) -> Placed:
+async def bracket_pass(entry: OrderEntry, limit: int = 200) -> BracketPass:
     """One pass over up to ``limit`` live brackets: planned legs placed, brackets moved
     on, legs planned now placed. What it placed or refused, and the commands to publish."""
-    done = Placed()
+    done = BracketPass()
     await _place_targets(entry, limit, done)
     await _advance(entry, limit, done)
     await _place_targets(entry, limit, done)
     return done
 
 
-async def _place_targets(entry: OrderEntry, limit: int, done: Placed) -> None:
+async def _place_targets(entry: OrderEntry, limit: int, done: BracketPass) -> None:
     """Place the planned target legs; a refused one records why (its bracket exits)."""
     async with entry.pool.connection() as conn, conn.transaction():
         rows = await (await conn.execute(_TO_PLACE, (limit,))).fetchall()
@@ -129,7 +136,7 @@ async def _place_targets(entry: OrderEntry, limit: int, done: Placed) -> None:
                 done.outbox.append(receipt.outbox)
 
 
-async def _advance(entry: OrderEntry, limit: int, done: Placed) -> None:
+async def _advance(entry: OrderEntry, limit: int, done: BracketPass) -> None:
     async with entry.pool.connection() as conn, conn.transaction():
         brackets = [_Bracket(*r) for r in await (await conn.execute(_LIVE, (limit,))).fetchall()]
         legs: defaultdict[int, list[_Leg]] = defaultdict(list)
@@ -173,11 +180,12 @@ async def _active(conn: AsyncConnection, b: _Bracket, legs: list[_Leg]) -> None:
 
 
 async def _closing(
-    entry: OrderEntry, conn: AsyncConnection, b: _Bracket, legs: list[_Leg], done: Placed
+    entry: OrderEntry, conn: AsyncConnection, b: _Bracket, legs: list[_Leg], done: BracketPass
 ) -> None:
     """STOPPING or EXITING: cancel what is open; once all is closed, the stop-loss order
     for the position left (STOPPING) or the end (EXITING)."""
     if any(leg.unplaced for leg in legs):
+        done.closing += 1
         return  # placed first (it may exist already): then cancelled
     if b.entry_status in OPEN_STATUSES and not b.entry_cancel_sent:
         await _cancel(entry, b.user_id, b.entry_id, done)
@@ -193,6 +201,7 @@ async def _closing(
                 (b.bracket_id, leg.seq),
             )
     if b.entry_status in OPEN_STATUSES or any(leg.open for leg in legs):
+        done.closing += 1
         return  # the cancels are settled by a later pass's reading
     if b.status == "EXITING":
         await _end(conn, b, "CANCELLED" if b.failure_code is None else "FAILED")
@@ -223,7 +232,7 @@ async def _closing(
         done.outbox.append(receipt.outbox)
 
 
-async def _cancel(entry: OrderEntry, user_id: str, order_id: int, done: Placed) -> None:
+async def _cancel(entry: OrderEntry, user_id: str, order_id: int, done: BracketPass) -> None:
     """Ask the engine to cancel an order; one that closed meanwhile needs none."""
     try:
         receipt = await entry.cancel(user_id, order_id)

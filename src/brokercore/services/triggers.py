@@ -6,7 +6,8 @@ its offsets; the placer (brokercore.entry.gtt_orders, asyncio) then places their
 through the order entry exactly once, publishes them, and ends expired GTTs; it moves the
 bracket orders on too (brokercore.entry.bracket_legs: their legs placed, cancelled and
 ended; docs/brackets.md). The placer
-runs when the watcher fired something, and every ``--every`` seconds besides (what a
+runs when the watcher fired something, every ``--every`` seconds besides, and every
+``CLOSING_EVERY`` while a bracket waits for its cancels (what a
 crash left unplaced is placed by the first pass after a restart).
 
 Settings are the BROKERCORE_* variables (brokercore.config): BROKERCORE_DATABASE_URL,
@@ -46,6 +47,10 @@ log = logging.getLogger("brokercore.triggers")
 
 EXPIRE_EVERY = 60.0
 """Seconds between the passes that end expired GTTs (the watcher ignores them anyway)."""
+
+CLOSING_EVERY = 0.1
+"""Seconds between placer passes while a bracket waits for its cancels to be settled (a
+met stop-loss is placed as soon as they are)."""
 
 
 def prepare(kafka: KafkaSettings, settings: ServiceSettings, every: float) -> Run:
@@ -124,6 +129,7 @@ async def _place(
     expired_at = 0.0
     while not stopped.is_set():
         wake.clear()
+        closing = 0
         try:
             if time.monotonic() - expired_at >= EXPIRE_EVERY:
                 if expired := await expire_gtts(entry):
@@ -134,7 +140,8 @@ async def _place(
                 log.info("triggers: %d GTT orders placed, %d refused", done.placed, done.failed)
             if (legs := await bracket_pass(entry)).outbox or legs.failed:
                 publisher.submit(legs.outbox)
-                log.info("triggers: %d bracket legs placed, %d refused", legs.placed, legs.failed)
+                log.info("triggers: bracket legs: %d placed, %d refused", legs.placed, legs.failed)
+            closing = legs.closing
         except Exception as e:
             if not transient(e):
                 raise
@@ -143,7 +150,11 @@ async def _place(
             continue
         backoff.recovered()
         waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
-        _, pending = await asyncio.wait(waits, timeout=every, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(
+            waits,
+            timeout=CLOSING_EVERY if closing else every,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         for waiting in pending:
             waiting.cancel()
 
