@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from datetime import timedelta
 
 import psycopg
 
@@ -311,6 +312,53 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
         clean(api)
     finally:
         close()
+
+
+def test_a_sweep_sends_an_amend_again_only_while_its_modify_is_pending(database, tmp_path):
+    """An OMS that dies after Kafka took an AMEND, before marking it published, leaves
+    the row for the sweep. Once the engine has answered (no modify pending), the sweep
+    marks it published instead of sending it: the engine would apply a second copy, and
+    fills between the copies would add to the order. While the modify is pending, it is
+    sent again."""
+    with platform(database, tmp_path) as api:
+
+        async def place():
+            async with api:
+                return (await api.place(timeInForce="GTC")).json()["orderId"]
+
+        async def modify(order):
+            async with api:
+                return (await patch(api, order, quantity=6)).status_code
+
+        async def sweep():
+            async with api:
+                return await api.app.state.oms.publisher.publish_stale(timedelta(0))
+
+        order = run(place)
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], order)
+        assert run(lambda: modify(order)) == 202
+        api.wait_rows(
+            "SELECT quantity, modify_pending FROM orders WHERE order_id = %s", [(6, False)], order
+        )
+        ((amend,),) = api.rows("SELECT max(outbox_id) FROM outbox WHERE order_id = %s", order)
+        forgotten = "UPDATE outbox SET published_at = NULL WHERE outbox_id = %s"
+
+        execute(api, forgotten, amend)
+        assert amend not in run(sweep)
+        assert api.rows(
+            "SELECT published_at IS NOT NULL FROM outbox WHERE outbox_id = %s", amend
+        ) == [(True,)]
+        amends = [c for c in api.commands() if isinstance(c, AmendOrder)]
+        assert len(amends) == 1, "an answered AMEND is not sent again"
+
+        execute(api, forgotten, amend)
+        execute(api, "UPDATE orders SET modify_pending = true WHERE order_id = %s", order)
+        assert amend in run(sweep), "a pending modify's AMEND is sent again"
+        assert len([c for c in api.commands() if isinstance(c, AmendOrder)]) == 2
+        api.wait_rows(
+            "SELECT quantity, modify_pending FROM orders WHERE order_id = %s", [(6, False)], order
+        )
+        clean(api)
 
 
 async def _cancel(api: Api, order: int, user: str):

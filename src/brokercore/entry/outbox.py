@@ -8,7 +8,8 @@ request's behalf: ``submit`` hands a row to the producer, which keeps it (for
 row that is still unpublished a while later (an OMS that died before sending it, a
 producer queue that was full) is sent again by ``run``, the OMS's background sweep,
 and the reconciler re-publishes orders the engine has not confirmed; the engine drops
-a second copy of an order, so publishing twice is harmless.
+a second copy of an order or a cancel, so publishing those twice is harmless; an
+AMEND is sent again only while its modify is still unanswered (``_without_answered_amends``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from datetime import timedelta
 from typing import NamedTuple, TypeAlias
 
 from confluent_kafka import KafkaError, KafkaException, Producer
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from brokercore.faults.backoff import Backoff, transient
 from brokercore.faults.kafka_errors import QUIET_KAFKA, transient_kafka
+from brokercore.kafka.messages import AmendOrder, command_decoder
 
 __all__ = ["OutboxPublisher", "OutboxRow"]
 
@@ -178,10 +181,11 @@ class OutboxPublisher:
 
     async def _rows(self, query: str, params: tuple[object, ...]) -> list[OutboxRow]:
         async with self.pool.connection() as conn:
-            return [
+            rows = [
                 OutboxRow(i, t, p, k, bytes(v))
                 for i, t, p, k, v in await (await conn.execute(query, params)).fetchall()
             ]
+            return await _without_answered_amends(conn, rows)
 
     def _send(self, rows: list[OutboxRow], waiting: bool) -> dict[int, _Delivery]:
         """Produce the rows not already on their way; with ``waiting``, a future per row
@@ -261,3 +265,40 @@ class OutboxPublisher:
                     raise
                 self._acked = ids + self._acked
                 await backoff.pause(e)
+
+
+_COMMAND = command_decoder()
+
+
+async def _without_answered_amends(conn: AsyncConnection, rows: list[OutboxRow]) -> list[OutboxRow]:
+    """The rows to send again, less the AMENDs the engine has answered. A second copy of
+    an order or a cancel is harmless (the engine drops it), but a second AMEND is applied
+    again, and fills between the two copies would add to the order. An order has one
+    modify in flight at most, so an unpublished AMEND whose order has none pending was
+    answered, hence delivered (its OMS died before marking it): it is marked published,
+    not sent."""
+    amends = {
+        row.outbox_id: command.order_id
+        for row in rows
+        if isinstance(command := _COMMAND.decode(row.payload), AmendOrder)
+    }
+    if not amends:
+        return rows
+    pending = {
+        order_id
+        for (order_id,) in await (
+            await conn.execute(
+                "SELECT order_id FROM orders WHERE order_id = ANY(%s) AND modify_pending",
+                (list(set(amends.values())),),
+            )
+        ).fetchall()
+    }
+    answered = {i for i, order_id in amends.items() if order_id not in pending}
+    if answered:
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE outbox_id = ANY(%s) "
+            "AND published_at IS NULL",
+            (list(answered),),
+        )
+        log.info("outbox: %d AMEND(s) the engine already answered marked published", len(answered))
+    return [row for row in rows if row.outbox_id not in answered]
