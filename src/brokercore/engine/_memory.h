@@ -72,6 +72,7 @@ static void bc_prefault(void *p, size_t n) {
 #define BC_PREFAULT_STEP ((size_t)64 << 10)    /* per madvise call; a stop waits for one */
 #define BC_PREFAULT_AHEAD ((size_t)4 << 20)    /* how far ahead of the writer; it waits
                                                   for half of that to be written */
+#define BC_PREFAULT_LEAD ((size_t)1 << 20)     /* the least it keeps ahead of the writer */
 #define BC_PREFAULT_MIN BC_SPARE_MIN           /* a thread for less is not worth its start */
 #define BC_PREFAULT_BYTES_PER_NS 2             /* faster than any batch writes its events */
 
@@ -103,9 +104,16 @@ static int bc_prefault_unsupported = 0;       /* madvise said EINVAL: start no t
 static void *bc_prefault_run(void *arg) {
     bc_prefaulter *f = (bc_prefaulter *)arg;
     char *p = f->start;
-    size_t n, limit;
+    size_t n, written, limit;
     while (p < f->end && !__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE)) {
-        limit = __atomic_load_n(&f->written, __ATOMIC_RELAXED) + BC_PREFAULT_AHEAD;
+        written = __atomic_load_n(&f->written, __ATOMIC_RELAXED);
+        limit = written + BC_PREFAULT_AHEAD;
+        if ((size_t)(p - f->base) < written + BC_PREFAULT_LEAD) {
+            /* A writer as fast as the thread has caught up: go on where the writer will
+               be, not where it is now (both faulting the same pages doubles the work). */
+            p = (char *)(((uintptr_t)f->base + written + BC_PREFAULT_AHEAD / 2) & ~(BC_PAGE - 1));
+            continue;
+        }
         if ((size_t)(p - f->base) >= limit) {
             bc_prefault_wait(f, (size_t)(p - f->base) - limit + BC_PREFAULT_AHEAD / 2);
             continue;
