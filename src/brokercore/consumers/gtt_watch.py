@@ -53,14 +53,21 @@ SELECT g.gtt_id, g.symbol, g.condition_1, g.trigger_1, g.condition_2, g.trigger_
  ORDER BY g.gtt_id FOR UPDATE OF g"""
 
 # The armed ACTIVE brackets of the batch's symbols whose stop-loss one of its prices may
-# meet (a buy's at or below, a sell's at or above; brackets_stop_idx), locked in id order;
-# when each was armed (ms).
+# meet (a buy's at or below, a sell's at or above), found by index ranges
+# (brackets_stop_idx: the cost grows with the brackets met, not with those waiting),
+# locked in id order; when each was armed (ms).
 _STOPS = """
 WITH v (symbol, low, high) AS (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]))
 SELECT b.bracket_id, b.symbol, b.side, b.stop, (extract(epoch FROM b.armed_at) * 1000)::bigint
-  FROM brackets b JOIN v ON b.symbol = v.symbol
- WHERE b.status = 'ACTIVE' AND b.armed_at IS NOT NULL
-   AND (b.side = 'BUY' AND b.stop >= v.low OR b.side = 'SELL' AND b.stop <= v.high)
+  FROM brackets b
+ WHERE b.bracket_id = ANY(ARRAY(
+         SELECT m.bracket_id FROM v CROSS JOIN LATERAL (
+           SELECT bracket_id FROM brackets WHERE status = 'ACTIVE' AND armed_at IS NOT NULL
+              AND symbol = v.symbol AND side = 'BUY' AND stop >= v.low
+           UNION ALL SELECT bracket_id FROM brackets WHERE status = 'ACTIVE'
+              AND armed_at IS NOT NULL AND symbol = v.symbol AND side = 'SELL'
+              AND stop <= v.high) m))
+   AND b.status = 'ACTIVE'
  ORDER BY b.bracket_id FOR UPDATE OF b"""
 
 _STOP = """

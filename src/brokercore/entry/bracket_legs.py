@@ -139,6 +139,8 @@ async def _place_targets(entry: OrderEntry, limit: int, done: BracketPass) -> No
 async def _advance(entry: OrderEntry, limit: int, done: BracketPass) -> None:
     async with entry.pool.connection() as conn, conn.transaction():
         brackets = [_Bracket(*r) for r in await (await conn.execute(_LIVE, (limit,))).fetchall()]
+        if not brackets:
+            return
         legs: defaultdict[int, list[_Leg]] = defaultdict(list)
         ids = [b.bracket_id for b in brackets]
         for row in await (await conn.execute(_LEGS, (ids,))).fetchall():
