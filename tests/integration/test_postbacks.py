@@ -547,3 +547,45 @@ def test_every_order_update_is_posted_and_a_dead_url_is_paused(database, kafka, 
     later = [x for x in letters if any(x.notification.id in order for order in second)]
     assert {(x.attempts, x.url) for x in later} == {(0, dead.url())}
     assert all("paused after" in x.last_error for x in later)
+
+
+def test_the_reconciler_pauses_a_dead_url_too(database, kafka, tmp_path):
+    """A pass over 12 dead letters of an endpoint that answers 500: 2 failures in a row
+    pause its URL, so at most those and the sends already under way (4 at once to one
+    registration) reach it; every letter goes back on the topic, the untried ones saying
+    why."""
+    trusted = Authority(tmp_path, "trusted")
+    dead = Endpoint(*trusted.issue("loopback", ["127.0.0.1"]), failing=10**6, status=500)
+    settings = service_settings(
+        database,
+        f"t{uuid.uuid4().hex[:12]}:",
+        postback_private_hosts=True,
+        postback_ca_file=str(trusted.ca_file),
+        postback_breaker_failures=2,
+    )
+    [registration] = register(settings, [dead.url()])
+    ids = [f"1:{seq}:4" for seq in range(12)]
+
+    async def dead_letter() -> None:
+        producer = DeadLetters(KAFKA_BOOTSTRAP, kafka.postback_dead_letter_topic)
+        try:
+            for i in ids:
+                n = Notification(i, "FILL", "Order filled", "b", "RELIANCE", "2026-03-02", 4)
+                letter = PostbackDeadLetter(
+                    n, "alice", int(registration["id"]), dead.url(), 3, "HTTP 500", "t"
+                )
+                await producer.put(letter)
+        finally:
+            producer.close()
+
+    try:
+        asyncio.run(dead_letter())
+        done = asyncio.run(retry_postbacks(settings, kafka, True, asyncio.Event()))
+    finally:
+        dead.close()
+    assert (done.delivered, done.failed) == (0, len(ids))
+    assert 2 <= len(dead.seen()) <= 2 + settings.postback_per_url
+    again = dead_letters(kafka)[len(ids) :]
+    assert sorted(x.notification.id for x in again) == sorted(ids)
+    paused = [x for x in again if x.last_error.startswith("paused after ")]
+    assert len(paused) == len(ids) - len(dead.seen())

@@ -46,8 +46,8 @@ from brokercore.consumers.reconcile import (
 from brokercore.entry.outbox import OutboxPublisher
 from brokercore.faults.backoff import Backoff, transient
 from brokercore.notify.dead_letters import DeadLetters, PostbackDeadLetter, PushDeadLetter
-from brokercore.notify.postbacks import Postback, Postbacks, target_of
-from brokercore.notify.push import HttpPushProvider, PushProvider
+from brokercore.notify.postbacks import Breaker, Paused, Postback, Postbacks, target_of
+from brokercore.notify.push import HttpPushProvider, PushFailed, PushProvider
 from brokercore.notify.redelivery import (
     Letter,
     Redelivery,
@@ -140,13 +140,18 @@ async def retry_postbacks(
     settings: ServiceSettings, kafka: KafkaSettings, once: bool, stop: asyncio.Event
 ) -> Redelivery:
     """Runs the postbacks' dead-letter rounds (one if ``once``), each letter sent to its
-    registration as it is now (one deleted meanwhile is dropped); returns what they did."""
+    registration as it is now (one deleted meanwhile is dropped); returns what they did.
+    A URL that fails as many in a row as pause it in the notifier is paused likewise:
+    its other letters go back on the topic untried (a dead endpoint costs a pass a few
+    sends, not one per letter)."""
     pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=2, open=False)
+    breaker = Breaker(settings.postback_breaker_failures, settings.postback_breaker_pause)
     sender = Postbacks(
         DeadLetters(kafka.bootstrap, kafka.postback_dead_letter_topic),
         timeout=settings.postback_timeout,
         per_url=settings.postback_per_url,
         ca_file=settings.postback_ca_file,
+        breaker=breaker,
     )
     slots = asyncio.Semaphore(16)
 
@@ -160,7 +165,14 @@ async def retry_postbacks(
                 letter.postback_id,
             )
             return
-        await sender.send(Postback(letter.user_id, target, letter.notification), slots)
+        try:
+            await sender.send(Postback(letter.user_id, target, letter.notification), slots)
+        except Paused:
+            raise
+        except PushFailed:
+            breaker.dead_lettered(target.url)
+            raise
+        breaker.delivered(target.url)
 
     try:
         await pool.open(wait=True)
