@@ -28,6 +28,7 @@ STORED = (
     "watchlists",
     "watchlist_symbols",
     "gtts",
+    "brackets",
 )
 """The tables a request of a client can add rows to."""
 
