@@ -8,7 +8,8 @@ a sell leg needs the shares the entry's fills credited) and moves it on:
   ``bracket_targets`` row committed before its order is placed, so a replay places the
   same quantity under the same key); an entry that ended CANCELLED or REJECTED, or a
   refused leg, makes it EXITING; once the entry and every leg are closed it is DONE (the
-  targets sold all the entry bought) or EXPIRED (the day ended with a position left).
+  targets sold all the entry bought) or EXPIRED (the day ended with a position left, or
+  the entry expired unfilled).
 - STOPPING (the watcher saw a trade meet the stop-loss) and EXITING: the entry and the
   open targets are cancelled; once all are closed, a STOPPING bracket places its
   stop-loss order for the position left (entry filled - targets filled; DONE if none)
@@ -178,7 +179,7 @@ async def _active(conn: AsyncConnection, b: _Bracket, legs: list[_Leg]) -> None:
         )
     elif b.entry_status not in OPEN_STATUSES and not any(leg.unplaced or leg.open for leg in legs):
         sold = sum(leg.filled or 0 for leg in legs)
-        await _end(conn, b, "DONE" if sold == b.entry_filled else "EXPIRED")
+        await _end(conn, b, "DONE" if 0 < b.entry_filled == sold else "EXPIRED")
 
 
 async def _closing(
