@@ -161,7 +161,7 @@ CONF
         program funds "$py" -m brokercore.cli service funds --port "$(api_port funds 0)"
         program settlement "$py" -m brokercore.cli service settlement
         program projector "$py" -m brokercore.cli service projector
-        program triggers "$py" -m brokercore.cli service triggers  # GTTs (docs/gtt.md)
+        program triggers "$py" -m brokercore.cli service triggers  # GTTs, bracket legs (docs/gtt.md, brackets.md)
         program notifier "$py" -m brokercore.cli service notifier
         program postback-retry "$py" -m brokercore.cli service reconciler --postbacks
         program reconciler "$py" -m brokercore.cli service reconciler
