@@ -3,7 +3,8 @@ Kafka: bad input and the API; with the engine daemon, settlement and the trigger
 (a subprocess, as tests/integration/test_gtt.py runs it): an entry filled and its target
 filled (the stop-loss never placed); an entry partly filled (a leg for that part), then
 its stop-loss met while the rest fills (the target cancelled, the stop-loss sells the
-whole position); an entry cancelled (its leg cancelled, the bracket CANCELLED); a kill -9
+whole position); an entry cancelled, and a bracket exited (its legs cancelled, the bracket
+CANCELLED); a kill -9
 of the trigger service while it places legs (each leg once); the stop-loss met and the
 target filled in one batch (no stop-loss order: nothing sold twice)."""
 
@@ -146,7 +147,7 @@ async def placed(api: Api, *orders) -> None:
         assert answer.status_code == 202, answer.text
 
 
-def test_target_fills_stop_loss_cancels_the_target_entry_cancel_ends_it(database, tmp_path):
+def test_target_fills_stop_loss_cancels_the_target_cancels_end_it(database, tmp_path):
     with platform(database, tmp_path, rate_limit_burst=10_000) as api:
         service = triggers(api, tmp_path / "triggers.log")
 
@@ -183,6 +184,23 @@ def test_target_fills_stop_loss_cancels_the_target_entry_cancel_ends_it(database
                 assert (await api.cancel(entry)).status_code == 202
                 await until(api, three, ("CANCELLED", [(3, "CANCELLED", 0)], None, None, None))
                 assert api.rows(ALICES_SHARES) == [(3,)]
+
+                # the entry fills 2, the user exits the bracket: entry and leg cancelled
+                four = await made(api, target="15400.00", stopLoss="14600.00")
+                await placed(api, ("bob", {"side": "SELL", "quantity": 2, "timeInForce": "IOC"}))
+                await until(api, four, ("ACTIVE", [(2, "OPEN", 0)], None, None, None))
+                path = f"/api/v1/brackets/{four}"
+                exited = await api.client.delete(path, headers=auth("alice"))
+                assert exited.json()["status"] == "EXITING", exited.text
+                await until(api, four, ("CANCELLED", [(2, "CANCELLED", 0)], None, None, None))
+                view = (await api.client.get(path, headers=auth("alice"))).json()
+                assert [view["status"], view["targets"][0]["quantity"]] == ["CANCELLED", 2]
+                assert api.rows(
+                    "SELECT o.status, o.filled_quantity FROM orders o JOIN brackets b "
+                    "ON b.entry_order_id = o.order_id WHERE b.bracket_id = %s",
+                    four,
+                ) == [("CANCELLED", 2)]
+                assert api.rows(ALICES_SHARES) == [(5,)]
 
         try:
             run(scenario)
