@@ -4,9 +4,9 @@ Kafka: bad input and the API; with the engine daemon, settlement and the trigger
 filled (the stop-loss never placed); an entry partly filled (a leg for that part), then
 its stop-loss met while the rest fills (the target cancelled, the stop-loss sells the
 whole position); an entry cancelled, and a bracket exited (its legs cancelled, the bracket
-CANCELLED); a kill -9
-of the trigger service while it places legs (each leg once); the stop-loss met and the
-target filled in one batch (no stop-loss order: nothing sold twice)."""
+CANCELLED); a kill -9 of the trigger service while it places legs (each leg once); the
+stop-loss met and the target filled in one batch (no stop-loss order: nothing sold
+twice)."""
 
 from __future__ import annotations
 
