@@ -31,7 +31,7 @@ from psycopg.conninfo import make_conninfo
 from brokercore.broker.funding import open_account
 from brokercore.config import KafkaSettings
 from brokercore.db.migrations import apply_migrations, drop_database
-from kafka_support import instruments, new_settings, write_instruments
+from kafka_support import delete_created_topics, instruments, new_settings, write_instruments
 from private_servers import PrivatePostgres, PrivateRedis
 from shared_servers import DATABASE_URL, KAFKA_BOOTSTRAP
 from support import engine_class, model_class
@@ -99,6 +99,14 @@ def kafka_bootstrap() -> str:
     """The shared Kafka's bootstrap address."""
     start_unless_elsewhere("kafka", "BROKERCORE_KAFKA_BOOTSTRAP")
     return KAFKA_BOOTSTRAP
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _created_topics_deleted() -> Iterator[None]:
+    """A test module's Kafka topics are deleted after it (kafka_support.new_settings;
+    after the module, not each test, since module-scoped fixtures make topics too)."""
+    yield
+    delete_created_topics()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from brokercore.config import KafkaSettings
 from brokercore.engine.instruments import Instrument
@@ -40,11 +41,37 @@ from shared_servers import KAFKA_BOOTSTRAP
 SYMBOLS = {"RELIANCE": 1, "TCS": 2, "HDFCBANK": 3, "ITC": 4}
 
 
+CREATED: list[KafkaSettings] = []
+"""The deployments made since ``delete_created_topics`` last ran."""
+
+
 def new_settings(shards: int, bootstrap: str = KAFKA_BOOTSTRAP) -> KafkaSettings:
     """A deployment of its own on the cluster: a fresh topic prefix, its topics created."""
     settings = KafkaSettings(bootstrap, f"t{uuid.uuid4().hex[:12]}-", shards)
     ensure_topics(settings)
+    CREATED.append(settings)
     return settings
+
+
+def delete_created_topics() -> None:
+    """Delete the topics of the deployments made since the last call (their services may
+    have made more under the same prefix). Left in place, they pile up: a broker that has
+    served a few thousand tests holds tens of thousands of partitions and runs out of
+    file descriptors."""
+    while CREATED:
+        settings = CREATED.pop()
+        admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+        try:
+            names = [
+                name
+                for name in admin.list_topics(timeout=3).topics
+                if name.startswith(settings.topic_prefix)
+            ]
+            if names:
+                for future in admin.delete_topics(names, operation_timeout=10).values():
+                    future.result(timeout=15)
+        except KafkaException:
+            pass  # a broker the test stopped, or a topic already gone: nothing to free
 
 
 def instruments(session_orders: int = 200_000) -> list[Instrument]:
