@@ -35,15 +35,16 @@ from brokercore.broker.orders import OPEN_STATUSES
 from brokercore.entry.brackets import stop_request, target_request
 from brokercore.entry.gtt_orders import Placed
 from brokercore.entry.order_entry import OrderEntry, OrderRefused
+from brokercore.entry.outbox import OutboxRow
 
-__all__ = ["BracketPass", "bracket_pass"]
+__all__ = ["BracketPass", "bracket_pass", "resend_pending"]
 
 _LIVE = """
 SELECT b.bracket_id, b.status, a.user_id, b.symbol, b.side, b.stop_limit, b.leg_key,
        b.entry_order_id, b.entry_cancel_sent, b.failure_code, e.status, e.filled_quantity
   FROM brackets b JOIN accounts a ON a.account_id = b.account_id
   JOIN orders e ON e.order_id = b.entry_order_id
- WHERE b.status IN ('ACTIVE', 'STOPPING', 'EXITING')
+ WHERE b.status IN ('ACTIVE', 'STOPPING', 'EXITING') AND b.bracket_id > %s
  ORDER BY b.bracket_id LIMIT %s FOR UPDATE OF b SKIP LOCKED"""
 
 _LEGS = """
@@ -58,6 +59,21 @@ SELECT t.bracket_id, t.seq, t.quantity, a.user_id, b.symbol, b.side, b.target, b
   JOIN accounts a ON a.account_id = b.account_id
  WHERE t.order_id IS NULL AND t.failure_code IS NULL
  ORDER BY t.bracket_id, t.seq LIMIT %s FOR UPDATE OF t SKIP LOCKED"""
+
+
+# The legs whose order is still PENDING (not yet accepted by the engine; its command may
+# never have been published, the placer killed after the order's commit): the request
+# that placed each, to place again under its key.
+_PENDING = """
+SELECT a.user_id, b.symbol, b.side, t.quantity, b.target, b.leg_key || ':t' || t.seq, false
+  FROM orders o JOIN bracket_targets t ON t.order_id = o.order_id
+  JOIN brackets b ON b.bracket_id = t.bracket_id JOIN accounts a ON a.account_id = b.account_id
+ WHERE o.status = 'PENDING'
+UNION ALL
+SELECT a.user_id, b.symbol, b.side, b.stop_quantity, b.stop_limit, b.leg_key || ':stop', true
+  FROM orders o JOIN brackets b ON b.stop_order_id = o.order_id
+  JOIN accounts a ON a.account_id = b.account_id
+ WHERE o.status = 'PENDING'"""
 
 
 class BracketPass(Placed):
@@ -102,14 +118,38 @@ class _Leg(NamedTuple):
         return self.status in OPEN_STATUSES
 
 
-async def bracket_pass(entry: OrderEntry, limit: int = 200) -> BracketPass:
-    """One pass over up to ``limit`` live brackets: planned legs placed, brackets moved
-    on, legs planned now placed. What it placed or refused, and the commands to publish."""
+async def bracket_pass(entry: OrderEntry, page: int = 200) -> BracketPass:
+    """One pass over every live bracket, ``page`` at a time (a transaction each): the
+    legs planned before placed, the page's brackets moved on, the legs planned now placed.
+    What it placed or refused, and the commands to publish."""
     done = BracketPass()
-    await _place_targets(entry, limit, done)
-    await _advance(entry, limit, done)
-    await _place_targets(entry, limit, done)
+    after: int | None = 0
+    while after is not None:
+        await _place_targets(entry, page, done)
+        after = await _advance(entry, after, page, done)
+    await _place_targets(entry, page, done)
     return done
+
+
+async def resend_pending(entry: OrderEntry) -> list[OutboxRow]:
+    """The commands of the legs' PENDING orders that were never published (a restart's
+    first step): each leg placed again under its key gets its order back, with the
+    command when it is still unpublished (the OMS's outbox sweep would send it too, but
+    only a sweep interval later)."""
+    async with entry.pool.connection() as conn:
+        rows = await (await conn.execute(_PENDING)).fetchall()
+    outbox = []
+    for user_id, symbol, side, quantity, price, key, stop in rows:
+        limit = None if price is None else _rupees(price)
+        if stop:
+            request = stop_request(symbol, side, quantity, limit, key)
+        else:
+            assert limit is not None  # a target's price
+            request = target_request(symbol, side, quantity, limit, key)
+        receipt = await entry.place(user_id, request)
+        if receipt.outbox is not None:
+            outbox.append(receipt.outbox)
+    return outbox
 
 
 async def _place_targets(entry: OrderEntry, limit: int, done: BracketPass) -> None:
@@ -137,11 +177,14 @@ async def _place_targets(entry: OrderEntry, limit: int, done: BracketPass) -> No
                 done.outbox.append(receipt.outbox)
 
 
-async def _advance(entry: OrderEntry, limit: int, done: BracketPass) -> None:
+async def _advance(entry: OrderEntry, after: int, page: int, done: BracketPass) -> int | None:
+    """Move on the live brackets after id ``after``, up to ``page``; the last one's id
+    when there may be more."""
     async with entry.pool.connection() as conn, conn.transaction():
-        brackets = [_Bracket(*r) for r in await (await conn.execute(_LIVE, (limit,))).fetchall()]
+        rows = await (await conn.execute(_LIVE, (after, page))).fetchall()
+        brackets = [_Bracket(*row) for row in rows]
         if not brackets:
-            return
+            return None
         legs: defaultdict[int, list[_Leg]] = defaultdict(list)
         ids = [b.bracket_id for b in brackets]
         for row in await (await conn.execute(_LEGS, (ids,))).fetchall():
@@ -151,6 +194,7 @@ async def _advance(entry: OrderEntry, limit: int, done: BracketPass) -> None:
                 await _active(conn, b, legs[b.bracket_id])
             else:
                 await _closing(entry, conn, b, legs[b.bracket_id], done)
+    return brackets[-1].bracket_id if len(brackets) == page else None
 
 
 async def _active(conn: AsyncConnection, b: _Bracket, legs: list[_Leg]) -> None:

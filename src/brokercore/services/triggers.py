@@ -36,7 +36,7 @@ from brokercore.broker.session_plan import trading_market
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.consumers.gtt_watch import GttWatcher
 from brokercore.consumers.pg_consumer import run_pg_consumer
-from brokercore.entry.bracket_legs import bracket_pass
+from brokercore.entry.bracket_legs import bracket_pass, resend_pending
 from brokercore.entry.gtt_orders import FIRE_KEY_TTL, expire_gtts, place_fired
 from brokercore.entry.order_entry import OrderEntry
 from brokercore.entry.outbox import OutboxPublisher
@@ -127,10 +127,14 @@ async def _place(
     """Placer passes (on a wake-up, at least every ``every`` s) until stopped."""
     backoff = Backoff("triggers: Postgres", log)
     expired_at = 0.0
+    resent = False
     while not stopped.is_set():
         wake.clear()
         closing = 0
         try:
+            if not resent:
+                publisher.submit(await resend_pending(entry))
+                resent = True
             if time.monotonic() - expired_at >= EXPIRE_EVERY:
                 if expired := await expire_gtts(entry):
                     log.info("triggers: %d GTTs expired", expired)

@@ -89,6 +89,9 @@ CREATE TABLE bracket_targets (
 );
 CREATE INDEX bracket_targets_to_place_idx ON bracket_targets (bracket_id, seq)
     WHERE order_id IS NULL AND failure_code IS NULL;
+-- a restarted trigger service's search: the legs whose order is still PENDING
+CREATE INDEX bracket_targets_order_idx ON bracket_targets (order_id);
+CREATE INDEX brackets_stop_order_idx ON brackets (stop_order_id) WHERE stop_order_id IS NOT NULL;
 
 -- A bracket: ACTIVE -> anything; STOPPING -> STOPPED | DONE | FAILED; EXITING ->
 -- CANCELLED | FAILED; the rest final. What was asked never changes; none is deleted.
