@@ -11,7 +11,8 @@ accounts that hold shares) are made through ``BracketBook.create``; their entrie
 then marked FILLED in SQL (as settlement would), and ``bracket_pass`` runs until it has
 nothing left to do: the target legs. Then every bracket is marked STOPPING (as the
 watcher would): the passes cancel the targets; the targets are marked CANCELLED: the
-passes place the stop-losses. CPU: this process's (``time.process_time``) and its
+passes place the stop-losses. Between the first two, one pass with nothing to do (what
+every pass costs while brackets wait). CPU: this process's (``time.process_time``) and its
 Postgres backends' (/proc ticks). Prints numbers; asserts nothing.
 """
 
@@ -89,6 +90,14 @@ async def run(url: str, brackets: int) -> None:
         await step(
             "target legs",
             "UPDATE orders SET status = 'FILLED', filled_quantity = quantity WHERE side = 'BUY'",
+        )
+        before, started = cpu_ticks({"pg": pids}), time.process_time()
+        await bracket_pass(entry)  # every bracket waits for its target: nothing to do
+        python = time.process_time() - started
+        postgres = (cpu_ticks({"pg": pids})["pg"] - before["pg"]) / TICKS_PER_SECOND
+        print(
+            f"an idle pass over {brackets} live brackets: CPU µs per bracket: placer "
+            f"{python * 1e6 / brackets:.0f}, Postgres {postgres * 1e6 / brackets:.0f}"
         )
         await step(
             "stop met, targets cancelled",

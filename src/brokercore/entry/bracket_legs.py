@@ -44,7 +44,7 @@ SELECT b.bracket_id, b.status, a.user_id, b.symbol, b.side, b.stop_limit, b.leg_
        b.entry_order_id, b.entry_cancel_sent, b.failure_code, e.status, e.filled_quantity
   FROM brackets b JOIN accounts a ON a.account_id = b.account_id
   JOIN orders e ON e.order_id = b.entry_order_id
- WHERE b.status IN ('ACTIVE', 'STOPPING', 'EXITING') AND b.bracket_id > %s
+ WHERE b.status IN ({statuses}) AND b.bracket_id > %s
  ORDER BY b.bracket_id LIMIT %s FOR UPDATE OF b SKIP LOCKED"""
 
 _LEGS = """
@@ -118,15 +118,21 @@ class _Leg(NamedTuple):
         return self.status in OPEN_STATUSES
 
 
-async def bracket_pass(entry: OrderEntry, page: int = 200) -> BracketPass:
-    """One pass over every live bracket, ``page`` at a time (a transaction each): the
-    legs planned before placed, the page's brackets moved on, the legs planned now placed.
-    What it placed or refused, and the commands to publish."""
+async def bracket_pass(
+    entry: OrderEntry, page: int = 200, *, closing_only: bool = False
+) -> BracketPass:
+    """One pass over every live bracket (``closing_only``: the STOPPING and EXITING
+    ones), ``page`` at a time (a transaction each): the legs planned before placed, the
+    page's brackets moved on, the legs planned now placed. What it placed or refused,
+    and the commands to publish."""
     done = BracketPass()
+    live = _LIVE.format(
+        statuses="'STOPPING', 'EXITING'" if closing_only else "'ACTIVE', 'STOPPING', 'EXITING'"
+    )
     after: int | None = 0
     while after is not None:
         await _place_targets(entry, page, done)
-        after = await _advance(entry, after, page, done)
+        after = await _advance(entry, live, after, page, done)
     await _place_targets(entry, page, done)
     return done
 
@@ -177,11 +183,13 @@ async def _place_targets(entry: OrderEntry, limit: int, done: BracketPass) -> No
                 done.outbox.append(receipt.outbox)
 
 
-async def _advance(entry: OrderEntry, after: int, page: int, done: BracketPass) -> int | None:
-    """Move on the live brackets after id ``after``, up to ``page``; the last one's id
-    when there may be more."""
+async def _advance(
+    entry: OrderEntry, live: str, after: int, page: int, done: BracketPass
+) -> int | None:
+    """Move on the brackets ``live`` reads after id ``after``, up to ``page``; the last
+    one's id when there may be more."""
     async with entry.pool.connection() as conn, conn.transaction():
-        rows = await (await conn.execute(_LIVE, (after, page))).fetchall()
+        rows = await (await conn.execute(live, (after, page))).fetchall()
         brackets = [_Bracket(*row) for row in rows]
         if not brackets:
             return None

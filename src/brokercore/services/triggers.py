@@ -49,8 +49,9 @@ EXPIRE_EVERY = 60.0
 """Seconds between the passes that end expired GTTs (the watcher ignores them anyway)."""
 
 CLOSING_EVERY = 0.1
-"""Seconds between placer passes while a bracket waits for its cancels to be settled (a
-met stop-loss is placed as soon as they are)."""
+"""Seconds between placer passes over the closing brackets while one waits for its
+cancels to be settled (a met stop-loss is placed as soon as they are); the passes over
+every live bracket stay ``--every`` apart."""
 
 
 def prepare(kafka: KafkaSettings, settings: ServiceSettings, every: float) -> Run:
@@ -127,7 +128,7 @@ async def _place(
     """Placer passes (on a wake-up, at least every ``every`` s) until stopped."""
     backoff = Backoff("triggers: Postgres", log)
     expired_at = 0.0
-    resent = False
+    resent, quick, full_at = False, False, 0.0
     while not stopped.is_set():
         wake.clear()
         closing = 0
@@ -142,7 +143,9 @@ async def _place(
             while (done := await place_fired(entry)).placed + done.failed:
                 publisher.submit(done.outbox)
                 log.info("triggers: %d GTT orders placed, %d refused", done.placed, done.failed)
-            if (legs := await bracket_pass(entry)).outbox or legs.failed:
+            if not quick:
+                full_at = time.monotonic()
+            if (legs := await bracket_pass(entry, closing_only=quick)).outbox or legs.failed:
                 publisher.submit(legs.outbox)
                 log.info("triggers: bracket legs: %d placed, %d refused", legs.placed, legs.failed)
             closing = legs.closing
@@ -154,13 +157,14 @@ async def _place(
             continue
         backoff.recovered()
         waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
-        _, pending = await asyncio.wait(
+        woken, pending = await asyncio.wait(
             waits,
             timeout=CLOSING_EVERY if closing else every,
             return_when=asyncio.FIRST_COMPLETED,
         )
         for waiting in pending:
             waiting.cancel()
+        quick = bool(closing) and not woken and time.monotonic() - full_at < every
 
 
 def main(argv: Sequence[str] | None = None) -> int:
