@@ -12,6 +12,7 @@ import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -39,7 +40,12 @@ DEFAULT_DATABASE_URL = "postgresql://brokercore:brokercore@127.0.0.1:15432/broke
 
 _Settings = TypeVar("_Settings", bound="DataclassInstance")
 _AT_FIELD = re.compile(r"`\$\.(\w+)`$")
-_WHAT: dict[object, str] = {int: "an integer", float: "a number", str: "a string"}
+_WHAT: dict[object, str] = {
+    int: "an integer",
+    float: "a number",
+    Decimal: "a decimal number",
+    str: "a string",
+}
 
 
 def _variable(name: str) -> dict[str, str]:
@@ -206,10 +212,11 @@ class ServiceSettings:
     replica_url: str | None = None  # a streaming read replica (brokercore.read.replica)
     replica_max_lag: float = 2.0  # seconds behind the primary past which it is not read
     max_body_bytes: int = 16 * 1024
-    fee_bps: str = "0"  # brokerage in basis points of the value
+    fee_bps: Decimal = Decimal(0)  # brokerage in basis points of the value
     fee_fixed_paise: int = 0  # plus this per order that trades
     max_order_modifications: int = 25  # modify requests one order may take (as Kite)
-    market_protection_percent: str = "5"  # a market order's default protection (0 < p <= 20)
+    # a market order's default protection (0 < p <= 20)
+    market_protection_percent: Decimal = Decimal(5)
     cache_ttl: float = 30.0  # seconds a cached read answer lives
     gtt_expiry_days: int = 365  # a GTT's life when none is asked, and its longest
     push_url: str | None = None  # the push provider's HTTP endpoint

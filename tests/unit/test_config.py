@@ -4,6 +4,7 @@ and a clear error naming the variable for a bad value."""
 from __future__ import annotations
 
 import dataclasses
+from decimal import Decimal
 
 import pytest
 
@@ -79,10 +80,10 @@ def test_every_service_variable_sets_its_field():
         read_rate_limit_per_second=2.5,
         db_pool_timeout=0.5,
         max_body_bytes=100,
-        fee_bps="2.5",
+        fee_bps=Decimal("2.5"),
         fee_fixed_paise=7,
         max_order_modifications=3,
-        market_protection_percent="2.5",
+        market_protection_percent=Decimal("2.5"),
         cache_ttl=9.0,
         gtt_expiry_days=30,
         push_url="http://push",
@@ -165,6 +166,14 @@ def test_dev_mode_only_for_1_and_then_the_public_secret(tmp_path):
             "BROKERCORE_RATE_LIMIT_BURST must be an integer, not 'many'",
         ),
         ({"BROKERCORE_CACHE_TTL": "soon"}, "BROKERCORE_CACHE_TTL must be a number, not 'soon'"),
+        (
+            {"BROKERCORE_MARKET_PROTECTION_PERCENT": "abc"},
+            "BROKERCORE_MARKET_PROTECTION_PERCENT must be a decimal number, not 'abc'",
+        ),
+        (
+            {"BROKERCORE_FEE_BPS": "2,5"},
+            "BROKERCORE_FEE_BPS must be a decimal number, not '2,5'",
+        ),
     ],
 )
 def test_a_bad_value_names_its_variable(env, message):
