@@ -16,11 +16,15 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
+import psycopg
+
 from brokercore.broker.market import CompressedSession
 from brokercore.consumers.projector import run_projector
+from brokercore.consumers.reconcile import check_invariants
 from brokercore.kafka.messages import CancelOrder, CloseSession, NewOrder, PreOpen, Uncross
+from brokercore.services.reconciler import market_sessions
 from kafka_support import OrderProducer
-from oms_support import SUNDAY, run
+from oms_support import OPEN_MARKET, SUNDAY, Api, auth, run
 from platform_support import INSTRUMENTS, money, platform
 from processes import LoggedProcess
 from shared_servers import REDIS_URL
@@ -193,3 +197,47 @@ def test_a_scheduler_killed_at_the_pre_open_leaves_each_amo_sent_once(database, 
         assert sorted(sent) == sorted(ids)  # once each
         pre_opens = Counter(c.ts for c in commands if isinstance(c, PreOpen))
         assert pre_opens and max(pre_opens.values()) == 1  # each day's once
+
+
+def test_cancel_all_ends_the_waiting_amos_at_once(database):
+    """DELETE /api/v1/orders: bob's sell in session is asked of the engine
+    (CANCEL_REQUESTED), his two waiting AMO sells end CANCELLED at once, their shares
+    released, nothing sent for them; the books stay consistent."""
+
+    async def scenario():
+        async with Api(database) as api:
+            live = (await api.place("bob", side="SELL", quantity=1)).json()["orderId"]
+            api.now = SUNDAY
+            amos = [
+                (await api.place("bob", side="SELL", quantity=n, **AMO)).json()["orderId"]
+                for n in (2, 3)
+            ]
+            held = [api.rows(ORDER, order) for order in amos]
+            answer = await api.client.delete("/api/v1/orders", headers=auth("bob"))
+            again = await api.client.delete("/api/v1/orders", headers=auth("bob"))
+            return api, live, amos, held, answer, again
+
+    api, live, amos, held, answer, again = run(scenario)
+    assert held == [[("AMO_PENDING", "2026-11-30", 0, n, 1, 0)] for n in (2, 3)]
+    assert (answer.status_code, answer.json()) == (
+        202,
+        {
+            "orders": [
+                {"orderId": live, "status": "CANCEL_REQUESTED"},
+                *({"orderId": order, "status": "CANCELLED"} for order in amos),
+            ],
+            "more": False,
+        },
+    )
+    assert again.json() == {"orders": [], "more": False}
+    for order in amos:
+        assert api.rows(ORDER, order) == [("CANCELLED", "2026-11-30", 0, 0, 0, 0)]
+    assert api.rows(
+        "SELECT blocked_quantity FROM positions p JOIN accounts a USING (account_id) "
+        "WHERE a.user_id = 'bob' AND p.symbol = 'RELIANCE'"
+    ) == [(1,)], "only the live order's share is still held"
+    sent = [c.order_id for c in api.commands() if isinstance(c, CancelOrder)]
+    assert sent == [live]
+    with psycopg.connect(database) as conn:
+        # at the live order's time: without an engine it is PENDING still
+        assert check_invariants(conn, market_sessions(api.settings), OPEN_MARKET) == []

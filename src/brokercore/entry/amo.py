@@ -14,15 +14,19 @@ holds, are skipped (SKIP LOCKED), so each is sent once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from datetime import date, datetime
+from typing import NamedTuple
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from brokercore.entry.outbox import OutboxRow
 from brokercore.faults.backoff import Backoff, transient
 
-__all__ = ["release_after_market_orders", "release_loop"]
+__all__ = ["WaitingOrder", "cancel_waiting", "release_after_market_orders", "release_loop"]
 
 log = logging.getLogger("brokercore.amo")
 
@@ -50,6 +54,53 @@ INSERT INTO outbox (topic, partition, key, payload, order_id)
 SELECT topic, partition, convert_to(symbol, 'UTF8'), payload, order_id
   FROM gone ORDER BY order_id
 RETURNING outbox_id, topic, partition, key, payload"""
+
+
+# A waiting after-market order cancelled: its command never sent, its hold released.
+_CANCEL = """
+WITH gone AS (DELETE FROM amo_orders WHERE order_id = %(order)s),
+ended AS (
+  UPDATE orders SET status = 'CANCELLED', blocked_cash = 0, blocked_shares = 0,
+                    updated_at = %(now)s
+   WHERE order_id = %(order)s AND trade_date = %(trade_date)s),
+cash AS (
+  UPDATE accounts SET blocked_cash = blocked_cash - %(cash)s, updated_at = now()
+   WHERE account_id = %(account)s AND %(cash)s > 0),
+shares AS (
+  UPDATE positions SET blocked_quantity = blocked_quantity - %(shares)s, updated_at = now()
+   WHERE account_id = %(account)s AND symbol = %(symbol)s AND %(shares)s > 0)
+INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
+VALUES (%(order)s, %(account)s, 'CANCELLED', %(history)s, %(now)s)"""
+_CANCELLED = json.dumps({"request": "cancel"})
+
+
+class WaitingOrder(NamedTuple):
+    """An order AMO_PENDING, locked by the caller, and the hold it has."""
+
+    order_id: int
+    trade_date: date
+    account_id: int
+    symbol: str
+    cash: int
+    shares: int
+
+
+async def cancel_waiting(conn: AsyncConnection, order: WaitingOrder, now: datetime) -> None:
+    """End a waiting after-market order in the caller's transaction: its command never
+    sent, its hold released at once (the engine never had it)."""
+    await conn.execute(
+        _CANCEL,
+        {
+            "order": order.order_id,
+            "trade_date": order.trade_date,
+            "account": order.account_id,
+            "symbol": order.symbol,
+            "cash": order.cash,
+            "shares": order.shares,
+            "now": now,
+            "history": _CANCELLED,
+        },
+    )
 
 
 async def release_after_market_orders(

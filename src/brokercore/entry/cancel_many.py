@@ -3,7 +3,9 @@ engine in ONE Postgres transaction, each as ``OrderEntry.cancel`` asks for one: 
 order locked (in order id order, as settlement locks them, so the two never deadlock),
 its open status checked, a history row recording the request with the quantity filled
 so far, and a CancelOrder command in the outbox. Statuses change when the engine's
-CANCELLED events are settled; an order that fills meanwhile ends FILLED.
+CANCELLED events are settled; an order that fills meanwhile ends FILLED. A waiting
+after-market order (AMO_PENDING) is not the engine's: it ends CANCELLED at once, its
+hold released, as ``OrderEntry.cancel`` ends one.
 
 One request cancels at most ``MAX_CANCELS`` orders; ``more`` says there are others,
 and the client asks again. An order already asked to cancel (by either path) is not
@@ -19,6 +21,7 @@ import msgspec
 
 from brokercore.broker.orders import CANCEL_REQUESTED, OPEN_STATUSES
 from brokercore.broker.risk import RejectCode
+from brokercore.entry.amo import WaitingOrder, cancel_waiting
 from brokercore.entry.order_entry import OrderEntry, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxRow
 from brokercore.kafka.messages import CancelOrder, encode
@@ -32,11 +35,11 @@ MAX_CANCELS = 1000
 _REQUEST = json.dumps({"request": "cancel"})  # the history payload of OrderEntry.cancel
 
 # The literal list (not a parameter) lets the planner use orders_open_idx, whose
-# predicate it implies. A waiting after-market order is not the engine's to cancel: it
-# is cancelled one at a time (OrderEntry.cancel).
-_OPEN = ", ".join(f"'{status}'" for status in OPEN_STATUSES if status != "AMO_PENDING")
+# predicate it implies.
+_OPEN = ", ".join(f"'{status}'" for status in OPEN_STATUSES)
 _OPEN_ORDERS = f"""
-SELECT o.order_id, o.symbol, o.status, o.filled_quantity FROM orders o
+SELECT o.order_id, o.symbol, o.status, o.filled_quantity, o.trade_date, o.blocked_cash,
+       o.blocked_shares FROM orders o
  WHERE o.account_id = %(account)s AND o.status IN ({_OPEN})
    AND (%(symbol)s::text IS NULL OR o.symbol = %(symbol)s)
    AND NOT EXISTS (SELECT 1 FROM order_events e
@@ -94,9 +97,16 @@ async def cancel_many(
         params = {"account": account[0], "symbol": symbol, "limit": limit + 1}
         found = await (await conn.execute(_OPEN_ORDERS, params)).fetchall()
         orders = found[:limit]
-        if not orders:
-            return CancelMany(CancelsRequested([], False), [])
-        ids, symbols, statuses, filled = (list(column) for column in zip(*orders, strict=True))
+        waiting = [o for o in orders if o[2] == "AMO_PENDING"]
+        for order_id, s, _, _, trade_date, cash, shares in waiting:
+            await cancel_waiting(
+                conn, WaitingOrder(order_id, trade_date, account[0], s, cash, shares), now
+            )
+        sent = [o[:4] for o in orders if o[2] != "AMO_PENDING"]
+        ended = [CancelRequested(o[0], "CANCELLED") for o in waiting]
+        if not sent:
+            return CancelMany(CancelsRequested(ended, len(found) > limit), [])
+        ids, symbols, statuses, filled = (list(column) for column in zip(*sent, strict=True))
         partitions = [entry.plan.shard_of(s) for s in symbols]
         payloads = [
             encode(CancelOrder(order_id, account[0], s, ts=nanoseconds(now)))
@@ -123,7 +133,10 @@ async def cancel_many(
         for order_id, s, partition, payload in zip(ids, symbols, partitions, payloads, strict=True)
     ]
     answer = CancelsRequested(
-        [CancelRequested(order_id, CANCEL_REQUESTED) for order_id in ids],
+        sorted(
+            [*ended, *(CancelRequested(order_id, CANCEL_REQUESTED) for order_id in ids)],
+            key=lambda c: c.order_id,
+        ),
         len(found) > limit,
     )
     return CancelMany(answer, rows)

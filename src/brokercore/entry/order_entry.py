@@ -59,6 +59,7 @@ from brokercore.broker.risk import (
 )
 from brokercore.config import KafkaSettings
 from brokercore.engine.records import Phase, Side, Tif
+from brokercore.entry.amo import WaitingOrder, cancel_waiting
 from brokercore.entry.outbox import OutboxRow
 from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import CancelOrder, NewOrder, encode
@@ -164,23 +165,6 @@ _LAST_PRICES = """
 SELECT s.symbol, (SELECT t.price FROM read_model.trades t WHERE t.symbol = s.symbol
                    ORDER BY t.seq DESC LIMIT 1)
   FROM unnest(%s::text[]) AS s (symbol)"""
-
-
-# A waiting after-market order cancelled: its command never sent, its hold released.
-_CANCEL_AMO = """
-WITH gone AS (DELETE FROM amo_orders WHERE order_id = %(order)s),
-ended AS (
-  UPDATE orders SET status = 'CANCELLED', blocked_cash = 0, blocked_shares = 0,
-                    updated_at = %(now)s
-   WHERE order_id = %(order)s AND trade_date = %(trade_date)s),
-cash AS (
-  UPDATE accounts SET blocked_cash = blocked_cash - %(cash)s, updated_at = now()
-   WHERE account_id = %(account)s AND %(cash)s > 0),
-shares AS (
-  UPDATE positions SET blocked_quantity = blocked_quantity - %(shares)s, updated_at = now()
-   WHERE account_id = %(account)s AND symbol = %(symbol)s AND %(shares)s > 0)
-INSERT INTO order_events (order_id, account_id, status, payload, occurred_at)
-VALUES (%(order)s, %(account)s, 'CANCELLED', %(history)s, %(now)s)"""
 
 
 class Refusal(StrEnum):
@@ -656,18 +640,8 @@ class OrderEntry:
                 raise OrderRefused(Refusal.ORDER_NOT_FOUND, f"no order {order_id}")
             account_id, symbol, status, filled, trade_date, cash, shares = row
             if status == "AMO_PENDING":  # not sent yet: ended here, its hold released
-                await conn.execute(
-                    _CANCEL_AMO,
-                    {
-                        "order": order_id,
-                        "trade_date": trade_date,
-                        "account": account_id,
-                        "symbol": symbol,
-                        "cash": cash,
-                        "shares": shares,
-                        "now": now,
-                        "history": json.dumps({"request": "cancel"}),
-                    },
+                await cancel_waiting(
+                    conn, WaitingOrder(order_id, trade_date, account_id, symbol, cash, shares), now
                 )
                 return OrderReceipt(order_id, "CANCELLED", now, None)
             if status not in OPEN_STATUSES:
