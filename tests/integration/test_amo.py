@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -241,3 +241,32 @@ def test_cancel_all_ends_the_waiting_amos_at_once(database):
     with psycopg.connect(database) as conn:
         # at the live order's time: without an engine it is PENDING still
         assert check_invariants(conn, market_sessions(api.settings), OPEN_MARKET) == []
+
+
+def test_a_just_sent_amo_is_not_stuck_pending(database):
+    """The reconciler's STUCK_PENDING counts from when an order became PENDING: an AMO
+    placed on Sunday and sent at Monday's pre-open (no engine here to accept it) is
+    not a finding then, only once it has been PENDING too long since it was sent."""
+
+    async def scenario():
+        async with Api(database) as api:
+            api.now = SUNDAY
+            order = (await api.place(quantity=1, **AMO)).json()["orderId"]
+            api.rows(
+                "INSERT INTO read_model.phases VALUES ('RELIANCE', 'PRE_OPEN', 1, now()) "
+                "RETURNING 1"
+            )
+            status = "SELECT status FROM orders WHERE order_id = %s"
+            await asyncio.to_thread(api.wait_rows, status, [("PENDING",)], order)
+            return api, order
+
+    api, order = run(scenario)
+    (sent,) = api.rows("SELECT updated_at FROM orders WHERE order_id = %s", order)[0]
+    sessions = market_sessions(api.settings)
+    with psycopg.connect(database) as conn:
+        stuck = [f for f in check_invariants(conn, sessions, sent) if f.kind == "STUCK_PENDING"]
+        assert stuck == []
+        later = check_invariants(conn, sessions, sent + timedelta(minutes=3))
+    assert [(f.kind, f.order_id) for f in later if f.kind == "STUCK_PENDING"] == [
+        ("STUCK_PENDING", order)
+    ]

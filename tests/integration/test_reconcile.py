@@ -150,7 +150,7 @@ BREAKAGES = {
     ),
     "an order stuck PENDING": (
         [],
-        "UPDATE orders SET status = 'PENDING', created_at = '2026-03-02 04:00Z' "
+        "UPDATE orders SET status = 'PENDING', updated_at = '2026-03-02 04:00Z' "
         "WHERE order_id = {resting}",
         "STUCK_PENDING account {buyer} order {resting} PENDING since 2026-03-02 04:00:00 UTC",
     ),

@@ -30,8 +30,9 @@ so that the long-running reconciler can run them every round on a big database:
   to the paisa;
 - WITHDRAWAL_NOT_JOURNALLED: a COMPLETED withdrawal without its WITHDRAWAL row of
   ``funding`` (of its account and amount), or another withdrawal with one;
-- STUCK_PENDING: an order still PENDING ``late`` after it was taken (no event has
+- STUCK_PENDING: an order still PENDING ``late`` after it became so (no event has
   reached settlement: the reconciler's re-publishing should have reached the engine);
+  an after-market order becomes PENDING when it is sent, hours after it was placed;
 - DAY_ORDER_PAST_CLOSE: a DAY order (a waiting DAY stop too) still open ``late`` after
   its session's close.
 
@@ -413,8 +414,8 @@ INVARIANTS = (
     ),
     Invariant(
         "STUCK_PENDING",
-        "SELECT account_id, order_id, created_at FROM orders "
-        "WHERE status = 'PENDING' AND created_at < %(now)s - %(late)s ORDER BY 2",
+        "SELECT account_id, order_id, updated_at FROM orders "
+        "WHERE status = 'PENDING' AND updated_at < %(now)s - %(late)s ORDER BY 2",
         lambda a, o, at: (a, o, f"PENDING since {at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"),
     ),
     Invariant(
