@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import psycopg
 
@@ -270,3 +271,56 @@ def test_a_just_sent_amo_is_not_stuck_pending(database):
     assert [(f.kind, f.order_id) for f in later if f.kind == "STUCK_PENDING"] == [
         ("STUCK_PENDING", order)
     ]
+
+
+async def modify(api: Api, order: int, key: str, **body):
+    body["idempotencyKey"] = key
+    return await api.client.patch(f"/api/v1/orders/{order}", json=body, headers=auth("alice"))
+
+
+def test_a_waiting_amo_is_modified_at_once_and_sent_with_its_new_terms(database):
+    """A waiting AMO buy modified (price and quantity) changes at once: its hold moves to
+    exactly what a new AMO of the new terms holds (the account's too), a retry with the
+    key changes nothing more, terms the account cannot pay are refused with nothing
+    changed, the modify is counted, the books stay consistent; at the pre-open the
+    engine gets ONE NewOrder, with the new terms."""
+    terms = "SELECT price, quantity, modifications, blocked_cash FROM orders WHERE order_id = %s"
+    blocked = "SELECT blocked_cash FROM accounts WHERE user_id = 'alice'"
+
+    async def scenario():
+        async with Api(database) as api:
+            api.now = SUNDAY
+            order = (await api.place(quantity=10, price="15010.00", **AMO)).json()["orderId"]
+            before = api.rows(terms, order)
+            changed = await modify(api, order, "m1", price="15020.00", quantity=6)
+            again = await modify(api, order, "m1", price="15020.00", quantity=6)
+            after = api.rows(terms, order) + api.rows(blocked)
+            too_much = await modify(api, order, "m2", quantity=100)
+            refused = api.rows(terms, order) + api.rows(blocked)
+            like = (await api.place(quantity=6, price="15020.00", **AMO)).json()["orderId"]
+            like_hold = api.rows("SELECT blocked_cash FROM orders WHERE order_id = %s", like)
+            await api.cancel(like)
+            with psycopg.connect(database) as conn:
+                findings = check_invariants(conn, market_sessions(api.settings), api.now)
+            api.rows(
+                "INSERT INTO read_model.phases VALUES ('RELIANCE', 'PRE_OPEN', 1, now()) "
+                "RETURNING 1"
+            )
+            status = "SELECT status FROM orders WHERE order_id = %s"
+            await asyncio.to_thread(api.wait_rows, status, [("PENDING",)], order)
+            return api, order, like_hold, before, changed, again, after, too_much, refused, findings
+
+    api, order, like_hold, before, changed, again, after, too_much, refused, findings = run(
+        scenario
+    )
+    assert before[0][:3] == (1_501_000, 10, 0)
+    assert (changed.status_code, changed.json()["status"]) == (202, "AMO_PENDING")
+    assert (again.status_code, again.json()) == (202, changed.json())
+    (paise, quantity, modifications, hold), (account_blocked,) = after
+    assert (paise, quantity, modifications) == (1_502_000, 6, 1)
+    assert like_hold == [(hold,)] and account_blocked == hold < before[0][3]
+    assert too_much.json()["error"]["code"] == "INSUFFICIENT_FUNDS" and refused == after
+    assert findings == []
+    ticks = api.app.state.oms.entry.market["RELIANCE"].to_ticks(Decimal("15020.00"))
+    sent = [(c.order_id, c.qty, c.price) for c in api.commands() if isinstance(c, NewOrder)]
+    assert sent == [(order, 6, ticks)]

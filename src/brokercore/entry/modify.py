@@ -13,7 +13,9 @@ the engine's AMENDED, or releases the reserve on its REJECTED (brokercore.consum
 settlement). One modify at a time per order (MODIFY_PENDING), at most ``limit`` in all.
 
 LIMIT and STOP_LIMIT orders can be modified (a triggered stop-limit as the limit order
-it became); a market or stop-market order, whose engine price is its cap, cannot.
+it became); a market or stop-market order, whose engine price is its cap, cannot. A
+waiting after-market order is not the engine's yet: it changes at once
+(brokercore.entry.amo_modify).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from psycopg import AsyncConnection
 
 from brokercore.broker.orders import OPEN_STATUSES
 from brokercore.broker.risk import AccountState, OrderType, RejectCode
+from brokercore.entry.amo_modify import AMO_PENDING, modify_waiting
 from brokercore.entry.order_entry import (
     OrderEntry,
     OrderReceipt,
@@ -128,9 +131,8 @@ async def modify(
                         Refusal.IDEMPOTENCY_KEY_REUSED,
                         "this idempotency key was used for a different request",
                     )
-                return OrderReceipt(
-                    order_id, MODIFY_REQUESTED, key_expires - entry.idempotency_ttl, None
-                )
+                done = AMO_PENDING if facts[9] == AMO_PENDING else MODIFY_REQUESTED
+                return OrderReceipt(order_id, done, key_expires - entry.idempotency_ttl, None)
             await conn.execute(
                 "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s",
                 (user_id, request.idempotency_key),
@@ -140,6 +142,25 @@ async def modify(
         order = OpenOrder(*row)
         _modifiable(order_id, order, limit)
         terms = new_terms(order, request)
+        history = msgspec.json.encode({"request": "modify", "modify": request}).decode()
+        if order.status == AMO_PENDING:  # not sent yet: changed here, at once
+            return await modify_waiting(
+                entry,
+                conn,
+                order_id,
+                order,
+                terms,
+                (account_id, cash, blocked, allow_short, free_shares or 0),
+                kyc_status,
+                {
+                    "user": user_id,
+                    "key": request.idempotency_key,
+                    "hash": fingerprint,
+                    "expires": now + entry.idempotency_ttl,
+                    "history": history,
+                    "now": now,
+                },
+            )
         free = AccountState(cash - blocked, free_shares or 0, allow_short)
         hold = entry.check(terms, kyc_status, free, now, await last_prices(conn, [terms]))
         instrument = entry.market[order.symbol]
@@ -184,7 +205,7 @@ async def modify(
                 "disclosed": request.disclosed_quantity,
                 "status": order.status,
                 "filled": order.filled_quantity,
-                "history": msgspec.json.encode({"request": "modify", "modify": request}).decode(),
+                "history": history,
                 "now": now,
                 "topic": outbox.topic,
                 "partition": outbox.partition,
@@ -236,14 +257,16 @@ def changes_nothing(request: ModifyOrderRequest) -> bool:
 def new_terms(order: OpenOrder, request: ModifyOrderRequest) -> PlaceOrderRequest:
     """The order's terms after ``request``, as a new order of its OPEN quantity (what the
     checks and the hold concern): a field the request leaves out keeps its value; a
-    triggered stop-limit is the limit order it became."""
+    triggered stop-limit is the limit order it became; a waiting after-market order
+    stays one (checked as at its next session's start)."""
     total = order.quantity if request.quantity is None else request.quantity
     if total <= order.filled_quantity:
         raise OrderRefused(
             RejectCode.INVALID_QUANTITY,
             f"the new quantity must be above the {order.filled_quantity} already filled",
         )
-    waiting = order.status == "TRIGGER_PENDING"
+    amo = order.status == AMO_PENDING
+    waiting = order.status == "TRIGGER_PENDING" or (amo and order.type == OrderType.STOP_LIMIT)
     trigger = request.trigger_price
     if trigger is None and waiting and order.trigger_price is not None:
         trigger = Decimal(order.trigger_price).scaleb(-2)
@@ -259,6 +282,7 @@ def new_terms(order: OpenOrder, request: ModifyOrderRequest) -> PlaceOrderReques
         time_in_force="GTC" if order.time_in_force == "GTC" else "DAY",
         trigger_price=trigger,
         disclosed_quantity=disclosed,
+        amo=amo,
     )
 
 
