@@ -24,6 +24,7 @@ SECTIONS = (
     "## The broker platform: orders over REST, settled in Postgres",
     "## Reading it back: query service, WebSocket, notifications",
     "## Customers: sign-up, KYC, a second factor, funds, statements",
+    "## Order tools: modify, cancel all, margins, market protection, AMO, GTT, brackets, postbacks",
 )
 DONE = "@@ walkthrough block {} done @@"
 
@@ -40,7 +41,7 @@ def walkthrough() -> list[tuple[str, str]]:
 
 def test_the_walkthrough_blocks_cover_the_platform_sections():
     blocks = walkthrough()
-    assert len(blocks) == 4 and {s for s, _ in blocks} == set(SECTIONS), blocks
+    assert len(blocks) == 5 and {s for s, _ in blocks} == set(SECTIONS), blocks
     assert README.read_text().count(MARKER) == len(blocks), "a marker without a ```sh block"
 
 
@@ -81,7 +82,7 @@ def answers(output: str) -> list[dict]:
 
 
 def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
-    setup, trade, reads, customer = run_walkthrough(stack_up)
+    setup, trade, reads, customer, tools = run_walkthrough(stack_up)
     assert answers(setup) == []  # logins and helpers: silent
 
     buy, sell, *polls, cancel = answers(trade)
@@ -123,3 +124,34 @@ def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
     assert Decimal(statement["closingBalance"]) == Decimal(funds["cash"]), (statement, funds)
     csv_lines = [line for line in customer.splitlines() if line.count(",") >= 5 and line[0] != "{"]
     assert len(csv_lines) == 3 + len(kinds), customer  # header, opening, a line a row, closing
+
+    # The order tools: reference data, a preview, a modify, cancel-all, a protected
+    # market order, an AMO refused in an open market, a GTT, a bracket, a postback URL.
+    (
+        instrument,
+        margin,
+        modify,
+        cancelled,
+        market,
+        amo,
+        gtt,
+        gtt_deleted,
+        bracket,
+        exited,
+        hook,
+    ) = answers(tools)
+    assert instrument["symbol"] == "RELIANCE" and instrument["phase"] == "OPEN", instrument
+    (preview,) = margin["orders"]
+    assert preview["accepted"] and Decimal(preview["blocks"]["cash"]) == 149_000, margin
+    assert Decimal(margin["total"]["cash"]) == 149_000, margin
+    assert modify["status"] == "MODIFY_REQUESTED", tools
+    assert modify["orderId"] in [o["orderId"] for o in cancelled["orders"]], cancelled
+    assert cancelled["more"] is False, cancelled
+    assert market["status"] == "FILLED" and market["filledQty"] == 2, market
+    assert all(Decimal(f["price"]) <= Decimal("15050.00") for f in market["fills"]), market
+    assert amo["error"]["code"] == "AMO_MARKET_OPEN", amo
+    assert gtt["status"] == "ACTIVE" and gtt_deleted["status"] == "CANCELLED", (gtt, gtt_deleted)
+    assert gtt_deleted["gttId"] == gtt["gttId"], gtt_deleted
+    assert bracket["status"] == "ACTIVE" and exited["status"] == "EXITING", (bracket, exited)
+    assert exited["bracketId"] == bracket["bracketId"], exited
+    assert hook["url"] == "https://hooks.example.com/alice" and len(hook["secret"]) == 64, hook
