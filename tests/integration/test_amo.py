@@ -24,6 +24,7 @@ from brokercore.consumers.projector import run_projector
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.kafka.messages import CancelOrder, CloseSession, NewOrder, PreOpen, Uncross
 from brokercore.services.reconciler import market_sessions
+from http_support import Services
 from kafka_support import OrderProducer
 from oms_support import OPEN_MARKET, SUNDAY, Api, auth, run
 from platform_support import INSTRUMENTS, money, platform
@@ -324,3 +325,38 @@ def test_a_waiting_amo_is_modified_at_once_and_sent_with_its_new_terms(database)
     ticks = api.app.state.oms.entry.market["RELIANCE"].to_ticks(Decimal("15020.00"))
     sent = [(c.order_id, c.qty, c.price) for c in api.commands() if isinstance(c, NewOrder)]
     assert sent == [(order, 6, ticks)]
+
+
+def test_the_user_sees_a_waiting_amo_and_one_cancelled_while_waiting(database):
+    """Through the query service: a waiting AMO is listed AMO_PENDING (the projector has
+    no event of it yet), with its terms after a modify; cancelled while waiting (never
+    sent, so never projected) it stays listed, CANCELLED, once."""
+
+    async def scenario():
+        async with Services(database) as services:
+            services.apps["oms"].state.oms.entry.clock = lambda: SUNDAY
+            headers = auth("alice")
+            body = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 3}
+            placed = await services.oms.post(
+                "/api/v1/orders",
+                json=body | {"price": "15000.00", "idempotencyKey": "p", **AMO},
+                headers=headers,
+            )
+            order = placed.json()["orderId"]
+            await services.oms.patch(
+                f"/api/v1/orders/{order}",
+                json={"quantity": 2, "idempotencyKey": "m"},
+                headers=headers,
+            )
+            waiting = await services.query.get("/api/v1/orders", headers=headers)
+            await services.oms.delete(f"/api/v1/orders/{order}", headers=headers)
+            ended = await services.query.get("/api/v1/orders", headers=headers)
+            one = await services.query.get(f"/api/v1/orders/{order}", headers=headers)
+            return order, waiting.json(), ended.json(), one.json()
+
+    order, waiting, ended, one = run(scenario)
+    shown = [(o["orderId"], o["status"], o["quantity"], o["price"]) for o in waiting["orders"]]
+    assert shown == [(order, "AMO_PENDING", 2, "15000.00")]
+    shown = [(o["orderId"], o["status"], o["quantity"]) for o in ended["orders"]]
+    assert shown == [(order, "CANCELLED", 2)] and ended["pagination"]["total"] == 1
+    assert (one["orderId"], one["status"], one["fills"]) == (order, "CANCELLED", [])

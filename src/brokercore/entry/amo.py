@@ -56,9 +56,22 @@ SELECT topic, partition, convert_to(symbol, 'UTF8'), payload, order_id
 RETURNING outbox_id, topic, partition, key, payload"""
 
 
-# A waiting after-market order cancelled: its command never sent, its hold released.
+# A waiting after-market order cancelled: its command never sent, its hold released. The
+# engine never has it, so the projector never writes its read_model.orders row: written
+# here, finished, so the user's order list keeps it (while it waited, the query service
+# read it from orders, as every open order the projector has not seen).
 _CANCEL = """
 WITH gone AS (DELETE FROM amo_orders WHERE order_id = %(order)s),
+shown AS (
+  INSERT INTO read_model.orders (order_id, user_id, account_id, symbol, side, type,
+                                 time_in_force, price, quantity, status, created_at,
+                                 updated_at, trigger_price, disclosed_qty)
+  SELECT o.order_id, a.user_id, o.account_id, o.symbol, o.side, o.type, o.time_in_force,
+         o.price, o.quantity, 'CANCELLED', o.created_at, %(now)s, o.trigger_price,
+         o.disclosed_qty
+    FROM orders o JOIN accounts a ON a.account_id = o.account_id
+   WHERE o.order_id = %(order)s AND o.trade_date = %(trade_date)s
+  ON CONFLICT (order_id) DO NOTHING),
 ended AS (
   UPDATE orders SET status = 'CANCELLED', blocked_cash = 0, blocked_shares = 0,
                     updated_at = %(now)s
