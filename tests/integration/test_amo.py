@@ -201,10 +201,22 @@ def test_a_scheduler_killed_at_the_pre_open_leaves_each_amo_sent_once(database, 
         assert pre_opens and max(pre_opens.values()) == 1  # each day's once
 
 
+BLOCKED_SHARES = (
+    "SELECT blocked_quantity FROM positions p JOIN accounts a USING (account_id) "
+    "WHERE a.user_id = 'bob' AND p.symbol = 'RELIANCE'"
+)
+
+
+async def modify(api: Api, order: int, key: str, user: str = "alice", **body):
+    body["idempotencyKey"] = key
+    return await api.client.patch(f"/api/v1/orders/{order}", json=body, headers=auth(user))
+
+
 def test_cancel_all_ends_the_waiting_amos_at_once(database):
     """DELETE /api/v1/orders: bob's sell in session is asked of the engine
-    (CANCEL_REQUESTED), his two waiting AMO sells end CANCELLED at once, their shares
-    released, nothing sent for them; the books stay consistent."""
+    (CANCEL_REQUESTED), his two waiting AMO sells (one modified from 2 to 4 shares: its
+    shares held at once) end CANCELLED at once, their shares released, nothing sent for
+    them; the books stay consistent."""
 
     async def scenario():
         async with Api(database) as api:
@@ -214,13 +226,18 @@ def test_cancel_all_ends_the_waiting_amos_at_once(database):
                 (await api.place("bob", side="SELL", quantity=n, **AMO)).json()["orderId"]
                 for n in (2, 3)
             ]
-            held = [api.rows(ORDER, order) for order in amos]
+            await modify(api, amos[0], "s", user="bob", quantity=4)
+            held = [api.rows(ORDER, order) for order in amos] + api.rows(BLOCKED_SHARES)
             answer = await api.client.delete("/api/v1/orders", headers=auth("bob"))
             again = await api.client.delete("/api/v1/orders", headers=auth("bob"))
             return api, live, amos, held, answer, again
 
     api, live, amos, held, answer, again = run(scenario)
-    assert held == [[("AMO_PENDING", "2026-11-30", 0, n, 1, 0)] for n in (2, 3)]
+    assert held == [
+        [("AMO_PENDING", "2026-11-30", 0, 4, 1, 0)],
+        [("AMO_PENDING", "2026-11-30", 0, 3, 1, 0)],
+        (1 + 4 + 3,),
+    ]
     assert (answer.status_code, answer.json()) == (
         202,
         {
@@ -234,10 +251,7 @@ def test_cancel_all_ends_the_waiting_amos_at_once(database):
     assert again.json() == {"orders": [], "more": False}
     for order in amos:
         assert api.rows(ORDER, order) == [("CANCELLED", "2026-11-30", 0, 0, 0, 0)]
-    assert api.rows(
-        "SELECT blocked_quantity FROM positions p JOIN accounts a USING (account_id) "
-        "WHERE a.user_id = 'bob' AND p.symbol = 'RELIANCE'"
-    ) == [(1,)], "only the live order's share is still held"
+    assert api.rows(BLOCKED_SHARES) == [(1,)], "only the live order's share is still held"
     sent = [c.order_id for c in api.commands() if isinstance(c, CancelOrder)]
     assert sent == [live]
     with psycopg.connect(database) as conn:
@@ -272,11 +286,6 @@ def test_a_just_sent_amo_is_not_stuck_pending(database):
     assert [(f.kind, f.order_id) for f in later if f.kind == "STUCK_PENDING"] == [
         ("STUCK_PENDING", order)
     ]
-
-
-async def modify(api: Api, order: int, key: str, **body):
-    body["idempotencyKey"] = key
-    return await api.client.patch(f"/api/v1/orders/{order}", json=body, headers=auth("alice"))
 
 
 def test_a_waiting_amo_is_modified_at_once_and_sent_with_its_new_terms(database):
