@@ -240,7 +240,7 @@ def test_unknown_routes_and_methods_answer_in_the_json_shape(
 
 
 ALLOWED = {
-    "/api/v1/orders/3": "DELETE",
+    "/api/v1/orders/3": "DELETE, PATCH",
     "/api/v1/orders": "DELETE, POST",  # two routes of one path: both named
     "/api/v1/portfolio": "GET, HEAD",
     "/api/v1/alerts": "GET, HEAD, POST",

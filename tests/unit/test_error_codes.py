@@ -22,6 +22,7 @@ CODE_ARGUMENT = {
     "AuthError": 0,  # AuthError(code, message): a refused token (edge/auth.py)
     "Refused": 1,  # Refused(close_code, code, message): a refused WebSocket
     "Error": 0,  # Error(code, message): a WebSocket ERROR frame (realtime/hub.py)
+    "path_id": 2,  # path_id(request, name, code, what): an id that names nothing
 }
 """The calls that carry a client-visible code, and the position of the code."""
 CODE_ENUM = re.compile(r"^(RejectCode|\w*Refusal)$")

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from brokercore.entry.brackets import BracketRefusal, BracketRefused, NewBracket
-from brokercore.services.http import ApiError, decode_body, guarded, json_response
+from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
 from brokercore.services.oms import Oms, entry
 
 __all__ = ["BRACKET_ROUTES"]
@@ -40,10 +40,7 @@ async def _book(call: Awaitable[T]) -> T:
 
 
 def _bracket_id(request: Request) -> int:
-    raw = request.path_params["bracket_id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(404, BracketRefusal.BRACKET_NOT_FOUND.value, f"no bracket {raw[:40]}")
-    return int(raw)
+    return path_id(request, "bracket_id", BracketRefusal.BRACKET_NOT_FOUND.value, "bracket")
 
 
 @guarded

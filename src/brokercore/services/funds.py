@@ -57,6 +57,7 @@ from brokercore.services.http import (
     decode_body,
     guarded,
     json_response,
+    path_id,
     read_body,
     require_operator,
     service_app,
@@ -337,10 +338,7 @@ def idempotency_key(request: Request) -> str:
 
 
 def _withdrawal_id(request: Request) -> int:
-    raw: str = request.path_params["withdrawal_id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(404, "WITHDRAWAL_NOT_FOUND", f"no withdrawal {raw[:40]}")
-    return int(raw)
+    return path_id(request, "withdrawal_id", "WITHDRAWAL_NOT_FOUND", "withdrawal")
 
 
 # --- the customer's endpoints -----------------------------------------------------------

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from brokercore.entry.gtt import GTT_STATUSES, GttChange, GttRefusal, GttRefused, NewGtt
 from brokercore.entry.requests import FieldError
-from brokercore.services.http import ApiError, decode_body, guarded, json_response
+from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
 from brokercore.services.oms import Oms, entry
 
 __all__ = ["GTT_ROUTES"]
@@ -42,10 +42,7 @@ async def _book(call: Awaitable[T]) -> T:
 
 
 def _gtt_id(request: Request) -> int:
-    raw = request.path_params["gtt_id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(404, GttRefusal.GTT_NOT_FOUND.value, f"no GTT {raw[:40]}")
-    return int(raw)
+    return path_id(request, "gtt_id", GttRefusal.GTT_NOT_FOUND.value, "GTT")
 
 
 @guarded

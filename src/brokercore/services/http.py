@@ -51,6 +51,7 @@ __all__ = [
     "error_response",
     "guarded",
     "json_response",
+    "path_id",
     "authenticate",
     "token_verifier",
     "require_operator",
@@ -296,6 +297,15 @@ def error_response(
 
 def json_response(body: object, status: int = 200) -> Response:
     return Response(encode_json(body), status, media_type="application/json")
+
+
+def path_id(request: Request, name: str, code: str, what: str) -> int:
+    """The numeric id in the path parameter ``name``; one that cannot be an id (not
+    ASCII digits, or past 18 of them) names nothing: 404 ``code``, "no ``what`` ..."."""
+    raw: str = request.path_params[name]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ApiError(404, code, f"no {what} {raw[:40]}")
+    return int(raw)
 
 
 def guarded(

@@ -50,6 +50,7 @@ from brokercore.services.http import (
     decode_body,
     guarded,
     json_response,
+    path_id,
     service_app,
 )
 
@@ -167,11 +168,7 @@ async def cancel_order(request: Request) -> Response:
 
 
 def _order_id(request: Request) -> int:
-    """The path's order id; one that cannot be an order's is not found."""
-    raw = request.path_params["order_id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(404, "ORDER_NOT_FOUND", f"no order {raw[:40]}")
-    return int(raw)
+    return path_id(request, "order_id", "ORDER_NOT_FOUND", "order")
 
 
 @guarded

@@ -54,6 +54,7 @@ from brokercore.services.http import (
     decode_body,
     field_error,
     guarded,
+    path_id,
     read_router,
     service_app,
 )
@@ -238,10 +239,7 @@ def _ordered(start: datetime | None, end: datetime | None) -> None:
 
 
 def _order_id(request: Request) -> int:
-    raw = request.path_params["order_id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(404, "ORDER_NOT_FOUND", f"no order {raw[:40]}")
-    return int(raw)
+    return path_id(request, "order_id", "ORDER_NOT_FOUND", "order")
 
 
 def _no_order(order_id: int) -> ApiError:
