@@ -6,7 +6,7 @@ its stop-loss met while the rest fills (the target cancelled, the stop-loss sell
 whole position); an entry cancelled, and a bracket exited (its legs cancelled, the bracket
 CANCELLED); a kill -9 of the trigger service while it places legs (each leg once); the
 stop-loss met and the target filled in one batch (no stop-loss order: nothing sold
-twice)."""
+twice); a sell entry with a stop-limit, and the close with legs open (EXPIRED)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,14 @@ import asyncio
 import time
 import uuid
 
+import psycopg
 from test_gtt import trade, triggers
 
+from brokercore.broker.funding import open_account
+from brokercore.consumers.reconcile import check_invariants
+from brokercore.kafka.messages import CloseSession, OpenSession
+from brokercore.services.reconciler import market_sessions
+from kafka_support import OrderProducer
 from oms_support import Api, auth, run
 from platform_support import platform
 
@@ -269,3 +275,70 @@ def test_kill_9_places_each_leg_once_and_both_legs_in_one_batch(database, tmp_pa
         )
         assert sells == [(brackets + 1, brackets + 2)], "one leg each, none doubled"
         assert api.rows(ALICES_SHARES) == [(brackets,)], "the pair's 2 sold once"
+
+
+def test_a_sell_entry_with_a_stop_limit_and_the_close_with_legs_open(database, tmp_path):
+    """Alice's buy entry fills 4 of 10, its target rests; dave's sell entry (the legs buy
+    back) fills, its stop-loss is met: a stop-limit buy at ``stopLimit`` fills 2 of 4.
+    Then the close: the entry's rest, the target and the stop-limit expire, their holds
+    released; alice's bracket ends EXPIRED, dave's stays STOPPED; after a reopen, a trade
+    at alice's stop-loss places nothing."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        open_account(conn, "dave", cash=1_000_000 * 100, shares={"RELIANCE": 10})
+    with platform(database, tmp_path, rate_limit_burst=10_000) as api:
+        service = triggers(api, tmp_path / "triggers.log")
+        operator = OrderProducer(api.kafka)
+
+        async def scenario():
+            async with api:
+                long = await made(api, target="15500.00", stopLoss="14500.00")
+                await placed(api, ("bob", {"side": "SELL", "quantity": 4, "timeInForce": "IOC"}))
+                await until(api, long, ("ACTIVE", [(4, "OPEN", 0)], None, None, None))
+
+                short = bracket(side="SELL", quantity=4, price="15200.00", target="15050.00")
+                short |= {"stopLoss": "15300.00", "stopLimit": "15310.00"}
+                answer = await create(api, short, user="dave")
+                assert answer.status_code == 201, answer.text
+                short_id = answer.json()["bracketId"]
+                await placed(
+                    api, ("carol", {"quantity": 4, "price": "15200.00", "timeInForce": "IOC"})
+                )
+                await until(api, short_id, ("ACTIVE", [(4, "OPEN", 0)], None, None, None))
+                await trade(api, "15300.00")  # the stop-loss met
+                stopped = ("STOPPED", [(4, "CANCELLED", 0)], 4, "OPEN", 0)
+                await until(api, short_id, stopped)
+                await placed(api, ("bob", {"side": "SELL", "quantity": 2, "price": "15310.00"}))
+                partly = ("STOPPED", [(4, "CANCELLED", 0)], 4, "PARTIALLY_FILLED", 2)
+                await until(api, short_id, partly)
+
+                operator.send([CloseSession("RELIANCE", ts=1)])
+                await until(api, long, ("EXPIRED", [(4, "EXPIRED", 0)], None, None, None))
+                await until(api, short_id, ("STOPPED", [(4, "CANCELLED", 0)], 4, "EXPIRED", 2))
+                operator.send([OpenSession("RELIANCE", ts=2)])
+                await trade(api, "14500.00")
+                await asyncio.sleep(1.0)  # five passes of the service
+            return long, short_id
+
+        try:
+            long, short_id = run(scenario)
+        finally:
+            service.close()
+        assert state(api, long) == ("EXPIRED", [(4, "EXPIRED", 0)], None, None, None)
+        assert api.rows(
+            "SELECT o.status, o.filled_quantity FROM orders o JOIN brackets b "
+            "ON b.entry_order_id = o.order_id ORDER BY b.bracket_id"
+        ) == [("EXPIRED", 4), ("FILLED", 4)]
+        assert api.rows(
+            "SELECT o.side, o.type, o.price, o.time_in_force FROM orders o JOIN brackets b "
+            "ON b.stop_order_id = o.order_id"
+        ) == [("BUY", "LIMIT", 15310 * 100, "DAY")], "dave's stop-limit buys back"
+        assert api.rows(
+            "SELECT user_id, side, count(*) FROM orders JOIN accounts USING (account_id) "
+            "WHERE user_id IN ('alice', 'dave') GROUP BY 1, 2 ORDER BY 1, 2"
+        ) == [("alice", "BUY", 1), ("alice", "SELL", 1), ("dave", "BUY", 2), ("dave", "SELL", 1)]
+        assert api.rows(
+            "SELECT user_id, p.quantity, p.blocked_quantity, a.blocked_cash FROM accounts a "
+            "JOIN positions p USING (account_id) WHERE user_id IN ('alice', 'dave') ORDER BY 1"
+        ) == [("alice", 4, 0, 0), ("dave", 8, 0, 0)]
+        with psycopg.connect(database) as conn:
+            assert check_invariants(conn, market_sessions(api.settings), api.now) == []
