@@ -278,13 +278,13 @@ def test_kill_9_places_each_leg_once_and_both_legs_in_one_batch(database, tmp_pa
 
 
 def test_a_sell_entry_with_a_stop_limit_and_the_close_with_legs_open(database, tmp_path):
-    """Alice's buy entry fills 4 of 10, its target rests; dave's sell entry (the legs buy
-    back) fills, its stop-loss is met: a stop-limit buy at ``stopLimit`` fills 2 of 4.
-    Then the close: the entry's rest, the target and the stop-limit expire, their holds
-    released; alice's bracket ends EXPIRED, dave's stays STOPPED; after a reopen, a trade
-    at alice's stop-loss places nothing."""
+    """Alice's buy entry fills 4 of 10, its target rests; dave's sell entry (a true short:
+    allow_short, no shares; the legs buy back) fills, its stop-loss is met: a stop-limit
+    buy at ``stopLimit`` fills 2 of 4. Then the close: the entry's rest, the target and
+    the stop-limit expire, their holds released; alice's bracket ends EXPIRED, dave's
+    stays STOPPED; after a reopen, a trade at alice's stop-loss places nothing."""
     with psycopg.connect(database, autocommit=True) as conn:
-        open_account(conn, "dave", cash=1_000_000 * 100, shares={"RELIANCE": 10})
+        open_account(conn, "dave", cash=1_000_000 * 100, allow_short=True)
     with platform(database, tmp_path, rate_limit_burst=10_000) as api:
         service = triggers(api, tmp_path / "triggers.log")
         operator = OrderProducer(api.kafka)
@@ -339,6 +339,6 @@ def test_a_sell_entry_with_a_stop_limit_and_the_close_with_legs_open(database, t
         assert api.rows(
             "SELECT user_id, p.quantity, p.blocked_quantity, a.blocked_cash FROM accounts a "
             "JOIN positions p USING (account_id) WHERE user_id IN ('alice', 'dave') ORDER BY 1"
-        ) == [("alice", 4, 0, 0), ("dave", 8, 0, 0)]
+        ) == [("alice", 4, 0, 0), ("dave", -2, 0, 0)], "dave short 4, bought 2 back"
         with psycopg.connect(database) as conn:
             assert check_invariants(conn, market_sessions(api.settings), api.now) == []
