@@ -33,7 +33,6 @@ from brokercore.broker.orders import OPEN_STATUSES
 from brokercore.broker.risk import AccountState, OrderType, RejectCode
 from brokercore.entry.amo_modify import AMO_PENDING, modify_waiting
 from brokercore.entry.order_entry import (
-    READ_FACTS,
     OrderEntry,
     OrderReceipt,
     OrderRefused,
@@ -55,6 +54,7 @@ _OWNED = (
     "SELECT o.symbol FROM orders o JOIN accounts a ON a.account_id = o.account_id "
     "WHERE o.order_id = %s AND a.user_id = %s"
 )
+_FACTS = "SELECT * FROM oms_order_facts(%s, %s, %s)"  # locks the account (0013)
 _ORDER = """
 SELECT trade_date, account_id, symbol, side, type, time_in_force, status, price,
        trigger_price, quantity, filled_quantity, disclosed_qty, modifications, modify_pending
@@ -118,7 +118,7 @@ async def modify(
         if owned is None:  # another user's order looks the same
             raise OrderRefused(Refusal.ORDER_NOT_FOUND, f"no order {order_id}")
         facts = await (
-            await conn.execute(READ_FACTS, (user_id, owned[0], request.idempotency_key))
+            await conn.execute(_FACTS, (user_id, owned[0], request.idempotency_key))
         ).fetchone()
         if facts is None:
             raise no_account()

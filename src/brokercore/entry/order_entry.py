@@ -66,7 +66,6 @@ from brokercore.kafka.messages import CancelOrder, NewOrder, encode
 from brokercore.kafka.placement import shard_plan
 
 __all__ = [
-    "READ_FACTS",
     "OrderEntry",
     "OrderReceipt",
     "OrderRefused",
@@ -84,7 +83,7 @@ VERIFIED = "VERIFIED"
 # sells oversold a holding that way. The account lock orders every writer of the
 # account's cash, positions and keys. A fresh order id is drawn for a new key; ids skipped
 # by refusals are harmless gaps.
-READ_FACTS = "SELECT * FROM oms_order_facts(%s, %s, %s)"
+_READ_STATE = "SELECT * FROM oms_order_facts(%s, %s, %s)"
 
 _WRITE_ORDER = """
 WITH key AS (
@@ -284,7 +283,7 @@ class OrderEntry:
         # write everything. Round trips are what an order costs here.
         async with self.pool.connection() as conn, conn.transaction():
             row = await (
-                await conn.execute(READ_FACTS, (user_id, request.symbol, request.idempotency_key))
+                await conn.execute(_READ_STATE, (user_id, request.symbol, request.idempotency_key))
             ).fetchone()
             if row is None:
                 raise no_account()

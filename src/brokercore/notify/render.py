@@ -159,23 +159,21 @@ def order_notifications(
                     if kind == "CANCELLED"
                     else ("Order expired", f"{order} expired{unfilled}")
                 )
-        notifications.append((owner.user_id, _notification(shard, e, order_id, kind, title, body)))
+        notifications.append(
+            (
+                owner.user_id,
+                Notification(
+                    f"{shard}:{e.shard_seq}:{order_id}",
+                    kind,
+                    title,
+                    body,
+                    e.symbol,
+                    event_time(e.ts).isoformat(),
+                    order_id,
+                ),
+            )
+        )
     return notifications
-
-
-def _notification(
-    shard: int, e: Event, order_id: int, kind: str, title: str, body: str
-) -> Notification:
-    """An order's notification; its id (shard, event, order) is the same on every retry."""
-    return Notification(
-        f"{shard}:{e.shard_seq}:{order_id}",
-        kind,
-        title,
-        body,
-        e.symbol,
-        event_time(e.ts).isoformat(),
-        order_id,
-    )
 
 
 UPDATE_KINDS = frozenset(("OPEN", "TRIGGER_PENDING", "MODIFIED"))
@@ -214,7 +212,20 @@ def order_updates(
         else:
             kind, title = "OPEN", "Order placed"
             body = f"Your order to {owner.side} {e.qty:,} {e.symbol}{at} is open"
-        updates.append((owner.user_id, _notification(shard, e, order_id, kind, title, body)))
+        updates.append(
+            (
+                owner.user_id,
+                Notification(
+                    f"{shard}:{e.shard_seq}:{order_id}",
+                    kind,
+                    title,
+                    body,
+                    e.symbol,
+                    event_time(e.ts).isoformat(),
+                    order_id,
+                ),
+            )
+        )
     return updates
 
 
