@@ -424,7 +424,14 @@ def test_modifies_racing_fills_end_consistent(database, tmp_path):
                     patch(api, orders[3], quantity=9),
                 )
 
-        assert {a.status_code for a in run(whole)} == {202}
+        price_change, sell, quantity_down = run(whole)
+        assert sell.status_code == 202, sell.text
+        # a modify may come after the fill that finished its order: refused, nothing changed
+        for answer in (price_change, quantity_down):
+            assert answer.status_code == 202 or answer.json()["error"]["code"] in (
+                "ORDER_NOT_OPEN",
+                "INVALID_QUANTITY",
+            ), answer.text
         api.wait_rows(f"SELECT count(*) FROM orders WHERE status IN {OPEN}", [(0,)])
         api.wait_rows("SELECT count(*) FROM orders WHERE modify_pending", [(0,)])
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]

@@ -233,7 +233,7 @@ class EngineMatchesModel(RuleBasedStateMachine):
             st.one_of(
                 st.integers(1, 4).map(lambda k: k * lot),
                 st.just(qty),
-                st.sampled_from([0, -lot, lot + 1, qty + lot]),
+                st.sampled_from([0, -lot, lot + 1, qty + lot if qty <= INT64_MAX - lot else -lot]),
             ),
             label="disclosed",
         )
