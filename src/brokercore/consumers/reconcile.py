@@ -45,7 +45,7 @@ settlement, funding) change the rows an invariant relates in one transaction eac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -68,6 +68,8 @@ __all__ = [
     "check_invariants",
     "Invariant",
     "INVARIANTS",
+    "STORED_FINDINGS",
+    "record_run",
 ]
 
 
@@ -462,3 +464,35 @@ def check_invariants(
             account, order, detail = invariant.finding(*row)
             findings.append(Finding(invariant.kind, order, detail, account))
     return findings
+
+
+STORED_FINDINGS = 1_000
+"""Findings of one run stored at most (its count is stored whole): a ledger broken in
+many places costs the table a bounded number of rows every round."""
+
+
+def record_run(
+    conn: psycopg.Connection,
+    ran_at: datetime,
+    scope: str,
+    findings: Sequence[Finding],
+    most: int = STORED_FINDINGS,
+) -> None:
+    """Store a run and its first ``most`` findings (migration 0020) in the caller's
+    transaction: ``scope`` INVARIANTS (a round's checks) or FULL (also Kafka against
+    Postgres). The operator's overview reads them (brokercore.read.operations)."""
+    run = conn.execute(
+        "INSERT INTO reconciler_runs (ran_at, scope, findings) VALUES (%s, %s, %s) "
+        "RETURNING run_id",
+        (ran_at, scope, len(findings)),
+    ).fetchone()
+    assert run is not None  # an INSERT ... RETURNING returns its row
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO reconciler_findings (run_id, position, kind, account_id, order_id, "
+            "detail) VALUES (%s, %s, %s, %s, %s, %s)",
+            [
+                (run[0], n, f.kind, f.account_id, f.order_id, f.detail)
+                for n, f in enumerate(findings[:most])
+            ],
+        )

@@ -14,7 +14,9 @@ an OMS that died before publishing it still reaches the engine. The engine drops
 second copy of an order id, so re-publishing is safe. Each round also checks the
 invariants of the ledger (money and shares conserved, holds equal to the open orders',
 no short holding where shorting is off, no order stuck) and logs every broken one as a
-WARNING. Settings: BROKERCORE_* variables.
+WARNING. Each round and each ``--report`` stores what it found, nothing included
+(reconciler_runs and reconciler_findings: the operator's overview shows the latest).
+Settings: BROKERCORE_* variables.
 
 With ``--notifications`` it instead retries, every BROKERCORE_DEAD_LETTER_RETRY_INTERVAL
 seconds, the pushes the notifier dead-lettered (brokercore.notify.redelivery):
@@ -41,6 +43,7 @@ from brokercore.consumers.reconcile import (
     Finding,
     check_invariants,
     find_discrepancies,
+    record_run,
     settled_events,
 )
 from brokercore.entry.outbox import OutboxPublisher
@@ -244,10 +247,12 @@ def market_sessions(settings: ServiceSettings) -> dict[str, Session]:
 def warn_broken_invariants(
     settings: ServiceSettings, sessions: dict[str, Session], most: int = 100
 ) -> list[Finding]:
-    """One round of the invariant checks: each broken one (the first ``most``) is
-    logged as a WARNING, after a line with how many there are."""
+    """One round of the invariant checks, stored (``record_run``): each broken one (the
+    first ``most``) is logged as a WARNING, after a line with how many there are."""
     with psycopg.connect(settings.database_url, connect_timeout=10) as conn:
-        broken = check_invariants(conn, sessions, datetime.now(UTC))
+        now = datetime.now(UTC)
+        broken = check_invariants(conn, sessions, now)
+        record_run(conn, now, "INVARIANTS", broken)
     if broken:
         log.warning(
             "%d INVARIANT(S) BROKEN (brokercore service reconciler --report lists them all)",
@@ -259,11 +264,14 @@ def warn_broken_invariants(
 
 
 def report(settings: ServiceSettings, kafka: KafkaSettings) -> int:
-    """Print the findings, one a line; 0 if there are none, 1 otherwise."""
+    """Print the findings, one a line, and store them (``record_run``); 0 if there are
+    none, 1 otherwise."""
     with psycopg.connect(settings.database_url) as conn:
+        now = datetime.now(UTC)
         events = settled_events(conn, kafka.bootstrap, kafka.events_topic)
         findings = find_discrepancies(conn, events)
-        broken = check_invariants(conn, market_sessions(settings), datetime.now(UTC))
+        broken = check_invariants(conn, market_sessions(settings), now)
+        record_run(conn, now, "FULL", findings + broken)
     print(f"{len(events):,} settled events compared with Postgres: {len(findings)} finding(s)")
     print(f"invariants of the ledger: {len(broken)} broken")
     for finding in findings + broken:
