@@ -271,7 +271,22 @@ def _parser() -> argparse.ArgumentParser:
     service.add_argument("--list", action="store_true", help="list the services and exit")
     service.add_argument("name", nargs="?", help="the service")
     service.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
+
+    openapi = commands.add_parser(
+        "openapi",
+        help="print the REST API's OpenAPI 3.1 document (docs/api.md)",
+        description="Print the OpenAPI document the edge serves at /api/v1/openapi.json, "
+        "generated from the services' routes; --asyncapi: the WebSocket gateway's.",
+    )
+    openapi.add_argument("--asyncapi", action="store_true", help="the AsyncAPI document")
     return parser
+
+
+def run_openapi(args: argparse.Namespace) -> int:
+    from brokercore.services.openapi import document_bytes
+
+    sys.stdout.write(document_bytes("asyncapi" if args.asyncapi else "openapi").decode() + "\n")
+    return 0
 
 
 def run_service(args: argparse.Namespace) -> int:
@@ -565,6 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "resume": run_operator,
             "reband": run_operator,
             "service": run_service,
+            "openapi": run_openapi,
         }
         return commands[args.command](args)
     except (ValueError, OSError) as e:

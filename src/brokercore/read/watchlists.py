@@ -71,6 +71,12 @@ class Watchlist(msgspec.Struct, rename="camel", frozen=True):
     updated_at: str
 
 
+class Watchlists(msgspec.Struct, frozen=True):
+    """GET /api/v1/watchlists' answer: the user's lists, oldest first."""
+
+    watchlists: list[Watchlist]
+
+
 class TooManyLists(Exception):
     """The user has MAX_LISTS lists already."""
 

@@ -34,7 +34,6 @@ from psycopg import AsyncConnection
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from brokercore.config import ServiceSettings
 from brokercore.entry.requests import FieldError
@@ -56,6 +55,7 @@ from brokercore.services.http import (
     service_app,
 )
 from brokercore.services.http import json_response as json
+from brokercore.services.openapi import documented
 
 MAX_EMAIL = 254
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -98,6 +98,76 @@ class KycRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
+class AccountsQuery(msgspec.Struct, rename="camel", frozen=True):
+    """GET /api/v1/operator/accounts' query (read by ``operator_accounts``)."""
+
+    kyc_status: users.KycStatus | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = 100
+    cursor: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+
+
+# --- answers ------------------------------------------------------------------------------
+
+
+class SignupAccepted(msgspec.Struct, frozen=True):
+    status: Literal["ACCEPTED"]  # whether the email was new or not
+
+
+class Tokens(msgspec.Struct, rename="camel", frozen=True):
+    access_token: str
+    refresh_token: str
+    expires_in: int  # seconds the access token lives
+    token_type: Literal["Bearer"]
+
+
+class MfaChallenge(msgspec.Struct, rename="camel", frozen=True):
+    """A login's first step passed: send a code with ``mfa_token`` to .../login/totp."""
+
+    mfa_required: Literal[True]
+    mfa_token: str
+
+
+class TotpEnrolment(msgspec.Struct, rename="camel", frozen=True):
+    secret: str
+    otpauth_uri: str
+
+
+class RecoveryCodes(msgspec.Struct, rename="camel", frozen=True):
+    recovery_codes: list[str]  # each good for one login instead of a TOTP code
+
+
+class Jwks(msgspec.Struct, frozen=True):
+    """The token signing keys' public halves (RFC 7517), newest first."""
+
+    keys: list[dict[str, Any]]
+
+
+class Me(msgspec.Struct, rename="camel", frozen=True):
+    user_id: str
+    email: str
+    kyc_status: str
+    roles: list[str]
+    totp_enrolled: bool
+
+
+class AccountSummary(msgspec.Struct, rename="camel", frozen=True):
+    user_id: str
+    email: str | None  # None: an account opened without a user
+    kyc_status: str
+    created_at: str
+
+
+class AccountPage(msgspec.Struct, rename="camel", frozen=True):
+    accounts: list[AccountSummary]
+    next_cursor: str | None  # None: this was the last page
+
+
+class KycDecision(msgspec.Struct, rename="camel", frozen=True):
+    user_id: str
+    kyc_status: str
+    previous_kyc_status: str
+
+
 class Accounts(LimitedApi):
     """The pieces one accounts process holds: the API's (LimitedApi, with the reads'
     rate limit, per user or, before login, per client address), the token signer and
@@ -136,14 +206,7 @@ class Accounts(LimitedApi):
 
 
 def _tokens(access_token: str, refresh_token: str) -> Response:
-    return json(
-        {
-            "accessToken": access_token,
-            "refreshToken": refresh_token,
-            "expiresIn": ACCESS_TTL,
-            "tokenType": "Bearer",
-        }
-    )
+    return json(Tokens(access_token, refresh_token, ACCESS_TTL, "Bearer"))
 
 
 def _state(request: Request) -> Accounts:
@@ -188,7 +251,7 @@ async def signup(request: Request) -> Response:
     password_hash = await asyncio.to_thread(hash_password, body.password)
     async with api.pool.connection() as conn:
         await users.sign_up(conn, email, password_hash)
-    return json({"status": "ACCEPTED"}, 202)
+    return json(SignupAccepted("ACCEPTED"), 202)
 
 
 @guarded
@@ -209,7 +272,7 @@ async def login(request: Request) -> Response:
     async with api.pool.connection() as conn:
         if user.totp_secret is not None:  # the email's failures stand until the code passes
             ticket = await api.signer.mfa_ticket(conn, user.user_id)
-            return json({"mfaRequired": True, "mfaToken": ticket})
+            return json(MfaChallenge(True, ticket))
         await api.throttle.succeeded(email)
         return await api.tokens(conn, user)
 
@@ -281,7 +344,7 @@ async def totp_enrol(request: Request) -> Response:
         enrolment = await totp.enrol(conn, principal.user_id)
     if enrolment is None:
         raise ApiError(409, "TOTP_ALREADY_ENROLLED", "a second factor is set up already")
-    return json({"secret": enrolment.secret, "otpauthUri": enrolment.otpauth_uri})
+    return json(TotpEnrolment(enrolment.secret, enrolment.otpauth_uri))
 
 
 @guarded
@@ -295,7 +358,7 @@ async def totp_confirm(request: Request) -> Response:
         raise ApiError(
             422, "INVALID_CODE", "no enrolment is pending, or the code is not one of its codes"
         )
-    return json({"recoveryCodes": codes})
+    return json(RecoveryCodes(codes))
 
 
 # --- keys and profile ---------------------------------------------------------------------
@@ -305,7 +368,7 @@ async def totp_confirm(request: Request) -> Response:
 async def jwks(request: Request) -> Response:
     api = _state(request)
     async with api.pool.connection() as conn:
-        return json(await api.signer.jwks(conn))
+        return json(Jwks((await api.signer.jwks(conn))["keys"]))
 
 
 @guarded
@@ -316,15 +379,7 @@ async def me(request: Request) -> Response:
         found = await users.profile(conn, principal.user_id)
     if found is None:
         raise ApiError(404, "USER_NOT_FOUND", "no user behind this token")
-    return json(
-        {
-            "userId": found.user_id,
-            "email": found.email,
-            "kycStatus": found.kyc_status,
-            "roles": found.roles,
-            "totpEnrolled": found.totp_enrolled,
-        }
-    )
+    return json(Me(found.user_id, found.email, found.kyc_status, found.roles, found.totp_enrolled))
 
 
 # --- operators ------------------------------------------------------------------------------
@@ -362,18 +417,13 @@ async def operator_accounts(request: Request) -> Response:
     async with api.pool.connection() as conn:
         rows = await users.list_accounts(conn, status, limit, after)
     return json(
-        {
-            "accounts": [
-                {
-                    "userId": row.user_id,
-                    "email": row.email,
-                    "kycStatus": row.kyc_status,
-                    "createdAt": row.created_at.isoformat(),
-                }
+        AccountPage(
+            [
+                AccountSummary(row.user_id, row.email, row.kyc_status, row.created_at.isoformat())
                 for row in rows
             ],
-            "nextCursor": str(rows[-1].account_id) if len(rows) == limit else None,
-        }
+            str(rows[-1].account_id) if len(rows) == limit else None,
+        )
     )
 
 
@@ -388,7 +438,7 @@ async def operator_kyc(request: Request) -> Response:
         before = await users.set_kyc(conn, principal.user_id, user_id, body.status, body.reason)
     if before is None:
         raise ApiError(404, "ACCOUNT_NOT_FOUND", f"no account of user {user_id[:40]}")
-    return json({"userId": user_id, "kycStatus": body.status, "previousKycStatus": before})
+    return json(KycDecision(user_id, body.status, before))
 
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
@@ -397,17 +447,123 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
         "accounts",
         lambda: Accounts(settings),
         [
-            Route("/api/v1/auth/signup", signup, methods=["POST"]),
-            Route("/api/v1/auth/login", login, methods=["POST"]),
-            Route("/api/v1/auth/login/totp", login_totp, methods=["POST"]),
-            Route("/api/v1/auth/refresh", refresh, methods=["POST"]),
-            Route("/api/v1/auth/logout", logout, methods=["POST"]),
-            Route("/api/v1/auth/totp/enrol", totp_enrol, methods=["POST"]),
-            Route("/api/v1/auth/totp/confirm", totp_confirm, methods=["POST"]),
-            Route("/api/v1/auth/jwks", jwks, methods=["GET"]),
-            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-            Route("/api/v1/me", me, methods=["GET"]),
-            Route("/api/v1/operator/accounts", operator_accounts, methods=["GET"]),
-            Route("/api/v1/operator/accounts/{user_id}/kyc", operator_kyc, methods=["POST"]),
+            documented(
+                "POST",
+                "/api/v1/auth/signup",
+                signup,
+                "Sign up (202 whether the email is new or not)",
+                tag="auth",
+                body=SignupRequest,
+                response=SignupAccepted,
+                status=202,
+                public=True,
+            ),
+            documented(
+                "POST",
+                "/api/v1/auth/login",
+                login,
+                "Log in: the tokens, or an MFA challenge when a second factor is set up",
+                tag="auth",
+                body=LoginRequest,
+                response=(Tokens, MfaChallenge),
+                public=True,
+                errors={401: "INVALID_CREDENTIALS", 429: "LOGIN_LOCKED"},
+            ),
+            documented(
+                "POST",
+                "/api/v1/auth/login/totp",
+                login_totp,
+                "The login's second step: a TOTP or recovery code",
+                tag="auth",
+                body=SecondFactorRequest,
+                response=Tokens,
+                public=True,
+                errors={401: "INVALID_MFA_TOKEN, INVALID_CODE", 429: "LOGIN_LOCKED"},
+            ),
+            documented(
+                "POST",
+                "/api/v1/auth/refresh",
+                refresh,
+                "The session's next tokens (the refresh token is spent)",
+                tag="auth",
+                body=RefreshRequest,
+                response=Tokens,
+                public=True,
+                errors={401: "INVALID_REFRESH_TOKEN"},
+            ),
+            documented(
+                "POST",
+                "/api/v1/auth/logout",
+                logout,
+                "End the session: its tokens are revoked",
+                tag="auth",
+                status=204,
+            ),
+            documented(
+                "POST",
+                "/api/v1/auth/totp/enrol",
+                totp_enrol,
+                "Start setting up a TOTP second factor",
+                tag="auth",
+                response=TotpEnrolment,
+                errors={404: "USER_NOT_FOUND", 409: "TOTP_ALREADY_ENROLLED"},
+            ),
+            documented(
+                "POST",
+                "/api/v1/auth/totp/confirm",
+                totp_confirm,
+                "Confirm the second factor with a code: the recovery codes",
+                tag="auth",
+                body=CodeRequest,
+                response=RecoveryCodes,
+                errors={422: "INVALID_CODE"},
+            ),
+            documented(
+                "GET",
+                "/api/v1/auth/jwks",
+                jwks,
+                "The token signing keys (JWKS)",
+                tag="auth",
+                response=Jwks,
+                public=True,
+            ),
+            documented(
+                "GET",
+                "/.well-known/jwks.json",
+                jwks,
+                "The token signing keys (JWKS)",
+                tag="auth",
+                response=Jwks,
+                public=True,
+            ),
+            documented(
+                "GET",
+                "/api/v1/me",
+                me,
+                "The caller's profile",
+                tag="auth",
+                response=Me,
+                errors={404: "USER_NOT_FOUND"},
+            ),
+            documented(
+                "GET",
+                "/api/v1/operator/accounts",
+                operator_accounts,
+                "(operator) accounts, by KYC status, a page at a time",
+                tag="operator",
+                query=AccountsQuery,
+                response=AccountPage,
+                errors={403: "FORBIDDEN"},
+            ),
+            documented(
+                "POST",
+                "/api/v1/operator/accounts/{user_id}/kyc",
+                operator_kyc,
+                "(operator) the KYC decision on an account",
+                tag="operator",
+                body=KycRequest,
+                response=KycDecision,
+                errors={403: "FORBIDDEN", 404: "ACCOUNT_NOT_FOUND"},
+            ),
         ],
     )

@@ -14,11 +14,12 @@ from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from brokercore.entry.brackets import BracketRefusal, BracketRefused, NewBracket
+from brokercore.entry.brackets import BracketRefusal, BracketRefused, BracketView, NewBracket
+from brokercore.entry.order_entry import Refusal
 from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
-from brokercore.services.oms import Oms, entry
+from brokercore.services.oms import Oms, entry, refusals
+from brokercore.services.openapi import documented, error_codes
 
 __all__ = ["BRACKET_ROUTES"]
 
@@ -67,8 +68,43 @@ async def exit_bracket(request: Request) -> Response:
     return json_response(await _book(oms.brackets.exit(principal.user_id, _bracket_id(request))))
 
 
+def _refusals(*reasons: BracketRefusal) -> dict[int, str]:
+    """The statuses and codes of ``reasons`` for the API's document."""
+    return error_codes((_STATUS[reason], reason.value) for reason in reasons)
+
+
 BRACKET_ROUTES = [
-    Route("/api/v1/brackets", create_bracket, methods=["POST"]),
-    Route("/api/v1/brackets/{bracket_id}", get_bracket, methods=["GET"]),
-    Route("/api/v1/brackets/{bracket_id}", exit_bracket, methods=["DELETE"]),
+    documented(
+        "POST",
+        "/api/v1/brackets",
+        create_bracket,
+        "Place a bracket: a limit entry with a target and a stop-loss leg",
+        tag="brackets",
+        body=NewBracket,
+        response=BracketView,
+        status=201,
+        errors=refusals(Refusal.NO_ACCOUNT, Refusal.ACCOUNT_NOT_VERIFIED)
+        | {
+            422: "BRACKET_INVALID_PRICES, IDEMPOTENCY_KEY_REUSED, AMO_MARKET_OPEN, "
+            "the order checks' codes for the entry and each leg's price"
+        },
+    ),
+    documented(
+        "GET",
+        "/api/v1/brackets/{bracket_id}",
+        get_bracket,
+        "One bracket and its legs",
+        tag="brackets",
+        response=BracketView,
+        errors=_refusals(BracketRefusal.BRACKET_NOT_FOUND),
+    ),
+    documented(
+        "DELETE",
+        "/api/v1/brackets/{bracket_id}",
+        exit_bracket,
+        "Exit a bracket: cancel its entry's open part and its targets (the position stays)",
+        tag="brackets",
+        response=BracketView,
+        errors=_refusals(BracketRefusal.BRACKET_NOT_FOUND, BracketRefusal.BRACKET_NOT_ACTIVE),
+    ),
 ]

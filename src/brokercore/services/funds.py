@@ -40,7 +40,6 @@ from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from brokercore.broker import withdrawals
 from brokercore.broker.money import rupees, to_paise
@@ -62,6 +61,7 @@ from brokercore.services.http import (
     require_operator,
     service_app,
 )
+from brokercore.services.openapi import documented, error_codes
 
 log = logging.getLogger("brokercore.funds")
 
@@ -140,6 +140,27 @@ class WithdrawalBody(msgspec.Struct, rename="camel", frozen=True):
 
 class OperatorWithdrawalBody(WithdrawalBody, rename="camel", frozen=True):
     user_id: str
+
+
+class Withdrawals(msgspec.Struct, frozen=True):
+    withdrawals: list[WithdrawalBody]  # newest first
+
+
+class OperatorWithdrawals(msgspec.Struct, frozen=True):
+    withdrawals: list[OperatorWithdrawalBody]
+
+
+class CallbackAnswer(msgspec.Struct, rename="camel", frozen=True):
+    """The answer to the provider's callback: the withdrawal's status after it."""
+
+    withdrawal_id: int
+    status: str
+
+
+class OperatorQuery(msgspec.Struct, frozen=True):
+    """GET /api/v1/operator/withdrawals' query (read by ``operator_list``)."""
+
+    status: Literal["PENDING", "COMPLETED", "FAILED"] = "PENDING"
 
 
 def withdrawal_body(w: Withdrawal) -> WithdrawalBody:
@@ -397,7 +418,7 @@ async def list_withdrawals(request: Request) -> Response:
         rows = await (
             await conn.execute(withdrawals.LIST_SQL, (principal.user_id, LISTED))
         ).fetchall()
-    return json_response({"withdrawals": [withdrawal_body(Withdrawal(*row)) for row in rows]})
+    return json_response(Withdrawals([withdrawal_body(Withdrawal(*row)) for row in rows]))
 
 
 # --- the provider's callback ------------------------------------------------------------
@@ -424,7 +445,7 @@ async def payment_callback(request: Request) -> Response:
         _, after = await funds.write(
             withdrawals.fail, callback.withdrawal_id, reason, callback.payout_id
         )
-    return json_response({"withdrawalId": after.withdrawal_id, "status": after.status})
+    return json_response(CallbackAnswer(after.withdrawal_id, after.status))
 
 
 # --- operators --------------------------------------------------------------------------
@@ -476,15 +497,15 @@ async def operator_list(request: Request) -> Response:
             await conn.execute(withdrawals.OPERATOR_LIST_SQL, (status, LISTED))
         ).fetchall()
     return json_response(
-        {
-            "withdrawals": [
+        OperatorWithdrawals(
+            [
                 OperatorWithdrawalBody(
                     **msgspec.structs.asdict(withdrawal_body(Withdrawal(*row[:-1]))),
                     user_id=row[-1],
                 )
                 for row in rows
             ]
-        }
+        )
     )
 
 
@@ -508,25 +529,110 @@ async def operator_fail(request: Request) -> Response:
     return json_response(withdrawal_body(after))
 
 
+def _refusals(*reasons: Refusal) -> dict[int, str]:
+    """The statuses and codes of ``reasons`` for the API's document."""
+    return error_codes((_STATUS[reason], reason.value) for reason in reasons)
+
+
+_KEYED = {400: "IDEMPOTENCY_KEY_REQUIRED"}
+_OPERATOR_DECISION = {403: "FORBIDDEN"} | _refusals(
+    Refusal.WITHDRAWAL_NOT_FOUND, Refusal.WITHDRAWAL_NOT_PENDING
+)
+
+
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
     return service_app(
         "funds",
         lambda: FundsService(settings),
         [
-            Route("/api/v1/funds", get_funds, methods=["GET"]),
-            Route("/api/v1/funds/deposits", post_deposit, methods=["POST"]),
-            Route("/api/v1/funds/withdrawals", post_withdrawal, methods=["POST"]),
-            Route("/api/v1/funds/withdrawals", list_withdrawals, methods=["GET"]),
-            Route("/api/v1/funds/webhooks/payments", payment_callback, methods=["POST"]),
-            Route("/api/v1/operator/withdrawals", operator_list, methods=["GET"]),
-            Route(
+            documented(
+                "GET",
+                "/api/v1/funds",
+                get_funds,
+                "Cash, blocked, unsettled and withdrawable",
+                tag="funds",
+                response=FundsBody,
+                errors=_refusals(Refusal.NO_ACCOUNT, Refusal.IDEMPOTENCY_KEY_REUSED),
+            ),
+            documented(
+                "POST",
+                "/api/v1/funds/deposits",
+                post_deposit,
+                "Deposit money (the demo's provider: at once)",
+                tag="funds",
+                body=AmountRequest,
+                response=DepositBody,
+                status=201,
+                idempotency_key=True,
+                errors=_KEYED | _refusals(Refusal.NO_ACCOUNT, Refusal.IDEMPOTENCY_KEY_REUSED),
+            ),
+            documented(
+                "POST",
+                "/api/v1/funds/withdrawals",
+                post_withdrawal,
+                "Request a withdrawal (PENDING until the provider pays it out)",
+                tag="funds",
+                body=AmountRequest,
+                response=WithdrawalBody,
+                status=202,
+                idempotency_key=True,
+                errors=_KEYED
+                | _refusals(
+                    Refusal.NO_ACCOUNT,
+                    Refusal.ACCOUNT_NOT_VERIFIED,
+                    Refusal.INSUFFICIENT_FUNDS,
+                    Refusal.IDEMPOTENCY_KEY_REUSED,
+                ),
+            ),
+            documented(
+                "GET",
+                "/api/v1/funds/withdrawals",
+                list_withdrawals,
+                "The caller's withdrawals, newest first",
+                tag="funds",
+                response=Withdrawals,
+            ),
+            documented(
+                "POST",
+                "/api/v1/funds/webhooks/payments",
+                payment_callback,
+                "The payment provider's word on a payout (signed, no bearer token)",
+                tag="funds",
+                body=PaymentCallback,
+                response=CallbackAnswer,
+                public=True,
+                headers={SIGNATURE_HEADER: "the provider's signature of the body"},
+                errors={401: "INVALID_SIGNATURE"} | _refusals(Refusal.WITHDRAWAL_NOT_FOUND),
+            ),
+            documented(
+                "GET",
+                "/api/v1/operator/withdrawals",
+                operator_list,
+                "(operator) withdrawals of one status",
+                tag="operator",
+                query=OperatorQuery,
+                response=OperatorWithdrawals,
+                errors={403: "FORBIDDEN"},
+            ),
+            documented(
+                "POST",
                 "/api/v1/operator/withdrawals/{withdrawal_id}/complete",
                 operator_complete,
-                methods=["POST"],
+                "(operator) a withdrawal paid out",
+                tag="operator",
+                response=WithdrawalBody,
+                errors=_OPERATOR_DECISION,
             ),
-            Route(
-                "/api/v1/operator/withdrawals/{withdrawal_id}/fail", operator_fail, methods=["POST"]
+            documented(
+                "POST",
+                "/api/v1/operator/withdrawals/{withdrawal_id}/fail",
+                operator_fail,
+                "(operator) a withdrawal failed: its money back to cash",
+                tag="operator",
+                body=FailRequest,
+                response=WithdrawalBody,
+                errors=_OPERATOR_DECISION,
             ),
         ],
     )

@@ -9,16 +9,26 @@ each with a JWT bearer token and the OMS's per-user rate limit. Another user's G
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from brokercore.entry.gtt import GTT_STATUSES, GttChange, GttRefusal, GttRefused, NewGtt
+from brokercore.entry.gtt import (
+    GTT_STATUSES,
+    GttChange,
+    GttList,
+    GttRefusal,
+    GttRefused,
+    GttView,
+    NewGtt,
+)
+from brokercore.entry.order_entry import Refusal
 from brokercore.entry.requests import FieldError
 from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
-from brokercore.services.oms import Oms, entry
+from brokercore.services.oms import Oms, entry, refusals
+from brokercore.services.openapi import documented, error_codes
 
 __all__ = ["GTT_ROUTES"]
 
@@ -51,6 +61,12 @@ async def create_gtt(request: Request) -> Response:
     principal = await oms.authorize(request)
     gtt = decode_body(NewGtt, await oms.body(request), "GTT")
     return json_response(await _book(oms.gtts.create(principal.user_id, gtt)), 201)
+
+
+class GttQuery(msgspec.Struct, frozen=True):
+    """GET /api/v1/gtt's query (read by ``list_gtts``): one status only."""
+
+    status: Literal["ACTIVE", "TRIGGERED", "CANCELLED", "EXPIRED", "FAILED"] | None = None
 
 
 @guarded
@@ -92,10 +108,63 @@ async def cancel_gtt(request: Request) -> Response:
     return json_response(await _book(oms.gtts.cancel(principal.user_id, _gtt_id(request))))
 
 
+def _refusals(*reasons: GttRefusal) -> dict[int, str]:
+    """The statuses and codes of ``reasons`` for the API's document."""
+    return error_codes((_STATUS[reason], reason.value) for reason in reasons)
+
+
 GTT_ROUTES = [
-    Route("/api/v1/gtt", create_gtt, methods=["POST"]),
-    Route("/api/v1/gtt", list_gtts, methods=["GET"]),
-    Route("/api/v1/gtt/{gtt_id}", get_gtt, methods=["GET"]),
-    Route("/api/v1/gtt/{gtt_id}", change_gtt, methods=["PATCH"]),
-    Route("/api/v1/gtt/{gtt_id}", cancel_gtt, methods=["DELETE"]),
+    documented(
+        "POST",
+        "/api/v1/gtt",
+        create_gtt,
+        "Create a GTT (SINGLE or OCO): orders placed when the last price meets a trigger",
+        tag="gtt",
+        body=NewGtt,
+        response=GttView,
+        status=201,
+        errors=refusals(Refusal.NO_ACCOUNT, Refusal.ACCOUNT_NOT_VERIFIED)
+        | {
+            422: "GTT_INVALID_LEGS, GTT_INVALID_EXPIRY, GTT_LIMIT, IDEMPOTENCY_KEY_REUSED, "
+            "the order checks' codes for each leg"
+        },
+    ),
+    documented(
+        "GET",
+        "/api/v1/gtt",
+        list_gtts,
+        "The caller's GTTs, newest first",
+        tag="gtt",
+        query=GttQuery,
+        response=GttList,
+    ),
+    documented(
+        "GET",
+        "/api/v1/gtt/{gtt_id}",
+        get_gtt,
+        "One GTT",
+        tag="gtt",
+        response=GttView,
+        errors=_refusals(GttRefusal.GTT_NOT_FOUND),
+    ),
+    documented(
+        "PATCH",
+        "/api/v1/gtt/{gtt_id}",
+        change_gtt,
+        "New legs (and expiry) of an active GTT",
+        tag="gtt",
+        body=GttChange,
+        response=GttView,
+        errors=_refusals(GttRefusal.GTT_NOT_FOUND, GttRefusal.GTT_NOT_ACTIVE)
+        | {422: "GTT_INVALID_LEGS, GTT_INVALID_EXPIRY, the order checks' codes for each leg"},
+    ),
+    documented(
+        "DELETE",
+        "/api/v1/gtt/{gtt_id}",
+        cancel_gtt,
+        "Cancel an active GTT",
+        tag="gtt",
+        response=GttView,
+        errors=_refusals(GttRefusal.GTT_NOT_FOUND, GttRefusal.GTT_NOT_ACTIVE),
+    ),
 ]

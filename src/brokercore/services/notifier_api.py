@@ -25,7 +25,6 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from brokercore.broker.market import load_market
 from brokercore.broker.money import to_paise
@@ -38,6 +37,7 @@ from brokercore.notify.alerts import (
     DELETE_SQL,
     LIST_SQL,
     MAX_ALERTS_PER_USER,
+    AlertBody,
     AlertRequest,
     alert_body,
     initial_side,
@@ -59,6 +59,7 @@ from brokercore.services.http import (
     service_app,
 )
 from brokercore.services.http import json_response as json
+from brokercore.services.openapi import documented
 
 
 class Notifications(LimitedApi):
@@ -75,6 +76,18 @@ class Notifications(LimitedApi):
         )
         self.market = load_market(settings.instruments)
         self.private_hosts = settings.postback_private_hosts
+
+
+class Alerts(msgspec.Struct, frozen=True):
+    alerts: list[AlertBody]
+
+
+class MarkedRead(msgspec.Struct, frozen=True):
+    marked: int  # notifications this call marked read
+
+
+class Postbacks(msgspec.Struct, frozen=True):
+    postbacks: list[postbacks.Registration]
 
 
 def _state(request: Request) -> Notifications:
@@ -172,7 +185,7 @@ async def list_alerts(request: Request) -> Response:
     principal = await api.authorize(request)
     async with api.pool.connection() as conn:
         rows = await (await conn.execute(LIST_SQL, (principal.user_id,))).fetchall()
-    return json({"alerts": [alert_body(row) for row in rows]})
+    return json(Alerts([alert_body(row) for row in rows]))
 
 
 @guarded
@@ -239,7 +252,7 @@ async def read_all_notifications(request: Request) -> Response:
     principal = await api.authorize(request)
     async with api.pool.connection() as conn:
         marked = await inbox.mark_all_read(conn, principal.user_id)
-    return json({"marked": marked})
+    return json(MarkedRead(marked))
 
 
 # --- postbacks --------------------------------------------------------------------------
@@ -272,7 +285,7 @@ async def list_postbacks(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
     async with api.pool.connection() as conn:
-        return json({"postbacks": await postbacks.list_postbacks(conn, principal.user_id)})
+        return json(Postbacks(await postbacks.list_postbacks(conn, principal.user_id)))
 
 
 @guarded
@@ -293,26 +306,124 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
         "notifications",
         lambda: Notifications(settings),
         [
-            Route("/api/v1/notifications/preferences", get_preferences, methods=["GET"]),
-            Route("/api/v1/notifications/preferences", put_preferences, methods=["PUT"]),
-            Route("/api/v1/notifications/devices", register_device, methods=["POST"]),
-            Route(
+            documented(
+                "GET",
+                "/api/v1/notifications/preferences",
+                get_preferences,
+                "How the caller hears of each kind of event",
+                tag="notifications",
+                response=Preferences,
+            ),
+            documented(
+                "PUT",
+                "/api/v1/notifications/preferences",
+                put_preferences,
+                "Replace the preferences (a kind left out is IN_APP)",
+                tag="notifications",
+                body=Preferences,
+                response=Preferences,
+            ),
+            documented(
+                "POST",
+                "/api/v1/notifications/devices",
+                register_device,
+                "Register a push device (201 new, 200 known)",
+                tag="notifications",
+                body=DeviceRequest,
+                response=DeviceRequest,
+                status=201,
+                also=(200,),
+            ),
+            documented(
+                "DELETE",
                 "/api/v1/notifications/devices/{device_token}",
                 unregister_device,
-                methods=["DELETE"],
+                "Unregister a push device",
+                tag="notifications",
+                status=204,
+                errors={404: "DEVICE_NOT_FOUND"},
             ),
-            Route("/api/v1/notifications", list_inbox, methods=["GET"]),
-            Route("/api/v1/notifications/read-all", read_all_notifications, methods=["POST"]),
-            Route(
+            documented(
+                "GET",
+                "/api/v1/notifications",
+                list_inbox,
+                "The inbox: unread first, then newest, a page at a time",
+                tag="notifications",
+                query=inbox.InboxQuery,
+                response=inbox.InboxPage,
+            ),
+            documented(
+                "POST",
+                "/api/v1/notifications/read-all",
+                read_all_notifications,
+                "Mark every notification read",
+                tag="notifications",
+                response=MarkedRead,
+            ),
+            documented(
+                "POST",
                 "/api/v1/notifications/{notification_id}/read",
                 read_notification,
-                methods=["POST"],
+                "Mark one notification read",
+                tag="notifications",
+                response=inbox.InboxItem,
+                errors={404: "NOTIFICATION_NOT_FOUND"},
             ),
-            Route("/api/v1/alerts", create_alert, methods=["POST"]),
-            Route("/api/v1/alerts", list_alerts, methods=["GET"]),
-            Route("/api/v1/alerts/{alert_id}", delete_alert, methods=["DELETE"]),
-            Route("/api/v1/postbacks", create_postback, methods=["POST"]),
-            Route("/api/v1/postbacks", list_postbacks, methods=["GET"]),
-            Route("/api/v1/postbacks/{postback_id}", delete_postback, methods=["DELETE"]),
+            documented(
+                "POST",
+                "/api/v1/alerts",
+                create_alert,
+                "A price alert: a notification when the last price crosses it",
+                tag="alerts",
+                body=AlertRequest,
+                response=AlertBody,
+                status=201,
+                errors={404: "UNKNOWN_SYMBOL", 409: "TOO_MANY_ALERTS"},
+            ),
+            documented(
+                "GET",
+                "/api/v1/alerts",
+                list_alerts,
+                "The caller's price alerts",
+                tag="alerts",
+                response=Alerts,
+            ),
+            documented(
+                "DELETE",
+                "/api/v1/alerts/{alert_id}",
+                delete_alert,
+                "Delete a price alert",
+                tag="alerts",
+                status=204,
+                errors={404: "ALERT_NOT_FOUND"},
+            ),
+            documented(
+                "POST",
+                "/api/v1/postbacks",
+                create_postback,
+                "Register a postback URL (its signing secret is in this answer only)",
+                tag="postbacks",
+                body=postbacks.PostbackRequest,
+                response=postbacks.Registration,
+                status=201,
+                errors={409: "TOO_MANY_POSTBACKS"},
+            ),
+            documented(
+                "GET",
+                "/api/v1/postbacks",
+                list_postbacks,
+                "The caller's postback URLs",
+                tag="postbacks",
+                response=Postbacks,
+            ),
+            documented(
+                "DELETE",
+                "/api/v1/postbacks/{postback_id}",
+                delete_postback,
+                "Delete a postback URL",
+                tag="postbacks",
+                status=204,
+                errors={404: "POSTBACK_NOT_FOUND"},
+            ),
         ],
     )

@@ -19,20 +19,20 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import TypeVar
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from brokercore.broker.risk import FeeSchedule, RejectCode
 from brokercore.broker.session_plan import trading_market
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.entry.amo import release_loop
 from brokercore.entry.brackets import BracketBook
-from brokercore.entry.cancel_many import cancel_many
+from brokercore.entry.cancel_many import CancelsRequested, cancel_many
 from brokercore.entry.group_commit import GroupCommit
 from brokercore.entry.gtt import GttBook
-from brokercore.entry.margins import MarginBody, MarginOrder, answer, preview
+from brokercore.entry.margins import MarginAnswer, MarginBody, MarginOrder, answer, preview
 from brokercore.entry.modify import changes_nothing, modify
 from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxPublisher
@@ -53,6 +53,7 @@ from brokercore.services.http import (
     path_id,
     service_app,
 )
+from brokercore.services.openapi import documented, error_codes
 
 log = logging.getLogger("brokercore.oms")
 
@@ -134,6 +135,22 @@ _REFUSAL_STATUS = {
 def refusal_status(reason: Refusal | RejectCode) -> int:
     """The HTTP status of a refusal: a risk check's (a ``RejectCode``) is always 422."""
     return 422 if isinstance(reason, RejectCode) else _REFUSAL_STATUS[reason]
+
+
+def refusals(*reasons: Refusal, checks: bool = False) -> dict[int, str]:
+    """The statuses and codes of ``reasons`` for the API's document; ``checks``: the
+    order's checks too (every ``RejectCode``, 422)."""
+    pairs = [(refusal_status(reason), reason.value) for reason in reasons]
+    if checks:
+        pairs.append((422, "the order's checks (RejectCode: docs/errors.md)"))
+    return error_codes(pairs)
+
+
+class CancelManyQuery(msgspec.Struct, frozen=True):
+    """DELETE /api/v1/orders' query: only ``symbol``'s open orders when given (read by
+    ``cancel_orders``)."""
+
+    symbol: str | None = None
 
 
 async def entry(call: Awaitable[T]) -> T:
@@ -236,11 +253,74 @@ def create_app(
         "oms",
         lambda: Oms(settings, kafka),
         [
-            Route("/api/v1/orders", place_order, methods=["POST"]),
-            Route("/api/v1/margins/orders", margin_preview, methods=["POST"]),
-            Route("/api/v1/orders", cancel_orders, methods=["DELETE"]),
-            Route("/api/v1/orders/{order_id}", cancel_order, methods=["DELETE"]),
-            Route("/api/v1/orders/{order_id}", modify_order, methods=["PATCH"]),
+            documented(
+                "POST",
+                "/api/v1/orders",
+                place_order,
+                "Place an order (202: stored and sent to the engine, which may still reject it)",
+                tag="orders",
+                body=PlaceOrderRequest,
+                response=OrderAccepted,
+                status=202,
+                errors=refusals(
+                    Refusal.NO_ACCOUNT,
+                    Refusal.ACCOUNT_NOT_VERIFIED,
+                    Refusal.IDEMPOTENCY_KEY_REUSED,
+                    Refusal.AMO_MARKET_OPEN,
+                    checks=True,
+                ),
+            ),
+            documented(
+                "POST",
+                "/api/v1/margins/orders",
+                margin_preview,
+                "What one order or a list of them would block, checked together; stores nothing",
+                tag="orders",
+                body=MarginBody,
+                response=MarginAnswer,
+                errors=refusals(Refusal.NO_ACCOUNT, Refusal.ACCOUNT_NOT_VERIFIED),
+            ),
+            documented(
+                "DELETE",
+                "/api/v1/orders",
+                cancel_orders,
+                "Cancel the caller's open orders (of one symbol with ?symbol=)",
+                tag="orders",
+                query=CancelManyQuery,
+                response=CancelsRequested,
+                status=202,
+                errors=refusals(Refusal.NO_ACCOUNT),
+            ),
+            documented(
+                "DELETE",
+                "/api/v1/orders/{order_id}",
+                cancel_order,
+                "Cancel an open order",
+                tag="orders",
+                response=OrderAccepted,
+                status=202,
+                errors=refusals(Refusal.ORDER_NOT_FOUND, Refusal.ORDER_NOT_OPEN),
+            ),
+            documented(
+                "PATCH",
+                "/api/v1/orders/{order_id}",
+                modify_order,
+                "Change an open order's price, quantity, trigger or disclosed quantity",
+                tag="orders",
+                body=ModifyOrderRequest,
+                response=OrderAccepted,
+                status=202,
+                errors=refusals(
+                    Refusal.IDEMPOTENCY_KEY_REUSED,
+                    Refusal.ORDER_NOT_FOUND,
+                    Refusal.ORDER_NOT_OPEN,
+                    Refusal.ORDER_PENDING,
+                    Refusal.ORDER_NOT_MODIFIABLE,
+                    Refusal.MODIFY_PENDING,
+                    Refusal.MODIFY_LIMIT_REACHED,
+                    checks=True,
+                ),
+            ),
             *GTT_ROUTES,
             *BRACKET_ROUTES,
         ],

@@ -37,7 +37,6 @@ from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from brokercore.broker.market import load_market
 from brokercore.broker.orders import ORDER_STATUSES
@@ -46,7 +45,7 @@ from brokercore.entry.requests import FieldError, encode_json
 from brokercore.read import instruments, queries, statement, watchlists
 from brokercore.read.cache import UserCache
 from brokercore.read.candles import INTERVALS
-from brokercore.realtime.channels import encode_message, md_key
+from brokercore.realtime.channels import BookUpdate, encode_message, md_key
 from brokercore.services.http import (
     ApiError,
     LimitedApi,
@@ -58,6 +57,7 @@ from brokercore.services.http import (
     read_router,
     service_app,
 )
+from brokercore.services.openapi import DocumentedRoute, documented, documents_routes
 
 log = logging.getLogger("brokercore.query")
 
@@ -412,7 +412,7 @@ async def list_watchlists(request: Request) -> Response:
     _params(request)
     async with service.writes.connection() as conn:
         found = await watchlists.list_watchlists(conn, user, service.day_starts())
-    return _json(encode_json({"watchlists": found}))
+    return _json(encode_json(watchlists.Watchlists(found)))
 
 
 @guarded
@@ -527,26 +527,175 @@ async def candles(request: Request) -> Response:
     )
 
 
+_WATCHLIST_ERRORS = {
+    409: "WATCHLIST_NAME_TAKEN, TOO_MANY_WATCHLISTS",
+    422: "UNKNOWN_SYMBOL (a symbol of the body)",
+}
+
+
+def _read(
+    method: str,
+    path: str,
+    endpoint: Callable[[Request], Awaitable[Response]],
+    summary: str,
+    errors: Mapping[int, str] | None = None,
+    **fields: Any,
+) -> DocumentedRoute:
+    """A route of this service: every one refuses a query parameter it does not know
+    (422 INVALID_REQUEST)."""
+    known = {422: "INVALID_REQUEST (an unknown or repeated query parameter)"}
+    return documented(method, path, endpoint, summary, errors=known | dict(errors or {}), **fields)
+
+
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
+    from brokercore.services.operator_api import OPERATOR_ROUTES  # it uses this module
+
     settings = settings or ServiceSettings.from_env()
     return service_app(
         "query",
         lambda: QueryService(settings),
         [
-            Route("/api/v1/orders", list_orders, methods=["GET"]),
-            Route("/api/v1/orders/{order_id}", get_order, methods=["GET"]),
-            Route("/api/v1/orders/{order_id}/history", order_history, methods=["GET"]),
-            Route("/api/v1/portfolio", portfolio, methods=["GET"]),
-            Route("/api/v1/trades", trades, methods=["GET"]),
-            Route("/api/v1/statement", account_statement, methods=["GET"]),
-            Route("/api/v1/watchlists", list_watchlists, methods=["GET"]),
-            Route("/api/v1/watchlists", create_watchlist, methods=["POST"]),
-            Route("/api/v1/watchlists/{watchlist_id}", get_watchlist, methods=["GET"]),
-            Route("/api/v1/watchlists/{watchlist_id}", replace_watchlist, methods=["PUT"]),
-            Route("/api/v1/watchlists/{watchlist_id}", delete_watchlist, methods=["DELETE"]),
-            Route("/api/v1/instruments", list_instruments, methods=["GET"]),
-            Route("/api/v1/instruments/{symbol}", get_instrument, methods=["GET"]),
-            Route("/api/v1/marketdata/{symbol}", market_data, methods=["GET"]),
-            Route("/api/v1/marketdata/{symbol}/candles", candles, methods=["GET"]),
+            _read(
+                "GET",
+                "/api/v1/orders",
+                list_orders,
+                "The caller's orders, newest first, a page at a time",
+                tag="orders",
+                query=queries.OrdersQuery,
+                response=queries.OrderPage,
+            ),
+            _read(
+                "GET",
+                "/api/v1/orders/{order_id}",
+                get_order,
+                "One order with its fills",
+                tag="orders",
+                response=queries.OrderWithFills,
+                errors={404: "ORDER_NOT_FOUND"},
+            ),
+            _read(
+                "GET",
+                "/api/v1/orders/{order_id}/history",
+                order_history,
+                "An order's events, oldest first; with ?at= its state at that instant",
+                tag="orders",
+                query=queries.HistoryQuery,
+                response=(queries.OrderHistory, queries.OrderState),
+                errors={404: "ORDER_NOT_FOUND, ORDER_NOT_YET_PLACED"},
+            ),
+            _read(
+                "GET",
+                "/api/v1/portfolio",
+                portfolio,
+                "Cash, positions and P&L",
+                tag="portfolio",
+                response=queries.Portfolio,
+                errors={403: "NO_ACCOUNT"},
+            ),
+            _read(
+                "GET",
+                "/api/v1/trades",
+                trades,
+                "The caller's trades, newest first, a page at a time",
+                tag="portfolio",
+                query=queries.TradesQuery,
+                response=queries.TradePage,
+            ),
+            _read(
+                "GET",
+                "/api/v1/statement",
+                account_statement,
+                "A statement of a range of days: JSON, or CSV (?format=csv, Accept: text/csv)",
+                tag="portfolio",
+                query=statement.StatementQuery,
+                response=statement.Statement,
+                alternatives={"text/csv": {"type": "string"}},
+                errors={403: "NO_ACCOUNT", 422: "STATEMENT_TOO_LARGE"},
+            ),
+            _read(
+                "GET",
+                "/api/v1/watchlists",
+                list_watchlists,
+                "The caller's watchlists, with prices",
+                tag="watchlists",
+                response=watchlists.Watchlists,
+            ),
+            _read(
+                "POST",
+                "/api/v1/watchlists",
+                create_watchlist,
+                "Create a watchlist",
+                tag="watchlists",
+                body=watchlists.WatchlistRequest,
+                response=watchlists.Watchlist,
+                status=201,
+                errors=_WATCHLIST_ERRORS,
+            ),
+            _read(
+                "GET",
+                "/api/v1/watchlists/{watchlist_id}",
+                get_watchlist,
+                "One watchlist, with prices",
+                tag="watchlists",
+                response=watchlists.Watchlist,
+                errors={404: "WATCHLIST_NOT_FOUND"},
+            ),
+            _read(
+                "PUT",
+                "/api/v1/watchlists/{watchlist_id}",
+                replace_watchlist,
+                "Replace a watchlist's name and symbols",
+                tag="watchlists",
+                body=watchlists.WatchlistRequest,
+                response=watchlists.Watchlist,
+                errors={404: "WATCHLIST_NOT_FOUND"} | _WATCHLIST_ERRORS,
+            ),
+            _read(
+                "DELETE",
+                "/api/v1/watchlists/{watchlist_id}",
+                delete_watchlist,
+                "Delete a watchlist",
+                tag="watchlists",
+                status=204,
+                errors={404: "WATCHLIST_NOT_FOUND"},
+            ),
+            _read(
+                "GET",
+                "/api/v1/instruments",
+                list_instruments,
+                "Every instrument: its terms, band, calendar and phase",
+                tag="market data",
+                response=instruments.InstrumentList,
+            ),
+            _read(
+                "GET",
+                "/api/v1/instruments/{symbol}",
+                get_instrument,
+                "One instrument",
+                tag="market data",
+                response=instruments.Instrument,
+                errors={404: "UNKNOWN_SYMBOL"},
+            ),
+            _read(
+                "GET",
+                "/api/v1/marketdata/{symbol}",
+                market_data,
+                "A symbol's depth, best bid and ask, last price and phase",
+                tag="market data",
+                response=BookUpdate,
+                errors={404: "UNKNOWN_SYMBOL"},
+            ),
+            _read(
+                "GET",
+                "/api/v1/marketdata/{symbol}/candles",
+                candles,
+                "A symbol's candles of one interval over a window",
+                tag="market data",
+                query=queries.CandlesQuery,
+                response=queries.Candles,
+                errors={404: "UNKNOWN_SYMBOL"},
+            ),
+            *documents_routes(),
+            *OPERATOR_ROUTES,
         ],
     )

@@ -43,14 +43,20 @@ import redis
 from psycopg_pool import PoolTimeout
 from redis.asyncio import Redis
 from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from brokercore.broker.market import load_market
 from brokercore.config import ServiceSettings
 from brokercore.edge.auth import AuthError, Principal, bearer_token, session_revoked
 from brokercore.edge.jwks import KeysUnavailable
-from brokercore.realtime.channels import book_channel, trades_channel
+from brokercore.realtime.channels import (
+    BookUpdate,
+    Notification,
+    OrderUpdate,
+    TradeTick,
+    book_channel,
+    trades_channel,
+)
 from brokercore.realtime.hub import (
     BadFrame,
     ClientOp,
@@ -64,6 +70,7 @@ from brokercore.realtime.hub import (
     Resumed,
     Subscribe,
     Subscribed,
+    Unsubscribe,
     Unsubscribed,
     Welcome,
     decode_op,
@@ -71,6 +78,7 @@ from brokercore.realtime.hub import (
     order_update_seq,
     replayed_update,
 )
+from brokercore.services.asyncapi import Channel, documented_socket
 from brokercore.services.http import database_pool, read_router, service_app, token_verifier
 
 log = logging.getLogger("brokercore.ws")
@@ -437,8 +445,39 @@ async def orders_socket(websocket: WebSocket) -> None:
     await Session(gateway, websocket, principal.user_id, principal.session_id).run(since)
 
 
+ORDERS_CHANNEL = Channel(
+    "orders",
+    "The user's order updates and notifications, and market data of subscribed symbols",
+    "WELCOME first, then the user's ORDER_UPDATEs and NOTIFICATIONs; TRADE and BOOK of each "
+    "symbol subscribed to; PING every heartbeat (answer PONG). Resume with ?since=SEQ or a "
+    "first resume frame: every ORDER_UPDATE after SEQ, then RESUMED, then live ones. A bad "
+    "frame gets an ERROR and the socket stays open; a refused handshake is an ERROR then a "
+    "close (4401 bad token, 4400 bad since, 1013 keys unavailable).",
+    receives=[Subscribe, Unsubscribe, ClientPing, ClientPong, Resume],
+    sends=[
+        Welcome,
+        OrderUpdate,
+        Notification,
+        TradeTick,
+        BookUpdate,
+        Subscribed,
+        Unsubscribed,
+        Resumed,
+        Ping,
+        Pong,
+        Error,
+    ],
+    query={
+        "token": {"type": "string", "description": "the access token (browsers)"},
+        "since": {"type": "integer", "minimum": 0, "description": "resume after this seq"},
+    },
+)
+
+
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings.from_env()
     return service_app(
-        "gateway", lambda: Gateway(settings), [WebSocketRoute("/ws/v1/orders", orders_socket)]
+        "gateway",
+        lambda: Gateway(settings),
+        [documented_socket("/ws/v1/orders", orders_socket, ORDERS_CHANNEL)],
     )
