@@ -1,0 +1,74 @@
+// Positions with P&L: GET /api/v1/portfolio, loaded again when one of the user's orders
+// fills; the last price (and so the unrealised P&L) moves live with the trade stream.
+
+import { ApiError, api } from "../api";
+import { h, message, rupees, signed } from "../dom";
+import { live } from "../live";
+import type { Screen } from "../screen";
+import type { Portfolio, Position } from "../types";
+
+function row(p: Position): HTMLTableRowElement {
+  return h("tr", { "data-symbol": p.symbol },
+    h("th", { scope: "row" }, h("a", { href: `/symbol/${p.symbol}`, "data-link": true }, p.symbol)),
+    h("td", { class: "num qty" }, p.quantity),
+    h("td", { class: "num" }, rupees(p.avgPrice)),
+    h("td", { class: "num" }, rupees(p.currentPrice)),
+    h("td", { class: "num pnl" }, signed(p.pnl)),
+    h("td", { class: "num" }, signed(p.dayPnl)),
+    h("td", { class: "num" }, signed(p.realisedPnl)));
+}
+
+export const positions: Screen = {
+  path: "/positions",
+  title: "Positions",
+  nav: "Positions",
+  access: "user",
+  render(root) {
+    const summary = h("dl", { class: "facts", id: "funds-summary" });
+    const body = h("tbody", {});
+    const error = message();
+    root.append(h("h1", {}, "Positions"), summary, error,
+      h("table", { class: "grid", id: "positions" },
+        h("caption", { class: "visually-hidden" }, "Positions with profit and loss"),
+        h("thead", {}, h("tr", {}, ...["Symbol", "Qty", "Avg cost", "Last", "Unrealised P&L", "Day P&L", "Realised P&L"].map((t) => h("th", { scope: "col" }, t)))),
+        body));
+    let portfolio: Portfolio | null = null;
+    const subscribed = new Map<string, () => void>();
+
+    const draw = () => {
+      if (!portfolio) return;
+      summary.replaceChildren(
+        h("dt", {}, "Cash"), h("dd", {}, `₹${rupees(portfolio.cash)}`),
+        h("dt", {}, "Blocked for orders"), h("dd", {}, `₹${rupees(portfolio.blockedCash)}`),
+        h("dt", {}, "Day P&L"), h("dd", {}, signed(portfolio.dayPnl)),
+        h("dt", {}, "Realised P&L"), h("dd", {}, signed(portfolio.realisedPnl)));
+      const open = portfolio.positions.filter((p) => p.quantity !== 0);
+      body.replaceChildren(...(open.length ? open.map(row) : [h("tr", {}, h("td", { colspan: 7 }, "No positions."))]));
+      for (const p of open) if (!subscribed.has(p.symbol)) subscribed.set(p.symbol, live.subscribe("trades", p.symbol));
+    };
+    let loading: Promise<void> | null = null;
+    const load = () => {
+      loading ??= api<Portfolio>("GET", "/api/v1/portfolio")
+        .then((answer) => ((portfolio = answer), draw()), (e) => void (error.textContent = e instanceof ApiError ? e.message : String(e)))
+        .finally(() => (loading = null));
+    };
+    const off = [
+      live.on("order", (update) => {
+        if (update.filledQty > 0) load();
+      }),
+      live.on("resync", load),
+      live.on("trade", (trade) => {
+        const p = portfolio?.positions.find((x) => x.symbol === trade.symbol);
+        if (!p) return;
+        p.currentPrice = trade.price;
+        p.pnl = ((Number(trade.price) - Number(p.avgPrice)) * p.quantity).toFixed(2);
+        body.querySelector(`tr[data-symbol="${p.symbol}"]`)?.replaceWith(row(p));
+      }),
+    ];
+    load();
+    return () => {
+      off.forEach((f) => f());
+      for (const unsubscribe of subscribed.values()) unsubscribe();
+    };
+  },
+};

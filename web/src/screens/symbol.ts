@@ -1,0 +1,107 @@
+// A symbol: its last price, the candle chart (GET .../candles, then live from the trade
+// stream), the depth ladder (BOOK frames), the trade tape (TRADE frames) and the order
+// ticket.
+
+import { CandlestickSeries, createChart, type CandlestickData, type UTCTimestamp } from "lightweight-charts";
+import { api } from "../api";
+import { h, rupees, time } from "../dom";
+import { live } from "../live";
+import { focusPhase, notePhase } from "../phase";
+import type { Screen } from "../screen";
+import { orderTicket } from "../ticket";
+import type { Book, Candle, Instrument, TradeTick } from "../types";
+
+const TAPE_ROWS = 30;
+const DEPTH = 10;
+
+function bar(candle: Candle): CandlestickData<UTCTimestamp> {
+  return {
+    time: (Date.parse(candle.time) / 1000) as UTCTimestamp,
+    open: Number(candle.open),
+    high: Number(candle.high),
+    low: Number(candle.low),
+    close: Number(candle.close),
+  };
+}
+
+function ladder(book: Book): HTMLElement {
+  const rows = [];
+  const asks = book.asks.slice(0, DEPTH).reverse();
+  for (const level of asks) rows.push(h("tr", { class: "ask" }, h("td", {}), h("td", {}, rupees(level.price)), h("td", {}, level.quantity)));
+  for (const level of book.bids.slice(0, DEPTH)) rows.push(h("tr", { class: "bid" }, h("td", {}, level.quantity), h("td", {}, rupees(level.price)), h("td", {})));
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 3 }, "The book is empty")));
+  return h("table", { class: "ladder" },
+    h("caption", {}, "Order book (depth)"),
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Bid qty"), h("th", { scope: "col" }, "Price"), h("th", { scope: "col" }, "Ask qty"))),
+    h("tbody", {}, ...rows));
+}
+
+export const symbol: Screen = {
+  path: "/symbol/:symbol",
+  title: "Symbol",
+  access: "user",
+  render(root, params) {
+    const name = params.symbol.toUpperCase();
+    document.title = `${name} · brokercore`;
+    const last = h("span", { class: "last", "aria-live": "polite", id: "last-price" }, "—");
+    const chartBox = h("div", { class: "chart", role: "img", "aria-label": `${name} price chart, one-minute candles` });
+    const depth = h("div", { id: "depth" });
+    const tape = h("tbody", {});
+    const instrument = api<Instrument>("GET", `/api/v1/instruments/${encodeURIComponent(name)}`).catch(() => null);
+    root.append(
+      h("h1", {}, name, " ", last),
+      h("div", { class: "symbol-grid" },
+        h("section", { class: "card chart-card", "aria-label": "Chart" }, chartBox),
+        h("section", { class: "card", "aria-label": "Depth" }, depth),
+        h("section", { class: "card", "aria-label": "Trades" },
+          h("table", { class: "tape" }, h("caption", {}, "Trades"),
+            h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Time"), h("th", { scope: "col" }, "Price"), h("th", { scope: "col" }, "Qty"))),
+            tape)),
+        orderTicket(name, instrument),
+      ),
+    );
+    focusPhase(name);
+
+    const chart = createChart(chartBox, { autoSize: true, layout: { textColor: "#1a1a1a" }, timeScale: { timeVisible: true } });
+    const series = chart.addSeries(CandlestickSeries, { upColor: "#0a7d32", downColor: "#b3261e", wickUpColor: "#0a7d32", wickDownColor: "#b3261e", borderVisible: false });
+    let lastBar: CandlestickData<UTCTimestamp> | null = null;
+    api<{ candles: Candle[] }>("GET", `/api/v1/marketdata/${encodeURIComponent(name)}/candles?interval=1m`).then((answer) => {
+      const bars = answer.candles.map(bar);
+      series.setData(bars);
+      lastBar = bars.at(-1) ?? lastBar;
+    }, () => undefined);
+
+    const showBook = (book: Book) => {
+      if (book.symbol !== name) return;
+      depth.replaceChildren(ladder(book));
+      if (book.lastPrice) last.textContent = `₹${rupees(book.lastPrice)}`;
+      notePhase(name, book);
+    };
+    api<Book>("GET", `/api/v1/marketdata/${encodeURIComponent(name)}`).then(showBook, () => depth.replaceChildren(ladder({ symbol: name, bids: [], asks: [] } as unknown as Book)));
+
+    const onTrade = (trade: TradeTick) => {
+      if (trade.symbol !== name) return;
+      last.textContent = `₹${rupees(trade.price)}`;
+      tape.prepend(h("tr", {}, h("td", {}, time(trade.time)), h("td", {}, rupees(trade.price)), h("td", {}, trade.quantity)));
+      while (tape.rows.length > TAPE_ROWS) tape.deleteRow(-1);
+      const price = Number(trade.price);
+      const minute = (Math.floor(Date.parse(trade.time) / 60_000) * 60) as UTCTimestamp;
+      if (lastBar && minute < lastBar.time) return; // the chart takes no bar older than its last
+      lastBar = lastBar && lastBar.time === minute
+        ? { ...lastBar, high: Math.max(lastBar.high, price), low: Math.min(lastBar.low, price), close: price }
+        : { time: minute, open: price, high: price, low: price, close: price };
+      series.update(lastBar);
+    };
+    const off = [
+      live.on("book", showBook),
+      live.on("trade", onTrade),
+      live.subscribe("book", name),
+      live.subscribe("trades", name),
+    ];
+    return () => {
+      off.forEach((f) => f());
+      chart.remove();
+      focusPhase(null);
+    };
+  },
+};
