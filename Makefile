@@ -13,7 +13,7 @@ export HYPOTHESIS_PROFILE
 demo: build  ## build, then run the engine benchmark on its default workload
 	$(PY) benchmarks/bench_engine.py
 
-test: lint kafka postgres redis nginx  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, install nginx (the tests start edges of their own), run every test
+test: lint kafka postgres redis nginx web chromium  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, install nginx (the tests start edges of their own), build the web app, install Chromium (its browser tests), run every test
 	$(PY) -m pytest
 
 # The fast lane runs Hypothesis's dev profile (HYPOTHESIS_PROFILE=ci on the command line for
@@ -40,7 +40,7 @@ crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons, 3 
 chaos: build  ## the full chaos profile: 3 rounds of restarting each server and kill -9 of each service under load (private servers)
 	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/integration/test_chaos.py
 
-up: build  ## the whole stack on loopback (servers; engine daemons, APIs, consumers under supervisord, which restarts one that dies), always-open calendar (DAY=compressed: a 6-minute trading day, over and over); waits until each is ready, prints URLs and a token
+up: build web  ## the whole stack on loopback (servers; engine daemons, APIs, consumers under supervisord, which restarts one that dies), always-open calendar (DAY=compressed: a 6-minute trading day, over and over); waits until each is ready, prints URLs and a token
 	$(if $(DAY),BROKERCORE_DAY=$(DAY) )scripts/stack/stack.sh up
 
 down:  ## stop everything `make up` started: its processes, their supervisord, the servers
@@ -72,6 +72,13 @@ edge:  ## the edge: nginx (Debian's package) on 127.0.0.1:8080 in front of the A
 
 nginx:  ## install nginx (Debian's package) if it is missing
 	scripts/edge/nginx.sh install
+
+.PHONY: web chromium
+web:  ## the web app (web/, TypeScript + Vite) into web/dist, which the edge serves at /: npm ci from package-lock.json and the build, each skipped when up to date (Node.js 20.19+)
+	scripts/web/build.sh
+
+chromium:  ## install Chromium (Debian's package) if it is missing: the web app's browser tests drive it with playwright-core
+	scripts/browser/chromium.sh install
 
 bench: build  ## every benchmark, engine with a longer profile (more runs, more commands)
 	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000

@@ -24,6 +24,7 @@
 #   BROKERCORE_EDGE_WORKERS  nginx worker processes (default 1: one proxies thousands of
 #                            requests a second on a core the APIs need more)
 #   BROKERCORE_MAX_BODY_BYTES  the body cap, the services' own (default 16384)
+#   BROKERCORE_WEB_ROOT      the web app the edge serves at / (default web/dist: make web)
 # As root the master runs as root and the workers as www-data; as anyone else, all run
 # as that user. Every command is idempotent.
 set -euo pipefail
@@ -89,6 +90,7 @@ render() {
     text="${text//@STATE@/$state}"
     text="${text//@PORT@/$port}"
     text="${text//@MAX_BODY@/${BROKERCORE_MAX_BODY_BYTES:-16384}}"
+    text="${text//@WEB@/${BROKERCORE_WEB_ROOT:-$repo/web/dist}}"
     text="${text//@OMS_SERVERS@/$(servers "${BROKERCORE_EDGE_OMS-$(api_addresses oms "${BROKERCORE_OMS_PROCESSES:-2}")}")}"
     text="${text//@QUERY_SERVERS@/$(servers "${BROKERCORE_EDGE_QUERY-$(api_addresses query "${BROKERCORE_QUERY_PROCESSES:-2}")}")}"
     text="${text//@WS_SERVERS@/$(servers "${BROKERCORE_EDGE_WS-$(api_addresses ws "${BROKERCORE_WS_PROCESSES:-2}")}")}"
