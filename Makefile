@@ -35,7 +35,7 @@ lint: build  ## ruff (lint and format), mypy --strict, the stubs against the ext
 	$(VENV)/bin/lint-imports
 
 crash: build kafka  ## the full crash profile: 50 kill -9s of engine daemons, 3 kill -9s of a private broker, under load
-	BROKERCORE_CRASH_KILLS=50 BROKERCORE_BROKER_RESTARTS=3 $(PY) -m pytest tests/integration/test_engine_crash.py tests/integration/test_engine_faults.py
+	BROKERCORE_FULL_PROFILE=1 BROKERCORE_CRASH_KILLS=50 BROKERCORE_BROKER_RESTARTS=3 $(PY) -m pytest tests/integration/test_engine_crash.py tests/integration/test_engine_faults.py
 
 chaos: build  ## the full chaos profile: 3 rounds of restarting each server and kill -9 of each service under load (private servers)
 	BROKERCORE_CHAOS_ROUNDS=3 $(PY) -m pytest -s tests/integration/test_chaos.py

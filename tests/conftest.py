@@ -57,12 +57,44 @@ LANES = {"unit": "unit", "benchmarks": "unit", "integration": "integration"}
 """The lane of the tests in each folder of tests/: the benchmarks need no server either."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with the lane of the folder it lives in."""
+FULL_PROFILE = os.environ.get("BROKERCORE_FULL_PROFILE") == "1"
+"""Set by the make targets of the long profiles (make crash): the tests marked
+``full_profile`` run only there, deselected (and counted as such) in make test."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with the lane of the folder it lives in; deselect the full-profile
+    tests unless their make target runs them."""
     for item in items:
         for folder, lane in LANES.items():
             if item.path.is_relative_to(TESTS / folder):
                 item.add_marker(lane)
+    if not FULL_PROFILE:
+        long = [item for item in items if item.get_closest_marker("full_profile")]
+        if long:
+            config.hook.pytest_deselected(items=long)
+            items[:] = [item for item in items if not item.get_closest_marker("full_profile")]
+
+
+MODULE_SECONDS: dict[str, float] = {}
+"""Each test module's wall time (set-up, call and tear-down of its tests)."""
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::", 1)[0]
+    MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The modules that took longest: what make test's 30-minute budget is spent on."""
+    if not MODULE_SECONDS:
+        return
+    slowest = sorted(MODULE_SECONDS.items(), key=lambda pair: -pair[1])[:25]
+    terminalreporter.section("slowest modules")
+    for module, seconds in slowest:
+        terminalreporter.write_line(f"{seconds:8.1f}s {module}")
+    terminalreporter.write_line(f"{sum(MODULE_SECONDS.values()):8.1f}s in all")
 
 
 @pytest.fixture(params=["engine", "model"])
