@@ -279,7 +279,31 @@ def _parser() -> argparse.ArgumentParser:
         "generated from the services' routes; --asyncapi: the WebSocket gateway's.",
     )
     openapi.add_argument("--asyncapi", action="store_true", help="the AsyncAPI document")
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="a market of N traders trading through the API (make demo runs it)",
+        description="Sign up and fund N traders through the edge, then trade with them "
+        "over HTTP and WebSocket: market makers, takers, stop-loss users; a progress line "
+        "each second and a summary (docs/client.md). Exit 1 if a request met a 5xx.",
+    )
+    simulate.add_argument("--api", default="http://127.0.0.1:8080", help="the edge's URL")
+    simulate.add_argument("--url", help="the database, for the shares' transfer-in")
+    simulate.add_argument("--traders", type=int, default=20, help="traders (default 20)")
+    simulate.add_argument("--rate", type=float, default=20.0, help="requests/s (default 20)")
+    simulate.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
+    simulate.add_argument("--symbols", default="RELIANCE,TCS,INFY,ITC", help="comma-separated")
+    simulate.add_argument("--open-burst", type=int, default=0, help="requests sent at once first")
+    simulate.add_argument("--concurrency", type=int, default=64, help="requests in flight at most")
+    simulate.add_argument("--seed", type=int, default=1, help="the random choices' seed")
+    simulate.add_argument("--json", help="also write the summary here (JSON)")
     return parser
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from brokercore.simulate import main as simulate
+
+    return simulate(args)
 
 
 def run_openapi(args: argparse.Namespace) -> int:
@@ -569,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {
             "engine": run_engine,
+            "simulate": run_simulate,
             "plan": run_plan,
             "move": run_move,
             "status": run_status,
