@@ -1,0 +1,108 @@
+// The notification inbox (GET /api/v1/notifications, a page at a time): newest first,
+// unread marked, one marked read when opened (POST .../{id}/read), all at once (POST
+// .../read-all). A notification that arrives on the WebSocket joins the top at once (the
+// shell shows it as a toast too).
+
+import { api } from "../api";
+import { h, message, time } from "../dom";
+import { live } from "../live";
+import type { Screen } from "../screen";
+import type { Notification } from "../types";
+import { problem } from "./secondary";
+
+interface Item {
+  id: string;
+  kind: string;
+  title: string;
+  body: string;
+  symbol: string;
+  createdAt: string;
+  orderId: number | null;
+  read: boolean;
+}
+
+interface Page {
+  notifications: Item[];
+  unreadCount: number;
+  nextCursor: string | null;
+}
+
+export const inbox: Screen = {
+  path: "/inbox",
+  title: "Inbox",
+  nav: "Inbox",
+  access: "user",
+  render(root) {
+    const items = new Map<string, Item>(); // by id, newest first
+    let unread = 0;
+    let cursor: string | null = null;
+    const count = h("p", { id: "unread", role: "status", "aria-live": "polite" });
+    const list = h("ul", { id: "inbox", class: "inbox", style: "list-style: none; padding: 0; margin: 0; display: grid; gap: 8px" });
+    const error = message();
+    const more = h("button", { type: "button", class: "secondary", hidden: true }, "Older notifications");
+    const readAll = h("button", { type: "button", class: "secondary" }, "Mark all read");
+
+    const markRead = async (item: Item) => {
+      if (item.read) return;
+      try {
+        await api("POST", `/api/v1/notifications/${encodeURIComponent(item.id)}/read`);
+        item.read = true;
+        unread = Math.max(0, unread - 1);
+        draw();
+      } catch (e) {
+        error.textContent = problem(e);
+      }
+    };
+    const entry = (item: Item) => h("li", { class: "card", "data-notification": item.id, "data-kind": item.kind, "data-read": String(item.read), style: item.read ? "" : "border-left: 4px solid var(--accent)" },
+      h("p", { style: "margin: 0" }, h("strong", {}, item.title), item.read ? "" : h("span", { class: "visually-hidden" }, " (unread)")),
+      h("p", { style: "margin: 4px 0" }, item.body),
+      h("small", {}, `${new Date(item.createdAt).toLocaleDateString("en-IN")} ${time(item.createdAt)}`,
+        item.orderId ? " · " : null, item.orderId ? h("a", { href: "/orders", "data-link": true }, `order ${item.orderId}`) : null),
+      item.read ? null : h("div", {}, h("button", { type: "button", class: "link", "aria-label": `Mark “${item.title}” read`, onclick: () => void markRead(item) }, "Mark read")));
+    function draw(): void {
+      count.textContent = unread ? `${unread} unread` : "All read.";
+      readAll.disabled = unread === 0;
+      list.replaceChildren(...(items.size ? [...items.values()].map(entry) : [h("li", {}, "No notifications yet.")]));
+      more.hidden = cursor === null;
+    }
+    const load = async (after: string | null) => {
+      error.textContent = "";
+      try {
+        const page = await api<Page>("GET", `/api/v1/notifications?limit=50${after ? `&cursor=${encodeURIComponent(after)}` : ""}`);
+        if (!after) items.clear();
+        for (const item of page.notifications) items.set(item.id, item);
+        unread = page.unreadCount;
+        cursor = page.nextCursor;
+        draw();
+      } catch (e) {
+        error.textContent = problem(e);
+      }
+    };
+    more.addEventListener("click", () => void load(cursor));
+    readAll.addEventListener("click", async () => {
+      try {
+        await api("POST", "/api/v1/notifications/read-all");
+        for (const item of items.values()) item.read = true;
+        unread = 0;
+        draw();
+      } catch (e) {
+        error.textContent = problem(e);
+      }
+    });
+    root.append(h("h1", {}, "Inbox"), h("div", { class: "actions" }, count, readAll), error, list, more);
+    const off = [
+      live.on("notification", (note: Notification) => {
+        if (items.has(note.id)) return;
+        const item: Item = { id: note.id, kind: note.kind, title: note.title, body: note.body, symbol: note.symbol, createdAt: note.createdAt, orderId: note.orderId ?? null, read: false };
+        const rest = [...items.values()];
+        items.clear();
+        for (const one of [item, ...rest]) items.set(one.id, one);
+        unread += 1;
+        draw();
+      }),
+      live.on("resync", () => void load(null)),
+    ];
+    void load(null);
+    return () => off.forEach((f) => f());
+  },
+};
