@@ -2,11 +2,17 @@
 // module in src/screens/ exporting a Screen (src/screen.ts), imported and listed here.
 
 import type { Screen } from "./screen";
+import { brackets } from "./screens/brackets";
+import { funds } from "./screens/funds";
+import { gtt } from "./screens/gtt";
+import { inbox } from "./screens/inbox";
 import { login } from "./screens/login";
+import { operator } from "./screens/operator";
 import { orders } from "./screens/orders";
 import { positions } from "./screens/positions";
 import { security } from "./screens/security";
 import { signup } from "./screens/signup";
+import { statement } from "./screens/statement";
 import { symbol } from "./screens/symbol";
 import { watchlist } from "./screens/watchlist";
 
@@ -15,6 +21,12 @@ export const routes: Screen[] = [
   symbol,
   orders,
   positions,
+  funds,
+  statement,
+  inbox,
+  gtt,
+  brackets,
+  operator,
   security,
   login,
   signup,
