@@ -10,8 +10,8 @@ export HYPOTHESIS_PROFILE
 
 .PHONY: demo test unit fuzz lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres replica redis edge nginx clean
 
-demo: build  ## build, then run the engine benchmark on its default workload
-	$(PY) benchmarks/bench_engine.py
+demo: build web  ## the broker at work: `make up`, then `brokercore simulate` trading in the background (make down stops it); prints the web app's URL and a login to watch with
+	$(if $(DAY),BROKERCORE_DAY=$(DAY) )scripts/stack/stack.sh demo
 
 test: lint kafka postgres redis nginx web chromium  ## install what the tests need, build, lint, start Kafka, Postgres and Redis, install nginx (the tests start edges of their own), build the web app, install Chromium (its browser tests), run every test
 	$(PY) -m pytest
@@ -80,7 +80,8 @@ web:  ## the web app (web/, TypeScript + Vite) into web/dist, which the edge ser
 chromium:  ## install Chromium (Debian's package) if it is missing: the web app's browser tests drive it with playwright-core
 	scripts/browser/chromium.sh install
 
-bench: build  ## every benchmark, engine with a longer profile (more runs, more commands)
+bench: build  ## every benchmark: the engine's default workload first, then a longer profile (more runs, more commands)
+	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_engine.py --profile all --ops 5000000 --runs 9 --reference-ops 200000
 	$(PY) benchmarks/bench_ring.py
 	$(PY) benchmarks/bench_shard.py

@@ -8,7 +8,12 @@
 #   scripts/stack/stack.sh up       start what is not running (idempotent), wait until
 #                                   every component is ready, print URLs + a token; exit 1
 #                                   naming the component and its log if one is not
-#   scripts/stack/stack.sh down     stop everything, supervisord and the servers included
+#   scripts/stack/stack.sh demo     up, then `brokercore simulate` in the background (log
+#                                   $state/logs/simulate.log, pid $state/simulate.pid;
+#                                   BROKERCORE_SIM_TRADERS, BROKERCORE_SIM_RATE), then the
+#                                   web app's URL and a login to watch it with
+#   scripts/stack/stack.sh down     stop everything (the simulator, supervisord and the
+#                                   servers included)
 #   scripts/stack/stack.sh status   each process, its supervisor state and whether it is
 #                                   ready, and the servers; exit 1 unless all are
 #
@@ -398,10 +403,35 @@ brokercore is up (dev mode; logs in $state/logs):
 TEXT
 }
 
-# Stops the edge, every process (supervisorctl stop all: SIGTERM, SIGKILL after 10 s), then
-# supervisord, then the servers.
+# up, then the simulator (brokercore.simulate) trading in the background, once: a market
+# to watch in the web app.
+demo() {
+    local pid_file="$state/simulate.pid"
+    up
+    if alive "$(cat "$pid_file" 2>/dev/null || true)"; then
+        log "simulator already running (pid $(cat "$pid_file"))"
+    else
+        nohup "$py" -m brokercore.cli simulate --api "$edge_url" --url "$BROKERCORE_DATABASE_URL" \
+            --traders "${BROKERCORE_SIM_TRADERS:-20}" --rate "${BROKERCORE_SIM_RATE:-20}" \
+            > "$(log_of simulate)" 2>&1 < /dev/null &
+        echo $! > "$pid_file"
+        log "simulator started (pid $!, log $(log_of simulate))"
+    fi
+    cat <<TEXT
+
+The broker at work: ${BROKERCORE_SIM_TRADERS:-20} simulated traders trade through the edge (make down stops them).
+  web app    $edge_url/   log in as alice@example.com, password alice-demo-password
+             (no second factor until she enrols one in the app: then the code is her
+             authenticator's, e.g. python -c "import pyotp; print(pyotp.TOTP('SECRET').now())")
+  progress   tail -f $(log_of simulate)
+TEXT
+}
+
+# Stops the simulator, the edge, every process (supervisorctl stop all: SIGTERM, SIGKILL
+# after 10 s), then supervisord, then the servers.
 down() {
     local daemon
+    [[ ! -e "$state/simulate.pid" ]] || stop_pid_file "$state/simulate.pid" 15 simulator
     "$edge" stop
     if supervised; then
         daemon="$(ctl pid)"
@@ -451,7 +481,8 @@ status() {
 
 case "${1:-}" in
     up) up ;;
+    demo) demo ;;
     down) down ;;
     status) status ;;
-    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    *) echo "usage: $0 up|demo|down|status" >&2; exit 2 ;;
 esac
