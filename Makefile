@@ -8,7 +8,7 @@ COMPILED := brokercore.engine._engine brokercore.runtime._ringbuffer brokercore.
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test unit fuzz lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres replica redis edge nginx clean
+.PHONY: demo test unit fuzz fuzz-api lint crash chaos up down status up-cycles build bench bench-save bench-compare bench-services wheel-check debug-test kafka postgres replica redis edge nginx clean
 
 demo: build web  ## the broker at work: `make up`, then `brokercore simulate` trading in the background (make down stops it); prints the web app's URL and a login to watch with
 	$(if $(DAY),BROKERCORE_DAY=$(DAY) )scripts/stack/stack.sh demo
@@ -26,6 +26,9 @@ fuzz: export HYPOTHESIS_PROFILE = long
 fuzz: build  ## the engine's property tests (differential state machine, batch fuzz, snapshots, ledger) with 10,000 examples each (make test runs 1,000)
 	$(PY) -m pytest -q tests/unit/test_differential.py tests/unit/test_fuzz.py \
 		tests/unit/test_snapshot.py tests/unit/test_ledger.py
+
+fuzz-api: build postgres redis kafka nginx  ## schemathesis against every operation of the API on a private stack, 200 examples each and long linked sequences (make test runs 8 each)
+	BROKERCORE_FUZZ_EXAMPLES=200 BROKERCORE_FUZZ_STEPS=50 $(PY) -m pytest -q tests/integration/test_openapi.py
 
 lint: build  ## ruff (lint and format), mypy --strict, the stubs against the extensions (stubtest), the import layers (import-linter)
 	$(VENV)/bin/ruff check .

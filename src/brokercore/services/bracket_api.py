@@ -83,6 +83,7 @@ BRACKET_ROUTES = [
         body=NewBracket,
         response=BracketView,
         status=201,
+        links={"getBracketsBracketId": "/bracketId", "deleteBracketsBracketId": "/bracketId"},
         errors=refusals(Refusal.NO_ACCOUNT, Refusal.ACCOUNT_NOT_VERIFIED)
         | {
             422: "BRACKET_INVALID_PRICES, IDEMPOTENCY_KEY_REUSED, AMO_MARKET_OPEN, "

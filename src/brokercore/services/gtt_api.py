@@ -123,6 +123,11 @@ GTT_ROUTES = [
         body=NewGtt,
         response=GttView,
         status=201,
+        links={
+            "getGttGttId": "/gttId",
+            "patchGttGttId": "/gttId",
+            "deleteGttGttId": "/gttId",
+        },
         errors=refusals(Refusal.NO_ACCOUNT, Refusal.ACCOUNT_NOT_VERIFIED)
         | {
             422: "GTT_INVALID_LEGS, GTT_INVALID_EXPIRY, GTT_LIMIT, IDEMPOTENCY_KEY_REUSED, "

@@ -378,6 +378,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 body=AlertRequest,
                 response=AlertBody,
                 status=201,
+                links={"deleteAlertsAlertId": "/alertId"},
                 errors={404: "UNKNOWN_SYMBOL", 409: "TOO_MANY_ALERTS"},
             ),
             documented(
@@ -406,6 +407,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 body=postbacks.PostbackRequest,
                 response=postbacks.Registration,
                 status=201,
+                links={"deletePostbacksPostbackId": "/id"},
                 errors={409: "TOO_MANY_POSTBACKS"},
             ),
             documented(

@@ -262,6 +262,12 @@ def create_app(
                 body=PlaceOrderRequest,
                 response=OrderAccepted,
                 status=202,
+                links={
+                    "getOrdersOrderId": "/orderId",
+                    "getOrdersOrderIdHistory": "/orderId",
+                    "patchOrdersOrderId": "/orderId",
+                    "deleteOrdersOrderId": "/orderId",
+                },
                 errors=refusals(
                     Refusal.NO_ACCOUNT,
                     Refusal.ACCOUNT_NOT_VERIFIED,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from brokercore import __version__
 from brokercore.entry.requests import ErrorBody
+from brokercore.services import SERVICES
 from brokercore.services.http import guarded
 
 __all__ = [
@@ -71,7 +73,9 @@ class Operation:
     their description); ``also``: other success statuses with the same body;
     ``public``: no bearer token; ``idempotency_key``: takes the Idempotency-Key header;
     ``headers``: other required headers (name: description); ``alternatives``: other
-    media types of the success answer (media type: JSON schema)."""
+    media types of the success answer (media type: JSON schema); ``links``: the
+    operations (by id) whose one path parameter the answer's field (a JSON pointer)
+    fills, for clients and stateful tests: place, then read, modify, cancel."""
 
     summary: str
     tag: str
@@ -85,6 +89,7 @@ class Operation:
     idempotency_key: bool = False
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     alternatives: Mapping[str, Document] = dataclasses.field(default_factory=dict)
+    links: Mapping[str, str] = dataclasses.field(default_factory=dict)
     description: str = ""
 
 
@@ -115,18 +120,15 @@ def error_codes(pairs: Iterable[tuple[int, str]]) -> dict[int, str]:
 
 
 def service_routes() -> dict[str, list[BaseRoute]]:
-    """Every service app's routes, by service (the apps are made, not started)."""
-    from brokercore.services import accounts, funds, notifier_api, oms, query, ws
-
-    apps = {
-        "oms": oms.create_app(),
-        "query": query.create_app(),
-        "funds": funds.create_app(),
-        "notifier-api": notifier_api.create_app(),
-        "accounts": accounts.create_app(),
-        "ws": ws.create_app(),
+    """The routes of every HTTP service's app (``SERVICES``), by service; the apps are
+    made, not started."""
+    return {
+        name: list(
+            importlib.import_module(f"brokercore.services.{spec.module}").create_app().routes
+        )
+        for name, spec in SERVICES.items()
+        if spec.http
     }
-    return {name: list(app.routes) for name, app in apps.items()}
 
 
 def http_routes(routes: Iterable[BaseRoute]) -> list[Route]:
@@ -153,9 +155,11 @@ def openapi_document(routes: Iterable[BaseRoute]) -> Document:
         for given in (route.operation.body, route.operation.response):
             if isinstance(given, tuple):
                 schema_of[_key(given)] = {"anyOf": [schema_of[_key(kind)] for kind in given]}
+    parameter_of = {_operation_id(r): [*r.param_convertors] for r in described}
     paths: dict[str, Document] = {}
     for route in sorted(described, key=lambda r: r.path):
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schema_of)
+        links = _links(route, parameter_of)
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schema_of, links)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -193,9 +197,27 @@ def _choices(given: Any) -> tuple[Any, ...]:
     return given if isinstance(given, tuple) else (given,)
 
 
-def _operation(route: DocumentedRoute, schema_of: Mapping[str, Document]) -> Document:
+def _links(route: DocumentedRoute, parameter_of: Mapping[str, list[str]]) -> Document:
+    """The route's links: each target operation's one path parameter from the answer."""
+    links: Document = {}
+    for target, field in route.operation.links.items():
+        if len(parameter_of.get(target, ())) != 1:
+            raise ValueError(f"{route.path}: no operation {target} with one path parameter")
+        (parameter,) = parameter_of[target]
+        links[target] = {
+            "operationId": target,
+            "parameters": {parameter: f"$response.body#{field}"},
+        }
+    return links
+
+
+def _operation(
+    route: DocumentedRoute, schema_of: Mapping[str, Document], links: Document
+) -> Document:
     op = route.operation
     answer: Document = {"description": op.summary}
+    if links:
+        answer["links"] = links
     if op.response is not None:
         answer["content"] = {"application/json": {"schema": schema_of[_key(op.response)]}}
         answer["content"].update({media: {"schema": s} for media, s in op.alternatives.items()})

@@ -629,6 +629,11 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 body=watchlists.WatchlistRequest,
                 response=watchlists.Watchlist,
                 status=201,
+                links={
+                    "getWatchlistsWatchlistId": "/id",
+                    "putWatchlistsWatchlistId": "/id",
+                    "deleteWatchlistsWatchlistId": "/id",
+                },
                 errors=_WATCHLIST_ERRORS,
             ),
             _read(
