@@ -176,13 +176,13 @@ def action(
     client, mine = trader.client, [u for u in trader.open.values() if u.symbol == market.symbol]
     side = rng.choice(("BUY", "SELL"))
     if trader.role == "maker":
-        if len(mine) >= QUOTES and mine[0].status != "TRIGGER_PENDING":
+        if mine and rng.random() < 0.25:  # requote: the oldest quote to a price near the mid
             oldest = mine[0]
-            if rng.random() < 0.5:
-                away = rng.randint(1, 8) * (1 if oldest.side == "SELL" else -1)
-                change = ModifyOrderRequest(new_key(), price=market.price(away))
-                return "modify", lambda: client.modify(oldest.order_id, change)
-            return "cancel", lambda: client.cancel(oldest.order_id)
+            away = rng.randint(1, 8) * (1 if oldest.side == "SELL" else -1)
+            change = ModifyOrderRequest(new_key(), price=market.price(away))
+            return "modify", lambda: client.modify(oldest.order_id, change)
+        if len(mine) >= QUOTES:
+            return "cancel", lambda: client.cancel(mine[0].order_id)
         away = rng.randint(1, 8) * (1 if side == "SELL" else -1)
         order = _order(
             market, side=side, type="LIMIT", quantity=rng.randint(1, 20), price=market.price(away)
@@ -296,10 +296,11 @@ async def trade(
         n += 1
     if running:
         await asyncio.wait(running)
+    tally.trading_done()
     return placed
 
 
-async def settle_streams(traders: list[Trader], placed: set[int], timeout: float = 15.0) -> None:
+async def settle_streams(traders: list[Trader], placed: set[int], timeout: float) -> None:
     """Wait until the streams have shown every placed order and gone quiet for 1 s."""
     deadline = time.monotonic() + timeout
     quiet_since, updates = time.monotonic(), -1
@@ -352,7 +353,7 @@ async def simulate(args: argparse.Namespace) -> dict[str, object]:
             stop=stop,
             seed=args.seed,
         )
-        await settle_streams(traders, placed)
+        await settle_streams(traders, placed, 5.0 if stop.is_set() else 15.0)
     finally:
         for task in (reporter, *streams):
             task.cancel()

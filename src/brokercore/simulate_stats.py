@@ -49,6 +49,7 @@ class Tally:
     """The run's counts; ``window_*`` restart with each progress line."""
 
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when the last request was answered
     accepted: Counter[str] = field(default_factory=Counter)  # place, modify, cancel
     refused: Counter[str] = field(default_factory=Counter)  # 4xx code -> count
     errors: Counter[str] = field(default_factory=Counter)  # 5xx, transport: must stay empty
@@ -73,6 +74,10 @@ class Tally:
             self.refused[error[1]] += 1
         else:
             self.errors[f"{error[0]} {error[1]}"] += 1
+
+    def trading_done(self) -> None:
+        """No request will leave any more: the rates' span ends, nothing is behind."""
+        self.ended, self.behind = time.monotonic(), 0.0
 
     def update_seen(self, grew_by: int, event_time_ms: int) -> None:
         self.updates += 1
@@ -102,9 +107,9 @@ class Tally:
         return line
 
     def summary(self) -> dict[str, Any]:
-        seconds = time.monotonic() - self.started
+        seconds = (self.ended or time.monotonic()) - self.started
         return {
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 1),  # of trading (the streams' last updates not included)
             "orders": self.accepted["place"],
             "modifies": self.accepted["modify"],
             "cancels": self.accepted["cancel"],
