@@ -95,7 +95,7 @@ export const funds: Screen = {
       reload();
     });
     root.append(h("h1", {}, "Funds"), error, balance,
-      h("div", { style: "display: grid; gap: 16px" },
+      h("div", { style: "display: grid; grid-template-columns: minmax(0, 1fr); gap: 16px" },
         h("section", { class: "card", "aria-labelledby": "deposit-h" }, h("h2", { id: "deposit-h" }, "Add money"), deposit),
         h("section", { class: "card", "aria-labelledby": "withdraw-h" }, h("h2", { id: "withdraw-h" }, "Withdraw to your bank"), withdraw,
           h("table", { class: "grid", id: "withdrawals" },

@@ -203,7 +203,7 @@ export const gtt: Screen = {
       form,
       h("section", { "aria-labelledby": "gtt-list", style: "margin-top: 16px" },
         h("h2", { id: "gtt-list" }, "Your GTTs"),
-        h("div", { class: "inline" }, field("Show", filter)), error,
+        h("div", { style: "max-width: 16rem" }, field("Show", filter)), error,
         h("div", { class: "grid-wrap" },
           h("table", { class: "grid", id: "gtts" },
             h("caption", { class: "visually-hidden" }, "GTTs"),

@@ -64,7 +64,7 @@ export const operator: Screen = {
   render(root) {
     const error = message();
     const problems = h("ul", { class: "message error", role: "alert" });
-    const content = h("div", { style: "display: grid; gap: 16px" });
+    const content = h("div", { style: "display: grid; grid-template-columns: minmax(0, 1fr); gap: 16px" });
     const stamp = h("p", { role: "status", "aria-live": "polite" });
     let before: Overview | null = null;
     let timer: ReturnType<typeof setTimeout> | undefined;
