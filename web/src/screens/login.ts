@@ -22,7 +22,7 @@ export const login: Screen = {
     const email = h("input", { type: "email", name: "email", autocomplete: "username", required: true });
     email.value = new URLSearchParams(location.search).get("email") ?? "";
     const password = h("input", { type: "password", name: "password", autocomplete: "current-password", required: true });
-    const code = h("input", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", required: true, maxlength: 11 });
+    const code = h("input", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", maxlength: 11 });
     const error = message();
     const submit = h("button", { type: "submit" }, "Log in");
     const second = h("div", { hidden: true }, field("Authentication code", code, "The 6-digit code from your authenticator app, or a recovery code"));
@@ -50,6 +50,7 @@ export const login: Screen = {
         if ("mfaRequired" in answer) {
           mfaToken = answer.mfaToken;
           second.hidden = false;
+          code.required = true;
           email.readOnly = password.readOnly = true;
           submit.textContent = "Verify";
           code.focus();

@@ -1,0 +1,82 @@
+"""The web app in a real browser, end to end (issue 17): Debian's chromium driven by
+Playwright (playwright-core) through the stack's edge, which serves the app at `/`.
+
+web/e2e/trading.mjs does the browsing and checking: a new user signs up and sets up the
+second factor; alice (desktop) and bob (a phone-sized screen), in two browser contexts,
+place a limit order and cross it and both see the fill live; the portfolio and the
+statement change; a stop-loss triggers and shows; a modify and a cancel work; an order
+update missed while the socket was down arrives on the resume. It exits non-zero at the
+first failed check; its output is shown here. Screenshots of each screen go to
+$BROKERCORE_SCREENSHOTS (default: a folder of the test's own, printed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from stack_support import REPO, PrivateStack, stack_up_fixture  # noqa: F401 (fixture)
+
+E2E_TIMEOUT = 240  # seconds; the run takes under a minute here
+
+
+def prepared() -> str:
+    """The web app built (skipped when up to date) and chromium installed (when missing);
+    the browser's path."""
+    subprocess.run([REPO / "scripts/web/build.sh"], check=True, timeout=600)
+    subprocess.run([REPO / "scripts/browser/chromium.sh", "install"], check=True, timeout=600)
+    return subprocess.run(
+        [REPO / "scripts/browser/chromium.sh", "path"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
+
+
+def test_the_edge_serves_the_app_and_keeps_unknown_api_paths_json(stack_up: PrivateStack):
+    prepared()
+    with httpx.Client(base_url=stack_up.edge, timeout=10) as client:
+        for path in ("/", "/symbol/RELIANCE", "/orders"):  # the app's router owns its paths
+            page = client.get(path)
+            assert page.status_code == 200, (path, page.text)
+            assert page.headers["content-type"].startswith("text/html")
+            assert '<main id="main"' in page.text
+        script = page.text.split('src="', 1)[1].split('"', 1)[0]
+        asset = client.get(script)
+        assert asset.status_code == 200
+        assert asset.headers["content-type"] == "application/javascript"
+        assert "immutable" in asset.headers["cache-control"]
+        for method, path in (("GET", "/api/v1/nothing"), ("GET", "/ws/v1/nothing"), ("POST", "/")):
+            answer = client.request(method, path)
+            assert answer.status_code == 404, (method, path, answer.text)
+            assert answer.json()["error"]["code"] == "NOT_FOUND"
+
+
+def test_two_users_trade_in_two_browsers(stack_up: PrivateStack, tmp_path):
+    chromium = prepared()
+    logins = json.loads((stack_up.root / ".stack/demo-users.json").read_text())
+    screenshots = os.environ.get("BROKERCORE_SCREENSHOTS") or str(tmp_path / "screenshots")
+    run = subprocess.run(
+        ["node", REPO / "web/e2e/trading.mjs"],
+        env=os.environ
+        | {
+            "BROKERCORE_EDGE": stack_up.edge,
+            "BROKERCORE_LOGINS": json.dumps(logins),
+            "BROKERCORE_SCREENSHOTS": screenshots,
+            "BROKERCORE_CHROMIUM": chromium,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=E2E_TIMEOUT,
+    )
+    print(run.stdout)
+    assert run.returncode == 0, f"{run.stdout}\n{stack_up.logs()}"
+    shots = {p.name for p in Path(screenshots).glob("*.png")}
+    for screen in ("signup", "login", "watchlist", "symbol", "symbol-phone", "orders", "positions"):
+        assert f"{screen}.png" in shots, sorted(shots)
