@@ -54,7 +54,8 @@ __all__ = ["Market", "Trader", "main", "simulate"]
 T = TypeVar("T")
 Role = Literal["maker", "taker", "stop"]
 ROLES: tuple[Role, ...] = ("maker", "maker", "taker", "taker", "stop")  # trader i: i % 5
-OPEN = {"OPEN", "PARTIALLY_FILLED", "TRIGGER_PENDING"}
+OPEN = {"OPEN", "PARTIALLY_FILLED", "TRIGGER_PENDING"}  # what a trader may change
+DONE = {"FILLED", "CANCELLED", "REJECTED", "EXPIRED"}  # no update follows one of these
 CASH = Decimal("20000000.00")  # rupees each trader deposits
 SHARES = 20_000  # of each symbol, transferred in
 QUOTES = 6  # open orders a maker or stop user keeps before changing old ones
@@ -87,7 +88,8 @@ class Trader:
     user_id: str
     since: int  # the last ORDER_UPDATE seq before this run
     open: dict[int, OrderUpdate] = field(default_factory=dict)  # oldest first
-    filled: dict[int, int] = field(default_factory=dict)  # order id -> filled quantity
+    filled: dict[int, int] = field(default_factory=dict)  # unfinished order -> filled qty
+    orders_seen: int = 0  # orders whose first update came (so memory stays bounded)
 
 
 async def patiently(call: Callable[[], Awaitable[T]]) -> T:
@@ -221,9 +223,12 @@ async def follow(trader: Trader, tally: Tally) -> None:
     async for update in trader.client.updates(since=trader.since):
         if not isinstance(update, OrderUpdate):
             continue
-        before = trader.filled.get(update.order_id, 0)
-        trader.filled[update.order_id] = max(before, update.filled_qty)
-        tally.update_seen(update.filled_qty - before, update.event_time_ms)
+        before = trader.filled.pop(update.order_id, None)
+        if before is None:
+            trader.orders_seen += 1
+        if update.status not in DONE:
+            trader.filled[update.order_id] = max(before or 0, update.filled_qty)
+        tally.update_seen(update.filled_qty - (before or 0), update.event_time_ms)
         if update.status in OPEN:
             trader.open[update.order_id] = update
         else:
@@ -232,18 +237,16 @@ async def follow(trader: Trader, tally: Tally) -> None:
 
 async def send(
     kind: str, request: Callable[[], Awaitable[object]], scheduled: float, tally: Tally
-) -> int | None:
-    """One request, its outcome tallied; the order id a place got."""
+) -> None:
+    """One request, its outcome tallied."""
     try:
-        answer = await request()
+        await request()
     except ApiError as e:
         tally.answered(kind, scheduled, (e.status, e.code))
-        return None
     except httpx.HTTPError as e:  # transport failures count as errors, the run goes on
         tally.answered(kind, scheduled, (0, type(e).__name__))
-        return None
-    tally.answered(kind, scheduled, None)
-    return getattr(answer, "order_id", None) if kind == "place" else None
+    else:
+        tally.answered(kind, scheduled, None)
 
 
 async def trade(
@@ -257,18 +260,16 @@ async def trade(
     concurrency: int,
     stop: asyncio.Event,
     seed: int,
-) -> set[int]:
-    """Send requests on schedule until ``duration`` or ``stop``; the orders placed."""
-    rng, placed, slots = random.Random(seed), set(), asyncio.Semaphore(concurrency)
+) -> None:
+    """Send requests on schedule until ``duration`` or ``stop``."""
+    rng, slots = random.Random(seed), asyncio.Semaphore(concurrency)
     running: set[asyncio.Task[None]] = set()
     start = time.monotonic()
     last_drift = start
 
     async def one(kind: str, request: Callable[[], Awaitable[object]], at: float) -> None:
         try:
-            order_id = await send(kind, request, at, tally)
-            if order_id is not None:
-                placed.add(order_id)
+            await send(kind, request, at, tally)
         finally:
             slots.release()
 
@@ -297,19 +298,17 @@ async def trade(
     if running:
         await asyncio.wait(running)
     tally.trading_done()
-    return placed
 
 
-async def settle_streams(traders: list[Trader], placed: set[int], timeout: float) -> None:
-    """Wait until the streams have shown every placed order and gone quiet for 1 s."""
+async def settle_streams(traders: list[Trader], tally: Tally, timeout: float) -> None:
+    """Wait until the streams have shown every order placed and gone quiet for 1 s."""
     deadline = time.monotonic() + timeout
     quiet_since, updates = time.monotonic(), -1
     while time.monotonic() < deadline:
-        seen = set().union(*(t.filled for t in traders))
-        total = sum(len(t.filled) + sum(t.filled.values()) for t in traders)
-        if total != updates:
-            quiet_since, updates = time.monotonic(), total
-        if placed <= seen and time.monotonic() - quiet_since >= 1.0:
+        if tally.updates != updates:
+            quiet_since, updates = time.monotonic(), tally.updates
+        seen = sum(t.orders_seen for t in traders)
+        if seen >= tally.accepted["place"] and time.monotonic() - quiet_since >= 1.0:
             return
         await asyncio.sleep(0.1)
 
@@ -342,7 +341,7 @@ async def simulate(args: argparse.Namespace) -> dict[str, object]:
 
     reporter = asyncio.create_task(report())
     try:
-        placed = await trade(
+        await trade(
             traders,
             books,
             tally,
@@ -353,7 +352,7 @@ async def simulate(args: argparse.Namespace) -> dict[str, object]:
             stop=stop,
             seed=args.seed,
         )
-        await settle_streams(traders, placed, 5.0 if stop.is_set() else 15.0)
+        await settle_streams(traders, tally, 5.0 if stop.is_set() else 15.0)
     finally:
         for task in (reporter, *streams):
             task.cancel()

@@ -166,7 +166,7 @@ def test_gtts_and_brackets_are_made_read_and_ended(stack_up):
             assert (await alice.cancel_gtt(gtt.gtt_id)).status == "CANCELLED"
             with pytest.raises(ApiError) as invalid:
                 await alice.create_gtt(NewGtt("NOSUCH", "SINGLE", [leg]))
-            assert invalid.value.status == 422
+            assert (invalid.value.status, invalid.value.code) == (422, "UNKNOWN_SYMBOL")
 
             made = await alice.create_bracket(
                 NewBracket(
