@@ -62,6 +62,21 @@ onAuthChange((now) => {
   }
 });
 
+/** Below 720px the navigation folds behind the Menu button; following a link folds it. */
+function foldableNav(): void {
+  const button = document.getElementById("menu")!;
+  const nav = document.getElementById("nav")!;
+  const fold = (open: boolean) => {
+    nav.classList.toggle("open", open);
+    button.setAttribute("aria-expanded", String(open));
+  };
+  button.addEventListener("click", () => fold(!nav.classList.contains("open")));
+  nav.addEventListener("click", (event) => {
+    if ((event.target as Element).closest("a, button")) fold(false);
+  });
+}
+
+foldableNav();
 renderNav();
 if (signedIn()) void signedInNow();
 startRouter();
