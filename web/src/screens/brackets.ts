@@ -4,12 +4,12 @@
 // brackets made or looked up in this browser; each is read again when one of its orders
 // changes.
 
-import { api, claims, idempotencyKey } from "../api";
+import { ApiError, api, claims } from "../api";
 import { field, h, message, rupees, select } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
-import { coalesced, problem } from "./secondary";
+import { coalesced, keyedSubmit, problem, shown } from "./secondary";
 
 interface Bracket {
   bracketId: number;
@@ -72,64 +72,46 @@ export const brackets: Screen = {
     const [stopField, stop] = money("Stop-loss trigger (₹)", "stopLoss");
     const [stopLimitField, stopLimit] = money("Stop-loss limit (₹, optional: else at market)", "stopLimit", false);
     const createError = message();
-    let key: string | null = null; // kept until answered: a retry is the same bracket
     const form = h("form", { class: "card", "aria-labelledby": "bracket-new" },
       h("h2", { id: "bracket-new" }, "New bracket order"),
       h("div", { class: "modify" }, field("Symbol", symbol), field("Side", side), field("Quantity", quantity), priceField, targetField, stopField, stopLimitField),
       createError, h("button", { type: "submit" }, "Place bracket"));
-    form.addEventListener("input", () => (key = null));
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      createError.textContent = "";
-      key ??= idempotencyKey("web-bracket");
-      try {
-        const made = await api<Bracket>("POST", "/api/v1/brackets", {
-          symbol: symbol.value.trim().toUpperCase(), side: side.value, quantity: Number(quantity.value),
-          price: price.value.trim(), target: target.value.trim(), stopLoss: stop.value.trim(),
-          ...(stopLimit.value.trim() ? { stopLimit: stopLimit.value.trim() } : {}),
-          idempotencyKey: key,
-        });
-        key = null;
-        remember(made.bracketId);
-        known.set(made.bracketId, made);
-        draw();
-        toast(`Bracket ${made.bracketId}: entry order ${made.entryOrderId} placed`);
-      } catch (e) {
-        createError.textContent = problem(e);
-      }
+    keyedSubmit(form, "web-bracket", createError, async (key) => {
+      const made = await api<Bracket>("POST", "/api/v1/brackets", {
+        symbol: symbol.value.trim().toUpperCase(), side: side.value, quantity: Number(quantity.value),
+        price: price.value.trim(), target: target.value.trim(), stopLoss: stop.value.trim(),
+        ...(stopLimit.value.trim() ? { stopLimit: stopLimit.value.trim() } : {}),
+        idempotencyKey: key,
+      });
+      remember(made.bracketId);
+      known.set(made.bracketId, made);
+      draw();
+      toast(`Bracket ${made.bracketId}: entry order ${made.entryOrderId} placed`);
     });
 
     // Look one up by id (one made elsewhere: another browser, the API).
     const lookupId = h("input", { name: "bracketId", type: "number", min: 1, step: 1, required: true, inputmode: "numeric" });
     const lookup = h("form", { class: "inline", "aria-label": "Find a bracket" }, field("Bracket id", lookupId), h("button", { type: "submit", class: "secondary" }, "Find"));
-    lookup.addEventListener("submit", async (event) => {
+    lookup.addEventListener("submit", (event) => {
       event.preventDefault();
-      error.textContent = "";
-      try {
+      void shown(error, async () => {
         const found = await api<Bracket>("GET", `/api/v1/brackets/${Number(lookupId.value)}`);
         remember(found.bracketId);
         known.set(found.bracketId, found);
         lookupId.value = "";
         draw();
-      } catch (e) {
-        error.textContent = problem(e);
-      }
+      });
     });
 
-    const exit = async (b: Bracket) => {
-      error.textContent = "";
-      try {
-        known.set(b.bracketId, await api<Bracket>("DELETE", `/api/v1/brackets/${b.bracketId}`));
-        toast(`Bracket ${b.bracketId}: exiting`);
-        draw();
-      } catch (e) {
-        error.textContent = problem(e);
-      }
-    };
+    const exit = (b: Bracket) => shown(error, async () => {
+      known.set(b.bracketId, await api<Bracket>("DELETE", `/api/v1/brackets/${b.bracketId}`));
+      toast(`Bracket ${b.bracketId}: exiting`);
+      draw();
+    });
     const order = (id: number | undefined) => (id ? h("a", { href: "/orders", "data-link": true }, id) : "—");
     function draw(): void {
-      const shown = [...known.values()].sort((a, b) => b.bracketId - a.bracketId);
-      body.replaceChildren(...(shown.length ? shown.map((b) => h("tr", { "data-bracket": b.bracketId, "data-status": b.status },
+      const sorted = [...known.values()].sort((a, b) => b.bracketId - a.bracketId);
+      body.replaceChildren(...(sorted.length ? sorted.map((b) => h("tr", { "data-bracket": b.bracketId, "data-status": b.status },
         h("td", {}, b.bracketId),
         h("td", {}, b.symbol),
         h("td", { class: b.side === "BUY" ? "gain" : "loss" }, b.side),
@@ -147,12 +129,15 @@ export const brackets: Screen = {
         : [h("tr", {}, h("td", { colspan: 12 }, "No brackets here yet: place one above, or find one by its id."))]));
     }
     const load = async () => {
-      const answers = await Promise.allSettled(remembered().map((id) => api<Bracket>("GET", `/api/v1/brackets/${id}`)));
-      for (const answer of answers) {
+      const ids = remembered();
+      const answers = await Promise.allSettled(ids.map((id) => api<Bracket>("GET", `/api/v1/brackets/${id}`)));
+      let failed: unknown = null;
+      answers.forEach((answer, i) => {
         if (answer.status === "fulfilled") known.set(answer.value.bracketId, answer.value);
-      }
-      const failed = answers.find((a): a is PromiseRejectedResult => a.status === "rejected");
-      error.textContent = failed ? problem(failed.reason) : "";
+        else if (answer.reason instanceof ApiError && answer.reason.code === "BRACKET_NOT_FOUND") forget(ids[i]); // not this user's
+        else failed = answer.reason;
+      });
+      error.textContent = failed ? problem(failed) : "";
       draw();
     };
     const reload = coalesced(load);

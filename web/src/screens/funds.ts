@@ -3,12 +3,12 @@
 // Idempotency-Key kept until it is answered, so a retry after a network failure is the
 // same request, never a second one), and the withdrawals so far (docs/funds.md).
 
-import { ApiError, api, idempotencyKey } from "../api";
+import { api } from "../api";
 import { field, h, message, rupees, time } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
-import { coalesced, problem } from "./secondary";
+import { coalesced, keyedSubmit, shown } from "./secondary";
 
 interface Balance {
   cash: string;
@@ -26,28 +26,17 @@ interface Withdrawal {
   failureReason: string | null;
 }
 
-/** A form of one amount, sent with a key that stays the same until the API answers. */
+/** A form of one amount, sent with its Idempotency-Key (``keyedSubmit``). */
 function amountForm(label: string, button: string, send: (amount: string, key: string) => Promise<void>): HTMLFormElement {
   const amount = h("input", { name: "amount", type: "text", inputmode: "decimal", required: true, pattern: "[0-9]{1,10}([.][0-9]{1,2})?", autocomplete: "off" });
   const error = message();
-  let key: string | null = null;
-  amount.addEventListener("input", () => (key = null)); // another amount: another request
   const form = h("form", { class: "inline", "aria-label": label },
     field(`${label} (₹)`, amount, "Rupees, at most two decimals"),
     h("button", { type: "submit" }, button),
     error);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
-    key ??= idempotencyKey("web-funds");
-    try {
-      await send(amount.value.trim(), key);
-      key = null;
-      amount.value = "";
-    } catch (e) {
-      if (e instanceof ApiError && e.status !== 0 && e.status < 500) key = null; // refused: nothing stored
-      error.textContent = problem(e);
-    }
+  keyedSubmit(form, "web-funds", error, async (key) => {
+    await send(amount.value.trim(), key);
+    amount.value = "";
   });
   return form;
 }
@@ -61,28 +50,24 @@ export const funds: Screen = {
     const balance = h("dl", { class: "facts", id: "balance" });
     const error = message();
     const list = h("tbody", {});
-    const load = async () => {
-      try {
-        const [now, past] = await Promise.all([
-          api<Balance>("GET", "/api/v1/funds"),
-          api<{ withdrawals: Withdrawal[] }>("GET", "/api/v1/funds/withdrawals"),
-        ]);
-        balance.replaceChildren(
-          h("dt", {}, "Cash"), h("dd", { "data-field": "cash" }, `₹${rupees(now.cash)}`),
-          h("dt", {}, "Blocked (open orders, withdrawals)"), h("dd", {}, `₹${rupees(now.blocked)}`),
-          h("dt", {}, "Unsettled sales (T+1)"), h("dd", {}, `₹${rupees(now.unsettled)}`),
-          h("dt", {}, "Withdrawable"), h("dd", { "data-field": "withdrawable" }, `₹${rupees(now.withdrawable)}`));
-        list.replaceChildren(...(past.withdrawals.length
-          ? past.withdrawals.map((w) => h("tr", { "data-withdrawal": w.withdrawalId },
-            h("td", {}, w.withdrawalId),
-            h("td", {}, `${new Date(w.requestedAt).toLocaleDateString("en-IN")} ${time(w.requestedAt)}`),
-            h("td", { class: "num" }, rupees(w.amount)),
-            h("td", {}, w.status, w.failureReason ? ` (${w.failureReason})` : "")))
-          : [h("tr", {}, h("td", { colspan: 4 }, "No withdrawals yet."))]));
-      } catch (e) {
-        error.textContent = problem(e);
-      }
-    };
+    const load = () => shown(error, async () => {
+      const [now, past] = await Promise.all([
+        api<Balance>("GET", "/api/v1/funds"),
+        api<{ withdrawals: Withdrawal[] }>("GET", "/api/v1/funds/withdrawals"),
+      ]);
+      balance.replaceChildren(
+        h("dt", {}, "Cash"), h("dd", { "data-field": "cash" }, `₹${rupees(now.cash)}`),
+        h("dt", {}, "Blocked (open orders, withdrawals)"), h("dd", {}, `₹${rupees(now.blocked)}`),
+        h("dt", {}, "Unsettled sales (T+1)"), h("dd", {}, `₹${rupees(now.unsettled)}`),
+        h("dt", {}, "Withdrawable"), h("dd", { "data-field": "withdrawable" }, `₹${rupees(now.withdrawable)}`));
+      list.replaceChildren(...(past.withdrawals.length
+        ? past.withdrawals.map((w) => h("tr", { "data-withdrawal": w.withdrawalId },
+          h("td", {}, w.withdrawalId),
+          h("td", {}, `${new Date(w.requestedAt).toLocaleDateString("en-IN")} ${time(w.requestedAt)}`),
+          h("td", { class: "num" }, rupees(w.amount)),
+          h("td", {}, w.status, w.failureReason ? ` (${w.failureReason})` : "")))
+        : [h("tr", {}, h("td", { colspan: 4 }, "No withdrawals yet."))]));
+    });
     const reload = coalesced(load);
     const deposit = amountForm("Deposit", "Add money", async (amount, key) => {
       const done = await api<{ amount: string }>("POST", "/api/v1/funds/deposits", { amount }, { "Idempotency-Key": key });

@@ -3,12 +3,12 @@
 // (PATCH), delete it (DELETE). The list is read again when a GTT notification arrives
 // (triggered, failed, expired).
 
-import { api, idempotencyKey } from "../api";
+import { api } from "../api";
 import { field, h, message, rupees, select, time } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
-import { coalesced, problem } from "./secondary";
+import { coalesced, keyedSubmit, shown } from "./secondary";
 
 type Condition = ">=" | "<=";
 
@@ -44,12 +44,12 @@ function legEditor(title: string, leg: Leg | undefined, fixed?: Condition): { el
   const quantity = h("input", { name: "quantity", type: "number", min: 1, step: 1, required: true, inputmode: "numeric", value: leg?.order.quantity ?? "" });
   const price = h("input", { name: "price", type: "text", inputmode: "decimal", value: leg?.order.price ?? "" });
   const priceField = field("Limit price (₹)", price);
-  const shown = () => {
+  const priceShown = () => {
     priceField.hidden = type.value === "MARKET";
     price.required = type.value === "LIMIT";
   };
-  type.addEventListener("change", shown);
-  shown();
+  type.addEventListener("change", priceShown);
+  priceShown();
   const element = h("fieldset", { class: "modify", style: "border: 1px solid var(--line); border-radius: 6px; margin: 0 0 12px" },
     h("legend", {}, title),
     field("When the last price is", condition), field("Trigger (₹)", trigger),
@@ -95,7 +95,7 @@ export const gtt: Screen = {
     const body = h("tbody", {});
     const filter = select("status", [["", "All"], ...STATUSES.map((s): [string, string] => [s, s])], "ACTIVE");
     let editing: number | null = null;
-    let shown: Gtt[] = [];
+    let listed: Gtt[] = [];
 
     // The new GTT's form.
     const symbol = h("input", { name: "symbol", type: "text", required: true, autocomplete: "off", list: "gtt-symbols", style: "text-transform: uppercase" });
@@ -109,37 +109,22 @@ export const gtt: Screen = {
       legs = legsEditor(kind.value);
       legsSlot.replaceChildren(legs.element);
     });
-    let key: string | null = null; // kept until answered: a retry is the same GTT
     const form = h("form", { class: "card", "aria-labelledby": "gtt-new" },
       h("h2", { id: "gtt-new" }, "New GTT"),
       h("div", { class: "modify" }, field("Symbol", symbol), field("Kind", kind), field("Expires (optional)", expires, "Default: in a year")),
       symbols, legsSlot, createError,
       h("button", { type: "submit" }, "Create GTT"));
-    form.addEventListener("input", () => (key = null)); // a changed request is another GTT
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      createError.textContent = "";
-      key ??= idempotencyKey("web-gtt");
-      try {
-        const made = await api<Gtt>("POST", "/api/v1/gtt", { symbol: symbol.value.trim().toUpperCase(), kind: kind.value, legs: legs.value(), expiresAt: expiry(expires), idempotencyKey: key });
-        key = null;
-        toast(`GTT ${made.gttId} on ${made.symbol} created`);
-        reload();
-      } catch (e) {
-        createError.textContent = problem(e);
-      }
+    keyedSubmit(form, "web-gtt", createError, async (key) => {
+      const made = await api<Gtt>("POST", "/api/v1/gtt", { symbol: symbol.value.trim().toUpperCase(), kind: kind.value, legs: legs.value(), expiresAt: expiry(expires), idempotencyKey: key });
+      toast(`GTT ${made.gttId} on ${made.symbol} created`);
+      reload();
     });
 
-    const remove = async (g: Gtt) => {
-      error.textContent = "";
-      try {
-        await api("DELETE", `/api/v1/gtt/${g.gttId}`);
-        toast(`GTT ${g.gttId} deleted`);
-        reload();
-      } catch (e) {
-        error.textContent = problem(e);
-      }
-    };
+    const remove = (g: Gtt) => shown(error, async () => {
+      await api("DELETE", `/api/v1/gtt/${g.gttId}`);
+      toast(`GTT ${g.gttId} deleted`);
+      reload();
+    });
     const modifyForm = (g: Gtt): HTMLElement => {
       const editor = legsEditor(g.kind, g.legs);
       const until = h("input", { name: "expiresAt", type: "datetime-local" });
@@ -148,22 +133,20 @@ export const gtt: Screen = {
       const edit = h("form", { "aria-label": `Modify GTT ${g.gttId}` }, editor.element,
         field("New expiry (optional)", until), problemText,
         h("div", { class: "actions" }, h("button", { type: "submit" }, "Save"), h("button", { type: "button", class: "secondary", onclick: close }, "Close")));
-      edit.addEventListener("submit", async (event) => {
+      edit.addEventListener("submit", (event) => {
         event.preventDefault();
-        try {
+        void shown(problemText, async () => {
           await api("PATCH", `/api/v1/gtt/${g.gttId}`, { legs: editor.value(), expiresAt: expiry(until) });
           toast(`GTT ${g.gttId} modified`);
           editing = null;
           reload();
-        } catch (e) {
-          problemText.textContent = problem(e);
-        }
+        });
       });
       return edit;
     };
     function draw(): void {
       const rows: HTMLElement[] = [];
-      for (const g of shown) {
+      for (const g of listed) {
         const active = g.status === "ACTIVE";
         rows.push(h("tr", { "data-gtt": g.gttId, "data-status": g.status },
           h("td", {}, g.gttId),
@@ -185,16 +168,10 @@ export const gtt: Screen = {
       if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 8 }, "No GTTs here.")));
       body.replaceChildren(...rows);
     }
-    const load = async () => {
-      try {
-        const list = await api<{ gtts: Gtt[] }>("GET", `/api/v1/gtt${filter.value ? `?status=${filter.value}` : ""}`);
-        shown = list.gtts;
-        error.textContent = "";
-        draw();
-      } catch (e) {
-        error.textContent = problem(e);
-      }
-    };
+    const load = () => shown(error, async () => {
+      listed = (await api<{ gtts: Gtt[] }>("GET", `/api/v1/gtt${filter.value ? `?status=${filter.value}` : ""}`)).gtts;
+      draw();
+    });
     const reload = coalesced(load);
     filter.addEventListener("change", reload);
 

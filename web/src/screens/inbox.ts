@@ -8,18 +8,10 @@ import { h, message, time } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import type { Notification } from "../types";
-import { problem } from "./secondary";
+import { shown } from "./secondary";
 
-interface Item {
-  id: string;
-  kind: string;
-  title: string;
-  body: string;
-  symbol: string;
-  createdAt: string;
-  orderId: number | null;
-  read: boolean;
-}
+/** A notification as the inbox lists it: the WebSocket's frame and whether it was read. */
+type Item = Omit<Notification, "type"> & { read: boolean };
 
 interface Page {
   notifications: Item[];
@@ -42,17 +34,12 @@ export const inbox: Screen = {
     const more = h("button", { type: "button", class: "secondary", hidden: true }, "Older notifications");
     const readAll = h("button", { type: "button", class: "secondary" }, "Mark all read");
 
-    const markRead = async (item: Item) => {
-      if (item.read) return;
-      try {
-        await api("POST", `/api/v1/notifications/${encodeURIComponent(item.id)}/read`);
-        item.read = true;
-        unread = Math.max(0, unread - 1);
-        draw();
-      } catch (e) {
-        error.textContent = problem(e);
-      }
-    };
+    const markRead = (item: Item) => shown(error, async () => {
+      await api("POST", `/api/v1/notifications/${encodeURIComponent(item.id)}/read`);
+      item.read = true;
+      unread = Math.max(0, unread - 1);
+      draw();
+    });
     const entry = (item: Item) => h("li", { class: "card", "data-notification": item.id, "data-kind": item.kind, "data-read": String(item.read), style: item.read ? "" : "border-left: 4px solid var(--accent)" },
       h("p", { style: "margin: 0" }, h("strong", {}, item.title), item.read ? "" : h("span", { class: "visually-hidden" }, " (unread)")),
       h("p", { style: "margin: 4px 0" }, item.body),
@@ -65,35 +52,27 @@ export const inbox: Screen = {
       list.replaceChildren(...(items.size ? [...items.values()].map(entry) : [h("li", {}, "No notifications yet.")]));
       more.hidden = cursor === null;
     }
-    const load = async (after: string | null) => {
-      error.textContent = "";
-      try {
-        const page = await api<Page>("GET", `/api/v1/notifications?limit=50${after ? `&cursor=${encodeURIComponent(after)}` : ""}`);
-        if (!after) items.clear();
-        for (const item of page.notifications) items.set(item.id, item);
-        unread = page.unreadCount;
-        cursor = page.nextCursor;
-        draw();
-      } catch (e) {
-        error.textContent = problem(e);
-      }
-    };
-    more.addEventListener("click", () => void load(cursor));
-    readAll.addEventListener("click", async () => {
-      try {
-        await api("POST", "/api/v1/notifications/read-all");
-        for (const item of items.values()) item.read = true;
-        unread = 0;
-        draw();
-      } catch (e) {
-        error.textContent = problem(e);
-      }
+    const load = (after: string | null) => shown(error, async () => {
+      const page = await api<Page>("GET", `/api/v1/notifications?limit=50${after ? `&cursor=${encodeURIComponent(after)}` : ""}`);
+      if (!after) items.clear();
+      for (const item of page.notifications) items.set(item.id, item);
+      unread = page.unreadCount;
+      cursor = page.nextCursor;
+      draw();
     });
+    more.addEventListener("click", () => void load(cursor));
+    readAll.addEventListener("click", () => void shown(error, async () => {
+      await api("POST", "/api/v1/notifications/read-all");
+      for (const item of items.values()) item.read = true;
+      unread = 0;
+      draw();
+    }));
     root.append(h("h1", {}, "Inbox"), h("div", { class: "actions" }, count, readAll), error, list, more);
     const off = [
       live.on("notification", (note: Notification) => {
         if (items.has(note.id)) return;
-        const item: Item = { id: note.id, kind: note.kind, title: note.title, body: note.body, symbol: note.symbol, createdAt: note.createdAt, orderId: note.orderId ?? null, read: false };
+        const { type: _frame, ...fields } = note;
+        const item: Item = { ...fields, read: false };
         const rest = [...items.values()];
         items.clear();
         for (const one of [item, ...rest]) items.set(one.id, one);

@@ -6,7 +6,7 @@
 import { api } from "../api";
 import { h, message, time } from "../dom";
 import type { Screen } from "../screen";
-import { problem } from "./secondary";
+import { shown } from "./secondary";
 
 const EVERY_MS = 5000;
 
@@ -118,14 +118,11 @@ export const operator: Screen = {
           ...(runs.length ? runs : [h("p", {}, "The reconciler has stored no run yet.")])));
     };
     const load = async () => {
-      try {
+      await shown(error, async () => {
         const now = await api<Overview>("GET", "/api/v1/operator/overview");
-        error.textContent = "";
         draw(now);
         before = now;
-      } catch (e) {
-        error.textContent = problem(e);
-      }
+      });
       if (open) timer = setTimeout(() => void load(), EVERY_MS);
     };
     root.append(h("h1", {}, "Operations"), stamp, error, problems, content);

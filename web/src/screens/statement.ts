@@ -6,7 +6,7 @@ import { api } from "../api";
 import { field, h, message, rupees, signed } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
-import { coalesced, problem } from "./secondary";
+import { coalesced, shown } from "./secondary";
 
 interface Row {
   time: string;
@@ -47,43 +47,33 @@ export const statement: Screen = {
       if (format) query.set("format", format);
       return `/api/v1/statement?${query}`;
     };
-    const load = async () => {
-      error.textContent = "";
-      try {
-        const s = await api<Statement>("GET", url());
-        from.value = s.from;
-        to.value = s.to;
-        facts.replaceChildren(
-          h("dt", {}, "Days"), h("dd", {}, `${s.from} to ${s.to} (${s.timeZone})`),
-          h("dt", {}, "Opening balance"), h("dd", {}, `₹${rupees(s.openingBalance)}`),
-          h("dt", {}, "Closing balance"), h("dd", { "data-field": "closing" }, `₹${rupees(s.closingBalance)}`));
-        body.replaceChildren(...(s.rows.length
-          ? [...s.rows].reverse().map((r) => h("tr", { "data-type": r.type },
-            h("td", {}, new Date(r.time).toLocaleString("en-IN", { hour12: false })),
-            h("td", {}, r.type),
-            h("td", {}, r.symbol ?? ""),
-            h("td", { class: "num" }, r.quantity ?? ""),
-            h("td", { class: "num" }, r.price === null ? "" : rupees(r.price)),
-            h("td", { class: "num" }, signed(r.amount)),
-            h("td", { class: "num" }, rupees(r.balance)),
-            h("td", {}, r.reference ?? "")))
-          : [h("tr", {}, h("td", { colspan: 8 }, "No movements in these days."))]));
-      } catch (e) {
-        error.textContent = problem(e);
-      }
-    };
+    const load = () => shown(error, async () => {
+      const s = await api<Statement>("GET", url());
+      from.value = s.from;
+      to.value = s.to;
+      facts.replaceChildren(
+        h("dt", {}, "Days"), h("dd", {}, `${s.from} to ${s.to} (${s.timeZone})`),
+        h("dt", {}, "Opening balance"), h("dd", {}, `₹${rupees(s.openingBalance)}`),
+        h("dt", {}, "Closing balance"), h("dd", { "data-field": "closing" }, `₹${rupees(s.closingBalance)}`));
+      body.replaceChildren(...(s.rows.length
+        ? [...s.rows].reverse().map((r) => h("tr", { "data-type": r.type },
+          h("td", {}, new Date(r.time).toLocaleString("en-IN", { hour12: false })),
+          h("td", {}, r.type),
+          h("td", {}, r.symbol ?? ""),
+          h("td", { class: "num" }, r.quantity ?? ""),
+          h("td", { class: "num" }, r.price === null ? "" : rupees(r.price)),
+          h("td", { class: "num" }, signed(r.amount)),
+          h("td", { class: "num" }, rupees(r.balance)),
+          h("td", {}, r.reference ?? "")))
+        : [h("tr", {}, h("td", { colspan: 8 }, "No movements in these days."))]));
+    });
     const reload = coalesced(load);
-    const download = async () => {
-      error.textContent = "";
-      try {
-        const csv = await api<string>("GET", url("csv"));
-        const link = h("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: `statement-${from.value || "recent"}-${to.value || "today"}.csv` });
-        link.click();
-        URL.revokeObjectURL(link.href);
-      } catch (e) {
-        error.textContent = problem(e);
-      }
-    };
+    const download = () => shown(error, async () => {
+      const csv = await api<string>("GET", url("csv"));
+      const link = h("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: `statement-${from.value || "recent"}-${to.value || "today"}.csv` });
+      link.click();
+      URL.revokeObjectURL(link.href);
+    });
     const form = h("form", { class: "inline", "aria-label": "Statement days" },
       field("From", from), field("To", to),
       h("button", { type: "submit" }, "Show"),
