@@ -518,23 +518,17 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 response=RecoveryCodes,
                 errors={422: "INVALID_CODE"},
             ),
-            documented(
-                "GET",
-                "/api/v1/auth/jwks",
-                jwks,
-                "The token signing keys (JWKS)",
-                tag="auth",
-                response=Jwks,
-                public=True,
-            ),
-            documented(
-                "GET",
-                "/.well-known/jwks.json",
-                jwks,
-                "The token signing keys (JWKS)",
-                tag="auth",
-                response=Jwks,
-                public=True,
+            *(
+                documented(
+                    "GET",
+                    path,
+                    jwks,
+                    "The token signing keys (JWKS)",
+                    tag="auth",
+                    response=Jwks,
+                    public=True,
+                )
+                for path in ("/api/v1/auth/jwks", "/.well-known/jwks.json")
             ),
             documented(
                 "GET",

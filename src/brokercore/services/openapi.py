@@ -16,7 +16,7 @@ import functools
 import importlib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from brokercore import __version__
 from brokercore.entry.requests import ErrorBody
 from brokercore.services import SERVICES
+from brokercore.services.asyncapi import asyncapi_document
 from brokercore.services.http import guarded
 
 __all__ = [
@@ -35,8 +36,8 @@ __all__ = [
     "error_codes",
     "service_routes",
     "openapi_document",
-    "openapi_json",
     "document_bytes",
+    "documents_routes",
     "Document",
 ]
 
@@ -317,45 +318,34 @@ def _not_null(schema: Document) -> Document:
 
 
 @functools.cache
-def document_bytes(kind: Literal["openapi", "asyncapi"]) -> bytes:
-    """The OpenAPI (or AsyncAPI) document of every service's routes, as JSON; built once
-    per process."""
-    from brokercore.services.asyncapi import asyncapi_document  # it documents ws.py
-
-    routes = [route for app in service_routes().values() for route in app]
-    document = asyncapi_document(routes) if kind == "asyncapi" else openapi_document(routes)
-    return msgspec.json.encode(document)
-
-
-async def openapi_json(request: Request) -> Response:
-    """The OpenAPI document (built once per process)."""
-    return Response(document_bytes("openapi"), media_type="application/json")
-
-
-async def asyncapi_json(request: Request) -> Response:
-    """The AsyncAPI document of the WebSocket gateway (built once per process)."""
-    return Response(document_bytes("asyncapi"), media_type="application/json")
+def document_bytes(kind: str) -> bytes:
+    """The ``"openapi"`` (or ``"asyncapi"``) document of every service's routes, as JSON;
+    built once per process."""
+    build = {"openapi": openapi_document, "asyncapi": asyncapi_document}[kind]
+    return msgspec.json.encode(build([route for app in service_routes().values() for route in app]))
 
 
 def documents_routes() -> list[DocumentedRoute]:
     """The routes that serve the two documents (the query service mounts them)."""
+
+    def served(kind: str) -> Callable[[Request], Any]:
+        async def document(request: Request) -> Response:
+            return Response(document_bytes(kind), media_type="application/json")
+
+        return guarded(document)
+
     return [
         documented(
             "GET",
-            "/api/v1/openapi.json",
-            guarded(openapi_json),
-            "This document: every REST operation (OpenAPI 3.1)",
+            f"/api/v1/{kind}.json",
+            served(kind),
+            summary,
             tag="meta",
             response=dict[str, Any],
             public=True,
-        ),
-        documented(
-            "GET",
-            "/api/v1/asyncapi.json",
-            guarded(asyncapi_json),
-            "The WebSocket gateway's frames (AsyncAPI 3.0)",
-            tag="meta",
-            response=dict[str, Any],
-            public=True,
-        ),
+        )
+        for kind, summary in (
+            ("openapi", "This document: every REST operation (OpenAPI 3.1)"),
+            ("asyncapi", "The WebSocket gateway's frames (AsyncAPI 3.0)"),
+        )
     ]
