@@ -38,6 +38,18 @@ from starlette.responses import Response
 from brokercore.config import ServiceSettings
 from brokercore.entry.requests import FieldError
 from brokercore.identity import sessions, totp, users
+from brokercore.identity.answers import (
+    AccountPage,
+    AccountSummary,
+    Jwks,
+    KycDecision,
+    Me,
+    MfaChallenge,
+    RecoveryCodes,
+    SignupAccepted,
+    Tokens,
+    TotpEnrolment,
+)
 from brokercore.identity.keys import ACCESS_TTL, Signer
 from brokercore.identity.passwords import (
     MAX_PASSWORD,
@@ -104,68 +116,6 @@ class AccountsQuery(msgspec.Struct, rename="camel", frozen=True):
     kyc_status: users.KycStatus | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = 100
     cursor: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
-
-
-# --- answers ------------------------------------------------------------------------------
-
-
-class SignupAccepted(msgspec.Struct, frozen=True):
-    status: Literal["ACCEPTED"]  # whether the email was new or not
-
-
-class Tokens(msgspec.Struct, rename="camel", frozen=True):
-    access_token: str
-    refresh_token: str
-    expires_in: int  # seconds the access token lives
-    token_type: Literal["Bearer"]
-
-
-class MfaChallenge(msgspec.Struct, rename="camel", frozen=True):
-    """A login's first step passed: send a code with ``mfa_token`` to .../login/totp."""
-
-    mfa_required: Literal[True]
-    mfa_token: str
-
-
-class TotpEnrolment(msgspec.Struct, rename="camel", frozen=True):
-    secret: str
-    otpauth_uri: str
-
-
-class RecoveryCodes(msgspec.Struct, rename="camel", frozen=True):
-    recovery_codes: list[str]  # each good for one login instead of a TOTP code
-
-
-class Jwks(msgspec.Struct, frozen=True):
-    """The token signing keys' public halves (RFC 7517), newest first."""
-
-    keys: list[dict[str, Any]]
-
-
-class Me(msgspec.Struct, rename="camel", frozen=True):
-    user_id: str
-    email: str
-    kyc_status: str
-    roles: list[str]
-    totp_enrolled: bool
-
-
-class AccountSummary(msgspec.Struct, rename="camel", frozen=True):
-    user_id: str
-    email: str | None  # None: an account opened without a user
-    kyc_status: str
-    created_at: str
-
-
-class AccountPage(msgspec.Struct, rename="camel", frozen=True):
-    accounts: list[AccountSummary]
-    next_cursor: str | None  # None: this was the last page
-
-
-class KycDecision(msgspec.Struct, rename="camel", frozen=True):
-    user_id: str
-    kyc_status: str
-    previous_kyc_status: str
 
 
 class Accounts(LimitedApi):
