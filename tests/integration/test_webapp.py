@@ -58,11 +58,31 @@ def test_the_edge_serves_the_app_and_keeps_unknown_api_paths_json(stack_up: Priv
 
 
 def test_two_users_trade_in_two_browsers(stack_up: PrivateStack, tmp_path):
+    shots = browse(stack_up, "trading.mjs", tmp_path)
+    for screen in ("signup", "login", "watchlist", "symbol", "symbol-phone", "orders", "positions"):
+        assert f"{screen}.png" in shots, sorted(shots)
+
+
+def test_secondary_screens_and_the_api_reference(stack_up: PrivateStack, tmp_path):
+    """web/e2e/secondary.mjs: alice's deposit shows in her statement, her fill arrives in
+    her inbox live, a GTT she creates is listed, a bracket she places is shown and exited;
+    ops sees every shard alive on the operator's page, which alice cannot open; /api/docs
+    renders the OpenAPI document under a policy that loads nothing from another origin."""
+    docs = httpx.get(f"{stack_up.edge}/api/docs", timeout=10)
+    assert docs.status_code == 200, docs.text
+    assert "default-src 'self'" in docs.headers["content-security-policy"]
+    shots = browse(stack_up, "secondary.mjs", tmp_path)
+    for screen in ("funds", "statement", "inbox", "gtt", "brackets", "operator", "api-docs"):
+        assert f"{screen}.png" in shots, sorted(shots)
+
+
+def browse(stack_up: PrivateStack, script: str, tmp_path: Path) -> set[str]:
+    """Run web/e2e/SCRIPT against the stack as the demo users; the screenshots it saved."""
     chromium = prepared()
     logins = json.loads((stack_up.root / ".stack/demo-users.json").read_text())
     screenshots = os.environ.get("BROKERCORE_SCREENSHOTS") or str(tmp_path / "screenshots")
     run = subprocess.run(
-        ["node", REPO / "web/e2e/trading.mjs"],
+        ["node", REPO / "web/e2e" / script],
         env=os.environ
         | {
             "BROKERCORE_EDGE": stack_up.edge,
@@ -77,6 +97,4 @@ def test_two_users_trade_in_two_browsers(stack_up: PrivateStack, tmp_path):
     )
     print(run.stdout)
     assert run.returncode == 0, f"{run.stdout}\n{stack_up.logs()}"
-    shots = {p.name for p in Path(screenshots).glob("*.png")}
-    for screen in ("signup", "login", "watchlist", "symbol", "symbol-phone", "orders", "positions"):
-        assert f"{screen}.png" in shots, sorted(shots)
+    return {p.name for p in Path(screenshots).glob("*.png")}
