@@ -57,8 +57,8 @@ export const funds: Screen = {
       ]);
       balance.replaceChildren(
         h("dt", {}, "Cash"), h("dd", { "data-field": "cash" }, `₹${rupees(now.cash)}`),
-        h("dt", {}, "Blocked (open orders, withdrawals)"), h("dd", {}, `₹${rupees(now.blocked)}`),
-        h("dt", {}, "Unsettled sales (T+1)"), h("dd", {}, `₹${rupees(now.unsettled)}`),
+        h("dt", {}, "Blocked"), h("dd", {}, `₹${rupees(now.blocked)}`),
+        h("dt", {}, "Unsettled (T+1)"), h("dd", {}, `₹${rupees(now.unsettled)}`),
         h("dt", {}, "Withdrawable"), h("dd", { "data-field": "withdrawable" }, `₹${rupees(now.withdrawable)}`));
       list.replaceChildren(...(past.withdrawals.length
         ? past.withdrawals.map((w) => h("tr", { "data-withdrawal": w.withdrawalId },
@@ -80,13 +80,15 @@ export const funds: Screen = {
       reload();
     });
     root.append(h("h1", {}, "Funds"), error, balance,
+      h("p", {}, h("small", {}, "Blocked: held by open buy orders and pending withdrawals. A sale's proceeds can buy at once and be withdrawn from the next day (T+1).")),
       h("div", { style: "display: grid; grid-template-columns: minmax(0, 1fr); gap: 16px" },
         h("section", { class: "card", "aria-labelledby": "deposit-h" }, h("h2", { id: "deposit-h" }, "Add money"), deposit),
         h("section", { class: "card", "aria-labelledby": "withdraw-h" }, h("h2", { id: "withdraw-h" }, "Withdraw to your bank"), withdraw,
-          h("table", { class: "grid", id: "withdrawals" },
-            h("caption", {}, "Withdrawals"),
-            h("thead", {}, h("tr", {}, ...["Id", "Requested", "Amount (₹)", "Status"].map((t) => h("th", { scope: "col" }, t)))),
-            list)),
+          h("div", { class: "grid-wrap" },
+            h("table", { class: "grid", id: "withdrawals" },
+              h("caption", {}, "Withdrawals"),
+              h("thead", {}, h("tr", {}, ...["Id", "Requested", "Amount (₹)", "Status"].map((t) => h("th", { scope: "col" }, t)))),
+              list))),
         h("p", {}, h("a", { href: "/statement", "data-link": true }, "See the statement"))));
     const off = live.on("order", reload); // an order's hold and fills move the cash
     reload();
