@@ -19,7 +19,7 @@ from brokercore.entry.brackets import BracketRefusal, BracketRefused, BracketVie
 from brokercore.entry.order_entry import Refusal
 from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
 from brokercore.services.oms import Oms, entry, refusals
-from brokercore.services.openapi import documented, error_codes
+from brokercore.services.openapi import documented, refusal_codes
 
 __all__ = ["BRACKET_ROUTES"]
 
@@ -68,11 +68,6 @@ async def exit_bracket(request: Request) -> Response:
     return json_response(await _book(oms.brackets.exit(principal.user_id, _bracket_id(request))))
 
 
-def _refusals(*reasons: BracketRefusal) -> dict[int, str]:
-    """The statuses and codes of ``reasons`` for the API's document."""
-    return error_codes((_STATUS[reason], reason.value) for reason in reasons)
-
-
 BRACKET_ROUTES = [
     documented(
         "POST",
@@ -97,7 +92,7 @@ BRACKET_ROUTES = [
         "One bracket and its legs",
         tag="brackets",
         response=BracketView,
-        errors=_refusals(BracketRefusal.BRACKET_NOT_FOUND),
+        errors=refusal_codes(_STATUS, BracketRefusal.BRACKET_NOT_FOUND),
     ),
     documented(
         "DELETE",
@@ -106,6 +101,8 @@ BRACKET_ROUTES = [
         "Exit a bracket: cancel its entry's open part and its targets (the position stays)",
         tag="brackets",
         response=BracketView,
-        errors=_refusals(BracketRefusal.BRACKET_NOT_FOUND, BracketRefusal.BRACKET_NOT_ACTIVE),
+        errors=refusal_codes(
+            _STATUS, BracketRefusal.BRACKET_NOT_FOUND, BracketRefusal.BRACKET_NOT_ACTIVE
+        ),
     ),
 ]

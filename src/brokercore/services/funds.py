@@ -61,7 +61,7 @@ from brokercore.services.http import (
     require_operator,
     service_app,
 )
-from brokercore.services.openapi import documented, error_codes
+from brokercore.services.openapi import documented, refusal_codes
 
 log = logging.getLogger("brokercore.funds")
 
@@ -529,14 +529,9 @@ async def operator_fail(request: Request) -> Response:
     return json_response(withdrawal_body(after))
 
 
-def _refusals(*reasons: Refusal) -> dict[int, str]:
-    """The statuses and codes of ``reasons`` for the API's document."""
-    return error_codes((_STATUS[reason], reason.value) for reason in reasons)
-
-
 _KEYED = {400: "IDEMPOTENCY_KEY_REQUIRED"}
-_OPERATOR_DECISION = {403: "FORBIDDEN"} | _refusals(
-    Refusal.WITHDRAWAL_NOT_FOUND, Refusal.WITHDRAWAL_NOT_PENDING
+_OPERATOR_DECISION = {403: "FORBIDDEN"} | refusal_codes(
+    _STATUS, Refusal.WITHDRAWAL_NOT_FOUND, Refusal.WITHDRAWAL_NOT_PENDING
 )
 
 
@@ -553,7 +548,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 "Cash, blocked, unsettled and withdrawable",
                 tag="funds",
                 response=FundsBody,
-                errors=_refusals(Refusal.NO_ACCOUNT, Refusal.IDEMPOTENCY_KEY_REUSED),
+                errors=refusal_codes(_STATUS, Refusal.NO_ACCOUNT, Refusal.IDEMPOTENCY_KEY_REUSED),
             ),
             documented(
                 "POST",
@@ -565,7 +560,8 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 response=DepositBody,
                 status=201,
                 idempotency_key=True,
-                errors=_KEYED | _refusals(Refusal.NO_ACCOUNT, Refusal.IDEMPOTENCY_KEY_REUSED),
+                errors=_KEYED
+                | refusal_codes(_STATUS, Refusal.NO_ACCOUNT, Refusal.IDEMPOTENCY_KEY_REUSED),
             ),
             documented(
                 "POST",
@@ -578,7 +574,8 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 status=202,
                 idempotency_key=True,
                 errors=_KEYED
-                | _refusals(
+                | refusal_codes(
+                    _STATUS,
                     Refusal.NO_ACCOUNT,
                     Refusal.ACCOUNT_NOT_VERIFIED,
                     Refusal.INSUFFICIENT_FUNDS,
@@ -603,7 +600,8 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 response=CallbackAnswer,
                 public=True,
                 headers={SIGNATURE_HEADER: "the provider's signature of the body"},
-                errors={401: "INVALID_SIGNATURE"} | _refusals(Refusal.WITHDRAWAL_NOT_FOUND),
+                errors={401: "INVALID_SIGNATURE"}
+                | refusal_codes(_STATUS, Refusal.WITHDRAWAL_NOT_FOUND),
             ),
             documented(
                 "GET",

@@ -28,7 +28,7 @@ from brokercore.entry.order_entry import Refusal
 from brokercore.entry.requests import FieldError
 from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
 from brokercore.services.oms import Oms, entry, refusals
-from brokercore.services.openapi import documented, error_codes
+from brokercore.services.openapi import documented, refusal_codes
 
 __all__ = ["GTT_ROUTES"]
 
@@ -108,11 +108,6 @@ async def cancel_gtt(request: Request) -> Response:
     return json_response(await _book(oms.gtts.cancel(principal.user_id, _gtt_id(request))))
 
 
-def _refusals(*reasons: GttRefusal) -> dict[int, str]:
-    """The statuses and codes of ``reasons`` for the API's document."""
-    return error_codes((_STATUS[reason], reason.value) for reason in reasons)
-
-
 GTT_ROUTES = [
     documented(
         "POST",
@@ -150,7 +145,7 @@ GTT_ROUTES = [
         "One GTT",
         tag="gtt",
         response=GttView,
-        errors=_refusals(GttRefusal.GTT_NOT_FOUND),
+        errors=refusal_codes(_STATUS, GttRefusal.GTT_NOT_FOUND),
     ),
     documented(
         "PATCH",
@@ -160,7 +155,7 @@ GTT_ROUTES = [
         tag="gtt",
         body=GttChange,
         response=GttView,
-        errors=_refusals(GttRefusal.GTT_NOT_FOUND, GttRefusal.GTT_NOT_ACTIVE)
+        errors=refusal_codes(_STATUS, GttRefusal.GTT_NOT_FOUND, GttRefusal.GTT_NOT_ACTIVE)
         | {422: "GTT_INVALID_LEGS, GTT_INVALID_EXPIRY, the order checks' codes for each leg"},
     ),
     documented(
@@ -170,6 +165,6 @@ GTT_ROUTES = [
         "Cancel an active GTT",
         tag="gtt",
         response=GttView,
-        errors=_refusals(GttRefusal.GTT_NOT_FOUND, GttRefusal.GTT_NOT_ACTIVE),
+        errors=refusal_codes(_STATUS, GttRefusal.GTT_NOT_FOUND, GttRefusal.GTT_NOT_ACTIVE),
     ),
 ]

@@ -16,6 +16,7 @@ import functools
 import importlib
 import re
 from collections.abc import Callable, Iterable, Mapping
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -34,6 +35,7 @@ __all__ = [
     "DocumentedRoute",
     "documented",
     "error_codes",
+    "refusal_codes",
     "service_routes",
     "openapi_document",
     "document_bytes",
@@ -118,6 +120,12 @@ def error_codes(pairs: Iterable[tuple[int, str]]) -> dict[int, str]:
     for status, code in pairs:
         found.setdefault(status, []).append(code)
     return {status: ", ".join(codes) for status, codes in found.items()}
+
+
+def refusal_codes(statuses: Mapping[Any, int], *reasons: StrEnum) -> dict[int, str]:
+    """The statuses (by ``statuses``) and codes of a service's ``reasons``, as an
+    ``Operation``'s errors."""
+    return error_codes((statuses[reason], reason.value) for reason in reasons)
 
 
 def service_routes() -> dict[str, list[BaseRoute]]:
