@@ -1,13 +1,10 @@
 """The web app in a real browser, end to end (issue 17): Debian's chromium driven by
 Playwright (playwright-core) through the stack's edge, which serves the app at `/`.
 
-web/e2e/trading.mjs does the browsing and checking: a new user signs up and sets up the
-second factor; alice (desktop) and bob (a phone-sized screen), in two browser contexts,
-place a limit order and cross it and both see the fill live; the portfolio and the
-statement change; a stop-loss triggers and shows; a modify and a cancel work; an order
-update missed while the socket was down arrives on the resume. It exits non-zero at the
-first failed check; its output is shown here. Screenshots of each screen go to
-$BROKERCORE_SCREENSHOTS (default: a folder of the test's own, printed).
+Scripts in web/e2e/ do the browsing and checking (trading.mjs the core screens,
+secondary.mjs the others), each exiting non-zero at its first failed check, its output
+shown here. Both run against one stack. Screenshots of each screen go to
+$BROKERCORE_SCREENSHOTS (default: a folder of the test's own).
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -58,8 +56,22 @@ def test_the_edge_serves_the_app_and_keeps_unknown_api_paths_json(stack_up: Priv
 
 
 def test_two_users_trade_in_two_browsers(stack_up: PrivateStack, tmp_path):
+    """web/e2e/trading.mjs: a new user signs up and sets up the second factor; alice (a
+    desktop) and bob (a phone-sized screen), in two browser contexts, place a limit order
+    and cross it and both see the fill live; the portfolio and the statement change; a
+    stop-loss triggers and shows; a modify and a cancel work; an order update missed while
+    the socket was down arrives on the resume; the phase banner shows a halt, then the
+    pre-open with its indicative price."""
     shots = browse(stack_up, "trading.mjs", tmp_path)
-    for screen in ("signup", "login", "watchlist", "symbol", "symbol-phone", "orders", "positions"):
+    for screen in (
+        "signup",
+        "watchlist",
+        "symbol",
+        "symbol-phone",
+        "orders",
+        "positions",
+        "phase-pre-open",
+    ):
         assert f"{screen}.png" in shots, sorted(shots)
 
 
@@ -83,8 +95,9 @@ def browse(stack_up: PrivateStack, script: str, tmp_path: Path) -> set[str]:
     screenshots = os.environ.get("BROKERCORE_SCREENSHOTS") or str(tmp_path / "screenshots")
     run = subprocess.run(
         ["node", REPO / "web/e2e" / script],
-        env=os.environ
+        env=stack_up.env  # the stack's settings, for `brokercore halt` and `resume`
         | {
+            "BROKERCORE_CLI": json.dumps([sys.executable, "-m", "brokercore.cli"]),
             "BROKERCORE_EDGE": stack_up.edge,
             "BROKERCORE_LOGINS": json.dumps(logins),
             "BROKERCORE_SCREENSHOTS": screenshots,

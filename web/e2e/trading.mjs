@@ -1,16 +1,19 @@
 // The web app end to end in headless Chromium (Debian's, driven by playwright-core): a new
 // user signs up and sets up the second factor; alice (desktop) and bob (phone-sized) trade
 // in two browser contexts: a limit order crossed live, the portfolio and statement
-// changed, a stop-loss triggered, a modify and a cancel, and an order update missed while
-// offline delivered on the resume. Screenshots of each screen go to $BROKERCORE_SCREENSHOTS.
+// changed, a stop-loss triggered, a modify and a cancel, an order update missed while
+// offline delivered on the resume, and the phase banner through a halt and a pre-open
+// (`brokercore halt` and `resume`: BROKERCORE_CLI). Screenshots of each screen go to
+// $BROKERCORE_SCREENSHOTS.
 //
 //   BROKERCORE_EDGE=http://127.0.0.1:8080 BROKERCORE_LOGINS='{"alice": {"email", "password"}, "bob": ...}' \
-//   BROKERCORE_SCREENSHOTS=/tmp/shots node web/e2e/trading.mjs
+//   BROKERCORE_CLI='[".venv/bin/brokercore"]' BROKERCORE_SCREENSHOTS=/tmp/shots node web/e2e/trading.mjs
 //
 // Exits non-zero (with the step that failed) on the first failed check. Every wait is on
 // a condition, with a deadline; none is a fixed sleep.
 
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -22,6 +25,9 @@ const SHOTS = process.env.BROKERCORE_SCREENSHOTS ?? "/tmp/brokercore-screenshots
 const BROWSER = process.env.BROKERCORE_CHROMIUM ?? "/usr/bin/chromium";
 const WAIT = Number(process.env.BROKERCORE_E2E_WAIT_MS ?? 20_000);
 const SYMBOL = "RELIANCE";
+const QUIET = "ITC"; // halted and re-opened: bob holds it, no other browser test trades it
+// the operator's command line (`brokercore`), as a JSON array, with the stack's settings
+const CLI = JSON.parse(process.env.BROKERCORE_CLI ?? '["brokercore"]');
 mkdirSync(SHOTS, { recursive: true });
 
 const started = Date.now();
@@ -42,6 +48,28 @@ function totp(secret, at = Date.now()) {
   const mac = createHmac("sha1", key).update(counter).digest();
   const offset = mac[mac.length - 1] & 0xf;
   return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
+}
+
+/** `brokercore ARGS` (halt, resume) on the stack under test; ARGS' process, which
+ * `operator.running` holds until it ends by itself or at the end of the run. */
+function operator(...args) {
+  const command = spawn(CLI[0], [...CLI.slice(1), ...args], { stdio: ["ignore", "inherit", "inherit"] });
+  operator.running.add(command);
+  return new Promise((resolve, reject) => {
+    command.on("error", reject);
+    command.on("spawn", () => resolve(command));
+    command.on("exit", () => operator.running.delete(command));
+  });
+}
+operator.running = new Set();
+
+/** Wait for a command's exit, and check its status. */
+function exited(command) {
+  return new Promise((resolve, reject) => {
+    const check = (code) => (code === 0 ? resolve() : reject(new Error(`${command.spawnargs.join(" ")} exited ${code}`)));
+    if (command.exitCode !== null) check(command.exitCode);
+    else command.on("exit", check);
+  });
 }
 
 async function shot(page, name) {
@@ -77,7 +105,7 @@ async function open(page, label, heading) {
 async function symbolPage(page) {
   await page.getByRole("link", { name: SYMBOL, exact: true }).first().click();
   await page.getByRole("heading", { name: new RegExp(`^${SYMBOL}`), level: 1 }).waitFor();
-  await page.locator("#depth table").waitFor();
+  await page.locator("#depth[data-live=true] table").waitFor(); // the book live
 }
 
 /** Fill the ticket, review the margin, check the preview, place; the new order's id. */
@@ -95,7 +123,7 @@ async function placeOrder(page, { side, type, quantity, price, trigger, validity
   await ticket.locator("#margin-preview", { hasText: "Blocks" }).waitFor();
   const preview = await ticket.locator("#margin-preview").textContent();
   if (side === "BUY") assert.match(preview, /Blocks ₹[\d,]+\.\d\d of your cash/);
-  else assert.match(preview, new RegExp(`Blocks ${quantity} ${SYMBOL} shares`));
+  else assert.match(preview, new RegExp(`Blocks ${quantity} [A-Z]+ shares`));
   await send.click();
   const sent = ticket.locator("#margin-preview", { hasText: /Order \d+ sent/ });
   await sent.waitFor();
@@ -309,6 +337,21 @@ try {
   const resumed = aliceLink.urls.at(-1);
   assert.match(resumed, /[?&]since=\d+/, `the reconnect resumes from the last seq: ${resumed}`);
 
+  say("the phase banner: halted, then the pre-open with its indicative price");
+  await alice.goto(`${EDGE}/symbol/${QUIET}`);
+  await alice.locator("#depth[data-live=true]").waitFor();
+  await alice.locator("#phase[data-phase=open]", { hasText: QUIET }).waitFor();
+  await exited(await operator("halt", QUIET));
+  await alice.locator("#phase[data-phase=halted]", { hasText: QUIET }).waitFor();
+  await shot(alice, "phase-halted");
+  await operator("resume", QUIET, "--uncross-after", "600"); // stopped before its uncross, at the end
+  await alice.locator("#phase[data-phase=pre-open]", { hasText: "no indicative price yet" }).waitFor();
+  await placeOrder(alice, { side: "BUY", type: "LIMIT", quantity: 2, price: "2200" });
+  await bob.goto(`${EDGE}/symbol/${QUIET}`);
+  await placeOrder(bob, { side: "SELL", type: "LIMIT", quantity: 2, price: "2200" });
+  await alice.locator("#phase[data-phase=pre-open]", { hasText: "indicative opening ₹2,200.00 (2 shares)" }).waitFor();
+  await shot(alice, "phase-pre-open");
+
   assert.deepEqual(errors, [], "no script error in any page");
   say(`passed: screenshots in ${SHOTS}`);
 } catch (e) {
@@ -319,5 +362,6 @@ try {
   if (errors.length) console.error(`page errors: ${errors.join("\n")}`);
   process.exitCode = 1;
 } finally {
+  for (const command of operator.running) command.kill("SIGTERM");
   await browser.close();
 }

@@ -16,6 +16,8 @@ interface Events {
   state: LiveState;
   /** The replay could not cover the gap (no seq seen yet, or truncated): reload from REST. */
   resync: void;
+  /** A market-data subscription is active (again): what was read before may be stale. */
+  subscribed: { channel: string; symbol: string };
 }
 type Handler<K extends keyof Events> = (value: Events[K]) => void;
 
@@ -171,6 +173,9 @@ class Live {
         break;
       case "PING":
         this.send({ op: "pong" });
+        break;
+      case "SUBSCRIBED":
+        this.emit("subscribed", { channel: String(frame.channel), symbol: String(frame.symbol) });
         break;
       case "RESUMED":
         if (frame.truncated) this.emit("resync", undefined);

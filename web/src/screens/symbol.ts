@@ -77,7 +77,8 @@ export const symbol: Screen = {
       if (book.lastPrice) last.textContent = `₹${rupees(book.lastPrice)}`;
       notePhase(name, book);
     };
-    api<Book>("GET", `/api/v1/marketdata/${encodeURIComponent(name)}`).then(showBook, () => depth.replaceChildren(ladder({ symbol: name, bids: [], asks: [] } as unknown as Book)));
+    const loadBook = () => api<Book>("GET", `/api/v1/marketdata/${encodeURIComponent(name)}`).then(showBook, () => undefined);
+    void loadBook();
 
     const onTrade = (trade: TradeTick) => {
       if (trade.symbol !== name) return;
@@ -94,6 +95,12 @@ export const symbol: Screen = {
     };
     const off = [
       live.on("book", showBook),
+      // live from here on: read the book again, as it may have changed before
+      live.on("subscribed", ({ channel, symbol }) => {
+        if (channel !== "book" || symbol !== name) return;
+        depth.dataset.live = "true";
+        void loadBook();
+      }),
       live.on("trade", onTrade),
       live.subscribe("book", name),
       live.subscribe("trades", name),
