@@ -1,8 +1,8 @@
 """The WebSocket gateway described: an AsyncAPI 3.0 document generated, as the OpenAPI
 one (brokercore.services.openapi), from the msgspec Structs that define the frames.
 
-A socket route is declared with ``documented_socket(...)``, which keeps the frames a
-client may send and those the gateway sends on the route; the document is built by
+A socket route is declared as a ``DocumentedSocket``, which keeps the frames a client
+may send and those the gateway sends on the route; the document is built by
 walking the apps' WebSocket routes. The query service serves it at
 ``GET /api/v1/asyncapi.json``.
 """
@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 
 from brokercore import __version__
 
-__all__ = ["Channel", "DocumentedSocket", "documented_socket", "asyncapi_document"]
+__all__ = ["Channel", "DocumentedSocket", "asyncapi_document"]
 
 Document = dict[str, Any]
 
@@ -42,12 +42,6 @@ class DocumentedSocket(WebSocketRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], channel: Channel) -> None:
         super().__init__(path, endpoint)
         self.channel = channel
-
-
-def documented_socket(
-    path: str, endpoint: Callable[..., Any], channel: Channel
-) -> DocumentedSocket:
-    return DocumentedSocket(path, endpoint, channel)
 
 
 def asyncapi_document(routes: Iterable[BaseRoute]) -> Document:
@@ -92,6 +86,7 @@ def asyncapi_document(routes: Iterable[BaseRoute]) -> Document:
                 "action": action,
                 "channel": {"$ref": f"#/channels/{channel.name}"},
                 "summary": "frames a client sends" if action == "receive" else "frames sent",
+                "security": [{"$ref": "#/components/securitySchemes/bearer"}],
                 "messages": [
                     {"$ref": f"#/channels/{channel.name}/messages/{kind.__name__}"}
                     for kind in frames

@@ -69,7 +69,8 @@ _HEADERS = {
 
 @dataclasses.dataclass(frozen=True)
 class Operation:
-    """What the document says of one route. ``response``: the success body's type
+    """What the document says of one route: ``summary`` a line, ``tag`` its group (a
+    reference page's section); ``response``: the success body's type
     (None: no body, as a 204; a tuple: one of its Structs); ``body``: the request
     body's; ``query``: a Struct whose fields are the query parameters; ``errors``: the
     statuses this route answers besides the ones every route can (its own codes as
@@ -93,7 +94,6 @@ class Operation:
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     alternatives: Mapping[str, Document] = dataclasses.field(default_factory=dict)
     links: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    description: str = ""
 
 
 class DocumentedRoute(Route):
@@ -140,15 +140,13 @@ def service_routes() -> dict[str, list[BaseRoute]]:
     }
 
 
-def http_routes(routes: Iterable[BaseRoute]) -> list[Route]:
-    return [route for route in routes if isinstance(route, Route)]
-
-
 def openapi_document(routes: Iterable[BaseRoute]) -> Document:
     """The OpenAPI 3.1 document of ``routes`` (their WebSocket routes left to AsyncAPI);
     ValueError names a route without an ``Operation``."""
     described: list[DocumentedRoute] = []
-    for route in http_routes(routes):
+    for route in routes:
+        if not isinstance(route, Route):
+            continue  # a WebSocket route: asyncapi_document's
         if not isinstance(route, DocumentedRoute):
             raise ValueError(f"{sorted(route.methods or ())} {route.path} is not documented")
         described.append(route)
@@ -238,8 +236,6 @@ def _operation(
         "responses": {str(status): answer for status in (op.status, *op.also)}
         | _errors(op, schema_of[_key(ErrorBody)]),
     }
-    if op.description:
-        body["description"] = op.description
     if op.public:
         body["security"] = []
     if op.body is not None:
@@ -282,14 +278,18 @@ def _parameters(route: DocumentedRoute) -> list[Document]:
         for name in route.param_convertors
     ]
     if op.query is not None:
-        (schema,), components = msgspec.json.schema_components([op.query], ref_template=SCHEMAS)
-        struct = components[schema["$ref"].rpartition("/")[2]]
+        (ref,), components = msgspec.json.schema_components([op.query], ref_template=SCHEMAS)
+        struct = components[ref["$ref"].rpartition("/")[2]]
         required = set(struct.get("required", ()))
-        for name, prop in struct["properties"].items():
-            schema = _not_null(prop)
-            parameter = {"name": name, "in": "query", "required": name in required}
-            parameter["schema"] = schema
-            if schema.get("type") == "array":
+        for name, field in struct["properties"].items():
+            schema = _not_null(field)
+            parameter = {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "schema": schema,
+            }
+            if schema.get("type") == "array":  # ?status=OPEN,FILLED
                 parameter |= {"style": "form", "explode": False}
             found.append(parameter)
     if op.idempotency_key:

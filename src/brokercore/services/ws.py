@@ -78,7 +78,7 @@ from brokercore.realtime.hub import (
     order_update_seq,
     replayed_update,
 )
-from brokercore.services.asyncapi import Channel, documented_socket
+from brokercore.services.asyncapi import Channel, DocumentedSocket
 from brokercore.services.http import database_pool, read_router, service_app, token_verifier
 
 log = logging.getLogger("brokercore.ws")
@@ -479,5 +479,5 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
     return service_app(
         "gateway",
         lambda: Gateway(settings),
-        [documented_socket("/ws/v1/orders", orders_socket, ORDERS_CHANNEL)],
+        [DocumentedSocket("/ws/v1/orders", orders_socket, ORDERS_CHANNEL)],
     )
