@@ -8,27 +8,11 @@
 //   BROKERCORE_EDGE=http://127.0.0.1:8080 BROKERCORE_LOGINS='{"alice": {"email", "password"}, "bob": ..., "ops": ...}' \
 //   BROKERCORE_SCREENSHOTS=/tmp/shots node web/e2e/secondary.mjs
 //
-// Exits non-zero (naming the step) on the first failed check; every wait is on a
-// condition with a deadline, none a fixed sleep.
+// Exits non-zero (naming the step) on the first failed check (support.mjs's run()); every
+// wait is on a condition with a deadline, none a fixed sleep.
 
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
-
-const EDGE = process.env.BROKERCORE_EDGE ?? "http://127.0.0.1:8080";
-const LOGINS = JSON.parse(process.env.BROKERCORE_LOGINS ?? "{}");
-const SHOTS = process.env.BROKERCORE_SCREENSHOTS ?? "/tmp/brokercore-screenshots";
-const BROWSER = process.env.BROKERCORE_CHROMIUM ?? "/usr/bin/chromium";
-const WAIT = Number(process.env.BROKERCORE_E2E_WAIT_MS ?? 20_000);
-mkdirSync(SHOTS, { recursive: true });
-
-const started = Date.now();
-let step = "start";
-function say(text) {
-  step = text;
-  console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${text}`);
-}
+import { EDGE, LOGINS, WAIT, logIn, open, run, say, shot } from "./support.mjs";
 
 /** A REST call with `token` (null: none), as a client other than the browser makes it. */
 async function rest(token, method, path, body) {
@@ -42,134 +26,104 @@ async function rest(token, method, path, body) {
   return JSON.parse(text);
 }
 
-async function logIn(page, name) {
-  await page.goto(`${EDGE}/login`);
-  await page.getByLabel("Email").fill(LOGINS[name].email);
-  await page.getByLabel("Password").fill(LOGINS[name].password);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await page.getByRole("heading", { name: "Watchlist", level: 1 }).waitFor();
-  await page.locator("#connection[data-state=live]").waitFor();
-}
+await run(async (session) => {
+  const desktop = { viewport: { width: 1280, height: 900 } };
+  const alice = await session.page(desktop);
+  const ops = await session.page(desktop);
 
-/** A screen through the main navigation (no page load: the WebSocket stays up). */
-async function open(page, label, heading) {
-  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: label, exact: true }).click();
-  await page.getByRole("heading", { name: heading, level: 1 }).waitFor();
-}
+  say("alice logs in; the operator's page is not hers");
+  await logIn(alice, LOGINS.alice);
+  assert.equal(await alice.locator('#nav a[href="/operator"]').count(), 0, "alice's navigation has no operator page");
 
-async function shot(page, name, fullPage = true) {
-  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage });
-}
+  say("funds: alice deposits ₹1,234.56");
+  await open(alice, "Funds", "Funds");
+  await alice.locator('#balance dd[data-field="cash"]').waitFor();
+  const cashBefore = await alice.locator('#balance dd[data-field="cash"]').textContent();
+  await alice.getByLabel("Deposit (₹)").fill("1234.56");
+  await alice.getByRole("button", { name: "Add money" }).click();
+  await alice.locator("#toasts", { hasText: "Deposit of ₹1,234.56 received" }).waitFor();
+  await alice.waitForFunction((before) => document.querySelector('#balance dd[data-field="cash"]')?.textContent !== before, cashBefore, { timeout: WAIT });
+  await shot(alice, "funds");
 
-async function main() {
-  const browser = await chromium.launch({ executablePath: BROWSER, headless: true, args: ["--no-sandbox"] });
-  try {
-    const desktop = { viewport: { width: 1280, height: 900 } };
-    const alice = await (await browser.newContext(desktop)).newPage();
-    const ops = await (await browser.newContext(desktop)).newPage();
+  say("statement: the deposit is a row");
+  await open(alice, "Statement", "Statement");
+  await alice.locator("#statement tr[data-type=DEPOSIT]", { hasText: "+1,234.56" }).first().waitFor();
+  await shot(alice, "statement");
 
-    say("alice logs in; the operator's page is not hers");
-    await logIn(alice, "alice");
-    assert.equal(await alice.locator('#nav a[href="/operator"]').count(), 0, "alice's navigation has no operator page");
+  say("inbox: bob crosses alice's INFY buy; her fill arrives live");
+  await open(alice, "Inbox", "Inbox");
+  await alice.locator("#unread").waitFor();
+  const fillsBefore = await alice.locator("#inbox li[data-kind=FILL]").count();
+  const token = async (name) => (await rest(null, "POST", "/api/v1/auth/login", { email: LOGINS[name].email, password: LOGINS[name].password })).accessToken;
+  const [aliceToken, bobToken] = [await token("alice"), await token("bob")];
+  const key = `e2e-${Date.now()}`;
+  const order = { symbol: "INFY", type: "LIMIT", quantity: 1, price: "7450.00" };
+  await rest(aliceToken, "POST", "/api/v1/orders", { ...order, side: "BUY", idempotencyKey: `${key}-buy` });
+  await rest(bobToken, "POST", "/api/v1/orders", { ...order, side: "SELL", idempotencyKey: `${key}-sell` });
+  await alice.waitForFunction((n) => document.querySelectorAll("#inbox li[data-kind=FILL]").length > n, fillsBefore, { timeout: WAIT });
+  await alice.locator('#inbox li[data-kind=FILL][data-read="false"]', { hasText: "INFY" }).first().waitFor();
+  await shot(alice, "inbox");
+  await alice.getByRole("button", { name: "Mark all read" }).click();
+  await alice.locator("#unread", { hasText: "All read." }).waitFor();
 
-    say("funds: alice deposits ₹1,234.56");
-    await open(alice, "Funds", "Funds");
-    await alice.locator('#balance dd[data-field="cash"]').waitFor();
-    const cashBefore = await alice.locator('#balance dd[data-field="cash"]').textContent();
-    await alice.getByLabel("Deposit (₹)").fill("1234.56");
-    await alice.getByRole("button", { name: "Add money" }).click();
-    await alice.locator("#toasts", { hasText: "Deposit of ₹1,234.56 received" }).waitFor();
-    await alice.waitForFunction((before) => document.querySelector('#balance dd[data-field="cash"]')?.textContent !== before, cashBefore, { timeout: WAIT });
-    await shot(alice, "funds");
+  say("GTT: alice creates a single GTT and sees it listed, then deletes it");
+  await open(alice, "GTT", "GTT triggers");
+  await alice.getByLabel("Symbol").fill("RELIANCE");
+  await alice.getByLabel("Trigger (₹)").fill("16000.00");
+  await alice.getByLabel("Quantity").fill("1");
+  await alice.getByLabel("Limit price (₹)").fill("16000.00");
+  await alice.getByRole("button", { name: "Create GTT" }).click();
+  const made = alice.locator("#toasts", { hasText: /GTT \d+ on RELIANCE created/ }).last();
+  await made.waitFor();
+  const gttId = Number((await made.textContent()).match(/GTT (\d+)/)[1]);
+  const listed = alice.locator(`#gtts tr[data-gtt="${gttId}"][data-status=ACTIVE]`);
+  await listed.waitFor();
+  assert.match(await listed.textContent(), />= ₹16,000.00: BUY 1 at ₹16,000.00/);
+  await shot(alice, "gtt");
+  await alice.getByRole("button", { name: `Delete GTT ${gttId}` }).click();
+  await alice.getByLabel("Show").selectOption("");
+  await alice.locator(`#gtts tr[data-gtt="${gttId}"][data-status=CANCELLED]`).waitFor();
 
-    say("statement: the deposit is a row");
-    await open(alice, "Statement", "Statement");
-    await alice.locator("#statement tr[data-type=DEPOSIT]", { hasText: "+1,234.56" }).first().waitFor();
-    await shot(alice, "statement");
+  say("brackets: alice places a bracket (its entry rests) and exits it");
+  await open(alice, "Brackets", "Bracket orders");
+  await alice.getByLabel("Symbol").fill("RELIANCE");
+  await alice.getByLabel("Quantity").fill("1");
+  await alice.getByLabel("Entry limit price (₹)").fill("14000.00");
+  await alice.getByLabel("Target (₹)").fill("14500.00");
+  await alice.getByLabel("Stop-loss trigger (₹)").fill("13800.00");
+  await alice.getByRole("button", { name: "Place bracket" }).click();
+  const bracket = alice.locator("#brackets tr[data-bracket]").first();
+  await bracket.waitFor();
+  const bracketId = await bracket.getAttribute("data-bracket");
+  await alice.getByRole("button", { name: `Exit bracket ${bracketId}` }).click();
+  await alice.locator(`#brackets tr[data-bracket="${bracketId}"]:not([data-status=ACTIVE])`).waitFor();
+  await shot(alice, "brackets");
 
-    say("inbox: bob crosses alice's INFY buy; her fill arrives live");
-    await open(alice, "Inbox", "Inbox");
-    await alice.locator("#unread").waitFor();
-    const fillsBefore = await alice.locator("#inbox li[data-kind=FILL]").count();
-    const token = async (name) => (await rest(null, "POST", "/api/v1/auth/login", { email: LOGINS[name].email, password: LOGINS[name].password })).accessToken;
-    const [aliceToken, bobToken] = [await token("alice"), await token("bob")];
-    const key = `e2e-${Date.now()}`;
-    const order = { symbol: "INFY", type: "LIMIT", quantity: 1, price: "7450.00" };
-    await rest(aliceToken, "POST", "/api/v1/orders", { ...order, side: "BUY", idempotencyKey: `${key}-buy` });
-    await rest(bobToken, "POST", "/api/v1/orders", { ...order, side: "SELL", idempotencyKey: `${key}-sell` });
-    await alice.waitForFunction((n) => document.querySelectorAll("#inbox li[data-kind=FILL]").length > n, fillsBefore, { timeout: WAIT });
-    await alice.locator('#inbox li[data-kind=FILL][data-read="false"]', { hasText: "INFY" }).first().waitFor();
-    await shot(alice, "inbox");
-    await alice.getByRole("button", { name: "Mark all read" }).click();
-    await alice.locator("#unread", { hasText: "All read." }).waitFor();
+  say("operator: ops sees every shard alive and the consumers' lag");
+  await logIn(ops, LOGINS.ops);
+  await open(ops, "Operator", "Operations");
+  await ops.locator("#shards tr[data-shard]").first().waitFor();
+  const shards = await ops.locator("#shards tr[data-shard]").count();
+  assert.ok(shards >= 1, "shards listed");
+  assert.equal(await ops.locator('#shards tr[data-alive="true"]').count(), shards, "every shard has an active daemon");
+  await ops.locator("#consumers tr[data-consumer=settlement]").waitFor();
+  await ops.getByRole("heading", { name: "Reconciler", level: 2 }).waitFor();
+  await shot(ops, "operator");
 
-    say("GTT: alice creates a single GTT and sees it listed, then deletes it");
-    await open(alice, "GTT", "GTT triggers");
-    await alice.getByLabel("Symbol").fill("RELIANCE");
-    await alice.getByLabel("Trigger (₹)").fill("16000.00");
-    await alice.getByLabel("Quantity").fill("1");
-    await alice.getByLabel("Limit price (₹)").fill("16000.00");
-    await alice.getByRole("button", { name: "Create GTT" }).click();
-    const made = alice.locator("#toasts", { hasText: /GTT \d+ on RELIANCE created/ }).last();
-    await made.waitFor();
-    const gttId = Number((await made.textContent()).match(/GTT (\d+)/)[1]);
-    const listed = alice.locator(`#gtts tr[data-gtt="${gttId}"][data-status=ACTIVE]`);
-    await listed.waitFor();
-    assert.match(await listed.textContent(), />= ₹16,000.00: BUY 1 at ₹16,000.00/);
-    await shot(alice, "gtt");
-    await alice.getByRole("button", { name: `Delete GTT ${gttId}` }).click();
-    await alice.getByLabel("Show").selectOption("");
-    await alice.locator(`#gtts tr[data-gtt="${gttId}"][data-status=CANCELLED]`).waitFor();
+  say("alice at /operator: not a page of hers");
+  await alice.goto(`${EDGE}/operator`);
+  await alice.getByRole("heading", { name: "Not found", level: 1 }).waitFor();
 
-    say("brackets: alice places a bracket (its entry rests) and exits it");
-    await open(alice, "Brackets", "Bracket orders");
-    await alice.getByLabel("Symbol").fill("RELIANCE");
-    await alice.getByLabel("Quantity").fill("1");
-    await alice.getByLabel("Entry limit price (₹)").fill("14000.00");
-    await alice.getByLabel("Target (₹)").fill("14500.00");
-    await alice.getByLabel("Stop-loss trigger (₹)").fill("13800.00");
-    await alice.getByRole("button", { name: "Place bracket" }).click();
-    const bracket = alice.locator("#brackets tr[data-bracket]").first();
-    await bracket.waitFor();
-    const bracketId = await bracket.getAttribute("data-bracket");
-    await alice.getByRole("button", { name: `Exit bracket ${bracketId}` }).click();
-    await alice.locator(`#brackets tr[data-bracket="${bracketId}"]:not([data-status=ACTIVE])`).waitFor();
-    await shot(alice, "brackets");
-
-    say("operator: ops sees every shard alive and the consumers' lag");
-    await logIn(ops, "ops");
-    await open(ops, "Operator", "Operations");
-    await ops.locator("#shards tr[data-shard]").first().waitFor();
-    const shards = await ops.locator("#shards tr[data-shard]").count();
-    assert.ok(shards >= 1, "shards listed");
-    assert.equal(await ops.locator('#shards tr[data-alive="true"]').count(), shards, "every shard has an active daemon");
-    await ops.locator("#consumers tr[data-consumer=settlement]").waitFor();
-    await ops.getByRole("heading", { name: "Reconciler", level: 2 }).waitFor();
-    await shot(ops, "operator");
-
-    say("alice at /operator: not a page of hers");
-    await alice.goto(`${EDGE}/operator`);
-    await alice.getByRole("heading", { name: "Not found", level: 1 }).waitFor();
-
-    say("the API reference at /api/docs, from this origin only");
-    const docs = await (await browser.newContext(desktop)).newPage();
-    const elsewhere = []; // answers from another origin (the page's policy refuses to ask)
-    docs.on("response", (response) => {
-      const url = new URL(response.url());
-      if (url.protocol !== "blob:" && url.origin !== new URL(EDGE).origin) elsewhere.push(response.url());
-    });
-    await docs.goto(`${EDGE}/api/docs`);
-    await docs.getByText("/api/v1/operator/overview").first().waitFor({ timeout: WAIT });
-    await docs.getByText("brokercore API").first().waitFor();
-    assert.deepEqual(elsewhere, [], "the reference loaded nothing from another origin");
-    await shot(docs, "api-docs", false); // the whole reference is a very long page
-    say("done");
-  } finally {
-    await browser.close();
-  }
-}
-
-main().catch((error) => {
-  console.error(`FAILED at "${step}": ${error.stack ?? error}`);
-  process.exit(1);
+  say("the API reference at /api/docs, from this origin only");
+  const docs = await session.page(desktop);
+  const elsewhere = []; // answers from another origin (the page's policy refuses to ask)
+  docs.on("response", (response) => {
+    const url = new URL(response.url());
+    if (url.protocol !== "blob:" && url.origin !== new URL(EDGE).origin) elsewhere.push(response.url());
+  });
+  await docs.goto(`${EDGE}/api/docs`);
+  await docs.getByText("/api/v1/operator/overview").first().waitFor({ timeout: WAIT });
+  await docs.getByText("brokercore API").first().waitFor();
+  assert.deepEqual(elsewhere, [], "the reference loaded nothing from another origin");
+  await shot(docs, "api-docs", false); // the whole reference is a very long page
 });

@@ -9,33 +9,18 @@
 //   BROKERCORE_EDGE=http://127.0.0.1:8080 BROKERCORE_LOGINS='{"alice": {"email", "password"}, "bob": ...}' \
 //   BROKERCORE_CLI='[".venv/bin/brokercore"]' BROKERCORE_SCREENSHOTS=/tmp/shots node web/e2e/trading.mjs
 //
-// Exits non-zero (with the step that failed) on the first failed check. Every wait is on
-// a condition, with a deadline; none is a fixed sleep.
+// Exits non-zero (with the step that failed) on the first failed check (support.mjs's
+// run()). Every wait is on a condition, with a deadline; none is a fixed sleep.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { EDGE, LOGINS, WAIT, logIn, open, run, say, shot } from "./support.mjs";
 
-const EDGE = process.env.BROKERCORE_EDGE ?? "http://127.0.0.1:8080";
-const LOGINS = JSON.parse(process.env.BROKERCORE_LOGINS ?? "{}");
-const SHOTS = process.env.BROKERCORE_SCREENSHOTS ?? "/tmp/brokercore-screenshots";
-const BROWSER = process.env.BROKERCORE_CHROMIUM ?? "/usr/bin/chromium";
-const WAIT = Number(process.env.BROKERCORE_E2E_WAIT_MS ?? 20_000);
 const SYMBOL = "RELIANCE";
 const QUIET = "ITC"; // halted and re-opened: bob holds it, no other browser test trades it
 // the operator's command line (`brokercore`), as a JSON array, with the stack's settings
 const CLI = JSON.parse(process.env.BROKERCORE_CLI ?? '["brokercore"]');
-mkdirSync(SHOTS, { recursive: true });
-
-const started = Date.now();
-let step = "start";
-function say(text) {
-  step = text;
-  console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${text}`);
-}
 
 /** RFC 6238 code of a base32 secret at `at` (ms). */
 function totp(secret, at = Date.now()) {
@@ -72,10 +57,6 @@ function exited(command) {
   });
 }
 
-async function shot(page, name) {
-  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
-}
-
 /** The app's own API call from a page (its token): for what no core screen shows. */
 function apiFrom(page, path) {
   return page.evaluate(async (p) => {
@@ -83,23 +64,6 @@ function apiFrom(page, path) {
     const answer = await fetch(p, { headers: { Authorization: `Bearer ${token}` } });
     return answer.json();
   }, path);
-}
-
-async function logIn(page, { email, password }) {
-  await page.goto(`${EDGE}/login`);
-  await page.getByLabel("Email").fill(email);
-  await page.getByLabel("Password").fill(password);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await page.getByRole("heading", { name: "Watchlist" }).waitFor();
-  await page.locator("#connection[data-state=live]").waitFor();
-}
-
-/** Go to a screen through the navigation (no page load: the socket stays up). */
-async function open(page, label, heading) {
-  const link = page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: label });
-  if (!(await link.isVisible())) await page.getByRole("button", { name: "Menu" }).click(); // a phone
-  await link.click();
-  await page.getByRole("heading", { name: heading, level: 1 }).waitFor();
 }
 
 async function symbolPage(page) {
@@ -151,26 +115,11 @@ async function tab(page, name) {
   await page.getByRole("group", { name: "Which orders" }).getByRole("button", { name: new RegExp(`^${name}`) }).click();
 }
 
-const browser = await chromium.launch({
-  executablePath: BROWSER,
-  headless: true,
-  args: process.getuid?.() === 0 ? ["--no-sandbox"] : [],
-});
-const errors = [];
-const pages = [];
-async function context(options) {
-  const ctx = await browser.newContext({ ...options, baseURL: EDGE });
-  ctx.setDefaultTimeout(WAIT);
-  const page = await ctx.newPage();
-  page.on("pageerror", (e) => errors.push(`${e.message}`));
-  pages.push(page);
-  return [ctx, page];
-}
-
-try {
+await run(async (session) => {
+  session.onEnd(() => operator.running.forEach((command) => command.kill("SIGTERM")));
   // --- a new user: sign up, the second factor, a login that asks for it ---------------
   say("sign up a new user");
-  const [, newcomer] = await context({ viewport: { width: 1280, height: 800 } });
+  const newcomer = await session.page({ viewport: { width: 1280, height: 800 } });
   const email = `web-${Date.now()}@example.com`;
   const password = "correct horse battery";
   await newcomer.goto(`${EDGE}/signup`);
@@ -211,15 +160,15 @@ try {
 
   // --- alice on a desktop, bob on a phone ----------------------------------------------
   say("alice and bob log in");
-  const [aliceContext, alice] = await context({ viewport: { width: 1366, height: 900 } });
+  const alice = await session.page({ viewport: { width: 1366, height: 900 } });
   // alice's WebSocket goes through the test, which can cut it like a lost network
   const aliceLink = { down: false, sockets: [], urls: [] };
-  await aliceContext.routeWebSocket(/\/ws\/v1\/orders/, (pageSide) => {
+  await alice.context().routeWebSocket(/\/ws\/v1\/orders/, (pageSide) => {
     aliceLink.urls.push(pageSide.url());
     if (aliceLink.down) return pageSide.close({ code: 4000, reason: "network lost" });
     aliceLink.sockets.push([pageSide, pageSide.connectToServer()]);
   });
-  const [bobContext, bob] = await context({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const bob = await session.page({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   await shot(alice, "login");
   await Promise.all([logIn(alice, LOGINS.alice), logIn(bob, LOGINS.bob)]);
   await alice.locator(`#watchlist tr[data-symbol="${SYMBOL}"]`).waitFor();
@@ -273,9 +222,7 @@ try {
   await symbolPage(alice);
   await placeOrder(alice, { side: "BUY", type: "LIMIT", quantity: 1, price: "14900" });
   await alice.locator("#depth tr.bid", { hasText: "14,900.00" }).waitFor();
-  const bobPage2 = await bobContext.newPage(); // bob's second tab places the crossing sell
-  bobPage2.setDefaultTimeout(WAIT);
-  await bobPage2.goto(`${EDGE}/login`);
+  const bobPage2 = await bob.context().newPage(); // bob's second tab places the crossing sell
   await logIn(bobPage2, LOGINS.bob);
   await symbolPage(bobPage2);
   await placeOrder(bobPage2, { side: "SELL", type: "LIMIT", quantity: 1, price: "14900" });
@@ -352,16 +299,4 @@ try {
   await alice.locator("#phase[data-phase=pre-open]", { hasText: "indicative opening ₹2,200.00 (2 shares)" }).waitFor();
   await shot(alice, "phase-pre-open");
 
-  assert.deepEqual(errors, [], "no script error in any page");
-  say(`passed: screenshots in ${SHOTS}`);
-} catch (e) {
-  console.error(`FAILED at step "${step}": ${e.stack ?? e}`);
-  for (const [i, page] of pages.entries()) {
-    await page.screenshot({ path: join(SHOTS, `failure-${i}.png`), fullPage: true }).catch(() => undefined);
-  }
-  if (errors.length) console.error(`page errors: ${errors.join("\n")}`);
-  process.exitCode = 1;
-} finally {
-  for (const command of operator.running) command.kill("SIGTERM");
-  await browser.close();
-}
+});

@@ -44,6 +44,7 @@ export const symbol: Screen = {
     const name = params.symbol.toUpperCase();
     document.title = `${name} · brokercore`;
     const last = h("span", { class: "last", "aria-live": "polite", id: "last-price" }, "—");
+    const note = h("p", { class: "chart-note", hidden: true }, "No trades yet: the chart starts with the first one.");
     const chartBox = h("div", { class: "chart", role: "img", "aria-label": `${name} price chart, one-minute candles` });
     const depth = h("div", { id: "depth" });
     const tape = h("tbody", {});
@@ -51,7 +52,7 @@ export const symbol: Screen = {
     root.append(
       h("h1", {}, name, " ", last),
       h("div", { class: "symbol-grid" },
-        h("section", { class: "card chart-card", "aria-label": "Chart" }, chartBox),
+        h("section", { class: "card chart-card", "aria-label": "Chart" }, note, chartBox),
         h("section", { class: "card", "aria-label": "Depth" }, depth),
         h("section", { class: "card", "aria-label": "Trades" },
           h("table", { class: "tape" }, h("caption", {}, "Trades"),
@@ -69,6 +70,7 @@ export const symbol: Screen = {
       const bars = answer.candles.map(bar);
       series.setData(bars);
       lastBar = bars.at(-1) ?? lastBar;
+      note.hidden = lastBar !== null;
     }, () => undefined);
 
     const showBook = (book: Book) => {
@@ -92,6 +94,7 @@ export const symbol: Screen = {
         ? { ...lastBar, high: Math.max(lastBar.high, price), low: Math.min(lastBar.low, price), close: price }
         : { time: minute, open: price, high: price, low: price, close: price };
       series.update(lastBar);
+      note.hidden = true;
     };
     const off = [
       live.on("book", showBook),
