@@ -202,10 +202,18 @@ await run(async (session) => {
   await status(bob, sell, "FILLED");
   await shot(alice, "orders");
 
-  say("the portfolio and the statement changed");
+  say("the portfolio and the statement changed (alice's access token refused first: refreshed)");
+  const stale = await alice.evaluate(() => {
+    const tokens = JSON.parse(sessionStorage.getItem("brokercore.tokens"));
+    sessionStorage.setItem("brokercore.tokens", JSON.stringify({ ...tokens, accessToken: "not-a-token" }));
+    return tokens.refreshToken;
+  });
   await open(alice, "Positions", "Positions");
   await alice.locator(`#positions tr[data-symbol="${SYMBOL}"] td.qty`, { hasText: String(held(before) + 10) }).waitFor();
   await shot(alice, "positions");
+  const renewed = await alice.evaluate(() => JSON.parse(sessionStorage.getItem("brokercore.tokens")));
+  assert.notEqual(renewed.refreshToken, stale, "the refused token was refreshed (the refresh token spent)");
+  assert.notEqual(renewed.accessToken, "not-a-token");
   await open(alice, "Statement", "Statement");
   await alice.locator("#statement tr[data-type=BUY]", { hasText: SYMBOL }).filter({ hasText: "15,000.00" }).first().waitFor();
   await shot(alice, "statement");
