@@ -3,7 +3,7 @@
 // and reconnects after any drop with ?since=<the last ORDER_UPDATE seq seen>, so the
 // gateway replays every order update missed meanwhile (none twice) before the live ones.
 
-import { freshToken, refresh } from "./api";
+import { freshToken, refresh, signedIn } from "./api";
 import type { Book, Notification, OrderUpdate, TradeTick } from "./types";
 
 export type LiveState = "offline" | "connecting" | "live" | "reconnecting";
@@ -117,7 +117,8 @@ class Live {
     const token = await freshToken();
     if (!this.running) return;
     if (!token) {
-      this.stop();
+      if (signedIn()) void this.closed(0); // the refresh failed on the way: try again later
+      else this.stop();
       return;
     }
     const since = this.lastSeq;
@@ -142,8 +143,8 @@ class Live {
   }
 
   private async closed(code: number): Promise<void> {
-    if (code === 4401 && !(await refresh())) {
-      this.stop();
+    if (code === 4401 && !(await refresh()) && !signedIn()) {
+      this.stop(); // the session is over (the refresh token refused)
       return;
     }
     this.setState("reconnecting");

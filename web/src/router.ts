@@ -34,7 +34,11 @@ export function navigate(path: string, replace = false): void {
 
 /** Render the screen of the current path (sign-in first where it needs a user). */
 export function show(): void {
-  const path = location.pathname === "/" ? (signedIn() ? "/watchlist" : "/login") : location.pathname;
+  if (location.pathname === "/") {
+    navigate(signedIn() ? "/watchlist" : "/login", true);
+    return;
+  }
+  const path = location.pathname;
   for (const screen of routes) {
     const params = match(screen, path);
     if (!params) continue;
