@@ -23,6 +23,12 @@ export function append(parent: Element, ...children: Child[]): void {
   }
 }
 
+/** A table's header row: `numeric` names the columns aligned right (their cells are .num). */
+export function head(labels: string[], numeric: string[] = []): HTMLTableSectionElement {
+  return h("thead", {}, h("tr", {}, ...labels.map((label) =>
+    h("th", { scope: "col", class: numeric.includes(label) ? "num" : undefined }, label || h("span", { class: "visually-hidden" }, "Actions")))));
+}
+
 let fieldCount = 0;
 
 /** A label with its control (input or select) and a place for the field's error. */

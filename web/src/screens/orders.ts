@@ -3,7 +3,7 @@
 // trigger, disclosed quantity) or cancelled (DELETE).
 
 import { ApiError, api, idempotencyKey } from "../api";
-import { field, h, message, rupees, time } from "../dom";
+import { field, h, head, message, rupees, time } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
@@ -81,7 +81,7 @@ export const orders: Screen = {
     root.append(h("h1", {}, "My orders"), tabs, error,
       h("table", { class: "grid", id: "orders" },
         h("caption", { class: "visually-hidden" }, "Orders"),
-        h("thead", {}, h("tr", {}, ...["Order", "Time", "Symbol", "Side", "Type", "Qty", "Filled", "Price", "Trigger", "Avg", "Status", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
+        head(["Order", "Time", "Symbol", "Side", "Type", "Qty", "Filled", "Price", "Trigger", "Avg", "Status", "Actions"], ["Qty", "Filled", "Price", "Trigger", "Avg"]),
         body));
 
     const cancel = async (order: Order) => {

@@ -2,10 +2,12 @@
 // fills; the last price (and so the unrealised P&L) moves live with the trade stream.
 
 import { ApiError, api } from "../api";
-import { h, message, rupees, signed } from "../dom";
+import { h, head, message, rupees, signed } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import type { Portfolio, Position } from "../types";
+
+const COLUMNS = ["Symbol", "Qty", "Avg cost", "Last", "Unrealised P&L", "Day P&L", "Realised P&L"];
 
 function row(p: Position): HTMLTableRowElement {
   return h("tr", { "data-symbol": p.symbol },
@@ -30,7 +32,7 @@ export const positions: Screen = {
     root.append(h("h1", {}, "Positions"), summary, error,
       h("table", { class: "grid", id: "positions" },
         h("caption", { class: "visually-hidden" }, "Positions with profit and loss"),
-        h("thead", {}, h("tr", {}, ...["Symbol", "Qty", "Avg cost", "Last", "Unrealised P&L", "Day P&L", "Realised P&L"].map((t) => h("th", { scope: "col" }, t)))),
+        head(COLUMNS, COLUMNS.slice(1)),
         body));
     let portfolio: Portfolio | null = null;
     const subscribed = new Map<string, () => void>();

@@ -4,7 +4,7 @@
 
 import { CandlestickSeries, createChart, type CandlestickData, type UTCTimestamp } from "lightweight-charts";
 import { api } from "../api";
-import { h, rupees, time } from "../dom";
+import { h, head, rupees, time } from "../dom";
 import { live } from "../live";
 import { focusPhase, notePhase } from "../phase";
 import type { Screen } from "../screen";
@@ -32,7 +32,7 @@ function ladder(book: Book): HTMLElement {
   if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 3 }, "The book is empty")));
   return h("table", { class: "ladder" },
     h("caption", {}, "Order book (depth)"),
-    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Bid qty"), h("th", { scope: "col" }, "Price"), h("th", { scope: "col" }, "Ask qty"))),
+    head(["Bid qty", "Price", "Ask qty"], ["Bid qty", "Price", "Ask qty"]),
     h("tbody", {}, ...rows));
 }
 
@@ -56,7 +56,7 @@ export const symbol: Screen = {
         h("section", { class: "card", "aria-label": "Depth" }, depth),
         h("section", { class: "card", "aria-label": "Trades" },
           h("table", { class: "tape" }, h("caption", {}, "Trades"),
-            h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Time"), h("th", { scope: "col" }, "Price"), h("th", { scope: "col" }, "Qty"))),
+            head(["Time", "Price", "Qty"], ["Time", "Price", "Qty"]),
             tape)),
         orderTicket(name, instrument),
       ),

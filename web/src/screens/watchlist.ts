@@ -2,7 +2,7 @@
 // its prices live from the trade stream, symbols added and removed (PUT the list).
 
 import { ApiError, api } from "../api";
-import { field, h, message, rupees, select, signed } from "../dom";
+import { field, h, head, message, rupees, select, signed } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import type { Instrument, TradeTick, WatchSymbol, Watchlist } from "../types";
@@ -30,7 +30,7 @@ export const watchlist: Screen = {
     root.append(h("h1", {}, "Watchlist"), adder,
       h("table", { class: "grid", id: "watchlist" },
         h("caption", { class: "visually-hidden" }, "Watched symbols with live prices"),
-        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Symbol"), h("th", { scope: "col" }, "Last"), h("th", { scope: "col" }, "Change"), h("th", { scope: "col" }, "%"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
+        head(["Symbol", "Last", "Change", "%", ""], ["Last", "Change", "%"]),
         body),
       error);
     let list: Watchlist | null = null;
@@ -45,7 +45,8 @@ export const watchlist: Screen = {
       for (const name of held) if (!unsubscribe.has(name)) unsubscribe.set(name, live.subscribe("trades", name));
       const choices = all.filter((s) => !held.has(s));
       const choice = select("symbol", choices.map((s) => [s, s]));
-      adder.replaceChildren(field("Add a symbol", choice), h("button", { type: "submit", disabled: !choices.length }, "Add"));
+      adder.hidden = !choices.length; // every instrument is watched already
+      adder.replaceChildren(field("Add a symbol", choice), h("button", { type: "submit" }, "Add"));
       adder.onsubmit = (event) => {
         event.preventDefault();
         void save([...list!.symbols.map((s) => s.symbol), choice.value]);
