@@ -16,7 +16,7 @@ import psycopg
 import pyotp
 import pytest
 
-from brokercore.client import ApiError, Client, new_key
+from brokercore.client import ApiError, Client, SecondFactorRequired, new_key
 from brokercore.demo import OPERATOR, login_of
 from brokercore.entry.brackets import NewBracket
 from brokercore.entry.gtt import GttLeg, GttOrder, NewGtt
@@ -80,10 +80,10 @@ def test_a_new_customer_signs_up_is_verified_funds_and_logs_in_with_a_second_fac
 
             secret = (await user.enrol_totp()).secret
             codes = (await user.confirm_totp(pyotp.TOTP(secret).now())).recovery_codes
-            with pytest.raises(ApiError) as second:
+            with pytest.raises(SecondFactorRequired) as second:
                 await user.login(email, password)
-            assert second.value.code == "MFA_REQUIRED"
-            await user.login(email, password, code=codes[0])  # the TOTP step is spent
+            await user.login_totp(second.value.challenge, codes[0])  # the TOTP code is spent
+            await user.login(email, password, code=codes[1])
             assert (await user.me()).totp_enrolled
             spent = user.refresh_token
             await user.refresh()

@@ -25,22 +25,15 @@ import httpx
 import msgspec
 import pyotp
 
-from brokercore.client.errors import ApiError, error_of
-from brokercore.client.models import (
-    Deposit,
-    Funds,
-    Me,
-    MfaChallenge,
-    RecoveryCodes,
-    Tokens,
-    TotpEnrolment,
-)
+from brokercore.broker.answers import DepositBody, FundsBody
+from brokercore.client.errors import ApiError, SecondFactorRequired, error_of
 from brokercore.client.stream import MarketChannel, Update, stream_updates
 from brokercore.entry.brackets import BracketView, NewBracket
 from brokercore.entry.cancel_many import CancelsRequested
 from brokercore.entry.gtt import GttList, GttView, NewGtt
 from brokercore.entry.margins import MarginAnswer
 from brokercore.entry.requests import ModifyOrderRequest, OrderAccepted, PlaceOrderRequest
+from brokercore.identity.answers import Me, MfaChallenge, RecoveryCodes, Tokens, TotpEnrolment
 from brokercore.read.instruments import Instrument
 from brokercore.read.queries import OrderPage, OrderWithFills, Portfolio
 from brokercore.read.statement import Statement
@@ -140,7 +133,8 @@ class Client:
         self, email: str, password: str, *, totp_secret: str | None = None, code: str | None = None
     ) -> Tokens:
         """Log in; a user with a second factor needs ``code`` (a TOTP code or a recovery
-        code) or ``totp_secret`` (the code is made from it with pyotp)."""
+        code) or ``totp_secret`` (the code is made from it with pyotp), else
+        SecondFactorRequired carries the server's challenge for ``login_totp``."""
         answer = await self.request(
             "POST",
             "/api/v1/auth/login",
@@ -148,19 +142,21 @@ class Client:
             body={"email": email, "password": password},
             auth=False,
         )
-        challenge = msgspec.json.decode(answer, type=MfaChallenge)
-        if challenge.mfa_token is None:
+        try:
             return self._keep(msgspec.json.decode(answer, type=Tokens))
+        except msgspec.ValidationError:
+            challenge = msgspec.json.decode(answer, type=MfaChallenge)
         if code is None and totp_secret is None:
-            raise ApiError(401, "MFA_REQUIRED", "this user needs a second factor: give code")
+            raise SecondFactorRequired(challenge)
+        return await self.login_totp(challenge, code or pyotp.TOTP(totp_secret or "").now())
+
+    async def login_totp(self, challenge: MfaChallenge, code: str) -> Tokens:
+        """A login's second step: ``code`` (a TOTP or recovery code) for ``challenge``."""
         tokens = await self.request(
             "POST",
             "/api/v1/auth/login/totp",
             Tokens,
-            body={
-                "mfaToken": challenge.mfa_token,
-                "code": code or pyotp.TOTP(totp_secret or "").now(),
-            },
+            body={"mfaToken": challenge.mfa_token, "code": code},
             auth=False,
         )
         return self._keep(tokens)
@@ -217,15 +213,15 @@ class Client:
 
     # --- funds (docs/funds.md) ----------------------------------------------------------
 
-    async def funds(self) -> Funds:
-        return await self.request("GET", "/api/v1/funds", Funds)
+    async def funds(self) -> FundsBody:
+        return await self.request("GET", "/api/v1/funds", FundsBody)
 
-    async def deposit(self, amount: Decimal | str, idempotency_key: str) -> Deposit:
+    async def deposit(self, amount: Decimal | str, idempotency_key: str) -> DepositBody:
         """Deposit ``amount`` rupees (at most two decimals)."""
         return await self.request(
             "POST",
             "/api/v1/funds/deposits",
-            Deposit,
+            DepositBody,
             body={"amount": f"{Decimal(amount):.2f}"},
             headers={"Idempotency-Key": idempotency_key},
         )

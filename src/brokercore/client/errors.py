@@ -1,5 +1,6 @@
-"""The one exception the client raises for a refusal: the platform's error body
-(docs/errors.md) with the HTTP status, so callers branch on ``code``."""
+"""The exceptions the client raises: ApiError for a refusal, the platform's error body
+(docs/errors.md) with the HTTP status, so callers branch on ``code``; and
+SecondFactorRequired, the client's own, when a login needs a code it was not given."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["ApiError", "error_of"]
+from brokercore.identity.answers import MfaChallenge
+
+__all__ = ["ApiError", "SecondFactorRequired", "error_of"]
 
 
 class ApiError(Exception):
@@ -29,6 +32,16 @@ class ApiError(Exception):
         self.message = message
         self.details = details or {}
         self.retry_after = retry_after
+
+
+class SecondFactorRequired(Exception):
+    """The password was right but the user has a second factor, and ``login`` was given
+    no code: the server's ``challenge`` goes to ``Client.login_totp`` with one. Not a
+    refusal of the server (which answered 200), so no ApiError and no error code."""
+
+    def __init__(self, challenge: MfaChallenge):
+        super().__init__("this user needs a second factor: give login a code")
+        self.challenge = challenge
 
 
 class _Body(msgspec.Struct):

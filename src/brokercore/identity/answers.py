@@ -1,6 +1,6 @@
 """The accounts service's answers (brokercore.services.accounts), as Structs of their own
-here, below the services: the API's document is generated from them, and a client
-(brokercore.client) decodes with the same definitions."""
+here, below the services and free of database drivers: the API's document is generated
+from them, and a client (brokercore.client) decodes with the same definitions."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from brokercore.broker import withdrawals
+from brokercore.broker.answers import DepositBody, FundsBody
 from brokercore.broker.money import rupees, to_paise
 from brokercore.broker.withdrawals import MAX_AMOUNT, FundsRefused, Refusal, Withdrawal
 from brokercore.config import ServiceSettings
@@ -112,20 +113,6 @@ class PaymentCallback(msgspec.Struct, rename="camel", frozen=True):
     status: Literal["COMPLETED", "FAILED"]
     payout_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
-
-
-class FundsBody(msgspec.Struct, frozen=True):
-    cash: str
-    blocked: str
-    unsettled: str
-    withdrawable: str
-
-
-class DepositBody(msgspec.Struct, rename="camel", frozen=True):
-    deposit_id: int
-    amount: str
-    status: str
-    created_at: str
 
 
 class WithdrawalBody(msgspec.Struct, rename="camel", frozen=True):
