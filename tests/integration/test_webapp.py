@@ -56,7 +56,8 @@ def test_the_edge_serves_the_app_and_keeps_unknown_api_paths_json(stack_up: Priv
 
 
 def test_two_users_trade_in_two_browsers(stack_up: PrivateStack, tmp_path):
-    """web/e2e/trading.mjs: a new user signs up and sets up the second factor; alice (a
+    """web/e2e/trading.mjs: a new user signs up, sets up the second factor and logs in
+    with it by keyboard alone, and watches prices move on the watchlist; alice (a
     desktop) and bob (a phone-sized screen), in two browser contexts, place a limit order
     and cross it and both see the fill live; the portfolio and the statement change; a
     stop-loss triggers and shows; a modify and a cancel work; a refused access token is

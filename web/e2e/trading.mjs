@@ -144,18 +144,21 @@ await run(async (session) => {
   assert.equal(await newcomer.locator("#recovery-codes li").count(), 10);
   await shot(newcomer, "account-two-factor");
 
-  say("log in again with the second factor");
+  say("log in again with the second factor, by keyboard alone");
   await newcomer.getByRole("button", { name: "Log out" }).click();
-  await newcomer.getByRole("heading", { name: "Log in" }).waitFor();
-  await newcomer.getByLabel("Email").fill(email);
-  await newcomer.getByLabel("Password").fill(password);
-  await newcomer.getByRole("button", { name: "Log in" }).click();
-  const code = newcomer.getByLabel("Authentication code");
-  await code.waitFor();
+  await newcomer.getByRole("heading", { name: "Log in" }).waitFor(); // focus on the heading
+  const focused = (name) => newcomer.waitForFunction((n) => document.activeElement?.getAttribute("name") === n, name);
+  await newcomer.keyboard.press("Tab");
+  await focused("email");
+  await newcomer.keyboard.type(email);
+  await newcomer.keyboard.press("Tab");
+  await newcomer.keyboard.type(password);
+  await newcomer.keyboard.press("Enter");
+  await focused("code"); // the second factor asked, the cursor in its field
   await shot(newcomer, "login-second-factor");
   // the confirming code's step is spent: the next step's code (accepted one step early)
-  await code.fill(totp(secret, Date.now() + 30_000));
-  await newcomer.getByRole("button", { name: "Verify" }).click();
+  await newcomer.keyboard.type(totp(secret, Date.now() + 30_000));
+  await newcomer.keyboard.press("Enter");
   await newcomer.getByRole("heading", { name: "Watchlist" }).waitFor();
 
   // --- alice on a desktop, bob on a phone ----------------------------------------------
@@ -225,7 +228,7 @@ await run(async (session) => {
   await open(bob, "Orders", "My orders");
   await status(bob, stop, "TRIGGER_PENDING");
 
-  say("a trade at 14900 triggers it, seen live");
+  say("a trade at 14900 triggers it, seen live (and on the newcomer's watchlist)");
   await open(alice, "Watchlist", "Watchlist");
   await symbolPage(alice);
   await placeOrder(alice, { side: "BUY", type: "LIMIT", quantity: 1, price: "14900" });
@@ -234,6 +237,7 @@ await run(async (session) => {
   await logIn(bobPage2, LOGINS.bob);
   await symbolPage(bobPage2);
   await placeOrder(bobPage2, { side: "SELL", type: "LIMIT", quantity: 1, price: "14900" });
+  await newcomer.locator(`#watchlist tr[data-symbol="${SYMBOL}"] td.last`, { hasText: "14,900.00" }).waitFor(); // live
   await status(bob, stop, "OPEN");
   assert.match(await row(bob, stop).locator("td.status").textContent(), /^OPEN/);
   await shot(bob, "orders-stop-triggered-phone");
