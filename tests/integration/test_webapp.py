@@ -61,9 +61,8 @@ def test_two_users_trade_in_two_browsers(stack_up: PrivateStack, tmp_path):
     desktop) and bob (a phone-sized screen), in two browser contexts, place a limit order
     and cross it and both see the fill live; the portfolio and the statement change; a
     stop-loss triggers and shows; a modify and a cancel work; a refused access token is
-    refreshed; an order update missed while
-    the socket was down arrives on the resume; the phase banner shows a halt, then the
-    pre-open with its indicative price."""
+    refreshed; an order update missed while the socket was down arrives on the resume;
+    the phase banner shows a halt, then the pre-open with its indicative price."""
     shots = browse(stack_up, "trading.mjs", tmp_path)
     for screen in (
         "signup",
