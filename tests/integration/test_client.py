@@ -18,9 +18,14 @@ import pytest
 
 from brokercore.client import ApiError, Client, SecondFactorRequired, new_key
 from brokercore.demo import OPERATOR, login_of
-from brokercore.entry.brackets import NewBracket
-from brokercore.entry.gtt import GttLeg, GttOrder, NewGtt
-from brokercore.entry.requests import ModifyOrderRequest, PlaceOrderRequest
+from brokercore.entry.requests import (
+    GttLeg,
+    GttOrder,
+    ModifyOrderRequest,
+    NewBracket,
+    NewGtt,
+    PlaceOrderRequest,
+)
 from brokercore.realtime.channels import OrderUpdate
 from stack_support import PrivateStack, stack_up_fixture  # noqa: F401 (fixture)
 

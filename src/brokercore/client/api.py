@@ -28,15 +28,20 @@ import pyotp
 from brokercore.broker.answers import DepositBody, FundsBody
 from brokercore.client.errors import ApiError, SecondFactorRequired, error_of
 from brokercore.client.stream import MarketChannel, Update, stream_updates
-from brokercore.entry.brackets import BracketView, NewBracket
-from brokercore.entry.cancel_many import CancelsRequested
-from brokercore.entry.gtt import GttList, GttView, NewGtt
-from brokercore.entry.margins import MarginAnswer
-from brokercore.entry.requests import ModifyOrderRequest, OrderAccepted, PlaceOrderRequest
+from brokercore.entry.requests import (
+    BracketView,
+    CancelsRequested,
+    GttList,
+    GttView,
+    MarginAnswer,
+    ModifyOrderRequest,
+    NewBracket,
+    NewGtt,
+    OrderAccepted,
+    PlaceOrderRequest,
+)
 from brokercore.identity.answers import Me, MfaChallenge, RecoveryCodes, Tokens, TotpEnrolment
-from brokercore.read.instruments import Instrument
-from brokercore.read.queries import OrderPage, OrderWithFills, Portfolio
-from brokercore.read.statement import Statement
+from brokercore.read.answers import Instrument, OrderPage, OrderWithFills, Portfolio, Statement
 from brokercore.realtime.channels import BookUpdate
 
 __all__ = ["Client", "new_key"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 from psycopg import AsyncConnection
@@ -29,14 +29,18 @@ from brokercore.entry.order_entry import (
     OrderRefused,
     Refusal,
 )
-from brokercore.entry.requests import MAX_QUANTITY, ErrorDetail, PlaceOrderRequest
+from brokercore.entry.requests import (
+    BracketView,
+    ErrorDetail,
+    NewBracket,
+    PlaceOrderRequest,
+    TargetView,
+)
 
 __all__ = [
     "BracketBook",
     "BracketRefusal",
     "BracketRefused",
-    "BracketView",
-    "NewBracket",
     "leg_side",
     "stop_request",
     "target_request",
@@ -46,21 +50,6 @@ _UNLIMITED = AccountState(2**62, 2**62, True)
 """The legs' prices are checked at creation against no balance: their holds come later."""
 
 ENTRY_KEY_PREFIX = "bracket:"
-
-
-class NewBracket(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
-    """A LIMIT DAY entry of ``quantity`` at ``price``; its legs sell (a buy's; buy, a
-    sell's) at ``target`` (a limit) and, once a trade meets ``stop_loss``, at market or
-    at ``stop_limit``."""
-
-    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    side: Literal["BUY", "SELL"]
-    quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)]
-    price: Decimal
-    target: Decimal
-    stop_loss: Decimal
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=120)]
-    stop_limit: Decimal | None = None
 
 
 class BracketRefusal(StrEnum):
@@ -79,32 +68,6 @@ class BracketRefused(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-class TargetView(msgspec.Struct, rename="camel", frozen=True, omit_defaults=True):
-    quantity: int
-    order_id: int | None = None
-    failure: ErrorDetail | None = None
-
-
-class BracketView(msgspec.Struct, rename="camel", frozen=True, omit_defaults=True):
-    bracket_id: int
-    symbol: str
-    side: str
-    quantity: int
-    price: str
-    target: str
-    stop_loss: str
-    status: str
-    entry_order_id: int
-    targets: list[TargetView]
-    created_at: str
-    updated_at: str
-    stop_limit: str | None = None
-    stop_triggered_price: str | None = None  # the trade price that met the stop-loss
-    stop_order_id: int | None = None
-    stop_quantity: int | None = None
-    failure: ErrorDetail | None = None
 
 
 _COLUMNS = """b.bracket_id, b.symbol, b.side, b.quantity, b.price, b.target, b.stop,

@@ -17,17 +17,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import msgspec
-
 from brokercore.broker.orders import CANCEL_REQUESTED, OPEN_STATUSES
 from brokercore.broker.risk import RejectCode
 from brokercore.entry.amo import WaitingOrder, cancel_waiting
 from brokercore.entry.order_entry import OrderEntry, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxRow
+from brokercore.entry.requests import CancelRequested, CancelsRequested
 from brokercore.kafka.messages import CancelOrder, encode
 from brokercore.kafka.session_log import nanoseconds
 
-__all__ = ["MAX_CANCELS", "CancelMany", "CancelRequested", "CancelsRequested", "cancel_many"]
+__all__ = ["MAX_CANCELS", "CancelMany", "cancel_many"]
 
 MAX_CANCELS = 1000
 """The most orders one request cancels: one transaction's locks and outbox rows stay small."""
@@ -59,18 +58,6 @@ history AS (
 INSERT INTO outbox (topic, partition, key, payload, order_id)
 SELECT %(topic)s, partition, convert_to(symbol, 'UTF8'), payload, order_id FROM r ORDER BY n
 RETURNING outbox_id, order_id"""
-
-
-class CancelRequested(msgspec.Struct, rename="camel", frozen=True):
-    order_id: int
-    status: str
-
-
-class CancelsRequested(msgspec.Struct, frozen=True):
-    """The answer: the orders asked to cancel; ``more``: others are still open."""
-
-    orders: list[CancelRequested]
-    more: bool
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection
@@ -29,18 +29,24 @@ from brokercore.broker.money import rupees
 from brokercore.broker.risk import AccountState, RejectCode
 from brokercore.engine.records import Phase
 from brokercore.entry.order_entry import OrderEntry, OrderRefused, Refusal, no_account
-from brokercore.entry.requests import MAX_QUANTITY, ErrorDetail, PlaceOrderRequest
+from brokercore.entry.requests import (
+    ErrorDetail,
+    GttChange,
+    GttLeg,
+    GttLegView,
+    GttList,
+    GttOrder,
+    GttView,
+    NewGtt,
+    PlaceOrderRequest,
+)
 
 __all__ = [
     "GTT_STATUSES",
     "MAX_ACTIVE_GTTS",
     "GttBook",
-    "GttChange",
-    "GttOrder",
     "GttRefusal",
     "GttRefused",
-    "GttView",
-    "NewGtt",
     "leg_request",
 ]
 
@@ -76,75 +82,6 @@ class GttRefused(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-class GttOrder(
-    msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True, omit_defaults=True
-):
-    """The order a leg places when it fires: a limit (``price``) or a market order, of
-    the GTT's symbol, with the usual time in force (DAY, IOC for a market order)."""
-
-    side: Literal["BUY", "SELL"]
-    type: Literal["LIMIT", "MARKET"]
-    quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)]
-    price: Decimal | None = None
-
-
-class GttLeg(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
-    """Fires when the symbol's last trade price is ``condition`` ``trigger_price``."""
-
-    condition: Literal[">=", "<="]
-    trigger_price: Decimal
-    order: GttOrder
-
-
-Legs = Annotated[list[GttLeg], msgspec.Meta(min_length=1, max_length=2)]
-Expiry = Annotated[datetime, msgspec.Meta(tz=True)]
-
-
-class NewGtt(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
-    """POST /api/v1/gtt: a SINGLE has one leg, an OCO two (one ``<=`` below the other's
-    ``>=``). ``expires_at`` defaults to the longest life (a year). ``idempotency_key``,
-    as a new order's: a retry with it gets the GTT it made."""
-
-    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    kind: Literal["SINGLE", "OCO"]
-    legs: Legs
-    expires_at: Expiry | None = None
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-
-
-class GttChange(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
-    """PATCH /api/v1/gtt/{id}: new legs (as many as the kind has), and a new expiry."""
-
-    legs: Legs
-    expires_at: Expiry | None = None
-
-
-class GttLegView(msgspec.Struct, rename="camel", frozen=True):
-    condition: str
-    trigger_price: str
-    order: GttOrder
-    status: str  # the GTT's, except an OCO's leg that did not fire: CANCELLED
-
-
-class GttView(msgspec.Struct, rename="camel", frozen=True, omit_defaults=True):
-    gtt_id: int
-    symbol: str
-    kind: str
-    status: str
-    legs: list[GttLegView]
-    expires_at: str
-    created_at: str
-    updated_at: str
-    triggered_at: str | None = None
-    triggered_price: str | None = None  # the trade price that met the fired leg
-    order_id: int | None = None  # the order it placed
-    failure: ErrorDetail | None = None  # why that order was refused (FAILED)
-
-
-class GttList(msgspec.Struct, frozen=True):
-    gtts: list[GttView]
 
 
 _COLUMNS = """g.gtt_id, g.symbol, g.kind, g.status, g.condition_1, g.trigger_1, g.order_1,

@@ -19,9 +19,10 @@ from datetime import timedelta
 
 import msgspec
 
-from brokercore.entry.gtt import GttOrder, leg_request
+from brokercore.entry.gtt import leg_request
 from brokercore.entry.order_entry import OrderEntry, OrderRefused
 from brokercore.entry.outbox import OutboxRow
+from brokercore.entry.requests import GttOrder
 
 __all__ = ["FIRE_KEY_TTL", "Placed", "expire_gtts", "place_fired"]
 

@@ -19,11 +19,17 @@ import msgspec
 from brokercore.broker.money import rupees
 from brokercore.broker.risk import AccountState, Hold
 from brokercore.entry.order_entry import OrderEntry, OrderRefused, last_prices, no_account
-from brokercore.entry.requests import ErrorDetail, PlaceOrderRequest
+from brokercore.entry.requests import (
+    Blocks,
+    ErrorDetail,
+    MarginAnswer,
+    MarginTotal,
+    OrderMargin,
+    PlaceOrderRequest,
+)
 
 __all__ = [
     "MAX_PREVIEW_ORDERS",
-    "MarginAnswer",
     "MarginOrder",
     "MarginPreview",
     "answer",
@@ -103,33 +109,6 @@ async def preview(
         if hold.shares:
             result.shares[request.symbol] = result.shares.get(request.symbol, 0) + hold.shares
     return result
-
-
-class Blocks(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What an order would block: ``cash`` (rupees) for a buy, ``shares`` of ``symbol``
-    for a sell."""
-
-    cash: str | None = None
-    shares: int | None = None
-    symbol: str | None = None
-
-
-class OrderMargin(msgspec.Struct, frozen=True, omit_defaults=True):
-    symbol: str
-    side: str
-    accepted: bool
-    blocks: Blocks | None = None  # when accepted
-    error: ErrorDetail | None = None  # when refused: the real POST's code and message
-
-
-class MarginTotal(msgspec.Struct, frozen=True):
-    cash: str
-    shares: dict[str, int]
-
-
-class MarginAnswer(msgspec.Struct, frozen=True):
-    orders: list[OrderMargin]
-    total: MarginTotal
 
 
 def answer(result: MarginPreview) -> MarginAnswer:

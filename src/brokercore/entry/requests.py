@@ -1,4 +1,7 @@
-"""REST bodies of the services: msgspec Structs, JSON with camelCase names.
+"""REST bodies of the order entry's services (orders, GTTs, brackets, the margin
+preview, cancel many): msgspec Structs, JSON with camelCase names, free of database
+drivers, so a client (brokercore.client) decodes with the same definitions the
+services answer with and the API's document is generated from.
 
 Shape rules (types, lengths, allowed words, unknown fields) are enforced here when a
 body is decoded; trading rules (tick and lot size, bands, buying power) live in
@@ -7,6 +10,7 @@ body is decoded; trading rules (tick and lot size, bands, buying power) live in
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -19,6 +23,22 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "FieldError",
+    "GttOrder",
+    "GttLeg",
+    "NewGtt",
+    "GttChange",
+    "GttLegView",
+    "GttView",
+    "GttList",
+    "NewBracket",
+    "TargetView",
+    "BracketView",
+    "Blocks",
+    "OrderMargin",
+    "MarginTotal",
+    "MarginAnswer",
+    "CancelRequested",
+    "CancelsRequested",
     "encode_json",
 ]
 
@@ -78,6 +98,167 @@ class ErrorDetail(msgspec.Struct, frozen=True, omit_defaults=True):
 
 class ErrorBody(msgspec.Struct, frozen=True):
     error: ErrorDetail
+
+
+# --- GTT triggers (brokercore.entry.gtt) -----------------------------------------------
+
+
+class GttOrder(
+    msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True, omit_defaults=True
+):
+    """The order a leg places when it fires: a limit (``price``) or a market order, of
+    the GTT's symbol, with the usual time in force (DAY, IOC for a market order)."""
+
+    side: Literal["BUY", "SELL"]
+    type: Literal["LIMIT", "MARKET"]
+    quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)]
+    price: Decimal | None = None
+
+
+class GttLeg(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    """Fires when the symbol's last trade price is ``condition`` ``trigger_price``."""
+
+    condition: Literal[">=", "<="]
+    trigger_price: Decimal
+    order: GttOrder
+
+
+Legs = Annotated[list[GttLeg], msgspec.Meta(min_length=1, max_length=2)]
+Expiry = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class NewGtt(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    """POST /api/v1/gtt: a SINGLE has one leg, an OCO two (one ``<=`` below the other's
+    ``>=``). ``expires_at`` defaults to the longest life (a year). ``idempotency_key``,
+    as a new order's: a retry with it gets the GTT it made."""
+
+    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    kind: Literal["SINGLE", "OCO"]
+    legs: Legs
+    expires_at: Expiry | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+
+
+class GttChange(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    """PATCH /api/v1/gtt/{id}: new legs (as many as the kind has), and a new expiry."""
+
+    legs: Legs
+    expires_at: Expiry | None = None
+
+
+class GttLegView(msgspec.Struct, rename="camel", frozen=True):
+    condition: str
+    trigger_price: str
+    order: GttOrder
+    status: str  # the GTT's, except an OCO's leg that did not fire: CANCELLED
+
+
+class GttView(msgspec.Struct, rename="camel", frozen=True, omit_defaults=True):
+    gtt_id: int
+    symbol: str
+    kind: str
+    status: str
+    legs: list[GttLegView]
+    expires_at: str
+    created_at: str
+    updated_at: str
+    triggered_at: str | None = None
+    triggered_price: str | None = None  # the trade price that met the fired leg
+    order_id: int | None = None  # the order it placed
+    failure: ErrorDetail | None = None  # why that order was refused (FAILED)
+
+
+class GttList(msgspec.Struct, frozen=True):
+    gtts: list[GttView]
+
+
+# --- bracket orders (brokercore.entry.brackets) ----------------------------------------
+
+
+class NewBracket(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    """A LIMIT DAY entry of ``quantity`` at ``price``; its legs sell (a buy's; buy, a
+    sell's) at ``target`` (a limit) and, once a trade meets ``stop_loss``, at market or
+    at ``stop_limit``."""
+
+    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    side: Literal["BUY", "SELL"]
+    quantity: Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY)]
+    price: Decimal
+    target: Decimal
+    stop_loss: Decimal
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=120)]
+    stop_limit: Decimal | None = None
+
+
+class TargetView(msgspec.Struct, rename="camel", frozen=True, omit_defaults=True):
+    quantity: int
+    order_id: int | None = None
+    failure: ErrorDetail | None = None
+
+
+class BracketView(msgspec.Struct, rename="camel", frozen=True, omit_defaults=True):
+    bracket_id: int
+    symbol: str
+    side: str
+    quantity: int
+    price: str
+    target: str
+    stop_loss: str
+    status: str
+    entry_order_id: int
+    targets: list[TargetView]
+    created_at: str
+    updated_at: str
+    stop_limit: str | None = None
+    stop_triggered_price: str | None = None  # the trade price that met the stop-loss
+    stop_order_id: int | None = None
+    stop_quantity: int | None = None
+    failure: ErrorDetail | None = None
+
+
+# --- the margin preview (brokercore.entry.margins) -------------------------------------
+
+
+class Blocks(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What an order would block: ``cash`` (rupees) for a buy, ``shares`` of ``symbol``
+    for a sell."""
+
+    cash: str | None = None
+    shares: int | None = None
+    symbol: str | None = None
+
+
+class OrderMargin(msgspec.Struct, frozen=True, omit_defaults=True):
+    symbol: str
+    side: str
+    accepted: bool
+    blocks: Blocks | None = None  # when accepted
+    error: ErrorDetail | None = None  # when refused: the real POST's code and message
+
+
+class MarginTotal(msgspec.Struct, frozen=True):
+    cash: str
+    shares: dict[str, int]
+
+
+class MarginAnswer(msgspec.Struct, frozen=True):
+    orders: list[OrderMargin]
+    total: MarginTotal
+
+
+# --- cancel many (brokercore.entry.cancel_many) ----------------------------------------
+
+
+class CancelRequested(msgspec.Struct, rename="camel", frozen=True):
+    order_id: int
+    status: str
+
+
+class CancelsRequested(msgspec.Struct, frozen=True):
+    """The answer: the orders asked to cancel; ``more``: others are still open."""
+
+    orders: list[CancelRequested]
+    more: bool
 
 
 encode_json = msgspec.json.Encoder().encode

@@ -23,58 +23,13 @@ from brokercore.broker.market import AlwaysOpen, MarketInstrument, Session
 from brokercore.broker.money import rupees
 from brokercore.broker.session_plan import CalendarPlan, Step, Transition
 from brokercore.engine.records import Phase
+from brokercore.read.answers import Band, Calendar, Instrument, NextTransition
 from brokercore.read.candles import PHASES_SQL
 
-__all__ = ["Catalogue", "Instrument", "InstrumentList", "NextTransition", "phases"]
+__all__ = ["Catalogue", "phases"]
 
 _NO_SECRET = b""
 """The plan's key here: the uncross moment it picks is never shown (only its window)."""
-
-
-class Band(msgspec.Struct, frozen=True):
-    """The circuit limits (inclusive) as rupee strings."""
-
-    low: str
-    high: str
-
-
-class Calendar(msgspec.Struct, rename="camel", frozen=True):
-    """The session: local times of its zone, ISO weekdays (1 = Monday), holidays (ISO
-    dates); ``always_open`` for the development calendar (every instant in session)."""
-
-    timezone: str
-    always_open: bool
-    pre_open: str | None
-    pre_open_end: str | None
-    uncross_window: int | None  # seconds at the end of the pre-open
-    open: str
-    close: str
-    weekdays: list[int]
-    holidays: list[str]
-
-
-class NextTransition(msgspec.Struct, frozen=True):
-    """The next step of the plan: between ``at`` and ``latest`` (UTC, ISO 8601)."""
-
-    transition: str
-    at: str
-    latest: str
-
-
-class Instrument(msgspec.Struct, rename="camel", frozen=True):
-    symbol: str
-    tick_size: str
-    lot_size: int
-    band: Band
-    max_order_quantity: int
-    enabled: bool  # false: the OMS takes no new orders
-    session: Calendar
-    phase: str = Phase.OPEN.name  # PRE_OPEN, OPEN, HALTED or CLOSED
-    next_transition: NextTransition | None = None  # None: no step in the plan
-
-
-class InstrumentList(msgspec.Struct, frozen=True):
-    instruments: list[Instrument]
 
 
 async def phases(conn: AsyncConnection, symbols: list[str]) -> dict[str, str]:

@@ -31,6 +31,22 @@ from brokercore.broker.market import MarketInstrument
 from brokercore.broker.money import rupees
 from brokercore.broker.orders import OPEN_STATUSES, OrderStatus
 from brokercore.engine.records import Phase
+from brokercore.read.answers import (
+    Candles,
+    DayPrice,
+    Fill,
+    Order,
+    OrderEvent,
+    OrderHistory,
+    OrderPage,
+    OrderState,
+    OrderWithFills,
+    Pagination,
+    Portfolio,
+    Position,
+    Trade,
+    TradePage,
+)
 from brokercore.read.candles import (
     AUCTION_SQL,
     CANDLES_SQL,
@@ -43,28 +59,14 @@ from brokercore.read.candles import (
     book_update,
     candles,
 )
-from brokercore.realtime.channels import BookUpdate, Candle
+from brokercore.realtime.channels import BookUpdate
 
 __all__ = [
     "MAX_PAGE_SIZE",
     "OrdersQuery",
     "HistoryQuery",
     "CandlesQuery",
-    "Order",
-    "OrderWithFills",
-    "Fill",
-    "OrderPage",
-    "Pagination",
-    "OrderEvent",
-    "OrderHistory",
-    "OrderState",
-    "Position",
-    "Portfolio",
-    "Candles",
     "TradesQuery",
-    "Trade",
-    "TradePage",
-    "DayPrice",
     "day_starts",
     "day_prices",
     "list_trades",
@@ -117,131 +119,6 @@ class CandlesQuery(msgspec.Struct, frozen=True):
     interval: Interval = "1m"
     start: Timestamp | None = msgspec.field(default=None, name="from")
     end: Timestamp | None = msgspec.field(default=None, name="to")
-
-
-# --- answers -------------------------------------------------------------------------------
-
-
-class Order(msgspec.Struct, rename="camel", frozen=True):
-    order_id: int
-    symbol: str
-    side: str
-    type: str  # LIMIT, MARKET, STOP (stop-market) or STOP_LIMIT
-    time_in_force: str
-    price: str | None  # None: a market order or a stop-market
-    quantity: int
-    filled_qty: int
-    avg_price: str | None  # None before the first fill
-    status: str  # TRIGGER_PENDING: a stop waiting for its trigger
-    reject_reason: str | None
-    created_at: str
-    updated_at: str
-    trigger_price: str | None  # a stop's; None for the others
-    disclosed_quantity: int  # an iceberg's shown part; 0: the whole order shows
-
-
-class Fill(msgspec.Struct, rename="camel", frozen=True):
-    trade_id: str
-    price: str
-    quantity: int
-    time: str
-
-
-class OrderWithFills(Order, frozen=True):
-    fills: list[Fill]
-
-
-class Pagination(msgspec.Struct, rename="camel", frozen=True):
-    total: int
-    page: int
-    page_size: int
-
-
-class OrderPage(msgspec.Struct, frozen=True):
-    orders: list[Order]
-    pagination: Pagination
-
-
-class OrderEvent(msgspec.Struct, rename="camel", frozen=True):
-    """One row of an order's history: its status and filled quantity after the event,
-    and what happened (the history row's payload, as written)."""
-
-    event_id: int
-    status: str
-    filled_qty: int
-    occurred_at: str
-    payload: dict[str, Any]
-
-
-class OrderHistory(msgspec.Struct, rename="camel", frozen=True):
-    order_id: int
-    created_at: str
-    events: list[OrderEvent]  # oldest first
-
-
-class OrderState(msgspec.Struct, rename="camel", frozen=True):
-    """An order as it stood at ``at``: after ``event``, the latest history row at or
-    before it; ``event`` is None when none was recorded yet (the order as placed)."""
-
-    order_id: int
-    at: str
-    status: str
-    filled_qty: int
-    event: OrderEvent | None
-
-
-class Position(msgspec.Struct, rename="camel", frozen=True):
-    symbol: str
-    quantity: int
-    avg_price: str
-    current_price: str | None  # the last trade's price; None before any trade
-    pnl: str | None  # unrealised: (current - average) x quantity
-    realised_pnl: str  # settlement's positions.realised_pnl
-    day_pnl: str | None  # ``day_pnl``'s rule; None before any trade
-
-
-class Portfolio(msgspec.Struct, rename="camel", frozen=True):
-    cash: str
-    blocked_cash: str
-    positions: list[Position]
-    realised_pnl: str  # over every symbol, closed positions included
-    day_pnl: str  # over every symbol with a price, closed today included
-
-
-class Trade(msgspec.Struct, rename="camel", frozen=True):
-    """One fill of the user's: ``value`` = price x quantity, ``fee`` the broker's."""
-
-    trade_id: str
-    order_id: int
-    symbol: str
-    side: str
-    price: str
-    quantity: int
-    value: str
-    fee: str
-    time: str
-
-
-class TradePage(msgspec.Struct, rename="camel", frozen=True):
-    trades: list[Trade]  # newest first
-    next_cursor: str | None  # None: this was the last page
-
-
-class DayPrice(msgspec.Struct, rename="camel", frozen=True):
-    """A symbol's last trade price and the previous close (the last trade before its
-    trading day began), in paise; None where there was no such trade."""
-
-    symbol: str
-    last: int | None
-    previous_close: int | None
-
-
-class Candles(msgspec.Struct, frozen=True):
-    symbol: str
-    interval: str
-    start: str = msgspec.field(name="from")
-    end: str = msgspec.field(name="to")
-    candles: list[Candle]
 
 
 # --- orders ----------------------------------------------------------------------------

@@ -26,13 +26,12 @@ import msgspec
 from psycopg import AsyncConnection
 
 from brokercore.broker.money import rupees
+from brokercore.read.answers import Statement, StatementRow
 
 __all__ = [
     "MAX_DAYS",
     "MAX_ROWS",
     "StatementQuery",
-    "StatementRow",
-    "Statement",
     "TooLarge",
     "statement",
     "to_csv",
@@ -52,26 +51,6 @@ class StatementQuery(msgspec.Struct, frozen=True):
     start: date | None = msgspec.field(default=None, name="from")
     end: date | None = msgspec.field(default=None, name="to")
     format: Literal["json", "csv"] | None = None
-
-
-class StatementRow(msgspec.Struct, rename="camel", frozen=True):
-    time: str
-    type: str  # DEPOSIT, WITHDRAWAL, BUY, SELL or FEE
-    symbol: str | None
-    quantity: int | None
-    price: str | None  # rupees per share
-    amount: str  # rupees: + into the account, - out of it
-    balance: str  # rupees after this row
-    reference: str | None  # the funding's reference or the trade's id
-
-
-class Statement(msgspec.Struct, rename="camel", frozen=True):
-    start: str = msgspec.field(name="from")
-    end: str = msgspec.field(name="to")
-    time_zone: str
-    opening_balance: str
-    closing_balance: str
-    rows: list[StatementRow]
 
 
 class TooLarge(ValueError):

@@ -15,8 +15,9 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from brokercore.entry.brackets import BracketRefusal, BracketRefused, BracketView, NewBracket
+from brokercore.entry.brackets import BracketRefusal, BracketRefused
 from brokercore.entry.order_entry import Refusal
+from brokercore.entry.requests import BracketView, NewBracket
 from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
 from brokercore.services.oms import Oms, entry, refusals
 from brokercore.services.openapi import documented, refusal_codes

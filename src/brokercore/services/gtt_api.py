@@ -15,17 +15,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from brokercore.entry.gtt import (
-    GTT_STATUSES,
-    GttChange,
-    GttList,
-    GttRefusal,
-    GttRefused,
-    GttView,
-    NewGtt,
-)
+from brokercore.entry.gtt import GTT_STATUSES, GttRefusal, GttRefused
 from brokercore.entry.order_entry import Refusal
-from brokercore.entry.requests import FieldError
+from brokercore.entry.requests import FieldError, GttChange, GttList, GttView, NewGtt
 from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
 from brokercore.services.oms import Oms, entry, refusals
 from brokercore.services.openapi import documented, refusal_codes

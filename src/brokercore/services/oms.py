@@ -29,15 +29,17 @@ from brokercore.broker.session_plan import trading_market
 from brokercore.config import KafkaSettings, ServiceSettings
 from brokercore.entry.amo import release_loop
 from brokercore.entry.brackets import BracketBook
-from brokercore.entry.cancel_many import CancelsRequested, cancel_many
+from brokercore.entry.cancel_many import cancel_many
 from brokercore.entry.group_commit import GroupCommit
 from brokercore.entry.gtt import GttBook
-from brokercore.entry.margins import MarginAnswer, MarginBody, MarginOrder, answer, preview
+from brokercore.entry.margins import MarginBody, MarginOrder, answer, preview
 from brokercore.entry.modify import changes_nothing, modify
 from brokercore.entry.order_entry import OrderEntry, OrderReceipt, OrderRefused, Refusal
 from brokercore.entry.outbox import OutboxPublisher
 from brokercore.entry.requests import (
+    CancelsRequested,
     FieldError,
+    MarginAnswer,
     ModifyOrderRequest,
     OrderAccepted,
     PlaceOrderRequest,

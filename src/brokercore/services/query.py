@@ -42,7 +42,7 @@ from brokercore.broker.market import load_market
 from brokercore.broker.orders import ORDER_STATUSES
 from brokercore.config import ServiceSettings
 from brokercore.entry.requests import FieldError, encode_json
-from brokercore.read import instruments, queries, statement, watchlists
+from brokercore.read import answers, instruments, queries, statement, watchlists
 from brokercore.read.cache import UserCache
 from brokercore.read.candles import INTERVALS
 from brokercore.realtime.channels import BookUpdate, encode_message, md_key
@@ -481,8 +481,8 @@ async def list_instruments(request: Request) -> Response:
     _params(request)
     symbols = list(service.market)
     phase_of = await service.read(instruments.phases, symbols)
-    answers = [service.instruments.answer(symbol, phase_of) for symbol in symbols]
-    return _json(encode_json(instruments.InstrumentList(answers)))
+    listed = [service.instruments.answer(symbol, phase_of) for symbol in symbols]
+    return _json(encode_json(answers.InstrumentList(listed)))
 
 
 @guarded
@@ -562,7 +562,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 "The caller's orders, newest first, a page at a time",
                 tag="orders",
                 query=queries.OrdersQuery,
-                response=queries.OrderPage,
+                response=answers.OrderPage,
             ),
             _read(
                 "GET",
@@ -570,7 +570,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 get_order,
                 "One order with its fills",
                 tag="orders",
-                response=queries.OrderWithFills,
+                response=answers.OrderWithFills,
                 errors={404: "ORDER_NOT_FOUND"},
             ),
             _read(
@@ -580,7 +580,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 "An order's events, oldest first; with ?at= its state at that instant",
                 tag="orders",
                 query=queries.HistoryQuery,
-                response=(queries.OrderHistory, queries.OrderState),
+                response=(answers.OrderHistory, answers.OrderState),
                 errors={404: "ORDER_NOT_FOUND, ORDER_NOT_YET_PLACED"},
             ),
             _read(
@@ -589,7 +589,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 portfolio,
                 "Cash, positions and P&L",
                 tag="portfolio",
-                response=queries.Portfolio,
+                response=answers.Portfolio,
                 errors={403: "NO_ACCOUNT"},
             ),
             _read(
@@ -599,7 +599,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 "The caller's trades, newest first, a page at a time",
                 tag="portfolio",
                 query=queries.TradesQuery,
-                response=queries.TradePage,
+                response=answers.TradePage,
             ),
             _read(
                 "GET",
@@ -608,7 +608,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 "A statement of a range of days: JSON, or CSV (?format=csv, Accept: text/csv)",
                 tag="portfolio",
                 query=statement.StatementQuery,
-                response=statement.Statement,
+                response=answers.Statement,
                 alternatives={"text/csv": {"type": "string"}},
                 errors={403: "NO_ACCOUNT", 422: "STATEMENT_TOO_LARGE"},
             ),
@@ -670,7 +670,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 list_instruments,
                 "Every instrument: its terms, band, calendar and phase",
                 tag="market data",
-                response=instruments.InstrumentList,
+                response=answers.InstrumentList,
             ),
             _read(
                 "GET",
@@ -678,7 +678,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 get_instrument,
                 "One instrument",
                 tag="market data",
-                response=instruments.Instrument,
+                response=answers.Instrument,
                 errors={404: "UNKNOWN_SYMBOL"},
             ),
             _read(
@@ -697,7 +697,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 "A symbol's candles of one interval over a window",
                 tag="market data",
                 query=queries.CandlesQuery,
-                response=queries.Candles,
+                response=answers.Candles,
                 errors={404: "UNKNOWN_SYMBOL"},
             ),
             *documents_routes(),
