@@ -3,8 +3,9 @@
 // (POST /api/v1/margins/orders) what the order would block, or why it would be refused;
 // only then can it be sent (POST /api/v1/orders). Any change asks for a new review.
 
-import { ApiError, api, idempotencyKey } from "./api";
+import { api, idempotencyKey } from "./api";
 import { field, h, message, rupees, select } from "./dom";
+import { problem } from "./forms";
 import { toast } from "./toast";
 import type { Instrument } from "./types";
 
@@ -70,7 +71,9 @@ export function orderTicket(symbol: string, instrument: Promise<Instrument | nul
     if (amo.checked) order.amo = true;
     return order;
   };
+  let key: string | null = null; // the order's idempotency key: kept until an answer comes
   const stale = () => {
+    key = null;
     send.disabled = true;
     preview.textContent = "";
     error.textContent = "";
@@ -96,7 +99,7 @@ export function orderTicket(symbol: string, instrument: Promise<Instrument | nul
       send.disabled = false;
       send.focus();
     } catch (e) {
-      error.textContent = e instanceof ApiError ? e.message : String(e);
+      error.textContent = problem(e);
     }
   });
 
@@ -104,11 +107,13 @@ export function orderTicket(symbol: string, instrument: Promise<Instrument | nul
     event.preventDefault();
     send.disabled = true;
     try {
-      const placed = await api<{ orderId: number; status: string }>("POST", "/api/v1/orders", { ...body(), idempotencyKey: idempotencyKey("web") });
+      key ??= idempotencyKey("web"); // a retry after a lost answer is the same order, never a second
+      const placed = await api<{ orderId: number; status: string }>("POST", "/api/v1/orders", { ...body(), idempotencyKey: key });
+      key = null;
       toast(`Order ${placed.orderId} sent: ${side()} ${quantity.value} ${symbol} (${placed.status})`);
       preview.textContent = `Order ${placed.orderId} sent (${placed.status})`;
     } catch (e) {
-      error.textContent = e instanceof ApiError ? e.message : String(e);
+      error.textContent = problem(e);
     }
   });
   return form;

@@ -9,7 +9,7 @@ import { field, h, message, rupees, select } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
-import { coalesced, keyedSubmit, problem, shown } from "./secondary";
+import { coalesced, keyedSubmit, problem, shown } from "../forms";
 
 interface Bracket {
   bracketId: number;

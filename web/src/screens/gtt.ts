@@ -8,7 +8,7 @@ import { field, h, message, rupees, select, time } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
-import { coalesced, keyedSubmit, shown } from "./secondary";
+import { coalesced, keyedSubmit, shown } from "../forms";
 
 type Condition = ">=" | "<=";
 

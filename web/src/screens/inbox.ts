@@ -8,7 +8,7 @@ import { h, message, time } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import type { Notification } from "../types";
-import { shown } from "./secondary";
+import { shown } from "../forms";
 
 /** A notification as the inbox lists it: the WebSocket's frame and whether it was read. */
 type Item = Omit<Notification, "type"> & { read: boolean };

@@ -4,6 +4,7 @@
 import { ApiError, api, setTokens, type Tokens } from "../api";
 import { field, h, message } from "../dom";
 import { navigate } from "../router";
+import { problem } from "../forms";
 import type { Screen } from "../screen";
 
 type LoginAnswer = Tokens | { mfaRequired: true; mfaToken: string };
@@ -59,7 +60,7 @@ export const login: Screen = {
           done();
         }
       } catch (e) {
-        error.textContent = e instanceof ApiError ? e.message : String(e);
+        error.textContent = problem(e);
         if (e instanceof ApiError && e.code === "INVALID_CODE") code.select();
       } finally {
         submit.disabled = false;

@@ -6,7 +6,7 @@
 import { api } from "../api";
 import { h, message, time } from "../dom";
 import type { Screen } from "../screen";
-import { shown } from "./secondary";
+import { shown } from "../forms";
 
 const EVERY_MS = 5000;
 

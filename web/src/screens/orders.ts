@@ -2,8 +2,9 @@
 // ORDER_UPDATE stream; an open order can be modified (PATCH: price, total quantity,
 // trigger, disclosed quantity) or cancelled (DELETE).
 
-import { ApiError, api, idempotencyKey } from "../api";
+import { api } from "../api";
 import { field, h, head, message, rupees, time } from "../dom";
+import { keyedSubmit, problem } from "../forms";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
@@ -49,19 +50,14 @@ function modifyForm(order: Order, done: () => void): HTMLElement {
     order.status === "TRIGGER_PENDING" ? field("New trigger (₹)", trigger) : null,
     error,
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Save"), h("button", { type: "button", class: "secondary", onclick: done }, "Close")));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const body: Record<string, unknown> = { idempotencyKey: idempotencyKey("web-modify") };
+  keyedSubmit(form, "web-modify", error, async (key) => {
+    const body: Record<string, unknown> = { idempotencyKey: key };
     if (order.price !== null && price.value !== order.price) body.price = price.value;
     if (Number(quantity.value) !== order.quantity) body.quantity = Number(quantity.value);
     if (order.status === "TRIGGER_PENDING" && trigger.value !== order.triggerPrice) body.triggerPrice = trigger.value;
-    try {
-      await api("PATCH", `/api/v1/orders/${order.orderId}`, body);
-      toast(`Order ${order.orderId}: modify sent`);
-      done();
-    } catch (e) {
-      error.textContent = e instanceof ApiError ? e.message : String(e);
-    }
+    await api("PATCH", `/api/v1/orders/${order.orderId}`, body);
+    toast(`Order ${order.orderId}: modify sent`);
+    done();
   });
   return form;
 }
@@ -90,7 +86,7 @@ export const orders: Screen = {
         await api("DELETE", `/api/v1/orders/${order.orderId}`);
         toast(`Order ${order.orderId}: cancel sent`);
       } catch (e) {
-        error.textContent = e instanceof ApiError ? e.message : String(e);
+        error.textContent = problem(e);
       }
     };
     const draw = () => {
@@ -135,7 +131,7 @@ export const orders: Screen = {
         for (const order of page.orders) known.set(order.orderId, order);
         draw();
       } catch (e) {
-        error.textContent = e instanceof ApiError ? e.message : String(e);
+        error.textContent = problem(e);
       }
     };
     const off = [

@@ -1,9 +1,10 @@
 // Positions with P&L: GET /api/v1/portfolio, loaded again when one of the user's orders
 // fills; the last price (and so the unrealised P&L) moves live with the trade stream.
 
-import { ApiError, api } from "../api";
+import { api } from "../api";
 import { h, head, message, rupees, signed } from "../dom";
 import { live } from "../live";
+import { problem } from "../forms";
 import type { Screen } from "../screen";
 import type { Portfolio, Position } from "../types";
 
@@ -51,7 +52,7 @@ export const positions: Screen = {
     let loading: Promise<void> | null = null;
     const load = () => {
       loading ??= api<Portfolio>("GET", "/api/v1/portfolio")
-        .then((answer) => ((portfolio = answer), draw()), (e) => void (error.textContent = e instanceof ApiError ? e.message : String(e)))
+        .then((answer) => ((portfolio = answer), draw()), (e) => void (error.textContent = problem(e)))
         .finally(() => (loading = null));
     };
     const off = [

@@ -1,8 +1,9 @@
 // The account and its second factor: the profile (/api/v1/me), and setting up TOTP
 // (enrol: a secret for an authenticator app; confirm with a code: 10 recovery codes).
 
-import { ApiError, api } from "../api";
+import { api } from "../api";
 import { field, h, message } from "../dom";
+import { problem } from "../forms";
 import type { Screen } from "../screen";
 
 interface Me {
@@ -35,7 +36,7 @@ export const security: Screen = {
           start.remove();
           confirm(enrol.secret, enrol.otpauthUri);
         } catch (e) {
-          error.textContent = e instanceof ApiError ? e.message : String(e);
+          error.textContent = problem(e);
         }
       });
     };
@@ -60,7 +61,7 @@ export const security: Screen = {
               h("ul", { class: "codes", id: "recovery-codes" }, ...answer.recoveryCodes.map((c) => h("li", {}, h("code", {}, c))))),
           );
         } catch (e) {
-          error.textContent = e instanceof ApiError ? e.message : String(e);
+          error.textContent = problem(e);
           code.select();
         }
       });
@@ -75,7 +76,7 @@ export const security: Screen = {
         }
         showEnrol(me.totpEnrolled);
       },
-      (e) => (error.textContent = e instanceof ApiError ? e.message : String(e)),
+      (e) => (error.textContent = problem(e)),
     );
   },
 };

@@ -4,6 +4,7 @@
 import { ApiError, api } from "../api";
 import { field, h, message } from "../dom";
 import { navigate } from "../router";
+import { problem } from "../forms";
 import type { Screen } from "../screen";
 
 export const signup: Screen = {
@@ -32,7 +33,7 @@ export const signup: Screen = {
         await api("POST", "/api/v1/auth/signup", { email: email.value.trim(), password: password.value });
         navigate(`/login?email=${encodeURIComponent(email.value.trim())}`);
       } catch (e) {
-        error.textContent = e instanceof ApiError ? (e.fields[0]?.message ?? e.message) : String(e);
+        error.textContent = e instanceof ApiError ? (e.fields[0]?.message ?? e.message) : problem(e);
       } finally {
         submit.disabled = false;
       }

@@ -6,7 +6,7 @@ import { api } from "../api";
 import { field, h, message, rupees, signed } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
-import { coalesced, shown } from "./secondary";
+import { coalesced, shown } from "../forms";
 
 interface Row {
   time: string;

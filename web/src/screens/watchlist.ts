@@ -1,9 +1,10 @@
 // The watchlist: the user's first list (made with every instrument when they have none),
 // its prices live from the trade stream, symbols added and removed (PUT the list).
 
-import { ApiError, api } from "../api";
+import { api } from "../api";
 import { field, h, head, message, rupees, select, signed } from "../dom";
 import { live } from "../live";
+import { problem } from "../forms";
 import type { Screen } from "../screen";
 import type { Instrument, TradeTick, WatchSymbol, Watchlist } from "../types";
 
@@ -58,7 +59,7 @@ export const watchlist: Screen = {
         list = await api<Watchlist>("PUT", `/api/v1/watchlists/${list!.id}`, { name: list!.name, symbols });
         draw();
       } catch (e) {
-        error.textContent = e instanceof ApiError ? e.message : String(e);
+        error.textContent = problem(e);
       }
     };
     const onTrade = (trade: TradeTick) => {
@@ -77,7 +78,7 @@ export const watchlist: Screen = {
       const lists = await api<{ watchlists: Watchlist[] }>("GET", "/api/v1/watchlists");
       list = lists.watchlists[0] ?? (await api<Watchlist>("POST", "/api/v1/watchlists", { name: "My watchlist", symbols: all.slice(0, 20) }));
       draw();
-    })().catch((e) => (error.textContent = e instanceof ApiError ? e.message : String(e)));
+    })().catch((e) => (error.textContent = problem(e)));
 
     return () => {
       offTrade();

@@ -1,6 +1,7 @@
-// What the secondary screens (funds, statement, inbox, GTT, brackets, operator) share.
+// What the screens' forms and loads share: the text of a failure, a form sent with an
+// idempotency key kept until an answer comes, and reloads coalesced.
 
-import { ApiError, idempotencyKey } from "../api";
+import { ApiError, idempotencyKey } from "./api";
 
 /** The text to show for a failed call. */
 export function problem(e: unknown): string {
