@@ -52,5 +52,5 @@ function render(): void {
   }
   banner.hidden = false;
   banner.dataset.phase = kind;
-  banner.textContent = text;
+  if (banner.textContent !== text) banner.textContent = text; // a live region: said when it changes
 }

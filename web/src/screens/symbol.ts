@@ -43,7 +43,7 @@ export const symbol: Screen = {
   render(root, params) {
     const name = params.symbol.toUpperCase();
     document.title = `${name} · brokercore`;
-    const last = h("span", { class: "last", "aria-live": "polite", id: "last-price" }, "—");
+    const last = h("span", { class: "last", id: "last-price" }, "—"); // not a live region: it moves with every trade
     const note = h("p", { class: "chart-note", hidden: true }, "No trades yet: the chart starts with the first one.");
     const chartBox = h("div", { class: "chart", role: "img", "aria-label": `${name} price chart, one-minute candles` });
     const depth = h("div", { id: "depth" });
