@@ -123,7 +123,10 @@ export const orders: Screen = {
         }
       }
       if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 12 }, "No orders here.")));
+      // a keyboard user's focus on a row's button survives the redraw (when the row does)
+      const focused = body.contains(document.activeElement) ? document.activeElement?.getAttribute("aria-label") : null;
       body.replaceChildren(...rows);
+      if (focused) body.querySelector<HTMLElement>(`[aria-label="${focused}"]`)?.focus();
     };
     const load = async () => {
       try {

@@ -10,15 +10,21 @@ import type { Portfolio, Position } from "../types";
 
 const COLUMNS = ["Symbol", "Qty", "Avg cost", "Last", "Unrealised P&L", "Day P&L", "Realised P&L"];
 
-function row(p: Position): HTMLTableRowElement {
-  return h("tr", { "data-symbol": p.symbol },
-    h("th", { scope: "row" }, h("a", { href: `/symbol/${p.symbol}`, "data-link": true }, p.symbol)),
+function cells(p: Position): HTMLTableCellElement[] {
+  return [
     h("td", { class: "num qty" }, p.quantity),
     h("td", { class: "num" }, rupees(p.avgPrice)),
     h("td", { class: "num" }, rupees(p.currentPrice)),
     h("td", { class: "num pnl" }, signed(p.pnl)),
     h("td", { class: "num" }, signed(p.dayPnl)),
-    h("td", { class: "num" }, signed(p.realisedPnl)));
+    h("td", { class: "num" }, signed(p.realisedPnl)),
+  ];
+}
+
+function row(p: Position): HTMLTableRowElement {
+  return h("tr", { "data-symbol": p.symbol },
+    h("th", { scope: "row" }, h("a", { href: `/symbol/${p.symbol}`, "data-link": true }, p.symbol)),
+    ...cells(p));
 }
 
 export const positions: Screen = {
@@ -65,7 +71,9 @@ export const positions: Screen = {
         if (!p) return;
         p.currentPrice = trade.price;
         p.pnl = ((Number(trade.price) - Number(p.avgPrice)) * p.quantity).toFixed(2);
-        body.querySelector(`tr[data-symbol="${p.symbol}"]`)?.replaceWith(row(p));
+        // the cells, not the row: a keyboard user's focus on its link stays
+        const fresh = cells(p);
+        body.querySelector(`tr[data-symbol="${p.symbol}"]`)?.querySelectorAll("td").forEach((cell, i) => cell.replaceWith(fresh[i]));
       }),
     ];
     load();

@@ -8,14 +8,21 @@ import { problem } from "../forms";
 import type { Screen } from "../screen";
 import type { Instrument, TradeTick, WatchSymbol, Watchlist } from "../types";
 
-function row(item: WatchSymbol, remove: () => void): HTMLTableRowElement {
+/** The price cells of a symbol: last, change and change in percent of the previous close. */
+function prices(item: WatchSymbol): HTMLTableCellElement[] {
   const change = item.lastPrice && item.previousClose ? String(Number(item.lastPrice) - Number(item.previousClose)) : item.change;
   const percent = change && item.previousClose ? ((Number(change) / Number(item.previousClose)) * 100).toFixed(2) : item.changePercent;
-  return h("tr", { "data-symbol": item.symbol },
-    h("th", { scope: "row" }, h("a", { href: `/symbol/${item.symbol}`, "data-link": true }, item.symbol)),
+  return [
     h("td", { class: "num last" }, rupees(item.lastPrice)),
     h("td", { class: "num" }, signed(change)),
     h("td", { class: "num" }, percent === null || percent === undefined ? "—" : `${percent}%`),
+  ];
+}
+
+function row(item: WatchSymbol, remove: () => void): HTMLTableRowElement {
+  return h("tr", { "data-symbol": item.symbol },
+    h("th", { scope: "row" }, h("a", { href: `/symbol/${item.symbol}`, "data-link": true }, item.symbol)),
+    ...prices(item),
     h("td", {}, h("button", { type: "button", class: "link", "aria-label": `Remove ${item.symbol}`, onclick: remove }, "Remove")));
 }
 
@@ -66,10 +73,12 @@ export const watchlist: Screen = {
       const item = list?.symbols.find((s) => s.symbol === trade.symbol);
       if (!item) return;
       item.lastPrice = trade.price;
-      const old = body.querySelector(`tr[data-symbol="${trade.symbol}"]`);
-      const fresh = row(item, () => void save(list!.symbols.filter((s) => s.symbol !== item.symbol).map((s) => s.symbol)));
-      fresh.classList.add("tick");
-      old?.replaceWith(fresh);
+      const shown = body.querySelector(`tr[data-symbol="${trade.symbol}"]`);
+      if (!shown) return;
+      // the cells, not the row: a keyboard user's focus on its link or button stays
+      const fresh = prices(item);
+      shown.querySelectorAll("td.num").forEach((cell, i) => cell.replaceWith(fresh[i]));
+      shown.classList.add("tick");
     };
     const offTrade = live.on("trade", onTrade);
 
