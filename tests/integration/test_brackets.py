@@ -110,6 +110,57 @@ def test_bracket_api_bad_input_retry_and_exit(database):
     ], "one entry order, its hold taken"
 
 
+BAD_LISTS = [
+    "status=DONE2",
+    "status=ACTIVE&status=DONE",
+    "limit=0",
+    "limit=201",
+    "limit=x",
+    "cursor=0",
+    "cursor=99999999999999999999",
+    "before=5",
+]
+
+
+def test_bracket_list_pages_a_users_own_newest_first(database):
+    """GET /api/v1/brackets: only the caller's, newest first, of one status, a page at
+    a time (the last page has no cursor); a bad query is a 422 naming its parameter."""
+
+    async def scenario():
+        async with Api(database, rate_limit_burst=10_000) as api:
+            first = await made(api)
+            carols = (await create(api, bracket(), user="carol")).json()
+            middle = await made(api)
+            last = await made(api)
+            exited = await api.client.delete(f"/api/v1/brackets/{middle}", headers=auth("alice"))
+
+            async def listed(query="", user="alice"):
+                answer = await api.client.get(f"/api/v1/brackets?{query}", headers=auth(user))
+                return answer.status_code, answer.json()
+
+            a = {"all": await listed(), "carol": await listed(user="carol")}
+            a["exiting"] = await listed("status=EXITING")
+            a["active"] = await listed("status=ACTIVE")
+            a["page_1"] = await listed("limit=2")
+            a["page_2"] = await listed(f"limit=2&cursor={a['page_1'][1]['nextCursor']}")
+            bad = [await listed(query) for query in BAD_LISTS]
+            return (first, middle, last), carols, exited.json(), a, bad
+
+    (first, middle, last), carols, exited, a, bad = run(scenario)
+    ids = {name: [b["bracketId"] for b in body["brackets"]] for name, (_, body) in a.items()}
+    assert a["all"][0] == 200 and ids["all"] == [last, middle, first]
+    assert a["all"][1]["nextCursor"] is None
+    assert a["all"][1]["brackets"][1] == exited, "as GET /api/v1/brackets/{id} shows it"
+    assert a["carol"][1] == {"brackets": [carols], "nextCursor": None}
+    assert ids["exiting"] == [middle] and ids["active"] == [last, first]
+    assert (ids["page_1"], a["page_1"][1]["nextCursor"]) == ([last, middle], str(middle))
+    assert (ids["page_2"], a["page_2"][1]["nextCursor"]) == ([first], None)
+    assert [
+        (status, body["error"]["code"], body["error"]["fields"][0]["field"]) for status, body in bad
+    ] == [(422, "INVALID_REQUEST", q.partition("=")[0]) for q in BAD_LISTS]
+    assert "CANCELLED" in bad[0][1]["error"]["fields"][0]["message"], "the statuses named"
+
+
 # --- with the engine, settlement and the trigger service ------------------------------
 
 

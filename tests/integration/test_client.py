@@ -185,6 +185,8 @@ def test_gtts_and_brackets_are_made_read_and_ended(stack_up):
                 )
             )
             assert (await alice.bracket(made.bracket_id)).entry_order_id == made.entry_order_id
+            newest = await alice.brackets(status="ACTIVE", limit=1)
+            assert [b.bracket_id for b in newest.brackets] == [made.bracket_id]
             await until(
                 "an OPEN entry",
                 lambda: _status_in(alice, made.entry_order_id, {"OPEN"}),

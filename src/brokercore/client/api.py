@@ -29,6 +29,8 @@ from brokercore.broker.answers import DepositBody, FundsBody
 from brokercore.client.errors import ApiError, SecondFactorRequired, error_of
 from brokercore.client.stream import MarketChannel, Update, stream_updates
 from brokercore.entry.requests import (
+    BracketList,
+    BracketStatus,
     BracketView,
     CancelsRequested,
     GttList,
@@ -290,6 +292,15 @@ class Client:
 
     async def create_bracket(self, bracket: NewBracket) -> BracketView:
         return await self.request("POST", "/api/v1/brackets", BracketView, body=bracket)
+
+    async def brackets(
+        self, status: BracketStatus | None = None, limit: int = 50, cursor: str | None = None
+    ) -> BracketList:
+        """A page of the user's brackets, newest first; ``cursor``: a page's
+        ``next_cursor``, for the older ones."""
+        params: list[tuple[str, str | int]] = [("limit", limit)]
+        params += [(k, v) for k, v in (("status", status), ("cursor", cursor)) if v]
+        return await self.request("GET", "/api/v1/brackets", BracketList, params=params)
 
     async def bracket(self, bracket_id: int) -> BracketView:
         return await self.request("GET", f"/api/v1/brackets/{bracket_id}", BracketView)

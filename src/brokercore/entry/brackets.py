@@ -30,6 +30,8 @@ from brokercore.entry.order_entry import (
     Refusal,
 )
 from brokercore.entry.requests import (
+    BracketList,
+    BracketQuery,
     BracketView,
     ErrorDetail,
     NewBracket,
@@ -167,6 +169,22 @@ class BracketBook:
                 Refusal.IDEMPOTENCY_KEY_REUSED, "this idempotency key was used for another bracket"
             )
         return _view(row), receipt
+
+    async def list(self, user_id: str, query: BracketQuery) -> BracketList:
+        """A page of the user's brackets (of one status when asked), newest first; the
+        cursor is the page's last bracket id, for the next page's older ones."""
+        sql = _OWNED
+        if query.status is not None:
+            sql += " AND b.status = %(status)s"
+        if query.cursor is not None:
+            sql += " AND b.bracket_id < %(cursor)s"
+        sql += " ORDER BY b.bracket_id DESC LIMIT %(limit)s"
+        params = {"user": user_id, **msgspec.structs.asdict(query), "limit": query.limit + 1}
+        async with self.entry.pool.connection() as conn:
+            rows = await (await conn.execute(sql, params)).fetchall()
+        page = [_view(tuple(row)) for row in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return BracketList(page, str(page[-1].bracket_id) if more else None)
 
     async def get(self, user_id: str, bracket_id: int) -> BracketView:
         async with self.entry.pool.connection() as conn:

@@ -42,7 +42,6 @@ from brokercore.entry.requests import (
 )
 
 __all__ = [
-    "GTT_STATUSES",
     "MAX_ACTIVE_GTTS",
     "GttBook",
     "GttRefusal",
@@ -53,8 +52,6 @@ __all__ = [
 MAX_ACTIVE_GTTS = 250
 """The most ACTIVE GTTs a user may have (Kite's limit): what the trigger service watches
 stays bounded per user."""
-
-GTT_STATUSES = ("ACTIVE", "TRIGGERED", "CANCELLED", "EXPIRED", "FAILED")
 
 _UNLIMITED = AccountState(2**62, 2**62, True)
 """No hold is taken while a GTT waits: its orders are checked against no balance."""

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 
 __all__ = [
+    "MAX_BRACKETS_PAGE",
     "PlaceOrderRequest",
     "ModifyOrderRequest",
     "OrderAccepted",
@@ -33,6 +34,9 @@ __all__ = [
     "NewBracket",
     "TargetView",
     "BracketView",
+    "BracketStatus",
+    "BracketQuery",
+    "BracketList",
     "Blocks",
     "OrderMargin",
     "MarginTotal",
@@ -44,6 +48,9 @@ __all__ = [
 
 MAX_QUANTITY = 10**9
 """No single order is larger than this, whatever the instrument allows."""
+
+MAX_BRACKETS_PAGE = 200
+"""The most brackets one GET /api/v1/brackets answers (the read side's page bound)."""
 
 
 class PlaceOrderRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
@@ -214,6 +221,25 @@ class BracketView(msgspec.Struct, rename="camel", frozen=True, omit_defaults=Tru
     stop_order_id: int | None = None
     stop_quantity: int | None = None
     failure: ErrorDetail | None = None
+
+
+BracketStatus = Literal[
+    "ACTIVE", "STOPPING", "STOPPED", "EXITING", "CANCELLED", "DONE", "EXPIRED", "FAILED"
+]
+
+
+class BracketQuery(msgspec.Struct, frozen=True):
+    """GET /api/v1/brackets: one status only, the page's size, and the ``nextCursor``
+    of the page before (its brackets are older than that one's)."""
+
+    status: BracketStatus | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_BRACKETS_PAGE)] = 50
+    cursor: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
+
+
+class BracketList(msgspec.Struct, rename="camel", frozen=True):
+    brackets: list[BracketView]  # newest first
+    next_cursor: str | None  # None: this was the last page
 
 
 # --- the margin preview (brokercore.entry.margins) -------------------------------------

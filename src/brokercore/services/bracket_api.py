@@ -1,6 +1,7 @@
 """Bracket orders over REST on the OMS (brokercore.entry.brackets; docs/brackets.md):
 
-    POST /api/v1/brackets, GET /api/v1/brackets/{bracketId}, DELETE /api/v1/brackets/{bracketId}
+    POST /api/v1/brackets, GET /api/v1/brackets[?status=&limit=&cursor=],
+    GET /api/v1/brackets/{bracketId}, DELETE /api/v1/brackets/{bracketId}
 
 each with a JWT bearer token and the OMS's per-user rate limit. Another user's bracket is
 404, as one that does not exist. The POST answers 201 with the bracket once its entry
@@ -17,8 +18,15 @@ from starlette.responses import Response
 
 from brokercore.entry.brackets import BracketRefusal, BracketRefused
 from brokercore.entry.order_entry import Refusal
-from brokercore.entry.requests import BracketView, NewBracket
-from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
+from brokercore.entry.requests import BracketList, BracketQuery, BracketView, NewBracket
+from brokercore.services.http import (
+    ApiError,
+    decode_body,
+    decode_query,
+    guarded,
+    json_response,
+    path_id,
+)
 from brokercore.services.oms import Oms, entry, refusals
 from brokercore.services.openapi import documented, refusal_codes
 
@@ -56,6 +64,14 @@ async def create_bracket(request: Request) -> Response:
 
 
 @guarded
+async def list_brackets(request: Request) -> Response:
+    oms: Oms = request.app.state.oms
+    principal = await oms.authorize(request)
+    query = decode_query(request, BracketQuery)
+    return json_response(await _book(oms.brackets.list(principal.user_id, query)))
+
+
+@guarded
 async def get_bracket(request: Request) -> Response:
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
@@ -85,6 +101,15 @@ BRACKET_ROUTES = [
             422: "BRACKET_INVALID_PRICES, IDEMPOTENCY_KEY_REUSED, AMO_MARKET_OPEN, "
             "the order checks' codes for the entry and each leg's price"
         },
+    ),
+    documented(
+        "GET",
+        "/api/v1/brackets",
+        list_brackets,
+        "The caller's brackets, newest first, a page at a time",
+        tag="brackets",
+        query=BracketQuery,
+        response=BracketList,
     ),
     documented(
         "GET",

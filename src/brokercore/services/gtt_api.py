@@ -15,10 +15,17 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from brokercore.entry.gtt import GTT_STATUSES, GttRefusal, GttRefused
+from brokercore.entry.gtt import GttRefusal, GttRefused
 from brokercore.entry.order_entry import Refusal
-from brokercore.entry.requests import FieldError, GttChange, GttList, GttView, NewGtt
-from brokercore.services.http import ApiError, decode_body, guarded, json_response, path_id
+from brokercore.entry.requests import GttChange, GttList, GttView, NewGtt
+from brokercore.services.http import (
+    ApiError,
+    decode_body,
+    decode_query,
+    guarded,
+    json_response,
+    path_id,
+)
 from brokercore.services.oms import Oms, entry, refusals
 from brokercore.services.openapi import documented, refusal_codes
 
@@ -56,7 +63,7 @@ async def create_gtt(request: Request) -> Response:
 
 
 class GttQuery(msgspec.Struct, frozen=True):
-    """GET /api/v1/gtt's query (read by ``list_gtts``): one status only."""
+    """GET /api/v1/gtt's query: one status only."""
 
     status: Literal["ACTIVE", "TRIGGERED", "CANCELLED", "EXPIRED", "FAILED"] | None = None
 
@@ -66,15 +73,8 @@ async def list_gtts(request: Request) -> Response:
     """The caller's GTTs, newest first; ``?status=`` one status only."""
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
-    status = None
-    for name, value in request.query_params.multi_items():
-        if name != "status" or status is not None or value not in GTT_STATUSES:
-            problem = f"one status of {', '.join(GTT_STATUSES)}" if name == "status" else "unknown"
-            raise ApiError(
-                422, "INVALID_REQUEST", "the query is invalid", [FieldError(name[:40], problem)]
-            )
-        status = value
-    return json_response(await _book(oms.gtts.list(principal.user_id, status)))
+    query = decode_query(request, GttQuery)
+    return json_response(await _book(oms.gtts.list(principal.user_id, query.status)))
 
 
 @guarded

@@ -15,7 +15,7 @@ import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args, get_origin
 
 import msgspec
 import psycopg
@@ -58,12 +58,14 @@ __all__ = [
     "read_body",
     "field_error",
     "decode_body",
+    "decode_query",
     "check_text",
 ]
 
 log = logging.getLogger("brokercore.http")
 
 T = TypeVar("T")
+Q = TypeVar("Q", bound=msgspec.Struct)
 
 MAX_TARGET = 2048
 """Characters a request's path and query string may have together (414 beyond)."""
@@ -479,6 +481,38 @@ def decode_body(kind: type[T], body: bytes, what: str) -> T:
         return msgspec.convert(value, kind)
     except msgspec.ValidationError as e:
         raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid", [field_error(e)]) from None
+
+
+def decode_query(request: Request, kind: type[Q]) -> Q:
+    """The query string as ``kind``, a Struct whose fields are its parameters: 422
+    INVALID_REQUEST naming the parameter if one is unknown, repeated or invalid (a word
+    not among a field's allowed ones answered with them)."""
+    fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in fields or name in params:
+            problem = "given more than once" if name in params else "unknown query parameter"
+            raise _invalid_query(name[:40], f"{problem} (one each of {', '.join(fields)})")
+        params[name] = value
+    try:
+        return msgspec.convert(params, kind, strict=False)
+    except msgspec.ValidationError as e:
+        error = field_error(e, "query")
+        message = error.message
+        if message.startswith("Invalid enum value") and error.field in fields:
+            message += f" (one of {', '.join(_words(fields[error.field].type))})"
+        raise _invalid_query(error.field, message) from None
+
+
+def _invalid_query(name: str, message: str) -> ApiError:
+    return ApiError(422, "INVALID_REQUEST", "the query is invalid", [FieldError(name, message)])
+
+
+def _words(annotation: object) -> list[str]:
+    """The words a Literal field (optional or not) allows."""
+    if get_origin(annotation) is Literal:
+        return [str(word) for word in get_args(annotation)]
+    return [word for part in get_args(annotation) for word in _words(part)]
 
 
 def _check_strings(value: object) -> None:
