@@ -29,6 +29,12 @@ export function head(labels: string[], numeric: string[] = []): HTMLTableSection
     h("th", { scope: "col", class: numeric.includes(label) ? "num" : undefined }, label || h("span", { class: "visually-hidden" }, "Actions")))));
 }
 
+/** Name each cell of `row` after its column, for the stacked layout on a phone (.cards). */
+export function labelled<T extends HTMLTableRowElement>(row: T, labels: string[]): T {
+  Array.from(row.cells).forEach((cell, i) => labels[i] && (cell.dataset.label = labels[i]));
+  return row;
+}
+
 let fieldCount = 0;
 
 /** A label with its control (input or select) and a place for the field's error. */

@@ -3,13 +3,14 @@
 // trigger, disclosed quantity) or cancelled (DELETE).
 
 import { api } from "../api";
-import { field, h, head, message, rupees, time } from "../dom";
+import { field, h, head, labelled, message, rupees, time } from "../dom";
 import { keyedSubmit, problem } from "../forms";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
 import type { Order, OrderUpdate } from "../types";
 
+const COLUMNS = ["Order", "Time", "Symbol", "Side", "Type", "Qty", "Filled", "Price", "Trigger", "Avg", "Status", "Actions"];
 const OPEN = new Set(["AMO_PENDING", "PENDING", "TRIGGER_PENDING", "OPEN", "PARTIALLY_FILLED"]);
 const TABS: [string, string, (o: Order) => boolean][] = [
   ["open", "Open", (o) => OPEN.has(o.status)],
@@ -75,9 +76,9 @@ export const orders: Screen = {
     const error = message();
     const tabs = h("div", { class: "tabs", role: "group", "aria-label": "Which orders" });
     root.append(h("h1", {}, "My orders"), tabs, error,
-      h("table", { class: "grid", id: "orders" },
+      h("table", { class: "grid cards", id: "orders" },
         h("caption", { class: "visually-hidden" }, "Orders"),
-        head(["Order", "Time", "Symbol", "Side", "Type", "Qty", "Filled", "Price", "Trigger", "Avg", "Status", "Actions"], ["Qty", "Filled", "Price", "Trigger", "Avg"]),
+        head(COLUMNS, ["Qty", "Filled", "Price", "Trigger", "Avg"]),
         body));
 
     const cancel = async (order: Order) => {
@@ -99,7 +100,7 @@ export const orders: Screen = {
       const rows: HTMLElement[] = [];
       for (const order of shown) {
         const open = OPEN.has(order.status);
-        rows.push(h("tr", { "data-order": order.orderId, "data-status": order.status },
+        rows.push(labelled(h("tr", { "data-order": order.orderId, "data-status": order.status },
           h("td", {}, order.orderId),
           h("td", {}, time(order.createdAt)),
           h("td", {}, h("a", { href: `/symbol/${order.symbol}`, "data-link": true }, order.symbol)),
@@ -115,7 +116,7 @@ export const orders: Screen = {
             order.type === "LIMIT" || order.type === "STOP_LIMIT"
               ? h("button", { type: "button", class: "link", "aria-label": `Modify order ${order.orderId}`, onclick: () => ((editing = order.orderId), draw()) }, "Modify")
               : null,
-            h("button", { type: "button", class: "link danger", "aria-label": `Cancel order ${order.orderId}`, onclick: () => void cancel(order) }, "Cancel")) : null)));
+            h("button", { type: "button", class: "link danger", "aria-label": `Cancel order ${order.orderId}`, onclick: () => void cancel(order) }, "Cancel")) : null)), COLUMNS));
         if (editing === order.orderId && open) {
           const form = modifyForm(order, () => ((editing = null), draw()));
           rows.push(h("tr", { class: "editing" }, h("td", { colspan: 12 }, form)));

@@ -2,7 +2,7 @@
 // fills; the last price (and so the unrealised P&L) moves live with the trade stream.
 
 import { api } from "../api";
-import { h, head, message, rupees, signed } from "../dom";
+import { h, head, labelled, message, rupees, signed } from "../dom";
 import { live } from "../live";
 import { problem } from "../forms";
 import type { Screen } from "../screen";
@@ -22,9 +22,9 @@ function cells(p: Position): HTMLTableCellElement[] {
 }
 
 function row(p: Position): HTMLTableRowElement {
-  return h("tr", { "data-symbol": p.symbol },
+  return labelled(h("tr", { "data-symbol": p.symbol },
     h("th", { scope: "row" }, h("a", { href: `/symbol/${p.symbol}`, "data-link": true }, p.symbol)),
-    ...cells(p));
+    ...cells(p)), COLUMNS);
 }
 
 export const positions: Screen = {
@@ -37,7 +37,7 @@ export const positions: Screen = {
     const body = h("tbody", {});
     const error = message();
     root.append(h("h1", {}, "Positions"), summary, error,
-      h("table", { class: "grid", id: "positions" },
+      h("table", { class: "grid cards", id: "positions" },
         h("caption", { class: "visually-hidden" }, "Positions with profit and loss"),
         head(COLUMNS, COLUMNS.slice(1)),
         body));
@@ -72,8 +72,10 @@ export const positions: Screen = {
         p.currentPrice = trade.price;
         p.pnl = ((Number(trade.price) - Number(p.avgPrice)) * p.quantity).toFixed(2);
         // the cells, not the row: a keyboard user's focus on its link stays
-        const fresh = cells(p);
-        body.querySelector(`tr[data-symbol="${p.symbol}"]`)?.querySelectorAll("td").forEach((cell, i) => cell.replaceWith(fresh[i]));
+        const shown = body.querySelector<HTMLTableRowElement>(`tr[data-symbol="${p.symbol}"]`);
+        if (!shown) return;
+        const fresh = row(p);
+        shown.querySelectorAll("td").forEach((cell, i) => cell.replaceWith(fresh.cells[i + 1]));
       }),
     ];
     load();
