@@ -1,9 +1,10 @@
 // The web app's secondary screens end to end in headless Chromium (Debian's, driven by
 // playwright-core): alice deposits and sees it in her statement, gets a fill in her inbox
 // live (bob crosses her order through the API), creates a GTT and sees it listed, places
-// and exits a bracket; ops, an operator, sees the shards on the operator's page, which
-// alice cannot open; the API reference at /api/docs renders the OpenAPI document with
-// nothing fetched from another origin. Screenshots go to $BROKERCORE_SCREENSHOTS.
+// a bracket, sees it listed and exits it; ops, an operator, sees the shards on the
+// operator's page, which alice cannot open; the API reference at /api/docs renders the
+// OpenAPI document with nothing fetched from another origin. Screenshots go to
+// $BROKERCORE_SCREENSHOTS.
 //
 //   BROKERCORE_EDGE=http://127.0.0.1:8080 BROKERCORE_LOGINS='{"alice": {"email", "password"}, "bob": ..., "ops": ...}' \
 //   BROKERCORE_SCREENSHOTS=/tmp/shots node web/e2e/secondary.mjs
@@ -84,7 +85,7 @@ await run(async (session) => {
   await alice.getByLabel("Show").selectOption("");
   await alice.locator(`#gtts tr[data-gtt="${gttId}"][data-status=CANCELLED]`).waitFor();
 
-  say("brackets: alice places a bracket (its entry rests) and exits it");
+  say("brackets: alice places a bracket (its entry rests), finds it listed, and exits it");
   await open(alice, "Brackets", "Bracket orders");
   await alice.getByLabel("Symbol").fill("RELIANCE");
   await alice.getByLabel("Quantity").fill("1");
@@ -92,9 +93,12 @@ await run(async (session) => {
   await alice.getByLabel("Target (₹)").fill("14500.00");
   await alice.getByLabel("Stop-loss trigger (₹)").fill("13800.00");
   await alice.getByRole("button", { name: "Place bracket" }).click();
-  const bracket = alice.locator("#brackets tr[data-bracket]").first();
-  await bracket.waitFor();
-  const bracketId = await bracket.getAttribute("data-bracket");
+  const placed = alice.locator("#toasts .toast", { hasText: /Bracket \d+: entry order \d+ placed/ });
+  await placed.waitFor();
+  const bracketId = (await placed.textContent()).match(/Bracket (\d+)/)[1];
+  await open(alice, "GTT", "GTT triggers"); // away and back: the screen lists it from the API
+  await open(alice, "Brackets", "Bracket orders");
+  await alice.locator(`#brackets tr[data-bracket="${bracketId}"][data-status=ACTIVE]`).waitFor();
   await alice.getByRole("button", { name: `Exit bracket ${bracketId}` }).click();
   await alice.locator(`#brackets tr[data-bracket="${bracketId}"]:not([data-status=ACTIVE])`).waitFor();
   await shot(alice, "brackets");

@@ -1,15 +1,14 @@
 // Bracket orders (docs/brackets.md): create one (a LIMIT entry with a target and a
-// stop-loss, a stop-limit optional), view it (its entry, target legs, stop-loss order),
-// exit it (DELETE). The API lists no brackets, so the screen keeps the ids of the user's
-// brackets made or looked up in this browser; each is read again when one of its orders
-// changes.
+// stop-loss, a stop-limit optional), list them (GET /api/v1/brackets, newest first, by
+// status, a page at a time), exit one (DELETE). The list is read again when an order of
+// one of its brackets, or of a symbol a live one watches, changes.
 
-import { ApiError, api, claims } from "../api";
+import { api } from "../api";
 import { field, h, message, rupees, select } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
-import { coalesced, keyedSubmit, problem, shown } from "../forms";
+import { coalesced, keyedSubmit, shown } from "../forms";
 
 interface Bracket {
   bracketId: number;
@@ -29,24 +28,9 @@ interface Bracket {
   failure?: { code: string; message: string };
 }
 
-const KEPT = 50; // bracket ids remembered per user
+const PAGE = 50; // brackets a page; a reload reads as many as are shown, up to the API's 200
+const STATUSES = ["ACTIVE", "STOPPING", "STOPPED", "EXITING", "CANCELLED", "DONE", "EXPIRED", "FAILED"];
 const ENDED = new Set(["DONE", "STOPPED", "CANCELLED", "FAILED", "EXPIRED"]);
-
-function store(): string {
-  return `brokercore.brackets.${claims()?.sub ?? ""}`;
-}
-
-function remembered(): number[] {
-  return JSON.parse(localStorage.getItem(store()) ?? "[]") as number[];
-}
-
-function remember(id: number): void {
-  localStorage.setItem(store(), JSON.stringify([id, ...remembered().filter((x) => x !== id)].slice(0, KEPT)));
-}
-
-function forget(id: number): void {
-  localStorage.setItem(store(), JSON.stringify(remembered().filter((x) => x !== id)));
-}
 
 function money(label: string, name: string, required = true): [HTMLElement, HTMLInputElement] {
   const input = h("input", { name, type: "text", inputmode: "decimal", required, autocomplete: "off" });
@@ -59,9 +43,12 @@ export const brackets: Screen = {
   nav: "Brackets",
   access: "user",
   render(root) {
-    const known = new Map<number, Bracket>();
+    let listed: Bracket[] = []; // newest first
+    let cursor: string | null = null;
     const error = message();
     const body = h("tbody", {});
+    const filter = select("status", [["", "All"], ...STATUSES.map((s): [string, string] => [s, s])], "");
+    const more = h("button", { type: "button", class: "secondary", hidden: true }, "Older brackets");
 
     // The new bracket's form.
     const symbol = h("input", { name: "symbol", type: "text", required: true, autocomplete: "off", style: "text-transform: uppercase" });
@@ -83,35 +70,19 @@ export const brackets: Screen = {
         ...(stopLimit.value.trim() ? { stopLimit: stopLimit.value.trim() } : {}),
         idempotencyKey: key,
       });
-      remember(made.bracketId);
-      known.set(made.bracketId, made);
-      draw();
       toast(`Bracket ${made.bracketId}: entry order ${made.entryOrderId} placed`);
-    });
-
-    // Look one up by id (one made elsewhere: another browser, the API).
-    const lookupId = h("input", { name: "bracketId", type: "number", min: 1, step: 1, required: true, inputmode: "numeric" });
-    const lookup = h("form", { class: "inline", "aria-label": "Find a bracket" }, field("Bracket id", lookupId), h("button", { type: "submit", class: "secondary" }, "Find"));
-    lookup.addEventListener("submit", (event) => {
-      event.preventDefault();
-      void shown(error, async () => {
-        const found = await api<Bracket>("GET", `/api/v1/brackets/${Number(lookupId.value)}`);
-        remember(found.bracketId);
-        known.set(found.bracketId, found);
-        lookupId.value = "";
-        draw();
-      });
+      reload();
     });
 
     const exit = (b: Bracket) => shown(error, async () => {
-      known.set(b.bracketId, await api<Bracket>("DELETE", `/api/v1/brackets/${b.bracketId}`));
+      await api<Bracket>("DELETE", `/api/v1/brackets/${b.bracketId}`);
       toast(`Bracket ${b.bracketId}: exiting`);
-      draw();
+      reload();
     });
     const order = (id: number | undefined) => (id ? h("a", { href: "/orders", "data-link": true }, id) : "—");
     function draw(): void {
-      const sorted = [...known.values()].sort((a, b) => b.bracketId - a.bracketId);
-      body.replaceChildren(...(sorted.length ? sorted.map((b) => h("tr", { "data-bracket": b.bracketId, "data-status": b.status },
+      more.hidden = cursor === null;
+      body.replaceChildren(...(listed.length ? listed.map((b) => h("tr", { "data-bracket": b.bracketId, "data-status": b.status },
         h("td", {}, b.bracketId),
         h("td", {}, b.symbol),
         h("td", { class: b.side === "BUY" ? "gain" : "loss" }, b.side),
@@ -125,35 +96,39 @@ export const brackets: Screen = {
         h("td", { class: "status" }, b.status, b.failure ? ` (${b.failure.message})` : ""),
         h("td", {}, b.status === "ACTIVE"
           ? h("button", { type: "button", class: "link danger", "aria-label": `Exit bracket ${b.bracketId}`, onclick: () => void exit(b) }, "Exit")
-          : h("button", { type: "button", class: "link", "aria-label": `Remove bracket ${b.bracketId} from this list`, onclick: () => (forget(b.bracketId), known.delete(b.bracketId), draw()) }, "Hide"))))
-        : [h("tr", {}, h("td", { colspan: 12 }, "No brackets here yet: place one above, or find one by its id."))]));
+          : null)))
+        : [h("tr", {}, h("td", { colspan: 12 }, filter.value ? `No ${filter.value} brackets.` : "No brackets yet: place one above."))]));
     }
-    const load = async () => {
-      const ids = remembered();
-      const answers = await Promise.allSettled(ids.map((id) => api<Bracket>("GET", `/api/v1/brackets/${id}`)));
-      let failed: unknown = null;
-      answers.forEach((answer, i) => {
-        if (answer.status === "fulfilled") known.set(answer.value.bracketId, answer.value);
-        else if (answer.reason instanceof ApiError && answer.reason.code === "BRACKET_NOT_FOUND") forget(ids[i]); // not this user's
-        else failed = answer.reason;
-      });
-      error.textContent = failed ? problem(failed) : "";
+    // The first page (as many as are shown, so a reload keeps the older pages read), or
+    // the next one when "Older brackets" asked: one read at a time, through `reload`.
+    let older = false;
+    const load = () => shown(error, async () => {
+      const after = older ? cursor : null;
+      older = false;
+      const limit = after ? PAGE : Math.min(200, Math.max(PAGE, listed.length));
+      const query = new URLSearchParams({ limit: String(limit), ...(filter.value ? { status: filter.value } : {}), ...(after ? { cursor: after } : {}) });
+      const answer = await api<{ brackets: Bracket[]; nextCursor: string | null }>("GET", `/api/v1/brackets?${query}`);
+      listed = after ? [...listed, ...answer.brackets] : answer.brackets;
+      cursor = answer.nextCursor;
       draw();
-    };
+    });
     const reload = coalesced(load);
+    filter.addEventListener("change", () => ((listed = []), reload()));
+    more.addEventListener("click", () => ((older = true), reload()));
 
     root.append(h("h1", {}, "Bracket orders"),
       h("p", {}, "An entry order with a target and a stop-loss: as the entry fills, a target order follows for what filled; when a trade meets the stop-loss, the rest is sold (a short: bought back)."),
       form,
       h("section", { "aria-labelledby": "bracket-list", style: "margin-top: 16px" },
-        h("h2", { id: "bracket-list" }, "Your brackets"), lookup, error,
+        h("h2", { id: "bracket-list" }, "Your brackets"),
+        h("div", { style: "max-width: 16rem" }, field("Show", filter)), error,
         h("div", { class: "grid-wrap" },
           h("table", { class: "grid", id: "brackets" },
             h("caption", { class: "visually-hidden" }, "Brackets"),
             h("thead", {}, h("tr", {}, ...["Bracket", "Symbol", "Side", "Qty", "Entry (₹)", "Target (₹)", "Stop-loss (₹)", "Entry order", "Target legs", "Stop-loss order", "Status", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
-            body))));
-    const ours = (orderId: number) => [...known.values()].some((b) => b.entryOrderId === orderId || b.stopOrderId === orderId || b.targets.some((t) => t.orderId === orderId));
-    const watching = (symbol: string) => [...known.values()].some((b) => b.symbol === symbol && !ENDED.has(b.status));
+            body)), more));
+    const ours = (orderId: number) => listed.some((b) => b.entryOrderId === orderId || b.stopOrderId === orderId || b.targets.some((t) => t.orderId === orderId));
+    const watching = (symbol: string) => listed.some((b) => b.symbol === symbol && !ENDED.has(b.status));
     const off = live.on("order", (update) => {
       // A new leg is an order of a live bracket's symbol: a change on that symbol may be one.
       if (ours(update.orderId) || watching(update.symbol)) reload();
