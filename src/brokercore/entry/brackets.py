@@ -82,6 +82,11 @@ _COLUMNS = """b.bracket_id, b.symbol, b.side, b.quantity, b.price, b.target, b.s
 _OWNED = f"""SELECT {_COLUMNS} FROM brackets b JOIN accounts a ON a.account_id = b.account_id
  WHERE a.user_id = %(user)s"""
 
+# A user's brackets by their account (known before the plan runs: an index range of
+# brackets_account_idx, where a join on user_id would walk every user's brackets by id).
+_LISTED = f"""SELECT {_COLUMNS} FROM brackets b
+ WHERE b.account_id = (SELECT account_id FROM accounts WHERE user_id = %(user)s)"""
+
 _INSERT = """
 INSERT INTO brackets (account_id, symbol, side, quantity, price, target, stop, stop_limit,
                       entry_order_id, request_hash)
@@ -173,7 +178,7 @@ class BracketBook:
     async def list(self, user_id: str, query: BracketQuery) -> BracketList:
         """A page of the user's brackets (of one status when asked), newest first; the
         cursor is the page's last bracket id, for the next page's older ones."""
-        sql = _OWNED
+        sql = _LISTED
         if query.status is not None:
             sql += " AND b.status = %(status)s"
         if query.cursor is not None:
