@@ -9,25 +9,14 @@ set -euo pipefail
 log() { echo "chromium: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-if [[ "$(id -u)" == 0 ]]; then
-    apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
-else
-    apt_get() { sudo env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
-fi
+source "$(dirname "$0")/../lib/apt.sh"
 
 chromium_bin() { command -v chromium || { [[ -x /usr/bin/chromium ]] && echo /usr/bin/chromium; }; }
 
 install_chromium() {
     if [[ -n "$(chromium_bin)" ]]; then return; fi
     log "chromium not found; installing Debian's chromium"
-    command -v apt-get > /dev/null || die "no apt-get here: install chromium by hand"
-    local apt_log="${TMPDIR:-/tmp}/brokercore-chromium-apt.log"
-    if ! apt_get install -y --no-install-recommends chromium > "$apt_log" 2>&1; then
-        log "apt-get install failed; updating the package lists and trying again"
-        apt_get update > "$apt_log" 2>&1 || { tail -20 "$apt_log" >&2; die "apt-get update failed"; }
-        apt_get install -y --no-install-recommends chromium > "$apt_log" 2>&1 \
-            || { tail -20 "$apt_log" >&2; die "apt-get install -y chromium failed"; }
-    fi
+    apt_install chromium chromium --no-install-recommends
     [[ -n "$(chromium_bin)" ]] || die "installed chromium, but there is no chromium binary"
     log "installed $("$(chromium_bin)" --version 2> /dev/null || echo chromium)"
 }

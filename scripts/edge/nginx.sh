@@ -41,27 +41,15 @@ log() { echo "edge: $*" >&2; }
 die() { log "$*"; exit 1; }
 source "$here/../lib/process.sh"
 source "$here/../lib/ports.sh"
+source "$here/../lib/apt.sh"
 port="$edge_port"
-
-if [[ "$(id -u)" == 0 ]]; then
-    apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
-else
-    apt_get() { sudo env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
-fi
 
 nginx_bin() { command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; }; }
 
 install_nginx() {
     if [[ -n "$(nginx_bin)" ]]; then return; fi
     log "nginx not found; installing Debian's nginx"
-    command -v apt-get > /dev/null || die "no apt-get here: install nginx by hand"
-    local apt_log="${TMPDIR:-/tmp}/brokercore-nginx-apt.log"
-    if ! apt_get install -y nginx > "$apt_log" 2>&1; then
-        log "apt-get install failed; updating the package lists and trying again"
-        apt_get update > "$apt_log" 2>&1 || { tail -20 "$apt_log" >&2; die "apt-get update failed"; }
-        apt_get install -y nginx > "$apt_log" 2>&1 \
-            || { tail -20 "$apt_log" >&2; die "apt-get install -y nginx failed"; }
-    fi
+    apt_install nginx nginx
     [[ -n "$(nginx_bin)" ]] || die "installed nginx, but there is no nginx binary"
     # The package starts the system's server (port 80, /etc/nginx) where there is no
     # systemd to refuse it; the edge is ours alone.

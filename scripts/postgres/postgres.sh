@@ -56,6 +56,7 @@ replica_port="${BROKERCORE_PG_REPLICA_PORT:-15433}"
 log() { echo "postgres: $*" >&2; }
 die() { log "$*"; exit 1; }
 source "$here/../lib/process.sh"
+source "$here/../lib/apt.sh"
 
 # Unix socket paths are limited to 107 bytes: a deep checkout gets a socket in /tmp.
 socket_folder() {
@@ -68,11 +69,9 @@ primary_port="$port"
 if [[ "$(id -u)" == 0 ]]; then
     pg_user=postgres
     as_pg() { runuser -u "$pg_user" -- "$@"; }
-    apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
 else
     pg_user="$(id -un)"
     as_pg() { "$@"; }
-    apt_get() { sudo env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
 fi
 
 # The newest installed server (a client-only version has no initdb and is skipped).
@@ -88,14 +87,7 @@ find_bindir() {
 
 install_postgres() {
     log "PostgreSQL not found; installing Debian's postgresql"
-    command -v apt-get > /dev/null || die "no apt-get here: install PostgreSQL (server) by hand"
-    local apt_log="${TMPDIR:-/tmp}/brokercore-postgres-apt.log"
-    if ! apt_get install -y postgresql > "$apt_log" 2>&1; then
-        log "apt-get install failed; updating the package lists and trying again"
-        apt_get update > "$apt_log" 2>&1 || { tail -20 "$apt_log" >&2; die "apt-get update failed"; }
-        apt_get install -y postgresql > "$apt_log" 2>&1 \
-            || { tail -20 "$apt_log" >&2; die "apt-get install -y postgresql failed"; }
-    fi
+    apt_install postgres postgresql
 }
 
 bindir=""

@@ -24,24 +24,12 @@ logfile="$state/redis.log"
 log() { echo "redis: $*" >&2; }
 die() { log "$*"; exit 1; }
 source "$here/../lib/process.sh"
-
-if [[ "$(id -u)" == 0 ]]; then
-    apt_get() { DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
-else
-    apt_get() { sudo env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
-fi
+source "$here/../lib/apt.sh"
 
 install_redis() {
     if command -v redis-server > /dev/null && command -v redis-cli > /dev/null; then return; fi
     log "redis-server not found; installing Debian's redis-server"
-    command -v apt-get > /dev/null || die "no apt-get here: install redis-server by hand"
-    local apt_log="${TMPDIR:-/tmp}/brokercore-redis-apt.log"
-    if ! apt_get install -y redis-server > "$apt_log" 2>&1; then
-        log "apt-get install failed; updating the package lists and trying again"
-        apt_get update > "$apt_log" 2>&1 || { tail -20 "$apt_log" >&2; die "apt-get update failed"; }
-        apt_get install -y redis-server > "$apt_log" 2>&1 \
-            || { tail -20 "$apt_log" >&2; die "apt-get install -y redis-server failed"; }
-    fi
+    apt_install redis redis-server
     command -v redis-server > /dev/null || die "installed redis-server, but it is not on PATH"
 }
 
