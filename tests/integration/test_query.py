@@ -927,9 +927,12 @@ def test_candles_aggregate_the_trades(dataset):
                 "/marketdata/RELIANCE/candles", interval="5m", **{"from": iso(0), "to": iso(300)}
             ),
             await api.ok("/marketdata/RELIANCE/candles", **{"from": iso(60), "to": iso(70)}),
+            await api.ok(
+                "/marketdata/RELIANCE/candles", interval="5s", **{"from": iso(0), "to": iso(120)}
+            ),
         )
 
-    minutes, five, cut = query(dataset, scenario)
+    minutes, five, cut, seconds = query(dataset, scenario)
     assert minutes == {
         "symbol": "RELIANCE",
         "interval": "1m",
@@ -965,6 +968,13 @@ def test_candles_aggregate_the_trades(dataset):
         }
     ]
     assert cut["candles"] == []  # `to` is exclusive: 70 is out
+    assert [(c["time"], c["close"], c["volume"]) for c in seconds["candles"]] == [
+        (iso(10), "2500.00", 1),
+        (iso(30), "2525.00", 2),
+        (iso(50), "2495.00", 3),
+        (iso(70), "2510.00", 4),
+        (iso(90), "2500.00", 2),
+    ]  # the web app's live chart (5 s): one candle per trading 5 s
 
 
 def test_the_last_trade_of_a_sweep_is_the_last_by_book_sequence(dataset):

@@ -66,9 +66,10 @@ SELECT b.symbol, b.side, b.price, sum(b.open_quantity)::bigint
 """(symbol, side, price paise or NULL for the waiting market orders, whole quantity) of
 the symbols in PRE_OPEN: what their indicative opening is computed from."""
 
-Interval = Literal["1m", "5m", "15m", "1h", "1d"]
+Interval = Literal["5s", "1m", "5m", "15m", "1h", "1d"]
 
 INTERVALS: dict[Interval, timedelta] = {
+    "5s": timedelta(seconds=5),  # a live market over the last minutes (the demo)
     "1m": timedelta(minutes=1),
     "5m": timedelta(minutes=5),
     "15m": timedelta(minutes=15),

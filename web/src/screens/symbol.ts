@@ -1,10 +1,10 @@
-// A symbol: its last price, the candle chart (GET .../candles, then live from the trade
-// stream), the depth ladder (BOOK frames), the trade tape (TRADE frames) and the order
+// A symbol: its last price, the candle chart (GET .../candles of the interval picked, 5 s
+// to a day, then live from the trade stream), the depth ladder (BOOK frames), the trade tape (TRADE frames) and the order
 // ticket.
 
 import { CandlestickSeries, createChart, type CandlestickData, type UTCTimestamp } from "lightweight-charts";
 import { api } from "../api";
-import { h, head, rupees, time } from "../dom";
+import { field, h, head, rupees, select, time } from "../dom";
 import { live } from "../live";
 import { focusPhase, notePhase } from "../phase";
 import type { Screen } from "../screen";
@@ -13,6 +13,19 @@ import type { Book, Candle, Instrument, TradeTick } from "../types";
 
 const TAPE_ROWS = 30;
 const DEPTH = 10;
+/** The candle intervals offered (GET .../candles?interval=): the API's name, its length in
+ * seconds, its words. */
+const INTERVALS: [string, number, string][] = [
+  ["5s", 5, "5 seconds"],
+  ["1m", 60, "1 minute"],
+  ["5m", 300, "5 minutes"],
+  ["15m", 900, "15 minutes"],
+  ["1h", 3600, "1 hour"],
+  ["1d", 86_400, "1 day"],
+];
+const CANDLES = 1000; // intervals a chart asks for (the API answers at most 1440)
+const FEW = 100; // candles or fewer: spread over the chart (at most MAX_SPACING px apart), not packed at its right
+const MAX_SPACING = 60;
 
 function bar(candle: Candle): CandlestickData<UTCTimestamp> {
   return {
@@ -45,14 +58,15 @@ export const symbol: Screen = {
     document.title = `${name} · brokercore`;
     const last = h("span", { class: "last", id: "last-price" }, "—"); // not a live region: it moves with every trade
     const note = h("p", { class: "chart-note", hidden: true }, "No trades yet: the chart starts with the first one.");
-    const chartBox = h("div", { class: "chart", role: "img", "aria-label": `${name} price chart, one-minute candles` });
+    const chartBox = h("div", { class: "chart", role: "img" });
+    const picker = select("interval", INTERVALS.map(([key, , words]) => [key, words]), "1m");
     const depth = h("div", { id: "depth" });
     const tape = h("tbody", {});
     const instrument = api<Instrument>("GET", `/api/v1/instruments/${encodeURIComponent(name)}`).catch(() => null);
     root.append(
       h("h1", {}, name, " ", last),
       h("div", { class: "symbol-grid" },
-        h("section", { class: "card chart-card", "aria-label": "Chart" }, note, chartBox),
+        h("section", { class: "card chart-card", "aria-label": "Chart" }, field("Candle interval", picker), note, chartBox),
         h("section", { class: "card", "aria-label": "Depth" }, depth),
         h("section", { class: "card", "aria-label": "Trades" },
           h("table", { class: "tape" }, h("caption", {}, "Trades"),
@@ -63,15 +77,40 @@ export const symbol: Screen = {
     );
     focusPhase(name);
 
-    const chart = createChart(chartBox, { autoSize: true, layout: { textColor: "#1a1a1a" }, timeScale: { timeVisible: true } });
+    const chart = createChart(chartBox, { autoSize: true, layout: { textColor: "#1a1a1a" }, timeScale: { timeVisible: true, maxBarSpacing: MAX_SPACING } });
     const series = chart.addSeries(CandlestickSeries, { upColor: "#0a7d32", downColor: "#b3261e", wickUpColor: "#0a7d32", wickDownColor: "#b3261e", borderVisible: false });
     let lastBar: CandlestickData<UTCTimestamp> | null = null;
-    api<{ candles: Candle[] }>("GET", `/api/v1/marketdata/${encodeURIComponent(name)}/candles?interval=1m`).then((answer) => {
-      const bars = answer.candles.map(bar);
-      series.setData(bars);
-      lastBar = bars.at(-1) ?? lastBar;
-      note.hidden = lastBar !== null;
-    }, () => undefined);
+    const spread = () => {
+      if (series.data().length <= FEW) chart.timeScale().fitContent();
+    };
+    let step = 60; // the interval's seconds
+    let loading = 0; // the latest load: an older answer arriving late is dropped
+    const loadCandles = () => {
+      const [key, seconds, words] = INTERVALS.find(([k]) => k === picker.value) ?? INTERVALS[1];
+      const load = ++loading;
+      step = seconds;
+      lastBar = null;
+      series.setData([]);
+      chartBox.setAttribute("aria-label", `${name} price chart, one candle per ${words}`);
+      chart.applyOptions({ timeScale: { secondsVisible: seconds < 60 } });
+      const from = new Date(Date.now() - CANDLES * seconds * 1000).toISOString();
+      const query = new URLSearchParams({ interval: key, from });
+      api<{ candles: Candle[] }>("GET", `/api/v1/marketdata/${encodeURIComponent(name)}/candles?${query}`).then((answer) => {
+        if (load !== loading) return;
+        const bars = answer.candles.map(bar);
+        const tail = bars.at(-1);
+        if (lastBar && tail?.time === lastBar.time) { // live trades since the answer was made: both in its bar
+          bars[bars.length - 1] = { ...tail, high: Math.max(tail.high, lastBar.high), low: Math.min(tail.low, lastBar.low), close: lastBar.close };
+        } else if (lastBar && (!tail || lastBar.time > tail.time)) bars.push(lastBar);
+        series.setData(bars);
+        spread();
+        lastBar = bars.at(-1) ?? null;
+        note.hidden = lastBar !== null;
+        chartBox.dataset.candles = String(series.data().length);
+      }, () => undefined);
+    };
+    picker.addEventListener("change", loadCandles);
+    loadCandles();
 
     const showBook = (book: Book) => {
       if (book.symbol !== name) return;
@@ -88,13 +127,16 @@ export const symbol: Screen = {
       tape.prepend(h("tr", {}, h("td", {}, time(trade.time)), h("td", {}, rupees(trade.price)), h("td", {}, trade.quantity)));
       while (tape.rows.length > TAPE_ROWS) tape.deleteRow(-1);
       const price = Number(trade.price);
-      const minute = (Math.floor(Date.parse(trade.time) / 60_000) * 60) as UTCTimestamp;
-      if (lastBar && minute < lastBar.time) return; // the chart takes no bar older than its last
-      lastBar = lastBar && lastBar.time === minute
+      const start = (Math.floor(Date.parse(trade.time) / 1000 / step) * step) as UTCTimestamp;
+      if (lastBar && start < lastBar.time) return; // the chart takes no bar older than its last
+      const added = lastBar?.time !== start;
+      lastBar = lastBar && !added
         ? { ...lastBar, high: Math.max(lastBar.high, price), low: Math.min(lastBar.low, price), close: price }
-        : { time: minute, open: price, high: price, low: price, close: price };
+        : { time: start, open: price, high: price, low: price, close: price };
       series.update(lastBar);
+      if (added) spread();
       note.hidden = true;
+      chartBox.dataset.candles = String(series.data().length);
     };
     const off = [
       live.on("book", showBook),
