@@ -2,15 +2,18 @@
 Playwright (playwright-core) through the stack's edge, which serves the app at `/`.
 
 Scripts in web/e2e/ do the browsing and checking (trading.mjs the core screens,
-secondary.mjs the others), each exiting non-zero at its first failed check, its output
-shown here. Both run against one stack. Screenshots of each screen go to
-$BROKERCORE_SCREENSHOTS (default: a folder of the test's own).
+secondary.mjs the others, market.mjs a simulated market: the README's screenshot), each
+exiting non-zero at its first failed check, its output shown here. All run against one
+stack. Screenshots of each screen go to $BROKERCORE_SCREENSHOTS (default: a folder of the
+test's own).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ import httpx
 from stack_support import REPO, PrivateStack, stack_up_fixture  # noqa: F401 (fixture)
 
 E2E_TIMEOUT = 240  # seconds; the run takes under a minute here
+MARKET = "TCS"  # simulated by the last test; the other browser tests do not trade it
 
 
 def prepared() -> str:
@@ -89,8 +93,35 @@ def test_secondary_screens_and_the_api_reference(stack_up: PrivateStack, tmp_pat
         assert f"{screen}.png" in shots, sorted(shots)
 
 
-def browse(stack_up: PrivateStack, script: str, tmp_path: Path) -> set[str]:
-    """Run web/e2e/SCRIPT against the stack as the demo users; the screenshots it saved."""
+def test_a_living_market_for_the_readme(stack_up: PrivateStack, tmp_path):
+    """web/e2e/market.mjs, while `brokercore simulate` trades MARKET (8 traders, 20
+    requests/s): candles forming, both sides of the book, trades arriving, the last price
+    moving. Last in the module, as the simulator stays until the end of it. With
+    BROKERCORE_UPDATE_SCREENSHOTS=1 its market.png becomes docs/screenshots/market.png."""
+    simulate = [sys.executable, "-m", "brokercore.cli", "simulate", "--api", stack_up.edge]
+    simulate += ["--url", stack_up.database_url, "--symbols", MARKET, "--traders", "8"]
+    simulate += ["--rate", "20", "--open-burst", "40"]
+    log = (tmp_path / "simulate.log").open("w")
+    simulator = subprocess.Popen(
+        simulate, cwd=REPO, env=stack_up.env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        shots = browse(stack_up, "market.mjs", tmp_path, BROKERCORE_MARKET_SYMBOL=MARKET)
+    finally:
+        simulator.send_signal(signal.SIGINT)
+        simulator.wait(timeout=60)
+        log.close()
+    summary = (tmp_path / "simulate.log").read_text()
+    print(summary)
+    assert simulator.returncode == 0, summary  # no 5xx met
+    assert {"market.png", "market-phone.png"} <= shots.keys(), sorted(shots)
+    if os.environ.get("BROKERCORE_UPDATE_SCREENSHOTS") == "1":
+        shutil.copy(shots["market.png"], REPO / "docs/screenshots/market.png")
+
+
+def browse(stack_up: PrivateStack, script: str, tmp_path: Path, **settings: str) -> dict[str, Path]:
+    """Run web/e2e/SCRIPT against the stack as the demo users, with its own SETTINGS
+    (environment); the screenshots it saved, by name."""
     chromium = prepared()
     logins = json.loads((stack_up.root / ".stack/demo-users.json").read_text())
     screenshots = os.environ.get("BROKERCORE_SCREENSHOTS") or str(tmp_path / "screenshots")
@@ -103,7 +134,8 @@ def browse(stack_up: PrivateStack, script: str, tmp_path: Path) -> set[str]:
             "BROKERCORE_LOGINS": json.dumps(logins),
             "BROKERCORE_SCREENSHOTS": screenshots,
             "BROKERCORE_CHROMIUM": chromium,
-        },
+        }
+        | settings,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -111,4 +143,4 @@ def browse(stack_up: PrivateStack, script: str, tmp_path: Path) -> set[str]:
     )
     print(run.stdout)
     assert run.returncode == 0, f"{run.stdout}\n{stack_up.logs()}"
-    return {p.name for p in Path(screenshots).glob("*.png")}
+    return {p.name: p for p in Path(screenshots).glob("*.png")}
