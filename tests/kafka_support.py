@@ -263,9 +263,15 @@ def by_symbol(events: dict[int, list[Event]]) -> dict[str, list[tuple]]:
 def assert_no_gap_no_duplicate(events: dict[int, list[Event]]) -> None:
     for shard, stream in events.items():
         seqs = [e.shard_seq for e in stream]
-        assert seqs == list(range(1, len(seqs) + 1)), (
-            f"shard {shard}: shard_seq is not 1..{len(seqs)} without gap or repeat"
-        )
+        if seqs != list(range(1, len(seqs) + 1)):
+            at = next(i for i, seq in enumerate(seqs) if seq != i + 1)
+            repeats = len(seqs) - len(set(seqs))
+            raise AssertionError(
+                f"shard {shard}: shard_seq is not 1..{len(seqs)} without gap or repeat: "
+                f"{repeats} repeated, the first wrong at position {at}: "
+                f"{seqs[max(0, at - 3) : at + 4]} (the events around it: "
+                f"{stream[max(0, at - 2) : at + 3]})"
+            )
 
 
 def books_of(snapshot: ShardSnapshot) -> dict:
