@@ -58,6 +58,8 @@ __all__ = [
     "read_body",
     "field_error",
     "decode_body",
+    "query_params",
+    "convert_query",
     "decode_query",
     "check_text",
 ]
@@ -483,25 +485,43 @@ def decode_body(kind: type[T], body: bytes, what: str) -> T:
         raise ApiError(422, "INVALID_REQUEST", f"the {what} is invalid", [field_error(e)]) from None
 
 
-def decode_query(request: Request, kind: type[Q]) -> Q:
-    """The query string as ``kind``, a Struct whose fields are its parameters: 422
-    INVALID_REQUEST naming the parameter if one is unknown, repeated or invalid (a word
-    not among a field's allowed ones answered with them)."""
-    fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+def query_params(request: Request, kind: type[msgspec.Struct] | None = None) -> dict[str, str]:
+    """The query string as a dict of ``kind``'s parameters (none without a kind): 422
+    INVALID_REQUEST naming a parameter that is unknown or given more than once."""
+    known = {f.encode_name for f in msgspec.structs.fields(kind)} if kind else set()
     params: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
-        if name not in fields or name in params:
-            problem = "given more than once" if name in params else "unknown query parameter"
-            raise _invalid_query(name[:40], f"{problem} (one each of {', '.join(fields)})")
+        if name not in known:
+            raise _invalid_query(
+                name[:40],
+                f"unknown query parameter (expected one of {', '.join(sorted(known))})"
+                if known
+                else "this endpoint takes no query parameters",
+            )
+        if name in params:
+            raise _invalid_query(name, "given more than once")
         params[name] = value
+    return params
+
+
+def convert_query(params: Mapping[str, object], kind: type[Q]) -> Q:
+    """``params`` as ``kind``: 422 INVALID_REQUEST naming the parameter that is invalid (a
+    word not among a field's allowed ones answered with them)."""
     try:
         return msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as e:
         error = field_error(e, "query")
         message = error.message
-        if message.startswith("Invalid enum value") and error.field in fields:
-            message += f" (one of {', '.join(_words(fields[error.field].type))})"
+        fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+        field = fields.get(error.field.partition("[")[0])
+        if field is not None and message.startswith("Invalid enum value"):
+            message += f" (expected one of {', '.join(_words(field.type))})"
         raise _invalid_query(error.field, message) from None
+
+
+def decode_query(request: Request, kind: type[Q]) -> Q:
+    """The query string as ``kind``, a Struct whose fields are its parameters."""
+    return convert_query(query_params(request, kind), kind)
 
 
 def _invalid_query(name: str, message: str) -> ApiError:

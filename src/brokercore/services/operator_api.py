@@ -24,9 +24,9 @@ from brokercore.kafka.daemon import LeaseMembers, lease_members
 from brokercore.kafka.lag import KafkaLagProbe, PartitionLag
 from brokercore.kafka.placement import shard_plan
 from brokercore.read import operations
-from brokercore.services.http import guarded, json_response, require_operator
+from brokercore.services.http import guarded, json_response, query_params, require_operator
 from brokercore.services.monitor import platform_lags
-from brokercore.services.query import QueryService, _params, _read
+from brokercore.services.query import QueryService, _read
 
 __all__ = ["OPERATOR_ROUTES"]
 
@@ -63,7 +63,7 @@ def _kafka_view(request: Request, service: QueryService) -> KafkaView:
 async def operator_overview(request: Request) -> Response:
     service: QueryService = request.app.state.query
     require_operator(await service.authorize(request))
-    _params(request)
+    query_params(request)
     view = _kafka_view(request, service)
     (daemons, lags, problems), runs = await asyncio.gather(
         asyncio.to_thread(view.measure), service.read(operations.latest_runs)

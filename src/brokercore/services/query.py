@@ -39,7 +39,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from brokercore.broker.market import load_market
-from brokercore.broker.orders import ORDER_STATUSES
 from brokercore.config import ServiceSettings
 from brokercore.entry.requests import FieldError, encode_json
 from brokercore.read import answers, instruments, queries, statement, watchlists
@@ -49,11 +48,12 @@ from brokercore.realtime.channels import BookUpdate, encode_message, md_key
 from brokercore.services.http import (
     ApiError,
     LimitedApi,
+    convert_query,
     database_pool,
     decode_body,
-    field_error,
     guarded,
     path_id,
+    query_params,
     read_router,
     service_app,
 )
@@ -79,13 +79,6 @@ LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 STATEMENT_DAYS = 30
 """Days a statement without ``from`` covers, up to ``to`` (or today)."""
-
-_CHOICES = {
-    "status": ORDER_STATUSES,
-    "interval": tuple(INTERVALS),
-    "side": ("BUY", "SELL"),
-    "format": ("json", "csv"),
-}
 
 
 async def _snapshot_reads(conn: AsyncConnection) -> None:
@@ -195,35 +188,9 @@ def _invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "INVALID_REQUEST", "the query is invalid", [FieldError(field, message)])
 
 
-def _params(request: Request, kind: type[msgspec.Struct] | None = None) -> dict[str, str]:
-    """The query string as a dict of ``kind``'s fields (none without a kind); unknown or
-    repeated parameters are refused."""
-    known = {f.encode_name for f in msgspec.structs.fields(kind)} if kind else set()
-    params: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
-        if name not in known:
-            raise _invalid(
-                name[:40],
-                f"unknown query parameter (expected one of {', '.join(sorted(known))})"
-                if known
-                else "this endpoint takes no query parameters",
-            )
-        if name in params:
-            raise _invalid(name, "given more than once")
-        params[name] = value
-    return params
-
-
 def _convert(params: Mapping[str, object], kind: type[Q]) -> Q:
-    try:
-        query = msgspec.convert(params, kind, strict=False)
-    except msgspec.ValidationError as e:
-        error = field_error(e, "query")
-        field, message = error.field, error.message
-        choices = _CHOICES.get(field.partition("[")[0])
-        if choices and message.startswith("Invalid enum value"):
-            message += f" (expected one of {', '.join(choices)})"
-        raise _invalid(field, message) from None
+    """``convert_query``, and every instant of the query within what a date can hold."""
+    query = convert_query(params, kind)
     for info in msgspec.structs.fields(kind):
         instant = getattr(query, info.name)
         if isinstance(instant, datetime) and not EARLIEST <= instant <= LATEST:
@@ -255,7 +222,7 @@ def _service(request: Request) -> QueryService:
 async def list_orders(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
-    raw = _params(request, queries.OrdersQuery)
+    raw = query_params(request, queries.OrdersQuery)
     params: dict[str, object] = dict(raw)
     if "status" in raw:
         params["status"] = raw["status"].split(",")
@@ -273,7 +240,7 @@ async def get_order(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
     order_id = _order_id(request)
-    _params(request)
+    query_params(request)
     return await service.cached(
         user, f"order:{order_id}", queries.get_order, user, order_id, missing=_no_order(order_id)
     )
@@ -284,7 +251,7 @@ async def order_history(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
     order_id = _order_id(request)
-    at = _convert(_params(request, queries.HistoryQuery), queries.HistoryQuery).at
+    at = _convert(query_params(request, queries.HistoryQuery), queries.HistoryQuery).at
     history = await service.read(queries.order_history, user, order_id)
     if history is None:
         raise _no_order(order_id)
@@ -305,7 +272,7 @@ async def order_history(request: Request) -> Response:
 async def portfolio(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
-    _params(request)
+    query_params(request)
     return await service.cached(
         user,
         "portfolio",
@@ -324,7 +291,7 @@ def _no_account() -> ApiError:
 async def trades(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
-    query = _convert(_params(request, queries.TradesQuery), queries.TradesQuery)
+    query = _convert(query_params(request, queries.TradesQuery), queries.TradesQuery)
     _ordered(query.start, query.end)
     try:
         page = await service.read(queries.list_trades, user, query)
@@ -337,7 +304,7 @@ async def trades(request: Request) -> Response:
 async def account_statement(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
-    query = _convert(_params(request, statement.StatementQuery), statement.StatementQuery)
+    query = _convert(query_params(request, statement.StatementQuery), statement.StatementQuery)
     last = query.end or datetime.now(service.zone).date()
     first = query.start or last - timedelta(days=STATEMENT_DAYS - 1)
     for name, day in (("from", first), ("to", last)):
@@ -409,7 +376,7 @@ def _watchlist_errors(e: Exception) -> ApiError:
 async def list_watchlists(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
-    _params(request)
+    query_params(request)
     async with service.writes.connection() as conn:
         found = await watchlists.list_watchlists(conn, user, service.day_starts())
     return _json(encode_json(watchlists.Watchlists(found)))
@@ -419,7 +386,7 @@ async def list_watchlists(request: Request) -> Response:
 async def create_watchlist(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
-    _params(request)
+    query_params(request)
     body = await _watchlist_body(service, request)
     async with service.writes.connection() as conn:
         try:
@@ -436,7 +403,7 @@ async def get_watchlist(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
     watchlist_id = _watchlist_id(request)
-    _params(request)
+    query_params(request)
     async with service.writes.connection() as conn:
         found = await watchlists.get_watchlist(conn, user, watchlist_id, service.day_starts())
     if found is None:
@@ -449,7 +416,7 @@ async def replace_watchlist(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
     watchlist_id = _watchlist_id(request)
-    _params(request)
+    query_params(request)
     body = await _watchlist_body(service, request)
     async with service.writes.connection() as conn:
         try:
@@ -467,7 +434,7 @@ async def delete_watchlist(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
     watchlist_id = _watchlist_id(request)
-    _params(request)
+    query_params(request)
     async with service.writes.connection() as conn:
         if not await watchlists.delete_watchlist(conn, user, watchlist_id):
             raise _no_watchlist(watchlist_id)
@@ -478,7 +445,7 @@ async def delete_watchlist(request: Request) -> Response:
 async def list_instruments(request: Request) -> Response:
     service = _service(request)
     await service.user(request)
-    _params(request)
+    query_params(request)
     symbols = list(service.market)
     phase_of = await service.read(instruments.phases, symbols)
     listed = [service.instruments.answer(symbol, phase_of) for symbol in symbols]
@@ -490,7 +457,7 @@ async def get_instrument(request: Request) -> Response:
     service = _service(request)
     await service.user(request)
     symbol = service.symbol(request)
-    _params(request)
+    query_params(request)
     phase_of = await service.read(instruments.phases, [symbol])
     return _json(encode_json(service.instruments.answer(symbol, phase_of)))
 
@@ -500,7 +467,7 @@ async def market_data(request: Request) -> Response:
     service = _service(request)
     await service.user(request)
     symbol = service.symbol(request)
-    _params(request)
+    query_params(request)
     body = await service.book_copy(symbol)
     if body is None:
         body = encode_message(await service.read(queries.book, service.market[symbol]))
@@ -512,7 +479,7 @@ async def candles(request: Request) -> Response:
     service = _service(request)
     await service.user(request)
     symbol = service.symbol(request)
-    query = _convert(_params(request, queries.CandlesQuery), queries.CandlesQuery)
+    query = _convert(query_params(request, queries.CandlesQuery), queries.CandlesQuery)
     end = query.end or datetime.now(UTC)
     start = query.start or end - CANDLE_WINDOW
     _ordered(start, end)
