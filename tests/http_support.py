@@ -1,5 +1,6 @@
 """The three HTTP services (OMS, query, notifications) in this process on the real
-Postgres, Redis and Kafka, with what they log kept, for the edge and fuzz tests."""
+Postgres, Redis and Kafka, with what they log kept, for the edge and fuzz tests, and
+a brokercore.client on them that the edge's routes lead to the right app."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import httpx
 import psycopg
 import redis
 
+from brokercore.client import Client
 from brokercore.services.notifier_api import create_app as notifications_app
 from brokercore.services.oms import create_app as oms_app
 from brokercore.services.query import create_app as query_app
 from brokercore.services.ws import create_app as gateway_app
 from kafka_support import new_settings
-from oms_support import OPEN_MARKET
+from oms_support import OPEN_MARKET, trader
 from shared_servers import REDIS_URL, service_settings
 
 STORED = (
@@ -60,10 +62,48 @@ class LogRecords(logging.Handler):
         root.setLevel(self._level)
 
 
+SERVICE_OF = {
+    "orders": "oms",  # a GET goes to the query service (EdgeRoutes)
+    "gtt": "oms",
+    "brackets": "oms",
+    "margins": "oms",
+    "portfolio": "query",
+    "marketdata": "query",
+    "instruments": "query",
+    "statement": "query",
+    "trades": "query",
+    "watchlists": "query",
+    "operator": "query",  # the overview; accounts' KYC decisions are not served here
+    "notifications": "notifications",
+    "alerts": "notifications",
+    "postbacks": "notifications",
+}
+"""The app that /api/v1/<first segment> goes to, as scripts/edge/nginx.conf.template
+routes it."""
+
+
+class EdgeRoutes(httpx.AsyncBaseTransport):
+    """The edge's routing in this process: each request to the app that nginx would
+    send it to, by its path's first segment under /api/v1/ (SERVICE_OF)."""
+
+    def __init__(self, apps: dict):
+        self.transports = {
+            name: httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            for name, app in apps.items()
+        }
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        segment = request.url.path.removeprefix("/api/v1/").split("/")[0]
+        if segment == "orders" and request.method in ("GET", "HEAD"):
+            return await self.transports["query"].handle_async_request(request)
+        return await self.transports[SERVICE_OF[segment]].handle_async_request(request)
+
+
 class Services:
     """The OMS, query, notification and gateway apps (lifespans run), an HTTP client on
-    each (``self.oms``, ``self.query``, ``self.notifications``, ``self.gateway``); the
-    OMS's clock is in market hours."""
+    each (``self.oms``, ``self.query``, ``self.notifications``, ``self.gateway``) and a
+    brokercore.client through the edge's routes for each trader (``trader``); the OMS's
+    clock is in market hours."""
 
     def __init__(self, database: str, **overrides):
         self.database = database
@@ -77,6 +117,8 @@ class Services:
         }
         self._lifespans = []
         self._counter: psycopg.Connection | None = None
+        self.routes = EdgeRoutes(self.apps)
+        self._traders: dict[str, Client] = {}
 
     async def __aenter__(self):
         for name, app in self.apps.items():
@@ -97,6 +139,8 @@ class Services:
     async def __aexit__(self, *exc):
         if self._counter is not None:
             self._counter.close()
+        while self._traders:
+            await self._traders.popitem()[1].aclose()
         for name in self.apps:
             await getattr(self, name).aclose()
         while self._lifespans:
@@ -106,6 +150,13 @@ class Services:
             for key in client.scan_iter(match=self.kafka.topic_prefix + "*", count=1000):
                 client.delete(key)
             client.close()
+
+    def trader(self, user: str) -> Client:
+        """``user``'s client (a development token) of these apps, until the ``async with``
+        ends."""
+        if user not in self._traders:
+            self._traders[user] = trader(user, self.routes)
+        return self._traders[user]
 
     def stored(self) -> dict[str, int]:
         """Rows in each table a client's request can write to."""

@@ -6,14 +6,17 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import httpx
 import msgspec
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from brokercore.client import Client, new_key
 from brokercore.config import DEV_JWT_SECRET
 from brokercore.edge.auth import JwtConfig, mint_token
+from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import Command
 from brokercore.kafka.topics import partition_of
 from brokercore.services.oms import create_app
@@ -27,8 +30,8 @@ RUPEES = 100  # paise
 
 
 class Api:
-    """The OMS app in this process (its lifespan run), an HTTP client on it, and the
-    clock its order entry uses."""
+    """The OMS app in this process (its lifespan run), an HTTP client on it, a
+    brokercore.client for each trader (``trader``), and the clock its order entry uses."""
 
     def __init__(self, database: str, bootstrap: str = KAFKA_BOOTSTRAP, **overrides):
         self.database = database
@@ -41,15 +44,23 @@ class Api:
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
         self.app.state.oms.entry.clock = lambda: self.now
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
-            base_url="http://oms",
-        )
+        self.transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+        self.client = httpx.AsyncClient(transport=self.transport, base_url="http://oms")
+        self._traders: dict[str, Client] = {}
         return self
 
     async def __aexit__(self, *exc):
+        for trader in self._traders.values():
+            await trader.aclose()
         await self.client.aclose()
         await self._lifespan.__aexit__(*exc)
+
+    def trader(self, user: str) -> Client:
+        """``user``'s client of this OMS (a development token), until the ``async with``
+        ends."""
+        if user not in self._traders:
+            self._traders[user] = trader(user, self.transport)
+        return self._traders[user]
 
     async def place(self, user="alice", token=None, **body):
         order = {
@@ -105,6 +116,23 @@ class Api:
         finally:
             consumer.close()
         return found
+
+
+def trader(user: str, transport: httpx.AsyncBaseTransport) -> Client:
+    """A client of the apps behind ``transport`` logged in as ``user``."""
+    return Client("http://edge", mint_token(user, JWT), transport=transport)
+
+
+def order(**fields) -> PlaceOrderRequest:
+    """A limit buy of 10 RELIANCE at 15,000.00 with a fresh idempotency key, ``fields``
+    (the Struct's names; prices as strings) changed."""
+    fields = {
+        k: Decimal(v) if k in ("price", "trigger_price", "market_protection") and v else v
+        for k, v in fields.items()
+    }
+    defaults = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 10}
+    defaults |= {"price": Decimal("15000.00"), "idempotency_key": new_key()}
+    return PlaceOrderRequest(**(defaults | fields))
 
 
 def auth(user: str, **claims) -> dict:

@@ -8,45 +8,56 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
+import pytest
 
+from brokercore.client import ApiError
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.entry.cancel_many import cancel_many
+from brokercore.entry.requests import CancelRequested, CancelsRequested
 from brokercore.kafka.messages import CancelOrder
 from brokercore.kafka.topics import partition_of
 from brokercore.services.reconciler import market_sessions
 from kafka_support import Daemon
-from oms_support import Api, auth, run
+from oms_support import Api, auth, order, run
 from platform_support import INSTRUMENTS, platform
 
 RUPEE = 100
 OPEN = "('PENDING', 'TRIGGER_PENDING', 'OPEN', 'PARTIALLY_FILLED')"
 
 
-async def cancel_all(api: Api, user: str = "alice", query: str = ""):
-    return await api.client.delete(f"/api/v1/orders{query}", headers=auth(user))
+def requested(*orders: int, more: bool = False) -> CancelsRequested:
+    return CancelsRequested([CancelRequested(o, "CANCEL_REQUESTED") for o in orders], more)
 
 
-BAD = [
-    ("alice", "?symbol=NOPE", 422, "UNKNOWN_SYMBOL"),
-    ("alice", "?symbol=", 422, "UNKNOWN_SYMBOL"),
-    ("alice", "?sym=RELIANCE", 422, "INVALID_REQUEST"),
-    ("alice", "?symbol=RELIANCE&symbol=TCS", 422, "INVALID_REQUEST"),
-    ("nobody", "", 403, "NO_ACCOUNT"),
+MALFORMED = [  # queries the client cannot send
+    ("?symbol=", 422, "UNKNOWN_SYMBOL"),
+    ("?sym=RELIANCE", 422, "INVALID_REQUEST"),
+    ("?symbol=RELIANCE&symbol=TCS", 422, "INVALID_REQUEST"),
 ]
+REFUSED = [("alice", "NOPE", 422, "UNKNOWN_SYMBOL"), ("nobody", None, 403, "NO_ACCOUNT")]
 
 
 def test_bad_input_is_refused_in_the_error_shape_and_cancels_nothing(database):
     async def scenario():
         async with Api(database) as api:
-            placed = await api.place()
-            answers = [await cancel_all(api, user, query) for user, query, _, _ in BAD]
-            return api, placed.json()["orderId"], answers
+            placed = await api.trader("alice").place(order())
+            raw = [
+                await api.client.delete(f"/api/v1/orders{query}", headers=auth("alice"))
+                for query, _, _ in MALFORMED
+            ]
+            refused = []
+            for user, symbol, _, _ in REFUSED:
+                with pytest.raises(ApiError) as error:
+                    await api.trader(user).cancel_all(symbol)
+                refused.append((error.value.status, error.value.code))
+            return api, placed.order_id, raw, refused
 
-    api, order, answers = run(scenario)
-    assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [
-        (status, code) for _, _, status, code in BAD
+    api, placed, raw, refused = run(scenario)
+    assert [(a.status_code, a.json()["error"]["code"]) for a in raw] == [
+        (status, code) for _, status, code in MALFORMED
     ]
-    assert api.rows("SELECT count(*) FROM order_events WHERE order_id = %s", order) == [(1,)]
+    assert refused == [(status, code) for _, _, status, code in REFUSED]
+    assert api.rows("SELECT count(*) FROM order_events WHERE order_id = %s", placed) == [(1,)]
     assert api.rows("SELECT count(*) FROM outbox") == [(1,)], "only the order's own command"
 
 
@@ -56,22 +67,19 @@ def test_one_request_cancels_at_most_its_bound_and_the_next_goes_on_from_there(d
 
     async def scenario():
         async with Api(database) as api:
-            ids = [(await api.place(quantity=1)).json()["orderId"] for _ in range(3)]
+            alice = api.trader("alice")
+            ids = [(await alice.place(order(quantity=1))).order_id for _ in range(3)]
             oms = api.app.state.oms
             first = await cancel_many(oms.entry, "alice", None, limit=2)
             oms.publisher.submit(first.outbox)
-            rest = await cancel_all(api)
-            again = await cancel_all(api)
+            rest = await alice.cancel_all()
+            again = await alice.cancel_all()
             return api, ids, first.answer, rest, again
 
     api, ids, first, rest, again = run(scenario)
     assert [o.order_id for o in first.orders] == ids[:2] and first.more
-    assert rest.status_code == 202
-    assert rest.json() == {
-        "orders": [{"orderId": ids[2], "status": "CANCEL_REQUESTED"}],
-        "more": False,
-    }
-    assert again.json() == {"orders": [], "more": False}, "each order is asked once"
+    assert rest == requested(ids[2])
+    assert again == requested(), "each order is asked once"
     cancels = [c.order_id for c in api.commands() if isinstance(c, CancelOrder)]
     assert sorted(cancels) == ids
     assert api.rows(
@@ -93,15 +101,16 @@ def test_cancel_all_takes_the_callers_open_orders_of_every_symbol_or_of_one(data
 
             async def place():
                 async with api:
+                    alice = api.trader("alice")
                     answers = [
-                        await api.place(quantity=2, timeInForce="GTC"),
-                        await api.place(
-                            type="STOP_LIMIT", price="15100.00", triggerPrice="15100.00"
+                        await alice.place(order(quantity=2, time_in_force="GTC")),
+                        await alice.place(
+                            order(type="STOP_LIMIT", price="15100.00", trigger_price="15100.00")
                         ),
-                        await api.place(symbol="TCS", price="20000.00"),
-                        await api.place(user="carol", quantity=3),
+                        await alice.place(order(symbol="TCS", price="20000.00")),
+                        await api.trader("carol").place(order(quantity=3)),
                     ]
-                    return [a.json()["orderId"] for a in answers]
+                    return [a.order_id for a in answers]
 
             reliance, stop, tcs_order, carols = run(place)
             api.wait_rows(
@@ -114,21 +123,16 @@ def test_cancel_all_takes_the_callers_open_orders_of_every_symbol_or_of_one(data
                 ],
             )
 
-            async def cancel(query: str):
+            async def cancel(symbol: str | None):
                 async with api:
-                    return await cancel_all(api, query=query)
+                    return await api.trader("alice").cancel_all(symbol)
 
-            one = run(lambda: cancel("?symbol=TCS"))
-            assert one.status_code == 202
-            assert one.json() == {
-                "orders": [{"orderId": tcs_order, "status": "CANCEL_REQUESTED"}],
-                "more": False,
-            }
+            assert run(lambda: cancel("TCS")) == requested(tcs_order)
             api.wait_rows(
                 "SELECT status FROM orders WHERE order_id = %s", [("CANCELLED",)], tcs_order
             )
-            every = run(lambda: cancel(""))
-            assert [o["orderId"] for o in every.json()["orders"]] == [reliance, stop]
+            every = run(lambda: cancel(None))
+            assert [o.order_id for o in every.orders] == [reliance, stop]
             api.wait_rows(
                 "SELECT user_id, o.status FROM orders o JOIN accounts USING (account_id) "
                 "ORDER BY order_id",
@@ -148,22 +152,23 @@ def test_cancel_all_racing_fills_ends_every_order_filled_or_cancelled(database, 
 
         async def buy():
             async with api:
-                answers = [await api.place(quantity=5, timeInForce="GTC") for _ in range(12)]
-                return [a.json()["orderId"] for a in answers]
+                alice = api.trader("alice")
+                answers = [
+                    await alice.place(order(quantity=5, time_in_force="GTC")) for _ in range(12)
+                ]
+                return [a.order_id for a in answers]
 
         buys = run(buy)
         api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
 
         async def race():
             async with api:
+                bob = api.trader("bob")
                 sells = [
-                    api.place(
-                        user="bob", side="SELL", quantity=7, price="15000.00", timeInForce="IOC"
-                    )
-                    for _ in range(6)
+                    bob.place(order(side="SELL", quantity=7, time_in_force="IOC")) for _ in range(6)
                 ]
-                answers = await asyncio.gather(*sells[:3], cancel_all(api), *sells[3:])
-                assert {a.status_code for a in answers} == {202}, [a.text for a in answers]
+                # every one accepted: a refusal would raise ApiError
+                await asyncio.gather(*sells[:3], api.trader("alice").cancel_all(), *sells[3:])
 
         run(race)
         api.wait_rows(f"SELECT count(*) FROM orders WHERE status IN {OPEN}", [(0,)])

@@ -59,7 +59,9 @@ def new_key() -> str:
 
 class Client:
     """One user's session with the platform at ``base_url`` (the edge). ``token`` is an
-    access token to start with (a development token, say); ``login`` sets one."""
+    access token to start with (a development token, say); ``login`` sets one.
+    ``transport`` replaces httpx's network one (an ``httpx.ASGITransport`` on the apps
+    in this process, say); the WebSocket ignores it."""
 
     def __init__(
         self,
@@ -68,13 +70,16 @@ class Client:
         *,
         timeout: float = 10.0,
         max_connections: int = 10,
+        transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.refresh_token: str | None = None
         self._refreshing = asyncio.Lock()
         limits = httpx.Limits(max_connections=max_connections)
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits)
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, limits=limits, transport=transport
+        )
 
     async def __aenter__(self) -> Client:
         return self
@@ -249,8 +254,9 @@ class Client:
         params: list[tuple[str, str | int]] = [("symbol", symbol)] if symbol else []
         return await self.request("DELETE", "/api/v1/orders", CancelsRequested, params=params)
 
-    async def margin(self, orders: Sequence[PlaceOrderRequest]) -> MarginAnswer:
-        """What the orders would block together, and which would be refused; nothing sent."""
+    async def margin(self, orders: PlaceOrderRequest | Sequence[PlaceOrderRequest]) -> MarginAnswer:
+        """What the order, or the orders together, would block, and which would be
+        refused; nothing sent."""
         return await self.request("POST", "/api/v1/margins/orders", MarginAnswer, body=orders)
 
     async def orders(
