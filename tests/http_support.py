@@ -10,13 +10,12 @@ import httpx
 import psycopg
 import redis
 
-from brokercore.client import Client
 from brokercore.services.notifier_api import create_app as notifications_app
 from brokercore.services.oms import create_app as oms_app
 from brokercore.services.query import create_app as query_app
 from brokercore.services.ws import create_app as gateway_app
 from kafka_support import new_settings
-from oms_support import OPEN_MARKET, trader
+from oms_support import OPEN_MARKET, Trader
 from shared_servers import REDIS_URL, service_settings
 
 STORED = (
@@ -118,7 +117,7 @@ class Services:
         self._lifespans = []
         self._counter: psycopg.Connection | None = None
         self.routes = EdgeRoutes(self.apps)
-        self._traders: dict[str, Client] = {}
+        self._traders: dict[str, Trader] = {}
 
     async def __aenter__(self):
         for name, app in self.apps.items():
@@ -151,11 +150,10 @@ class Services:
                 client.delete(key)
             client.close()
 
-    def trader(self, user: str) -> Client:
-        """``user``'s client (a development token) of these apps, until the ``async with``
-        ends."""
+    def trader(self, user: str) -> Trader:
+        """``user``'s client of these apps, until the ``async with`` ends."""
         if user not in self._traders:
-            self._traders[user] = trader(user, self.routes)
+            self._traders[user] = Trader(user, self.routes)
         return self._traders[user]
 
     def stored(self) -> dict[str, int]:

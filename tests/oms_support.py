@@ -13,7 +13,7 @@ import msgspec
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from brokercore.client import Client, new_key
+from brokercore.client import ApiError, Client, new_key
 from brokercore.config import DEV_JWT_SECRET
 from brokercore.edge.auth import JwtConfig, mint_token
 from brokercore.entry.requests import PlaceOrderRequest
@@ -46,7 +46,7 @@ class Api:
         self.app.state.oms.entry.clock = lambda: self.now
         self.transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
         self.client = httpx.AsyncClient(transport=self.transport, base_url="http://oms")
-        self._traders: dict[str, Client] = {}
+        self._traders: dict[str, Trader] = {}
         return self
 
     async def __aexit__(self, *exc):
@@ -55,11 +55,10 @@ class Api:
         await self.client.aclose()
         await self._lifespan.__aexit__(*exc)
 
-    def trader(self, user: str) -> Client:
-        """``user``'s client of this OMS (a development token), until the ``async with``
-        ends."""
+    def trader(self, user: str) -> Trader:
+        """``user``'s client of this OMS, until the ``async with`` ends."""
         if user not in self._traders:
-            self._traders[user] = trader(user, self.transport)
+            self._traders[user] = Trader(user, self.transport)
         return self._traders[user]
 
     async def place(self, user="alice", token=None, **body):
@@ -118,9 +117,27 @@ class Api:
         return found
 
 
-def trader(user: str, transport: httpx.AsyncBaseTransport) -> Client:
-    """A client of the apps behind ``transport`` logged in as ``user``."""
-    return Client("http://edge", mint_token(user, JWT), transport=transport)
+class Trader(Client):
+    """A client of the apps behind ``transport`` logged in as ``user`` (a development
+    token), which keeps the HTTP status of each answer (``statuses``, oldest first):
+    the client's typed answers hide it."""
+
+    def __init__(self, user: str, transport: httpx.AsyncBaseTransport):
+        super().__init__("http://edge", mint_token(user, JWT), transport=transport)
+        self.statuses: list[int] = []
+        self.http.event_hooks["response"].append(self._keep_status)
+
+    async def _keep_status(self, response: httpx.Response) -> None:
+        self.statuses.append(response.status_code)
+
+
+async def refusal(call) -> tuple[int, str]:
+    """The (HTTP status, error code) of the ApiError that awaiting ``call`` raises."""
+    try:
+        answer = await call
+    except ApiError as error:
+        return error.status, error.code
+    raise AssertionError(f"not refused: {answer}")
 
 
 def order(**fields) -> PlaceOrderRequest:

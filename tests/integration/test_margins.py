@@ -42,10 +42,11 @@ def test_a_preview_is_the_hold_the_real_post_then_takes(database):
             after = api.rows(STORED)
             placed = [await alice.place(body) for body in buys]
             placed.append(await bob.place(sell))
-            return api, before, previews, after, placed
+            return api, before, previews, after, placed, alice.statuses + bob.statuses
 
-    api, before, previews, after, placed = run(scenario)
+    api, before, previews, after, placed, statuses = run(scenario)
     assert after == before
+    assert statuses == [200, 202, 202, 202, 200, 202]
     bought, sold = previews
     assert bought.orders == [
         OrderMargin("RELIANCE", "BUY", True, Blocks(cash=cash))
@@ -79,6 +80,7 @@ def test_orders_are_checked_together_and_refused_as_the_real_post_refuses(databa
                 OrderAccepted, or its refusal as an ErrorDetail."""
                 trader = api.trader(user)
                 preview = await trader.margin(body)
+                assert trader.statuses[-1] == 200
                 real = []
                 for b in body if isinstance(body, list) else [body]:
                     try:
