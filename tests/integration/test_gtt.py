@@ -15,9 +15,11 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from brokercore.client import ApiError
 from brokercore.entry.gtt_orders import expire_gtts
+from brokercore.entry.requests import GttChange, NewGtt
 from brokercore.realtime.channels import Notification
-from oms_support import Api, auth, run
+from oms_support import Api, auth, order, refusal, run
 from platform_support import INSTRUMENTS, platform
 from processes import LoggedProcess
 
@@ -46,8 +48,18 @@ def oco(low="14900.00", high="15100.00", quantity=10):
     }
 
 
+def new(body: dict) -> NewGtt:
+    """The well-formed ``body`` as the client sends it."""
+    return msgspec.convert(body, NewGtt)
+
+
 async def create(api: Api, body, user="alice"):
+    """POST ``body`` as it is, well-formed or not."""
     return await api.client.post("/api/v1/gtt", json=body, headers=auth(user))
+
+
+def code_of(answer) -> tuple[int, str]:
+    return answer.status_code, answer.json()["error"]["code"]
 
 
 def far(days: float) -> str:
@@ -77,75 +89,73 @@ BAD = [
 def test_gtt_crud_bad_input_expiry_and_another_users_gtt(database):
     async def scenario():
         async with Api(database, rate_limit_burst=10_000) as api:
-            a: dict = {"bad": [await create(api, body) for body, _, _ in BAD]}
-            a["nobody"] = await create(api, single(), user="nobody")
-            a["made"] = await create(api, single(expiresAt=far(30)))
+            alice, bob = api.trader("alice"), api.trader("bob")
+            a: dict = {"bad": [code_of(await create(api, body)) for body, _, _ in BAD]}
+            a["nobody"] = await refusal(api.trader("nobody").create_gtt(new(single())))
+            made = a["made"] = await alice.create_gtt(new(single(expiresAt=far(30))))
             soon_ends = time.time() + 1.0
-            soon = await create(api, single(expiresAt=far(1.0 / 86400)))
-            a["pair"] = await create(api, oco(), user="bob")
-            path = f"/api/v1/gtt/{a['made'].json()['gttId']}"
-            a["read"] = await api.client.get(path, headers=auth("alice"))
+            soon = await alice.create_gtt(new(single(expiresAt=far(1.0 / 86400))))
+            await bob.create_gtt(new(oco()))
+            a["read"] = await alice.gtt(made.gtt_id)
+            path = f"/api/v1/gtt/{made.gtt_id}"
             a["others"] = [
-                await api.client.get(path, headers=auth("bob")),
-                await api.client.delete(path, headers=auth("bob")),
-                await api.client.patch(path, json={"legs": []}, headers=auth("bob")),
-                await api.client.get("/api/v1/gtt/x1", headers=auth("alice")),
+                await refusal(bob.gtt(made.gtt_id)),
+                await refusal(bob.cancel_gtt(made.gtt_id)),
+                code_of(await api.client.patch(path, json={"legs": []}, headers=auth("bob"))),
+                code_of(await api.client.get("/api/v1/gtt/x1", headers=auth("alice"))),
             ]
-            new_legs = {"legs": single(trigger="14000.00")["legs"]}
-            a["changed"] = await api.client.patch(path, json=new_legs, headers=auth("alice"))
-            two_legs = {"legs": oco()["legs"]}
-            a["wrong"] = await api.client.patch(path, json=two_legs, headers=auth("alice"))
-            a["deleted"] = await api.client.delete(path, headers=auth("alice"))
+            new_legs = GttChange(new(single(trigger="14000.00")).legs)
+            a["changed"] = await alice.change_gtt(made.gtt_id, new_legs)
+            two_legs = GttChange(new(oco()).legs)
+            a["wrong"] = await refusal(alice.change_gtt(made.gtt_id, two_legs))
+            a["deleted"] = await alice.cancel_gtt(made.gtt_id)
             a["finished"] = [
-                await api.client.delete(path, headers=auth("alice")),
-                await api.client.patch(path, json=new_legs, headers=auth("alice")),
+                await refusal(alice.cancel_gtt(made.gtt_id)),
+                await refusal(alice.change_gtt(made.gtt_id, new_legs)),
             ]
-            a["listed"] = await api.client.get("/api/v1/gtt", headers=auth("alice"))
-            a["active"] = await api.client.get("/api/v1/gtt?status=ACTIVE", headers=auth("bob"))
+            a["listed"] = await alice.gtts()
+            a["active"] = await bob.gtts("ACTIVE")
             a["bad_query"] = await api.client.get("/api/v1/gtt?status=DONE", headers=auth("bob"))
             await asyncio.sleep(max(0.0, soon_ends - time.time()))
             a["expired"] = await expire_gtts(api.app.state.oms.entry)
-            soon_path = f"/api/v1/gtt/{soon.json()['gttId']}"
             a["ended"] = [
-                await api.client.get(soon_path, headers=auth("alice")),
-                await api.client.delete(soon_path, headers=auth("alice")),
+                await alice.gtt(soon.gtt_id),
+                await refusal(alice.cancel_gtt(soon.gtt_id)),
             ]
+            a["statuses"] = alice.statuses, bob.statuses
             return api, a
 
     api, a = run(scenario)
-    assert [(r.status_code, r.json()["error"]["code"]) for r in a["bad"]] == [
-        (status, code) for _, status, code in BAD
-    ]
-    assert (a["nobody"].status_code, a["nobody"].json()["error"]["code"]) == (403, "NO_ACCOUNT")
-    assert a["made"].status_code == 201 and a["pair"].status_code == 201
-    body = a["made"].json()
-    assert body["status"] == "ACTIVE" and body["kind"] == "SINGLE"
-    assert body["legs"] == [
+    assert a["bad"] == [(status, code) for _, status, code in BAD]
+    assert a["nobody"] == (403, "NO_ACCOUNT")
+    assert a["statuses"] == (
+        [201, 201, 200, 200, 422, 200, 409, 409, 200, 200, 409],
+        [201, 404, 404, 200],
+    )
+    made = a["made"]
+    assert made.status == "ACTIVE" and made.kind == "SINGLE"
+    assert msgspec.to_builtins(made.legs) == [
         {"condition": ">=", "triggerPrice": "15000.00", "order": LIMIT_BUY, "status": "ACTIVE"}
     ]
-    assert a["read"].json() == body
-    assert [(r.status_code, r.json()["error"]["code"]) for r in a["others"]] == [
+    assert a["read"] == made
+    assert a["others"] == [
         (404, "GTT_NOT_FOUND"),
         (404, "GTT_NOT_FOUND"),
         (422, "INVALID_REQUEST"),  # the body is checked first: an empty list of legs
         (404, "GTT_NOT_FOUND"),
     ]
-    assert a["changed"].status_code == 200
-    assert a["changed"].json()["legs"][0]["triggerPrice"] == "14000.00"
-    assert a["wrong"].json()["error"]["code"] == "GTT_INVALID_LEGS"
-    assert a["deleted"].status_code == 200 and a["deleted"].json()["status"] == "CANCELLED"
-    assert [(r.status_code, r.json()["error"]["code"]) for r in a["finished"]] == [
-        (409, "GTT_NOT_ACTIVE"),
-        (409, "GTT_NOT_ACTIVE"),
-    ]
-    assert [g["gttId"] for g in a["listed"].json()["gtts"]][1:] == [body["gttId"]]
-    assert [g["kind"] for g in a["active"].json()["gtts"]] == ["OCO"]
+    assert a["changed"].legs[0].trigger_price == "14000.00"
+    assert a["wrong"][1] == "GTT_INVALID_LEGS"
+    assert a["deleted"].status == "CANCELLED"
+    assert a["finished"] == [(409, "GTT_NOT_ACTIVE"), (409, "GTT_NOT_ACTIVE")]
+    assert [g.gtt_id for g in a["listed"].gtts][1:] == [made.gtt_id]
+    assert [g.kind for g in a["active"].gtts] == ["OCO"]
     assert a["bad_query"].json()["error"]["code"] == "INVALID_REQUEST"
     assert a["expired"] == 1
-    assert a["ended"][0].json()["status"] == "EXPIRED"
-    assert a["ended"][0].json()["legs"][0]["status"] == "EXPIRED"
-    assert a["ended"][1].json()["error"]["code"] == "GTT_NOT_ACTIVE"
-    assert notices(api) == {a["ended"][0].json()["gttId"]: ("alice", "GTT_EXPIRED", None)}, (
+    assert a["ended"][0].status == "EXPIRED"
+    assert a["ended"][0].legs[0].status == "EXPIRED"
+    assert a["ended"][1][1] == "GTT_NOT_ACTIVE"
+    assert notices(api) == {a["ended"][0].gtt_id: ("alice", "GTT_EXPIRED", None)}, (
         "the expiry told, the user's own cancel not"
     )
     assert api.rows("SELECT count(*) FROM gtts") == [(3,)], "nothing stored for a refusal"
@@ -169,30 +179,26 @@ def notices(api: Api) -> dict[int, tuple[str, str, int | None]]:
 
 
 def test_an_idempotency_key_makes_one_gtt_under_concurrent_retries(database):
-    keyed = single(idempotencyKey="gtt-1")
+    keyed = new(single(idempotencyKey="gtt-1"))
 
     async def scenario():
         async with Api(database, rate_limit_burst=10_000) as api:
-            a = {"first": await create(api, keyed)}
-            a["again"] = await create(api, keyed)
-            a["other"] = await create(api, single(trigger="15100.00", idempotencyKey="gtt-1"))
-            a["bobs"] = await create(api, keyed, user="bob")  # a key is the user's own
-            a["ten"] = await asyncio.gather(
-                *(create(api, oco() | {"idempotencyKey": "gtt-2"}) for _ in range(10))
-            )
-            return api, a
+            alice, bob = api.trader("alice"), api.trader("bob")
+            a: dict = {"first": await alice.create_gtt(keyed)}
+            a["again"] = await alice.create_gtt(keyed)
+            other = new(single(trigger="15100.00", idempotencyKey="gtt-1"))
+            a["other"] = await refusal(alice.create_gtt(other))
+            a["bobs"] = await bob.create_gtt(keyed)  # a key is the user's own
+            ten = new(oco() | {"idempotencyKey": "gtt-2"})
+            a["ten"] = await asyncio.gather(*(alice.create_gtt(ten) for _ in range(10)))
+            return api, a, alice.statuses, bob.statuses
 
-    api, a = run(scenario)
-    first = a["first"].json()
-    assert (a["first"].status_code, a["again"].status_code) == (201, 201)
-    assert a["again"].json() == first, "a retry gets the GTT the key made"
-    assert (a["other"].status_code, a["other"].json()["error"]["code"]) == (
-        422,
-        "IDEMPOTENCY_KEY_REUSED",
-    )
-    assert a["bobs"].status_code == 201 and a["bobs"].json()["gttId"] != first["gttId"]
-    assert {r.status_code for r in a["ten"]} == {201}
-    assert len({r.json()["gttId"] for r in a["ten"]}) == 1, "ten retries at once, one GTT"
+    api, a, alices, bobs = run(scenario)
+    assert alices == [201, 201, 422] + [201] * 10 and bobs == [201]
+    assert a["again"] == a["first"], "a retry gets the GTT the key made"
+    assert a["other"] == (422, "IDEMPOTENCY_KEY_REUSED")
+    assert a["bobs"].gtt_id != a["first"].gtt_id
+    assert len({g.gtt_id for g in a["ten"]}) == 1, "ten retries at once, one GTT"
     assert api.rows("SELECT count(*) FROM gtts") == [(3,)]
 
 
@@ -218,9 +224,10 @@ def triggers(api: Api, log) -> LoggedProcess:
 
 async def trade(api: Api, price: str, quantity: int = 1) -> None:
     """One trade at ``price``: bob sells to carol (bob's sell rests first)."""
-    sell = await api.place(user="bob", side="SELL", quantity=quantity, price=price)
-    buy = await api.place(user="carol", quantity=quantity, price=price, timeInForce="IOC")
-    assert {sell.status_code, buy.status_code} == {202}, (sell.text, buy.text)
+    bob, carol = api.trader("bob"), api.trader("carol")
+    await bob.place(order(side="SELL", quantity=quantity, price=price))
+    await carol.place(order(quantity=quantity, price=price, time_in_force="IOC"))
+    assert bob.statuses[-1] == carol.statuses[-1] == 202
 
 
 def outcome(api: Api):
@@ -239,12 +246,14 @@ def test_single_fires_and_fills_an_oco_fires_one_leg_a_delete_races_the_firing(d
 
             async def arm():
                 async with api:
-                    one = await create(api, single())  # alice buys 10 at 15000 when >= 15000
-                    pair = await create(api, oco(), user="bob")
-                    broke = await create(api, single(), user="bob")  # bob has no cash
-                    await api.place(user="bob", side="SELL", quantity=15, timeInForce="GTC")
-                    await api.place(user="carol", quantity=5, timeInForce="IOC")  # 15000
-                    return [g.json()["gttId"] for g in (one, pair, broke)]
+                    bob = api.trader("bob")
+                    # alice buys 10 at 15000 when >= 15000
+                    one = await api.trader("alice").create_gtt(new(single()))
+                    pair = await bob.create_gtt(new(oco()))
+                    broke = await bob.create_gtt(new(single()))  # bob has no cash
+                    await bob.place(order(side="SELL", quantity=15, time_in_force="GTC"))
+                    await api.trader("carol").place(order(quantity=5, time_in_force="IOC"))
+                    return [g.gtt_id for g in (one, pair, broke)]
 
             one, pair, broke = run(arm)
             api.wait_rows(
@@ -279,44 +288,46 @@ def test_single_fires_and_fills_an_oco_fires_one_leg_a_delete_races_the_firing(d
 
             async def view():
                 async with api:
-                    return (await api.client.get(f"/api/v1/gtt/{pair}", headers=auth("bob"))).json()
+                    return await api.trader("bob").gtt(pair)
 
             fired = run(view)
-            assert [leg["status"] for leg in fired["legs"]] == ["CANCELLED", "TRIGGERED"]
-            assert fired["triggeredPrice"] == "15100.00"
-            order = fired["orderId"]
+            assert [leg.status for leg in fired.legs] == ["CANCELLED", "TRIGGERED"]
+            assert fired.triggered_price == "15100.00"
             api.wait_rows(
                 "SELECT side, price, quantity, status FROM orders WHERE order_id = %s",
                 [("SELL", 15100 * 100, 10, "OPEN")],
-                order,
+                fired.order_id,
             )
 
             # the race: alice deletes 20 GTTs, one every 25 ms, while a trade fires them
             async def race():
                 async with api:
-                    buy_one = LIMIT_BUY | {"quantity": 1}
-                    made = [
-                        await create(api, single(trigger="14950.00", order=buy_one))
-                        for _ in range(20)
-                    ]
-                    ids = [m.json()["gttId"] for m in made]
+                    alice = api.trader("alice")
+                    buy_one = new(single(trigger="14950.00", order=LIMIT_BUY | {"quantity": 1}))
+                    ids = [(await alice.create_gtt(buy_one)).gtt_id for _ in range(20)]
 
-                    async def delete(n: int, gtt: int):
+                    async def delete(n: int, gtt: int) -> int:
+                        """The DELETE's status: 200, or 409 once the GTT fired."""
                         await asyncio.sleep(n * 0.025)
-                        return await api.client.delete(f"/api/v1/gtt/{gtt}", headers=auth("alice"))
+                        try:
+                            await alice.cancel_gtt(gtt)
+                        except ApiError as refused:
+                            assert refused.code == "GTT_NOT_ACTIVE", refused
+                            return refused.status
+                        return 200
 
                     deletes = asyncio.gather(*(delete(n, i) for n, i in enumerate(ids)))
                     await trade(api, "14950.00")
                     return ids, await deletes
 
-            ids, answers = run(race)
+            ids, ends = run(race)
             api.wait_rows(
                 "SELECT count(*) FROM gtts WHERE gtt_id = ANY(%s) AND status = 'ACTIVE' "
                 "OR status = 'TRIGGERED' AND order_id IS NULL",
                 [(0,)],
                 ids,
             )
-            ends = dict(zip(ids, [a.status_code for a in answers], strict=True))
+            ends = dict(zip(ids, ends, strict=True))
             rows = api.rows(
                 "SELECT g.gtt_id, g.status, count(k.order_id) FROM gtts g LEFT JOIN "
                 "idempotency_keys k ON k.user_id = 'alice' AND k.key = g.fire_key "
@@ -331,7 +342,7 @@ def test_single_fires_and_fills_an_oco_fires_one_leg_a_delete_races_the_firing(d
             service.close()
         assert outcome(api)[:2] == [
             ("TRIGGERED", 1, 1, api.rows("SELECT order_id FROM gtts WHERE gtt_id = %s", one)[0][0]),
-            ("TRIGGERED", 2, 1, order),
+            ("TRIGGERED", 2, 1, fired.order_id),
         ]
 
 
@@ -348,15 +359,15 @@ def test_both_oco_legs_met_in_one_batch_fire_one_and_kill_9_places_each_order_on
 
         async def arm():
             async with api:
-                pair = await create(api, oco(quantity=1), user="bob")
-                many = [
-                    await create(api, single(order=LIMIT_BUY | {"quantity": 1}))
-                    for _ in range(gtts)
-                ]
-                assert {m.status_code for m in many} == {201}
+                pair = await api.trader("bob").create_gtt(new(oco(quantity=1)))
+                buy_one = new(single(order=LIMIT_BUY | {"quantity": 1}))
+                alice = api.trader("alice")
+                for _ in range(gtts):
+                    await alice.create_gtt(buy_one)
+                assert alice.statuses == [201] * gtts
                 await trade(api, "14900.00")  # meets the OCO's '<=' leg ...
                 await trade(api, "15100.00")  # ... then its '>=' one, and the 60
-                return pair.json()["gttId"]
+                return pair.gtt_id
 
         pair = run(arm)
         # the trades wait in Kafka: the trigger service reads them together when it starts

@@ -33,6 +33,7 @@ from brokercore.entry.requests import (
     BracketStatus,
     BracketView,
     CancelsRequested,
+    GttChange,
     GttList,
     GttView,
     MarginAnswer,
@@ -290,8 +291,17 @@ class Client:
     async def create_gtt(self, gtt: NewGtt) -> GttView:
         return await self.request("POST", "/api/v1/gtt", GttView, body=gtt)
 
-    async def gtts(self) -> GttList:
-        return await self.request("GET", "/api/v1/gtt", GttList)
+    async def gtts(self, status: str | None = None) -> GttList:
+        """The user's GTTs, newest first; ``status``: of that status only."""
+        params: list[tuple[str, str | int]] = [("status", status)] if status else []
+        return await self.request("GET", "/api/v1/gtt", GttList, params=params)
+
+    async def gtt(self, gtt_id: int) -> GttView:
+        return await self.request("GET", f"/api/v1/gtt/{gtt_id}", GttView)
+
+    async def change_gtt(self, gtt_id: int, change: GttChange) -> GttView:
+        """New legs (and expiry) for an active GTT."""
+        return await self.request("PATCH", f"/api/v1/gtt/{gtt_id}", GttView, body=change)
 
     async def cancel_gtt(self, gtt_id: int) -> GttView:
         return await self.request("DELETE", f"/api/v1/gtt/{gtt_id}", GttView)
