@@ -112,6 +112,14 @@ class PrivateStack:
         assert done.returncode == 0, f"stack.sh down failed:\n{done.stdout}"
         return done.stdout
 
+    def whole(self, timeout: float = 60) -> None:
+        """Wait until ``stack.sh status`` finds every process running and ready (after a
+        test restarted or killed some); fail with its last answer."""
+        deadline = time.monotonic() + timeout
+        while (done := self.stack("status", timeout=60)).returncode != 0:
+            assert time.monotonic() < deadline, f"stack not whole in {timeout} s:\n{done.stdout}"
+            time.sleep(0.5)
+
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         """``supervisorctl ARGS`` on the stack's supervisord (its socket in the state folder)."""
         return subprocess.run(

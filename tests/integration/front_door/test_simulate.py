@@ -1,6 +1,9 @@
 """`brokercore simulate` for 10 s with 6 traders and an opening burst against a private
 stack: trades happen, nothing meets a 5xx, and its summary's counts are the platform's
-(orders in the OMS's table and the read model, shares filled as settlement booked them)."""
+(orders in the OMS's table and the read model, shares filled as settlement booked them).
+
+It trades symbols no other module of the shared stack trades (SYMBOLS), and counts only
+their orders: the web app's simulated market reuses the same trader accounts."""
 
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ import sys
 import psycopg
 import pytest
 
-from stack_support import REPO, stack_up_fixture  # noqa: F401 (fixture)
+from stack_support import REPO
 from waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
+SYMBOLS = ("SBIN", "WIPRO", "AXISBANK")
 TRADERS = "SELECT a.account_id FROM accounts a JOIN users u USING (user_id)"
 TRADERS += " WHERE u.email LIKE 'trader-%@sim.example.com'"
+MINE = f"symbol IN {SYMBOLS} AND account_id IN ({TRADERS})"
 
 
 def test_a_short_simulation_trades_and_its_summary_matches_the_platform(stack_up, tmp_path):
@@ -40,6 +45,8 @@ def test_a_short_simulation_trades_and_its_summary_matches_the_platform(stack_up
             "10",
             "--open-burst",
             "20",
+            "--symbols",
+            ",".join(SYMBOLS),
             "--json",
             str(out),
         ],
@@ -60,10 +67,9 @@ def test_a_short_simulation_trades_and_its_summary_matches_the_platform(stack_up
     def counts() -> tuple[int, int, int]:
         with psycopg.connect(stack_up.database_url) as conn:
             row = conn.execute(
-                f"""SELECT (SELECT count(*) FROM orders WHERE account_id IN ({TRADERS})),
-                   (SELECT count(*) FROM read_model.orders WHERE account_id IN ({TRADERS})),
-                   (SELECT coalesce(sum(filled_quantity), 0) FROM orders
-                     WHERE account_id IN ({TRADERS}))"""
+                f"""SELECT (SELECT count(*) FROM orders WHERE {MINE}),
+                   (SELECT count(*) FROM read_model.orders WHERE {MINE}),
+                   (SELECT coalesce(sum(filled_quantity), 0) FROM orders WHERE {MINE})"""
             ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2])

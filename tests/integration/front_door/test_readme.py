@@ -1,5 +1,6 @@
 """The README's walkthrough, run as written against a fresh stack (issue 11: its tokens
-were empty, so every request was 401, and it assumed order id 1 and a past date).
+were empty, so every request was 401, and it assumed order id 1 and a past date): the
+front door's shared stack, before any other module trades on it (conftest.py).
 
 The blocks are the README's ```sh blocks marked `<!-- walkthrough -->`, run in order in
 one bash (as pasted into one shell) at the repository's root, with `set -euo pipefail`
@@ -16,7 +17,9 @@ import re
 import subprocess
 from decimal import Decimal
 
-from stack_support import REPO, PrivateStack, stack_up_fixture  # noqa: F401 (fixture)
+import psycopg
+
+from stack_support import REPO, PrivateStack
 
 README = REPO / "README.md"
 MARKER = "<!-- walkthrough -->"
@@ -82,6 +85,9 @@ def answers(output: str) -> list[dict]:
 
 
 def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
+    with psycopg.connect(stack_up.database_url) as conn:
+        (orders,) = conn.execute("SELECT count(*) FROM orders").fetchone()
+    assert orders == 0, "a stack traded on before: test_readme.py runs first (conftest.py)"
     setup, trade, reads, customer, tools = run_walkthrough(stack_up)
     assert answers(setup) == []  # logins and helpers: silent
 

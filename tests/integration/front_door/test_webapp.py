@@ -3,8 +3,8 @@ Playwright (playwright-core) through the stack's edge, which serves the app at `
 
 Scripts in web/e2e/ do the browsing and checking (trading.mjs the core screens,
 secondary.mjs the others, market.mjs a simulated market: the README's screenshot), each
-exiting non-zero at its first failed check, its output shown here. All run against one
-stack. Screenshots of each screen go to $BROKERCORE_SCREENSHOTS (default: a folder of the
+exiting non-zero at its first failed check, its output shown here. All run against the
+front door's shared stack, after its other modules (conftest.py). Screenshots of each screen go to $BROKERCORE_SCREENSHOTS (default: a folder of the
 test's own).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from stack_support import REPO, PrivateStack, stack_up_fixture  # noqa: F401 (fixture)
+from stack_support import REPO, PrivateStack
 
 E2E_TIMEOUT = 240  # seconds; the run takes under a minute here
 MARKET = "TCS"  # simulated by the last test; the other browser tests do not trade it

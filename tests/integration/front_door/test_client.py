@@ -27,7 +27,7 @@ from brokercore.entry.requests import (
     PlaceOrderRequest,
 )
 from brokercore.realtime.channels import OrderUpdate
-from stack_support import PrivateStack, stack_up_fixture  # noqa: F401 (fixture)
+from stack_support import PrivateStack
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +96,8 @@ def test_a_new_customer_signs_up_is_verified_funds_and_logs_in_with_a_second_fac
             with pytest.raises(ApiError) as wrong:
                 await user.login(email, "not-the-password")
             assert (wrong.value.status, wrong.value.code) == (401, "INVALID_CREDENTIALS")
+            # nothing left resting for the modules after this one (they share the stack)
+            assert (await user.cancel(accepted.order_id)).status == "CANCEL_REQUESTED"
 
     run(scenario)
 

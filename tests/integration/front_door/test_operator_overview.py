@@ -17,7 +17,7 @@ from brokercore.consumers.reconcile import Finding, record_run
 from brokercore.demo import OPERATOR, login_of
 from brokercore.read.operations import latest_runs
 from brokercore.services.reconciler import market_sessions, warn_broken_invariants
-from stack_support import stack_up_fixture, trade_on_every_shard  # noqa: F401 (fixture)
+from stack_support import trade_on_every_shard
 from waiting import wait_until
 
 INSTRUMENTS = "config/instruments.toml"
@@ -83,20 +83,27 @@ def test_only_an_operator_sees_the_shards_lag_and_findings(stack_up):
                 "RETURNING account_id",
                 (stack.user_id("alice"),),
             ).fetchone()
-        settings = ServiceSettings(database_url=stack.database_url, instruments=INSTRUMENTS)
-        warn_broken_invariants(settings, market_sessions(settings))
+        try:
+            settings = ServiceSettings(database_url=stack.database_url, instruments=INSTRUMENTS)
+            warn_broken_invariants(settings, market_sessions(settings))
 
-        operator = login(client, OPERATOR)
+            operator = login(client, OPERATOR)
 
-        def found() -> dict | None:
-            answer = client.get("/api/v1/operator/overview", headers=operator)
-            assert answer.status_code == 200, answer.text
-            body = answer.json()
-            latest = [run for run in body["reconciler"] if run["scope"] == "INVARIANTS"]
-            kinds = {(f["kind"], f["accountId"]) for run in latest for f in run["items"]}
-            return body if ("BLOCKED_CASH_MISMATCH", account) in kinds else None
+            def found() -> dict | None:
+                answer = client.get("/api/v1/operator/overview", headers=operator)
+                assert answer.status_code == 200, answer.text
+                body = answer.json()
+                latest = [run for run in body["reconciler"] if run["scope"] == "INVARIANTS"]
+                kinds = {(f["kind"], f["accountId"]) for run in latest for f in run["items"]}
+                return body if ("BLOCKED_CASH_MISMATCH", account) in kinds else None
 
-        body = wait_until(found, "the stored finding in the overview")
+            body = wait_until(found, "the stored finding in the overview")
+        finally:  # the hold undone: the modules after this one share the stack
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE accounts SET blocked_cash = blocked_cash - 100 WHERE account_id = %s",
+                    (account,),
+                )
     assert body["problems"] == [], body["problems"]
     assert [(s["shard"], s["partition"], s["alive"]) for s in body["shards"]] == [
         (0, 0, True),
