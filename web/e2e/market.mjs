@@ -1,6 +1,6 @@
 // A living market, as a person opening `make demo`'s page sees it (issue 17), and the
 // README's screenshot of it: while `brokercore simulate` trades SYMBOL (started by
-// tests/integration/test_webapp.py), alice watches its page on a desktop-sized screen
+// tests/integration/front_door/test_webapp.py), alice watches its page on a desktop-sized screen
 // until the chart has several candles of 5 seconds, the depth ladder several levels on
 // each side, and the trade tape trades that keep arriving; the last price must have
 // moved meanwhile. Saves market.png and market-phone.png to $BROKERCORE_SCREENSHOTS.
