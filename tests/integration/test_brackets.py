@@ -14,15 +14,17 @@ import asyncio
 import time
 import uuid
 
+import msgspec
 import psycopg
 from test_gtt import trade, triggers
 
 from brokercore.broker.funding import open_account
 from brokercore.consumers.reconcile import check_invariants
+from brokercore.entry.requests import BracketList, NewBracket
 from brokercore.kafka.messages import CloseSession, OpenSession
 from brokercore.services.reconciler import market_sessions
 from kafka_support import OrderProducer
-from oms_support import Api, auth, run
+from oms_support import Api, auth, order, refusal, run
 from platform_support import platform
 
 ALICES_SHARES = (
@@ -43,8 +45,14 @@ def bracket(**more):
     } | more
 
 
-async def create(api: Api, body, user="alice"):
-    return await api.client.post("/api/v1/brackets", json=body, headers=auth(user))
+def new(body: dict) -> NewBracket:
+    """The well-formed ``body`` as the client sends it."""
+    return msgspec.convert(body, NewBracket)
+
+
+async def create(api: Api, body):
+    """POST ``body`` as it is, well-formed or not."""
+    return await api.client.post("/api/v1/brackets", json=body, headers=auth("alice"))
 
 
 BAD = [
@@ -63,47 +71,47 @@ BAD = [
 def test_bracket_api_bad_input_retry_and_exit(database):
     async def scenario():
         async with Api(database, rate_limit_burst=10_000) as api:
+            alice, bob = api.trader("alice"), api.trader("bob")
             a: dict = {"bad": [await create(api, body) for body, _, _ in BAD]}
-            a["nobody"] = await create(api, bracket(), user="nobody")
+            a["nobody"] = await refusal(api.trader("nobody").create_bracket(new(bracket())))
             body = bracket(stopLimit="14890.00")
-            a["made"] = await create(api, body)
-            a["again"] = await create(api, body)
-            a["reused"] = await create(api, body | {"target": "15200.00"})
-            path = f"/api/v1/brackets/{a['made'].json()['bracketId']}"
+            made = a["made"] = await alice.create_bracket(new(body))
+            a["again"] = await alice.create_bracket(new(body))
+            a["reused"] = await refusal(alice.create_bracket(new(body | {"target": "15200.00"})))
+            x1 = await api.client.get("/api/v1/brackets/x1", headers=auth("alice"))
             a["others"] = [
-                await api.client.get(path, headers=auth("bob")),
-                await api.client.delete(path, headers=auth("bob")),
-                await api.client.get("/api/v1/brackets/x1", headers=auth("alice")),
+                await refusal(bob.bracket(made.bracket_id)),
+                await refusal(bob.exit_bracket(made.bracket_id)),
+                (x1.status_code, x1.json()["error"]["code"]),
             ]
-            a["exit"] = await api.client.delete(path, headers=auth("alice"))
-            a["exit_again"] = await api.client.delete(path, headers=auth("alice"))
-            return api, a
+            a["exit"] = await alice.exit_bracket(made.bracket_id)
+            a["exit_again"] = await refusal(alice.exit_bracket(made.bracket_id))
+            return api, a, alice.statuses
 
-    api, a = run(scenario)
+    api, a, statuses = run(scenario)
     assert [(r.status_code, r.json()["error"]["code"]) for r in a["bad"]] == [
         (status, code) for _, status, code in BAD
     ]
-    assert (a["nobody"].status_code, a["nobody"].json()["error"]["code"]) == (403, "NO_ACCOUNT")
-    made = a["made"].json()
-    assert a["made"].status_code == 201
-    assert {k: made[k] for k in ("price", "target", "stopLoss", "stopLimit", "status")} == {
-        "price": "15000.00",
-        "target": "15100.00",
-        "stopLoss": "14900.00",
-        "stopLimit": "14890.00",
-        "status": "ACTIVE",
-    }
-    assert made["targets"] == []
-    assert (a["again"].status_code, a["again"].json()) == (201, made), "a retry: the same"
-    assert a["reused"].json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
-    assert [(r.status_code, r.json()["error"]["code"]) for r in a["others"]] == [
+    assert a["nobody"] == (403, "NO_ACCOUNT")
+    made = a["made"]
+    assert statuses == [201, 201, 422, 200, 409]
+    assert (made.price, made.target, made.stop_loss, made.stop_limit, made.status) == (
+        "15000.00",
+        "15100.00",
+        "14900.00",
+        "14890.00",
+        "ACTIVE",
+    )
+    assert made.targets == []
+    assert a["again"] == made, "a retry: the same"
+    assert a["reused"][1] == "IDEMPOTENCY_KEY_REUSED"
+    assert a["others"] == [
         (404, "BRACKET_NOT_FOUND"),
         (404, "BRACKET_NOT_FOUND"),
         (404, "BRACKET_NOT_FOUND"),
     ]
-    assert (a["exit"].status_code, a["exit"].json()["status"]) == (200, "EXITING")
-    assert a["exit_again"].status_code == 409
-    assert a["exit_again"].json()["error"]["code"] == "BRACKET_NOT_ACTIVE"
+    assert a["exit"].status == "EXITING"
+    assert a["exit_again"] == (409, "BRACKET_NOT_ACTIVE")
     assert api.rows("SELECT count(*) FROM brackets") == [(1,)], "nothing stored for a refusal"
     assert api.rows("SELECT side, quantity, price, status FROM orders") == [
         ("BUY", 10, 15000 * 100, "PENDING")
@@ -128,33 +136,32 @@ def test_bracket_list_pages_a_users_own_newest_first(database):
 
     async def scenario():
         async with Api(database, rate_limit_burst=10_000) as api:
+            alice, carol = api.trader("alice"), api.trader("carol")
             first = await made(api)
-            carols = (await create(api, bracket(), user="carol")).json()
+            carols = await carol.create_bracket(new(bracket()))
             middle = await made(api)
             last = await made(api)
-            exited = await api.client.delete(f"/api/v1/brackets/{middle}", headers=auth("alice"))
-
-            async def listed(query="", user="alice"):
-                answer = await api.client.get(f"/api/v1/brackets?{query}", headers=auth(user))
-                return answer.status_code, answer.json()
-
-            a = {"all": await listed(), "carol": await listed(user="carol")}
-            a["exiting"] = await listed("status=EXITING")
-            a["active"] = await listed("status=ACTIVE")
-            a["page_1"] = await listed("limit=2")
-            a["page_2"] = await listed(f"limit=2&cursor={a['page_1'][1]['nextCursor']}")
-            bad = [await listed(query) for query in BAD_LISTS]
-            return (first, middle, last), carols, exited.json(), a, bad
+            exited = await alice.exit_bracket(middle)
+            a = {"all": await alice.brackets(), "carol": await carol.brackets()}
+            a["exiting"] = await alice.brackets("EXITING")
+            a["active"] = await alice.brackets("ACTIVE")
+            a["page_1"] = await alice.brackets(limit=2)
+            a["page_2"] = await alice.brackets(limit=2, cursor=a["page_1"].next_cursor)
+            bad = []
+            for query in BAD_LISTS:
+                answer = await api.client.get(f"/api/v1/brackets?{query}", headers=auth("alice"))
+                bad.append((answer.status_code, answer.json()))
+            return (first, middle, last), carols, exited, a, bad
 
     (first, middle, last), carols, exited, a, bad = run(scenario)
-    ids = {name: [b["bracketId"] for b in body["brackets"]] for name, (_, body) in a.items()}
-    assert a["all"][0] == 200 and ids["all"] == [last, middle, first]
-    assert a["all"][1]["nextCursor"] is None
-    assert a["all"][1]["brackets"][1] == exited, "as GET /api/v1/brackets/{id} shows it"
-    assert a["carol"][1] == {"brackets": [carols], "nextCursor": None}
+    ids = {name: [b.bracket_id for b in page.brackets] for name, page in a.items()}
+    assert ids["all"] == [last, middle, first]
+    assert a["all"].next_cursor is None
+    assert a["all"].brackets[1] == exited, "as GET /api/v1/brackets/{id} shows it"
+    assert a["carol"] == BracketList([carols], None)
     assert ids["exiting"] == [middle] and ids["active"] == [last, first]
-    assert (ids["page_1"], a["page_1"][1]["nextCursor"]) == ([last, middle], str(middle))
-    assert (ids["page_2"], a["page_2"][1]["nextCursor"]) == ([first], None)
+    assert (ids["page_1"], a["page_1"].next_cursor) == ([last, middle], str(middle))
+    assert (ids["page_2"], a["page_2"].next_cursor) == ([first], None)
     assert [
         (status, body["error"]["code"], body["error"]["fields"][0]["field"]) for status, body in bad
     ] == [(422, "INVALID_REQUEST", q.partition("=")[0]) for q in BAD_LISTS]
@@ -193,15 +200,19 @@ async def until(api: Api, bracket_id: int, expected) -> None:
 
 
 async def made(api: Api, **body) -> int:
-    answer = await create(api, bracket(**body))
-    assert answer.status_code == 201, answer.text
-    return answer.json()["bracketId"]
+    """A bracket of alice's (``bracket(**body)``): its id."""
+    alice = api.trader("alice")
+    bracket_id = (await alice.create_bracket(new(bracket(**body)))).bracket_id
+    assert alice.statuses[-1] == 201
+    return bracket_id
 
 
 async def placed(api: Api, *orders) -> None:
-    for user, body in orders:
-        answer = await api.place(user=user, **body)
-        assert answer.status_code == 202, answer.text
+    """Each (user, ``order()``'s fields) placed, and accepted."""
+    for user, fields in orders:
+        trader = api.trader(user)
+        await trader.place(order(**fields))
+        assert trader.statuses[-1] == 202
 
 
 def test_target_fills_stop_loss_cancels_the_target_cancels_end_it(database, tmp_path):
@@ -210,22 +221,23 @@ def test_target_fills_stop_loss_cancels_the_target_cancels_end_it(database, tmp_
 
         async def scenario():
             async with api:
+                alice = api.trader("alice")
                 # the entry fills, its target fills: DONE, the stop-loss never placed
                 one = await made(api)
-                await placed(api, ("bob", {"side": "SELL", "timeInForce": "IOC"}))
+                await placed(api, ("bob", {"side": "SELL", "time_in_force": "IOC"}))
                 await until(api, one, ("ACTIVE", [(10, "OPEN", 0)], None, None, None))
-                await placed(api, ("carol", {"price": "15100.00", "timeInForce": "IOC"}))
+                await placed(api, ("carol", {"price": "15100.00", "time_in_force": "IOC"}))
                 await until(api, one, ("DONE", [(10, "FILLED", 10)], None, None, None))
 
                 # the entry fills 4: a leg of 4; a sell of 7 fills the 6 left and trades
                 # at the stop-loss: the target is cancelled, the stop-loss sells all 10
                 two = await made(api, target="15200.00", stopLoss="14800.00")
-                await placed(api, ("bob", {"side": "SELL", "quantity": 4, "timeInForce": "IOC"}))
+                await placed(api, ("bob", {"side": "SELL", "quantity": 4, "time_in_force": "IOC"}))
                 await until(api, two, ("ACTIVE", [(4, "OPEN", 0)], None, None, None))
                 await placed(
                     api,
-                    ("carol", {"price": "14700.00", "timeInForce": "GTC"}),  # the stop's buyer
-                    ("carol", {"quantity": 1, "price": "14800.00", "timeInForce": "GTC"}),
+                    ("carol", {"price": "14700.00", "time_in_force": "GTC"}),  # the stop's buyer
+                    ("carol", {"quantity": 1, "price": "14800.00", "time_in_force": "GTC"}),
                     ("bob", {"side": "SELL", "quantity": 7, "price": "14800.00"}),
                 )
                 await until(api, two, ("STOPPED", [(4, "CANCELLED", 0)], 10, "FILLED", 10))
@@ -233,25 +245,24 @@ def test_target_fills_stop_loss_cancels_the_target_cancels_end_it(database, tmp_
 
                 # the entry fills 3, the user cancels it: its leg is cancelled, 3 shares kept
                 three = await made(api, target="15300.00", stopLoss="14500.00")
-                await placed(api, ("bob", {"side": "SELL", "quantity": 3, "timeInForce": "IOC"}))
+                await placed(api, ("bob", {"side": "SELL", "quantity": 3, "time_in_force": "IOC"}))
                 await until(api, three, ("ACTIVE", [(3, "OPEN", 0)], None, None, None))
                 [(entry,)] = api.rows(
                     "SELECT entry_order_id FROM brackets WHERE bracket_id = %s", three
                 )
-                assert (await api.cancel(entry)).status_code == 202
+                await alice.cancel(entry)
+                assert alice.statuses[-1] == 202
                 await until(api, three, ("CANCELLED", [(3, "CANCELLED", 0)], None, None, None))
                 assert api.rows(ALICES_SHARES) == [(3,)]
 
                 # the entry fills 2, the user exits the bracket: entry and leg cancelled
                 four = await made(api, target="15400.00", stopLoss="14600.00")
-                await placed(api, ("bob", {"side": "SELL", "quantity": 2, "timeInForce": "IOC"}))
+                await placed(api, ("bob", {"side": "SELL", "quantity": 2, "time_in_force": "IOC"}))
                 await until(api, four, ("ACTIVE", [(2, "OPEN", 0)], None, None, None))
-                path = f"/api/v1/brackets/{four}"
-                exited = await api.client.delete(path, headers=auth("alice"))
-                assert exited.json()["status"] == "EXITING", exited.text
+                assert (await alice.exit_bracket(four)).status == "EXITING"
                 await until(api, four, ("CANCELLED", [(2, "CANCELLED", 0)], None, None, None))
-                view = (await api.client.get(path, headers=auth("alice"))).json()
-                assert [view["status"], view["targets"][0]["quantity"]] == ["CANCELLED", 2]
+                view = await alice.bracket(four)
+                assert [view.status, view.targets[0].quantity] == ["CANCELLED", 2]
                 assert api.rows(
                     "SELECT o.status, o.filled_quantity FROM orders o JOIN brackets b "
                     "ON b.entry_order_id = o.order_id WHERE b.bracket_id = %s",
@@ -286,7 +297,7 @@ def test_kill_9_places_each_leg_once_and_both_legs_in_one_batch(database, tmp_pa
                     for _ in range(brackets)
                 ]
                 await placed(
-                    api, ("bob", {"side": "SELL", "quantity": brackets, "timeInForce": "IOC"})
+                    api, ("bob", {"side": "SELL", "quantity": brackets, "time_in_force": "IOC"})
                 )
                 deadline = time.monotonic() + 60
                 while not api.rows(
@@ -302,7 +313,7 @@ def test_kill_9_places_each_leg_once_and_both_legs_in_one_batch(database, tmp_pa
                 # fills: the service reads both in one batch at its start
                 await trade(api, "14900.00")
                 await placed(
-                    api, ("carol", {"quantity": 2, "price": "15100.00", "timeInForce": "IOC"})
+                    api, ("carol", {"quantity": 2, "price": "15100.00", "time_in_force": "IOC"})
                 )
                 await asyncio.to_thread(
                     api.wait_rows,
@@ -343,16 +354,16 @@ def test_a_sell_entry_with_a_stop_limit_and_the_close_with_legs_open(database, t
         async def scenario():
             async with api:
                 long = await made(api, target="15500.00", stopLoss="14500.00")
-                await placed(api, ("bob", {"side": "SELL", "quantity": 4, "timeInForce": "IOC"}))
+                await placed(api, ("bob", {"side": "SELL", "quantity": 4, "time_in_force": "IOC"}))
                 await until(api, long, ("ACTIVE", [(4, "OPEN", 0)], None, None, None))
 
                 short = bracket(side="SELL", quantity=4, price="15200.00", target="15050.00")
                 short |= {"stopLoss": "15300.00", "stopLimit": "15310.00"}
-                answer = await create(api, short, user="dave")
-                assert answer.status_code == 201, answer.text
-                short_id = answer.json()["bracketId"]
+                dave = api.trader("dave")
+                short_id = (await dave.create_bracket(new(short))).bracket_id
+                assert dave.statuses == [201]
                 await placed(
-                    api, ("carol", {"quantity": 4, "price": "15200.00", "timeInForce": "IOC"})
+                    api, ("carol", {"quantity": 4, "price": "15200.00", "time_in_force": "IOC"})
                 )
                 await until(api, short_id, ("ACTIVE", [(4, "OPEN", 0)], None, None, None))
                 await trade(api, "15300.00")  # the stop-loss met
