@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from brokercore.client import ApiError, Client, new_key
 from brokercore.config import DEV_JWT_SECRET
 from brokercore.edge.auth import JwtConfig, mint_token
-from brokercore.entry.requests import PlaceOrderRequest
+from brokercore.entry.requests import ModifyOrderRequest, PlaceOrderRequest
 from brokercore.kafka.messages import Command
 from brokercore.kafka.topics import partition_of
 from brokercore.services.oms import create_app
@@ -140,16 +140,24 @@ async def refusal(call) -> tuple[int, str]:
     raise AssertionError(f"not refused: {answer}")
 
 
+def _decimals(fields: dict) -> dict:
+    """``fields`` with the prices given as strings made Decimals."""
+    prices = ("price", "trigger_price", "market_protection")
+    return {k: Decimal(v) if k in prices and isinstance(v, str) else v for k, v in fields.items()}
+
+
 def order(**fields) -> PlaceOrderRequest:
     """A limit buy of 10 RELIANCE at 15,000.00 with a fresh idempotency key, ``fields``
     (the Struct's names; prices as strings) changed."""
-    fields = {
-        k: Decimal(v) if k in ("price", "trigger_price", "market_protection") and v else v
-        for k, v in fields.items()
-    }
     defaults = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 10}
     defaults |= {"price": Decimal("15000.00"), "idempotency_key": new_key()}
-    return PlaceOrderRequest(**(defaults | fields))
+    return PlaceOrderRequest(**(defaults | _decimals(fields)))
+
+
+def change(**fields) -> ModifyOrderRequest:
+    """A modify to ``fields`` (prices as strings) with a fresh idempotency key, unless
+    ``fields`` gives one."""
+    return ModifyOrderRequest(**({"idempotency_key": new_key()} | _decimals(fields)))
 
 
 def auth(user: str, **claims) -> dict:

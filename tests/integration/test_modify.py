@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from datetime import timedelta
 
 import psycopg
 
 from brokercore.broker.risk import buy_hold
+from brokercore.client import ApiError
 from brokercore.consumers.projector import run_projector
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.engine.records import Side, Tif
+from brokercore.entry.requests import OrderAccepted
 from brokercore.kafka.messages import AmendOrder
 from brokercore.services.reconciler import market_sessions
-from oms_support import Api, auth, run
+from oms_support import Api, auth, change, order, refusal, run
 from platform_support import INSTRUMENTS, money, platform
 from shared_servers import REDIS_URL
 from venue_support import FEES, INST, MID, SHARES, Venue, settle
@@ -27,9 +28,12 @@ RUPEE = 100
 OPEN = "('PENDING', 'TRIGGER_PENDING', 'OPEN', 'PARTIALLY_FILLED')"
 
 
-async def patch(api: Api, order, user="alice", **body):
-    body = {"idempotencyKey": uuid.uuid4().hex} | body
-    return await api.client.patch(f"/api/v1/orders/{order}", json=body, headers=auth(user))
+async def outcome(call) -> OrderAccepted | ApiError:
+    """What awaiting ``call`` gives: its answer, or the refusal it raises."""
+    try:
+        return await call
+    except ApiError as refused:
+        return refused
 
 
 def execute(api: Api, statement: str, *args) -> None:
@@ -51,20 +55,22 @@ def state(api: Api, order: int):
     )
 
 
-BAD = [  # (body or raw bytes, user, order: None = alice's, HTTP status, code)
-    ({}, "alice", None, 422, "INVALID_REQUEST"),  # no idempotency key
-    ({"idempotencyKey": "k"}, "alice", None, 422, "INVALID_REQUEST"),  # nothing to change
-    ({"idempotencyKey": "k", "quantity": 0}, "alice", None, 422, "INVALID_REQUEST"),
-    ({"idempotencyKey": "k", "price": "x"}, "alice", None, 422, "INVALID_REQUEST"),
-    ({"idempotencyKey": "k", "side": "SELL"}, "alice", None, 422, "INVALID_REQUEST"),
-    (b"{not json", "alice", None, 400, "MALFORMED_JSON"),
-    ({"idempotencyKey": "k", "quantity": 5}, "carol", None, 404, "ORDER_NOT_FOUND"),
-    ({"idempotencyKey": "k", "quantity": 5}, "alice", "999999999", 404, "ORDER_NOT_FOUND"),
-    ({"idempotencyKey": "k", "quantity": 5}, "alice", "12ab", 404, "ORDER_NOT_FOUND"),
-    ({"idempotencyKey": "k", "quantity": 5}, "alice", "pending", 409, "ORDER_PENDING"),
-    ({"idempotencyKey": "k", "price": "15000.01"}, "alice", None, 422, "TICK_SIZE"),
-    ({"idempotencyKey": "k", "quantity": 200}, "alice", None, 422, "INSUFFICIENT_FUNDS"),
-    ({"idempotencyKey": "k", "triggerPrice": "1.00"}, "alice", None, 422, "TRIGGER_NOT_ALLOWED"),
+MALFORMED = [  # (body or raw bytes, order: None = alice's, HTTP status, code), sent raw
+    ({}, None, 422, "INVALID_REQUEST"),  # no idempotency key
+    ({"idempotencyKey": "k"}, None, 422, "INVALID_REQUEST"),  # nothing to change
+    ({"idempotencyKey": "k", "quantity": 0}, None, 422, "INVALID_REQUEST"),
+    ({"idempotencyKey": "k", "price": "x"}, None, 422, "INVALID_REQUEST"),
+    ({"idempotencyKey": "k", "side": "SELL"}, None, 422, "INVALID_REQUEST"),
+    (b"{not json", None, 400, "MALFORMED_JSON"),
+    ({"idempotencyKey": "k", "quantity": 5}, "12ab", 404, "ORDER_NOT_FOUND"),
+]
+REFUSED = [  # (user, order: None = alice's, change()'s fields, HTTP status, code)
+    ("carol", None, {"quantity": 5}, 404, "ORDER_NOT_FOUND"),
+    ("alice", 999999999, {"quantity": 5}, 404, "ORDER_NOT_FOUND"),
+    ("alice", "pending", {"quantity": 5}, 409, "ORDER_PENDING"),
+    ("alice", None, {"price": "15000.01"}, 422, "TICK_SIZE"),
+    ("alice", None, {"quantity": 200}, 422, "INSUFFICIENT_FUNDS"),
+    ("alice", None, {"trigger_price": "1.00"}, 422, "TRIGGER_NOT_ALLOWED"),
 ]
 
 
@@ -75,14 +81,15 @@ def test_refused_modifies_answer_in_the_error_shape_and_change_nothing(database)
     async def scenario():
         # 22 requests of alice at once: past the default burst (20) on a fast machine
         async with Api(database, rate_limit_burst=100) as api:
+            alice = api.trader("alice")
             taken, pending, limited, finished, market = [
-                (await api.place(**body)).json()["orderId"]
-                for body in (
+                (await alice.place(order(**fields))).order_id
+                for fields in (
                     {"quantity": 20},
                     {"quantity": 1},
                     {"quantity": 1},
                     {"quantity": 1},
-                    {"type": "MARKET", "price": None, "timeInForce": "IOC", "quantity": 1},
+                    {"type": "MARKET", "price": None, "time_in_force": "IOC", "quantity": 1},
                 )
             ]
             execute(  # as settlement records the engine's ACCEPTED
@@ -104,43 +111,38 @@ def test_refused_modifies_answer_in_the_error_shape_and_change_nothing(database)
             execute(api, "UPDATE orders SET modifications = 25 WHERE order_id = %s", limited)
             before = state(api, taken)
             answers = []
-            for body, user, order, _, _ in BAD:
-                target = {None: taken, "pending": pending}.get(order, order)
-                if isinstance(body, bytes):
-                    answers.append(
-                        await api.client.patch(
-                            f"/api/v1/orders/{target}",
-                            content=body,
-                            headers=auth(user) | {"Content-Type": "application/json"},
-                        )
-                    )
-                else:
-                    answers.append(
-                        await api.client.patch(
-                            f"/api/v1/orders/{target}", json=body, headers=auth(user)
-                        )
-                    )
+            for body, target, _, _ in MALFORMED:
+                raw = {"content": body} if isinstance(body, bytes) else {"json": body}
+                answer = await api.client.patch(
+                    f"/api/v1/orders/{target or taken}",
+                    headers=auth("alice") | {"Content-Type": "application/json"},
+                    **raw,
+                )
+                answers.append((answer.status_code, answer.json()["error"]["code"]))
+            for user, target, fields, _, _ in REFUSED:
+                target = {None: taken, "pending": pending}.get(target, target)
+                answers.append(await refusal(api.trader(user).modify(target, change(**fields))))
             after = state(api, taken)
             others = [
-                await patch(api, limited, quantity=5),  # the 26th
-                await patch(api, finished, quantity=5),
-                await patch(api, market, quantity=5),
+                await refusal(alice.modify(limited, change(quantity=5))),  # the 26th
+                await refusal(alice.modify(finished, change(quantity=5))),
+                await refusal(alice.modify(market, change(quantity=5))),
             ]
-            first = await patch(api, taken, quantity=15)
-            second = await patch(api, taken, quantity=14)  # the first is not settled
-            return answers, before, after, others, first, second
+            first = await alice.modify(taken, change(quantity=15))
+            accepted = alice.statuses[-1]
+            second = await refusal(alice.modify(taken, change(quantity=14)))  # first unsettled
+            return answers, before, after, others, (first, accepted), second
 
     answers, before, after, others, first, second = run(scenario)
-    got = [(a.status_code, a.json()["error"]["code"]) for a in answers]
-    assert got == [(status, code) for *_, status, code in BAD], [a.text for a in answers]
+    assert answers == [(status, code) for *_, status, code in MALFORMED + REFUSED]
     assert after == before, "a refused modify changes nothing"
-    assert [(a.status_code, a.json()["error"]["code"]) for a in others] == [
+    assert others == [
         (409, "MODIFY_LIMIT_REACHED"),
         (409, "ORDER_NOT_OPEN"),
         (409, "ORDER_NOT_MODIFIABLE"),
     ]
-    assert first.status_code == 202 and first.json()["status"] == "MODIFY_REQUESTED"
-    assert (second.status_code, second.json()["error"]["code"]) == (409, "MODIFY_PENDING")
+    assert first[0].status == "MODIFY_REQUESTED" and first[1] == 202
+    assert second == (409, "MODIFY_PENDING")
 
 
 def _platform_with_projector(database, tmp_path, **settings):
@@ -181,9 +183,12 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
     try:
         money_before = money(api)
 
-        async def place(**body):
+        async def place(user="alice", **fields):
             async with api:
-                return (await api.place(**({"timeInForce": "GTC"} | body))).json()["orderId"]
+                accepted = await api.trader(user).place(
+                    order(**({"time_in_force": "GTC"} | fields))
+                )
+                return accepted.order_id
 
         def wait_open(*orders):
             api.wait_rows(
@@ -192,9 +197,17 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
                 list(orders),
             )
 
-        async def modify(order, user="alice", **body):
+        async def modify(order_id, user="alice", **fields) -> OrderAccepted:
+            """``user``'s modify of the order to ``fields``, accepted (202)."""
             async with api:
-                return await patch(api, order, user, **body)
+                trader = api.trader(user)
+                accepted = await trader.modify(order_id, change(**fields))
+                assert trader.statuses == [202]
+                return accepted
+
+        async def refused(order_id, user="alice", **fields) -> tuple[int, str]:
+            async with api:
+                return await refusal(api.trader(user).modify(order_id, change(**fields)))
 
         def settled(order, quantity, price):
             api.wait_rows(
@@ -209,32 +222,28 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
         second = run(lambda: place(user="carol"))
         wait_open(second)
         down = run(lambda: modify(first, quantity=6))
-        assert down.status_code == 202, down.text
-        assert down.json()["orderId"] == first and down.json()["status"] == "MODIFY_REQUESTED"
+        assert down.order_id == first and down.status == "MODIFY_REQUESTED"
         settled(first, 6, 15000)
         assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
             (6 * 15_000 * RUPEE,)
         ], "the four shares no longer asked are released"
-        run(lambda: place(user="bob", side="SELL", quantity=6, timeInForce="IOC"))
+        run(lambda: place(user="bob", side="SELL", quantity=6, time_in_force="IOC"))
         api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("FILLED",)], first)
         assert api.rows("SELECT filled_quantity FROM orders WHERE order_id = %s", second) == [(0,)]
 
-        filled = run(lambda: modify(first, quantity=8))
-        assert (filled.status_code, filled.json()["error"]["code"]) == (409, "ORDER_NOT_OPEN")
+        assert run(lambda: refused(first, quantity=8)) == (409, "ORDER_NOT_OPEN")
 
         # quantity up at the same price loses it: the later order fills first
         third = run(lambda: place())
         wait_open(third)
-        up = run(lambda: modify(second, user="carol", quantity=12))
-        assert up.status_code == 202, up.text
+        run(lambda: modify(second, user="carol", quantity=12))
         settled(second, 12, 15000)
-        run(lambda: place(user="bob", side="SELL", quantity=10, timeInForce="IOC"))
+        run(lambda: place(user="bob", side="SELL", quantity=10, time_in_force="IOC"))
         api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("FILLED",)], third)
         assert api.rows("SELECT filled_quantity FROM orders WHERE order_id = %s", second) == [(0,)]
 
         # a price change (down: cash released), shown by the read model
-        cheaper = run(lambda: modify(second, user="carol", price="14990.00"))
-        assert cheaper.status_code == 202, cheaper.text
+        run(lambda: modify(second, user="carol", price="14990.00"))
         settled(second, 12, 14990)
         assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'carol'") == [
             (12 * 14_990 * RUPEE,)
@@ -248,27 +257,20 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
         # an idempotent retry answers the same; the key with another body is refused
         async def retried():
             async with api:
-                body = {"idempotencyKey": "same-key", "price": "14995.00"}
-                one = await api.client.patch(
-                    f"/api/v1/orders/{second}", json=body, headers=auth("carol")
+                carol = api.trader("carol")
+                one = await carol.modify(
+                    second, change(idempotency_key="same-key", price="14995.00")
                 )
-                two = await api.client.patch(
-                    f"/api/v1/orders/{second}", json=body, headers=auth("carol")
+                two = await carol.modify(
+                    second, change(idempotency_key="same-key", price="14995.00")
                 )
-                other = await api.client.patch(
-                    f"/api/v1/orders/{second}",
-                    json=body | {"price": "14980.00"},
-                    headers=auth("carol"),
-                )
-                return one, two, other
+                other = change(idempotency_key="same-key", price="14980.00")
+                return one, two, await refusal(carol.modify(second, other)), carol.statuses
 
-        one, two, other = run(retried)
-        assert one.status_code == two.status_code == 202
-        assert one.json() == two.json()
-        assert (other.status_code, other.json()["error"]["code"]) == (
-            422,
-            "IDEMPOTENCY_KEY_REUSED",
-        )
+        one, two, other, statuses = run(retried)
+        assert statuses[:2] == [202, 202]
+        assert one == two
+        assert other == (422, "IDEMPOTENCY_KEY_REUSED")
         settled(second, 12, 14995)
         amends = [c for c in api.commands() if isinstance(c, AmendOrder)]
         assert [(c.price, c.qty) for c in amends if c.order_id == second] == [
@@ -278,17 +280,14 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
         ], "the retry sent nothing again"
 
         # the limit (3 here): the fourth modify of an order is refused
-        fourth = run(lambda: modify(second, user="carol", quantity=11))
-        assert (fourth.status_code, fourth.json()["error"]["code"]) == (
-            409,
-            "MODIFY_LIMIT_REACHED",
-        )
+        fourth = run(lambda: refused(second, user="carol", quantity=11))
+        assert fourth == (409, "MODIFY_LIMIT_REACHED")
         run(lambda: _cancel(api, second, "carol"))
 
         # a waiting stop's trigger: a trade at the new one triggers it, not at the old
-        stop = run(lambda: place(type="STOP_LIMIT", price="15100.00", triggerPrice="15100.00"))
+        stop = run(lambda: place(type="STOP_LIMIT", price="15100.00", trigger_price="15100.00"))
         api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("TRIGGER_PENDING",)], stop)
-        assert run(lambda: modify(stop, triggerPrice="15050.00")).status_code == 202
+        run(lambda: modify(stop, trigger_price="15050.00"))
         api.wait_rows(
             "SELECT trigger_price, modify_pending FROM orders WHERE order_id = %s",
             [(15_050 * RUPEE, False)],
@@ -300,7 +299,11 @@ def test_modify_keeps_or_loses_priority_reprices_holds_and_counts(database, tmp_
             stop,
         )
         run(lambda: place(user="carol", price="15050.00", quantity=1))
-        run(lambda: place(user="bob", side="SELL", price="15050.00", quantity=1, timeInForce="IOC"))
+        run(
+            lambda: place(
+                user="bob", side="SELL", price="15050.00", quantity=1, time_in_force="IOC"
+            )
+        )
         api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], stop)
         assert api.rows("SELECT blocked_cash FROM orders WHERE order_id = %s", stop) == [
             (10 * 15_100 * RUPEE,)
@@ -325,23 +328,25 @@ def test_a_sweep_sends_an_amend_again_only_while_its_modify_is_pending(database,
 
         async def place():
             async with api:
-                return (await api.place(timeInForce="GTC")).json()["orderId"]
+                return (await api.trader("alice").place(order(time_in_force="GTC"))).order_id
 
-        async def modify(order):
+        async def modify(order_id):
             async with api:
-                return (await patch(api, order, quantity=6)).status_code
+                alice = api.trader("alice")
+                await alice.modify(order_id, change(quantity=6))
+                return alice.statuses[-1]
 
         async def sweep():
             async with api:
                 return await api.app.state.oms.publisher.publish_stale(timedelta(0))
 
-        order = run(place)
-        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], order)
-        assert run(lambda: modify(order)) == 202
+        placed = run(place)
+        api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("OPEN",)], placed)
+        assert run(lambda: modify(placed)) == 202
         api.wait_rows(
-            "SELECT quantity, modify_pending FROM orders WHERE order_id = %s", [(6, False)], order
+            "SELECT quantity, modify_pending FROM orders WHERE order_id = %s", [(6, False)], placed
         )
-        ((amend,),) = api.rows("SELECT max(outbox_id) FROM outbox WHERE order_id = %s", order)
+        ((amend,),) = api.rows("SELECT max(outbox_id) FROM outbox WHERE order_id = %s", placed)
         forgotten = "UPDATE outbox SET published_at = NULL WHERE outbox_id = %s"
 
         execute(api, forgotten, amend)
@@ -353,18 +358,18 @@ def test_a_sweep_sends_an_amend_again_only_while_its_modify_is_pending(database,
         assert len(amends) == 1, "an answered AMEND is not sent again"
 
         execute(api, forgotten, amend)
-        execute(api, "UPDATE orders SET modify_pending = true WHERE order_id = %s", order)
+        execute(api, "UPDATE orders SET modify_pending = true WHERE order_id = %s", placed)
         assert amend in run(sweep), "a pending modify's AMEND is sent again"
         assert len([c for c in api.commands() if isinstance(c, AmendOrder)]) == 2
         api.wait_rows(
-            "SELECT quantity, modify_pending FROM orders WHERE order_id = %s", [(6, False)], order
+            "SELECT quantity, modify_pending FROM orders WHERE order_id = %s", [(6, False)], placed
         )
         clean(api)
 
 
-async def _cancel(api: Api, order: int, user: str):
+async def _cancel(api: Api, order_id: int, user: str):
     async with api:
-        return await api.cancel(order, user)
+        return await api.trader(user).cancel(order_id)
 
 
 def test_modifies_racing_fills_end_consistent(database, tmp_path):
@@ -377,23 +382,25 @@ def test_modifies_racing_fills_end_consistent(database, tmp_path):
 
         async def buys():
             async with api:
-                answers = [await api.place(quantity=10, timeInForce="GTC") for _ in range(4)]
-                return [a.json()["orderId"] for a in answers]
+                alice = api.trader("alice")
+                answers = [await alice.place(order(time_in_force="GTC")) for _ in range(4)]
+                return [a.order_id for a in answers]
 
         orders = run(buys)
         api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
 
         async def race():
             async with api:
-                answers = await asyncio.gather(
-                    patch(api, orders[0], price="15001.00"),
-                    api.place(user="bob", side="SELL", quantity=4, timeInForce="IOC"),
-                    patch(api, orders[1], quantity=12),
-                    api.place(user="bob", side="SELL", quantity=4, timeInForce="IOC"),
+                alice, bob = api.trader("alice"), api.trader("bob")
+                await asyncio.gather(
+                    alice.modify(orders[0], change(price="15001.00")),
+                    bob.place(order(side="SELL", quantity=4, time_in_force="IOC")),
+                    alice.modify(orders[1], change(quantity=12)),
+                    bob.place(order(side="SELL", quantity=4, time_in_force="IOC")),
                 )
-                return answers
+                return alice.statuses + bob.statuses
 
-        assert {a.status_code for a in run(race)} == {202}
+        assert run(race) == [202] * 4
         api.wait_rows(
             "SELECT count(*) FROM orders WHERE modify_pending OR status = 'PENDING'", [(0,)]
         )
@@ -412,26 +419,31 @@ def test_modifies_racing_fills_end_consistent(database, tmp_path):
                 open_left = api.rows(
                     "SELECT sum(quantity - filled_quantity) FROM orders WHERE side = 'BUY'"
                 )[0][0]
-                return await asyncio.gather(
-                    patch(api, orders[2], price="14999.00"),
-                    api.place(
-                        user="bob",
-                        side="SELL",
-                        quantity=int(open_left),
-                        price="14990.00",
-                        timeInForce="IOC",
+                alice, bob = api.trader("alice"), api.trader("bob")
+                answers = await asyncio.gather(
+                    outcome(alice.modify(orders[2], change(price="14999.00"))),
+                    bob.place(
+                        order(
+                            side="SELL",
+                            quantity=int(open_left),
+                            price="14990.00",
+                            time_in_force="IOC",
+                        )
                     ),
-                    patch(api, orders[3], quantity=9),
+                    outcome(alice.modify(orders[3], change(quantity=9))),
                 )
+                return answers, alice.statuses, bob.statuses
 
-        price_change, sell, quantity_down = run(whole)
-        assert sell.status_code == 202, sell.text
+        (price_change, _, quantity_down), alices, bobs = run(whole)
+        assert bobs == [202]
         # a modify may come after the fill that finished its order: refused, nothing changed
-        for answer in (price_change, quantity_down):
-            assert answer.status_code == 202 or answer.json()["error"]["code"] in (
+        modifies = (price_change, quantity_down)
+        for answer in modifies:
+            assert isinstance(answer, OrderAccepted) or answer.code in (
                 "ORDER_NOT_OPEN",
                 "INVALID_QUANTITY",
-            ), answer.text
+            ), answer
+        assert alices.count(202) == sum(isinstance(a, OrderAccepted) for a in modifies)
         api.wait_rows(f"SELECT count(*) FROM orders WHERE status IN {OPEN}", [(0,)])
         api.wait_rows("SELECT count(*) FROM orders WHERE modify_pending", [(0,)])
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
