@@ -22,16 +22,17 @@ import psycopg
 from brokercore.broker.market import CompressedSession
 from brokercore.consumers.projector import run_projector
 from brokercore.consumers.reconcile import check_invariants
+from brokercore.entry.requests import CancelRequested, CancelsRequested
 from brokercore.kafka.messages import CancelOrder, CloseSession, NewOrder, PreOpen, Uncross
 from brokercore.services.reconciler import market_sessions
 from http_support import Services
 from kafka_support import OrderProducer
-from oms_support import OPEN_MARKET, SUNDAY, Api, auth, run
+from oms_support import OPEN_MARKET, SUNDAY, Api, change, order, refusal, run
 from platform_support import INSTRUMENTS, money, platform
 from processes import LoggedProcess
 from shared_servers import REDIS_URL
 
-AMO = {"amo": True, "timeInForce": "DAY"}
+AMO = {"amo": True, "time_in_force": "DAY"}
 ORDER = (
     "SELECT status, trade_date::text, blocked_cash, blocked_shares, "
     "(SELECT count(*) FROM amo_orders a WHERE a.order_id = o.order_id), "
@@ -55,29 +56,29 @@ def test_amos_are_sent_once_at_the_pre_open_and_the_uncross_fills_them(database,
 
         async def day():
             async with api:
+                alice, carol = api.trader("alice"), api.trader("carol")
                 operator.send([CloseSession("RELIANCE", ts=1)])
                 api.now = SUNDAY
-                placed = await api.place(quantity=10, price="15010.00", idempotencyKey="a", **AMO)
-                again = await api.place(quantity=10, price="15010.00", idempotencyKey="a", **AMO)
-                assert again.json() == placed.json() and placed.json()["status"] == "AMO_PENDING"
-                buy = placed.json()["orderId"]
-                market = await api.place(type="MARKET", price=None, amo=True)
-                assert market.json()["error"]["code"] == "NOT_IN_PRE_OPEN"
-                sell = await api.place(
-                    user="bob", side="SELL", quantity=10, price="14990.00", **AMO
-                )
-                sell = sell.json()["orderId"]
-                gone = (await api.place(user="carol", quantity=5, **AMO)).json()["orderId"]
+                keyed = order(quantity=10, price="15010.00", idempotency_key="a", **AMO)
+                placed = await alice.place(keyed)
+                again = await alice.place(keyed)
+                assert again == placed and placed.status == "AMO_PENDING"
+                buy = placed.order_id
+                market = await refusal(alice.place(order(type="MARKET", price=None, amo=True)))
+                assert market[1] == "NOT_IN_PRE_OPEN"
+                sell = order(side="SELL", quantity=10, price="14990.00", **AMO)
+                sell = (await api.trader("bob").place(sell)).order_id
+                gone = (await carol.place(order(quantity=5, **AMO))).order_id
                 held = api.rows(ORDER, gone)
-                cancel = await api.cancel(gone, user="carol")
-                assert (cancel.status_code, cancel.json()["status"]) == (202, "CANCELLED")
+                cancel = await carol.cancel(gone)
+                assert (carol.statuses[-1], cancel.status) == (202, "CANCELLED")
                 assert api.rows(ORDER, gone) == [("CANCELLED", "2026-11-30", 0, 0, 0, 0)]
                 assert held == [("AMO_PENDING", "2026-11-30", 5 * 1_500_000, 0, 1, 0)]
                 await asyncio.sleep(2)  # two rounds of the release job: nothing due yet
                 waiting = api.rows(statuses)
                 api.now = SUNDAY.replace(day=30)  # Monday 11:30 in Mumbai: in session
-                in_session = await api.place(quantity=1, **AMO)
-                assert in_session.json()["error"]["code"] == "AMO_MARKET_OPEN"
+                in_session = await refusal(alice.place(order(quantity=1, **AMO)))
+                assert in_session[1] == "AMO_MARKET_OPEN"
                 # the pre-open starts: the engine's PRE_OPEN, then the projector's row
                 operator.send([PreOpen("RELIANCE", ts=2)])
                 api.rows(
@@ -166,12 +167,14 @@ def test_a_scheduler_killed_at_the_pre_open_leaves_each_amo_sent_once(database, 
                             break
                         await asyncio.sleep(0.2)
                     pre_opens = schedulers[0].text().count("RELIANCE PRE_OPEN")
-                    buy = await api.place(quantity=10, price="15010.00", **AMO)
-                    sell = await api.place(
-                        user="bob", side="SELL", quantity=10, price="14990.00", **AMO
+                    buy = await api.trader("alice").place(
+                        order(quantity=10, price="15010.00", **AMO)
                     )
-                    ids = buy.json()["orderId"], sell.json()["orderId"]
-                    assert [buy.json()["status"], sell.json()["status"]] == ["AMO_PENDING"] * 2
+                    sell = await api.trader("bob").place(
+                        order(side="SELL", quantity=10, price="14990.00", **AMO)
+                    )
+                    ids = buy.order_id, sell.order_id
+                    assert [buy.status, sell.status] == ["AMO_PENDING"] * 2
                     await asyncio.to_thread(
                         schedulers[0].wait_for, "RELIANCE PRE_OPEN", 30, pre_opens + 1
                     )
@@ -207,11 +210,6 @@ BLOCKED_SHARES = (
 )
 
 
-async def modify(api: Api, order: int, key: str, user: str = "alice", **body):
-    body["idempotencyKey"] = key
-    return await api.client.patch(f"/api/v1/orders/{order}", json=body, headers=auth(user))
-
-
 def test_cancel_all_ends_the_waiting_amos_at_once(database):
     """DELETE /api/v1/orders: bob's sell in session is asked of the engine
     (CANCEL_REQUESTED), his two waiting AMO sells (one modified from 2 to 4 shares: its
@@ -220,17 +218,18 @@ def test_cancel_all_ends_the_waiting_amos_at_once(database):
 
     async def scenario():
         async with Api(database) as api:
-            live = (await api.place("bob", side="SELL", quantity=1)).json()["orderId"]
+            bob = api.trader("bob")
+            live = (await bob.place(order(side="SELL", quantity=1))).order_id
             api.now = SUNDAY
             amos = [
-                (await api.place("bob", side="SELL", quantity=n, **AMO)).json()["orderId"]
-                for n in (2, 3)
+                (await bob.place(order(side="SELL", quantity=n, **AMO))).order_id for n in (2, 3)
             ]
-            await modify(api, amos[0], "s", user="bob", quantity=4)
-            held = [api.rows(ORDER, order) for order in amos] + api.rows(BLOCKED_SHARES)
-            answer = await api.client.delete("/api/v1/orders", headers=auth("bob"))
-            again = await api.client.delete("/api/v1/orders", headers=auth("bob"))
-            return api, live, amos, held, answer, again
+            await bob.modify(amos[0], change(idempotency_key="s", quantity=4))
+            held = [api.rows(ORDER, amo) for amo in amos] + api.rows(BLOCKED_SHARES)
+            answer = await bob.cancel_all()
+            status = bob.statuses[-1]
+            again = await bob.cancel_all()
+            return api, live, amos, held, (status, answer), again
 
     api, live, amos, held, answer, again = run(scenario)
     assert held == [
@@ -238,19 +237,19 @@ def test_cancel_all_ends_the_waiting_amos_at_once(database):
         [("AMO_PENDING", "2026-11-30", 0, 3, 1, 0)],
         (1 + 4 + 3,),
     ]
-    assert (answer.status_code, answer.json()) == (
+    assert answer == (
         202,
-        {
-            "orders": [
-                {"orderId": live, "status": "CANCEL_REQUESTED"},
-                *({"orderId": order, "status": "CANCELLED"} for order in amos),
+        CancelsRequested(
+            [
+                CancelRequested(live, "CANCEL_REQUESTED"),
+                *(CancelRequested(amo, "CANCELLED") for amo in amos),
             ],
-            "more": False,
-        },
+            more=False,
+        ),
     )
-    assert again.json() == {"orders": [], "more": False}
-    for order in amos:
-        assert api.rows(ORDER, order) == [("CANCELLED", "2026-11-30", 0, 0, 0, 0)]
+    assert again == CancelsRequested([], more=False)
+    for amo in amos:
+        assert api.rows(ORDER, amo) == [("CANCELLED", "2026-11-30", 0, 0, 0, 0)]
     assert api.rows(BLOCKED_SHARES) == [(1,)], "only the live order's share is still held"
     sent = [c.order_id for c in api.commands() if isinstance(c, CancelOrder)]
     assert sent == [live]
@@ -267,24 +266,24 @@ def test_a_just_sent_amo_is_not_stuck_pending(database):
     async def scenario():
         async with Api(database) as api:
             api.now = SUNDAY
-            order = (await api.place(quantity=1, **AMO)).json()["orderId"]
+            amo = (await api.trader("alice").place(order(quantity=1, **AMO))).order_id
             api.rows(
                 "INSERT INTO read_model.phases VALUES ('RELIANCE', 'PRE_OPEN', 1, now()) "
                 "RETURNING 1"
             )
             status = "SELECT status FROM orders WHERE order_id = %s"
-            await asyncio.to_thread(api.wait_rows, status, [("PENDING",)], order)
-            return api, order
+            await asyncio.to_thread(api.wait_rows, status, [("PENDING",)], amo)
+            return api, amo
 
-    api, order = run(scenario)
-    (sent,) = api.rows("SELECT updated_at FROM orders WHERE order_id = %s", order)[0]
+    api, amo = run(scenario)
+    (sent,) = api.rows("SELECT updated_at FROM orders WHERE order_id = %s", amo)[0]
     sessions = market_sessions(api.settings)
     with psycopg.connect(database) as conn:
         stuck = [f for f in check_invariants(conn, sessions, sent) if f.kind == "STUCK_PENDING"]
         assert stuck == []
         later = check_invariants(conn, sessions, sent + timedelta(minutes=3))
     assert [(f.kind, f.order_id) for f in later if f.kind == "STUCK_PENDING"] == [
-        ("STUCK_PENDING", order)
+        ("STUCK_PENDING", amo)
     ]
 
 
@@ -299,17 +298,20 @@ def test_a_waiting_amo_is_modified_at_once_and_sent_with_its_new_terms(database)
 
     async def scenario():
         async with Api(database) as api:
+            alice = api.trader("alice")
             api.now = SUNDAY
-            order = (await api.place(quantity=10, price="15010.00", **AMO)).json()["orderId"]
-            before = api.rows(terms, order)
-            changed = await modify(api, order, "m1", price="15020.00", quantity=6)
-            again = await modify(api, order, "m1", price="15020.00", quantity=6)
-            after = api.rows(terms, order) + api.rows(blocked)
-            too_much = await modify(api, order, "m2", quantity=100)
-            refused = api.rows(terms, order) + api.rows(blocked)
-            like = (await api.place(quantity=6, price="15020.00", **AMO)).json()["orderId"]
+            amo = (await alice.place(order(quantity=10, price="15010.00", **AMO))).order_id
+            before = api.rows(terms, amo)
+            new_terms = change(idempotency_key="m1", price="15020.00", quantity=6)
+            changed = await alice.modify(amo, new_terms)
+            again = await alice.modify(amo, new_terms)
+            statuses = alice.statuses[-2:]
+            after = api.rows(terms, amo) + api.rows(blocked)
+            too_much = await refusal(alice.modify(amo, change(idempotency_key="m2", quantity=100)))
+            refused = api.rows(terms, amo) + api.rows(blocked)
+            like = (await alice.place(order(quantity=6, price="15020.00", **AMO))).order_id
             like_hold = api.rows("SELECT blocked_cash FROM orders WHERE order_id = %s", like)
-            await api.cancel(like)
+            await alice.cancel(like)
             with psycopg.connect(database) as conn:
                 findings = check_invariants(conn, market_sessions(api.settings), api.now)
             api.rows(
@@ -317,23 +319,22 @@ def test_a_waiting_amo_is_modified_at_once_and_sent_with_its_new_terms(database)
                 "RETURNING 1"
             )
             status = "SELECT status FROM orders WHERE order_id = %s"
-            await asyncio.to_thread(api.wait_rows, status, [("PENDING",)], order)
-            return api, order, like_hold, before, changed, again, after, too_much, refused, findings
+            await asyncio.to_thread(api.wait_rows, status, [("PENDING",)], amo)
+            answers = changed, again, statuses, too_much
+            return api, amo, like_hold, before, answers, after, refused, findings
 
-    api, order, like_hold, before, changed, again, after, too_much, refused, findings = run(
-        scenario
-    )
+    api, amo, like_hold, before, answers, after, refused, findings = run(scenario)
+    changed, again, statuses, too_much = answers
     assert before[0][:3] == (1_501_000, 10, 0)
-    assert (changed.status_code, changed.json()["status"]) == (202, "AMO_PENDING")
-    assert (again.status_code, again.json()) == (202, changed.json())
+    assert changed.status == "AMO_PENDING" and again == changed and statuses == [202, 202]
     (paise, quantity, modifications, hold), (account_blocked,) = after
     assert (paise, quantity, modifications) == (1_502_000, 6, 1)
     assert like_hold == [(hold,)] and account_blocked == hold < before[0][3]
-    assert too_much.json()["error"]["code"] == "INSUFFICIENT_FUNDS" and refused == after
+    assert too_much[1] == "INSUFFICIENT_FUNDS" and refused == after
     assert findings == []
     ticks = api.app.state.oms.entry.market["RELIANCE"].to_ticks(Decimal("15020.00"))
     sent = [(c.order_id, c.qty, c.price) for c in api.commands() if isinstance(c, NewOrder)]
-    assert sent == [(order, 6, ticks)]
+    assert sent == [(amo, 6, ticks)]
 
 
 def test_the_user_sees_a_waiting_amo_and_one_cancelled_while_waiting(database):
@@ -344,28 +345,16 @@ def test_the_user_sees_a_waiting_amo_and_one_cancelled_while_waiting(database):
     async def scenario():
         async with Services(database) as services:
             services.apps["oms"].state.oms.entry.clock = lambda: SUNDAY
-            headers = auth("alice")
-            body = {"symbol": "RELIANCE", "side": "BUY", "type": "LIMIT", "quantity": 3}
-            placed = await services.oms.post(
-                "/api/v1/orders",
-                json=body | {"price": "15000.00", "idempotencyKey": "p", **AMO},
-                headers=headers,
-            )
-            order = placed.json()["orderId"]
-            await services.oms.patch(
-                f"/api/v1/orders/{order}",
-                json={"quantity": 2, "idempotencyKey": "m"},
-                headers=headers,
-            )
-            waiting = await services.query.get("/api/v1/orders", headers=headers)
-            await services.oms.delete(f"/api/v1/orders/{order}", headers=headers)
-            ended = await services.query.get("/api/v1/orders", headers=headers)
-            one = await services.query.get(f"/api/v1/orders/{order}", headers=headers)
-            return order, waiting.json(), ended.json(), one.json()
+            alice = services.trader("alice")
+            amo = (await alice.place(order(quantity=3, idempotency_key="p", **AMO))).order_id
+            await alice.modify(amo, change(quantity=2, idempotency_key="m"))
+            waiting = await alice.orders()
+            await alice.cancel(amo)
+            return amo, waiting, await alice.orders(), await alice.order(amo)
 
-    order, waiting, ended, one = run(scenario)
-    shown = [(o["orderId"], o["status"], o["quantity"], o["price"]) for o in waiting["orders"]]
-    assert shown == [(order, "AMO_PENDING", 2, "15000.00")]
-    shown = [(o["orderId"], o["status"], o["quantity"]) for o in ended["orders"]]
-    assert shown == [(order, "CANCELLED", 2)] and ended["pagination"]["total"] == 1
-    assert (one["orderId"], one["status"], one["fills"]) == (order, "CANCELLED", [])
+    amo, waiting, ended, one = run(scenario)
+    shown = [(o.order_id, o.status, o.quantity, o.price) for o in waiting.orders]
+    assert shown == [(amo, "AMO_PENDING", 2, "15000.00")]
+    shown = [(o.order_id, o.status, o.quantity) for o in ended.orders]
+    assert shown == [(amo, "CANCELLED", 2)] and ended.pagination.total == 1
+    assert (one.order_id, one.status, one.fills) == (amo, "CANCELLED", [])
