@@ -4,10 +4,14 @@ graceful stop plus restart continues from the snapshot exactly."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
+from confluent_kafka import KafkaException, Producer
 
 from brokercore.engine.records import EventType, Reason, Side
-from brokercore.kafka.messages import CancelOrder, NewOrder, encode
+from brokercore.kafka.daemon import EngineDaemon, transient
+from brokercore.kafka.messages import CancelOrder, Event, EventBatch, NewOrder, encode
 from kafka_support import (
     Daemon,
     OrderProducer,
@@ -151,3 +155,62 @@ def test_a_snapshot_is_written_every_n_commands(daemons, instruments_file):
     assert 0 in snapshots
     assert snapshots[0].next_offset >= 500
     assert daemon.terminate() == 0
+
+
+def _events(settings, transactional_id: str, seqs: range, commit: bool = True) -> Producer:
+    """A transaction on shard 0's events partition holding one batch of ACCEPTED events
+    numbered ``seqs``, committed or left open (the producer is returned to end it)."""
+    producer = Producer(
+        {"bootstrap.servers": settings.bootstrap, "transactional.id": transactional_id}
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    events = [
+        Event(
+            seq,
+            "RELIANCE",
+            EventType.ACCEPTED,
+            Reason.NONE,
+            0,
+            Side.BUY,
+            seq,
+            seq,
+            seq,
+            1,
+            100,
+            1,
+            1,
+            0,
+            0,
+            0,
+        )
+        for seq in seqs
+    ]
+    producer.produce(settings.events_topic, encode(EventBatch(0, events)), partition=0)
+    producer.flush(30)
+    if commit:
+        producer.commit_transaction(30)
+    return producer
+
+
+def test_the_last_published_event_waits_until_no_transaction_is_unresolved():
+    """A daemon going live reads the last committed event of its partition to know what
+    not to publish again. After a kill -9 of the broker, Kafka 4.4 gave the new producer
+    its epoch before writing the markers of the transaction its predecessor was
+    committing (docs/kafka.md): read then, that transaction's events were missed and
+    published twice. While the partition's last stable offset is below its high
+    watermark the answer is refused as transient (and retried), never given early."""
+    settings = new_settings(shards=1)
+    daemon = EngineDaemon(settings, 0, instruments(), log=lambda line: None)
+    last_event = partial(daemon._retrying, "reading", daemon._last_published_event)
+    assert last_event() == 0  # (retried while the new topic gets its leader)
+    _events(settings, f"{settings.topic_prefix}first", range(1, 3))
+    assert last_event() == 2
+
+    committing = _events(settings, f"{settings.topic_prefix}second", range(3, 5), commit=False)
+    with pytest.raises(KafkaException) as refused:
+        daemon._last_published_event()
+    assert transient(refused.value) and "is not resolved yet" in str(refused.value)
+
+    committing.commit_transaction(30)
+    assert last_event() == 4

@@ -360,18 +360,23 @@ class EngineDaemon:
         it is read without waiting for stability (read_uncommitted), because a kill -9
         of the broker can leave a pending offset of an aborted transaction behind that
         never resolves (seen with Kafka 4.4: "not stable" for minutes, for ever)."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.bootstrap,
-                "group.id": self.settings.engine_group(self.shard_id),
-                "isolation.level": "read_uncommitted",
-                "enable.auto.commit": False,
-            }
-        )
+        consumer = self._reader(self.settings.engine_group(self.shard_id), "read_uncommitted")
         try:
             return self._committed_offset(CALL_TIMEOUT, consumer)
         finally:
             consumer.close()
+
+    def _reader(self, group: str, isolation: str) -> Consumer:
+        """A consumer for one look at the shard's partitions (assign, never subscribe)."""
+        return Consumer(
+            {
+                "bootstrap.servers": self.settings.bootstrap,
+                "group.id": group,
+                "isolation.level": isolation,
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
 
     def _producer(self) -> Producer:
         config = {
@@ -543,27 +548,35 @@ class EngineDaemon:
     def _last_published_event(self) -> int:
         """The shard_seq of the last event committed to the shard's ``events`` partition
         (0 if none), read from its end backwards (read_committed: aborted transactions
-        and their markers are skipped). Only this shard's daemons write there, and
-        init_transactions has completed every transaction of theirs, so it is final."""
-        topic = self.settings.events_topic
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.bootstrap,
-                "group.id": f"{self.settings.engine_group(self.shard_id)}-events-reader",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
+        and their markers are skipped).
+
+        Only this shard's daemons write there, and init_transactions has fenced every
+        earlier one, but it can return before a transaction the predecessor was
+        committing is complete: after a kill -9 of the broker, Kafka 4.4 reloaded such a
+        transaction as PrepareCommit, handed out the new epoch, and wrote its markers
+        0.75 s later, so its events appeared after this read and were published again.
+        While the partition holds a transaction not yet resolved (its last stable offset
+        is below its high watermark) the answer is not final: a transient error, retried."""
+        topic = TopicPartition(self.settings.events_topic, self.shard_id)
+        group = f"{self.settings.engine_group(self.shard_id)}-events-reader"
+        consumer = self._reader(group, "read_committed")
         decode = msgspec.msgpack.Decoder(EventBatch).decode
         try:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, self.shard_id), timeout=CALL_TIMEOUT
-            )
+            low, high = consumer.get_watermark_offsets(topic, timeout=CALL_TIMEOUT)
+            written = self._written_end(topic, group)
+            if high < written:
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError.CONCURRENT_TRANSACTIONS,
+                        f"a transaction on {topic.topic} [{topic.partition}] is not resolved "
+                        f"yet (stable up to offset {high} of {written})",
+                        retriable=True,
+                    )
+                )
             start, step = high, 64
             while start > low:
                 start, step = max(low, start - step), step * 8
-                consumer.assign([TopicPartition(topic, self.shard_id, start)])
+                consumer.assign([TopicPartition(topic.topic, topic.partition, start)])
                 last, deadline = None, time.monotonic() + TRANSACTION_PATIENCE
                 while True:
                     message = consumer.poll(0.5)
@@ -583,6 +596,14 @@ class EngineDaemon:
                 if last is not None:
                     return int(decode(last).events[-1].shard_seq)
             return 0
+        finally:
+            consumer.close()
+
+    def _written_end(self, partition: TopicPartition, group: str) -> int:
+        """The high watermark of ``partition``: its end, committed or not."""
+        consumer = self._reader(group, "read_uncommitted")
+        try:
+            return int(consumer.get_watermark_offsets(partition, timeout=CALL_TIMEOUT)[1])
         finally:
             consumer.close()
 
