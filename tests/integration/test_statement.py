@@ -9,7 +9,7 @@ import csv
 import io
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -23,7 +23,7 @@ from brokercore.consumers.projector import ProjectorConsumer
 from brokercore.engine.records import Side
 from edge_support import Edge, Recorder
 from http_support import Services
-from oms_support import auth, run
+from oms_support import Trader, auth, refusal, run
 from read_model_support import stamped
 from shared_servers import REDIS_URL
 from venue_support import FEES, MARKET, MID, Venue, settle
@@ -96,12 +96,12 @@ def day(conn):
     d.close()
 
 
-def today() -> str:
-    return datetime.now(KOLKATA).date().isoformat()
+def today() -> date:
+    return datetime.now(KOLKATA).date()
 
 
-def shifted(days: int) -> str:
-    return (datetime.now(KOLKATA).date() + timedelta(days=days)).isoformat()
+def shifted(days: int) -> date:
+    return today() + timedelta(days=days)
 
 
 # --- the statement -------------------------------------------------------------------------
@@ -113,20 +113,20 @@ def test_the_statement_closes_at_the_accounts_cash(day, migrated):
     cash = day.cash(day.alice)
 
     async def scenario(api):
+        alice = api.trader()
         return (
-            await api.ok("/statement", **{"from": today(), "to": today()}),
-            await api.ok("/statement"),  # the 30 days up to today
-            await api.ok("/statement", **{"from": shifted(1), "to": shifted(1)}),
-            await api.ok("/statement", **{"from": shifted(-3), "to": shifted(-1)}),
-            await api.get("/statement", format="csv", **{"from": today()}),
-            await api.http.get(
-                "/api/v1/statement", headers={**auth("alice"), "Accept": "text/csv"}
-            ),
+            await alice.statement(today(), today()),
+            await alice.statement(),  # the 30 days up to today
+            await alice.statement(shifted(1), shifted(1)),
+            await alice.statement(shifted(-3), shifted(-1)),
+            # the CSV, which the client does not read: by ?format= and by Accept
+            await api.get("/statement", format="csv", **{"from": today().isoformat()}),
+            await api.get("/statement", headers={"Accept": "text/csv"}),
         )
 
     now, default, tomorrow, before, as_csv, accepted = run_query(migrated, scenario)
     sell_fee, buy_fee = FEES.fee(10 * 1_500_000), FEES.fee(4 * 1_500_100)
-    assert [(r["type"], r["amount"], r["symbol"], r["quantity"]) for r in now["rows"]] == [
+    assert [(r.type, r.amount, r.symbol, r.quantity) for r in now.rows] == [
         ("DEPOSIT", rupees(10**10), None, None),  # opening the account
         ("SELL", rupees(10 * 1_500_000), "RELIANCE", 10),
         ("FEE", rupees(-sell_fee), "RELIANCE", None),
@@ -135,18 +135,18 @@ def test_the_statement_closes_at_the_accounts_cash(day, migrated):
         ("DEPOSIT", "50000.00", None, None),
         ("WITHDRAWAL", "-20000.00", None, None),
     ]
-    assert now["openingBalance"] == "0.00" and now["closingBalance"] == rupees(cash)
+    assert now.opening_balance == "0.00" and now.closing_balance == rupees(cash)
     balance = Decimal(0)
-    for row in now["rows"]:
-        balance += Decimal(row["amount"])
-        assert row["balance"] == f"{balance:.2f}"
-    assert [r["time"] for r in now["rows"]] == sorted(r["time"] for r in now["rows"])
-    assert now["timeZone"] == "Asia/Kolkata" and now["from"] == now["to"] == today()
-    assert default["rows"] == now["rows"] and default["from"] == shifted(-29)
+    for row in now.rows:
+        balance += Decimal(row.amount)
+        assert row.balance == f"{balance:.2f}"
+    assert [r.time for r in now.rows] == sorted(r.time for r in now.rows)
+    assert now.time_zone == "Asia/Kolkata" and now.start == now.end == today().isoformat()
+    assert default.rows == now.rows and default.start == shifted(-29).isoformat()
     # a day after everything: no rows, everything in the opening balance
-    assert tomorrow["rows"] == [] and tomorrow["openingBalance"] == rupees(cash)
-    assert tomorrow["closingBalance"] == rupees(cash)
-    assert before["rows"] == [] and before["openingBalance"] == before["closingBalance"] == "0.00"
+    assert tomorrow.rows == [] and tomorrow.opening_balance == rupees(cash)
+    assert tomorrow.closing_balance == rupees(cash)
+    assert before.rows == [] and before.opening_balance == before.closing_balance == "0.00"
 
     for response in (as_csv, accepted):
         assert response.status_code == 200
@@ -163,7 +163,7 @@ def test_the_statement_closes_at_the_accounts_cash(day, migrated):
             "reference",
         ]
         assert table[1][1:] == ["OPENING BALANCE", "", "", "", "", "0.00", ""]
-        assert [r[1] for r in table[2:-1]] == [r["type"] for r in now["rows"]]
+        assert [r[1] for r in table[2:-1]] == [r.type for r in now.rows]
         assert table[3][4:7] == ["15000.00", rupees(10 * 1_500_000), table[3][6]]
         assert table[-1][1:] == ["CLOSING BALANCE", "", "", "", "", rupees(cash), ""]
 
@@ -174,13 +174,13 @@ def test_bad_statement_queries_say_which_field(day, migrated):
             await api.get("/statement", **params)
             for params in (
                 {"from": "2026-13-01"},
-                {"from": shifted(1), "to": today()},
-                {"from": shifted(-400), "to": today()},
+                {"from": shifted(1).isoformat(), "to": today().isoformat()},
+                {"from": shifted(-400).isoformat(), "to": today().isoformat()},
                 {"from": "0001-01-01", "to": "0001-01-02"},
                 {"format": "pdf"},
                 {"page": "2"},
             )
-        ] + [await api.get("/statement", user="nobody")]
+        ] + [await refusal(api.trader("nobody").statement())]
 
     *bad, nobody = run_query(migrated, scenario)
     assert [(r.status_code, r.json()["error"]["fields"][0]["field"]) for r in bad] == [
@@ -191,7 +191,7 @@ def test_bad_statement_queries_say_which_field(day, migrated):
         (422, "format"),
         (422, "page"),
     ]
-    assert nobody.status_code == 403 and nobody.json()["error"]["code"] == "NO_ACCOUNT"
+    assert nobody == (403, "NO_ACCOUNT")
 
 
 # --- trades --------------------------------------------------------------------------------
@@ -201,40 +201,40 @@ def test_trades_page_newest_first_without_repeats_or_gaps_while_fills_arrive(day
     day.small_trades(7)
 
     async def scenario(api):
-        first = await api.ok("/trades", user="dave", limit="3")
+        dave = api.trader("dave")
+        first = await dave.trades(limit=3)
         day.small_trades(2)  # newer than every page: never in this walk's later pages
         pages = [first]
-        while pages[-1]["nextCursor"] is not None:
-            pages.append(
-                await api.ok("/trades", user="dave", limit="3", cursor=pages[-1]["nextCursor"])
-            )
-        return pages, await api.ok("/trades", user="dave", limit="200")
+        while pages[-1].next_cursor is not None:
+            pages.append(await dave.trades(limit=3, cursor=pages[-1].next_cursor))
+        return pages, await dave.trades(limit=200)
 
     pages, everything = run_query(migrated, scenario)
-    walked = [t["tradeId"] for page in pages for t in page["trades"]]
-    assert [len(p["trades"]) for p in pages] == [3, 3, 1]
-    assert len(everything["trades"]) == 9 and everything["nextCursor"] is None
-    assert walked == [t["tradeId"] for t in everything["trades"]][2:]  # the 7, newest first
-    times = [t["time"] for t in everything["trades"]]
+    walked = [t.trade_id for page in pages for t in page.trades]
+    assert [len(p.trades) for p in pages] == [3, 3, 1]
+    assert len(everything.trades) == 9 and everything.next_cursor is None
+    assert walked == [t.trade_id for t in everything.trades][2:]  # the 7, newest first
+    times = [t.time for t in everything.trades]
     assert times == sorted(times, reverse=True)
-    trade = everything["trades"][0]
-    assert {k: trade[k] for k in ("symbol", "side", "price", "quantity", "value")} == {
-        "symbol": "RELIANCE",
-        "side": "BUY",
-        "price": "15000.00",
-        "quantity": 1,
-        "value": "15000.00",
-    }
-    assert trade["fee"] == rupees(FEES.fee(1_500_000))
+    trade = everything.trades[0]
+    assert (trade.symbol, trade.side, trade.price, trade.quantity, trade.value) == (
+        "RELIANCE",
+        "BUY",
+        "15000.00",
+        1,
+        "15000.00",
+    )
+    assert trade.fee == rupees(FEES.fee(1_500_000))
 
 
 def test_trades_filters_and_bounds(day, migrated):
     async def scenario(api):
+        alice = api.trader()
         return (
-            await api.ok("/trades", user="alice", side="SELL"),
-            await api.ok("/trades", user="alice", side="BUY", symbol="RELIANCE"),
-            await api.ok("/trades", user="alice", symbol="TCS"),
-            await api.ok("/trades", user="alice", **{"from": shifted(1) + "T00:00:00Z"}),
+            await alice.trades(side="SELL"),
+            await alice.trades(side="BUY", symbol="RELIANCE"),
+            await alice.trades(symbol="TCS"),
+            await alice.trades(start=datetime.combine(shifted(1), datetime.min.time(), UTC)),
             [
                 await api.get("/trades", **params)
                 for params in (
@@ -249,9 +249,9 @@ def test_trades_filters_and_bounds(day, migrated):
         )
 
     sells, buys, none, later, bad = run_query(migrated, scenario)
-    assert [(t["side"], t["quantity"]) for t in sells["trades"]] == [("SELL", 10)]
-    assert [(t["side"], t["price"]) for t in buys["trades"]] == [("BUY", "15001.00")]
-    assert none["trades"] == [] and later["trades"] == []
+    assert [(t.side, t.quantity) for t in sells.trades] == [("SELL", 10)]
+    assert [(t.side, t.price) for t in buys.trades] == [("BUY", "15001.00")]
+    assert none.trades == [] and later.trades == []
     assert [(r.status_code, r.json()["error"]["fields"][0]["field"]) for r in bad] == [
         (422, "limit"),
         (422, "limit"),
@@ -267,21 +267,21 @@ def test_trades_filters_and_bounds(day, migrated):
 
 def test_the_portfolio_has_realised_and_day_pnl(day, migrated):
     async def scenario(api):
-        return await api.ok("/portfolio"), await api.ok("/portfolio", user="bob")
+        return await api.trader().portfolio(), await api.trader("bob").portfolio()
 
     alice, bob = run_query(migrated, scenario)
     last, close = 1_500_100, PREVIOUS_CLOSE
     # alice: 100 at 14,000.00; sold 10 at 15,000.00, bought 4 at 15,001.00
     alice_realised = (1_500_000 - 1_400_000) * 10 - FEES.fee(10 * 1_500_000)
     alice_day = (last - close) * 90 + (last - 1_500_100) * 4 + (1_500_000 - close) * 10
-    [position] = alice["positions"]
-    assert position["quantity"] == 94 and position["currentPrice"] == "15001.00"
-    assert position["realisedPnl"] == alice["realisedPnl"] == rupees(alice_realised)
-    assert position["dayPnl"] == alice["dayPnl"] == rupees(alice_day) == "10090.00"
+    [position] = alice.positions
+    assert position.quantity == 94 and position.current_price == "15001.00"
+    assert position.realised_pnl == alice.realised_pnl == rupees(alice_realised)
+    assert position.day_pnl == alice.day_pnl == rupees(alice_day) == "10090.00"
     # bob: bought 10 at 15,000.00 today, sold 4 at 15,001.00
     bob_realised = (1_500_100 - 1_500_000) * 4 - FEES.fee(4 * 1_500_100)
-    assert bob["realisedPnl"] == rupees(bob_realised)
-    assert bob["dayPnl"] == rupees((last - 1_500_000) * 6 + (1_500_100 - 1_500_000) * 4)
+    assert bob.realised_pnl == rupees(bob_realised)
+    assert bob.day_pnl == rupees((last - 1_500_000) * 6 + (1_500_100 - 1_500_000) * 4)
     with psycopg.connect(migrated) as conn:
         assert conn.execute(
             "SELECT realised_pnl FROM positions WHERE account_id = %s", (day.alice,)
@@ -294,7 +294,7 @@ def test_a_position_closed_today_counts_in_the_totals(day, migrated):
     day.apply()
 
     async def scenario(api):
-        return await api.ok("/portfolio", user="bob")
+        return await api.trader("bob").portfolio()
 
     bob = run_query(migrated, scenario)
     realised = (
@@ -303,10 +303,10 @@ def test_a_position_closed_today_counts_in_the_totals(day, migrated):
         + (1_500_200 - 1_500_000) * 6
         - FEES.fee(6 * 1_500_200)
     )
-    assert bob["positions"] == []
-    assert bob["realisedPnl"] == rupees(realised)
+    assert bob.positions == []
+    assert bob.realised_pnl == rupees(realised)
     # all of it bought and sold today: the day's P&L is the sells less the buy
-    assert bob["dayPnl"] == rupees(4 * 1_500_100 + 6 * 1_500_200 - 10 * 1_500_000)
+    assert bob.day_pnl == rupees(4 * 1_500_100 + 6 * 1_500_200 - 10 * 1_500_000)
 
 
 # --- the edge ------------------------------------------------------------------------------
@@ -346,26 +346,34 @@ def test_the_edge_sends_the_read_sides_paths_to_their_services():
 # --- helpers -------------------------------------------------------------------------------
 
 
-class Client:
-    """GETs of the query service as a user."""
+class Reader:
+    """The query service (in this process) as users read it: ``trader(user)``, their
+    brokercore.client, and ``get``, a raw GET for what the client does not send (bad
+    queries, the CSV)."""
 
-    def __init__(self, http: httpx.AsyncClient):
-        self.http = http
+    def __init__(self, services: Services):
+        self.services = services
+        self.traders: list[Trader] = []
 
-    async def get(self, path: str, user: str = "alice", **params) -> httpx.Response:
-        return await self.http.get("/api/v1" + path, params=params, headers=auth(user))
+    def trader(self, user: str = "alice") -> Trader:
+        self.traders.append(self.services.trader(user))
+        return self.traders[-1]
 
-    async def ok(self, path: str, user: str = "alice", **params):
-        response = await self.get(path, user, **params)
-        assert response.status_code == 200, response.text
-        return response.json()
+    async def get(self, path: str, user: str = "alice", headers=(), **params) -> httpx.Response:
+        headers = auth(user) | dict(headers)
+        return await self.services.query.get("/api/v1" + path, params=params, headers=headers)
 
 
 def run_query(database: str, scenario):
-    """``scenario(client)`` against the query service (in this process)."""
+    """``scenario(reader)`` against the query service (in this process); each answer
+    the client took is a 200."""
 
     async def main():
         async with Services(database) as services:
-            return await scenario(Client(services.query))
+            reader = Reader(services)
+            answer = await scenario(reader)
+            taken = {s for trader in reader.traders for s in trader.statuses if s < 400}
+            assert taken <= {200}, taken
+            return answer
 
     return run(main)

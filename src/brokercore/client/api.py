@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal, TypeVar
 
@@ -44,7 +44,14 @@ from brokercore.entry.requests import (
     PlaceOrderRequest,
 )
 from brokercore.identity.answers import Me, MfaChallenge, RecoveryCodes, Tokens, TotpEnrolment
-from brokercore.read.answers import Instrument, OrderPage, OrderWithFills, Portfolio, Statement
+from brokercore.read.answers import (
+    Instrument,
+    OrderPage,
+    OrderWithFills,
+    Portfolio,
+    Statement,
+    TradePage,
+)
 from brokercore.realtime.channels import BookUpdate
 
 __all__ = ["Client", "new_key"]
@@ -285,6 +292,23 @@ class Client:
             (k, v.isoformat()) for k, v in (("from", start), ("to", end)) if v
         ]
         return await self.request("GET", "/api/v1/statement", Statement, params=params)
+
+    async def trades(
+        self,
+        *,
+        symbol: str | None = None,
+        side: Literal["BUY", "SELL"] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TradePage:
+        """A page of the user's fills, newest first, from ``start`` (inclusive) to
+        ``end`` (exclusive); ``cursor``: a page's ``next_cursor``, for the older ones."""
+        params: list[tuple[str, str | int]] = [("limit", limit)]
+        params += [(k, v) for k, v in (("symbol", symbol), ("side", side), ("cursor", cursor)) if v]
+        params += [(k, v.isoformat()) for k, v in (("from", start), ("to", end)) if v]
+        return await self.request("GET", "/api/v1/trades", TradePage, params=params)
 
     # --- GTTs and brackets (docs/gtt.md, docs/brackets.md) --------------------------------
 
