@@ -19,7 +19,9 @@ from decimal import Decimal
 
 import psycopg
 
+from brokercore.broker.orders import OPEN_STATUSES
 from stack_support import REPO, PrivateStack
+from waiting import wait_until
 
 README = REPO / "README.md"
 MARKER = "<!-- walkthrough -->"
@@ -161,3 +163,14 @@ def test_the_walkthrough_runs_as_written_against_a_fresh_stack(stack_up):
     assert bracket["status"] == "ACTIVE" and exited["status"] == "EXITING", (bracket, exited)
     assert exited["bracketId"] == bracket["bracketId"], exited
     assert hook["url"] == "https://hooks.example.com/alice" and len(hook["secret"]) == 64, hook
+
+    # Nothing left resting for the modules after this one: the cancels and the bracket's
+    # exit (the trigger service cancels its entry on a later pass) are through.
+    wait_until(lambda: not still_open(stack_up), "every order of the walkthrough ended")
+
+
+def still_open(stack: PrivateStack) -> list[tuple[int, str]]:
+    with psycopg.connect(stack.database_url) as conn:
+        return conn.execute(
+            "SELECT order_id, status FROM orders WHERE status = ANY(%s)", (list(OPEN_STATUSES),)
+        ).fetchall()

@@ -4,8 +4,8 @@ Playwright (playwright-core) through the stack's edge, which serves the app at `
 Scripts in web/e2e/ do the browsing and checking (trading.mjs the core screens,
 secondary.mjs the others, market.mjs a simulated market: the README's screenshot), each
 exiting non-zero at its first failed check, its output shown here. All run against the
-front door's shared stack, after its other modules (conftest.py). Screenshots of each screen go to $BROKERCORE_SCREENSHOTS (default: a folder of the
-test's own).
+front door's shared stack, after its other modules (conftest.py). Screenshots of each
+screen go to $BROKERCORE_SCREENSHOTS (default: a folder of the test's own).
 """
 
 from __future__ import annotations
