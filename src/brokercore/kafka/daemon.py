@@ -65,6 +65,7 @@ from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable
 from brokercore.kafka.journal import InputJournal
 from brokercore.kafka.messages import DeadLetter, EventBatch, ShardSnapshot, encode
 from brokercore.kafka.placement import shard_plan
+from brokercore.kafka.resolved import require_resolved
 from brokercore.kafka.topics import SNAPSHOT_MAX_BYTES, ensure_topics
 from brokercore.runtime.shard import Shard, read_snapshot
 
@@ -548,31 +549,17 @@ class EngineDaemon:
     def _last_published_event(self) -> int:
         """The shard_seq of the last event committed to the shard's ``events`` partition
         (0 if none), read from its end backwards (read_committed: aborted transactions
-        and their markers are skipped).
-
-        Only this shard's daemons write there, and init_transactions has fenced every
-        earlier one, but it can return before a transaction the predecessor was
-        committing is complete: after a kill -9 of the broker, Kafka 4.4 reloaded such a
-        transaction as PrepareCommit, handed out the new epoch, and wrote its markers
-        0.75 s later, so its events appeared after this read and were published again.
-        While the partition holds a transaction not yet resolved (its last stable offset
-        is below its high watermark) the answer is not final: a transient error, retried."""
+        and their markers are skipped). Only this shard's daemons write there, and
+        init_transactions has fenced every earlier one; a transaction one of them was
+        committing may still be completing, so this first waits until none is
+        unresolved (brokercore.kafka.resolved): the answer is final."""
         topic = TopicPartition(self.settings.events_topic, self.shard_id)
+        require_resolved(self.settings.bootstrap, topic, CALL_TIMEOUT)
         group = f"{self.settings.engine_group(self.shard_id)}-events-reader"
         consumer = self._reader(group, "read_committed")
         decode = msgspec.msgpack.Decoder(EventBatch).decode
         try:
             low, high = consumer.get_watermark_offsets(topic, timeout=CALL_TIMEOUT)
-            written = self._written_end(topic, group)
-            if high < written:
-                raise KafkaException(
-                    KafkaError(
-                        KafkaError.CONCURRENT_TRANSACTIONS,
-                        f"a transaction on {topic.topic} [{topic.partition}] is not resolved "
-                        f"yet (stable up to offset {high} of {written})",
-                        retriable=True,
-                    )
-                )
             start, step = high, 64
             while start > low:
                 start, step = max(low, start - step), step * 8
@@ -596,14 +583,6 @@ class EngineDaemon:
                 if last is not None:
                     return int(decode(last).events[-1].shard_seq)
             return 0
-        finally:
-            consumer.close()
-
-    def _written_end(self, partition: TopicPartition, group: str) -> int:
-        """The high watermark of ``partition``: its end, committed or not."""
-        consumer = self._reader(group, "read_uncommitted")
-        try:
-            return int(consumer.get_watermark_offsets(partition, timeout=CALL_TIMEOUT)[1])
         finally:
             consumer.close()
 

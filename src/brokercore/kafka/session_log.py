@@ -11,8 +11,10 @@ What a publisher knows to be published is the log as read (read_committed) right
 its producer's ``init_transactions`` (on from where it read before: the log only grows),
 plus what it committed since. That is complete:
 ``init_transactions`` fences every earlier producer of the id (an open transaction of
-theirs is aborted, and they can never commit again) and returns once their
-transactions are completed, so the log read after it holds all they committed; and a
+theirs is aborted, and they can never commit again); a transaction of theirs still
+being committed (init_transactions can return before it is complete after a broker
+crash: brokercore.kafka.resolved) is waited for, so the log read after it holds all
+they committed; and a
 scheduler that commits later has called ``init_transactions`` later, which fenced this
 one, whose next commit then fails: it starts over (a new producer, the log read
 again) and finds the other's entries. So a step in the log is never published again,
@@ -63,6 +65,7 @@ from brokercore.kafka.messages import (
     encode,
 )
 from brokercore.kafka.placement import ShardPlan
+from brokercore.kafka.resolved import require_resolved
 from brokercore.kafka.topics import ensure_topics
 
 __all__ = [
@@ -156,7 +159,11 @@ def read_session_log(
 
 
 def _read_log(settings: KafkaSettings, timeout: float, start: int) -> tuple[list[LogEntry], int]:
-    """The committed entries from offset ``start`` on, and the offset after them."""
+    """The committed entries from offset ``start`` on, and the offset after them; once
+    no transaction on the log is unresolved (brokercore.kafka.resolved), so that an
+    entry a fenced scheduler was committing is read, not published again."""
+    log = TopicPartition(session_log_topic(settings), 0)
+    require_resolved(settings.bootstrap, log, timeout)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap,
@@ -171,7 +178,7 @@ def _read_log(settings: KafkaSettings, timeout: float, start: int) -> tuple[list
     entries: list[LogEntry] = []
     deadline = time.monotonic() + timeout
     try:
-        consumer.assign([TopicPartition(session_log_topic(settings), 0, start)])
+        consumer.assign([TopicPartition(log.topic, log.partition, start)])
         while True:
             if time.monotonic() > deadline:
                 raise KafkaException(
