@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from brokercore.client import ApiError, Client, new_key
 from brokercore.config import DEV_JWT_SECRET
 from brokercore.edge.auth import JwtConfig, mint_token
-from brokercore.entry.requests import ModifyOrderRequest, PlaceOrderRequest
+from brokercore.entry.requests import ModifyOrderRequest, OrderAccepted, PlaceOrderRequest
 from brokercore.kafka.messages import Command
 from brokercore.kafka.topics import partition_of
 from brokercore.services.oms import create_app
@@ -54,6 +54,13 @@ class Api:
             await trader.aclose()
         await self.client.aclose()
         await self._lifespan.__aexit__(*exc)
+
+    async def placed(self, user: str = "alice", **fields) -> OrderAccepted:
+        """``user``'s ``order(**fields)``, accepted (a 202)."""
+        trader = self.trader(user)
+        accepted = await trader.place(order(**fields))
+        assert trader.statuses[-1] == 202, trader.statuses
+        return accepted
 
     def trader(self, user: str) -> Trader:
         """``user``'s client of this OMS, until the ``async with`` ends."""

@@ -14,18 +14,19 @@ from zoneinfo import ZoneInfo
 import pytest
 from psycopg import errors
 
+from brokercore.client import ApiError
 from brokercore.engine.records import Side, Tif
 from brokercore.entry.order_entry import OrderReceipt, OrderRefused
 from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import CancelOrder, Halt, PreOpen, Uncross
 from kafka_support import OrderProducer
-from oms_support import Api, run
+from oms_support import Api, order, refusal, run
 from platform_support import money, platform
 
 IST = ZoneInfo("Asia/Kolkata")
 HELD = 1_627_500  # paise: a stop-market buy's hold, 5 % (the protection) above 15,500.00
-STOP = {"type": "STOP", "price": None, "triggerPrice": "15500.00"}
-STOP_LIMIT = {"type": "STOP_LIMIT", "price": "15600.00", "triggerPrice": "15500.00"}
+STOP = {"type": "STOP", "price": None, "trigger_price": "15500.00"}  # order()'s fields
+STOP_LIMIT = {"type": "STOP_LIMIT", "price": "15600.00", "trigger_price": "15500.00"}
 # A Wednesday in Mumbai: pre-open 09:00-09:08 (with the calendar below), open 09:15
 PRE_OPEN = datetime(2026, 11, 25, 9, 5, tzinfo=IST)
 BUFFER = datetime(2026, 11, 25, 9, 10, tzinfo=IST)  # after the auction, before the open
@@ -62,26 +63,25 @@ def test_each_kind_of_order_is_stored_held_at_its_worst_price_and_sent(database)
     async def scenario():
         async with Api(database) as api:
             answers = {
-                "stop buy": await api.place(quantity=10, **STOP),
-                "stop-limit buy": await api.place(user="carol", quantity=10, **STOP_LIMIT),
-                "stop sell": await api.place(
-                    user="bob",
+                "stop buy": await api.placed(quantity=10, **STOP),
+                "stop-limit buy": await api.placed("carol", quantity=10, **STOP_LIMIT),
+                "stop sell": await api.placed(
+                    "bob",
                     side="SELL",
                     quantity=30,
                     type="STOP",
                     price=None,
-                    triggerPrice="14500.00",
-                    timeInForce="DAY",
+                    trigger_price="14500.00",
+                    time_in_force="DAY",
                 ),
-                "iceberg": await api.place(
-                    user="carol", quantity=50, price="15000.00", disclosedQuantity=10
+                "iceberg": await api.placed(
+                    "carol", quantity=50, price="15000.00", disclosed_quantity=10
                 ),
             }
             return api, answers
 
     api, answers = run(scenario)
-    assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(answers, 202)
-    ids = {name: r.json()["orderId"] for name, r in answers.items()}
+    ids = {name: r.order_id for name, r in answers.items()}
     rows = dict(
         api.rows(
             "SELECT order_id, concat_ws(' ', status, type, side, time_in_force, quantity, "
@@ -121,59 +121,61 @@ def test_each_kind_of_order_is_stored_held_at_its_worst_price_and_sent(database)
     }
 
 
-# (user, body, HTTP status, code): every rule of the new fields, over REST
+# (user, order()'s fields, HTTP status, code): every rule of the new fields, over REST
 REFUSED = [
     ("alice", {"type": "STOP", "price": None}, 422, "TRIGGER_REQUIRED"),
     ("alice", STOP | {"price": "15000.00"}, 422, "PRICE_NOT_ALLOWED"),
     ("alice", STOP_LIMIT | {"price": None}, 422, "PRICE_REQUIRED"),
-    ("alice", {"triggerPrice": "15500.00"}, 422, "TRIGGER_NOT_ALLOWED"),
+    ("alice", {"trigger_price": "15500.00"}, 422, "TRIGGER_NOT_ALLOWED"),
     (
         "alice",
-        {"type": "MARKET", "price": None, "triggerPrice": "15500.00"},
+        {"type": "MARKET", "price": None, "trigger_price": "15500.00"},
         422,
         "TRIGGER_NOT_ALLOWED",
     ),
-    ("alice", STOP | {"triggerPrice": "0"}, 422, "INVALID_TRIGGER"),
-    ("alice", STOP | {"triggerPrice": "25000.00"}, 422, "PRICE_BAND"),
-    ("alice", STOP | {"triggerPrice": "15500.03"}, 422, "TICK_SIZE"),
-    ("alice", STOP | {"timeInForce": "IOC"}, 422, "INVALID_TIF"),
-    ("alice", STOP_LIMIT | {"timeInForce": "FOK"}, 422, "INVALID_TIF"),
+    ("alice", STOP | {"trigger_price": "0"}, 422, "INVALID_TRIGGER"),
+    ("alice", STOP | {"trigger_price": "25000.00"}, 422, "PRICE_BAND"),
+    ("alice", STOP | {"trigger_price": "15500.03"}, 422, "TICK_SIZE"),
+    ("alice", STOP | {"time_in_force": "IOC"}, 422, "INVALID_TIF"),
+    ("alice", STOP_LIMIT | {"time_in_force": "FOK"}, 422, "INVALID_TIF"),
     ("alice", STOP_LIMIT | {"price": "15499.95"}, 422, "TRIGGER_LIMIT_SIDE"),
     (
         "bob",
-        STOP_LIMIT | {"side": "SELL", "price": "14500.05", "triggerPrice": "14500.00"},
+        STOP_LIMIT | {"side": "SELL", "price": "14500.05", "trigger_price": "14500.00"},
         422,
         "TRIGGER_LIMIT_SIDE",
     ),
-    ("alice", STOP | {"triggerPrice": "15000.00"}, 422, "TRIGGER_REACHED"),  # last 15,000.00
-    ("bob", STOP | {"side": "SELL", "triggerPrice": "15000.00"}, 422, "TRIGGER_REACHED"),
+    ("alice", STOP | {"trigger_price": "15000.00"}, 422, "TRIGGER_REACHED"),  # last 15,000.00
+    ("bob", STOP | {"side": "SELL", "trigger_price": "15000.00"}, 422, "TRIGGER_REACHED"),
     ("alice", STOP | {"quantity": 5_001}, 422, "INSUFFICIENT_FUNDS"),  # at its protection
     (
         "bob",
-        STOP | {"side": "SELL", "quantity": 101, "triggerPrice": "14000.00"},
+        STOP | {"side": "SELL", "quantity": 101, "trigger_price": "14000.00"},
         422,
         "INSUFFICIENT_HOLDINGS",
     ),
-    ("alice", {"disclosedQuantity": 11}, 422, "DISCLOSED_TOO_LARGE"),
-    ("alice", {"quantity": 100, "disclosedQuantity": 9}, 422, "DISCLOSED_TOO_SMALL"),
+    ("alice", {"disclosed_quantity": 11}, 422, "DISCLOSED_TOO_LARGE"),
+    ("alice", {"quantity": 100, "disclosed_quantity": 9}, 422, "DISCLOSED_TOO_SMALL"),
     (
         "alice",
-        {"symbol": "TCS", "price": "20000.00", "quantity": 50, "disclosedQuantity": 7},
+        {"symbol": "TCS", "price": "20000.00", "quantity": 50, "disclosed_quantity": 7},
         422,
         "DISCLOSED_LOT_SIZE",
     ),  # TCS in lots of 5 here
-    ("alice", {"disclosedQuantity": 5, "timeInForce": "IOC"}, 422, "DISCLOSED_NOT_ALLOWED"),
+    ("alice", {"disclosed_quantity": 5, "time_in_force": "IOC"}, 422, "DISCLOSED_NOT_ALLOWED"),
     (
         "alice",
-        {"type": "MARKET", "price": None, "disclosedQuantity": 5},
+        {"type": "MARKET", "price": None, "disclosed_quantity": 5},
         422,
         "DISCLOSED_NOT_ALLOWED",
     ),
-    ("alice", STOP_LIMIT | {"disclosedQuantity": 5}, 422, "DISCLOSED_NOT_ALLOWED"),
-    ("alice", {"disclosedQuantity": 0}, 422, "INVALID_REQUEST"),
-    ("alice", {"disclosedQuantity": "5"}, 422, "INVALID_REQUEST"),
-    ("alice", STOP | {"triggerPrice": "a lot"}, 422, "INVALID_REQUEST"),
-    ("alice", {"type": "TRAILING_STOP"}, 422, "INVALID_REQUEST"),
+    ("alice", STOP_LIMIT | {"disclosed_quantity": 5}, 422, "DISCLOSED_NOT_ALLOWED"),
+]
+MALFORMED = [  # bodies the client cannot send, posted raw: (Api.place's fields, code)
+    ({"disclosedQuantity": 0}, 422, "INVALID_REQUEST"),
+    ({"disclosedQuantity": "5"}, 422, "INVALID_REQUEST"),
+    ({"type": "STOP", "price": None, "triggerPrice": "a lot"}, 422, "INVALID_REQUEST"),
+    ({"type": "TRAILING_STOP"}, 422, "INVALID_REQUEST"),
 ]
 
 
@@ -189,16 +191,24 @@ def test_every_new_rule_refuses_with_a_clear_error_and_stores_nothing(database):
                 "executed_at) VALUES ('RELIANCE:7', 'RELIANCE', 7, 1500000, 5, now()) "
                 "RETURNING 1"
             )
-            return api, [await api.place(user=user, **body) for user, body, _, _ in REFUSED]
+            refused = []
+            for user, fields, _, _ in REFUSED:
+                try:
+                    await api.trader(user).place(order(**fields))
+                except ApiError as error:
+                    refused.append(error)
+            return api, refused, [await api.place(**body) for body, _, _ in MALFORMED]
 
-    api, answers = run(scenario)
-    got = [(r.status_code, r.json()["error"]["code"]) for r in answers]
-    assert got == [(status, code) for _, _, status, code in REFUSED]
-    for (_, body, _, code), answer in zip(REFUSED, answers, strict=True):
+    api, refused, malformed = run(scenario)
+    assert [(e.status, e.code) for e in refused] == [(s, c) for _, _, s, c in REFUSED]
+    for (_, fields, _, _), error in zip(REFUSED, refused, strict=True):
+        assert error.message and "Traceback" not in error.message, (fields, error)
+    got = [(r.status_code, r.json()["error"]["code"]) for r in malformed]
+    assert got == [(status, code) for _, status, code in MALFORMED]
+    for (body, _, _), answer in zip(MALFORMED, malformed, strict=True):
         error = answer.json()["error"]
         assert error["message"] and "Traceback" not in answer.text, (body, error)
-        if code == "INVALID_REQUEST":
-            assert error["fields"] and error["fields"][0]["message"], (body, error)
+        assert error["fields"] and error["fields"][0]["message"], (body, error)
     assert api.rows(
         "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), "
         "(SELECT count(*) FROM idempotency_keys), (SELECT sum(blocked_cash) FROM accounts), "
@@ -240,26 +250,26 @@ def test_a_stop_trigger_is_checked_against_the_last_trade_in_both_write_paths(da
 def test_a_stop_retry_is_the_same_order_and_a_waiting_stop_can_be_cancelled(database):
     async def scenario():
         async with Api(database) as api:
-            first = await api.place(idempotencyKey="stop-1", **STOP)
-            order_id = first.json()["orderId"]
-            moved = await api.place(idempotencyKey="stop-1", **STOP | {"triggerPrice": "15600"})
+            alice = api.trader("alice")
+            first = await alice.place(order(idempotency_key="stop-1", **STOP))
+            moved = order(idempotency_key="stop-1", **STOP | {"trigger_price": "15600"})
+            moved = await refusal(alice.place(moved))
             api.rows(
                 "UPDATE orders SET status = 'TRIGGER_PENDING' WHERE order_id = %s RETURNING 1",
-                order_id,
+                first.order_id,
             )  # as settlement records the engine's ACCEPTED of a stop
-            again = await api.place(idempotencyKey="stop-1", **STOP)
-            cancel = await api.cancel(order_id)
-            return api, first, moved, again, cancel
+            again = await alice.place(order(idempotency_key="stop-1", **STOP))
+            cancel = await alice.cancel(first.order_id)
+            return api, first, moved, again, cancel, alice.statuses
 
-    api, first, moved, again, cancel = run(scenario)
-    assert moved.status_code == 422 and moved.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
-    assert again.status_code == 202
-    assert again.json()["orderId"] == first.json()["orderId"]
-    assert again.json()["status"] == "TRIGGER_PENDING"
-    assert (cancel.status_code, cancel.json()["status"]) == (202, "CANCEL_REQUESTED")
+    api, first, moved, again, cancel, statuses = run(scenario)
+    assert moved == (422, "IDEMPOTENCY_KEY_REUSED")
+    assert statuses[2:] == [202, 202]
+    assert again.order_id == first.order_id and again.status == "TRIGGER_PENDING"
+    assert cancel.status == "CANCEL_REQUESTED"
     [(account,)] = api.rows("SELECT account_id FROM orders")
     sent = api.commands()[-1]
-    assert sent == CancelOrder(first.json()["orderId"], account, "RELIANCE", ts=sent.ts)
+    assert sent == CancelOrder(first.order_id, account, "RELIANCE", ts=sent.ts)
     assert api.rows("SELECT count(*), sum(blocked_cash) FROM orders") == [(1, HELD * 10)]
 
 
@@ -269,41 +279,44 @@ def test_the_pre_open_takes_orders_that_can_wait_for_the_auction(database):
             with_pre_open(api)
             api.now = PRE_OPEN
             taken = {
-                "limit": await api.place(timeInForce="DAY"),
-                "gtc iceberg": await api.place(
-                    quantity=50, timeInForce="GTC", disclosedQuantity=10
+                "limit": await api.placed(time_in_force="DAY"),
+                "gtc iceberg": await api.placed(
+                    quantity=50, time_in_force="GTC", disclosed_quantity=10
                 ),
-                "market": await api.place(
-                    user="bob", side="SELL", type="MARKET", price=None, quantity=2
+                "market": await api.placed(
+                    "bob", side="SELL", type="MARKET", price=None, quantity=2
                 ),
-                "stop": await api.place(user="carol", **STOP),
-                "stop-limit IOC": await api.place(
-                    user="bob",
+                "stop": await api.placed("carol", **STOP),
+                "stop-limit IOC": await api.placed(
+                    "bob",
                     side="SELL",
                     **STOP_LIMIT
-                    | {"price": "15400.00", "triggerPrice": "15400.00", "timeInForce": "IOC"},
+                    | {"price": "15400.00", "trigger_price": "15400.00", "time_in_force": "IOC"},
                 ),
             }
-            refused = {
-                "limit IOC": await api.place(timeInForce="IOC"),
-                "limit FOK": await api.place(timeInForce="FOK"),
-                "market FOK": await api.place(type="MARKET", price=None, timeInForce="FOK"),
-                "market buy": await api.place(type="MARKET", price=None),  # no cap could hold
-            }
+            alice = api.trader("alice")
+            refused = {}
+            for name, fields in {
+                "limit IOC": {"time_in_force": "IOC"},
+                "limit FOK": {"time_in_force": "FOK"},
+                "market FOK": {"type": "MARKET", "price": None, "time_in_force": "FOK"},
+                "market buy": {"type": "MARKET", "price": None},  # no cap could hold
+            }.items():
+                try:
+                    await alice.place(order(**fields))
+                except ApiError as error:
+                    refused[name] = error
             api.now = BUFFER
-            buffer = await api.place()
+            buffer = await refusal(alice.place(order()))
             return api, taken, refused, buffer
 
     api, taken, refused, buffer = run(scenario)
-    assert {k: r.status_code for k, r in taken.items()} == dict.fromkeys(taken, 202), {
-        k: r.text for k, r in taken.items()
-    }
-    assert {k: (r.status_code, r.json()["error"]["code"]) for k, r in refused.items()} == (
-        dict.fromkeys(refused, (422, "NOT_IN_PRE_OPEN"))
+    assert {k: (e.status, e.code) for k, e in refused.items()} == dict.fromkeys(
+        ["limit IOC", "limit FOK", "market FOK", "market buy"], (422, "NOT_IN_PRE_OPEN")
     )
-    assert "pre-open call auction" in refused["limit IOC"].json()["error"]["message"]
-    assert (buffer.status_code, buffer.json()["error"]["code"]) == (422, "MARKET_CLOSED")
-    market_id = taken["market"].json()["orderId"]
+    assert "pre-open call auction" in refused["limit IOC"].message
+    assert buffer == (422, "MARKET_CLOSED")
+    market_id = taken["market"].order_id
     # the market sell waits for the auction as a market order, holding its shares
     command = {c.order_id: c for c in api.commands()}[market_id]
     assert command.market and command.tif == Tif.IOC and command.price == 0
@@ -380,22 +393,21 @@ def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
 
         async def day():
             async with api:
-                buy = (await api.place(quantity=10, timeInForce="GTC")).json()["orderId"]
-                stop = await api.place(
-                    user="bob", side="SELL", quantity=4, **STOP | {"triggerPrice": "15000.00"}
+                buy = (await api.placed(quantity=10, time_in_force="GTC")).order_id
+                stop = await api.placed(
+                    "bob", side="SELL", quantity=4, **STOP | {"trigger_price": "15000.00"}
                 )
-                stop = stop.json()["orderId"]
+                stop = stop.order_id
                 await wait([(buy, "OPEN", 0), (stop, "TRIGGER_PENDING", 0)])
                 waiting = api.rows("SELECT blocked_quantity FROM positions")
                 # 2 @ 15,000.00 trade: the last price reaches the sell stop's trigger, which
                 # enters as a market sell of 4 and fills against the rest of alice's buy
-                sell = await api.place(user="bob", side="SELL", quantity=2)
-                sell = sell.json()["orderId"]
+                sell = (await api.placed("bob", side="SELL", quantity=2)).order_id
                 await wait([(buy, "PARTIALLY_FILLED", 6), (stop, "FILLED", 4), (sell, "FILLED", 2)])
-                iceberg = await api.place(
-                    user="carol", quantity=50, price="14900.00", disclosedQuantity=10
+                iceberg = await api.placed(
+                    "carol", quantity=50, price="14900.00", disclosed_quantity=10
                 )
-                iceberg = iceberg.json()["orderId"]
+                iceberg = iceberg.order_id
                 await wait(
                     [
                         (buy, "PARTIALLY_FILLED", 6),
@@ -405,7 +417,7 @@ def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
                     ]
                 )
                 operator.send([Halt("RELIANCE", ts=1)])
-                halted = (await api.place(quantity=1)).json()["orderId"]
+                halted = (await api.placed(quantity=1)).order_id
                 await asyncio.to_thread(
                     api.wait_rows,
                     "SELECT status, reject_reason, blocked_cash FROM orders WHERE order_id = %s",
@@ -415,12 +427,9 @@ def test_a_trading_day_through_the_engine_and_settlement(database, tmp_path):
                 operator.send([PreOpen("RELIANCE", ts=2)])
                 with_pre_open(api)
                 api.now = PRE_OPEN
-                market = await api.place(
-                    user="bob", side="SELL", type="MARKET", price=None, quantity=3
-                )
-                market = market.json()["orderId"]
-                ask = await api.place(user="carol", quantity=3, price="15100.00")
-                ask = ask.json()["orderId"]
+                market = await api.placed("bob", side="SELL", type="MARKET", price=None, quantity=3)
+                market = market.order_id
+                ask = (await api.placed("carol", quantity=3, price="15100.00")).order_id
                 await asyncio.to_thread(
                     api.wait_rows,
                     "SELECT status FROM orders WHERE order_id IN (%s, %s)",
