@@ -60,10 +60,10 @@ def test_a_stop_market_or_market_buy_never_fills_above_its_hold_after_a_reband(d
                 market.send(  # the last trade: 15,000.00
                     market.order(Side.SELL, 1, 300_000), market.order(Side.BUY, 1, 300_000)
                 )
-                stop = await api.place(
-                    quantity=10, type="STOP", price=None, triggerPrice="15500.00"
+                stop = await api.placed(
+                    quantity=10, type="STOP", price=None, trigger_price="15500.00"
                 )
-                stop = stop.json()["orderId"]
+                stop = stop.order_id
                 await _wait(api, stop, ("TRIGGER_PENDING", None, 0, STOP_HELD * 5 * 10))
                 market.send(
                     Reband("RELIANCE", 200_000, NEW_TOP),
@@ -73,8 +73,8 @@ def test_a_stop_market_or_market_buy_never_fills_above_its_hold_after_a_reband(d
                     market.order(Side.BUY, 1, 310_000),  # 15,500.00 trades: the trigger
                 )
                 await _wait(api, stop, ("CANCELLED", "IOC_REMAINDER", 4, 0))
-                buy = await api.place(user="carol", type="MARKET", price=None, quantity=3)
-                buy = buy.json()["orderId"]
+                buy = await api.placed("carol", type="MARKET", price=None, quantity=3)
+                buy = buy.order_id
                 await _wait(api, buy, ("CANCELLED", "IOC_REMAINDER", 0, 0))
                 return stop, buy
 
@@ -108,16 +108,16 @@ def test_a_market_buy_never_waits_for_an_auction_a_reband_could_lift(database, t
 
         async def day():
             async with api:
-                stop = await api.place(
-                    user="carol", quantity=2, type="STOP", price=None, triggerPrice="15500.00"
+                stop = await api.placed(
+                    "carol", quantity=2, type="STOP", price=None, trigger_price="15500.00"
                 )
-                stop = stop.json()["orderId"]
+                stop = stop.order_id
                 await _wait(api, stop, ("TRIGGER_PENDING", None, 0, STOP_HELD * 5 * 2))
                 market.send(Halt("RELIANCE", ts=1), Reband("RELIANCE", 200_000, STOP_HELD - 1))
                 await _wait(api, stop, ("CANCELLED", "PRICE_OUT_OF_BAND", 0, 0))
                 market.send(PreOpen("RELIANCE", ts=2))
-                buy = await api.place(user="carol", type="MARKET", price=None, quantity=3)
-                buy = buy.json()["orderId"]
+                buy = await api.placed("carol", type="MARKET", price=None, quantity=3)
+                buy = buy.order_id
                 await _wait(api, buy, ("REJECTED", "SESSION_STATE", 0, 0))
                 market.send(
                     Reband("RELIANCE", 200_000, NEW_TOP),
@@ -127,8 +127,8 @@ def test_a_market_buy_never_waits_for_an_auction_a_reband_could_lift(database, t
                 )
                 # an IOC limit is refused in the pre-open and cancelled once open: the
                 # uncross has run when it is cancelled
-                probe = await api.place(quantity=1, timeInForce="IOC")
-                await _wait(api, probe.json()["orderId"], ("CANCELLED", "IOC_REMAINDER", 0, 0))
+                probe = await api.placed(quantity=1, time_in_force="IOC")
+                await _wait(api, probe.order_id, ("CANCELLED", "IOC_REMAINDER", 0, 0))
                 return buy
 
         buy = run(day)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 
 from brokercore.engine.records import Side, Tif
+from brokercore.entry.requests import Blocks
 from brokercore.kafka.messages import NewOrder
 from kafka_support import OrderProducer
-from oms_support import Api, auth, run
+from oms_support import Api, order, run
 from platform_support import money, platform
 
 LAST = 1_520_000  # paise: the last trade, 15,200.00
@@ -57,16 +58,11 @@ def test_market_orders_fill_only_inside_their_protection(database, tmp_path):
                         other(4, Side.BUY, 2, 302_000),  # 15,100.00
                     ]
                 )
-                buy = await api.place(user="carol", type="MARKET", price=None, quantity=6)
-                sell = await api.place(
-                    user="bob",
-                    side="SELL",
-                    type="MARKET",
-                    price=None,
-                    quantity=4,
-                    marketProtection="1",
+                buy = await api.placed("carol", type="MARKET", price=None, quantity=6)
+                sell = await api.placed(
+                    "bob", side="SELL", type="MARKET", price=None, quantity=4, market_protection="1"
                 )
-                buy, sell = buy.json()["orderId"], sell.json()["orderId"]
+                buy, sell = buy.order_id, sell.order_id
                 for order_id, expected in (
                     (buy, ("CANCELLED", "IOC_REMAINDER", 3, BUY_EDGE)),
                     (sell, ("CANCELLED", "IOC_REMAINDER", 2, 0)),
@@ -94,24 +90,20 @@ def test_the_hold_and_the_margin_preview_use_the_edge(database):
     """A market buy (2 % protection) and a sell stop-market (the default 5 % below its
     trigger): the preview's cash is the placed order's hold at the edge, the engine gets
     limit IOCs there."""
-    market = {"symbol": "RELIANCE", "side": "BUY", "type": "MARKET", "quantity": 10}
-    market |= {"marketProtection": "2"}
-    stop = {"symbol": "RELIANCE", "side": "SELL", "type": "STOP", "quantity": 10}
-    stop |= {"triggerPrice": "14000.00"}
+    market = {"type": "MARKET", "price": None, "market_protection": "2"}  # order()'s fields
+    stop = {"side": "SELL", "type": "STOP", "price": None, "trigger_price": "14000.00"}
 
     async def scenario():
         async with Api(database) as api:
             _last_trade(api)
-            preview = await api.client.post(
-                "/api/v1/margins/orders", json=market, headers=auth("alice")
-            )
-            buy = await api.place(price=None, **market)
-            sell = await api.place(user="bob", price=None, **stop)
-            return api, preview, buy.json()["orderId"], sell.json()["orderId"]
+            preview = await api.trader("alice").margin(order(**market))
+            buy = await api.placed(**market)
+            sell = await api.placed("bob", **stop)
+            return api, preview, buy.order_id, sell.order_id
 
     api, preview, buy, sell = run(scenario)
     # 15,200.00 * 1.02 = 15,504.00 = 310,080 ticks
-    assert preview.json()["orders"][0]["blocks"] == {"cash": "155040.00"}
+    assert preview.orders[0].blocks == Blocks(cash="155040.00")
     assert api.rows(
         "SELECT blocked_cash, hold_price_ticks FROM orders WHERE order_id = %s", buy
     ) == [(15_504_000, 310_080)]
