@@ -138,6 +138,14 @@ class Trader(Client):
         self.statuses.append(response.status_code)
 
 
+async def outcome(call) -> OrderAccepted | ApiError:
+    """What awaiting ``call`` gives: its answer, or the refusal it raises."""
+    try:
+        return await call
+    except ApiError as refused:
+        return refused
+
+
 async def refusal(call) -> tuple[int, str]:
     """The (HTTP status, error code) of the ApiError that awaiting ``call`` raises."""
     try:

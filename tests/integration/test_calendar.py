@@ -11,7 +11,7 @@ import pytest
 
 from brokercore.broker.market import load_market
 from brokercore.config import ServiceSettings
-from oms_support import SUNDAY, Api, run
+from oms_support import SUNDAY, Api, order, refusal, run
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "instruments.toml"
 REPUBLIC_DAY = datetime(2026, 1, 26, 6, 0, tzinfo=UTC)  # a Monday, an NSE holiday
@@ -58,21 +58,19 @@ def test_an_oms_on_the_always_open_calendar_accepts_an_order_on_a_sunday(databas
     async def scenario():
         async with Api(database, calendar="always-open") as api:
             api.now = SUNDAY
-            return api, await api.place()
+            return api, await api.placed()
 
-    api, response = run(scenario)
-    assert response.status_code == 202, response.text
+    api, placed = run(scenario)
     # the trade date is the exchange's (Mumbai) date of the instant
-    assert api.rows(
-        "SELECT trade_date FROM orders WHERE order_id = %s", response.json()["orderId"]
-    ) == [(date(2026, 11, 29),)]
+    assert api.rows("SELECT trade_date FROM orders WHERE order_id = %s", placed.order_id) == [
+        (date(2026, 11, 29),)
+    ]
 
 
 def test_an_oms_on_the_exchange_calendar_still_refuses_a_sunday(database):
     async def scenario():
         async with Api(database) as api:
             api.now = SUNDAY
-            return await api.place()
+            return await refusal(api.trader("alice").place(order()))
 
-    response = run(scenario)
-    assert response.status_code == 422 and response.json()["error"]["code"] == "MARKET_CLOSED"
+    assert run(scenario) == (422, "MARKET_CLOSED")

@@ -14,8 +14,10 @@ import pytest
 
 from brokercore.broker.funding import FundingKind, fund
 from brokercore.broker.market import load_market
+from brokercore.client import ApiError
 from brokercore.consumers.reconcile import check_invariants
-from oms_support import Api, run
+from brokercore.entry.requests import OrderAccepted
+from oms_support import Api, Trader, order, outcome, run
 from platform_support import INSTRUMENTS, money, platform
 
 RUPEE = 100
@@ -34,20 +36,15 @@ def test_concurrent_sells_never_block_more_shares_than_are_held(database):
 
     async def scenario():
         async with Api(database, rate_limit_burst=1000) as api:
+            bob = api.trader("bob")
             answers = await asyncio.gather(
-                *(
-                    api.place(user="bob", side="SELL", quantity=60, price="15000.00")
-                    for _ in range(20)
-                )
+                *(outcome(bob.place(order(side="SELL", quantity=60))) for _ in range(20))
             )
-            return api, answers
+            return api, answers, bob.statuses
 
-    api, answers = run(scenario)
-    codes = sorted(a.status_code for a in answers)
-    assert codes == [202] + [422] * 19, [a.text for a in answers if a.status_code != 422]
-    assert {a.json()["error"]["code"] for a in answers if a.status_code == 422} == {
-        "INSUFFICIENT_HOLDINGS"
-    }
+    api, answers, statuses = run(scenario)
+    assert sorted(statuses) == [202] + [422] * 19, answers
+    assert {a.code for a in answers if isinstance(a, ApiError)} == {"INSUFFICIENT_HOLDINGS"}
     assert api.rows("SELECT quantity, blocked_quantity FROM positions") == [(100, 60)]
     assert broken_invariants(api) == []
 
@@ -67,18 +64,21 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
         before = money(api)
 
         async def client(name: str, orders: int) -> list:
-            answers = []
-            for _ in range(orders):
-                if answers and rng.random() < 0.25:
-                    placed = rng.choice(answers)
-                    if placed.status_code == 202:
-                        await api.cancel(placed.json()["orderId"], user=name)
-                    continue
-                side = rng.choice(["BUY", "SELL"])
-                price = f"{15_000 + rng.randint(-3, 3) * 0.05:.2f}"
-                answers.append(
-                    await api.place(user=name, side=side, price=price, quantity=rng.randint(1, 40))
-                )
+            """One client of ``name``'s, its random orders and cancels: each place's HTTP
+            status and answer (or refusal)."""
+            answers: list = []
+            async with Trader(name, api.transport) as trader:
+                for _ in range(orders):
+                    if answers and rng.random() < 0.25:
+                        _, placed = rng.choice(answers)
+                        if isinstance(placed, OrderAccepted):
+                            await outcome(trader.cancel(placed.order_id))
+                        continue
+                    side = rng.choice(["BUY", "SELL"])
+                    price = f"{15_000 + rng.randint(-3, 3) * 0.05:.2f}"
+                    new = order(side=side, price=price, quantity=rng.randint(1, 40))
+                    answer = await outcome(trader.place(new))
+                    answers.append((trader.statuses[-1], answer))
             return answers
 
         async def load():
@@ -101,10 +101,8 @@ def test_concurrent_buys_and_sells_with_cancels_keep_every_invariant(database, t
             done.set()
             watcher.join()
         assert seen == set()
-        assert {a.status_code for a in answers} <= {202, 422}, [
-            a.text for a in answers if a.status_code not in (202, 422)
-        ]
-        accepted = sum(a.status_code == 202 for a in answers)
+        assert {status for status, _ in answers} <= {202, 422}, answers
+        accepted = sum(status == 202 for status, _ in answers)
         assert accepted > 50 and api.rows("SELECT count(*) FROM fills")[0][0] > 0
         deadline = time.monotonic() + 60
         while api.rows("SELECT count(*) FROM orders WHERE status = 'PENDING'") != [(0,)]:

@@ -12,28 +12,19 @@ from datetime import timedelta
 import psycopg
 
 from brokercore.broker.risk import buy_hold
-from brokercore.client import ApiError
 from brokercore.consumers.projector import run_projector
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.engine.records import Side, Tif
 from brokercore.entry.requests import OrderAccepted
 from brokercore.kafka.messages import AmendOrder
 from brokercore.services.reconciler import market_sessions
-from oms_support import Api, auth, change, order, refusal, run
+from oms_support import Api, auth, change, order, outcome, refusal, run
 from platform_support import INSTRUMENTS, money, platform
 from shared_servers import REDIS_URL
 from venue_support import FEES, INST, MID, SHARES, Venue, settle
 
 RUPEE = 100
 OPEN = "('PENDING', 'TRIGGER_PENDING', 'OPEN', 'PARTIALLY_FILLED')"
-
-
-async def outcome(call) -> OrderAccepted | ApiError:
-    """What awaiting ``call`` gives: its answer, or the refusal it raises."""
-    try:
-        return await call
-    except ApiError as refused:
-        return refused
 
 
 def execute(api: Api, statement: str, *args) -> None:
