@@ -125,12 +125,20 @@ class Api:
 
 
 class Trader(Client):
-    """A client of the apps behind ``transport`` logged in as ``user`` (a development
-    token), which keeps the HTTP status of each answer (``statuses``, oldest first):
-    the client's typed answers hide it."""
+    """A client of the apps behind ``transport`` (or of ``base_url``) logged in as
+    ``user`` with ``roles`` (a development token), which keeps the HTTP status of each
+    answer (``statuses``, oldest first): the client's typed answers hide it."""
 
-    def __init__(self, user: str, transport: httpx.AsyncBaseTransport):
-        super().__init__("http://edge", mint_token(user, JWT), transport=transport)
+    def __init__(
+        self,
+        user: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        base_url: str = "http://edge",
+        roles: tuple[str, ...] = (),
+    ):
+        token = mint_token(user, JWT, roles=roles)
+        super().__init__(base_url, token, transport=transport, timeout=30)
         self.statuses: list[int] = []
         self.http.event_hooks["response"].append(self._keep_status)
 

@@ -16,19 +16,23 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import msgspec
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from brokercore.broker import withdrawals
+from brokercore.broker.answers import DepositBody, FundsBody, WithdrawalBody
 from brokercore.broker.funding import open_account
 from brokercore.broker.money import rupees
+from brokercore.client import ApiError
 from brokercore.consumers.reconcile import check_invariants
 from brokercore.db.migrations import apply_migrations, drop_database
 from brokercore.edge.auth import mint_token
+from brokercore.entry.requests import OrderAccepted
 from http_support import assert_error
-from oms_support import JWT, OPEN_MARKET, Api
+from oms_support import JWT, OPEN_MARKET, Api, Trader, order, outcome, refusal
 from payment_provider import PaymentProvider
 from processes import LoggedProcess
 from waiting import wait_until
@@ -104,10 +108,24 @@ class Env:
         return [str(f) for f in found if f.account_id in accounts]
 
     def client(self) -> httpx.Client:
+        """A raw HTTP client of the service, for what brokercore.client does not send."""
         return httpx.Client(base_url=self.service.url, timeout=30)
 
-    def async_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.service.url, timeout=30)
+    def act(self, user: str, call, *roles: str):
+        """What ``call(trader)`` gives, ``trader`` a brokercore.client of the service
+        logged in as ``user`` with ``roles``."""
+
+        async def main():
+            async with Trader(user, base_url=self.service.url, roles=roles) as trader:
+                return await call(trader)
+
+        return asyncio.run(main())
+
+    def funds(self, user: str) -> FundsBody:
+        return self.act(user, lambda trader: trader.funds())
+
+    def withdrawals(self, user: str) -> list[WithdrawalBody]:
+        return self.act(user, lambda trader: trader.withdrawals()).withdrawals
 
 
 def auth(user: str, *roles: str, key: str | None = None) -> dict[str, str]:
@@ -151,55 +169,38 @@ def provider(env: Env) -> Iterator[PaymentProvider]:
 def test_a_deposit_with_one_key_is_credited_once_even_when_ten_race(env):
     user = env.account()
 
-    async def race():
-        async with env.async_client() as client:
-            return await asyncio.gather(
-                *(
-                    client.post(
-                        "/api/v1/funds/deposits",
-                        json={"amount": "5000.00"},
-                        headers=auth(user, key="salary-2026-12"),
-                    )
-                    for _ in range(10)
-                )
-            )
+    async def race(trader):
+        answers = await asyncio.gather(
+            *(trader.deposit("5000.00", "salary-2026-12") for _ in range(10))
+        )
+        reused = await refusal(trader.deposit("0.01", "salary-2026-12"))
+        return answers, trader.statuses, reused
 
-    answers = asyncio.run(race())
-    assert {a.status_code for a in answers} == {201}, [a.text for a in answers]
-    assert len({a.text for a in answers}) == 1, "every repeat gets the first answer"
-    assert answers[0].json()["amount"] == "5000.00"
-    assert answers[0].json()["status"] == "COMPLETED"
+    answers, statuses, reused = env.act(user, race)
+    assert statuses == [201] * 10 + [422]
+    assert len(set(answers)) == 1, "every repeat gets the first answer"
+    assert answers[0].amount == "5000.00" and answers[0].status == "COMPLETED"
+    assert reused == (422, "IDEMPOTENCY_KEY_REUSED")
     assert env.money(user) == (5_000 * RUPEES, 0)
     assert env.rows(
         "SELECT count(*), sum(amount) FROM funding f JOIN accounts a USING (account_id) "
         "WHERE a.user_id = %s AND kind = 'DEPOSIT'",
         user,
     ) == [(1, 5_000 * RUPEES)]
-    with env.client() as client:
+    with env.client() as client:  # raw: the amount as it is sent, and no key at all
         same = client.post(
             "/api/v1/funds/deposits",
             json={"amount": "5000"},
             headers=auth(user, key="salary-2026-12"),
         )
-        assert same.status_code == 201 and same.text == answers[0].text, "the same amount"
-        again = client.post(
-            "/api/v1/funds/deposits",
-            json={"amount": "0.01"},
-            headers=auth(user, key="salary-2026-12"),
-        )
-        assert_error(again, 422, "IDEMPOTENCY_KEY_REUSED")
+        assert same.status_code == 201, "the same amount"
+        assert msgspec.json.decode(same.content, type=DepositBody) == answers[0]
         assert_error(
             client.post("/api/v1/funds/deposits", json={"amount": "0.01"}, headers=auth(user)),
             400,
             "IDEMPOTENCY_KEY_REQUIRED",
         )
-        funds = client.get("/api/v1/funds", headers=auth(user)).json()
-    assert funds == {
-        "cash": "5000.00",
-        "blocked": "0.00",
-        "unsettled": "0.00",
-        "withdrawable": "5000.00",
-    }
+    assert env.funds(user) == FundsBody("5000.00", "0.00", "0.00", "5000.00")
     assert env.money(user) == (5_000 * RUPEES, 0)
     assert env.findings(user) == []
 
@@ -214,71 +215,61 @@ def test_amounts_are_rupee_strings_exact_to_the_paisa_up_to_100_crore(env, provi
                 "/api/v1/funds/deposits", json={"amount": amount}, headers=auth(user, key=amount)
             )
             assert deposit.status_code == 201 and deposit.json()["amount"] == answered, deposit.text
-        assert env.money(user) == (1 + 700 + 750 + 100_000_000_000, 0)
-        taken = withdraw(client, user, 1451)
-        assert taken["amount"] == "14.51"
-        key = f"withdrawal-{taken['withdrawalId']}"
-        wait_until(lambda: provider.payouts.get(key), "the payout taken")
-        funds = client.get("/api/v1/funds", headers=auth(user)).json()
-        [listed] = client.get("/api/v1/funds/withdrawals", headers=auth(user)).json()["withdrawals"]
-    assert funds == {
-        "cash": "1000000014.51",
-        "blocked": "14.51",
-        "unsettled": "0.00",
-        "withdrawable": "1000000000.00",
-    }
-    assert listed["amount"] == "14.51"
-    assert {
-        a["amount"] for a in provider.attempts if a["withdrawalId"] == taken["withdrawalId"]
-    } == {1451}, "the provider is sent paise"
+    assert env.money(user) == (1 + 700 + 750 + 100_000_000_000, 0)
+    taken = withdraw(env, user, 1451)
+    assert taken.amount == "14.51"
+    wait_until(lambda: provider.payouts.get(f"withdrawal-{taken.withdrawal_id}"), "the payout")
+    assert env.funds(user) == FundsBody("1000000014.51", "14.51", "0.00", "1000000000.00")
+    [listed] = env.withdrawals(user)
+    assert listed.amount == "14.51"
+    assert {a["amount"] for a in provider.attempts if a["withdrawalId"] == taken.withdrawal_id} == {
+        1451
+    }, "the provider is sent paise"
 
 
 # --- withdrawals and the provider -------------------------------------------------------
 
 
-def withdraw(client: httpx.Client, user: str, amount: int, key: str | None = None) -> dict:
+def withdraw(env: Env, user: str, amount: int, key: str | None = None) -> WithdrawalBody:
     """Withdraw ``amount`` paise (sent as the API's rupee string); the 202's withdrawal."""
-    answer = client.post(
-        "/api/v1/funds/withdrawals",
-        json={"amount": rupees(amount)},
-        headers=auth(user, key=key or uuid.uuid4().hex),
-    )
-    assert answer.status_code == 202, answer.text
-    return answer.json()
+
+    async def call(trader: Trader) -> WithdrawalBody:
+        taken = await trader.withdraw(rupees(amount), key or uuid.uuid4().hex)
+        assert trader.statuses == [202]
+        return taken
+
+    return env.act(user, call)
 
 
 def test_a_withdrawal_is_completed_by_the_providers_signed_callback(env, provider):
     user = env.account(cash=10_000 * RUPEES)
-    with env.client() as client:
-        taken = withdraw(client, user, 2_500 * RUPEES, key="rent")
-        assert taken["status"] == "PENDING"
-        env.wait_status(taken["withdrawalId"], "COMPLETED")
-        repeat = withdraw(client, user, 2_500 * RUPEES, key="rent")
-        listed = client.get("/api/v1/funds/withdrawals", headers=auth(user)).json()
-    assert repeat["withdrawalId"] == taken["withdrawalId"] and repeat["status"] == "COMPLETED"
+    taken = withdraw(env, user, 2_500 * RUPEES, key="rent")
+    assert taken.status == "PENDING"
+    env.wait_status(taken.withdrawal_id, "COMPLETED")
+    repeat = withdraw(env, user, 2_500 * RUPEES, key="rent")
+    [listed] = env.withdrawals(user)
+    assert repeat.withdrawal_id == taken.withdrawal_id and repeat.status == "COMPLETED"
     assert env.money(user) == (7_500 * RUPEES, 0)
-    sent = [a for a in provider.attempts if a["withdrawalId"] == taken["withdrawalId"]]
-    assert taken["amount"] == repeat["amount"] == "2500.00"
+    sent = [a for a in provider.attempts if a["withdrawalId"] == taken.withdrawal_id]
+    assert taken.amount == repeat.amount == "2500.00"
     assert sent and all(a["amount"] == 2_500 * RUPEES for a in sent), "the provider's in paise"
-    [listed_one] = listed["withdrawals"]
-    assert listed_one["status"] == "COMPLETED" and listed_one["providerReference"].startswith("po_")
+    assert listed.status == "COMPLETED" and listed.provider_reference.startswith("po_")
     assert env.rows(
         "SELECT kind, amount, reference FROM funding WHERE reference LIKE 'withdrawal:%%' "
         "AND account_id = (SELECT account_id FROM accounts WHERE user_id = %s)",
         user,
-    ) == [("WITHDRAWAL", 2_500 * RUPEES, f"withdrawal:{taken['withdrawalId']}")]
+    ) == [("WITHDRAWAL", 2_500 * RUPEES, f"withdrawal:{taken.withdrawal_id}")]
     assert env.findings(user) == []
 
 
 def test_a_failed_payout_releases_the_block_and_leaves_cash_as_it_was(env, provider):
     provider.mode = "fail"
     user = env.account(cash=10_000 * RUPEES)
-    with env.client() as client:
-        taken = withdraw(client, user, 4_000 * RUPEES)
-        assert env.money(user) == (10_000 * RUPEES, 4_000 * RUPEES)
-        env.wait_status(taken["withdrawalId"], "FAILED")
-        [listed] = client.get("/api/v1/funds/withdrawals", headers=auth(user)).json()["withdrawals"]
-    assert listed["failureReason"] == "the bank account is closed"
+    taken = withdraw(env, user, 4_000 * RUPEES)
+    assert env.money(user) == (10_000 * RUPEES, 4_000 * RUPEES)
+    env.wait_status(taken.withdrawal_id, "FAILED")
+    [listed] = env.withdrawals(user)
+    assert listed.failure_reason == "the bank account is closed"
     assert env.money(user) == (10_000 * RUPEES, 0)
     assert env.findings(user) == []
 
@@ -286,19 +277,17 @@ def test_a_failed_payout_releases_the_block_and_leaves_cash_as_it_was(env, provi
 def test_a_provider_that_is_down_leaves_it_pending_and_the_payout_is_sent_again(env, provider):
     provider.mode = "down"
     user = env.account(cash=1_000 * RUPEES)
-    with env.client() as client:
-        taken = withdraw(client, user, 1_000 * RUPEES)
-        withdrawal_id = taken["withdrawalId"]
+    withdrawal_id = withdraw(env, user, 1_000 * RUPEES).withdrawal_id
 
-        def attempts() -> int:
-            return sum(a["withdrawalId"] == withdrawal_id for a in provider.attempts)
+    def attempts() -> int:
+        return sum(a["withdrawalId"] == withdrawal_id for a in provider.attempts)
 
-        wait_until(lambda: attempts() >= 3, "three payout attempts")
-        assert env.status(withdrawal_id) == "PENDING"
-        assert env.money(user) == (1_000 * RUPEES, 1_000 * RUPEES), "still blocked"
-        assert env.findings(user) == []
-        provider.mode = "pay"
-        env.wait_status(withdrawal_id, "COMPLETED")
+    wait_until(lambda: attempts() >= 3, "three payout attempts")
+    assert env.status(withdrawal_id) == "PENDING"
+    assert env.money(user) == (1_000 * RUPEES, 1_000 * RUPEES), "still blocked"
+    assert env.findings(user) == []
+    provider.mode = "pay"
+    env.wait_status(withdrawal_id, "COMPLETED")
     assert env.money(user) == (0, 0)
     assert env.findings(user) == []
 
@@ -306,8 +295,7 @@ def test_a_provider_that_is_down_leaves_it_pending_and_the_payout_is_sent_again(
 def test_a_callback_signed_wrong_or_too_old_is_refused_and_changes_nothing(env, provider):
     provider.mode = "hold"
     user = env.account(cash=1_000 * RUPEES)
-    with env.client() as client:
-        withdrawal_id = withdraw(client, user, 600 * RUPEES)["withdrawalId"]
+    withdrawal_id = withdraw(env, user, 600 * RUPEES).withdrawal_id
     key = f"withdrawal-{withdrawal_id}"
     reference = wait_until(lambda: provider.payouts.get(key), "the payout taken")
     provider.secret = "not-the-secret"
@@ -330,52 +318,46 @@ def test_a_callback_signed_wrong_or_too_old_is_refused_and_changes_nothing(env, 
 def test_operators_complete_and_fail_withdrawals_audited_and_others_may_not(env, provider):
     provider.mode = "hold"
     user = env.account(cash=1_000 * RUPEES)
-    with env.client() as client:
-        first = withdraw(client, user, 300 * RUPEES)["withdrawalId"]
-        second = withdraw(client, user, 200 * RUPEES)["withdrawalId"]
-        forbidden = client.post(
-            f"/api/v1/operator/withdrawals/{first}/complete", headers=auth(user)
-        )
-        assert_error(forbidden, 403, "FORBIDDEN")
-        assert_error(client.get("/api/v1/operator/withdrawals", headers=auth(user)), 403)
-        assert env.status(first) == "PENDING"
-        pending = client.get("/api/v1/operator/withdrawals", headers=auth("ops", "operator"))
-        assert {
-            (w["withdrawalId"], w["userId"], w["status"], w["amount"])
-            for w in pending.json()["withdrawals"]
-        } >= {(first, user, "PENDING", "300.00"), (second, user, "PENDING", "200.00")}, pending.text
+    first = withdraw(env, user, 300 * RUPEES).withdrawal_id
+    second = withdraw(env, user, 200 * RUPEES).withdrawal_id
+
+    async def not_an_operator(trader: Trader):
+        return [
+            await refusal(trader.complete_withdrawal(first)),
+            await refusal(trader.operator_withdrawals()),
+        ]
+
+    assert env.act(user, not_an_operator) == [(403, "FORBIDDEN"), (403, "FORBIDDEN")]
+    assert env.status(first) == "PENDING"
+    with env.client() as client:  # raw: a status the client cannot ask for
         assert_error(
             client.get("/api/v1/operator/withdrawals?status=PAID", headers=auth("ops", "operator")),
             422,
             "INVALID_REQUEST",
         )
-        done = client.post(
-            f"/api/v1/operator/withdrawals/{first}/complete", headers=auth("ops", "operator")
-        )
-        assert done.status_code == 200 and done.json()["status"] == "COMPLETED", done.text
-        failed = client.post(
-            f"/api/v1/operator/withdrawals/{second}/fail",
-            json={"reason": "the name on the bank account differs"},
-            headers=auth("ops", "operator"),
-        )
-        assert failed.status_code == 200 and failed.json()["status"] == "FAILED", failed.text
-        late = client.post(
-            f"/api/v1/operator/withdrawals/{second}/complete", headers=auth("ops", "operator")
-        )
-        assert_error(late, 409, "WITHDRAWAL_NOT_PENDING")
-        assert_error(
-            client.post(
-                "/api/v1/operator/withdrawals/999999999/complete", headers=auth("ops", "operator")
-            ),
-            404,
-            "WITHDRAWAL_NOT_FOUND",
-        )
-    with env.client() as client:
-        failed_ones = client.get(
-            "/api/v1/operator/withdrawals?status=FAILED", headers=auth("ops", "operator")
-        ).json()["withdrawals"]
-    assert second in {w["withdrawalId"] for w in failed_ones}
-    assert first not in {w["withdrawalId"] for w in failed_ones}
+
+    async def operate(ops: Trader):
+        pending = await ops.operator_withdrawals()
+        done = await ops.complete_withdrawal(first)
+        failed = await ops.fail_withdrawal(second, "the name on the bank account differs")
+        late = await refusal(ops.complete_withdrawal(second))
+        unknown = await refusal(ops.complete_withdrawal(999_999_999))
+        failed_ones = await ops.operator_withdrawals("FAILED")
+        return pending, done, failed, late, unknown, failed_ones, ops.statuses
+
+    pending, done, failed, late, unknown, failed_ones, statuses = env.act(
+        "ops", operate, "operator"
+    )
+    assert {(w.withdrawal_id, w.user_id, w.status, w.amount) for w in pending.withdrawals} >= {
+        (first, user, "PENDING", "300.00"),
+        (second, user, "PENDING", "200.00"),
+    }, pending
+    assert (done.status, failed.status) == ("COMPLETED", "FAILED")
+    assert late == (409, "WITHDRAWAL_NOT_PENDING")
+    assert unknown == (404, "WITHDRAWAL_NOT_FOUND")
+    assert statuses == [200, 200, 200, 409, 404, 200]
+    assert second in {w.withdrawal_id for w in failed_ones.withdrawals}
+    assert first not in {w.withdrawal_id for w in failed_ones.withdrawals}
     assert env.money(user) == (700 * RUPEES, 0)
     assert env.rows(
         "SELECT actor, action, before->>'status', after->>'status', after->>'failureReason' "
@@ -409,30 +391,20 @@ def test_sale_proceeds_are_withdrawable_from_the_day_after_the_trade(env, provid
         conn.execute(
             "UPDATE accounts SET cash = cash + %s WHERE account_id = %s", (proceeds - fee, account)
         )
-    with env.client() as client:
-        funds = client.get("/api/v1/funds", headers=auth(user)).json()
-        assert funds == {
-            "cash": "10080.00",  # 100.00 + 10 × 1,000.00 - 20.00
-            "blocked": "0.00",
-            "unsettled": "9980.00",
-            "withdrawable": "100.00",
-        }
-        refused = client.post(
-            "/api/v1/funds/withdrawals",
-            json={"amount": "100.01"},
-            headers=auth(user, key="too-soon"),
+    # 10080.00 = 100.00 + 10 × 1,000.00 - 20.00
+    assert env.funds(user) == FundsBody("10080.00", "0.00", "9980.00", "100.00")
+    refused = env.act(user, lambda trader: refusal(trader.withdraw("100.01", "too-soon")))
+    assert refused == (422, "INSUFFICIENT_FUNDS")
+    assert env.money(user) == (100 * RUPEES + proceeds - fee, 0)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    with psycopg.connect(env.database) as conn:
+        conn.execute(
+            "UPDATE fills SET executed_at = %s WHERE trade_id = %s", (yesterday, f"T+1:{user}")
         )
-        assert_error(refused, 422, "INSUFFICIENT_FUNDS")
-        assert env.money(user) == (100 * RUPEES + proceeds - fee, 0)
-        yesterday = datetime.now(UTC) - timedelta(days=1)
-        with psycopg.connect(env.database) as conn:
-            conn.execute(
-                "UPDATE fills SET executed_at = %s WHERE trade_id = %s", (yesterday, f"T+1:{user}")
-            )
-        funds = client.get("/api/v1/funds", headers=auth(user)).json()
-        assert funds["unsettled"] == "0.00" and funds["withdrawable"] == funds["cash"]
-        taken = withdraw(client, user, 100 * RUPEES + proceeds - fee, key="all-of-it")
-    assert taken["amount"] == funds["cash"] == "10080.00"
+    funds = env.funds(user)
+    assert funds.unsettled == "0.00" and funds.withdrawable == funds.cash
+    taken = withdraw(env, user, 100 * RUPEES + proceeds - fee, key="all-of-it")
+    assert taken.amount == funds.cash == "10080.00"
     assert env.money(user) == (1_008_000, 1_008_000)
 
 
@@ -446,44 +418,31 @@ def test_withdrawals_racing_orders_for_the_same_cash_never_overspend_it(env, pro
     cash = 20 * price
     user = env.account(cash=cash)
 
-    async def race():
-        async with Api(env.database, rate_limit_burst=200) as oms, env.async_client() as funds:
+    async def race(funds: Trader):
+        async with Api(env.database, rate_limit_burst=200) as oms:
+            trader = oms.trader(user)
             orders = [
-                oms.place(user=user, quantity=1, price="15000.00", timeInForce="GTC")
-                for _ in range(20)
+                outcome(trader.place(order(quantity=1, time_in_force="GTC"))) for _ in range(20)
             ]
-            asked = [
-                funds.post(
-                    "/api/v1/funds/withdrawals",
-                    json={"amount": "15000.00"},
-                    headers=auth(user, key=uuid.uuid4().hex),
-                )
-                for _ in range(20)
-            ]
+            asked = [outcome(funds.withdraw("15000.00", uuid.uuid4().hex)) for _ in range(20)]
             answers = await asyncio.gather(
                 *(x for pair in zip(orders, asked, strict=True) for x in pair)
             )
-            return answers[0::2], answers[1::2]
+            return answers[0::2], answers[1::2], trader.statuses + funds.statuses
 
-    orders, withdrawn = asyncio.run(race())
-    for answer in orders + withdrawn:
-        assert answer.status_code in (202, 422), answer.text
-        if answer.status_code == 422:
-            assert answer.json()["error"]["code"] == "INSUFFICIENT_FUNDS", answer.text
-    placed = sum(a.status_code == 202 for a in orders)
-    taken = [a.json()["withdrawalId"] for a in withdrawn if a.status_code == 202]
+    orders, withdrawn, statuses = env.act(user, race)
+    assert set(statuses) <= {202, 422}, orders + withdrawn
+    refused = [a for a in orders + withdrawn if isinstance(a, ApiError)]
+    assert {a.code for a in refused} <= {"INSUFFICIENT_FUNDS"}, refused
+    placed = sum(isinstance(a, OrderAccepted) for a in orders)
+    taken = [a.withdrawal_id for a in withdrawn if isinstance(a, WithdrawalBody)]
     assert placed + len(taken) == 20, "each taken in full while cash lasts, none beyond it"
     for withdrawal_id in taken:
         env.wait_status(withdrawal_id, "COMPLETED")
     assert env.money(user) == (cash - len(taken) * price, placed * price)
-    with env.client() as client:
-        funds = client.get("/api/v1/funds", headers=auth(user)).json()
-    assert funds == {
-        "cash": rupees(placed * price),
-        "blocked": rupees(placed * price),
-        "unsettled": "0.00",
-        "withdrawable": "0.00",
-    }
+    assert env.funds(user) == FundsBody(
+        rupees(placed * price), rupees(placed * price), "0.00", "0.00"
+    )
     assert env.findings(user) == []
 
 
@@ -552,15 +511,15 @@ def test_a_bad_amount_is_refused_with_the_json_error_and_changes_nothing(
 def test_an_unverified_account_or_a_bad_key_moves_no_money(env):
     pending = env.account(cash=1_000 * RUPEES, kyc_status="PENDING")
     verified = env.account(cash=1_000 * RUPEES)
-    with env.client() as client:
+    refused = env.act(
+        pending,
+        lambda trader: asyncio.gather(
+            refusal(trader.deposit("1.00", "k")), refusal(trader.withdraw("1.00", "k"))
+        ),
+    )
+    assert refused == [(403, "ACCOUNT_NOT_VERIFIED")] * 2
+    with env.client() as client:  # raw: a key too long, and none at all
         for what in ("deposits", "withdrawals"):
-            assert_error(
-                client.post(
-                    f"/api/v1/funds/{what}", json={"amount": "1.00"}, headers=auth(pending, key="k")
-                ),
-                403,
-                "ACCOUNT_NOT_VERIFIED",
-            )
             assert_error(
                 client.post(
                     f"/api/v1/funds/{what}",

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["FundsBody", "DepositBody"]
+__all__ = [
+    "FundsBody",
+    "DepositBody",
+    "WithdrawalBody",
+    "OperatorWithdrawalBody",
+    "Withdrawals",
+    "OperatorWithdrawals",
+]
 
 
 class FundsBody(msgspec.Struct, frozen=True):
@@ -21,3 +28,25 @@ class DepositBody(msgspec.Struct, rename="camel", frozen=True):
     amount: str
     status: str
     created_at: str
+
+
+class WithdrawalBody(msgspec.Struct, rename="camel", frozen=True):
+    withdrawal_id: int
+    amount: str
+    status: str
+    requested_at: str
+    finished_at: str | None
+    failure_reason: str | None
+    provider_reference: str | None
+
+
+class OperatorWithdrawalBody(WithdrawalBody, rename="camel", frozen=True):
+    user_id: str
+
+
+class Withdrawals(msgspec.Struct, frozen=True):
+    withdrawals: list[WithdrawalBody]  # newest first
+
+
+class OperatorWithdrawals(msgspec.Struct, frozen=True):
+    withdrawals: list[OperatorWithdrawalBody]

@@ -25,7 +25,13 @@ import httpx
 import msgspec
 import pyotp
 
-from brokercore.broker.answers import DepositBody, FundsBody
+from brokercore.broker.answers import (
+    DepositBody,
+    FundsBody,
+    OperatorWithdrawals,
+    WithdrawalBody,
+    Withdrawals,
+)
 from brokercore.client.errors import ApiError, SecondFactorRequired, error_of
 from brokercore.client.stream import MarketChannel, Update, stream_updates
 from brokercore.entry.requests import (
@@ -238,13 +244,39 @@ class Client:
 
     async def deposit(self, amount: Decimal | str, idempotency_key: str) -> DepositBody:
         """Deposit ``amount`` rupees (at most two decimals)."""
+        return await self._move("deposits", DepositBody, amount, idempotency_key)
+
+    async def withdraw(self, amount: Decimal | str, idempotency_key: str) -> WithdrawalBody:
+        """Withdraw ``amount`` rupees: blocked now (PENDING), paid out after."""
+        return await self._move("withdrawals", WithdrawalBody, amount, idempotency_key)
+
+    async def _move(self, kind: str, answer: type[T], amount: Decimal | str, key: str) -> T:
+        body = {"amount": f"{Decimal(amount):.2f}"}
+        headers = {"Idempotency-Key": key}
         return await self.request(
-            "POST",
-            "/api/v1/funds/deposits",
-            DepositBody,
-            body={"amount": f"{Decimal(amount):.2f}"},
-            headers={"Idempotency-Key": idempotency_key},
+            "POST", f"/api/v1/funds/{kind}", answer, body=body, headers=headers
         )
+
+    async def withdrawals(self) -> Withdrawals:
+        """The user's withdrawals, newest first."""
+        return await self.request("GET", "/api/v1/funds/withdrawals", Withdrawals)
+
+    async def operator_withdrawals(
+        self, status: Literal["PENDING", "COMPLETED", "FAILED"] = "PENDING"
+    ) -> OperatorWithdrawals:
+        """Every user's withdrawals of ``status`` (operators)."""
+        path, params = "/api/v1/operator/withdrawals", [("status", status)]
+        return await self.request("GET", path, OperatorWithdrawals, params=params)
+
+    async def complete_withdrawal(self, withdrawal_id: int) -> WithdrawalBody:
+        """An operator's word that a pending withdrawal was paid (audited)."""
+        path = f"/api/v1/operator/withdrawals/{withdrawal_id}/complete"
+        return await self.request("POST", path, WithdrawalBody)
+
+    async def fail_withdrawal(self, withdrawal_id: int, reason: str) -> WithdrawalBody:
+        """An operator's word that a pending withdrawal failed, and why (audited)."""
+        path = f"/api/v1/operator/withdrawals/{withdrawal_id}/fail"
+        return await self.request("POST", path, WithdrawalBody, body={"reason": reason})
 
     # --- orders (docs/orders.md) --------------------------------------------------------
 

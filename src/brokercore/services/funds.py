@@ -42,7 +42,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from brokercore.broker import withdrawals
-from brokercore.broker.answers import DepositBody, FundsBody
+from brokercore.broker.answers import (
+    DepositBody,
+    FundsBody,
+    OperatorWithdrawalBody,
+    OperatorWithdrawals,
+    WithdrawalBody,
+    Withdrawals,
+)
 from brokercore.broker.money import rupees, to_paise
 from brokercore.broker.withdrawals import MAX_AMOUNT, FundsRefused, Refusal, Withdrawal
 from brokercore.config import ServiceSettings
@@ -113,28 +120,6 @@ class PaymentCallback(msgspec.Struct, rename="camel", frozen=True):
     status: Literal["COMPLETED", "FAILED"]
     payout_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
-
-
-class WithdrawalBody(msgspec.Struct, rename="camel", frozen=True):
-    withdrawal_id: int
-    amount: str
-    status: str
-    requested_at: str
-    finished_at: str | None
-    failure_reason: str | None
-    provider_reference: str | None
-
-
-class OperatorWithdrawalBody(WithdrawalBody, rename="camel", frozen=True):
-    user_id: str
-
-
-class Withdrawals(msgspec.Struct, frozen=True):
-    withdrawals: list[WithdrawalBody]  # newest first
-
-
-class OperatorWithdrawals(msgspec.Struct, frozen=True):
-    withdrawals: list[OperatorWithdrawalBody]
 
 
 class CallbackAnswer(msgspec.Struct, rename="camel", frozen=True):
