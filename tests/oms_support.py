@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TypeVar
 
 import httpx
 import msgspec
@@ -27,6 +29,7 @@ OPEN_MARKET = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)  # Wednesday 11:30 in Mum
 SUNDAY = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 JWT = JwtConfig("brokercore-dev", "brokercore", DEV_JWT_SECRET)
 RUPEES = 100  # paise
+T = TypeVar("T")
 
 
 class Api:
@@ -146,7 +149,7 @@ class Trader(Client):
         self.statuses.append(response.status_code)
 
 
-async def outcome(call) -> OrderAccepted | ApiError:
+async def outcome(call: Awaitable[T]) -> T | ApiError:
     """What awaiting ``call`` gives: its answer, or the refusal it raises."""
     try:
         return await call
