@@ -62,6 +62,7 @@ from brokercore.services.http import (
     ApiError,
     LimitedApi,
     decode_body,
+    decode_query,
     guarded,
     require_operator,
     service_app,
@@ -72,11 +73,6 @@ from brokercore.services.openapi import documented
 MAX_EMAIL = 254
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 MAX_PAGE = 500
-_KYC_STATUSES: dict[str, users.KycStatus] = {
-    "PENDING": "PENDING",
-    "VERIFIED": "VERIFIED",
-    "REJECTED": "REJECTED",
-}
 
 Email = Annotated[str, msgspec.Meta(max_length=MAX_EMAIL)]
 Code = Annotated[str, msgspec.Meta(max_length=32)]
@@ -335,44 +331,20 @@ async def me(request: Request) -> Response:
 # --- operators ------------------------------------------------------------------------------
 
 
-def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if raw.isascii() and raw.isdigit() and len(raw) <= 18 and low <= int(raw) <= high:
-        return int(raw)
-    raise ApiError(
-        422,
-        "INVALID_REQUEST",
-        "the query is invalid",
-        [FieldError(name, f"must be an integer from {low} to {high}")],
-    )
-
-
 @guarded
 async def operator_accounts(request: Request) -> Response:
     api = _state(request)
     require_operator(await api.authorize(request))
-    raw = request.query_params.get("kycStatus")
-    status = None if raw is None else _KYC_STATUSES.get(raw)
-    if raw is not None and status is None:
-        raise ApiError(
-            422,
-            "INVALID_REQUEST",
-            "the query is invalid",
-            [FieldError("kycStatus", "must be PENDING, VERIFIED or REJECTED")],
-        )
-    limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
-    after = _query_int(request, "cursor", 0, 0, 2**63 - 1)
+    query = decode_query(request, AccountsQuery)
     async with api.pool.connection() as conn:
-        rows = await users.list_accounts(conn, status, limit, after)
+        rows = await users.list_accounts(conn, query.kyc_status, query.limit, query.cursor)
     return json(
         AccountPage(
             [
                 AccountSummary(row.user_id, row.email, row.kyc_status, row.created_at.isoformat())
                 for row in rows
             ],
-            str(rows[-1].account_id) if len(rows) == limit else None,
+            str(rows[-1].account_id) if len(rows) == query.limit else None,
         )
     )
 

@@ -62,6 +62,7 @@ from brokercore.services.http import (
     LimitedApi,
     check_text,
     decode_body,
+    decode_query,
     guarded,
     json_response,
     path_id,
@@ -448,22 +449,12 @@ def _decided(
     return after
 
 
-STATUSES = ("PENDING", "COMPLETED", "FAILED")
-
-
 @guarded
 async def operator_list(request: Request) -> Response:
     funds = _funds(request)
     principal = await funds.authorize(request)
     require_operator(principal)
-    status = request.query_params.get("status", "PENDING")
-    if status not in STATUSES:
-        raise ApiError(
-            422,
-            "INVALID_REQUEST",
-            "the query is invalid",
-            [FieldError("status", f"one of {', '.join(STATUSES)}")],
-        )
+    status = decode_query(request, OperatorQuery).status
     async with funds.pool.connection() as conn:
         rows = await (
             await conn.execute(withdrawals.OPERATOR_LIST_SQL, (status, LISTED))

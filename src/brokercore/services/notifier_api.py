@@ -54,7 +54,7 @@ from brokercore.services.http import (
     ApiError,
     LimitedApi,
     decode_body,
-    field_error,
+    decode_query,
     guarded,
     service_app,
 )
@@ -212,18 +212,7 @@ def _invalid_query(field: FieldError) -> ApiError:
 async def list_inbox(request: Request) -> Response:
     api = _state(request)
     principal = await api.authorize(request)
-    known = {f.encode_name for f in msgspec.structs.fields(inbox.InboxQuery)}
-    for name in request.query_params:
-        if name not in known:
-            raise _invalid_query(
-                FieldError(
-                    name[:40], f"unknown query parameter (one of {', '.join(sorted(known))})"
-                )
-            )
-    try:
-        query = msgspec.convert(dict(request.query_params), inbox.InboxQuery, strict=False)
-    except msgspec.ValidationError as e:
-        raise _invalid_query(field_error(e, "query")) from None
+    query = decode_query(request, inbox.InboxQuery)
     async with api.pool.connection() as conn:
         try:
             page = await inbox.inbox_page(conn, principal.user_id, query)

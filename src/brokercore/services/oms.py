@@ -50,6 +50,7 @@ from brokercore.services.http import (
     ApiError,
     LimitedApi,
     decode_body,
+    decode_query,
     guarded,
     json_response,
     path_id,
@@ -218,14 +219,7 @@ async def cancel_orders(request: Request) -> Response:
     """Cancel many: the caller's open orders, of one symbol with ``?symbol=``."""
     oms: Oms = request.app.state.oms
     principal = await oms.authorize(request)
-    symbol = None
-    for name, value in request.query_params.multi_items():
-        if name != "symbol" or symbol is not None:
-            problem = "given more than once" if name == "symbol" else "only symbol is known"
-            raise ApiError(
-                422, "INVALID_REQUEST", "the query is invalid", [FieldError(name[:40], problem)]
-            )
-        symbol = value
+    symbol = decode_query(request, CancelManyQuery).symbol
     done = await entry(cancel_many(oms.entry, principal.user_id, symbol))
     await oms.cache.invalidate([principal.user_id])
     oms.publisher.submit(done.outbox)
