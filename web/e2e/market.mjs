@@ -11,7 +11,7 @@
 // Every wait is on a condition, with a deadline (the candles' is MARKET_WAIT: they take
 // half a minute to form); none is a fixed sleep.
 
-import { LOGINS, logIn, run, say, shot } from "./support.mjs";
+import { LOGINS, audit, logIn, run, say, shot } from "./support.mjs";
 
 const SYMBOL = process.env.BROKERCORE_MARKET_SYMBOL ?? "TCS";
 const CANDLES = 6; // of 5 s: half a minute of trading
@@ -30,6 +30,7 @@ async function pictured(page, name) {
   say(`${name}: the book with ${LEVELS} levels or more on each side`);
   await until(page, (n) => ["bid", "ask"].every((side) => document.querySelectorAll(`#depth tr.${side}`).length >= n), LEVELS);
   await page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
+  await audit(page, name);
   await shot(page, name);
 }
 

@@ -13,7 +13,7 @@
 // wait is on a condition with a deadline, none a fixed sleep.
 
 import assert from "node:assert/strict";
-import { EDGE, LOGINS, WAIT, logIn, open, run, say, shot } from "./support.mjs";
+import { EDGE, LOGINS, WAIT, audit, logIn, open, run, say, shot } from "./support.mjs";
 
 /** A REST call with `token` (null: none), as a client other than the browser makes it. */
 async function rest(token, method, path, body) {
@@ -44,11 +44,13 @@ await run(async (session) => {
   await alice.getByRole("button", { name: "Add money" }).click();
   await alice.locator("#toasts", { hasText: "Deposit of ₹1,234.56 received" }).waitFor();
   await alice.waitForFunction((before) => document.querySelector('#balance dd[data-field="cash"]')?.textContent !== before, cashBefore, { timeout: WAIT });
+  await audit(alice, "funds");
   await shot(alice, "funds");
 
   say("statement: the deposit is a row");
   await open(alice, "Statement", "Statement");
   await alice.locator("#statement tr[data-type=DEPOSIT]", { hasText: "+1,234.56" }).first().waitFor();
+  await audit(alice, "statement");
   await shot(alice, "statement");
 
   say("inbox: bob crosses alice's INFY buy; her fill arrives live");
@@ -63,6 +65,7 @@ await run(async (session) => {
   await rest(bobToken, "POST", "/api/v1/orders", { ...order, side: "SELL", idempotencyKey: `${key}-sell` });
   await alice.waitForFunction((n) => document.querySelectorAll("#inbox li[data-kind=FILL]").length > n, fillsBefore, { timeout: WAIT });
   await alice.locator('#inbox li[data-kind=FILL][data-read="false"]', { hasText: "INFY" }).first().waitFor();
+  await audit(alice, "inbox");
   await shot(alice, "inbox");
   await alice.getByRole("button", { name: "Mark all read" }).click();
   await alice.locator("#unread", { hasText: "All read." }).waitFor();
@@ -80,6 +83,7 @@ await run(async (session) => {
   const listed = alice.locator(`#gtts tr[data-gtt="${gttId}"][data-status=ACTIVE]`);
   await listed.waitFor();
   assert.match(await listed.textContent(), />= ₹16,000.00: BUY 1 at ₹16,000.00/);
+  await audit(alice, "gtt");
   await shot(alice, "gtt");
   await alice.getByRole("button", { name: `Delete GTT ${gttId}` }).click();
   await alice.getByLabel("Show").selectOption("");
@@ -101,6 +105,7 @@ await run(async (session) => {
   await alice.locator(`#brackets tr[data-bracket="${bracketId}"][data-status=ACTIVE]`).waitFor();
   await alice.getByRole("button", { name: `Exit bracket ${bracketId}` }).click();
   await alice.locator(`#brackets tr[data-bracket="${bracketId}"]:not([data-status=ACTIVE])`).waitFor();
+  await audit(alice, "brackets");
   await shot(alice, "brackets");
 
   say("operator: ops sees every shard alive and the consumers' lag");
@@ -112,11 +117,13 @@ await run(async (session) => {
   assert.equal(await ops.locator('#shards tr[data-alive="true"]').count(), shards, "every shard has an active daemon");
   await ops.locator("#consumers tr[data-consumer=settlement]").waitFor();
   await ops.getByRole("heading", { name: "Reconciler", level: 2 }).waitFor();
+  await audit(ops, "operator");
   await shot(ops, "operator");
 
   say("alice at /operator: not a page of hers");
   await alice.goto(`${EDGE}/operator`);
   await alice.getByRole("heading", { name: "Not found", level: 1 }).waitFor();
+  await audit(alice, "not found");
 
   say("the API reference at /api/docs, from this origin only");
   const docs = await session.page(desktop);

@@ -1,7 +1,8 @@
 // What the browser tests share: their settings, progress lines, screenshots, logging in,
-// the navigation, and run(), which launches Debian's chromium (playwright-core, never a
-// downloaded browser), hands out pages, and on the first failure names the step,
-// screenshots every page (failure-N.png) and exits non-zero. Settings (environment):
+// the navigation, the accessibility audit (audit(): axe-core, WCAG 2.1 AA), and run(),
+// which launches Debian's chromium (playwright-core, never a downloaded browser), hands
+// out pages, and on the first failure names the step, screenshots every page
+// (failure-N.png) and exits non-zero. Settings (environment):
 //   BROKERCORE_EDGE         the edge's URL (default http://127.0.0.1:8080)
 //   BROKERCORE_LOGINS       {"alice": {"email", "password"}, ...}: the demo users
 //   BROKERCORE_SCREENSHOTS  where screenshots go (default /tmp/brokercore-screenshots)
@@ -9,6 +10,7 @@
 //   BROKERCORE_E2E_WAIT_MS  how long any one condition is waited for (default 20000)
 
 import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -17,6 +19,9 @@ export const LOGINS = JSON.parse(process.env.BROKERCORE_LOGINS ?? "{}");
 export const SHOTS = process.env.BROKERCORE_SCREENSHOTS ?? "/tmp/brokercore-screenshots";
 export const WAIT = Number(process.env.BROKERCORE_E2E_WAIT_MS ?? 20_000);
 const BROWSER = process.env.BROKERCORE_CHROMIUM ?? "/usr/bin/chromium";
+const AXE = createRequire(import.meta.url).resolve("axe-core/axe.min.js"); // web/node_modules'
+// WCAG 2.0 and 2.1, levels A and AA: what issue 17's "accessible" is checked against
+const WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"];
 
 const started = Date.now();
 let step = "start";
@@ -29,6 +34,24 @@ export function say(text) {
 
 export async function shot(page, name, fullPage = true) {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage });
+}
+
+/**
+ * The accessibility audit of `page` as it is now, named `screen` in the failure: axe-core
+ * (its script added to the page from node_modules) with the WCAG 2.1 A and AA rules on the
+ * whole document. Throws with one line per violation (rule, impact, what it says) and the
+ * selectors of the elements it found. Once per screen and viewport: each run costs time.
+ */
+export async function audit(page, screen) {
+  if (!(await page.evaluate(() => "axe" in window))) await page.addScriptTag({ path: AXE });
+  const violations = await page.evaluate(async (tags) => {
+    const result = await window.axe.run(document, { runOnly: { type: "tag", values: tags }, resultTypes: ["violations"] });
+    return result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(" ")) }));
+  }, WCAG);
+  if (!violations.length) return;
+  const width = page.viewportSize()?.width;
+  const lines = violations.map((v) => `  ${v.id} (${v.impact}): ${v.help}\n${v.targets.map((t) => `      ${t}`).join("\n")}`);
+  throw new Error(`accessibility of ${screen} (${width}px wide): ${violations.length} WCAG 2.1 AA violations\n${lines.join("\n")}`);
 }
 
 /** Log in through the login screen; back on the watchlist with the socket live. */

@@ -15,7 +15,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { EDGE, LOGINS, WAIT, logIn, open, run, say, shot } from "./support.mjs";
+import { EDGE, LOGINS, WAIT, audit, logIn, open, run, say, shot } from "./support.mjs";
 
 const SYMBOL = "RELIANCE";
 const QUIET = "ITC"; // halted and re-opened: bob holds it, no other browser test trades it
@@ -125,6 +125,7 @@ await run(async (session) => {
   await newcomer.goto(`${EDGE}/signup`);
   await newcomer.getByLabel("Email").fill(email);
   await newcomer.getByLabel("Password").fill(password);
+  await audit(newcomer, "signup");
   await shot(newcomer, "signup");
   await newcomer.getByRole("button", { name: "Open account" }).click();
   await newcomer.getByRole("heading", { name: "Log in" }).waitFor();
@@ -142,6 +143,7 @@ await run(async (session) => {
   await newcomer.getByRole("button", { name: "Turn on" }).click();
   await newcomer.locator("#recovery-codes li").first().waitFor();
   assert.equal(await newcomer.locator("#recovery-codes li").count(), 10);
+  await audit(newcomer, "account");
   await shot(newcomer, "account-two-factor");
 
   say("log in again with the second factor, by keyboard alone");
@@ -155,6 +157,7 @@ await run(async (session) => {
   await newcomer.keyboard.type(password);
   await newcomer.keyboard.press("Enter");
   await focused("code"); // the second factor asked, the cursor in its field
+  await audit(newcomer, "login");
   await shot(newcomer, "login-second-factor");
   // the confirming code's step is spent: the next step's code (accepted one step early)
   await newcomer.keyboard.type(totp(secret, Date.now() + 30_000));
@@ -175,6 +178,7 @@ await run(async (session) => {
   await shot(alice, "login");
   await Promise.all([logIn(alice, LOGINS.alice), logIn(bob, LOGINS.bob)]);
   await alice.locator(`#watchlist tr[data-symbol="${SYMBOL}"]`).waitFor();
+  await audit(alice, "watchlist");
   await shot(alice, "watchlist");
   const before = await apiFrom(alice, "/api/v1/portfolio");
   const held = (p) => p.positions.find((x) => x.symbol === SYMBOL)?.quantity ?? 0;
@@ -184,6 +188,7 @@ await run(async (session) => {
   await alice.locator("#phase[data-phase=open]").waitFor();
   const buy = await placeOrder(alice, { side: "BUY", type: "LIMIT", quantity: 10, price: "15000" });
   await alice.locator("#depth tr.bid", { hasText: "15,000.00" }).waitFor();
+  await audit(alice, "symbol");
   await shot(alice, "symbol");
 
   say("alice watches her orders; bob crosses her order from his phone");
@@ -199,6 +204,7 @@ await run(async (session) => {
   await alice.locator(".toast.fill").first().waitFor();
   await bob.locator(".tape tbody tr", { hasText: "15,000.00" }).waitFor();
   await bob.locator(".toast.fill").first().waitFor();
+  await audit(bob, "symbol");
   await shot(bob, "symbol-phone");
   await open(bob, "Orders", "My orders");
   await tab(bob, "Filled");
@@ -213,12 +219,14 @@ await run(async (session) => {
   });
   await open(alice, "Positions", "Positions");
   await alice.locator(`#positions tr[data-symbol="${SYMBOL}"] td.qty`, { hasText: String(held(before) + 10) }).waitFor();
+  await audit(alice, "positions");
   await shot(alice, "positions");
   const renewed = await alice.evaluate(() => JSON.parse(sessionStorage.getItem("brokercore.tokens")));
   assert.notEqual(renewed.refreshToken, stale, "the refused token was refreshed (the refresh token spent)");
   assert.notEqual(renewed.accessToken, "not-a-token");
   await open(alice, "Statement", "Statement");
   await alice.locator("#statement tr[data-type=BUY]", { hasText: SYMBOL }).filter({ hasText: "15,000.00" }).first().waitFor();
+  await audit(alice, "statement");
   await shot(alice, "statement");
 
   say("bob's stop-loss waits for its trigger");
@@ -240,6 +248,7 @@ await run(async (session) => {
   await newcomer.locator(`#watchlist tr[data-symbol="${SYMBOL}"] td.last`, { hasText: "14,900.00" }).waitFor(); // live
   await status(bob, stop, "OPEN");
   assert.match(await row(bob, stop).locator("td.status").textContent(), /^OPEN/);
+  await audit(bob, "orders");
   await shot(bob, "orders-stop-triggered-phone");
   await bobPage2.close();
   await row(bob, stop).getByRole("button", { name: `Cancel order ${stop}` }).click();
@@ -255,6 +264,7 @@ await run(async (session) => {
   const form = alice.getByRole("form", { name: `Modify order ${resting}` });
   await form.getByLabel("New price (₹)").fill("14100");
   await form.getByLabel("New total quantity").fill("7");
+  await audit(alice, "orders, modifying");
   await shot(alice, "orders-modify");
   await form.getByRole("button", { name: "Save" }).click();
   await row(alice, resting).locator("td", { hasText: "14,100.00" }).waitFor();
@@ -302,6 +312,7 @@ await run(async (session) => {
   await alice.locator("#phase[data-phase=open]", { hasText: QUIET }).waitFor();
   await exited(await operator("halt", QUIET));
   await alice.locator("#phase[data-phase=halted]", { hasText: QUIET }).waitFor();
+  await audit(alice, "symbol, halted");
   await shot(alice, "phase-halted");
   await operator("resume", QUIET, "--uncross-after", "600"); // stopped before its uncross, at the end
   await alice.locator("#phase[data-phase=pre-open]", { hasText: "no indicative price yet" }).waitFor();

@@ -29,6 +29,12 @@ export function head(labels: string[], numeric: string[] = []): HTMLTableSection
     h("th", { scope: "col", class: numeric.includes(label) ? "num" : undefined }, label || h("span", { class: "visually-hidden" }, "Actions")))));
 }
 
+/** A wide table in a box that scrolls sideways on a narrow screen: a region named by the
+ * table's caption, focusable so that a keyboard can scroll it too (WCAG 2.1.1). */
+export function scrolling(table: HTMLTableElement): HTMLElement {
+  return h("div", { class: "grid-wrap", role: "region", "aria-label": table.caption?.textContent ?? undefined, tabindex: 0 }, table);
+}
+
 /** Name each cell of `row` after its column, for the stacked layout on a phone (.cards). */
 export function labelled<T extends HTMLTableRowElement>(row: T, labels: string[]): T {
   Array.from(row.cells).forEach((cell, i) => labels[i] && (cell.dataset.label = labels[i]));

@@ -4,7 +4,7 @@
 // one of its brackets, or of a symbol a live one watches, changes.
 
 import { api } from "../api";
-import { field, h, message, rupees, select } from "../dom";
+import { field, h, message, rupees, scrolling, select } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
@@ -122,11 +122,10 @@ export const brackets: Screen = {
       h("section", { "aria-labelledby": "bracket-list", style: "margin-top: 16px" },
         h("h2", { id: "bracket-list" }, "Your brackets"),
         h("div", { style: "max-width: 16rem" }, field("Show", filter)), error,
-        h("div", { class: "grid-wrap" },
-          h("table", { class: "grid", id: "brackets" },
-            h("caption", { class: "visually-hidden" }, "Brackets"),
-            h("thead", {}, h("tr", {}, ...["Bracket", "Symbol", "Side", "Qty", "Entry (₹)", "Target (₹)", "Stop-loss (₹)", "Entry order", "Target legs", "Stop-loss order", "Status", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
-            body)), more));
+        scrolling(h("table", { class: "grid", id: "brackets" },
+          h("caption", { class: "visually-hidden" }, "Brackets"),
+          h("thead", {}, h("tr", {}, ...["Bracket", "Symbol", "Side", "Qty", "Entry (₹)", "Target (₹)", "Stop-loss (₹)", "Entry order", "Target legs", "Stop-loss order", "Status", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
+          body)), more));
     const ours = (orderId: number) => listed.some((b) => b.entryOrderId === orderId || b.stopOrderId === orderId || b.targets.some((t) => t.orderId === orderId));
     const watching = (symbol: string) => listed.some((b) => b.symbol === symbol && !ENDED.has(b.status));
     const off = live.on("order", (update) => {

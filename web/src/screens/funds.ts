@@ -4,7 +4,7 @@
 // same request, never a second one), and the withdrawals so far (docs/funds.md).
 
 import { api } from "../api";
-import { field, h, message, rupees, time } from "../dom";
+import { field, h, message, rupees, scrolling, time } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
@@ -84,11 +84,10 @@ export const funds: Screen = {
       h("div", { style: "display: grid; grid-template-columns: minmax(0, 1fr); gap: 16px" },
         h("section", { class: "card", "aria-labelledby": "deposit-h" }, h("h2", { id: "deposit-h" }, "Add money"), deposit),
         h("section", { class: "card", "aria-labelledby": "withdraw-h" }, h("h2", { id: "withdraw-h" }, "Withdraw to your bank"), withdraw,
-          h("div", { class: "grid-wrap" },
-            h("table", { class: "grid", id: "withdrawals" },
-              h("caption", {}, "Withdrawals"),
-              h("thead", {}, h("tr", {}, ...["Id", "Requested", "Amount (₹)", "Status"].map((t) => h("th", { scope: "col" }, t)))),
-              list))),
+          scrolling(h("table", { class: "grid", id: "withdrawals" },
+            h("caption", {}, "Withdrawals"),
+            h("thead", {}, h("tr", {}, ...["Id", "Requested", "Amount (₹)", "Status"].map((t) => h("th", { scope: "col" }, t)))),
+            list))),
         h("p", {}, h("a", { href: "/statement", "data-link": true }, "See the statement"))));
     const off = live.on("order", reload); // an order's hold and fills move the cash
     reload();

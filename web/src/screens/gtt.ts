@@ -4,7 +4,7 @@
 // (triggered, failed, expired).
 
 import { api } from "../api";
-import { field, h, message, rupees, select, time } from "../dom";
+import { field, h, message, rupees, scrolling, select, time } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { toast } from "../toast";
@@ -181,11 +181,10 @@ export const gtt: Screen = {
       h("section", { "aria-labelledby": "gtt-list", style: "margin-top: 16px" },
         h("h2", { id: "gtt-list" }, "Your GTTs"),
         h("div", { style: "max-width: 16rem" }, field("Show", filter)), error,
-        h("div", { class: "grid-wrap" },
-          h("table", { class: "grid", id: "gtts" },
-            h("caption", { class: "visually-hidden" }, "GTTs"),
-            h("thead", {}, h("tr", {}, ...["GTT", "Symbol", "Kind", "Legs", "Status", "Order", "Expires", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
-            body))));
+        scrolling(h("table", { class: "grid", id: "gtts" },
+          h("caption", { class: "visually-hidden" }, "GTTs"),
+          h("thead", {}, h("tr", {}, ...["GTT", "Symbol", "Kind", "Legs", "Status", "Order", "Expires", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
+          body))));
     void api<{ instruments: { symbol: string }[] }>("GET", "/api/v1/instruments").then(
       (list) => symbols.replaceChildren(...list.instruments.map((i) => h("option", { value: i.symbol }))),
       () => undefined); // a hint only: any symbol may be typed

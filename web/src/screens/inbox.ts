@@ -45,7 +45,7 @@ export const inbox: Screen = {
       h("p", { style: "margin: 4px 0" }, item.body),
       h("small", {}, `${new Date(item.createdAt).toLocaleDateString("en-IN")} ${time(item.createdAt)}`,
         item.orderId ? " · " : null, item.orderId ? h("a", { href: "/orders", "data-link": true }, `order ${item.orderId}`) : null),
-      item.read ? null : h("div", {}, h("button", { type: "button", class: "link", "aria-label": `Mark “${item.title}” read`, onclick: () => void markRead(item) }, "Mark read")));
+      item.read ? null : h("div", {}, h("button", { type: "button", class: "link", "aria-label": `Mark read: “${item.title}”`, onclick: () => void markRead(item) }, "Mark read")));
     function draw(): void {
       count.textContent = unread ? `${unread} unread` : "All read.";
       readAll.disabled = unread === 0;

@@ -4,7 +4,7 @@
 // every few seconds while open.
 
 import { api } from "../api";
-import { h, message, time } from "../dom";
+import { h, message, scrolling, time } from "../dom";
 import type { Screen } from "../screen";
 import { shown } from "../forms";
 
@@ -49,11 +49,10 @@ interface Overview {
 const count = (n: number | null) => (n === null ? "—" : n.toLocaleString("en-IN"));
 
 function table(id: string, caption: string, heads: string[], rows: HTMLElement[], empty: string): HTMLElement {
-  return h("div", { class: "grid-wrap" },
-    h("table", { class: "grid", id },
-      h("caption", {}, caption),
-      h("thead", {}, h("tr", {}, ...heads.map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, ...(rows.length ? rows : [h("tr", {}, h("td", { colspan: heads.length }, empty))]))));
+  return scrolling(h("table", { class: "grid", id },
+    h("caption", {}, caption),
+    h("thead", {}, h("tr", {}, ...heads.map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, ...(rows.length ? rows : [h("tr", {}, h("td", { colspan: heads.length }, empty))]))));
 }
 
 export const operator: Screen = {

@@ -3,7 +3,7 @@
 // exchange's days), shown as a table or downloaded as CSV. A fill reads it again.
 
 import { api } from "../api";
-import { field, h, message, rupees, signed } from "../dom";
+import { field, h, message, rupees, scrolling, signed } from "../dom";
 import { live } from "../live";
 import type { Screen } from "../screen";
 import { coalesced, shown } from "../forms";
@@ -83,11 +83,10 @@ export const statement: Screen = {
       reload();
     });
     root.append(h("h1", {}, "Statement"), form, error, facts,
-      h("div", { class: "grid-wrap" },
-        h("table", { class: "grid", id: "statement" },
-          h("caption", {}, "Movements, newest first"),
-          h("thead", {}, h("tr", {}, ...["Time", "Type", "Symbol", "Qty", "Price (₹)", "Amount (₹)", "Balance (₹)", "Reference"].map((t) => h("th", { scope: "col" }, t)))),
-          body)));
+      scrolling(h("table", { class: "grid", id: "statement" },
+        h("caption", {}, "Movements, newest first"),
+        h("thead", {}, h("tr", {}, ...["Time", "Type", "Symbol", "Qty", "Price (₹)", "Amount (₹)", "Balance (₹)", "Reference"].map((t) => h("th", { scope: "col" }, t)))),
+        body)));
     const off = live.on("order", (update) => {
       if (update.filledQty > 0) reload();
     });

@@ -66,7 +66,9 @@ export const symbol: Screen = {
     root.append(
       h("h1", {}, name, " ", last),
       h("div", { class: "symbol-grid" },
-        h("section", { class: "card chart-card", "aria-label": "Chart" }, field("Candle interval", picker), note, chartBox),
+        h("section", { class: "card chart-card", "aria-label": "Chart" }, field("Candle interval", picker), note, chartBox,
+          // the library's licence asks for this link; its own logo would be a link inside the image
+          h("p", { class: "credit" }, h("a", { href: "https://www.tradingview.com/", rel: "noopener" }, "Charting by TradingView"))),
         h("section", { class: "card", "aria-label": "Depth" }, depth),
         h("section", { class: "card", "aria-label": "Trades" },
           h("table", { class: "tape" }, h("caption", {}, "Trades"),
@@ -77,7 +79,7 @@ export const symbol: Screen = {
     );
     focusPhase(name);
 
-    const chart = createChart(chartBox, { autoSize: true, layout: { textColor: "#1a1a1a" }, timeScale: { timeVisible: true, maxBarSpacing: MAX_SPACING } });
+    const chart = createChart(chartBox, { autoSize: true, layout: { textColor: "#1a1a1a", attributionLogo: false }, timeScale: { timeVisible: true, maxBarSpacing: MAX_SPACING } });
     const series = chart.addSeries(CandlestickSeries, { upColor: "#0a7d32", downColor: "#b3261e", wickUpColor: "#0a7d32", wickDownColor: "#b3261e", borderVisible: false });
     let lastBar: CandlestickData<UTCTimestamp> | null = null;
     const spread = () => {
