@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -181,15 +182,21 @@ def stack_fixture():
         stack.close()
 
 
-@pytest.fixture(name="stack_up", scope="module")
-def stack_up_fixture():
-    """A private stack brought up from nothing once for the module's tests."""
+def brought_up() -> Iterator[PrivateStack]:
+    """A private stack brought up from nothing, taken down and removed at the end (the
+    body of a fixture: the module's here, a package's in tests/integration/front_door)."""
     stack = PrivateStack()
     try:
         stack.up()
         yield stack
     finally:
         stack.close()
+
+
+@pytest.fixture(name="stack_up", scope="module")
+def stack_up_fixture():
+    """A private stack brought up from nothing once for the module's tests."""
+    yield from brought_up()
 
 
 def trade_on_every_shard(stack: PrivateStack, timeout: float = 60) -> list[dict]:

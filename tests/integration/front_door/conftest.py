@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from stack_support import PrivateStack
+from stack_support import PrivateStack, brought_up
 
 HERE = Path(__file__).parent
 FIRST, LAST = "test_readme.py", "test_webapp.py"
@@ -29,8 +29,8 @@ FIRST, LAST = "test_readme.py", "test_webapp.py"
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """This package's tests together (one stack-up even when another plugin reordered
-    them), where the first of them was, FIRST's module first and LAST's last."""
+    """This package's tests together, where the first of them was (one stack-up, even
+    when a hook before this one interleaved them), FIRST's module first, LAST's last."""
     ours = [item for item in items if item.path.parent == HERE]
     if not ours:
         return
@@ -44,12 +44,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="package")
 def shared_stack() -> Iterator[PrivateStack]:
     """The package's private stack, brought up from nothing once."""
-    stack = PrivateStack()
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.close()
+    yield from brought_up()
 
 
 @pytest.fixture(name="stack_up", scope="module")
