@@ -16,20 +16,17 @@ from brokercore.config import DEV_JWT_SECRET
 from brokercore.engine.records import Side, Tif
 from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import CancelOrder, NewOrder
-from oms_support import SUNDAY, Api, auth, run
+from oms_support import SUNDAY, Api, auth, order, outcome, refusal, run
 
 
 def test_an_order_blocks_its_cash_is_stored_pending_and_reaches_kafka(database):
     async def scenario():
         async with Api(database) as api:
-            response = await api.place(price="15000.05", timeInForce="GTC")
-            return api, response
+            return api, await api.placed(price="15000.05", time_in_force="GTC")
 
-    api, response = run(scenario)
-    assert response.status_code == 202, response.text
-    body = response.json()
-    assert body["status"] == "PENDING" and body["orderId"] > 0 and body["timestamp"]
-    order_id = body["orderId"]
+    api, accepted = run(scenario)
+    assert accepted.status == "PENDING" and accepted.order_id > 0 and accepted.timestamp
+    order_id = accepted.order_id
     notional = 1_500_005 * 10  # paise: 15,000.05 x 10
     assert api.rows(
         "SELECT status, price, quantity, blocked_cash, time_in_force FROM orders "
@@ -53,20 +50,21 @@ def test_an_order_blocks_its_cash_is_stored_pending_and_reaches_kafka(database):
 def test_retries_of_one_request_give_one_order_even_when_they_race(database):
     async def scenario():
         async with Api(database, rate_limit_burst=100) as api:
-            body = {"idempotencyKey": "retry-me", "quantity": 3}
-            responses = await asyncio.gather(*(api.place(**body) for _ in range(50)))
-            reused = await api.place(idempotencyKey="retry-me", quantity=4)
-            return api, responses, reused
+            alice, retried = api.trader("alice"), order(idempotency_key="retry-me", quantity=3)
+            answers = await asyncio.gather(*(alice.place(retried) for _ in range(50)))
+            statuses = list(alice.statuses)
+            reused = await refusal(alice.place(order(idempotency_key="retry-me", quantity=4)))
+            return api, answers, statuses, reused
 
-    api, responses, reused = run(scenario)
-    assert {r.status_code for r in responses} == {202}
-    assert len({r.json()["orderId"] for r in responses}) == 1
+    api, answers, statuses, reused = run(scenario)
+    assert statuses == [202] * 50
+    assert len({a.order_id for a in answers}) == 1
     assert api.rows("SELECT count(*) FROM orders") == [(1,)]
     assert api.rows("SELECT count(*) FROM outbox") == [(1,)]
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
         (1_500_000 * 3,)
     ]
-    assert reused.status_code == 422 and reused.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert reused == (422, "IDEMPOTENCY_KEY_REUSED")
 
 
 @pytest.mark.parametrize(
@@ -132,7 +130,7 @@ def test_malformed_bodies_get_a_clear_4xx_and_store_nothing(database, body, stat
 
 
 @pytest.mark.parametrize(
-    "user, order, code",
+    "user, fields, code",
     [
         ("alice", {"symbol": "NOSUCH"}, "UNKNOWN_SYMBOL"),
         ("alice", {"price": "15000.03"}, "TICK_SIZE"),
@@ -142,17 +140,16 @@ def test_malformed_bodies_get_a_clear_4xx_and_store_nothing(database, body, stat
         ("alice", {"side": "SELL"}, "INSUFFICIENT_HOLDINGS"),
         ("bob", {"side": "SELL", "quantity": 101}, "INSUFFICIENT_HOLDINGS"),
         ("alice", {"type": "MARKET", "price": "15000"}, "PRICE_NOT_ALLOWED"),
-        ("alice", {"type": "MARKET", "price": None, "timeInForce": "GTC"}, "INVALID_TIF"),
+        ("alice", {"type": "MARKET", "price": None, "time_in_force": "GTC"}, "INVALID_TIF"),
     ],
 )
-def test_orders_the_checks_refuse_are_not_stored(database, user, order, code):
+def test_orders_the_checks_refuse_are_not_stored(database, user, fields, code):
     async def scenario():
         async with Api(database) as api:
-            return api, await api.place(user=user, **order)
+            return api, await refusal(api.trader(user).place(order(**fields)))
 
-    api, response = run(scenario)
-    assert response.status_code == 422, response.text
-    assert response.json()["error"]["code"] == code
+    api, refused = run(scenario)
+    assert refused == (422, code)
     assert api.rows(
         "SELECT (SELECT count(*) FROM orders), (SELECT sum(blocked_cash) FROM "
         "accounts), (SELECT sum(blocked_quantity) FROM positions)"
@@ -163,27 +160,23 @@ def test_a_closed_market_refuses_with_the_reason(database):
     async def scenario():
         async with Api(database) as api:
             api.now = SUNDAY
-            return await api.place()
+            return await refusal(api.trader("alice").place(order()))
 
-    response = run(scenario)
-    assert response.status_code == 422
-    assert response.json()["error"]["code"] == "MARKET_CLOSED"
+    assert run(scenario) == (422, "MARKET_CLOSED")
 
 
 def test_a_sell_blocks_shares_and_a_market_buy_is_held_at_its_protection(database):
     async def scenario():
         async with Api(database) as api:
-            sell = await api.place(user="bob", side="SELL", quantity=40, price="15000")
-            buy = await api.place(user="carol", type="MARKET", price=None, quantity=2)
-            return api, sell, buy
+            await api.placed("bob", side="SELL", quantity=40, price="15000")
+            return api, await api.placed("carol", type="MARKET", price=None, quantity=2)
 
-    api, sell, buy = run(scenario)
-    assert sell.status_code == buy.status_code == 202
+    api, buy = run(scenario)
     assert api.rows("SELECT blocked_quantity FROM positions") == [(40,)]
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'carol'") == [
         (1_575_000 * 2,)
     ]  # 15,750.00 x 2: 5 % (the default protection) above the band's middle, no trade yet
-    command = {c.order_id: c for c in api.commands()}[buy.json()["orderId"]]
+    command = {c.order_id: c for c in api.commands()}[buy.order_id]
     # capped at its hold, so that no re-band lets it fill above: an IOC limit at the edge
     assert (command.market, command.price, command.tif) == (False, 315_000, Tif.IOC)
 
@@ -281,26 +274,26 @@ def test_bad_tokens_are_refused_with_401(database, headers, code):
 def test_a_user_without_an_account_is_forbidden(database):
     async def scenario():
         async with Api(database) as api:
-            return await api.place(user="mallory")
+            return await refusal(api.trader("mallory").place(order()))
 
-    response = run(scenario)
-    assert response.status_code == 403 and response.json()["error"]["code"] == "NO_ACCOUNT"
+    assert run(scenario) == (403, "NO_ACCOUNT")
 
 
 def test_cancel_only_your_own_open_order(database):
     async def scenario():
         async with Api(database) as api:
-            order_id = (await api.place()).json()["orderId"]
-            others = await api.cancel(order_id, user="carol")
-            unknown = await api.cancel(987654321)
-            garbage = await api.cancel("1;DROP")
-            mine = await api.cancel(order_id)
-            return api, order_id, others, unknown, garbage, mine
+            alice = api.trader("alice")
+            order_id = (await alice.place(order())).order_id
+            others = await refusal(api.trader("carol").cancel(order_id))
+            unknown = await refusal(alice.cancel(987654321))
+            garbage = await api.cancel("1;DROP")  # raw: an id the client cannot send
+            mine = await alice.cancel(order_id)
+            return api, order_id, others, unknown, garbage, (mine, alice.statuses[-1])
 
     api, order_id, others, unknown, garbage, mine = run(scenario)
-    assert [r.status_code for r in (others, unknown, garbage)] == [404, 404, 404]
-    assert {r.json()["error"]["code"] for r in (others, unknown, garbage)} == {"ORDER_NOT_FOUND"}
-    assert mine.status_code == 202 and mine.json()["orderId"] == order_id
+    assert others == unknown == (404, "ORDER_NOT_FOUND")
+    assert (garbage.status_code, garbage.json()["error"]["code"]) == (404, "ORDER_NOT_FOUND")
+    assert mine[0].order_id == order_id and mine[1] == 202
     account = api.rows("SELECT account_id FROM accounts WHERE user_id = 'alice'")[0][0]
     cancel = api.commands()[-1]
     assert cancel == CancelOrder(order_id, account, "RELIANCE", ts=cancel.ts)
@@ -312,17 +305,18 @@ def test_a_cancel_answers_cancel_requested_and_its_history_keeps_the_filled_quan
 
     async def scenario():
         async with Api(database) as api:
-            order_id = (await api.place(quantity=10)).json()["orderId"]
+            alice = api.trader("alice")
+            order_id = (await alice.place(order(quantity=10))).order_id
             api.rows(
                 "UPDATE orders SET status = 'PARTIALLY_FILLED', filled_quantity = 4 "
                 "WHERE order_id = %s RETURNING order_id",
                 order_id,
             )  # as if settled
-            return api, order_id, await api.cancel(order_id)
+            return api, order_id, await alice.cancel(order_id), alice.statuses
 
-    api, order_id, answer = run(scenario)
-    assert answer.status_code == 202
-    assert answer.json()["status"] == "CANCEL_REQUESTED"
+    api, order_id, answer, statuses = run(scenario)
+    assert statuses == [202, 202]
+    assert answer.status == "CANCEL_REQUESTED"
     assert api.rows(
         "SELECT status, filled_quantity, payload->'request' = '\"cancel\"' "
         "FROM order_events WHERE order_id = %s ORDER BY event_id",
@@ -356,15 +350,15 @@ def test_a_retry_of_a_stored_but_unpublished_order_carries_its_command_again(dat
 def test_a_user_over_the_rate_limit_gets_429_with_retry_after(database):
     async def scenario():
         async with Api(database, rate_limit_burst=3, rate_limit_per_second=0.5) as api:
-            responses = [await api.place() for _ in range(4)]
-            other_user = await api.place(user="carol")
-            return responses, other_user
+            alice = api.trader("alice")
+            answers = [await outcome(alice.place(order())) for _ in range(4)]
+            await api.placed("carol")
+            return answers, alice.statuses
 
-    responses, other_user = run(scenario)
-    assert [r.status_code for r in responses] == [202, 202, 202, 429]
-    assert responses[-1].json()["error"]["code"] == "RATE_LIMITED"
-    assert int(responses[-1].headers["Retry-After"]) >= 1
-    assert other_user.status_code == 202
+    answers, statuses = run(scenario)
+    assert statuses == [202, 202, 202, 429]
+    limited = answers[-1]
+    assert limited.code == "RATE_LIMITED" and limited.retry_after >= 1  # from Retry-After
 
 
 def test_random_retries_over_two_thousand_requests_never_duplicate_an_order(database):
@@ -383,17 +377,20 @@ def test_random_retries_over_two_thousand_requests_never_duplicate_an_order(data
         async with Api(database, rate_limit_burst=10_000, rate_limit_per_second=10_000) as api:
             limit = asyncio.Semaphore(32)
 
+            alice = api.trader("alice")
+
             async def send(key):
                 async with limit:
-                    return key, await api.place(idempotencyKey=key, quantity=1, price="10000.00")
+                    sent = order(idempotency_key=key, quantity=1, price="10000.00")
+                    return key, await alice.place(sent)
 
-            return api, await asyncio.gather(*(send(key) for key in sends))
+            return api, await asyncio.gather(*(send(key) for key in sends)), alice.statuses
 
-    api, responses = run(scenario)
-    assert len(sends) >= 1_900 and {r.status_code for _, r in responses} == {202}
+    api, answers, statuses = run(scenario)
+    assert len(sends) >= 1_900 and statuses == [202] * len(sends)
     ids = {}
-    for key, response in responses:
-        ids.setdefault(key, set()).add(response.json()["orderId"])
+    for key, answer in answers:
+        ids.setdefault(key, set()).add(answer.order_id)
     assert all(len(found) == 1 for found in ids.values()), "a retry got another order"
     assert api.rows("SELECT count(*), count(DISTINCT order_id) FROM orders") == [(1_000, 1_000)]
     assert api.rows("SELECT blocked_cash FROM accounts WHERE user_id = 'alice'") == [
@@ -404,16 +401,16 @@ def test_random_retries_over_two_thousand_requests_never_duplicate_an_order(data
 def test_expired_idempotency_keys_are_cleaned_up_and_free_again(database):
     async def scenario():
         async with Api(database) as api:
-            first = await api.place(idempotencyKey="daily")
+            first = await api.placed(idempotency_key="daily")
             api.now = api.now + timedelta(hours=25)
             removed = await api.app.state.oms.entry.expire_idempotency_keys()
             api.now = api.now - timedelta(hours=25)  # back in the session
-            again = await api.place(idempotencyKey="daily")
+            again = await api.placed(idempotency_key="daily")
             return first, removed, again
 
     first, removed, again = run(scenario)
     assert removed == 1
-    assert again.json()["orderId"] != first.json()["orderId"]
+    assert again.order_id != first.order_id
 
 
 def test_the_first_orders_of_a_trading_day_race_without_deadlock(database):
@@ -422,9 +419,8 @@ def test_the_first_orders_of_a_trading_day_race_without_deadlock(database):
 
     async def scenario():
         async with Api(database, rate_limit_burst=100) as api:
-            return await asyncio.gather(
-                *(api.place(user=user, quantity=1) for user in ("alice", "carol") * 15)
-            )
+            traders = [api.trader(user) for user in ("alice", "carol")]
+            await asyncio.gather(*(t.place(order(quantity=1)) for t in traders * 15))
+            return [s for t in traders for s in t.statuses]
 
-    responses = run(scenario)
-    assert [r.status_code for r in responses] == [202] * 30
+    assert run(scenario) == [202] * 30
