@@ -740,13 +740,12 @@ def test_an_order_placed_through_the_oms_is_listed_at_once(database):
         async with Api(database) as oms, Query(database, prefix=oms.settings.redis_prefix) as api:
             before = await api.ok("/orders")
             assert await api.ok("/orders") == before and api.cache.hits == 1
-            placed = await oms.place(quantity=3)
-            assert placed.status_code == 202, placed.text
+            placed = await oms.placed(quantity=3)
             return (
                 before,
-                placed.json()["orderId"],
+                placed.order_id,
                 await api.ok("/orders"),
-                await api.ok(f"/orders/{placed.json()['orderId']}"),
+                await api.ok(f"/orders/{placed.order_id}"),
             )
 
     before, order_id, after, order = run(scenario)
