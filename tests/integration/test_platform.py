@@ -36,9 +36,9 @@ def test_a_crossing_trade_settles_once_in_both_accounts_then_a_cancel_frees_the_
 
         async def trade():
             async with api:
-                buy = await api.place(quantity=10, price="15000.00", timeInForce="GTC")
-                sell = await api.place(user="bob", side="SELL", quantity=4, price="14999.95")
-                return buy.json()["orderId"], sell.json()["orderId"]
+                buy = await api.placed(quantity=10, price="15000.00", time_in_force="GTC")
+                sell = await api.placed("bob", side="SELL", quantity=4, price="14999.95")
+                return buy.order_id, sell.order_id
 
         buy, sell = run(trade)
         api.wait_rows(
@@ -62,9 +62,11 @@ def test_a_crossing_trade_settles_once_in_both_accounts_then_a_cancel_frees_the_
 
         async def cancel():
             async with api:
-                return await api.cancel(buy)
+                alice = api.trader("alice")
+                await alice.cancel(buy)
+                return alice.statuses
 
-        assert run(cancel).status_code == 202
+        assert run(cancel) == [202]
         api.wait_rows("SELECT status FROM orders WHERE order_id = %s", [("CANCELLED",)], buy)
         assert api.rows("SELECT sum(blocked_cash) FROM accounts") == [(0,)]
         assert money(api)[0] == before[0] and money(api)[3] == before[3], (
@@ -78,7 +80,7 @@ def test_a_day_order_expires_at_the_close_and_its_hold_is_released(database, tmp
 
         async def place():
             async with api:
-                return (await api.place(quantity=2, price="14000.00")).json()["orderId"]
+                return (await api.placed(quantity=2, price="14000.00")).order_id
 
         order = run(place)
         api.wait_rows("SELECT status FROM orders", [("OPEN",)])
@@ -135,10 +137,8 @@ def test_the_reconciler_report_finds_what_postgres_got_wrong(database, tmp_path,
 
         async def trade():
             async with api:
-                await api.place(quantity=5, price="15000.00")
-                return (
-                    await api.place(user="bob", side="SELL", quantity=5, price="15000.00")
-                ).json()["orderId"]
+                await api.placed(quantity=5, price="15000.00")
+                return (await api.placed("bob", side="SELL", quantity=5, price="15000.00")).order_id
 
         sell = run(trade)
         api.wait_rows("SELECT count(*) FROM orders WHERE status = 'FILLED'", [(2,)])
