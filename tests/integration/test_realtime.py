@@ -11,6 +11,7 @@ import threading
 import time
 
 import httpx
+import msgspec
 import numpy as np
 import psycopg
 import redis
@@ -22,8 +23,9 @@ from brokercore.engine.records import Side, Tif
 from brokercore.notify.consumer import run_notifier
 from brokercore.notify.dead_letters import DeadLetters
 from brokercore.notify.router import Notifier
+from brokercore.read.answers import Order, Portfolio
 from brokercore.services.query import create_app as create_query_app
-from oms_support import auth
+from oms_support import Trader
 from platform_support import INSTRUMENTS, platform
 from shared_servers import KAFKA_BOOTSTRAP, REDIS_URL, service_settings
 from venue_support import MARKET, MID, Venue
@@ -76,12 +78,12 @@ def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
                 buys, sells = [], []
                 readers = asyncio.gather(until_filled(alice, buys), until_filled(bob, sells))
                 for _ in range(ROUNDS):
-                    buy = await api.place(quantity=2, price="15000.00", timeInForce="DAY")
-                    sell = await api.place(
-                        user="bob", side="SELL", quantity=2, price="15000.00", timeInForce="DAY"
+                    buy = await api.placed(quantity=2, price="15000.00", time_in_force="DAY")
+                    sell = await api.placed(
+                        "bob", side="SELL", quantity=2, price="15000.00", time_in_force="DAY"
                     )
-                    buys.append(buy.json()["orderId"])
-                    sells.append(sell.json()["orderId"])
+                    buys.append(buy.order_id)
+                    sells.append(sell.order_id)
                 alice_frames, bob_frames = await readers
                 carol_frames = []
                 for ws in carols:  # PONG answers after anything queued before it
@@ -118,10 +120,10 @@ def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
             assert about[-2:] == [("ORDER_UPDATE", "FILLED"), ("NOTIFICATION", "FILL")], about
     assert not [f for f in carol_frames if f["type"] == "ORDER_UPDATE"]
 
-    assert {o["orderId"]: (o["status"], o["filledQty"]) for o in orders} == {
+    assert {o.order_id: (o.status, o.filled_qty) for o in orders} == {
         i: ("FILLED", 2) for i in buys
     }
-    assert portfolio["positions"] == [
+    assert msgspec.to_builtins(portfolio.positions) == [
         {
             "symbol": "RELIANCE",
             "quantity": 2 * ROUNDS,
@@ -132,8 +134,8 @@ def test_fills_reach_their_owners_sockets_on_either_gateway_then_the_read_side(
             "dayPnl": "0.00",
         }
     ]
-    assert portfolio["blockedCash"] == "0.00"
-    assert portfolio["cash"] == f"{1_000_000 - 2 * ROUNDS * 15_000:.2f}"
+    assert portfolio.blocked_cash == "0.00"
+    assert portfolio.cash == f"{1_000_000 - 2 * ROUNDS * 15_000:.2f}"
 
     delays = np.array(
         [
@@ -164,20 +166,18 @@ async def until_filled(ws, orders: list[int]) -> list[tuple[float, dict]]:
     return frames
 
 
-async def read_side(api) -> tuple[list[dict], dict]:
+async def read_side(api) -> tuple[list[Order], Portfolio]:
     """alice's orders and portfolio from the query service, once settlement has moved
     her cash (the projector's updates were in when her socket got them)."""
     settings = service_settings(api.database, api.settings.redis_prefix)
     app = create_query_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://query", headers=auth("alice")
-        ) as client:
-            orders = (await client.get("/api/v1/orders")).json()["orders"]
+        async with Trader("alice", httpx.ASGITransport(app=app)) as alice:
+            orders = (await alice.orders()).orders
             deadline = time.monotonic() + WAIT
-            while (portfolio := (await client.get("/api/v1/portfolio")).json())[
-                "blockedCash"
-            ] != "0.00" and time.monotonic() < deadline:
+            while (portfolio := await alice.portfolio()).blocked_cash != "0.00" and (
+                time.monotonic() < deadline
+            ):
                 await asyncio.sleep(0.05)
     return orders, portfolio
 
