@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import psycopg
 from websockets.asyncio.client import ClientConnection, connect
 
-from oms_support import auth
+import oms_support
+from brokercore.client import ApiError
+from brokercore.read.answers import OrderWithFills
+from brokercore.realtime.channels import BookUpdate
+from oms_support import order, outcome
 from stack_support import stack_fixture  # noqa: F401 (fixture)
 from ws_support import token
 
@@ -33,27 +36,23 @@ DAY = PRE_OPEN + TRADING + CLOSED
 
 
 class Trader:
-    """One user's REST calls through the edge and their WebSocket frames."""
+    """One user's brokercore.client through the edge (``api``) and their WebSocket
+    frames."""
 
-    def __init__(self, user: str, edge: str, client: httpx.AsyncClient):
-        self.user, self.edge, self.client = user, edge, client
+    def __init__(self, user: str, edge: str):
+        self.user, self.api = user, oms_support.Trader(user, base_url=edge)
         self.frames: list[dict[str, Any]] = []
-        self._keys = 0
 
-    async def place(self, **order: Any) -> int:
-        self._keys += 1
-        body = {"symbol": SYMBOL, "idempotencyKey": f"{self.user}-{time.time_ns()}-{self._keys}"}
-        answer = await self.client.post(
-            f"{self.edge}/api/v1/orders", json=body | order, headers=auth(self.user)
-        )
-        assert answer.status_code == 202, answer.text
-        return int(answer.json()["orderId"])
+    async def place(self, **fields: Any) -> int:
+        """An order of SYMBOL (``order()``'s ``fields``), accepted (a 202): its id."""
+        accepted = await self.api.place(order(symbol=SYMBOL, **fields))
+        assert self.api.statuses[-1] == 202, self.api.statuses
+        return accepted.order_id
 
-    async def order(self, order_id: int) -> dict[str, Any]:
-        answer = await self.client.get(
-            f"{self.edge}/api/v1/orders/{order_id}", headers=auth(self.user)
-        )
-        return answer.json() if answer.status_code == 200 else {}
+    async def order(self, order_id: int) -> OrderWithFills | None:
+        """The order as the read model shows it; None while it does not (refused)."""
+        answer = await outcome(self.api.order(order_id))
+        return None if isinstance(answer, ApiError) else answer
 
     async def listen(self, ws_url: str) -> None:
         async with connect(f"{ws_url}?token={token(self.user)}", ping_interval=None) as ws:
@@ -107,19 +106,18 @@ def test_a_compressed_day_from_the_pre_open_to_the_close(stack):
 
 async def day(edge: str, ws_url: str, database_url: str, users: tuple[str, str]) -> None:
     """alice and bob (``users``: their ids) through the compressed day."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        alice, bob = Trader(users[0], edge, client), Trader(users[1], edge, client)
+    alice, bob = Trader(users[0], edge), Trader(users[1], edge)
+    async with alice.api, bob.api:
 
-        async def market() -> dict[str, Any]:
-            answer = await client.get(
-                f"{edge}/api/v1/marketdata/{SYMBOL}", headers=auth(alice.user)
-            )
-            return answer.json() if answer.status_code == 200 else {}
+        async def market() -> BookUpdate | None:
+            """The market data; None while the edge refuses it."""
+            answer = await outcome(alice.api.market_data(SYMBOL))
+            return None if isinstance(answer, ApiError) else answer
 
         def phase(name: str) -> Callable[[], Any]:
-            async def check() -> dict[str, Any] | None:
+            async def check() -> BookUpdate | None:
                 data = await market()
-                return data if data.get("phase") == name else None
+                return data if data is not None and data.phase == name else None
 
             return check
 
@@ -132,55 +130,61 @@ async def day(edge: str, ws_url: str, database_url: str, users: tuple[str, str])
 
             # The pre-open: crossing orders rest; the iceberg shows 5 of 20.
             a_open = await alice.place(
-                side="BUY", type="LIMIT", quantity=10, price="15010.00", timeInForce="DAY"
+                side="BUY", type="LIMIT", quantity=10, price="15010.00", time_in_force="DAY"
             )
             b_open = await bob.place(
-                side="SELL", type="LIMIT", quantity=10, price="14990.00", timeInForce="GTC"
+                side="SELL", type="LIMIT", quantity=10, price="14990.00", time_in_force="GTC"
             )
             a_bid = await alice.place(
-                side="BUY", type="LIMIT", quantity=10, price="14000.00", timeInForce="DAY"
+                side="BUY", type="LIMIT", quantity=10, price="14000.00", time_in_force="DAY"
             )
             a_day = await alice.place(
-                side="BUY", type="LIMIT", quantity=5, price="13500.00", timeInForce="DAY"
+                side="BUY", type="LIMIT", quantity=5, price="13500.00", time_in_force="DAY"
             )
             b_stop = await bob.place(
-                side="SELL", type="STOP", quantity=5, triggerPrice="14500.00", timeInForce="DAY"
+                side="SELL",
+                type="STOP",
+                quantity=5,
+                price=None,
+                trigger_price="14500.00",
+                time_in_force="DAY",
             )
             b_ice = await bob.place(
                 side="SELL",
                 type="LIMIT",
                 quantity=20,
                 price="15100.00",
-                disclosedQuantity=5,
-                timeInForce="GTC",
+                disclosed_quantity=5,
+                time_in_force="GTC",
             )
 
-            async def indicative() -> dict[str, Any] | None:
+            async def indicative() -> BookUpdate | None:
                 data = await market()
-                asks = {level["price"]: level["quantity"] for level in data.get("asks", [])}
-                ready = data.get("phase") == "PRE_OPEN" and data.get("indicative")
-                return data if ready and asks.get("15100.00") == 5 else None
+                if data is None or data.phase != "PRE_OPEN" or data.indicative is None:
+                    return None
+                asks = {level.price: level.quantity for level in data.asks}
+                return data if asks.get("15100.00") == 5 else None
 
             pre_open = await eventually(indicative, "the indicative opening", PRE_OPEN)
             # D = 20, 10, 10, 10, 0 and S = 0, 0, 0, 10, 30 at 13500, 14000, 14990, 15010,
             # 15100: the volume 10 at 14990 and 15010 (imbalance 0 at both); no
             # reference (no trade yet): the lower price, 14990.
-            assert pre_open["indicative"]["price"] == "14990.00", pre_open
-            assert pre_open["indicative"]["volume"] == 10, pre_open
-            assert (await bob.order(b_stop))["status"] == "TRIGGER_PENDING"
+            assert pre_open.indicative.price == "14990.00", pre_open
+            assert pre_open.indicative.volume == 10, pre_open
+            assert (await bob.order(b_stop)).status == "TRIGGER_PENDING"
 
             # The uncross: both crossing orders fill at the one opening price.
             await eventually(phase("OPEN"), "the uncross", PRE_OPEN + 10)
 
-            async def filled(trader: Trader, order_id: int) -> dict[str, Any] | None:
-                order = await trader.order(order_id)
-                return order if order.get("status") == "FILLED" else None
+            async def filled(trader: Trader, order_id: int) -> OrderWithFills | None:
+                shown = await trader.order(order_id)
+                return shown if shown is not None and shown.status == "FILLED" else None
 
             for trader, order_id in ((alice, a_open), (bob, b_open)):
-                order = await eventually(
+                shown = await eventually(
                     lambda t=trader, o=order_id: filled(t, o), f"{trader.user}'s auction fill", 15
                 )
-                assert order["avgPrice"] == "14990.00", order
+                assert shown.avg_price == "14990.00", shown
 
             # Continuous trading: alice takes 10 of the iceberg, two shown parts of 5;
             # it shows 5 again (of 10 left). The OMS's calendar (the compressed day's)
@@ -188,14 +192,16 @@ async def day(edge: str, ws_url: str, database_url: str, users: tuple[str, str])
             # after the uncross: wait for it (days start every DAY s from the epoch).
             await asyncio.sleep(max(0.0, PRE_OPEN - time.time() % DAY))
             a_take = await alice.place(
-                side="BUY", type="LIMIT", quantity=10, price="15100.00", timeInForce="IOC"
+                side="BUY", type="LIMIT", quantity=10, price="15100.00", time_in_force="IOC"
             )
             await eventually(lambda: filled(alice, a_take), "alice's take of the iceberg", 15)
 
-            async def refreshed() -> dict[str, Any] | None:
-                order = await bob.order(b_ice)
-                asks = {level["price"]: level["quantity"] for level in (await market())["asks"]}
-                return order if order.get("filledQty") == 10 and asks.get("15100.00") == 5 else None
+            async def refreshed() -> OrderWithFills | None:
+                shown, data = await bob.order(b_ice), await market()
+                if shown is None or data is None or shown.filled_qty != 10:
+                    return None
+                asks = {level.price: level.quantity for level in data.asks}
+                return shown if asks.get("15100.00") == 5 else None
 
             await eventually(refreshed, "the iceberg refreshed", 15)
 
@@ -203,21 +209,21 @@ async def day(edge: str, ws_url: str, database_url: str, users: tuple[str, str])
             # (a sell stop: a trade at or below 14500), which sells 5 more into the bid
             # (inside its market protection: 5 % below the trigger, 13775).
             await bob.place(
-                side="SELL", type="LIMIT", quantity=5, price="14000.00", timeInForce="DAY"
+                side="SELL", type="LIMIT", quantity=5, price="14000.00", time_in_force="DAY"
             )
             stop = await eventually(lambda: filled(bob, b_stop), "the stop-loss filled", 15)
-            assert stop["avgPrice"] == "14000.00", stop
+            assert stop.avg_price == "14000.00", stop
             await eventually(lambda: filled(alice, a_bid), "alice's bid filled", 15)
 
             # The close: alice's DAY order left expires and frees its hold.
             await eventually(phase("CLOSED"), "the close", TRADING + 10)
 
-            async def expired() -> dict[str, Any] | None:
-                order = await alice.order(a_day)
-                return order if order.get("status") == "EXPIRED" else None
+            async def expired() -> OrderWithFills | None:
+                shown = await alice.order(a_day)
+                return shown if shown is not None and shown.status == "EXPIRED" else None
 
             await eventually(expired, "the DAY order expired", 15)
-            assert (await bob.order(b_ice))["status"] == "PARTIALLY_FILLED"  # GTC: it stays
+            assert (await bob.order(b_ice)).status == "PARTIALLY_FILLED"  # GTC: it stays
             await asyncio.sleep(1)  # the last frames
         finally:
             for listener in listeners:
