@@ -22,7 +22,7 @@ from brokercore.consumers.reconcile import check_invariants
 from brokercore.db.migrations import MIGRATIONS_DIR, apply_migrations
 from brokercore.engine.records import Side, Tif
 from brokercore.services.reconciler import market_sessions, report, republish
-from oms_support import run
+from oms_support import order, outcome, run
 from platform_support import platform
 from shared_servers import KAFKA_BOOTSTRAP
 from venue_support import CASH, INST, MID, SHARES, Venue, settle
@@ -348,22 +348,21 @@ def test_a_busy_day_through_the_engine_leaves_no_finding(database, tmp_path, cap
             async with api:
                 answers = await asyncio.gather(
                     *(
-                        api.place(
-                            user=user,
-                            side=side,
-                            quantity=quantity,
-                            price=f"{price}.00",
-                            timeInForce="GTC",
+                        api.trader(user).place(
+                            order(
+                                side=side,
+                                quantity=quantity,
+                                price=f"{price}.00",
+                                time_in_force="GTC",
+                            )
                         )
                         for user, side, quantity, price in orders
                     )
                 )
-                assert [a.status_code for a in answers] == [202] * len(orders), [
-                    a.text for a in answers if a.status_code != 202
-                ]
-                return {
-                    a.json()["orderId"]: user for a, (user, *_) in zip(answers, orders, strict=True)
-                }
+                users = ("alice", "bob", "carol")
+                statuses = [s for user in users for s in api.trader(user).statuses]
+                assert statuses == [202] * len(orders), statuses
+                return {a.order_id: user for a, (user, *_) in zip(answers, orders, strict=True)}
 
         placed = run(trade)
         api.wait_rows("SELECT count(*) FROM orders WHERE status = 'PENDING'", [(0,)])
@@ -374,8 +373,11 @@ def test_a_busy_day_through_the_engine_leaves_no_finding(database, tmp_path, cap
                 resting = api.rows(
                     "SELECT order_id FROM orders WHERE status IN ('OPEN', 'PARTIALLY_FILLED')"
                 )
-                answers = await asyncio.gather(*(api.cancel(i, user=placed[i]) for (i,) in resting))
-                assert {a.status_code for a in answers} <= {202, 409}  # 409: just filled
+                await asyncio.gather(
+                    *(outcome(api.trader(placed[i]).cancel(i)) for (i,) in resting)
+                )
+                statuses = {s for user in set(placed.values()) for s in api.trader(user).statuses}
+                assert statuses <= {202, 409}  # 409: just filled
 
         run(cancel_the_rest)
         api.wait_rows(
