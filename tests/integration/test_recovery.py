@@ -19,7 +19,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -27,12 +26,12 @@ import pytest
 from confluent_kafka import Producer
 from psycopg.conninfo import make_conninfo
 
+from brokercore.client import ApiError
 from brokercore.db.migrations import apply_migrations
-from brokercore.entry.requests import PlaceOrderRequest
 from brokercore.kafka.messages import EventBatch, encode
 from brokercore.kafka.topics import partition_of
 from kafka_support import Daemon
-from oms_support import Api, auth, run
+from oms_support import Api, order, run
 from private_servers import PrivateKafka, PrivatePostgres
 from processes import LoggedProcess
 
@@ -125,23 +124,23 @@ async def trickle(
     api: Api, stop: asyncio.Event, accepted: list[int], refused: Counter, every: float = 0.1
 ) -> None:
     """A buy of alice and a crossing sell of bob every ``every`` s until stopped; the ids
-    answered 202, and what the others got."""
+    answered 202, and what the others got (an HTTP status, or an exception's name)."""
     while not stop.is_set():
         for user, side in (("alice", "BUY"), ("bob", "SELL")):
+            trader = api.trader(user)
+            new = order(side=side, quantity=1, time_in_force="GTC")
             try:
-                response = await asyncio.wait_for(
-                    api.place(
-                        user=user, side=side, quantity=1, price="15000.00", timeInForce="GTC"
-                    ),
-                    60,
-                )
+                placed = await asyncio.wait_for(trader.place(new), 60)
+            except ApiError as e:
+                refused[e.status] += 1
+                continue
             except Exception as e:  # noqa: BLE001 - counted: the test reports it
                 refused[type(e).__name__] += 1
                 continue
-            if response.status_code == 202:
-                accepted.append(response.json()["orderId"])
+            if trader.statuses[-1] == 202:
+                accepted.append(placed.order_id)
             else:
-                refused[response.status_code] += 1
+                refused[trader.statuses[-1]] += 1
         await asyncio.sleep(every)
 
 
@@ -274,18 +273,14 @@ def test_with_kafka_down_an_order_is_answered_at_once_and_published_when_it_is_b
 
     async def scenario():
         async with api:
-            await api.place()  # the producer is connected
+            await api.placed()  # the producer is connected
             await asyncio.to_thread(kafka.kill)
             started = time.monotonic()
-            response = await api.place(quantity=7)
+            placed = await api.placed(quantity=7)
             latency = time.monotonic() - started
-            print(
-                f"POST /api/v1/orders with the broker down answered "
-                f"{response.status_code} in {latency * 1000:.1f} ms"
-            )
-            assert response.status_code == 202, response.text
-            order = response.json()["orderId"]
-            assert api.rows("SELECT published_at FROM outbox WHERE order_id = %s", order) == [
+            print(f"POST /api/v1/orders with the broker down answered in {latency * 1000:.1f} ms")
+            order_id = placed.order_id
+            assert api.rows("SELECT published_at FROM outbox WHERE order_id = %s", order_id) == [
                 (None,)
             ]
             await asyncio.to_thread(kafka.start)
@@ -293,16 +288,16 @@ def test_with_kafka_down_an_order_is_answered_at_once_and_published_when_it_is_b
                 api.wait_rows,
                 "SELECT published_at IS NOT NULL FROM outbox WHERE order_id = %s",
                 [(True,)],
-                order,
+                order_id,
                 timeout=60,
             )
             print(f"published {took:.1f} s after the broker was back")
-            return order
+            return order_id
 
-    order = run(scenario)
+    order_id = run(scenario)
     # Once at least: the idempotent producer may send a message again across a broker
     # restart, and the engine drops a second copy of an order id.
-    assert order in [c.order_id for c in api.commands()]
+    assert order_id in [c.order_id for c in api.commands()]
 
 
 def test_a_retry_of_an_order_committed_but_not_published_publishes_it(servers, private_database):
@@ -310,30 +305,18 @@ def test_a_retry_of_an_order_committed_but_not_published_publishes_it(servers, p
     alone, nothing published); the client's retry with the same key publishes it."""
     _, kafka = servers
     api = Api(private_database, kafka.bootstrap)
-    body = {
-        "symbol": "RELIANCE",
-        "side": "BUY",
-        "type": "LIMIT",
-        "quantity": 3,
-        "price": "15000.00",
-        "idempotencyKey": f"retry-{uuid.uuid4().hex}",
-    }
+    request = order(quantity=3, idempotency_key=f"retry-{uuid.uuid4().hex}")
 
     async def scenario():
         async with api:
-            receipt = await api.app.state.oms.entry.place(
-                "alice",
-                PlaceOrderRequest(
-                    "RELIANCE", "BUY", "LIMIT", 3, body["idempotencyKey"], price=Decimal("15000.00")
-                ),
-            )
+            receipt = await api.app.state.oms.entry.place("alice", request)
             await asyncio.sleep(1)
             assert api.rows(
                 "SELECT published_at FROM outbox WHERE order_id = %s", receipt.order_id
             ) == [(None,)]
-            retry = await api.client.post("/api/v1/orders", json=body, headers=auth("alice"))
-            assert retry.status_code == 202, retry.text
-            assert retry.json()["orderId"] == receipt.order_id
+            alice = api.trader("alice")
+            retry = await alice.place(request)  # the client's retry
+            assert alice.statuses == [202] and retry.order_id == receipt.order_id
             took = await asyncio.to_thread(
                 api.wait_rows,
                 "SELECT published_at IS NOT NULL FROM outbox WHERE order_id = %s",
@@ -344,8 +327,8 @@ def test_a_retry_of_an_order_committed_but_not_published_publishes_it(servers, p
             print(f"published {took:.2f} s after the retry")
             return receipt.order_id
 
-    order = run(scenario)
-    assert [c.order_id for c in api.commands()] == [order]
+    order_id = run(scenario)
+    assert [c.order_id for c in api.commands()] == [order_id]
 
 
 def test_an_error_that_does_not_pass_by_itself_still_stops_settlement_loudly(
