@@ -24,7 +24,7 @@ from brokercore.broker.funding import open_account
 from brokercore.db.migrations import apply_migrations
 from brokercore.realtime.channels import OrderUpdate, encode_message
 from brokercore.services.query import create_app
-from oms_support import auth, run
+from oms_support import Trader, run
 from private_servers import PrivatePostgres, PrivateReplica
 from shared_servers import REDIS_URL, service_settings
 from ws_support import Server, open_socket, receive
@@ -64,14 +64,10 @@ class Query:
     async def __aenter__(self) -> Query:
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
-            base_url="http://query",
-        )
+        self.transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.client.aclose()
         await self._lifespan.__aexit__(*exc)
 
     @property
@@ -85,9 +81,8 @@ class Query:
         with psycopg.connect(self.primary.url, autocommit=True) as conn:
             open_account(conn, user, cash=12_345)
         before = dict(self.router.reads)
-        response = await self.client.get("/api/v1/portfolio", headers=auth(user))
-        assert response.status_code == 200, response.text
-        assert response.json()["cash"] == "123.45"
+        async with Trader(user, self.transport) as trader:
+            assert (await trader.portfolio()).cash == "123.45" and trader.statuses == [200]
         (server,) = [s for s, n in self.router.reads.items() if n > before[s]]
         return server
 
