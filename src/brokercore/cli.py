@@ -201,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for action, summary in (
         ("halt", "halt a symbol: no matching, new orders refused, until a resume or the close"),
+        ("close", "close a symbol's session now: DAY orders expire, new ones are refused"),
         ("resume", "re-open a halted symbol: a pre-open, then the uncross --uncross-after s later"),
     ):
         operator = commands.add_parser(action, help=summary, description=summary)
@@ -602,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "keys": run_keys,
             "operator": run_grant,
             "halt": run_operator,
+            "close": run_operator,
             "resume": run_operator,
             "reband": run_operator,
             "service": run_service,

@@ -277,12 +277,15 @@ def operator(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-def test_halt_and_resume_are_published_once_per_id(kafka, tmp_path):
+def test_halt_close_and_resume_are_published_once_per_id(kafka, tmp_path):
     env = environment(kafka, write_market(tmp_path / "instruments.toml"))
     first = operator(env, "halt", "AAA", "--id", "h1")
     assert first.returncode == 0 and "AAA: HALT published" in first.stdout, first
     again = operator(env, "halt", "AAA", "--id", "h1")
     assert again.returncode == 0 and "already published" in again.stdout, again
+    closed = operator(env, "close", "AAA", "--id", "c1")
+    assert closed.returncode == 0 and "AAA: CLOSE published" in closed.stdout, closed
+    assert "already published" in operator(env, "close", "AAA", "--id", "c1").stdout
     waiting = LoggedProcess(
         ["resume", "BBB", "--id", "r1", "--uncross-after", "600"], tmp_path / "resume.log", env
     )
@@ -297,6 +300,7 @@ def test_halt_and_resume_are_published_once_per_id(kafka, tmp_path):
     sent = sessions(kafka)
     assert logged(kafka) == sent
     assert sorted((symbol, transition, n) for (symbol, transition, _), n in sent.items()) == [
+        ("AAA", Transition.CLOSE, 1),
         ("AAA", Transition.HALT, 1),
         ("BBB", Transition.PRE_OPEN, 1),
         ("BBB", Transition.UNCROSS, 1),

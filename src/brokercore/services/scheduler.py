@@ -171,8 +171,9 @@ def operate(
     uncross_after: float = 0.0,
     band: tuple[Decimal, Decimal] | None = None,
 ) -> int:
-    """``brokercore halt`` (``action`` "halt"), ``brokercore resume`` ("resume") or
-    ``brokercore reband`` ("reband", to ``band``: the new low and high in rupees) of
+    """``brokercore halt`` (``action`` "halt"), ``brokercore close`` ("close"),
+    ``brokercore resume`` ("resume") or ``brokercore reband`` ("reband", to ``band``:
+    the new low and high in rupees) of
     ``symbol`` on the deployment ``kafka``, exactly once per ``command_id``; prints what it
     published. 0 when done, 1 when stopped (SIGTERM, Ctrl-C) before a resume's uncross."""
     settings = ServiceSettings.from_env()
@@ -194,8 +195,8 @@ def operate(
         signal.signal(sig, lambda *_: stop.set())
     try:
         now = datetime.now(UTC)
-        if action == "halt":
-            _publish(publisher, Step(now, symbol, day, Transition.HALT), command_id)
+        if action in _AT_ONCE:
+            _publish(publisher, Step(now, symbol, day, _AT_ONCE[action]), command_id)
             return 0
         if action == "reband":
             _publish(publisher, Step(now, symbol, day, Transition.REBAND, ticks), command_id)
@@ -213,6 +214,10 @@ def operate(
         return 0
     finally:
         publisher.close()
+
+
+# The operator's commands that are one step, published at once.
+_AT_ONCE = {"halt": Transition.HALT, "close": Transition.CLOSE}
 
 
 def _publish(publisher: SessionPublisher, step: Step, command_id: str) -> None:
