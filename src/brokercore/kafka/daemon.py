@@ -227,6 +227,8 @@ class EngineDaemon:
         self._producer_client: Producer | None = None  # transactional, per session
         self._retired: list[Producer] = []  # of failed sessions (see _discard)
         self._snapshot_reader: Consumer | None = None  # see _newest_snapshot
+        self._readers: dict[str, Consumer] = {}  # see _reader
+        self._admin: AdminClient | None = None  # see _last_published_event
         self._dead: list[DeadLetter] = []  # to publish with the next transaction
         self._offset_to_commit: int | None = None  # without transactions
         self._group_metadata: Any = None  # the input consumer's, for transactions
@@ -356,28 +358,32 @@ class EngineDaemon:
         return 0 if found.offset == _NO_OFFSET else found.offset
 
     def _final_committed_offset(self) -> int:
-        """The committed offset once init_transactions has returned: every transaction
-        of the shard's transactional.id is complete then, so the offset is final, and
-        it is read without waiting for stability (read_uncommitted), because a kill -9
-        of the broker can leave a pending offset of an aborted transaction behind that
-        never resolves (seen with Kafka 4.4: "not stable" for minutes, for ever)."""
-        consumer = self._reader(self.settings.engine_group(self.shard_id), "read_uncommitted")
-        try:
-            return self._committed_offset(CALL_TIMEOUT, consumer)
-        finally:
-            consumer.close()
+        """The committed offset once init_transactions has returned: no older producer
+        of the shard's transactional.id can commit anything more then. It is read
+        without waiting for stability (read_uncommitted), because a kill -9 of the
+        broker can leave a pending offset of an aborted transaction behind that never
+        resolves (seen with Kafka 4.4: "not stable" for minutes, for ever); it can lag
+        the last transaction, which _catch_up_to_event makes up for."""
+        return self._committed_offset(
+            CALL_TIMEOUT,
+            self._reader(self.settings.engine_group(self.shard_id), "read_uncommitted"),
+        )
 
     def _reader(self, group: str, isolation: str) -> Consumer:
-        """A consumer for one look at the shard's partitions (assign, never subscribe)."""
-        return Consumer(
-            {
-                "bootstrap.servers": self.settings.bootstrap,
-                "group.id": group,
-                "isolation.level": isolation,
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
+        """A consumer of ``group`` for looks at the shard's partitions (assign, never
+        subscribe), made once per daemon and never closed, like the snapshot reader."""
+        key = f"{group}/{isolation}"
+        if key not in self._readers:
+            self._readers[key] = Consumer(
+                {
+                    "bootstrap.servers": self.settings.bootstrap,
+                    "group.id": group,
+                    "isolation.level": isolation,
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                }
+            )
+        return self._readers[key]
 
     def _producer(self) -> Producer:
         config = {
@@ -554,7 +560,9 @@ class EngineDaemon:
         committing may still be completing, so this first waits until none is
         unresolved (brokercore.kafka.resolved): the answer is final."""
         topic = TopicPartition(self.settings.events_topic, self.shard_id)
-        require_resolved(self.settings.bootstrap, topic, CALL_TIMEOUT)
+        if self._admin is None:  # once per daemon, never destroyed (see _reader)
+            self._admin = AdminClient({"bootstrap.servers": self.settings.bootstrap})
+        require_resolved(self._admin, topic, CALL_TIMEOUT)
         group = f"{self.settings.engine_group(self.shard_id)}-events-reader"
         consumer = self._reader(group, "read_committed")
         decode = msgspec.msgpack.Decoder(EventBatch).decode
@@ -584,7 +592,7 @@ class EngineDaemon:
                     return int(decode(last).events[-1].shard_seq)
             return 0
         finally:
-            consumer.close()
+            consumer.unassign()
 
     def _catch_up_to_event(self, published: int) -> None:
         """Apply ``orders`` silently, one command at a time, until the shard's events

@@ -13,17 +13,24 @@ transaction still being completed, so the reader waits for it (a transient error
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from collections.abc import Callable
+
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 __all__ = ["require_resolved"]
 
+_LATEST: Callable[[], OffsetSpec] = OffsetSpec.latest  # (the class method is unannotated)
 
-def require_resolved(bootstrap: str, partition: TopicPartition, timeout: float) -> None:
+
+def require_resolved(admin: AdminClient, partition: TopicPartition, timeout: float) -> None:
     """Return if ``partition`` holds no transaction that is not resolved yet; else raise
-    a retriable KafkaException (CONCURRENT_TRANSACTIONS) that says so."""
+    a retriable KafkaException (CONCURRENT_TRANSACTIONS) that says so. ``admin`` is one
+    the caller keeps: librdkafka 2.16 aborted the process destroying a client while
+    the broker was away."""
     stable, written = (
-        _end(bootstrap, partition, isolation, timeout)
-        for isolation in ("read_committed", "read_uncommitted")
+        _end(admin, partition, level, timeout)
+        for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
     )
     if stable < written:
         raise KafkaException(
@@ -36,16 +43,11 @@ def require_resolved(bootstrap: str, partition: TopicPartition, timeout: float) 
         )
 
 
-def _end(bootstrap: str, partition: TopicPartition, isolation: str, timeout: float) -> int:
-    """The partition's end as a reader of ``isolation`` sees it."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "brokercore-ends",
-            "isolation.level": isolation,
-        }
+def _end(
+    admin: AdminClient, partition: TopicPartition, level: IsolationLevel, timeout: float
+) -> int:
+    """The partition's end as a reader of ``level`` sees it."""
+    futures = admin.list_offsets(
+        {partition: _LATEST()}, isolation_level=level, request_timeout=timeout
     )
-    try:
-        return int(consumer.get_watermark_offsets(partition, timeout=timeout)[1])
-    finally:
-        consumer.close()
+    return int(next(iter(futures.values())).result(timeout + 1).offset)

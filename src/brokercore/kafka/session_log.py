@@ -159,11 +159,7 @@ def read_session_log(
 
 
 def _read_log(settings: KafkaSettings, timeout: float, start: int) -> tuple[list[LogEntry], int]:
-    """The committed entries from offset ``start`` on, and the offset after them; once
-    no transaction on the log is unresolved (brokercore.kafka.resolved), so that an
-    entry a fenced scheduler was committing is read, not published again."""
-    log = TopicPartition(session_log_topic(settings), 0)
-    require_resolved(settings.bootstrap, log, timeout)
+    """The committed entries from offset ``start`` on, and the offset after them."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap,
@@ -178,7 +174,7 @@ def _read_log(settings: KafkaSettings, timeout: float, start: int) -> tuple[list
     entries: list[LogEntry] = []
     deadline = time.monotonic() + timeout
     try:
-        consumer.assign([TopicPartition(log.topic, log.partition, start)])
+        consumer.assign([TopicPartition(session_log_topic(settings), 0, start)])
         while True:
             if time.monotonic() > deadline:
                 raise KafkaException(
@@ -209,6 +205,8 @@ class SessionPublisher:
         self._producer: Producer | None = None
         self._known: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         self._read_to = OFFSET_BEGINNING  # the log is known up to here
+        # Kept, never destroyed while the broker may be away (brokercore.kafka.resolved).
+        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap, **QUIET_KAFKA})
 
     @property
     def published(self) -> dict[str, dict[tuple[str, str], int]]:
@@ -275,6 +273,10 @@ class SessionPublisher:
         )
         try:
             producer.init_transactions(self.timeout)
+            # A step a fenced scheduler was still committing is waited for and read,
+            # not published again (brokercore.kafka.resolved).
+            log = TopicPartition(session_log_topic(self.settings), 0)
+            require_resolved(self._admin, log, self.timeout)
             # What was read before stays true (the log only grows): read on from there.
             entries, self._read_to = _read_log(self.settings, self.timeout, self._read_to)
         except BaseException:
