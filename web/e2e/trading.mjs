@@ -18,7 +18,7 @@ import { createHmac } from "node:crypto";
 import { EDGE, LOGINS, WAIT, audit, logIn, open, run, say, shot } from "./support.mjs";
 
 const SYMBOL = "RELIANCE";
-const QUIET = "ITC"; // halted and re-opened: bob holds it, no other browser test trades it
+const QUIET = "ITC"; // halted, re-opened, closed: bob holds it, no other browser test trades it
 // the operator's command line (`brokercore`), as a JSON array, with the stack's settings
 const CLI = JSON.parse(process.env.BROKERCORE_CLI ?? '["brokercore"]');
 
@@ -35,7 +35,7 @@ function totp(secret, at = Date.now()) {
   return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
 }
 
-/** `brokercore ARGS` (halt, resume) on the stack under test; ARGS' process, which
+/** `brokercore ARGS` (halt, resume, close) on the stack under test; ARGS' process, which
  * `operator.running` holds until it ends by itself or at the end of the run. */
 function operator(...args) {
   const command = spawn(CLI[0], [...CLI.slice(1), ...args], { stdio: ["ignore", "inherit", "inherit"] });
@@ -320,5 +320,10 @@ await run(async (session) => {
   await placeOrder(bob, { side: "SELL", type: "LIMIT", quantity: 2, price: "2200" });
   await alice.locator("#phase[data-phase=pre-open]", { hasText: "indicative opening ₹2,200.00 (2 shares)" }).waitFor();
   await shot(alice, "phase-pre-open");
+
+  say("the phase banner: closed (an operator's early close; the pre-open's orders expire)");
+  await exited(await operator("close", QUIET));
+  await alice.locator("#phase[data-phase=closed]", { hasText: `${QUIET}: closed` }).waitFor();
+  await shot(alice, "phase-closed");
 
 });
