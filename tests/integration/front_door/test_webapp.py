@@ -76,6 +76,7 @@ def test_two_users_trade_in_two_browsers(stack_up: PrivateStack, tmp_path):
         "orders",
         "positions",
         "phase-pre-open",
+        "phase-closed",
     ):
         assert f"{screen}.png" in shots, sorted(shots)
 
