@@ -8,8 +8,8 @@ fixed here (the rest in the order collected):
 - test_readme.py first: it runs the README's walkthrough against a fresh stack (alice's
   exact cash and position, the first trades' candles) and checks that nothing traded
   before it;
-- test_webapp.py last: its browsers leave ITC halted and re-opened into a pre-open that
-  never uncrosses, and its simulator TCS's book full of quotes.
+- test_webapp.py last: its browsers halt ITC, re-open it and close it (new orders refused
+  until a resume), and its simulator leaves TCS's book full of quotes.
 In between, each module trades symbols or users of its own or cancels what it leaves
 resting, and after each the stack must be whole again (test_client kills gateways).
 """
