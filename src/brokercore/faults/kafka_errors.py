@@ -1,7 +1,8 @@
 """Which Kafka errors pass by themselves: a broker restarting or away, a coordinator
 still loading (a brand-new broker makes its internal topics on first use), a topic
-being created. librdkafka flags most of them ``retriable()``, not all (NOT_COORDINATOR
-from an offset fetch, its own local transport and time-out codes), hence the list.
+being created, a leader epoch the client has not caught up with since a restart.
+librdkafka flags most of them ``retriable()``, not all (NOT_COORDINATOR from an offset
+fetch, its own local transport and time-out codes, FENCED_LEADER_EPOCH), hence the list.
 
 Apart from brokercore.faults.backoff so that the engine daemon, which knows nothing of
 Postgres or Redis, shares the same judgement with the consumers and the outbox.
@@ -34,6 +35,10 @@ _KAFKA_AWAY = frozenset(
         KafkaError.UNKNOWN_TOPIC_OR_PART,
         KafkaError.CONCURRENT_TRANSACTIONS,
         KafkaError.UNSTABLE_OFFSET_COMMIT,
+        # A client's leader epochs from before a broker restart: it refreshes them.
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
     }
 )
 

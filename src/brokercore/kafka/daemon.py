@@ -38,7 +38,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -225,10 +226,8 @@ class EngineDaemon:
         self._threads: list[threading.Thread] = []
         self._consumer: Consumer | None = None  # of the input, per session
         self._producer_client: Producer | None = None  # transactional, per session
-        self._retired: list[Producer] = []  # of failed sessions (see _discard)
+        self._retired: list[Producer | Consumer] = []  # never destroyed (_discard, _look)
         self._snapshot_reader: Consumer | None = None  # see _newest_snapshot
-        self._readers: dict[str, Consumer] = {}  # see _reader
-        self._admin: AdminClient | None = None  # see _last_published_event
         self._dead: list[DeadLetter] = []  # to publish with the next transaction
         self._offset_to_commit: int | None = None  # without transactions
         self._group_metadata: Any = None  # the input consumer's, for transactions
@@ -364,26 +363,32 @@ class EngineDaemon:
         broker can leave a pending offset of an aborted transaction behind that never
         resolves (seen with Kafka 4.4: "not stable" for minutes, for ever); it can lag
         the last transaction, which _catch_up_to_event makes up for."""
-        return self._committed_offset(
-            CALL_TIMEOUT,
-            self._reader(self.settings.engine_group(self.shard_id), "read_uncommitted"),
-        )
+        with self._look(self.settings.engine_group(self.shard_id), "read_uncommitted") as reader:
+            return self._committed_offset(CALL_TIMEOUT, reader)
 
-    def _reader(self, group: str, isolation: str) -> Consumer:
-        """A consumer of ``group`` for looks at the shard's partitions (assign, never
-        subscribe), made once per daemon and never closed, like the snapshot reader."""
-        key = f"{group}/{isolation}"
-        if key not in self._readers:
-            self._readers[key] = Consumer(
-                {
-                    "bootstrap.servers": self.settings.bootstrap,
-                    "group.id": group,
-                    "isolation.level": isolation,
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": True,
-                }
-            )
-        return self._readers[key]
+    @contextmanager
+    def _look(self, group: str, isolation: str) -> Iterator[Consumer]:
+        """A fresh consumer of ``group`` for one look at the shard's partitions (assign,
+        never subscribe; a reused one kept the leader epochs of before a broker restart
+        and was refused with FENCED_LEADER_EPOCH for good). Closed after a look that
+        worked; kept, never destroyed, after one that failed: librdkafka 2.16 aborted
+        the process (rd_kafka_enq_once_del_source_return) destroying a client whose
+        call had failed while the broker was away."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.bootstrap,
+                "group.id": group,
+                "isolation.level": isolation,
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            yield consumer
+        except BaseException:
+            self._retired.append(consumer)
+            raise
+        consumer.close()
 
     def _producer(self) -> Producer:
         config = {
@@ -560,13 +565,13 @@ class EngineDaemon:
         committing may still be completing, so this first waits until none is
         unresolved (brokercore.kafka.resolved): the answer is final."""
         topic = TopicPartition(self.settings.events_topic, self.shard_id)
-        if self._admin is None:  # once per daemon, never destroyed (see _reader)
-            self._admin = AdminClient({"bootstrap.servers": self.settings.bootstrap})
-        require_resolved(self._admin, topic, CALL_TIMEOUT)
         group = f"{self.settings.engine_group(self.shard_id)}-events-reader"
-        consumer = self._reader(group, "read_committed")
         decode = msgspec.msgpack.Decoder(EventBatch).decode
-        try:
+        with (
+            self._look(group, "read_committed") as consumer,
+            self._look(group, "read_uncommitted") as uncommitted,
+        ):
+            require_resolved(consumer, uncommitted, topic, CALL_TIMEOUT)
             low, high = consumer.get_watermark_offsets(topic, timeout=CALL_TIMEOUT)
             start, step = high, 64
             while start > low:
@@ -591,8 +596,6 @@ class EngineDaemon:
                 if last is not None:
                     return int(decode(last).events[-1].shard_seq)
             return 0
-        finally:
-            consumer.unassign()
 
     def _catch_up_to_event(self, published: int) -> None:
         """Apply ``orders`` silently, one command at a time, until the shard's events

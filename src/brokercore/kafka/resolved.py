@@ -13,25 +13,22 @@ transaction still being completed, so the reader waits for it (a transient error
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 __all__ = ["require_resolved"]
 
-_LATEST: Callable[[], OffsetSpec] = OffsetSpec.latest  # (the class method is unannotated)
 
-
-def require_resolved(admin: AdminClient, partition: TopicPartition, timeout: float) -> None:
+def require_resolved(
+    committed: Consumer, uncommitted: Consumer, partition: TopicPartition, timeout: float
+) -> None:
     """Return if ``partition`` holds no transaction that is not resolved yet; else raise
-    a retriable KafkaException (CONCURRENT_TRANSACTIONS) that says so. ``admin`` is one
-    the caller keeps: librdkafka 2.16 aborted the process destroying a client while
-    the broker was away."""
-    stable, written = (
-        _end(admin, partition, level, timeout)
-        for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
-    )
+    a retriable KafkaException (CONCURRENT_TRANSACTIONS) that says so. ``committed`` and
+    ``uncommitted``: consumers of each isolation level (their ends are the partition's
+    last stable offset and high watermark), made fresh by the caller: a long-lived
+    client kept the leader epochs of before a broker restart and was refused
+    (FENCED_LEADER_EPOCH) for good."""
+    stable = committed.get_watermark_offsets(partition, timeout=timeout)[1]
+    written = uncommitted.get_watermark_offsets(partition, timeout=timeout)[1]
     if stable < written:
         raise KafkaException(
             KafkaError(
@@ -41,13 +38,3 @@ def require_resolved(admin: AdminClient, partition: TopicPartition, timeout: flo
                 retriable=True,
             )
         )
-
-
-def _end(
-    admin: AdminClient, partition: TopicPartition, level: IsolationLevel, timeout: float
-) -> int:
-    """The partition's end as a reader of ``level`` sees it."""
-    futures = admin.list_offsets(
-        {partition: _LATEST()}, isolation_level=level, request_timeout=timeout
-    )
-    return int(next(iter(futures.values())).result(timeout + 1).offset)

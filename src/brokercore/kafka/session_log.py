@@ -158,6 +158,27 @@ def read_session_log(
     return _read_log(settings, timeout, start)[0]
 
 
+def _require_resolved_log(settings: KafkaSettings, timeout: float) -> None:
+    """brokercore.kafka.resolved's check of the log, with consumers made for it."""
+    committed, uncommitted = (
+        Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "group.id": f"brokercore-scheduler-{uuid.uuid4().hex}",
+                "isolation.level": isolation,
+                **QUIET_KAFKA,
+            }
+        )
+        for isolation in ("read_committed", "read_uncommitted")
+    )
+    try:
+        log = TopicPartition(session_log_topic(settings), 0)
+        require_resolved(committed, uncommitted, log, timeout)
+    finally:
+        committed.close()
+        uncommitted.close()
+
+
 def _read_log(settings: KafkaSettings, timeout: float, start: int) -> tuple[list[LogEntry], int]:
     """The committed entries from offset ``start`` on, and the offset after them."""
     consumer = Consumer(
@@ -205,8 +226,6 @@ class SessionPublisher:
         self._producer: Producer | None = None
         self._known: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         self._read_to = OFFSET_BEGINNING  # the log is known up to here
-        # Kept, never destroyed while the broker may be away (brokercore.kafka.resolved).
-        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap, **QUIET_KAFKA})
 
     @property
     def published(self) -> dict[str, dict[tuple[str, str], int]]:
@@ -275,8 +294,7 @@ class SessionPublisher:
             producer.init_transactions(self.timeout)
             # A step a fenced scheduler was still committing is waited for and read,
             # not published again (brokercore.kafka.resolved).
-            log = TopicPartition(session_log_topic(self.settings), 0)
-            require_resolved(self._admin, log, self.timeout)
+            _require_resolved_log(self.settings, self.timeout)
             # What was read before stays true (the log only grows): read on from there.
             entries, self._read_to = _read_log(self.settings, self.timeout, self._read_to)
         except BaseException:
