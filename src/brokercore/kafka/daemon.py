@@ -66,7 +66,7 @@ from brokercore.kafka.codec import CommandDecoder, EventEncoder, SymbolTable
 from brokercore.kafka.journal import InputJournal
 from brokercore.kafka.messages import DeadLetter, EventBatch, ShardSnapshot, encode
 from brokercore.kafka.placement import shard_plan
-from brokercore.kafka.resolved import require_resolved
+from brokercore.kafka.resolved import unresolved, unresolved_error
 from brokercore.kafka.topics import SNAPSHOT_MAX_BYTES, ensure_topics
 from brokercore.runtime.shard import Shard, read_snapshot
 
@@ -81,6 +81,10 @@ CALL_TIMEOUT = 2.0  # the timeout given to every blocking librdkafka call ...
 REQUEST_TIMEOUT = 10.0  # ... which one request may overrun up to this (socket.timeout.ms)
 TRANSACTION_PATIENCE = 10.0  # a transaction call retried this long, then a rebuild
 STOP_TIMEOUT = 5.0  # after SIGTERM: time for the final commit, else exit 1 without
+# A transaction on the events partition still unresolved this long after a session
+# first saw it hangs (the coordinator resolves one it knows within twice the
+# transaction timeout): _abort_hanging ends it.
+HANGING_AFTER = 25.0
 
 
 def transient(error: BaseException | KafkaError) -> bool:
@@ -227,6 +231,7 @@ class EngineDaemon:
         self._consumer: Consumer | None = None  # of the input, per session
         self._producer_client: Producer | None = None  # transactional, per session
         self._retired: list[Producer | Consumer] = []  # never destroyed (_discard, _look)
+        self._unresolved_since: float | None = None  # see _last_published_event
         self._snapshot_reader: Consumer | None = None  # see _newest_snapshot
         self._dead: list[DeadLetter] = []  # to publish with the next transaction
         self._offset_to_commit: int | None = None  # without transactions
@@ -561,9 +566,10 @@ class EngineDaemon:
         """The shard_seq of the last event committed to the shard's ``events`` partition
         (0 if none), read from its end backwards (read_committed: aborted transactions
         and their markers are skipped). Only this shard's daemons write there, and
-        init_transactions has fenced every earlier one; a transaction one of them was
-        committing may still be completing, so this first waits until none is
-        unresolved (brokercore.kafka.resolved): the answer is final."""
+        init_transactions has fenced every earlier one; but one of their transactions
+        can be unresolved there (brokercore.kafka.resolved), and until it is, the answer
+        is not final: a transient error, retried. One still unresolved HANGING_AFTER
+        seconds after this session first saw it hangs: _abort_hanging ends it."""
         topic = TopicPartition(self.settings.events_topic, self.shard_id)
         group = f"{self.settings.engine_group(self.shard_id)}-events-reader"
         decode = msgspec.msgpack.Decoder(EventBatch).decode
@@ -571,7 +577,15 @@ class EngineDaemon:
             self._look(group, "read_committed") as consumer,
             self._look(group, "read_uncommitted") as uncommitted,
         ):
-            require_resolved(consumer, uncommitted, topic, CALL_TIMEOUT)
+            gap = unresolved(consumer, uncommitted, topic, CALL_TIMEOUT)
+            if gap is not None:
+                now = time.monotonic()
+                if self._unresolved_since is None:
+                    self._unresolved_since = now
+                elif now - self._unresolved_since > HANGING_AFTER:
+                    self._abort_hanging(*gap)
+                    self._unresolved_since = None
+                raise unresolved_error(topic, *gap)
             low, high = consumer.get_watermark_offsets(topic, timeout=CALL_TIMEOUT)
             start, step = high, 64
             while start > low:
@@ -596,6 +610,33 @@ class EngineDaemon:
                 if last is not None:
                     return int(decode(last).events[-1].shard_seq)
             return 0
+
+    def _abort_hanging(self, stable: int, written: int) -> None:
+        """End a hung transaction on the events partition with an abort of this
+        session's producer: an empty batch written there in a transaction that is then
+        aborted. Its ABORT marker, of the same producer id, ends the hung transaction
+        too (the partition keeps one open transaction per producer id), so the hung
+        events are never committed; this session publishes them, once."""
+        self.log(
+            f"a transaction on the events partition is still unresolved after "
+            f"{HANGING_AFTER:.0f} s (stable up to offset {stable} of {written}): it hangs; "
+            "ending it with an abort"
+        )
+        producer = self._session_producer
+        try:
+            producer.begin_transaction()
+        except KafkaException:
+            pass  # still in the transaction of an attempt that failed: abort that one
+        producer.produce(
+            self.settings.events_topic,
+            encode(EventBatch(self.shard_id, [])),
+            partition=self.shard_id,
+        )
+        if producer.flush(CALL_TIMEOUT):  # written, so that the marker goes there
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, "the empty batch was not written")
+            )
+        producer.abort_transaction(CALL_TIMEOUT)
 
     def _catch_up_to_event(self, published: int) -> None:
         """Apply ``orders`` silently, one command at a time, until the shard's events
@@ -1001,6 +1042,7 @@ class EngineDaemon:
         """With the lease: fence the predecessor, replay up to the now final committed
         offset."""
         producer = self._producer_client = self._producer()
+        self._unresolved_since = None
         if self.options.transactions:
             self._retrying(
                 "initialising transactions", lambda: producer.init_transactions(CALL_TIMEOUT)
